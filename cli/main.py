@@ -1,0 +1,49 @@
+"""Entry point of the `soundscape` console command."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cli import demo
+from cli.errors import UsageError
+from model import commands as model_commands
+from precompute import commands as precompute_commands
+from server import commands as server_commands
+
+# Errors that mean "the input is wrong", reported as one sentence with exit code 2.
+USER_ERRORS: tuple[type[Exception], ...] = (UsageError, FileNotFoundError, ValueError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="soundscape",
+        description="Soundscape tiles: soundscape heatmap and uncertainty map tiles from a model "
+                    "bundle (ONNX) and an embedding store.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    demo.add_command(sub)
+    model_commands.add_commands(sub)
+    precompute_commands.add_commands(sub)
+    server_commands.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    errors = USER_ERRORS + model_commands.USER_ERRORS + precompute_commands.USER_ERRORS
+    try:
+        return int(args.handler(args) or 0)
+    except errors as exc:
+        print(f"soundscape {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"soundscape {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

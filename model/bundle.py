@@ -1,0 +1,147 @@
+"""The model bundle (DESIGN.md, docs/bundle.md): a directory with manifest.json, four ONNX
+graphs and the tokenizer file. Its id is a content hash, so a store built by one bundle can
+name it and a server refuses a store built by another. Loading needs onnxruntime, not torch."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from model.audio import AudioFeatureSpec
+from model.contract import (BUNDLE_FORMAT_VERSION, GRAPH_FILES, GRAPH_INPUTS, GRAPH_OUTPUTS,
+                            GRAPHS, MANIFEST_FILE, TOKENIZER_FILE)
+from model.metadata import Vocabulary
+from model.text import load_tokenizer
+
+# Manifest keys left out of the content hash: the id itself and when it was written.
+_UNHASHED_KEYS = ("id", "created")
+
+
+class BundleError(Exception):
+    """The path is not a usable model bundle; the message says why."""
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_id(manifest: dict) -> str:
+    """Bundle id: sha256 of the canonical manifest (which holds every file's sha256), 16 hex."""
+    body = {k: v for k, v in manifest.items() if k not in _UNHASHED_KEYS}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def finalise_manifest(directory: Path, manifest: dict) -> dict:
+    """Record each file's sha256 and the content id, then write manifest.json atomically."""
+    manifest = dict(manifest)
+    manifest["files"] = {name: file_sha256(directory / name)
+                         for name in sorted([*GRAPH_FILES.values(), TOKENIZER_FILE])}
+    manifest["id"] = content_id(manifest)
+    tmp = directory / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, directory / MANIFEST_FILE)
+    return manifest
+
+
+def default_providers() -> list[str]:
+    """CUDA when onnxruntime-gpu sees a GPU, else CPU."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class Bundle:
+    """A loaded bundle: manifest facts plus lazily created onnxruntime sessions."""
+
+    def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None,
+                 threads: int = 0, verify: bool = True):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise BundleError(f"{self.path} is not a model bundle: it has no {MANIFEST_FILE}")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+        version = self.manifest.get("format_version")
+        if version != BUNDLE_FORMAT_VERSION:
+            raise BundleError(f"{self.path} has bundle format {version!r}; this version reads {BUNDLE_FORMAT_VERSION}")
+        if verify:
+            self._verify()
+        self.id: str = self.manifest["id"]
+        self.embed_dim: int = self.manifest["dims"]["embed"]
+        self.sat_dim: int = self.manifest["dims"]["sat"]
+        self.image_size: int = self.manifest["image"]["size"]
+        self.calibration = (float(self.manifest["calibration"]["a"]), float(self.manifest["calibration"]["b"]))
+        self.sources = Vocabulary(self.manifest["vocab"]["source"])
+        self.caption_sources = Vocabulary(self.manifest["vocab"]["caption_source"])
+        self.audio_spec = AudioFeatureSpec.from_json(self.manifest["audio"])
+        self.tokenizer = load_tokenizer(self.path / TOKENIZER_FILE)
+        self.providers = list(providers) if providers else default_providers()
+        self.threads = threads
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._lock = threading.Lock()
+
+    def _verify(self) -> None:
+        files = self.manifest.get("files", {})
+        for name in [*GRAPH_FILES.values(), TOKENIZER_FILE]:
+            path = self.path / name
+            if not path.is_file():
+                raise BundleError(f"bundle {self.path} is missing {name}")
+            if files.get(name) != file_sha256(path):
+                raise BundleError(f"bundle {self.path}: {name} does not match its checksum in {MANIFEST_FILE}")
+        if content_id(self.manifest) != self.manifest.get("id"):
+            raise BundleError(f"bundle {self.path}: manifest id does not match its content")
+
+    def session(self, graph: str) -> ort.InferenceSession:
+        """The onnxruntime session of one graph, created on first use (thread-safe)."""
+        if graph not in GRAPHS:
+            raise KeyError(graph)
+        with self._lock:
+            if graph not in self._sessions:
+                options = ort.SessionOptions()
+                if self.threads:
+                    options.intra_op_num_threads = self.threads
+                options.inter_op_num_threads = 1
+                self._sessions[graph] = ort.InferenceSession(
+                    str(self.path / GRAPH_FILES[graph]), sess_options=options, providers=self.providers)
+            return self._sessions[graph]
+
+    def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
+        """Run a graph on named inputs; outputs in the contract's order."""
+        feeds = {name: inputs[name] for name in GRAPH_INPUTS[graph]}
+        return self.session(graph).run(list(GRAPH_OUTPUTS[graph]), feeds)
+
+    def embed_images(self, rgb: np.ndarray, gsd: np.ndarray) -> np.ndarray:
+        """Pre-fusion sat features (B, sat_dim) of uint8 RGB images (B, H, W, 3)."""
+        return self.run("image", image=np.ascontiguousarray(rgb, dtype=np.uint8),
+                        gsd=np.asarray(gsd, dtype=np.float32))[0]
+
+    def fuse(self, sat: np.ndarray, meta: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, logvar) of sat features under encoded metadata (model.metadata.encode_metadata)."""
+        mu, logvar = self.run("fuse", sat=np.asarray(sat, dtype=np.float32), **meta)
+        return mu, logvar
+
+    def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = self.tokenizer.encode(texts)
+        mu, logvar = self.run("text", input_ids=ids, attention_mask=mask)
+        return mu, logvar
+
+    def embed_audio_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, logvar = self.run("audio", features=np.asarray(features, dtype=np.float32))
+        return mu, logvar
+
+
+def load_bundle(path: str | Path, **kwargs) -> Bundle:
+    """Open and verify a bundle directory."""
+    return Bundle(path, **kwargs)

@@ -1,0 +1,32 @@
+"""Fixed names of the model bundle: the one place that export (torch) and the runtime
+(onnxruntime, in precompute and server) agree on. Documented in docs/bundle.md."""
+
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+GRAPHS = ("image", "fuse", "text", "audio")
+GRAPH_FILES = {name: f"{name}.onnx" for name in GRAPHS}
+
+# Metadata tokens, in the order of the `present` flags the fuse graph takes.
+META_TOKENS = ("location", "hour", "month", "source", "caption_source")
+
+# Graph inputs and outputs. Every graph has a dynamic batch axis.
+GRAPH_INPUTS = {
+    # image: uint8 (B, H, W, 3) RGB; gsd: float32 (B,) ground sample distance in metres/pixel.
+    "image": ("image", "gsd"),
+    # sat: float32 (B, sat_dim); location (B, 3) unit vector; hour, month (B, 2) sin/cos;
+    # source, caption_source: int64 (B,); present: float32 (B, len(META_TOKENS)) 1 = known.
+    "fuse": ("sat", "location", "hour", "month", "source", "caption_source", "present"),
+    # input_ids, attention_mask: int64 (B, L).
+    "text": ("input_ids", "attention_mask"),
+    # features: float32 (B, n_mels, frames) log-mel from model.audio.
+    "audio": ("features",),
+}
+GRAPH_OUTPUTS = {
+    "image": ("sat",),
+    # mu: float32 (B, D) unit norm; logvar: float32 (B, D) log sigma^2.
+    "fuse": ("mu", "logvar"),
+    "text": ("mu", "logvar"),
+    "audio": ("mu", "logvar"),
+}

@@ -1,0 +1,74 @@
+"""Building blocks written out by hand so that every graph exports cleanly to ONNX and runs the
+same in onnxruntime: attention with a key padding mask, and the GSD positional embedding."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, D); keep (B, T) bool, False for padding keys."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
+        if keep is not None:
+            scores = scores.masked_fill(~keep[:, None, None, :], -1e9)
+        weights = self.drop(scores.softmax(dim=-1))
+        return self.out((weights @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """Transformer encoder layer; `norm_first` picks pre-LN (ViT) or post-LN (PyTorch default,
+    which PSM's fusion transformer uses)."""
+
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float, norm_first: bool):
+        super().__init__()
+        self.norm_first = norm_first
+        self.attn = Attention(dim, heads, dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff, dim))
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.drop(self.attn(self.norm1(x), keep))
+            return x + self.drop(self.ff(self.norm2(x)))
+        x = self.norm1(x + self.drop(self.attn(x, keep)))
+        return self.norm2(x + self.drop(self.ff(x)))
+
+
+def sincos(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """[sin(p w_k), cos(p w_k)] with w_k = 10000^(-k/(dim/2)): (..., dim) for positions (...)."""
+    half = dim // 2
+    omega = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32,
+                                                        device=positions.device) / half)
+    angles = positions.unsqueeze(-1).float() * omega
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def gsd_positional_embedding(grid: int, dim: int, resolution: torch.Tensor) -> torch.Tensor:
+    """GSDPE (Scale-MAE, as PSM uses it): the patch at row i, column j sits at (j r, i r) for
+    each sample's resolution r; half the channels encode x, half y. (B, grid*grid, dim)."""
+    index = torch.arange(grid, dtype=torch.float32, device=resolution.device)
+    rows = index.repeat_interleave(grid)  # row-major token order: t = i * grid + j
+    cols = index.repeat(grid)
+    x = cols[None, :] * resolution[:, None]
+    y = rows[None, :] * resolution[:, None]
+    return torch.cat([sincos(x, dim // 2), sincos(y, dim // 2)], dim=-1)
+
+
+def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))

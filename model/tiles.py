@@ -1,0 +1,124 @@
+"""Web-mercator tile math shared by training, corpus, precompute and the server.
+
+Cells are XYZ tiles; within a level they are ordered by quadkey, which for one level is the
+order of the Morton code (bit-interleaved x, y). Integer Morton codes make "the cells under a
+tile" a single contiguous range that `numpy.searchsorted` finds.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+EARTH_RADIUS_M = 6378137.0
+EARTH_CIRCUMFERENCE_M = 2 * math.pi * EARTH_RADIUS_M
+MAX_LEVEL = 24  # Morton codes of levels <= 24 fit in 48 bits.
+
+
+_SPREAD = ((16, 0x0000FFFF0000FFFF), (8, 0x00FF00FF00FF00FF), (4, 0x0F0F0F0F0F0F0F0F),
+           (2, 0x3333333333333333), (1, 0x5555555555555555))
+_COMPACT = ((1, 0x3333333333333333), (2, 0x0F0F0F0F0F0F0F0F), (4, 0x00FF00FF00FF00FF),
+            (8, 0x0000FFFF0000FFFF), (16, 0x00000000FFFFFFFF))
+
+
+def _spread(v):
+    """Insert a zero bit above each of the low 32 bits (works on ints and uint64 arrays)."""
+    v = v & 0xFFFFFFFF
+    for shift, mask in _SPREAD:
+        v = (v | (v << shift)) & mask
+    return v
+
+
+def _compact(v):
+    """Inverse of `_spread`: keep the even bits and pack them together."""
+    v = v & 0x5555555555555555
+    for shift, mask in _COMPACT:
+        v = (v | (v >> shift)) & mask
+    return v
+
+
+def morton(x, y):
+    """Morton code of tile columns x and rows y (the y bit above the x bit, like quadkey digits
+    2*y + x). Python ints give an int; arrays give a uint64 array."""
+    if isinstance(x, (int, np.integer)) and isinstance(y, (int, np.integer)):
+        return _spread(int(x)) | (_spread(int(y)) << 1)
+    x = np.asarray(x).astype(np.uint64)
+    y = np.asarray(y).astype(np.uint64)
+    return _spread(x) | (_spread(y) << np.uint64(1))
+
+
+def demorton(code):
+    """Inverse of `morton`: (x, y), as ints or uint64 arrays."""
+    if isinstance(code, (int, np.integer)):
+        return _compact(int(code)), _compact(int(code) >> 1)
+    code = np.asarray(code).astype(np.uint64)
+    return _compact(code), _compact(code >> np.uint64(1))
+
+
+def quadkey(x: int, y: int, z: int) -> str:
+    """Bing-style quadkey string of tile (z, x, y); '' for z = 0."""
+    digits = []
+    for i in range(z, 0, -1):
+        mask = 1 << (i - 1)
+        digits.append(str((1 if x & mask else 0) + (2 if y & mask else 0)))
+    return "".join(digits)
+
+
+def tile_is_valid(z: int, x: int, y: int, max_zoom: int = MAX_LEVEL) -> bool:
+    """True when (z, x, y) names a tile of the WebMercatorQuad grid up to `max_zoom`."""
+    return 0 <= z <= max_zoom and 0 <= x < (1 << z) and 0 <= y < (1 << z)
+
+
+def descendant_range(z: int, x: int, y: int, level: int) -> tuple[int, int]:
+    """Half-open Morton range [lo, hi) at `level` (>= z) of the cells under tile (z, x, y)."""
+    if level < z:
+        raise ValueError(f"level {level} is above tile zoom {z}")
+    shift = 2 * (level - z)
+    base = morton(int(x), int(y)) << shift
+    return base, base + (1 << shift)
+
+
+def tile_centres(z: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lon, lat) in degrees of the centres of tiles (z, x, y)."""
+    n = float(1 << z)
+    xf = (np.asarray(x, dtype=np.float64) + 0.5) / n
+    yf = (np.asarray(y, dtype=np.float64) + 0.5) / n
+    lon = xf * 360.0 - 180.0
+    lat = np.degrees(np.arctan(np.sinh(np.pi * (1.0 - 2.0 * yf))))
+    return lon, lat
+
+
+def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
+    """(west, south, east, north) in degrees of tile (z, x, y)."""
+    n = float(1 << z)
+    west = x / n * 360.0 - 180.0
+    east = (x + 1) / n * 360.0 - 180.0
+    north = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * y / n))))
+    south = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * (y + 1) / n))))
+    return west, south, east, north
+
+
+def ground_sample_distance(z: int, lat: np.ndarray | float, size: int) -> np.ndarray:
+    """Metres per pixel on the ground of a `size`-pixel tile at zoom z and latitude `lat`."""
+    return np.cos(np.radians(lat)) * EARTH_CIRCUMFERENCE_M / (size * float(1 << z))
+
+
+def tiles_in_bbox(z: int, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """All tiles (x, y) of zoom z that intersect bbox (west, south, east, north), as arrays."""
+    west, south, east, north = bbox
+    n = 1 << z
+    lat_max = 85.0511287798066
+
+    def col(lon: float) -> int:
+        return int(min(n - 1, max(0, math.floor((lon + 180.0) / 360.0 * n))))
+
+    def row(lat: float) -> int:
+        lat = max(-lat_max, min(lat_max, lat))
+        r = math.radians(lat)
+        return int(min(n - 1, max(0, math.floor((1 - math.asinh(math.tan(r)) / math.pi) / 2 * n))))
+
+    # A bbox edge on a tile boundary belongs to the tile inside the box.
+    x0, x1 = col(west), col(math.nextafter(east, -math.inf))
+    y0, y1 = row(north), row(math.nextafter(south, math.inf))
+    xs, ys = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1))
+    return xs.ravel().astype(np.int64), ys.ravel().astype(np.int64)

@@ -1,0 +1,1 @@
+"""HTTP: routes, rendering, caching, the viewer page. Never imports torch."""

@@ -1,0 +1,49 @@
+"""`soundscape serve`: the tile server over a bundle and a store."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import uvicorn
+
+from model.bundle import Bundle
+from precompute.store import Store
+
+
+def serve(bundle: str, store: str, host: str, port: int, workers: int = 1,
+          redis_url: str | None = None) -> None:
+    """Check the pair, then run uvicorn; workers share nothing but Redis."""
+    Store(store).check_bundle(Bundle(bundle).id)
+    os.environ["SOUNDSCAPE_BUNDLE"] = str(bundle)
+    os.environ["SOUNDSCAPE_STORE"] = str(store)
+    if redis_url:
+        os.environ["SOUNDSCAPE_REDIS_URL"] = redis_url
+    base = f"http://{host}:{port}"
+    print(f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q=birdsong&hour=6\n"
+          f"try in a browser:  {base}/tiles/1/1/0.png?q=waves%20on%20the%20open%20ocean\n"
+          f"TileJSON:          {base}/tilejson.json?q=birdsong", flush=True)
+    uvicorn.run("server.asgi:create_app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level="warning")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    serve(args.bundle, args.store, args.host, args.port, args.workers, args.redis_url)
+    return 0
+
+
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--redis-url", default=os.environ.get("SOUNDSCAPE_REDIS_URL"),
+                   help="cache tiles in Redis (default: $SOUNDSCAPE_REDIS_URL, else in process)")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve heatmap and uncertainty tiles",
+                       description="Serve XYZ tiles, TileJSON and health for a bundle and a store "
+                                   "built by that bundle.")
+    p.add_argument("--bundle", required=True, help="model bundle directory")
+    p.add_argument("--store", required=True, help="embedding store directory")
+    add_server_options(p)
+    p.set_defaults(handler=_serve)

@@ -1,0 +1,111 @@
+"""Shared fixtures: a real-imagery GeoTIFF (a Blue Marble crop), a small trained bundle and a
+store built from them, and a real redis-server on a random loopback port."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+# Europe and North Africa: sea, coast, forest, desert and ice in one small crop.
+FIXTURE_BBOX = (-12.0, 28.0, 36.0, 62.0)
+FIXTURE_LEVELS = [3, 4, 5, 6]
+
+
+@pytest.fixture(scope="session")
+def imagery_path(tmp_path_factory) -> Path:
+    from corpus.bluemarble import build_geotiff
+
+    return build_geotiff(tmp_path_factory.mktemp("imagery") / "europe.tif", FIXTURE_BBOX)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config():
+    from model.nn.config import ModelConfig
+
+    return ModelConfig(embed_dim=32, image_size=32, patch_size=8, image_width=48, image_depth=1,
+                       image_heads=4, sat_dim=48, fusion_depth=1, fusion_heads=4, fusion_ff=96,
+                       text_vocab_size=1024, text_width=48, text_heads=4, audio_channels=[8, 16],
+                       audio_width=48, sources=["demo", "field"], caption_sources=["template"])
+
+
+@pytest.fixture(scope="session")
+def trained_model(imagery_path, tiny_model_config):
+    """A tiny model trained for a few steps on colour-captioned cells of the fixture."""
+    import torch
+
+    from corpus import colour_captions
+    from model.imagery import Imagery
+    from model.nn.psm import PSMModel
+    from model.text import HashedWordTokenizer
+    from model.train import TrainConfig, train
+
+    cfg = tiny_model_config
+    torch.manual_seed(0)
+    model = PSMModel(cfg)
+    corpus = colour_captions.build(Imagery(imagery_path), cfg.image_size, range(3, 8), 400, seed=0)
+    tokenizer = HashedWordTokenizer(cfg.text_vocab_size, cfg.text_max_length)
+    loss = train(model, colour_captions.batches(corpus, tokenizer, 32),
+                 TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=10), progress=False)
+    return model, loss.calibration()
+
+
+@pytest.fixture(scope="session")
+def bundle_path(trained_model, tmp_path_factory) -> Path:
+    from model.export import export_bundle
+
+    model, calibration = trained_model
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    export_bundle(model, out, calibration=calibration, name="test")
+    return out
+
+
+@pytest.fixture(scope="session")
+def store_path(bundle_path, imagery_path, tmp_path_factory) -> Path:
+    from model.bundle import Bundle
+    from model.imagery import Imagery
+    from precompute.run import run
+
+    out = tmp_path_factory.mktemp("store") / "store"
+    run(Imagery(imagery_path), Bundle(bundle_path), FIXTURE_LEVELS, FIXTURE_BBOX, out, progress=False)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a random loopback port, stopped after the test."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: apt-get install -y redis-server")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        url = f"redis://127.0.0.1:{port}/0"
+        redis.Redis.from_url(url).ping()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

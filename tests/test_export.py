@@ -1,0 +1,96 @@
+"""Each ONNX graph, run by onnxruntime, matches torch; the bundle verifies its content."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from model.bundle import Bundle, BundleError
+from model.contract import GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE
+from model.export import example_inputs
+from model.nn.psm import PSMModel
+from model.train import embed_batch
+
+
+def torch_outputs(model: PSMModel, graph: str, inputs: dict[str, np.ndarray]) -> tuple:
+    t = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    with torch.no_grad():
+        if graph == "image":
+            return (model.encode_image(t["image"], t["gsd"]),)
+        if graph == "fuse":
+            return model.fuse(t.pop("sat"), t)
+        if graph == "text":
+            return model.encode_text(t["input_ids"], t["attention_mask"])
+        return model.encode_audio(t["features"])
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_onnx_matches_torch(trained_model, bundle_path, graph, batch):
+    model, _ = trained_model
+    model.eval()
+    bundle = Bundle(bundle_path)
+    inputs = example_inputs(model.cfg, batch=batch, seed=batch + 10)[graph]
+    got = bundle.run(graph, **inputs)
+    want = torch_outputs(model, graph, inputs)
+    assert len(got) == len(GRAPH_OUTPUTS[graph])
+    for g, w in zip(got, want):
+        assert g.shape == tuple(w.shape)
+        assert np.abs(g - w.numpy()).max() <= 1e-4
+
+
+def test_text_and_audio_graphs_take_other_lengths(trained_model, bundle_path):
+    model, _ = trained_model
+    bundle = Bundle(bundle_path)
+    mu, logvar = bundle.embed_texts(["birdsong", "waves breaking on a rocky shore at dawn"])
+    assert mu.shape == logvar.shape == (2, model.cfg.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(mu, axis=1), 1.0, atol=1e-5)
+    feats = np.random.default_rng(0).standard_normal((2, model.cfg.audio_spec.n_mels, 333)).astype(np.float32)
+    mu_a, _ = bundle.embed_audio_features(feats)
+    want, _ = torch_outputs(model, "audio", {"features": feats})
+    assert np.abs(mu_a - want.numpy()).max() <= 1e-4
+
+
+def test_embed_batch_matches_bundle_fusion(trained_model, bundle_path):
+    """The training code path and the exported fuse graph agree."""
+    model, _ = trained_model
+    inputs = example_inputs(model.cfg, batch=4, seed=3)
+    batch = {k: torch.from_numpy(v) for k, v in {**inputs["image"], **inputs["fuse"]}.items() if k != "sat"}
+    with torch.no_grad():
+        mu, _ = embed_batch(model.eval(), batch)["sat"]
+    bundle = Bundle(bundle_path)
+    sat = bundle.embed_images(inputs["image"]["image"], inputs["image"]["gsd"])
+    meta = {k: v for k, v in inputs["fuse"].items() if k != "sat"}
+    mu_b, _ = bundle.fuse(sat, meta)
+    assert np.abs(mu_b - mu.numpy()).max() <= 1e-4
+
+
+def test_manifest_round_trip(bundle_path, tiny_model_config):
+    bundle = Bundle(bundle_path)
+    m = bundle.manifest
+    assert m["dims"] == {"embed": tiny_model_config.embed_dim, "sat": tiny_model_config.sat_dim}
+    assert m["vocab"]["source"] == ["demo", "field"]
+    assert set(m["export_parity_max_abs_diff"]) == set(GRAPHS)
+    assert len(bundle.id) == 16 and bundle.sources.id("field") == 1
+    assert bundle.audio_spec.n_mels == tiny_model_config.audio_spec.n_mels
+
+
+def test_tampered_bundle_is_refused(bundle_path, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_path, copy)
+    with open(copy / "fuse.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="fuse.onnx does not match"):
+        Bundle(copy)
+    shutil.copy(bundle_path / "fuse.onnx", copy / "fuse.onnx")
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["calibration"]["a"] = 1.0
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="id does not match"):
+        Bundle(copy)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="not a model bundle"):
+        Bundle(tmp_path)

@@ -1,0 +1,62 @@
+import mercantile
+import numpy as np
+import pytest
+
+from model.tiles import (demorton, descendant_range, ground_sample_distance, morton, quadkey,
+                         tile_bounds, tile_centres, tile_is_valid, tiles_in_bbox)
+
+
+@pytest.mark.parametrize("z,x,y", [(0, 0, 0), (1, 1, 0), (5, 17, 30), (13, 4100, 7000), (22, 3_000_000, 123)])
+def test_morton_order_is_quadkey_order(z, x, y):
+    qk = quadkey(x, y, z)
+    assert qk == mercantile.quadkey(x, y, z)
+    assert morton(x, y) == (int(qk, 4) if qk else 0)
+    assert demorton(morton(x, y)) == (x, y)
+
+
+def test_morton_arrays_round_trip_and_sort_like_quadkeys():
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 1 << 10, 500), rng.integers(0, 1 << 10, 500)
+    codes = morton(x, y)
+    assert codes.dtype == np.uint64
+    bx, by = demorton(codes)
+    assert (bx == x).all() and (by == y).all()
+    by_code = [quadkey(int(x[i]), int(y[i]), 10) for i in np.argsort(codes, kind="stable")]
+    assert by_code == sorted(by_code)
+
+
+def test_descendant_range_equals_brute_force():
+    z, x, y, level = 3, 5, 2, 6
+    lo, hi = descendant_range(z, x, y, level)
+    xs, ys = np.meshgrid(np.arange(1 << level), np.arange(1 << level))
+    codes = morton(xs.ravel(), ys.ravel())
+    inside = (xs.ravel() >> (level - z) == x) & (ys.ravel() >> (level - z) == y)
+    assert set(codes[inside].tolist()) == set(range(lo, hi))
+
+
+def test_tile_validity():
+    assert tile_is_valid(0, 0, 0)
+    assert not tile_is_valid(2, 4, 0)
+    assert not tile_is_valid(2, 0, -1)
+    assert not tile_is_valid(25, 0, 0)
+
+
+def test_centres_and_bounds_agree_with_mercantile():
+    lon, lat = tile_centres(4, np.array([3]), np.array([9]))
+    b = mercantile.bounds(3, 9, 4)
+    assert b.west < lon[0] < b.east and b.south < lat[0] < b.north
+    assert tile_bounds(4, 3, 9) == pytest.approx((b.west, b.south, b.east, b.north))
+
+
+def test_gsd_halves_per_zoom_and_shrinks_with_latitude():
+    assert ground_sample_distance(0, 0.0, 256) == pytest.approx(156543.03, rel=1e-6)
+    assert ground_sample_distance(5, 0.0, 256) * 2 == pytest.approx(ground_sample_distance(4, 0.0, 256))
+    assert ground_sample_distance(3, 60.0, 256) == pytest.approx(ground_sample_distance(3, 0.0, 256) / 2)
+
+
+def test_tiles_in_bbox_matches_mercantile():
+    bbox = (-12.0, 28.0, 36.0, 62.0)
+    x, y = tiles_in_bbox(5, bbox)
+    ours = set(zip(x.tolist(), y.tolist()))
+    theirs = {(t.x, t.y) for t in mercantile.tiles(*bbox, zooms=5)}
+    assert ours == theirs
