@@ -2,9 +2,18 @@
 parameters the bundle manifest records, so training and serving compute the same features."""
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
+from math import gcd
+from pathlib import Path
 
 import numpy as np
+import soundfile
+from scipy.signal import resample_poly
+
+
+class AudioDecodeError(ValueError):
+    """The bytes or file are not audio that libsndfile reads (wav, flac, ogg, mp3, ...)."""
 
 
 @dataclass(frozen=True)
@@ -74,3 +83,21 @@ def log_mel(wave: np.ndarray, spec: AudioFeatureSpec) -> np.ndarray:
     power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
     mel = mel_filterbank(spec) @ power.T.astype(np.float32)
     return np.log(mel + 1e-6).astype(np.float32)
+
+
+def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray, int]:
+    """(mono float32 waveform, sample rate) of an audio file or its bytes."""
+    try:
+        data, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else str(source),
+                                    dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioDecodeError(f"cannot decode audio: {exc}") from None
+    return data.mean(axis=1), int(rate)
+
+
+def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Polyphase resampling (anti-aliased) from `rate` to `target` Hz."""
+    if rate == target:
+        return np.asarray(wave, dtype=np.float32)
+    g = gcd(int(rate), int(target))
+    return resample_poly(np.asarray(wave, dtype=np.float32), target // g, rate // g).astype(np.float32)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from model.audio import AudioFeatureSpec
+from model.audio import AudioFeatureSpec, log_mel, resample
 from model.contract import (BUNDLE_FORMAT_VERSION, GRAPH_FILES, GRAPH_INPUTS, GRAPH_OUTPUTS,
                             GRAPHS, MANIFEST_FILE, TOKENIZER_FILE)
 from model.metadata import Vocabulary
@@ -140,6 +140,11 @@ class Bundle:
     def embed_audio_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu, logvar = self.run("audio", features=np.asarray(features, dtype=np.float32))
         return mu, logvar
+
+    def embed_waveform(self, wave: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, logvar), each (1, D), of a mono waveform at any sample rate."""
+        wave = resample(wave, sample_rate, self.audio_spec.sample_rate)
+        return self.embed_audio_features(log_mel(wave, self.audio_spec)[None])
 
 
 def load_bundle(path: str | Path, **kwargs) -> Bundle:
