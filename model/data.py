@@ -4,7 +4,7 @@ batch that `model.train` consumes, using the bundle-side tokenizer and audio fea
 training and serving prepare inputs identically."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,3 +65,40 @@ def collate(samples: Sequence[Sample], *, tokenizer: HashedWordTokenizer, audio_
         batch["features"] = np.stack([
             log_mel(resample(s.audio, s.sample_rate, audio_spec.sample_rate), audio_spec) for s in samples])
     return batch
+
+
+@dataclass
+class Splits:
+    """Train/validation/test sources of one dataset, split by held-out geographic cells."""
+
+    train: SampleSource
+    val: SampleSource
+    test: SampleSource
+
+
+# A reader factory: (the config's `data:` section, the model's image size) -> splits.
+ReaderFactory = Callable[[dict, int], Splits]
+READERS: dict[str, ReaderFactory] = {}
+
+
+def register_reader(kind: str, factory: ReaderFactory) -> None:
+    """Make `data: {kind: ...}` in a config use `factory`. Packages above model/ (corpus/)
+    register theirs from the composition root (cli/), so model/ never imports them."""
+    READERS[kind] = factory
+
+
+def geographic_split(lat: np.ndarray, lon: np.ndarray, *, cell_deg: float = 1.0,
+                     val_fraction: float = 0.05, test_fraction: float = 0.1,
+                     seed: int = 0) -> np.ndarray:
+    """'train' / 'val' / 'test' per sample: whole lat/lon cells are held out, never single rows,
+    so evaluation measures places the model has not seen."""
+    cells = np.floor(np.asarray(lat) / cell_deg).astype(np.int64) * 100_000 + \
+        np.floor(np.asarray(lon) / cell_deg).astype(np.int64)
+    unique = np.unique(cells)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    n_val = int(round(val_fraction * len(unique)))
+    n_test = int(round(test_fraction * len(unique)))
+    label = {}
+    for rank, i in enumerate(order):
+        label[unique[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+    return np.array([label[c] for c in cells])
