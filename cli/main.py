@@ -7,12 +7,25 @@ import sys
 
 from cli import demo
 from cli.errors import UsageError
+from corpus import commands as corpus_commands
 from model import commands as model_commands
+from model.data import register_reader
 from precompute import commands as precompute_commands
 from server import commands as server_commands
 
 # Errors that mean "the input is wrong", reported as one sentence with exit code 2.
 USER_ERRORS: tuple[type[Exception], ...] = (UsageError, FileNotFoundError, ValueError)
+
+
+def _demo_corpus_reader(data: dict, image_size: int):
+    """`data: {kind: demo}`: the corpus package's reader (imported only when a config uses it)."""
+    from corpus.reader import factory
+
+    return factory(data, image_size)
+
+
+# cli/ is the composition root: readers of packages above model/ are registered here.
+register_reader("demo", _demo_corpus_reader)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.add_commands(sub)
     precompute_commands.add_commands(sub)
     server_commands.add_commands(sub)
+    corpus_commands.add_commands(sub)
     return parser
 
 
@@ -34,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    errors = USER_ERRORS + model_commands.USER_ERRORS + precompute_commands.USER_ERRORS
+    errors = (USER_ERRORS + model_commands.USER_ERRORS + precompute_commands.USER_ERRORS
+              + corpus_commands.USER_ERRORS)
     try:
         return int(args.handler(args) or 0)
     except errors as exc:

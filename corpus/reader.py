@@ -1,0 +1,139 @@
+"""The demo corpus as training data: `factory` is the reader registered as `data: {kind: demo}`.
+
+It reads what `soundscape corpus build` wrote, splits samples by held-out geographic cells and
+yields `model.data.Sample`s whose image is the stored cell (cut by model.imagery) and whose
+audio is the mixture recipe rendered on read. Data section keys: docs/corpus.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from corpus.build import FORMAT, cut_images
+from corpus.errors import CorpusError
+from corpus.clips import load_bank
+from corpus.mixing import Events, render
+from corpus.places import Places
+from corpus.rules import CLASSES, RULES
+from model.data import Sample, Splits, geographic_split
+from model.imagery import Imagery
+from model.tiles import tile_centres
+
+DATA_KEYS = {"kind": None, "path": "data/corpus", "split_level": 4, "val_fraction": 0.05,
+             "test_fraction": 0.1, "seed": 0, "audio": True, "limit": None}
+
+
+class DemoCorpus:
+    """A built corpus folder: the sample table, cell images, clip bank and place rasters."""
+
+    def __init__(self, path: str | Path, image_size: int | None = None, progress: bool = True):
+        self.path = Path(path)
+        try:
+            self.manifest = json.loads((self.path / "manifest.json").read_text())
+        except (OSError, ValueError):
+            raise CorpusError(f"{self.path} holds no built corpus (manifest.json missing or unreadable); "
+                              f"run `soundscape corpus build --out {self.path}`") from None
+        if self.manifest.get("format") != FORMAT:
+            raise CorpusError(f"{self.path} holds corpus format {self.manifest.get('format')!r}, not {FORMAT!r}; "
+                              f"rebuild it with `soundscape corpus build --out {self.path}`")
+        with np.load(self.path / "samples.npz") as data:
+            self.table = {k: data[k] for k in data.files}
+        self.bank, self.clips, self.sample_rate = load_bank(self.path)
+        self.n_frames = int(round(self.manifest["duration_s"] * self.sample_rate))
+        self.image_size = int(image_size or self.manifest["image_size"])
+        self.images, self.gsd = self._images(progress)
+        self.index = np.flatnonzero(self.table["keep"])  # samples that have imagery
+
+    def _images(self, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The cell images at self.image_size: stored ones, or cut now from the recorded imagery."""
+        size = self.image_size
+        if (self.path / f"images-{size}.npy").exists():
+            return np.load(self.path / f"images-{size}.npy", mmap_mode="r"), np.load(self.path / f"images-{size}-gsd.npy")
+        source = self.manifest["imagery"]["path"]
+        if not os.path.exists(source):
+            raise CorpusError(f"the corpus has no {size}-px images and its imagery {source} is gone; "
+                              f"rebuild with `soundscape corpus build --out {self.path} --image-size {size}`")
+        return cut_images(Imagery(source), self.table["cells"], size, self.path, progress)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def places(self) -> Places:
+        """The place rasters the rules read (for map checks of a model trained on this corpus)."""
+        return Places(self.path / "places.npz")
+
+    def events(self, row: int) -> Events:
+        lo, hi = self.table["event_start"][row], self.table["event_start"][row + 1]
+        return Events(*(self.table[f"event_{k}"][lo:hi] for k in ("clip", "src", "dst", "length", "gain_db")))
+
+    def audio(self, row: int) -> np.ndarray:
+        return render(self.events(row), self.bank, self.clips, self.n_frames, self.sample_rate)
+
+    def sounds(self, row: int) -> list[str]:
+        """The sound classes mixed into sample `row`, loudest first."""
+        return [CLASSES[c] for c in self.table["layers"][row] if c >= 0]
+
+    def fired(self, row: int) -> dict[str, float]:
+        """The rules that fired for sample `row` and their activations (the caption's provenance)."""
+        weights = self.table["rule_weights"][row].astype(float)
+        return {r.name: float(w) for r, w in zip(RULES, weights) if w > 0}
+
+    def sample(self, row: int, with_audio: bool = True) -> Sample:
+        t = self.table
+        cell = int(t["cell"][row])
+        return Sample(key=f"demo-{row:06d}", image=np.asarray(self.images[cell]), gsd=float(self.gsd[cell]),
+                      lat=float(t["lat"][row]), lon=float(t["lon"][row]), hour=float(t["hour"][row]),
+                      month=int(t["month"][row]), source=self.manifest["source"], caption=str(t["captions"][row]),
+                      caption_source=self.manifest["caption_source"],
+                      audio=self.audio(row) if with_audio else None,
+                      sample_rate=self.sample_rate if with_audio else None)
+
+    def split(self, split_level: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+        """'train'/'val'/'test' per kept sample: whole tiles of `split_level` are held out, so no
+        image, and no place, of a held-out tile is seen in training (levels >= split_level)."""
+        t = self.table
+        shift = t["level"][self.index].astype(np.int64) - split_level
+        if (shift < 0).any():
+            raise CorpusError(f"split_level {split_level} is finer than the corpus's coarsest level "
+                              f"{int(t['level'].min())}; use a split_level <= it")
+        unit_x, unit_y = t["x"][self.index] >> shift, t["y"][self.index] >> shift
+        lon, lat = tile_centres(split_level, unit_x, unit_y)
+        return geographic_split(lat, lon, cell_deg=0.01, val_fraction=val_fraction,
+                                test_fraction=test_fraction, seed=seed)
+
+
+class CorpusSource:
+    """One split of a DemoCorpus as a map-style `SampleSource`."""
+
+    def __init__(self, corpus: DemoCorpus, rows: np.ndarray, audio: bool = True):
+        self.corpus, self.rows, self.with_audio = corpus, rows, audio
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Sample:
+        if not -len(self.rows) <= index < len(self.rows):
+            raise IndexError(index)
+        return self.corpus.sample(int(self.rows[index]), self.with_audio)
+
+
+def factory(data: dict, image_size: int) -> Splits:
+    """The `data: {kind: demo, ...}` reader: train/val/test sources of a built corpus."""
+    unknown = set(data) - set(DATA_KEYS)
+    if unknown:
+        raise CorpusError(f"unknown key(s) {sorted(unknown)} in the data: section; the demo reader takes "
+                          f"{sorted(k for k in DATA_KEYS if k != 'kind')}")
+    cfg = {**DATA_KEYS, **data}
+    corpus = DemoCorpus(cfg["path"], image_size)
+    labels = corpus.split(int(cfg["split_level"]), float(cfg["val_fraction"]), float(cfg["test_fraction"]),
+                          int(cfg["seed"]))
+    rows = corpus.index
+    if cfg["limit"] is not None:
+        keep = np.random.default_rng(int(cfg["seed"])).permutation(len(rows))[: int(cfg["limit"])]
+        keep.sort()
+        rows, labels = rows[keep], labels[keep]
+    return Splits(*(CorpusSource(corpus, rows[labels == name], bool(cfg["audio"]))
+                    for name in ("train", "val", "test")))

@@ -1,0 +1,96 @@
+"""The soundscape rules table: seasons, day cycle and class weights for hand-made places."""
+from __future__ import annotations
+
+import numpy as np
+
+from corpus import rules
+from corpus.captions import caption, daypart, place_phrase
+from corpus.places import PlaceAttributes
+
+PLACE = dict(landcover=5, climate=rules.TEMPERATE, land=True, coast_km=400.0, lights=0.0, population=0.0)
+
+
+def places(**overrides) -> PlaceAttributes:
+    """One place (lat 48 N, lon 8 E: the Black Forest) with the given attributes."""
+    values = {"lat": 48.0, "lon": 8.0, **PLACE, **overrides}
+    return PlaceAttributes(**{k: np.array([v]) for k, v in values.items()})
+
+
+def weights(p: PlaceAttributes, month: int, hour: float) -> dict[str, float]:
+    e = rules.evaluate(p, np.array([month]), np.array([hour]))
+    return dict(zip(rules.CLASSES, e.classes[0]))
+
+
+def top(p: PlaceAttributes, month: int, hour: float) -> str:
+    w = weights(p, month, hour)
+    return max(w, key=w.get)
+
+
+def test_seasons_follow_hemisphere_and_tropics():
+    lat = np.array([50.0, -50.0, 10.0, 10.0, -10.0])
+    month = np.array([1, 1, 7, 1, 1])
+    assert [rules.SEASONS[s] for s in rules.season(lat, month)] == [
+        "winter", "summer", "wet season", "dry season", "wet season"]
+
+
+def test_day_cycle_profiles_wrap_midnight():
+    assert rules.NIGHT(np.array([0.0]))[0] == 1.0 and rules.NIGHT(np.array([12.0]))[0] == 0.0
+    assert rules.DAWN(np.array([5.5]))[0] == 1.0 and rules.DAWN(np.array([14.0]))[0] < 1e-6
+    assert rules.RUSH(np.array([8.0]))[0] > 0.99 and rules.RUSH(np.array([3.0]))[0] < 0.01
+
+
+def test_temperate_forest_has_a_dawn_chorus_in_may():
+    forest = places()
+    dawn, afternoon, night = weights(forest, 5, 5.0), weights(forest, 5, 14.0), weights(forest, 5, 23.0)
+    assert top(forest, 5, 5.0) == "birds" and dawn["birds"] >= 0.8
+    assert dawn["birds"] > 2 * afternoon["birds"]
+    assert night["birds"] < 0.01 and night["night_insects"] > 0.2 and night["owl"] > 0.3
+    assert weights(forest, 1, 5.0)["birds"] < 0.3 * dawn["birds"]  # winter: little song
+
+
+def test_city_traffic_peaks_at_rush_hour():
+    city = places(landcover=13, lights=1.0, population=3e6)
+    assert top(city, 3, 8.0) == "traffic"
+    assert weights(city, 3, 8.0)["traffic"] > 5 * weights(city, 3, 3.0)["traffic"]
+    countryside = places(landcover=12, lights=0.0, population=2e3)
+    assert weights(countryside, 3, 8.0)["traffic"] < 0.05
+    assert top(countryside, 6, 11.0) == "farm_animals"
+
+
+def test_coast_gets_waves_and_open_sea_gets_swell():
+    coast_sea = places(landcover=0, land=False, coast_km=2.0, climate=0)
+    open_sea = places(landcover=0, land=False, coast_km=400.0, climate=0)
+    assert top(coast_sea, 8, 12.0) == "waves"
+    assert weights(open_sea, 8, 12.0)["waves"] == 0.0
+    assert top(open_sea, 8, 12.0) == "sea_swell"
+
+
+def test_cold_winters_bring_snowstorms_and_tropical_rain_follows_the_wet_season():
+    taiga = places(lat=62.0, lon=100.0, landcover=1, climate=rules.COLD)
+    assert weights(taiga, 1, 12.0)["snowstorm"] >= 1.0 and weights(taiga, 7, 12.0)["snowstorm"] == 0.0
+    rainforest = places(lat=5.0, lon=20.0, landcover=2, climate=rules.TROPICAL)
+    assert weights(rainforest, 7, 16.0)["rain"] > 3 * weights(rainforest, 1, 16.0)["rain"]
+    assert top(rainforest, 7, 5.5) == "tropical_forest"
+
+
+def test_every_place_has_some_sound():
+    desert = places(lat=23.0, lon=10.0, landcover=16, climate=rules.ARID)
+    assert top(desert, 4, 14.0) == "wind"
+    assert all(sum(weights(p, m, h).values()) > 0 for p in (places(), desert) for m in (1, 7) for h in (0, 12))
+
+
+def test_explain_lists_the_rules_that_fired():
+    fired = rules.explain(places(), 5, 5.0)
+    assert fired[0][:2] == ("dawn chorus", "birds")
+    assert all(w > 0 for _, _, w in fired)
+
+
+def test_captions_name_sounds_place_and_time():
+    rng = np.random.default_rng(0)
+    p = places()
+    assert place_phrase(p, 0) == "a temperate forest"
+    assert place_phrase(places(land=False, landcover=0, coast_km=300.0), 0) == "the open ocean"
+    assert daypart(5.5) == "dawn" and daypart(23.0) == "night"
+    texts = {caption(["birds"], p, 0, 5.5, rules.SPRING, rng)[0] for _ in range(40)}
+    assert len(texts) >= 4  # several templates and phrasings
+    assert all("bird" in t.lower() for t in texts)
