@@ -3,5 +3,5 @@
 # whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh train,test redis-server docker-compose
+scripts/setup.sh train,test redis-server docker-compose chromium
 exec .venv/bin/python -m pytest "$@"

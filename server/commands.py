@@ -18,8 +18,17 @@ def serve(bundle: str, store: str, host: str, port: int, workers: int = 1,
     os.environ["SOUNDSCAPE_STORE"] = str(store)
     if redis_url:
         os.environ["SOUNDSCAPE_REDIS_URL"] = redis_url
+    if workers > 1:
+        # One onnxruntime thread pool per worker, sized so the workers do not oversubscribe the cores.
+        cores = os.cpu_count() or 1
+        os.environ.setdefault("SOUNDSCAPE_ORT_THREADS", str(max(1, cores // workers)))
+        os.environ.setdefault("SOUNDSCAPE_COMPUTE_THREADS", str(max(1, cores // workers)))
+        if not redis_url:
+            print("note: without --redis-url each worker has its own cache, and a query registered "
+                  "with POST /queries is known only to the worker that took it", flush=True)
     base = f"http://{host}:{port}"
-    print(f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q=birdsong&hour=6\n"
+    print(f"viewer:            {base}/\n"
+          f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q=birdsong&hour=6\n"
           f"try in a browser:  {base}/tiles/1/1/0.png?q=waves%20on%20the%20open%20ocean\n"
           f"TileJSON:          {base}/tilejson.json?q=birdsong", flush=True)
     uvicorn.run("server.asgi:create_app_from_env", factory=True, host=host, port=port,
@@ -41,8 +50,8 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve heatmap and uncertainty tiles",
-                       description="Serve XYZ tiles, TileJSON and health for a bundle and a store "
-                                   "built by that bundle.")
+                       description="Serve XYZ tiles, TileJSON, WMTS, search, point profiles and the "
+                                   "viewer for a bundle and a store built by that bundle.")
     p.add_argument("--bundle", required=True, help="model bundle directory")
     p.add_argument("--store", required=True, help="embedding store directory")
     add_server_options(p)

@@ -1,5 +1,5 @@
 """Values to images: palette PNGs (index 0 = no data, transparent; 1..255 = the colormap over
-`rescale`), encoded at a fast zlib level."""
+`rescale`) at a fast zlib level, lossless WebP, float32 .npy, legends and basemap tiles."""
 from __future__ import annotations
 
 import io
@@ -10,6 +10,7 @@ from PIL import Image
 from rio_tiler.colormap import cmap
 
 PNG_COMPRESS_LEVEL = 1
+FORMATS = {"png": "image/png", "webp": "image/webp", "npy": "application/x-npy"}
 
 
 def colormap_names() -> list[str]:
@@ -37,10 +38,59 @@ def quantise(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return idx
 
 
-def encode_png(values: np.ndarray, lo: float, hi: float, colormap: str) -> bytes:
-    rgb, alpha = palette(colormap)
-    image = Image.fromarray(quantise(values, lo, hi), mode="P")
+def palette_image(indices: np.ndarray, colormap: str) -> Image.Image:
+    rgb, _ = palette(colormap)
+    image = Image.fromarray(indices, mode="P")
     image.putpalette(rgb)
+    return image
+
+
+def encode_png(values: np.ndarray, lo: float, hi: float, colormap: str) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, transparency=alpha)
+    palette_image(quantise(values, lo, hi), colormap).save(
+        buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, transparency=palette(colormap)[1])
+    return buf.getvalue()
+
+
+def encode_webp(values: np.ndarray, lo: float, hi: float, colormap: str) -> bytes:
+    """Lossless WebP (a heatmap is quantitative: no lossy artefacts), fastest method."""
+    _, alpha = palette(colormap)
+    indices = quantise(values, lo, hi)
+    rgba = np.asarray(palette_image(indices, colormap).convert("RGB"))
+    rgba = np.dstack([rgba, np.frombuffer(alpha, dtype=np.uint8)[indices]])
+    buf = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buf, format="WEBP", lossless=True, method=0)
+    return buf.getvalue()
+
+
+def encode_npy(values: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, values.astype(np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode(values: np.ndarray, fmt: str, lo: float, hi: float, colormap: str) -> bytes:
+    if fmt == "npy":
+        return encode_npy(values)
+    return (encode_png if fmt == "png" else encode_webp)(values, lo, hi, colormap)
+
+
+@lru_cache(maxsize=16)
+def blank(fmt: str, size: int) -> bytes:
+    """The tile of a place without cells: fully transparent (or all-NaN for npy)."""
+    return encode(np.full((size, size), np.nan, dtype=np.float32), fmt, 0.0, 1.0, "viridis")
+
+
+def legend(colormap: str, width: int, height: int, vertical: bool) -> bytes:
+    """A colour ramp of the palette, low values left (or bottom when vertical)."""
+    ramp = np.linspace(0.0, 1.0, height if vertical else width, dtype=np.float32)
+    values = np.tile(ramp[::-1, None], (1, width)) if vertical else np.tile(ramp[None, :], (height, 1))
+    return encode_png(values, 0.0, 1.0, colormap)
+
+
+def encode_rgba_webp(rgb: np.ndarray, valid: np.ndarray, quality: int = 85) -> bytes:
+    """Basemap imagery: lossy WebP with alpha where the raster has no pixels."""
+    rgba = np.dstack([rgb, np.where(valid, 255, 0).astype(np.uint8)])
+    buf = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buf, format="WEBP", quality=quality, method=0)
     return buf.getvalue()

@@ -1,0 +1,235 @@
+"""The server's compute, free of HTTP and caching: which cells a tile reads, cell embeddings under
+requested metadata, match probabilities, tile pixels, point profiles and top-k search.
+Every method is synchronous and CPU-bound; `server.service` runs them in a thread pool."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import mercantile
+import numpy as np
+
+from model.bundle import Bundle
+from model.metadata import encode_metadata
+from model.scoring import csd, match_probability, query_vector, uncertainty
+from model.tiles import morton
+from precompute.store import Level, Store
+from server.sampling import AxisSampling, axis_sampling, sample
+
+CELLS_PER_TILE_LOG2 = 4  # a tile draws the cells of level z + 4: 16 x 16 cells
+MAX_CELLS_PER_SIDE_LOG2 = 8  # beyond this a tile would hold more cells than pixels
+FUSE_BATCH = 4096
+RANGE_MAX_CELLS = 20_000  # score_range reads the finest level at most this large
+LAYERS = ("heatmap", "uncertainty")
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Query-time metadata; None means unknown. `source` is a vocabulary name."""
+
+    hour: int | None = None
+    month: int | None = None
+    source: str | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self.hour is None and self.month is None and self.source is None
+
+
+@dataclass(frozen=True)
+class QueryEmbedding:
+    mu: np.ndarray  # (D,) float32
+    s: float
+
+    def to_bytes(self) -> bytes:
+        return np.concatenate([[self.s], self.mu]).astype(np.float32).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "QueryEmbedding":
+        row = np.frombuffer(data, dtype=np.float32)
+        return cls(row[1:].copy(), float(row[0]))
+
+
+@dataclass(frozen=True)
+class CellEmbeddings:
+    """(mu, S) of some cells; mu float16 like the store, so every path gives equal values."""
+
+    mu: np.ndarray  # (N, D) float16
+    s: np.ndarray  # (N,) float32
+
+    def to_bytes(self) -> bytes:
+        return np.int64(len(self.s)).tobytes() + self.s.astype(np.float32).tobytes() + \
+            self.mu.astype(np.float16).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "CellEmbeddings":
+        n = int(np.frombuffer(data[:8], dtype=np.int64)[0])
+        s = np.frombuffer(data[8:8 + 4 * n], dtype=np.float32)
+        mu = np.frombuffer(data[8 + 4 * n:], dtype=np.float16).reshape(n, -1)
+        return cls(mu, s)
+
+
+@dataclass(frozen=True)
+class CellWindow:
+    """The cells a tile reads: a rectangle of the drawn level, including a one-cell ring."""
+
+    level: Level
+    rows: AxisSampling
+    cols: AxisSampling
+    index: np.ndarray  # (rows.cells * cols.cells,) row into the level's arrays; -1 = no cell
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.index[self.index >= 0]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.index >= 0).any()
+
+    @property
+    def key(self) -> dict:
+        """Identifies the cells read (for the fused-block cache); independent of zoom."""
+        return {"level": self.level.level, "col": self.cols.first, "row": self.rows.first,
+                "ncols": self.cols.cells, "nrows": self.rows.cells}
+
+
+def lookup(level: Level, codes: np.ndarray) -> np.ndarray:
+    """Positions of Morton `codes` in the level's sorted codes; -1 where absent."""
+    all_codes = level.arrays.codes
+    if len(all_codes) == 0:
+        return np.full(codes.shape, -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(all_codes, codes), len(all_codes) - 1)
+    return np.where(all_codes[pos] == codes, pos, -1).astype(np.int64)
+
+
+class Engine:
+    def __init__(self, bundle: Bundle, store: Store):
+        store.check_bundle(bundle.id)
+        self.bundle = bundle
+        self.store = store
+        self.stats: Counter[str] = Counter()  # work done, for tests and benchmarks
+
+    # Query side -----------------------------------------------------------------------------
+    def embed_text(self, text: str) -> QueryEmbedding:
+        mu, logvar = self.bundle.embed_texts([text])
+        self.stats["text_encodings"] += 1
+        return QueryEmbedding(mu[0].astype(np.float32), float(uncertainty(logvar)[0]))
+
+    def embed_wave(self, wave: np.ndarray, sample_rate: int) -> QueryEmbedding:
+        mu, logvar = self.bundle.embed_waveform(wave, sample_rate)
+        self.stats["audio_encodings"] += 1
+        return QueryEmbedding(mu[0].astype(np.float32), float(uncertainty(logvar)[0]))
+
+    # Cells -----------------------------------------------------------------------------------
+    def window(self, z: int, x: int, y: int, size: int) -> CellWindow:
+        """The cells tile (z, x, y) reads at `size` pixels (its level is z + 4, clamped)."""
+        level = self.store.level_for_tile(z, CELLS_PER_TILE_LOG2)
+        depth = level.level - z
+        rows, cols = axis_sampling(z, y, level.level, size), axis_sampling(z, x, level.level, size)
+        n = 1 << level.level
+        if depth > MAX_CELLS_PER_SIDE_LOG2:
+            return CellWindow(level, rows, cols, np.full(rows.cells * cols.cells, -1, np.int64))
+        col_ids = (cols.first + np.arange(cols.cells)) % n  # columns wrap at the antimeridian
+        row_ids = rows.first + np.arange(rows.cells)
+        grid_x, grid_y = np.meshgrid(col_ids, np.clip(row_ids, 0, n - 1))
+        index = lookup(level, morton(grid_x.ravel(), grid_y.ravel()))
+        outside = np.repeat((row_ids < 0) | (row_ids >= n), cols.cells)
+        index[outside] = -1
+        return CellWindow(level, rows, cols, index)
+
+    def stored(self, level: Level, index: np.ndarray, meta: Metadata) -> CellEmbeddings | None:
+        """Embeddings that need no fusion: the store's default, or its precomputed fusion."""
+        if meta.is_default:
+            return CellEmbeddings(np.asarray(level.arrays.mu[index]), np.asarray(level.arrays.s[index]))
+        precomputed = getattr(level, "precomputed", None)  # precompute may hold low levels' fusions
+        fused = precomputed(meta.hour, meta.month, meta.source) if precomputed else None
+        if fused is None:
+            return None
+        mu, s = fused
+        return CellEmbeddings(np.asarray(mu[index], dtype=np.float16), np.asarray(s[index], dtype=np.float32))
+
+    def fuse(self, level: Level, index: np.ndarray, meta: Metadata) -> CellEmbeddings:
+        """Run the fusion graph on cells under `meta` (batched)."""
+        source = None if meta.source is None else self.bundle.sources.id(meta.source)
+        mus, ss = [], []
+        for start in range(0, len(index), FUSE_BATCH):
+            part = index[start:start + FUSE_BATCH]
+            lonlat = np.asarray(level.arrays.lonlat[part])
+            encoded = encode_metadata(len(part), lat=lonlat[:, 1], lon=lonlat[:, 0], hour=meta.hour,
+                                      month=meta.month, source=source)
+            mu, logvar = self.bundle.fuse(np.asarray(level.arrays.sat[part], dtype=np.float32), encoded)
+            mus.append(mu.astype(np.float16))
+            ss.append(uncertainty(logvar))
+        self.stats["fusions"] += 1
+        if not mus:
+            return CellEmbeddings(np.zeros((0, self.bundle.embed_dim), np.float16), np.zeros(0, np.float32))
+        return CellEmbeddings(np.concatenate(mus), np.concatenate(ss))
+
+    def embeddings(self, level: Level, index: np.ndarray, meta: Metadata) -> CellEmbeddings:
+        return self.stored(level, index, meta) or self.fuse(level, index, meta)
+
+    # Values ----------------------------------------------------------------------------------
+    def values(self, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None) -> np.ndarray:
+        """Per-cell values: match probability (heatmap) or S (uncertainty)."""
+        if layer == "uncertainty":
+            return cells.s.astype(np.float32)
+        a, b = self.bundle.calibration
+        return match_probability(csd(query.mu, query.s, cells.mu, cells.s), a, b)
+
+    def tile_values(self, window: CellWindow, cells: CellEmbeddings, layer: str,
+                    query: QueryEmbedding | None) -> np.ndarray:
+        """(size, size) float32 pixels, bilinear between cell centres; NaN where no cell."""
+        grid = np.full(window.index.shape, np.nan, dtype=np.float32)
+        grid[window.index >= 0] = self.values(cells, layer, query)
+        self.stats["renders"] += 1
+        return sample(grid.reshape(window.rows.cells, window.cols.cells), window.rows, window.cols)
+
+    def score_range(self, query: QueryEmbedding, percentiles: tuple[float, float] = (2, 98)) -> tuple[float, float]:
+        """Percentiles of the query's match probability over a whole level (default metadata):
+        a global `rescale` that shows a query's contrast without normalising any tile alone."""
+        small = [lv for lv in sorted(self.store.levels) if len(self.store.levels[lv]) <= RANGE_MAX_CELLS]
+        level = self.store.levels[small[-1] if small else self.store.minlevel]
+        rows = np.arange(min(len(level), RANGE_MAX_CELLS))
+        cells = CellEmbeddings(np.asarray(level.arrays.mu[rows]), np.asarray(level.arrays.s[rows]))
+        lo, hi = np.percentile(self.values(cells, "heatmap", query), percentiles)
+        return float(lo), float(max(hi, lo + 1e-6))
+
+    # Points and search -----------------------------------------------------------------------
+    def cell_at(self, lon: float, lat: float, level: Level) -> int | None:
+        """Row of the cell of `level` holding (lon, lat), or None."""
+        tile = mercantile.tile(lon, lat, level.level)
+        found = lookup(level, np.asarray([morton(tile.x, tile.y)], dtype=np.uint64))[0]
+        return None if found < 0 else int(found)
+
+    def profiles(self, level: Level, row: int, meta: Metadata) -> tuple[CellEmbeddings, CellEmbeddings]:
+        """The cell's embeddings for hours 0..23 (month, source as given) and months 1..12
+        (hour, source as given), in one fusion batch."""
+        nan = float("nan")
+        hours = np.r_[np.arange(24.0), np.full(12, nan if meta.hour is None else meta.hour)]
+        months = np.r_[np.full(24, nan if meta.month is None else meta.month), np.arange(1.0, 13.0)]
+        source = None if meta.source is None else self.bundle.sources.id(meta.source)
+        lonlat = np.asarray(level.arrays.lonlat[[row]])
+        sat = np.repeat(np.asarray(level.arrays.sat[[row]], dtype=np.float32), 36, axis=0)
+        encoded = encode_metadata(36, lat=lonlat[0, 1], lon=lonlat[0, 0], hour=hours, month=months,
+                                  source=source)
+        mu, logvar = self.bundle.fuse(sat, encoded)
+        self.stats["fusions"] += 1
+        cells = CellEmbeddings(mu.astype(np.float16), uncertainty(logvar))
+        return (CellEmbeddings(cells.mu[:24], cells.s[:24]), CellEmbeddings(cells.mu[24:], cells.s[24:]))
+
+    def top_k(self, level: Level, cells: CellEmbeddings | None, query: QueryEmbedding,
+              k: int) -> tuple[np.ndarray, CellEmbeddings]:
+        """Rows of the k best cells and their embeddings, best first.
+
+        `cells` None = default metadata: FAISS over the stored [mu, -S/2]. Otherwise an exact
+        scan of the level's fused embeddings (the stored index ranks default metadata only).
+        """
+        k = min(k, len(level))
+        if cells is None:
+            _, ids = level.index.search(query_vector(query.mu), k)
+            rows = ids[0][ids[0] >= 0].astype(np.int64)
+            return rows, CellEmbeddings(np.asarray(level.arrays.mu[rows]), np.asarray(level.arrays.s[rows]))
+        rank = cells.mu.astype(np.float32) @ query.mu - 0.5 * cells.s
+        rows = np.argpartition(-rank, k - 1)[:k] if k < len(rank) else np.arange(len(rank))
+        rows = rows[np.argsort(-rank[rows], kind="stable")]
+        return rows, CellEmbeddings(cells.mu[rows], cells.s[rows])

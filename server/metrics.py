@@ -1,0 +1,18 @@
+"""Prometheus metrics (GET /metrics). Per process: with several workers each reports its own."""
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+REQUESTS = Counter("soundscape_requests_total", "HTTP requests", ["route", "method", "status"])
+LATENCY = Histogram("soundscape_request_seconds", "HTTP request latency", ["route"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+CACHE = Counter("soundscape_cache_total", "Cache lookups", ["cache", "result"])
+COMPUTE = Counter("soundscape_compute_total", "Work done on cache misses",
+                  ["kind"])  # render, fusion, text_encoding, audio_encoding
+COALESCED = Counter("soundscape_coalesced_total", "Requests that waited on an identical miss")
+REDIS_ERRORS = Counter("soundscape_redis_errors_total", "Redis operations that failed")
+
+
+def exposition() -> tuple[bytes, str]:
+    """(body, content type) of the Prometheus text format."""
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,130 @@
+"""Request parameters shared by the routes: their declarations (so OpenAPI documents them) and
+their validation into engine types. Every bad value becomes a 422 with a sentence."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import HTTPException, Query
+
+from server.engine import Metadata
+from server.queries import MAX_TEXT_LENGTH, QueryError, is_query_id, text_record
+from server.render import colormap_names
+from server.service import SoundscapeService, TileRequest
+
+TMS_IDS = ("WebMercatorQuad",)
+MAX_ZOOM = 24
+TILE_SIZES = (256, 512)
+DEFAULT_COLORMAPS = {"heatmap": "magma", "uncertainty": "viridis"}
+
+Layer = Literal["heatmap", "uncertainty"]
+TextParam = Annotated[str | None, Query(max_length=MAX_TEXT_LENGTH, description="Text query, e.g. birdsong.")]
+QueryIdParam = Annotated[str | None, Query(description="A query id returned by POST /queries.")]
+HourParam = Annotated[int | None, Query(ge=0, le=23, description="Hour of day, 0-23; absent = unknown.")]
+MonthParam = Annotated[int | None, Query(ge=1, le=12, description="Month, 1-12; absent = unknown.")]
+SourceParam = Annotated[str | None, Query(max_length=100, description="Audio source from the bundle's vocabulary.")]
+LevelParam = Annotated[int | None, Query(ge=0, le=MAX_ZOOM, description="Store level (default: the finest).")]
+
+
+@dataclass
+class QueryParams:
+    """What to look for and when: a text or a registered query plus metadata."""
+
+    q: TextParam = None
+    query: QueryIdParam = None
+    hour: HourParam = None
+    month: MonthParam = None
+    source: SourceParam = None
+
+
+@dataclass
+class TileParams(QueryParams):
+    layer: Annotated[Layer, Query(description="heatmap: match probability; uncertainty: S of the cell.")] = "heatmap"
+    colormap_name: Annotated[str | None, Query(max_length=64, description="A rio-tiler colormap name.")] = None
+    rescale: Annotated[str | None, Query(max_length=64, description="min,max of the colour scale.")] = None
+    tilesize: Annotated[int, Query(description="Tile size in pixels: 256 or 512.")] = 256
+
+
+def metadata(service: SoundscapeService, params: QueryParams) -> Metadata:
+    if params.source is not None:
+        try:
+            service.bundle.sources.id(params.source)
+        except ValueError as exc:
+            raise HTTPException(422, f"source: {exc}") from None
+    return Metadata(hour=params.hour, month=params.month, source=params.source)
+
+
+def query_id(service: SoundscapeService, params: QueryParams) -> str:
+    """The id a tile URL refers to: `query=` as given, or the id of the text `q=`."""
+    if params.q is not None and params.query is not None:
+        raise HTTPException(422, "give q (a text) or query (a registered id), not both")
+    if params.query is not None:
+        if not is_query_id(params.query):
+            raise HTTPException(422, f"query must be a 16-hex-digit id from POST /queries, not {params.query!r}")
+        return params.query
+    if params.q is None:
+        raise HTTPException(422, "q (a text query, e.g. q=birdsong) or query (an id from POST /queries) is required")
+    try:
+        return text_record(service.bundle.id, params.q).id
+    except QueryError as exc:
+        raise HTTPException(422, f"q: {exc}") from None
+
+
+async def query_embedding(service: SoundscapeService, params: QueryParams):
+    """(record, embedding) of the request's query (text embedded on first use)."""
+    qid = query_id(service, params)
+    if params.q is not None:
+        return await service.text_query(params.q)
+    return await service.resolve(qid)
+
+
+def parse_rescale(text: str | None, default: tuple[float, float]) -> tuple[float, float]:
+    if text is None:
+        return default
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise HTTPException(422, f"rescale must be two numbers min,max, not {text!r}") from None
+    if not (abs(lo) < float("inf") and abs(hi) < float("inf") and lo < hi):
+        raise HTTPException(422, f"rescale needs finite min < max, got {text!r}")
+    return lo, hi
+
+
+def colormap(name: str | None, layer: str) -> str:
+    name = name or DEFAULT_COLORMAPS[layer]
+    if name not in colormap_names():
+        raise HTTPException(422, f"unknown colormap_name {name!r}; GET /colormaps lists them")
+    return name
+
+
+def check_tile(tms: str, z: int, x: int, y: int) -> None:
+    """404 for a tile outside the tile matrix set, before any work."""
+    if tms not in TMS_IDS:
+        raise HTTPException(404, f"unknown tile matrix set {tms!r}; available: {', '.join(TMS_IDS)}")
+    if not (0 <= z <= MAX_ZOOM and 0 <= x < (1 << z) and 0 <= y < (1 << z)):
+        raise HTTPException(404, f"tile {z}/{x}/{y} is outside the {tms} grid (zoom 0-{MAX_ZOOM}, "
+                                 f"x and y in 0..2^z-1)")
+
+
+def tile_request(service: SoundscapeService, tms: str, z: int, x: int, y: int, fmt: str,
+                 params: TileParams) -> tuple[TileRequest, str | None]:
+    """The validated request and the text to embed (None for a registered query)."""
+    check_tile(tms, z, x, y)
+    if params.tilesize not in TILE_SIZES:
+        raise HTTPException(422, f"tilesize must be 256 or 512, not {params.tilesize}")
+    heatmap = params.layer == "heatmap"
+    qid = query_id(service, params) if heatmap else None
+    default_range = (0.0, 1.0) if heatmap else tuple(service.store.manifest["uncertainty_range"])
+    request = TileRequest(z=z, x=x, y=y, fmt=fmt, size=params.tilesize, layer=params.layer, query=qid,
+                          meta=metadata(service, params), colormap=colormap(params.colormap_name, params.layer),
+                          rescale=parse_rescale(params.rescale, default_range), tms=tms)
+    return request, (params.q if heatmap else None)
+
+
+def echo(params: QueryParams, **extra) -> dict:
+    """The parameters a client gave, to echo into TileJSON/WMTS URLs (None dropped)."""
+    values = {k: v for k, v in vars(params).items() if v is not None}
+    values.update({k: v for k, v in extra.items() if v is not None})
+    if values.get("tilesize") == 256:
+        values.pop("tilesize")
+    return values

@@ -1,0 +1,106 @@
+"""Queries: text or audio turned into an embedding under a short deterministic id.
+
+The id hashes the bundle id with the normalised input (text case-folded and single-spaced;
+audio as its waveform at the bundle's sample rate), so the same query always gets the same id
+and tile URLs that carry it stay cacheable forever. Records live in the shared cache (Redis
+when configured, so every worker and replica resolves an id) with a long TTL.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import soundfile
+
+from model.audio import AudioDecodeError, decode_audio, resample
+from model.text import normalise_text
+from server.engine import QueryEmbedding
+
+ID_LENGTH = 16
+MAX_TEXT_LENGTH = 500
+
+
+class QueryError(ValueError):
+    """A query the client got wrong; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    id: str
+    kind: str  # "text" | "audio"
+    text: str | None = None
+    duration_s: float | None = None
+    sample_rate: int | None = None  # of the upload; the model hears it at the bundle's rate
+
+    def to_bytes(self, embedding: QueryEmbedding) -> bytes:
+        head = json.dumps({k: v for k, v in asdict(self).items() if v is not None}).encode()
+        return len(head).to_bytes(4, "little") + head + embedding.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> tuple["QueryRecord", QueryEmbedding]:
+        n = int.from_bytes(data[:4], "little")
+        return cls(**json.loads(data[4:4 + n])), QueryEmbedding.from_bytes(data[4 + n:])
+
+
+def query_id(bundle_id: str, kind: str, content: bytes) -> str:
+    return hashlib.sha256(b"\0".join([bundle_id.encode(), kind.encode(), content])).hexdigest()[:ID_LENGTH]
+
+
+def is_query_id(text: str) -> bool:
+    return len(text) == ID_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
+def clean_text(text: str) -> str:
+    """The normalised text, or a 422 QueryError when it is empty or too long."""
+    normal = normalise_text(text)
+    if not normal:
+        raise QueryError(422, "text must not be empty (e.g. text=birdsong)")
+    if len(normal) > MAX_TEXT_LENGTH:
+        raise QueryError(422, f"text is longer than {MAX_TEXT_LENGTH} characters")
+    return normal
+
+
+def text_record(bundle_id: str, text: str) -> QueryRecord:
+    normal = clean_text(text)
+    return QueryRecord(query_id(bundle_id, "text", normal.encode()), "text", text=normal)
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    record: QueryRecord
+    wave: np.ndarray  # mono float32 at the bundle's sample rate
+    sample_rate: int
+
+
+def decode_upload(bundle_id: str, data: bytes, target_rate: int, max_seconds: float) -> DecodedAudio:
+    """Decode an upload (wav, flac, ogg, mp3), enforce the duration limit before decoding
+    (a small compressed file can hold hours of silence), and resample to the bundle's rate."""
+    if not data:
+        raise QueryError(422, "the audio upload is empty")
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise QueryError(415, f"cannot read the upload as audio (wav, flac, ogg or mp3): {exc}") from None
+    if info.samplerate <= 0:
+        raise QueryError(415, "the upload has no valid sample rate")
+    if info.frames / info.samplerate > max_seconds:
+        raise QueryError(413, f"audio is {info.frames / info.samplerate:.1f} s long; the limit is {max_seconds:g} s")
+    try:
+        wave, rate = decode_audio(data)
+    except AudioDecodeError as exc:
+        raise QueryError(415, str(exc)) from None
+    if len(wave) == 0:
+        raise QueryError(422, "the audio upload holds no samples")
+    if not np.isfinite(wave).all():
+        raise QueryError(422, "the audio holds non-finite samples")
+    wave = resample(wave, rate, target_rate)
+    record = QueryRecord(query_id(bundle_id, "audio", wave.astype("<f4").tobytes()), "audio",
+                         duration_s=round(len(wave) / target_rate, 3), sample_rate=rate)
+    return DecodedAudio(record, wave, target_rate)

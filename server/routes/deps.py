@@ -1,0 +1,21 @@
+"""Dependencies that hand routes the app's service and settings."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.service import SoundscapeService
+from server.settings import Settings
+
+
+def _service(request: Request) -> SoundscapeService:
+    return request.app.state.service
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+ServiceDep = Annotated[SoundscapeService, Depends(_service)]
+SettingsDep = Annotated[Settings, Depends(_settings)]

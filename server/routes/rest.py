@@ -1,0 +1,65 @@
+"""REST answers: where a sound is most likely (`/search`) and what one place sounds like over
+the day and the year (`/point/{lon},{lat}`)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.responses import JSONResponse
+
+from model.tiles import demorton, quadkey, tile_bounds
+from server.params import LevelParam, QueryParams, metadata, query_embedding
+from server.routes.deps import ServiceDep, SettingsDep
+
+router = APIRouter(tags=["rest"])
+MAX_K = 1000
+
+
+def _context(record, params: QueryParams) -> dict:
+    return {"query": record.id, **({"text": record.text} if record.text else {}),
+            **{k: getattr(params, k) for k in ("hour", "month", "source") if getattr(params, k) is not None}}
+
+
+@router.get("/search", responses={404: {"description": "Unknown query id."},
+                                  422: {"description": "Invalid parameters."}})
+async def search(service: ServiceDep, settings: SettingsDep, params: Annotated[QueryParams, Depends()],
+                 k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells.")] = 10,
+                 level: LevelParam = None) -> JSONResponse:
+    """Top-k cells for a query as GeoJSON, best first, with match probability and S under the
+    requested metadata (exact: non-default metadata is rescored over the fused level)."""
+    meta = metadata(service, params)
+    record, embedding = await query_embedding(service, params)
+    chosen = service.level(level)
+    rows, cells = await service.search(chosen, meta, embedding, k)
+    scores = service.engine.values(cells, "heatmap", embedding)
+    xs, ys = demorton(np.asarray(chosen.arrays.codes[rows]))
+    features = []
+    for rank, (row, x, y) in enumerate(zip(rows, xs, ys)):
+        lon, lat = (float(v) for v in chosen.arrays.lonlat[row])
+        features.append({"type": "Feature", "bbox": list(tile_bounds(chosen.level, int(x), int(y))),
+                         "geometry": {"type": "Point", "coordinates": [lon, lat]},
+                         "properties": {"rank": rank + 1, "score": float(scores[rank]),
+                                        "uncertainty": float(cells.s[rank]), "level": chosen.level,
+                                        "x": int(x), "y": int(y), "quadkey": quadkey(int(x), int(y), chosen.level)}})
+    return JSONResponse({"type": "FeatureCollection", "features": features,
+                         "properties": {**_context(record, params), "level": chosen.level, "k": k}},
+                        media_type="application/geo+json", headers={"Cache-Control": settings.cache_control})
+
+
+@router.get("/point/{lon},{lat}", responses={404: {"description": "No cell there, or unknown query id."},
+                                             422: {"description": "Invalid parameters."}})
+async def point(service: ServiceDep, settings: SettingsDep,
+                lon: Annotated[float, Path(ge=-180, le=180, allow_inf_nan=False)],
+                lat: Annotated[float, Path(ge=-90, le=90, allow_inf_nan=False)],
+                params: Annotated[QueryParams, Depends()], level: LevelParam = None) -> JSONResponse:
+    """Match probability and S of the cell at (lon, lat), plus its 24-hour profile (month and
+    source as given) and 12-month profile (hour and source as given)."""
+    meta = metadata(service, params)
+    record, embedding = await query_embedding(service, params)
+    chosen = service.level(level)
+    answer = await service.point(lon, lat, chosen, meta, embedding)
+    if answer is None:
+        raise HTTPException(404, f"no cell of level {chosen.level} at ({lon}, {lat}): outside the store")
+    return JSONResponse({"coordinates": [lon, lat], **_context(record, params), **answer},
+                        headers={"Cache-Control": settings.cache_control})

@@ -1,0 +1,221 @@
+"""The async side of the server: caches, single-flight and the compute thread pool around the
+engine. Routes call this; it never blocks the event loop (onnxruntime, numpy and encoding run
+in a bounded thread pool)."""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from model.bundle import Bundle
+from model.imagery import Imagery, ImageryError
+from precompute.store import Level, Store
+from server import metrics, render
+from server.cache import LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest
+from server.engine import CellEmbeddings, Engine, Metadata, QueryEmbedding
+from server.queries import QueryError, QueryRecord, decode_upload, text_record
+from server.settings import Settings
+
+QUERY_LRU_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TileRequest:
+    """A validated tile request; `canonical` names its content (cache key and ETag)."""
+
+    z: int
+    x: int
+    y: int
+    fmt: str = "png"
+    size: int = 256
+    layer: str = "heatmap"
+    query: str | None = None  # query id (a text query is turned into its id first)
+    meta: Metadata = field(default_factory=Metadata)
+    colormap: str = "magma"
+    rescale: tuple[float, float] = (0.0, 1.0)
+    tms: str = "WebMercatorQuad"
+
+    def canonical(self, ids: dict) -> dict:
+        styled = self.fmt != "npy"  # .npy carries values: colour parameters do not change it
+        return {**ids, "tms": self.tms, "z": self.z, "x": self.x, "y": self.y, "fmt": self.fmt,
+                "size": self.size, "layer": self.layer,
+                "query": self.query if self.layer == "heatmap" else None,
+                "hour": self.meta.hour, "month": self.meta.month, "source": self.meta.source,
+                "colormap": self.colormap if styled else None,
+                "rescale": list(self.rescale) if styled else None}
+
+
+class SoundscapeService:
+    def __init__(self, bundle: Bundle, store: Store, settings: Settings):
+        self.engine = Engine(bundle, store)
+        self.bundle, self.store, self.settings = bundle, store, settings
+        shared = RedisCache(settings.redis_url, settings.cache_ttl_s) if settings.redis_url else None
+        self.redis = shared
+        self.tiles = TieredCache(LRUCache(settings.lru_bytes), shared)
+        self.queries = TieredCache(LRUCache(QUERY_LRU_BYTES), shared)  # tiles never evict queries
+        self.flight = SingleFlight()
+        self.limiter = anyio.CapacityLimiter(max(1, settings.compute_threads))
+        self.ids = {"bundle": bundle.id, "store": store.id}
+        self.imagery = self._open_imagery()
+
+    @property
+    def stats(self):
+        return self.engine.stats
+
+    def _open_imagery(self) -> Imagery | None:
+        """The basemap raster: settings.imagery, else manifest["imagery"]["path"] if readable."""
+        path = self.settings.imagery or (self.store.manifest.get("imagery") or {}).get("path")
+        if not path or not Path(path).exists():
+            return None
+        try:
+            return Imagery(path)
+        except ImageryError:
+            return None
+
+    async def run(self, fn: Callable, *args):
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def cached(self, cache: TieredCache, kind: str, key: str, compute: Callable[[], Awaitable[bytes]],
+                     ttl_s: int | None = None) -> bytes:
+        """Cache lookup; on a miss compute once for all concurrent callers, then store."""
+        value = await cache.get(key)
+        metrics.CACHE.labels(kind, "miss" if value is None else "hit").inc()
+        if value is not None:
+            return value
+
+        async def fill() -> bytes:
+            body = await compute()
+            await cache.set(key, body, ttl_s)
+            return body
+
+        return await self.flight.run(key, fill)
+
+    # Queries ---------------------------------------------------------------------------------
+    @staticmethod
+    def _query_key(query_id: str) -> str:
+        return f"st:query:{query_id}"
+
+    async def _store_query(self, record: QueryRecord, embed: Callable[[], QueryEmbedding]) -> bytes:
+        async def compute() -> bytes:
+            embedding = await self.run(embed)
+            metrics.COMPUTE.labels(f"{record.kind}_encoding").inc()
+            return record.to_bytes(embedding)
+
+        return await self.cached(self.queries, "query", self._query_key(record.id), compute,
+                                 self.settings.query_ttl_s)
+
+    async def text_query(self, text: str) -> tuple[QueryRecord, QueryEmbedding]:
+        record = text_record(self.bundle.id, text)
+        return QueryRecord.from_bytes(await self._store_query(record, lambda: self.engine.embed_text(record.text)))
+
+    async def audio_query(self, data: bytes) -> tuple[QueryRecord, QueryEmbedding]:
+        decoded = await self.run(decode_upload, self.bundle.id, data, self.bundle.audio_spec.sample_rate,
+                                 self.settings.max_audio_s)
+        body = await self._store_query(decoded.record,
+                                       lambda: self.engine.embed_wave(decoded.wave, decoded.sample_rate))
+        return QueryRecord.from_bytes(body)
+
+    async def resolve(self, query_id: str) -> tuple[QueryRecord, QueryEmbedding]:
+        body = await self.queries.get(self._query_key(query_id))
+        if body is None:
+            raise QueryError(404, f"unknown query id {query_id!r}: register the query with POST /queries")
+        return QueryRecord.from_bytes(body)
+
+    # Cells -----------------------------------------------------------------------------------
+    async def cells(self, level: Level, index: np.ndarray, meta: Metadata, block: dict) -> CellEmbeddings:
+        """Embeddings of `index` under `meta`: stored, or fused and cached per (block, metadata)."""
+        stored = await self.run(self.engine.stored, level, index, meta)
+        if stored is not None:
+            return stored
+
+        async def compute() -> bytes:
+            metrics.COMPUTE.labels("fusion").inc()
+            return (await self.run(self.engine.fuse, level, index, meta)).to_bytes()
+
+        key = cache_key("fused", {**self.ids, **block, "hour": meta.hour, "month": meta.month,
+                                  "source": meta.source})
+        return CellEmbeddings.from_bytes(await self.cached(self.tiles, "fused", key, compute))
+
+    # Tiles -----------------------------------------------------------------------------------
+    def etag(self, request: TileRequest) -> str:
+        return f'"{digest(request.canonical(self.ids))}"'
+
+    async def tile(self, request: TileRequest, text: str | None = None) -> bytes:
+        """Encoded tile; `text` is the raw q= of a text query (embedded on a miss)."""
+        key = cache_key("tile", request.canonical(self.ids))
+        return await self.cached(self.tiles, "tile", key, lambda: self._render(request, text))
+
+    async def _render(self, r: TileRequest, text: str | None) -> bytes:
+        query = None
+        if r.layer == "heatmap":
+            query = (await (self.text_query(text) if text is not None else self.resolve(r.query)))[1]
+        window = await self.run(self.engine.window, r.z, r.x, r.y, r.size)
+        if window.empty:
+            return render.blank(r.fmt, r.size)
+        cells = await self.cells(window.level, window.present, r.meta, window.key)
+        metrics.COMPUTE.labels("render").inc()
+
+        def draw() -> bytes:
+            values = self.engine.tile_values(window, cells, r.layer, query)
+            return render.encode(values, r.fmt, *r.rescale, r.colormap)
+
+        return await self.run(draw)
+
+    async def basemap(self, z: int, x: int, y: int) -> bytes | None:
+        """A WebP tile of the store's imagery (the viewer's basemap), or None without imagery."""
+        if self.imagery is None:
+            return None
+
+        def draw() -> bytes:
+            cell = self.imagery.cell(z, x, y, 256)
+            if cell is None:
+                return render.encode_rgba_webp(np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256), bool))
+            return render.encode_rgba_webp(cell.rgb, cell.valid)
+
+        key = cache_key("basemap", {"imagery": self.imagery.path, "z": z, "x": x, "y": y})
+        return await self.cached(self.tiles, "basemap", key, lambda: self.run(draw))
+
+    # Points and search ----------------------------------------------------------------------
+    def level(self, level: int | None) -> Level:
+        if level is None:
+            return self.store.levels[self.store.maxlevel]
+        if level not in self.store.levels:
+            raise QueryError(422, f"level must be one of the store's levels {sorted(self.store.levels)}")
+        return self.store.levels[level]
+
+    async def point(self, lon: float, lat: float, level: Level, meta: Metadata,
+                    query: QueryEmbedding) -> dict | None:
+        """Score and S of the cell at (lon, lat), with its 24-hour and 12-month profiles."""
+        row = await self.run(self.engine.cell_at, lon, lat, level)
+        if row is None:
+            return None
+        index = np.asarray([row])
+        here = await self.cells(level, index, meta, {"level": level.level, "rows": [row]})
+        hours, months = await self.run(self.engine.profiles, level, row, meta)
+        metrics.COMPUTE.labels("fusion").inc()
+        score = self.engine.values(here, "heatmap", query)
+
+        def profile(cells: CellEmbeddings, name: str, first: int) -> list[dict]:
+            scores = self.engine.values(cells, "heatmap", query)
+            return [{name: first + i, "score": float(v), "uncertainty": float(s)}
+                    for i, (v, s) in enumerate(zip(scores, cells.s))]
+
+        lon_c, lat_c = (float(v) for v in level.arrays.lonlat[row])
+        return {"cell": {"level": level.level, "lon": lon_c, "lat": lat_c},
+                "score": float(score[0]), "uncertainty": float(here.s[0]),
+                "hours": profile(hours, "hour", 0), "months": profile(months, "month", 1)}
+
+    async def search(self, level: Level, meta: Metadata, query: QueryEmbedding,
+                     k: int) -> tuple[np.ndarray, CellEmbeddings]:
+        if meta.is_default:
+            return await self.run(self.engine.top_k, level, None, query, k)
+        if len(level) > self.settings.max_search_cells:
+            raise QueryError(422, f"level {level.level} has {len(level)} cells; searching it under "
+                                  f"hour/month/source fuses every cell (limit {self.settings.max_search_cells}):"
+                                  " pass a coarser level=")
+        cells = await self.cells(level, np.arange(len(level)), meta, {"level": level.level, "all": True})
+        return await self.run(self.engine.top_k, level, cells, query, k)

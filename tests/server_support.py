@@ -1,0 +1,53 @@
+"""Helpers for the server tests: the app over the session's bundle and store, a real uvicorn
+on a loopback port, and decoding of tiles."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import free_port, wait_for_port
+
+# A tile of the fixture with land and sea: the Alps to the Baltic, Italy and the Adriatic.
+LAND_TILE = (3, 4, 2)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_client(bundle_path, store_path, **settings) -> TestClient:
+    return TestClient(create_app(Settings(bundle=str(bundle_path), store=str(store_path), **settings)))
+
+
+def decode_png(body: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(body))
+    assert image.format == "PNG" and image.mode == "P"
+    return np.asarray(image)
+
+
+def decode_npy(body: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(body), allow_pickle=False)
+
+
+@contextlib.contextmanager
+def live_server(bundle_path, store_path, *, workers: int = 1, env: dict | None = None) -> Iterator[str]:
+    """`soundscape serve` (real uvicorn) on a random loopback port; yields its base URL."""
+    port = free_port()
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path),
+                             "--store", str(store_path), "--port", str(port), "--workers", str(workers)],
+                            env=full_env, cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, timeout=90)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -1,0 +1,132 @@
+"""Caches: keys that are canonical (property tests), tiles, fused blocks and query embeddings in
+a real Redis shared by replicas, and a Redis killed mid-test degrading to computing, never 5xx."""
+import asyncio
+import string
+
+import pytest
+import redis
+from hypothesis import given, settings, strategies as st
+
+from model.text import normalise_text
+from server.cache import LRUCache, SingleFlight, cache_key, canonical
+from server.queries import text_record
+from tests.server_support import make_client
+
+scalars = st.one_of(st.none(), st.integers(-10**6, 10**6), st.text(max_size=12),
+                    st.floats(allow_nan=False, allow_infinity=False))
+param_dicts = st.dictionaries(st.text(string.ascii_lowercase, min_size=1, max_size=8), scalars, max_size=8)
+
+
+@settings(deadline=None)
+@given(param_dicts, st.randoms())
+def test_cache_key_ignores_order_and_absent_values(params, rnd):
+    items = list(params.items())
+    rnd.shuffle(items)
+    shuffled = dict(items)
+    assert cache_key("tile", shuffled) == cache_key("tile", params)
+    assert cache_key("tile", {**params, "zz_absent": None}) == cache_key("tile", params)
+
+
+@settings(deadline=None)
+@given(param_dicts, st.text(string.ascii_lowercase, min_size=1, max_size=8), scalars, scalars)
+def test_cache_key_changes_with_any_value(params, name, a, b):
+    if canonical({name: a}) == canonical({name: b}):
+        return
+    assert cache_key("tile", {**params, name: a}) != cache_key("tile", {**params, name: b})
+    assert cache_key("tile", params) != cache_key("fused", params)
+
+
+words = st.lists(st.text(string.ascii_letters + string.digits, min_size=1, max_size=8), min_size=1, max_size=5)
+
+
+@settings(deadline=None)
+@given(words, st.lists(st.sampled_from([" ", "  ", "\t", "\n"]), min_size=6, max_size=6), st.booleans())
+def test_text_query_ids_are_normalisation_invariant(ws, gaps, upper):
+    plain = " ".join(ws)
+    messy = gaps[0] + "".join(w + gaps[1 + i % 5] for i, w in enumerate(ws))
+    messy = messy.upper() if upper else messy
+    assert normalise_text(messy) == plain.casefold()
+    assert text_record("b" * 16, messy).id == text_record("b" * 16, plain).id
+    assert text_record("b" * 16, plain).id != text_record("c" * 16, plain).id, "the bundle is in the id"
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path, store_path):
+    return make_client(bundle_path, store_path)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.permutations([("q", "Birdsong"), ("hour", "6"), ("month", "5"), ("layer", "heatmap"),
+                        ("colormap_name", "magma"), ("rescale", "0,1"), ("source", "demo")]))
+def test_tile_etag_ignores_parameter_order(client, pairs):
+    query = "&".join(f"{k}={v}" for k, v in pairs)
+    etag = client.get(f"/tiles/4/8/6.png?{query}").headers["etag"]
+    explicit_defaults = "q=birdsong&hour=6&month=5&source=demo"
+    assert etag == client.get(f"/tiles/4/8/6.png?{explicit_defaults}").headers["etag"]
+
+
+def test_lru_is_bounded_in_bytes():
+    lru = LRUCache(max_bytes=100)
+    for i in range(10):
+        lru.set_now(f"k{i}", b"x" * 30)
+    assert lru._bytes <= 100 and lru.get_now("k9") is not None and lru.get_now("k0") is None
+    lru.set_now("huge", b"x" * 101)
+    assert lru.get_now("huge") is None
+
+
+def test_single_flight_shares_results_and_errors():
+    flight = SingleFlight()
+    calls = []
+
+    async def slow(value):
+        calls.append(value)
+        await asyncio.sleep(0.05)
+        if value == "boom":
+            raise ValueError("boom")
+        return value
+
+    async def main():
+        ok = await asyncio.gather(*[flight.run("a", lambda: slow("a")) for _ in range(5)])
+        bad = await asyncio.gather(*[flight.run("b", lambda: slow("boom")) for _ in range(3)],
+                                   return_exceptions=True)
+        return ok, bad
+
+    ok, bad = asyncio.run(main())
+    assert ok == ["a"] * 5 and calls == ["a", "boom"]
+    assert all(isinstance(e, ValueError) for e in bad) and len(flight) == 0
+
+
+def test_tiles_fusions_and_queries_live_in_redis(bundle_path, store_path, redis_server):
+    with make_client(bundle_path, store_path, redis_url=redis_server) as one:
+        first = one.get("/tiles/4/8/5.png", params={"q": "rain", "hour": 7})
+        qid = one.post("/queries", json={"text": "rain"}).json()["id"]
+    r = redis.Redis.from_url(redis_server)
+    assert len(r.keys("st:tile:*")) == 1 and len(r.keys("st:fused:*")) == 1
+    assert r.exists(f"st:query:{qid}") and 0 < r.ttl(f"st:query:{qid}") <= 30 * 86400
+    with make_client(bundle_path, store_path, redis_url=redis_server) as two:
+        assert two.get("/tiles/4/8/5.png", params={"query": qid, "hour": 7}).content == first.content
+        # A new style of a cached fusion: rendered again, but neither fused nor embedded again.
+        restyled = two.get("/tiles/4/8/5.png", params={"q": "rain", "hour": 7, "colormap_name": "viridis"})
+        assert restyled.status_code == 200
+        assert two.get(f"/queries/{qid}").json()["text"] == "rain"
+    stats = two.app.state.service.stats
+    assert (stats["renders"], stats["fusions"], stats["text_encodings"]) == (1, 0, 0)
+
+
+def test_redis_killed_mid_test_degrades_to_computing(bundle_path, store_path, redis_server):
+    with make_client(bundle_path, store_path, redis_url=redis_server) as client:
+        warm = client.get("/tiles/4/8/5.png", params={"q": "birdsong"})
+        assert warm.status_code == 200 and client.get("/readyz").json()["redis"] == "ok"
+        try:
+            redis.Redis.from_url(redis_server).shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # the server may close the connection while shutting down
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and (ready.json()["status"], ready.json()["redis"]) == ("degraded", "down")
+        responses = [client.get("/tiles/4/8/5.png", params={"q": "birdsong"}),  # in the local LRU
+                     client.get("/tiles/4/9/5.png", params={"q": "birdsong", "hour": 3}),  # computed
+                     client.post("/queries", json={"text": "surf"}),
+                     client.get("/search", params={"q": "surf", "k": 3}),
+                     client.get("/point/10,50", params={"q": "surf"})]
+    assert [r.status_code for r in responses] == [200, 200, 201, 200, 200]
+    assert responses[0].content == warm.content

@@ -1,0 +1,154 @@
+"""HTTP behaviour: ETag and 304 without rendering, HEAD, Cache-Control on successes only, CORS,
+gzip for JSON, a 4xx with a message for every bad request, metrics and OpenAPI."""
+import gzip
+
+import pytest
+
+from tests.server_support import make_client
+
+TILE = "/tiles/4/8/6.png"
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path, store_path):
+    return make_client(bundle_path, store_path, cache_control="public, max-age=60")
+
+
+def test_etag_answers_304_without_rendering_even_in_a_fresh_process(client, bundle_path, store_path):
+    first = client.get(TILE, params={"q": "birdsong", "hour": 6})
+    etag = first.headers["etag"]
+    assert etag.startswith('"') and first.headers["cache-control"] == "public, max-age=60"
+    fresh = make_client(bundle_path, store_path, cache_control="public, max-age=60")
+    for header in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        r = fresh.get(TILE, params={"hour": 6, "q": "  BIRDSONG"}, headers={"If-None-Match": header})
+        assert r.status_code == 304 and r.content == b""
+        assert r.headers["etag"] == etag and r.headers["cache-control"] == "public, max-age=60"
+    stats = fresh.app.state.service.stats
+    assert stats["renders"] == stats["fusions"] == stats["text_encodings"] == 0
+    assert fresh.get(TILE, params={"q": "birdsong"}, headers={"If-None-Match": etag}).status_code == 200
+
+
+def test_etag_names_the_content(client):
+    def etag(path=TILE, **params):
+        return client.get(path, params={"q": "birdsong", **params}).headers["etag"]
+
+    base = etag()
+    assert etag(colormap_name="viridis") != base
+    assert etag(hour=3) != base
+    assert etag("/tiles/4/8/7.png") != base
+    assert etag("/tiles/WebMercatorQuad/4/8/6.png") == base, "the alias is the same resource"
+    assert etag("/tiles/WebMercatorQuad/4/8/6.webp") != base
+
+
+def test_head_matches_get_without_a_body(client):
+    get = client.get(TILE, params={"q": "birdsong"})
+    head = client.head(TILE, params={"q": "birdsong"})
+    assert head.status_code == 200 and head.content == b""
+    for name in ("etag", "content-type", "content-length", "cache-control"):
+        assert head.headers[name] == get.headers[name]
+    assert client.head("/tiles/2/9/0.png", params={"q": "birdsong"}).status_code == 404
+
+
+def test_errors_are_never_cached(client):
+    for path, params in ((TILE, {}), ("/tiles/1/5/0.png", {"q": "x"}), ("/queries/ffffffffffffffff", {})):
+        r = client.get(path, params=params)
+        assert r.status_code >= 400
+        assert r.headers["cache-control"] == "no-store"
+
+
+def test_cors(client, bundle_path, store_path):
+    r = client.get(TILE, params={"q": "birdsong"}, headers={"Origin": "https://example.org"})
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "etag" in r.headers["access-control-expose-headers"].lower()
+    closed = make_client(bundle_path, store_path, cors_origins=())
+    r = closed.get(TILE, params={"q": "birdsong"}, headers={"Origin": "https://example.org"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_gzip_for_json_not_for_images(client):
+    r = client.get("/openapi.json", headers={"Accept-Encoding": "gzip"})
+    assert r.headers["content-encoding"] == "gzip" and r.json()["openapi"].startswith("3.")
+    raw = client.get("/openapi.json", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in raw.headers
+    tile = client.get(TILE, params={"q": "birdsong"}, headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in tile.headers
+    assert len(gzip.compress(raw.content)) < len(raw.content)
+
+
+BAD_REQUESTS = [
+    # tiles: outside the grid -> 404
+    ("GET", "/tiles/2/4/0.png", {"q": "x"}, 404, "outside"),
+    ("GET", "/tiles/2/0/4.png", {"q": "x"}, 404, "outside"),
+    ("GET", "/tiles/2/-1/0.png", {"q": "x"}, 404, "outside"),
+    ("GET", "/tiles/25/0/0.png", {"q": "x"}, 404, "outside"),
+    ("GET", "/tiles/WorldCRS84Quad/1/0/0.png", {"q": "x"}, 404, "unknown tile matrix set"),
+    # tiles: malformed -> 422
+    ("GET", "/tiles/a/0/0.png", {"q": "x"}, 422, "integer"),
+    ("GET", "/tiles/WebMercatorQuad/1/0/0.jpg", {"q": "x"}, 422, "png"),
+    ("GET", "/tiles/3/4/3.png", {"q": "x", "hour": 25}, 422, "less than or equal to 23"),
+    ("GET", "/tiles/3/4/3.png", {"q": "x", "month": 0}, 422, "greater than or equal to 1"),
+    ("GET", "/tiles/3/4/3.png", {}, 422, "q (a text query"),
+    ("GET", "/tiles/3/4/3.png", {"q": "   "}, 422, "must not be empty"),
+    ("GET", "/tiles/3/4/3.png", {"q": "x" * 501}, 422, "500"),
+    ("GET", "/tiles/3/4/3.png", {"q": "x", "layer": "noise"}, 422, "heatmap"),
+    ("GET", "/tiles/3/4/3.png", {"q": "x", "source": "youtube"}, 422, "unknown value 'youtube'"),
+    ("GET", "/tiles/3/4/3.png", {"q": "x", "rescale": "1"}, 422, "rescale"),
+    ("GET", "/tiles/3/4/3.png", {"q": "x", "rescale": "1,0"}, 422, "min < max"),
+    ("GET", "/tiles/3/4/3.png", {"q": "x", "rescale": "nan,1"}, 422, "finite"),
+    ("GET", "/tiles/3/4/3.png", {"q": "x", "colormap_name": "nope"}, 422, "colormap"),
+    ("GET", "/tiles/3/4/3.png", {"q": "x", "tilesize": 300}, 422, "256"),
+    ("GET", "/tiles/3/4/3.png", {"q": "x", "query": "0" * 16}, 422, "not both"),
+    ("GET", "/tiles/3/4/3.png", {"query": "xyz"}, 422, "16-hex-digit"),
+    ("GET", "/tiles/3/4/3.png", {"query": "0" * 16}, 404, "unknown query id"),
+    ("POST", "/tiles/3/4/3.png", {"q": "x"}, 405, "Method Not Allowed"),
+    # metadata endpoints
+    ("GET", "/tilejson.json", {"q": "x", "hour": 24}, 422, "less than or equal to 23"),
+    ("GET", "/tilejson.json", {}, 422, "q (a text query"),
+    ("GET", "/Nope/tilejson.json", {"q": "x"}, 404, "unknown tile matrix set"),
+    ("GET", "/WMTSCapabilities.xml", {"q": "x", "source": "nope"}, 422, "unknown value"),
+    ("GET", "/Nope/WMTSCapabilities.xml", {}, 404, "unknown tile matrix set"),
+    ("GET", "/colormaps/nope", {}, 404, "unknown colormap"),
+    ("GET", "/colormaps/viridis", {"width": 0}, 422, "greater than or equal to 1"),
+    ("GET", "/basemap/1/2/0.webp", {}, 404, "outside"),
+    # queries
+    ("GET", "/queries/ffffffffffffffff", {}, 404, "unknown query id"),
+    ("GET", "/queries/not-an-id", {}, 404, "not a query id"),
+    # REST
+    ("GET", "/search", {}, 422, "q (a text query"),
+    ("GET", "/search", {"q": "x", "k": 0}, 422, "greater than or equal to 1"),
+    ("GET", "/search", {"q": "x", "k": 1001}, 422, "less than or equal to 1000"),
+    ("GET", "/search", {"q": "x", "level": 2}, 422, "store's levels"),
+    ("GET", "/point/200,10", {"q": "x"}, 422, "less than or equal to 180"),
+    ("GET", "/point/10,nan", {"q": "x"}, 422, "finite"),
+    ("GET", "/point/ten,10", {"q": "x"}, 422, "number"),
+    ("GET", "/point/-120,40", {"q": "x"}, 404, "no cell"),
+    ("GET", "/no/such/route", {}, 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize("method,path,params,status,needle", BAD_REQUESTS,
+                         ids=[f"{m} {p} {s}" for m, p, _, s, _ in BAD_REQUESTS])
+def test_bad_requests_get_a_4xx_with_a_message(client, method, path, params, status, needle):
+    r = client.request(method, path, params=params)
+    assert r.status_code == status
+    assert needle.lower() in str(r.json()["detail"]).lower()
+
+
+def test_health_readiness_and_metrics(client):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["cache"] == "memory"
+    assert client.get("/readyz").json() == {**client.get("/readyz").json(), "status": "ready",
+                                             "redis": "not configured"}
+    client.get(TILE, params={"q": "birdsong"})
+    text = client.get("/metrics").text
+    assert 'soundscape_requests_total{method="GET",route="/tiles/{z}/{x}/{y}.png",status="200"}' in text
+    assert 'soundscape_cache_total{cache="tile",result="hit"}' in text
+
+
+def test_openapi_documents_the_surface(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/tiles/{z}/{x}/{y}.png", "/tiles/{tms}/{z}/{x}/{y}.{fmt}", "/queries", "/queries/{query_id}",
+                 "/search", "/point/{lon},{lat}", "/tilejson.json", "/WMTSCapabilities.xml",
+                 "/colormaps/{name}", "/healthz", "/readyz", "/metrics"):
+        assert path in paths
+    assert "head" in paths["/tiles/{z}/{x}/{y}.png"]

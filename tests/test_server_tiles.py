@@ -1,0 +1,99 @@
+"""Tile content: seamless across borders (bilinear between cell centres, from the same cells on
+both sides), formats and sizes, overzoom, and identical concurrent misses computed once."""
+import asyncio
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.server_support import decode_npy, decode_png, make_client
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path, store_path):
+    return make_client(bundle_path, store_path)
+
+
+def npy(client, z, x, y, **params):
+    r = client.get(f"/tiles/WebMercatorQuad/{z}/{x}/{y}.npy", params={"q": "birdsong", **params})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-npy"
+    values = decode_npy(r.content)
+    assert values.dtype == np.float32
+    return values
+
+
+def seam_residual(before: np.ndarray, last: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Second difference across a border: 0 where the field is linear across it (no seam)."""
+    return (first - last) - (last - before)
+
+
+@pytest.mark.parametrize("params", [{}, {"hour": 6, "month": 1, "source": "field"}], ids=["default", "fused"])
+def test_adjacent_tiles_are_seamless(client, params):
+    a, right, below = npy(client, 4, 8, 5, **params), npy(client, 4, 9, 5, **params), npy(client, 4, 8, 6, **params)
+    across = seam_residual(a[:, -2], a[:, -1], right[:, 0])
+    down = seam_residual(a[-2, :], a[-1, :], below[0, :])
+    for residual in (across, down):
+        ok = np.isfinite(residual)
+        assert ok.sum() > 200
+        assert np.abs(residual[ok]).max() < 1e-4
+    # The field is not flat: the seam test would be empty otherwise.
+    assert np.nanstd(a) > 1e-3
+    step = np.abs(a[:, -1] - a[:, -2])
+    assert np.nanmax(step) > 1e-4
+
+
+def test_png_and_webp_encode_the_npy_values(client):
+    values = npy(client, 4, 8, 5)
+    png = decode_png(client.get("/tiles/4/8/5.png", params={"q": "birdsong"}).content)
+    expected = 1 + np.rint(np.clip(values, 0, 1) * 254).astype(np.uint8)
+    valid = np.isfinite(values)
+    assert np.array_equal(png[valid], expected[valid]) and not png[~valid].any()
+    png_rgba = np.asarray(Image.open(io.BytesIO(client.get("/tiles/4/8/5.png", params={"q": "birdsong"}).content))
+                          .convert("RGBA"))
+    webp = client.get("/tiles/WebMercatorQuad/4/8/5.webp", params={"q": "birdsong"})
+    assert webp.headers["content-type"] == "image/webp"
+    webp_rgba = np.asarray(Image.open(io.BytesIO(webp.content)).convert("RGBA"))
+    assert np.array_equal(webp_rgba[valid], png_rgba[valid]), "lossless"
+    assert (webp_rgba[..., 3][~valid] == 0).all()
+
+
+def test_tilesize_512_draws_the_same_field(client):
+    small, large = npy(client, 4, 8, 5), npy(client, 4, 8, 5, tilesize=512)
+    assert large.shape == (512, 512)
+    pooled = large.reshape(256, 2, 256, 2).mean(axis=(1, 3))
+    both = np.isfinite(pooled) & np.isfinite(small)
+    assert both.sum() > 1000
+    assert np.abs(pooled[both] - small[both]).max() < 2e-3
+
+
+def test_overzoom_interpolates_the_finest_level(client):
+    """Past the finest level (6) a tile lies inside one cell; it still varies smoothly."""
+    deep = npy(client, 8, 133, 88)
+    assert np.isfinite(deep).all() and np.ptp(deep) > 0
+    right = npy(client, 8, 134, 88)
+    assert np.abs(seam_residual(deep[:, -2], deep[:, -1], right[:, 0])).max() < 1e-4
+
+
+def test_npy_ignores_colour_parameters(client):
+    a = client.get("/tiles/WebMercatorQuad/4/8/5.npy", params={"q": "birdsong"})
+    b = client.get("/tiles/WebMercatorQuad/4/8/5.npy", params={"q": "birdsong", "colormap_name": "viridis",
+                                                               "rescale": "0,0.5"})
+    assert a.headers["etag"] == b.headers["etag"] and a.content == b.content
+
+
+def test_concurrent_identical_misses_are_computed_once(bundle_path, store_path):
+    app = make_client(bundle_path, store_path).app
+    stats = app.state.service.stats
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await asyncio.gather(*[http.get("/tiles/4/8/5.png", params={"q": "wind", "hour": 5})
+                                          for _ in range(16)])
+
+    responses = asyncio.run(burst())
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.content for r in responses}) == 1
+    assert (stats["renders"], stats["fusions"], stats["text_encodings"]) == (1, 1, 1)

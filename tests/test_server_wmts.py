@@ -1,0 +1,53 @@
+"""WMTS capabilities read by GDAL's WMTS driver (through rasterio) against a live uvicorn: the
+pixels GDAL assembles are the server's tiles."""
+import io
+import xml.etree.ElementTree as ET
+
+import httpx
+import mercantile
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+from rasterio.windows import Window, from_bounds
+
+from tests.server_support import live_server
+
+NS = {"w": "http://www.opengis.net/wmts/1.0", "ows": "http://www.opengis.net/ows/1.1"}
+
+
+@pytest.fixture(scope="module")
+def server(bundle_path, store_path):
+    with live_server(bundle_path, store_path) as url:
+        yield url
+
+
+def test_capabilities_document(server):
+    r = httpx.get(f"{server}/WMTSCapabilities.xml", params={"q": "birdsong & rain", "hour": 6}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml")
+    root = ET.fromstring(r.content)  # `&` in URLs is escaped, or this would not parse
+    layers = {layer.find("ows:Identifier", NS).text: layer for layer in root.iter(f"{{{NS['w']}}}Layer")}
+    assert set(layers) == {"heatmap", "uncertainty"}
+    template = layers["heatmap"].find("w:ResourceURL", NS).get("template")
+    assert template.endswith("/tiles/WebMercatorQuad/{TileMatrix}/{TileCol}/{TileRow}.png?"
+                             "q=birdsong+%26+rain&hour=6&layer=heatmap")
+    matrices = root.findall("w:Contents/w:TileMatrixSet/w:TileMatrix", NS)
+    assert [m.find("ows:Identifier", NS).text for m in matrices] == [str(z) for z in range(7)]
+    assert ET.fromstring(httpx.get(f"{server}/WMTSCapabilities.xml", timeout=30).content) \
+        .find("w:Contents/w:Layer/ows:Identifier", NS).text == "uncertainty"
+
+
+def test_gdal_reads_the_heatmap_through_wmts(server):
+    z, x, y = 6, 33, 22  # over the Alps
+    url = f"WMTS:{server}/WMTSCapabilities.xml?q=birdsong,layer=heatmap"
+    with rasterio.open(url) as src:
+        assert src.crs.to_epsg() == 3857
+        assert src.transform.a == pytest.approx(2 * 20037508.3427892 / (256 * 2 ** z)), "zoom 6 is the finest"
+        window = from_bounds(*mercantile.xy_bounds(x, y, z), transform=src.transform)
+        assert window.col_off == pytest.approx(round(window.col_off), abs=1e-6), "aligned on the tile grid"
+        rgba = src.read(window=Window(round(window.col_off), round(window.row_off), 256, 256))
+    tile = httpx.get(f"{server}/tiles/{z}/{x}/{y}.png", params={"q": "birdsong"}, timeout=30)
+    expected = np.asarray(Image.open(io.BytesIO(tile.content)).convert("RGBA")).transpose(2, 0, 1)
+    assert rgba.shape == (4, 256, 256)
+    assert (expected[3] > 0).mean() > 0.9
+    assert np.array_equal(rgba, expected)
