@@ -284,3 +284,14 @@ def explain(places: PlaceAttributes, month: int, hour: float, index: int = 0) ->
     e = evaluate(places, np.full(len(places.lat), month), np.full(len(places.lat), hour))
     fired = [(r.name, r.sound, float(e.rules[index, i])) for i, r in enumerate(RULES) if e.rules[index, i] > 0]
     return sorted(fired, key=lambda t: -t[2])
+
+
+def markdown_table() -> str:
+    """The rules as the Markdown table docs/corpus.md prints (a test keeps the two identical)."""
+    season_names = ("winter", "spring", "summer", "autumn", "wet", "dry")
+    rows = ["| rule | sound class | weight | where | when | season factors |", "|---|---|---|---|---|---|"]
+    for r in RULES:
+        seasons = "any" if r.seasons == ANY_SEASON else ", ".join(
+            f"{n} {f:g}" for n, f in zip(season_names, r.seasons))
+        rows.append(f"| {r.name} | {r.sound} | {r.weight:g} | {r.place} | {r.time} | {seasons} |")
+    return "\n".join(rows)

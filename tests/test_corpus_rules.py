@@ -94,3 +94,10 @@ def test_captions_name_sounds_place_and_time():
     texts = {caption(["birds"], p, 0, 5.5, rules.SPRING, rng)[0] for _ in range(40)}
     assert len(texts) >= 4  # several templates and phrasings
     assert all("bird" in t.lower() for t in texts)
+
+
+def test_docs_print_the_rules_table_of_the_code():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "corpus.md").read_text()
+    assert rules.markdown_table() in doc, "regenerate the table in docs/corpus.md from rules.markdown_table()"

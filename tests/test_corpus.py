@@ -1,0 +1,235 @@
+"""The demo corpus end to end on small real assets: acquisition and integrity checks, archive
+readers, place look-ups, a small build over the Blue Marble fixture with OpenSFX sounds, and
+the `demo` reader (valid samples, same pixels as model.imagery, determinism, geographic split).
+
+Downloads about 70 MB once per session (the place assets and the 9.9 MB openttd-opensfx)."""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from cli.main import main
+from corpus import assets, rules
+from corpus.archives import ArchiveError, zip_stream_entries
+from corpus.build import PLACE_ASSETS, BuildConfig, build
+from corpus.errors import CorpusError
+from corpus.reader import DemoCorpus, factory
+from model.data import READERS, Sample
+from model.imagery import Imagery
+
+LEVELS = (4, 5, 6)
+
+
+@pytest.fixture(scope="session")
+def asset_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    assets.ensure(list(PLACE_ASSETS) + ["openttd-opensfx"], root, progress=False)
+    return root
+
+
+def small_config(out, asset_root, imagery_path, **overrides) -> BuildConfig:
+    values = dict(out=out, assets=asset_root, imagery=imagery_path, samples=400, levels=LEVELS,
+                  image_size=32, duration_s=2.0, seed=7, audio_assets=("openttd-opensfx",))
+    return BuildConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="session")
+def corpus_path(tmp_path_factory, asset_root, imagery_path):
+    out = tmp_path_factory.mktemp("corpus") / "corpus"
+    build(small_config(out, asset_root, imagery_path), progress=False)
+    return out
+
+
+# --- assets and archives -----------------------------------------------------------------------
+
+def test_acquired_assets_carry_licence_attribution_and_stamp(asset_root):
+    folder = assets.verify(assets.ASSETS["openttd-opensfx"], asset_root)
+    assert "CC BY-SA 3.0" in (folder / "ATTRIBUTION.txt").read_text()
+    assert (folder / "license.txt").stat().st_size > 1000
+    assert len(list((folder / "opensfx").glob("*.wav"))) == 73
+    assert "Janis Lukss" in (folder / "catalogue.tsv").read_text()
+    for name in PLACE_ASSETS:
+        assert (asset_root / name / "ATTRIBUTION.txt").exists()
+
+
+def test_corrupt_cached_asset_is_refused_with_one_sentence_and_exit_2(asset_root, tmp_path, capsys):
+    shutil.copytree(asset_root / "mcd12c1", tmp_path / "mcd12c1")
+    tif = tmp_path / "mcd12c1" / "landcover.tif"
+    tif.write_bytes(tif.read_bytes()[: tif.stat().st_size // 2])  # truncated
+    with pytest.raises(assets.AssetError, match=r"asset mcd12c1 .* is corrupt \(landcover.tif"):
+        assets.verify(assets.ASSETS["mcd12c1"], tmp_path)
+    assert main(["corpus", "fetch", "mcd12c1", "--assets", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "soundscape corpus fetch mcd12c1 --force" in err
+
+
+def test_incomplete_stamp_counts_as_missing(asset_root, tmp_path):
+    shutil.copytree(asset_root / "mcd12c1", tmp_path / "mcd12c1")
+    (tmp_path / "mcd12c1" / assets.STAMP).write_text("{")  # killed mid-write
+    with pytest.raises(assets.AssetError, match="missing or incomplete"):
+        assets.verify(assets.ASSETS["mcd12c1"], tmp_path)
+
+
+def test_partial_download_never_passes_for_complete(tmp_path):
+    asset = assets.ASSETS["global-land-mask"]
+    archive = assets._download(asset, tmp_path)
+    assets.check_archive(asset, archive)  # the real download matches its pin
+    archive.write_bytes(archive.read_bytes()[:-100])
+    with pytest.raises(assets.AssetError, match="incomplete or changed download"):
+        assets.check_archive(asset, archive)
+
+
+class _Unseekable(io.RawIOBase):
+    def __init__(self, data: bytes):
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        chunk = self._data.read(len(b))
+        b[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_zip_entries_stream_without_seeking_and_check_crc():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("audio/a.ogg", b"x" * 5000, compress_type=zipfile.ZIP_DEFLATED)
+        z.writestr("art/b.png", b"skip me" * 100)
+        z.writestr("audio/c.txt", b"licence", compress_type=zipfile.ZIP_STORED)
+    data = buf.getvalue()
+    entries = dict(zip_stream_entries(io.BufferedReader(_Unseekable(data)), lambda n: n.startswith("audio/")))
+    assert entries == {"audio/a.ogg": b"x" * 5000, "audio/c.txt": b"licence"}
+    with pytest.raises(ArchiveError, match="truncated"):
+        list(zip_stream_entries(io.BytesIO(data[:200]), lambda n: True))
+
+
+# --- places --------------------------------------------------------------------------------------
+
+def test_place_lookups_read_the_real_rasters(corpus_path):
+    places = DemoCorpus(corpus_path, progress=False).places()
+    names = ["berlin", "sahara", "mid-atlantic", "lands end", "black forest"]
+    lat = np.array([52.52, 23.0, 30.0, 50.07, 48.0])
+    lon = np.array([13.40, 10.0, -40.0, -5.70, 8.2])
+    p = dict(zip(names, zip(*[getattr(places.attributes(lat, lon), k) for k in
+                              ("landcover", "climate", "land", "coast_km", "lights", "population")])))
+    assert p["berlin"][0] == 13 and p["berlin"][4] > 0.9 and p["berlin"][5] > 1e6
+    assert p["sahara"][0] == 16 and p["sahara"][1] == 2 and p["sahara"][4] == 0
+    assert not p["mid-atlantic"][2] and p["mid-atlantic"][3] > 1000
+    assert p["lands end"][3] < 10
+    assert p["black forest"][0] in (1, 4, 5) and p["black forest"][3] > 300
+
+
+# --- build and reader ----------------------------------------------------------------------------
+
+def test_build_writes_manifest_recipes_and_provenance(corpus_path):
+    corpus = DemoCorpus(corpus_path, progress=False)
+    m = corpus.manifest
+    assert m["samples"] == len(corpus) > 300 and m["sample_rate"] == 44100
+    assert sum(m["strata"].values()) + m["dropped_without_imagery"] == 400
+    assert m["classes_without_clips"]  # OpenSFX alone has no birdsong: said, not hidden
+    assert "openttd-opensfx" in (corpus_path / "ATTRIBUTION.md").read_text()
+    row = int(corpus.index[0])
+    fired_sounds = {r.sound for r in rules.RULES if r.name in corpus.fired(row)}
+    assert corpus.sounds(row) and set(corpus.sounds(row)) <= fired_sounds  # every layer has a rule behind it
+    lit = np.flatnonzero((corpus.table["lights"] > 0.5) & (corpus.table["hour"] > 7) & (corpus.table["hour"] < 9))
+    assert any("traffic" in corpus.sounds(int(r)) for r in lit)  # rush hour in lit places
+
+
+def test_reader_yields_valid_samples_with_the_pixels_of_model_imagery(corpus_path, imagery_path):
+    splits = READERS["demo"]({"kind": "demo", "path": str(corpus_path)}, 32)  # registered by cli.main
+    imagery = Imagery(imagery_path)
+    corpus = splits.train.corpus
+    for i in range(0, len(splits.train), max(1, len(splits.train) // 6)):
+        s = splits.train[i]
+        assert isinstance(s, Sample) and s.image.shape == (32, 32, 3) and s.image.dtype == np.uint8
+        assert s.audio.dtype == np.float32 and s.audio.shape == (2 * 44100,) and np.isfinite(s.audio).all()
+        assert 0 < np.sqrt(np.mean(s.audio**2)) <= 0.06 and s.sample_rate == 44100
+        assert s.caption and s.source == "demo" and s.caption_source == "template"
+        assert 1 <= s.month <= 12 and 0 <= s.hour < 24 and -90 <= s.lat <= 90
+        row = int(splits.train.rows[i])
+        z, x, y = (int(corpus.table[k][row]) for k in ("level", "x", "y"))
+        cell = imagery.cell(z, x, y, 32)
+        np.testing.assert_array_equal(s.image, cell.rgb)
+        assert s.gsd == pytest.approx(cell.gsd)
+
+
+def test_reader_cuts_other_image_sizes_through_model_imagery(corpus_path, imagery_path):
+    splits = factory({"path": str(corpus_path), "audio": False}, 16)
+    s = splits.val[0]
+    row = int(splits.val.rows[0])
+    t = splits.val.corpus.table
+    expected = Imagery(imagery_path).cell(int(t["level"][row]), int(t["x"][row]), int(t["y"][row]), 16)
+    np.testing.assert_array_equal(s.image, expected.rgb)
+    assert s.audio is None
+
+
+def test_samples_are_deterministic(corpus_path, asset_root, imagery_path, tmp_path):
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copy(corpus_path / "places.npz", again / "places.npz")  # same assets: skip re-deriving
+    build(small_config(again, asset_root, imagery_path), progress=False)
+    a, b = DemoCorpus(corpus_path, progress=False), DemoCorpus(again, progress=False)
+    assert a.manifest["content_hash"] == b.manifest["content_hash"]
+    for key in ("lat", "lon", "hour", "month", "captions", "event_clip", "event_src", "event_gain_db"):
+        np.testing.assert_array_equal(a.table[key], b.table[key])
+    row = int(a.index[3])
+    np.testing.assert_array_equal(a.audio(row), b.audio(row))
+    np.testing.assert_array_equal(a.audio(row), a.audio(row))
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(corpus_path / "places.npz", other / "places.npz")
+    build(small_config(other, asset_root, imagery_path, seed=8), progress=False)
+    assert not np.array_equal(DemoCorpus(other, progress=False).table["lat"], a.table["lat"])
+
+
+def test_split_holds_out_whole_geographic_cells(corpus_path):
+    splits = factory({"path": str(corpus_path), "split_level": 4, "val_fraction": 0.2, "test_fraction": 0.3}, 32)
+    corpus = splits.train.corpus
+    t = corpus.table
+
+    def units(source) -> set:
+        rows = source.rows
+        shift = t["level"][rows].astype(int) - 4
+        return set(zip((t["x"][rows] >> shift).tolist(), (t["y"][rows] >> shift).tolist()))
+
+    def cells(source) -> set:
+        return set(t["cell"][source.rows].tolist())
+
+    parts = (splits.train, splits.val, splits.test)
+    assert all(len(p) > 0 for p in parts) and sum(len(p) for p in parts) == len(corpus)
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert not units(parts[a]) & units(parts[b])  # no level-4 tile in two splits
+        assert not cells(parts[a]) & cells(parts[b])  # so no image either
+    same = factory({"path": str(corpus_path), "split_level": 4, "val_fraction": 0.2, "test_fraction": 0.3}, 32)
+    np.testing.assert_array_equal(same.test.rows, splits.test.rows)
+
+
+def test_bad_data_section_and_missing_corpus_are_user_errors(corpus_path, tmp_path):
+    with pytest.raises(CorpusError, match="unknown key"):
+        factory({"path": str(corpus_path), "shuffle": True}, 32)
+    with pytest.raises(CorpusError, match="soundscape corpus build"):
+        factory({"path": str(tmp_path / "nothing")}, 32)
+    with pytest.raises(CorpusError, match="split_level 6 is finer"):
+        factory({"path": str(corpus_path), "split_level": 6}, 32)
+
+
+def test_cli_explains_rules_and_rejects_bad_input(corpus_path, capsys):
+    assert main(["corpus", "explain", "--lat", "48", "--lon", "8.2", "--month", "5", "--hour", "5",
+                 "--out", str(corpus_path)]) == 0
+    assert "dawn chorus" in capsys.readouterr().out
+    assert main(["corpus", "build", "--samples", "0", "--out", str(corpus_path)]) == 2
+    assert capsys.readouterr().err.strip() == "soundscape corpus: --samples must be at least 1"
+
+
+def test_corpus_help_explains_itself():
+    out = subprocess.run([sys.executable, "-m", "cli.main", "corpus", "build", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--samples" in out and "resumes" in out
