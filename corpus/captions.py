@@ -10,11 +10,11 @@ from corpus.places import PlaceAttributes
 
 TEMPLATES = (
     "{sounds}",
-    "{sounds} in {place}",
+    "{sounds} {place}",
     "the sound of {sounds} {when}",
-    "{sounds} in {place}, {when}",
+    "{sounds} {place}, {when}",
     "a recording of {sounds} in {season}",
-    "{sounds}, {place} {when}",
+    "{sounds}, {when} {place}",
 )
 
 COVER_NOUNS = {0: "a lake", 1: "forest", 2: "forest", 3: "forest", 4: "forest", 5: "forest", 6: "shrubland",
@@ -38,18 +38,20 @@ WHEN = {"night": "at night", "dawn": "at dawn", "morning": "in the morning", "mi
 
 
 def place_phrase(p: PlaceAttributes, i: int) -> str:
-    """'a temperate forest', 'a city', 'the coast', 'the open ocean', ... for place i."""
+    """'in a temperate forest', 'in a city', 'on the coast', 'on the open ocean', ... for place i."""
     if p.coast_km[i] < 10 or (not p.land[i] and p.coast_km[i] < 40):
-        return "the coast"
+        return "on the coast"
     if not p.land[i]:
-        return "the open ocean"
+        return "on the open ocean"
     if urban(p)[i] > 0.5 or p.landcover[i] == 13:
-        return "a city"
+        return "in a city"
     noun = COVER_NOUNS[int(p.landcover[i])]
     adjective = CLIMATE_ADJECTIVES.get(int(p.climate[i]))
-    if noun.startswith("a ") or adjective is None:
-        return noun if noun.startswith("a ") else f"a {noun}"
-    return f"{'an' if adjective[0] in 'aeiou' else 'a'} {adjective} {noun}"
+    if noun.startswith("a "):
+        return f"on {noun}"
+    if adjective is None:
+        return f"in a {noun}"
+    return f"in {'an' if adjective[0] in 'aeiou' else 'a'} {adjective} {noun}"
 
 
 def sound_phrase(sound: str, part: str, rng: np.random.Generator) -> str:

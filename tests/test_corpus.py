@@ -17,8 +17,9 @@ import pytest
 from cli.main import main
 from corpus import assets, rules
 from corpus.archives import ArchiveError, zip_stream_entries
-from corpus.build import PLACE_ASSETS, BuildConfig, build
+from corpus.build import BuildConfig, build
 from corpus.errors import CorpusError
+from corpus.places import PLACE_ASSETS
 from corpus.reader import DemoCorpus, factory
 from model.data import READERS, Sample
 from model.imagery import Imagery

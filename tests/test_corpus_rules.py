@@ -88,8 +88,9 @@ def test_explain_lists_the_rules_that_fired():
 def test_captions_name_sounds_place_and_time():
     rng = np.random.default_rng(0)
     p = places()
-    assert place_phrase(p, 0) == "a temperate forest"
-    assert place_phrase(places(land=False, landcover=0, coast_km=300.0), 0) == "the open ocean"
+    assert place_phrase(p, 0) == "in a temperate forest"
+    assert place_phrase(places(land=False, landcover=0, coast_km=300.0), 0) == "on the open ocean"
+    assert place_phrase(places(land=False, landcover=0, coast_km=5.0), 0) == "on the coast"
     assert daypart(5.5) == "dawn" and daypart(23.0) == "night"
     texts = {caption(["birds"], p, 0, 5.5, rules.SPRING, rng)[0] for _ in range(40)}
     assert len(texts) >= 4  # several templates and phrasings
