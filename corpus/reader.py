@@ -81,15 +81,19 @@ class DemoCorpus:
         weights = self.table["rule_weights"][row].astype(float)
         return {r.name: float(w) for r, w in zip(RULES, weights) if w > 0}
 
-    def sample(self, row: int, with_audio: bool = True) -> Sample:
+    def sample(self, row: int, without: frozenset[str] = frozenset()) -> Sample:
+        """Sample `row`; fields named in `without` ("audio", "image", "caption") are left out
+        (and not rendered), e.g. audio whose frozen-tower embedding training has cached."""
         t = self.table
         cell = int(t["cell"][row])
-        return Sample(key=f"demo-{row:06d}", image=np.asarray(self.images[cell]), gsd=float(self.gsd[cell]),
+        image = None if "image" in without else np.asarray(self.images[cell])
+        audio = None if "audio" in without else self.audio(row)
+        return Sample(key=f"demo-{row:06d}", image=image, gsd=None if image is None else float(self.gsd[cell]),
                       lat=float(t["lat"][row]), lon=float(t["lon"][row]), hour=float(t["hour"][row]),
-                      month=int(t["month"][row]), source=self.manifest["source"], caption=str(t["captions"][row]),
-                      caption_source=self.manifest["caption_source"],
-                      audio=self.audio(row) if with_audio else None,
-                      sample_rate=self.sample_rate if with_audio else None)
+                      month=int(t["month"][row]), source=self.manifest["source"],
+                      caption=None if "caption" in without else str(t["captions"][row]),
+                      caption_source=self.manifest["caption_source"], audio=audio,
+                      sample_rate=None if audio is None else self.sample_rate)
 
     def split(self, split_level: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
         """'train'/'val'/'test' per kept sample: whole tiles of `split_level` are held out, so no
@@ -109,15 +113,20 @@ class CorpusSource:
     """One split of a DemoCorpus as a map-style `SampleSource`."""
 
     def __init__(self, corpus: DemoCorpus, rows: np.ndarray, audio: bool = True):
-        self.corpus, self.rows, self.with_audio = corpus, rows, audio
+        self.corpus, self.rows = corpus, rows
+        self.default_without = frozenset() if audio else frozenset({"audio"})
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> Sample:
+    def get(self, index: int, without: frozenset[str] = frozenset()) -> Sample:
+        """Sample `index` of this split, without the named fields."""
         if not -len(self.rows) <= index < len(self.rows):
             raise IndexError(index)
-        return self.corpus.sample(int(self.rows[index]), self.with_audio)
+        return self.corpus.sample(int(self.rows[index]), self.default_without | without)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.get(index)
 
 
 def factory(data: dict, image_size: int) -> Splits:

@@ -170,6 +170,8 @@ def test_reader_cuts_other_image_sizes_through_model_imagery(corpus_path, imager
     expected = Imagery(imagery_path).cell(int(t["level"][row]), int(t["x"][row]), int(t["y"][row]), 16)
     np.testing.assert_array_equal(s.image, expected.rgb)
     assert s.audio is None
+    lean = splits.val.get(0, without=frozenset({"image", "caption"}))
+    assert lean.image is None and lean.caption is None and lean.lat == s.lat
 
 
 def test_samples_are_deterministic(corpus_path, asset_root, imagery_path, tmp_path):
