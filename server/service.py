@@ -49,6 +49,17 @@ class TileRequest:
                 "rescale": list(self.rescale) if styled else None}
 
 
+def store_imagery(store: Store) -> Path | None:
+    """The raster the store was built from: manifest["imagery"]["path"], which may be relative
+    to the directory precompute ran in, so also tried against the store's parent directories."""
+    recorded = (store.manifest.get("imagery") or {}).get("path")
+    if not recorded:
+        return None
+    path = Path(recorded)
+    candidates = [path] if path.is_absolute() else [path, *(parent / path for parent in store.path.resolve().parents)]
+    return next((c for c in candidates if c.is_file()), None)
+
+
 class SoundscapeService:
     def __init__(self, bundle: Bundle, store: Store, settings: Settings):
         self.engine = Engine(bundle, store)
@@ -67,9 +78,9 @@ class SoundscapeService:
         return self.engine.stats
 
     def _open_imagery(self) -> Imagery | None:
-        """The basemap raster: settings.imagery, else manifest["imagery"]["path"] if readable."""
-        path = self.settings.imagery or (self.store.manifest.get("imagery") or {}).get("path")
-        if not path or not Path(path).exists():
+        """The basemap raster (settings.imagery, else the store's own), None if unreadable."""
+        path = self.settings.imagery or store_imagery(self.store)
+        if path is None:
             return None
         try:
             return Imagery(path)

@@ -1,0 +1,132 @@
+"""In-process latencies of the tile server on the demo world (DESIGN.md "Targets").
+
+    python benchmarks/server_latency.py --data-dir data/demo [--repeat 60]
+
+Measures, through the server's own service (thread-pool hops, caches and encoding included, HTTP
+excluded): a cold heatmap tile with default metadata, a cold tile with `hour=`, a text query,
+a 10 s audio query. Baseline in the same process: rio-tiler reading and rendering the same tile
+of the imagery at its defaults (the per-tile work TiTiler does). Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.bundle import Bundle  # noqa: E402
+from precompute.store import Store  # noqa: E402
+from server.app import warm_up  # noqa: E402
+from server.params import TileParams, tile_request  # noqa: E402
+from server.service import SoundscapeService  # noqa: E402
+from server.settings import Settings  # noqa: E402
+
+
+def median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 3)
+
+
+def tiles_of(store: Store, zoom: int, count: int) -> list[tuple[int, int, int]]:
+    """`count` distinct tiles of `zoom` that hold cells (so none is a cheap blank)."""
+    codes = np.asarray(store.levels[store.maxlevel].arrays.codes)
+    from model.tiles import demorton
+
+    xs, ys = demorton(codes)
+    shift = store.maxlevel - zoom
+    tiles = sorted({(zoom, int(x) >> shift, int(y) >> shift) for x, y in zip(xs, ys)})
+    rng = np.random.default_rng(0)
+    return [tiles[i] for i in rng.permutation(len(tiles))[:count]]
+
+
+async def time_tiles(service: SoundscapeService, tiles, repeat: int, **params) -> list[float]:
+    """Each request cold: the tile and fused-block caches are emptied before it."""
+    samples = []
+    for i in range(repeat):
+        z, x, y = tiles[i % len(tiles)]
+        request, text = tile_request(service, "WebMercatorQuad", z, x, y, "png", TileParams(q="birdsong", **params))
+        service.tiles.local._items.clear()
+        service.tiles.local._bytes = 0
+        start = time.perf_counter()
+        await service.tile(request, text)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def ten_second_clips(count: int, rate: int = 44100) -> list[bytes]:
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(count):
+        buf = io.BytesIO()
+        soundfile.write(buf, (0.1 * rng.standard_normal(rate * 10)).astype(np.float32), rate, format="WAV")
+        out.append(buf.getvalue())
+    return out
+
+
+async def measure(service: SoundscapeService, repeat: int) -> dict:
+    await service.text_query("birdsong")  # the query embedding is cached; tiles are not
+    zoom = service.store.maxlevel - 4  # a tile of 16 x 16 cells of the finest level
+    tiles = tiles_of(service.store, zoom, repeat)
+    default = await time_tiles(service, tiles, repeat)
+    hour = await time_tiles(service, tiles, repeat, hour=6)
+    text = []
+    for i in range(repeat):
+        start = time.perf_counter()
+        await service.text_query(f"birdsong number {i}")
+        text.append(time.perf_counter() - start)
+    audio = []
+    for clip in ten_second_clips(max(5, repeat // 4)):
+        start = time.perf_counter()
+        await service.audio_query(clip)
+        audio.append(time.perf_counter() - start)
+    return {"cold_tile_default_ms": median_ms(default), "cold_tile_hour_ms": median_ms(hour),
+            "text_query_ms": median_ms(text), "audio_query_10s_ms": median_ms(audio),
+            "tiles": len(tiles), "zoom": zoom, "repeat": repeat, "renders": service.stats["renders"],
+            "fusions": service.stats["fusions"]}
+
+
+def rio_tiler_baseline(imagery: str, tiles) -> float:
+    from rio_tiler.io import Reader
+
+    samples = []
+    with Reader(imagery) as src:
+        for z, x, y in tiles:
+            start = time.perf_counter()
+            src.tile(x, y, z).render(img_format="PNG")
+            samples.append(time.perf_counter() - start)
+    return median_ms(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="data/demo")
+    parser.add_argument("--repeat", type=int, default=60)
+    args = parser.parse_args()
+    data = Path(args.data_dir)
+    settings = Settings(bundle=str(data / "bundle"), store=str(data / "store"))
+    service = SoundscapeService(Bundle(settings.bundle), Store(settings.store), settings)
+    warm_up(service)
+    result = asyncio.run(measure(service, args.repeat))
+    imagery = service.imagery.path if service.imagery else None
+    if imagery:
+        result["baseline_rio_tiler_tile_ms"] = rio_tiler_baseline(
+            imagery, tiles_of(service.store, service.store.maxlevel - 4, args.repeat))
+        result["ratio_baseline_over_cold_default"] = round(
+            result["baseline_rio_tiler_tile_ms"] / result["cold_tile_default_ms"], 2)
+    result.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
+                   "date": time.strftime("%Y-%m-%d"), "bundle": service.bundle.id, "store": service.store.id})
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
