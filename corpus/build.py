@@ -170,6 +170,12 @@ def make_recipes(evaluation: rules.Evaluation, p: PlaceAttributes, hour: np.ndar
 # ---------------------------------------------------------------------------------------------
 # Imagery cells: cut once per distinct cell through model.imagery, in resumable chunks.
 
+def image_chunks_dir(out: Path, size: int, cells: np.ndarray) -> Path:
+    """Where an unfinished cut of these cells keeps its chunks (so a re-run resumes it)."""
+    digest = hashlib.sha256(np.ascontiguousarray(cells, dtype=np.int32).tobytes()).hexdigest()[:12]
+    return out / f"images-{size}-{digest}.part"
+
+
 def cut_images(imagery: Imagery, cells: np.ndarray, size: int, out: Path, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(images (M, size, size, 3) uint8, gsd (M,)) of cells (M, 3) = (z, x, y), written to
     out as images-{size}.npy (+ -gsd.npy, -cells.npy); cells without imagery get gsd NaN and
@@ -178,7 +184,7 @@ def cut_images(imagery: Imagery, cells: np.ndarray, size: int, out: Path, progre
     final, gsd_path, cells_path = (out / f"images-{size}{suffix}.npy" for suffix in ("", "-gsd", "-cells"))
     if final.exists() and gsd_path.exists() and cells_path.exists() and np.array_equal(np.load(cells_path), cells):
         return np.load(final, mmap_mode="r"), np.load(gsd_path)
-    parts = out / f"images-{size}-{hashlib.sha256(cells.tobytes()).hexdigest()[:12]}.part"
+    parts = image_chunks_dir(out, size, cells)
     parts.mkdir(parents=True, exist_ok=True)
     chunks = range(0, len(cells), IMAGE_CHUNK)
     for start in tqdm(chunks, desc=f"imagery cells ({len(cells)} at {size} px)", unit="chunk", disable=not progress):

@@ -236,3 +236,19 @@ def test_corpus_help_explains_itself():
     out = subprocess.run([sys.executable, "-m", "cli.main", "corpus", "build", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "--samples" in out and "resumes" in out
+
+
+def test_image_cutting_resumes_from_finished_chunks(corpus_path, imagery_path, tmp_path):
+    from corpus.build import cut_images, image_chunks_dir
+
+    cells = DemoCorpus(corpus_path, progress=False).table["cells"][:20]
+    first = cut_images(Imagery(imagery_path), cells, 16, tmp_path, progress=False)[0].copy()
+    # A killed run left chunk 0 behind (marked here by inverted pixels): the next run keeps it.
+    parts = image_chunks_dir(tmp_path, 16, cells)
+    parts.mkdir()
+    np.savez(parts / "00000.npz", images=255 - first, gsd=np.ones(len(cells), np.float32))
+    for name in ("images-16.npy", "images-16-gsd.npy", "images-16-cells.npy"):
+        (tmp_path / name).unlink()
+    resumed, gsd = cut_images(Imagery(imagery_path), cells, 16, tmp_path, progress=False)
+    np.testing.assert_array_equal(resumed, 255 - first)
+    assert not parts.exists() and (gsd == 1).all()
