@@ -6,6 +6,7 @@ import shutil
 import httpx
 import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 
 from tests.server_support import live_server
@@ -75,3 +76,12 @@ def test_controls_follow_the_state(page, server):
     page.mouse.click(650, 350)  # a click on the map draws the 24-hour profile
     page.wait_for_selector(".maplibregl-popup canvas", timeout=30_000)
     assert "over the day" in page.inner_text(".maplibregl-popup")
+
+
+def test_audio_upload_maps_a_recording(page):
+    wave = 0.2 * np.sin(np.arange(16000 * 2) * 0.05).astype(np.float32)
+    buf = io.BytesIO()
+    soundfile.write(buf, wave, 16000, format="FLAC")
+    page.set_input_files("#audio", files=[{"name": "dawn.flac", "mimeType": "audio/flac", "buffer": buf.getvalue()}])
+    page.wait_for_function("document.getElementById('status').textContent.includes('recording')", timeout=30_000)
+    assert page.evaluate("window.soundscape.state.query") in page.evaluate("tileUrl()")

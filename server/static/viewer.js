@@ -129,7 +129,7 @@ async function main() {
     const sync = () => {
       slider.disabled = any.checked;
       state[name] = any.checked ? null : Number(slider.value);
-      out.textContent = any.checked ? "any" : (name === "hour" ? `${slider.value}:00` : slider.value);
+      out.textContent = any.checked ? "" : (name === "hour" ? `${slider.value}:00` : slider.value);
       redraw();
     };
     slider.addEventListener("input", sync);
@@ -180,7 +180,7 @@ async function showProfile(map, lngLat) {
   canvas.width = 240; canvas.height = 110;
   box.appendChild(canvas);
   const note = document.createElement("p");
-  note.textContent = `here: p = ${answer.score.toFixed(3)}, uncertainty S = ${answer.uncertainty.toFixed(3)}`;
+  note.textContent = `here: p = ${answer.score.toPrecision(3)}, uncertainty S = ${answer.uncertainty.toPrecision(3)}`;
   box.appendChild(note);
   drawProfile(canvas, answer.hours.map((h) => h.score));
   new maplibregl.Popup({ maxWidth: "280px" }).setLngLat(lngLat).setDOMContent(box).addTo(map);
@@ -195,8 +195,8 @@ function drawProfile(canvas, scores) {
   ctx.strokeStyle = "#ccc"; ctx.fillStyle = "#555"; ctx.font = "10px sans-serif";
   ctx.beginPath(); ctx.moveTo(pad, h - pad); ctx.lineTo(w - pad, h - pad); ctx.stroke();
   for (const hour of [0, 6, 12, 18, 23]) ctx.fillText(`${hour}h`, x(hour) - 6, h - 4);
-  ctx.fillText(hi.toFixed(3), 2, pad - 6);
-  ctx.fillText(lo.toFixed(3), 2, h - pad - 2);
+  ctx.fillText(hi.toPrecision(3), 2, pad - 6);
+  ctx.fillText(lo.toPrecision(3), 2, h - pad - 2);
   ctx.strokeStyle = "#b5367a"; ctx.lineWidth = 2;
   ctx.beginPath();
   scores.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
