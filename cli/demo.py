@@ -43,7 +43,6 @@ def bundle_path(data: Path, imagery: Path, config: Path) -> Path:
     from model.export import export_bundle
     from model.nn.config import ModelConfig, from_section
     from model.nn.psm import PSMModel
-    from model.text import HashedWordTokenizer
     from model.train import TrainConfig, train
 
     sections = load_config(config)
@@ -53,8 +52,7 @@ def bundle_path(data: Path, imagery: Path, config: Path) -> Path:
     model = PSMModel(cfg)
     print("cutting training cells from the imagery ...", flush=True)
     corpus = colour_captions.build(Imagery(imagery), cfg.image_size, range(2, 7), 1500, seed=train_cfg.seed)
-    tokenizer = HashedWordTokenizer(cfg.text_vocab_size, cfg.text_max_length)
-    loss = train(model, colour_captions.batches(corpus, tokenizer, train_cfg.batch_size), train_cfg)
+    loss = train(model, colour_captions.batches(corpus, model.tokenizer(), train_cfg.batch_size), train_cfg)
     print("exporting the bundle ...", flush=True)
     export_bundle(model, path, calibration=loss.calibration(), name="demo-colour-captions",
                   training={"corpus": "colour-captioned Blue Marble cells (walking skeleton)",

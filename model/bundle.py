@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from model.audio import AudioFeatureSpec, log_mel, resample
-from model.contract import (BUNDLE_FORMAT_VERSION, GRAPH_FILES, GRAPH_INPUTS, GRAPH_OUTPUTS,
-                            GRAPHS, MANIFEST_FILE, TOKENIZER_FILE)
+from model.audio import audio_front_end, waveform_features
+from model.contract import (BUNDLE_FORMAT_VERSION, FP16_GRAPH_FILES, GRAPH_FILES, GRAPH_INPUTS,
+                            GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE, PRECISIONS, TOKENIZER_FILE)
 from model.metadata import Vocabulary
 from model.text import load_tokenizer
 
@@ -43,10 +43,11 @@ def content_id(manifest: dict) -> str:
 
 
 def finalise_manifest(directory: Path, manifest: dict) -> dict:
-    """Record each file's sha256 and the content id, then write manifest.json atomically."""
+    """Record every file's sha256 and the content id, then write manifest.json atomically."""
     manifest = dict(manifest)
-    manifest["files"] = {name: file_sha256(directory / name)
-                         for name in sorted([*GRAPH_FILES.values(), TOKENIZER_FILE])}
+    names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                   if p.is_file() and p.name != MANIFEST_FILE)
+    manifest["files"] = {name: file_sha256(directory / name) for name in names}
     manifest["id"] = content_id(manifest)
     tmp = directory / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -61,10 +62,12 @@ def default_providers() -> list[str]:
 
 
 class Bundle:
-    """A loaded bundle: manifest facts plus lazily created onnxruntime sessions."""
+    """A loaded bundle: manifest facts plus lazily created onnxruntime sessions.
+
+    precision="fp16" runs the float16 graphs a bundle exported with them holds (for GPUs)."""
 
     def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None,
-                 threads: int = 0, verify: bool = True):
+                 threads: int = 0, verify: bool = True, precision: str = "fp32"):
         self.path = Path(path)
         manifest_path = self.path / MANIFEST_FILE
         if not manifest_path.is_file():
@@ -76,6 +79,11 @@ class Bundle:
         version = self.manifest.get("format_version")
         if version != BUNDLE_FORMAT_VERSION:
             raise BundleError(f"{self.path} has bundle format {version!r}; this version reads {BUNDLE_FORMAT_VERSION}")
+        if precision not in self.manifest.get("precisions", ["fp32"]):
+            raise BundleError(f"bundle {self.path} has no {precision} graphs (it has "
+                              f"{', '.join(self.manifest.get('precisions', ['fp32']))}); choose one of {PRECISIONS}")
+        self.precision = precision
+        self.graph_files = FP16_GRAPH_FILES if precision == "fp16" else GRAPH_FILES
         if verify:
             self._verify()
         self.id: str = self.manifest["id"]
@@ -85,8 +93,8 @@ class Bundle:
         self.calibration = (float(self.manifest["calibration"]["a"]), float(self.manifest["calibration"]["b"]))
         self.sources = Vocabulary(self.manifest["vocab"]["source"])
         self.caption_sources = Vocabulary(self.manifest["vocab"]["caption_source"])
-        self.audio_spec = AudioFeatureSpec.from_json(self.manifest["audio"])
-        self.tokenizer = load_tokenizer(self.path / TOKENIZER_FILE)
+        self.audio_spec = audio_front_end(self.manifest["audio"])
+        self.tokenizer = load_tokenizer(self.path / TOKENIZER_FILE, self.manifest.get("text"))
         self.providers = list(providers) if providers else default_providers()
         self.threads = threads
         self._sessions: dict[str, ort.InferenceSession] = {}
@@ -94,7 +102,7 @@ class Bundle:
 
     def _verify(self) -> None:
         files = self.manifest.get("files", {})
-        for name in [*GRAPH_FILES.values(), TOKENIZER_FILE]:
+        for name in sorted({*files, *self.graph_files.values(), TOKENIZER_FILE}):
             path = self.path / name
             if not path.is_file():
                 raise BundleError(f"bundle {self.path} is missing {name}")
@@ -114,7 +122,7 @@ class Bundle:
                     options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1
                 self._sessions[graph] = ort.InferenceSession(
-                    str(self.path / GRAPH_FILES[graph]), sess_options=options, providers=self.providers)
+                    str(self.path / self.graph_files[graph]), sess_options=options, providers=self.providers)
             return self._sessions[graph]
 
     def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
@@ -142,9 +150,9 @@ class Bundle:
         return mu, logvar
 
     def embed_waveform(self, wave: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
-        """(mu, logvar), each (1, D), of a mono waveform at any sample rate."""
-        wave = resample(wave, sample_rate, self.audio_spec.sample_rate)
-        return self.embed_audio_features(log_mel(wave, self.audio_spec)[None])
+        """(mu, logvar), each (1, D), of a mono waveform at any sample rate, through the audio
+        front end the manifest names (`audio.kind`)."""
+        return self.embed_audio_features(waveform_features(self.audio_spec, wave, sample_rate)[None])
 
 
 def load_bundle(path: str | Path, **kwargs) -> Bundle:

@@ -1,15 +1,21 @@
-"""`soundscape export`: a config (and optionally trained weights) to a model bundle. torch is
-imported only when the command runs, so listing commands needs no torch."""
+"""`soundscape train`, `evaluate` and `export`. torch is imported only when a command runs, so
+listing commands (and serving) needs no torch."""
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
 from pathlib import Path
 
 import yaml
 
-from model.bundle import BundleError
+from model.bundle import BundleError, file_sha256
 
-USER_ERRORS: tuple[type[Exception], ...] = (BundleError,)
+# Errors that mean "the input is wrong": one sentence on stderr, exit code 2 (with cli/main.py's
+# ValueError and FileNotFoundError, which cover config, checkpoint and data errors).
+USER_ERRORS: tuple[type[Exception], ...] = (BundleError, FileExistsError)
+log = logging.getLogger(__name__)
 
 
 def load_config(path: str | Path) -> dict:
@@ -21,39 +27,146 @@ def load_config(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         raise ValueError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"config file {path} must hold a mapping of sections (model:, train:)")
+        raise ValueError(f"config file {path} must hold a mapping of sections (model:, train:, data:)")
     return config
+
+
+def _run_config(path: str | Path):
+    import model.readers  # noqa: F401  (registers the csv, geosound and soundingearth readers)
+    from model.train import RunConfig
+
+    return RunConfig.from_dict(load_config(path))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model.train import fit
+
+    config = _run_config(args.config)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    result = fit(config, out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    best = result.best_metrics or {}
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k != "gallery")
+    print(f"run {out}: {result.last_step} steps{' (stopped early)' if result.stopped_early else ''}; "
+          f"best validation at step {result.best_step}: {summary or 'none'}; "
+          f"{result.skipped} unreadable sample(s) skipped")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    import model.readers  # noqa: F401
+    from model.data import open_splits
+    from model.evaluate import DEFINITION, embed_split, metrics
+    from model.batches import SkipLog
+    from model.train import model_from_checkpoint, preprocessing
+
+    model, checkpoint = model_from_checkpoint(args.checkpoint)
+    config = checkpoint["config"]
+    data = _run_config(args.config).data if args.config else config["data"]
+    torch.set_grad_enabled(False)
+    splits = open_splits(data, model.cfg.image_size)
+    skips = SkipLog()
+    emb = embed_split(model, getattr(splits, args.split), preprocessing(model), batch_size=args.batch_size,
+                      workers=args.workers, max_samples=args.max_samples, skips=skips, progress=not args.no_progress)
+    probabilistic = config["train"]["loss"]["kind"] == "pcmepp"
+    report = {"checkpoint": str(args.checkpoint), "step": checkpoint["step"], "split": args.split,
+              "samples": int(len(emb.levels)), "skipped": skips.count, "data": data,
+              "score": "-CSD" if probabilistic else "cosine", "definition": DEFINITION,
+              "results": metrics(emb, probabilistic, oracle_caption=not args.no_oracle)}
+    text = json.dumps(report, indent=2) + "\n"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    _print_table(report["results"], sys.stdout if args.out else sys.stderr)
+    if not args.out:
+        sys.stdout.write(text)
+    return 0
+
+
+def _print_table(results: dict, stream) -> None:
+    stream.write(f"{'level':<10} {'condition':<28} {'I2S R@10%':>9} {'I2S med':>8} {'S2I R@10%':>9} {'S2I med':>8} {'N':>6}\n")
+    for level, conditions in results.items():
+        rows = [(c, m) for c, m in conditions.items() if c != "oracle_caption"]
+        rows += [(f"{c}+oracle_caption", m) for c, m in conditions.get("oracle_caption", {}).items()]
+        for condition, m in rows:
+            stream.write(f"{level:<10} {condition:<28} {m['I2S_R@10%']:>9.4f} {m['I2S_median_rank']:>8.1f} "
+                         f"{m['S2I_R@10%']:>9.4f} {m['S2I_median_rank']:>8.1f} {m['gallery']:>6}\n")
 
 
 def _export(args: argparse.Namespace) -> int:
     import torch
 
     from model.export import export_bundle
-    from model.nn.config import ModelConfig, from_section
+    from model.nn.config import ModelConfig
     from model.nn.psm import PSMModel
+    from model.train import model_from_checkpoint
 
-    config = load_config(args.config)
-    cfg = from_section(ModelConfig, config.get("model"), "model")
-    torch.manual_seed(args.seed)
-    model = PSMModel(cfg)
-    calibration = (5.0, 5.0)
+    if bool(args.checkpoint) == bool(args.config):
+        raise ValueError("give --checkpoint (a trained model) or --config (seeded random weights), not both")
+    metrics = {"test": json.loads(Path(args.metrics).read_text())} if args.metrics else {}
     if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        calibration = tuple(state["calibration"])
-    manifest = export_bundle(model, args.out, calibration=calibration,
-                             training={"checkpoint": str(args.checkpoint) if args.checkpoint else None,
-                                       "config": str(args.config)})
+        model, checkpoint = model_from_checkpoint(args.checkpoint)
+        calibration = tuple(checkpoint["calibration"])
+        training = {"checkpoint": Path(args.checkpoint).name, "checkpoint_sha256": file_sha256(args.checkpoint),
+                    "step": checkpoint["step"], "config": checkpoint["config"], "skipped": len(checkpoint["skipped"])}
+        metrics["validation"] = {"step": checkpoint["best_step"], **(checkpoint["best"] or {})}
+        name = args.name or Path(args.checkpoint).resolve().parent.name
+    else:
+        torch.manual_seed(args.seed)
+        model = PSMModel(ModelConfig.from_dict(load_config(args.config).get("model"))).eval()
+        calibration = (5.0, 5.0)
+        training = {"config": str(args.config), "weights": f"random (seed {args.seed})"}
+        name = args.name or Path(args.config).stem
+    manifest = export_bundle(model, args.out, calibration=calibration, training=training, metrics=metrics,
+                             name=name, fp16=args.fp16)
     print(f"bundle {manifest['id']} written to {args.out}")
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a model bundle (4 ONNX graphs + manifest) from a config",
-                       description="Export the model of --config (with weights from --checkpoint, or "
-                                   "seeded random weights) to a bundle directory. Needs the train extra.")
-    p.add_argument("--config", required=True, help="YAML config with a model: section")
-    p.add_argument("--checkpoint", help="checkpoint written by training (default: random weights)")
+    p = sub.add_parser(
+        "train", help="train a PSM model from a config (model:, train:, data: sections)",
+        description="Train the model of --config on its data: section, validating R@10%% every "
+                    "train.eval_every steps and checkpointing into --out (last.pt, best.pt, metrics.csv, "
+                    "config.yaml, skipped.tsv). Interrupted? Rerun with --resume: it continues exactly. "
+                    "Several GPUs or processes: torchrun --nproc_per_node N -m cli.main train ... "
+                    "See docs/training.md.")
+    p.add_argument("--config", required=True, help="YAML config (configs/tiny.yaml, configs/paper.yaml, ...)")
+    p.add_argument("--out", help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--stop-after", type=int, help="stop this invocation after N steps (checkpointed; resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser(
+        "evaluate", help="retrieval metrics of a checkpoint (R@10%%, median rank) as JSON",
+        description="Sat->audio (I2S) and audio->sat (S2I) Recall@10%% of the gallery and median rank, "
+                    "defined as the PSM paper (1-based ranks, ties averaged, R@10%% = mean(rank <= 0.1 N)), "
+                    "per imagery level, with metadata and without, and with the oracle caption added "
+                    "(reported separately). Writes JSON to --out or stdout.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by soundscape train (best.pt, last.pt)")
+    p.add_argument("--config", help="take the data: section from this config instead of the checkpoint's")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
+    p.add_argument("--max-samples", type=int, help="evaluate the first N samples only")
+    p.add_argument("--batch-size", type=int, default=128, help="embedding batch size (default 128)")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
+    p.add_argument("--no-oracle", action="store_true", help="skip the oracle-caption conditions")
+    p.add_argument("--out", help="JSON file to write (default: stdout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser(
+        "export", help="write a model bundle (4 ONNX graphs + manifest) from a checkpoint or a config",
+        description="Export a trained model (--checkpoint) or a config's model with seeded random weights "
+                    "(--config) to a bundle directory: image, fuse, text and audio graphs with a dynamic "
+                    "batch axis, the tokenizer, and a manifest with the calibration (a, b), the training "
+                    "record and the metrics. Needs the train extra.")
+    p.add_argument("--checkpoint", help="checkpoint written by soundscape train")
+    p.add_argument("--config", help="YAML config with a model: section (random weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--metrics", help="JSON from soundscape evaluate to record as the test metrics")
+    p.add_argument("--fp16", action="store_true", help="also write float16 graphs (fp16/) for GPUs")
+    p.add_argument("--name", help="bundle name in the manifest (default: the run or config name)")
     p.add_argument("--out", required=True, help="bundle directory to write (replaced if present)")
     p.set_defaults(handler=_export)

@@ -7,6 +7,10 @@ TOKENIZER_FILE = "tokenizer.json"
 
 GRAPHS = ("image", "fuse", "text", "audio")
 GRAPH_FILES = {name: f"{name}.onnx" for name in GRAPHS}
+# Optional float16 copies (float32/int64/uint8 inputs and outputs), listed by the manifest's
+# `precisions`; for GPU serving and precompute.
+PRECISIONS = ("fp32", "fp16")
+FP16_GRAPH_FILES = {name: f"fp16/{name}.onnx" for name in GRAPHS}
 
 # Metadata tokens, in the order of the `present` flags the fuse graph takes.
 META_TOKENS = ("location", "hour", "month", "source", "caption_source")
@@ -20,7 +24,8 @@ GRAPH_INPUTS = {
     "fuse": ("sat", "location", "hour", "month", "source", "caption_source", "present"),
     # input_ids, attention_mask: int64 (B, L).
     "text": ("input_ids", "attention_mask"),
-    # features: float32 (B, n_mels, frames) log-mel from model.audio.
+    # features: float32, the manifest's audio front end (model.audio) of a waveform:
+    # (B, n_mels, frames) for log-mel and aisfx-mel, (B, 4, frames, n_mels) for clap-fusion.
     "audio": ("features",),
 }
 GRAPH_OUTPUTS = {

@@ -1,18 +1,23 @@
-"""Training samples and batches. Every data reader (user CSV folders, GeoSound/SoundingEarth,
-the demo corpus) yields `Sample`s; `collate` turns a list of them into the tensors-as-numpy
-batch that `model.train` consumes, using the bundle-side tokenizer and audio features so that
-training and serving prepare inputs identically."""
+"""Training samples and batches, torch-free. Every data reader (user CSV folders, GeoSound and
+SoundingEarth, the demo corpus) yields `Sample`s; `collate` turns a list of them into the batch
+of numpy arrays that training consumes, using the model's own tokenizer and audio front end (the
+ones the bundle ships), so training and serving prepare inputs identically.
+
+Readers register under a name (`register_reader`) and a config's `data: {kind: NAME, ...}`
+selects one: its factory gets the rest of the section and the model's image size and returns
+`Splits`. A sample that cannot be read raises `BadSample`; training skips it, counts it and logs
+its path (model.batches)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from model.audio import AudioFeatureSpec, log_mel, resample
+from model.audio import AudioFrontEnd, waveform_features
 from model.metadata import Vocabulary, encode_metadata
-from model.text import HashedWordTokenizer
+from model.text import Tokenizer
 
 
 @dataclass
@@ -31,39 +36,111 @@ class Sample:
     caption_source: str | None = None
     audio: np.ndarray | None = None  # mono float32 waveform
     sample_rate: int | None = None
+    level: int | None = None  # imagery level (web-mercator zoom, or a dataset's zoom step)
+    # Front-end features computed ahead (GeoSound's webdataset shards carry CLAP fused mels):
+    audio_features: np.ndarray | None = None
+    audio_features_kind: str | None = None  # model.audio front-end kind of audio_features
+    path: str | None = None  # where the sample was read from, for skip logs
 
 
 class SampleSource(Protocol):
-    """A map-style dataset of samples (what every reader provides)."""
+    """A map-style dataset of samples (what every reader provides). A reader may also offer
+    `get(index, without=...)` to leave out fields ("audio", "image", "caption") that training
+    does not need, e.g. audio whose frozen embedding is cached."""
 
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Sample: ...
 
 
+class BadSample(Exception):
+    """A sample that cannot be used (corrupt file, malformed metadata); `where` names its path."""
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
+def load_sample(source: SampleSource, index: int, without: Collection[str] = ()) -> Sample:
+    """source[index], leaving out `without` fields when the reader can skip reading them."""
+    get = getattr(source, "get", None)
+    if without and get is not None:
+        return get(index, without=frozenset(without))
+    return source[index]
+
+
+@dataclass
+class Preprocessing:
+    """How samples become model input: the model's tokenizer, audio front end and
+    vocabularies (exactly what a bundle ships)."""
+
+    tokenizer: Tokenizer
+    audio_spec: AudioFrontEnd
+    sources: Vocabulary
+    caption_sources: Vocabulary
+    image_size: int | None = None
+
+    def audio_input(self, sample: Sample) -> np.ndarray:
+        """The audio graph's input for one sample (raises BadSample when unusable)."""
+        if sample.audio_features is not None:
+            if sample.audio_features_kind != self.audio_spec.kind:
+                raise BadSample(sample.path or sample.key,
+                                f"carries {sample.audio_features_kind!r} audio features; this model's "
+                                f"audio tower takes {self.audio_spec.kind!r}")
+            return np.asarray(sample.audio_features, dtype=np.float32)
+        if sample.sample_rate is None:
+            raise BadSample(sample.path or sample.key, "audio without a sample rate")
+        return waveform_features(self.audio_spec, sample.audio, sample.sample_rate)
+
+    def check(self, sample: Sample) -> None:
+        """Raise BadSample for fields the model cannot take (bad image shape, unknown source)."""
+        where = sample.path or sample.key
+        if sample.image is not None:
+            if self.image_size and sample.image.shape != (self.image_size, self.image_size, 3):
+                raise BadSample(where, f"image of shape {sample.image.shape}; the model takes "
+                                       f"({self.image_size}, {self.image_size}, 3)")
+            if sample.gsd is None or not np.isfinite(sample.gsd) or sample.gsd <= 0:
+                raise BadSample(where, f"image without a valid ground sample distance ({sample.gsd!r})")
+        for value, vocab, name in ((sample.source, self.sources, "source"),
+                                   (sample.caption_source, self.caption_sources, "caption_source")):
+            if value is not None and value not in vocab.names:
+                raise BadSample(where, f"{name} {value!r} is not in the model's vocabulary {vocab.names}")
+
+
 def _optional(values: list, dtype=np.float64) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=dtype)
 
 
-def collate(samples: Sequence[Sample], *, tokenizer: HashedWordTokenizer, audio_spec: AudioFeatureSpec,
+def collate(samples: Sequence[Sample], *, tokenizer: Tokenizer, audio_spec: AudioFrontEnd,
             sources: Vocabulary, caption_sources: Vocabulary) -> dict[str, np.ndarray]:
     """A batch dict of numpy arrays. A modality enters the batch only if every sample has it."""
+    prep = Preprocessing(tokenizer, audio_spec, sources, caption_sources)
+    audio = [prep.audio_input(s) for s in samples] if all(_has_audio(s) for s in samples) else None
+    return stack(samples, prep, audio)
+
+
+def _has_audio(sample: Sample) -> bool:
+    return sample.audio is not None or sample.audio_features is not None
+
+
+def stack(samples: Sequence[Sample], prep: Preprocessing, audio: Sequence[np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The batch of `collate` from samples whose audio input is already computed."""
     batch: dict[str, np.ndarray] = {}
     n = len(samples)
     if all(s.image is not None for s in samples):
         batch["image"] = np.stack([s.image for s in samples]).astype(np.uint8)
         batch["gsd"] = np.array([s.gsd for s in samples], dtype=np.float32)
-        src = [None if s.source is None else sources.id(s.source) for s in samples]
-        cap = [None if s.caption_source is None else caption_sources.id(s.caption_source) for s in samples]
+        src = [None if s.source is None else prep.sources.id(s.source) for s in samples]
+        cap = [None if s.caption_source is None else prep.caption_sources.id(s.caption_source) for s in samples]
         batch.update(encode_metadata(
             n, lat=_optional([s.lat for s in samples]), lon=_optional([s.lon for s in samples]),
             hour=_optional([s.hour for s in samples]), month=_optional([s.month for s in samples]),
             source=_optional(src), caption_source=_optional(cap)))
     if all(s.caption is not None for s in samples):
-        batch["input_ids"], batch["attention_mask"] = tokenizer.encode([s.caption for s in samples])
-    if all(s.audio is not None for s in samples):
-        batch["features"] = np.stack([
-            log_mel(resample(s.audio, s.sample_rate, audio_spec.sample_rate), audio_spec) for s in samples])
+        batch["input_ids"], batch["attention_mask"] = prep.tokenizer.encode([s.caption for s in samples])
+    if audio is not None:
+        batch["features"] = np.stack(audio).astype(np.float32)
     return batch
 
 
@@ -76,7 +153,7 @@ class Splits:
     test: SampleSource
 
 
-# A reader factory: (the config's `data:` section, the model's image size) -> splits.
+# A reader factory: (the config's `data:` section without `kind`, the model's image size) -> splits.
 ReaderFactory = Callable[[dict, int], Splits]
 READERS: dict[str, ReaderFactory] = {}
 
@@ -87,18 +164,31 @@ def register_reader(kind: str, factory: ReaderFactory) -> None:
     READERS[kind] = factory
 
 
+def open_splits(section: dict | None, image_size: int) -> Splits:
+    """The splits a config's `data:` section describes; an unknown kind names the known ones."""
+    if not isinstance(section, dict) or "kind" not in section:
+        raise ValueError("the config needs a `data:` section with a `kind` "
+                         f"(one of: {', '.join(sorted(READERS)) or 'none registered'})")
+    kind = section["kind"]
+    if kind not in READERS:
+        raise ValueError(f"unknown `data.kind` {kind!r}; known: {', '.join(sorted(READERS))}")
+    return READERS[kind]({k: v for k, v in section.items() if k != "kind"}, image_size)
+
+
 def geographic_split(lat: np.ndarray, lon: np.ndarray, *, cell_deg: float = 1.0,
                      val_fraction: float = 0.05, test_fraction: float = 0.1,
                      seed: int = 0) -> np.ndarray:
-    """'train' / 'val' / 'test' per sample: whole lat/lon cells are held out, never single rows,
-    so evaluation measures places the model has not seen."""
-    cells = np.floor(np.asarray(lat) / cell_deg).astype(np.int64) * 100_000 + \
-        np.floor(np.asarray(lon) / cell_deg).astype(np.int64)
-    unique = np.unique(cells)
+    """'train' / 'val' / 'test' per sample: whole cell_deg x cell_deg lat/lon cells are held
+    out, never single rows, so evaluation measures places the model has not seen. With three
+    or more cells, val and test each get at least one."""
+    cells = np.stack([np.floor(np.asarray(lat, dtype=np.float64) / cell_deg),
+                      np.floor(np.asarray(lon, dtype=np.float64) / cell_deg)], axis=1).astype(np.int64)
+    unique, inverse = np.unique(cells, axis=0, return_inverse=True)
     order = np.random.default_rng(seed).permutation(len(unique))
-    n_val = int(round(val_fraction * len(unique)))
-    n_test = int(round(test_fraction * len(unique)))
-    label = {}
-    for rank, i in enumerate(order):
-        label[unique[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-    return np.array([label[c] for c in cells])
+    at_least = 1 if len(unique) >= 3 else 0
+    n_val = max(at_least, int(round(val_fraction * len(unique))))
+    n_test = max(at_least, int(round(test_fraction * len(unique))))
+    label = np.full(len(unique), "train", dtype=object)
+    label[order[:n_val]] = "val"
+    label[order[n_val : n_val + n_test]] = "test"
+    return label[inverse.reshape(-1)].astype(str)

@@ -1,12 +1,14 @@
 """torch -> model bundle: the four ONNX graphs of DESIGN.md plus manifest and tokenizer.
 
-Each graph is exported with a dynamic batch axis (and dynamic sequence/frame axes for text and
-audio), then run by onnxruntime on random input and compared with torch; the largest
-difference is recorded in the manifest and a mismatch above tolerance fails the export.
+Each graph is exported with a dynamic batch axis (and dynamic sequence/frame axes where the
+tower allows), then run by onnxruntime on realistic inputs (tokenised text, features of a
+waveform) and compared with torch; the largest difference is recorded in the manifest and a
+mismatch above tolerance fails the export. `fp16=True` adds float16 copies of the graphs
+(inputs and outputs stay float32/int64/uint8) under fp16/, checked the same way against a
+relative tolerance, for GPU serving and precompute.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,21 +18,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
 
 from model.bundle import BUNDLE_FORMAT_VERSION, finalise_manifest
-from model.contract import GRAPH_FILES, GRAPH_INPUTS, GRAPH_OUTPUTS, META_TOKENS, TOKENIZER_FILE
+from model.contract import FP16_GRAPH_FILES, GRAPH_FILES, GRAPH_INPUTS, GRAPH_OUTPUTS, META_TOKENS, TOKENIZER_FILE
 from model.metadata import encode_metadata
-from model.nn.config import ModelConfig
 from model.nn.psm import PSMModel
-from model.text import HashedWordTokenizer
 
 PARITY_TOLERANCE = 1e-4
+FP16_RELATIVE_TOLERANCE = 2e-2
 log = logging.getLogger(__name__)
 # The exporter warns once per graph that torchvision's custom ops are not registered; we use none.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+EXAMPLE_TEXTS = ["birdsong at dawn", "waves breaking on a rocky shore under a grey sky", "traffic"]
 
 
 class _ImageGraph(nn.Module):
@@ -70,8 +74,10 @@ class _AudioGraph(nn.Module):
         return self.model.encode_audio(features)
 
 
-def example_inputs(cfg: ModelConfig, batch: int = 3, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Random inputs of every graph, as numpy (what onnxruntime takes)."""
+def example_inputs(model: PSMModel, batch: int = 3, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Inputs of every graph as numpy (what onnxruntime takes): random pixels and metadata,
+    real tokenised texts, the front end's features of random waveforms."""
+    cfg = model.cfg
     rng = np.random.default_rng(seed)
     size = cfg.image_size
     meta = encode_metadata(
@@ -80,48 +86,69 @@ def example_inputs(cfg: ModelConfig, batch: int = 3, seed: int = 0) -> dict[str,
         source=rng.integers(0, len(cfg.sources), batch),
         caption_source=rng.integers(0, len(cfg.caption_sources), batch))
     meta["present"] = (rng.random((batch, len(META_TOKENS))) > 0.3).astype(np.float32)
-    mask = np.ones((batch, 7), dtype=np.int64)
-    mask[0, 4:] = 0
-    spec = cfg.audio_spec
+    ids, mask = model.tokenizer().encode([EXAMPLE_TEXTS[i % len(EXAMPLE_TEXTS)] for i in range(batch)])
+    front = model.audio_front_end
+    features = np.stack([front.features(rng.standard_normal(front.n_samples).astype(np.float32)
+                                        * rng.uniform(0.01, 0.5)) for _ in range(batch)])
     return {
         "image": {"image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
                   "gsd": rng.uniform(100, 50000, batch).astype(np.float32)},
         "fuse": {"sat": rng.standard_normal((batch, cfg.sat_dim)).astype(np.float32), **meta},
-        "text": {"input_ids": rng.integers(1, cfg.text_vocab_size, (batch, 7)).astype(np.int64),
-                 "attention_mask": mask},
-        "audio": {"features": rng.standard_normal((batch, spec.n_mels, 101)).astype(np.float32)},
+        "text": {"input_ids": ids, "attention_mask": mask},
+        "audio": {"features": features.astype(np.float32)},
     }
 
 
-def _dynamic_shapes(graph: str) -> dict:
+def _dynamic_shapes(model: PSMModel, graph: str) -> dict:
     batch = torch.export.Dim("batch", min=1, max=65536)
     if graph == "text":
-        seq = torch.export.Dim("seq", min=1, max=4096)
+        seq = torch.export.Dim("seq", min=1, max=model.tokenizer().max_length)
         return {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    if graph == "audio":
-        return {"features": {0: batch, 2: torch.export.Dim("frames", min=16, max=100000)}}
+    if graph == "audio" and model.audio_front_end.kind != "clap-fusion":
+        return {"features": {0: batch, 2: torch.export.Dim("frames", min=100, max=100000)}}
     return {name: {0: batch} for name in GRAPH_INPUTS[graph]}
 
 
-def _export_graph(module: nn.Module, graph: str, inputs: dict[str, np.ndarray], path: Path) -> float:
-    """Export one graph and return its max |onnxruntime - torch| on `inputs`."""
-    args = tuple(torch.from_numpy(inputs[name]) for name in GRAPH_INPUTS[graph])
+def _exporter(model: PSMModel, graph: str) -> str:
+    tower = {"text": model.text, "audio": model.audio}.get(graph)
+    return tower.onnx_exporter if tower is not None else "dynamo"
+
+
+def _export_graph(model: PSMModel, module: nn.Module, graph: str, args: tuple, path: Path) -> None:
+    names = dict(input_names=list(GRAPH_INPUTS[graph]), output_names=list(GRAPH_OUTPUTS[graph]))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, args, input_names=list(GRAPH_INPUTS[graph]), output_names=list(GRAPH_OUTPUTS[graph]),
-            dynamic_shapes=_dynamic_shapes(graph), dynamo=True, external_data=False, verbose=False)
-        program.save(str(path))
-        expected = module(*args)
-    expected = expected if isinstance(expected, tuple) else (expected,)
+        if _exporter(model, graph) == "torchscript":
+            axes = {name: {0: "batch"} for name in (*GRAPH_INPUTS[graph], *GRAPH_OUTPUTS[graph])}
+            torch.onnx.export(module, args, str(path), dynamic_axes=axes, dynamo=False, **names)
+        else:
+            program = torch.onnx.export(module, args, dynamic_shapes=_dynamic_shapes(model, graph),
+                                        dynamo=True, external_data=False, verbose=False, **names)
+            program.save(str(path))
+
+
+def _parity(path: Path, inputs: dict[str, np.ndarray], expected: tuple[torch.Tensor, ...],
+            graph: str, relative: bool) -> float:
+    """Max |onnxruntime - torch| over the graph's outputs (relative to max(1, |torch|) if asked)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(list(GRAPH_OUTPUTS[graph]), inputs)
-    return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
+    diffs = []
+    for g, e in zip(got, expected):
+        e = e.numpy()
+        diffs.append(float(np.abs(g - e).max() / (max(1.0, float(np.abs(e).max())) if relative else 1.0)))
+    return max(diffs)
+
+
+def _to_fp16(src: Path, dst: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
 
 
 def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float, float],
                   training: dict | None = None, metrics: dict | None = None,
-                  name: str = "soundscape") -> dict:
+                  name: str = "soundscape", fp16: bool = False) -> dict:
     """Write the bundle directory `out` (atomically: built aside, then renamed into place) and
     return its manifest."""
     out = Path(out)
@@ -132,29 +159,40 @@ def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float,
     try:
         wrappers = {"image": _ImageGraph(model), "fuse": _FuseGraph(model),
                     "text": _TextGraph(model), "audio": _AudioGraph(model)}
-        inputs = example_inputs(cfg)
-        parity = {}
+        inputs = example_inputs(model)
+        parity, parity16 = {}, {}
         for graph, module in wrappers.items():
-            parity[graph] = _export_graph(module, graph, inputs[graph], tmp / GRAPH_FILES[graph])
+            args = tuple(torch.from_numpy(inputs[graph][n]) for n in GRAPH_INPUTS[graph])
+            with torch.no_grad():
+                expected = module.eval()(*args)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            _export_graph(model, module, graph, args, tmp / GRAPH_FILES[graph])
+            parity[graph] = _parity(tmp / GRAPH_FILES[graph], inputs[graph], expected, graph, relative=False)
             if parity[graph] > PARITY_TOLERANCE:
                 raise RuntimeError(f"{graph} graph: onnxruntime differs from torch by {parity[graph]:.2e}")
+            if fp16:
+                _to_fp16(tmp / GRAPH_FILES[graph], tmp / FP16_GRAPH_FILES[graph])
+                parity16[graph] = _parity(tmp / FP16_GRAPH_FILES[graph], inputs[graph], expected, graph, relative=True)
+                if parity16[graph] > FP16_RELATIVE_TOLERANCE:
+                    raise RuntimeError(f"{graph} fp16 graph: differs from torch by {parity16[graph]:.2e} (relative)")
             log.info("exported %s graph (max diff %.1e)", graph, parity[graph])
-        tokenizer = HashedWordTokenizer(cfg.text_vocab_size, cfg.text_max_length)
-        (tmp / TOKENIZER_FILE).write_text(json.dumps(tokenizer.to_json(), indent=2) + "\n")
+        text_spec = model.text.write_tokenizer(tmp / TOKENIZER_FILE)
         manifest = {
             "format_version": BUNDLE_FORMAT_VERSION,
             "name": name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "dims": {"embed": cfg.embed_dim, "sat": cfg.sat_dim},
-            "image": {"size": cfg.image_size, "layout": "uint8 RGB (B, H, W, 3)", "gsd_unit_m": cfg.gsd_unit_m},
+            "image": {"size": cfg.image_size, "layout": "uint8 RGB (B, H, W, 3)", "gsd_unit_m": cfg.image.gsd_unit_m},
             "vocab": {"source": list(cfg.sources), "caption_source": list(cfg.caption_sources)},
-            "audio": cfg.audio_spec.to_json(),
-            "text": {"tokenizer": TOKENIZER_FILE},
+            "audio": model.audio_front_end.to_json(),
+            "text": {"tokenizer": TOKENIZER_FILE, **text_spec},
             "meta_tokens": list(META_TOKENS),
             "graphs": {g: {"file": GRAPH_FILES[g], "inputs": list(GRAPH_INPUTS[g]),
                            "outputs": list(GRAPH_OUTPUTS[g])} for g in GRAPH_FILES},
+            "precisions": ["fp32", "fp16"] if fp16 else ["fp32"],
             "calibration": {"a": float(calibration[0]), "b": float(calibration[1])},
             "export_parity_max_abs_diff": parity,
+            **({"export_parity_fp16_max_rel_diff": parity16} if fp16 else {}),
             "model_config": cfg.to_dict(),
             "training": training or {},
             "metrics": metrics or {},

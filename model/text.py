@@ -1,5 +1,11 @@
 """Text into model input, without torch: normalisation (also the cache-key form of a query) and
-the tokenizer described by the bundle's tokenizer.json."""
+the tokenizer a bundle ships in tokenizer.json.
+
+Two kinds, chosen by the manifest's `text.tokenizer_kind`:
+- `hashed-words`: tokenizer.json is a small spec; words are hashed into a fixed vocabulary;
+- `huggingface`: tokenizer.json is a Hugging Face `tokenizers` file (MiniLM's WordPiece, CLAP's
+  RoBERTa BPE), run by the `tokenizers` library with truncation to `max_length`.
+"""
 from __future__ import annotations
 
 import json
@@ -7,6 +13,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -17,6 +24,23 @@ _WORD = re.compile(r"[a-z0-9]+")
 def normalise_text(text: str) -> str:
     """Case-folded, single-spaced, stripped: the form that is embedded and hashed."""
     return " ".join(text.casefold().split())
+
+
+class Tokenizer(Protocol):
+    kind: str
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), int64 (B, L), padded to the longest row."""
+    length = max(len(r) for r in rows)
+    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
 
 
 class HashedWordTokenizer:
@@ -45,18 +69,49 @@ class HashedWordTokenizer:
         for text in texts:
             words = _WORD.findall(normalise_text(text))[: self.max_length - 1]
             rows.append([CLS_ID] + [self.word_id(w) for w in words])
-        length = max(len(r) for r in rows)
-        ids = np.full((len(rows), length), PAD_ID, dtype=np.int64)
-        mask = np.zeros((len(rows), length), dtype=np.int64)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return ids, mask
+        return _pad(rows, PAD_ID)
 
 
-def load_tokenizer(path: str | Path) -> HashedWordTokenizer:
-    """The tokenizer a bundle's tokenizer.json describes."""
-    spec = json.loads(Path(path).read_text())
-    if spec.get("kind") != HashedWordTokenizer.kind:
-        raise ValueError(f"unsupported tokenizer kind {spec.get('kind')!r} in {path}")
-    return HashedWordTokenizer(spec["vocab_size"], spec["max_length"])
+class HuggingFaceTokenizer:
+    """A Hugging Face tokenizer.json run by the `tokenizers` library (no transformers, no torch).
+    Texts are normalised first, as for every kind, so a query and its cache key agree."""
+
+    kind = "huggingface"
+
+    def __init__(self, path: str | Path, max_length: int):
+        from tokenizers import Tokenizer as _Tokenizer
+
+        self.path = Path(path)
+        self.max_length = max_length
+        self._tokenizer = _Tokenizer.from_file(str(path))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length)
+        self.pad_id = self._pad_id()
+
+    def _pad_id(self) -> int:
+        spec = json.loads(self.path.read_text())
+        padding = spec.get("padding") or {}
+        if "pad_id" in padding:
+            return int(padding["pad_id"])
+        for token in ("[PAD]", "<pad>"):
+            if (token_id := self._tokenizer.token_to_id(token)) is not None:
+                return token_id
+        return 0
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        encodings = self._tokenizer.encode_batch([normalise_text(t) for t in texts])
+        return _pad([e.ids for e in encodings], self.pad_id)
+
+
+def load_tokenizer(path: str | Path, spec: dict | None = None) -> Tokenizer:
+    """The tokenizer of a bundle: `spec` is the manifest's `text` section (its `tokenizer_kind`
+    and `max_length`); without it, tokenizer.json must be a hashed-words spec."""
+    kind = (spec or {}).get("tokenizer_kind", HashedWordTokenizer.kind)
+    if kind == HuggingFaceTokenizer.kind:
+        return HuggingFaceTokenizer(path, int(spec["max_length"]))
+    if kind != HashedWordTokenizer.kind:
+        raise ValueError(f"unsupported tokenizer kind {kind!r} for {path}")
+    file_spec = json.loads(Path(path).read_text())
+    if file_spec.get("kind") != HashedWordTokenizer.kind:
+        raise ValueError(f"{path} is not a {HashedWordTokenizer.kind} tokenizer")
+    return HashedWordTokenizer(file_spec["vocab_size"], file_spec["max_length"])

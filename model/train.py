@@ -1,102 +1,416 @@
-"""Training: modality pairs of a batch through PSMModel and the PCME++ loss.
+"""Training: `fit` runs a whole experiment from a config (`soundscape train`), `train` runs the
+same optimisation step over an in-memory batch stream (the walking-skeleton demo, tests).
 
-A batch is a dict of tensors with any of: `image`+`gsd`+metadata (sat side), `input_ids`+
-`attention_mask` (text), `features` (audio). Every pair of sides present contributes, weighted
-as PSM does: 0.5 (sat, audio) + 0.5 (sat, text) + 0.5 (audio, text).
+One step: metadata tokens dropped independently with probability p (training only), every side
+of the batch embedded, embeddings gathered across ranks, the loss over every modality pair
+(PSM: 0.5 sat-audio + 0.5 sat-text + 0.5 audio-text), AdamW with a warm-up + cosine schedule,
+gradient clipping, fp16 autocast with loss scaling on CUDA. Everything random in a step is seeded
+by (seed, step), so a resumed run repeats an uninterrupted one exactly and DDP equals one
+process on the global batch (model.batches, model.distributed).
 """
 from __future__ import annotations
 
+import csv
+import dataclasses
+import logging
 import math
+import os
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 from tqdm import tqdm
 
-from model.contract import META_TOKENS
-from model.nn.losses import LOSSES
+from model.batches import Collate, Examples, GlobalBatches, SkipLog, loader, to_tensors
+from model.data import READERS, Preprocessing, Splits, open_splits
+from model.distributed import Dist, barrier, broadcast_flag, device_for, gather, init_distributed, shutdown
+from model.evaluate import embed_split, metrics
+from model.frozen_cache import FrozenCache, frozen_cache
+from model.metadata import Vocabulary
+from model.nn.config import ConfigError, ModelConfig, from_section
+from model.nn.losses import LossConfig, build_loss, pair_losses, total_loss
 from model.nn.psm import PSMModel
+from model.nn.weights import CheckpointError
 
-PAIR_WEIGHTS = {("sat", "audio"): 0.5, ("sat", "text"): 0.5, ("audio", "text"): 0.5}
-META_KEYS = (*META_TOKENS, "present")
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 300
-    batch_size: int = 64
+    steps: int = 300  # optimizer steps in all
+    batch_size: int = 64  # the global batch: all processes together
     lr: float = 1e-3
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     warmup_steps: int = 20
+    # None: one cosine from the peak to 0 over the run; N: PSM's cosine restarted every N steps.
+    cosine_cycle_steps: int | None = None
     grad_clip: float = 1.0
-    meta_dropout: float = 0.5
-    loss: str = "pcmepp"
+    meta_dropout: float = 0.5  # each metadata token of each sample, independently, training only
+    image_flips: bool = False  # random horizontal/vertical flips of the imagery
+    # PSM decays every parameter (biases, norms, CLS, a and b too; pitfall 7); false exempts them.
+    decay_all: bool = False
+    loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 56
+    amp: bool = True  # fp16 autocast + loss scaling on CUDA; CPUs run fp32
+    workers: int = 0  # DataLoader worker processes
+    cache_frozen: bool = True  # run frozen towers once per split (model.frozen_cache)
+    eval_every: int = 100  # validation R@10% every N steps (0: only at the end)
+    eval_samples: int | None = None  # validate on the first N validation samples
+    eval_batch_size: int = 128
+    select_metric: str = "I2S_R@10%"  # best.pt and early stopping follow this validation metric
+    patience: int | None = None  # stop after this many evaluations without a better metric
+    checkpoint_every: int = 100
+    log_every: int = 10
 
 
-def drop_metadata(present: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each token of each sample is dropped independently with probability p (training only)."""
-    keep = torch.rand(present.shape, generator=generator, device=present.device) >= p
-    return present * keep.to(present.dtype)
+@dataclass
+class RunConfig:
+    """A config file: `model:`, `train:` and `data:` sections, each read strictly."""
+
+    model: ModelConfig
+    train: TrainConfig
+    data: dict
+
+    @classmethod
+    def from_dict(cls, sections: dict) -> "RunConfig":
+        unknown = sorted(set(sections) - {"model", "train", "data"})
+        if unknown:
+            raise ConfigError(f"unknown section `{unknown[0]}`; a config has model:, train: and data:")
+        data = sections.get("data")
+        if not isinstance(data, dict) or data.get("kind") not in READERS:
+            kind = data.get("kind") if isinstance(data, dict) else None
+            raise ConfigError(f"`data.kind` must be one of {', '.join(sorted(READERS))}; got {kind!r}")
+        train = from_section(TrainConfig, sections.get("train"), "train")
+        if train.select_metric not in METRIC_NAMES:
+            raise ConfigError(f"`train.select_metric` must be one of {', '.join(METRIC_NAMES)}")
+        return cls(ModelConfig.from_dict(sections.get("model")), train, dict(data))
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train), "data": self.data}
 
 
-def embed_batch(model: PSMModel, batch: dict[str, torch.Tensor]) -> dict[str, tuple]:
-    """(mu, logvar) of every side present in the batch."""
-    out = {}
-    if "image" in batch:
-        sat = model.encode_image(batch["image"], batch["gsd"])
-        out["sat"] = model.fuse(sat, {k: batch[k] for k in META_KEYS})
-    if "input_ids" in batch:
-        out["text"] = model.encode_text(batch["input_ids"], batch["attention_mask"])
-    if "features" in batch:
-        out["audio"] = model.encode_audio(batch["features"])
-    return out
+METRIC_NAMES = ("I2S_R@10%", "S2I_R@10%")
+LOG_COLUMNS = ("step", "epoch", "lr", "loss", "loss_sat_audio", "loss_sat_text", "loss_audio_text",
+               "scale_a", "shift_b", "samples_per_s", "skipped", "val_I2S_R@10%", "val_I2S_median_rank",
+               "val_S2I_R@10%", "val_S2I_median_rank")
 
 
-def batch_loss(loss_fn: nn.Module, embeddings: dict[str, tuple]) -> torch.Tensor:
-    total = None
-    for (one, two), weight in PAIR_WEIGHTS.items():
-        if one in embeddings and two in embeddings:
-            term = weight * loss_fn(embeddings[one], embeddings[two])
-            total = term if total is None else total + term
-    if total is None:
-        raise ValueError("a batch needs at least two modalities")
-    return total
+# ---------------------------------------------------------------------------------------------
+# The optimisation step, shared by `train` and `fit`
 
 
-def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+def cosine_with_warmup(step: int, total: int, warmup: int, cycle: int | None = None) -> float:
+    """LR multiplier: linear warm-up, then a cosine to 0 at `total` (or restarted every `cycle`)."""
     if step < warmup:
         return (step + 1) / warmup
+    if cycle:
+        return 0.5 * (1 + math.cos(math.pi * ((step - warmup) % cycle) / cycle))
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+class Optimisation:
+    """Model, loss, AdamW, schedule and loss scaler: everything a step changes and a
+    checkpoint restores."""
+
+    def __init__(self, model: PSMModel, cfg: TrainConfig, d: Dist = Dist()):
+        self.model, self.cfg, self.dist = model, cfg, d
+        self.device = next(model.parameters()).device
+        self.loss_fn = build_loss(cfg.loss).to(self.device)
+        self.params = [p for p in [*model.parameters(), *self.loss_fn.parameters()] if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self._groups(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_with_warmup(s, cfg.steps, cfg.warmup_steps, cfg.cosine_cycle_steps))
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.forward = model
+        if d.active:
+            self.forward = nn.parallel.DistributedDataParallel(
+                model, device_ids=[d.local_rank] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+
+    def _groups(self) -> list[dict]:
+        if self.cfg.decay_all:
+            return [{"params": self.params, "weight_decay": self.cfg.weight_decay}]
+        decay = [p for p in self.params if p.ndim >= 2]
+        exempt = [p for p in self.params if p.ndim < 2]  # biases, norms, a, b, tau
+        return [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+
+    def step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """One optimizer step on this rank's slice of global batch `step`; the loss parts."""
+        cfg, d = self.cfg, self.dist
+        rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        torch.manual_seed(cfg.seed * 1_000_003 + step * d.world + d.rank)  # dropout in the model
+        if "present" in batch:
+            keep = _local(_global_rand(rng, batch["present"], d) >= cfg.meta_dropout, d)
+            batch["present"] = batch["present"] * keep.to(batch["present"].device, batch["present"].dtype)
+        if cfg.image_flips and "image" in batch:
+            batch["image"] = _flip(batch["image"], _local(_global_rand(rng, batch["image"][:, 0, 0, :2], d) < 0.5, d))
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            embeddings = self.forward(batch)
+        embeddings = {side: (gather(mu.float(), d), gather(lv.float(), d)) for side, (mu, lv) in embeddings.items()}
+        parts = pair_losses(self.loss_fn, embeddings, cfg.loss.weights)
+        loss = total_loss(parts, cfg.loss.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        return {"loss": float(loss.detach()), **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
+
+    def state(self) -> dict:
+        return {"loss": self.loss_fn.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def _global_rand(rng: torch.Generator, local: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Uniform draws for the whole global batch (rows = local rows x world), so every rank and a
+    single process drop the same tokens of the same samples."""
+    return torch.rand((local.shape[0] * d.world, *local.shape[1:]), generator=rng)
+
+
+def _local(rows: torch.Tensor, d: Dist) -> torch.Tensor:
+    n = rows.shape[0] // d.world
+    return rows[d.rank * n : (d.rank + 1) * n]
+
+
+def _flip(image: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """Flip (B, H, W, 3) images horizontally where which[:, 0], vertically where which[:, 1]."""
+    which = which.to(image.device)
+    image = torch.where(which[:, 0, None, None, None], image.flip(2), image)
+    return torch.where(which[:, 1, None, None, None], image.flip(1), image)
 
 
 def train(model: PSMModel, batches: Callable[[torch.Generator], Iterator[dict[str, torch.Tensor]]],
           cfg: TrainConfig, progress: bool = True) -> nn.Module:
-    """Train in place for cfg.steps optimizer steps; returns the loss module (its (a, b) is the
-    bundle's calibration)."""
+    """Train in place for cfg.steps steps on an in-memory batch stream (no data reader, no
+    evaluation, no checkpoints); returns the loss module, whose (a, b) is the calibration."""
     torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loss_fn = LOSSES[cfg.loss]()
-    params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=cfg.betas, eps=cfg.eps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_with_warmup(s, cfg.steps, cfg.warmup_steps))
-    model.train()
-    stream = batches(generator)
+    opt = Optimisation(model, cfg)
+    stream = batches(torch.Generator().manual_seed(cfg.seed))
     bar = tqdm(range(cfg.steps), desc="train", disable=not progress, unit="step")
-    for _ in bar:
-        batch = next(stream)
-        batch["present"] = drop_metadata(batch["present"], cfg.meta_dropout, generator)
-        loss = batch_loss(loss_fn, embed_batch(model, batch))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    for step in bar:
+        parts = opt.step(dict(next(stream)), step)
+        bar.set_postfix(loss=f"{parts['loss']:.3f}")
     model.eval()
-    return loss_fn
+    return opt.loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole run: data, validation, checkpoints, resume
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    last_step: int
+    best_step: int | None
+    best_metrics: dict | None
+    stopped_early: bool
+    skipped: int
+
+
+class Run:
+    """The state of `fit` in one place: config, process, model, optimisation, data, logs."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, *, resume: bool, progress: bool):
+        self.config, self.cfg, self.run_dir, self.progress = config, config.train, run_dir, progress
+        self.dist = init_distributed()
+        self.device = device_for(self.dist)
+        checkpoint = _read_resume_checkpoint(run_dir, config) if resume else None
+        if checkpoint is None and (run_dir / "last.pt").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        torch.manual_seed(self.cfg.seed)
+        self.model = PSMModel(config.model, pretrained=checkpoint is None).to(self.device)
+        self.prep = preprocessing(self.model)
+        self.splits: Splits = open_splits(config.data, config.model.image_size)
+        self.skips = SkipLog(checkpoint["skipped"] if checkpoint else None)
+        self.caches = {name: self._cache(name) for name in ("train", "val")}
+        self.opt = Optimisation(self.model, self.cfg, self.dist)
+        self.step, self.best, self.best_step, self.evals_since_best = 0, None, None, 0
+        if checkpoint is not None:
+            self.model.load_trainable_state_dict(checkpoint["model"], str(run_dir / "last.pt"))
+            self.opt.load_state(checkpoint)
+            self.step, self.best, self.best_step = checkpoint["step"], checkpoint["best"], checkpoint["best_step"]
+            self.evals_since_best = checkpoint["evals_since_best"]
+            log.info("resumed %s at step %d", run_dir, self.step)
+
+    def _cache(self, split: str) -> FrozenCache:
+        if not (self.cfg.cache_frozen and self.model.frozen_towers()):
+            return FrozenCache()
+        if self.dist.is_main:
+            cache = self._build_cache(split)
+        barrier(self.dist)
+        return cache if self.dist.is_main else self._build_cache(split)
+
+    def _build_cache(self, split: str) -> FrozenCache:
+        return frozen_cache(self.model, split, getattr(self.splits, split), self.prep,
+                            cache_dir=self.run_dir / "frozen-cache", data=self.config.data,
+                            batch_size=self.cfg.eval_batch_size, workers=self.cfg.workers,
+                            skips=self.skips, progress=self.progress and self.dist.is_main)
+
+    def batches(self) -> Iterator[dict]:
+        cache = self.caches["train"]
+        examples = Examples(self.splits.train, self.prep, skip_audio="audio" in cache.outputs,
+                            unreadable=cache.unreadable)
+        sampler = GlobalBatches(len(examples), self.cfg.batch_size, seed=self.cfg.seed,
+                                rank=self.dist.rank, world=self.dist.world, start=self.step)
+        self.per_epoch = sampler.per_epoch
+        return iter(loader(examples, Collate(self.prep, cache.outputs), sampler, workers=self.cfg.workers))
+
+    def validate(self) -> dict:
+        """Validation metrics (metadata as the data has it, all levels in one gallery)."""
+        emb = embed_split(self.model, self.splits.val, self.prep, cache=self.caches["val"],
+                          batch_size=self.cfg.eval_batch_size, workers=self.cfg.workers,
+                          max_samples=self.cfg.eval_samples, skips=self.skips)
+        return metrics(emb, self.cfg.loss.kind == "pcmepp", oracle_caption=False)["all"]["metadata"]
+
+    def checkpoint(self, name: str) -> None:
+        state = {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
+                 "model": self.model.trainable_state_dict(), **self.opt.state(), "step": self.step,
+                 "best": self.best, "best_step": self.best_step, "evals_since_best": self.evals_since_best,
+                 "skipped": self.skips.records(), "calibration": self.opt.loss_fn.calibration()}
+        tmp = self.run_dir / f".{name}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.run_dir / name)
+        with open(self.run_dir / "skipped.tsv", "w") as f:
+            f.writelines(f"{where}\t{reason}\n" for where, reason in self.skips.records())
+
+
+def _read_resume_checkpoint(run_dir: Path, config: RunConfig) -> dict | None:
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        return None
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint["config"]
+    for section in ("model", "data"):
+        if saved[section] != config.to_dict()[section]:
+            raise ConfigError(f"cannot resume {run_dir}: its `{section}` section differs from this config")
+    return checkpoint
+
+
+def preprocessing(model: PSMModel) -> Preprocessing:
+    """The sample-to-input preparation a model's bundle will ship."""
+    cfg = model.cfg
+    return Preprocessing(model.tokenizer(), model.audio_front_end, Vocabulary(cfg.sources),
+                         Vocabulary(cfg.caption_sources), cfg.image_size)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint file (written by `fit`); a sentence-long error for anything else."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # torch.load raises many types for a file that is not a checkpoint
+        raise CheckpointError(f"{path} is not a training checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[PSMModel, dict]:
+    """The trained model of a checkpoint (built from the config it records) and the checkpoint."""
+    checkpoint = load_checkpoint(path)
+    model = PSMModel(ModelConfig.from_dict(checkpoint["config"]["model"]), pretrained=False)
+    model.load_trainable_state_dict(checkpoint["model"], str(path))
+    return model.eval(), checkpoint
+
+
+def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, stop_after: int | None = None,
+        progress: bool = True) -> RunResult:
+    """Train, validate and checkpoint into `run_dir` (last.pt, best.pt, metrics.csv,
+    config.yaml, skipped.tsv). resume=True continues from last.pt exactly; stop_after ends this
+    invocation after that many steps (with a checkpoint), as a killed job would."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(config, run_dir, resume=resume, progress=progress)
+    d, cfg = run.dist, run.cfg
+    try:
+        if d.is_main:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        logger = MetricsLog(run_dir / "metrics.csv", after_step=run.step) if d.is_main else None
+        stream = run.batches()
+        end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
+        bar = tqdm(total=cfg.steps, initial=run.step, desc="train", unit="step", disable=not (progress and d.is_main))
+        stopped = False
+        started, samples = time.perf_counter(), 0
+        while run.step < end and not stopped:
+            batch = next(stream)
+            run.skips.add(batch["skipped"])
+            parts = run.opt.step(to_tensors(batch, run.device), run.step)
+            run.step += 1
+            samples += cfg.batch_size
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+            row = {"step": run.step, "epoch": run.step / run.per_epoch, **parts} if d.is_main else None
+            evaluate = (cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == cfg.steps
+            if evaluate:
+                stopped = _evaluate_and_select(run, row)
+            if d.is_main and (evaluate or run.step % cfg.log_every == 0):
+                elapsed = time.perf_counter() - started
+                a, b = run.opt.loss_fn.calibration()
+                logger.write({**row, "lr": run.opt.schedule.get_last_lr()[0], "scale_a": a, "shift_b": b,
+                              "samples_per_s": samples / elapsed if elapsed else 0.0, "skipped": run.skips.count})
+            if d.is_main and (run.step % cfg.checkpoint_every == 0 or run.step == end or stopped):
+                run.checkpoint("last.pt")
+        bar.close()
+        return RunResult(run_dir, run.step, run.best_step, run.best, stopped, run.skips.count)
+    finally:
+        shutdown(d)
+
+
+def _evaluate_and_select(run: Run, row: dict | None) -> bool:
+    """Validate on rank 0, keep best.pt, and decide (for every rank) whether to stop early."""
+    stop = False
+    if run.dist.is_main:
+        values = run.validate()
+        row.update({f"val_{k}": v for k, v in values.items() if k != "gallery"})
+        score = values[run.cfg.select_metric]
+        if run.best is None or score > run.best[run.cfg.select_metric]:
+            run.best, run.best_step, run.evals_since_best = values, run.step, 0
+            run.checkpoint("best.pt")
+        else:
+            run.evals_since_best += 1
+        stop = run.cfg.patience is not None and run.evals_since_best >= run.cfg.patience
+        if stop:
+            log.info("early stop at step %d: %s has not improved for %d evaluations (best %.4f at step %d)",
+                     run.step, run.cfg.select_metric, run.evals_since_best, run.best[run.cfg.select_metric],
+                     run.best_step)
+    barrier(run.dist)
+    return broadcast_flag(stop, run.dist)
+
+
+class MetricsLog:
+    """metrics.csv: one row per logged step; on resume, rows after the checkpoint are dropped
+    (they belong to steps that will run again)."""
+
+    def __init__(self, path: Path, after_step: int):
+        self.path = path
+        rows = []
+        if path.is_file() and after_step:
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= after_step]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, LOG_COLUMNS, extrasaction="ignore").writerow(row)

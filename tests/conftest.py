@@ -27,10 +27,12 @@ def imagery_path(tmp_path_factory) -> Path:
 def tiny_model_config():
     from model.nn.config import ModelConfig
 
-    return ModelConfig(embed_dim=32, image_size=32, patch_size=8, image_width=48, image_depth=1,
-                       image_heads=4, sat_dim=48, fusion_depth=1, fusion_heads=4, fusion_ff=96,
-                       text_vocab_size=1024, text_width=48, text_heads=4, audio_channels=[8, 16],
-                       audio_width=48, sources=["demo", "field"], caption_sources=["template"])
+    return ModelConfig.from_dict({
+        "embed_dim": 32, "sources": ["demo", "field"], "caption_sources": ["template"],
+        "image": {"size": 32, "patch": 8, "width": 48, "depth": 1, "heads": 4},
+        "fusion": {"width": 48, "depth": 1, "heads": 4, "ff": 96},
+        "text": {"kind": "hashed", "vocab_size": 1024, "width": 48, "heads": 4},
+        "audio": {"kind": "melcnn", "channels": [8, 16], "width": 48}})
 
 
 @pytest.fixture(scope="session")
@@ -41,15 +43,13 @@ def trained_model(imagery_path, tiny_model_config):
     from corpus import colour_captions
     from model.imagery import Imagery
     from model.nn.psm import PSMModel
-    from model.text import HashedWordTokenizer
     from model.train import TrainConfig, train
 
     cfg = tiny_model_config
     torch.manual_seed(0)
     model = PSMModel(cfg)
     corpus = colour_captions.build(Imagery(imagery_path), cfg.image_size, range(3, 8), 400, seed=0)
-    tokenizer = HashedWordTokenizer(cfg.text_vocab_size, cfg.text_max_length)
-    loss = train(model, colour_captions.batches(corpus, tokenizer, 32),
+    loss = train(model, colour_captions.batches(corpus, model.tokenizer(), 32),
                  TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=10), progress=False)
     return model, loss.calibration()
 

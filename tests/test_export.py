@@ -10,7 +10,6 @@ from model.bundle import Bundle, BundleError
 from model.contract import GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE
 from model.export import example_inputs
 from model.nn.psm import PSMModel
-from model.train import embed_batch
 
 
 def torch_outputs(model: PSMModel, graph: str, inputs: dict[str, np.ndarray]) -> tuple:
@@ -31,7 +30,7 @@ def test_onnx_matches_torch(trained_model, bundle_path, graph, batch):
     model, _ = trained_model
     model.eval()
     bundle = Bundle(bundle_path)
-    inputs = example_inputs(model.cfg, batch=batch, seed=batch + 10)[graph]
+    inputs = example_inputs(model, batch=batch, seed=batch + 10)[graph]
     got = bundle.run(graph, **inputs)
     want = torch_outputs(model, graph, inputs)
     assert len(got) == len(GRAPH_OUTPUTS[graph])
@@ -55,10 +54,10 @@ def test_text_and_audio_graphs_take_other_lengths(trained_model, bundle_path):
 def test_embed_batch_matches_bundle_fusion(trained_model, bundle_path):
     """The training code path and the exported fuse graph agree."""
     model, _ = trained_model
-    inputs = example_inputs(model.cfg, batch=4, seed=3)
+    inputs = example_inputs(model, batch=4, seed=3)
     batch = {k: torch.from_numpy(v) for k, v in {**inputs["image"], **inputs["fuse"]}.items() if k != "sat"}
     with torch.no_grad():
-        mu, _ = embed_batch(model.eval(), batch)["sat"]
+        mu, _ = model.eval()(batch)["sat"]
     bundle = Bundle(bundle_path)
     sat = bundle.embed_images(inputs["image"]["image"], inputs["image"]["gsd"])
     meta = {k: v for k, v in inputs["fuse"].items() if k != "sat"}

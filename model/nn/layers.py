@@ -1,5 +1,6 @@
 """Building blocks written out by hand so that every graph exports cleanly to ONNX and runs the
-same in onnxruntime: attention with a key padding mask, and the GSD positional embedding."""
+same in onnxruntime: attention with a key padding mask, transformer blocks whose parameter names
+follow timm's ViT (so SatMAE checkpoints load key for key), and the GSD positional embedding."""
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ class Attention(nn.Module):
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -24,30 +25,43 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
         if keep is not None:
-            scores = scores.masked_fill(~keep[:, None, None, :], -1e9)
+            scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
         weights = self.drop(scores.softmax(dim=-1))
-        return self.out((weights @ v).transpose(1, 2).reshape(b, t, d))
+        return self.proj((weights @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))
 
 
 class Block(nn.Module):
-    """Transformer encoder layer; `norm_first` picks pre-LN (ViT) or post-LN (PyTorch default,
-    which PSM's fusion transformer uses)."""
+    """Transformer encoder layer; `norm_first` picks pre-LN (ViT) or post-LN (the PyTorch
+    TransformerEncoderLayer default, which PSM's fusion transformer uses)."""
 
-    def __init__(self, dim: int, heads: int, ff: int, dropout: float, norm_first: bool):
+    def __init__(self, dim: int, heads: int, hidden: int, dropout: float, norm_first: bool,
+                 eps: float = 1e-6):
         super().__init__()
         self.norm_first = norm_first
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads, dropout)
-        self.ff = nn.Sequential(nn.Linear(dim, ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff, dim))
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, hidden, dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         if self.norm_first:
             x = x + self.drop(self.attn(self.norm1(x), keep))
-            return x + self.drop(self.ff(self.norm2(x)))
+            return x + self.drop(self.mlp(self.norm2(x)))
         x = self.norm1(x + self.drop(self.attn(x, keep)))
-        return self.norm2(x + self.drop(self.ff(x)))
+        return self.norm2(x + self.drop(self.mlp(x)))
 
 
 def sincos(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -61,9 +75,10 @@ def sincos(positions: torch.Tensor, dim: int) -> torch.Tensor:
 
 def gsd_positional_embedding(grid: int, dim: int, resolution: torch.Tensor) -> torch.Tensor:
     """GSDPE (Scale-MAE, as PSM uses it): the patch at row i, column j sits at (j r, i r) for
-    each sample's resolution r; half the channels encode x, half y. (B, grid*grid, dim)."""
+    each sample's resolution r; the first half of the channels encode x, the second y.
+    (B, grid*grid, dim), tokens in row-major order."""
     index = torch.arange(grid, dtype=torch.float32, device=resolution.device)
-    rows = index.repeat_interleave(grid)  # row-major token order: t = i * grid + j
+    rows = index.repeat_interleave(grid)  # t = i * grid + j
     cols = index.repeat(grid)
     x = cols[None, :] * resolution[:, None]
     y = rows[None, :] * resolution[:, None]
@@ -71,4 +86,22 @@ def gsd_positional_embedding(grid: int, dim: int, resolution: torch.Tensor) -> t
 
 
 def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    """Linear-GELU-Linear, the shape of PSM's projector, heads and metadata encoders."""
     return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+
+class Tower(nn.Module):
+    """Shared behaviour of text and audio towers: freezing, and which ONNX exporter fits."""
+
+    out_dim: int
+    frozen: bool = False
+    onnx_exporter = "dynamo"  # "torchscript" where torch.export cannot trace the backbone
+
+    def freeze(self) -> None:
+        self.frozen = True
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Tower":
+        return super().train(mode and not self.frozen)

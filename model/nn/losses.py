@@ -1,17 +1,33 @@
 """PCME++ (Chun, ICLR 2024) as PSM uses it, and InfoNCE as the deterministic baseline.
 
 PCME++: the closed-form sampled distance d_ij = |mu1_i - mu2_j|^2 + sum(s1_i) + sum(s2_j), with
-s = exp(logvar), gives match logits -a d + b (a, b learnable, initialised to 5) and a binary
-cross-entropy over the B x B matrix with the diagonal positive. Pseudo-positives relabel every
-j whose logit reaches the diagonal's; a VIB KL term keeps the Gaussians near N(0, I).
+s = exp(logvar), is E|z1 - z2|^2 for independent z ~ N(mu, diag(s)). It gives match logits
+-a d + b (a, b learnable, initialised to 5) and a binary cross-entropy over the B x B matrix
+with the diagonal positive. Pseudo-positives relabel every j whose logit reaches the
+diagonal's; a VIB KL term keeps the Gaussians near N(0, I). One loss module (one a, b) is shared
+by every modality pair, as in PSM, and its (a, b) is the bundle's calibration.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 Embedding = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class LossConfig:
+    kind: str = "pcmepp"  # or "infonce"
+    init_scale: float = 5.0  # a
+    init_shift: float = 5.0  # b
+    pseudo_positive_alpha: float = 0.1
+    vib_beta: float = 1e-4
+    init_temperature: float = 1.0  # InfoNCE's tau (PSM: 1, no exp, no clamp)
+    # Weights of the modality pairs; PSM (GeoSound): 0.5 each. A pair counts where a batch has both sides.
+    weights: dict = field(default_factory=lambda: {"sat_audio": 0.5, "sat_text": 0.5, "audio_text": 0.5})
 
 
 def closed_form_distance(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor,
@@ -22,18 +38,18 @@ def closed_form_distance(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Te
 
 
 def vib_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, sigma^2) || N(0, I)), averaged over batch and dimensions (PSM's form)."""
+    """KL(N(mu, sigma^2) || N(0, I)), averaged over batch and dimensions (PSM's form). PSM
+    returns 0 above 1e4 as an explosion guard; that hides divergence, so it is not copied."""
     return -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
 
 
 class PCMEPlusPlusLoss(nn.Module):
-    def __init__(self, init_scale: float = 5.0, init_shift: float = 5.0,
-                 pseudo_positive_alpha: float = 0.1, vib_beta: float = 1e-4):
+    def __init__(self, cfg: LossConfig):
         super().__init__()
-        self.scale = nn.Parameter(torch.tensor(float(init_scale)))  # a
-        self.shift = nn.Parameter(torch.tensor(float(init_shift)))  # b
-        self.alpha = pseudo_positive_alpha
-        self.beta = vib_beta
+        self.scale = nn.Parameter(torch.tensor(float(cfg.init_scale)))  # a
+        self.shift = nn.Parameter(torch.tensor(float(cfg.init_shift)))  # b
+        self.alpha = cfg.pseudo_positive_alpha
+        self.beta = cfg.vib_beta
 
     def logits(self, one: Embedding, two: Embedding) -> torch.Tensor:
         return -self.scale * closed_form_distance(one[0], one[1], two[0], two[1]) + self.shift
@@ -41,9 +57,11 @@ class PCMEPlusPlusLoss(nn.Module):
     @staticmethod
     def pseudo_positive_targets(logits: torch.Tensor) -> torch.Tensor:
         """Row i marks every j whose logit is at least the diagonal's (the diagonal included)."""
-        return (logits >= logits.diagonal().unsqueeze(1)).float().detach()
+        return (logits >= logits.diagonal().unsqueeze(1)).to(logits.dtype).detach()
 
     def forward(self, one: Embedding, two: Embedding) -> torch.Tensor:
+        one = (one[0].float(), one[1].float())
+        two = (two[0].float(), two[1].float())
         logits = self.logits(one, two)
         eye = torch.eye(logits.shape[0], device=logits.device)
         # i->j and j->i see the same matrix, hence PCME++'s factor 2 on one BCE.
@@ -62,21 +80,46 @@ class PCMEPlusPlusLoss(nn.Module):
 
 
 class InfoNCELoss(nn.Module):
-    """Symmetric cross-entropy over tau * cos(mu1, mu2), tau learnable from 1 (PSM baseline)."""
+    """Symmetric cross-entropy over tau * cos(mu1, mu2), tau learnable from `init_temperature`
+    (PSM's baseline: no exp, no clamp). Log-variances are ignored."""
 
-    def __init__(self, init_temperature: float = 1.0):
+    def __init__(self, cfg: LossConfig):
         super().__init__()
-        self.tau = nn.Parameter(torch.tensor(float(init_temperature)))
+        self.tau = nn.Parameter(torch.tensor(float(cfg.init_temperature)))
 
     def forward(self, one: Embedding, two: Embedding) -> torch.Tensor:
-        logits = self.tau * one[0] @ two[0].T
+        logits = self.tau * one[0].float() @ two[0].float().T
         labels = torch.arange(logits.shape[0], device=logits.device)
         return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
     def calibration(self) -> tuple[float, float]:
-        # Not probabilistic: sigmoid(-a d + b) with d = 2 - 2cos reduces to a logistic of tau*cos.
+        """sigmoid(-a d + b) with d = 2 - 2 cos (+ the untrained S terms) and a = tau/2, b = tau
+        is the logistic of tau cos: the scale the model was trained with."""
         tau = float(self.tau.detach())
         return tau / 2, tau
 
 
-LOSSES = {"pcmepp": PCMEPlusPlusLoss, "infonce": InfoNCELoss}
+LOSSES: dict[str, type[nn.Module]] = {"pcmepp": PCMEPlusPlusLoss, "infonce": InfoNCELoss}
+PAIRS = {"sat_audio": ("sat", "audio"), "sat_text": ("sat", "text"), "audio_text": ("audio", "text")}
+
+
+def build_loss(cfg: LossConfig) -> nn.Module:
+    if cfg.kind not in LOSSES:
+        raise ValueError(f"train.loss.kind must be one of {', '.join(LOSSES)}; got {cfg.kind!r}")
+    unknown = sorted(set(cfg.weights) - set(PAIRS))
+    if unknown:
+        raise ValueError(f"unknown pair `train.loss.weights.{unknown[0]}`; pairs: {', '.join(PAIRS)}")
+    return LOSSES[cfg.kind](cfg)
+
+
+def pair_losses(loss_fn: nn.Module, embeddings: dict[str, Embedding],
+                weights: dict[str, float]) -> dict[str, torch.Tensor]:
+    """The unweighted loss of every pair whose two sides the batch has and whose weight is set."""
+    return {name: loss_fn(embeddings[a], embeddings[b]) for name, (a, b) in PAIRS.items()
+            if weights.get(name) and a in embeddings and b in embeddings}
+
+
+def total_loss(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    if not parts:
+        raise ValueError("a batch needs two modalities of a weighted pair (sat, text, audio)")
+    return sum(weights[name] * value for name, value in parts.items())

@@ -1,0 +1,88 @@
+"""Multi-process training under `torchrun`: process group set-up from its environment, and the
+embedding gather the loss needs.
+
+Every rank gathers all ranks' embeddings and computes the same loss over the global batch (the
+B x B match matrix needs every pair, not just the local ones). The gathered tensor's gradient is
+then complete on each rank for its own slice; DDP averages parameter gradients over the ranks,
+so the slice's gradient is scaled by the world size and the result equals one process training
+on the global batch."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed() -> Dist:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), NCCL on GPUs
+    and gloo on CPUs; a plain single process when not under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend)
+    return Dist(rank, world, local)
+
+
+def device_for(d: Dist) -> torch.device:
+    return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class _Gather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        ctx.rank, ctx.world, ctx.rows = rank, world, x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        start = ctx.rank * ctx.rows
+        return grad[start : start + ctx.rows] * ctx.world
+
+
+def gather(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """All ranks' rows of x, rank order, with gradients flowing back to this rank's rows."""
+    return _Gather.apply(x) if d.active else x
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        dist.barrier()
+
+
+def broadcast_flag(flag: bool, d: Dist) -> bool:
+    """Rank 0's decision (e.g. stop early), the same on every rank."""
+    if not d.active:
+        return flag
+    t = torch.tensor([int(flag)], device=device_for(d) if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def shutdown(d: Dist) -> None:
+    if d.active and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,101 @@
+"""Outputs of frozen towers, computed once per split and reused by every step and evaluation.
+
+A frozen backbone (MiniLM, aisfx, CLAP with trainable: false) gives the same vector for a sample
+every time, so running it each step only burns CPU: the cache stores one row per sample index
+and batches carry that row (`text_backbone`, `audio_backbone`) instead of tokens or audio, which
+are then never decoded. Samples found unreadable while caching are recorded, so training skips
+them instead of pairing their image with a neighbour's cached audio. Files are named by a
+fingerprint of the tower config and the split and written atomically: an interrupted run
+recomputes them and a second run reuses them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.batches import Collate, Examples, SkipLog, loader, to_tensors
+from model.data import Preprocessing, SampleSource
+from model.nn.psm import PSMModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrozenCache:
+    """{tower: (N, D)} outputs of a split's frozen towers and its unreadable samples."""
+
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    unreadable: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+
+def fingerprint(model: PSMModel, tower: str, split: str, data: dict, n: int) -> str:
+    spec = {"tower": getattr(model.cfg, tower).__dict__, "split": split, "data": data, "n": n,
+            "audio": model.cfg.audio_spec.to_json() if tower == "audio" else None}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def tower_outputs(model: PSMModel, tower: str, source: SampleSource, prep: Preprocessing, *,
+                  batch_size: int, workers: int, skips: SkipLog, progress: bool) -> tuple[np.ndarray, dict]:
+    """(N, out_dim) backbone outputs of `tower` for every sample index, and the samples found
+    unreadable ({index: (where, reason)}). Text is embedded once per distinct caption."""
+    device = next(model.parameters()).device
+    examples = Examples(source, prep, skip_audio=(tower == "text"))
+    unreadable, captions, rows = {}, [], []
+    for batch in tqdm(loader(examples, Collate(prep), batch_size=batch_size, workers=workers),
+                      desc=f"caching the {tower} tower", disable=not progress, unit="batch"):
+        skips.add(batch["skipped"])
+        unreadable.update({i: (where, reason) for i, where, reason in batch["skipped"]})
+        if tower == "text":
+            if any(c is None for c in batch["captions"]):
+                raise ValueError("every sample needs a caption to cache the frozen text tower")
+            captions.extend(batch["captions"])
+        elif "features" not in batch:
+            raise ValueError("every sample needs audio to cache the frozen audio tower")
+        else:
+            rows.append(model.audio(to_tensors(batch, device)["features"]).float().cpu().numpy())
+    if tower == "audio":
+        return np.concatenate(rows).astype(np.float32), unreadable
+    unique = sorted(set(captions))
+    vectors = {}
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start : start + batch_size]
+        ids, mask = prep.tokenizer.encode(chunk)
+        out = model.text(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+        vectors.update(zip(chunk, out.float().cpu().numpy()))
+    return np.stack([vectors[c] for c in captions]).astype(np.float32), unreadable
+
+
+def frozen_cache(model: PSMModel, split: str, source: SampleSource, prep: Preprocessing, *,
+                 cache_dir: Path, data: dict, batch_size: int, workers: int, skips: SkipLog,
+                 progress: bool) -> FrozenCache:
+    """The cache of every frozen tower of `model` over `source`, read from `cache_dir` or
+    computed and stored there."""
+    cache = FrozenCache()
+    for tower in model.frozen_towers():
+        path = cache_dir / f"{split}-{tower}-{fingerprint(model, tower, split, data, len(source))}.npz"
+        if path.is_file():
+            with np.load(path) as f:
+                values = f["values"]
+                unreadable = {int(i): (str(w), str(r)) for i, w, r in zip(f["bad_index"], f["bad_where"], f["bad_reason"])}
+        else:
+            log.info("caching the frozen %s tower over %d %s samples", tower, len(source), split)
+            values, unreadable = tower_outputs(model, tower, source, prep, batch_size=batch_size,
+                                               workers=workers, skips=skips, progress=progress)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as f:
+                np.savez(f, values=values, bad_index=np.array(list(unreadable), dtype=np.int64),
+                         bad_where=np.array([w for w, _ in unreadable.values()], dtype=str),
+                         bad_reason=np.array([r for _, r in unreadable.values()], dtype=str))
+            os.replace(tmp, path)
+        cache.outputs[tower] = values
+        cache.unreadable.update(unreadable)
+    return cache

@@ -1,0 +1,67 @@
+"""Pieces every dataset reader shares: dates into (month, hour), image bytes into RGB, PSM's zoom
+crop, and the strict reading of a reader's config section."""
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from model.data import BadSample
+
+# Trailing time-zone words and junk that dateutil cannot use ("EDT", "GMT+2", "UTC").
+_TZ_JUNK = re.compile(r"\s*(?:\b[A-Z]{2,5}\b|gmt[^\s]*|utc[^\s]*)\s*$", re.IGNORECASE)
+_SENTINELS = (datetime(2001, 1, 1, 3, 7, 11), datetime(2002, 2, 2, 17, 41, 53))
+
+
+@dataclass(frozen=True)
+class When:
+    month: int | None
+    hour: float | None
+
+
+def parse_when(text: str | None) -> When:
+    """Month and local hour of a free-form date string (GeoSound's formats: 'June 26th, 2010',
+    '2021/10/31 3:11 PM EDT', '2011-07-26 12:46:19.0', '1/29/09 10:28'). A date without a time
+    gives hour None, never hour 0 (PSM counts a missing time as midnight); an unparseable one
+    gives neither."""
+    from dateutil import parser
+
+    if not text or not str(text).strip():
+        return When(None, None)
+    text = str(text).strip()
+    cleaned = _TZ_JUNK.sub("", text) if not re.search(r"\d\s*[ap]\.?m\.?$", text, re.I) else text
+    try:
+        first, second = (parser.parse(cleaned, default=d, fuzzy=True) for d in _SENTINELS)
+    except (ValueError, OverflowError):
+        return When(None, None)
+    month = first.month if first.month == second.month else None
+    if first.hour != second.hour or first.minute != second.minute:
+        return When(month, None)
+    return When(month, first.hour + first.minute / 60.0)
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of encoded image bytes; BadSample when they are not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise BadSample(where, f"cannot decode image: {exc}") from None
+
+
+def fit_image(rgb: np.ndarray, gsd: float, size: int, crop: int | None = None) -> tuple[np.ndarray, float]:
+    """Centre-crop `crop` pixels (PSM's zoom: z x tile size; None: the largest square), resize to
+    size x size (bicubic, as PSM) and return the image and its effective GSD (metres/pixel).
+    The effective GSD is what the map server computes for a cell, so training and serving agree;
+    PSM feeds the nominal z x GSD instead (pitfall 17), off by the constant crop/size ratio."""
+    h, w = rgb.shape[:2]
+    side = min(h, w) if crop is None else min(crop, h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = rgb[top : top + side, left : left + side]
+    if side != size:
+        square = np.asarray(Image.fromarray(square).resize((size, size), Image.BICUBIC))
+    return np.ascontiguousarray(square, dtype=np.uint8), float(gsd) * side / size
