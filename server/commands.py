@@ -19,10 +19,8 @@ def serve(bundle: str, store: str, host: str, port: int, workers: int = 1,
     if redis_url:
         os.environ["SOUNDSCAPE_REDIS_URL"] = redis_url
     if workers > 1:
-        # One onnxruntime thread pool per worker, sized so the workers do not oversubscribe the cores.
-        cores = os.cpu_count() or 1
-        os.environ.setdefault("SOUNDSCAPE_ORT_THREADS", str(max(1, cores // workers)))
-        os.environ.setdefault("SOUNDSCAPE_COMPUTE_THREADS", str(max(1, cores // workers)))
+        # Each worker's compute pool gets its share of the cores, so workers do not oversubscribe them.
+        os.environ.setdefault("SOUNDSCAPE_COMPUTE_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
         if not redis_url:
             print("note: without --redis-url each worker has its own cache, and a query registered "
                   "with POST /queries is known only to the worker that took it", flush=True)

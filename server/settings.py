@@ -17,7 +17,9 @@ class Settings:
     cache_ttl_s: int = 86400
     query_ttl_s: int = 30 * 86400  # registered queries (audio cannot be recomputed from its id)
     lru_bytes: int = 256 * 1024 * 1024
-    threads: int = 0  # onnxruntime intra-op threads; 0 = its default
+    # onnxruntime intra-op threads per graph run. Requests already run in parallel on the compute
+    # pool (one per core), so more would oversubscribe the cores: 1 measured 2x faster under load.
+    threads: int = 1
     compute_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     # Sent with successful responses of cacheable routes only; errors get `no-store`.
     cache_control: str = "public, max-age=86400"
@@ -39,7 +41,7 @@ class Settings:
             bundle=bundle, store=store, redis_url=env("SOUNDSCAPE_REDIS_URL") or None,
             cache_ttl_s=int(env("SOUNDSCAPE_CACHE_TTL_S", "86400")),
             lru_bytes=int(env("SOUNDSCAPE_LRU_MB", "256")) * 1024 * 1024,
-            threads=int(env("SOUNDSCAPE_ORT_THREADS", "0")),
+            threads=int(env("SOUNDSCAPE_ORT_THREADS", "1")),
             compute_threads=int(env("SOUNDSCAPE_COMPUTE_THREADS", str(os.cpu_count() or 1))),
             cache_control=env("SOUNDSCAPE_CACHE_CONTROL", cls.cache_control),
             cors_origins=_env_list("SOUNDSCAPE_CORS_ORIGINS", "*"),
