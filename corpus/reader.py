@@ -93,7 +93,8 @@ class DemoCorpus:
                       month=int(t["month"][row]), source=self.manifest["source"],
                       caption=None if "caption" in without else str(t["captions"][row]),
                       caption_source=self.manifest["caption_source"], audio=audio,
-                      sample_rate=None if audio is None else self.sample_rate)
+                      sample_rate=None if audio is None else self.sample_rate, level=int(t["level"][row]),
+                      path=f"{self.path}#{row}")
 
     def split(self, split_level: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
         """'train'/'val'/'test' per kept sample: whole tiles of `split_level` are held out, so no

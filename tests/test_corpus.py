@@ -157,6 +157,7 @@ def test_reader_yields_valid_samples_with_the_pixels_of_model_imagery(corpus_pat
         assert 1 <= s.month <= 12 and 0 <= s.hour < 24 and -90 <= s.lat <= 90
         row = int(splits.train.rows[i])
         z, x, y = (int(corpus.table[k][row]) for k in ("level", "x", "y"))
+        assert s.level == z and s.path.endswith(f"#{row}")
         cell = imagery.cell(z, x, y, 32)
         np.testing.assert_array_equal(s.image, cell.rgb)
         assert s.gsd == pytest.approx(cell.gsd)
