@@ -69,6 +69,8 @@ def sample(values: np.ndarray, rows: AxisSampling, cols: AxisSampling) -> np.nda
     the data's edge stays where the cells end.
     """
     valid = ~np.isnan(values)
+    if valid.all():  # the common case: no weights to renormalise, no holes
+        return (rows.weights @ values.astype(np.float32) @ cols.weights.T).astype(np.float32)
     filled = np.where(valid, values, np.float32(0)).astype(np.float32)
     num = rows.weights @ filled @ cols.weights.T
     den = rows.weights @ valid.astype(np.float32) @ cols.weights.T
