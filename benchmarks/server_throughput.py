@@ -6,8 +6,9 @@ bounds: wrk takes CPU from the servers).
         [--titiler-python /tmp/titiler-venv/bin/python] [--duration 15]
 
 TiTiler (titiler.core + uvicorn) is not a project dependency: install it into a throwaway venv
-and pass its python. Prints one JSON object: tiles/s, latency percentiles, server memory (RSS
-of all server processes) and the ratio to TiTiler.
+and pass its python. `--redis-restart` serves with Redis and restarts it under load;
+`--connections 200` checks 200 concurrent clients. Prints one JSON object: tiles/s, latency
+percentiles, non-2xx answers, server memory (RSS of all server processes), ratio to TiTiler.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -95,7 +97,9 @@ def run_wrk(base: str, paths: list[str], duration: int, connections: int) -> dic
     latency = {p: m.group(1) for p in ("50%", "90%", "99%")
                if (m := re.search(rf"{re.escape(p)}\s+([\d.]+\w+)", out))}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"tiles_per_s": rps, "latency": latency, "non_2xx": int(errors.group(1)) if errors else 0}
+    sockets = re.search(r"Socket errors: (.*)", out)
+    return {"tiles_per_s": rps, "latency": latency, "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": sockets.group(1) if sockets else "none"}
 
 
 def serve(cmd: list[str], env: dict, cwd: Path) -> subprocess.Popen:
@@ -108,22 +112,54 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def bench_soundscape(data: Path, paths: list[str], duration: int, connections: int) -> dict:
-    port = free_port()
-    proc = serve([sys.executable, "-m", "cli.main", "serve", "--bundle", str(data / "bundle"), "--store",
-                  str(data / "store"), "--port", str(port), "--workers", "2"], {}, REPO)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{base}/healthz")
-        for _ in range(3):  # each worker keeps its own LRU: warm both
-            with httpx.Client(base_url=base, timeout=60) as http:
-                for path in paths:
-                    http.get(path).raise_for_status()
-        result = run_wrk(base, paths, duration, connections)
-        result["server_rss_mb"] = rss_mb(proc.pid)
-        return result
-    finally:
-        stop(proc)
+def start_redis(port: int, workdir: str) -> subprocess.Popen:
+    proc = serve(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                  "--dir", workdir], {}, Path(workdir))
+    wait_port(port)
+    return proc
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(port)
+        time.sleep(0.05)
+
+
+def bench_soundscape(data: Path, paths: list[str], duration: int, connections: int,
+                     redis_restart: bool = False) -> dict:
+    """Warm tiles; with `redis_restart`, Redis is killed a third into the load and restarted
+    at two thirds (every response must still be 2xx)."""
+    port, redis_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = start_redis(redis_port, tmp) if redis_restart else None
+        extra = ["--redis-url", f"redis://127.0.0.1:{redis_port}/0"] if redis_restart else []
+        proc = serve([sys.executable, "-m", "cli.main", "serve", "--bundle", str(data / "bundle"), "--store",
+                      str(data / "store"), "--port", str(port), "--workers", "2", *extra], {}, REPO)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(f"{base}/healthz")
+            for _ in range(3):  # each worker keeps its own LRU: warm both
+                with httpx.Client(base_url=base, timeout=60) as http:
+                    for path in paths:
+                        http.get(path).raise_for_status()
+            if redis is None:
+                result = run_wrk(base, paths, duration, connections)
+            else:
+                with ThreadPoolExecutor(1) as pool:
+                    load = pool.submit(run_wrk, base, paths, duration, connections)
+                    time.sleep(duration / 3)
+                    stop(redis)
+                    time.sleep(duration / 3)
+                    redis = start_redis(redis_port, tmp)
+                    result = load.result()
+            result["server_rss_mb"] = rss_mb(proc.pid)
+            return result
+        finally:
+            stop(proc)
+            if redis is not None:
+                stop(redis)
 
 
 def bench_titiler(python: str, imagery: Path, paths: list[str], duration: int, connections: int) -> dict:
@@ -152,6 +188,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--maxzoom", type=int, default=4, help="tiles of zooms 0..maxzoom are cycled")
+    parser.add_argument("--redis-restart", action="store_true",
+                        help="serve with Redis, and kill and restart Redis during the load")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
@@ -160,8 +198,8 @@ def main() -> None:
     ours = [f"/tiles/{z}/{x}/{y}.png?q=birdsong&hour=6" for z, x, y in tiles]
     result = {"tiles": len(tiles), "zooms": f"0..{args.maxzoom}", "duration_s": args.duration,
               "connections": args.connections, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "date": time.strftime("%Y-%m-%d"), "soundscape": bench_soundscape(data, ours, args.duration,
-                                                                                args.connections)}
+              "date": time.strftime("%Y-%m-%d"), "redis_restart": args.redis_restart,
+              "soundscape": bench_soundscape(data, ours, args.duration, args.connections, args.redis_restart)}
     if args.titiler_python:
         imagery = store_imagery(Store(data / "store")).resolve()
         theirs = [f"/cog/tiles/WebMercatorQuad/{z}/{x}/{y}.png?url={imagery}" for z, x, y in tiles]
