@@ -1,25 +1,45 @@
 """The imagery reader every part uses: a raster plus a cell (z, x, y) gives the RGB pixels the
 model sees and their ground sample distance. Training, corpus, precompute and the server's
-basemap all cut pixels here, so the model is served exactly the pixels it was trained on."""
+basemap all cut pixels here, so the model is served exactly the pixels it was trained on.
+
+A source is anything rio-tiler reads (a local or remote GeoTIFF/COG in any CRS), a directory of
+such rasters, or a list of them: a mosaic, where the first raster that has a valid pixel gives it.
+"""
 from __future__ import annotations
 
+import math
+import os
 import threading
 import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rio_tiler.errors import TileOutsideBounds
+from rasterio.warp import transform as transform_points
 from rio_tiler.constants import WGS84_CRS
+from rio_tiler.errors import EmptyMosaicError, TileOutsideBounds
 from rio_tiler.io import Reader
+from rio_tiler.models import ImageData
+from rio_tiler.mosaic import mosaic_reader
 
-from model.tiles import ground_sample_distance, tile_centres
+from model.tiles import ground_sample_distance, mercator_pixel_size, tile_bounds, tile_centres
 
 # rio-tiler clips latitudes to the mercator limit for world rasters and warns each time; expected.
 warnings.filterwarnings("ignore", message="Adjusting dataset latitudes", category=UserWarning)
 
 # A cell with less than this fraction of valid pixels has no imagery (skipped, never black).
 MIN_VALID_FRACTION = 0.5
+# Files a directory source contributes to its mosaic.
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+# Sources that are not local paths (GDAL reads them over the network).
+REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsi")
+# Open datasets kept per thread; a mosaic of thousands of files must not exhaust file handles.
+READERS_PER_THREAD = 32
+MERCATOR_LAT_LIMIT = 85.0511287798066
+
+Source = str | Path | Sequence[str | Path]
 
 
 class ImageryError(Exception):
@@ -39,45 +59,140 @@ class CellImage:
         return float(self.valid.mean())
 
 
-class Imagery:
-    """A raster that rio-tiler reads (GeoTIFF/COG, any CRS), cut into web-mercator cells.
+@dataclass(frozen=True)
+class Asset:
+    """One raster of a source: where it is and how fine it is."""
 
-    One rasterio handle per thread: GDAL datasets are not safe to share across threads.
+    path: str
+    bounds: tuple[float, float, float, float]  # west, south, east, north in degrees
+    count: int
+    resolution_m: float  # web-mercator metres per pixel at the footprint centre (finest axis)
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith(REMOTE_PREFIXES)
+
+
+def expand_source(source: Source) -> list[str]:
+    """A file or URL, a directory of rasters, or a list of those -> the rasters, in mosaic order
+    (list order; a directory's files sorted by name)."""
+    items = [source] if isinstance(source, (str, Path)) else list(source)
+    paths: list[str] = []
+    for item in items:
+        text = str(item)
+        if not is_remote(text) and os.path.isdir(text):
+            found = sorted(p for p in Path(text).iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+            if not found:
+                raise ImageryError(f"imagery directory {text!r} holds no raster ({', '.join(RASTER_SUFFIXES)})")
+            paths.extend(str(p) for p in found)
+        else:
+            paths.append(text)
+    if not paths:
+        raise ImageryError("no imagery source given")
+    return paths
+
+
+def _resolution_m(reader: Reader) -> float:
+    """Web-mercator metres per source pixel at the footprint centre, along the finer axis."""
+    ds = reader.dataset
+    col, row = ds.width / 2, ds.height / 2
+    xs, ys = [], []
+    for dc, dr in ((0, 0), (1, 0), (0, 1)):
+        x, y = ds.transform * (col + dc, row + dr)
+        xs.append(x)
+        ys.append(y)
+    if ds.crs.is_geographic:  # keep the probe inside the mercator domain
+        ys = [max(-MERCATOR_LAT_LIMIT, min(MERCATOR_LAT_LIMIT, v)) for v in ys]
+    mx, my = transform_points(ds.crs, "EPSG:3857", xs, ys)
+    steps = [math.hypot(mx[i] - mx[0], my[i] - my[0]) for i in (1, 2)]
+    return min(s for s in steps if s > 0)
+
+
+def _intersects(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+class Imagery:
+    """A raster source rio-tiler reads, cut into web-mercator cells.
+
+    One rasterio handle per thread and file: GDAL datasets are not safe to share across threads.
+    `nodata` overrides the nodata value the files declare (pixels equal to it are invalid).
     """
 
-    def __init__(self, path: str | Path):
-        self.path = str(path)
+    def __init__(self, source: Source, *, nodata: float | None = None):
+        self.source = [str(s) for s in source] if not isinstance(source, (str, Path)) else str(source)
+        self.path = self.source if isinstance(self.source, str) else self.source[0]
+        self.nodata = nodata
         self._local = threading.local()
-        try:
-            reader = self._reader()
-            self.bounds = tuple(float(v) for v in reader.get_geographic_bounds(WGS84_CRS))
-            self.count = reader.dataset.count
-            self.minzoom, self.maxzoom = reader.minzoom, reader.maxzoom
-        except Exception as exc:  # rasterio raises several types for unreadable sources
-            raise ImageryError(f"cannot read imagery {self.path!r}: {exc}") from exc
-        if self.count < 3:
-            raise ImageryError(f"imagery {self.path!r} has {self.count} band(s); RGB needs 3")
+        self.assets = [self._open_asset(p) for p in expand_source(source)]
+        self.bounds = (min(a.bounds[0] for a in self.assets), min(a.bounds[1] for a in self.assets),
+                       max(a.bounds[2] for a in self.assets), max(a.bounds[3] for a in self.assets))
+        self.count = min(a.count for a in self.assets)
+        self.resolution_m = min(a.resolution_m for a in self.assets)
 
-    def _reader(self) -> Reader:
-        reader = getattr(self._local, "reader", None)
+    def _open_asset(self, path: str) -> Asset:
+        if not is_remote(path) and not os.path.exists(path):
+            raise ImageryError(f"cannot read imagery {path!r}: no such file")
+        try:
+            reader = self._reader(path)
+            bounds = tuple(float(v) for v in reader.get_geographic_bounds(WGS84_CRS))
+            asset = Asset(path, bounds, reader.dataset.count, _resolution_m(reader))
+        except ImageryError:
+            raise
+        except Exception as exc:  # rasterio raises several types for unreadable sources
+            raise ImageryError(f"cannot read imagery {path!r}: {exc}") from exc
+        if asset.count < 3:
+            raise ImageryError(f"imagery {path!r} has {asset.count} band(s); RGB needs 3")
+        return asset
+
+    def _reader(self, path: str) -> Reader:
+        readers = getattr(self._local, "readers", None)
+        if readers is None:
+            readers = self._local.readers = OrderedDict()
+        reader = readers.get(path)
         if reader is None:
-            reader = Reader(self.path)
-            self._local.reader = reader
+            reader = readers[path] = Reader(path)
+            while len(readers) > READERS_PER_THREAD:
+                readers.popitem(last=False)[1].close()
+        readers.move_to_end(path)
         return reader
 
     def describe(self) -> dict:
         """A JSON-able description for manifests."""
-        return {"path": self.path, "bounds": list(self.bounds), "bands": self.count}
+        return {"path": self.source, "files": len(self.assets), "bounds": list(self.bounds),
+                "bands": self.count, "resolution_m": round(self.resolution_m, 3)}
+
+    def upsampling(self, z: int, size: int) -> float:
+        """How many cell pixels a source pixel spans at level z (> 1: the cell is upsampled)."""
+        return self.resolution_m / mercator_pixel_size(z, size)
+
+    def max_level(self, size: int, max_upsample: float) -> int:
+        """The finest level whose `size`-pixel cells upsample the finest source by <= max_upsample."""
+        level = 0
+        while self.upsampling(level + 1, size) <= max_upsample and level < 30:
+            level += 1
+        return level
+
+    def _read(self, path: str, x: int, y: int, z: int, size: int) -> ImageData:
+        kwargs = {"nodata": self.nodata} if self.nodata is not None else {}
+        return self._reader(path).tile(x, y, z, tilesize=size, indexes=(1, 2, 3),
+                                       resampling_method="bilinear", reproject_method="bilinear", **kwargs)
 
     def cell(self, z: int, x: int, y: int, size: int) -> CellImage | None:
         """The cell's pixels at `size` x `size`, or None when it has no imagery there."""
-        try:
-            img = self._reader().tile(
-                x, y, z, tilesize=size, indexes=(1, 2, 3),
-                resampling_method="bilinear", reproject_method="bilinear",
-            )
-        except TileOutsideBounds:
+        box = tile_bounds(z, x, y)
+        paths = [a.path for a in self.assets if _intersects(a.bounds, box)]
+        if not paths:
             return None
+        try:
+            if len(paths) == 1:
+                img = self._read(paths[0], x, y, z, size)
+            else:
+                img, _ = mosaic_reader(paths, self._read, x, y, z, size, threads=0)
+        except (TileOutsideBounds, EmptyMosaicError):
+            return None
+        except Exception as exc:  # a corrupt block or a lost connection: say which cell
+            raise ImageryError(f"cannot read cell {z}/{x}/{y} of imagery {self.path!r}: {exc}") from exc
         valid = img.mask > 0
         if valid.mean() < MIN_VALID_FRACTION:
             return None

@@ -98,13 +98,31 @@ def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
     return west, south, east, north
 
 
+def tiles_bounds(z: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(west, south, east, north) arrays in degrees of tiles (z, x, y): `tile_bounds` for arrays."""
+    n = float(1 << z)
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+
+    def lat(row: np.ndarray) -> np.ndarray:
+        return np.degrees(np.arctan(np.sinh(np.pi * (1.0 - 2.0 * row / n))))
+
+    return x / n * 360.0 - 180.0, lat(y + 1), (x + 1) / n * 360.0 - 180.0, lat(y)
+
+
+def mercator_pixel_size(z: int, size: int) -> float:
+    """Web-mercator metres per pixel of a `size`-pixel tile at zoom z (ground metres at the equator)."""
+    return EARTH_CIRCUMFERENCE_M / (size * float(1 << z))
+
+
 def ground_sample_distance(z: int, lat: np.ndarray | float, size: int) -> np.ndarray:
     """Metres per pixel on the ground of a `size`-pixel tile at zoom z and latitude `lat`."""
     return np.cos(np.radians(lat)) * EARTH_CIRCUMFERENCE_M / (size * float(1 << z))
 
 
-def tiles_in_bbox(z: int, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """All tiles (x, y) of zoom z that intersect bbox (west, south, east, north), as arrays."""
+def tile_range(z: int, bbox: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """Inclusive column and row ranges (x0, x1, y0, y1) of the zoom-z tiles that intersect bbox
+    (west, south, east, north); latitudes are clamped to the mercator limit."""
     west, south, east, north = bbox
     n = 1 << z
     lat_max = 85.0511287798066
@@ -118,7 +136,11 @@ def tiles_in_bbox(z: int, bbox: tuple[float, float, float, float]) -> tuple[np.n
         return int(min(n - 1, max(0, math.floor((1 - math.asinh(math.tan(r)) / math.pi) / 2 * n))))
 
     # A bbox edge on a tile boundary belongs to the tile inside the box.
-    x0, x1 = col(west), col(math.nextafter(east, -math.inf))
-    y0, y1 = row(north), row(math.nextafter(south, math.inf))
+    return col(west), col(math.nextafter(east, -math.inf)), row(north), row(math.nextafter(south, math.inf))
+
+
+def tiles_in_bbox(z: int, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """All tiles (x, y) of zoom z that intersect bbox (west, south, east, north), as arrays."""
+    x0, x1, y0, y1 = tile_range(z, bbox)
     xs, ys = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1))
     return xs.ravel().astype(np.int64), ys.ravel().astype(np.int64)

@@ -1,50 +1,69 @@
-"""Which cells a precompute run embeds: every level's tiles over a bounding box, in quadkey
-(Morton) order, which is also the store's order."""
+"""Which cells a precompute run embeds: every level's tiles over a bounding box (optionally only
+those touching a GeoJSON region, or holding land), in quadkey (Morton) order, which is also the
+store's order.
+
+A level is enumerated block by block (a block is one tile BLOCK_DEPTH levels up, whose cells
+are one contiguous Morton range), so a plan never holds a whole fine level in memory. Positions
+in that enumeration are what shards split and what a resumed run restarts from.
+"""
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from rasterio.features import rasterize
+from rasterio.transform import from_origin
+from rasterio.warp import transform_geom
 
-from model.tiles import MAX_LEVEL, morton, tiles_in_bbox
+from model.tiles import EARTH_CIRCUMFERENCE_M, MAX_LEVEL, morton, tile_range
 
 WORLD = (-180.0, -85.0511287798066, 180.0, 85.0511287798066)
+BLOCK_DEPTH = 8  # a block holds up to 4^8 = 65536 cells
 
 
-@dataclass(frozen=True)
-class LevelPlan:
-    level: int
-    codes: np.ndarray  # (N,) uint64 Morton codes, sorted
-    x: np.ndarray
-    y: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.codes)
+class PlanError(ValueError):
+    """The requested plan cannot be run (bad levels, bbox, region or shard); the message says why."""
 
 
 def parse_levels(text: str) -> list[int]:
-    """'0-6' or '3' or '2,4,5' -> sorted levels; ValueError with a sentence otherwise."""
+    """'0-6' or '3' or '2,4,5' -> sorted levels; PlanError with a sentence otherwise."""
     try:
         levels: set[int] = set()
         for part in text.split(","):
             lo, _, hi = part.partition("-")
             levels.update(range(int(lo), int(hi or lo) + 1))
     except ValueError:
-        raise ValueError(f"levels must look like 0-6 or 2,4,5, not {text!r}") from None
+        raise PlanError(f"levels must look like 0-6 or 2,4,5, not {text!r}") from None
     if not levels or min(levels) < 0 or max(levels) > MAX_LEVEL:
-        raise ValueError(f"levels must lie in 0..{MAX_LEVEL}, got {text!r}")
+        raise PlanError(f"levels must lie in 0..{MAX_LEVEL}, got {text!r}")
     return sorted(levels)
 
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
-    """'west,south,east,north' in degrees; ValueError with a sentence otherwise."""
+    """'west,south,east,north' in degrees; PlanError with a sentence otherwise."""
     try:
         west, south, east, north = (float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"bbox must be four numbers west,south,east,north, not {text!r}") from None
+        raise PlanError(f"bbox must be four numbers west,south,east,north, not {text!r}") from None
     if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
-        raise ValueError(f"bbox {text!r} is not west<east in -180..180 and south<north in -90..90")
+        raise PlanError(f"bbox {text!r} is not west<east in -180..180 and south<north in -90..90")
     return west, south, east, north
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' (0 <= i < n) -> (i, n)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise PlanError(f"shard must look like 0/4 (shard i of n), not {text!r}") from None
+    if not 0 <= i < n:
+        raise PlanError(f"shard {text!r} needs 0 <= i < n")
+    return i, n
 
 
 def intersect(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float, float, float] | None:
@@ -53,8 +72,179 @@ def intersect(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float,
     return (west, south, east, north) if west < east and south < north else None
 
 
-def plan_level(level: int, bbox: tuple[float, float, float, float]) -> LevelPlan:
-    x, y = tiles_in_bbox(level, bbox)
-    codes = morton(x, y)
-    order = np.argsort(codes)
-    return LevelPlan(level, codes[order], x[order], y[order])
+def _clip_latitudes(value):
+    """Coordinates with latitudes clamped to the mercator domain (nested lists kept)."""
+    if value and isinstance(value[0], (int, float)):
+        return [value[0], max(-WORLD[3], min(WORLD[3], value[1]))]
+    return [_clip_latitudes(v) for v in value]
+
+
+@dataclass(frozen=True)
+class Region:
+    """Geometries of a GeoJSON file: their bbox, their web-mercator shapes and the file's hash."""
+
+    path: str
+    bbox: tuple[float, float, float, float]
+    shapes: tuple[dict, ...]  # EPSG:3857
+    sha256: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Region":
+        try:
+            raw = Path(path).read_bytes()
+            doc = json.loads(raw)
+            geometries = [f["geometry"] for f in doc["features"]] if doc.get("type") == "FeatureCollection" \
+                else [doc["geometry"]] if doc.get("type") == "Feature" else [doc]
+            points = np.concatenate([_flat_points(g) for g in geometries if g])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise PlanError(f"region {path} is not a readable GeoJSON file of geometries: {exc}") from exc
+        bbox = (float(points[:, 0].min()), float(points[:, 1].min()),
+                float(points[:, 0].max()), float(points[:, 1].max()))
+        shapes = tuple(transform_geom("EPSG:4326", "EPSG:3857",
+                                      {"type": g["type"], "coordinates": _clip_latitudes(g["coordinates"])})
+                       for g in geometries if g)
+        return cls(str(path), bbox, shapes, hashlib.sha256(raw).hexdigest())
+
+
+def _flat_points(geometry: dict) -> np.ndarray:
+    """All (lon, lat) vertices of a GeoJSON geometry, as an (N, 2) array."""
+    out: list[list[float]] = []
+
+    def walk(value) -> None:
+        if value and isinstance(value[0], (int, float)):
+            out.append([float(value[0]), float(value[1])])
+        else:
+            for v in value:
+                walk(v)
+
+    walk(geometry["coordinates"])
+    if not out:
+        raise ValueError(f"a {geometry.get('type')} without coordinates")
+    return np.asarray(out)
+
+
+class Plan:
+    """The cells of `levels` over `bbox`, optionally only those touching `region` or holding land."""
+
+    def __init__(self, levels: list[int], bbox: tuple[float, float, float, float], *,
+                 region: Region | None = None, land_only: bool = False):
+        self.levels = sorted(levels)
+        self.region = region
+        self.land_only = land_only
+        area = intersect(bbox, region.bbox) if region else tuple(bbox)
+        if area is None:
+            raise PlanError(f"region {region.path} lies outside bbox {bbox}")
+        self.bbox = area
+
+    def describe(self) -> dict:
+        """What was asked, for the manifest (and to recognise a run when it resumes)."""
+        return {"levels": self.levels, "bbox": [round(v, 9) for v in self.bbox],
+                "region": self.region.sha256 if self.region else None, "land_only": self.land_only}
+
+    @functools.cached_property
+    def _land(self):
+        from precompute.landmask import LandMask
+
+        return LandMask()
+
+    def keep(self, level: int, x: np.ndarray, y: np.ndarray, block: tuple[int, int, int]) -> np.ndarray:
+        """Which of the cells (x, y) of one block pass the region and land filters."""
+        keep = np.ones(len(x), dtype=bool)
+        if self.region is not None:
+            keep &= self._in_region(level, x, y, block)
+        if self.land_only:
+            keep &= self._land.any_land(level, x, y)
+        return keep
+
+    def _in_region(self, level: int, x: np.ndarray, y: np.ndarray, block: tuple[int, int, int]) -> np.ndarray:
+        depth, bx, by = block
+        n = 1 << depth
+        size = EARTH_CIRCUMFERENCE_M / (1 << level)
+        half = EARTH_CIRCUMFERENCE_M / 2
+        grid = rasterize(self.region.shapes, out_shape=(n, n), all_touched=True, dtype="uint8",
+                         transform=from_origin(-half + (bx << depth) * size, half - (by << depth) * size, size, size))
+        return grid[y - (by << depth), x - (bx << depth)] > 0
+
+    @functools.cache
+    def level(self, level: int) -> "LevelPlan":
+        return LevelPlan(self, level)
+
+
+class LevelPlan:
+    """One level of a plan: its blocks in Morton order, the cell count of each, and the cells of
+    any range of positions."""
+
+    def __init__(self, plan: Plan, level: int):
+        self.plan = plan
+        self.level = level
+        self.depth = min(level, BLOCK_DEPTH)
+        self.x0, self.x1, self.y0, self.y1 = tile_range(level, plan.bbox)
+        bx0, bx1, by0, by1 = self.x0 >> self.depth, self.x1 >> self.depth, self.y0 >> self.depth, self.y1 >> self.depth
+        bx, by = (a.ravel() for a in np.meshgrid(np.arange(bx0, bx1 + 1), np.arange(by0, by1 + 1)))
+        order = np.argsort(morton(bx, by), kind="stable")
+        self.blocks = list(zip(bx[order].tolist(), by[order].tolist()))
+        self.counts = np.array([len(self._block_cells(i)[0]) for i in range(len(self.blocks))], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _block_cells(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(codes, x, y) of block i's cells in the plan, in Morton order."""
+        bx, by = self.blocks[i]
+        d = self.depth
+        xs = np.arange(max(bx << d, self.x0), min(((bx + 1) << d) - 1, self.x1) + 1)
+        ys = np.arange(max(by << d, self.y0), min(((by + 1) << d) - 1, self.y1) + 1)
+        x, y = (a.ravel().astype(np.int64) for a in np.meshgrid(xs, ys))
+        keep = self.plan.keep(self.level, x, y, (d, bx, by))
+        x, y = x[keep], y[keep]
+        codes = morton(x, y)
+        order = np.argsort(codes)
+        return codes[order], x[order], y[order]
+
+    def cells(self, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(codes, x, y) of positions start..stop, a block (or its part) at a time."""
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        for i in range(max(first, 0), len(self.blocks)):
+            lo, hi = int(self.starts[i]), int(self.starts[i + 1])
+            if lo >= stop:
+                break
+            if hi <= start:
+                continue
+            codes, x, y = self._block_cells(i)
+            part = slice(max(start, lo) - lo, min(stop, hi) - lo)
+            yield codes[part], x[part], y[part]
+
+    def at(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(codes, x, y) of the cells at sorted plan positions."""
+        blocks = np.searchsorted(self.starts, positions, side="right") - 1
+        parts = []
+        for i in np.unique(blocks):
+            codes, x, y = self._block_cells(int(i))
+            local = positions[blocks == i] - self.starts[i]
+            parts.append((codes[local], x[local], y[local]))
+        return tuple(np.concatenate(col) for col in zip(*parts)) if parts else \
+            (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def batches(self, start: int, stop: int, batch: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """(first position, codes, x, y) of consecutive batches of positions start..stop."""
+        pending: list[tuple[np.ndarray, ...]] = []
+        held, position = 0, start
+        for part in self.cells(start, stop):
+            pending.append(part)
+            held += len(part[0])
+            while held >= batch:
+                joined = [np.concatenate(col) for col in zip(*pending)]
+                yield position, *(a[:batch] for a in joined)
+                position += batch
+                pending = [tuple(a[batch:] for a in joined)]
+                held -= batch
+        if held:
+            yield position, *(np.concatenate(col) for col in zip(*pending))
+
+    def shard(self, index: int, count: int, batch: int) -> tuple[int, int]:
+        """Positions [start, stop) of shard `index` of `count`: contiguous quadkey ranges of nearly
+        equal size whose edges fall on batch boundaries, so shards batch cells as one run does."""
+        def edge(j: int) -> int:
+            return len(self) if j >= count else (len(self) * j // count) // batch * batch
+        return edge(index), edge(index + 1)

@@ -1,32 +1,69 @@
-"""The precompute job: read cells through the shared imagery reader (a thread pool overlapping
-reads with inference), embed them with the bundle's image graph, fuse under default metadata
-(location only) and write the store."""
+"""The precompute job: read cells through the shared imagery reader (reader threads fill batches
+ahead while the device embeds the current one), embed them with the bundle's image graph, fuse
+under default metadata (location only) and any precomputed metadata sets, and stream each batch
+to the store being written. A killed run resumes where it stopped (precompute/writer.py)."""
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
 from model.bundle import Bundle
-from model.imagery import CellImage, Imagery
+from model.imagery import MIN_VALID_FRACTION, CellImage, Imagery
 from model.metadata import encode_metadata
 from model.scoring import uncertainty
-from model.tiles import tile_centres
-from precompute.plan import LevelPlan, intersect, plan_level
-from precompute.store import LevelArrays, write_store
+from model.tiles import EARTH_CIRCUMFERENCE_M, tile_centres
+from precompute.device import bundle_device, default_batch
+from precompute.index import FLAT_MAX
+from precompute.plan import Plan, PlanError, Region, intersect
+from precompute.store import FUSION_KINDS, LevelArrays, check_output, finish_store, fusion_sets
+from precompute.writer import PartialStore
 
-log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+FusionSet = tuple[str, int | None, int | None]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a plan; none of these change which cells are stored."""
+
+    batch: int | None = None  # cells per inference batch; None: the device's default
+    readers: int = 2  # imagery reader threads
+    shard: tuple[int, int] = (0, 1)  # (i, n): this run embeds the i-th of n quadkey ranges
+    fusion_levels: tuple[int, ...] = ()  # levels that get precomputed fusions
+    fusions: tuple[str, ...] = ("hour", "month")  # their kinds (store.FUSION_KINDS)
+    index_flat_max: int = FLAT_MAX  # levels with more cells get an IVF index
+    max_upsample: float = 8.0  # finest level: a source pixel spans at most this many cell pixels
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.fusions) - set(FUSION_KINDS))
+        if unknown:
+            raise PlanError(f"fusions must be among {', '.join(FUSION_KINDS)}, not {unknown[0]!r}")
+        if (self.batch is not None and self.batch < 1) or self.readers < 1:
+            raise PlanError("--batch-size and --readers must be at least 1")
 
 
 @dataclass
 class RunReport:
     embedded: dict[int, int] = field(default_factory=dict)
     skipped: dict[int, int] = field(default_factory=dict)
+    device: str = ""
+    seconds: float = 0.0
+    cells_read: int = 0
+    resumed: bool = False
+
+    @property
+    def cells_per_s(self) -> float:
+        return self.cells_read / self.seconds if self.seconds else 0.0
 
 
 def default_embeddings(bundle: Bundle, sat: np.ndarray, lonlat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,56 +73,170 @@ def default_embeddings(bundle: Bundle, sat: np.ndarray, lonlat: np.ndarray) -> t
     return mu, uncertainty(logvar)
 
 
-def _read_batches(imagery: Imagery, plan: LevelPlan, size: int, batch: int,
-                  pool: ThreadPoolExecutor) -> Iterator[tuple[np.ndarray, list[CellImage], int]]:
-    """Batches of (plan indices of the cells that have imagery, their images, cells read)."""
-    for start in range(0, len(plan), batch):
-        idx = range(start, min(start + batch, len(plan)))
-        cells = list(pool.map(lambda i: imagery.cell(plan.level, int(plan.x[i]), int(plan.y[i]), size), idx))
-        keep = [(i, c) for i, c in zip(idx, cells) if c is not None]
-        yield np.array([i for i, _ in keep], dtype=np.int64), [c for _, c in keep], len(idx)
+def fused_embeddings(bundle: Bundle, sat: np.ndarray, lonlat: np.ndarray,
+                     sets: list[FusionSet]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(mu float16, S float32) of the cells under each metadata set, in one fuse call."""
+    if not sets:
+        return {}
+    n, v = len(sat), len(sets)
+    hour = np.repeat([np.nan if h is None else h for _, h, _ in sets], n)
+    month = np.repeat([np.nan if m is None else m for _, _, m in sets], n)
+    meta = encode_metadata(n * v, lat=np.tile(lonlat[:, 1], v), lon=np.tile(lonlat[:, 0], v), hour=hour, month=month)
+    mu, logvar = bundle.fuse(np.tile(sat, (v, 1)), meta)
+    s = uncertainty(logvar)
+    return {name: (mu[i * n:(i + 1) * n].astype(np.float16), s[i * n:(i + 1) * n])
+            for i, (name, _, _) in enumerate(sets)}
 
 
-def embed_level(imagery: Imagery, bundle: Bundle, plan: LevelPlan, *, batch: int,
-                pool: ThreadPoolExecutor, bar: tqdm) -> LevelArrays:
-    parts: list[LevelArrays] = []
-    for idx, cells, n_read in _read_batches(imagery, plan, bundle.image_size, batch, pool):
-        bar.update(n_read)
-        if not len(idx):
-            continue
-        rgb = np.stack([c.rgb for c in cells])
-        gsd = np.array([c.gsd for c in cells], dtype=np.float32)
-        sat = bundle.embed_images(rgb, gsd)
-        lon, lat = tile_centres(plan.level, plan.x[idx], plan.y[idx])
-        lonlat = np.stack([lon, lat], axis=1).astype(np.float32)
-        mu, s = default_embeddings(bundle, sat, lonlat)
-        parts.append(LevelArrays(plan.codes[idx], sat.astype(np.float16), mu.astype(np.float16), s, lonlat))
-    if not parts:
-        return LevelArrays(np.zeros(0, np.uint64), np.zeros((0, bundle.sat_dim), np.float16),
-                           np.zeros((0, bundle.embed_dim), np.float16), np.zeros(0, np.float32),
-                           np.zeros((0, 2), np.float32))
-    return LevelArrays(*(np.concatenate([getattr(p, f) for p in parts])
-                         for f in ("codes", "sat", "mu", "s", "lonlat")))
+def embed_batch(bundle: Bundle, level: int, codes: np.ndarray, x: np.ndarray, y: np.ndarray,
+                cells: list[CellImage], sets: list[FusionSet]) -> tuple[LevelArrays, dict]:
+    """A batch of cells with imagery -> its store rows and precomputed fusions.
+
+    Every fusion starts from the stored (float16) sat feature, so a server that fuses the stored
+    features on the fly gets the numbers the store holds."""
+    sat = bundle.embed_images(np.stack([c.rgb for c in cells]),
+                              np.array([c.gsd for c in cells], dtype=np.float32)).astype(np.float16)
+    lon, lat = tile_centres(level, x, y)
+    lonlat = np.stack([lon, lat], axis=1).astype(np.float32)
+    stored = sat.astype(np.float32)
+    mu, s = default_embeddings(bundle, stored, lonlat)
+    arrays = LevelArrays(codes, sat, mu.astype(np.float16), s, lonlat)
+    return arrays, fused_embeddings(bundle, stored, lonlat, sets)
+
+
+def prefetch(items: Iterable[T], fn: Callable[[T], R], pool: ThreadPoolExecutor, depth: int) -> Iterator[tuple[T, R]]:
+    """(item, fn(item)) in order, with up to `depth` items being computed ahead in the pool."""
+    pending: deque[tuple[T, Future]] = deque()
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) > depth:
+            head, future = pending.popleft()
+            yield head, future.result()
+    while pending:
+        head, future = pending.popleft()
+        yield head, future.result()
+
+
+def _mercator_area(bbox: tuple[float, ...]) -> float:
+    def y(lat: float) -> float:
+        lat = max(-85.0511, min(85.0511, lat))
+        return math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) * EARTH_CIRCUMFERENCE_M / (2 * math.pi)
+
+    return (bbox[2] - bbox[0]) / 360 * EARTH_CIRCUMFERENCE_M * (y(bbox[3]) - y(bbox[1]))
+
+
+def check_levels(imagery: Imagery, plan: Plan, size: int, max_upsample: float) -> None:
+    """PlanError when a level is finer than the imagery can honestly fill (upsampled beyond
+    max_upsample) or coarser than its footprint (no cell could be half covered)."""
+    finest = imagery.max_level(size, max_upsample)
+    for level in plan.levels:
+        if level > finest:
+            raise PlanError(
+                f"imagery {imagery.path} has {imagery.resolution_m:.0f} m pixels, so level {level} cells of "
+                f"{size} px would upsample it {imagery.upsampling(level, size):.0f}x (the limit is "
+                f"{max_upsample:g}x, --max-upsample); use levels up to {finest}")
+        cell_area = (EARTH_CIRCUMFERENCE_M / (1 << level)) ** 2
+        if _mercator_area(plan.bbox) < MIN_VALID_FRACTION * cell_area:
+            raise PlanError(f"the imagery covers too little of any level {level} cell to fill half of it; "
+                            "use finer levels")
+
+
+def make_plan(imagery: Imagery, levels: list[int], bbox: tuple[float, float, float, float], *,
+              region: Region | None = None, land_only: bool = False) -> Plan:
+    """The plan of levels over bbox (and region) clipped to the imagery's footprint."""
+    area = intersect(bbox, imagery.bounds)
+    if area is None:
+        raise PlanError(f"bbox {tuple(bbox)} does not overlap the imagery bounds {imagery.bounds}")
+    return Plan(levels, area, region=region, land_only=land_only)
+
+
+def cell_reader(imagery: Imagery, level: int, size: int) -> Callable:
+    """A function that reads a batch's cells (None where a cell has no imagery)."""
+    def read(batch: tuple[int, np.ndarray, np.ndarray, np.ndarray]) -> list[CellImage | None]:
+        _, _, x, y = batch
+        return [imagery.cell(level, int(i), int(j), size) for i, j in zip(x, y)]
+    return read
+
+
+def batch_rows(bundle: Bundle, level: int, batch: tuple, cells: list[CellImage | None],
+                sets: list[FusionSet]) -> tuple[LevelArrays | None, dict, int]:
+    """(rows, fusions, skipped) of a read batch; rows None when no cell has imagery."""
+    _, codes, x, y = batch
+    keep = np.array([c is not None for c in cells], dtype=bool)
+    if not keep.any():
+        return None, {}, len(cells)
+    rows, fused = embed_batch(bundle, level, codes[keep], x[keep], y[keep],
+                              [c for c in cells if c is not None], sets)
+    return rows, fused, int((~keep).sum())
+
+
+def run_key(imagery: Imagery, bundle: Bundle, plan: Plan, options: RunOptions) -> dict:
+    """What makes two runs produce the same store: checked when a run resumes, kept in the manifest."""
+    return {"bundle_id": bundle.id, "imagery": imagery.describe(),
+            "plan": {**plan.describe(), "fusion_levels": sorted(set(options.fusion_levels) & set(plan.levels)),
+                     "fusions": list(options.fusions)},
+            "shard": list(options.shard)}
+
+
+def execute(imagery: Imagery, bundle: Bundle, plan: Plan, out: Path, options: RunOptions = RunOptions(), *,
+            overwrite: bool = False, progress: bool = True) -> tuple[dict, RunReport]:
+    """Embed every cell of the plan (this shard of it) and write the store at `out`."""
+    out = Path(out)
+    check_output(out, overwrite)
+    check_levels(imagery, plan, bundle.image_size, options.max_upsample)
+    key = run_key(imagery, bundle, plan, options)
+    work = PartialStore(out, key, options.batch or default_batch(bundle), discard_other=overwrite)
+    ranges = {lv: plan.level(lv).shard(*options.shard, work.batch) for lv in plan.levels}
+    if not sum(len(plan.level(lv)) for lv in plan.levels):
+        raise PlanError(f"no cell of levels {plan.levels} lies inside the bbox/region"
+                        + (" on land" if plan.land_only else ""))
+    report = RunReport(device=f"{bundle_device(bundle)}, batches of {work.batch} cells", resumed=work.resumed)
+    total = sum(stop - start for start, stop in ranges.values())
+    done = sum(work.level_state(lv, start)["position"] - start for lv, (start, stop) in ranges.items())
+    if progress:
+        tqdm.write(("resuming an unfinished run" if work.resumed else "precompute") + f" on {report.device}")
+    started = time.perf_counter()
+    with ThreadPoolExecutor(options.readers) as pool, \
+            tqdm(total=total, initial=done, unit="cell", desc="precompute", disable=not progress,
+                 dynamic_ncols=True, smoothing=0.1) as bar:
+        for level in plan.levels:
+            start, stop = ranges[level]
+            sets = fusion_sets(list(options.fusions)) if level in key["plan"]["fusion_levels"] else []
+            writer = work.writer(level, start, bundle.sat_dim, bundle.embed_dim, [name for name, _, _ in sets])
+            bar.set_postfix(level=level)
+            try:
+                batches = plan.level(level).batches(writer.state["position"], stop, work.batch)
+                for batch, cells in prefetch(batches, cell_reader(imagery, level, bundle.image_size), pool, options.readers + 1):
+                    rows, fused, skipped = batch_rows(bundle, level, batch, cells, sets)
+                    writer.append(rows, fused, batch[0] + len(cells), skipped)
+                    work.save()
+                    bar.update(len(cells))
+                    report.cells_read += len(cells)
+            finally:
+                writer.close()
+    report.seconds = time.perf_counter() - started
+    for level in plan.levels:
+        state = work.level_state(level, ranges[level][0])
+        report.embedded[level], report.skipped[level] = state["rows"], state["skipped"]
+    if options.shard[1] == 1 and not any(report.embedded.values()):
+        raise PlanError(f"no cell of levels {plan.levels} has imagery inside {plan.bbox}")
+    extra = {lv: {"skipped": report.skipped[lv],
+                  "fusions": list(options.fusions) if lv in key["plan"]["fusion_levels"] else []}
+             for lv in plan.levels}
+    manifest = {**key, "bounds": list(plan.bbox),
+                "run": {"device": report.device, "seconds": round(report.seconds, 1),
+                        "cells_per_s": round(report.cells_per_s, 1), "resumed": report.resumed}}
+    if options.shard[1] == 1:
+        del manifest["shard"]
+    manifest = finish_store(work.dir, out, manifest, extra, flat_max=options.index_flat_max)
+    work.progress.unlink(missing_ok=True)
+    return manifest, report
 
 
 def run(imagery: Imagery, bundle: Bundle, levels: list[int], bbox: tuple[float, float, float, float],
-        out: Path, *, overwrite: bool = False, batch: int = 256, readers: int = 4,
-        progress: bool = True) -> tuple[dict, RunReport]:
-    """Embed every cell of `levels` over bbox (clipped to the imagery) and write the store."""
-    area = intersect(bbox, imagery.bounds)
-    if area is None:
-        raise ValueError(f"bbox {bbox} does not overlap the imagery bounds {imagery.bounds}")
-    plans = [plan_level(level, area) for level in levels]
-    report = RunReport()
-    results: dict[int, LevelArrays] = {}
-    with ThreadPoolExecutor(readers) as pool, tqdm(total=sum(len(p) for p in plans), unit="cell",
-                                                   desc="precompute", disable=not progress) as bar:
-        for plan in plans:
-            results[plan.level] = embed_level(imagery, bundle, plan, batch=batch, pool=pool, bar=bar)
-            report.embedded[plan.level] = len(results[plan.level].codes)
-            report.skipped[plan.level] = len(plan) - report.embedded[plan.level]
-    if not any(report.embedded.values()):
-        raise ValueError(f"no cell of levels {levels} has imagery inside {area}")
-    manifest = write_store(out, bundle.id, results, imagery=imagery.describe(), bounds=area,
-                           overwrite=overwrite)
-    return manifest, report
+        out: Path, *, region: Region | None = None, land_only: bool = False, overwrite: bool = False,
+        progress: bool = True, **options) -> tuple[dict, RunReport]:
+    """Embed every cell of `levels` over bbox (clipped to the imagery) and write the store;
+    `options` are RunOptions fields."""
+    plan = make_plan(imagery, levels, bbox, region=region, land_only=land_only)
+    return execute(imagery, bundle, plan, out, RunOptions(**options), overwrite=overwrite, progress=progress)

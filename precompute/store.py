@@ -1,13 +1,13 @@
 """The embedding store (DESIGN.md "Store", docs/store.md): per web-mercator level, cells sorted
-by quadkey with their pre-fusion features, default-metadata mean and S, centres, and a FAISS
-index over [mu, -S/2]. Written aside and renamed into place; read memory-mapped."""
+by quadkey with their pre-fusion features, default-metadata mean and S, centres, a FAISS index
+over [mu, -S/2], and optionally precomputed fusions for each hour and month. Written aside and
+renamed into place; read memory-mapped."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,14 +17,18 @@ import faiss
 import numpy as np
 
 from model.bundle import file_sha256
-from model.scoring import gallery_vectors
 from model.tiles import descendant_range
+from precompute.index import FLAT_MAX, build_index
 
-STORE_FORMAT_VERSION = 1
+STORE_FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 ARRAYS = ("codes", "sat", "mu", "s", "lonlat")
 INDEX_FILE = "index.faiss"
-_UNHASHED_KEYS = ("id", "created")
+FUSIONS_DIR = "fusions"
+# Metadata a store may hold precomputed fusions for: (hour, month) of each set, other tokens unknown.
+FUSION_KINDS = {"hour": [(h, None) for h in range(24)], "month": [(None, m) for m in range(1, 13)]}
+# Manifest keys outside the content hash: the id itself, when and how (device, timing) it was made.
+_UNHASHED_KEYS = ("id", "created", "run")
 
 
 class StoreError(Exception):
@@ -42,70 +46,107 @@ class LevelArrays:
     lonlat: np.ndarray  # (N, 2) float32 cell centres
 
 
-def _level_dir(root: Path, level: int) -> Path:
+def array_specs(sat_dim: int, embed_dim: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """dtype and row shape of each level array."""
+    return {"codes": ("uint64", ()), "sat": ("float16", (sat_dim,)), "mu": ("float16", (embed_dim,)),
+            "s": ("float32", ()), "lonlat": ("float32", (2,))}
+
+
+def fusion_name(hour: int | None, month: int | None) -> str:
+    """File stem of a precomputed fusion: 'hour-06' or 'month-05'."""
+    return f"hour-{hour:02d}" if month is None else f"month-{month:02d}"
+
+
+def fusion_sets(kinds: list[str]) -> list[tuple[str, int | None, int | None]]:
+    """(name, hour, month) of every metadata set the kinds ('hour', 'month') ask for."""
+    return [(fusion_name(h, m), h, m) for kind in kinds for h, m in FUSION_KINDS[kind]]
+
+
+def level_dir(root: Path, level: int) -> Path:
     return root / "levels" / f"{level:02d}"
 
 
-def _content_id(manifest: dict) -> str:
+def content_id(manifest: dict) -> str:
     body = {k: v for k, v in manifest.items() if k not in _UNHASHED_KEYS}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def write_store(out: Path, bundle_id: str, levels: dict[int, LevelArrays], *, imagery: dict,
-                bounds: tuple[float, float, float, float], overwrite: bool = False) -> dict:
-    """Write a complete store atomically (temporary directory, then rename)."""
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output path that holds a store (unless overwrite) or anything else non-empty."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise StoreError(f"{out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        level_meta = {}
-        for level, arrays in sorted(levels.items()):
-            folder = _level_dir(tmp, level)
-            folder.mkdir(parents=True)
-            for name in ARRAYS:
-                np.save(folder / f"{name}.npy", getattr(arrays, name))
-            index = faiss.IndexFlatIP(arrays.mu.shape[1] + 1)
-            index.add(gallery_vectors(arrays.mu.astype(np.float32), arrays.s))
-            faiss.write_index(index, str(folder / INDEX_FILE))
-            files = {f"{n}.npy": file_sha256(folder / f"{n}.npy") for n in ARRAYS}
-            files[INDEX_FILE] = file_sha256(folder / INDEX_FILE)
-            level_meta[str(level)] = {
-                "count": int(len(arrays.codes)), "index": "flat-ip", "files": files,
-                "s_range": [float(arrays.s.min()), float(arrays.s.max())] if len(arrays.s) else None,
-            }
-        s_all = np.concatenate([a.s for a in levels.values()]) if levels else np.zeros(0)
-        manifest = {
-            "format_version": STORE_FORMAT_VERSION,
-            "bundle_id": bundle_id,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "imagery": imagery,
-            "bounds": list(bounds),
-            "levels": level_meta,
-            "uncertainty_range": ([float(np.percentile(s_all, 1)), float(np.percentile(s_all, 99))]
-                                  if len(s_all) else [0.0, 1.0]),
-        }
-        manifest["id"] = _content_id(manifest)
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        return manifest
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    if not out.exists():
+        return
+    if (out / MANIFEST_FILE).is_file():
+        if not overwrite:
+            raise StoreError(f"{out} already exists; pass --overwrite to replace it")
+    elif not out.is_dir() or any(out.iterdir()):
+        raise StoreError(f"{out} exists and is not an embedding store; choose another --out")
+
+
+def _finish_level(folder: Path, flat_max: int) -> dict:
+    """Index one complete level folder; its manifest entry (count, index, S range, checksums)."""
+    arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("mu", "s")}
+    index, info = build_index(arrays["mu"], arrays["s"], flat_max)
+    tmp = folder / (INDEX_FILE + ".tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, folder / INDEX_FILE)
+    s = arrays["s"]
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return {"count": int(len(s)), "index": info,
+            "s_range": [float(s.min()), float(s.max())] if len(s) else None,
+            "files": {name: file_sha256(folder / name) for name in files}}
+
+
+def _uncertainty_range(root: Path, levels: list[int]) -> list[float]:
+    """1st and 99th percentile of S over all cells: the uncertainty layer's default scale."""
+    s = np.concatenate([np.load(level_dir(root, lv) / "s.npy") for lv in levels])
+    return [float(np.percentile(s, 1)), float(np.percentile(s, 99))] if len(s) else [0.0, 1.0]
+
+
+def replace_dir(src: Path, out: Path) -> None:
+    """Move a finished store into place; an old store at `out` is removed only after that."""
+    old = out.parent / f".{out.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(src, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def finish_store(work: Path, out: Path, manifest: dict, level_extra: dict[int, dict], *,
+                 flat_max: int = FLAT_MAX) -> dict:
+    """Index every level of the store written in `work`, write its manifest and move it to `out`.
+
+    `manifest` holds the run's keys (bundle_id, imagery, plan, bounds, ...); `level_extra` adds
+    per-level facts (skipped cells, fusion kinds). Safe to repeat after a crash."""
+    levels = sorted(level_extra)
+    level_meta = {str(lv): {**_finish_level(level_dir(work, lv), flat_max), **level_extra[lv]} for lv in levels}
+    manifest = {**manifest, "format_version": STORE_FORMAT_VERSION, "levels": level_meta,
+                "uncertainty_range": _uncertainty_range(work, levels),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    manifest["id"] = content_id(manifest)
+    tmp = work / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, work / MANIFEST_FILE)
+    os.chmod(work, 0o755)
+    replace_dir(work, Path(out))
+    return manifest
 
 
 class Level:
-    """A level of an open store: memory-mapped arrays and the FAISS index (loaded on demand)."""
+    """A level of an open store: memory-mapped arrays, precomputed fusions and the FAISS index
+    (each loaded on first use)."""
 
-    def __init__(self, folder: Path, level: int):
+    def __init__(self, folder: Path, level: int, meta: dict | None = None):
         self.level = level
         self.folder = folder
+        self.meta = meta or {}
         arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ARRAYS}
         self.arrays = LevelArrays(**arrays)
+        self.fusion_kinds: list[str] = list(self.meta.get("fusions", []))
+        self._fusions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._index = None
         self._lock = threading.Lock()
 
@@ -117,6 +158,29 @@ class Level:
         lo, hi = descendant_range(z, x, y, self.level)
         codes = self.arrays.codes
         return slice(int(np.searchsorted(codes, lo)), int(np.searchsorted(codes, hi)))
+
+    def precomputed(self, hour: int | None = None, month: int | None = None,
+                    source: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mu float16 (N, D), S float32 (N,)) of every cell of the level under the metadata
+        (location + the given hour or month), or None when the store holds no fusion for it.
+
+        No metadata gives the default arrays. One hour (0..23) or one month (1..12) gives the
+        stored fusion when this level has that kind. A source, or hour and month together, is
+        never precomputed: None."""
+        if source is not None or (hour is not None and month is not None):
+            return None
+        if hour is None and month is None:
+            return self.arrays.mu, self.arrays.s
+        kind, value, valid = ("hour", hour, range(24)) if hour is not None else ("month", month, range(1, 13))
+        if kind not in self.fusion_kinds or value not in valid or int(value) != value:
+            return None
+        name = fusion_name(int(value), None) if kind == "hour" else fusion_name(None, int(value))
+        with self._lock:
+            if name not in self._fusions:
+                folder = self.folder / FUSIONS_DIR
+                self._fusions[name] = (np.load(folder / f"{name}.mu.npy", mmap_mode="r"),
+                                       np.load(folder / f"{name}.s.npy", mmap_mode="r"))
+            return self._fusions[name]
 
     @property
     def index(self) -> faiss.Index:
@@ -138,11 +202,14 @@ class Store:
             raise StoreError(f"{manifest_path} is not valid JSON: {exc}") from exc
         if self.manifest.get("format_version") != STORE_FORMAT_VERSION:
             raise StoreError(f"{self.path} has store format {self.manifest.get('format_version')!r}; "
-                             f"this version reads {STORE_FORMAT_VERSION}")
+                             f"this version reads {STORE_FORMAT_VERSION}: rebuild it with `soundscape precompute`")
         self.id: str = self.manifest["id"]
         self.bundle_id: str = self.manifest["bundle_id"]
-        self.levels = {int(k): Level(_level_dir(self.path, int(k)), int(k))
-                       for k, v in self.manifest["levels"].items() if v["count"] > 0}
+        try:
+            self.levels = {int(k): Level(level_dir(self.path, int(k)), int(k), v)
+                           for k, v in self.manifest["levels"].items() if v["count"] > 0}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.path} is damaged: {exc}; run `soundscape store verify {self.path}`") from exc
         if not self.levels:
             raise StoreError(f"{self.path} holds no cells")
         self.minlevel, self.maxlevel = min(self.levels), max(self.levels)
@@ -159,3 +226,35 @@ class Store:
         present = sorted(self.levels)
         below = [lv for lv in present if lv <= wanted]
         return self.levels[below[-1] if below else present[0]]
+
+    def verify(self) -> None:
+        """Check every file against its checksum and every level's arrays for consistency;
+        StoreError naming the first problem."""
+        if content_id(self.manifest) != self.id:
+            raise StoreError(f"{self.path}: the manifest id does not match its content")
+        for key, meta in sorted(self.manifest["levels"].items()):
+            folder = level_dir(self.path, int(key))
+            for name, digest in sorted(meta["files"].items()):
+                if not (folder / name).is_file():
+                    raise StoreError(f"{self.path}: level {key} is missing {name}")
+                if file_sha256(folder / name) != digest:
+                    raise StoreError(f"{self.path}: level {key} {name} does not match its checksum")
+            if int(key) in self.levels:
+                _check_level(self.levels[int(key)], meta)
+
+
+def _check_level(level: Level, meta: dict) -> None:
+    """Shapes, order and index size of one level agree with each other and the manifest."""
+    a, n, where = level.arrays, len(level), f"level {level.level}"
+    if n != meta["count"] or any(len(getattr(a, f)) != n for f in ARRAYS):
+        raise StoreError(f"{where}: arrays hold different numbers of cells (manifest says {meta['count']})")
+    if n > 1 and not (np.diff(np.asarray(a.codes).astype(np.int64)) > 0).all():
+        raise StoreError(f"{where}: cell codes are not strictly ascending")
+    if level.index.ntotal != n or level.index.d != a.mu.shape[1] + 1:
+        raise StoreError(f"{where}: the index holds {level.index.ntotal} vectors of {level.index.d} dims, "
+                         f"not {n} of {a.mu.shape[1] + 1}")
+    for kind in level.fusion_kinds:
+        for _, hour, month in fusion_sets([kind]):
+            mu, s = level.precomputed(hour=hour, month=month)
+            if mu.shape != a.mu.shape or s.shape != a.s.shape:
+                raise StoreError(f"{where}: fusion {fusion_name(hour, month)} does not match the level's cells")

@@ -1,0 +1,69 @@
+"""Where precompute runs its graphs: onnxruntime's CUDA provider with the bundle's float16 graphs
+when a GPU is present, the CPU provider otherwise; chosen automatically, overridable, reported."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from model.bundle import Bundle, BundleError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+# Cells per inference batch: large enough to keep the device busy, small enough for its memory
+# (a batch of 64 px cells is ~3 MB of pixels; a 224 px paper-size batch of 1024 is ~150 MB).
+BATCH = {"cuda": 1024, "cpu": 256}
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "cuda" or "cpu"
+    precision: str  # "fp16" or "fp32": which of the bundle's graphs run
+    batch: int
+
+    @property
+    def providers(self) -> list[str]:
+        return [CUDA, CPU] if self.kind == "cuda" else [CPU]
+
+
+def bundle_precisions(path: str | Path) -> list[str]:
+    """The graph precisions a bundle holds, from its manifest (fp32 always)."""
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return ["fp32"]
+    return list(manifest.get("precisions", ["fp32"]))
+
+
+def select_device(bundle_path: str | Path, requested: str = "auto", batch: int | None = None) -> Device:
+    """CUDA when asked or when onnxruntime sees a GPU, else CPU; fp16 graphs on CUDA when the
+    bundle has them (fp16 on a CPU is slower than fp32 and gains nothing)."""
+    has_cuda = CUDA in ort.get_available_providers()
+    if requested == "cuda" and not has_cuda:
+        raise BundleError("--device cuda needs onnxruntime-gpu and a visible GPU; onnxruntime here offers "
+                          + ", ".join(ort.get_available_providers()))
+    kind = "cuda" if requested == "cuda" or (requested == "auto" and has_cuda) else "cpu"
+    precision = "fp16" if kind == "cuda" and "fp16" in bundle_precisions(bundle_path) else "fp32"
+    return Device(kind, precision, batch or BATCH[kind])
+
+
+def open_bundle(path: str | Path, device: Device) -> Bundle:
+    """The bundle with sessions on the device's providers and precision."""
+    if device.precision == "fp32":
+        return Bundle(path, providers=device.providers)
+    return Bundle(path, providers=device.providers, precision=device.precision)
+
+
+def bundle_device(bundle: Bundle) -> str:
+    """What an already opened bundle runs on, for the report."""
+    precision = getattr(bundle, "precision", "fp32")
+    kind = "GPU (onnxruntime CUDA provider)" if bundle.providers[0] == CUDA else f"CPU ({os.cpu_count()} cores)"
+    return f"{kind}, {precision} graphs"
+
+
+def default_batch(bundle: Bundle) -> int:
+    """The batch size of the device an opened bundle runs on."""
+    return BATCH["cuda" if bundle.providers[0] == CUDA else "cpu"]

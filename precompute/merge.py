@@ -1,0 +1,80 @@
+"""`soundscape precompute merge`: the stores of `--shard i/n` runs joined into the store one run
+of the whole plan writes. Shard i holds the i-th quadkey range of every level, so each level is
+the shards' arrays concatenated in shard order, streamed in chunks; indexes and the manifest are
+then built exactly as a single run builds them."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from precompute.index import FLAT_MAX
+from precompute.npy import GrowingNpy
+from precompute.store import (INDEX_FILE, MANIFEST_FILE, STORE_FORMAT_VERSION, StoreError, check_output,
+                              finish_store, level_dir)
+
+CHUNK_ROWS = 65536
+SAME_RUN_KEYS = ("bundle_id", "imagery", "plan", "bounds")
+
+
+def _shard_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path} is not a finished shard store: {exc}") from exc
+    if manifest.get("format_version") != STORE_FORMAT_VERSION or "shard" not in manifest:
+        raise StoreError(f"{path} is not a shard store of this version (made by precompute --shard i/n)")
+    return manifest
+
+
+def _check_shards(paths: list[Path], manifests: list[dict]) -> list[tuple[Path, dict]]:
+    """The shards in shard order, after checking they are all the shards of one run."""
+    first = manifests[0]
+    for path, m in zip(paths, manifests):
+        differing = [k for k in SAME_RUN_KEYS if m.get(k) != first.get(k)]
+        if differing:
+            raise StoreError(f"{path} comes from another run than {paths[0]} (its {differing[0]} differs)")
+    count = first["shard"][1]
+    indices = sorted(m["shard"][0] for m in manifests)
+    if indices != list(range(count)) or any(m["shard"][1] != count for m in manifests):
+        raise StoreError(f"merge needs each of the {count} shards exactly once; got shards {indices}")
+    return sorted(zip(paths, manifests), key=lambda pm: pm[1]["shard"][0])
+
+
+def _concatenate(parts: list[Path], out: Path) -> None:
+    """Stream the rows of .npy files into one .npy."""
+    first = np.load(parts[0], mmap_mode="r")
+    target = GrowingNpy(out, first.dtype, first.shape[1:])
+    for part in parts:
+        rows = np.load(part, mmap_mode="r")
+        for start in range(0, len(rows), CHUNK_ROWS):
+            target.append(rows[start:start + CHUNK_ROWS])
+    target.close()
+
+
+def merge(shards: list[str | Path], out: str | Path, *, overwrite: bool = False, flat_max: int = FLAT_MAX) -> dict:
+    """Join all shard stores of one run into the store at `out`; its manifest."""
+    out = Path(out)
+    paths = [Path(p) for p in shards]
+    check_output(out, overwrite)
+    ordered = _check_shards(paths, [_shard_manifest(p) for p in paths])
+    first = ordered[0][1]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))
+    try:
+        extra = {}
+        for key, meta in first["levels"].items():
+            level = int(key)
+            for name in sorted(meta["files"]):
+                if name != INDEX_FILE:
+                    _concatenate([level_dir(p, level) / name for p, _ in ordered], level_dir(work, level) / name)
+            extra[level] = {"skipped": sum(m["levels"][key]["skipped"] for _, m in ordered), "fusions": meta["fusions"]}
+        manifest = {k: first[k] for k in SAME_RUN_KEYS}
+        manifest["run"] = {"merged_shards": len(ordered)}
+        return finish_store(work, out, manifest, extra, flat_max=flat_max)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
