@@ -137,8 +137,8 @@ def test_bad_requests_get_a_4xx_with_a_message(client, method, path, params, sta
 def test_health_readiness_and_metrics(client):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["cache"] == "memory"
-    assert client.get("/readyz").json() == {**client.get("/readyz").json(), "status": "ready",
-                                             "redis": "not configured"}
+    ready = client.get("/readyz").json()
+    assert (ready["status"], ready["redis"]) == ("ready", "not configured")
     client.get(TILE, params={"q": "birdsong"})
     text = client.get("/metrics").text
     assert 'soundscape_requests_total{method="GET",route="/tiles/{z}/{x}/{y}.png",status="200"}' in text

@@ -31,17 +31,16 @@ def seam_residual(before: np.ndarray, last: np.ndarray, first: np.ndarray) -> np
 
 @pytest.mark.parametrize("params", [{}, {"hour": 6, "month": 1, "source": "field"}], ids=["default", "fused"])
 def test_adjacent_tiles_are_seamless(client, params):
+    """Across a border the field stays linear: the jump equals the step beside it. (Rendering
+    cells as blocks would put a whole cell's jump on the border: a residual as large as the step.)"""
     a, right, below = npy(client, 4, 8, 5, **params), npy(client, 4, 9, 5, **params), npy(client, 4, 8, 6, **params)
-    across = seam_residual(a[:, -2], a[:, -1], right[:, 0])
-    down = seam_residual(a[-2, :], a[-1, :], below[0, :])
-    for residual in (across, down):
+    for before, last, first in ((a[:, -2], a[:, -1], right[:, 0]), (a[-2, :], a[-1, :], below[0, :])):
+        residual = seam_residual(before, last, first)
         ok = np.isfinite(residual)
         assert ok.sum() > 200
-        assert np.abs(residual[ok]).max() < 1e-4
-    # The field is not flat: the seam test would be empty otherwise.
-    assert np.nanstd(a) > 1e-3
-    step = np.abs(a[:, -1] - a[:, -2])
-    assert np.nanmax(step) > 1e-4
+        step = np.nanmax(np.abs(last - before))
+        assert step > 1e-6, "the field is not flat, or the test would prove nothing"
+        assert np.abs(residual[ok]).max() < 0.05 * step
 
 
 def test_png_and_webp_encode_the_npy_values(client):
