@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -41,13 +41,6 @@ def digest(params: dict, size: int = 32) -> str:
 def cache_key(kind: str, params: dict) -> str:
     """`st:{kind}:{hash}`: the kind stays readable in Redis (`KEYS st:tile:*`)."""
     return f"st:{kind}:{digest(params)}"
-
-
-class ByteCache(Protocol):
-    name: str
-
-    async def get(self, key: str) -> bytes | None: ...
-    async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None: ...
 
 
 class LRUCache:
@@ -154,10 +147,6 @@ class TieredCache:
         self.local.set_now(key, value)
         if self.shared is not None:
             await self.shared.set(key, value, ttl_s)
-
-
-def make_cache(redis_url: str | None, ttl_s: int, lru_bytes: int) -> TieredCache:
-    return TieredCache(LRUCache(lru_bytes), RedisCache(redis_url, ttl_s) if redis_url else None)
 
 
 class SingleFlight:

@@ -19,8 +19,8 @@ from server.sampling import AxisSampling, axis_sampling, sample
 CELLS_PER_TILE_LOG2 = 4  # a tile draws the cells of level z + 4: 16 x 16 cells
 MAX_CELLS_PER_SIDE_LOG2 = 8  # beyond this a tile would hold more cells than pixels
 FUSE_BATCH = 4096
+MERCATOR_MAX_LAT = 85.0511287798066
 RANGE_MAX_CELLS = 20_000  # score_range reads the finest level at most this large
-LAYERS = ("heatmap", "uncertainty")
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,9 @@ class Engine:
 
     # Points and search -----------------------------------------------------------------------
     def cell_at(self, lon: float, lat: float, level: Level) -> int | None:
-        """Row of the cell of `level` holding (lon, lat), or None."""
+        """Row of the cell of `level` holding (lon, lat), or None (also past the mercator limit)."""
+        if abs(lat) > MERCATOR_MAX_LAT:
+            return None
         tile = mercantile.tile(lon, lat, level.level)
         found = lookup(level, np.asarray([morton(tile.x, tile.y)], dtype=np.uint64))[0]
         return None if found < 0 else int(found)

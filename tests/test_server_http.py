@@ -122,6 +122,8 @@ BAD_REQUESTS = [
     ("GET", "/point/10,nan", {"q": "x"}, 422, "finite"),
     ("GET", "/point/ten,10", {"q": "x"}, 422, "number"),
     ("GET", "/point/-120,40", {"q": "x"}, 404, "no cell"),
+    ("GET", "/point/0,90", {"q": "x"}, 404, "no cell"),
+    ("GET", "/point/-180,-90", {"q": "x"}, 404, "no cell"),
     ("GET", "/no/such/route", {}, 404, "Not Found"),
 ]
 

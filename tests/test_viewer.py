@@ -32,7 +32,8 @@ def page(server):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 900, "height": 700})
         outside = []
-        page.on("request", lambda req: outside.append(req.url) if not req.url.startswith((server, "data:", "blob:")) else None)
+        local = (server, "data:", "blob:")
+        page.on("request", lambda req: None if req.url.startswith(local) else outside.append(req.url))
         page.goto(f"{server}/")
         page.wait_for_function("window.soundscape && window.soundscape.map && window.soundscape.map.loaded()",
                                timeout=60_000)
