@@ -33,7 +33,16 @@ def serve(bundle: str, store: str, host: str, port: int, workers: int = 1,
                 workers=workers, log_level="warning")
 
 
+def apply_http_options(args: argparse.Namespace) -> None:
+    """HTTP options travel to the workers as SOUNDSCAPE_* variables (see Settings.from_env)."""
+    if args.cache_control is not None:
+        os.environ["SOUNDSCAPE_CACHE_CONTROL"] = args.cache_control
+    if args.cors_origins is not None:
+        os.environ["SOUNDSCAPE_CORS_ORIGINS"] = args.cors_origins
+
+
 def _serve(args: argparse.Namespace) -> int:
+    apply_http_options(args)
     serve(args.bundle, args.store, args.host, args.port, args.workers, args.redis_url)
     return 0
 
@@ -53,4 +62,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", required=True, help="model bundle directory")
     p.add_argument("--store", required=True, help="embedding store directory")
     add_server_options(p)
+    p.add_argument("--cache-control", help="Cache-Control of successful responses "
+                                           "(default: $SOUNDSCAPE_CACHE_CONTROL, else public, max-age=86400)")
+    p.add_argument("--cors-origins", help="comma-separated CORS origins, '' for none "
+                                          "(default: $SOUNDSCAPE_CORS_ORIGINS, else *)")
     p.set_defaults(handler=_serve)

@@ -38,13 +38,15 @@ def decode_npy(body: bytes) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def live_server(bundle_path, store_path, *, workers: int = 1, env: dict | None = None) -> Iterator[str]:
+def live_server(bundle_path, store_path, *, workers: int = 1, redis_url: str | None = None,
+                args: tuple[str, ...] = ()) -> Iterator[str]:
     """`soundscape serve` (real uvicorn) on a random loopback port; yields its base URL."""
     port = free_port()
-    full_env = {**os.environ, **(env or {})}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path),
-                             "--store", str(store_path), "--port", str(port), "--workers", str(workers)],
-                            env=full_env, cwd=REPO, stdout=subprocess.DEVNULL)
+                             "--store", str(store_path), "--port", str(port), "--workers", str(workers),
+                             *(["--redis-url", redis_url] if redis_url else []), *args],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL)
     try:
         wait_for_port(port, timeout=90)
         yield f"http://127.0.0.1:{port}"

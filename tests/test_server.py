@@ -23,7 +23,7 @@ def land_pixels(imagery_path, z, x, y) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(bundle_path, store_path):
-    with live_server(bundle_path, store_path) as url:
+    with live_server(bundle_path, store_path, args=("--cache-control", "public, max-age=7")) as url:
         yield url
 
 
@@ -43,6 +43,7 @@ def test_tiles_over_http(server, imagery_path, layer):
     second = httpx.get(url, params=params, timeout=30)
     assert second.content == first.content
     assert second.headers["etag"] == first.headers["etag"]
+    assert first.headers["cache-control"] == "public, max-age=7", "serve --cache-control"
 
 
 def test_heatmap_depends_on_the_query(client):
@@ -95,6 +96,24 @@ def test_second_request_is_served_from_redis(bundle_path, store_path, redis_serv
     assert r2.content == r1.content
     assert two.app.state.service.stats["renders"] == 0
     assert two.app.state.service.stats["text_encodings"] == 0, "query embedding came from Redis too"
+
+
+def test_workers_share_registered_queries_through_redis(bundle_path, store_path, redis_server):
+    """`serve --workers 2`: a registered audio query lives in Redis, so either worker tiles it."""
+    import io
+
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, 0.1 * np.sin(np.arange(32000) * 0.03).astype(np.float32), 16000, format="WAV")
+    with live_server(bundle_path, store_path, workers=2, redis_url=redis_server) as url:
+        qid = httpx.post(f"{url}/queries", content=buf.getvalue(), headers={"Content-Type": "audio/wav"},
+                         timeout=30).json()["id"]
+        with httpx.Client(timeout=30) as http:  # new connections spread over both workers
+            statuses = {http.get(f"{url}/tiles/4/8/{y}.png", params={"query": qid},
+                                 headers={"Connection": "close"}).status_code for y in range(4, 8) for _ in range(3)}
+    assert statuses == {200}
+    assert redis.Redis.from_url(redis_server).exists(f"st:query:{qid}")
 
 
 def test_redis_down_still_serves(bundle_path, store_path):
