@@ -201,7 +201,9 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d"), "redis_restart": args.redis_restart,
               "soundscape": bench_soundscape(data, ours, args.duration, args.connections, args.redis_restart)}
     if args.titiler_python:
-        imagery = store_imagery(Store(data / "store")).resolve()
+        imagery = store_imagery(Store(data / "store"))
+        if not isinstance(imagery, str):
+            sys.exit(f"TiTiler needs one raster; the store's imagery is {imagery!r}")
         theirs = [f"/cog/tiles/WebMercatorQuad/{z}/{x}/{y}.png?url={imagery}" for z, x, y in tiles]
         result["titiler"] = bench_titiler(args.titiler_python, imagery, theirs, args.duration, args.connections)
         result["ratio"] = round(result["soundscape"]["tiles_per_s"] / result["titiler"]["tiles_per_s"], 1)

@@ -141,8 +141,8 @@ class Engine:
         """Embeddings that need no fusion: the store's default, or its precomputed fusion."""
         if meta.is_default:
             return CellEmbeddings(np.asarray(level.arrays.mu[index]), np.asarray(level.arrays.s[index]))
-        precomputed = getattr(level, "precomputed", None)  # precompute may hold low levels' fusions
-        fused = precomputed(meta.hour, meta.month, meta.source) if precomputed else None
+        source = None if meta.source is None else self.bundle.sources.id(meta.source)
+        fused = level.precomputed(meta.hour, meta.month, source)  # a store may hold hourly/monthly fusions
         if fused is None:
             return None
         mu, s = fused

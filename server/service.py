@@ -12,7 +12,7 @@ import anyio.to_thread
 import numpy as np
 
 from model.bundle import Bundle
-from model.imagery import Imagery, ImageryError
+from model.imagery import Imagery, ImageryError, is_remote
 from precompute.store import Level, Store
 from server import metrics, render
 from server.cache import LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest
@@ -49,15 +49,24 @@ class TileRequest:
                 "rescale": list(self.rescale) if styled else None}
 
 
-def store_imagery(store: Store) -> Path | None:
-    """The raster the store was built from: manifest["imagery"]["path"], which may be relative
-    to the directory precompute ran in, so also tried against the store's parent directories."""
+def store_imagery(store: Store) -> str | list[str] | None:
+    """The imagery the store was built from (manifest["imagery"]["path"]: a file, directory or
+    URL, or a list of them), each local path tried as recorded and against the store's parent
+    directories, since it may be relative to where precompute ran. None if any is missing."""
     recorded = (store.manifest.get("imagery") or {}).get("path")
-    if not recorded:
+    items = recorded if isinstance(recorded, list) else [recorded] if recorded else []
+    found = [_locate(str(item), store) for item in items]
+    if not found or None in found:
         return None
-    path = Path(recorded)
+    return found[0] if isinstance(recorded, str) else found
+
+
+def _locate(item: str, store: Store) -> str | None:
+    if is_remote(item):
+        return item
+    path = Path(item)
     candidates = [path] if path.is_absolute() else [path, *(parent / path for parent in store.path.resolve().parents)]
-    return next((c for c in candidates if c.is_file()), None)
+    return next((str(c.resolve()) for c in candidates if c.exists()), None)
 
 
 class SoundscapeService:
@@ -187,7 +196,7 @@ class SoundscapeService:
                 return render.encode_rgba_webp(np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256), bool))
             return render.encode_rgba_webp(cell.rgb, cell.valid)
 
-        key = cache_key("basemap", {"imagery": self.imagery.path, "z": z, "x": x, "y": y})
+        key = cache_key("basemap", {"imagery": self.imagery.source, "z": z, "x": x, "y": y})
         return await self.cached(self.tiles, "basemap", key, lambda: self.run(draw))
 
     # Points and search ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from server.engine import Metadata
 from tests.server_support import decode_npy, decode_png, make_client
 
 
@@ -96,3 +97,36 @@ def test_concurrent_identical_misses_are_computed_once(bundle_path, store_path):
     assert {r.status_code for r in responses} == {200}
     assert len({r.content for r in responses}) == 1
     assert (stats["renders"], stats["fusions"], stats["text_encodings"]) == (1, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def fused_store(bundle_path, imagery_path, tmp_path_factory):
+    """A store of levels 3..4 whose level 4 holds precomputed hourly and monthly fusions."""
+    from model.bundle import Bundle
+    from model.imagery import Imagery
+    from precompute.run import run
+    from tests.conftest import FIXTURE_BBOX
+
+    out = tmp_path_factory.mktemp("fused") / "store"
+    run(Imagery(imagery_path), Bundle(bundle_path), [3, 4], FIXTURE_BBOX, out, progress=False, fusion_levels=(4,))
+    return out
+
+
+def test_precomputed_fusions_are_served_without_fusing(bundle_path, fused_store):
+    """Zoom-0 tiles draw level 4: with hour= or month= the store's fusions are read, and they
+    equal fusing on the fly (a source, which the store never precomputes, still fuses)."""
+    client = make_client(bundle_path, fused_store)
+    stats = client.app.state.service.stats
+    cases = ({"hour": 6}, {"month": 2})
+    stored = [npy(client, 0, 0, 0, **params) for params in cases]
+    assert stats["fusions"] == 0
+    engine = client.app.state.service.engine
+    window, query = engine.window(0, 0, 0, 256), engine.embed_text("birdsong")
+    for params, tile in zip(cases, stored):
+        fused = engine.tile_values(window, engine.fuse(window.level, window.present, Metadata(**params)),
+                                   "heatmap", query)
+        both = np.isfinite(tile) & np.isfinite(fused)
+        assert both.sum() > 1000 and np.abs(tile[both] - fused[both]).max() < 2e-3
+    fusions = stats["fusions"]
+    npy(client, 0, 0, 0, hour=6, source="field")
+    assert stats["fusions"] == fusions + 1
