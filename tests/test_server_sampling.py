@@ -4,8 +4,11 @@ Bilinear interpolation reproduces linear functions exactly, so sampling the fiel
 coordinate" must give each pixel's own global position: pixel values are then a function of
 where the pixel is on Earth, not of which tile holds it, and tiles cannot have seams."""
 import numpy as np
+import pytest
+from fastapi import HTTPException
 from hypothesis import given, settings, strategies as st
 
+from server.params import MAX_ZOOM, check_tile
 from server.sampling import axis_sampling, sample
 
 SIZES = st.sampled_from([256, 512])
@@ -71,3 +74,17 @@ def test_sample_is_exact_on_planes_and_honours_missing_cells(depth, a, b, c):
     out = sample(holed, rows, cols)
     inside = (rows.nearest == 1)[:, None] & (cols.nearest == 1)[None, :]
     assert np.isnan(out[inside]).all() and np.isfinite(out[~inside]).all()
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.integers(-2, 30), st.integers(-(1 << 31), 1 << 31), st.integers(-(1 << 31), 1 << 31))
+def test_tile_validity_is_the_grid(z, x, y):
+    """check_tile answers 404 exactly for tiles outside the WebMercatorQuad grid of zooms 0..24."""
+    inside = 0 <= z <= MAX_ZOOM and 0 <= x < 2 ** z and 0 <= y < 2 ** z
+    try:
+        check_tile("WebMercatorQuad", z, x, y)
+        assert inside
+    except HTTPException as exc:
+        assert not inside and exc.status_code == 404
+    with pytest.raises(HTTPException):
+        check_tile("WorldCRS84Quad", 0, 0, 0)
