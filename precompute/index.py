@@ -31,9 +31,13 @@ def _add(index: faiss.Index, mu: np.ndarray, s: np.ndarray) -> None:
 
 
 def _queries(mu: np.ndarray) -> np.ndarray:
-    """[mu_i, 1] of evenly spaced cells: queries shaped like the level's own embeddings."""
-    rows = np.linspace(0, len(mu) - 1, min(RECALL_QUERIES, len(mu))).astype(np.int64)
-    q = np.asarray(mu[rows], dtype=np.float32)
+    """[q, 1] for half the queries the means of evenly spaced cells (queries near the data) and
+    half random unit vectors (queries far from it, the hard case for IVF)."""
+    n = min(RECALL_QUERIES, len(mu))
+    rows = np.linspace(0, len(mu) - 1, n // 2 + n % 2).astype(np.int64)
+    rng = np.random.default_rng(0)
+    far = rng.standard_normal((n // 2, mu.shape[1])).astype(np.float32)
+    q = np.vstack([np.asarray(mu[rows], dtype=np.float32), far / np.linalg.norm(far, axis=1, keepdims=True)])
     return np.hstack([q, np.ones((len(q), 1), np.float32)])
 
 
@@ -63,7 +67,8 @@ def build_index(mu: np.ndarray, s: np.ndarray, flat_max: int = FLAT_MAX) -> tupl
         index = faiss.IndexFlatIP(dim)
         _add(index, mu, s)
         return index, {"kind": "flat-ip"}
-    nlist = int(min(65536, max(16, 4 * math.sqrt(len(s)))))
+    # ~4 sqrt(N) lists, but at least 39 training points per list (FAISS's own minimum).
+    nlist = int(max(1, min(65536, 4 * math.sqrt(len(s)), len(s) // 39)))
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     step = max(1, len(s) // (64 * nlist))
@@ -72,7 +77,7 @@ def build_index(mu: np.ndarray, s: np.ndarray, flat_max: int = FLAT_MAX) -> tupl
     queries = _queries(mu)
     truth = exact_top_k(mu, s, queries, min(RECALL_K, len(s)))
     recall = 0.0
-    for nprobe in (2 ** p for p in range(int(math.log2(nlist)) + 1)):
+    for nprobe in [*(2 ** p for p in range(int(math.log2(nlist)) + 1) if 2 ** p < nlist), nlist]:
         index.nprobe = nprobe
         recall = recall_at_k(index, queries, truth)
         if recall >= RECALL_TARGET:

@@ -5,6 +5,7 @@ to the store being written. A killed run resumes where it stopped (precompute/wr
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -194,7 +195,8 @@ def execute(imagery: Imagery, bundle: Bundle, plan: Plan, out: Path, options: Ru
     total = sum(stop - start for start, stop in ranges.values())
     done = sum(work.level_state(lv, start)["position"] - start for lv, (start, stop) in ranges.items())
     if progress:
-        tqdm.write(("resuming an unfinished run" if work.resumed else "precompute") + f" on {report.device}")
+        tqdm.write(("resuming an unfinished run" if work.resumed else "precompute") + f" on {report.device}",
+                   file=sys.stderr)
     started = time.perf_counter()
     with ThreadPoolExecutor(options.readers) as pool, \
             tqdm(total=total, initial=done, unit="cell", desc="precompute", disable=not progress,

@@ -1,23 +1,33 @@
-import subprocess
-import sys
+import shutil
 
 import numpy as np
+import pytest
 
-from model.scoring import query_vector
-from model.tiles import demorton
+from cli.main import main
 from model.bundle import Bundle
-from precompute.store import Store
-from tests.conftest import FIXTURE_LEVELS
+from model.metadata import encode_metadata
+from model.scoring import query_vector, uncertainty
+from model.tiles import demorton, morton, tiles_in_bbox
+from precompute.store import Store, StoreError
+from tests.conftest import FIXTURE_BBOX, FIXTURE_LEVELS
+
+BBOX_ARG = "--bbox=" + ",".join(map(str, FIXTURE_BBOX))
 
 
-def soundscape(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True)
+@pytest.fixture(scope="module")
+def fused_store(bundle_path, imagery_path, tmp_path_factory):
+    """Levels 3-5 with hourly and monthly fusions at levels 3-4, written by the CLI."""
+    out = tmp_path_factory.mktemp("fused") / "store"
+    assert main(["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "3-5",
+                 BBOX_ARG, "--fusion-levels", "3-4", "--out", str(out), "--quiet"]) == 0
+    return Store(out)
 
 
 def test_store_levels_are_sorted_and_consistent(store_path, bundle_path):
     store = Store(store_path)
     bundle = Bundle(bundle_path)
     store.check_bundle(bundle.id)
+    store.verify()
     assert sorted(store.levels) == FIXTURE_LEVELS
     for level in store.levels.values():
         a = level.arrays
@@ -27,6 +37,26 @@ def test_store_levels_are_sorted_and_consistent(store_path, bundle_path):
         assert a.mu.shape == (n, bundle.embed_dim) and a.s.shape == (n,)
         np.testing.assert_allclose(np.linalg.norm(a.mu.astype(np.float32), axis=1), 1.0, atol=2e-3)
         assert level.index.ntotal == n
+
+
+def test_store_holds_every_cell_with_imagery_and_its_embedding(store_path, bundle_path, imagery_path):
+    """Round trip: the stored rows are the reader's cells through the bundle's graphs."""
+    from model.imagery import Imagery
+
+    store, bundle, imagery = Store(store_path), Bundle(bundle_path), Imagery(imagery_path)
+    level = store.levels[5]
+    x, y = tiles_in_bbox(5, FIXTURE_BBOX)
+    cells = {morton(a, b): imagery.cell(5, a, b, bundle.image_size) for a, b in zip(x.tolist(), y.tolist())}
+    with_imagery = sorted(code for code, cell in cells.items() if cell is not None)
+    assert level.arrays.codes.tolist() == with_imagery
+    assert level.meta["skipped"] == len(cells) - len(with_imagery)
+    rows = list(range(8))
+    chosen = [cells[c] for c in with_imagery[:8]]
+    sat = bundle.embed_images(np.stack([c.rgb for c in chosen]), np.array([c.gsd for c in chosen], np.float32))
+    np.testing.assert_allclose(level.arrays.sat[rows].astype(np.float32), sat, rtol=1e-2, atol=1e-2)
+    cx, cy = demorton(np.asarray(level.arrays.codes[rows]))
+    lon, lat = level.arrays.lonlat[rows].T
+    assert (np.floor((lon + 180) / 360 * 32) == cx).all()
 
 
 def test_cells_under_a_tile_equal_brute_force(store_path):
@@ -49,21 +79,78 @@ def test_index_ranks_by_mu_dot_q_minus_half_s(store_path):
     np.testing.assert_allclose(scores[0], np.sort(brute)[::-1][:10], rtol=1e-5, atol=1e-5)
 
 
-def test_cli_refuses_bad_input_with_exit_2(bundle_path, imagery_path, store_path, tmp_path):
+def test_precomputed_fusions_equal_fusing_the_stored_features(fused_store, bundle_path):
+    bundle = Bundle(bundle_path)
+    level = fused_store.levels[4]
+    a = level.arrays
+    for hour, month in ((6, None), (23, None), (None, 1), (None, 12)):
+        mu, s = level.precomputed(hour=hour, month=month)
+        assert mu.shape == a.mu.shape and mu.dtype == np.float16 and s.shape == a.s.shape
+        meta = encode_metadata(len(a.s), lat=a.lonlat[:, 1], lon=a.lonlat[:, 0], hour=hour, month=month)
+        want_mu, logvar = bundle.fuse(np.asarray(a.sat, dtype=np.float32), meta)
+        np.testing.assert_allclose(mu.astype(np.float32), want_mu, atol=2e-3)
+        np.testing.assert_allclose(s, uncertainty(logvar), rtol=1e-4)
+    assert not np.allclose(level.precomputed(hour=6)[0], level.precomputed(hour=18)[0])
+    default = level.precomputed()
+    assert default[0] is a.mu and default[1] is a.s
+    for args in ({"hour": 6, "month": 5}, {"source": 0}, {"hour": 24}, {"month": 0}, {"hour": 6.5}):
+        assert level.precomputed(**args) is None
+    assert fused_store.levels[5].precomputed(hour=6) is None  # a level without fusions
+    assert fused_store.levels[5].precomputed() is not None
+
+
+def test_verify_finds_a_changed_byte_and_info_describes(fused_store, tmp_path, capsys):
+    assert main(["store", "info", str(fused_store.path)]) == 0
+    out = capsys.readouterr().out
+    assert fused_store.id in out and "hour, month" in out and "flat-ip" in out
+    copy = tmp_path / "copy"
+    shutil.copytree(fused_store.path, copy)
+    assert main(["store", "verify", str(copy)]) == 0
+    target = copy / "levels" / "04" / "fusions" / "hour-06.mu.npy"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    assert main(["store", "verify", str(copy)]) == 2
+    assert "hour-06.mu.npy does not match its checksum" in capsys.readouterr().err
+    with pytest.raises(StoreError):
+        Store(copy).verify()
+
+
+def test_dry_run_counts_cells_and_writes_nothing(bundle_path, imagery_path, tmp_path, capsys):
+    out = tmp_path / "store"
+    assert main(["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "3-5",
+                 BBOX_ARG, "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    total = sum(len(tiles_in_bbox(z, FIXTURE_BBOX)[0]) for z in (3, 4, 5))
+    assert f"total {total:>12,}" in text and "cells/s" in text and "MB" in text
+    assert not out.exists() and not any(tmp_path.iterdir())
+
+
+def test_cli_refuses_bad_input_with_exit_2(bundle_path, imagery_path, store_path, tmp_path, capsys):
     bad = tmp_path / "not.tif"
     bad.write_text("not a raster")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("someone's files")
+    run = ["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path)]
     cases = [
-        (["--imagery", str(bad), "--bundle", str(bundle_path), "--out", str(tmp_path / "s1")], "cannot read imagery"),
-        (["--imagery", str(imagery_path), "--bundle", str(tmp_path), "--out", str(tmp_path / "s2")], "not a model bundle"),
-        (["--imagery", str(imagery_path), "--bundle", str(bundle_path), "--out", str(store_path)], "already exists"),
-        (["--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "7-x", "--out", str(tmp_path / "s3")], "levels must"),
-        (["--imagery", str(imagery_path), "--bundle", str(bundle_path), "--bbox", "100,0,120,10", "--out", str(tmp_path / "s4")], "does not overlap"),
+        (["precompute", "--imagery", str(bad), "--bundle", str(bundle_path), "--out", str(tmp_path / "s1")], "cannot read imagery"),
+        (["precompute", "--imagery", str(imagery_path), "--bundle", str(tmp_path), "--out", str(tmp_path / "s2")], "not a model bundle"),
+        ([*run, "--out", str(store_path)], "already exists"),
+        ([*run, "--out", str(tmp_path / "other"), "--overwrite"], "is not an embedding store"),
+        ([*run, "--levels", "7-x", "--out", str(tmp_path / "s3")], "levels must"),
+        ([*run, "--levels", "3-14", "--out", str(tmp_path / "s3")], "use levels up to 10"),
+        ([*run, "--bbox", "100,0,120,10", "--out", str(tmp_path / "s4")], "does not overlap"),
+        ([*run, "--shard", "4/4", "--out", str(tmp_path / "s5")], "shard"),
+        ([*run, "--region", str(bad), "--out", str(tmp_path / "s6")], "not a readable GeoJSON"),
+        ([*run, "--fusions", "weekday", "--out", str(tmp_path / "s7")], "fusions must be among"),
+        (["precompute", "merge", "--out", str(tmp_path / "s8"), str(store_path)], "not a shard store"),
+        (["store", "verify", str(tmp_path)], "not an embedding store"),
     ]
     before = sorted(p.name for p in store_path.rglob("*"))
     for args, needle in cases:
-        r = soundscape("precompute", *args)
-        assert r.returncode == 2, r.stderr
-        assert needle in r.stderr and "Traceback" not in r.stderr
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
     assert sorted(p.name for p in store_path.rglob("*")) == before
-    assert Store(store_path).id
-
+    assert (tmp_path / "other" / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not.tif", "other"]

@@ -1,0 +1,187 @@
+"""The shared imagery reader on sources beyond one EPSG:4326 file: a projected (UTM) raster, a
+raster with nodata, and mosaics of several files (a list or a directory)."""
+from pathlib import Path
+
+import mercantile
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.warp import calculate_default_transform, reproject
+from rasterio.windows import Window
+
+from model.bundle import Bundle
+from model.imagery import Imagery, ImageryError
+from model.tiles import morton, tile_bounds, tiles_in_bbox
+from precompute.run import run
+from precompute.store import Store
+
+SIZE = 32
+
+
+def _write(path: Path, data: np.ndarray, profile: dict, **changes) -> Path:
+    profile = {**profile, **changes, "count": 3, "dtype": "uint8", "driver": "GTiff"}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.build_overviews([2, 4, 8, 16], Resampling.average)
+    return path
+
+
+@pytest.fixture(scope="module")
+def source(imagery_path):
+    with rasterio.open(imagery_path) as src:
+        return src.read(), src.profile
+
+
+@pytest.fixture(scope="module")
+def utm_path(imagery_path, tmp_path_factory) -> Path:
+    """The Blue Marble crop reprojected to UTM zone 33N (EPSG:32633); corners outside the
+    reprojected footprint are nodata."""
+    with rasterio.open(imagery_path) as src:
+        crs = "EPSG:32633"
+        transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        out = np.zeros((3, height, width), dtype=np.uint8)
+        reproject(src.read(), out, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
+                  dst_crs=crs, resampling=Resampling.bilinear, dst_nodata=0)
+        profile = {**src.profile, "crs": crs, "transform": transform, "width": width, "height": height}
+    return _write(tmp_path_factory.mktemp("utm") / "utm.tif", out, profile, nodata=0)
+
+
+HOLE = (0, 40, 20, 50)
+
+
+def _holed(imagery_path, source, out: Path, **nodata) -> Path:
+    """The crop with zeros over HOLE (0..20 E, 40..50 N)."""
+    data, profile = source
+    data = data.copy()
+    with rasterio.open(imagery_path) as src:
+        (row0, col0), (row1, col1) = src.index(HOLE[0], HOLE[3]), src.index(HOLE[2], HOLE[1])
+    data[:, row0:row1, col0:col1] = 0
+    return _write(out, data, profile, **nodata)
+
+
+@pytest.fixture(scope="module")
+def holed_path(imagery_path, tmp_path_factory, source) -> Path:
+    """The holed crop declaring nodata = 0."""
+    return _holed(imagery_path, source, tmp_path_factory.mktemp("holed") / "holed.tif", nodata=0)
+
+
+def _min_value(path: Path, box: tuple) -> int:
+    """The smallest band value of the raster's pixels under box (plus a 2-pixel margin)."""
+    with rasterio.open(path) as src:
+        (row0, col0), (row1, col1) = src.index(box[0], box[3]), src.index(box[2], box[1])
+        return int(src.read(window=Window(col0 - 2, row0 - 2, col1 - col0 + 4, row1 - row0 + 4), boundless=True,
+                            fill_value=0).min())
+
+
+def _cells_in(z: int, box: tuple) -> list[tuple[int, int]]:
+    """Cells of zoom z lying entirely inside box."""
+    x, y = tiles_in_bbox(z, box)
+    inside = []
+    for cx, cy in zip(x.tolist(), y.tolist()):
+        w, s, e, n = tile_bounds(z, cx, cy)
+        if w >= box[0] and s >= box[1] and e <= box[2] and n <= box[3]:
+            inside.append((cx, cy))
+    return inside
+
+
+@pytest.fixture(scope="module")
+def halves(imagery_path, tmp_path_factory, source) -> tuple[Path, float]:
+    """A directory holding the crop cut into a west and an east file (split on a 32-pixel
+    boundary so both keep the overview pixels of the whole); and the split longitude."""
+    data, profile = source
+    folder = tmp_path_factory.mktemp("halves")
+    split = (data.shape[2] // 2) // 32 * 32
+    with rasterio.open(imagery_path) as src:
+        for name, window in (("a-west.tif", Window(0, 0, split, src.height)),
+                             ("b-east.tif", Window(split, 0, src.width - split, src.height))):
+            part = data[:, :, window.col_off:window.col_off + window.width]
+            _write(folder / name, part, profile, width=window.width, height=window.height,
+                   transform=src.window_transform(window))
+        lon = src.xy(0, split, offset="ul")[0]
+    return folder, lon
+
+
+def test_utm_raster_gives_the_pixels_of_the_geographic_one(imagery_path, utm_path):
+    geo, utm = Imagery(imagery_path), Imagery(utm_path)
+    assert utm.bounds[0] < 15 < utm.bounds[2] and abs(utm.resolution_m - geo.resolution_m) / geo.resolution_m < 0.5
+    x, y, z = mercantile.tile(16.4, 48.2, 5)  # Vienna: well inside the reprojected footprint
+    a, b = geo.cell(z, x, y, SIZE), utm.cell(z, x, y, SIZE)
+    assert b.valid.all() and b.gsd == a.gsd
+    diff = np.abs(a.rgb.astype(int) - b.rgb.astype(int))
+    assert diff.mean() < 6, "reprojected pixels should match up to resampling"
+
+
+def test_utm_store_skips_cells_outside_the_footprint(utm_path, bundle_path, tmp_path):
+    imagery = Imagery(utm_path)
+    _, report = run(imagery, Bundle(bundle_path), [5], imagery.bounds, tmp_path / "store", progress=False)
+    assert report.embedded[5] > 0 and report.skipped[5] > 0
+    stored = set(Store(tmp_path / "store").levels[5].arrays.codes.tolist())
+    x, y = tiles_in_bbox(5, imagery.bounds)
+    with_imagery = {morton(a, b) for a, b in zip(x.tolist(), y.tolist()) if imagery.cell(5, a, b, SIZE) is not None}
+    assert stored == with_imagery and len(x) == report.embedded[5] + report.skipped[5]
+
+
+def test_nodata_cells_are_skipped_and_counted_never_black(holed_path, imagery_path, bundle_path, tmp_path):
+    holed, whole = Imagery(holed_path), Imagery(imagery_path)
+    inside = _cells_in(6, HOLE)
+    assert len(inside) >= 4 and all(holed.cell(6, x, y, SIZE) is None for x, y in inside)
+    untouched = [c for c in _cells_in(6, whole.bounds) if _min_value(imagery_path, tile_bounds(6, *c)) > 0
+                 and (tile_bounds(6, *c)[1] > HOLE[3] + 2 or tile_bounds(6, *c)[2] < HOLE[0] - 2)]
+    assert len(untouched) >= 3  # no pixel of theirs is 0, so nodata = 0 leaves them valid
+    for x, y in untouched:  # GDAL's nodata-aware overviews and warp kernel round a little differently
+        a, b = holed.cell(6, x, y, SIZE), whole.cell(6, x, y, SIZE)
+        diff = np.abs(a.rgb.astype(int) - b.rgb.astype(int))
+        assert a.valid.all() and diff.mean() < 0.5 and diff.max() <= 4
+    edge = holed.cell(5, 16, 10, SIZE)  # 0..11 E, 49..56 N: a sixth in the hole, kept with its hole
+    assert edge is not None and 0.5 <= edge.valid_fraction < 1 and not edge.rgb[~edge.valid].any()
+    _, report = run(holed, Bundle(bundle_path), [6], (-12, 28, 36, 62), tmp_path / "holed", progress=False)
+    _, full = run(whole, Bundle(bundle_path), [6], (-12, 28, 36, 62), tmp_path / "whole", progress=False)
+    assert report.skipped[6] - full.skipped[6] >= len(inside)
+    assert report.embedded[6] + report.skipped[6] == full.embedded[6] + full.skipped[6]
+
+
+def test_nodata_override_marks_a_value_invalid(imagery_path, source, tmp_path):
+    undeclared = _holed(imagery_path, source, tmp_path / "undeclared.tif")
+    x, y = _cells_in(6, HOLE)[0]
+    assert Imagery(undeclared).cell(6, x, y, SIZE).valid.all()  # black pixels, as far as the file says
+    assert Imagery(undeclared, nodata=0).cell(6, x, y, SIZE) is None
+
+
+def test_mosaic_of_a_directory_or_a_list_equals_the_whole(imagery_path, halves):
+    folder, split_lon = halves
+    whole = Imagery(imagery_path)
+    for mosaic in (Imagery(folder), Imagery(sorted(folder.iterdir()))):
+        assert len(mosaic.assets) == 2
+        assert mosaic.bounds == pytest.approx(whole.bounds)
+        cells = _cells_in(6, whole.bounds)
+        assert len(cells) > 40
+        for cx, cy in cells:
+            west, _, east, _ = tile_bounds(6, cx, cy)
+            a, b = whole.cell(6, cx, cy, SIZE), mosaic.cell(6, cx, cy, SIZE)
+            assert b.valid.all()
+            if east < split_lon - 1 or west > split_lon + 1:  # read from one file: the same pixels
+                assert np.array_equal(a.rgb, b.rgb)
+            else:  # across the seam: each side from its own file, so bilinear edges differ slightly
+                assert np.abs(a.rgb.astype(int) - b.rgb.astype(int)).mean() < 0.5
+
+
+
+def test_mosaic_cell_outside_every_file_is_none(halves):
+    assert Imagery(halves[0]).cell(6, 5, 20, SIZE) is None  # mid-Atlantic, outside both files
+
+
+def test_unreadable_sources_raise_one_sentence(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.tif").write_text("not a raster")
+    for source, needle in ((tmp_path / "missing.tif", "no such file"), (tmp_path / "empty", "holds no raster"),
+                           (tmp_path / "junk.tif", "cannot read imagery")):
+        with pytest.raises(ImageryError, match=needle):
+            Imagery(source)
+
+
+def test_upsampling_and_finest_level(imagery_path):
+    imagery = Imagery(imagery_path)  # Blue Marble: 0.0667 deg = 7.4 km pixels
+    assert imagery.resolution_m == pytest.approx(7421.3, rel=1e-3)
+    assert imagery.upsampling(7, 64) == pytest.approx(7421.3 * 64 * 128 / 40075016.7, rel=1e-3)
+    assert imagery.max_level(64, 8.0) == 9 and imagery.max_level(32, 8.0) == 10

@@ -1,0 +1,144 @@
+"""The plan (which cells, in which order, split how), the growing .npy writer and the index."""
+import json
+
+import faiss
+import mercantile
+import numpy as np
+import pytest
+
+from model.tiles import morton, tile_bounds, tiles_in_bbox
+from precompute.index import build_index, exact_top_k, recall_at_k
+from precompute.landmask import LandMask
+from precompute.npy import GrowingNpy
+from precompute.plan import BLOCK_DEPTH, Plan, PlanError, Region, parse_shard
+
+
+def _codes(plan: Plan, level: int) -> np.ndarray:
+    lp = plan.level(level)
+    return np.concatenate([c for c, _, _ in lp.cells(0, len(lp))])
+
+
+def test_level_enumeration_is_sorted_and_equals_the_bbox_tiles():
+    bbox = (-12.3, 28.1, 36.7, 61.9)
+    for level in (3, BLOCK_DEPTH + 2):  # one block; several blocks
+        codes = _codes(Plan([level], bbox), level)
+        x, y = tiles_in_bbox(level, bbox)
+        assert (np.diff(codes.astype(np.int64)) > 0).all()
+        assert codes.tolist() == sorted(morton(x, y).tolist())
+
+
+def test_batches_and_positions_agree_with_the_enumeration():
+    lp = Plan([BLOCK_DEPTH + 1], (0.1, 40.1, 30.2, 55.3)).level(BLOCK_DEPTH + 1)
+    every = _codes(lp.plan, lp.level)
+    got = list(lp.batches(48, len(lp), 16))
+    assert [p for p, *_ in got] == list(range(48, len(lp), 16))
+    assert np.concatenate([c for _, c, _, _ in got]).tolist() == every[48:].tolist()
+    positions = np.array([0, 5, len(lp) - 1])
+    assert lp.at(positions)[0].tolist() == every[positions].tolist()
+
+
+def test_shards_are_contiguous_batch_aligned_and_cover_the_level():
+    lp = Plan([7], (-20, 30, 40, 60)).level(7)
+    edges = [lp.shard(i, 3, 32) for i in range(3)]
+    assert edges[0][0] == 0 and edges[-1][1] == len(lp)
+    assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))
+    assert all(start % 32 == 0 for start, _ in edges)
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "a/b", "1"):
+        with pytest.raises(PlanError):
+            parse_shard(bad)
+
+
+def _region(tmp_path, coordinates) -> Region:
+    path = tmp_path / "region.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [coordinates]}}]}))
+    return Region.load(path)
+
+
+def test_rectangle_region_selects_exactly_the_tiles_of_its_bbox(tmp_path):
+    box = (2.3, 44.2, 17.9, 52.6)  # edges off the tile grid
+    region = _region(tmp_path, [[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]], [box[0], box[1]]])
+    assert region.bbox == box
+    for level in (5, 9):
+        x, y = tiles_in_bbox(level, box)
+        assert _codes(Plan([level], (-180, -85, 180, 85), region=region), level).tolist() == sorted(morton(x, y).tolist())
+
+
+def test_triangle_region_keeps_touched_cells_only(tmp_path):
+    triangle = [[0.0, 40.0], [20.0, 40.0], [0.0, 60.0], [0.0, 40.0]]
+    plan = Plan([6], (-180, -85, 180, 85), region=_region(tmp_path, triangle))
+    kept = set(_codes(plan, 6).tolist())
+    for lon, lat in ((1, 41), (19, 40.5), (1, 59), (5, 45)):  # inside, near each corner
+        t = mercantile.tile(lon, lat, 6)
+        assert morton(t.x, t.y) in kept
+    t = mercantile.tile(18, 58, 6)  # inside the bbox, beyond the hypotenuse
+    assert morton(t.x, t.y) not in kept
+    assert len(kept) < len(tiles_in_bbox(6, (0, 40, 20, 60))[0])
+
+
+def test_bad_region_is_a_plan_error(tmp_path):
+    (tmp_path / "bad.geojson").write_text("{not json")
+    with pytest.raises(PlanError, match="not a readable GeoJSON"):
+        Region.load(tmp_path / "bad.geojson")
+
+
+def test_land_mask_lookup_equals_brute_force_on_a_small_mask():
+    rng = np.random.default_rng(3)
+    land = rng.random((90, 180)) < 0.05  # 2-degree pixels, row 0 at 90 N
+    mask = LandMask(land)
+    x, y = tiles_in_bbox(4, (-180, -85, 180, 85))
+    got = mask.any_land(4, x, y)
+    for cx, cy, g in zip(x.tolist(), y.tolist(), got.tolist()):
+        w, s, e, n = tile_bounds(4, cx, cy)
+        rows = slice(int(np.floor((90 - n) / 2)), int(np.ceil((90 - s) / 2)))
+        cols = slice(int(np.floor((w + 180) / 2)), int(np.ceil((e + 180) / 2)))
+        assert g == land[rows, cols].any()
+
+
+def test_land_only_plan_drops_open_sea_and_keeps_land():
+    plan = Plan([6], (-40, 20, 40, 65), land_only=True)
+    kept = set(_codes(plan, 6).tolist())
+    for lon, lat, is_land in ((-3.7, 40.4, True), (13.4, 52.5, True), (-30, 45, False), (-40, 35, False)):
+        t = mercantile.tile(lon, lat, 6)
+        assert (morton(t.x, t.y) in kept) == is_land
+    assert plan.describe()["land_only"] is True
+
+
+def test_growing_npy_commits_rows_and_cuts_uncommitted_ones(tmp_path):
+    path = tmp_path / "a.npy"
+    f = GrowingNpy(path, "float16", (3,))
+    f.append(np.ones((4, 3)))
+    f.commit()
+    f.append(np.full((2, 3), 7))  # appended, never committed: a run killed here
+    f.file.flush()
+    assert np.load(path).shape == (4, 3)
+    f = GrowingNpy(path, "float16", (3,), rows=4)
+    f.append(np.zeros((1, 3)))
+    f.close()
+    got = np.load(path, mmap_mode="r")
+    assert got.dtype == np.float16 and got.tolist() == [[1, 1, 1]] * 4 + [[0, 0, 0]]
+    with pytest.raises(OSError, match="shorter"):
+        GrowingNpy(path, "float16", (3,), rows=9)
+
+
+def _gallery(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, 32))
+    mu = centres[rng.integers(0, 40, n)] + 0.4 * rng.standard_normal((n, 32))
+    mu /= np.linalg.norm(mu, axis=1, keepdims=True)
+    return mu.astype(np.float16), (0.5 + 0.2 * rng.random(n)).astype(np.float32)
+
+
+def test_ivf_index_reaches_the_recall_it_reports_and_is_deterministic():
+    mu, s = _gallery(12000)
+    flat, info = build_index(mu, s, flat_max=20000)
+    assert info == {"kind": "flat-ip"} and isinstance(flat, faiss.IndexFlatIP)
+    ivf, info = build_index(mu, s, flat_max=1000)
+    assert info["kind"] == "ivf-flat-ip" and info["recall_at_10"] >= 0.95 and ivf.nprobe == info["nprobe"]
+    rng = np.random.default_rng(9)  # fresh queries, not the ones it was tuned on
+    q = rng.standard_normal((100, 32)).astype(np.float32)
+    q = np.hstack([q / np.linalg.norm(q, axis=1, keepdims=True), np.ones((100, 1), np.float32)])
+    assert recall_at_k(ivf, q, exact_top_k(mu, s, q, 10)) >= 0.9
+    again, _ = build_index(mu, s, flat_max=1000)
+    assert np.array_equal(faiss.serialize_index(ivf), faiss.serialize_index(again))
