@@ -53,8 +53,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import torch
-
     import model.readers  # noqa: F401
     from model.data import open_splits
     from model.evaluate import DEFINITION, embed_split, metrics
@@ -64,7 +62,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     model, checkpoint = model_from_checkpoint(args.checkpoint)
     config = checkpoint["config"]
     data = _run_config(args.config).data if args.config else config["data"]
-    torch.set_grad_enabled(False)
     splits = open_splits(data, model.cfg.image_size)
     skips = SkipLog()
     emb = embed_split(model, getattr(splits, args.split), preprocessing(model), batch_size=args.batch_size,

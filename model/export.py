@@ -105,7 +105,9 @@ def _dynamic_shapes(model: PSMModel, graph: str) -> dict:
         seq = torch.export.Dim("seq", min=1, max=model.tokenizer().max_length)
         return {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     if graph == "audio" and model.audio_front_end.kind != "clap-fusion":
-        return {"features": {0: batch, 2: torch.export.Dim("frames", min=100, max=100000)}}
+        # aisfx embeds blocks of 100 frames; the log-mel CNN pools each conv stage by 2.
+        fewest = 100 if model.audio_front_end.kind == "aisfx-mel" else 2 ** len(getattr(model.cfg.audio, "channels", []))
+        return {"features": {0: batch, 2: torch.export.Dim("frames", min=max(2, fewest), max=100000)}}
     return {name: {0: batch} for name in GRAPH_INPUTS[graph]}
 
 

@@ -119,7 +119,8 @@ class Optimisation:
     """Model, loss, AdamW, schedule and loss scaler: everything a step changes and a
     checkpoint restores."""
 
-    def __init__(self, model: PSMModel, cfg: TrainConfig, d: Dist = Dist()):
+    def __init__(self, model: PSMModel, cfg: TrainConfig, d: Dist | None = None):
+        d = d or Dist()
         self.model, self.cfg, self.dist = model, cfg, d
         self.device = next(model.parameters()).device
         self.loss_fn = build_loss(cfg.loss).to(self.device)
@@ -297,10 +298,10 @@ def _read_resume_checkpoint(run_dir: Path, config: RunConfig) -> dict | None:
     if not path.is_file():
         return None
     checkpoint = load_checkpoint(path)
-    saved = checkpoint["config"]
-    for section in ("model", "data"):
-        if saved[section] != config.to_dict()[section]:
-            raise ConfigError(f"cannot resume {run_dir}: its `{section}` section differs from this config")
+    if checkpoint["config"]["data"] != config.data:
+        raise ConfigError(f"cannot resume {run_dir}: its `data` section differs from this config")
+    # A changed model section is checked where it matters: loading the weights lists every key
+    # that no longer fits (model.nn.weights.load_strict).
     return checkpoint
 
 
@@ -349,13 +350,14 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, stop_af
         end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
         bar = tqdm(total=cfg.steps, initial=run.step, desc="train", unit="step", disable=not (progress and d.is_main))
         stopped = False
-        started, samples = time.perf_counter(), 0
+        meter = Throughput()
         while run.step < end and not stopped:
+            started = time.perf_counter()
             batch = next(stream)
             run.skips.add(batch["skipped"])
             parts = run.opt.step(to_tensors(batch, run.device), run.step)
             run.step += 1
-            samples += cfg.batch_size
+            meter.add(cfg.batch_size, time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
             row = {"step": run.step, "epoch": run.step / run.per_epoch, **parts} if d.is_main else None
@@ -363,10 +365,9 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, stop_af
             if evaluate:
                 stopped = _evaluate_and_select(run, row)
             if d.is_main and (evaluate or run.step % cfg.log_every == 0):
-                elapsed = time.perf_counter() - started
                 a, b = run.opt.loss_fn.calibration()
                 logger.write({**row, "lr": run.opt.schedule.get_last_lr()[0], "scale_a": a, "shift_b": b,
-                              "samples_per_s": samples / elapsed if elapsed else 0.0, "skipped": run.skips.count})
+                              "samples_per_s": meter.read(), "skipped": run.skips.count})
             if d.is_main and (run.step % cfg.checkpoint_every == 0 or run.step == end or stopped):
                 run.checkpoint("last.pt")
         bar.close()
@@ -394,6 +395,23 @@ def _evaluate_and_select(run: Run, row: dict | None) -> bool:
                      run.best_step)
     barrier(run.dist)
     return broadcast_flag(stop, run.dist)
+
+
+class Throughput:
+    """Training samples per second (global batch) since the last reading; validation and
+    checkpoint time left out."""
+
+    def __init__(self):
+        self.samples, self.seconds = 0, 0.0
+
+    def add(self, samples: int, seconds: float) -> None:
+        self.samples += samples
+        self.seconds += seconds
+
+    def read(self) -> float:
+        value = self.samples / self.seconds if self.seconds else 0.0
+        self.samples, self.seconds = 0, 0.0
+        return value
 
 
 class MetricsLog:

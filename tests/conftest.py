@@ -35,6 +35,18 @@ def tiny_model_config():
         "audio": {"kind": "melcnn", "channels": [8, 16], "width": 48}})
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train no faster on two threads, and two spinning OpenMP threads slow down many
+    times over when other processes share the cores; restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def aisfx_installed():
     """The aisfx package carries the aisfx CNN weights (CC BY 4.0). It pins numpy 1.23 and

@@ -9,6 +9,8 @@ import torch
 from model.nn.losses import (InfoNCELoss, LossConfig, PCMEPlusPlusLoss, closed_form_distance, pair_losses,
                              total_loss, vib_kl)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def bce(logit: float, target: float) -> float:
     p = 1 / (1 + math.exp(-logit))
@@ -91,7 +93,7 @@ def test_pairs_are_weighted_and_missing_sides_leave_their_pairs_out():
     weights = {"sat_audio": 0.5, "sat_text": 0.5, "audio_text": 0.5}
     parts = pair_losses(loss, emb, weights)
     assert set(parts) == {"sat_audio", "sat_text", "audio_text"}
-    assert float(total_loss(parts, weights)) == pytest.approx(0.5 * sum(float(v) for v in parts.values()))
+    assert total_loss(parts, weights).item() == pytest.approx(0.5 * sum(v.item() for v in parts.values()))
     no_text = pair_losses(loss, {k: v for k, v in emb.items() if k != "text"}, weights)
     assert set(no_text) == {"sat_audio"}
     with pytest.raises(ValueError, match="two modalities"):

