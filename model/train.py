@@ -17,6 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,7 @@ class TrainConfig:
     seed: int = 56
     amp: bool = True  # fp16 autocast + loss scaling on CUDA; CPUs run fp32
     workers: int = 0  # DataLoader worker processes
+    threads: int | None = None  # torch CPU threads (None: torch's default); 1 suits small models on shared CPUs
     cache_frozen: bool = True  # run frozen towers once per split (model.frozen_cache)
     eval_every: int = 100  # validation R@10% every N steps (0: only at the end)
     eval_samples: int | None = None  # validate on the first N validation samples
@@ -204,12 +206,25 @@ def train(model: PSMModel, batches: Callable[[torch.Generator], Iterator[dict[st
     torch.manual_seed(cfg.seed)
     opt = Optimisation(model, cfg)
     stream = batches(torch.Generator().manual_seed(cfg.seed))
-    bar = tqdm(range(cfg.steps), desc="train", disable=not progress, unit="step")
-    for step in bar:
-        parts = opt.step(dict(next(stream)), step)
-        bar.set_postfix(loss=f"{parts['loss']:.3f}")
+    with torch_threads(cfg.threads):
+        bar = tqdm(range(cfg.steps), desc="train", disable=not progress, unit="step")
+        for step in bar:
+            parts = opt.step(dict(next(stream)), step)
+            bar.set_postfix(loss=f"{parts['loss']:.3f}")
     model.eval()
     return opt.loss_fn
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's CPU threads set to n (when given) for the block, then restored."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,6 +355,11 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, stop_af
     invocation after that many steps (with a checkpoint), as a killed job would."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with torch_threads(config.train.threads):
+        return _fit(config, run_dir, resume, stop_after, progress)
+
+
+def _fit(config: RunConfig, run_dir: Path, resume: bool, stop_after: int | None, progress: bool) -> RunResult:
     run = Run(config, run_dir, resume=resume, progress=progress)
     d, cfg = run.dist, run.cfg
     try:

@@ -89,7 +89,7 @@ def trained_model(imagery_path, tiny_model_config):
     model = PSMModel(cfg)
     corpus = colour_captions.build(Imagery(imagery_path), cfg.image_size, range(3, 8), 400, seed=0)
     loss = train(model, colour_captions.batches(corpus, model.tokenizer(), 32),
-                 TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=10), progress=False)
+                 TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=10, threads=1), progress=False)
     return model, loss.calibration()
 
 

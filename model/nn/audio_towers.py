@@ -26,7 +26,8 @@ class MelCNN(Tower):
         layers: list[nn.Module] = []
         channels = [1, *cfg.channels]
         for cin, cout in zip(channels[:-1], channels[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(min(8, cout), cout), nn.ReLU(),
+            # No conv bias: GroupNorm removes it, and Adam would turn its round-off gradient into steps.
+            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(min(8, cout), cout), nn.ReLU(),
                        nn.MaxPool2d(2)]
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Linear(channels[-1], cfg.width)
