@@ -1,5 +1,6 @@
 """`soundscape demo`: build what is missing of the demo world (Blue Marble GeoTIFF, bundle,
-store for levels 0..6), then serve it. Each step's output is reused on the next run."""
+store for levels 0..7), then serve it. Each step's output is reused on the next run, and a
+killed store build continues where it stopped."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,9 @@ from precompute.store import Store, StoreError
 from server.commands import add_server_options, serve
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-DEMO_LEVELS = list(range(0, 7))
+DEMO_LEVELS = list(range(0, 8))
+# Hourly and monthly fusions stored for the levels drawn on map tiles of zooms 0..2.
+DEMO_FUSION_LEVELS = tuple(range(0, 7))
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +72,8 @@ def store_path(data: Path, imagery: Path, bundle: Path) -> Path:
     except StoreError:
         pass
     print(f"embedding levels {DEMO_LEVELS[0]}..{DEMO_LEVELS[-1]} of the world ...", flush=True)
-    precompute(Imagery(imagery), Bundle(bundle), DEMO_LEVELS, WORLD, path, overwrite=True)
+    precompute(Imagery(imagery), Bundle(bundle), DEMO_LEVELS, WORLD, path, overwrite=True,
+               fusion_levels=DEMO_FUSION_LEVELS)
     return path
 
 
@@ -88,7 +92,7 @@ def _demo(args: argparse.Namespace) -> int:
 def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build the demo world if missing, then serve it",
                        description="Build the demo world (Blue Marble imagery, a small model trained "
-                                   "on it, a store of levels 0..6) where missing, then serve tiles.")
+                                   "on it, a store of levels 0..7) where missing, then serve tiles.")
     p.add_argument("--data-dir", default="data/demo", help="where the demo files live (default data/demo)")
     p.add_argument("--config", default=str(CONFIG), help="model and training config (default configs/demo.yaml)")
     p.add_argument("--build-only", action="store_true", help="build the demo files and exit")
