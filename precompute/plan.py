@@ -135,6 +135,7 @@ class Plan:
         if area is None:
             raise PlanError(f"region {region.path} lies outside bbox {bbox}")
         self.bbox = area
+        self._levels: dict[int, LevelPlan] = {}
 
     def describe(self) -> dict:
         """What was asked, for the manifest (and to recognise a run when it resumes)."""
@@ -165,9 +166,11 @@ class Plan:
                          transform=from_origin(-half + (bx << depth) * size, half - (by << depth) * size, size, size))
         return grid[y - (by << depth), x - (bx << depth)] > 0
 
-    @functools.cache
     def level(self, level: int) -> "LevelPlan":
-        return LevelPlan(self, level)
+        """The level's enumeration, built once (it counts every block's cells)."""
+        if level not in self._levels:
+            self._levels[level] = LevelPlan(self, level)
+        return self._levels[level]
 
 
 class LevelPlan:
