@@ -9,6 +9,7 @@ from pathlib import Path
 
 from model.bundle import Bundle, BundleError
 from model.imagery import Imagery
+from precompute.device import open_bundle, select_device
 from precompute.plan import WORLD
 from precompute.run import run as precompute
 from precompute.store import Store, StoreError
@@ -72,7 +73,8 @@ def store_path(data: Path, imagery: Path, bundle: Path) -> Path:
     except StoreError:
         pass
     print(f"embedding levels {DEMO_LEVELS[0]}..{DEMO_LEVELS[-1]} of the world ...", flush=True)
-    precompute(Imagery(imagery), Bundle(bundle), DEMO_LEVELS, WORLD, path, overwrite=True,
+    device = select_device(bundle)  # the GPU with fp16 graphs where there is one, else the CPU
+    precompute(Imagery(imagery), open_bundle(bundle, device), DEMO_LEVELS, WORLD, path, overwrite=True,
                fusion_levels=DEMO_FUSION_LEVELS)
     return path
 

@@ -37,7 +37,7 @@ def _precompute(args: argparse.Namespace) -> int:
     bbox = parse_bbox(args.bbox) if args.bbox else WORLD
     region = Region.load(args.region) if args.region else None
     device = select_device(args.bundle, args.device, args.batch_size)
-    bundle = open_bundle(args.bundle, device)
+    bundle = open_bundle(args.bundle, device, args.readers)
     imagery = Imagery(args.imagery[0] if len(args.imagery) == 1 else args.imagery, nodata=args.nodata)
     plan = make_plan(imagery, levels, bbox, region=region, land_only=args.land_only)
     options = _options(args, levels)
