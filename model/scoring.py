@@ -23,7 +23,11 @@ def csd(mu_q: np.ndarray, s_q: float, mu: np.ndarray, s: np.ndarray) -> np.ndarr
 def match_probability(distance: np.ndarray, a: float, b: float) -> np.ndarray:
     """The model's calibrated match probability sigmoid(-a d + b)."""
     logits = -a * np.asarray(distance, dtype=np.float32) + b
-    return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
+    # exp of a non-positive number cannot overflow, and neither branch subtracts nearly equal
+    # numbers: full float32 precision down to tiny probabilities (1 + tanh(x/2) rounds values
+    # below ~1e-5 to steps of 6e-8, flattening the map of a query that matches nothing well).
+    e = np.exp(-np.abs(logits))
+    return np.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
 
 
 def gallery_vectors(mu: np.ndarray, s: np.ndarray) -> np.ndarray:

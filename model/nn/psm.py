@@ -98,6 +98,3 @@ class PSMModel(nn.Module):
         frozen = {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
         load_strict(self, {**frozen, **state}, source)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
