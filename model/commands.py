@@ -124,7 +124,7 @@ def _export(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a PSM model from a config (model:, train:, data: sections)",
-        description="Train the model of --config on its data: section, validating R@10%% every "
+        description="Train the model of --config on its data: section, validating R@10% every "
                     "train.eval_every steps and checkpointing into --out (last.pt, best.pt, metrics.csv, "
                     "config.yaml, skipped.tsv). Interrupted? Rerun with --resume: it continues exactly. "
                     "Several GPUs or processes: torchrun --nproc_per_node N -m cli.main train ... "
@@ -138,8 +138,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "evaluate", help="retrieval metrics of a checkpoint (R@10%%, median rank) as JSON",
-        description="Sat->audio (I2S) and audio->sat (S2I) Recall@10%% of the gallery and median rank, "
-                    "defined as the PSM paper (1-based ranks, ties averaged, R@10%% = mean(rank <= 0.1 N)), "
+        description="Sat->audio (I2S) and audio->sat (S2I) Recall@10% of the gallery and median rank, "
+                    "defined as the PSM paper (1-based ranks, ties averaged, R@10% = mean(rank <= 0.1 N)), "
                     "per imagery level, with metadata and without, and with the oracle caption added "
                     "(reported separately). Writes JSON to --out or stdout.")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by soundscape train (best.pt, last.pt)")
