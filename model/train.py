@@ -151,8 +151,7 @@ class Optimisation:
         rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         torch.manual_seed(cfg.seed * 1_000_003 + step * d.world + d.rank)  # dropout in the model
         if "present" in batch:
-            keep = _local(_global_rand(rng, batch["present"], d) >= cfg.meta_dropout, d)
-            batch["present"] = batch["present"] * keep.to(batch["present"].device, batch["present"].dtype)
+            batch["present"] = drop_metadata(batch["present"], cfg.meta_dropout, rng, d)
         if cfg.image_flips and "image" in batch:
             batch["image"] = _flip(batch["image"], _local(_global_rand(rng, batch["image"][:, 0, 0, :2], d) < 0.5, d))
         self.model.train()
@@ -179,6 +178,14 @@ class Optimisation:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
+
+
+def drop_metadata(present: torch.Tensor, p: float, rng: torch.Generator, d: Dist | None = None) -> torch.Tensor:
+    """`present` with each token of each sample dropped independently with probability p (PSM
+    drops a fixed share per batch, pitfall 5). The draws cover the global batch, so every rank
+    drops what one process would."""
+    keep = _local(_global_rand(rng, present, d or Dist()) >= p, d or Dist())
+    return present * keep.to(present.device, present.dtype)
 
 
 def _global_rand(rng: torch.Generator, local: torch.Tensor, d: Dist) -> torch.Tensor:
