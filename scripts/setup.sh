@@ -26,3 +26,6 @@ fi
 # torch is pinned here (not in pyproject) so this machine takes its local CPU build.
 .venv/bin/pip install -q --disable-pip-version-check 'torch==2.13.*'
 .venv/bin/pip install -q --disable-pip-version-check -e ".[${extras}]"
+# aisfx (CC BY 4.0 audio tower) pins numpy 1.23 and librosa 0.9 though it runs on current ones,
+# so it cannot be a pyproject dependency: install it alone, without its declared dependencies.
+case ",${extras}," in *,train,*) .venv/bin/pip install -q --disable-pip-version-check --no-deps 'aisfx==0.1.2' ;; esac
