@@ -36,13 +36,14 @@ from precompute.run import run  # noqa: E402
 
 def _timed_run(imagery: Path, bundle_path: Path, levels: list[int], fusion_levels: tuple[int, ...]) -> tuple[float, float]:
     """(wall seconds of a run from scratch, its pipeline cells/s)."""
-    bundle = open_bundle(bundle_path, select_device(bundle_path))
+    device = select_device(bundle_path)
+    bundle = open_bundle(bundle_path, device)
     for graph in ("image", "fuse"):  # session creation is start-up, not throughput
         bundle.session(graph)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         _, report = run(Imagery(str(imagery)), bundle, levels, WORLD, Path(tmp) / "store", progress=False,
-                        fusion_levels=fusion_levels)
+                        fusion_levels=fusion_levels, readers=device.readers)
         return time.perf_counter() - started, report.cells_per_s
 
 
@@ -61,7 +62,7 @@ def main() -> None:
         builds.append(_timed_run(imagery, bundle, DEMO_LEVELS, DEMO_FUSION_LEVELS)[0])
     print(json.dumps({
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "device": f"{device.kind}, {device.precision}, batch {device.batch}",
+        "device": f"{device.kind}, {device.precision}, batch {device.batch}, {device.readers} readers",
         "bundle": json.loads((bundle / "manifest.json").read_text())["id"],
         "level7_cells_per_s": {"median": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates]},
         "demo_store_s": {"median": round(statistics.median(builds), 1), "runs": [round(b, 1) for b in builds],

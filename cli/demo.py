@@ -75,7 +75,7 @@ def store_path(data: Path, imagery: Path, bundle: Path) -> Path:
     print(f"embedding levels {DEMO_LEVELS[0]}..{DEMO_LEVELS[-1]} of the world ...", flush=True)
     device = select_device(bundle)  # the GPU with fp16 graphs where there is one, else the CPU
     precompute(Imagery(imagery), open_bundle(bundle, device), DEMO_LEVELS, WORLD, path, overwrite=True,
-               fusion_levels=DEMO_FUSION_LEVELS)
+               fusion_levels=DEMO_FUSION_LEVELS, readers=device.readers)
     return path
 
 

@@ -18,10 +18,10 @@ from precompute.store import Store, StoreError
 USER_ERRORS: tuple[type[Exception], ...] = (BundleError, ImageryError, StoreError, PlanError)
 
 
-def _options(args: argparse.Namespace, plan_levels: list[int]) -> RunOptions:
+def _options(args: argparse.Namespace, plan_levels: list[int], readers: int) -> RunOptions:
     fusions = tuple(k for k in args.fusions.split(",") if k)
     fusion_levels = tuple(parse_levels(args.fusion_levels)) if args.fusion_levels else ()
-    return RunOptions(batch=args.batch_size, readers=args.readers,
+    return RunOptions(batch=args.batch_size, readers=readers,
                       shard=parse_shard(args.shard) if args.shard else (0, 1),
                       fusion_levels=tuple(lv for lv in fusion_levels if lv in plan_levels), fusions=fusions,
                       index_flat_max=args.index_flat_max, max_upsample=args.max_upsample)
@@ -36,11 +36,11 @@ def _precompute(args: argparse.Namespace) -> int:
     levels = parse_levels(args.levels)
     bbox = parse_bbox(args.bbox) if args.bbox else WORLD
     region = Region.load(args.region) if args.region else None
-    device = select_device(args.bundle, args.device, args.batch_size)
-    bundle = open_bundle(args.bundle, device, args.readers)
+    device = select_device(args.bundle, args.device, args.batch_size, args.readers)
+    bundle = open_bundle(args.bundle, device)
     imagery = Imagery(args.imagery[0] if len(args.imagery) == 1 else args.imagery, nodata=args.nodata)
     plan = make_plan(imagery, levels, bbox, region=region, land_only=args.land_only)
-    options = _options(args, levels)
+    options = _options(args, levels, device.readers)
     if args.dry_run:
         print("\n".join(estimate(imagery, bundle, plan, options).lines()))
         return 0
@@ -113,7 +113,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where graphs run (default auto: the CUDA provider with fp16 graphs when a GPU is visible)")
     p.add_argument("--batch-size", type=int, help="cells per inference batch (default 256 on CPU, 1024 on GPU)")
-    p.add_argument("--readers", type=int, default=2, help="imagery reader threads (default 2)")
+    p.add_argument("--readers", type=int, help="imagery reader threads (default: half the cores, at least 2; "
+                                                "on a GPU all cores but two)")
     p.add_argument("--fusion-levels", help="levels that also store fusions per hour and month, e.g. 0-5 (default none)")
     p.add_argument("--fusions", default="hour,month",
                    help="which fusions --fusion-levels store: hour (0..23), month (1..12) (default hour,month)")

@@ -23,6 +23,7 @@ class Device:
     kind: str  # "cuda" or "cpu"
     precision: str  # "fp16" or "fp32": which of the bundle's graphs run
     batch: int
+    readers: int = 2  # imagery reader threads that keep it fed
 
     @property
     def providers(self) -> list[str]:
@@ -38,7 +39,15 @@ def bundle_precisions(path: str | Path) -> list[str]:
     return list(manifest.get("precisions", ["fp32"]))
 
 
-def select_device(bundle_path: str | Path, requested: str = "auto", batch: int | None = None) -> Device:
+def default_readers(kind: str) -> int:
+    """Reader threads: a GPU embeds faster than a core reads, so it gets all cores but two; a
+    CPU shares its cores between reading (the larger half of the work) and inference."""
+    cores = os.cpu_count() or 2
+    return max(2, cores - 2 if kind == "cuda" else cores // 2)
+
+
+def select_device(bundle_path: str | Path, requested: str = "auto", batch: int | None = None,
+                  readers: int | None = None) -> Device:
     """CUDA when asked or when onnxruntime sees a GPU, else CPU; fp16 graphs on CUDA when the
     bundle has them (fp16 on a CPU is slower than fp32 and gains nothing)."""
     has_cuda = CUDA in ort.get_available_providers()
@@ -47,14 +56,14 @@ def select_device(bundle_path: str | Path, requested: str = "auto", batch: int |
                           + ", ".join(ort.get_available_providers()))
     kind = "cuda" if requested == "cuda" or (requested == "auto" and has_cuda) else "cpu"
     precision = "fp16" if kind == "cuda" and "fp16" in bundle_precisions(bundle_path) else "fp32"
-    return Device(kind, precision, batch or BATCH[kind])
+    return Device(kind, precision, batch or BATCH[kind], readers or default_readers(kind))
 
 
-def open_bundle(path: str | Path, device: Device, readers: int = 2) -> Bundle:
+def open_bundle(path: str | Path, device: Device) -> Bundle:
     """The bundle with sessions on the device's providers and precision. On a CPU, inference
     gets the cores the imagery readers leave (measured: 1 thread beside 2 readers on 2 cores is
     faster than 2, which contend with the readers)."""
-    threads = max(1, (os.cpu_count() or 1) - readers) if device.kind == "cpu" else 0
+    threads = max(1, (os.cpu_count() or 1) - device.readers) if device.kind == "cpu" else 0
     if device.precision == "fp32":
         return Bundle(path, providers=device.providers, threads=threads)
     return Bundle(path, providers=device.providers, threads=threads, precision=device.precision)

@@ -13,7 +13,7 @@ from model.bundle import Bundle
 from model.imagery import Imagery
 from precompute.device import bundle_device, default_batch
 from precompute.plan import Plan
-from precompute.run import RunOptions, batch_rows, cell_reader, check_levels, prefetch
+from precompute.run import RunOptions, batch_rows, check_levels, read_ahead
 from precompute.store import fusion_sets
 
 SAMPLE = 256  # cells timed
@@ -91,7 +91,7 @@ def estimate(imagery: Imagery, bundle: Bundle, plan: Plan, options: RunOptions, 
                 batches = [(0, codes[i:i + batch], x[i:i + batch], y[i:i + batch]) for i in range(0, len(codes), batch)]
                 sets = fusion_sets(kinds) if level in fused_levels else []
                 started = time.perf_counter()
-                for item, cells in prefetch(batches, cell_reader(imagery, level, bundle.image_size), pool, options.readers + 1):
+                for item, cells in read_ahead(batches, imagery, level, bundle.image_size, pool):
                     batch_rows(bundle, level, item, cells, sets)
                     if not warm:
                         with_imagery += sum(c is not None for c in cells)

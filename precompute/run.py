@@ -8,11 +8,10 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -28,9 +27,9 @@ from precompute.plan import LevelPlan, Plan, PlanError, Region, intersect
 from precompute.store import FUSION_KINDS, LevelArrays, check_output, finish_store, fusion_sets
 from precompute.writer import PartialStore
 
-T = TypeVar("T")
-R = TypeVar("R")
 FusionSet = tuple[str, int | None, int | None]
+Batch = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # (first plan position, codes, x, y)
+READ_CHUNK = 8  # cells per reader task
 
 
 @dataclass(frozen=True)
@@ -102,17 +101,29 @@ def embed_batch(bundle: Bundle, level: int, codes: np.ndarray, x: np.ndarray, y:
     return arrays, fused_embeddings(bundle, stored, lonlat, sets)
 
 
-def prefetch(items: Iterable[T], fn: Callable[[T], R], pool: ThreadPoolExecutor, depth: int) -> Iterator[tuple[T, R]]:
-    """(item, fn(item)) in order, with up to `depth` items being computed ahead in the pool."""
-    pending: deque[tuple[T, Future]] = deque()
-    for item in items:
-        pending.append((item, pool.submit(fn, item)))
+def _read_cells(imagery: Imagery, level: int, size: int, x: np.ndarray, y: np.ndarray) -> list[CellImage | None]:
+    return [imagery.cell(level, int(i), int(j), size) for i, j in zip(x, y)]
+
+
+def read_ahead(batches: Iterable[Batch], imagery: Imagery, level: int, size: int, pool: ThreadPoolExecutor,
+               depth: int = 2) -> Iterator[tuple[Batch, list[CellImage | None]]]:
+    """Each batch with its cells (None where a cell has no imagery), in order. Up to `depth`
+    batches are read ahead of the one being yielded, each spread over all of the pool's reader
+    threads in chunks of READ_CHUNK cells, so memory holds a few batches however many readers."""
+    def submit(batch: Batch) -> list[Future]:
+        _, _, x, y = batch
+        return [pool.submit(_read_cells, imagery, level, size, x[i:i + READ_CHUNK], y[i:i + READ_CHUNK])
+                for i in range(0, len(x), READ_CHUNK)]
+
+    pending: deque[tuple[Batch, list[Future]]] = deque()
+    for batch in batches:
+        pending.append((batch, submit(batch)))
         if len(pending) > depth:
-            head, future = pending.popleft()
-            yield head, future.result()
+            head, futures = pending.popleft()
+            yield head, [cell for f in futures for cell in f.result()]
     while pending:
-        head, future = pending.popleft()
-        yield head, future.result()
+        head, futures = pending.popleft()
+        yield head, [cell for f in futures for cell in f.result()]
 
 
 def _mercator_area(bbox: tuple[float, ...]) -> float:
@@ -148,15 +159,7 @@ def make_plan(imagery: Imagery, levels: list[int], bbox: tuple[float, float, flo
     return Plan(levels, area, region=region, land_only=land_only)
 
 
-def cell_reader(imagery: Imagery, level: int, size: int) -> Callable:
-    """A function that reads a batch's cells (None where a cell has no imagery)."""
-    def read(batch: tuple[int, np.ndarray, np.ndarray, np.ndarray]) -> list[CellImage | None]:
-        _, _, x, y = batch
-        return [imagery.cell(level, int(i), int(j), size) for i, j in zip(x, y)]
-    return read
-
-
-def batch_rows(bundle: Bundle, level: int, batch: tuple, cells: list[CellImage | None],
+def batch_rows(bundle: Bundle, level: int, batch: Batch, cells: list[CellImage | None],
                 sets: list[FusionSet]) -> tuple[LevelArrays | None, dict, int]:
     """(rows, fusions, skipped) of a read batch; rows None when no cell has imagery."""
     _, codes, x, y = batch
@@ -177,7 +180,7 @@ def run_key(imagery: Imagery, bundle: Bundle, plan: Plan, options: RunOptions) -
 
 
 def _embed_level(imagery: Imagery, bundle: Bundle, level_plan: LevelPlan, span: tuple[int, int],
-                 work: PartialStore, sets: list[FusionSet], pool: ThreadPoolExecutor, depth: int, bar: tqdm) -> int:
+                 work: PartialStore, sets: list[FusionSet], pool: ThreadPoolExecutor, bar: tqdm) -> int:
     """Embed a level's plan positions span[0]..span[1] (from where an earlier attempt stopped),
     saving progress after every batch; the number of cells read."""
     level, (start, stop) = level_plan.level, span
@@ -185,7 +188,7 @@ def _embed_level(imagery: Imagery, bundle: Bundle, level_plan: LevelPlan, span: 
     read = 0
     try:
         batches = level_plan.batches(writer.state["position"], stop, work.batch)
-        for batch, cells in prefetch(batches, cell_reader(imagery, level, bundle.image_size), pool, depth):
+        for batch, cells in read_ahead(batches, imagery, level, bundle.image_size, pool):
             rows, fused, skipped = batch_rows(bundle, level, batch, cells, sets)
             writer.append(rows, fused, batch[0] + len(cells), skipped)
             work.save()
@@ -221,7 +224,7 @@ def execute(imagery: Imagery, bundle: Bundle, plan: Plan, out: Path, options: Ru
             bar.set_postfix(level=level)
             sets = fusion_sets(list(options.fusions)) if level in key["plan"]["fusion_levels"] else []
             report.cells_read += _embed_level(imagery, bundle, plan.level(level), ranges[level], work, sets,
-                                              pool, options.readers + 1, bar)
+                                              pool, bar)
     report.seconds = time.perf_counter() - started
     for level in plan.levels:
         state = work.level_state(level, ranges[level][0])
