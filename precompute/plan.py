@@ -137,6 +137,11 @@ class Plan:
         self.bbox = area
         self._levels: dict[int, LevelPlan] = {}
 
+    @property
+    def filtered(self) -> bool:
+        """Whether cells are kept by a region or land filter, not by the bbox alone."""
+        return self.region is not None or self.land_only
+
     def describe(self) -> dict:
         """What was asked, for the manifest (and to recognise a run when it resumes)."""
         return {"levels": self.levels, "bbox": [round(v, 9) for v in self.bbox],
@@ -185,8 +190,14 @@ class LevelPlan:
         bx0, bx1, by0, by1 = self.x0 >> self.depth, self.x1 >> self.depth, self.y0 >> self.depth, self.y1 >> self.depth
         bx, by = (a.ravel() for a in np.meshgrid(np.arange(bx0, bx1 + 1), np.arange(by0, by1 + 1)))
         order = np.argsort(morton(bx, by), kind="stable")
-        self.blocks = list(zip(bx[order].tolist(), by[order].tolist()))
-        self.counts = np.array([len(self._block_cells(i)[0]) for i in range(len(self.blocks))], dtype=np.int64)
+        bx, by = bx[order], by[order]
+        self.blocks = list(zip(bx.tolist(), by.tolist()))
+        if plan.filtered:  # count what the filters keep, block by block
+            self.counts = np.array([len(self._block_cells(i)[0]) for i in range(len(self.blocks))], dtype=np.int64)
+        else:  # a block's share of the bbox rectangle
+            d = self.depth
+            self.counts = ((np.minimum(((bx + 1) << d) - 1, self.x1) - np.maximum(bx << d, self.x0) + 1)
+                           * (np.minimum(((by + 1) << d) - 1, self.y1) - np.maximum(by << d, self.y0) + 1)).astype(np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)])
 
     def __len__(self) -> int:
