@@ -1,5 +1,7 @@
 """The shared imagery reader on sources beyond one EPSG:4326 file: a projected (UTM) raster, a
 raster with nodata, and mosaics of several files (a list or a directory)."""
+import subprocess
+import sys
 from pathlib import Path
 
 import mercantile
@@ -17,6 +19,41 @@ from precompute.run import run
 from precompute.store import Store
 
 SIZE = 32
+
+# A static file server that answers byte ranges (206), as object stores serve COGs. It runs in its
+# own process: GDAL holds the GIL while it opens a URL, so an in-process server would deadlock.
+RANGE_SERVER = """
+import os, re, sys
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    def send_head(self):
+        match = re.fullmatch(r"bytes=(\\d+)-(\\d*)", self.headers.get("Range", ""))
+        if not match:
+            return super().send_head()
+        path = self.translate_path(self.path)
+        size = os.path.getsize(path)
+        start, end = int(match[1]), min(int(match[2] or size - 1), size - 1)
+        f = open(path, "rb")
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        self.range_left = end - start + 1
+        return f
+
+    def copyfile(self, source, outputfile):
+        outputfile.write(source.read(getattr(self, "range_left", -1)))
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=sys.argv[1]))
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
 
 
 def _write(path: Path, data: np.ndarray, profile: dict, **changes) -> Path:
@@ -185,3 +222,19 @@ def test_upsampling_and_finest_level(imagery_path):
     assert imagery.resolution_m == pytest.approx(7421.3, rel=1e-3)
     assert imagery.upsampling(7, 64) == pytest.approx(7421.3 * 64 * 128 / 40075016.7, rel=1e-3)
     assert imagery.max_level(64, 8.0) == 9 and imagery.max_level(32, 8.0) == 10
+
+
+def test_remote_raster_over_http_gives_the_local_pixels(imagery_path, bundle_path, tmp_path):
+    server = subprocess.Popen([sys.executable, "-c", RANGE_SERVER, str(imagery_path.parent)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{int(server.stdout.readline())}/{imagery_path.name}"
+        remote, local = Imagery(url), Imagery(imagery_path)
+        assert remote.bounds == local.bounds and remote.describe()["path"] == url
+        for x, y in _cells_in(5, local.bounds)[:4]:
+            assert np.array_equal(remote.cell(5, x, y, SIZE).rgb, local.cell(5, x, y, SIZE).rgb)
+        manifest, report = run(remote, Bundle(bundle_path), [3], remote.bounds, tmp_path / "store", progress=False)
+        assert report.embedded[3] > 0 and manifest["imagery"]["path"] == url
+    finally:
+        server.kill()
+        server.wait()
