@@ -34,7 +34,7 @@ READ_CHUNK = 8  # cells per reader task
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run a plan; none of these change which cells are stored."""
+    """How to run a plan (the plan says which cells): batching, sharding, fusions, index, limits."""
 
     batch: int | None = None  # cells per inference batch; None: the device's default
     readers: int = 2  # imagery reader threads
@@ -145,7 +145,7 @@ def check_levels(imagery: Imagery, plan: Plan, size: int, max_upsample: float) -
                 f"{size} px would upsample it {imagery.upsampling(level, size):.0f}x (the limit is "
                 f"{max_upsample:g}x, --max-upsample); use levels up to {finest}")
         cell_area = (EARTH_CIRCUMFERENCE_M / (1 << level)) ** 2
-        if _mercator_area(plan.bbox) < MIN_VALID_FRACTION * cell_area:
+        if _mercator_area(imagery.bounds) < MIN_VALID_FRACTION * cell_area:
             raise PlanError(f"the imagery covers too little of any level {level} cell to fill half of it; "
                             "use finer levels")
 

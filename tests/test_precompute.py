@@ -139,6 +139,7 @@ def test_cli_refuses_bad_input_with_exit_2(bundle_path, imagery_path, store_path
         ([*run, "--out", str(tmp_path / "other"), "--overwrite"], "is not an embedding store"),
         ([*run, "--levels", "7-x", "--out", str(tmp_path / "s3")], "levels must"),
         ([*run, "--levels", "3-14", "--out", str(tmp_path / "s3")], "use levels up to 10"),
+        ([*run, "--levels", "0-4", "--out", str(tmp_path / "s3")], "too little of any level 0 cell"),
         ([*run, "--bbox", "100,0,120,10", "--out", str(tmp_path / "s4")], "does not overlap"),
         ([*run, "--shard", "4/4", "--out", str(tmp_path / "s5")], "shard"),
         ([*run, "--region", str(bad), "--out", str(tmp_path / "s6")], "not a readable GeoJSON"),
