@@ -53,24 +53,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import model.readers  # noqa: F401
-    from model.data import open_splits
-    from model.evaluate import DEFINITION, embed_split, metrics
-    from model.batches import SkipLog
-    from model.train import model_from_checkpoint, preprocessing
+    from model.evaluate import evaluate_checkpoint
 
-    model, checkpoint = model_from_checkpoint(args.checkpoint)
-    config = checkpoint["config"]
-    data = _run_config(args.config).data if args.config else config["data"]
-    splits = open_splits(data, model.cfg.image_size)
-    skips = SkipLog()
-    emb = embed_split(model, getattr(splits, args.split), preprocessing(model), batch_size=args.batch_size,
-                      workers=args.workers, max_samples=args.max_samples, skips=skips, progress=not args.no_progress)
-    probabilistic = config["train"]["loss"]["kind"] == "pcmepp"
-    report = {"checkpoint": str(args.checkpoint), "step": checkpoint["step"], "split": args.split,
-              "samples": int(len(emb.levels)), "skipped": skips.count, "data": data,
-              "score": "-CSD" if probabilistic else "cosine", "definition": DEFINITION,
-              "results": metrics(emb, probabilistic, oracle_caption=not args.no_oracle)}
+    data = _run_config(args.config).data if args.config else None
+    report = evaluate_checkpoint(args.checkpoint, data=data, split=args.split, batch_size=args.batch_size,
+                                 workers=args.workers, max_samples=args.max_samples,
+                                 oracle_caption=not args.no_oracle, cache_dir=args.cache_dir,
+                                 progress=not args.no_progress)
     text = json.dumps(report, indent=2) + "\n"
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -91,30 +80,61 @@ def _print_table(results: dict, stream) -> None:
                          f"{m['S2I_R@10%']:>9.4f} {m['S2I_median_rank']:>8.1f} {m['gallery']:>6}\n")
 
 
-def _export(args: argparse.Namespace) -> int:
-    import torch
+def _data_hash(data: dict) -> str | None:
+    """The content hash a corpus folder's manifest records (the demo corpus has one), if any."""
+    try:
+        return json.loads((Path(data["path"]) / "manifest.json").read_text())["content_hash"]
+    except (KeyError, OSError, ValueError, TypeError):
+        return None
 
-    from model.export import export_bundle
-    from model.nn.config import ModelConfig
-    from model.nn.psm import PSMModel
+
+def _from_checkpoint(path: str, metrics: dict):
     from model.train import model_from_checkpoint
 
-    if bool(args.checkpoint) == bool(args.config):
-        raise ValueError("give --checkpoint (a trained model) or --config (seeded random weights), not both")
+    model, checkpoint = model_from_checkpoint(path)
+    data = checkpoint["config"]["data"]
+    training = {"checkpoint": Path(path).name, "checkpoint_sha256": file_sha256(path),
+                "step": checkpoint["step"], "config": checkpoint["config"], "data_hash": _data_hash(data),
+                "skipped": len(checkpoint["skipped"])}
+    metrics["validation"] = {"step": checkpoint["best_step"], **(checkpoint["best"] or {})}
+    return model, tuple(checkpoint["calibration"]), training, Path(path).resolve().parent.name
+
+
+def _from_config(path: str, seed: int):
+    import torch
+
+    from model.nn.config import ModelConfig
+    from model.nn.psm import PSMModel
+
+    torch.manual_seed(seed)
+    model = PSMModel(ModelConfig.from_dict(load_config(path).get("model"))).eval()
+    return model, (5.0, 5.0), {"config": str(path), "weights": f"random (seed {seed})"}, Path(path).stem
+
+
+def _export(args: argparse.Namespace) -> int:
+    from model.export import export_bundle, load_trained_parts, save_trained_parts
+
+    sources = [s for s in (args.checkpoint, args.config, args.weights) if s]
+    if len(sources) != 1:
+        raise ValueError("give one of --checkpoint (a training run), --weights (saved trained parts) "
+                         "or --config (seeded random weights)")
     metrics = {"test": json.loads(Path(args.metrics).read_text())} if args.metrics else {}
-    if args.checkpoint:
-        model, checkpoint = model_from_checkpoint(args.checkpoint)
-        calibration = tuple(checkpoint["calibration"])
-        training = {"checkpoint": Path(args.checkpoint).name, "checkpoint_sha256": file_sha256(args.checkpoint),
-                    "step": checkpoint["step"], "config": checkpoint["config"], "skipped": len(checkpoint["skipped"])}
-        metrics["validation"] = {"step": checkpoint["best_step"], **(checkpoint["best"] or {})}
-        name = args.name or Path(args.checkpoint).resolve().parent.name
+    if args.weights:
+        if args.trained_parts:
+            raise ValueError("--weights already are trained parts; export them to a bundle without --trained-parts")
+        model, record = load_trained_parts(args.weights)
+        calibration = (record["calibration"]["a"], record["calibration"]["b"])
+        training, metrics, name = record["training"], {**record["metrics"], **metrics}, record["name"]
+    elif args.checkpoint:
+        model, calibration, training, name = _from_checkpoint(args.checkpoint, metrics)
     else:
-        torch.manual_seed(args.seed)
-        model = PSMModel(ModelConfig.from_dict(load_config(args.config).get("model"))).eval()
-        calibration = (5.0, 5.0)
-        training = {"config": str(args.config), "weights": f"random (seed {args.seed})"}
-        name = args.name or Path(args.config).stem
+        model, calibration, training, name = _from_config(args.config, args.seed)
+    name = args.name or name
+    if args.trained_parts:
+        record = save_trained_parts(model, args.out, calibration=calibration,
+                                    record={"name": name, "training": training, "metrics": metrics})
+        print(f"trained parts ({record['weights']['sha256'][:16]}) written to {args.out}")
+        return 0
     manifest = export_bundle(model, args.out, calibration=calibration, training=training, metrics=metrics,
                              name=name, fp16=args.fp16)
     print(f"bundle {manifest['id']} written to {args.out}")
@@ -149,21 +169,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="embedding batch size (default 128)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle-caption conditions")
+    p.add_argument("--cache-dir", type=Path,
+                   help="frozen-tower cache to read and fill (a run's frozen-cache/): frozen towers run once per split")
     p.add_argument("--out", help="JSON file to write (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser(
         "export", help="write a model bundle (4 ONNX graphs + manifest) from a checkpoint or a config",
-        description="Export a trained model (--checkpoint) or a config's model with seeded random weights "
-                    "(--config) to a bundle directory: image, fuse, text and audio graphs with a dynamic "
+        description="Export a trained model (--checkpoint), saved trained parts (--weights) or a config's "
+                    "model with seeded random weights (--config) to a bundle directory: image, fuse, text and audio graphs with a dynamic "
                     "batch axis, the tokenizer, and a manifest with the calibration (a, b), the training "
                     "record and the metrics. Needs the train extra.")
     p.add_argument("--checkpoint", help="checkpoint written by soundscape train")
+    p.add_argument("--weights", help="folder of trained parts written with --trained-parts (weights/demo)")
     p.add_argument("--config", help="YAML config with a model: section (random weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--metrics", help="JSON from soundscape evaluate to record as the test metrics")
     p.add_argument("--fp16", action="store_true", help="also write float16 graphs (fp16/) for GPUs")
     p.add_argument("--name", help="bundle name in the manifest (default: the run or config name)")
-    p.add_argument("--out", required=True, help="bundle directory to write (replaced if present)")
+    p.add_argument("--trained-parts", action="store_true",
+                   help="write only the trained tensors (safetensors) and a record.json instead of a bundle: "
+                        "what a repository commits when the frozen towers come from packages")
+    p.add_argument("--out", required=True, help="bundle (or --trained-parts) directory to write (replaced if present)")
     p.set_defaults(handler=_export)

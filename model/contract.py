@@ -35,3 +35,8 @@ GRAPH_OUTPUTS = {
     "text": ("mu", "logvar"),
     "audio": ("mu", "logvar"),
 }
+
+# A folder of trained parts (`soundscape export --trained-parts`, weights/demo): the tensors of
+# every module but the frozen towers, and a record of config, calibration, training and metrics.
+TRAINED_PARTS_FILE = "trained.safetensors"
+RECORD_FILE = "record.json"

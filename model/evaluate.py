@@ -18,6 +18,7 @@ log-variances added, as the paper): reported separately, a map server never has 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from model.batches import Collate, Examples, SkipLog, loader, to_tensors
 from model.data import Preprocessing, SampleSource
-from model.frozen_cache import FrozenCache
+from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.psm import META_KEYS, PSMModel
 
 RECALL_FRACTION = 0.1
@@ -171,3 +172,31 @@ def metrics(emb: SplitEmbeddings, probabilistic: bool, oracle_caption: bool = Tr
         out[name] = result
     return out
 
+
+
+def evaluate_checkpoint(path: str | Path, *, data: dict | None = None, split: str = "test",
+                        batch_size: int = 128, workers: int = 0, max_samples: int | None = None,
+                        oracle_caption: bool = True, cache_dir: Path | None = None,
+                        progress: bool = False) -> dict:
+    """The report of `soundscape evaluate`: metrics of a checkpoint on a split of `data` (default:
+    the checkpoint's own data section). With `cache_dir`, frozen towers' outputs come from (and
+    go to) the frozen-tower cache there, as in training."""
+    import model.readers  # noqa: F401  (registers the dataset readers)
+    from model.data import open_splits
+    from model.train import model_from_checkpoint, preprocessing  # model.train imports this module
+
+    model, checkpoint = model_from_checkpoint(path)
+    data = data or checkpoint["config"]["data"]
+    source = getattr(open_splits(data, model.cfg.image_size), split)
+    prep, skips = preprocessing(model), SkipLog()
+    cache = None
+    if cache_dir is not None and model.frozen_towers() and max_samples is None:
+        cache = frozen_cache(model, split, source, prep, cache_dir=Path(cache_dir), data=data,
+                             batch_size=batch_size, workers=workers, skips=skips, progress=progress)
+    emb = embed_split(model, source, prep, cache=cache, batch_size=batch_size, workers=workers,
+                      max_samples=max_samples, skips=skips, progress=progress)
+    probabilistic = checkpoint["config"]["train"]["loss"]["kind"] == "pcmepp"
+    return {"checkpoint": str(path), "step": checkpoint["step"], "split": split,
+            "samples": int(len(emb.levels)), "skipped": skips.count, "data": data,
+            "score": "-CSD" if probabilistic else "cosine", "definition": DEFINITION,
+            "results": metrics(emb, probabilistic, oracle_caption=oracle_caption)}

@@ -9,6 +9,7 @@ relative tolerance, for GPU serving and precompute.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -23,10 +24,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from model.bundle import BUNDLE_FORMAT_VERSION, finalise_manifest
-from model.contract import FP16_GRAPH_FILES, GRAPH_FILES, GRAPH_INPUTS, GRAPH_OUTPUTS, META_TOKENS, TOKENIZER_FILE
+from model.bundle import BUNDLE_FORMAT_VERSION, file_sha256, finalise_manifest
+from model.contract import (FP16_GRAPH_FILES, GRAPH_FILES, GRAPH_INPUTS, GRAPH_OUTPUTS, META_TOKENS, RECORD_FILE,
+                            TOKENIZER_FILE, TRAINED_PARTS_FILE)
 from model.metadata import encode_metadata
+from model.nn.config import ModelConfig
 from model.nn.psm import PSMModel
+from model.nn.weights import CheckpointError
 
 PARITY_TOLERANCE = 1e-4
 FP16_RELATIVE_TOLERANCE = 2e-2
@@ -208,3 +212,43 @@ def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trained parts only: what a repository commits when the frozen towers come from packages
+
+def save_trained_parts(model: PSMModel, folder: str | Path, *, calibration: tuple[float, float],
+                       record: dict) -> dict:
+    """Write the trained tensors of `model` (all but its frozen towers, whose weights their
+    packages carry) to `folder`/trained.safetensors, and `record` (provenance: training, data,
+    metrics) with the model config, calibration and the weights' hash to record.json."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+    save_file(state, str(folder / TRAINED_PARTS_FILE))
+    record = {**record, "model_config": model.cfg.to_dict(),
+              "calibration": {"a": float(calibration[0]), "b": float(calibration[1])},
+              "weights": {"file": TRAINED_PARTS_FILE, "sha256": file_sha256(folder / TRAINED_PARTS_FILE)}}
+    (folder / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def load_trained_parts(folder: str | Path) -> tuple[PSMModel, dict]:
+    """The model saved by `save_trained_parts`: frozen towers from their packages, trained parts
+    from the file (refused when its hash is not the recorded one), and the record."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / RECORD_FILE).read_text())
+        weights = folder / record["weights"]["file"]
+        expected = record["weights"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FileNotFoundError(f"{folder} holds no readable {RECORD_FILE} of trained weights") from None
+    if not weights.is_file() or file_sha256(weights) != expected:
+        raise CheckpointError(f"{weights} is missing or is not the file {folder / RECORD_FILE} records")
+    model = PSMModel(ModelConfig.from_dict(record["model_config"]), pretrained=False)
+    model.load_trainable_state_dict(load_file(str(weights)), str(weights))
+    return model.eval(), record
