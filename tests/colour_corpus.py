@@ -1,6 +1,7 @@
-"""A stand-in corpus for the walking skeleton: imagery cells captioned from their colours
-(open water, ice, desert, vegetation, coast). It teaches the image and text towers a real,
-visible relation so the demo map is not flat before the demo-world corpus exists."""
+"""A seconds-to-train corpus for the test fixtures: imagery cells captioned from their colours
+(open water, ice, desert, vegetation, coast). It teaches a tiny model's image and text towers a
+real, visible relation, so server and precompute tests see maps that are not flat. (The demo
+world's model is trained on the demo corpus instead: docs/demo-model.md.)"""
 from __future__ import annotations
 
 from collections.abc import Iterator

