@@ -4,7 +4,8 @@ Times `model.train.Optimisation.step` (forward, loss over the three modality pai
 clipping, AdamW) on ready batches, so the number is the model's cost, not the data reader's.
 Batches come from the synthetic reader through the real preprocessing. Three model shapes:
 
-- `demo-trainable`: configs/demo.yaml as it is (every tower trained; 10 s log-mel audio);
+- `demo-trainable`: configs/demo.yaml's image and fusion with every tower trained (hashed-word
+  text, log-mel CNN on 10 s audio): a step pays for the audio front end and CNN;
 - `demo-frozen`: the demo world's shape (configs/demo.yaml's image and fusion, frozen MiniLM
   and frozen aisfx whose outputs come from the frozen-tower cache, so a step runs the image
   encoder, the fusion and the heads);
@@ -50,10 +51,11 @@ def shape(name: str) -> tuple[dict, dict, int]:
     """(model section, train section, width of the cached text and audio backbones or 0)."""
     demo = load("demo")
     if name == "demo-trainable":
-        return demo["model"], demo["train"], 0
-    frozen = {"text": {"kind": "minilm"}, "audio": {"kind": "aisfx"}}
+        trained = {"text": {"kind": "hashed", "vocab_size": 8192, "max_length": 32, "width": 96, "heads": 4},
+                   "audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96}}
+        return {**copy.deepcopy(demo["model"]), **trained}, demo["train"], 0
     if name == "demo-frozen":
-        return {**copy.deepcopy(demo["model"]), **frozen}, demo["train"], -1
+        return demo["model"], demo["train"], -1
     paper = load("paper")
     model = {**paper["model"], "text": {"kind": "hashed", "width": 512}, "audio": {"kind": "melcnn", "width": 512}}
     return model, {k: v for k, v in paper["train"].items() if k in TRAIN_KEYS}, 512

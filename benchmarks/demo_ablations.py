@@ -1,0 +1,131 @@
+"""Ablations of the demo model on the demo corpus's held-out geographic test split.
+
+Each variant is configs/demo.yaml with a few keys changed, trained into runs/ablations/<name>
+and evaluated with `soundscape evaluate`'s metrics (sat->audio I2S and audio->sat S2I R@10% and
+median rank, psm-method.md section 4.1):
+
+- `pcmepp`: configs/demo.yaml as it is (frozen MiniLM and aisfx towers, PCME++);
+- `infonce`: the same with the InfoNCE loss (cosine scores) instead of PCME++;
+- `no_metadata`: the same with every metadata token dropped in training (meta_dropout 1),
+  evaluated without metadata: the paper's "metadata off";
+- `melcnn`: the small log-mel CNN audio tower trained from scratch instead of frozen aisfx,
+  given --melcnn-steps steps (its steps cost ~40x a cached frozen step; choose them to match
+  the wall time of the aisfx run, cache included).
+
+Variants with the same frozen towers share one frozen-tower cache (--cache), so aisfx runs once.
+A variant whose run directory already holds a finished run is evaluated, not retrained.
+
+    python benchmarks/demo_ablations.py --variants pcmepp infonce no_metadata
+    python benchmarks/demo_ablations.py --variants melcnn --melcnn-steps 300
+
+Writes runs/ablations/<name>/test.json and prints a markdown table; --json collects them.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import cli.main  # noqa: E402,F401  (registers the demo corpus reader)
+from model.commands import load_config  # noqa: E402
+from model.evaluate import evaluate_checkpoint  # noqa: E402
+from model.train import RunConfig, fit  # noqa: E402
+
+VARIANTS: dict[str, dict] = {
+    "pcmepp": {},
+    "infonce": {"train": {"loss": {"kind": "infonce"}}},
+    "no_metadata": {"train": {"meta_dropout": 1.0}},
+    "melcnn": {"model": {"audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96,
+                                   "features": {"duration_s": 2.4}}},
+               "train": {"eval_every": 0}},
+}
+# The evaluation condition each variant is judged on: the metadata its training saw.
+CONDITION = {"no_metadata": "no_metadata"}
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with each section's keys replaced by those `changes` gives (whole values: a new
+    `audio` replaces the tower, it is not merged into the old one)."""
+    out = copy.deepcopy(base)
+    for section, keys in changes.items():
+        out[section] = {**out.get(section, {}), **copy.deepcopy(keys)}
+    return out
+
+
+def variant_config(name: str, base: dict, melcnn_steps: int) -> RunConfig:
+    changes = VARIANTS[name]
+    if name == "melcnn":
+        changes = merged(changes, {"train": {"steps": melcnn_steps, "checkpoint_every": max(1, melcnn_steps // 4)}})
+    return RunConfig.from_dict(merged(base, changes))
+
+
+def share_cache(run_dir: Path, cache: Path) -> None:
+    """Point the run's frozen-tower cache at the shared one (files are named by fingerprint)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    link = run_dir / "frozen-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(cache.resolve(), target_is_directory=True)
+
+
+def run_variant(name: str, config: RunConfig, out: Path, cache: Path, progress: bool) -> dict:
+    run_dir = out / name
+    share_cache(run_dir, cache)
+    finished = (run_dir / "last.pt").exists() and _last_step(run_dir) >= config.train.steps
+    start = time.perf_counter()
+    if not finished:
+        fit(config, run_dir, resume=(run_dir / "last.pt").exists(), progress=progress)
+    train_s = time.perf_counter() - start
+    report = evaluate_checkpoint(run_dir / "best.pt", split="test", oracle_caption=False,
+                                 cache_dir=cache, progress=progress)
+    report["train_seconds_this_invocation"] = round(train_s, 1)
+    (run_dir / "test.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _last_step(run_dir: Path) -> int:
+    import torch
+
+    return int(torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["step"])
+
+
+def row(name: str, report: dict) -> str:
+    m = report["results"]["all"][CONDITION.get(name, "metadata")]
+    return (f"| {name} | {CONDITION.get(name, 'metadata')} | {m['I2S_R@10%']:.3f} | {m['I2S_median_rank']:.0f} "
+            f"| {m['S2I_R@10%']:.3f} | {m['S2I_median_rank']:.0f} | {m['gallery']} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml", help="base config")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "ablations", help="runs directory")
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "ablations" / "frozen-cache",
+                        help="shared frozen-tower cache (default runs/ablations/frozen-cache)")
+    parser.add_argument("--melcnn-steps", type=int, default=300, help="training steps of the melcnn variant")
+    parser.add_argument("--json", type=Path, help="also write every report into this JSON file")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    base = load_config(args.config)
+    reports = {}
+    for name in args.variants:
+        config = variant_config(name, base, args.melcnn_steps)
+        reports[name] = run_variant(name, config, args.out, args.cache, not args.no_progress)
+        print(row(name, reports[name]), flush=True)
+    print("\n| variant | condition | I2S R@10% | I2S median rank | S2I R@10% | S2I median rank | N |")
+    print("|---|---|---|---|---|---|---|")
+    for name, report in reports.items():
+        print(row(name, report))
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
