@@ -120,6 +120,11 @@ class CorpusSource:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def content_hash(self) -> str:
+        """The built corpus's hash (model.data.SampleSource): a rebuild changes it."""
+        return self.corpus.manifest["content_hash"]
+
     def get(self, index: int, without: frozenset[str] = frozenset()) -> Sample:
         """Sample `index` of this split, without the named fields."""
         if not -len(self.rows) <= index < len(self.rows):

@@ -46,7 +46,9 @@ class Sample:
 class SampleSource(Protocol):
     """A map-style dataset of samples (what every reader provides). A reader may also offer
     `get(index, without=...)` to leave out fields ("audio", "image", "caption") that training
-    does not need, e.g. audio whose frozen embedding is cached."""
+    does not need, e.g. audio whose frozen embedding is cached, and `content_hash`, a string that
+    changes whenever the data behind the same `data:` section does (the frozen-tower cache keys
+    on it, so a rebuilt corpus is never read through a stale cache)."""
 
     def __len__(self) -> int: ...
 

@@ -35,8 +35,11 @@ class FrozenCache:
     unreadable: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
-def fingerprint(model: PSMModel, tower: str, split: str, data: dict, n: int) -> str:
-    spec = {"tower": getattr(model.cfg, tower).__dict__, "split": split, "data": data, "n": n,
+def fingerprint(model: PSMModel, tower: str, split: str, data: dict, source: SampleSource) -> str:
+    """Names a cache file: the tower, the split, the data section, and the data's own content
+    hash where its reader gives one (the count of samples where it does not)."""
+    spec = {"tower": getattr(model.cfg, tower).__dict__, "split": split, "data": data, "n": len(source),
+            "content": getattr(source, "content_hash", None),
             "audio": model.cfg.audio_spec.to_json() if tower == "audio" else None}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -80,7 +83,7 @@ def frozen_cache(model: PSMModel, split: str, source: SampleSource, prep: Prepro
     computed and stored there."""
     cache = FrozenCache()
     for tower in model.frozen_towers():
-        path = cache_dir / f"{split}-{tower}-{fingerprint(model, tower, split, data, len(source))}.npz"
+        path = cache_dir / f"{split}-{tower}-{fingerprint(model, tower, split, data, source)}.npz"
         if path.is_file():
             with np.load(path) as f:
                 values = f["values"]

@@ -68,6 +68,21 @@ def test_frozen_towers_are_cached_once_and_reused(tmp_path):
         np.testing.assert_allclose(np.linalg.norm(f["values"], axis=1), 1.0, atol=1e-5)
 
 
+def test_frozen_cache_names_change_with_the_data_content(frozen_text_model):
+    from model.frozen_cache import fingerprint
+
+    class Rebuilt(list):
+        content_hash = "before"
+
+    data = {"kind": "demo", "path": "data/corpus"}
+    before = fingerprint(frozen_text_model, "text", "train", data, Rebuilt([0, 1]))
+    assert fingerprint(frozen_text_model, "text", "train", data, Rebuilt([5, 6])) == before
+    Rebuilt.content_hash = "after"  # the corpus was rebuilt in place: same section, same size
+    assert fingerprint(frozen_text_model, "text", "train", data, Rebuilt([0, 1])) != before
+    assert fingerprint(frozen_text_model, "text", "train", data, [0, 1]) != fingerprint(
+        frozen_text_model, "text", "train", data, [0, 1, 2])  # no content hash: the count decides
+
+
 def test_aisfx_bundle_embeds_a_waveform_like_torch(aisfx_installed, tmp_path):
     torch.manual_seed(0)
     model = PSMModel(ModelConfig.from_dict({
