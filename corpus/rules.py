@@ -275,7 +275,11 @@ def evaluate(places: PlaceAttributes, month: np.ndarray, hour: np.ndarray) -> Ev
     """Every rule at every place and time; class weight = sum of its rules' activations."""
     seasons = season(places.lat, month)
     hour = np.asarray(hour, np.float64)
-    activations = np.stack([rule.evaluate(places, seasons, hour) for rule in RULES], axis=1)
+    return from_activations(np.stack([rule.evaluate(places, seasons, hour) for rule in RULES], axis=1), seasons)
+
+
+def from_activations(activations: np.ndarray, seasons: np.ndarray) -> Evaluation:
+    """The evaluation of given rule activations (N, len(RULES)), e.g. averaged over a cell."""
     return Evaluation(rules=activations, classes=activations @ _RULE_TO_CLASS, season=seasons)
 
 

@@ -102,3 +102,47 @@ def test_docs_print_the_rules_table_of_the_code():
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "corpus.md").read_text()
     assert rules.markdown_table() in doc, "regenerate the table in docs/corpus.md from rules.markdown_table()"
+
+
+class HalfSea:
+    """Sea west of lon 11.25, temperate forest east of it."""
+
+    def attributes(self, lat, lon) -> PlaceAttributes:
+        land = lon >= 11.25
+        n = len(lat)
+        return PlaceAttributes(lat=lat, lon=lon, landcover=np.where(land, 5, 0), climate=np.full(n, rules.TEMPERATE),
+                               land=land, coast_km=np.abs(lon - 11.25) * 75.0, lights=np.zeros(n),
+                               population=np.zeros(n))
+
+
+def test_cell_points_lie_inside_their_cells():
+    import mercantile
+
+    from corpus.build import cell_points
+
+    level, x, y = np.array([4, 7]), np.array([8, 100]), np.array([5, 40])
+    lat, lon = cell_points(level, x, y, 8)
+    assert lat.shape == (2, 64)
+    for i in range(2):
+        b = mercantile.bounds(int(x[i]), int(y[i]), int(level[i]))
+        assert (lon[i] > b.west).all() and (lon[i] < b.east).all()
+        assert (lat[i] > b.south).all() and (lat[i] < b.north).all()
+
+
+def test_a_cells_sounds_are_its_rules_averaged_over_the_cell():
+    from corpus.build import cell_points, cell_rules
+
+    # Near 48 N: level-5 cell x=15 spans lon -11.25..0 (sea), x=17 spans 11.25..22.5 (forest),
+    # and level-4 cell x=8 spans 0..22.5 (half of each).
+    level, x, y = np.array([5, 5, 4]), np.array([15, 17, 8]), np.array([11, 11, 5])
+    lat, month, hour = np.array([48.0, 48.0, 48.0]), np.array([5, 5, 5]), np.array([5.5, 5.5, 5.5])
+    cells = cell_rules(HalfSea(), lat, level, x, y, month, hour)
+    grid_lat, grid_lon = cell_points(level, x, y, 8)
+    for i in range(3):
+        points = HalfSea().attributes(grid_lat[i], grid_lon[i])
+        expected = rules.evaluate(points, np.full(64, 5), np.full(64, 5.5)).classes.mean(axis=0)
+        np.testing.assert_allclose(cells.classes[i], expected)
+    birds = rules.CLASSES.index("birds")
+    # Dawn in May: the forest cell sings, the sea cell does not, the half-and-half cell half as much.
+    assert cells.classes[1, birds] > 0 and cells.classes[0, birds] == 0
+    np.testing.assert_allclose(cells.classes[2, birds], cells.classes[1, birds] / 2, rtol=0.05)
