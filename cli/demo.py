@@ -1,13 +1,15 @@
-"""`soundscape demo`: build what is missing of the demo world (Blue Marble GeoTIFF, bundle,
-store for levels 0..7), then serve it. Each step's output is reused on the next run, and a
+"""`soundscape demo`: build what is missing of the demo world (Blue Marble GeoTIFF, bundle
+assembled from the committed trained weights, store for levels 0..7), then serve it. Each step's output is reused on the next run, and a
 killed store build continues where it stopped."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
 from model.bundle import Bundle, BundleError
+from model.contract import RECORD_FILE
 from model.imagery import Imagery
 from precompute.device import open_bundle, select_device
 from precompute.plan import WORLD
@@ -15,7 +17,7 @@ from precompute.run import run as precompute
 from precompute.store import Store, StoreError
 from server.commands import add_server_options, serve
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "demo"
 DEMO_LEVELS = list(range(0, 8))
 # Hourly and monthly fusions stored for the levels drawn on map tiles of zooms 0..2.
 DEMO_FUSION_LEVELS = tuple(range(0, 7))
@@ -32,36 +34,33 @@ def imagery_path(data: Path) -> Path:
     return path
 
 
-def bundle_path(data: Path, imagery: Path, config: Path) -> Path:
-    """The demo bundle: trained briefly on colour-captioned Blue Marble cells, then exported."""
+def bundle_path(data: Path, weights: Path) -> Path:
+    """The demo bundle: the committed trained parts (weights/demo, trained by configs/demo.yaml on
+    the demo corpus) joined with the frozen MiniLM and aisfx towers from their packages."""
     path = data / "bundle"
+    sha256 = _weights_sha256(weights)
     try:
-        Bundle(path)
-        return path
+        if Bundle(path).manifest["training"].get("weights_sha256") == sha256:
+            return path
     except BundleError:
         pass
-    import torch
+    from model.export import export_bundle, load_trained_parts
 
-    from corpus import colour_captions
-    from model.commands import load_config
-    from model.export import export_bundle
-    from model.nn.config import ModelConfig, from_section
-    from model.nn.psm import PSMModel
-    from model.train import TrainConfig, train
-
-    sections = load_config(config)
-    cfg = from_section(ModelConfig, sections.get("model"), "model")
-    train_cfg = from_section(TrainConfig, sections.get("train"), "train")
-    torch.manual_seed(train_cfg.seed)
-    model = PSMModel(cfg)
-    print("cutting training cells from the imagery ...", flush=True)
-    corpus = colour_captions.build(Imagery(imagery), cfg.image_size, range(2, 7), 1500, seed=train_cfg.seed)
-    loss = train(model, colour_captions.batches(corpus, model.tokenizer(), train_cfg.batch_size), train_cfg)
-    print("exporting the bundle ...", flush=True)
-    export_bundle(model, path, calibration=loss.calibration(), name="demo-colour-captions",
-                  training={"corpus": "colour-captioned Blue Marble cells (walking skeleton)",
-                            "config": sections})
+    print(f"assembling the demo bundle from {weights} and the packaged text and audio towers ...", flush=True)
+    model, record = load_trained_parts(weights)
+    calibration = (record["calibration"]["a"], record["calibration"]["b"])
+    export_bundle(model, path, calibration=calibration, name=record["name"], metrics=record["metrics"],
+                  training={**record["training"], "weights_sha256": record["weights"]["sha256"]})
     return path
+
+
+def _weights_sha256(weights: Path) -> str | None:
+    """The hash the weights' record names (a bundle assembled from other weights is rebuilt)."""
+    try:
+        return json.loads((weights / RECORD_FILE).read_text())["weights"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FileNotFoundError(f"{weights} holds no readable {RECORD_FILE}: the demo's trained weights are "
+                                "missing (git checkout weights/demo, or train them: docs/demo-model.md)") from None
 
 
 def store_path(data: Path, imagery: Path, bundle: Path) -> Path:
@@ -81,8 +80,8 @@ def store_path(data: Path, imagery: Path, bundle: Path) -> Path:
 
 def _demo(args: argparse.Namespace) -> int:
     data = Path(args.data_dir)
+    bundle = bundle_path(data, Path(args.weights))
     imagery = imagery_path(data)
-    bundle = bundle_path(data, imagery, Path(args.config))
     store = store_path(data, imagery, bundle)
     if args.build_only:
         print(f"demo ready: bundle {bundle}, store {store}")
@@ -93,10 +92,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build the demo world if missing, then serve it",
-                       description="Build the demo world (Blue Marble imagery, a small model trained "
-                                   "on it, a store of levels 0..7) where missing, then serve tiles.")
+                       description="Build the demo world where missing (Blue Marble imagery, the demo "
+                                   "bundle assembled from the committed weights/demo and the packaged MiniLM "
+                                   "and aisfx towers, a store of levels 0..7), then serve tiles. Nothing is "
+                                   "trained: docs/demo-model.md says how the weights were made.")
     p.add_argument("--data-dir", default="data/demo", help="where the demo files live (default data/demo)")
-    p.add_argument("--config", default=str(CONFIG), help="model and training config (default configs/demo.yaml)")
+    p.add_argument("--weights", default=str(WEIGHTS),
+                   help="trained parts of the model (default weights/demo, trained by configs/demo.yaml)")
     p.add_argument("--build-only", action="store_true", help="build the demo files and exit")
     add_server_options(p)
     p.set_defaults(handler=_demo)
