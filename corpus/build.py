@@ -114,15 +114,22 @@ def cell_rules(places: Places, lat: np.ndarray, level: np.ndarray, x: np.ndarray
 
     The image shows the whole cell, so where in it the point lies (which side of a coastline,
     inside a city or beside it) cannot be seen: with the point's own rules, perfect classifiers
-    could reach sat->audio R@10% 0.64 on the test split; with the cell's, 0.95
-    (docs/demo-model.md). The season is the sample's own (from its latitude)."""
+    could reach sat->audio R@10% 0.64 on the test split; with the cell's, 0.89
+    (docs/demo-model.md). Rules of sounds that carry (rules.CARRYING: traffic, trains, ...) take
+    the geometric mean of their mean and their maximum over the cell: a town on 4 % of a cell is
+    heard at 0.2 of a city's level, not 0.04 (with plain means traffic was mixed into 1 % of the
+    samples and a traffic prompt barely followed night lights). The season is the sample's own."""
+    carrying = np.array([r.sound in rules.CARRYING for r in rules.RULES])
     activations = []
     for start in range(0, len(level), chunk):
         rows = slice(start, start + chunk)
         grid_lat, grid_lon = cell_points(level[rows], x[rows], y[rows], k)
         grid = rules.evaluate(places.attributes(grid_lat.ravel(), grid_lon.ravel()),
                               np.repeat(month[rows], k * k), np.repeat(hour[rows], k * k))
-        activations.append(grid.rules.reshape(*grid_lat.shape, -1).mean(axis=1))
+        per_point = grid.rules.reshape(*grid_lat.shape, -1)
+        cell = per_point.mean(axis=1)
+        cell[:, carrying] = np.sqrt(cell[:, carrying] * per_point[:, :, carrying].max(axis=1))
+        activations.append(cell)
     return rules.from_activations(np.concatenate(activations), rules.season(lat, month))
 
 

@@ -89,6 +89,10 @@ VEGETATED = FOREST + (6, 7, 8, 9, 10, 11, 12, 14)
 TROPICAL, ARID, TEMPERATE, COLD, POLAR = 1, 2, 3, 4, 5
 
 
+# Sounds of built-up places, loud enough to be heard well beyond them (corpus.build.cell_rules).
+CARRYING = ("traffic", "trains", "aircraft", "market", "industry", "harbour")
+
+
 def urban(p: PlaceAttributes) -> np.ndarray:
     """How built-up a place is, 0..1: mostly night lights, plus population, plus MODIS urban."""
     people = np.clip((np.log10(1.0 + p.population) - 4.0) / 3.0, 0.0, 1.0)

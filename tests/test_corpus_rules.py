@@ -146,3 +146,28 @@ def test_a_cells_sounds_are_its_rules_averaged_over_the_cell():
     # Dawn in May: the forest cell sings, the sea cell does not, the half-and-half cell half as much.
     assert cells.classes[1, birds] > 0 and cells.classes[0, birds] == 0
     np.testing.assert_allclose(cells.classes[2, birds], cells.classes[1, birds] / 2, rtol=0.05)
+
+
+class Town(HalfSea):
+    """HalfSea with a lit town on the forest side between lon 11.25 and 12.0."""
+
+    def attributes(self, lat, lon) -> PlaceAttributes:
+        p = super().attributes(lat, lon)
+        p.lights = np.where((lon >= 11.25) & (lon < 12.0), 1.0, 0.0)
+        return p
+
+
+def test_sounds_that_carry_are_heard_beyond_their_town():
+    from corpus.build import cell_points, cell_rules
+
+    level, x, y = np.array([5]), np.array([17]), np.array([11])  # lon 11.25..22.5: town on 1/8 of the grid
+    lat, month, hour = np.array([48.0]), np.array([5]), np.array([8.0])  # rush hour
+    cells = cell_rules(Town(), lat, level, x, y, month, hour)
+    grid_lat, grid_lon = cell_points(level, x, y, 8)
+    points = rules.evaluate(Town().attributes(grid_lat[0], grid_lon[0]), np.full(64, 5), np.full(64, 8.0)).rules
+    traffic = [i for i, r in enumerate(rules.RULES) if r.sound == "traffic"][0]
+    birds = [i for i, r in enumerate(rules.RULES) if r.name == "daytime birdsong"][0]
+    mean, peak = points[:, traffic].mean(), points[:, traffic].max()
+    assert 0 < mean < peak
+    np.testing.assert_allclose(cells.rules[0, traffic], np.sqrt(mean * peak))  # 0.35 of the town's level, not 0.125
+    np.testing.assert_allclose(cells.rules[0, birds], points[:, birds].mean())  # birdsong does not carry
