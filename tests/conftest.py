@@ -150,8 +150,7 @@ def redis_server(tmp_path):
         proc.wait(timeout=10)
 
 
-# --- The demo corpus's place rasters (tests/test_demo_world.py) ---------------------------------
-# Appended for the demo-world map checks; nothing above depends on it.
+# --- The demo corpus's place assets and rasters (test_corpus.py, test_demo_world.py) ------------
 
 @pytest.fixture(scope="session")
 def place_assets(tmp_path_factory) -> Path:

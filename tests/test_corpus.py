@@ -28,10 +28,10 @@ LEVELS = (4, 5, 6)
 
 
 @pytest.fixture(scope="session")
-def asset_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("assets")
-    assets.ensure(list(PLACE_ASSETS) + ["openttd-opensfx"], root, progress=False)
-    return root
+def asset_root(place_assets):
+    """The session's place assets (conftest) plus one sound asset: fetched once per session."""
+    assets.ensure(list(PLACE_ASSETS) + ["openttd-opensfx"], place_assets, progress=False)
+    return place_assets
 
 
 def small_config(out, asset_root, imagery_path, **overrides) -> BuildConfig:
