@@ -45,7 +45,7 @@ from scipy.stats import mannwhitneyu, rankdata, spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from corpus import rules  # noqa: E402
-from corpus.build import BuildConfig, draw_locations, tile_of  # noqa: E402
+from corpus.build import BuildConfig, cell_points, draw_locations, tile_of  # noqa: E402
 from corpus.places import Places  # noqa: E402
 from model.data import geographic_split  # noqa: E402
 from model.metadata import encode_metadata  # noqa: E402
@@ -73,16 +73,8 @@ MIN_EFFECT_A = 0.64
 
 
 def grid_points(level: int, x: np.ndarray, y: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """(lat, lon), each (N, grid * grid): the centres of a grid x grid split of each cell (z, x, y)
-    in web-mercator units."""
-    n = float(1 << level)
-    f = (np.arange(grid) + 0.5) / grid
-    fx, fy = np.meshgrid(f, f)
-    px = (np.asarray(x, np.float64)[:, None] + fx.ravel()[None, :]) / n
-    py = (np.asarray(y, np.float64)[:, None] + fy.ravel()[None, :]) / n
-    lon = px * 360.0 - 180.0
-    lat = np.degrees(np.arctan(np.sinh(np.pi * (1.0 - 2.0 * py))))
-    return lat, lon
+    """(lat, lon), each (N, grid * grid): the corpus's own grid of points over each cell."""
+    return cell_points(np.full(len(x), level), np.asarray(x), np.asarray(y), grid)
 
 
 def cell_xy(level) -> tuple[np.ndarray, np.ndarray]:
