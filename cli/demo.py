@@ -1,6 +1,6 @@
 """`soundscape demo`: build what is missing of the demo world (Blue Marble GeoTIFF, bundle
-assembled from the committed trained weights, store for levels 0..7), then serve it. Each step's output is reused on the next run, and a
-killed store build continues where it stopped."""
+assembled from the committed trained weights, store for levels 0..7), then serve it. Each
+step's output is reused on the next run, and a killed store build continues where it stopped."""
 from __future__ import annotations
 
 import argparse
@@ -44,13 +44,10 @@ def bundle_path(data: Path, weights: Path) -> Path:
             return path
     except BundleError:
         pass
-    from model.export import export_bundle, load_trained_parts
+    from model.export import bundle_from_trained_parts
 
     print(f"assembling the demo bundle from {weights} and the packaged text and audio towers ...", flush=True)
-    model, record = load_trained_parts(weights)
-    calibration = (record["calibration"]["a"], record["calibration"]["b"])
-    export_bundle(model, path, calibration=calibration, name=record["name"], metrics=record["metrics"],
-                  training={**record["training"], "weights_sha256": record["weights"]["sha256"]})
+    bundle_from_trained_parts(weights, path)
     return path
 
 

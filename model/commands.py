@@ -112,7 +112,7 @@ def _from_config(path: str, seed: int):
 
 
 def _export(args: argparse.Namespace) -> int:
-    from model.export import export_bundle, load_trained_parts, save_trained_parts
+    from model.export import bundle_from_trained_parts, export_bundle, save_trained_parts
 
     sources = [s for s in (args.checkpoint, args.config, args.weights) if s]
     if len(sources) != 1:
@@ -122,10 +122,10 @@ def _export(args: argparse.Namespace) -> int:
     if args.weights:
         if args.trained_parts:
             raise ValueError("--weights already are trained parts; export them to a bundle without --trained-parts")
-        model, record = load_trained_parts(args.weights)
-        calibration = (record["calibration"]["a"], record["calibration"]["b"])
-        training, metrics, name = record["training"], {**record["metrics"], **metrics}, record["name"]
-    elif args.checkpoint:
+        manifest = bundle_from_trained_parts(args.weights, args.out, name=args.name, metrics=metrics, fp16=args.fp16)
+        print(f"bundle {manifest['id']} written to {args.out}")
+        return 0
+    if args.checkpoint:
         model, calibration, training, name = _from_checkpoint(args.checkpoint, metrics)
     else:
         model, calibration, training, name = _from_config(args.config, args.seed)

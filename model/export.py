@@ -252,3 +252,13 @@ def load_trained_parts(folder: str | Path) -> tuple[PSMModel, dict]:
     model = PSMModel(ModelConfig.from_dict(record["model_config"]), pretrained=False)
     model.load_trainable_state_dict(load_file(str(weights)), str(weights))
     return model.eval(), record
+
+
+def bundle_from_trained_parts(folder: str | Path, out: str | Path, *, name: str | None = None,
+                              metrics: dict | None = None, fp16: bool = False) -> dict:
+    """Export the bundle of a trained-parts folder (its record's name, calibration, training and
+    metrics, and the weights' sha256, by which `soundscape demo` knows its bundle is current)."""
+    model, record = load_trained_parts(folder)
+    return export_bundle(model, out, calibration=(record["calibration"]["a"], record["calibration"]["b"]),
+                         training={**record["training"], "weights_sha256": record["weights"]["sha256"]},
+                         metrics={**record["metrics"], **(metrics or {})}, name=name or record["name"], fp16=fp16)
