@@ -50,7 +50,7 @@ class BuildConfig:
     samples: int = 20000
     levels: tuple[int, ...] = (4, 5, 6, 7)
     image_size: int = 64
-    duration_s: float = 10.0
+    duration_s: float = 2.4  # one aisfx block (100 frames): what configs/demo.yaml trains on
     seed: int = 0
     audio_assets: tuple[str, ...] = AUDIO_ASSETS
     strata: dict[str, float] = field(default_factory=lambda: dict(STRATA))

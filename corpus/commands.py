@@ -105,7 +105,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--levels", type=parse_levels, default=(4, 5, 6, 7),
                    help="imagery cell levels (web-mercator zooms), e.g. 4-7 (default) or 3,5,7")
     b.add_argument("--image-size", type=int, default=64, help="cell image size in pixels (default 64)")
-    b.add_argument("--duration", type=float, default=10.0, help="seconds of audio per sample (default 10)")
+    b.add_argument("--duration", type=float, default=2.4,
+                   help="seconds of audio per sample (default 2.4: one block of the aisfx tower, as configs/demo.yaml expects)")
     b.add_argument("--seed", type=int, default=0, help="seed of the sample draw (default 0)")
     b.add_argument("--audio-assets", help="comma-separated audio assets to use (default: all of them)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
