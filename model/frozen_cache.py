@@ -93,7 +93,7 @@ def frozen_cache(model: PSMModel, split: str, source: SampleSource, prep: Prepro
             values, unreadable = tower_outputs(model, tower, source, prep, batch_size=batch_size,
                                                workers=workers, skips=skips, progress=progress)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes sharing a cache never share a tmp file
             with open(tmp, "wb") as f:
                 np.savez(f, values=values, bad_index=np.array(list(unreadable), dtype=np.int64),
                          bad_where=np.array([w for w, _ in unreadable.values()], dtype=str),
