@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from math import gcd
 from pathlib import Path
 from typing import Protocol
@@ -278,9 +279,25 @@ def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray, int]:
     return data.mean(axis=1), int(rate)
 
 
+# The polyphase filter has ~20 max(up, down) taps: an exact ratio of two coprime rates (e.g.
+# 44100 / 383987) would cost a filter of millions of taps (1.2 s and 90 MB for 1000 samples).
+MAX_RESAMPLE_FACTOR = 4096
+
+
+def resample_ratio(rate: int, target: int) -> tuple[int, int]:
+    """(up, down) of the resampling: exact for the usual rates, else the nearest ratio with a
+    denominator <= MAX_RESAMPLE_FACTOR (a pitch error below 1e-6 for audio rates)."""
+    g = gcd(int(rate), int(target))
+    up, down = int(target) // g, int(rate) // g
+    if max(up, down) <= MAX_RESAMPLE_FACTOR:
+        return up, down
+    ratio = Fraction(int(target), int(rate)).limit_denominator(MAX_RESAMPLE_FACTOR)
+    return ratio.numerator, ratio.denominator
+
+
 def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Polyphase resampling (anti-aliased) from `rate` to `target` Hz."""
+    """Polyphase resampling (anti-aliased) from `rate` to `target` Hz, at bounded cost."""
     if rate == target:
         return np.asarray(wave, dtype=np.float32)
-    g = gcd(int(rate), int(target))
-    return resample_poly(np.asarray(wave, dtype=np.float32), target // g, rate // g).astype(np.float32)
+    up, down = resample_ratio(rate, target)
+    return resample_poly(np.asarray(wave, dtype=np.float32), up, down).astype(np.float32)

@@ -21,6 +21,11 @@ from server.engine import QueryEmbedding
 
 ID_LENGTH = 16
 MAX_TEXT_LENGTH = 500
+# Uploads are checked against these from the header, before any decode or resampling, so a small
+# file cannot cost much memory or CPU: decoding holds frames x channels float32 samples.
+SAMPLE_RATES = (8000, 384000)
+MAX_CHANNELS = 8
+MAX_DECODED_SAMPLES = 1 << 23  # 32 MiB of float32: 60 s of 48 kHz stereo fits
 
 
 class QueryError(ValueError):
@@ -60,6 +65,10 @@ def is_query_id(text: str) -> bool:
 def clean_text(text: str) -> str:
     """The normalised text, or a 422 QueryError when it is empty or too long."""
     normal = normalise_text(text)
+    try:
+        normal.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueryError(422, "text holds a lone surrogate (not valid Unicode text)") from None
     if not normal:
         raise QueryError(422, "text must not be empty (e.g. text=birdsong)")
     if len(normal) > MAX_TEXT_LENGTH:
@@ -79,19 +88,31 @@ class DecodedAudio:
     sample_rate: int
 
 
+def check_audio_header(rate: int, channels: int, frames: int, max_seconds: float) -> None:
+    """Refuse, from the header alone, audio whose decoding or resampling would cost too much."""
+    lo, hi = SAMPLE_RATES
+    if not lo <= rate <= hi:
+        raise QueryError(422, f"the audio's sample rate is {rate} Hz; accepted rates are {lo} to {hi} Hz")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise QueryError(422, f"the audio has {channels} channels; accepted are 1 to {MAX_CHANNELS}")
+    if frames / rate > max_seconds:
+        raise QueryError(413, f"audio is {frames / rate:.1f} s long; the limit is {max_seconds:g} s")
+    if frames * channels > MAX_DECODED_SAMPLES:
+        raise QueryError(413, f"the audio holds {frames * channels} samples (frames x channels); the limit is "
+                              f"{MAX_DECODED_SAMPLES}: send fewer channels or a lower sample rate")
+
+
 def decode_upload(bundle_id: str, data: bytes, target_rate: int, max_seconds: float) -> DecodedAudio:
-    """Decode an upload (wav, flac, ogg, mp3), enforce the duration limit before decoding
-    (a small compressed file can hold hours of silence), and resample to the bundle's rate."""
+    """Decode an upload (wav, flac, ogg, mp3), enforce the rate, channel, duration and size limits
+    from its header before decoding (a 244-byte file can declare hours of audio at a megahertz),
+    and resample to the bundle's rate."""
     if not data:
         raise QueryError(422, "the audio upload is empty")
     try:
         info = soundfile.info(io.BytesIO(data))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise QueryError(415, f"cannot read the upload as audio (wav, flac, ogg or mp3): {exc}") from None
-    if info.samplerate <= 0:
-        raise QueryError(415, "the upload has no valid sample rate")
-    if info.frames / info.samplerate > max_seconds:
-        raise QueryError(413, f"audio is {info.frames / info.samplerate:.1f} s long; the limit is {max_seconds:g} s")
+    check_audio_header(info.samplerate, info.channels, info.frames, max_seconds)
     try:
         wave, rate = decode_audio(data)
     except AudioDecodeError as exc:
