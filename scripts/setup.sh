@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install the project with the given extras (default: train).
+# Create .venv and install the project with the given extras (default: train) at the versions of
+# their lock file, locks/EXTRAS.txt (extras joined by +, `core` for none; scripts/lock.sh makes them).
 # Usage: scripts/setup.sh [extras] [apt packages...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,9 +24,15 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv 2>/dev/null || { apt_install python3-venv && "$python" -m venv .venv; }
 fi
 [ $# -gt 0 ] && apt_install "$@"
-# torch is pinned here (not in pyproject) so this machine takes its local CPU build.
-.venv/bin/pip install -q --disable-pip-version-check 'torch==2.13.*'
-.venv/bin/pip install -q --disable-pip-version-check -e ".[${extras}]"
+# The locked set (locks/, made by scripts/lock.sh), then the project itself without resolving again.
+lock=locks/${extras//,/+}.txt
+[ -f "$lock" ] || { echo "setup.sh: no lock for the extras '${extras}' ($lock); add the set to scripts/lock.py" \
+                         "and run scripts/lock.sh" >&2; exit 2; }
+pip=(.venv/bin/pip install -q --disable-pip-version-check)
+# torch (CPU build, pinned in locks/torch.txt) is kept out of the locks: see there.
+case ",${extras}," in *,train,*) "${pip[@]}" -r locks/torch.txt ;; esac
+"${pip[@]}" -r "$lock"
+"${pip[@]}" --no-deps -e .
 # aisfx (CC BY 4.0 audio tower) pins numpy 1.23 and librosa 0.9 though it runs on current ones,
 # so it cannot be a pyproject dependency: install it alone, without its declared dependencies.
-case ",${extras}," in *,train,*) .venv/bin/pip install -q --disable-pip-version-check --no-deps 'aisfx==0.1.2' ;; esac
+case ",${extras}," in *,train,*) "${pip[@]}" --no-deps 'aisfx==0.1.2' ;; esac
