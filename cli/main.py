@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from cli import demo
@@ -43,9 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NEGATIVE = re.compile(r"-\.?\d")  # "-10,30,40,60", "-.5": a value, never one of our options
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """`--bbox -10,30,40,60` as `--bbox=-10,30,40,60`: argparse takes a value starting with a minus
+    for an option unless it is a single plain number, and no option of ours starts with a digit."""
+    out: list[str] = []
+    for arg in argv:
+        if out and _NEGATIVE.match(arg) and out[-1].startswith("--") and out[-1] != "--" \
+                and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     errors = (USER_ERRORS + model_commands.USER_ERRORS + precompute_commands.USER_ERRORS

@@ -77,6 +77,9 @@ class Bundle:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
         version = self.manifest.get("format_version")
+        if "bundle_id" in self.manifest:
+            raise BundleError(f"{self.path} is an embedding store, not a model bundle: pass the bundle that "
+                              "built it (its manifest's bundle_id) as the bundle and this as the store")
         if version != BUNDLE_FORMAT_VERSION:
             raise BundleError(f"{self.path} has bundle format {version!r}; this version reads {BUNDLE_FORMAT_VERSION}")
         if precision not in self.manifest.get("precisions", ["fp32"]):

@@ -97,8 +97,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", help="model bundle directory")
     p.add_argument("--levels", default="0-6", help="levels to embed, e.g. 0-7 or 2,4 (default 0-6)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--bbox", help="west,south,east,north in degrees (default: the world); write "
-                       "--bbox=-10,35,30,60 when it starts with a minus")
+    where.add_argument("--bbox", help="west,south,east,north in degrees, e.g. -10,35,30,60 (default: the world)")
     where.add_argument("--region", help="GeoJSON file: embed only cells that touch its geometries")
     p.add_argument("--land-only", action="store_true",
                    help="embed only cells that hold land (GLOBE mask from the package global-land-mask)")

@@ -32,13 +32,16 @@ class PlanError(ValueError):
 
 def parse_levels(text: str) -> list[int]:
     """'0-6' or '3' or '2,4,5' -> sorted levels; PlanError with a sentence otherwise."""
-    try:
-        levels: set[int] = set()
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            levels.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise PlanError(f"levels must look like 0-6 or 2,4,5, not {text!r}") from None
+    levels: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise PlanError(f"levels must look like 0-6 or 2,4,5, not {text!r}") from None
+        if last < first:
+            raise PlanError(f"levels {part!r} run from high to low; write {last}-{first}")
+        levels.update(range(first, last + 1))
     if not levels or min(levels) < 0 or max(levels) > MAX_LEVEL:
         raise PlanError(f"levels must lie in 0..{MAX_LEVEL}, got {text!r}")
     return sorted(levels)

@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from model.bundle import file_sha256
+from model.contract import GRAPH_FILES
 from model.tiles import descendant_range
 from precompute.index import FLAT_MAX, build_index
 
@@ -200,6 +201,9 @@ class Store:
             self.manifest = json.loads(manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(f"{manifest_path} is not valid JSON: {exc}") from exc
+        if (self.path / GRAPH_FILES["image"]).is_file():
+            raise StoreError(f"{self.path} is a model bundle, not an embedding store: pass it as the bundle, and as "
+                             "the store what `soundscape precompute` built with it")
         if self.manifest.get("format_version") != STORE_FORMAT_VERSION:
             raise StoreError(f"{self.path} has store format {self.manifest.get('format_version')!r}; "
                              f"this version reads {STORE_FORMAT_VERSION}: rebuild it with `soundscape precompute`")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 
 import uvicorn
 
@@ -10,10 +12,27 @@ from model.bundle import Bundle
 from precompute.store import Store
 
 
+def check_port(host: str, port: int) -> None:
+    """ValueError (exit 2, one sentence) when uvicorn could not listen on host:port, before anything
+    is printed; bound the way uvicorn binds (SO_REUSEADDR), then released."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ValueError(f"port {port} on {host} is already in use: stop what listens there or pass "
+                             "another --port") from None
+        raise ValueError(f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()}): "
+                         "check --host and --port") from None
+
+
 def serve(bundle: str, store: str, host: str, port: int, workers: int = 1,
           redis_url: str | None = None) -> None:
     """Check the pair, then run uvicorn; workers share nothing but Redis."""
     Store(store).check_bundle(Bundle(bundle).id)
+    check_port(host, port)
     os.environ["SOUNDSCAPE_BUNDLE"] = str(bundle)
     os.environ["SOUNDSCAPE_STORE"] = str(store)
     if redis_url:

@@ -1,0 +1,94 @@
+"""The `soundscape` command's contract for mistakes: exit code 2 and one sentence on stderr, nothing
+printed before it, and no argparse trap for values that start with a minus."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from cli.main import build_parser, join_negative_values, main
+
+
+def _fails(capsys, argv: list[str]) -> str:
+    """Run the command, expect exit code 2 and one line on stderr (and nothing on stdout); that line."""
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "", f"printed before failing: {out!r}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_bundle_given_as_store_is_named(capsys, bundle_path) -> None:
+    line = _fails(capsys, ["serve", "--bundle", str(bundle_path), "--store", str(bundle_path)])
+    assert f"{bundle_path} is a model bundle, not an embedding store" in line
+    assert "format" not in line and "rebuild" not in line
+
+
+def test_bundle_given_to_store_info_is_named(capsys, bundle_path) -> None:
+    assert "is a model bundle, not an embedding store" in _fails(capsys, ["store", "info", str(bundle_path)])
+
+
+def test_store_given_as_bundle_is_named(capsys, store_path) -> None:
+    line = _fails(capsys, ["serve", "--bundle", str(store_path), "--store", str(store_path)])
+    assert f"{store_path} is an embedding store, not a model bundle" in line
+
+
+@pytest.mark.parametrize("levels, hint", [("9-3", "write 3-9"), ("2,7-5", "write 5-7")])
+def test_reversed_levels_say_so(capsys, tmp_path, imagery_path, bundle_path, levels, hint) -> None:
+    line = _fails(capsys, ["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path),
+                           "--levels", levels, "--out", str(tmp_path / "store")])
+    assert "run from high to low" in line and hint in line
+    assert "0..24" not in line
+    assert not (tmp_path / "store").exists()
+
+
+def test_levels_out_of_range_still_name_the_range(capsys, tmp_path, imagery_path, bundle_path) -> None:
+    line = _fails(capsys, ["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path),
+                           "--levels", "3-30", "--out", str(tmp_path / "store")])
+    assert "must lie in 0..24" in line
+
+
+def test_port_in_use_is_one_sentence_before_the_banner(capsys, bundle_path, store_path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        line = _fails(capsys, ["serve", "--bundle", str(bundle_path), "--store", str(store_path),
+                               "--port", str(port)])
+    assert line == (f"soundscape serve: port {port} on 127.0.0.1 is already in use: stop what listens there "
+                    "or pass another --port")
+
+
+def test_unusable_host_is_one_sentence(capsys, bundle_path, store_path) -> None:
+    line = _fails(capsys, ["serve", "--bundle", str(bundle_path), "--store", str(store_path),
+                           "--host", "192.0.2.1"])
+    assert "cannot listen on 192.0.2.1:8000" in line and "check --host and --port" in line
+
+
+@pytest.mark.parametrize("argv", [["--bbox", "-10,30,40,60"], ["--bbox=-10,30,40,60"], ["--bbox", "-10.5,30,40,60"]])
+def test_bbox_may_start_with_a_minus(argv) -> None:
+    args = build_parser().parse_args(join_negative_values(["precompute", *argv, "--levels", "3"]))
+    assert args.bbox.startswith("-10") and args.bbox.endswith(",30,40,60")
+    assert args.levels == "3"
+
+
+def test_negative_values_are_joined_only_to_options() -> None:
+    assert join_negative_values(["precompute", "--nodata", "-9999", "--overwrite", "--", "-5"]) == \
+        ["precompute", "--nodata=-9999", "--overwrite", "--", "-5"]
+    assert join_negative_values(["-v", "serve", "--port", "8000"]) == ["-v", "serve", "--port", "8000"]
+
+
+def test_precompute_dry_run_takes_a_negative_bbox(capsys, imagery_path, bundle_path, tmp_path) -> None:
+    """End to end: the bbox starting with a minus reaches the plan (west of Greenwich, in the fixture)."""
+    assert main(["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "4",
+                 "--bbox", "-10,35,5,50", "--out", str(tmp_path / "store"), "--dry-run", "--quiet"]) == 0
+    from model.imagery import Imagery
+    from precompute.run import make_plan
+
+    cells = len(make_plan(Imagery(imagery_path), [4], (-10.0, 35.0, 5.0, 50.0)).level(4))
+    assert cells > 0
+    out = capsys.readouterr().out
+    assert f"{4:>5} {cells:>12,}" in out.splitlines(), out
+    assert not (tmp_path / "store").exists()
