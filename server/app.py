@@ -12,8 +12,7 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddle
 from model.bundle import Bundle
 from precompute.store import Store
 from server.engine import Metadata
-from server.http import HttpPolicy, query_error_handler
-from server.queries import QueryError
+from server.http import HttpPolicy, errors, install_error_handlers
 from server.routes import meta, queries, rest, tiles, viewer
 from server.routes.viewer import STATIC
 from server.service import SoundscapeService
@@ -43,9 +42,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.service = service
     app.state.settings = settings
     for router in (tiles.router, queries.router, rest.router, meta.router, viewer.router):
-        app.include_router(router)
+        app.include_router(router, responses=errors(400, 422, 429))  # host check, validation, rate limit
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_exception_handler(QueryError, query_error_handler)
+    install_error_handlers(app)
     # Middleware: the last added runs first. Images and .npy are not gzipped (no gain, CPU cost).
     app.add_middleware(GZipMiddleware, minimum_size=500, compresslevel=6,
                        exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-npy"))

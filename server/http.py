@@ -1,52 +1,216 @@
-"""HTTP behaviour shared by the routes: conditional requests, Cache-Control on successes only,
-query errors as 4xx, and per-route Prometheus metrics."""
+"""HTTP behaviour shared by the routes: one error shape (`{"detail": "<one sentence>"}`) for
+every 4xx and 5xx, HEAD on every GET route, conditional requests, Cache-Control on successes
+only, and per-route Prometheus metrics."""
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Sequence
+from http import HTTPStatus
 
-from collections.abc import Callable
-
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
 from server.queries import QueryError
 
-
-def get_and_head(router: APIRouter, path: str, **kwargs) -> Callable:
-    """Register a route for GET and HEAD as two operations (distinct OpenAPI operation ids)."""
-    def register(endpoint: Callable) -> Callable:
-        router.get(path, **kwargs)(endpoint)
-        router.head(path, **kwargs)(endpoint)
-        return endpoint
-
-    return register
+# nginx's code for "client closed the request": counted in /metrics instead of a 500.
+CLIENT_CLOSED = 499
+SHOWN_INPUT_CHARS = 40  # an invalid value is quoted back up to this length
+OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 weak comparison of If-None-Match against our (strong) ETag."""
-    if not if_none_match:
-        return False
-    tags = [t.strip() for t in if_none_match.split(",")]
-    return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
+class ErrorBody(BaseModel):
+    """Every error answer (4xx and 5xx) has this shape."""
+
+    detail: str = Field(description="One sentence: what was wrong and how to fix it.",
+                        examples=["hour must be an integer in 0..23, not '25'"])
+
+
+ERROR_DESCRIPTIONS = {
+    400: "A Host header this server does not answer for (SOUNDSCAPE_ALLOWED_HOSTS), or a malformed request.",
+    404: "Not found: outside the tile matrix set, an unknown name or an unknown query id.",
+    413: "The upload is too large or the audio too long.",
+    415: "Not JSON, a form or audio (wav, flac, ogg, mp3).",
+    422: "Invalid parameters.",
+    429: "Too many requests from this client; retry after Retry-After seconds.",
+    503: "The query registry is unavailable; retry later.",
+}
+
+
+# OpenAPI `content` of a binary answer (an image, .npy) and of a text one (XML, Prometheus).
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+TEXT = {"schema": {"type": "string"}}
+
+
+def errors(*codes: int, notes: dict[int, str] | None = None) -> dict[int | str, dict]:
+    """OpenAPI `responses` for these error statuses (`notes` replaces a default description);
+    `document_errors` gives every error response the one error model."""
+    notes = notes or {}
+    return {code: {"description": notes.get(code, ERROR_DESCRIPTIONS[code])} for code in codes}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make app.openapi() document every 4xx and 5xx response of every route, whoever declared
+    it, as ErrorBody in application/json, in place of FastAPI's list-shaped 422 model (this
+    server never answers that shape)."""
+    generate = app.openapi
+    error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+
+    def openapi() -> dict:
+        document = generate()  # FastAPI caches it: the edit below runs once
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        if "ErrorBody" not in schemas:
+            for operation in (op for ops in document["paths"].values() for op in ops.values()):
+                for code, response in operation.get("responses", {}).items():
+                    if code[0] in "45":
+                        response["content"] = error_content
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(unused, None)
+            schemas["ErrorBody"] = ErrorBody.model_json_schema()
+        return document
+
+    app.openapi = openapi
+
+
+def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error shape. Python object reprs that library messages carry (libsndfile's
+    `<_io.BytesIO object at 0x...>`) become "the upload": a client reads no internals."""
+    detail = OBJECT_REPR.sub("the upload", detail)
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+# Conditional requests ----------------------------------------------------------------------
+
+def if_none_match_tags(request: Request) -> list[str]:
+    header = request.headers.get("if-none-match") or ""
+    return [t.strip() for t in header.split(",") if t.strip()]
 
 
 def cached_response(request: Request, etag: str, cache_control: str) -> Response | None:
-    """304 when the client holds this ETag already, else None."""
-    if etag_matches(request.headers.get("if-none-match"), etag):
+    """304 when the client holds this ETag already (RFC 9110 weak comparison), else None. The
+    caller checks that the resource exists before, since `*` matches any current representation."""
+    tags = if_none_match_tags(request)
+    if "*" in tags or any(t.removeprefix("W/") == etag for t in tags):
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache_control})
     return None
 
 
+# Error answers -----------------------------------------------------------------------------
+
+def _shown(value: object) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return repr(text if len(text) <= SHOWN_INPUT_CHARS else text[:SHOWN_INPUT_CHARS] + "...")
+
+
+def _documented_parameters(request: Request) -> dict[tuple[str, str], dict]:
+    """(in, name) -> JSON schema of the matched operation's parameters, from the app's own
+    OpenAPI document: the rule a sentence states is the rule the contract publishes."""
+    route = request.scope.get("route")
+    operation = request.app.openapi()["paths"].get(getattr(route, "path", ""), {}).get(request.method.lower(), {})
+    return {(p["in"], p["name"]): p.get("schema", {}) for p in operation.get("parameters", [])}
+
+
+def _rule(schema: dict, error_type: str) -> str:
+    """What a valid value is, in words, from a parameter's JSON schema."""
+    schema = next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
+    if "enum" in schema:
+        return "one of " + ", ".join(str(v) for v in schema["enum"])
+    kind = {"integer": "an integer", "number": "a finite number" if error_type == "finite_number" else "a number",
+            "string": "a text"}.get(schema.get("type", ""), "a valid value")
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    if lo is not None and hi is not None:
+        return f"{kind} in {lo:g}..{hi:g}"
+    if lo is not None or hi is not None:
+        return f"{kind} {'>=' if lo is not None else '<='} {lo if lo is not None else hi:g}"
+    if "maxLength" in schema:
+        return f"{kind} of at most {schema['maxLength']} characters"
+    return kind
+
+
+def validation_sentence(request: Request, problems: Sequence[dict]) -> str:
+    """One sentence naming each bad parameter (up to three) and its rule, e.g.
+    "hour must be an integer in 0..23, not '25'"."""
+    documented = _documented_parameters(request)
+    parts = []
+    for problem in problems[:3]:
+        loc = [str(p) for p in problem.get("loc", ())]
+        where, name = (loc[0], loc[-1]) if len(loc) > 1 else ("", loc[0] if loc else "the request")
+        if problem.get("type") == "missing":
+            parts.append(f"{name} is required")
+        elif (where, name) in documented:
+            rule = _rule(documented[where, name], problem.get("type", ""))
+            parts.append(f"{name} must be {rule}, not {_shown(problem.get('input'))}")
+        else:
+            message = str(problem.get("msg", "is invalid"))
+            parts.append(f"{name}: {message[:1].lower()}{message[1:]}")
+    return "; ".join(dict.fromkeys(parts))
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(422, validation_sentence(request, exc.errors()))
+
+
 async def query_error_handler(request: Request, exc: QueryError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    return error_response(exc.status, str(exc))
+
+
+async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """HTTPException with our sentence; Starlette's bare phrases (unknown path, wrong method)
+    become sentences that say what to do."""
+    detail, headers = str(exc.detail), dict(exc.headers or {})
+    if exc.status_code == 404 and detail == HTTPStatus.NOT_FOUND.phrase:
+        detail = f"nothing at {request.url.path}: GET /openapi.json lists the routes"
+    elif exc.status_code == 405:
+        allowed = [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
+        if "GET" in allowed and "HEAD" not in allowed:
+            allowed.append("HEAD")  # HttpPolicy serves HEAD with every GET route
+        headers["Allow"] = ", ".join(allowed)
+        if detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
+            detail = f"{request.url.path} answers {' and '.join(allowed) or 'no method'} only"
+    return error_response(exc.status_code, detail, headers)
+
+
+async def server_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The last resort (Starlette logs the traceback): still the one error shape, never cached."""
+    return error_response(500, "the server failed on this request; the error is logged",
+                          {"Cache-Control": "no-store"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error in the one shape (ours, FastAPI's validation, Starlette's 404/405, the rest),
+    and so documented."""
+    document_errors(app)
+    app.add_exception_handler(QueryError, query_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, server_error_handler)
+
+
+# Middleware --------------------------------------------------------------------------------
+
+def _route_label(scope: Scope, root_path: str) -> str:
+    """The route template that answered (a mount by its path, e.g. "/static"); "unmatched" for
+    paths no route knows."""
+    route = scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return route.path
+    if "endpoint" in scope:  # a mount: the router adds its path to root_path
+        return scope.get("root_path", "")[len(root_path):] or "/"
+    return "unmatched"
 
 
 class HttpPolicy:
-    """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): errors are never
-    cached (`Cache-Control: no-store` replaces whatever a route set) and every request is
-    counted per route template."""
+    """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware):
+    - HEAD is served by the GET route with the body dropped (same status and headers);
+    - errors are never cached (`Cache-Control: no-store` replaces whatever a route set);
+    - every request is counted per route template; a client that hung up before the answer
+      is counted as 499 (nobody received what the app answered then), not as a 400 or 500."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -56,7 +220,16 @@ class HttpPolicy:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        head, root_path = scope["method"] == "HEAD", scope.get("root_path", "")
+        inner = {**scope, "method": "GET"} if head else scope
+        status: int | None = None
+        hung_up = False
+
+        async def watch_receive() -> Message:
+            nonlocal hung_up
+            message = await receive()
+            hung_up = hung_up or (message["type"] == "http.disconnect" and status is None)
+            return message
 
         async def send_with_policy(message: Message) -> None:
             nonlocal status
@@ -65,12 +238,16 @@ class HttpPolicy:
                 if status >= 400:
                     headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
                     message = {**message, "headers": headers + [(b"cache-control", b"no-store")]}
+            elif message["type"] == "http.response.body" and head:
+                message = {**message, "body": b""}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_policy)
+            await self.app(inner, watch_receive, send_with_policy)
+        except ClientDisconnect:
+            hung_up = True  # nobody is left to answer
         finally:
-            route = scope.get("route")
-            name = getattr(route, "path", "unmatched")
-            metrics.REQUESTS.labels(name, scope["method"], str(status)).inc()
+            name = _route_label(inner, root_path)
+            counted = CLIENT_CLOSED if hung_up else status or 500
+            metrics.REQUESTS.labels(name, scope["method"], str(counted)).inc()
             metrics.LATENCY.labels(name).observe(time.perf_counter() - start)

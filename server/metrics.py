@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Per route template (a mount by its path, e.g. "/static"; "unmatched" = a path no route knows);
+# status 499 = the client hung up before the answer.
 REQUESTS = Counter("soundscape_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram("soundscape_request_seconds", "HTTP request latency", ["route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
@@ -15,4 +18,4 @@ REDIS_ERRORS = Counter("soundscape_redis_errors_total", "Redis operations that f
 
 def exposition() -> tuple[bytes, str]:
     """(body, content type) of the Prometheus text format."""
-    return generate_latest(), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE

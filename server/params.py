@@ -2,6 +2,7 @@
 their validation into engine types. Every bad value becomes a 422 with a sentence."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -16,6 +17,15 @@ TMS_IDS = ("WebMercatorQuad",)
 MAX_ZOOM = 24
 TILE_SIZES = (256, 512)
 DEFAULT_COLORMAPS = {"heatmap": "magma", "uncertainty": "viridis"}
+
+# A rescale keeps this many significant digits of its span (max - min): finer steps change no
+# colour of 255, and a rounded value names the tile, so a client cannot mint a new cache key with
+# every float. Bounds: scores are probabilities and S is small.
+RESCALE_DIGITS = 4
+RESCALE_LIMIT = 1000.0
+RESCALE_MIN_SPAN = 1e-6
+UNSUPPORTED = {"colormap": "pick a named colormap with colormap_name (GET /colormaps lists them)",
+               "expression": "a tile has one value per pixel, chosen with layer=heatmap or layer=uncertainty"}
 
 Layer = Literal["heatmap", "uncertainty"]
 TextParam = Annotated[str | None, Query(max_length=MAX_TEXT_LENGTH, description="Text query, e.g. birdsong.")]
@@ -43,6 +53,14 @@ class TileParams(QueryParams):
     colormap_name: Annotated[str | None, Query(max_length=64, description="A rio-tiler colormap name.")] = None
     rescale: Annotated[str | None, Query(max_length=64, description="min,max of the colour scale.")] = None
     tilesize: Annotated[int, Query(description="Tile size in pixels: 256 or 512.")] = 256
+    # TiTiler parameters this server does not take: refused (422), never silently ignored.
+    colormap: Annotated[str | None, Query(include_in_schema=False)] = None
+    expression: Annotated[str | None, Query(include_in_schema=False)] = None
+
+    def __post_init__(self) -> None:
+        for name, advice in UNSUPPORTED.items():
+            if getattr(self, name) is not None:
+                raise HTTPException(422, f"{name} is not supported: {advice}")
 
 
 def metadata(service: SoundscapeService, params: QueryParams) -> Metadata:
@@ -85,9 +103,13 @@ def parse_rescale(text: str | None, default: tuple[float, float]) -> tuple[float
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise HTTPException(422, f"rescale must be two numbers min,max, not {text!r}") from None
-    if not (abs(lo) < float("inf") and abs(hi) < float("inf") and lo < hi):
-        raise HTTPException(422, f"rescale needs finite min < max, got {text!r}")
-    return lo, hi
+    if not (-RESCALE_LIMIT <= lo < hi <= RESCALE_LIMIT):  # NaN fails every comparison
+        raise HTTPException(422, f"rescale needs finite min < max within -{RESCALE_LIMIT:g}..{RESCALE_LIMIT:g}, "
+                                 f"got {text!r}")
+    if hi - lo < RESCALE_MIN_SPAN:
+        raise HTTPException(422, f"rescale max - min must be at least {RESCALE_MIN_SPAN:g}, got {text!r}")
+    digits = RESCALE_DIGITS - 1 - math.floor(math.log10(hi - lo))
+    return round(lo, digits) + 0.0, round(hi, digits) + 0.0  # + 0.0: -0.0 names the same tile as 0.0
 
 
 def colormap(name: str | None, layer: str) -> str:

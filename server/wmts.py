@@ -4,7 +4,19 @@ Every URL is XML-escaped (an unescaped `&` in ResourceURL is what stopped QGIS r
 TiTiler's document, titiler#936)."""
 from __future__ import annotations
 
-from xml.sax.saxutils import escape, quoteattr
+import re
+from xml.sax import saxutils
+
+# Characters XML 1.0 cannot hold even escaped (control characters from a query text): dropped.
+NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def escape(text: str) -> str:
+    return saxutils.escape(NOT_XML.sub("", text))
+
+
+def quoteattr(text: str) -> str:
+    return saxutils.quoteattr(NOT_XML.sub("", text))
 
 # OGC WebMercatorQuad / GoogleMapsCompatible at 256 px: scale denominator of zoom 0.
 ZOOM0_SCALE = 559082264.0287178

@@ -10,13 +10,14 @@ from fastapi.responses import JSONResponse, Response
 
 from server import metrics, wmts
 from server.engine import CELLS_PER_TILE_LOG2
-from server.http import get_and_head
+from server.http import BINARY, TEXT, errors
 from server.params import TMS_IDS, TileParams, echo, tile_request
 from server.render import colormap_names, legend
 from server.routes.deps import ServiceDep, SettingsDep
 
 router = APIRouter(tags=["metadata"])
 ATTRIBUTION = "Imagery: NASA Blue Marble NG; model: soundscape-tiles"
+WMTS_RESPONSES = {200: {"content": {"application/xml": TEXT}}, **errors(404, 422, 503)}
 
 
 def _base(request: Request) -> str:
@@ -45,13 +46,15 @@ def _tilejson(request: Request, service: ServiceDep, settings: SettingsDep, tms:
     }, headers={"Cache-Control": settings.cache_control})
 
 
-@router.get("/tilejson.json", summary="TileJSON 3.0.0 of the XYZ tiles (echoes the query)")
+@router.get("/tilejson.json", responses=errors(404, 422, 503),
+            summary="TileJSON 3.0.0 of the XYZ tiles (echoes the query)")
 def tilejson(request: Request, service: ServiceDep, settings: SettingsDep,
              params: Annotated[TileParams, Depends()]) -> JSONResponse:
     return _tilejson(request, service, settings, "WebMercatorQuad", params, "/tiles/{z}/{x}/{y}.png")
 
 
-@router.get("/{tms}/tilejson.json", summary="TileJSON 3.0.0 of a tile matrix set's tiles")
+@router.get("/{tms}/tilejson.json", responses=errors(404, 422, 503),
+            summary="TileJSON 3.0.0 of a tile matrix set's tiles")
 def tms_tilejson(tms: str, request: Request, service: ServiceDep, settings: SettingsDep,
                  params: Annotated[TileParams, Depends()]) -> JSONResponse:
     return _tilejson(request, service, settings, tms, params, f"/tiles/{tms}/{{z}}/{{x}}/{{y}}.png")
@@ -74,14 +77,15 @@ def _wmts(request: Request, service: ServiceDep, settings: SettingsDep, params: 
     return Response(body, media_type="application/xml", headers={"Cache-Control": settings.cache_control})
 
 
-@router.get("/WMTSCapabilities.xml", response_class=Response,
+@router.get("/WMTSCapabilities.xml", response_class=Response, responses=WMTS_RESPONSES,
             summary="OGC WMTS 1.0.0 capabilities: heatmap (when q or query is given) and uncertainty")
 def wmts_capabilities(request: Request, service: ServiceDep, settings: SettingsDep,
                       params: Annotated[TileParams, Depends()]) -> Response:
     return _wmts(request, service, settings, params)
 
 
-@router.get("/{tms}/WMTSCapabilities.xml", response_class=Response, summary="WMTS capabilities of a TMS")
+@router.get("/{tms}/WMTSCapabilities.xml", response_class=Response, responses=WMTS_RESPONSES,
+            summary="WMTS capabilities of a TMS")
 def tms_wmts_capabilities(tms: str, request: Request, service: ServiceDep, settings: SettingsDep,
                           params: Annotated[TileParams, Depends()]) -> Response:
     if tms not in TMS_IDS:
@@ -94,9 +98,9 @@ def colormaps(settings: SettingsDep) -> JSONResponse:
     return JSONResponse({"colormaps": colormap_names()}, headers={"Cache-Control": settings.cache_control})
 
 
-@get_and_head(router, "/colormaps/{name}", response_class=Response,
-                  responses={200: {"content": {"image/png": {}}}, 404: {"description": "Unknown colormap."}},
-                  summary="Legend: the colormap as a PNG ramp (low values left, or bottom)")
+@router.get("/colormaps/{name}", response_class=Response,
+            responses={200: {"content": {"image/png": BINARY}}, **errors(404, 422, notes={404: "Unknown colormap."})},
+            summary="Legend: the colormap as a PNG ramp (low values left, or bottom)")
 def colormap_legend(name: str, settings: SettingsDep,
                     width: Annotated[int, Query(ge=1, le=2048)] = 256,
                     height: Annotated[int, Query(ge=1, le=2048)] = 16,
@@ -123,7 +127,8 @@ async def readyz(service: ServiceDep) -> JSONResponse:
                         headers={"Cache-Control": "no-store"})
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics of this worker")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {metrics.CONTENT_TYPE: TEXT}}},
+            summary="Prometheus metrics of this worker")
 def prometheus() -> Response:
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})

@@ -11,6 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from server.engine import QueryEmbedding
+from server.http import errors
 from server.queries import QueryRecord, is_query_id
 from server.routes.deps import ServiceDep, SettingsDep
 from server.service import SoundscapeService
@@ -71,9 +72,7 @@ async def describe(service: SoundscapeService, record: QueryRecord, embedding: Q
 
 
 @router.post("/queries", status_code=201, openapi_extra=REQUEST_BODY,
-             responses={413: {"description": "Upload too large or too long."},
-                        415: {"description": "Not JSON, a form or audio (wav, flac, ogg, mp3)."},
-                        422: {"description": "Empty or malformed query."}})
+             responses=errors(413, 415, 422, 503, notes={422: "Empty or malformed query."}))
 async def register(request: Request, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
     """Register a text (`{"text": ...}`) or an audio clip (multipart `file`, or a raw `audio/*`
     body); answers the query's id, the same for the same bundle and normalised input."""
@@ -101,7 +100,7 @@ async def register(request: Request, service: ServiceDep, settings: SettingsDep)
                         headers={"Location": f"{base}/queries/{record.id}"})
 
 
-@router.get("/queries/{query_id}", responses={404: {"description": "Unknown query id."}})
+@router.get("/queries/{query_id}", responses=errors(404, 422, 503, notes={404: "Unknown query id."}))
 async def get_query(query_id: str, request: Request, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
     """A registered query: its kind, normalised text or audio facts, uncertainty and links."""
     if not is_query_id(query_id):

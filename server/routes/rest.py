@@ -6,9 +6,10 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from model.tiles import demorton, quadkey, tile_bounds
+from server.http import errors
 from server.params import LevelParam, QueryParams, metadata, query_embedding
 from server.routes.deps import ServiceDep, SettingsDep
 
@@ -16,16 +17,22 @@ router = APIRouter(tags=["rest"])
 MAX_K = 1000
 
 
+class GeoJSONResponse(JSONResponse):
+    media_type = "application/geo+json"
+
+
 def _context(record, params: QueryParams) -> dict:
     return {"query": record.id, **({"text": record.text} if record.text else {}),
             **{k: getattr(params, k) for k in ("hour", "month", "source") if getattr(params, k) is not None}}
 
 
-@router.get("/search", responses={404: {"description": "Unknown query id."},
-                                  422: {"description": "Invalid parameters."}})
+@router.get("/search", response_class=Response,  # no JSON default: the 200 is GeoJSON, errors are JSON
+            responses={200: {"description": "A GeoJSON FeatureCollection of the best cells.",
+                             "content": {"application/geo+json": {"schema": {"type": "object"}}}},
+                       **errors(404, 422, 503, notes={404: "Unknown query id."})})
 async def search(service: ServiceDep, settings: SettingsDep, params: Annotated[QueryParams, Depends()],
                  k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells.")] = 10,
-                 level: LevelParam = None) -> JSONResponse:
+                 level: LevelParam = None) -> GeoJSONResponse:
     """Top-k cells for a query as GeoJSON, best first, with match probability and S under the
     requested metadata (exact: non-default metadata is rescored over the fused level)."""
     meta = metadata(service, params)
@@ -42,13 +49,13 @@ async def search(service: ServiceDep, settings: SettingsDep, params: Annotated[Q
                          "properties": {"rank": rank + 1, "score": float(scores[rank]),
                                         "uncertainty": float(cells.s[rank]), "level": chosen.level,
                                         "x": int(x), "y": int(y), "quadkey": quadkey(int(x), int(y), chosen.level)}})
-    return JSONResponse({"type": "FeatureCollection", "features": features,
-                         "properties": {**_context(record, params), "level": chosen.level, "k": k}},
-                        media_type="application/geo+json", headers={"Cache-Control": settings.cache_control})
+    return GeoJSONResponse({"type": "FeatureCollection", "features": features,
+                            "properties": {**_context(record, params), "level": chosen.level, "k": k}},
+                           headers={"Cache-Control": settings.cache_control})
 
 
-@router.get("/point/{lon},{lat}", responses={404: {"description": "No cell there, or unknown query id."},
-                                             422: {"description": "Invalid parameters."}})
+@router.get("/point/{lon},{lat}",
+            responses=errors(404, 422, 503, notes={404: "No cell there, or unknown query id."}))
 async def point(service: ServiceDep, settings: SettingsDep,
                 lon: Annotated[float, Path(ge=-180, le=180, allow_inf_nan=False)],
                 lat: Annotated[float, Path(ge=-90, le=90, allow_inf_nan=False)],

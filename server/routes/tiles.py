@@ -1,5 +1,5 @@
 """Map tiles: `/tiles/{z}/{x}/{y}.png` (WebMercatorQuad, 256 px) and
-`/tiles/{tms}/{z}/{x}/{y}[.png|.webp|.npy]`. GET and HEAD; the ETag is known before rendering."""
+`/tiles/{tms}/{z}/{x}/{y}[.png|.webp|.npy]`. The ETag is known before rendering."""
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -7,22 +7,23 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from server.http import cached_response, get_and_head
+from server.http import BINARY, cached_response, errors, if_none_match_tags
 from server.params import TileParams, tile_request
 from server.render import FORMATS
 from server.routes.deps import ServiceDep, SettingsDep
 
 router = APIRouter(tags=["tiles"])
 Format = Literal["png", "webp", "npy"]
-TILE_RESPONSES = {200: {"content": {m: {} for m in FORMATS.values()}, "description": "The tile."},
+TILE_RESPONSES = {200: {"content": {m: BINARY for m in FORMATS.values()}, "description": "The tile."},
                   304: {"description": "Not modified (If-None-Match)."},
-                  404: {"description": "Outside the tile matrix set, or unknown query id."},
-                  422: {"description": "Invalid parameters."}}
+                  **errors(404, 422, 503, notes={404: "Outside the tile matrix set, or unknown query id."})}
 
 
 async def _tile(request: Request, service: ServiceDep, settings: SettingsDep, tms: str, z: int, x: int,
                 y: int, fmt: str, params: TileParams) -> Response:
     tile, text = tile_request(service, tms, z, x, y, fmt, params)
+    if text is None and tile.query is not None and "*" in if_none_match_tags(request):
+        await service.resolve(tile.query)  # `*` matches only a tile that exists: 404 for an unknown id
     etag = service.etag(tile)
     not_modified = cached_response(request, etag, settings.cache_control)
     if not_modified is not None:
@@ -31,22 +32,22 @@ async def _tile(request: Request, service: ServiceDep, settings: SettingsDep, tm
     return Response(body, media_type=FORMATS[fmt], headers={"ETag": etag, "Cache-Control": settings.cache_control})
 
 
-@get_and_head(router, "/tiles/{z}/{x}/{y}.png", response_class=Response,
-                  responses=TILE_RESPONSES, summary="XYZ tile (WebMercatorQuad, PNG)")
+@router.get("/tiles/{z}/{x}/{y}.png", response_class=Response,
+            responses=TILE_RESPONSES, summary="XYZ tile (WebMercatorQuad, PNG)")
 async def xyz_tile(request: Request, service: ServiceDep, settings: SettingsDep, z: int, x: int, y: int,
                    params: Annotated[TileParams, Depends()]) -> Response:
     return await _tile(request, service, settings, "WebMercatorQuad", z, x, y, "png", params)
 
 
-@get_and_head(router, "/tiles/{tms}/{z}/{x}/{y}.{fmt}", response_class=Response,
-                  responses=TILE_RESPONSES, summary="Tile of a tile matrix set, as png, webp or npy")
+@router.get("/tiles/{tms}/{z}/{x}/{y}.{fmt}", response_class=Response,
+            responses=TILE_RESPONSES, summary="Tile of a tile matrix set, as png, webp or npy")
 async def tms_tile(request: Request, service: ServiceDep, settings: SettingsDep, tms: str, z: int, x: int,
                    y: int, fmt: Format, params: Annotated[TileParams, Depends()]) -> Response:
     return await _tile(request, service, settings, tms, z, x, y, fmt, params)
 
 
-@get_and_head(router, "/tiles/{tms}/{z}/{x}/{y}", response_class=Response,
-                  responses=TILE_RESPONSES, summary="Tile of a tile matrix set (PNG)")
+@router.get("/tiles/{tms}/{z}/{x}/{y}", response_class=Response,
+            responses=TILE_RESPONSES, summary="Tile of a tile matrix set (PNG)")
 async def tms_tile_png(request: Request, service: ServiceDep, settings: SettingsDep, tms: str, z: int, x: int,
                        y: int, params: Annotated[TileParams, Depends()]) -> Response:
     return await _tile(request, service, settings, tms, z, x, y, "png", params)

@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, Response
 
-from server.http import get_and_head
+from server.http import BINARY, errors
 from server.params import check_tile
 from server.routes.deps import ServiceDep, SettingsDep
 
@@ -20,9 +20,10 @@ async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-@get_and_head(router, "/basemap/{z}/{x}/{y}.webp", response_class=Response,
-                  responses={200: {"content": {"image/webp": {}}}, 404: {"description": "No imagery or off grid."}},
-                  summary="Basemap tile of the store's imagery (WebMercatorQuad, 256 px, WebP)")
+@router.get("/basemap/{z}/{x}/{y}.webp", response_class=Response,
+            responses={200: {"content": {"image/webp": BINARY}},
+                       **errors(404, 422, notes={404: "No imagery, or outside the grid."})},
+            summary="Basemap tile of the store's imagery (WebMercatorQuad, 256 px, WebP)")
 async def basemap(z: int, x: int, y: int, service: ServiceDep, settings: SettingsDep) -> Response:
     check_tile("WebMercatorQuad", z, x, y)
     body = await service.basemap(z, x, y)
