@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from precompute.imagery_ref import as_built, relative_to_store
 from precompute.index import FLAT_MAX
 from precompute.npy import GrowingNpy
 from precompute.store import (INDEX_FILE, MANIFEST_FILE, STORE_FORMAT_VERSION, StoreError, check_output,
@@ -34,7 +35,7 @@ def _check_shards(paths: list[Path], manifests: list[dict]) -> list[tuple[Path, 
     """The shards in shard order, after checking they are all the shards of one run."""
     first = manifests[0]
     for path, m in zip(paths, manifests):
-        differing = [k for k in SAME_RUN_KEYS if m.get(k) != first.get(k)]
+        differing = [k for k in SAME_RUN_KEYS if _run_key(m, k) != _run_key(first, k)]
         if differing:
             raise StoreError(f"{path} comes from another run than {paths[0]} (its {differing[0]} differs)")
     count = first["shard"][1]
@@ -42,6 +43,12 @@ def _check_shards(paths: list[Path], manifests: list[dict]) -> list[tuple[Path, 
     if indices != list(range(count)) or any(m["shard"][1] != count for m in manifests):
         raise StoreError(f"merge needs each of the {count} shards exactly once; got shards {indices}")
     return sorted(zip(paths, manifests), key=lambda pm: pm[1]["shard"][0])
+
+
+def _run_key(manifest: dict, key: str):
+    """A manifest's value for `key`, imagery by its absolute paths (each shard records them
+    relative to its own directory)."""
+    return as_built(manifest["imagery"]) if key == "imagery" and "imagery" in manifest else manifest.get(key)
 
 
 def _concatenate(parts: list[Path], out: Path) -> None:
@@ -73,6 +80,9 @@ def merge(shards: list[str | Path], out: str | Path, *, overwrite: bool = False,
                     _concatenate([level_dir(p, level) / name for p, _ in ordered], level_dir(work, level) / name)
             extra[level] = {"skipped": sum(m["levels"][key]["skipped"] for _, m in ordered), "fusions": meta["fusions"]}
         manifest = {k: first[k] for k in SAME_RUN_KEYS}
+        if "attribution" in first:  # the imagery's credit, as the first shard's run recorded it
+            manifest["attribution"] = first["attribution"]
+        manifest["imagery"] = relative_to_store(as_built(first["imagery"]), out)
         manifest["run"] = {"merged_shards": len(ordered)}
         return finish_store(work, out, manifest, extra, flat_max=flat_max)
     finally:

@@ -22,6 +22,7 @@ from model.metadata import encode_metadata
 from model.scoring import uncertainty
 from model.tiles import EARTH_CIRCUMFERENCE_M, tile_centres
 from precompute.device import bundle_device, default_batch
+from precompute.imagery_ref import relative_to_store
 from precompute.index import FLAT_MAX
 from precompute.plan import LevelPlan, Plan, PlanError, Region, intersect
 from precompute.store import FUSION_KINDS, LevelArrays, check_output, finish_store, fusion_sets
@@ -240,7 +241,7 @@ def _finish(work: PartialStore, out: Path, key: dict, plan: Plan, report: RunRep
     extra = {lv: {"skipped": report.skipped[lv],
                   "fusions": list(options.fusions) if lv in key["plan"]["fusion_levels"] else []}
              for lv in plan.levels}
-    manifest = {**key, "bounds": list(plan.bbox),
+    manifest = {**key, "imagery": relative_to_store(key["imagery"], out), "bounds": list(plan.bbox),
                 "run": {"device": report.device, "seconds": round(report.seconds, 1),
                         "cells_per_s": round(report.cells_per_s, 1), "resumed": report.resumed}}
     if options.shard[1] == 1:

@@ -3,6 +3,7 @@ engine. Routes call this; it never blocks the event loop (onnxruntime, numpy and
 in a bounded thread pool)."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from server.engine import CellEmbeddings, Engine, Metadata, QueryEmbedding
 from server.queries import QueryError, QueryRecord, decode_upload, text_record
 from server.settings import Settings
 
+log = logging.getLogger(__name__)
 QUERY_LRU_BYTES = 32 * 1024 * 1024
 
 
@@ -51,21 +53,30 @@ class TileRequest:
 
 def store_imagery(store: Store) -> str | list[str] | None:
     """The imagery the store was built from (manifest["imagery"]["path"]: a file, directory or
-    URL, or a list of them), each local path tried as recorded and against the store's parent
-    directories, since it may be relative to where precompute ran. None if any is missing."""
-    recorded = (store.manifest.get("imagery") or {}).get("path")
-    items = recorded if isinstance(recorded, list) else [recorded] if recorded else []
-    found = [_locate(str(item), store) for item in items]
+    URL, or a list of them), each local path tried relative to the store directory (how precompute
+    records it, so a store mounted elsewhere with its imagery still finds it), then as recorded
+    and against the store's parent directories (older stores: relative to where precompute ran),
+    then at the absolute path it was built from ("absolute"). None if any is missing."""
+    record = store.manifest.get("imagery") or {}
+    recorded = record.get("path")
+    items, hints = _as_list(recorded), _as_list(record.get("absolute"))
+    found = [_locate(str(item), store, hints[i] if i < len(hints) else None) for i, item in enumerate(items)]
     if not found or None in found:
         return None
     return found[0] if isinstance(recorded, str) else found
 
 
-def _locate(item: str, store: Store) -> str | None:
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value] if value else []
+
+
+def _locate(item: str, store: Store, hint: str | None = None) -> str | None:
     if is_remote(item):
         return item
     path = Path(item)
-    candidates = [path] if path.is_absolute() else [path, *(parent / path for parent in store.path.resolve().parents)]
+    candidates = [path] if path.is_absolute() else \
+        [store.path / path, path, *(parent / path for parent in store.path.resolve().parents)]
+    candidates += [Path(hint)] if hint else []
     return next((str(c.resolve()) for c in candidates if c.exists()), None)
 
 
@@ -90,10 +101,15 @@ class SoundscapeService:
         """The basemap raster (settings.imagery, else the store's own), None if unreadable."""
         path = self.settings.imagery or store_imagery(self.store)
         if path is None:
+            record = self.store.manifest.get("imagery") or {}
+            log.warning("no basemap: the store's imagery %s is not found relative to %s (built from %s); "
+                        "set SOUNDSCAPE_IMAGERY to the imagery file to serve /basemap",
+                        record.get("path"), self.store.path, record.get("absolute", "an unrecorded path"))
             return None
         try:
             return Imagery(path)
-        except ImageryError:
+        except ImageryError as exc:
+            log.warning("no basemap: %s; set SOUNDSCAPE_IMAGERY to a readable imagery file", exc)
             return None
 
     async def run(self, fn: Callable, *args):
