@@ -3,6 +3,7 @@ every 4xx and 5xx, HEAD on every GET route, conditional requests, Cache-Control 
 only, and per-route Prometheus metrics."""
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from server.queries import QueryError
 CLIENT_CLOSED = 499
 SHOWN_INPUT_CHARS = 40  # an invalid value is quoted back up to this length
 OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+MAX_DETAIL_CHARS = 300
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})  # others: "other"
 
 
 class ErrorBody(BaseModel):
@@ -81,8 +84,13 @@ def document_errors(app: FastAPI) -> None:
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The one error shape. Python object reprs that library messages carry (libsndfile's
     `<_io.BytesIO object at 0x...>`) become "the upload": a client reads no internals."""
-    detail = OBJECT_REPR.sub("the upload", detail)
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    return JSONResponse({"detail": _bounded(OBJECT_REPR.sub("the upload", detail))}, status_code=status,
+                        headers=headers)
+
+
+def _bounded(detail: str) -> str:
+    """A detail cut at MAX_DETAIL_CHARS: a value quoted back cannot make an answer large."""
+    return detail if len(detail) <= MAX_DETAIL_CHARS else detail[:MAX_DETAIL_CHARS - 3] + "..."
 
 
 # Conditional requests ----------------------------------------------------------------------
@@ -194,6 +202,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
 # Middleware --------------------------------------------------------------------------------
 
+def _as_error_shape(start: Message, body: bytes) -> tuple[Message, Message]:
+    """(start, body) messages of a non-JSON error answer rewritten as {"detail": ...}."""
+    headers = [(k, v) for k, v in start.get("headers", [])
+               if k.lower() not in (b"content-type", b"content-length", b"content-encoding")]
+    try:
+        phrase = HTTPStatus(start["status"]).phrase
+    except ValueError:
+        phrase = "the request failed"
+    encoded = dict(start.get("headers", [])).get(b"content-encoding")
+    detail = (body.decode("utf-8", "replace").strip() if not encoded else "") or phrase
+    content = json.dumps({"detail": _bounded(detail)}).encode()
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    return {**start, "headers": headers}, {"type": "http.response.body", "body": content}
+
+
 def _route_label(scope: Scope, root_path: str) -> str:
     """The route template that answered (a mount by its path, e.g. "/static"); "unmatched" for
     paths no route knows."""
@@ -208,7 +231,8 @@ def _route_label(scope: Scope, root_path: str) -> str:
 class HttpPolicy:
     """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware):
     - HEAD is served by the GET route with the body dropped (same status and headers);
-    - errors are never cached (`Cache-Control: no-store` replaces whatever a route set);
+    - errors are never cached (`Cache-Control: no-store` replaces whatever a route set), and
+      one that is not JSON yet (Starlette's plain-text CORS refusal) takes the one shape;
     - every request is counted per route template; a client that hung up before the answer
       is counted as 499 (nobody received what the app answered then), not as a 400 or 500."""
 
@@ -231,15 +255,28 @@ class HttpPolicy:
             hung_up = hung_up or (message["type"] == "http.disconnect" and status is None)
             return message
 
+        held: Message | None = None  # the start of an error answer that is not JSON, until its body
+        held_body: list[bytes] = []
+
         async def send_with_policy(message: Message) -> None:
-            nonlocal status
+            nonlocal status, held
             if message["type"] == "http.response.start":
                 status = message["status"]
                 if status >= 400:
                     headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
                     message = {**message, "headers": headers + [(b"cache-control", b"no-store")]}
-            elif message["type"] == "http.response.body" and head:
-                message = {**message, "body": b""}
+                    if not dict(headers).get(b"content-type", b"").startswith(b"application/json"):
+                        held = message
+                        return
+            elif message["type"] == "http.response.body":
+                if held is not None:
+                    held_body.append(message.get("body", b""))
+                    if message.get("more_body", False):
+                        return
+                    start, message = _as_error_shape(held, b"".join(held_body))
+                    await send(start)
+                if head:
+                    message = {**message, "body": b""}
             await send(message)
 
         try:
@@ -249,5 +286,6 @@ class HttpPolicy:
         finally:
             name = _route_label(inner, root_path)
             counted = CLIENT_CLOSED if hung_up else status or 500
-            metrics.REQUESTS.labels(name, scope["method"], str(counted)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"  # bounded labels
+            metrics.REQUESTS.labels(name, method, str(counted)).inc()
             metrics.LATENCY.labels(name).observe(time.perf_counter() - start)

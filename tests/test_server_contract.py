@@ -78,7 +78,7 @@ def one_sentence(response) -> str:
     body = response.json()
     assert set(body) == {"detail"} and isinstance(body["detail"], str), body
     detail = body["detail"]
-    assert detail and "\n" not in detail and len(detail) < 300, detail
+    assert detail and "\n" not in detail and len(detail) <= 300, detail
     assert not re.search(r"object at 0x|Traceback|\[\{|\{'type'", detail), detail
     return detail
 
@@ -114,6 +114,7 @@ ERRORS = [
     ("GET", TILE, {"q": "x", "rescale": "0.5,0.5000001"}, {}, 422, "at least 1e-06"),
     ("GET", TILE, {"q": "x", "rescale": "inf,1"}, {}, 422, "finite"),
     ("GET", TILE, {"query": "0" * 16}, {}, 404, "unknown query id"),
+    ("GET", TILE, {"query": "f" * 5000}, {}, 422, "query must be a 16-hex-digit id from POST /queries, not 'ffff"),
     ("GET", "/queries/ffffffffffffffff", {}, {}, 404, "unknown query id"),
     ("GET", "/no/such/route", {}, {}, 404, "nothing at /no/such/route: GET /openapi.json lists the routes"),
     ("GET", "/static/no-such-file.js", {}, {}, 404, "nothing at /static/no-such-file.js"),
@@ -180,6 +181,20 @@ def test_metrics_label_requests_by_route_template(client):
         assert requests_counted(*key) == count + 1, key
     text = client.get("/metrics").text
     assert 'soundscape_requests_total{method="GET",route="/static",status="200"}' in text
+    other = requests_counted("/", "other", 405)
+    assert client.request("FOOBAR", "/").status_code == 405
+    assert requests_counted("/", "other", 405) == other + 1, "a method outside HTTP's set makes no new label"
+
+
+def test_an_error_that_is_not_json_yet_takes_the_one_shape(bundle_path, store_path):
+    """Starlette's CORS middleware refuses a preflight in plain text; the client sees the shape."""
+    client = make_client(bundle_path, store_path, cors_origins=("https://maps.example.org",))
+    preflight = {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "GET"}
+    refused = client.options(TILE, headers=preflight)
+    assert refused.status_code == 400
+    assert "Disallowed CORS origin" in one_sentence(refused)
+    allowed = client.options(TILE, headers={**preflight, "Origin": "https://maps.example.org"})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://maps.example.org"
 
 
 def test_a_client_that_hangs_up_is_counted_as_499_not_500(client):
