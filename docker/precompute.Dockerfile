@@ -4,10 +4,12 @@
 #
 #   docker build -f docker/precompute.Dockerfile -t soundscape-tiles/precompute:dev .
 #   docker run --rm --gpus 1 -v "$PWD/data/demo:/data" soundscape-tiles/precompute:dev \
-#       --imagery /data/imagery/bluemarble.tif --bundle /data/bundle --levels 0-7 --out /data/store --overwrite
+#       --imagery /data/imagery/bluemarble.tif --bundle /data/bundle --levels 0-7 --fusion-levels 0-6 \
+#       --out /data/store --overwrite
 #
-# Ubuntu 24.04's python3 is 3.12, which satisfies requires-python >= 3.11. The runtime flavour of the
-# CUDA image carries the CUDA 12 libraries and cuDNN 9 that onnxruntime-gpu's CUDA provider loads.
+# Ubuntu 24.04's python3 is 3.12, which satisfies requires-python >= 3.11 (the locks are universal:
+# their markers pick the lines for 3.12). The runtime flavour of the CUDA image carries the CUDA 12
+# libraries and cuDNN 9 that onnxruntime-gpu's CUDA provider loads.
 
 # ---- base: CUDA runtime + the distribution's Python ----
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 AS base
@@ -34,19 +36,22 @@ RUN python3 -m venv /opt/venv
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# The context is filtered by .dockerignore (no .venv, data/, .git, tests/).
+# The locked core+gpu set (locks/gpu.txt, scripts/lock.sh makes it) holds the CPU wheels onnxruntime
+# and faiss-cpu of the core and the gpu extra's onnxruntime-gpu and faiss-gpu-cu12. Each pair installs
+# into the same import package (`onnxruntime`, `faiss`), so whichever was unpacked last owns the files,
+# and uninstalling the CPU wheel deletes files the GPU wheel shares. Hence: uninstall the CPU wheels,
+# then force-reinstall the GPU wheels (at their locked versions, without touching their dependencies)
+# so their files are whole.
 WORKDIR /src
-COPY . .
-# The core dependencies pull in the CPU wheels onnxruntime and faiss-cpu, and the gpu extra adds
-# onnxruntime-gpu and faiss-gpu-cu12. Each pair installs into the same import package (`onnxruntime`,
-# `faiss`), so whichever was unpacked last owns the files, and uninstalling the CPU wheel deletes files
-# the GPU wheel shares. Hence: uninstall the CPU wheels, then force-reinstall the GPU wheels (at the
-# exact versions the resolver chose, without touching their dependencies) so their files are whole.
-RUN pip install --no-cache-dir "./[gpu]" \
- && pip freeze | grep -E '^(onnxruntime-gpu|faiss-gpu-cu12)==' > /tmp/gpu-wheels.txt \
+COPY locks/gpu.txt locks/
+RUN pip install --no-cache-dir -r locks/gpu.txt \
+ && grep -E '^(onnxruntime-gpu|faiss-gpu-cu12)==' locks/gpu.txt > /tmp/gpu-wheels.txt \
  && test "$(wc -l < /tmp/gpu-wheels.txt)" -eq 2 \
  && pip uninstall --yes onnxruntime faiss-cpu \
- && pip install --no-cache-dir --no-deps --force-reinstall -r /tmp/gpu-wheels.txt \
+ && pip install --no-cache-dir --no-deps --force-reinstall -r /tmp/gpu-wheels.txt
+# The context is filtered by .dockerignore (no .venv, data/, .git, tests/).
+COPY . .
+RUN pip install --no-cache-dir --no-deps . \
  && python -c "import onnxruntime as ort; p = ort.get_available_providers(); assert 'CUDAExecutionProvider' in p, p" \
  && soundscape precompute --help >/dev/null
 

@@ -16,12 +16,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 RUN python -m venv /opt/venv
 
-# The context is filtered by .dockerignore (no .venv, data/, .git, tests/).
+# The locked core set first (locks/core.txt, scripts/lock.sh makes it): its layer is reused until the
+# lock changes. Every core dependency ships manylinux wheels (rasterio bundles GDAL, faiss-cpu its
+# OpenMP), so no compiler or -dev packages are needed.
 WORKDIR /src
+COPY locks/core.txt locks/
+RUN pip install --no-cache-dir -r locks/core.txt
+# The context is filtered by .dockerignore (no .venv, data/, .git, tests/). Non-editable and without
+# resolving again: the runtime stage gets only /opt/venv.
 COPY . .
-# Every core dependency ships manylinux wheels (rasterio bundles GDAL, faiss-cpu its OpenMP),
-# so no compiler or -dev packages are needed. Non-editable: the runtime stage gets only /opt/venv.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps . \
  && soundscape --help >/dev/null
 
 # ---- runtime ----

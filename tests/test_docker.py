@@ -1,20 +1,35 @@
 """The container setup validates without a Docker engine: docker-compose.yml passes `docker-compose
-config`, both Dockerfiles pass hadolint, and both images run as non-root from pinned base tags."""
+config`, every Dockerfile passes hadolint, and every image runs as non-root from pinned base tags.
+
+No container engine can run these images on the test machines (no registry for the base images),
+so the compose services' exact commands are checked against the `soundscape` parser, and the
+server's command runs here, with its compose environment, on a data folder laid out as the
+volumes mount it (built in one place, then served from another)."""
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
+
+from cli.demo import DEMO_FUSION_LEVELS, DEMO_LEVELS
+from cli.main import build_parser, main
+from precompute.plan import parse_levels
+from tests.conftest import FIXTURE_BBOX, free_port, wait_for_port
+from tests.server_support import LAND_TILE
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
-DOCKERFILES = [ROOT / "docker" / "server.Dockerfile", ROOT / "docker" / "precompute.Dockerfile"]
+DOCKERFILES = [ROOT / "docker" / name for name in ("server.Dockerfile", "precompute.Dockerfile", "demo.Dockerfile")]
 
 
 def _docker_compose() -> str:
@@ -56,8 +71,116 @@ def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return out
 
 
+def _exec_form(dockerfile: Path, keyword: str) -> list[str]:
+    """The JSON-array ENTRYPOINT or CMD of the image's last stage."""
+    found = [args for kw, args in _instructions(dockerfile) if kw == keyword]
+    return json.loads(found[-1]) if found else []
+
+
+def _service_argv(compose: dict, name: str, dockerfile: str) -> list[str]:
+    """What the service's container runs: the image's ENTRYPOINT, then compose's command (else CMD)."""
+    service = compose["services"][name]
+    image = ROOT / "docker" / dockerfile
+    return _exec_form(image, "ENTRYPOINT") + (service.get("command") or _exec_form(image, "CMD"))
+
+
+def _mounts(service: dict) -> dict[str, tuple[Path, bool]]:
+    """container path -> (host path, read-only) of the service's bind mounts."""
+    out = {}
+    for volume in service["volumes"]:
+        host, target, *mode = volume.split(":")
+        out[target] = (Path(host), mode == ["ro"])
+    return out
+
+
 def test_compose_services(compose: dict) -> None:
-    assert {"redis", "server", "precompute"} <= set(compose["services"])
+    assert {"redis", "server", "demo", "precompute"} <= set(compose["services"])
+
+
+def test_compose_builds_the_demo_before_serving(compose: dict) -> None:
+    """A fresh clone: `up` runs the one-shot demo build, and the server only once it succeeded."""
+    services = compose["services"]
+    assert services["server"]["depends_on"]["demo"]["condition"] == "service_completed_successfully"
+    assert services["demo"].get("restart", "no") == "no" and "profiles" not in services["demo"]
+    assert services["demo"]["build"]["dockerfile"] == "docker/demo.Dockerfile"
+    demo, server = _mounts(services["demo"]), _mounts(services["server"])
+    assert demo["/data"] == (server["/data"][0], False) and server["/data"][1]  # built rw, served ro
+    assert demo["/weights"] == (ROOT / "weights" / "demo", True)
+
+
+def test_compose_demo_command_is_the_demo_build(compose: dict) -> None:
+    argv = _service_argv(compose, "demo", "demo.Dockerfile")
+    assert argv[0] == "soundscape"
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "demo" and args.build_only
+    assert (args.data_dir, args.weights) == ("/data", "/weights")
+    host_weights = _mounts(compose["services"]["demo"])["/weights"][0]
+    assert (host_weights / "record.json").is_file() and (host_weights / "trained.safetensors").is_file()
+
+
+def test_compose_precompute_builds_what_the_demo_builds(compose: dict) -> None:
+    """The GPU job writes the store `soundscape demo` would: same levels, fusion levels and layout."""
+    args = build_parser().parse_args(_service_argv(compose, "precompute", "precompute.Dockerfile")[1:])
+    assert args.command == "precompute"
+    assert parse_levels(args.levels) == DEMO_LEVELS
+    assert parse_levels(args.fusion_levels) == list(DEMO_FUSION_LEVELS)
+    assert (args.imagery, args.bundle, args.out) == (["/data/imagery/bluemarble.tif"], "/data/bundle", "/data/store")
+
+
+def test_compose_data_folders_come_with_the_clone(compose: dict) -> None:
+    """Bind-mounted folders under ./data are in git, so the engine does not create them owned by root."""
+    tracked = subprocess.run(["git", "ls-files", "data"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    for name in ("demo", "server"):
+        for host, _ in _mounts(compose["services"][name]).values():
+            if ROOT / "data" in host.parents:
+                assert f"{host.relative_to(ROOT).as_posix()}/.gitkeep" in tracked, host
+    server = compose["services"]["server"]
+    assert server["environment"]["SOUNDSCAPE_DATA_DIR"] in _mounts(server)
+    assert not _mounts(server)[server["environment"]["SOUNDSCAPE_DATA_DIR"]][1]  # writable
+
+
+def test_server_container_command_serves_a_mounted_data_folder(compose, bundle_path, imagery_path, redis_server,
+                                                               tmp_path, monkeypatch) -> None:
+    """The server image's CMD with the compose environment, on ./data/demo built on the host and then
+    seen under another root (as the container's /data): tiles, the basemap and the Redis cache work."""
+    host = tmp_path / "clone"
+    (host / "data" / "demo" / "imagery").mkdir(parents=True)
+    shutil.copy(imagery_path, host / "data" / "demo" / "imagery" / "bluemarble.tif")
+    shutil.copytree(bundle_path, host / "data" / "demo" / "bundle")
+    monkeypatch.chdir(host)  # precompute as a user runs it on the host, with relative paths
+    assert main(["precompute", "--imagery", "data/demo/imagery/bluemarble.tif", "--bundle", "data/demo/bundle",
+                 "--levels", "3-4", "--bbox", ",".join(map(str, FIXTURE_BBOX)), "--out", "data/demo/store",
+                 "--quiet"]) == 0
+    mount = tmp_path / "container" / "data"
+    shutil.copytree(host / "data" / "demo", mount)
+    shutil.rmtree(host)  # nothing of the build-time paths is left
+    (tmp_path / "container" / "state").mkdir()
+    (tmp_path / "container" / "home").mkdir()
+
+    server = compose["services"]["server"]
+    port = free_port()
+    argv = _service_argv(compose, "server", "server.Dockerfile")
+    argv = [str(Path(sys.executable).parent / argv[0])] + [
+        str(mount) + a[len("/data"):] if a.startswith("/data") else a for a in argv[1:]]
+    argv[argv.index("--port") + 1] = str(port)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
+    env.update(server["environment"], SOUNDSCAPE_REDIS_URL=redis_server,
+               SOUNDSCAPE_DATA_DIR=str(tmp_path / "container" / "state"))
+    proc = subprocess.Popen(argv, cwd=tmp_path / "container" / "home", env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, timeout=60)
+        base = f"http://127.0.0.1:{port}"
+        z, x, y = LAND_TILE
+        with urllib.request.urlopen(f"{base}/basemap/{z}/{x}/{y}.webp", timeout=30) as response:
+            assert response.status == 200 and response.headers["content-type"] == "image/webp"
+        with urllib.request.urlopen(f"{base}/tiles/{z}/{x}/{y}.png?q=birdsong", timeout=60) as response:
+            assert response.status == 200 and response.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert redis.Redis.from_url(redis_server).dbsize() > 0, "the tile did not go through Redis"
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=20)[0]
+    assert "no basemap" not in output, output
 
 
 def test_compose_server_waits_for_redis(compose: dict) -> None:
