@@ -21,6 +21,12 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "demo"
 DEMO_LEVELS = list(range(0, 8))
 # Hourly and monthly fusions stored for the levels drawn on map tiles of zooms 0..2.
 DEMO_FUSION_LEVELS = tuple(range(0, 7))
+# Queries the demo model maps well (docs/demo-model.md's per-class table), recorded in its bundle
+# for `serve` to show.
+DEMO_EXAMPLES = ["birds singing at dawn", "waves crashing on the shore", "crickets chirping at night",
+                 "busy traffic in the street"]
+# The Blue Marble imagery's credit, recorded in the demo store for TileJSON and the viewer.
+DEMO_CREDIT, DEMO_LICENCE = "NASA Earth Observatory, Blue Marble Next Generation", "public domain"
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +53,7 @@ def bundle_path(data: Path, weights: Path) -> Path:
     from model.export import bundle_from_trained_parts
 
     print(f"assembling the demo bundle from {weights} and the packaged text and audio towers ...", flush=True)
-    bundle_from_trained_parts(weights, path)
+    bundle_from_trained_parts(weights, path, examples=DEMO_EXAMPLES)
     return path
 
 
@@ -71,7 +77,7 @@ def store_path(data: Path, imagery: Path, bundle: Path) -> Path:
     print(f"embedding levels {DEMO_LEVELS[0]}..{DEMO_LEVELS[-1]} of the world ...", flush=True)
     device = select_device(bundle)  # the GPU with fp16 graphs where there is one, else the CPU
     precompute(Imagery(imagery), open_bundle(bundle, device), DEMO_LEVELS, WORLD, path, overwrite=True,
-               fusion_levels=DEMO_FUSION_LEVELS, readers=device.readers)
+               fusion_levels=DEMO_FUSION_LEVELS, readers=device.readers, credit=DEMO_CREDIT, licence=DEMO_LICENCE)
     return path
 
 

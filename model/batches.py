@@ -68,8 +68,8 @@ class Examples(Dataset):
             except READ_ERRORS as exc:
                 where = exc.where if isinstance(exc, BadSample) else f"sample {i}"
                 skipped.append((i, where, exc.reason if isinstance(exc, BadSample) else str(exc)))
-        raise RuntimeError(f"{MAX_SUBSTITUTES} samples in a row from index {index} are unreadable; "
-                           f"last: {skipped[-1][1]}: {skipped[-1][2]}")
+        raise ValueError(f"{MAX_SUBSTITUTES} samples in a row from index {index} are unreadable, so the data "
+                         f"is mostly unusable; the last: {skipped[-1][1]}: {skipped[-1][2]}")
 
 
 class Collate:
@@ -154,6 +154,11 @@ class SkipLog:
             if where not in self.seen:
                 self.seen[where] = reason
                 log.warning("skipped unreadable sample %s: %s", where, reason)
+
+    @property
+    def files(self) -> int:
+        """How many distinct samples were unreadable (count: how many times one was skipped)."""
+        return len(self.seen)
 
     def records(self) -> list[tuple[str, str]]:
         return sorted(self.seen.items())

@@ -32,10 +32,15 @@ def load_config(path: str | Path) -> dict:
 
 
 def _run_config(path: str | Path):
+    """The run config of a file, its data paths made absolute against the file's folder."""
     import model.readers  # noqa: F401  (registers the csv, geosound and soundingearth readers)
+    from model.data import resolve_paths
     from model.train import RunConfig
 
-    return RunConfig.from_dict(load_config(path))
+    config = load_config(path)
+    if isinstance(config.get("data"), dict):
+        config["data"] = resolve_paths(config["data"], Path(path).resolve().parent)
+    return RunConfig.from_dict(config)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -48,7 +53,8 @@ def _train(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k != "gallery")
     print(f"run {out}: {result.last_step} steps{' (stopped early)' if result.stopped_early else ''}; "
           f"best validation at step {result.best_step}: {summary or 'none'}; "
-          f"{result.skipped} unreadable sample(s) skipped")
+          + (f"{result.skipped_files} unreadable sample(s) skipped ({result.skipped} substitution(s)), "
+             f"listed in {out / 'skipped.tsv'}" if result.skipped_files else "no unreadable samples"))
     return 0
 
 
@@ -65,6 +71,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     _print_table(report["results"], sys.stdout if args.out else sys.stderr)
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     if not args.out:
         sys.stdout.write(text)
     return 0
@@ -122,7 +130,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.weights:
         if args.trained_parts:
             raise ValueError("--weights already are trained parts; export them to a bundle without --trained-parts")
-        manifest = bundle_from_trained_parts(args.weights, args.out, name=args.name, metrics=metrics, fp16=args.fp16)
+        manifest = bundle_from_trained_parts(args.weights, args.out, name=args.name, metrics=metrics, fp16=args.fp16,
+                                             examples=args.example, progress=True)
         print(f"bundle {manifest['id']} written to {args.out}")
         return 0
     if args.checkpoint:
@@ -132,11 +141,12 @@ def _export(args: argparse.Namespace) -> int:
     name = args.name or name
     if args.trained_parts:
         record = save_trained_parts(model, args.out, calibration=calibration,
-                                    record={"name": name, "training": training, "metrics": metrics})
+                                    record={"name": name, "training": training, "metrics": metrics,
+                                            **({"examples": args.example} if args.example else {})})
         print(f"trained parts ({record['weights']['sha256'][:16]}) written to {args.out}")
         return 0
     manifest = export_bundle(model, args.out, calibration=calibration, training=training, metrics=metrics,
-                             name=name, fp16=args.fp16)
+                             name=name, fp16=args.fp16, examples=args.example, progress=True)
     print(f"bundle {manifest['id']} written to {args.out}")
     return 0
 
@@ -148,7 +158,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "train.eval_every steps and checkpointing into --out (last.pt, best.pt, metrics.csv, "
                     "config.yaml, skipped.tsv). Interrupted? Rerun with --resume: it continues exactly. "
                     "Several GPUs or processes: torchrun --nproc_per_node N -m cli.main train ... "
-                    "See docs/training.md.")
+                    "Data paths in the config are relative to the config file; the data is checked against "
+                    "the config before the first step. See docs/training.md, and docs/own-data.md for your "
+                    "own recordings (samples.csv).")
     p.add_argument("--config", required=True, help="YAML config (configs/tiny.yaml, configs/paper.yaml, ...)")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -187,6 +199,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--metrics", help="JSON from soundscape evaluate to record as the test metrics")
     p.add_argument("--fp16", action="store_true", help="also write float16 graphs (fp16/) for GPUs")
+    p.add_argument("--example", action="append", metavar="TEXT",
+                   help="a text query this model maps well, recorded in the manifest and shown by serve "
+                        "(repeat for several; default none)")
     p.add_argument("--name", help="bundle name in the manifest (default: the run or config name)")
     p.add_argument("--trained-parts", action="store_true",
                    help="write only the trained tensors (safetensors) and a record.json instead of a bundle: "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -158,12 +159,29 @@ class Splits:
 # A reader factory: (the config's `data:` section without `kind`, the model's image size) -> splits.
 ReaderFactory = Callable[[dict, int], Splits]
 READERS: dict[str, ReaderFactory] = {}
+# The keys of each reader's section that name files or folders (resolved against the config file).
+READER_PATHS: dict[str, tuple[str, ...]] = {}
+REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsi")
 
 
-def register_reader(kind: str, factory: ReaderFactory) -> None:
-    """Make `data: {kind: ...}` in a config use `factory`. Packages above model/ (corpus/)
-    register theirs from the composition root (cli/), so model/ never imports them."""
+def register_reader(kind: str, factory: ReaderFactory, paths: tuple[str, ...] = ()) -> None:
+    """Make `data: {kind: ...}` in a config use `factory`; `paths` are the section's keys that
+    name files or folders. Packages above model/ (corpus/) register theirs from the composition
+    root (cli/), so model/ never imports them."""
     READERS[kind] = factory
+    READER_PATHS[kind] = tuple(paths)
+
+
+def resolve_paths(section: dict, base: str | Path) -> dict:
+    """The `data:` section with every relative path of its reader made absolute against `base`
+    (the config file's folder), so a run, and the checkpoint that records the section, work from
+    any working directory."""
+    out = dict(section)
+    for key in READER_PATHS.get(section.get("kind"), ()):
+        value = out.get(key)
+        if isinstance(value, str) and value and not value.startswith(REMOTE_PREFIXES):
+            out[key] = str((Path(base) / Path(value).expanduser()).resolve())
+    return out
 
 
 def open_splits(section: dict | None, image_size: int) -> Splits:

@@ -182,12 +182,19 @@ def evaluate_checkpoint(path: str | Path, *, data: dict | None = None, split: st
     the checkpoint's own data section). With `cache_dir`, frozen towers' outputs come from (and
     go to) the frozen-tower cache there, as in training."""
     import model.readers  # noqa: F401  (registers the dataset readers)
-    from model.data import open_splits
-    from model.train import model_from_checkpoint, preprocessing  # model.train imports this module
+    from model.checks import small_split_warnings
+    from model.train import checked_splits, model_from_checkpoint, preprocessing  # model.train imports this module
 
     model, checkpoint = model_from_checkpoint(path)
+    skip = checkpoint["config"]["train"].get("skip_mismatched_rows", False)
+    try:
+        source = getattr(checked_splits(data or checkpoint["config"]["data"], model.cfg, skip=skip), split)
+    except FileNotFoundError as exc:
+        if data:
+            raise
+        raise FileNotFoundError(f"{exc} (the path is the one checkpoint {path} records; pass --config with a "
+                                "data: section that names where the data is now)") from None
     data = data or checkpoint["config"]["data"]
-    source = getattr(open_splits(data, model.cfg.image_size), split)
     prep, skips = preprocessing(model), SkipLog()
     cache = None
     if cache_dir is not None and model.frozen_towers() and max_samples is None:
@@ -197,6 +204,7 @@ def evaluate_checkpoint(path: str | Path, *, data: dict | None = None, split: st
                       max_samples=max_samples, skips=skips, progress=progress)
     probabilistic = checkpoint["config"]["train"]["loss"]["kind"] == "pcmepp"
     return {"checkpoint": str(path), "step": checkpoint["step"], "split": split,
-            "samples": int(len(emb.levels)), "skipped": skips.count, "data": data,
+            "samples": int(len(emb.levels)), "skipped": skips.files, "data": data,
+            "warnings": small_split_warnings({split: int(len(emb.levels))}),
             "score": "-CSD" if probabilistic else "cosine", "definition": DEFINITION,
             "results": metrics(emb, probabilistic, oracle_caption=oracle_caption)}

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from datetime import datetime, timezone
@@ -37,6 +38,10 @@ FP16_RELATIVE_TOLERANCE = 2e-2
 log = logging.getLogger(__name__)
 # The exporter warns once per graph that torchvision's custom ops are not registered; we use none.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+# The ONNX exporter's optimiser passes log ~30 INFO lines per graph (constant folding, unused
+# functions): kept out of `soundscape -v`, which is for this project's own progress.
+for _name in ("onnxscript", "onnx_ir", "torch.onnx"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 EXAMPLE_TEXTS = ["birdsong at dawn", "waves breaking on a rocky shore under a grey sky", "traffic"]
 
@@ -154,9 +159,11 @@ def _to_fp16(src: Path, dst: Path) -> None:
 
 def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float, float],
                   training: dict | None = None, metrics: dict | None = None,
-                  name: str = "soundscape", fp16: bool = False) -> dict:
+                  name: str = "soundscape", fp16: bool = False, examples: list[str] | None = None,
+                  progress: bool = False) -> dict:
     """Write the bundle directory `out` (atomically: built aside, then renamed into place) and
-    return its manifest."""
+    return its manifest. `examples`: text queries this model maps well (the server shows them);
+    progress: a line on stderr per graph exported and checked."""
     out = Path(out)
     cfg = model.cfg
     model = model.eval()
@@ -167,7 +174,9 @@ def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float,
                     "text": _TextGraph(model), "audio": _AudioGraph(model)}
         inputs = example_inputs(model)
         parity, parity16 = {}, {}
-        for graph, module in wrappers.items():
+        for number, (graph, module) in enumerate(wrappers.items(), start=1):
+            if progress:
+                print(f"export {number}/{len(wrappers)}: the {graph} graph ...", file=sys.stderr, flush=True)
             args = tuple(torch.from_numpy(inputs[graph][n]) for n in GRAPH_INPUTS[graph])
             with torch.no_grad():
                 expected = module.eval()(*args)
@@ -181,7 +190,11 @@ def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float,
                 parity16[graph] = _parity(tmp / FP16_GRAPH_FILES[graph], inputs[graph], expected, graph, relative=True)
                 if parity16[graph] > FP16_RELATIVE_TOLERANCE:
                     raise RuntimeError(f"{graph} fp16 graph: differs from torch by {parity16[graph]:.2e} (relative)")
-            log.info("exported %s graph (max diff %.1e)", graph, parity[graph])
+            if not progress:
+                log.info("exported %s graph (max diff %.1e)", graph, parity[graph])
+            else:
+                print(f"export {number}/{len(wrappers)}: the {graph} graph matches torch in onnxruntime "
+                      f"(max difference {parity[graph]:.1e})", file=sys.stderr, flush=True)
         text_spec = model.text.write_tokenizer(tmp / TOKENIZER_FILE)
         manifest = {
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -202,6 +215,7 @@ def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float,
             "model_config": cfg.to_dict(),
             "training": training or {},
             "metrics": metrics or {},
+            **({"examples": list(examples)} if examples else {}),
         }
         manifest = finalise_manifest(tmp, manifest)
         os.chmod(tmp, 0o755)
@@ -255,10 +269,12 @@ def load_trained_parts(folder: str | Path) -> tuple[PSMModel, dict]:
 
 
 def bundle_from_trained_parts(folder: str | Path, out: str | Path, *, name: str | None = None,
-                              metrics: dict | None = None, fp16: bool = False) -> dict:
+                              metrics: dict | None = None, fp16: bool = False, examples: list[str] | None = None,
+                              progress: bool = False) -> dict:
     """Export the bundle of a trained-parts folder (its record's name, calibration, training and
     metrics, and the weights' sha256, by which `soundscape demo` knows its bundle is current)."""
     model, record = load_trained_parts(folder)
     return export_bundle(model, out, calibration=(record["calibration"]["a"], record["calibration"]["b"]),
                          training={**record["training"], "weights_sha256": record["weights"]["sha256"]},
-                         metrics={**record["metrics"], **(metrics or {})}, name=name or record["name"], fp16=fp16)
+                         metrics={**record["metrics"], **(metrics or {})}, name=name or record["name"], fp16=fp16,
+                         examples=examples or record.get("examples"), progress=progress)

@@ -24,7 +24,8 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.mosaic import mosaic_reader
 
-from model.tiles import ground_sample_distance, mercator_pixel_size, tile_bounds, tile_centres
+from model.tiles import (EARTH_CIRCUMFERENCE_M, ground_sample_distance, mercator_pixel_size, tile_bounds,
+                         tile_centres)
 
 # rio-tiler clips latitudes to the mercator limit for world rasters and warns each time; expected.
 warnings.filterwarnings("ignore", message="Adjusting dataset latitudes", category=UserWarning)
@@ -108,6 +109,15 @@ def _resolution_m(reader: Reader) -> float:
     return min(s for s in steps if s > 0)
 
 
+def mercator_area(bbox: tuple[float, ...]) -> float:
+    """Web-mercator square metres of a (west, south, east, north) box in degrees."""
+    def y(lat: float) -> float:
+        lat = max(-MERCATOR_LAT_LIMIT, min(MERCATOR_LAT_LIMIT, lat))
+        return math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) * EARTH_CIRCUMFERENCE_M / (2 * math.pi)
+
+    return (bbox[2] - bbox[0]) / 360 * EARTH_CIRCUMFERENCE_M * (y(bbox[3]) - y(bbox[1]))
+
+
 def _intersects(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
@@ -173,13 +183,27 @@ class Imagery:
             level += 1
         return level
 
+    def coarsest_level(self) -> int:
+        """The coarsest level of which one cell can be at least MIN_VALID_FRACTION covered by the
+        imagery's footprint (coarser cells never have imagery)."""
+        area, level = mercator_area(self.bounds), 0
+        while level < 30 and area < MIN_VALID_FRACTION * (EARTH_CIRCUMFERENCE_M / (1 << level)) ** 2:
+            level += 1
+        return level
+
+    def level_range(self, size: int, max_upsample: float) -> tuple[int, int]:
+        """(coarsest, finest) levels whose `size`-pixel cells this imagery can fill: at least half
+        covered, and no source pixel enlarged more than max_upsample times."""
+        return self.coarsest_level(), self.max_level(size, max_upsample)
+
     def _read(self, path: str, x: int, y: int, z: int, size: int) -> ImageData:
         kwargs = {"nodata": self.nodata} if self.nodata is not None else {}
         return self._reader(path).tile(x, y, z, tilesize=size, indexes=(1, 2, 3),
                                        resampling_method="bilinear", reproject_method="bilinear", **kwargs)
 
-    def cell(self, z: int, x: int, y: int, size: int) -> CellImage | None:
-        """The cell's pixels at `size` x `size`, or None when it has no imagery there."""
+    def cell(self, z: int, x: int, y: int, size: int, min_valid: float = MIN_VALID_FRACTION) -> CellImage | None:
+        """The cell's pixels at `size` x `size`, or None when less than `min_valid` of it has
+        imagery (the model's cells need half; a basemap draws whatever part there is: 0)."""
         box = tile_bounds(z, x, y)
         paths = [a.path for a in self.assets if _intersects(a.bounds, box)]
         if not paths:
@@ -194,7 +218,7 @@ class Imagery:
         except Exception as exc:  # a corrupt block or a lost connection: say which cell
             raise ImageryError(f"cannot read cell {z}/{x}/{y} of imagery {self.path!r}: {exc}") from exc
         valid = img.mask > 0
-        if valid.mean() < MIN_VALID_FRACTION:
+        if not valid.any() or valid.mean() < min_valid:
             return None
         rgb = np.clip(img.data, 0, 255).astype(np.uint8).transpose(1, 2, 0)
         rgb = np.where(valid[..., None], rgb, 0).astype(np.uint8)

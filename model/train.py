@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model.batches import Collate, Examples, GlobalBatches, SkipLog, loader, to_tensors
+from model.checks import check_vocabularies, small_split_warnings
 from model.data import READERS, Preprocessing, Splits, open_splits
 from model.distributed import Dist, barrier, broadcast_flag, device_for, gather, init_distributed, shutdown
 from model.evaluate import embed_split, metrics
@@ -63,6 +64,9 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes
     threads: int | None = None  # torch CPU threads (None: torch's default); 1 suits small models on shared CPUs
     cache_frozen: bool = True  # run frozen towers once per split (model.frozen_cache)
+    # Leave out samples whose source or caption source is not in the model's vocabulary (model.checks);
+    # false stops at start, naming them.
+    skip_mismatched_rows: bool = False
     eval_every: int = 100  # validation R@10% every N steps (0: only at the end)
     eval_samples: int | None = None  # validate on the first N validation samples
     eval_batch_size: int = 128
@@ -245,7 +249,8 @@ class RunResult:
     best_step: int | None
     best_metrics: dict | None
     stopped_early: bool
-    skipped: int
+    skipped: int  # times an unreadable sample was replaced
+    skipped_files: int = 0  # distinct unreadable samples (skipped.tsv)
 
 
 class Run:
@@ -258,10 +263,14 @@ class Run:
         checkpoint = _read_resume_checkpoint(run_dir, config) if resume else None
         if checkpoint is None and (run_dir / "last.pt").exists():
             raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        self.splits: Splits = checked_splits(config.data, config.model, skip=self.cfg.skip_mismatched_rows)
+        if self.dist.is_main:
+            eval_n = len(self.splits.val) if self.cfg.eval_samples is None else min(self.cfg.eval_samples, len(self.splits.val))
+            for warning in small_split_warnings({"validation": eval_n, "test": len(self.splits.test)}):
+                log.warning(warning)
         torch.manual_seed(self.cfg.seed)
         self.model = PSMModel(config.model, pretrained=checkpoint is None).to(self.device)
         self.prep = preprocessing(self.model)
-        self.splits: Splits = open_splits(config.data, config.model.image_size)
         self.skips = SkipLog(checkpoint["skipped"] if checkpoint else None)
         self.caches = {name: self._cache(name) for name in ("train", "val")}
         self.opt = Optimisation(self.model, self.cfg, self.dist)
@@ -325,6 +334,12 @@ def _read_resume_checkpoint(run_dir: Path, config: RunConfig) -> dict | None:
     # A changed model section is checked where it matters: loading the weights lists every key
     # that no longer fits (model.nn.weights.load_strict).
     return checkpoint
+
+
+def checked_splits(data: dict, model: ModelConfig, *, skip: bool) -> Splits:
+    """The splits of a `data:` section, checked against the model's vocabularies (model.checks)."""
+    vocabularies = {"source": list(model.sources), "caption_source": list(model.caption_sources)}
+    return check_vocabularies(open_splits(data, model.image_size), vocabularies, skip=skip)
 
 
 def preprocessing(model: PSMModel) -> Preprocessing:
@@ -398,7 +413,7 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, stop_after: int | None,
             if d.is_main and (run.step % cfg.checkpoint_every == 0 or run.step == end or stopped):
                 run.checkpoint("last.pt")
         bar.close()
-        return RunResult(run_dir, run.step, run.best_step, run.best, stopped, run.skips.count)
+        return RunResult(run_dir, run.step, run.best_step, run.best, stopped, run.skips.count, run.skips.files)
     finally:
         shutdown(d)
 

@@ -24,7 +24,8 @@ def _options(args: argparse.Namespace, plan_levels: list[int], readers: int) -> 
     return RunOptions(batch=args.batch_size, readers=readers,
                       shard=parse_shard(args.shard) if args.shard else (0, 1),
                       fusion_levels=tuple(lv for lv in fusion_levels if lv in plan_levels), fusions=fusions,
-                      index_flat_max=args.index_flat_max, max_upsample=args.max_upsample)
+                      index_flat_max=args.index_flat_max, max_upsample=args.max_upsample,
+                      credit=args.credit, licence=args.licence)
 
 
 def _precompute(args: argparse.Namespace) -> int:
@@ -67,6 +68,7 @@ def _info(args: argparse.Namespace) -> int:
     m = store.manifest
     print(f"store {store.id} at {store.path} (format {m['format_version']}, created {m.get('created')})")
     print(f"bundle {store.bundle_id}; imagery {m['imagery'].get('path')}; bounds {m['bounds']}")
+    print(f"attribution: {store.attribution}")
     plan = m.get("plan", {})
     print(f"plan: levels {plan.get('levels')}, land only {plan.get('land_only')}, region {plan.get('region')}")
     if "shard" in m:
@@ -122,6 +124,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="refuse levels whose cells would enlarge a source pixel more than this (default 8)")
     p.add_argument("--index-flat-max", type=int, default=FLAT_MAX,
                    help=f"levels with more cells get an IVF index, tuned to recall@10 >= 0.95 (default {FLAT_MAX:,})")
+    p.add_argument("--credit", help="who made the imagery, shown as the served map's attribution "
+                                    "(e.g. 'NASA Earth Observatory'; default: none, the model only)")
+    p.add_argument("--licence", help="the imagery's licence, shown with the credit (e.g. 'CC BY 4.0')")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

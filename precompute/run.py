@@ -4,7 +4,6 @@ under default metadata (location only) and any precomputed metadata sets, and st
 to the store being written. A killed run resumes where it stopped (precompute/writer.py)."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections import deque
@@ -17,10 +16,10 @@ import numpy as np
 from tqdm import tqdm
 
 from model.bundle import Bundle
-from model.imagery import MIN_VALID_FRACTION, CellImage, Imagery
+from model.imagery import CellImage, Imagery
 from model.metadata import encode_metadata
 from model.scoring import uncertainty
-from model.tiles import EARTH_CIRCUMFERENCE_M, tile_centres
+from model.tiles import tile_centres
 from precompute.device import bundle_device, default_batch
 from precompute.imagery_ref import relative_to_store
 from precompute.index import FLAT_MAX
@@ -44,6 +43,8 @@ class RunOptions:
     fusions: tuple[str, ...] = ("hour", "month")  # their kinds (store.FUSION_KINDS)
     index_flat_max: int = FLAT_MAX  # levels with more cells get an IVF index
     max_upsample: float = 8.0  # finest level: a source pixel spans at most this many cell pixels
+    credit: str | None = None  # who made the imagery, for the map's attribution (manifest `attribution`)
+    licence: str | None = None  # the imagery's licence
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.fusions) - set(FUSION_KINDS))
@@ -127,28 +128,29 @@ def read_ahead(batches: Iterable[Batch], imagery: Imagery, level: int, size: int
         yield head, [cell for f in futures for cell in f.result()]
 
 
-def _mercator_area(bbox: tuple[float, ...]) -> float:
-    def y(lat: float) -> float:
-        lat = max(-85.0511, min(85.0511, lat))
-        return math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) * EARTH_CIRCUMFERENCE_M / (2 * math.pi)
-
-    return (bbox[2] - bbox[0]) / 360 * EARTH_CIRCUMFERENCE_M * (y(bbox[3]) - y(bbox[1]))
-
-
 def check_levels(imagery: Imagery, plan: Plan, size: int, max_upsample: float) -> None:
-    """PlanError when a level is finer than the imagery can honestly fill (upsampled beyond
-    max_upsample) or coarser than its footprint (no cell could be half covered)."""
-    finest = imagery.max_level(size, max_upsample)
-    for level in plan.levels:
-        if level > finest:
-            raise PlanError(
-                f"imagery {imagery.path} has {imagery.resolution_m:.0f} m pixels, so level {level} cells of "
-                f"{size} px would upsample it {imagery.upsampling(level, size):.0f}x (the limit is "
-                f"{max_upsample:g}x, --max-upsample); use levels up to {finest}")
-        cell_area = (EARTH_CIRCUMFERENCE_M / (1 << level)) ** 2
-        if _mercator_area(imagery.bounds) < MIN_VALID_FRACTION * cell_area:
-            raise PlanError(f"the imagery covers too little of any level {level} cell to fill half of it; "
-                            "use finer levels")
+    """PlanError naming the allowed range when a level is finer than the imagery can honestly fill
+    (upsampled beyond max_upsample) or coarser than its footprint (no cell could be half covered)."""
+    coarsest, finest = imagery.level_range(size, max_upsample)
+    finer = [lv for lv in plan.levels if lv > finest]
+    coarser = [lv for lv in plan.levels if lv < coarsest]
+    if not (finer or coarser):
+        return
+    reasons = []
+    if coarser:
+        reasons.append(f"level(s) {_listed(coarser)} have cells too large for the imagery's footprint to fill "
+                       f"half of one")
+    if finer:
+        reasons.append(f"level(s) {_listed(finer)} would enlarge its {imagery.resolution_m:.0f} m pixels up to "
+                       f"{imagery.upsampling(max(finer), size):.0f}x in {size} px cells (the limit is "
+                       f"{max_upsample:g}x, --max-upsample)")
+    allowed = f"use levels {coarsest}-{finest}" if coarsest <= finest else \
+        f"no level fits (the footprint needs level {coarsest} or finer, the resolution {finest} or coarser)"
+    raise PlanError(f"imagery {imagery.path}: {' and '.join(reasons)}; {allowed}")
+
+
+def _listed(levels: list[int]) -> str:
+    return ", ".join(str(lv) for lv in levels)
 
 
 def make_plan(imagery: Imagery, levels: list[int], bbox: tuple[float, float, float, float], *,
@@ -243,12 +245,19 @@ def _finish(work: PartialStore, out: Path, key: dict, plan: Plan, report: RunRep
              for lv in plan.levels}
     manifest = {**key, "imagery": relative_to_store(key["imagery"], out), "bounds": list(plan.bbox),
                 "run": {"device": report.device, "seconds": round(report.seconds, 1),
-                        "cells_per_s": round(report.cells_per_s, 1), "resumed": report.resumed}}
+                        "cells_per_s": round(report.cells_per_s, 1), "resumed": report.resumed},
+                **attribution(options.credit, options.licence)}
     if options.shard[1] == 1:
         del manifest["shard"]
     manifest = finish_store(work.dir, out, manifest, extra, flat_max=options.index_flat_max)
     work.progress.unlink(missing_ok=True)
     return manifest
+
+
+def attribution(credit: str | None, licence: str | None) -> dict:
+    """The manifest's `attribution` entry (none when neither is given)."""
+    given = {k: v for k, v in (("credit", credit), ("licence", licence)) if v}
+    return {"attribution": given} if given else {}
 
 
 def run(imagery: Imagery, bundle: Bundle, levels: list[int], bbox: tuple[float, float, float, float],

@@ -219,6 +219,16 @@ class Store:
         self.minlevel, self.maxlevel = min(self.levels), max(self.levels)
         self.bounds = tuple(self.manifest["bounds"])
 
+    @property
+    def attribution(self) -> str:
+        """The map's credit line: the imagery's credit and licence as precompute recorded them
+        (--credit, --licence; manifest `attribution`), then the model. A store written without
+        them credits the model only: it cannot know whose imagery it embedded."""
+        given = self.manifest.get("attribution") or {}
+        credit, licence = given.get("credit"), given.get("licence")
+        imagery = f"Imagery: {credit}" + (f" ({licence})" if licence else "") + "; " if credit else ""
+        return f"{imagery}model: soundscape-tiles"
+
     def check_bundle(self, bundle_id: str) -> None:
         if bundle_id != self.bundle_id:
             raise StoreError(f"store {self.path} was built by bundle {self.bundle_id}, not {bundle_id}; "

@@ -5,6 +5,7 @@ import argparse
 import errno
 import os
 import socket
+from urllib.parse import quote
 
 import uvicorn
 
@@ -31,7 +32,9 @@ def check_port(host: str, port: int) -> None:
 def serve(bundle: str, store: str, host: str, port: int, workers: int = 1,
           redis_url: str | None = None) -> None:
     """Check the pair, then run uvicorn; workers share nothing but Redis."""
-    Store(store).check_bundle(Bundle(bundle).id)
+    loaded = Bundle(bundle)
+    Store(store).check_bundle(loaded.id)
+    examples = loaded.manifest.get("examples") or []
     check_port(host, port)
     os.environ["SOUNDSCAPE_BUNDLE"] = str(bundle)
     os.environ["SOUNDSCAPE_STORE"] = str(store)
@@ -43,13 +46,24 @@ def serve(bundle: str, store: str, host: str, port: int, workers: int = 1,
         if not redis_url:
             print("note: without --redis-url each worker has its own cache, and a query registered "
                   "with POST /queries is known only to the worker that took it", flush=True)
-    base = f"http://{host}:{port}"
-    print(f"viewer:            {base}/\n"
-          f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q=birdsong&hour=6\n"
-          f"try in a browser:  {base}/tiles/1/1/0.png?q=waves%20on%20the%20open%20ocean\n"
-          f"TileJSON:          {base}/tilejson.json?q=birdsong", flush=True)
+    print(banner(f"http://{host}:{port}", examples), flush=True)
     uvicorn.run("server.asgi:create_app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level="warning")
+
+
+def banner(base: str, examples: list[str]) -> str:
+    """Where to look first: the viewer, and tile URLs for the bundle's own example queries (its
+    manifest's `examples`; without them, the query-free uncertainty layer)."""
+    lines = [f"viewer:            {base}/"]
+    if examples:
+        q = quote(examples[0])
+        lines += [f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q={q}",
+                  f"TileJSON:          {base}/tilejson.json?q={q}",
+                  "example queries:   " + "; ".join(examples)]
+    else:
+        lines += [f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q=YOUR+QUERY (or layer=uncertainty)",
+                  f"TileJSON:          {base}/tilejson.json?layer=uncertainty"]
+    return "\n".join(lines)
 
 
 def apply_http_options(args: argparse.Namespace) -> None:

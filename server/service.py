@@ -207,7 +207,7 @@ class SoundscapeService:
             return None
 
         def draw() -> bytes:
-            cell = self.imagery.cell(z, x, y, 256)
+            cell = self.imagery.cell(z, x, y, 256, min_valid=0.0)  # draw whatever part has imagery
             if cell is None:
                 return render.encode_rgba_webp(np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256), bool))
             return render.encode_rgba_webp(cell.rgb, cell.valid)

@@ -84,7 +84,7 @@ def test_csv_folder_reads_rows_and_skips_malformed_ones_with_their_line(csv_fold
     csv_path = csv_folder / "samples.csv"
     for line in (27, 28, 29, 30):  # the four malformed rows after the header and 25 good ones
         assert f"{csv_path}:{line}" in caplog.text
-    assert "4 malformed row(s) skipped, 25 kept" in caplog.text
+    assert "4 row(s) skipped, 25 kept" in caplog.text
     assert len(splits.train) + len(splits.val) + len(splits.test) == 25
     assert len(splits.val) and len(splits.test)
     sample = next(splits.train[i] for i in range(len(splits.train)) if splits.train.rows[i].key != "broken-audio")

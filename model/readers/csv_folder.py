@@ -3,13 +3,18 @@
 optional caption and either an image file with its GSD or nothing, in which case the cell
 containing the recording is cut from an imagery source by the same reader precompute uses.
 
-Malformed rows are skipped at start, each logged with its file and line; unreadable audio or
-image files are reported when read (model.data.BadSample) and skipped by training."""
+Everything that can be checked without decoding is checked at start: malformed rows and rows
+whose audio or image file is missing are skipped with one summary (counts per reason, the first
+lines of each), and `level`, when not given, is derived from the imagery's resolution. Audio or
+image files that exist but cannot be decoded are reported when read (model.data.BadSample) and
+skipped by training."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +25,14 @@ from model.audio import AudioDecodeError, decode_audio
 from model.data import BadSample, Sample, Splits, geographic_split, register_reader
 from model.nn.config import from_section
 from model.readers.common import decode_image, fit_image, parse_when
+from model.tiles import EARTH_CIRCUMFERENCE_M
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("lat", "lon", "audio")
+# The finest level a row may ask for enlarges the imagery's pixels at most this much (as precompute).
+MAX_UPSAMPLE = 8.0
+# A map tile of zoom z draws cells of level z + 4 (server.engine.CELLS_PER_TILE_LOG2).
+CELLS_PER_TILE_LOG2 = 4
 
 
 @dataclass
@@ -40,7 +50,9 @@ class CsvFolderConfig:
     root: str  # the folder; paths in the CSV are relative to it
     csv: str = "samples.csv"
     imagery: str | None = None  # a raster (GeoTIFF/COG) to cut cells from for rows without `image`
-    level: int | None = None  # web-mercator level of those cells, when a row has no `level`
+    # Web-mercator level of those cells, when a row has no `level`; None: derived from the imagery
+    # (default_level).
+    level: int | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
 
 
@@ -83,18 +95,20 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig) -> Row:
         raise ValueError("an image needs a positive gsd (metres per pixel)")
     level = int(row["level"]) if _optional(row, "level") else cfg.level
     if not image and (cfg.imagery is None or level is None):
-        raise ValueError("no image, and no data.imagery with a level to cut one from")
+        raise ValueError("no image file, and no data.imagery to cut its cell from")
     return Row(line, _optional(row, "key") or f"row{line}", lat, lon, when.month, when.hour,
                _optional(row, "source"), row["audio"].strip(), _optional(row, "caption"),
                _optional(row, "caption_source"), image, gsd, level)
 
 
 def read_rows(cfg: CsvFolderConfig) -> list[Row]:
-    """The well-formed rows of the CSV; each malformed one logged with its line and counted."""
+    """The usable rows of the CSV. Malformed rows and rows whose files are missing are skipped
+    and summarised in one warning (counts per reason, the first lines of each)."""
     path = Path(cfg.root) / cfg.csv
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
-    rows, bad = [], 0
+    rows: list[Row] = []
+    skipped: dict[str, list[int]] = {}
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
@@ -102,13 +116,38 @@ def read_rows(cfg: CsvFolderConfig) -> list[Row]:
             raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}")
         for line, row in enumerate(reader, start=2):
             try:
-                rows.append(parse_row(row, line, cfg))
+                parsed = parse_row(row, line, cfg)
+                for name in (parsed.audio, parsed.image):
+                    if name and not (Path(cfg.root) / name).is_file():
+                        raise ValueError(f"file {name!r} does not exist")
+                rows.append(parsed)
             except (ValueError, TypeError, KeyError) as exc:
-                bad += 1
-                log.warning("skipped malformed row %s:%d: %s", path, line, exc)
-    if bad:
-        log.warning("%s: %d malformed row(s) skipped, %d kept", path, bad, len(rows))
+                skipped.setdefault(_reason(exc), []).append(line)
+    if skipped and not rows:
+        reason, lines = max(skipped.items(), key=lambda kv: len(kv[1]))
+        raise ValueError(f"{path} has no usable rows: {reason}: {len(lines)} row(s) ({_lines(path, lines)})")
+    if skipped:
+        log.warning("%s: %d row(s) skipped, %d kept: %s", path, sum(len(v) for v in skipped.values()), len(rows),
+                    "; ".join(f"{reason}: {len(v)} ({_lines(path, v)})" for reason, v in skipped.items()))
     return rows
+
+
+def _reason(exc: Exception) -> str:
+    """The skip reason with row-specific values ('...', (...)) masked, so alike rows group."""
+    text = f"lack the value {exc}" if isinstance(exc, KeyError) else str(exc)
+    return re.sub(r"'[^']*'|\([^)]*\)", "...", text)
+
+
+def _lines(path: Path, lines: list[int], first: int = 3) -> str:
+    """The first few rows as file:line, and how many more."""
+    return ", ".join(f"{path}:{n}" for n in lines[:first]) + (f" and {len(lines) - first} more" if len(lines) > first else "")
+
+
+def default_level(imagery, size: int) -> int:
+    """The level whose `size`-pixel cells match the imagery's pixels (the finest level that does
+    not enlarge them), clamped to the levels the footprint can half cover."""
+    coarsest, finest = imagery.level_range(size, 1.0)
+    return max(coarsest, finest)
 
 
 class CsvFolderSource:
@@ -124,6 +163,14 @@ class CsvFolderSource:
 
     def __getitem__(self, index: int) -> Sample:
         return self.get(index)
+
+    def metadata_values(self, name: str) -> list[str | None]:
+        """Every row's `source` or `caption_source` (model.checks), read without any file."""
+        return [getattr(row, name) for row in self.rows]
+
+    def subset(self, indices: list[int]) -> "CsvFolderSource":
+        """The source of the rows at `indices` only."""
+        return CsvFolderSource([self.rows[i] for i in indices], self.cfg, self.size)
 
     def get(self, index: int, without: frozenset[str] = frozenset()) -> Sample:
         row = self.rows[index]
@@ -167,11 +214,32 @@ class CsvFolderSource:
         return {**self.__dict__, "_imagery": None}
 
 
+def check_level(cfg: CsvFolderConfig, image_size: int) -> CsvFolderConfig:
+    """The config with `level` set: as given when the imagery can fill such cells (a ValueError
+    naming the allowed range otherwise), or derived from the imagery's resolution."""
+    if cfg.imagery is None:
+        return cfg
+    from model.imagery import Imagery
+
+    imagery = Imagery(cfg.imagery)
+    coarsest, finest = imagery.level_range(image_size, MAX_UPSAMPLE)
+    if cfg.level is None:
+        level = default_level(imagery, image_size)
+        log.warning("data.level not set: using level %d, whose %d px cells match the %.0f m pixels of %s "
+                    "(cells of about %.0f km; maps show them best at zoom %d)", level, image_size,
+                    imagery.resolution_m, cfg.imagery, EARTH_CIRCUMFERENCE_M / (1 << level) / 1000,
+                    max(0, level - CELLS_PER_TILE_LOG2))
+        return dataclasses.replace(cfg, level=level)
+    if not coarsest <= cfg.level <= finest:
+        raise ValueError(f"data.level {cfg.level} does not fit {cfg.imagery} ({imagery.resolution_m:.0f} m pixels, "
+                         f"{image_size} px cells): use a level in {coarsest}-{finest} "
+                         f"({default_level(imagery, image_size)} matches its resolution)")
+    return cfg
+
+
 def open_csv_folder(section: dict, image_size: int) -> Splits:
-    cfg = from_section(CsvFolderConfig, section, "data")
+    cfg = check_level(from_section(CsvFolderConfig, section, "data"), image_size)
     rows = read_rows(cfg)
-    if not rows:
-        raise ValueError(f"{Path(cfg.root) / cfg.csv} has no usable rows")
     s = cfg.split
     labels = geographic_split(np.array([r.lat for r in rows]), np.array([r.lon for r in rows]),
                               cell_deg=s.cell_deg, val_fraction=s.val_fraction,
@@ -180,4 +248,4 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
                     for name in ("train", "val", "test")))
 
 
-register_reader("csv", open_csv_folder)
+register_reader("csv", open_csv_folder, paths=("root", "imagery"))

@@ -300,6 +300,6 @@ def _opener(dataset: Dataset):
     return open_released
 
 
-register_reader("geosound", _opener(GEOSOUND))
-register_reader("soundingearth", _opener(SOUNDINGEARTH))
+register_reader("geosound", _opener(GEOSOUND), paths=("root", "captions"))
+register_reader("soundingearth", _opener(SOUNDINGEARTH), paths=("root", "captions"))
 

@@ -58,6 +58,11 @@ class SyntheticSource:
     def __len__(self) -> int:
         return self.n
 
+    def metadata_values(self, name: str) -> list[str | None]:
+        """Every sample's `source` or `caption_source` (model.checks), without generating it."""
+        names = {"source": self.cfg.sources, "caption_source": self.cfg.caption_sources}[name]
+        return [names[(i % self.cfg.classes) % len(names)] for i in range(self.n)]
+
     def __getitem__(self, index: int) -> Sample:
         return self.get(index)
 

@@ -16,7 +16,6 @@ from server.render import colormap_names, legend
 from server.routes.deps import ServiceDep, SettingsDep
 
 router = APIRouter(tags=["metadata"])
-ATTRIBUTION = "Imagery: NASA Blue Marble NG; model: soundscape-tiles"
 WMTS_RESPONSES = {200: {"content": {"application/xml": TEXT}}, **errors(404, 422, 503)}
 
 
@@ -40,7 +39,7 @@ def _tilejson(request: Request, service: ServiceDep, settings: SettingsDep, tms:
         "minzoom": minzoom, "maxzoom": maxzoom,
         "bounds": [west, south, east, north],
         "center": [(west + east) / 2, (south + north) / 2, min(maxzoom, minzoom + 2)],
-        "attribution": ATTRIBUTION,
+        "attribution": store.attribution,  # the imagery's credit as precompute recorded it
         "legend": f"{_base(request)}/colormaps/{tile.colormap}",
         "rescale": list(tile.rescale),  # the values at the two ends of the legend
     }, headers={"Cache-Control": settings.cache_control})

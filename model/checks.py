@@ -1,0 +1,115 @@
+"""Checks of a run's data against its config, made once at start, before any training step, so a
+mistake in the data costs a second, not a run: metadata values outside the model's vocabularies
+(counted, with the likely fix), and splits too small for R@10% to mean much.
+
+A reader's source takes part by offering `metadata_values(name)` (the value of `source` or
+`caption_source` of every sample, read without decoding audio or images) and, to leave rows out,
+`subset(indices)`; sources without them are not checked."""
+from __future__ import annotations
+
+import difflib
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from model.data import SampleSource, Splits
+from model.nn.config import ConfigError
+
+log = logging.getLogger(__name__)
+VOCABULARY_FIELDS = {"source": "model.sources", "caption_source": "model.caption_sources"}
+SPLITS = ("train", "val", "test")
+# Below this many galleries items the top 10% is under 10 ranks: R@10% moves in coarse steps.
+SMALL_GALLERY = 100
+
+
+@dataclass
+class Mismatch:
+    """Samples whose `field` value is not in the model's vocabulary."""
+
+    field: str
+    value: str
+    count: int
+    suggestion: str | None  # the vocabulary entry it probably means
+
+    def describe(self) -> str:
+        hint = f" (did you mean {self.suggestion!r}?)" if self.suggestion else ""
+        return f"{self.field} {self.value!r} in {self.count} row(s){hint}"
+
+
+def suggest(value: str, names: list[str]) -> str | None:
+    """The vocabulary entry `value` most likely means: the same word in another case, else the
+    closest spelling."""
+    for name in names:
+        if name.casefold() == value.casefold():
+            return name
+    close = difflib.get_close_matches(value.casefold(), [n.casefold() for n in names], n=1, cutoff=0.75)
+    return next((n for n in names if n.casefold() == close[0]), None) if close else None
+
+
+def vocabulary_mismatches(splits: Splits, vocabularies: dict[str, list[str]]) -> tuple[list[Mismatch], int]:
+    """(every value outside its vocabulary with its count over all splits, samples checked)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    checked = 0
+    for name in SPLITS:
+        source = getattr(splits, name)
+        values = getattr(source, "metadata_values", None)
+        if values is None:
+            continue
+        checked += len(source)
+        for field, names in vocabularies.items():
+            counts.update((field, v) for v in values(field) if v is not None and v not in names)
+    return [Mismatch(field, value, n, suggest(value, vocabularies[field]))
+            for (field, value), n in counts.most_common()], checked
+
+
+def _bad_indices(source: SampleSource, vocabularies: dict[str, list[str]]) -> set[int]:
+    bad: set[int] = set()
+    for field, names in vocabularies.items():
+        bad.update(i for i, v in enumerate(source.metadata_values(field)) if v is not None and v not in names)
+    return bad
+
+
+def check_vocabularies(splits: Splits, vocabularies: dict[str, list[str]], *, skip: bool) -> Splits:
+    """The splits when every sample's source and caption source are in the model's vocabularies.
+    Otherwise ConfigError with the counts and the likely fix, or, with skip, the splits without
+    those samples (a warning says how many)."""
+    mismatches, checked = vocabulary_mismatches(splits, vocabularies)
+    if not mismatches:
+        return splits
+    total = sum(m.count for m in mismatches)
+    listed = "; ".join(m.describe() for m in mismatches[:5]) + ("; ..." if len(mismatches) > 5 else "")
+    fields = sorted({m.field for m in mismatches})
+    known = ", ".join(f"{VOCABULARY_FIELDS[f]} {vocabularies[f]}" for f in fields)
+    if not skip:
+        fix = ("fix the spelling in the data" if all(m.suggestion for m in mismatches)
+               else f"add the values to {' and '.join(VOCABULARY_FIELDS[f] for f in fields)} or fix the data")
+        raise ConfigError(f"{total} of {checked} samples have metadata outside the model's vocabulary "
+                          f"({known}): {listed}; {fix}, or set train.skip_mismatched_rows: true to "
+                          "train without those samples")
+    kept = {}
+    for name in SPLITS:
+        source = getattr(splits, name)
+        if not hasattr(source, "metadata_values"):
+            kept[name] = source
+            continue
+        bad = _bad_indices(source, vocabularies)
+        if bad and not hasattr(source, "subset"):
+            raise ConfigError(f"{listed}: this data kind cannot leave samples out; fix model.sources or "
+                              "model.caption_sources")
+        kept[name] = source.subset([i for i in range(len(source)) if i not in bad]) if bad else source
+    log.warning("left out %d of %d samples whose metadata is outside the model's vocabulary (%s): %s",
+                total, checked, known, listed)
+    return Splits(**kept)
+
+
+def small_split_warnings(sizes: dict[str, int]) -> list[str]:
+    """A sentence for each evaluation split too small for R@10% to separate models: with N items
+    the top 10% is rank <= floor(N / 10), so one sample moves the metric by 1/N."""
+    out = []
+    for name, n in sizes.items():
+        if n < SMALL_GALLERY:
+            out.append(f"the {name} split has {n} sample(s): R@10% counts rank <= {n // 10} of {n} and moves in "
+                       f"steps of {1 / max(n, 1):.3f}, so {'best.pt is chosen' if name in ('val', 'validation') else 'the test metrics are'} "
+                       f"largely by noise; give the split at least {SMALL_GALLERY} samples (more data, or a larger "
+                       "split fraction of the data section)")
+    return out
