@@ -67,7 +67,7 @@ def _info(args: argparse.Namespace) -> int:
     store = Store(args.store)
     m = store.manifest
     print(f"store {store.id} at {store.path} (format {m['format_version']}, created {m.get('created')})")
-    print(f"bundle {store.bundle_id}; imagery {m['imagery'].get('path')}; bounds {m['bounds']}")
+    print(f"bundle {store.bundle_id}; imagery {(m.get('imagery') or {}).get('path')}; bounds {m['bounds']}")
     print(f"attribution: {store.attribution}")
     plan = m.get("plan", {})
     print(f"plan: levels {plan.get('levels')}, land only {plan.get('land_only')}, region {plan.get('region')}")
