@@ -89,7 +89,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.build_only:
         print(f"demo ready: bundle {bundle}, store {store}")
         return 0
-    serve(str(bundle), str(store), args.host, args.port, args.workers, args.redis_url)
+    serve(str(bundle), str(store), args.host, args.port, args.workers, args.redis_url,
+          args.query_db or str(data / "queries.sqlite"))
     return 0
 
 

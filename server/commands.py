@@ -5,12 +5,31 @@ import argparse
 import errno
 import os
 import socket
+from pathlib import Path
 from urllib.parse import quote
 
 import uvicorn
 
 from model.bundle import Bundle
 from precompute.store import Store
+from server.registry import SqliteRecords
+from server.ratelimit import Rate
+from server.settings import default_query_db
+from server.urls import LOOPBACK_HOSTS
+
+# Options for a server on the open internet (docs/reliability.md); each is a SOUNDSCAPE_* variable.
+INTERNET_OPTIONS = {
+    "public-url": "scheme://host[:port][/prefix] that every absolute URL starts with "
+                  "(default: $SOUNDSCAPE_PUBLIC_URL, else built from allowed Host headers)",
+    "allowed-hosts": "comma-separated Host names URLs may be built from without --public-url, "
+                     ".example.org for it and its subdomains (default: $SOUNDSCAPE_ALLOWED_HOSTS, "
+                     "else loopback names and --host)",
+    "rate-limit": "per-client rate limit, e.g. '20/s burst 100' (default: $SOUNDSCAPE_RATE_LIMIT, else none)",
+    "trusted-proxies": "comma-separated proxy addresses whose X-Forwarded-For names the client "
+                       "(default: $SOUNDSCAPE_TRUSTED_PROXIES, else none)",
+    "max-connections": "open connections per worker; more are answered 503 "
+                       "(default: $SOUNDSCAPE_MAX_CONNECTIONS, else 1024)",
+}
 
 
 def check_port(host: str, port: int) -> None:
@@ -30,25 +49,51 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(bundle: str, store: str, host: str, port: int, workers: int = 1,
-          redis_url: str | None = None) -> None:
-    """Check the pair, then run uvicorn; workers share nothing but Redis."""
+          redis_url: str | None = None, query_db: str | None = None) -> None:
+    """Check the pair and the query registry, then run uvicorn; workers share the registry file
+    and Redis."""
     loaded = Bundle(bundle)
     Store(store).check_bundle(loaded.id)
-    examples = loaded.manifest.get("examples") or []
     check_port(host, port)
+    examples = loaded.manifest.get("examples") or []
     os.environ["SOUNDSCAPE_BUNDLE"] = str(bundle)
     os.environ["SOUNDSCAPE_STORE"] = str(store)
+    if query_db:
+        os.environ["SOUNDSCAPE_QUERY_DB"] = str(Path(query_db).resolve())
+    try:
+        SqliteRecords(default_query_db(), 0)
+    except OSError as exc:
+        raise ValueError(str(exc)) from None
     if redis_url:
         os.environ["SOUNDSCAPE_REDIS_URL"] = redis_url
     if workers > 1:
         # Each worker's compute pool gets its share of the cores, so workers do not oversubscribe them.
         os.environ.setdefault("SOUNDSCAPE_COMPUTE_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
         if not redis_url:
-            print("note: without --redis-url each worker has its own cache, and a query registered "
-                  "with POST /queries is known only to the worker that took it", flush=True)
+            print("note: without --redis-url each worker has its own tile cache", flush=True)
+    check_internet_options(host)
     print(banner(f"http://{host}:{port}", examples), flush=True)
+    env = os.environ.get
+    trusted = env("SOUNDSCAPE_TRUSTED_PROXIES", "")
+    # The protocol adds header size, header/body timeouts and a connection cap (server/protocol.py).
     uvicorn.run("server.asgi:create_app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="warning")
+                workers=workers, log_level="warning", http="server.protocol:HardenedHttpProtocol",
+                timeout_keep_alive=int(env("SOUNDSCAPE_KEEP_ALIVE_S", "5")),
+                backlog=int(env("SOUNDSCAPE_BACKLOG", "1024")),
+                proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
+
+
+def check_internet_options(host: str) -> None:
+    """Refuse a malformed rate limit before starting; URLs may name the bind host unless
+    SOUNDSCAPE_ALLOWED_HOSTS says otherwise; warn when a public bind has no public URL."""
+    if os.environ.get("SOUNDSCAPE_RATE_LIMIT"):
+        Rate.parse(os.environ["SOUNDSCAPE_RATE_LIMIT"])
+    wildcard = host in ("0.0.0.0", "::", "")
+    if "SOUNDSCAPE_ALLOWED_HOSTS" not in os.environ:
+        os.environ["SOUNDSCAPE_ALLOWED_HOSTS"] = ",".join((*LOOPBACK_HOSTS, *(() if wildcard else (host,))))
+    if host not in LOOPBACK_HOSTS and not os.environ.get("SOUNDSCAPE_PUBLIC_URL"):
+        print(f"note: TileJSON, WMTS and query links are refused (400) for a Host header outside "
+              f"{os.environ['SOUNDSCAPE_ALLOWED_HOSTS']}: set --public-url or SOUNDSCAPE_ALLOWED_HOSTS", flush=True)
 
 
 def banner(base: str, examples: list[str]) -> str:
@@ -72,11 +117,15 @@ def apply_http_options(args: argparse.Namespace) -> None:
         os.environ["SOUNDSCAPE_CACHE_CONTROL"] = args.cache_control
     if args.cors_origins is not None:
         os.environ["SOUNDSCAPE_CORS_ORIGINS"] = args.cors_origins
+    for option in INTERNET_OPTIONS:
+        value = getattr(args, option.replace("-", "_"))
+        if value is not None:
+            os.environ[f"SOUNDSCAPE_{option.upper().replace('-', '_')}"] = str(value)
 
 
 def _serve(args: argparse.Namespace) -> int:
     apply_http_options(args)
-    serve(args.bundle, args.store, args.host, args.port, args.workers, args.redis_url)
+    serve(args.bundle, args.store, args.host, args.port, args.workers, args.redis_url, args.query_db)
     return 0
 
 
@@ -85,7 +134,11 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     p.add_argument("--redis-url", default=os.environ.get("SOUNDSCAPE_REDIS_URL"),
-                   help="cache tiles in Redis (default: $SOUNDSCAPE_REDIS_URL, else in process)")
+                   help="cache tiles and share registered queries in Redis (default: $SOUNDSCAPE_REDIS_URL, "
+                        "else in process)")
+    p.add_argument("--query-db", default=None,
+                   help="SQLite file of the queries registered with POST /queries, kept across restarts "
+                        "(default: $SOUNDSCAPE_QUERY_DB, else ~/.local/share/soundscape-tiles/queries.sqlite)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -99,4 +152,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                            "(default: $SOUNDSCAPE_CACHE_CONTROL, else public, max-age=86400)")
     p.add_argument("--cors-origins", help="comma-separated CORS origins, '' for none "
                                           "(default: $SOUNDSCAPE_CORS_ORIGINS, else *)")
+    for option, text in INTERNET_OPTIONS.items():
+        p.add_argument(f"--{option}", type=int if option == "max-connections" else str,
+                       help=text)
     p.set_defaults(handler=_serve)

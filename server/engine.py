@@ -20,7 +20,10 @@ CELLS_PER_TILE_LOG2 = 4  # a tile draws the cells of level z + 4: 16 x 16 cells
 MAX_CELLS_PER_SIDE_LOG2 = 8  # beyond this a tile would hold more cells than pixels
 FUSE_BATCH = 4096
 MERCATOR_MAX_LAT = 85.0511287798066
-RANGE_MAX_CELLS = 20_000  # score_range reads the finest level at most this large
+# The default colour scale of a query is read from a fixed, evenly spread sample of one level's
+# cells: the finest level with at most this many cells (or the coarsest, strided down to it).
+SCALE_SAMPLE_CELLS = 4096
+SCALE_PERCENTILES = (2.0, 98.0)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,26 @@ class CellEmbeddings:
         s = np.frombuffer(data[8:8 + 4 * n], dtype=np.float32)
         mu = np.frombuffer(data[8 + 4 * n:], dtype=np.float16).reshape(n, -1)
         return cls(mu, s)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A colour scale: the values at the two ends of the colormap, and whether values beyond
+    each end exist (they are drawn in the end colour: the legend marks them)."""
+
+    lo: float
+    hi: float
+    clipped_low: bool = False
+    clipped_high: bool = False
+
+
+def round_scale(lo: float, hi: float, digits: int = 3) -> tuple[float, float]:
+    """Ends rounded to `digits` significant digits of their span (readable in a legend, stable in
+    URLs), lo down and hi up so no sampled value moves inside the clipped range; hi > lo."""
+    span = max(hi - lo, abs(hi) * 1e-6, 1e-12)
+    step = 10.0 ** (np.floor(np.log10(span)) - digits + 1)
+    lo_r, hi_r = np.floor(lo / step) * step, np.ceil(hi / step) * step
+    return float(f"{lo_r:.6g}"), float(f"{max(hi_r, lo_r + step):.6g}")
 
 
 @dataclass(frozen=True)
@@ -184,15 +207,22 @@ class Engine:
         self.stats["renders"] += 1
         return sample(grid.reshape(window.rows.cells, window.cols.cells), window.rows, window.cols)
 
-    def score_range(self, query: QueryEmbedding, percentiles: tuple[float, float] = (2, 98)) -> tuple[float, float]:
-        """Percentiles of the query's match probability over a whole level (default metadata):
-        a global `rescale` that shows a query's contrast without normalising any tile alone."""
-        small = [lv for lv in sorted(self.store.levels) if len(self.store.levels[lv]) <= RANGE_MAX_CELLS]
-        level = self.store.levels[small[-1] if small else self.store.minlevel]
-        rows = np.arange(min(len(level), RANGE_MAX_CELLS))
-        cells = CellEmbeddings(np.asarray(level.arrays.mu[rows]), np.asarray(level.arrays.s[rows]))
-        lo, hi = np.percentile(self.values(cells, "heatmap", query), percentiles)
-        return float(lo), float(max(hi, lo + 1e-6))
+    def scale_sample(self) -> tuple[Level, np.ndarray]:
+        """The cells every query's default colour scale is read from: one level, evenly spread
+        (a strided sample of Morton order covers the whole store, unlike its first rows)."""
+        levels = sorted(self.store.levels)
+        small = [lv for lv in levels if len(self.store.levels[lv]) <= SCALE_SAMPLE_CELLS]
+        level = self.store.levels[small[-1] if small else levels[0]]
+        count = min(len(level), SCALE_SAMPLE_CELLS)
+        return level, np.unique(np.linspace(0, len(level) - 1, count).round().astype(np.int64))
+
+    def scale(self, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None) -> Scale:
+        """The 2nd-98th percentile of the layer's values over the scale sample (`cells`), with
+        whether any sampled cell lies beyond each end (drawn in the end colour)."""
+        values = self.values(cells, layer, query)
+        lo, hi = (float(v) for v in np.percentile(values, SCALE_PERCENTILES))
+        lo, hi = round_scale(lo, hi)
+        return Scale(lo, hi, bool((values < lo).any()), bool((values > hi).any()))
 
     # Points and search -----------------------------------------------------------------------
     def cell_at(self, lon: float, lat: float, level: Level) -> int | None:

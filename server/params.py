@@ -96,9 +96,12 @@ async def query_embedding(service: SoundscapeService, params: QueryParams):
     return await service.resolve(qid)
 
 
-def parse_rescale(text: str | None, default: tuple[float, float]) -> tuple[float, float]:
+def parse_rescale(text: str | None) -> tuple[float, float] | None:
+    """`min,max` rounded to RESCALE_DIGITS significant digits of max - min before it keys or
+    colours a tile (what is drawn is what is cached), or None: the layer's default scale
+    (SoundscapeService.scale)."""
     if text is None:
-        return default
+        return None
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
@@ -136,10 +139,9 @@ def tile_request(service: SoundscapeService, tms: str, z: int, x: int, y: int, f
         raise HTTPException(422, f"tilesize must be 256 or 512, not {params.tilesize}")
     heatmap = params.layer == "heatmap"
     qid = query_id(service, params) if heatmap else None
-    default_range = (0.0, 1.0) if heatmap else tuple(service.store.manifest["uncertainty_range"])
     request = TileRequest(z=z, x=x, y=y, fmt=fmt, size=params.tilesize, layer=params.layer, query=qid,
                           meta=metadata(service, params), colormap=colormap(params.colormap_name, params.layer),
-                          rescale=parse_rescale(params.rescale, default_range), tms=tms)
+                          rescale=parse_rescale(params.rescale), tms=tms)
     return request, (params.q if heatmap else None)
 
 

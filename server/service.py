@@ -5,24 +5,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import numpy as np
+from fastapi import HTTPException
 
 from model.bundle import Bundle
 from model.imagery import Imagery, ImageryError, is_remote
 from precompute.store import Level, Store
 from server import metrics, render
 from server.cache import LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest
-from server.engine import CellEmbeddings, Engine, Metadata, QueryEmbedding
+from server.engine import CellEmbeddings, Engine, Metadata, QueryEmbedding, Scale
 from server.queries import QueryError, QueryRecord, decode_upload, text_record
+from server.registry import QueryRegistry
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 QUERY_LRU_BYTES = 32 * 1024 * 1024
+# Whole levels fused under some metadata (/search with hour and month, or a source), kept in
+# process: 2 MB for the demo's finest level, so a few dozen (level, metadata) pairs fit.
+LEVEL_FUSION_LRU_BYTES = 128 * 1024 * 1024
+FUSION_RETRY_AFTER_S = 5
+SCALE_CACHE_ENTRIES = 4096
+# Names the default-scale rule in tile keys and ETags: change it when the rule changes.
+DEFAULT_SCALE_KEY = "p2-p98-v1"
 
 
 @dataclass(frozen=True)
@@ -38,17 +48,18 @@ class TileRequest:
     query: str | None = None  # query id (a text query is turned into its id first)
     meta: Metadata = field(default_factory=Metadata)
     colormap: str = "magma"
-    rescale: tuple[float, float] = (0.0, 1.0)
+    rescale: tuple[float, float] | None = None  # None: the layer's default scale (`scale`)
     tms: str = "WebMercatorQuad"
 
     def canonical(self, ids: dict) -> dict:
         styled = self.fmt != "npy"  # .npy carries values: colour parameters do not change it
+        # The default scale is a function of the ids, query and metadata already in the key.
+        rescale = (list(self.rescale) if self.rescale else DEFAULT_SCALE_KEY) if styled else None
         return {**ids, "tms": self.tms, "z": self.z, "x": self.x, "y": self.y, "fmt": self.fmt,
                 "size": self.size, "layer": self.layer,
                 "query": self.query if self.layer == "heatmap" else None,
                 "hour": self.meta.hour, "month": self.meta.month, "source": self.meta.source,
-                "colormap": self.colormap if styled else None,
-                "rescale": list(self.rescale) if styled else None}
+                "colormap": self.colormap if styled else None, "rescale": rescale}
 
 
 def store_imagery(store: Store) -> str | list[str] | None:
@@ -87,9 +98,15 @@ class SoundscapeService:
         shared = RedisCache(settings.redis_url, settings.cache_ttl_s) if settings.redis_url else None
         self.redis = shared
         self.tiles = TieredCache(LRUCache(settings.lru_bytes), shared)
-        self.queries = TieredCache(LRUCache(QUERY_LRU_BYTES), shared)  # tiles never evict queries
+        self.queries = TieredCache(LRUCache(QUERY_LRU_BYTES), shared)  # embeddings, evictable
+        self.registry = QueryRegistry(settings.query_db, settings.max_queries, settings.redis_url)
+        self._scales: OrderedDict[tuple, Scale] = OrderedDict()
         self.flight = SingleFlight()
         self.limiter = anyio.CapacityLimiter(max(1, settings.compute_threads))
+        self.level_fusions = TieredCache(LRUCache(LEVEL_FUSION_LRU_BYTES))
+        self.level_fusion_slots = anyio.Semaphore(max(1, settings.full_fusions))
+        self.level_fusions_pending = 0
+        self.upload_limiter = anyio.CapacityLimiter(2)
         self.ids = {"bundle": bundle.id, "store": store.id}
         self.imagery = self._open_imagery()
 
@@ -135,31 +152,83 @@ class SoundscapeService:
     def _query_key(query_id: str) -> str:
         return f"st:query:{query_id}"
 
-    async def _store_query(self, record: QueryRecord, embed: Callable[[], QueryEmbedding]) -> bytes:
+    async def _embed(self, record: QueryRecord, embed: Callable[[], QueryEmbedding]) -> bytes:
+        """The record with its embedding, cached (a cache entry: evictable, recomputed on a miss)."""
         async def compute() -> bytes:
             embedding = await self.run(embed)
             metrics.COMPUTE.labels(f"{record.kind}_encoding").inc()
             return record.to_bytes(embedding)
 
-        return await self.cached(self.queries, "query", self._query_key(record.id), compute,
-                                 self.settings.query_ttl_s)
+        return await self.cached(self.queries, "query", self._query_key(record.id), compute)
 
-    async def text_query(self, text: str) -> tuple[QueryRecord, QueryEmbedding]:
+    async def text_query(self, text: str, register: bool = False) -> tuple[QueryRecord, QueryEmbedding]:
+        """A text's record and embedding; `register` also stores it durably (POST /queries)."""
         record = text_record(self.bundle.id, text)
-        return QueryRecord.from_bytes(await self._store_query(record, lambda: self.engine.embed_text(record.text)))
+        body = await self._embed(record, lambda: self.engine.embed_text(record.text))
+        if register:
+            await self.registry.put(record.id, body)
+        return QueryRecord.from_bytes(body)
 
     async def audio_query(self, data: bytes) -> tuple[QueryRecord, QueryEmbedding]:
-        decoded = await self.run(decode_upload, self.bundle.id, data, self.bundle.audio_spec.sample_rate,
-                                 self.settings.max_audio_s)
-        body = await self._store_query(decoded.record,
-                                       lambda: self.engine.embed_wave(decoded.wave, decoded.sample_rate))
+        """Decode, embed and register an audio upload (only registered ids can reach it later)."""
+        # Decoding holds up to MAX_DECODED_SAMPLES floats (server/queries.py): two at a time.
+        decoded = await anyio.to_thread.run_sync(decode_upload, self.bundle.id, data,
+                                                 self.bundle.audio_spec.sample_rate, self.settings.max_audio_s,
+                                                 limiter=self.upload_limiter)
+        body = await self._embed(decoded.record,
+                                 lambda: self.engine.embed_wave(decoded.wave, decoded.sample_rate))
+        await self.registry.put(decoded.record.id, body)
         return QueryRecord.from_bytes(body)
 
     async def resolve(self, query_id: str) -> tuple[QueryRecord, QueryEmbedding]:
-        body = await self.queries.get(self._query_key(query_id))
+        """A query id's record: cached, else from the durable registry; 404 when unknown."""
+        key = self._query_key(query_id)
+        body = await self.queries.get(key)
+        if body is None:
+            body = await self.registry.get(query_id)
+            if body is not None:
+                self.queries.local.set_now(key, body)
         if body is None:
             raise QueryError(404, f"unknown query id {query_id!r}: register the query with POST /queries")
         return QueryRecord.from_bytes(body)
+
+    async def scale(self, layer: str, query_id: str | None, query: QueryEmbedding | None,
+                    meta: Metadata) -> Scale:
+        """The layer's default colour scale under `meta`: for the heatmap the 2nd-98th percentile
+        of this query's match probability over the scale sample (one scale for every tile and
+        zoom of the query and metadata); for uncertainty the store's fixed S range, so hours and
+        months compare. Cached per (layer, query, metadata)."""
+        key = (layer, query_id, meta)
+        found = self._scales.get(key)
+        if found is not None:
+            self._scales.move_to_end(key)
+            return found
+        level, rows = self.engine.scale_sample()
+        cells = await self.cells(level, rows, meta, {"level": level.level, "scale_sample": len(rows)})
+        if layer == "heatmap":
+            scale = await self.run(self.engine.scale, cells, layer, query)
+        else:
+            lo, hi = self.store.manifest["uncertainty_range"]
+            s = cells.s
+            scale = Scale(float(lo), float(hi), bool((s < lo).any()), bool((s > hi).any()))
+        self._scales[key] = scale
+        while len(self._scales) > SCALE_CACHE_ENTRIES:
+            self._scales.popitem(last=False)
+        return scale
+
+    async def tile_scale(self, request: TileRequest, text: str | None) -> tuple[Scale, int]:
+        """The scale a tile request draws with (its `rescale`, or the layer's default) and the
+        number of sampled cells its clipped ends were judged on."""
+        query = None
+        if request.layer == "heatmap":
+            query = (await (self.text_query(text) if text is not None else self.resolve(request.query)))[1]
+        level, rows = self.engine.scale_sample()
+        if request.rescale is None:
+            return await self.scale(request.layer, request.query, query, request.meta), len(rows)
+        cells = await self.cells(level, rows, request.meta, {"level": level.level, "scale_sample": len(rows)})
+        values = self.engine.values(cells, request.layer, query)
+        lo, hi = request.rescale
+        return Scale(lo, hi, bool((values < lo).any()), bool((values > hi).any())), len(rows)
 
     # Cells -----------------------------------------------------------------------------------
     async def cells(self, level: Level, index: np.ndarray, meta: Metadata, block: dict) -> CellEmbeddings:
@@ -192,12 +261,16 @@ class SoundscapeService:
         window = await self.run(self.engine.window, r.z, r.x, r.y, r.size)
         if window.empty:
             return render.blank(r.fmt, r.size)
+        lo, hi = r.rescale or (0.0, 1.0)
+        if r.rescale is None and r.fmt != "npy":
+            scale = await self.scale(r.layer, r.query, query, r.meta)
+            lo, hi = scale.lo, scale.hi
         cells = await self.cells(window.level, window.present, r.meta, window.key)
         metrics.COMPUTE.labels("render").inc()
 
         def draw() -> bytes:
             values = self.engine.tile_values(window, cells, r.layer, query)
-            return render.encode(values, r.fmt, *r.rescale, r.colormap)
+            return render.encode(values, r.fmt, lo, hi, r.colormap)
 
         return await self.run(draw)
 
@@ -253,5 +326,33 @@ class SoundscapeService:
             raise QueryError(422, f"level {level.level} has {len(level)} cells; searching it under "
                                   f"hour/month/source fuses every cell (limit {self.settings.max_search_cells}):"
                                   " pass a coarser level=")
-        cells = await self.cells(level, np.arange(len(level)), meta, {"level": level.level, "all": True})
+        cells = await self.fused_level(level, meta)
         return await self.run(self.engine.top_k, level, cells, query, k)
+
+    async def fused_level(self, level: Level, meta: Metadata) -> CellEmbeddings:
+        """Every cell of `level` under `meta`: stored, or fused once per (level, metadata) and kept
+        in process. Such a fusion costs seconds of CPU, so at most `settings.full_fusions` run at
+        once and as many wait; more are refused with 503, and requests with many distinct
+        metadata values cannot take the cores from tiles."""
+        rows = np.arange(len(level))
+        stored = await self.run(self.engine.stored, level, rows, meta)
+        if stored is not None:
+            return stored
+
+        async def compute() -> bytes:
+            slots = max(1, self.settings.full_fusions)
+            if self.level_fusions_pending >= 2 * slots:
+                raise HTTPException(503, f"{slots} whole-level fusions are running and as many wait; retry in "
+                                         f"{FUSION_RETRY_AFTER_S} s, or search without hour/month/source",
+                                    headers={"Retry-After": str(FUSION_RETRY_AFTER_S)})
+            self.level_fusions_pending += 1
+            try:
+                async with self.level_fusion_slots:
+                    metrics.COMPUTE.labels("fusion").inc()
+                    return (await self.run(self.engine.fuse, level, rows, meta)).to_bytes()
+            finally:
+                self.level_fusions_pending -= 1
+
+        key = cache_key("fused_level", {**self.ids, "level": level.level, "hour": meta.hour,
+                                        "month": meta.month, "source": meta.source})
+        return CellEmbeddings.from_bytes(await self.cached(self.level_fusions, "fused_level", key, compute))

@@ -4,6 +4,7 @@ Every URL is XML-escaped (an unescaped `&` in ResourceURL is what stopped QGIS r
 TiTiler's document, titiler#936)."""
 from __future__ import annotations
 
+from typing import NamedTuple
 import re
 from xml.sax import saxutils
 
@@ -23,30 +24,42 @@ ZOOM0_SCALE = 559082264.0287178
 ORIGIN = 20037508.3427892
 
 
-def _tile_matrix(z: int) -> str:
+class Layer(NamedTuple):
+    identifier: str
+    title: str
+    template: str  # the ResourceURL template
+    abstract: str  # what the colours mean (the layer's legend in words)
+    legend_url: str  # the colour ramp as a PNG
+
+
+def _tile_matrix(z: int, size: int) -> str:
+    """Zoom z of WebMercatorQuad with `size`-pixel tiles: as many tiles, each pixel smaller."""
     n = 1 << z
     return (f"<TileMatrix><ows:Identifier>{z}</ows:Identifier>"
-            f"<ScaleDenominator>{ZOOM0_SCALE / n!r}</ScaleDenominator>"
+            f"<ScaleDenominator>{ZOOM0_SCALE / n * 256 / size!r}</ScaleDenominator>"
             f"<TopLeftCorner>{-ORIGIN} {ORIGIN}</TopLeftCorner>"
-            f"<TileWidth>256</TileWidth><TileHeight>256</TileHeight>"
+            f"<TileWidth>{size}</TileWidth><TileHeight>{size}</TileHeight>"
             f"<MatrixWidth>{n}</MatrixWidth><MatrixHeight>{n}</MatrixHeight></TileMatrix>")
 
 
-def _layer(identifier: str, title: str, bounds: tuple[float, ...], template: str) -> str:
+def _layer(layer: Layer, bounds: tuple[float, ...]) -> str:
     west, south, east, north = bounds
-    return (f"<Layer><ows:Title>{escape(title)}</ows:Title>"
+    identifier, title, template = layer.identifier, layer.title, layer.template
+    return (f"<Layer><ows:Title>{escape(title)}</ows:Title><ows:Abstract>{escape(layer.abstract)}</ows:Abstract>"
             f'<ows:WGS84BoundingBox crs="urn:ogc:def:crs:OGC:2:84">'
             f"<ows:LowerCorner>{west} {south}</ows:LowerCorner><ows:UpperCorner>{east} {north}</ows:UpperCorner>"
             f"</ows:WGS84BoundingBox><ows:Identifier>{escape(identifier)}</ows:Identifier>"
-            f'<Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style>'
+            f'<Style isDefault="true"><ows:Identifier>default</ows:Identifier>'
+            f'<LegendURL format="image/png" xlink:href={quoteattr(layer.legend_url)}/></Style>'
             f"<Format>image/png</Format>"
             f"<TileMatrixSetLink><TileMatrixSet>WebMercatorQuad</TileMatrixSet></TileMatrixSetLink>"
             f'<ResourceURL format="image/png" resourceType="tile" template={quoteattr(template)}/></Layer>')
 
 
-def capabilities(self_url: str, layers: list[tuple[str, str, str]], bounds: tuple[float, ...],
-                 maxzoom: int) -> str:
-    """The document; `layers` are (identifier, title, ResourceURL template) triples."""
+def capabilities(self_url: str, layers: list[Layer], bounds: tuple[float, ...], maxzoom: int,
+                 tile_size: int = 256) -> str:
+    """The document: the layers over WebMercatorQuad with `tile_size`-pixel tiles (the OGC
+    well-known scale set GoogleMapsCompatible is declared for 256-pixel tiles only)."""
     get = (f"<ows:DCP><ows:HTTP><ows:Get xlink:href={quoteattr(self_url)}><ows:Constraint name=\"GetEncoding\">"
            f"<ows:AllowedValues><ows:Value>RESTful</ows:Value></ows:AllowedValues></ows:Constraint>"
            f"</ows:Get></ows:HTTP></ows:DCP>")
@@ -61,11 +74,12 @@ def capabilities(self_url: str, layers: list[tuple[str, str, str]], bounds: tupl
         "</ows:ServiceIdentification>"
         f'<ows:OperationsMetadata><ows:Operation name="GetCapabilities">{get}</ows:Operation>'
         f'<ows:Operation name="GetTile">{get}</ows:Operation></ows:OperationsMetadata>'
-        "<Contents>" + "".join(_layer(i, t, bounds, u) for i, t, u in layers)
+        "<Contents>" + "".join(_layer(layer, bounds) for layer in layers)
         + "<TileMatrixSet><ows:Identifier>WebMercatorQuad</ows:Identifier>"
         "<ows:SupportedCRS>urn:ogc:def:crs:EPSG::3857</ows:SupportedCRS>"
-        "<WellKnownScaleSet>urn:ogc:def:wkss:OGC:1.0:GoogleMapsCompatible</WellKnownScaleSet>"
-        + "".join(_tile_matrix(z) for z in range(maxzoom + 1))
+        + ("<WellKnownScaleSet>urn:ogc:def:wkss:OGC:1.0:GoogleMapsCompatible</WellKnownScaleSet>"
+           if tile_size == 256 else "")
+        + "".join(_tile_matrix(z, tile_size) for z in range(maxzoom + 1))
         + "</TileMatrixSet></Contents>"
         f'<ServiceMetadataURL xlink:href={quoteattr(self_url)}/></Capabilities>\n'
     )

@@ -63,7 +63,7 @@ def test_hour_changes_the_map_and_fusions_are_cached(client):
     assert stats["fusions"] == fusions + 1
     assert plain != dawn
     # Another query at the same hour reuses the fused block: no new fusion.
-    client.get(f"/tiles/{z}/{x}/{y}.png", params={"q": "rain on leaves", "hour": 6})
+    client.get(f"/tiles/{z}/{x}/{y}.png", params={"q": "rain on leaves", "hour": 6, "rescale": "0,0.3"})
     assert stats["fusions"] == fusions + 1
 
 
@@ -79,9 +79,12 @@ def test_tilejson_echoes_the_query(client):
     assert tj["tiles"][0].endswith("/tiles/{z}/{x}/{y}.png?q=birdsong&hour=6&layer=heatmap")
     assert (tj["minzoom"], tj["maxzoom"]) == (0, 6)
     assert tj["bounds"][0] == pytest.approx(-12.0)
-    tms = client.get("/WebMercatorQuad/tilejson.json", params={"query": "0" * 16, "tilesize": 512}).json()
-    assert tms["tiles"][0].endswith("/tiles/WebMercatorQuad/{z}/{x}/{y}.png?query=0000000000000000"
+    qid = client.post("/queries", json={"text": "birdsong"}).json()["id"]
+    tms = client.get("/WebMercatorQuad/tilejson.json", params={"query": qid, "tilesize": 512}).json()
+    assert tms["tiles"][0].endswith(f"/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png?query={qid}"
                                     "&layer=heatmap&tilesize=512")
+    assert tms["rescale"] == client.get(f"/queries/{qid}").json()["score_range"], "one default scale"
+    assert client.get("/tilejson.json", params={"query": "0" * 16}).status_code == 404
 
 
 def test_second_request_is_served_from_redis(bundle_path, store_path, redis_server):
@@ -113,7 +116,7 @@ def test_workers_share_registered_queries_through_redis(bundle_path, store_path,
             statuses = {http.get(f"{url}/tiles/4/8/{y}.png", params={"query": qid},
                                  headers={"Connection": "close"}).status_code for y in range(4, 8) for _ in range(3)}
     assert statuses == {200}
-    assert redis.Redis.from_url(redis_server).exists(f"st:query:{qid}")
+    assert redis.Redis.from_url(redis_server).exists(f"st:registered:{qid}")
 
 
 def test_redis_down_still_serves(bundle_path, store_path):

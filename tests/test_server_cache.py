@@ -61,7 +61,7 @@ def client(bundle_path, store_path):
 def test_tile_etag_ignores_parameter_order(client, pairs):
     query = "&".join(f"{k}={v}" for k, v in pairs)
     etag = client.get(f"/tiles/4/8/6.png?{query}").headers["etag"]
-    explicit_defaults = "q=birdsong&hour=6&month=5&source=demo"
+    explicit_defaults = "q=birdsong&hour=6&month=5&source=demo&rescale=0,1"
     assert etag == client.get(f"/tiles/4/8/6.png?{explicit_defaults}").headers["etag"]
 
 
@@ -101,8 +101,10 @@ def test_tiles_fusions_and_queries_live_in_redis(bundle_path, store_path, redis_
         first = one.get("/tiles/4/8/5.png", params={"q": "rain", "hour": 7})
         qid = one.post("/queries", json={"text": "rain"}).json()["id"]
     r = redis.Redis.from_url(redis_server)
-    assert len(r.keys("st:tile:*")) == 1 and len(r.keys("st:fused:*")) == 1
-    assert r.exists(f"st:query:{qid}") and 0 < r.ttl(f"st:query:{qid}") <= 30 * 86400
+    # Fused blocks: the tile's cells and the colour scale's sample, both at hour 7.
+    assert len(r.keys("st:tile:*")) == 1 and len(r.keys("st:fused:*")) == 2
+    assert r.exists(f"st:query:{qid}") and 0 < r.ttl(f"st:query:{qid}") <= 86400, "an embedding: a cache entry"
+    assert r.ttl(f"st:registered:{qid}") == -1, "the registration: no TTL, never evicted"
     with make_client(bundle_path, store_path, redis_url=redis_server) as two:
         assert two.get("/tiles/4/8/5.png", params={"query": qid, "hour": 7}).content == first.content
         # A new style of a cached fusion: rendered again, but neither fused nor embedded again.
@@ -128,5 +130,7 @@ def test_redis_killed_mid_test_degrades_to_computing(bundle_path, store_path, re
                      client.post("/queries", json={"text": "surf"}),
                      client.get("/search", params={"q": "surf", "k": 3}),
                      client.get("/point/10,50", params={"q": "surf"})]
-    assert [r.status_code for r in responses] == [200, 200, 201, 200, 200]
+    # Tiles, search and points are computed; a registration that other replicas could not
+    # resolve is refused (503) instead of answered 201 and lost.
+    assert [r.status_code for r in responses] == [200, 200, 503, 200, 200]
     assert responses[0].content == warm.content

@@ -9,15 +9,20 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
-from server.engine import QueryEmbedding
+from server.engine import Metadata, QueryEmbedding
 from server.http import errors
 from server.queries import QueryRecord, is_query_id
 from server.routes.deps import ServiceDep, SettingsDep
 from server.service import SoundscapeService
+from server.urls import base_url
 
 router = APIRouter(tags=["queries"])
 AUDIO_TYPES = ("audio/", "application/octet-stream")
+# {"text": ...} with 500 characters, each escaped as \uXXXX, fits; only a flat object is asked for.
+MAX_JSON_BYTES = 8 * 1024
+MAX_JSON_DEPTH = 8
 REQUEST_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "required": ["text"],
                                     "properties": {"text": {"type": "string", "maxLength": 500}}}},
@@ -33,12 +38,52 @@ async def read_capped(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"the upload is {int(declared)} bytes; the limit is {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"the upload is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"the upload is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # e.g. closed by the body timeout (server/protocol.py)
+        raise HTTPException(400, "the connection closed before the whole body arrived") from None
     return b"".join(chunks)
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (brackets inside strings do not
+    count), found without parsing: json.loads recurses once per level."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def parse_json_text(body: bytes) -> str:
+    """The `text` of a {"text": "..."} body (read capped at MAX_JSON_BYTES); 422 with a sentence
+    for anything else."""
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise HTTPException(422, f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels; send {{\"text\": \"...\"}}")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise HTTPException(422, "the body is not valid JSON") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
+        raise HTTPException(422, 'the JSON body must be {"text": "..."}')
+    return payload["text"]
 
 
 async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
@@ -62,10 +107,10 @@ async def parse_form(request: Request, body: bytes) -> tuple[str | None, bytes |
 
 async def describe(service: SoundscapeService, record: QueryRecord, embedding: QueryEmbedding, base: str) -> dict:
     """The query's facts, its score range (a good `rescale`) and its links."""
-    lo, hi = await service.run(service.engine.score_range, embedding)
+    scale = await service.scale("heatmap", record.id, embedding, Metadata())
     tiles = f"{base}/tiles/{{z}}/{{x}}/{{y}}.png?query={record.id}"
     return {**{k: v for k, v in vars(record).items() if v is not None}, "uncertainty": embedding.s,
-            "score_range": [round(lo, 6), round(hi, 6)],
+            "score_range": [scale.lo, scale.hi],
             "links": {"self": f"{base}/queries/{record.id}", "tiles": tiles,
                       "tilejson": f"{base}/tilejson.json?query={record.id}",
                       "wmts": f"{base}/WMTSCapabilities.xml?query={record.id}"}}
@@ -80,22 +125,17 @@ async def register(request: Request, service: ServiceDep, settings: SettingsDep)
     if not (content_type in ("application/json", "multipart/form-data") or content_type.startswith(AUDIO_TYPES)):
         raise HTTPException(415, f"send application/json {{\"text\": ...}}, multipart/form-data or an "
                                  f"audio/* body, not {content_type or 'no Content-Type'!r}")
-    body = await read_capped(request, settings.max_upload_bytes)
+    is_json = content_type == "application/json"
+    body = await read_capped(request, MAX_JSON_BYTES if is_json else settings.max_upload_bytes)
     text, audio = None, None
-    if content_type == "application/json":
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise HTTPException(422, "the body is not valid JSON") from None
-        if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
-            raise HTTPException(422, 'the JSON body must be {"text": "..."}')
-        text = payload["text"]
+    if is_json:
+        text = parse_json_text(body)
     elif content_type == "multipart/form-data":
         text, audio = await parse_form(request, body)
     else:
         audio = body
-    record, embedding = await (service.text_query(text) if text is not None else service.audio_query(audio))
-    base = str(request.base_url).rstrip("/")
+    record, embedding = await (service.text_query(text, register=True) if text is not None else service.audio_query(audio))
+    base = base_url(request)
     return JSONResponse(await describe(service, record, embedding, base), status_code=201,
                         headers={"Location": f"{base}/queries/{record.id}"})
 
@@ -106,5 +146,5 @@ async def get_query(query_id: str, request: Request, service: ServiceDep, settin
     if not is_query_id(query_id):
         raise HTTPException(404, f"{query_id!r} is not a query id (16 hex digits from POST /queries)")
     record, embedding = await service.resolve(query_id)
-    return JSONResponse(await describe(service, record, embedding, str(request.base_url).rstrip("/")),
+    return JSONResponse(await describe(service, record, embedding, base_url(request)),
                         headers={"Cache-Control": settings.cache_control})
