@@ -13,10 +13,12 @@ from model.bundle import Bundle
 from precompute.store import Store
 from server.engine import Metadata
 from server.http import HttpPolicy, errors, install_error_handlers
+from server.ratelimit import Rate, RateLimit
 from server.routes import meta, queries, rest, tiles, viewer
 from server.routes.viewer import STATIC
 from server.service import SoundscapeService
 from server.settings import Settings
+from server.urls import VaryHost
 
 
 def warm_up(service: SoundscapeService) -> None:
@@ -48,9 +50,12 @@ def create_app(settings: Settings) -> FastAPI:
     # Middleware: the last added runs first. Images and .npy are not gzipped (no gain, CPU cost).
     app.add_middleware(GZipMiddleware, minimum_size=500, compresslevel=6,
                        exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-npy"))
+    if settings.rate_limit:  # inside CORS, so a browser can read its 429
+        app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "HEAD", "POST"], allow_headers=["*"],
                            expose_headers=["ETag", "Cache-Control", "Location"])
+    app.add_middleware(VaryHost)  # URLs built from the Host header vary with it (server/urls.py)
     app.add_middleware(HttpPolicy)
     return app

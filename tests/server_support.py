@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def make_client(bundle_path, store_path, **settings) -> TestClient:
-    return TestClient(create_app(Settings(bundle=str(bundle_path), store=str(store_path), **settings)))
+    # A loopback Host, one of the default allowed hosts (server/urls.py), as a local browser sends.
+    return TestClient(create_app(Settings(bundle=str(bundle_path), store=str(store_path), **settings)),
+                      base_url="http://127.0.0.1")
 
 
 def decode_png(body: bytes) -> np.ndarray:
@@ -39,10 +41,11 @@ def decode_npy(body: bytes) -> np.ndarray:
 
 @contextlib.contextmanager
 def live_server(bundle_path, store_path, *, workers: int = 1, redis_url: str | None = None,
-                args: tuple[str, ...] = ()) -> Iterator[str]:
-    """`soundscape serve` (real uvicorn) on a random loopback port; yields its base URL."""
+                args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Iterator[str]:
+    """`soundscape serve` (real uvicorn) on a random loopback port, with no SOUNDSCAPE_* variables
+    but those in `env`; yields its base URL."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}, **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path),
                              "--store", str(store_path), "--port", str(port), "--workers", str(workers),
                              *(["--redis-url", redis_url] if redis_url else []), *args],

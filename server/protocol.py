@@ -1,0 +1,167 @@
+"""The HTTP/1.1 protocol `soundscape serve` runs: uvicorn's httptools protocol plus the limits a
+server on the open internet needs and uvicorn does not have.
+
+- Request head (request line and headers) at most `max_header_bytes`, counted as bytes arrive,
+  before the parser sees them: httptools joins a long header piece by piece, so a 100 MB header
+  held the event loop (every client) for 21 s. At most `max_headers` header lines. Both 431.
+- A head must arrive within `header_timeout_s` of the connection opening or the previous
+  response ending, and a body within `body_timeout_s` of its head: a client that trickles bytes
+  is answered 408 and closed (uvicorn's keep-alive timeout stops at the first byte); one that
+  sent nothing is closed without an answer.
+- At most `max_connections` open connections per worker: more are answered 503 and closed
+  within a second, so idle sockets cannot exhaust file descriptors.
+
+Limits come from SOUNDSCAPE_* variables (`ConnectionLimits.from_env`), since uvicorn builds the
+protocol itself in every worker; docs/reliability.md lists them.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+HEAD_END = b"\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    max_connections: int = 1024
+
+    @classmethod
+    def from_env(cls) -> "ConnectionLimits":
+        env = os.environ.get
+        return cls(max_header_bytes=int(env("SOUNDSCAPE_MAX_HEADER_BYTES", cls.max_header_bytes)),
+                   max_headers=int(env("SOUNDSCAPE_MAX_HEADERS", cls.max_headers)),
+                   header_timeout_s=float(env("SOUNDSCAPE_HEADER_TIMEOUT_S", cls.header_timeout_s)),
+                   body_timeout_s=float(env("SOUNDSCAPE_BODY_TIMEOUT_S", cls.body_timeout_s)),
+                   max_connections=int(env("SOUNDSCAPE_MAX_CONNECTIONS", cls.max_connections)))
+
+
+@lru_cache(maxsize=1)
+def process_limits() -> ConnectionLimits:
+    return ConnectionLimits.from_env()
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing; the protocol answers `status`."""
+
+
+class HardenedHttpProtocol(HttpToolsProtocol):
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = process_limits()
+        self.reading_head = True  # between requests or inside a head: bytes count against the limit
+        self.reading_body = False
+        self.head_bytes = 0
+        self.header_count = 0
+        self.tail = b""  # last bytes of the head so far, to find its end across reads
+        self.deadline: asyncio.TimerHandle | None = None
+        self.refusal: tuple[int, str] | None = None
+        self.over_capacity = False
+
+    # Connection and timers ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # Over the cap the 503 waits for the request (at most a second), so that it is read
+        # rather than lost in a reset: a socket closed before the request arrives resets it.
+        self.over_capacity = len(self.connections) > self.limits.max_connections
+        self.arm(min(1.0, self.limits.header_timeout_s) if self.over_capacity else self.limits.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        super().connection_lost(exc)
+
+    def arm(self, seconds: float) -> None:
+        self.disarm()
+        self.deadline = self.loop.call_later(seconds, self.on_deadline)
+
+    def disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def on_deadline(self) -> None:
+        self.deadline = None
+        if self.cycle is not None and not self.cycle.response_complete and not self.reading_body:
+            self.arm(self.limits.header_timeout_s)  # a pipelined request is being answered
+        elif self.reading_head and self.head_bytes == 0:
+            self.transport.close()  # idle: nothing to answer (a 408 could be read as the next answer)
+        elif self.reading_head:
+            self.refuse(408, f"the request head did not arrive within {self.limits.header_timeout_s:g} s")
+        elif self.reading_body:
+            self.refuse(408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s")
+
+    def refuse(self, status: int, message: str) -> None:
+        """Answer `status` with a one-sentence JSON detail (unless a response has begun) and close."""
+        if self.transport.is_closing():
+            return
+        answering = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
+        if not answering:
+            body = json.dumps({"detail": message}).encode()
+            extra = b"retry-after: 1\r\n" if status == 503 else b""
+            self.transport.write(b"".join([
+                STATUS_LINE[status], *(n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers),
+                b"content-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\n", extra,
+                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n", body]))
+        self.transport.close()
+
+    # Reading ------------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.over_capacity:
+            self.refuse(503, f"the server holds its limit of {self.limits.max_connections} connections; retry later")
+            return
+        if self.reading_head and not self.head_fits(data):
+            self.refuse(431, f"the request line and headers are over {self.limits.max_header_bytes} bytes")
+            return
+        super().data_received(data)
+
+    def head_fits(self, data: bytes) -> bool:
+        """Count `data` against the head limit; False once the head, whose end may lie in this
+        read (a body may follow it), runs past the limit."""
+        seen = self.tail + data
+        end = seen.find(HEAD_END)
+        used = len(data) if end < 0 else end + len(HEAD_END) - len(self.tail)
+        self.head_bytes += used
+        self.tail = seen[-(len(HEAD_END) - 1):] if end < 0 else b""
+        return self.head_bytes <= self.limits.max_header_bytes
+
+    def send_400_response(self, msg: str) -> None:
+        status, message = self.refusal or (400, "the request is not valid HTTP/1.1")
+        self.refuse(status, message)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > self.limits.max_headers:
+            self.refusal = (431, f"the request has more than {self.limits.max_headers} header lines")
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self.reading_head, self.reading_body = False, True
+        self.arm(self.limits.body_timeout_s)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        # The next request's head may follow at once (pipelining): count it from here; its
+        # timeout starts when this response ends (the app's time is not the client's).
+        self.reading_head, self.reading_body = True, False
+        self.head_bytes, self.header_count, self.tail = 0, 0, b""
+        self.disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.reading_head and not self.transport.is_closing():
+            self.arm(self.limits.header_timeout_s)

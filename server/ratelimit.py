@@ -1,0 +1,103 @@
+"""Per-client rate limit: a token bucket per client address, as pure ASGI middleware.
+
+`SOUNDSCAPE_RATE_LIMIT="20/s burst 100"` lets each client make 20 requests a second on average
+and 100 at once; over it a request is answered 429 with `Retry-After` and a one-sentence detail,
+before any work. Off when unset. Clients are keyed by their address (an IPv6 client by its /64,
+which one host usually holds whole). Behind a proxy, `soundscape serve --trusted-proxies` has
+uvicorn take the client's address from X-Forwarded-For, so the key is the real client. The bucket table holds at most `max_clients` entries, the
+least recently seen dropped first, so its memory is bounded whatever the number of addresses.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+EXEMPT_PATHS = ("/healthz", "/readyz")  # orchestrators' probes are never limited
+MAX_CLIENTS = 100_000  # buckets kept (about 200 bytes each)
+_SPEC = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*(?:burst\s+(\d+))?\s*$")
+
+
+@dataclass(frozen=True)
+class Rate:
+    per_s: float
+    burst: int
+
+    @classmethod
+    def parse(cls, spec: str) -> "Rate":
+        """'20/s burst 100', '600/min' (burst: one second's worth, at least 1)."""
+        match = _SPEC.match(spec.lower())
+        if not match or float(match.group(1)) <= 0:
+            raise ValueError(f"rate limit {spec!r} is not like '20/s burst 100' or '600/min'")
+        per_s = float(match.group(1)) / (60.0 if match.group(2).startswith("m") else 1.0)
+        burst = int(match.group(3)) if match.group(3) else max(1, math.ceil(per_s))
+        if burst < 1:
+            raise ValueError(f"rate limit {spec!r} needs a burst of at least 1")
+        return cls(per_s, burst)
+
+    def __str__(self) -> str:
+        return f"{self.per_s:g} requests per second (bursts of {self.burst})"
+
+
+def client_key(scope: Scope) -> str:
+    """The address a request is counted against: the client's, an IPv6 client's /64."""
+    client = (scope.get("client") or ("unknown", 0))[0]
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+class TokenBuckets:
+    """Tokens per key, refilled at `rate.per_s` up to `rate.burst`; LRU-bounded."""
+
+    def __init__(self, rate: Rate, max_clients: int = MAX_CLIENTS):
+        self.rate = rate
+        self.max_clients = max_clients
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, time)
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """0 when the request may go ahead (a token is spent), else the seconds until it may."""
+        now = time.monotonic() if now is None else now
+        tokens, then = self.buckets.pop(key, (float(self.rate.burst), now))
+        tokens = min(float(self.rate.burst), tokens + (now - then) * self.rate.per_s)
+        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate.per_s
+        self.buckets[key] = (tokens - 1.0 if wait == 0.0 else tokens, now)
+        if len(self.buckets) > self.max_clients:
+            self.buckets.popitem(last=False)
+        return wait
+
+
+class RateLimit:
+    """Pure ASGI middleware answering 429 to a client over its rate."""
+
+    def __init__(self, app: ASGIApp, rate: Rate, max_clients: int = MAX_CLIENTS):
+        self.app = app
+        self.buckets = TokenBuckets(rate, max_clients)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        wait = self.buckets.take(client_key(scope))
+        if wait == 0.0:
+            await self.app(scope, receive, send)
+            return
+        retry = max(1, math.ceil(wait))
+        body = json.dumps({"detail": f"too many requests from this address: the limit is {self.buckets.rate}; "
+                                     f"retry after {retry} s"}).encode()
+        await send({"type": "http.response.start", "status": 429,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", str(retry).encode()),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,72 @@
+"""The one place absolute URLs of this server are made (TileJSON, WMTS, POST /queries links).
+
+Cached responses must not carry a host a client made up: with `public_url` set every URL starts
+with it; otherwise the request's Host header is used only when it names one of `allowed_hosts`
+(else 400), and the response gets `Vary: Host` so a shared cache keeps one copy per host.
+"""
+from __future__ import annotations
+
+from fastapi import HTTPException, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.settings import Settings
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_VARY_HOST = "vary_host"  # scope["state"] flag: this response embeds the Host header
+
+
+def host_name(host: str) -> str:
+    """The name of a Host header value without its port ('[::1]:8000' -> '::1')."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether the Host header names an allowed host: exact names, `.example.org` for it and
+    its subdomains, or `*` for any."""
+    name = host_name(host)
+    if not name:
+        return False
+    for entry in allowed:
+        entry = entry.lower()
+        if entry == "*" or name == entry or (entry.startswith(".") and (name == entry[1:] or name.endswith(entry))):
+            return True
+    return False
+
+
+def base_url(request: Request) -> str:
+    """Scheme, host and root path of absolute URLs in this response, without a trailing slash."""
+    settings: Settings = request.app.state.settings
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    if not host_allowed(request.headers.get("host", ""), settings.allowed_hosts):
+        raise HTTPException(400, "the Host header is not one of this server's allowed hosts "
+                                 "(SOUNDSCAPE_ALLOWED_HOSTS), and no SOUNDSCAPE_PUBLIC_URL is set")
+    request.scope.setdefault("state", {})[_VARY_HOST] = True
+    return str(request.base_url).rstrip("/")
+
+
+class VaryHost:
+    """Pure ASGI middleware: adds `Vary: Host` to a response whose URLs came from the Host header."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_vary(message: Message) -> None:
+            if message["type"] == "http.response.start" and scope.get("state", {}).get(_VARY_HOST):
+                headers = list(message.get("headers", []))
+                vary = [v for k, v in headers if k.lower() == b"vary"]
+                if not any(b"host" in v.lower() for v in vary):
+                    headers = [(k, v) for k, v in headers if k.lower() != b"vary"]
+                    headers.append((b"vary", b", ".join([*vary, b"Host"])))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_vary)

@@ -1,0 +1,349 @@
+"""A server on the open internet: every size, cost and header a client controls is bounded
+(docs/reliability.md). Audio and JSON limits, allowed hosts and the public URL, the rate limit and
+bounded whole-level fusion go through the ASGI app; header size, header and body timeouts and the
+connection cap through a real `soundscape serve` on loopback."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import struct
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+
+from model.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
+from server.queries import MAX_DECODED_SAMPLES
+from server.ratelimit import Rate, TokenBuckets, client_key
+from server.urls import host_allowed, host_name
+from tests.server_support import live_server, make_client
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path, store_path):
+    with make_client(bundle_path, store_path) as client:
+        yield client
+
+
+def wav(rate: int, channels: int = 1, frames: int = 100) -> bytes:
+    """A 16-bit PCM WAV of silence whose header declares any `rate` and `channels`, as an attacker
+    writes it (libsndfile itself refuses to write some of these)."""
+    data = np.zeros(frames * channels, "<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, (rate * channels * 2) & 0xFFFFFFFF, channels * 2, 16)
+    return b"".join([b"RIFF", struct.pack("<I", 36 + len(data)), b"WAVE", b"fmt ", struct.pack("<I", 16), fmt,
+                     b"data", struct.pack("<I", len(data)), data])
+
+
+def flac_silence(rate: int, channels: int, seconds: float) -> bytes:
+    buf = io.BytesIO()
+    soundfile.write(buf, np.zeros((int(rate * seconds), channels), np.int16), rate, format="FLAC")
+    return buf.getvalue()
+
+
+def post_audio(client, body: bytes):
+    return client.post("/queries", content=body, headers={"Content-Type": "audio/wav"})
+
+
+# Audio ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, status, needle", [
+    (wav(1_000_003), 422, "1000003 Hz"),  # a 244-byte file: 0.9 GB and 4 s to resample exactly
+    (wav(2**31 - 1), 422, "accepted rates are 8000 to 384000"),
+    (wav(4000), 422, "4000 Hz"),
+    (wav(16000, channels=9), 422, "9 channels"),
+    (flac_silence(16000, 1, 90), 413, "90.0 s long"),  # a minute and a half in a few kB
+    (flac_silence(384000, 8, 3), 413, "samples (frames x channels)"),  # 3 s, but 9.2 M samples
+])
+def test_audio_header_limits_refuse_before_decoding(client, body, status, needle):
+    start = time.perf_counter()
+    r = post_audio(client, body)
+    assert (r.status_code, needle in r.json()["detail"]) == (status, True), r.text
+    assert time.perf_counter() - start < 1.0
+
+
+def test_audio_at_the_edges_of_the_limits_is_accepted(client):
+    for rate, channels in ((8000, 1), (383_987, 1), (44_100, 8)):
+        seconds = min(2.0, MAX_DECODED_SAMPLES / (rate * channels) - 0.1)
+        buf = io.BytesIO()
+        wave = 0.1 * np.sin(np.arange(int(seconds * rate)) / rate * 2 * np.pi * 440)
+        soundfile.write(buf, np.repeat(wave[:, None], channels, axis=1).astype(np.float32), rate, format="WAV")
+        r = post_audio(client, buf.getvalue())
+        assert r.status_code == 201, r.text
+        assert r.json()["sample_rate"] == rate
+
+
+def test_resampling_between_coprime_rates_is_bounded_and_in_tune():
+    up, down = resample_ratio(383_987, 44_100)
+    assert max(up, down) <= MAX_RESAMPLE_FACTOR
+    assert up / down == pytest.approx(44_100 / 383_987, rel=1e-5)
+    assert resample_ratio(48_000, 44_100) == (147, 160)  # usual rates stay exact
+    rate = 1_000_003
+    tone = np.sin(2 * np.pi * 1000 * np.arange(rate // 10) / rate).astype(np.float32)
+    start = time.perf_counter()
+    out = resample(tone, rate, 16_000)
+    assert time.perf_counter() - start < 1.0
+    spectrum = np.abs(np.fft.rfft(out))
+    assert np.argmax(spectrum) * 16_000 / len(out) == pytest.approx(1000, abs=15)
+
+
+# JSON -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, status, needle", [
+    (b'{"text": ' + b"[" * 4000 + b"]" * 4000 + b"}", 422, "nests deeper"),  # json.loads: RecursionError
+    (b'{"text": "\\ud800 birds"}', 422, "lone surrogate"),
+    (b'{"text": 42}', 422, '{"text": "..."}'),
+    (b'["text"]', 422, '{"text": "..."}'),
+    (b'{"text": "' + b"a" * 9000 + b'"}', 413, "limit"),
+    (b'{"text": "\xff"}', 422, "not valid JSON"),
+])
+def test_malformed_json_answers_4xx(client, body, status, needle):
+    r = client.post("/queries", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    assert needle in r.json()["detail"]
+
+
+def test_brackets_inside_the_text_are_not_nesting(client):
+    r = client.post("/queries", json={"text": "[[[[[[[[[[birds]]]]]]]]]] {{{{{{{{{{"})
+    assert r.status_code == 201, r.text
+
+
+# Hosts and URLs ---------------------------------------------------------------------------------
+
+def test_host_names_and_patterns():
+    assert host_name("[::1]:8000") == "::1" and host_name("Example.org:80") == "example.org"
+    assert host_name("::1") == "::1"
+    allowed = ("localhost", ".example.org")
+    assert host_allowed("localhost:8000", allowed) and host_allowed("tiles.example.org", allowed)
+    assert host_allowed("example.org", allowed)
+    assert not host_allowed("evilexample.org", allowed) and not host_allowed("", allowed)
+    assert host_allowed("anything", ("*",))
+
+
+URL_ROUTES = ["/tilejson.json?layer=uncertainty", "/WebMercatorQuad/tilejson.json?layer=uncertainty",
+              "/WMTSCapabilities.xml", "/WebMercatorQuad/WMTSCapabilities.xml"]
+
+
+@pytest.mark.parametrize("path", URL_ROUTES)
+def test_a_host_outside_the_allowed_hosts_gets_400_not_a_cached_url(client, path):
+    evil = client.get(path, headers={"Host": "evil.example"})
+    assert evil.status_code == 400 and "allowed hosts" in evil.json()["detail"]
+    assert evil.headers["cache-control"] == "no-store"
+    good = client.get(path, headers={"Host": "localhost:8000"})
+    assert good.status_code == 200
+    assert "http://localhost:8000/tiles/" in good.text and "evil" not in good.text
+    assert "host" in good.headers["vary"].lower()
+
+
+def test_posted_query_links_use_only_allowed_hosts(client):
+    evil = client.post("/queries", json={"text": "birdsong"}, headers={"Host": "evil.example"})
+    assert evil.status_code == 400
+    good = client.post("/queries", json={"text": "birdsong"}, headers={"Host": "127.0.0.1:9"})
+    assert good.status_code == 201 and good.headers["location"].startswith("http://127.0.0.1:9/queries/")
+    got = client.get(good.headers["location"].removeprefix("http://127.0.0.1:9"), headers={"Host": "evil.example"})
+    assert got.status_code == 400
+
+
+def test_public_url_is_used_for_every_absolute_url(bundle_path, store_path):
+    public = "https://tiles.example.org/soundscape"
+    with make_client(bundle_path, store_path, public_url=public + "/") as client:
+        for path in URL_ROUTES:
+            r = client.get(path, headers={"Host": "evil.example"})
+            assert r.status_code == 200 and "evil" not in r.text and f"{public}/tiles/" in r.text
+            assert "host" not in r.headers.get("vary", "").lower()  # the body no longer depends on it
+        posted = client.post("/queries", json={"text": "birdsong"}, headers={"Host": "evil.example"})
+        assert posted.headers["location"] == f"{public}/queries/{posted.json()['id']}"
+        assert all(link.startswith(public) for link in posted.json()["links"].values())
+
+
+# Rate limit -------------------------------------------------------------------------------------
+
+def test_rate_specs():
+    assert Rate.parse("20/s burst 100") == Rate(20.0, 100)
+    assert Rate.parse("600/min") == Rate(10.0, 10)
+    assert Rate.parse("0.5/s") == Rate(0.5, 1)
+    for bad in ("fast", "20", "0/s", "20/h", "-1/s"):
+        with pytest.raises(ValueError, match="not like"):
+            Rate.parse(bad)
+
+
+def test_token_bucket_refills_and_its_table_is_bounded():
+    buckets = TokenBuckets(Rate(2.0, 3), max_clients=100)
+    assert [buckets.take("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a", now=0.0) == pytest.approx(0.5)  # the next token in half a second
+    assert buckets.take("a", now=0.5) == 0.0
+    assert buckets.take("b", now=0.5) == 0.0  # another client has its own bucket
+    for i in range(1000):
+        buckets.take(f"client-{i}", now=1.0)
+    assert len(buckets.buckets) == 100
+
+
+def test_client_keys():
+    assert client_key({"client": ("203.0.113.7", 5)}) == "203.0.113.7"
+    assert client_key({"client": ("2001:db8::1", 5)}) == client_key({"client": ("2001:db8::ffff", 5)})
+    assert client_key({"client": ("::ffff:203.0.113.7", 5)}) == "203.0.113.7"
+
+
+def test_rate_limit_answers_429_with_retry_after(bundle_path, store_path):
+    with make_client(bundle_path, store_path, rate_limit="1/min burst 3") as client:
+        codes = [client.get("/colormaps").status_code for _ in range(3)]
+        over = client.get("/tiles/3/4/2.png?layer=uncertainty")
+        assert codes == [200, 200, 200]
+        assert over.status_code == 429 and int(over.headers["retry-after"]) >= 50
+        assert "too many requests" in over.json()["detail"] and over.headers["cache-control"] == "no-store"
+        assert client.get("/healthz").status_code == 200  # probes are never limited
+    with make_client(bundle_path, store_path) as client:  # off by default
+        assert {client.get("/colormaps").status_code for _ in range(20)} == {200}
+
+
+# /search under metadata ---------------------------------------------------------------------------
+
+def test_search_under_metadata_fuses_a_level_once(client):
+    stats = client.app.state.service.stats
+    before = stats["fusions"]
+    first = client.get("/search?q=forest&hour=5&month=7&level=5&k=5")
+    again = client.get("/search?q=sea&hour=5&month=7&level=5&k=3")
+    assert first.status_code == again.status_code == 200
+    assert stats["fusions"] == before + 1  # the second query reuses the fused level
+
+
+def test_whole_level_fusions_are_bounded_and_others_get_503(bundle_path, store_path):
+    with make_client(bundle_path, store_path, full_fusions=1) as client:
+        service = client.app.state.service
+        real_fuse = service.engine.fuse
+
+        def slow_fuse(*args):  # a level as large as the demo's finest, where a fusion takes seconds
+            time.sleep(0.5)
+            return real_fuse(*args)
+
+        service.engine.fuse = slow_fuse
+
+        async def burst() -> list[httpx.Response]:
+            transport = httpx.ASGITransport(app=client.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+                return await asyncio.gather(*(http.get(f"/search?q=forest&hour={h}&month=3&level=6")
+                                              for h in range(6)))
+
+        start = time.perf_counter()
+        answers = asyncio.run(burst())
+        elapsed = time.perf_counter() - start
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [200, 200, 503, 503, 503, 503], codes  # one runs, one waits
+        refused = next(r for r in answers if r.status_code == 503)
+        assert refused.headers["retry-after"] == "5" and "retry" in refused.json()["detail"]
+        assert elapsed < 3.0  # two fusions one after the other, not six
+
+
+# A real uvicorn: header size, timeouts, connection cap -----------------------------------------------
+
+LIVE_ENV = {"SOUNDSCAPE_MAX_HEADER_BYTES": "8192", "SOUNDSCAPE_MAX_HEADERS": "50",
+            "SOUNDSCAPE_HEADER_TIMEOUT_S": "1.5", "SOUNDSCAPE_BODY_TIMEOUT_S": "2",
+            "SOUNDSCAPE_MAX_CONNECTIONS": "6"}
+
+
+@pytest.fixture(scope="module")
+def live(bundle_path, store_path):
+    with live_server(bundle_path, store_path, env=LIVE_ENV) as base:
+        yield int(base.rsplit(":", 1)[1])
+
+
+def exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, float]:
+    """Send `data` on a new connection and read until the server closes it: (answer, seconds)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        start = time.perf_counter()
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        return answer, time.perf_counter() - start
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def detail_of(answer: bytes) -> str:
+    return json.loads(answer.split(b"\r\n\r\n", 1)[1])["detail"]
+
+
+def get(port: int, path: str = "/healthz") -> float:
+    start = time.perf_counter()
+    r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10)
+    assert r.status_code == 200
+    return time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_a_too_large_head_is_431_and_others_are_served_meanwhile(live):
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 12_000 + b"\r\n\r\n"
+    answer, _ = exchange(live, big)
+    assert status_of(answer) == 431 and "8192 bytes" in detail_of(answer)
+    many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(60)) + b"\r\n"
+    answer, _ = exchange(live, many)
+    assert status_of(answer) == 431 and "50 header lines" in detail_of(answer)
+    # 50 MB of header, sent as fast as the socket takes it, while another client is served.
+    stop = threading.Event()
+
+    def flood() -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", live), timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+                while not stop.is_set():
+                    s.sendall(b"a" * 65536)
+        except OSError:
+            pass  # refused and closed: what should happen
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        assert max(get(live) for _ in range(20)) < 1.0
+    finally:
+        stop.set()
+        flooder.join(10)
+    assert not flooder.is_alive()
+
+
+@pytest.mark.slow
+def test_slow_heads_and_bodies_are_408_and_closed(live):
+    answer, seconds = exchange(live, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+    assert status_of(answer) == 408 and "head" in detail_of(answer) and 1.2 < seconds < 5
+    answer, seconds = exchange(live, b"")  # connects and says nothing: closed
+    assert answer == b"" and 1.2 < seconds < 5
+    post = (b"POST /queries HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{\"text\": ")
+    answer, seconds = exchange(live, post)
+    assert status_of(answer) == 408 and "body" in detail_of(answer) and 1.5 < seconds < 6
+    # A trickle that keeps sending bytes does not keep the connection open.
+    with socket.create_connection(("127.0.0.1", live), timeout=10) as s:
+        start = time.perf_counter()
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        with pytest.raises(OSError):
+            for _ in range(20):
+                s.sendall(b"X-a: b\r\n")
+                time.sleep(0.5)
+            if not s.recv(1):
+                raise ConnectionResetError
+        assert time.perf_counter() - start < 5
+    assert get(live) < 1.0
+
+
+@pytest.mark.slow
+def test_connections_over_the_cap_get_503_and_keep_alive_still_works(live):
+    time.sleep(2)  # connections of earlier tests have timed out
+    idle = [socket.create_connection(("127.0.0.1", live)) for _ in range(6)]
+    try:
+        answer, _ = exchange(live, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(answer) == 503 and "6 connections" in detail_of(answer)
+        assert b"retry-after: 1" in answer.lower()
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.5)
+    with httpx.Client(base_url=f"http://127.0.0.1:{live}", timeout=10) as http:  # one connection, many requests
+        assert [http.get("/healthz").status_code for _ in range(5)] == [200] * 5
+        time.sleep(2)  # idle past the header timeout between requests: closed; the client reconnects
+        assert http.get("/healthz").status_code == 200
