@@ -1,0 +1,127 @@
+"""The README's URLs and docs/api.md's examples, run verbatim against a real uvicorn (only the
+address `http://127.0.0.1:8000` is replaced by the test server's): the curl lines in bash, the
+GDAL `WMTS:` connection strings through GDAL (rasterio), and the Leaflet and MapLibre snippets in
+headless Chromium, each drawing the heatmap."""
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+import soundfile
+from PIL import Image
+
+from tests.server_support import REPO, live_server
+from tests.test_viewer import ARGS, CHROMIUM
+
+DOCS = (REPO / "docs" / "api.md").read_text()
+README = (REPO / "README.md").read_text()
+ADDRESS = "http://127.0.0.1:8000"
+LEAFLET = REPO / "tests" / "assets" / "leaflet"
+
+pytestmark = pytest.mark.slow
+
+
+def code_block(after: str, language: str) -> str:
+    """The first fenced block of `language` after the line `after` in docs/api.md."""
+    return re.search(rf"{re.escape(after)}\s*```{language}\n(.*?)```", DOCS, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def server(bundle_path, store_path):
+    with live_server(bundle_path, store_path) as url:
+        yield url
+
+
+def test_readme_urls_answer(server):
+    urls = re.findall(rf"    {re.escape(ADDRESS)}(/\S*)", README)
+    assert len(urls) >= 5, "the README lists the viewer, tiles, TileJSON and WMTS"
+    for path in urls:
+        r = httpx.get(server + path.replace("{z}/{x}/{y}", "2/2/1"), timeout=60)
+        assert r.status_code == 200, (path, r.text[:200])
+
+
+def test_curl_examples_run_verbatim(server, tmp_path):
+    wave = (0.2 * np.sin(np.arange(32000) * 0.05)).astype(np.float32)
+    soundfile.write(tmp_path / "dawn.flac", wave, 16000)
+    soundfile.write(tmp_path / "dawn.wav", wave, 16000)
+    (tmp_path / ".curlrc").write_text("fail-with-body\n")  # an HTTP error fails the line
+    etag = None
+    for line in code_block("curl:", "bash").strip().splitlines():
+        command = line.split("   # ")[0].replace(ADDRESS, server)
+        if "<etag>" in command:
+            command = command.replace('"<etag>"', etag)
+        done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "CURL_HOME": str(tmp_path)})
+        assert done.returncode == 0, (line, done.stdout[-300:], done.stderr[-300:])
+        if "grep -i etag" in command:
+            etag = done.stdout.split(":", 1)[1].strip()
+        if line.endswith("# 304"):
+            assert done.stdout.strip() == "304"
+    assert Image.open(tmp_path / "tile.png").format == "PNG"
+    assert np.load(tmp_path / "values.npy").shape == (256, 256)
+
+
+def test_gdal_connection_strings_run(server):
+    for string in re.findall(r"'(WMTS:[^']+)'", DOCS):
+        with rasterio.open(string.replace(ADDRESS, server)) as src:
+            rgba = src.read(out_shape=(src.count, round(src.height * 1024 / src.width), 1024))
+        assert rgba.shape[0] == 4 and (rgba[3] > 0).any(), string
+
+
+def _page(pw, server):
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium")
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page(viewport={"width": 512, "height": 512})
+    tiles = []
+    page.on("response", lambda r: tiles.append(r) if "/tiles/" in r.url else None)
+    page.set_content('<html><body style="margin:0;background:#fff">'
+                     '<div id="map" style="width:512px;height:512px"></div></body></html>')
+    return browser, page, tiles
+
+
+def _drawn(page) -> float:
+    """Share of the map's pixels that are not the white page (the heatmap drew there)."""
+    pixels = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(int)
+    return float((np.abs(pixels - 255).sum(axis=2) > 60).mean())
+
+
+def test_leaflet_example_draws_the_heatmap(server):
+    from playwright.sync_api import sync_playwright
+
+    snippet = code_block("Leaflet (256 px tiles):", "js").replace(ADDRESS, server)
+    with sync_playwright() as pw:
+        browser, page, tiles = _page(pw, server)
+        page.add_style_tag(content=(LEAFLET / "leaflet.css").read_text())
+        page.add_script_tag(content=(LEAFLET / "leaflet.js").read_text())
+        page.evaluate("window.map = L.map('map', {zoomControl: false}).setView([48, 12], 3);\n" + snippet)
+        page.wait_for_function("document.querySelectorAll('.leaflet-tile-loaded').length >= 4", timeout=60_000)
+        page.wait_for_timeout(500)
+        assert tiles and {r.status for r in tiles} == {200}
+        assert _drawn(page) > 0.1
+        browser.close()
+
+
+def test_maplibre_example_draws_the_heatmap(server):
+    from playwright.sync_api import sync_playwright
+
+    snippet = code_block("MapLibre GL JS:", "js").replace(ADDRESS, server)
+    with sync_playwright() as pw:
+        browser, page, tiles = _page(pw, server)
+        page.add_script_tag(url=f"{server}/static/maplibre/maplibre-gl.js")
+        page.evaluate("""(snippet) => new Promise((resolve) => {
+            window.map = new maplibregl.Map({container: 'map', style: {version: 8, sources: {}, layers: []},
+                                             center: [12, 48], zoom: 2, attributionControl: false});
+            map.on('load', () => { new Function('map', snippet)(map); map.once('idle', resolve); });
+        })""", snippet)
+        page.wait_for_function("window.map.areTilesLoaded()", timeout=60_000)
+        assert tiles and {r.status for r in tiles} == {200}
+        assert all("tilesize=512" in r.url for r in tiles)
+        assert _drawn(page) > 0.05
+        browser.close()
+
