@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import socket
 from pathlib import Path
 from urllib.parse import quote
@@ -84,10 +85,13 @@ def serve(bundle: str, store: str, host: str, port: int, workers: int = 1,
 
 
 def check_internet_options(host: str) -> None:
-    """Refuse a malformed rate limit before starting; URLs may name the bind host unless
+    """Refuse a malformed rate limit or public URL before starting; URLs may name the bind host unless
     SOUNDSCAPE_ALLOWED_HOSTS says otherwise; warn when a public bind has no public URL."""
     if os.environ.get("SOUNDSCAPE_RATE_LIMIT"):
         Rate.parse(os.environ["SOUNDSCAPE_RATE_LIMIT"])
+    public = os.environ.get("SOUNDSCAPE_PUBLIC_URL")
+    if public and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", public):
+        raise ValueError(f"public URL {public!r} is not like https://tiles.example.org or http://host:port/prefix")
     wildcard = host in ("0.0.0.0", "::", "")
     if "SOUNDSCAPE_ALLOWED_HOSTS" not in os.environ:
         os.environ["SOUNDSCAPE_ALLOWED_HOSTS"] = ",".join((*LOOPBACK_HOSTS, *(() if wildcard else (host,))))

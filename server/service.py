@@ -30,6 +30,9 @@ QUERY_LRU_BYTES = 32 * 1024 * 1024
 # process: 2 MB for the demo's finest level, so a few dozen (level, metadata) pairs fit.
 LEVEL_FUSION_LRU_BYTES = 128 * 1024 * 1024
 FUSION_RETRY_AFTER_S = 5
+# A fusion of more cells than this is "large" (bounded by settings.full_fusions): a 512 px tile
+# reads 34 x 34 cells, a whole level or a colour-scale sample reads thousands.
+LARGE_FUSION_CELLS = 2048
 SCALE_CACHE_ENTRIES = 4096
 # Names the default-scale rule in tile keys and ETags: change it when the rule changes.
 DEFAULT_SCALE_KEY = "p2-p98-v1"
@@ -237,13 +240,31 @@ class SoundscapeService:
         if stored is not None:
             return stored
 
-        async def compute() -> bytes:
-            metrics.COMPUTE.labels("fusion").inc()
-            return (await self.run(self.engine.fuse, level, index, meta)).to_bytes()
-
         key = cache_key("fused", {**self.ids, **block, "hour": meta.hour, "month": meta.month,
                                   "source": meta.source})
-        return CellEmbeddings.from_bytes(await self.cached(self.tiles, "fused", key, compute))
+        return CellEmbeddings.from_bytes(await self.cached(self.tiles, "fused", key,
+                                                           lambda: self.fuse(level, index, meta)))
+
+    async def fuse(self, level: Level, index: np.ndarray, meta: Metadata, large: bool = False) -> bytes:
+        """The fusion of `index` under `meta`, run in the compute pool. A large one (a whole level
+        for /search, or over LARGE_FUSION_CELLS: a colour-scale sample) costs seconds of CPU: at most
+        `settings.full_fusions` run at once and as many wait, more are refused with 503, so
+        requests with many distinct metadata values cannot take the cores from tiles."""
+        if not large and len(index) <= LARGE_FUSION_CELLS:
+            metrics.COMPUTE.labels("fusion").inc()
+            return (await self.run(self.engine.fuse, level, index, meta)).to_bytes()
+        slots = max(1, self.settings.full_fusions)
+        if self.level_fusions_pending >= 2 * slots:
+            raise HTTPException(503, f"{slots} large fusions are running and as many wait; retry in "
+                                     f"{FUSION_RETRY_AFTER_S} s (an hour with a month, or a source, is fused "
+                                     "on demand)", headers={"Retry-After": str(FUSION_RETRY_AFTER_S)})
+        self.level_fusions_pending += 1
+        try:
+            async with self.level_fusion_slots:
+                metrics.COMPUTE.labels("fusion").inc()
+                return (await self.run(self.engine.fuse, level, index, meta)).to_bytes()
+        finally:
+            self.level_fusions_pending -= 1
 
     # Tiles -----------------------------------------------------------------------------------
     def etag(self, request: TileRequest) -> str:
@@ -330,29 +351,13 @@ class SoundscapeService:
         return await self.run(self.engine.top_k, level, cells, query, k)
 
     async def fused_level(self, level: Level, meta: Metadata) -> CellEmbeddings:
-        """Every cell of `level` under `meta`: stored, or fused once per (level, metadata) and kept
-        in process. Such a fusion costs seconds of CPU, so at most `settings.full_fusions` run at
-        once and as many wait; more are refused with 503, and requests with many distinct
-        metadata values cannot take the cores from tiles."""
+        """Every cell of `level` under `meta`: stored, or fused once per (level, metadata) (a
+        bounded large fusion, `fuse`) and kept in a small in-process cache."""
         rows = np.arange(len(level))
         stored = await self.run(self.engine.stored, level, rows, meta)
         if stored is not None:
             return stored
-
-        async def compute() -> bytes:
-            slots = max(1, self.settings.full_fusions)
-            if self.level_fusions_pending >= 2 * slots:
-                raise HTTPException(503, f"{slots} whole-level fusions are running and as many wait; retry in "
-                                         f"{FUSION_RETRY_AFTER_S} s, or search without hour/month/source",
-                                    headers={"Retry-After": str(FUSION_RETRY_AFTER_S)})
-            self.level_fusions_pending += 1
-            try:
-                async with self.level_fusion_slots:
-                    metrics.COMPUTE.labels("fusion").inc()
-                    return (await self.run(self.engine.fuse, level, rows, meta)).to_bytes()
-            finally:
-                self.level_fusions_pending -= 1
-
         key = cache_key("fused_level", {**self.ids, "level": level.level, "hour": meta.hour,
                                         "month": meta.month, "source": meta.source})
-        return CellEmbeddings.from_bytes(await self.cached(self.level_fusions, "fused_level", key, compute))
+        return CellEmbeddings.from_bytes(await self.cached(self.level_fusions, "fused_level", key,
+                                                           lambda: self.fuse(level, rows, meta, large=True)))

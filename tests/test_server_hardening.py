@@ -9,6 +9,8 @@ import io
 import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -21,7 +23,7 @@ from model.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
 from server.queries import MAX_DECODED_SAMPLES
 from server.ratelimit import Rate, TokenBuckets, client_key
 from server.urls import host_allowed, host_name
-from tests.server_support import live_server, make_client
+from tests.server_support import REPO, live_server, make_client
 
 
 @pytest.fixture(scope="module")
@@ -347,3 +349,14 @@ def test_connections_over_the_cap_get_503_and_keep_alive_still_works(live):
         assert [http.get("/healthz").status_code for _ in range(5)] == [200] * 5
         time.sleep(2)  # idle past the header timeout between requests: closed; the client reconnects
         assert http.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("--rate-limit", "fast", "not like '20/s burst 100'"),
+    ("--public-url", "ftp://tiles.example.org", "not like https://"),
+])
+def test_serve_refuses_malformed_internet_options(bundle_path, store_path, option, value, needle):
+    done = subprocess.run([sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path), "--store",
+                           str(store_path), "--port", "9", option, value], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr
