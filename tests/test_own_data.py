@@ -86,6 +86,13 @@ def test_level_is_derived_from_the_imagery_and_a_bad_one_names_the_range(tmp_pat
     rows = [*splits.train.rows, *splits.val.rows, *splits.test.rows]
     assert len(rows) == 12 and {r.level for r in rows} == {expected}
     assert f"using level {expected}" in caplog.text and f"zoom {expected - 4}" in caplog.text
+    # A row the imagery does not cover is one more reason in the start-up summary.
+    with open(root / "samples.csv", "a", newline="") as f:
+        csv.writer(f).writerow([-40.0, 150.0, "", "audio/0.wav", "field", "far away", "notes"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        READERS["csv"]({"root": str(root), "imagery": str(imagery_path)}, 16)
+    assert "1 row(s) skipped, 12 kept: outside the imagery's bounds: 1" in caplog.text
     coarsest, finest = imagery.level_range(16, 8.0)
     for bad in (finest + 1, coarsest - 1):
         with pytest.raises(ValueError, match=f"use a level in {coarsest}-{finest}"):

@@ -101,9 +101,10 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig) -> Row:
                _optional(row, "caption_source"), image, gsd, level)
 
 
-def read_rows(cfg: CsvFolderConfig) -> list[Row]:
-    """The usable rows of the CSV. Malformed rows and rows whose files are missing are skipped
-    and summarised in one warning (counts per reason, the first lines of each)."""
+def read_rows(cfg: CsvFolderConfig, bounds: tuple[float, float, float, float] | None = None) -> list[Row]:
+    """The usable rows of the CSV. Malformed rows, rows whose files are missing and rows to be cut
+    from imagery outside its `bounds` are skipped and summarised in one warning (counts per
+    reason, the first lines of each)."""
     path = Path(cfg.root) / cfg.csv
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
@@ -120,6 +121,9 @@ def read_rows(cfg: CsvFolderConfig) -> list[Row]:
                 for name in (parsed.audio, parsed.image):
                     if name and not (Path(cfg.root) / name).is_file():
                         raise ValueError(f"file {name!r} does not exist")
+                if bounds and not parsed.image and not (bounds[0] <= parsed.lon <= bounds[2]
+                                                        and bounds[1] <= parsed.lat <= bounds[3]):
+                    raise ValueError("outside the imagery's bounds")
                 rows.append(parsed)
             except (ValueError, TypeError, KeyError) as exc:
                 skipped.setdefault(_reason(exc), []).append(line)
@@ -214,14 +218,11 @@ class CsvFolderSource:
         return {**self.__dict__, "_imagery": None}
 
 
-def check_level(cfg: CsvFolderConfig, image_size: int) -> CsvFolderConfig:
+def check_level(cfg: CsvFolderConfig, imagery, image_size: int) -> CsvFolderConfig:
     """The config with `level` set: as given when the imagery can fill such cells (a ValueError
     naming the allowed range otherwise), or derived from the imagery's resolution."""
-    if cfg.imagery is None:
+    if imagery is None:
         return cfg
-    from model.imagery import Imagery
-
-    imagery = Imagery(cfg.imagery)
     coarsest, finest = imagery.level_range(image_size, MAX_UPSAMPLE)
     if cfg.level is None:
         level = default_level(imagery, image_size)
@@ -238,8 +239,14 @@ def check_level(cfg: CsvFolderConfig, image_size: int) -> CsvFolderConfig:
 
 
 def open_csv_folder(section: dict, image_size: int) -> Splits:
-    cfg = check_level(from_section(CsvFolderConfig, section, "data"), image_size)
-    rows = read_rows(cfg)
+    cfg = from_section(CsvFolderConfig, section, "data")
+    imagery = None
+    if cfg.imagery is not None:  # opened at start: a wrong path or level fails before anything else
+        from model.imagery import Imagery
+
+        imagery = Imagery(cfg.imagery)
+    cfg = check_level(cfg, imagery, image_size)
+    rows = read_rows(cfg, imagery.bounds if imagery else None)
     s = cfg.split
     labels = geographic_split(np.array([r.lat for r in rows]), np.array([r.lon for r in rows]),
                               cell_deg=s.cell_deg, val_fraction=s.val_fraction,
