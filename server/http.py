@@ -96,6 +96,7 @@ def _bounded(detail: str) -> str:
 # Conditional requests ----------------------------------------------------------------------
 
 def if_none_match_tags(request: Request) -> list[str]:
+    """The entity tags of If-None-Match, `*` included."""
     header = request.headers.get("if-none-match") or ""
     return [t.strip() for t in header.split(",") if t.strip()]
 
@@ -243,7 +244,7 @@ class HttpPolicy:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
+        began = time.perf_counter()
         head, root_path = scope["method"] == "HEAD", scope.get("root_path", "")
         inner = {**scope, "method": "GET"} if head else scope
         status: int | None = None
@@ -273,8 +274,9 @@ class HttpPolicy:
                     held_body.append(message.get("body", b""))
                     if message.get("more_body", False):
                         return
-                    start, message = _as_error_shape(held, b"".join(held_body))
-                    await send(start)
+                    opening, message = _as_error_shape(held, b"".join(held_body))
+                    held = None
+                    await send(opening)
                 if head:
                     message = {**message, "body": b""}
             await send(message)
@@ -288,4 +290,4 @@ class HttpPolicy:
             counted = CLIENT_CLOSED if hung_up else status or 500
             method = scope["method"] if scope["method"] in METHODS else "other"  # bounded labels
             metrics.REQUESTS.labels(name, method, str(counted)).inc()
-            metrics.LATENCY.labels(name).observe(time.perf_counter() - start)
+            metrics.LATENCY.labels(name).observe(time.perf_counter() - began)
