@@ -42,7 +42,7 @@ ERROR_DESCRIPTIONS = {
     415: "Not JSON, a form or audio (wav, flac, ogg, mp3).",
     422: "Invalid parameters.",
     429: "Too many requests from this client; retry after Retry-After seconds.",
-    503: "The query registry is unavailable; retry later.",
+    503: "Busy (large fusions running) or the query registry unavailable; retry after Retry-After.",
 }
 
 
