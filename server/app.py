@@ -40,7 +40,8 @@ def create_app(settings: Settings) -> FastAPI:
     warm_up(service)
     app = FastAPI(title="Soundscape tiles", version="0.2.0",
                   description="Heatmap and uncertainty tiles of where a sound is likely to be heard, "
-                              "with TileJSON, WMTS, search and point profiles. See docs/api.md.")
+                              "with TileJSON, WMTS, search and point profiles. See docs/api.md.",
+                  docs_url=None, redoc_url=None)  # server/routes/viewer.py serves them from vendored assets
     app.state.service = service
     app.state.settings = settings
     for router in (tiles.router, queries.router, rest.router, meta.router, viewer.router):

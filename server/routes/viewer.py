@@ -1,11 +1,13 @@
-"""The web viewer (`GET /`, static files, vendored MapLibre) and its basemap: tiles of the
-store's own imagery, so the page works with no other server and offline."""
+"""The web viewer (`GET /`, static files, vendored MapLibre), its basemap (tiles of the store's
+own imagery) and the API docs (`/docs`, `/redoc`) from vendored Swagger UI and ReDoc, so every
+page works with no other server and offline."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from server.http import BINARY, errors
 from server.params import check_tile
@@ -13,11 +15,45 @@ from server.routes.deps import ServiceDep, SettingsDep
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 router = APIRouter(tags=["viewer"])
+# The docs pages may load nothing from another origin: ReDoc's sidebar fetches its vendor's logo
+# from a CDN, which this blocks (the page goes on without it).
+DOCS_CSP = "default-src 'self' 'unsafe-inline' data: blob:"
 
 
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def _prefix(request: Request) -> str:
+    """The app's mount path (behind a proxy that strips one), so asset URLs resolve there too."""
+    return request.scope.get("root_path", "").rstrip("/")
+
+
+@router.get("/docs", include_in_schema=False)
+async def swagger_ui(request: Request) -> HTMLResponse:
+    """Swagger UI over /openapi.json. validatorUrl off: its badge would call an outside host."""
+    static = f"{_prefix(request)}/static/swagger-ui"
+    page = get_swagger_ui_html(openapi_url=f"{_prefix(request)}{request.app.openapi_url}",
+                               title=f"{request.app.title} - Swagger UI",
+                               swagger_js_url=f"{static}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{static}/swagger-ui.css",
+                               swagger_favicon_url=f"{static}/favicon-32x32.png",
+                               swagger_ui_parameters={"validatorUrl": None})
+    page.headers["Content-Security-Policy"] = DOCS_CSP
+    return page
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    """ReDoc over /openapi.json, in the browser's own fonts (no font downloads)."""
+    page = get_redoc_html(openapi_url=f"{_prefix(request)}{request.app.openapi_url}",
+                          title=f"{request.app.title} - ReDoc",
+                          redoc_js_url=f"{_prefix(request)}/static/redoc/redoc.standalone.js",
+                          redoc_favicon_url=f"{_prefix(request)}/static/swagger-ui/favicon-32x32.png",
+                          with_google_fonts=False)
+    page.headers["Content-Security-Policy"] = DOCS_CSP
+    return page
 
 
 @router.get("/basemap/{z}/{x}/{y}.webp", response_class=Response,
