@@ -53,7 +53,7 @@ def test_head_answers_like_get_on_every_get_route(client, query_id):
     operations = get_operations(client)
     assert len(operations) >= 15
     urls = [valid_request(path, op, query_id) for path, op in operations]
-    urls += [("/", {}), ("/static/viewer.js", {})]  # outside the OpenAPI document
+    urls += [(path, {}) for path in ("/", "/docs", "/redoc", "/static/viewer.js")]  # not in the document
     for url, params in urls:
         get = client.get(url, params=params)
         head = client.head(url, params=params)
