@@ -1,6 +1,10 @@
-"""The viewer in headless Chromium (Debian package) against a live server: the page loads its
-vendored MapLibre, a text query is submitted, and the screenshot shows a coloured heatmap."""
+"""The viewer and the API docs in headless Chromium (Debian package) against live servers: the
+page loads its vendored MapLibre and maps a text query; a shared URL restores the state and draws
+the heatmap; the legend is the TileJSON's scale; an unknown saved query and a missing basemap say
+so; the panel collapses at phone width; /docs and /redoc render offline."""
 import io
+import json
+import os
 import shutil
 
 import httpx
@@ -11,9 +15,13 @@ from PIL import Image
 
 from tests.server_support import live_server
 
+# Two live servers and a browser: about a minute on the shared 2-core machine.
+pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+MAP_LOADED = "window.soundscape && window.soundscape.map && window.soundscape.map.loaded()"
+BACKGROUND = (0x0B, 0x1A, 0x2B)  # #map's CSS background, where nothing is drawn
 
 
 @pytest.fixture(scope="module")
@@ -23,28 +31,89 @@ def server(bundle_path, store_path):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def bare_server(bundle_path, store_path, tmp_path_factory):
+    """A server over a copy of the store whose imagery is gone: every /basemap tile is a 404."""
+    bare = tmp_path_factory.mktemp("bare-store") / "store"
+    bare.mkdir()
+    for item in store_path.iterdir():
+        if item.name != "manifest.json":
+            os.symlink(item, bare / item.name)
+    manifest = json.loads((store_path / "manifest.json").read_text())
+    manifest["imagery"]["path"] = str(bare / "missing.tif")
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    with live_server(bundle_path, bare) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
     if CHROMIUM is None:
         pytest.fail("chromium is not installed: apt-get install -y chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 900, "height": 700})
-        outside = []
-        local = (server, "data:", "blob:")
-        page.on("request", lambda req: None if req.url.startswith(local) else outside.append(req.url))
-        page.goto(f"{server}/")
-        page.wait_for_function("window.soundscape && window.soundscape.map && window.soundscape.map.loaded()",
-                               timeout=60_000)
-        page.outside_requests = outside
-        yield page
+        yield browser
         browser.close()
+
+
+def open_page(browser, server: str, path: str = "/", width: int = 900, height: int = 700,
+              ready: str = MAP_LOADED, ready_selector: str | None = None):
+    """A page at `path` once the JS `ready` holds (or `ready_selector` shows, on pages whose
+    Content-Security-Policy forbids eval); page.outside_requests() lists the requests that left
+    for another host (not those the page's own policy blocked: the browser never sends them)."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    sent, blocked = [], []
+    local = (server, "data:", "blob:")
+    page.on("request", lambda req: None if req.url.startswith(local) else sent.append(req.url))
+    page.on("requestfailed", lambda req: blocked.append(req.url) if req.failure == "csp" else None)
+    page.outside_requests = lambda: [url for url in sent if url not in blocked]
+    page.goto(f"{server}{path}")
+    if ready_selector:
+        page.wait_for_selector(ready_selector, state="attached", timeout=60_000)
+    else:
+        page.wait_for_function(ready, timeout=60_000)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    page = open_page(browser, server)
+    yield page
+    page.close()
 
 
 def map_pixels(page) -> np.ndarray:
     shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
     return np.asarray(shot)[:, 300:, :].astype(int)  # right of the panel
+
+
+def pixels_at(page, points: list[tuple[float, float]]) -> np.ndarray:
+    """The screenshot's RGB at each (lon, lat)."""
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(int)
+    xy = page.evaluate("(pts) => pts.map((p) => window.soundscape.map.project(p))", [list(p) for p in points])
+    rows, cols = (np.array([round(p[k]) for p in xy]) for k in ("y", "x"))
+    assert (rows >= 0).all() and (rows < shot.shape[0]).all() and (cols >= 0).all() and (cols < shot.shape[1]).all()
+    return shot[rows, cols]
+
+
+def hash_params(page) -> dict:
+    return dict(httpx.QueryParams(page.evaluate("window.location.hash.slice(1)")))
+
+
+def fmt(value: float) -> str:
+    """A legend number as the viewer writes it (3 significant digits)."""
+    return f"{float(f'{value:.3g}'):g}"
+
+
+def hide_layer(page, layer: str) -> None:
+    """Hide a map layer and return once the map has drawn without it."""
+    page.evaluate("""(layer) => new Promise((resolve, reject) => {
+        const map = window.soundscape.map;
+        map.once('idle', resolve);
+        map.setLayoutProperty(layer, 'visibility', 'none');
+        setTimeout(() => reject(new Error('the map did not go idle')), 30000);
+    })""", layer)
 
 
 def test_viewer_shows_a_heatmap_for_a_text_query(page, server):
@@ -60,7 +129,9 @@ def test_viewer_shows_a_heatmap_for_a_text_query(page, server):
     assert changed.mean() > 0.2, "the heatmap covers the map"
     saturation = after.max(axis=2) - after.min(axis=2)
     assert (saturation[changed] > 40).mean() > 0.5, "the heatmap is coloured, not grey"
-    assert page.outside_requests == [], "the viewer works offline"
+    assert hash_params(page)["q"] == "waves on the open ocean"
+    assert "rescale" not in page.evaluate("tileUrl()"), "the server picks the colour scale"
+    assert page.outside_requests() == [], "the viewer works offline"
 
 
 def test_controls_follow_the_state(page, server):
@@ -72,7 +143,8 @@ def test_controls_follow_the_state(page, server):
     assert "hour=18" in url and "layer=uncertainty" in url and url.startswith(server)
     tile = httpx.get(url.replace("{z}/{x}/{y}", "4/8/5"), timeout=30)
     assert tile.status_code == 200 and tile.headers["content-type"] == "image/png"
-    assert "viridis" in page.get_attribute("#legend-img", "src")
+    page.wait_for_function("document.getElementById('legend-img').src.includes('viridis')", timeout=30_000)
+    assert {"hour": "18", "layer": "uncertainty"}.items() <= hash_params(page).items(), "the URL follows"
     page.check("input[name=layer][value=heatmap]")
     page.mouse.click(650, 350)  # a click on the map draws the 24-hour profile
     page.wait_for_selector(".maplibregl-popup canvas", timeout=30_000)
@@ -85,4 +157,96 @@ def test_audio_upload_maps_a_recording(page):
     soundfile.write(buf, wave, 16000, format="FLAC")
     page.set_input_files("#audio", files=[{"name": "dawn.flac", "mimeType": "audio/flac", "buffer": buf.getvalue()}])
     page.wait_for_function("document.getElementById('status').textContent.includes('recording')", timeout=30_000)
-    assert page.evaluate("window.soundscape.state.query") in page.evaluate("tileUrl()")
+    query = page.evaluate("window.soundscape.state.query")
+    assert query in page.evaluate("tileUrl()")
+    assert hash_params(page)["query"] == query and "q" not in hash_params(page), "a recording is shared by its id"
+
+
+def test_a_shared_url_restores_the_view_and_draws_the_heatmap(browser, server):
+    shared = "/#q=waves+on+the+open+ocean&hour=6&month=5&layer=heatmap&opacity=0.9&map=3.5/45/10"
+    page = open_page(browser, server, shared, ready="document.body.dataset.heatmap === 'loaded'")
+    assert page.input_value("#text") == "waves on the open ocean"
+    assert page.input_value("#hour") == "6" and not page.is_checked("#hour-any")
+    assert page.input_value("#month") == "5" and not page.is_checked("#month-any")
+    assert page.is_checked("input[name=layer][value=heatmap]") and page.input_value("#opacity") == "0.9"
+    view = page.evaluate("(m => [m.getZoom(), m.getCenter().lng, m.getCenter().lat])(window.soundscape.map)")
+    assert view == pytest.approx([3.5, 10, 45], abs=1e-6)
+    assert page.evaluate("window.soundscape.map.getPaintProperty('soundscape', 'raster-opacity')") == 0.9
+    params = hash_params(page)
+    assert params["q"] == "waves on the open ocean" and params["map"] == "3.50/45.0000/10.0000"
+
+    # The heatmap is drawn where the store has cells (Europe), nowhere else.
+    inside = [(-5, 40), (2, 48), (10, 45), (20, 55), (30, 35)]
+    outside = [(37, 40), (37.5, 30)]  # east of the store, clear of the panel
+    drawn = pixels_at(page, inside + outside)
+    hide_layer(page, "soundscape")
+    bare = pixels_at(page, inside + outside)
+    difference = np.abs(drawn - bare).sum(axis=1)
+    assert (difference[:len(inside)] > 10).all(), "the heatmap colours every place with cells"
+    assert (difference[len(inside):] == 0).all(), "nothing is drawn outside the store"
+
+    # The legend is the TileJSON of this very state (the colour range follows hour and month).
+    tilejson = httpx.get(f"{server}/tilejson.json?q=waves+on+the+open+ocean&hour=6&month=5&layer=heatmap",
+                         timeout=30).json()
+    scale = tilejson["scale"]
+    assert page.inner_text("#legend-lo") == ("≤ " if scale["clipped_low"] else "") + fmt(scale["min"])
+    assert page.inner_text("#legend-hi") == ("≥ " if scale["clipped_high"] else "") + fmt(scale["max"])
+    assert page.locator(".end.low").is_visible() == scale["clipped_low"]
+    assert page.locator(".end.high").is_visible() == scale["clipped_high"]
+    assert scale["clipped_low"] or scale["clipped_high"], "this state exercises a clipped end"
+    page.click("#legend-about summary")
+    assert page.inner_text("#legend-desc") == tilejson["description"]
+    assert tilejson["attribution"] in page.inner_text(".maplibregl-ctrl-attrib")
+    assert page.outside_requests() == []
+    page.close()
+
+
+def test_an_unknown_saved_query_says_so(browser, server):
+    page = open_page(browser, server, "/#query=0123456789abcdef&hour=7")
+    page.wait_for_selector("#status.error", timeout=30_000)
+    assert "this saved query is unknown to this server" in page.inner_text("#status")
+    assert page.input_value("#hour") == "7", "the rest of the state is restored"
+    page.close()
+
+
+def test_the_viewer_works_without_a_basemap(browser, bare_server):
+    page = open_page(browser, bare_server, "/#hour=6&map=3/45/10")
+    page.wait_for_selector("#notice", state="visible", timeout=30_000)
+    notice = page.inner_text("#notice")
+    assert notice.startswith("basemap unavailable: 404") and "the heatmap still works" in notice
+    page.fill("#text", "birdsong")  # the panel is wired
+    page.click("#search")
+    page.wait_for_selector("body[data-heatmap=loaded]", timeout=60_000)
+    colours = pixels_at(page, [(0, 50), (15, 40), (25, 58), (40, 45), (0, 22)])
+    distance = np.abs(colours - BACKGROUND).sum(axis=1)
+    assert (distance[:3] > 30).all() and (distance[3:] <= 3).all(), "the heatmap alone, where the store has cells"
+    assert page.outside_requests() == []
+    page.close()
+
+
+def test_the_panel_collapses_at_phone_width(browser, server):
+    page = open_page(browser, server, width=390, height=844)
+    panel = page.locator("#panel").bounding_box()
+    assert panel["width"] == 390 and panel["y"] > 844 * 0.45, "a sheet along the bottom, the map above it"
+    page.click("#panel-toggle")
+    assert page.locator("#panel-body").is_hidden() and page.get_attribute("#panel-toggle", "aria-expanded") == "false"
+    assert page.locator("#panel").bounding_box()["height"] < 120
+    assert page.locator("#status").is_visible(), "messages stay in sight"
+    before = hash_params(page)["map"]
+    page.mouse.move(200, 400)  # drag the map where the panel was
+    page.mouse.down()
+    page.mouse.move(120, 300, steps=8)
+    page.mouse.up()
+    page.wait_for_function(f"!window.location.hash.includes('map={before}')", timeout=10_000)
+    page.click("#panel-toggle")
+    assert page.locator("#panel-body").is_visible() and page.locator("#text").is_visible()
+    page.close()
+
+
+@pytest.mark.parametrize("path, operation", [("/docs", ".opblock"), ("/redoc", "[data-section-id^='operation/']")])
+def test_api_docs_render_offline(browser, server, path, operation):
+    page = open_page(browser, server, path, ready_selector=f"{operation} >> nth=10")
+    text = page.inner_text("body")
+    assert "Soundscape tiles" in text and "/tiles/{z}/{x}/{y}.png" in text and "/queries" in text
+    assert page.outside_requests() == [], "the docs' assets are vendored"
+    page.close()

@@ -1,73 +1,187 @@
-// The soundscape viewer: MapLibre over the server's own imagery, a heatmap or uncertainty layer
-// whose tile URL follows the panel, and a 24-hour profile of any clicked place.
+// The soundscape viewer: MapLibre with the server's own imagery as a basemap (when it has one), a
+// heatmap or uncertainty layer whose tile URL follows the panel, a legend read from the TileJSON
+// of the same parameters, and a 24-hour profile of any clicked place. The whole state lives in the
+// page's URL (#q=birdsong&hour=6&month=5&layer=heatmap&opacity=0.75&map=3/45.1/10.2), so a view
+// can be bookmarked and shared.
 "use strict";
 
 const base = new URL(".", window.location.href).href.replace(/\/$/, "");
 const $ = (id) => document.getElementById(id);
-const state = { query: null, label: "", layer: "heatmap", opacity: 0.75, hour: null, month: null, rescale: null };
-window.soundscape = { state, heatmapLoaded: false };
+// q: a text query, as the page URL shows it; query: the registered id the tiles use (a text's or
+// a recording's: short ASCII tile URLs that QGIS keeps intact).
+const state = { q: null, query: null, label: "", layer: "heatmap", opacity: 0.75, hour: null, month: null };
+const LAYERS = ["heatmap", "uncertainty"];
+window.soundscape = { state, heatmapLoaded: false, tilejson: null };
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
 }
 
-// The tile URL of the current state: what the map draws and what "Copy XYZ URL" copies.
-function tileUrl() {
-  const params = new URLSearchParams();
-  if (state.layer === "heatmap") {
-    params.set("query", state.query);
-    // The query's score percentiles over the whole store: one global scale with contrast.
-    if (state.rescale) params.set("rescale", state.rescale.join(","));
-  }
-  if (state.hour !== null) params.set("hour", state.hour);
-  if (state.month !== null) params.set("month", state.month);
-  params.set("layer", state.layer);
-  return `${base}/tiles/{z}/{x}/{y}.png?${params}`;
+function setNotice(text) {
+  $("notice").textContent = text;
+  $("notice").hidden = !text;
 }
 
-function metaParams() {
-  const params = new URLSearchParams({ query: state.query });
+// --- The state in the URL ---------------------------------------------------------------------
+
+function intIn(text, lo, hi) {
+  const value = Number(text);
+  return text !== null && Number.isInteger(value) && value >= lo && value <= hi ? value : null;
+}
+
+// The state a shared URL carries, in the hash (or, for links like /?query=<id>, the query string;
+// the hash wins). Values out of range are ignored, so a hand-edited URL still opens a map.
+function readUrlState() {
+  const params = new URLSearchParams(window.location.search);
+  for (const [key, value] of new URLSearchParams(window.location.hash.slice(1))) params.set(key, value);
+  const opacity = Number(params.get("opacity"));
+  const [zoom, lat, lon] = (params.get("map") || "").split("/").map(Number);
+  const view = [zoom, lat, lon].every(Number.isFinite) && Math.abs(lat) <= 85.06 && Math.abs(lon) <= 180
+    ? { zoom: Math.min(Math.max(zoom, 0), 24), center: [lon, lat] } : null;
+  return {
+    q: (params.get("q") || "").trim() || null,
+    query: params.get("q") ? null : params.get("query"),
+    hour: intIn(params.get("hour"), 0, 23),
+    month: intIn(params.get("month"), 1, 12),
+    layer: LAYERS.includes(params.get("layer")) ? params.get("layer") : "heatmap",
+    opacity: params.has("opacity") && opacity >= 0 && opacity <= 1 ? opacity : 0.75,
+    view,
+  };
+}
+
+// `key=value&...` with readable slashes and spaces (map=3/45.1/10.2, q=birds+at+dawn).
+function formatParams(entries) {
+  return entries.map(([key, value]) =>
+    `${key}=${encodeURIComponent(value).replace(/%2F/g, "/").replace(/%20/g, "+")}`).join("&");
+}
+
+function writeUrlState(map) {
+  const entries = [];
+  if (state.q) entries.push(["q", state.q]);
+  else if (state.query) entries.push(["query", state.query]);
+  if (state.hour !== null) entries.push(["hour", state.hour]);
+  if (state.month !== null) entries.push(["month", state.month]);
+  entries.push(["layer", state.layer], ["opacity", state.opacity]);
+  if (map) {
+    const { lng, lat } = map.getCenter();
+    entries.push(["map", `${map.getZoom().toFixed(2)}/${lat.toFixed(4)}/${lng.toFixed(4)}`]);
+  } else if (window.location.hash.includes("map=")) {
+    entries.push(["map", new URLSearchParams(window.location.hash.slice(1)).get("map")]);
+  }
+  history.replaceState(null, "", `${window.location.pathname}#${formatParams(entries)}`);
+}
+
+// --- Requests ---------------------------------------------------------------------------------
+
+// What to look for and when, as request parameters (what `/point` takes).
+function queryParams(withQuery = true) {
+  const params = new URLSearchParams();
+  if (withQuery && state.query) params.set("query", state.query);
   if (state.hour !== null) params.set("hour", state.hour);
   if (state.month !== null) params.set("month", state.month);
   return params;
 }
 
+// The parameters of the current layer's tiles; its TileJSON takes the same.
+function tileParams() {
+  const params = queryParams(state.layer === "heatmap");
+  params.set("layer", state.layer);
+  return params;
+}
+
+// The tile URL of the current state: what the map draws and what "Copy XYZ URL" copies. No
+// rescale: the server picks the colour scale of the query and metadata, and TileJSON reports it.
+function tileUrl() {
+  return `${base}/tiles/{z}/{x}/{y}.png?${tileParams()}`;
+}
+
+function hasLayer() {
+  return state.layer === "uncertainty" || Boolean(state.query);
+}
+
+// The server's one-sentence `detail` of an error response, else its status line.
+async function errorDetail(response) {
+  const body = await response.json().catch(() => ({}));
+  const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
+  return `${response.status}: ${detail === "{}" ? response.statusText : detail}`;
+}
+
 async function fetchJson(url, options) {
   const response = await fetch(url, options);
-  const body = await response.json().catch(() => ({}));
   if (!response.ok) {
-    const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
-    throw new Error(`${response.status}: ${detail}`);
+    const error = new Error(await errorDetail(response));
+    error.status = response.status;
+    throw error;
   }
-  return body;
+  return response.json();
+}
+
+// The detail of a failed tile: MapLibre's AJAXError carries the response body.
+async function tileErrorDetail(error) {
+  if (error && error.status && error.body) {
+    return errorDetail(new Response(error.body, { status: error.status, statusText: error.statusText }));
+  }
+  return (error && error.message) || "unknown error";
+}
+
+// --- The map ----------------------------------------------------------------------------------
+
+// Padding that keeps the store's extent clear of the panel (on the left, or a sheet at the bottom).
+function clearOfPanel() {
+  const panel = $("panel").getBoundingClientRect(), map = $("map").getBoundingClientRect();
+  const bottomSheet = panel.left <= map.left && panel.right >= map.right;
+  return { top: 20, right: 20, left: bottomSheet ? 20 : panel.right + 20, bottom: bottomSheet ? map.bottom - panel.top + 20 : 20 };
+}
+
+// The XYZ tile under a point, for probing the basemap where the map looks first.
+function tileAt(lngLat, zoom) {
+  const n = 2 ** zoom, lat = (lngLat.lat * Math.PI) / 180;
+  const clamp = (v) => Math.min(n - 1, Math.max(0, Math.floor(v)));
+  return [clamp(((lngLat.lng + 180) / 360) * n),
+          clamp(((1 - Math.log(Math.tan(lat) + 1 / Math.cos(lat)) / Math.PI) / 2) * n)];
+}
+
+// The store's imagery under the heatmap. A server without imagery answers 404 with the reason:
+// the map then goes on without a basemap and says so.
+async function addBasemap(map, info) {
+  const zoom = Math.min(info.maxzoom, Math.max(0, Math.floor(map.getZoom())));
+  const [x, y] = tileAt(map.getCenter(), zoom);
+  try {
+    const response = await fetch(`${base}/basemap/${zoom}/${x}/${y}.webp`);
+    if (!response.ok) throw new Error(await errorDetail(response));
+  } catch (error) {
+    setNotice(`basemap unavailable: ${error.message}; the heatmap still works`);
+    return;
+  }
+  map.addSource("imagery", { type: "raster", tiles: [`${base}/basemap/{z}/{x}/{y}.webp`], tileSize: 256,
+                             maxzoom: info.maxzoom, attribution: info.attribution });
+  map.addLayer({ id: "imagery", type: "raster", source: "imagery" }, map.getLayer("soundscape") ? "soundscape" : undefined);
 }
 
 async function main() {
-  const info = await fetchJson(`${base}/tilejson.json?layer=uncertainty`);
-  const map = new maplibregl.Map({
-    container: "map",
-    style: {
-      version: 8,
-      sources: {
-        imagery: { type: "raster", tiles: [`${base}/basemap/{z}/{x}/{y}.webp`], tileSize: 256,
-                   maxzoom: info.maxzoom, attribution: "Imagery: NASA Blue Marble NG" },
-      },
-      layers: [{ id: "imagery", type: "raster", source: "imagery" }],
-    },
-    bounds: [[info.bounds[0], info.bounds[1]], [info.bounds[2], info.bounds[3]]],
-    fitBoundsOptions: { padding: 20 },
-    renderWorldCopies: false,
-  });
+  const initial = readUrlState();
+  Object.assign(state, { q: initial.q, query: initial.query, hour: initial.hour, month: initial.month,
+                         layer: initial.layer, opacity: initial.opacity });
+  showControls();
+
+  const info = await fetchJson(`${base}/tilejson.json?layer=uncertainty`);  // the store's extent
+  const phone = window.matchMedia("(max-width: 600px)").matches;  // the panel is a bottom sheet
+  const view = initial.view || {
+    bounds: [[info.bounds[0], info.bounds[1]], [info.bounds[2], info.bounds[3]]], fitBoundsOptions: { padding: clearOfPanel() },
+  };
+  // No source in the style: the map loads whatever the server lacks; the basemap comes after.
+  const map = new maplibregl.Map({ container: "map", style: { version: 8, sources: {}, layers: [] },
+                                   ...view, renderWorldCopies: false, attributionControl: false });
   window.soundscape.map = map;
   map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
-  await new Promise((resolve) => map.on("load", resolve));
+  map.addControl(new maplibregl.AttributionControl({ compact: phone }), phone ? "top-left" : "bottom-right");
+  let ready = false, renderedUrl = null, legendSeq = 0;
 
-  let renderedUrl = null;
   function redraw() {
-    updateLegend(info);
-    $("copy").disabled = state.layer === "heatmap" && !state.query;
-    if (state.layer === "heatmap" && !state.query) {
+    $("copy").disabled = !hasLayer();
+    if (!ready) return;
+    if (!hasLayer()) {
       if (map.getLayer("soundscape")) map.setLayoutProperty("soundscape", "visibility", "none");
       return;
     }
@@ -75,72 +189,170 @@ async function main() {
     if (url === renderedUrl) return;
     renderedUrl = url;
     window.soundscape.heatmapLoaded = false;
+    delete document.body.dataset.heatmap;
     if (map.getSource("soundscape")) {
       map.getSource("soundscape").setTiles([url]);
       map.setLayoutProperty("soundscape", "visibility", "visible");
     } else {
       map.addSource("soundscape", { type: "raster", tiles: [url], tileSize: 256, bounds: info.bounds,
-                                    minzoom: 0, maxzoom: 22 });
+                                    minzoom: 0, maxzoom: 22, attribution: info.attribution });
       map.addLayer({ id: "soundscape", type: "raster", source: "soundscape",
                      paint: { "raster-opacity": state.opacity, "raster-resampling": "linear",
                               "raster-fade-duration": 0 } });
     }
   }
+
+  // The legend of exactly what the map draws: the TileJSON of the tiles' parameters.
+  async function refreshLegend() {
+    const seq = ++legendSeq;
+    if (!hasLayer()) {
+      $("legend").hidden = true;
+      return;
+    }
+    try {
+      const tilejson = await fetchJson(`${base}/tilejson.json?${tileParams()}`);
+      if (seq !== legendSeq) return;
+      window.soundscape.tilejson = tilejson;
+      showLegend(tilejson);
+    } catch (error) {
+      if (seq === legendSeq) setStatus(`cannot map this: ${error.message}`, true);
+    }
+  }
+
+  function changed() {
+    writeUrlState(ready ? map : null);
+    redraw();
+    refreshLegend();
+  }
+
+  wirePanel(changed, (opacity) => {
+    if (map.getLayer("soundscape")) map.setPaintProperty("soundscape", "raster-opacity", opacity);
+  });
+
   map.on("idle", () => {
     if (map.getSource("soundscape") && map.isSourceLoaded("soundscape") && renderedUrl) {
       window.soundscape.heatmapLoaded = true;
       document.body.dataset.heatmap = "loaded";
     }
   });
-  map.on("error", (event) => setStatus(`map: ${event.error && event.error.message}`, true));
+  map.on("error", async (event) => {
+    const detail = await tileErrorDetail(event.error);
+    if (event.sourceId === "imagery") setNotice(`basemap unavailable: ${detail}; the heatmap still works`);
+    else if (event.sourceId === "soundscape") setStatus(`tiles failed: ${detail}`, true);
+    else setStatus(`map: ${detail}`, true);
+  });
+  map.on("moveend", () => { if (ready) writeUrlState(map); });
+  map.on("click", (event) => showProfile(map, event.lngLat));
 
-  async function register(options, label) {
-    setStatus(`registering ${label}…`);
-    try {
-      const query = await fetchJson(`${base}/queries`, { method: "POST", ...options });
-      state.query = query.id;
-      state.rescale = query.score_range.map((v) => Number(v.toPrecision(3)));
-      if (state.rescale[0] >= state.rescale[1]) state.rescale = null;
-      state.label = query.text || `recording (${query.duration_s} s)`;
-      setStatus(`query ${query.id}: ${state.label}`);
-      delete document.body.dataset.heatmap;
-      redraw();
-    } catch (error) {
-      setStatus(`could not register ${label}: ${error.message}`, true);
-    }
+  const loaded = new Promise((resolve) => map.on("load", resolve));
+  const restored = restoreQuery();
+  await loaded;
+  ready = true;
+  addBasemap(map, info);
+  await restored;
+  changed();
+}
+
+// POST /queries: a text or a recording becomes the id the tiles use; false (and the reason
+// shown) if the server refuses it.
+async function register(options, what) {
+  setStatus(`registering ${what}…`);
+  try {
+    const query = await fetchJson(`${base}/queries`, { method: "POST", ...options });
+    Object.assign(state, { q: query.text || null, query: query.id,
+                           label: query.text || `recording (${query.duration_s} s)` });
+    setStatus(`query ${query.id}: ${state.label}`);
+    return true;
+  } catch (error) {
+    setStatus(`could not register ${what}: ${error.message}`, true);
+    return false;
   }
+}
 
-  $("text-form").addEventListener("submit", (event) => {
+function registerText(text) {
+  return register({ headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text }) }, `"${text}"`);
+}
+
+// A shared `q=` is registered again (the same text gets the same id); a shared `query=<id>` is
+// looked up: a server that does not know it says so.
+async function restoreQuery() {
+  if (state.q) {
+    if (!(await registerText(state.q))) state.q = null;
+    return;
+  }
+  if (!state.query) return;
+  const id = state.query;
+  try {
+    const query = await fetchJson(`${base}/queries/${encodeURIComponent(id)}`);
+    state.q = query.text || null;  // a registered text is shared as its text from now on
+    $("text").value = state.q || "";
+    state.label = query.text || `recording (${query.duration_s} s)`;
+    setStatus(`query ${query.id}: ${state.label}`);
+  } catch (error) {
+    state.query = null;
+    setStatus(error.status === 404
+      ? `query ${id}: this saved query is unknown to this server; map the sound again`
+      : `could not load saved query ${id}: ${error.message}`, true);
+  }
+}
+
+// --- The panel --------------------------------------------------------------------------------
+
+// The controls show the state (after restoring it from the URL).
+function showControls() {
+  $("text").value = state.q || "";
+  for (const name of ["hour", "month"]) {
+    const value = state[name];
+    $(`${name}-any`).checked = value === null;
+    $(name).disabled = value === null;
+    if (value !== null) $(name).value = value;
+    $(`${name}-out`).textContent = value === null ? "" : (name === "hour" ? `${value}:00` : String(value));
+  }
+  for (const radio of document.querySelectorAll("input[name=layer]")) radio.checked = radio.value === state.layer;
+  $("opacity").value = state.opacity;
+}
+
+function wirePanel(changed, setOpacity) {
+  $("panel-toggle").addEventListener("click", () => {
+    const collapsed = $("panel").classList.toggle("collapsed");
+    $("panel-body").hidden = collapsed;
+    $("panel-toggle").setAttribute("aria-expanded", String(!collapsed));
+    $("panel-toggle").textContent = collapsed ? "Show" : "Hide";
+    $("panel-toggle").title = collapsed ? "show the panel" : "hide the panel";
+  });
+  $("text-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const text = $("text").value.trim();
     if (!text) return setStatus("type a sound first, e.g. birdsong", true);
-    register({ headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text }) }, `"${text}"`);
+    if (await registerText(text)) changed();
   });
-  $("audio").addEventListener("change", () => {
+  $("audio").addEventListener("change", async () => {
     const file = $("audio").files[0];
     if (!file) return;
     const form = new FormData();
     form.append("file", file);
-    register({ body: form }, file.name);
+    if (await register({ body: form }, file.name)) {
+      $("text").value = "";
+      changed();
+    }
   });
-
   for (const name of ["hour", "month"]) {
-    const slider = $(name), any = $(`${name}-any`), out = $(`${name}-out`);
+    const slider = $(name), any = $(`${name}-any`);
     const sync = () => {
-      slider.disabled = any.checked;
       state[name] = any.checked ? null : Number(slider.value);
-      out.textContent = any.checked ? "" : (name === "hour" ? `${slider.value}:00` : slider.value);
-      redraw();
+      showControls();
+      changed();
     };
     slider.addEventListener("input", sync);
     any.addEventListener("change", sync);
   }
   for (const radio of document.querySelectorAll("input[name=layer]")) {
-    radio.addEventListener("change", () => { state.layer = radio.value; redraw(); });
+    radio.addEventListener("change", () => { state.layer = radio.value; changed(); });
   }
   $("opacity").addEventListener("input", () => {
     state.opacity = Number($("opacity").value);
-    if (map.getLayer("soundscape")) map.setPaintProperty("soundscape", "raster-opacity", state.opacity);
+    setOpacity(state.opacity);
+    writeUrlState(window.soundscape.map);
   });
   $("copy").addEventListener("click", async () => {
     const url = tileUrl();
@@ -151,31 +363,47 @@ async function main() {
       window.prompt("XYZ tile URL", url);
     }
   });
-  map.on("click", (event) => showProfile(map, event.lngLat));
-  redraw();
 }
 
-function updateLegend(info) {
-  const heatmap = state.layer === "heatmap";
-  $("legend-img").src = `${base}/colormaps/${heatmap ? "magma" : "viridis"}?width=220&height=12`;
-  $("legend-title").textContent = heatmap ? "match probability" : "uncertainty (S)";
-  const [lo, hi] = heatmap ? (state.rescale || [0, 1]) : info.rescale;
-  $("legend-lo").textContent = String(Number(Number(lo).toPrecision(3)));
-  $("legend-hi").textContent = String(Number(Number(hi).toPrecision(3)));
+const fmt = (value) => String(Number(Number(value).toPrecision(3)));
+
+// The colour ramp with the values at its ends; an end whose colour also stands for values beyond
+// it (clipped) reads "≤ lo" / "≥ hi" and gets a triangle. `scale` is used where the server sends it.
+function showLegend(tilejson) {
+  const scale = tilejson.scale || {};
+  const hasScale = Number.isFinite(scale.min) && Number.isFinite(scale.max);
+  const [lo, hi] = hasScale ? [scale.min, scale.max] : tilejson.rescale;
+  const ramp = new URL(tilejson.legend, window.location.href);
+  ramp.searchParams.set("width", "220");
+  ramp.searchParams.set("height", "12");
+  $("legend-img").src = ramp.href;
+  $("legend").classList.toggle("clipped-low", scale.clipped_low === true);
+  $("legend").classList.toggle("clipped-high", scale.clipped_high === true);
+  $("legend-lo").textContent = (scale.clipped_low === true ? "≤ " : "") + fmt(lo);
+  $("legend-hi").textContent = (scale.clipped_high === true ? "≥ " : "") + fmt(hi);
+  $("legend-title").textContent = state.layer === "heatmap" ? "match probability" : "uncertainty (S)";
+  $("legend-title").title = scale.units || "";
+  $("legend-desc").textContent = tilejson.description || "";
+  $("legend-about").hidden = !tilejson.description;
+  $("legend").hidden = false;
 }
+
+// --- The profile of a clicked place -----------------------------------------------------------
 
 async function showProfile(map, lngLat) {
   if (!state.query) return setStatus("map a sound first, then click a place", true);
   const lon = lngLat.lng.toFixed(4), lat = lngLat.lat.toFixed(4);
   let answer;
   try {
-    answer = await fetchJson(`${base}/point/${lon},${lat}?${metaParams()}`);
+    answer = await fetchJson(`${base}/point/${lon},${lat}?${queryParams()}`);
   } catch (error) {
     return setStatus(`no profile here: ${error.message}`, true);
   }
   const box = document.createElement("div");
   box.className = "profile";
-  box.innerHTML = `<h3>${state.label} over the day</h3>`;
+  const title = document.createElement("h3");
+  title.textContent = `${state.label} over the day`;
+  box.appendChild(title);
   const canvas = document.createElement("canvas");
   canvas.width = 240; canvas.height = 110;
   box.appendChild(canvas);
