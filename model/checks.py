@@ -99,7 +99,7 @@ def check_vocabularies(splits: Splits, vocabularies: dict[str, list[str]], *, sk
         kept[name] = source.subset([i for i in range(len(source)) if i not in bad]) if bad else source
     log.warning("left out %d of %d samples whose metadata is outside the model's vocabulary (%s): %s",
                 total, checked, known, listed)
-    return Splits(**kept)
+    return Splits(**kept, settled=splits.settled)
 
 
 def small_split_warnings(sizes: dict[str, int]) -> list[str]:
@@ -108,8 +108,9 @@ def small_split_warnings(sizes: dict[str, int]) -> list[str]:
     out = []
     for name, n in sizes.items():
         if n < SMALL_GALLERY:
-            out.append(f"the {name} split has {n} sample(s): R@10% counts rank <= {n // 10} of {n} and moves in "
-                       f"steps of {1 / max(n, 1):.3f}, so {'best.pt is chosen' if name in ('val', 'validation') else 'the test metrics are'} "
-                       f"largely by noise; give the split at least {SMALL_GALLERY} samples (more data, or a larger "
-                       "split fraction of the data section)")
+            effect = "best.pt is chosen largely by noise" if name in ("val", "validation") else \
+                "its metrics are largely noise"
+            out.append(f"the {name} split has {n} sample(s): R@10% counts rank <= {n // 10} of {n} and moves "
+                       f"in steps of {1 / max(n, 1):.3f}, so {effect}; give the split at least {SMALL_GALLERY} "
+                       "samples (more data, or a larger split fraction of the data section)")
     return out

@@ -149,11 +149,14 @@ def stack(samples: Sequence[Sample], prep: Preprocessing, audio: Sequence[np.nda
 
 @dataclass
 class Splits:
-    """Train/validation/test sources of one dataset, split by held-out geographic cells."""
+    """Train/validation/test sources of one dataset, split by held-out geographic cells.
+    `settled`: the reader's section with the defaults it derived filled in (the csv reader's
+    level), which a run records in place of the section as written."""
 
     train: SampleSource
     val: SampleSource
     test: SampleSource
+    settled: dict | None = None
 
 
 # A reader factory: (the config's `data:` section without `kind`, the model's image size) -> splits.
@@ -192,7 +195,10 @@ def open_splits(section: dict | None, image_size: int) -> Splits:
     kind = section["kind"]
     if kind not in READERS:
         raise ValueError(f"unknown `data.kind` {kind!r}; known: {', '.join(sorted(READERS))}")
-    return READERS[kind]({k: v for k, v in section.items() if k != "kind"}, image_size)
+    splits = READERS[kind]({k: v for k, v in section.items() if k != "kind"}, image_size)
+    if splits.settled is not None:
+        splits.settled = {"kind": kind, **splits.settled}
+    return splits
 
 
 def geographic_split(lat: np.ndarray, lon: np.ndarray, *, cell_deg: float = 1.0,

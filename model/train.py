@@ -257,15 +257,18 @@ class Run:
     """The state of `fit` in one place: config, process, model, optimisation, data, logs."""
 
     def __init__(self, config: RunConfig, run_dir: Path, *, resume: bool, progress: bool):
-        self.config, self.cfg, self.run_dir, self.progress = config, config.train, run_dir, progress
+        self.cfg, self.run_dir, self.progress = config.train, run_dir, progress
         self.dist = init_distributed()
         self.device = device_for(self.dist)
+        self.splits: Splits = checked_splits(config.data, config.model, skip=self.cfg.skip_mismatched_rows)
+        # The run records the data section with what the reader derived (a csv level), so evaluate
+        # and a resume read the same cells whatever the imagery's default would be then.
+        self.config = config = dataclasses.replace(config, data=self.splits.settled or config.data)
         checkpoint = _read_resume_checkpoint(run_dir, config) if resume else None
         if checkpoint is None and (run_dir / "last.pt").exists():
             raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-        self.splits: Splits = checked_splits(config.data, config.model, skip=self.cfg.skip_mismatched_rows)
         if self.dist.is_main:
-            eval_n = len(self.splits.val) if self.cfg.eval_samples is None else min(self.cfg.eval_samples, len(self.splits.val))
+            eval_n = min(len(self.splits.val), self.cfg.eval_samples or len(self.splits.val))
             for warning in small_split_warnings({"validation": eval_n, "test": len(self.splits.test)}):
                 log.warning(warning)
         torch.manual_seed(self.cfg.seed)
@@ -386,7 +389,7 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, stop_after: int | None,
     d, cfg = run.dist, run.cfg
     try:
         if d.is_main:
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
         logger = MetricsLog(run_dir / "metrics.csv", after_step=run.step) if d.is_main else None
         stream = run.batches()
         end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)

@@ -85,6 +85,7 @@ def test_level_is_derived_from_the_imagery_and_a_bad_one_names_the_range(tmp_pat
         splits = READERS["csv"]({"root": str(root), "imagery": str(imagery_path)}, 16)
     rows = [*splits.train.rows, *splits.val.rows, *splits.test.rows]
     assert len(rows) == 12 and {r.level for r in rows} == {expected}
+    assert splits.settled == {"root": str(root), "imagery": str(imagery_path), "level": expected}
     assert f"using level {expected}" in caplog.text and f"zoom {expected - 4}" in caplog.text
     # A row the imagery does not cover is one more reason in the start-up summary.
     with open(root / "samples.csv", "a", newline="") as f:

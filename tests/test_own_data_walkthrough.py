@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cli.main import main as soundscape
 
@@ -58,6 +59,9 @@ def test_the_walkthrough_runs_end_to_end(tmp_path, monkeypatch, capsys, caplog):
             assert "export 4/4: the audio graph matches torch" in out.err
             assert "onnxscript" not in out.err and "onnx_ir" not in out.err
     assert serve is not None
+    # The run recorded the derived level: evaluate read it from the checkpoint instead of deriving it again.
+    assert caplog.text.count("data.level not set") == 1
+    assert yaml.safe_load((tmp_path / "example" / "run" / "config.yaml").read_text())["data"]["level"] == 7
     bundle, store = (tmp_path / serve[serve.index(flag) + 1] for flag in ("--bundle", "--store"))
     examples = Bundle(bundle).manifest["examples"]
     assert examples == ["waves on the shore", "birds singing"]

@@ -144,7 +144,8 @@ def _reason(exc: Exception) -> str:
 
 def _lines(path: Path, lines: list[int], first: int = 3) -> str:
     """The first few rows as file:line, and how many more."""
-    return ", ".join(f"{path}:{n}" for n in lines[:first]) + (f" and {len(lines) - first} more" if len(lines) > first else "")
+    more = f" and {len(lines) - first} more" if len(lines) > first else ""
+    return ", ".join(f"{path}:{n}" for n in lines[:first]) + more
 
 
 def default_level(imagery, size: int) -> int:
@@ -252,7 +253,8 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
                               cell_deg=s.cell_deg, val_fraction=s.val_fraction,
                               test_fraction=s.test_fraction, seed=s.seed)
     return Splits(*(CsvFolderSource([r for r, lab in zip(rows, labels) if lab == name], cfg, image_size)
-                    for name in ("train", "val", "test")))
+                    for name in ("train", "val", "test")),
+                  settled={**section, "level": cfg.level} if cfg.level is not None else None)
 
 
 register_reader("csv", open_csv_folder, paths=("root", "imagery"))
