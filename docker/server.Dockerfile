@@ -56,7 +56,7 @@ EXPOSE 8000
 
 # The slim image has no curl; urlopen raises (exit 1) on a refused connection or a non-2xx status.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+    CMD ["python", "-c", "__import__('urllib.request').request.urlopen('http://127.0.0.1:8000/healthz',timeout=4)"]
 
 # Add `--workers N` for more processes (they share only Redis: set SOUNDSCAPE_REDIS_URL or --redis-url).
 CMD ["soundscape", "serve", "--bundle", "/data/bundle", "--store", "/data/store", "--host", "0.0.0.0", "--port", "8000"]
