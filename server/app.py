@@ -18,7 +18,7 @@ from server.routes import meta, queries, rest, tiles, viewer
 from server.routes.viewer import STATIC
 from server.service import SoundscapeService
 from server.settings import Settings
-from server.urls import VaryHost
+from server.urls import HostPolicy
 
 
 def warm_up(service: SoundscapeService) -> None:
@@ -57,6 +57,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "HEAD", "POST"], allow_headers=["*"],
                            expose_headers=["ETag", "Cache-Control", "Location"])
-    app.add_middleware(VaryHost)  # URLs built from the Host header vary with it (server/urls.py)
+    app.add_middleware(HostPolicy)  # Vary: Host where URLs came from it; relative redirects (server/urls.py)
     app.add_middleware(HttpPolicy)
     return app

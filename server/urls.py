@@ -3,6 +3,7 @@
 Cached responses must not carry a host a client made up: with `public_url` set every URL starts
 with it; otherwise the request's Host header is used only when it names one of `allowed_hosts`
 (else 400), and the response gets `Vary: Host` so a shared cache keeps one copy per host.
+Redirects carry a relative Location, never the Host header.
 """
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-class VaryHost:
-    """Pure ASGI middleware: adds `Vary: Host` to a response whose URLs came from the Host header."""
+class HostPolicy:
+    """Pure ASGI middleware: `Vary: Host` on a response whose URLs came from the Host header, and
+    a redirect's Location made relative when it would echo that header (Starlette's trailing-slash
+    redirects build it from Host: `/colormaps/` -> `http://<any host>/colormaps`)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -59,14 +62,27 @@ class VaryHost:
             await self.app(scope, receive, send)
             return
 
-        async def send_with_vary(message: Message) -> None:
-            if message["type"] == "http.response.start" and scope.get("state", {}).get(_VARY_HOST):
-                headers = list(message.get("headers", []))
-                vary = [v for k, v in headers if k.lower() == b"vary"]
-                if not any(b"host" in v.lower() for v in vary):
-                    headers = [(k, v) for k, v in headers if k.lower() != b"vary"]
-                    headers.append((b"vary", b", ".join([*vary, b"Host"])))
+        async def send_with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                redirect = 300 <= message["status"] < 400
+                headers = [(k, _relative(v) if redirect and k.lower() == b"location" else v)
+                           for k, v in message.get("headers", [])]
+                if scope.get("state", {}).get(_VARY_HOST):
+                    vary = [v for k, v in headers if k.lower() == b"vary"]
+                    if not any(b"host" in v.lower() for v in vary):
+                        headers = [(k, v) for k, v in headers if k.lower() != b"vary"]
+                        headers.append((b"vary", b", ".join([*vary, b"Host"])))
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_vary)
+        await self.app(scope, receive, send_with_policy)
+
+
+def _relative(location: bytes) -> bytes:
+    """`http://host/path?q` -> `/path?q` (this server only ever redirects to itself)."""
+    for scheme in (b"http://", b"https://"):
+        if location.lower().startswith(scheme):
+            rest = location[len(scheme):]
+            slash = rest.find(b"/")
+            return rest[slash:] if slash >= 0 else b"/"
+    return location

@@ -150,6 +150,12 @@ def test_posted_query_links_use_only_allowed_hosts(client):
     assert got.status_code == 400
 
 
+@pytest.mark.parametrize("path, location", [("/colormaps/", "/colormaps"), ("/static", "/static/")])
+def test_redirects_never_echo_the_host(client, path, location):
+    r = client.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == location
+
+
 def test_public_url_is_used_for_every_absolute_url(bundle_path, store_path):
     public = "https://tiles.example.org/soundscape"
     with make_client(bundle_path, store_path, public_url=public + "/") as client:
