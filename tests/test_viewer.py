@@ -39,7 +39,8 @@ def bare_server(bundle_path, store_path, tmp_path_factory):
         if item.name != "manifest.json":
             os.symlink(item, bare / item.name)
     manifest = json.loads((store_path / "manifest.json").read_text())
-    manifest["imagery"]["path"] = str(bare / "missing.tif")
+    manifest["imagery"] = {**manifest["imagery"], "path": "missing.tif"}
+    manifest["imagery"].pop("absolute", None)  # where it was built from: it would be found there
     (bare / "manifest.json").write_text(json.dumps(manifest))
     with live_server(bundle_path, bare) as url:
         yield url

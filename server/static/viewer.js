@@ -11,7 +11,9 @@ const $ = (id) => document.getElementById(id);
 // a recording's: short ASCII tile URLs that QGIS keeps intact).
 const state = { q: null, query: null, label: "", layer: "heatmap", opacity: 0.75, hour: null, month: null };
 const LAYERS = ["heatmap", "uncertainty"];
-window.soundscape = { state, heatmapLoaded: false, tilejson: null };
+// For tests and the console: the state, and the map once it exists. <body data-heatmap=loaded>
+// marks a layer drawn in full.
+window.soundscape = { state };
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -188,7 +190,6 @@ async function main() {
     const url = tileUrl();
     if (url === renderedUrl) return;
     renderedUrl = url;
-    window.soundscape.heatmapLoaded = false;
     delete document.body.dataset.heatmap;
     if (map.getSource("soundscape")) {
       map.getSource("soundscape").setTiles([url]);
@@ -212,7 +213,6 @@ async function main() {
     try {
       const tilejson = await fetchJson(`${base}/tilejson.json?${tileParams()}`);
       if (seq !== legendSeq) return;
-      window.soundscape.tilejson = tilejson;
       showLegend(tilejson);
     } catch (error) {
       if (seq === legendSeq) setStatus(`cannot map this: ${error.message}`, true);
@@ -231,7 +231,6 @@ async function main() {
 
   map.on("idle", () => {
     if (map.getSource("soundscape") && map.isSourceLoaded("soundscape") && renderedUrl) {
-      window.soundscape.heatmapLoaded = true;
       document.body.dataset.heatmap = "loaded";
     }
   });
