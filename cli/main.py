@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except errors as exc:
         print(f"soundscape {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:  # e.g. a data folder (a container's bind mount) owned by another user
+        print(f"soundscape {args.command}: permission denied on {exc.filename} (running as uid {os.getuid()}, "
+              "which cannot write there)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"soundscape {args.command}: interrupted", file=sys.stderr)

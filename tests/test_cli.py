@@ -2,11 +2,19 @@
 printed before it, and no argparse trap for values that start with a minus."""
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from cli.main import build_parser, join_negative_values, main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _fails(capsys, argv: list[str]) -> str:
@@ -92,3 +100,23 @@ def test_precompute_dry_run_takes_a_negative_bbox(capsys, imagery_path, bundle_p
     out = capsys.readouterr().out
     assert f"{4:>5} {cells:>12,}" in out.splitlines(), out
     assert not (tmp_path / "store").exists()
+
+
+
+@pytest.mark.slow  # the demo loads the packaged towers (~20 s) before it first writes
+def test_unwritable_data_folder_is_one_sentence() -> None:
+    """A container's bind mount owned by another user: `soundscape demo` on a folder it cannot write
+    (as root, without the capability that overrides permission bits, so they apply)."""
+    data = Path(tempfile.mkdtemp(prefix="unwritable-"))
+    try:
+        data.chmod(0o555)
+        unprivileged = ["setpriv", "--bounding-set", "-dac_override"] if os.geteuid() == 0 else []
+        code = "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"
+        result = subprocess.run([*unprivileged, sys.executable, "-c", code, "demo", "--data-dir", str(data),
+                                 "--build-only"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        data.chmod(0o755)
+        shutil.rmtree(data)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"soundscape demo: permission denied on {data}"), result.stderr
