@@ -147,6 +147,13 @@ def test_controls_follow_the_state(page, server):
     page.wait_for_function("document.getElementById('legend-img').src.includes('viridis')", timeout=30_000)
     assert {"hour": "18", "layer": "uncertainty"}.items() <= hash_params(page).items(), "the URL follows"
     page.check("input[name=layer][value=heatmap]")
+    params = page.evaluate("tileParams().toString()")
+    assert "hour=18" in params
+    scale = httpx.get(f"{server}/tilejson.json?{params}", timeout=30).json()["scale"]
+    ends = [fmt(scale["min"]), fmt(scale["max"])]  # the legend follows the hour
+    page.wait_for_function("""([lo, hi]) => document.getElementById('legend-lo').textContent.endsWith(lo)
+                              && document.getElementById('legend-hi').textContent.endsWith(hi)""", arg=ends,
+                           timeout=30_000)
     page.mouse.click(650, 350)  # a click on the map draws the 24-hour profile
     page.wait_for_selector(".maplibregl-popup canvas", timeout=30_000)
     assert "over the day" in page.inner_text(".maplibregl-popup")
