@@ -25,20 +25,15 @@ async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-def _prefix(request: Request) -> str:
-    """The app's mount path (behind a proxy that strips one), so asset URLs resolve there too."""
-    return request.scope.get("root_path", "").rstrip("/")
-
-
+# Relative URLs, like the viewer's: they resolve under whatever path a proxy serves the app at.
 @router.get("/docs", include_in_schema=False)
 async def swagger_ui(request: Request) -> HTMLResponse:
-    """Swagger UI over /openapi.json. validatorUrl off: its badge would call an outside host."""
-    static = f"{_prefix(request)}/static/swagger-ui"
-    page = get_swagger_ui_html(openapi_url=f"{_prefix(request)}{request.app.openapi_url}",
+    """Swagger UI over the OpenAPI document. validatorUrl off: its badge calls an outside host."""
+    page = get_swagger_ui_html(openapi_url=request.app.openapi_url.lstrip("/"),
                                title=f"{request.app.title} - Swagger UI",
-                               swagger_js_url=f"{static}/swagger-ui-bundle.js",
-                               swagger_css_url=f"{static}/swagger-ui.css",
-                               swagger_favicon_url=f"{static}/favicon-32x32.png",
+                               swagger_js_url="static/swagger-ui/swagger-ui-bundle.js",
+                               swagger_css_url="static/swagger-ui/swagger-ui.css",
+                               swagger_favicon_url="static/swagger-ui/favicon-32x32.png",
                                swagger_ui_parameters={"validatorUrl": None})
     page.headers["Content-Security-Policy"] = DOCS_CSP
     return page
@@ -46,12 +41,10 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 
 @router.get("/redoc", include_in_schema=False)
 async def redoc(request: Request) -> HTMLResponse:
-    """ReDoc over /openapi.json, in the browser's own fonts (no font downloads)."""
-    page = get_redoc_html(openapi_url=f"{_prefix(request)}{request.app.openapi_url}",
-                          title=f"{request.app.title} - ReDoc",
-                          redoc_js_url=f"{_prefix(request)}/static/redoc/redoc.standalone.js",
-                          redoc_favicon_url=f"{_prefix(request)}/static/swagger-ui/favicon-32x32.png",
-                          with_google_fonts=False)
+    """ReDoc over the OpenAPI document, in the browser's own fonts (no font downloads)."""
+    page = get_redoc_html(openapi_url=request.app.openapi_url.lstrip("/"), title=f"{request.app.title} - ReDoc",
+                          redoc_js_url="static/redoc/redoc.standalone.js",
+                          redoc_favicon_url="static/swagger-ui/favicon-32x32.png", with_google_fonts=False)
     page.headers["Content-Security-Policy"] = DOCS_CSP
     return page
 
