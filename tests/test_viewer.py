@@ -217,6 +217,19 @@ def test_an_unknown_saved_query_says_so(browser, server):
     page.close()
 
 
+def test_a_refused_tile_shows_the_servers_detail(browser, server):
+    page = open_page(browser, server, "/#layer=uncertainty")
+    page.wait_for_selector("body[data-heatmap=loaded]", timeout=60_000)
+    # Every tile request from now on asks the real server for a tile size it refuses.
+    page.route("**/tiles/**", lambda route: route.continue_(url=f"{route.request.url}&tilesize=300"))
+    page.uncheck("#hour-any")
+    page.wait_for_selector("#status.error", timeout=30_000)
+    tile = page.evaluate("tileUrl()").replace("{z}/{x}/{y}", "3/4/2") + "&tilesize=300"
+    detail = httpx.get(tile, timeout=30).json()["detail"]
+    assert page.inner_text("#status") == f"tiles failed: 422: {detail}"
+    page.close()
+
+
 def test_the_viewer_works_without_a_basemap(browser, bare_server):
     page = open_page(browser, bare_server, "/#hour=6&map=3/45/10")
     page.wait_for_selector("#notice", state="visible", timeout=30_000)
