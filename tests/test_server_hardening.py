@@ -285,7 +285,6 @@ def get(port: int, path: str = "/healthz") -> float:
     return time.perf_counter() - start
 
 
-@pytest.mark.slow
 def test_a_too_large_head_is_431_and_others_are_served_meanwhile(live):
     big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 12_000 + b"\r\n\r\n"
     answer, _ = exchange(live, big)
@@ -315,7 +314,6 @@ def test_a_too_large_head_is_431_and_others_are_served_meanwhile(live):
     assert not flooder.is_alive()
 
 
-@pytest.mark.slow
 def test_slow_heads_and_bodies_are_408_and_closed(live):
     answer, seconds = exchange(live, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
     assert status_of(answer) == 408 and "head" in detail_of(answer) and 1.2 < seconds < 5
@@ -339,7 +337,6 @@ def test_slow_heads_and_bodies_are_408_and_closed(live):
     assert get(live) < 1.0
 
 
-@pytest.mark.slow
 def test_connections_over_the_cap_get_503_and_keep_alive_still_works(live):
     time.sleep(2)  # connections of earlier tests have timed out
     idle = [socket.create_connection(("127.0.0.1", live)) for _ in range(6)]
