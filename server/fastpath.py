@@ -1,0 +1,126 @@
+"""A lean path for tiles already answered: the same URL is answered again from the bytes the
+tile route sent, without FastAPI's routing, parameter validation and dependency injection.
+
+Those cost ~1 ms of CPU per warm tile (three thread-pool hops for sync dependencies, pydantic,
+two SHA-256 keys), about 8x the HTTP server's own work (BENCHMARKS.md "Performance harness").
+A tile's bytes and headers are a function of its URL alone (the ids of the bundle and store are
+fixed for the process; a query id, once registered, is never removed), so the first 200 answer of
+a tile route is recorded under its exact raw path and query string and replayed verbatim.
+
+It runs inside HttpPolicy (HEAD, metrics), the host policy, CORS and the rate limit, so those
+apply to a replay exactly as to the normal path; GZip runs inside it (it never compresses a tile's
+media type; an answer carrying Content-Encoding is not recorded). If-None-Match is answered 304 with the
+recorded ETag, like `server.http.cached_response`. Bounded in bytes, least recently used first out.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import metrics
+from server.http import cached_response
+
+TILE_PREFIX = "/tiles/"
+ENTRY_OVERHEAD = 512  # bytes counted per entry besides key and body (headers, tuple, dict slot)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A tile route's 200 answer: its headers and body, and the route that answered (metrics)."""
+
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    etag: str
+    cache_control: str
+    route: Any
+    endpoint: Any
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + ENTRY_OVERHEAD
+
+
+class TileFastPath:
+    """Pure ASGI middleware: replays recorded tile answers keyed by raw path + query string."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, Recorded] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _get(self, key: bytes) -> Recorded | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def _put(self, key: bytes, value: Recorded) -> None:
+        size = value.size + len(key)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.size + len(key)
+            self._items[key] = value
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                gone_key, gone = self._items.popitem(last=False)
+                self._bytes -= gone.size + len(gone_key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(TILE_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        key = (scope.get("raw_path") or scope["path"].encode()) + b"?" + scope.get("query_string", b"")
+        found = self._get(key)
+        if found is None:
+            await self._record(key, scope, receive, send)
+            return
+        scope["route"], scope["endpoint"] = found.route, found.endpoint  # HttpPolicy labels metrics by route
+        if Headers(scope=scope).get("if-none-match"):  # the same 304 as the route's own
+            not_modified = cached_response(Request(scope), found.etag, found.cache_control)
+            if not_modified is not None:
+                await not_modified(scope, receive, send)
+                return
+        metrics.CACHE.labels("tile", "hit").inc()  # as the route's own cache lookup counts it
+        # Fresh message dicts and header lists: CORS and GZip edit the start message in place.
+        await send({"type": "http.response.start", "status": 200, "headers": list(found.headers)})
+        await send({"type": "http.response.body", "body": found.body})
+
+    async def _record(self, key: bytes, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the normal path; keep its answer when it is a whole 200 of a tile route."""
+        start: Message | None = None
+        parts: list[Message] = []
+
+        async def watch(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = {**message, "headers": list(message.get("headers", []))}
+            elif message["type"] == "http.response.body":
+                parts.append(message)
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        route = scope.get("route")
+        if start is None or start["status"] != 200 or len(parts) != 1 or parts[0].get("more_body", False) \
+                or not getattr(route, "path", "").startswith(TILE_PREFIX):
+            return
+        headers = Headers(raw=start["headers"])
+        etag, cache_control = headers.get("etag"), headers.get("cache-control")
+        if etag is None or cache_control is None or "content-encoding" in headers:
+            return
+        self._put(key, Recorded(tuple(start["headers"]), parts[0].get("body", b""), etag, cache_control,
+                                route, scope.get("endpoint")))

@@ -1,0 +1,100 @@
+"""The lean path for tiles answered before (server/fastpath.py): the same bytes and headers as
+the normal path for every request variant (CORS, gzip, HEAD, If-None-Match), no work done, still
+counted in /metrics and still behind the rate limiter, and bounded in bytes."""
+import pytest
+
+from server.fastpath import ENTRY_OVERHEAD, Recorded, TileFastPath
+from tests.server_support import LAND_TILE, make_client
+
+Z, X, Y = LAND_TILE
+URLS = [f"/tiles/{Z}/{X}/{Y}.png?q=green&hour=6", f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.webp?q=green",
+        f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy?layer=uncertainty", f"/tiles/{Z}/{X}/{Y}.png?q=green&rescale=0,0.5"]
+VARIANTS = [{}, {"Origin": "https://example.org"}, {"Accept-Encoding": "gzip, deflate"}]
+
+
+@pytest.fixture(scope="module")
+def clients(bundle_path, store_path):
+    """Two processes' worth of apps: `normal` answers each (URL, headers) for the first time."""
+    return make_client(bundle_path, store_path), make_client(bundle_path, store_path)
+
+
+def fastpath_of(client) -> TileFastPath:
+    layer = client.app.middleware_stack or client.app.build_middleware_stack()
+    client.app.middleware_stack = layer
+    while not isinstance(layer, TileFastPath):
+        layer = layer.app
+    return layer
+
+
+def normal_path(client, method: str, url: str, headers: dict):
+    """The answer of the normal path: nothing recorded in this app before the request."""
+    fastpath_of(client)._items.clear()
+    return client.request(method, url, headers=headers)
+
+
+def answer(response) -> tuple:
+    return response.status_code, response.headers.raw, response.content
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_a_replay_is_byte_identical_to_the_normal_path(clients, url):
+    normal, fast = clients
+    fast.get(url).raise_for_status()
+    assert url.encode() in fastpath_of(fast)._items, "recorded under its raw path and query string"
+    service = fast.app.state.service
+    service.tiles.local._items.clear()  # the normal path would have to render again
+    renders = service.stats["renders"]
+    for i, headers in enumerate(VARIANTS):
+        first = normal_path(normal, "GET" if i else "HEAD", url, headers)
+        again = fast.request("GET" if i else "HEAD", url, headers=headers)
+        assert answer(again) == answer(first), headers
+    etag = fast.get(url).headers["etag"]
+    for tags in (etag, f'W/{etag}, "x"', "*", '"other"'):
+        first = normal_path(normal, "GET", url, {"If-None-Match": tags, "Origin": "https://example.org"})
+        again = fast.get(url, headers={"If-None-Match": tags, "Origin": "https://example.org"})
+        assert answer(again) == answer(first) and again.status_code == (200 if tags == '"other"' else 304)
+    assert service.stats["renders"] == renders, "replays do no work"
+
+
+def test_errors_and_other_routes_are_not_recorded(clients):
+    _, fast = clients
+    for url in ("/tiles/1/5/0.png?q=green", "/tiles/2/1/1.png?hour=99&q=green", "/tiles/2/1/1.png"):
+        codes = {fast.get(url).status_code for _ in range(2)}
+        assert len(codes) == 1 and codes.pop() in (404, 422)
+    assert fast.get("/tiles/2/1/1.png?hour=99&q=green").json()["detail"].startswith("hour must be")
+
+
+def test_replays_are_counted_in_metrics(bundle_path, store_path):
+    client = make_client(bundle_path, store_path)
+    url = f"/tiles/{Z}/{X}/{Y}.png?q=green&month=3"
+    etag = client.get(url).headers["etag"]
+
+    def count(status: str) -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith("soundscape_requests_total{") and 'route="/tiles/{z}/{x}/{y}.png"' in line \
+                    and 'method="GET"' in line and f'status="{status}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    ok, not_modified = count("200"), count("304")
+    for _ in range(3):
+        client.get(url)
+    client.get(url, headers={"If-None-Match": etag})
+    assert count("200") == ok + 3 and count("304") == not_modified + 1
+
+
+def test_replays_stay_behind_the_rate_limit(bundle_path, store_path):
+    with make_client(bundle_path, store_path, rate_limit="1/min burst 3") as client:
+        url = f"/tiles/{Z}/{X}/{Y}.png?q=green"
+        assert [client.get(url).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_recorded_answers_are_bounded_in_bytes():
+    body = b"x" * 1000
+    fast = TileFastPath(app=None, max_bytes=3 * (1000 + ENTRY_OVERHEAD + len(b"/tiles/0/0/0000000000")))
+    for i in range(10):
+        fast._put(f"/tiles/0/0/{i:010d}".encode(), Recorded((), body, '"e"', "public", None, None))
+    assert len(fast) == 3 and fast._get(b"/tiles/0/0/0000000009") is not None
+    assert fast._get(b"/tiles/0/0/0000000000") is None, "the least recently used went first"
+    fast._put(b"/tiles/big", Recorded((), b"x" * 10_000, '"e"', "public", None, None))
+    assert fast._get(b"/tiles/big") is None and len(fast) == 3
