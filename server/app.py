@@ -12,6 +12,7 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddle
 from model.bundle import Bundle
 from precompute.store import Store
 from server.engine import Metadata
+from server.fastpath import TileFastPath
 from server.http import HttpPolicy, errors, install_error_handlers
 from server.ratelimit import Rate, RateLimit
 from server.routes import meta, queries, rest, tiles, viewer
@@ -51,6 +52,9 @@ def create_app(settings: Settings) -> FastAPI:
     # Middleware: the last added runs first. Images and .npy are not gzipped (no gain, CPU cost).
     app.add_middleware(GZipMiddleware, minimum_size=500, compresslevel=6,
                        exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-npy"))
+    # A tile URL answered before is replayed here, behind every policy but GZip, which leaves
+    # tiles as they are (server/fastpath.py).
+    app.add_middleware(TileFastPath, max_bytes=settings.lru_bytes // 4)
     if settings.rate_limit:  # inside CORS, so a browser can read its 429
         app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit))
     if settings.cors_origins:
