@@ -28,8 +28,8 @@ function setNotice(text) {
 // --- The state in the URL ---------------------------------------------------------------------
 
 function intIn(text, lo, hi) {
-  const value = Number(text);
-  return text !== null && Number.isInteger(value) && value >= lo && value <= hi ? value : null;
+  const value = /^\d+$/.test(text || "") ? Number(text) : NaN;
+  return value >= lo && value <= hi ? value : null;
 }
 
 // The state a shared URL carries, in the hash (or, for links like /?query=<id>, the query string;
@@ -47,7 +47,7 @@ function readUrlState() {
     hour: intIn(params.get("hour"), 0, 23),
     month: intIn(params.get("month"), 1, 12),
     layer: LAYERS.includes(params.get("layer")) ? params.get("layer") : "heatmap",
-    opacity: params.has("opacity") && opacity >= 0 && opacity <= 1 ? opacity : 0.75,
+    opacity: params.get("opacity") && opacity >= 0 && opacity <= 1 ? opacity : 0.75,
     view,
   };
 }
