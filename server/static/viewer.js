@@ -15,9 +15,15 @@ const LAYERS = ["heatmap", "uncertainty"];
 // marks a layer drawn in full.
 window.soundscape = { state };
 
+// What the map shows, when nothing went wrong.
+function describeQuery() {
+  return state.query ? `query ${state.query}: ${state.label}` : "No query yet.";
+}
+
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
+  $("status").classList.remove("tile-error");
 }
 
 function setNotice(text) {
@@ -190,6 +196,7 @@ async function main() {
     const url = tileUrl();
     if (url === renderedUrl) return;
     renderedUrl = url;
+    if ($("status").classList.contains("tile-error")) setStatus(describeQuery());  // new tiles, new chance
     delete document.body.dataset.heatmap;
     if (map.getSource("soundscape")) {
       map.getSource("soundscape").setTiles([url]);
@@ -237,7 +244,10 @@ async function main() {
   map.on("error", async (event) => {
     const detail = await tileErrorDetail(event.error);
     if (event.sourceId === "imagery") setNotice(`basemap unavailable: ${detail}; the heatmap still works`);
-    else if (event.sourceId === "soundscape") setStatus(`tiles failed: ${detail}`, true);
+    else if (event.sourceId === "soundscape") {
+      setStatus(`tiles failed: ${detail}`, true);
+      $("status").classList.add("tile-error");
+    }
     else setStatus(`map: ${detail}`, true);
   });
   map.on("moveend", () => { if (ready) writeUrlState(map); });
@@ -260,7 +270,7 @@ async function register(options, what) {
     const query = await fetchJson(`${base}/queries`, { method: "POST", ...options });
     Object.assign(state, { q: query.text || null, query: query.id,
                            label: query.text || `recording (${query.duration_s} s)` });
-    setStatus(`query ${query.id}: ${state.label}`);
+    setStatus(describeQuery());
     return true;
   } catch (error) {
     setStatus(`could not register ${what}: ${error.message}`, true);
@@ -286,7 +296,7 @@ async function restoreQuery() {
     state.q = query.text || null;  // a registered text is shared as its text from now on
     $("text").value = state.q || "";
     state.label = query.text || `recording (${query.duration_s} s)`;
-    setStatus(`query ${query.id}: ${state.label}`);
+    setStatus(describeQuery());
   } catch (error) {
     state.query = null;
     setStatus(error.status === 404
