@@ -8,7 +8,8 @@ Locks are universal (valid on every platform and Python >= 3.11: environment mar
 lines). torch is left out of every lock: the registry's default torch wheel pulls gigabytes of CUDA
 libraries, so scripts/setup.sh and docker/demo.Dockerfile install the CPU build from
 locks/torch.txt first, and torch's own dependencies come with it. tests/test_locks.py checks that
-every lock still satisfies pyproject.toml.
+every lock still satisfies pyproject.toml. uv resolves against its default index (UV_INDEX_URL or
+UV_DEFAULT_INDEX point it elsewhere); the locks name versions only, so any index serving them installs them.
 """
 from __future__ import annotations
 
