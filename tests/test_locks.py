@@ -73,3 +73,12 @@ def test_installers_read_the_locks() -> None:
         assert used, f"{dockerfile.name} installs from no lock"
         for name in used:
             assert (ROOT / "locks" / f"{name}.txt").is_file(), f"{dockerfile.name} names a missing locks/{name}.txt"
+
+
+def test_aisfx_is_pinned_alike() -> None:
+    """aisfx stays outside the locks (its declared dependencies are outdated): setup.sh and the demo
+    image install the same version of it."""
+    pin = re.compile(r"aisfx==[\w.]+")
+    pins = {path.name: pin.findall(path.read_text())
+            for path in (ROOT / "scripts" / "setup.sh", ROOT / "docker" / "demo.Dockerfile")}
+    assert all(len(found) == 1 for found in pins.values()) and len({found[0] for found in pins.values()}) == 1, pins
