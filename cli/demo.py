@@ -15,7 +15,7 @@ from precompute.device import open_bundle, select_device
 from precompute.plan import WORLD
 from precompute.run import run as precompute
 from precompute.store import Store, StoreError
-from server.commands import add_server_options, serve
+from server.commands import add_server_options, check_port, serve
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "demo"
 DEMO_LEVELS = list(range(0, 8))
@@ -83,6 +83,8 @@ def store_path(data: Path, imagery: Path, bundle: Path) -> Path:
 
 def _demo(args: argparse.Namespace) -> int:
     data = Path(args.data_dir)
+    if not args.build_only:
+        check_port(args.host, args.port)  # before minutes of building, not after
     bundle = bundle_path(data, Path(args.weights))
     imagery = imagery_path(data)
     store = store_path(data, imagery, bundle)

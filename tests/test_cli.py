@@ -120,3 +120,13 @@ def test_unwritable_data_folder_is_one_sentence() -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"soundscape demo: permission denied on {data}"), result.stderr
+
+
+def test_demo_checks_the_port_before_building(capsys, tmp_path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        line = _fails(capsys, ["demo", "--data-dir", str(tmp_path / "demo"), "--port", str(port)])
+    assert line.startswith(f"soundscape demo: port {port} on 127.0.0.1 is already in use")
+    assert not (tmp_path / "demo").exists(), "built before finding the port taken"
