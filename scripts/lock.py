@@ -58,9 +58,9 @@ def compile_lock(name: str, upgrade: bool) -> None:
     python = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"].lstrip(">=")
     with tempfile.TemporaryDirectory() as tmp:
         overrides = Path(tmp) / "overrides.txt"
-        overrides.write_text("".join(f"{name} ; {NEVER}\n" for name in sorted(UNLOCKED)))
+        overrides.write_text("".join(f"{package} ; {NEVER}\n" for package in sorted(UNLOCKED)))
         command = [str(uv), "pip", "compile", "-", "--universal", "--python-version", python,
-                   "--override", str(overrides), "--no-emit-package", ",".join(sorted(UNLOCKED)),
+                   "--override", str(overrides), *(f"--no-emit-package={package}" for package in sorted(UNLOCKED)),
                    "--custom-compile-command", "scripts/lock.sh", "--quiet", "-o", str(lock_path(name))]
         if upgrade:
             command.append("--upgrade")
