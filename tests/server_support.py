@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,13 @@ LAND_TILE = (3, 4, 2)
 REPO = Path(__file__).resolve().parent.parent
 
 
+def fresh_query_db() -> str:
+    """A registry file of the test's own: tests never share the user's registered queries."""
+    return str(Path(tempfile.mkdtemp(prefix="soundscape-queries-")) / "queries.sqlite")
+
+
 def make_client(bundle_path, store_path, **settings) -> TestClient:
+    settings.setdefault("query_db", fresh_query_db())
     # A loopback Host, one of the default allowed hosts (server/urls.py), as a local browser sends.
     return TestClient(create_app(Settings(bundle=str(bundle_path), store=str(store_path), **settings)),
                       base_url="http://127.0.0.1")
@@ -45,7 +52,8 @@ def live_server(bundle_path, store_path, *, workers: int = 1, redis_url: str | N
     """`soundscape serve` (real uvicorn) on a random loopback port, with no SOUNDSCAPE_* variables
     but those in `env`; yields its base URL."""
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}, **(env or {})}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")},
+           "SOUNDSCAPE_QUERY_DB": fresh_query_db(), **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path),
                              "--store", str(store_path), "--port", str(port), "--workers", str(workers),
                              *(["--redis-url", redis_url] if redis_url else []), *args],
