@@ -123,6 +123,33 @@ async def measure(service: SoundscapeService, repeat: int) -> dict:
             "audio_encodings": service.stats["audio_encodings"]}
 
 
+def hour_versus_default(bundle: str, store: str, repeat: int) -> dict:
+    """benchmarks/run.py's hour_tile measure: cold tiles with hour=6 and with default metadata,
+    interleaved in one process, on the finest level without stored fusions."""
+    threadpool_limits(1, user_api="blas")
+    settings = Settings(bundle=bundle, store=store)
+    service = SoundscapeService(Bundle(bundle, threads=settings.threads), Store(store), settings)
+    warm_up(service)
+    unfused = [lv for lv, level in service.store.levels.items() if level.precomputed(6, None, None) is None]
+    zoom = max(0, max(unfused or [service.store.maxlevel]) - 4)  # tiles of zoom z draw level z + 4
+
+    async def run() -> dict:
+        await service.text_query("birdsong")
+        tiles = tiles_of(service.store, zoom, repeat)
+        await time_tiles(service, tiles, 2, hour=6)  # the scale of hour=6 (a sample fusion) is not the tile's cost
+        await time_tiles(service, tiles, 2)
+        default, hour = [], []
+        for i in range(0, repeat, 5):  # interleaved, so a load change hits both
+            part = tiles[i:i + 5]
+            default += await time_tiles(service, part, len(part))
+            hour += await time_tiles(service, part, len(part), hour=6)
+        d, h = median_ms(default), median_ms(hour)
+        return {"level": zoom + 4, "zoom": zoom, "tiles": repeat, "cold_tile_default_ms": d,
+                "cold_tile_hour_ms": h, "ratio": round(h / d, 1)}
+
+    return asyncio.run(run())
+
+
 def rio_tiler_baseline(imagery: str, tiles) -> float:
     from rio_tiler.io import Reader
 

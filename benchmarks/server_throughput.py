@@ -86,13 +86,16 @@ def rss_mb(pid: int) -> float:
     return round(sum(r for p, _, r in rows if p in family) / 1024, 1)
 
 
-def run_wrk(base: str, paths: list[str], duration: int, connections: int) -> dict:
+def run_wrk(base: str, paths: list[str], duration: int, connections: int, lua: str = WRK_SCRIPT,
+            env: dict[str, str] | None = None) -> dict:
+    """wrk cycling `paths` (or whatever the `lua` script makes of them, with `env`)."""
     with tempfile.TemporaryDirectory() as tmp:
         urls, script = Path(tmp) / "urls.txt", Path(tmp) / "urls.lua"
         urls.write_text("\n".join(paths) + "\n")
-        script.write_text(WRK_SCRIPT)
+        script.write_text(lua)
         out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), base],
-                             capture_output=True, text=True, env={**os.environ, "URLS": str(urls)}, check=True).stdout
+                             capture_output=True, text=True, env={**os.environ, **(env or {}), "URLS": str(urls)},
+                             check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     latency = {p: m.group(1) for p in ("50%", "90%", "99%")
                if (m := re.search(rf"{re.escape(p)}\s+([\d.]+\w+)", out))}

@@ -2,6 +2,7 @@
 (docs/api.md describes the HTTP surface)."""
 from __future__ import annotations
 
+import faiss
 import numpy as np
 from fastapi import FastAPI
 from threadpoolctl import threadpool_limits
@@ -35,6 +36,9 @@ def create_app(settings: Settings) -> FastAPI:
     # One BLAS thread: the small matrix products of a tile are 600x slower when OpenBLAS's
     # threads contend with the compute pool for the cores (16 ms instead of 0.03 ms, measured).
     threadpool_limits(1, user_api="blas")
+    # Likewise FAISS's OpenMP threads: a top-10 search of the demo's level 7 took 16.6 ms with
+    # them on a busy 2-core machine, 0.87 ms with one (benchmarks/run.py, search).
+    faiss.omp_set_num_threads(1)
     bundle = Bundle(settings.bundle, threads=settings.threads)
     store = Store(settings.store)
     service = SoundscapeService(bundle, store, settings)

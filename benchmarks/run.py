@@ -1,0 +1,366 @@
+"""The performance harness (issue 13): every figure side by side with its baseline in one run, so
+ratios hold on a shared, loaded machine. Writes a JSON result and the "Performance harness"
+table of BENCHMARKS.md from it.
+
+    python benchmarks/run.py [--bundle data/demo/bundle --store data/demo/store] [--duration 8]
+        [--json benchmarks/results/performance.json] [--markdown BENCHMARKS.md]
+        [--flamegraphs benchmarks/flamegraphs] [--only warm,cold,...]
+
+Measures (HTTP ones load `soundscape serve --workers 2` with wrk, 2 threads, 32 connections;
+each baseline runs under the same uvicorn options, benchmarks/baseline_apps.py):
+- warm: tiles/s of cache hits (the 341 tiles of zooms 0-4, q=birdsong&hour=6) vs a bare ASGI
+  app and a bare FastAPI route answering the same URLs with the same bytes;
+- cold: tiles/s when every request is a query never seen (a user typing) vs TiTiler rendering
+  the store's GeoTIFF (no cache: every tile is its work);
+- hour_tile: in process, a cold tile with hour= on a level without stored fusions vs the
+  default-metadata tile (benchmarks/server_latency.py's timing);
+- search: /search with hour and month on the finest level (first request, and p50 of repeats)
+  vs /search without metadata;
+- viewport: a new query's 20 tiles of zoom 3 fetched over 6 connections, first request to last
+  byte, p50 over new queries.
+Every measure records the 1-minute load average before and after it. `--flamegraphs` records
+py-spy flame graphs of the server during warm, cold and hour= loads (after the measures, so
+sampling does not slow them).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.server_throughput import free_port, run_wrk, serve, stop, tile_paths, wait_ready  # noqa: E402
+from precompute.store import Store  # noqa: E402
+from server.service import store_imagery  # noqa: E402
+
+QUERY = "birdsong"
+WARM_QUERY = f"q={QUERY}&hour=6"  # as benchmarks/server_throughput.py and the issue's run
+VIEWPORT = [(3, x, y) for x in range(2, 7) for y in range(1, 5)]  # 20 tiles of zoom 3, as a browser asks
+# Each request a text never seen: the thread's id and a counter, after a per-run salt.
+NEW_QUERY_SCRIPT = """
+local urls = {}
+for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
+local salt = os.getenv("SALT")
+local threads = 0
+function setup(thread) thread:set("id", threads); threads = threads + 1 end
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", urls[(i * 7919) % #urls + 1] .. "&q=" .. salt .. "t" .. id .. "n" .. i)
+end
+"""
+# hour= on zoom 3 (drawn from level 7, which holds no stored fusions in the demo): 64 tiles x 24 hours.
+HOUR_SCRIPT = """
+local i = 0
+request = function()
+  i = i + 1
+  local t = (i * 7919) % 1536
+  return wrk.format("GET", string.format("/tiles/3/%d/%d.png?q=birdsong&hour=%d", t % 8, math.floor(t / 8) % 8,
+                                         math.floor(t / 64)))
+end
+"""
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+@contextmanager
+def measured(result: dict, name: str) -> Iterator[dict]:
+    """A measure's entry with the load average before and after it and its wall time."""
+    entry = result.setdefault("measures", {}).setdefault(name, {})
+    entry["load_before"], began = load(), time.monotonic()
+    yield entry
+    entry["load_after"], entry["wall_s"] = load(), round(time.monotonic() - began, 1)
+
+
+@contextmanager
+def running(cmd: list[str], ready: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """A server process group until the block ends; yields (base URL, pid)."""
+    port = free_port()
+    proc = serve([*cmd, "--port", str(port)], env or {}, REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base + ready)
+        yield base, proc.pid
+    finally:
+        stop(proc)
+
+
+def soundscape(bundle: Path, store: Path, workers: int, query_db: Path) -> list[str]:
+    return [sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle), "--store", str(store),
+            "--workers", str(workers), "--query-db", str(query_db)]
+
+
+def baseline(name: str, workers: int) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.baseline_apps", name, "--workers", str(workers)]
+
+
+def fetch_all(base: str, urls: list[str], rounds: int = 4) -> dict[str, httpx.Response]:
+    """Every URL `rounds` times, each on a new connection, so each worker (with its own caches)
+    likely gets each URL: one keep-alive connection reaches one worker only. The last answers."""
+    answers = {}
+    with httpx.Client(base_url=base, timeout=120, headers={"Connection": "close"}) as http:
+        for _ in range(rounds):
+            for url in urls:
+                answers[url] = http.get(url)
+                answers[url].raise_for_status()
+    return answers
+
+
+def write_tiles(answers: dict[str, httpx.Response], folder: Path) -> None:
+    """The bytes each URL was answered with, for the bare baselines (baseline_apps.recorded_tiles)."""
+    index = {}
+    for i, (url, response) in enumerate(answers.items()):
+        (folder / f"{i}.bin").write_bytes(response.content)
+        index[url] = (response.headers["content-type"], f"{i}.bin")
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+def p50_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 1)
+
+
+def timed_gets(base: str, urls: list[str]) -> list[float]:
+    samples = []
+    with httpx.Client(base_url=base, timeout=300) as http:
+        for url in urls:
+            began = time.perf_counter()
+            http.get(url).raise_for_status()
+            samples.append(time.perf_counter() - began)
+    return samples
+
+
+async def viewport_once(base: str, text: str) -> float:
+    """First request to last byte of the viewport's tiles over 6 connections (a browser's limit)."""
+    limits = httpx.Limits(max_connections=6, max_keepalive_connections=6)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
+        await http.get("/healthz")  # connections are open before the clock starts, as in a loaded page
+        began = time.perf_counter()
+        answers = await asyncio.gather(*(http.get(f"/tiles/{z}/{x}/{y}.png", params={"q": text})
+                                         for z, x, y in VIEWPORT))
+        elapsed = time.perf_counter() - began
+    for answer in answers:
+        answer.raise_for_status()
+    return elapsed
+
+
+def flamegraph(pid: int, out: Path, seconds: int, load_fn: Callable[[], object]) -> None:
+    """py-spy's flame graph of the server (all workers) while `load_fn` runs."""
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses", "--duration", str(seconds),
+                            "--rate", "200", "--nonblocking", "--format", "flamegraph", "--output", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # py-spy attaches
+    load_fn()
+    _, err = spy.communicate(timeout=seconds + 60)
+    if spy.returncode != 0:
+        raise RuntimeError(f"py-spy failed: {err.decode()[-500:]}")
+
+
+# Measures ------------------------------------------------------------------------------------
+
+def measure_server(args, result: dict, tiles_dir: Path, flames: Path | None) -> None:
+    """warm, search, viewport, cold (ours) against one `soundscape serve`."""
+    warm_urls = [f"/tiles/{z}/{x}/{y}.png?{WARM_QUERY}" for z, x, y in tile_paths(4)]
+    cold_urls = [f"/tiles/{z}/{x}/{y}.png?layer=heatmap" for z, x, y in tile_paths(4)]
+    with tempfile.TemporaryDirectory() as tmp, \
+            running(soundscape(args.bundle, args.store, args.workers, Path(tmp) / "q.sqlite"), "/healthz") as (base, pid):
+        answers = fetch_all(base, warm_urls)
+        write_tiles(answers, tiles_dir)
+        # What fetch_all missed, under the measure's own load: warm means every worker has every tile.
+        result["warm_up"] = run_wrk(base, warm_urls, 3, args.connections)
+        if "warm" in args.only:
+            with measured(result, "warm") as entry:
+                entry["soundscape"] = run_wrk(base, warm_urls, args.duration, args.connections)
+        if "search" in args.only:
+            with measured(result, "search") as entry:
+                level = max(Store(args.store).levels)
+                plain = [f"/search?q={QUERY}&k=10"] * args.repeat
+                entry["without_metadata_p50_ms"] = p50_ms(timed_gets(base, plain))
+                entry["level"] = level
+                first = timed_gets(base, [f"/search?q={QUERY}&hour=6&month=3&k=10"] * (args.repeat + 1))
+                entry["with_hour_month_first_ms"] = round(first[0] * 1000, 1)
+                entry["with_hour_month_repeat_p50_ms"] = p50_ms(first[1:])
+                fresh = [f"/search?q={QUERY}&hour={h}&month={1 + h % 12}&k=10" for h in range(7, 10)]
+                entry["with_new_hour_month_p50_ms"] = p50_ms(timed_gets(base, fresh))
+        if "viewport" in args.only:
+            with measured(result, "viewport") as entry:
+                salt = secrets.token_hex(3)
+                samples = [asyncio.run(viewport_once(base, f"viewport {salt} {i}")) for i in range(args.repeat)]
+                entry.update({"tiles": len(VIEWPORT), "zoom": 3, "connections": 6, "p50_ms": p50_ms(samples),
+                              "max_ms": round(max(samples) * 1000, 1), "runs": len(samples)})
+        if "cold" in args.only:
+            with measured(result, "cold") as entry:
+                entry["soundscape"] = run_wrk(base, cold_urls, args.duration, args.connections, NEW_QUERY_SCRIPT,
+                                              {"SALT": secrets.token_hex(4)})
+        if flames is not None:
+            flamegraph(pid, flames / "warm.svg", args.duration,
+                       lambda: run_wrk(base, warm_urls, args.duration - 2, args.connections))
+            flamegraph(pid, flames / "cold.svg", args.duration,
+                       lambda: run_wrk(base, cold_urls, args.duration - 2, args.connections, NEW_QUERY_SCRIPT,
+                                       {"SALT": secrets.token_hex(4)}))
+            flamegraph(pid, flames / "hour.svg", args.duration,
+                       lambda: run_wrk(base, ["/"], args.duration - 2, args.connections, HOUR_SCRIPT))
+
+
+def measure_baselines(args, result: dict, tiles_dir: Path) -> None:
+    paths = [f"/tiles/{z}/{x}/{y}.png?{WARM_QUERY}" for z, x, y in tile_paths(4)]
+    if "warm" in args.only:
+        entry = result["measures"]["warm"]
+        for name in ("bare_asgi", "bare_fastapi"):
+            with running(baseline(name, args.workers), paths[0], {"BASELINE_TILES": str(tiles_dir)}) as (base, _):
+                entry[name] = run_wrk(base, paths, args.duration, args.connections)
+        entry["ratio_to_bare_asgi"] = round(entry["soundscape"]["tiles_per_s"] / entry["bare_asgi"]["tiles_per_s"], 2)
+        entry["ratio_to_bare_fastapi"] = round(
+            entry["soundscape"]["tiles_per_s"] / entry["bare_fastapi"]["tiles_per_s"], 2)
+        entry["load_after"] = load()
+    if "cold" in args.only:
+        imagery = store_imagery(Store(args.store))
+        entry = result["measures"]["cold"]
+        if not isinstance(imagery, str):
+            entry["titiler"] = f"not run: the store's imagery is {imagery!r}, TiTiler needs one raster"
+            return
+        theirs = [f"/cog/tiles/WebMercatorQuad/{z}/{x}/{y}.png?url={imagery}" for z, x, y in tile_paths(4)]
+        with running(baseline("titiler", args.workers), "/docs") as (base, _):
+            fetch_all(base, theirs[:5], rounds=1)  # GDAL opens the file once per worker
+            entry["titiler"] = run_wrk(base, theirs, args.duration, args.connections)
+        entry["ratio_to_titiler"] = round(entry["soundscape"]["tiles_per_s"] / entry["titiler"]["tiles_per_s"], 1)
+        entry["load_after"] = load()
+
+
+def measure_hour_tile(args, result: dict) -> None:
+    """In a subprocess (a clean process: one BLAS thread, as the server) via server_latency."""
+    code = ("import asyncio, json, sys; sys.path.insert(0, '.');"
+            "from benchmarks.server_latency import hour_versus_default;"
+            f"print(json.dumps(hour_versus_default({str(args.bundle)!r}, {str(args.store)!r}, {args.repeat * 3})))")
+    with measured(result, "hour_tile") as entry:
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+        entry.update(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+# Report --------------------------------------------------------------------------------------
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+def rows(result: dict) -> list[tuple[str, str, str, str]]:
+    """(figure, measured, baseline in the same run, ratio and target) per measure."""
+    m, out = result["measures"], []
+    if "warm" in m and "bare_asgi" in m["warm"]:
+        w = m["warm"]
+        out.append(("warm tiles/s (cache hits, 341 tiles of zooms 0-4)", f"{w['soundscape']['tiles_per_s']:.0f}",
+                    f"bare ASGI app, same bytes: {w['bare_asgi']['tiles_per_s']:.0f}; bare FastAPI route: "
+                    f"{w['bare_fastapi']['tiles_per_s']:.0f}",
+                    f"**{w['ratio_to_bare_asgi']}** of bare ASGI (target >= 0.6); {w['ratio_to_bare_fastapi']} of FastAPI"))
+    if "cold" in m and isinstance(m["cold"].get("titiler"), dict):
+        c = m["cold"]
+        out.append(("cold tiles/s (every request a new text query)", f"{c['soundscape']['tiles_per_s']:.0f}",
+                    f"TiTiler, same GeoTIFF: {c['titiler']['tiles_per_s']:.0f}",
+                    f"**{c['ratio_to_titiler']}x** TiTiler (target >= 15x)"))
+    if "hour_tile" in m:
+        h = m["hour_tile"]
+        out.append((f"cold tile, `hour=6`, level {h['level']} (no stored fusions), in process",
+                    f"{h['cold_tile_hour_ms']} ms", f"default-metadata tile: {h['cold_tile_default_ms']} ms",
+                    f"**{h['ratio']}x** the default tile (target <= 3x)"))
+    if "search" in m:
+        s = m["search"]
+        out.append((f"`/search` with hour and month (level {s['level']}), repeated metadata",
+                    f"p50 {s['with_hour_month_repeat_p50_ms']} ms (first: {s['with_hour_month_first_ms']} ms)",
+                    f"`/search` without metadata: p50 {s['without_metadata_p50_ms']} ms",
+                    "target p50 <= 50 ms"))
+        out.append(("`/search` with a new hour and month each request", f"p50 {s['with_new_hour_month_p50_ms']} ms",
+                    f"without metadata: p50 {s['without_metadata_p50_ms']} ms", "target p50 <= 50 ms"))
+    if "viewport" in m:
+        v = m["viewport"]
+        out.append(("new query's viewport (20 tiles of zoom 3, 6 connections)", f"p50 {v['p50_ms']} ms",
+                    f"max {v['max_ms']} ms over {v['runs']} new queries", "target p50 <= 100 ms"))
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["| figure | measured | baseline in the same run | ratio / target |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(result)]
+    loads = ", ".join(f"{name} {e['load_before']}-{e['load_after']}" for name, e in result["measures"].items())
+    return "\n".join([
+        f"    {result['command']}", "",
+        f"Commit {result['commit']}, {result['date']}, {result['machine']}, Python {result['python']}, no GPU. "
+        f"wrk {result['wrk']['threads']} threads, {result['wrk']['connections']} connections, "
+        f"{result['wrk']['duration_s']} s per measure; every server {result['workers']} uvicorn workers, no Redis. "
+        f"Load average (1 min) before-after each measure: {loads}.", "", *lines, ""])
+
+
+def update_markdown(path: Path, text: str) -> None:
+    """Replace the generated block between the markers of BENCHMARKS.md (appended once)."""
+    begin, end = "<!-- performance-harness:begin -->", "<!-- performance-harness:end -->"
+    doc = path.read_text()
+    block = f"{begin}\n{text}{end}"
+    if begin in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n## Performance harness\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=REPO / "data/demo/bundle")
+    parser.add_argument("--store", type=Path, default=REPO / "data/demo/store")
+    parser.add_argument("--duration", type=int, default=8, help="seconds of wrk per measure")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5, help="samples of search and viewport (x3: hour tile)")
+    parser.add_argument("--only", default="warm,cold,hour_tile,search,viewport",
+                        help="comma-separated measures")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks/results/performance.json")
+    parser.add_argument("--markdown", type=Path, help="BENCHMARKS.md to write the table into")
+    parser.add_argument("--flamegraphs", type=Path, help="directory for py-spy SVGs of warm, cold and hour=")
+    args = parser.parse_args()
+    args.only = set(args.only.split(","))
+    for key in [k for k in os.environ if k.startswith("SOUNDSCAPE_")]:
+        del os.environ[key]  # no setting of the caller's shell changes a measured server
+    args.bundle, args.store = args.bundle.resolve(), args.store.resolve()
+    for tool in ("wrk", *(["py-spy"] if args.flamegraphs else [])):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (wrk: apt-get install -y wrk; py-spy: pip install -e '.[bench]')")
+    if args.flamegraphs:
+        args.flamegraphs.mkdir(parents=True, exist_ok=True)
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    result = {"command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+              "commit": git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "server") else ""),
+              "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "python": platform.python_version(), "gpu": None, "workers": args.workers, "redis": None,
+              "wrk": {"version": wrk_version, "threads": 2, "connections": args.connections,
+                      "duration_s": args.duration},
+              "warm_query": WARM_QUERY, "bundle": str(args.bundle), "store": str(args.store), "measures": {}}
+    with tempfile.TemporaryDirectory() as tiles_dir:
+        if args.only & {"warm", "cold", "search", "viewport"} or args.flamegraphs:
+            measure_server(args, result, Path(tiles_dir), args.flamegraphs)
+            measure_baselines(args, result, Path(tiles_dir))
+    if "hour_tile" in args.only:
+        measure_hour_tile(args, result)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        update_markdown(args.markdown, markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
