@@ -7,7 +7,8 @@ server on the open internet needs and uvicorn does not have.
 - A head must arrive within `header_timeout_s` of the connection opening or the previous
   response ending, and a body within `body_timeout_s` of its head: a client that trickles bytes
   is answered 408 and closed (uvicorn's keep-alive timeout stops at the first byte); one that
-  sent nothing is closed without an answer.
+  sent nothing is closed without an answer. A client that stops reading an answer for
+  `body_timeout_s` (the socket's buffers full) is disconnected.
 - At most `max_connections` open connections per worker: more are answered 503 and closed
   within a second, so idle sockets cannot exhaust file descriptors.
 
@@ -70,6 +71,8 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         self.deadline: asyncio.TimerHandle | None = None
         self.refusal: tuple[int, str] | None = None
         self.over_capacity = False
+        self.write_deadline: asyncio.TimerHandle | None = None
+        self.answering: Any = None  # the request whose answer is being written
 
     # Connection and timers ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -81,7 +84,34 @@ class HardenedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than we write: it has `body_timeout_s` to catch up."""
+        super().pause_writing()
+        if self.write_deadline is None:
+            self.write_deadline = self.loop.call_later(self.limits.body_timeout_s, self.on_write_deadline)
+
+    def on_write_deadline(self) -> None:
+        self.write_deadline = None
+        # Every request of the connection (the one answering may precede pipelined ones) is
+        # disconnected first, so the app's next send returns instead of writing to a dead socket.
+        for cycle in (self.answering, self.cycle, *(c for c, _ in self.pipeline)):
+            if cycle is not None:
+                cycle.disconnected = True
+        self.transport.abort()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self.answering = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def resume_writing(self) -> None:
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
+            self.write_deadline = None
+        super().resume_writing()
 
     def arm(self, seconds: float) -> None:
         self.disarm()

@@ -363,3 +363,22 @@ def test_serve_refuses_malformed_internet_options(bundle_path, store_path, optio
                            str(store_path), "--port", "9", option, value], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_client_that_stops_reading_is_disconnected(live):
+    """Pipelined requests for a 1.7 MB script, never read: the answers fill the socket's buffers,
+    and after the body timeout (2 s here) the server drops the connection instead of holding it."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", live))
+        s.sendall(b"GET /static/swagger-ui/swagger-ui-bundle.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 4)
+        time.sleep(5)
+        received = 0
+        s.settimeout(10)
+        try:
+            while chunk := s.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert received < 4 * 1_700_000  # what the buffers held when it was dropped
+    assert get(live) < 1.0
