@@ -10,7 +10,9 @@ server on the open internet needs and uvicorn does not have.
   sent nothing is closed without an answer. A client that stops reading an answer for
   `body_timeout_s` (the socket's buffers full) is disconnected.
 - At most `max_connections` open connections per worker: more are answered 503 and closed
-  within a second, so idle sockets cannot exhaust file descriptors.
+  within a second, so idle sockets cannot exhaust file descriptors. At most `max_pipelined`
+  requests wait behind the one being answered on a connection (uvicorn queues every request of
+  a read: 100,000 pipelined requests grew it by 110 MB); a connection with more is dropped.
 
 Limits come from SOUNDSCAPE_* variables (`ConnectionLimits.from_env`), since uvicorn builds the
 protocol itself in every worker; docs/reliability.md lists them.
@@ -38,6 +40,7 @@ class ConnectionLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     max_connections: int = 1024
+    max_pipelined: int = 32
 
     @classmethod
     def from_env(cls) -> "ConnectionLimits":
@@ -46,7 +49,8 @@ class ConnectionLimits:
                    max_headers=int(env("SOUNDSCAPE_MAX_HEADERS", cls.max_headers)),
                    header_timeout_s=float(env("SOUNDSCAPE_HEADER_TIMEOUT_S", cls.header_timeout_s)),
                    body_timeout_s=float(env("SOUNDSCAPE_BODY_TIMEOUT_S", cls.body_timeout_s)),
-                   max_connections=int(env("SOUNDSCAPE_MAX_CONNECTIONS", cls.max_connections)))
+                   max_connections=int(env("SOUNDSCAPE_MAX_CONNECTIONS", cls.max_connections)),
+                   max_pipelined=int(env("SOUNDSCAPE_MAX_PIPELINED", cls.max_pipelined)))
 
 
 @lru_cache(maxsize=1)
@@ -96,11 +100,16 @@ class HardenedHttpProtocol(HttpToolsProtocol):
 
     def on_write_deadline(self) -> None:
         self.write_deadline = None
-        # Every request of the connection (the one answering may precede pipelined ones) is
-        # disconnected first, so the app's next send returns instead of writing to a dead socket.
+        self.drop()
+
+    def drop(self) -> None:
+        """Close at once without an answer. Every request of the connection (the one answering
+        may precede pipelined ones) is disconnected first, so the app's next send returns
+        instead of writing to a dead socket."""
         for cycle in (self.answering, self.cycle, *(c for c, _ in self.pipeline)):
             if cycle is not None:
                 cycle.disconnected = True
+        self.pipeline.clear()
         self.transport.abort()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
@@ -182,6 +191,9 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         self.reading_head, self.reading_body = False, True
         self.arm(self.limits.body_timeout_s)
         super().on_headers_complete()
+        if len(self.pipeline) > self.limits.max_pipelined:
+            self.drop()  # answers must go in order: no room for a refusal between them
+            raise _Refused
 
     def on_message_complete(self) -> None:
         # The next request's head may follow at once (pipelining): count it from here; its

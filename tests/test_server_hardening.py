@@ -102,6 +102,7 @@ def test_resampling_between_coprime_rates_is_bounded_and_in_tune():
     (b'["text"]', 422, '{"text": "..."}'),
     (b'{"text": "' + b"a" * 9000 + b'"}', 413, "limit"),
     (b'{"text": "\xff"}', 422, "not valid JSON"),
+    (b'{"text": ' + b"9" * 5000 + b"}", 422, "not valid JSON"),  # int() refuses over 4300 digits
 ])
 def test_malformed_json_answers_4xx(client, body, status, needle):
     r = client.post("/queries", content=body, headers={"Content-Type": "application/json"})
@@ -382,3 +383,23 @@ def test_a_client_that_stops_reading_is_disconnected(live):
             pass
     assert received < 4 * 1_700_000  # what the buffers held when it was dropped
     assert get(live) < 1.0
+
+
+def test_deep_pipelining_drops_the_connection(live):
+    """1000 requests in one write: more than 32 waiting for their turn drops the connection."""
+    with socket.create_connection(("127.0.0.1", live), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 1000)
+        answers = b""
+        try:
+            while chunk := s.recv(65536):
+                answers += chunk
+        except ConnectionResetError:
+            pass
+    assert answers.count(b"HTTP/1.1 200") <= 33
+    with socket.create_connection(("127.0.0.1", live), timeout=10) as s:  # a few pipelined are fine
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 4 + b"GET /healthz HTTP/1.1\r\n"
+                  b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answers = b""
+        while chunk := s.recv(65536):
+            answers += chunk
+    assert answers.count(b"HTTP/1.1 200") == 5
