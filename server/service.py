@@ -4,8 +4,9 @@ in a bounded thread pool)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from collections import OrderedDict
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,9 @@ FUSION_RETRY_AFTER_S = 5
 # A fusion of more cells than this is "large" (bounded by settings.full_fusions): a 512 px tile
 # reads 34 x 34 cells, a whole level or a colour-scale sample reads thousands.
 LARGE_FUSION_CELLS = 2048
+# Form and audio bodies read or decoded at once per worker (each up to max_upload_bytes, and a
+# decode up to ~120 MB); more are refused with 503 rather than queued in memory.
+MAX_UPLOADS = 4
 SCALE_CACHE_ENTRIES = 4096
 # Names the default-scale rule in tile keys and ETags: change it when the rule changes.
 DEFAULT_SCALE_KEY = "p2-p98-v1"
@@ -110,6 +114,7 @@ class SoundscapeService:
         self.level_fusion_slots = anyio.Semaphore(max(1, settings.full_fusions))
         self.level_fusions_pending = 0
         self.upload_limiter = anyio.CapacityLimiter(2)
+        self.uploads_in_flight = 0
         self.ids = {"bundle": bundle.id, "store": store.id}
         self.imagery = self._open_imagery()
 
@@ -182,6 +187,18 @@ class SoundscapeService:
                                  lambda: self.engine.embed_wave(decoded.wave, decoded.sample_rate))
         await self.registry.put(decoded.record.id, body)
         return QueryRecord.from_bytes(body)
+
+    @asynccontextmanager
+    async def upload_slot(self) -> AsyncIterator[None]:
+        """One of MAX_UPLOADS places for reading and decoding an upload; 503 when all are taken."""
+        if self.uploads_in_flight >= MAX_UPLOADS:
+            raise HTTPException(503, f"{MAX_UPLOADS} uploads are being read or decoded; retry in "
+                                     f"{FUSION_RETRY_AFTER_S} s", headers={"Retry-After": str(FUSION_RETRY_AFTER_S)})
+        self.uploads_in_flight += 1
+        try:
+            yield
+        finally:
+            self.uploads_in_flight -= 1
 
     async def resolve(self, query_id: str) -> tuple[QueryRecord, QueryEmbedding]:
         """A query id's record: cached, else from the durable registry; 404 when unknown."""

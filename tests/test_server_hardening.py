@@ -403,3 +403,34 @@ def test_deep_pipelining_drops_the_connection(live):
         while chunk := s.recv(65536):
             answers += chunk
     assert answers.count(b"HTTP/1.1 200") == 5
+
+
+def test_uploads_in_flight_are_bounded(bundle_path, store_path):
+    """Bodies that arrive slowly hold their upload places; the next upload gets 503 at once, a
+    text query still goes through."""
+    from server.service import MAX_UPLOADS
+
+    with make_client(bundle_path, store_path) as client:
+        async def scenario() -> tuple[list[int], int, int]:
+            transport = httpx.ASGITransport(app=client.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as http:
+                release = asyncio.Event()
+
+                async def slow_body():
+                    yield wav(16000)[:40]
+                    await release.wait()
+                    yield wav(16000)[40:]
+
+                slow = [asyncio.create_task(http.post("/queries", content=slow_body(),
+                                                      headers={"Content-Type": "audio/wav"}))
+                        for _ in range(MAX_UPLOADS)]
+                await asyncio.sleep(0.5)
+                refused = await http.post("/queries", content=wav(16000), headers={"Content-Type": "audio/wav"})
+                text = await http.post("/queries", json={"text": "birdsong"})
+                release.set()
+                return [(await t).status_code for t in slow], refused, text.status_code
+
+        slow, refused, text = asyncio.run(scenario())
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert "uploads" in refused.json()["detail"]
+        assert text == 201 and slow == [201] * MAX_UPLOADS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from collections.abc import AsyncGenerator
 
 from fastapi import APIRouter, HTTPException, Request
@@ -126,15 +127,18 @@ async def register(request: Request, service: ServiceDep, settings: SettingsDep)
         raise HTTPException(415, f"send application/json {{\"text\": ...}}, multipart/form-data or an "
                                  f"audio/* body, not {content_type or 'no Content-Type'!r}")
     is_json = content_type == "application/json"
-    body = await read_capped(request, MAX_JSON_BYTES if is_json else settings.max_upload_bytes)
-    text, audio = None, None
-    if is_json:
-        text = parse_json_text(body)
-    elif content_type == "multipart/form-data":
-        text, audio = await parse_form(request, body)
-    else:
-        audio = body
-    record, embedding = await (service.text_query(text, register=True) if text is not None else service.audio_query(audio))
+    # A form or audio body may hold max_upload_bytes: only a few are read and decoded at once.
+    async with nullcontext() if is_json else service.upload_slot():
+        body = await read_capped(request, MAX_JSON_BYTES if is_json else settings.max_upload_bytes)
+        text, audio = None, None
+        if is_json:
+            text = parse_json_text(body)
+        elif content_type == "multipart/form-data":
+            text, audio = await parse_form(request, body)
+        else:
+            audio = body
+        record, embedding = await (service.text_query(text, register=True) if text is not None
+                                   else service.audio_query(audio))
     base = base_url(request)
     return JSONResponse(await describe(service, record, embedding, base), status_code=201,
                         headers={"Location": f"{base}/queries/{record.id}"})
