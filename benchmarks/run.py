@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -75,6 +75,10 @@ request = function()
                                          math.floor(t / 64)))
 end
 """
+
+
+# py-spy is installed beside this Python (the `bench` extra), whether or not its bin is on PATH.
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
 def load() -> float:
@@ -163,7 +167,7 @@ async def viewport_once(base: str, text: str) -> float:
 
 def flamegraph(pid: int, out: Path, seconds: int, load_fn: Callable[[], object]) -> None:
     """py-spy's flame graph of the server (all workers) while `load_fn` runs."""
-    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses", "--duration", str(seconds),
+    spy = subprocess.Popen([PY_SPY, "record", "--pid", str(pid), "--subprocesses", "--duration", str(seconds),
                             "--rate", "200", "--nonblocking", "--format", "flamegraph", "--output", str(out)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # py-spy attaches
@@ -175,25 +179,49 @@ def flamegraph(pid: int, out: Path, seconds: int, load_fn: Callable[[], object])
 
 # Measures ------------------------------------------------------------------------------------
 
-def measure_server(args, result: dict, tiles_dir: Path, flames: Path | None) -> None:
-    """warm, search, viewport, cold (ours) against one `soundscape serve`."""
+def interleaved(servers: dict[str, tuple[str, list[str], str | None]], args) -> dict:
+    """wrk on each server (base URL, paths, Lua script or None) in turn, `args.rounds` times (so a
+    change of load hits every server), `args.duration` seconds each; per server the median round
+    and the rounds' tiles/s."""
+    runs: dict[str, list[dict]] = {name: [] for name in servers}
+    for _ in range(args.rounds):
+        for name, (base, paths, lua) in servers.items():
+            extra = {"lua": lua, "env": {"SALT": secrets.token_hex(4)}} if lua else {}
+            runs[name].append(run_wrk(base, paths, args.duration, args.connections, **extra))
+    out = {}
+    for name, rounds in runs.items():
+        median = sorted(rounds, key=lambda r: r["tiles_per_s"])[len(rounds) // 2]
+        out[name] = {**median, "rounds_tiles_per_s": [r["tiles_per_s"] for r in rounds]}
+    return out
+
+
+def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> None:
+    """warm, search, viewport and cold against one `soundscape serve`, its baselines running beside it."""
     warm_urls = [f"/tiles/{z}/{x}/{y}.png?{WARM_QUERY}" for z, x, y in tile_paths(4)]
     cold_urls = [f"/tiles/{z}/{x}/{y}.png?layer=heatmap" for z, x, y in tile_paths(4)]
-    with tempfile.TemporaryDirectory() as tmp, \
-            running(soundscape(args.bundle, args.store, args.workers, Path(tmp) / "q.sqlite"), "/healthz") as (base, pid):
+    with ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        base, pid = stack.enter_context(running(soundscape(args.bundle, args.store, args.workers,
+                                                           Path(tmp) / "q.sqlite"), "/healthz"))
         answers = fetch_all(base, warm_urls)
         write_tiles(answers, tiles_dir)
         # What fetch_all missed, under the measure's own load: warm means every worker has every tile.
         result["warm_up"] = run_wrk(base, warm_urls, 3, args.connections)
         if "warm" in args.only:
+            bare = {name: stack.enter_context(running(baseline(name, args.workers), warm_urls[0],
+                                                      {"BASELINE_TILES": str(tiles_dir)}))[0]
+                    for name in ("bare_asgi", "bare_fastapi")}
             with measured(result, "warm") as entry:
-                entry["soundscape"] = run_wrk(base, warm_urls, args.duration, args.connections)
+                entry.update(interleaved({"soundscape": (base, warm_urls, None),
+                                          **{name: (url, warm_urls, None) for name, url in bare.items()}}, args))
+                ours = entry["soundscape"]["tiles_per_s"]
+                entry["ratio_to_bare_asgi"] = round(ours / entry["bare_asgi"]["tiles_per_s"], 2)
+                entry["ratio_to_bare_fastapi"] = round(ours / entry["bare_fastapi"]["tiles_per_s"], 2)
         if "search" in args.only:
             with measured(result, "search") as entry:
-                level = max(Store(args.store).levels)
+                entry["level"] = max(Store(args.store).levels)
                 plain = [f"/search?q={QUERY}&k=10"] * args.repeat
                 entry["without_metadata_p50_ms"] = p50_ms(timed_gets(base, plain))
-                entry["level"] = level
                 first = timed_gets(base, [f"/search?q={QUERY}&hour=6&month=3&k=10"] * (args.repeat + 1))
                 entry["with_hour_month_first_ms"] = round(first[0] * 1000, 1)
                 entry["with_hour_month_repeat_p50_ms"] = p50_ms(first[1:])
@@ -206,42 +234,29 @@ def measure_server(args, result: dict, tiles_dir: Path, flames: Path | None) -> 
                 entry.update({"tiles": len(VIEWPORT), "zoom": 3, "connections": 6, "p50_ms": p50_ms(samples),
                               "max_ms": round(max(samples) * 1000, 1), "runs": len(samples)})
         if "cold" in args.only:
+            imagery = store_imagery(Store(args.store))
             with measured(result, "cold") as entry:
-                entry["soundscape"] = run_wrk(base, cold_urls, args.duration, args.connections, NEW_QUERY_SCRIPT,
-                                              {"SALT": secrets.token_hex(4)})
+                servers = {"soundscape": (base, cold_urls, NEW_QUERY_SCRIPT)}  # every request a new query
+                if isinstance(imagery, str):
+                    url = stack.enter_context(running(baseline("titiler", args.workers), "/docs"))[0]
+                    theirs = [f"/cog/tiles/WebMercatorQuad/{z}/{x}/{y}.png?url={imagery}" for z, x, y in tile_paths(4)]
+                    fetch_all(url, theirs[:5], rounds=1)  # GDAL opens the file in each worker
+                    servers["titiler"] = (url, theirs, None)
+                else:
+                    entry["titiler"] = f"not run: the store's imagery is {imagery!r}, TiTiler needs one raster"
+                entry.update(interleaved(servers, args))
+                if "titiler" in servers:
+                    entry["ratio_to_titiler"] = round(entry["soundscape"]["tiles_per_s"]
+                                                      / entry["titiler"]["tiles_per_s"], 1)
         if flames is not None:
-            flamegraph(pid, flames / "warm.svg", args.duration,
-                       lambda: run_wrk(base, warm_urls, args.duration - 2, args.connections))
-            flamegraph(pid, flames / "cold.svg", args.duration,
-                       lambda: run_wrk(base, cold_urls, args.duration - 2, args.connections, NEW_QUERY_SCRIPT,
+            seconds = max(8, 2 * args.duration)
+            flamegraph(pid, flames / "warm.svg", seconds,
+                       lambda: run_wrk(base, warm_urls, seconds - 2, args.connections))
+            flamegraph(pid, flames / "cold.svg", seconds,
+                       lambda: run_wrk(base, cold_urls, seconds - 2, args.connections, NEW_QUERY_SCRIPT,
                                        {"SALT": secrets.token_hex(4)}))
-            flamegraph(pid, flames / "hour.svg", args.duration,
-                       lambda: run_wrk(base, ["/"], args.duration - 2, args.connections, HOUR_SCRIPT))
-
-
-def measure_baselines(args, result: dict, tiles_dir: Path) -> None:
-    paths = [f"/tiles/{z}/{x}/{y}.png?{WARM_QUERY}" for z, x, y in tile_paths(4)]
-    if "warm" in args.only:
-        entry = result["measures"]["warm"]
-        for name in ("bare_asgi", "bare_fastapi"):
-            with running(baseline(name, args.workers), paths[0], {"BASELINE_TILES": str(tiles_dir)}) as (base, _):
-                entry[name] = run_wrk(base, paths, args.duration, args.connections)
-        entry["ratio_to_bare_asgi"] = round(entry["soundscape"]["tiles_per_s"] / entry["bare_asgi"]["tiles_per_s"], 2)
-        entry["ratio_to_bare_fastapi"] = round(
-            entry["soundscape"]["tiles_per_s"] / entry["bare_fastapi"]["tiles_per_s"], 2)
-        entry["load_after"] = load()
-    if "cold" in args.only:
-        imagery = store_imagery(Store(args.store))
-        entry = result["measures"]["cold"]
-        if not isinstance(imagery, str):
-            entry["titiler"] = f"not run: the store's imagery is {imagery!r}, TiTiler needs one raster"
-            return
-        theirs = [f"/cog/tiles/WebMercatorQuad/{z}/{x}/{y}.png?url={imagery}" for z, x, y in tile_paths(4)]
-        with running(baseline("titiler", args.workers), "/docs") as (base, _):
-            fetch_all(base, theirs[:5], rounds=1)  # GDAL opens the file once per worker
-            entry["titiler"] = run_wrk(base, theirs, args.duration, args.connections)
-        entry["ratio_to_titiler"] = round(entry["soundscape"]["tiles_per_s"] / entry["titiler"]["tiles_per_s"], 1)
-        entry["load_after"] = load()
+            flamegraph(pid, flames / "hour.svg", seconds,
+                       lambda: run_wrk(base, ["/"], seconds - 2, args.connections, HOUR_SCRIPT))
 
 
 def measure_hour_tile(args, result: dict) -> None:
@@ -302,7 +317,8 @@ def markdown(result: dict) -> str:
         f"    {result['command']}", "",
         f"Commit {result['commit']}, {result['date']}, {result['machine']}, Python {result['python']}, no GPU. "
         f"wrk {result['wrk']['threads']} threads, {result['wrk']['connections']} connections, "
-        f"{result['wrk']['duration_s']} s per measure; every server {result['workers']} uvicorn workers, no Redis. "
+        f"{result['wrk']['rounds']} interleaved rounds of {result['wrk']['duration_s']} s per server (the median round "
+        f"is shown); every server {result['workers']} uvicorn workers, no Redis. "
         f"Load average (1 min) before-after each measure: {loads}.", "", *lines, ""])
 
 
@@ -322,7 +338,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "data/demo/bundle")
     parser.add_argument("--store", type=Path, default=REPO / "data/demo/store")
-    parser.add_argument("--duration", type=int, default=8, help="seconds of wrk per measure")
+    parser.add_argument("--duration", type=int, default=4, help="seconds of wrk per server and round")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per server, interleaved")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5, help="samples of search and viewport (x3: hour tile)")
@@ -336,7 +353,7 @@ def main() -> None:
     for key in [k for k in os.environ if k.startswith("SOUNDSCAPE_")]:
         del os.environ[key]  # no setting of the caller's shell changes a measured server
     args.bundle, args.store = args.bundle.resolve(), args.store.resolve()
-    for tool in ("wrk", *(["py-spy"] if args.flamegraphs else [])):
+    for tool in ("wrk", *([PY_SPY] if args.flamegraphs else [])):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (wrk: apt-get install -y wrk; py-spy: pip install -e '.[bench]')")
     if args.flamegraphs:
@@ -347,12 +364,11 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "python": platform.python_version(), "gpu": None, "workers": args.workers, "redis": None,
               "wrk": {"version": wrk_version, "threads": 2, "connections": args.connections,
-                      "duration_s": args.duration},
+                      "duration_s": args.duration, "rounds": args.rounds},
               "warm_query": WARM_QUERY, "bundle": str(args.bundle), "store": str(args.store), "measures": {}}
     with tempfile.TemporaryDirectory() as tiles_dir:
         if args.only & {"warm", "cold", "search", "viewport"} or args.flamegraphs:
-            measure_server(args, result, Path(tiles_dir), args.flamegraphs)
-            measure_baselines(args, result, Path(tiles_dir))
+            measure_http(args, result, Path(tiles_dir), args.flamegraphs)
     if "hour_tile" in args.only:
         measure_hour_tile(args, result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
