@@ -240,6 +240,11 @@ def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
         ("JSON text with a lone surrogate", "422", lambda: one(post(base, b'{"text": "\\udc80 birds"}',
                                                                     "application/json"))),
         ("JSON text an object", "422", lambda: one(post(base, b'{"text": {"a": 1}}', "application/json"))),
+        ("JSON number of 5000 digits", "422", lambda: one(post(base, b'{"text": ' + b"9" * 5000 + b"}",
+                                                               "application/json"))),
+        ("8 uploads whose bodies take 3 s, and a 9th", "4 in flight finish (201); the rest 503 at once "
+         "(a sender still sending may see a reset)",
+         lambda: slow_uploads(port)),
         ("JSON body of 9 kB", "413", lambda: one(post(base, b'{"text": "' + b"a" * 9000 + b'"}', "application/json"))),
         ("tile q= a lone surrogate (%ED%A0%80)", "not a 500", lambda: one(httpx.get(f"{base}/tiles/1/1/0.png?q=%ED%A0%80"))),
         ("20 kB query string", "431", lambda: raw(port, f"GET /tiles/1/1/0.png?q={'a' * 20000} HTTP/1.1\r\n"
@@ -253,6 +258,8 @@ def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
          lambda: "{} after {:.1f} s".format(*raw(port, b"POST /queries HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                                       b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                                                       b'{"text": '))),
+        ("100,000 pipelined requests in one write (4 MB)", "dropped after 33 at most, no memory",
+         lambda: pipelined(port, 100_000)),
         ("1100 idle connections, then a request", "503 (cap 1024)",
          lambda: "{} after {:.2f} s".format(*idle_connections(port, 1100))),
         ("TileJSON with Host: evil.example", "400", lambda: one(httpx.get(f"{base}/tilejson.json?q=birdsong",
@@ -269,6 +276,38 @@ def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
          lambda: (lambda f0, rs, f1: f"{statuses(rs)}, {f1 - f0:.0f} fusion(s)")(
              fusions(base), many(8, lambda: httpx.get(search[0].replace("hour=1", "hour=20"), timeout=120)), fusions(base))),
     ]
+
+
+def pipelined(port: int, n: int) -> str:
+    answers = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * n)
+            while chunk := s.recv(1 << 20):
+                answers += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    return f"{answers.count(b'HTTP/1.1 200')} answered, then closed"
+
+
+def slow_uploads(port: int) -> str:
+    """8 uploads send half a WAV and wait 3 s; meanwhile one more upload is sent whole."""
+    body = wav(16000, frames=16000)
+    head = (b"POST /queries HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+
+    def slow() -> str:
+        def send(s: socket.socket) -> None:
+            s.sendall(head + body[:100])
+            time.sleep(3)
+            s.sendall(body[100:])
+        return raw(port, send)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        trickling = [pool.submit(slow) for _ in range(8)]
+        time.sleep(1)
+        extra = raw(port, head + body)[0]
+        return f"9th: {extra}; the 8: {', '.join(sorted(f.result() for f in trickling))}"
 
 
 def statuses_raw(results: list[tuple[str, float]]) -> str:
