@@ -9,7 +9,10 @@
    refused): the 20 clients' p50/p99 and errors. Against `soundscape serve`, and as the baseline
    against the same app under plain uvicorn (`uvicorn --http httptools`, its defaults).
 
-    python benchmarks/load.py --data-dir /work/demo-data [--json out.json]
+    python benchmarks/load.py --data-dir /work/demo-data [--json out.json] [--overhead]
+
+`--overhead` then runs both servers side by side, 20 clients, 3 interleaved rounds of 8 s each
+with no attack: what the limits cost (median round of each).
 
 Needs wrk (apt-get install wrk). docs/reliability.md holds a run. About two minutes.
 """
@@ -152,12 +155,30 @@ def attacks(server: Server, urls: list[str]) -> dict:
     return others
 
 
+def overhead(data: Path, tmp: Path, urls: list[str], rounds: int = 3, seconds: int = 8) -> dict:
+    """Hardened and plain servers alternately under the same load; the median round of each."""
+    servers = {"soundscape serve": Server(data, tmp), "plain uvicorn": Server(data, tmp, plain=True)}
+    try:
+        for server in servers.values():
+            with httpx.Client(base_url=server.base, timeout=120) as client, ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda path: client.get(path).status_code, urls))
+        runs: dict[str, list[dict]] = {name: [] for name in servers}
+        for _ in range(rounds):
+            for name, server in servers.items():
+                runs[name].append(wrk(server.base, urls, seconds, 20))
+        return {name: sorted(got, key=lambda r: r["per_s"])[len(got) // 2] for name, got in runs.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "demo")
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--overhead", action="store_true", help="also measure what the limits cost")
     args = parser.parse_args()
     results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"}
@@ -187,6 +208,9 @@ def main() -> None:
             results["others_under_attack"]["plain uvicorn"] = attacks(plain, urls)
         finally:
             plain.stop()
+        if args.overhead:
+            results["overhead"] = overhead(args.data_dir, Path(tmp), urls)
+            print("overhead", json.dumps(results["overhead"]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
