@@ -143,8 +143,8 @@ def bench_soundscape(data: Path, paths: list[str], duration: int, connections: i
         base = f"http://127.0.0.1:{port}"
         try:
             wait_ready(f"{base}/healthz")
-            for _ in range(3):  # each worker keeps its own LRU: warm both
-                with httpx.Client(base_url=base, timeout=60) as http:
+            for _ in range(4):  # each worker keeps its own LRU: warm both, a new connection per request
+                with httpx.Client(base_url=base, timeout=60, headers={"Connection": "close"}) as http:
                     for path in paths:
                         http.get(path).raise_for_status()
             if redis is None:
