@@ -1,0 +1,36 @@
+"""benchmarks/run.py's report: the generated table replaces only its own block of BENCHMARKS.md,
+and every measured figure becomes a row with its baseline and ratio."""
+from benchmarks.run import markdown, update_markdown
+
+RESULT = {
+    "command": "python benchmarks/run.py", "commit": "abc1234", "date": "2026-12-01 16:00 UTC",
+    "machine": "x86_64, 2 cores", "python": "3.11.7", "workers": 2,
+    "wrk": {"threads": 2, "connections": 32, "duration_s": 4, "rounds": 3},
+    "measures": {
+        "warm": {"load_before": 2.0, "load_after": 2.5, "soundscape": {"tiles_per_s": 600.0},
+                 "bare_asgi": {"tiles_per_s": 1000.0}, "bare_fastapi": {"tiles_per_s": 300.0},
+                 "ratio_to_bare_asgi": 0.6, "ratio_to_bare_fastapi": 2.0},
+        "hour_tile": {"load_before": 2.5, "load_after": 2.5, "level": 7, "cold_tile_hour_ms": 20.0,
+                      "cold_tile_default_ms": 2.0, "ratio": 10.0},
+    },
+}
+
+
+def test_the_table_has_a_row_per_measure_with_its_baseline():
+    text = markdown(RESULT)
+    assert "| warm tiles/s (cache hits, 341 tiles of zooms 0-4) | 600 | bare ASGI app, same bytes: 1000" in text
+    assert "**0.6** of bare ASGI" in text and "**10.0x** the default tile" in text
+    assert "warm 2.0-2.5, hour_tile 2.5-2.5" in text and "Commit abc1234, 2026-12-01 16:00 UTC" in text
+
+
+def test_the_block_is_appended_once_then_replaced_in_place(tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\n## Other section\n\nkept\n")
+    update_markdown(doc, "first\n")
+    update_markdown(doc, "second\n")
+    text = doc.read_text()
+    assert text.count("## Performance harness") == 1 and "first" not in text and "second" in text
+    assert text.startswith("# Benchmarks\n\n## Other section\n\nkept\n")
+    doc.write_text(text + "\n## After\n\nalso kept\n")
+    update_markdown(doc, "third\n")
+    assert doc.read_text().endswith("third\n<!-- performance-harness:end -->\n\n## After\n\nalso kept\n")
