@@ -2,12 +2,13 @@
 ratios hold on a shared, loaded machine. Writes a JSON result and the "Performance harness"
 table of BENCHMARKS.md from it.
 
-    python benchmarks/run.py [--bundle data/demo/bundle --store data/demo/store] [--duration 8]
+    python benchmarks/run.py [--bundle data/demo/bundle --store data/demo/store] [--duration 4 --rounds 3]
         [--json benchmarks/results/performance.json] [--markdown BENCHMARKS.md]
         [--flamegraphs benchmarks/flamegraphs] [--only warm,cold,...]
 
-Measures (HTTP ones load `soundscape serve --workers 2` with wrk, 2 threads, 32 connections;
-each baseline runs under the same uvicorn options, benchmarks/baseline_apps.py):
+Measures (HTTP ones load `soundscape serve --workers 2` with wrk, 2 threads, 32 connections, in
+rounds interleaved with its baselines, which run beside it under the same uvicorn options,
+benchmarks/baseline_apps.py):
 - warm: tiles/s of cache hits (the 341 tiles of zooms 0-4, q=birdsong&hour=6) vs a bare ASGI
   app and a bare FastAPI route answering the same URLs with the same bytes;
 - cold: tiles/s when every request is a query never seen (a user typing) vs TiTiler rendering
