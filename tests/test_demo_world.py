@@ -142,3 +142,18 @@ def test_training_locations_are_the_corpus_draw(demo_places):
     assert share["train"] > 0.75 and share["test"] > 0.03 and share["val"] > 0.01, share
     coast = demo_places.coast_km(lat, lon)
     assert 0.15 < float((coast < 50).mean()) < 0.5  # the coastal stratum's 20 % (and lit coasts)
+
+
+def test_the_readme_url_uses_the_colour_ramp_in_gdal(demo_world):
+    """Issue 10: GDAL reads the README's plain URL (`q=birdsong&hour=6`, no `rescale`) from a
+    real uvicorn over the demo world; of the land pixels of the zoom-2 mosaic, the 99th percentile
+    lies in the top fifth of the colour ramp and the median in the lower half
+    (benchmarks/colour_use.py measures more prompts)."""
+    from benchmarks.colour_use import colour_use
+    from tests.server_support import live_server
+
+    _, bundle, store, _ = demo_world
+    with live_server(bundle.path, store.path) as base:
+        result = colour_use(base, "birdsong", hour=6)
+    assert result["land_pixels"] > 50_000, result
+    assert result["p99"] >= 0.8 and result["median"] <= 0.5, result
