@@ -307,6 +307,11 @@ def read_manifest(path: Path) -> dict:
         raise StoreError(f"{manifest_path} has no {', '.join(map(repr, missing))}: the store is damaged; rebuild it")
     if not isinstance(manifest["levels"], dict):
         raise StoreError(f"{manifest_path}: 'levels' is not an object: the store is damaged; rebuild it")
+    for key, size in (("bounds", 4), ("uncertainty_range", 2)):
+        value = manifest[key]
+        if not (isinstance(value, list) and len(value) == size and
+                all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)):
+            raise StoreError(f"{manifest_path}: {key!r} is not {size} finite numbers: the store is damaged; rebuild it")
     for key, meta in manifest["levels"].items():
         if not (key.isdigit() and isinstance(meta, dict) and isinstance(meta.get("count"), int)
                 and meta["count"] >= 0 and isinstance(meta.get("files", {}), dict)):

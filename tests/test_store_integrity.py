@@ -82,6 +82,9 @@ CASES = {
     "manifest without bounds": (edit_manifest(lambda m: m.pop("bounds")), "manifest.json", "'bounds'"),
     "level without count": (edit_manifest(lambda m: m["levels"]["5"].pop("count")), "manifest.json", "count"),
     "manifest a list": (lambda s: (s / "manifest.json").write_text("[]"), "manifest.json", "object"),
+    "bounds not numbers": (edit_manifest(lambda m: m.update(bounds="abcd")), "manifest.json", "4 finite numbers"),
+    "S range with a NaN": (edit_manifest(lambda m: m.update(uncertainty_range=[0.1, float("nan")])), "manifest.json",
+                           "2 finite numbers"),
     "count disagrees": (edit_manifest(lambda m: m["levels"]["5"].update(count=3)), "levels/05/", "not"),
 }
 
