@@ -63,9 +63,7 @@ class HostPolicy:
             return
 
         async def send_with_policy(message: Message) -> None:
-            # Neither a redirect nor URLs from the Host header (every tile): passed on untouched.
-            if message["type"] == "http.response.start" and \
-                    (300 <= message["status"] < 400 or scope.get("state", {}).get(_VARY_HOST)):
+            if message["type"] == "http.response.start":
                 redirect = 300 <= message["status"] < 400
                 headers = [(k, _relative(v) if redirect and k.lower() == b"location" else v)
                            for k, v in message.get("headers", [])]
