@@ -1,14 +1,17 @@
 """Registered queries, kept durably: the ids `POST /queries` hands out are written into saved
 links, QGIS connections and bookmarks, and an audio query cannot be recomputed from its id.
 
-Every record goes to a SQLite file (survives restarts with no Redis) and, with Redis configured,
-to a key without a TTL (so every replica resolves it). Tiles and text embeddings are cache
-entries with a TTL: under `maxmemory-policy volatile-lru` (docker-compose.yml) Redis evicts only
-those, never a registered query. A registration that could not be stored is an error to the
-client (`RegistryError`, 503), never a 201 for a record that is gone.
+Every record goes to a SQLite file first (survives restarts with no Redis) and, with Redis
+configured, to a key without a TTL (so every replica resolves it). Tiles and text embeddings are
+cache entries with a TTL: under `maxmemory-policy volatile-lru` (docker-compose.yml) Redis evicts
+only those, never a registered query. While Redis is down a record is kept in the file, marked
+unshared, and shared as soon as Redis answers again (a retry every few seconds), so an outage
+loses no registration. A registration the file could not take is an error to the client
+(`RegistryError`: 503, or 507 when the registry is full), never a 201 for a record that is gone.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
@@ -44,7 +47,10 @@ class SqliteRecords:
             self._db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS queries (id TEXT PRIMARY KEY, record BLOB NOT NULL, "
-                             "created REAL NOT NULL)")
+                             "created REAL NOT NULL, shared INTEGER NOT NULL DEFAULT 0)")
+            if "shared" not in {row[1] for row in self._db.execute("PRAGMA table_info(queries)")}:
+                self._db.execute("ALTER TABLE queries ADD COLUMN shared INTEGER NOT NULL DEFAULT 1")
+            self._db.execute("CREATE INDEX IF NOT EXISTS unshared ON queries (created) WHERE shared = 0")
         except (OSError, sqlite3.Error) as exc:
             raise OSError(f"cannot open the query registry {self.path}: {exc}; set SOUNDSCAPE_QUERY_DB "
                           "(serve --query-db) to a writable file") from None
@@ -55,7 +61,8 @@ class SqliteRecords:
             row = self._db.execute("SELECT record FROM queries WHERE id = ?", (query_id,)).fetchone()
         return None if row is None else bytes(row[0])
 
-    def put(self, query_id: str, record: bytes) -> None:
+    def put(self, query_id: str, record: bytes, shared: bool = False) -> None:
+        """Insert a record (kept as it is when the id is there already); `shared`: Redis has it."""
         with self._lock:
             if self._db.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,)).fetchone():
                 return
@@ -63,8 +70,19 @@ class SqliteRecords:
             if count >= self.max_records:
                 raise RegistryError(f"the query registry is full ({self.max_records} queries); "
                                     "ask the operator to raise SOUNDSCAPE_MAX_QUERIES", status=507)
-            self._db.execute("INSERT INTO queries (id, record, created) VALUES (?, ?, ?)",
-                             (query_id, record, time.time()))
+            self._db.execute("INSERT INTO queries (id, record, created, shared) VALUES (?, ?, ?, ?)",
+                             (query_id, record, time.time(), int(shared)))
+
+    def unshared(self, limit: int = 256) -> list[tuple[str, bytes]]:
+        """Records Redis does not hold yet (registered while it was down), oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, record FROM queries WHERE shared = 0 ORDER BY created LIMIT ?",
+                                    (limit,)).fetchall()
+        return [(qid, bytes(record)) for qid, record in rows]
+
+    def mark_shared(self, ids: list[str]) -> None:
+        with self._lock:
+            self._db.executemany("UPDATE queries SET shared = 1 WHERE id = ?", [(qid,) for qid in ids])
 
     def __len__(self) -> int:
         with self._lock:
@@ -75,12 +93,14 @@ class QueryRegistry:
     """The durable record of every registered query: SQLite, plus Redis when configured."""
 
     def __init__(self, db_path: str | Path, max_records: int, redis_url: str | None = None,
-                 timeout_s: float = 1.0):
+                 timeout_s: float = 1.0, retry_s: float = 2.0):
         self.local = SqliteRecords(db_path, max_records)
         self.redis_url = redis_url
         self.client = (aioredis.Redis.from_url(redis_url, socket_timeout=timeout_s,
                                                socket_connect_timeout=timeout_s) if redis_url else None)
         self.eviction_policy = _eviction_policy(redis_url) if redis_url else None
+        self.retry_s = retry_s
+        self._sharing: asyncio.Task | None = None
 
     @property
     def durable(self) -> bool:
@@ -101,22 +121,39 @@ class QueryRegistry:
         return record
 
     async def put(self, query_id: str, record: bytes) -> None:
-        """Store the record everywhere it must be; RegistryError if any store failed."""
+        """Store the record in the file (RegistryError if it cannot) and share it through Redis,
+        now or, while Redis is down, as soon as it is back."""
         try:
-            await anyio.to_thread.run_sync(self.local.put, query_id, record)
+            await anyio.to_thread.run_sync(self.local.put, query_id, record, self.client is None)
         except sqlite3.Error as exc:
             raise RegistryError(f"the query could not be stored ({exc}); try again") from None
-        if self.client is None:
-            return
-        try:
-            await self.client.set(REDIS_PREFIX + query_id, record)  # no TTL: never evicted by tiles
-        except (redis.RedisError, OSError) as exc:
-            raise RegistryError("the shared query store (Redis) is unavailable, so other servers could not "
-                                f"resolve this query; try again ({exc})") from None
+        if self.client is not None and not await self.share():
+            log.warning("redis is down: query %s is kept in %s and shared when redis is back",
+                        query_id, self.local.path)
+            if self._sharing is None or self._sharing.done():
+                self._sharing = asyncio.get_running_loop().create_task(self._share_until_done())
+
+    async def share(self) -> bool:
+        """Copy every unshared record into Redis (no TTL); False if Redis failed."""
+        while pending := await anyio.to_thread.run_sync(self.local.unshared):
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for qid, record in pending:
+                        pipe.set(REDIS_PREFIX + qid, record)
+                    await pipe.execute()
+            except (redis.RedisError, OSError):
+                return False
+            await anyio.to_thread.run_sync(self.local.mark_shared, [qid for qid, _ in pending])
+        return True
+
+    async def _share_until_done(self) -> None:
+        while not await self.share():
+            await asyncio.sleep(self.retry_s)
+        log.warning("redis is back: the queries registered meanwhile are shared")
 
     def _put_local_quietly(self, query_id: str, record: bytes) -> None:
         try:
-            self.local.put(query_id, record)
+            self.local.put(query_id, record, shared=True)
         except (sqlite3.Error, RegistryError) as exc:
             log.warning("could not copy query %s into %s: %s", query_id, self.local.path, exc)
 

@@ -8,6 +8,7 @@ import io
 import re
 import shutil
 import subprocess
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -184,10 +185,29 @@ def test_tile_traffic_never_evicts_a_query_record(bundle_path, store_path, tmp_p
     assert not missing, f"{len(missing)} of {len(ids)} query records were evicted by tiles"
 
 
-def test_a_registration_that_cannot_be_stored_is_an_error(bundle_path, store_path, tmp_path):
-    port = free_port()  # nothing listens there: Redis is down
-    with make_client(bundle_path, store_path, redis_url=f"redis://127.0.0.1:{port}/0",
-                     query_db=str(tmp_path / "q.sqlite")) as app:
-        r = app.post("/queries", json={"text": "lost on the way"})
-        assert r.status_code == 503 and "try again" in r.json()["detail"]
+def test_registrations_during_a_redis_outage_are_shared_when_it_is_back(bundle_path, store_path, tmp_path):
+    """Redis down: the registration is kept in the registry file (201) and reaches Redis, and so
+    another replica, once Redis answers again; a full registry is an error, never a lost 201."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    with make_client(bundle_path, store_path, redis_url=url, query_db=str(tmp_path / "a.sqlite"),
+                     max_queries=2) as app:
+        ids = [app.post("/queries", json={"text": t}).json()["id"] for t in ("during the outage", "and another")]
         assert app.get("/tiles/3/4/2.png", params={"q": "still served"}).status_code == 200
+        full = app.post("/queries", json={"text": "one too many"})
+        assert full.status_code == 507 and "SOUNDSCAPE_MAX_QUERIES" in full.json()["detail"]
+        proc = subprocess.Popen([shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(port),
+                                 "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(port)
+            client = redis.Redis(port=port)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not all(client.exists(f"st:registered:{q}") for q in ids):
+                app.get("/healthz")  # the test client's event loop runs the retry between requests
+                time.sleep(0.2)
+            with make_client(bundle_path, store_path, redis_url=url, query_db=str(tmp_path / "b.sqlite")) as replica:
+                assert [replica.get(f"/queries/{q}").status_code for q in ids] == [200, 200]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)

@@ -184,8 +184,11 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     redis = "not configured"
     if service.redis is not None:
         redis = "ok" if await service.redis.ping() else "down"
+    registry = service.registry
+    queries = "durable" if registry.durable else \
+        f"at risk: redis maxmemory-policy {registry.eviction_policy} may evict them (use volatile-lru)"
     return JSONResponse({"status": "degraded" if redis == "down" else "ready", "redis": redis,
-                         "bundle": service.bundle.id, "store": service.store.id},
+                         "queries": queries, "bundle": service.bundle.id, "store": service.store.id},
                         headers={"Cache-Control": "no-store"})
 
 
