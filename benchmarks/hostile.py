@@ -280,7 +280,7 @@ def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
          lambda: (lambda r: f"{r.status_code}, Vary: {r.headers.get('vary')}")(httpx.get(f"{base}/tilejson.json?q=birdsong"))),
         ("8 x /search level 7, distinct hour+month, at once", "2x 200 (one fuses, one waits), 6x 503",
          lambda: statuses(get_all(search))),
-        ("8 x a 512 px tile, each another hour+month", "2x 200 (one new colour scale fuses, one waits), the rest 503",
+        ("8 x a 512 px tile, each another hour+month", "8x 200 (a colour scale's sample is a small fusion)",
          lambda: statuses(get_all(tiles_512))),
         ("8 x the same /search at once", "8x 200, one fusion",
          lambda: (lambda f0, rs, f1: f"{statuses(rs)}, {f1 - f0:.0f} fusion(s)")(

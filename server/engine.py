@@ -23,8 +23,11 @@ MAX_CELLS_PER_SIDE_LOG2 = 8  # beyond this a tile would hold more cells than pix
 FUSE_BATCH = 512
 MERCATOR_MAX_LAT = 85.0511287798066
 # The default colour scale of a query is read from a fixed, evenly spread sample of one level's
-# cells: the finest level with at most this many cells (or the coarsest, strided down to it).
-SCALE_SAMPLE_CELLS = 4096
+# cells: the finest level with at most SCALE_LEVEL_CELLS cells (or the coarsest), strided down to
+# SCALE_SAMPLE_CELLS. A new hour/month/source fuses the sample once (shared by every query): about
+# three 256 px tiles' worth of cells, so it is never one of the bounded large fusions.
+SCALE_LEVEL_CELLS = 4096
+SCALE_SAMPLE_CELLS = 1024
 SCALE_PERCENTILES = (2.0, 98.0)
 
 
@@ -213,7 +216,7 @@ class Engine:
         """The cells every query's default colour scale is read from: one level, evenly spread
         (a strided sample of Morton order covers the whole store, unlike its first rows)."""
         levels = sorted(self.store.levels)
-        small = [lv for lv in levels if len(self.store.levels[lv]) <= SCALE_SAMPLE_CELLS]
+        small = [lv for lv in levels if len(self.store.levels[lv]) <= SCALE_LEVEL_CELLS]
         level = self.store.levels[small[-1] if small else levels[0]]
         count = min(len(level), SCALE_SAMPLE_CELLS)
         return level, np.unique(np.linspace(0, len(level) - 1, count).round().astype(np.int64))

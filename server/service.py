@@ -32,7 +32,8 @@ QUERY_LRU_BYTES = 32 * 1024 * 1024
 LEVEL_FUSION_LRU_BYTES = 128 * 1024 * 1024
 FUSION_RETRY_AFTER_S = 5
 # A fusion of more cells than this is "large" (bounded by settings.full_fusions): a 512 px tile
-# reads 34 x 34 cells, a whole level or a colour-scale sample reads thousands.
+# reads 34 x 34 cells and a colour-scale sample 1024 (engine.SCALE_SAMPLE_CELLS), a whole level
+# thousands.
 LARGE_FUSION_CELLS = 2048
 # Form and audio bodies read or decoded at once per worker (each up to max_upload_bytes, and a
 # decode up to ~120 MB); more are refused with 503 rather than queued in memory.
@@ -264,7 +265,7 @@ class SoundscapeService:
 
     async def fuse(self, level: Level, index: np.ndarray, meta: Metadata, large: bool = False) -> bytes:
         """The fusion of `index` under `meta`, run in the compute pool. A large one (a whole level
-        for /search, or over LARGE_FUSION_CELLS: a colour-scale sample) costs seconds of CPU: at most
+        for /search, or over LARGE_FUSION_CELLS) costs seconds of CPU: at most
         `settings.full_fusions` run at once and as many wait, more are refused with 503, so
         requests with many distinct metadata values cannot take the cores from tiles."""
         if not large and len(index) <= LARGE_FUSION_CELLS:
