@@ -35,16 +35,7 @@ from pathlib import Path
 import httpx
 
 from hostile import Server
-
-WRK_SCRIPT = """
-local urls = {}
-for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
-local i = 0
-request = function()
-  i = i + 1
-  return wrk.format("GET", urls[(i * 7919) % #urls + 1])
-end
-"""
+from server_throughput import WRK_SCRIPT  # wrk fetching the URLs of $URLS in a spread order
 
 
 def paths() -> list[str]:
