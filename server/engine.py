@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 import mercantile
 import numpy as np
@@ -86,6 +87,11 @@ class Scale:
     hi: float
     clipped_low: bool = False
     clipped_high: bool = False
+
+    @classmethod
+    def over(cls, values: np.ndarray, lo: float, hi: float) -> "Scale":
+        """The scale (lo, hi) with its clipped ends judged on `values`."""
+        return cls(lo, hi, bool((values < lo).any()), bool((values > hi).any()))
 
 
 def round_scale(lo: float, hi: float, digits: int = 3) -> tuple[float, float]:
@@ -212,6 +218,7 @@ class Engine:
         self.stats["renders"] += 1
         return sample(grid.reshape(window.rows.cells, window.cols.cells), window.rows, window.cols)
 
+    @cached_property
     def scale_sample(self) -> tuple[Level, np.ndarray]:
         """The cells every query's default colour scale is read from: one level, evenly spread
         (a strided sample of Morton order covers the whole store, unlike its first rows)."""
@@ -221,13 +228,11 @@ class Engine:
         count = min(len(level), SCALE_SAMPLE_CELLS)
         return level, np.unique(np.linspace(0, len(level) - 1, count).round().astype(np.int64))
 
-    def scale(self, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None) -> Scale:
-        """The 2nd-98th percentile of the layer's values over the scale sample (`cells`), with
-        whether any sampled cell lies beyond each end (drawn in the end colour)."""
-        values = self.values(cells, layer, query)
-        lo, hi = (float(v) for v in np.percentile(values, SCALE_PERCENTILES))
-        lo, hi = round_scale(lo, hi)
-        return Scale(lo, hi, bool((values < lo).any()), bool((values > hi).any()))
+    @staticmethod
+    def default_scale(values: np.ndarray) -> Scale:
+        """The 2nd-98th percentile of the values of the scale sample, rounded for legends and URLs."""
+        lo, hi = round_scale(*(float(v) for v in np.percentile(values, SCALE_PERCENTILES)))
+        return Scale.over(values, lo, hi)
 
     # Points and search -----------------------------------------------------------------------
     def cell_at(self, lon: float, lat: float, level: Level) -> int | None:

@@ -213,6 +213,19 @@ class SoundscapeService:
             raise QueryError(404, f"unknown query id {query_id!r}: register the query with POST /queries")
         return QueryRecord.from_bytes(body)
 
+    async def layer_query(self, layer: str, query_id: str | None, text: str | None) -> QueryEmbedding | None:
+        """The embedding a layer is drawn for: the heatmap's query (a text `q=` is embedded on a
+        miss, an id resolved), None for the uncertainty layer."""
+        if layer != "heatmap":
+            return None
+        return (await (self.text_query(text) if text is not None else self.resolve(query_id)))[1]
+
+    async def _sample_values(self, layer: str, query: QueryEmbedding | None, meta: Metadata) -> np.ndarray:
+        """The layer's values over the colour-scale sample under `meta` (its fusion is cached)."""
+        level, rows = self.engine.scale_sample
+        cells = await self.cells(level, rows, meta, {"level": level.level, "scale_sample": len(rows)})
+        return await self.run(self.engine.values, cells, layer, query)
+
     async def scale(self, layer: str, query_id: str | None, query: QueryEmbedding | None,
                     meta: Metadata) -> Scale:
         """The layer's default colour scale under `meta`: for the heatmap the 2nd-98th percentile
@@ -224,32 +237,20 @@ class SoundscapeService:
         if found is not None:
             self._scales.move_to_end(key)
             return found
-        level, rows = self.engine.scale_sample()
-        cells = await self.cells(level, rows, meta, {"level": level.level, "scale_sample": len(rows)})
-        if layer == "heatmap":
-            scale = await self.run(self.engine.scale, cells, layer, query)
-        else:
-            lo, hi = self.store.manifest["uncertainty_range"]
-            s = cells.s
-            scale = Scale(float(lo), float(hi), bool((s < lo).any()), bool((s > hi).any()))
+        values = await self._sample_values(layer, query, meta)
+        scale = self.engine.default_scale(values) if layer == "heatmap" else \
+            Scale.over(values, *(float(v) for v in self.store.manifest["uncertainty_range"]))
         self._scales[key] = scale
         while len(self._scales) > SCALE_CACHE_ENTRIES:
             self._scales.popitem(last=False)
         return scale
 
-    async def tile_scale(self, request: TileRequest, text: str | None) -> tuple[Scale, int]:
-        """The scale a tile request draws with (its `rescale`, or the layer's default) and the
-        number of sampled cells its clipped ends were judged on."""
-        query = None
-        if request.layer == "heatmap":
-            query = (await (self.text_query(text) if text is not None else self.resolve(request.query)))[1]
-        level, rows = self.engine.scale_sample()
+    async def tile_scale(self, request: TileRequest, text: str | None) -> Scale:
+        """The scale a tile request draws with: its `rescale`, or the layer's default."""
+        query = await self.layer_query(request.layer, request.query, text)
         if request.rescale is None:
-            return await self.scale(request.layer, request.query, query, request.meta), len(rows)
-        cells = await self.cells(level, rows, request.meta, {"level": level.level, "scale_sample": len(rows)})
-        values = self.engine.values(cells, request.layer, query)
-        lo, hi = request.rescale
-        return Scale(lo, hi, bool((values < lo).any()), bool((values > hi).any())), len(rows)
+            return await self.scale(request.layer, request.query, query, request.meta)
+        return Scale.over(await self._sample_values(request.layer, query, request.meta), *request.rescale)
 
     # Cells -----------------------------------------------------------------------------------
     async def cells(self, level: Level, index: np.ndarray, meta: Metadata, block: dict) -> CellEmbeddings:
@@ -294,13 +295,11 @@ class SoundscapeService:
         return await self.cached(self.tiles, "tile", key, lambda: self._render(request, text))
 
     async def _render(self, r: TileRequest, text: str | None) -> bytes:
-        query = None
-        if r.layer == "heatmap":
-            query = (await (self.text_query(text) if text is not None else self.resolve(r.query)))[1]
+        query = await self.layer_query(r.layer, r.query, text)
         window = await self.run(self.engine.window, r.z, r.x, r.y, r.size)
         if window.empty:
             return render.blank(r.fmt, r.size)
-        lo, hi = r.rescale or (0.0, 1.0)
+        lo, hi = r.rescale or (0.0, 1.0)  # .npy carries values: its colours are never drawn
         if r.rescale is None and r.fmt != "npy":
             scale = await self.scale(r.layer, r.query, query, r.meta)
             lo, hi = scale.lo, scale.hi

@@ -32,12 +32,12 @@ UNITS = {"heatmap": "match probability (0 to 1): the model's calibrated probabil
 async def layer_legend(service: SoundscapeService, tile: TileRequest, text: str | None) -> dict:
     """What a layer's colours mean: its scale, units, how the scale was chosen and which ends
     are clipped. TileJSON, WMTS and the viewer all describe a layer with this."""
-    scale, sampled = await service.tile_scale(tile, text)
-    level, _ = service.engine.scale_sample()
+    scale = await service.tile_scale(tile, text)
+    level, sampled = service.engine.scale_sample
     if tile.rescale is not None:
         method = "rescale parameter"
     elif tile.layer == "heatmap":
-        method = (f"2nd to 98th percentile of this query's match probability over {sampled} cells spread "
+        method = (f"2nd to 98th percentile of this query's match probability over {len(sampled)} cells spread "
                   f"over level {level.level} under this hour, month and source; one scale for every tile and zoom")
     else:
         method = "the store's range of S (its 2nd to 98th percentile), the same for every hour, month and source"
