@@ -26,7 +26,6 @@ from server.queries import QueryError
 
 log = logging.getLogger(__name__)
 REDIS_PREFIX = "st:registered:"
-SAFE_POLICIES = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
 
 
 class RegistryError(QueryError):
@@ -84,10 +83,6 @@ class SqliteRecords:
         with self._lock:
             self._db.executemany("UPDATE queries SET shared = 1 WHERE id = ?", [(qid,) for qid in ids])
 
-    def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM queries").fetchone()[0]
-
 
 class QueryRegistry:
     """The durable record of every registered query: SQLite, plus Redis when configured."""
@@ -95,7 +90,6 @@ class QueryRegistry:
     def __init__(self, db_path: str | Path, max_records: int, redis_url: str | None = None,
                  timeout_s: float = 1.0, retry_s: float = 2.0):
         self.local = SqliteRecords(db_path, max_records)
-        self.redis_url = redis_url
         self.client = (aioredis.Redis.from_url(redis_url, socket_timeout=timeout_s,
                                                socket_connect_timeout=timeout_s) if redis_url else None)
         self.eviction_policy = _eviction_policy(redis_url) if redis_url else None
@@ -105,8 +99,7 @@ class QueryRegistry:
     @property
     def durable(self) -> bool:
         """False when the shared Redis may evict keys without a TTL (an `allkeys-*` policy)."""
-        return self.eviction_policy is None or self.eviction_policy in SAFE_POLICIES or \
-            self.eviction_policy == "unknown"
+        return not _evicts_any_key(self.eviction_policy or "")
 
     async def get(self, query_id: str) -> bytes | None:
         record = await anyio.to_thread.run_sync(self.local.get, query_id)
@@ -165,7 +158,12 @@ def _eviction_policy(url: str) -> str:
             .config_get("maxmemory-policy").get("maxmemory-policy", "unknown")
     except (redis.RedisError, OSError):
         return "unknown"  # CONFIG may be disabled (managed Redis) or Redis not up yet
-    if policy not in SAFE_POLICIES:
+    if _evicts_any_key(policy):
         log.warning("redis maxmemory-policy is %s: it may evict registered queries (kept without a TTL); "
                     "use volatile-lru (tiles carry a TTL and are evicted first)", policy)
     return policy
+
+
+def _evicts_any_key(policy: str) -> bool:
+    """An `allkeys-*` policy evicts keys without a TTL too: registered queries among them."""
+    return policy.startswith("allkeys")
