@@ -21,7 +21,8 @@ import numpy as np
 import rasterio
 from global_land_mask import globe
 from pyproj import Transformer
-from rio_tiler.colormap import cmap
+
+from server.render import palette
 
 EARTH = 20037508.342789244
 PROMPTS = ["birdsong", "waves crashing on rocks", "busy traffic in the street", "birds singing at dawn",
@@ -51,7 +52,8 @@ def read_mosaic(url_template: str, zoom: int = 2) -> tuple[np.ndarray, rasterio.
 
 def ramp_positions(rgba: np.ndarray, colormap: str) -> np.ndarray:
     """Each opaque pixel's position on the colormap's ramp (0..1); NaN where transparent."""
-    table = np.array([cmap.get(colormap)[round(i * 255 / 254)][:3] for i in range(255)], dtype=np.float32)
+    # The server's own palette (server/render.py): entries 1..255 are the ramp, 0 is no data.
+    table = np.frombuffer(palette(colormap)[0], dtype=np.uint8).reshape(256, 3)[1:].astype(np.float32)
     rgb = rgba[:3].reshape(3, -1).T.astype(np.float32)
     nearest = np.argmin(((rgb[:, None, :] - table[None, :, :]) ** 2).sum(-1), axis=1)
     positions = nearest / 254.0
