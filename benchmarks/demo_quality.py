@@ -11,9 +11,9 @@ markdown report and writes JSON (stdout's last line too when --json is not given
 (a) Text -> sample retrieval, per sound class of corpus/rules.py. The gallery is every sample
 of the corpus's held-out test split (the demo reader's own split: whole level-4 tiles held out,
 `data:` keys of the bundle's training config). A sample's embedding is the store cell it was cut
-from (same level, same pixels through model.imagery) fused with the sample's own latitude,
+from (same level, same pixels through runtime.imagery) fused with the sample's own latitude,
 longitude, local hour and month (no source), exactly as the server fuses a cell; its score is the
-match probability sigmoid(-a CSD + b) of the class's prompt (model.scoring). The prompt is the
+match probability sigmoid(-a CSD + b) of the class's prompt (runtime.scoring). The prompt is the
 class's first "any" phrase in the corpus's caption phrasings (rules.SOUNDS; "birds singing at
 dawn" for birds is the dawn phrasing, used by the map check). A sample is a positive of a class
 when the rules give that class a weight >= POSITIVE_WEIGHT (0.1) there and then
@@ -48,9 +48,9 @@ from corpus import rules  # noqa: E402
 from corpus.build import BuildConfig, cell_points, draw_locations, tile_of  # noqa: E402
 from corpus.places import Places  # noqa: E402
 from model.data import geographic_split  # noqa: E402
-from model.metadata import encode_metadata  # noqa: E402
-from model.scoring import csd, match_probability  # noqa: E402
-from model.tiles import demorton, tile_centres  # noqa: E402
+from runtime.metadata import encode_metadata  # noqa: E402
+from runtime.scoring import csd, match_probability  # noqa: E402
+from runtime.tiles import demorton, tile_centres  # noqa: E402
 
 # --- the map checks (issue 6) --------------------------------------------------------------------
 
@@ -269,7 +269,7 @@ def feature_space_diagnostic(store, level, places: Places, bounds, training_conf
     from the training images, near = the nearest quarter."""
     import faiss
 
-    from model.tiles import morton
+    from runtime.tiles import morton
     from server.engine import lookup
 
     lat, lon, lv, labels = training_locations(places, bounds, training_config)
@@ -345,8 +345,8 @@ def _ranking(scores: np.ndarray, positive: np.ndarray) -> dict:
 def retrieval(bundle, store, corpus_path: Path, training_config: dict | None, progress=lambda msg: None,
               split: str = "test") -> dict:
     from corpus.reader import DemoCorpus
-    from model.scoring import uncertainty
-    from model.tiles import morton
+    from runtime.scoring import uncertainty
+    from runtime.tiles import morton
     from server.engine import lookup
 
     data = split_keys(training_config)
@@ -462,9 +462,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from cli.demo import bundle_path, imagery_path, store_path
     from corpus.build import ensure_places
-    from model.bundle import Bundle
-    from model.imagery import Imagery
-    from precompute.store import Store
+    from runtime.bundle import Bundle
+    from runtime.imagery import Imagery
+    from store.format import Store
     from server.engine import Engine
 
     t0 = time.monotonic()

@@ -26,8 +26,8 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.bundle import Bundle  # noqa: E402
-from precompute.store import Store  # noqa: E402
+from runtime.bundle import Bundle  # noqa: E402
+from store.format import Store  # noqa: E402
 from server.app import warm_up  # noqa: E402
 from server.params import TileParams, tile_request  # noqa: E402
 from server.service import SoundscapeService  # noqa: E402
@@ -56,7 +56,7 @@ class CpuClock:
 def tiles_of(store: Store, zoom: int, count: int) -> list[tuple[int, int, int]]:
     """`count` distinct tiles of `zoom` that hold cells (so none is a cheap blank)."""
     codes = np.asarray(store.levels[store.maxlevel].arrays.codes)
-    from model.tiles import demorton
+    from runtime.tiles import demorton
 
     xs, ys = demorton(codes)
     shift = store.maxlevel - zoom

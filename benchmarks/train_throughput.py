@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model.batches import Collate, Examples, to_tensors  # noqa: E402
-from model.nn.config import ModelConfig, from_section  # noqa: E402
+from model.config import ModelConfig, from_section  # noqa: E402
 from model.nn.psm import PSMModel  # noqa: E402
 from model.readers.synthetic import SyntheticConfig, SyntheticSource  # noqa: E402
 from model.train import Optimisation, TrainConfig, preprocessing  # noqa: E402

@@ -8,13 +8,13 @@ import json
 import logging
 from pathlib import Path
 
-from model.bundle import Bundle, BundleError
-from model.contract import RECORD_FILE
-from model.imagery import Imagery
+from runtime.bundle import Bundle, BundleError
+from runtime.contract import RECORD_FILE
+from runtime.imagery import Imagery
 from precompute.device import open_bundle, select_device
 from precompute.plan import WORLD
 from precompute.run import run as precompute
-from precompute.store import Store, StoreError
+from store.format import Store, StoreError
 from server.commands import add_server_options, check_port, serve
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "demo"

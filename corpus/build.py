@@ -1,7 +1,7 @@
 """`soundscape corpus build`: assets -> place rasters -> clip bank -> samples -> imagery cells.
 
 A sample is a location, a month, a local hour, the imagery cell holding the location at one
-level (cut by model.imagery, the reader precompute and the server use), an audio mixture recipe
+level (cut by runtime.imagery, the reader precompute and the server use), an audio mixture recipe
 of real clips chosen by the soundscape rules averaged over that cell, and a caption. Every step's output is kept, so a
 re-run resumes where the last one stopped; the sample table is a pure function of the seed,
 the assets and the parameters.
@@ -27,7 +27,7 @@ from corpus.errors import CorpusError
 from corpus.clips import AUDIO_ASSETS, SAMPLE_RATE, build_bank, load_bank
 from corpus.mixing import layer_events
 from corpus.places import PLACE_ASSETS, Places, PlaceAttributes, derive
-from model.imagery import Imagery
+from runtime.imagery import Imagery
 
 FORMAT = "soundscape-demo-corpus/1"
 MERCATOR_LAT = 85.0511287798066
@@ -208,7 +208,7 @@ def make_recipes(evaluation: rules.Evaluation, p: PlaceAttributes, hour: np.ndar
 
 
 # ---------------------------------------------------------------------------------------------
-# Imagery cells: cut once per distinct cell through model.imagery, in resumable chunks.
+# Imagery cells: cut once per distinct cell through runtime.imagery, in resumable chunks.
 
 def image_chunks_dir(out: Path, size: int, cells: np.ndarray) -> Path:
     """Where an unfinished cut of these cells keeps its chunks (so a re-run resumes it)."""

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from corpus.rules import CLASSES
-from model.audio import decode_audio, resample
+from runtime.audio import decode_audio, resample
 
 SAMPLE_RATE = 44100  # aisfx's rate; the bank and every rendered sample use it
 TARGET_RMS = 0.1  # each clip's gain brings it to this RMS, so layer gains are comparable

@@ -1,7 +1,7 @@
 """The demo corpus as training data: `factory` is the reader registered as `data: {kind: demo}`.
 
 It reads what `soundscape corpus build` wrote, splits samples by held-out geographic cells and
-yields `model.data.Sample`s whose image is the stored cell (cut by model.imagery) and whose
+yields `model.data.Sample`s whose image is the stored cell (cut by runtime.imagery) and whose
 audio is the mixture recipe rendered on read. Data section keys: docs/corpus.md.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from corpus.mixing import Events, render
 from corpus.places import Places
 from corpus.rules import CLASSES, RULES
 from model.data import Sample, Splits, geographic_split
-from model.imagery import Imagery
-from model.tiles import tile_centres
+from runtime.imagery import Imagery
+from runtime.tiles import tile_centres
 
 DATA_KEYS = {"kind": None, "path": "data/corpus", "split_level": 4, "val_fraction": 0.05,
              "test_fraction": 0.1, "seed": 0, "audio": True, "limit": None}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from model.audio import AudioDecodeError
+from runtime.audio import AudioDecodeError
 from model.data import BadSample, Preprocessing, Sample, SampleSource, load_sample, stack
 
 log = logging.getLogger(__name__)

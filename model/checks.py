@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from model.data import SampleSource, Splits
-from model.nn.config import ConfigError
+from model.config import ConfigError
 
 log = logging.getLogger(__name__)
 VOCABULARY_FIELDS = {"source": "model.sources", "caption_source": "model.caption_sources"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from model.bundle import BundleError, file_sha256
+from runtime.bundle import BundleError, file_sha256
 
 # Errors that mean "the input is wrong": one sentence on stderr, exit code 2 (with cli/main.py's
 # ValueError and FileNotFoundError, which cover config, checkpoint and data errors).
@@ -111,7 +111,7 @@ def _from_checkpoint(path: str, metrics: dict):
 def _from_config(path: str, seed: int):
     import torch
 
-    from model.nn.config import ModelConfig
+    from model.config import ModelConfig
     from model.nn.psm import PSMModel
 
     torch.manual_seed(seed)

@@ -16,9 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
-from model.audio import AudioFrontEnd, waveform_features
-from model.metadata import Vocabulary, encode_metadata
-from model.text import Tokenizer
+from runtime.audio import AudioFrontEnd, waveform_features
+from runtime.metadata import Vocabulary, encode_metadata
+from runtime.text import Tokenizer
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Sample:
     """One paired observation; any modality or metadata field may be missing (None)."""
 
     key: str
-    image: np.ndarray | None = None  # (S, S, 3) uint8, the cell as model.imagery cuts it
+    image: np.ndarray | None = None  # (S, S, 3) uint8, the cell as runtime.imagery cuts it
     gsd: float | None = None  # metres per pixel of `image`
     lat: float | None = None
     lon: float | None = None
@@ -40,7 +40,7 @@ class Sample:
     level: int | None = None  # imagery level (web-mercator zoom, or a dataset's zoom step)
     # Front-end features computed ahead (GeoSound's webdataset shards carry CLAP fused mels):
     audio_features: np.ndarray | None = None
-    audio_features_kind: str | None = None  # model.audio front-end kind of audio_features
+    audio_features_kind: str | None = None  # runtime.audio front-end kind of audio_features
     path: str | None = None  # where the sample was read from, for skip logs
 
 

@@ -25,11 +25,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from model.bundle import BUNDLE_FORMAT_VERSION, file_sha256, finalise_manifest
-from model.contract import (FP16_GRAPH_FILES, GRAPH_FILES, GRAPH_INPUTS, GRAPH_OUTPUTS, META_TOKENS, RECORD_FILE,
+from runtime.bundle import BUNDLE_FORMAT_VERSION, file_sha256, finalise_manifest
+from runtime.contract import (FP16_GRAPH_FILES, GRAPH_FILES, GRAPH_INPUTS, GRAPH_OUTPUTS, META_TOKENS, RECORD_FILE,
                             TOKENIZER_FILE, TRAINED_PARTS_FILE)
-from model.metadata import encode_metadata
-from model.nn.config import ModelConfig
+from runtime.metadata import encode_metadata
+from model.config import ModelConfig
 from model.nn.psm import PSMModel
 from model.nn.weights import CheckpointError
 

@@ -32,8 +32,8 @@ from model.data import READERS, Preprocessing, Splits, open_splits
 from model.distributed import Dist, barrier, broadcast_flag, device_for, gather, init_distributed, shutdown
 from model.evaluate import embed_split, metrics
 from model.frozen_cache import FrozenCache, frozen_cache
-from model.metadata import Vocabulary
-from model.nn.config import ConfigError, ModelConfig, from_section
+from runtime.metadata import Vocabulary
+from model.config import ConfigError, ModelConfig, from_section
 from model.nn.losses import LossConfig, build_loss, pair_losses, total_loss
 from model.nn.psm import PSMModel
 from model.nn.weights import CheckpointError

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.bundle import BundleError
-from model.imagery import Imagery, ImageryError
+from runtime.bundle import BundleError
+from runtime.imagery import Imagery, ImageryError
 from precompute.device import open_bundle, select_device
 from precompute.estimate import estimate
-from precompute.index import FLAT_MAX
+from store.index import FLAT_MAX
 from precompute.merge import merge
 from precompute.plan import WORLD, PlanError, Region, parse_bbox, parse_levels, parse_shard
 from precompute.run import RunOptions, execute, make_plan
-from precompute.store import Store, StoreError
+from store.format import Store, StoreError
 
 USER_ERRORS: tuple[type[Exception], ...] = (BundleError, ImageryError, StoreError, PlanError)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from model.bundle import Bundle, BundleError
+from runtime.bundle import Bundle, BundleError
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"

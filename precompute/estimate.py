@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.bundle import Bundle
-from model.imagery import Imagery
+from runtime.bundle import Bundle
+from runtime.imagery import Imagery
 from precompute.device import bundle_device, default_batch
 from precompute.plan import Plan
 from precompute.run import RunOptions, batch_rows, check_levels, read_ahead
-from precompute.store import fusion_sets
+from store.format import fusion_sets
 
 SAMPLE = 256  # cells timed
 WARMUP = 8  # cells embedded first, untimed (session creation, caches)

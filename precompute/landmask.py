@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.tiles import tiles_bounds
+from runtime.tiles import tiles_bounds
 
 COARSEN = 8
 MASK_FILE = "globe_combined_mask_compressed.npz"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from precompute.imagery_ref import as_built, relative_to_store
-from precompute.index import FLAT_MAX
-from precompute.npy import GrowingNpy
-from precompute.store import (INDEX_FILE, MANIFEST_FILE, STORE_FORMAT_VERSION, StoreError, check_output,
+from store.imagery_ref import as_built, relative_to_store
+from store.index import FLAT_MAX
+from store.npy import GrowingNpy
+from store.format import (INDEX_FILE, MANIFEST_FILE, STORE_FORMAT_VERSION, StoreError, check_output,
                               finish_store, level_dir)
 
 CHUNK_ROWS = 65536

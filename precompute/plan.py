@@ -20,7 +20,7 @@ from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 
-from model.tiles import EARTH_CIRCUMFERENCE_M, MAX_LEVEL, morton, tile_range
+from runtime.tiles import EARTH_CIRCUMFERENCE_M, MAX_LEVEL, morton, tile_range
 
 WORLD = (-180.0, -85.0511287798066, 180.0, 85.0511287798066)
 BLOCK_DEPTH = 8  # a block holds up to 4^8 = 65536 cells

@@ -1,7 +1,7 @@
 """The precompute job: read cells through the shared imagery reader (reader threads fill batches
 ahead while the device embeds the current one), embed them with the bundle's image graph, fuse
 under default metadata (location only) and any precomputed metadata sets, and stream each batch
-to the store being written. A killed run resumes where it stopped (precompute/writer.py)."""
+to the store being written. A killed run resumes where it stopped (store/writer.py)."""
 from __future__ import annotations
 
 import sys
@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model.bundle import Bundle
-from model.imagery import CellImage, Imagery
-from model.metadata import encode_metadata
-from model.scoring import uncertainty
-from model.tiles import tile_centres
+from runtime.bundle import Bundle
+from runtime.imagery import CellImage, Imagery
+from runtime.metadata import encode_metadata
+from runtime.scoring import uncertainty
+from runtime.tiles import tile_centres
 from precompute.device import bundle_device, default_batch
-from precompute.imagery_ref import relative_to_store
-from precompute.index import FLAT_MAX
+from store.imagery_ref import relative_to_store
+from store.index import FLAT_MAX
 from precompute.plan import LevelPlan, Plan, PlanError, Region, intersect
-from precompute.store import FUSION_KINDS, LevelArrays, check_output, finish_store, fusion_sets
-from precompute.writer import PartialStore
+from store.format import FUSION_KINDS, LevelArrays, check_output, finish_store, fusion_sets
+from store.writer import PartialStore
 
 FusionSet = tuple[str, int | None, int | None]
 Batch = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # (first plan position, codes, x, y)

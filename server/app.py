@@ -10,8 +10,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
-from model.bundle import Bundle
-from precompute.store import Store
+from runtime.bundle import Bundle
+from store.format import Store
 from server.engine import Metadata
 from server.fastpath import TileFastPath
 from server.http import HttpPolicy, errors, install_error_handlers

@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 import uvicorn
 
-from model.bundle import Bundle
-from precompute.store import Store
+from runtime.bundle import Bundle
+from store.format import Store
 from server.registry import SqliteRecords
 from server.ratelimit import Rate
 from server.settings import default_query_db

@@ -10,11 +10,11 @@ from functools import cached_property
 import mercantile
 import numpy as np
 
-from model.bundle import Bundle
-from model.metadata import encode_metadata
-from model.scoring import csd, match_probability, query_vector, uncertainty
-from model.tiles import morton
-from precompute.store import Level, Store
+from runtime.bundle import Bundle
+from runtime.metadata import encode_metadata
+from runtime.scoring import csd, match_probability, query_vector, uncertainty
+from runtime.tiles import morton
+from store.format import Level, Store
 from server.sampling import AxisSampling, axis_sampling, sample
 
 CELLS_PER_TILE_LOG2 = 4  # a tile draws the cells of level z + 4: 16 x 16 cells

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import soundfile
 
-from model.audio import AudioDecodeError, decode_audio, resample
-from model.text import normalise_text
+from runtime.audio import AudioDecodeError, decode_audio, resample
+from runtime.text import normalise_text
 from server.engine import QueryEmbedding
 
 ID_LENGTH = 16

@@ -15,9 +15,9 @@ import anyio.to_thread
 import numpy as np
 from fastapi import HTTPException
 
-from model.bundle import Bundle
-from model.imagery import Imagery, ImageryError, is_remote
-from precompute.store import Level, Store
+from runtime.bundle import Bundle
+from runtime.imagery import Imagery, ImageryError, is_remote
+from store.format import Level, Store
 from server import metrics, render
 from server.cache import LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest
 from server.engine import CellEmbeddings, Engine, Metadata, QueryEmbedding, Scale

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.imagery import Imagery
-from model.metadata import encode_metadata
-from model.text import HashedWordTokenizer
-from model.tiles import tile_centres, tiles_in_bbox
+from runtime.imagery import Imagery
+from runtime.metadata import encode_metadata
+from runtime.text import HashedWordTokenizer
+from runtime.tiles import tile_centres, tiles_in_bbox
 
 CAPTIONS = {
     "water": ["waves on the open ocean", "the sound of the sea", "ocean waves and wind"],

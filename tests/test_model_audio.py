@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.audio import AisfxMelSpec, AudioFeatureSpec, ClapFusionSpec, audio_front_end, waveform_features
+from runtime.audio import AisfxMelSpec, AudioFeatureSpec, ClapFusionSpec, audio_front_end, waveform_features
 
 
 def noise(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_aisfx_tower_equals_the_aisfx_network_on_its_blocks(aisfx_installed):
     from aisfx.preprocessing import blocking
 
     from model.nn.audio_towers import AisfxTower
-    from model.nn.config import AisfxAudioConfig
+    from model.config import AisfxAudioConfig
 
     tower = AisfxTower(AisfxAudioConfig(duration_s=5.0))
     assert tower.frozen and not any(p.requires_grad for p in tower.parameters())

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 import model.readers  # noqa: F401
-from model.nn.config import ConfigError, ModelConfig
+from model.config import ConfigError, ModelConfig
 from model.nn.encoders import ImageEncoder, MetadataFusion
 from model.nn.layers import gsd_positional_embedding
 from model.nn.weights import CheckpointError, load_satmae

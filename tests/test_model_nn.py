@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model.distributed import Dist
-from model.nn.config import ModelConfig
+from model.config import ModelConfig
 from model.nn.encoders import ImageEncoder, MetadataFusion, ProbabilisticHeads
 from model.train import drop_metadata
 
@@ -67,7 +67,7 @@ def test_image_encoder_takes_the_ground_sample_distance():
 
 def test_frozen_towers_stay_in_eval_mode_and_take_no_gradient():
     from model.nn.audio_towers import MelCNN
-    from model.nn.config import MelCNNAudioConfig
+    from model.config import MelCNNAudioConfig
 
     tower = MelCNN(MelCNNAudioConfig(channels=[4], width=8))
     tower.freeze()

@@ -13,11 +13,11 @@ import pytest
 import soundfile
 from PIL import Image
 
-from model.audio import AudioFeatureSpec, ClapFusionSpec
+from runtime.audio import AudioFeatureSpec, ClapFusionSpec
 from model.batches import Examples
 from model.data import BadSample, Preprocessing, READERS, geographic_split
-from model.metadata import Vocabulary
-from model.text import HashedWordTokenizer
+from runtime.metadata import Vocabulary
+from runtime.text import HashedWordTokenizer
 import model.readers  # noqa: F401  (registers the readers)
 
 
@@ -108,7 +108,7 @@ def test_corrupt_audio_is_skipped_and_reported_with_its_path(csv_folder):
 
 
 def test_csv_rows_without_images_are_cut_from_imagery(tmp_path, imagery_path):
-    from model.imagery import Imagery
+    from runtime.imagery import Imagery
     import mercantile
 
     root = tmp_path / "cut"

@@ -147,7 +147,7 @@ def test_evaluate_writes_the_paper_metrics_as_json(trained_run, tmp_path, capsys
 
 
 def test_export_from_a_checkpoint_records_calibration_metrics_and_fp16(trained_run, tmp_path, bundle_path):
-    from model.bundle import Bundle, BundleError
+    from runtime.bundle import Bundle, BundleError
 
     metrics = tmp_path / "test.json"
     metrics.write_text(json.dumps({"results": {"all": {"metadata": {"I2S_R@10%": 0.5}}}}))

@@ -23,8 +23,8 @@ from cli.main import main as soundscape
 from model.batches import SkipLog
 from model.checks import small_split_warnings, suggest
 from model.data import READERS, resolve_paths
-from model.imagery import Imagery
-from model.nn.config import ConfigError
+from runtime.imagery import Imagery
+from model.config import ConfigError
 from model.readers.csv_folder import default_level
 from model.train import RunConfig, fit, load_checkpoint
 
@@ -206,7 +206,7 @@ def test_precompute_names_every_bad_level_and_the_allowed_range(bundle_path, ima
 
 def test_credit_from_precompute_reaches_tilejson_and_old_stores_credit_the_model_only(
         bundle_path, imagery_path, store_path, tmp_path, capsys):
-    from precompute.store import Store
+    from store.format import Store
     from tests.server_support import make_client
 
     out = tmp_path / "store"

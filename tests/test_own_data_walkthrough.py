@@ -36,8 +36,8 @@ def test_the_page_lists_every_step():
 
 
 def test_the_walkthrough_runs_end_to_end(tmp_path, monkeypatch, capsys, caplog):
-    from model.bundle import Bundle
-    from precompute.store import Store
+    from runtime.bundle import Bundle
+    from store.format import Store
     from server.commands import banner
     from tests.server_support import make_client
 

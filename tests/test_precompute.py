@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from cli.main import main
-from model.bundle import Bundle
-from model.metadata import encode_metadata
-from model.scoring import query_vector, uncertainty
-from model.tiles import demorton, morton, tiles_in_bbox
-from precompute.store import Store, StoreError
+from runtime.bundle import Bundle
+from runtime.metadata import encode_metadata
+from runtime.scoring import query_vector, uncertainty
+from runtime.tiles import demorton, morton, tiles_in_bbox
+from store.format import Store, StoreError
 from tests.conftest import FIXTURE_BBOX, FIXTURE_LEVELS
 
 BBOX_ARG = "--bbox=" + ",".join(map(str, FIXTURE_BBOX))
@@ -41,7 +41,7 @@ def test_store_levels_are_sorted_and_consistent(store_path, bundle_path):
 
 def test_store_holds_every_cell_with_imagery_and_its_embedding(store_path, bundle_path, imagery_path):
     """Round trip: the stored rows are the reader's cells through the bundle's graphs."""
-    from model.imagery import Imagery
+    from runtime.imagery import Imagery
 
     store, bundle, imagery = Store(store_path), Bundle(bundle_path), Imagery(imagery_path)
     level = store.levels[5]

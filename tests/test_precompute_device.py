@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from model.bundle import Bundle, BundleError
-from model.imagery import Imagery
+from runtime.bundle import Bundle, BundleError
+from runtime.imagery import Imagery
 from precompute.device import CUDA, Device, open_bundle, select_device
 
 
@@ -62,7 +62,7 @@ def test_cuda_paper_size_image_graph_matches_cpu(imagery_path, tmp_path):
     assert CUDA in ort.get_available_providers(), "a GPU is present but onnxruntime has no CUDA provider: pip install '.[gpu]'"
     import torch
 
-    from model.nn.config import ModelConfig
+    from model.config import ModelConfig
     from model.nn.psm import PSMModel
 
     torch.manual_seed(0)

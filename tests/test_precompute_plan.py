@@ -6,10 +6,10 @@ import mercantile
 import numpy as np
 import pytest
 
-from model.tiles import morton, tile_bounds, tiles_in_bbox
-from precompute.index import build_index, exact_top_k, recall_at_k
+from runtime.tiles import morton, tile_bounds, tiles_in_bbox
+from store.index import build_index, exact_top_k, recall_at_k
 from precompute.landmask import LandMask
-from precompute.npy import GrowingNpy
+from store.npy import GrowingNpy
 from precompute.plan import BLOCK_DEPTH, Plan, PlanError, Region, parse_shard
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from model.bundle import Bundle
-from model.imagery import Imagery
+from runtime.bundle import Bundle
+from runtime.imagery import Imagery
 from precompute.merge import merge
 from precompute.run import run
-from precompute.store import Store, StoreError
-from precompute.writer import work_paths
+from store.format import Store, StoreError
+from store.writer import work_paths
 from tests.conftest import FIXTURE_BBOX
 
 LEVELS = "3-7"

@@ -131,7 +131,7 @@ def test_store_of_another_bundle_is_refused(bundle_path, store_path, tmp_path):
     import json
     import shutil
 
-    from precompute.store import StoreError
+    from store.format import StoreError
 
     copy = tmp_path / "store"
     shutil.copytree(store_path, copy)

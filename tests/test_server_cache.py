@@ -7,7 +7,7 @@ import pytest
 import redis
 from hypothesis import given, settings, strategies as st
 
-from model.text import normalise_text
+from runtime.text import normalise_text
 from server.cache import LRUCache, SingleFlight, cache_key, canonical
 from server.queries import text_record
 from tests.server_support import make_client

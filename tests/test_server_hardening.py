@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from model.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
+from runtime.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
 from server.queries import MAX_DECODED_SAMPLES
 from server.ratelimit import Rate, TokenBuckets, client_key
 from server.urls import host_allowed, host_name

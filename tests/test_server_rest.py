@@ -4,10 +4,10 @@ import mercantile
 import numpy as np
 import pytest
 
-from model.metadata import encode_metadata
-from model.scoring import csd, match_probability, uncertainty
-from model.tiles import morton
-from precompute.store import Store
+from runtime.metadata import encode_metadata
+from runtime.scoring import csd, match_probability, uncertainty
+from runtime.tiles import morton
+from store.format import Store
 from tests.server_support import make_client
 
 

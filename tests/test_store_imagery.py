@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from model.bundle import Bundle
-from model.imagery import Imagery
+from runtime.bundle import Bundle
+from runtime.imagery import Imagery
 from precompute.merge import merge
 from precompute.run import run
-from precompute.store import MANIFEST_FILE, Store, content_id
+from store.format import MANIFEST_FILE, Store, content_id
 from server.service import store_imagery
 from tests.conftest import FIXTURE_BBOX
 from tests.server_support import LAND_TILE, make_client

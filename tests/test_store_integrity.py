@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from precompute.store import Store, StoreError
+from store.format import Store, StoreError
 from tests.server_support import REPO
 
 
 @pytest.fixture(scope="module")
 def fusion_store(bundle_path, imagery_path, tmp_path_factory) -> Path:
     """A small store with hourly and monthly fusions at level 3."""
-    from model.bundle import Bundle
-    from model.imagery import Imagery
+    from runtime.bundle import Bundle
+    from runtime.imagery import Imagery
     from precompute.run import run
     from tests.conftest import FIXTURE_BBOX
 

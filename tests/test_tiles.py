@@ -2,7 +2,7 @@ import mercantile
 import numpy as np
 import pytest
 
-from model.tiles import (demorton, descendant_range, ground_sample_distance, morton, quadkey,
+from runtime.tiles import (demorton, descendant_range, ground_sample_distance, morton, quadkey,
                          tile_bounds, tile_centres, tile_is_valid, tiles_in_bbox)
 
 

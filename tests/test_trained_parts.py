@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from cli.main import main as soundscape
-from model.bundle import Bundle
-from model.contract import RECORD_FILE, TRAINED_PARTS_FILE
+from runtime.bundle import Bundle
+from runtime.contract import RECORD_FILE, TRAINED_PARTS_FILE
 from model.export import load_trained_parts, save_trained_parts
 
 

@@ -1,4 +1,4 @@
-"""Audio towers: a backbone that turns the audio front end's features (model.audio, named in
+"""Audio towers: a backbone that turns the audio front end's features (runtime.audio, named in
 the bundle manifest) into one vector per clip. The PSM model puts its trained probabilistic
 heads on top; `trainable: false` freezes the backbone (see model.nn.layers.Tower)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.nn.config import AisfxAudioConfig, AudioConfig, ClapAudioConfig, MelCNNAudioConfig
+from model.config import AisfxAudioConfig, AudioConfig, ClapAudioConfig, MelCNNAudioConfig
 from model.nn.layers import Tower
 from model.nn.text_towers import load_clap
 from model.nn.weights import CheckpointError, load_strict

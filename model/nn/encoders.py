@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.nn.config import ImageConfig, ModelConfig
+from model.config import ImageConfig, ModelConfig
 from model.nn.layers import Block, gsd_positional_embedding, mlp
 from model.nn.weights import load_satmae
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.contract import META_TOKENS
+from runtime.contract import META_TOKENS
 from model.nn.audio_towers import build_audio_tower
-from model.nn.config import ModelConfig
+from model.config import ModelConfig
 from model.nn.encoders import ImageEncoder, MetadataFusion, ProbabilisticHeads
 from model.nn.text_towers import build_text_tower
 from model.nn.weights import load_strict
@@ -39,12 +39,12 @@ class PSMModel(nn.Module):
     # ---- preprocessing that serving repeats without torch
 
     def tokenizer(self):
-        """The runtime tokenizer of the text tower (model.text), as the bundle will hold it."""
+        """The runtime tokenizer of the text tower (runtime.text), as the bundle will hold it."""
         return self.text.tokenizer()
 
     @property
     def audio_front_end(self):
-        """The runtime audio front end of the audio tower (model.audio), named in the manifest."""
+        """The runtime audio front end of the audio tower (runtime.audio), named in the manifest."""
         return self.cfg.audio_spec
 
     # ---- the four graphs

@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.nn.config import ClapTextConfig, HashedTextConfig, MiniLMTextConfig, TextConfig
+from model.config import ClapTextConfig, HashedTextConfig, MiniLMTextConfig, TextConfig
 from model.nn.layers import Block, Tower
-from model.text import HashedWordTokenizer, HuggingFaceTokenizer
+from runtime.text import HashedWordTokenizer, HuggingFaceTokenizer
 
 
 class HashedTextTower(Tower):
-    """Hashed-word ids (model.text.HashedWordTokenizer) through a small transformer trained
+    """Hashed-word ids (runtime.text.HashedWordTokenizer) through a small transformer trained
     from scratch, mean-pooled over the real tokens."""
 
     def __init__(self, cfg: HashedTextConfig):

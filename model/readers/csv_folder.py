@@ -21,11 +21,11 @@ from pathlib import Path
 import mercantile
 import numpy as np
 
-from model.audio import AudioDecodeError, decode_audio
+from runtime.audio import AudioDecodeError, decode_audio
 from model.data import BadSample, Sample, Splits, geographic_split, register_reader
-from model.nn.config import from_section
+from model.config import from_section
 from model.readers.common import decode_image, fit_image, parse_when
-from model.tiles import EARTH_CIRCUMFERENCE_M
+from runtime.tiles import EARTH_CIRCUMFERENCE_M
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("lat", "lon", "audio")
@@ -210,7 +210,7 @@ class CsvFolderSource:
 
     def imagery(self):
         if self._imagery is None:  # opened lazily: one handle per DataLoader worker
-            from model.imagery import Imagery
+            from runtime.imagery import Imagery
 
             self._imagery = Imagery(self.cfg.imagery)
         return self._imagery
@@ -243,7 +243,7 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
     cfg = from_section(CsvFolderConfig, section, "data")
     imagery = None
     if cfg.imagery is not None:  # opened at start: a wrong path or level fails before anything else
-        from model.imagery import Imagery
+        from runtime.imagery import Imagery
 
         imagery = Imagery(cfg.imagery)
     cfg = check_level(cfg, imagery, image_size)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.audio import AudioDecodeError, decode_audio
+from runtime.audio import AudioDecodeError, decode_audio
 from model.data import BadSample, Sample, Splits, register_reader
-from model.nn.config import from_section
+from model.config import from_section
 from model.readers.common import decode_image, fit_image, parse_when
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.data import Sample, Splits, register_reader
-from model.nn.config import from_section
+from model.config import from_section
 
 WORDS = ["birds", "waves", "wind", "rain", "traffic", "insects", "bells", "voices", "engines", "frogs",
          "water", "thunder", "dogs", "crickets", "trains", "leaves"]

@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import JSONResponse, Response
 
-from model.tiles import demorton, quadkey, tile_bounds
+from runtime.tiles import demorton, quadkey, tile_bounds
 from server.http import errors
 from server.params import LevelParam, QueryParams, metadata, query_embedding
 from server.routes.deps import ServiceDep, SettingsDep

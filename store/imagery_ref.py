@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from model.imagery import is_remote
+from runtime.imagery import is_remote
 
 
 def _each(paths: str | list[str], fn) -> str | list[str]:

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from model.audio import audio_front_end, waveform_features
-from model.contract import (BUNDLE_FORMAT_VERSION, FP16_GRAPH_FILES, GRAPH_FILES, GRAPH_INPUTS,
+from runtime.audio import audio_front_end, waveform_features
+from runtime.contract import (BUNDLE_FORMAT_VERSION, FP16_GRAPH_FILES, GRAPH_FILES, GRAPH_INPUTS,
                             GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE, PRECISIONS, TOKENIZER_FILE)
-from model.metadata import Vocabulary
-from model.text import load_tokenizer
+from runtime.metadata import Vocabulary
+from runtime.text import load_tokenizer
 
 # Manifest keys left out of the content hash: the id itself and when it was written.
 _UNHASHED_KEYS = ("id", "created")
@@ -139,7 +139,7 @@ class Bundle:
                         gsd=np.asarray(gsd, dtype=np.float32))[0]
 
     def fuse(self, sat: np.ndarray, meta: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(mu, logvar) of sat features under encoded metadata (model.metadata.encode_metadata)."""
+        """(mu, logvar) of sat features under encoded metadata (runtime.metadata.encode_metadata)."""
         mu, logvar = self.run("fuse", sat=np.asarray(sat, dtype=np.float32), **meta)
         return mu, logvar
 

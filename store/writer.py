@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from precompute.npy import GrowingNpy
-from precompute.store import FUSIONS_DIR, LevelArrays, StoreError, array_specs, level_dir
+from store.npy import GrowingNpy
+from store.format import FUSIONS_DIR, LevelArrays, StoreError, array_specs, level_dir
 
 
 def work_paths(out: Path) -> tuple[Path, Path]:

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.audio import AisfxMelSpec, AudioFeatureSpec, ClapFusionSpec
+from runtime.audio import AisfxMelSpec, AudioFeatureSpec, ClapFusionSpec
 
 
 class ConfigError(ValueError):
@@ -85,7 +85,7 @@ class ClapTextConfig:
 
 @dataclass
 class MelCNNAudioConfig:
-    """A small log-mel CNN trained from scratch on `features` (model.audio.AudioFeatureSpec)."""
+    """A small log-mel CNN trained from scratch on `features` (runtime.audio.AudioFeatureSpec)."""
 
     kind: str = "melcnn"
     channels: list[int] = field(default_factory=lambda: [16, 32, 64])
@@ -143,7 +143,7 @@ class ModelConfig:
 
     @property
     def audio_spec(self) -> AudioFeatureSpec | AisfxMelSpec | ClapFusionSpec:
-        """The torch-free audio front end this model's audio tower takes (model.audio)."""
+        """The torch-free audio front end this model's audio tower takes (runtime.audio)."""
         if isinstance(self.audio, MelCNNAudioConfig):
             return AudioFeatureSpec.from_json(self.audio.features)
         if isinstance(self.audio, AisfxAudioConfig):

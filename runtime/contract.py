@@ -24,7 +24,7 @@ GRAPH_INPUTS = {
     "fuse": ("sat", "location", "hour", "month", "source", "caption_source", "present"),
     # input_ids, attention_mask: int64 (B, L).
     "text": ("input_ids", "attention_mask"),
-    # features: float32, the manifest's audio front end (model.audio) of a waveform:
+    # features: float32, the manifest's audio front end (runtime.audio) of a waveform:
     # (B, n_mels, frames) for log-mel and aisfx-mel, (B, 4, frames, n_mels) for clap-fusion.
     "audio": ("features",),
 }

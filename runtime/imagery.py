@@ -24,7 +24,7 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.mosaic import mosaic_reader
 
-from model.tiles import (EARTH_CIRCUMFERENCE_M, ground_sample_distance, mercator_pixel_size, tile_bounds,
+from runtime.tiles import (EARTH_CIRCUMFERENCE_M, ground_sample_distance, mercator_pixel_size, tile_bounds,
                          tile_centres)
 
 # rio-tiler clips latitudes to the mercator limit for world rasters and warns each time; expected.

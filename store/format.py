@@ -17,10 +17,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from model.bundle import file_sha256
-from model.contract import GRAPH_FILES
-from model.tiles import descendant_range
-from precompute.index import FLAT_MAX, build_index
+from runtime.bundle import file_sha256
+from runtime.contract import GRAPH_FILES
+from runtime.tiles import descendant_range
+from store.index import FLAT_MAX, build_index
 
 STORE_FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.contract import META_TOKENS
+from runtime.contract import META_TOKENS
 
 ArrayLike = float | int | Sequence[float] | np.ndarray | None
 

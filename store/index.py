@@ -12,7 +12,7 @@ import math
 import faiss
 import numpy as np
 
-from model.scoring import gallery_vectors
+from runtime.scoring import gallery_vectors
 
 FLAT_MAX = 1_000_000  # levels with more cells get an IVF index
 RECALL_K = 10
