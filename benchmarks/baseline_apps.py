@@ -8,6 +8,7 @@ with the options `soundscape serve` uses (`python -m benchmarks.baseline_apps NA
 - `titiler`: TiTiler (titiler.core, the `bench` extra) serving the store's GeoTIFF as XYZ tiles
   at /cog/tiles/WebMercatorQuad/{z}/{x}/{y}.png?url=...: a peer that renders every tile.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,13 @@ def make_bare_asgi():
             return
         found = tiles.get(scope["raw_path"] + b"?" + scope["query_string"])
         kind, body = found if found else (b"application/json", NOT_FOUND)
-        await send({"type": "http.response.start", "status": 200 if found else 404,
-                    "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200 if found else 404,
+                "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     return app
@@ -76,9 +82,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     # As `soundscape serve` runs the tile server (server/commands.py), so only the app differs.
-    uvicorn.run(f"benchmarks.baseline_apps:{FACTORIES[args.name]}", factory=True, host="127.0.0.1",
-                port=args.port, workers=args.workers, log_level="warning",
-                http="server.protocol:HardenedHttpProtocol", timeout_keep_alive=5, backlog=1024)
+    uvicorn.run(
+        f"benchmarks.baseline_apps:{FACTORIES[args.name]}",
+        factory=True,
+        host="127.0.0.1",
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        http="server.protocol:HardenedHttpProtocol",
+        timeout_keep_alive=5,
+        backlog=1024,
+    )
 
 
 if __name__ == "__main__":

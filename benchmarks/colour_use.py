@@ -9,6 +9,7 @@ rest of the map is not one saturated colour).
 
     .venv/bin/python -m benchmarks.colour_use --url http://127.0.0.1:8000 [--query "birdsong" ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,20 +26,28 @@ from pyproj import Transformer
 from server.render import palette
 
 EARTH = 20037508.342789244
-PROMPTS = ["birdsong", "waves crashing on rocks", "busy traffic in the street", "birds singing at dawn",
-           "wind in the trees", "a crowded street market"]
+PROMPTS = [
+    "birdsong",
+    "waves crashing on rocks",
+    "busy traffic in the street",
+    "birds singing at dawn",
+    "wind in the trees",
+    "a crowded street market",
+]
 
 
 def tms_xml(url_template: str, zoom: int) -> str:
     """GDAL_WMS description of an XYZ URL (`{z}/{x}/{y}` placeholders) at one zoom level."""
     server = url_template.replace("{z}", "${z}").replace("{x}", "${x}").replace("{y}", "${y}")
-    return (f"<GDAL_WMS><Service name=\"TMS\"><ServerUrl>{escape(server)}</ServerUrl></Service>"
-            f"<DataWindow><UpperLeftX>{-EARTH}</UpperLeftX><UpperLeftY>{EARTH}</UpperLeftY>"
-            f"<LowerRightX>{EARTH}</LowerRightX><LowerRightY>{-EARTH}</LowerRightY>"
-            f"<TileLevel>{zoom}</TileLevel><TileCountX>1</TileCountX><TileCountY>1</TileCountY>"
-            f"<YOrigin>top</YOrigin></DataWindow><Projection>EPSG:3857</Projection>"
-            f"<BlockSizeX>256</BlockSizeX><BlockSizeY>256</BlockSizeY><BandsCount>4</BandsCount>"
-            f"<ZeroBlockHttpCodes>204,404</ZeroBlockHttpCodes></GDAL_WMS>")
+    return (
+        f'<GDAL_WMS><Service name="TMS"><ServerUrl>{escape(server)}</ServerUrl></Service>'
+        f"<DataWindow><UpperLeftX>{-EARTH}</UpperLeftX><UpperLeftY>{EARTH}</UpperLeftY>"
+        f"<LowerRightX>{EARTH}</LowerRightX><LowerRightY>{-EARTH}</LowerRightY>"
+        f"<TileLevel>{zoom}</TileLevel><TileCountX>1</TileCountX><TileCountY>1</TileCountY>"
+        f"<YOrigin>top</YOrigin></DataWindow><Projection>EPSG:3857</Projection>"
+        f"<BlockSizeX>256</BlockSizeX><BlockSizeY>256</BlockSizeY><BandsCount>4</BandsCount>"
+        f"<ZeroBlockHttpCodes>204,404</ZeroBlockHttpCodes></GDAL_WMS>"
+    )
 
 
 def read_mosaic(url_template: str, zoom: int = 2) -> tuple[np.ndarray, rasterio.Affine]:
@@ -62,7 +71,7 @@ def ramp_positions(rgba: np.ndarray, colormap: str) -> np.ndarray:
 
 
 def land_mask(shape: tuple[int, int], transform: rasterio.Affine) -> np.ndarray:
-    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
     x, y = transform * (cols + 0.5, rows + 0.5)
     lon, lat = Transformer.from_crs(3857, 4326, always_xy=True).transform(x, y)
     lat = np.clip(lat, -89.9, 89.9)
@@ -71,15 +80,24 @@ def land_mask(shape: tuple[int, int], transform: rasterio.Affine) -> np.ndarray:
 
 def colour_use(base: str, query: str, hour: int | None = 6, zoom: int = 2, colormap: str = "magma") -> dict:
     """The measure for one query's plain XYZ URL."""
-    url = f"{base}/tiles/{{z}}/{{x}}/{{y}}.png?q={query.replace(' ', '%20')}" + (f"&hour={hour}" if hour is not None else "")
+    url = f"{base}/tiles/{{z}}/{{x}}/{{y}}.png?q={query.replace(' ', '%20')}" + (
+        f"&hour={hour}" if hour is not None else ""
+    )
     rgba, transform = read_mosaic(url, zoom)
     positions = ramp_positions(rgba, colormap)
     land = land_mask(positions.shape, transform) & np.isfinite(positions)
     values = positions[land]
-    return {"query": query, "hour": hour, "url": url, "land_pixels": int(land.sum()),
-            "p99": float(np.percentile(values, 99)), "median": float(np.median(values)),
-            "top_fifth_share": float((values >= 0.8).mean()), "lowest_colour_share": float((values == 0).mean()),
-            "highest_colour_share": float((values == 1).mean())}
+    return {
+        "query": query,
+        "hour": hour,
+        "url": url,
+        "land_pixels": int(land.sum()),
+        "p99": float(np.percentile(values, 99)),
+        "median": float(np.median(values)),
+        "top_fifth_share": float((values >= 0.8).mean()),
+        "lowest_colour_share": float((values == 0).mean()),
+        "highest_colour_share": float((values == 1).mean()),
+    }
 
 
 def main() -> None:
@@ -91,8 +109,10 @@ def main() -> None:
     rows = [colour_use(args.url, q, args.hour) for q in (args.query or PROMPTS)]
     for row in rows:
         ok = row["p99"] >= 0.8 and row["median"] <= 0.5
-        print(f"{row['query']!r:34} p99 {row['p99']:.2f}  median {row['median']:.2f}  "
-              f"top fifth {row['top_fifth_share']:.1%}  {'ok' if ok else 'FAIL'}")
+        print(
+            f"{row['query']!r:34} p99 {row['p99']:.2f}  median {row['median']:.2f}  "
+            f"top fifth {row['top_fifth_share']:.1%}  {'ok' if ok else 'FAIL'}"
+        )
     print(json.dumps(rows, indent=1))
 
 

@@ -24,6 +24,7 @@ A variant whose run directory already holds a finished run is evaluated, not ret
 
 Writes runs/ablations/<name>/test.json and prints a markdown table; --json collects them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,10 @@ VARIANTS: dict[str, dict] = {
     "pcmepp": {},
     "infonce": {"train": {"loss": {"kind": "infonce"}}},
     "no_metadata": {"train": {"meta_dropout": 1.0}},
-    "melcnn": {"model": {"audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96,
-                                   "features": {"duration_s": 2.4}}},
-               "train": {"eval_every": 0}},
+    "melcnn": {
+        "model": {"audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96, "features": {"duration_s": 2.4}}},
+        "train": {"eval_every": 0},
+    },
 }
 # The evaluation condition each variant is judged on: the metadata its training saw.
 CONDITION = {"no_metadata": "no_metadata", "ceiling": "rules vs mixed classes"}
@@ -89,8 +91,9 @@ def run_variant(name: str, config: RunConfig, out: Path, cache: Path, progress: 
     if not finished:
         fit(config, run_dir, resume=(run_dir / "last.pt").exists(), progress=progress)
     train_s = time.perf_counter() - start
-    report = evaluate_checkpoint(run_dir / "best.pt", split="test", oracle_caption=False,
-                                 cache_dir=cache, progress=progress)
+    report = evaluate_checkpoint(
+        run_dir / "best.pt", split="test", oracle_caption=False, cache_dir=cache, progress=progress
+    )
     report["train_seconds_this_invocation"] = round(train_s, 1)
     (run_dir / "test.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -120,8 +123,10 @@ def _last_step(run_dir: Path) -> int:
 
 def row(name: str, report: dict) -> str:
     m = report["results"]["all"][CONDITION.get(name, "metadata")]
-    return (f"| {name} | {CONDITION.get(name, 'metadata')} | {m['I2S_R@10%']:.3f} | {m['I2S_median_rank']:.0f} "
-            f"| {m['S2I_R@10%']:.3f} | {m['S2I_median_rank']:.0f} | {m['gallery']} |")
+    return (
+        f"| {name} | {CONDITION.get(name, 'metadata')} | {m['I2S_R@10%']:.3f} | {m['I2S_median_rank']:.0f} "
+        f"| {m['S2I_R@10%']:.3f} | {m['S2I_median_rank']:.0f} | {m['gallery']} |"
+    )
 
 
 def main() -> int:
@@ -129,8 +134,12 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml", help="base config")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "ablations", help="runs directory")
-    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "ablations" / "frozen-cache",
-                        help="shared frozen-tower cache (default runs/ablations/frozen-cache)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=ROOT / "runs" / "ablations" / "frozen-cache",
+        help="shared frozen-tower cache (default runs/ablations/frozen-cache)",
+    )
     parser.add_argument("--melcnn-steps", type=int, default=300, help="training steps of the melcnn variant")
     parser.add_argument("--json", type=Path, help="also write every report into this JSON file")
     parser.add_argument("--no-progress", action="store_true")

@@ -29,6 +29,7 @@ precision at k = number of positives (R-precision; chance = the base rate).
 through the server's Engine (match probability of the query vs the cell Gaussians, stored
 hourly fusions for hour=): see `map_checks`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,8 +92,8 @@ def coast_distance_km(places: Places, level: int, x: np.ndarray, y: np.ndarray, 
     out = np.empty(len(x), np.float32)
     step = max(1, 200_000 // (grid * grid))
     for i in range(0, len(x), step):
-        lat, lon = grid_points(level, x[i:i + step], y[i:i + step], grid)
-        out[i:i + step] = places.coast_km(lat.ravel(), lon.ravel()).reshape(lat.shape).min(axis=1)
+        lat, lon = grid_points(level, x[i : i + step], y[i : i + step], grid)
+        out[i : i + step] = places.coast_km(lat.ravel(), lon.ravel()).reshape(lat.shape).min(axis=1)
     return out
 
 
@@ -125,8 +126,9 @@ def split_keys(training_config) -> dict:
     return {k: (section or {}).get(k, v) for k, v in keys.items()}
 
 
-def training_locations(places: Places, bounds, training_config: dict | None = None,
-                       build: BuildConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def training_locations(
+    places: Places, bounds, training_config: dict | None = None, build: BuildConfig | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(lat, lon, level of the sample's image cell, split label) of the corpus's samples, drawn again by the corpus's own
     `draw_locations` (a pure function of the seed, the place rasters and the parameters; the
     defaults are those of the demo corpus: 20,000 samples, levels 4..7, seed 0) and split as the
@@ -140,8 +142,14 @@ def training_locations(places: Places, bounds, training_config: dict | None = No
     x, y = tile_of(lat, lon, level)
     shift = level.astype(np.int64) - int(data["split_level"])
     ulon, ulat = tile_centres(int(data["split_level"]), x >> shift, y >> shift)
-    labels = geographic_split(ulat, ulon, cell_deg=0.01, val_fraction=float(data["val_fraction"]),
-                              test_fraction=float(data["test_fraction"]), seed=int(data["seed"]))
+    labels = geographic_split(
+        ulat,
+        ulon,
+        cell_deg=0.01,
+        val_fraction=float(data["val_fraction"]),
+        test_fraction=float(data["test_fraction"]),
+        seed=int(data["seed"]),
+    )
     return lat, lon, level, labels
 
 
@@ -171,9 +179,16 @@ def coastal_check(engine, places: Places, level, client=None) -> dict:
     top = coast_distance_km(places, level.level, x, y)
     every = coast_distance_km(places, level.level, x_all, y_all, grid=STATS_GRID)
     share = float((top <= COAST_KM).mean())
-    return {"prompt": COAST_PROMPT, "level": level.level, "k": int(len(x)), "coastal_share": share,
-            "threshold": THRESHOLDS["coastal_share"], "passed": share >= THRESHOLDS["coastal_share"],
-            "base_rate": float((every <= COAST_KM).mean()), "median_coast_km": float(np.median(top))}
+    return {
+        "prompt": COAST_PROMPT,
+        "level": level.level,
+        "k": int(len(x)),
+        "coastal_share": share,
+        "threshold": THRESHOLDS["coastal_share"],
+        "passed": share >= THRESHOLDS["coastal_share"],
+        "base_rate": float((every <= COAST_KM).mean()),
+        "median_coast_km": float(np.median(top)),
+    }
 
 
 def dawn_check(engine, places: Places, level) -> dict:
@@ -192,11 +207,17 @@ def dawn_check(engine, places: Places, level) -> dict:
     day = _scores(engine, level, query, Metadata(hour=DAY_HOUR))[some]
     w = weight[some] / weight[some].sum() if some.any() else weight[some]
     mean_dawn, mean_day = float((w * dawn).sum()), float((w * day).sum())
-    return {"prompt": DAWN_PROMPT, "level": level.level, "cells": int(some.sum()),
-            "cells_majority_forest": int((weight >= MAJORITY).sum()),
-            "mean_hour5": mean_dawn, "mean_hour14": mean_day, "ratio": mean_dawn / max(mean_day, 1e-12),
-            "share_weight_higher_at_5": float(w[dawn > day].sum()),
-            "passed": bool(some.any() and mean_dawn > mean_day)}
+    return {
+        "prompt": DAWN_PROMPT,
+        "level": level.level,
+        "cells": int(some.sum()),
+        "cells_majority_forest": int((weight >= MAJORITY).sum()),
+        "mean_hour5": mean_dawn,
+        "mean_hour14": mean_day,
+        "ratio": mean_dawn / max(mean_day, 1e-12),
+        "share_weight_higher_at_5": float(w[dawn > day].sum()),
+        "passed": bool(some.any() and mean_dawn > mean_day),
+    }
 
 
 def traffic_check(engine, places: Places, level) -> dict:
@@ -208,9 +229,14 @@ def traffic_check(engine, places: Places, level) -> dict:
     land = stats.land >= MAJORITY
     scores = _scores(engine, level, engine.embed_text(TRAFFIC_PROMPT))[land]
     rho = float(spearmanr(scores, stats.lights[land]).statistic)
-    return {"prompt": TRAFFIC_PROMPT, "level": level.level, "land_cells": int(land.sum()),
-            "spearman": rho, "threshold": THRESHOLDS["traffic_spearman"],
-            "passed": rho >= THRESHOLDS["traffic_spearman"]}
+    return {
+        "prompt": TRAFFIC_PROMPT,
+        "level": level.level,
+        "land_cells": int(land.sum()),
+        "spearman": rho,
+        "threshold": THRESHOLDS["traffic_spearman"],
+        "passed": rho >= THRESHOLDS["traffic_spearman"],
+    }
 
 
 def uncertainty_check(engine, places: Places, level, bounds, training_config: dict | None = None) -> dict:
@@ -234,21 +260,32 @@ def uncertainty_check(engine, places: Places, level, bounds, training_config: di
     dense = counts >= max(1.0, np.quantile(counts[counts > 0], 0.75)) if (counts > 0).any() else counts < 0
     stats = cell_places(places, level.level, x, y)
     seaish = stats.land < MAJORITY
-    p_value = float(mannwhitneyu(s[thin], s[dense], alternative="greater").pvalue) if thin.any() and dense.any() else 1.0
+    p_value = (
+        float(mannwhitneyu(s[thin], s[dense], alternative="greater").pvalue) if thin.any() and dense.any() else 1.0
+    )
     a_thin = _a(s[thin], s[dense])
-    return {"level": level.level, "training_samples": int(train.sum()),
-            "thin_cells": int(thin.sum()), "dense_cells": int(dense.sum()),
-            "dense_min_count": int(counts[dense].min()) if dense.any() else None,
-            "mean_s_thin": float(s[thin].mean()), "mean_s_dense": float(s[dense].mean()),
-            "spearman_s_vs_count": float(spearmanr(s, counts).statistic),
-            "mean_s_thin_land": _mean(s[thin & ~seaish]), "mean_s_dense_land": _mean(s[dense & ~seaish]),
-            "mean_s_thin_sea": _mean(s[thin & seaish]), "mean_s_dense_sea": _mean(s[dense & seaish]),
-            "a_land": _a(s[thin & ~seaish], s[dense & ~seaish]), "a_sea": _a(s[thin & seaish], s[dense & seaish]),
-            "thin_land_cells": int((thin & ~seaish).sum()), "dense_land_cells": int((dense & ~seaish).sum()),
-            "auc_s_thin_over_dense": a_thin, "min_auc": MIN_EFFECT_A,
-            "mannwhitney_p": p_value,
-            "passed": bool(thin.any() and dense.any() and s[thin].mean() > s[dense].mean()
-                           and a_thin >= MIN_EFFECT_A)}
+    return {
+        "level": level.level,
+        "training_samples": int(train.sum()),
+        "thin_cells": int(thin.sum()),
+        "dense_cells": int(dense.sum()),
+        "dense_min_count": int(counts[dense].min()) if dense.any() else None,
+        "mean_s_thin": float(s[thin].mean()),
+        "mean_s_dense": float(s[dense].mean()),
+        "spearman_s_vs_count": float(spearmanr(s, counts).statistic),
+        "mean_s_thin_land": _mean(s[thin & ~seaish]),
+        "mean_s_dense_land": _mean(s[dense & ~seaish]),
+        "mean_s_thin_sea": _mean(s[thin & seaish]),
+        "mean_s_dense_sea": _mean(s[dense & seaish]),
+        "a_land": _a(s[thin & ~seaish], s[dense & ~seaish]),
+        "a_sea": _a(s[thin & seaish], s[dense & seaish]),
+        "thin_land_cells": int((thin & ~seaish).sum()),
+        "dense_land_cells": int((dense & ~seaish).sum()),
+        "auc_s_thin_over_dense": a_thin,
+        "min_auc": MIN_EFFECT_A,
+        "mannwhitney_p": p_value,
+        "passed": bool(thin.any() and dense.any() and s[thin].mean() > s[dense].mean() and a_thin >= MIN_EFFECT_A),
+    }
 
 
 def _a(first: np.ndarray, second: np.ndarray) -> float:
@@ -260,8 +297,9 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
-def feature_space_diagnostic(store, level, places: Places, bounds, training_config: dict | None = None,
-                             k: int = 10) -> dict:
+def feature_space_diagnostic(
+    store, level, places: Places, bounds, training_config: dict | None = None, k: int = 10
+) -> dict:
     """Diagnostic, not a check: how the uncertainty layer follows thin training data in the image
     encoder's own feature space. `distance` of a cell = mean L2 distance of its pre-fusion sat
     features (the store's `sat`) to those of the k nearest training-split sample cells (each
@@ -293,23 +331,30 @@ def feature_space_diagnostic(store, level, places: Places, bounds, training_conf
     far, near = distance >= np.quantile(distance, 0.75), distance <= np.quantile(distance, 0.25)
     stats = cell_places(places, level.level, *cell_xy(level))
     land = stats.land >= MAJORITY
-    return {"level": level.level, "training_cells": int(len(train_feats)), "k": k,
-            "spearman_s_vs_distance": float(spearmanr(s, distance).statistic),
-            "mean_s_far": float(s[far].mean()), "mean_s_near": float(s[near].mean()),
-            "a_far_over_near": _a(s[far], s[near]),
-            "spearman_s_vs_distance_land": float(spearmanr(s[land], distance[land]).statistic),
-            "spearman_s_vs_distance_sea": float(spearmanr(s[~land], distance[~land]).statistic)}
+    return {
+        "level": level.level,
+        "training_cells": int(len(train_feats)),
+        "k": k,
+        "spearman_s_vs_distance": float(spearmanr(s, distance).statistic),
+        "mean_s_far": float(s[far].mean()),
+        "mean_s_near": float(s[near].mean()),
+        "a_far_over_near": _a(s[far], s[near]),
+        "spearman_s_vs_distance_land": float(spearmanr(s[land], distance[land]).statistic),
+        "spearman_s_vs_distance_sea": float(spearmanr(s[~land], distance[~land]).statistic),
+    }
 
 
-def map_checks(engine, places: Places, level, bounds, training_config: dict | None = None, client=None,
-               progress=lambda msg: None) -> dict:
+def map_checks(
+    engine, places: Places, level, bounds, training_config: dict | None = None, client=None, progress=lambda msg: None
+) -> dict:
     """The four checks of issue 6 on one store level."""
     out = {}
-    for name, fn in (("coastal_waves", lambda: coastal_check(engine, places, level, client)),
-                     ("dawn_chorus", lambda: dawn_check(engine, places, level)),
-                     ("traffic_lights", lambda: traffic_check(engine, places, level)),
-                     ("uncertainty_thin_data", lambda: uncertainty_check(engine, places, level, bounds,
-                                                                          training_config))):
+    for name, fn in (
+        ("coastal_waves", lambda: coastal_check(engine, places, level, client)),
+        ("dawn_chorus", lambda: dawn_check(engine, places, level)),
+        ("traffic_lights", lambda: traffic_check(engine, places, level)),
+        ("uncertainty_thin_data", lambda: uncertainty_check(engine, places, level, bounds, training_config)),
+    ):
         progress(f"map check {name} at level {level.level} ...")
         out[name] = fn()
     return out
@@ -337,13 +382,18 @@ def _ranking(scores: np.ndarray, positive: np.ndarray) -> dict:
     n_pos = int(positive.sum())
     order = np.argsort(-scores, kind="stable")
     top10 = order[: max(1, int(math.ceil(0.1 * len(scores))))]
-    return {"positives": n_pos, "base_rate": n_pos / len(scores), "auc": auc(scores, positive),
-            "r_at_10pct": float(positive[top10].sum() / n_pos) if n_pos else float("nan"),
-            "precision_at_npos": float(positive[order[:n_pos]].mean()) if n_pos else float("nan")}
+    return {
+        "positives": n_pos,
+        "base_rate": n_pos / len(scores),
+        "auc": auc(scores, positive),
+        "r_at_10pct": float(positive[top10].sum() / n_pos) if n_pos else float("nan"),
+        "precision_at_npos": float(positive[order[:n_pos]].mean()) if n_pos else float("nan"),
+    }
 
 
-def retrieval(bundle, store, corpus_path: Path, training_config: dict | None, progress=lambda msg: None,
-              split: str = "test") -> dict:
+def retrieval(
+    bundle, store, corpus_path: Path, training_config: dict | None, progress=lambda msg: None, split: str = "test"
+) -> dict:
     from corpus.reader import DemoCorpus
     from runtime.scoring import uncertainty
     from runtime.tiles import morton
@@ -351,8 +401,9 @@ def retrieval(bundle, store, corpus_path: Path, training_config: dict | None, pr
 
     data = split_keys(training_config)
     corpus = DemoCorpus(corpus_path, progress=False)
-    labels = corpus.split(int(data["split_level"]), float(data["val_fraction"]), float(data["test_fraction"]),
-                          int(data["seed"]))
+    labels = corpus.split(
+        int(data["split_level"]), float(data["val_fraction"]), float(data["test_fraction"]), int(data["seed"])
+    )
     rows = corpus.index[np.isin(labels, ["val", "test"] if split == "heldout" else [split])]
     t = corpus.table
     progress(f"embedding the {len(rows)} held-out {split} samples through the store and the fuse graph ...")
@@ -365,12 +416,18 @@ def retrieval(bundle, store, corpus_path: Path, training_config: dict | None, pr
         missing += int((found < 0).sum())
         sel, found = sel[found >= 0], found[found >= 0]
         r = rows[sel]
-        meta = encode_metadata(len(r), lat=t["lat"][r], lon=t["lon"][r], hour=t["hour"][r].astype(np.float64),
-                               month=t["month"][r].astype(np.float64))
+        meta = encode_metadata(
+            len(r),
+            lat=t["lat"][r],
+            lon=t["lon"][r],
+            hour=t["hour"][r].astype(np.float64),
+            month=t["month"][r].astype(np.float64),
+        )
         for i in range(0, len(r), 1024):
             part = slice(i, i + 1024)
-            mu, logvar = bundle.fuse(np.asarray(level.arrays.sat[found[part]], np.float32),
-                                     {k: v[part] for k, v in meta.items()})
+            mu, logvar = bundle.fuse(
+                np.asarray(level.arrays.sat[found[part]], np.float32), {k: v[part] for k, v in meta.items()}
+            )
             mus[sel[part]] = mu.astype(np.float16).astype(np.float32)  # float16 like the store
             ss[sel[part]] = uncertainty(logvar)
     weights = t["class_weights"][rows].astype(np.float32)
@@ -381,65 +438,102 @@ def retrieval(bundle, store, corpus_path: Path, training_config: dict | None, pr
         prompt = class_prompt(sound)
         mu_q, logvar_q = bundle.embed_texts([prompt])
         scores = match_probability(csd(mu_q[0], float(uncertainty(logvar_q)[0]), mus, ss), a, b)
-        per_class[sound] = {"prompt": prompt, **_ranking(scores, weights[:, c] >= POSITIVE_WEIGHT),
-                            "mixed": _ranking(scores, (mixed == c).any(axis=1))}
+        per_class[sound] = {
+            "prompt": prompt,
+            **_ranking(scores, weights[:, c] >= POSITIVE_WEIGHT),
+            "mixed": _ranking(scores, (mixed == c).any(axis=1)),
+        }
     valid = [v for v in per_class.values() if v["positives"] >= 10]
-    return {"split": split, "test_samples": int(len(rows)), "samples_without_store_cell": missing,
-            "positive_weight": POSITIVE_WEIGHT, "classes": per_class,
-            "mean_auc_classes_with_10_positives": float(np.mean([v["auc"] for v in valid])) if valid else None,
-            "classes_with_10_positives": len(valid)}
+    return {
+        "split": split,
+        "test_samples": int(len(rows)),
+        "samples_without_store_cell": missing,
+        "positive_weight": POSITIVE_WEIGHT,
+        "classes": per_class,
+        "mean_auc_classes_with_10_positives": float(np.mean([v["auc"] for v in valid])) if valid else None,
+        "classes_with_10_positives": len(valid),
+    }
 
 
 # --- report --------------------------------------------------------------------------------------
+
 
 def markdown(result: dict) -> str:
     lines = []
     if "retrieval" in result:
         r = result["retrieval"]
         split = {"heldout": "val + test splits"}.get(r["split"], f"{r['split']} split")
-        lines += [f"### Text -> sample retrieval, held-out {split} ({r['test_samples']} samples; "
-                  f"positive = class weight >= {r['positive_weight']}; 'mixed' = the sample's audio mixes the class)", "",
-                  "| class | prompt | positives | base rate | AUC | R@10% | P@#pos | mixed: positives | AUC | R@10% |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"### Text -> sample retrieval, held-out {split} ({r['test_samples']} samples; "
+            f"positive = class weight >= {r['positive_weight']}; 'mixed' = the sample's audio mixes the class)",
+            "",
+            "| class | prompt | positives | base rate | AUC | R@10% | P@#pos | mixed: positives | AUC | R@10% |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for sound, v in r["classes"].items():
             m = v["mixed"]
-            lines.append(f"| {sound} | {v['prompt']} | {v['positives']} | {v['base_rate']:.3f} | {v['auc']:.3f} | "
-                         f"{v['r_at_10pct']:.3f} | {v['precision_at_npos']:.3f} | {m['positives']} | {m['auc']:.3f} | "
-                         f"{m['r_at_10pct']:.3f} |")
-        lines += ["", f"Mean AUC over the {r['classes_with_10_positives']} classes with >= 10 positives: "
-                      f"{r['mean_auc_classes_with_10_positives']:.3f}", ""]
+            lines.append(
+                f"| {sound} | {v['prompt']} | {v['positives']} | {v['base_rate']:.3f} | {v['auc']:.3f} | "
+                f"{v['r_at_10pct']:.3f} | {v['precision_at_npos']:.3f} | {m['positives']} | {m['auc']:.3f} | "
+                f"{m['r_at_10pct']:.3f} |"
+            )
+        lines += [
+            "",
+            f"Mean AUC over the {r['classes_with_10_positives']} classes with >= 10 positives: "
+            f"{r['mean_auc_classes_with_10_positives']:.3f}",
+            "",
+        ]
     for key, checks in result.get("map_checks", {}).items():
         c = checks
-        lines += [f"### Map checks, store level {key}", "", "| check | value | threshold | passed |", "|---|---|---|---|"]
+        lines += [
+            f"### Map checks, store level {key}",
+            "",
+            "| check | value | threshold | passed |",
+            "|---|---|---|---|",
+        ]
         w = c["coastal_waves"]
-        lines.append(f"| top {w['k']} cells for \"{w['prompt']}\" within {COAST_KM:.0f} km of a coast | "
-                     f"{w['coastal_share']:.3f} (all cells: {w['base_rate']:.3f}) | >= {w['threshold']} | {w['passed']} |")
+        lines.append(
+            f'| top {w["k"]} cells for "{w["prompt"]}" within {COAST_KM:.0f} km of a coast | '
+            f"{w['coastal_share']:.3f} (all cells: {w['base_rate']:.3f}) | >= {w['threshold']} | {w['passed']} |"
+        )
         d = c["dawn_chorus"]
-        lines.append(f"| \"{d['prompt']}\" over temperate forest ({d['cells']} cells, weighted by its share), hour 5 vs 14 | "
-                     f"{d['mean_hour5']:.4f} vs {d['mean_hour14']:.4f} (x{d['ratio']:.2f}; higher in "
-                     f"{d['share_weight_higher_at_5']:.0%} of that ground) | hour 5 > hour 14 | {d['passed']} |")
+        lines.append(
+            f'| "{d["prompt"]}" over temperate forest ({d["cells"]} cells, weighted by its share), hour 5 vs 14 | '
+            f"{d['mean_hour5']:.4f} vs {d['mean_hour14']:.4f} (x{d['ratio']:.2f}; higher in "
+            f"{d['share_weight_higher_at_5']:.0%} of that ground) | hour 5 > hour 14 | {d['passed']} |"
+        )
         t = c["traffic_lights"]
-        lines.append(f"| \"{t['prompt']}\" vs night lights, Spearman over {t['land_cells']} land cells | "
-                     f"{t['spearman']:.3f} | >= {t['threshold']} | {t['passed']} |")
+        lines.append(
+            f'| "{t["prompt"]}" vs night lights, Spearman over {t["land_cells"]} land cells | '
+            f"{t['spearman']:.3f} | >= {t['threshold']} | {t['passed']} |"
+        )
         u = c["uncertainty_thin_data"]
-        lines.append(f"| mean S, cells without training samples ({u['thin_cells']}) vs the best-covered quarter "
-                     f"({u['dense_cells']}, >= {u['dense_min_count']} samples) | {u['mean_s_thin']:.4f} vs "
-                     f"{u['mean_s_dense']:.4f} (A {u['auc_s_thin_over_dense']:.3f}, Mann-Whitney p {u['mannwhitney_p']:.2g}; "
-                     f"Spearman S vs count {u['spearman_s_vs_count']:.3f}) | thin > dense, A >= {MIN_EFFECT_A} | "
-                     f"{u['passed']} |")
+        lines.append(
+            f"| mean S, cells without training samples ({u['thin_cells']}) vs the best-covered quarter "
+            f"({u['dense_cells']}, >= {u['dense_min_count']} samples) | {u['mean_s_thin']:.4f} vs "
+            f"{u['mean_s_dense']:.4f} (A {u['auc_s_thin_over_dense']:.3f}, Mann-Whitney p {u['mannwhitney_p']:.2g}; "
+            f"Spearman S vs count {u['spearman_s_vs_count']:.3f}) | thin > dense, A >= {MIN_EFFECT_A} | "
+            f"{u['passed']} |"
+        )
         lines.append("")
         u = c["uncertainty_thin_data"]
-        lines += [f"Uncertainty, land cells only (most points on land): mean S thin {_f(u['mean_s_thin_land'])} "
-                  f"({u['thin_land_cells']} cells) vs dense {_f(u['mean_s_dense_land'])} ({u['dense_land_cells']}), "
-                  f"A {_f(u['a_land'])}; sea cells only: {_f(u['mean_s_thin_sea'])} vs {_f(u['mean_s_dense_sea'])}, "
-                  f"A {_f(u['a_sea'])}.", ""]
+        lines += [
+            f"Uncertainty, land cells only (most points on land): mean S thin {_f(u['mean_s_thin_land'])} "
+            f"({u['thin_land_cells']} cells) vs dense {_f(u['mean_s_dense_land'])} ({u['dense_land_cells']}), "
+            f"A {_f(u['a_land'])}; sea cells only: {_f(u['mean_s_thin_sea'])} vs {_f(u['mean_s_dense_sea'])}, "
+            f"A {_f(u['a_sea'])}.",
+            "",
+        ]
         f = result.get("uncertainty_feature_space", {}).get(key)
         if f:
-            lines += [f"Uncertainty vs feature-space distance to the {f['k']} nearest training images "
-                      f"({f['training_cells']} training cells): Spearman {f['spearman_s_vs_distance']:.3f} "
-                      f"(land {f['spearman_s_vs_distance_land']:.3f}, sea {f['spearman_s_vs_distance_sea']:.3f}); "
-                      f"mean S farthest quarter {f['mean_s_far']:.4f} vs nearest {f['mean_s_near']:.4f} "
-                      f"(A {f['a_far_over_near']:.3f}).", ""]
+            lines += [
+                f"Uncertainty vs feature-space distance to the {f['k']} nearest training images "
+                f"({f['training_cells']} training cells): Spearman {f['spearman_s_vs_distance']:.3f} "
+                f"(land {f['spearman_s_vs_distance_land']:.3f}, sea {f['spearman_s_vs_distance_sea']:.3f}); "
+                f"mean S farthest quarter {f['mean_s_far']:.4f} vs nearest {f['mean_s_near']:.4f} "
+                f"(A {f['a_far_over_near']:.3f}).",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -449,13 +543,19 @@ def _f(value) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="data/demo", help="demo world folder (cli/demo.py layout; built where missing)")
+    p.add_argument(
+        "--data-dir", default="data/demo", help="demo world folder (cli/demo.py layout; built where missing)"
+    )
     p.add_argument("--weights", default="weights/demo", help="trained parts the bundle is assembled from")
     p.add_argument("--corpus", default="data/corpus", help="the built demo corpus (held-out test split)")
     p.add_argument("--assets", default="data/assets", help="corpus assets (for the place rasters)")
     p.add_argument("--levels", default="5,6,7", help="store levels to run the map checks on (default 5,6,7)")
-    p.add_argument("--split", choices=("test", "val", "heldout"), default="test",
-                   help="retrieval gallery: the test split (default), val, or both held-out splits")
+    p.add_argument(
+        "--split",
+        choices=("test", "val", "heldout"),
+        default="test",
+        help="retrieval gallery: the test split (default), val, or both held-out splits",
+    )
     p.add_argument("--skip-retrieval", action="store_true", help="map checks only")
     p.add_argument("--json", help="write the results here (default: last line of stdout)")
     args = p.parse_args(argv)
@@ -482,9 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     places_file = Path(args.corpus) / "places.npz"
     places = Places(places_file) if places_file.exists() else ensure_places(Path(args.assets), data / "places.npz")
     training = bundle.manifest.get("training", {}).get("config")
-    result = {"bundle": bundle.id, "bundle_name": bundle.manifest.get("name"), "store": store.id,
-              "weights_sha256": bundle.manifest.get("training", {}).get("weights_sha256"),
-              "training_step": bundle.manifest.get("training", {}).get("step")}
+    result = {
+        "bundle": bundle.id,
+        "bundle_name": bundle.manifest.get("name"),
+        "store": store.id,
+        "weights_sha256": bundle.manifest.get("training", {}).get("weights_sha256"),
+        "training_step": bundle.manifest.get("training", {}).get("step"),
+    }
     if not args.skip_retrieval:
         result["retrieval"] = retrieval(bundle, store, Path(args.corpus), training, say, args.split)
     result["map_checks"], result["uncertainty_feature_space"] = {}, {}
@@ -492,8 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     for lv in (int(v) for v in args.levels.split(",")):
         result["map_checks"][str(lv)] = map_checks(engine, places, store.levels[lv], bounds, training, progress=say)
         say(f"uncertainty vs feature-space distance to the training images at level {lv} ...")
-        result["uncertainty_feature_space"][str(lv)] = feature_space_diagnostic(store, store.levels[lv], places,
-                                                                                 bounds, training)
+        result["uncertainty_feature_space"][str(lv)] = feature_space_diagnostic(
+            store, store.levels[lv], places, bounds, training
+        )
     result["seconds"] = round(time.monotonic() - t0, 1)
     print(markdown(result))
     text = json.dumps(result, indent=1)

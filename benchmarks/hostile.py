@@ -10,6 +10,7 @@ data/demo). The server runs with the shipped defaults except a 5 s body timeout 
 so the slow-body case ends quickly; a second server with `--rate-limit "20/s burst 40"` takes
 the rate-limit case. Nothing leaves 127.0.0.1; the run takes about two minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ BODY_TIMEOUT_S = 5
 
 # A server and a bystander ---------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,13 +62,30 @@ class Server:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
         command = ["-m", "cli.main", "serve", "--bundle", str(data / "bundle"), "--store", str(data / "store")]
         if plain:
-            command = ["-m", "uvicorn", "--factory", "server.asgi:create_app_from_env", "--http", "httptools",
-                       "--log-level", "warning"]
+            command = [
+                "-m",
+                "uvicorn",
+                "--factory",
+                "server.asgi:create_app_from_env",
+                "--http",
+                "httptools",
+                "--log-level",
+                "warning",
+            ]
         self.proc = subprocess.Popen(
             [sys.executable, *command, "--port", str(self.port)],
-            env={**clean, "SOUNDSCAPE_QUERY_DB": str(tmp / f"queries-{self.port}.sqlite"),
-                 "SOUNDSCAPE_BUNDLE": str(data / "bundle"), "SOUNDSCAPE_STORE": str(data / "store"), **(env or {})},
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            env={
+                **clean,
+                "SOUNDSCAPE_QUERY_DB": str(tmp / f"queries-{self.port}.sqlite"),
+                "SOUNDSCAPE_BUNDLE": str(data / "bundle"),
+                "SOUNDSCAPE_STORE": str(data / "store"),
+                **(env or {}),
+            },
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 180
         while True:
             try:
@@ -112,8 +131,12 @@ class Bystander:
         if not got:
             return {"p50_ms": None, "max_ms": None, "failed": 0, "n": 0}
         times = [s for s, _ in got]
-        return {"p50_ms": round(statistics.median(times) * 1000, 1), "max_ms": round(max(times) * 1000, 1),
-                "failed": sum(st != 200 for _, st in got), "n": len(got)}
+        return {
+            "p50_ms": round(statistics.median(times) * 1000, 1),
+            "max_ms": round(max(times) * 1000, 1),
+            "failed": sum(st != 200 for _, st in got),
+            "n": len(got),
+        }
 
     def close(self) -> None:
         self.stop.set()
@@ -123,12 +146,24 @@ class Bystander:
 
 # Hostile inputs ------------------------------------------------------------------------------------
 
+
 def wav(rate: int, channels: int = 1, frames: int = 100) -> bytes:
     """A PCM WAV of silence whose header declares any rate and channel count (244 bytes at 1 ch)."""
     data = bytes(frames * channels * 2)
     fmt = struct.pack("<HHIIHH", 1, channels, rate, (rate * channels * 2) & 0xFFFFFFFF, (channels * 2) & 0xFFFF, 16)
-    return b"".join([b"RIFF", struct.pack("<I", 36 + len(data)), b"WAVE", b"fmt ", struct.pack("<I", 16), fmt,
-                     b"data", struct.pack("<I", len(data)), data])
+    return b"".join(
+        [
+            b"RIFF",
+            struct.pack("<I", 36 + len(data)),
+            b"WAVE",
+            b"fmt ",
+            struct.pack("<I", 16),
+            fmt,
+            b"data",
+            struct.pack("<I", len(data)),
+            data,
+        ]
+    )
 
 
 def flac(rate: int, channels: int, seconds: float, tone: bool = False) -> bytes:
@@ -183,6 +218,7 @@ def big_header(port: int, megabytes: int) -> tuple[str, float]:
         for _ in range(megabytes):
             s.sendall(chunk)
         s.sendall(b"\r\n\r\n")
+
     return raw(port, send)
 
 
@@ -192,6 +228,7 @@ def slow_head(port: int) -> tuple[str, float]:
         for _ in range(60):
             s.sendall(b"X-Slow: 1\r\n")
             time.sleep(1)
+
     return raw(port, send, timeout=90)
 
 
@@ -226,65 +263,152 @@ def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
         detail = r.json().get("detail", "") if r.headers.get("content-type", "").endswith("json") else ""
         return f"{r.status_code}" + (f" `{detail[:110]}`" if r.status_code >= 400 else "")
 
-    search = [f"{base}/search?q=birdsong&hour={h}&month={m}&level=7" for h, m in
-              ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 1), (15, 3))]
-    tiles_512 = [f"{base}/tiles/WebMercatorQuad/1/{i % 2}/{i // 4}.png?q=birdsong&tilesize=512&hour={i}&month={i + 1}"
-                 for i in range(8)]
+    search = [
+        f"{base}/search?q=birdsong&hour={h}&month={m}&level=7"
+        for h, m in ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 1), (15, 3))
+    ]
+    tiles_512 = [
+        f"{base}/tiles/WebMercatorQuad/1/{i % 2}/{i // 4}.png?q=birdsong&tilesize=512&hour={i}&month={i + 1}"
+        for i in range(8)
+    ]
     return [
-        ("244-byte WAV declaring 1,000,003 Hz", "422 at once, no memory",
-         lambda: one(post(base, wav(1_000_003), "audio/wav"))),
+        (
+            "244-byte WAV declaring 1,000,003 Hz",
+            "422 at once, no memory",
+            lambda: one(post(base, wav(1_000_003), "audio/wav")),
+        ),
         ("two of them at once", "2x 422", lambda: statuses(many(2, lambda: post(base, wav(1_000_003), "audio/wav")))),
         ("WAV declaring 2^31-1 Hz", "422", lambda: one(post(base, wav(2**31 - 1), "audio/wav"))),
         ("WAV declaring 65,535 channels", "415 or 422", lambda: one(post(base, wav(16000, 65535, 1), "audio/wav"))),
-        ("FLAC, 3 s at 384 kHz x 8 channels (10 kB)", "413 (samples)",
-         lambda: one(post(base, flac(384000, 8, 3), "audio/flac"))),
-        ("FLAC, 1 h of silence at 8 kHz (0.2 MB)", "413 (duration)",
-         lambda: one(post(base, flac(8000, 1, 3600), "audio/flac"))),
+        (
+            "FLAC, 3 s at 384 kHz x 8 channels (10 kB)",
+            "413 (samples)",
+            lambda: one(post(base, flac(384000, 8, 3), "audio/flac")),
+        ),
+        (
+            "FLAC, 1 h of silence at 8 kHz (0.2 MB)",
+            "413 (duration)",
+            lambda: one(post(base, flac(8000, 1, 3600), "audio/flac")),
+        ),
         ("11 MB body", "413", lambda: one(post(base, bytes(11 << 20), "audio/wav"))),
-        ("FLAC, 59 s of 48 kHz stereo (a legitimate maximum)", "201",
-         lambda: one(post(base, flac(48000, 2, 59, tone=True), "audio/flac"))),
-        ("JSON nested 4000 levels", "422", lambda: one(post(base, b'{"text": ' + b"[" * 4000 + b"]" * 4000 + b"}",
-                                                             "application/json"))),
-        ("JSON text with a lone surrogate", "422", lambda: one(post(base, b'{"text": "\\udc80 birds"}',
-                                                                    "application/json"))),
+        (
+            "FLAC, 59 s of 48 kHz stereo (a legitimate maximum)",
+            "201",
+            lambda: one(post(base, flac(48000, 2, 59, tone=True), "audio/flac")),
+        ),
+        (
+            "JSON nested 4000 levels",
+            "422",
+            lambda: one(post(base, b'{"text": ' + b"[" * 4000 + b"]" * 4000 + b"}", "application/json")),
+        ),
+        (
+            "JSON text with a lone surrogate",
+            "422",
+            lambda: one(post(base, b'{"text": "\\udc80 birds"}', "application/json")),
+        ),
         ("JSON text an object", "422", lambda: one(post(base, b'{"text": {"a": 1}}', "application/json"))),
-        ("JSON number of 5000 digits", "422", lambda: one(post(base, b'{"text": ' + b"9" * 5000 + b"}",
-                                                               "application/json"))),
-        ("8 uploads whose bodies take 3 s, and a 9th", "4 in flight finish (201); the rest 503 at once "
-         "(a sender still sending may see a reset)",
-         lambda: slow_uploads(port)),
+        (
+            "JSON number of 5000 digits",
+            "422",
+            lambda: one(post(base, b'{"text": ' + b"9" * 5000 + b"}", "application/json")),
+        ),
+        (
+            "8 uploads whose bodies take 3 s, and a 9th",
+            "4 in flight finish (201); the rest 503 at once (a sender still sending may see a reset)",
+            lambda: slow_uploads(port),
+        ),
         ("JSON body of 9 kB", "413", lambda: one(post(base, b'{"text": "' + b"a" * 9000 + b'"}', "application/json"))),
-        ("tile q= a lone surrogate (%ED%A0%80)", "not a 500", lambda: one(httpx.get(f"{base}/tiles/1/1/0.png?q=%ED%A0%80"))),
-        ("20 kB query string", "431", lambda: raw(port, f"GET /tiles/1/1/0.png?q={'a' * 20000} HTTP/1.1\r\n"
-                                                        "Host: 127.0.0.1\r\n\r\n".encode())[0]),
-        ("100 MB header", "431 and closed at once (a sender still sending sees a reset)", lambda: "{} after {:.2f} s".format(*big_header(port, 100))),
-        ("500 header lines", "431", lambda: raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" +
-                                                 b"".join(b"X-%d: 1\r\n" % i for i in range(500)) + b"\r\n")[0]),
-        ("50 slow heads, one header line a second", "408 and closed after 10 s (a sender still sending sees a reset)",
-         lambda: statuses_raw(many(50, lambda: slow_head(port)))),
-        ("slow body: 10 of 1000 declared bytes", f"408 after {BODY_TIMEOUT_S} s",
-         lambda: "{} after {:.1f} s".format(*raw(port, b"POST /queries HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                                      b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-                                                      b'{"text": '))),
-        ("100,000 pipelined requests in one write (4 MB)", "dropped after 33 at most, no memory",
-         lambda: pipelined(port, 100_000)),
-        ("1100 idle connections, then a request", "503 (cap 1024)",
-         lambda: "{} after {:.2f} s".format(*idle_connections(port, 1100))),
-        ("TileJSON with Host: evil.example", "400", lambda: one(httpx.get(f"{base}/tilejson.json?q=birdsong",
-                                                                           headers={"Host": "evil.example"}))),
-        ("WMTS with Host: evil.example", "400", lambda: one(httpx.get(f"{base}/WMTSCapabilities.xml?q=birdsong",
-                                                                       headers={"Host": "evil.example"}))),
-        ("POST /queries with Host: evil.example", "400", lambda: one(post(base, b'{"text": "birdsong"}',
-                                                                          "application/json", "evil.example"))),
-        ("TileJSON with Host: 127.0.0.1", "200, Vary: Host",
-         lambda: (lambda r: f"{r.status_code}, Vary: {r.headers.get('vary')}")(httpx.get(f"{base}/tilejson.json?q=birdsong"))),
-        ("8 x /search level 7, distinct hour+month, at once", "2x 200 (one fuses, one waits), 6x 503",
-         lambda: statuses(get_all(search))),
-        ("8 x a 512 px tile, each another hour+month", "8x 200 (a colour scale's sample is a small fusion)",
-         lambda: statuses(get_all(tiles_512))),
-        ("8 x the same /search at once", "8x 200, one fusion",
-         lambda: (lambda f0, rs, f1: f"{statuses(rs)}, {f1 - f0:.0f} fusion(s)")(
-             fusions(base), many(8, lambda: httpx.get(search[0].replace("hour=1", "hour=20"), timeout=120)), fusions(base))),
+        (
+            "tile q= a lone surrogate (%ED%A0%80)",
+            "not a 500",
+            lambda: one(httpx.get(f"{base}/tiles/1/1/0.png?q=%ED%A0%80")),
+        ),
+        (
+            "20 kB query string",
+            "431",
+            lambda: raw(port, f"GET /tiles/1/1/0.png?q={'a' * 20000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())[0],
+        ),
+        (
+            "100 MB header",
+            "431 and closed at once (a sender still sending sees a reset)",
+            lambda: "{} after {:.2f} s".format(*big_header(port, 100)),
+        ),
+        (
+            "500 header lines",
+            "431",
+            lambda: raw(
+                port,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(500)) + b"\r\n",
+            )[0],
+        ),
+        (
+            "50 slow heads, one header line a second",
+            "408 and closed after 10 s (a sender still sending sees a reset)",
+            lambda: statuses_raw(many(50, lambda: slow_head(port))),
+        ),
+        (
+            "slow body: 10 of 1000 declared bytes",
+            f"408 after {BODY_TIMEOUT_S} s",
+            lambda: "{} after {:.1f} s".format(
+                *raw(
+                    port,
+                    b"POST /queries HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                    b'{"text": ',
+                )
+            ),
+        ),
+        (
+            "100,000 pipelined requests in one write (4 MB)",
+            "dropped after 33 at most, no memory",
+            lambda: pipelined(port, 100_000),
+        ),
+        (
+            "1100 idle connections, then a request",
+            "503 (cap 1024)",
+            lambda: "{} after {:.2f} s".format(*idle_connections(port, 1100)),
+        ),
+        (
+            "TileJSON with Host: evil.example",
+            "400",
+            lambda: one(httpx.get(f"{base}/tilejson.json?q=birdsong", headers={"Host": "evil.example"})),
+        ),
+        (
+            "WMTS with Host: evil.example",
+            "400",
+            lambda: one(httpx.get(f"{base}/WMTSCapabilities.xml?q=birdsong", headers={"Host": "evil.example"})),
+        ),
+        (
+            "POST /queries with Host: evil.example",
+            "400",
+            lambda: one(post(base, b'{"text": "birdsong"}', "application/json", "evil.example")),
+        ),
+        (
+            "TileJSON with Host: 127.0.0.1",
+            "200, Vary: Host",
+            lambda: (lambda r: f"{r.status_code}, Vary: {r.headers.get('vary')}")(
+                httpx.get(f"{base}/tilejson.json?q=birdsong")
+            ),
+        ),
+        (
+            "8 x /search level 7, distinct hour+month, at once",
+            "2x 200 (one fuses, one waits), 6x 503",
+            lambda: statuses(get_all(search)),
+        ),
+        (
+            "8 x a 512 px tile, each another hour+month",
+            "8x 200 (a colour scale's sample is a small fusion)",
+            lambda: statuses(get_all(tiles_512)),
+        ),
+        (
+            "8 x the same /search at once",
+            "8x 200, one fusion",
+            lambda: (lambda f0, rs, f1: f"{statuses(rs)}, {f1 - f0:.0f} fusion(s)")(
+                fusions(base),
+                many(8, lambda: httpx.get(search[0].replace("hour=1", "hour=20"), timeout=120)),
+                fusions(base),
+            ),
+        ),
     ]
 
 
@@ -303,14 +427,17 @@ def pipelined(port: int, n: int) -> str:
 def slow_uploads(port: int) -> str:
     """8 uploads send half a WAV and wait 3 s; meanwhile one more upload is sent whole."""
     body = wav(16000, frames=16000)
-    head = (b"POST /queries HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body))
+    head = (
+        b"POST /queries HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
 
     def slow() -> str:
         def send(s: socket.socket) -> None:
             s.sendall(head + body[:100])
             time.sleep(3)
             s.sendall(body[100:])
+
         return raw(port, send)[0]
 
     with ThreadPoolExecutor(8) as pool:
@@ -322,8 +449,10 @@ def slow_uploads(port: int) -> str:
 
 def statuses_raw(results: list[tuple[str, float]]) -> str:
     codes = sorted({s for s, _ in results})
-    return ", ".join(f"{sum(s == c for s, _ in results)}x {c}" for c in codes) + \
-        f" after {min(t for _, t in results):.1f}-{max(t for _, t in results):.1f} s"
+    return (
+        ", ".join(f"{sum(s == c for s, _ in results)}x {c}" for c in codes)
+        + f" after {min(t for _, t in results):.1f}-{max(t for _, t in results):.1f} s"
+    )
 
 
 def rate_limit_case(data: Path, tmp: Path) -> dict:
@@ -334,15 +463,18 @@ def rate_limit_case(data: Path, tmp: Path) -> dict:
             answers = [client.get("/colormaps") for _ in range(200)]
             seconds = time.perf_counter() - start
         refused = [r for r in answers if r.status_code == 429]
-        return {"case": "200 requests as fast as one client can, limit '20/s burst 40'",
-                "expected": "about 40 + 20/s, the rest 429 + Retry-After",
-                "got": f"{statuses(answers)} in {seconds:.1f} s; Retry-After {refused[0].headers.get('retry-after') if refused else '-'}",
-                "detail": refused[0].json()["detail"] if refused else ""}
+        return {
+            "case": "200 requests as fast as one client can, limit '20/s burst 40'",
+            "expected": "about 40 + 20/s, the rest 429 + Retry-After",
+            "got": f"{statuses(answers)} in {seconds:.1f} s; Retry-After {refused[0].headers.get('retry-after') if refused else '-'}",
+            "detail": refused[0].json()["detail"] if refused else "",
+        }
     finally:
         server.stop()
 
 
 # Damaged stores ------------------------------------------------------------------------------------
+
 
 def damaged_store_cases(data: Path, tmp: Path) -> list[dict]:
     def flip(path: Path, offset: int) -> None:
@@ -359,12 +491,15 @@ def damaged_store_cases(data: Path, tmp: Path) -> list[dict]:
         "flipped byte in levels/07/mu.npy": lambda s: flip(s / "levels/07/mu.npy", -1001),
         "flipped byte in the header of levels/05/s.npy": lambda s: flip(s / "levels/05/s.npy", 25),
         "levels/06/index.faiss truncated by 1 kB": lambda s: (s / "levels/06/index.faiss").write_bytes(
-            (s / "levels/06/index.faiss").read_bytes()[:-1024]),
+            (s / "levels/06/index.faiss").read_bytes()[:-1024]
+        ),
         "levels/04/fusions/hour-06.mu.npy truncated": lambda s: (s / "levels/04/fusions/hour-06.mu.npy").write_bytes(
-            (s / "levels/04/fusions/hour-06.mu.npy").read_bytes()[:-64]),
+            (s / "levels/04/fusions/hour-06.mu.npy").read_bytes()[:-64]
+        ),
         "manifest without id": lambda s: manifest(s, lambda m: m.pop("id")),
         "all S of level 7 NaN": lambda s: (s / "levels/07/s.npy").write_bytes(
-            (s / "levels/07/s.npy").read_bytes()[:128] + np.full(16384, np.nan, np.float32).tobytes()),
+            (s / "levels/07/s.npy").read_bytes()[:128] + np.full(16384, np.nan, np.float32).tobytes()
+        ),
     }
     rows = []
     for name, damage in damages.items():
@@ -372,13 +507,27 @@ def damaged_store_cases(data: Path, tmp: Path) -> list[dict]:
         shutil.copytree(data / "store", store)
         damage(store)
         answers = {}
-        for command in (["store", "verify", str(store)],
-                        ["serve", "--bundle", str(data / "bundle"), "--store", str(store), "--port", str(free_port())]):
-            done = subprocess.run([sys.executable, "-m", "cli.main", *command], cwd=REPO, capture_output=True,
-                                  text=True, timeout=120, env={**os.environ, "SOUNDSCAPE_QUERY_DB": str(tmp / "q.sqlite")})
+        for command in (
+            ["store", "verify", str(store)],
+            ["serve", "--bundle", str(data / "bundle"), "--store", str(store), "--port", str(free_port())],
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "cli.main", *command],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "SOUNDSCAPE_QUERY_DB": str(tmp / "q.sqlite")},
+            )
             answers[command[0]] = (done.returncode, done.stderr.strip().replace(str(store) + "/", ""))
-        rows.append({"damage": name, "expected": "exit 2, one sentence naming the file",
-                     "verify": answers["store"], "serve": answers["serve"]})
+        rows.append(
+            {
+                "damage": name,
+                "expected": "exit 2, one sentence naming the file",
+                "verify": answers["store"],
+                "serve": answers["serve"],
+            }
+        )
         shutil.rmtree(store)
     return rows
 
@@ -388,9 +537,11 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "demo")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-                     "requests": []}
+    results: dict = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "requests": [],
+    }
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         server = Server(args.data_dir, tmp, {"SOUNDSCAPE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)})
@@ -405,9 +556,14 @@ def main() -> None:
                     got = run()
                 except Exception as exc:  # noqa: BLE001 - a crash of the case is a result to report
                     got = f"client error: {exc!r}"[:120]
-                row = {"case": case, "expected": expected, "got": got,
-                       "seconds": round(time.perf_counter() - since, 2),
-                       "rss_delta_mb": round(server.rss_mb() - rss, 1), "bystander": bystander.window(since)}
+                row = {
+                    "case": case,
+                    "expected": expected,
+                    "got": got,
+                    "seconds": round(time.perf_counter() - since, 2),
+                    "rss_delta_mb": round(server.rss_mb() - rss, 1),
+                    "bystander": bystander.window(since),
+                }
                 results["requests"].append(row)
                 print(json.dumps(row), flush=True)
             bystander.close()
@@ -426,16 +582,23 @@ def main() -> None:
 
 def markdown(results: dict) -> str:
     """The tables of docs/reliability.md."""
-    rows = ["| case | expected | got | s | RSS MB | bystander p50 / max ms (failed of n) |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| case | expected | got | s | RSS MB | bystander p50 / max ms (failed of n) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results["requests"]:
         b = r["bystander"]
         seen = f"{b['p50_ms']:.0f} / {b['max_ms']:.0f} ({b['failed']} of {b['n']})" if b["n"] else ""
-        rows.append(f"| {r['case']} | {r['expected']} | {r['got']} | {r['seconds']} | {r['rss_delta_mb']:+g} | {seen} |")
+        rows.append(
+            f"| {r['case']} | {r['expected']} | {r['got']} | {r['seconds']} | {r['rss_delta_mb']:+g} | {seen} |"
+        )
     limit = results["rate_limit"]
     rows.append(f"| {limit['case']} (a second server) | {limit['expected']} | {limit['got']} | | | |")
     rows += ["", "| damage | `store verify` | `serve` |", "|---|---|---|"]
     for d in results["damaged_stores"]:
-        rows.append(f"| {d['damage']} | exit {d['verify'][0]}: `{d['verify'][1]}` | exit {d['serve'][0]}: `{d['serve'][1]}` |")
+        rows.append(
+            f"| {d['damage']} | exit {d['verify'][0]}: `{d['verify'][1]}` | exit {d['serve'][0]}: `{d['serve'][1]}` |"
+        )
     return "\n".join(rows)
 
 

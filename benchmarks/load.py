@@ -16,6 +16,7 @@ with no attack: what the limits cost (median round of each).
 
 Needs wrk (apt-get install wrk). docs/reliability.md holds a run. About two minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,16 +60,35 @@ def wrk(base: str, urls: list[str], seconds: int, connections: int) -> dict:
         listing, script = Path(tmp) / "urls.txt", Path(tmp) / "mix.lua"
         listing.write_text("\n".join(urls) + "\n")
         script.write_text(WRK_SCRIPT)
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
-                              "-s", str(script), base], capture_output=True, text=True,
-                             env={**os.environ, "URLS": str(listing)}, check=True).stdout
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t2",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "10s",
+                "--latency",
+                "-s",
+                str(script),
+                base,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "URLS": str(listing)},
+            check=True,
+        ).stdout
     latency = {p: m.group(1) for p in ("50%", "99%") if (m := re.search(rf"\s{re.escape(p)}\s+([\d.]+\w+)", out))}
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {"requests": requests, "per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50": latency.get("50%"), "p99": latency.get("99%"),
-            "errors": (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0)}
+    return {
+        "requests": requests,
+        "per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": latency.get("50%"),
+        "p99": latency.get("99%"),
+        "errors": (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0),
+    }
 
 
 class RssSampler:
@@ -135,8 +155,11 @@ def big_header(port: int, stop: threading.Event) -> None:
 def attacks(server: Server, urls: list[str]) -> dict:
     """20 clients' latency with no attack, under slow clients, under big headers (10 s each)."""
     others = {}
-    for name, threads, attack in (("no attack", 0, None), ("300 slow clients", 300, slow_client),
-                                  ("4 senders of 100 MB headers", 4, big_header)):
+    for name, threads, attack in (
+        ("no attack", 0, None),
+        ("300 slow clients", 300, slow_client),
+        ("4 senders of 100 MB headers", 4, big_header),
+    ):
         running = Attack(server.port, threads, attack) if attack else None
         time.sleep(2 if attack else 0)
         others[name] = wrk(server.base, urls, 10, 20)
@@ -171,8 +194,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--overhead", action="store_true", help="also measure what the limits cost")
     args = parser.parse_args()
-    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"}
+    results: dict = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+    }
     urls = paths()
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(args.data_dir, Path(tmp))
@@ -184,8 +209,12 @@ def main() -> None:
             load = wrk(server.base, urls, args.seconds, args.clients)
             rss.close()
             window = min(20, args.seconds // 3)
-            load.update(rss_first_mb=rss.mean(0, window), rss_last_mb=rss.mean(args.seconds - window, args.seconds + 1),
-                        rss_max_mb=max(m for _, m in rss.samples), distinct_urls=len(urls))
+            load.update(
+                rss_first_mb=rss.mean(0, window),
+                rss_last_mb=rss.mean(args.seconds - window, args.seconds + 1),
+                rss_max_mb=max(m for _, m in rss.samples),
+                distinct_urls=len(urls),
+            )
             results["load"] = {"clients": args.clients, "seconds": args.seconds, **load}
             print(json.dumps(results["load"]), flush=True)
             results["others_under_attack"] = {"soundscape serve": attacks(server, urls)}

@@ -11,6 +11,7 @@ Measures, each as the median of --repeats runs from scratch into a temporary dir
   monthly fusions at levels 0..6), index, checksums and manifest included.
 Prints one JSON object with the machine, the device precompute chose and the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ from precompute.plan import WORLD  # noqa: E402
 from precompute.run import run  # noqa: E402
 
 
-def _timed_run(imagery: Path, bundle_path: Path, levels: list[int], fusion_levels: tuple[int, ...]) -> tuple[float, float]:
+def _timed_run(
+    imagery: Path, bundle_path: Path, levels: list[int], fusion_levels: tuple[int, ...]
+) -> tuple[float, float]:
     """(wall seconds of a run from scratch, its pipeline cells/s)."""
     device = select_device(bundle_path)
     bundle = open_bundle(bundle_path, device)
@@ -42,8 +45,16 @@ def _timed_run(imagery: Path, bundle_path: Path, levels: list[int], fusion_level
         bundle.session(graph)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        _, report = run(Imagery(str(imagery)), bundle, levels, WORLD, Path(tmp) / "store", progress=False,
-                        fusion_levels=fusion_levels, readers=device.readers)
+        _, report = run(
+            Imagery(str(imagery)),
+            bundle,
+            levels,
+            WORLD,
+            Path(tmp) / "store",
+            progress=False,
+            fusion_levels=fusion_levels,
+            readers=device.readers,
+        )
         return time.perf_counter() - started, report.cells_per_s
 
 
@@ -60,16 +71,28 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
         rates.append(_timed_run(imagery, bundle, [7], ())[1])
         builds.append(_timed_run(imagery, bundle, DEMO_LEVELS, DEMO_FUSION_LEVELS)[0])
-    print(json.dumps({
-        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "device": f"{device.kind}, {device.precision}, batch {device.batch}, {device.readers} readers",
-        "bundle": json.loads((bundle / "manifest.json").read_text())["id"],
-        "level7_cells_per_s": {"median": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates]},
-        "demo_store_s": {"median": round(statistics.median(builds), 1), "runs": [round(b, 1) for b in builds],
-                         "levels": f"{DEMO_LEVELS[0]}..{DEMO_LEVELS[-1]}",
-                         "fusion_levels": f"{DEMO_FUSION_LEVELS[0]}..{DEMO_FUSION_LEVELS[-1]}"},
-        "load_average_before_runs": [round(v, 2) for v in loads],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "date": date.today().isoformat(),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "device": f"{device.kind}, {device.precision}, batch {device.batch}, {device.readers} readers",
+                "bundle": json.loads((bundle / "manifest.json").read_text())["id"],
+                "level7_cells_per_s": {
+                    "median": round(statistics.median(rates), 1),
+                    "runs": [round(r, 1) for r in rates],
+                },
+                "demo_store_s": {
+                    "median": round(statistics.median(builds), 1),
+                    "runs": [round(b, 1) for b in builds],
+                    "levels": f"{DEMO_LEVELS[0]}..{DEMO_LEVELS[-1]}",
+                    "fusion_levels": f"{DEMO_FUSION_LEVELS[0]}..{DEMO_FUSION_LEVELS[-1]}",
+                },
+                "load_average_before_runs": [round(v, 2) for v in loads],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

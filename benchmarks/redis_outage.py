@@ -11,6 +11,7 @@ outage would be a 404 there.
 
 docs/reliability.md holds a run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,29 @@ QUERIES = ("birdsong", "rain", "traffic", "waves%20on%20the%20shore")
 
 
 def start_redis(port: int, folder: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(port),
-                             "--dir", str(folder), "--save", "", "--appendonly", "yes",
-                             "--appendfsync", "everysec", "--maxmemory", "256mb",
-                             "--maxmemory-policy", "volatile-lru"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            shutil.which("redis-server"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(folder),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory",
+            "256mb",
+            "--maxmemory-policy",
+            "volatile-lru",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(100):
         try:
             httpx.get(f"http://127.0.0.1:{port}", timeout=0.2)
@@ -75,8 +94,7 @@ def run(data: Path, seconds: float) -> dict:
         results: list[tuple[float, int]] = []
         registered: list[str] = []
         stop = threading.Event()
-        threads = [threading.Thread(target=client, args=(server.base, w, stop, results, registered))
-                   for w in range(16)]
+        threads = [threading.Thread(target=client, args=(server.base, w, stop, results, registered)) for w in range(16)]
         try:
             for t in threads:
                 t.start()
@@ -104,10 +122,16 @@ def run(data: Path, seconds: float) -> dict:
             redis.kill()
     statuses = [status for _, status in results]
     times = sorted(t for t, _ in results)
-    return {"seconds": seconds, "requests": len(results), "non_2xx": sum(not 200 <= s < 300 for s in statuses),
-            "during_outage": restarted_at - killed_at, "registered": len(registered), "lost": len(lost),
-            "p50_ms": round(statistics.median(times) * 1000, 1),
-            "p99_ms": round(times[int(0.99 * (len(times) - 1))] * 1000, 1)}
+    return {
+        "seconds": seconds,
+        "requests": len(results),
+        "non_2xx": sum(not 200 <= s < 300 for s in statuses),
+        "during_outage": restarted_at - killed_at,
+        "registered": len(registered),
+        "lost": len(lost),
+        "p50_ms": round(statistics.median(times) * 1000, 1),
+        "p99_ms": round(times[int(0.99 * (len(times) - 1))] * 1000, 1),
+    }
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ Every measure records the 1-minute load average before and after it. `--flamegra
 py-spy flame graphs of the server during warm, cold and hour= loads (after the measures, so
 sampling does not slow them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,8 +110,20 @@ def running(cmd: list[str], ready: str, env: dict[str, str] | None = None) -> It
 
 
 def soundscape(bundle: Path, store: Path, workers: int, query_db: Path) -> list[str]:
-    return [sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle), "--store", str(store),
-            "--workers", str(workers), "--query-db", str(query_db)]
+    return [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "serve",
+        "--bundle",
+        str(bundle),
+        "--store",
+        str(store),
+        "--workers",
+        str(workers),
+        "--query-db",
+        str(query_db),
+    ]
 
 
 def baseline(name: str, workers: int) -> list[str]:
@@ -158,8 +171,9 @@ async def viewport_once(base: str, text: str) -> float:
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
         await http.get("/healthz")  # connections are open before the clock starts, as in a loaded page
         began = time.perf_counter()
-        answers = await asyncio.gather(*(http.get(f"/tiles/{z}/{x}/{y}.png", params={"q": text})
-                                         for z, x, y in VIEWPORT))
+        answers = await asyncio.gather(
+            *(http.get(f"/tiles/{z}/{x}/{y}.png", params={"q": text}) for z, x, y in VIEWPORT)
+        )
         elapsed = time.perf_counter() - began
     for answer in answers:
         answer.raise_for_status()
@@ -168,9 +182,26 @@ async def viewport_once(base: str, text: str) -> float:
 
 def flamegraph(pid: int, out: Path, seconds: int, load_fn: Callable[[], object]) -> None:
     """py-spy's flame graph of the server (all workers) while `load_fn` runs."""
-    spy = subprocess.Popen([PY_SPY, "record", "--pid", str(pid), "--subprocesses", "--duration", str(seconds),
-                            "--rate", "200", "--nonblocking", "--format", "flamegraph", "--output", str(out)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    spy = subprocess.Popen(
+        [
+            PY_SPY,
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--duration",
+            str(seconds),
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--format",
+            "flamegraph",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(1.0)  # py-spy attaches
     load_fn()
     _, err = spy.communicate(timeout=seconds + 60)
@@ -179,6 +210,7 @@ def flamegraph(pid: int, out: Path, seconds: int, load_fn: Callable[[], object])
 
 
 # Measures ------------------------------------------------------------------------------------
+
 
 def interleaved(servers: dict[str, tuple[str, list[str], str | None]], args) -> dict:
     """wrk on each server (base URL, paths, Lua script or None) in turn, `args.rounds` times (so a
@@ -202,19 +234,30 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
     cold_urls = [f"/tiles/{z}/{x}/{y}.png?layer=heatmap" for z, x, y in tile_paths(4)]
     with ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
-        base, pid = stack.enter_context(running(soundscape(args.bundle, args.store, args.workers,
-                                                           Path(tmp) / "q.sqlite"), "/healthz"))
+        base, pid = stack.enter_context(
+            running(soundscape(args.bundle, args.store, args.workers, Path(tmp) / "q.sqlite"), "/healthz")
+        )
         answers = fetch_all(base, warm_urls)
         write_tiles(answers, tiles_dir)
         # What fetch_all missed, under the measure's own load: warm means every worker has every tile.
         result["warm_up"] = run_wrk(base, warm_urls, 3, args.connections)
         if "warm" in args.only:
-            bare = {name: stack.enter_context(running(baseline(name, args.workers), warm_urls[0],
-                                                      {"BASELINE_TILES": str(tiles_dir)}))[0]
-                    for name in ("bare_asgi", "bare_fastapi")}
+            bare = {
+                name: stack.enter_context(
+                    running(baseline(name, args.workers), warm_urls[0], {"BASELINE_TILES": str(tiles_dir)})
+                )[0]
+                for name in ("bare_asgi", "bare_fastapi")
+            }
             with measured(result, "warm") as entry:
-                entry.update(interleaved({"soundscape": (base, warm_urls, None),
-                                          **{name: (url, warm_urls, None) for name, url in bare.items()}}, args))
+                entry.update(
+                    interleaved(
+                        {
+                            "soundscape": (base, warm_urls, None),
+                            **{name: (url, warm_urls, None) for name, url in bare.items()},
+                        },
+                        args,
+                    )
+                )
                 ours = entry["soundscape"]["tiles_per_s"]
                 entry["ratio_to_bare_asgi"] = round(ours / entry["bare_asgi"]["tiles_per_s"], 2)
                 entry["ratio_to_bare_fastapi"] = round(ours / entry["bare_fastapi"]["tiles_per_s"], 2)
@@ -232,8 +275,16 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
             with measured(result, "viewport") as entry:
                 salt = secrets.token_hex(3)
                 samples = [asyncio.run(viewport_once(base, f"viewport {salt} {i}")) for i in range(args.repeat)]
-                entry.update({"tiles": len(VIEWPORT), "zoom": 3, "connections": 6, "p50_ms": p50_ms(samples),
-                              "max_ms": round(max(samples) * 1000, 1), "runs": len(samples)})
+                entry.update(
+                    {
+                        "tiles": len(VIEWPORT),
+                        "zoom": 3,
+                        "connections": 6,
+                        "p50_ms": p50_ms(samples),
+                        "max_ms": round(max(samples) * 1000, 1),
+                        "runs": len(samples),
+                    }
+                )
         if "cold" in args.only:
             imagery = store_imagery(Store(args.store))
             with measured(result, "cold") as entry:
@@ -247,30 +298,44 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
                     entry["titiler"] = f"not run: the store's imagery is {imagery!r}, TiTiler needs one raster"
                 entry.update(interleaved(servers, args))
                 if "titiler" in servers:
-                    entry["ratio_to_titiler"] = round(entry["soundscape"]["tiles_per_s"]
-                                                      / entry["titiler"]["tiles_per_s"], 1)
+                    entry["ratio_to_titiler"] = round(
+                        entry["soundscape"]["tiles_per_s"] / entry["titiler"]["tiles_per_s"], 1
+                    )
         if flames is not None:
             seconds = max(8, 2 * args.duration)
-            flamegraph(pid, flames / "warm.svg", seconds,
-                       lambda: run_wrk(base, warm_urls, seconds - 2, args.connections))
-            flamegraph(pid, flames / "cold.svg", seconds,
-                       lambda: run_wrk(base, cold_urls, seconds - 2, args.connections, NEW_QUERY_SCRIPT,
-                                       {"SALT": secrets.token_hex(4)}))
-            flamegraph(pid, flames / "hour.svg", seconds,
-                       lambda: run_wrk(base, ["/"], seconds - 2, args.connections, HOUR_SCRIPT))
+            flamegraph(
+                pid, flames / "warm.svg", seconds, lambda: run_wrk(base, warm_urls, seconds - 2, args.connections)
+            )
+            flamegraph(
+                pid,
+                flames / "cold.svg",
+                seconds,
+                lambda: run_wrk(
+                    base, cold_urls, seconds - 2, args.connections, NEW_QUERY_SCRIPT, {"SALT": secrets.token_hex(4)}
+                ),
+            )
+            flamegraph(
+                pid,
+                flames / "hour.svg",
+                seconds,
+                lambda: run_wrk(base, ["/"], seconds - 2, args.connections, HOUR_SCRIPT),
+            )
 
 
 def measure_hour_tile(args, result: dict) -> None:
     """In a subprocess (a clean process: one BLAS thread, as the server) via server_latency."""
-    code = ("import asyncio, json, sys; sys.path.insert(0, '.');"
-            "from benchmarks.server_latency import hour_versus_default;"
-            f"print(json.dumps(hour_versus_default({str(args.bundle)!r}, {str(args.store)!r}, {args.repeat * 3})))")
+    code = (
+        "import asyncio, json, sys; sys.path.insert(0, '.');"
+        "from benchmarks.server_latency import hour_versus_default;"
+        f"print(json.dumps(hour_versus_default({str(args.bundle)!r}, {str(args.store)!r}, {args.repeat * 3})))"
+    )
     with measured(result, "hour_tile") as entry:
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
         entry.update(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 # Report --------------------------------------------------------------------------------------
+
 
 def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
@@ -281,32 +346,63 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
     m, out = result["measures"], []
     if "warm" in m and "bare_asgi" in m["warm"]:
         w = m["warm"]
-        out.append(("warm tiles/s (cache hits, 341 tiles of zooms 0-4)", f"{w['soundscape']['tiles_per_s']:.0f}",
-                    f"bare ASGI app, same bytes: {w['bare_asgi']['tiles_per_s']:.0f}; bare FastAPI route: "
-                    f"{w['bare_fastapi']['tiles_per_s']:.0f}",
-                    f"**{w['ratio_to_bare_asgi']}** of bare ASGI (target >= 0.6); {w['ratio_to_bare_fastapi']} of FastAPI"))
+        out.append(
+            (
+                "warm tiles/s (cache hits, 341 tiles of zooms 0-4)",
+                f"{w['soundscape']['tiles_per_s']:.0f}",
+                f"bare ASGI app, same bytes: {w['bare_asgi']['tiles_per_s']:.0f}; bare FastAPI route: "
+                f"{w['bare_fastapi']['tiles_per_s']:.0f}",
+                f"**{w['ratio_to_bare_asgi']}** of bare ASGI (target >= 0.6); {w['ratio_to_bare_fastapi']} of FastAPI",
+            )
+        )
     if "cold" in m and isinstance(m["cold"].get("titiler"), dict):
         c = m["cold"]
-        out.append(("cold tiles/s (every request a new text query)", f"{c['soundscape']['tiles_per_s']:.0f}",
-                    f"TiTiler, same GeoTIFF: {c['titiler']['tiles_per_s']:.0f}",
-                    f"**{c['ratio_to_titiler']}x** TiTiler (target >= 15x)"))
+        out.append(
+            (
+                "cold tiles/s (every request a new text query)",
+                f"{c['soundscape']['tiles_per_s']:.0f}",
+                f"TiTiler, same GeoTIFF: {c['titiler']['tiles_per_s']:.0f}",
+                f"**{c['ratio_to_titiler']}x** TiTiler (target >= 15x)",
+            )
+        )
     if "hour_tile" in m:
         h = m["hour_tile"]
-        out.append((f"cold tile, `hour=6`, level {h['level']} (no stored fusions), in process",
-                    f"{h['cold_tile_hour_ms']} ms", f"default-metadata tile: {h['cold_tile_default_ms']} ms",
-                    f"**{h['ratio']}x** the default tile (target <= 3x)"))
+        out.append(
+            (
+                f"cold tile, `hour=6`, level {h['level']} (no stored fusions), in process",
+                f"{h['cold_tile_hour_ms']} ms",
+                f"default-metadata tile: {h['cold_tile_default_ms']} ms",
+                f"**{h['ratio']}x** the default tile (target <= 3x)",
+            )
+        )
     if "search" in m:
         s = m["search"]
-        out.append((f"`/search` with hour and month (level {s['level']}), repeated metadata",
-                    f"p50 {s['with_hour_month_repeat_p50_ms']} ms (first: {s['with_hour_month_first_ms']} ms)",
-                    f"`/search` without metadata: p50 {s['without_metadata_p50_ms']} ms",
-                    "target p50 <= 50 ms"))
-        out.append(("`/search` with a new hour and month each request", f"p50 {s['with_new_hour_month_p50_ms']} ms",
-                    f"without metadata: p50 {s['without_metadata_p50_ms']} ms", "target p50 <= 50 ms"))
+        out.append(
+            (
+                f"`/search` with hour and month (level {s['level']}), repeated metadata",
+                f"p50 {s['with_hour_month_repeat_p50_ms']} ms (first: {s['with_hour_month_first_ms']} ms)",
+                f"`/search` without metadata: p50 {s['without_metadata_p50_ms']} ms",
+                "target p50 <= 50 ms",
+            )
+        )
+        out.append(
+            (
+                "`/search` with a new hour and month each request",
+                f"p50 {s['with_new_hour_month_p50_ms']} ms",
+                f"without metadata: p50 {s['without_metadata_p50_ms']} ms",
+                "target p50 <= 50 ms",
+            )
+        )
     if "viewport" in m:
         v = m["viewport"]
-        out.append(("new query's viewport (20 tiles of zoom 3, 6 connections)", f"p50 {v['p50_ms']} ms",
-                    f"max {v['max_ms']} ms over {v['runs']} new queries", "target p50 <= 100 ms"))
+        out.append(
+            (
+                "new query's viewport (20 tiles of zoom 3, 6 connections)",
+                f"p50 {v['p50_ms']} ms",
+                f"max {v['max_ms']} ms over {v['runs']} new queries",
+                "target p50 <= 100 ms",
+            )
+        )
     return out
 
 
@@ -314,13 +410,20 @@ def markdown(result: dict) -> str:
     lines = ["| figure | measured | baseline in the same run | ratio / target |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(result)]
     loads = ", ".join(f"{name} {e['load_before']}-{e['load_after']}" for name, e in result["measures"].items())
-    return "\n".join([
-        f"    {result['command']}", "",
-        f"Commit {result['commit']}, {result['date']}, {result['machine']}, Python {result['python']}, no GPU. "
-        f"wrk {result['wrk']['threads']} threads, {result['wrk']['connections']} connections, "
-        f"{result['wrk']['rounds']} interleaved rounds of {result['wrk']['duration_s']} s per server (the median round "
-        f"is shown); every server {result['workers']} uvicorn workers, no Redis. "
-        f"Load average (1 min) before-after each measure: {loads}.", "", *lines, ""])
+    return "\n".join(
+        [
+            f"    {result['command']}",
+            "",
+            f"Commit {result['commit']}, {result['date']}, {result['machine']}, Python {result['python']}, no GPU. "
+            f"wrk {result['wrk']['threads']} threads, {result['wrk']['connections']} connections, "
+            f"{result['wrk']['rounds']} interleaved rounds of {result['wrk']['duration_s']} s per server (the median round "
+            f"is shown); every server {result['workers']} uvicorn workers, no Redis. "
+            f"Load average (1 min) before-after each measure: {loads}.",
+            "",
+            *lines,
+            "",
+        ]
+    )
 
 
 def update_markdown(path: Path, text: str) -> None:
@@ -329,7 +432,7 @@ def update_markdown(path: Path, text: str) -> None:
     doc = path.read_text()
     block = f"{begin}\n{text}{end}"
     if begin in doc:
-        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
     else:
         doc = doc.rstrip("\n") + "\n\n## Performance harness\n\n" + block + "\n"
     path.write_text(doc)
@@ -344,8 +447,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5, help="samples of search and viewport (x3: hour tile)")
-    parser.add_argument("--only", default="warm,cold,hour_tile,search,viewport",
-                        help="comma-separated measures")
+    parser.add_argument("--only", default="warm,cold,hour_tile,search,viewport", help="comma-separated measures")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks/results/performance.json")
     parser.add_argument("--markdown", type=Path, help="BENCHMARKS.md to write the table into")
     parser.add_argument("--flamegraphs", type=Path, help="directory for py-spy SVGs of warm, cold and hour=")
@@ -360,13 +462,27 @@ def main() -> None:
     if args.flamegraphs:
         args.flamegraphs.mkdir(parents=True, exist_ok=True)
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
-    result = {"command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
-              "commit": git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "server") else ""),
-              "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "python": platform.python_version(), "gpu": None, "workers": args.workers, "redis": None,
-              "wrk": {"version": wrk_version, "threads": 2, "connections": args.connections,
-                      "duration_s": args.duration, "rounds": args.rounds},
-              "warm_query": WARM_QUERY, "bundle": str(args.bundle), "store": str(args.store), "measures": {}}
+    result = {
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+        "commit": git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "server") else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "gpu": None,
+        "workers": args.workers,
+        "redis": None,
+        "wrk": {
+            "version": wrk_version,
+            "threads": 2,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+        },
+        "warm_query": WARM_QUERY,
+        "bundle": str(args.bundle),
+        "store": str(args.store),
+        "measures": {},
+    }
     with tempfile.TemporaryDirectory() as tiles_dir:
         if args.only & {"warm", "cold", "search", "viewport"} or args.flamegraphs:
             measure_http(args, result, Path(tiles_dir), args.flamegraphs)

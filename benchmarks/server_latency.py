@@ -7,6 +7,7 @@ excluded): a cold heatmap tile with default metadata, a cold tile with `hour=`, 
 a 10 s audio query. Baseline in the same process: rio-tiler reading and rendering the same tile
 of the imagery at its defaults (the per-tile work TiTiler does). Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -115,12 +116,21 @@ async def measure(service: SoundscapeService, repeat: int) -> dict:
             await service.audio_query(clip)
             audio.append(time.perf_counter() - start)
     cpu["audio_query_10s"] = clock.per_item_ms(len(clips))
-    return {"cold_tile_default_ms": median_ms(default), "cold_tile_hour_ms": median_ms(hour),
-            "text_query_ms": median_ms(text), "audio_query_10s_ms": median_ms(audio), "cpu_ms_per_item": cpu,
-            "load_average_1min": os.getloadavg()[0],
-            "tiles": len(tiles), "zoom": zoom, "repeat": repeat, "renders": service.stats["renders"],
-            "fusions": service.stats["fusions"], "text_encodings": service.stats["text_encodings"],
-            "audio_encodings": service.stats["audio_encodings"]}
+    return {
+        "cold_tile_default_ms": median_ms(default),
+        "cold_tile_hour_ms": median_ms(hour),
+        "text_query_ms": median_ms(text),
+        "audio_query_10s_ms": median_ms(audio),
+        "cpu_ms_per_item": cpu,
+        "load_average_1min": os.getloadavg()[0],
+        "tiles": len(tiles),
+        "zoom": zoom,
+        "repeat": repeat,
+        "renders": service.stats["renders"],
+        "fusions": service.stats["fusions"],
+        "text_encodings": service.stats["text_encodings"],
+        "audio_encodings": service.stats["audio_encodings"],
+    }
 
 
 def hour_versus_default(bundle: str, store: str, repeat: int) -> dict:
@@ -140,12 +150,18 @@ def hour_versus_default(bundle: str, store: str, repeat: int) -> dict:
         await time_tiles(service, tiles, 2)
         default, hour = [], []
         for i in range(0, repeat, 5):  # interleaved, so a load change hits both
-            part = tiles[i:i + 5]
+            part = tiles[i : i + 5]
             default += await time_tiles(service, part, len(part))
             hour += await time_tiles(service, part, len(part), hour=6)
         d, h = median_ms(default), median_ms(hour)
-        return {"level": zoom + 4, "zoom": zoom, "tiles": repeat, "cold_tile_default_ms": d,
-                "cold_tile_hour_ms": h, "ratio": round(h / d, 1)}
+        return {
+            "level": zoom + 4,
+            "zoom": zoom,
+            "tiles": repeat,
+            "cold_tile_default_ms": d,
+            "cold_tile_hour_ms": h,
+            "ratio": round(h / d, 1),
+        }
 
     return asyncio.run(run())
 
@@ -176,11 +192,20 @@ def main() -> None:
     imagery = service.imagery.path if service.imagery else None
     if imagery:
         result["baseline_rio_tiler_tile_ms"] = rio_tiler_baseline(
-            imagery, tiles_of(service.store, service.store.maxlevel - 4, args.repeat))
+            imagery, tiles_of(service.store, service.store.maxlevel - 4, args.repeat)
+        )
         result["ratio_baseline_over_cold_default"] = round(
-            result["baseline_rio_tiler_tile_ms"] / result["cold_tile_default_ms"], 2)
-    result.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
-                   "date": time.strftime("%Y-%m-%d"), "bundle": service.bundle.id, "store": service.store.id})
+            result["baseline_rio_tiler_tile_ms"] / result["cold_tile_default_ms"], 2
+        )
+    result.update(
+        {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d"),
+            "bundle": service.bundle.id,
+            "store": service.store.id,
+        }
+    )
     print(json.dumps(result, indent=2))
 
 

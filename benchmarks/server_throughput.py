@@ -10,6 +10,7 @@ and pass its python. `--redis-restart` serves with Redis and restarts it under l
 `--connections 200` checks 200 concurrent clients. Prints one JSON object: tiles/s, latency
 percentiles, non-2xx answers, server memory (RSS of all server processes), ratio to TiTiler.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from store.format import Store  # noqa: E402
 from server.service import store_imagery  # noqa: E402
+
 WRK_SCRIPT = """
 local urls = {}
 for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
@@ -86,28 +88,47 @@ def rss_mb(pid: int) -> float:
     return round(sum(r for p, _, r in rows if p in family) / 1024, 1)
 
 
-def run_wrk(base: str, paths: list[str], duration: int, connections: int, lua: str = WRK_SCRIPT,
-            env: dict[str, str] | None = None) -> dict:
+def run_wrk(
+    base: str,
+    paths: list[str],
+    duration: int,
+    connections: int,
+    lua: str = WRK_SCRIPT,
+    env: dict[str, str] | None = None,
+) -> dict:
     """wrk cycling `paths` (or whatever the `lua` script makes of them, with `env`)."""
     with tempfile.TemporaryDirectory() as tmp:
         urls, script = Path(tmp) / "urls.txt", Path(tmp) / "urls.lua"
         urls.write_text("\n".join(paths) + "\n")
         script.write_text(lua)
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), base],
-                             capture_output=True, text=True, env={**os.environ, **(env or {}), "URLS": str(urls)},
-                             check=True).stdout
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), base],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {}), "URLS": str(urls)},
+            check=True,
+        ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    latency = {p: m.group(1) for p in ("50%", "90%", "99%")
-               if (m := re.search(rf"{re.escape(p)}\s+([\d.]+\w+)", out))}
+    latency = {p: m.group(1) for p in ("50%", "90%", "99%") if (m := re.search(rf"{re.escape(p)}\s+([\d.]+\w+)", out))}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockets = re.search(r"Socket errors: (.*)", out)
-    return {"tiles_per_s": rps, "latency": latency, "non_2xx": int(errors.group(1)) if errors else 0,
-            "socket_errors": sockets.group(1) if sockets else "none"}
+    return {
+        "tiles_per_s": rps,
+        "latency": latency,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": sockets.group(1) if sockets else "none",
+    }
 
 
 def serve(cmd: list[str], env: dict, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env={**os.environ, **env}, cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -116,8 +137,23 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def start_redis(port: int, workdir: str) -> subprocess.Popen:
-    proc = serve(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                  "--dir", workdir], {}, Path(workdir))
+    proc = serve(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        {},
+        Path(workdir),
+    )
     wait_port(port)
     return proc
 
@@ -130,16 +166,34 @@ def wait_port(port: int, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
-def bench_soundscape(data: Path, paths: list[str], duration: int, connections: int,
-                     redis_restart: bool = False) -> dict:
+def bench_soundscape(
+    data: Path, paths: list[str], duration: int, connections: int, redis_restart: bool = False
+) -> dict:
     """Warm tiles; with `redis_restart`, Redis is killed a third into the load and restarted
     at two thirds (every response must still be 2xx)."""
     port, redis_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         redis = start_redis(redis_port, tmp) if redis_restart else None
         extra = ["--redis-url", f"redis://127.0.0.1:{redis_port}/0"] if redis_restart else []
-        proc = serve([sys.executable, "-m", "cli.main", "serve", "--bundle", str(data / "bundle"), "--store",
-                      str(data / "store"), "--port", str(port), "--workers", "2", *extra], {}, REPO)
+        proc = serve(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "serve",
+                "--bundle",
+                str(data / "bundle"),
+                "--store",
+                str(data / "store"),
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                *extra,
+            ],
+            {},
+            REPO,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             wait_ready(f"{base}/healthz")
@@ -169,8 +223,22 @@ def bench_titiler(python: str, imagery: Path, paths: list[str], duration: int, c
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "titiler_app.py").write_text(TITILER_APP)
-        proc = serve([python, "-m", "uvicorn", "titiler_app:app", "--port", str(port), "--workers", "2",
-                      "--log-level", "warning"], {}, Path(tmp))
+        proc = serve(
+            [
+                python,
+                "-m",
+                "uvicorn",
+                "titiler_app:app",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--log-level",
+                "warning",
+            ],
+            {},
+            Path(tmp),
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             wait_ready(f"{base}/docs")
@@ -191,18 +259,25 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--maxzoom", type=int, default=4, help="tiles of zooms 0..maxzoom are cycled")
-    parser.add_argument("--redis-restart", action="store_true",
-                        help="serve with Redis, and kill and restart Redis during the load")
+    parser.add_argument(
+        "--redis-restart", action="store_true", help="serve with Redis, and kill and restart Redis during the load"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
     data = Path(args.data_dir).resolve()
     tiles = tile_paths(args.maxzoom)
     ours = [f"/tiles/{z}/{x}/{y}.png?q=birdsong&hour=6" for z, x, y in tiles]
-    result = {"tiles": len(tiles), "zooms": f"0..{args.maxzoom}", "duration_s": args.duration,
-              "connections": args.connections, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "date": time.strftime("%Y-%m-%d"), "redis_restart": args.redis_restart,
-              "soundscape": bench_soundscape(data, ours, args.duration, args.connections, args.redis_restart)}
+    result = {
+        "tiles": len(tiles),
+        "zooms": f"0..{args.maxzoom}",
+        "duration_s": args.duration,
+        "connections": args.connections,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+        "redis_restart": args.redis_restart,
+        "soundscape": bench_soundscape(data, ours, args.duration, args.connections, args.redis_restart),
+    }
     if args.titiler_python:
         imagery = store_imagery(Store(data / "store"))
         if not isinstance(imagery, str):

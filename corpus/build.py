@@ -8,6 +8,7 @@ the assets and the parameters.
 
 On-disk format: docs/corpus.md.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,14 @@ class BuildConfig:
 # ---------------------------------------------------------------------------------------------
 # Locations, cells and times.
 
-def draw_locations(places: Places, n: int, bounds: tuple[float, float, float, float],
-                   shares: dict[str, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def draw_locations(
+    places: Places,
+    n: int,
+    bounds: tuple[float, float, float, float],
+    shares: dict[str, float],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lat, lon, stratum index into STRATA) of n points, uniform by area within each stratum."""
     west, south, east, north = bounds
     south, north = max(south, -MERCATOR_LAT), min(north, MERCATOR_LAT)
@@ -81,16 +88,22 @@ def draw_locations(places: Places, n: int, bounds: tuple[float, float, float, fl
         lon = rng.uniform(west, east, m)
         land, coast = places.is_land(lat, lon), places.coast_km(lat, lon)
         lit = land & (places.lights(lat, lon) >= LIT)
-        masks = {"land": land & ~lit & (coast >= COAST_KM), "coast": ~lit & (coast < COAST_KM),
-                 "sea": ~land & (coast >= COAST_KM), "lit": lit}
+        masks = {
+            "land": land & ~lit & (coast >= COAST_KM),
+            "coast": ~lit & (coast < COAST_KM),
+            "sea": ~land & (coast >= COAST_KM),
+            "lit": lit,
+        }
         for k in names:
             picked[k].append(np.stack([lat[masks[k]], lon[masks[k]]], axis=1))
     out = []
     for s, k in enumerate(names):
         points = np.concatenate(picked[k])[: quota[k]]
         if len(points) < quota[k]:
-            raise CorpusError(f"the imagery bounds hold too little {k} to draw {quota[k]} samples; "
-                              f"lower --samples or change the {k} share")
+            raise CorpusError(
+                f"the imagery bounds hold too little {k} to draw {quota[k]} samples; "
+                f"lower --samples or change the {k} share"
+            )
         out.append(np.column_stack([points, np.full(len(points), s)]))
     table = np.concatenate(out)
     table = table[rng.permutation(len(table))]
@@ -108,8 +121,17 @@ def cell_points(level: np.ndarray, x: np.ndarray, y: np.ndarray, k: int) -> tupl
     return lat, lon
 
 
-def cell_rules(places: Places, lat: np.ndarray, level: np.ndarray, x: np.ndarray, y: np.ndarray,
-               month: np.ndarray, hour: np.ndarray, k: int = CELL_GRID, chunk: int = 1024) -> rules.Evaluation:
+def cell_rules(
+    places: Places,
+    lat: np.ndarray,
+    level: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    month: np.ndarray,
+    hour: np.ndarray,
+    k: int = CELL_GRID,
+    chunk: int = 1024,
+) -> rules.Evaluation:
     """The rules at each sample's month and hour, averaged over a k x k grid of its cell.
 
     The image shows the whole cell, so where in it the point lies (which side of a coastline,
@@ -124,8 +146,11 @@ def cell_rules(places: Places, lat: np.ndarray, level: np.ndarray, x: np.ndarray
     for start in range(0, len(level), chunk):
         rows = slice(start, start + chunk)
         grid_lat, grid_lon = cell_points(level[rows], x[rows], y[rows], k)
-        grid = rules.evaluate(places.attributes(grid_lat.ravel(), grid_lon.ravel()),
-                              np.repeat(month[rows], k * k), np.repeat(hour[rows], k * k))
+        grid = rules.evaluate(
+            places.attributes(grid_lat.ravel(), grid_lon.ravel()),
+            np.repeat(month[rows], k * k),
+            np.repeat(hour[rows], k * k),
+        )
         per_point = grid.rules.reshape(*grid_lat.shape, -1)
         cell = per_point.mean(axis=1)
         cell[:, carrying] = np.sqrt(cell[:, carrying] * per_point[:, :, carrying].max(axis=1))
@@ -144,6 +169,7 @@ def tile_of(lat: np.ndarray, lon: np.ndarray, z: np.ndarray) -> tuple[np.ndarray
 
 # ---------------------------------------------------------------------------------------------
 # Sounds: which classes, which clips, at what gains, and the caption.
+
 
 def choose_sounds(weights: np.ndarray, available: np.ndarray, rng: np.random.Generator) -> list[tuple[int, float]]:
     """(class index, gain dB) of the layers of one sample, loudest first.
@@ -181,8 +207,14 @@ class Recipes:
     template: np.ndarray
 
 
-def make_recipes(evaluation: rules.Evaluation, p: PlaceAttributes, hour: np.ndarray, clips: list,
-                 n_frames: int, rng: np.random.Generator) -> Recipes:
+def make_recipes(
+    evaluation: rules.Evaluation,
+    p: PlaceAttributes,
+    hour: np.ndarray,
+    clips: list,
+    n_frames: int,
+    rng: np.random.Generator,
+) -> Recipes:
     by_class = {c: [i for i, clip in enumerate(clips) if clip.sound == c] for c in rules.CLASSES}
     available = np.array([bool(by_class[c]) for c in rules.CLASSES])
     n = len(hour)
@@ -200,15 +232,25 @@ def make_recipes(evaluation: rules.Evaluation, p: PlaceAttributes, hour: np.ndar
         captions.append(text)
         templates.append(template)
     ev = np.array(events, dtype=np.float64).reshape(-1, 5)
-    return Recipes(layers, gains, np.array(starts, np.int64),
-                   {"clip": ev[:, 0].astype(np.int32), "src": ev[:, 1].astype(np.int64),
-                    "dst": ev[:, 2].astype(np.int32), "length": ev[:, 3].astype(np.int32),
-                    "gain_db": ev[:, 4].astype(np.float32)},
-                   np.array(captions), np.array(templates, np.int8))
+    return Recipes(
+        layers,
+        gains,
+        np.array(starts, np.int64),
+        {
+            "clip": ev[:, 0].astype(np.int32),
+            "src": ev[:, 1].astype(np.int64),
+            "dst": ev[:, 2].astype(np.int32),
+            "length": ev[:, 3].astype(np.int32),
+            "gain_db": ev[:, 4].astype(np.float32),
+        },
+        np.array(captions),
+        np.array(templates, np.int8),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Imagery cells: cut once per distinct cell through runtime.imagery, in resumable chunks.
+
 
 def image_chunks_dir(out: Path, size: int, cells: np.ndarray) -> Path:
     """Where an unfinished cut of these cells keeps its chunks (so a re-run resumes it)."""
@@ -216,7 +258,9 @@ def image_chunks_dir(out: Path, size: int, cells: np.ndarray) -> Path:
     return out / f"images-{size}-{digest}.part"
 
 
-def cut_images(imagery: Imagery, cells: np.ndarray, size: int, out: Path, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def cut_images(
+    imagery: Imagery, cells: np.ndarray, size: int, out: Path, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(images (M, size, size, 3) uint8, gsd (M,)) of cells (M, 3) = (z, x, y), written to
     out as images-{size}.npy (+ -gsd.npy, -cells.npy); cells without imagery get gsd NaN and
     zero pixels. Stored images are reused only for the very same cells."""
@@ -259,6 +303,7 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # The build.
+
 
 def sha256_of(path: Path) -> str:
     return asset_registry.sha256_file(path)
@@ -331,14 +376,30 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     _, gsd = cut_images(imagery, cells, cfg.image_size, cfg.out, progress)
     keep = ~np.isnan(gsd[cell_index.ravel()])
     columns = {
-        "lat": lat, "lon": lon, "level": level.astype(np.int8), "x": x.astype(np.int32), "y": y.astype(np.int32),
-        "cell": cell_index.ravel().astype(np.int32), "month": month, "hour": hour, "stratum": stratum,
-        "landcover": attributes.landcover, "climate": attributes.climate, "land": attributes.land,
-        "coast_km": attributes.coast_km, "lights": attributes.lights, "population": attributes.population,
-        "season": evaluation.season.astype(np.int8), "rule_weights": evaluation.rules.astype(np.float16),
-        "class_weights": evaluation.classes.astype(np.float16), "layers": recipes.layers,
-        "layer_gain_db": recipes.layer_gain_db, "event_start": recipes.event_start,
-        "captions": recipes.captions, "template": recipes.template, "keep": keep,
+        "lat": lat,
+        "lon": lon,
+        "level": level.astype(np.int8),
+        "x": x.astype(np.int32),
+        "y": y.astype(np.int32),
+        "cell": cell_index.ravel().astype(np.int32),
+        "month": month,
+        "hour": hour,
+        "stratum": stratum,
+        "landcover": attributes.landcover,
+        "climate": attributes.climate,
+        "land": attributes.land,
+        "coast_km": attributes.coast_km,
+        "lights": attributes.lights,
+        "population": attributes.population,
+        "season": evaluation.season.astype(np.int8),
+        "rule_weights": evaluation.rules.astype(np.float16),
+        "class_weights": evaluation.classes.astype(np.float16),
+        "layers": recipes.layers,
+        "layer_gain_db": recipes.layer_gain_db,
+        "event_start": recipes.event_start,
+        "captions": recipes.captions,
+        "template": recipes.template,
+        "keep": keep,
         "cells": cells.astype(np.int32),
         **{f"event_{k}": v for k, v in recipes.events.items()},
     }
@@ -351,8 +412,9 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     return manifest
 
 
-def _manifest(cfg: BuildConfig, imagery: Imagery, folders: dict[str, Path], columns: dict, n_clips: int,
-              rate: int) -> dict:
+def _manifest(
+    cfg: BuildConfig, imagery: Imagery, folders: dict[str, Path], columns: dict, n_clips: int, rate: int
+) -> dict:
     digest = hashlib.sha256(sha256_of(Path(cfg.imagery)).encode())  # the cells' pixels come from it
     for name in ("samples.npz", "clips.json", "places.npz"):
         digest.update(sha256_of(cfg.out / name).encode())
@@ -362,30 +424,59 @@ def _manifest(cfg: BuildConfig, imagery: Imagery, folders: dict[str, Path], colu
         if c >= 0:
             present[c] += 1
     return {
-        "format": FORMAT, "content_hash": digest.hexdigest()[:16], "config": cfg.to_json(),
-        "samples": int(keep.sum()), "dropped_without_imagery": int((~keep).sum()),
-        "sample_rate": rate, "duration_s": cfg.duration_s, "image_size": cfg.image_size,
-        "levels": list(cfg.levels), "cells": int(len(columns["cells"])), "clips": n_clips,
-        "imagery": {"path": str(Path(cfg.imagery).resolve()), "sha256": sha256_of(Path(cfg.imagery)),
-                    "bounds": list(imagery.bounds)},
+        "format": FORMAT,
+        "content_hash": digest.hexdigest()[:16],
+        "config": cfg.to_json(),
+        "samples": int(keep.sum()),
+        "dropped_without_imagery": int((~keep).sum()),
+        "sample_rate": rate,
+        "duration_s": cfg.duration_s,
+        "image_size": cfg.image_size,
+        "levels": list(cfg.levels),
+        "cells": int(len(columns["cells"])),
+        "clips": n_clips,
+        "imagery": {
+            "path": str(Path(cfg.imagery).resolve()),
+            "sha256": sha256_of(Path(cfg.imagery)),
+            "bounds": list(imagery.bounds),
+        },
         "assets": {name: asset_registry.ASSETS[name].sha256 for name in sorted(folders)},
         "strata": {k: int(((columns["stratum"] == i) & keep).sum()) for i, k in enumerate(STRATA)},
-        "classes": list(rules.CLASSES), "rules": [r.name for r in rules.RULES],
+        "classes": list(rules.CLASSES),
+        "rules": [r.name for r in rules.RULES],
         "class_counts": dict(zip(rules.CLASSES, present.tolist())),
         "classes_without_clips": [c for c, n in zip(rules.CLASSES, present) if n == 0],
-        "templates": list(TEMPLATES), "source": "demo", "caption_source": "template",
+        "templates": list(TEMPLATES),
+        "source": "demo",
+        "caption_source": "template",
     }
 
 
 def _write_attribution(out: Path, folders: dict[str, Path]) -> None:
     """ATTRIBUTION.md beside the corpus: every asset's credit, licence and where its texts are."""
-    lines = ["# Attribution of the demo corpus", "",
-             "Derived from these public assets (licence texts in each asset folder):", ""]
+    lines = [
+        "# Attribution of the demo corpus",
+        "",
+        "Derived from these public assets (licence texts in each asset folder):",
+        "",
+    ]
     for name, folder in sorted(folders.items()):
         a = asset_registry.ASSETS[name]
-        lines += [f"## {name}", "", a.credit, "", f"- licence: {a.licence}", f"- package: {a.registry} {a.pin}",
-                  f"- folder: {folder}", ""]
-    lines += ["## imagery", "", "NASA Blue Marble Next Generation (public domain), credit NASA Earth Observatory; "
-              "see ATTRIBUTION-bluemarble.txt beside the GeoTIFF.", ""]
+        lines += [
+            f"## {name}",
+            "",
+            a.credit,
+            "",
+            f"- licence: {a.licence}",
+            f"- package: {a.registry} {a.pin}",
+            f"- folder: {folder}",
+            "",
+        ]
+    lines += [
+        "## imagery",
+        "",
+        "NASA Blue Marble Next Generation (public domain), credit NASA Earth Observatory; "
+        "see ATTRIBUTION-bluemarble.txt beside the GeoTIFF.",
+        "",
+    ]
     (out / "ATTRIBUTION.md").write_text("\n".join(lines))
-

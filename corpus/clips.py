@@ -5,6 +5,7 @@ decodes them once, downmixes to mono, resamples to one rate and stores them peak
 int16 in one array (clips.npy) with a table (clips.json) of where each clip starts, its class,
 its loudness gain and its credit. Rendering a sample then needs no decoding at all.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,51 +24,80 @@ TARGET_RMS = 0.1  # each clip's gain brings it to this RMS, so layer gains are c
 
 # class -> asset -> glob patterns (relative to the asset folder).
 CATALOGUE: dict[str, dict[str, tuple[str, ...]]] = {
-    "birds": {"0ad-data": ("audio/ambient/dayscape/day_temperate_*.ogg",),
-              "wesnoth-1.16-data": ("ambient/birds*.ogg", "ambient/morning.ogg")},
-    "tropical_forest": {"0ad-data": ("audio/ambient/dayscape/day_tropical_*.ogg",
-                                     "audio/actor/fauna/animal/peacock_call_*.ogg"),
-                        "openttd-opensfx": ("opensfx/66.wav", "opensfx/68.wav", "opensfx/72.wav")},
+    "birds": {
+        "0ad-data": ("audio/ambient/dayscape/day_temperate_*.ogg",),
+        "wesnoth-1.16-data": ("ambient/birds*.ogg", "ambient/morning.ogg"),
+    },
+    "tropical_forest": {
+        "0ad-data": ("audio/ambient/dayscape/day_tropical_*.ogg", "audio/actor/fauna/animal/peacock_call_*.ogg"),
+        "openttd-opensfx": ("opensfx/66.wav", "opensfx/68.wav", "opensfx/72.wav"),
+    },
     "night_insects": {"wesnoth-1.16-data": ("ambient/night.ogg",)},
     "owl": {"gcompris-qt-data": ("explore_farm_animals/owl.ogg",)},
-    "traffic": {"openttd-opensfx": ("opensfx/25.wav", "opensfx/26.wav", "opensfx/27.wav", "opensfx/28.wav",
-                                    "opensfx/35.wav"),
-                "gcompris-qt-data": ("memory-sound/LRStartAndStopCarEngine1LACut.ogg",)},
-    "trains": {"openttd-opensfx": ("opensfx/04.wav", "opensfx/10.wav", "opensfx/14.wav", "opensfx/65.wav",
-                                   "opensfx/71.wav"),
-               "gcompris-qt-data": ("memory-sound/LRTrain_slowing_down_01_LA_cut.ogg",)},
-    "aircraft": {"openttd-opensfx": ("opensfx/08.wav", "opensfx/09.wav", "opensfx/24.wav", "opensfx/59.wav",
-                                     "opensfx/61.wav")},
+    "traffic": {
+        "openttd-opensfx": ("opensfx/25.wav", "opensfx/26.wav", "opensfx/27.wav", "opensfx/28.wav", "opensfx/35.wav"),
+        "gcompris-qt-data": ("memory-sound/LRStartAndStopCarEngine1LACut.ogg",),
+    },
+    "trains": {
+        "openttd-opensfx": ("opensfx/04.wav", "opensfx/10.wav", "opensfx/14.wav", "opensfx/65.wav", "opensfx/71.wav"),
+        "gcompris-qt-data": ("memory-sound/LRTrain_slowing_down_01_LA_cut.ogg",),
+    },
+    "aircraft": {
+        "openttd-opensfx": ("opensfx/08.wav", "opensfx/09.wav", "opensfx/24.wav", "opensfx/59.wav", "opensfx/61.wav")
+    },
     "market": {"0ad-data": ("audio/ambient/building/amb_trade_*.ogg",)},
-    "industry": {"openttd-opensfx": ("opensfx/03.wav", "opensfx/11.wav", "opensfx/33.wav", "opensfx/40.wav"),
-                 "gcompris-qt-data": ("memory-sound/LRFactory_noise_*.ogg",)},
-    "harbour": {"0ad-data": ("audio/ambient/building/amb_port_*.ogg",),
-                "openttd-opensfx": ("opensfx/06.wav", "opensfx/07.wav"),
-                "gcompris-qt-data": ("watercycle/harbor*.wav",),
-                "wesnoth-1.16-data": ("ambient/ship.ogg",)},
+    "industry": {
+        "openttd-opensfx": ("opensfx/03.wav", "opensfx/11.wav", "opensfx/33.wav", "opensfx/40.wav"),
+        "gcompris-qt-data": ("memory-sound/LRFactory_noise_*.ogg",),
+    },
+    "harbour": {
+        "0ad-data": ("audio/ambient/building/amb_port_*.ogg",),
+        "openttd-opensfx": ("opensfx/06.wav", "opensfx/07.wav"),
+        "gcompris-qt-data": ("watercycle/harbor*.wav",),
+        "wesnoth-1.16-data": ("ambient/ship.ogg",),
+    },
     "waves": {"0ad-data": ("audio/ambient/water/wavecrash_*.ogg", "audio/ambient/water/waverocky_*.ogg")},
     "sea_swell": {"0ad-data": ("audio/ambient/water/wave_*.ogg",)},
     "water": {"0ad-data": ("audio/ambient/water/river_*.ogg", "audio/ambient/water/waterfall_*.ogg")},
-    "rain": {"0ad-data": ("audio/ambient/weather/rain_*.ogg",),
-             "gcompris-qt-data": ("memory-sound/LRRain_in_garden_01_LA_cut.ogg",)},
+    "rain": {
+        "0ad-data": ("audio/ambient/weather/rain_*.ogg",),
+        "gcompris-qt-data": ("memory-sound/LRRain_in_garden_01_LA_cut.ogg",),
+    },
     "thunder": {"0ad-data": ("audio/ambient/weather/thunder_*.ogg",)},
-    "wind": {"0ad-data": ("audio/ambient/weather/wind_*.ogg", "audio/ambient/weather/windgust_*.ogg"),
-             "openttd-opensfx": ("opensfx/52.wav", "opensfx/57.wav")},
+    "wind": {
+        "0ad-data": ("audio/ambient/weather/wind_*.ogg", "audio/ambient/weather/windgust_*.ogg"),
+        "openttd-opensfx": ("opensfx/52.wav", "opensfx/57.wav"),
+    },
     "wind_in_leaves": {"0ad-data": ("audio/ambient/weather/windleaves_*.ogg",)},
     "snowstorm": {"0ad-data": ("audio/ambient/weather/snowstorm_*.ogg", "audio/ambient/weather/windstorm_*.ogg")},
-    "farm_animals": {"0ad-data": ("audio/ambient/building/amb_farm_*.ogg", "audio/actor/fauna/animal/cattle_0*.ogg",
-                                  "audio/actor/fauna/animal/chicken_*.ogg", "audio/actor/fauna/animal/horse_idle*.ogg",
-                                  "audio/actor/fauna/animal/pig_1*.ogg", "audio/actor/fauna/animal/sheep_1*.ogg"),
-                     "openttd-opensfx": ("opensfx/36.wav", "opensfx/37.wav", "opensfx/38.wav"),
-                     "gcompris-qt-data": ("explore_farm_animals/c[ho]*.ogg", "explore_farm_animals/horse.ogg",
-                                          "explore_farm_animals/pig.ogg", "explore_farm_animals/sheep.ogg")},
+    "farm_animals": {
+        "0ad-data": (
+            "audio/ambient/building/amb_farm_*.ogg",
+            "audio/actor/fauna/animal/cattle_0*.ogg",
+            "audio/actor/fauna/animal/chicken_*.ogg",
+            "audio/actor/fauna/animal/horse_idle*.ogg",
+            "audio/actor/fauna/animal/pig_1*.ogg",
+            "audio/actor/fauna/animal/sheep_1*.ogg",
+        ),
+        "openttd-opensfx": ("opensfx/36.wav", "opensfx/37.wav", "opensfx/38.wav"),
+        "gcompris-qt-data": (
+            "explore_farm_animals/c[ho]*.ogg",
+            "explore_farm_animals/horse.ogg",
+            "explore_farm_animals/pig.ogg",
+            "explore_farm_animals/sheep.ogg",
+        ),
+    },
     "dogs": {"gcompris-qt-data": ("explore_farm_animals/dog.ogg", "memory-sound/LRBark_*.ogg")},
-    "savanna_animals": {"0ad-data": ("audio/actor/fauna/animal/lion_*.ogg", "audio/actor/fauna/animal/elephant_[ost]*.ogg"),
-                        "openttd-opensfx": ("opensfx/67.wav",)},
+    "savanna_animals": {
+        "0ad-data": ("audio/actor/fauna/animal/lion_*.ogg", "audio/actor/fauna/animal/elephant_[ost]*.ogg"),
+        "openttd-opensfx": ("opensfx/67.wav",),
+    },
     "camels": {"0ad-data": ("audio/actor/fauna/animal/camel_*.ogg", "audio/actor/fauna/movement/camel_*.ogg")},
     "frogs": {"gcompris-qt-data": ("memory-sound/LRFrogsInPondDuringStormLACut.ogg",)},
-    "water_birds": {"0ad-data": ("audio/actor/fauna/animal/flamingo_*.ogg",),
-                    "gcompris-qt-data": ("explore_farm_animals/duck.ogg",)},
+    "water_birds": {
+        "0ad-data": ("audio/actor/fauna/animal/flamingo_*.ogg",),
+        "gcompris-qt-data": ("explore_farm_animals/duck.ogg",),
+    },
 }
 assert set(CATALOGUE) == set(CLASSES), "every sound class needs a catalogue entry"
 AUDIO_ASSETS: tuple[str, ...] = tuple(sorted({a for by_asset in CATALOGUE.values() for a in by_asset}))
@@ -121,15 +151,24 @@ def build_bank(folders: dict[str, Path], out: Path, progress: bool = True) -> li
             continue  # a silent file teaches nothing
         waves.append(np.round(wave / peak * 32767).astype(np.int16))
         asset = clip_id.split("/", 1)[0]
-        clips.append(Clip(clip_id, sound, offset, len(wave), peak * TARGET_RMS / rms,
-                          credits.get(clip_id, f"{ASSETS[asset].credit} Licence: {ASSETS[asset].licence}.")))
+        clips.append(
+            Clip(
+                clip_id,
+                sound,
+                offset,
+                len(wave),
+                peak * TARGET_RMS / rms,
+                credits.get(clip_id, f"{ASSETS[asset].credit} Licence: {ASSETS[asset].licence}."),
+            )
+        )
         offset += len(wave)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "clips.tmp.npy"
     np.save(tmp, np.concatenate(waves) if waves else np.zeros(0, np.int16))
     os.replace(tmp, out / "clips.npy")
-    (out / "clips.json").write_text(json.dumps({"sample_rate": SAMPLE_RATE, "clips": [asdict(c) for c in clips]},
-                                               indent=0))
+    (out / "clips.json").write_text(
+        json.dumps({"sample_rate": SAMPLE_RATE, "clips": [asdict(c) for c in clips]}, indent=0)
+    )
     return clips
 
 

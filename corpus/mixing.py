@@ -2,6 +2,7 @@
 where in the output, how long, gain). The corpus stores recipes, not waveforms (a 10 s, 44.1 kHz
 waveform is ~1.7 MB as float32; a recipe is a few dozen bytes), and `render` turns a recipe into
 the same waveform every time."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,15 @@ class Events:
     gain_db: np.ndarray
 
 
-def layer_events(clip_ids: list[int], clips: list[Clip], gain_db: float, n_frames: int, rate: int,
-                 rng: np.random.Generator, max_events: int = 12) -> list[tuple[int, int, int, int, float]]:
+def layer_events(
+    clip_ids: list[int],
+    clips: list[Clip],
+    gain_db: float,
+    n_frames: int,
+    rate: int,
+    rng: np.random.Generator,
+    max_events: int = 12,
+) -> list[tuple[int, int, int, int, float]]:
     """Events for one sound layer: a random crop of a long clip, or short clips (events such as
     a bark or a horn) placed at random times with random gaps until the output is covered."""
     events = []
@@ -48,7 +56,7 @@ def _fade(n: int, rate: int) -> np.ndarray:
     k = max(1, min(n // 2, int(FADE_S * rate)))
     env = np.ones(n, dtype=np.float32)
     ramp = np.linspace(0.0, 1.0, k, dtype=np.float32)
-    env[:k], env[n - k:] = ramp, ramp[::-1]
+    env[:k], env[n - k :] = ramp, ramp[::-1]
     return env
 
 

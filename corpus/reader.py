@@ -4,6 +4,7 @@ It reads what `soundscape corpus build` wrote, splits samples by held-out geogra
 yields `model.data.Sample`s whose image is the stored cell (cut by runtime.imagery) and whose
 audio is the mixture recipe rendered on read. Data section keys: docs/corpus.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,16 @@ from model.data import Sample, Splits, geographic_split
 from runtime.imagery import Imagery
 from runtime.tiles import tile_centres
 
-DATA_KEYS = {"kind": None, "path": "data/corpus", "split_level": 4, "val_fraction": 0.05,
-             "test_fraction": 0.1, "seed": 0, "audio": True, "limit": None}
+DATA_KEYS = {
+    "kind": None,
+    "path": "data/corpus",
+    "split_level": 4,
+    "val_fraction": 0.05,
+    "test_fraction": 0.1,
+    "seed": 0,
+    "audio": True,
+    "limit": None,
+}
 
 
 class DemoCorpus:
@@ -34,11 +43,15 @@ class DemoCorpus:
         try:
             self.manifest = json.loads((self.path / "manifest.json").read_text())
         except (OSError, ValueError):
-            raise CorpusError(f"{self.path} holds no built corpus (manifest.json missing or unreadable); "
-                              f"run `soundscape corpus build --out {self.path}`") from None
+            raise CorpusError(
+                f"{self.path} holds no built corpus (manifest.json missing or unreadable); "
+                f"run `soundscape corpus build --out {self.path}`"
+            ) from None
         if self.manifest.get("format") != FORMAT:
-            raise CorpusError(f"{self.path} holds corpus format {self.manifest.get('format')!r}, not {FORMAT!r}; "
-                              f"rebuild it with `soundscape corpus build --out {self.path}`")
+            raise CorpusError(
+                f"{self.path} holds corpus format {self.manifest.get('format')!r}, not {FORMAT!r}; "
+                f"rebuild it with `soundscape corpus build --out {self.path}`"
+            )
         with np.load(self.path / "samples.npz") as data:
             self.table = {k: data[k] for k in data.files}
         self.bank, self.clips, self.sample_rate = load_bank(self.path)
@@ -51,11 +64,15 @@ class DemoCorpus:
         """The cell images at self.image_size: stored ones, or cut now from the recorded imagery."""
         size = self.image_size
         if (self.path / f"images-{size}.npy").exists():
-            return np.load(self.path / f"images-{size}.npy", mmap_mode="r"), np.load(self.path / f"images-{size}-gsd.npy")
+            return np.load(self.path / f"images-{size}.npy", mmap_mode="r"), np.load(
+                self.path / f"images-{size}-gsd.npy"
+            )
         source = self.manifest["imagery"]["path"]
         if not os.path.exists(source):
-            raise CorpusError(f"the corpus has no {size}-px images and its imagery {source} is gone; "
-                              f"rebuild with `soundscape corpus build --out {self.path} --image-size {size}`")
+            raise CorpusError(
+                f"the corpus has no {size}-px images and its imagery {source} is gone; "
+                f"rebuild with `soundscape corpus build --out {self.path} --image-size {size}`"
+            )
         return cut_images(Imagery(source), self.table["cells"], size, self.path, progress)
 
     def __len__(self) -> int:
@@ -88,13 +105,22 @@ class DemoCorpus:
         cell = int(t["cell"][row])
         image = None if "image" in without else np.asarray(self.images[cell])
         audio = None if "audio" in without else self.audio(row)
-        return Sample(key=f"demo-{row:06d}", image=image, gsd=None if image is None else float(self.gsd[cell]),
-                      lat=float(t["lat"][row]), lon=float(t["lon"][row]), hour=float(t["hour"][row]),
-                      month=int(t["month"][row]), source=self.manifest["source"],
-                      caption=None if "caption" in without else str(t["captions"][row]),
-                      caption_source=self.manifest["caption_source"], audio=audio,
-                      sample_rate=None if audio is None else self.sample_rate, level=int(t["level"][row]),
-                      path=f"{self.path}#{row}")
+        return Sample(
+            key=f"demo-{row:06d}",
+            image=image,
+            gsd=None if image is None else float(self.gsd[cell]),
+            lat=float(t["lat"][row]),
+            lon=float(t["lon"][row]),
+            hour=float(t["hour"][row]),
+            month=int(t["month"][row]),
+            source=self.manifest["source"],
+            caption=None if "caption" in without else str(t["captions"][row]),
+            caption_source=self.manifest["caption_source"],
+            audio=audio,
+            sample_rate=None if audio is None else self.sample_rate,
+            level=int(t["level"][row]),
+            path=f"{self.path}#{row}",
+        )
 
     def split(self, split_level: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
         """'train'/'val'/'test' per kept sample: whole tiles of `split_level` are held out, so no
@@ -102,12 +128,15 @@ class DemoCorpus:
         t = self.table
         shift = t["level"][self.index].astype(np.int64) - split_level
         if (shift < 0).any():
-            raise CorpusError(f"split_level {split_level} is finer than the corpus's coarsest level "
-                              f"{int(t['level'].min())}; use a split_level <= it")
+            raise CorpusError(
+                f"split_level {split_level} is finer than the corpus's coarsest level "
+                f"{int(t['level'].min())}; use a split_level <= it"
+            )
         unit_x, unit_y = t["x"][self.index] >> shift, t["y"][self.index] >> shift
         lon, lat = tile_centres(split_level, unit_x, unit_y)
-        return geographic_split(lat, lon, cell_deg=0.01, val_fraction=val_fraction,
-                                test_fraction=test_fraction, seed=seed)
+        return geographic_split(
+            lat, lon, cell_deg=0.01, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+        )
 
 
 class CorpusSource:
@@ -139,16 +168,20 @@ def factory(data: dict, image_size: int) -> Splits:
     """The `data: {kind: demo, ...}` reader: train/val/test sources of a built corpus."""
     unknown = set(data) - set(DATA_KEYS)
     if unknown:
-        raise CorpusError(f"unknown key(s) {sorted(unknown)} in the data: section; the demo reader takes "
-                          f"{sorted(k for k in DATA_KEYS if k != 'kind')}")
+        raise CorpusError(
+            f"unknown key(s) {sorted(unknown)} in the data: section; the demo reader takes "
+            f"{sorted(k for k in DATA_KEYS if k != 'kind')}"
+        )
     cfg = {**DATA_KEYS, **data}
     corpus = DemoCorpus(cfg["path"], image_size)
-    labels = corpus.split(int(cfg["split_level"]), float(cfg["val_fraction"]), float(cfg["test_fraction"]),
-                          int(cfg["seed"]))
+    labels = corpus.split(
+        int(cfg["split_level"]), float(cfg["val_fraction"]), float(cfg["test_fraction"]), int(cfg["seed"])
+    )
     rows = corpus.index
     if cfg["limit"] is not None:
         keep = np.random.default_rng(int(cfg["seed"])).permutation(len(rows))[: int(cfg["limit"])]
         keep.sort()
         rows, labels = rows[keep], labels[keep]
-    return Splits(*(CorpusSource(corpus, rows[labels == name], bool(cfg["audio"]))
-                    for name in ("train", "val", "test")))
+    return Splits(
+        *(CorpusSource(corpus, rows[labels == name], bool(cfg["audio"])) for name in ("train", "val", "test"))
+    )

@@ -6,6 +6,7 @@ factor per season, from latitude and month), and how strongly (its weight). A sa
 weight is the sum of the rules of that class. docs/corpus.md prints this table; `explain`
 shows which rules fired for one place and time.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -28,14 +29,18 @@ def season(lat: np.ndarray, month: np.ndarray) -> np.ndarray:
     """Season index (into SEASONS) of each (latitude, month 1..12)."""
     lat, month = np.asarray(lat, np.float64), np.asarray(month, np.int64)
     local = np.where(lat >= 0, month, (month + 5) % 12 + 1)  # the month as the north sees it
-    temperate = np.select([np.isin(local, (12, 1, 2)), np.isin(local, (3, 4, 5)), np.isin(local, (6, 7, 8))],
-                          [WINTER, SPRING, SUMMER], AUTUMN)
+    temperate = np.select(
+        [np.isin(local, (12, 1, 2)), np.isin(local, (3, 4, 5)), np.isin(local, (6, 7, 8))],
+        [WINTER, SPRING, SUMMER],
+        AUTUMN,
+    )
     tropical = np.where((local >= 5) & (local <= 10), WET, DRY)
     return np.where(np.abs(lat) < TROPIC_DEG, tropical, temperate)
 
 
 # ---------------------------------------------------------------------------------------------
 # Day cycle: smooth profiles over the local hour (0 <= h < 24, on a circle).
+
 
 def _circular(h: np.ndarray, centre: float) -> np.ndarray:
     d = np.abs(np.asarray(h, np.float64) - centre) % 24
@@ -67,7 +72,11 @@ AFTERNOON = bump(16.0, 2.5)
 EVENING = bump(19.5, 1.5)
 RUSH = _max((1.0, bump(8.0, 1.0)), (1.0, bump(17.5, 1.2)))
 TIME_PROFILES = {  # name -> profile, for the docs and for `Rule.time`
-    "always": ALWAYS, "dawn": DAWN, "day": DAY, "night": NIGHT, "afternoon": AFTERNOON,
+    "always": ALWAYS,
+    "dawn": DAWN,
+    "day": DAY,
+    "night": NIGHT,
+    "afternoon": AFTERNOON,
     "rush hours (0.1 at night, 0.4 by day, 1 at 8 and 17:30)": _max((0.1, ALWAYS), (0.4, DAY), (1.0, RUSH)),
     "dawn, then day at 0.6": _max((1.0, DAWN), (0.6, DAY)),
     "day and dawn": _max((1.0, DAY), (1.0, DAWN)),
@@ -126,18 +135,21 @@ def _in_box(p: PlaceAttributes, west: float, south: float, east: float, north: f
 
 
 PLACES: dict[str, Callable[[PlaceAttributes], np.ndarray]] = {
-    "woody land (forest, woody savanna) outside the tropics and poles":
-        _cover_in_climate(WOODY, (ARID, TEMPERATE, COLD)),
-    "woody land, farmland or grassland outside the tropics and poles":
-        _cover_in_climate(WOODY + FARMLAND + (10,), (ARID, TEMPERATE, COLD)),
+    "woody land (forest, woody savanna) outside the tropics and poles": _cover_in_climate(
+        WOODY, (ARID, TEMPERATE, COLD)
+    ),
+    "woody land, farmland or grassland outside the tropics and poles": _cover_in_climate(
+        WOODY + FARMLAND + (10,), (ARID, TEMPERATE, COLD)
+    ),
     "woody land in the tropical climate": _cover_in_climate(WOODY, (TROPICAL,)),
     "vegetated land, not polar": lambda p: _is(p.landcover, VEGETATED) * (p.climate != POLAR) * p.land,
     "forest in temperate or cold climates": _cover_in_climate(WOODY, (TEMPERATE, COLD)),
     "built-up (urban index)": urban,
     "built-up above 0.3": lambda p: urban(p) * (urban(p) > 0.3),
-    "big city (>= 1 million people nearby)":
-        lambda p: np.clip(np.log10(1.0 + p.population) - 5.5, 0.0, 1.0) * p.land,
-    "built-up coast (within 20 km)": lambda p: np.clip(urban(p) * 2, 0, 1) * np.exp(-p.coast_km / 10) * (p.coast_km < 20),
+    "big city (>= 1 million people nearby)": lambda p: np.clip(np.log10(1.0 + p.population) - 5.5, 0.0, 1.0) * p.land,
+    "built-up coast (within 20 km)": lambda p: (
+        np.clip(urban(p) * 2, 0, 1) * np.exp(-p.coast_km / 10) * (p.coast_km < 20)
+    ),
     "coast, either side (exp(-km/12), < 40 km)": _coastal(12.0, 40.0),
     "open sea (> 20 km offshore, full beyond 50 km)": _open_sea,
     "sea": lambda p: (~p.land).astype(np.float64),
@@ -145,26 +157,32 @@ PLACES: dict[str, Callable[[PlaceAttributes], np.ndarray]] = {
     "temperate land": lambda p: (p.climate == TEMPERATE) * p.land,
     "cold land": lambda p: (p.climate == COLD) * p.land,
     "tropical or temperate/cold land": lambda p: np.isin(p.climate, (TROPICAL, TEMPERATE, COLD)) * p.land,
-    "arid climate, barren land or open shrubland":
-        lambda p: np.maximum(p.climate == ARID, np.isin(p.landcover, (7, 16))) * p.land,
+    "arid climate, barren land or open shrubland": lambda p: (
+        np.maximum(p.climate == ARID, np.isin(p.landcover, (7, 16))) * p.land
+    ),
     "grassland or savanna": _cover(9, 10),
     "polar climate or snow and ice": lambda p: np.maximum(p.climate == POLAR, p.landcover == 15) * p.land,
     "woody land": _cover(*WOODY),
     "cold or polar land": lambda p: np.isin(p.climate, (COLD, POLAR)) * p.land,
     "snow and ice": _cover(15),
     "farmland (cropland, mosaics)": _cover(*FARMLAND),
-    "grassland near people (> 5,000 nearby), half weight": lambda p: 0.5 * _is(p.landcover, (10,)) * (p.population > 5e3) * p.land,
-    "farmland or built-up land with > 10,000 people nearby":
-        lambda p: _is(p.landcover, FARMLAND + (13,)) * (p.population > 1e4) * p.land,
-    "savanna, grassland or shrubland in Africa (tropical or arid)":
-        lambda p: _cover_in_climate((7, 8, 9, 10), (TROPICAL, ARID))(p) * _in_box(p, -20, -35, 52, 20),
-    "arid open land of the Old World dry belt (20W-80E, 10N-50N)":
-        lambda p: _cover_in_climate((7, 10, 16), (ARID,))(p) * _in_box(p, -20, 10, 80, 50),
+    "grassland near people (> 5,000 nearby), half weight": lambda p: (
+        0.5 * _is(p.landcover, (10,)) * (p.population > 5e3) * p.land
+    ),
+    "farmland or built-up land with > 10,000 people nearby": lambda p: (
+        _is(p.landcover, FARMLAND + (13,)) * (p.population > 1e4) * p.land
+    ),
+    "savanna, grassland or shrubland in Africa (tropical or arid)": lambda p: (
+        _cover_in_climate((7, 8, 9, 10), (TROPICAL, ARID))(p) * _in_box(p, -20, -35, 52, 20)
+    ),
+    "arid open land of the Old World dry belt (20W-80E, 10N-50N)": lambda p: (
+        _cover_in_climate((7, 10, 16), (ARID,))(p) * _in_box(p, -20, 10, 80, 50)
+    ),
     "permanent wetland": _cover(11),
-    "wetland, or woody land in the tropics":
-        lambda p: np.maximum(_cover(11)(p), _cover_in_climate(WOODY, (TROPICAL,))(p)),
-    "wetland, or land within 10 km of the coast":
-        lambda p: np.maximum(_cover(11)(p), (p.coast_km < 10) * p.land),
+    "wetland, or woody land in the tropics": lambda p: np.maximum(
+        _cover(11)(p), _cover_in_climate(WOODY, (TROPICAL,))(p)
+    ),
+    "wetland, or land within 10 km of the coast": lambda p: np.maximum(_cover(11)(p), (p.coast_km < 10) * p.land),
     "anywhere": lambda p: np.ones(len(p.lat)),
 }
 
@@ -186,30 +204,62 @@ class Rule:
     seasons: tuple[float, ...] = ANY_SEASON
 
     def evaluate(self, p: PlaceAttributes, season_index: np.ndarray, hour: np.ndarray) -> np.ndarray:
-        return (self.weight * PLACES[self.place](p) * TIME_PROFILES[self.time](hour)
-                * np.asarray(self.seasons)[season_index])
+        return (
+            self.weight
+            * PLACES[self.place](p)
+            * TIME_PROFILES[self.time](hour)
+            * np.asarray(self.seasons)[season_index]
+        )
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("dawn chorus", "birds", 1.0, "woody land (forest, woody savanna) outside the tropics and poles", "dawn", BREEDING),
-    Rule("daytime birdsong", "birds", 0.35, "woody land, farmland or grassland outside the tropics and poles", "day", BREEDING),
+    Rule(
+        "dawn chorus",
+        "birds",
+        1.0,
+        "woody land (forest, woody savanna) outside the tropics and poles",
+        "dawn",
+        BREEDING,
+    ),
+    Rule(
+        "daytime birdsong",
+        "birds",
+        0.35,
+        "woody land, farmland or grassland outside the tropics and poles",
+        "day",
+        BREEDING,
+    ),
     Rule("rainforest chorus", "tropical_forest", 1.0, "woody land in the tropical climate", "dawn, then day at 0.6"),
     Rule("insects at night", "night_insects", 0.8, "vegetated land, not polar", "night", WARM_NIGHTS),
     Rule("owls at night", "owl", 0.5, "forest in temperate or cold climates", "night"),
-    Rule("rush-hour traffic", "traffic", 1.0, "built-up (urban index)", "rush hours (0.1 at night, 0.4 by day, 1 at 8 and 17:30)"),
+    Rule(
+        "rush-hour traffic",
+        "traffic",
+        1.0,
+        "built-up (urban index)",
+        "rush hours (0.1 at night, 0.4 by day, 1 at 8 and 17:30)",
+    ),
     Rule("trains", "trains", 0.35, "built-up above 0.3", "day"),
     Rule("aircraft", "aircraft", 0.3, "big city (>= 1 million people nearby)", "day"),
     Rule("market crowds", "market", 0.5, "built-up (urban index)", "midday"),
     Rule("industry and construction", "industry", 0.35, "built-up (urban index)", "working hours"),
     Rule("harbours", "harbour", 0.8, "built-up coast (within 20 km)", "day 1, night 0.3"),
-    Rule("surf on the coast", "waves", 1.3, "coast, either side (exp(-km/12), < 40 km)", "always",
-         (1.2, 1.0, 0.9, 1.1, 1.0, 1.0)),
+    Rule(
+        "surf on the coast",
+        "waves",
+        1.3,
+        "coast, either side (exp(-km/12), < 40 km)",
+        "always",
+        (1.2, 1.0, 0.9, 1.1, 1.0, 1.0),
+    ),
     Rule("open-sea swell", "sea_swell", 1.0, "open sea (> 20 km offshore, full beyond 50 km)", "always"),
     Rule("wind at sea", "wind", 0.6, "sea", "always", (1.3, 1.0, 0.8, 1.1, 1.0, 1.0)),
     Rule("tropical rain", "rain", 0.8, "tropical land", "always, afternoon peak", (1, 1, 1, 1, 1.0, 0.15)),
     Rule("temperate rain", "rain", 0.45, "temperate land", "always", (0.8, 0.6, 0.4, 0.8, 0.6, 0.6)),
     Rule("cold-climate rain", "rain", 0.3, "cold land", "always", (0.0, 0.5, 0.8, 0.8, 0.8, 0.8)),
-    Rule("thunderstorms", "thunder", 0.45, "tropical or temperate/cold land", "afternoon", (0.0, 0.3, 1.0, 0.2, 1.0, 0.1)),
+    Rule(
+        "thunderstorms", "thunder", 0.45, "tropical or temperate/cold land", "afternoon", (0.0, 0.3, 1.0, 0.2, 1.0, 0.1)
+    ),
     Rule("desert wind", "wind", 0.8, "arid climate, barren land or open shrubland", "always, afternoon peak"),
     Rule("wind on open grassland", "wind", 0.4, "grassland or savanna", "always"),
     Rule("polar wind", "wind", 0.9, "polar climate or snow and ice", "always"),
@@ -219,8 +269,13 @@ RULES: tuple[Rule, ...] = (
     Rule("farmyard animals", "farm_animals", 1.0, "farmland (cropland, mosaics)", "day and dawn"),
     Rule("grazing animals", "farm_animals", 1.0, "grassland near people (> 5,000 nearby), half weight", "day"),
     Rule("village dogs", "dogs", 0.3, "farmland or built-up land with > 10,000 people nearby", "evening, day at 0.5"),
-    Rule("savanna wildlife", "savanna_animals", 0.7, "savanna, grassland or shrubland in Africa (tropical or arid)",
-         "dusk to dawn, day at 0.5"),
+    Rule(
+        "savanna wildlife",
+        "savanna_animals",
+        0.7,
+        "savanna, grassland or shrubland in Africa (tropical or arid)",
+        "dusk to dawn, day at 0.5",
+    ),
     Rule("desert camels", "camels", 0.4, "arid open land of the Old World dry belt (20W-80E, 10N-50N)", "day"),
     Rule("wetland water", "water", 0.8, "permanent wetland", "always"),
     Rule("rainforest streams", "water", 0.3, "woody land in the tropical climate", "always"),
@@ -232,13 +287,17 @@ RULES: tuple[Rule, ...] = (
 # Sound classes, in a fixed order (column order of the weight matrices), with caption phrases.
 # A phrase list keyed "dawn"/"night"/... is used at that time of day; "any" otherwise.
 SOUNDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "birds": {"dawn": ("a dawn chorus of birds", "birds singing at dawn"),
-              "any": ("birds singing", "birdsong in the trees")},
+    "birds": {
+        "dawn": ("a dawn chorus of birds", "birds singing at dawn"),
+        "any": ("birds singing", "birdsong in the trees"),
+    },
     "tropical_forest": {"any": ("tropical birds and monkeys calling", "the chorus of a tropical rainforest")},
     "night_insects": {"any": ("crickets chirping at night", "insects buzzing in the dark")},
     "owl": {"any": ("an owl hooting", "the call of an owl")},
-    "traffic": {"rush": ("rush-hour traffic", "busy traffic in the street"),
-                "any": ("traffic noise", "cars and buses passing")},
+    "traffic": {
+        "rush": ("rush-hour traffic", "busy traffic in the street"),
+        "any": ("traffic noise", "cars and buses passing"),
+    },
     "trains": {"any": ("a train passing", "trains at a station")},
     "aircraft": {"any": ("aircraft taking off", "a jet passing overhead")},
     "market": {"any": ("a busy market crowd", "people bustling in a market square")},
@@ -299,7 +358,6 @@ def markdown_table() -> str:
     season_names = ("winter", "spring", "summer", "autumn", "wet", "dry")
     rows = ["| rule | sound class | weight | where | when | season factors |", "|---|---|---|---|---|---|"]
     for r in RULES:
-        seasons = "any" if r.seasons == ANY_SEASON else ", ".join(
-            f"{n} {f:g}" for n, f in zip(season_names, r.seasons))
+        seasons = "any" if r.seasons == ANY_SEASON else ", ".join(f"{n} {f:g}" for n, f in zip(season_names, r.seasons))
         rows.append(f"| {r.name} | {r.sound} | {r.weight:g} | {r.place} | {r.time} | {seasons} |")
     return "\n".join(rows)

@@ -5,6 +5,7 @@ outputs taken from the cache instead of recomputed.
 Determinism is what makes resume exact and DDP equal to one process: batch `step` holds
 positions [b G, (b+1) G) of epoch e's permutation (e = step // batches_per_epoch, seeded by
 (seed, e)), G = the global batch, and rank r takes the r-th slice of it."""
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,14 @@ class Examples(Dataset):
     """A split as prepared samples. An unreadable sample is replaced by the next readable one,
     so batches keep their size (DDP gathers equal shapes), and the skip is reported."""
 
-    def __init__(self, source: SampleSource, prep: Preprocessing, *, skip_audio: bool = False,
-                 unreadable: dict[int, tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        source: SampleSource,
+        prep: Preprocessing,
+        *,
+        skip_audio: bool = False,
+        unreadable: dict[int, tuple[str, str]] | None = None,
+    ):
         """skip_audio: leave audio out (its frozen output is cached); unreadable: indices already
         known to be unusable ({index: (where, reason)}, found while caching), skipped unread."""
         self.source = source
@@ -68,8 +75,10 @@ class Examples(Dataset):
             except READ_ERRORS as exc:
                 where = exc.where if isinstance(exc, BadSample) else f"sample {i}"
                 skipped.append((i, where, exc.reason if isinstance(exc, BadSample) else str(exc)))
-        raise ValueError(f"{MAX_SUBSTITUTES} samples in a row from index {index} are unreadable, so the data "
-                         f"is mostly unusable; the last: {skipped[-1][1]}: {skipped[-1][2]}")
+        raise ValueError(
+            f"{MAX_SUBSTITUTES} samples in a row from index {index} are unreadable, so the data "
+            f"is mostly unusable; the last: {skipped[-1][1]}: {skipped[-1][2]}"
+        )
 
 
 class Collate:
@@ -100,8 +109,7 @@ class Collate:
 class GlobalBatches(Sampler[list[int]]):
     """This rank's slice of global batch `step`, for step = start, start + 1, ... forever."""
 
-    def __init__(self, n: int, global_batch: int, *, seed: int, rank: int = 0, world: int = 1,
-                 start: int = 0):
+    def __init__(self, n: int, global_batch: int, *, seed: int, rank: int = 0, world: int = 1, start: int = 0):
         if global_batch % world:
             raise ValueError(f"train.batch_size {global_batch} must be a multiple of the {world} processes")
         if n < global_batch:
@@ -124,12 +132,14 @@ class GlobalBatches(Sampler[list[int]]):
             step += 1
 
 
-def loader(examples: Examples, collate: Collate, batches: Sampler | None = None, *,
-           batch_size: int = 64, workers: int = 0) -> DataLoader:
+def loader(
+    examples: Examples, collate: Collate, batches: Sampler | None = None, *, batch_size: int = 64, workers: int = 0
+) -> DataLoader:
     """A DataLoader over `examples`: the global batch sampler for training, sequential order in
     batches of `batch_size` otherwise (evaluation, caching)."""
-    common = dict(collate_fn=collate, num_workers=workers, persistent_workers=False,
-                  prefetch_factor=2 if workers else None)
+    common = dict(
+        collate_fn=collate, num_workers=workers, persistent_workers=False, prefetch_factor=2 if workers else None
+    )
     if batches is not None:
         return DataLoader(examples, batch_sampler=batches, **common)
     return DataLoader(examples, batch_size=batch_size, shuffle=False, **common)
@@ -137,8 +147,11 @@ def loader(examples: Examples, collate: Collate, batches: Sampler | None = None,
 
 def to_tensors(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     """The model inputs of a batch as tensors on `device` (bookkeeping keys left out)."""
-    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True)
-            for k, v in batch.items() if isinstance(v, np.ndarray) and k != "index"}
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True)
+        for k, v in batch.items()
+        if isinstance(v, np.ndarray) and k != "index"
+    }
 
 
 class SkipLog:

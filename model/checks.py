@@ -5,6 +5,7 @@ mistake in the data costs a second, not a run: metadata values outside the model
 A reader's source takes part by offering `metadata_values(name)` (the value of `source` or
 `caption_source` of every sample, read without decoding audio or images) and, to leave rows out,
 `subset(indices)`; sources without them are not checked."""
+
 from __future__ import annotations
 
 import difflib
@@ -58,8 +59,9 @@ def vocabulary_mismatches(splits: Splits, vocabularies: dict[str, list[str]]) ->
         checked += len(source)
         for field, names in vocabularies.items():
             counts.update((field, v) for v in values(field) if v is not None and v not in names)
-    return [Mismatch(field, value, n, suggest(value, vocabularies[field]))
-            for (field, value), n in counts.most_common()], checked
+    return [
+        Mismatch(field, value, n, suggest(value, vocabularies[field])) for (field, value), n in counts.most_common()
+    ], checked
 
 
 def _bad_indices(source: SampleSource, vocabularies: dict[str, list[str]]) -> set[int]:
@@ -81,11 +83,16 @@ def check_vocabularies(splits: Splits, vocabularies: dict[str, list[str]], *, sk
     fields = sorted({m.field for m in mismatches})
     known = ", ".join(f"{VOCABULARY_FIELDS[f]} {vocabularies[f]}" for f in fields)
     if not skip:
-        fix = ("fix the spelling in the data" if all(m.suggestion for m in mismatches)
-               else f"add the values to {' and '.join(VOCABULARY_FIELDS[f] for f in fields)} or fix the data")
-        raise ConfigError(f"{total} of {checked} samples have metadata outside the model's vocabulary "
-                          f"({known}): {listed}; {fix}, or set train.skip_mismatched_rows: true to "
-                          "train without those samples")
+        fix = (
+            "fix the spelling in the data"
+            if all(m.suggestion for m in mismatches)
+            else f"add the values to {' and '.join(VOCABULARY_FIELDS[f] for f in fields)} or fix the data"
+        )
+        raise ConfigError(
+            f"{total} of {checked} samples have metadata outside the model's vocabulary "
+            f"({known}): {listed}; {fix}, or set train.skip_mismatched_rows: true to "
+            "train without those samples"
+        )
     kept = {}
     for name in SPLITS:
         source = getattr(splits, name)
@@ -94,11 +101,17 @@ def check_vocabularies(splits: Splits, vocabularies: dict[str, list[str]], *, sk
             continue
         bad = _bad_indices(source, vocabularies)
         if bad and not hasattr(source, "subset"):
-            raise ConfigError(f"{listed}: this data kind cannot leave samples out; fix model.sources or "
-                              "model.caption_sources")
+            raise ConfigError(
+                f"{listed}: this data kind cannot leave samples out; fix model.sources or model.caption_sources"
+            )
         kept[name] = source.subset([i for i in range(len(source)) if i not in bad]) if bad else source
-    log.warning("left out %d of %d samples whose metadata is outside the model's vocabulary (%s): %s",
-                total, checked, known, listed)
+    log.warning(
+        "left out %d of %d samples whose metadata is outside the model's vocabulary (%s): %s",
+        total,
+        checked,
+        known,
+        listed,
+    )
     return Splits(**kept, settled=splits.settled)
 
 
@@ -108,9 +121,14 @@ def small_split_warnings(sizes: dict[str, int]) -> list[str]:
     out = []
     for name, n in sizes.items():
         if n < SMALL_GALLERY:
-            effect = "best.pt is chosen largely by noise" if name in ("val", "validation") else \
-                "its metrics are largely noise"
-            out.append(f"the {name} split has {n} sample(s): R@10% counts rank <= {n // 10} of {n} and moves "
-                       f"in steps of {1 / max(n, 1):.3f}, so {effect}; give the split at least {SMALL_GALLERY} "
-                       "samples (more data, or a larger split fraction of the data section)")
+            effect = (
+                "best.pt is chosen largely by noise"
+                if name in ("val", "validation")
+                else "its metrics are largely noise"
+            )
+            out.append(
+                f"the {name} split has {n} sample(s): R@10% counts rank <= {n // 10} of {n} and moves "
+                f"in steps of {1 / max(n, 1):.3f}, so {effect}; give the split at least {SMALL_GALLERY} "
+                "samples (more data, or a larger split fraction of the data section)"
+            )
     return out

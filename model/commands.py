@@ -1,5 +1,6 @@
 """`soundscape train`, `evaluate` and `export`. torch is imported only when a command runs, so
 listing commands (and serving) needs no torch."""
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,16 @@ def _train(args: argparse.Namespace) -> int:
     result = fit(config, out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     best = result.best_metrics or {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k != "gallery")
-    print(f"run {out}: {result.last_step} steps{' (stopped early)' if result.stopped_early else ''}; "
-          f"best validation at step {result.best_step}: {summary or 'none'}; "
-          + (f"{result.skipped_files} unreadable sample(s) skipped ({result.skipped} substitution(s)), "
-             f"listed in {out / 'skipped.tsv'}" if result.skipped_files else "no unreadable samples"))
+    print(
+        f"run {out}: {result.last_step} steps{' (stopped early)' if result.stopped_early else ''}; "
+        f"best validation at step {result.best_step}: {summary or 'none'}; "
+        + (
+            f"{result.skipped_files} unreadable sample(s) skipped ({result.skipped} substitution(s)), "
+            f"listed in {out / 'skipped.tsv'}"
+            if result.skipped_files
+            else "no unreadable samples"
+        )
+    )
     return 0
 
 
@@ -62,10 +69,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate_checkpoint
 
     data = _run_config(args.config).data if args.config else None
-    report = evaluate_checkpoint(args.checkpoint, data=data, split=args.split, batch_size=args.batch_size,
-                                 workers=args.workers, max_samples=args.max_samples,
-                                 oracle_caption=not args.no_oracle, cache_dir=args.cache_dir,
-                                 progress=not args.no_progress)
+    report = evaluate_checkpoint(
+        args.checkpoint,
+        data=data,
+        split=args.split,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        max_samples=args.max_samples,
+        oracle_caption=not args.no_oracle,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
     text = json.dumps(report, indent=2) + "\n"
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -79,13 +93,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_table(results: dict, stream) -> None:
-    stream.write(f"{'level':<10} {'condition':<28} {'I2S R@10%':>9} {'I2S med':>8} {'S2I R@10%':>9} {'S2I med':>8} {'N':>6}\n")
+    stream.write(
+        f"{'level':<10} {'condition':<28} {'I2S R@10%':>9} {'I2S med':>8} {'S2I R@10%':>9} {'S2I med':>8} {'N':>6}\n"
+    )
     for level, conditions in results.items():
         rows = [(c, m) for c, m in conditions.items() if c != "oracle_caption"]
         rows += [(f"{c}+oracle_caption", m) for c, m in conditions.get("oracle_caption", {}).items()]
         for condition, m in rows:
-            stream.write(f"{level:<10} {condition:<28} {m['I2S_R@10%']:>9.4f} {m['I2S_median_rank']:>8.1f} "
-                         f"{m['S2I_R@10%']:>9.4f} {m['S2I_median_rank']:>8.1f} {m['gallery']:>6}\n")
+            stream.write(
+                f"{level:<10} {condition:<28} {m['I2S_R@10%']:>9.4f} {m['I2S_median_rank']:>8.1f} "
+                f"{m['S2I_R@10%']:>9.4f} {m['S2I_median_rank']:>8.1f} {m['gallery']:>6}\n"
+            )
 
 
 def _data_hash(data: dict) -> str | None:
@@ -101,9 +119,14 @@ def _from_checkpoint(path: str, metrics: dict):
 
     model, checkpoint = model_from_checkpoint(path)
     data = checkpoint["config"]["data"]
-    training = {"checkpoint": Path(path).name, "checkpoint_sha256": file_sha256(path),
-                "step": checkpoint["step"], "config": checkpoint["config"], "data_hash": _data_hash(data),
-                "skipped": len(checkpoint["skipped"])}
+    training = {
+        "checkpoint": Path(path).name,
+        "checkpoint_sha256": file_sha256(path),
+        "step": checkpoint["step"],
+        "config": checkpoint["config"],
+        "data_hash": _data_hash(data),
+        "skipped": len(checkpoint["skipped"]),
+    }
     metrics["validation"] = {"step": checkpoint["best_step"], **(checkpoint["best"] or {})}
     return model, tuple(checkpoint["calibration"]), training, Path(path).resolve().parent.name
 
@@ -124,14 +147,23 @@ def _export(args: argparse.Namespace) -> int:
 
     sources = [s for s in (args.checkpoint, args.config, args.weights) if s]
     if len(sources) != 1:
-        raise ValueError("give one of --checkpoint (a training run), --weights (saved trained parts) "
-                         "or --config (seeded random weights)")
+        raise ValueError(
+            "give one of --checkpoint (a training run), --weights (saved trained parts) "
+            "or --config (seeded random weights)"
+        )
     metrics = {"test": json.loads(Path(args.metrics).read_text())} if args.metrics else {}
     if args.weights:
         if args.trained_parts:
             raise ValueError("--weights already are trained parts; export them to a bundle without --trained-parts")
-        manifest = bundle_from_trained_parts(args.weights, args.out, name=args.name, metrics=metrics, fp16=args.fp16,
-                                             examples=args.example, progress=True)
+        manifest = bundle_from_trained_parts(
+            args.weights,
+            args.out,
+            name=args.name,
+            metrics=metrics,
+            fp16=args.fp16,
+            examples=args.example,
+            progress=True,
+        )
         print(f"bundle {manifest['id']} written to {args.out}")
         return 0
     if args.checkpoint:
@@ -140,27 +172,46 @@ def _export(args: argparse.Namespace) -> int:
         model, calibration, training, name = _from_config(args.config, args.seed)
     name = args.name or name
     if args.trained_parts:
-        record = save_trained_parts(model, args.out, calibration=calibration,
-                                    record={"name": name, "training": training, "metrics": metrics,
-                                            **({"examples": args.example} if args.example else {})})
+        record = save_trained_parts(
+            model,
+            args.out,
+            calibration=calibration,
+            record={
+                "name": name,
+                "training": training,
+                "metrics": metrics,
+                **({"examples": args.example} if args.example else {}),
+            },
+        )
         print(f"trained parts ({record['weights']['sha256'][:16]}) written to {args.out}")
         return 0
-    manifest = export_bundle(model, args.out, calibration=calibration, training=training, metrics=metrics,
-                             name=name, fp16=args.fp16, examples=args.example, progress=True)
+    manifest = export_bundle(
+        model,
+        args.out,
+        calibration=calibration,
+        training=training,
+        metrics=metrics,
+        name=name,
+        fp16=args.fp16,
+        examples=args.example,
+        progress=True,
+    )
     print(f"bundle {manifest['id']} written to {args.out}")
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a PSM model from a config (model:, train:, data: sections)",
+        "train",
+        help="train a PSM model from a config (model:, train:, data: sections)",
         description="Train the model of --config on its data: section, validating R@10% every "
-                    "train.eval_every steps and checkpointing into --out (last.pt, best.pt, metrics.csv, "
-                    "config.yaml, skipped.tsv). Interrupted? Rerun with --resume: it continues exactly. "
-                    "Several GPUs or processes: torchrun --nproc_per_node N -m cli.main train ... "
-                    "Data paths in the config are relative to the config file; the data is checked against "
-                    "the config before the first step. See docs/training.md, and docs/own-data.md for your "
-                    "own recordings (samples.csv).")
+        "train.eval_every steps and checkpointing into --out (last.pt, best.pt, metrics.csv, "
+        "config.yaml, skipped.tsv). Interrupted? Rerun with --resume: it continues exactly. "
+        "Several GPUs or processes: torchrun --nproc_per_node N -m cli.main train ... "
+        "Data paths in the config are relative to the config file; the data is checked against "
+        "the config before the first step. See docs/training.md, and docs/own-data.md for your "
+        "own recordings (samples.csv).",
+    )
     p.add_argument("--config", required=True, help="YAML config (configs/tiny.yaml, configs/paper.yaml, ...)")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -169,11 +220,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_train)
 
     p = sub.add_parser(
-        "evaluate", help="retrieval metrics of a checkpoint (R@10%%, median rank) as JSON",
+        "evaluate",
+        help="retrieval metrics of a checkpoint (R@10%%, median rank) as JSON",
         description="Sat->audio (I2S) and audio->sat (S2I) Recall@10% of the gallery and median rank, "
-                    "defined as the PSM paper (1-based ranks, ties averaged, R@10% = mean(rank <= 0.1 N)), "
-                    "per imagery level, with metadata and without, and with the oracle caption added "
-                    "(reported separately). Writes JSON to --out or stdout.")
+        "defined as the PSM paper (1-based ranks, ties averaged, R@10% = mean(rank <= 0.1 N)), "
+        "per imagery level, with metadata and without, and with the oracle caption added "
+        "(reported separately). Writes JSON to --out or stdout.",
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint written by soundscape train (best.pt, last.pt)")
     p.add_argument("--config", help="take the data: section from this config instead of the checkpoint's")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
@@ -181,30 +234,42 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="embedding batch size (default 128)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle-caption conditions")
-    p.add_argument("--cache-dir", type=Path,
-                   help="frozen-tower cache to read and fill (a run's frozen-cache/): frozen towers run once per split")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="frozen-tower cache to read and fill (a run's frozen-cache/): frozen towers run once per split",
+    )
     p.add_argument("--out", help="JSON file to write (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser(
-        "export", help="write a model bundle (4 ONNX graphs + manifest) from a checkpoint or a config",
+        "export",
+        help="write a model bundle (4 ONNX graphs + manifest) from a checkpoint or a config",
         description="Export a trained model (--checkpoint), saved trained parts (--weights) or a config's "
-                    "model with seeded random weights (--config) to a bundle directory: image, fuse, text and audio graphs with a dynamic "
-                    "batch axis, the tokenizer, and a manifest with the calibration (a, b), the training "
-                    "record and the metrics. Needs the train extra.")
+        "model with seeded random weights (--config) to a bundle directory: image, fuse, text and audio graphs with a dynamic "
+        "batch axis, the tokenizer, and a manifest with the calibration (a, b), the training "
+        "record and the metrics. Needs the train extra.",
+    )
     p.add_argument("--checkpoint", help="checkpoint written by soundscape train")
     p.add_argument("--weights", help="folder of trained parts written with --trained-parts (weights/demo)")
     p.add_argument("--config", help="YAML config with a model: section (random weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--metrics", help="JSON from soundscape evaluate to record as the test metrics")
     p.add_argument("--fp16", action="store_true", help="also write float16 graphs (fp16/) for GPUs")
-    p.add_argument("--example", action="append", metavar="TEXT",
-                   help="a text query this model maps well, recorded in the manifest and shown by serve "
-                        "(repeat for several; default none)")
+    p.add_argument(
+        "--example",
+        action="append",
+        metavar="TEXT",
+        help="a text query this model maps well, recorded in the manifest and shown by serve "
+        "(repeat for several; default none)",
+    )
     p.add_argument("--name", help="bundle name in the manifest (default: the run or config name)")
-    p.add_argument("--trained-parts", action="store_true",
-                   help="write only the trained tensors (safetensors) and a record.json instead of a bundle: "
-                        "what a repository commits when the frozen towers come from packages")
+    p.add_argument(
+        "--trained-parts",
+        action="store_true",
+        help="write only the trained tensors (safetensors) and a record.json instead of a bundle: "
+        "what a repository commits when the frozen towers come from packages",
+    )
     p.add_argument("--out", required=True, help="bundle (or --trained-parts) directory to write (replaced if present)")
     p.set_defaults(handler=_export)

@@ -5,6 +5,7 @@ so a typo never silently falls back to a default. The text and audio towers are 
 `kind`; each kind has its own dataclass, so a key that belongs to another kind is unknown too.
 This module is torch-free: configs are read and validated before torch is imported.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -114,10 +115,8 @@ class ClapAudioConfig:
     duration_s: float = 10.0
 
 
-TEXT_TOWER_CONFIGS: dict[str, type] = {
-    "hashed": HashedTextConfig, "minilm": MiniLMTextConfig, "clap": ClapTextConfig}
-AUDIO_TOWER_CONFIGS: dict[str, type] = {
-    "melcnn": MelCNNAudioConfig, "aisfx": AisfxAudioConfig, "clap": ClapAudioConfig}
+TEXT_TOWER_CONFIGS: dict[str, type] = {"hashed": HashedTextConfig, "minilm": MiniLMTextConfig, "clap": ClapTextConfig}
+AUDIO_TOWER_CONFIGS: dict[str, type] = {"melcnn": MelCNNAudioConfig, "aisfx": AisfxAudioConfig, "clap": ClapAudioConfig}
 TextConfig = HashedTextConfig | MiniLMTextConfig | ClapTextConfig
 AudioConfig = MelCNNAudioConfig | AisfxAudioConfig | ClapAudioConfig
 
@@ -173,8 +172,11 @@ def from_section(cls: type, section: dict | None, name: str) -> Any:
     unknown = sorted(set(section) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key `{name}.{unknown[0]}`; `{name}` takes: {', '.join(fields)}")
-    missing = [k for k, f in fields.items() if k not in section and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        k
+        for k, f in fields.items()
+        if k not in section and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"missing key `{name}.{missing[0]}`")
     values = {}

@@ -7,6 +7,7 @@ Readers register under a name (`register_reader`) and a config's `data: {kind: N
 selects one: its factory gets the rest of the section and the model's image size and returns
 `Splits`. A sample that cannot be read raises `BadSample`; training skips it, counts it and logs
 its path (model.batches)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
@@ -88,9 +89,11 @@ class Preprocessing:
         """The audio graph's input for one sample (raises BadSample when unusable)."""
         if sample.audio_features is not None:
             if sample.audio_features_kind != self.audio_spec.kind:
-                raise BadSample(sample.path or sample.key,
-                                f"carries {sample.audio_features_kind!r} audio features; this model's "
-                                f"audio tower takes {self.audio_spec.kind!r}")
+                raise BadSample(
+                    sample.path or sample.key,
+                    f"carries {sample.audio_features_kind!r} audio features; this model's "
+                    f"audio tower takes {self.audio_spec.kind!r}",
+                )
             return np.asarray(sample.audio_features, dtype=np.float32)
         if sample.sample_rate is None:
             raise BadSample(sample.path or sample.key, "audio without a sample rate")
@@ -101,12 +104,16 @@ class Preprocessing:
         where = sample.path or sample.key
         if sample.image is not None:
             if self.image_size and sample.image.shape != (self.image_size, self.image_size, 3):
-                raise BadSample(where, f"image of shape {sample.image.shape}; the model takes "
-                                       f"({self.image_size}, {self.image_size}, 3)")
+                raise BadSample(
+                    where,
+                    f"image of shape {sample.image.shape}; the model takes ({self.image_size}, {self.image_size}, 3)",
+                )
             if sample.gsd is None or not np.isfinite(sample.gsd) or sample.gsd <= 0:
                 raise BadSample(where, f"image without a valid ground sample distance ({sample.gsd!r})")
-        for value, vocab, name in ((sample.source, self.sources, "source"),
-                                   (sample.caption_source, self.caption_sources, "caption_source")):
+        for value, vocab, name in (
+            (sample.source, self.sources, "source"),
+            (sample.caption_source, self.caption_sources, "caption_source"),
+        ):
             if value is not None and value not in vocab.names:
                 raise BadSample(where, f"{name} {value!r} is not in the model's vocabulary {vocab.names}")
 
@@ -115,8 +122,14 @@ def _optional(values: list, dtype=np.float64) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=dtype)
 
 
-def collate(samples: Sequence[Sample], *, tokenizer: Tokenizer, audio_spec: AudioFrontEnd,
-            sources: Vocabulary, caption_sources: Vocabulary) -> dict[str, np.ndarray]:
+def collate(
+    samples: Sequence[Sample],
+    *,
+    tokenizer: Tokenizer,
+    audio_spec: AudioFrontEnd,
+    sources: Vocabulary,
+    caption_sources: Vocabulary,
+) -> dict[str, np.ndarray]:
     """A batch dict of numpy arrays. A modality enters the batch only if every sample has it."""
     prep = Preprocessing(tokenizer, audio_spec, sources, caption_sources)
     audio = [prep.audio_input(s) for s in samples] if all(_has_audio(s) for s in samples) else None
@@ -136,10 +149,17 @@ def stack(samples: Sequence[Sample], prep: Preprocessing, audio: Sequence[np.nda
         batch["gsd"] = np.array([s.gsd for s in samples], dtype=np.float32)
         src = [None if s.source is None else prep.sources.id(s.source) for s in samples]
         cap = [None if s.caption_source is None else prep.caption_sources.id(s.caption_source) for s in samples]
-        batch.update(encode_metadata(
-            n, lat=_optional([s.lat for s in samples]), lon=_optional([s.lon for s in samples]),
-            hour=_optional([s.hour for s in samples]), month=_optional([s.month for s in samples]),
-            source=_optional(src), caption_source=_optional(cap)))
+        batch.update(
+            encode_metadata(
+                n,
+                lat=_optional([s.lat for s in samples]),
+                lon=_optional([s.lon for s in samples]),
+                hour=_optional([s.hour for s in samples]),
+                month=_optional([s.month for s in samples]),
+                source=_optional(src),
+                caption_source=_optional(cap),
+            )
+        )
     if all(s.caption is not None for s in samples):
         batch["input_ids"], batch["attention_mask"] = prep.tokenizer.encode([s.caption for s in samples])
     if audio is not None:
@@ -190,8 +210,10 @@ def resolve_paths(section: dict, base: str | Path) -> dict:
 def open_splits(section: dict | None, image_size: int) -> Splits:
     """The splits a config's `data:` section describes; an unknown kind names the known ones."""
     if not isinstance(section, dict) or "kind" not in section:
-        raise ValueError("the config needs a `data:` section with a `kind` "
-                         f"(one of: {', '.join(sorted(READERS)) or 'none registered'})")
+        raise ValueError(
+            "the config needs a `data:` section with a `kind` "
+            f"(one of: {', '.join(sorted(READERS)) or 'none registered'})"
+        )
     kind = section["kind"]
     if kind not in READERS:
         raise ValueError(f"unknown `data.kind` {kind!r}; known: {', '.join(sorted(READERS))}")
@@ -201,14 +223,25 @@ def open_splits(section: dict | None, image_size: int) -> Splits:
     return splits
 
 
-def geographic_split(lat: np.ndarray, lon: np.ndarray, *, cell_deg: float = 1.0,
-                     val_fraction: float = 0.05, test_fraction: float = 0.1,
-                     seed: int = 0) -> np.ndarray:
+def geographic_split(
+    lat: np.ndarray,
+    lon: np.ndarray,
+    *,
+    cell_deg: float = 1.0,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> np.ndarray:
     """'train' / 'val' / 'test' per sample: whole cell_deg x cell_deg lat/lon cells are held
     out, never single rows, so evaluation measures places the model has not seen. With three
     or more cells, val and test each get at least one."""
-    cells = np.stack([np.floor(np.asarray(lat, dtype=np.float64) / cell_deg),
-                      np.floor(np.asarray(lon, dtype=np.float64) / cell_deg)], axis=1).astype(np.int64)
+    cells = np.stack(
+        [
+            np.floor(np.asarray(lat, dtype=np.float64) / cell_deg),
+            np.floor(np.asarray(lon, dtype=np.float64) / cell_deg),
+        ],
+        axis=1,
+    ).astype(np.int64)
     unique, inverse = np.unique(cells, axis=0, return_inverse=True)
     order = np.random.default_rng(seed).permutation(len(unique))
     at_least = 1 if len(unique) >= 3 else 0

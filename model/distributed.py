@@ -6,6 +6,7 @@ B x B match matrix needs every pair, not just the local ones). The gathered tens
 then complete on each rank for its own slice; DDP averages parameter gradients over the ranks,
 so the slice's gradient is scaled by the world size and the result equals one process training
 on the global batch."""
+
 from __future__ import annotations
 
 import os

@@ -15,6 +15,7 @@ oracle caption added to the query (l2norm(raw mean of query + raw mean of its ca
 log-variances added, as the paper): reported separately, a map server never has it. Each level
 (the sample's imagery level) is its own gallery; "all" is the whole split.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,9 +31,11 @@ from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.psm import META_KEYS, PSMModel
 
 RECALL_FRACTION = 0.1
-DEFINITION = ("rank: 1-based rank of the true match among the N gallery items, ties averaged; "
-              "R@10% = mean(rank <= 0.1 N); median rank = median of ranks; score = -CSD "
-              "(PCME++) or cosine (InfoNCE)")
+DEFINITION = (
+    "rank: 1-based rank of the true match among the N gallery items, ties averaged; "
+    "R@10% = mean(rank <= 0.1 N); median rank = median of ranks; score = -CSD "
+    "(PCME++) or cosine (InfoNCE)"
+)
 
 
 @dataclass
@@ -54,8 +57,7 @@ class Gaussians:
         return Gaussians(self.raw[rows], self.logvar[rows])
 
 
-def true_match_ranks(query: Gaussians, gallery: Gaussians, probabilistic: bool,
-                     chunk: int = 1024) -> np.ndarray:
+def true_match_ranks(query: Gaussians, gallery: Gaussians, probabilistic: bool, chunk: int = 1024) -> np.ndarray:
     """For each query i, the 1-based rank of gallery item i, ties averaged."""
     q_mu, g_mu = query.mu, gallery.mu
     q_s, g_s = np.exp(query.logvar).sum(1), np.exp(gallery.logvar).sum(1)
@@ -75,17 +77,22 @@ def recall_at_fraction(ranks: np.ndarray, fraction: float = RECALL_FRACTION) -> 
     return float(np.mean(ranks <= fraction * len(ranks)))
 
 
-def retrieval(sat: Gaussians, audio: Gaussians, probabilistic: bool,
-              caption: Gaussians | None = None) -> dict[str, float]:
+def retrieval(
+    sat: Gaussians, audio: Gaussians, probabilistic: bool, caption: Gaussians | None = None
+) -> dict[str, float]:
     """I2S and S2I R@10% and median rank of paired rows; with `caption`, each query has its
     sample's caption added (the oracle-caption condition) and the galleries stay as they are."""
     sat_query = sat.plus(caption) if caption is not None else sat
     audio_query = audio.plus(caption) if caption is not None else audio
     i2s = true_match_ranks(sat_query, audio, probabilistic)
     s2i = true_match_ranks(audio_query, sat, probabilistic)
-    return {"I2S_R@10%": recall_at_fraction(i2s), "I2S_median_rank": float(np.median(i2s)),
-            "S2I_R@10%": recall_at_fraction(s2i), "S2I_median_rank": float(np.median(s2i)),
-            "gallery": int(len(i2s))}
+    return {
+        "I2S_R@10%": recall_at_fraction(i2s),
+        "I2S_median_rank": float(np.median(i2s)),
+        "S2I_R@10%": recall_at_fraction(s2i),
+        "S2I_median_rank": float(np.median(s2i)),
+        "gallery": int(len(i2s)),
+    }
 
 
 @dataclass
@@ -97,21 +104,34 @@ class SplitEmbeddings:
 
 
 @torch.no_grad()
-def embed_split(model: PSMModel, source: SampleSource, prep: Preprocessing, *,
-                cache: FrozenCache | None = None, batch_size: int = 64, workers: int = 0,
-                max_samples: int | None = None, skips: SkipLog | None = None,
-                progress: bool = False) -> SplitEmbeddings:
+def embed_split(
+    model: PSMModel,
+    source: SampleSource,
+    prep: Preprocessing,
+    *,
+    cache: FrozenCache | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    max_samples: int | None = None,
+    skips: SkipLog | None = None,
+    progress: bool = False,
+) -> SplitEmbeddings:
     """Every readable sample of `source` (the first `max_samples`) embedded once, each
     unreadable one left out."""
     model.eval()
     device = next(model.parameters()).device
     cache = cache or FrozenCache()
-    examples = Examples(_Head(source, max_samples), prep, skip_audio="audio" in cache.outputs,
-                        unreadable=cache.unreadable)
+    examples = Examples(
+        _Head(source, max_samples), prep, skip_audio="audio" in cache.outputs, unreadable=cache.unreadable
+    )
     parts: dict[str, list] = {k: [] for k in ("metadata", "no_metadata", "audio", "text")}
     seen, levels = set(), []
-    for batch in tqdm(loader(examples, Collate(prep, cache.outputs), batch_size=batch_size, workers=workers),
-                      desc="embedding", disable=not progress, unit="batch"):
+    for batch in tqdm(
+        loader(examples, Collate(prep, cache.outputs), batch_size=batch_size, workers=workers),
+        desc="embedding",
+        disable=not progress,
+        unit="batch",
+    ):
         if skips is not None:
             skips.add(batch["skipped"])
         keep = np.array([i not in seen for i in batch["index"]])  # substitutes repeat a sample
@@ -134,8 +154,9 @@ def embed_split(model: PSMModel, source: SampleSource, prep: Preprocessing, *,
         return Gaussians(np.concatenate([p[0] for p in parts[name]]), np.concatenate([p[1] for p in parts[name]]))
 
     text = join("text") if parts["text"] and len(parts["text"]) == len(parts["audio"]) else None
-    return SplitEmbeddings({c: join(c) for c in ("metadata", "no_metadata")}, join("audio"), text,
-                           np.array(levels, dtype=object))
+    return SplitEmbeddings(
+        {c: join(c) for c in ("metadata", "no_metadata")}, join("audio"), text, np.array(levels, dtype=object)
+    )
 
 
 def _numpy(emb: tuple[torch.Tensor, torch.Tensor], keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,17 +188,25 @@ def metrics(emb: SplitEmbeddings, probabilistic: bool, oracle_caption: bool = Tr
         result = {cond: retrieval(sat.take(rows), audio, probabilistic) for cond, sat in emb.sat.items()}
         if oracle_caption and emb.text is not None:
             text = emb.text.take(rows)
-            result["oracle_caption"] = {cond: retrieval(sat.take(rows), audio, probabilistic, text)
-                                        for cond, sat in emb.sat.items()}
+            result["oracle_caption"] = {
+                cond: retrieval(sat.take(rows), audio, probabilistic, text) for cond, sat in emb.sat.items()
+            }
         out[name] = result
     return out
 
 
-
-def evaluate_checkpoint(path: str | Path, *, data: dict | None = None, split: str = "test",
-                        batch_size: int = 128, workers: int = 0, max_samples: int | None = None,
-                        oracle_caption: bool = True, cache_dir: Path | None = None,
-                        progress: bool = False) -> dict:
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    data: dict | None = None,
+    split: str = "test",
+    batch_size: int = 128,
+    workers: int = 0,
+    max_samples: int | None = None,
+    oracle_caption: bool = True,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> dict:
     """The report of `soundscape evaluate`: metrics of a checkpoint on a split of `data` (default:
     the checkpoint's own data section). With `cache_dir`, frozen towers' outputs come from (and
     go to) the frozen-tower cache there, as in training."""
@@ -192,19 +221,47 @@ def evaluate_checkpoint(path: str | Path, *, data: dict | None = None, split: st
     except FileNotFoundError as exc:
         if data:
             raise
-        raise FileNotFoundError(f"{exc} (the path is the one checkpoint {path} records; pass --config with a "
-                                "data: section that names where the data is now)") from None
+        raise FileNotFoundError(
+            f"{exc} (the path is the one checkpoint {path} records; pass --config with a "
+            "data: section that names where the data is now)"
+        ) from None
     data = data or checkpoint["config"]["data"]
     prep, skips = preprocessing(model), SkipLog()
     cache = None
     if cache_dir is not None and model.frozen_towers() and max_samples is None:
-        cache = frozen_cache(model, split, source, prep, cache_dir=Path(cache_dir), data=data,
-                             batch_size=batch_size, workers=workers, skips=skips, progress=progress)
-    emb = embed_split(model, source, prep, cache=cache, batch_size=batch_size, workers=workers,
-                      max_samples=max_samples, skips=skips, progress=progress)
+        cache = frozen_cache(
+            model,
+            split,
+            source,
+            prep,
+            cache_dir=Path(cache_dir),
+            data=data,
+            batch_size=batch_size,
+            workers=workers,
+            skips=skips,
+            progress=progress,
+        )
+    emb = embed_split(
+        model,
+        source,
+        prep,
+        cache=cache,
+        batch_size=batch_size,
+        workers=workers,
+        max_samples=max_samples,
+        skips=skips,
+        progress=progress,
+    )
     probabilistic = checkpoint["config"]["train"]["loss"]["kind"] == "pcmepp"
-    return {"checkpoint": str(path), "step": checkpoint["step"], "split": split,
-            "samples": int(len(emb.levels)), "skipped": skips.files, "data": data,
-            "warnings": small_split_warnings({split: int(len(emb.levels))}),
-            "score": "-CSD" if probabilistic else "cosine", "definition": DEFINITION,
-            "results": metrics(emb, probabilistic, oracle_caption=oracle_caption)}
+    return {
+        "checkpoint": str(path),
+        "step": checkpoint["step"],
+        "split": split,
+        "samples": int(len(emb.levels)),
+        "skipped": skips.files,
+        "data": data,
+        "warnings": small_split_warnings({split: int(len(emb.levels))}),
+        "score": "-CSD" if probabilistic else "cosine",
+        "definition": DEFINITION,
+        "results": metrics(emb, probabilistic, oracle_caption=oracle_caption),
+    }

@@ -7,6 +7,7 @@ mismatch above tolerance fails the export. `fp16=True` adds float16 copies of th
 (inputs and outputs stay float32/int64/uint8) under fp16/, checked the same way against a
 relative tolerance, for GPU serving and precompute.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,16 @@ import torch
 from torch import nn
 
 from runtime.bundle import BUNDLE_FORMAT_VERSION, file_sha256, finalise_manifest
-from runtime.contract import (FP16_GRAPH_FILES, GRAPH_FILES, GRAPH_INPUTS, GRAPH_OUTPUTS, META_TOKENS, RECORD_FILE,
-                            TOKENIZER_FILE, TRAINED_PARTS_FILE)
+from runtime.contract import (
+    FP16_GRAPH_FILES,
+    GRAPH_FILES,
+    GRAPH_INPUTS,
+    GRAPH_OUTPUTS,
+    META_TOKENS,
+    RECORD_FILE,
+    TOKENIZER_FILE,
+    TRAINED_PARTS_FILE,
+)
 from runtime.metadata import encode_metadata
 from model.config import ModelConfig
 from model.nn.psm import PSMModel
@@ -61,8 +70,12 @@ class _FuseGraph(nn.Module):
         self.model = model
 
     def forward(self, sat, location, hour, month, source, caption_source, present):
-        return self.model.fuse(sat, dict(location=location, hour=hour, month=month, source=source,
-                                         caption_source=caption_source, present=present))
+        return self.model.fuse(
+            sat,
+            dict(
+                location=location, hour=hour, month=month, source=source, caption_source=caption_source, present=present
+            ),
+        )
 
 
 class _TextGraph(nn.Module):
@@ -90,18 +103,28 @@ def example_inputs(model: PSMModel, batch: int = 3, seed: int = 0) -> dict[str, 
     rng = np.random.default_rng(seed)
     size = cfg.image_size
     meta = encode_metadata(
-        batch, lat=rng.uniform(-80, 80, batch), lon=rng.uniform(-180, 180, batch),
-        hour=rng.uniform(0, 24, batch), month=rng.integers(1, 13, batch).astype(float),
+        batch,
+        lat=rng.uniform(-80, 80, batch),
+        lon=rng.uniform(-180, 180, batch),
+        hour=rng.uniform(0, 24, batch),
+        month=rng.integers(1, 13, batch).astype(float),
         source=rng.integers(0, len(cfg.sources), batch),
-        caption_source=rng.integers(0, len(cfg.caption_sources), batch))
+        caption_source=rng.integers(0, len(cfg.caption_sources), batch),
+    )
     meta["present"] = (rng.random((batch, len(META_TOKENS))) > 0.3).astype(np.float32)
     ids, mask = model.tokenizer().encode([EXAMPLE_TEXTS[i % len(EXAMPLE_TEXTS)] for i in range(batch)])
     front = model.audio_front_end
-    features = np.stack([front.features(rng.standard_normal(front.n_samples).astype(np.float32)
-                                        * rng.uniform(0.01, 0.5)) for _ in range(batch)])
+    features = np.stack(
+        [
+            front.features(rng.standard_normal(front.n_samples).astype(np.float32) * rng.uniform(0.01, 0.5))
+            for _ in range(batch)
+        ]
+    )
     return {
-        "image": {"image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
-                  "gsd": rng.uniform(100, 50000, batch).astype(np.float32)},
+        "image": {
+            "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+            "gsd": rng.uniform(100, 50000, batch).astype(np.float32),
+        },
         "fuse": {"sat": rng.standard_normal((batch, cfg.sat_dim)).astype(np.float32), **meta},
         "text": {"input_ids": ids, "attention_mask": mask},
         "audio": {"features": features.astype(np.float32)},
@@ -115,7 +138,9 @@ def _dynamic_shapes(model: PSMModel, graph: str) -> dict:
         return {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     if graph == "audio" and model.audio_front_end.kind != "clap-fusion":
         # aisfx embeds blocks of 100 frames; the log-mel CNN pools each conv stage by 2.
-        fewest = 100 if model.audio_front_end.kind == "aisfx-mel" else 2 ** len(getattr(model.cfg.audio, "channels", []))
+        fewest = (
+            100 if model.audio_front_end.kind == "aisfx-mel" else 2 ** len(getattr(model.cfg.audio, "channels", []))
+        )
         return {"features": {0: batch, 2: torch.export.Dim("frames", min=max(2, fewest), max=100000)}}
     return {name: {0: batch} for name in GRAPH_INPUTS[graph]}
 
@@ -133,13 +158,21 @@ def _export_graph(model: PSMModel, module: nn.Module, graph: str, args: tuple, p
             axes = {name: {0: "batch"} for name in (*GRAPH_INPUTS[graph], *GRAPH_OUTPUTS[graph])}
             torch.onnx.export(module, args, str(path), dynamic_axes=axes, dynamo=False, **names)
         else:
-            program = torch.onnx.export(module, args, dynamic_shapes=_dynamic_shapes(model, graph),
-                                        dynamo=True, external_data=False, verbose=False, **names)
+            program = torch.onnx.export(
+                module,
+                args,
+                dynamic_shapes=_dynamic_shapes(model, graph),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                **names,
+            )
             program.save(str(path))
 
 
-def _parity(path: Path, inputs: dict[str, np.ndarray], expected: tuple[torch.Tensor, ...],
-            graph: str, relative: bool) -> float:
+def _parity(
+    path: Path, inputs: dict[str, np.ndarray], expected: tuple[torch.Tensor, ...], graph: str, relative: bool
+) -> float:
     """Max |onnxruntime - torch| over the graph's outputs (relative to max(1, |torch|) if asked)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(list(GRAPH_OUTPUTS[graph]), inputs)
@@ -157,10 +190,18 @@ def _to_fp16(src: Path, dst: Path) -> None:
     onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
 
 
-def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float, float],
-                  training: dict | None = None, metrics: dict | None = None,
-                  name: str = "soundscape", fp16: bool = False, examples: list[str] | None = None,
-                  progress: bool = False) -> dict:
+def export_bundle(
+    model: PSMModel,
+    out: str | Path,
+    *,
+    calibration: tuple[float, float],
+    training: dict | None = None,
+    metrics: dict | None = None,
+    name: str = "soundscape",
+    fp16: bool = False,
+    examples: list[str] | None = None,
+    progress: bool = False,
+) -> dict:
     """Write the bundle directory `out` (atomically: built aside, then renamed into place) and
     return its manifest. `examples`: text queries this model maps well (the server shows them);
     progress: a line on stderr per graph exported and checked."""
@@ -170,8 +211,12 @@ def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        wrappers = {"image": _ImageGraph(model), "fuse": _FuseGraph(model),
-                    "text": _TextGraph(model), "audio": _AudioGraph(model)}
+        wrappers = {
+            "image": _ImageGraph(model),
+            "fuse": _FuseGraph(model),
+            "text": _TextGraph(model),
+            "audio": _AudioGraph(model),
+        }
         inputs = example_inputs(model)
         parity, parity16 = {}, {}
         for number, (graph, module) in enumerate(wrappers.items(), start=1):
@@ -193,8 +238,12 @@ def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float,
             if not progress:
                 log.info("exported %s graph (max diff %.1e)", graph, parity[graph])
             else:
-                print(f"export {number}/{len(wrappers)}: the {graph} graph matches torch in onnxruntime "
-                      f"(max difference {parity[graph]:.1e})", file=sys.stderr, flush=True)
+                print(
+                    f"export {number}/{len(wrappers)}: the {graph} graph matches torch in onnxruntime "
+                    f"(max difference {parity[graph]:.1e})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         text_spec = model.text.write_tokenizer(tmp / TOKENIZER_FILE)
         manifest = {
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -206,8 +255,10 @@ def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float,
             "audio": model.audio_front_end.to_json(),
             "text": {"tokenizer": TOKENIZER_FILE, **text_spec},
             "meta_tokens": list(META_TOKENS),
-            "graphs": {g: {"file": GRAPH_FILES[g], "inputs": list(GRAPH_INPUTS[g]),
-                           "outputs": list(GRAPH_OUTPUTS[g])} for g in GRAPH_FILES},
+            "graphs": {
+                g: {"file": GRAPH_FILES[g], "inputs": list(GRAPH_INPUTS[g]), "outputs": list(GRAPH_OUTPUTS[g])}
+                for g in GRAPH_FILES
+            },
             "precisions": ["fp32", "fp16"] if fp16 else ["fp32"],
             "calibration": {"a": float(calibration[0]), "b": float(calibration[1])},
             "export_parity_max_abs_diff": parity,
@@ -231,8 +282,8 @@ def export_bundle(model: PSMModel, out: str | Path, *, calibration: tuple[float,
 # ---------------------------------------------------------------------------------------------
 # Trained parts only: what a repository commits when the frozen towers come from packages
 
-def save_trained_parts(model: PSMModel, folder: str | Path, *, calibration: tuple[float, float],
-                       record: dict) -> dict:
+
+def save_trained_parts(model: PSMModel, folder: str | Path, *, calibration: tuple[float, float], record: dict) -> dict:
     """Write the trained tensors of `model` (all but its frozen towers, whose weights their
     packages carry) to `folder`/trained.safetensors, and `record` (provenance: training, data,
     metrics) with the model config, calibration and the weights' hash to record.json."""
@@ -242,9 +293,12 @@ def save_trained_parts(model: PSMModel, folder: str | Path, *, calibration: tupl
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
     save_file(state, str(folder / TRAINED_PARTS_FILE))
-    record = {**record, "model_config": model.cfg.to_dict(),
-              "calibration": {"a": float(calibration[0]), "b": float(calibration[1])},
-              "weights": {"file": TRAINED_PARTS_FILE, "sha256": file_sha256(folder / TRAINED_PARTS_FILE)}}
+    record = {
+        **record,
+        "model_config": model.cfg.to_dict(),
+        "calibration": {"a": float(calibration[0]), "b": float(calibration[1])},
+        "weights": {"file": TRAINED_PARTS_FILE, "sha256": file_sha256(folder / TRAINED_PARTS_FILE)},
+    }
     (folder / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -268,13 +322,27 @@ def load_trained_parts(folder: str | Path) -> tuple[PSMModel, dict]:
     return model.eval(), record
 
 
-def bundle_from_trained_parts(folder: str | Path, out: str | Path, *, name: str | None = None,
-                              metrics: dict | None = None, fp16: bool = False, examples: list[str] | None = None,
-                              progress: bool = False) -> dict:
+def bundle_from_trained_parts(
+    folder: str | Path,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    metrics: dict | None = None,
+    fp16: bool = False,
+    examples: list[str] | None = None,
+    progress: bool = False,
+) -> dict:
     """Export the bundle of a trained-parts folder (its record's name, calibration, training and
     metrics, and the weights' sha256, by which `soundscape demo` knows its bundle is current)."""
     model, record = load_trained_parts(folder)
-    return export_bundle(model, out, calibration=(record["calibration"]["a"], record["calibration"]["b"]),
-                         training={**record["training"], "weights_sha256": record["weights"]["sha256"]},
-                         metrics={**record["metrics"], **(metrics or {})}, name=name or record["name"], fp16=fp16,
-                         examples=examples or record.get("examples"), progress=progress)
+    return export_bundle(
+        model,
+        out,
+        calibration=(record["calibration"]["a"], record["calibration"]["b"]),
+        training={**record["training"], "weights_sha256": record["weights"]["sha256"]},
+        metrics={**record["metrics"], **(metrics or {})},
+        name=name or record["name"],
+        fp16=fp16,
+        examples=examples or record.get("examples"),
+        progress=progress,
+    )

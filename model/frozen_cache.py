@@ -7,6 +7,7 @@ are then never decoded. Samples found unreadable while caching are recorded, so 
 them instead of pairing their image with a neighbour's cached audio. Files are named by a
 fingerprint of the tower config and the split and written atomically: an interrupted run
 recomputes them and a second run reuses them."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,22 +39,40 @@ class FrozenCache:
 def fingerprint(model: PSMModel, tower: str, split: str, data: dict, source: SampleSource) -> str:
     """Names a cache file: the tower, the split, the data section, and the data's own content
     hash where its reader gives one (the count of samples where it does not)."""
-    spec = {"tower": getattr(model.cfg, tower).__dict__, "split": split, "data": data, "n": len(source),
-            "content": getattr(source, "content_hash", None),
-            "audio": model.cfg.audio_spec.to_json() if tower == "audio" else None}
+    spec = {
+        "tower": getattr(model.cfg, tower).__dict__,
+        "split": split,
+        "data": data,
+        "n": len(source),
+        "content": getattr(source, "content_hash", None),
+        "audio": model.cfg.audio_spec.to_json() if tower == "audio" else None,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @torch.no_grad()
-def tower_outputs(model: PSMModel, tower: str, source: SampleSource, prep: Preprocessing, *,
-                  batch_size: int, workers: int, skips: SkipLog, progress: bool) -> tuple[np.ndarray, dict]:
+def tower_outputs(
+    model: PSMModel,
+    tower: str,
+    source: SampleSource,
+    prep: Preprocessing,
+    *,
+    batch_size: int,
+    workers: int,
+    skips: SkipLog,
+    progress: bool,
+) -> tuple[np.ndarray, dict]:
     """(N, out_dim) backbone outputs of `tower` for every sample index, and the samples found
     unreadable ({index: (where, reason)}). Text is embedded once per distinct caption."""
     device = next(model.parameters()).device
     examples = Examples(source, prep, skip_audio=(tower == "text"))
     unreadable, captions, rows = {}, [], []
-    for batch in tqdm(loader(examples, Collate(prep), batch_size=batch_size, workers=workers),
-                      desc=f"caching the {tower} tower", disable=not progress, unit="batch"):
+    for batch in tqdm(
+        loader(examples, Collate(prep), batch_size=batch_size, workers=workers),
+        desc=f"caching the {tower} tower",
+        disable=not progress,
+        unit="batch",
+    ):
         skips.add(batch["skipped"])
         unreadable.update({i: (where, reason) for i, where, reason in batch["skipped"]})
         if tower == "text":
@@ -76,9 +95,19 @@ def tower_outputs(model: PSMModel, tower: str, source: SampleSource, prep: Prepr
     return np.stack([vectors[c] for c in captions]).astype(np.float32), unreadable
 
 
-def frozen_cache(model: PSMModel, split: str, source: SampleSource, prep: Preprocessing, *,
-                 cache_dir: Path, data: dict, batch_size: int, workers: int, skips: SkipLog,
-                 progress: bool) -> FrozenCache:
+def frozen_cache(
+    model: PSMModel,
+    split: str,
+    source: SampleSource,
+    prep: Preprocessing,
+    *,
+    cache_dir: Path,
+    data: dict,
+    batch_size: int,
+    workers: int,
+    skips: SkipLog,
+    progress: bool,
+) -> FrozenCache:
     """The cache of every frozen tower of `model` over `source`, read from `cache_dir` or
     computed and stored there."""
     cache = FrozenCache()
@@ -87,17 +116,24 @@ def frozen_cache(model: PSMModel, split: str, source: SampleSource, prep: Prepro
         if path.is_file():
             with np.load(path) as f:
                 values = f["values"]
-                unreadable = {int(i): (str(w), str(r)) for i, w, r in zip(f["bad_index"], f["bad_where"], f["bad_reason"])}
+                unreadable = {
+                    int(i): (str(w), str(r)) for i, w, r in zip(f["bad_index"], f["bad_where"], f["bad_reason"])
+                }
         else:
             log.info("caching the frozen %s tower over %d %s samples", tower, len(source), split)
-            values, unreadable = tower_outputs(model, tower, source, prep, batch_size=batch_size,
-                                               workers=workers, skips=skips, progress=progress)
+            values, unreadable = tower_outputs(
+                model, tower, source, prep, batch_size=batch_size, workers=workers, skips=skips, progress=progress
+            )
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes sharing a cache never share a tmp file
             with open(tmp, "wb") as f:
-                np.savez(f, values=values, bad_index=np.array(list(unreadable), dtype=np.int64),
-                         bad_where=np.array([w for w, _ in unreadable.values()], dtype=str),
-                         bad_reason=np.array([r for _, r in unreadable.values()], dtype=str))
+                np.savez(
+                    f,
+                    values=values,
+                    bad_index=np.array(list(unreadable), dtype=np.int64),
+                    bad_where=np.array([w for w, _ in unreadable.values()], dtype=str),
+                    bad_reason=np.array([r for _, r in unreadable.values()], dtype=str),
+                )
             os.replace(tmp, path)
         cache.outputs[tower] = values
         cache.unreadable.update(unreadable)

@@ -8,6 +8,7 @@ gradient clipping, fp16 autocast with loss scaling on CUDA. Everything random in
 by (seed, step), so a resumed run repeats an uninterrupted one exactly and DDP equals one
 process on the global batch (model.batches, model.distributed).
 """
+
 from __future__ import annotations
 
 import csv
@@ -103,9 +104,23 @@ class RunConfig:
 
 
 METRIC_NAMES = ("I2S_R@10%", "S2I_R@10%")
-LOG_COLUMNS = ("step", "epoch", "lr", "loss", "loss_sat_audio", "loss_sat_text", "loss_audio_text",
-               "scale_a", "shift_b", "samples_per_s", "skipped", "val_I2S_R@10%", "val_I2S_median_rank",
-               "val_S2I_R@10%", "val_S2I_median_rank")
+LOG_COLUMNS = (
+    "step",
+    "epoch",
+    "lr",
+    "loss",
+    "loss_sat_audio",
+    "loss_sat_text",
+    "loss_audio_text",
+    "scale_a",
+    "shift_b",
+    "samples_per_s",
+    "skipped",
+    "val_I2S_R@10%",
+    "val_I2S_median_rank",
+    "val_S2I_R@10%",
+    "val_S2I_median_rank",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,14 +148,15 @@ class Optimisation:
         self.params = [p for p in [*model.parameters(), *self.loss_fn.parameters()] if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self._groups(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: cosine_with_warmup(s, cfg.steps, cfg.warmup_steps, cfg.cosine_cycle_steps))
+            self.optimizer, lambda s: cosine_with_warmup(s, cfg.steps, cfg.warmup_steps, cfg.cosine_cycle_steps)
+        )
         self.amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.forward = model
         if d.active:
             self.forward = nn.parallel.DistributedDataParallel(
-                model, device_ids=[d.local_rank] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+                model, device_ids=[d.local_rank] if self.device.type == "cuda" else None, find_unused_parameters=True
+            )
 
     def _groups(self) -> list[dict]:
         if self.cfg.decay_all:
@@ -174,8 +190,12 @@ class Optimisation:
         return {"loss": float(loss.detach()), **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
 
     def state(self) -> dict:
-        return {"loss": self.loss_fn.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict()}
+        return {
+            "loss": self.loss_fn.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load_state(self, state: dict) -> None:
         self.loss_fn.load_state_dict(state["loss"])
@@ -210,8 +230,12 @@ def _flip(image: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
     return torch.where(which[:, 1, None, None, None], image.flip(1), image)
 
 
-def train(model: PSMModel, batches: Callable[[torch.Generator], Iterator[dict[str, torch.Tensor]]],
-          cfg: TrainConfig, progress: bool = True) -> nn.Module:
+def train(
+    model: PSMModel,
+    batches: Callable[[torch.Generator], Iterator[dict[str, torch.Tensor]]],
+    cfg: TrainConfig,
+    progress: bool = True,
+) -> nn.Module:
     """Train in place for cfg.steps steps on an in-memory batch stream (no data reader, no
     evaluation, no checkpoints); returns the loss module, whose (a, b) is the calibration."""
     torch.manual_seed(cfg.seed)
@@ -266,7 +290,9 @@ class Run:
         self.config = config = dataclasses.replace(config, data=self.splits.settled or config.data)
         checkpoint = _read_resume_checkpoint(run_dir, config) if resume else None
         if checkpoint is None and (run_dir / "last.pt").exists():
-            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+            raise FileExistsError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
         if self.dist.is_main:
             eval_n = min(len(self.splits.val), self.cfg.eval_samples or len(self.splits.val))
             for warning in small_split_warnings({"validation": eval_n, "test": len(self.splits.test)}):
@@ -294,32 +320,62 @@ class Run:
         return cache if self.dist.is_main else self._build_cache(split)
 
     def _build_cache(self, split: str) -> FrozenCache:
-        return frozen_cache(self.model, split, getattr(self.splits, split), self.prep,
-                            cache_dir=self.run_dir / "frozen-cache", data=self.config.data,
-                            batch_size=self.cfg.eval_batch_size, workers=self.cfg.workers,
-                            skips=self.skips, progress=self.progress and self.dist.is_main)
+        return frozen_cache(
+            self.model,
+            split,
+            getattr(self.splits, split),
+            self.prep,
+            cache_dir=self.run_dir / "frozen-cache",
+            data=self.config.data,
+            batch_size=self.cfg.eval_batch_size,
+            workers=self.cfg.workers,
+            skips=self.skips,
+            progress=self.progress and self.dist.is_main,
+        )
 
     def batches(self) -> Iterator[dict]:
         cache = self.caches["train"]
-        examples = Examples(self.splits.train, self.prep, skip_audio="audio" in cache.outputs,
-                            unreadable=cache.unreadable)
-        sampler = GlobalBatches(len(examples), self.cfg.batch_size, seed=self.cfg.seed,
-                                rank=self.dist.rank, world=self.dist.world, start=self.step)
+        examples = Examples(
+            self.splits.train, self.prep, skip_audio="audio" in cache.outputs, unreadable=cache.unreadable
+        )
+        sampler = GlobalBatches(
+            len(examples),
+            self.cfg.batch_size,
+            seed=self.cfg.seed,
+            rank=self.dist.rank,
+            world=self.dist.world,
+            start=self.step,
+        )
         self.per_epoch = sampler.per_epoch
         return iter(loader(examples, Collate(self.prep, cache.outputs), sampler, workers=self.cfg.workers))
 
     def validate(self) -> dict:
         """Validation metrics (metadata as the data has it, all levels in one gallery)."""
-        emb = embed_split(self.model, self.splits.val, self.prep, cache=self.caches["val"],
-                          batch_size=self.cfg.eval_batch_size, workers=self.cfg.workers,
-                          max_samples=self.cfg.eval_samples, skips=self.skips)
+        emb = embed_split(
+            self.model,
+            self.splits.val,
+            self.prep,
+            cache=self.caches["val"],
+            batch_size=self.cfg.eval_batch_size,
+            workers=self.cfg.workers,
+            max_samples=self.cfg.eval_samples,
+            skips=self.skips,
+        )
         return metrics(emb, self.cfg.loss.kind == "pcmepp", oracle_caption=False)["all"]["metadata"]
 
     def checkpoint(self, name: str) -> None:
-        state = {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
-                 "model": self.model.trainable_state_dict(), **self.opt.state(), "step": self.step,
-                 "best": self.best, "best_step": self.best_step, "evals_since_best": self.evals_since_best,
-                 "skipped": self.skips.records(), "calibration": self.opt.loss_fn.calibration()}
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "model": self.model.trainable_state_dict(),
+            **self.opt.state(),
+            "step": self.step,
+            "best": self.best,
+            "best_step": self.best_step,
+            "evals_since_best": self.evals_since_best,
+            "skipped": self.skips.records(),
+            "calibration": self.opt.loss_fn.calibration(),
+        }
         tmp = self.run_dir / f".{name}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.run_dir / name)
@@ -348,8 +404,13 @@ def checked_splits(data: dict, model: ModelConfig, *, skip: bool) -> Splits:
 def preprocessing(model: PSMModel) -> Preprocessing:
     """The sample-to-input preparation a model's bundle will ship."""
     cfg = model.cfg
-    return Preprocessing(model.tokenizer(), model.audio_front_end, Vocabulary(cfg.sources),
-                         Vocabulary(cfg.caption_sources), cfg.image_size)
+    return Preprocessing(
+        model.tokenizer(),
+        model.audio_front_end,
+        Vocabulary(cfg.sources),
+        Vocabulary(cfg.caption_sources),
+        cfg.image_size,
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -373,8 +434,14 @@ def model_from_checkpoint(path: str | Path) -> tuple[PSMModel, dict]:
     return model.eval(), checkpoint
 
 
-def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, stop_after: int | None = None,
-        progress: bool = True) -> RunResult:
+def fit(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> RunResult:
     """Train, validate and checkpoint into `run_dir` (last.pt, best.pt, metrics.csv,
     config.yaml, skipped.tsv). resume=True continues from last.pt exactly; stop_after ends this
     invocation after that many steps (with a checkpoint), as a killed job would."""
@@ -411,8 +478,16 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, stop_after: int | None,
                 stopped = _evaluate_and_select(run, row)
             if d.is_main and (evaluate or run.step % cfg.log_every == 0):
                 a, b = run.opt.loss_fn.calibration()
-                logger.write({**row, "lr": run.opt.schedule.get_last_lr()[0], "scale_a": a, "shift_b": b,
-                              "samples_per_s": meter.read(), "skipped": run.skips.count})
+                logger.write(
+                    {
+                        **row,
+                        "lr": run.opt.schedule.get_last_lr()[0],
+                        "scale_a": a,
+                        "shift_b": b,
+                        "samples_per_s": meter.read(),
+                        "skipped": run.skips.count,
+                    }
+                )
             if d.is_main and (run.step % cfg.checkpoint_every == 0 or run.step == end or stopped):
                 run.checkpoint("last.pt")
         bar.close()
@@ -435,9 +510,14 @@ def _evaluate_and_select(run: Run, row: dict | None) -> bool:
             run.evals_since_best += 1
         stop = run.cfg.patience is not None and run.evals_since_best >= run.cfg.patience
         if stop:
-            log.info("early stop at step %d: %s has not improved for %d evaluations (best %.4f at step %d)",
-                     run.step, run.cfg.select_metric, run.evals_since_best, run.best[run.cfg.select_metric],
-                     run.best_step)
+            log.info(
+                "early stop at step %d: %s has not improved for %d evaluations (best %.4f at step %d)",
+                run.step,
+                run.cfg.select_metric,
+                run.evals_since_best,
+                run.best[run.cfg.select_metric],
+                run.best_step,
+            )
     barrier(run.dist)
     return broadcast_flag(stop, run.dist)
 

@@ -1,5 +1,6 @@
 """`soundscape precompute` (imagery + bundle -> embedding store), `soundscape precompute merge`
 (shard stores -> one store) and `soundscape store info|verify`."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,17 @@ USER_ERRORS: tuple[type[Exception], ...] = (BundleError, ImageryError, StoreErro
 def _options(args: argparse.Namespace, plan_levels: list[int], readers: int) -> RunOptions:
     fusions = tuple(k for k in args.fusions.split(",") if k)
     fusion_levels = tuple(parse_levels(args.fusion_levels)) if args.fusion_levels else ()
-    return RunOptions(batch=args.batch_size, readers=readers,
-                      shard=parse_shard(args.shard) if args.shard else (0, 1),
-                      fusion_levels=tuple(lv for lv in fusion_levels if lv in plan_levels), fusions=fusions,
-                      index_flat_max=args.index_flat_max, max_upsample=args.max_upsample,
-                      credit=args.credit, licence=args.licence)
+    return RunOptions(
+        batch=args.batch_size,
+        readers=readers,
+        shard=parse_shard(args.shard) if args.shard else (0, 1),
+        fusion_levels=tuple(lv for lv in fusion_levels if lv in plan_levels),
+        fusions=fusions,
+        index_flat_max=args.index_flat_max,
+        max_upsample=args.max_upsample,
+        credit=args.credit,
+        licence=args.licence,
+    )
 
 
 def _precompute(args: argparse.Namespace) -> int:
@@ -45,12 +52,17 @@ def _precompute(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(estimate(imagery, bundle, plan, options).lines()))
         return 0
-    manifest, report = execute(imagery, bundle, plan, Path(args.out), options, overwrite=args.overwrite,
-                               progress=not args.quiet)
-    print(f"store {manifest['id']} written to {args.out} ({report.cells_per_s:.0f} cells/s on {report.device}"
-          + (", resumed" if report.resumed else "") + "): "
-          + ", ".join(f"level {lv}: {n} cells ({report.skipped[lv]} without imagery)"
-                      for lv, n in report.embedded.items()))
+    manifest, report = execute(
+        imagery, bundle, plan, Path(args.out), options, overwrite=args.overwrite, progress=not args.quiet
+    )
+    print(
+        f"store {manifest['id']} written to {args.out} ({report.cells_per_s:.0f} cells/s on {report.device}"
+        + (", resumed" if report.resumed else "")
+        + "): "
+        + ", ".join(
+            f"level {lv}: {n} cells ({report.skipped[lv]} without imagery)" for lv, n in report.embedded.items()
+        )
+    )
     return 0
 
 
@@ -58,7 +70,9 @@ def _merge(args: argparse.Namespace) -> int:
     if not args.out or not args.shards:
         raise PlanError("soundscape precompute merge needs --out STORE and the shard stores (see merge --help)")
     manifest = merge(args.shards, args.out, overwrite=args.overwrite, flat_max=args.index_flat_max)
-    counts = ", ".join(f"level {k}: {v['count']}" for k, v in sorted(manifest["levels"].items(), key=lambda kv: int(kv[0])))
+    counts = ", ".join(
+        f"level {k}: {v['count']}" for k, v in sorted(manifest["levels"].items(), key=lambda kv: int(kv[0]))
+    )
     print(f"store {manifest['id']} merged from {len(args.shards)} shards into {args.out}: {counts}")
     return 0
 
@@ -81,7 +95,9 @@ def _info(args: argparse.Namespace) -> int:
         index = meta["index"]
         recall = f" (nprobe {index['nprobe']}, recall@10 {index['recall_at_10']})" if "nprobe" in index else ""
         fusions = ", ".join(meta.get("fusions", [])) or "-"
-        print(f"{int(key):>5} {meta['count']:>10,} {meta.get('skipped', 0):>8,} {size:>8.1f}  {index['kind']}{recall} / {fusions}")
+        print(
+            f"{int(key):>5} {meta['count']:>10,} {meta.get('skipped', 0):>8,} {size:>8.1f}  {index['kind']}{recall} / {fusions}"
+        )
     return 0
 
 
@@ -93,69 +109,118 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--imagery", nargs="+", metavar="SRC",
-                   help="GeoTIFF/COG (local path or URL, any CRS), a directory of them, or several: a mosaic "
-                        "where the first raster with a valid pixel gives it")
+    p.add_argument(
+        "--imagery",
+        nargs="+",
+        metavar="SRC",
+        help="GeoTIFF/COG (local path or URL, any CRS), a directory of them, or several: a mosaic "
+        "where the first raster with a valid pixel gives it",
+    )
     p.add_argument("--bundle", help="model bundle directory")
     p.add_argument("--levels", default="0-6", help="levels to embed, e.g. 0-7 or 2,4 (default 0-6)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--bbox", help="west,south,east,north in degrees, e.g. -10,35,30,60 (default: the world)")
     where.add_argument("--region", help="GeoJSON file: embed only cells that touch its geometries")
-    p.add_argument("--land-only", action="store_true",
-                   help="embed only cells that hold land (GLOBE mask from the package global-land-mask)")
+    p.add_argument(
+        "--land-only",
+        action="store_true",
+        help="embed only cells that hold land (GLOBE mask from the package global-land-mask)",
+    )
     p.add_argument("--out", help="store directory to write")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing store at --out (only once the new one is complete), and discard "
-                        "an unfinished run of a different plan")
-    p.add_argument("--shard", metavar="I/N", help="embed only the I-th of N quadkey ranges of every level "
-                                                  "(0-based); join the N outputs with `precompute merge`")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print cell counts, storage and a time estimate measured on a sample; write nothing")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where graphs run (default auto: the CUDA provider with fp16 graphs when a GPU is visible)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing store at --out (only once the new one is complete), and discard "
+        "an unfinished run of a different plan",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="embed only the I-th of N quadkey ranges of every level "
+        "(0-based); join the N outputs with `precompute merge`",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print cell counts, storage and a time estimate measured on a sample; write nothing",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where graphs run (default auto: the CUDA provider with fp16 graphs when a GPU is visible)",
+    )
     p.add_argument("--batch-size", type=int, help="cells per inference batch (default 256 on CPU, 1024 on GPU)")
-    p.add_argument("--readers", type=int, help="imagery reader threads (default: half the cores, at least 2; "
-                                                "on a GPU all cores but two)")
+    p.add_argument(
+        "--readers",
+        type=int,
+        help="imagery reader threads (default: half the cores, at least 2; on a GPU all cores but two)",
+    )
     p.add_argument("--fusion-levels", help="levels that also store fusions per hour and month, e.g. 0-5 (default none)")
-    p.add_argument("--fusions", default="hour,month",
-                   help="which fusions --fusion-levels store: hour (0..23), month (1..12) (default hour,month)")
+    p.add_argument(
+        "--fusions",
+        default="hour,month",
+        help="which fusions --fusion-levels store: hour (0..23), month (1..12) (default hour,month)",
+    )
     p.add_argument("--nodata", type=float, help="treat this pixel value as no imagery (overrides the files' nodata)")
-    p.add_argument("--max-upsample", type=float, default=8.0,
-                   help="refuse levels whose cells would enlarge a source pixel more than this (default 8)")
-    p.add_argument("--index-flat-max", type=int, default=FLAT_MAX,
-                   help=f"levels with more cells get an IVF index, tuned to recall@10 >= 0.95 (default {FLAT_MAX:,})")
-    p.add_argument("--credit", help="who made the imagery, shown as the served map's attribution "
-                                    "(e.g. 'NASA Earth Observatory'; default: none, the model only)")
+    p.add_argument(
+        "--max-upsample",
+        type=float,
+        default=8.0,
+        help="refuse levels whose cells would enlarge a source pixel more than this (default 8)",
+    )
+    p.add_argument(
+        "--index-flat-max",
+        type=int,
+        default=FLAT_MAX,
+        help=f"levels with more cells get an IVF index, tuned to recall@10 >= 0.95 (default {FLAT_MAX:,})",
+    )
+    p.add_argument(
+        "--credit",
+        help="who made the imagery, shown as the served map's attribution "
+        "(e.g. 'NASA Earth Observatory'; default: none, the model only)",
+    )
     p.add_argument("--licence", help="the imagery's licence, shown with the credit (e.g. 'CC BY 4.0')")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "precompute", help="embed imagery cells into a store for a bundle (and merge shard stores)",
+        "precompute",
+        help="embed imagery cells into a store for a bundle (and merge shard stores)",
         description="Read every web-mercator cell of --levels over --bbox/--region from the imagery, embed it "
-                    "with the bundle's image graph and stream it into the store, in quadkey order. A killed run "
-                    "continues where it stopped when run again with the same arguments. "
-                    "`soundscape precompute merge --out STORE SHARD...` joins the stores of --shard runs.")
+        "with the bundle's image graph and stream it into the store, in quadkey order. A killed run "
+        "continues where it stopped when run again with the same arguments. "
+        "`soundscape precompute merge --out STORE SHARD...` joins the stores of --shard runs.",
+    )
     _add_run_arguments(p)
     actions = p.add_subparsers(dest="action", metavar="merge")
-    m = actions.add_parser("merge", help="join the stores of all --shard i/n runs into one store",
-                           description="Join the stores written by `precompute --shard i/n` (all n of them) "
-                                       "into the store a single run would have written.")
+    m = actions.add_parser(
+        "merge",
+        help="join the stores of all --shard i/n runs into one store",
+        description="Join the stores written by `precompute --shard i/n` (all n of them) "
+        "into the store a single run would have written.",
+    )
     m.add_argument("shards", nargs="+", help="shard store directories")
     m.add_argument("--out", required=True, help="store directory to write")
     m.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     m.add_argument("--index-flat-max", type=int, default=FLAT_MAX, help="as for precompute")
     p.set_defaults(handler=_precompute, action=None)
 
-    s = sub.add_parser("store", help="describe or verify an embedding store",
-                       description="Inspect an embedding store written by `soundscape precompute`.")
+    s = sub.add_parser(
+        "store",
+        help="describe or verify an embedding store",
+        description="Inspect an embedding store written by `soundscape precompute`.",
+    )
     checks = s.add_subparsers(dest="store_command", metavar="{info,verify}", required=True)
     info = checks.add_parser("info", help="levels, counts, index kinds, fusions and sizes")
     info.add_argument("store", help="store directory")
     info.set_defaults(handler=_info)
-    verify = checks.add_parser("verify", help="check every checksum and the consistency of every level",
-                               description="Exit 0 when every file matches its checksum and every level's "
-                                           "arrays, index and fusions agree; exit 2 naming the first problem.")
+    verify = checks.add_parser(
+        "verify",
+        help="check every checksum and the consistency of every level",
+        description="Exit 0 when every file matches its checksum and every level's "
+        "arrays, index and fusions agree; exit 2 naming the first problem.",
+    )
     verify.add_argument("store", help="store directory")
     verify.set_defaults(handler=_verify)

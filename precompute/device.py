@@ -1,5 +1,6 @@
 """Where precompute runs its graphs: onnxruntime's CUDA provider with the bundle's float16 graphs
 when a GPU is present, the CPU provider otherwise; chosen automatically, overridable, reported."""
+
 from __future__ import annotations
 
 import json
@@ -46,14 +47,17 @@ def default_readers(kind: str) -> int:
     return max(2, cores - 2 if kind == "cuda" else cores // 2)
 
 
-def select_device(bundle_path: str | Path, requested: str = "auto", batch: int | None = None,
-                  readers: int | None = None) -> Device:
+def select_device(
+    bundle_path: str | Path, requested: str = "auto", batch: int | None = None, readers: int | None = None
+) -> Device:
     """CUDA when asked or when onnxruntime sees a GPU, else CPU; fp16 graphs on CUDA when the
     bundle has them (fp16 on a CPU is slower than fp32 and gains nothing)."""
     has_cuda = CUDA in ort.get_available_providers()
     if requested == "cuda" and not has_cuda:
-        raise BundleError("--device cuda needs onnxruntime-gpu and a visible GPU; onnxruntime here offers "
-                          + ", ".join(ort.get_available_providers()))
+        raise BundleError(
+            "--device cuda needs onnxruntime-gpu and a visible GPU; onnxruntime here offers "
+            + ", ".join(ort.get_available_providers())
+        )
     kind = "cuda" if requested == "cuda" or (requested == "auto" and has_cuda) else "cpu"
     precision = "fp16" if kind == "cuda" and "fp16" in bundle_precisions(bundle_path) else "fp32"
     return Device(kind, precision, batch or BATCH[kind], readers or default_readers(kind))

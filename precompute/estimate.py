@@ -1,6 +1,7 @@
 """`soundscape precompute --dry-run`: cell counts, storage and time of a plan, the time measured
 by embedding a small sample of its cells (spread over its levels in proportion) exactly as the
 run would."""
+
 from __future__ import annotations
 
 import time
@@ -43,12 +44,14 @@ class Estimate:
 
     def lines(self) -> list[str]:
         out = [f"{'level':>5} {'cells':>12}"] + [f"{lv:>5} {n:>12,}" for lv, n in self.cells.items()]
-        out += [f"{'total':>5} {self.total_cells:>12,}",
-                f"imagery: {self.valid_fraction:.0%} of {self.sampled} sampled cells have it "
-                f"(about {self.total_cells * self.valid_fraction:,.0f} stored cells)",
-                f"storage: about {self.storage_bytes / 1e6:,.1f} MB",
-                f"time: about {_duration(self.seconds)} at {self.cells_per_s:,.0f} cells/s on {self.device} "
-                f"(measured on {self.sampled} cells)"]
+        out += [
+            f"{'total':>5} {self.total_cells:>12,}",
+            f"imagery: {self.valid_fraction:.0%} of {self.sampled} sampled cells have it "
+            f"(about {self.total_cells * self.valid_fraction:,.0f} stored cells)",
+            f"storage: about {self.storage_bytes / 1e6:,.1f} MB",
+            f"time: about {_duration(self.seconds)} at {self.cells_per_s:,.0f} cells/s on {self.device} "
+            f"(measured on {self.sampled} cells)",
+        ]
         return out
 
 
@@ -88,7 +91,9 @@ def estimate(imagery: Imagery, bundle: Bundle, plan: Plan, options: RunOptions, 
         for warm, size in ((True, WARMUP), (False, sample)):
             for level, positions in _sample(plan, ranges, size).items():
                 codes, x, y = plan.level(level).at(positions)
-                batches = [(0, codes[i:i + batch], x[i:i + batch], y[i:i + batch]) for i in range(0, len(codes), batch)]
+                batches = [
+                    (0, codes[i : i + batch], x[i : i + batch], y[i : i + batch]) for i in range(0, len(codes), batch)
+                ]
                 sets = fusion_sets(kinds) if level in fused_levels else []
                 started = time.perf_counter()
                 for item, cells in read_ahead(batches, imagery, level, bundle.image_size, pool):
@@ -98,8 +103,11 @@ def estimate(imagery: Imagery, bundle: Bundle, plan: Plan, options: RunOptions, 
                 if not warm:
                     elapsed += time.perf_counter() - started
                     sampled += len(codes)
-    return Estimate(cells={lv: stop - start for lv, (start, stop) in ranges.items()},
-                    valid_fraction=with_imagery / sampled if sampled else 0.0,
-                    bytes_per_cell={lv: _bytes_per_cell(bundle, lv in fused_levels, kinds) for lv in plan.levels},
-                    cells_per_s=sampled / elapsed if elapsed else 0.0, sampled=sampled,
-                    device=f"{bundle_device(bundle)}, batches of {batch}")
+    return Estimate(
+        cells={lv: stop - start for lv, (start, stop) in ranges.items()},
+        valid_fraction=with_imagery / sampled if sampled else 0.0,
+        bytes_per_cell={lv: _bytes_per_cell(bundle, lv in fused_levels, kinds) for lv in plan.levels},
+        cells_per_s=sampled / elapsed if elapsed else 0.0,
+        sampled=sampled,
+        device=f"{bundle_device(bundle)}, batches of {batch}",
+    )

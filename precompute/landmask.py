@@ -3,6 +3,7 @@ package global-land-mask (MIT). The full mask is 933 MB of booleans and takes se
 decompress, so it is reduced once to "any land" at 4 arc-minutes (8 x 8 mask pixels) and cached;
 a cell holds land when any reduced pixel it touches does. Coarse cells therefore keep every
 coast and island; at levels >= 11 a kept cell may lie up to ~7 km off the coast."""
+
 from __future__ import annotations
 
 import functools

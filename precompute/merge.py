@@ -2,6 +2,7 @@
 of the whole plan writes. Shard i holds the i-th quadkey range of every level, so each level is
 the shards' arrays concatenated in shard order, streamed in chunks; indexes and the manifest are
 then built exactly as a single run builds them."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,15 @@ import numpy as np
 from store.imagery_ref import as_built, relative_to_store
 from store.index import FLAT_MAX
 from store.npy import GrowingNpy
-from store.format import (INDEX_FILE, MANIFEST_FILE, STORE_FORMAT_VERSION, StoreError, check_output,
-                              finish_store, level_dir)
+from store.format import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    STORE_FORMAT_VERSION,
+    StoreError,
+    check_output,
+    finish_store,
+    level_dir,
+)
 
 CHUNK_ROWS = 65536
 SAME_RUN_KEYS = ("bundle_id", "imagery", "plan", "bounds")
@@ -58,7 +66,7 @@ def _concatenate(parts: list[Path], out: Path) -> None:
     for part in parts:
         rows = np.load(part, mmap_mode="r")
         for start in range(0, len(rows), CHUNK_ROWS):
-            target.append(rows[start:start + CHUNK_ROWS])
+            target.append(rows[start : start + CHUNK_ROWS])
     target.close()
 
 

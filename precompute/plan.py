@@ -6,6 +6,7 @@ A level is enumerated block by block (a block is one tile BLOCK_DEPTH levels up,
 are one contiguous Morton range), so a plan never holds a whole fine level in memory. Positions
 in that enumeration are what shards split and what a resumed run restarts from.
 """
+
 from __future__ import annotations
 
 import functools
@@ -96,16 +97,29 @@ class Region:
         try:
             raw = Path(path).read_bytes()
             doc = json.loads(raw)
-            geometries = [f["geometry"] for f in doc["features"]] if doc.get("type") == "FeatureCollection" \
-                else [doc["geometry"]] if doc.get("type") == "Feature" else [doc]
+            geometries = (
+                [f["geometry"] for f in doc["features"]]
+                if doc.get("type") == "FeatureCollection"
+                else [doc["geometry"]]
+                if doc.get("type") == "Feature"
+                else [doc]
+            )
             points = np.concatenate([_flat_points(g) for g in geometries if g])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PlanError(f"region {path} is not a readable GeoJSON file of geometries: {exc}") from exc
-        bbox = (float(points[:, 0].min()), float(points[:, 1].min()),
-                float(points[:, 0].max()), float(points[:, 1].max()))
-        shapes = tuple(transform_geom("EPSG:4326", "EPSG:3857",
-                                      {"type": g["type"], "coordinates": _clip_latitudes(g["coordinates"])})
-                       for g in geometries if g)
+        bbox = (
+            float(points[:, 0].min()),
+            float(points[:, 1].min()),
+            float(points[:, 0].max()),
+            float(points[:, 1].max()),
+        )
+        shapes = tuple(
+            transform_geom(
+                "EPSG:4326", "EPSG:3857", {"type": g["type"], "coordinates": _clip_latitudes(g["coordinates"])}
+            )
+            for g in geometries
+            if g
+        )
         return cls(str(path), bbox, shapes, hashlib.sha256(raw).hexdigest())
 
 
@@ -129,8 +143,14 @@ def _flat_points(geometry: dict) -> np.ndarray:
 class Plan:
     """The cells of `levels` over `bbox`, optionally only those touching `region` or holding land."""
 
-    def __init__(self, levels: list[int], bbox: tuple[float, float, float, float], *,
-                 region: Region | None = None, land_only: bool = False):
+    def __init__(
+        self,
+        levels: list[int],
+        bbox: tuple[float, float, float, float],
+        *,
+        region: Region | None = None,
+        land_only: bool = False,
+    ):
         self.levels = sorted(levels)
         self.region = region
         self.land_only = land_only
@@ -147,8 +167,12 @@ class Plan:
 
     def describe(self) -> dict:
         """What was asked, for the manifest (and to recognise a run when it resumes)."""
-        return {"levels": self.levels, "bbox": [round(v, 9) for v in self.bbox],
-                "region": self.region.sha256 if self.region else None, "land_only": self.land_only}
+        return {
+            "levels": self.levels,
+            "bbox": [round(v, 9) for v in self.bbox],
+            "region": self.region.sha256 if self.region else None,
+            "land_only": self.land_only,
+        }
 
     @functools.cached_property
     def _land(self):
@@ -170,8 +194,13 @@ class Plan:
         n = 1 << depth
         size = EARTH_CIRCUMFERENCE_M / (1 << level)
         half = EARTH_CIRCUMFERENCE_M / 2
-        grid = rasterize(self.region.shapes, out_shape=(n, n), all_touched=True, dtype="uint8",
-                         transform=from_origin(-half + (bx << depth) * size, half - (by << depth) * size, size, size))
+        grid = rasterize(
+            self.region.shapes,
+            out_shape=(n, n),
+            all_touched=True,
+            dtype="uint8",
+            transform=from_origin(-half + (bx << depth) * size, half - (by << depth) * size, size, size),
+        )
         return grid[y - (by << depth), x - (bx << depth)] > 0
 
     def level(self, level: int) -> "LevelPlan":
@@ -199,8 +228,10 @@ class LevelPlan:
             self.counts = np.array([len(self._block_cells(i)[0]) for i in range(len(self.blocks))], dtype=np.int64)
         else:  # a block's share of the bbox rectangle
             d = self.depth
-            self.counts = ((np.minimum(((bx + 1) << d) - 1, self.x1) - np.maximum(bx << d, self.x0) + 1)
-                           * (np.minimum(((by + 1) << d) - 1, self.y1) - np.maximum(by << d, self.y0) + 1)).astype(np.int64)
+            self.counts = (
+                (np.minimum(((bx + 1) << d) - 1, self.x1) - np.maximum(bx << d, self.x0) + 1)
+                * (np.minimum(((by + 1) << d) - 1, self.y1) - np.maximum(by << d, self.y0) + 1)
+            ).astype(np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)])
 
     def __len__(self) -> int:
@@ -240,8 +271,11 @@ class LevelPlan:
             codes, x, y = self._block_cells(int(i))
             local = positions[blocks == i] - self.starts[i]
             parts.append((codes[local], x[local], y[local]))
-        return tuple(np.concatenate(col) for col in zip(*parts)) if parts else \
-            (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return (
+            tuple(np.concatenate(col) for col in zip(*parts))
+            if parts
+            else (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        )
 
     def batches(self, start: int, stop: int, batch: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """(first position, codes, x, y) of consecutive batches of positions start..stop."""
@@ -262,6 +296,8 @@ class LevelPlan:
     def shard(self, index: int, count: int, batch: int) -> tuple[int, int]:
         """Positions [start, stop) of shard `index` of `count`: contiguous quadkey ranges of nearly
         equal size whose edges fall on batch boundaries, so shards batch cells as one run does."""
+
         def edge(j: int) -> int:
             return len(self) if j >= count else (len(self) * j // count) // batch * batch
+
         return edge(index), edge(index + 1)

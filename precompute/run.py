@@ -2,6 +2,7 @@
 ahead while the device embeds the current one), embed them with the bundle's image graph, fuse
 under default metadata (location only) and any precomputed metadata sets, and stream each batch
 to the store being written. A killed run resumes where it stopped (store/writer.py)."""
+
 from __future__ import annotations
 
 import sys
@@ -75,8 +76,9 @@ def default_embeddings(bundle: Bundle, sat: np.ndarray, lonlat: np.ndarray) -> t
     return mu, uncertainty(logvar)
 
 
-def fused_embeddings(bundle: Bundle, sat: np.ndarray, lonlat: np.ndarray,
-                     sets: list[FusionSet]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def fused_embeddings(
+    bundle: Bundle, sat: np.ndarray, lonlat: np.ndarray, sets: list[FusionSet]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(mu float16, S float32) of the cells under each metadata set: location plus that set's
     hour or month. One fuse call per set (faster on CPU than one call over all sets)."""
     out = {}
@@ -87,14 +89,22 @@ def fused_embeddings(bundle: Bundle, sat: np.ndarray, lonlat: np.ndarray,
     return out
 
 
-def embed_batch(bundle: Bundle, level: int, codes: np.ndarray, x: np.ndarray, y: np.ndarray,
-                cells: list[CellImage], sets: list[FusionSet]) -> tuple[LevelArrays, dict]:
+def embed_batch(
+    bundle: Bundle,
+    level: int,
+    codes: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    cells: list[CellImage],
+    sets: list[FusionSet],
+) -> tuple[LevelArrays, dict]:
     """A batch of cells with imagery -> its store rows and precomputed fusions.
 
     Every fusion starts from the stored (float16) sat feature, so a server that fuses the stored
     features on the fly gets the numbers the store holds."""
-    sat = bundle.embed_images(np.stack([c.rgb for c in cells]),
-                              np.array([c.gsd for c in cells], dtype=np.float32)).astype(np.float16)
+    sat = bundle.embed_images(
+        np.stack([c.rgb for c in cells]), np.array([c.gsd for c in cells], dtype=np.float32)
+    ).astype(np.float16)
     lon, lat = tile_centres(level, x, y)
     lonlat = np.stack([lon, lat], axis=1).astype(np.float32)
     stored = sat.astype(np.float32)
@@ -107,15 +117,19 @@ def _read_cells(imagery: Imagery, level: int, size: int, x: np.ndarray, y: np.nd
     return [imagery.cell(level, int(i), int(j), size) for i, j in zip(x, y)]
 
 
-def read_ahead(batches: Iterable[Batch], imagery: Imagery, level: int, size: int, pool: ThreadPoolExecutor,
-               depth: int = 2) -> Iterator[tuple[Batch, list[CellImage | None]]]:
+def read_ahead(
+    batches: Iterable[Batch], imagery: Imagery, level: int, size: int, pool: ThreadPoolExecutor, depth: int = 2
+) -> Iterator[tuple[Batch, list[CellImage | None]]]:
     """Each batch with its cells (None where a cell has no imagery), in order. Up to `depth`
     batches are read ahead of the one being yielded, each spread over all of the pool's reader
     threads in chunks of READ_CHUNK cells, so memory holds a few batches however many readers."""
+
     def submit(batch: Batch) -> list[Future]:
         _, _, x, y = batch
-        return [pool.submit(_read_cells, imagery, level, size, x[i:i + READ_CHUNK], y[i:i + READ_CHUNK])
-                for i in range(0, len(x), READ_CHUNK)]
+        return [
+            pool.submit(_read_cells, imagery, level, size, x[i : i + READ_CHUNK], y[i : i + READ_CHUNK])
+            for i in range(0, len(x), READ_CHUNK)
+        ]
 
     pending: deque[tuple[Batch, list[Future]]] = deque()
     for batch in batches:
@@ -138,14 +152,20 @@ def check_levels(imagery: Imagery, plan: Plan, size: int, max_upsample: float) -
         return
     reasons = []
     if coarser:
-        reasons.append(f"level(s) {_listed(coarser)} have cells too large for the imagery's footprint to fill "
-                       f"half of one")
+        reasons.append(
+            f"level(s) {_listed(coarser)} have cells too large for the imagery's footprint to fill half of one"
+        )
     if finer:
-        reasons.append(f"level(s) {_listed(finer)} would enlarge its {imagery.resolution_m:.0f} m pixels up to "
-                       f"{imagery.upsampling(max(finer), size):.0f}x in {size} px cells (the limit is "
-                       f"{max_upsample:g}x, --max-upsample)")
-    allowed = f"use levels {coarsest}-{finest}" if coarsest <= finest else \
-        f"no level fits (the footprint needs level {coarsest} or finer, the resolution {finest} or coarser)"
+        reasons.append(
+            f"level(s) {_listed(finer)} would enlarge its {imagery.resolution_m:.0f} m pixels up to "
+            f"{imagery.upsampling(max(finer), size):.0f}x in {size} px cells (the limit is "
+            f"{max_upsample:g}x, --max-upsample)"
+        )
+    allowed = (
+        f"use levels {coarsest}-{finest}"
+        if coarsest <= finest
+        else f"no level fits (the footprint needs level {coarsest} or finer, the resolution {finest} or coarser)"
+    )
     raise PlanError(f"imagery {imagery.path}: {' and '.join(reasons)}; {allowed}")
 
 
@@ -153,8 +173,14 @@ def _listed(levels: list[int]) -> str:
     return ", ".join(str(lv) for lv in levels)
 
 
-def make_plan(imagery: Imagery, levels: list[int], bbox: tuple[float, float, float, float], *,
-              region: Region | None = None, land_only: bool = False) -> Plan:
+def make_plan(
+    imagery: Imagery,
+    levels: list[int],
+    bbox: tuple[float, float, float, float],
+    *,
+    region: Region | None = None,
+    land_only: bool = False,
+) -> Plan:
     """The plan of levels over bbox (and region) clipped to the imagery's footprint."""
     area = intersect(bbox, imagery.bounds)
     if area is None:
@@ -162,28 +188,42 @@ def make_plan(imagery: Imagery, levels: list[int], bbox: tuple[float, float, flo
     return Plan(levels, area, region=region, land_only=land_only)
 
 
-def batch_rows(bundle: Bundle, level: int, batch: Batch, cells: list[CellImage | None],
-                sets: list[FusionSet]) -> tuple[LevelArrays | None, dict, int]:
+def batch_rows(
+    bundle: Bundle, level: int, batch: Batch, cells: list[CellImage | None], sets: list[FusionSet]
+) -> tuple[LevelArrays | None, dict, int]:
     """(rows, fusions, skipped) of a read batch; rows None when no cell has imagery."""
     _, codes, x, y = batch
     keep = np.array([c is not None for c in cells], dtype=bool)
     if not keep.any():
         return None, {}, len(cells)
-    rows, fused = embed_batch(bundle, level, codes[keep], x[keep], y[keep],
-                              [c for c in cells if c is not None], sets)
+    rows, fused = embed_batch(bundle, level, codes[keep], x[keep], y[keep], [c for c in cells if c is not None], sets)
     return rows, fused, int((~keep).sum())
 
 
 def run_key(imagery: Imagery, bundle: Bundle, plan: Plan, options: RunOptions) -> dict:
     """What makes two runs produce the same store: checked when a run resumes, kept in the manifest."""
-    return {"bundle_id": bundle.id, "imagery": imagery.describe(),
-            "plan": {**plan.describe(), "fusion_levels": sorted(set(options.fusion_levels) & set(plan.levels)),
-                     "fusions": list(options.fusions)},
-            "shard": list(options.shard)}
+    return {
+        "bundle_id": bundle.id,
+        "imagery": imagery.describe(),
+        "plan": {
+            **plan.describe(),
+            "fusion_levels": sorted(set(options.fusion_levels) & set(plan.levels)),
+            "fusions": list(options.fusions),
+        },
+        "shard": list(options.shard),
+    }
 
 
-def _embed_level(imagery: Imagery, bundle: Bundle, level_plan: LevelPlan, span: tuple[int, int],
-                 work: PartialStore, sets: list[FusionSet], pool: ThreadPoolExecutor, bar: tqdm) -> int:
+def _embed_level(
+    imagery: Imagery,
+    bundle: Bundle,
+    level_plan: LevelPlan,
+    span: tuple[int, int],
+    work: PartialStore,
+    sets: list[FusionSet],
+    pool: ThreadPoolExecutor,
+    bar: tqdm,
+) -> int:
     """Embed a level's plan positions span[0]..span[1] (from where an earlier attempt stopped),
     saving progress after every batch; the number of cells read."""
     level, (start, stop) = level_plan.level, span
@@ -202,32 +242,50 @@ def _embed_level(imagery: Imagery, bundle: Bundle, level_plan: LevelPlan, span: 
     return read
 
 
-def execute(imagery: Imagery, bundle: Bundle, plan: Plan, out: Path, options: RunOptions = RunOptions(), *,
-            overwrite: bool = False, progress: bool = True) -> tuple[dict, RunReport]:
+def execute(
+    imagery: Imagery,
+    bundle: Bundle,
+    plan: Plan,
+    out: Path,
+    options: RunOptions = RunOptions(),
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[dict, RunReport]:
     """Embed every cell of the plan (this shard of it) and write the store at `out`."""
     out = Path(out)
     check_output(out, overwrite)
     check_levels(imagery, plan, bundle.image_size, options.max_upsample)
     if not sum(len(plan.level(lv)) for lv in plan.levels):
-        raise PlanError(f"no cell of levels {plan.levels} lies inside the bbox/region"
-                        + (" on land" if plan.land_only else ""))
+        raise PlanError(
+            f"no cell of levels {plan.levels} lies inside the bbox/region" + (" on land" if plan.land_only else "")
+        )
     key = run_key(imagery, bundle, plan, options)
     work = PartialStore(out, key, options.batch or default_batch(bundle), discard_other=overwrite)
     ranges = {lv: plan.level(lv).shard(*options.shard, work.batch) for lv in plan.levels}
     report = RunReport(device=f"{bundle_device(bundle)}, batches of {work.batch} cells", resumed=work.resumed)
     done = sum(work.level_state(lv, start)["position"] - start for lv, (start, _) in ranges.items())
     if progress:
-        tqdm.write(("resuming an unfinished run" if work.resumed else "precompute") + f" on {report.device}",
-                   file=sys.stderr)
+        tqdm.write(
+            ("resuming an unfinished run" if work.resumed else "precompute") + f" on {report.device}", file=sys.stderr
+        )
     started = time.perf_counter()
-    with ThreadPoolExecutor(options.readers) as pool, \
-            tqdm(total=sum(stop - start for start, stop in ranges.values()), initial=done, unit="cell",
-                 desc="precompute", disable=not progress, dynamic_ncols=True, smoothing=0.1) as bar:
+    with (
+        ThreadPoolExecutor(options.readers) as pool,
+        tqdm(
+            total=sum(stop - start for start, stop in ranges.values()),
+            initial=done,
+            unit="cell",
+            desc="precompute",
+            disable=not progress,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        ) as bar,
+    ):
         for level in plan.levels:
             bar.set_postfix(level=level)
             sets = fusion_sets(list(options.fusions)) if level in key["plan"]["fusion_levels"] else []
-            report.cells_read += _embed_level(imagery, bundle, plan.level(level), ranges[level], work, sets,
-                                              pool, bar)
+            report.cells_read += _embed_level(imagery, bundle, plan.level(level), ranges[level], work, sets, pool, bar)
     report.seconds = time.perf_counter() - started
     for level in plan.levels:
         state = work.level_state(level, ranges[level][0])
@@ -240,13 +298,25 @@ def execute(imagery: Imagery, bundle: Bundle, plan: Plan, out: Path, options: Ru
 
 def _finish(work: PartialStore, out: Path, key: dict, plan: Plan, report: RunReport, options: RunOptions) -> dict:
     """Index the finished levels, write the manifest, move the store into place."""
-    extra = {lv: {"skipped": report.skipped[lv],
-                  "fusions": list(options.fusions) if lv in key["plan"]["fusion_levels"] else []}
-             for lv in plan.levels}
-    manifest = {**key, "imagery": relative_to_store(key["imagery"], out), "bounds": list(plan.bbox),
-                "run": {"device": report.device, "seconds": round(report.seconds, 1),
-                        "cells_per_s": round(report.cells_per_s, 1), "resumed": report.resumed},
-                **attribution(options.credit, options.licence)}
+    extra = {
+        lv: {
+            "skipped": report.skipped[lv],
+            "fusions": list(options.fusions) if lv in key["plan"]["fusion_levels"] else [],
+        }
+        for lv in plan.levels
+    }
+    manifest = {
+        **key,
+        "imagery": relative_to_store(key["imagery"], out),
+        "bounds": list(plan.bbox),
+        "run": {
+            "device": report.device,
+            "seconds": round(report.seconds, 1),
+            "cells_per_s": round(report.cells_per_s, 1),
+            "resumed": report.resumed,
+        },
+        **attribution(options.credit, options.licence),
+    }
     if options.shard[1] == 1:
         del manifest["shard"]
     manifest = finish_store(work.dir, out, manifest, extra, flat_max=options.index_flat_max)
@@ -260,9 +330,19 @@ def attribution(credit: str | None, licence: str | None) -> dict:
     return {"attribution": given} if given else {}
 
 
-def run(imagery: Imagery, bundle: Bundle, levels: list[int], bbox: tuple[float, float, float, float],
-        out: Path, *, region: Region | None = None, land_only: bool = False, overwrite: bool = False,
-        progress: bool = True, **options) -> tuple[dict, RunReport]:
+def run(
+    imagery: Imagery,
+    bundle: Bundle,
+    levels: list[int],
+    bbox: tuple[float, float, float, float],
+    out: Path,
+    *,
+    region: Region | None = None,
+    land_only: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    **options,
+) -> tuple[dict, RunReport]:
     """Embed every cell of `levels` over bbox (clipped to the imagery) and write the store;
     `options` are RunOptions fields."""
     plan = make_plan(imagery, levels, bbox, region=region, land_only=land_only)

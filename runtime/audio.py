@@ -9,6 +9,7 @@ Front ends (all take a mono waveform at their `sample_rate`, cropped or padded t
 - `clap-fusion` (ClapFusionSpec): CLAP's fused 4-channel dB mel at 48 kHz (transformers'
   ClapFeatureExtractor with truncation="fusion"), with deterministic crops instead of random ones.
 """
+
 from __future__ import annotations
 
 import io
@@ -50,8 +51,9 @@ def _mel_to_hz_htk(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
 
 
-def htk_mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
-                    norm: str | None) -> np.ndarray:
+def htk_mel_filters(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, norm: str | None
+) -> np.ndarray:
     """(n_mels, n_fft//2 + 1) triangles evenly spaced on the HTK mel scale.
 
     norm: "area" scales each triangle to unit area (Slaney style), "sum" to unit sum of weights
@@ -129,8 +131,7 @@ class AudioFeatureSpec:
 
 def mel_filterbank(spec: AudioFeatureSpec) -> np.ndarray:
     """(n_mels, n_fft//2 + 1) unit-area triangles on the HTK mel scale (the log-mel front end)."""
-    return htk_mel_filters(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax,
-                           "area").astype(np.float32)
+    return htk_mel_filters(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax, "area").astype(np.float32)
 
 
 def log_mel(wave: np.ndarray, spec: AudioFeatureSpec) -> np.ndarray:
@@ -272,8 +273,9 @@ def waveform_features(front_end: AudioFrontEnd, wave: np.ndarray, sample_rate: i
 def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray, int]:
     """(mono float32 waveform, sample rate) of an audio file or its bytes."""
     try:
-        data, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else str(source),
-                                    dtype="float32", always_2d=True)
+        data, rate = soundfile.read(
+            io.BytesIO(source) if isinstance(source, bytes) else str(source), dtype="float32", always_2d=True
+        )
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioDecodeError(f"cannot decode audio: {exc}") from None
     return data.mean(axis=1), int(rate)

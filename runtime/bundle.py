@@ -1,6 +1,7 @@
 """The model bundle (DESIGN.md, docs/bundle.md): a directory with manifest.json, four ONNX
 graphs and the tokenizer file. Its id is a content hash, so a store built by one bundle can
 name it and a server refuses a store built by another. Loading needs onnxruntime, not torch."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,17 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.audio import audio_front_end, waveform_features
-from runtime.contract import (BUNDLE_FORMAT_VERSION, FP16_GRAPH_FILES, GRAPH_FILES, GRAPH_INPUTS,
-                            GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE, PRECISIONS, TOKENIZER_FILE)
+from runtime.contract import (
+    BUNDLE_FORMAT_VERSION,
+    FP16_GRAPH_FILES,
+    GRAPH_FILES,
+    GRAPH_INPUTS,
+    GRAPH_OUTPUTS,
+    GRAPHS,
+    MANIFEST_FILE,
+    PRECISIONS,
+    TOKENIZER_FILE,
+)
 from runtime.metadata import Vocabulary
 from runtime.text import load_tokenizer
 
@@ -45,8 +55,9 @@ def content_id(manifest: dict) -> str:
 def finalise_manifest(directory: Path, manifest: dict) -> dict:
     """Record every file's sha256 and the content id, then write manifest.json atomically."""
     manifest = dict(manifest)
-    names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
-                   if p.is_file() and p.name != MANIFEST_FILE)
+    names = sorted(
+        p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE
+    )
     manifest["files"] = {name: file_sha256(directory / name) for name in names}
     manifest["id"] = content_id(manifest)
     tmp = directory / (MANIFEST_FILE + ".tmp")
@@ -66,8 +77,15 @@ class Bundle:
 
     precision="fp16" runs the float16 graphs a bundle exported with them holds (for GPUs)."""
 
-    def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None,
-                 threads: int = 0, verify: bool = True, precision: str = "fp32"):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int = 0,
+        verify: bool = True,
+        precision: str = "fp32",
+    ):
         self.path = Path(path)
         manifest_path = self.path / MANIFEST_FILE
         if not manifest_path.is_file():
@@ -78,13 +96,17 @@ class Bundle:
             raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
         version = self.manifest.get("format_version")
         if "bundle_id" in self.manifest:
-            raise BundleError(f"{self.path} is an embedding store, not a model bundle: pass the bundle that "
-                              "built it (its manifest's bundle_id) as the bundle and this as the store")
+            raise BundleError(
+                f"{self.path} is an embedding store, not a model bundle: pass the bundle that "
+                "built it (its manifest's bundle_id) as the bundle and this as the store"
+            )
         if version != BUNDLE_FORMAT_VERSION:
             raise BundleError(f"{self.path} has bundle format {version!r}; this version reads {BUNDLE_FORMAT_VERSION}")
         if precision not in self.manifest.get("precisions", ["fp32"]):
-            raise BundleError(f"bundle {self.path} has no {precision} graphs (it has "
-                              f"{', '.join(self.manifest.get('precisions', ['fp32']))}); choose one of {PRECISIONS}")
+            raise BundleError(
+                f"bundle {self.path} has no {precision} graphs (it has "
+                f"{', '.join(self.manifest.get('precisions', ['fp32']))}); choose one of {PRECISIONS}"
+            )
         self.precision = precision
         self.graph_files = FP16_GRAPH_FILES if precision == "fp16" else GRAPH_FILES
         if verify:
@@ -125,7 +147,8 @@ class Bundle:
                     options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1
                 self._sessions[graph] = ort.InferenceSession(
-                    str(self.path / self.graph_files[graph]), sess_options=options, providers=self.providers)
+                    str(self.path / self.graph_files[graph]), sess_options=options, providers=self.providers
+                )
             return self._sessions[graph]
 
     def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
@@ -135,8 +158,9 @@ class Bundle:
 
     def embed_images(self, rgb: np.ndarray, gsd: np.ndarray) -> np.ndarray:
         """Pre-fusion sat features (B, sat_dim) of uint8 RGB images (B, H, W, 3)."""
-        return self.run("image", image=np.ascontiguousarray(rgb, dtype=np.uint8),
-                        gsd=np.asarray(gsd, dtype=np.float32))[0]
+        return self.run(
+            "image", image=np.ascontiguousarray(rgb, dtype=np.uint8), gsd=np.asarray(gsd, dtype=np.float32)
+        )[0]
 
     def fuse(self, sat: np.ndarray, meta: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(mu, logvar) of sat features under encoded metadata (runtime.metadata.encode_metadata)."""

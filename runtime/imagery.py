@@ -5,6 +5,7 @@ basemap all cut pixels here, so the model is served exactly the pixels it was tr
 A source is anything rio-tiler reads (a local or remote GeoTIFF/COG in any CRS), a directory of
 such rasters, or a list of them: a mosaic, where the first raster that has a valid pixel gives it.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,7 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.mosaic import mosaic_reader
 
-from runtime.tiles import (EARTH_CIRCUMFERENCE_M, ground_sample_distance, mercator_pixel_size, tile_bounds,
-                         tile_centres)
+from runtime.tiles import EARTH_CIRCUMFERENCE_M, ground_sample_distance, mercator_pixel_size, tile_bounds, tile_centres
 
 # rio-tiler clips latitudes to the mercator limit for world rasters and warns each time; expected.
 warnings.filterwarnings("ignore", message="Adjusting dataset latitudes", category=UserWarning)
@@ -111,6 +111,7 @@ def _resolution_m(reader: Reader) -> float:
 
 def mercator_area(bbox: tuple[float, ...]) -> float:
     """Web-mercator square metres of a (west, south, east, north) box in degrees."""
+
     def y(lat: float) -> float:
         lat = max(-MERCATOR_LAT_LIMIT, min(MERCATOR_LAT_LIMIT, lat))
         return math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) * EARTH_CIRCUMFERENCE_M / (2 * math.pi)
@@ -135,8 +136,12 @@ class Imagery:
         self.nodata = nodata
         self._local = threading.local()
         self.assets = [self._open_asset(p) for p in expand_source(source)]
-        self.bounds = (min(a.bounds[0] for a in self.assets), min(a.bounds[1] for a in self.assets),
-                       max(a.bounds[2] for a in self.assets), max(a.bounds[3] for a in self.assets))
+        self.bounds = (
+            min(a.bounds[0] for a in self.assets),
+            min(a.bounds[1] for a in self.assets),
+            max(a.bounds[2] for a in self.assets),
+            max(a.bounds[3] for a in self.assets),
+        )
         self.count = min(a.count for a in self.assets)
         self.resolution_m = min(a.resolution_m for a in self.assets)
 
@@ -169,8 +174,13 @@ class Imagery:
 
     def describe(self) -> dict:
         """A JSON-able description for manifests."""
-        return {"path": self.source, "files": len(self.assets), "bounds": list(self.bounds),
-                "bands": self.count, "resolution_m": round(self.resolution_m, 3)}
+        return {
+            "path": self.source,
+            "files": len(self.assets),
+            "bounds": list(self.bounds),
+            "bands": self.count,
+            "resolution_m": round(self.resolution_m, 3),
+        }
 
     def upsampling(self, z: int, size: int) -> float:
         """How many cell pixels a source pixel spans at level z (> 1: the cell is upsampled)."""
@@ -198,8 +208,16 @@ class Imagery:
 
     def _read(self, path: str, x: int, y: int, z: int, size: int) -> ImageData:
         kwargs = {"nodata": self.nodata} if self.nodata is not None else {}
-        return self._reader(path).tile(x, y, z, tilesize=size, indexes=(1, 2, 3),
-                                       resampling_method="bilinear", reproject_method="bilinear", **kwargs)
+        return self._reader(path).tile(
+            x,
+            y,
+            z,
+            tilesize=size,
+            indexes=(1, 2, 3),
+            resampling_method="bilinear",
+            reproject_method="bilinear",
+            **kwargs,
+        )
 
     def cell(self, z: int, x: int, y: int, size: int, min_valid: float = MIN_VALID_FRACTION) -> CellImage | None:
         """The cell's pixels at `size` x `size`, or None when less than `min_valid` of it has
@@ -223,5 +241,4 @@ class Imagery:
         rgb = np.clip(img.data, 0, 255).astype(np.uint8).transpose(1, 2, 0)
         rgb = np.where(valid[..., None], rgb, 0).astype(np.uint8)
         _, lat = tile_centres(z, np.array([x]), np.array([y]))
-        return CellImage(rgb=np.ascontiguousarray(rgb), valid=valid,
-                         gsd=float(ground_sample_distance(z, lat[0], size)))
+        return CellImage(rgb=np.ascontiguousarray(rgb), valid=valid, gsd=float(ground_sample_distance(z, lat[0], size)))

@@ -4,6 +4,7 @@ It fixes two collisions of the PSM code: hours lie on a 24-hour circle (PSM divi
 0 h and 23 h coincide) and a location is a unit 3-vector (PSM's lat/90 sends both poles to one
 code). Every token may be absent; absent tokens are zeros with `present = 0`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,9 +40,9 @@ def encode_location(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """(N, 3) unit vectors on the sphere: no pole or dateline collision."""
     lat_r = np.radians(np.asarray(lat, dtype=np.float64))
     lon_r = np.radians(np.asarray(lon, dtype=np.float64))
-    return np.stack(
-        [np.cos(lat_r) * np.cos(lon_r), np.cos(lat_r) * np.sin(lon_r), np.sin(lat_r)], axis=-1
-    ).astype(np.float32)
+    return np.stack([np.cos(lat_r) * np.cos(lon_r), np.cos(lat_r) * np.sin(lon_r), np.sin(lat_r)], axis=-1).astype(
+        np.float32
+    )
 
 
 def encode_hour(hour: np.ndarray) -> np.ndarray:
@@ -92,7 +93,11 @@ def encode_metadata(
     cap_v, cap_p = _column(caption_source, n, np.int64)
     loc_p = lat_p & lon_p
     present = {
-        "location": loc_p, "hour": hour_p, "month": month_p, "source": src_p, "caption_source": cap_p,
+        "location": loc_p,
+        "hour": hour_p,
+        "month": month_p,
+        "source": src_p,
+        "caption_source": cap_p,
     }
     return {
         "location": encode_location(lat_v, lon_v) * loc_p[:, None],

@@ -4,6 +4,7 @@ d(q, i) = |mu_q - mu_i|^2 + S_q + S_i = 2 - 2 mu_q.mu_i + S_q + S_i for unit mea
 S = sum(exp(logvar)). The heatmap is sigmoid(-a d + b), one global scale for all tiles.
 Ranking a gallery is mu_q.mu_i - S_i/2: the inner product of [mu_q, 1] and [mu_i, -S_i/2].
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@ Two kinds, chosen by the manifest's `text.tokenizer_kind`:
 - `huggingface`: tokenizer.json is a Hugging Face `tokenizers` file (MiniLM's WordPiece, CLAP's
   RoBERTa BPE), run by the `tokenizers` library with truncation to `max_length`.
 """
+
 from __future__ import annotations
 
 import json

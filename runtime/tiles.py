@@ -4,6 +4,7 @@ Cells are XYZ tiles; within a level they are ordered by quadkey, which for one l
 order of the Morton code (bit-interleaved x, y). Integer Morton codes make "the cells under a
 tile" a single contiguous range that `numpy.searchsorted` finds.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,10 +16,20 @@ EARTH_CIRCUMFERENCE_M = 2 * math.pi * EARTH_RADIUS_M
 MAX_LEVEL = 24  # Morton codes of levels <= 24 fit in 48 bits.
 
 
-_SPREAD = ((16, 0x0000FFFF0000FFFF), (8, 0x00FF00FF00FF00FF), (4, 0x0F0F0F0F0F0F0F0F),
-           (2, 0x3333333333333333), (1, 0x5555555555555555))
-_COMPACT = ((1, 0x3333333333333333), (2, 0x0F0F0F0F0F0F0F0F), (4, 0x00FF00FF00FF00FF),
-            (8, 0x0000FFFF0000FFFF), (16, 0x00000000FFFFFFFF))
+_SPREAD = (
+    (16, 0x0000FFFF0000FFFF),
+    (8, 0x00FF00FF00FF00FF),
+    (4, 0x0F0F0F0F0F0F0F0F),
+    (2, 0x3333333333333333),
+    (1, 0x5555555555555555),
+)
+_COMPACT = (
+    (1, 0x3333333333333333),
+    (2, 0x0F0F0F0F0F0F0F0F),
+    (4, 0x00FF00FF00FF00FF),
+    (8, 0x0000FFFF0000FFFF),
+    (16, 0x00000000FFFFFFFF),
+)
 
 
 def _spread(v):

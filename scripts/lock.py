@@ -11,6 +11,7 @@ locks/torch.txt first, and torch's own dependencies come with it. tests/test_loc
 every lock still satisfies pyproject.toml. uv resolves against its default index (UV_INDEX_URL or
 UV_DEFAULT_INDEX point it elsewhere); the locks name versions only, so any index serving them installs them.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -23,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCKS = ROOT / "locks"
 # Lock name -> the pyproject extras it installs besides the core dependencies.
 SETS: dict[str, tuple[str, ...]] = {
-    "core": (),              # docker/server.Dockerfile
-    "gpu": ("gpu",),         # docker/precompute.Dockerfile
-    "train": ("train",),     # docker/demo.Dockerfile, scripts/setup.sh (the default, scripts/demo.sh)
+    "core": (),  # docker/server.Dockerfile
+    "gpu": ("gpu",),  # docker/precompute.Dockerfile
+    "train": ("train",),  # docker/demo.Dockerfile, scripts/setup.sh (the default, scripts/demo.sh)
     "train+test": ("train", "test"),  # scripts/setup.sh train,test (scripts/test.sh)
 }
 # Installed outside the locks (see the module docstring).
@@ -59,9 +60,23 @@ def compile_lock(name: str, upgrade: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         overrides = Path(tmp) / "overrides.txt"
         overrides.write_text("".join(f"{package} ; {NEVER}\n" for package in sorted(UNLOCKED)))
-        command = [str(uv), "pip", "compile", "-", "--universal", "--python-version", python,
-                   "--override", str(overrides), *(f"--no-emit-package={package}" for package in sorted(UNLOCKED)),
-                   "--custom-compile-command", "scripts/lock.sh", "--quiet", "-o", str(lock_path(name))]
+        command = [
+            str(uv),
+            "pip",
+            "compile",
+            "-",
+            "--universal",
+            "--python-version",
+            python,
+            "--override",
+            str(overrides),
+            *(f"--no-emit-package={package}" for package in sorted(UNLOCKED)),
+            "--custom-compile-command",
+            "scripts/lock.sh",
+            "--quiet",
+            "-o",
+            str(lock_path(name)),
+        ]
         if upgrade:
             command.append("--upgrade")
         subprocess.run(command, input="\n".join(requirements(SETS[name])) + "\n", text=True, check=True, cwd=ROOT)

@@ -1,5 +1,6 @@
 """The FastAPI application: wires settings, the service, middleware and the routers
 (docs/api.md describes the HTTP surface)."""
+
 from __future__ import annotations
 
 import faiss
@@ -43,10 +44,14 @@ def create_app(settings: Settings) -> FastAPI:
     store = Store(settings.store)
     service = SoundscapeService(bundle, store, settings)
     warm_up(service)
-    app = FastAPI(title="Soundscape tiles", version="0.2.0",
-                  description="Heatmap and uncertainty tiles of where a sound is likely to be heard, "
-                              "with TileJSON, WMTS, search and point profiles. See docs/api.md.",
-                  docs_url=None, redoc_url=None)  # server/routes/viewer.py serves them from vendored assets
+    app = FastAPI(
+        title="Soundscape tiles",
+        version="0.2.0",
+        description="Heatmap and uncertainty tiles of where a sound is likely to be heard, "
+        "with TileJSON, WMTS, search and point profiles. See docs/api.md.",
+        docs_url=None,
+        redoc_url=None,
+    )  # server/routes/viewer.py serves them from vendored assets
     app.state.service = service
     app.state.settings = settings
     for router in (tiles.router, queries.router, rest.router, meta.router, viewer.router):
@@ -54,17 +59,25 @@ def create_app(settings: Settings) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install_error_handlers(app)
     # Middleware: the last added runs first. Images and .npy are not gzipped (no gain, CPU cost).
-    app.add_middleware(GZipMiddleware, minimum_size=500, compresslevel=6,
-                       exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-npy"))
+    app.add_middleware(
+        GZipMiddleware,
+        minimum_size=500,
+        compresslevel=6,
+        exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-npy"),
+    )
     # A tile URL answered before is replayed here, behind every policy but GZip, which leaves
     # tiles as they are (server/fastpath.py).
     app.add_middleware(TileFastPath, max_bytes=settings.lru_bytes // 4)
     if settings.rate_limit:  # inside CORS, so a browser can read its 429
         app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit))
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["GET", "HEAD", "POST"], allow_headers=["*"],
-                           expose_headers=["ETag", "Cache-Control", "Location"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["*"],
+            expose_headers=["ETag", "Cache-Control", "Location"],
+        )
     app.add_middleware(HostPolicy)  # Vary: Host where URLs came from it; relative redirects (server/urls.py)
     app.add_middleware(HttpPolicy)
     return app

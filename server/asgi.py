@@ -1,4 +1,5 @@
 """ASGI entry for uvicorn/gunicorn: `uvicorn --factory server.asgi:create_app_from_env`."""
+
 from fastapi import FastAPI
 
 from server.app import create_app

@@ -6,6 +6,7 @@ every process computes the same key. A Redis failure is a miss (the value is com
 error, and a short circuit breaker stops a dead Redis from costing a timeout per request.
 Concurrent identical misses are computed once (`SingleFlight`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,9 @@ T = TypeVar("T")
 
 def canonical(params: dict) -> str:
     """The one text form of a parameter dict: sorted keys, no whitespace, None dropped."""
-    return json.dumps({k: v for k, v in params.items() if v is not None}, sort_keys=True,
-                      separators=(",", ":"), default=str)
+    return json.dumps(
+        {k: v for k, v in params.items() if v is not None}, sort_keys=True, separators=(",", ":"), default=str
+    )
 
 
 def digest(params: dict, size: int = 32) -> str:
@@ -87,8 +89,7 @@ class RedisCache:
     name = "redis"
 
     def __init__(self, url: str, ttl_s: int, *, timeout_s: float = 0.25, breaker_s: float = 2.0):
-        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout_s,
-                                              socket_connect_timeout=timeout_s)
+        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.ttl_s = ttl_s
         self.breaker_s = breaker_s
         self._open_until = 0.0

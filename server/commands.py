@@ -1,4 +1,5 @@
 """`soundscape serve`: the tile server over a bundle and a store."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,15 +22,15 @@ from server.urls import LOOPBACK_HOSTS
 # Options for a server on the open internet (docs/reliability.md); each is a SOUNDSCAPE_* variable.
 INTERNET_OPTIONS = {
     "public-url": "scheme://host[:port][/prefix] that every absolute URL starts with "
-                  "(default: $SOUNDSCAPE_PUBLIC_URL, else built from allowed Host headers)",
+    "(default: $SOUNDSCAPE_PUBLIC_URL, else built from allowed Host headers)",
     "allowed-hosts": "comma-separated Host names URLs may be built from without --public-url, "
-                     ".example.org for it and its subdomains (default: $SOUNDSCAPE_ALLOWED_HOSTS, "
-                     "else loopback names and --host)",
+    ".example.org for it and its subdomains (default: $SOUNDSCAPE_ALLOWED_HOSTS, "
+    "else loopback names and --host)",
     "rate-limit": "per-client rate limit, e.g. '20/s burst 100' (default: $SOUNDSCAPE_RATE_LIMIT, else none)",
     "trusted-proxies": "comma-separated proxy addresses whose X-Forwarded-For names the client "
-                       "(default: $SOUNDSCAPE_TRUSTED_PROXIES, else none)",
+    "(default: $SOUNDSCAPE_TRUSTED_PROXIES, else none)",
     "max-connections": "open connections per worker; more are answered 503 "
-                       "(default: $SOUNDSCAPE_MAX_CONNECTIONS, else 1024)",
+    "(default: $SOUNDSCAPE_MAX_CONNECTIONS, else 1024)",
 }
 
 
@@ -43,14 +44,23 @@ def check_port(host: str, port: int) -> None:
             probe.bind(address)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise ValueError(f"port {port} on {host} is already in use: stop what listens there or pass "
-                             "another --port") from None
-        raise ValueError(f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()}): "
-                         "check --host and --port") from None
+            raise ValueError(
+                f"port {port} on {host} is already in use: stop what listens there or pass another --port"
+            ) from None
+        raise ValueError(
+            f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()}): check --host and --port"
+        ) from None
 
 
-def serve(bundle: str, store: str, host: str, port: int, workers: int = 1,
-          redis_url: str | None = None, query_db: str | None = None) -> None:
+def serve(
+    bundle: str,
+    store: str,
+    host: str,
+    port: int,
+    workers: int = 1,
+    redis_url: str | None = None,
+    query_db: str | None = None,
+) -> None:
     """Check the pair and the query registry, then run uvicorn; workers share the registry file
     and Redis."""
     loaded = Bundle(bundle)
@@ -77,11 +87,19 @@ def serve(bundle: str, store: str, host: str, port: int, workers: int = 1,
     env = os.environ.get
     trusted = env("SOUNDSCAPE_TRUSTED_PROXIES", "")
     # The protocol adds header size, header/body timeouts and a connection cap (server/protocol.py).
-    uvicorn.run("server.asgi:create_app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="warning", http="server.protocol:HardenedHttpProtocol",
-                timeout_keep_alive=int(env("SOUNDSCAPE_KEEP_ALIVE_S", "5")),
-                backlog=int(env("SOUNDSCAPE_BACKLOG", "1024")),
-                proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
+    uvicorn.run(
+        "server.asgi:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        http="server.protocol:HardenedHttpProtocol",
+        timeout_keep_alive=int(env("SOUNDSCAPE_KEEP_ALIVE_S", "5")),
+        backlog=int(env("SOUNDSCAPE_BACKLOG", "1024")),
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+    )
 
 
 def check_internet_options(host: str) -> None:
@@ -96,8 +114,11 @@ def check_internet_options(host: str) -> None:
     if "SOUNDSCAPE_ALLOWED_HOSTS" not in os.environ:
         os.environ["SOUNDSCAPE_ALLOWED_HOSTS"] = ",".join((*LOOPBACK_HOSTS, *(() if wildcard else (host,))))
     if host not in LOOPBACK_HOSTS and not os.environ.get("SOUNDSCAPE_PUBLIC_URL"):
-        print(f"note: TileJSON, WMTS and query links are refused (400) for a Host header outside "
-              f"{os.environ['SOUNDSCAPE_ALLOWED_HOSTS']}: set --public-url or SOUNDSCAPE_ALLOWED_HOSTS", flush=True)
+        print(
+            f"note: TileJSON, WMTS and query links are refused (400) for a Host header outside "
+            f"{os.environ['SOUNDSCAPE_ALLOWED_HOSTS']}: set --public-url or SOUNDSCAPE_ALLOWED_HOSTS",
+            flush=True,
+        )
 
 
 def banner(base: str, examples: list[str]) -> str:
@@ -106,12 +127,16 @@ def banner(base: str, examples: list[str]) -> str:
     lines = [f"viewer:            {base}/"]
     if examples:
         q = quote(examples[0])
-        lines += [f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q={q}",
-                  f"TileJSON:          {base}/tilejson.json?q={q}",
-                  "example queries:   " + "; ".join(examples)]
+        lines += [
+            f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q={q}",
+            f"TileJSON:          {base}/tilejson.json?q={q}",
+            "example queries:   " + "; ".join(examples),
+        ]
     else:
-        lines += [f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q=YOUR+QUERY (or layer=uncertainty)",
-                  f"TileJSON:          {base}/tilejson.json?layer=uncertainty"]
+        lines += [
+            f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q=YOUR+QUERY (or layer=uncertainty)",
+            f"TileJSON:          {base}/tilejson.json?layer=uncertainty",
+        ]
     return "\n".join(lines)
 
 
@@ -137,26 +162,36 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
-    p.add_argument("--redis-url", default=os.environ.get("SOUNDSCAPE_REDIS_URL"),
-                   help="cache tiles and share registered queries in Redis (default: $SOUNDSCAPE_REDIS_URL, "
-                        "else in process)")
-    p.add_argument("--query-db", default=None,
-                   help="SQLite file of the queries registered with POST /queries, kept across restarts "
-                        "(default: $SOUNDSCAPE_QUERY_DB, else ~/.local/share/soundscape-tiles/queries.sqlite)")
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("SOUNDSCAPE_REDIS_URL"),
+        help="cache tiles and share registered queries in Redis (default: $SOUNDSCAPE_REDIS_URL, else in process)",
+    )
+    p.add_argument(
+        "--query-db",
+        default=None,
+        help="SQLite file of the queries registered with POST /queries, kept across restarts "
+        "(default: $SOUNDSCAPE_QUERY_DB, else ~/.local/share/soundscape-tiles/queries.sqlite)",
+    )
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve heatmap and uncertainty tiles",
-                       description="Serve XYZ tiles, TileJSON, WMTS, search, point profiles and the "
-                                   "viewer for a bundle and a store built by that bundle.")
+    p = sub.add_parser(
+        "serve",
+        help="serve heatmap and uncertainty tiles",
+        description="Serve XYZ tiles, TileJSON, WMTS, search, point profiles and the "
+        "viewer for a bundle and a store built by that bundle.",
+    )
     p.add_argument("--bundle", required=True, help="model bundle directory")
     p.add_argument("--store", required=True, help="embedding store directory")
     add_server_options(p)
-    p.add_argument("--cache-control", help="Cache-Control of successful responses "
-                                           "(default: $SOUNDSCAPE_CACHE_CONTROL, else public, max-age=86400)")
-    p.add_argument("--cors-origins", help="comma-separated CORS origins, '' for none "
-                                          "(default: $SOUNDSCAPE_CORS_ORIGINS, else *)")
+    p.add_argument(
+        "--cache-control",
+        help="Cache-Control of successful responses (default: $SOUNDSCAPE_CACHE_CONTROL, else public, max-age=86400)",
+    )
+    p.add_argument(
+        "--cors-origins", help="comma-separated CORS origins, '' for none (default: $SOUNDSCAPE_CORS_ORIGINS, else *)"
+    )
     for option, text in INTERNET_OPTIONS.items():
-        p.add_argument(f"--{option}", type=int if option == "max-connections" else str,
-                       help=text)
+        p.add_argument(f"--{option}", type=int if option == "max-connections" else str, help=text)
     p.set_defaults(handler=_serve)

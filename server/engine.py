@@ -1,6 +1,7 @@
 """The server's compute, free of HTTP and caching: which cells a tile reads, cell embeddings under
 requested metadata, match probabilities, tile pixels, point profiles and top-k search.
 Every method is synchronous and CPU-bound; `server.service` runs them in a thread pool."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -67,14 +68,15 @@ class CellEmbeddings:
     s: np.ndarray  # (N,) float32
 
     def to_bytes(self) -> bytes:
-        return np.int64(len(self.s)).tobytes() + self.s.astype(np.float32).tobytes() + \
-            self.mu.astype(np.float16).tobytes()
+        return (
+            np.int64(len(self.s)).tobytes() + self.s.astype(np.float32).tobytes() + self.mu.astype(np.float16).tobytes()
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "CellEmbeddings":
         n = int(np.frombuffer(data[:8], dtype=np.int64)[0])
-        s = np.frombuffer(data[8:8 + 4 * n], dtype=np.float32)
-        mu = np.frombuffer(data[8 + 4 * n:], dtype=np.float16).reshape(n, -1)
+        s = np.frombuffer(data[8 : 8 + 4 * n], dtype=np.float32)
+        mu = np.frombuffer(data[8 + 4 * n :], dtype=np.float16).reshape(n, -1)
         return cls(mu, s)
 
 
@@ -123,8 +125,13 @@ class CellWindow:
     @property
     def key(self) -> dict:
         """Identifies the cells read (for the fused-block cache); independent of zoom."""
-        return {"level": self.level.level, "col": self.cols.first, "row": self.rows.first,
-                "ncols": self.cols.cells, "nrows": self.rows.cells}
+        return {
+            "level": self.level.level,
+            "col": self.cols.first,
+            "row": self.rows.first,
+            "ncols": self.cols.cells,
+            "nrows": self.rows.cells,
+        }
 
 
 def lookup(level: Level, codes: np.ndarray) -> np.ndarray:
@@ -187,10 +194,11 @@ class Engine:
         source = None if meta.source is None else self.bundle.sources.id(meta.source)
         mus, ss = [], []
         for start in range(0, len(index), FUSE_BATCH):
-            part = index[start:start + FUSE_BATCH]
+            part = index[start : start + FUSE_BATCH]
             lonlat = np.asarray(level.arrays.lonlat[part])
-            encoded = encode_metadata(len(part), lat=lonlat[:, 1], lon=lonlat[:, 0], hour=meta.hour,
-                                      month=meta.month, source=source)
+            encoded = encode_metadata(
+                len(part), lat=lonlat[:, 1], lon=lonlat[:, 0], hour=meta.hour, month=meta.month, source=source
+            )
             mu, logvar = self.bundle.fuse(np.asarray(level.arrays.sat[part], dtype=np.float32), encoded)
             mus.append(mu.astype(np.float16))
             ss.append(uncertainty(logvar))
@@ -210,8 +218,9 @@ class Engine:
         a, b = self.bundle.calibration
         return match_probability(csd(query.mu, query.s, cells.mu, cells.s), a, b)
 
-    def tile_values(self, window: CellWindow, cells: CellEmbeddings, layer: str,
-                    query: QueryEmbedding | None) -> np.ndarray:
+    def tile_values(
+        self, window: CellWindow, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None
+    ) -> np.ndarray:
         """(size, size) float32 pixels, bilinear between cell centres; NaN where no cell."""
         grid = np.full(window.index.shape, np.nan, dtype=np.float32)
         grid[window.index >= 0] = self.values(cells, layer, query)
@@ -252,15 +261,15 @@ class Engine:
         source = None if meta.source is None else self.bundle.sources.id(meta.source)
         lonlat = np.asarray(level.arrays.lonlat[[row]])
         sat = np.repeat(np.asarray(level.arrays.sat[[row]], dtype=np.float32), 36, axis=0)
-        encoded = encode_metadata(36, lat=lonlat[0, 1], lon=lonlat[0, 0], hour=hours, month=months,
-                                  source=source)
+        encoded = encode_metadata(36, lat=lonlat[0, 1], lon=lonlat[0, 0], hour=hours, month=months, source=source)
         mu, logvar = self.bundle.fuse(sat, encoded)
         self.stats["fusions"] += 1
         cells = CellEmbeddings(mu.astype(np.float16), uncertainty(logvar))
         return (CellEmbeddings(cells.mu[:24], cells.s[:24]), CellEmbeddings(cells.mu[24:], cells.s[24:]))
 
-    def top_k(self, level: Level, cells: CellEmbeddings | None, query: QueryEmbedding,
-              k: int) -> tuple[np.ndarray, CellEmbeddings]:
+    def top_k(
+        self, level: Level, cells: CellEmbeddings | None, query: QueryEmbedding, k: int
+    ) -> tuple[np.ndarray, CellEmbeddings]:
         """Rows of the k best cells and their embeddings, best first.
 
         `cells` None = default metadata: FAISS over the stored [mu, -S/2]. Otherwise an exact

@@ -12,6 +12,7 @@ apply to a replay exactly as to the normal path; GZip runs inside it (it never c
 media type; an answer carrying Content-Encoding is not recorded). If-None-Match is answered 304 with the
 recorded ETag, like `server.http.cached_response`. Bounded in bytes, least recently used first out.
 """
+
 from __future__ import annotations
 
 import threading
@@ -116,12 +117,21 @@ class TileFastPath:
 
         await self.app(scope, receive, watch)
         route = scope.get("route")
-        if start is None or start["status"] != 200 or len(parts) != 1 or parts[0].get("more_body", False) \
-                or not getattr(route, "path", "").startswith(TILE_PREFIX):
+        if (
+            start is None
+            or start["status"] != 200
+            or len(parts) != 1
+            or parts[0].get("more_body", False)
+            or not getattr(route, "path", "").startswith(TILE_PREFIX)
+        ):
             return
         headers = Headers(raw=start["headers"])
         etag, cache_control = headers.get("etag"), headers.get("cache-control")
         if etag is None or cache_control is None or "content-encoding" in headers:
             return
-        self._put(key, Recorded(tuple(start["headers"]), parts[0].get("body", b""), etag, cache_control,
-                                route, scope.get("endpoint")))
+        self._put(
+            key,
+            Recorded(
+                tuple(start["headers"]), parts[0].get("body", b""), etag, cache_control, route, scope.get("endpoint")
+            ),
+        )

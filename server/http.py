@@ -1,6 +1,7 @@
 """HTTP behaviour shared by the routes: one error shape (`{"detail": "<one sentence>"}`) for
 every 4xx and 5xx, HEAD on every GET route, conditional requests, Cache-Control on successes
 only, and per-route Prometheus metrics."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 class ErrorBody(BaseModel):
     """Every error answer (4xx and 5xx) has this shape."""
 
-    detail: str = Field(description="One sentence: what was wrong and how to fix it.",
-                        examples=["hour must be an integer in 0..23, not '25'"])
+    detail: str = Field(
+        description="One sentence: what was wrong and how to fix it.",
+        examples=["hour must be an integer in 0..23, not '25'"],
+    )
 
 
 ERROR_DESCRIPTIONS = {
@@ -84,16 +87,18 @@ def document_errors(app: FastAPI) -> None:
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The one error shape. Python object reprs that library messages carry (libsndfile's
     `<_io.BytesIO object at 0x...>`) become "the upload": a client reads no internals."""
-    return JSONResponse({"detail": _bounded(OBJECT_REPR.sub("the upload", detail))}, status_code=status,
-                        headers=headers)
+    return JSONResponse(
+        {"detail": _bounded(OBJECT_REPR.sub("the upload", detail))}, status_code=status, headers=headers
+    )
 
 
 def _bounded(detail: str) -> str:
     """A detail cut at MAX_DETAIL_CHARS: a value quoted back cannot make an answer large."""
-    return detail if len(detail) <= MAX_DETAIL_CHARS else detail[:MAX_DETAIL_CHARS - 3] + "..."
+    return detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 3] + "..."
 
 
 # Conditional requests ----------------------------------------------------------------------
+
 
 def if_none_match_tags(request: Request) -> list[str]:
     """The entity tags of If-None-Match, `*` included."""
@@ -111,6 +116,7 @@ def cached_response(request: Request, etag: str, cache_control: str) -> Response
 
 
 # Error answers -----------------------------------------------------------------------------
+
 
 def _shown(value: object) -> str:
     text = value if isinstance(value, str) else str(value)
@@ -130,8 +136,11 @@ def _rule(schema: dict, error_type: str) -> str:
     schema = next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
     if "enum" in schema:
         return "one of " + ", ".join(str(v) for v in schema["enum"])
-    kind = {"integer": "an integer", "number": "a finite number" if error_type == "finite_number" else "a number",
-            "string": "a text"}.get(schema.get("type", ""), "a valid value")
+    kind = {
+        "integer": "an integer",
+        "number": "a finite number" if error_type == "finite_number" else "a number",
+        "string": "a text",
+    }.get(schema.get("type", ""), "a valid value")
     lo, hi = schema.get("minimum"), schema.get("maximum")
     if lo is not None and hi is not None:
         return f"{kind} in {lo:g}..{hi:g}"
@@ -187,8 +196,7 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException) -> J
 
 async def server_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """The last resort (Starlette logs the traceback): still the one error shape, never cached."""
-    return error_response(500, "the server failed on this request; the error is logged",
-                          {"Cache-Control": "no-store"})
+    return error_response(500, "the server failed on this request; the error is logged", {"Cache-Control": "no-store"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -203,10 +211,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
 # Middleware --------------------------------------------------------------------------------
 
+
 def _as_error_shape(start: Message, body: bytes) -> tuple[Message, Message]:
     """(start, body) messages of a non-JSON error answer rewritten as {"detail": ...}."""
-    headers = [(k, v) for k, v in start.get("headers", [])
-               if k.lower() not in (b"content-type", b"content-length", b"content-encoding")]
+    headers = [
+        (k, v)
+        for k, v in start.get("headers", [])
+        if k.lower() not in (b"content-type", b"content-length", b"content-encoding")
+    ]
     try:
         phrase = HTTPStatus(start["status"]).phrase
     except ValueError:
@@ -225,7 +237,7 @@ def _route_label(scope: Scope, root_path: str) -> str:
     if route is not None and hasattr(route, "path"):
         return route.path
     if "endpoint" in scope:  # a mount: the router adds its path to root_path
-        return scope.get("root_path", "")[len(root_path):] or "/"
+        return scope.get("root_path", "")[len(root_path) :] or "/"
     return "unmatched"
 
 
@@ -237,8 +249,10 @@ def _series(route: str, method: str, status: int) -> tuple:
     `labels()` validates and locks on every call: a few us of a cache hit's ~30)."""
     found = _SERIES.get((route, method, status))
     if found is None:
-        found = _SERIES[route, method, status] = (metrics.REQUESTS.labels(route, method, str(status)),
-                                                  metrics.LATENCY.labels(route))
+        found = _SERIES[route, method, status] = (
+            metrics.REQUESTS.labels(route, method, str(status)),
+            metrics.LATENCY.labels(route),
+        )
     return found
 
 

@@ -1,5 +1,6 @@
 """Request parameters shared by the routes: their declarations (so OpenAPI documents them) and
 their validation into engine types. Every bad value becomes a 422 with a sentence."""
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,10 @@ DEFAULT_COLORMAPS = {"heatmap": "magma", "uncertainty": "viridis"}
 RESCALE_DIGITS = 4
 RESCALE_LIMIT = 1000.0
 RESCALE_MIN_SPAN = 1e-6
-UNSUPPORTED = {"colormap": "pick a named colormap with colormap_name (GET /colormaps lists them)",
-               "expression": "a tile has one value per pixel, chosen with layer=heatmap or layer=uncertainty"}
+UNSUPPORTED = {
+    "colormap": "pick a named colormap with colormap_name (GET /colormaps lists them)",
+    "expression": "a tile has one value per pixel, chosen with layer=heatmap or layer=uncertainty",
+}
 
 Layer = Literal["heatmap", "uncertainty"]
 TextParam = Annotated[str | None, Query(max_length=MAX_TEXT_LENGTH, description="Text query, e.g. birdsong.")]
@@ -107,8 +110,9 @@ def parse_rescale(text: str | None) -> tuple[float, float] | None:
     except ValueError:
         raise HTTPException(422, f"rescale must be two numbers min,max, not {text!r}") from None
     if not (-RESCALE_LIMIT <= lo < hi <= RESCALE_LIMIT):  # NaN fails every comparison
-        raise HTTPException(422, f"rescale needs finite min < max within -{RESCALE_LIMIT:g}..{RESCALE_LIMIT:g}, "
-                                 f"got {text!r}")
+        raise HTTPException(
+            422, f"rescale needs finite min < max within -{RESCALE_LIMIT:g}..{RESCALE_LIMIT:g}, got {text!r}"
+        )
     if hi - lo < RESCALE_MIN_SPAN:
         raise HTTPException(422, f"rescale max - min must be at least {RESCALE_MIN_SPAN:g}, got {text!r}")
     digits = RESCALE_DIGITS - 1 - math.floor(math.log10(hi - lo))
@@ -127,21 +131,31 @@ def check_tile(tms: str, z: int, x: int, y: int) -> None:
     if tms not in TMS_IDS:
         raise HTTPException(404, f"unknown tile matrix set {tms!r}; available: {', '.join(TMS_IDS)}")
     if not (0 <= z <= MAX_ZOOM and 0 <= x < (1 << z) and 0 <= y < (1 << z)):
-        raise HTTPException(404, f"tile {z}/{x}/{y} is outside the {tms} grid (zoom 0-{MAX_ZOOM}, "
-                                 f"x and y in 0..2^z-1)")
+        raise HTTPException(404, f"tile {z}/{x}/{y} is outside the {tms} grid (zoom 0-{MAX_ZOOM}, x and y in 0..2^z-1)")
 
 
-def tile_request(service: SoundscapeService, tms: str, z: int, x: int, y: int, fmt: str,
-                 params: TileParams) -> tuple[TileRequest, str | None]:
+def tile_request(
+    service: SoundscapeService, tms: str, z: int, x: int, y: int, fmt: str, params: TileParams
+) -> tuple[TileRequest, str | None]:
     """The validated request and the text to embed (None for a registered query)."""
     check_tile(tms, z, x, y)
     if params.tilesize not in TILE_SIZES:
         raise HTTPException(422, f"tilesize must be 256 or 512, not {params.tilesize}")
     heatmap = params.layer == "heatmap"
     qid = query_id(service, params) if heatmap else None
-    request = TileRequest(z=z, x=x, y=y, fmt=fmt, size=params.tilesize, layer=params.layer, query=qid,
-                          meta=metadata(service, params), colormap=colormap(params.colormap_name, params.layer),
-                          rescale=parse_rescale(params.rescale), tms=tms)
+    request = TileRequest(
+        z=z,
+        x=x,
+        y=y,
+        fmt=fmt,
+        size=params.tilesize,
+        layer=params.layer,
+        query=qid,
+        meta=metadata(service, params),
+        colormap=colormap(params.colormap_name, params.layer),
+        rescale=parse_rescale(params.rescale),
+        tms=tms,
+    )
     return request, (params.q if heatmap else None)
 
 

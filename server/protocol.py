@@ -17,6 +17,7 @@ server on the open internet needs and uvicorn does not have.
 Limits come from SOUNDSCAPE_* variables (`ConnectionLimits.from_env`), since uvicorn builds the
 protocol itself in every worker; docs/reliability.md lists them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,12 +46,14 @@ class ConnectionLimits:
     @classmethod
     def from_env(cls) -> "ConnectionLimits":
         env = os.environ.get
-        return cls(max_header_bytes=int(env("SOUNDSCAPE_MAX_HEADER_BYTES", cls.max_header_bytes)),
-                   max_headers=int(env("SOUNDSCAPE_MAX_HEADERS", cls.max_headers)),
-                   header_timeout_s=float(env("SOUNDSCAPE_HEADER_TIMEOUT_S", cls.header_timeout_s)),
-                   body_timeout_s=float(env("SOUNDSCAPE_BODY_TIMEOUT_S", cls.body_timeout_s)),
-                   max_connections=int(env("SOUNDSCAPE_MAX_CONNECTIONS", cls.max_connections)),
-                   max_pipelined=int(env("SOUNDSCAPE_MAX_PIPELINED", cls.max_pipelined)))
+        return cls(
+            max_header_bytes=int(env("SOUNDSCAPE_MAX_HEADER_BYTES", cls.max_header_bytes)),
+            max_headers=int(env("SOUNDSCAPE_MAX_HEADERS", cls.max_headers)),
+            header_timeout_s=float(env("SOUNDSCAPE_HEADER_TIMEOUT_S", cls.header_timeout_s)),
+            body_timeout_s=float(env("SOUNDSCAPE_BODY_TIMEOUT_S", cls.body_timeout_s)),
+            max_connections=int(env("SOUNDSCAPE_MAX_CONNECTIONS", cls.max_connections)),
+            max_pipelined=int(env("SOUNDSCAPE_MAX_PIPELINED", cls.max_pipelined)),
+        )
 
 
 @lru_cache(maxsize=1)
@@ -63,8 +66,13 @@ class _Refused(Exception):
 
 
 class HardenedHttpProtocol(HttpToolsProtocol):
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = process_limits()
         self.reading_head = True  # between requests or inside a head: bytes count against the limit
@@ -150,10 +158,18 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         if not answering:
             body = json.dumps({"detail": message}).encode()
             extra = b"retry-after: 1\r\n" if status == 503 else b""
-            self.transport.write(b"".join([
-                STATUS_LINE[status], *(n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers),
-                b"content-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\n", extra,
-                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n", body]))
+            self.transport.write(
+                b"".join(
+                    [
+                        STATUS_LINE[status],
+                        *(n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers),
+                        b"content-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\n",
+                        extra,
+                        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n",
+                        body,
+                    ]
+                )
+            )
         self.transport.close()
 
     # Reading ------------------------------------------------------------------------------------
@@ -173,7 +189,7 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         end = seen.find(HEAD_END)
         used = len(data) if end < 0 else end + len(HEAD_END) - len(self.tail)
         self.head_bytes += used
-        self.tail = seen[-(len(HEAD_END) - 1):] if end < 0 else b""
+        self.tail = seen[-(len(HEAD_END) - 1) :] if end < 0 else b""
         return self.head_bytes <= self.limits.max_header_bytes
 
     def send_400_response(self, msg: str) -> None:

@@ -5,6 +5,7 @@ audio as its waveform at the bundle's sample rate), so the same query always get
 and tile URLs that carry it stay cacheable forever. Records live in the shared cache (Redis
 when configured, so every worker and replica resolves an id) with a long TTL.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,7 +52,7 @@ class QueryRecord:
     @classmethod
     def from_bytes(cls, data: bytes) -> tuple["QueryRecord", QueryEmbedding]:
         n = int.from_bytes(data[:4], "little")
-        return cls(**json.loads(data[4:4 + n])), QueryEmbedding.from_bytes(data[4 + n:])
+        return cls(**json.loads(data[4 : 4 + n])), QueryEmbedding.from_bytes(data[4 + n :])
 
 
 def query_id(bundle_id: str, kind: str, content: bytes) -> str:
@@ -98,8 +99,11 @@ def check_audio_header(rate: int, channels: int, frames: int, max_seconds: float
     if frames / rate > max_seconds:
         raise QueryError(413, f"audio is {frames / rate:.1f} s long; the limit is {max_seconds:g} s")
     if frames * channels > MAX_DECODED_SAMPLES:
-        raise QueryError(413, f"the audio holds {frames * channels} samples (frames x channels); the limit is "
-                              f"{MAX_DECODED_SAMPLES}: send fewer channels or a lower sample rate")
+        raise QueryError(
+            413,
+            f"the audio holds {frames * channels} samples (frames x channels); the limit is "
+            f"{MAX_DECODED_SAMPLES}: send fewer channels or a lower sample rate",
+        )
 
 
 def decode_upload(bundle_id: str, data: bytes, target_rate: int, max_seconds: float) -> DecodedAudio:
@@ -122,6 +126,10 @@ def decode_upload(bundle_id: str, data: bytes, target_rate: int, max_seconds: fl
     if not np.isfinite(wave).all():
         raise QueryError(422, "the audio holds non-finite samples")
     wave = resample(wave, rate, target_rate)
-    record = QueryRecord(query_id(bundle_id, "audio", wave.astype("<f4").tobytes()), "audio",
-                         duration_s=round(len(wave) / target_rate, 3), sample_rate=rate)
+    record = QueryRecord(
+        query_id(bundle_id, "audio", wave.astype("<f4").tobytes()),
+        "audio",
+        duration_s=round(len(wave) / target_rate, 3),
+        sample_rate=rate,
+    )
     return DecodedAudio(record, wave, target_rate)

@@ -7,6 +7,7 @@ which one host usually holds whole). Behind a proxy, `soundscape serve --trusted
 uvicorn take the client's address from X-Forwarded-For, so the key is the real client. The bucket table holds at most `max_clients` entries, the
 least recently seen dropped first, so its memory is bounded whatever the number of addresses.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -95,9 +96,18 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         retry = max(1, math.ceil(wait))
-        body = json.dumps({"detail": f"too many requests from this address: the limit is {self.buckets.rate}; "
-                                     f"retry after {retry} s"}).encode()
-        await send({"type": "http.response.start", "status": 429,
-                    "headers": [(b"content-type", b"application/json"), (b"retry-after", str(retry).encode()),
-                                (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {"detail": f"too many requests from this address: the limit is {self.buckets.rate}; retry after {retry} s"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 429,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"retry-after", str(retry).encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -9,6 +9,7 @@ unshared, and shared as soon as Redis answers again (a retry every few seconds),
 loses no registration. A registration the file could not take is an error to the client
 (`RegistryError`: 503, or 507 when the registry is full), never a 201 for a record that is gone.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,14 +46,18 @@ class SqliteRecords:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS queries (id TEXT PRIMARY KEY, record BLOB NOT NULL, "
-                             "created REAL NOT NULL, shared INTEGER NOT NULL DEFAULT 0)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS queries (id TEXT PRIMARY KEY, record BLOB NOT NULL, "
+                "created REAL NOT NULL, shared INTEGER NOT NULL DEFAULT 0)"
+            )
             if "shared" not in {row[1] for row in self._db.execute("PRAGMA table_info(queries)")}:
                 self._db.execute("ALTER TABLE queries ADD COLUMN shared INTEGER NOT NULL DEFAULT 1")
             self._db.execute("CREATE INDEX IF NOT EXISTS unshared ON queries (created) WHERE shared = 0")
         except (OSError, sqlite3.Error) as exc:
-            raise OSError(f"cannot open the query registry {self.path}: {exc}; set SOUNDSCAPE_QUERY_DB "
-                          "(serve --query-db) to a writable file") from None
+            raise OSError(
+                f"cannot open the query registry {self.path}: {exc}; set SOUNDSCAPE_QUERY_DB "
+                "(serve --query-db) to a writable file"
+            ) from None
         self._lock = threading.Lock()
 
     def get(self, query_id: str) -> bytes | None:
@@ -67,16 +72,22 @@ class SqliteRecords:
                 return
             (count,) = self._db.execute("SELECT count(*) FROM queries").fetchone()
             if count >= self.max_records:
-                raise RegistryError(f"the query registry is full ({self.max_records} queries); "
-                                    "ask the operator to raise SOUNDSCAPE_MAX_QUERIES", status=507)
-            self._db.execute("INSERT INTO queries (id, record, created, shared) VALUES (?, ?, ?, ?)",
-                             (query_id, record, time.time(), int(shared)))
+                raise RegistryError(
+                    f"the query registry is full ({self.max_records} queries); "
+                    "ask the operator to raise SOUNDSCAPE_MAX_QUERIES",
+                    status=507,
+                )
+            self._db.execute(
+                "INSERT INTO queries (id, record, created, shared) VALUES (?, ?, ?, ?)",
+                (query_id, record, time.time(), int(shared)),
+            )
 
     def unshared(self, limit: int = 256) -> list[tuple[str, bytes]]:
         """Records Redis does not hold yet (registered while it was down), oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT id, record FROM queries WHERE shared = 0 ORDER BY created LIMIT ?",
-                                    (limit,)).fetchall()
+            rows = self._db.execute(
+                "SELECT id, record FROM queries WHERE shared = 0 ORDER BY created LIMIT ?", (limit,)
+            ).fetchall()
         return [(qid, bytes(record)) for qid, record in rows]
 
     def mark_shared(self, ids: list[str]) -> None:
@@ -87,11 +98,20 @@ class SqliteRecords:
 class QueryRegistry:
     """The durable record of every registered query: SQLite, plus Redis when configured."""
 
-    def __init__(self, db_path: str | Path, max_records: int, redis_url: str | None = None,
-                 timeout_s: float = 1.0, retry_s: float = 2.0):
+    def __init__(
+        self,
+        db_path: str | Path,
+        max_records: int,
+        redis_url: str | None = None,
+        timeout_s: float = 1.0,
+        retry_s: float = 2.0,
+    ):
         self.local = SqliteRecords(db_path, max_records)
-        self.client = (aioredis.Redis.from_url(redis_url, socket_timeout=timeout_s,
-                                               socket_connect_timeout=timeout_s) if redis_url else None)
+        self.client = (
+            aioredis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+            if redis_url
+            else None
+        )
         self.eviction_policy = _eviction_policy(redis_url) if redis_url else None
         self.retry_s = retry_s
         self._sharing: asyncio.Task | None = None
@@ -121,8 +141,9 @@ class QueryRegistry:
         except sqlite3.Error as exc:
             raise RegistryError(f"the query could not be stored ({exc}); try again") from None
         if self.client is not None and not await self.share():
-            log.warning("redis is down: query %s is kept in %s and shared when redis is back",
-                        query_id, self.local.path)
+            log.warning(
+                "redis is down: query %s is kept in %s and shared when redis is back", query_id, self.local.path
+            )
             if self._sharing is None or self._sharing.done():
                 self._sharing = asyncio.get_running_loop().create_task(self._share_until_done())
 
@@ -154,13 +175,19 @@ class QueryRegistry:
 def _eviction_policy(url: str) -> str:
     """Redis's maxmemory-policy, warning when it may evict registered queries."""
     try:
-        policy = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0) \
-            .config_get("maxmemory-policy").get("maxmemory-policy", "unknown")
+        policy = (
+            redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            .config_get("maxmemory-policy")
+            .get("maxmemory-policy", "unknown")
+        )
     except (redis.RedisError, OSError):
         return "unknown"  # CONFIG may be disabled (managed Redis) or Redis not up yet
     if _evicts_any_key(policy):
-        log.warning("redis maxmemory-policy is %s: it may evict registered queries (kept without a TTL); "
-                    "use volatile-lru (tiles carry a TTL and are evicted first)", policy)
+        log.warning(
+            "redis maxmemory-policy is %s: it may evict registered queries (kept without a TTL); "
+            "use volatile-lru (tiles carry a TTL and are evicted first)",
+            policy,
+        )
     return policy
 
 

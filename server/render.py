@@ -1,5 +1,6 @@
 """Values to images: palette PNGs (index 0 = no data, transparent; 1..255 = the colormap over
 `rescale`) at a fast zlib level, lossless WebP, float32 .npy, legends and basemap tiles."""
+
 from __future__ import annotations
 
 import io
@@ -48,7 +49,8 @@ def palette_image(indices: np.ndarray, colormap: str) -> Image.Image:
 def encode_png(values: np.ndarray, lo: float, hi: float, colormap: str) -> bytes:
     buf = io.BytesIO()
     palette_image(quantise(values, lo, hi), colormap).save(
-        buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, transparency=palette(colormap)[1])
+        buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, transparency=palette(colormap)[1]
+    )
     return buf.getvalue()
 
 

@@ -6,6 +6,7 @@ are computed from the same cells: tiles are seamless (and seamless across the an
 where columns wrap). Coordinates are "global cell units" of the drawn level: cell i spans
 [i, i + 1) and has its centre at i + 0.5.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ def _relative_axis(depth: int, size: int, offset: int) -> tuple[int, np.ndarray,
     depth = level - zoom. For depth < 0 a tile lies inside one cell; `offset` is the tile's
     position inside that cell (t mod 2^-depth).
     """
-    scale = 2.0 ** depth
+    scale = 2.0**depth
     # Pixel centres in cell units, relative to the base cell; minus 0.5 puts cell centres on integers.
     pos = (offset + (np.arange(size) + 0.5) / size) * scale - 0.5
     left = np.floor(pos).astype(np.int64)

@@ -1,6 +1,7 @@
 """The async side of the server: caches, single-flight and the compute thread pool around the
 engine. Routes call this; it never blocks the event loop (onnxruntime, numpy and encoding run
 in a bounded thread pool)."""
+
 from __future__ import annotations
 
 import logging
@@ -63,11 +64,22 @@ class TileRequest:
         styled = self.fmt != "npy"  # .npy carries values: colour parameters do not change it
         # The default scale is a function of the ids, query and metadata already in the key.
         rescale = (list(self.rescale) if self.rescale else DEFAULT_SCALE_KEY) if styled else None
-        return {**ids, "tms": self.tms, "z": self.z, "x": self.x, "y": self.y, "fmt": self.fmt,
-                "size": self.size, "layer": self.layer,
-                "query": self.query if self.layer == "heatmap" else None,
-                "hour": self.meta.hour, "month": self.meta.month, "source": self.meta.source,
-                "colormap": self.colormap if styled else None, "rescale": rescale}
+        return {
+            **ids,
+            "tms": self.tms,
+            "z": self.z,
+            "x": self.x,
+            "y": self.y,
+            "fmt": self.fmt,
+            "size": self.size,
+            "layer": self.layer,
+            "query": self.query if self.layer == "heatmap" else None,
+            "hour": self.meta.hour,
+            "month": self.meta.month,
+            "source": self.meta.source,
+            "colormap": self.colormap if styled else None,
+            "rescale": rescale,
+        }
 
 
 def store_imagery(store: Store) -> str | list[str] | None:
@@ -93,8 +105,11 @@ def _locate(item: str, store: Store, hint: str | None = None) -> str | None:
     if is_remote(item):
         return item
     path = Path(item)
-    candidates = [path] if path.is_absolute() else \
-        [store.path / path, path, *(parent / path for parent in store.path.resolve().parents)]
+    candidates = (
+        [path]
+        if path.is_absolute()
+        else [store.path / path, path, *(parent / path for parent in store.path.resolve().parents)]
+    )
     candidates += [Path(hint)] if hint else []
     return next((str(c.resolve()) for c in candidates if c.exists()), None)
 
@@ -128,9 +143,13 @@ class SoundscapeService:
         path = self.settings.imagery or store_imagery(self.store)
         if path is None:
             record = self.store.manifest.get("imagery") or {}
-            log.warning("no basemap: the store's imagery %s is not found relative to %s (built from %s); "
-                        "set SOUNDSCAPE_IMAGERY to the imagery file to serve /basemap",
-                        record.get("path"), self.store.path, record.get("absolute", "an unrecorded path"))
+            log.warning(
+                "no basemap: the store's imagery %s is not found relative to %s (built from %s); "
+                "set SOUNDSCAPE_IMAGERY to the imagery file to serve /basemap",
+                record.get("path"),
+                self.store.path,
+                record.get("absolute", "an unrecorded path"),
+            )
             return None
         try:
             return Imagery(path)
@@ -141,8 +160,9 @@ class SoundscapeService:
     async def run(self, fn: Callable, *args):
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-    async def cached(self, cache: TieredCache, kind: str, key: str, compute: Callable[[], Awaitable[bytes]],
-                     ttl_s: int | None = None) -> bytes:
+    async def cached(
+        self, cache: TieredCache, kind: str, key: str, compute: Callable[[], Awaitable[bytes]], ttl_s: int | None = None
+    ) -> bytes:
         """Cache lookup; on a miss compute once for all concurrent callers, then store."""
         value = await cache.get(key)
         metrics.CACHE.labels(kind, "miss" if value is None else "hit").inc()
@@ -163,6 +183,7 @@ class SoundscapeService:
 
     async def _embed(self, record: QueryRecord, embed: Callable[[], QueryEmbedding]) -> bytes:
         """The record with its embedding, cached (a cache entry: evictable, recomputed on a miss)."""
+
         async def compute() -> bytes:
             embedding = await self.run(embed)
             metrics.COMPUTE.labels(f"{record.kind}_encoding").inc()
@@ -181,11 +202,15 @@ class SoundscapeService:
     async def audio_query(self, data: bytes) -> tuple[QueryRecord, QueryEmbedding]:
         """Decode, embed and register an audio upload (only registered ids can reach it later)."""
         # Decoding holds up to MAX_DECODED_SAMPLES floats (server/queries.py): two at a time.
-        decoded = await anyio.to_thread.run_sync(decode_upload, self.bundle.id, data,
-                                                 self.bundle.audio_spec.sample_rate, self.settings.max_audio_s,
-                                                 limiter=self.upload_limiter)
-        body = await self._embed(decoded.record,
-                                 lambda: self.engine.embed_wave(decoded.wave, decoded.sample_rate))
+        decoded = await anyio.to_thread.run_sync(
+            decode_upload,
+            self.bundle.id,
+            data,
+            self.bundle.audio_spec.sample_rate,
+            self.settings.max_audio_s,
+            limiter=self.upload_limiter,
+        )
+        body = await self._embed(decoded.record, lambda: self.engine.embed_wave(decoded.wave, decoded.sample_rate))
         await self.registry.put(decoded.record.id, body)
         return QueryRecord.from_bytes(body)
 
@@ -193,8 +218,11 @@ class SoundscapeService:
     async def upload_slot(self) -> AsyncIterator[None]:
         """One of MAX_UPLOADS places for reading and decoding an upload; 503 when all are taken."""
         if self.uploads_in_flight >= MAX_UPLOADS:
-            raise HTTPException(503, f"{MAX_UPLOADS} uploads are being read or decoded; retry in "
-                                     f"{FUSION_RETRY_AFTER_S} s", headers={"Retry-After": str(FUSION_RETRY_AFTER_S)})
+            raise HTTPException(
+                503,
+                f"{MAX_UPLOADS} uploads are being read or decoded; retry in {FUSION_RETRY_AFTER_S} s",
+                headers={"Retry-After": str(FUSION_RETRY_AFTER_S)},
+            )
         self.uploads_in_flight += 1
         try:
             yield
@@ -226,8 +254,7 @@ class SoundscapeService:
         cells = await self.cells(level, rows, meta, {"level": level.level, "scale_sample": len(rows)})
         return await self.run(self.engine.values, cells, layer, query)
 
-    async def scale(self, layer: str, query_id: str | None, query: QueryEmbedding | None,
-                    meta: Metadata) -> Scale:
+    async def scale(self, layer: str, query_id: str | None, query: QueryEmbedding | None, meta: Metadata) -> Scale:
         """The layer's default colour scale under `meta`: for the heatmap the 2nd-98th percentile
         of this query's match probability over the scale sample (one scale for every tile and
         zoom of the query and metadata); for uncertainty the store's fixed S range, so hours and
@@ -238,8 +265,11 @@ class SoundscapeService:
             self._scales.move_to_end(key)
             return found
         values = await self._sample_values(layer, query, meta)
-        scale = self.engine.default_scale(values) if layer == "heatmap" else \
-            Scale.over(values, *(float(v) for v in self.store.manifest["uncertainty_range"]))
+        scale = (
+            self.engine.default_scale(values)
+            if layer == "heatmap"
+            else Scale.over(values, *(float(v) for v in self.store.manifest["uncertainty_range"]))
+        )
         self._scales[key] = scale
         while len(self._scales) > SCALE_CACHE_ENTRIES:
             self._scales.popitem(last=False)
@@ -259,10 +289,10 @@ class SoundscapeService:
         if stored is not None:
             return stored
 
-        key = cache_key("fused", {**self.ids, **block, "hour": meta.hour, "month": meta.month,
-                                  "source": meta.source})
-        return CellEmbeddings.from_bytes(await self.cached(self.tiles, "fused", key,
-                                                           lambda: self.fuse(level, index, meta)))
+        key = cache_key("fused", {**self.ids, **block, "hour": meta.hour, "month": meta.month, "source": meta.source})
+        return CellEmbeddings.from_bytes(
+            await self.cached(self.tiles, "fused", key, lambda: self.fuse(level, index, meta))
+        )
 
     async def fuse(self, level: Level, index: np.ndarray, meta: Metadata, large: bool = False) -> bytes:
         """The fusion of `index` under `meta`, run in the compute pool. A large one (a whole level
@@ -274,9 +304,13 @@ class SoundscapeService:
             return (await self.run(self.engine.fuse, level, index, meta)).to_bytes()
         slots = max(1, self.settings.full_fusions)
         if self.level_fusions_pending >= 2 * slots:
-            raise HTTPException(503, f"{slots} large fusions are running and as many wait; retry in "
-                                     f"{FUSION_RETRY_AFTER_S} s (an hour with a month, or a source, is fused "
-                                     "on demand)", headers={"Retry-After": str(FUSION_RETRY_AFTER_S)})
+            raise HTTPException(
+                503,
+                f"{slots} large fusions are running and as many wait; retry in "
+                f"{FUSION_RETRY_AFTER_S} s (an hour with a month, or a source, is fused "
+                "on demand)",
+                headers={"Retry-After": str(FUSION_RETRY_AFTER_S)},
+            )
         self.level_fusions_pending += 1
         try:
             async with self.level_fusion_slots:
@@ -334,8 +368,7 @@ class SoundscapeService:
             raise QueryError(422, f"level must be one of the store's levels {sorted(self.store.levels)}")
         return self.store.levels[level]
 
-    async def point(self, lon: float, lat: float, level: Level, meta: Metadata,
-                    query: QueryEmbedding) -> dict | None:
+    async def point(self, lon: float, lat: float, level: Level, meta: Metadata, query: QueryEmbedding) -> dict | None:
         """Score and S of the cell at (lon, lat), with its 24-hour and 12-month profiles."""
         row = await self.run(self.engine.cell_at, lon, lat, level)
         if row is None:
@@ -348,22 +381,32 @@ class SoundscapeService:
 
         def profile(cells: CellEmbeddings, name: str, first: int) -> list[dict]:
             scores = self.engine.values(cells, "heatmap", query)
-            return [{name: first + i, "score": float(v), "uncertainty": float(s)}
-                    for i, (v, s) in enumerate(zip(scores, cells.s))]
+            return [
+                {name: first + i, "score": float(v), "uncertainty": float(s)}
+                for i, (v, s) in enumerate(zip(scores, cells.s))
+            ]
 
         lon_c, lat_c = (float(v) for v in level.arrays.lonlat[row])
-        return {"cell": {"level": level.level, "lon": lon_c, "lat": lat_c},
-                "score": float(score[0]), "uncertainty": float(here.s[0]),
-                "hours": profile(hours, "hour", 0), "months": profile(months, "month", 1)}
+        return {
+            "cell": {"level": level.level, "lon": lon_c, "lat": lat_c},
+            "score": float(score[0]),
+            "uncertainty": float(here.s[0]),
+            "hours": profile(hours, "hour", 0),
+            "months": profile(months, "month", 1),
+        }
 
-    async def search(self, level: Level, meta: Metadata, query: QueryEmbedding,
-                     k: int) -> tuple[np.ndarray, CellEmbeddings]:
+    async def search(
+        self, level: Level, meta: Metadata, query: QueryEmbedding, k: int
+    ) -> tuple[np.ndarray, CellEmbeddings]:
         if meta.is_default:
             return await self.run(self.engine.top_k, level, None, query, k)
         if len(level) > self.settings.max_search_cells:
-            raise QueryError(422, f"level {level.level} has {len(level)} cells; searching it under "
-                                  f"hour/month/source fuses every cell (limit {self.settings.max_search_cells}):"
-                                  " pass a coarser level=")
+            raise QueryError(
+                422,
+                f"level {level.level} has {len(level)} cells; searching it under "
+                f"hour/month/source fuses every cell (limit {self.settings.max_search_cells}):"
+                " pass a coarser level=",
+            )
         cells = await self.fused_level(level, meta)
         return await self.run(self.engine.top_k, level, cells, query, k)
 
@@ -374,7 +417,10 @@ class SoundscapeService:
         stored = await self.run(self.engine.stored, level, rows, meta)
         if stored is not None:
             return stored
-        key = cache_key("fused_level", {**self.ids, "level": level.level, "hour": meta.hour,
-                                        "month": meta.month, "source": meta.source})
-        return CellEmbeddings.from_bytes(await self.cached(self.level_fusions, "fused_level", key,
-                                                           lambda: self.fuse(level, rows, meta, large=True)))
+        key = cache_key(
+            "fused_level",
+            {**self.ids, "level": level.level, "hour": meta.hour, "month": meta.month, "source": meta.source},
+        )
+        return CellEmbeddings.from_bytes(
+            await self.cached(self.level_fusions, "fused_level", key, lambda: self.fuse(level, rows, meta, large=True))
+        )

@@ -1,4 +1,5 @@
 """Server settings, read from the environment (SOUNDSCAPE_*) so containers configure it."""
+
 from __future__ import annotations
 
 import os
@@ -58,7 +59,9 @@ class Settings:
             raise RuntimeError(f"set {exc.args[0]} (the model bundle and store directories)") from None
         env = os.environ.get
         return cls(
-            bundle=bundle, store=store, redis_url=env("SOUNDSCAPE_REDIS_URL") or None,
+            bundle=bundle,
+            store=store,
+            redis_url=env("SOUNDSCAPE_REDIS_URL") or None,
             cache_ttl_s=int(env("SOUNDSCAPE_CACHE_TTL_S", "86400")),
             lru_bytes=int(env("SOUNDSCAPE_LRU_MB", "256")) * 1024 * 1024,
             threads=int(env("SOUNDSCAPE_ORT_THREADS", "1")),

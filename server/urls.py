@@ -5,6 +5,7 @@ with it; otherwise the request's Host header is used only when it names one of `
 (else 400), and the response gets `Vary: Host` so a shared cache keeps one copy per host.
 Redirects carry a relative Location, never the Host header.
 """
+
 from __future__ import annotations
 
 from fastapi import HTTPException, Request
@@ -43,8 +44,11 @@ def base_url(request: Request) -> str:
     if settings.public_url:
         return settings.public_url.rstrip("/")
     if not host_allowed(request.headers.get("host", ""), settings.allowed_hosts):
-        raise HTTPException(400, "the Host header is not one of this server's allowed hosts "
-                                 "(SOUNDSCAPE_ALLOWED_HOSTS), and no SOUNDSCAPE_PUBLIC_URL is set")
+        raise HTTPException(
+            400,
+            "the Host header is not one of this server's allowed hosts "
+            "(SOUNDSCAPE_ALLOWED_HOSTS), and no SOUNDSCAPE_PUBLIC_URL is set",
+        )
     request.scope.setdefault("state", {})[_VARY_HOST] = True
     return str(request.base_url).rstrip("/")
 
@@ -65,8 +69,10 @@ class HostPolicy:
         async def send_with_policy(message: Message) -> None:
             if message["type"] == "http.response.start":
                 redirect = 300 <= message["status"] < 400
-                headers = [(k, _relative(v) if redirect and k.lower() == b"location" else v)
-                           for k, v in message.get("headers", [])]
+                headers = [
+                    (k, _relative(v) if redirect and k.lower() == b"location" else v)
+                    for k, v in message.get("headers", [])
+                ]
                 if scope.get("state", {}).get(_VARY_HOST):
                     vary = [v for k, v in headers if k.lower() == b"vary"]
                     if not any(b"host" in v.lower() for v in vary):
@@ -82,7 +88,7 @@ def _relative(location: bytes) -> bytes:
     """`http://host/path?q` -> `/path?q` (this server only ever redirects to itself)."""
     for scheme in (b"http://", b"https://"):
         if location.lower().startswith(scheme):
-            rest = location[len(scheme):]
+            rest = location[len(scheme) :]
             slash = rest.find(b"/")
             return rest[slash:] if slash >= 0 else b"/"
     return location

@@ -2,6 +2,7 @@
 by quadkey with their pre-fusion features, default-metadata mean and S, centres, a FAISS index
 over [mu, -S/2], and optionally precomputed fusions for each hour and month. Written aside and
 renamed into place; read memory-mapped."""
+
 from __future__ import annotations
 
 import hashlib
@@ -59,8 +60,13 @@ class LevelArrays:
 
 def array_specs(sat_dim: int, embed_dim: int) -> dict[str, tuple[str, tuple[int, ...]]]:
     """dtype and row shape of each level array."""
-    return {"codes": ("uint64", ()), "sat": ("float16", (sat_dim,)), "mu": ("float16", (embed_dim,)),
-            "s": ("float32", ()), "lonlat": ("float32", (2,))}
+    return {
+        "codes": ("uint64", ()),
+        "sat": ("float16", (sat_dim,)),
+        "mu": ("float16", (embed_dim,)),
+        "s": ("float32", ()),
+        "lonlat": ("float32", (2,)),
+    }
 
 
 def fusion_name(hour: int | None, month: int | None) -> str:
@@ -103,9 +109,12 @@ def _finish_level(folder: Path, flat_max: int) -> dict:
     os.replace(tmp, folder / INDEX_FILE)
     s = arrays["s"]
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    return {"count": int(len(s)), "index": info,
-            "s_range": [float(s.min()), float(s.max())] if len(s) else None,
-            "files": {name: file_sha256(folder / name) for name in files}}
+    return {
+        "count": int(len(s)),
+        "index": info,
+        "s_range": [float(s.min()), float(s.max())] if len(s) else None,
+        "files": {name: file_sha256(folder / name) for name in files},
+    }
 
 
 def _uncertainty_range(root: Path, levels: list[int]) -> list[float]:
@@ -126,17 +135,22 @@ def replace_dir(src: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
-def finish_store(work: Path, out: Path, manifest: dict, level_extra: dict[int, dict], *,
-                 flat_max: int = FLAT_MAX) -> dict:
+def finish_store(
+    work: Path, out: Path, manifest: dict, level_extra: dict[int, dict], *, flat_max: int = FLAT_MAX
+) -> dict:
     """Index every level of the store written in `work`, write its manifest and move it to `out`.
 
     `manifest` holds the run's keys (bundle_id, imagery, plan, bounds, ...); `level_extra` adds
     per-level facts (skipped cells, fusion kinds). Safe to repeat after a crash."""
     levels = sorted(level_extra)
     level_meta = {str(lv): {**_finish_level(level_dir(work, lv), flat_max), **level_extra[lv]} for lv in levels}
-    manifest = {**manifest, "format_version": STORE_FORMAT_VERSION, "levels": level_meta,
-                "uncertainty_range": _uncertainty_range(work, levels),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    manifest = {
+        **manifest,
+        "format_version": STORE_FORMAT_VERSION,
+        "levels": level_meta,
+        "uncertainty_range": _uncertainty_range(work, levels),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     manifest["id"] = content_id(manifest)
     tmp = work / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -170,8 +184,9 @@ class Level:
         codes = self.arrays.codes
         return slice(int(np.searchsorted(codes, lo)), int(np.searchsorted(codes, hi)))
 
-    def precomputed(self, hour: int | None = None, month: int | None = None,
-                    source: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    def precomputed(
+        self, hour: int | None = None, month: int | None = None, source: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """(mu float16 (N, D), S float32 (N,)) of every cell of the level under the metadata
         (location + the given hour or month), or None when the store holds no fusion for it.
 
@@ -189,8 +204,10 @@ class Level:
         with self._lock:
             if name not in self._fusions:
                 folder = self.folder / FUSIONS_DIR
-                self._fusions[name] = (np.load(folder / f"{name}.mu.npy", mmap_mode="r"),
-                                       np.load(folder / f"{name}.s.npy", mmap_mode="r"))
+                self._fusions[name] = (
+                    np.load(folder / f"{name}.mu.npy", mmap_mode="r"),
+                    np.load(folder / f"{name}.s.npy", mmap_mode="r"),
+                )
             return self._fusions[name]
 
     @property
@@ -217,8 +234,11 @@ class Store:
         for key, meta in sorted(self.manifest["levels"].items()):
             check_level_files(level_dir(self.path, int(key)), meta)
         try:
-            self.levels = {int(k): Level(level_dir(self.path, int(k)), int(k), v)
-                           for k, v in self.manifest["levels"].items() if v["count"] > 0}
+            self.levels = {
+                int(k): Level(level_dir(self.path, int(k)), int(k), v)
+                for k, v in self.manifest["levels"].items()
+                if v["count"] > 0
+            }
         except (OSError, ValueError) as exc:
             raise StoreError(f"{self.path} is damaged: {exc}; run `soundscape store verify {self.path}`") from exc
         for key, meta in self.manifest["levels"].items():
@@ -242,8 +262,10 @@ class Store:
 
     def check_bundle(self, bundle_id: str) -> None:
         if bundle_id != self.bundle_id:
-            raise StoreError(f"store {self.path} was built by bundle {self.bundle_id}, not {bundle_id}; "
-                             "rebuild it with `soundscape precompute` for this bundle")
+            raise StoreError(
+                f"store {self.path} was built by bundle {self.bundle_id}, not {bundle_id}; "
+                "rebuild it with `soundscape precompute` for this bundle"
+            )
 
     def level_for_tile(self, z: int, cells_per_side_log2: int) -> Level:
         """The level drawn on a tile of zoom z: z + k clamped to the levels present."""
@@ -276,8 +298,10 @@ def _check_level(level: Level, meta: dict) -> None:
     if n > 1 and not (np.diff(np.asarray(a.codes).astype(np.int64)) > 0).all():
         raise StoreError(f"{where}: cell codes are not strictly ascending")
     if level.index.ntotal != n or level.index.d != a.mu.shape[1] + 1:
-        raise StoreError(f"{where}: the index holds {level.index.ntotal} vectors of {level.index.d} dims, "
-                         f"not {n} of {a.mu.shape[1] + 1}")
+        raise StoreError(
+            f"{where}: the index holds {level.index.ntotal} vectors of {level.index.d} dims, "
+            f"not {n} of {a.mu.shape[1] + 1}"
+        )
     for kind in level.fusion_kinds:
         for _, hour, month in fusion_sets([kind]):
             mu, s = level.precomputed(hour=hour, month=month)
@@ -297,11 +321,15 @@ def read_manifest(path: Path) -> dict:
     if not isinstance(manifest, dict):
         raise StoreError(f"{manifest_path} is not a JSON object")
     if (path / GRAPH_FILES["image"]).is_file():
-        raise StoreError(f"{path} is a model bundle, not an embedding store: pass it as the bundle, and as the "
-                         "store what `soundscape precompute` built with it")
+        raise StoreError(
+            f"{path} is a model bundle, not an embedding store: pass it as the bundle, and as the "
+            "store what `soundscape precompute` built with it"
+        )
     if manifest.get("format_version") != STORE_FORMAT_VERSION:
-        raise StoreError(f"{path} has store format {manifest.get('format_version')!r}; "
-                         f"this version reads {STORE_FORMAT_VERSION}: rebuild it with `soundscape precompute`")
+        raise StoreError(
+            f"{path} has store format {manifest.get('format_version')!r}; "
+            f"this version reads {STORE_FORMAT_VERSION}: rebuild it with `soundscape precompute`"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise StoreError(f"{manifest_path} has no {', '.join(map(repr, missing))}: the store is damaged; rebuild it")
@@ -309,12 +337,20 @@ def read_manifest(path: Path) -> dict:
         raise StoreError(f"{manifest_path}: 'levels' is not an object: the store is damaged; rebuild it")
     for key, size in (("bounds", 4), ("uncertainty_range", 2)):
         value = manifest[key]
-        if not (isinstance(value, list) and len(value) == size and
-                all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)):
+        if not (
+            isinstance(value, list)
+            and len(value) == size
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+        ):
             raise StoreError(f"{manifest_path}: {key!r} is not {size} finite numbers: the store is damaged; rebuild it")
     for key, meta in manifest["levels"].items():
-        if not (key.isdigit() and isinstance(meta, dict) and isinstance(meta.get("count"), int)
-                and meta["count"] >= 0 and isinstance(meta.get("files", {}), dict)):
+        if not (
+            key.isdigit()
+            and isinstance(meta, dict)
+            and isinstance(meta.get("count"), int)
+            and meta["count"] >= 0
+            and isinstance(meta.get("files", {}), dict)
+        ):
             raise StoreError(f"{manifest_path}: level {key!r} has no valid 'count': the store is damaged; rebuild it")
     return manifest
 
@@ -324,8 +360,10 @@ def _npy_layout(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
             if read_header is None:
                 raise ValueError(f"unsupported .npy version {version}")
             shape, fortran, dtype = read_header(f)
@@ -342,13 +380,18 @@ def _npy_layout(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
 def _check_npy(path: Path, dtype: str, shape: tuple[int | None, ...]) -> tuple[int, ...]:
     """The array's shape, after checking its dtype, shape (None: any size) and exact file size."""
     found_dtype, found, offset = _npy_layout(path)
-    if found_dtype != np.dtype(dtype) or len(found) != len(shape) or \
-            any(want is not None and want != got for want, got in zip(shape, found)):
+    if (
+        found_dtype != np.dtype(dtype)
+        or len(found) != len(shape)
+        or any(want is not None and want != got for want, got in zip(shape, found))
+    ):
         raise StoreError(f"{path} holds {found_dtype} {found}, not {dtype} {shape}: the store is damaged; rebuild it")
     size = offset + int(np.prod(found)) * found_dtype.itemsize
     if path.stat().st_size != size:
-        raise StoreError(f"{path} is {path.stat().st_size} bytes, not the {size} its header declares: "
-                         "the store is damaged (truncated?); rebuild it")
+        raise StoreError(
+            f"{path} is {path.stat().st_size} bytes, not the {size} its header declares: "
+            "the store is damaged (truncated?); rebuild it"
+        )
     return found
 
 
@@ -362,12 +405,14 @@ def _check_index_header(path: Path, count: int, dim: int) -> None:
     except (OSError, struct.error):
         raise StoreError(f"{path} is too short to be a FAISS index: the store is damaged; rebuild it") from None
     if (d, ntotal) != (dim, count):
-        raise StoreError(f"{path} indexes {ntotal} vectors of {d} dimensions, not {count} of {dim}: "
-                         "the store is damaged; rebuild it")
+        raise StoreError(
+            f"{path} indexes {ntotal} vectors of {d} dimensions, not {count} of {dim}: the store is damaged; rebuild it"
+        )
     expected = _FAISS_FLAT_DATA_OFFSET + count * dim * 4
     if kind == b"IxFI" and path.stat().st_size != expected:
-        raise StoreError(f"{path} is {path.stat().st_size} bytes, not {expected}: the store is damaged "
-                         "(truncated?); rebuild it")
+        raise StoreError(
+            f"{path} is {path.stat().st_size} bytes, not {expected}: the store is damaged (truncated?); rebuild it"
+        )
 
 
 def check_level_files(folder: Path, meta: dict) -> None:
@@ -398,14 +443,18 @@ def _check_values(level: Level, meta: dict) -> None:
         raise StoreError(f"{where}/mu.npy holds non-finite values: the store is damaged; rebuild it")
     lo, hi = meta.get("s_range") or (-np.inf, np.inf)
     if not (np.isfinite(s).all() and (s >= lo).all() and (s <= hi).all()):
-        raise StoreError(f"{where}/s.npy holds values outside the manifest's S range {[lo, hi]}: "
-                         "the store is damaged; rebuild it")
+        raise StoreError(
+            f"{where}/s.npy holds values outside the manifest's S range {[lo, hi]}: the store is damaged; rebuild it"
+        )
 
 
 def _check_checksums(root: Path, manifest: dict, budget: int) -> None:
     """Hash the store's files, smallest first, while their total stays within `budget` bytes."""
-    files = [(level_dir(root, int(key)) / name, digest)
-             for key, meta in manifest["levels"].items() for name, digest in meta.get("files", {}).items()]
+    files = [
+        (level_dir(root, int(key)) / name, digest)
+        for key, meta in manifest["levels"].items()
+        for name, digest in meta.get("files", {}).items()
+    ]
     for path, digest in sorted(files, key=lambda f: f[0].stat().st_size if f[0].is_file() else 0):
         if not path.is_file():
             raise StoreError(f"{path} is missing: the store is damaged; rebuild it")

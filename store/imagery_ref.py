@@ -2,6 +2,7 @@
 directory, so a store that moves together with its imagery (a container's /data mount, a copied
 data folder) still finds it, and the absolute paths it was built from under "absolute", a hint
 for a store moved alone. URLs stay as they are. server/service.py `store_imagery` resolves them."""
+
 from __future__ import annotations
 
 import os

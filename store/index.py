@@ -5,6 +5,7 @@ against the exact ranking reaches RECALL_TARGET on queries drawn from the level'
 Vectors are added in chunks read from the memory-mapped arrays, so building never copies a level
 twice; the recall ground truth is computed the same way.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,10 +78,15 @@ def build_index(mu: np.ndarray, s: np.ndarray, flat_max: int = FLAT_MAX) -> tupl
     queries = _queries(mu)
     truth = exact_top_k(mu, s, queries, min(RECALL_K, len(s)))
     recall = 0.0
-    for nprobe in [*(2 ** p for p in range(int(math.log2(nlist)) + 1) if 2 ** p < nlist), nlist]:
+    for nprobe in [*(2**p for p in range(int(math.log2(nlist)) + 1) if 2**p < nlist), nlist]:
         index.nprobe = nprobe
         recall = recall_at_k(index, queries, truth)
         if recall >= RECALL_TARGET:
             break
-    return index, {"kind": "ivf-flat-ip", "nlist": nlist, "nprobe": int(index.nprobe),
-                   "recall_at_10": round(recall, 4), "recall_queries": len(queries)}
+    return index, {
+        "kind": "ivf-flat-ip",
+        "nlist": nlist,
+        "nprobe": int(index.nprobe),
+        "recall_at_10": round(recall, 4),
+        "recall_queries": len(queries),
+    }

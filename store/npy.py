@@ -5,6 +5,7 @@ The header has a fixed size (HEADER_BYTES), so it is rewritten in place at every
 commit the file is a valid .npy of exactly the committed rows. Rows appended after the last
 commit (a killed run) are cut off when the file is reopened with its committed row count.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@ output (`.STORE.partial`), and a progress file (`.STORE.progress.json`) rewritte
 after every batch, saying how far each level got. A killed run that is started again with the
 same plan continues from there; the arrays are cut back to the recorded rows first, so the
 result equals an uninterrupted run's."""
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,19 @@ class LevelWriter:
     def __init__(self, folder: Path, state: dict, sat_dim: int, embed_dim: int, fusion_names: list[str]):
         self.state = state  # {"position", "rows", "skipped"}: shared with the progress file
         rows = state["rows"]
-        self.files = {name: GrowingNpy(folder / f"{name}.npy", dtype, shape, rows)
-                      for name, (dtype, shape) in array_specs(sat_dim, embed_dim).items()}
+        self.files = {
+            name: GrowingNpy(folder / f"{name}.npy", dtype, shape, rows)
+            for name, (dtype, shape) in array_specs(sat_dim, embed_dim).items()
+        }
         for name in fusion_names:
-            self.files[f"{name}.mu"] = GrowingNpy(folder / FUSIONS_DIR / f"{name}.mu.npy", "float16", (embed_dim,), rows)
+            self.files[f"{name}.mu"] = GrowingNpy(
+                folder / FUSIONS_DIR / f"{name}.mu.npy", "float16", (embed_dim,), rows
+            )
             self.files[f"{name}.s"] = GrowingNpy(folder / FUSIONS_DIR / f"{name}.s.npy", "float32", (), rows)
 
-    def append(self, arrays: LevelArrays | None, fused: dict[str, tuple[np.ndarray, np.ndarray]],
-               position: int, skipped: int) -> None:
+    def append(
+        self, arrays: LevelArrays | None, fused: dict[str, tuple[np.ndarray, np.ndarray]], position: int, skipped: int
+    ) -> None:
         """Add a batch's cells (None: none had imagery); `position` is the plan position after it."""
         self.state.update(position=position, skipped=self.state["skipped"] + skipped)
         if arrays is None:
@@ -62,8 +68,10 @@ class PartialStore:
         state = self._load()
         if state is not None and state["key"] != key:
             if not discard_other:
-                raise StoreError(f"{self.dir} holds an unfinished run of another plan, bundle or shard; "
-                                 "rerun that command to finish it, or pass --overwrite to discard it")
+                raise StoreError(
+                    f"{self.dir} holds an unfinished run of another plan, bundle or shard; "
+                    "rerun that command to finish it, or pass --overwrite to discard it"
+                )
             state = None
         if state is None:
             self.discard()
@@ -90,11 +98,13 @@ class PartialStore:
 
     def writer(self, level: int, start: int, sat_dim: int, embed_dim: int, fusion_names: list[str]) -> LevelWriter:
         try:
-            return LevelWriter(level_dir(self.dir, level), self.level_state(level, start), sat_dim, embed_dim,
-                               fusion_names)
+            return LevelWriter(
+                level_dir(self.dir, level), self.level_state(level, start), sat_dim, embed_dim, fusion_names
+            )
         except OSError as exc:
-            raise StoreError(f"the unfinished run in {self.dir} is damaged ({exc}); pass --overwrite "
-                             "to start it again") from exc
+            raise StoreError(
+                f"the unfinished run in {self.dir} is damaged ({exc}); pass --overwrite to start it again"
+            ) from exc
 
     def save(self) -> None:
         tmp = self.progress.with_suffix(".tmp")

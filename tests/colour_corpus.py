@@ -2,6 +2,7 @@
 (open water, ice, desert, vegetation, coast). It teaches a tiny model's image and text towers a
 real, visible relation, so server and precompute tests see maps that are not flat. (The demo
 world's model is trained on the demo corpus instead: docs/demo-model.md.)"""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -85,12 +86,22 @@ def batches(corpus: ColourCorpus, tokenizer: HashedWordTokenizer, batch_size: in
             idx = rng.integers(0, n, min(batch_size, n))
             captions = [str(rng.choice(CAPTIONS[corpus.classes[i]])) for i in idx]
             ids, mask = tokenizer.encode(captions)
-            meta = encode_metadata(len(idx), lat=corpus.lat[idx], lon=corpus.lon[idx],
-                                   hour=rng.uniform(0, 24, len(idx)),
-                                   month=rng.integers(1, 13, len(idx)).astype(float),
-                                   source=0, caption_source=0)
-            batch = {"image": corpus.images[idx], "gsd": corpus.gsd[idx], **meta,
-                     "input_ids": ids, "attention_mask": mask}
+            meta = encode_metadata(
+                len(idx),
+                lat=corpus.lat[idx],
+                lon=corpus.lon[idx],
+                hour=rng.uniform(0, 24, len(idx)),
+                month=rng.integers(1, 13, len(idx)).astype(float),
+                source=0,
+                caption_source=0,
+            )
+            batch = {
+                "image": corpus.images[idx],
+                "gsd": corpus.gsd[idx],
+                **meta,
+                "input_ids": ids,
+                "attention_mask": mask,
+            }
             yield {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
 
     return stream

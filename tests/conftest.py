@@ -1,5 +1,6 @@
 """Shared fixtures: a real-imagery GeoTIFF (a Blue Marble crop), a small trained bundle and a
 store built from them, and a real redis-server on a random loopback port."""
+
 from __future__ import annotations
 
 import shutil
@@ -27,12 +28,17 @@ def imagery_path(tmp_path_factory) -> Path:
 def tiny_model_config():
     from model.config import ModelConfig
 
-    return ModelConfig.from_dict({
-        "embed_dim": 32, "sources": ["demo", "field"], "caption_sources": ["template"],
-        "image": {"size": 32, "patch": 8, "width": 48, "depth": 1, "heads": 4},
-        "fusion": {"width": 48, "depth": 1, "heads": 4, "ff": 96},
-        "text": {"kind": "hashed", "vocab_size": 1024, "width": 48, "heads": 4},
-        "audio": {"kind": "melcnn", "channels": [8, 16], "width": 48}})
+    return ModelConfig.from_dict(
+        {
+            "embed_dim": 32,
+            "sources": ["demo", "field"],
+            "caption_sources": ["template"],
+            "image": {"size": 32, "patch": 8, "width": 48, "depth": 1, "heads": 4},
+            "fusion": {"width": 48, "depth": 1, "heads": 4, "ff": 96},
+            "text": {"kind": "hashed", "vocab_size": 1024, "width": 48, "heads": 4},
+            "audio": {"kind": "melcnn", "channels": [8, 16], "width": 48},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +72,22 @@ def frozen_text_model():
     from model.nn.psm import PSMModel
 
     torch.manual_seed(0)
-    return PSMModel(ModelConfig.from_dict({
-        "embed_dim": 16, "image": {"size": 32, "patch": 8, "width": 32, "depth": 1, "heads": 2},
-        "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
-        "text": {"kind": "minilm", "trainable": False, "max_length": 32},
-        "audio": {"kind": "melcnn", "channels": [8], "width": 32,
-                  "features": {"n_mels": 32, "duration_s": 1.0}}}))
+    return PSMModel(
+        ModelConfig.from_dict(
+            {
+                "embed_dim": 16,
+                "image": {"size": 32, "patch": 8, "width": 32, "depth": 1, "heads": 2},
+                "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
+                "text": {"kind": "minilm", "trainable": False, "max_length": 32},
+                "audio": {
+                    "kind": "melcnn",
+                    "channels": [8],
+                    "width": 32,
+                    "features": {"n_mels": 32, "duration_s": 1.0},
+                },
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +104,12 @@ def trained_model(imagery_path, tiny_model_config):
     torch.manual_seed(0)
     model = PSMModel(cfg)
     corpus = colour_corpus.build(Imagery(imagery_path), cfg.image_size, range(3, 8), 400, seed=0)
-    loss = train(model, colour_corpus.batches(corpus, model.tokenizer(), 32),
-                 TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=10, threads=1), progress=False)
+    loss = train(
+        model,
+        colour_corpus.batches(corpus, model.tokenizer(), 32),
+        TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=10, threads=1),
+        progress=False,
+    )
     return model, loss.calibration()
 
 
@@ -137,9 +157,23 @@ def redis_server(tmp_path):
     if binary is None:
         pytest.fail("redis-server is not installed: apt-get install -y redis-server")
     port = free_port()
-    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port)
         url = f"redis://127.0.0.1:{port}/0"
@@ -151,6 +185,7 @@ def redis_server(tmp_path):
 
 
 # --- The demo corpus's place assets and rasters (test_corpus.py, test_demo_world.py) ------------
+
 
 @pytest.fixture(scope="session")
 def place_assets(tmp_path_factory) -> Path:

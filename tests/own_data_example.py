@@ -6,6 +6,7 @@ The clips' sound follows the place, as real recordings would: sea cells sound of
 land of birds, bare or bright land of wind, each a different chord of tones plus noise, and the
 time of day shifts the pitch a little. Run `python tests/own_data_example.py FOLDER` to write it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,9 +77,18 @@ def write_example(folder: str | Path, samples: int = 60, seed: int = 0, steps: i
         hour, month = int(rng.integers(0, 24)), int(rng.integers(1, 13))
         name = f"audio/{len(rows):03d}.{FORMATS[len(rows) % len(FORMATS)]}"
         soundfile.write(data / name, clip(caption, hour, rng), SAMPLE_RATE)
-        rows.append({"key": f"clip{len(rows):03d}", "lat": round(lat, 5), "lon": round(lon, 5),
-                     "datetime": f"2023-{month:02d}-15T{hour:02d}:30", "audio": name, "source": "field",
-                     "caption": caption, "caption_source": "field_notes"})
+        rows.append(
+            {
+                "key": f"clip{len(rows):03d}",
+                "lat": round(lat, 5),
+                "lon": round(lon, 5),
+                "datetime": f"2023-{month:02d}-15T{hour:02d}:30",
+                "audio": name,
+                "source": "field",
+                "caption": caption,
+                "caption_source": "field_notes",
+            }
+        )
     with open(data / "samples.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
@@ -86,11 +96,16 @@ def write_example(folder: str | Path, samples: int = 60, seed: int = 0, steps: i
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     config["model"]["sources"] = ["field"]
     config["model"]["caption_sources"] = ["field_notes"]
-    config["train"].update({"steps": steps, "batch_size": 16, "eval_every": steps, "checkpoint_every": steps,
-                            "log_every": 10})
+    config["train"].update(
+        {"steps": steps, "batch_size": 16, "eval_every": steps, "checkpoint_every": steps, "log_every": 10}
+    )
     # Paths are relative to this file; data.level is left out: derived from the imagery.
-    config["data"] = {"kind": "csv", "root": "mydata", "imagery": "imagery.tif",
-                      "split": {"cell_deg": 2.0, "val_fraction": 0.15, "test_fraction": 0.15}}
+    config["data"] = {
+        "kind": "csv",
+        "root": "mydata",
+        "imagery": "imagery.tif",
+        "split": {"cell_deg": 2.0, "val_fraction": 0.15, "test_fraction": 0.15},
+    }
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -1,5 +1,6 @@
 """Helpers for the server tests: the app over the session's bundle and store, a real uvicorn
 on a loopback port, and decoding of tiles."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,9 @@ def fresh_query_db() -> str:
 def make_client(bundle_path, store_path, **settings) -> TestClient:
     settings.setdefault("query_db", fresh_query_db())
     # A loopback Host, one of the default allowed hosts (server/urls.py), as a local browser sends.
-    return TestClient(create_app(Settings(bundle=str(bundle_path), store=str(store_path), **settings)),
-                      base_url="http://127.0.0.1")
+    return TestClient(
+        create_app(Settings(bundle=str(bundle_path), store=str(store_path), **settings)), base_url="http://127.0.0.1"
+    )
 
 
 def decode_png(body: bytes) -> np.ndarray:
@@ -47,17 +49,44 @@ def decode_npy(body: bytes) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def live_server(bundle_path, store_path, *, workers: int = 1, redis_url: str | None = None,
-                args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Iterator[str]:
+def live_server(
+    bundle_path,
+    store_path,
+    *,
+    workers: int = 1,
+    redis_url: str | None = None,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
     """`soundscape serve` (real uvicorn) on a random loopback port, with no SOUNDSCAPE_* variables
     but those in `env`; yields its base URL."""
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")},
-           "SOUNDSCAPE_QUERY_DB": fresh_query_db(), **(env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path),
-                             "--store", str(store_path), "--port", str(port), "--workers", str(workers),
-                             *(["--redis-url", redis_url] if redis_url else []), *args],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")},
+        "SOUNDSCAPE_QUERY_DB": fresh_query_db(),
+        **(env or {}),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "serve",
+            "--bundle",
+            str(bundle_path),
+            "--store",
+            str(store_path),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            *(["--redis-url", redis_url] if redis_url else []),
+            *args,
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port, timeout=90)
         yield f"http://127.0.0.1:{port}"

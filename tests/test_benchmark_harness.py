@@ -1,17 +1,34 @@
 """benchmarks/run.py's report: the generated table replaces only its own block of BENCHMARKS.md,
 and every measured figure becomes a row with its baseline and ratio."""
+
 from benchmarks.run import markdown, update_markdown
 
 RESULT = {
-    "command": "python benchmarks/run.py", "commit": "abc1234", "date": "2026-12-01 16:00 UTC",
-    "machine": "x86_64, 2 cores", "python": "3.11.7", "workers": 2,
+    "command": "python benchmarks/run.py",
+    "commit": "abc1234",
+    "date": "2026-12-01 16:00 UTC",
+    "machine": "x86_64, 2 cores",
+    "python": "3.11.7",
+    "workers": 2,
     "wrk": {"threads": 2, "connections": 32, "duration_s": 4, "rounds": 3},
     "measures": {
-        "warm": {"load_before": 2.0, "load_after": 2.5, "soundscape": {"tiles_per_s": 600.0},
-                 "bare_asgi": {"tiles_per_s": 1000.0}, "bare_fastapi": {"tiles_per_s": 300.0},
-                 "ratio_to_bare_asgi": 0.6, "ratio_to_bare_fastapi": 2.0},
-        "hour_tile": {"load_before": 2.5, "load_after": 2.5, "level": 7, "cold_tile_hour_ms": 20.0,
-                      "cold_tile_default_ms": 2.0, "ratio": 10.0},
+        "warm": {
+            "load_before": 2.0,
+            "load_after": 2.5,
+            "soundscape": {"tiles_per_s": 600.0},
+            "bare_asgi": {"tiles_per_s": 1000.0},
+            "bare_fastapi": {"tiles_per_s": 300.0},
+            "ratio_to_bare_asgi": 0.6,
+            "ratio_to_bare_fastapi": 2.0,
+        },
+        "hour_tile": {
+            "load_before": 2.5,
+            "load_after": 2.5,
+            "level": 7,
+            "cold_tile_hour_ms": 20.0,
+            "cold_tile_default_ms": 2.0,
+            "ratio": 10.0,
+        },
     },
 }
 

@@ -1,5 +1,6 @@
 """The `soundscape` command's contract for mistakes: exit code 2 and one sentence on stderr, nothing
 printed before it, and no argparse trap for values that start with a minus."""
+
 from __future__ import annotations
 
 import os
@@ -45,16 +46,40 @@ def test_store_given_as_bundle_is_named(capsys, store_path) -> None:
 
 @pytest.mark.parametrize("levels, hint", [("9-3", "write 3-9"), ("2,7-5", "write 5-7")])
 def test_reversed_levels_say_so(capsys, tmp_path, imagery_path, bundle_path, levels, hint) -> None:
-    line = _fails(capsys, ["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path),
-                           "--levels", levels, "--out", str(tmp_path / "store")])
+    line = _fails(
+        capsys,
+        [
+            "precompute",
+            "--imagery",
+            str(imagery_path),
+            "--bundle",
+            str(bundle_path),
+            "--levels",
+            levels,
+            "--out",
+            str(tmp_path / "store"),
+        ],
+    )
     assert "run from high to low" in line and hint in line
     assert "0..24" not in line
     assert not (tmp_path / "store").exists()
 
 
 def test_levels_out_of_range_still_name_the_range(capsys, tmp_path, imagery_path, bundle_path) -> None:
-    line = _fails(capsys, ["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path),
-                           "--levels", "3-30", "--out", str(tmp_path / "store")])
+    line = _fails(
+        capsys,
+        [
+            "precompute",
+            "--imagery",
+            str(imagery_path),
+            "--bundle",
+            str(bundle_path),
+            "--levels",
+            "3-30",
+            "--out",
+            str(tmp_path / "store"),
+        ],
+    )
     assert "must lie in 0..24" in line
 
 
@@ -63,15 +88,14 @@ def test_port_in_use_is_one_sentence_before_the_banner(capsys, bundle_path, stor
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        line = _fails(capsys, ["serve", "--bundle", str(bundle_path), "--store", str(store_path),
-                               "--port", str(port)])
-    assert line == (f"soundscape serve: port {port} on 127.0.0.1 is already in use: stop what listens there "
-                    "or pass another --port")
+        line = _fails(capsys, ["serve", "--bundle", str(bundle_path), "--store", str(store_path), "--port", str(port)])
+    assert line == (
+        f"soundscape serve: port {port} on 127.0.0.1 is already in use: stop what listens there or pass another --port"
+    )
 
 
 def test_unusable_host_is_one_sentence(capsys, bundle_path, store_path) -> None:
-    line = _fails(capsys, ["serve", "--bundle", str(bundle_path), "--store", str(store_path),
-                           "--host", "192.0.2.1"])
+    line = _fails(capsys, ["serve", "--bundle", str(bundle_path), "--store", str(store_path), "--host", "192.0.2.1"])
     assert "cannot listen on 192.0.2.1:8000" in line and "check --host and --port" in line
 
 
@@ -83,15 +107,38 @@ def test_bbox_may_start_with_a_minus(argv) -> None:
 
 
 def test_negative_values_are_joined_only_to_options() -> None:
-    assert join_negative_values(["precompute", "--nodata", "-9999", "--overwrite", "--", "-5"]) == \
-        ["precompute", "--nodata=-9999", "--overwrite", "--", "-5"]
+    assert join_negative_values(["precompute", "--nodata", "-9999", "--overwrite", "--", "-5"]) == [
+        "precompute",
+        "--nodata=-9999",
+        "--overwrite",
+        "--",
+        "-5",
+    ]
     assert join_negative_values(["-v", "serve", "--port", "8000"]) == ["-v", "serve", "--port", "8000"]
 
 
 def test_precompute_dry_run_takes_a_negative_bbox(capsys, imagery_path, bundle_path, tmp_path) -> None:
     """End to end: the bbox starting with a minus reaches the plan (west of Greenwich, in the fixture)."""
-    assert main(["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "4",
-                 "--bbox", "-10,35,5,50", "--out", str(tmp_path / "store"), "--dry-run", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "precompute",
+                "--imagery",
+                str(imagery_path),
+                "--bundle",
+                str(bundle_path),
+                "--levels",
+                "4",
+                "--bbox",
+                "-10,35,5,50",
+                "--out",
+                str(tmp_path / "store"),
+                "--dry-run",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     from runtime.imagery import Imagery
     from precompute.run import make_plan
 
@@ -100,7 +147,6 @@ def test_precompute_dry_run_takes_a_negative_bbox(capsys, imagery_path, bundle_p
     out = capsys.readouterr().out
     assert f"{4:>5} {cells:>12,}" in out.splitlines(), out
     assert not (tmp_path / "store").exists()
-
 
 
 @pytest.mark.slow  # the demo loads the packaged towers (~20 s) before it first writes
@@ -112,8 +158,13 @@ def test_unwritable_data_folder_is_one_sentence() -> None:
         data.chmod(0o555)
         unprivileged = ["setpriv", "--bounding-set", "-dac_override"] if os.geteuid() == 0 else []
         code = "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"
-        result = subprocess.run([*unprivileged, sys.executable, "-c", code, "demo", "--data-dir", str(data),
-                                 "--build-only"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [*unprivileged, sys.executable, "-c", code, "demo", "--data-dir", str(data), "--build-only"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         data.chmod(0o755)
         shutil.rmtree(data)

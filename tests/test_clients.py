@@ -2,6 +2,7 @@
 the README's exact XYZ URL through its TMS minidriver and WMTS at 256 and 512 pixels; the default
 colour scale is one scale per query and metadata that uses the ramp; registered query ids survive
 restarts with and without Redis, and a Redis filled by tile traffic keeps every query record."""
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,9 @@ from tests.conftest import free_port, wait_for_port
 from tests.server_support import REPO, live_server, make_client
 
 NS = {"w": "http://www.opengis.net/wmts/1.0", "ows": "http://www.opengis.net/ows/1.1"}
-README_URL = re.search(r"http://127\.0\.0\.1:8000(/tiles/\{z\}/\{x\}/\{y\}\.png\?q=birdsong&hour=6)",
-                       (REPO / "README.md").read_text()).group(1)
+README_URL = re.search(
+    r"http://127\.0\.0\.1:8000(/tiles/\{z\}/\{x\}/\{y\}\.png\?q=birdsong&hour=6)", (REPO / "README.md").read_text()
+).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,9 @@ def test_gdal_reads_the_readme_url_with_a_readable_colour_scale(server):
     assert np.percentile(drawn, 99) >= 0.8, "the likeliest places reach the top fifth of the ramp"
     assert np.percentile(drawn, 1) <= 0.2, "the least likely reach the bottom fifth"
     unit = read_mosaic(server + README_URL + "&rescale=0,1", zoom=2)[0]
-    assert np.percentile(ramp_positions(unit, "magma")[np.isfinite(positions)], 99) < \
-        np.percentile(drawn, 99), "rescale= still overrides the default"
+    assert np.percentile(ramp_positions(unit, "magma")[np.isfinite(positions)], 99) < np.percentile(drawn, 99), (
+        "rescale= still overrides the default"
+    )
 
 
 def test_one_scale_per_query_and_metadata_echoed_by_tilejson(server):
@@ -64,10 +67,18 @@ def test_one_scale_per_query_and_metadata_echoed_by_tilejson(server):
     assert plain["rescale"] != dawn["rescale"], "the scale follows the metadata"
     assert "rescale" not in plain["tiles"][0], "the tile URL stays short"
     # The tiles draw with exactly that scale: a PNG equals the npy values quantised over it.
-    values = np.load(io.BytesIO(httpx.get(f"{server}/tiles/WebMercatorQuad/4/8/5.npy",
-                                          params={"q": "birdsong", "hour": 6}, timeout=60).content))
-    png = np.asarray(Image.open(io.BytesIO(httpx.get(f"{server}/tiles/4/8/5.png",
-                                                     params={"q": "birdsong", "hour": 6}, timeout=60).content)))
+    values = np.load(
+        io.BytesIO(
+            httpx.get(
+                f"{server}/tiles/WebMercatorQuad/4/8/5.npy", params={"q": "birdsong", "hour": 6}, timeout=60
+            ).content
+        )
+    )
+    png = np.asarray(
+        Image.open(
+            io.BytesIO(httpx.get(f"{server}/tiles/4/8/5.png", params={"q": "birdsong", "hour": 6}, timeout=60).content)
+        )
+    )
     lo, hi = dawn["rescale"]
     expected = 1 + np.rint(np.clip((values - lo) / (hi - lo), 0, 1) * 254).astype(np.uint8)
     valid = np.isfinite(values)
@@ -85,11 +96,12 @@ def test_gdal_reads_wmts_at_each_tile_size(server, size):
     assert "match probability" in root.find("w:Contents/w:Layer/ows:Abstract", NS).text
     z, x, y = 6, 33, 22
     with rasterio.open(f"WMTS:{server}/WMTSCapabilities.xml?q=birdsong&tilesize={size},layer=heatmap") as src:
-        assert src.transform.a == pytest.approx(2 * 20037508.3427892 / (size * 2 ** z))
+        assert src.transform.a == pytest.approx(2 * 20037508.3427892 / (size * 2**z))
         window = from_bounds(*mercantile.xy_bounds(x, y, z), transform=src.transform)
         rgba = src.read(window=Window(round(window.col_off), round(window.row_off), size, size))
-    tile = httpx.get(f"{server}/tiles/WebMercatorQuad/{z}/{x}/{y}.png",
-                     params={"q": "birdsong", "tilesize": size}, timeout=60)
+    tile = httpx.get(
+        f"{server}/tiles/WebMercatorQuad/{z}/{x}/{y}.png", params={"q": "birdsong", "tilesize": size}, timeout=60
+    )
     expected = np.asarray(Image.open(io.BytesIO(tile.content)).convert("RGBA")).transpose(2, 0, 1)
     assert rgba.shape == (4, size, size) and np.array_equal(rgba, expected)
 
@@ -134,10 +146,14 @@ def test_query_ids_survive_a_restart_without_redis(bundle_path, store_path, tmp_
 
 
 def test_query_ids_survive_a_restart_with_redis_on_another_replica(bundle_path, store_path, tmp_path, redis_server):
-    with live_server(bundle_path, store_path, redis_url=redis_server, args=("--query-db", str(tmp_path / "a.sqlite"))) as a:
+    with live_server(
+        bundle_path, store_path, redis_url=redis_server, args=("--query-db", str(tmp_path / "a.sqlite"))
+    ) as a:
         ids = _register(a)
     # Another replica with an empty registry file of its own: the records come from Redis.
-    with live_server(bundle_path, store_path, redis_url=redis_server, args=("--query-db", str(tmp_path / "b.sqlite"))) as b:
+    with live_server(
+        bundle_path, store_path, redis_url=redis_server, args=("--query-db", str(tmp_path / "b.sqlite"))
+    ) as b:
         _resolves(b, ids)
 
 
@@ -146,9 +162,25 @@ def small_redis(tmp_path):
     """A real redis-server with the eviction policy docker-compose.yml ships and little memory."""
     policy = _compose_redis_option("--maxmemory-policy")
     port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path), "--maxmemory-policy", policy],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            shutil.which("redis-server"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+            "--maxmemory-policy",
+            policy,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port)
         client = redis.Redis(port=port)
@@ -190,15 +222,28 @@ def test_registrations_during_a_redis_outage_are_shared_when_it_is_back(bundle_p
     another replica, once Redis answers again; a full registry is an error, never a lost 201."""
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    with make_client(bundle_path, store_path, redis_url=url, query_db=str(tmp_path / "a.sqlite"),
-                     max_queries=2) as app:
+    with make_client(bundle_path, store_path, redis_url=url, query_db=str(tmp_path / "a.sqlite"), max_queries=2) as app:
         ids = [app.post("/queries", json={"text": t}).json()["id"] for t in ("during the outage", "and another")]
         assert app.get("/tiles/3/4/2.png", params={"q": "still served"}).status_code == 200
         full = app.post("/queries", json={"text": "one too many"})
         assert full.status_code == 507 and "SOUNDSCAPE_MAX_QUERIES" in full.json()["detail"]
-        proc = subprocess.Popen([shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(port),
-                                 "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                shutil.which("redis-server"),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_for_port(port)
             client = redis.Redis(port=port)

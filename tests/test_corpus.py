@@ -3,6 +3,7 @@ readers, place look-ups, a small build over the Blue Marble fixture with OpenSFX
 the `demo` reader (valid samples, same pixels as runtime.imagery, determinism, geographic split).
 
 Downloads about 70 MB once per session (the place assets and the 9.9 MB openttd-opensfx)."""
+
 from __future__ import annotations
 
 import io
@@ -35,8 +36,17 @@ def asset_root(place_assets):
 
 
 def small_config(out, asset_root, imagery_path, **overrides) -> BuildConfig:
-    values = dict(out=out, assets=asset_root, imagery=imagery_path, samples=400, levels=LEVELS,
-                  image_size=32, duration_s=2.0, seed=7, audio_assets=("openttd-opensfx",))
+    values = dict(
+        out=out,
+        assets=asset_root,
+        imagery=imagery_path,
+        samples=400,
+        levels=LEVELS,
+        image_size=32,
+        duration_s=2.0,
+        seed=7,
+        audio_assets=("openttd-opensfx",),
+    )
     return BuildConfig(**{**values, **overrides})
 
 
@@ -48,6 +58,7 @@ def corpus_path(tmp_path_factory, asset_root, imagery_path):
 
 
 # --- assets and archives -----------------------------------------------------------------------
+
 
 def test_acquired_assets_carry_licence_attribution_and_stamp(asset_root):
     folder = assets.verify(assets.ASSETS["openttd-opensfx"], asset_root)
@@ -114,13 +125,23 @@ def test_zip_entries_stream_without_seeking_and_check_crc():
 
 # --- places --------------------------------------------------------------------------------------
 
+
 def test_place_lookups_read_the_real_rasters(corpus_path):
     places = DemoCorpus(corpus_path, progress=False).places()
     names = ["berlin", "sahara", "mid-atlantic", "lands end", "black forest"]
     lat = np.array([52.52, 23.0, 30.0, 50.07, 48.0])
     lon = np.array([13.40, 10.0, -40.0, -5.70, 8.2])
-    p = dict(zip(names, zip(*[getattr(places.attributes(lat, lon), k) for k in
-                              ("landcover", "climate", "land", "coast_km", "lights", "population")])))
+    p = dict(
+        zip(
+            names,
+            zip(
+                *[
+                    getattr(places.attributes(lat, lon), k)
+                    for k in ("landcover", "climate", "land", "coast_km", "lights", "population")
+                ]
+            ),
+        )
+    )
     assert p["berlin"][0] == 13 and p["berlin"][4] > 0.9 and p["berlin"][5] > 1e6
     assert p["sahara"][0] == 16 and p["sahara"][1] == 2 and p["sahara"][4] == 0
     assert not p["mid-atlantic"][2] and p["mid-atlantic"][3] > 1000
@@ -129,6 +150,7 @@ def test_place_lookups_read_the_real_rasters(corpus_path):
 
 
 # --- build and reader ----------------------------------------------------------------------------
+
 
 def test_build_writes_manifest_recipes_and_provenance(corpus_path):
     corpus = DemoCorpus(corpus_path, progress=False)
@@ -226,16 +248,34 @@ def test_bad_data_section_and_missing_corpus_are_user_errors(corpus_path, tmp_pa
 
 
 def test_cli_explains_rules_and_rejects_bad_input(corpus_path, capsys):
-    assert main(["corpus", "explain", "--lat", "48", "--lon", "8.2", "--month", "5", "--hour", "5",
-                 "--out", str(corpus_path)]) == 0
+    assert (
+        main(
+            [
+                "corpus",
+                "explain",
+                "--lat",
+                "48",
+                "--lon",
+                "8.2",
+                "--month",
+                "5",
+                "--hour",
+                "5",
+                "--out",
+                str(corpus_path),
+            ]
+        )
+        == 0
+    )
     assert "dawn chorus" in capsys.readouterr().out
     assert main(["corpus", "build", "--samples", "0", "--out", str(corpus_path)]) == 2
     assert capsys.readouterr().err.strip() == "soundscape corpus: --samples must be at least 1"
 
 
 def test_corpus_help_explains_itself():
-    out = subprocess.run([sys.executable, "-m", "cli.main", "corpus", "build", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "corpus", "build", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "--samples" in out and "resumes" in out
 
 

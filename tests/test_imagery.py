@@ -1,5 +1,6 @@
 """The shared imagery reader on sources beyond one EPSG:4326 file: a projected (UTM) raster, a
 raster with nodata, and mosaics of several files (a list or a directory)."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -78,8 +79,16 @@ def utm_path(imagery_path, tmp_path_factory) -> Path:
         crs = "EPSG:32633"
         transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
         out = np.zeros((3, height, width), dtype=np.uint8)
-        reproject(src.read(), out, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
-                  dst_crs=crs, resampling=Resampling.bilinear, dst_nodata=0)
+        reproject(
+            src.read(),
+            out,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs=crs,
+            resampling=Resampling.bilinear,
+            dst_nodata=0,
+        )
         profile = {**src.profile, "crs": crs, "transform": transform, "width": width, "height": height}
     return _write(tmp_path_factory.mktemp("utm") / "utm.tif", out, profile, nodata=0)
 
@@ -107,8 +116,11 @@ def _min_value(path: Path, box: tuple) -> int:
     """The smallest band value of the raster's pixels under box (plus a 2-pixel margin)."""
     with rasterio.open(path) as src:
         (row0, col0), (row1, col1) = src.index(box[0], box[3]), src.index(box[2], box[1])
-        return int(src.read(window=Window(col0 - 2, row0 - 2, col1 - col0 + 4, row1 - row0 + 4), boundless=True,
-                            fill_value=0).min())
+        return int(
+            src.read(
+                window=Window(col0 - 2, row0 - 2, col1 - col0 + 4, row1 - row0 + 4), boundless=True, fill_value=0
+            ).min()
+        )
 
 
 def _cells_in(z: int, box: tuple) -> list[tuple[int, int]]:
@@ -130,11 +142,19 @@ def halves(imagery_path, tmp_path_factory, source) -> tuple[Path, float]:
     folder = tmp_path_factory.mktemp("halves")
     split = (data.shape[2] // 2) // 32 * 32
     with rasterio.open(imagery_path) as src:
-        for name, window in (("a-west.tif", Window(0, 0, split, src.height)),
-                             ("b-east.tif", Window(split, 0, src.width - split, src.height))):
-            part = data[:, :, window.col_off:window.col_off + window.width]
-            _write(folder / name, part, profile, width=window.width, height=window.height,
-                   transform=src.window_transform(window))
+        for name, window in (
+            ("a-west.tif", Window(0, 0, split, src.height)),
+            ("b-east.tif", Window(split, 0, src.width - split, src.height)),
+        ):
+            part = data[:, :, window.col_off : window.col_off + window.width]
+            _write(
+                folder / name,
+                part,
+                profile,
+                width=window.width,
+                height=window.height,
+                transform=src.window_transform(window),
+            )
         lon = src.xy(0, split, offset="ul")[0]
     return folder, lon
 
@@ -163,8 +183,12 @@ def test_nodata_cells_are_skipped_and_counted_never_black(holed_path, imagery_pa
     holed, whole = Imagery(holed_path), Imagery(imagery_path)
     inside = _cells_in(6, HOLE)
     assert len(inside) >= 4 and all(holed.cell(6, x, y, SIZE) is None for x, y in inside)
-    untouched = [c for c in _cells_in(6, whole.bounds) if _min_value(imagery_path, tile_bounds(6, *c)) > 0
-                 and (tile_bounds(6, *c)[1] > HOLE[3] + 2 or tile_bounds(6, *c)[2] < HOLE[0] - 2)]
+    untouched = [
+        c
+        for c in _cells_in(6, whole.bounds)
+        if _min_value(imagery_path, tile_bounds(6, *c)) > 0
+        and (tile_bounds(6, *c)[1] > HOLE[3] + 2 or tile_bounds(6, *c)[2] < HOLE[0] - 2)
+    ]
     assert len(untouched) >= 3  # no pixel of theirs is 0, so nodata = 0 leaves them valid
     for x, y in untouched:  # GDAL's nodata-aware overviews and warp kernel round a little differently
         a, b = holed.cell(6, x, y, SIZE), whole.cell(6, x, y, SIZE)
@@ -203,7 +227,6 @@ def test_mosaic_of_a_directory_or_a_list_equals_the_whole(imagery_path, halves):
                 assert np.abs(a.rgb.astype(int) - b.rgb.astype(int)).mean() < 0.5
 
 
-
 def test_mosaic_cell_outside_every_file_is_none(halves):
     assert Imagery(halves[0]).cell(6, 5, 20, SIZE) is None  # mid-Atlantic, outside both files
 
@@ -211,8 +234,11 @@ def test_mosaic_cell_outside_every_file_is_none(halves):
 def test_unreadable_sources_raise_one_sentence(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk.tif").write_text("not a raster")
-    for source, needle in ((tmp_path / "missing.tif", "no such file"), (tmp_path / "empty", "holds no raster"),
-                           (tmp_path / "junk.tif", "cannot read imagery")):
+    for source, needle in (
+        (tmp_path / "missing.tif", "no such file"),
+        (tmp_path / "empty", "holds no raster"),
+        (tmp_path / "junk.tif", "cannot read imagery"),
+    ):
         with pytest.raises(ImageryError, match=needle):
             Imagery(source)
 
@@ -225,8 +251,9 @@ def test_upsampling_and_finest_level(imagery_path):
 
 
 def test_remote_raster_over_http_gives_the_local_pixels(imagery_path, bundle_path, tmp_path):
-    server = subprocess.Popen([sys.executable, "-c", RANGE_SERVER, str(imagery_path.parent)],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", RANGE_SERVER, str(imagery_path.parent)], stdout=subprocess.PIPE, text=True
+    )
     try:
         url = f"http://127.0.0.1:{int(server.stdout.readline())}/{imagery_path.name}"
         remote, local = Imagery(url), Imagery(imagery_path)

@@ -1,11 +1,14 @@
 """DESIGN.md's layout rules that code can check."""
+
 import subprocess
 import sys
 
 
 def test_server_and_precompute_never_import_torch():
-    code = ("import sys, server.app, server.asgi, server.commands, precompute.run, precompute.commands, cli.main; "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, server.app, server.asgi, server.commands, precompute.run, precompute.commands, cli.main; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

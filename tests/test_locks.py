@@ -1,6 +1,7 @@
 """The lock files in locks/ still match pyproject.toml: every requirement of a set is pinned by a line
 of its lock that satisfies it, torch stays out, and the installers read the locks. Offline and fast;
 when it fails, run scripts/lock.sh and commit the locks."""
+
 from __future__ import annotations
 
 import re
@@ -53,8 +54,9 @@ def test_lock_satisfies_pyproject(name: str) -> None:
 def test_lock_leaves_out_torch(name: str) -> None:
     names = {canonicalize_name(pin.name) for pin in _pins(lock.lock_path(name))}
     assert not names & lock.UNLOCKED, f"{name}.txt pins {names & lock.UNLOCKED}"
-    assert not any(n.startswith("nvidia-") for n in names) or "gpu" in lock.SETS[name], \
+    assert not any(n.startswith("nvidia-") for n in names) or "gpu" in lock.SETS[name], (
         f"{name}.txt pins CUDA libraries that only torch's default build needs"
+    )
 
 
 def test_unsatisfied_names_a_stale_pin() -> None:
@@ -79,6 +81,8 @@ def test_aisfx_is_pinned_alike() -> None:
     """aisfx stays outside the locks (its declared dependencies are outdated): setup.sh and the demo
     image install the same version of it."""
     pin = re.compile(r"aisfx==[\w.]+")
-    pins = {path.name: pin.findall(path.read_text())
-            for path in (ROOT / "scripts" / "setup.sh", ROOT / "docker" / "demo.Dockerfile")}
+    pins = {
+        path.name: pin.findall(path.read_text())
+        for path in (ROOT / "scripts" / "setup.sh", ROOT / "docker" / "demo.Dockerfile")
+    }
     assert all(len(found) == 1 for found in pins.values()) and len({found[0] for found in pins.values()}) == 1, pins

@@ -1,5 +1,6 @@
 """The torch-free audio front ends against their reference implementations (librosa for aisfx,
 transformers' ClapFeatureExtractor for CLAP), and the aisfx tower against aisfx's own network."""
+
 import numpy as np
 import pytest
 import torch
@@ -17,17 +18,42 @@ def test_aisfx_mel_matches_librosa_as_aisfx_calls_it():
     librosa = pytest.importorskip("librosa", reason="librosa is in the test extra")
     spec = AisfxMelSpec(duration_s=3.0)
     wave = noise(3.0, spec.sample_rate)
-    ref = librosa.feature.melspectrogram(y=wave.astype(np.float64), sr=spec.sample_rate, n_mels=96, norm=1.0,
-                                         fmin=0.0, fmax=22050.0, htk=True, power=2.0, hop_length=1024,
-                                         win_length=2048)
+    ref = librosa.feature.melspectrogram(
+        y=wave.astype(np.float64),
+        sr=spec.sample_rate,
+        n_mels=96,
+        norm=1.0,
+        fmin=0.0,
+        fmax=22050.0,
+        htk=True,
+        power=2.0,
+        hop_length=1024,
+        win_length=2048,
+    )
     mine = spec.mel_power(wave.astype(np.float64))
     assert mine.shape == ref.shape == (96, 1 + len(wave) // 1024)
     np.testing.assert_allclose(mine, ref, rtol=1e-5, atol=1e-9 * ref.max())
     # Features: peak-normalised clip, log10(1 + 1e4 S) / aisfx's training maximum.
     peak = np.abs(wave).max()
-    ref_features = np.log10(1 + 1e4 * librosa.feature.melspectrogram(
-        y=(wave / peak).astype(np.float64), sr=spec.sample_rate, n_mels=96, norm=1.0, fmin=0.0, fmax=22050.0,
-        htk=True, power=2.0, hop_length=1024, win_length=2048)) / spec.scale_max
+    ref_features = (
+        np.log10(
+            1
+            + 1e4
+            * librosa.feature.melspectrogram(
+                y=(wave / peak).astype(np.float64),
+                sr=spec.sample_rate,
+                n_mels=96,
+                norm=1.0,
+                fmin=0.0,
+                fmax=22050.0,
+                htk=True,
+                power=2.0,
+                hop_length=1024,
+                win_length=2048,
+            )
+        )
+        / spec.scale_max
+    )
     np.testing.assert_allclose(spec.features(wave), ref_features, rtol=1e-4, atol=1e-5)
 
 
@@ -44,8 +70,9 @@ def test_clap_fusion_matches_transformers_feature_extractor():
     long = noise(25.0, spec.sample_rate, seed=1)  # shrunk whole mel + front/middle/back chunks
     mine = spec.features(long)
     full = spec.db_mel(long.astype(np.float64))
-    shrunk = torch.nn.functional.interpolate(torch.tensor(full[None, None]), size=[1001, 64], mode="bilinear",
-                                             align_corners=False)[0, 0].numpy()
+    shrunk = torch.nn.functional.interpolate(
+        torch.tensor(full[None, None]), size=[1001, 64], mode="bilinear", align_corners=False
+    )[0, 0].numpy()
     np.testing.assert_allclose(mine[0], shrunk, atol=1e-4)
     starts = spec.chunk_starts(len(full))
     assert starts[0] < starts[1] < starts[2] <= len(full) - 1001

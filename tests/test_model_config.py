@@ -1,5 +1,6 @@
 """Configs: the shipped ones parse, `paper` has the paper's sizes, the GSD positional embedding is
 PSM's, and a SatMAE checkpoint loads with a strict key report."""
+
 import math
 from pathlib import Path
 
@@ -60,9 +61,16 @@ def satmae_state(encoder: ImageEncoder) -> dict:
     """A SatMAE (MAE pretrain) checkpoint's layout: the ViT's timm keys plus the parts PSM drops."""
     state = {k: v.clone() + 1.0 for k, v in encoder.state_dict().items() if not k.startswith(("projector", "fc_norm"))}
     width = encoder.width
-    state.update({"cls_token": torch.zeros(1, 1, width), "pos_embed": torch.zeros(1, 17, width),
-                  "norm.weight": torch.ones(width), "norm.bias": torch.zeros(width),
-                  "mask_token": torch.zeros(1, 1, width), "decoder_embed.weight": torch.zeros(8, width)})
+    state.update(
+        {
+            "cls_token": torch.zeros(1, 1, width),
+            "pos_embed": torch.zeros(1, 17, width),
+            "norm.weight": torch.ones(width),
+            "norm.bias": torch.zeros(width),
+            "mask_token": torch.zeros(1, 1, width),
+            "decoder_embed.weight": torch.zeros(8, width),
+        }
+    )
     return {"model": state, "epoch": 199}
 
 
@@ -78,8 +86,12 @@ def test_satmae_checkpoint_loads_with_a_strict_report(tmp_path):
     assert all(k.startswith(("projector.", "fc_norm.")) for k in report["new"]) and report["new"]
     torch.testing.assert_close(fresh.blocks[1].attn.qkv.weight, encoder.blocks[1].attn.qkv.weight + 1.0)
     # Built from a config that names the checkpoint, the encoder loads it itself.
-    named = ImageEncoder(ModelConfig.from_dict({"image": {"size": 32, "patch": 8, "width": 32, "depth": 2,
-                                                          "heads": 2, "checkpoint": str(path)}}).image, 32)
+    named = ImageEncoder(
+        ModelConfig.from_dict(
+            {"image": {"size": 32, "patch": 8, "width": 32, "depth": 2, "heads": 2, "checkpoint": str(path)}}
+        ).image,
+        32,
+    )
     assert named.satmae_report["loaded"] == report["loaded"]
 
 

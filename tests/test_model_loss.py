@@ -1,13 +1,21 @@
 """PCME++ and InfoNCE: the closed form against sampling, values worked out by hand, the
 pseudo-positive relabelling, and gradients that reach every trainable parameter and no frozen one."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from model.nn.losses import (InfoNCELoss, LossConfig, PCMEPlusPlusLoss, closed_form_distance, pair_losses,
-                             total_loss, vib_kl)
+from model.nn.losses import (
+    InfoNCELoss,
+    LossConfig,
+    PCMEPlusPlusLoss,
+    closed_form_distance,
+    pair_losses,
+    total_loss,
+    vib_kl,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -87,8 +95,10 @@ def test_vib_kl_and_infonce_by_hand():
 
 def test_pairs_are_weighted_and_missing_sides_leave_their_pairs_out():
     g = torch.Generator().manual_seed(2)
-    emb = {side: (torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1), torch.full((4, 8), -4.0))
-           for side in ("sat", "audio", "text")}
+    emb = {
+        side: (torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1), torch.full((4, 8), -4.0))
+        for side in ("sat", "audio", "text")
+    }
     loss = PCMEPlusPlusLoss(LossConfig())
     weights = {"sat_audio": 0.5, "sat_text": 0.5, "audio_text": 0.5}
     parts = pair_losses(loss, emb, weights)

@@ -1,5 +1,6 @@
 """Retrieval metrics as the paper defines them: 1-based ranks with ties averaged, R@10% of the
 gallery without the off-by-one of rank < 0.1 N, the median rank, and -CSD against cosine."""
+
 import numpy as np
 import pytest
 
@@ -49,8 +50,7 @@ def test_retrieval_reports_both_directions_and_medians():
     rng = np.random.default_rng(0)
     sat = Gaussians(rng.standard_normal((20, 4)), np.full((20, 4), -5.0))
     same = retrieval(sat, sat, probabilistic=True)
-    assert same == {"I2S_R@10%": 1.0, "I2S_median_rank": 1.0, "S2I_R@10%": 1.0, "S2I_median_rank": 1.0,
-                    "gallery": 20}
+    assert same == {"I2S_R@10%": 1.0, "I2S_median_rank": 1.0, "S2I_R@10%": 1.0, "S2I_median_rank": 1.0, "gallery": 20}
     shuffled = Gaussians(sat.raw[::-1].copy(), sat.logvar)
     worse = retrieval(sat, shuffled, probabilistic=True)
     assert worse["I2S_R@10%"] < 1.0 and worse["I2S_median_rank"] > 1.0

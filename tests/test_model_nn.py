@@ -1,5 +1,6 @@
 """Network pieces: metadata dropout, the fusion's key padding mask, the probabilistic heads,
 the GSD input of the image encoder, and frozen towers that stay frozen."""
+
 import pytest
 import torch
 
@@ -8,9 +9,15 @@ from model.config import ModelConfig
 from model.nn.encoders import ImageEncoder, MetadataFusion, ProbabilisticHeads
 from model.train import drop_metadata
 
-CFG = ModelConfig.from_dict({"embed_dim": 8, "sources": ["a", "b"], "caption_sources": ["c"],
-                             "image": {"size": 16, "patch": 8, "width": 16, "depth": 1, "heads": 2},
-                             "fusion": {"width": 16, "depth": 2, "heads": 2, "ff": 32, "dropout": 0.0}})
+CFG = ModelConfig.from_dict(
+    {
+        "embed_dim": 8,
+        "sources": ["a", "b"],
+        "caption_sources": ["c"],
+        "image": {"size": 16, "patch": 8, "width": 16, "depth": 1, "heads": 2},
+        "fusion": {"width": 16, "depth": 2, "heads": 2, "ff": 32, "dropout": 0.0},
+    }
+)
 
 
 def test_metadata_dropout_is_independent_per_token_and_sample():
@@ -34,9 +41,14 @@ def test_fusion_ignores_absent_tokens_whatever_their_values():
     torch.manual_seed(0)
     fusion = MetadataFusion(CFG).eval()
     sat = torch.randn(3, 16)
-    meta = {"location": torch.randn(3, 3), "hour": torch.randn(3, 2), "month": torch.randn(3, 2),
-            "source": torch.tensor([0, 1, 0]), "caption_source": torch.zeros(3, dtype=torch.long),
-            "present": torch.tensor([[1, 0, 1, 0, 1]] * 3, dtype=torch.float32)}
+    meta = {
+        "location": torch.randn(3, 3),
+        "hour": torch.randn(3, 2),
+        "month": torch.randn(3, 2),
+        "source": torch.tensor([0, 1, 0]),
+        "caption_source": torch.zeros(3, dtype=torch.long),
+        "present": torch.tensor([[1, 0, 1, 0, 1]] * 3, dtype=torch.float32),
+    }
     other = {**meta, "hour": torch.randn(3, 2) * 5, "source": torch.tensor([1, 0, 1])}
     with torch.no_grad():
         torch.testing.assert_close(fusion(sat, **meta), fusion(sat, **other))

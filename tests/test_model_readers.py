@@ -1,6 +1,7 @@
 """Data readers on small files written here: a user's CSV folder (with malformed rows and
 corrupt files), GeoSound and SoundingEarth webdataset shards, and the Hugging Face Parquet
 layout; held-out geographic cells; bad samples skipped and reported with their path."""
+
 import csv
 import io
 import json
@@ -36,18 +37,29 @@ def image_bytes(size: int, seed: int, fmt: str = "PNG") -> bytes:
 
 
 def prep(audio_spec=None, sources=("demo", "field"), caption_sources=("template", "meta"), size=32):
-    return Preprocessing(HashedWordTokenizer(256, 16), audio_spec or AudioFeatureSpec(n_mels=32, duration_s=0.5),
-                         Vocabulary(list(sources)), Vocabulary(list(caption_sources)), size)
+    return Preprocessing(
+        HashedWordTokenizer(256, 16),
+        audio_spec or AudioFeatureSpec(n_mels=32, duration_s=0.5),
+        Vocabulary(list(sources)),
+        Vocabulary(list(caption_sources)),
+        size,
+    )
 
 
 def test_geographic_split_holds_out_whole_cells():
     rng = np.random.default_rng(0)
     lat, lon = rng.uniform(-50, 50, 2000), rng.uniform(-100, 100, 2000)
     labels = geographic_split(lat, lon, cell_deg=5.0, val_fraction=0.1, test_fraction=0.2, seed=1)
-    cells = {name: {(int(np.floor(a / 5)), int(np.floor(o / 5))) for a, o, lab in zip(lat, lon, labels) if lab == name}
-             for name in ("train", "val", "test")}
+    cells = {
+        name: {(int(np.floor(a / 5)), int(np.floor(o / 5))) for a, o, lab in zip(lat, lon, labels) if lab == name}
+        for name in ("train", "val", "test")
+    }
     assert cells["train"] and cells["val"] and cells["test"]
-    assert not (cells["train"] & cells["test"]) and not (cells["train"] & cells["val"]) and not (cells["val"] & cells["test"])
+    assert (
+        not (cells["train"] & cells["test"])
+        and not (cells["train"] & cells["val"])
+        and not (cells["val"] & cells["test"])
+    )
     # Far-apart cells never collide (PSM's lat*360+lon bin id does, section 5.1).
     fine = geographic_split(np.array([0.05, 0.05]), np.array([0.05, 36.05]), cell_deg=0.1, seed=0)
     assert len(fine) == 2
@@ -62,14 +74,28 @@ def csv_folder(tmp_path):
     for i in range(24):
         (root / "audio" / f"{i}.wav").write_bytes(wav_bytes(freq=200 + 50 * i))
         (root / "images" / f"{i}.png").write_bytes(image_bytes(40, i))
-        rows.append({"key": f"rec{i}", "lat": 10 * (i % 6) - 20, "lon": 15 * (i // 6) - 30,
-                     "datetime": f"2021-0{1 + i % 9}-1{i % 10}T0{i % 10}:30:00", "source": "field",
-                     "audio": f"audio/{i}.wav", "caption": f"birds number {i}", "caption_source": "template",
-                     "image": f"images/{i}.png", "gsd": 10.0})
+        rows.append(
+            {
+                "key": f"rec{i}",
+                "lat": 10 * (i % 6) - 20,
+                "lon": 15 * (i // 6) - 30,
+                "datetime": f"2021-0{1 + i % 9}-1{i % 10}T0{i % 10}:30:00",
+                "source": "field",
+                "audio": f"audio/{i}.wav",
+                "caption": f"birds number {i}",
+                "caption_source": "template",
+                "image": f"images/{i}.png",
+                "gsd": 10.0,
+            }
+        )
     (root / "audio" / "broken.wav").write_bytes(b"RIFF not really audio")
     rows.append({**rows[0], "key": "broken-audio", "audio": "audio/broken.wav", "lat": -20, "lon": -30})
-    bad = [{**rows[1], "lat": "north"}, {**rows[1], "audio": ""}, {**rows[1], "datetime": "whenever"},
-           {**rows[1], "gsd": ""}]
+    bad = [
+        {**rows[1], "lat": "north"},
+        {**rows[1], "audio": ""},
+        {**rows[1], "datetime": "whenever"},
+        {**rows[1], "gsd": ""},
+    ]
     with open(root / "samples.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
@@ -79,8 +105,9 @@ def csv_folder(tmp_path):
 
 def test_csv_folder_reads_rows_and_skips_malformed_ones_with_their_line(csv_folder, caplog):
     with caplog.at_level(logging.WARNING):
-        splits = READERS["csv"]({"root": str(csv_folder), "split": {"cell_deg": 10.0, "val_fraction": 0.2,
-                                                                    "test_fraction": 0.2}}, 32)
+        splits = READERS["csv"](
+            {"root": str(csv_folder), "split": {"cell_deg": 10.0, "val_fraction": 0.2, "test_fraction": 0.2}}, 32
+        )
     csv_path = csv_folder / "samples.csv"
     for line in (27, 28, 29, 30):  # the four malformed rows after the header and 25 good ones
         assert f"{csv_path}:{line}" in caplog.text
@@ -116,8 +143,15 @@ def test_csv_rows_without_images_are_cut_from_imagery(tmp_path, imagery_path):
     (root / "a.wav").write_bytes(wav_bytes())
     with open(root / "samples.csv", "w", newline="") as f:
         f.write("lat,lon,audio,level\n45.0,5.0,a.wav,5\n48.0,2.0,a.wav,\n")
-    splits = READERS["csv"]({"root": str(root), "imagery": str(imagery_path), "level": 6,
-                             "split": {"val_fraction": 0.0, "test_fraction": 0.0}}, 32)
+    splits = READERS["csv"](
+        {
+            "root": str(root),
+            "imagery": str(imagery_path),
+            "level": 6,
+            "split": {"val_fraction": 0.0, "test_fraction": 0.0},
+        },
+        32,
+    )
     first, second = splits.train[0], splits.train[1]
     tile = mercantile.tile(5.0, 45.0, 5)
     want = Imagery(imagery_path).cell(5, tile.x, tile.y, 32)
@@ -150,8 +184,15 @@ def geosound_shards(tmp_path):
     for split, items in records.items():
         members = {}
         for n, (key, date) in enumerate(items):
-            meta = {"sample_id": key, "date": date, "latitude": 40.0 + n, "longitude": -100.0 + n,
-                    "text": f"sound of {key}", "tags": "", "title": ""}
+            meta = {
+                "sample_id": key,
+                "date": date,
+                "latitude": 40.0 + n,
+                "longitude": -100.0 + n,
+                "text": f"sound of {key}",
+                "tags": "",
+                "title": "",
+            }
             members[f"{key}.meta.json"] = json.dumps(meta).encode()
             members[f"{key}.image.jpg"] = b"not a jpeg" if key == "yfcc-3" else image_bytes(1280, n, "JPEG")
             for k in range(1, 6):
@@ -184,10 +225,18 @@ def test_geosound_webdataset_as_released(geosound_shards):
 
 
 def test_soundingearth_webdataset_drops_the_location_sentence(tmp_path):
-    meta = {"long_key": "123_abc", "latitude": 51.5, "longitude": -0.1, "date_recorded": "2014-05-03 07:15",
-            "caption": "birds in a park. the location of the sound is: hyde park, london."}
-    members = {"123_abc.meta.json": json.dumps(meta).encode(), "123_abc.image.jpg": image_bytes(600, 0, "JPEG"),
-               "123_abc.audio_mel1.pyd": clap_mel(0)}
+    meta = {
+        "long_key": "123_abc",
+        "latitude": 51.5,
+        "longitude": -0.1,
+        "date_recorded": "2014-05-03 07:15",
+        "caption": "birds in a park. the location of the sound is: hyde park, london.",
+    }
+    members = {
+        "123_abc.meta.json": json.dumps(meta).encode(),
+        "123_abc.image.jpg": image_bytes(600, 0, "JPEG"),
+        "123_abc.audio_mel1.pyd": clap_mel(0),
+    }
     for split in ("train_0", "val", "test"):
         write_shard(tmp_path / "se" / f"{split}.tar", members)
     splits = READERS["soundingearth"]({"root": str(tmp_path / "se"), "imagery": "googleEarth", "zooms": [1]}, 32)
@@ -204,15 +253,23 @@ def test_geosound_huggingface_parquet(tmp_path):
     import pyarrow.parquet as pq
 
     def table(keys):
-        return pa.table({
-            "sample_id": keys, "source": [k.split("-")[0] for k in keys],
-            "audio": [{"bytes": b"broken" if k == "iNat-9" else wav_bytes(1.0, 32000, 300 + i), "path": f"{k}.wav"}
-                      for i, k in enumerate(keys)],
-            "sentinel_image": [{"bytes": image_bytes(1280, i, "JPEG"), "path": None} for i, _ in enumerate(keys)],
-            "bingmap_image": [{"bytes": b"", "path": None} for _ in keys],
-            "audio_caption": [f"caption {k}" for k in keys], "audio_caption_source": ["qwen" for _ in keys],
-            "latitude": [10.0 for _ in keys], "longitude": [20.0 for _ in keys],
-            "date": ["2019-12-31 23:30" for _ in keys]})
+        return pa.table(
+            {
+                "sample_id": keys,
+                "source": [k.split("-")[0] for k in keys],
+                "audio": [
+                    {"bytes": b"broken" if k == "iNat-9" else wav_bytes(1.0, 32000, 300 + i), "path": f"{k}.wav"}
+                    for i, k in enumerate(keys)
+                ],
+                "sentinel_image": [{"bytes": image_bytes(1280, i, "JPEG"), "path": None} for i, _ in enumerate(keys)],
+                "bingmap_image": [{"bytes": b"", "path": None} for _ in keys],
+                "audio_caption": [f"caption {k}" for k in keys],
+                "audio_caption_source": ["qwen" for _ in keys],
+                "latitude": [10.0 for _ in keys],
+                "longitude": [20.0 for _ in keys],
+                "date": ["2019-12-31 23:30" for _ in keys],
+            }
+        )
 
     data = tmp_path / "GeoSound" / "data"
     data.mkdir(parents=True)

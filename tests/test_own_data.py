@@ -3,6 +3,7 @@ or derived, vocabulary mismatches found before the first step, data paths agains
 file, the allowed level range in one error, the imagery credit and example queries the served map
 shows, the basemap where imagery covers part of a tile, skip counts per file and quiet export
 logs, and small-data warnings."""
+
 from __future__ import annotations
 
 import csv
@@ -31,7 +32,9 @@ from model.train import RunConfig, fit, load_checkpoint
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY_MODEL = {
-    "embed_dim": 16, "sources": ["field", "studio"], "caption_sources": ["notes"],
+    "embed_dim": 16,
+    "sources": ["field", "studio"],
+    "caption_sources": ["notes"],
     "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
     "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64, "meta_hidden": 16},
     "text": {"kind": "hashed", "vocab_size": 512, "max_length": 12, "width": 32, "depth": 1, "heads": 2},
@@ -54,8 +57,15 @@ def write_folder(root: Path, n: int = 40, *, source=lambda i: "field", image: bo
     rows = []
     for i in range(n):
         (root / "audio" / f"{i}.wav").write_bytes(wav(200 + 40 * i))
-        row = {"lat": 36 + (i * 7) % 24 + 0.5, "lon": -10 + (i * 11) % 30 + 0.5, "datetime": f"2022-05-01T{i % 24:02d}:00",
-               "audio": f"audio/{i}.wav", "source": source(i), "caption": f"sound {i % 4}", "caption_source": "notes"}
+        row = {
+            "lat": 36 + (i * 7) % 24 + 0.5,
+            "lon": -10 + (i * 11) % 30 + 0.5,
+            "datetime": f"2022-05-01T{i % 24:02d}:00",
+            "audio": f"audio/{i}.wav",
+            "source": source(i),
+            "caption": f"sound {i % 4}",
+            "caption_source": "notes",
+        }
         if image:
             buf = io.BytesIO()
             Image.fromarray(np.full((20, 20, 3), (i * 37) % 255, np.uint8)).save(buf, format="PNG")
@@ -74,6 +84,7 @@ def run_config(data: dict, **train) -> RunConfig:
 
 
 # 1. data.level: derived from the imagery's resolution, or checked against it ---------------------
+
 
 def test_level_is_derived_from_the_imagery_and_a_bad_one_names_the_range(tmp_path, imagery_path, caplog):
     root = write_folder(tmp_path / "d", 12, image=False)
@@ -111,6 +122,7 @@ def test_rows_without_imagery_are_one_error_not_a_warning_per_row(tmp_path, capl
 
 
 # 2. vocabularies: checked before any training step -------------------------------------------------
+
 
 def test_a_source_misspelled_in_10_percent_of_rows_stops_before_training(tmp_path, capsys):
     root = write_folder(tmp_path / "d", 40, source=lambda i: "Field" if i % 10 == 3 else "field")
@@ -157,6 +169,7 @@ def test_a_source_missing_from_the_vocabulary_suggests_adding_it():
 
 # 3. paths: resolved against the config file and stored absolute -------------------------------------
 
+
 def test_data_paths_follow_the_config_file_from_any_working_directory(tmp_path, monkeypatch):
     project = tmp_path / "project"
     write_folder(project / "mydata", 24)
@@ -169,8 +182,22 @@ def test_data_paths_follow_the_config_file_from_any_working_directory(tmp_path, 
     recorded = load_checkpoint(elsewhere / "run" / "best.pt")["config"]["data"]["root"]
     assert recorded == str((project / "mydata").resolve())
     monkeypatch.chdir(tmp_path)
-    assert soundscape(["evaluate", "--checkpoint", str(elsewhere / "run" / "best.pt"), "--split", "val",
-                       "--no-oracle", "--no-progress", "--out", str(tmp_path / "val.json")]) == 0
+    assert (
+        soundscape(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(elsewhere / "run" / "best.pt"),
+                "--split",
+                "val",
+                "--no-oracle",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "val.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "val.json").read_text())["samples"] > 0
     # Remote paths and the keys a reader does not name as paths are left alone.
     section = {"kind": "csv", "root": "s3://bucket/data", "imagery": "img.tif", "csv": "samples.csv"}
@@ -188,12 +215,25 @@ def test_a_moved_dataset_says_where_the_checkpoint_looked(tmp_path, capsys):
 
 # 4. the allowed level range in one error ----------------------------------------------------------
 
+
 def test_precompute_names_every_bad_level_and_the_allowed_range(bundle_path, imagery_path, tmp_path, capsys):
     imagery = Imagery(imagery_path)
     coarsest, finest = imagery.level_range(32, 8.0)
     assert 0 < coarsest <= finest
-    code = soundscape(["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path),
-                       "--levels", f"0-{finest + 2}", "--out", str(tmp_path / "s"), "--dry-run"])
+    code = soundscape(
+        [
+            "precompute",
+            "--imagery",
+            str(imagery_path),
+            "--bundle",
+            str(bundle_path),
+            "--levels",
+            f"0-{finest + 2}",
+            "--out",
+            str(tmp_path / "s"),
+            "--dry-run",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     too_coarse = ", ".join(str(lv) for lv in range(coarsest))
@@ -204,15 +244,35 @@ def test_precompute_names_every_bad_level_and_the_allowed_range(bundle_path, ima
 
 # 5. the served map's credit and example queries come from the store and the bundle ----------------
 
+
 def test_credit_from_precompute_reaches_tilejson_and_old_stores_credit_the_model_only(
-        bundle_path, imagery_path, store_path, tmp_path, capsys):
+    bundle_path, imagery_path, store_path, tmp_path, capsys
+):
     from store.format import Store
     from tests.server_support import make_client
 
     out = tmp_path / "store"
-    assert soundscape(["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "3",
-                       "--credit", "Example Space Agency", "--licence", "CC BY 4.0", "--out", str(out),
-                       "--quiet"]) == 0
+    assert (
+        soundscape(
+            [
+                "precompute",
+                "--imagery",
+                str(imagery_path),
+                "--bundle",
+                str(bundle_path),
+                "--levels",
+                "3",
+                "--credit",
+                "Example Space Agency",
+                "--licence",
+                "CC BY 4.0",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert Store(out).manifest["attribution"] == {"credit": "Example Space Agency", "licence": "CC BY 4.0"}
     assert soundscape(["store", "info", str(out)]) == 0
     assert "attribution: Imagery: Example Space Agency (CC BY 4.0); model: soundscape-tiles" in capsys.readouterr().out
@@ -220,8 +280,10 @@ def test_credit_from_precompute_reaches_tilejson_and_old_stores_credit_the_model
         body = client.get("/tilejson.json", params={"layer": "uncertainty"}).json()
     assert body["attribution"] == "Imagery: Example Space Agency (CC BY 4.0); model: soundscape-tiles"
     with make_client(bundle_path, store_path) as client:  # the fixture store records no credit
-        assert client.get("/tilejson.json", params={"layer": "uncertainty"}).json()["attribution"] \
+        assert (
+            client.get("/tilejson.json", params={"layer": "uncertainty"}).json()["attribution"]
             == "model: soundscape-tiles"
+        )
 
 
 def test_serve_banner_shows_the_bundle_examples_or_none():
@@ -240,6 +302,7 @@ def test_the_demo_records_its_examples_and_credit():
 
 
 # 6. the basemap is drawn wherever the imagery covers part of a tile -------------------------------
+
 
 def test_basemap_draws_a_tile_the_imagery_only_partly_covers(bundle_path, store_path, imagery_path):
     from tests.conftest import FIXTURE_BBOX
@@ -260,6 +323,7 @@ def test_basemap_draws_a_tile_the_imagery_only_partly_covers(bundle_path, store_
 
 # 7. skip counts per file, export logs without the exporter's chatter ------------------------------
 
+
 def test_one_broken_file_counts_once(tmp_path):
     log = SkipLog()
     for _ in range(34):
@@ -268,8 +332,11 @@ def test_one_broken_file_counts_once(tmp_path):
 
     root = write_folder(tmp_path / "d", 24)
     (root / "audio" / "5.wav").write_bytes(b"RIFF not audio")
-    result = fit(run_config({"root": str(root), "split": {"val_fraction": 0.0, "test_fraction": 0.0}},
-                            steps=6, eval_every=0), tmp_path / "run", progress=False)
+    result = fit(
+        run_config({"root": str(root), "split": {"val_fraction": 0.0, "test_fraction": 0.0}}, steps=6, eval_every=0),
+        tmp_path / "run",
+        progress=False,
+    )
     lines = (tmp_path / "run" / "skipped.tsv").read_text().splitlines()
     assert result.skipped_files == len(lines) == 1 and result.skipped >= 1
 
@@ -284,6 +351,7 @@ def test_exporter_info_is_kept_out_of_verbose_logs():
 
 # 8. small-data warnings ---------------------------------------------------------------------------
 
+
 def test_small_splits_are_warned_about_with_the_rank_r10_means():
     warnings = small_split_warnings({"validation": 26, "test": 400})
     assert len(warnings) == 1
@@ -294,11 +362,26 @@ def test_small_splits_are_warned_about_with_the_rank_r10_means():
 def test_train_and_evaluate_print_small_data_warnings(tmp_path, caplog, capsys):
     root = write_folder(tmp_path / "d", 24)
     with caplog.at_level(logging.WARNING):
-        fit(run_config({"root": str(root), "split": {"val_fraction": 0.2, "test_fraction": 0.2}}),
-            tmp_path / "run", progress=False)
+        fit(
+            run_config({"root": str(root), "split": {"val_fraction": 0.2, "test_fraction": 0.2}}),
+            tmp_path / "run",
+            progress=False,
+        )
     assert "the validation split has" in caplog.text and "best.pt is chosen largely by noise" in caplog.text
-    assert soundscape(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--no-oracle",
-                       "--no-progress", "--out", str(tmp_path / "test.json")]) == 0
+    assert (
+        soundscape(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "run" / "best.pt"),
+                "--no-oracle",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "test.json"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "test.json").read_text())
     assert report["warnings"] and "the test split has" in report["warnings"][0]
     assert "warning: the test split has" in capsys.readouterr().err

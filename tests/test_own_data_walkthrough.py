@@ -2,6 +2,7 @@
 drift from the code): the example dataset written by tests/own_data_example.py, then train,
 evaluate, export, precompute and store verify through the `soundscape` command, and the served map
 checked through the app `soundscape serve` would run."""
+
 from __future__ import annotations
 
 import logging
@@ -69,8 +70,9 @@ def test_the_walkthrough_runs_end_to_end(tmp_path, monkeypatch, capsys, caplog):
     assert sorted(Store(store).levels) == [4, 5, 6, 7]  # level 3 of the crop has no half-covered cell
     with make_client(bundle, store) as client:
         meta = client.get("/tilejson.json", params={"q": examples[0]}).json()
-        assert meta["attribution"] == ("Imagery: NASA Earth Observatory, Blue Marble Next Generation "
-                                       "(public domain); model: soundscape-tiles")
+        assert meta["attribution"] == (
+            "Imagery: NASA Earth Observatory, Blue Marble Next Generation (public domain); model: soundscape-tiles"
+        )
         assert meta["minzoom"] == 0 and meta["maxzoom"] == 7
         tile = client.get("/tiles/3/4/2.png", params={"q": examples[0]})
         assert tile.status_code == 200 and tile.headers["content-type"] == "image/png"

@@ -18,8 +18,26 @@ BBOX_ARG = "--bbox=" + ",".join(map(str, FIXTURE_BBOX))
 def fused_store(bundle_path, imagery_path, tmp_path_factory):
     """Levels 3-5 with hourly and monthly fusions at levels 3-4, written by the CLI."""
     out = tmp_path_factory.mktemp("fused") / "store"
-    assert main(["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "3-5",
-                 BBOX_ARG, "--fusion-levels", "3-4", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "precompute",
+                "--imagery",
+                str(imagery_path),
+                "--bundle",
+                str(bundle_path),
+                "--levels",
+                "3-5",
+                BBOX_ARG,
+                "--fusion-levels",
+                "3-4",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return Store(out)
 
 
@@ -118,8 +136,24 @@ def test_verify_finds_a_changed_byte_and_info_describes(fused_store, tmp_path, c
 
 def test_dry_run_counts_cells_and_writes_nothing(bundle_path, imagery_path, tmp_path, capsys):
     out = tmp_path / "store"
-    assert main(["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "3-5",
-                 BBOX_ARG, "--out", str(out), "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "precompute",
+                "--imagery",
+                str(imagery_path),
+                "--bundle",
+                str(bundle_path),
+                "--levels",
+                "3-5",
+                BBOX_ARG,
+                "--out",
+                str(out),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     total = sum(len(tiles_in_bbox(z, FIXTURE_BBOX)[0]) for z in (3, 4, 5))
     assert f"total {total:>12,}" in text and "cells/s" in text and "MB" in text
@@ -133,8 +167,14 @@ def test_cli_refuses_bad_input_with_exit_2(bundle_path, imagery_path, store_path
     (tmp_path / "other" / "notes.txt").write_text("someone's files")
     run = ["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path)]
     cases = [
-        (["precompute", "--imagery", str(bad), "--bundle", str(bundle_path), "--out", str(tmp_path / "s1")], "cannot read imagery"),
-        (["precompute", "--imagery", str(imagery_path), "--bundle", str(tmp_path), "--out", str(tmp_path / "s2")], "not a model bundle"),
+        (
+            ["precompute", "--imagery", str(bad), "--bundle", str(bundle_path), "--out", str(tmp_path / "s1")],
+            "cannot read imagery",
+        ),
+        (
+            ["precompute", "--imagery", str(imagery_path), "--bundle", str(tmp_path), "--out", str(tmp_path / "s2")],
+            "not a model bundle",
+        ),
         ([*run, "--out", str(store_path)], "already exists"),
         ([*run, "--out", str(tmp_path / "other"), "--overwrite"], "is not an embedding store"),
         ([*run, "--levels", "7-x", "--out", str(tmp_path / "s3")], "levels must"),

@@ -1,6 +1,7 @@
 """Device choice for precompute: CPU here, the CUDA provider with fp16 graphs on a GPU. The fp16
 path runs on the CPU provider too, so its wiring is checked everywhere; the CUDA test runs
 wherever a GPU exists and fails (not skips) when one exists but onnxruntime cannot use it."""
+
 import shutil
 import subprocess
 
@@ -59,15 +60,22 @@ def test_cuda_paper_size_image_graph_matches_cpu(imagery_path, tmp_path):
     """The paper's image tower (ViT-B/16 at 224 px) on the CUDA provider in fp16 vs CPU fp32."""
     if not _gpu_present():
         pytest.skip("no GPU on this machine")
-    assert CUDA in ort.get_available_providers(), "a GPU is present but onnxruntime has no CUDA provider: pip install '.[gpu]'"
+    assert CUDA in ort.get_available_providers(), (
+        "a GPU is present but onnxruntime has no CUDA provider: pip install '.[gpu]'"
+    )
     import torch
 
     from model.config import ModelConfig
     from model.nn.psm import PSMModel
 
     torch.manual_seed(0)
-    cfg = ModelConfig.from_dict({"embed_dim": 512, "image": {"size": 224, "patch": 16, "width": 768, "depth": 12,
-                                                             "heads": 12}, "fusion": {"width": 768, "heads": 12}})
+    cfg = ModelConfig.from_dict(
+        {
+            "embed_dim": 512,
+            "image": {"size": 224, "patch": 16, "width": 768, "depth": 12, "heads": 12},
+            "fusion": {"width": 768, "heads": 12},
+        }
+    )
     path = _export((PSMModel(cfg), (1.0, 0.0)), tmp_path / "paper")
     device = select_device(path)
     assert (device.kind, device.precision) == ("cuda", "fp16")

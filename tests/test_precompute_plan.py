@@ -1,4 +1,5 @@
 """The plan (which cells, in which order, split how), the growing .npy writer and the index."""
+
 import json
 
 import faiss
@@ -51,18 +52,30 @@ def test_shards_are_contiguous_batch_aligned_and_cover_the_level():
 
 def _region(tmp_path, coordinates) -> Region:
     path = tmp_path / "region.geojson"
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [coordinates]}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [coordinates]}}
+                ],
+            }
+        )
+    )
     return Region.load(path)
 
 
 def test_rectangle_region_selects_exactly_the_tiles_of_its_bbox(tmp_path):
     box = (2.3, 44.2, 17.9, 52.6)  # edges off the tile grid
-    region = _region(tmp_path, [[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]], [box[0], box[1]]])
+    region = _region(
+        tmp_path, [[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]], [box[0], box[1]]]
+    )
     assert region.bbox == box
     for level in (5, 9):
         x, y = tiles_in_bbox(level, box)
-        assert _codes(Plan([level], (-180, -85, 180, 85), region=region), level).tolist() == sorted(morton(x, y).tolist())
+        assert _codes(Plan([level], (-180, -85, 180, 85), region=region), level).tolist() == sorted(
+            morton(x, y).tolist()
+        )
 
 
 def test_triangle_region_keeps_touched_cells_only(tmp_path):

@@ -1,5 +1,6 @@
 """A killed precompute resumes to the store an uninterrupted run writes; shards merged equal one
 run; an existing store survives an --overwrite run that is killed."""
+
 import json
 import signal
 import subprocess
@@ -24,8 +25,18 @@ FLAT_MAX = 300  # level 7 (~450 cells) gets an IVF index, so its determinism is 
 
 
 def _run(imagery_path, bundle_path, out, levels=range(3, 8), **options):
-    return run(Imagery(str(imagery_path)), Bundle(bundle_path), list(levels), FIXTURE_BBOX, out,
-               batch=BATCH, fusion_levels=FUSION_LEVELS, index_flat_max=FLAT_MAX, progress=False, **options)
+    return run(
+        Imagery(str(imagery_path)),
+        Bundle(bundle_path),
+        list(levels),
+        FIXTURE_BBOX,
+        out,
+        batch=BATCH,
+        fusion_levels=FUSION_LEVELS,
+        index_flat_max=FLAT_MAX,
+        progress=False,
+        **options,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +77,33 @@ def test_reference_store_has_every_part(reference):
 
 
 def test_killed_overwrite_run_keeps_the_old_store_then_resumes_to_the_same_store(
-        reference, imagery_path, bundle_path, store_path, tmp_path):
+    reference, imagery_path, bundle_path, store_path, tmp_path
+):
     out = tmp_path / "store"
     old = Store(store_path)
     subprocess.run(["cp", "-r", str(store_path), str(out)], check=True)
-    argv = [sys.executable, "-m", "cli.main", "precompute", "--imagery", str(imagery_path),
-            "--bundle", str(bundle_path), "--levels", LEVELS, "--bbox=" + ",".join(map(str, FIXTURE_BBOX)),
-            "--batch-size", str(BATCH), "--fusion-levels", "3-4", "--index-flat-max", str(FLAT_MAX),
-            "--out", str(out), "--overwrite"]
+    argv = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "precompute",
+        "--imagery",
+        str(imagery_path),
+        "--bundle",
+        str(bundle_path),
+        "--levels",
+        LEVELS,
+        "--bbox=" + ",".join(map(str, FIXTURE_BBOX)),
+        "--batch-size",
+        str(BATCH),
+        "--fusion-levels",
+        "3-4",
+        "--index-flat-max",
+        str(FLAT_MAX),
+        "--out",
+        str(out),
+        "--overwrite",
+    ]
     _, progress = work_paths(out)
     with open(tmp_path / "stderr", "w+") as stderr:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)

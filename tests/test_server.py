@@ -1,4 +1,5 @@
 """The tile server end to end: a store built from real imagery, served over HTTP."""
+
 import httpx
 import numpy as np
 import pytest
@@ -81,8 +82,9 @@ def test_tilejson_echoes_the_query(client):
     assert tj["bounds"][0] == pytest.approx(-12.0)
     qid = client.post("/queries", json={"text": "birdsong"}).json()["id"]
     tms = client.get("/WebMercatorQuad/tilejson.json", params={"query": qid, "tilesize": 512}).json()
-    assert tms["tiles"][0].endswith(f"/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png?query={qid}"
-                                    "&layer=heatmap&tilesize=512")
+    assert tms["tiles"][0].endswith(
+        f"/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png?query={qid}&layer=heatmap&tilesize=512"
+    )
     assert tms["rescale"] == client.get(f"/queries/{qid}").json()["score_range"], "one default scale"
     assert client.get("/tilejson.json", params={"query": "0" * 16}).status_code == 404
 
@@ -110,11 +112,15 @@ def test_workers_share_registered_queries_through_redis(bundle_path, store_path,
     buf = io.BytesIO()
     soundfile.write(buf, 0.1 * np.sin(np.arange(32000) * 0.03).astype(np.float32), 16000, format="WAV")
     with live_server(bundle_path, store_path, workers=2, redis_url=redis_server) as url:
-        qid = httpx.post(f"{url}/queries", content=buf.getvalue(), headers={"Content-Type": "audio/wav"},
-                         timeout=30).json()["id"]
+        qid = httpx.post(
+            f"{url}/queries", content=buf.getvalue(), headers={"Content-Type": "audio/wav"}, timeout=30
+        ).json()["id"]
         with httpx.Client(timeout=30) as http:  # new connections spread over both workers
-            statuses = {http.get(f"{url}/tiles/4/8/{y}.png", params={"query": qid},
-                                 headers={"Connection": "close"}).status_code for y in range(4, 8) for _ in range(3)}
+            statuses = {
+                http.get(f"{url}/tiles/4/8/{y}.png", params={"query": qid}, headers={"Connection": "close"}).status_code
+                for y in range(4, 8)
+                for _ in range(3)
+            }
     assert statuses == {200}
     assert redis.Redis.from_url(redis_server).exists(f"st:registered:{qid}")
 

@@ -1,5 +1,6 @@
 """Caches: keys that are canonical (property tests), tiles, fused blocks and query embeddings in
 a real Redis shared by replicas, and a Redis killed mid-test degrading to computing, never 5xx."""
+
 import asyncio
 import string
 
@@ -12,8 +13,9 @@ from server.cache import LRUCache, SingleFlight, cache_key, canonical
 from server.queries import text_record
 from tests.server_support import make_client
 
-scalars = st.one_of(st.none(), st.integers(-10**6, 10**6), st.text(max_size=12),
-                    st.floats(allow_nan=False, allow_infinity=False))
+scalars = st.one_of(
+    st.none(), st.integers(-(10**6), 10**6), st.text(max_size=12), st.floats(allow_nan=False, allow_infinity=False)
+)
 param_dicts = st.dictionaries(st.text(string.ascii_lowercase, min_size=1, max_size=8), scalars, max_size=8)
 
 
@@ -56,8 +58,19 @@ def client(bundle_path, store_path):
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.permutations([("q", "Birdsong"), ("hour", "6"), ("month", "5"), ("layer", "heatmap"),
-                        ("colormap_name", "magma"), ("rescale", "0,1"), ("source", "demo")]))
+@given(
+    st.permutations(
+        [
+            ("q", "Birdsong"),
+            ("hour", "6"),
+            ("month", "5"),
+            ("layer", "heatmap"),
+            ("colormap_name", "magma"),
+            ("rescale", "0,1"),
+            ("source", "demo"),
+        ]
+    )
+)
 def test_tile_etag_ignores_parameter_order(client, pairs):
     query = "&".join(f"{k}={v}" for k, v in pairs)
     etag = client.get(f"/tiles/4/8/6.png?{query}").headers["etag"]
@@ -87,8 +100,7 @@ def test_single_flight_shares_results_and_errors():
 
     async def main():
         ok = await asyncio.gather(*[flight.run("a", lambda: slow("a")) for _ in range(5)])
-        bad = await asyncio.gather(*[flight.run("b", lambda: slow("boom")) for _ in range(3)],
-                                   return_exceptions=True)
+        bad = await asyncio.gather(*[flight.run("b", lambda: slow("boom")) for _ in range(3)], return_exceptions=True)
         return ok, bad
 
     ok, bad = asyncio.run(main())
@@ -125,11 +137,13 @@ def test_redis_killed_mid_test_degrades_to_computing(bundle_path, store_path, re
             pass  # the server may close the connection while shutting down
         ready = client.get("/readyz")
         assert ready.status_code == 200 and (ready.json()["status"], ready.json()["redis"]) == ("degraded", "down")
-        responses = [client.get("/tiles/4/8/5.png", params={"q": "birdsong"}),  # in the local LRU
-                     client.get("/tiles/4/9/5.png", params={"q": "birdsong", "hour": 3}),  # computed
-                     client.post("/queries", json={"text": "surf"}),
-                     client.get("/search", params={"q": "surf", "k": 3}),
-                     client.get("/point/10,50", params={"q": "surf"})]
+        responses = [
+            client.get("/tiles/4/8/5.png", params={"q": "birdsong"}),  # in the local LRU
+            client.get("/tiles/4/9/5.png", params={"q": "birdsong", "hour": 3}),  # computed
+            client.post("/queries", json={"text": "surf"}),
+            client.get("/search", params={"q": "surf", "k": 3}),
+            client.get("/point/10,50", params={"q": "surf"}),
+        ]
     # Tiles, search and points are computed; a registration is kept in the registry file and
     # shared when Redis is back (tests/test_clients.py).
     assert [r.status_code for r in responses] == [200, 200, 201, 200, 200]

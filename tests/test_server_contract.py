@@ -2,6 +2,7 @@
 (`{"detail": "<one sentence>"}`) for every 4xx and in the OpenAPI document, /metrics labelled by
 route template, canonical rescale keys, `If-None-Match: *`, well-formed WMTS and refused TiTiler
 parameters this server cannot honour."""
+
 import io
 import re
 import socket
@@ -40,8 +41,17 @@ def get_operations(client) -> list[tuple[str, dict]]:
 
 def valid_request(path: str, operation: dict, query_id: str) -> tuple[str, dict]:
     """The URL with valid path parameters and the query parameters the operation needs."""
-    values = {"z": Z, "x": X, "y": Y, "tms": "WebMercatorQuad", "fmt": "png", "name": "viridis",
-              "query_id": query_id, "lon": LON, "lat": LAT}
+    values = {
+        "z": Z,
+        "x": X,
+        "y": Y,
+        "tms": "WebMercatorQuad",
+        "fmt": "png",
+        "name": "viridis",
+        "query_id": query_id,
+        "lon": LON,
+        "lat": LAT,
+    }
     names = re.findall(r"{(\w+)}", path)
     assert set(names) <= set(values), f"no valid value for a path parameter of {path}"
     url = re.sub(r"{(\w+)}", lambda m: str(values[m.group(1)]), path)
@@ -102,15 +112,34 @@ ERRORS = [
     ("GET", TILE, {"q": "x" * 600}, {}, 422, "q must be a text of at most 500 characters, not 'xxxx"),
     ("GET", "/search", {"q": "x", "k": "5000"}, {}, 422, "k must be an integer in 1..1000, not '5000'"),
     ("GET", "/search", {"q": "x", "k": "1", "hour": "99"}, {}, 422, "hour must be an integer in 0..23, not '99'"),
-    ("GET", f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.jpg", {"q": "x"}, {}, 422,
-     "fmt must be one of png, webp, npy, not 'jpg'"),
+    (
+        "GET",
+        f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.jpg",
+        {"q": "x"},
+        {},
+        422,
+        "fmt must be one of png, webp, npy, not 'jpg'",
+    ),
     ("GET", f"/tiles/a/{X}/{Y}.png", {"q": "x"}, {}, 422, "z must be an integer, not 'a'"),
     ("GET", "/point/ten,10", {"q": "x"}, {}, 422, "lon must be a number in -180..180, not 'ten'"),
     ("GET", "/point/10,nan", {"q": "x"}, {}, 422, "lat must be a finite number in -90..90, not 'nan'"),
     ("GET", "/colormaps/viridis", {"width": "0"}, {}, 422, "width must be an integer in 1..2048, not '0'"),
-    ("GET", TILE, {"q": "x", "colormap": '{"0": "#000000", "255": "#ffffff"}'}, {}, 422,
-     "colormap is not supported: pick a named colormap with colormap_name"),
-    ("GET", "/tilejson.json", {"q": "x", "colormap": "[[[0, 1], [0, 0, 0, 255]]]"}, {}, 422, "colormap is not supported"),
+    (
+        "GET",
+        TILE,
+        {"q": "x", "colormap": '{"0": "#000000", "255": "#ffffff"}'},
+        {},
+        422,
+        "colormap is not supported: pick a named colormap with colormap_name",
+    ),
+    (
+        "GET",
+        "/tilejson.json",
+        {"q": "x", "colormap": "[[[0, 1], [0, 0, 0, 255]]]"},
+        {},
+        422,
+        "colormap is not supported",
+    ),
     ("GET", TILE, {"q": "x", "expression": "b1*2"}, {}, 422, "expression is not supported"),
     ("GET", TILE, {"q": "x", "rescale": "0,1e9"}, {}, 422, "within -1000..1000"),
     ("GET", TILE, {"q": "x", "rescale": "0.5,0.5000001"}, {}, 422, "at least 1e-06"),
@@ -122,15 +151,22 @@ ERRORS = [
     ("GET", "/static/no-such-file.js", {}, {}, 404, "nothing at /static/no-such-file.js"),
     ("POST", TILE, {}, {}, 405, f"{TILE} answers GET and HEAD only"),
     ("DELETE", "/queries", {}, {}, 405, "/queries answers POST only"),
-    ("POST", "/queries", {}, {"content": b"not audio at all " * 8, "headers": {"Content-Type": "audio/wav"}}, 415,
-     "cannot read the upload as audio"),
+    (
+        "POST",
+        "/queries",
+        {},
+        {"content": b"not audio at all " * 8, "headers": {"Content-Type": "audio/wav"}},
+        415,
+        "cannot read the upload as audio",
+    ),
     ("POST", "/queries", {}, {"content": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "not 'text/plain'"),
     ("POST", "/queries", {}, {"content": b"{", "headers": {"Content-Type": "application/json"}}, 422, "not valid JSON"),
 ]
 
 
-@pytest.mark.parametrize("method,path,params,extra,status,sentence", ERRORS,
-                         ids=[f"{m} {p} {sorted(q)} {s}" for m, p, q, _, s, _ in ERRORS])
+@pytest.mark.parametrize(
+    "method,path,params,extra,status,sentence", ERRORS, ids=[f"{m} {p} {sorted(q)} {s}" for m, p, q, _, s, _ in ERRORS]
+)
 def test_every_error_is_one_sentence_in_detail(client, method, path, params, extra, status, sentence):
     r = client.request(method, path, params=params, **extra)
     assert r.status_code == status, (r.status_code, r.text)
@@ -159,7 +195,10 @@ def test_openapi_documents_the_error_model_and_media_types(client):
     paths = document["paths"]
     assert list(paths["/search"]["get"]["responses"]["200"]["content"]) == ["application/geo+json"]
     assert set(paths["/tiles/{tms}/{z}/{x}/{y}.{fmt}"]["get"]["responses"]["200"]["content"]) == {
-        "image/png", "image/webp", "application/x-npy"}
+        "image/png",
+        "image/webp",
+        "application/x-npy",
+    }
     assert list(paths["/WMTSCapabilities.xml"]["get"]["responses"]["200"]["content"]) == ["application/xml"]
     search = client.get("/search", params={"q": "birdsong", "k": 2})
     assert search.headers["content-type"] == "application/geo+json"
@@ -171,9 +210,16 @@ def requests_counted(route: str, method: str, status: int) -> float:
 
 
 def test_metrics_label_requests_by_route_template(client):
-    before = {key: requests_counted(*key) for key in [("/static", "GET", 200), ("/static", "GET", 404),
-                                                      ("unmatched", "GET", 404), ("/search", "HEAD", 200),
-                                                      ("/tiles/{z}/{x}/{y}.png", "GET", 422)]}
+    before = {
+        key: requests_counted(*key)
+        for key in [
+            ("/static", "GET", 200),
+            ("/static", "GET", 404),
+            ("unmatched", "GET", 404),
+            ("/search", "HEAD", 200),
+            ("/tiles/{z}/{x}/{y}.png", "GET", 422),
+        ]
+    }
     client.get("/static/viewer.css")
     client.get("/static/missing.css")
     client.get("/not/a/route")
@@ -206,8 +252,10 @@ def test_a_client_that_hangs_up_is_counted_as_499_not_500(bundle_path, store_pat
         host, port = base.removeprefix("http://").split(":")
         for _ in range(3):
             with socket.create_connection((host, int(port))) as sock:
-                sock.sendall(b"POST /queries HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\n"
-                             b"Content-Length: 100000\r\n\r\n" + wav()[:400])
+                sock.sendall(
+                    b"POST /queries HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\n"
+                    b"Content-Length: 100000\r\n\r\n" + wav()[:400]
+                )
                 time.sleep(0.1)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -251,10 +299,10 @@ def test_if_none_match_star_matches_only_a_tile_that_exists(client, query_id):
 
 
 def test_wmts_is_well_formed_xml_for_any_query_text(client):
-    text = "bird\x00song\x01 \x1b[31m\x7f <&>\"' \ufffe\U0001F426"
+    text = "bird\x00song\x01 \x1b[31m\x7f <&>\"' \ufffe\U0001f426"
     r = client.get("/WMTSCapabilities.xml", params={"q": text})
     assert r.status_code == 200
     root = ET.fromstring(r.content)  # raises on a character XML cannot hold
     ns = {"ows": "http://www.opengis.net/ows/1.1", "wmts": "http://www.opengis.net/wmts/1.0"}
     titles = [t.text for t in root.iterfind(".//wmts:Layer/ows:Title", ns)]
-    assert "soundscape heatmap: birdsong [31m\x7f <&>\"' \U0001F426" in titles
+    assert "soundscape heatmap: birdsong [31m\x7f <&>\"' \U0001f426" in titles

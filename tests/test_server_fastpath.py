@@ -1,14 +1,19 @@
 """The lean path for tiles answered before (server/fastpath.py): the same bytes and headers as
 the normal path for every request variant (CORS, gzip, HEAD, If-None-Match), no work done, still
 counted in /metrics and still behind the rate limiter, and bounded in bytes."""
+
 import pytest
 
 from server.fastpath import ENTRY_OVERHEAD, Recorded, TileFastPath
 from tests.server_support import LAND_TILE, make_client
 
 Z, X, Y = LAND_TILE
-URLS = [f"/tiles/{Z}/{X}/{Y}.png?q=green&hour=6", f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.webp?q=green",
-        f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy?layer=uncertainty", f"/tiles/{Z}/{X}/{Y}.png?q=green&rescale=0,0.5"]
+URLS = [
+    f"/tiles/{Z}/{X}/{Y}.png?q=green&hour=6",
+    f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.webp?q=green",
+    f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy?layer=uncertainty",
+    f"/tiles/{Z}/{X}/{Y}.png?q=green&rescale=0,0.5",
+]
 VARIANTS = [{}, {"Origin": "https://example.org"}, {"Accept-Encoding": "gzip, deflate"}]
 
 
@@ -71,8 +76,12 @@ def test_replays_are_counted_in_metrics(bundle_path, store_path):
 
     def count(status: str) -> float:
         for line in client.get("/metrics").text.splitlines():
-            if line.startswith("soundscape_requests_total{") and 'route="/tiles/{z}/{x}/{y}.png"' in line \
-                    and 'method="GET"' in line and f'status="{status}"' in line:
+            if (
+                line.startswith("soundscape_requests_total{")
+                and 'route="/tiles/{z}/{x}/{y}.png"' in line
+                and 'method="GET"' in line
+                and f'status="{status}"' in line
+            ):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 

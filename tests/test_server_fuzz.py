@@ -3,12 +3,16 @@ on: whatever the generated request, the server answers below 500 (DESIGN.md: no 
 fuzzing) with a status code, media type and body that the OpenAPI document declares for that
 operation (docs/reliability.md, "Schemathesis"). Driven through Hypothesis directly:
 schemathesis' pytest plugin does not support this pytest."""
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.server_support import make_client
 
@@ -27,8 +31,10 @@ def test_responses_conform_to_the_openapi_document(api):
     assert len(operations) > 15
     statuses = []
     for operation in operations:
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(case=operation.as_strategy())
         def check(case):
             # An allowed Host: TileJSON, WMTS and query links are refused (400) for others.

@@ -2,6 +2,7 @@
 (docs/reliability.md). Audio and JSON limits, allowed hosts and the public URL, the rate limit and
 bounded whole-level fusion go through the ASGI app; header size, header and body timeouts and the
 connection cap through a real `soundscape serve` on loopback."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,19 @@ def wav(rate: int, channels: int = 1, frames: int = 100) -> bytes:
     writes it (libsndfile itself refuses to write some of these)."""
     data = np.zeros(frames * channels, "<i2").tobytes()
     fmt = struct.pack("<HHIIHH", 1, channels, rate, (rate * channels * 2) & 0xFFFFFFFF, channels * 2, 16)
-    return b"".join([b"RIFF", struct.pack("<I", 36 + len(data)), b"WAVE", b"fmt ", struct.pack("<I", 16), fmt,
-                     b"data", struct.pack("<I", len(data)), data])
+    return b"".join(
+        [
+            b"RIFF",
+            struct.pack("<I", 36 + len(data)),
+            b"WAVE",
+            b"fmt ",
+            struct.pack("<I", 16),
+            fmt,
+            b"data",
+            struct.pack("<I", len(data)),
+            data,
+        ]
+    )
 
 
 def flac_silence(rate: int, channels: int, seconds: float) -> bytes:
@@ -53,14 +65,18 @@ def post_audio(client, body: bytes):
 
 # Audio ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body, status, needle", [
-    (wav(1_000_003), 422, "1000003 Hz"),  # a 244-byte file: 0.9 GB and 4 s to resample exactly
-    (wav(2**31 - 1), 422, "accepted rates are 8000 to 384000"),
-    (wav(4000), 422, "4000 Hz"),
-    (wav(16000, channels=9), 422, "9 channels"),
-    (flac_silence(16000, 1, 90), 413, "90.0 s long"),  # a minute and a half in a few kB
-    (flac_silence(384000, 8, 3), 413, "samples (frames x channels)"),  # 3 s, but 9.2 M samples
-])
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        (wav(1_000_003), 422, "1000003 Hz"),  # a 244-byte file: 0.9 GB and 4 s to resample exactly
+        (wav(2**31 - 1), 422, "accepted rates are 8000 to 384000"),
+        (wav(4000), 422, "4000 Hz"),
+        (wav(16000, channels=9), 422, "9 channels"),
+        (flac_silence(16000, 1, 90), 413, "90.0 s long"),  # a minute and a half in a few kB
+        (flac_silence(384000, 8, 3), 413, "samples (frames x channels)"),  # 3 s, but 9.2 M samples
+    ],
+)
 def test_audio_header_limits_refuse_before_decoding(client, body, status, needle):
     start = time.perf_counter()
     r = post_audio(client, body)
@@ -95,15 +111,19 @@ def test_resampling_between_coprime_rates_is_bounded_and_in_tune():
 
 # JSON -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body, status, needle", [
-    (b'{"text": ' + b"[" * 4000 + b"]" * 4000 + b"}", 422, "nests deeper"),  # json.loads: RecursionError
-    (b'{"text": "\\ud800 birds"}', 422, "lone surrogate"),
-    (b'{"text": 42}', 422, '{"text": "..."}'),
-    (b'["text"]', 422, '{"text": "..."}'),
-    (b'{"text": "' + b"a" * 9000 + b'"}', 413, "limit"),
-    (b'{"text": "\xff"}', 422, "not valid JSON"),
-    (b'{"text": ' + b"9" * 5000 + b"}", 422, "not valid JSON"),  # int() refuses over 4300 digits
-])
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        (b'{"text": ' + b"[" * 4000 + b"]" * 4000 + b"}", 422, "nests deeper"),  # json.loads: RecursionError
+        (b'{"text": "\\ud800 birds"}', 422, "lone surrogate"),
+        (b'{"text": 42}', 422, '{"text": "..."}'),
+        (b'["text"]', 422, '{"text": "..."}'),
+        (b'{"text": "' + b"a" * 9000 + b'"}', 413, "limit"),
+        (b'{"text": "\xff"}', 422, "not valid JSON"),
+        (b'{"text": ' + b"9" * 5000 + b"}", 422, "not valid JSON"),  # int() refuses over 4300 digits
+    ],
+)
 def test_malformed_json_answers_4xx(client, body, status, needle):
     r = client.post("/queries", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == status, r.text
@@ -117,6 +137,7 @@ def test_brackets_inside_the_text_are_not_nesting(client):
 
 # Hosts and URLs ---------------------------------------------------------------------------------
 
+
 def test_host_names_and_patterns():
     assert host_name("[::1]:8000") == "::1" and host_name("Example.org:80") == "example.org"
     assert host_name("::1") == "::1"
@@ -127,8 +148,12 @@ def test_host_names_and_patterns():
     assert host_allowed("anything", ("*",))
 
 
-URL_ROUTES = ["/tilejson.json?layer=uncertainty", "/WebMercatorQuad/tilejson.json?layer=uncertainty",
-              "/WMTSCapabilities.xml", "/WebMercatorQuad/WMTSCapabilities.xml"]
+URL_ROUTES = [
+    "/tilejson.json?layer=uncertainty",
+    "/WebMercatorQuad/tilejson.json?layer=uncertainty",
+    "/WMTSCapabilities.xml",
+    "/WebMercatorQuad/WMTSCapabilities.xml",
+]
 
 
 @pytest.mark.parametrize("path", URL_ROUTES)
@@ -171,6 +196,7 @@ def test_public_url_is_used_for_every_absolute_url(bundle_path, store_path):
 
 # Rate limit -------------------------------------------------------------------------------------
 
+
 def test_rate_specs():
     assert Rate.parse("20/s burst 100") == Rate(20.0, 100)
     assert Rate.parse("600/min") == Rate(10.0, 10)
@@ -211,6 +237,7 @@ def test_rate_limit_answers_429_with_retry_after(bundle_path, store_path):
 
 # /search under metadata ---------------------------------------------------------------------------
 
+
 def test_search_under_metadata_fuses_a_level_once(client):
     stats = client.app.state.service.stats
     before = stats["fusions"]
@@ -234,8 +261,7 @@ def test_whole_level_fusions_are_bounded_and_others_get_503(bundle_path, store_p
         async def burst() -> list[httpx.Response]:
             transport = httpx.ASGITransport(app=client.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-                return await asyncio.gather(*(http.get(f"/search?q=forest&hour={h}&month=3&level=6")
-                                              for h in range(6)))
+                return await asyncio.gather(*(http.get(f"/search?q=forest&hour={h}&month=3&level=6") for h in range(6)))
 
         start = time.perf_counter()
         answers = asyncio.run(burst())
@@ -249,9 +275,13 @@ def test_whole_level_fusions_are_bounded_and_others_get_503(bundle_path, store_p
 
 # A real uvicorn: header size, timeouts, connection cap -----------------------------------------------
 
-LIVE_ENV = {"SOUNDSCAPE_MAX_HEADER_BYTES": "8192", "SOUNDSCAPE_MAX_HEADERS": "50",
-            "SOUNDSCAPE_HEADER_TIMEOUT_S": "1.5", "SOUNDSCAPE_BODY_TIMEOUT_S": "2",
-            "SOUNDSCAPE_MAX_CONNECTIONS": "6"}
+LIVE_ENV = {
+    "SOUNDSCAPE_MAX_HEADER_BYTES": "8192",
+    "SOUNDSCAPE_MAX_HEADERS": "50",
+    "SOUNDSCAPE_HEADER_TIMEOUT_S": "1.5",
+    "SOUNDSCAPE_BODY_TIMEOUT_S": "2",
+    "SOUNDSCAPE_MAX_CONNECTIONS": "6",
+}
 
 
 @pytest.fixture(scope="module")
@@ -320,8 +350,10 @@ def test_slow_heads_and_bodies_are_408_and_closed(live):
     assert status_of(answer) == 408 and "head" in detail_of(answer) and 1.2 < seconds < 5
     answer, seconds = exchange(live, b"")  # connects and says nothing: closed
     assert answer == b"" and 1.2 < seconds < 5
-    post = (b"POST /queries HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100\r\n\r\n{\"text\": ")
+    post = (
+        b"POST /queries HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"text": '
+    )
     answer, seconds = exchange(live, post)
     assert status_of(answer) == 408 and "body" in detail_of(answer) and 1.5 < seconds < 6
     # A trickle that keeps sending bytes does not keep the connection open.
@@ -355,14 +387,34 @@ def test_connections_over_the_cap_get_503_and_keep_alive_still_works(live):
         assert http.get("/healthz").status_code == 200
 
 
-@pytest.mark.parametrize("option, value, needle", [
-    ("--rate-limit", "fast", "not like '20/s burst 100'"),
-    ("--public-url", "ftp://tiles.example.org", "not like https://"),
-])
+@pytest.mark.parametrize(
+    "option, value, needle",
+    [
+        ("--rate-limit", "fast", "not like '20/s burst 100'"),
+        ("--public-url", "ftp://tiles.example.org", "not like https://"),
+    ],
+)
 def test_serve_refuses_malformed_internet_options(bundle_path, store_path, option, value, needle):
-    done = subprocess.run([sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path), "--store",
-                           str(store_path), "--port", "9", option, value], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "serve",
+            "--bundle",
+            str(bundle_path),
+            "--store",
+            str(store_path),
+            "--port",
+            "9",
+            option,
+            value,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr
 
 
@@ -397,8 +449,10 @@ def test_deep_pipelining_drops_the_connection(live):
             pass
     assert answers.count(b"HTTP/1.1 200") <= 33
     with socket.create_connection(("127.0.0.1", live), timeout=10) as s:  # a few pipelined are fine
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 4 + b"GET /healthz HTTP/1.1\r\n"
-                  b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        s.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 4 + b"GET /healthz HTTP/1.1\r\n"
+            b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
         answers = b""
         while chunk := s.recv(65536):
             answers += chunk
@@ -411,6 +465,7 @@ def test_uploads_in_flight_are_bounded(bundle_path, store_path):
     from server.service import MAX_UPLOADS
 
     with make_client(bundle_path, store_path) as client:
+
         async def scenario() -> tuple[list[int], int, int]:
             transport = httpx.ASGITransport(app=client.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as http:
@@ -421,9 +476,12 @@ def test_uploads_in_flight_are_bounded(bundle_path, store_path):
                     await release.wait()
                     yield wav(16000)[40:]
 
-                slow = [asyncio.create_task(http.post("/queries", content=slow_body(),
-                                                      headers={"Content-Type": "audio/wav"}))
-                        for _ in range(MAX_UPLOADS)]
+                slow = [
+                    asyncio.create_task(
+                        http.post("/queries", content=slow_body(), headers={"Content-Type": "audio/wav"})
+                    )
+                    for _ in range(MAX_UPLOADS)
+                ]
                 await asyncio.sleep(0.5)
                 refused = await http.post("/queries", content=wav(16000), headers={"Content-Type": "audio/wav"})
                 text = await http.post("/queries", json={"text": "birdsong"})

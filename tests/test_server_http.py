@@ -1,5 +1,6 @@
 """HTTP behaviour: ETag and 304 without rendering, HEAD, Cache-Control on successes only, CORS,
 gzip for JSON, a 4xx with a message for every bad request, metrics and OpenAPI."""
+
 import gzip
 
 import pytest
@@ -128,8 +129,9 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("method,path,params,status,needle", BAD_REQUESTS,
-                         ids=[f"{m} {p} {s}" for m, p, _, s, _ in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    "method,path,params,status,needle", BAD_REQUESTS, ids=[f"{m} {p} {s}" for m, p, _, s, _ in BAD_REQUESTS]
+)
 def test_bad_requests_get_a_4xx_with_a_message(client, method, path, params, status, needle):
     r = client.request(method, path, params=params)
     assert r.status_code == status
@@ -149,7 +151,18 @@ def test_health_readiness_and_metrics(client):
 
 def test_openapi_documents_the_surface(client):
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/tiles/{z}/{x}/{y}.png", "/tiles/{tms}/{z}/{x}/{y}.{fmt}", "/queries", "/queries/{query_id}",
-                 "/search", "/point/{lon},{lat}", "/tilejson.json", "/WMTSCapabilities.xml",
-                 "/colormaps/{name}", "/healthz", "/readyz", "/metrics"):
+    for path in (
+        "/tiles/{z}/{x}/{y}.png",
+        "/tiles/{tms}/{z}/{x}/{y}.{fmt}",
+        "/queries",
+        "/queries/{query_id}",
+        "/search",
+        "/point/{lon},{lat}",
+        "/tilejson.json",
+        "/WMTSCapabilities.xml",
+        "/colormaps/{name}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in paths

@@ -1,5 +1,6 @@
 """POST /queries: text and audio uploads (wav, flac, ogg, mp3) become deterministic ids usable
 in tile URLs; size, duration and type limits answer 413/415 with a message."""
+
 import io
 
 import numpy as np
@@ -16,8 +17,14 @@ def client(bundle_path, store_path):
         yield client
 
 
-def clip(seconds: float = 2.0, rate: int = 44100, fmt: str = "WAV", subtype: str = "PCM_16",
-         tone: float = 0.3, noise: float = 0.05) -> bytes:
+def clip(
+    seconds: float = 2.0,
+    rate: int = 44100,
+    fmt: str = "WAV",
+    subtype: str = "PCM_16",
+    tone: float = 0.3,
+    noise: float = 0.05,
+) -> bytes:
     """A recording-like clip: a chirp plus noise."""
     t = np.arange(int(seconds * rate)) / rate
     rng = np.random.default_rng(0)
@@ -49,8 +56,9 @@ def test_tile_by_id_equals_tile_by_text(client):
     assert by_id.headers["etag"] == by_text.headers["etag"]
 
 
-@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"),
-                                         ("MP3", "MPEG_LAYER_III")])
+@pytest.mark.parametrize(
+    "fmt,subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")]
+)
 def test_audio_uploads_in_every_format(client, fmt, subtype):
     body = clip(fmt=fmt, subtype=subtype)
     r = client.post("/queries", files={"file": (f"clip.{fmt.lower()}", body, "application/octet-stream")})
@@ -78,18 +86,21 @@ def test_audio_is_resampled_to_the_bundle_rate(client):
     assert np.nanmean(np.abs(high - native)) < 0.25 * np.nanmean(np.abs(high - noise))
 
 
-@pytest.mark.parametrize("kwargs,status,needle", [
-    ({"json": {"text": "   "}}, 422, "must not be empty"),
-    ({"json": {"words": "x"}}, 422, '{"text"'),
-    ({"content": b"{not json", "headers": {"Content-Type": "application/json"}}, 422, "not valid JSON"),
-    ({"content": b"text=birdsong", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, "send"),
-    ({"content": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "send"),
-    ({"content": b"hello"}, 415, "no Content-Type"),
-    ({"content": b"RIFF\x00\x00garbage" * 10, "headers": {"Content-Type": "audio/wav"}}, 415, "cannot read"),
-    ({"content": b"", "headers": {"Content-Type": "audio/wav"}}, 422, "empty"),
-    ({"files": {"other": ("a.wav", b"x", "audio/wav")}}, 422, "`file`"),
-    ({"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 422, "form"),
-])
+@pytest.mark.parametrize(
+    "kwargs,status,needle",
+    [
+        ({"json": {"text": "   "}}, 422, "must not be empty"),
+        ({"json": {"words": "x"}}, 422, '{"text"'),
+        ({"content": b"{not json", "headers": {"Content-Type": "application/json"}}, 422, "not valid JSON"),
+        ({"content": b"text=birdsong", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, "send"),
+        ({"content": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "send"),
+        ({"content": b"hello"}, 415, "no Content-Type"),
+        ({"content": b"RIFF\x00\x00garbage" * 10, "headers": {"Content-Type": "audio/wav"}}, 415, "cannot read"),
+        ({"content": b"", "headers": {"Content-Type": "audio/wav"}}, 422, "empty"),
+        ({"files": {"other": ("a.wav", b"x", "audio/wav")}}, 422, "`file`"),
+        ({"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 422, "form"),
+    ],
+)
 def test_bad_queries_are_4xx(client, kwargs, status, needle):
     r = client.post("/queries", **kwargs)
     assert r.status_code == status, r.text

@@ -1,5 +1,6 @@
 """REST: /search ranks cells exactly (FAISS for default metadata, a rescoring over fused cells
 otherwise) and /point returns a place's score with its 24-hour and 12-month profiles."""
+
 import mercantile
 import numpy as np
 import pytest

@@ -3,6 +3,7 @@
 Bilinear interpolation reproduces linear functions exactly, so sampling the field "global cell
 coordinate" must give each pixel's own global position: pixel values are then a function of
 where the pixel is on Earth, not of which tile holds it, and tiles cannot have seams."""
+
 import numpy as np
 import pytest
 from fastapi import HTTPException
@@ -80,7 +81,7 @@ def test_sample_is_exact_on_planes_and_honours_missing_cells(depth, a, b, c):
 @given(st.integers(-2, 30), st.integers(-(1 << 31), 1 << 31), st.integers(-(1 << 31), 1 << 31))
 def test_tile_validity_is_the_grid(z, x, y):
     """check_tile answers 404 exactly for tiles outside the WebMercatorQuad grid of zooms 0..24."""
-    inside = 0 <= z <= MAX_ZOOM and 0 <= x < 2 ** z and 0 <= y < 2 ** z
+    inside = 0 <= z <= MAX_ZOOM and 0 <= x < 2**z and 0 <= y < 2**z
     try:
         check_tile("WebMercatorQuad", z, x, y)
         assert inside

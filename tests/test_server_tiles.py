@@ -1,5 +1,6 @@
 """Tile content: seamless across borders (bilinear between cell centres, from the same cells on
 both sides), formats and sizes, overzoom, and identical concurrent misses computed once."""
+
 import asyncio
 import io
 
@@ -51,8 +52,7 @@ def test_png_and_webp_encode_the_npy_values(client):
     expected = 1 + np.rint(np.clip(values, 0, 1) * 254).astype(np.uint8)
     valid = np.isfinite(values)
     assert np.array_equal(png[valid], expected[valid]) and not png[~valid].any()
-    png_rgba = np.asarray(Image.open(io.BytesIO(client.get("/tiles/4/8/5.png", params=unit).content))
-                          .convert("RGBA"))
+    png_rgba = np.asarray(Image.open(io.BytesIO(client.get("/tiles/4/8/5.png", params=unit).content)).convert("RGBA"))
     webp = client.get("/tiles/WebMercatorQuad/4/8/5.webp", params=unit)
     assert webp.headers["content-type"] == "image/webp"
     webp_rgba = np.asarray(Image.open(io.BytesIO(webp.content)).convert("RGBA"))
@@ -79,8 +79,9 @@ def test_overzoom_interpolates_the_finest_level(client):
 
 def test_npy_ignores_colour_parameters(client):
     a = client.get("/tiles/WebMercatorQuad/4/8/5.npy", params={"q": "birdsong"})
-    b = client.get("/tiles/WebMercatorQuad/4/8/5.npy", params={"q": "birdsong", "colormap_name": "viridis",
-                                                               "rescale": "0,0.5"})
+    b = client.get(
+        "/tiles/WebMercatorQuad/4/8/5.npy", params={"q": "birdsong", "colormap_name": "viridis", "rescale": "0,0.5"}
+    )
     assert a.headers["etag"] == b.headers["etag"] and a.content == b.content
 
 
@@ -91,8 +92,9 @@ def test_concurrent_identical_misses_are_computed_once(bundle_path, store_path):
     async def burst():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            return await asyncio.gather(*[http.get("/tiles/4/8/5.png", params={"q": "wind", "hour": 5})
-                                          for _ in range(16)])
+            return await asyncio.gather(
+                *[http.get("/tiles/4/8/5.png", params={"q": "wind", "hour": 5}) for _ in range(16)]
+            )
 
     responses = asyncio.run(burst())
     assert {r.status_code for r in responses} == {200}
@@ -125,8 +127,9 @@ def test_precomputed_fusions_are_served_without_fusing(bundle_path, fused_store)
     engine = client.app.state.service.engine
     window, query = engine.window(0, 0, 0, 256), engine.embed_text("birdsong")
     for params, tile in zip(cases, stored):
-        fused = engine.tile_values(window, engine.fuse(window.level, window.present, Metadata(**params)),
-                                   "heatmap", query)
+        fused = engine.tile_values(
+            window, engine.fuse(window.level, window.present, Metadata(**params)), "heatmap", query
+        )
         both = np.isfinite(tile) & np.isfinite(fused)
         assert both.sum() > 1000 and np.abs(tile[both] - fused[both]).max() < 2e-3
     fusions = stats["fusions"]

@@ -1,5 +1,6 @@
 """WMTS capabilities read by GDAL's WMTS driver (through rasterio) against a live uvicorn: the
 pixels GDAL assembles are the server's tiles."""
+
 import io
 import xml.etree.ElementTree as ET
 
@@ -29,12 +30,17 @@ def test_capabilities_document(server):
     layers = {layer.find("ows:Identifier", NS).text: layer for layer in root.iter(f"{{{NS['w']}}}Layer")}
     assert set(layers) == {"heatmap", "uncertainty"}
     template = layers["heatmap"].find("w:ResourceURL", NS).get("template")
-    assert template.endswith("/tiles/WebMercatorQuad/{TileMatrix}/{TileCol}/{TileRow}.png?"
-                             "q=birdsong+%26+rain&hour=6&layer=heatmap")
+    assert template.endswith(
+        "/tiles/WebMercatorQuad/{TileMatrix}/{TileCol}/{TileRow}.png?q=birdsong+%26+rain&hour=6&layer=heatmap"
+    )
     matrices = root.findall("w:Contents/w:TileMatrixSet/w:TileMatrix", NS)
     assert [m.find("ows:Identifier", NS).text for m in matrices] == [str(z) for z in range(7)]
-    assert ET.fromstring(httpx.get(f"{server}/WMTSCapabilities.xml", timeout=30).content) \
-        .find("w:Contents/w:Layer/ows:Identifier", NS).text == "uncertainty"
+    assert (
+        ET.fromstring(httpx.get(f"{server}/WMTSCapabilities.xml", timeout=30).content)
+        .find("w:Contents/w:Layer/ows:Identifier", NS)
+        .text
+        == "uncertainty"
+    )
 
 
 def test_gdal_reads_the_heatmap_through_wmts(server):
@@ -42,7 +48,7 @@ def test_gdal_reads_the_heatmap_through_wmts(server):
     url = f"WMTS:{server}/WMTSCapabilities.xml?q=birdsong,layer=heatmap"
     with rasterio.open(url) as src:
         assert src.crs.to_epsg() == 3857
-        assert src.transform.a == pytest.approx(2 * 20037508.3427892 / (256 * 2 ** z)), "zoom 6 is the finest"
+        assert src.transform.a == pytest.approx(2 * 20037508.3427892 / (256 * 2**z)), "zoom 6 is the finest"
         window = from_bounds(*mercantile.xy_bounds(x, y, z), transform=src.transform)
         assert window.col_off == pytest.approx(round(window.col_off), abs=1e-6), "aligned on the tile grid"
         rgba = src.read(window=Window(round(window.col_off), round(window.row_off), 256, 256))

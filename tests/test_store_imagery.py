@@ -1,6 +1,7 @@
 """A store names its imagery relative to itself, so a data folder moved or mounted elsewhere (a
 container's /data) still serves its basemap; older stores (absolute or cwd-relative paths) still
 resolve; a missing imagery gives one warning naming the path and SOUNDSCAPE_IMAGERY, and a 404."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ def built(bundle_path, imagery_path, tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("built") / "data"
     (data / "imagery").mkdir(parents=True)
     shutil.copy(imagery_path, data / "imagery" / "europe.tif")
-    run(Imagery(str(data / "imagery" / "europe.tif")), Bundle(bundle_path), [3], FIXTURE_BBOX, data / "store",
-        progress=False)
+    run(
+        Imagery(str(data / "imagery" / "europe.tif")),
+        Bundle(bundle_path),
+        [3],
+        FIXTURE_BBOX,
+        data / "store",
+        progress=False,
+    )
     return data
 
 

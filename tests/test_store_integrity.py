@@ -1,6 +1,7 @@
 """A damaged store is refused when it is opened, with one sentence naming the file: by the
 reader (StoreError), by `soundscape store verify` and `soundscape serve` (exit 2, no traceback),
 never served as random or all-NaN tiles."""
+
 from __future__ import annotations
 
 import json
@@ -52,6 +53,7 @@ def edit_manifest(change: Callable[[dict], None]) -> Callable[[Path], None]:
         manifest = json.loads((store / "manifest.json").read_text())
         change(manifest)
         (store / "manifest.json").write_text(json.dumps(manifest))
+
     return damage
 
 
@@ -83,8 +85,11 @@ CASES = {
     "level without count": (edit_manifest(lambda m: m["levels"]["5"].pop("count")), "manifest.json", "count"),
     "manifest a list": (lambda s: (s / "manifest.json").write_text("[]"), "manifest.json", "object"),
     "bounds not numbers": (edit_manifest(lambda m: m.update(bounds="abcd")), "manifest.json", "4 finite numbers"),
-    "S range with a NaN": (edit_manifest(lambda m: m.update(uncertainty_range=[0.1, float("nan")])), "manifest.json",
-                           "2 finite numbers"),
+    "S range with a NaN": (
+        edit_manifest(lambda m: m.update(uncertainty_range=[0.1, float("nan")])),
+        "manifest.json",
+        "2 finite numbers",
+    ),
     "count disagrees": (edit_manifest(lambda m: m["levels"]["5"].update(count=3)), "levels/05/", "not"),
 }
 
@@ -105,8 +110,10 @@ def test_files_past_the_hash_budget_are_still_checked_for_size_and_values(store_
     Store(flipped, check_bytes=0)  # a flipped mantissa byte is found only by its checksum ...
     with pytest.raises(StoreError, match="checksum"):
         Store(flipped).verify()  # ... which `store verify` always checks
-    for damage, file in ((lambda s: nan_rows(s / "levels/06/s.npy"), "levels/06/s.npy"),
-                         (lambda s: truncate(s / "levels/04/sat.npy"), "levels/04/sat.npy")):
+    for damage, file in (
+        (lambda s: nan_rows(s / "levels/06/s.npy"), "levels/06/s.npy"),
+        (lambda s: truncate(s / "levels/04/sat.npy"), "levels/04/sat.npy"),
+    ):
         broken = damaged(store_path, tmp_path / file.replace("/", "-"), damage)
         with pytest.raises(StoreError, match=str(broken / file)):
             Store(broken, check_bytes=0)
@@ -124,10 +131,13 @@ def test_a_store_without_checksums_still_opens(store_path, tmp_path):
         Store(broken)
 
 
-@pytest.mark.parametrize("damage, file", [
-    (lambda s: truncate(s / "levels/03/fusions/hour-07.mu.npy"), "levels/03/fusions/hour-07.mu.npy"),
-    (lambda s: (s / "levels/03/fusions/month-12.s.npy").unlink(), "levels/03/fusions/month-12.s.npy"),
-])
+@pytest.mark.parametrize(
+    "damage, file",
+    [
+        (lambda s: truncate(s / "levels/03/fusions/hour-07.mu.npy"), "levels/03/fusions/hour-07.mu.npy"),
+        (lambda s: (s / "levels/03/fusions/month-12.s.npy").unlink(), "levels/03/fusions/month-12.s.npy"),
+    ],
+)
 def test_damaged_fusion_files_are_refused(fusion_store, tmp_path, damage, file):
     assert Store(fusion_store).levels[3].fusion_kinds == ["hour", "month"]
     store = damaged(fusion_store, tmp_path, damage)
@@ -136,8 +146,9 @@ def test_damaged_fusion_files_are_refused(fusion_store, tmp_path, damage, file):
 
 
 def soundscape(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.slow
@@ -146,8 +157,11 @@ def test_verify_and_serve_exit_2_with_one_sentence(store_path, bundle_path, tmp_
     for name in ("manifest without id", "truncated index", "flipped byte in mu"):
         damage, file, _ = CASES[name]
         store = damaged(store_path, tmp_path / name.replace(" ", "-"), damage)
-        for args in (("store", "verify", str(store)), ("store", "info", str(store)),
-                     ("serve", "--bundle", str(bundle_path), "--store", str(store), "--port", "9")):
+        for args in (
+            ("store", "verify", str(store)),
+            ("store", "info", str(store)),
+            ("serve", "--bundle", str(bundle_path), "--store", str(store), "--port", "9"),
+        ):
             done = soundscape(*args)
             assert done.returncode == 2, (args, done.stderr)
             assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -2,8 +2,17 @@ import mercantile
 import numpy as np
 import pytest
 
-from runtime.tiles import (demorton, descendant_range, ground_sample_distance, morton, quadkey,
-                         tile_bounds, tile_centres, tile_is_valid, tiles_in_bbox)
+from runtime.tiles import (
+    demorton,
+    descendant_range,
+    ground_sample_distance,
+    morton,
+    quadkey,
+    tile_bounds,
+    tile_centres,
+    tile_is_valid,
+    tiles_in_bbox,
+)
 
 
 @pytest.mark.parametrize("z,x,y", [(0, 0, 0), (1, 1, 0), (5, 17, 30), (13, 4100, 7000), (22, 3_000_000, 123)])

@@ -1,5 +1,6 @@
 """Trained parts (`soundscape export --trained-parts`, weights/demo): only the trained tensors are
 saved, a bundle assembled from them embeds like the model, and a changed file is refused."""
+
 import json
 
 import numpy as np
@@ -16,8 +17,12 @@ from model.export import load_trained_parts, save_trained_parts
 @pytest.fixture(scope="module")
 def parts(frozen_text_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("parts")
-    save_trained_parts(frozen_text_model, folder, calibration=(6.0, 1.5),
-                       record={"name": "parts-test", "training": {"step": 7}, "metrics": {"test": {"x": 1}}})
+    save_trained_parts(
+        frozen_text_model,
+        folder,
+        calibration=(6.0, 1.5),
+        record={"name": "parts-test", "training": {"step": 7}, "metrics": {"test": {"x": 1}}},
+    )
     return folder
 
 
@@ -60,14 +65,20 @@ def test_changed_weights_are_refused(parts, tmp_path, capsys):
 
 
 def test_export_takes_exactly_one_source(parts, tmp_path, capsys):
-    assert soundscape(["export", "--weights", str(parts), "--config", "configs/tiny.yaml",
-                       "--out", str(tmp_path / "b")]) == 2
+    assert (
+        soundscape(["export", "--weights", str(parts), "--config", "configs/tiny.yaml", "--out", str(tmp_path / "b")])
+        == 2
+    )
     assert "give one of" in capsys.readouterr().err
     assert soundscape(["export", "--weights", str(parts), "--trained-parts", "--out", str(tmp_path / "c")]) == 2
     assert "already are trained parts" in capsys.readouterr().err
 
 
 def test_demo_without_its_weights_says_so(tmp_path, capsys):
-    assert soundscape(["demo", "--build-only", "--data-dir", str(tmp_path / "demo"),
-                       "--weights", str(tmp_path / "missing")]) == 2
+    assert (
+        soundscape(
+            ["demo", "--build-only", "--data-dir", str(tmp_path / "demo"), "--weights", str(tmp_path / "missing")]
+        )
+        == 2
+    )
     assert "the demo's trained weights are missing" in capsys.readouterr().err

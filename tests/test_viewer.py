@@ -2,6 +2,7 @@
 page loads its vendored MapLibre and maps a text query; a shared URL restores the state and draws
 the heatmap; the legend is the TileJSON's scale; an unknown saved query and a missing basemap say
 so; the panel collapses at phone width; /docs and /redoc render offline."""
+
 import io
 import json
 import os
@@ -18,8 +19,16 @@ from tests.server_support import live_server
 # Two live servers and a browser: about a minute on the shared 2-core machine.
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+]
 MAP_LOADED = "window.soundscape && window.soundscape.map && window.soundscape.map.loaded()"
 BACKGROUND = (0x0B, 0x1A, 0x2B)  # #map's CSS background, where nothing is drawn
 
@@ -58,8 +67,15 @@ def browser():
         browser.close()
 
 
-def open_page(browser, server: str, path: str = "/", width: int = 900, height: int = 700,
-              ready: str = MAP_LOADED, ready_selector: str | None = None):
+def open_page(
+    browser,
+    server: str,
+    path: str = "/",
+    width: int = 900,
+    height: int = 700,
+    ready: str = MAP_LOADED,
+    ready_selector: str | None = None,
+):
     """A page at `path` once the JS `ready` holds (or `ready_selector` shows, on pages whose
     Content-Security-Policy forbids eval); page.outside_requests() lists the requests that left
     for another host (not those the page's own policy blocked: the browser never sends them)."""
@@ -109,12 +125,15 @@ def fmt(value: float) -> str:
 
 def hide_layer(page, layer: str) -> None:
     """Hide a map layer and return once the map has drawn without it."""
-    page.evaluate("""(layer) => new Promise((resolve, reject) => {
+    page.evaluate(
+        """(layer) => new Promise((resolve, reject) => {
         const map = window.soundscape.map;
         map.once('idle', resolve);
         map.setLayoutProperty(layer, 'visibility', 'none');
         setTimeout(() => reject(new Error('the map did not go idle')), 30000);
-    })""", layer)
+    })""",
+        layer,
+    )
 
 
 def test_viewer_shows_a_heatmap_for_a_text_query(page, server):
@@ -151,9 +170,12 @@ def test_controls_follow_the_state(page, server):
     assert "hour=18" in params
     scale = httpx.get(f"{server}/tilejson.json?{params}", timeout=30).json()["scale"]
     ends = [fmt(scale["min"]), fmt(scale["max"])]  # the legend follows the hour
-    page.wait_for_function("""([lo, hi]) => document.getElementById('legend-lo').textContent.endsWith(lo)
-                              && document.getElementById('legend-hi').textContent.endsWith(hi)""", arg=ends,
-                           timeout=30_000)
+    page.wait_for_function(
+        """([lo, hi]) => document.getElementById('legend-lo').textContent.endsWith(lo)
+                              && document.getElementById('legend-hi').textContent.endsWith(hi)""",
+        arg=ends,
+        timeout=30_000,
+    )
     page.mouse.click(650, 350)  # a click on the map draws the 24-hour profile
     page.wait_for_selector(".maplibregl-popup canvas", timeout=30_000)
     assert "over the day" in page.inner_text(".maplibregl-popup")
@@ -190,12 +212,13 @@ def test_a_shared_url_restores_the_view_and_draws_the_heatmap(browser, server):
     hide_layer(page, "soundscape")
     bare = pixels_at(page, inside + outside)
     difference = np.abs(drawn - bare).sum(axis=1)
-    assert (difference[:len(inside)] > 10).all(), "the heatmap colours every place with cells"
-    assert (difference[len(inside):] == 0).all(), "nothing is drawn outside the store"
+    assert (difference[: len(inside)] > 10).all(), "the heatmap colours every place with cells"
+    assert (difference[len(inside) :] == 0).all(), "nothing is drawn outside the store"
 
     # The legend is the TileJSON of this very state (the colour range follows hour and month).
-    tilejson = httpx.get(f"{server}/tilejson.json?q=waves+on+the+open+ocean&hour=6&month=5&layer=heatmap",
-                         timeout=30).json()
+    tilejson = httpx.get(
+        f"{server}/tilejson.json?q=waves+on+the+open+ocean&hour=6&month=5&layer=heatmap", timeout=30
+    ).json()
     scale = tilejson["scale"]
     assert page.inner_text("#legend-lo") == ("≤ " if scale["clipped_low"] else "") + fmt(scale["min"])
     assert page.inner_text("#legend-hi") == ("≥ " if scale["clipped_high"] else "") + fmt(scale["max"])

@@ -1,6 +1,7 @@
 """Audio towers: a backbone that turns the audio front end's features (runtime.audio, named in
 the bundle manifest) into one vector per clip. The PSM model puts its trained probabilistic
 heads on top; `trainable: false` freezes the backbone (see model.nn.layers.Tower)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,8 +28,12 @@ class MelCNN(Tower):
         channels = [1, *cfg.channels]
         for cin, cout in zip(channels[:-1], channels[1:]):
             # No conv bias: GroupNorm removes it, and Adam would turn its round-off gradient into steps.
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(min(8, cout), cout), nn.ReLU(),
-                       nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.GroupNorm(min(8, cout), cout),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Linear(channels[-1], cfg.width)
         self.out_dim = cfg.width
@@ -82,8 +87,9 @@ def aisfx_checkpoint() -> Path:
     needs librosa 0.9)."""
     spec = importlib.util.find_spec("aisfx")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the aisfx audio tower needs the aisfx package "
-                                "(pip install --no-deps aisfx) or model.audio.checkpoint")
+        raise FileNotFoundError(
+            "the aisfx audio tower needs the aisfx package (pip install --no-deps aisfx) or model.audio.checkpoint"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "models" / "checkpoint.pth"
 
 
@@ -101,8 +107,7 @@ class AisfxTower(Tower):
         if not isinstance(weights, dict):
             raise CheckpointError(f"{path} holds no aisfx weights")
         # The per-dataset classifier heads (fc.*) are not part of the embedding.
-        net_state = {k.removeprefix("embedding_net."): v for k, v in weights.items()
-                     if k.startswith("embedding_net.")}
+        net_state = {k.removeprefix("embedding_net."): v for k, v in weights.items() if k.startswith("embedding_net.")}
         load_strict(self.net, net_state, f"aisfx checkpoint {path}")
         if not cfg.trainable:
             self.freeze()

@@ -1,6 +1,7 @@
 """The satellite side of PSM: the ViT image encoder with the GSD positional embedding, the
 metadata fusion transformer, and the probabilistic (mean, log-variance) heads every modality
 ends in."""
+
 from __future__ import annotations
 
 import torch
@@ -49,8 +50,9 @@ class ImageEncoder(nn.Module):
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch, stride=cfg.patch)
         hidden = int(cfg.width * cfg.mlp_ratio)
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, hidden, cfg.dropout, norm_first=True)
-                                    for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.heads, hidden, cfg.dropout, norm_first=True) for _ in range(cfg.depth)
+        )
         self.fc_norm = nn.LayerNorm(cfg.width, eps=1e-6)
         self.projector = mlp(cfg.width, sat_dim, sat_dim)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -83,15 +85,31 @@ class MetadataFusion(nn.Module):
         self.month = mlp(2, f.meta_hidden, d)
         self.source = nn.Embedding(len(cfg.sources), d)
         self.caption_source = nn.Embedding(len(cfg.caption_sources), d)
-        self.blocks = nn.ModuleList(Block(d, f.heads, f.ff, f.dropout, norm_first=False, eps=1e-5)
-                                    for _ in range(f.depth))
+        self.blocks = nn.ModuleList(
+            Block(d, f.heads, f.ff, f.dropout, norm_first=False, eps=1e-5) for _ in range(f.depth)
+        )
 
-    def forward(self, sat: torch.Tensor, location: torch.Tensor, hour: torch.Tensor,
-                month: torch.Tensor, source: torch.Tensor, caption_source: torch.Tensor,
-                present: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        sat: torch.Tensor,
+        location: torch.Tensor,
+        hour: torch.Tensor,
+        month: torch.Tensor,
+        source: torch.Tensor,
+        caption_source: torch.Tensor,
+        present: torch.Tensor,
+    ) -> torch.Tensor:
         # Stacked in contract.META_TOKENS order, the order of the `present` columns.
-        meta = torch.stack([self.location(location), self.hour(hour), self.month(month),
-                            self.source(source), self.caption_source(caption_source)], dim=1)
+        meta = torch.stack(
+            [
+                self.location(location),
+                self.hour(hour),
+                self.month(month),
+                self.source(source),
+                self.caption_source(caption_source),
+            ],
+            dim=1,
+        )
         meta = meta * present.unsqueeze(-1).to(meta.dtype)
         b = sat.shape[0]
         tokens = torch.cat([self.cls.expand(b, -1, -1).to(sat.dtype), sat.unsqueeze(1), meta.to(sat.dtype)], dim=1)

@@ -1,6 +1,7 @@
 """Building blocks written out by hand so that every graph exports cleanly to ONNX and runs the
 same in onnxruntime: attention with a key padding mask, transformer blocks whose parameter names
 follow timm's ViT (so SatMAE checkpoints load key for key), and the GSD positional embedding."""
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,7 @@ class Block(nn.Module):
     """Transformer encoder layer; `norm_first` picks pre-LN (ViT) or post-LN (the PyTorch
     TransformerEncoderLayer default, which PSM's fusion transformer uses)."""
 
-    def __init__(self, dim: int, heads: int, hidden: int, dropout: float, norm_first: bool,
-                 eps: float = 1e-6):
+    def __init__(self, dim: int, heads: int, hidden: int, dropout: float, norm_first: bool, eps: float = 1e-6):
         super().__init__()
         self.norm_first = norm_first
         self.norm1 = nn.LayerNorm(dim, eps=eps)
@@ -67,8 +67,7 @@ class Block(nn.Module):
 def sincos(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """[sin(p w_k), cos(p w_k)] with w_k = 10000^(-k/(dim/2)): (..., dim) for positions (...)."""
     half = dim // 2
-    omega = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32,
-                                                        device=positions.device) / half)
+    omega = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=positions.device) / half)
     angles = positions.unsqueeze(-1).float() * omega
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 

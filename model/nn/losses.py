@@ -7,6 +7,7 @@ with the diagonal positive. Pseudo-positives relabel every j whose logit reaches
 diagonal's; a VIB KL term keeps the Gaussians near N(0, I). One loss module (one a, b) is shared
 by every modality pair, as in PSM, and its (a, b) is the bundle's calibration.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,8 +31,9 @@ class LossConfig:
     weights: dict = field(default_factory=lambda: {"sat_audio": 0.5, "sat_text": 0.5, "audio_text": 0.5})
 
 
-def closed_form_distance(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor,
-                         logvar2: torch.Tensor) -> torch.Tensor:
+def closed_form_distance(
+    mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
     """(B1, B2) matrix of E|z1 - z2|^2 for z ~ N(mu, diag(exp(logvar)))."""
     sq = (mu1.unsqueeze(1) - mu2.unsqueeze(0)).pow(2).sum(-1)
     return sq + logvar1.exp().sum(-1).unsqueeze(1) + logvar2.exp().sum(-1).unsqueeze(0)
@@ -112,11 +114,15 @@ def build_loss(cfg: LossConfig) -> nn.Module:
     return LOSSES[cfg.kind](cfg)
 
 
-def pair_losses(loss_fn: nn.Module, embeddings: dict[str, Embedding],
-                weights: dict[str, float]) -> dict[str, torch.Tensor]:
+def pair_losses(
+    loss_fn: nn.Module, embeddings: dict[str, Embedding], weights: dict[str, float]
+) -> dict[str, torch.Tensor]:
     """The unweighted loss of every pair whose two sides the batch has and whose weight is set."""
-    return {name: loss_fn(embeddings[a], embeddings[b]) for name, (a, b) in PAIRS.items()
-            if weights.get(name) and a in embeddings and b in embeddings}
+    return {
+        name: loss_fn(embeddings[a], embeddings[b])
+        for name, (a, b) in PAIRS.items()
+        if weights.get(name) and a in embeddings and b in embeddings
+    }
 
 
 def total_loss(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

@@ -4,6 +4,7 @@
 model. A batch may carry a frozen tower's output instead of its input (`text_backbone`,
 `audio_backbone`, see model.frozen_cache): then only the trained heads run.
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,8 +57,7 @@ class PSMModel(nn.Module):
     def fuse(self, sat: torch.Tensor, meta: dict[str, torch.Tensor], normalise: bool = True) -> Embedding:
         return self.sat_heads(self.fusion(sat, **meta), normalise)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    normalise: bool = True) -> Embedding:
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalise: bool = True) -> Embedding:
         return self.text_heads(self.text(input_ids, attention_mask), normalise)
 
     def encode_audio(self, features: torch.Tensor, normalise: bool = True) -> Embedding:
@@ -97,4 +97,3 @@ class PSMModel(nn.Module):
         prefixes = tuple(f"{name}." for name in self.frozen_towers())
         frozen = {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
         load_strict(self, {**frozen, **state}, source)
-

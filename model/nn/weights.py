@@ -1,6 +1,7 @@
 """Loading weights strictly: a state dict that does not fit the module fails with the
 mismatched keys listed, never silently (PSM loads SatMAE with strict=False and drops what does
 not fit without a word)."""
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,11 @@ def mismatches(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, l
     return {
         "missing": sorted(set(own) - set(state)),
         "unexpected": sorted(set(state) - set(own)),
-        "shape": [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape],
+        "shape": [
+            f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+            for k in sorted(set(own) & set(state))
+            if own[k].shape != state[k].shape
+        ],
     }
 
 
@@ -79,6 +83,13 @@ def load_satmae(backbone: nn.Module, path: str | Path) -> dict[str, list[str]]:
         raise CheckpointError(f"SatMAE checkpoint {path} does not fit the image encoder ({'; '.join(parts)})")
     backbone.load_state_dict({**own, **wanted})
     report = {"loaded": sorted(wanted), "ignored": ignored, "new": new}
-    log.info("SatMAE checkpoint %s: %d tensors loaded, %d ignored by design (%s), %d new (%s)",
-             path, len(report["loaded"]), len(ignored), _listing(ignored, 4), len(new), _listing(new, 4))
+    log.info(
+        "SatMAE checkpoint %s: %d tensors loaded, %d ignored by design (%s), %d new (%s)",
+        path,
+        len(report["loaded"]),
+        len(ignored),
+        _listing(ignored, 4),
+        len(new),
+        _listing(new, 4),
+    )
     return report

@@ -1,5 +1,6 @@
 """Pieces every dataset reader shares: dates into (month, hour), image bytes into RGB, PSM's zoom
 crop, and the strict reading of a reader's config section."""
+
 from __future__ import annotations
 
 import io

@@ -8,6 +8,7 @@ whose audio or image file is missing are skipped with one summary (counts per re
 lines of each), and `level`, when not given, is derived from the imagery's resolution. Audio or
 image files that exist but cannot be decoded are reported when read (model.data.BadSample) and
 skipped by training."""
+
 from __future__ import annotations
 
 import csv
@@ -96,9 +97,21 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig) -> Row:
     level = int(row["level"]) if _optional(row, "level") else cfg.level
     if not image and (cfg.imagery is None or level is None):
         raise ValueError("no image file, and no data.imagery to cut its cell from")
-    return Row(line, _optional(row, "key") or f"row{line}", lat, lon, when.month, when.hour,
-               _optional(row, "source"), row["audio"].strip(), _optional(row, "caption"),
-               _optional(row, "caption_source"), image, gsd, level)
+    return Row(
+        line,
+        _optional(row, "key") or f"row{line}",
+        lat,
+        lon,
+        when.month,
+        when.hour,
+        _optional(row, "source"),
+        row["audio"].strip(),
+        _optional(row, "caption"),
+        _optional(row, "caption_source"),
+        image,
+        gsd,
+        level,
+    )
 
 
 def read_rows(cfg: CsvFolderConfig, bounds: tuple[float, float, float, float] | None = None) -> list[Row]:
@@ -121,8 +134,11 @@ def read_rows(cfg: CsvFolderConfig, bounds: tuple[float, float, float, float] | 
                 for name in (parsed.audio, parsed.image):
                     if name and not (Path(cfg.root) / name).is_file():
                         raise ValueError(f"file {name!r} does not exist")
-                if bounds and not parsed.image and not (bounds[0] <= parsed.lon <= bounds[2]
-                                                        and bounds[1] <= parsed.lat <= bounds[3]):
+                if (
+                    bounds
+                    and not parsed.image
+                    and not (bounds[0] <= parsed.lon <= bounds[2] and bounds[1] <= parsed.lat <= bounds[3])
+                ):
                     raise ValueError("outside the imagery's bounds")
                 rows.append(parsed)
             except (ValueError, TypeError, KeyError) as exc:
@@ -131,8 +147,13 @@ def read_rows(cfg: CsvFolderConfig, bounds: tuple[float, float, float, float] | 
         reason, lines = max(skipped.items(), key=lambda kv: len(kv[1]))
         raise ValueError(f"{path} has no usable rows: {reason}: {len(lines)} row(s) ({_lines(path, lines)})")
     if skipped:
-        log.warning("%s: %d row(s) skipped, %d kept: %s", path, sum(len(v) for v in skipped.values()), len(rows),
-                    "; ".join(f"{reason}: {len(v)} ({_lines(path, v)})" for reason, v in skipped.items()))
+        log.warning(
+            "%s: %d row(s) skipped, %d kept: %s",
+            path,
+            sum(len(v) for v in skipped.values()),
+            len(rows),
+            "; ".join(f"{reason}: {len(v)} ({_lines(path, v)})" for reason, v in skipped.items()),
+        )
     return rows
 
 
@@ -182,10 +203,22 @@ class CsvFolderSource:
         where = f"{self.root / self.cfg.csv}:{row.line}"
         image, gsd = self._image(row, where) if "image" not in without else (None, None)
         audio, rate = self._audio(row) if "audio" not in without else (None, None)
-        return Sample(key=row.key, image=image, gsd=gsd, lat=row.lat, lon=row.lon, hour=row.hour,
-                      month=row.month, source=row.source, caption=row.caption,
-                      caption_source=row.caption_source, audio=audio, sample_rate=rate,
-                      level=row.level, path=where)
+        return Sample(
+            key=row.key,
+            image=image,
+            gsd=gsd,
+            lat=row.lat,
+            lon=row.lon,
+            hour=row.hour,
+            month=row.month,
+            source=row.source,
+            caption=row.caption,
+            caption_source=row.caption_source,
+            audio=audio,
+            sample_rate=rate,
+            level=row.level,
+            path=where,
+        )
 
     def _audio(self, row: Row) -> tuple[np.ndarray, int]:
         path = self.root / row.audio
@@ -227,15 +260,23 @@ def check_level(cfg: CsvFolderConfig, imagery, image_size: int) -> CsvFolderConf
     coarsest, finest = imagery.level_range(image_size, MAX_UPSAMPLE)
     if cfg.level is None:
         level = default_level(imagery, image_size)
-        log.warning("data.level not set: using level %d, whose %d px cells match the %.0f m pixels of %s "
-                    "(cells of about %.0f km; maps show them best at zoom %d)", level, image_size,
-                    imagery.resolution_m, cfg.imagery, EARTH_CIRCUMFERENCE_M / (1 << level) / 1000,
-                    max(0, level - CELLS_PER_TILE_LOG2))
+        log.warning(
+            "data.level not set: using level %d, whose %d px cells match the %.0f m pixels of %s "
+            "(cells of about %.0f km; maps show them best at zoom %d)",
+            level,
+            image_size,
+            imagery.resolution_m,
+            cfg.imagery,
+            EARTH_CIRCUMFERENCE_M / (1 << level) / 1000,
+            max(0, level - CELLS_PER_TILE_LOG2),
+        )
         return dataclasses.replace(cfg, level=level)
     if not coarsest <= cfg.level <= finest:
-        raise ValueError(f"data.level {cfg.level} does not fit {cfg.imagery} ({imagery.resolution_m:.0f} m pixels, "
-                         f"{image_size} px cells): use a level in {coarsest}-{finest} "
-                         f"({default_level(imagery, image_size)} matches its resolution)")
+        raise ValueError(
+            f"data.level {cfg.level} does not fit {cfg.imagery} ({imagery.resolution_m:.0f} m pixels, "
+            f"{image_size} px cells): use a level in {coarsest}-{finest} "
+            f"({default_level(imagery, image_size)} matches its resolution)"
+        )
     return cfg
 
 
@@ -249,12 +290,21 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
     cfg = check_level(cfg, imagery, image_size)
     rows = read_rows(cfg, imagery.bounds if imagery else None)
     s = cfg.split
-    labels = geographic_split(np.array([r.lat for r in rows]), np.array([r.lon for r in rows]),
-                              cell_deg=s.cell_deg, val_fraction=s.val_fraction,
-                              test_fraction=s.test_fraction, seed=s.seed)
-    return Splits(*(CsvFolderSource([r for r, lab in zip(rows, labels) if lab == name], cfg, image_size)
-                    for name in ("train", "val", "test")),
-                  settled={**section, "level": cfg.level} if cfg.level is not None else None)
+    labels = geographic_split(
+        np.array([r.lat for r in rows]),
+        np.array([r.lon for r in rows]),
+        cell_deg=s.cell_deg,
+        val_fraction=s.val_fraction,
+        test_fraction=s.test_fraction,
+        seed=s.seed,
+    )
+    return Splits(
+        *(
+            CsvFolderSource([r for r, lab in zip(rows, labels) if lab == name], cfg, image_size)
+            for name in ("train", "val", "test")
+        ),
+        settled={**section, "level": cfg.level} if cfg.level is not None else None,
+    )
 
 
 register_reader("csv", open_csv_folder, paths=("root", "imagery"))

@@ -13,6 +13,7 @@
 The splits are the released ones (held-out geographic cells chosen by the authors). Each sample
 is served once per zoom in `zooms` (its `level`): PSM's zoom crop of z x tile size pixels,
 resized to the model's input, with the effective ground sample distance."""
+
 from __future__ import annotations
 
 import json
@@ -110,9 +111,21 @@ class _Released:
         rgb = gsd = None
         if image is not None:
             rgb, gsd = fit_image(decode_image(image, where), self.gsd, self.size, crop=zoom * self.tile)
-        return Sample(key=key, image=rgb, gsd=gsd, lat=_float(meta.get("latitude")), lon=_float(meta.get("longitude")),
-                      hour=_hour_if_timed(source, when), month=when.month, source=source, caption=caption,
-                      caption_source=caption_source, level=zoom, path=where, **audio)
+        return Sample(
+            key=key,
+            image=rgb,
+            gsd=gsd,
+            lat=_float(meta.get("latitude")),
+            lon=_float(meta.get("longitude")),
+            hour=_hour_if_timed(source, when),
+            month=when.month,
+            source=source,
+            caption=caption,
+            caption_source=caption_source,
+            level=zoom,
+            path=where,
+            **audio,
+        )
 
 
 def _float(value) -> float | None:
@@ -159,8 +172,9 @@ class WebDatasetSource(_Released):
             image = self._read(members["image.jpg"]) if "image" not in without else None
             features = None
             if "audio" not in without:
-                features = np.asarray(pickle.loads(self._read(members[f"audio_mel{self.cfg.mel_index}.pyd"])),
-                                      dtype=np.float32)
+                features = np.asarray(
+                    pickle.loads(self._read(members[f"audio_mel{self.cfg.mel_index}.pyd"])), dtype=np.float32
+                )
         except KeyError as exc:
             raise BadSample(where, f"the sample has no {exc.args[0]} member") from None
         except (json.JSONDecodeError, pickle.UnpicklingError, EOFError, UnicodeDecodeError) as exc:
@@ -293,8 +307,9 @@ def _opener(dataset: Dataset):
             raise ValueError(f"no {dataset.name} {kind} named train/val/test under {root}")
         captions = _read_captions(cfg.captions)
         source = WebDatasetSource if webdataset else ParquetSource
-        log.info("%s (%s): %s samples", dataset.name, cfg.layout,
-                 ", ".join(f"{k} {len(v)}" for k, v in records.items()))
+        log.info(
+            "%s (%s): %s samples", dataset.name, cfg.layout, ", ".join(f"{k} {len(v)}" for k, v in records.items())
+        )
         return Splits(*(source(dataset, cfg, image_size, records[s], captions) for s in ("train", "val", "test")))
 
     return open_released
@@ -302,4 +317,3 @@ def _opener(dataset: Dataset):
 
 register_reader("geosound", _opener(GEOSOUND), paths=("root", "captions"))
 register_reader("soundingearth", _opener(SOUNDINGEARTH), paths=("root", "captions"))
-

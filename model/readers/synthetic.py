@@ -6,6 +6,7 @@ Each sample belongs to one of `classes` classes: the class decides the image (a 
 stripe frequency, plus per-sample noise), the audio (a chord of tones) and the caption words;
 location, month and hour are drawn per sample. With classes equal to the number of samples
 every sample is its own class, which a model can memorise exactly."""
+
 from __future__ import annotations
 
 import zlib
@@ -16,8 +17,24 @@ import numpy as np
 from model.data import Sample, Splits, register_reader
 from model.config import from_section
 
-WORDS = ["birds", "waves", "wind", "rain", "traffic", "insects", "bells", "voices", "engines", "frogs",
-         "water", "thunder", "dogs", "crickets", "trains", "leaves"]
+WORDS = [
+    "birds",
+    "waves",
+    "wind",
+    "rain",
+    "traffic",
+    "insects",
+    "bells",
+    "voices",
+    "engines",
+    "frogs",
+    "water",
+    "thunder",
+    "dogs",
+    "crickets",
+    "trains",
+    "leaves",
+]
 
 
 @dataclass
@@ -80,13 +97,22 @@ class SyntheticSource:
         if "audio" not in without:
             audio = (clean_audio + rng.normal(0, cfg.noise, len(clean_audio))).astype(np.float32)
         caption = f"{WORDS[cls % len(WORDS)]} and {WORDS[(cls * 7 + 3) % len(WORDS)]} number {cls}"
-        return Sample(key=f"{self.split}-{index}", image=image, gsd=gsd,
-                      lat=float(rng.uniform(-60, 70)), lon=float(rng.uniform(-180, 180)),
-                      hour=float(rng.integers(0, 24)), month=int(rng.integers(1, 13)),
-                      source=cfg.sources[cls % len(cfg.sources)],
-                      caption=caption, caption_source=cfg.caption_sources[cls % len(cfg.caption_sources)],
-                      audio=audio, sample_rate=cfg.sample_rate if audio is not None else None,
-                      level=cfg.levels[index % len(cfg.levels)], path=f"synthetic:{self.split}:{index}")
+        return Sample(
+            key=f"{self.split}-{index}",
+            image=image,
+            gsd=gsd,
+            lat=float(rng.uniform(-60, 70)),
+            lon=float(rng.uniform(-180, 180)),
+            hour=float(rng.integers(0, 24)),
+            month=int(rng.integers(1, 13)),
+            source=cfg.sources[cls % len(cfg.sources)],
+            caption=caption,
+            caption_source=cfg.caption_sources[cls % len(cfg.caption_sources)],
+            audio=audio,
+            sample_rate=cfg.sample_rate if audio is not None else None,
+            level=cfg.levels[index % len(cfg.levels)],
+            path=f"synthetic:{self.split}:{index}",
+        )
 
 
 def open_synthetic(section: dict, image_size: int) -> Splits:

@@ -1,4 +1,5 @@
 """Dependencies that hand routes the app's service and settings."""
+
 from __future__ import annotations
 
 from typing import Annotated

@@ -1,5 +1,6 @@
 """Describing the service: TileJSON, WMTS capabilities, colormap legends, health, readiness
 and Prometheus metrics."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -23,10 +24,11 @@ router = APIRouter(tags=["metadata"])
 WMTS_RESPONSES = {200: {"content": {"application/xml": TEXT}}, **errors(404, 422, 503)}
 
 
-UNITS = {"heatmap": "match probability (0 to 1): the model's calibrated probability that the sound "
-                   "is heard in the cell",
-         "uncertainty": "S, the sum of the cell embedding's variances (higher: the model is less sure "
-                        "what the place sounds like)"}
+UNITS = {
+    "heatmap": "match probability (0 to 1): the model's calibrated probability that the sound is heard in the cell",
+    "uncertainty": "S, the sum of the cell embedding's variances (higher: the model is less sure "
+    "what the place sounds like)",
+}
 
 
 async def layer_legend(service: SoundscapeService, tile: TileRequest, text: str | None) -> dict:
@@ -37,54 +39,79 @@ async def layer_legend(service: SoundscapeService, tile: TileRequest, text: str 
     if tile.rescale is not None:
         method = "rescale parameter"
     elif tile.layer == "heatmap":
-        method = (f"2nd to 98th percentile of this query's match probability over {len(sampled)} cells spread "
-                  f"over level {level.level} under this hour, month and source; one scale for every tile and zoom")
+        method = (
+            f"2nd to 98th percentile of this query's match probability over {len(sampled)} cells spread "
+            f"over level {level.level} under this hour, month and source; one scale for every tile and zoom"
+        )
     else:
         method = "the store's range of S (its 2nd to 98th percentile), the same for every hour, month and source"
     ends = [f"values below {scale.lo:g} are drawn in the lowest colour"] if scale.clipped_low else []
     ends += [f"values above {scale.hi:g} in the highest colour"] if scale.clipped_high else []
-    description = (f"{tile.colormap} colours from {scale.lo:g} (left of the legend) to {scale.hi:g} (right): "
-                   f"{UNITS[tile.layer]}. Scale: {method}." + (f" Clipped: {'; '.join(ends)}." if ends else ""))
-    return {"rescale": [scale.lo, scale.hi], "colormap": tile.colormap, "description": description,
-            "scale": {"min": scale.lo, "max": scale.hi, "units": UNITS[tile.layer], "method": method,
-                      "clipped_low": scale.clipped_low, "clipped_high": scale.clipped_high}}
+    description = (
+        f"{tile.colormap} colours from {scale.lo:g} (left of the legend) to {scale.hi:g} (right): "
+        f"{UNITS[tile.layer]}. Scale: {method}." + (f" Clipped: {'; '.join(ends)}." if ends else "")
+    )
+    return {
+        "rescale": [scale.lo, scale.hi],
+        "colormap": tile.colormap,
+        "description": description,
+        "scale": {
+            "min": scale.lo,
+            "max": scale.hi,
+            "units": UNITS[tile.layer],
+            "method": method,
+            "clipped_low": scale.clipped_low,
+            "clipped_high": scale.clipped_high,
+        },
+    }
 
 
-async def _tilejson(request: Request, service: ServiceDep, settings: SettingsDep, tms: str,
-                    params: TileParams, template: str) -> JSONResponse:
+async def _tilejson(
+    request: Request, service: ServiceDep, settings: SettingsDep, tms: str, params: TileParams, template: str
+) -> JSONResponse:
     tile, text = tile_request(service, tms, 0, 0, 0, "png", params)  # validates every parameter
     query = echo(params)
     store = service.store
     west, south, east, north = store.bounds
     minzoom, maxzoom = max(0, store.minlevel - CELLS_PER_TILE_LOG2), store.maxlevel
     legend = await layer_legend(service, tile, text)
-    return JSONResponse({
-        "tilejson": "3.0.0",
-        "name": f"soundscape {params.layer}" + (f": {params.q}" if params.q else ""),
-        "version": "1.0.0",
-        "scheme": "xyz",
-        "tiles": [f"{base_url(request)}{template}?{urlencode(query)}"],
-        "minzoom": minzoom, "maxzoom": maxzoom,
-        "bounds": [west, south, east, north],
-        "center": [(west + east) / 2, (south + north) / 2, min(maxzoom, minzoom + 2)],
-        "attribution": store.attribution,  # the imagery's credit as precompute recorded it
-        "tilesize": tile.size,
-        "legend": f"{base_url(request)}/colormaps/{tile.colormap}",
-        **legend,
-    }, headers={"Cache-Control": settings.cache_control})
+    return JSONResponse(
+        {
+            "tilejson": "3.0.0",
+            "name": f"soundscape {params.layer}" + (f": {params.q}" if params.q else ""),
+            "version": "1.0.0",
+            "scheme": "xyz",
+            "tiles": [f"{base_url(request)}{template}?{urlencode(query)}"],
+            "minzoom": minzoom,
+            "maxzoom": maxzoom,
+            "bounds": [west, south, east, north],
+            "center": [(west + east) / 2, (south + north) / 2, min(maxzoom, minzoom + 2)],
+            "attribution": store.attribution,  # the imagery's credit as precompute recorded it
+            "tilesize": tile.size,
+            "legend": f"{base_url(request)}/colormaps/{tile.colormap}",
+            **legend,
+        },
+        headers={"Cache-Control": settings.cache_control},
+    )
 
 
-@router.get("/tilejson.json", responses=errors(404, 422, 503),
-            summary="TileJSON 3.0.0 of the XYZ tiles (echoes the query; describes the colours)")
-async def tilejson(request: Request, service: ServiceDep, settings: SettingsDep,
-                   params: Annotated[TileParams, Depends()]) -> JSONResponse:
+@router.get(
+    "/tilejson.json",
+    responses=errors(404, 422, 503),
+    summary="TileJSON 3.0.0 of the XYZ tiles (echoes the query; describes the colours)",
+)
+async def tilejson(
+    request: Request, service: ServiceDep, settings: SettingsDep, params: Annotated[TileParams, Depends()]
+) -> JSONResponse:
     return await _tilejson(request, service, settings, "WebMercatorQuad", params, "/tiles/{z}/{x}/{y}.png")
 
 
-@router.get("/{tms}/tilejson.json", responses=errors(404, 422, 503),
-            summary="TileJSON 3.0.0 of a tile matrix set's tiles")
-async def tms_tilejson(tms: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                       params: Annotated[TileParams, Depends()]) -> JSONResponse:
+@router.get(
+    "/{tms}/tilejson.json", responses=errors(404, 422, 503), summary="TileJSON 3.0.0 of a tile matrix set's tiles"
+)
+async def tms_tilejson(
+    tms: str, request: Request, service: ServiceDep, settings: SettingsDep, params: Annotated[TileParams, Depends()]
+) -> JSONResponse:
     return await _tilejson(request, service, settings, tms, params, f"/tiles/{tms}/{{z}}/{{x}}/{{y}}.png")
 
 
@@ -92,34 +119,49 @@ async def _wmts(request: Request, service: ServiceDep, settings: SettingsDep, pa
     has_query = params.q is not None or params.query is not None
     layers = []
     for layer in ("heatmap", "uncertainty") if has_query else ("uncertainty",):
-        own = replace(params, layer=layer) if layer == "heatmap" else \
-            replace(params, layer=layer, rescale=None, colormap_name=None)
+        own = (
+            replace(params, layer=layer)
+            if layer == "heatmap"
+            else replace(params, layer=layer, rescale=None, colormap_name=None)
+        )
         tile, text = tile_request(service, "WebMercatorQuad", 0, 0, 0, "png", own)
         query = echo(params, layer=layer)
         if layer == "uncertainty":
             query = {k: v for k, v in query.items() if k not in ("q", "query", "rescale", "colormap_name")}
-        template = (f"{base_url(request)}/tiles/WebMercatorQuad/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.png?"
-                    f"{urlencode(query)}")
+        template = (
+            f"{base_url(request)}/tiles/WebMercatorQuad/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.png?{urlencode(query)}"
+        )
         title = f"soundscape {layer}" + (f": {params.q}" if params.q and layer == "heatmap" else "")
         legend = await layer_legend(service, tile, text)
-        layers.append(wmts.Layer(layer, title, template, legend["description"],
-                                 f"{base_url(request)}/colormaps/{tile.colormap}"))
+        layers.append(
+            wmts.Layer(layer, title, template, legend["description"], f"{base_url(request)}/colormaps/{tile.colormap}")
+        )
     own_url = f"{base_url(request)}{request.url.path}?{request.url.query}"
     body = wmts.capabilities(own_url, layers, service.store.bounds, service.store.maxlevel, params.tilesize)
     return Response(body, media_type="application/xml", headers={"Cache-Control": settings.cache_control})
 
 
-@router.get("/WMTSCapabilities.xml", response_class=Response, responses=WMTS_RESPONSES,
-            summary="OGC WMTS 1.0.0 capabilities: heatmap (when q or query is given) and uncertainty")
-async def wmts_capabilities(request: Request, service: ServiceDep, settings: SettingsDep,
-                            params: Annotated[TileParams, Depends()]) -> Response:
+@router.get(
+    "/WMTSCapabilities.xml",
+    response_class=Response,
+    responses=WMTS_RESPONSES,
+    summary="OGC WMTS 1.0.0 capabilities: heatmap (when q or query is given) and uncertainty",
+)
+async def wmts_capabilities(
+    request: Request, service: ServiceDep, settings: SettingsDep, params: Annotated[TileParams, Depends()]
+) -> Response:
     return await _wmts(request, service, settings, params)
 
 
-@router.get("/{tms}/WMTSCapabilities.xml", response_class=Response, responses=WMTS_RESPONSES,
-            summary="WMTS capabilities of a TMS")
-async def tms_wmts_capabilities(tms: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                                params: Annotated[TileParams, Depends()]) -> Response:
+@router.get(
+    "/{tms}/WMTSCapabilities.xml",
+    response_class=Response,
+    responses=WMTS_RESPONSES,
+    summary="WMTS capabilities of a TMS",
+)
+async def tms_wmts_capabilities(
+    tms: str, request: Request, service: ServiceDep, settings: SettingsDep, params: Annotated[TileParams, Depends()]
+) -> Response:
     if tms not in TMS_IDS:
         raise HTTPException(404, f"unknown tile matrix set {tms!r}; available: {', '.join(TMS_IDS)}")
     return await _wmts(request, service, settings, params)
@@ -127,9 +169,11 @@ async def tms_wmts_capabilities(tms: str, request: Request, service: ServiceDep,
 
 # OGC API - Tiles: the tile matrix sets are listed and described as TiTiler's clients expect.
 # The tile URLs keep TiTiler's {z}/{x}/{y} order, so only these classes are claimed.
-CONFORMANCE = ["http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tilematrixset",
-               "http://www.opengis.net/spec/tms/2.0/conf/tilematrixset",
-               "http://www.opengis.net/spec/tms/2.0/conf/json-tilematrixset"]
+CONFORMANCE = [
+    "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tilematrixset",
+    "http://www.opengis.net/spec/tms/2.0/conf/tilematrixset",
+    "http://www.opengis.net/spec/tms/2.0/conf/json-tilematrixset",
+]
 TMS_REL = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
 
 
@@ -140,19 +184,31 @@ def conformance(settings: SettingsDep) -> JSONResponse:
 
 @router.get("/tileMatrixSets", summary="The tile matrix sets tiles are served in (OGC API - Tiles)")
 def tile_matrix_sets(request: Request, settings: SettingsDep) -> JSONResponse:
-    sets = [{"id": tms, "title": morecantile.tms.get(tms).title,
-             "links": [{"href": f"{base_url(request)}/tileMatrixSets/{tms}", "rel": TMS_REL,
-                        "type": "application/json"}]} for tms in TMS_IDS]
+    sets = [
+        {
+            "id": tms,
+            "title": morecantile.tms.get(tms).title,
+            "links": [
+                {"href": f"{base_url(request)}/tileMatrixSets/{tms}", "rel": TMS_REL, "type": "application/json"}
+            ],
+        }
+        for tms in TMS_IDS
+    ]
     return JSONResponse({"tileMatrixSets": sets}, headers={"Cache-Control": settings.cache_control})
 
 
-@router.get("/tileMatrixSets/{tms}", summary="A tile matrix set (OGC TMS 2.0 JSON)",
-            responses={404: {"description": "Unknown tile matrix set."}})
+@router.get(
+    "/tileMatrixSets/{tms}",
+    summary="A tile matrix set (OGC TMS 2.0 JSON)",
+    responses={404: {"description": "Unknown tile matrix set."}},
+)
 def tile_matrix_set(tms: str, settings: SettingsDep) -> JSONResponse:
     if tms not in TMS_IDS:
         raise HTTPException(404, f"unknown tile matrix set {tms!r}; available: {', '.join(TMS_IDS)}")
-    return JSONResponse(morecantile.tms.get(tms).model_dump(mode="json", exclude_none=True),
-                        headers={"Cache-Control": settings.cache_control})
+    return JSONResponse(
+        morecantile.tms.get(tms).model_dump(mode="json", exclude_none=True),
+        headers={"Cache-Control": settings.cache_control},
+    )
 
 
 @router.get("/colormaps", summary="Names of the colormaps")
@@ -160,23 +216,34 @@ def colormaps(settings: SettingsDep) -> JSONResponse:
     return JSONResponse({"colormaps": colormap_names()}, headers={"Cache-Control": settings.cache_control})
 
 
-@router.get("/colormaps/{name}", response_class=Response,
-            responses={200: {"content": {"image/png": BINARY}}, **errors(404, 422, notes={404: "Unknown colormap."})},
-            summary="Legend: the colormap as a PNG ramp (low values left, or bottom)")
-def colormap_legend(name: str, settings: SettingsDep,
-                    width: Annotated[int, Query(ge=1, le=2048)] = 256,
-                    height: Annotated[int, Query(ge=1, le=2048)] = 16,
-                    orientation: Literal["horizontal", "vertical"] = "horizontal") -> Response:
+@router.get(
+    "/colormaps/{name}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": BINARY}}, **errors(404, 422, notes={404: "Unknown colormap."})},
+    summary="Legend: the colormap as a PNG ramp (low values left, or bottom)",
+)
+def colormap_legend(
+    name: str,
+    settings: SettingsDep,
+    width: Annotated[int, Query(ge=1, le=2048)] = 256,
+    height: Annotated[int, Query(ge=1, le=2048)] = 16,
+    orientation: Literal["horizontal", "vertical"] = "horizontal",
+) -> Response:
     if name not in colormap_names():
         raise HTTPException(404, f"unknown colormap {name!r}; GET /colormaps lists them")
-    return Response(legend(name, width, height, orientation == "vertical"), media_type="image/png",
-                    headers={"Cache-Control": settings.cache_control})
+    return Response(
+        legend(name, width, height, orientation == "vertical"),
+        media_type="image/png",
+        headers={"Cache-Control": settings.cache_control},
+    )
 
 
 @router.get("/healthz", summary="Liveness")
 async def healthz(service: ServiceDep) -> JSONResponse:
-    return JSONResponse({"status": "ok", "bundle": service.bundle.id, "store": service.store.id,
-                         "cache": service.tiles.name}, headers={"Cache-Control": "no-store"})
+    return JSONResponse(
+        {"status": "ok", "bundle": service.bundle.id, "store": service.store.id, "cache": service.tiles.name},
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @router.get("/readyz", summary="Readiness: model loaded; reports Redis (down = degraded, still serving)")
@@ -185,15 +252,29 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     if service.redis is not None:
         redis = "ok" if await service.redis.ping() else "down"
     registry = service.registry
-    queries = "durable" if registry.durable else \
-        f"at risk: redis maxmemory-policy {registry.eviction_policy} may evict them (use volatile-lru)"
-    return JSONResponse({"status": "degraded" if redis == "down" else "ready", "redis": redis,
-                         "queries": queries, "bundle": service.bundle.id, "store": service.store.id},
-                        headers={"Cache-Control": "no-store"})
+    queries = (
+        "durable"
+        if registry.durable
+        else f"at risk: redis maxmemory-policy {registry.eviction_policy} may evict them (use volatile-lru)"
+    )
+    return JSONResponse(
+        {
+            "status": "degraded" if redis == "down" else "ready",
+            "redis": redis,
+            "queries": queries,
+            "bundle": service.bundle.id,
+            "store": service.store.id,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {metrics.CONTENT_TYPE: TEXT}}},
-            summary="Prometheus metrics of this worker")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {metrics.CONTENT_TYPE: TEXT}}},
+    summary="Prometheus metrics of this worker",
+)
 def prometheus() -> Response:
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})

@@ -1,5 +1,6 @@
 """Queries: `POST /queries` (a text, or an audio upload) -> a deterministic id for tile URLs;
 `GET /queries/{id}`."""
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,27 @@ AUDIO_TYPES = ("audio/", "application/octet-stream")
 # {"text": ...} with 500 characters, each escaped as \uXXXX, fits; only a flat object is asked for.
 MAX_JSON_BYTES = 8 * 1024
 MAX_JSON_DEPTH = 8
-REQUEST_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "required": ["text"],
-                                    "properties": {"text": {"type": "string", "maxLength": 500}}}},
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "text": {"type": "string"}, "file": {"type": "string", "format": "binary"}}}},
-    "audio/*": {"schema": {"type": "string", "format": "binary"}},
-}}}
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["text"],
+                    "properties": {"text": {"type": "string", "maxLength": 500}},
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"text": {"type": "string"}, "file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "audio/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -77,7 +92,7 @@ def parse_json_text(body: bytes) -> str:
     """The `text` of a {"text": "..."} body (read capped at MAX_JSON_BYTES); 422 with a sentence
     for anything else."""
     if json_depth(body) > MAX_JSON_DEPTH:
-        raise HTTPException(422, f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels; send {{\"text\": \"...\"}}")
+        raise HTTPException(422, f'the JSON body nests deeper than {MAX_JSON_DEPTH} levels; send {{"text": "..."}}')
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):  # also a number of more than 4300 digits
@@ -110,22 +125,35 @@ async def describe(service: SoundscapeService, record: QueryRecord, embedding: Q
     """The query's facts, its score range (a good `rescale`) and its links."""
     scale = await service.scale("heatmap", record.id, embedding, Metadata())
     tiles = f"{base}/tiles/{{z}}/{{x}}/{{y}}.png?query={record.id}"
-    return {**{k: v for k, v in vars(record).items() if v is not None}, "uncertainty": embedding.s,
-            "score_range": [scale.lo, scale.hi],
-            "links": {"self": f"{base}/queries/{record.id}", "tiles": tiles,
-                      "tilejson": f"{base}/tilejson.json?query={record.id}",
-                      "wmts": f"{base}/WMTSCapabilities.xml?query={record.id}"}}
+    return {
+        **{k: v for k, v in vars(record).items() if v is not None},
+        "uncertainty": embedding.s,
+        "score_range": [scale.lo, scale.hi],
+        "links": {
+            "self": f"{base}/queries/{record.id}",
+            "tiles": tiles,
+            "tilejson": f"{base}/tilejson.json?query={record.id}",
+            "wmts": f"{base}/WMTSCapabilities.xml?query={record.id}",
+        },
+    }
 
 
-@router.post("/queries", status_code=201, openapi_extra=REQUEST_BODY,
-             responses=errors(413, 415, 422, 503, notes={422: "Empty or malformed query."}))
+@router.post(
+    "/queries",
+    status_code=201,
+    openapi_extra=REQUEST_BODY,
+    responses=errors(413, 415, 422, 503, notes={422: "Empty or malformed query."}),
+)
 async def register(request: Request, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
     """Register a text (`{"text": ...}`) or an audio clip (multipart `file`, or a raw `audio/*`
     body); answers the query's id, the same for the same bundle and normalised input."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (content_type in ("application/json", "multipart/form-data") or content_type.startswith(AUDIO_TYPES)):
-        raise HTTPException(415, f"send application/json {{\"text\": ...}}, multipart/form-data or an "
-                                 f"audio/* body, not {content_type or 'no Content-Type'!r}")
+        raise HTTPException(
+            415,
+            f'send application/json {{"text": ...}}, multipart/form-data or an '
+            f"audio/* body, not {content_type or 'no Content-Type'!r}",
+        )
     is_json = content_type == "application/json"
     # A form or audio body may hold max_upload_bytes: only a few are read and decoded at once.
     async with nullcontext() if is_json else service.upload_slot():
@@ -137,11 +165,15 @@ async def register(request: Request, service: ServiceDep, settings: SettingsDep)
             text, audio = await parse_form(request, body)
         else:
             audio = body
-        record, embedding = await (service.text_query(text, register=True) if text is not None
-                                   else service.audio_query(audio))
+        record, embedding = await (
+            service.text_query(text, register=True) if text is not None else service.audio_query(audio)
+        )
     base = base_url(request)
-    return JSONResponse(await describe(service, record, embedding, base), status_code=201,
-                        headers={"Location": f"{base}/queries/{record.id}"})
+    return JSONResponse(
+        await describe(service, record, embedding, base),
+        status_code=201,
+        headers={"Location": f"{base}/queries/{record.id}"},
+    )
 
 
 @router.get("/queries/{query_id}", responses=errors(404, 422, 503, notes={404: "Unknown query id."}))
@@ -150,5 +182,6 @@ async def get_query(query_id: str, request: Request, service: ServiceDep, settin
     if not is_query_id(query_id):
         raise HTTPException(404, f"{query_id!r} is not a query id (16 hex digits from POST /queries)")
     record, embedding = await service.resolve(query_id)
-    return JSONResponse(await describe(service, record, embedding, base_url(request)),
-                        headers={"Cache-Control": settings.cache_control})
+    return JSONResponse(
+        await describe(service, record, embedding, base_url(request)), headers={"Cache-Control": settings.cache_control}
+    )

@@ -1,5 +1,6 @@
 """REST answers: where a sound is most likely (`/search`) and what one place sounds like over
 the day and the year (`/point/{lon},{lat}`)."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -22,17 +23,31 @@ class GeoJSONResponse(JSONResponse):
 
 
 def _context(record, params: QueryParams) -> dict:
-    return {"query": record.id, **({"text": record.text} if record.text else {}),
-            **{k: getattr(params, k) for k in ("hour", "month", "source") if getattr(params, k) is not None}}
+    return {
+        "query": record.id,
+        **({"text": record.text} if record.text else {}),
+        **{k: getattr(params, k) for k in ("hour", "month", "source") if getattr(params, k) is not None},
+    }
 
 
-@router.get("/search", response_class=Response,  # no JSON default: the 200 is GeoJSON, errors are JSON
-            responses={200: {"description": "A GeoJSON FeatureCollection of the best cells.",
-                             "content": {"application/geo+json": {"schema": {"type": "object"}}}},
-                       **errors(404, 422, 503, notes={404: "Unknown query id."})})
-async def search(service: ServiceDep, settings: SettingsDep, params: Annotated[QueryParams, Depends()],
-                 k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells.")] = 10,
-                 level: LevelParam = None) -> GeoJSONResponse:
+@router.get(
+    "/search",
+    response_class=Response,  # no JSON default: the 200 is GeoJSON, errors are JSON
+    responses={
+        200: {
+            "description": "A GeoJSON FeatureCollection of the best cells.",
+            "content": {"application/geo+json": {"schema": {"type": "object"}}},
+        },
+        **errors(404, 422, 503, notes={404: "Unknown query id."}),
+    },
+)
+async def search(
+    service: ServiceDep,
+    settings: SettingsDep,
+    params: Annotated[QueryParams, Depends()],
+    k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells.")] = 10,
+    level: LevelParam = None,
+) -> GeoJSONResponse:
     """Top-k cells for a query as GeoJSON, best first, with match probability and S under the
     requested metadata (exact: non-default metadata is rescored over the fused level)."""
     meta = metadata(service, params)
@@ -44,22 +59,41 @@ async def search(service: ServiceDep, settings: SettingsDep, params: Annotated[Q
     features = []
     for rank, (row, x, y) in enumerate(zip(rows, xs, ys)):
         lon, lat = (float(v) for v in chosen.arrays.lonlat[row])
-        features.append({"type": "Feature", "bbox": list(tile_bounds(chosen.level, int(x), int(y))),
-                         "geometry": {"type": "Point", "coordinates": [lon, lat]},
-                         "properties": {"rank": rank + 1, "score": float(scores[rank]),
-                                        "uncertainty": float(cells.s[rank]), "level": chosen.level,
-                                        "x": int(x), "y": int(y), "quadkey": quadkey(int(x), int(y), chosen.level)}})
-    return GeoJSONResponse({"type": "FeatureCollection", "features": features,
-                            "properties": {**_context(record, params), "level": chosen.level, "k": k}},
-                           headers={"Cache-Control": settings.cache_control})
+        features.append(
+            {
+                "type": "Feature",
+                "bbox": list(tile_bounds(chosen.level, int(x), int(y))),
+                "geometry": {"type": "Point", "coordinates": [lon, lat]},
+                "properties": {
+                    "rank": rank + 1,
+                    "score": float(scores[rank]),
+                    "uncertainty": float(cells.s[rank]),
+                    "level": chosen.level,
+                    "x": int(x),
+                    "y": int(y),
+                    "quadkey": quadkey(int(x), int(y), chosen.level),
+                },
+            }
+        )
+    return GeoJSONResponse(
+        {
+            "type": "FeatureCollection",
+            "features": features,
+            "properties": {**_context(record, params), "level": chosen.level, "k": k},
+        },
+        headers={"Cache-Control": settings.cache_control},
+    )
 
 
-@router.get("/point/{lon},{lat}",
-            responses=errors(404, 422, 503, notes={404: "No cell there, or unknown query id."}))
-async def point(service: ServiceDep, settings: SettingsDep,
-                lon: Annotated[float, Path(ge=-180, le=180, allow_inf_nan=False)],
-                lat: Annotated[float, Path(ge=-90, le=90, allow_inf_nan=False)],
-                params: Annotated[QueryParams, Depends()], level: LevelParam = None) -> JSONResponse:
+@router.get("/point/{lon},{lat}", responses=errors(404, 422, 503, notes={404: "No cell there, or unknown query id."}))
+async def point(
+    service: ServiceDep,
+    settings: SettingsDep,
+    lon: Annotated[float, Path(ge=-180, le=180, allow_inf_nan=False)],
+    lat: Annotated[float, Path(ge=-90, le=90, allow_inf_nan=False)],
+    params: Annotated[QueryParams, Depends()],
+    level: LevelParam = None,
+) -> JSONResponse:
     """Match probability and S of the cell at (lon, lat), plus its 24-hour profile (month and
     source as given) and 12-month profile (hour and source as given)."""
     meta = metadata(service, params)
@@ -68,5 +102,7 @@ async def point(service: ServiceDep, settings: SettingsDep,
     answer = await service.point(lon, lat, chosen, meta, embedding)
     if answer is None:
         raise HTTPException(404, f"no cell of level {chosen.level} at ({lon}, {lat}): outside the store")
-    return JSONResponse({"coordinates": [lon, lat], **_context(record, params), **answer},
-                        headers={"Cache-Control": settings.cache_control})
+    return JSONResponse(
+        {"coordinates": [lon, lat], **_context(record, params), **answer},
+        headers={"Cache-Control": settings.cache_control},
+    )

@@ -1,5 +1,6 @@
 """Map tiles: `/tiles/{z}/{x}/{y}.png` (WebMercatorQuad, 256 px) and
 `/tiles/{tms}/{z}/{x}/{y}[.png|.webp|.npy]`. The ETag is known before rendering."""
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -14,13 +15,24 @@ from server.routes.deps import ServiceDep, SettingsDep
 
 router = APIRouter(tags=["tiles"])
 Format = Literal["png", "webp", "npy"]
-TILE_RESPONSES = {200: {"content": {m: BINARY for m in FORMATS.values()}, "description": "The tile."},
-                  304: {"description": "Not modified (If-None-Match)."},
-                  **errors(404, 422, 503, notes={404: "Outside the tile matrix set, or unknown query id."})}
+TILE_RESPONSES = {
+    200: {"content": {m: BINARY for m in FORMATS.values()}, "description": "The tile."},
+    304: {"description": "Not modified (If-None-Match)."},
+    **errors(404, 422, 503, notes={404: "Outside the tile matrix set, or unknown query id."}),
+}
 
 
-async def _tile(request: Request, service: ServiceDep, settings: SettingsDep, tms: str, z: int, x: int,
-                y: int, fmt: str, params: TileParams) -> Response:
+async def _tile(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    tms: str,
+    z: int,
+    x: int,
+    y: int,
+    fmt: str,
+    params: TileParams,
+) -> Response:
     tile, text = tile_request(service, tms, z, x, y, fmt, params)
     if text is None and tile.query is not None and "*" in if_none_match_tags(request):
         await service.resolve(tile.query)  # `*` matches only a tile that exists: 404 for an unknown id
@@ -32,22 +44,58 @@ async def _tile(request: Request, service: ServiceDep, settings: SettingsDep, tm
     return Response(body, media_type=FORMATS[fmt], headers={"ETag": etag, "Cache-Control": settings.cache_control})
 
 
-@router.get("/tiles/{z}/{x}/{y}.png", response_class=Response,
-            responses=TILE_RESPONSES, summary="XYZ tile (WebMercatorQuad, PNG)")
-async def xyz_tile(request: Request, service: ServiceDep, settings: SettingsDep, z: int, x: int, y: int,
-                   params: Annotated[TileParams, Depends()]) -> Response:
+@router.get(
+    "/tiles/{z}/{x}/{y}.png",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="XYZ tile (WebMercatorQuad, PNG)",
+)
+async def xyz_tile(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    z: int,
+    x: int,
+    y: int,
+    params: Annotated[TileParams, Depends()],
+) -> Response:
     return await _tile(request, service, settings, "WebMercatorQuad", z, x, y, "png", params)
 
 
-@router.get("/tiles/{tms}/{z}/{x}/{y}.{fmt}", response_class=Response,
-            responses=TILE_RESPONSES, summary="Tile of a tile matrix set, as png, webp or npy")
-async def tms_tile(request: Request, service: ServiceDep, settings: SettingsDep, tms: str, z: int, x: int,
-                   y: int, fmt: Format, params: Annotated[TileParams, Depends()]) -> Response:
+@router.get(
+    "/tiles/{tms}/{z}/{x}/{y}.{fmt}",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="Tile of a tile matrix set, as png, webp or npy",
+)
+async def tms_tile(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    tms: str,
+    z: int,
+    x: int,
+    y: int,
+    fmt: Format,
+    params: Annotated[TileParams, Depends()],
+) -> Response:
     return await _tile(request, service, settings, tms, z, x, y, fmt, params)
 
 
-@router.get("/tiles/{tms}/{z}/{x}/{y}", response_class=Response,
-            responses=TILE_RESPONSES, summary="Tile of a tile matrix set (PNG)")
-async def tms_tile_png(request: Request, service: ServiceDep, settings: SettingsDep, tms: str, z: int, x: int,
-                       y: int, params: Annotated[TileParams, Depends()]) -> Response:
+@router.get(
+    "/tiles/{tms}/{z}/{x}/{y}",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="Tile of a tile matrix set (PNG)",
+)
+async def tms_tile_png(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    tms: str,
+    z: int,
+    x: int,
+    y: int,
+    params: Annotated[TileParams, Depends()],
+) -> Response:
     return await _tile(request, service, settings, tms, z, x, y, "png", params)

@@ -1,6 +1,7 @@
 """The web viewer (`GET /`, static files, vendored MapLibre), its basemap (tiles of the store's
 own imagery) and the API docs (`/docs`, `/redoc`) from vendored Swagger UI and ReDoc, so every
 page works with no other server and offline."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,12 +30,14 @@ async def index() -> FileResponse:
 @router.get("/docs", include_in_schema=False)
 async def swagger_ui(request: Request) -> HTMLResponse:
     """Swagger UI over the OpenAPI document. validatorUrl off: its badge calls an outside host."""
-    page = get_swagger_ui_html(openapi_url=request.app.openapi_url.lstrip("/"),
-                               title=f"{request.app.title} - Swagger UI",
-                               swagger_js_url="static/swagger-ui/swagger-ui-bundle.js",
-                               swagger_css_url="static/swagger-ui/swagger-ui.css",
-                               swagger_favicon_url="static/swagger-ui/favicon-32x32.png",
-                               swagger_ui_parameters={"validatorUrl": None})
+    page = get_swagger_ui_html(
+        openapi_url=request.app.openapi_url.lstrip("/"),
+        title=f"{request.app.title} - Swagger UI",
+        swagger_js_url="static/swagger-ui/swagger-ui-bundle.js",
+        swagger_css_url="static/swagger-ui/swagger-ui.css",
+        swagger_favicon_url="static/swagger-ui/favicon-32x32.png",
+        swagger_ui_parameters={"validatorUrl": None},
+    )
     page.headers["Content-Security-Policy"] = DOCS_CSP
     return page
 
@@ -42,17 +45,26 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 @router.get("/redoc", include_in_schema=False)
 async def redoc(request: Request) -> HTMLResponse:
     """ReDoc over the OpenAPI document, in the browser's own fonts (no font downloads)."""
-    page = get_redoc_html(openapi_url=request.app.openapi_url.lstrip("/"), title=f"{request.app.title} - ReDoc",
-                          redoc_js_url="static/redoc/redoc.standalone.js",
-                          redoc_favicon_url="static/swagger-ui/favicon-32x32.png", with_google_fonts=False)
+    page = get_redoc_html(
+        openapi_url=request.app.openapi_url.lstrip("/"),
+        title=f"{request.app.title} - ReDoc",
+        redoc_js_url="static/redoc/redoc.standalone.js",
+        redoc_favicon_url="static/swagger-ui/favicon-32x32.png",
+        with_google_fonts=False,
+    )
     page.headers["Content-Security-Policy"] = DOCS_CSP
     return page
 
 
-@router.get("/basemap/{z}/{x}/{y}.webp", response_class=Response,
-            responses={200: {"content": {"image/webp": BINARY}},
-                       **errors(404, 422, notes={404: "No imagery, or outside the grid."})},
-            summary="Basemap tile of the store's imagery (WebMercatorQuad, 256 px, WebP)")
+@router.get(
+    "/basemap/{z}/{x}/{y}.webp",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/webp": BINARY}},
+        **errors(404, 422, notes={404: "No imagery, or outside the grid."}),
+    },
+    summary="Basemap tile of the store's imagery (WebMercatorQuad, 256 px, WebP)",
+)
 async def basemap(z: int, x: int, y: int, service: ServiceDep, settings: SettingsDep) -> Response:
     check_tile("WebMercatorQuad", z, x, y)
     body = await service.basemap(z, x, y)
