@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import cli.main  # noqa: E402,F401  (registers the demo corpus reader)
-from model.commands import load_config  # noqa: E402
 from corpus.reader import factory  # noqa: E402
+from model.commands import load_config  # noqa: E402
 from model.evaluate import Gaussians, evaluate_checkpoint, retrieval  # noqa: E402
 from model.train import RunConfig, fit  # noqa: E402
 

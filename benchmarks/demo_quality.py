@@ -45,13 +45,13 @@ from scipy.stats import mannwhitneyu, rankdata, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from corpus import rules  # noqa: E402
-from corpus.build import BuildConfig, cell_points, draw_locations, tile_of  # noqa: E402
-from corpus.places import Places  # noqa: E402
-from model.data import geographic_split  # noqa: E402
-from runtime.metadata import encode_metadata  # noqa: E402
-from runtime.scoring import csd, match_probability  # noqa: E402
-from runtime.tiles import demorton, tile_centres  # noqa: E402
+from corpus import rules
+from corpus.build import BuildConfig, cell_points, draw_locations, tile_of
+from corpus.places import Places
+from model.data import geographic_split
+from runtime.metadata import encode_metadata
+from runtime.scoring import csd, match_probability
+from runtime.tiles import demorton, tile_centres
 
 # --- the map checks (issue 6) --------------------------------------------------------------------
 
@@ -182,7 +182,7 @@ def coastal_check(engine, places: Places, level, client=None) -> dict:
     return {
         "prompt": COAST_PROMPT,
         "level": level.level,
-        "k": int(len(x)),
+        "k": len(x),
         "coastal_share": share,
         "threshold": THRESHOLDS["coastal_share"],
         "passed": share >= THRESHOLDS["coastal_share"],
@@ -333,7 +333,7 @@ def feature_space_diagnostic(
     land = stats.land >= MAJORITY
     return {
         "level": level.level,
-        "training_cells": int(len(train_feats)),
+        "training_cells": len(train_feats),
         "k": k,
         "spearman_s_vs_distance": float(spearmanr(s, distance).statistic),
         "mean_s_far": float(s[far].mean()),
@@ -446,7 +446,7 @@ def retrieval(
     valid = [v for v in per_class.values() if v["positives"] >= 10]
     return {
         "split": split,
-        "test_samples": int(len(rows)),
+        "test_samples": len(rows),
         "samples_without_store_cell": missing,
         "positive_weight": POSITIVE_WEIGHT,
         "classes": per_class,
@@ -564,8 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     from corpus.build import ensure_places
     from runtime.bundle import Bundle
     from runtime.imagery import Imagery
-    from store.format import Store
     from server.engine import Engine
+    from store.format import Store
 
     t0 = time.monotonic()
 

@@ -30,11 +30,10 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-
 from hostile import Server
 from server_throughput import WRK_SCRIPT  # wrk fetching the URLs of $URLS in a spread order
 
@@ -195,7 +194,7 @@ def main() -> None:
     parser.add_argument("--overhead", action="store_true", help="also measure what the limits cost")
     args = parser.parse_args()
     results: dict = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
     }
     urls = paths()

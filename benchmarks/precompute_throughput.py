@@ -29,10 +29,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cli.demo import DEMO_FUSION_LEVELS, DEMO_LEVELS  # noqa: E402
-from runtime.imagery import Imagery  # noqa: E402
 from precompute.device import open_bundle, select_device  # noqa: E402
 from precompute.plan import WORLD  # noqa: E402
 from precompute.run import run  # noqa: E402
+from runtime.imagery import Imagery  # noqa: E402
 
 
 def _timed_run(

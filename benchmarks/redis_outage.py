@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostile import Server, free_port  # noqa: E402
+from hostile import Server, free_port
 
 QUERIES = ("birdsong", "rain", "traffic", "waves%20on%20the%20shore")
 

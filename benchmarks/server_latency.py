@@ -27,12 +27,12 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runtime.bundle import Bundle  # noqa: E402
-from store.format import Store  # noqa: E402
-from server.app import warm_up  # noqa: E402
-from server.params import TileParams, tile_request  # noqa: E402
-from server.service import SoundscapeService  # noqa: E402
-from server.settings import Settings  # noqa: E402
+from runtime.bundle import Bundle
+from server.app import warm_up
+from server.params import TileParams, tile_request
+from server.service import SoundscapeService
+from server.settings import Settings
+from store.format import Store
 
 
 def median_ms(samples: list[float]) -> float:
@@ -43,7 +43,7 @@ class CpuClock:
     """CPU time of this process (all threads) per item: the cost of the work itself, which other
     processes on a shared machine do not inflate the way they inflate wall time."""
 
-    def __enter__(self) -> "CpuClock":
+    def __enter__(self) -> CpuClock:
         self.start = time.process_time()
         return self
 

@@ -32,8 +32,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from store.format import Store  # noqa: E402
 from server.service import store_imagery  # noqa: E402
+from store.format import Store  # noqa: E402
 
 WRK_SCRIPT = """
 local urls = {}

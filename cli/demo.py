@@ -9,19 +9,19 @@ import json
 import logging
 from pathlib import Path
 
-from runtime.bundle import Bundle, BundleError
-from runtime.contract import RECORD_FILE
-from runtime.imagery import Imagery
 from precompute.device import open_bundle, select_device
 from precompute.plan import WORLD
 from precompute.run import run as precompute
-from store.format import Store, StoreError
+from runtime.bundle import Bundle, BundleError
+from runtime.contract import RECORD_FILE
+from runtime.imagery import Imagery
 from server.commands import add_server_options, check_port, serve
+from store.format import Store, StoreError
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "demo"
-DEMO_LEVELS = list(range(0, 8))
+DEMO_LEVELS = list(range(8))
 # Hourly and monthly fusions stored for the levels drawn on map tiles of zooms 0..2.
-DEMO_FUSION_LEVELS = tuple(range(0, 7))
+DEMO_FUSION_LEVELS = tuple(range(7))
 # Queries the demo model maps well (docs/demo-model.md's per-class table), recorded in its bundle
 # for `serve` to show.
 DEMO_EXAMPLES = [

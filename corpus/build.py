@@ -24,10 +24,10 @@ from tqdm import tqdm
 from corpus import assets as asset_registry
 from corpus import rules
 from corpus.captions import TEMPLATES, caption
-from corpus.errors import CorpusError
 from corpus.clips import AUDIO_ASSETS, SAMPLE_RATE, build_bank, load_bank
+from corpus.errors import CorpusError
 from corpus.mixing import layer_events
-from corpus.places import PLACE_ASSETS, Places, PlaceAttributes, derive
+from corpus.places import PLACE_ASSETS, PlaceAttributes, Places, derive
 from runtime.imagery import Imagery
 
 FORMAT = "soundscape-demo-corpus/1"
@@ -433,7 +433,7 @@ def _manifest(
         "duration_s": cfg.duration_s,
         "image_size": cfg.image_size,
         "levels": list(cfg.levels),
-        "cells": int(len(columns["cells"])),
+        "cells": len(columns["cells"]),
         "clips": n_clips,
         "imagery": {
             "path": str(Path(cfg.imagery).resolve()),

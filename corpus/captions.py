@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from corpus.rules import SEASONS, SOUNDS, TROPICAL, urban
 from corpus.places import PlaceAttributes
+from corpus.rules import SEASONS, SOUNDS, TROPICAL, urban
 
 TEMPLATES = (
     "{sounds}",

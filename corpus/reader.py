@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from corpus.build import FORMAT, cut_images
-from corpus.errors import CorpusError
 from corpus.clips import load_bank
+from corpus.errors import CorpusError
 from corpus.mixing import Events, render
 from corpus.places import Places
 from corpus.rules import CLASSES, RULES

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from runtime.audio import AudioDecodeError
 from model.data import BadSample, Preprocessing, Sample, SampleSource, load_sample, stack
+from runtime.audio import AudioDecodeError
 
 log = logging.getLogger(__name__)
 # Read errors a reader may raise for one sample; anything else is a bug and stops the run.

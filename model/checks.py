@@ -13,8 +13,8 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
-from model.data import SampleSource, Splits
 from model.config import ConfigError
+from model.data import SampleSource, Splits
 
 log = logging.getLogger(__name__)
 VOCABULARY_FIELDS = {"source": "model.sources", "caption_source": "model.caption_sources"}

@@ -153,7 +153,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, section: dict | None, name: str = "model") -> "ModelConfig":
+    def from_dict(cls, section: dict | None, name: str = "model") -> ModelConfig:
         return from_section(cls, section, name)
 
 

@@ -49,11 +49,11 @@ class Gaussians:
     def mu(self) -> np.ndarray:
         return self.raw / np.linalg.norm(self.raw, axis=1, keepdims=True)
 
-    def plus(self, other: "Gaussians") -> "Gaussians":
+    def plus(self, other: Gaussians) -> Gaussians:
         """The paper's oracle-caption query: raw means added, log-variances added."""
         return Gaussians(self.raw + other.raw, self.logvar + other.logvar)
 
-    def take(self, rows: np.ndarray) -> "Gaussians":
+    def take(self, rows: np.ndarray) -> Gaussians:
         return Gaussians(self.raw[rows], self.logvar[rows])
 
 
@@ -91,7 +91,7 @@ def retrieval(
         "I2S_median_rank": float(np.median(i2s)),
         "S2I_R@10%": recall_at_fraction(s2i),
         "S2I_median_rank": float(np.median(s2i)),
-        "gallery": int(len(i2s)),
+        "gallery": len(i2s),
     }
 
 
@@ -210,7 +210,7 @@ def evaluate_checkpoint(
     """The report of `soundscape evaluate`: metrics of a checkpoint on a split of `data` (default:
     the checkpoint's own data section). With `cache_dir`, frozen towers' outputs come from (and
     go to) the frozen-tower cache there, as in training."""
-    import model.readers  # noqa: F401  (registers the dataset readers)
+    import model.readers
     from model.checks import small_split_warnings
     from model.train import checked_splits, model_from_checkpoint, preprocessing  # model.train imports this module
 
@@ -257,10 +257,10 @@ def evaluate_checkpoint(
         "checkpoint": str(path),
         "step": checkpoint["step"],
         "split": split,
-        "samples": int(len(emb.levels)),
+        "samples": len(emb.levels),
         "skipped": skips.files,
         "data": data,
-        "warnings": small_split_warnings({split: int(len(emb.levels))}),
+        "warnings": small_split_warnings({split: len(emb.levels)}),
         "score": "-CSD" if probabilistic else "cosine",
         "definition": DEFINITION,
         "results": metrics(emb, probabilistic, oracle_caption=oracle_caption),

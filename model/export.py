@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from model.config import ModelConfig
+from model.nn.psm import PSMModel
+from model.nn.weights import CheckpointError
 from runtime.bundle import BUNDLE_FORMAT_VERSION, file_sha256, finalise_manifest
 from runtime.contract import (
     FP16_GRAPH_FILES,
@@ -38,9 +41,6 @@ from runtime.contract import (
     TRAINED_PARTS_FILE,
 )
 from runtime.metadata import encode_metadata
-from model.config import ModelConfig
-from model.nn.psm import PSMModel
-from model.nn.weights import CheckpointError
 
 PARITY_TOLERANCE = 1e-4
 FP16_RELATIVE_TOLERANCE = 2e-2
@@ -248,7 +248,7 @@ def export_bundle(
         manifest = {
             "format_version": BUNDLE_FORMAT_VERSION,
             "name": name,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "dims": {"embed": cfg.embed_dim, "sat": cfg.sat_dim},
             "image": {"size": cfg.image_size, "layout": "uint8 RGB (B, H, W, 3)", "gsd_unit_m": cfg.image.gsd_unit_m},
             "vocab": {"source": list(cfg.sources), "caption_source": list(cfg.caption_sources)},

@@ -29,15 +29,15 @@ from tqdm import tqdm
 
 from model.batches import Collate, Examples, GlobalBatches, SkipLog, loader, to_tensors
 from model.checks import check_vocabularies, small_split_warnings
+from model.config import ConfigError, ModelConfig, from_section
 from model.data import READERS, Preprocessing, Splits, open_splits
 from model.distributed import Dist, barrier, broadcast_flag, device_for, gather, init_distributed, shutdown
 from model.evaluate import embed_split, metrics
 from model.frozen_cache import FrozenCache, frozen_cache
-from runtime.metadata import Vocabulary
-from model.config import ConfigError, ModelConfig, from_section
 from model.nn.losses import LossConfig, build_loss, pair_losses, total_loss
 from model.nn.psm import PSMModel
 from model.nn.weights import CheckpointError
+from runtime.metadata import Vocabulary
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
@@ -86,7 +86,7 @@ class RunConfig:
     data: dict
 
     @classmethod
-    def from_dict(cls, sections: dict) -> "RunConfig":
+    def from_dict(cls, sections: dict) -> RunConfig:
         unknown = sorted(set(sections) - {"model", "train", "data"})
         if unknown:
             raise ConfigError(f"unknown section `{unknown[0]}`; a config has model:, train: and data:")

@@ -6,15 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runtime.bundle import BundleError
-from runtime.imagery import Imagery, ImageryError
 from precompute.device import open_bundle, select_device
 from precompute.estimate import estimate
-from store.index import FLAT_MAX
 from precompute.merge import merge
 from precompute.plan import WORLD, PlanError, Region, parse_bbox, parse_levels, parse_shard
 from precompute.run import RunOptions, execute, make_plan
+from runtime.bundle import BundleError
+from runtime.imagery import Imagery, ImageryError
 from store.format import Store, StoreError
+from store.index import FLAT_MAX
 
 USER_ERRORS: tuple[type[Exception], ...] = (BundleError, ImageryError, StoreError, PlanError)
 

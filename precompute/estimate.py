@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.bundle import Bundle
-from runtime.imagery import Imagery
 from precompute.device import bundle_device, default_batch
 from precompute.plan import Plan
 from precompute.run import RunOptions, batch_rows, check_levels, read_ahead
+from runtime.bundle import Bundle
+from runtime.imagery import Imagery
 from store.format import fusion_sets
 
 SAMPLE = 256  # cells timed

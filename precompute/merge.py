@@ -12,9 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from store.imagery_ref import as_built, relative_to_store
-from store.index import FLAT_MAX
-from store.npy import GrowingNpy
 from store.format import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -24,6 +21,9 @@ from store.format import (
     finish_store,
     level_dir,
 )
+from store.imagery_ref import as_built, relative_to_store
+from store.index import FLAT_MAX
+from store.npy import GrowingNpy
 
 CHUNK_ROWS = 65536
 SAME_RUN_KEYS = ("bundle_id", "imagery", "plan", "bounds")

@@ -93,7 +93,7 @@ class Region:
     sha256: str
 
     @classmethod
-    def load(cls, path: str | Path) -> "Region":
+    def load(cls, path: str | Path) -> Region:
         try:
             raw = Path(path).read_bytes()
             doc = json.loads(raw)
@@ -203,7 +203,7 @@ class Plan:
         )
         return grid[y - (by << depth), x - (bx << depth)] > 0
 
-    def level(self, level: int) -> "LevelPlan":
+    def level(self, level: int) -> LevelPlan:
         """The level's enumeration, built once (it counts every block's cells)."""
         if level not in self._levels:
             self._levels[level] = LevelPlan(self, level)

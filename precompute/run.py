@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from precompute.device import bundle_device, default_batch
+from precompute.plan import LevelPlan, Plan, PlanError, Region, intersect
 from runtime.bundle import Bundle
 from runtime.imagery import CellImage, Imagery
 from runtime.metadata import encode_metadata
 from runtime.scoring import uncertainty
 from runtime.tiles import tile_centres
-from precompute.device import bundle_device, default_batch
+from store.format import FUSION_KINDS, LevelArrays, check_output, finish_store, fusion_sets
 from store.imagery_ref import relative_to_store
 from store.index import FLAT_MAX
-from precompute.plan import LevelPlan, Plan, PlanError, Region, intersect
-from store.format import FUSION_KINDS, LevelArrays, check_output, finish_store, fusion_sets
 from store.writer import PartialStore
 
 FusionSet = tuple[str, int | None, int | None]

@@ -122,7 +122,7 @@ class AudioFeatureSpec:
         return {"kind": self.kind, **asdict(self)}
 
     @classmethod
-    def from_json(cls, spec: dict) -> "AudioFeatureSpec":
+    def from_json(cls, spec: dict) -> AudioFeatureSpec:
         return cls(**{k: v for k, v in spec.items() if k != "kind"})
 
     def features(self, wave: np.ndarray) -> np.ndarray:

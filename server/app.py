@@ -6,13 +6,12 @@ from __future__ import annotations
 import faiss
 import numpy as np
 from fastapi import FastAPI
-from threadpoolctl import threadpool_limits
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
+from threadpoolctl import threadpool_limits
 
 from runtime.bundle import Bundle
-from store.format import Store
 from server.engine import Metadata
 from server.fastpath import TileFastPath
 from server.http import HttpPolicy, errors, install_error_handlers
@@ -22,6 +21,7 @@ from server.routes.viewer import STATIC
 from server.service import SoundscapeService
 from server.settings import Settings
 from server.urls import HostPolicy
+from store.format import Store
 
 
 def warm_up(service: SoundscapeService) -> None:

@@ -13,11 +13,11 @@ from urllib.parse import quote
 import uvicorn
 
 from runtime.bundle import Bundle
-from store.format import Store
-from server.registry import SqliteRecords
 from server.ratelimit import Rate
+from server.registry import SqliteRecords
 from server.settings import default_query_db
 from server.urls import LOOPBACK_HOSTS
+from store.format import Store
 
 # Options for a server on the open internet (docs/reliability.md); each is a SOUNDSCAPE_* variable.
 INTERNET_OPTIONS = {

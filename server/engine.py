@@ -15,8 +15,8 @@ from runtime.bundle import Bundle
 from runtime.metadata import encode_metadata
 from runtime.scoring import csd, match_probability, query_vector, uncertainty
 from runtime.tiles import morton
-from store.format import Level, Store
 from server.sampling import AxisSampling, axis_sampling, sample
+from store.format import Level, Store
 
 CELLS_PER_TILE_LOG2 = 4  # a tile draws the cells of level z + 4: 16 x 16 cells
 MAX_CELLS_PER_SIDE_LOG2 = 8  # beyond this a tile would hold more cells than pixels
@@ -55,7 +55,7 @@ class QueryEmbedding:
         return np.concatenate([[self.s], self.mu]).astype(np.float32).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "QueryEmbedding":
+    def from_bytes(cls, data: bytes) -> QueryEmbedding:
         row = np.frombuffer(data, dtype=np.float32)
         return cls(row[1:].copy(), float(row[0]))
 
@@ -73,7 +73,7 @@ class CellEmbeddings:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "CellEmbeddings":
+    def from_bytes(cls, data: bytes) -> CellEmbeddings:
         n = int(np.frombuffer(data[:8], dtype=np.int64)[0])
         s = np.frombuffer(data[8 : 8 + 4 * n], dtype=np.float32)
         mu = np.frombuffer(data[8 + 4 * n :], dtype=np.float16).reshape(n, -1)
@@ -91,7 +91,7 @@ class Scale:
     clipped_high: bool = False
 
     @classmethod
-    def over(cls, values: np.ndarray, lo: float, hi: float) -> "Scale":
+    def over(cls, values: np.ndarray, lo: float, hi: float) -> Scale:
         """The scale (lo, hi) with its clipped ends judged on `values`."""
         return cls(lo, hi, bool((values < lo).any()), bool((values > hi).any()))
 

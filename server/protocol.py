@@ -44,7 +44,7 @@ class ConnectionLimits:
     max_pipelined: int = 32
 
     @classmethod
-    def from_env(cls) -> "ConnectionLimits":
+    def from_env(cls) -> ConnectionLimits:
         env = os.environ.get
         return cls(
             max_header_bytes=int(env("SOUNDSCAPE_MAX_HEADER_BYTES", cls.max_header_bytes)),

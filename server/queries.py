@@ -50,7 +50,7 @@ class QueryRecord:
         return len(head).to_bytes(4, "little") + head + embedding.to_bytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> tuple["QueryRecord", QueryEmbedding]:
+    def from_bytes(cls, data: bytes) -> tuple[QueryRecord, QueryEmbedding]:
         n = int.from_bytes(data[:4], "little")
         return cls(**json.loads(data[4 : 4 + n])), QueryEmbedding.from_bytes(data[4 + n :])
 

@@ -31,7 +31,7 @@ class Rate:
     burst: int
 
     @classmethod
-    def parse(cls, spec: str) -> "Rate":
+    def parse(cls, spec: str) -> Rate:
         """'20/s burst 100', '600/min' (burst: one second's worth, at least 1)."""
         match = _SPEC.match(spec.lower())
         if not match or float(match.group(1)) <= 0:

@@ -5,8 +5,8 @@ in a bounded thread pool)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +18,13 @@ from fastapi import HTTPException
 
 from runtime.bundle import Bundle
 from runtime.imagery import Imagery, ImageryError, is_remote
-from store.format import Level, Store
 from server import metrics, render
 from server.cache import LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest
 from server.engine import CellEmbeddings, Engine, Metadata, QueryEmbedding, Scale
 from server.queries import QueryError, QueryRecord, decode_upload, text_record
 from server.registry import QueryRegistry
 from server.settings import Settings
+from store.format import Level, Store
 
 log = logging.getLogger(__name__)
 QUERY_LRU_BYTES = 32 * 1024 * 1024

@@ -52,7 +52,7 @@ class Settings:
     full_fusions: int = 1  # whole-level fusions (/search under hour/month/source) run at once
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         try:
             bundle, store = os.environ["SOUNDSCAPE_BUNDLE"], os.environ["SOUNDSCAPE_STORE"]
         except KeyError as exc:

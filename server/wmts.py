@@ -5,8 +5,8 @@ TiTiler's document, titiler#936)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
 import re
+from typing import NamedTuple
 from xml.sax import saxutils
 
 # Characters XML 1.0 cannot hold even escaped (control characters from a query text): dropped.

@@ -12,7 +12,7 @@ import shutil
 import struct
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
@@ -110,7 +110,7 @@ def _finish_level(folder: Path, flat_max: int) -> dict:
     s = arrays["s"]
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     return {
-        "count": int(len(s)),
+        "count": len(s),
         "index": info,
         "s_range": [float(s.min()), float(s.max())] if len(s) else None,
         "files": {name: file_sha256(folder / name) for name in files},
@@ -149,7 +149,7 @@ def finish_store(
         "format_version": STORE_FORMAT_VERSION,
         "levels": level_meta,
         "uncertainty_range": _uncertainty_range(work, levels),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     manifest["id"] = content_id(manifest)
     tmp = work / (MANIFEST_FILE + ".tmp")

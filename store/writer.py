@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from store.npy import GrowingNpy
 from store.format import FUSIONS_DIR, LevelArrays, StoreError, array_specs, level_dir
+from store.npy import GrowingNpy
 
 
 def work_paths(out: Path) -> tuple[Path, Path]:

@@ -95,10 +95,10 @@ def trained_model(imagery_path, tiny_model_config):
     """A tiny model trained for a few steps on colour-captioned cells of the fixture."""
     import torch
 
-    from tests import colour_corpus
-    from runtime.imagery import Imagery
     from model.nn.psm import PSMModel
     from model.train import TrainConfig, train
+    from runtime.imagery import Imagery
+    from tests import colour_corpus
 
     cfg = tiny_model_config
     torch.manual_seed(0)
@@ -125,9 +125,9 @@ def bundle_path(trained_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def store_path(bundle_path, imagery_path, tmp_path_factory) -> Path:
+    from precompute.run import run
     from runtime.bundle import Bundle
     from runtime.imagery import Imagery
-    from precompute.run import run
 
     out = tmp_path_factory.mktemp("store") / "store"
     run(Imagery(imagery_path), Bundle(bundle_path), FIXTURE_LEVELS, FIXTURE_BBOX, out, progress=False)

@@ -139,8 +139,8 @@ def test_precompute_dry_run_takes_a_negative_bbox(capsys, imagery_path, bundle_p
         )
         == 0
     )
-    from runtime.imagery import Imagery
     from precompute.run import make_plan
+    from runtime.imagery import Imagery
 
     cells = len(make_plan(Imagery(imagery_path), [4], (-10.0, 35.0, 5.0, 50.0)).level(4))
     assert cells > 0

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import httpx
 import mercantile

@@ -43,7 +43,7 @@ from benchmarks import demo_quality as dq
 
 pytestmark = pytest.mark.slow
 
-LEVELS = list(range(0, 7))
+LEVELS = list(range(7))
 CHECK_LEVEL = 6
 
 
@@ -56,9 +56,9 @@ def demo_world(tmp_path_factory, aisfx_installed):
     from cli import demo
     from runtime.bundle import Bundle
     from runtime.imagery import Imagery
-    from store.format import Store
     from server.app import create_app
     from server.settings import Settings
+    from store.format import Store
 
     data = tmp_path_factory.mktemp("demo-world")
     imagery = demo.imagery_path(data)

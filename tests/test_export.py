@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.bundle import Bundle, BundleError
-from runtime.contract import GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE
 from model.export import example_inputs
 from model.nn.psm import PSMModel
+from runtime.bundle import Bundle, BundleError
+from runtime.contract import GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE
 
 
 def torch_outputs(model: PSMModel, graph: str, inputs: dict[str, np.ndarray]) -> tuple:

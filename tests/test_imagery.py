@@ -13,10 +13,10 @@ from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
+from precompute.run import run
 from runtime.bundle import Bundle
 from runtime.imagery import Imagery, ImageryError
 from runtime.tiles import morton, tile_bounds, tiles_in_bbox
-from precompute.run import run
 from store.format import Store
 
 SIZE = 32

@@ -98,8 +98,8 @@ def test_aisfx_tower_equals_the_aisfx_network_on_its_blocks(aisfx_installed):
     from aisfx.inference import get_path_modelWeights, load_bestModel
     from aisfx.preprocessing import blocking
 
-    from model.nn.audio_towers import AisfxTower
     from model.config import AisfxAudioConfig
+    from model.nn.audio_towers import AisfxTower
 
     tower = AisfxTower(AisfxAudioConfig(duration_s=5.0))
     assert tower.frozen and not any(p.requires_grad for p in tower.parameters())

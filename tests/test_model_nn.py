@@ -4,8 +4,8 @@ the GSD input of the image encoder, and frozen towers that stay frozen."""
 import pytest
 import torch
 
-from model.distributed import Dist
 from model.config import ModelConfig
+from model.distributed import Dist
 from model.nn.encoders import ImageEncoder, MetadataFusion, ProbabilisticHeads
 from model.train import drop_metadata
 
@@ -78,8 +78,8 @@ def test_image_encoder_takes_the_ground_sample_distance():
 
 
 def test_frozen_towers_stay_in_eval_mode_and_take_no_gradient():
-    from model.nn.audio_towers import MelCNN
     from model.config import MelCNNAudioConfig
+    from model.nn.audio_towers import MelCNN
 
     tower = MelCNN(MelCNNAudioConfig(channels=[4], width=8))
     tower.freeze()

@@ -14,12 +14,12 @@ import pytest
 import soundfile
 from PIL import Image
 
-from runtime.audio import AudioFeatureSpec, ClapFusionSpec
+import model.readers  # noqa: F401  (registers the readers)
 from model.batches import Examples
-from model.data import BadSample, Preprocessing, READERS, geographic_split
+from model.data import READERS, BadSample, Preprocessing, geographic_split
+from runtime.audio import AudioFeatureSpec, ClapFusionSpec
 from runtime.metadata import Vocabulary
 from runtime.text import HashedWordTokenizer
-import model.readers  # noqa: F401  (registers the readers)
 
 
 def wav_bytes(seconds: float = 0.5, rate: int = 16000, freq: float = 440.0) -> bytes:
@@ -135,8 +135,9 @@ def test_corrupt_audio_is_skipped_and_reported_with_its_path(csv_folder):
 
 
 def test_csv_rows_without_images_are_cut_from_imagery(tmp_path, imagery_path):
-    from runtime.imagery import Imagery
     import mercantile
+
+    from runtime.imagery import Imagery
 
     root = tmp_path / "cut"
     root.mkdir()

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import model.readers  # noqa: F401
+from model.config import ModelConfig
+from model.export import export_bundle
+from model.nn.psm import PSMModel
 from runtime.audio import waveform_features
 from runtime.bundle import Bundle
-from model.export import export_bundle
-from model.config import ModelConfig
-from model.nn.psm import PSMModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -23,11 +23,11 @@ import model.readers  # noqa: F401  (registers the csv reader)
 from cli.main import main as soundscape
 from model.batches import SkipLog
 from model.checks import small_split_warnings, suggest
-from model.data import READERS, resolve_paths
-from runtime.imagery import Imagery
 from model.config import ConfigError
+from model.data import READERS, resolve_paths
 from model.readers.csv_folder import default_level
 from model.train import RunConfig, fit, load_checkpoint
+from runtime.imagery import Imagery
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -38,8 +38,8 @@ def test_the_page_lists_every_step():
 
 def test_the_walkthrough_runs_end_to_end(tmp_path, monkeypatch, capsys, caplog):
     from runtime.bundle import Bundle
-    from store.format import Store
     from server.commands import banner
+    from store.format import Store
     from tests.server_support import make_client
 
     monkeypatch.chdir(tmp_path)

@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from precompute.device import CUDA, Device, open_bundle, select_device
 from runtime.bundle import Bundle, BundleError
 from runtime.imagery import Imagery
-from precompute.device import CUDA, Device, open_bundle, select_device
 
 
 def _gpu_present() -> bool:

@@ -7,11 +7,11 @@ import mercantile
 import numpy as np
 import pytest
 
+from precompute.landmask import LandMask
+from precompute.plan import BLOCK_DEPTH, Plan, PlanError, Region, parse_shard
 from runtime.tiles import morton, tile_bounds, tiles_in_bbox
 from store.index import build_index, exact_top_k, recall_at_k
-from precompute.landmask import LandMask
 from store.npy import GrowingNpy
-from precompute.plan import BLOCK_DEPTH, Plan, PlanError, Region, parse_shard
 
 
 def _codes(plan: Plan, level: int) -> np.ndarray:

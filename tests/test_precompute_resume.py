@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.bundle import Bundle
-from runtime.imagery import Imagery
 from precompute.merge import merge
 from precompute.run import run
+from runtime.bundle import Bundle
+from runtime.imagery import Imagery
 from store.format import Store, StoreError
 from store.writer import work_paths
 from tests.conftest import FIXTURE_BBOX

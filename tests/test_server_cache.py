@@ -6,7 +6,8 @@ import string
 
 import pytest
 import redis
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.text import normalise_text
 from server.cache import LRUCache, SingleFlight, cache_key, canonical

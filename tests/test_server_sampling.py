@@ -7,7 +7,8 @@ where the pixel is on Earth, not of which tile holds it, and tiles cannot have s
 import numpy as np
 import pytest
 from fastapi import HTTPException
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.params import MAX_ZOOM, check_tile
 from server.sampling import axis_sampling, sample

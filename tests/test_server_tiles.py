@@ -106,9 +106,9 @@ def test_concurrent_identical_misses_are_computed_once(bundle_path, store_path):
 @pytest.fixture(scope="module")
 def fused_store(bundle_path, imagery_path, tmp_path_factory):
     """A store of levels 3..4 whose level 4 holds precomputed hourly and monthly fusions."""
+    from precompute.run import run
     from runtime.bundle import Bundle
     from runtime.imagery import Imagery
-    from precompute.run import run
     from tests.conftest import FIXTURE_BBOX
 
     out = tmp_path_factory.mktemp("fused") / "store"

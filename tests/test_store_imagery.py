@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from runtime.bundle import Bundle
-from runtime.imagery import Imagery
 from precompute.merge import merge
 from precompute.run import run
-from store.format import MANIFEST_FILE, Store, content_id
+from runtime.bundle import Bundle
+from runtime.imagery import Imagery
 from server.service import store_imagery
+from store.format import MANIFEST_FILE, Store, content_id
 from tests.conftest import FIXTURE_BBOX
 from tests.server_support import LAND_TILE, make_client
 
@@ -90,9 +90,8 @@ def test_store_moved_alone_finds_imagery_where_it_was_built(built, tmp_path) -> 
 def test_missing_imagery_warns_and_basemap_is_404(built, bundle_path, tmp_path, caplog) -> None:
     store = _copy(built / "store", tmp_path / "alone" / "store")
     _rewrite_imagery(store, {"absolute": str(tmp_path / "gone" / "europe.tif")})
-    with caplog.at_level(logging.WARNING, logger="server.service"):
-        with make_client(bundle_path, store) as client:
-            assert client.get(BASEMAP).status_code == 404
+    with caplog.at_level(logging.WARNING, logger="server.service"), make_client(bundle_path, store) as client:
+        assert client.get(BASEMAP).status_code == 404
     warnings = [r.getMessage() for r in caplog.records if r.name == "server.service"]
     assert len(warnings) == 1, warnings
     assert "../imagery/europe.tif" in warnings[0] and str(store) in warnings[0]

@@ -21,9 +21,9 @@ from tests.server_support import REPO
 @pytest.fixture(scope="module")
 def fusion_store(bundle_path, imagery_path, tmp_path_factory) -> Path:
     """A small store with hourly and monthly fusions at level 3."""
+    from precompute.run import run
     from runtime.bundle import Bundle
     from runtime.imagery import Imagery
-    from precompute.run import run
     from tests.conftest import FIXTURE_BBOX
 
     out = tmp_path_factory.mktemp("fusion-store") / "store"

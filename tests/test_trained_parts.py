@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from cli.main import main as soundscape
+from model.export import load_trained_parts, save_trained_parts
 from runtime.bundle import Bundle
 from runtime.contract import RECORD_FILE, TRAINED_PARTS_FILE
-from model.export import load_trained_parts, save_trained_parts
 
 
 @pytest.fixture(scope="module")

@@ -102,5 +102,5 @@ class Tower(nn.Module):
             p.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "Tower":
+    def train(self, mode: bool = True) -> Tower:
         return super().train(mode and not self.frozen)

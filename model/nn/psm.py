@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runtime.contract import META_TOKENS
-from model.nn.audio_towers import build_audio_tower
 from model.config import ModelConfig
+from model.nn.audio_towers import build_audio_tower
 from model.nn.encoders import ImageEncoder, MetadataFusion, ProbabilisticHeads
 from model.nn.text_towers import build_text_tower
 from model.nn.weights import load_strict
+from runtime.contract import META_TOKENS
 
 Embedding = tuple[torch.Tensor, torch.Tensor]  # (mu, logvar)
 META_KEYS = (*META_TOKENS, "present")

@@ -22,10 +22,10 @@ from pathlib import Path
 import mercantile
 import numpy as np
 
-from runtime.audio import AudioDecodeError, decode_audio
-from model.data import BadSample, Sample, Splits, geographic_split, register_reader
 from model.config import from_section
+from model.data import BadSample, Sample, Splits, geographic_split, register_reader
 from model.readers.common import decode_image, fit_image, parse_when
+from runtime.audio import AudioDecodeError, decode_audio
 from runtime.tiles import EARTH_CIRCUMFERENCE_M
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class CsvFolderSource:
         """Every row's `source` or `caption_source` (model.checks), read without any file."""
         return [getattr(row, name) for row in self.rows]
 
-    def subset(self, indices: list[int]) -> "CsvFolderSource":
+    def subset(self, indices: list[int]) -> CsvFolderSource:
         """The source of the rows at `indices` only."""
         return CsvFolderSource([self.rows[i] for i in indices], self.cfg, self.size)
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.audio import AudioDecodeError, decode_audio
-from model.data import BadSample, Sample, Splits, register_reader
 from model.config import from_section
+from model.data import BadSample, Sample, Splits, register_reader
 from model.readers.common import decode_image, fit_image, parse_when
+from runtime.audio import AudioDecodeError, decode_audio
 
 log = logging.getLogger(__name__)
 

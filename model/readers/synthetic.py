@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.data import Sample, Splits, register_reader
 from model.config import from_section
+from model.data import Sample, Splits, register_reader
 
 WORDS = [
     "birds",

@@ -17,8 +17,8 @@ from server.http import BINARY, TEXT, errors
 from server.params import TMS_IDS, TileParams, echo, tile_request
 from server.render import colormap_names, legend
 from server.routes.deps import ServiceDep, SettingsDep
-from server.urls import base_url
 from server.service import SoundscapeService, TileRequest
+from server.urls import base_url
 
 router = APIRouter(tags=["metadata"])
 WMTS_RESPONSES = {200: {"content": {"application/xml": TEXT}}, **errors(404, 422, 503)}

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from collections.abc import AsyncGenerator
+from contextlib import nullcontext
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse

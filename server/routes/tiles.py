@@ -16,7 +16,7 @@ from server.routes.deps import ServiceDep, SettingsDep
 router = APIRouter(tags=["tiles"])
 Format = Literal["png", "webp", "npy"]
 TILE_RESPONSES = {
-    200: {"content": {m: BINARY for m in FORMATS.values()}, "description": "The tile."},
+    200: {"content": dict.fromkeys(FORMATS.values(), BINARY), "description": "The tile."},
     304: {"description": "Not modified (If-None-Match)."},
     **errors(404, 422, 503, notes={404: "Outside the tile matrix set, or unknown query id."}),
 }
