@@ -29,9 +29,9 @@ from corpus.errors import CorpusError
 from corpus.mixing import layer_events
 from corpus.places import PLACE_ASSETS, PlaceAttributes, Places, derive
 from runtime.imagery import Imagery
+from runtime.tiles import MERCATOR_LAT_LIMIT
 
 FORMAT = "soundscape-demo-corpus/1"
-MERCATOR_LAT = 85.0511287798066
 # Where samples are drawn: interior land, the coastal band (within COAST_KM on either side), the
 # open sea and lit places (night lights >= LIT), in these shares. Coasts and towns are rare by
 # area, so they are over-sampled on purpose; within a stratum points are uniform by area.
@@ -75,7 +75,7 @@ def draw_locations(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lat, lon, stratum index into STRATA) of n points, uniform by area within each stratum."""
     west, south, east, north = bounds
-    south, north = max(south, -MERCATOR_LAT), min(north, MERCATOR_LAT)
+    south, north = max(south, -MERCATOR_LAT_LIMIT), min(north, MERCATOR_LAT_LIMIT)
     names = list(STRATA)
     quota = dict(zip(names, np.floor(np.array([shares[k] for k in names]) / sum(shares.values()) * n).astype(int)))
     quota["land"] += n - sum(quota.values())
@@ -161,7 +161,7 @@ def cell_rules(
 def tile_of(lat: np.ndarray, lon: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """XYZ tile (x, y) holding each point at zoom z."""
     n = np.left_shift(1, np.asarray(z, np.int64)).astype(np.float64)
-    lat_r = np.radians(np.clip(lat, -MERCATOR_LAT, MERCATOR_LAT))
+    lat_r = np.radians(np.clip(lat, -MERCATOR_LAT_LIMIT, MERCATOR_LAT_LIMIT))
     x = np.floor((np.asarray(lon) + 180.0) / 360.0 * n)
     y = np.floor((1.0 - np.arcsinh(np.tan(lat_r)) / np.pi) / 2.0 * n)
     return np.clip(x, 0, n - 1).astype(np.int64), np.clip(y, 0, n - 1).astype(np.int64)

@@ -9,10 +9,11 @@ from pathlib import Path
 from precompute.device import open_bundle, select_device
 from precompute.estimate import estimate
 from precompute.merge import merge
-from precompute.plan import WORLD, PlanError, Region, parse_bbox, parse_levels, parse_shard
+from precompute.plan import PlanError, Region, parse_bbox, parse_levels, parse_shard
 from precompute.run import RunOptions, execute, make_plan
 from runtime.bundle import BundleError
 from runtime.imagery import Imagery, ImageryError
+from runtime.tiles import WORLD_BBOX
 from store.format import Store, StoreError
 from store.index import FLAT_MAX
 
@@ -42,7 +43,7 @@ def _precompute(args: argparse.Namespace) -> int:
     if missing:
         raise PlanError(f"soundscape precompute needs {', '.join(missing)} (see --help)")
     levels = parse_levels(args.levels)
-    bbox = parse_bbox(args.bbox) if args.bbox else WORLD
+    bbox = parse_bbox(args.bbox) if args.bbox else WORLD_BBOX
     region = Region.load(args.region) if args.region else None
     device = select_device(args.bundle, args.device, args.batch_size, args.readers)
     bundle = open_bundle(args.bundle, device)

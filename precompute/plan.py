@@ -21,9 +21,7 @@ from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 
-from runtime.tiles import EARTH_CIRCUMFERENCE_M, MAX_LEVEL, morton, tile_range
-
-WORLD = (-180.0, -85.0511287798066, 180.0, 85.0511287798066)
+from runtime.tiles import EARTH_CIRCUMFERENCE_M, MAX_LEVEL, MERCATOR_LAT_LIMIT, morton, tile_range
 BLOCK_DEPTH = 8  # a block holds up to 4^8 = 65536 cells
 
 
@@ -79,7 +77,7 @@ def intersect(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float,
 def _clip_latitudes(value):
     """Coordinates with latitudes clamped to the mercator domain (nested lists kept)."""
     if value and isinstance(value[0], (int, float)):
-        return [value[0], max(-WORLD[3], min(WORLD[3], value[1]))]
+        return [value[0], max(-MERCATOR_LAT_LIMIT, min(MERCATOR_LAT_LIMIT, value[1]))]
     return [_clip_latitudes(v) for v in value]
 
 

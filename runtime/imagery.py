@@ -25,7 +25,14 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.mosaic import mosaic_reader
 
-from runtime.tiles import EARTH_CIRCUMFERENCE_M, ground_sample_distance, mercator_pixel_size, tile_bounds, tile_centres
+from runtime.tiles import (
+    EARTH_CIRCUMFERENCE_M,
+    MERCATOR_LAT_LIMIT,
+    ground_sample_distance,
+    mercator_pixel_size,
+    tile_bounds,
+    tile_centres,
+)
 
 # rio-tiler clips latitudes to the mercator limit for world rasters and warns each time; expected.
 warnings.filterwarnings("ignore", message="Adjusting dataset latitudes", category=UserWarning)
@@ -38,7 +45,6 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsi")
 # Open datasets kept per thread; a mosaic of thousands of files must not exhaust file handles.
 READERS_PER_THREAD = 32
-MERCATOR_LAT_LIMIT = 85.0511287798066
 
 Source = str | Path | Sequence[str | Path]
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import math
 
+import mercantile
 import numpy as np
 
 EARTH_RADIUS_M = 6378137.0
 EARTH_CIRCUMFERENCE_M = 2 * math.pi * EARTH_RADIUS_M
 MAX_LEVEL = 24  # Morton codes of levels <= 24 fit in 48 bits.
+# The web-mercator square ends at this latitude (atan(sinh(pi)) in degrees): no tile lies beyond it.
+MERCATOR_LAT_LIMIT = 85.0511287798066
+# The whole tiled world as (west, south, east, north).
+WORLD_BBOX = (-180.0, -MERCATOR_LAT_LIMIT, 180.0, MERCATOR_LAT_LIMIT)
 
 
 _SPREAD = (
@@ -68,16 +73,7 @@ def demorton(code):
 
 def quadkey(x: int, y: int, z: int) -> str:
     """Bing-style quadkey string of tile (z, x, y); '' for z = 0."""
-    digits = []
-    for i in range(z, 0, -1):
-        mask = 1 << (i - 1)
-        digits.append(str((1 if x & mask else 0) + (2 if y & mask else 0)))
-    return "".join(digits)
-
-
-def tile_is_valid(z: int, x: int, y: int, max_zoom: int = MAX_LEVEL) -> bool:
-    """True when (z, x, y) names a tile of the WebMercatorQuad grid up to `max_zoom`."""
-    return 0 <= z <= max_zoom and 0 <= x < (1 << z) and 0 <= y < (1 << z)
+    return mercantile.quadkey(x, y, z)
 
 
 def descendant_range(z: int, x: int, y: int, level: int) -> tuple[int, int]:
@@ -101,12 +97,7 @@ def tile_centres(z: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.n
 
 def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
     """(west, south, east, north) in degrees of tile (z, x, y)."""
-    n = float(1 << z)
-    west = x / n * 360.0 - 180.0
-    east = (x + 1) / n * 360.0 - 180.0
-    north = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * y / n))))
-    south = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * (y + 1) / n))))
-    return west, south, east, north
+    return tuple(mercantile.bounds(x, y, z))
 
 
 def tiles_bounds(z: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -133,21 +124,14 @@ def ground_sample_distance(z: int, lat: np.ndarray | float, size: int) -> np.nda
 
 def tile_range(z: int, bbox: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
     """Inclusive column and row ranges (x0, x1, y0, y1) of the zoom-z tiles that intersect bbox
-    (west, south, east, north); latitudes are clamped to the mercator limit."""
+    (west, south, east, north); latitudes are clamped to the mercator limit. A bbox edge on a tile
+    boundary belongs to the tile inside the box (mercantile.tiles' rule)."""
     west, south, east, north = bbox
-    n = 1 << z
-    lat_max = 85.0511287798066
-
-    def col(lon: float) -> int:
-        return int(min(n - 1, max(0, math.floor((lon + 180.0) / 360.0 * n))))
-
-    def row(lat: float) -> int:
-        lat = max(-lat_max, min(lat_max, lat))
-        r = math.radians(lat)
-        return int(min(n - 1, max(0, math.floor((1 - math.asinh(math.tan(r)) / math.pi) / 2 * n))))
-
-    # A bbox edge on a tile boundary belongs to the tile inside the box.
-    return col(west), col(math.nextafter(east, -math.inf)), row(north), row(math.nextafter(south, math.inf))
+    south = max(-MERCATOR_LAT_LIMIT, min(MERCATOR_LAT_LIMIT, south))
+    north = max(-MERCATOR_LAT_LIMIT, min(MERCATOR_LAT_LIMIT, north))
+    upper_left = mercantile.tile(west, north, z)
+    lower_right = mercantile.tile(east - mercantile.LL_EPSILON, south + mercantile.LL_EPSILON, z)
+    return upper_left.x, lower_right.x, upper_left.y, lower_right.y
 
 
 def tiles_in_bbox(z: int, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:

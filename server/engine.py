@@ -14,7 +14,7 @@ import numpy as np
 from runtime.bundle import Bundle
 from runtime.metadata import encode_metadata
 from runtime.scoring import csd, match_probability, query_vector, uncertainty
-from runtime.tiles import morton
+from runtime.tiles import MERCATOR_LAT_LIMIT, morton
 from server.sampling import AxisSampling, axis_sampling, sample
 from store.format import Level, Store
 
@@ -23,7 +23,6 @@ MAX_CELLS_PER_SIDE_LOG2 = 8  # beyond this a tile would hold more cells than pix
 # Cells per fuse graph run. onnxruntime's arena keeps the peak of the largest run: fusing the
 # demo's level 7 (16384 cells) took 488 MB more in batches of 4096, 73 MB in batches of 512, as fast.
 FUSE_BATCH = 512
-MERCATOR_MAX_LAT = 85.0511287798066
 # The default colour scale of a query is read from a fixed, evenly spread sample of one level's
 # cells: the finest level with at most SCALE_LEVEL_CELLS cells (or the coarsest), strided down to
 # SCALE_SAMPLE_CELLS. A new hour/month/source fuses the sample once (shared by every query): about
@@ -246,7 +245,7 @@ class Engine:
     # Points and search -----------------------------------------------------------------------
     def cell_at(self, lon: float, lat: float, level: Level) -> int | None:
         """Row of the cell of `level` holding (lon, lat), or None (also past the mercator limit)."""
-        if abs(lat) > MERCATOR_MAX_LAT:
+        if abs(lat) > MERCATOR_LAT_LIMIT:
             return None
         tile = mercantile.tile(lon, lat, level.level)
         found = lookup(level, np.asarray([morton(tile.x, tile.y)], dtype=np.uint64))[0]

@@ -10,7 +10,6 @@ from runtime.tiles import (
     quadkey,
     tile_bounds,
     tile_centres,
-    tile_is_valid,
     tiles_in_bbox,
 )
 
@@ -43,13 +42,6 @@ def test_descendant_range_equals_brute_force():
     assert set(codes[inside].tolist()) == set(range(lo, hi))
 
 
-def test_tile_validity():
-    assert tile_is_valid(0, 0, 0)
-    assert not tile_is_valid(2, 4, 0)
-    assert not tile_is_valid(2, 0, -1)
-    assert not tile_is_valid(25, 0, 0)
-
-
 def test_centres_and_bounds_agree_with_mercantile():
     lon, lat = tile_centres(4, np.array([3]), np.array([9]))
     b = mercantile.bounds(3, 9, 4)
@@ -66,6 +58,17 @@ def test_gsd_halves_per_zoom_and_shrinks_with_latitude():
 def test_tiles_in_bbox_matches_mercantile():
     bbox = (-12.0, 28.0, 36.0, 62.0)
     x, y = tiles_in_bbox(5, bbox)
-    ours = set(zip(x.tolist(), y.tolist()))
+    ours = set(zip(x.tolist(), y.tolist(), strict=True))
     theirs = {(t.x, t.y) for t in mercantile.tiles(*bbox, zooms=5)}
     assert ours == theirs
+
+
+def test_a_tiles_own_bounds_select_only_that_tile():
+    for z, x, y in [(0, 0, 0), (4, 3, 9), (9, 300, 17), (18, 131071, 90000)]:
+        xs, ys = tiles_in_bbox(z, tile_bounds(z, x, y))
+        assert list(zip(xs.tolist(), ys.tolist(), strict=True)) == [(x, y)]
+
+
+def test_tile_range_clamps_latitudes_to_the_mercator_limit():
+    xs, ys = tiles_in_bbox(2, (-180.0, -90.0, 180.0, 90.0))
+    assert len(xs) == 16 and ys.min() == 0 and ys.max() == 3

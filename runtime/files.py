@@ -1,0 +1,70 @@
+"""Files that a reader, or a run killed half-way, never sees half written; and their checksums.
+
+One home for three facts every layer uses: a file is written beside its final name and renamed over
+it (`atomic_write`), a finished folder replaces an old one only once complete (`replace_dir`), and
+checksums are sha256 over the bytes of a file (`file_sha256`) or of canonical JSON (`json_sha256`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], object]) -> Path:
+    """Write `data` to `path` so that readers see the old file or the new one, never part of one.
+
+    `data` is bytes, text (UTF-8), or a callable that writes the temporary path it is given
+    (`np.save`, `torch.save`, `faiss.write_index`, ...). The temporary file sits in the same folder
+    (a rename within one file system is atomic), is unique to this process and thread (writers that
+    share a folder never share it), keeps `path`'s suffix (numpy and rasterio pick the format by it)
+    and is removed if the write fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_native_id()}.tmp{path.suffix}")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        elif isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            data(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def replace_dir(src: str | Path, out: str | Path) -> None:
+    """Move the finished folder `src` to `out`; an old folder at `out` is removed only after that,
+    so a crash leaves the old one or the new one in place (or, at worst, the old one beside it)."""
+    src, out = Path(src), Path(out)
+    old = out.parent / f".{out.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(src, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def canonical_json(value: object) -> str:
+    """The one text form of a JSON value that hashes stably: sorted keys, no whitespace, and
+    `str()` for what JSON cannot hold (paths, dates)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def json_sha256(value: object, length: int = 16) -> str:
+    """The first `length` hex digits of the sha256 of `canonical_json(value)`: content ids of
+    bundles and stores, cache keys; the same in every process and on every machine."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
