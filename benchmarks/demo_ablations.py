@@ -2,7 +2,7 @@
 
 Each variant is configs/demo.yaml with a few keys changed, trained into runs/ablations/<name>
 and evaluated with `soundscape evaluate`'s metrics (sat->audio I2S and audio->sat S2I R@10% and
-median rank, psm-method.md section 4.1):
+median rank, docs/method.md section 4.1):
 
 - `pcmepp`: configs/demo.yaml as it is (frozen MiniLM and aisfx towers, PCME++);
 - `infonce`: the same with the InfoNCE loss (cosine scores) instead of PCME++;

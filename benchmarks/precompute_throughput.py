@@ -1,4 +1,4 @@
-"""Precompute figures for BENCHMARKS.md (DESIGN.md "Targets": the demo world store, levels 0..7,
+"""Precompute figures for BENCHMARKS.md (docs/design.md, "Targets": the demo world store, levels 0..7,
 built in <= 5 minutes).
 
     python benchmarks/precompute_throughput.py --data-dir data/demo [--repeats 3]

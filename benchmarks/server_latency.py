@@ -1,4 +1,4 @@
-"""In-process latencies of the tile server on the demo world (DESIGN.md "Targets").
+"""In-process latencies of the tile server on the demo world (docs/design.md, "Targets").
 
     python benchmarks/server_latency.py --data-dir data/demo [--repeat 60]
 

@@ -1,4 +1,4 @@
-"""Retrieval evaluation as the PSM paper defines it (psm-method.md section 4.1).
+"""Retrieval evaluation as the PSM paper defines it (docs/method.md section 4.1).
 
 Queries and galleries: I2S (satellite -> sound) ranks every audio clip of the split for each
 satellite cell, S2I (sound -> satellite) the reverse; the true match is the sample's own pair.
@@ -8,7 +8,7 @@ satellite cell, S2I (sound -> satellite) the reverse; the true match is the samp
   `rank(ascending=False, method="average")`).
 - R@10% = mean over queries of [rank <= 0.1 N]. The paper's code tests rank < 0.1 N; the two
   agree whenever 0.1 N is not an integer (its test sets: N = 9931, 5801) and this one counts the
-  true top 10% when it is (N = 3840 would give the paper's code top-383; pitfall 9).
+  true top 10% when it is (N = 3840 would give the paper's code top-383; docs/method.md, pitfall 9).
 - Median rank: median of the ranks (mean of the middle two for even N).
 Conditions: metadata as the data has it, no metadata (all tokens absent), and each with the
 oracle caption added to the query (l2norm(raw mean of query + raw mean of its caption),

@@ -1,4 +1,4 @@
-"""torch -> model bundle: the four ONNX graphs of DESIGN.md plus manifest and tokenizer.
+"""torch -> model bundle: the four ONNX graphs of docs/bundle.md plus manifest and tokenizer.
 
 Each graph is exported with a dynamic batch axis (and dynamic sequence/frame axes where the
 tower allows), then run by onnxruntime on realistic inputs (tokenised text, features of a

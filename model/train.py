@@ -57,7 +57,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     meta_dropout: float = 0.5  # each metadata token of each sample, independently, training only
     image_flips: bool = False  # random horizontal/vertical flips of the imagery
-    # PSM decays every parameter (biases, norms, CLS, a and b too; pitfall 7); false exempts them.
+    # PSM decays every parameter (biases, norms, CLS, a and b too; docs/method.md, pitfall 7); false exempts them.
     decay_all: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 56
@@ -206,7 +206,7 @@ class Optimisation:
 
 def drop_metadata(present: torch.Tensor, p: float, rng: torch.Generator, d: Dist | None = None) -> torch.Tensor:
     """`present` with each token of each sample dropped independently with probability p (PSM
-    drops a fixed share per batch, pitfall 5). The draws cover the global batch, so every rank
+    drops a fixed share per batch, docs/method.md, pitfall 5). The draws cover the global batch, so every rank
     drops what one process would."""
     keep = _local(_global_rand(rng, present, d or Dist()) >= p, d or Dist())
     return present * keep.to(present.device, present.dtype)

@@ -1,4 +1,4 @@
-"""The model bundle (DESIGN.md, docs/bundle.md): a directory with manifest.json, four ONNX
+"""The model bundle (docs/bundle.md): a directory with manifest.json, four ONNX
 graphs and the tokenizer file. Its id is a content hash, so a store built by one bundle can
 name it and a server refuses a store built by another. Loading needs onnxruntime, not torch."""
 

@@ -1,4 +1,4 @@
-"""The one metadata encoding, used by training and by serving (DESIGN.md, "Metadata encoding").
+"""The one metadata encoding, used by training and by serving (docs/design.md, "Metadata encoding").
 
 It fixes two collisions of the PSM code: hours lie on a 24-hour circle (PSM divides by 23, so
 0 h and 23 h coincide) and a location is a unit 3-vector (PSM's lat/90 sends both poles to one

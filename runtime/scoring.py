@@ -1,4 +1,4 @@
-"""PCME++ scoring shared by serving and evaluation (DESIGN.md, "Scoring").
+"""PCME++ scoring shared by serving and evaluation (docs/design.md, "Scoring").
 
 d(q, i) = |mu_q - mu_i|^2 + S_q + S_i = 2 - 2 mu_q.mu_i + S_q + S_i for unit means, with
 S = sum(exp(logvar)). The heatmap is sigmoid(-a d + b), one global scale for all tiles.

@@ -1,4 +1,4 @@
-"""The embedding store (DESIGN.md "Store", docs/store.md): per web-mercator level, cells sorted
+"""The embedding store (docs/store.md; docs/design.md, "Store"): per web-mercator level, cells sorted
 by quadkey with their pre-fusion features, default-metadata mean and S, centres, a FAISS index
 over [mu, -S/2], and optionally precomputed fusions for each hour and month. Written aside and
 renamed into place; read memory-mapped."""

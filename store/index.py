@@ -1,4 +1,4 @@
-"""FAISS index of one level over [mu, -S/2] (DESIGN.md "Scoring"): exact (flat inner product) up to
+"""FAISS index of one level over [mu, -S/2] (docs/design.md, "Scoring"): exact (flat inner product) up to
 a configurable size, IVF above it, with the IVF's nprobe chosen as the smallest whose recall@10
 against the exact ranking reaches RECALL_TARGET on queries drawn from the level's own means.
 

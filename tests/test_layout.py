@@ -1,4 +1,4 @@
-"""DESIGN.md's layout rules that code can check."""
+"""The layout rules of docs/architecture.md that code can check."""
 
 import subprocess
 import sys

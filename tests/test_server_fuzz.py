@@ -1,5 +1,5 @@
 """A short schemathesis run over the whole OpenAPI schema with the response-conformance checks
-on: whatever the generated request, the server answers below 500 (DESIGN.md: no 5xx under
+on: whatever the generated request, the server answers below 500 (docs/design.md, "Targets": no 5xx under
 fuzzing) with a status code, media type and body that the OpenAPI document declares for that
 operation (docs/reliability.md, "Schemathesis"). Driven through Hypothesis directly:
 schemathesis' pytest plugin does not support this pytest."""

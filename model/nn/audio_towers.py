@@ -128,7 +128,7 @@ class AisfxTower(Tower):
 class ClapAudioTower(Tower):
     """CLAP's HTS-AT audio encoder and projection over (B, 4, frames, 64) clap-fusion features.
     `is_longer` is always true, so training and serving take the same fusion path (PSM sets it
-    true in training but takes the processor's value at mapping time, pitfall 6)."""
+    true in training but takes the processor's value at mapping time, docs/method.md, pitfall 6)."""
 
     onnx_exporter = "torchscript"  # torch.export cannot trace HTS-AT's data-dependent fusion
 

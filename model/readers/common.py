@@ -58,7 +58,7 @@ def fit_image(rgb: np.ndarray, gsd: float, size: int, crop: int | None = None) -
     """Centre-crop `crop` pixels (PSM's zoom: z x tile size; None: the largest square), resize to
     size x size (bicubic, as PSM) and return the image and its effective GSD (metres/pixel).
     The effective GSD is what the map server computes for a cell, so training and serving agree;
-    PSM feeds the nominal z x GSD instead (pitfall 17), off by the constant crop/size ratio."""
+    PSM feeds the nominal z x GSD instead (docs/method.md, pitfall 17), off by the constant crop/size ratio."""
     h, w = rgb.shape[:2]
     side = min(h, w) if crop is None else min(crop, h, w)
     top, left = (h - side) // 2, (w - side) // 2

@@ -1,5 +1,5 @@
 """`data: {kind: geosound}` and `data: {kind: soundingearth}`: the PSM datasets as released
-(psm-method.md section 5), in either layout:
+(docs/method.md section 5), in either layout:
 
 - `webdataset`: the PSM shards (`train_*.tar`, `val_*.tar` / `val.tar`, `test_*.tar` /
   `test.tar`; GeoSound under `with_<imagery>/`). Each sample is `<key>.meta.json`,
@@ -67,7 +67,7 @@ class Dataset:
     def meta_caption(self, meta: dict) -> str:
         if self.name == "soundingearth":
             # Its caption ends with "The location of the sound is: <address>", a location leak
-            # (PSM's split on the capitalised phrase misses it after lower-casing, pitfall 3).
+            # (PSM's split on the capitalised phrase misses it after lower-casing, docs/method.md, pitfall 3).
             text = re.split(r"the location of the sound is", meta.get("caption") or "", flags=re.I)[0]
         else:
             text = meta.get("text") or ""
