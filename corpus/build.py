@@ -1,19 +1,21 @@
 """`soundscape corpus build`: assets -> place rasters -> clip bank -> samples -> imagery cells.
 
-A sample is a location, a month, a local hour, the imagery cell holding the location at one
-level (cut by runtime.imagery, the reader precompute and the server use), an audio mixture recipe
-of real clips chosen by the soundscape rules averaged over that cell, and a caption. Every step's output is kept, so a
-re-run resumes where the last one stopped; the sample table is a pure function of the seed,
-the assets and the parameters.
+A sample is a location, a source (the recordist, drawn by place: corpus/sources.py), a month,
+a local hour (drawn from the source's recording hours), the imagery cell holding the location at
+one level (cut by runtime.imagery, the reader precompute and the server use), audio mixture
+recipes of real clips chosen by the soundscape rules averaged over that cell as the source keeps
+them (one recipe from the training recordings, one from the held-out ones), and a caption.
+Every step's output is kept, so a re-run resumes where the last one stopped; the sample table is
+a pure function of the seed, the assets and the parameters.
 
 On-disk format: docs/corpus.md.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,16 +24,26 @@ import numpy as np
 from tqdm import tqdm
 
 from corpus import assets as asset_registry
-from corpus import rules
+from corpus import rules, sources
 from corpus.captions import TEMPLATES, caption
-from corpus.clips import AUDIO_ASSETS, SAMPLE_RATE, build_bank, load_bank
+from corpus.clips import (
+    AUDIO_ASSETS,
+    HELD_OUT_SHARE,
+    POOLS,
+    SAMPLE_RATE,
+    Recording,
+    build_bank,
+    load_bank,
+    split_recordings,
+)
 from corpus.errors import CorpusError
 from corpus.mixing import layer_events
 from corpus.places import PLACE_ASSETS, PlaceAttributes, Places, derive
+from runtime.files import atomic_write, file_sha256
 from runtime.imagery import Imagery
 from runtime.tiles import MERCATOR_LAT_LIMIT
 
-FORMAT = "soundscape-demo-corpus/1"
+FORMAT = "soundscape-demo-corpus/2"
 # Where samples are drawn: interior land, the coastal band (within COAST_KM on either side), the
 # open sea and lit places (night lights >= LIT), in these shares. Coasts and towns are rare by
 # area, so they are over-sampled on purpose; within a stratum points are uniform by area.
@@ -77,7 +89,9 @@ def draw_locations(
     west, south, east, north = bounds
     south, north = max(south, -MERCATOR_LAT_LIMIT), min(north, MERCATOR_LAT_LIMIT)
     names = list(STRATA)
-    quota = dict(zip(names, np.floor(np.array([shares[k] for k in names]) / sum(shares.values()) * n).astype(int)))
+    quota = dict(
+        zip(names, np.floor(np.array([shares[k] for k in names]) / sum(shares.values()) * n).astype(int), strict=True)
+    )
     quota["land"] += n - sum(quota.values())
     picked = {k: [] for k in names}
     for _ in range(200):
@@ -195,14 +209,20 @@ def choose_sounds(weights: np.ndarray, available: np.ndarray, rng: np.random.Gen
     return sorted(layers, key=lambda t: -t[1])
 
 
+def event_columns(pool: str) -> str:
+    """The prefix of a clip pool's recipe columns in samples.npz ("event_", "held_out_event_")."""
+    return "event_" if pool == "train" else f"{pool}_event_"
+
+
 @dataclass
 class Recipes:
-    """Per-sample sounds, events (CSR: sample i owns events[start[i]:start[i+1]]) and captions."""
+    """Per-sample sounds, captions and, per clip pool (clips.POOLS), the events of its recipe
+    (CSR: sample i owns events[start[i]:start[i+1]])."""
 
     layers: np.ndarray  # (N, MAX_LAYERS) class index, -1 where unused
     layer_gain_db: np.ndarray  # (N, MAX_LAYERS)
-    event_start: np.ndarray  # (N + 1,)
-    events: dict[str, np.ndarray]
+    event_start: dict[str, np.ndarray]  # pool -> (N + 1,)
+    events: dict[str, dict[str, np.ndarray]]  # pool -> column -> values
     captions: np.ndarray
     template: np.ndarray
 
@@ -211,38 +231,49 @@ def make_recipes(
     evaluation: rules.Evaluation,
     p: PlaceAttributes,
     hour: np.ndarray,
-    clips: list,
+    pools: dict[str, dict[str, list[Recording]]],
     n_frames: int,
     rng: np.random.Generator,
 ) -> Recipes:
-    by_class = {c: [i for i, clip in enumerate(clips) if clip.sound == c] for c in rules.CLASSES}
-    available = np.array([bool(by_class[c]) for c in rules.CLASSES])
+    """Layers, gains and caption of each sample from its class weights, and one recipe per clip
+    pool playing those layers: the same sounds from the training recordings or the held-out ones.
+    Each pool's events come from their own random stream, so the training recipes do not depend
+    on the held-out pool."""
+    available = np.array([bool(pools["train"][c]) for c in rules.CLASSES])
     n = len(hour)
     layers = np.full((n, MAX_LAYERS), -1, np.int8)
     gains = np.zeros((n, MAX_LAYERS), np.float32)
-    starts, events, captions, templates = [0], [], [], []
+    streams = {pool: np.random.default_rng(rng.integers(2**63)) for pool in POOLS}
+    starts = {pool: [0] for pool in POOLS}
+    events: dict[str, list] = {pool: [] for pool in POOLS}
+    captions, templates = [], []
     for i in range(n):
         sounds = choose_sounds(evaluation.classes[i], available, rng)
         for j, (c, g) in enumerate(sounds):
             layers[i, j], gains[i, j] = c, g
-            events += layer_events(by_class[rules.CLASSES[c]], clips, g, n_frames, SAMPLE_RATE, rng)
-        starts.append(len(events))
+            for pool in POOLS:
+                events[pool] += layer_events(pools[pool][rules.CLASSES[c]], g, n_frames, SAMPLE_RATE, streams[pool])
+        for pool in POOLS:
+            starts[pool].append(len(events[pool]))
         audible = [rules.CLASSES[c] for c, g in sounds if g > -12.0]
         text, template = caption(audible, p, i, float(hour[i]), int(evaluation.season[i]), rng)
         captions.append(text)
         templates.append(template)
-    ev = np.array(events, dtype=np.float64).reshape(-1, 5)
-    return Recipes(
-        layers,
-        gains,
-        np.array(starts, np.int64),
-        {
+    columns = {}
+    for pool in POOLS:
+        ev = np.array(events[pool], dtype=np.float64).reshape(-1, 5)
+        columns[pool] = {
             "clip": ev[:, 0].astype(np.int32),
             "src": ev[:, 1].astype(np.int64),
             "dst": ev[:, 2].astype(np.int32),
             "length": ev[:, 3].astype(np.int32),
             "gain_db": ev[:, 4].astype(np.float32),
-        },
+        }
+    return Recipes(
+        layers,
+        gains,
+        {pool: np.array(starts[pool], np.int64) for pool in POOLS},
+        columns,
         np.array(captions),
         np.array(templates, np.int8),
     )
@@ -282,9 +313,7 @@ def cut_images(
             cell = imagery.cell(int(z), int(x), int(y), size)
             if cell is not None:
                 images[j], gsd[j] = cell.rgb, cell.gsd
-        tmp = parts / f"{start // IMAGE_CHUNK:05d}.tmp.npz"
-        np.savez(tmp, images=images, gsd=gsd)
-        os.replace(tmp, path)
+        atomic_write(path, functools.partial(np.savez, images=images, gsd=gsd))
     loaded = [np.load(parts / f"{s // IMAGE_CHUNK:05d}.npz") for s in chunks]
     images = np.concatenate([d["images"] for d in loaded]) if loaded else np.zeros((0, size, size, 3), np.uint8)
     gsd = np.concatenate([d["gsd"] for d in loaded]) if loaded else np.zeros(0, np.float32)
@@ -296,17 +325,11 @@ def cut_images(
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.save(tmp, array))
 
 
 # ---------------------------------------------------------------------------------------------
 # The build.
-
-
-def sha256_of(path: Path) -> str:
-    return asset_registry.sha256_file(path)
 
 
 def ensure_places(assets_root: Path, path: Path, progress: bool = True) -> Places:
@@ -360,17 +383,20 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     folders = asset_registry.ensure(list(PLACE_ASSETS) + list(cfg.audio_assets), Path(cfg.assets), progress)
     places = ensure_places(cfg.assets, cfg.out / "places.npz", progress)
-    bank, clips, rate = _bank(cfg, folders, progress)
+    _, clips, rate = _bank(cfg, folders, progress)
+    pools = split_recordings(clips, cfg.seed)
 
     rng = np.random.default_rng(cfg.seed)
     lat, lon, stratum = draw_locations(places, cfg.samples, imagery.bounds, cfg.strata, rng)
     level = rng.choice(np.array(cfg.levels), size=len(lat))
     x, y = tile_of(lat, lon, level)
     month = rng.integers(1, 13, len(lat)).astype(np.int8)
-    hour = rng.uniform(0.0, 24.0, len(lat)).astype(np.float32)
     attributes = places.attributes(lat, lon)
-    evaluation = cell_rules(places, lat, level, x, y, month, hour)
-    recipes = make_recipes(evaluation, attributes, hour, clips, int(round(cfg.duration_s * rate)), rng)
+    source = sources.draw(attributes, rng)
+    hour = sources.draw_hours(source, rng).astype(np.float32)
+    at_place = cell_rules(places, lat, level, x, y, month, hour)
+    evaluation = rules.Evaluation(at_place.rules, sources.class_weights(at_place.classes, source), at_place.season)
+    recipes = make_recipes(evaluation, attributes, hour, pools, round(cfg.duration_s * rate), rng)
 
     cells, cell_index = np.unique(np.stack([level, x, y], axis=1), axis=0, return_inverse=True)
     _, gsd = cut_images(imagery, cells, cfg.image_size, cfg.out, progress)
@@ -385,6 +411,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
         "month": month,
         "hour": hour,
         "stratum": stratum,
+        "source": source,
         "landcover": attributes.landcover,
         "climate": attributes.climate,
         "land": attributes.land,
@@ -393,31 +420,38 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
         "population": attributes.population,
         "season": evaluation.season.astype(np.int8),
         "rule_weights": evaluation.rules.astype(np.float16),
+        "place_class_weights": at_place.classes.astype(np.float16),
         "class_weights": evaluation.classes.astype(np.float16),
         "layers": recipes.layers,
         "layer_gain_db": recipes.layer_gain_db,
-        "event_start": recipes.event_start,
         "captions": recipes.captions,
         "template": recipes.template,
         "keep": keep,
         "cells": cells.astype(np.int32),
-        **{f"event_{k}": v for k, v in recipes.events.items()},
     }
-    tmp = cfg.out / "samples.tmp.npz"
-    np.savez(tmp, **columns)
-    os.replace(tmp, cfg.out / "samples.npz")
-    manifest = _manifest(cfg, imagery, folders, columns, len(clips), rate)
+    for pool in POOLS:
+        prefix = event_columns(pool)
+        columns[f"{prefix}start"] = recipes.event_start[pool]
+        columns.update({f"{prefix}{k}": v for k, v in recipes.events[pool].items()})
+    atomic_write(cfg.out / "samples.npz", lambda tmp: np.savez(tmp, **columns))
+    manifest = _manifest(cfg, imagery, folders, columns, clips, pools, rate)
     (cfg.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     _write_attribution(cfg.out, folders)
     return manifest
 
 
 def _manifest(
-    cfg: BuildConfig, imagery: Imagery, folders: dict[str, Path], columns: dict, n_clips: int, rate: int
+    cfg: BuildConfig,
+    imagery: Imagery,
+    folders: dict[str, Path],
+    columns: dict,
+    clips: list,
+    pools: dict[str, dict[str, list[Recording]]],
+    rate: int,
 ) -> dict:
-    digest = hashlib.sha256(sha256_of(Path(cfg.imagery)).encode())  # the cells' pixels come from it
+    digest = hashlib.sha256(file_sha256(Path(cfg.imagery)).encode())  # the cells' pixels come from it
     for name in ("samples.npz", "clips.json", "places.npz"):
-        digest.update(sha256_of(cfg.out / name).encode())
+        digest.update(file_sha256(cfg.out / name).encode())
     keep = columns["keep"]
     present = np.zeros(len(rules.CLASSES), int)
     for c in columns["layers"][keep].ravel():
@@ -434,20 +468,28 @@ def _manifest(
         "image_size": cfg.image_size,
         "levels": list(cfg.levels),
         "cells": len(columns["cells"]),
-        "clips": n_clips,
+        "clips": len(clips),
         "imagery": {
             "path": str(Path(cfg.imagery).resolve()),
-            "sha256": sha256_of(Path(cfg.imagery)),
+            "sha256": file_sha256(Path(cfg.imagery)),
             "bounds": list(imagery.bounds),
         },
         "assets": {name: asset_registry.ASSETS[name].sha256 for name in sorted(folders)},
         "strata": {k: int(((columns["stratum"] == i) & keep).sum()) for i, k in enumerate(STRATA)},
         "classes": list(rules.CLASSES),
         "rules": [r.name for r in rules.RULES],
-        "class_counts": dict(zip(rules.CLASSES, present.tolist())),
-        "classes_without_clips": [c for c, n in zip(rules.CLASSES, present) if n == 0],
+        "class_counts": dict(zip(rules.CLASSES, present.tolist(), strict=True)),
+        "classes_without_clips": [c for c, n in zip(rules.CLASSES, present, strict=True) if n == 0],
         "templates": list(TEMPLATES),
-        "source": "demo",
+        "sources": list(sources.NAMES),
+        "source_counts": {n: int(((columns["source"] == i) & keep).sum()) for i, n in enumerate(sources.NAMES)},
+        "recordings": {
+            "held_out_share": HELD_OUT_SHARE,
+            **{
+                pool: {c: [f"{clips[r.clip].id}@{r.start}+{r.frames}" for r in rs] for c, rs in by_class.items() if rs}
+                for pool, by_class in pools.items()
+            },
+        },
         "caption_source": "template",
     }
 

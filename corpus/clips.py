@@ -9,7 +9,6 @@ its loudness gain and its credit. Rendering a sample then needs no decoding at a
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from corpus.rules import CLASSES
 from runtime.audio import decode_audio, resample
+from runtime.files import atomic_write
 
 SAMPLE_RATE = 44100  # aisfx's rate; the bank and every rendered sample use it
 TARGET_RMS = 0.1  # each clip's gain brings it to this RMS, so layer gains are comparable
@@ -163,13 +163,46 @@ def build_bank(folders: dict[str, Path], out: Path, progress: bool = True) -> li
         )
         offset += len(wave)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "clips.tmp.npy"
-    np.save(tmp, np.concatenate(waves) if waves else np.zeros(0, np.int16))
-    os.replace(tmp, out / "clips.npy")
+    bank = np.concatenate(waves) if waves else np.zeros(0, np.int16)
+    atomic_write(out / "clips.npy", lambda tmp: np.save(tmp, bank))
     (out / "clips.json").write_text(
         json.dumps({"sample_rate": SAMPLE_RATE, "clips": [asdict(c) for c in clips]}, indent=0)
     )
     return clips
+
+
+HELD_OUT_SHARE = 0.3  # of each class's recordings, never heard in training (the recording-held-out split)
+POOLS = ("train", "held_out")
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A stretch of one clip that a sample's layer may draw from."""
+
+    clip: int  # index into the clip table
+    start: int  # first frame of the stretch inside the clip
+    frames: int
+
+
+def split_recordings(clips: list[Clip], seed: int) -> dict[str, dict[str, list[Recording]]]:
+    """{pool: {sound class: recordings}} for POOLS: per class, HELD_OUT_SHARE of the clips (at
+    least one, at random from the seed) go to "held_out" and the rest to "train", so held-out
+    samples can mix recordings that training never heard. A class with a single clip cannot be
+    split by recording: its clip is cut in two halves in time, the first for training, the second
+    held out (a new stretch of the same recording, which docs/corpus.md names)."""
+    rng = np.random.default_rng([seed, 1])
+    pools: dict[str, dict[str, list[Recording]]] = {pool: {c: [] for c in CLASSES} for pool in POOLS}
+    for sound in CLASSES:
+        ids = [i for i, c in enumerate(clips) if c.sound == sound]
+        if len(ids) == 1:
+            half = clips[ids[0]].frames // 2
+            pools["train"][sound] = [Recording(ids[0], 0, half)]
+            pools["held_out"][sound] = [Recording(ids[0], half, clips[ids[0]].frames - half)]
+        elif ids:
+            held = set(rng.permutation(ids)[: max(1, round(HELD_OUT_SHARE * len(ids)))].tolist())
+            for i in ids:
+                pools["held_out" if i in held else "train"][sound].append(Recording(i, 0, clips[i].frames))
+    return pools
 
 
 def load_bank(folder: Path) -> tuple[np.ndarray, list[Clip], int]:

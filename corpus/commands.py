@@ -90,6 +90,7 @@ def _info(args: argparse.Namespace) -> int:
             "sample_rate",
             "duration_s",
             "strata",
+            "source_counts",
             "class_counts",
             "classes_without_clips",
         )
@@ -99,6 +100,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from corpus import sources
     from corpus.places import Places
     from corpus.rules import explain
 
@@ -109,6 +111,9 @@ def _explain(args: argparse.Namespace) -> int:
     print(json.dumps(attributes.row(0), indent=1, default=float))
     for rule, sound, weight in explain(attributes, args.month, args.hour):
         print(f"{weight:6.3f}  {sound:16s} {rule}")
+    print("sources (share of the recordings here, activity at this hour, strongest classes as kept):")
+    for name, share, activity, kept in sources.explain(attributes, args.month, args.hour):
+        print(f"{share:6.3f}  {name:16s} hour {activity:.2f}  " + ", ".join(f"{c} {w:.3f}" for c, w in kept))
     return 0
 
 
@@ -177,7 +182,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e = commands.add_parser(
         "explain",
         help="show the soundscape rules that fire at a place and time",
-        description="Print a place's attributes and the rules that fire there, strongest first.",
+        description="Print a place's attributes, the rules that fire there (strongest first) and each "
+        "source's share of the recordings there and the classes it keeps.",
     )
     e.add_argument("--lat", type=float, required=True)
     e.add_argument("--lon", type=float, required=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from corpus.clips import Clip
+from corpus.clips import Clip, Recording
 
 FADE_S = 0.01  # fade every event in and out, so cuts never click
 OUTPUT_RMS = 0.05  # mixtures are levelled to this RMS, then limited below full scale
@@ -27,27 +27,26 @@ class Events:
 
 
 def layer_events(
-    clip_ids: list[int],
-    clips: list[Clip],
+    pool: list[Recording],
     gain_db: float,
     n_frames: int,
     rate: int,
     rng: np.random.Generator,
     max_events: int = 12,
 ) -> list[tuple[int, int, int, int, float]]:
-    """Events for one sound layer: a random crop of a long clip, or short clips (events such as
-    a bark or a horn) placed at random times with random gaps until the output is covered."""
+    """Events for one sound layer from a pool of recordings of its class: a random crop of a
+    long recording, or short ones (events such as a bark or a horn) placed at random times with
+    random gaps until the output is covered."""
     events = []
     t = int(rng.integers(0, max(1, n_frames // 4)))  # time shift of the first event
     while t < n_frames and len(events) < max_events:
-        index = clip_ids[int(rng.integers(len(clip_ids)))]
-        frames = clips[index].frames
+        recording = pool[int(rng.integers(len(pool)))]
         jitter = float(rng.uniform(-2.0, 2.0))
-        if frames >= n_frames and not events:
-            src = int(rng.integers(0, frames - n_frames + 1))
-            return [(index, src, 0, n_frames, gain_db + jitter)]
-        length = min(frames, n_frames - t)
-        events.append((index, 0, t, length, gain_db + jitter))
+        if recording.frames >= n_frames and not events:
+            src = recording.start + int(rng.integers(0, recording.frames - n_frames + 1))
+            return [(recording.clip, src, 0, n_frames, gain_db + jitter)]
+        length = min(recording.frames, n_frames - t)
+        events.append((recording.clip, recording.start, t, length, gain_db + jitter))
         t += length + int(rng.uniform(0.2, 2.5) * rate)
     return events
 
@@ -63,7 +62,9 @@ def _fade(n: int, rate: int) -> np.ndarray:
 def render(events: Events, bank: np.ndarray, clips: list[Clip], n_frames: int, rate: int) -> np.ndarray:
     """The mono float32 waveform of a recipe (deterministic: a pure function of its inputs)."""
     out = np.zeros(n_frames, dtype=np.float32)
-    for clip, src, dst, length, gain_db in zip(events.clip, events.src, events.dst, events.length, events.gain_db):
+    for clip, src, dst, length, gain_db in zip(
+        events.clip, events.src, events.dst, events.length, events.gain_db, strict=True
+    ):
         c = clips[int(clip)]
         start = c.offset + int(src)
         segment = np.asarray(bank[start : start + int(length)], dtype=np.float32) / 32767.0

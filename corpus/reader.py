@@ -2,7 +2,9 @@
 
 It reads what `soundscape corpus build` wrote, splits samples by held-out geographic cells and
 yields `model.data.Sample`s whose image is the stored cell (cut by runtime.imagery) and whose
-audio is the mixture recipe rendered on read. Data section keys: docs/corpus.md.
+audio is the mixture recipe rendered on read: from the training recordings, or for held-out
+samples (`recordings: held_out`) from recordings training never heard. Data section keys:
+docs/corpus.md.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corpus.build import FORMAT, cut_images
+from corpus.build import FORMAT, cut_images, event_columns
 from corpus.clips import load_bank
 from corpus.errors import CorpusError
 from corpus.mixing import Events, render
@@ -32,6 +34,12 @@ DATA_KEYS = {
     "seed": 0,
     "audio": True,
     "limit": None,
+    "recordings": "held_out",
+}
+# `recordings:` -> the clip pool each split's audio is rendered from (clips.split_recordings).
+RECORDINGS = {
+    "held_out": {"train": "train", "val": "held_out", "test": "held_out"},
+    "shared": {"train": "train", "val": "train", "test": "train"},
 }
 
 
@@ -55,7 +63,7 @@ class DemoCorpus:
         with np.load(self.path / "samples.npz") as data:
             self.table = {k: data[k] for k in data.files}
         self.bank, self.clips, self.sample_rate = load_bank(self.path)
-        self.n_frames = int(round(self.manifest["duration_s"] * self.sample_rate))
+        self.n_frames = round(self.manifest["duration_s"] * self.sample_rate)
         self.image_size = int(image_size or self.manifest["image_size"])
         self.images, self.gsd = self._images(progress)
         self.index = np.flatnonzero(self.table["keep"])  # samples that have imagery
@@ -82,12 +90,18 @@ class DemoCorpus:
         """The place rasters the rules read (for map checks of a model trained on this corpus)."""
         return Places(self.path / "places.npz")
 
-    def events(self, row: int) -> Events:
-        lo, hi = self.table["event_start"][row], self.table["event_start"][row + 1]
-        return Events(*(self.table[f"event_{k}"][lo:hi] for k in ("clip", "src", "dst", "length", "gain_db")))
+    def events(self, row: int, pool: str = "train") -> Events:
+        """The recipe of sample `row` that draws on the clip pool `pool` (clips.POOLS)."""
+        prefix = event_columns(pool)
+        lo, hi = self.table[f"{prefix}start"][row], self.table[f"{prefix}start"][row + 1]
+        return Events(*(self.table[f"{prefix}{k}"][lo:hi] for k in ("clip", "src", "dst", "length", "gain_db")))
 
-    def audio(self, row: int) -> np.ndarray:
-        return render(self.events(row), self.bank, self.clips, self.n_frames, self.sample_rate)
+    def audio(self, row: int, pool: str = "train") -> np.ndarray:
+        return render(self.events(row, pool), self.bank, self.clips, self.n_frames, self.sample_rate)
+
+    def source(self, row: int) -> str:
+        """The recordist of sample `row` (a name of corpus/sources.py)."""
+        return self.manifest["sources"][int(self.table["source"][row])]
 
     def sounds(self, row: int) -> list[str]:
         """The sound classes mixed into sample `row`, loudest first."""
@@ -96,24 +110,26 @@ class DemoCorpus:
     def fired(self, row: int) -> dict[str, float]:
         """The rules that fired for sample `row` and their activations (the caption's provenance)."""
         weights = self.table["rule_weights"][row].astype(float)
-        return {r.name: float(w) for r, w in zip(RULES, weights) if w > 0}
+        return {r.name: float(w) for r, w in zip(RULES, weights, strict=True) if w > 0}
 
-    def sample(self, row: int, without: frozenset[str] = frozenset()) -> Sample:
-        """Sample `row`; fields named in `without` ("audio", "image", "caption") are left out
-        (and not rendered), e.g. audio whose frozen-tower embedding training has cached."""
+    def sample(self, row: int, without: frozenset[str] = frozenset(), pool: str = "train") -> Sample:
+        """Sample `row` with its audio from the clip pool `pool`; fields named in `without`
+        ("audio", "image", "caption") are left out (and not rendered), e.g. audio whose
+        frozen-tower embedding training has cached. The key names the pool when it is not the
+        training one, since the audio differs."""
         t = self.table
         cell = int(t["cell"][row])
         image = None if "image" in without else np.asarray(self.images[cell])
-        audio = None if "audio" in without else self.audio(row)
+        audio = None if "audio" in without else self.audio(row, pool)
         return Sample(
-            key=f"demo-{row:06d}",
+            key=f"demo-{row:06d}" + ("" if pool == "train" else f"-{pool}"),
             image=image,
             gsd=None if image is None else float(self.gsd[cell]),
             lat=float(t["lat"][row]),
             lon=float(t["lon"][row]),
             hour=float(t["hour"][row]),
             month=int(t["month"][row]),
-            source=self.manifest["source"],
+            source=self.source(row),
             caption=None if "caption" in without else str(t["captions"][row]),
             caption_source=self.manifest["caption_source"],
             audio=audio,
@@ -140,10 +156,10 @@ class DemoCorpus:
 
 
 class CorpusSource:
-    """One split of a DemoCorpus as a map-style `SampleSource`."""
+    """One split of a DemoCorpus as a map-style `SampleSource`, its audio from clip pool `pool`."""
 
-    def __init__(self, corpus: DemoCorpus, rows: np.ndarray, audio: bool = True):
-        self.corpus, self.rows = corpus, rows
+    def __init__(self, corpus: DemoCorpus, rows: np.ndarray, audio: bool = True, pool: str = "train"):
+        self.corpus, self.rows, self.pool = corpus, rows, pool
         self.default_without = frozenset() if audio else frozenset({"audio"})
 
     def __len__(self) -> int:
@@ -158,7 +174,13 @@ class CorpusSource:
         """Sample `index` of this split, without the named fields."""
         if not -len(self.rows) <= index < len(self.rows):
             raise IndexError(index)
-        return self.corpus.sample(int(self.rows[index]), self.default_without | without)
+        return self.corpus.sample(int(self.rows[index]), self.default_without | without, self.pool)
+
+    def metadata_values(self, name: str) -> list[str]:
+        """Every sample's `source` or `caption_source` (model.checks), read from the table."""
+        if name == "source":
+            return [self.corpus.source(int(row)) for row in self.rows]
+        return [self.corpus.manifest[name]] * len(self.rows)
 
     def __getitem__(self, index: int) -> Sample:
         return self.get(index)
@@ -173,6 +195,11 @@ def factory(data: dict, image_size: int) -> Splits:
             f"{sorted(k for k in DATA_KEYS if k != 'kind')}"
         )
     cfg = {**DATA_KEYS, **data}
+    if cfg["recordings"] not in RECORDINGS:
+        raise CorpusError(
+            f"data.recordings must be one of {sorted(RECORDINGS)} (held_out: validation and test audio "
+            f"mixes recordings training never heard), not {cfg['recordings']!r}"
+        )
     corpus = DemoCorpus(cfg["path"], image_size)
     labels = corpus.split(
         int(cfg["split_level"]), float(cfg["val_fraction"]), float(cfg["test_fraction"]), int(cfg["seed"])
@@ -182,6 +209,10 @@ def factory(data: dict, image_size: int) -> Splits:
         keep = np.random.default_rng(int(cfg["seed"])).permutation(len(rows))[: int(cfg["limit"])]
         keep.sort()
         rows, labels = rows[keep], labels[keep]
+    pools = RECORDINGS[cfg["recordings"]]
     return Splits(
-        *(CorpusSource(corpus, rows[labels == name], bool(cfg["audio"])) for name in ("train", "val", "test"))
+        *(
+            CorpusSource(corpus, rows[labels == name], bool(cfg["audio"]), pools[name])
+            for name in ("train", "val", "test")
+        )
     )

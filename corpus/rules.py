@@ -86,15 +86,20 @@ TIME_PROFILES = {  # name -> profile, for the docs and for `Rule.time`
     "dusk to dawn, day at 0.5": _max((1.0, window(18.0, 6.0)), (0.5, DAY)),
     "always, afternoon peak": _max((0.5, ALWAYS), (1.0, AFTERNOON)),
     "day 1, night 0.3": _max((0.3, ALWAYS), (1.0, DAY)),
+    # Recording hours of the corpus's sources (corpus/sources.py), as densities over the day.
+    "dawn and dusk (5:30 and 19:00, 1.5 h), 0.2 otherwise": _max(
+        (0.2, ALWAYS), (1.0, bump(5.5, 1.5)), (1.0, bump(19.0, 1.5))
+    ),
+    "walking hours 9:00-20:00 (none from 20:30 to 8:30)": window(9.0, 20.0),
 }
 
 # ---------------------------------------------------------------------------------------------
 # Place weights: functions of PlaceAttributes -> 0..1 per place.
 
 FOREST = (1, 2, 3, 4, 5)
-WOODY = FOREST + (8,)
+WOODY = (*FOREST, 8)
 FARMLAND = (12, 14)
-VEGETATED = FOREST + (6, 7, 8, 9, 10, 11, 12, 14)
+VEGETATED = (*FOREST, 6, 7, 8, 9, 10, 11, 12, 14)
 TROPICAL, ARID, TEMPERATE, COLD, POLAR = 1, 2, 3, 4, 5
 
 
@@ -170,7 +175,7 @@ PLACES: dict[str, Callable[[PlaceAttributes], np.ndarray]] = {
         0.5 * _is(p.landcover, (10,)) * (p.population > 5e3) * p.land
     ),
     "farmland or built-up land with > 10,000 people nearby": lambda p: (
-        _is(p.landcover, FARMLAND + (13,)) * (p.population > 1e4) * p.land
+        _is(p.landcover, (*FARMLAND, 13)) * (p.population > 1e4) * p.land
     ),
     "savanna, grassland or shrubland in Africa (tropical or arid)": lambda p: (
         _cover_in_climate((7, 8, 9, 10), (TROPICAL, ARID))(p) * _in_box(p, -20, -35, 52, 20)
@@ -358,6 +363,10 @@ def markdown_table() -> str:
     season_names = ("winter", "spring", "summer", "autumn", "wet", "dry")
     rows = ["| rule | sound class | weight | where | when | season factors |", "|---|---|---|---|---|---|"]
     for r in RULES:
-        seasons = "any" if r.seasons == ANY_SEASON else ", ".join(f"{n} {f:g}" for n, f in zip(season_names, r.seasons))
+        seasons = (
+            "any"
+            if r.seasons == ANY_SEASON
+            else ", ".join(f"{n} {f:g}" for n, f in zip(season_names, r.seasons, strict=True))
+        )
         rows.append(f"| {r.name} | {r.sound} | {r.weight:g} | {r.place} | {r.time} | {seasons} |")
     return "\n".join(rows)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cli.main import main
-from corpus import assets, rules
+from corpus import assets, rules, sources
 from corpus.archives import ArchiveError, zip_stream_entries
 from corpus.build import BuildConfig, build
 from corpus.errors import CorpusError
@@ -31,7 +31,7 @@ LEVELS = (4, 5, 6)
 @pytest.fixture(scope="session")
 def asset_root(place_assets):
     """The session's place assets (conftest) plus one sound asset: fetched once per session."""
-    assets.ensure(list(PLACE_ASSETS) + ["openttd-opensfx"], place_assets, progress=False)
+    assets.ensure([*PLACE_ASSETS, "openttd-opensfx"], place_assets, progress=False)
     return place_assets
 
 
@@ -138,8 +138,10 @@ def test_place_lookups_read_the_real_rasters(corpus_path):
                 *[
                     getattr(places.attributes(lat, lon), k)
                     for k in ("landcover", "climate", "land", "coast_km", "lights", "population")
-                ]
+                ],
+                strict=True,
             ),
+            strict=True,
         )
     )
     assert p["berlin"][0] == 13 and p["berlin"][4] > 0.9 and p["berlin"][5] > 1e6
@@ -175,7 +177,7 @@ def test_reader_yields_valid_samples_with_the_pixels_of_model_imagery(corpus_pat
         assert isinstance(s, Sample) and s.image.shape == (32, 32, 3) and s.image.dtype == np.uint8
         assert s.audio.dtype == np.float32 and s.audio.shape == (2 * 44100,) and np.isfinite(s.audio).all()
         assert 0 < np.sqrt(np.mean(s.audio**2)) <= 0.06 and s.sample_rate == 44100
-        assert s.caption and s.source == "demo" and s.caption_source == "template"
+        assert s.caption and s.source == corpus.source(int(splits.train.rows[i])) and s.caption_source == "template"
         assert 1 <= s.month <= 12 and 0 <= s.hour < 24 and -90 <= s.lat <= 90
         row = int(splits.train.rows[i])
         z, x, y = (int(corpus.table[k][row]) for k in ("level", "x", "y"))
@@ -204,10 +206,11 @@ def test_samples_are_deterministic(corpus_path, asset_root, imagery_path, tmp_pa
     build(small_config(again, asset_root, imagery_path), progress=False)
     a, b = DemoCorpus(corpus_path, progress=False), DemoCorpus(again, progress=False)
     assert a.manifest["content_hash"] == b.manifest["content_hash"]
-    for key in ("lat", "lon", "hour", "month", "captions", "event_clip", "event_src", "event_gain_db"):
+    for key in ("lat", "lon", "hour", "month", "source", "captions", "event_clip", "event_src", "held_out_event_clip"):
         np.testing.assert_array_equal(a.table[key], b.table[key])
     row = int(a.index[3])
     np.testing.assert_array_equal(a.audio(row), b.audio(row))
+    np.testing.assert_array_equal(a.audio(row, "held_out"), b.audio(row, "held_out"))
     np.testing.assert_array_equal(a.audio(row), a.audio(row))
     other = tmp_path / "other"
     other.mkdir()
@@ -224,7 +227,7 @@ def test_split_holds_out_whole_geographic_cells(corpus_path):
     def units(source) -> set:
         rows = source.rows
         shift = t["level"][rows].astype(int) - 4
-        return set(zip((t["x"][rows] >> shift).tolist(), (t["y"][rows] >> shift).tolist()))
+        return set(zip((t["x"][rows] >> shift).tolist(), (t["y"][rows] >> shift).tolist(), strict=True))
 
     def cells(source) -> set:
         return set(t["cell"][source.rows].tolist())
@@ -236,6 +239,68 @@ def test_split_holds_out_whole_geographic_cells(corpus_path):
         assert not cells(parts[a]) & cells(parts[b])  # so no image either
     same = factory({"path": str(corpus_path), "split_level": 4, "val_fraction": 0.2, "test_fraction": 0.3}, 32)
     np.testing.assert_array_equal(same.test.rows, splits.test.rows)
+
+
+def test_every_sample_has_a_source_mixed_by_place_and_kept_by_its_rule(corpus_path):
+    corpus = DemoCorpus(corpus_path, progress=False)
+    t, rows = corpus.table, corpus.index
+    assert corpus.manifest["sources"] == list(sources.NAMES)
+    assert sum(corpus.manifest["source_counts"].values()) == len(rows)
+    source = t["source"][rows]
+    assert set(source.tolist()) == set(range(len(sources.NAMES)))  # all three present
+    wildlife, citywalk = sources.NAMES.index("wildlife"), sources.NAMES.index("citywalk")
+    wild = (t["land"][rows] == 1) & (t["lights"][rows] < 0.05) & (t["population"][rows] < 1e4)
+    lit = t["lights"][rows] >= 0.25
+    assert (source[wild] == wildlife).mean() > 2 * (source[lit] == wildlife).mean()
+    assert (source[lit] == citywalk).mean() > 5 * (source[wild] == citywalk).mean()
+    hour = t["hour"][rows]
+    assert ((hour[source == citywalk] >= 8.5) & (hour[source == citywalk] <= 20.5)).all()  # no city walk at night
+    expected = t["place_class_weights"][rows].astype(np.float64) * sources.FACTORS[source]
+    np.testing.assert_allclose(t["class_weights"][rows], expected, rtol=2e-3, atol=1e-4)  # float16 columns
+    towns = sum(rules.CLASSES.index(c) == t["layers"][rows] for c in sources.GROUPS["town"]).any(axis=1)
+    assert towns[source == citywalk].mean() > towns[source == wildlife].mean()
+
+
+def _stretches(corpus: DemoCorpus, pool: str) -> dict[int, list[tuple[int, int]]]:
+    """{clip index: [(first frame, end frame)]} of a pool's recordings, from the manifest."""
+    ids = {c.id: i for i, c in enumerate(corpus.clips)}
+    out: dict[int, list[tuple[int, int]]] = {}
+    for recordings in corpus.manifest["recordings"][pool].values():
+        for text in recordings:
+            clip, span = text.rsplit("@", 1)
+            start, frames = (int(v) for v in span.split("+"))
+            out.setdefault(ids[clip], []).append((start, start + frames))
+    return out
+
+
+def test_recording_held_out_split_never_plays_a_training_recording_in_test(corpus_path):
+    splits = factory({"path": str(corpus_path), "val_fraction": 0.2, "test_fraction": 0.3}, 32)
+    corpus = splits.train.corpus
+    train, held = _stretches(corpus, "train"), _stretches(corpus, "held_out")
+    for clip in set(train) & set(held):  # a one-recording class: two halves in time, never overlapping
+        ((a0, a1),), ((b0, b1),) = train[clip], held[clip]
+        assert a1 <= b0 or b1 <= a0
+
+    def played(source) -> list[tuple[int, int, int]]:
+        out = []
+        for row in source.rows:
+            e = corpus.events(int(row), source.pool)
+            out += [(int(c), int(s), int(s + n)) for c, s, n in zip(e.clip, e.src, e.length, strict=True)]
+        return out
+
+    assert (splits.train.pool, splits.val.pool, splits.test.pool) == ("train", "held_out", "held_out")
+    for source, pool in ((splits.train, train), (splits.test, held), (splits.val, held)):
+        events = played(source)
+        assert events and all(any(lo <= s and e <= hi for lo, hi in pool.get(c, [])) for c, s, e in events)
+    assert not {c for c, _, _ in played(splits.test)} - set(held)
+    assert not {c for c, _, _ in played(splits.train)} - set(train)
+    shared = factory({"path": str(corpus_path), "val_fraction": 0.2, "test_fraction": 0.3, "recordings": "shared"}, 32)
+    np.testing.assert_array_equal(shared.test.rows, splits.test.rows)  # the same places, either way
+    row = next(i for i, r in enumerate(splits.test.rows) if corpus.sounds(int(r)))
+    a, b = splits.test[row], shared.test[row]
+    assert a.key == b.key + "-held_out" and a.caption == b.caption and not np.array_equal(a.audio, b.audio)
+    with pytest.raises(CorpusError, match=r"data\.recordings must be one of"):
+        factory({"path": str(corpus_path), "recordings": "all"}, 32)
 
 
 def test_bad_data_section_and_missing_corpus_are_user_errors(corpus_path, tmp_path):
@@ -267,7 +332,8 @@ def test_cli_explains_rules_and_rejects_bad_input(corpus_path, capsys):
         )
         == 0
     )
-    assert "dawn chorus" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dawn chorus" in out and all(name in out for name in sources.NAMES)
     assert main(["corpus", "build", "--samples", "0", "--out", str(corpus_path)]) == 2
     assert capsys.readouterr().err.strip() == "soundscape corpus: --samples must be at least 1"
 
