@@ -13,7 +13,17 @@ import numpy as np
 
 from runtime.bundle import Bundle
 from runtime.metadata import encode_metadata
-from runtime.scoring import csd, match_probability, query_vector, uncertainty
+from runtime.scoring import (
+    CONTRAST_WEIGHT,
+    CSD,
+    REFERENCE_PROMPTS,
+    distance,
+    logits,
+    match_probability,
+    query_vector,
+    scoring_kind,
+    uncertainty,
+)
 from runtime.tiles import MERCATOR_LAT_LIMIT, morton
 from server.sampling import AxisSampling, axis_sampling, sample
 from store.format import Level, Store
@@ -30,6 +40,10 @@ FUSE_BATCH = 512
 SCALE_LEVEL_CELLS = 4096
 SCALE_SAMPLE_CELLS = 1024
 SCALE_PERCENTILES = (2.0, 98.0)
+# Layers drawn for a query: `heatmap` (match probability, the paper's -CSD map) and `contrast`
+# (its log-odds against the reference prompts' at the same cell); `uncertainty` needs none.
+QUERY_LAYERS = ("heatmap", "contrast")
+LAYERS = (*QUERY_LAYERS, "uncertainty")
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,7 @@ class Engine:
         store.check_bundle(bundle.id)
         self.bundle = bundle
         self.store = store
+        self.scoring = scoring_kind(bundle.manifest)  # CSD, or COSINE for an InfoNCE model
         self.stats: Counter[str] = Counter()  # work done, for tests and benchmarks
 
     # Query side -----------------------------------------------------------------------------
@@ -209,13 +224,28 @@ class Engine:
     def embeddings(self, level: Level, index: np.ndarray, meta: Metadata) -> CellEmbeddings:
         return self.stored(level, index, meta) or self.fuse(level, index, meta)
 
+    @cached_property
+    def reference(self) -> QueryEmbedding:
+        """The mean (mu, S) of REFERENCE_PROMPTS, embedded once per engine (24 texts, about 0.1 s):
+        logits are linear in (mu_q, S_q), so its logit at a cell is the prompts' mean logit there."""
+        mu, logvar = self.bundle.embed_texts(list(REFERENCE_PROMPTS))
+        return QueryEmbedding(mu.astype(np.float32).mean(axis=0), float(uncertainty(logvar).mean()))
+
     # Values ----------------------------------------------------------------------------------
+    def logits(self, cells: CellEmbeddings, query: QueryEmbedding) -> np.ndarray:
+        """-a d + b of the query at each cell, d as the model was trained to score (self.scoring)."""
+        return logits(distance(query.mu, query.s, cells.mu, cells.s, self.scoring), *self.bundle.calibration)
+
     def values(self, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None) -> np.ndarray:
-        """Per-cell values: match probability (heatmap) or S (uncertainty)."""
+        """Per-cell values: match probability (heatmap); contrast, the query's log-odds minus
+        CONTRAST_WEIGHT times the reference prompts' mean log-odds at the cell (the part every
+        sound shares there, S_i included, is discounted); or S (uncertainty)."""
         if layer == "uncertainty":
             return cells.s.astype(np.float32)
+        if layer == "contrast":
+            return self.logits(cells, query) - CONTRAST_WEIGHT * self.logits(cells, self.reference)
         a, b = self.bundle.calibration
-        return match_probability(csd(query.mu, query.s, cells.mu, cells.s), a, b)
+        return match_probability(distance(query.mu, query.s, cells.mu, cells.s, self.scoring), a, b)
 
     def tile_values(
         self, window: CellWindow, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None
@@ -276,10 +306,10 @@ class Engine:
         """
         k = min(k, len(level))
         if cells is None:
-            _, ids = level.index.search(query_vector(query.mu), k)
+            _, ids = level.index.search(query_vector(query.mu, self.scoring), k)
             rows = ids[0][ids[0] >= 0].astype(np.int64)
             return rows, CellEmbeddings(np.asarray(level.arrays.mu[rows]), np.asarray(level.arrays.s[rows]))
-        rank = cells.mu.astype(np.float32) @ query.mu - 0.5 * cells.s
+        rank = cells.mu.astype(np.float32) @ query.mu - (0.5 * cells.s if self.scoring == CSD else 0.0)
         rows = np.argpartition(-rank, k - 1)[:k] if k < len(rank) else np.arange(len(rank))
         rows = rows[np.argsort(-rank[rows], kind="stable")]
         return rows, CellEmbeddings(cells.mu[rows], cells.s[rows])
