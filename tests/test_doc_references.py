@@ -1,0 +1,170 @@
+"""Every reference to the design documents resolves inside the repository: a cited doc path
+exists, a cited pitfall or section of docs/method.md and a quoted section of a doc exist, and
+nothing points at notes outside the repository (the founding DESIGN.md, the research notes)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+METHOD = "docs/method.md"
+TEXT_SUFFIXES = {".py", ".md", ".toml", ".yaml", ".yml", ".cfg", ".ini", ".txt", ".sh", ".html", ".js", ".css"}
+TEXT_NAMES = {"Dockerfile", "run"}
+
+# A path to a Markdown file in the repository: docs/store.md, corpus/ATTRIBUTION.md, README.md.
+DOC_PATH = re.compile(r"(?<![\w./-])((?:[\w-]+/)*[\w-]+\.md)\b")
+PITFALL = re.compile(r"\bpitfalls?\s+(\d+)(?:\s*(?:-|\u2013|and|,)\s*(\d+))?", re.IGNORECASE)
+# `docs/method.md section 4.1` or `docs/method.md, section 6`.
+METHOD_SECTION = re.compile(r"docs/method\.md,?\s+sections?\s+(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?")
+# `docs/design.md, "Scoring"` or `docs/api.md "Colours"`: a heading of that document.
+QUOTED_SECTION = re.compile(r"((?:[\w-]+/)*[\w-]+\.md),?\s+\"([^\"\n]+)\"")
+OUTSIDE = [
+    (re.compile(r"(?<![\w/-])DESIGN\.md"), "the founding DESIGN.md is docs/design.md in the repository"),
+    (re.compile(r"psm-method\.md"), "the PSM notes are docs/method.md"),
+    (re.compile(r"(?:tileserver-anchors|peers|offline-assets)\.md"), "research notes are not in the repository"),
+    (re.compile(r"\.\./shared|/work/shared|\bshared/research\b"), "a path outside the repository"),
+]
+# The file that names the forbidden references in order to forbid them.
+SELF = {"tests/test_doc_references.py"}
+# Markdown files a command writes (the corpus build's credits), named in code but not in git.
+GENERATED = {"ATTRIBUTION.md"}
+
+
+@cache
+def tracked_text_files() -> tuple[str, ...]:
+    names = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    return tuple(
+        name
+        for name in names
+        if (Path(name).suffix in TEXT_SUFFIXES or Path(name).name in TEXT_NAMES)
+        and not name.startswith(("server/static/maplibre/", "server/static/redoc/", "server/static/swagger-ui/"))
+        and (REPO / name).is_file()
+    )
+
+
+def read(name: str) -> str:
+    return (REPO / name).read_text(encoding="utf-8", errors="replace")
+
+
+@cache
+def sections(name: str) -> tuple[str, ...]:
+    """A document's headings and its bold paragraph titles (`**Colours.** ...` in docs/api.md)."""
+    lines = read(name).splitlines()
+    titled = [line.lstrip("#").strip() for line in lines if line.startswith("#")]
+    return (*titled, *(m.group(1) for line in lines if (m := re.match(r"\*\*([^*]+?)\.?\*\*", line))))
+
+
+@cache
+def pitfall_numbers() -> frozenset[int]:
+    return frozenset(int(m.group(1)) for m in re.finditer(r"^### Pitfall (\d+): ", read(METHOD), re.MULTILINE))
+
+
+@cache
+def method_sections() -> frozenset[str]:
+    return frozenset(m.group(1) for m in re.finditer(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", read(METHOD), re.MULTILINE))
+
+
+def line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def resolve(path: str, source: str) -> Path | None:
+    """The cited document: from the repository's root, or beside the citing file."""
+    for candidate in (REPO / path, (REPO / source).parent / path):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def cited_docs(name: str, text: str) -> list[tuple[int, str]]:
+    """Markdown paths a file cites that must exist: paths with a folder, root documents named in
+    capitals (README.md), and in Markdown also a neighbour's bare name (store.md)."""
+    cited = []
+    if name == METHOD:
+        return []  # its paths name files of the authors' repository, as its introduction says
+    for m in DOC_PATH.finditer(text):
+        path = m.group(1)
+        if path in GENERATED or any(pattern.search(path) for pattern, _ in OUTSIDE):
+            continue  # an OUTSIDE reference is reported as such
+        if "/" in path or path[:-3].isupper() or name.endswith(".md"):
+            cited.append((m.start(), path))
+    return cited
+
+
+def context(name: str, text: str, offset: int) -> str:
+    """Where a bare "pitfall N" may have named its document: in Markdown its section (from the
+    heading above), in code the 300 characters before it (a comment or docstring)."""
+    if name.endswith(".md"):
+        heading = text.rfind("\n#", 0, offset)
+        return text[heading + 1 if heading >= 0 else 0 : offset]
+    return text[max(0, offset - 300) : offset]
+
+
+def problems_in(name: str, text: str | None = None) -> list[str]:
+    """Each reference of `name` (or of `text`, read as if it were that file) that does not resolve."""
+    text = read(name) if text is None else text
+    found = []
+    for pattern, why in OUTSIDE if name not in SELF else []:
+        for m in pattern.finditer(text):
+            found.append(f"{name}:{line_of(text, m.start())}: {m.group(0)!r}: {why}")
+    for offset, path in cited_docs(name, text):
+        if resolve(path, name) is None:
+            found.append(f"{name}:{line_of(text, offset)}: {path} does not exist")
+    for m in PITFALL.finditer(text):
+        if name != METHOD and METHOD not in context(name, text, m.start()):
+            found.append(f"{name}:{line_of(text, m.start())}: {m.group(0)!r} does not say where: cite {METHOD}")
+        low, high = int(m.group(1)), int(m.group(2) or m.group(1))
+        for number in range(low, high + 1):
+            if number not in pitfall_numbers():
+                found.append(f"{name}:{line_of(text, m.start())}: pitfall {number} is not in {METHOD}")
+    for m in METHOD_SECTION.finditer(text):
+        for section in filter(None, m.groups()):
+            if section not in method_sections():
+                found.append(f"{name}:{line_of(text, m.start())}: {METHOD} has no section {section}")
+    for m in QUOTED_SECTION.finditer(text):
+        path, title = m.groups()
+        doc = resolve(path, name)
+        if doc is not None and not any(
+            s == title or s.startswith(f"{title} ") for s in sections(str(doc.relative_to(REPO)))
+        ):
+            found.append(f"{name}:{line_of(text, m.start())}: {path} has no section {title!r}")
+    return found
+
+
+def test_method_has_the_twenty_pitfalls_and_its_sections() -> None:
+    assert pitfall_numbers() == frozenset(range(1, 21))
+    assert {"1", "2", "3", "4", "4.1", "5", "6", "7"} <= method_sections()
+
+
+@pytest.mark.parametrize("name", tracked_text_files())
+def test_references_resolve(name: str) -> None:
+    problems = problems_in(name)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_checks_catch_what_they_should() -> None:
+    """The scanner itself: a file with each kind of bad reference yields a problem for each."""
+    bad = (
+        '"""See DESIGN.md and ../shared/research/psm-method.md section 2.\n'
+        'docs/nope.md; docs/method.md, pitfall 21; docs/method.md section 9.9; docs/design.md, "No such"\n"""\n'
+    )
+    bare = "x = 1\n" * 60 + "# PSM's hour collides (pitfall 4)\n"  # no document named within reach
+    text = "\n".join(problems_in("model/bad.py", bad) + problems_in("model/bare.py", bare))
+    for expected in (
+        "'DESIGN.md'",
+        "'../shared'",
+        "'psm-method.md'",
+        "docs/nope.md does not exist",
+        "pitfall 21 is not in",
+        "no section 9.9",
+        "no section 'No such'",
+        "'pitfall 4' does not say where",
+    ):
+        assert expected in text, f"{expected!r} not reported in:\n{text}"
+    good = 'docs/method.md, pitfall 13; docs/method.md section 4.1; docs/design.md, "Scoring"; docs/api.md'
+    assert problems_in("model/good.py", good) == []
