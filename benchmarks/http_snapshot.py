@@ -258,28 +258,33 @@ def free_port() -> int:
 @contextlib.contextmanager
 def live_server(tree: Path, bundle: Path, store: Path) -> Iterator[str]:
     """`soundscape serve` from `tree` in a subprocess, with no SOUNDSCAPE_* variable but its
-    own query registry; yields the base URL."""
+    own query registry; yields the base URL. Its stderr is shown if it exits before listening."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
     env["SOUNDSCAPE_QUERY_DB"] = str(Path(tempfile.mkdtemp(prefix="snapshot-")) / "queries.sqlite")
     env["PYTHONPATH"] = str(tree)
     command = [sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle), "--store", str(store)]
-    proc = subprocess.Popen([*command, "--port", str(port)], cwd=tree, env=env, stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None:
-                raise RuntimeError(f"soundscape serve exited with {proc.returncode}")
-            time.sleep(0.1)
-        else:
-            raise TimeoutError(f"soundscape serve did not listen on port {port} within 120 s")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [*command, "--port", str(port)], cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=log
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if proc.poll() is not None:
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"soundscape serve exited with {proc.returncode}:\n{tail}")
+                time.sleep(0.1)
+            else:
+                raise TimeoutError(f"soundscape serve did not listen on port {port} within 120 s")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def over_uvicorn(tree: Path, bundle: Path, store: Path) -> list[dict]:

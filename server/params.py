@@ -126,8 +126,8 @@ def colormap(name: str | None, layer: str) -> str:
     return name
 
 
-def check_tile(tms: str, z: int, x: int, y: int) -> None:
-    """404 for a tile outside the tile matrix set, before any work."""
+def check_tms(tms: str) -> None:
+    """404 for a tile matrix set this server does not serve."""
     if tms not in TMS_IDS:
         raise HTTPException(404, f"unknown tile matrix set {tms!r}; available: {', '.join(TMS_IDS)}")
     if not (0 <= z <= MAX_ZOOM and 0 <= x < (1 << z) and 0 <= y < (1 << z)):
@@ -136,6 +136,11 @@ def check_tile(tms: str, z: int, x: int, y: int) -> None:
 
 def tile_request(
     service: SoundscapeService, tms: str, z: int, x: int, y: int, fmt: str, params: TileParams
+
+
+def check_tile(tms: str, z: int, x: int, y: int) -> None:
+    """404 for a tile outside the tile matrix set, before any work."""
+    check_tms(tms)
 ) -> tuple[TileRequest, str | None]:
     """The validated request and the text to embed (None for a registered query)."""
     check_tile(tms, z, x, y)

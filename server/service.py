@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -19,7 +20,7 @@ from fastapi import HTTPException
 from runtime.bundle import Bundle
 from runtime.imagery import Imagery, ImageryError, is_remote
 from server import metrics, render
-from server.cache import LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest
+from server.cache import BYTES, Codec, LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest, named_key
 from server.engine import CellEmbeddings, Engine, Metadata, QueryEmbedding, Scale
 from server.queries import QueryError, QueryRecord, decode_upload, text_record
 from server.registry import QueryRegistry
@@ -28,6 +29,7 @@ from store.format import Level, Store
 
 log = logging.getLogger(__name__)
 QUERY_LRU_BYTES = 32 * 1024 * 1024
+T = TypeVar("T")
 # Whole levels fused under some metadata (/search with hour and month, or a source), kept in
 # process: 2 MB for the demo's finest level, so a few dozen (level, metadata) pairs fit.
 LEVEL_FUSION_LRU_BYTES = 128 * 1024 * 1024
@@ -43,6 +45,9 @@ SCALE_CACHE_ENTRIES = 4096
 # Names the default-scale rule in tile keys and ETags: change it when the rule changes.
 DEFAULT_SCALE_KEY = "p2-p98-v1"
 
+# How cached values are stored in Redis (the LRU keeps the objects).
+CELLS: Codec[CellEmbeddings] = Codec(CellEmbeddings.to_bytes, CellEmbeddings.from_bytes)
+QUERIES: Codec[tuple[QueryRecord, QueryEmbedding]] = Codec(lambda v: v[0].to_bytes(v[1]), QueryRecord.from_bytes)
 
 @dataclass(frozen=True)
 class TileRequest:
@@ -161,18 +166,16 @@ class SoundscapeService:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     async def cached(
-        self, cache: TieredCache, kind: str, key: str, compute: Callable[[], Awaitable[bytes]], ttl_s: int | None = None
-    ) -> bytes:
+        self, cache: TieredCache, kind: str, key: str, compute: Callable[[], Awaitable[T]], codec: Codec[T]
+    ) -> T:
         """Cache lookup; on a miss compute once for all concurrent callers, then store."""
-        value = await cache.get(key)
+        value = await cache.get(key, codec)
         metrics.CACHE.labels(kind, "miss" if value is None else "hit").inc()
         if value is not None:
             return value
 
-        async def fill() -> bytes:
-            body = await compute()
-            await cache.set(key, body, ttl_s)
-            return body
+        async def fill() -> T:
+            return await cache.set(key, await compute(), codec)
 
         return await self.flight.run(key, fill)
 
@@ -181,23 +184,25 @@ class SoundscapeService:
     def _query_key(query_id: str) -> str:
         return f"st:query:{query_id}"
 
-    async def _embed(self, record: QueryRecord, embed: Callable[[], QueryEmbedding]) -> bytes:
+    async def _embed(
+        self, record: QueryRecord, embed: Callable[[], QueryEmbedding]
+    ) -> tuple[QueryRecord, QueryEmbedding]:
         """The record with its embedding, cached (a cache entry: evictable, recomputed on a miss)."""
 
-        async def compute() -> bytes:
+        async def compute() -> tuple[QueryRecord, QueryEmbedding]:
             embedding = await self.run(embed)
             metrics.COMPUTE.labels(f"{record.kind}_encoding").inc()
-            return record.to_bytes(embedding)
+            return record, embedding
 
-        return await self.cached(self.queries, "query", self._query_key(record.id), compute)
+        return await self.cached(self.queries, "query", self._query_key(record.id), compute, QUERIES)
 
     async def text_query(self, text: str, register: bool = False) -> tuple[QueryRecord, QueryEmbedding]:
         """A text's record and embedding; `register` also stores it durably (POST /queries)."""
         record = text_record(self.bundle.id, text)
-        body = await self._embed(record, lambda: self.engine.embed_text(record.text))
+        found = await self._embed(record, lambda: self.engine.embed_text(record.text))
         if register:
-            await self.registry.put(record.id, body)
-        return QueryRecord.from_bytes(body)
+            await self.registry.put(record.id, QUERIES.encode(found))
+        return found
 
     async def audio_query(self, data: bytes) -> tuple[QueryRecord, QueryEmbedding]:
         """Decode, embed and register an audio upload (only registered ids can reach it later)."""
@@ -210,9 +215,9 @@ class SoundscapeService:
             self.settings.max_audio_s,
             limiter=self.upload_limiter,
         )
-        body = await self._embed(decoded.record, lambda: self.engine.embed_wave(decoded.wave, decoded.sample_rate))
-        await self.registry.put(decoded.record.id, body)
-        return QueryRecord.from_bytes(body)
+        found = await self._embed(decoded.record, lambda: self.engine.embed_wave(decoded.wave, decoded.sample_rate))
+        await self.registry.put(decoded.record.id, QUERIES.encode(found))
+        return found
 
     @asynccontextmanager
     async def upload_slot(self) -> AsyncIterator[None]:
@@ -232,14 +237,14 @@ class SoundscapeService:
     async def resolve(self, query_id: str) -> tuple[QueryRecord, QueryEmbedding]:
         """A query id's record: cached, else from the durable registry; 404 when unknown."""
         key = self._query_key(query_id)
-        body = await self.queries.get(key)
-        if body is None:
+        found = await self.queries.get(key, QUERIES)
+        if found is None:
             body = await self.registry.get(query_id)
-            if body is not None:
-                self.queries.local.set_now(key, body)
-        if body is None:
-            raise QueryError(404, f"unknown query id {query_id!r}: register the query with POST /queries")
-        return QueryRecord.from_bytes(body)
+            if body is None:
+                raise QueryError(404, f"unknown query id {query_id!r}: register the query with POST /queries")
+            found = QUERIES.decode(body)
+            self.queries.local.set_now(key, found, len(body))
+        return found
 
     async def layer_query(self, layer: str, query_id: str | None, text: str | None) -> QueryEmbedding | None:
         """The embedding a layer is drawn for: the heatmap's query (a text `q=` is embedded on a
@@ -290,18 +295,16 @@ class SoundscapeService:
             return stored
 
         key = cache_key("fused", {**self.ids, **block, "hour": meta.hour, "month": meta.month, "source": meta.source})
-        return CellEmbeddings.from_bytes(
-            await self.cached(self.tiles, "fused", key, lambda: self.fuse(level, index, meta))
-        )
+        return await self.cached(self.tiles, "fused", key, lambda: self.fuse(level, index, meta), CELLS)
 
-    async def fuse(self, level: Level, index: np.ndarray, meta: Metadata, large: bool = False) -> bytes:
+    async def fuse(self, level: Level, index: np.ndarray, meta: Metadata, large: bool = False) -> CellEmbeddings:
         """The fusion of `index` under `meta`, run in the compute pool. A large one (a whole level
         for /search, or over LARGE_FUSION_CELLS) costs seconds of CPU: at most
         `settings.full_fusions` run at once and as many wait, more are refused with 503, so
         requests with many distinct metadata values cannot take the cores from tiles."""
         if not large and len(index) <= LARGE_FUSION_CELLS:
             metrics.COMPUTE.labels("fusion").inc()
-            return (await self.run(self.engine.fuse, level, index, meta)).to_bytes()
+            return await self.run(self.engine.fuse, level, index, meta)
         slots = max(1, self.settings.full_fusions)
         if self.level_fusions_pending >= 2 * slots:
             raise HTTPException(
@@ -315,18 +318,21 @@ class SoundscapeService:
         try:
             async with self.level_fusion_slots:
                 metrics.COMPUTE.labels("fusion").inc()
-                return (await self.run(self.engine.fuse, level, index, meta)).to_bytes()
+                return await self.run(self.engine.fuse, level, index, meta)
         finally:
             self.level_fusions_pending -= 1
 
     # Tiles -----------------------------------------------------------------------------------
-    def etag(self, request: TileRequest) -> str:
-        return f'"{digest(request.canonical(self.ids))}"'
+    def tile_name(self, request: TileRequest) -> str:
+        """The hash of the tile's canonical parameters, worked out once per request: quoted, the
+        tile's ETag; prefixed, its cache key."""
+        return digest(request.canonical(self.ids))
 
-    async def tile(self, request: TileRequest, text: str | None = None) -> bytes:
-        """Encoded tile; `text` is the raw q= of a text query (embedded on a miss)."""
-        key = cache_key("tile", request.canonical(self.ids))
-        return await self.cached(self.tiles, "tile", key, lambda: self._render(request, text))
+    async def tile(self, request: TileRequest, text: str | None = None, name: str | None = None) -> bytes:
+        """Encoded tile; `text` is the raw q= of a text query (embedded on a miss); `name` is
+        `tile_name(request)` when the caller has it already."""
+        key = named_key("tile", name or self.tile_name(request))
+        return await self.cached(self.tiles, "tile", key, lambda: self._render(request, text), BYTES)
 
     async def _render(self, r: TileRequest, text: str | None) -> bytes:
         query = await self.layer_query(r.layer, r.query, text)
@@ -358,7 +364,7 @@ class SoundscapeService:
             return render.encode_rgba_webp(cell.rgb, cell.valid)
 
         key = cache_key("basemap", {"imagery": self.imagery.source, "z": z, "x": x, "y": y})
-        return await self.cached(self.tiles, "basemap", key, lambda: self.run(draw))
+        return await self.cached(self.tiles, "basemap", key, lambda: self.run(draw), BYTES)
 
     # Points and search ----------------------------------------------------------------------
     def level(self, level: int | None) -> Level:
@@ -421,6 +427,6 @@ class SoundscapeService:
             "fused_level",
             {**self.ids, "level": level.level, "hour": meta.hour, "month": meta.month, "source": meta.source},
         )
-        return CellEmbeddings.from_bytes(
-            await self.cached(self.level_fusions, "fused_level", key, lambda: self.fuse(level, rows, meta, large=True))
+        return await self.cached(
+            self.level_fusions, "fused_level", key, lambda: self.fuse(level, rows, meta, large=True), CELLS
         )
