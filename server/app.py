@@ -7,7 +7,6 @@ import faiss
 import numpy as np
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from threadpoolctl import threadpool_limits
 
@@ -17,7 +16,7 @@ from server.fastpath import TileFastPath
 from server.http import HttpPolicy, errors, install_error_handlers
 from server.ratelimit import Rate, RateLimit
 from server.routes import meta, queries, rest, tiles, viewer
-from server.routes.viewer import STATIC
+from server.routes.viewer import STATIC, StaticAssets
 from server.service import SoundscapeService
 from server.settings import Settings
 from server.urls import HostPolicy
@@ -56,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     for router in (tiles.router, queries.router, rest.router, meta.router, viewer.router):
         app.include_router(router, responses=errors(400, 422, 429))  # host check, validation, rate limit
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", StaticAssets(directory=STATIC), name="static")
     install_error_handlers(app)
     # Middleware: the last added runs first. Images and .npy are not gzipped (no gain, CPU cost).
     app.add_middleware(

@@ -1,8 +1,9 @@
-"""Byte caches shared by tiles, query embeddings and fused cell blocks.
+"""Caches shared by tiles, query embeddings and fused cell blocks.
 
-An in-process LRU bounded in bytes; with Redis configured, the LRU sits in front of Redis (so
-hot tiles never leave the process) and replicas share Redis. Keys are canonical and hashed, so
-every process computes the same key. A Redis failure is a miss (the value is computed), never an
+An in-process LRU of objects bounded by their encoded size; with Redis configured, the LRU sits
+in front of Redis (so hot tiles never leave the process) and replicas share Redis, which holds
+bytes: a `Codec` turns a value into bytes and back, and only Redis sees them. Keys are canonical
+and hashed, so every process computes the same key. A Redis failure is a miss (the value is computed), never an
 error, and a short circuit breaker stops a dead Redis from costing a timeout per request.
 Concurrent identical misses are computed once (`SingleFlight`).
 """
@@ -17,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -42,45 +43,60 @@ def digest(params: dict, size: int = 32) -> str:
 
 def cache_key(kind: str, params: dict) -> str:
     """`st:{kind}:{hash}`: the kind stays readable in Redis (`KEYS st:tile:*`)."""
-    return f"st:{kind}:{digest(params)}"
+    return named_key(kind, digest(params))
+
+
+def named_key(kind: str, name: str) -> str:
+    """The key of a value whose hash (`digest`) the caller holds already (a tile's is its ETag)."""
+    return f"st:{kind}:{name}"
+
+
+class Codec(NamedTuple, Generic[T]):
+    """A cached value's bytes (for Redis) and back."""
+
+    encode: Callable[[T], bytes]
+    decode: Callable[[bytes], T]
+
+
+def _same(data: bytes) -> bytes:
+    return data
+
+
+BYTES: Codec[bytes] = Codec(_same, _same)  # encoded tiles: already bytes
 
 
 class LRUCache:
-    """In-process, thread-safe, bounded by the total size of its values."""
+    """In-process, thread-safe, bounded by the total encoded size of its values."""
 
     name = "memory"
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get_now(self, key: str) -> bytes | None:
+    def get_now(self, key: str) -> Any | None:
         with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+            found = self._items.get(key)
+            if found is None:
+                return None
+            self._items.move_to_end(key)
+            return found[0]
 
-    def set_now(self, key: str, value: bytes) -> None:
-        if len(value) > self.max_bytes:
+    def set_now(self, key: str, value: Any, size: int) -> None:
+        """Keep `value`, counted as `size` bytes (its encoded size)."""
+        if size > self.max_bytes:
             return
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
-                self._bytes -= len(old)
-            self._items[key] = value
-            self._bytes += len(value)
+                self._bytes -= old[1]
+            self._items[key] = (value, size)
+            self._bytes += size
             while self._bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= len(evicted)
-
-    async def get(self, key: str) -> bytes | None:
-        return self.get_now(key)
-
-    async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
-        self.set_now(key, value)
+                _, (_, evicted) = self._items.popitem(last=False)
+                self._bytes -= evicted
 
 
 class RedisCache:
@@ -129,25 +145,32 @@ class RedisCache:
 
 
 class TieredCache:
-    """The LRU in front of an optional shared cache; a shared hit is copied into the LRU."""
+    """The LRU of objects in front of an optional shared cache of bytes; a shared hit is decoded
+    once and kept in the LRU."""
 
     def __init__(self, local: LRUCache, shared: RedisCache | None = None):
         self.local = local
         self.shared = shared
         self.name = shared.name if shared else local.name
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str, codec: Codec[T]) -> T | None:
         value = self.local.get_now(key)
         if value is None and self.shared is not None:
-            value = await self.shared.get(key)
-            if value is not None:
-                self.local.set_now(key, value)
+            data = await self.shared.get(key)
+            if data is not None:
+                value = codec.decode(data)
+                self.local.set_now(key, value, len(data))
         return value
 
-    async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
-        self.local.set_now(key, value)
+    async def set(self, key: str, value: T, codec: Codec[T], ttl_s: int | None = None) -> T:
+        """Store `value`; answers it as decoded from its bytes, so a fresh value, an LRU hit and a
+        Redis hit are equal to the last bit (dtypes and rounding included)."""
+        data = codec.encode(value)
+        value = codec.decode(data)
+        self.local.set_now(key, value, len(data))
         if self.shared is not None:
-            await self.shared.set(key, value, ttl_s)
+            await self.shared.set(key, data, ttl_s)
+        return value
 
 
 class SingleFlight:

@@ -16,7 +16,7 @@ from runtime.bundle import Bundle
 from server.ratelimit import Rate
 from server.registry import SqliteRecords
 from server.settings import default_query_db
-from server.urls import LOOPBACK_HOSTS
+from server.urls import LOOPBACK_HOSTS, tile_template
 from store.format import Store
 
 # Options for a server on the open internet (docs/reliability.md); each is a SOUNDSCAPE_* variable.
@@ -128,13 +128,13 @@ def banner(base: str, examples: list[str]) -> str:
     if examples:
         q = quote(examples[0])
         lines += [
-            f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q={q}",
+            f"tile URL template: {tile_template(base, f'q={q}')}",
             f"TileJSON:          {base}/tilejson.json?q={q}",
             "example queries:   " + "; ".join(examples),
         ]
     else:
         lines += [
-            f"tile URL template: {base}/tiles/{{z}}/{{x}}/{{y}}.png?q=YOUR+QUERY (or layer=uncertainty)",
+            f"tile URL template: {tile_template(base, 'q=YOUR+QUERY')} (or layer=uncertainty)",
             f"TileJSON:          {base}/tilejson.json?layer=uncertainty",
         ]
     return "\n".join(lines)

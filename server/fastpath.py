@@ -10,7 +10,7 @@ a tile route is recorded under its exact raw path and query string and replayed 
 It runs inside HttpPolicy (HEAD, metrics), the host policy, CORS and the rate limit, so those
 apply to a replay exactly as to the normal path; GZip runs inside it (it never compresses a tile's
 media type; an answer carrying Content-Encoding is not recorded). If-None-Match is answered 304 with the
-recorded ETag, like `server.http.cached_response`. Bounded in bytes, least recently used first out.
+recorded ETag, like `server.http.not_modified`. Bounded in bytes, least recently used first out.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
-from server.http import cached_response
+from server.http import not_modified
 
 TILE_PREFIX = "/tiles/"
 ENTRY_OVERHEAD = 512  # bytes counted per entry besides key and body (headers, tuple, dict slot)
@@ -93,9 +93,9 @@ class TileFastPath:
             return
         scope["route"], scope["endpoint"] = found.route, found.endpoint  # HttpPolicy labels metrics by route
         if any(name == b"if-none-match" for name, _ in scope["headers"]):  # the same 304 as the route's own
-            not_modified = cached_response(Request(scope), found.etag, found.cache_control)
-            if not_modified is not None:
-                await not_modified(scope, receive, send)
+            held = not_modified(Request(scope), found.etag, found.cache_control)
+            if held is not None:
+                await held(scope, receive, send)
                 return
         TILE_HITS.inc()  # as the route's own cache lookup counts it
         # Fresh message dicts and header lists: CORS and GZip edit the start message in place.

@@ -4,11 +4,14 @@ only, and per-route Prometheus metrics."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +30,7 @@ SHOWN_INPUT_CHARS = 40  # an invalid value is quoted back up to this length
 OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 MAX_DETAIL_CHARS = 300
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})  # others: "other"
+NO_STORE = "no-store"  # errors and live answers
 
 
 class ErrorBody(BaseModel):
@@ -97,7 +101,46 @@ def _bounded(detail: str) -> str:
     return detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 3] + "..."
 
 
-# Conditional requests ----------------------------------------------------------------------
+# Caching and conditional requests ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """How one kind of answer may be cached: its Cache-Control (None: the server's own,
+    SOUNDSCAPE_CACHE_CONTROL) and its entity tag. A strong tag names exact bytes: images and .npy,
+    which GZip never re-encodes. A weak one (`W/"..."`) names a JSON, XML or HTML answer, which
+    GZip may send compressed under the same tag (RFC 9110 8.8.1: then only weak is honest)."""
+
+    cache_control: str | None
+    etag: Literal["strong", "weak"] | None
+
+
+CachingKind = Literal["tile", "document", "page", "live"]
+# The one table: every answer with a body takes its Cache-Control and ETag from here
+# (`conditional`); errors are `no-store` whatever a route set (HttpPolicy).
+CACHE_POLICIES: dict[CachingKind, CachePolicy] = {
+    # Images and values named by their URL (tiles, basemap, legend ramps).
+    "tile": CachePolicy(None, "strong"),
+    # Documents named by their URL and this server's ids (TileJSON, WMTS, search, points, queries,
+    # tile matrix sets, colormap names).
+    "document": CachePolicy(None, "weak"),
+    # The viewer and docs pages and the static files they load: they change with the server, so
+    # a cache asks again each time (a 304 when unchanged).
+    "page": CachePolicy("no-cache", "weak"),
+    # Health, readiness, metrics: true only now.
+    "live": CachePolicy(NO_STORE, None),
+}
+
+
+def cache_control(request: Request, kind: CachingKind) -> str:
+    """The Cache-Control of a successful answer of this kind."""
+    return CACHE_POLICIES[kind].cache_control or request.app.state.settings.cache_control
+
+
+def body_etag(body: bytes, weak: bool) -> str:
+    """An entity tag naming these bytes."""
+    tag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    return "W/" + tag if weak else tag
 
 
 def if_none_match_tags(request: Request) -> list[str]:
@@ -106,13 +149,27 @@ def if_none_match_tags(request: Request) -> list[str]:
     return [t.strip() for t in header.split(",") if t.strip()]
 
 
-def cached_response(request: Request, etag: str, cache_control: str) -> Response | None:
+def not_modified(request: Request, etag: str, control: str) -> Response | None:
     """304 when the client holds this ETag already (RFC 9110 weak comparison), else None. The
     caller checks that the resource exists before, since `*` matches any current representation."""
     tags = if_none_match_tags(request)
-    if "*" in tags or any(t.removeprefix("W/") == etag for t in tags):
-        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache_control})
+    if "*" in tags or any(t.removeprefix("W/") == etag.removeprefix("W/") for t in tags):
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": control})
     return None
+
+
+def conditional(request: Request, response: Response, kind: CachingKind, etag: str | None = None) -> Response:
+    """`response` with its kind's Cache-Control and ETag (`etag`, else its body's), or a 304 when
+    If-None-Match already holds that tag. HEAD needs nothing here: HttpPolicy answers it with the
+    GET answer, body dropped."""
+    policy = CACHE_POLICIES[kind]
+    control = cache_control(request, kind)
+    response.headers["Cache-Control"] = control
+    if policy.etag is None:
+        return response
+    etag = etag or body_etag(bytes(response.body), weak=policy.etag == "weak")
+    response.headers["ETag"] = etag
+    return not_modified(request, etag, control) or response
 
 
 # Error answers -----------------------------------------------------------------------------
@@ -196,7 +253,7 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException) -> J
 
 async def server_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """The last resort (Starlette logs the traceback): still the one error shape, never cached."""
-    return error_response(500, "the server failed on this request; the error is logged", {"Cache-Control": "no-store"})
+    return error_response(500, "the server failed on this request; the error is logged", {"Cache-Control": NO_STORE})
 
 
 def install_error_handlers(app: FastAPI) -> None:

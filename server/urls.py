@@ -1,4 +1,5 @@
-"""The one place absolute URLs of this server are made (TileJSON, WMTS, POST /queries links).
+"""The one place absolute URLs of this server are made (TileJSON, WMTS, POST /queries links), and
+the one tile URL template.
 
 Cached responses must not carry a host a client made up: with `public_url` set every URL starts
 with it; otherwise the request's Host header is used only when it names one of `allowed_hosts`
@@ -39,7 +40,8 @@ def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
 
 
 def base_url(request: Request) -> str:
-    """Scheme, host and root path of absolute URLs in this response, without a trailing slash."""
+    """Scheme, host and root path of absolute URLs in this response, without a trailing slash;
+    a route works it out once per answer."""
     settings: Settings = request.app.state.settings
     if settings.public_url:
         return settings.public_url.rstrip("/")
@@ -51,6 +53,14 @@ def base_url(request: Request) -> str:
         )
     request.scope.setdefault("state", {})[_VARY_HOST] = True
     return str(request.base_url).rstrip("/")
+
+
+def tile_template(
+    base: str, query: str, tms: str | None = None, cell: tuple[str, str, str] = ("{z}", "{x}", "{y}")
+) -> str:
+    """`{base}/tiles[/{tms}]/{z}/{x}/{y}.png?{query}`: the URL template of PNG tiles in TileJSON,
+    WMTS (`cell` names its placeholders), query links and the start-up banner."""
+    return f"{base}/tiles/{tms + '/' if tms else ''}{'/'.join(cell)}.png" + (f"?{query}" if query else "")
 
 
 class HostPolicy:

@@ -82,9 +82,9 @@ def test_tile_etag_ignores_parameter_order(client, pairs):
 def test_lru_is_bounded_in_bytes():
     lru = LRUCache(max_bytes=100)
     for i in range(10):
-        lru.set_now(f"k{i}", b"x" * 30)
+        lru.set_now(f"k{i}", object(), 30)
     assert lru._bytes <= 100 and lru.get_now("k9") is not None and lru.get_now("k0") is None
-    lru.set_now("huge", b"x" * 101)
+    lru.set_now("huge", object(), 101)
     assert lru.get_now("huge") is None
 
 

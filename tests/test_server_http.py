@@ -50,6 +50,44 @@ def test_head_matches_get_without_a_body(client):
     assert client.head("/tiles/2/9/0.png", params={"q": "birdsong"}).status_code == 404
 
 
+# Every kind of answer with a body, and what its caching policy (server/http.CACHE_POLICIES) gives it.
+CACHED_ANSWERS = [
+    ("/tilejson.json", {"q": "birdsong"}, "public, max-age=60", "W/"),
+    ("/WMTSCapabilities.xml", {"layer": "uncertainty"}, "public, max-age=60", "W/"),
+    ("/search", {"q": "birdsong", "k": 2}, "public, max-age=60", "W/"),
+    ("/point/10.5,47.2", {"q": "birdsong"}, "public, max-age=60", "W/"),
+    ("/tileMatrixSets", {}, "public, max-age=60", "W/"),
+    ("/colormaps", {}, "public, max-age=60", "W/"),
+    ("/colormaps/magma", {"width": 8}, "public, max-age=60", '"'),
+    ("/basemap/3/4/2.webp", {}, "public, max-age=60", '"'),
+    ("/", {}, "no-cache", "W/"),
+    ("/docs", {}, "no-cache", "W/"),
+    ("/static/viewer.js", {}, "no-cache", "W/"),
+]
+
+
+@pytest.mark.parametrize(("path", "params", "cache_control", "tag_kind"), CACHED_ANSWERS)
+def test_every_answer_with_a_body_is_conditional(client, path, params, cache_control, tag_kind):
+    first = client.get(path, params=params)
+    etag = first.headers["etag"]
+    assert first.status_code == 200 and first.headers["cache-control"] == cache_control
+    assert etag.startswith(tag_kind), "weak where GZip may re-encode the bytes, strong for images"
+    assert client.get(path, params=params).headers["etag"] == etag, "the tag names the content"
+    for held in (etag, etag.removeprefix("W/"), f'"other", {etag}'):
+        again = client.get(path, params=params, headers={"If-None-Match": held})
+        assert again.status_code == 304 and again.content == b""
+        assert (again.headers["etag"], again.headers["cache-control"]) == (etag, cache_control)
+    head = client.head(path, params=params, headers={"If-None-Match": etag})
+    assert head.status_code == 304 and head.headers["etag"] == etag
+    assert client.get(path, params=params, headers={"If-None-Match": '"other"'}).status_code == 200
+
+
+def test_live_answers_are_never_stored_nor_tagged(client):
+    for path in ("/healthz", "/readyz", "/metrics"):
+        r = client.get(path, headers={"If-None-Match": "*"})
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store" and "etag" not in r.headers
+
+
 def test_errors_are_never_cached(client):
     for path, params in ((TILE, {}), ("/tiles/1/5/0.png", {"q": "x"}), ("/queries/ffffffffffffffff", {})):
         r = client.get(path, params=params)

@@ -13,12 +13,12 @@ from fastapi.responses import JSONResponse, Response
 
 from server import metrics, wmts
 from server.engine import CELLS_PER_TILE_LOG2
-from server.http import BINARY, TEXT, errors
-from server.params import TMS_IDS, TileParams, echo, tile_request
+from server.http import BINARY, TEXT, conditional, errors
+from server.params import TMS_IDS, TileParams, check_tms, echo, tile_request
 from server.render import colormap_names, legend
-from server.routes.deps import ServiceDep, SettingsDep
+from server.routes.deps import ServiceDep
 from server.service import SoundscapeService, TileRequest
-from server.urls import base_url
+from server.urls import base_url, tile_template
 
 router = APIRouter(tags=["metadata"])
 WMTS_RESPONSES = {200: {"content": {"application/xml": TEXT}}, **errors(404, 422, 503)}
@@ -66,56 +66,54 @@ async def layer_legend(service: SoundscapeService, tile: TileRequest, text: str 
     }
 
 
-async def _tilejson(
-    request: Request, service: ServiceDep, settings: SettingsDep, tms: str, params: TileParams, template: str
-) -> JSONResponse:
-    tile, text = tile_request(service, tms, 0, 0, 0, "png", params)  # validates every parameter
-    query = echo(params)
+async def _tilejson(request: Request, service: ServiceDep, tms: str | None, params: TileParams) -> Response:
+    """TileJSON of the XYZ tiles (`tms` None) or of a tile matrix set's tiles."""
+    tile, text = tile_request(service, tms or "WebMercatorQuad", 0, 0, 0, "png", params)  # validates every parameter
+    base = base_url(request)
     store = service.store
     west, south, east, north = store.bounds
     minzoom, maxzoom = max(0, store.minlevel - CELLS_PER_TILE_LOG2), store.maxlevel
     legend = await layer_legend(service, tile, text)
-    return JSONResponse(
+    document = JSONResponse(
         {
             "tilejson": "3.0.0",
             "name": f"soundscape {params.layer}" + (f": {params.q}" if params.q else ""),
             "version": "1.0.0",
             "scheme": "xyz",
-            "tiles": [f"{base_url(request)}{template}?{urlencode(query)}"],
+            "tiles": [tile_template(base, urlencode(echo(params)), tms)],
             "minzoom": minzoom,
             "maxzoom": maxzoom,
             "bounds": [west, south, east, north],
             "center": [(west + east) / 2, (south + north) / 2, min(maxzoom, minzoom + 2)],
             "attribution": store.attribution,  # the imagery's credit as precompute recorded it
             "tilesize": tile.size,
-            "legend": f"{base_url(request)}/colormaps/{tile.colormap}",
+            "legend": f"{base}/colormaps/{tile.colormap}",
             **legend,
         },
-        headers={"Cache-Control": settings.cache_control},
     )
 
 
 @router.get(
     "/tilejson.json",
+    return conditional(request, document, "document")
     responses=errors(404, 422, 503),
     summary="TileJSON 3.0.0 of the XYZ tiles (echoes the query; describes the colours)",
 )
-async def tilejson(
-    request: Request, service: ServiceDep, settings: SettingsDep, params: Annotated[TileParams, Depends()]
-) -> JSONResponse:
-    return await _tilejson(request, service, settings, "WebMercatorQuad", params, "/tiles/{z}/{x}/{y}.png")
+async def tilejson(request: Request, service: ServiceDep, params: Annotated[TileParams, Depends()]) -> Response:
+    return await _tilejson(request, service, None, params)
 
 
 @router.get(
     "/{tms}/tilejson.json", responses=errors(404, 422, 503), summary="TileJSON 3.0.0 of a tile matrix set's tiles"
 )
 async def tms_tilejson(
-    tms: str, request: Request, service: ServiceDep, settings: SettingsDep, params: Annotated[TileParams, Depends()]
-) -> JSONResponse:
-    return await _tilejson(request, service, settings, tms, params, f"/tiles/{tms}/{{z}}/{{x}}/{{y}}.png")
+    tms: str, request: Request, service: ServiceDep, params: Annotated[TileParams, Depends()]
+) -> Response:
+    return await _tilejson(request, service, tms, params)
 
 
-async def _wmts(request: Request, service: ServiceDep, settings: SettingsDep, params: TileParams) -> Response:
+async def _wmts(request: Request, service: ServiceDep, params: TileParams) -> Response:
+    base = base_url(request)
     has_query = params.q is not None or params.query is not None
     layers = []
     for layer in ("heatmap", "uncertainty") if has_query else ("uncertainty",):
@@ -128,17 +126,13 @@ async def _wmts(request: Request, service: ServiceDep, settings: SettingsDep, pa
         query = echo(params, layer=layer)
         if layer == "uncertainty":
             query = {k: v for k, v in query.items() if k not in ("q", "query", "rescale", "colormap_name")}
-        template = (
-            f"{base_url(request)}/tiles/WebMercatorQuad/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.png?{urlencode(query)}"
-        )
+        template = tile_template(base, urlencode(query), "WebMercatorQuad", ("{TileMatrix}", "{TileCol}", "{TileRow}"))
         title = f"soundscape {layer}" + (f": {params.q}" if params.q and layer == "heatmap" else "")
         legend = await layer_legend(service, tile, text)
-        layers.append(
-            wmts.Layer(layer, title, template, legend["description"], f"{base_url(request)}/colormaps/{tile.colormap}")
-        )
-    own_url = f"{base_url(request)}{request.url.path}?{request.url.query}"
+        layers.append(wmts.Layer(layer, title, template, legend["description"], f"{base}/colormaps/{tile.colormap}"))
+    own_url = f"{base}{request.url.path}?{request.url.query}"
     body = wmts.capabilities(own_url, layers, service.store.bounds, service.store.maxlevel, params.tilesize)
-    return Response(body, media_type="application/xml", headers={"Cache-Control": settings.cache_control})
+    return conditional(request, Response(body, media_type="application/xml"), "document")
 
 
 @router.get(
@@ -148,9 +142,9 @@ async def _wmts(request: Request, service: ServiceDep, settings: SettingsDep, pa
     summary="OGC WMTS 1.0.0 capabilities: heatmap (when q or query is given) and uncertainty",
 )
 async def wmts_capabilities(
-    request: Request, service: ServiceDep, settings: SettingsDep, params: Annotated[TileParams, Depends()]
+    request: Request, service: ServiceDep, params: Annotated[TileParams, Depends()]
 ) -> Response:
-    return await _wmts(request, service, settings, params)
+    return await _wmts(request, service, params)
 
 
 @router.get(
@@ -160,11 +154,10 @@ async def wmts_capabilities(
     summary="WMTS capabilities of a TMS",
 )
 async def tms_wmts_capabilities(
-    tms: str, request: Request, service: ServiceDep, settings: SettingsDep, params: Annotated[TileParams, Depends()]
+    tms: str, request: Request, service: ServiceDep, params: Annotated[TileParams, Depends()]
 ) -> Response:
-    if tms not in TMS_IDS:
-        raise HTTPException(404, f"unknown tile matrix set {tms!r}; available: {', '.join(TMS_IDS)}")
-    return await _wmts(request, service, settings, params)
+    check_tms(tms)
+    return await _wmts(request, service, params)
 
 
 # OGC API - Tiles: the tile matrix sets are listed and described as TiTiler's clients expect.
@@ -178,23 +171,22 @@ TMS_REL = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
 
 
 @router.get("/conformance", summary="OGC API conformance classes this server implements")
-def conformance(settings: SettingsDep) -> JSONResponse:
-    return JSONResponse({"conformsTo": CONFORMANCE}, headers={"Cache-Control": settings.cache_control})
+def conformance(request: Request) -> Response:
+    return conditional(request, JSONResponse({"conformsTo": CONFORMANCE}), "document")
 
 
 @router.get("/tileMatrixSets", summary="The tile matrix sets tiles are served in (OGC API - Tiles)")
-def tile_matrix_sets(request: Request, settings: SettingsDep) -> JSONResponse:
+def tile_matrix_sets(request: Request) -> Response:
+    base = base_url(request)
     sets = [
         {
             "id": tms,
             "title": morecantile.tms.get(tms).title,
-            "links": [
-                {"href": f"{base_url(request)}/tileMatrixSets/{tms}", "rel": TMS_REL, "type": "application/json"}
-            ],
+            "links": [{"href": f"{base}/tileMatrixSets/{tms}", "rel": TMS_REL, "type": "application/json"}],
         }
         for tms in TMS_IDS
     ]
-    return JSONResponse({"tileMatrixSets": sets}, headers={"Cache-Control": settings.cache_control})
+    return conditional(request, JSONResponse({"tileMatrixSets": sets}), "document")
 
 
 @router.get(
@@ -202,18 +194,16 @@ def tile_matrix_sets(request: Request, settings: SettingsDep) -> JSONResponse:
     summary="A tile matrix set (OGC TMS 2.0 JSON)",
     responses={404: {"description": "Unknown tile matrix set."}},
 )
-def tile_matrix_set(tms: str, settings: SettingsDep) -> JSONResponse:
-    if tms not in TMS_IDS:
-        raise HTTPException(404, f"unknown tile matrix set {tms!r}; available: {', '.join(TMS_IDS)}")
-    return JSONResponse(
-        morecantile.tms.get(tms).model_dump(mode="json", exclude_none=True),
-        headers={"Cache-Control": settings.cache_control},
+def tile_matrix_set(tms: str, request: Request) -> Response:
+    check_tms(tms)
+    return conditional(
+        request, JSONResponse(morecantile.tms.get(tms).model_dump(mode="json", exclude_none=True)), "document"
     )
 
 
 @router.get("/colormaps", summary="Names of the colormaps")
-def colormaps(settings: SettingsDep) -> JSONResponse:
-    return JSONResponse({"colormaps": colormap_names()}, headers={"Cache-Control": settings.cache_control})
+def colormaps(request: Request) -> Response:
+    return conditional(request, JSONResponse({"colormaps": colormap_names()}), "document")
 
 
 @router.get(
@@ -224,30 +214,31 @@ def colormaps(settings: SettingsDep) -> JSONResponse:
 )
 def colormap_legend(
     name: str,
-    settings: SettingsDep,
+    request: Request,
     width: Annotated[int, Query(ge=1, le=2048)] = 256,
     height: Annotated[int, Query(ge=1, le=2048)] = 16,
     orientation: Literal["horizontal", "vertical"] = "horizontal",
 ) -> Response:
     if name not in colormap_names():
         raise HTTPException(404, f"unknown colormap {name!r}; GET /colormaps lists them")
-    return Response(
-        legend(name, width, height, orientation == "vertical"),
-        media_type="image/png",
-        headers={"Cache-Control": settings.cache_control},
+    return conditional(
+        request, Response(legend(name, width, height, orientation == "vertical"), media_type="image/png"), "tile"
     )
 
 
 @router.get("/healthz", summary="Liveness")
-async def healthz(service: ServiceDep) -> JSONResponse:
-    return JSONResponse(
-        {"status": "ok", "bundle": service.bundle.id, "store": service.store.id, "cache": service.tiles.name},
-        headers={"Cache-Control": "no-store"},
+async def healthz(request: Request, service: ServiceDep) -> Response:
+    return conditional(
+        request,
+        JSONResponse(
+            {"status": "ok", "bundle": service.bundle.id, "store": service.store.id, "cache": service.tiles.name}
+        ),
+        "live",
     )
 
 
 @router.get("/readyz", summary="Readiness: model loaded; reports Redis (down = degraded, still serving)")
-async def readyz(service: ServiceDep) -> JSONResponse:
+async def readyz(request: Request, service: ServiceDep) -> Response:
     redis = "not configured"
     if service.redis is not None:
         redis = "ok" if await service.redis.ping() else "down"
@@ -257,16 +248,14 @@ async def readyz(service: ServiceDep) -> JSONResponse:
         if registry.durable
         else f"at risk: redis maxmemory-policy {registry.eviction_policy} may evict them (use volatile-lru)"
     )
-    return JSONResponse(
-        {
-            "status": "degraded" if redis == "down" else "ready",
-            "redis": redis,
-            "queries": queries,
-            "bundle": service.bundle.id,
-            "store": service.store.id,
-        },
-        headers={"Cache-Control": "no-store"},
-    )
+    answer = {
+        "status": "degraded" if redis == "down" else "ready",
+        "redis": redis,
+        "queries": queries,
+        "bundle": service.bundle.id,
+        "store": service.store.id,
+    }
+    return conditional(request, JSONResponse(answer), "live")
 
 
 @router.get(
@@ -275,6 +264,6 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     responses={200: {"content": {metrics.CONTENT_TYPE: TEXT}}},
     summary="Prometheus metrics of this worker",
 )
-def prometheus() -> Response:
+def prometheus(request: Request) -> Response:
     body, content_type = metrics.exposition()
-    return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
+    return conditional(request, Response(body, media_type=content_type), "live")

@@ -8,17 +8,17 @@ from collections.abc import AsyncGenerator
 from contextlib import nullcontext
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from server.engine import Metadata, QueryEmbedding
-from server.http import errors
+from server.http import conditional, errors
 from server.queries import QueryRecord, is_query_id
 from server.routes.deps import ServiceDep, SettingsDep
 from server.service import SoundscapeService
-from server.urls import base_url
+from server.urls import base_url, tile_template
 
 router = APIRouter(tags=["queries"])
 AUDIO_TYPES = ("audio/", "application/octet-stream")
@@ -124,7 +124,7 @@ async def parse_form(request: Request, body: bytes) -> tuple[str | None, bytes |
 async def describe(service: SoundscapeService, record: QueryRecord, embedding: QueryEmbedding, base: str) -> dict:
     """The query's facts, its score range (a good `rescale`) and its links."""
     scale = await service.scale("heatmap", record.id, embedding, Metadata())
-    tiles = f"{base}/tiles/{{z}}/{{x}}/{{y}}.png?query={record.id}"
+    tiles = tile_template(base, f"query={record.id}")
     return {
         **{k: v for k, v in vars(record).items() if v is not None},
         "uncertainty": embedding.s,
@@ -177,11 +177,9 @@ async def register(request: Request, service: ServiceDep, settings: SettingsDep)
 
 
 @router.get("/queries/{query_id}", responses=errors(404, 422, 503, notes={404: "Unknown query id."}))
-async def get_query(query_id: str, request: Request, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
+async def get_query(query_id: str, request: Request, service: ServiceDep) -> Response:
     """A registered query: its kind, normalised text or audio facts, uncertainty and links."""
     if not is_query_id(query_id):
         raise HTTPException(404, f"{query_id!r} is not a query id (16 hex digits from POST /queries)")
     record, embedding = await service.resolve(query_id)
-    return JSONResponse(
-        await describe(service, record, embedding, base_url(request)), headers={"Cache-Control": settings.cache_control}
-    )
+    return conditional(request, JSONResponse(await describe(service, record, embedding, base_url(request))), "document")

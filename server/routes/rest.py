@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from runtime.tiles import demorton, quadkey, tile_bounds
-from server.http import errors
+from server.http import conditional, errors
 from server.params import LevelParam, QueryParams, metadata, query_embedding
-from server.routes.deps import ServiceDep, SettingsDep
+from server.routes.deps import ServiceDep
 
 router = APIRouter(tags=["rest"])
 MAX_K = 1000
@@ -42,12 +42,12 @@ def _context(record, params: QueryParams) -> dict:
     },
 )
 async def search(
+    request: Request,
     service: ServiceDep,
-    settings: SettingsDep,
     params: Annotated[QueryParams, Depends()],
     k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells.")] = 10,
     level: LevelParam = None,
-) -> GeoJSONResponse:
+) -> Response:
     """Top-k cells for a query as GeoJSON, best first, with match probability and S under the
     requested metadata (exact: non-default metadata is rescored over the fused level)."""
     meta = metadata(service, params)
@@ -75,25 +75,25 @@ async def search(
                 },
             }
         )
-    return GeoJSONResponse(
+    collection = GeoJSONResponse(
         {
             "type": "FeatureCollection",
             "features": features,
             "properties": {**_context(record, params), "level": chosen.level, "k": k},
-        },
-        headers={"Cache-Control": settings.cache_control},
+        }
     )
+    return conditional(request, collection, "document")
 
 
 @router.get("/point/{lon},{lat}", responses=errors(404, 422, 503, notes={404: "No cell there, or unknown query id."}))
 async def point(
+    request: Request,
     service: ServiceDep,
-    settings: SettingsDep,
     lon: Annotated[float, Path(ge=-180, le=180, allow_inf_nan=False)],
     lat: Annotated[float, Path(ge=-90, le=90, allow_inf_nan=False)],
     params: Annotated[QueryParams, Depends()],
     level: LevelParam = None,
-) -> JSONResponse:
+) -> Response:
     """Match probability and S of the cell at (lon, lat), plus its 24-hour profile (month and
     source as given) and 12-month profile (hour and source as given)."""
     meta = metadata(service, params)
@@ -102,7 +102,6 @@ async def point(
     answer = await service.point(lon, lat, chosen, meta, embedding)
     if answer is None:
         raise HTTPException(404, f"no cell of level {chosen.level} at ({lon}, {lat}): outside the store")
-    return JSONResponse(
-        {"coordinates": [lon, lat], **_context(record, params), **answer},
-        headers={"Cache-Control": settings.cache_control},
+    return conditional(
+        request, JSONResponse({"coordinates": [lon, lat], **_context(record, params), **answer}), "document"
     )

@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from server.http import BINARY, cached_response, errors, if_none_match_tags
+from server.http import BINARY, cache_control, conditional, errors, if_none_match_tags, not_modified
 from server.params import TileParams, tile_request
 from server.render import FORMATS
-from server.routes.deps import ServiceDep, SettingsDep
+from server.routes.deps import ServiceDep
 
 router = APIRouter(tags=["tiles"])
 Format = Literal["png", "webp", "npy"]
@@ -25,7 +25,6 @@ TILE_RESPONSES = {
 async def _tile(
     request: Request,
     service: ServiceDep,
-    settings: SettingsDep,
     tms: str,
     z: int,
     x: int,
@@ -36,12 +35,13 @@ async def _tile(
     tile, text = tile_request(service, tms, z, x, y, fmt, params)
     if text is None and tile.query is not None and "*" in if_none_match_tags(request):
         await service.resolve(tile.query)  # `*` matches only a tile that exists: 404 for an unknown id
-    etag = service.etag(tile)
-    not_modified = cached_response(request, etag, settings.cache_control)
-    if not_modified is not None:
-        return not_modified
-    body = await service.tile(tile, text)
-    return Response(body, media_type=FORMATS[fmt], headers={"ETag": etag, "Cache-Control": settings.cache_control})
+    name = service.tile_name(tile)
+    etag = f'"{name}"'
+    held = not_modified(request, etag, cache_control(request, "tile"))  # known before rendering
+    if held is not None:
+        return held
+    body = await service.tile(tile, text, name)
+    return conditional(request, Response(body, media_type=FORMATS[fmt]), "tile", etag)
 
 
 @router.get(
@@ -53,13 +53,12 @@ async def _tile(
 async def xyz_tile(
     request: Request,
     service: ServiceDep,
-    settings: SettingsDep,
     z: int,
     x: int,
     y: int,
     params: Annotated[TileParams, Depends()],
 ) -> Response:
-    return await _tile(request, service, settings, "WebMercatorQuad", z, x, y, "png", params)
+    return await _tile(request, service, "WebMercatorQuad", z, x, y, "png", params)
 
 
 @router.get(
@@ -71,7 +70,6 @@ async def xyz_tile(
 async def tms_tile(
     request: Request,
     service: ServiceDep,
-    settings: SettingsDep,
     tms: str,
     z: int,
     x: int,
@@ -79,7 +77,7 @@ async def tms_tile(
     fmt: Format,
     params: Annotated[TileParams, Depends()],
 ) -> Response:
-    return await _tile(request, service, settings, tms, z, x, y, fmt, params)
+    return await _tile(request, service, tms, z, x, y, fmt, params)
 
 
 @router.get(
@@ -91,11 +89,10 @@ async def tms_tile(
 async def tms_tile_png(
     request: Request,
     service: ServiceDep,
-    settings: SettingsDep,
     tms: str,
     z: int,
     x: int,
     y: int,
     params: Annotated[TileParams, Depends()],
 ) -> Response:
-    return await _tile(request, service, settings, tms, z, x, y, "png", params)
+    return await _tile(request, service, tms, z, x, y, "png", params)

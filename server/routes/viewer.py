@@ -4,15 +4,18 @@ page works with no other server and offline."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 
-from server.http import BINARY, errors
+from server.http import BINARY, conditional, errors
 from server.params import check_tile
-from server.routes.deps import ServiceDep, SettingsDep
+from server.routes.deps import ServiceDep
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 router = APIRouter(tags=["viewer"])
@@ -21,14 +24,25 @@ router = APIRouter(tags=["viewer"])
 DOCS_CSP = "default-src 'self' 'unsafe-inline' data: blob:"
 
 
+class StaticAssets(StaticFiles):
+    """`/static`: the viewer's and the docs' files under the page caching policy, tagged by
+    Starlette's name of the file's version (its mtime and size), weak since GZip may encode them."""
+
+    def file_response(
+        self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = FileResponse(full_path, status_code=status_code, stat_result=stat_result)
+        return conditional(Request(scope), response, "page", "W/" + response.headers["etag"])
+
+
 @router.get("/", include_in_schema=False)
-async def index() -> FileResponse:
-    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+async def index(request: Request) -> Response:
+    return conditional(request, HTMLResponse((STATIC / "index.html").read_bytes()), "page")
 
 
 # Relative URLs, like the viewer's: they resolve under whatever path a proxy serves the app at.
 @router.get("/docs", include_in_schema=False)
-async def swagger_ui(request: Request) -> HTMLResponse:
+async def swagger_ui(request: Request) -> Response:
     """Swagger UI over the OpenAPI document. validatorUrl off: its badge calls an outside host."""
     page = get_swagger_ui_html(
         openapi_url=request.app.openapi_url.lstrip("/"),
@@ -39,11 +53,11 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         swagger_ui_parameters={"validatorUrl": None},
     )
     page.headers["Content-Security-Policy"] = DOCS_CSP
-    return page
+    return conditional(request, page, "page")
 
 
 @router.get("/redoc", include_in_schema=False)
-async def redoc(request: Request) -> HTMLResponse:
+async def redoc(request: Request) -> Response:
     """ReDoc over the OpenAPI document, in the browser's own fonts (no font downloads)."""
     page = get_redoc_html(
         openapi_url=request.app.openapi_url.lstrip("/"),
@@ -53,7 +67,7 @@ async def redoc(request: Request) -> HTMLResponse:
         with_google_fonts=False,
     )
     page.headers["Content-Security-Policy"] = DOCS_CSP
-    return page
+    return conditional(request, page, "page")
 
 
 @router.get(
@@ -65,9 +79,9 @@ async def redoc(request: Request) -> HTMLResponse:
     },
     summary="Basemap tile of the store's imagery (WebMercatorQuad, 256 px, WebP)",
 )
-async def basemap(z: int, x: int, y: int, service: ServiceDep, settings: SettingsDep) -> Response:
+async def basemap(z: int, x: int, y: int, request: Request, service: ServiceDep) -> Response:
     check_tile("WebMercatorQuad", z, x, y)
     body = await service.basemap(z, x, y)
     if body is None:
         raise HTTPException(404, "this server has no imagery for a basemap (set SOUNDSCAPE_IMAGERY)")
-    return Response(body, media_type="image/webp", headers={"Cache-Control": settings.cache_control})
+    return conditional(request, Response(body, media_type="image/webp"), "tile")
