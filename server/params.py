@@ -130,17 +130,17 @@ def check_tms(tms: str) -> None:
     """404 for a tile matrix set this server does not serve."""
     if tms not in TMS_IDS:
         raise HTTPException(404, f"unknown tile matrix set {tms!r}; available: {', '.join(TMS_IDS)}")
+
+
+def check_tile(tms: str, z: int, x: int, y: int) -> None:
+    """404 for a tile outside the tile matrix set, before any work."""
+    check_tms(tms)
     if not (0 <= z <= MAX_ZOOM and 0 <= x < (1 << z) and 0 <= y < (1 << z)):
         raise HTTPException(404, f"tile {z}/{x}/{y} is outside the {tms} grid (zoom 0-{MAX_ZOOM}, x and y in 0..2^z-1)")
 
 
 def tile_request(
     service: SoundscapeService, tms: str, z: int, x: int, y: int, fmt: str, params: TileParams
-
-
-def check_tile(tms: str, z: int, x: int, y: int) -> None:
-    """404 for a tile outside the tile matrix set, before any work."""
-    check_tms(tms)
 ) -> tuple[TileRequest, str | None]:
     """The validated request and the text to embed (None for a registered query)."""
     check_tile(tms, z, x, y)

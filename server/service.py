@@ -28,8 +28,8 @@ from server.settings import Settings
 from store.format import Level, Store
 
 log = logging.getLogger(__name__)
-QUERY_LRU_BYTES = 32 * 1024 * 1024
 T = TypeVar("T")
+QUERY_LRU_BYTES = 32 * 1024 * 1024
 # Whole levels fused under some metadata (/search with hour and month, or a source), kept in
 # process: 2 MB for the demo's finest level, so a few dozen (level, metadata) pairs fit.
 LEVEL_FUSION_LRU_BYTES = 128 * 1024 * 1024
@@ -44,10 +44,10 @@ MAX_UPLOADS = 4
 SCALE_CACHE_ENTRIES = 4096
 # Names the default-scale rule in tile keys and ETags: change it when the rule changes.
 DEFAULT_SCALE_KEY = "p2-p98-v1"
-
 # How cached values are stored in Redis (the LRU keeps the objects).
 CELLS: Codec[CellEmbeddings] = Codec(CellEmbeddings.to_bytes, CellEmbeddings.from_bytes)
 QUERIES: Codec[tuple[QueryRecord, QueryEmbedding]] = Codec(lambda v: v[0].to_bytes(v[1]), QueryRecord.from_bytes)
+
 
 @dataclass(frozen=True)
 class TileRequest:

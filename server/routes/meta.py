@@ -91,11 +91,11 @@ async def _tilejson(request: Request, service: ServiceDep, tms: str | None, para
             **legend,
         },
     )
+    return conditional(request, document, "document")
 
 
 @router.get(
     "/tilejson.json",
-    return conditional(request, document, "document")
     responses=errors(404, 422, 503),
     summary="TileJSON 3.0.0 of the XYZ tiles (echoes the query; describes the colours)",
 )
