@@ -106,7 +106,7 @@ def ceiling(data: dict, image_size: int) -> dict:
     weights = table["class_weights"][test.rows].astype(np.float64)
     mixed = np.zeros_like(weights)
     for j, row in enumerate(test.rows):
-        for c, gain_db in zip(table["layers"][row], table["layer_gain_db"][row]):
+        for c, gain_db in zip(table["layers"][row], table["layer_gain_db"][row], strict=True):
             if c >= 0:
                 mixed[j, c] += 10.0 ** (gain_db / 20.0)
     eps = np.full_like(weights, 1e-12)  # every sample has a class; this only guards the norm

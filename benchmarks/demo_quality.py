@@ -129,8 +129,8 @@ def split_keys(training_config) -> dict:
 def training_locations(
     places: Places, bounds, training_config: dict | None = None, build: BuildConfig | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(lat, lon, level of the sample's image cell, split label) of the corpus's samples, drawn again by the corpus's own
-    `draw_locations` (a pure function of the seed, the place rasters and the parameters; the
+    """(lat, lon, level of the sample's image cell, split label) of the corpus's samples, drawn again by the
+    corpus's own `draw_locations` (a pure function of the seed, the place rasters and the parameters; the
     defaults are those of the demo corpus: 20,000 samples, levels 4..7, seed 0) and split as the
     demo reader splits them (`data:` keys of the training config: whole split_level tiles held
     out). Needs no built corpus."""
@@ -243,11 +243,12 @@ def uncertainty_check(engine, places: Places, level, bounds, training_config: di
     """The uncertainty layer (S of each cell, default metadata) vs how much training data the cell
     held: `count` = training-split samples of the demo corpus whose location lies in the cell
     (training_locations). Thin cells hold none; dense cells hold at least the upper quartile of
-    the counts of the cells that hold any (the best-covered quarter of the covered cells). Passes when the mean S of thin cells is higher than that of dense ones and the
-    difference is at least a medium effect: the probability that a thin cell's S exceeds a dense
-    cell's (Vargha-Delaney A, the AUC of S separating them) >= 0.64 (Vargha and Delaney 2000:
-    0.56 small, 0.64 medium, 0.71 large). A significance test alone would not do: with thousands
-    of cells a random-weights model's systematic 1e-5 differences (A = 0.53) are significant."""
+    the counts of the cells that hold any (the best-covered quarter of the covered cells). Passes
+    when the mean S of thin cells is higher than that of dense ones and the difference is at least
+    a medium effect: the probability that a thin cell's S exceeds a dense cell's (Vargha-Delaney A,
+    the AUC of S separating them) >= 0.64 (Vargha and Delaney 2000: 0.56 small, 0.64 medium, 0.71
+    large). A significance test alone would not do: with thousands of cells a random-weights
+    model's systematic 1e-5 differences (A = 0.53) are significant."""
     x, y = cell_xy(level)
     lat, lon, _, labels = training_locations(places, bounds, training_config)
     train = labels == "train"
@@ -381,7 +382,7 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 def _ranking(scores: np.ndarray, positive: np.ndarray) -> dict:
     n_pos = int(positive.sum())
     order = np.argsort(-scores, kind="stable")
-    top10 = order[: max(1, int(math.ceil(0.1 * len(scores))))]
+    top10 = order[: max(1, math.ceil(0.1 * len(scores)))]
     return {
         "positives": n_pos,
         "base_rate": n_pos / len(scores),

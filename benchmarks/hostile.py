@@ -466,7 +466,8 @@ def rate_limit_case(data: Path, tmp: Path) -> dict:
         return {
             "case": "200 requests as fast as one client can, limit '20/s burst 40'",
             "expected": "about 40 + 20/s, the rest 429 + Retry-After",
-            "got": f"{statuses(answers)} in {seconds:.1f} s; Retry-After {refused[0].headers.get('retry-after') if refused else '-'}",
+            "got": f"{statuses(answers)} in {seconds:.1f} s; "
+            f"Retry-After {refused[0].headers.get('retry-after') if refused else '-'}",
             "detail": refused[0].json()["detail"] if refused else "",
         }
     finally:

@@ -416,8 +416,8 @@ def markdown(result: dict) -> str:
             "",
             f"Commit {result['commit']}, {result['date']}, {result['machine']}, Python {result['python']}, no GPU. "
             f"wrk {result['wrk']['threads']} threads, {result['wrk']['connections']} connections, "
-            f"{result['wrk']['rounds']} interleaved rounds of {result['wrk']['duration_s']} s per server (the median round "
-            f"is shown); every server {result['workers']} uvicorn workers, no Redis. "
+            f"{result['wrk']['rounds']} interleaved rounds of {result['wrk']['duration_s']} s per server "
+            f"(the median round is shown); every server {result['workers']} uvicorn workers, no Redis. "
             f"Load average (1 min) before-after each measure: {loads}.",
             "",
             *lines,

@@ -61,7 +61,7 @@ def tiles_of(store: Store, zoom: int, count: int) -> list[tuple[int, int, int]]:
 
     xs, ys = demorton(codes)
     shift = store.maxlevel - zoom
-    tiles = sorted({(zoom, int(x) >> shift, int(y) >> shift) for x, y in zip(xs, ys)})
+    tiles = sorted({(zoom, int(x) >> shift, int(y) >> shift) for x, y in zip(xs, ys, strict=True)})
     rng = np.random.default_rng(0)
     return [tiles[i] for i in rng.permutation(len(tiles))[:count]]
 

@@ -11,7 +11,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 
 class ArchiveError(ValueError):
@@ -34,7 +34,7 @@ def _ar_data_tar(f: BinaryIO) -> str:
 
 
 def deb_members(
-    path: str | Path, wanted: Callable[[str], bool], on_read: Callable[[int], None] | None = None
+    path: str | Path, wanted: Callable[[str], bool], on_read: Callable[[int], object] | None = None
 ) -> Iterator[tuple[str, BinaryIO]]:
     """(path inside the package without './', readable stream) of each wanted regular file.
 
@@ -44,7 +44,9 @@ def deb_members(
         _ar_data_tar(raw)
         stream = _CountingReader(raw, on_read) if on_read else raw
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            # A stream ("r|*") is only read; typeshed asks every fileobj for write, seek and close.
+            # A stream ("r|*") is only read; typeshed asks every fileobj for write, seek and close.
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]  # type: ignore[call-overload]
                 for member in tar:
                     name = member.name.removeprefix("./")
                     if member.isfile() and wanted(name):
@@ -56,7 +58,7 @@ def deb_members(
 class _CountingReader:
     """A read-only file wrapper that reports how far it has read."""
 
-    def __init__(self, f: BinaryIO, on_read: Callable[[int], None]):
+    def __init__(self, f: BinaryIO, on_read: Callable[[int], object]):
         self._f, self._on_read, self._start = f, on_read, f.tell()
 
     def read(self, n: int = -1) -> bytes:
@@ -183,7 +185,7 @@ def opensfx_entries(buf: bytes) -> Iterator[tuple[int, str, bytes]]:
         raise ArchiveError(f"sound catalogue is corrupt: {exc}") from None
 
 
-def copy_stream(src: BinaryIO, dst: Path) -> None:
+def copy_stream(src: IO[bytes], dst: Path) -> None:
     """Write a stream to `dst` (parents created)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     with open(dst, "wb") as out:

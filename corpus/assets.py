@@ -27,7 +27,7 @@ from tqdm import tqdm
 from corpus.archives import ArchiveError, copy_stream, deb_members, opensfx_entries, rcc_entries, zip_stream_entries
 
 STAMP = "asset.json"
-Progress = Callable[[int], None]
+Progress = Callable[[int], object]
 
 
 class AssetError(Exception):

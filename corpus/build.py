@@ -93,7 +93,7 @@ def draw_locations(
         zip(names, np.floor(np.array([shares[k] for k in names]) / sum(shares.values()) * n).astype(int), strict=True)
     )
     quota["land"] += n - sum(quota.values())
-    picked = {k: [] for k in names}
+    picked: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for _ in range(200):
         if all(sum(len(a) for a in picked[k]) >= quota[k] for k in names):
             break
@@ -259,7 +259,7 @@ def make_recipes(
         text, template = caption(audible, p, i, float(hour[i]), int(evaluation.season[i]), rng)
         captions.append(text)
         templates.append(template)
-    columns = {}
+    columns: dict[str, dict[str, np.ndarray]] = {}
     for pool in POOLS:
         ev = np.array(events[pool], dtype=np.float64).reshape(-1, 5)
         columns[pool] = {

@@ -37,7 +37,7 @@ def layer_events(
     """Events for one sound layer from a pool of recordings of its class: a random crop of a
     long recording, or short ones (events such as a bark or a horn) placed at random times with
     random gaps until the output is covered."""
-    events = []
+    events: list[tuple[int, int, int, int, float]] = []
     t = int(rng.integers(0, max(1, n_frames // 4)))  # time shift of the first event
     while t < n_frames and len(events) < max_events:
         recording = pool[int(rng.integers(len(pool)))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -192,7 +193,7 @@ def derive(folders: dict[str, Path], out: Path) -> Path:
     shape = (int(180 / GRID_DEG), int(360 / GRID_DEG))
     land = _land_grid(folders["global-land-mask"] / "landmask.npz", shape)
     coast_lat, coast_lon = _coast_points(land)
-    arrays = {
+    arrays: dict[str, Any] = {
         "landcover": _read_raster(folders["mcd12c1"] / "landcover.tif", shape, "nearest"),
         "climate": _read_raster(folders["koppengeiger"] / "climate.tif", shape, "mode"),
         "land": land,

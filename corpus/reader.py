@@ -210,9 +210,7 @@ def factory(data: dict, image_size: int) -> Splits:
         keep.sort()
         rows, labels = rows[keep], labels[keep]
     pools = RECORDINGS[cfg["recordings"]]
-    return Splits(
-        *(
-            CorpusSource(corpus, rows[labels == name], bool(cfg["audio"]), pools[name])
-            for name in ("train", "val", "test")
-        )
+    train, val, test = (
+        CorpusSource(corpus, rows[labels == name], bool(cfg["audio"]), pools[name]) for name in ("train", "val", "test")
     )
+    return Splits(train, val, test)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,8 +91,10 @@ class Collate:
         self.cached = cached or {}
 
     def __call__(self, items: list[Prepared]) -> dict:
-        audio = [it.audio for it in items]
-        batch = stack([it.sample for it in items], self.prep, audio if all(a is not None for a in audio) else None)
+        audio = [it.audio for it in items if it.audio is not None]
+        batch: dict[str, Any] = stack(
+            [it.sample for it in items], self.prep, audio if len(audio) == len(items) else None
+        )
         index = np.array([it.index for it in items])
         if "text" in self.cached:
             batch.pop("input_ids", None)
@@ -137,7 +140,7 @@ def loader(
 ) -> DataLoader:
     """A DataLoader over `examples`: the global batch sampler for training, sequential order in
     batches of `batch_size` otherwise (evaluation, caching)."""
-    common = dict(
+    common: dict[str, Any] = dict(
         collate_fn=collate, num_workers=workers, persistent_workers=False, prefetch_factor=2 if workers else None
     )
     if batches is not None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import difflib
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from model.config import ConfigError
-from model.data import SampleSource, Splits
+from model.data import Splits
 
 log = logging.getLogger(__name__)
 VOCABULARY_FIELDS = {"source": "model.sources", "caption_source": "model.caption_sources"}
@@ -64,7 +66,13 @@ def vocabulary_mismatches(splits: Splits, vocabularies: dict[str, list[str]]) ->
     ], checked
 
 
-def _bad_indices(source: SampleSource, vocabularies: dict[str, list[str]]) -> set[int]:
+class _WithMetadata(Protocol):
+    """A reader that lists one metadata field of every sample without reading the samples."""
+
+    def metadata_values(self, name: str) -> Sequence[str | None]: ...
+
+
+def _bad_indices(source: _WithMetadata, vocabularies: dict[str, list[str]]) -> set[int]:
     bad: set[int] = set()
     for field, names in vocabularies.items():
         bad.update(i for i, v in enumerate(source.metadata_values(field)) if v is not None and v not in names)

@@ -247,8 +247,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "export",
         help="write a model bundle (4 ONNX graphs + manifest) from a checkpoint or a config",
         description="Export a trained model (--checkpoint), saved trained parts (--weights) or a config's "
-        "model with seeded random weights (--config) to a bundle directory: image, fuse, text and audio graphs with a dynamic "
-        "batch axis, the tokenizer, and a manifest with the calibration (a, b), the training "
+        "model with seeded random weights (--config) to a bundle directory: image, fuse, text and audio graphs "
+        "with a dynamic batch axis, the tokenizer, and a manifest with the calibration (a, b), the training "
         "record and the metrics. Needs the train extra.",
     )
     p.add_argument("--checkpoint", help="checkpoint written by soundscape train")

@@ -213,7 +213,12 @@ def _has_type(value: Any, hint: Any) -> bool:
         (item,) = typing.get_args(hint) or (Any,)
         return isinstance(value, list) and all(item is Any or _has_type(v, item) for v in value)
     if origin is tuple:
-        return isinstance(value, (list, tuple)) and all(_has_type(v, a) for v, a in zip(value, typing.get_args(hint)))
+        args = typing.get_args(hint)
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(args)
+            and all(_has_type(v, a) for v, a in zip(value, args, strict=True))
+        )
     if hint is Any:
         return True
     return isinstance(value, origin or hint)

@@ -95,6 +95,10 @@ class Preprocessing:
                     f"audio tower takes {self.audio_spec.kind!r}",
                 )
             return np.asarray(sample.audio_features, dtype=np.float32)
+        if sample.audio is None:
+            raise BadSample(sample.path or sample.key, "no audio")
+        if sample.audio is None:
+            raise BadSample(sample.path or sample.key, "no audio")
         if sample.sample_rate is None:
             raise BadSample(sample.path or sample.key, "audio without a sample rate")
         return waveform_features(self.audio_spec, sample.audio, sample.sample_rate)
@@ -144,8 +148,9 @@ def stack(samples: Sequence[Sample], prep: Preprocessing, audio: Sequence[np.nda
     """The batch of `collate` from samples whose audio input is already computed."""
     batch: dict[str, np.ndarray] = {}
     n = len(samples)
-    if all(s.image is not None for s in samples):
-        batch["image"] = np.stack([s.image for s in samples]).astype(np.uint8)
+    images = [s.image for s in samples if s.image is not None]
+    if len(images) == n:
+        batch["image"] = np.stack(images).astype(np.uint8)
         batch["gsd"] = np.array([s.gsd for s in samples], dtype=np.float32)
         src = [None if s.source is None else prep.sources.id(s.source) for s in samples]
         cap = [None if s.caption_source is None else prep.caption_sources.id(s.caption_source) for s in samples]
@@ -160,8 +165,9 @@ def stack(samples: Sequence[Sample], prep: Preprocessing, audio: Sequence[np.nda
                 caption_source=_optional(cap),
             )
         )
-    if all(s.caption is not None for s in samples):
-        batch["input_ids"], batch["attention_mask"] = prep.tokenizer.encode([s.caption for s in samples])
+    captions = [s.caption for s in samples if s.caption is not None]
+    if len(captions) == n:
+        batch["input_ids"], batch["attention_mask"] = prep.tokenizer.encode(captions)
     if audio is not None:
         batch["features"] = np.stack(audio).astype(np.float32)
     return batch
@@ -200,7 +206,7 @@ def resolve_paths(section: dict, base: str | Path) -> dict:
     (the config file's folder), so a run, and the checkpoint that records the section, work from
     any working directory."""
     out = dict(section)
-    for key in READER_PATHS.get(section.get("kind"), ()):
+    for key in READER_PATHS.get(section.get("kind", ""), ()):
         value = out.get(key)
         if isinstance(value, str) and value and not value.startswith(REMOTE_PREFIXES):
             out[key] = str((Path(base) / Path(value).expanduser()).resolve())
@@ -245,8 +251,8 @@ def geographic_split(
     unique, inverse = np.unique(cells, axis=0, return_inverse=True)
     order = np.random.default_rng(seed).permutation(len(unique))
     at_least = 1 if len(unique) >= 3 else 0
-    n_val = max(at_least, int(round(val_fraction * len(unique))))
-    n_test = max(at_least, int(round(test_fraction * len(unique))))
+    n_val = max(at_least, round(val_fraction * len(unique)))
+    n_test = max(at_least, round(test_fraction * len(unique)))
     label = np.full(len(unique), "train", dtype=object)
     label[order[:n_val]] = "val"
     label[order[n_val : n_val + n_test]] = "test"

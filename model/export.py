@@ -19,6 +19,7 @@ import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -151,7 +152,7 @@ def _exporter(model: PSMModel, graph: str) -> str:
 
 
 def _export_graph(model: PSMModel, module: nn.Module, graph: str, args: tuple, path: Path) -> None:
-    names = dict(input_names=list(GRAPH_INPUTS[graph]), output_names=list(GRAPH_OUTPUTS[graph]))
+    names: dict[str, Any] = dict(input_names=list(GRAPH_INPUTS[graph]), output_names=list(GRAPH_OUTPUTS[graph]))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if _exporter(model, graph) == "torchscript":
@@ -167,6 +168,7 @@ def _export_graph(model: PSMModel, module: nn.Module, graph: str, args: tuple, p
                 verbose=False,
                 **names,
             )
+            assert program is not None  # dynamo=True returns the program
             program.save(str(path))
 
 
@@ -177,8 +179,8 @@ def _parity(
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(list(GRAPH_OUTPUTS[graph]), inputs)
     diffs = []
-    for g, e in zip(got, expected):
-        e = e.numpy()
+    for g, t in zip(got, expected, strict=True):
+        e = t.numpy()
         diffs.append(float(np.abs(g - e).max() / (max(1.0, float(np.abs(e).max())) if relative else 1.0)))
     return max(diffs)
 

@@ -86,12 +86,12 @@ def tower_outputs(
     if tower == "audio":
         return np.concatenate(rows).astype(np.float32), unreadable
     unique = sorted(set(captions))
-    vectors = {}
+    vectors: dict[str, np.ndarray] = {}
     for start in range(0, len(unique), batch_size):
         chunk = unique[start : start + batch_size]
         ids, mask = prep.tokenizer.encode(chunk)
         out = model.text(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
-        vectors.update(zip(chunk, out.float().cpu().numpy()))
+        vectors.update(zip(chunk, out.float().cpu().numpy(), strict=True))
     return np.stack([vectors[c] for c in captions]).astype(np.float32), unreadable
 
 
@@ -117,7 +117,8 @@ def frozen_cache(
             with np.load(path) as f:
                 values = f["values"]
                 unreadable = {
-                    int(i): (str(w), str(r)) for i, w, r in zip(f["bad_index"], f["bad_where"], f["bad_reason"])
+                    int(i): (str(w), str(r))
+                    for i, w, r in zip(f["bad_index"], f["bad_where"], f["bad_reason"], strict=True)
                 }
         else:
             log.info("caching the frozen %s tower over %d %s samples", tower, len(source), split)

@@ -419,7 +419,7 @@ def load_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} does not exist") from None
-    except Exception as exc:  # torch.load raises many types for a file that is not a checkpoint
+    except Exception as exc:  # noqa: BLE001  (torch.load raises many types for a file that is not a checkpoint)
         raise CheckpointError(f"{path} is not a training checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT}")

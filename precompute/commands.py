@@ -96,9 +96,8 @@ def _info(args: argparse.Namespace) -> int:
         index = meta["index"]
         recall = f" (nprobe {index['nprobe']}, recall@10 {index['recall_at_10']})" if "nprobe" in index else ""
         fusions = ", ".join(meta.get("fusions", [])) or "-"
-        print(
-            f"{int(key):>5} {meta['count']:>10,} {meta.get('skipped', 0):>8,} {size:>8.1f}  {index['kind']}{recall} / {fusions}"
-        )
+        counts = f"{int(key):>5} {meta['count']:>10,} {meta.get('skipped', 0):>8,} {size:>8.1f}"
+        print(f"{counts}  {index['kind']}{recall} / {fusions}")
     return 0
 
 

@@ -42,7 +42,7 @@ def _shard_manifest(path: Path) -> dict:
 def _check_shards(paths: list[Path], manifests: list[dict]) -> list[tuple[Path, dict]]:
     """The shards in shard order, after checking they are all the shards of one run."""
     first = manifests[0]
-    for path, m in zip(paths, manifests):
+    for path, m in zip(paths, manifests, strict=True):
         differing = [k for k in SAME_RUN_KEYS if _run_key(m, k) != _run_key(first, k)]
         if differing:
             raise StoreError(f"{path} comes from another run than {paths[0]} (its {differing[0]} differs)")
@@ -50,7 +50,7 @@ def _check_shards(paths: list[Path], manifests: list[dict]) -> list[tuple[Path, 
     indices = sorted(m["shard"][0] for m in manifests)
     if indices != list(range(count)) or any(m["shard"][1] != count for m in manifests):
         raise StoreError(f"merge needs each of the {count} shards exactly once; got shards {indices}")
-    return sorted(zip(paths, manifests), key=lambda pm: pm[1]["shard"][0])
+    return sorted(zip(paths, manifests, strict=True), key=lambda pm: pm[1]["shard"][0])
 
 
 def _run_key(manifest: dict, key: str):

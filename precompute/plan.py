@@ -22,6 +22,7 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 
 from runtime.tiles import EARTH_CIRCUMFERENCE_M, MAX_LEVEL, MERCATOR_LAT_LIMIT, morton, tile_range
+
 BLOCK_DEPTH = 8  # a block holds up to 4^8 = 65536 cells
 
 
@@ -152,9 +153,10 @@ class Plan:
         self.levels = sorted(levels)
         self.region = region
         self.land_only = land_only
-        area = intersect(bbox, region.bbox) if region else tuple(bbox)
+        west, south, east, north = bbox
+        area = intersect(bbox, region.bbox) if region else (west, south, east, north)
         if area is None:
-            raise PlanError(f"region {region.path} lies outside bbox {bbox}")
+            raise PlanError(f"region {region.path if region else ''} lies outside bbox {bbox}")
         self.bbox = area
         self._levels: dict[int, LevelPlan] = {}
 
@@ -188,6 +190,7 @@ class Plan:
         return keep
 
     def _in_region(self, level: int, x: np.ndarray, y: np.ndarray, block: tuple[int, int, int]) -> np.ndarray:
+        assert self.region is not None  # only called with a region
         depth, bx, by = block
         n = 1 << depth
         size = EARTH_CIRCUMFERENCE_M / (1 << level)
@@ -221,7 +224,7 @@ class LevelPlan:
         bx, by = (a.ravel() for a in np.meshgrid(np.arange(bx0, bx1 + 1), np.arange(by0, by1 + 1)))
         order = np.argsort(morton(bx, by), kind="stable")
         bx, by = bx[order], by[order]
-        self.blocks = list(zip(bx.tolist(), by.tolist()))
+        self.blocks = list(zip(bx.tolist(), by.tolist(), strict=True))
         if plan.filtered:  # count what the filters keep, block by block
             self.counts = np.array([len(self._block_cells(i)[0]) for i in range(len(self.blocks))], dtype=np.int64)
         else:  # a block's share of the bbox rectangle
@@ -269,11 +272,10 @@ class LevelPlan:
             codes, x, y = self._block_cells(int(i))
             local = positions[blocks == i] - self.starts[i]
             parts.append((codes[local], x[local], y[local]))
-        return (
-            tuple(np.concatenate(col) for col in zip(*parts))
-            if parts
-            else (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64))
-        )
+        if not parts:
+            return np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        codes, x, y = (np.concatenate(col) for col in zip(*parts, strict=True))
+        return codes, x, y
 
     def batches(self, start: int, stop: int, batch: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """(first position, codes, x, y) of consecutive batches of positions start..stop."""
@@ -283,13 +285,15 @@ class LevelPlan:
             pending.append(part)
             held += len(part[0])
             while held >= batch:
-                joined = [np.concatenate(col) for col in zip(*pending)]
-                yield position, *(a[:batch] for a in joined)
+                joined = [np.concatenate(col) for col in zip(*pending, strict=True)]
+                codes, x, y = (a[:batch] for a in joined)
+                yield position, codes, x, y
                 position += batch
                 pending = [tuple(a[batch:] for a in joined)]
                 held -= batch
         if held:
-            yield position, *(np.concatenate(col) for col in zip(*pending))
+            codes, x, y = (np.concatenate(col) for col in zip(*pending, strict=True))
+            yield position, codes, x, y
 
     def shard(self, index: int, count: int, batch: int) -> tuple[int, int]:
         """Positions [start, stop) of shard `index` of `count`: contiguous quadkey ranges of nearly

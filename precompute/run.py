@@ -114,7 +114,7 @@ def embed_batch(
 
 
 def _read_cells(imagery: Imagery, level: int, size: int, x: np.ndarray, y: np.ndarray) -> list[CellImage | None]:
-    return [imagery.cell(level, int(i), int(j), size) for i, j in zip(x, y)]
+    return [imagery.cell(level, int(i), int(j), size) for i, j in zip(x, y, strict=True)]
 
 
 def read_ahead(

@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from math import gcd
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import soundfile
+from numpy.typing import ArrayLike
 from scipy.signal import resample_poly
 
 
@@ -31,8 +32,11 @@ class AudioDecodeError(ValueError):
 class AudioFrontEnd(Protocol):
     """What the runtime needs from a front end: its rate and the features of a waveform."""
 
-    kind: str
-    sample_rate: int
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def sample_rate(self) -> int: ...
 
     def features(self, wave: np.ndarray) -> np.ndarray: ...
 
@@ -43,11 +47,11 @@ class AudioFrontEnd(Protocol):
 # Shared signal pieces
 
 
-def _hz_to_mel_htk(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel_htk(hz: ArrayLike) -> np.ndarray:
     return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
 
 
-def _mel_to_hz_htk(mel: np.ndarray) -> np.ndarray:
+def _mel_to_hz_htk(mel: ArrayLike) -> np.ndarray:
     return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
 
 
@@ -71,7 +75,9 @@ def htk_mel_filters(
     return bank
 
 
-def power_spectrogram(wave: np.ndarray, n_fft: int, hop_length: int, pad_mode: str) -> np.ndarray:
+def power_spectrogram(
+    wave: np.ndarray, n_fft: int, hop_length: int, pad_mode: Literal["reflect", "constant"]
+) -> np.ndarray:
     """(n_fft//2 + 1, frames) |STFT|^2 with a periodic Hann window, frames centred on
     t * hop_length (the signal is padded by n_fft//2 on both sides with `pad_mode`)."""
     wave = np.asarray(wave, dtype=np.float64)
@@ -112,7 +118,7 @@ class AudioFeatureSpec:
 
     @property
     def n_samples(self) -> int:
-        return int(round(self.duration_s * self.sample_rate))
+        return round(self.duration_s * self.sample_rate)
 
     @property
     def n_frames(self) -> int:
@@ -164,7 +170,7 @@ class AisfxMelSpec:
 
     @property
     def n_samples(self) -> int:
-        return int(round(self.duration_s * self.sample_rate))
+        return round(self.duration_s * self.sample_rate)
 
     def to_json(self) -> dict:
         return {"kind": self.kind, **asdict(self)}
@@ -207,7 +213,7 @@ class ClapFusionSpec:
 
     @property
     def n_samples(self) -> int:
-        return int(round(self.duration_s * self.sample_rate))
+        return round(self.duration_s * self.sample_rate)
 
     @property
     def chunk_frames(self) -> int:

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rasterio.warp import transform as transform_points
@@ -102,6 +103,7 @@ def expand_source(source: Source) -> list[str]:
 def _resolution_m(reader: Reader) -> float:
     """Web-mercator metres per source pixel at the footprint centre, along the finer axis."""
     ds = reader.dataset
+    assert ds is not None  # an open Reader holds its dataset
     col, row = ds.width / 2, ds.height / 2
     xs, ys = [], []
     for dc, dr in ((0, 0), (1, 0), (0, 1)):
@@ -156,8 +158,9 @@ class Imagery:
             raise ImageryError(f"cannot read imagery {path!r}: no such file")
         try:
             reader = self._reader(path)
-            bounds = tuple(float(v) for v in reader.get_geographic_bounds(WGS84_CRS))
-            asset = Asset(path, bounds, reader.dataset.count, _resolution_m(reader))
+            west, south, east, north = (float(v) for v in reader.get_geographic_bounds(WGS84_CRS))
+            assert reader.dataset is not None  # an open Reader holds its dataset
+            asset = Asset(path, (west, south, east, north), reader.dataset.count, _resolution_m(reader))
         except ImageryError:
             raise
         except Exception as exc:  # rasterio raises several types for unreadable sources
@@ -213,7 +216,7 @@ class Imagery:
         return self.coarsest_level(), self.max_level(size, max_upsample)
 
     def _read(self, path: str, x: int, y: int, z: int, size: int) -> ImageData:
-        kwargs = {"nodata": self.nodata} if self.nodata is not None else {}
+        kwargs: dict[str, Any] = {"nodata": self.nodata} if self.nodata is not None else {}
         return self._reader(path).tile(
             x,
             y,

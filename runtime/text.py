@@ -107,7 +107,8 @@ class HuggingFaceTokenizer:
 def load_tokenizer(path: str | Path, spec: dict | None = None) -> Tokenizer:
     """The tokenizer of a bundle: `spec` is the manifest's `text` section (its `tokenizer_kind`
     and `max_length`); without it, tokenizer.json must be a hashed-words spec."""
-    kind = (spec or {}).get("tokenizer_kind", HashedWordTokenizer.kind)
+    spec = spec or {}
+    kind = spec.get("tokenizer_kind", HashedWordTokenizer.kind)
     if kind == HuggingFaceTokenizer.kind:
         return HuggingFaceTokenizer(path, int(spec["max_length"]))
     if kind != HashedWordTokenizer.kind:

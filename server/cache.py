@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -124,7 +124,7 @@ class RedisCache:
         if not self.available:
             return None
         try:
-            return await self.client.get(key)
+            return cast(bytes | None, await self.client.get(key))  # decode_responses is off: bytes
         except (redis.RedisError, OSError) as exc:
             self._failed("get", exc)
             return None

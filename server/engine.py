@@ -242,6 +242,8 @@ class Engine:
         sound shares there, S_i included, is discounted); or S (uncertainty)."""
         if layer == "uncertainty":
             return cells.s.astype(np.float32)
+        if query is None:
+            raise ValueError(f"the {layer} layer needs a query")
         if layer == "contrast":
             return self.logits(cells, query) - CONTRAST_WEIGHT * self.logits(cells, self.reference)
         a, b = self.bundle.calibration
@@ -269,7 +271,8 @@ class Engine:
     @staticmethod
     def default_scale(values: np.ndarray) -> Scale:
         """The 2nd-98th percentile of the values of the scale sample, rounded for legends and URLs."""
-        lo, hi = round_scale(*(float(v) for v in np.percentile(values, SCALE_PERCENTILES)))
+        low, high = np.percentile(values, SCALE_PERCENTILES)
+        lo, hi = round_scale(float(low), float(high))
         return Scale.over(values, lo, hi)
 
     # Points and search -----------------------------------------------------------------------

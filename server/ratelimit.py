@@ -4,8 +4,9 @@
 and 100 at once; over it a request is answered 429 with `Retry-After` and a one-sentence detail,
 before any work. Off when unset. Clients are keyed by their address (an IPv6 client by its /64,
 which one host usually holds whole). Behind a proxy, `soundscape serve --trusted-proxies` has
-uvicorn take the client's address from X-Forwarded-For, so the key is the real client. The bucket table holds at most `max_clients` entries, the
-least recently seen dropped first, so its memory is bounded whatever the number of addresses.
+uvicorn take the client's address from X-Forwarded-For, so the key is the real client. The bucket
+table holds at most `max_clients` entries, the least recently seen dropped first, so its memory is
+bounded whatever the number of addresses.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 import anyio.to_thread
 import redis
@@ -125,7 +126,7 @@ class QueryRegistry:
         record = await anyio.to_thread.run_sync(self.local.get, query_id)
         if record is None and self.client is not None:
             try:
-                record = await self.client.get(REDIS_PREFIX + query_id)
+                record = cast(bytes | None, await self.client.get(REDIS_PREFIX + query_id))  # bytes: no decoding
             except (redis.RedisError, OSError) as exc:
                 log.warning("redis get of query %s failed: %s", query_id, exc)
                 return None
@@ -149,6 +150,7 @@ class QueryRegistry:
 
     async def share(self) -> bool:
         """Copy every unshared record into Redis (no TTL); False if Redis failed."""
+        assert self.client is not None  # without Redis every record is stored as shared
         while pending := await anyio.to_thread.run_sync(self.local.unshared):
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
@@ -178,8 +180,8 @@ def _eviction_policy(url: str) -> str:
         policy = (
             redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
             .config_get("maxmemory-policy")
-            .get("maxmemory-policy", "unknown")
-        )
+            .get("maxmemory-policy")
+        ) or "unknown"
     except (redis.RedisError, OSError):
         return "unknown"  # CONFIG may be disabled (managed Redis) or Redis not up yet
     if _evicts_any_key(policy):

@@ -22,6 +22,7 @@ def colormap_names() -> list[str]:
 def palette(name: str) -> tuple[bytes, bytes]:
     """(RGB palette of 256 entries, tRNS alpha table) for a rio-tiler colormap name."""
     table = cmap.get(name)
+    assert isinstance(table, dict), f"{name} is an interval colormap"  # rio-tiler's named maps are 256-entry dicts
     rgb = bytearray(b"\x00\x00\x00")
     alpha = bytearray(b"\x00")
     for i in range(1, 256):

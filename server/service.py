@@ -97,9 +97,10 @@ def store_imagery(store: Store) -> str | list[str] | None:
     recorded = record.get("path")
     items, hints = _as_list(recorded), _as_list(record.get("absolute"))
     found = [_locate(str(item), store, hints[i] if i < len(hints) else None) for i, item in enumerate(items)]
-    if not found or None in found:
+    paths = [path for path in found if path is not None]
+    if not paths or len(paths) < len(found):
         return None
-    return found[0] if isinstance(recorded, str) else found
+    return paths[0] if isinstance(recorded, str) else paths
 
 
 def _as_list(value) -> list:
@@ -199,7 +200,9 @@ class SoundscapeService:
     async def text_query(self, text: str, register: bool = False) -> tuple[QueryRecord, QueryEmbedding]:
         """A text's record and embedding; `register` also stores it durably (POST /queries)."""
         record = text_record(self.bundle.id, text)
-        found = await self._embed(record, lambda: self.engine.embed_text(record.text))
+        normal = record.text
+        assert normal is not None  # a text record holds its normalised text
+        found = await self._embed(record, lambda: self.engine.embed_text(normal))
         if register:
             await self.registry.put(record.id, QUERIES.encode(found))
         return found
@@ -251,7 +254,10 @@ class SoundscapeService:
         miss, an id resolved), None for the uncertainty layer."""
         if layer != "heatmap":
             return None
-        return (await (self.text_query(text) if text is not None else self.resolve(query_id)))[1]
+        if text is not None:
+            return (await self.text_query(text))[1]
+        assert query_id is not None  # server.params asks a query layer for q= or query=
+        return (await self.resolve(query_id))[1]
 
     async def _sample_values(self, layer: str, query: QueryEmbedding | None, meta: Metadata) -> np.ndarray:
         """The layer's values over the colour-scale sample under `meta` (its fusion is cached)."""
@@ -354,16 +360,17 @@ class SoundscapeService:
 
     async def basemap(self, z: int, x: int, y: int) -> bytes | None:
         """A WebP tile of the store's imagery (the viewer's basemap), or None without imagery."""
-        if self.imagery is None:
+        imagery = self.imagery
+        if imagery is None:
             return None
 
         def draw() -> bytes:
-            cell = self.imagery.cell(z, x, y, 256, min_valid=0.0)  # draw whatever part has imagery
+            cell = imagery.cell(z, x, y, 256, min_valid=0.0)  # draw whatever part has imagery
             if cell is None:
                 return render.encode_rgba_webp(np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256), bool))
             return render.encode_rgba_webp(cell.rgb, cell.valid)
 
-        key = cache_key("basemap", {"imagery": self.imagery.source, "z": z, "x": x, "y": y})
+        key = cache_key("basemap", {"imagery": imagery.source, "z": z, "x": x, "y": y})
         return await self.cached(self.tiles, "basemap", key, lambda: self.run(draw), BYTES)
 
     # Points and search ----------------------------------------------------------------------
@@ -389,7 +396,7 @@ class SoundscapeService:
             scores = self.engine.values(cells, "heatmap", query)
             return [
                 {name: first + i, "score": float(v), "uncertainty": float(s)}
-                for i, (v, s) in enumerate(zip(scores, cells.s))
+                for i, (v, s) in enumerate(zip(scores, cells.s, strict=True))
             ]
 
         lon_c, lat_c = (float(v) for v in level.arrays.lonlat[row])

@@ -29,7 +29,10 @@ ARRAYS = ("codes", "sat", "mu", "s", "lonlat")
 INDEX_FILE = "index.faiss"
 FUSIONS_DIR = "fusions"
 # Metadata a store may hold precomputed fusions for: (hour, month) of each set, other tokens unknown.
-FUSION_KINDS = {"hour": [(h, None) for h in range(24)], "month": [(None, m) for m in range(1, 13)]}
+FUSION_KINDS: dict[str, list[tuple[int | None, int | None]]] = {
+    "hour": [(h, None) for h in range(24)],
+    "month": [(None, m) for m in range(1, 13)],
+}
 # Manifest keys outside the content hash: the id itself, when and how (device, timing) it was made.
 _UNHASHED_KEYS = ("id", "created", "run")
 # Keys a reader relies on; a manifest without one is refused when the store is opened.
@@ -383,7 +386,7 @@ def _check_npy(path: Path, dtype: str, shape: tuple[int | None, ...]) -> tuple[i
     if (
         found_dtype != np.dtype(dtype)
         or len(found) != len(shape)
-        or any(want is not None and want != got for want, got in zip(shape, found))
+        or any(want is not None and want != got for want, got in zip(shape, found, strict=True))
     ):
         raise StoreError(f"{path} holds {found_dtype} {found}, not {dtype} {shape}: the store is damaged; rebuild it")
     size = offset + int(np.prod(found)) * found_dtype.itemsize

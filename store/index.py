@@ -57,7 +57,7 @@ def exact_top_k(mu: np.ndarray, s: np.ndarray, queries: np.ndarray, k: int) -> n
 
 def recall_at_k(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> float:
     _, found = index.search(queries, truth.shape[1])
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist(), strict=True)]))
 
 
 def build_index(mu: np.ndarray, s: np.ndarray, flat_max: int = FLAT_MAX) -> tuple[faiss.Index, dict]:
@@ -71,22 +71,22 @@ def build_index(mu: np.ndarray, s: np.ndarray, flat_max: int = FLAT_MAX) -> tupl
     # ~4 sqrt(N) lists, but at least 39 training points per list (FAISS's own minimum).
     nlist = int(max(1, min(65536, 4 * math.sqrt(len(s)), len(s) // 39)))
     quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     step = max(1, len(s) // (64 * nlist))
-    index.train(gallery_vectors(np.asarray(mu[::step], dtype=np.float32), np.asarray(s[::step])))
-    _add(index, mu, s)
+    ivf.train(gallery_vectors(np.asarray(mu[::step], dtype=np.float32), np.asarray(s[::step])))
+    _add(ivf, mu, s)
     queries = _queries(mu)
     truth = exact_top_k(mu, s, queries, min(RECALL_K, len(s)))
     recall = 0.0
     for nprobe in [*(2**p for p in range(int(math.log2(nlist)) + 1) if 2**p < nlist), nlist]:
-        index.nprobe = nprobe
-        recall = recall_at_k(index, queries, truth)
+        ivf.nprobe = nprobe
+        recall = recall_at_k(ivf, queries, truth)
         if recall >= RECALL_TARGET:
             break
-    return index, {
+    return ivf, {
         "kind": "ivf-flat-ip",
         "nlist": nlist,
-        "nprobe": int(index.nprobe),
+        "nprobe": int(ivf.nprobe),
         "recall_at_10": round(recall, 4),
         "recall_queries": len(queries),
     }

@@ -18,7 +18,7 @@ _MAGIC = b"\x93NUMPY\x01\x00"
 
 
 def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
-    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (np.lib.format.dtype_to_descr(dtype), shape)
+    text = f"{{'descr': {np.lib.format.dtype_to_descr(dtype)!r}, 'fortran_order': False, 'shape': {shape!r}, }}"
     body_len = HEADER_BYTES - len(_MAGIC) - 2
     if len(text) + 1 > body_len:
         raise ValueError(f"shape {shape} does not fit a {HEADER_BYTES}-byte .npy header")
@@ -38,11 +38,11 @@ class GrowingNpy:
         end = HEADER_BYTES + rows * self.row_bytes
         if rows == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "w+b")
+            self.file = open(self.path, "w+b")  # noqa: SIM115  (held open across appends; close() closes it)
         else:
             if not self.path.is_file() or self.path.stat().st_size < end:
                 raise OSError(f"{self.path} is shorter than its {rows} committed rows")
-            self.file = open(self.path, "r+b")
+            self.file = open(self.path, "r+b")  # noqa: SIM115  (as above)
         self.file.truncate(end)
         self.file.seek(end)
         self.commit()

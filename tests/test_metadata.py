@@ -21,7 +21,7 @@ def test_poles_and_dateline():
 
 def test_absent_tokens_are_zero_and_flagged():
     m = encode_metadata(2, hour=np.array([5.0, np.nan]), source=1)
-    present = dict(zip(META_TOKENS, m["present"].T))
+    present = dict(zip(META_TOKENS, m["present"].T, strict=True))
     assert present["hour"].tolist() == [1.0, 0.0]
     assert present["source"].tolist() == [1.0, 1.0]
     assert present["location"].tolist() == [0.0, 0.0]

@@ -76,7 +76,7 @@ def test_clap_fusion_matches_transformers_feature_extractor():
     np.testing.assert_allclose(mine[0], shrunk, atol=1e-4)
     starts = spec.chunk_starts(len(full))
     assert starts[0] < starts[1] < starts[2] <= len(full) - 1001
-    for channel, start in zip(mine[1:], starts):
+    for channel, start in zip(mine[1:], starts, strict=True):
         np.testing.assert_allclose(channel, full[start : start + 1001], atol=1e-4)
     ref = extractor(long, sampling_rate=spec.sample_rate, return_tensors="np")["input_features"][0]
     np.testing.assert_allclose(mine[0], ref[0], atol=0.02)  # transformers computes in float32

@@ -111,9 +111,9 @@ def test_satmae_checkpoint_of_another_architecture_lists_the_keys(tmp_path):
 
 
 def test_tower_keys_belong_to_their_kind():
-    with pytest.raises(ConfigError, match="model.audio.vocab_size"):
+    with pytest.raises(ConfigError, match=r"model\.audio\.vocab_size"):
         ModelConfig.from_dict({"audio": {"kind": "melcnn", "vocab_size": 3}})
-    with pytest.raises(ConfigError, match="missing key `model.audio.path`"):
+    with pytest.raises(ConfigError, match=r"missing key `model\.audio\.path`"):
         ModelConfig.from_dict({"audio": {"kind": "clap"}})
     cfg = ModelConfig.from_dict({"text": {"kind": "minilm"}, "audio": {"kind": "aisfx", "duration_s": 5.0}})
     assert cfg.text.trainable is False and cfg.audio_spec.kind == "aisfx-mel" and cfg.audio_spec.duration_s == 5.0

@@ -51,7 +51,11 @@ def test_geographic_split_holds_out_whole_cells():
     lat, lon = rng.uniform(-50, 50, 2000), rng.uniform(-100, 100, 2000)
     labels = geographic_split(lat, lon, cell_deg=5.0, val_fraction=0.1, test_fraction=0.2, seed=1)
     cells = {
-        name: {(int(np.floor(a / 5)), int(np.floor(o / 5))) for a, o, lab in zip(lat, lon, labels) if lab == name}
+        name: {
+            (int(np.floor(a / 5)), int(np.floor(o / 5)))
+            for a, o, lab in zip(lat, lon, labels, strict=True)
+            if lab == name
+        }
         for name in ("train", "val", "test")
     }
     assert cells["train"] and cells["val"] and cells["test"]
@@ -126,7 +130,7 @@ def test_corrupt_audio_is_skipped_and_reported_with_its_path(csv_folder):
     splits = READERS["csv"]({"root": str(csv_folder), "split": {"val_fraction": 0.0, "test_fraction": 0.0}}, 32)
     train = splits.train
     broken = next(i for i, r in enumerate(train.rows) if r.key == "broken-audio")
-    with pytest.raises(BadSample, match="broken.wav"):
+    with pytest.raises(BadSample, match=r"broken\.wav"):
         train[broken]
     item = Examples(train, prep())[broken]
     assert item.index == (broken + 1) % len(train)  # the next readable sample stands in

@@ -36,7 +36,7 @@ def test_minilm_bundle_tokenises_and_embeds_like_torch(frozen_text_model, tmp_pa
     bundle = Bundle(tmp_path / "b")
     assert bundle.manifest["text"]["tokenizer_kind"] == "huggingface"
     ids, mask = bundle.tokenizer.encode(TEXTS)
-    want_ids, want_mask = model.tokenizer().encode(TEXTS)
+    want_ids, _ = model.tokenizer().encode(TEXTS)
     np.testing.assert_array_equal(ids, want_ids)
     assert ids[0, 0] == 101 and ids[0, mask[0].sum() - 1] == 102  # [CLS] ... [SEP], lower-cased WordPiece
     mu, _ = bundle.embed_texts(TEXTS)

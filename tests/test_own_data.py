@@ -163,7 +163,7 @@ def test_a_source_missing_from_the_vocabulary_suggests_adding_it():
             return [s if name == "source" else None for s in self]
 
     splits = Splits(Source(["hydrophone"] * 5), Source([]), Source([]))
-    with pytest.raises(ConfigError, match="add the values to model.sources"):
+    with pytest.raises(ConfigError, match=r"add the values to model\.sources"):
         check_vocabularies(splits, {"source": ["demo"], "caption_source": []}, skip=False)
 
 

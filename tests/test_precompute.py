@@ -64,7 +64,9 @@ def test_store_holds_every_cell_with_imagery_and_its_embedding(store_path, bundl
     store, bundle, imagery = Store(store_path), Bundle(bundle_path), Imagery(imagery_path)
     level = store.levels[5]
     x, y = tiles_in_bbox(5, FIXTURE_BBOX)
-    cells = {morton(a, b): imagery.cell(5, a, b, bundle.image_size) for a, b in zip(x.tolist(), y.tolist())}
+    cells = {
+        morton(a, b): imagery.cell(5, a, b, bundle.image_size) for a, b in zip(x.tolist(), y.tolist(), strict=True)
+    }
     with_imagery = sorted(code for code, cell in cells.items() if cell is not None)
     assert level.arrays.codes.tolist() == with_imagery
     assert level.meta["skipped"] == len(cells) - len(with_imagery)
@@ -75,6 +77,7 @@ def test_store_holds_every_cell_with_imagery_and_its_embedding(store_path, bundl
     cx, cy = demorton(np.asarray(level.arrays.codes[rows]))
     lon, lat = level.arrays.lonlat[rows].T
     assert (np.floor((lon + 180) / 360 * 32) == cx).all()
+    assert (np.floor((1 - np.arcsinh(np.tan(np.radians(lat))) / np.pi) / 2 * 32) == cy).all()
 
 
 def test_cells_under_a_tile_equal_brute_force(store_path):

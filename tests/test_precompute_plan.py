@@ -1,5 +1,6 @@
 """The plan (which cells, in which order, split how), the growing .npy writer and the index."""
 
+import itertools
 import json
 
 import faiss
@@ -42,7 +43,7 @@ def test_shards_are_contiguous_batch_aligned_and_cover_the_level():
     lp = Plan([7], (-20, 30, 40, 60)).level(7)
     edges = [lp.shard(i, 3, 32) for i in range(3)]
     assert edges[0][0] == 0 and edges[-1][1] == len(lp)
-    assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(edges))
     assert all(start % 32 == 0 for start, _ in edges)
     assert parse_shard("2/3") == (2, 3)
     for bad in ("3/3", "a/b", "1"):
@@ -102,7 +103,7 @@ def test_land_mask_lookup_equals_brute_force_on_a_small_mask():
     mask = LandMask(land)
     x, y = tiles_in_bbox(4, (-180, -85, 180, 85))
     got = mask.any_land(4, x, y)
-    for cx, cy, g in zip(x.tolist(), y.tolist(), got.tolist()):
+    for cx, cy, g in zip(x.tolist(), y.tolist(), got.tolist(), strict=True):
         w, s, e, n = tile_bounds(4, cx, cy)
         rows = slice(int(np.floor((90 - n) / 2)), int(np.ceil((90 - s) / 2)))
         cols = slice(int(np.floor((w + 180) / 2)), int(np.ceil((e + 180) / 2)))

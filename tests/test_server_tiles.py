@@ -126,7 +126,7 @@ def test_precomputed_fusions_are_served_without_fusing(bundle_path, fused_store)
     assert stats["fusions"] == 0
     engine = client.app.state.service.engine
     window, query = engine.window(0, 0, 0, 256), engine.embed_text("birdsong")
-    for params, tile in zip(cases, stored):
+    for params, tile in zip(cases, stored, strict=True):
         fused = engine.tile_values(
             window, engine.fuse(window.level, window.present, Metadata(**params)), "heatmap", query
         )

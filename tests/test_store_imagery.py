@@ -102,9 +102,11 @@ def test_missing_imagery_warns_and_basemap_is_404(built, bundle_path, tmp_path, 
 
 
 def test_unreadable_imagery_setting_warns(built, bundle_path, tmp_path, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="server.service"):
-        with make_client(bundle_path, built / "store", imagery=str(tmp_path / "nope.tif")) as client:
-            assert client.get(BASEMAP).status_code == 404
+    with (
+        caplog.at_level(logging.WARNING, logger="server.service"),
+        make_client(bundle_path, built / "store", imagery=str(tmp_path / "nope.tif")) as client,
+    ):
+        assert client.get(BASEMAP).status_code == 404
     warnings = [r.getMessage() for r in caplog.records if r.name == "server.service"]
     assert len(warnings) == 1 and "nope.tif" in warnings[0] and "SOUNDSCAPE_IMAGERY" in warnings[0], warnings
 

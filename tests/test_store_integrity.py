@@ -127,7 +127,7 @@ def test_a_store_without_checksums_still_opens(store_path, tmp_path):
     store = damaged(store_path, tmp_path, edit_manifest(drop_checksums))
     assert sorted(Store(store).levels) == sorted(Store(store_path).levels)
     broken = damaged(store, tmp_path / "b", lambda s: truncate(s / "levels/05/index.faiss"))
-    with pytest.raises(StoreError, match="index.faiss"):
+    with pytest.raises(StoreError, match=r"index\.faiss"):
         Store(broken)
 
 

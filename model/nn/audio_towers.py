@@ -5,6 +5,7 @@ heads on top; `trainable: false` freezes the backbone (see model.nn.layers.Tower
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ class MelCNN(Tower):
         super().__init__()
         layers: list[nn.Module] = []
         channels = [1, *cfg.channels]
-        for cin, cout in zip(channels[:-1], channels[1:]):
+        for cin, cout in itertools.pairwise(channels):
             # No conv bias: GroupNorm removes it, and Adam would turn its round-off gradient into steps.
             layers += [
                 nn.Conv2d(cin, cout, 3, padding=1, bias=False),
@@ -90,7 +91,7 @@ def aisfx_checkpoint() -> Path:
         raise FileNotFoundError(
             "the aisfx audio tower needs the aisfx package (pip install --no-deps aisfx) or model.audio.checkpoint"
         )
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / "checkpoint.pth"
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / "checkpoint.pth"
 
 
 class AisfxTower(Tower):

@@ -24,8 +24,9 @@ class ProbabilisticHeads(nn.Module):
         super().__init__()
         self.mu = mlp(inp, embed_dim, embed_dim)
         self.logvar = mlp(inp, embed_dim, embed_dim)
-        for layer in (self.logvar[0], self.logvar[2]):
-            nn.init.constant_(layer.bias, logvar_bias)
+        for layer in self.logvar:
+            if isinstance(layer, nn.Linear):
+                nn.init.constant_(layer.bias, logvar_bias)
 
     def forward(self, h: torch.Tensor, normalise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar); normalise=False gives the raw mean (PSM's oracle-caption evaluation
@@ -34,11 +35,22 @@ class ProbabilisticHeads(nn.Module):
         return (F.normalize(mu, dim=-1) if normalise else mu), self.logvar(h)
 
 
+class PatchEmbed(nn.Module):
+    """The patch projection, under timm's names (`patch_embed.proj`)."""
+
+    def __init__(self, width: int, patch: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, width, kernel_size=patch, stride=patch)
+
+
 class ImageEncoder(nn.Module):
     """ViT over uint8 RGB (B, H, W, 3): patches + GSDPE (no learned position table), pre-LN
     blocks, mean over patch tokens, fc_norm, projector to the sat feature. Pixels are
     normalised inside, so no caller can feed differently scaled input. Parameter names follow
     timm, so a SatMAE checkpoint loads key for key (`load_satmae`)."""
+
+    mean: torch.Tensor  # buffers (register_buffer)
+    std: torch.Tensor
 
     def __init__(self, cfg: ImageConfig, sat_dim: int, pretrained: bool = True):
         super().__init__()
@@ -47,8 +59,7 @@ class ImageEncoder(nn.Module):
         self.grid = cfg.size // cfg.patch
         self.width = cfg.width
         self.gsd_unit = cfg.gsd_unit_m
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch, stride=cfg.patch)
+        self.patch_embed = PatchEmbed(cfg.width, cfg.patch)
         hidden = int(cfg.width * cfg.mlp_ratio)
         self.blocks = nn.ModuleList(
             Block(cfg.width, cfg.heads, hidden, cfg.dropout, norm_first=True) for _ in range(cfg.depth)

@@ -11,6 +11,7 @@ by every modality pair, as in PSM, and its (a, b) is the bundle's calibration.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -128,4 +129,4 @@ def pair_losses(
 def total_loss(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     if not parts:
         raise ValueError("a batch needs two modalities of a weighted pair (sat, text, audio)")
-    return sum(weights[name] * value for name, value in parts.items())
+    return cast(torch.Tensor, sum(weights[name] * value for name, value in parts.items()))  # parts is not empty

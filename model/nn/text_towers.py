@@ -10,16 +10,32 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from model.config import ClapTextConfig, HashedTextConfig, MiniLMTextConfig, TextConfig
 from model.nn.layers import Block, Tower
-from runtime.text import HashedWordTokenizer, HuggingFaceTokenizer
+from runtime.text import HashedWordTokenizer, HuggingFaceTokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from transformers import ClapModel
 
 
-class HashedTextTower(Tower):
+class TextTower(Tower):
+    """A tower that also says how text becomes its input ids at serving time."""
+
+    def tokenizer(self) -> Tokenizer:
+        """The runtime tokenizer (runtime.text) that produces this tower's input ids."""
+        raise NotImplementedError
+
+    def write_tokenizer(self, path: Path) -> dict:
+        """Write the tokenizer file the bundle ships to `path`; the manifest's `text` keys for it."""
+        raise NotImplementedError
+
+
+class HashedTextTower(TextTower):
     """Hashed-word ids (runtime.text.HashedWordTokenizer) through a small transformer trained
     from scratch, mean-pooled over the real tokens."""
 
@@ -55,7 +71,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
-class HuggingFaceTextTower(Tower):
+class HuggingFaceTextTower(TextTower):
     """A tower whose ids come from a Hugging Face tokenizer.json shipped beside its weights."""
 
     tokenizer_file: Path
@@ -115,7 +131,7 @@ class MiniLMTower(HuggingFaceTextTower):
         return nn.functional.normalize(masked_mean(hidden, attention_mask), dim=-1)
 
 
-def load_clap(path: str) -> nn.Module:
+def load_clap(path: str) -> ClapModel:
     """A transformers ClapModel saved with save_pretrained in `path` (read locally only)."""
     from transformers import ClapModel
 
@@ -146,8 +162,8 @@ class ClapTextTower(HuggingFaceTextTower):
         return self.text_projection(pooled)
 
 
-TEXT_TOWERS: dict[str, type[Tower]] = {"hashed": HashedTextTower, "minilm": MiniLMTower, "clap": ClapTextTower}
+TEXT_TOWERS: dict[str, type[TextTower]] = {"hashed": HashedTextTower, "minilm": MiniLMTower, "clap": ClapTextTower}
 
 
-def build_text_tower(cfg: TextConfig) -> Tower:
+def build_text_tower(cfg: TextConfig) -> TextTower:
     return TEXT_TOWERS[cfg.kind](cfg)

@@ -64,5 +64,5 @@ def fit_image(rgb: np.ndarray, gsd: float, size: int, crop: int | None = None) -
     top, left = (h - side) // 2, (w - side) // 2
     square = rgb[top : top + side, left : left + side]
     if side != size:
-        square = np.asarray(Image.fromarray(square).resize((size, size), Image.BICUBIC))
+        square = np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.BICUBIC))
     return np.ascontiguousarray(square, dtype=np.uint8), float(gsd) * side / size

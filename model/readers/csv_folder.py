@@ -18,6 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mercantile
 import numpy as np
@@ -27,6 +28,9 @@ from model.data import BadSample, Sample, Splits, geographic_split, register_rea
 from model.readers.common import decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
 from runtime.tiles import EARTH_CIRCUMFERENCE_M
+
+if TYPE_CHECKING:
+    from runtime.imagery import Imagery
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("lat", "lon", "audio")
@@ -182,7 +186,7 @@ class CsvFolderSource:
     def __init__(self, rows: list[Row], cfg: CsvFolderConfig, image_size: int):
         self.rows, self.cfg, self.size = rows, cfg, image_size
         self.root = Path(cfg.root)
-        self._imagery = None
+        self._imagery: Imagery | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -234,6 +238,7 @@ class CsvFolderSource:
                 data = path.read_bytes()
             except OSError as exc:
                 raise BadSample(str(path), f"cannot read image: {exc.strerror}") from None
+            assert row.gsd is not None  # a row with an image has a gsd (parse_row)
             return fit_image(decode_image(data, str(path)), row.gsd, self.size)
         tile = mercantile.tile(row.lon, row.lat, row.level)
         cell = self.imagery().cell(tile.z, tile.x, tile.y, self.size)
@@ -241,10 +246,11 @@ class CsvFolderSource:
             raise BadSample(where, f"no imagery at level {row.level} cell ({tile.x}, {tile.y}) in {self.cfg.imagery}")
         return cell.rgb, cell.gsd
 
-    def imagery(self):
+    def imagery(self) -> Imagery:
         if self._imagery is None:  # opened lazily: one handle per DataLoader worker
             from runtime.imagery import Imagery
 
+            assert self.cfg.imagery is not None  # rows without an image need data.imagery (parse_row)
             self._imagery = Imagery(self.cfg.imagery)
         return self._imagery
 
@@ -298,11 +304,14 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
         test_fraction=s.test_fraction,
         seed=s.seed,
     )
+    train, val, test = (
+        CsvFolderSource([r for r, lab in zip(rows, labels, strict=True) if lab == name], cfg, image_size)
+        for name in ("train", "val", "test")
+    )
     return Splits(
-        *(
-            CsvFolderSource([r for r, lab in zip(rows, labels) if lab == name], cfg, image_size)
-            for name in ("train", "val", "test")
-        ),
+        train,
+        val,
+        test,
         settled={**section, "level": cfg.level} if cfg.level is not None else None,
     )
 

@@ -101,6 +101,10 @@ class _Released:
     def __getitem__(self, index: int) -> Sample:
         return self.get(index)
 
+    def get(self, index: int, without: frozenset[str] = frozenset()) -> Sample:
+        """Sample `index`, leaving out the `without` fields (model.data.load_sample)."""
+        raise NotImplementedError
+
     def _sample(self, key: str, meta: dict, zoom: int, image: bytes | None, where: str, **audio) -> Sample:
         source = self.dataset.source(key, meta)
         when = parse_when(meta.get(self.dataset.date_field))
@@ -310,7 +314,8 @@ def _opener(dataset: Dataset):
         log.info(
             "%s (%s): %s samples", dataset.name, cfg.layout, ", ".join(f"{k} {len(v)}" for k, v in records.items())
         )
-        return Splits(*(source(dataset, cfg, image_size, records[s], captions) for s in ("train", "val", "test")))
+        train, val, test = (source(dataset, cfg, image_size, records[s], captions) for s in ("train", "val", "test"))
+        return Splits(train, val, test)
 
     return open_released
 

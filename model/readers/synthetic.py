@@ -120,7 +120,8 @@ def open_synthetic(section: dict, image_size: int) -> Splits:
     missing = {"train", "val", "test"} - set(cfg.samples)
     if missing:
         raise ValueError(f"`data.samples` needs train, val and test counts; missing {', '.join(sorted(missing))}")
-    return Splits(*(SyntheticSource(cfg, split, image_size) for split in ("train", "val", "test")))
+    train, val, test = (SyntheticSource(cfg, split, image_size) for split in ("train", "val", "test"))
+    return Splits(train, val, test)
 
 
 register_reader("synthetic", open_synthetic)

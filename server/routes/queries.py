@@ -165,9 +165,11 @@ async def register(request: Request, service: ServiceDep, settings: SettingsDep)
             text, audio = await parse_form(request, body)
         else:
             audio = body
-        record, embedding = await (
-            service.text_query(text, register=True) if text is not None else service.audio_query(audio)
-        )
+        if text is not None:
+            record, embedding = await service.text_query(text, register=True)
+        else:
+            assert audio is not None  # parse_form answers 422 to a form with neither
+            record, embedding = await service.audio_query(audio)
     base = base_url(request)
     return JSONResponse(
         await describe(service, record, embedding, base),

@@ -57,7 +57,7 @@ async def search(
     scores = service.engine.values(cells, "heatmap", embedding)
     xs, ys = demorton(np.asarray(chosen.arrays.codes[rows]))
     features = []
-    for rank, (row, x, y) in enumerate(zip(rows, xs, ys)):
+    for rank, (row, x, y) in enumerate(zip(rows, xs, ys, strict=True)):
         lon, lat = (float(v) for v in chosen.arrays.lonlat[row])
         features.append(
             {

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -15,7 +15,7 @@ from server.routes.deps import ServiceDep
 
 router = APIRouter(tags=["tiles"])
 Format = Literal["png", "webp", "npy"]
-TILE_RESPONSES = {
+TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": dict.fromkeys(FORMATS.values(), BINARY), "description": "The tile."},
     304: {"description": "Not modified (If-None-Match)."},
     **errors(404, 422, 503, notes={404: "Outside the tile matrix set, or unknown query id."}),
