@@ -211,7 +211,7 @@ def answer(call: Call, response: httpx.Response) -> dict:
         "status": response.status_code,
         "headers": headers,
         "body_sha256": "volatile" if volatile_body else digest(response.content),
-        "body_bytes": len(response.content),
+        "body_bytes": None if volatile_body else len(response.content),
     }
 
 
