@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.bundle import Bundle
     from runtime.imagery import Imagery
     from server.engine import Engine
-    from store.format import Store
+    from store.reader import Store
 
     t0 = time.monotonic()
 

@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO))
 
 from cli.demo import DEMO_FUSION_LEVELS, DEMO_LEVELS  # noqa: E402
 from precompute.device import open_bundle, select_device  # noqa: E402
-from precompute.plan import WORLD  # noqa: E402
 from precompute.run import run  # noqa: E402
 from runtime.imagery import Imagery  # noqa: E402
+from runtime.tiles import WORLD_BBOX  # noqa: E402
 
 
 def _timed_run(
@@ -49,7 +49,7 @@ def _timed_run(
             Imagery(str(imagery)),
             bundle,
             levels,
-            WORLD,
+            WORLD_BBOX,
             Path(tmp) / "store",
             progress=False,
             fusion_levels=fusion_levels,

@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.server_throughput import free_port, run_wrk, serve, stop, tile_paths, wait_ready  # noqa: E402
 from server.service import store_imagery  # noqa: E402
-from store.format import Store  # noqa: E402
+from store.reader import Store  # noqa: E402
 
 QUERY = "birdsong"
 WARM_QUERY = f"q={QUERY}&hour=6"  # as benchmarks/server_throughput.py and the run

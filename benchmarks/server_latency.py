@@ -32,7 +32,7 @@ from server.app import warm_up
 from server.params import TileParams, tile_request
 from server.service import SoundscapeService
 from server.settings import Settings
-from store.format import Store
+from store.reader import Store
 
 
 def median_ms(samples: list[float]) -> float:

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from server.service import store_imagery  # noqa: E402
-from store.format import Store  # noqa: E402
+from store.reader import Store  # noqa: E402
 
 WRK_SCRIPT = """
 local urls = {}

@@ -10,13 +10,14 @@ import logging
 from pathlib import Path
 
 from precompute.device import open_bundle, select_device
-from precompute.plan import WORLD
 from precompute.run import run as precompute
 from runtime.bundle import Bundle, BundleError
 from runtime.contract import RECORD_FILE
 from runtime.imagery import Imagery
+from runtime.tiles import WORLD_BBOX
 from server.commands import add_server_options, check_port, serve
-from store.format import Store, StoreError
+from store.format import StoreError
+from store.reader import Store
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "demo"
 DEMO_LEVELS = list(range(8))
@@ -87,7 +88,7 @@ def store_path(data: Path, imagery: Path, bundle: Path) -> Path:
         Imagery(imagery),
         open_bundle(bundle, device),
         DEMO_LEVELS,
-        WORLD,
+        WORLD_BBOX,
         path,
         overwrite=True,
         fusion_levels=DEMO_FUSION_LEVELS,

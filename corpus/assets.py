@@ -10,7 +10,6 @@ that fetches it again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from corpus.archives import ArchiveError, copy_stream, deb_members, opensfx_entries, rcc_entries, zip_stream_entries
+from runtime.files import file_sha256, replace_dir
 
 STAMP = "asset.json"
 Progress = Callable[[int], object]
@@ -294,14 +294,6 @@ ASSETS: dict[str, Asset] = {
 # Acquisition and verification.
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
 
@@ -341,7 +333,7 @@ def _download(asset: Asset, folder: Path) -> Path:
 def check_archive(asset: Asset, path: Path) -> None:
     """Refuse a download whose size or sha256 differs from the pin (partial or changed)."""
     size = path.stat().st_size
-    if size != asset.size or sha256_file(path) != asset.sha256:
+    if size != asset.size or file_sha256(path) != asset.sha256:
         raise AssetError(
             f"asset {asset.name}: the downloaded {path.name} ({size} bytes) does not match "
             f"the pinned {asset.size}-byte archive (incomplete or changed download); "
@@ -380,12 +372,10 @@ def acquire(asset: Asset, root: Path, progress: bool = True) -> Path:
             except (ArchiveError, KeyError, OSError) as exc:
                 raise AssetError(f"asset {asset.name} cannot be extracted ({exc}); run `{asset.fix}`") from None
         (staging / "ATTRIBUTION.txt").write_text(_attribution(asset))
-        files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(staging)): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         stamp = {"name": asset.name, "package": asset.pin, "archive_sha256": asset.sha256, "files": files}
         (staging / STAMP).write_text(json.dumps(stamp, indent=1, sort_keys=True))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        replace_dir(staging, final)
     return final
 
 
@@ -402,7 +392,7 @@ def verify(asset: Asset, root: Path) -> Path:
         )
     for rel, digest in stamp["files"].items():
         path = folder / rel
-        if not path.is_file() or sha256_file(path) != digest:
+        if not path.is_file() or file_sha256(path) != digest:
             raise AssetError(
                 f"asset {asset.name} at {folder} is corrupt ({rel} is missing or changed); run `{asset.fix}`"
             )

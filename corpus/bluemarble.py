@@ -3,8 +3,6 @@ into a georeferenced GeoTIFF (EPSG:4326, tiled, with overviews) that rio-tiler r
 
 from __future__ import annotations
 
-import os
-import tempfile
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -14,6 +12,8 @@ from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 from rasterio.windows import Window
+
+from runtime.files import atomic_write
 
 ATTRIBUTION = """NASA Blue Marble: Next Generation (bmng.jpg, 5400 x 2700, true colour)
 Source: NASA Visible Earth / NASA Earth Observatory, Reto Stockli, NASA GSFC.
@@ -72,17 +72,13 @@ def build_geotiff(out: str | Path, bbox: tuple[float, float, float, float] | Non
         predictor=2,
         photometric="RGB",
     )
-    fd, tmp = tempfile.mkstemp(suffix=".tif", dir=out.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(rgb, window=Window(0, 0, width, height))
             factors = [f for f in (2, 4, 8, 16, 32) if min(width, height) // f >= 16]
             dst.build_overviews(factors, Resampling.average)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(out, write)
     (out.parent / "ATTRIBUTION-bluemarble.txt").write_text(ATTRIBUTION)
     return out

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
+from runtime.files import atomic_write
+
 EARTH_RADIUS_KM = 6371.0088
 GRID_DEG = 0.05  # land cover, climate and land mask share this plate-carree grid
 POPULATION_DEG = 0.1
@@ -211,7 +213,5 @@ def derive(folders: dict[str, Path], out: Path) -> Path:
         ),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(out)
+    atomic_write(out, lambda tmp: np.savez_compressed(tmp, **arrays))
     return out

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from runtime.bundle import BundleError, file_sha256
+from runtime.bundle import BundleError
+from runtime.files import file_sha256
 
 # Errors that mean "the input is wrong": one sentence on stderr, exit code 2 (with cli/main.py's
 # ValueError and FileNotFoundError, which cover config, checkpoint and data errors).

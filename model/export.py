@@ -30,7 +30,7 @@ from torch import nn
 from model.config import ModelConfig
 from model.nn.psm import PSMModel
 from model.nn.weights import CheckpointError
-from runtime.bundle import BUNDLE_FORMAT_VERSION, file_sha256, finalise_manifest
+from runtime.bundle import BUNDLE_FORMAT_VERSION, finalise_manifest
 from runtime.contract import (
     FP16_GRAPH_FILES,
     GRAPH_FILES,
@@ -41,6 +41,7 @@ from runtime.contract import (
     TOKENIZER_FILE,
     TRAINED_PARTS_FILE,
 )
+from runtime.files import file_sha256, replace_dir
 from runtime.metadata import encode_metadata
 
 PARITY_TOLERANCE = 1e-4
@@ -272,9 +273,7 @@ def export_bundle(
         }
         manifest = finalise_manifest(tmp, manifest)
         os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
         return manifest
     finally:
         if tmp.exists():

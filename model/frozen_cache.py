@@ -10,10 +10,7 @@ recomputes them and a second run reuses them."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from tqdm import tqdm
 from model.batches import Collate, Examples, SkipLog, loader, to_tensors
 from model.data import Preprocessing, SampleSource
 from model.nn.psm import PSMModel
+from runtime.files import atomic_write, json_sha256
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ def fingerprint(model: PSMModel, tower: str, split: str, data: dict, source: Sam
         "content": getattr(source, "content_hash", None),
         "audio": model.cfg.audio_spec.to_json() if tower == "audio" else None,
     }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_sha256(spec)
 
 
 @torch.no_grad()
@@ -126,16 +124,16 @@ def frozen_cache(
                 model, tower, source, prep, batch_size=batch_size, workers=workers, skips=skips, progress=progress
             )
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes sharing a cache never share a tmp file
-            with open(tmp, "wb") as f:
-                np.savez(
-                    f,
+            atomic_write(
+                path,
+                lambda tmp: np.savez(
+                    tmp,
                     values=values,
                     bad_index=np.array(list(unreadable), dtype=np.int64),
                     bad_where=np.array([w for w, _ in unreadable.values()], dtype=str),
                     bad_reason=np.array([r for _, r in unreadable.values()], dtype=str),
-                )
-            os.replace(tmp, path)
+                ),
+            )
         cache.outputs[tower] = values
         cache.unreadable.update(unreadable)
     return cache

@@ -15,7 +15,6 @@ import csv
 import dataclasses
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.losses import LossConfig, build_loss, pair_losses, total_loss
 from model.nn.psm import PSMModel
 from model.nn.weights import CheckpointError
+from runtime.files import atomic_write
 from runtime.metadata import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -376,9 +376,7 @@ class Run:
             "skipped": self.skips.records(),
             "calibration": self.opt.loss_fn.calibration(),
         }
-        tmp = self.run_dir / f".{name}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.run_dir / name)
+        atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))
         with open(self.run_dir / "skipped.tsv", "w") as f:
             f.writelines(f"{where}\t{reason}\n" for where, reason in self.skips.records())
 

@@ -14,8 +14,10 @@ from precompute.run import RunOptions, execute, make_plan
 from runtime.bundle import BundleError
 from runtime.imagery import Imagery, ImageryError
 from runtime.tiles import WORLD_BBOX
-from store.format import Store, StoreError
+from store.format import StoreError
 from store.index import FLAT_MAX
+from store.reader import Store
+from store.verify import verify_store
 
 USER_ERRORS: tuple[type[Exception], ...] = (BundleError, ImageryError, StoreError, PlanError)
 
@@ -103,7 +105,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     store = Store(args.store)
-    store.verify()
+    verify_store(store)
     print(f"store {store.id} at {store.path}: every checksum matches and every level is consistent")
     return 0
 

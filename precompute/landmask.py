@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 
+from runtime.files import atomic_write
 from runtime.tiles import tiles_bounds
 
 COARSEN = 8
@@ -49,10 +49,7 @@ def coarse_land() -> np.ndarray:
     land = _reduce(source)
     try:  # a cache that cannot be written only costs time
         cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npy", dir=cache.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, land)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda tmp: np.save(tmp, land))
     except OSError:
         pass
     return land

@@ -12,18 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from store.format import (
-    INDEX_FILE,
-    MANIFEST_FILE,
-    STORE_FORMAT_VERSION,
-    StoreError,
-    check_output,
-    finish_store,
-    level_dir,
-)
+from store.format import INDEX_FILE, MANIFEST_FILE, STORE_FORMAT_VERSION, StoreError, level_dir
 from store.imagery_ref import as_built, relative_to_store
 from store.index import FLAT_MAX
 from store.npy import GrowingNpy
+from store.writer import check_output, finish_store
 
 CHUNK_ROWS = 65536
 SAME_RUN_KEYS = ("bundle_id", "imagery", "plan", "bounds")

@@ -23,10 +23,10 @@ from runtime.imagery import CellImage, Imagery
 from runtime.metadata import encode_metadata
 from runtime.scoring import uncertainty
 from runtime.tiles import tile_centres
-from store.format import FUSION_KINDS, LevelArrays, check_output, finish_store, fusion_sets
+from store.format import FUSION_KINDS, LevelArrays, fusion_sets
 from store.imagery_ref import relative_to_store
 from store.index import FLAT_MAX
-from store.writer import PartialStore
+from store.writer import PartialStore, check_output, finish_store
 
 FusionSet = tuple[str, int | None, int | None]
 Batch = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # (first plan position, codes, x, y)

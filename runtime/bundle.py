@@ -4,9 +4,7 @@ name it and a server refuses a store built by another. Loading needs onnxruntime
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from runtime.contract import (
     PRECISIONS,
     TOKENIZER_FILE,
 )
+from runtime.files import atomic_write, file_sha256, json_sha256
 from runtime.metadata import Vocabulary
 from runtime.text import load_tokenizer
 
@@ -37,19 +36,9 @@ class BundleError(Exception):
     """The path is not a usable model bundle; the message says why."""
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def content_id(manifest: dict) -> str:
     """Bundle id: sha256 of the canonical manifest (which holds every file's sha256), 16 hex."""
-    body = {k: v for k, v in manifest.items() if k not in _UNHASHED_KEYS}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return json_sha256({k: v for k, v in manifest.items() if k not in _UNHASHED_KEYS})
 
 
 def finalise_manifest(directory: Path, manifest: dict) -> dict:
@@ -60,9 +49,7 @@ def finalise_manifest(directory: Path, manifest: dict) -> dict:
     )
     manifest["files"] = {name: file_sha256(directory / name) for name in names}
     manifest["id"] = content_id(manifest)
-    tmp = directory / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, directory / MANIFEST_FILE)
+    atomic_write(directory / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 

@@ -1,8 +1,8 @@
 """Web-mercator tile math shared by training, corpus, precompute and the server.
 
 Cells are XYZ tiles; within a level they are ordered by quadkey, which for one level is the
-order of the Morton code (bit-interleaved x, y). Integer Morton codes make "the cells under a
-tile" a single contiguous range that `numpy.searchsorted` finds.
+order of the Morton code (bit-interleaved x, y): the cells under a tile are one contiguous run
+of a level's sorted codes. Scalar tile math is mercantile's; the array forms here are numpy's.
 """
 
 from __future__ import annotations
@@ -74,15 +74,6 @@ def demorton(code):
 def quadkey(x: int, y: int, z: int) -> str:
     """Bing-style quadkey string of tile (z, x, y); '' for z = 0."""
     return mercantile.quadkey(x, y, z)
-
-
-def descendant_range(z: int, x: int, y: int, level: int) -> tuple[int, int]:
-    """Half-open Morton range [lo, hi) at `level` (>= z) of the cells under tile (z, x, y)."""
-    if level < z:
-        raise ValueError(f"level {level} is above tile zoom {z}")
-    shift = 2 * (level - z)
-    base = morton(int(x), int(y)) << shift
-    return base, base + (1 << shift)
 
 
 def tile_centres(z: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from server.routes.viewer import STATIC, StaticAssets
 from server.service import SoundscapeService
 from server.settings import Settings
 from server.urls import HostPolicy
-from store.format import Store
+from store.reader import Store
 
 
 def warm_up(service: SoundscapeService) -> None:

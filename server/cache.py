@@ -11,8 +11,6 @@ Concurrent identical misses are computed once (`SingleFlight`).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -23,22 +21,25 @@ from typing import Any, Generic, NamedTuple, TypeVar, cast
 import redis
 import redis.asyncio as aioredis
 
+from runtime.files import canonical_json, json_sha256
 from server import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _given(params: dict) -> dict:
+    return {k: v for k, v in params.items() if v is not None}
+
+
 def canonical(params: dict) -> str:
-    """The one text form of a parameter dict: sorted keys, no whitespace, None dropped."""
-    return json.dumps(
-        {k: v for k, v in params.items() if v is not None}, sort_keys=True, separators=(",", ":"), default=str
-    )
+    """The one text form of a parameter dict: canonical JSON (runtime/files.py), None dropped."""
+    return canonical_json(_given(params))
 
 
 def digest(params: dict, size: int = 32) -> str:
     """Stable hex hash of `canonical(params)`, the same in every process and machine."""
-    return hashlib.sha256(canonical(params).encode()).hexdigest()[:size]
+    return json_sha256(_given(params), size)
 
 
 def cache_key(kind: str, params: dict) -> str:

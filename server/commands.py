@@ -17,7 +17,7 @@ from server.ratelimit import Rate
 from server.registry import SqliteRecords
 from server.settings import default_query_db
 from server.urls import LOOPBACK_HOSTS, tile_template
-from store.format import Store
+from store.reader import Store
 
 # Options for a server on the open internet (docs/reliability.md); each is a SOUNDSCAPE_* variable.
 INTERNET_OPTIONS = {

@@ -26,7 +26,7 @@ from runtime.scoring import (
 )
 from runtime.tiles import MERCATOR_LAT_LIMIT, morton
 from server.sampling import AxisSampling, axis_sampling, sample
-from store.format import Level, Store
+from store.reader import Level, Store
 
 CELLS_PER_TILE_LOG2 = 4  # a tile draws the cells of level z + 4: 16 x 16 cells
 MAX_CELLS_PER_SIDE_LOG2 = 8  # beyond this a tile would hold more cells than pixels

@@ -25,7 +25,7 @@ from server.engine import CellEmbeddings, Engine, Metadata, QueryEmbedding, Scal
 from server.queries import QueryError, QueryRecord, decode_upload, text_record
 from server.registry import QueryRegistry
 from server.settings import Settings
-from store.format import Level, Store
+from store.reader import Level, Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

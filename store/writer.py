@@ -9,11 +9,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
+import faiss
 import numpy as np
 
-from store.format import FUSIONS_DIR, LevelArrays, StoreError, array_specs, level_dir
+from runtime.files import atomic_write, file_sha256, replace_dir
+from store.format import (
+    FUSIONS_DIR,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    STORE_FORMAT_VERSION,
+    LevelArrays,
+    StoreError,
+    array_specs,
+    content_id,
+    level_dir,
+)
+from store.index import FLAT_MAX, build_index
 from store.npy import GrowingNpy
 
 
@@ -107,11 +121,65 @@ class PartialStore:
             ) from exc
 
     def save(self) -> None:
-        tmp = self.progress.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, sort_keys=True))
-        os.replace(tmp, self.progress)
+        atomic_write(self.progress, json.dumps(self.state, sort_keys=True))
 
     def discard(self) -> None:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.progress.unlink(missing_ok=True)
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output path that holds a store (unless overwrite) or anything else non-empty."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if (out / MANIFEST_FILE).is_file():
+        if not overwrite:
+            raise StoreError(f"{out} already exists; pass --overwrite to replace it")
+    elif not out.is_dir() or any(out.iterdir()):
+        raise StoreError(f"{out} exists and is not an embedding store; choose another --out")
+
+
+def _finish_level(folder: Path, flat_max: int) -> dict:
+    """Index one complete level folder; its manifest entry (count, index, S range, checksums)."""
+    arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("mu", "s")}
+    index, info = build_index(arrays["mu"], arrays["s"], flat_max)
+    atomic_write(folder / INDEX_FILE, lambda tmp: faiss.write_index(index, str(tmp)))
+    s = arrays["s"]
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return {
+        "count": len(s),
+        "index": info,
+        "s_range": [float(s.min()), float(s.max())] if len(s) else None,
+        "files": {name: file_sha256(folder / name) for name in files},
+    }
+
+
+def _uncertainty_range(root: Path, levels: list[int]) -> list[float]:
+    """1st and 99th percentile of S over all cells: the uncertainty layer's default scale."""
+    s = np.concatenate([np.load(level_dir(root, lv) / "s.npy") for lv in levels])
+    return [float(np.percentile(s, 1)), float(np.percentile(s, 99))] if len(s) else [0.0, 1.0]
+
+
+def finish_store(
+    work: Path, out: Path, manifest: dict, level_extra: dict[int, dict], *, flat_max: int = FLAT_MAX
+) -> dict:
+    """Index every level of the store written in `work`, write its manifest and move it to `out`.
+
+    `manifest` holds the run's keys (bundle_id, imagery, plan, bounds, ...); `level_extra` adds
+    per-level facts (skipped cells, fusion kinds). Safe to repeat after a crash."""
+    levels = sorted(level_extra)
+    level_meta = {str(lv): {**_finish_level(level_dir(work, lv), flat_max), **level_extra[lv]} for lv in levels}
+    manifest = {
+        **manifest,
+        "format_version": STORE_FORMAT_VERSION,
+        "levels": level_meta,
+        "uncertainty_range": _uncertainty_range(work, levels),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    manifest["id"] = content_id(manifest)
+    atomic_write(work / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.chmod(work, 0o755)
+    replace_dir(work, Path(out))
+    return manifest

@@ -59,7 +59,7 @@ def demo_world(tmp_path_factory, aisfx_installed):
     from runtime.imagery import Imagery
     from server.app import create_app
     from server.settings import Settings
-    from store.format import Store
+    from store.reader import Store
 
     data = tmp_path_factory.mktemp("demo-world")
     imagery = demo.imagery_path(data)

@@ -17,7 +17,7 @@ from precompute.run import run
 from runtime.bundle import Bundle
 from runtime.imagery import Imagery, ImageryError
 from runtime.tiles import morton, tile_bounds, tiles_in_bbox
-from store.format import Store
+from store.reader import Store
 
 SIZE = 32
 

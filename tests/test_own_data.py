@@ -248,7 +248,7 @@ def test_precompute_names_every_bad_level_and_the_allowed_range(bundle_path, ima
 def test_credit_from_precompute_reaches_tilejson_and_old_stores_credit_the_model_only(
     bundle_path, imagery_path, store_path, tmp_path, capsys
 ):
-    from store.format import Store
+    from store.reader import Store
     from tests.server_support import make_client
 
     out = tmp_path / "store"

@@ -39,7 +39,7 @@ def test_the_page_lists_every_step():
 def test_the_walkthrough_runs_end_to_end(tmp_path, monkeypatch, capsys, caplog):
     from runtime.bundle import Bundle
     from server.commands import banner
-    from store.format import Store
+    from store.reader import Store
     from tests.server_support import make_client
 
     monkeypatch.chdir(tmp_path)

@@ -8,7 +8,9 @@ from runtime.bundle import Bundle
 from runtime.metadata import encode_metadata
 from runtime.scoring import query_vector, uncertainty
 from runtime.tiles import demorton, morton, tiles_in_bbox
-from store.format import Store, StoreError
+from store.format import StoreError
+from store.reader import Store
+from store.verify import verify_store
 from tests.conftest import FIXTURE_BBOX, FIXTURE_LEVELS
 
 BBOX_ARG = "--bbox=" + ",".join(map(str, FIXTURE_BBOX))
@@ -45,7 +47,7 @@ def test_store_levels_are_sorted_and_consistent(store_path, bundle_path):
     store = Store(store_path)
     bundle = Bundle(bundle_path)
     store.check_bundle(bundle.id)
-    store.verify()
+    verify_store(store)
     assert sorted(store.levels) == FIXTURE_LEVELS
     for level in store.levels.values():
         a = level.arrays
@@ -78,16 +80,6 @@ def test_store_holds_every_cell_with_imagery_and_its_embedding(store_path, bundl
     lon, lat = level.arrays.lonlat[rows].T
     assert (np.floor((lon + 180) / 360 * 32) == cx).all()
     assert (np.floor((1 - np.arcsinh(np.tan(np.radians(lat))) / np.pi) / 2 * 32) == cy).all()
-
-
-def test_cells_under_a_tile_equal_brute_force(store_path):
-    level = Store(store_path).levels[6]
-    codes = np.asarray(level.arrays.codes)
-    for z, x, y in [(2, 2, 1), (3, 4, 2), (4, 8, 6), (6, 33, 22)]:
-        got = codes[level.cells_under(z, x, y)]
-        cx, cy = demorton(codes)
-        want = codes[(cx >> (6 - z) == x) & (cy >> (6 - z) == y)]
-        assert got.tolist() == want.tolist()
 
 
 def test_index_ranks_by_mu_dot_q_minus_half_s(store_path):
@@ -134,7 +126,7 @@ def test_verify_finds_a_changed_byte_and_info_describes(fused_store, tmp_path, c
     assert main(["store", "verify", str(copy)]) == 2
     assert "hour-06.mu.npy does not match its checksum" in capsys.readouterr().err
     with pytest.raises(StoreError):
-        Store(copy).verify()
+        verify_store(Store(copy))
 
 
 def test_dry_run_counts_cells_and_writes_nothing(bundle_path, imagery_path, tmp_path, capsys):

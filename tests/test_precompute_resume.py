@@ -14,7 +14,9 @@ from precompute.merge import merge
 from precompute.run import run
 from runtime.bundle import Bundle
 from runtime.imagery import Imagery
-from store.format import Store, StoreError
+from store.format import StoreError
+from store.reader import Store
+from store.verify import verify_store
 from store.writer import work_paths
 from tests.conftest import FIXTURE_BBOX
 
@@ -69,7 +71,7 @@ def _positions(progress: Path) -> int:
 
 def test_reference_store_has_every_part(reference):
     store = Store(reference)
-    store.verify()
+    verify_store(store)
     assert sorted(store.levels) == list(range(3, 8))
     assert store.levels[7].meta["index"]["kind"] == "ivf-flat-ip"
     assert store.levels[7].meta["index"]["recall_at_10"] >= 0.95
@@ -116,7 +118,7 @@ def test_killed_overwrite_run_keeps_the_old_store_then_resumes_to_the_same_store
         assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr.read()}"
     assert 100 <= _positions(progress) < sum(len(lv) for lv in Store(reference).levels.values())
     assert Store(out).id == old.id  # the store at --out is untouched while the new one is unfinished
-    Store(out).verify()
+    verify_store(Store(out))
 
     done = subprocess.run(argv, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -8,7 +8,7 @@ import pytest
 from runtime.metadata import encode_metadata
 from runtime.scoring import csd, match_probability, uncertainty
 from runtime.tiles import morton
-from store.format import Store
+from store.reader import Store
 from tests.server_support import make_client
 
 

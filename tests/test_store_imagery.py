@@ -16,7 +16,8 @@ from precompute.run import run
 from runtime.bundle import Bundle
 from runtime.imagery import Imagery
 from server.service import store_imagery
-from store.format import MANIFEST_FILE, Store, content_id
+from store.format import MANIFEST_FILE, content_id
+from store.reader import Store
 from tests.conftest import FIXTURE_BBOX
 from tests.server_support import LAND_TILE, make_client
 

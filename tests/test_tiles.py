@@ -4,7 +4,6 @@ import pytest
 
 from runtime.tiles import (
     demorton,
-    descendant_range,
     ground_sample_distance,
     morton,
     quadkey,
@@ -31,15 +30,6 @@ def test_morton_arrays_round_trip_and_sort_like_quadkeys():
     assert (bx == x).all() and (by == y).all()
     by_code = [quadkey(int(x[i]), int(y[i]), 10) for i in np.argsort(codes, kind="stable")]
     assert by_code == sorted(by_code)
-
-
-def test_descendant_range_equals_brute_force():
-    z, x, y, level = 3, 5, 2, 6
-    lo, hi = descendant_range(z, x, y, level)
-    xs, ys = np.meshgrid(np.arange(1 << level), np.arange(1 << level))
-    codes = morton(xs.ravel(), ys.ravel())
-    inside = (xs.ravel() >> (level - z) == x) & (ys.ravel() >> (level - z) == y)
-    assert set(codes[inside].tolist()) == set(range(lo, hi))
 
 
 def test_centres_and_bounds_agree_with_mercantile():

@@ -1,0 +1,306 @@
+"""Opening an embedding store (store/format.py) to read it: what the server and the tools that
+inspect a store use. Opening checks the files cheaply (headers, sizes, a sample of values, the
+checksums of the smallest files), so a damaged store is refused with a sentence naming the file;
+`verify_store` (store/verify.py) checks everything."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from runtime.contract import GRAPH_FILES
+from runtime.files import file_sha256
+from store.format import (
+    ARRAYS,
+    FUSION_KINDS,
+    FUSIONS_DIR,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    STORE_FORMAT_VERSION,
+    LevelArrays,
+    StoreError,
+    array_specs,
+    fusion_name,
+    fusion_sets,
+    level_dir,
+)
+
+# Keys a reader relies on; a manifest without one is refused when the store is opened.
+REQUIRED_KEYS = ("format_version", "id", "bundle_id", "levels", "bounds", "uncertainty_range")
+# Opening a store hashes its files, smallest first, up to this many bytes (`store verify` hashes
+# every file); beyond it, sizes, headers and a sample of the values are still checked.
+OPEN_CHECK_BYTES = 256 * 1024 * 1024
+VALUE_SAMPLE_ROWS = 4096
+# A FAISS index file starts with its type, dimension and vector count ("IxFI": IndexFlatIP).
+_FAISS_HEADER = struct.Struct("<4siq")
+_FAISS_FLAT_DATA_OFFSET = 45  # header, two unused int64, is_trained, metric type, the vectors' length
+
+
+class Level:
+    """A level of an open store: memory-mapped arrays, precomputed fusions and the FAISS index
+    (each loaded on first use)."""
+
+    def __init__(self, folder: Path, level: int, meta: dict | None = None):
+        self.level = level
+        self.folder = folder
+        self.meta = meta or {}
+        arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ARRAYS}
+        self.arrays = LevelArrays(**arrays)
+        self.fusion_kinds: list[str] = list(self.meta.get("fusions", []))
+        self._fusions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._index: faiss.Index | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.arrays.codes)
+
+    def precomputed(
+        self, hour: int | None = None, month: int | None = None, source: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mu float16 (N, D), S float32 (N,)) of every cell of the level under the metadata
+        (location + the given hour or month), or None when the store holds no fusion for it.
+
+        No metadata gives the default arrays. One hour (0..23) or one month (1..12) gives the
+        stored fusion when this level has that kind. A source, or hour and month together, is
+        never precomputed: None."""
+        if source is not None or (hour is not None and month is not None):
+            return None
+        if hour is None and month is None:
+            return self.arrays.mu, self.arrays.s
+        kind, value, valid = ("hour", hour, range(24)) if hour is not None else ("month", month, range(1, 13))
+        if value is None or kind not in self.fusion_kinds or value not in valid or int(value) != value:
+            return None
+        name = fusion_name(int(value), None) if kind == "hour" else fusion_name(None, int(value))
+        with self._lock:
+            if name not in self._fusions:
+                folder = self.folder / FUSIONS_DIR
+                self._fusions[name] = (
+                    np.load(folder / f"{name}.mu.npy", mmap_mode="r"),
+                    np.load(folder / f"{name}.s.npy", mmap_mode="r"),
+                )
+            return self._fusions[name]
+
+    @property
+    def index(self) -> faiss.Index:
+        with self._lock:
+            if self._index is None:
+                try:
+                    self._index = faiss.read_index(str(self.folder / INDEX_FILE))
+                except RuntimeError as exc:
+                    raise StoreError(f"{self.folder / INDEX_FILE} cannot be read: {str(exc).splitlines()[0]}") from None
+            return self._index
+
+
+class Store:
+    """An open store. Opening checks it (`check_bytes` of its files are hashed, the rest checked
+    for size, header and a sample of values), so a damaged store is refused with a sentence naming
+    the file instead of serving wrong tiles."""
+
+    def __init__(self, path: str | Path, check_bytes: int = OPEN_CHECK_BYTES):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.id: str = self.manifest["id"]
+        self.bundle_id: str = self.manifest["bundle_id"]
+        for key, meta in sorted(self.manifest["levels"].items()):
+            check_level_files(level_dir(self.path, int(key)), meta)
+        try:
+            self.levels = {
+                int(k): Level(level_dir(self.path, int(k)), int(k), v)
+                for k, v in self.manifest["levels"].items()
+                if v["count"] > 0
+            }
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.path} is damaged: {exc}; run `soundscape store verify {self.path}`") from exc
+        for key, meta in self.manifest["levels"].items():
+            if int(key) in self.levels:
+                _check_values(self.levels[int(key)], meta)
+        _check_checksums(self.path, self.manifest, check_bytes)
+        if not self.levels:
+            raise StoreError(f"{self.path} holds no cells")
+        self.minlevel, self.maxlevel = min(self.levels), max(self.levels)
+        self.bounds = tuple(self.manifest["bounds"])
+
+    @property
+    def attribution(self) -> str:
+        """The map's credit line: the imagery's credit and licence as precompute recorded them
+        (--credit, --licence; manifest `attribution`), then the model. A store written without
+        them credits the model only: it cannot know whose imagery it embedded."""
+        given = self.manifest.get("attribution") or {}
+        credit, licence = given.get("credit"), given.get("licence")
+        imagery = f"Imagery: {credit}" + (f" ({licence})" if licence else "") + "; " if credit else ""
+        return f"{imagery}model: soundscape-tiles"
+
+    def check_bundle(self, bundle_id: str) -> None:
+        if bundle_id != self.bundle_id:
+            raise StoreError(
+                f"store {self.path} was built by bundle {self.bundle_id}, not {bundle_id}; "
+                "rebuild it with `soundscape precompute` for this bundle"
+            )
+
+    def level_for_tile(self, z: int, cells_per_side_log2: int) -> Level:
+        """The level drawn on a tile of zoom z: z + k clamped to the levels present."""
+        wanted = z + cells_per_side_log2
+        present = sorted(self.levels)
+        below = [lv for lv in present if lv <= wanted]
+        return self.levels[below[-1] if below else present[0]]
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest of the store at `path`, with every key a reader relies on; StoreError otherwise."""
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise StoreError(f"{path} is not an embedding store: it has no {MANIFEST_FILE}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise StoreError(f"{manifest_path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{manifest_path} is not a JSON object")
+    if (path / GRAPH_FILES["image"]).is_file():
+        raise StoreError(
+            f"{path} is a model bundle, not an embedding store: pass it as the bundle, and as the "
+            "store what `soundscape precompute` built with it"
+        )
+    if manifest.get("format_version") != STORE_FORMAT_VERSION:
+        raise StoreError(
+            f"{path} has store format {manifest.get('format_version')!r}; "
+            f"this version reads {STORE_FORMAT_VERSION}: rebuild it with `soundscape precompute`"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise StoreError(f"{manifest_path} has no {', '.join(map(repr, missing))}: the store is damaged; rebuild it")
+    if not isinstance(manifest["levels"], dict):
+        raise StoreError(f"{manifest_path}: 'levels' is not an object: the store is damaged; rebuild it")
+    for key, size in (("bounds", 4), ("uncertainty_range", 2)):
+        value = manifest[key]
+        if not (
+            isinstance(value, list)
+            and len(value) == size
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+        ):
+            raise StoreError(f"{manifest_path}: {key!r} is not {size} finite numbers: the store is damaged; rebuild it")
+    for key, meta in manifest["levels"].items():
+        if not (
+            key.isdigit()
+            and isinstance(meta, dict)
+            and isinstance(meta.get("count"), int)
+            and meta["count"] >= 0
+            and isinstance(meta.get("files", {}), dict)
+        ):
+            raise StoreError(f"{manifest_path}: level {key!r} has no valid 'count': the store is damaged; rebuild it")
+    return manifest
+
+
+def _npy_layout(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, data offset) from a .npy header; StoreError naming the file if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+    except FileNotFoundError:
+        raise StoreError(f"{path} is missing: the store is damaged; rebuild it") from None
+    except (OSError, ValueError, SyntaxError):
+        raise StoreError(f"{path} has no valid .npy header: the store is damaged; rebuild it") from None
+    if fortran:
+        raise StoreError(f"{path} is in Fortran order, which no store writes: the store is damaged; rebuild it")
+    return dtype, shape, offset
+
+
+def _check_npy(path: Path, dtype: str, shape: tuple[int | None, ...]) -> tuple[int, ...]:
+    """The array's shape, after checking its dtype, shape (None: any size) and exact file size."""
+    found_dtype, found, offset = _npy_layout(path)
+    if (
+        found_dtype != np.dtype(dtype)
+        or len(found) != len(shape)
+        or any(want is not None and want != got for want, got in zip(shape, found, strict=True))
+    ):
+        raise StoreError(f"{path} holds {found_dtype} {found}, not {dtype} {shape}: the store is damaged; rebuild it")
+    size = offset + int(np.prod(found)) * found_dtype.itemsize
+    if path.stat().st_size != size:
+        raise StoreError(
+            f"{path} is {path.stat().st_size} bytes, not the {size} its header declares: "
+            "the store is damaged (truncated?); rebuild it"
+        )
+    return found
+
+
+def _check_index_header(path: Path, count: int, dim: int) -> None:
+    """The FAISS index holds `count` vectors of `dim` dimensions (and a flat one is complete)."""
+    try:
+        with open(path, "rb") as f:
+            kind, d, ntotal = _FAISS_HEADER.unpack(f.read(_FAISS_HEADER.size))
+    except FileNotFoundError:
+        raise StoreError(f"{path} is missing: the store is damaged; rebuild it") from None
+    except (OSError, struct.error):
+        raise StoreError(f"{path} is too short to be a FAISS index: the store is damaged; rebuild it") from None
+    if (d, ntotal) != (dim, count):
+        raise StoreError(
+            f"{path} indexes {ntotal} vectors of {d} dimensions, not {count} of {dim}: the store is damaged; rebuild it"
+        )
+    expected = _FAISS_FLAT_DATA_OFFSET + count * dim * 4
+    if kind == b"IxFI" and path.stat().st_size != expected:
+        raise StoreError(
+            f"{path} is {path.stat().st_size} bytes, not {expected}: the store is damaged (truncated?); rebuild it"
+        )
+
+
+def check_level_files(folder: Path, meta: dict) -> None:
+    """Every array, fusion and index file of a level exists with the dtype, shape and size the
+    manifest's cell count implies (cheap: headers and file sizes only)."""
+    n = meta["count"]
+    if n == 0:
+        return
+    sat_dim = _check_npy(folder / "sat.npy", "float16", (n, None))[1]
+    embed_dim = _check_npy(folder / "mu.npy", "float16", (n, None))[1]
+    for name, (dtype, row) in array_specs(sat_dim, embed_dim).items():
+        _check_npy(folder / f"{name}.npy", dtype, (n, *row))
+    for name, _, _ in fusion_sets([k for k in meta.get("fusions", []) if k in FUSION_KINDS]):
+        _check_npy(folder / FUSIONS_DIR / f"{name}.mu.npy", "float16", (n, embed_dim))
+        _check_npy(folder / FUSIONS_DIR / f"{name}.s.npy", "float32", (n,))
+    _check_index_header(folder / INDEX_FILE, n, embed_dim + 1)
+
+
+def _check_values(level: Level, meta: dict) -> None:
+    """A sample of rows: codes ascending, mu and S finite, S inside the manifest's range."""
+    a, n = level.arrays, len(level)
+    rows = np.unique(np.linspace(0, n - 1, min(n, VALUE_SAMPLE_ROWS)).round().astype(np.int64))
+    where = f"{level.folder}"
+    if len(rows) > 1 and not (np.diff(np.asarray(a.codes[rows]).astype(np.int64)) > 0).all():
+        raise StoreError(f"{where}/codes.npy is not ascending: the store is damaged; rebuild it")
+    s = np.asarray(a.s[rows])
+    if not np.isfinite(np.asarray(a.mu[rows], dtype=np.float32)).all():
+        raise StoreError(f"{where}/mu.npy holds non-finite values: the store is damaged; rebuild it")
+    lo, hi = meta.get("s_range") or (-np.inf, np.inf)
+    if not (np.isfinite(s).all() and (s >= lo).all() and (s <= hi).all()):
+        raise StoreError(
+            f"{where}/s.npy holds values outside the manifest's S range {[lo, hi]}: the store is damaged; rebuild it"
+        )
+
+
+def _check_checksums(root: Path, manifest: dict, budget: int) -> None:
+    """Hash the store's files, smallest first, while their total stays within `budget` bytes."""
+    files = [
+        (level_dir(root, int(key)) / name, digest)
+        for key, meta in manifest["levels"].items()
+        for name, digest in meta.get("files", {}).items()
+    ]
+    for path, digest in sorted(files, key=lambda f: f[0].stat().st_size if f[0].is_file() else 0):
+        if not path.is_file():
+            raise StoreError(f"{path} is missing: the store is damaged; rebuild it")
+        budget -= path.stat().st_size
+        if budget < 0:
+            return
+        if file_sha256(path) != digest:
+            raise StoreError(f"{path} does not match its checksum in the manifest: the store is damaged; rebuild it")
