@@ -45,8 +45,7 @@ def deb_members(
         stream = _CountingReader(raw, on_read) if on_read else raw
         try:
             # A stream ("r|*") is only read; typeshed asks every fileobj for write, seek and close.
-            # A stream ("r|*") is only read; typeshed asks every fileobj for write, seek and close.
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]  # type: ignore[call-overload]
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]
                 for member in tar:
                     name = member.name.removeprefix("./")
                     if member.isfile() and wanted(name):

@@ -97,8 +97,6 @@ class Preprocessing:
             return np.asarray(sample.audio_features, dtype=np.float32)
         if sample.audio is None:
             raise BadSample(sample.path or sample.key, "no audio")
-        if sample.audio is None:
-            raise BadSample(sample.path or sample.key, "no audio")
         if sample.sample_rate is None:
             raise BadSample(sample.path or sample.key, "audio without a sample rate")
         return waveform_features(self.audio_spec, sample.audio, sample.sample_rate)
