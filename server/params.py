@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import HTTPException, Query
 
-from server.engine import Metadata
+from server.engine import QUERY_LAYERS, Metadata
 from server.queries import MAX_TEXT_LENGTH, QueryError, is_query_id, text_record
 from server.render import colormap_names
 from server.service import SoundscapeService, TileRequest
@@ -17,7 +17,7 @@ from server.service import SoundscapeService, TileRequest
 TMS_IDS = ("WebMercatorQuad",)
 MAX_ZOOM = 24
 TILE_SIZES = (256, 512)
-DEFAULT_COLORMAPS = {"heatmap": "magma", "uncertainty": "viridis"}
+DEFAULT_COLORMAPS = {"heatmap": "magma", "contrast": "magma", "uncertainty": "viridis"}
 
 # A rescale keeps this many significant digits of its span (max - min): finer steps change no
 # colour of 255, and a rounded value names the tile, so a client cannot mint a new cache key with
@@ -30,7 +30,7 @@ UNSUPPORTED = {
     "expression": "a tile has one value per pixel, chosen with layer=heatmap or layer=uncertainty",
 }
 
-Layer = Literal["heatmap", "uncertainty"]
+Layer = Literal["heatmap", "contrast", "uncertainty"]
 TextParam = Annotated[str | None, Query(max_length=MAX_TEXT_LENGTH, description="Text query, e.g. birdsong.")]
 QueryIdParam = Annotated[str | None, Query(description="A query id returned by POST /queries.")]
 HourParam = Annotated[int | None, Query(ge=0, le=23, description="Hour of day, 0-23; absent = unknown.")]
@@ -52,7 +52,13 @@ class QueryParams:
 
 @dataclass
 class TileParams(QueryParams):
-    layer: Annotated[Layer, Query(description="heatmap: match probability; uncertainty: S of the cell.")] = "heatmap"
+    layer: Annotated[
+        Layer,
+        Query(
+            description="heatmap: match probability; contrast: log-odds against everyday sounds at the cell "
+            "(where this sound stands out); uncertainty: S of the cell."
+        ),
+    ] = "heatmap"
     colormap_name: Annotated[str | None, Query(max_length=64, description="A rio-tiler colormap name.")] = None
     rescale: Annotated[str | None, Query(max_length=64, description="min,max of the colour scale.")] = None
     tilesize: Annotated[int, Query(description="Tile size in pixels: 256 or 512.")] = 256
@@ -146,7 +152,7 @@ def tile_request(
     check_tile(tms, z, x, y)
     if params.tilesize not in TILE_SIZES:
         raise HTTPException(422, f"tilesize must be 256 or 512, not {params.tilesize}")
-    heatmap = params.layer == "heatmap"
+    heatmap = params.layer in QUERY_LAYERS
     qid = query_id(service, params) if heatmap else None
     request = TileRequest(
         z=z,

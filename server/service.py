@@ -19,9 +19,10 @@ from fastapi import HTTPException
 
 from runtime.bundle import Bundle
 from runtime.imagery import Imagery, ImageryError, is_remote
+from runtime.scoring import CONTRAST_RULE
 from server import metrics, render
 from server.cache import BYTES, Codec, LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest, named_key
-from server.engine import CellEmbeddings, Engine, Metadata, QueryEmbedding, Scale
+from server.engine import QUERY_LAYERS, CellEmbeddings, Engine, Metadata, QueryEmbedding, Scale
 from server.queries import QueryError, QueryRecord, decode_upload, text_record
 from server.registry import QueryRegistry
 from server.settings import Settings
@@ -77,8 +78,9 @@ class TileRequest:
             "y": self.y,
             "fmt": self.fmt,
             "size": self.size,
-            "layer": self.layer,
-            "query": self.query if self.layer == "heatmap" else None,
+            # contrast names its reference rule, so a change of it cannot serve stale tiles
+            "layer": f"contrast:{CONTRAST_RULE}" if self.layer == "contrast" else self.layer,
+            "query": self.query if self.layer in QUERY_LAYERS else None,
             "hour": self.meta.hour,
             "month": self.meta.month,
             "source": self.meta.source,
@@ -250,9 +252,9 @@ class SoundscapeService:
         return found
 
     async def layer_query(self, layer: str, query_id: str | None, text: str | None) -> QueryEmbedding | None:
-        """The embedding a layer is drawn for: the heatmap's query (a text `q=` is embedded on a
-        miss, an id resolved), None for the uncertainty layer."""
-        if layer != "heatmap":
+        """The embedding a layer is drawn for: the heatmap's or contrast's query (a text `q=` is
+        embedded on a miss, an id resolved), None for the uncertainty layer."""
+        if layer not in QUERY_LAYERS:
             return None
         if text is not None:
             return (await self.text_query(text))[1]
@@ -266,9 +268,9 @@ class SoundscapeService:
         return await self.run(self.engine.values, cells, layer, query)
 
     async def scale(self, layer: str, query_id: str | None, query: QueryEmbedding | None, meta: Metadata) -> Scale:
-        """The layer's default colour scale under `meta`: for the heatmap the 2nd-98th percentile
-        of this query's match probability over the scale sample (one scale for every tile and
-        zoom of the query and metadata); for uncertainty the store's fixed S range, so hours and
+        """The layer's default colour scale under `meta`: for the heatmap (contrast) the 2nd-98th
+        percentile of this query's match probability (contrast) over the scale sample (one scale
+        for every tile and zoom of the query and metadata); for uncertainty the store's fixed S range, so hours and
         months compare. Cached per (layer, query, metadata)."""
         key = (layer, query_id, meta)
         found = self._scales.get(key)
@@ -278,7 +280,7 @@ class SoundscapeService:
         values = await self._sample_values(layer, query, meta)
         scale = (
             self.engine.default_scale(values)
-            if layer == "heatmap"
+            if layer in QUERY_LAYERS
             else Scale.over(values, *(float(v) for v in self.store.manifest["uncertainty_range"]))
         )
         self._scales[key] = scale

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import metrics, wmts
-from server.engine import CELLS_PER_TILE_LOG2
+from server.engine import CELLS_PER_TILE_LOG2, QUERY_LAYERS
 from server.http import BINARY, TEXT, conditional, errors
 from server.params import TMS_IDS, TileParams, check_tms, echo, tile_request
 from server.render import colormap_names, legend
@@ -26,6 +26,9 @@ WMTS_RESPONSES = {200: {"content": {"application/xml": TEXT}}, **errors(404, 422
 
 UNITS = {
     "heatmap": "match probability (0 to 1): the model's calibrated probability that the sound is heard in the cell",
+    "contrast": "log-odds (natural log) that the sound is heard in the cell minus half the mean log-odds of 24 "
+    "everyday sounds there: higher where this sound is heard more than elsewhere, beyond what makes any sound "
+    "likely in the cell",
     "uncertainty": "S, the sum of the cell embedding's variances (higher: the model is less sure "
     "what the place sounds like)",
 }
@@ -38,9 +41,10 @@ async def layer_legend(service: SoundscapeService, tile: TileRequest, text: str 
     level, sampled = service.engine.scale_sample
     if tile.rescale is not None:
         method = "rescale parameter"
-    elif tile.layer == "heatmap":
+    elif tile.layer in QUERY_LAYERS:
+        value = "match probability" if tile.layer == "heatmap" else "contrast"
         method = (
-            f"2nd to 98th percentile of this query's match probability over {len(sampled)} cells spread "
+            f"2nd to 98th percentile of this query's {value} over {len(sampled)} cells spread "
             f"over level {level.level} under this hour, month and source; one scale for every tile and zoom"
         )
     else:
@@ -116,10 +120,12 @@ async def _wmts(request: Request, service: ServiceDep, params: TileParams) -> Re
     base = base_url(request)
     has_query = params.q is not None or params.query is not None
     layers = []
-    for layer in ("heatmap", "uncertainty") if has_query else ("uncertainty",):
+    # contrast is listed when asked for (layer=contrast), so the default document stays as it was
+    query_layers = ("heatmap", "contrast") if params.layer == "contrast" else ("heatmap",)
+    for layer in (*query_layers, "uncertainty") if has_query else ("uncertainty",):
         own = (
             replace(params, layer=layer)
-            if layer == "heatmap"
+            if layer in QUERY_LAYERS
             else replace(params, layer=layer, rescale=None, colormap_name=None)
         )
         tile, text = tile_request(service, "WebMercatorQuad", 0, 0, 0, "png", own)
@@ -127,7 +133,7 @@ async def _wmts(request: Request, service: ServiceDep, params: TileParams) -> Re
         if layer == "uncertainty":
             query = {k: v for k, v in query.items() if k not in ("q", "query", "rescale", "colormap_name")}
         template = tile_template(base, urlencode(query), "WebMercatorQuad", ("{TileMatrix}", "{TileCol}", "{TileRow}"))
-        title = f"soundscape {layer}" + (f": {params.q}" if params.q and layer == "heatmap" else "")
+        title = f"soundscape {layer}" + (f": {params.q}" if params.q and layer in QUERY_LAYERS else "")
         legend = await layer_legend(service, tile, text)
         layers.append(wmts.Layer(layer, title, template, legend["description"], f"{base}/colormaps/{tile.colormap}"))
     own_url = f"{base}{request.url.path}?{request.url.query}"

@@ -1,0 +1,154 @@
+"""Issue 14: the contrast layer (a query's log-odds against everyday sounds at the same cell), an
+InfoNCE bundle scored as it was trained (cosine, no untrained log-variances), and the
+discrimination benchmark's measures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.discrimination import decomposition, discrimination, pairwise
+from runtime.bundle import Bundle
+from runtime.scoring import (
+    CONTRAST_WEIGHT,
+    COSINE,
+    CSD,
+    REFERENCE_PROMPTS,
+    csd,
+    match_probability,
+    scoring_kind,
+    uncertainty,
+)
+from server.engine import CellEmbeddings, Engine, Metadata
+from tests.server_support import decode_npy, make_client
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path, store_path):
+    return make_client(bundle_path, store_path)
+
+
+@pytest.fixture(scope="module")
+def level_cells(client):
+    """The served bundle and store, and the finest level's cells under the default metadata."""
+    service = client.app.state.service
+    level = service.store.levels[service.store.maxlevel]
+    return service.bundle, service.store, CellEmbeddings(np.asarray(level.arrays.mu), np.asarray(level.arrays.s))
+
+
+def logit(bundle: Bundle, text: str, cells: CellEmbeddings) -> np.ndarray:
+    """-a CSD + b of one text at the cells, computed here from the bundle's text graph."""
+    mu_q, logvar_q = bundle.embed_texts([text])
+    a, b = bundle.calibration
+    return -a * csd(mu_q[0], float(uncertainty(logvar_q)[0]), cells.mu.astype(np.float32), cells.s) + b
+
+
+def test_contrast_is_the_logit_minus_the_reference_prompts_mean_logit(level_cells):
+    bundle, store, cells = level_cells
+    engine = Engine(bundle, store)
+    query = engine.embed_text("waves on the open ocean")
+    baseline = np.mean([logit(bundle, text, cells) for text in REFERENCE_PROMPTS], axis=0)
+    expected = logit(bundle, "waves on the open ocean", cells) - CONTRAST_WEIGHT * baseline
+    assert np.allclose(engine.values(cells, "contrast", query), expected, atol=2e-3)
+    # it discounts the same share of every sound's logit at the cell: a cell's own S_i counts
+    # (1 - CONTRAST_WEIGHT) as much as in the heatmap's logit
+    shifted = CellEmbeddings(cells.mu, cells.s + 0.1)
+    a, _ = bundle.calibration
+    change = engine.values(shifted, "contrast", query) - engine.values(cells, "contrast", query)
+    assert np.allclose(change, -(1 - CONTRAST_WEIGHT) * a * 0.1, atol=1e-3)
+
+
+def test_contrast_tiles_are_served_keyed_and_described(client, level_cells):
+    params = {"q": "waves on the open ocean"}
+    contrast = client.get("/tiles/WebMercatorQuad/1/1/0.npy", params={**params, "layer": "contrast"})
+    heatmap = client.get("/tiles/WebMercatorQuad/1/1/0.npy", params=params)
+    assert contrast.status_code == heatmap.status_code == 200
+    assert contrast.headers["etag"] != heatmap.headers["etag"]
+    values, probabilities = decode_npy(contrast.content), decode_npy(heatmap.content)
+    drawn = ~np.isnan(values)
+    assert drawn.any() and np.array_equal(drawn, ~np.isnan(probabilities))
+    assert not np.allclose(values[drawn], probabilities[drawn]), "contrast is not the match probability"
+    assert values[drawn].min() < 0 or values[drawn].max() > 1, "a log-odds, not a probability"
+
+    png = client.get("/tiles/1/1/0.png", params={**params, "layer": "contrast"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    doc = client.get("/tilejson.json", params={**params, "layer": "contrast"}).json()
+    assert "log-odds" in doc["scale"]["units"] and "contrast" in doc["scale"]["method"]
+    assert doc["scale"]["min"] < doc["scale"]["max"]
+    assert "layer=contrast" in doc["tiles"][0]
+
+    plain = client.get("/WMTSCapabilities.xml", params=params).text
+    asked = client.get("/WMTSCapabilities.xml", params={**params, "layer": "contrast"}).text
+    assert "<ows:Identifier>contrast</ows:Identifier>" not in plain
+    assert "<ows:Identifier>contrast</ows:Identifier>" in asked and "log-odds" in asked
+
+
+def test_contrast_needs_a_query_and_unknown_layers_are_refused(client):
+    missing = client.get("/tiles/1/1/0.png", params={"layer": "contrast"})
+    assert missing.status_code == 422 and "q" in missing.json()["detail"]
+    bad = client.get("/tiles/1/1/0.png", params={"q": "birdsong", "layer": "lift"})
+    assert bad.status_code == 422 and "contrast" in bad.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("training", "kind"),
+    [
+        ({"config": {"train": {"loss": {"kind": "pcmepp"}}}}, CSD),
+        ({"config": {"train": {"loss": {"kind": "infonce"}}}}, COSINE),
+        ({"config": "configs/tiny.yaml"}, CSD),  # a random-weights export records the config's path
+        ({}, CSD),
+    ],
+)
+def test_scoring_kind_reads_the_loss_the_manifest_records(training, kind):
+    assert scoring_kind({"training": training}) == kind
+
+
+def test_an_infonce_bundle_is_scored_by_cosine_without_log_variances(bundle_path, store_path, level_cells):
+    bundle, store, cells = level_cells
+    infonce = Bundle(bundle_path)
+    infonce.manifest["training"] = {"config": {"train": {"loss": {"kind": "infonce"}}}}
+    engine = Engine(infonce, store)
+    assert engine.scoring == COSINE
+    query = engine.embed_text("birdsong")
+    a, b = infonce.calibration
+    dots = cells.mu.astype(np.float32) @ query.mu
+    expected = match_probability(2.0 - 2.0 * dots, a, b)
+    assert np.allclose(engine.values(cells, "heatmap", query), expected, atol=1e-6)
+    noisier = CellEmbeddings(cells.mu, cells.s * 3.0 + 1.0)
+    assert np.allclose(engine.values(noisier, "heatmap", query), expected, atol=1e-6)
+    # /search's FAISS path ranks by mu_q . mu_i alone, as the fused-cells scan does
+    level = store.levels[store.maxlevel]
+    rows, _ = engine.top_k(level, None, query, 10)
+    assert np.array_equal(rows, np.argsort(-dots, kind="stable")[:10])
+    scanned, _ = engine.top_k(level, engine.embeddings(level, np.arange(len(level)), Metadata()), query, 10)
+    assert np.array_equal(scanned, rows)
+    # the PCME++ bundle of the same weights does use S: its ranking differs
+    assert not np.allclose(Engine(bundle, store).values(noisier, "heatmap", query), expected, atol=1e-3)
+
+
+def test_pairwise_and_the_uncertainty_figure_on_known_maps():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=500)
+    s = rng.normal(size=500)
+    alike = np.column_stack([base, base + 0.01 * rng.normal(size=500), rng.normal(size=500)])
+    result = pairwise(alike)
+    assert result["max"] > 0.99 and result["max_pair"] == (0, 1)
+    assert result["mean"] == pytest.approx((result["max"] + 2 * 0.0) / 3, abs=0.1)
+    tied = discrimination(np.column_stack([-s, base]), s, ("confidence", "other"))
+    assert tied["spearman_with_minus_uncertainty"]["confidence"] == pytest.approx(1.0)
+    assert tied["max_abs_spearman_with_minus_uncertainty"] == pytest.approx(1.0)
+    assert not tied["meets_targets"]
+
+
+def test_decomposition_finds_a_shared_cell_effect():
+    rng = np.random.default_rng(1)
+    cells, prompts = 400, 6
+    shared = rng.normal(size=cells)
+    own = 0.1 * rng.normal(size=(cells, prompts))
+    logits = shared[:, None] + own + np.arange(prompts)[None, :]
+    mu, mu_q = rng.normal(size=(cells, 4)), rng.normal(size=(prompts, 4))
+    d = decomposition(logits, rng.normal(size=cells), mu, mu_q, 1.0)
+    assert d["share_cell_effect"] + d["share_prompt_effect"] + d["share_interaction"] == pytest.approx(1.0)
+    assert d["rank_relevant_share_cell_effect"] > 0.95
+    flat = decomposition(own, rng.normal(size=cells), mu, mu_q, 1.0)
+    assert flat["rank_relevant_share_cell_effect"] < 0.3
