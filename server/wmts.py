@@ -1,25 +1,24 @@
 """OGC WMTS 1.0.0 capabilities (RESTful), so QGIS and GDAL add the layers by URL.
 
-Every URL is XML-escaped (an unescaped `&` in ResourceURL is what stopped QGIS reading
-TiTiler's document, titiler#936)."""
+Built with xml.etree.ElementTree, which escapes every text and attribute (an unescaped `&` in
+ResourceURL is what stopped QGIS reading TiTiler's document, titiler#936). Names carry their
+prefix as written (`ows:Title`) and the root declares the namespaces: ElementTree's own namespace
+handling cannot write unprefixed attributes beside a default namespace."""
 
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 from typing import NamedTuple
-from xml.sax import saxutils
+
+WMTS = "http://www.opengis.net/wmts/1.0"
+OWS = "http://www.opengis.net/ows/1.1"
+XLINK = "http://www.w3.org/1999/xlink"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+SCHEMA = "http://schemas.opengis.net/wmts/1.0/wmtsGetCapabilities_response.xsd"
 
 # Characters XML 1.0 cannot hold even escaped (control characters from a query text): dropped.
 NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def escape(text: str) -> str:
-    return saxutils.escape(NOT_XML.sub("", text))
-
-
-def quoteattr(text: str) -> str:
-    return saxutils.quoteattr(NOT_XML.sub("", text))
-
 
 # OGC WebMercatorQuad / GoogleMapsCompatible at 256 px: scale denominator of zoom 0.
 ZOOM0_SCALE = 559082264.0287178
@@ -34,65 +33,75 @@ class Layer(NamedTuple):
     legend_url: str  # the colour ramp as a PNG
 
 
-def _tile_matrix(z: int, size: int) -> str:
-    """Zoom z of WebMercatorQuad with `size`-pixel tiles: as many tiles, each pixel smaller."""
-    n = 1 << z
-    return (
-        f"<TileMatrix><ows:Identifier>{z}</ows:Identifier>"
-        f"<ScaleDenominator>{ZOOM0_SCALE / n * 256 / size!r}</ScaleDenominator>"
-        f"<TopLeftCorner>{-ORIGIN} {ORIGIN}</TopLeftCorner>"
-        f"<TileWidth>{size}</TileWidth><TileHeight>{size}</TileHeight>"
-        f"<MatrixWidth>{n}</MatrixWidth><MatrixHeight>{n}</MatrixHeight></TileMatrix>"
-    )
+def _xml(text: str) -> str:
+    return NOT_XML.sub("", text)
 
 
-def _layer(layer: Layer, bounds: tuple[float, ...]) -> str:
+def _add(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
+    """A child element with `text` and attributes (control characters XML cannot hold dropped)."""
+    child = ET.SubElement(parent, tag, {k: _xml(v) for k, v in attrib.items()})
+    if text is not None:
+        child.text = _xml(text)
+    return child
+
+
+def _operations(parent: ET.Element, self_url: str) -> None:
+    metadata = _add(parent, "ows:OperationsMetadata")
+    for name in ("GetCapabilities", "GetTile"):
+        http = _add(_add(_add(metadata, "ows:Operation", name=name), "ows:DCP"), "ows:HTTP")
+        constraint = _add(_add(http, "ows:Get", **{"xlink:href": self_url}), "ows:Constraint", name="GetEncoding")
+        _add(_add(constraint, "ows:AllowedValues"), "ows:Value", "RESTful")
+
+
+def _layer(contents: ET.Element, layer: Layer, bounds: tuple[float, ...]) -> None:
     west, south, east, north = bounds
-    identifier, title, template = layer.identifier, layer.title, layer.template
-    return (
-        f"<Layer><ows:Title>{escape(title)}</ows:Title><ows:Abstract>{escape(layer.abstract)}</ows:Abstract>"
-        f'<ows:WGS84BoundingBox crs="urn:ogc:def:crs:OGC:2:84">'
-        f"<ows:LowerCorner>{west} {south}</ows:LowerCorner><ows:UpperCorner>{east} {north}</ows:UpperCorner>"
-        f"</ows:WGS84BoundingBox><ows:Identifier>{escape(identifier)}</ows:Identifier>"
-        f'<Style isDefault="true"><ows:Identifier>default</ows:Identifier>'
-        f'<LegendURL format="image/png" xlink:href={quoteattr(layer.legend_url)}/></Style>'
-        f"<Format>image/png</Format>"
-        f"<TileMatrixSetLink><TileMatrixSet>WebMercatorQuad</TileMatrixSet></TileMatrixSetLink>"
-        f'<ResourceURL format="image/png" resourceType="tile" template={quoteattr(template)}/></Layer>'
-    )
+    element = _add(contents, "Layer")
+    _add(element, "ows:Title", layer.title)
+    _add(element, "ows:Abstract", layer.abstract)
+    box = _add(element, "ows:WGS84BoundingBox", crs="urn:ogc:def:crs:OGC:2:84")
+    _add(box, "ows:LowerCorner", f"{west} {south}")
+    _add(box, "ows:UpperCorner", f"{east} {north}")
+    _add(element, "ows:Identifier", layer.identifier)
+    style = _add(element, "Style", isDefault="true")
+    _add(style, "ows:Identifier", "default")
+    _add(style, "LegendURL", format="image/png", **{"xlink:href": layer.legend_url})
+    _add(element, "Format", "image/png")
+    _add(_add(element, "TileMatrixSetLink"), "TileMatrixSet", "WebMercatorQuad")
+    _add(element, "ResourceURL", format="image/png", resourceType="tile", template=layer.template)
+
+
+def _tile_matrix_set(contents: ET.Element, maxzoom: int, size: int) -> None:
+    """WebMercatorQuad with `size`-pixel tiles: at zoom z as many tiles, each pixel smaller."""
+    matrices = _add(contents, "TileMatrixSet")
+    _add(matrices, "ows:Identifier", "WebMercatorQuad")
+    _add(matrices, "ows:SupportedCRS", "urn:ogc:def:crs:EPSG::3857")
+    if size == 256:  # the OGC well-known scale set is declared for 256-pixel tiles only
+        _add(matrices, "WellKnownScaleSet", "urn:ogc:def:wkss:OGC:1.0:GoogleMapsCompatible")
+    for z in range(maxzoom + 1):
+        n = 1 << z
+        matrix = _add(matrices, "TileMatrix")
+        _add(matrix, "ows:Identifier", str(z))
+        _add(matrix, "ScaleDenominator", repr(ZOOM0_SCALE / n * 256 / size))
+        _add(matrix, "TopLeftCorner", f"{-ORIGIN} {ORIGIN}")
+        for name, value in (("TileWidth", size), ("TileHeight", size), ("MatrixWidth", n), ("MatrixHeight", n)):
+            _add(matrix, name, str(value))
 
 
 def capabilities(
     self_url: str, layers: list[Layer], bounds: tuple[float, ...], maxzoom: int, tile_size: int = 256
 ) -> str:
-    """The document: the layers over WebMercatorQuad with `tile_size`-pixel tiles (the OGC
-    well-known scale set GoogleMapsCompatible is declared for 256-pixel tiles only)."""
-    get = (
-        f'<ows:DCP><ows:HTTP><ows:Get xlink:href={quoteattr(self_url)}><ows:Constraint name="GetEncoding">'
-        f"<ows:AllowedValues><ows:Value>RESTful</ows:Value></ows:AllowedValues></ows:Constraint>"
-        f"</ows:Get></ows:HTTP></ows:DCP>"
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1" '
-        'xmlns:xlink="http://www.w3.org/1999/xlink" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-        'xsi:schemaLocation="http://www.opengis.net/wmts/1.0 '
-        'http://schemas.opengis.net/wmts/1.0/wmtsGetCapabilities_response.xsd" version="1.0.0">'
-        "<ows:ServiceIdentification><ows:Title>Soundscape tiles</ows:Title>"
-        "<ows:ServiceType>OGC WMTS</ows:ServiceType><ows:ServiceTypeVersion>1.0.0</ows:ServiceTypeVersion>"
-        "</ows:ServiceIdentification>"
-        f'<ows:OperationsMetadata><ows:Operation name="GetCapabilities">{get}</ows:Operation>'
-        f'<ows:Operation name="GetTile">{get}</ows:Operation></ows:OperationsMetadata>'
-        "<Contents>"
-        + "".join(_layer(layer, bounds) for layer in layers)
-        + "<TileMatrixSet><ows:Identifier>WebMercatorQuad</ows:Identifier>"
-        "<ows:SupportedCRS>urn:ogc:def:crs:EPSG::3857</ows:SupportedCRS>"
-        + (
-            "<WellKnownScaleSet>urn:ogc:def:wkss:OGC:1.0:GoogleMapsCompatible</WellKnownScaleSet>"
-            if tile_size == 256
-            else ""
-        )
-        + "".join(_tile_matrix(z, tile_size) for z in range(maxzoom + 1))
-        + "</TileMatrixSet></Contents>"
-        f"<ServiceMetadataURL xlink:href={quoteattr(self_url)}/></Capabilities>\n"
-    )
+    """The document: the layers over WebMercatorQuad with `tile_size`-pixel tiles."""
+    namespaces = {"xmlns": WMTS, "xmlns:ows": OWS, "xmlns:xlink": XLINK, "xmlns:xsi": XSI}
+    root = ET.Element("Capabilities", {**namespaces, "xsi:schemaLocation": f"{WMTS} {SCHEMA}", "version": "1.0.0"})
+    service = _add(root, "ows:ServiceIdentification")
+    _add(service, "ows:Title", "Soundscape tiles")
+    _add(service, "ows:ServiceType", "OGC WMTS")
+    _add(service, "ows:ServiceTypeVersion", "1.0.0")
+    _operations(root, self_url)
+    contents = _add(root, "Contents")
+    for layer in layers:
+        _layer(contents, layer, bounds)
+    _tile_matrix_set(contents, maxzoom, tile_size)
+    _add(root, "ServiceMetadataURL", **{"xlink:href": self_url})
+    body = ET.tostring(root, encoding="unicode")
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n{body}\n'
