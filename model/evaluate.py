@@ -18,8 +18,10 @@ log-variances added, as the paper): reported separately, a map server never has 
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,7 +187,9 @@ def metrics(emb: SplitEmbeddings, probabilistic: bool, oracle_caption: bool = Tr
     out = {}
     for name, rows in groups.items():
         audio = emb.audio.take(rows)
-        result = {cond: retrieval(sat.take(rows), audio, probabilistic) for cond, sat in emb.sat.items()}
+        result: dict[str, Any] = {
+            cond: retrieval(sat.take(rows), audio, probabilistic) for cond, sat in emb.sat.items()
+        }
         if oracle_caption and emb.text is not None:
             text = emb.text.take(rows)
             result["oracle_caption"] = {
@@ -210,10 +214,10 @@ def evaluate_checkpoint(
     """The report of `soundscape evaluate`: metrics of a checkpoint on a split of `data` (default:
     the checkpoint's own data section). With `cache_dir`, frozen towers' outputs come from (and
     go to) the frozen-tower cache there, as in training."""
-    import model.readers
     from model.checks import small_split_warnings
     from model.train import checked_splits, model_from_checkpoint, preprocessing  # model.train imports this module
 
+    importlib.import_module("model.readers")  # registers the readers (not `import model.readers`: it binds `model`)
     model, checkpoint = model_from_checkpoint(path)
     skip = checkpoint["config"]["train"].get("skip_mismatched_rows", False)
     try:

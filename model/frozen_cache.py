@@ -10,9 +10,11 @@ recomputes them and a second run reuses them."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,16 +126,13 @@ def frozen_cache(
                 model, tower, source, prep, batch_size=batch_size, workers=workers, skips=skips, progress=progress
             )
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(
-                path,
-                lambda tmp: np.savez(
-                    tmp,
-                    values=values,
-                    bad_index=np.array(list(unreadable), dtype=np.int64),
-                    bad_where=np.array([w for w, _ in unreadable.values()], dtype=str),
-                    bad_reason=np.array([r for _, r in unreadable.values()], dtype=str),
-                ),
-            )
+            arrays: dict[str, Any] = {
+                "values": values,
+                "bad_index": np.array(list(unreadable), dtype=np.int64),
+                "bad_where": np.array([w for w, _ in unreadable.values()], dtype=str),
+                "bad_reason": np.array([r for _, r in unreadable.values()], dtype=str),
+            }
+            atomic_write(path, functools.partial(np.savez, **arrays))
         cache.outputs[tower] = values
         cache.unreadable.update(unreadable)
     return cache

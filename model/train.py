@@ -146,13 +146,13 @@ class Optimisation:
         self.device = next(model.parameters()).device
         self.loss_fn = build_loss(cfg.loss).to(self.device)
         self.params = [p for p in [*model.parameters(), *self.loss_fn.parameters()] if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self._groups(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        self.optimizer = torch.optim.AdamW(self._groups(), lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cosine_with_warmup(s, cfg.steps, cfg.warmup_steps, cfg.cosine_cycle_steps)
         )
         self.amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.forward = model
+        self.forward: nn.Module = model
         if d.active:
             self.forward = nn.parallel.DistributedDataParallel(
                 model, device_ids=[d.local_rank] if self.device.type == "cuda" else None, find_unused_parameters=True
@@ -475,6 +475,7 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, stop_after: int | None,
             if evaluate:
                 stopped = _evaluate_and_select(run, row)
             if d.is_main and (evaluate or run.step % cfg.log_every == 0):
+                assert logger is not None and row is not None  # both exist on the main rank
                 a, b = run.opt.loss_fn.calibration()
                 logger.write(
                     {
@@ -498,6 +499,7 @@ def _evaluate_and_select(run: Run, row: dict | None) -> bool:
     """Validate on rank 0, keep best.pt, and decide (for every rank) whether to stop early."""
     stop = False
     if run.dist.is_main:
+        assert row is not None  # the main rank logs a row every step
         values = run.validate()
         row.update({f"val_{k}": v for k, v in values.items() if k != "gallery"})
         score = values[run.cfg.select_metric]

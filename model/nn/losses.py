@@ -102,11 +102,12 @@ class InfoNCELoss(nn.Module):
         return tau / 2, tau
 
 
-LOSSES: dict[str, type[nn.Module]] = {"pcmepp": PCMEPlusPlusLoss, "infonce": InfoNCELoss}
+PairLoss = PCMEPlusPlusLoss | InfoNCELoss
+LOSSES: dict[str, type[PairLoss]] = {"pcmepp": PCMEPlusPlusLoss, "infonce": InfoNCELoss}
 PAIRS = {"sat_audio": ("sat", "audio"), "sat_text": ("sat", "text"), "audio_text": ("audio", "text")}
 
 
-def build_loss(cfg: LossConfig) -> nn.Module:
+def build_loss(cfg: LossConfig) -> PairLoss:
     if cfg.kind not in LOSSES:
         raise ValueError(f"train.loss.kind must be one of {', '.join(LOSSES)}; got {cfg.kind!r}")
     unknown = sorted(set(cfg.weights) - set(PAIRS))
