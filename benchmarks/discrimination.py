@@ -1,0 +1,413 @@
+"""Do maps of different sounds differ? Issue 14's discrimination benchmark, and the measurements
+that find why they did not.
+
+    python benchmarks/discrimination.py [--data-dir data/demo] [--places data/corpus/places.npz]
+                                        [--level 6] [--json benchmarks/results/discrimination.json]
+
+Every map is one store level's cells (level 6 = what a zoom-2 tile draws: 16 x 16 cells per
+tile) under the default metadata, scored in process through the server's own Engine, compared
+over the land cells (a majority of 16 x 16 points on land in the corpus's place rasters).
+
+Per layer (heatmap = the match probability sigmoid(-a CSD + b), the paper's -CSD map;
+contrast = its log-odds against the reference prompts; diagnostics without S_i): over the
+PROMPTS, the mean and max pairwise Spearman of the maps, each map's Spearman with -S (the
+uncertainty layer), and text -> cell retrieval: for each sound class of the demo corpus's rules
+(corpus/rules.py), its prompt ranks the land cells, a positive is a cell where the rules give the
+class a weight >= 0.1 averaged over the cell (corpus.build.cell_rules, 8 x 8 points) and over
+4 months x 4 hours; AUC per class, mean over the classes with >= 10 positives (all land cells,
+and only the cells of the held-out level-4 regions of the demo training split).
+
+Cause: a two-way decomposition of the logit maps of the prompts over land (logit = -a d =
+cell effect + prompt effect + interaction), with the cell effect split into its -a S_i part
+and its 2 a mu_i . mean(mu_q) part; the prompts' text embeddings (mean pairwise cosine of mu_q);
+the corpus's own class maps (how alike the rules' maps of the classes are); the cells' mu
+(share of variance in the first principal components).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.demo_quality import MAJORITY, POSITIVE_WEIGHT, auc, cell_places, cell_xy, class_prompt, split_keys
+from runtime.scoring import uncertainty
+
+# Distinct sounds (issue 14: at least 12). None is one of runtime.scoring.REFERENCE_PROMPTS.
+PROMPTS = (
+    "birdsong",
+    "busy traffic in a city street",
+    "waves on a beach",
+    "church bells ringing",
+    "a crowded street market",
+    "ice cracking on a frozen lake",
+    "frogs croaking at night",
+    "wind in desert dunes",
+    "rain on leaves in a rainforest",
+    "cows and sheep on a farm",
+    "an airport with planes taking off",
+    "a mosque call to prayer",
+    "a construction site",
+    "a ship's horn in a harbour",
+)
+TARGETS = {"mean_pairwise": 0.25, "max_pairwise": 0.8, "abs_spearman_uncertainty": 0.4}
+# Times the rules' class weights are averaged over for the default (unknown) metadata.
+LABEL_MONTHS = (1, 4, 7, 10)
+LABEL_HOURS = (0, 6, 12, 18)
+MIN_POSITIVES = 10
+CONTRAST_SWEEP = (0.25, 0.75, 1.0)
+
+
+def pairwise(maps: np.ndarray) -> dict:
+    """Spearman of every pair of columns of `maps` (cells x prompts): mean, max and the max pair."""
+    rho = spearmanr(maps).statistic if maps.shape[1] > 2 else np.array([[1, spearmanr(maps).statistic], [0, 1]])
+    pairs = list(itertools.combinations(range(maps.shape[1]), 2))
+    values = np.array([rho[i, j] for i, j in pairs])
+    top = pairs[int(np.argmax(values))]
+    return {"mean": float(values.mean()), "max": float(values.max()), "max_pair": top, "matrix": rho}
+
+
+def discrimination(maps: np.ndarray, s: np.ndarray, names: tuple[str, ...]) -> dict:
+    """The issue's three figures for one layer's maps (cells x prompts) over land."""
+    pw = pairwise(maps)
+    with_unc = np.array([spearmanr(maps[:, j], -s).statistic for j in range(maps.shape[1])])
+    result = {
+        "mean_pairwise_spearman": pw["mean"],
+        "max_pairwise_spearman": pw["max"],
+        "max_pair": [names[pw["max_pair"][0]], names[pw["max_pair"][1]]],
+        "spearman_with_minus_uncertainty": {n: float(v) for n, v in zip(names, with_unc, strict=True)},
+        "max_abs_spearman_with_minus_uncertainty": float(np.abs(with_unc).max()),
+        "mean_spearman_with_minus_uncertainty": float(with_unc.mean()),
+    }
+    result["meets_targets"] = bool(
+        result["mean_pairwise_spearman"] <= TARGETS["mean_pairwise"]
+        and result["max_pairwise_spearman"] <= TARGETS["max_pairwise"]
+        and result["max_abs_spearman_with_minus_uncertainty"] <= TARGETS["abs_spearman_uncertainty"]
+    )
+    return result
+
+
+def decomposition(logits: np.ndarray, s: np.ndarray, mu: np.ndarray, mu_q: np.ndarray, a: float) -> dict:
+    """Two-way decomposition of logit maps (cells x prompts): shares of the total sum of squares
+    in the cell effect (the same for every prompt: what makes maps alike), the prompt effect
+    (a constant per map: no rank changes) and the interaction (what differs between maps); the
+    cell effect split into -a S_i and 2 a mu_i . mean(mu_q) (they add up to it exactly, apart
+    from centring)."""
+    grand = logits.mean()
+    cell = logits.mean(axis=1) - grand
+    prompt = logits.mean(axis=0) - grand
+    inter = logits - grand - cell[:, None] - prompt[None, :]
+    total = ((logits - grand) ** 2).sum()
+    n_prompts = logits.shape[1]
+    s_part = -a * (s - s.mean())
+    mu_part = 2 * a * (mu @ mu_q.mean(axis=0))
+    mu_part -= mu_part.mean()
+    ss_cell = n_prompts * (cell**2).sum()
+    return {
+        "share_cell_effect": float(ss_cell / total),
+        "share_prompt_effect": float(logits.shape[0] * (prompt**2).sum() / total),
+        "share_interaction": float((inter**2).sum() / total),
+        "rank_relevant_share_cell_effect": float(ss_cell / (ss_cell + (inter**2).sum())),
+        "cell_effect_var_from_s": float(np.var(s_part)),
+        "cell_effect_var_from_mu": float(np.var(mu_part)),
+        "cell_effect_var": float(np.var(cell)),
+        "corr_s_part_mu_part": float(np.corrcoef(s_part, mu_part)[0, 1]),
+    }
+
+
+def mean_pairwise_cosine(vectors: np.ndarray) -> float:
+    v = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    c = v @ v.T
+    return float(c[np.triu_indices(len(v), 1)].mean())
+
+
+def pca_shares(x: np.ndarray, k: int = 3) -> list[float]:
+    """Share of the variance of the rows of `x` in each of its first k principal components."""
+    centred = x - x.mean(axis=0)
+    sv = np.linalg.svd(centred, compute_uv=False) ** 2
+    return [float(v) for v in sv[:k] / sv.sum()]
+
+
+def class_labels(places, level: int, x: np.ndarray, y: np.ndarray, hours: tuple[int, ...] = LABEL_HOURS) -> np.ndarray:
+    """(cells, classes): the rules' class weights per cell, averaged over LABEL_MONTHS x `hours`
+    (the default metadata leaves the time unknown), as the corpus labels a sample's cell."""
+    from corpus.build import cell_rules
+    from runtime.tiles import tile_centres
+
+    _, lat = tile_centres(level, x, y)
+    weights = []
+    for month, hour in itertools.product(LABEL_MONTHS, hours):
+        n = len(x)
+        e = cell_rules(places, lat, np.full(n, level), x, y, np.full(n, month), np.full(n, float(hour)))
+        weights.append(e.classes)
+    return np.mean(weights, axis=0)
+
+
+def held_out(level: int, x: np.ndarray, y: np.ndarray, training_config) -> np.ndarray:
+    """Cells in the level-`split_level` regions the demo training split holds out (val or test)."""
+    from model.data import geographic_split
+    from runtime.tiles import tile_centres
+
+    data = split_keys(training_config)
+    shift = level - int(data["split_level"])
+    ulon, ulat = tile_centres(int(data["split_level"]), x >> shift, y >> shift)
+    labels = geographic_split(
+        ulat,
+        ulon,
+        cell_deg=0.01,
+        val_fraction=float(data["val_fraction"]),
+        test_fraction=float(data["test_fraction"]),
+        seed=int(data["seed"]),
+    )
+    return labels != "train"
+
+
+def retrieval(scores: dict[str, np.ndarray], labels: np.ndarray, subset: np.ndarray) -> dict:
+    """AUC per class of its prompt's map (cells of `subset`), and the mean over classes with
+    >= MIN_POSITIVES positives."""
+    from corpus import rules
+
+    per_class = {}
+    for c, sound in enumerate(rules.CLASSES):
+        positive = labels[subset, c] >= POSITIVE_WEIGHT
+        if positive.sum() >= MIN_POSITIVES and (~positive).sum() >= MIN_POSITIVES:
+            per_class[sound] = {"positives": int(positive.sum()), "auc": auc(scores[sound][subset], positive)}
+    return {
+        "classes": per_class,
+        "mean_auc": float(np.mean([v["auc"] for v in per_class.values()])) if per_class else None,
+        "cells": int(subset.sum()),
+    }
+
+
+def layer_maps(engine, cells, prompts: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """(cells x prompts) maps of the served layers (through Engine.values), of the CSD without the
+    cell's S_i, and of the contrast at the other weights of CONTRAST_SWEEP (what CONTRAST_WEIGHT
+    was picked from)."""
+    queries = [engine.embed_text(t) for t in prompts]
+    out = {
+        layer: np.column_stack([engine.values(cells, layer, q) for q in queries]) for layer in ("heatmap", "contrast")
+    }
+    out["heatmap_without_s_i"] = cells.mu.astype(np.float32) @ np.stack([q.mu for q in queries]).T
+    logit = np.column_stack([engine.logits(cells, q) for q in queries])
+    baseline = engine.logits(cells, engine.reference)[:, None]
+    for weight in CONTRAST_SWEEP:
+        out[f"contrast_weight_{weight:g}"] = logit - weight * baseline
+    return out
+
+
+def condition(engine, cells, labels: np.ndarray, heldout: np.ndarray) -> dict:
+    """Every figure of one metadata condition: the PROMPTS' maps per layer, the class prompts'
+    maps against the rules' class maps, and retrieval AUC of the class prompts."""
+    from corpus import rules
+
+    s = cells.s.astype(np.float64)
+    class_prompts = tuple(class_prompt(c) for c in rules.CLASSES)
+    present = labels.max(axis=0) >= POSITIVE_WEIGHT
+    names = tuple(np.array(rules.CLASSES)[present])
+    class_maps = layer_maps(engine, cells, class_prompts)
+    everywhere = np.ones(len(s), bool)
+    return {
+        "layers": {name: discrimination(m, s, PROMPTS) for name, m in layer_maps(engine, cells, PROMPTS).items()},
+        "corpus_class_maps": discrimination(labels[:, present], s, names),
+        "class_prompt_layers": {
+            name: {
+                **discrimination(m[:, present], s, names),
+                "mean_spearman_with_own_class_map": float(
+                    np.mean([spearmanr(m[:, c], labels[:, c]).statistic for c in np.flatnonzero(present)])
+                ),
+            }
+            for name, m in class_maps.items()
+        },
+        "retrieval": {
+            name: {
+                "all_land": retrieval(dict(zip(rules.CLASSES, m.T, strict=True)), labels, everywhere),
+                "held_out_regions": retrieval(dict(zip(rules.CLASSES, m.T, strict=True)), labels, heldout),
+            }
+            for name, m in class_maps.items()
+        },
+    }
+
+
+def cause(engine, cells) -> dict:
+    """Why maps look alike: the two-way decomposition of the PROMPTS' and the class prompts'
+    logit maps, how alike the prompts' text embeddings are, and how many directions the cells'
+    means use."""
+    from corpus import rules
+
+    s, mu = cells.s.astype(np.float64), cells.mu.astype(np.float32)
+    a, _ = engine.bundle.calibration
+    out = {}
+    for name, prompts in (("prompts", PROMPTS), ("class_prompts", tuple(class_prompt(c) for c in rules.CLASSES))):
+        queries = [engine.embed_text(t) for t in prompts]
+        mu_q = np.stack([q.mu for q in queries])
+        logits = np.column_stack([engine.logits(cells, q) for q in queries])
+        out[f"decomposition_{name}"] = decomposition(logits, s, mu, mu_q, a)
+        out[f"text_mean_pairwise_cosine_{name}"] = mean_pairwise_cosine(mu_q)
+        out[f"text_mu_pca_shares_{name}"] = pca_shares(mu_q)
+    out["cell_mu_pca_shares"] = pca_shares(mu)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--data-dir", default="data/demo", help="demo world folder (cli/demo.py layout; built where missing)"
+    )
+    p.add_argument("--weights", default="weights/demo", help="trained parts the demo bundle is assembled from")
+    p.add_argument("--bundle", help="a bundle directory (with --store: instead of --data-dir)")
+    p.add_argument("--store", help="a store directory built from --bundle")
+    p.add_argument("--places", default="data/corpus/places.npz", help="the corpus's place rasters (else --assets)")
+    p.add_argument("--assets", default="data/assets", help="corpus assets, to derive the place rasters")
+    p.add_argument("--level", type=int, default=6, help="store level of the maps (6 = zoom-2 tiles)")
+    p.add_argument("--hours", default="6,22", help="hours measured besides the default metadata ('' for none)")
+    p.add_argument("--json", default="benchmarks/results/discrimination.json", help="where the results go")
+    args = p.parse_args(argv)
+
+    from corpus.build import ensure_places
+    from corpus.places import Places
+    from runtime.bundle import Bundle
+    from runtime.scoring import CONTRAST_WEIGHT, REFERENCE_PROMPTS
+    from server.engine import Engine, Metadata
+    from store.reader import Store
+
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        print(f"[{time.monotonic() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    data = Path(args.data_dir)
+    if args.bundle and args.store:
+        bundle, store = Bundle(args.bundle), Store(args.store)
+    else:
+        from cli.demo import bundle_path, imagery_path, store_path
+
+        bundle_dir = bundle_path(data, Path(args.weights))
+        bundle, store = Bundle(bundle_dir), Store(store_path(data, imagery_path(data), bundle_dir))
+    engine = Engine(bundle, store)
+    places_file = Path(args.places)
+    places = Places(places_file) if places_file.exists() else ensure_places(Path(args.assets), data / "places.npz")
+    level = store.levels[args.level]
+    x, y = cell_xy(level)
+    say(f"land cells of level {args.level} ...")
+    land = cell_places(places, args.level, x, y).land >= MAJORITY
+    rows = np.flatnonzero(land)
+    heldout = held_out(args.level, x[land], y[land], bundle.manifest.get("training", {}).get("config"))
+    cells = engine.embeddings(level, rows, Metadata())
+    result = {
+        "bundle": bundle.id,
+        "store": store.id,
+        "level": args.level,
+        "land_cells": len(rows),
+        "held_out_land_cells": int(heldout.sum()),
+        "prompts": list(PROMPTS),
+        "reference_prompts": len(REFERENCE_PROMPTS),
+        "contrast_weight": CONTRAST_WEIGHT,
+        "targets": TARGETS,
+    }
+    say("the rules' class weights per land cell (retrieval labels), the maps ...")
+    result["default"] = condition(engine, cells, class_labels(places, args.level, x[land], y[land]), heldout)
+    say("cause: decomposition, text embeddings, the cells' means ...")
+    result["cause"] = cause(engine, cells)
+    result["hours"] = {}
+    for hour in (int(h) for h in args.hours.split(",") if h.strip()):
+        say(f"hour {hour} ...")
+        labels = class_labels(places, args.level, x[land], y[land], hours=(hour,))
+        result["hours"][str(hour)] = condition(
+            engine, engine.embeddings(level, rows, Metadata(hour=hour)), labels, heldout
+        )
+
+    say("uncertainty: S = sum sigma^2 vs the paper's L1 norm of sigma ...")
+    _, logvar = bundle.fuse(np.asarray(level.arrays.sat[rows], np.float32), default_metadata(level, rows))
+    l1 = np.exp(0.5 * logvar.astype(np.float64)).sum(axis=1)
+    result["uncertainty"] = {
+        "spearman_s_vs_l1_sigma": float(spearmanr(cells.s, l1).statistic),
+        "s_recomputed_max_abs_diff": float(np.abs(uncertainty(logvar) - cells.s).max()),
+    }
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1, default=_json) + "\n")
+    print(markdown(result))
+    say(f"wrote {args.json}")
+    return 0
+
+
+def default_metadata(level, rows: np.ndarray) -> dict:
+    """The store's default metadata for the cells `rows`: location known, the rest unknown."""
+    from runtime.metadata import encode_metadata
+
+    lonlat = np.asarray(level.arrays.lonlat[rows])
+    return encode_metadata(len(lonlat), lat=lonlat[:, 1], lon=lonlat[:, 0])
+
+
+def _json(value):
+    if isinstance(value, np.ndarray):
+        return value.round(4).tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value))
+
+
+def markdown(result: dict) -> str:
+    """The tables docs/demo-model.md prints."""
+    default = result["default"]
+    lines = [
+        f"Level {result['level']}, {result['land_cells']} land cells ({result['held_out_land_cells']} in held-out "
+        f"regions), {len(result['prompts'])} prompts, default metadata.",
+        "",
+        "| layer | mean pairwise Spearman | max pair | max abs Spearman with -S (mean) | "
+        "retrieval AUC, all land | held-out regions | targets met |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for name, d in default["layers"].items():
+        lines.append(f"| {name} | {_row(d, default['retrieval'][name], pair=True)} | {d['meets_targets']} |")
+    lines += [
+        "",
+        "Class prompts (one per sound class of the rules) against the rules' own class maps:",
+        "",
+        "| maps | mean pairwise Spearman | max pair | max abs Spearman with -S | Spearman with own class map |",
+        "|---|---:|---|---:|---:|",
+        f"| the rules (truth) | {_pairs(default['corpus_class_maps'])} | 1 |",
+    ]
+    for name, d in default["class_prompt_layers"].items():
+        lines.append(f"| {name} | {_pairs(d)} | {d['mean_spearman_with_own_class_map']:.3f} |")
+    if result["hours"]:
+        lines += [
+            "",
+            "Under an hour (the store's hourly fusions; retrieval labels at that hour):",
+            "",
+            "| hour | layer | mean pairwise Spearman | max abs Spearman with -S (mean) | retrieval AUC, all land | "
+            "held-out regions |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for hour, c in result["hours"].items():
+            for name in ("heatmap", "contrast"):
+                lines.append(f"| {hour} | {name} | {_row(c['layers'][name], c['retrieval'][name], pair=False)} |")
+    return "\n".join(lines)
+
+
+def _pairs(d: dict) -> str:
+    return (
+        f"{d['mean_pairwise_spearman']:.3f} | {d['max_pairwise_spearman']:.3f} ({' / '.join(d['max_pair'])}) | "
+        f"{d['max_abs_spearman_with_minus_uncertainty']:.3f}"
+    )
+
+
+def _row(d: dict, r: dict, pair: bool) -> str:
+    top = f" | {d['max_pairwise_spearman']:.3f} ({' / '.join(d['max_pair'])})" if pair else ""
+    return (
+        f"{d['mean_pairwise_spearman']:.3f}{top} | {d['max_abs_spearman_with_minus_uncertainty']:.3f} "
+        f"({d['mean_spearman_with_minus_uncertainty']:.3f}) | {r['all_land']['mean_auc']:.3f} | "
+        f"{r['held_out_regions']['mean_auc']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
