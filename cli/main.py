@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 
 from cli import demo
-from cli.errors import UsageError
+from cli.errors import run_reporting_errors
 from corpus import commands as corpus_commands
 from model import commands as model_commands
 from model.data import register_reader
 from precompute import commands as precompute_commands
 from server import commands as server_commands
-
-# Errors that mean "the input is wrong", reported as one sentence with exit code 2.
-USER_ERRORS: tuple[type[Exception], ...] = (UsageError, FileNotFoundError, ValueError)
 
 
 def _demo_corpus_reader(data: dict, image_size: int):
@@ -68,22 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    errors = USER_ERRORS + model_commands.USER_ERRORS + precompute_commands.USER_ERRORS + corpus_commands.USER_ERRORS
-    try:
-        return int(args.handler(args) or 0)
-    except errors as exc:
-        print(f"soundscape {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except PermissionError as exc:  # e.g. a data folder (a container's bind mount) owned by another user
-        print(
-            f"soundscape {args.command}: permission denied on {exc.filename} (running as uid {os.getuid()}, "
-            "which cannot write there)",
-            file=sys.stderr,
-        )
-        return 2
-    except KeyboardInterrupt:
-        print(f"soundscape {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_errors(args.command, lambda: args.handler(args))
 
 
 if __name__ == "__main__":

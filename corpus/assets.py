@@ -24,13 +24,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from corpus.archives import ArchiveError, copy_stream, deb_members, opensfx_entries, rcc_entries, zip_stream_entries
+from runtime.errors import UserError
 from runtime.files import file_sha256, replace_dir
 
 STAMP = "asset.json"
 Progress = Callable[[int], object]
 
 
-class AssetError(Exception):
+class AssetError(UserError):
     """An asset cannot be acquired or its cached copy is damaged; the message says how to fix it."""
 
 

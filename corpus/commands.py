@@ -8,10 +8,9 @@ import argparse
 import json
 from pathlib import Path
 
-from corpus.assets import ASSETS, AssetError, acquire, ensure
+from corpus.assets import ASSETS, acquire, ensure
 from corpus.errors import CorpusError
 
-USER_ERRORS: tuple[type[Exception], ...] = (AssetError, CorpusError)
 DEFAULT_OUT = "data/corpus"
 DEFAULT_ASSETS = "data/assets"
 DEFAULT_IMAGERY = "data/imagery/bluemarble.tif"
@@ -111,9 +110,9 @@ def _explain(args: argparse.Namespace) -> int:
     print(json.dumps(attributes.row(0), indent=1, default=float))
     for rule, sound, weight in explain(attributes, args.month, args.hour):
         print(f"{weight:6.3f}  {sound:16s} {rule}")
-    print("sources (share of the recordings here, activity at this hour, strongest classes as kept):")
-    for name, share, activity, kept in sources.explain(attributes, args.month, args.hour):
-        print(f"{share:6.3f}  {name:16s} hour {activity:.2f}  " + ", ".join(f"{c} {w:.3f}" for c, w in kept))
+    print("sources (share of the recordings here, of those at this hour; strongest classes as kept):")
+    for name, share, at_hour, kept in sources.explain(attributes, args.month, args.hour):
+        print(f"{share:6.3f} {at_hour:6.3f}  {name:9s} " + ", ".join(f"{c} {w:.3f}" for c, w in kept))
     return 0
 
 

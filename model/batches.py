@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from model.data import BadSample, Preprocessing, Sample, SampleSource, load_sample, stack
+from model.config import ConfigError
+from model.data import BadSample, DataError, Preprocessing, Sample, SampleSource, load_sample, stack
 from runtime.audio import AudioDecodeError
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class Examples(Dataset):
             except READ_ERRORS as exc:
                 where = exc.where if isinstance(exc, BadSample) else f"sample {i}"
                 skipped.append((i, where, exc.reason if isinstance(exc, BadSample) else str(exc)))
-        raise ValueError(
+        raise DataError(
             f"{MAX_SUBSTITUTES} samples in a row from index {index} are unreadable, so the data "
             f"is mostly unusable; the last: {skipped[-1][1]}: {skipped[-1][2]}"
         )
@@ -114,9 +115,9 @@ class GlobalBatches(Sampler[list[int]]):
 
     def __init__(self, n: int, global_batch: int, *, seed: int, rank: int = 0, world: int = 1, start: int = 0):
         if global_batch % world:
-            raise ValueError(f"train.batch_size {global_batch} must be a multiple of the {world} processes")
+            raise ConfigError(f"train.batch_size {global_batch} must be a multiple of the {world} processes")
         if n < global_batch:
-            raise ValueError(f"the training split has {n} samples, fewer than train.batch_size {global_batch}")
+            raise DataError(f"the training split has {n} samples, fewer than train.batch_size {global_batch}")
         self.n, self.global_batch, self.seed = n, global_batch, seed
         self.rank, self.world, self.start = rank, world, start
         self.per_epoch = n // global_batch  # the last partial batch of an epoch is dropped

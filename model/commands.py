@@ -11,12 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from runtime.bundle import BundleError
+from model.config import ConfigError
+from runtime.errors import UsageError
 from runtime.files import file_sha256
 
-# Errors that mean "the input is wrong": one sentence on stderr, exit code 2 (with cli/main.py's
-# ValueError and FileNotFoundError, which cover config, checkpoint and data errors).
-USER_ERRORS: tuple[type[Exception], ...] = (BundleError, FileExistsError)
 log = logging.getLogger(__name__)
 
 
@@ -27,9 +25,9 @@ def load_config(path: str | Path) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"config file {path} must hold a mapping of sections (model:, train:, data:)")
+        raise ConfigError(f"config file {path} must hold a mapping of sections (model:, train:, data:)")
     return config
 
 
@@ -148,14 +146,14 @@ def _export(args: argparse.Namespace) -> int:
 
     sources = [s for s in (args.checkpoint, args.config, args.weights) if s]
     if len(sources) != 1:
-        raise ValueError(
+        raise UsageError(
             "give one of --checkpoint (a training run), --weights (saved trained parts) "
             "or --config (seeded random weights)"
         )
     metrics = {"test": json.loads(Path(args.metrics).read_text())} if args.metrics else {}
     if args.weights:
         if args.trained_parts:
-            raise ValueError("--weights already are trained parts; export them to a bundle without --trained-parts")
+            raise UsageError("--weights already are trained parts; export them to a bundle without --trained-parts")
         manifest = bundle_from_trained_parts(
             args.weights,
             args.out,

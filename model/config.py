@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.audio import AisfxMelSpec, AudioFeatureSpec, ClapFusionSpec
+from runtime.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config section has an unknown, missing or ill-typed key; the message names it."""
 
 

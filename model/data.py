@@ -17,7 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
+from model.config import ConfigError
 from runtime.audio import AudioFrontEnd, waveform_features
+from runtime.errors import UserError
 from runtime.metadata import Vocabulary, encode_metadata
 from runtime.text import Tokenizer
 
@@ -55,6 +57,11 @@ class SampleSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Sample: ...
+
+
+class DataError(UserError, ValueError):
+    """The training data cannot be used as configured (no usable rows, a missing column, too few
+    samples for a batch); the message says which and why."""
 
 
 class BadSample(Exception):
@@ -214,13 +221,13 @@ def resolve_paths(section: dict, base: str | Path) -> dict:
 def open_splits(section: dict | None, image_size: int) -> Splits:
     """The splits a config's `data:` section describes; an unknown kind names the known ones."""
     if not isinstance(section, dict) or "kind" not in section:
-        raise ValueError(
+        raise ConfigError(
             "the config needs a `data:` section with a `kind` "
             f"(one of: {', '.join(sorted(READERS)) or 'none registered'})"
         )
     kind = section["kind"]
     if kind not in READERS:
-        raise ValueError(f"unknown `data.kind` {kind!r}; known: {', '.join(sorted(READERS))}")
+        raise ConfigError(f"unknown `data.kind` {kind!r}; known: {', '.join(sorted(READERS))}")
     splits = READERS[kind]({k: v for k, v in section.items() if k != "kind"}, image_size)
     if splits.settled is not None:
         splits.settled = {"kind": kind, **splits.settled}

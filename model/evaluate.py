@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from model.batches import Collate, Examples, SkipLog, loader, to_tensors
-from model.data import Preprocessing, SampleSource
+from model.data import DataError, Preprocessing, SampleSource
 from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.psm import META_KEYS, PSMModel
 
@@ -141,7 +141,7 @@ def embed_split(
         levels.extend(np.array(batch["levels"], dtype=object)[keep])
         t = to_tensors(batch, device)
         if "image" not in t or not ({"features", "audio_backbone"} & set(t)):
-            raise ValueError("evaluation needs an image and audio for every sample")
+            raise DataError("evaluation needs an image and audio for every sample")
         sat = model.encode_image(t["image"], t["gsd"])
         meta = {k: t[k] for k in META_KEYS}
         off = {**meta, "present": torch.zeros_like(meta["present"])}

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from model.batches import Collate, Examples, SkipLog, loader, to_tensors
-from model.data import Preprocessing, SampleSource
+from model.data import DataError, Preprocessing, SampleSource
 from model.nn.psm import PSMModel
 from runtime.files import atomic_write, json_sha256
 
@@ -77,10 +77,10 @@ def tower_outputs(
         unreadable.update({i: (where, reason) for i, where, reason in batch["skipped"]})
         if tower == "text":
             if any(c is None for c in batch["captions"]):
-                raise ValueError("every sample needs a caption to cache the frozen text tower")
+                raise DataError("every sample needs a caption to cache the frozen text tower")
             captions.extend(batch["captions"])
         elif "features" not in batch:
-            raise ValueError("every sample needs audio to cache the frozen audio tower")
+            raise DataError("every sample needs audio to cache the frozen audio tower")
         else:
             rows.append(model.audio(to_tensors(batch, device)["features"]).float().cpu().numpy())
     if tower == "audio":

@@ -11,15 +11,11 @@ from precompute.estimate import estimate
 from precompute.merge import merge
 from precompute.plan import PlanError, Region, parse_bbox, parse_levels, parse_shard
 from precompute.run import RunOptions, execute, make_plan
-from runtime.bundle import BundleError
-from runtime.imagery import Imagery, ImageryError
+from runtime.imagery import Imagery
 from runtime.tiles import WORLD_BBOX
-from store.format import StoreError
 from store.index import FLAT_MAX
 from store.reader import Store
 from store.verify import verify_store
-
-USER_ERRORS: tuple[type[Exception], ...] = (BundleError, ImageryError, StoreError, PlanError)
 
 
 def _options(args: argparse.Namespace, plan_levels: list[int], readers: int) -> RunOptions:

@@ -21,12 +21,13 @@ from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 
+from runtime.errors import UserError
 from runtime.tiles import EARTH_CIRCUMFERENCE_M, MAX_LEVEL, MERCATOR_LAT_LIMIT, morton, tile_range
 
 BLOCK_DEPTH = 8  # a block holds up to 4^8 = 65536 cells
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """The requested plan cannot be run (bad levels, bbox, region or shard); the message says why."""
 
 

@@ -24,8 +24,10 @@ import soundfile
 from numpy.typing import ArrayLike
 from scipy.signal import resample_poly
 
+from runtime.errors import UserError
 
-class AudioDecodeError(ValueError):
+
+class AudioDecodeError(UserError, ValueError):
     """The bytes or file are not audio that libsndfile reads (wav, flac, ogg, mp3, ...)."""
 
 

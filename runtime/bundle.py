@@ -24,6 +24,7 @@ from runtime.contract import (
     PRECISIONS,
     TOKENIZER_FILE,
 )
+from runtime.errors import UserError
 from runtime.files import atomic_write, file_sha256, json_sha256
 from runtime.metadata import Vocabulary
 from runtime.text import load_tokenizer
@@ -32,7 +33,7 @@ from runtime.text import load_tokenizer
 _UNHASHED_KEYS = ("id", "created")
 
 
-class BundleError(Exception):
+class BundleError(UserError):
     """The path is not a usable model bundle; the message says why."""
 
 

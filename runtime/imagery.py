@@ -26,6 +26,7 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.mosaic import mosaic_reader
 
+from runtime.errors import UserError
 from runtime.tiles import (
     EARTH_CIRCUMFERENCE_M,
     MERCATOR_LAT_LIMIT,
@@ -50,7 +51,7 @@ READERS_PER_THREAD = 32
 Source = str | Path | Sequence[str | Path]
 
 
-class ImageryError(Exception):
+class ImageryError(UserError):
     """The imagery source cannot be opened or read."""
 
 

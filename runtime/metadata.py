@@ -12,8 +12,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from runtime.contract import META_TOKENS
+from runtime.errors import UserError
 
 ArrayLike = float | int | Sequence[float] | np.ndarray | None
+
+
+class MetadataError(UserError, ValueError):
+    """A metadata value the model has no token for, or a location given by half."""
 
 
 class Vocabulary:
@@ -29,11 +34,11 @@ class Vocabulary:
         return len(self.names)
 
     def id(self, name: str) -> int:
-        """Id of `name`; a ValueError that lists the choices when it is unknown."""
+        """Id of `name`; a MetadataError that lists the choices when it is unknown."""
         try:
             return self._ids[name]
         except KeyError:
-            raise ValueError(f"unknown value {name!r}; expected one of {', '.join(self.names)}") from None
+            raise MetadataError(f"unknown value {name!r}; expected one of {', '.join(self.names)}") from None
 
 
 def encode_location(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -84,7 +89,7 @@ def encode_metadata(
     sample), or None (unknown for all). `source`/`caption_source` are vocabulary ids.
     """
     if (lat is None) != (lon is None):
-        raise ValueError("give both lat and lon, or neither")
+        raise MetadataError("give both lat and lon, or neither")
     lat_v, lat_p = _column(lat, n, np.float64)
     lon_v, lon_p = _column(lon, n, np.float64)
     hour_v, hour_p = _column(hour, n, np.float64)

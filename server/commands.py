@@ -13,6 +13,7 @@ from urllib.parse import quote
 import uvicorn
 
 from runtime.bundle import Bundle
+from runtime.errors import UsageError
 from server.ratelimit import Rate
 from server.registry import SqliteRecords
 from server.settings import default_query_db
@@ -35,7 +36,7 @@ INTERNET_OPTIONS = {
 
 
 def check_port(host: str, port: int) -> None:
-    """ValueError (exit 2, one sentence) when uvicorn could not listen on host:port, before anything
+    """UsageError (exit 2, one sentence) when uvicorn could not listen on host:port, before anything
     is printed; bound the way uvicorn binds (SO_REUSEADDR), then released."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -44,10 +45,10 @@ def check_port(host: str, port: int) -> None:
             probe.bind(address)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise ValueError(
+            raise UsageError(
                 f"port {port} on {host} is already in use: stop what listens there or pass another --port"
             ) from None
-        raise ValueError(
+        raise UsageError(
             f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()}): check --host and --port"
         ) from None
 
@@ -74,7 +75,7 @@ def serve(
     try:
         SqliteRecords(default_query_db(), 0)
     except OSError as exc:
-        raise ValueError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if redis_url:
         os.environ["SOUNDSCAPE_REDIS_URL"] = redis_url
     if workers > 1:
@@ -109,7 +110,7 @@ def check_internet_options(host: str) -> None:
         Rate.parse(os.environ["SOUNDSCAPE_RATE_LIMIT"])
     public = os.environ.get("SOUNDSCAPE_PUBLIC_URL")
     if public and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", public):
-        raise ValueError(f"public URL {public!r} is not like https://tiles.example.org or http://host:port/prefix")
+        raise UsageError(f"public URL {public!r} is not like https://tiles.example.org or http://host:port/prefix")
     wildcard = host in ("0.0.0.0", "::", "")
     if "SOUNDSCAPE_ALLOWED_HOSTS" not in os.environ:
         os.environ["SOUNDSCAPE_ALLOWED_HOSTS"] = ",".join((*LOOPBACK_HOSTS, *(() if wildcard else (host,))))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import UserError
 from runtime.files import json_sha256
 
 STORE_FORMAT_VERSION = 2
@@ -28,7 +29,7 @@ FUSION_KINDS: dict[str, list[tuple[int | None, int | None]]] = {
 _UNHASHED_KEYS = ("id", "created", "run")
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """The path is not a usable store, or belongs to another bundle; the message says why."""
 
 

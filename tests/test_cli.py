@@ -181,3 +181,31 @@ def test_demo_checks_the_port_before_building(capsys, tmp_path) -> None:
         line = _fails(capsys, ["demo", "--data-dir", str(tmp_path / "demo"), "--port", str(port)])
     assert line.startswith(f"soundscape demo: port {port} on 127.0.0.1 is already in use")
     assert not (tmp_path / "demo").exists(), "built before finding the port taken"
+
+
+def test_a_bug_keeps_its_traceback(tmp_path) -> None:
+    """A bare ValueError is a bug, not a user's mistake: exit code 1 with the traceback, not exit 2."""
+    code = (
+        "import sys\n"
+        "import precompute.commands\n"
+        "def broken(path):\n"
+        "    raise ValueError('a bug in the code')\n"
+        "precompute.commands.Store = broken\n"
+        "from cli.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "store", "info", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" in result.stderr and "ValueError: a bug in the code" in result.stderr
+
+
+def test_a_user_error_from_any_layer_is_one_sentence(capsys, tmp_path) -> None:
+    """A store path that is no store: store/ raises StoreError, a UserError, so exit 2 and one line."""
+    line = _fails(capsys, ["store", "info", str(tmp_path)])
+    assert line.startswith("soundscape store: ") and "is not an embedding store" in line

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import ImageConfig, ModelConfig
+from model.config import ConfigError, ImageConfig, ModelConfig
 from model.nn.layers import Block, gsd_positional_embedding, mlp
 from model.nn.weights import load_satmae
 
@@ -55,7 +55,7 @@ class ImageEncoder(nn.Module):
     def __init__(self, cfg: ImageConfig, sat_dim: int, pretrained: bool = True):
         super().__init__()
         if cfg.size % cfg.patch:
-            raise ValueError(f"model.image.size {cfg.size} is not a multiple of model.image.patch {cfg.patch}")
+            raise ConfigError(f"model.image.size {cfg.size} is not a multiple of model.image.patch {cfg.patch}")
         self.grid = cfg.size // cfg.patch
         self.width = cfg.width
         self.gsd_unit = cfg.gsd_unit_m

@@ -9,12 +9,14 @@ import math
 import torch
 from torch import nn
 
+from model.config import ConfigError
+
 
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+            raise ConfigError(f"width {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)

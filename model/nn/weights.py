@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runtime.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # SatMAE / MAE checkpoint entries that PSM's global-pool ViT leaves out by design: the class
@@ -22,7 +24,7 @@ SATMAE_IGNORED = re.compile(r"^(cls_token|pos_embed|mask_token|norm\.|head\.|dec
 NEW_IN_PSM = ("fc_norm.", "projector.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """Weights that do not fit the model; the message lists the keys that do not match."""
 
 

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import mercantile
 import numpy as np
 
-from model.config import from_section
-from model.data import BadSample, Sample, Splits, geographic_split, register_reader
+from model.config import ConfigError, from_section
+from model.data import BadSample, DataError, Sample, Splits, geographic_split, register_reader
 from model.readers.common import decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
 from runtime.tiles import EARTH_CIRCUMFERENCE_M
@@ -131,7 +131,7 @@ def read_rows(cfg: CsvFolderConfig, bounds: tuple[float, float, float, float] | 
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}")
+            raise DataError(f"{path} lacks the column(s) {', '.join(missing)}")
         for line, row in enumerate(reader, start=2):
             try:
                 parsed = parse_row(row, line, cfg)
@@ -149,7 +149,7 @@ def read_rows(cfg: CsvFolderConfig, bounds: tuple[float, float, float, float] | 
                 skipped.setdefault(_reason(exc), []).append(line)
     if skipped and not rows:
         reason, lines = max(skipped.items(), key=lambda kv: len(kv[1]))
-        raise ValueError(f"{path} has no usable rows: {reason}: {len(lines)} row(s) ({_lines(path, lines)})")
+        raise DataError(f"{path} has no usable rows: {reason}: {len(lines)} row(s) ({_lines(path, lines)})")
     if skipped:
         log.warning(
             "%s: %d row(s) skipped, %d kept: %s",
@@ -278,7 +278,7 @@ def check_level(cfg: CsvFolderConfig, imagery, image_size: int) -> CsvFolderConf
         )
         return dataclasses.replace(cfg, level=level)
     if not coarsest <= cfg.level <= finest:
-        raise ValueError(
+        raise ConfigError(
             f"data.level {cfg.level} does not fit {cfg.imagery} ({imagery.resolution_m:.0f} m pixels, "
             f"{image_size} px cells): use a level in {coarsest}-{finest} "
             f"({default_level(imagery, image_size)} matches its resolution)"

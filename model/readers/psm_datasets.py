@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import from_section
-from model.data import BadSample, Sample, Splits, register_reader
+from model.config import ConfigError, from_section
+from model.data import BadSample, DataError, Sample, Splits, register_reader
 from model.readers.common import decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
 
@@ -298,9 +298,9 @@ def _opener(dataset: Dataset):
     def open_released(section: dict, image_size: int) -> Splits:
         cfg = from_section(ReleasedConfig, section, "data")
         if cfg.imagery not in dataset.imageries:
-            raise ValueError(f"`data.imagery` of {dataset.name} must be one of {', '.join(dataset.imageries)}")
+            raise ConfigError(f"`data.imagery` of {dataset.name} must be one of {', '.join(dataset.imageries)}")
         if cfg.layout not in ("webdataset", "huggingface"):
-            raise ValueError("`data.layout` must be webdataset or huggingface")
+            raise ConfigError("`data.layout` must be webdataset or huggingface")
         root = Path(cfg.root)
         if not root.is_dir():
             raise FileNotFoundError(f"data root {root} does not exist")
@@ -308,7 +308,7 @@ def _opener(dataset: Dataset):
         records = _webdataset_records(root, cfg.imagery) if webdataset else _parquet_records(root)
         if not any(records.values()):
             kind = "*.tar shards" if webdataset else "*.parquet files"
-            raise ValueError(f"no {dataset.name} {kind} named train/val/test under {root}")
+            raise DataError(f"no {dataset.name} {kind} named train/val/test under {root}")
         captions = _read_captions(cfg.captions)
         source = WebDatasetSource if webdataset else ParquetSource
         log.info(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.config import from_section
+from model.config import ConfigError, from_section
 from model.data import Sample, Splits, register_reader
 
 WORDS = [
@@ -119,7 +119,7 @@ def open_synthetic(section: dict, image_size: int) -> Splits:
     cfg = from_section(SyntheticConfig, section, "data")
     missing = {"train", "val", "test"} - set(cfg.samples)
     if missing:
-        raise ValueError(f"`data.samples` needs train, val and test counts; missing {', '.join(sorted(missing))}")
+        raise ConfigError(f"`data.samples` needs train, val and test counts; missing {', '.join(sorted(missing))}")
     train, val, test = (SyntheticSource(cfg, split, image_size) for split in ("train", "val", "test"))
     return Splits(train, val, test)
 
