@@ -138,7 +138,7 @@ def hour_versus_default(bundle: str, store: str, repeat: int) -> dict:
     interleaved in one process, on the finest level without stored fusions."""
     threadpool_limits(1, user_api="blas")
     settings = Settings(bundle=bundle, store=store)
-    service = SoundscapeService(Bundle(bundle, threads=settings.threads), Store(store), settings)
+    service = SoundscapeService(Bundle(bundle, threads=settings.ort_threads), Store(store), settings)
     warm_up(service)
     unfused = [lv for lv, level in service.store.levels.items() if level.precomputed(6, None, None) is None]
     zoom = max(0, max(unfused or [service.store.maxlevel]) - 4)  # tiles of zoom z draw level z + 4
@@ -186,7 +186,7 @@ def main() -> None:
     data = Path(args.data_dir)
     settings = Settings(bundle=str(data / "bundle"), store=str(data / "store"))
     threadpool_limits(1, user_api="blas")  # as create_app does
-    service = SoundscapeService(Bundle(settings.bundle, threads=settings.threads), Store(settings.store), settings)
+    service = SoundscapeService(Bundle(settings.bundle, threads=settings.ort_threads), Store(settings.store), settings)
     warm_up(service)
     result = asyncio.run(measure(service, args.repeat))
     imagery = service.imagery.path if service.imagery else None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import re
 import socket
 from pathlib import Path
 from urllib.parse import quote
@@ -13,10 +12,8 @@ from urllib.parse import quote
 import uvicorn
 
 from runtime.bundle import Bundle
-from runtime.errors import UsageError
-from server.ratelimit import Rate
 from server.registry import SqliteRecords
-from server.settings import default_query_db
+from server.settings import Settings
 from server.urls import LOOPBACK_HOSTS, tile_template
 from store.reader import Store
 
@@ -36,7 +33,7 @@ INTERNET_OPTIONS = {
 
 
 def check_port(host: str, port: int) -> None:
-    """UsageError (exit 2, one sentence) when uvicorn could not listen on host:port, before anything
+    """ValueError (exit 2, one sentence) when uvicorn could not listen on host:port, before anything
     is printed; bound the way uvicorn binds (SO_REUSEADDR), then released."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -45,10 +42,10 @@ def check_port(host: str, port: int) -> None:
             probe.bind(address)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise UsageError(
+            raise ValueError(
                 f"port {port} on {host} is already in use: stop what listens there or pass another --port"
             ) from None
-        raise UsageError(
+        raise ValueError(
             f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()}): check --host and --port"
         ) from None
 
@@ -72,10 +69,6 @@ def serve(
     os.environ["SOUNDSCAPE_STORE"] = str(store)
     if query_db:
         os.environ["SOUNDSCAPE_QUERY_DB"] = str(Path(query_db).resolve())
-    try:
-        SqliteRecords(default_query_db(), 0)
-    except OSError as exc:
-        raise UsageError(str(exc)) from None
     if redis_url:
         os.environ["SOUNDSCAPE_REDIS_URL"] = redis_url
     if workers > 1:
@@ -83,7 +76,11 @@ def serve(
         os.environ.setdefault("SOUNDSCAPE_COMPUTE_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
         if not redis_url:
             print("note: without --redis-url each worker has its own tile cache", flush=True)
-    check_internet_options(host)
+    settings = check_internet_options(host)
+    try:
+        SqliteRecords(settings.query_db, 0)
+    except OSError as exc:
+        raise ValueError(str(exc)) from None
     print(banner(f"http://{host}:{port}", examples), flush=True)
     env = os.environ.get
     trusted = env("SOUNDSCAPE_TRUSTED_PROXIES", "")
@@ -103,23 +100,21 @@ def serve(
     )
 
 
-def check_internet_options(host: str) -> None:
-    """Refuse a malformed rate limit or public URL before starting; URLs may name the bind host unless
-    SOUNDSCAPE_ALLOWED_HOSTS says otherwise; warn when a public bind has no public URL."""
-    if os.environ.get("SOUNDSCAPE_RATE_LIMIT"):
-        Rate.parse(os.environ["SOUNDSCAPE_RATE_LIMIT"])
-    public = os.environ.get("SOUNDSCAPE_PUBLIC_URL")
-    if public and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", public):
-        raise UsageError(f"public URL {public!r} is not like https://tiles.example.org or http://host:port/prefix")
+def check_internet_options(host: str) -> Settings:
+    """The settings the SOUNDSCAPE_* variables (and so the options) give, every value checked
+    before starting (a bad one: SettingsError, one sentence, exit 2); URLs may name the bind host
+    unless SOUNDSCAPE_ALLOWED_HOSTS says otherwise; warn when a public bind has no public URL."""
     wildcard = host in ("0.0.0.0", "::", "")
     if "SOUNDSCAPE_ALLOWED_HOSTS" not in os.environ:
         os.environ["SOUNDSCAPE_ALLOWED_HOSTS"] = ",".join((*LOOPBACK_HOSTS, *(() if wildcard else (host,))))
-    if host not in LOOPBACK_HOSTS and not os.environ.get("SOUNDSCAPE_PUBLIC_URL"):
+    settings = Settings.from_env()
+    if host not in LOOPBACK_HOSTS and not settings.public_url:
         print(
             f"note: TileJSON, WMTS and query links are refused (400) for a Host header outside "
             f"{os.environ['SOUNDSCAPE_ALLOWED_HOSTS']}: set --public-url or SOUNDSCAPE_ALLOWED_HOSTS",
             flush=True,
         )
+    return settings
 
 
 def banner(base: str, examples: list[str]) -> str:
@@ -188,7 +183,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_server_options(p)
     p.add_argument(
         "--cache-control",
-        help="Cache-Control of successful responses (default: $SOUNDSCAPE_CACHE_CONTROL, else public, max-age=86400)",
+        help="Cache-Control of successful responses (default: $SOUNDSCAPE_CACHE_CONTROL, else "
+        f"{Settings.model_fields['cache_control'].default})",
     )
     p.add_argument(
         "--cors-origins", help="comma-separated CORS origins, '' for none (default: $SOUNDSCAPE_CORS_ORIGINS, else *)"

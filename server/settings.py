@@ -1,80 +1,127 @@
-"""Server settings, read from the environment (SOUNDSCAPE_*) so containers configure it."""
+"""Server settings: one pydantic-settings model, each default written once. `Settings(...)` takes
+its arguments only (tests, benchmarks); `Settings.from_env()` reads SOUNDSCAPE_<FIELD> variables,
+so containers configure the server, and `soundscape serve` writes its options to those variables
+(server/commands.py), so options and variables are checked by this one model."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from server.ratelimit import Rate
+
+ENV_PREFIX = "SOUNDSCAPE_"
+MB = 1024 * 1024
+PUBLIC_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
 
 
 def default_query_db() -> str:
-    """$SOUNDSCAPE_QUERY_DB, else queries.sqlite in $SOUNDSCAPE_DATA_DIR (the server's writable
-    state; docker-compose.yml sets it), else in the user's data directory (XDG)."""
-    if os.environ.get("SOUNDSCAPE_QUERY_DB"):
-        return os.environ["SOUNDSCAPE_QUERY_DB"]
+    """queries.sqlite in $SOUNDSCAPE_DATA_DIR (the server's writable state; docker-compose.yml sets
+    it), else in the user's data directory (XDG). $SOUNDSCAPE_QUERY_DB names another file."""
     if os.environ.get("SOUNDSCAPE_DATA_DIR"):
         return os.path.join(os.environ["SOUNDSCAPE_DATA_DIR"], "queries.sqlite")
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(data, "soundscape-tiles", "queries.sqlite")
 
 
-def _env_list(name: str, default: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in os.environ.get(name, default).split(",") if v.strip())
+def _names(value: Any) -> Any:
+    """A comma-separated list ('' for none), as the variables give it."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
 
 
-@dataclass(frozen=True)
-class Settings:
+# An unset and an empty variable both mean "none".
+MaybeText = Annotated[str | None, BeforeValidator(lambda value: value or None)]
+Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)]
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value, said in one sentence that names its variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
     bundle: str
     store: str
-    redis_url: str | None = None
+    redis_url: MaybeText = None
     cache_ttl_s: int = 86400
     # Registered queries (POST /queries) live in this SQLite file, and in Redis without a TTL.
-    query_db: str = field(default_factory=lambda: default_query_db())
+    query_db: str = Field(default_factory=default_query_db)
     max_queries: int = 100_000
-    lru_bytes: int = 256 * 1024 * 1024
+    lru_mb: float = 256
     # onnxruntime intra-op threads per graph run. Requests already run in parallel on the compute
     # pool (one per core), so more would oversubscribe the cores: 1 measured 2x faster under load.
-    threads: int = 1
-    compute_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # Sent with successful responses of cacheable routes only; errors get `no-store`.
+    ort_threads: int = 1
+    compute_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    # Sent with successful responses of cacheable routes only (server/http.CACHE_POLICIES).
     cache_control: str = "public, max-age=86400"
-    cors_origins: tuple[str, ...] = ("*",)  # empty = no CORS headers
-    max_upload_bytes: int = 10 * 1024 * 1024
+    cors_origins: Names = ("*",)  # empty = no CORS headers
+    max_upload_mb: float = 10
     max_audio_s: float = 60.0
     # /search with non-default metadata fuses the whole level; refuse levels larger than this.
     max_search_cells: int = 250_000
-    imagery: str | None = None  # basemap raster; default: the path in the store manifest
+    imagery: MaybeText = None  # basemap raster; default: the path in the store manifest
     # The open internet (docs/reliability.md). Absolute URLs start with public_url when set, else
     # with the request's Host only if it is in allowed_hosts (server/urls.py). rate_limit, e.g.
     # "20/s burst 100", is per client address (server/ratelimit.py); None = off.
-    public_url: str | None = None
-    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
-    rate_limit: str | None = None
+    public_url: MaybeText = None
+    allowed_hosts: Names = ("127.0.0.1", "localhost", "::1")
+    rate_limit: MaybeText = None
     full_fusions: int = 1  # whole-level fusions (/search under hour/month/source) run at once
+
+    @property
+    def lru_bytes(self) -> int:
+        return int(self.lru_mb * MB)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and not PUBLIC_URL.fullmatch(value):
+            raise ValueError(f"public URL {value!r} is not like https://tiles.example.org or http://host:port/prefix")
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            Rate.parse(value)  # a ValueError with its sentence
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Constructed directly, the model reads its arguments only: a test never picks up the
+        caller's environment. `from_env` adds the variables."""
+        return (init_settings,)
 
     @classmethod
     def from_env(cls) -> Settings:
+        """The settings the SOUNDSCAPE_* variables give; SettingsError names the first bad one."""
         try:
-            bundle, store = os.environ["SOUNDSCAPE_BUNDLE"], os.environ["SOUNDSCAPE_STORE"]
-        except KeyError as exc:
-            raise RuntimeError(f"set {exc.args[0]} (the model bundle and store directories)") from None
-        env = os.environ.get
-        return cls(
-            bundle=bundle,
-            store=store,
-            redis_url=env("SOUNDSCAPE_REDIS_URL") or None,
-            cache_ttl_s=int(env("SOUNDSCAPE_CACHE_TTL_S", "86400")),
-            lru_bytes=int(env("SOUNDSCAPE_LRU_MB", "256")) * 1024 * 1024,
-            threads=int(env("SOUNDSCAPE_ORT_THREADS", "1")),
-            compute_threads=int(env("SOUNDSCAPE_COMPUTE_THREADS", str(os.cpu_count() or 1))),
-            cache_control=env("SOUNDSCAPE_CACHE_CONTROL", cls.cache_control),
-            cors_origins=_env_list("SOUNDSCAPE_CORS_ORIGINS", "*"),
-            max_upload_bytes=int(float(env("SOUNDSCAPE_MAX_UPLOAD_MB", "10")) * 1024 * 1024),
-            max_audio_s=float(env("SOUNDSCAPE_MAX_AUDIO_S", "60")),
-            imagery=env("SOUNDSCAPE_IMAGERY") or None,
-            query_db=default_query_db(),
-            max_queries=int(env("SOUNDSCAPE_MAX_QUERIES", "100000")),
-            public_url=env("SOUNDSCAPE_PUBLIC_URL") or None,
-            allowed_hosts=_env_list("SOUNDSCAPE_ALLOWED_HOSTS", ",".join(cls.allowed_hosts)),
-            rate_limit=env("SOUNDSCAPE_RATE_LIMIT") or None,
-            full_fusions=int(env("SOUNDSCAPE_FULL_FUSIONS", "1")),
-        )
+            return cls(**EnvSettingsSource(cls)())
+        except ValidationError as exc:
+            raise SettingsError(_sentence(exc.errors()[0])) from None
+
+
+def _sentence(error: Any) -> str:
+    """One sentence for a validation error: which variable, what it must be, what it was."""
+    name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "a SOUNDSCAPE_* variable"
+    if error["type"] == "missing":
+        return f"set {name} (the model bundle and store directories)"
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    return f"{name} must be {error['msg'].removeprefix('Input should be ')}, not {error['input']!r}"

@@ -22,7 +22,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture(scope="module")
 def api(bundle_path, store_path):
-    with make_client(bundle_path, store_path, max_upload_bytes=200_000) as client:
+    with make_client(bundle_path, store_path, max_upload_mb=0.2) as client:
         yield schemathesis.openapi.from_asgi("/openapi.json", client.app)
 
 

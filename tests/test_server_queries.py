@@ -13,7 +13,7 @@ from tests.server_support import decode_npy, make_client
 
 @pytest.fixture(scope="module")
 def client(bundle_path, store_path):
-    with make_client(bundle_path, store_path, max_upload_bytes=2_000_000, max_audio_s=12) as client:
+    with make_client(bundle_path, store_path, max_upload_mb=1.9, max_audio_s=12) as client:
         yield client
 
 

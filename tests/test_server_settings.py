@@ -1,0 +1,97 @@
+"""Server settings: SOUNDSCAPE_* variables read by one model (server/settings.py), each bad value
+refused in one sentence naming its variable, and `soundscape serve` refusing it with exit code 2
+before it starts."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from server.settings import MB, Settings, SettingsError
+from tests.conftest import free_port
+from tests.server_support import REPO
+
+
+@pytest.fixture
+def env(monkeypatch):
+    """A clean SOUNDSCAPE_* environment with the two required variables."""
+    for name in [n for n in os.environ if n.startswith("SOUNDSCAPE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SOUNDSCAPE_BUNDLE", "b")
+    monkeypatch.setenv("SOUNDSCAPE_STORE", "s")
+    return monkeypatch
+
+
+def test_variables_give_the_settings(env):
+    for name, value in {
+        "REDIS_URL": "redis://r:6379/0",
+        "LRU_MB": "16",
+        "ORT_THREADS": "2",
+        "CORS_ORIGINS": " https://a.example , https://b.example ",
+        "MAX_UPLOAD_MB": "0.5",
+        "ALLOWED_HOSTS": ".example.org",
+        "RATE_LIMIT": "20/s burst 100",
+        "PUBLIC_URL": "https://tiles.example.org/maps",
+        "CACHE_CONTROL": "public, max-age=7",
+    }.items():
+        env.setenv(f"SOUNDSCAPE_{name}", value)
+    settings = Settings.from_env()
+    assert (settings.bundle, settings.store, settings.redis_url) == ("b", "s", "redis://r:6379/0")
+    assert (settings.lru_bytes, settings.max_upload_bytes, settings.ort_threads) == (16 * MB, MB // 2, 2)
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.allowed_hosts == (".example.org",) and settings.rate_limit == "20/s burst 100"
+    assert (settings.public_url, settings.cache_control) == ("https://tiles.example.org/maps", "public, max-age=7")
+
+
+def test_defaults_and_empty_values(env):
+    settings = Settings.from_env()
+    assert settings == Settings(bundle="b", store="s", query_db=settings.query_db)
+    assert settings.cors_origins == ("*",) and settings.redis_url is None and settings.lru_bytes == 256 * MB
+    env.setenv("SOUNDSCAPE_CORS_ORIGINS", "")  # empty: no CORS at all
+    env.setenv("SOUNDSCAPE_REDIS_URL", "")  # empty: none
+    env.setenv("SOUNDSCAPE_DATA_DIR", "/srv/state")
+    settings = Settings.from_env()
+    assert settings.cors_origins == () and settings.redis_url is None
+    assert settings.query_db == "/srv/state/queries.sqlite"
+    env.setenv("SOUNDSCAPE_QUERY_DB", "/elsewhere/q.sqlite")
+    assert Settings.from_env().query_db == "/elsewhere/q.sqlite"
+
+
+def test_direct_construction_reads_no_variable(env):
+    env.setenv("SOUNDSCAPE_REDIS_URL", "redis://r:6379/0")
+    assert Settings(bundle="x", store="y").redis_url is None
+    with pytest.raises(ValueError, match="no_such"):
+        Settings(bundle="x", store="y", no_such=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "sentence"),
+    [
+        ("LRU_MB", "lots", "SOUNDSCAPE_LRU_MB must be a valid number, unable to parse string as a number, not 'lots'"),
+        ("ORT_THREADS", "1.5", "SOUNDSCAPE_ORT_THREADS must be a valid integer"),
+        ("RATE_LIMIT", "fast", "rate limit 'fast'"),
+        ("PUBLIC_URL", "tiles.example.org", "public URL 'tiles.example.org' is not like https://tiles.example.org"),
+        ("BUNDLE", None, "set SOUNDSCAPE_BUNDLE (the model bundle and store directories)"),
+    ],
+)
+def test_a_bad_value_is_one_sentence_naming_its_variable(env, name, value, sentence):
+    if value is None:
+        env.delenv(f"SOUNDSCAPE_{name}")
+    else:
+        env.setenv(f"SOUNDSCAPE_{name}", value)
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env()
+    assert sentence in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_serve_refuses_a_bad_variable_before_starting(bundle_path, store_path, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
+    env.update(SOUNDSCAPE_LRU_MB="lots", SOUNDSCAPE_QUERY_DB=str(tmp_path / "q.sqlite"))
+    command = [sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path), "--store", str(store_path)]
+    done = subprocess.run(
+        [*command, "--port", str(free_port())], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert "SOUNDSCAPE_LRU_MB must be a valid number" in done.stderr and "Traceback" not in done.stderr
+    assert "viewer:" not in done.stdout, "refused before the banner"
