@@ -12,6 +12,7 @@ from urllib.parse import quote
 import uvicorn
 
 from runtime.bundle import Bundle
+from runtime.errors import UsageError
 from server.registry import SqliteRecords
 from server.settings import Settings
 from server.urls import LOOPBACK_HOSTS, tile_template
@@ -33,7 +34,7 @@ INTERNET_OPTIONS = {
 
 
 def check_port(host: str, port: int) -> None:
-    """ValueError (exit 2, one sentence) when uvicorn could not listen on host:port, before anything
+    """UsageError (exit 2, one sentence) when uvicorn could not listen on host:port, before anything
     is printed; bound the way uvicorn binds (SO_REUSEADDR), then released."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -42,10 +43,10 @@ def check_port(host: str, port: int) -> None:
             probe.bind(address)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise ValueError(
+            raise UsageError(
                 f"port {port} on {host} is already in use: stop what listens there or pass another --port"
             ) from None
-        raise ValueError(
+        raise UsageError(
             f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()}): check --host and --port"
         ) from None
 
@@ -80,7 +81,7 @@ def serve(
     try:
         SqliteRecords(settings.query_db, 0)
     except OSError as exc:
-        raise ValueError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     print(banner(f"http://{host}:{port}", examples), flush=True)
     env = os.environ.get
     trusted = env("SOUNDSCAPE_TRUSTED_PROXIES", "")

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from runtime.errors import UserError
 from server.ratelimit import Rate
 
 ENV_PREFIX = "SOUNDSCAPE_"
@@ -38,7 +39,7 @@ MaybeText = Annotated[str | None, BeforeValidator(lambda value: value or None)]
 Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)]
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """A setting with a bad value, said in one sentence that names its variable."""
 
 
