@@ -101,9 +101,16 @@ FACTORS = np.stack([s.factors() for s in SOURCES])  # (sources, classes)
 HOUR_BINS = 24 * 60  # hours are drawn by the minute from a source's profile
 
 
-def mix(p: PlaceAttributes) -> np.ndarray:
-    """(N, sources): the chance that a recording at each place comes from each source."""
+def mix(p: PlaceAttributes, hour: float | np.ndarray | None = None) -> np.ndarray:
+    """(N, sources): the chance that a recording at each place comes from each source; given
+    the hour too, the chance among the recordings made at that hour (each source's `when`
+    density, normalised over the day, weighs its share)."""
     weight = np.stack([s.share * WHERE[s.where](p) for s in SOURCES], axis=1)
+    if hour is not None:
+        day = (np.arange(HOUR_BINS) + 0.5) / 60.0
+        density = [rules.TIME_PROFILES[s.when] for s in SOURCES]
+        h = np.broadcast_to(np.asarray(hour, np.float64), len(p.lat))
+        weight = weight * np.stack([d(h) / d(day).mean() for d in density], axis=1)
     return weight / weight.sum(axis=1, keepdims=True)
 
 
@@ -145,16 +152,13 @@ def markdown_table() -> str:
 def explain(
     places: PlaceAttributes, month: int, hour: float, index: int = 0, top: int = 4
 ) -> list[tuple[str, float, float, list[tuple[str, float]]]]:
-    """Per source at place `index`: (name, its share of the recordings there, how much it records
-    at this hour relative to its busiest hour, its `top` strongest class weights as it keeps them)."""
+    """Per source at place `index`: (name, its share of the recordings there, its share of those
+    made at this hour, its `top` strongest class weights as it keeps them)."""
     weights = rules.evaluate(places, np.full(len(places.lat), month), np.full(len(places.lat), hour)).classes[index]
-    shares = mix(places)[index]
-    day = np.arange(HOUR_BINS) / 60.0
+    shares, at_hour = mix(places)[index], mix(places, hour)[index]
     out = []
     for i, s in enumerate(SOURCES):
-        profile = rules.TIME_PROFILES[s.when]
-        activity = float(profile(np.array([hour]))[0] / profile(day).max())
         kept = weights * FACTORS[i]
         strongest = [(rules.CLASSES[c], float(kept[c])) for c in np.argsort(-kept)[:top] if kept[c] > 0]
-        out.append((s.name, float(shares[i]), activity, strongest))
+        out.append((s.name, float(shares[i]), float(at_hour[i]), strongest))
     return out
