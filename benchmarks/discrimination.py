@@ -404,9 +404,13 @@ def _row(d: dict, r: dict, pair: bool) -> str:
     top = f" | {d['max_pairwise_spearman']:.3f} ({' / '.join(d['max_pair'])})" if pair else ""
     return (
         f"{d['mean_pairwise_spearman']:.3f}{top} | {d['max_abs_spearman_with_minus_uncertainty']:.3f} "
-        f"({d['mean_spearman_with_minus_uncertainty']:.3f}) | {r['all_land']['mean_auc']:.3f} | "
-        f"{r['held_out_regions']['mean_auc']:.3f}"
+        f"({d['mean_spearman_with_minus_uncertainty']:.3f}) | {_auc(r['all_land'])} | {_auc(r['held_out_regions'])}"
     )
+
+
+def _auc(r: dict) -> str:
+    """The mean AUC, or n/a where no class had MIN_POSITIVES positives among the cells."""
+    return "n/a" if r["mean_auc"] is None else f"{r['mean_auc']:.3f}"
 
 
 if __name__ == "__main__":

@@ -152,3 +152,30 @@ def test_decomposition_finds_a_shared_cell_effect():
     assert d["rank_relevant_share_cell_effect"] > 0.95
     flat = decomposition(own, rng.normal(size=cells), mu, mu_q, 1.0)
     assert flat["rank_relevant_share_cell_effect"] < 0.3
+
+
+@pytest.mark.slow
+def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, place_assets, tmp_path, capsys):
+    """benchmarks/discrimination.py end to end on the fixture's bundle and store (Europe, levels
+    3-6, no stored fusions: hour 6 is fused), with the corpus's real place rasters."""
+    import json
+
+    from benchmarks import discrimination
+    from corpus.build import ensure_places
+
+    ensure_places(place_assets, tmp_path / "places.npz", progress=False)
+    out = tmp_path / "discrimination.json"
+    argv = ["--bundle", str(bundle_path), "--store", str(store_path), "--places", str(tmp_path / "places.npz")]
+    assert discrimination.main([*argv, "--level", "6", "--hours", "6", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["land_cells"] >= 10 and len(result["prompts"]) >= 12
+    for cond in (result["default"], result["hours"]["6"]):
+        assert {"heatmap", "contrast", "heatmap_without_s_i"} <= set(cond["layers"])
+        for d in cond["layers"].values():
+            assert -1 <= d["mean_pairwise_spearman"] <= d["max_pairwise_spearman"] <= 1
+            assert len(d["spearman_with_minus_uncertainty"]) == len(result["prompts"])
+    shares = result["cause"]["decomposition_prompts"]
+    assert sum(shares[k] for k in ("share_cell_effect", "share_prompt_effect", "share_interaction")) == pytest.approx(1)
+    # the fusion graph run here under the default metadata gives the store's own S
+    assert result["uncertainty"]["s_recomputed_max_abs_diff"] < 1e-4
+    assert "| contrast |" in capsys.readouterr().out
