@@ -107,7 +107,7 @@ ERRORS = [
     ("GET", TILE, {"q": "x", "hour": "25"}, {}, 422, "hour must be an integer in 0..23, not '25'"),
     ("GET", TILE, {"q": "x", "hour": "six"}, {}, 422, "hour must be an integer in 0..23, not 'six'"),
     ("GET", TILE, {"q": "x", "month": "13"}, {}, 422, "month must be an integer in 1..12, not '13'"),
-    ("GET", TILE, {"q": "x", "layer": "noise"}, {}, 422, "layer must be one of heatmap, uncertainty, not 'noise'"),
+    ("GET", TILE, {"q": "x", "layer": "noise"}, {}, 422, "layer must be one of heatmap, contrast, uncertainty, not 'noise'"),
     ("GET", TILE, {"q": "x", "tilesize": "big"}, {}, 422, "tilesize must be an integer, not 'big'"),
     ("GET", TILE, {"q": "x" * 600}, {}, 422, "q must be a text of at most 500 characters, not 'xxxx"),
     ("GET", "/search", {"q": "x", "k": "5000"}, {}, 422, "k must be an integer in 1..1000, not '5000'"),
