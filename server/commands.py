@@ -13,6 +13,7 @@ import uvicorn
 
 from runtime.bundle import Bundle
 from runtime.errors import UsageError
+from server.protocol import ConnectionLimits
 from server.registry import SqliteRecords
 from server.settings import Settings
 from server.urls import LOOPBACK_HOSTS, tile_template
@@ -78,13 +79,12 @@ def serve(
         if not redis_url:
             print("note: without --redis-url each worker has its own tile cache", flush=True)
     settings = check_internet_options(host)
+    ConnectionLimits.from_env()  # each worker's protocol reads them: checked here, before starting
     try:
         SqliteRecords(settings.query_db, 0)
     except OSError as exc:
         raise UsageError(str(exc)) from None
     print(banner(f"http://{host}:{port}", examples), flush=True)
-    env = os.environ.get
-    trusted = env("SOUNDSCAPE_TRUSTED_PROXIES", "")
     # The protocol adds header size, header/body timeouts and a connection cap (server/protocol.py).
     uvicorn.run(
         "server.asgi:create_app_from_env",
@@ -94,10 +94,10 @@ def serve(
         workers=workers,
         log_level="warning",
         http="server.protocol:HardenedHttpProtocol",
-        timeout_keep_alive=int(env("SOUNDSCAPE_KEEP_ALIVE_S", "5")),
-        backlog=int(env("SOUNDSCAPE_BACKLOG", "1024")),
-        proxy_headers=bool(trusted),
-        forwarded_allow_ips=trusted or None,
+        timeout_keep_alive=settings.keep_alive_s,
+        backlog=settings.backlog,
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
     )
 
 

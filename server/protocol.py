@@ -14,16 +14,15 @@ server on the open internet needs and uvicorn does not have.
   requests wait behind the one being answered on a connection (uvicorn queues every request of
   a read: 100,000 pipelined requests grew it by 110 MB); a connection with more is dropped.
 
-Limits come from SOUNDSCAPE_* variables (`ConnectionLimits.from_env`), since uvicorn builds the
-protocol itself in every worker; docs/reliability.md lists them.
+Limits come from SOUNDSCAPE_* variables (`ConnectionLimits.from_env`, a model like
+server/settings.Settings), since uvicorn builds the protocol itself in every worker; `soundscape
+serve` checks them before starting; docs/reliability.md lists them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -31,29 +30,18 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from server.settings import EnvSettings
+
 HEAD_END = b"\r\n\r\n"
 
 
-@dataclass(frozen=True)
-class ConnectionLimits:
+class ConnectionLimits(EnvSettings):
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     max_connections: int = 1024
     max_pipelined: int = 32
-
-    @classmethod
-    def from_env(cls) -> ConnectionLimits:
-        env = os.environ.get
-        return cls(
-            max_header_bytes=int(env("SOUNDSCAPE_MAX_HEADER_BYTES", cls.max_header_bytes)),
-            max_headers=int(env("SOUNDSCAPE_MAX_HEADERS", cls.max_headers)),
-            header_timeout_s=float(env("SOUNDSCAPE_HEADER_TIMEOUT_S", cls.header_timeout_s)),
-            body_timeout_s=float(env("SOUNDSCAPE_BODY_TIMEOUT_S", cls.body_timeout_s)),
-            max_connections=int(env("SOUNDSCAPE_MAX_CONNECTIONS", cls.max_connections)),
-            max_pipelined=int(env("SOUNDSCAPE_MAX_PIPELINED", cls.max_pipelined)),
-        )
 
 
 @lru_cache(maxsize=1)

@@ -1,13 +1,14 @@
-"""Server settings: one pydantic-settings model, each default written once. `Settings(...)` takes
+"""Server settings: pydantic-settings models, each default written once. `Settings(...)` takes
 its arguments only (tests, benchmarks); `Settings.from_env()` reads SOUNDSCAPE_<FIELD> variables,
 so containers configure the server, and `soundscape serve` writes its options to those variables
-(server/commands.py), so options and variables are checked by this one model."""
+(server/commands.py), so options and variables are checked by one model. The HTTP protocol's
+limits (server/protocol.ConnectionLimits) are a model of the same kind."""
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -43,11 +44,46 @@ class SettingsError(UserError, ValueError):
     """A setting with a bad value, said in one sentence that names its variable."""
 
 
-class Settings(BaseSettings):
+class EnvSettings(BaseSettings):
+    """A model of SOUNDSCAPE_* variables. Constructed directly it reads its arguments only (a test
+    never picks up the caller's environment); `from_env` reads the variables."""
+
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    bundle: str
-    store: str
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls) -> Self:
+        """The model the SOUNDSCAPE_* variables give; SettingsError names the first bad one."""
+        try:
+            return cls(**EnvSettingsSource(cls)())
+        except ValidationError as exc:
+            raise SettingsError(_sentence(cls, exc.errors()[0])) from None
+
+
+def _sentence(model: type[BaseSettings], error: Any) -> str:
+    """One sentence for a validation error: which variable, what it must be, what it was."""
+    field = str(error["loc"][0]) if error["loc"] else ""
+    name = ENV_PREFIX + field.upper() if field else "a SOUNDSCAPE_* variable"
+    if error["type"] == "missing":
+        return f"set {name} ({model.model_fields[field].description})"
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    return f"{name} must be {error['msg'].removeprefix('Input should be ')}, not {error['input']!r}"
+
+
+class Settings(EnvSettings):
+    bundle: str = Field(description="the model bundle directory")
+    store: str = Field(description="the embedding store directory")
     redis_url: MaybeText = None
     cache_ttl_s: int = 86400
     # Registered queries (POST /queries) live in this SQLite file, and in Redis without a TTL.
@@ -73,6 +109,11 @@ class Settings(BaseSettings):
     allowed_hosts: Names = ("127.0.0.1", "localhost", "::1")
     rate_limit: MaybeText = None
     full_fusions: int = 1  # whole-level fusions (/search under hour/month/source) run at once
+    # How `soundscape serve` runs uvicorn: proxies whose X-Forwarded-For names the client
+    # (comma-separated, none by default), the keep-alive timeout and the listen backlog.
+    trusted_proxies: str = ""
+    keep_alive_s: int = 5
+    backlog: int = 1024
 
     @property
     def lru_bytes(self) -> int:
@@ -95,34 +136,3 @@ class Settings(BaseSettings):
         if value is not None:
             Rate.parse(value)  # a ValueError with its sentence
         return value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Constructed directly, the model reads its arguments only: a test never picks up the
-        caller's environment. `from_env` adds the variables."""
-        return (init_settings,)
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        """The settings the SOUNDSCAPE_* variables give; SettingsError names the first bad one."""
-        try:
-            return cls(**EnvSettingsSource(cls)())
-        except ValidationError as exc:
-            raise SettingsError(_sentence(exc.errors()[0])) from None
-
-
-def _sentence(error: Any) -> str:
-    """One sentence for a validation error: which variable, what it must be, what it was."""
-    name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "a SOUNDSCAPE_* variable"
-    if error["type"] == "missing":
-        return f"set {name} (the model bundle and store directories)"
-    if error["type"] == "value_error":
-        return str(error["ctx"]["error"])
-    return f"{name} must be {error['msg'].removeprefix('Input should be ')}, not {error['input']!r}"

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from server.protocol import ConnectionLimits
 from server.settings import MB, Settings, SettingsError
 from tests.conftest import free_port
 from tests.server_support import REPO
@@ -72,7 +73,8 @@ def test_direct_construction_reads_no_variable(env):
         ("ORT_THREADS", "1.5", "SOUNDSCAPE_ORT_THREADS must be a valid integer"),
         ("RATE_LIMIT", "fast", "rate limit 'fast'"),
         ("PUBLIC_URL", "tiles.example.org", "public URL 'tiles.example.org' is not like https://tiles.example.org"),
-        ("BUNDLE", None, "set SOUNDSCAPE_BUNDLE (the model bundle and store directories)"),
+        ("BUNDLE", None, "set SOUNDSCAPE_BUNDLE (the model bundle directory)"),
+        ("MAX_CONNECTIONS", "many", "SOUNDSCAPE_MAX_CONNECTIONS must be a valid integer"),
     ],
 )
 def test_a_bad_value_is_one_sentence_naming_its_variable(env, name, value, sentence):
@@ -82,16 +84,21 @@ def test_a_bad_value_is_one_sentence_naming_its_variable(env, name, value, sente
         env.setenv(f"SOUNDSCAPE_{name}", value)
     with pytest.raises(SettingsError) as caught:
         Settings.from_env()
+        ConnectionLimits.from_env()
     assert sentence in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_serve_refuses_a_bad_variable_before_starting(bundle_path, store_path, tmp_path):
+@pytest.mark.parametrize(
+    ("name", "value", "sentence"),
+    [("LRU_MB", "lots", "SOUNDSCAPE_LRU_MB must be a valid number"), ("MAX_HEADERS", "-", "SOUNDSCAPE_MAX_HEADERS")],
+)
+def test_serve_refuses_a_bad_variable_before_starting(bundle_path, store_path, tmp_path, name, value, sentence):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
-    env.update(SOUNDSCAPE_LRU_MB="lots", SOUNDSCAPE_QUERY_DB=str(tmp_path / "q.sqlite"))
+    env.update({f"SOUNDSCAPE_{name}": value, "SOUNDSCAPE_QUERY_DB": str(tmp_path / "q.sqlite")})
     command = [sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path), "--store", str(store_path)]
     done = subprocess.run(
         [*command, "--port", str(free_port())], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2, done.stderr
-    assert "SOUNDSCAPE_LRU_MB must be a valid number" in done.stderr and "Traceback" not in done.stderr
+    assert sentence in done.stderr and "Traceback" not in done.stderr
     assert "viewer:" not in done.stdout, "refused before the banner"
