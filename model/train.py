@@ -12,13 +12,12 @@ process on the global batch (model.batches, model.distributed).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,12 +27,12 @@ from tqdm import tqdm
 
 from model.batches import Collate, Examples, GlobalBatches, SkipLog, loader, to_tensors
 from model.checks import check_vocabularies, small_split_warnings
-from model.config import ConfigError, ModelConfig, from_section
+from model.config import ConfigError, ModelConfig, Section, TrainConfig, from_section
 from model.data import READERS, Preprocessing, Splits, open_splits
 from model.distributed import Dist, barrier, broadcast_flag, device_for, gather, init_distributed, shutdown
 from model.evaluate import embed_split, metrics
 from model.frozen_cache import FrozenCache, frozen_cache
-from model.nn.losses import LossConfig, build_loss, pair_losses, total_loss
+from model.nn.losses import build_loss, pair_losses, total_loss
 from model.nn.psm import PSMModel
 from model.nn.weights import CheckpointError
 from runtime.files import atomic_write
@@ -43,67 +42,22 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 
 
-@dataclass
-class TrainConfig:
-    steps: int = 300  # optimizer steps in all
-    batch_size: int = 64  # the global batch: all processes together
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    warmup_steps: int = 20
-    # None: one cosine from the peak to 0 over the run; N: PSM's cosine restarted every N steps.
-    cosine_cycle_steps: int | None = None
-    grad_clip: float = 1.0
-    meta_dropout: float = 0.5  # each metadata token of each sample, independently, training only
-    image_flips: bool = False  # random horizontal/vertical flips of the imagery
-    # PSM decays every parameter (biases, norms, CLS, a and b too; docs/method.md, pitfall 7); false exempts them.
-    decay_all: bool = False
-    loss: LossConfig = field(default_factory=LossConfig)
-    seed: int = 56
-    amp: bool = True  # fp16 autocast + loss scaling on CUDA; CPUs run fp32
-    workers: int = 0  # DataLoader worker processes
-    threads: int | None = None  # torch CPU threads (None: torch's default); 1 suits small models on shared CPUs
-    cache_frozen: bool = True  # run frozen towers once per split (model.frozen_cache)
-    # Leave out samples whose source or caption source is not in the model's vocabulary (model.checks);
-    # false stops at start, naming them.
-    skip_mismatched_rows: bool = False
-    eval_every: int = 100  # validation R@10% every N steps (0: only at the end)
-    eval_samples: int | None = None  # validate on the first N validation samples
-    eval_batch_size: int = 128
-    select_metric: str = "I2S_R@10%"  # best.pt and early stopping follow this validation metric
-    patience: int | None = None  # stop after this many evaluations without a better metric
-    checkpoint_every: int = 100
-    log_every: int = 10
+class RunConfig(Section):
+    """A config file: `model:`, `train:` and `data:` sections, each read strictly (the data
+    section by its reader, model.data.READERS)."""
 
-
-@dataclass
-class RunConfig:
-    """A config file: `model:`, `train:` and `data:` sections, each read strictly."""
-
-    model: ModelConfig
-    train: TrainConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
     data: dict
 
     @classmethod
     def from_dict(cls, sections: dict) -> RunConfig:
-        unknown = sorted(set(sections) - {"model", "train", "data"})
-        if unknown:
-            raise ConfigError(f"unknown section `{unknown[0]}`; a config has model:, train: and data:")
-        data = sections.get("data")
-        if not isinstance(data, dict) or data.get("kind") not in READERS:
-            kind = data.get("kind") if isinstance(data, dict) else None
-            raise ConfigError(f"`data.kind` must be one of {', '.join(sorted(READERS))}; got {kind!r}")
-        train = from_section(TrainConfig, sections.get("train"), "train")
-        if train.select_metric not in METRIC_NAMES:
-            raise ConfigError(f"`train.select_metric` must be one of {', '.join(METRIC_NAMES)}")
-        return cls(ModelConfig.from_dict(sections.get("model")), train, dict(data))
-
-    def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train), "data": self.data}
+        data = sections.get("data") if isinstance(sections, dict) else None
+        if isinstance(data, dict) and data.get("kind") not in READERS:
+            raise ConfigError(f"`data.kind` must be one of {', '.join(sorted(READERS))}; got {data.get('kind')!r}")
+        return from_section(cls, sections, "")
 
 
-METRIC_NAMES = ("I2S_R@10%", "S2I_R@10%")
 LOG_COLUMNS = (
     "step",
     "epoch",
@@ -287,7 +241,7 @@ class Run:
         self.splits: Splits = checked_splits(config.data, config.model, skip=self.cfg.skip_mismatched_rows)
         # The run records the data section with what the reader derived (a csv level), so evaluate
         # and a resume read the same cells whatever the imagery's default would be then.
-        self.config = config = dataclasses.replace(config, data=self.splits.settled or config.data)
+        self.config = config = config.model_copy(update={"data": self.splits.settled or config.data})
         checkpoint = _read_resume_checkpoint(run_dir, config) if resume else None
         if checkpoint is None and (run_dir / "last.pt").exists():
             raise FileExistsError(

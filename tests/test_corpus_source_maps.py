@@ -4,8 +4,6 @@ model's maps, and the benchmark's code path on bundles with and without the corp
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -69,7 +67,7 @@ def source_world(imagery_path, tiny_model_config, tmp_path_factory):
     from runtime.imagery import Imagery
 
     torch.manual_seed(0)
-    model = PSMModel(dataclasses.replace(tiny_model_config, sources=list(sources.NAMES)))
+    model = PSMModel(tiny_model_config.model_copy(update={"sources": list(sources.NAMES)}))
     root = tmp_path_factory.mktemp("source-world")
     export_bundle(model, root / "bundle", calibration=(4.0, -2.0), name="sources")
     run(Imagery(imagery_path), Bundle(root / "bundle"), [6], FIXTURE_BBOX, root / "store", progress=False)

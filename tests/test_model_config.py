@@ -117,3 +117,29 @@ def test_tower_keys_belong_to_their_kind():
         ModelConfig.from_dict({"audio": {"kind": "clap"}})
     cfg = ModelConfig.from_dict({"text": {"kind": "minilm"}, "audio": {"kind": "aisfx", "duration_s": 5.0}})
     assert cfg.text.trainable is False and cfg.audio_spec.kind == "aisfx-mel" and cfg.audio_spec.duration_s == 5.0
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"model": {"text": {"kind": "bert"}}}, "`model.text.kind` must be one of hashed, minilm, clap; got 'bert'"),
+        ({"model": {"audio": {"kind": "aisfx", "channels": [4]}}}, "unknown key `model.audio.channels`"),
+        ({"train": {"loss": {"kind": "triplet"}}}, "`train.loss.kind` should be 'pcmepp' or 'infonce'"),
+        ({"train": {"loss": {"weights": {"sat_sound": 1.0}}}}, "`train.loss.weights.sat_sound`"),
+        ({"train": {"select_metric": "R@1"}}, "`train.select_metric` should be 'I2S_R@10%' or 'S2I_R@10%'"),
+        ({"train": {"lr": "fast"}}, "`train.lr` should be a valid number, not 'fast'"),
+        ({"train": {"steps": 3.5}}, "`train.steps` should be a valid integer, not 3.5"),
+        ({"model": []}, "`model` must be a mapping of keys, not list"),
+        ({"trian": {}}, "unknown key `trian`; a config has: model, train, data"),
+    ],
+)
+def test_config_errors_name_the_key_and_what_it_takes(sections, message):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"data": {"kind": "synthetic"}, **sections})
+    assert message in str(err.value)
+
+
+def test_a_written_config_reads_back_equal():
+    cfg = RunConfig.from_dict(yaml.safe_load((CONFIGS / "paper.yaml").read_text()))
+    again = RunConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg and again.train.betas == (0.9, 0.98) and isinstance(again.train.lr, float)

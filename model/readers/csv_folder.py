@@ -12,18 +12,17 @@ skipped by training."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mercantile
 import numpy as np
 
-from model.config import ConfigError, from_section
+from model.config import ConfigError, Section, from_section
 from model.data import BadSample, DataError, Sample, Splits, geographic_split, register_reader
 from model.readers.common import decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
@@ -40,8 +39,7 @@ MAX_UPSAMPLE = 8.0
 CELLS_PER_TILE_LOG2 = 4
 
 
-@dataclass
-class SplitConfig:
+class SplitConfig(Section):
     """Held-out geographic cells (model.data.geographic_split)."""
 
     cell_deg: float = 1.0
@@ -50,15 +48,14 @@ class SplitConfig:
     seed: int = 0
 
 
-@dataclass(kw_only=True)
-class CsvFolderConfig:
+class CsvFolderConfig(Section):
     root: str  # the folder; paths in the CSV are relative to it
     csv: str = "samples.csv"
     imagery: str | None = None  # a raster (GeoTIFF/COG) to cut cells from for rows without `image`
     # Web-mercator level of those cells, when a row has no `level`; None: derived from the imagery
     # (default_level).
     level: int | None = None
-    split: SplitConfig = field(default_factory=SplitConfig)
+    split: SplitConfig = SplitConfig()
 
 
 @dataclass
@@ -276,7 +273,7 @@ def check_level(cfg: CsvFolderConfig, imagery, image_size: int) -> CsvFolderConf
             EARTH_CIRCUMFERENCE_M / (1 << level) / 1000,
             max(0, level - CELLS_PER_TILE_LOG2),
         )
-        return dataclasses.replace(cfg, level=level)
+        return cfg.model_copy(update={"level": level})
     if not coarsest <= cfg.level <= finest:
         raise ConfigError(
             f"data.level {cfg.level} does not fit {cfg.imagery} ({imagery.resolution_m:.0f} m pixels, "

@@ -22,12 +22,13 @@ import pickle
 import re
 import tarfile
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from model.config import ConfigError, from_section
+from model.config import ConfigError, Section, from_section
 from model.data import BadSample, DataError, Sample, Splits, register_reader
 from model.readers.common import decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
@@ -40,12 +41,11 @@ EMPTY_CAPTION = "This sound is a sound of something."  # PSM's caption for an em
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
 
-@dataclass(kw_only=True)
-class ReleasedConfig:
+class ReleasedConfig(Section):
     root: str
-    layout: str = "webdataset"  # or "huggingface"
+    layout: Literal["webdataset", "huggingface"] = "webdataset"
     imagery: str = "sentinel"  # GeoSound: sentinel or bingmap; SoundingEarth: googleEarth
-    zooms: list[int] = field(default_factory=lambda: [1, 3, 5])
+    zooms: list[int] = [1, 3, 5]
     mel_index: int = 1  # webdataset: which of audio_mel1..5 (PSM evaluates with the first)
     captions: str | None = None  # CSV (sample_id, caption, caption_source) overriding the shards'
     row_group_cache: int = 4  # huggingface: Parquet row groups kept decoded per process
@@ -299,8 +299,6 @@ def _opener(dataset: Dataset):
         cfg = from_section(ReleasedConfig, section, "data")
         if cfg.imagery not in dataset.imageries:
             raise ConfigError(f"`data.imagery` of {dataset.name} must be one of {', '.join(dataset.imageries)}")
-        if cfg.layout not in ("webdataset", "huggingface"):
-            raise ConfigError("`data.layout` must be webdataset or huggingface")
         root = Path(cfg.root)
         if not root.is_dir():
             raise FileNotFoundError(f"data root {root} does not exist")

@@ -10,11 +10,10 @@ every sample is its own class, which a model can memorise exactly."""
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.config import ConfigError, from_section
+from model.config import ConfigError, Section, from_section
 from model.data import Sample, Splits, register_reader
 
 WORDS = [
@@ -37,17 +36,16 @@ WORDS = [
 ]
 
 
-@dataclass
-class SyntheticConfig:
-    samples: dict = field(default_factory=lambda: {"train": 256, "val": 64, "test": 64})
+class SyntheticConfig(Section):
+    samples: dict[str, int] = {"train": 256, "val": 64, "test": 64}
     classes: int = 16
     seed: int = 0
     sample_rate: int = 16000
     duration_s: float = 1.0
     noise: float = 0.1  # per-sample pixel and audio noise
-    levels: list[int] = field(default_factory=lambda: [3, 5])
-    sources: list[str] = field(default_factory=lambda: ["demo"])
-    caption_sources: list[str] = field(default_factory=lambda: ["template"])
+    levels: list[int] = [3, 5]
+    sources: list[str] = ["demo"]
+    caption_sources: list[str] = ["template"]
 
 
 class SyntheticSource:
