@@ -350,7 +350,7 @@ class HttpPolicy:
                 status = message["status"]
                 if status >= 400:
                     headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
-                    message = {**message, "headers": [*headers, (b"cache-control", b"no-store")]}
+                    message = {**message, "headers": [*headers, (b"cache-control", NO_STORE.encode())]}
                     if not dict(headers).get(b"content-type", b"").startswith(b"application/json"):
                         held = message
                         return

@@ -126,9 +126,10 @@ class Settings(EnvSettings):
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str | None) -> str | None:
+        """Checked, and kept without a trailing slash: absolute URLs append paths to it."""
         if value is not None and not PUBLIC_URL.fullmatch(value):
             raise ValueError(f"public URL {value!r} is not like https://tiles.example.org or http://host:port/prefix")
-        return value
+        return value.rstrip("/") if value is not None else None
 
     @field_validator("rate_limit")
     @classmethod

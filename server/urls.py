@@ -44,7 +44,7 @@ def base_url(request: Request) -> str:
     a route works it out once per answer."""
     settings: Settings = request.app.state.settings
     if settings.public_url:
-        return settings.public_url.rstrip("/")
+        return settings.public_url
     if not host_allowed(request.headers.get("host", ""), settings.allowed_hosts):
         raise HTTPException(
             400,

@@ -33,7 +33,7 @@ def test_variables_give_the_settings(env):
         "MAX_UPLOAD_MB": "0.5",
         "ALLOWED_HOSTS": ".example.org",
         "RATE_LIMIT": "20/s burst 100",
-        "PUBLIC_URL": "https://tiles.example.org/maps",
+        "PUBLIC_URL": "https://tiles.example.org/maps/",
         "CACHE_CONTROL": "public, max-age=7",
     }.items():
         env.setenv(f"SOUNDSCAPE_{name}", value)
