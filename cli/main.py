@@ -11,20 +11,8 @@ from cli import demo
 from cli.errors import run_reporting_errors
 from corpus import commands as corpus_commands
 from model import commands as model_commands
-from model.data import register_reader
 from precompute import commands as precompute_commands
 from server import commands as server_commands
-
-
-def _demo_corpus_reader(data: dict, image_size: int):
-    """`data: {kind: demo}`: the corpus package's reader (imported only when a config uses it)."""
-    from corpus.reader import factory
-
-    return factory(data, image_size)
-
-
-# cli/ is the composition root: readers of packages above model/ are registered here.
-register_reader("demo", _demo_corpus_reader)
 
 
 def build_parser() -> argparse.ArgumentParser:

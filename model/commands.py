@@ -33,7 +33,6 @@ def load_config(path: str | Path) -> dict:
 
 def _run_config(path: str | Path):
     """The run config of a file, its data paths made absolute against the file's folder."""
-    import model.readers  # noqa: F401  (registers the csv, geosound and soundingearth readers)
     from model.data import resolve_paths
     from model.train import RunConfig
 

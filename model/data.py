@@ -3,13 +3,13 @@ SoundingEarth, the demo corpus) yields `Sample`s; `collate` turns a list of them
 of numpy arrays that training consumes, using the model's own tokenizer and audio front end (the
 ones the bundle ships), so training and serving prepare inputs identically.
 
-Readers register under a name (`register_reader`) and a config's `data: {kind: NAME, ...}`
-selects one: its factory gets the rest of the section and the model's image size and returns
-`Splits`. A sample that cannot be read raises `BadSample`; training skips it, counts it and logs
+A config's `data: {kind: NAME, ...}` selects a reader from the one table of them, `READERS`:
+its factory gets the rest of the section and the model's image size and returns `Splits`. A sample that cannot be read raises `BadSample`; training skips it, counts it and logs
 its path (model.batches)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,18 +192,39 @@ class Splits:
 
 # A reader factory: (the config's `data:` section without `kind`, the model's image size) -> splits.
 ReaderFactory = Callable[[dict, int], Splits]
-READERS: dict[str, ReaderFactory] = {}
-# The keys of each reader's section that name files or folders (resolved against the config file).
-READER_PATHS: dict[str, tuple[str, ...]] = {}
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A `data: {kind: ...}` entry: where its factory is ("module:function", imported when a
+    config uses it, so reading a config loads no dataset code it does not need, and model/ never
+    imports the packages above it) and which keys of its section name files or folders (resolved
+    against the config file's folder)."""
+
+    factory: str
+    paths: tuple[str, ...] = ()
+
+    def load(self) -> ReaderFactory:
+        module, name = self.factory.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+# Every reader a config can name (docs/training.md): the one table of them.
+READERS: dict[str, Reader] = {
+    "csv": Reader("model.readers.csv_folder:open_csv_folder", ("root", "imagery")),  # a user's folder
+    "geosound": Reader("model.readers.psm_datasets:open_geosound", ("root", "captions")),
+    "soundingearth": Reader("model.readers.psm_datasets:open_soundingearth", ("root", "captions")),
+    "synthetic": Reader("model.readers.synthetic:open_synthetic"),  # a generated toy set
+    "demo": Reader("corpus.reader:factory"),  # the demo corpus (corpus/, the layer above model/)
+}
 REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsi")
 
 
-def register_reader(kind: str, factory: ReaderFactory, paths: tuple[str, ...] = ()) -> None:
-    """Make `data: {kind: ...}` in a config use `factory`; `paths` are the section's keys that
-    name files or folders. Packages above model/ (corpus/) register theirs from the composition
-    root (cli/), so model/ never imports them."""
-    READERS[kind] = factory
-    READER_PATHS[kind] = tuple(paths)
+def reader(kind: str) -> ReaderFactory:
+    """The factory of reader `kind`; a ConfigError naming the known kinds for any other."""
+    if kind not in READERS:
+        raise ConfigError(f"unknown `data.kind` {kind!r}; known: {', '.join(sorted(READERS))}")
+    return READERS[kind].load()
 
 
 def resolve_paths(section: dict, base: str | Path) -> dict:
@@ -211,7 +232,8 @@ def resolve_paths(section: dict, base: str | Path) -> dict:
     (the config file's folder), so a run, and the checkpoint that records the section, work from
     any working directory."""
     out = dict(section)
-    for key in READER_PATHS.get(section.get("kind", ""), ()):
+    entry = READERS.get(section.get("kind", ""))
+    for key in entry.paths if entry else ():
         value = out.get(key)
         if isinstance(value, str) and value and not value.startswith(REMOTE_PREFIXES):
             out[key] = str((Path(base) / Path(value).expanduser()).resolve())
@@ -221,14 +243,9 @@ def resolve_paths(section: dict, base: str | Path) -> dict:
 def open_splits(section: dict | None, image_size: int) -> Splits:
     """The splits a config's `data:` section describes; an unknown kind names the known ones."""
     if not isinstance(section, dict) or "kind" not in section:
-        raise ConfigError(
-            "the config needs a `data:` section with a `kind` "
-            f"(one of: {', '.join(sorted(READERS)) or 'none registered'})"
-        )
+        raise ConfigError(f"the config needs a `data:` section with a `kind` (one of: {', '.join(sorted(READERS))})")
     kind = section["kind"]
-    if kind not in READERS:
-        raise ConfigError(f"unknown `data.kind` {kind!r}; known: {', '.join(sorted(READERS))}")
-    splits = READERS[kind]({k: v for k, v in section.items() if k != "kind"}, image_size)
+    splits = reader(kind)({k: v for k, v in section.items() if k != "kind"}, image_size)
     if splits.settled is not None:
         splits.settled = {"kind": kind, **splits.settled}
     return splits

@@ -18,7 +18,6 @@ log-variances added, as the paper): reported separately, a map server never has 
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,7 +216,6 @@ def evaluate_checkpoint(
     from model.checks import small_split_warnings
     from model.train import checked_splits, model_from_checkpoint, preprocessing  # model.train imports this module
 
-    importlib.import_module("model.readers")  # registers the readers (not `import model.readers`: it binds `model`)
     model, checkpoint = model_from_checkpoint(path)
     skip = checkpoint["config"]["train"].get("skip_mismatched_rows", False)
     try:

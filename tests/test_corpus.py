@@ -22,7 +22,7 @@ from corpus.build import BuildConfig, build
 from corpus.errors import CorpusError
 from corpus.places import PLACE_ASSETS
 from corpus.reader import DemoCorpus, factory
-from model.data import READERS, Sample
+from model.data import Sample, reader
 from runtime.imagery import Imagery
 
 LEVELS = (4, 5, 6)
@@ -169,7 +169,7 @@ def test_build_writes_manifest_recipes_and_provenance(corpus_path):
 
 
 def test_reader_yields_valid_samples_with_the_pixels_of_model_imagery(corpus_path, imagery_path):
-    splits = READERS["demo"]({"kind": "demo", "path": str(corpus_path)}, 32)  # registered by cli.main
+    splits = reader("demo")({"kind": "demo", "path": str(corpus_path)}, 32)
     imagery = Imagery(imagery_path)
     corpus = splits.train.corpus
     for i in range(0, len(splits.train), max(1, len(splits.train) // 6)):

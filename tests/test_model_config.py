@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 
-import model.readers  # noqa: F401
 from model.config import ConfigError, ModelConfig
 from model.nn.encoders import ImageEncoder, MetadataFusion
 from model.nn.layers import gsd_positional_embedding

@@ -14,9 +14,8 @@ import pytest
 import soundfile
 from PIL import Image
 
-import model.readers  # noqa: F401  (registers the readers)
 from model.batches import Examples
-from model.data import READERS, BadSample, Preprocessing, geographic_split
+from model.data import BadSample, Preprocessing, geographic_split, reader
 from runtime.audio import AudioFeatureSpec, ClapFusionSpec
 from runtime.metadata import Vocabulary
 from runtime.text import HashedWordTokenizer
@@ -109,7 +108,7 @@ def csv_folder(tmp_path):
 
 def test_csv_folder_reads_rows_and_skips_malformed_ones_with_their_line(csv_folder, caplog):
     with caplog.at_level(logging.WARNING):
-        splits = READERS["csv"](
+        splits = reader("csv")(
             {"root": str(csv_folder), "split": {"cell_deg": 10.0, "val_fraction": 0.2, "test_fraction": 0.2}}, 32
         )
     csv_path = csv_folder / "samples.csv"
@@ -127,7 +126,7 @@ def test_csv_folder_reads_rows_and_skips_malformed_ones_with_their_line(csv_fold
 
 
 def test_corrupt_audio_is_skipped_and_reported_with_its_path(csv_folder):
-    splits = READERS["csv"]({"root": str(csv_folder), "split": {"val_fraction": 0.0, "test_fraction": 0.0}}, 32)
+    splits = reader("csv")({"root": str(csv_folder), "split": {"val_fraction": 0.0, "test_fraction": 0.0}}, 32)
     train = splits.train
     broken = next(i for i, r in enumerate(train.rows) if r.key == "broken-audio")
     with pytest.raises(BadSample, match=r"broken\.wav"):
@@ -148,7 +147,7 @@ def test_csv_rows_without_images_are_cut_from_imagery(tmp_path, imagery_path):
     (root / "a.wav").write_bytes(wav_bytes())
     with open(root / "samples.csv", "w", newline="") as f:
         f.write("lat,lon,audio,level\n45.0,5.0,a.wav,5\n48.0,2.0,a.wav,\n")
-    splits = READERS["csv"](
+    splits = reader("csv")(
         {
             "root": str(root),
             "imagery": str(imagery_path),
@@ -208,7 +207,7 @@ def geosound_shards(tmp_path):
 
 
 def test_geosound_webdataset_as_released(geosound_shards):
-    splits = READERS["geosound"]({"root": str(geosound_shards), "imagery": "sentinel"}, 32)
+    splits = reader("geosound")({"root": str(geosound_shards), "imagery": "sentinel"}, 32)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (9, 3, 6)  # x 3 zooms
     levels = [splits.train[i].level for i in range(3)]
     assert levels == [1, 3, 5]
@@ -244,13 +243,13 @@ def test_soundingearth_webdataset_drops_the_location_sentence(tmp_path):
     }
     for split in ("train_0", "val", "test"):
         write_shard(tmp_path / "se" / f"{split}.tar", members)
-    splits = READERS["soundingearth"]({"root": str(tmp_path / "se"), "imagery": "googleEarth", "zooms": [1]}, 32)
+    splits = reader("soundingearth")({"root": str(tmp_path / "se"), "imagery": "googleEarth", "zooms": [1]}, 32)
     sample = splits.val[0]
     assert sample.source == "aporee" and sample.caption == "birds in a park."
     assert "london" not in sample.caption and sample.month == 5 and sample.hour == pytest.approx(7.25)
     assert sample.gsd == pytest.approx(0.2 * 256 / 32)
     with pytest.raises(ValueError, match="imagery"):
-        READERS["soundingearth"]({"root": str(tmp_path / "se"), "imagery": "sentinel"}, 32)
+        reader("soundingearth")({"root": str(tmp_path / "se"), "imagery": "sentinel"}, 32)
 
 
 def test_geosound_huggingface_parquet(tmp_path):
@@ -281,7 +280,7 @@ def test_geosound_huggingface_parquet(tmp_path):
     pq.write_table(table(["iNat-1", "yfcc-2", "iNat-9"]), data / "train-00000-of-00001.parquet", row_group_size=2)
     pq.write_table(table(["aporee-3"]), data / "validation-00000-of-00001.parquet")
     pq.write_table(table(["freesound-4"]), data / "test-00000-of-00001.parquet")
-    splits = READERS["geosound"]({"root": str(tmp_path / "GeoSound"), "layout": "huggingface", "zooms": [1, 5]}, 32)
+    splits = reader("geosound")({"root": str(tmp_path / "GeoSound"), "layout": "huggingface", "zooms": [1, 5]}, 32)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 2, 2)
     sample = splits.train[3]  # yfcc-2 at zoom 5
     assert sample.key == "yfcc-2" and sample.level == 5 and sample.sample_rate == 32000
@@ -291,3 +290,13 @@ def test_geosound_huggingface_parquet(tmp_path):
     assert splits.train.get(4, without=frozenset({"audio", "image"})).image is None  # row group 2 unread
     with pytest.raises(BadSample, match="cannot decode audio"):
         splits.train[4]
+
+
+def test_every_reader_of_the_table_loads_and_an_unknown_kind_names_them():
+    from model.config import ConfigError
+    from model.data import READERS
+
+    assert {"csv", "geosound", "soundingearth", "synthetic", "demo"} <= set(READERS)
+    assert all(callable(reader(kind)) for kind in READERS)
+    with pytest.raises(ConfigError, match="unknown `data.kind` 'cvs'; known: csv, demo"):
+        reader("cvs")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import model.readers  # noqa: F401
 from model.config import ModelConfig
 from model.export import export_bundle
 from model.nn.psm import PSMModel

@@ -15,7 +15,6 @@ import pytest
 import torch
 import yaml
 
-import model.readers  # noqa: F401  (registers the synthetic reader)
 from cli.main import main as soundscape
 from model.train import RunConfig, fit, load_checkpoint
 

@@ -19,12 +19,11 @@ import soundfile
 import yaml
 from PIL import Image
 
-import model.readers  # noqa: F401  (registers the csv reader)
 from cli.main import main as soundscape
 from model.batches import SkipLog
 from model.checks import small_split_warnings, suggest
 from model.config import ConfigError
-from model.data import READERS, resolve_paths
+from model.data import reader, resolve_paths
 from model.readers.csv_folder import default_level
 from model.train import RunConfig, fit, load_checkpoint
 from runtime.imagery import Imagery
@@ -93,7 +92,7 @@ def test_level_is_derived_from_the_imagery_and_a_bad_one_names_the_range(tmp_pat
     # 16 px cells of the derived level have pixels no larger than the imagery's, one level finer would enlarge them.
     assert imagery.upsampling(expected, 16) <= 1.0 < imagery.upsampling(expected + 1, 16)
     with caplog.at_level(logging.WARNING):
-        splits = READERS["csv"]({"root": str(root), "imagery": str(imagery_path)}, 16)
+        splits = reader("csv")({"root": str(root), "imagery": str(imagery_path)}, 16)
     rows = [*splits.train.rows, *splits.val.rows, *splits.test.rows]
     assert len(rows) == 12 and {r.level for r in rows} == {expected}
     assert splits.settled == {"root": str(root), "imagery": str(imagery_path), "level": expected}
@@ -103,18 +102,18 @@ def test_level_is_derived_from_the_imagery_and_a_bad_one_names_the_range(tmp_pat
         csv.writer(f).writerow([-40.0, 150.0, "", "audio/0.wav", "field", "far away", "notes"])
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        READERS["csv"]({"root": str(root), "imagery": str(imagery_path)}, 16)
+        reader("csv")({"root": str(root), "imagery": str(imagery_path)}, 16)
     assert "1 row(s) skipped, 12 kept: outside the imagery's bounds: 1" in caplog.text
     coarsest, finest = imagery.level_range(16, 8.0)
     for bad in (finest + 1, coarsest - 1):
         with pytest.raises(ValueError, match=f"use a level in {coarsest}-{finest}"):
-            READERS["csv"]({"root": str(root), "imagery": str(imagery_path), "level": bad}, 16)
+            reader("csv")({"root": str(root), "imagery": str(imagery_path), "level": bad}, 16)
 
 
 def test_rows_without_imagery_are_one_error_not_a_warning_per_row(tmp_path, caplog):
     root = write_folder(tmp_path / "d", 30, image=False)
     with caplog.at_level(logging.WARNING), pytest.raises(ValueError) as err:
-        READERS["csv"]({"root": str(root)}, 16)
+        reader("csv")({"root": str(root)}, 16)
     message = str(err.value)
     assert "has no usable rows: no image file, and no data.imagery to cut its cell from: 30 row(s)" in message
     assert "and 27 more" in message and "\n" not in message

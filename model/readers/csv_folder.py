@@ -23,7 +23,7 @@ import mercantile
 import numpy as np
 
 from model.config import ConfigError, Section, from_section
-from model.data import BadSample, DataError, Sample, Splits, geographic_split, register_reader
+from model.data import BadSample, DataError, Sample, Splits, geographic_split
 from model.readers.common import decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
 from runtime.tiles import EARTH_CIRCUMFERENCE_M
@@ -311,6 +311,3 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
         test,
         settled={**section, "level": cfg.level} if cfg.level is not None else None,
     )
-
-
-register_reader("csv", open_csv_folder, paths=("root", "imagery"))

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 from model.config import ConfigError, Section, from_section
-from model.data import BadSample, DataError, Sample, Splits, register_reader
+from model.data import BadSample, DataError, Sample, Splits
 from model.readers.common import decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
 
@@ -318,5 +318,5 @@ def _opener(dataset: Dataset):
     return open_released
 
 
-register_reader("geosound", _opener(GEOSOUND), paths=("root", "captions"))
-register_reader("soundingearth", _opener(SOUNDINGEARTH), paths=("root", "captions"))
+open_geosound = _opener(GEOSOUND)
+open_soundingearth = _opener(SOUNDINGEARTH)

@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 
 from model.config import ConfigError, Section, from_section
-from model.data import Sample, Splits, register_reader
+from model.data import Sample, Splits
 
 WORDS = [
     "birds",
@@ -120,6 +120,3 @@ def open_synthetic(section: dict, image_size: int) -> Splits:
         raise ConfigError(f"`data.samples` needs train, val and test counts; missing {', '.join(sorted(missing))}")
     train, val, test = (SyntheticSource(cfg, split, image_size) for split in ("train", "val", "test"))
     return Splits(train, val, test)
-
-
-register_reader("synthetic", open_synthetic)
