@@ -61,7 +61,7 @@ def test_contrast_is_the_logit_minus_the_reference_prompts_mean_logit(level_cell
 def test_contrast_tiles_are_served_keyed_and_described(client, level_cells):
     params = {"q": "waves on the open ocean"}
     contrast = client.get("/tiles/WebMercatorQuad/1/1/0.npy", params={**params, "layer": "contrast"})
-    heatmap = client.get("/tiles/WebMercatorQuad/1/1/0.npy", params=params)
+    heatmap = client.get("/tiles/WebMercatorQuad/1/1/0.npy", params={**params, "layer": "heatmap"})
     assert contrast.status_code == heatmap.status_code == 200
     assert contrast.headers["etag"] != heatmap.headers["etag"]
     values, probabilities = decode_npy(contrast.content), decode_npy(heatmap.content)
@@ -77,7 +77,7 @@ def test_contrast_tiles_are_served_keyed_and_described(client, level_cells):
     assert doc["scale"]["min"] < doc["scale"]["max"]
     assert "layer=contrast" in doc["tiles"][0]
 
-    plain = client.get("/WMTSCapabilities.xml", params=params).text
+    plain = client.get("/WMTSCapabilities.xml", params={**params, "layer": "heatmap"}).text
     asked = client.get("/WMTSCapabilities.xml", params={**params, "layer": "contrast"}).text
     assert "<ows:Identifier>contrast</ows:Identifier>" not in plain
     assert "<ows:Identifier>contrast</ows:Identifier>" in asked and "log-odds" in asked

@@ -58,13 +58,14 @@ def test_hour_changes_the_map_and_fusions_are_cached(client):
     z, x, y = LAND_TILE
     stats = client.app.state.service.stats
     fusions = stats["fusions"]
-    plain = client.get(f"/tiles/{z}/{x}/{y}.png", params={"q": "birdsong", "rescale": "0,0.3"}).content
+    heatmap = {"layer": "heatmap", "rescale": "0,0.3"}  # match probabilities: this rescale spans them
+    plain = client.get(f"/tiles/{z}/{x}/{y}.png", params={"q": "birdsong", **heatmap}).content
     assert stats["fusions"] == fusions, "default metadata is read from the store"
-    dawn = client.get(f"/tiles/{z}/{x}/{y}.png", params={"q": "birdsong", "hour": 6, "rescale": "0,0.3"}).content
+    dawn = client.get(f"/tiles/{z}/{x}/{y}.png", params={"q": "birdsong", "hour": 6, **heatmap}).content
     assert stats["fusions"] == fusions + 1
     assert plain != dawn
     # Another query at the same hour reuses the fused block: no new fusion.
-    client.get(f"/tiles/{z}/{x}/{y}.png", params={"q": "rain on leaves", "hour": 6, "rescale": "0,0.3"})
+    client.get(f"/tiles/{z}/{x}/{y}.png", params={"q": "rain on leaves", "hour": 6, **heatmap})
     assert stats["fusions"] == fusions + 1
 
 
@@ -75,13 +76,15 @@ def test_tile_without_cells_is_transparent(client):
 
 
 def test_tilejson_echoes_the_query(client):
-    tj = client.get("/tilejson.json", params={"q": "birdsong", "hour": 6}).json()
+    tj = client.get("/tilejson.json", params={"q": "birdsong", "hour": 6, "layer": "heatmap"}).json()
     assert tj["tilejson"] == "3.0.0"
     assert tj["tiles"][0].endswith("/tiles/{z}/{x}/{y}.png?q=birdsong&hour=6&layer=heatmap")
     assert (tj["minzoom"], tj["maxzoom"]) == (0, 6)
     assert tj["bounds"][0] == pytest.approx(-12.0)
     qid = client.post("/queries", json={"text": "birdsong"}).json()["id"]
-    tms = client.get("/WebMercatorQuad/tilejson.json", params={"query": qid, "tilesize": 512}).json()
+    tms = client.get(
+        "/WebMercatorQuad/tilejson.json", params={"query": qid, "layer": "heatmap", "tilesize": 512}
+    ).json()
     assert tms["tiles"][0].endswith(
         f"/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png?query={qid}&layer=heatmap&tilesize=512"
     )

@@ -19,7 +19,7 @@ def client(bundle_path, store_path):
 
 
 def npy(client, z, x, y, **params):
-    r = client.get(f"/tiles/WebMercatorQuad/{z}/{x}/{y}.npy", params={"q": "birdsong", **params})
+    r = client.get(f"/tiles/WebMercatorQuad/{z}/{x}/{y}.npy", params={"q": "birdsong", "layer": "heatmap", **params})
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-npy"
     values = decode_npy(r.content)
     assert values.dtype == np.float32
@@ -47,7 +47,7 @@ def test_adjacent_tiles_are_seamless(client, params):
 
 def test_png_and_webp_encode_the_npy_values(client):
     values = npy(client, 4, 8, 5)
-    unit = {"q": "birdsong", "rescale": "0,1"}
+    unit = {"q": "birdsong", "layer": "heatmap", "rescale": "0,1"}
     png = decode_png(client.get("/tiles/4/8/5.png", params=unit).content)
     expected = 1 + np.rint(np.clip(values, 0, 1) * 254).astype(np.uint8)
     valid = np.isfinite(values)

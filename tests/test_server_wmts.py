@@ -24,7 +24,8 @@ def server(bundle_path, store_path):
 
 
 def test_capabilities_document(server):
-    r = httpx.get(f"{server}/WMTSCapabilities.xml", params={"q": "birdsong & rain", "hour": 6}, timeout=30)
+    params = {"q": "birdsong & rain", "hour": 6, "layer": "heatmap"}
+    r = httpx.get(f"{server}/WMTSCapabilities.xml", params=params, timeout=30)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml")
     root = ET.fromstring(r.content)  # `&` in URLs is escaped, or this would not parse
     layers = {layer.find("ows:Identifier", NS).text: layer for layer in root.iter(f"{{{NS['w']}}}Layer")}
@@ -67,7 +68,7 @@ def test_gdal_reads_the_heatmap_through_wmts(server):
         window = from_bounds(*mercantile.xy_bounds(x, y, z), transform=src.transform)
         assert window.col_off == pytest.approx(round(window.col_off), abs=1e-6), "aligned on the tile grid"
         rgba = src.read(window=Window(round(window.col_off), round(window.row_off), 256, 256))
-    tile = httpx.get(f"{server}/tiles/{z}/{x}/{y}.png", params={"q": "birdsong"}, timeout=30)
+    tile = httpx.get(f"{server}/tiles/{z}/{x}/{y}.png", params={"q": "birdsong", "layer": "heatmap"}, timeout=30)
     expected = np.asarray(Image.open(io.BytesIO(tile.content)).convert("RGBA")).transpose(2, 0, 1)
     assert rgba.shape == (4, 256, 256)
     assert (expected[3] > 0).mean() > 0.9
