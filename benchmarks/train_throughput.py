@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from model.batches import Collate, Examples, to_tensors  # noqa: E402
 from model.config import ModelConfig, from_section  # noqa: E402
-from model.nn.psm import PSMModel  # noqa: E402
+from model.nn.psm import PSMModel, preprocessing  # noqa: E402
 from model.readers.synthetic import SyntheticConfig, SyntheticSource  # noqa: E402
-from model.train import Optimisation, TrainConfig, preprocessing  # noqa: E402
+from model.train import Optimisation, TrainConfig  # noqa: E402
 
 
 def load(name: str) -> dict:

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from model.config import ConfigError
-from model.data import Splits
+from model.config import ConfigError, ModelConfig
+from model.data import Splits, open_splits
 
 log = logging.getLogger(__name__)
 VOCABULARY_FIELDS = {"source": "model.sources", "caption_source": "model.caption_sources"}
@@ -140,3 +140,9 @@ def small_split_warnings(sizes: dict[str, int]) -> list[str]:
                 "samples (more data, or a larger split fraction of the data section)"
             )
     return out
+
+
+def checked_splits(data: dict, model: ModelConfig, *, skip: bool) -> Splits:
+    """The splits of a `data:` section, checked against the model's vocabularies (model.checks)."""
+    vocabularies = {"source": list(model.sources), "caption_source": list(model.caption_sources)}
+    return check_vocabularies(open_splits(data, model.image_size), vocabularies, skip=skip)

@@ -113,7 +113,7 @@ def _data_hash(data: dict) -> str | None:
 
 
 def _from_checkpoint(path: str, metrics: dict):
-    from model.train import model_from_checkpoint
+    from model.checkpoint import model_from_checkpoint
 
     model, checkpoint = model_from_checkpoint(path)
     data = checkpoint["config"]["data"]

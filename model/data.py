@@ -4,8 +4,9 @@ of numpy arrays that training consumes, using the model's own tokenizer and audi
 ones the bundle ships), so training and serving prepare inputs identically.
 
 A config's `data: {kind: NAME, ...}` selects a reader from the one table of them, `READERS`:
-its factory gets the rest of the section and the model's image size and returns `Splits`. A sample that cannot be read raises `BadSample`; training skips it, counts it and logs
-its path (model.batches)."""
+its factory gets the rest of the section and the model's image size and returns `Splits`. A
+sample that cannot be read raises `BadSample`; training skips it, counts it and logs its path
+(model.batches)."""
 
 from __future__ import annotations
 

@@ -27,9 +27,11 @@ import torch
 from tqdm import tqdm
 
 from model.batches import Collate, Examples, SkipLog, loader, to_tensors
+from model.checkpoint import model_from_checkpoint
+from model.checks import checked_splits, small_split_warnings
 from model.data import DataError, Preprocessing, SampleSource
 from model.frozen_cache import FrozenCache, frozen_cache
-from model.nn.psm import META_KEYS, PSMModel
+from model.nn.psm import META_KEYS, PSMModel, preprocessing
 
 RECALL_FRACTION = 0.1
 DEFINITION = (
@@ -213,9 +215,6 @@ def evaluate_checkpoint(
     """The report of `soundscape evaluate`: metrics of a checkpoint on a split of `data` (default:
     the checkpoint's own data section). With `cache_dir`, frozen towers' outputs come from (and
     go to) the frozen-tower cache there, as in training."""
-    from model.checks import small_split_warnings
-    from model.train import checked_splits, model_from_checkpoint, preprocessing  # model.train imports this module
-
     model, checkpoint = model_from_checkpoint(path)
     skip = checkpoint["config"]["train"].get("skip_mismatched_rows", False)
     try:

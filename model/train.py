@@ -26,20 +26,18 @@ from torch import nn
 from tqdm import tqdm
 
 from model.batches import Collate, Examples, GlobalBatches, SkipLog, loader, to_tensors
-from model.checks import check_vocabularies, small_split_warnings
+from model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from model.checks import checked_splits, small_split_warnings
 from model.config import ConfigError, ModelConfig, Section, TrainConfig, from_section
-from model.data import READERS, Preprocessing, Splits, open_splits
+from model.data import READERS, Splits
 from model.distributed import Dist, barrier, broadcast_flag, device_for, gather, init_distributed, shutdown
 from model.evaluate import embed_split, metrics
 from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.losses import build_loss, pair_losses, total_loss
-from model.nn.psm import PSMModel
-from model.nn.weights import CheckpointError
+from model.nn.psm import PSMModel, preprocessing
 from runtime.files import atomic_write
-from runtime.metadata import Vocabulary
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = 1
 
 
 class RunConfig(Section):
@@ -345,45 +343,6 @@ def _read_resume_checkpoint(run_dir: Path, config: RunConfig) -> dict | None:
     # A changed model section is checked where it matters: loading the weights lists every key
     # that no longer fits (model.nn.weights.load_strict).
     return checkpoint
-
-
-def checked_splits(data: dict, model: ModelConfig, *, skip: bool) -> Splits:
-    """The splits of a `data:` section, checked against the model's vocabularies (model.checks)."""
-    vocabularies = {"source": list(model.sources), "caption_source": list(model.caption_sources)}
-    return check_vocabularies(open_splits(data, model.image_size), vocabularies, skip=skip)
-
-
-def preprocessing(model: PSMModel) -> Preprocessing:
-    """The sample-to-input preparation a model's bundle will ship."""
-    cfg = model.cfg
-    return Preprocessing(
-        model.tokenizer(),
-        model.audio_front_end,
-        Vocabulary(cfg.sources),
-        Vocabulary(cfg.caption_sources),
-        cfg.image_size,
-    )
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint file (written by `fit`); a sentence-long error for anything else."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001  (torch.load raises many types for a file that is not a checkpoint)
-        raise CheckpointError(f"{path} is not a training checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT}")
-    return state
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[PSMModel, dict]:
-    """The trained model of a checkpoint (built from the config it records) and the checkpoint."""
-    checkpoint = load_checkpoint(path)
-    model = PSMModel(ModelConfig.from_dict(checkpoint["config"]["model"]), pretrained=False)
-    model.load_trainable_state_dict(checkpoint["model"], str(path))
-    return model.eval(), checkpoint
 
 
 def fit(

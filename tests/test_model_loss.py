@@ -112,8 +112,9 @@ def test_pairs_are_weighted_and_missing_sides_leave_their_pairs_out():
 
 def test_gradients_reach_every_trainable_parameter_and_no_frozen_one(frozen_text_model):
     from model.batches import Collate, Examples, to_tensors
+    from model.nn.psm import preprocessing
     from model.readers.synthetic import SyntheticConfig, SyntheticSource
-    from model.train import Optimisation, TrainConfig, preprocessing
+    from model.train import Optimisation, TrainConfig
 
     model = frozen_text_model
     prep = preprocessing(model)

@@ -159,8 +159,9 @@ def tiny_clap_dir(tmp_path_factory):
 
 def test_clap_towers_train_export_and_serve(tiny_clap_dir, tmp_path):
     from model.batches import Collate, Examples, to_tensors
+    from model.nn.psm import preprocessing
     from model.readers.synthetic import SyntheticConfig, SyntheticSource
-    from model.train import Optimisation, TrainConfig, preprocessing
+    from model.train import Optimisation, TrainConfig
 
     torch.manual_seed(0)
     model = PSMModel(

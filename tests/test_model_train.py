@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from cli.main import main as soundscape
-from model.train import RunConfig, fit, load_checkpoint
+from model.checkpoint import load_checkpoint
+from model.train import RunConfig, fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,9 +65,10 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_memorises_a_tiny_paired_set(tmp_path):
+    from model.checkpoint import model_from_checkpoint
     from model.data import open_splits
     from model.evaluate import embed_split, metrics
-    from model.train import model_from_checkpoint, preprocessing
+    from model.nn.psm import preprocessing
 
     cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     cfg["model"]["audio"]["features"]["duration_s"] = 0.5

@@ -21,11 +21,12 @@ from PIL import Image
 
 from cli.main import main as soundscape
 from model.batches import SkipLog
+from model.checkpoint import load_checkpoint
 from model.checks import small_split_warnings, suggest
 from model.config import ConfigError
 from model.data import reader, resolve_paths
 from model.readers.csv_folder import default_level
-from model.train import RunConfig, fit, load_checkpoint
+from model.train import RunConfig, fit
 from runtime.imagery import Imagery
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,11 +11,13 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
+from model.data import Preprocessing
 from model.nn.audio_towers import build_audio_tower
 from model.nn.encoders import ImageEncoder, MetadataFusion, ProbabilisticHeads
 from model.nn.text_towers import build_text_tower
 from model.nn.weights import load_strict
 from runtime.contract import META_TOKENS
+from runtime.metadata import Vocabulary
 
 Embedding = tuple[torch.Tensor, torch.Tensor]  # (mu, logvar)
 META_KEYS = (*META_TOKENS, "present")
@@ -97,3 +99,15 @@ class PSMModel(nn.Module):
         prefixes = tuple(f"{name}." for name in self.frozen_towers())
         frozen = {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
         load_strict(self, {**frozen, **state}, source)
+
+
+def preprocessing(model: PSMModel) -> Preprocessing:
+    """The sample-to-input preparation a model's bundle will ship."""
+    cfg = model.cfg
+    return Preprocessing(
+        model.tokenizer(),
+        model.audio_front_end,
+        Vocabulary(cfg.sources),
+        Vocabulary(cfg.caption_sources),
+        cfg.image_size,
+    )

@@ -1,0 +1,35 @@
+"""The training checkpoint file (`last.pt`, `best.pt`, written by model.train): its format, and
+reading it back as a model for evaluation and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from model.config import ModelConfig
+from model.nn.psm import PSMModel
+from model.nn.weights import CheckpointError
+
+CHECKPOINT_FORMAT = 1
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint file (written by `fit`); a sentence-long error for anything else."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001  (torch.load raises many types for a file that is not a checkpoint)
+        raise CheckpointError(f"{path} is not a training checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[PSMModel, dict]:
+    """The trained model of a checkpoint (built from the config it records) and the checkpoint."""
+    checkpoint = load_checkpoint(path)
+    model = PSMModel(ModelConfig.from_dict(checkpoint["config"]["model"]), pretrained=False)
+    model.load_trainable_state_dict(checkpoint["model"], str(path))
+    return model.eval(), checkpoint
