@@ -3,6 +3,7 @@ a real Redis shared by replicas, and a Redis killed mid-test degrading to comput
 
 import asyncio
 import contextlib
+import json
 import string
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.text import normalise_text
-from server.cache import LRUCache, SingleFlight, cache_key, canonical
+from server.cache import Codec, LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, canonical
 from server.queries import text_record
 from tests.server_support import make_client
 
@@ -87,6 +88,29 @@ def test_lru_is_bounded_in_bytes():
     assert lru._bytes <= 100 and lru.get_now("k9") is not None and lru.get_now("k0") is None
     lru.set_now("huge", object(), 101)
     assert lru.get_now("huge") is None
+
+
+def test_the_lru_keeps_objects_and_only_redis_holds_bytes(redis_server):
+    decoded = []
+
+    def decode(data: bytes) -> dict:
+        decoded.append(data)
+        return json.loads(data)
+
+    codec = Codec(lambda value: json.dumps(value).encode(), decode)
+
+    async def main():
+        shared = RedisCache(redis_server, ttl_s=60)
+        one = TieredCache(LRUCache(1 << 20), shared)
+        stored = await one.set("st:test:a", {"x": [1, 2]}, codec)
+        assert await one.get("st:test:a", codec) is stored, "an in-process hit is the object itself"
+        two = TieredCache(LRUCache(1 << 20), shared)  # another replica: decoded from Redis once
+        got = await two.get("st:test:a", codec)
+        assert got == {"x": [1, 2]} and await two.get("st:test:a", codec) is got
+
+    asyncio.run(main())
+    assert len(decoded) == 2, "decoded when stored (so every path gives equal values) and once from Redis"
+    assert redis.Redis.from_url(redis_server).get("st:test:a") == b'{"x": [1, 2]}'
 
 
 def test_single_flight_shares_results_and_errors():
