@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     from corpus.places import Places
     from runtime.bundle import Bundle
     from runtime.scoring import CONTRAST_WEIGHT, REFERENCE_PROMPTS
-    from server.engine import Engine, Metadata
+    from server.engine import Engine, QueryMetadata
     from store.reader import Store
 
     t0 = time.monotonic()
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     land = cell_places(places, args.level, x, y).land >= MAJORITY
     rows = np.flatnonzero(land)
     heldout = held_out(args.level, x[land], y[land], bundle.manifest.get("training", {}).get("config"))
-    cells = engine.embeddings(level, rows, Metadata())
+    cells = engine.embeddings(level, rows, QueryMetadata())
     result = {
         "bundle": bundle.id,
         "store": store.id,
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"hour {hour} ...")
         labels = class_labels(places, args.level, x[land], y[land], hours=(hour,))
         result["hours"][str(hour)] = condition(
-            engine, engine.embeddings(level, rows, Metadata(hour=hour)), labels, heldout
+            engine, engine.embeddings(level, rows, QueryMetadata(hour=hour)), labels, heldout
         )
 
     say("uncertainty: S = sum sigma^2 vs the paper's L1 norm of sigma ...")

@@ -141,7 +141,7 @@ def compare(
 
 def run(engine, places: Places, level, month: int, hour: float, layer: str = "heatmap") -> dict:
     """Every prompt's figures at one store level (see the module docstring)."""
-    from server.engine import Metadata
+    from server.engine import QueryMetadata
 
     x, y = cell_xy(level)
     cells = cell_descriptors(places, level.level, x, y)
@@ -151,7 +151,7 @@ def run(engine, places: Places, level, month: int, hour: float, layer: str = "he
     rows = np.flatnonzero(land)
     embedded = {
         name: engine.embeddings(
-            level, rows, Metadata(hour=int(hour), month=month, source=None if name == UNKNOWN else name)
+            level, rows, QueryMetadata(hour=int(hour), month=month, source=None if name == UNKNOWN else name)
         )
         for name in [*known, UNKNOWN]
     }

@@ -11,7 +11,7 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddle
 from threadpoolctl import threadpool_limits
 
 from runtime.bundle import Bundle
-from server.engine import Metadata
+from server.engine import QueryMetadata
 from server.fastpath import TileFastPath
 from server.http import HttpPolicy, errors, install_error_handlers
 from server.ratelimit import Rate, RateLimit
@@ -28,7 +28,7 @@ def warm_up(service: SoundscapeService) -> None:
     engine = service.engine
     engine.embed_text("warm up")
     level = service.store.levels[service.store.minlevel]
-    engine.fuse(level, np.arange(min(1, len(level))), Metadata(hour=0))
+    engine.fuse(level, np.arange(min(1, len(level))), QueryMetadata(hour=0))
     engine.stats.clear()
 
 

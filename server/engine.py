@@ -47,7 +47,7 @@ LAYERS = (*QUERY_LAYERS, "uncertainty")
 
 
 @dataclass(frozen=True)
-class Metadata:
+class QueryMetadata:
     """Query-time metadata; None means unknown. `source` is a vocabulary name."""
 
     hour: int | None = None
@@ -192,7 +192,7 @@ class Engine:
         index[outside] = -1
         return CellWindow(level, rows, cols, index)
 
-    def stored(self, level: Level, index: np.ndarray, meta: Metadata) -> CellEmbeddings | None:
+    def stored(self, level: Level, index: np.ndarray, meta: QueryMetadata) -> CellEmbeddings | None:
         """Embeddings that need no fusion: the store's default, or its precomputed fusion."""
         if meta.is_default:
             return CellEmbeddings(np.asarray(level.arrays.mu[index]), np.asarray(level.arrays.s[index]))
@@ -203,7 +203,7 @@ class Engine:
         mu, s = fused
         return CellEmbeddings(np.asarray(mu[index], dtype=np.float16), np.asarray(s[index], dtype=np.float32))
 
-    def fuse(self, level: Level, index: np.ndarray, meta: Metadata) -> CellEmbeddings:
+    def fuse(self, level: Level, index: np.ndarray, meta: QueryMetadata) -> CellEmbeddings:
         """Run the fusion graph on cells under `meta` (batched)."""
         source = None if meta.source is None else self.bundle.sources.id(meta.source)
         mus, ss = [], []
@@ -221,7 +221,7 @@ class Engine:
             return CellEmbeddings(np.zeros((0, self.bundle.embed_dim), np.float16), np.zeros(0, np.float32))
         return CellEmbeddings(np.concatenate(mus), np.concatenate(ss))
 
-    def embeddings(self, level: Level, index: np.ndarray, meta: Metadata) -> CellEmbeddings:
+    def embeddings(self, level: Level, index: np.ndarray, meta: QueryMetadata) -> CellEmbeddings:
         return self.stored(level, index, meta) or self.fuse(level, index, meta)
 
     @cached_property
@@ -288,7 +288,7 @@ class Engine:
         found = lookup(level, np.asarray([morton(tile.x, tile.y)], dtype=np.uint64))[0]
         return None if found < 0 else int(found)
 
-    def profiles(self, level: Level, row: int, meta: Metadata) -> tuple[CellEmbeddings, CellEmbeddings]:
+    def profiles(self, level: Level, row: int, meta: QueryMetadata) -> tuple[CellEmbeddings, CellEmbeddings]:
         """The cell's embeddings for hours 0..23 (month, source as given) and months 1..12
         (hour, source as given), in one fusion batch."""
         nan = float("nan")

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import HTTPException, Query
 
-from server.engine import QUERY_LAYERS, Metadata
+from server.engine import QUERY_LAYERS, QueryMetadata
 from server.queries import MAX_TEXT_LENGTH, QueryError, is_query_id, text_record
 from server.render import colormap_names
 from server.service import SoundscapeService, TileRequest
@@ -72,16 +72,16 @@ class TileParams(QueryParams):
                 raise HTTPException(422, f"{name} is not supported: {advice}")
 
 
-def metadata(service: SoundscapeService, params: QueryParams) -> Metadata:
+def query_metadata(service: SoundscapeService, params: QueryParams) -> QueryMetadata:
     if params.source is not None:
         try:
             service.bundle.sources.id(params.source)
         except ValueError as exc:
             raise HTTPException(422, f"source: {exc}") from None
-    return Metadata(hour=params.hour, month=params.month, source=params.source)
+    return QueryMetadata(hour=params.hour, month=params.month, source=params.source)
 
 
-def query_id(service: SoundscapeService, params: QueryParams) -> str:
+def requested_query_id(service: SoundscapeService, params: QueryParams) -> str:
     """The id a tile URL refers to: `query=` as given, or the id of the text `q=`."""
     if params.q is not None and params.query is not None:
         raise HTTPException(422, "give q (a text) or query (a registered id), not both")
@@ -99,7 +99,7 @@ def query_id(service: SoundscapeService, params: QueryParams) -> str:
 
 async def query_embedding(service: SoundscapeService, params: QueryParams):
     """(record, embedding) of the request's query (text embedded on first use)."""
-    qid = query_id(service, params)
+    qid = requested_query_id(service, params)
     if params.q is not None:
         return await service.text_query(params.q)
     return await service.resolve(qid)
@@ -153,7 +153,7 @@ def tile_request(
     if params.tilesize not in TILE_SIZES:
         raise HTTPException(422, f"tilesize must be 256 or 512, not {params.tilesize}")
     heatmap = params.layer in QUERY_LAYERS
-    qid = query_id(service, params) if heatmap else None
+    qid = requested_query_id(service, params) if heatmap else None
     request = TileRequest(
         z=z,
         x=x,
@@ -162,7 +162,7 @@ def tile_request(
         size=params.tilesize,
         layer=params.layer,
         query=qid,
-        meta=metadata(service, params),
+        meta=query_metadata(service, params),
         colormap=colormap(params.colormap_name, params.layer),
         rescale=parse_rescale(params.rescale),
         tms=tms,

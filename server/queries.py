@@ -55,7 +55,7 @@ class QueryRecord:
         return cls(**json.loads(data[4 : 4 + n])), QueryEmbedding.from_bytes(data[4 + n :])
 
 
-def query_id(bundle_id: str, kind: str, content: bytes) -> str:
+def record_id(bundle_id: str, kind: str, content: bytes) -> str:
     return hashlib.sha256(b"\0".join([bundle_id.encode(), kind.encode(), content])).hexdigest()[:ID_LENGTH]
 
 
@@ -79,7 +79,7 @@ def clean_text(text: str) -> str:
 
 def text_record(bundle_id: str, text: str) -> QueryRecord:
     normal = clean_text(text)
-    return QueryRecord(query_id(bundle_id, "text", normal.encode()), "text", text=normal)
+    return QueryRecord(record_id(bundle_id, "text", normal.encode()), "text", text=normal)
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def decode_upload(bundle_id: str, data: bytes, target_rate: int, max_seconds: fl
         raise QueryError(422, "the audio holds non-finite samples")
     wave = resample(wave, rate, target_rate)
     record = QueryRecord(
-        query_id(bundle_id, "audio", wave.astype("<f4").tobytes()),
+        record_id(bundle_id, "audio", wave.astype("<f4").tobytes()),
         "audio",
         duration_s=round(len(wave) / target_rate, 3),
         sample_rate=rate,

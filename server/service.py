@@ -22,7 +22,7 @@ from runtime.imagery import Imagery, ImageryError, is_remote
 from runtime.scoring import CONTRAST_RULE
 from server import metrics, render
 from server.cache import BYTES, Codec, LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest, named_key
-from server.engine import QUERY_LAYERS, CellEmbeddings, Engine, Metadata, QueryEmbedding, Scale
+from server.engine import QUERY_LAYERS, CellEmbeddings, Engine, QueryEmbedding, QueryMetadata, Scale
 from server.queries import QueryError, QueryRecord, decode_upload, text_record
 from server.registry import QueryRegistry
 from server.settings import Settings
@@ -61,7 +61,7 @@ class TileRequest:
     size: int = 256
     layer: str = "heatmap"
     query: str | None = None  # query id (a text query is turned into its id first)
-    meta: Metadata = field(default_factory=Metadata)
+    meta: QueryMetadata = field(default_factory=QueryMetadata)
     colormap: str = "magma"
     rescale: tuple[float, float] | None = None  # None: the layer's default scale (`scale`)
     tms: str = "WebMercatorQuad"
@@ -261,13 +261,13 @@ class SoundscapeService:
         assert query_id is not None  # server.params asks a query layer for q= or query=
         return (await self.resolve(query_id))[1]
 
-    async def _sample_values(self, layer: str, query: QueryEmbedding | None, meta: Metadata) -> np.ndarray:
+    async def _sample_values(self, layer: str, query: QueryEmbedding | None, meta: QueryMetadata) -> np.ndarray:
         """The layer's values over the colour-scale sample under `meta` (its fusion is cached)."""
         level, rows = self.engine.scale_sample
         cells = await self.cells(level, rows, meta, {"level": level.level, "scale_sample": len(rows)})
         return await self.run(self.engine.values, cells, layer, query)
 
-    async def scale(self, layer: str, query_id: str | None, query: QueryEmbedding | None, meta: Metadata) -> Scale:
+    async def scale(self, layer: str, query_id: str | None, query: QueryEmbedding | None, meta: QueryMetadata) -> Scale:
         """The layer's default colour scale under `meta`: for the heatmap (contrast) the 2nd-98th
         percentile of this query's match probability (contrast) over the scale sample (one scale
         for every tile and zoom of the query and metadata); for uncertainty the store's fixed S range, so hours and
@@ -296,7 +296,7 @@ class SoundscapeService:
         return Scale.over(await self._sample_values(request.layer, query, request.meta), *request.rescale)
 
     # Cells -----------------------------------------------------------------------------------
-    async def cells(self, level: Level, index: np.ndarray, meta: Metadata, block: dict) -> CellEmbeddings:
+    async def cells(self, level: Level, index: np.ndarray, meta: QueryMetadata, block: dict) -> CellEmbeddings:
         """Embeddings of `index` under `meta`: stored, or fused and cached per (block, metadata)."""
         stored = await self.run(self.engine.stored, level, index, meta)
         if stored is not None:
@@ -305,7 +305,7 @@ class SoundscapeService:
         key = cache_key("fused", {**self.ids, **block, "hour": meta.hour, "month": meta.month, "source": meta.source})
         return await self.cached(self.tiles, "fused", key, lambda: self.fuse(level, index, meta), CELLS)
 
-    async def fuse(self, level: Level, index: np.ndarray, meta: Metadata, large: bool = False) -> CellEmbeddings:
+    async def fuse(self, level: Level, index: np.ndarray, meta: QueryMetadata, large: bool = False) -> CellEmbeddings:
         """The fusion of `index` under `meta`, run in the compute pool. A large one (a whole level
         for /search, or over LARGE_FUSION_CELLS) costs seconds of CPU: at most
         `settings.full_fusions` run at once and as many wait, more are refused with 503, so
@@ -383,7 +383,9 @@ class SoundscapeService:
             raise QueryError(422, f"level must be one of the store's levels {sorted(self.store.levels)}")
         return self.store.levels[level]
 
-    async def point(self, lon: float, lat: float, level: Level, meta: Metadata, query: QueryEmbedding) -> dict | None:
+    async def point(
+        self, lon: float, lat: float, level: Level, meta: QueryMetadata, query: QueryEmbedding
+    ) -> dict | None:
         """Score and S of the cell at (lon, lat), with its 24-hour and 12-month profiles."""
         row = await self.run(self.engine.cell_at, lon, lat, level)
         if row is None:
@@ -411,7 +413,7 @@ class SoundscapeService:
         }
 
     async def search(
-        self, level: Level, meta: Metadata, query: QueryEmbedding, k: int
+        self, level: Level, meta: QueryMetadata, query: QueryEmbedding, k: int
     ) -> tuple[np.ndarray, CellEmbeddings]:
         if meta.is_default:
             return await self.run(self.engine.top_k, level, None, query, k)
@@ -425,7 +427,7 @@ class SoundscapeService:
         cells = await self.fused_level(level, meta)
         return await self.run(self.engine.top_k, level, cells, query, k)
 
-    async def fused_level(self, level: Level, meta: Metadata) -> CellEmbeddings:
+    async def fused_level(self, level: Level, meta: QueryMetadata) -> CellEmbeddings:
         """Every cell of `level` under `meta`: stored, or fused once per (level, metadata) (a
         bounded large fusion, `fuse`) and kept in a small in-process cache."""
         rows = np.arange(len(level))

@@ -19,7 +19,7 @@ from runtime.scoring import (
     scoring_kind,
     uncertainty,
 )
-from server.engine import CellEmbeddings, Engine, Metadata
+from server.engine import CellEmbeddings, Engine, QueryMetadata
 from tests.server_support import decode_npy, make_client
 
 
@@ -120,7 +120,7 @@ def test_an_infonce_bundle_is_scored_by_cosine_without_log_variances(bundle_path
     level = store.levels[store.maxlevel]
     rows, _ = engine.top_k(level, None, query, 10)
     assert np.array_equal(rows, np.argsort(-dots, kind="stable")[:10])
-    scanned, _ = engine.top_k(level, engine.embeddings(level, np.arange(len(level)), Metadata()), query, 10)
+    scanned, _ = engine.top_k(level, engine.embeddings(level, np.arange(len(level)), QueryMetadata()), query, 10)
     assert np.array_equal(scanned, rows)
     # the PCME++ bundle of the same weights does use S: its ranking differs
     assert not np.allclose(Engine(bundle, store).values(noisier, "heatmap", query), expected, atol=1e-3)

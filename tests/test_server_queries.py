@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from server.queries import query_id
+from server.queries import record_id
 from tests.server_support import decode_npy, make_client
 
 
@@ -39,7 +39,7 @@ def test_text_query_id_is_deterministic_and_normalised(client):
     a = client.post("/queries", json={"text": "Birdsong at  dawn "})
     b = client.post("/queries", json={"text": "birdsong at dawn"})
     assert a.status_code == b.status_code == 201
-    assert a.json()["id"] == b.json()["id"] == query_id(bundle_id, "text", b"birdsong at dawn")
+    assert a.json()["id"] == b.json()["id"] == record_id(bundle_id, "text", b"birdsong at dawn")
     assert a.json()["text"] == "birdsong at dawn"
     assert a.headers["location"].endswith(f"/queries/{a.json()['id']}")
     got = client.get(f"/queries/{a.json()['id']}").json()

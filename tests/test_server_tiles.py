@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.engine import Metadata
+from server.engine import QueryMetadata
 from tests.server_support import decode_npy, decode_png, make_client
 
 
@@ -128,7 +128,7 @@ def test_precomputed_fusions_are_served_without_fusing(bundle_path, fused_store)
     window, query = engine.window(0, 0, 0, 256), engine.embed_text("birdsong")
     for params, tile in zip(cases, stored, strict=True):
         fused = engine.tile_values(
-            window, engine.fuse(window.level, window.present, Metadata(**params)), "heatmap", query
+            window, engine.fuse(window.level, window.present, QueryMetadata(**params)), "heatmap", query
         )
         both = np.isfinite(tile) & np.isfinite(fused)
         assert both.sum() > 1000 and np.abs(tile[both] - fused[both]).max() < 2e-3

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from server.engine import Metadata, QueryEmbedding
+from server.engine import QueryEmbedding, QueryMetadata
 from server.http import conditional, errors
 from server.queries import QueryRecord, is_query_id
 from server.routes.deps import ServiceDep, SettingsDep
@@ -123,7 +123,7 @@ async def parse_form(request: Request, body: bytes) -> tuple[str | None, bytes |
 
 async def describe(service: SoundscapeService, record: QueryRecord, embedding: QueryEmbedding, base: str) -> dict:
     """The query's facts, its score range (a good `rescale`) and its links."""
-    scale = await service.scale("heatmap", record.id, embedding, Metadata())
+    scale = await service.scale("heatmap", record.id, embedding, QueryMetadata())
     tiles = tile_template(base, f"query={record.id}")
     return {
         **{k: v for k, v in vars(record).items() if v is not None},

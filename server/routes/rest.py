@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from runtime.tiles import demorton, quadkey, tile_bounds
 from server.http import conditional, errors
-from server.params import LevelParam, QueryParams, metadata, query_embedding
+from server.params import LevelParam, QueryParams, query_embedding, query_metadata
 from server.routes.deps import ServiceDep
 
 router = APIRouter(tags=["rest"])
@@ -50,7 +50,7 @@ async def search(
 ) -> Response:
     """Top-k cells for a query as GeoJSON, best first, with match probability and S under the
     requested metadata (exact: non-default metadata is rescored over the fused level)."""
-    meta = metadata(service, params)
+    meta = query_metadata(service, params)
     record, embedding = await query_embedding(service, params)
     chosen = service.level(level)
     rows, cells = await service.search(chosen, meta, embedding, k)
@@ -96,7 +96,7 @@ async def point(
 ) -> Response:
     """Match probability and S of the cell at (lon, lat), plus its 24-hour profile (month and
     source as given) and 12-month profile (hour and source as given)."""
-    meta = metadata(service, params)
+    meta = query_metadata(service, params)
     record, embedding = await query_embedding(service, params)
     chosen = service.level(level)
     answer = await service.point(lon, lat, chosen, meta, embedding)
