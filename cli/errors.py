@@ -15,13 +15,14 @@ from runtime.errors import UserError
 
 # OS errors whose message names the user's path: a file that is not there, or already is.
 PATH_ERRORS: tuple[type[OSError], ...] = (FileNotFoundError, FileExistsError)
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, *PATH_ERRORS)
 
 
 def run_reporting_errors(command: str, handler: Callable[[], int | None]) -> int:
     """Run a subcommand's handler; its exit code, or 2 (130 when interrupted) after one sentence."""
     try:
         return int(handler() or 0)
-    except (UserError, *PATH_ERRORS) as exc:
+    except USER_ERRORS as exc:
         print(f"soundscape {command}: {exc}", file=sys.stderr)
         return 2
     except PermissionError as exc:  # e.g. a data folder (a container's bind mount) owned by another user

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from runtime.audio import AisfxMelSpec, AudioFeatureSpec, ClapFusionSpec
 from runtime.errors import UserError
@@ -224,7 +225,7 @@ def _tower_kinds(annotation: Any) -> dict[str, type[Section]] | None:
     return {get_args(m.model_fields["kind"].annotation)[0]: m for m in members}
 
 
-def _sentence(cls: type[Section], name: str, error: dict) -> str:
+def _sentence(cls: type[Section], name: str, error: ErrorDetails) -> str:
     """One sentence for a pydantic error: the key's dotted path (a union's tag left out) and what
     the key takes."""
     path = [name] if name else []

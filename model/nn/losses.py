@@ -10,13 +10,14 @@ by every modality pair, as in PSM, and its (a, b) is the bundle's calibration.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import LossConfig
+from model.config import LossConfig, Pair
 
 Embedding = tuple[torch.Tensor, torch.Tensor]
 
@@ -93,7 +94,11 @@ class InfoNCELoss(nn.Module):
 
 PairLoss = PCMEPlusPlusLoss | InfoNCELoss
 LOSSES: dict[str, type[PairLoss]] = {"pcmepp": PCMEPlusPlusLoss, "infonce": InfoNCELoss}
-PAIRS = {"sat_audio": ("sat", "audio"), "sat_text": ("sat", "text"), "audio_text": ("audio", "text")}
+PAIRS: dict[Pair, tuple[str, str]] = {
+    "sat_audio": ("sat", "audio"),
+    "sat_text": ("sat", "text"),
+    "audio_text": ("audio", "text"),
+}
 
 
 def build_loss(cfg: LossConfig) -> PairLoss:
@@ -102,8 +107,8 @@ def build_loss(cfg: LossConfig) -> PairLoss:
 
 
 def pair_losses(
-    loss_fn: nn.Module, embeddings: dict[str, Embedding], weights: dict[str, float]
-) -> dict[str, torch.Tensor]:
+    loss_fn: nn.Module, embeddings: dict[str, Embedding], weights: Mapping[Pair, float]
+) -> dict[Pair, torch.Tensor]:
     """The unweighted loss of every pair whose two sides the batch has and whose weight is set."""
     return {
         name: loss_fn(embeddings[a], embeddings[b])
@@ -112,7 +117,7 @@ def pair_losses(
     }
 
 
-def total_loss(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+def total_loss(parts: Mapping[Pair, torch.Tensor], weights: Mapping[Pair, float]) -> torch.Tensor:
     if not parts:
         raise ValueError("a batch needs two modalities of a weighted pair (sat, text, audio)")
     return cast(torch.Tensor, sum(weights[name] * value for name, value in parts.items()))  # parts is not empty
