@@ -157,7 +157,6 @@ class ModelConfig(Section):
 
 # The modality pairs a loss weighs (model.nn.losses.PAIRS says which towers each pairs).
 Pair = Literal["sat_audio", "sat_text", "audio_text"]
-METRIC_NAMES = ("I2S_R@10%", "S2I_R@10%")
 
 
 class LossConfig(Section):

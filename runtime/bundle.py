@@ -168,8 +168,3 @@ class Bundle:
         """(mu, logvar), each (1, D), of a mono waveform at any sample rate, through the audio
         front end the manifest names (`audio.kind`)."""
         return self.embed_audio_features(waveform_features(self.audio_spec, wave, sample_rate)[None])
-
-
-def load_bundle(path: str | Path, **kwargs) -> Bundle:
-    """Open and verify a bundle directory."""
-    return Bundle(path, **kwargs)
