@@ -298,5 +298,5 @@ def test_every_reader_of_the_table_loads_and_an_unknown_kind_names_them():
 
     assert {"csv", "geosound", "soundingearth", "synthetic", "demo"} <= set(READERS)
     assert all(callable(reader(kind)) for kind in READERS)
-    with pytest.raises(ConfigError, match="unknown `data.kind` 'cvs'; known: csv, demo"):
+    with pytest.raises(ConfigError, match=r"unknown `data\.kind` 'cvs'; known: csv, demo"):
         reader("cvs")
