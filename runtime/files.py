@@ -27,7 +27,7 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], object])
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_native_id()}.tmp{path.suffix}")
     try:
         if isinstance(data, str):
-            tmp.write_text(data)
+            tmp.write_text(data, encoding="utf-8")
         elif isinstance(data, bytes):
             tmp.write_bytes(data)
         else:
