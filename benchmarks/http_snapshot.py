@@ -153,6 +153,7 @@ def calls() -> list[Call]:
         Call("wmts tms id 512", "GET", f"/WebMercatorQuad/WMTSCapabilities.xml?{audio}&tilesize=512"),
         Call("wmts unknown tms", "GET", "/WorldCRS84Quad/WMTSCapabilities.xml"),
         Call("conformance", "GET", "/conformance"),
+        Call("metadata", "GET", "/metadata"),
         Call("tile matrix sets", "GET", "/tileMatrixSets"),
         Call("tile matrix set", "GET", "/tileMatrixSets/WebMercatorQuad"),
         Call("unknown tile matrix set", "GET", "/tileMatrixSets/WorldCRS84Quad"),

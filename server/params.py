@@ -31,11 +31,17 @@ UNSUPPORTED = {
 }
 
 Layer = Literal["heatmap", "contrast", "uncertainty"]
+DEFAULT_LAYER: Layer = "heatmap"
 TextParam = Annotated[str | None, Query(max_length=MAX_TEXT_LENGTH, description="Text query, e.g. birdsong.")]
 QueryIdParam = Annotated[str | None, Query(description="A query id returned by POST /queries.")]
 HourParam = Annotated[int | None, Query(ge=0, le=23, description="Hour of day, 0-23; absent = unknown.")]
 MonthParam = Annotated[int | None, Query(ge=1, le=12, description="Month, 1-12; absent = unknown.")]
-SourceParam = Annotated[str | None, Query(max_length=100, description="Audio source from the bundle's vocabulary.")]
+SourceParam = Annotated[
+    str | None,
+    Query(
+        max_length=100, description="Who recorded it: one of the bundle's sources (GET /metadata); absent = unknown."
+    ),
+]
 LevelParam = Annotated[int | None, Query(ge=0, le=MAX_ZOOM, description="Store level (default: the finest).")]
 
 
@@ -58,7 +64,7 @@ class TileParams(QueryParams):
             description="heatmap: match probability; contrast: log-odds against everyday sounds at the cell "
             "(where this sound stands out); uncertainty: S of the cell."
         ),
-    ] = "heatmap"
+    ] = DEFAULT_LAYER
     colormap_name: Annotated[str | None, Query(max_length=64, description="A rio-tiler colormap name.")] = None
     rescale: Annotated[str | None, Query(max_length=64, description="min,max of the colour scale.")] = None
     tilesize: Annotated[int, Query(description="Tile size in pixels: 256 or 512.")] = 256
@@ -73,11 +79,13 @@ class TileParams(QueryParams):
 
 
 def query_metadata(service: SoundscapeService, params: QueryParams) -> QueryMetadata:
-    if params.source is not None:
-        try:
-            service.bundle.sources.id(params.source)
-        except ValueError as exc:
-            raise HTTPException(422, f"source: {exc}") from None
+    sources = service.bundle.sources.names
+    if params.source is not None and params.source not in sources:
+        raise HTTPException(
+            422,
+            f"source must be one of {', '.join(sources)} (GET /metadata says what each means) or left out "
+            f"for an unknown source, not {params.source[:40]!r}",
+        )
     return QueryMetadata(hour=params.hour, month=params.month, source=params.source)
 
 

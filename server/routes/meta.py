@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import metrics, wmts
-from server.engine import CELLS_PER_TILE_LOG2, QUERY_LAYERS
+from server.engine import CELLS_PER_TILE_LOG2, LAYERS, QUERY_LAYERS
 from server.http import BINARY, TEXT, conditional, errors
-from server.params import TMS_IDS, TileParams, check_tms, echo, tile_request
+from server.params import DEFAULT_LAYER, TMS_IDS, TileParams, check_tms, echo, tile_request
 from server.render import colormap_names, legend
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService, TileRequest
@@ -164,6 +164,57 @@ async def tms_wmts_capabilities(
 ) -> Response:
     check_tms(tms)
     return await _wmts(request, service, params)
+
+
+# What each source of the demo model means. The bundle's manifest names its sources but does not
+# describe them, and server/ cannot import corpus/, where the demo's recordists are defined
+# (corpus/sources.py; tests/test_sources.py keeps the two identical; docs/demo-model.md, "Sources").
+DEMO_SOURCES = {
+    "wildlife": "a wildlife recordist: animal and nature sounds, at dawn and dusk, in wild places",
+    "citywalk": "a city sound walk: streets, traffic and crowds, by day, in towns",
+    "fieldrec": "a general field recordist: whatever the place offers, at any hour, anywhere",
+}
+UNKNOWN_SOURCE = (
+    "source left out: where anyone would hear it, a condition the model learned by training with metadata "
+    "dropout (for the demo model: its sources together, in their proportions at each place)"
+)
+
+
+def metadata_values(sources: list[str]) -> dict:
+    """The values each metadata and layer parameter takes, and what each means: what a client
+    (the viewer's controls) offers a user."""
+    return {
+        "source": {
+            "unknown": UNKNOWN_SOURCE,
+            "values": [{"value": name, "description": DEMO_SOURCES.get(name)} for name in sources],
+        },
+        "hour": {
+            "min": 0,
+            "max": 23,
+            "description": "the local hour of the day the sound is heard at",
+            "unknown": "hour left out: any hour",
+        },
+        "month": {
+            "min": 1,
+            "max": 12,
+            "description": "the month the sound is heard in (1 = January)",
+            "unknown": "month left out: any month",
+        },
+        "layer": {
+            "default": DEFAULT_LAYER,
+            "values": [
+                {"value": layer, "description": UNITS[layer], "needs_query": layer in QUERY_LAYERS} for layer in LAYERS
+            ],
+        },
+    }
+
+
+@router.get(
+    "/metadata",
+    summary="The values of source, hour, month and layer this server takes, and what each means",
+)
+def metadata(request: Request, service: ServiceDep) -> Response:
+    return conditional(request, JSONResponse(metadata_values(service.bundle.sources.names)), "document")
 
 
 # OGC API - Tiles: the tile matrix sets are listed and described as TiTiler's clients expect.

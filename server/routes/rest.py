@@ -3,6 +3,7 @@ the day and the year (`/point/{lon},{lat}`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
@@ -10,9 +11,12 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from runtime.tiles import demorton, quadkey, tile_bounds
+from server.engine import QueryEmbedding, QueryMetadata
 from server.http import conditional, errors
 from server.params import LevelParam, QueryParams, query_embedding, query_metadata
 from server.routes.deps import ServiceDep
+from server.service import SoundscapeService
+from store.reader import Level
 
 router = APIRouter(tags=["rest"])
 MAX_K = 1000
@@ -55,6 +59,7 @@ async def search(
     chosen = service.level(level)
     rows, cells = await service.search(chosen, meta, embedding, k)
     scores = service.engine.values(cells, "heatmap", embedding)
+    contrasts = await service.run(service.engine.values, cells, "contrast", embedding)  # may embed the reference
     xs, ys = demorton(np.asarray(chosen.arrays.codes[rows]))
     features = []
     for rank, (row, x, y) in enumerate(zip(rows, xs, ys, strict=True)):
@@ -67,6 +72,7 @@ async def search(
                 "properties": {
                     "rank": rank + 1,
                     "score": float(scores[rank]),
+                    "contrast": float(contrasts[rank]),
                     "uncertainty": float(cells.s[rank]),
                     "level": chosen.level,
                     "x": int(x),
@@ -94,14 +100,51 @@ async def point(
     params: Annotated[QueryParams, Depends()],
     level: LevelParam = None,
 ) -> Response:
-    """Match probability and S of the cell at (lon, lat), plus its 24-hour profile (month and
-    source as given) and 12-month profile (hour and source as given)."""
+    """Match probability, contrast and S of the cell at (lon, lat), plus its 24-hour profile (month
+    and source as given), 12-month profile (hour and source as given) and its values under each
+    source and the unknown source (hour and month as given)."""
     meta = query_metadata(service, params)
     record, embedding = await query_embedding(service, params)
     chosen = service.level(level)
     answer = await service.point(lon, lat, chosen, meta, embedding)
     if answer is None:
         raise HTTPException(404, f"no cell of level {chosen.level} at ({lon}, {lat}): outside the store")
+    by_source = await _by_source(service, chosen, lon, lat, meta, embedding)
+    here = next(entry for entry in by_source if entry["source"] == meta.source)
     return conditional(
-        request, JSONResponse({"coordinates": [lon, lat], **_context(record, params), **answer}), "document"
+        request,
+        JSONResponse(
+            {
+                "coordinates": [lon, lat],
+                **_context(record, params),
+                **answer,
+                "contrast": here["contrast"],
+                "by_source": by_source,
+            }
+        ),
+        "document",
     )
+
+
+async def _by_source(
+    service: SoundscapeService, level: Level, lon: float, lat: float, meta: QueryMetadata, query: QueryEmbedding
+) -> list[dict]:
+    """The cell's score, contrast and S under the unknown source and each of the bundle's sources
+    (hour and month as given): one row fused per source, cached like a tile's cells."""
+    row = await service.run(service.engine.cell_at, lon, lat, level)
+    entries = []
+    for source in (None, *service.bundle.sources.names):
+        cells = await service.cells(
+            level, np.asarray([row]), replace(meta, source=source), {"level": level.level, "rows": [row]}
+        )
+        score = service.engine.values(cells, "heatmap", query)
+        contrast = await service.run(service.engine.values, cells, "contrast", query)
+        entries.append(
+            {
+                "source": source,
+                "score": float(score[0]),
+                "contrast": float(contrast[0]),
+                "uncertainty": float(cells.s[0]),
+            }
+        )
+    return entries
