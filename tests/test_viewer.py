@@ -1,6 +1,7 @@
 """The viewer and the API docs in headless Chromium (Debian package) against live servers: the
 page loads its vendored MapLibre and maps a text query; a shared URL restores the state and draws
-the heatmap; the legend is the TileJSON's scale; an unknown saved query and a missing basemap say
+the heatmap; the source (from GET /metadata) and the contrast layer are controls kept in the URL;
+the legend is the TileJSON's scale; an unknown saved query and a missing basemap say
 so; the panel collapses at phone width; /docs and /redoc render offline."""
 
 import io
@@ -229,6 +230,49 @@ def test_a_shared_url_restores_the_view_and_draws_the_heatmap(browser, server):
     assert page.inner_text("#legend-desc") == tilejson["description"]
     assert tilejson["attribution"] in page.inner_text(".maplibregl-ctrl-attrib")
     assert page.outside_requests() == []
+    page.close()
+
+
+def test_source_and_contrast_are_controls_kept_in_the_url(browser, server):
+    names = [v["value"] for v in httpx.get(f"{server}/metadata", timeout=30).json()["source"]["values"]]
+    chosen = names[-1]
+    shared = f"/#q=birdsong&source={chosen}&layer=contrast&map=3.5/45/10"
+    page = open_page(browser, server, shared, ready="document.body.dataset.heatmap === 'loaded'")
+    assert page.eval_on_selector_all("#source option", "els => els.map((e) => e.value)") == ["", *names]
+    assert page.input_value("#source") == chosen and page.is_checked("input[name=layer][value=contrast]")
+    url = page.evaluate("tileUrl()")
+    assert f"source={chosen}" in url and "layer=contrast" in url and "query=" in url
+    scale = httpx.get(f"{server}/tilejson.json?{page.evaluate('tileParams().toString()')}", timeout=30).json()["scale"]
+    assert "log-odds" in scale["units"]
+    page.wait_for_function(
+        "([lo, title]) => document.getElementById('legend-lo').textContent.endsWith(lo)"
+        " && document.getElementById('legend-title').textContent === title",
+        arg=[fmt(scale["min"]), "contrast (log-odds)"],
+        timeout=30_000,
+    )
+    tiles = {chosen: httpx.get(url.replace("{z}/{x}/{y}", "3/4/2"), timeout=30)}
+    page.select_option("#source", "")  # the unknown source: no source= in the tiles or the link
+    assert "source" not in hash_params(page) and "source=" not in page.evaluate("tileUrl()")
+    tiles[None] = httpx.get(page.evaluate("tileUrl()").replace("{z}/{x}/{y}", "3/4/2"), timeout=30)
+    assert {t.status_code for t in tiles.values()} == {200}
+    assert tiles[chosen].headers["etag"] != tiles[None].headers["etag"], "the source changes the tiles"
+    page.select_option("#source", names[0])
+    assert {"source": names[0], "layer": "contrast"}.items() <= hash_params(page).items()
+    page.wait_for_selector("body[data-heatmap=loaded]", timeout=60_000)
+    page.mouse.click(650, 350)  # the clicked place's values under each source
+    page.wait_for_selector(".maplibregl-popup .by-source", timeout=30_000)
+    popup = page.inner_text(".maplibregl-popup")
+    assert "contrast = " in popup and all(f"{name} " in popup for name in ["unknown", *names])
+    assert page.outside_requests() == []
+    page.close()
+
+
+def test_an_unknown_source_in_a_link_is_said_and_left_out(browser, server):
+    page = open_page(browser, server, "/#layer=uncertainty&source=radio-aporee")
+    page.wait_for_selector("#notice", state="visible", timeout=30_000)
+    assert 'source "radio-aporee" is unknown to this server' in page.inner_text("#notice")
+    page.wait_for_selector("body[data-heatmap=loaded]", timeout=60_000)
+    assert page.input_value("#source") == "" and "source" not in hash_params(page)
     page.close()
 
 

@@ -1,16 +1,20 @@
 // The soundscape viewer: MapLibre with the server's own imagery as a basemap (when it has one), a
-// heatmap or uncertainty layer whose tile URL follows the panel, a legend read from the TileJSON
-// of the same parameters, and a 24-hour profile of any clicked place. The whole state lives in the
-// page's URL (#q=birdsong&hour=6&month=5&layer=heatmap&opacity=0.75&map=3/45.1/10.2), so a view
-// can be bookmarked and shared.
+// heatmap, contrast or uncertainty layer whose tile URL follows the panel (query, hour, month and
+// the source from GET /metadata), a legend read from the TileJSON of the same parameters, and a
+// 24-hour profile of any clicked place with its values per source. The whole state lives in the
+// page's URL (#q=birdsong&hour=6&month=5&source=wildlife&layer=contrast&opacity=0.75&map=3/45.1/10.2),
+// so a view can be bookmarked and shared.
 "use strict";
 
 const base = new URL(".", window.location.href).href.replace(/\/$/, "");
 const $ = (id) => document.getElementById(id);
 // q: a text query, as the page URL shows it; query: the registered id the tiles use (a text's or
 // a recording's: short ASCII tile URLs that QGIS keeps intact).
-const state = { q: null, query: null, label: "", layer: "heatmap", opacity: 0.75, hour: null, month: null };
-const LAYERS = ["heatmap", "uncertainty"];
+const state = { q: null, query: null, label: "", layer: "heatmap", opacity: 0.75, hour: null, month: null,
+                source: null };
+const LAYERS = ["heatmap", "contrast", "uncertainty"];
+const QUERY_LAYERS = ["heatmap", "contrast"];  // the layers drawn for a query
+const LEGEND_TITLES = { heatmap: "match probability", contrast: "contrast (log-odds)", uncertainty: "uncertainty (S)" };
 // For tests and the console: the state, and the map once it exists. <body data-heatmap=loaded>
 // marks a layer drawn in full.
 window.soundscape = { state };
@@ -39,7 +43,8 @@ function intIn(text, lo, hi) {
 }
 
 // The state a shared URL carries, in the hash (or, for links like /?query=<id>, the query string;
-// the hash wins). Values out of range are ignored, so a hand-edited URL still opens a map.
+// the hash wins). Values out of range are ignored, so a hand-edited URL still opens a map; the
+// source is checked against the server's once GET /metadata answers, and layer is null when absent.
 function readUrlState() {
   const params = new URLSearchParams(window.location.search);
   for (const [key, value] of new URLSearchParams(window.location.hash.slice(1))) params.set(key, value);
@@ -52,7 +57,8 @@ function readUrlState() {
     query: params.get("q") ? null : params.get("query"),
     hour: intIn(params.get("hour"), 0, 23),
     month: intIn(params.get("month"), 1, 12),
-    layer: LAYERS.includes(params.get("layer")) ? params.get("layer") : "heatmap",
+    source: params.get("source") || null,
+    layer: LAYERS.includes(params.get("layer")) ? params.get("layer") : null,
     opacity: params.get("opacity") && opacity >= 0 && opacity <= 1 ? opacity : 0.75,
     view,
   };
@@ -70,6 +76,7 @@ function writeUrlState(map) {
   else if (state.query) entries.push(["query", state.query]);
   if (state.hour !== null) entries.push(["hour", state.hour]);
   if (state.month !== null) entries.push(["month", state.month]);
+  if (state.source !== null) entries.push(["source", state.source]);
   entries.push(["layer", state.layer], ["opacity", state.opacity]);
   if (map) {
     const { lng, lat } = map.getCenter();
@@ -88,12 +95,13 @@ function queryParams(withQuery = true) {
   if (withQuery && state.query) params.set("query", state.query);
   if (state.hour !== null) params.set("hour", state.hour);
   if (state.month !== null) params.set("month", state.month);
+  if (state.source !== null) params.set("source", state.source);
   return params;
 }
 
 // The parameters of the current layer's tiles; its TileJSON takes the same.
 function tileParams() {
-  const params = queryParams(state.layer === "heatmap");
+  const params = queryParams(QUERY_LAYERS.includes(state.layer));
   params.set("layer", state.layer);
   return params;
 }
@@ -169,8 +177,17 @@ async function addBasemap(map, info) {
 
 async function main() {
   const initial = readUrlState();
+  // What source and layer take, and what each means: the source control's options.
+  const metadata = await fetchJson(`${base}/metadata`);
+  const sources = metadata.source.values.map((v) => v.value);
   Object.assign(state, { q: initial.q, query: initial.query, hour: initial.hour, month: initial.month,
-                         layer: initial.layer, opacity: initial.opacity });
+                         source: sources.includes(initial.source) ? initial.source : null,
+                         layer: initial.layer || metadata.layer.default, opacity: initial.opacity });
+  if (initial.source !== null && state.source === null) {
+    setNotice(`source "${initial.source}" is unknown to this server (it knows ${sources.join(", ")}); ` +
+              "showing an unknown source");
+  }
+  fillSources(metadata.source);
   showControls();
 
   const info = await fetchJson(`${base}/tilejson.json?layer=uncertainty`);  // the store's extent
@@ -307,6 +324,20 @@ async function restoreQuery() {
 
 // --- The panel --------------------------------------------------------------------------------
 
+// What each source means (GET /metadata), shown under the source control when one is chosen.
+let sourceDescriptions = {};
+
+// The source control: the unknown source, then the bundle's, each with what it means.
+function fillSources(source) {
+  $("source").options[0].title = source.unknown;
+  for (const { value, description } of source.values) {
+    const option = new Option(value, value);
+    option.title = description || "";
+    $("source").add(option);
+  }
+  sourceDescriptions = Object.fromEntries(source.values.map((v) => [v.value, v.description || ""]));
+}
+
 // The controls show the state (after restoring it from the URL).
 function showControls() {
   $("text").value = state.q || "";
@@ -317,6 +348,8 @@ function showControls() {
     if (value !== null) $(name).value = value;
     $(`${name}-out`).textContent = value === null ? "" : (name === "hour" ? `${value}:00` : String(value));
   }
+  $("source").value = state.source || "";
+  $("source-desc").textContent = (state.source && sourceDescriptions[state.source]) || "";
   for (const radio of document.querySelectorAll("input[name=layer]")) radio.checked = radio.value === state.layer;
   $("opacity").value = state.opacity;
 }
@@ -355,6 +388,11 @@ function wirePanel(changed, setOpacity) {
     slider.addEventListener("input", sync);
     any.addEventListener("change", sync);
   }
+  $("source").addEventListener("change", () => {
+    state.source = $("source").value || null;
+    showControls();
+    changed();
+  });
   for (const radio of document.querySelectorAll("input[name=layer]")) {
     radio.addEventListener("change", () => { state.layer = radio.value; changed(); });
   }
@@ -390,7 +428,7 @@ function showLegend(tilejson) {
   $("legend").classList.toggle("clipped-high", scale.clipped_high === true);
   $("legend-lo").textContent = (scale.clipped_low === true ? "≤ " : "") + fmt(lo);
   $("legend-hi").textContent = (scale.clipped_high === true ? "≥ " : "") + fmt(hi);
-  $("legend-title").textContent = state.layer === "heatmap" ? "match probability" : "uncertainty (S)";
+  $("legend-title").textContent = LEGEND_TITLES[state.layer];
   $("legend-title").title = scale.units || "";
   $("legend-desc").textContent = tilejson.description || "";
   $("legend-about").hidden = !tilejson.description;
@@ -417,8 +455,14 @@ async function showProfile(map, lngLat) {
   canvas.width = 240; canvas.height = 110;
   box.appendChild(canvas);
   const note = document.createElement("p");
-  note.textContent = `here: p = ${answer.score.toPrecision(3)}, uncertainty S = ${answer.uncertainty.toPrecision(3)}`;
+  note.textContent = `here: p = ${answer.score.toPrecision(3)}, contrast = ${answer.contrast.toPrecision(3)}, ` +
+    `uncertainty S = ${answer.uncertainty.toPrecision(3)}`;
   box.appendChild(note);
+  const bySource = document.createElement("p");
+  bySource.className = "by-source";
+  bySource.textContent = "p by source: " + answer.by_source
+    .map((entry) => `${entry.source === null ? "unknown" : entry.source} ${entry.score.toPrecision(3)}`).join(" · ");
+  box.appendChild(bySource);
   drawProfile(canvas, answer.hours.map((h) => h.score));
   new maplibregl.Popup({ maxWidth: "280px" }).setLngLat(lngLat).setDOMContent(box).addTo(map);
 }
