@@ -11,11 +11,18 @@ It runs inside HttpPolicy (HEAD, metrics), the host policy, CORS and the rate li
 apply to a replay exactly as to the normal path; GZip runs inside it (it never compresses a tile's
 media type; an answer carrying Content-Encoding is not recorded). If-None-Match is answered 304 with the
 recorded ETag, like `server.http.not_modified`. Bounded in bytes, least recently used first out.
+
+`FrontDoor` goes one step further for the commonest hit (GET or HEAD, no If-None-Match, no rate
+limit): it answers before FastAPI's own wrappers and every middleware, with the bytes and headers
+the whole stack sent for the same URL, Origin and Accept-Encoding (the only request headers those
+layers read for a tile), counted in /metrics as HttpPolicy counts. Those layers cost ~80 us per
+hit in process, more than the replay itself (BENCHMARKS.md "Performance harness").
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +32,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
-from server.http import not_modified
+from server.http import not_modified, request_series
 
 TILE_PREFIX = "/tiles/"
 ENTRY_OVERHEAD = 512  # bytes counted per entry besides key and body (headers, tuple, dict slot)
@@ -48,11 +55,10 @@ class Recorded:
         return len(self.body) + ENTRY_OVERHEAD
 
 
-class TileFastPath:
-    """Pure ASGI middleware: replays recorded tile answers keyed by raw path + query string."""
+class Recordings:
+    """Recorded answers by key, bounded in bytes, least recently used first out."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app = app
+    def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._items: OrderedDict[bytes, Recorded] = OrderedDict()
         self._bytes = 0
@@ -82,14 +88,67 @@ class TileFastPath:
                 gone_key, gone = self._items.popitem(last=False)
                 self._bytes -= gone.size + len(gone_key)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+async def answer_of(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> Recorded | None:
+    """Run `app`, passing on what it sends; that answer when it is a whole 200 of a tile route
+    with an ETag and Cache-Control and no Content-Encoding (what may be replayed), else None."""
+    start: Message | None = None
+    parts: list[Message] = []
+
+    async def watch(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = {**message, "headers": list(message.get("headers", []))}
+        elif message["type"] == "http.response.body":
+            parts.append(message)
+        await send(message)
+
+    await app(scope, receive, watch)
+    route = scope.get("route")
+    if (
+        start is None
+        or start["status"] != 200
+        or len(parts) != 1
+        or parts[0].get("more_body", False)
+        or not getattr(route, "path", "").startswith(TILE_PREFIX)
+    ):
+        return None
+    headers = Headers(raw=start["headers"])
+    etag, cache_control = headers.get("etag"), headers.get("cache-control")
+    if etag is None or cache_control is None or "content-encoding" in headers:
+        return None
+    return Recorded(
+        tuple(start["headers"]), parts[0].get("body", b""), etag, cache_control, route, scope.get("endpoint")
+    )
+
+
+def tile_key(scope: Scope) -> bytes:
+    """A tile request's raw path and query string: its answer is a function of them alone."""
+    return (scope.get("raw_path") or scope["path"].encode()) + b"?" + scope.get("query_string", b"")
+
+
+class TileFastPath(Recordings):
+    """Pure ASGI middleware: replays recorded tile answers keyed by raw path + query string."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        super().__init__(max_bytes)
+        self.app = app
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(TILE_PREFIX):
             await self.app(scope, receive, send)
             return
-        key = (scope.get("raw_path") or scope["path"].encode()) + b"?" + scope.get("query_string", b"")
+        key = tile_key(scope)
         found = self._get(key)
         if found is None:
-            await self._record(key, scope, receive, send)
+            recorded = await answer_of(self.app, scope, receive, send)
+            if recorded is not None:
+                self._put(key, recorded)
             return
         scope["route"], scope["endpoint"] = found.route, found.endpoint  # HttpPolicy labels metrics by route
         if any(name == b"if-none-match" for name, _ in scope["headers"]):  # the same 304 as the route's own
@@ -102,36 +161,38 @@ class TileFastPath:
         await send({"type": "http.response.start", "status": 200, "headers": list(found.headers)})
         await send({"type": "http.response.body", "body": found.body})
 
-    async def _record(self, key: bytes, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the normal path; keep its answer when it is a whole 200 of a tile route."""
-        start: Message | None = None
-        parts: list[Message] = []
 
-        async def watch(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                start = {**message, "headers": list(message.get("headers", []))}
-            elif message["type"] == "http.response.body":
-                parts.append(message)
-            await send(message)
+class FrontDoor(Recordings):
+    """Answers a recorded tile hit before the app's middleware stack (module docstring); every
+    other request goes to `app` unchanged. Only for a server without a rate limit (the limiter
+    must see every request), so `create_app` installs it only then."""
 
-        await self.app(scope, receive, watch)
-        route = scope.get("route")
-        if (
-            start is None
-            or start["status"] != 200
-            or len(parts) != 1
-            or parts[0].get("more_body", False)
-            or not getattr(route, "path", "").startswith(TILE_PREFIX)
-        ):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        method = scope["method"]
+        if method not in ("GET", "HEAD") or not scope["path"].startswith(TILE_PREFIX):
+            await app(scope, receive, send)
             return
-        headers = Headers(raw=start["headers"])
-        etag, cache_control = headers.get("etag"), headers.get("cache-control")
-        if etag is None or cache_control is None or "content-encoding" in headers:
+        origin = encoding = None  # the first of each, as Starlette's Headers.get reads them
+        for name, value in scope["headers"]:
+            if name == b"origin" and origin is None:
+                origin = value
+            elif name == b"accept-encoding" and encoding is None:
+                encoding = value
+            elif name == b"if-none-match":  # a 304 or not: TileFastPath decides, inside the policies
+                await app(scope, receive, send)
+                return
+        key = b"\0".join((tile_key(scope), origin or b"", encoding or b""))
+        found = self._get(key)
+        if found is None:
+            if method != "GET":
+                await app(scope, receive, send)
+            elif (recorded := await answer_of(app, scope, receive, send)) is not None:
+                self._put(key, recorded)
             return
-        self._put(
-            key,
-            Recorded(
-                tuple(start["headers"]), parts[0].get("body", b""), etag, cache_control, route, scope.get("endpoint")
-            ),
-        )
+        began = time.perf_counter()
+        TILE_HITS.inc()
+        await send({"type": "http.response.start", "status": 200, "headers": list(found.headers)})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else found.body})
+        requests, latency = request_series(found.route.path, method, 200)  # as HttpPolicy counts the normal path
+        requests.inc()
+        latency.observe(time.perf_counter() - began)

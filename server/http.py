@@ -302,7 +302,7 @@ def _route_label(scope: Scope, root_path: str) -> str:
 _SERIES: dict[tuple[str, str, int], tuple] = {}  # bounded: route templates x METHODS x statuses
 
 
-def _series(route: str, method: str, status: int) -> tuple:
+def request_series(route: str, method: str, status: int) -> tuple:
     """The request counter and latency histogram of a label set, resolved once (prometheus_client's
     `labels()` validates and locks on every call: a few us of a cache hit's ~30)."""
     found = _SERIES.get((route, method, status))
@@ -374,6 +374,6 @@ class HttpPolicy:
             name = _route_label(inner, root_path)
             counted = CLIENT_CLOSED if hung_up else status or 500
             method = scope["method"] if scope["method"] in METHODS else "other"  # bounded labels
-            requests, latency = _series(name, method, counted)
+            requests, latency = request_series(name, method, counted)
             requests.inc()
             latency.observe(time.perf_counter() - began)

@@ -1,6 +1,7 @@
-"""The lean path for tiles answered before (server/fastpath.py): the same bytes and headers as
-the normal path for every request variant (CORS, gzip, HEAD, If-None-Match), no work done, still
-counted in /metrics and still behind the rate limiter, and bounded in bytes."""
+"""The lean paths for tiles answered before (server/fastpath.py: the front door before every
+middleware, the replay inside them): the same bytes and headers as the normal path for every
+request variant (CORS, gzip, HEAD, If-None-Match), no work done, still counted in /metrics and
+still behind the rate limiter, and bounded in bytes."""
 
 import pytest
 
@@ -14,7 +15,12 @@ URLS = [
     f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy?layer=uncertainty",
     f"/tiles/{Z}/{X}/{Y}.png?q=green&rescale=0,0.5",
 ]
-VARIANTS = [{}, {"Origin": "https://example.org"}, {"Accept-Encoding": "gzip, deflate"}]
+VARIANTS = [
+    {},
+    {"Origin": "https://example.org"},
+    {"Accept-Encoding": "gzip, deflate"},
+    {"Accept-Encoding": "identity"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +39,8 @@ def fastpath_of(client) -> TileFastPath:
 
 def normal_path(client, method: str, url: str, headers: dict):
     """The answer of the normal path: nothing recorded in this app before the request."""
-    fastpath_of(client)._items.clear()
+    fastpath_of(client).clear()
+    client.app.front_door.clear()
     return client.request(method, url, headers=headers)
 
 
@@ -46,6 +53,11 @@ def test_a_replay_is_byte_identical_to_the_normal_path(clients, url):
     normal, fast = clients
     fast.get(url).raise_for_status()
     assert url.encode() in fastpath_of(fast)._items, "recorded under its raw path and query string"
+    for headers in VARIANTS:  # the front door records each variant's answer as the whole stack sent it
+        fast.get(url, headers=headers).raise_for_status()
+    sent = [{k.lower(): v for k, v in {**fast.headers, **headers}.items()} for headers in VARIANTS]
+    expected = {url.encode() + f"\0{h.get('origin', '')}\0{h.get('accept-encoding', '')}".encode() for h in sent}
+    assert {key for key in fast.app.front_door._items if key.startswith(url.encode() + b"\0")} == expected
     service = fast.app.state.service
     service.tiles.local._items.clear()  # the normal path would have to render again
     renders = service.stats["renders"]
@@ -59,6 +71,17 @@ def test_a_replay_is_byte_identical_to_the_normal_path(clients, url):
         again = fast.get(url, headers={"If-None-Match": tags, "Origin": "https://example.org"})
         assert answer(again) == answer(first) and again.status_code == (200 if tags == '"other"' else 304)
     assert service.stats["renders"] == renders, "replays do no work"
+
+
+def test_the_front_door_answers_a_hit_without_the_middleware_stack(clients):
+    _, fast = clients
+    url = f"/tiles/{Z}/{X}/{Y}.png?q=green&month=7"
+    first = fast.get(url)
+    inner = fastpath_of(fast)
+    inner.clear()  # a request that reached the middleware stack would record it here again
+    assert [answer(fast.get(url)) for _ in range(2)] == [answer(first)] * 2
+    assert len(inner) == 0, "the hits were answered before the middleware stack"
+    assert fast.get(url, headers={"If-None-Match": first.headers["etag"]}).status_code == 304
 
 
 def test_errors_and_other_routes_are_not_recorded(clients):
@@ -96,6 +119,7 @@ def test_replays_stay_behind_the_rate_limit(bundle_path, store_path):
     with make_client(bundle_path, store_path, rate_limit="1/min burst 3") as client:
         url = f"/tiles/{Z}/{X}/{Y}.png?q=green"
         assert [client.get(url).status_code for _ in range(4)] == [200, 200, 200, 429]
+        assert client.app.front_door is None, "with a rate limit every request meets the limiter"
 
 
 def test_recorded_answers_are_bounded_in_bytes():
