@@ -17,7 +17,7 @@ from model.train import RunConfig
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.mark.parametrize("name", ["tiny", "paper"])
+@pytest.mark.parametrize("name", ["tiny", "paper", "demo"])
 def test_shipped_run_configs_parse(name):
     RunConfig.from_dict(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()))
 
