@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -21,21 +22,27 @@ from corpus.errors import CorpusError
 from corpus.mixing import Events, render
 from corpus.places import Places
 from corpus.rules import CLASSES, RULES
+from model.config import Section, from_section
 from model.data import Sample, Splits, geographic_split
 from runtime.imagery import Imagery
 from runtime.tiles import tile_centres
 
-DATA_KEYS = {
-    "kind": None,
-    "path": "data/corpus",
-    "split_level": 4,
-    "val_fraction": 0.05,
-    "test_fraction": 0.1,
-    "seed": 0,
-    "audio": True,
-    "limit": None,
-    "recordings": "held_out",
-}
+
+class DemoDataConfig(Section):
+    """The `data: {kind: demo, ...}` section (docs/corpus.md)."""
+
+    path: str = "data/corpus"
+    split_level: int = 4
+    val_fraction: float = 0.05
+    test_fraction: float = 0.1
+    seed: int = 0
+    audio: bool = True
+    limit: int | None = None
+    # held_out: validation and test audio mixes recordings training never heard; shared: every
+    # split's audio comes from the training pool (the place-held-out figure).
+    recordings: Literal["held_out", "shared"] = "held_out"
+
+
 # `recordings:` -> the clip pool each split's audio is rendered from (clips.split_recordings).
 RECORDINGS = {
     "held_out": {"train": "train", "val": "held_out", "test": "held_out"},
@@ -188,29 +195,16 @@ class CorpusSource:
 
 def factory(data: dict, image_size: int) -> Splits:
     """The `data: {kind: demo, ...}` reader: train/val/test sources of a built corpus."""
-    unknown = set(data) - set(DATA_KEYS)
-    if unknown:
-        raise CorpusError(
-            f"unknown key(s) {sorted(unknown)} in the data: section; the demo reader takes "
-            f"{sorted(k for k in DATA_KEYS if k != 'kind')}"
-        )
-    cfg = {**DATA_KEYS, **data}
-    if cfg["recordings"] not in RECORDINGS:
-        raise CorpusError(
-            f"data.recordings must be one of {sorted(RECORDINGS)} (held_out: validation and test audio "
-            f"mixes recordings training never heard), not {cfg['recordings']!r}"
-        )
-    corpus = DemoCorpus(cfg["path"], image_size)
-    labels = corpus.split(
-        int(cfg["split_level"]), float(cfg["val_fraction"]), float(cfg["test_fraction"]), int(cfg["seed"])
-    )
+    cfg = from_section(DemoDataConfig, {k: v for k, v in data.items() if k != "kind"}, "data")
+    corpus = DemoCorpus(cfg.path, image_size)
+    labels = corpus.split(cfg.split_level, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     rows = corpus.index
-    if cfg["limit"] is not None:
-        keep = np.random.default_rng(int(cfg["seed"])).permutation(len(rows))[: int(cfg["limit"])]
+    if cfg.limit is not None:
+        keep = np.random.default_rng(cfg.seed).permutation(len(rows))[: cfg.limit]
         keep.sort()
         rows, labels = rows[keep], labels[keep]
-    pools = RECORDINGS[cfg["recordings"]]
+    pools = RECORDINGS[cfg.recordings]
     train, val, test = (
-        CorpusSource(corpus, rows[labels == name], bool(cfg["audio"]), pools[name]) for name in ("train", "val", "test")
+        CorpusSource(corpus, rows[labels == name], cfg.audio, pools[name]) for name in ("train", "val", "test")
     )
     return Splits(train, val, test)

@@ -22,6 +22,7 @@ from corpus.build import BuildConfig, build
 from corpus.errors import CorpusError
 from corpus.places import PLACE_ASSETS
 from corpus.reader import DemoCorpus, factory
+from model.config import ConfigError
 from model.data import Sample, reader
 from runtime.imagery import Imagery
 
@@ -299,13 +300,15 @@ def test_recording_held_out_split_never_plays_a_training_recording_in_test(corpu
     row = next(i for i, r in enumerate(splits.test.rows) if corpus.sounds(int(r)))
     a, b = splits.test[row], shared.test[row]
     assert a.key == b.key + "-held_out" and a.caption == b.caption and not np.array_equal(a.audio, b.audio)
-    with pytest.raises(CorpusError, match=r"data\.recordings must be one of"):
+    with pytest.raises(ConfigError, match=r"`data\.recordings` should be 'held_out' or 'shared', not 'all'"):
         factory({"path": str(corpus_path), "recordings": "all"}, 32)
 
 
 def test_bad_data_section_and_missing_corpus_are_user_errors(corpus_path, tmp_path):
-    with pytest.raises(CorpusError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown key `data\.shuffle`; `data` takes: path, split_level"):
         factory({"path": str(corpus_path), "shuffle": True}, 32)
+    with pytest.raises(ConfigError, match=r"`data\.split_level` should be a valid integer, not '4'"):
+        factory({"path": str(corpus_path), "split_level": "4"}, 32)
     with pytest.raises(CorpusError, match="soundscape corpus build"):
         factory({"path": str(tmp_path / "nothing")}, 32)
     with pytest.raises(CorpusError, match="split_level 6 is finer"):
