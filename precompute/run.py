@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from precompute.cells import CellImagery
 from precompute.device import bundle_device, default_batch
 from precompute.plan import LevelPlan, Plan, PlanError, Region, intersect
 from runtime.bundle import Bundle
@@ -122,12 +123,14 @@ def read_ahead(
 ) -> Iterator[tuple[Batch, list[CellImage | None]]]:
     """Each batch with its cells (None where a cell has no imagery), in order. Up to `depth`
     batches are read ahead of the one being yielded, each spread over all of the pool's reader
-    threads in chunks of READ_CHUNK cells, so memory holds a few batches however many readers."""
+    threads in chunks of READ_CHUNK cells, so memory holds a few batches however many readers.
+    Cells are read through CellImagery: Imagery's pixels without rio-tiler's per-cell set-up."""
+    reader = CellImagery.of(imagery)
 
     def submit(batch: Batch) -> list[Future]:
         _, _, x, y = batch
         return [
-            pool.submit(_read_cells, imagery, level, size, x[i : i + READ_CHUNK], y[i : i + READ_CHUNK])
+            pool.submit(_read_cells, reader, level, size, x[i : i + READ_CHUNK], y[i : i + READ_CHUNK])
             for i in range(0, len(x), READ_CHUNK)
         ]
 
