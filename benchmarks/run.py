@@ -303,6 +303,10 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
                     )
         if flames is not None:
             seconds = max(8, 2 * args.duration)
+            # Warm again: a worker restarted under the cold load (uvicorn restarts one that misses
+            # its health ping) would otherwise render and fuse in the "warm" graph.
+            fetch_all(base, warm_urls, rounds=2)
+            run_wrk(base, warm_urls, 2, args.connections)
             flamegraph(
                 pid, flames / "warm.svg", seconds, lambda: run_wrk(base, warm_urls, seconds - 2, args.connections)
             )
