@@ -216,8 +216,9 @@ def answer(call: Call, response: httpx.Response) -> dict:
     }
 
 
-def run_calls(send: Callable[..., httpx.Response]) -> list[dict]:
-    """Sends the calls in order; ids and ETags of earlier answers fill in later calls."""
+def run_calls(send: Callable[..., httpx.Response], bodies: Path | None = None) -> list[dict]:
+    """Sends the calls in order; ids and ETags of earlier answers fill in later calls. With
+    `bodies`, each decoded body is also written there (NNN-name), to see what a difference is."""
     ids: dict[str, str] = {}
     etags: dict[str, str] = {}
     results = []
@@ -234,10 +235,13 @@ def run_calls(send: Callable[..., httpx.Response]) -> list[dict]:
         if call.name == "register raw audio":
             ids["audio"] = response.json()["id"]
         results.append(answer(call, response))
+        if bodies is not None:
+            bodies.mkdir(parents=True, exist_ok=True)
+            (bodies / f"{len(results):03d}-{call.name.replace(' ', '-')}").write_bytes(response.content)
     return results
 
 
-def in_process(tree: Path, bundle: Path, store: Path) -> list[dict]:
+def in_process(tree: Path, bundle: Path, store: Path, bodies: Path | None = None) -> list[dict]:
     """The ASGI app in this process, imported from `tree`."""
     from fastapi.testclient import TestClient
 
@@ -247,7 +251,7 @@ def in_process(tree: Path, bundle: Path, store: Path) -> list[dict]:
     db = Path(tempfile.mkdtemp(prefix="snapshot-")) / "queries.sqlite"
     app = create_app(Settings(bundle=str(bundle), store=str(store), query_db=str(db)))
     with TestClient(app, base_url="http://127.0.0.1") as client:
-        return run_calls(client.request)
+        return run_calls(client.request, bodies)
 
 
 def free_port() -> int:
@@ -288,9 +292,9 @@ def live_server(tree: Path, bundle: Path, store: Path) -> Iterator[str]:
             proc.wait(timeout=30)
 
 
-def over_uvicorn(tree: Path, bundle: Path, store: Path) -> list[dict]:
+def over_uvicorn(tree: Path, bundle: Path, store: Path, bodies: Path | None = None) -> list[dict]:
     with live_server(tree, bundle, store) as base, httpx.Client(base_url=base, timeout=60) as client:
-        return run_calls(client.request)
+        return run_calls(client.request, bodies)
 
 
 def git_commit(tree: Path) -> str:
@@ -343,6 +347,7 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, default=DEMO / "bundle")
     parser.add_argument("--store", type=Path, default=DEMO / "store")
     parser.add_argument("--no-uvicorn", action="store_true", help="only the in-process ASGI app")
+    parser.add_argument("--bodies", type=Path, help="also write each body into this folder (asgi/, uvicorn/)")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"), help="print how two snapshots differ")
     args = parser.parse_args()
     if args.compare:
@@ -351,9 +356,10 @@ def main() -> int:
         parser.error("give --out FILE (or --compare A B)")
     tree = args.tree.resolve()
     sys.path.insert(0, str(tree))  # before any import of the project's packages
-    transports = {"asgi": in_process(tree, args.bundle, args.store)}
+    bodies = {name: args.bodies / name if args.bodies else None for name in ("asgi", "uvicorn")}
+    transports = {"asgi": in_process(tree, args.bundle, args.store, bodies["asgi"])}
     if not args.no_uvicorn:
-        transports["uvicorn"] = over_uvicorn(tree, args.bundle, args.store)
+        transports["uvicorn"] = over_uvicorn(tree, args.bundle, args.store, bodies["uvicorn"])
     snapshot = {
         "commit": git_commit(tree),
         "bundle": str(args.bundle),
