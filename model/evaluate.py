@@ -32,6 +32,7 @@ from model.checks import checked_splits, small_split_warnings
 from model.data import DataError, Preprocessing, SampleSource
 from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.psm import META_KEYS, PSMModel, preprocessing
+from runtime.contract import META_TOKENS
 
 RECALL_FRACTION = 0.1
 DEFINITION = (
@@ -98,9 +99,23 @@ def retrieval(
     }
 
 
+# The metadata a cell is fused with: the sample's own, the same with its source unknown (what a map
+# drawn without `source=` sees; issue 16's "source on and off"), and none at all (the paper's
+# "metadata off").
+CONDITIONS = ("metadata", "no_source", "no_metadata")
+_SOURCE = META_TOKENS.index("source")
+
+
+def _presence(present: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The `present` mask of each condition, from the samples' own."""
+    no_source = present.clone()
+    no_source[:, _SOURCE] = 0
+    return {"metadata": present, "no_source": no_source, "no_metadata": torch.zeros_like(present)}
+
+
 @dataclass
 class SplitEmbeddings:
-    sat: dict[str, Gaussians]  # "metadata", "no_metadata"
+    sat: dict[str, Gaussians]  # CONDITIONS
     audio: Gaussians
     text: Gaussians | None
     levels: np.ndarray  # object array, None where unknown
@@ -127,7 +142,7 @@ def embed_split(
     examples = Examples(
         _Head(source, max_samples), prep, skip_audio="audio" in cache.outputs, unreadable=cache.unreadable
     )
-    parts: dict[str, list] = {k: [] for k in ("metadata", "no_metadata", "audio", "text")}
+    parts: dict[str, list] = {k: [] for k in (*CONDITIONS, "audio", "text")}
     seen, levels = set(), []
     for batch in tqdm(
         loader(examples, Collate(prep, cache.outputs), batch_size=batch_size, workers=workers),
@@ -145,9 +160,9 @@ def embed_split(
             raise DataError("evaluation needs an image and audio for every sample")
         sat = model.encode_image(t["image"], t["gsd"])
         meta = {k: t[k] for k in META_KEYS}
-        off = {**meta, "present": torch.zeros_like(meta["present"])}
-        parts["metadata"].append(_numpy(model.fuse(sat, meta, normalise=False), keep))
-        parts["no_metadata"].append(_numpy(model.fuse(sat, off, normalise=False), keep))
+        for condition, present in _presence(meta["present"]).items():
+            fused = model.fuse(sat, {**meta, "present": present}, normalise=False)
+            parts[condition].append(_numpy(fused, keep))
         out = model({k: v for k, v in t.items() if k not in ("image",)}, normalise=False)
         parts["audio"].append(_numpy(out["audio"], keep))
         if "text" in out:
@@ -157,9 +172,7 @@ def embed_split(
         return Gaussians(np.concatenate([p[0] for p in parts[name]]), np.concatenate([p[1] for p in parts[name]]))
 
     text = join("text") if parts["text"] and len(parts["text"]) == len(parts["audio"]) else None
-    return SplitEmbeddings(
-        {c: join(c) for c in ("metadata", "no_metadata")}, join("audio"), text, np.array(levels, dtype=object)
-    )
+    return SplitEmbeddings({c: join(c) for c in CONDITIONS}, join("audio"), text, np.array(levels, dtype=object))
 
 
 def _numpy(emb: tuple[torch.Tensor, torch.Tensor], keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

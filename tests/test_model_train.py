@@ -170,8 +170,8 @@ def test_evaluate_writes_the_paper_metrics_as_json(trained_run, tmp_path, capsys
     assert "ties averaged" in report["definition"] and "rank <= 0.1 N" in report["definition"]
     results = report["results"]
     assert set(results) == {"all", "level_3", "level_5"}
-    assert set(results["all"]) == {"metadata", "no_metadata", "oracle_caption"}
-    assert set(results["all"]["oracle_caption"]) == {"metadata", "no_metadata"}
+    assert set(results["all"]) == {"metadata", "no_source", "no_metadata", "oracle_caption"}
+    assert set(results["all"]["oracle_caption"]) == {"metadata", "no_source", "no_metadata"}
     m = results["level_3"]["metadata"]
     assert m["gallery"] == 8 and 0 <= m["I2S_R@10%"] <= 1 and 1 <= m["S2I_median_rank"] <= 8
     assert "oracle_caption" in capsys.readouterr().out  # the table
@@ -239,3 +239,17 @@ def test_resuming_with_another_architecture_lists_the_mismatched_keys(trained_ru
     assert soundscape(["train", "--config", str(path), "--out", str(run), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "does not fit this model architecture" in err and "missing: image.blocks.1." in err
+
+
+def test_the_no_source_condition_forgets_only_the_source():
+    from model.evaluate import _presence
+    from runtime.contract import META_TOKENS
+
+    present = torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.0, 0.0]])
+    conditions = _presence(present)
+    source = META_TOKENS.index("source")
+    others = [i for i in range(len(META_TOKENS)) if i != source]
+    assert torch.equal(conditions["metadata"], present)
+    assert conditions["no_source"][:, source].eq(0).all()
+    assert torch.equal(conditions["no_source"][:, others], present[:, others])
+    assert conditions["no_metadata"].eq(0).all() and present[0, source] == 1  # the input is not changed
