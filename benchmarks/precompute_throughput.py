@@ -1,15 +1,16 @@
-"""Precompute figures for BENCHMARKS.md (docs/design.md, "Targets": the demo world store, levels 0..7,
-built in <= 5 minutes).
+"""Precompute figures for BENCHMARKS.md (issue 13: the demo world's store in <= 0.5 of the time the
+code took before, measured side by side in one run).
 
-    python benchmarks/precompute_throughput.py --data-dir data/demo [--repeats 3]
+    python benchmarks/precompute_throughput.py --data-dir data/demo [--repeats 3] [--baseline REV]
 
-Measures, each as the median of --repeats runs from scratch into a temporary directory:
-- cells/s of the whole pipeline (read through the shared imagery reader, image graph, default
-  fusion, streaming write) on level 7 of the world (16384 cells), without precomputed fusions,
-  with the onnxruntime sessions already created;
-- wall time of the demo-world store as `soundscape demo` builds it (levels 0..7, hourly and
-  monthly fusions at levels 0..6), index, checksums and manifest included.
-Prints one JSON object with the machine, the device precompute chose and the load average.
+Measures the wall time of the demo-world store as `soundscape demo` builds it (levels 0..7,
+hourly and monthly fusions at levels 0..6, indexes, checksums and manifest), each run from
+scratch in its own process with the onnxruntime sessions already created. With --baseline, the
+same run of the code at git revision REV (exported with `git archive` into a temporary
+directory) alternates with this tree's, run for run, so both see the same load; the result
+gives both medians, their ratio, and whether every pair of stores had the same content id
+(same id: the same bytes in every array and index, docs/store.md). Prints one JSON object with
+the machine, the device precompute chose, the commits and the load average.
 """
 
 from __future__ import annotations
@@ -19,80 +20,113 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
-import time
-from datetime import date
+from datetime import UTC, datetime
+from io import BytesIO
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from cli.demo import DEMO_FUSION_LEVELS, DEMO_LEVELS  # noqa: E402
-from precompute.device import open_bundle, select_device  # noqa: E402
-from precompute.run import run  # noqa: E402
-from runtime.imagery import Imagery  # noqa: E402
-from runtime.tiles import WORLD_BBOX  # noqa: E402
+# One run, in a fresh interpreter whose code comes from the tree it runs in (argv: tree, imagery,
+# bundle, out). Only APIs the baseline revisions share: precompute.run.run, precompute.device, Imagery.
+RUN_ONE = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from cli.demo import DEMO_FUSION_LEVELS, DEMO_LEVELS
+from precompute.device import open_bundle, select_device
+from precompute.run import run
+from runtime.imagery import Imagery
+from runtime.tiles import WORLD_BBOX
+device = select_device(sys.argv[3])
+bundle = open_bundle(sys.argv[3], device)
+for graph in ("image", "fuse"):  # session creation is start-up, not throughput
+    bundle.session(graph)
+started = time.perf_counter()
+manifest, report = run(Imagery(sys.argv[2]), bundle, DEMO_LEVELS, WORLD_BBOX, sys.argv[4], progress=False,
+                       fusion_levels=DEMO_FUSION_LEVELS, readers=device.readers)
+print(json.dumps({"seconds": time.perf_counter() - started, "cells_per_s": report.cells_per_s,
+                  "id": manifest["id"], "device": report.device}))
+"""
 
 
-def _timed_run(
-    imagery: Path, bundle_path: Path, levels: list[int], fusion_levels: tuple[int, ...]
-) -> tuple[float, float]:
-    """(wall seconds of a run from scratch, its pipeline cells/s)."""
-    device = select_device(bundle_path)
-    bundle = open_bundle(bundle_path, device)
-    for graph in ("image", "fuse"):  # session creation is start-up, not throughput
-        bundle.session(graph)
+def timed_run(tree: Path, imagery: Path, bundle: Path) -> dict:
+    """One demo-world store from scratch with the code in `tree`: seconds, cells/s, store id."""
     with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        _, report = run(
-            Imagery(str(imagery)),
-            bundle,
-            levels,
-            WORLD_BBOX,
-            Path(tmp) / "store",
-            progress=False,
-            fusion_levels=fusion_levels,
-            readers=device.readers,
+        done = subprocess.run(
+            [sys.executable, "-c", RUN_ONE, str(tree), str(imagery), str(bundle), str(Path(tmp) / "store")],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            check=False,
         )
-        return time.perf_counter() - started, report.cells_per_s
+    if done.returncode:
+        raise SystemExit(f"the run in {tree} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def export_revision(revision: str, into: Path) -> str:
+    """The code of `revision` written into `into` (git archive); its short commit."""
+    commit = _git("rev-parse", "--short", revision)
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return commit
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _summary(runs: list[dict]) -> dict:
+    return {
+        "median_s": round(statistics.median(r["seconds"] for r in runs), 1),
+        "runs_s": [round(r["seconds"], 1) for r in runs],
+        "cells_per_s": [round(r["cells_per_s"], 1) for r in runs],
+        "store_ids": sorted({r["id"] for r in runs}),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="data/demo", help="demo files (soundscape demo --build-only)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", metavar="REV", help="git revision to run alternately with this tree")
     args = parser.parse_args()
-    data = Path(args.data_dir)
+    data = Path(args.data_dir).resolve()
     imagery, bundle = data / "imagery" / "bluemarble.tif", data / "bundle"
-    device = select_device(bundle)
-    rates, builds, loads = [], [], []
-    for _ in range(args.repeats):
-        loads.append(os.getloadavg()[0])
-        rates.append(_timed_run(imagery, bundle, [7], ())[1])
-        builds.append(_timed_run(imagery, bundle, DEMO_LEVELS, DEMO_FUSION_LEVELS)[0])
-    print(
-        json.dumps(
-            {
-                "date": date.today().isoformat(),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                "device": f"{device.kind}, {device.precision}, batch {device.batch}, {device.readers} readers",
-                "bundle": json.loads((bundle / "manifest.json").read_text())["id"],
-                "level7_cells_per_s": {
-                    "median": round(statistics.median(rates), 1),
-                    "runs": [round(r, 1) for r in rates],
-                },
-                "demo_store_s": {
-                    "median": round(statistics.median(builds), 1),
-                    "runs": [round(b, 1) for b in builds],
-                    "levels": f"{DEMO_LEVELS[0]}..{DEMO_LEVELS[-1]}",
-                    "fusion_levels": f"{DEMO_FUSION_LEVELS[0]}..{DEMO_FUSION_LEVELS[-1]}",
-                },
-                "load_average_before_runs": [round(v, 2) for v in loads],
-            },
-            indent=2,
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"current": REPO}
+        commits = {
+            "current": _git("rev-parse", "--short", "HEAD") + (" (modified)" if _git("status", "--short") else "")
+        }
+        if args.baseline:
+            trees["baseline"] = Path(tmp)
+            commits["baseline"] = export_revision(args.baseline, Path(tmp))
+        runs: dict[str, list[dict]] = {name: [] for name in trees}
+        loads = []
+        for _ in range(args.repeats):
+            for name, tree in trees.items():
+                loads.append(round(os.getloadavg()[0], 2))
+                runs[name].append(timed_run(tree, imagery, bundle))
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="minutes"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "device": runs["current"][0]["device"],
+        "bundle": json.loads((bundle / "manifest.json").read_text())["id"],
+        "commits": commits,
+        "demo_store": {name: _summary(r) for name, r in runs.items()},
+        "load_average_before_runs": loads,
+    }
+    if args.baseline:
+        result["ratio_current_to_baseline"] = round(
+            result["demo_store"]["current"]["median_s"] / result["demo_store"]["baseline"]["median_s"], 3
         )
-    )
+        ids = {r["id"] for rs in runs.values() for r in rs}
+        result["same_store"] = len(ids) == 1
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
