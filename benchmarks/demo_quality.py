@@ -154,10 +154,10 @@ def training_locations(
 
 
 def _scores(engine, level, query, meta=None) -> np.ndarray:
-    from server.engine import Metadata
+    from server.engine import QueryMetadata
 
     rows = np.arange(len(level))
-    cells = engine.embeddings(level, rows, meta or Metadata())
+    cells = engine.embeddings(level, rows, meta or QueryMetadata())
     return engine.values(cells, "heatmap", query)
 
 
@@ -197,14 +197,14 @@ def dawn_check(engine, places: Places, level) -> dict:
     the temperate Koppen group, i.e. the map's mean over temperate-forest ground (temperate
     forest is rare at 0.05 deg, so few coarse cells are mostly forest). hour= reads the store's
     hourly fusions where it holds them, as the server does."""
-    from server.engine import Metadata
+    from server.engine import QueryMetadata
 
     x, y = cell_xy(level)
     weight = cell_places(places, level.level, x, y).temperate_forest
     some = weight > 0
     query = engine.embed_text(DAWN_PROMPT)
-    dawn = _scores(engine, level, query, Metadata(hour=DAWN_HOUR))[some]
-    day = _scores(engine, level, query, Metadata(hour=DAY_HOUR))[some]
+    dawn = _scores(engine, level, query, QueryMetadata(hour=DAWN_HOUR))[some]
+    day = _scores(engine, level, query, QueryMetadata(hour=DAY_HOUR))[some]
     w = weight[some] / weight[some].sum() if some.any() else weight[some]
     mean_dawn, mean_day = float((w * dawn).sum()), float((w * day).sum())
     return {

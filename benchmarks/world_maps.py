@@ -67,9 +67,9 @@ def panel(engine, layer: str, query, meta) -> Image.Image:
 
 def figure(engine, prompts: tuple[str, ...]) -> Image.Image:
     """Rows: one per prompt (heatmap | contrast); a last row with the uncertainty layer."""
-    from server.engine import Metadata
+    from server.engine import QueryMetadata
 
-    meta = Metadata()
+    meta = QueryMetadata()
     rows = [(p, ("heatmap", "contrast")) for p in prompts]
     width, height = 2 * PANEL, (len(rows) + 1) * (PANEL + LABEL)
     canvas = Image.new("RGBA", (width, height), (255, 255, 255, 255))
