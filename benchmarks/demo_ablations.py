@@ -19,8 +19,17 @@ their gains, scored by cosine. No model can do better than the corpus's own rand
 Variants with the same frozen towers share one frozen-tower cache (--cache), so aisfx runs once.
 A variant whose run directory already holds a finished run is evaluated, not retrained.
 
+--seeds trains each variant once per seed (train.seed) into runs/ablations/<name>-seed<k> and
+adds a table of mean and sample standard deviation over the seeds, per variant and condition
+(for pcmepp: with metadata and with the source unknown). --steps shortens every variant's
+schedule alike (the learning-rate schedule follows it), so a seed study fits a small machine.
+--shared also evaluates each run with `recordings: shared` (places held out, recordings heard
+in training).
+
     python benchmarks/demo_ablations.py --variants pcmepp infonce no_metadata
     python benchmarks/demo_ablations.py --variants melcnn --melcnn-steps 300
+    python benchmarks/demo_ablations.py --variants pcmepp infonce no_metadata --seeds 56 57 58 \
+        --steps 2000 --shared --cache runs/demo-v4/frozen-cache --json benchmarks/results/seeds.json
 
 Writes runs/ablations/<name>/test.json and prints a markdown table; --json collects them.
 """
@@ -67,11 +76,16 @@ def merged(base: dict, changes: dict) -> dict:
     return out
 
 
-def variant_config(name: str, base: dict, melcnn_steps: int) -> RunConfig:
+def variant_config(name: str, base: dict, melcnn_steps: int, seed: int | None, steps: int | None) -> RunConfig:
     changes = VARIANTS[name]
     if name == "melcnn":
-        changes = merged(changes, {"train": {"steps": melcnn_steps, "checkpoint_every": max(1, melcnn_steps // 4)}})
-    return RunConfig.from_dict(merged(base, changes))
+        steps = melcnn_steps
+    train: dict = {}
+    if steps is not None:
+        train |= {"steps": steps, "checkpoint_every": max(1, steps // 4)}
+    if seed is not None:
+        train["seed"] = seed
+    return RunConfig.from_dict(merged(base, merged(changes, {"train": train})))
 
 
 def share_cache(run_dir: Path, cache: Path) -> None:
@@ -83,7 +97,7 @@ def share_cache(run_dir: Path, cache: Path) -> None:
         link.symlink_to(cache.resolve(), target_is_directory=True)
 
 
-def run_variant(name: str, config: RunConfig, out: Path, cache: Path, progress: bool) -> dict:
+def run_variant(name: str, config: RunConfig, out: Path, cache: Path, progress: bool, shared: bool) -> dict:
     run_dir = out / name
     share_cache(run_dir, cache)
     finished = (run_dir / "last.pt").exists() and _last_step(run_dir) >= config.train.steps
@@ -95,6 +109,11 @@ def run_variant(name: str, config: RunConfig, out: Path, cache: Path, progress: 
         run_dir / "best.pt", split="test", oracle_caption=False, cache_dir=cache, progress=progress
     )
     report["train_seconds_this_invocation"] = round(train_s, 1)
+    if shared:
+        data = {**config.data, "recordings": "shared"}
+        report["place_held_out"] = evaluate_checkpoint(
+            run_dir / "best.pt", data=data, split="test", oracle_caption=False, cache_dir=cache, progress=progress
+        )["results"]
     (run_dir / "test.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -122,11 +141,31 @@ def _last_step(run_dir: Path) -> int:
 
 
 def row(name: str, report: dict) -> str:
-    m = report["results"]["all"][CONDITION.get(name, "metadata")]
+    """A markdown row of a run (`name` is a variant, or a variant's seed run `<variant>-seed<k>`)."""
+    condition = CONDITION.get(name.rsplit("-seed", 1)[0], "metadata")
+    m = report["results"]["all"][condition]
     return (
-        f"| {name} | {CONDITION.get(name, 'metadata')} | {m['I2S_R@10%']:.3f} | {m['I2S_median_rank']:.0f} "
+        f"| {name} | {condition} | {m['I2S_R@10%']:.3f} | {m['I2S_median_rank']:.0f} "
         f"| {m['S2I_R@10%']:.3f} | {m['S2I_median_rank']:.0f} | {m['gallery']} |"
     )
+
+
+def spread(reports: dict[str, dict], seeds: list[int]) -> list[str]:
+    """Markdown rows: per variant and condition, mean and sample sd over the seeds' runs."""
+    lines = []
+    for name in dict.fromkeys(key.rsplit("-seed", 1)[0] for key in reports if "-seed" in key):
+        runs = [reports[f"{name}-seed{seed}"] for seed in seeds]
+        conditions = [CONDITION.get(name, "metadata")] + (["no_source"] if name == "pcmepp" else [])
+        for held_out, key in (("places and recordings", "results"), ("places", "place_held_out")):
+            for condition in conditions:
+                if key not in runs[0]:
+                    continue
+                cells = []
+                for metric in ("I2S_R@10%", "S2I_R@10%"):
+                    values = np.array([run[key]["all"][condition][metric] for run in runs])
+                    cells.append(f"{values.mean():.3f} ± {values.std(ddof=1):.3f}")
+                lines.append(f"| {name} | {held_out} | {condition} | {cells[0]} | {cells[1]} | {len(runs)} |")
+    return lines
 
 
 def main() -> int:
@@ -141,20 +180,29 @@ def main() -> int:
         help="shared frozen-tower cache (default runs/ablations/frozen-cache)",
     )
     parser.add_argument("--melcnn-steps", type=int, default=300, help="training steps of the melcnn variant")
+    parser.add_argument("--seeds", type=int, nargs="+", help="train each variant once per seed (train.seed)")
+    parser.add_argument("--steps", type=int, help="training steps of every variant (default: the config's)")
+    parser.add_argument("--shared", action="store_true", help="also evaluate with recordings heard in training")
     parser.add_argument("--json", type=Path, help="also write every report into this JSON file")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     base = load_config(args.config)
     reports = {"ceiling": ceiling(base["data"], base["model"]["image"]["size"])}
     print(row("ceiling", reports["ceiling"]), flush=True)
-    for name in args.variants:
-        config = variant_config(name, base, args.melcnn_steps)
-        reports[name] = run_variant(name, config, args.out, args.cache, not args.no_progress)
-        print(row(name, reports[name]), flush=True)
+    for seed in args.seeds or [None]:
+        for name in args.variants:
+            key = name if seed is None else f"{name}-seed{seed}"
+            config = variant_config(name, base, args.melcnn_steps, seed, args.steps)
+            reports[key] = run_variant(key, config, args.out, args.cache, not args.no_progress, args.shared)
+            print(row(key, reports[key]), flush=True)
     print("\n| variant | condition | I2S R@10% | I2S median rank | S2I R@10% | S2I median rank | N |")
     print("|---|---|---|---|---|---|---|")
-    for name, report in reports.items():
-        print(row(name, report))
+    for key, report in reports.items():
+        print(row(key, report))
+    if args.seeds:
+        print("\n| variant | held out | condition | I2S R@10% (mean ± sd) | S2I R@10% (mean ± sd) | seeds |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(spread(reports, args.seeds)))
     if args.json:
         args.json.write_text(json.dumps(reports, indent=2) + "\n")
     return 0
