@@ -15,6 +15,7 @@ from runtime.imagery import Imagery
 from runtime.tiles import WORLD_BBOX
 from store.index import FLAT_MAX
 from store.reader import Store
+from store.synth import SynthSpec, bundle_facts, synth_store
 from store.verify import verify_store
 
 
@@ -103,6 +104,19 @@ def _verify(args: argparse.Namespace) -> int:
     store = Store(args.store)
     verify_store(store)
     print(f"store {store.id} at {store.path}: every checksum matches and every level is consistent")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    facts = bundle_facts(args.bundle) if args.bundle else {}
+    spec = SynthSpec(level=args.level, cells=args.cells, within=args.within, seed=args.seed, **facts)
+    m = synth_store(args.out, spec, overwrite=args.overwrite, flat_max=args.index_flat_max)
+    index = m["levels"][str(spec.level)]["index"]
+    print(
+        f"synthetic store {m['id']} written to {args.out}: level {spec.level}, {spec.cells:,} cells, "
+        f"index {index['kind']}, for bundle {m['bundle_id']} ({m['run']['generate_s']} s generating, "
+        f"{m['run']['finish_s']} s indexing and checksumming)"
+    )
     return 0
 
 
@@ -210,7 +224,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="describe or verify an embedding store",
         description="Inspect an embedding store written by `soundscape precompute`.",
     )
-    checks = s.add_subparsers(dest="store_command", metavar="{info,verify}", required=True)
+    checks = s.add_subparsers(dest="store_command", metavar="{info,verify,synth}", required=True)
     info = checks.add_parser("info", help="levels, counts, index kinds, fusions and sizes")
     info.add_argument("store", help="store directory")
     info.set_defaults(handler=_info)
@@ -222,3 +236,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     verify.add_argument("store", help="store directory")
     verify.set_defaults(handler=_verify)
+    synth = checks.add_parser(
+        "synth",
+        help="write a store of synthetic embeddings (no imagery, no image graph) to measure large stores",
+        description="Write N cells of one level with embeddings shaped like a real store's (store/synth.py), "
+        "streamed in chunks. With --bundle the store takes its dimensions and id, so "
+        "`soundscape serve --bundle B --store OUT` serves it (tiles are drawn, not meaningful).",
+    )
+    synth.add_argument("--out", required=True, help="store directory to write")
+    synth.add_argument("--level", type=int, required=True, help="the level of every cell, e.g. 12")
+    synth.add_argument("--cells", type=int, required=True, help="how many cells, in Morton order")
+    synth.add_argument("--within", default="", help="quadkey whose descendants are the cells (default: the world)")
+    synth.add_argument("--bundle", help="model bundle to pair with (its id and dims); default 64/96 dims, unpaired")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed and arguments give the same store")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    synth.add_argument("--index-flat-max", type=int, default=FLAT_MAX, help="as for precompute")
+    synth.set_defaults(handler=_synth)
