@@ -228,6 +228,40 @@ def test_compose_precompute_is_gpu_only(compose: dict) -> None:
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), devices
 
 
+def test_compose_replicas_sit_behind_the_caching_proxy(compose: dict) -> None:
+    """Profile `replicas`: server-2 is the server (image, command, data) with a registry file of its
+    own and no port; the proxy mounts docker/nginx.conf, whose upstream names exactly the replicas
+    on the port the server image listens on (tests/test_replicas.py runs that file in nginx)."""
+    services = compose["services"]
+    server, second, proxy = services["server"], services["server-2"], services["proxy"]
+    assert second["profiles"] == proxy["profiles"] == ["replicas"] and "profiles" not in server
+    for same in ("image", "build", "volumes", "depends_on", "user", "healthcheck"):
+        assert second[same] == server[same], same
+    assert _service_argv(compose, "server-2", "server.Dockerfile") == _service_argv(
+        compose, "server", "server.Dockerfile"
+    )
+    environments = server["environment"], second["environment"]
+    assert environments[0]["SOUNDSCAPE_REDIS_URL"] == environments[1]["SOUNDSCAPE_REDIS_URL"]  # one shared Redis
+    databases = {env.get("SOUNDSCAPE_QUERY_DB", env["SOUNDSCAPE_DATA_DIR"] + "/queries.sqlite") for env in environments}
+    assert len(databases) == 2, "the replicas write one registry file"
+    assert not second.get("ports"), "a replica is reached through the proxy only"
+
+    argv = _service_argv(compose, "server", "server.Dockerfile")
+    port = argv[argv.index("--port") + 1]
+    nginx = (ROOT / "docker" / "nginx.conf").read_text()
+    upstream, listen = re.search(r"upstream \w+ \{(.*?)\}", nginx, re.DOTALL), re.search(r"listen (\d+);", nginx)
+    assert upstream is not None and listen is not None
+    named = re.findall(r"^\s*server ([\w.-]+:\d+)", upstream[1], re.MULTILINE)
+    assert sorted(named) == sorted(f"{name}:{port}" for name in ("server", "server-2"))
+    assert _mounts(proxy)["/etc/nginx/conf.d/default.conf"] == (ROOT / "docker" / "nginx.conf", True)
+    assert {name: d["condition"] for name, d in proxy["depends_on"].items()} == {
+        "server": "service_healthy",
+        "server-2": "service_healthy",
+    }
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+-alpine", proxy["image"]), proxy["image"]
+    assert [p["target"] for p in proxy["ports"]] == [int(listen[1])]
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint(dockerfile: Path) -> None:
     config = ["--config", str(HADOLINT_CONFIG)] if HADOLINT_CONFIG.exists() else []
