@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from precompute.device import open_bundle, select_device
 from precompute.estimate import estimate
 from precompute.merge import merge
 from precompute.plan import PlanError, Region, parse_bbox, parse_levels, parse_shard
+from precompute.ray_engine import KILL_ONCE_ENV, RayJob, absolute, import_ray, run_on_ray, shards_root
 from precompute.run import RunOptions, execute, make_plan
+from runtime.errors import UsageError
 from runtime.imagery import Imagery
 from runtime.tiles import WORLD_BBOX
 from store.index import FLAT_MAX
@@ -44,6 +47,10 @@ def _precompute(args: argparse.Namespace) -> int:
     levels = parse_levels(args.levels)
     bbox = parse_bbox(args.bbox) if args.bbox else WORLD_BBOX
     region = Region.load(args.region) if args.region else None
+    if args.engine == "ray" and not args.dry_run:
+        return _precompute_on_ray(args, levels, bbox, region)
+    if args.address or args.ray_workers or args.ray_cpus:
+        raise UsageError("--address, --ray-workers and --ray-cpus need --engine ray")
     device = select_device(args.bundle, args.device, args.batch_size, args.readers)
     bundle = open_bundle(args.bundle, device)
     imagery = Imagery(args.imagery[0] if len(args.imagery) == 1 else args.imagery, nodata=args.nodata)
@@ -62,6 +69,47 @@ def _precompute(args: argparse.Namespace) -> int:
         + ", ".join(
             f"level {lv}: {n} cells ({report.skipped[lv]} without imagery)" for lv, n in report.embedded.items()
         )
+    )
+    return 0
+
+
+def _precompute_on_ray(
+    args: argparse.Namespace, levels: list[int], bbox: tuple[float, float, float, float], region: Region | None
+) -> int:
+    """The job as Ray tasks, one shard store each, merged at the end (precompute/ray_engine.py)."""
+    if args.shard:
+        raise UsageError("--shard splits a local run; --engine ray makes its own shards (--ray-workers)")
+    if any(n is not None and n < 1 for n in (args.ray_workers, args.ray_cpus)):
+        raise UsageError("--ray-workers and --ray-cpus must be at least 1")
+    import_ray()  # the install hint before anything is read
+    sources = tuple(absolute(src) for src in args.imagery)
+    make_plan(Imagery(sources[0] if len(sources) == 1 else list(sources), nodata=args.nodata), levels, bbox)
+    out = Path(args.out).resolve()
+    job = RayJob(
+        imagery=sources,
+        nodata=args.nodata,
+        bundle=absolute(args.bundle),
+        levels=tuple(levels),
+        bbox=bbox,
+        region=region,
+        land_only=args.land_only,
+        options=_options(args, levels, args.readers or 1),
+        root=str(shards_root(out)),
+        kind=args.device,
+        cpus=args.ray_cpus,
+        readers=args.readers,
+        kill_once=os.environ.get(KILL_ONCE_ENV),
+    )
+    manifest, report = run_on_ray(
+        job, out, address=args.address, shards=args.ray_workers, overwrite=args.overwrite, progress=not args.quiet
+    )
+    counts = ", ".join(
+        f"level {k}: {v['count']} cells" for k, v in sorted(manifest["levels"].items(), key=lambda kv: int(kv[0]))
+    )
+    print(
+        f"store {manifest['id']} written to {args.out} by {report.shards} Ray tasks on {report.device}"
+        + (f" ({report.reused} shards complete before this run)" if report.reused else "")
+        + f": {counts}"
     )
     return 0
 
@@ -194,6 +242,24 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--licence", help="the imagery's licence, shown with the credit (e.g. 'CC BY 4.0')")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine (default); ray: shards as Ray tasks, merged at the end (needs the ray "
+        "extra and a file system every node shares; docs/scale.md)",
+    )
+    p.add_argument(
+        "--address",
+        help="Ray cluster to run on (e.g. ray://head:10001 or auto; default: RAY_ADDRESS, else a local Ray instance)",
+    )
+    p.add_argument(
+        "--ray-workers",
+        type=int,
+        metavar="N",
+        help="shards, one Ray task each (default: one per GPU of the cluster, or per --ray-cpus of its CPUs)",
+    )
+    p.add_argument("--ray-cpus", type=int, metavar="C", help="CPUs each Ray task reserves (default 2, 8 with a GPU)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

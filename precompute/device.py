@@ -63,11 +63,13 @@ def select_device(
     return Device(kind, precision, batch or BATCH[kind], readers or default_readers(kind))
 
 
-def open_bundle(path: str | Path, device: Device) -> Bundle:
+def open_bundle(path: str | Path, device: Device, threads: int | None = None) -> Bundle:
     """The bundle with sessions on the device's providers and precision. On a CPU, inference
     gets the cores the imagery readers leave (measured: 1 thread beside 2 readers on 2 cores is
-    faster than 2, which contend with the readers)."""
-    threads = max(1, (os.cpu_count() or 1) - device.readers) if device.kind == "cpu" else 0
+    faster than 2, which contend with the readers); `threads` overrides that (a Ray task holds
+    only some of a machine's cores)."""
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) - device.readers) if device.kind == "cpu" else 0
     if device.precision == "fp32":
         return Bundle(path, providers=device.providers, threads=threads)
     return Bundle(path, providers=device.providers, threads=threads, precision=device.precision)
