@@ -39,6 +39,7 @@ from runtime.errors import UsageError, UserError
 from runtime.files import atomic_write
 from runtime.imagery import Imagery
 from store.format import MANIFEST_FILE, StoreError
+from store.imagery_ref import as_built
 from store.writer import check_output, work_paths
 
 MAX_RETRIES = 3  # attempts after the first when a task's worker process or node is lost
@@ -280,7 +281,8 @@ def _merged_already(out: Path, first_shard: dict, count: int) -> bool:
     except (OSError, ValueError):
         return False
     same = all(manifest.get(k) == first_shard.get(k) for k in ("bundle_id", "plan", "bounds"))
-    return same and manifest.get("run", {}).get("merged_shards") == count
+    same_imagery = "imagery" in manifest and as_built(manifest["imagery"]) == as_built(first_shard["imagery"])
+    return same and same_imagery and manifest.get("run", {}).get("merged_shards") == count
 
 
 def run_on_ray(

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from cli.main import main
+from precompute import ray_engine
+from precompute.merge import merge
 from precompute.ray_engine import KILL_ONCE_ENV, shards_root
 from precompute.run import run
 from runtime.bundle import Bundle
@@ -93,13 +95,24 @@ def assert_every_cell_once(out: Path, reference: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ray_store_equals_the_local_engines(ray_address, reference, imagery_path, bundle_path, tmp_path, capsys):
+def test_ray_store_equals_the_local_engines(
+    ray_address, reference, imagery_path, bundle_path, tmp_path, capsys, monkeypatch
+):
+    def merge_then_killed(*args, **kwargs):
+        merge(*args, **kwargs)
+        raise KeyboardInterrupt  # the driver stopped between the merge and removing the shards
+
     out = tmp_path / "store"
-    assert main(_argv(imagery_path, bundle_path, out, "--ray-workers", "3")) == 0
-    assert f"store {Store(reference).id} written" in capsys.readouterr().out
+    monkeypatch.setattr(ray_engine, "merge", merge_then_killed)
+    assert main(_argv(imagery_path, bundle_path, out, "--ray-workers", "3")) == 130
     assert_same_store(out, reference)
     assert Store(out).manifest["run"] == {"merged_shards": 3}
-    assert not shards_root(out).exists()  # removed once the merge succeeded
+    monkeypatch.undo()
+
+    assert main(_argv(imagery_path, bundle_path, out)) == 0  # run again: sees the merge done, tidies up
+    assert f"store {Store(reference).id} written to {out} by 3 Ray tasks" in capsys.readouterr().out
+    assert not shards_root(out).exists()
+    assert_same_store(out, reference)
 
 
 @pytest.mark.slow
