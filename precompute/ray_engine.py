@@ -203,12 +203,13 @@ def _connect(ray: Any, address: str | None) -> bool:
 def _shard_count(root: Path, key: dict, requested: int | None, overwrite: bool, default: Callable[[], int]) -> int:
     """The job's shard count: that of the unfinished job under root when it is this job (same key,
     and `requested` None or equal); else root is started afresh with `requested` or `default()`
-    shards, after refusing (or with --overwrite discarding) the shards of another job."""
+    shards, after refusing (or with --overwrite discarding) another job's shards. A job that wrote
+    no shard yet (its tasks refused their arguments) is not kept."""
     try:
         previous = json.loads((root / JOB_FILE).read_text())
     except (OSError, ValueError):
         previous = None
-    if previous is not None:
+    if previous is not None and (any(root.glob("shard-*")) or any(root.glob(".shard-*.partial"))):
         count = previous.pop("shards")
         if previous == key and requested in (None, count):
             return count

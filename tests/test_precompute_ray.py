@@ -161,12 +161,15 @@ def test_ray_refuses_what_it_cannot_run(ray_address, imagery_path, bundle_path, 
     out = tmp_path / "store"
     assert main(_argv(imagery_path, bundle_path, out, "--ray-cpus", "64")) == 2
     assert "more than any node of the Ray cluster has (at most 2)" in capsys.readouterr().err
-    root = shards_root(out.resolve())
-    root.mkdir()
-    (root / "job.json").write_text(json.dumps({"levels": [1], "shards": 2}))
+    assert main(_argv(imagery_path, bundle_path, out, "--levels", "12")) == 2  # refused by the tasks
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "level(s) 12 would enlarge" in err[0]
+    root = shards_root(out)
+    assert json.loads((root / "job.json").read_text())["levels"] == [12]
+    (root / ".shard-0000.partial").mkdir()  # as if a task of that job had started writing
     assert main(_argv(imagery_path, bundle_path, out)) == 2
     assert "holds the shards of another run" in capsys.readouterr().err
-    assert (root / "job.json").is_file() and not out.exists()  # nothing discarded without --overwrite
+    assert (root / ".shard-0000.partial").is_dir() and not out.exists()  # nothing discarded without --overwrite
 
 
 def test_engine_ray_without_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
