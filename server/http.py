@@ -232,7 +232,8 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 
 
 async def query_error_handler(request: Request, exc: QueryError) -> JSONResponse:
-    return error_response(exc.status, str(exc))
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+    return error_response(exc.status, str(exc), headers)
 
 
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -30,11 +30,13 @@ MAX_DECODED_SAMPLES = 1 << 23  # 32 MiB of float32: 60 s of 48 kHz stereo fits
 
 
 class QueryError(ValueError):
-    """A query the client got wrong; `status` is the HTTP status to answer with."""
+    """A query the client got wrong; `status` is the HTTP status to answer with, and
+    `retry_after_s`, when set, its Retry-After (a 503: the same request may succeed later)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after_s: int | None = None):
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,15 @@ from server.queries import QueryError
 
 log = logging.getLogger(__name__)
 REDIS_PREFIX = "st:registered:"
+RETRY_AFTER_S = 5  # what a 503 of the registry tells the client to wait
 
 
 class RegistryError(QueryError):
-    """The registry could not store or read a record: the client should retry later."""
+    """The registry could not store or read a record: the client should retry later (a 503 says
+    when; a full registry, 507, will not change by itself)."""
 
     def __init__(self, message: str, status: int = 503):
-        super().__init__(status, message)
+        super().__init__(status, message, RETRY_AFTER_S if status == 503 else None)
 
 
 class SqliteRecords:
@@ -123,13 +125,19 @@ class QueryRegistry:
         return not _evicts_any_key(self.eviction_policy or "")
 
     async def get(self, query_id: str) -> bytes | None:
+        """The record, None when no replica registered it, or RegistryError (503) when this file
+        lacks it and Redis cannot be asked: another replica may hold it, so the answer is "retry",
+        never a 404 that tells a saved link it is dead."""
         record = await anyio.to_thread.run_sync(self.local.get, query_id)
         if record is None and self.client is not None:
             try:
                 record = cast(bytes | None, await self.client.get(REDIS_PREFIX + query_id))  # bytes: no decoding
             except (redis.RedisError, OSError) as exc:
                 log.warning("redis get of query %s failed: %s", query_id, exc)
-                return None
+                raise RegistryError(
+                    f"query {query_id} is not in this server's registry file and the shared registry "
+                    f"(Redis) is not answering; retry in {RETRY_AFTER_S} s"
+                ) from None
             if record is not None:  # registered on another replica: keep a copy here too
                 await anyio.to_thread.run_sync(self._put_local_quietly, query_id, record)
         return record

@@ -1,7 +1,7 @@
 """Server replicas sharing one Redis, behind the caching proxy of docker-compose.yml's `replicas`
 profile (docker/nginx.conf), run here without a container engine: two real uvicorn servers
 (`soundscape serve`) on loopback ports, a real redis-server, and the real nginx with the compose
-file's config, its replica addresses and paths rewritten for the test (`proxy_config`).
+file's config, its replica addresses and paths rewritten (benchmarks/replicas.py `proxy_config`).
 
 A tile rendered by one replica is a Redis hit on the other (its render counter does not move); a
 query registered on one resolves on the other from the durable record, even once the evictable
@@ -10,13 +10,8 @@ embedding cache entry is gone; the proxy caches what the server allows and nothi
 from __future__ import annotations
 
 import contextlib
-import getpass
 import io
-import os
-import re
-import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,29 +20,13 @@ import numpy as np
 import pytest
 import redis
 import soundfile
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port, wait_for_port
-from tests.server_support import LAND_TILE, live_server
+from benchmarks import replicas as replicas_bench
+from benchmarks.replicas import counter, nginx_binary
+from tests.conftest import free_port
+from tests.server_support import LAND_TILE, live_server, make_client
 
-ROOT = Path(__file__).resolve().parent.parent
-NGINX_CONF = ROOT / "docker" / "nginx.conf"
-# The upstream lines of docker/nginx.conf: one per compose replica service, all on port 8000.
-UPSTREAM_LINE = re.compile(r"^(\s*server )([\w.-]+):8000( [^;]*)?;$", re.MULTILINE)
 TILE = "/tiles/{}/{}/{}.png".format(*LAND_TILE)
-
-pytestmark = pytest.mark.slow  # two servers (and nginx) start per test
-
-
-def counter(base: str, name: str, **labels: str) -> float:
-    """A counter's value in the replica's /metrics (0 when that series was never counted)."""
-    text = httpx.get(f"{base}/metrics", timeout=30).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == f"{name}_total" and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def renders(base: str) -> float:
@@ -76,6 +55,7 @@ def replicas(bundle_path, store_path, redis_server, tmp_path) -> Iterator[tuple[
         yield a, b, *dbs
 
 
+@pytest.mark.slow  # two servers start
 def test_a_tile_rendered_by_one_replica_is_served_by_the_other(replicas, redis_server):
     a, b, _, _ = replicas
     params = {"q": "a tile for two replicas"}
@@ -92,6 +72,7 @@ def test_a_tile_rendered_by_one_replica_is_served_by_the_other(replicas, redis_s
     assert counter(b, "soundscape_compute", kind="text_encoding") == 0
 
 
+@pytest.mark.slow  # two servers start
 def test_a_query_registered_on_one_replica_resolves_on_the_other(replicas, redis_server):
     a, b, _, b_db = replicas
     audio = httpx.post(f"{a}/queries", content=wav_bytes(), headers={"Content-Type": "audio/wav"}, timeout=60)
@@ -117,73 +98,38 @@ def test_a_query_registered_on_one_replica_resolves_on_the_other(replicas, redis
     assert httpx.get(f"{b}/queries/{'0' * 16}", timeout=30).status_code == 404
 
 
+def test_a_replica_that_cannot_ask_redis_says_retry_not_unknown(bundle_path, store_path, tmp_path):
+    """An id missing from this replica's file while Redis is down may be another replica's: 503
+    with Retry-After (not cached), never a 404 that tells a saved link it is dead. What the file
+    holds still resolves."""
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    with make_client(bundle_path, store_path, redis_url=down, query_db=str(tmp_path / "b.sqlite")) as replica:
+        for path, params in ((f"/queries/{'1' * 16}", {}), (TILE, {"query": "1" * 16})):
+            answer = replica.get(path, params=params)
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "5", answer.text
+            assert answer.headers["cache-control"] == "no-store" and "Redis" in answer.json()["detail"]
+        kept = replica.post("/queries", json={"text": "kept in the file while redis is down"})
+        assert kept.status_code == 201
+        assert replica.get(f"/queries/{kept.json()['id']}").status_code == 200
+
+
 # --- Through the proxy ------------------------------------------------------------------------
-
-
-def _nginx() -> str:
-    exe = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-    if exe is None:
-        pytest.skip("nginx is not installed (apt-get install -y nginx-light; scripts/test.sh does)")
-    return exe
-
-
-def proxy_config(upstreams: list[str], port: int, root: Path) -> Path:
-    """docker/nginx.conf as the test runs it: its replica lines pointed at `upstreams`
-    (host:port), listening on 127.0.0.1:`port`, with its cache, logs and temporary files under
-    `root`, inside a main config of its own (the image's nginx.conf holds `events` and `http`)."""
-    text = NGINX_CONF.read_text()
-    lines = UPSTREAM_LINE.findall(text)
-    assert len(lines) >= 2, "docker/nginx.conf names fewer than two replicas"
-    first = True
-
-    def upstream(match: re.Match) -> str:
-        nonlocal first
-        if not first:
-            return ""
-        first = False
-        return "\n".join(f"{match[1]}{address}{match[3] or ''};" for address in upstreams)
-
-    text = UPSTREAM_LINE.sub(upstream, text)
-    for old, new in (("listen 8080;", f"listen 127.0.0.1:{port};"), ("/var/cache/nginx/", f"{root}/cache/")):
-        assert text.count(old) == 1, f"docker/nginx.conf no longer holds {old!r}"
-        text = text.replace(old, new)
-    (root / "soundscape.conf").write_text(text)
-    main = root / "nginx.conf"
-    main.write_text(
-        # Workers run as the test's user (root's would be nobody, who cannot enter pytest's tmp).
-        (f"user {getpass.getuser()};\n" if os.geteuid() == 0 else "")
-        + f"pid {root}/nginx.pid;\nerror_log {root}/error.log warn;\nworker_processes 1;\n"
-        + "events { worker_connections 256; }\nhttp {\n"
-        + f"  access_log {root}/access.log;\n"
-        + "".join(
-            f"  {kind}_temp_path {root}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        + f"  include {root}/soundscape.conf;\n}}\n"
-    )
-    return main
 
 
 @contextlib.contextmanager
 def proxy(upstreams: list[str], root: Path) -> Iterator[str]:
-    """The real nginx with the compose file's proxy config in front of `upstreams`; its base URL."""
-    exe, port = _nginx(), free_port()
-    (root / "cache").mkdir(parents=True)  # as the image's /var/cache/nginx
-    config = proxy_config(upstreams, port, root)
-    check = subprocess.run([exe, "-t", "-p", str(root), "-c", str(config)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen([exe, "-p", str(root), "-c", str(config), "-g", "daemon off;"], stderr=subprocess.PIPE)
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    """benchmarks/replicas.py's nginx with docker/nginx.conf; skipped only where nginx is absent."""
+    if nginx_binary() is None:
+        pytest.skip("nginx is not installed (apt-get install -y nginx-light; scripts/test.sh does)")
+    with replicas_bench.proxy(upstreams, root) as base:
+        yield base
 
 
 def _address(base: str) -> str:
     return base.removeprefix("http://")
 
 
+@pytest.mark.slow  # two servers start
 def test_the_proxy_caches_what_the_server_allows(replicas, tmp_path):
     a, b, _, _ = replicas
     with proxy([_address(a), _address(b)], tmp_path / "nginx") as front:
