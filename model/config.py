@@ -180,9 +180,12 @@ class TrainConfig(Section):
     warmup_steps: int = 20
     # None: one cosine from the peak to 0 over the run; N: PSM's cosine restarted every N steps.
     cosine_cycle_steps: int | None = None
-    grad_clip: float = 1.0
+    grad_clip: float | None = 1.0  # max gradient norm; None: no clipping (PSM)
     meta_dropout: float = 0.5  # each metadata token of each sample, independently, training only
     image_flips: bool = False  # random horizontal/vertical flips of the imagery
+    # Random resized crop of the imagery: a share of the area drawn from [low, high] (aspect 3/4..4/3,
+    # as torchvision's RandomResizedCrop) resized back to the image size. PSM: [0.2, 1.0]. None: off.
+    image_crop_scale: Annotated[tuple[float, float], Field(strict=False)] | None = None
     # PSM decays every parameter (biases, norms, CLS, a and b too; docs/method.md, pitfall 7); false exempts them.
     decay_all: bool = False
     loss: LossConfig = LossConfig()

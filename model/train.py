@@ -31,7 +31,7 @@ from model.checks import checked_splits, small_split_warnings
 from model.config import ConfigError, ModelConfig, Section, TrainConfig, from_section
 from model.data import READERS, Splits
 from model.distributed import Dist, barrier, broadcast_flag, device_for, gather, init_distributed, shutdown
-from model.evaluate import embed_split, metrics
+from model.evaluate import embed_split, metrics, overall
 from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.losses import build_loss, pair_losses, total_loss
 from model.nn.psm import PSMModel, preprocessing
@@ -126,6 +126,9 @@ class Optimisation:
             batch["present"] = drop_metadata(batch["present"], cfg.meta_dropout, rng, d)
         if cfg.image_flips and "image" in batch:
             batch["image"] = _flip(batch["image"], _local(_global_rand(rng, batch["image"][:, 0, 0, :2], d) < 0.5, d))
+        if cfg.image_crop_scale is not None and "image" in batch:
+            draws = _local(_global_rand(rng, torch.empty(len(batch["image"]), 4), d), d)
+            batch["image"] = random_resized_crop(batch["image"], draws, cfg.image_crop_scale)
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             embeddings = self.forward(batch)
@@ -135,7 +138,8 @@ class Optimisation:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.step()
@@ -180,6 +184,25 @@ def _flip(image: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
     which = which.to(image.device)
     image = torch.where(which[:, 0, None, None, None], image.flip(2), image)
     return torch.where(which[:, 1, None, None, None], image.flip(1), image)
+
+
+def random_resized_crop(image: torch.Tensor, draws: torch.Tensor, scale: tuple[float, float]) -> torch.Tensor:
+    """Crop each (B, H, W, 3) image to a random rectangle and resize it back (torchvision's
+    RandomResizedCrop, batched): area share from `scale`, aspect ratio log-uniform in 3/4..4/3,
+    position uniform, bilinear. `draws` (B, 4) are uniform [0, 1) numbers: area, aspect, x, y."""
+    draws = draws.to(image.device, torch.float32)
+    area = scale[0] + (scale[1] - scale[0]) * draws[:, 0]
+    ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * draws[:, 1])
+    width, height = torch.sqrt(area * ratio).clamp(max=1.0), torch.sqrt(area / ratio).clamp(max=1.0)
+    x, y = draws[:, 2] * 2 - 1, draws[:, 3] * 2 - 1
+    theta = torch.zeros(len(image), 2, 3, device=image.device)
+    theta[:, 0, 0], theta[:, 1, 1] = width, height
+    theta[:, 0, 2], theta[:, 1, 2] = x * (1 - width), y * (1 - height)
+    nchw = image.permute(0, 3, 1, 2).float()
+    grid = nn.functional.affine_grid(theta, list(nchw.shape), align_corners=False)
+    out = nn.functional.grid_sample(nchw, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out.permute(0, 2, 3, 1)
+    return out.round().clamp(0, 255).to(image.dtype) if not image.is_floating_point() else out.to(image.dtype)
 
 
 def train(
@@ -302,7 +325,8 @@ class Run:
         return iter(loader(examples, Collate(self.prep, cache.outputs), sampler, workers=self.cfg.workers))
 
     def validate(self) -> dict:
-        """Validation metrics (metadata as the data has it, all levels in one gallery)."""
+        """Validation metrics (metadata as the data has it, all levels in one gallery, or the mean
+        of the levels' where a reader repeats clips across levels)."""
         emb = embed_split(
             self.model,
             self.splits.val,
@@ -313,7 +337,7 @@ class Run:
             max_samples=self.cfg.eval_samples,
             skips=self.skips,
         )
-        return metrics(emb, self.cfg.loss.kind == "pcmepp", oracle_caption=False)["all"]["metadata"]
+        return overall(metrics(emb, self.cfg.loss.kind == "pcmepp", oracle_caption=False))["metadata"]
 
     def checkpoint(self, name: str) -> None:
         state = {

@@ -142,3 +142,12 @@ def test_a_written_config_reads_back_equal():
     cfg = RunConfig.from_dict(yaml.safe_load((CONFIGS / "paper.yaml").read_text()))
     again = RunConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg and again.train.betas == (0.9, 0.98) and isinstance(again.train.lr, float)
+
+
+def test_paper_config_trains_as_the_authors_code():
+    """configs/paper.yaml: no gradient clipping, no early stopping, RandomResizedCrop 0.2-1, a
+    random mel crop per training sample (docs/training.md, "configs/paper.yaml and the paper")."""
+    cfg = RunConfig.from_dict(yaml.safe_load((CONFIGS / "paper.yaml").read_text()))
+    assert cfg.train.grad_clip is None and cfg.train.patience is None
+    assert cfg.train.image_crop_scale == (0.2, 1.0) and cfg.train.image_flips
+    assert cfg.data["mel_index"] == "random"

@@ -300,3 +300,14 @@ def test_every_reader_of_the_table_loads_and_an_unknown_kind_names_them():
     assert all(callable(reader(kind)) for kind in READERS)
     with pytest.raises(ConfigError, match=r"unknown `data\.kind` 'cvs'; known: csv, demo"):
         reader("cvs")
+
+
+def test_geosound_random_mel_crop_in_training_only(geosound_shards):
+    """mel_index "random": training reads one of the five crops per sample, as PSM; validation and
+    test always the first."""
+    splits = reader("geosound")({"root": str(geosound_shards), "imagery": "sentinel", "mel_index": "random"}, 32)
+    first = reader("geosound")({"root": str(geosound_shards), "imagery": "sentinel"}, 32)
+    seen = {splits.train[0].audio_features.tobytes() for _ in range(40)}
+    assert len(seen) > 1 and first.train[0].audio_features.tobytes() in seen
+    for _ in range(5):
+        np.testing.assert_array_equal(splits.val[0].audio_features, first.val[0].audio_features)

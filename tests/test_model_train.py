@@ -253,3 +253,58 @@ def test_the_no_source_condition_forgets_only_the_source():
     assert conditions["no_source"][:, source].eq(0).all()
     assert torch.equal(conditions["no_source"][:, others], present[:, others])
     assert conditions["no_metadata"].eq(0).all() and present[0, source] == 1  # the input is not changed
+
+
+def test_random_resized_crop_takes_the_drawn_rectangle():
+    from model.train import random_resized_crop
+
+    image = torch.zeros(3, 16, 16, 3, dtype=torch.uint8)
+    image[:, :, 12:] = 255  # the right quarter is white
+    square = 0.5  # the aspect draw at the middle of log 3/4..4/3 is a square
+    draws = torch.tensor(
+        [
+            [1.0, square, 0.5, 0.5],  # the whole image: unchanged
+            [0.0, square, 0.0, 0.0],  # a quarter of the area at the top left: all black
+            [0.0, square, 1.0, 1.0],  # a quarter at the bottom right: its right half white
+        ]
+    )
+    out = random_resized_crop(image, draws * torch.tensor([0.9999, 1, 1, 1]), (0.25, 1.0))
+    assert out.dtype == torch.uint8 and out.shape == image.shape
+    assert (out[0].int() - image[0].int()).abs().max() <= 1
+    assert out[1].max() == 0
+    assert out[2][:, :6].max() == 0 and out[2][:, 10:].min() == 255
+
+
+def test_grad_clip_null_clips_nothing(tmp_path):
+    """null trains exactly as a limit no gradient reaches, and unlike a limit every one does."""
+    runs = {}
+    for name, clip in (("none", None), ("huge", 1e12), ("tiny", 1e-9)):
+        cfg = config(train__grad_clip=clip, train__image_crop_scale=[0.2, 1.0], train__steps=1, train__eval_every=0)
+        fit(run_config(cfg), tmp_path / name, progress=False)
+        runs[name] = weights(tmp_path / name)
+    assert all(torch.equal(runs["none"][k], runs["huge"][k]) for k in runs["none"])
+    assert not all(torch.equal(runs["none"][k], runs["tiny"][k]) for k in runs["none"])
+
+
+def test_evaluation_never_ranks_a_gallery_that_holds_a_clip_twice():
+    """A reader that serves each record once per zoom (GeoSound, SoundingEarth) gets per-level
+    galleries and their mean, no "all"; distinct clips keep "all"."""
+    from model.evaluate import CONDITIONS, Gaussians, SplitEmbeddings, metrics, overall
+
+    rng = np.random.default_rng(0)
+
+    def gaussians(raw: np.ndarray) -> Gaussians:
+        return Gaussians(raw, np.full_like(raw, -4.0))
+
+    clips = rng.standard_normal((20, 8))
+    sat = {c: gaussians(rng.standard_normal((40, 8))) for c in CONDITIONS}
+    levels = np.array([1] * 20 + [3] * 20, dtype=object)
+    repeated = metrics(SplitEmbeddings(sat, gaussians(np.vstack([clips, clips])), None, levels), True, False)
+    assert "all" not in repeated and {"level_1", "level_3", "levels_mean"} <= set(repeated)
+    mean = repeated["levels_mean"]["metadata"]["I2S_R@10%"]
+    assert mean == pytest.approx(
+        (repeated["level_1"]["metadata"]["I2S_R@10%"] + repeated["level_3"]["metadata"]["I2S_R@10%"]) / 2
+    )
+    assert overall(repeated) is repeated["levels_mean"]
+    distinct = metrics(SplitEmbeddings(sat, gaussians(rng.standard_normal((40, 8))), None, levels), True, False)
+    assert "all" in distinct and "levels_mean" not in distinct and overall(distinct) is distinct["all"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import random
 import re
 import tarfile
 from collections import OrderedDict
@@ -46,7 +47,9 @@ class ReleasedConfig(Section):
     layout: Literal["webdataset", "huggingface"] = "webdataset"
     imagery: str = "sentinel"  # GeoSound: sentinel or bingmap; SoundingEarth: googleEarth
     zooms: list[int] = [1, 3, 5]
-    mel_index: int = 1  # webdataset: which of audio_mel1..5 (PSM evaluates with the first)
+    # webdataset: which of audio_mel1..5; "random": one of the five per training sample, the first in
+    # validation and test (PSM trains on a random one and evaluates with the first).
+    mel_index: int | Literal["random"] = 1
     captions: str | None = None  # CSV (sample_id, caption, caption_source) overriding the shards'
     row_group_cache: int = 4  # huggingface: Parquet row groups kept decoded per process
 
@@ -90,8 +93,10 @@ def _hour_if_timed(dataset_source: str, when) -> float | None:
 class _Released:
     """Shared sample assembly: one entry per (record, zoom)."""
 
-    def __init__(self, dataset: Dataset, cfg: ReleasedConfig, image_size: int, records: list, captions: dict):
-        self.dataset, self.cfg, self.size = dataset, cfg, image_size
+    def __init__(
+        self, dataset: Dataset, cfg: ReleasedConfig, image_size: int, records: list, captions: dict, training: bool
+    ):
+        self.dataset, self.cfg, self.size, self.training = dataset, cfg, image_size, training
         self.records, self.captions = records, captions
         self.gsd, self.tile = IMAGERY[cfg.imagery]
 
@@ -177,7 +182,7 @@ class WebDatasetSource(_Released):
             features = None
             if "audio" not in without:
                 features = np.asarray(
-                    pickle.loads(self._read(members[f"audio_mel{self.cfg.mel_index}.pyd"])), dtype=np.float32
+                    pickle.loads(self._read(members[f"audio_mel{self._mel_index()}.pyd"])), dtype=np.float32
                 )
         except KeyError as exc:
             raise BadSample(where, f"the sample has no {exc.args[0]} member") from None
@@ -185,6 +190,12 @@ class WebDatasetSource(_Released):
             raise BadSample(where, f"unreadable member: {exc}") from None
         audio = {"audio_features": features, "audio_features_kind": "clap-fusion"} if features is not None else {}
         return self._sample(key, meta, zoom, image, where, **audio)
+
+    def _mel_index(self) -> int:
+        if self.cfg.mel_index != "random":
+            return self.cfg.mel_index
+        # DataLoader workers seed Python's `random` per worker and epoch from torch's seed.
+        return random.randint(1, 5) if self.training else 1
 
     @staticmethod
     def _read(member: Member) -> bytes:
@@ -312,7 +323,10 @@ def _opener(dataset: Dataset):
         log.info(
             "%s (%s): %s samples", dataset.name, cfg.layout, ", ".join(f"{k} {len(v)}" for k, v in records.items())
         )
-        train, val, test = (source(dataset, cfg, image_size, records[s], captions) for s in ("train", "val", "test"))
+        train, val, test = (
+            source(dataset, cfg, image_size, records[s], captions, training=s == "train")
+            for s in ("train", "val", "test")
+        )
         return Splits(train, val, test)
 
     return open_released
