@@ -147,6 +147,12 @@ def test_the_proxy_caches_what_the_server_allows(replicas, tmp_path):
         again = httpx.get(front + TILE, params=params, headers={"If-None-Match": miss.headers["etag"]}, timeout=60)
         assert (again.status_code, again.headers["x-cache-status"]) == (304, "HIT")
 
+        # The viewer's pages (no-cache) are never stored; their If-None-Match reaches a replica.
+        page = httpx.get(f"{front}/", timeout=60)
+        revalidated = httpx.get(f"{front}/", headers={"If-None-Match": page.headers["etag"]}, timeout=60)
+        assert page.headers["cache-control"] == "no-cache" and revalidated.status_code == 304
+        assert "HIT" not in {page.headers.get("x-cache-status"), revalidated.headers.get("x-cache-status")}
+
         # Errors and live answers (no-store) are never cached: each reaches a replica.
         for path, status in (("/tiles/3/4/2.png?q=rain&hour=25", 422), ("/healthz", 200), ("/metrics", 200)):
             answers = [httpx.get(front + path, timeout=60) for _ in range(2)]
