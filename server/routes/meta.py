@@ -29,8 +29,8 @@ UNITS = {
     "contrast": "log-odds (natural log) that the sound is heard in the cell minus half the mean log-odds of 24 "
     "everyday sounds there: higher where this sound is heard more than elsewhere, beyond what makes any sound "
     "likely in the cell",
-    "uncertainty": "S, the sum of the cell embedding's variances (higher: the model is less sure "
-    "what the place sounds like)",
+    "uncertainty": "S, the sum of the cell embedding's variances sigma^2, unitless (the embedding's means have "
+    "unit length; higher: the model is less sure what the place sounds like)",
 }
 
 
