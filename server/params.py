@@ -27,11 +27,13 @@ RESCALE_LIMIT = 1000.0
 RESCALE_MIN_SPAN = 1e-6
 UNSUPPORTED = {
     "colormap": "pick a named colormap with colormap_name (GET /colormaps lists them)",
-    "expression": "a tile has one value per pixel, chosen with layer=heatmap or layer=uncertainty",
+    "expression": "a tile has one value per pixel, chosen with layer=contrast, layer=heatmap or layer=uncertainty",
 }
 
 Layer = Literal["heatmap", "contrast", "uncertainty"]
-DEFAULT_LAYER: Layer = "heatmap"
+# Where this sound stands out (docs/demo-model.md, "The contrast layer"); the paper's -CSD map is
+# layer=heatmap.
+DEFAULT_LAYER: Layer = "contrast"
 TextParam = Annotated[str | None, Query(max_length=MAX_TEXT_LENGTH, description="Text query, e.g. birdsong.")]
 QueryIdParam = Annotated[str | None, Query(description="A query id returned by POST /queries.")]
 HourParam = Annotated[int | None, Query(ge=0, le=23, description="Hour of day, 0-23; absent = unknown.")]
@@ -61,8 +63,8 @@ class TileParams(QueryParams):
     layer: Annotated[
         Layer,
         Query(
-            description="heatmap: match probability; contrast: log-odds against everyday sounds at the cell "
-            "(where this sound stands out); uncertainty: S of the cell."
+            description="contrast (default): log-odds against everyday sounds at the cell (where this sound "
+            "stands out); heatmap: match probability (the paper's -CSD map); uncertainty: S of the cell."
         ),
     ] = DEFAULT_LAYER
     colormap_name: Annotated[str | None, Query(max_length=64, description="A rio-tiler colormap name.")] = None

@@ -67,7 +67,7 @@ def client(bundle_path, store_path):
             ("q", "Birdsong"),
             ("hour", "6"),
             ("month", "5"),
-            ("layer", "heatmap"),
+            ("layer", "contrast"),
             ("colormap_name", "magma"),
             ("rescale", "0,1"),
             ("source", "demo"),
