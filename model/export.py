@@ -10,6 +10,7 @@ relative tolerance, for GPU serving and precompute.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -67,17 +68,15 @@ class _ImageGraph(nn.Module):
 
 
 class _FuseGraph(nn.Module):
+    """model.fuse through the fusion's lean path (MetadataFusion.lean): the same outputs, with
+    the work no output reads left out (2.4x less CPU for a tile's 324 cells under hour=)."""
+
     def __init__(self, model: PSMModel):
         super().__init__()
         self.model = model
 
     def forward(self, sat, location, hour, month, source, caption_source, present):
-        return self.model.fuse(
-            sat,
-            dict(
-                location=location, hour=hour, month=month, source=source, caption_source=caption_source, present=present
-            ),
-        )
+        return self.model.sat_heads(self.model.fusion.lean(sat, location, hour, month, source, caption_source, present))
 
 
 class _TextGraph(nn.Module):
@@ -173,16 +172,41 @@ def _export_graph(model: PSMModel, module: nn.Module, graph: str, args: tuple, p
             program.save(str(path))
 
 
-def _parity(
-    path: Path, inputs: dict[str, np.ndarray], expected: tuple[torch.Tensor, ...], graph: str, relative: bool
-) -> float:
-    """Max |onnxruntime - torch| over the graph's outputs (relative to max(1, |torch|) if asked)."""
+Check = tuple[dict[str, np.ndarray], tuple[torch.Tensor, ...]]
+
+
+def _checks(model: PSMModel, graph: str, module: nn.Module, inputs: dict[str, np.ndarray]) -> list[Check]:
+    """(inputs, torch outputs) pairs the exported graph must reproduce. The fuse graph is held to
+    the training path (model.fuse: every token through every block), on the mixed example batch
+    and on one batch per set of present metadata tokens, since its lean path drops the tokens
+    a whole batch lacks."""
+    cases = [inputs]
+    if graph == "fuse":
+        shape = inputs["present"].shape
+        for pattern in itertools.product((0.0, 1.0), repeat=len(META_TOKENS)):
+            cases.append({**inputs, "present": np.broadcast_to(np.float32(pattern), shape).copy()})
+    checks = []
+    for case in cases:
+        args = tuple(torch.from_numpy(case[n]) for n in GRAPH_INPUTS[graph])
+        with torch.no_grad():
+            if graph == "fuse":
+                expected = model.fuse(args[0], dict(zip(GRAPH_INPUTS[graph][1:], args[1:], strict=True)))
+            else:
+                expected = module.eval()(*args)
+        checks.append((case, expected if isinstance(expected, tuple) else (expected,)))
+    return checks
+
+
+def _parity(path: Path, checks: list[Check], graph: str, relative: bool) -> float:
+    """Max |onnxruntime - torch| over the graph's outputs and checks (relative to max(1, |torch|)
+    if asked)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(list(GRAPH_OUTPUTS[graph]), inputs)
     diffs = []
-    for g, t in zip(got, expected, strict=True):
-        e = t.numpy()
-        diffs.append(float(np.abs(g - e).max() / (max(1.0, float(np.abs(e).max())) if relative else 1.0)))
+    for inputs, expected in checks:
+        got = session.run(list(GRAPH_OUTPUTS[graph]), inputs)
+        for g, t in zip(got, expected, strict=True):
+            e = t.numpy()
+            diffs.append(float(np.abs(g - e).max() / (max(1.0, float(np.abs(e).max())) if relative else 1.0)))
     return max(diffs)
 
 
@@ -226,16 +250,14 @@ def export_bundle(
             if progress:
                 print(f"export {number}/{len(wrappers)}: the {graph} graph ...", file=sys.stderr, flush=True)
             args = tuple(torch.from_numpy(inputs[graph][n]) for n in GRAPH_INPUTS[graph])
-            with torch.no_grad():
-                expected = module.eval()(*args)
-            expected = expected if isinstance(expected, tuple) else (expected,)
+            checks = _checks(model, graph, module, inputs[graph])
             _export_graph(model, module, graph, args, tmp / GRAPH_FILES[graph])
-            parity[graph] = _parity(tmp / GRAPH_FILES[graph], inputs[graph], expected, graph, relative=False)
+            parity[graph] = _parity(tmp / GRAPH_FILES[graph], checks, graph, relative=False)
             if parity[graph] > PARITY_TOLERANCE:
                 raise RuntimeError(f"{graph} graph: onnxruntime differs from torch by {parity[graph]:.2e}")
             if fp16:
                 _to_fp16(tmp / GRAPH_FILES[graph], tmp / FP16_GRAPH_FILES[graph])
-                parity16[graph] = _parity(tmp / FP16_GRAPH_FILES[graph], inputs[graph], expected, graph, relative=True)
+                parity16[graph] = _parity(tmp / FP16_GRAPH_FILES[graph], checks, graph, relative=True)
                 if parity16[graph] > FP16_RELATIVE_TOLERANCE:
                     raise RuntimeError(f"{graph} fp16 graph: differs from torch by {parity16[graph]:.2e} (relative)")
             if not progress:

@@ -110,6 +110,43 @@ class MetadataFusion(nn.Module):
         caption_source: torch.Tensor,
         present: torch.Tensor,
     ) -> torch.Tensor:
+        tokens, keep = self._tokens(sat, location, hour, month, source, caption_source, present)
+        for block in self.blocks:
+            tokens = block(tokens, keep)
+        return tokens[:, 0]
+
+    def lean(
+        self,
+        sat: torch.Tensor,
+        location: torch.Tensor,
+        hour: torch.Tensor,
+        month: torch.Tensor,
+        source: torch.Tensor,
+        caption_source: torch.Tensor,
+        present: torch.Tensor,
+    ) -> torch.Tensor:
+        """forward() in eval mode, computing only what the CLS output reads (the exported fuse
+        graph). A token absent from every sample of the batch is dropped: masked as a key, its
+        only use is as a query whose output no other token reads. The last block runs its query,
+        attention output and MLP for CLS alone. A tile's cells share their metadata, so this is
+        4 of 7 tokens in the first block with hour= alone (never a caption source when serving)."""
+        tokens, keep = self._tokens(sat, location, hour, month, source, caption_source, present, drop_absent=True)
+        for block in self.blocks[:-1]:
+            tokens = block(tokens, keep)
+        return self.blocks[-1].first(tokens, keep)
+
+    def _tokens(
+        self,
+        sat: torch.Tensor,
+        location: torch.Tensor,
+        hour: torch.Tensor,
+        month: torch.Tensor,
+        source: torch.Tensor,
+        caption_source: torch.Tensor,
+        present: torch.Tensor,
+        drop_absent: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[CLS, sat, metadata] tokens (B, T, D) and which are kept as keys (B, T) bool."""
         # Stacked in contract.META_TOKENS order, the order of the `present` columns.
         meta = torch.stack(
             [
@@ -122,10 +159,11 @@ class MetadataFusion(nn.Module):
             dim=1,
         )
         meta = meta * present.unsqueeze(-1).to(meta.dtype)
+        kept = present > 0.5
+        if drop_absent:
+            used = torch.nonzero(kept.any(dim=0))[:, 0]  # a data-dependent length in the graph
+            meta, kept = meta.index_select(1, used), kept.index_select(1, used)
         b = sat.shape[0]
         tokens = torch.cat([self.cls.expand(b, -1, -1).to(sat.dtype), sat.unsqueeze(1), meta.to(sat.dtype)], dim=1)
         always = torch.ones(b, 2, dtype=torch.bool, device=sat.device)
-        keep = torch.cat([always, present > 0.5], dim=1)
-        for block in self.blocks:
-            tokens = block(tokens, keep)
-        return tokens[:, 0]
+        return tokens, torch.cat([always, kept], dim=1)

@@ -32,6 +32,19 @@ class Attention(nn.Module):
         weights = self.drop(scores.softmax(dim=-1))
         return self.proj((weights @ v).transpose(1, 2).reshape(b, t, d))
 
+    def first(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """forward(x, keep)[:, 0] without the other tokens' queries (B, D): what an output that
+        reads one token needs of the last block (the export's lean path; no dropout)."""
+        b, t, d = x.shape
+        dh = d // self.heads
+        q = nn.functional.linear(x[:, 0], self.qkv.weight[:d], self.qkv.bias[:d]).reshape(b, self.heads, 1, dh)
+        kv = nn.functional.linear(x, self.qkv.weight[d:], self.qkv.bias[d:])
+        k, v = kv.reshape(b, t, 2, self.heads, dh).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(dh)
+        if keep is not None:
+            scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
+        return self.proj((scores.softmax(dim=-1) @ v).reshape(b, d))
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float):
@@ -64,6 +77,16 @@ class Block(nn.Module):
             return x + self.drop(self.mlp(self.norm2(x)))
         x = self.norm1(x + self.drop(self.attn(x, keep)))
         return self.norm2(x + self.drop(self.mlp(x)))
+
+    def first(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """forward(x, keep)[:, 0] in eval mode (B, D), computing the attention's query, its
+        output and the MLP for token 0 alone (every token stays a key and value)."""
+        x0 = x[:, 0]
+        if self.norm_first:
+            x0 = x0 + self.attn.first(self.norm1(x), keep)
+            return x0 + self.mlp(self.norm2(x0))
+        x0 = self.norm1(x0 + self.attn.first(x, keep))
+        return self.norm2(x0 + self.mlp(x0))
 
 
 def sincos(positions: torch.Tensor, dim: int) -> torch.Tensor:
