@@ -8,14 +8,14 @@ import os
 from pathlib import Path
 
 from precompute.device import open_bundle, select_device
-from precompute.estimate import estimate
+from precompute.estimate import estimate, levels_within_budget, parse_size
 from precompute.merge import merge
 from precompute.plan import PlanError, Region, parse_bbox, parse_levels, parse_shard
 from precompute.ray_engine import KILL_ONCE_ENV, RayJob, absolute, import_ray, run_on_ray, shards_root
 from precompute.run import RunOptions, execute, make_plan
 from runtime.errors import UsageError
 from runtime.imagery import Imagery
-from runtime.tiles import WORLD_BBOX
+from runtime.tiles import WORLD_BBOX, tile_range
 from store.index import FLAT_MAX
 from store.reader import Store
 from store.synth import SynthSpec, bundle_facts, synth_store
@@ -24,7 +24,7 @@ from store.verify import verify_store
 
 def _options(args: argparse.Namespace, plan_levels: list[int], readers: int) -> RunOptions:
     fusions = tuple(k for k in args.fusions.split(",") if k)
-    fusion_levels = tuple(parse_levels(args.fusion_levels)) if args.fusion_levels else ()
+    fusion_levels = _fusion_levels(args, plan_levels, list(fusions))
     return RunOptions(
         batch=args.batch_size,
         readers=readers,
@@ -36,6 +36,19 @@ def _options(args: argparse.Namespace, plan_levels: list[int], readers: int) -> 
         credit=args.credit,
         licence=args.licence,
     )
+
+
+def _fusion_levels(args: argparse.Namespace, levels: list[int], kinds: list[str]) -> tuple[int, ...]:
+    """--fusion-levels, or the coarsest levels whose fusions fit --fusion-budget, counted over the
+    bbox (an upper bound: a region, the land mask and missing imagery only remove cells)."""
+    if args.fusion_budget is None:
+        return tuple(parse_levels(args.fusion_levels)) if args.fusion_levels else ()
+    if args.fusion_levels:
+        raise UsageError("give --fusion-levels or --fusion-budget, not both")
+    bbox = parse_bbox(args.bbox) if args.bbox else WORLD_BBOX
+    cells = {lv: (r[1] - r[0] + 1) * (r[3] - r[2] + 1) for lv in levels for r in [tile_range(lv, bbox)]}
+    embed_dim = bundle_facts(args.bundle)["embed_dim"]
+    return levels_within_budget(cells, embed_dim, kinds, parse_size(args.fusion_budget))
 
 
 def _precompute(args: argparse.Namespace) -> int:
@@ -57,7 +70,8 @@ def _precompute(args: argparse.Namespace) -> int:
     plan = make_plan(imagery, levels, bbox, region=region, land_only=args.land_only)
     options = _options(args, levels, device.readers)
     if args.dry_run:
-        print("\n".join(estimate(imagery, bundle, plan, options).lines()))
+        budget = parse_size(args.fusion_budget) if args.fusion_budget is not None else None
+        print("\n".join(estimate(imagery, bundle, plan, options, budget=budget).lines()))
         return 0
     manifest, report = execute(
         imagery, bundle, plan, Path(args.out), options, overwrite=args.overwrite, progress=not args.quiet
@@ -141,7 +155,12 @@ def _info(args: argparse.Namespace) -> int:
         folder = store.path / "levels" / f"{int(key):02d}"
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
         index = meta["index"]
-        recall = f" (nprobe {index['nprobe']}, recall@10 {index['recall_at_10']})" if "nprobe" in index else ""
+        recall = (
+            f" (nlist {index['nlist']}, nprobe {index['nprobe']}, recall@10 {index['recall_at_10']}"
+            + (f", recall@100 {index['recall_at_100']})" if "recall_at_100" in index else ")")
+            if "nprobe" in index
+            else ""
+        )
         fusions = ", ".join(meta.get("fusions", [])) or "-"
         counts = f"{int(key):>5} {meta['count']:>10,} {meta.get('skipped', 0):>8,} {size:>8.1f}"
         print(f"{counts}  {index['kind']}{recall} / {fusions}")
@@ -217,6 +236,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="imagery reader threads (default: half the cores, at least 2; on a GPU all cores but two)",
     )
     p.add_argument("--fusion-levels", help="levels that also store fusions per hour and month, e.g. 0-5 (default none)")
+    p.add_argument(
+        "--fusion-budget",
+        metavar="SIZE",
+        help="instead of --fusion-levels: store fusions for the coarsest levels whose fusions fit SIZE "
+        "(e.g. 50GB); --dry-run prints each level's cost and the plan",
+    )
     p.add_argument(
         "--fusions",
         default="hour,month",

@@ -161,8 +161,9 @@ def bundle_facts(bundle: str | Path) -> dict:
 
 
 def synth_store(out: str | Path, spec: SynthSpec, *, overwrite: bool = False, flat_max: int = FLAT_MAX) -> dict:
-    """Write the synthetic store `spec` describes to `out`; its manifest, with `run.seconds` split
-    into generating and indexing (finishing: index, checksums)."""
+    """Write the synthetic store `spec` describes to `out`; its manifest, whose `run` says how long
+    generating, indexing (`index_s`, also in the written manifest) and finishing (index,
+    checksums, move; returned only) took."""
     out = Path(out)
     check_output(out, overwrite)
     started = time.perf_counter()
@@ -184,13 +185,9 @@ def synth_store(out: str | Path, spec: SynthSpec, *, overwrite: bool = False, fl
         "imagery": None,
         "bounds": _bounds(np.load(level_dir(work.dir, spec.level) / "codes.npy", mmap_mode="r"), spec.level),
         "plan": {"levels": [spec.level], "fusion_levels": [], "fusions": [], "land_only": False, "region": None},
-        "run": {"device": "synthetic"},
+        "run": {"device": "synthetic", "generate_s": round(generated - started, 1)},
     }
     manifest = finish_store(work.dir, out, manifest, {spec.level: {"skipped": 0, "fusions": []}}, flat_max=flat_max)
     work.progress.unlink(missing_ok=True)
-    manifest["run"] = {
-        "device": "synthetic",
-        "generate_s": round(generated - started, 1),
-        "finish_s": round(time.perf_counter() - generated, 1),
-    }
+    manifest["run"]["finish_s"] = round(time.perf_counter() - generated, 1)
     return manifest

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -141,10 +142,13 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise StoreError(f"{out} exists and is not an embedding store; choose another --out")
 
 
-def _finish_level(folder: Path, flat_max: int) -> dict:
-    """Index one complete level folder; its manifest entry (count, index, S range, checksums)."""
+def _finish_level(folder: Path, flat_max: int, seconds: dict[str, float]) -> dict:
+    """Index one complete level folder; its manifest entry (count, index, S range, checksums).
+    The index build's seconds go into `seconds`, under the level's folder name."""
     arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("mu", "s")}
+    started = time.perf_counter()
     index, info = build_index(arrays["mu"], arrays["s"], flat_max)
+    seconds[folder.name] = round(time.perf_counter() - started, 1)
     atomic_write(folder / INDEX_FILE, lambda tmp: faiss.write_index(index, str(tmp)))
     s = arrays["s"]
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -170,7 +174,12 @@ def finish_store(
     `manifest` holds the run's keys (bundle_id, imagery, plan, bounds, ...); `level_extra` adds
     per-level facts (skipped cells, fusion kinds). Safe to repeat after a crash."""
     levels = sorted(level_extra)
-    level_meta = {str(lv): {**_finish_level(level_dir(work, lv), flat_max), **level_extra[lv]} for lv in levels}
+    index_s: dict[str, float] = {}
+    level_meta = {
+        str(lv): {**_finish_level(level_dir(work, lv), flat_max, index_s), **level_extra[lv]} for lv in levels
+    }
+    if "run" in manifest:  # how long indexing took, beside the run's other timings (outside the id)
+        manifest = {**manifest, "run": {**manifest["run"], "index_s": index_s}}
     manifest = {
         **manifest,
         "format_version": STORE_FORMAT_VERSION,
