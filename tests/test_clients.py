@@ -54,9 +54,11 @@ def test_gdal_reads_the_readme_url_with_a_readable_colour_scale(server):
 
 
 def test_one_scale_per_query_and_metadata_echoed_by_tilejson(server):
-    """TileJSON reports the scale the tiles use; it follows hour=, and tiles agree across zooms."""
-    plain = httpx.get(f"{server}/tilejson.json", params={"q": "birdsong"}, timeout=60).json()
-    dawn = httpx.get(f"{server}/tilejson.json", params={"q": "birdsong", "hour": 6}, timeout=60).json()
+    """TileJSON reports the scale the tiles use; it follows hour=, and tiles agree across zooms
+    (the match-probability layer, whose values lie in 0..1)."""
+    query = {"q": "birdsong", "layer": "heatmap"}
+    plain = httpx.get(f"{server}/tilejson.json", params=query, timeout=60).json()
+    dawn = httpx.get(f"{server}/tilejson.json", params={**query, "hour": 6}, timeout=60).json()
     for doc in (plain, dawn):
         lo, hi = doc["rescale"]
         assert 0 <= lo < hi <= 1 and doc["scale"]["min"] == lo and doc["scale"]["max"] == hi
@@ -68,21 +70,17 @@ def test_one_scale_per_query_and_metadata_echoed_by_tilejson(server):
     # The tiles draw with exactly that scale: a PNG equals the npy values quantised over it.
     values = np.load(
         io.BytesIO(
-            httpx.get(
-                f"{server}/tiles/WebMercatorQuad/4/8/5.npy", params={"q": "birdsong", "hour": 6}, timeout=60
-            ).content
+            httpx.get(f"{server}/tiles/WebMercatorQuad/4/8/5.npy", params={**query, "hour": 6}, timeout=60).content
         )
     )
     png = np.asarray(
-        Image.open(
-            io.BytesIO(httpx.get(f"{server}/tiles/4/8/5.png", params={"q": "birdsong", "hour": 6}, timeout=60).content)
-        )
+        Image.open(io.BytesIO(httpx.get(f"{server}/tiles/4/8/5.png", params={**query, "hour": 6}, timeout=60).content))
     )
     lo, hi = dawn["rescale"]
     expected = 1 + np.rint(np.clip((values - lo) / (hi - lo), 0, 1) * 254).astype(np.uint8)
     valid = np.isfinite(values)
     assert np.array_equal(png[valid], expected[valid])
-    explicit = httpx.get(f"{server}/tilejson.json", params={"q": "birdsong", "rescale": "0,0.5"}, timeout=60).json()
+    explicit = httpx.get(f"{server}/tilejson.json", params={**query, "rescale": "0,0.5"}, timeout=60).json()
     assert explicit["rescale"] == [0, 0.5] and explicit["scale"]["method"] == "rescale parameter"
 
 
@@ -99,7 +97,9 @@ def test_gdal_reads_wmts_at_each_tile_size(server, size):
         window = from_bounds(*mercantile.xy_bounds(x, y, z), transform=src.transform)
         rgba = src.read(window=Window(round(window.col_off), round(window.row_off), size, size))
     tile = httpx.get(
-        f"{server}/tiles/WebMercatorQuad/{z}/{x}/{y}.png", params={"q": "birdsong", "tilesize": size}, timeout=60
+        f"{server}/tiles/WebMercatorQuad/{z}/{x}/{y}.png",
+        params={"q": "birdsong", "tilesize": size, "layer": "heatmap"},
+        timeout=60,
     )
     expected = np.asarray(Image.open(io.BytesIO(tile.content)).convert("RGBA")).transpose(2, 0, 1)
     assert rgba.shape == (4, size, size) and np.array_equal(rgba, expected)
