@@ -377,7 +377,18 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
                 f"cold tile, `hour=6`, level {h['level']} (no stored fusions), in process",
                 f"{h['cold_tile_hour_ms']} ms",
                 f"default-metadata tile: {h['cold_tile_default_ms']} ms",
-                f"**{h['ratio']}x** the default tile (target <= 3x)",
+                f"**{h['ratio']}x** the default tile (target <= 3x)"
+                + (f"; CPU time {h['cpu_ratio']}x" if "cpu_ratio" in h else ""),
+            )
+        )
+    if "cold_tile_hour_seen_ms" in m.get("hour_tile", {}):
+        h = m["hour_tile"]
+        out.append(
+            (
+                "the same, a new query at an hour seen before (its fused cells cached)",
+                f"{h['cold_tile_hour_seen_ms']} ms",
+                f"default-metadata tile: {h['cold_tile_default_ms']} ms",
+                f"**{h['ratio_hour_seen']}x** the default tile",
             )
         )
     if "search" in m:
