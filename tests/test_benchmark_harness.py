@@ -51,3 +51,19 @@ def test_the_block_is_appended_once_then_replaced_in_place(tmp_path):
     doc.write_text(text + "\n## After\n\nalso kept\n")
     update_markdown(doc, "third\n")
     assert doc.read_text().endswith("third\n<!-- performance-harness:end -->\n\n## After\n\nalso kept\n")
+
+
+def test_the_hour_rows_show_the_cpu_ratio_and_an_hour_seen_before():
+    hour = {
+        **RESULT["measures"]["hour_tile"],
+        "cold_tile_hour_ms": 8.0,
+        "ratio": 4.0,
+        "cpu_ratio": 3.5,
+        "cold_tile_hour_seen_ms": 2.2,
+        "ratio_hour_seen": 1.1,
+    }
+    text = markdown({**RESULT, "measures": {"hour_tile": hour}})
+    assert "**4.0x** the default tile (target <= 3x); CPU time 3.5x" in text
+    assert "| the same, a new query at an hour seen before (its fused cells cached) | 2.2 ms |" in text
+    assert "**1.1x** the default tile |" in text
+    assert "hour seen before" not in markdown(RESULT)  # results of the older harness have no such row
