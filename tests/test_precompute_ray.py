@@ -106,7 +106,7 @@ def test_ray_store_equals_the_local_engines(
     monkeypatch.setattr(ray_engine, "merge", merge_then_killed)
     assert main(_argv(imagery_path, bundle_path, out, "--ray-workers", "3")) == 130
     assert_same_store(out, reference)
-    assert Store(out).manifest["run"] == {"merged_shards": 3}
+    assert Store(out).manifest["run"]["merged_shards"] == 3
     monkeypatch.undo()
 
     assert main(_argv(imagery_path, bundle_path, out)) == 0  # run again: sees the merge done, tidies up
