@@ -62,7 +62,7 @@ def _precompute(args: argparse.Namespace) -> int:
     region = Region.load(args.region) if args.region else None
     if args.engine == "ray" and not args.dry_run:
         return _precompute_on_ray(args, levels, bbox, region)
-    if args.address or args.ray_workers or args.ray_cpus:
+    if args.engine == "local" and (args.address or args.ray_workers or args.ray_cpus):
         raise UsageError("--address, --ray-workers and --ray-cpus need --engine ray")
     device = select_device(args.bundle, args.device, args.batch_size, args.readers)
     bundle = open_bundle(args.bundle, device)

@@ -159,6 +159,8 @@ def test_a_killed_driver_run_again_finishes_the_same_store(ray_address, referenc
 @pytest.mark.slow
 def test_ray_refuses_what_it_cannot_run(ray_address, imagery_path, bundle_path, tmp_path, capsys):
     out = tmp_path / "store"
+    assert main(_argv(imagery_path, bundle_path, out, "--dry-run", "--ray-workers", "2")) == 0  # estimated here
+    assert "cells" in capsys.readouterr().out and not out.exists() and not shards_root(out).exists()
     assert main(_argv(imagery_path, bundle_path, out, "--ray-cpus", "64")) == 2
     assert "more than any node of the Ray cluster has (at most 2)" in capsys.readouterr().err
     assert main(_argv(imagery_path, bundle_path, out, "--levels", "12")) == 2  # refused by the tasks
