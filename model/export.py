@@ -184,8 +184,8 @@ def _checks(model: PSMModel, graph: str, module: nn.Module, inputs: dict[str, np
     if graph == "fuse":
         shape = inputs["present"].shape
         for pattern in itertools.product((0.0, 1.0), repeat=len(META_TOKENS)):
-            cases.append({**inputs, "present": np.broadcast_to(np.float32(pattern), shape).copy()})
-    checks = []
+            cases.append({**inputs, "present": np.broadcast_to(np.array(pattern, np.float32), shape).copy()})
+    checks: list[Check] = []
     for case in cases:
         args = tuple(torch.from_numpy(case[n]) for n in GRAPH_INPUTS[graph])
         with torch.no_grad():

@@ -50,7 +50,7 @@ def fuse_inputs(model: PSMModel, pattern: tuple[float, ...] | None) -> dict[str,
     """The example fuse inputs (mixed presence per sample), or every sample with `pattern`."""
     inputs = example_inputs(model, batch=6, seed=4)["fuse"]
     if pattern is not None:
-        inputs["present"] = np.broadcast_to(np.float32(pattern), inputs["present"].shape).copy()
+        inputs["present"] = np.broadcast_to(np.array(pattern, np.float32), inputs["present"].shape).copy()
     return inputs
 
 

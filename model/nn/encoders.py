@@ -131,9 +131,11 @@ class MetadataFusion(nn.Module):
         attention output and MLP for CLS alone. A tile's cells share their metadata, so this is
         4 of 7 tokens in the first block with hour= alone (never a caption source when serving)."""
         tokens, keep = self._tokens(sat, location, hour, month, source, caption_source, present, drop_absent=True)
-        for block in self.blocks[:-1]:
+        *first, last = self.blocks
+        for block in first:
             tokens = block(tokens, keep)
-        return self.blocks[-1].first(tokens, keep)
+        assert isinstance(last, Block)
+        return last.first(tokens, keep)
 
     def _tokens(
         self,
