@@ -55,13 +55,19 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def build(size: int, bundle: Path, scratch: Path) -> tuple[Path, dict]:
-    """The store of `size` level-12 cells under scratch, generated here unless it is there."""
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def build(size: int, bundle: Path, scratch: Path, flat_max: int | None) -> tuple[Path, dict]:
+    """The store of `size` level-12 cells under scratch, generated here unless it is there
+    (a killed build resumes); `flat_max` overrides the index's --index-flat-max."""
     out, record = scratch / f"l12-{size}", scratch / f"l12-{size}.build.json"
     if (out / "manifest.json").is_file() and record.is_file():
         return out, {**json.loads(record.read_text()), "reused": True}
     within = "" if size > 4 ** (LEVEL - 2) else "12"  # 1 M: the level-2 tile over Africa and Europe
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu_s()
     done = subprocess.run(
         [
             sys.executable,
@@ -80,6 +86,7 @@ def build(size: int, bundle: Path, scratch: Path) -> tuple[Path, dict]:
             "--bundle",
             str(bundle),
             "--overwrite",
+            *(["--index-flat-max", str(flat_max)] if flat_max else []),
         ],
         cwd=REPO,
         capture_output=True,
@@ -91,6 +98,7 @@ def build(size: int, bundle: Path, scratch: Path) -> tuple[Path, dict]:
     figures = {
         "command": f"soundscape store synth --level {LEVEL} --cells {size} --within '{within}' --bundle {bundle}",
         "wall_s": round(time.perf_counter() - started, 1),
+        "cpu_s": round(_children_cpu_s() - cpu, 1),  # the work, apart from the load around it
         "generate_s": run["generate_s"],
         "index_s": run["index_s"][f"{LEVEL:02d}"],
         # the peak of every child so far: sizes are built smallest first, so this is this build's
@@ -186,8 +194,9 @@ def random_tiles(bounds: list[float], count: int, zooms: range, seed: int) -> li
     return sorted(seen, key=lambda _: rng.random())
 
 
-def measure_server(store_path: Path, bundle: Path, tiles: int, scratch: Path) -> dict:
-    """The app over the store, in this process (no Redis): start, memory, tiles, cold latencies."""
+def measure_server(store_path: Path, bundle: Path, tiles: int, scratch: Path, search: bool = True) -> dict:
+    """The app over the store, in this process (no Redis): start, memory, tiles, cold latencies
+    (and with `search`, the memory after a /search has read the index)."""
     from fastapi.testclient import TestClient
 
     from server.app import create_app
@@ -201,8 +210,9 @@ def measure_server(store_path: Path, bundle: Path, tiles: int, scratch: Path) ->
         assert client.get("/healthz").status_code == 200
         start_s = time.perf_counter() - started
         after_start = rss_split_mb()
-        assert client.get("/search", params={"q": QUERY, "k": 100}).status_code == 200
-        after_index = rss_split_mb()
+        if search:
+            assert client.get("/search", params={"q": QUERY, "k": 100}).status_code == 200
+        after_index = rss_split_mb() if search else None
         cold = random_tiles(bounds, 2 * COLD_TILES + 2, range(8, 9), seed=1)
         plain, fused = cold[: COLD_TILES + 1], cold[COLD_TILES + 1 :]
 
@@ -246,13 +256,17 @@ def main() -> None:
     parser.add_argument("--sizes", default=f"{4**10},{4**12}")
     parser.add_argument("--tiles", type=int, default=10_000)
     parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--flat-max", type=int, help="the stores' --index-flat-max (default: the store's default)")
+    parser.add_argument(
+        "--no-index", action="store_true", help="skip the index figures and /search: the server's tiles only"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "large_store.json")
     args = parser.parse_args()
     args.scratch.mkdir(parents=True, exist_ok=True)
     sizes = sorted(int(n) for n in args.sizes.split(","))
     stores = {}
     for size in sizes:
-        stores[size], figures = build(size, args.bundle, args.scratch)
+        stores[size], figures = build(size, args.bundle, args.scratch, args.flat_max)
         print(json.dumps({"size": size, "build": figures}), flush=True)
     if args.build_only:
         return
@@ -265,9 +279,10 @@ def main() -> None:
             "load_before": [round(v, 2) for v in os.getloadavg()],
             "build": json.loads((args.scratch / f"l12-{size}.build.json").read_text()),
         }
-        section["index"] = measure_index(path)
-        print(json.dumps({"size": size, "index": section["index"]}), flush=True)
-        section["server"] = measure_server(path, args.bundle, args.tiles, args.scratch)
+        if not args.no_index:
+            section["index"] = measure_index(path)
+            print(json.dumps({"size": size, "index": section["index"]}), flush=True)
+        section["server"] = measure_server(path, args.bundle, args.tiles, args.scratch, search=not args.no_index)
         print(json.dumps({"size": size, "server": section["server"]}), flush=True)
         section["load_after"] = [round(v, 2) for v in os.getloadavg()]
         result["sizes"][str(size)] = section
