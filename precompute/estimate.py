@@ -59,20 +59,23 @@ class Estimate:
 
     def lines(self) -> list[str]:
         sizes = self._bytes()
-        header = f"{'level':>5} {'cells':>12} {'default MB':>12} {'1 fusion MB':>12} {'fusions MB':>12}  fusions"
-        out = [header] + [
-            f"{lv:>5} {n:>12,} {sizes[lv][0] / 1e6:>12,.1f} {sizes[lv][1] / max(self.fusion_sets, 1) / 1e6:>12,.1f} "
-            f"{sizes[lv][1] / 1e6:>12,.1f}  {'stored' if lv in self.fusion_levels else 'fused at query time'}"
-            for lv, n in self.cells.items()
-        ]
-        fused = sum(sizes[lv][1] for lv in self.fusion_levels)
-        budget = f" of the --fusion-budget {self.budget / 1e9:,.1f} GB" if self.budget is not None else ""
+        out = [f"{'level':>5} {'cells':>12}"] + [f"{lv:>5} {n:>12,}" for lv, n in self.cells.items()]
         out += [
             f"{'total':>5} {self.total_cells:>12,}",
             f"imagery: {self.valid_fraction:.0%} of {self.sampled} sampled cells have it "
             f"(about {self.total_cells * self.valid_fraction:,.0f} stored cells)",
+            f"{'level':>5} {'default MB':>12} {'1 fusion MB':>12} {'fusions MB':>12}  fusions",
+        ]
+        out += [
+            f"{lv:>5} {default / 1e6:>12,.1f} {fused / max(self.fusion_sets, 1) / 1e6:>12,.1f} {fused / 1e6:>12,.1f}  "
+            + ("stored" if lv in self.fusion_levels else "fused at query time")
+            for lv, (default, fused) in sizes.items()
+        ]
+        stored = sum(sizes[lv][1] for lv in self.fusion_levels)
+        budget = f" of the --fusion-budget {self.budget / 1e9:,.1f} GB" if self.budget is not None else ""
+        out += [
             f"fusions: {self.fusion_sets} per cell stored at levels {_listed(self.fusion_levels)}: "
-            f"{fused / 1e6:,.1f} MB{budget}; other levels fuse hour=/month= at query time",
+            f"{stored / 1e6:,.1f} MB{budget}; other levels fuse hour=/month= at query time",
             f"storage: about {self.storage_bytes / 1e6:,.1f} MB",
             f"time: about {_duration(self.seconds)} at {self.cells_per_s:,.0f} cells/s on {self.device} "
             f"(measured on {self.sampled} cells)",

@@ -120,10 +120,12 @@ def test_fusion_budget_stores_the_coarsest_levels_that_fit(capsys, imagery_path,
     per_cell = 36 * (2 * 32 + 4)  # 24 hours and 12 months of mu float16 and S float32 at 32 dims
     budget = (cells[3] + cells[4]) * per_cell + 1  # levels 3 and 4 fit, 5 does not
     text = _dry_run(capsys, imagery_path, bundle_path, tmp_path, "--dry-run", "--fusion-budget", f"{budget}B")
-    rows = {int(line.split()[0]): line for line in text.splitlines() if line.split()[0].isdigit()}
+    lines = text.splitlines()
+    rows = {int(line.split()[0]): line for line in lines if line.split()[0].isdigit() and "MB" not in line}
+    rows = {lv: line for lv, line in rows.items() if line.endswith(("stored", "at query time"))}
     assert rows[3].endswith("stored") and rows[4].endswith("stored")
     assert rows[5].endswith("fused at query time") and rows[6].endswith("fused at query time")
-    assert f"{cells[6]:>12,}" in rows[6]
+    assert f"{6:>5} {cells[6]:>12,}" in lines, "the cells table is unchanged"
     assert "fusions: 36 per cell stored at levels 3, 4:" in text and "--fusion-budget" in text
     assert not (tmp_path / "store").exists()
     _dry_run(capsys, imagery_path, bundle_path, tmp_path, "--fusion-budget", f"{budget}B", "--quiet")
@@ -142,3 +144,31 @@ def test_fusion_budget_refuses_bad_input(capsys, imagery_path, bundle_path, tmp_
     run = ["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "3-4", BBOX_ARG]
     assert main([*run, "--out", str(tmp_path / "s"), "--dry-run", *extra]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_dry_run_sizes_each_level_and_its_fusions():
+    """Half the cells have imagery: 1 M level-10 cells store 500,000 x 600 B of arrays and index
+    and, per fusion, 500,000 x 132 B (64 dims); fusions are stored at level 10 only."""
+    from precompute.estimate import Estimate, levels_within_budget, parse_size
+
+    estimate = Estimate(
+        cells={10: 1_000_000, 11: 4_000_000},
+        valid_fraction=0.5,
+        default_bytes={10: 600, 11: 500},
+        fusion_bytes=132,
+        fusion_sets=36,
+        fusion_levels=(10,),
+        cells_per_s=1000.0,
+        sampled=256,
+        device="cpu",
+        budget=parse_size("5GB"),
+    )
+    lines = estimate.lines()
+    assert f"{10:>5} {300.0:>12,.1f} {66.0:>12,.1f} {2376.0:>12,.1f}  stored" in lines
+    assert f"{11:>5} {1000.0:>12,.1f} {264.0:>12,.1f} {9504.0:>12,.1f}  fused at query time" in lines
+    assert "fusions: 36 per cell stored at levels 10: 2,376.0 MB of the --fusion-budget 5.0 GB" in "\n".join(lines)
+    assert estimate.storage_bytes == 300e6 + 1000e6 + 2376e6
+    assert levels_within_budget({10: 10**6, 11: 4 * 10**6}, 64, ["hour", "month"], int(4.752e9)) == (10,)
+    assert levels_within_budget({10: 10**6, 11: 4 * 10**6}, 64, ["hour", "month"], int(23.76e9)) == (10, 11)
+    assert levels_within_budget({10: 10**6}, 64, ["hour"], 10**6) == ()
+    assert [parse_size(s) for s in ("50GB", "750 MB", "1.5tb", "0")] == [50 * 10**9, 750 * 10**6, 15 * 10**11, 0]
