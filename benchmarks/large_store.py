@@ -135,22 +135,29 @@ def p50_ms(fn, items) -> float:
     return round(statistics.median(times) * 1e3, 2)
 
 
-def measure_index(store_path: Path) -> dict:
+def measure_index(store_path: Path, rebuild: bool = False) -> dict:
     """Index kind, size, memory once read, recall on fresh queries, top-100 latency; and at up
-    to 1 M cells an exact flat index's latency beside it (the baseline the choice is against)."""
+    to 1 M cells an exact flat index's latency beside it (the baseline the choice is against).
+    With `rebuild`, the index store/index.py chooses by default is built here from the store's
+    arrays (timed; the store's own index file is not read), e.g. for a store written with a
+    flat index to save time."""
     import faiss
 
-    from store.index import exact_top_k
+    from store.index import build_index, exact_top_k
 
-    faiss.omp_set_num_threads(1)  # as the server searches (server/app.py)
     folder = store_path / "levels" / f"{LEVEL:02d}"
     mu, s = np.load(folder / "mu.npy", mmap_mode="r"), np.load(folder / "s.npy", mmap_mode="r")
-    meta = json.loads((store_path / "manifest.json").read_text())["levels"][str(LEVEL)]["index"]
     before = rss_split_mb()["RssAnon"]
     started = time.perf_counter()
-    index = faiss.read_index(str(folder / "index.faiss"))
+    if rebuild:
+        index, meta = build_index(mu, s)
+        meta = {**meta, "built_here_s": round(time.perf_counter() - started, 1)}
+    else:
+        index = faiss.read_index(str(folder / "index.faiss"))
+        meta = json.loads((store_path / "manifest.json").read_text())["levels"][str(LEVEL)]["index"]
     read_s = time.perf_counter() - started
     memory = rss_split_mb()["RssAnon"] - before
+    faiss.omp_set_num_threads(1)  # as the server searches (server/app.py)
     queries = fresh_queries(mu, RECALL_QUERIES)
     started = time.perf_counter()
     truth = exact_top_k(mu, s, queries, 100)
@@ -164,7 +171,9 @@ def measure_index(store_path: Path) -> dict:
 
     figures = {
         **meta,
-        "file_mb": round((folder / "index.faiss").stat().st_size / 1e6, 1),
+        "file_mb": round(len(faiss.serialize_index(index)) / 1e6, 1)
+        if rebuild
+        else round((folder / "index.faiss").stat().st_size / 1e6, 1),
         "read_s": round(read_s, 2),
         "memory_mb": round(memory, 1),
         "fresh_recall_at_10": {"cells": recall(slice(0, half), 10), "random": recall(slice(half, None), 10)},
@@ -174,8 +183,6 @@ def measure_index(store_path: Path) -> dict:
     }
     index.reset()  # frees its memory before the server reads its own copy
     if len(s) <= 4**10:  # an exact index of the same level, for comparison
-        from store.index import build_index
-
         flat, _ = build_index(mu, s, flat_max=len(s))
         figures["flat_top100_p50_ms"] = p50_ms(lambda q: flat.search(q[None], 100), queries[:LATENCY_QUERIES])
     return figures
@@ -260,6 +267,9 @@ def main() -> None:
     parser.add_argument(
         "--no-index", action="store_true", help="skip the index figures and /search: the server's tiles only"
     )
+    parser.add_argument(
+        "--index-only", action="store_true", help="build the default index from each store's arrays and measure it"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "large_store.json")
     args = parser.parse_args()
     args.scratch.mkdir(parents=True, exist_ok=True)
@@ -272,6 +282,17 @@ def main() -> None:
         return
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"sizes": {}}
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    if args.index_only:  # a section of its own, beside what the store's own index measured
+        for size, path in stores.items():
+            figures = measure_index(path, rebuild=True)
+            print(json.dumps({"size": size, "default_index": figures}), flush=True)
+            result["sizes"].setdefault(str(size), {})["default_index"] = {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "load_after": [round(v, 2) for v in os.getloadavg()],
+                **figures,
+            }
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return
     for size, path in stores.items():  # each size measured now replaces its earlier section
         section = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
