@@ -164,10 +164,10 @@ def estimate(
                 ]
                 sets = fusion_sets(kinds) if level in fused_levels else []
                 started = time.perf_counter()
-                for item, cells in read_ahead(batches, imagery, level, bundle.image_size, pool):
-                    batch_rows(bundle, level, item, cells, sets)
+                for item, images in read_ahead(batches, imagery, level, bundle.image_size, pool):
+                    batch_rows(bundle, level, item, images, sets)
                     if not warm:
-                        with_imagery += sum(c is not None for c in cells)
+                        with_imagery += sum(c is not None for c in images)
                 if not warm:
                     elapsed += time.perf_counter() - started
                     sampled += len(codes)

@@ -21,6 +21,7 @@ that path has not run here (no GPU was lent).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import faiss
 import numpy as np
@@ -104,7 +105,7 @@ def _fill_ivf(ivf: faiss.IndexIVF, mu: np.ndarray, s: np.ndarray) -> faiss.Index
         on_gpu = faiss.index_cpu_to_gpu(resources, 0, ivf)
         on_gpu.train(sample)
         _add(on_gpu, mu, s)
-        return faiss.downcast_index(faiss.index_gpu_to_cpu(on_gpu))
+        return cast(faiss.IndexIVF, faiss.downcast_index(faiss.index_gpu_to_cpu(on_gpu)))
     ivf.train(sample)
     _add(ivf, mu, s)
     return ivf
@@ -152,6 +153,7 @@ def build_index(
         return index, {"kind": "flat-ip"}
     # ~sqrt(N) lists (a power of two), with at least 39 training points per list (FAISS's own minimum).
     nlist = int(max(1, min(65536, 2 ** round(math.log2(math.sqrt(len(s)))), len(s) // 39)))
+    ivf: faiss.IndexIVF
     if len(s) <= ivf_flat_max:
         kind = "ivf-flat-ip"
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)

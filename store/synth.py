@@ -179,7 +179,7 @@ def synth_store(out: str | Path, spec: SynthSpec, *, overwrite: bool = False, fl
         log.info("synth: chunk %d of %d written", index + 1, chunks)
     writer.close()
     generated = time.perf_counter()
-    manifest = {
+    manifest: dict = {
         **key,
         "bundle_id": spec.bundle_id,
         "imagery": None,
