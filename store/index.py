@@ -119,8 +119,13 @@ def _tune(ivf: faiss.IndexIVF, mu: np.ndarray, s: np.ndarray) -> dict:
     ks = [min(k, len(s)) for k in RECALL_KS]
     truth = exact_top_k(mu, s, queries, max(ks))
     recalls: list[float] = []
+    quantizer = faiss.downcast_index(ivf.quantizer)
     for nprobe in [*(2**p for p in range(int(math.log2(ivf.nlist)) + 1) if 2**p < ivf.nlist), ivf.nlist]:
         ivf.nprobe = nprobe
+        if isinstance(
+            quantizer, faiss.IndexHNSW
+        ):  # an HNSW returns at most efSearch lists (it is written with the index)
+            quantizer.hnsw.efSearch = max(16, 2 * nprobe)
         _, found = ivf.search(queries, max(ks))
         halves = (slice(0, len(queries) - len(queries) // 2), slice(len(queries) - len(queries) // 2, None))
         recalls = [min(_overlap(found[h, :k], truth[h, :k]) for h in halves) for k in ks]

@@ -107,6 +107,10 @@ def test_index_kind_follows_the_level_size_and_reaches_its_recall(tmp_path, cell
     for q in (far / np.linalg.norm(far, axis=1, keepdims=True), near):
         q = np.hstack([q, np.ones((100, 1), np.float32)])
         assert recall_at_k(index, q, exact_top_k(mu, s, q, 100)) >= 0.93
+    if kind == "ivf-sqfp16-ip":  # its HNSW quantizer returns at most efSearch lists, as written to disk too
+        restored = faiss.deserialize_index(faiss.serialize_index(index))  # owns what the casts point into
+        again = faiss.downcast_index(restored)
+        assert faiss.downcast_index(again.quantizer).hnsw.efSearch >= 2 * again.nprobe
 
 
 def _dry_run(capsys, imagery_path, bundle_path, tmp_path, *extra: str) -> str:
