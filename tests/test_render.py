@@ -1,0 +1,54 @@
+"""server/render.py's own PNG writer: what any decoder reads back is the palette image of the
+quantised values (indices, colours, transparency), with valid chunk checksums."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server import render
+
+
+def decoded(data: bytes) -> Image.Image:
+    Image.open(io.BytesIO(data)).verify()  # chunk CRCs and structure
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (512, 512), (3, 7), (1, 1)])
+@pytest.mark.parametrize("colormap", ["viridis", "rdbu_r"])
+def test_png_decodes_to_the_quantised_palette_image(shape, colormap):
+    rng = np.random.default_rng(sum(shape))
+    values = rng.random(shape, dtype=np.float32) * 1.4 - 0.2  # beyond [lo, hi] on both sides
+    values[: shape[0] // 3] = np.nan
+    image = decoded(render.encode_png(values, 0.0, 1.0, colormap))
+
+    indices = render.quantise(values, 0.0, 1.0)
+    assert image.mode == "P" and image.size == (shape[1], shape[0])
+    assert np.array_equal(np.asarray(image), indices)
+    rgb, alpha = render.palette(colormap)
+    table = np.frombuffer(rgb, np.uint8).reshape(256, 3)
+    rgba = np.asarray(image.convert("RGBA"))
+    assert np.array_equal(rgba[..., :3], table[indices])
+    assert np.array_equal(rgba[..., 3], np.frombuffer(alpha, np.uint8)[indices])
+    assert not rgba[np.isnan(values), 3].any(), "no data is transparent"
+
+
+def test_smooth_ramps_and_wrapping_differences_round_trip():
+    """The Sub filter's differences wrap modulo 256 (index 255 next to 1, and back)."""
+    ramp = np.tile(np.linspace(0.0, 1.0, 300, dtype=np.float32), (5, 1))
+    jumps = np.tile(np.array([0.0, 1.0, 0.0, 1.0], dtype=np.float32), (4, 8))
+    for values in (ramp, ramp[:, ::-1], jumps):
+        image = decoded(render.encode_png(values, 0.0, 1.0, "magma"))
+        assert np.array_equal(np.asarray(image), render.quantise(values, 0.0, 1.0))
+
+
+def test_blank_and_legend_are_valid_pngs():
+    blank = decoded(render.blank("png", 256))
+    assert not np.asarray(blank.convert("RGBA"))[..., 3].any()
+    legend = np.asarray(decoded(render.legend("viridis", 64, 8, vertical=False)))
+    assert (np.diff(legend[0].astype(int)) >= 0).all() and legend[0, 0] < legend[0, -1]
