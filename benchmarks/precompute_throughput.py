@@ -1,16 +1,21 @@
 """Precompute figures for BENCHMARKS.md (issue 13: the demo world's store in <= 0.5 of the time the
 code took before, measured side by side in one run).
 
-    python benchmarks/precompute_throughput.py --data-dir data/demo [--repeats 3] [--baseline REV]
+    python benchmarks/precompute_throughput.py --data-dir data/demo [--repeats 3]
+        [--baseline REV [--baseline-data-dir DIR]] [--out FILE]
 
 Measures the wall time of the demo-world store as `soundscape demo` builds it (levels 0..7,
 hourly and monthly fusions at levels 0..6, indexes, checksums and manifest), each run from
 scratch in its own process with the onnxruntime sessions already created. With --baseline, the
 same run of the code at git revision REV (exported with `git archive` into a temporary
 directory) alternates with this tree's, run for run, so both see the same load; the result
-gives both medians, their ratio, and whether every pair of stores had the same content id
-(same id: the same bytes in every array and index, docs/store.md). Prints one JSON object with
-the machine, the device precompute chose, the commits and the load average.
+gives both medians and their ratio. The baseline reads the bundle in --data-dir too, unless
+--baseline-data-dir names a demo data dir REV's own `soundscape demo --build-only` made: an
+export change (a leaner graph in the bundle) only shows when each tree runs the bundle its own
+export produced. The result records each side's bundle id and whether every pair of stores had
+the same content id (same id: the same bytes in every array and index, docs/store.md; never
+with two bundles, since a store names its bundle). Prints one JSON object with the machine, the
+device precompute chose, the commits and the load average (and writes it to --out).
 """
 
 from __future__ import annotations
@@ -89,14 +94,39 @@ def _summary(runs: list[dict]) -> dict:
     }
 
 
+def data_files(data_dir: str) -> tuple[Path, Path]:
+    """The imagery and bundle of a demo data dir, checked before minutes of runs, not after."""
+    data = Path(data_dir).resolve()
+    imagery, bundle = data / "imagery" / "bluemarble.tif", data / "bundle"
+    if not imagery.is_file() or not (bundle / "manifest.json").is_file():
+        raise ValueError(
+            f"{data} holds no imagery/bluemarble.tif and bundle/manifest.json "
+            f"(make them with: soundscape demo --build-only --data-dir {data_dir})"
+        )
+    return imagery, bundle
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="data/demo", help="demo files (soundscape demo --build-only)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", metavar="REV", help="git revision to run alternately with this tree")
+    parser.add_argument(
+        "--baseline-data-dir",
+        metavar="DIR",
+        help="demo files REV's own `soundscape demo --build-only` made (default: --data-dir's)",
+    )
+    parser.add_argument("--out", type=Path, help="also write the JSON result to this file")
     args = parser.parse_args()
-    data = Path(args.data_dir).resolve()
-    imagery, bundle = data / "imagery" / "bluemarble.tif", data / "bundle"
+    if args.baseline_data_dir and not args.baseline:
+        parser.error("--baseline-data-dir needs --baseline REV, the code that made it.")
+    try:
+        data = {"current": data_files(args.data_dir)}
+        if args.baseline:
+            data["baseline"] = data_files(args.baseline_data_dir or args.data_dir)
+    except ValueError as error:
+        parser.error(str(error))
+    bundles = {name: json.loads((bundle / "manifest.json").read_text())["id"] for name, (_, bundle) in data.items()}
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"current": REPO}
         commits = {
@@ -110,12 +140,13 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, tree in trees.items():
                 loads.append(round(os.getloadavg()[0], 2))
-                runs[name].append(timed_run(tree, imagery, bundle))
+                runs[name].append(timed_run(tree, *data[name]))
     result = {
         "date": datetime.now(UTC).isoformat(timespec="minutes"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "device": runs["current"][0]["device"],
-        "bundle": json.loads((bundle / "manifest.json").read_text())["id"],
+        "bundles": bundles,
+        "data_dirs": {name: str(imagery.parent.parent) for name, (imagery, _) in data.items()},
         "commits": commits,
         "demo_store": {name: _summary(r) for name, r in runs.items()},
         "load_average_before_runs": loads,
@@ -124,9 +155,12 @@ def main() -> None:
         result["ratio_current_to_baseline"] = round(
             result["demo_store"]["current"]["median_s"] / result["demo_store"]["baseline"]["median_s"], 3
         )
-        ids = {r["id"] for rs in runs.values() for r in rs}
-        result["same_store"] = len(ids) == 1
-    print(json.dumps(result, indent=2))
+        result["same_bundle"] = len(set(bundles.values())) == 1
+        result["same_store"] = len({r["id"] for rs in runs.values() for r in rs}) == 1
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":
