@@ -149,3 +149,9 @@ def test_store_of_another_bundle_is_refused(bundle_path, store_path, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match="built by bundle 0000000000000000"):
         make_client(bundle_path, copy)
+
+
+def test_a_started_server_has_its_contrast_reference_ready(bundle_path, store_path):
+    """The default layer's reference prompts are embedded at start-up, not by the first tile."""
+    engine = make_client(bundle_path, store_path).app.state.service.engine
+    assert {"reference", "scale_sample"} <= set(vars(engine)), "cached properties computed by warm_up"
