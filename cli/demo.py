@@ -5,6 +5,7 @@ step's output is reused on the next run, and a killed store build continues wher
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -19,7 +20,9 @@ from server.commands import add_server_options, check_port, serve
 from store.format import StoreError
 from store.reader import Store
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "demo"
+REPO = Path(__file__).resolve().parent.parent
+WEIGHTS = REPO / "weights" / "demo"
+EXPORT_CODE = REPO / "model"
 DEMO_LEVELS = list(range(8))
 # Hourly and monthly fusions stored for the levels drawn on map tiles of zooms 0..2.
 DEMO_FUSION_LEVELS = tuple(range(7))
@@ -50,17 +53,34 @@ def bundle_path(data: Path, weights: Path) -> Path:
     """The demo bundle: the committed trained parts (weights/demo, trained by configs/demo.yaml on
     the demo corpus) joined with the frozen MiniLM and aisfx towers from their packages."""
     path = data / "bundle"
-    sha256 = _weights_sha256(weights)
-    try:
-        if Bundle(path).manifest["training"].get("weights_sha256") == sha256:
-            return path
-    except BundleError:
-        pass
+    if bundle_is_current(path, weights):
+        return path
     from model.export import bundle_from_trained_parts
 
     print(f"assembling the demo bundle from {weights} and the packaged text and audio towers ...", flush=True)
-    bundle_from_trained_parts(weights, path, examples=DEMO_EXAMPLES)
+    bundle_from_trained_parts(
+        weights, path, examples=DEMO_EXAMPLES, provenance={"export_code_sha256": export_code_sha256()}
+    )
     return path
+
+
+def bundle_is_current(path: Path, weights: Path) -> bool:
+    """Whether the bundle at `path` was assembled from these weights by this checkout's export
+    code: a change to either (new weights, or a leaner graph) rebuilds it, and then the store."""
+    try:
+        training = Bundle(path).manifest["training"]
+    except BundleError:
+        return False
+    current = {"weights_sha256": _weights_sha256(weights), "export_code_sha256": export_code_sha256()}
+    return all(training.get(key) == value for key, value in current.items())
+
+
+def export_code_sha256() -> str:
+    """sha256 over the code that writes a bundle's graphs (model/export.py and model/nn/)."""
+    digest = hashlib.sha256()
+    for path in sorted([EXPORT_CODE / "export.py", *(EXPORT_CODE / "nn").glob("*.py")]):
+        digest.update(path.relative_to(EXPORT_CODE).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _weights_sha256(weights: Path) -> str | None:

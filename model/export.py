@@ -354,15 +354,17 @@ def bundle_from_trained_parts(
     fp16: bool = False,
     examples: list[str] | None = None,
     progress: bool = False,
+    provenance: dict | None = None,
 ) -> dict:
     """Export the bundle of a trained-parts folder (its record's name, calibration, training and
-    metrics, and the weights' sha256, by which `soundscape demo` knows its bundle is current)."""
+    metrics, and the weights' sha256, by which `soundscape demo` knows its bundle is current);
+    `provenance` adds entries to the manifest's `training` section."""
     model, record = load_trained_parts(folder)
     return export_bundle(
         model,
         out,
         calibration=(record["calibration"]["a"], record["calibration"]["b"]),
-        training={**record["training"], "weights_sha256": record["weights"]["sha256"]},
+        training={**record["training"], "weights_sha256": record["weights"]["sha256"], **(provenance or {})},
         metrics={**record["metrics"], **(metrics or {})},
         name=name or record["name"],
         fp16=fp16,

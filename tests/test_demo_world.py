@@ -91,6 +91,7 @@ def test_demo_world_is_the_committed_model(demo_world):
     _, bundle, store, _ = demo_world
     record = json.loads((demo.WEIGHTS / "record.json").read_text())
     assert bundle.manifest["training"]["weights_sha256"] == record["weights"]["sha256"]
+    assert bundle.manifest["training"]["export_code_sha256"] == demo.export_code_sha256()
     assert store.bundle_id == bundle.id
     assert sorted(store.levels) == LEVELS
     assert "hour" in store.levels[CHECK_LEVEL].fusion_kinds  # hour= reads stored fusions, as in the demo
@@ -164,3 +165,21 @@ def test_the_readme_url_uses_the_colour_ramp_in_gdal(demo_world):
         result = colour_use(base, "birdsong", hour=6)
     assert result["land_pixels"] > 50_000, result
     assert result["p99"] >= 0.8 and result["median"] <= 0.5, result
+
+
+def test_a_bundle_of_other_export_code_is_not_current(demo_world, tmp_path):
+    """A demo bundle exported by other graph code (an older checkout) is reassembled, as one of
+    other weights is."""
+    import json
+    import shutil
+
+    from cli import demo
+
+    bundle = demo_world[1]
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    assert demo.bundle_is_current(copy, demo.WEIGHTS)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["training"]["export_code_sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert not demo.bundle_is_current(copy, demo.WEIGHTS)
