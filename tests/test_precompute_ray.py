@@ -22,38 +22,11 @@ from runtime.bundle import Bundle
 from runtime.imagery import Imagery
 from store.reader import Store
 from tests.conftest import FIXTURE_BBOX
-from tests.test_precompute_resume import assert_same_store
-
-LEVELS = "3-7"
-BATCH = 16
-FLAT_MAX = 300  # level 7 (~450 cells) gets an IVF index, as in test_precompute_resume
+from tests.test_precompute_resume import BATCH, FLAT_MAX, LEVELS, assert_same_store, precompute_argv
 
 
 def _argv(imagery_path: Path, bundle_path: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "precompute",
-        "--imagery",
-        str(imagery_path),
-        "--bundle",
-        str(bundle_path),
-        "--levels",
-        LEVELS,
-        "--bbox=" + ",".join(map(str, FIXTURE_BBOX)),
-        "--batch-size",
-        str(BATCH),
-        "--fusion-levels",
-        "3-4",
-        "--index-flat-max",
-        str(FLAT_MAX),
-        "--out",
-        str(out),
-        "--quiet",
-        "--engine",
-        "ray",
-        "--ray-cpus",
-        "1",
-        *extra,
-    ]
+    return precompute_argv(imagery_path, bundle_path, out, "--quiet", "--engine", "ray", "--ray-cpus", "1", *extra)
 
 
 @pytest.fixture(scope="module")

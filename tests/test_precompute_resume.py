@@ -61,6 +61,29 @@ def assert_same_store(a: Path, b: Path) -> None:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
+def precompute_argv(imagery_path: Path, bundle_path: Path, out: Path, *extra: str) -> list[str]:
+    """`soundscape precompute` of the reference store's levels, fusions and index choice."""
+    return [
+        "precompute",
+        "--imagery",
+        str(imagery_path),
+        "--bundle",
+        str(bundle_path),
+        "--levels",
+        LEVELS,
+        "--bbox=" + ",".join(map(str, FIXTURE_BBOX)),
+        "--batch-size",
+        str(BATCH),
+        "--fusion-levels",
+        "-".join(map(str, FUSION_LEVELS)),
+        "--index-flat-max",
+        str(FLAT_MAX),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def _positions(progress: Path) -> int:
     try:
         state = json.loads(progress.read_text())
@@ -84,28 +107,7 @@ def test_killed_overwrite_run_keeps_the_old_store_then_resumes_to_the_same_store
     out = tmp_path / "store"
     old = Store(store_path)
     subprocess.run(["cp", "-r", str(store_path), str(out)], check=True)
-    argv = [
-        sys.executable,
-        "-m",
-        "cli.main",
-        "precompute",
-        "--imagery",
-        str(imagery_path),
-        "--bundle",
-        str(bundle_path),
-        "--levels",
-        LEVELS,
-        "--bbox=" + ",".join(map(str, FIXTURE_BBOX)),
-        "--batch-size",
-        str(BATCH),
-        "--fusion-levels",
-        "3-4",
-        "--index-flat-max",
-        str(FLAT_MAX),
-        "--out",
-        str(out),
-        "--overwrite",
-    ]
+    argv = [sys.executable, "-m", "cli.main", *precompute_argv(imagery_path, bundle_path, out, "--overwrite")]
     _, progress = work_paths(out)
     with open(tmp_path / "stderr", "w+") as stderr:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
