@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.files import path_lock
 from store.format import INDEX_FILE, MANIFEST_FILE, STORE_FORMAT_VERSION, StoreError, level_dir
 from store.imagery_ref import as_built, relative_to_store
 from store.index import FLAT_MAX
@@ -69,9 +70,16 @@ def merge(shards: list[str | Path], out: str | Path, *, overwrite: bool = False,
     paths = [Path(p) for p in shards]
     check_output(out, overwrite)
     ordered = _check_shards(paths, [_shard_manifest(p) for p in paths])
-    first = ordered[0][1]
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))
+    with path_lock(out):
+        for stale in out.parent.glob(f".{out.name}.merge-*"):  # a killed merge's; none runs but this one
+            shutil.rmtree(stale, ignore_errors=True)
+        return _merge_into(ordered, out, Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent)), flat_max)
+
+
+def _merge_into(ordered: list[tuple[Path, dict]], out: Path, work: Path, flat_max: int) -> dict:
+    """The shards' levels concatenated in `work`, finished into the store at `out`."""
+    first = ordered[0][1]
     try:
         extra = {}
         for key, meta in first["levels"].items():

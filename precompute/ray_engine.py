@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from precompute.merge import merge
 from precompute.plan import PlanError, Region
 from precompute.run import RunOptions, execute, make_plan
 from runtime.errors import UsageError, UserError
-from runtime.files import atomic_write
+from runtime.files import atomic_write, path_lock
 from runtime.imagery import Imagery
 from store.format import MANIFEST_FILE, StoreError
 from store.imagery_ref import as_built
@@ -134,18 +133,6 @@ def task_threads(kind: str, cpus: int, readers: int | None) -> tuple[int, int]:
     return readers, max(1, cpus - readers)
 
 
-@contextlib.contextmanager
-def shard_lock(path: Path) -> Iterator[None]:
-    """Hold the shard's lock file while writing it: a task of a killed driver that has not died
-    yet and its replacement never write one shard at once (the lock goes with its process)."""
-    with open(path.parent / f".{path.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _arm_kill_once(marker: str, path: Path) -> None:
     """The test hook: if this task is the first to create `marker`, end its worker process (as a
     lost node would) once the shard has saved a batch; the marker records how many rows were saved."""
@@ -172,7 +159,7 @@ def run_shard(job: RayJob, index: int) -> dict:
     """One Ray task: shard `index` of the job, written by the local engine (resumed if partly
     written, left alone if complete); its manifest."""
     path = job.shard_path(index)
-    with shard_lock(path):
+    with path_lock(path):  # a killed driver's task and its replacement never write one shard at once
         done = complete_shard(path, index, job.shards)
         if done is not None:
             return done

@@ -1,17 +1,20 @@
 """Files that a reader, or a run killed half-way, never sees half written; and their checksums.
 
-One home for three facts every layer uses: a file is written beside its final name and renamed over
-it (`atomic_write`), a finished folder replaces an old one only once complete (`replace_dir`), and
-checksums are sha256 over the bytes of a file (`file_sha256`) or of canonical JSON (`json_sha256`)."""
+One home for the facts every layer uses: a file is written beside its final name and renamed over
+it (`atomic_write`), a finished folder replaces an old one only once complete (`replace_dir`), one
+writer at a time holds a path (`path_lock`), and checksums are sha256 over the bytes of a file
+(`file_sha256`) or of canonical JSON (`json_sha256`)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -68,3 +71,15 @@ def json_sha256(value: object, length: int = 16) -> str:
     """The first `length` hex digits of the sha256 of `canonical_json(value)`: content ids of
     bundles and stores, cache keys; the same in every process and on every machine."""
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+
+
+@contextlib.contextmanager
+def path_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (a `.NAME.lock` file beside it) while writing it: a
+    killed process's lock goes with it, so a rerun never waits on a dead writer."""
+    with open(path.parent / f".{path.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

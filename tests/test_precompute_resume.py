@@ -137,9 +137,12 @@ def test_shards_merged_equal_one_run(reference, imagery_path, bundle_path, tmp_p
     assert min(read) > 0 and max(read) - min(read) <= 2 * BATCH * 5  # near-equal ranges of each level
     with pytest.raises(StoreError, match="each of the 3 shards"):
         merge(shards[:2], tmp_path / "partial")
+    killed = tmp_path / ".merged.merge-killed"  # what a merge killed half-way leaves
+    (killed / "level_3").mkdir(parents=True)
     merged = merge(list(reversed(shards)), tmp_path / "merged", flat_max=FLAT_MAX)
     assert "shard" not in merged
     assert_same_store(tmp_path / "merged", reference)
+    assert not list(tmp_path.glob(".merged.merge-*")), "the killed merge's folder is cleared, and this one's"
 
 
 def test_resume_refuses_another_plan_without_overwrite(imagery_path, bundle_path, tmp_path):
