@@ -36,7 +36,7 @@ RUN python3 -m venv /opt/venv
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# The locked core+gpu set (locks/gpu.txt, scripts/lock.sh makes it) holds the CPU wheels onnxruntime
+# The locked core+gpu+ray set (locks/gpu.txt, scripts/lock.sh makes it; ray for `--engine ray`) holds the CPU wheels onnxruntime
 # and faiss-cpu of the core and the gpu extra's onnxruntime-gpu and faiss-gpu-cu12. Each pair installs
 # into the same import package (`onnxruntime`, `faiss`), so whichever was unpacked last owns the files,
 # and uninstalling the CPU wheel deletes files the GPU wheel shares. Hence: uninstall the CPU wheels,

@@ -25,7 +25,7 @@ LOCKS = ROOT / "locks"
 # Lock name -> the pyproject extras it installs besides the core dependencies.
 SETS: dict[str, tuple[str, ...]] = {
     "core": (),  # docker/server.Dockerfile
-    "gpu": ("gpu",),  # docker/precompute.Dockerfile
+    "gpu": ("gpu", "ray"),  # docker/precompute.Dockerfile: a GPU node of a Ray cluster, or one machine
     "train": ("train",),  # docker/demo.Dockerfile, scripts/setup.sh (the default, scripts/demo.sh)
     # scripts/setup.sh train,test (scripts/test.sh, CI); with the ray extra, so tests/test_precompute_ray.py runs
     "train+test": ("train", "test", "ray"),
