@@ -9,10 +9,11 @@ hourly and monthly fusions at levels 0..6, indexes, checksums and manifest), eac
 scratch in its own process with the onnxruntime sessions already created. With --baseline, the
 same run of the code at git revision REV (exported with `git archive` into a temporary
 directory) alternates with this tree's, run for run, so both see the same load; the result
-gives both medians and their ratio. The baseline reads the bundle in --data-dir too, unless
---baseline-data-dir names a demo data dir REV's own `soundscape demo --build-only` made: an
-export change (a leaner graph in the bundle) only shows when each tree runs the bundle its own
-export produced. The result records each side's bundle id and whether every pair of stores had
+gives both medians and their ratio, of wall time and of CPU time (every thread of the run's
+process: load from other work inflates it less than wall time). The baseline reads the bundle
+in --data-dir too, unless --baseline-data-dir names a demo data dir REV's own `soundscape demo
+--build-only` made: an export change (a leaner graph in the bundle) only shows when each tree
+runs the bundle its own export produced. The result records each side's bundle id and whether every pair of stores had
 the same content id (same id: the same bytes in every array and index, docs/store.md; never
 with two bundles, since a store names its bundle). Prints one JSON object with the machine, the
 device precompute chose, the commits and the load average (and writes it to --out).
@@ -49,16 +50,17 @@ device = select_device(sys.argv[3])
 bundle = open_bundle(sys.argv[3], device)
 for graph in ("image", "fuse"):  # session creation is start-up, not throughput
     bundle.session(graph)
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 manifest, report = run(Imagery(sys.argv[2]), bundle, DEMO_LEVELS, WORLD_BBOX, sys.argv[4], progress=False,
                        fusion_levels=DEMO_FUSION_LEVELS, readers=device.readers)
-print(json.dumps({"seconds": time.perf_counter() - started, "cells_per_s": report.cells_per_s,
+print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+                  "cells_per_s": report.cells_per_s,
                   "id": manifest["id"], "device": report.device}))
 """
 
 
 def timed_run(tree: Path, imagery: Path, bundle: Path) -> dict:
-    """One demo-world store from scratch with the code in `tree`: seconds, cells/s, store id."""
+    """One demo-world store from scratch with the code in `tree`: seconds, CPU seconds, cells/s, store id."""
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run(
             [sys.executable, "-c", RUN_ONE, str(tree), str(imagery), str(bundle), str(Path(tmp) / "store")],
@@ -89,6 +91,8 @@ def _summary(runs: list[dict]) -> dict:
     return {
         "median_s": round(statistics.median(r["seconds"] for r in runs), 1),
         "runs_s": [round(r["seconds"], 1) for r in runs],
+        "median_cpu_s": round(statistics.median(r["cpu_seconds"] for r in runs), 1),
+        "runs_cpu_s": [round(r["cpu_seconds"], 1) for r in runs],
         "cells_per_s": [round(r["cells_per_s"], 1) for r in runs],
         "store_ids": sorted({r["id"] for r in runs}),
     }
@@ -152,8 +156,10 @@ def main() -> None:
         "load_average_before_runs": loads,
     }
     if args.baseline:
-        result["ratio_current_to_baseline"] = round(
-            result["demo_store"]["current"]["median_s"] / result["demo_store"]["baseline"]["median_s"], 3
+        store = result["demo_store"]
+        result["ratio_current_to_baseline"] = round(store["current"]["median_s"] / store["baseline"]["median_s"], 3)
+        result["cpu_ratio_current_to_baseline"] = round(
+            store["current"]["median_cpu_s"] / store["baseline"]["median_cpu_s"], 3
         )
         result["same_bundle"] = len(set(bundles.values())) == 1
         result["same_store"] = len({r["id"] for rs in runs.values() for r in rs}) == 1
