@@ -67,3 +67,13 @@ def test_the_hour_rows_show_the_cpu_ratio_and_an_hour_seen_before():
     assert "| the same, a new query at an hour seen before (its fused cells cached) | 2.2 ms |" in text
     assert "**1.1x** the default tile |" in text
     assert "hour seen before" not in markdown(RESULT)  # results of the older harness have no such row
+
+
+def test_the_viewport_row_shows_curl_and_the_browser_beside_their_cached_floors():
+    viewport = {"load_before": 1.0, "load_after": 1.0, "p50_ms": 60.0, "max_ms": 80.0, "runs": 5, "cached_p50_ms": 15.0}
+    with_browser = {**viewport, "browser": {"p50_ms": 115.0, "cached_p50_ms": 90.0}}
+    text = markdown({**RESULT, "measures": {"viewport": with_browser}})
+    assert "| p50 60.0 ms (max 80.0 ms over 5 new queries); headless Chromium p50 115.0 ms |" in text
+    assert "| the same viewport cached: p50 15.0 ms; headless Chromium p50 90.0 ms |" in text
+    without = markdown({**RESULT, "measures": {"viewport": {**viewport, "browser": "not run: no chromium"}}})
+    assert "Chromium" not in without and "| the same viewport cached: p50 15.0 ms |" in without
