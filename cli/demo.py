@@ -67,11 +67,12 @@ def bundle_path(data: Path, weights: Path) -> Path:
 def bundle_is_current(path: Path, weights: Path) -> bool:
     """Whether the bundle at `path` was assembled from these weights by this checkout's export
     code: a change to either (new weights, or a leaner graph) rebuilds it, and then the store."""
+    # The weights first: without them the demo says so (exit 2), bundle or not.
+    current = {"weights_sha256": _weights_sha256(weights), "export_code_sha256": export_code_sha256()}
     try:
         training = Bundle(path).manifest["training"]
     except BundleError:
         return False
-    current = {"weights_sha256": _weights_sha256(weights), "export_code_sha256": export_code_sha256()}
     return all(training.get(key) == value for key, value in current.items())
 
 
