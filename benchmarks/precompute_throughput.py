@@ -13,10 +13,11 @@ gives both medians and their ratio, of wall time and of CPU time (every thread o
 process: load from other work inflates it less than wall time). The baseline reads the bundle
 in --data-dir too, unless --baseline-data-dir names a demo data dir REV's own `soundscape demo
 --build-only` made: an export change (a leaner graph in the bundle) only shows when each tree
-runs the bundle its own export produced. The result records each side's bundle id and whether every pair of stores had
-the same content id (same id: the same bytes in every array and index, docs/store.md; never
-with two bundles, since a store names its bundle). Prints one JSON object with the machine, the
-device precompute chose, the commits and the load average (and writes it to --out).
+runs the bundle its own export produced. The result records each side's bundle id and whether
+every pair of stores had the same content id (same id: the same bytes in every array and index,
+docs/store.md; never with two bundles, since a store names its bundle). Prints one JSON object
+with the machine, the device precompute chose, the commits and the load average (and writes it
+to --out).
 """
 
 from __future__ import annotations

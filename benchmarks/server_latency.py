@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runtime.bundle import Bundle
 from server.app import warm_up
+from server.cache import named_key
 from server.params import TileParams, tile_request
 from server.service import SoundscapeService
 from server.settings import Settings
@@ -70,16 +71,10 @@ async def time_tiles(service: SoundscapeService, tiles, repeat: int, keep_fused:
     """Each request cold: the tile and fused-block caches are emptied before it. keep_fused: only
     the tiles are, so a tile with hour= finds its cells fused (a new query at an hour seen before)."""
     samples = []
-    local = service.tiles.local
     for i in range(repeat):
         z, x, y = tiles[i % len(tiles)]
         request, text = tile_request(service, "WebMercatorQuad", z, x, y, "png", TileParams(q="birdsong", **params))
-        if keep_fused:
-            for key in [k for k in local._items if k.startswith("st:tile:")]:
-                local._bytes -= local._items.pop(key)[1]
-        else:
-            local._items.clear()
-            local._bytes = 0
+        service.tiles.local.drop(named_key("tile", "") if keep_fused else "")
         start = time.perf_counter()
         await service.tile(request, text)
         samples.append(time.perf_counter() - start)

@@ -74,7 +74,8 @@ def merge(shards: list[str | Path], out: str | Path, *, overwrite: bool = False,
     with path_lock(out):
         for stale in out.parent.glob(f".{out.name}.merge-*"):  # a killed merge's; none runs but this one
             shutil.rmtree(stale, ignore_errors=True)
-        return _merge_into(ordered, out, Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent)), flat_max)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))
+        return _merge_into(ordered, out, work, flat_max)
 
 
 def _merge_into(ordered: list[tuple[Path, dict]], out: Path, work: Path, flat_max: int) -> dict:

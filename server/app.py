@@ -26,7 +26,7 @@ from store.reader import Store
 
 def warm_up(service: SoundscapeService) -> None:
     """Create the onnxruntime sessions and the contrast layer's reference now, so no request pays
-    for loading a graph or embedding the 24 reference prompts (~0.1 s, once per worker)."""
+    for loading a graph or embedding the 24 reference prompts (~60 ms, once per worker)."""
     engine = service.engine
     engine.embed_text("warm up")
     _ = engine.reference, engine.scale_sample  # cached properties: computed here, once

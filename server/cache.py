@@ -99,6 +99,12 @@ class LRUCache:
                 _, (_, evicted) = self._items.popitem(last=False)
                 self._bytes -= evicted
 
+    def drop(self, prefix: str = "") -> None:
+        """Forget every entry whose key starts with `prefix` (all of them by default)."""
+        with self._lock:
+            for key in [k for k in self._items if k.startswith(prefix)]:
+                self._bytes -= self._items.pop(key)[1]
+
 
 class RedisCache:
     """Redis through the asyncio client; failures are logged misses and open a breaker."""

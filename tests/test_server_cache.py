@@ -90,6 +90,19 @@ def test_lru_is_bounded_in_bytes():
     assert lru.get_now("huge") is None
 
 
+def test_lru_drops_a_prefix_and_frees_its_bytes():
+    lru = LRUCache(max_bytes=100)
+    for key in ("st:tile:a", "st:tile:b", "st:fused:c"):
+        lru.set_now(key, object(), 30)
+    lru.drop("st:tile:")
+    assert lru.get_now("st:tile:a") is None and lru.get_now("st:fused:c") is not None
+    for key in ("st:tile:d", "st:tile:e"):  # 90 bytes: fits only if the dropped 60 were freed
+        lru.set_now(key, object(), 30)
+    assert lru.get_now("st:fused:c") is not None
+    lru.drop()
+    assert lru.get_now("st:fused:c") is None and lru.get_now("st:tile:d") is None
+
+
 def test_the_lru_keeps_objects_and_only_redis_holds_bytes(redis_server):
     decoded = []
 
