@@ -5,6 +5,7 @@ Every method is synchronous and CPU-bound; `server.service` runs them in a threa
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -92,6 +93,10 @@ class CellEmbeddings:
         mu = np.frombuffer(data[8 + 4 * n :], dtype=np.float16).reshape(n, -1)
         return cls(mu, s)
 
+    @classmethod
+    def concat(cls, parts: Sequence[CellEmbeddings]) -> CellEmbeddings:
+        return cls(np.concatenate([p.mu for p in parts]), np.concatenate([p.s for p in parts]))
+
 
 @dataclass(frozen=True)
 class Scale:
@@ -145,6 +150,16 @@ class CellWindow:
             "ncols": self.cols.cells,
             "nrows": self.rows.cells,
         }
+
+
+def split_batches(index: np.ndarray, parts: int) -> list[np.ndarray]:
+    """`index` in at most `parts` runs of whole FUSE_BATCH batches, to fuse in parallel: each
+    graph run sees the same batch as one serial fusion would, so the values are identical."""
+    batches = -(-len(index) // FUSE_BATCH)
+    if batches == 0:
+        return [index]
+    per_part = -(-batches // min(max(1, parts), batches)) * FUSE_BATCH
+    return [index[start : start + per_part] for start in range(0, len(index), per_part)]
 
 
 def lookup(level: Level, codes: np.ndarray) -> np.ndarray:
@@ -203,8 +218,9 @@ class Engine:
         mu, s = fused
         return CellEmbeddings(np.asarray(mu[index], dtype=np.float16), np.asarray(s[index], dtype=np.float32))
 
-    def fuse(self, level: Level, index: np.ndarray, meta: QueryMetadata) -> CellEmbeddings:
-        """Run the fusion graph on cells under `meta` (batched)."""
+    def fuse(self, level: Level, index: np.ndarray, meta: QueryMetadata, count: bool = True) -> CellEmbeddings:
+        """Run the fusion graph on cells under `meta` (batched); `count=False` for a part of a
+        fusion that split_batches divided (the whole is counted once)."""
         source = None if meta.source is None else self.bundle.sources.id(meta.source)
         mus, ss = [], []
         for start in range(0, len(index), FUSE_BATCH):
@@ -216,7 +232,7 @@ class Engine:
             mu, logvar = self.bundle.fuse(np.asarray(level.arrays.sat[part], dtype=np.float32), encoded)
             mus.append(mu.astype(np.float16))
             ss.append(uncertainty(logvar))
-        self.stats["fusions"] += 1
+        self.stats["fusions"] += count
         if not mus:
             return CellEmbeddings(np.zeros((0, self.bundle.embed_dim), np.float16), np.zeros(0, np.float32))
         return CellEmbeddings(np.concatenate(mus), np.concatenate(ss))

@@ -109,6 +109,9 @@ class Settings(EnvSettings):
     allowed_hosts: Names = ("127.0.0.1", "localhost", "::1")
     rate_limit: MaybeText = None
     full_fusions: int = 1  # whole-level fusions (/search under hour/month/source) run at once
+    # Threads one large fusion is split over (every core, whatever --workers): it is rare, bounded
+    # by full_fusions, and its answer waits on all of it, so it borrows the other workers' cores.
+    fusion_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
     # How `soundscape serve` runs uvicorn: proxies whose X-Forwarded-For names the client
     # (comma-separated, none by default), the keep-alive timeout and the listen backlog.
     trusted_proxies: str = ""

@@ -8,6 +8,8 @@ import pytest
 from runtime.metadata import encode_metadata
 from runtime.scoring import csd, match_probability, uncertainty
 from runtime.tiles import morton
+from server import engine as engine_module
+from server.engine import QueryMetadata
 from store.reader import Store
 from tests.server_support import make_client
 
@@ -64,3 +66,29 @@ def test_point_profiles_agree_with_the_point_score(client):
     row = int(np.flatnonzero(client.app.state.service.store.levels[6].arrays.codes == morton(tile.x, tile.y))[0])
     assert unknown["score"] == pytest.approx(float(truth[row]), abs=1e-5)
     assert unknown["uncertainty"] == pytest.approx(float(s[row]), rel=1e-5)
+
+
+@pytest.mark.parametrize("cells", [0, 1, 16, 17, 95, 96, 200])
+@pytest.mark.parametrize("parts", [1, 2, 3, 8])
+def test_split_batches_keeps_whole_batches_in_order(monkeypatch, cells, parts):
+    monkeypatch.setattr(engine_module, "FUSE_BATCH", 16)
+    index = np.arange(cells) * 3
+    runs = engine_module.split_batches(index, parts)
+    assert np.array_equal(np.concatenate(runs), index)
+    assert 1 <= len(runs) <= max(1, min(parts, -(-cells // 16)))
+    assert all(len(r) % 16 == 0 for r in runs[:-1]), "only the last run may end in a partial batch"
+
+
+def test_a_large_fusion_over_several_threads_equals_one_serial_fusion(monkeypatch, bundle_path, store_path):
+    monkeypatch.setattr(engine_module, "FUSE_BATCH", 4)  # many batches from the test store's finest level
+    with make_client(bundle_path, store_path, fusion_threads=3) as client:
+        service = client.app.state.service
+        level = service.store.levels[service.store.maxlevel]
+        index = np.arange(len(level.arrays.s))
+        meta = QueryMetadata(hour=5, month=7)
+        assert len(engine_module.split_batches(index, 3)) == 3
+        before = service.stats["fusions"]
+        parallel = client.portal.call(service.fuse, level, index, meta, True)
+        serial = service.engine.fuse(level, index, meta)
+        assert service.stats["fusions"] == before + 2  # the split fusion counts once
+        assert np.array_equal(parallel.mu, serial.mu) and np.array_equal(parallel.s, serial.s)
