@@ -58,8 +58,14 @@ def bundle_path(data: Path, weights: Path) -> Path:
     from model.export import bundle_from_trained_parts
 
     print(f"assembling the demo bundle from {weights} and the packaged text and audio towers ...", flush=True)
+    from corpus.sources import SOURCES
+
     bundle_from_trained_parts(
-        weights, path, examples=DEMO_EXAMPLES, provenance={"export_code_sha256": export_code_sha256()}
+        weights,
+        path,
+        examples=DEMO_EXAMPLES,
+        source_descriptions={s.name: s.recordist for s in SOURCES},
+        provenance={"export_code_sha256": export_code_sha256()},
     )
     return path
 

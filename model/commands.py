@@ -150,6 +150,7 @@ def _export(args: argparse.Namespace) -> int:
             "or --config (seeded random weights)"
         )
     metrics = {"test": json.loads(Path(args.metrics).read_text())} if args.metrics else {}
+    described = source_descriptions(args.source_description or [])
     if args.weights:
         if args.trained_parts:
             raise UsageError("--weights already are trained parts; export them to a bundle without --trained-parts")
@@ -160,6 +161,7 @@ def _export(args: argparse.Namespace) -> int:
             metrics=metrics,
             fp16=args.fp16,
             examples=args.example,
+            source_descriptions=described,
             progress=True,
         )
         print(f"bundle {manifest['id']} written to {args.out}")
@@ -179,6 +181,7 @@ def _export(args: argparse.Namespace) -> int:
                 "training": training,
                 "metrics": metrics,
                 **({"examples": args.example} if args.example else {}),
+                **({"source_descriptions": described} if described else {}),
             },
         )
         print(f"trained parts ({record['weights']['sha256'][:16]}) written to {args.out}")
@@ -192,10 +195,24 @@ def _export(args: argparse.Namespace) -> int:
         name=name,
         fp16=args.fp16,
         examples=args.example,
+        source_descriptions=described,
         progress=True,
     )
     print(f"bundle {manifest['id']} written to {args.out}")
     return 0
+
+
+def source_descriptions(pairs: list[str]) -> dict[str, str]:
+    """`--source-description NAME=TEXT` options as {NAME: TEXT}."""
+    out = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise UsageError(
+                f"--source-description takes NAME=TEXT (a source of the model and what it means), not {pair!r}"
+            )
+        out[name.strip()] = text.strip()
+    return out
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -261,6 +278,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="TEXT",
         help="a text query this model maps well, recorded in the manifest and shown by serve "
         "(repeat for several; default none)",
+    )
+    p.add_argument(
+        "--source-description",
+        action="append",
+        metavar="NAME=TEXT",
+        help="what the source NAME (one of the model's `sources`) means, recorded in the manifest and "
+        "shown by GET /metadata (repeat for several; default none)",
     )
     p.add_argument("--name", help="bundle name in the manifest (default: the run or config name)")
     p.add_argument(

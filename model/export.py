@@ -42,6 +42,7 @@ from runtime.contract import (
     TOKENIZER_FILE,
     TRAINED_PARTS_FILE,
 )
+from runtime.errors import UsageError
 from runtime.files import file_sha256, replace_dir
 from runtime.metadata import encode_metadata
 
@@ -217,6 +218,15 @@ def _to_fp16(src: Path, dst: Path) -> None:
     onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
 
 
+def described_sources(sources: list[str], descriptions: dict[str, str]) -> dict[str, str]:
+    """The descriptions of `sources`, in their order; a description of a name the model does
+    not know is refused, since no query could ask for it."""
+    unknown = sorted(set(descriptions) - set(sources))
+    if unknown:
+        raise UsageError(f"source description(s) of {', '.join(unknown)}: the model's sources are {', '.join(sources)}")
+    return {name: descriptions[name] for name in sources if name in descriptions}
+
+
 def export_bundle(
     model: PSMModel,
     out: str | Path,
@@ -227,13 +237,18 @@ def export_bundle(
     name: str = "soundscape",
     fp16: bool = False,
     examples: list[str] | None = None,
+    source_descriptions: dict[str, str] | None = None,
     progress: bool = False,
 ) -> dict:
     """Write the bundle directory `out` (atomically: built aside, then renamed into place) and
     return its manifest. `examples`: text queries this model maps well (the server shows them);
+    `source_descriptions`: what some of the model's sources mean (GET /metadata shows them);
     progress: a line on stderr per graph exported and checked."""
     out = Path(out)
     cfg = model.cfg
+    vocab: dict = {"source": list(cfg.sources), "caption_source": list(cfg.caption_sources)}
+    if source_descriptions:
+        vocab["source_descriptions"] = described_sources(list(cfg.sources), source_descriptions)
     model = model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -276,7 +291,7 @@ def export_bundle(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "dims": {"embed": cfg.embed_dim, "sat": cfg.sat_dim},
             "image": {"size": cfg.image_size, "layout": "uint8 RGB (B, H, W, 3)", "gsd_unit_m": cfg.image.gsd_unit_m},
-            "vocab": {"source": list(cfg.sources), "caption_source": list(cfg.caption_sources)},
+            "vocab": vocab,
             "audio": model.audio_front_end.to_json(),
             "text": {"tokenizer": TOKENIZER_FILE, **text_spec},
             "meta_tokens": list(META_TOKENS),
@@ -353,6 +368,7 @@ def bundle_from_trained_parts(
     metrics: dict | None = None,
     fp16: bool = False,
     examples: list[str] | None = None,
+    source_descriptions: dict[str, str] | None = None,
     progress: bool = False,
     provenance: dict | None = None,
 ) -> dict:
@@ -369,5 +385,6 @@ def bundle_from_trained_parts(
         name=name or record["name"],
         fp16=fp16,
         examples=examples or record.get("examples"),
+        source_descriptions=source_descriptions or record.get("source_descriptions"),
         progress=progress,
     )

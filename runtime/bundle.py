@@ -111,6 +111,8 @@ class Bundle:
         self.image_size: int = self.manifest["image"]["size"]
         self.calibration = (float(self.manifest["calibration"]["a"]), float(self.manifest["calibration"]["b"]))
         self.sources = Vocabulary(self.manifest["vocab"]["source"])
+        # What some sources mean, where the export was told (docs/bundle.md); {} for older bundles.
+        self.source_descriptions: dict[str, str] = dict(self.manifest["vocab"].get("source_descriptions", {}))
         self.caption_sources = Vocabulary(self.manifest["vocab"]["caption_source"])
         self.audio_spec = audio_front_end(self.manifest["audio"])
         self.tokenizer = load_tokenizer(self.path / TOKENIZER_FILE, self.manifest.get("text"))

@@ -113,13 +113,17 @@ def trained_model(imagery_path, tiny_model_config):
     return model, loss.calibration()
 
 
+# The fixture bundle describes one of its two sources (`demo` stays undescribed).
+FIXTURE_SOURCE_DESCRIPTIONS = {"field": "a field recordist of the test fixture"}
+
+
 @pytest.fixture(scope="session")
 def bundle_path(trained_model, tmp_path_factory) -> Path:
     from model.export import export_bundle
 
     model, calibration = trained_model
     out = tmp_path_factory.mktemp("bundle") / "bundle"
-    export_bundle(model, out, calibration=calibration, name="test")
+    export_bundle(model, out, calibration=calibration, name="test", source_descriptions=FIXTURE_SOURCE_DESCRIPTIONS)
     return out
 
 
@@ -150,6 +154,31 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def precompute_args(imagery: Path, bundle: Path, levels: str, out: Path, *options: str) -> list[str]:
+    """`soundscape precompute`'s arguments: `levels` of `imagery` through `bundle` into `out`,
+    then `options`."""
+    return [
+        "precompute",
+        "--imagery",
+        str(imagery),
+        "--bundle",
+        str(bundle),
+        "--levels",
+        levels,
+        "--out",
+        str(out),
+        *options,
+    ]
+
+
+def start_redis(port: int, directory: Path, *options: str) -> subprocess.Popen:
+    """A redis-server on 127.0.0.1:`port` that writes nothing to disk but into `directory`;
+    `options` are more command-line options."""
+    argv = [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(port)]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(directory), *options]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @pytest.fixture
 def redis_server(tmp_path):
     """A real redis-server on a random loopback port, stopped after the test."""
@@ -157,23 +186,7 @@ def redis_server(tmp_path):
     if binary is None:
         pytest.fail("redis-server is not installed: apt-get install -y redis-server")
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_redis(port, tmp_path)
     try:
         wait_for_port(port)
         url = f"redis://127.0.0.1:{port}/0"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import build_parser, join_negative_values, main
+from tests.conftest import precompute_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,17 +49,7 @@ def test_store_given_as_bundle_is_named(capsys, store_path) -> None:
 def test_reversed_levels_say_so(capsys, tmp_path, imagery_path, bundle_path, levels, hint) -> None:
     line = _fails(
         capsys,
-        [
-            "precompute",
-            "--imagery",
-            str(imagery_path),
-            "--bundle",
-            str(bundle_path),
-            "--levels",
-            levels,
-            "--out",
-            str(tmp_path / "store"),
-        ],
+        precompute_args(imagery_path, bundle_path, levels, tmp_path / "store"),
     )
     assert "run from high to low" in line and hint in line
     assert "0..24" not in line
@@ -68,17 +59,7 @@ def test_reversed_levels_say_so(capsys, tmp_path, imagery_path, bundle_path, lev
 def test_levels_out_of_range_still_name_the_range(capsys, tmp_path, imagery_path, bundle_path) -> None:
     line = _fails(
         capsys,
-        [
-            "precompute",
-            "--imagery",
-            str(imagery_path),
-            "--bundle",
-            str(bundle_path),
-            "--levels",
-            "3-30",
-            "--out",
-            str(tmp_path / "store"),
-        ],
+        precompute_args(imagery_path, bundle_path, "3-30", tmp_path / "store"),
     )
     assert "must lie in 0..24" in line
 
@@ -121,21 +102,9 @@ def test_precompute_dry_run_takes_a_negative_bbox(capsys, imagery_path, bundle_p
     """End to end: the bbox starting with a minus reaches the plan (west of Greenwich, in the fixture)."""
     assert (
         main(
-            [
-                "precompute",
-                "--imagery",
-                str(imagery_path),
-                "--bundle",
-                str(bundle_path),
-                "--levels",
-                "4",
-                "--bbox",
-                "-10,35,5,50",
-                "--out",
-                str(tmp_path / "store"),
-                "--dry-run",
-                "--quiet",
-            ]
+            precompute_args(
+                imagery_path, bundle_path, "4", tmp_path / "store", "--bbox", "-10,35,5,50", "--dry-run", "--quiet"
+            )
         )
         == 0
     )
@@ -209,3 +178,18 @@ def test_a_user_error_from_any_layer_is_one_sentence(capsys, tmp_path) -> None:
     """A store path that is no store: store/ raises StoreError, a UserError, so exit 2 and one line."""
     line = _fails(capsys, ["store", "info", str(tmp_path)])
     assert line.startswith("soundscape store: ") and "is not an embedding store" in line
+
+
+@pytest.mark.parametrize(
+    "option, says",
+    [
+        ("radio=a radio broadcast", "source description(s) of radio: the model's sources are demo"),
+        ("demo", "--source-description takes NAME=TEXT"),
+        ("=no name", "--source-description takes NAME=TEXT"),
+    ],
+)
+def test_export_refuses_a_source_description_it_cannot_record(capsys, tmp_path, option, says) -> None:
+    argv = ["export", "--config", str(ROOT / "configs/tiny.yaml"), "--source-description", option]
+    line = _fails(capsys, [*argv, "--out", str(tmp_path / "bundle")])
+    assert says in line
+    assert not (tmp_path / "bundle").exists()

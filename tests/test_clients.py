@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 
@@ -24,7 +22,7 @@ from PIL import Image
 from rasterio.windows import Window, from_bounds
 
 from benchmarks.colour_use import ramp_positions, read_mosaic
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import free_port, start_redis, wait_for_port
 from tests.server_support import REPO, live_server, make_client
 
 NS = {"w": "http://www.opengis.net/wmts/1.0", "ows": "http://www.opengis.net/ows/1.1"}
@@ -161,25 +159,7 @@ def small_redis(tmp_path):
     """A real redis-server with the eviction policy docker-compose.yml ships and little memory."""
     policy = _compose_redis_option("--maxmemory-policy")
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            shutil.which("redis-server"),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-            "--maxmemory-policy",
-            policy,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_redis(port, tmp_path, "--maxmemory-policy", policy)
     try:
         wait_for_port(port)
         client = redis.Redis(port=port)
@@ -226,23 +206,7 @@ def test_registrations_during_a_redis_outage_are_shared_when_it_is_back(bundle_p
         assert app.get("/tiles/3/4/2.png", params={"q": "still served"}).status_code == 200
         full = app.post("/queries", json={"text": "one too many"})
         assert full.status_code == 507 and "SOUNDSCAPE_MAX_QUERIES" in full.json()["detail"]
-        proc = subprocess.Popen(
-            [
-                shutil.which("redis-server"),
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_redis(port, tmp_path)
         try:
             wait_for_port(port)
             client = redis.Redis(port=port)

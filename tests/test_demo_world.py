@@ -41,6 +41,7 @@ import numpy as np
 import pytest
 
 from benchmarks import demo_quality as dq
+from corpus.sources import SOURCES
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +93,7 @@ def test_demo_world_is_the_committed_model(demo_world):
     record = json.loads((demo.WEIGHTS / "record.json").read_text())
     assert bundle.manifest["training"]["weights_sha256"] == record["weights"]["sha256"]
     assert bundle.manifest["training"]["export_code_sha256"] == demo.export_code_sha256()
+    assert bundle.source_descriptions == {s.name: s.recordist for s in SOURCES}, "as corpus/sources.py defines them"
     assert store.bundle_id == bundle.id
     assert sorted(store.levels) == LEVELS
     assert "hour" in store.levels[CHECK_LEVEL].fusion_kinds  # hour= reads stored fusions, as in the demo

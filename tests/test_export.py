@@ -11,6 +11,7 @@ from model.export import example_inputs
 from model.nn.psm import PSMModel
 from runtime.bundle import Bundle, BundleError
 from runtime.contract import GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE
+from tests.conftest import FIXTURE_SOURCE_DESCRIPTIONS
 
 
 def torch_outputs(model: PSMModel, graph: str, inputs: dict[str, np.ndarray]) -> tuple:
@@ -73,6 +74,7 @@ def test_manifest_round_trip(bundle_path, tiny_model_config):
     assert m["vocab"]["source"] == ["demo", "field"]
     assert set(m["export_parity_max_abs_diff"]) == set(GRAPHS)
     assert len(bundle.id) == 16 and bundle.sources.id("field") == 1
+    assert m["vocab"]["source_descriptions"] == FIXTURE_SOURCE_DESCRIPTIONS == bundle.source_descriptions
     assert bundle.audio_spec.n_mels == tiny_model_config.audio_spec.n_mels
 
 

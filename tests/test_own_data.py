@@ -28,6 +28,7 @@ from model.data import reader, resolve_paths
 from model.readers.csv_folder import default_level
 from model.train import RunConfig, fit
 from runtime.imagery import Imagery
+from tests.conftest import precompute_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -220,20 +221,7 @@ def test_precompute_names_every_bad_level_and_the_allowed_range(bundle_path, ima
     imagery = Imagery(imagery_path)
     coarsest, finest = imagery.level_range(32, 8.0)
     assert 0 < coarsest <= finest
-    code = soundscape(
-        [
-            "precompute",
-            "--imagery",
-            str(imagery_path),
-            "--bundle",
-            str(bundle_path),
-            "--levels",
-            f"0-{finest + 2}",
-            "--out",
-            str(tmp_path / "s"),
-            "--dry-run",
-        ]
-    )
+    code = soundscape(precompute_args(imagery_path, bundle_path, f"0-{finest + 2}", tmp_path / "s", "--dry-run"))
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     too_coarse = ", ".join(str(lv) for lv in range(coarsest))
@@ -254,22 +242,17 @@ def test_credit_from_precompute_reaches_tilejson_and_old_stores_credit_the_model
     out = tmp_path / "store"
     assert (
         soundscape(
-            [
-                "precompute",
-                "--imagery",
-                str(imagery_path),
-                "--bundle",
-                str(bundle_path),
-                "--levels",
+            precompute_args(
+                imagery_path,
+                bundle_path,
                 "3",
+                out,
                 "--credit",
                 "Example Space Agency",
                 "--licence",
                 "CC BY 4.0",
-                "--out",
-                str(out),
                 "--quiet",
-            ]
+            )
         )
         == 0
     )

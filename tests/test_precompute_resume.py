@@ -18,7 +18,7 @@ from store.format import StoreError
 from store.reader import Store
 from store.verify import verify_store
 from store.writer import work_paths
-from tests.conftest import FIXTURE_BBOX
+from tests.conftest import FIXTURE_BBOX, precompute_args
 
 LEVELS = "3-7"
 BATCH = 16
@@ -63,14 +63,11 @@ def assert_same_store(a: Path, b: Path) -> None:
 
 def precompute_argv(imagery_path: Path, bundle_path: Path, out: Path, *extra: str) -> list[str]:
     """`soundscape precompute` of the reference store's levels, fusions and index choice."""
-    return [
-        "precompute",
-        "--imagery",
-        str(imagery_path),
-        "--bundle",
-        str(bundle_path),
-        "--levels",
+    return precompute_args(
+        imagery_path,
+        bundle_path,
         LEVELS,
+        out,
         "--bbox=" + ",".join(map(str, FIXTURE_BBOX)),
         "--batch-size",
         str(BATCH),
@@ -78,10 +75,8 @@ def precompute_argv(imagery_path: Path, bundle_path: Path, out: Path, *extra: st
         "-".join(map(str, FUSION_LEVELS)),
         "--index-flat-max",
         str(FLAT_MAX),
-        "--out",
-        str(out),
         *extra,
-    ]
+    )
 
 
 def _positions(progress: Path) -> int:

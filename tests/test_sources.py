@@ -13,7 +13,8 @@ from corpus.sources import SOURCES
 from runtime.metadata import encode_metadata
 from runtime.scoring import CONTRAST_WEIGHT, REFERENCE_PROMPTS, csd, logits, match_probability, uncertainty
 from runtime.tiles import morton
-from server.routes.meta import DEMO_SOURCES, metadata_values
+from server.routes.meta import metadata_values
+from tests.conftest import FIXTURE_SOURCE_DESCRIPTIONS
 from tests.server_support import LAND_TILE, decode_npy, make_client
 
 POINT = (10.5, 47.2)  # the Alps, inside the fixture's store
@@ -155,8 +156,9 @@ def test_metadata_says_what_each_value_means(client, names):
     assert client.get("/metadata", headers={"If-None-Match": answer.headers["etag"]}).status_code == 304
     body = answer.json()
     assert [v["value"] for v in body["source"]["values"]] == names
-    # The fixture's sources are not the demo's: the manifest does not describe them either.
-    assert all(v["description"] is None for v in body["source"]["values"])
+    # As the fixture bundle's manifest describes them: `field`, not `demo`.
+    described = {v["value"]: v["description"] for v in body["source"]["values"]}
+    assert described == {name: FIXTURE_SOURCE_DESCRIPTIONS.get(name) for name in names}
     assert "left out" in body["source"]["unknown"]
     for name, (lo, hi) in (("hour", (0, 23)), ("month", (1, 12))):
         assert (body[name]["min"], body[name]["max"]) == (lo, hi)
@@ -174,7 +176,7 @@ def test_metadata_says_what_each_value_means(client, names):
         assert doc["scale"]["units"] == layer["description"], "the legend's units are the layer's meaning"
 
 
-def test_the_demo_sources_are_described_as_the_corpus_defines_them():
-    assert {s.name: s.recordist for s in SOURCES} == DEMO_SOURCES
-    values = metadata_values([s.name for s in SOURCES])["source"]["values"]
-    assert [v["description"] for v in values] == [s.recordist for s in SOURCES]
+def test_metadata_describes_sources_in_the_bundles_order():
+    described = {s.name: s.recordist for s in SOURCES[1:]}
+    values = metadata_values([s.name for s in SOURCES], described)["source"]["values"]
+    assert [v["description"] for v in values] == [None] + [s.recordist for s in SOURCES[1:]]

@@ -166,27 +166,19 @@ async def tms_wmts_capabilities(
     return await _wmts(request, service, params)
 
 
-# What each source of the demo model means. The bundle's manifest names its sources but does not
-# describe them, and server/ cannot import corpus/, where the demo's recordists are defined
-# (corpus/sources.py; tests/test_sources.py keeps the two identical; docs/demo-model.md, "Sources").
-DEMO_SOURCES = {
-    "wildlife": "a wildlife recordist: animal and nature sounds, at dawn and dusk, in wild places",
-    "citywalk": "a city sound walk: streets, traffic and crowds, by day, in towns",
-    "fieldrec": "a general field recordist: whatever the place offers, at any hour, anywhere",
-}
 UNKNOWN_SOURCE = (
     "source left out: where anyone would hear it, a condition the model learned by training with metadata "
     "dropout (for the demo model: its sources together, in their proportions at each place)"
 )
 
 
-def metadata_values(sources: list[str]) -> dict:
-    """The values each metadata and layer parameter takes, and what each means: what a client
-    (the viewer's controls) offers a user."""
+def metadata_values(sources: list[str], descriptions: dict[str, str]) -> dict:
+    """The values each metadata and layer parameter takes, and what each means (a source as its
+    bundle's manifest describes it, else null): what a client (the viewer's controls) offers a user."""
     return {
         "source": {
             "unknown": UNKNOWN_SOURCE,
-            "values": [{"value": name, "description": DEMO_SOURCES.get(name)} for name in sources],
+            "values": [{"value": name, "description": descriptions.get(name)} for name in sources],
         },
         "hour": {
             "min": 0,
@@ -214,7 +206,11 @@ def metadata_values(sources: list[str]) -> dict:
     summary="The values of source, hour, month and layer this server takes, and what each means",
 )
 def metadata(request: Request, service: ServiceDep) -> Response:
-    return conditional(request, JSONResponse(metadata_values(service.bundle.sources.names)), "document")
+    return conditional(
+        request,
+        JSONResponse(metadata_values(service.bundle.sources.names, service.bundle.source_descriptions)),
+        "document",
+    )
 
 
 # OGC API - Tiles: the tile matrix sets are listed and described as TiTiler's clients expect.
