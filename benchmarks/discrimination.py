@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -189,17 +190,33 @@ def retrieval(scores: dict[str, np.ndarray], labels: np.ndarray, subset: np.ndar
 
 def layer_maps(engine, cells, prompts: tuple[str, ...]) -> dict[str, np.ndarray]:
     """(cells x prompts) maps of the served layers (through Engine.values), of the CSD without the
-    cell's S_i, and of the contrast at the other weights of CONTRAST_SWEEP (what CONTRAST_WEIGHT
-    was picked from)."""
+    cell's S_i, of the contrast at the other weights of CONTRAST_SWEEP (what CONTRAST_WEIGHT
+    was picked from), and of other re-scorings of the same (mu, S) that discount what every
+    sound shares at a cell (none is served: the table shows what each costs)."""
+    from runtime.scoring import REFERENCE_PROMPTS
+
     queries = [engine.embed_text(t) for t in prompts]
+    mu_q = np.stack([q.mu for q in queries]).astype(np.float64)
     out = {
         layer: np.column_stack([engine.values(cells, layer, q) for q in queries]) for layer in ("heatmap", "contrast")
     }
-    out["heatmap_without_s_i"] = cells.mu.astype(np.float32) @ np.stack([q.mu for q in queries]).T
-    logit = np.column_stack([engine.logits(cells, q) for q in queries])
+    mu = cells.mu.astype(np.float64)
+    out["heatmap_without_s_i"] = mu @ mu_q.T
+    logit = np.column_stack([engine.logits(cells, q) for q in queries]).astype(np.float64)
     baseline = engine.logits(cells, engine.reference)[:, None]
     for weight in CONTRAST_SWEEP:
         out[f"contrast_weight_{weight:g}"] = logit - weight * baseline
+    refs = np.column_stack([engine.logits(cells, engine.embed_text(t)) for t in REFERENCE_PROMPTS]).astype(np.float64)
+    spread = refs.std(axis=1, keepdims=True)
+    # The logit in standard deviations of the reference sounds' logits above 0.75 of their mean.
+    out["z_score_against_references"] = (logit - 0.75 * refs.mean(axis=1, keepdims=True)) / spread
+    # log of the sound's share among itself and the reference sounds at the cell.
+    out["log_share_among_references"] = np.column_stack(
+        [logit[:, j] - logsumexp(np.column_stack([logit[:, j], refs]), axis=1) for j in range(logit.shape[1])]
+    )
+    # mu_i . mu_q with the cells' first principal direction (the shared "how much happens here" axis) removed.
+    first = np.linalg.svd(mu - mu.mean(axis=0), full_matrices=False)[2][:1]
+    out["without_first_principal_direction"] = (mu - (mu @ first.T) @ first) @ mu_q.T
     return out
 
 

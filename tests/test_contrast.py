@@ -170,7 +170,8 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
     result = json.loads(out.read_text())
     assert result["land_cells"] >= 10 and len(result["prompts"]) >= 12
     for cond in (result["default"], result["hours"]["6"]):
-        assert {"heatmap", "contrast", "heatmap_without_s_i"} <= set(cond["layers"])
+        rescorings = {"z_score_against_references", "log_share_among_references", "without_first_principal_direction"}
+        assert {"heatmap", "contrast", "heatmap_without_s_i", *rescorings} <= set(cond["layers"])
         for d in cond["layers"].values():
             assert -1 <= d["mean_pairwise_spearman"] <= d["max_pairwise_spearman"] <= 1
             assert len(d["spearman_with_minus_uncertainty"]) == len(result["prompts"])
