@@ -141,7 +141,7 @@ def _from_config(path: str, seed: int):
 
 
 def _export(args: argparse.Namespace) -> int:
-    from model.export import bundle_from_trained_parts, export_bundle, save_trained_parts
+    from model.export import bundle_from_trained_parts, described_sources, export_bundle, save_trained_parts
 
     sources = [s for s in (args.checkpoint, args.config, args.weights) if s]
     if len(sources) != 1:
@@ -181,7 +181,7 @@ def _export(args: argparse.Namespace) -> int:
                 "training": training,
                 "metrics": metrics,
                 **({"examples": args.example} if args.example else {}),
-                **({"source_descriptions": described} if described else {}),
+                **({"source_descriptions": described_sources(list(model.cfg.sources), described)} if described else {}),
             },
         )
         print(f"trained parts ({record['weights']['sha256'][:16]}) written to {args.out}")

@@ -181,15 +181,17 @@ def test_a_user_error_from_any_layer_is_one_sentence(capsys, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    "option, says",
+    "option, says, parts",
     [
-        ("radio=a radio broadcast", "source description(s) of radio: the model's sources are demo"),
-        ("demo", "--source-description takes NAME=TEXT"),
-        ("=no name", "--source-description takes NAME=TEXT"),
+        ("radio=a radio broadcast", "source description(s) of radio: the model's sources are demo", False),
+        ("radio=a radio broadcast", "source description(s) of radio: the model's sources are demo", True),
+        ("demo", "--source-description takes NAME=TEXT", False),
+        ("=no name", "--source-description takes NAME=TEXT", False),
     ],
 )
-def test_export_refuses_a_source_description_it_cannot_record(capsys, tmp_path, option, says) -> None:
+def test_export_refuses_a_source_description_it_cannot_record(capsys, tmp_path, option, says, parts) -> None:
     argv = ["export", "--config", str(ROOT / "configs/tiny.yaml"), "--source-description", option]
+    argv += ["--trained-parts"] if parts else []
     line = _fails(capsys, [*argv, "--out", str(tmp_path / "bundle")])
     assert says in line
     assert not (tmp_path / "bundle").exists()
