@@ -5,6 +5,7 @@ step's output is reused on the next run, and a killed store build continues wher
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -82,8 +83,10 @@ def bundle_is_current(path: Path, weights: Path) -> bool:
     return all(training.get(key) == value for key, value in current.items())
 
 
+@functools.cache
 def export_code_sha256() -> str:
-    """sha256 over the code that writes a bundle's graphs (model/export.py and model/nn/)."""
+    """sha256 over the code that writes a bundle's graphs (model/export.py and model/nn/), read
+    once per process (checking a bundle and recording it in a new one use the same)."""
     digest = hashlib.sha256()
     for path in sorted([EXPORT_CODE / "export.py", *(EXPORT_CODE / "nn").glob("*.py")]):
         digest.update(path.relative_to(EXPORT_CODE).as_posix().encode() + b"\0" + path.read_bytes())

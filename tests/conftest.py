@@ -15,6 +15,7 @@ import redis
 # Europe and North Africa: sea, coast, forest, desert and ice in one small crop.
 FIXTURE_BBOX = (-12.0, 28.0, 36.0, 62.0)
 FIXTURE_LEVELS = [3, 4, 5, 6]
+FIXTURE_BBOX_ARG = "--bbox=" + ",".join(map(str, FIXTURE_BBOX))
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,8 @@ from store.index import build_index, exact_top_k, index_bytes_per_cell, recall_a
 from store.reader import Store
 from store.synth import SynthSpec
 from store.verify import verify_store
-from tests.conftest import FIXTURE_BBOX
+from tests.conftest import FIXTURE_BBOX, FIXTURE_BBOX_ARG, precompute_args
 from tests.server_support import decode_png, make_client
-
-BBOX_ARG = "--bbox=" + ",".join(map(str, FIXTURE_BBOX))
 
 
 def _synth(out, level: int, cells: int, *extra: str) -> Store:
@@ -114,8 +112,7 @@ def test_index_kind_follows_the_level_size_and_reaches_its_recall(tmp_path, cell
 
 
 def _dry_run(capsys, imagery_path, bundle_path, tmp_path, *extra: str) -> str:
-    run = ["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "3-6", BBOX_ARG]
-    assert main([*run, "--out", str(tmp_path / "store"), *extra]) == 0
+    assert main(precompute_args(imagery_path, bundle_path, "3-6", tmp_path / "store", FIXTURE_BBOX_ARG, *extra)) == 0
     return capsys.readouterr().out
 
 
@@ -145,8 +142,10 @@ def test_fusion_budget_stores_the_coarsest_levels_that_fit(capsys, imagery_path,
     ],
 )
 def test_fusion_budget_refuses_bad_input(capsys, imagery_path, bundle_path, tmp_path, extra, needle):
-    run = ["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path), "--levels", "3-4", BBOX_ARG]
-    assert main([*run, "--out", str(tmp_path / "s"), "--dry-run", *extra]) == 2
+    assert (
+        main(precompute_args(imagery_path, bundle_path, "3-4", tmp_path / "s", FIXTURE_BBOX_ARG, "--dry-run", *extra))
+        == 2
+    )
     assert needle in capsys.readouterr().err
 
 

@@ -11,9 +11,7 @@ from runtime.tiles import demorton, morton, tiles_in_bbox
 from store.format import StoreError
 from store.reader import Store
 from store.verify import verify_store
-from tests.conftest import FIXTURE_BBOX, FIXTURE_LEVELS, precompute_args
-
-BBOX_ARG = "--bbox=" + ",".join(map(str, FIXTURE_BBOX))
+from tests.conftest import FIXTURE_BBOX, FIXTURE_BBOX_ARG, FIXTURE_LEVELS, precompute_args
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +19,12 @@ def fused_store(bundle_path, imagery_path, tmp_path_factory):
     """Levels 3-5 with hourly and monthly fusions at levels 3-4, written by the CLI."""
     out = tmp_path_factory.mktemp("fused") / "store"
     assert (
-        main(precompute_args(imagery_path, bundle_path, "3-5", out, BBOX_ARG, "--fusion-levels", "3-4", "--quiet")) == 0
+        main(
+            precompute_args(
+                imagery_path, bundle_path, "3-5", out, FIXTURE_BBOX_ARG, "--fusion-levels", "3-4", "--quiet"
+            )
+        )
+        == 0
     )
     return Store(out)
 
@@ -114,7 +117,7 @@ def test_verify_finds_a_changed_byte_and_info_describes(fused_store, tmp_path, c
 
 def test_dry_run_counts_cells_and_writes_nothing(bundle_path, imagery_path, tmp_path, capsys):
     out = tmp_path / "store"
-    assert main(precompute_args(imagery_path, bundle_path, "3-5", out, BBOX_ARG, "--dry-run")) == 0
+    assert main(precompute_args(imagery_path, bundle_path, "3-5", out, FIXTURE_BBOX_ARG, "--dry-run")) == 0
     text = capsys.readouterr().out
     total = sum(len(tiles_in_bbox(z, FIXTURE_BBOX)[0]) for z in (3, 4, 5))
     assert f"total {total:>12,}" in text and "cells/s" in text and "MB" in text

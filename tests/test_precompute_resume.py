@@ -18,7 +18,7 @@ from store.format import StoreError
 from store.reader import Store
 from store.verify import verify_store
 from store.writer import work_paths
-from tests.conftest import FIXTURE_BBOX, precompute_args
+from tests.conftest import FIXTURE_BBOX, FIXTURE_BBOX_ARG, precompute_args
 
 LEVELS = "3-7"
 BATCH = 16
@@ -68,7 +68,7 @@ def precompute_argv(imagery_path: Path, bundle_path: Path, out: Path, *extra: st
         bundle_path,
         LEVELS,
         out,
-        "--bbox=" + ",".join(map(str, FIXTURE_BBOX)),
+        FIXTURE_BBOX_ARG,
         "--batch-size",
         str(BATCH),
         "--fusion-levels",
