@@ -542,6 +542,39 @@ def _f(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def add_world_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that maps a demo world: --data-dir (built from --weights where
+    missing) or --bundle with --store, and where the corpus's place rasters come from."""
+    p.add_argument(
+        "--data-dir", default="data/demo", help="demo world folder (cli/demo.py layout; built where missing)"
+    )
+    p.add_argument("--weights", default="weights/demo", help="trained parts the demo bundle is assembled from")
+    p.add_argument("--bundle", help="a bundle directory (with --store: instead of --data-dir)")
+    p.add_argument("--store", help="a store directory built from --bundle")
+    p.add_argument("--places", default="data/corpus/places.npz", help="the corpus's place rasters (else --assets)")
+    p.add_argument("--assets", default="data/assets", help="corpus assets, to derive the place rasters")
+
+
+def open_world(args: argparse.Namespace):
+    """(Engine, Places) of the world add_world_arguments' options name, building what is missing."""
+    from corpus.build import ensure_places
+    from runtime.bundle import Bundle
+    from server.engine import Engine
+    from store.reader import Store
+
+    data = Path(args.data_dir)
+    if args.bundle and args.store:
+        bundle_dir, store_dir = Path(args.bundle), Path(args.store)
+    else:
+        from cli.demo import bundle_path, imagery_path, store_path
+
+        bundle_dir = bundle_path(data, Path(args.weights))
+        store_dir = store_path(data, imagery_path(data), bundle_dir)
+    places_file = Path(args.places)
+    places = Places(places_file) if places_file.exists() else ensure_places(Path(args.assets), data / "places.npz")
+    return Engine(Bundle(bundle_dir), Store(store_dir)), places
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(

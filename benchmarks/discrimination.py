@@ -39,7 +39,17 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.demo_quality import MAJORITY, POSITIVE_WEIGHT, auc, cell_places, cell_xy, class_prompt, split_keys
+from benchmarks.demo_quality import (
+    MAJORITY,
+    POSITIVE_WEIGHT,
+    add_world_arguments,
+    auc,
+    cell_places,
+    cell_xy,
+    class_prompt,
+    open_world,
+    split_keys,
+)
 from runtime.scoring import uncertainty
 
 # Distinct sounds (issue 14: at least 12). None is one of runtime.scoring.REFERENCE_PROMPTS.
@@ -275,42 +285,22 @@ def cause(engine, cells) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--data-dir", default="data/demo", help="demo world folder (cli/demo.py layout; built where missing)"
-    )
-    p.add_argument("--weights", default="weights/demo", help="trained parts the demo bundle is assembled from")
-    p.add_argument("--bundle", help="a bundle directory (with --store: instead of --data-dir)")
-    p.add_argument("--store", help="a store directory built from --bundle")
-    p.add_argument("--places", default="data/corpus/places.npz", help="the corpus's place rasters (else --assets)")
-    p.add_argument("--assets", default="data/assets", help="corpus assets, to derive the place rasters")
+    add_world_arguments(p)
     p.add_argument("--level", type=int, default=6, help="store level of the maps (6 = zoom-2 tiles)")
     p.add_argument("--hours", default="6,22", help="hours measured besides the default metadata ('' for none)")
     p.add_argument("--json", default="benchmarks/results/discrimination.json", help="where the results go")
     args = p.parse_args(argv)
 
-    from corpus.build import ensure_places
-    from corpus.places import Places
-    from runtime.bundle import Bundle
     from runtime.scoring import CONTRAST_WEIGHT, REFERENCE_PROMPTS
-    from server.engine import Engine, QueryMetadata
-    from store.reader import Store
+    from server.engine import QueryMetadata
 
     t0 = time.monotonic()
 
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
-    data = Path(args.data_dir)
-    if args.bundle and args.store:
-        bundle, store = Bundle(args.bundle), Store(args.store)
-    else:
-        from cli.demo import bundle_path, imagery_path, store_path
-
-        bundle_dir = bundle_path(data, Path(args.weights))
-        bundle, store = Bundle(bundle_dir), Store(store_path(data, imagery_path(data), bundle_dir))
-    engine = Engine(bundle, store)
-    places_file = Path(args.places)
-    places = Places(places_file) if places_file.exists() else ensure_places(Path(args.assets), data / "places.npz")
+    engine, places = open_world(args)
+    bundle, store = engine.bundle, engine.store
     level = store.levels[args.level]
     x, y = cell_xy(level)
     say(f"land cells of level {args.level} ...")

@@ -48,7 +48,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.demo_quality import MAJORITY, cell_xy, grid_points
+from benchmarks.demo_quality import MAJORITY, add_world_arguments, cell_xy, grid_points, open_world
 from corpus import rules, sources
 from corpus.build import CELL_GRID, cell_rules
 from corpus.places import Places
@@ -217,14 +217,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--data-dir", default="data/demo", help="demo world folder (cli/demo.py layout; built where missing)"
-    )
-    p.add_argument("--weights", default="weights/demo", help="trained parts the demo bundle is assembled from")
-    p.add_argument("--bundle", help="a bundle directory (with --store: instead of --data-dir)")
-    p.add_argument("--store", help="a store directory built from --bundle")
-    p.add_argument("--places", default="data/corpus/places.npz", help="the corpus's place rasters (else --assets)")
-    p.add_argument("--assets", default="data/assets", help="corpus assets, to derive the place rasters")
+    add_world_arguments(p)
     p.add_argument("--level", type=int, default=6, help="store level of the maps (6 = zoom-2 tiles)")
     p.add_argument("--hour", type=float, default=7.0, help="local hour of the maps (default 7)")
     p.add_argument("--month", type=int, default=5, help="month of the maps (default 5)")
@@ -232,24 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="benchmarks/results/source_maps.json", help="where the results go")
     args = p.parse_args(argv)
 
-    from corpus.build import ensure_places
-    from runtime.bundle import Bundle
-    from server.engine import Engine
-    from store.reader import Store
-
     t0 = time.monotonic()
-    if args.bundle and args.store:
-        bundle_dir, store_dir = Path(args.bundle), Path(args.store)
-    else:
-        from cli.demo import bundle_path, imagery_path, store_path
-
-        data = Path(args.data_dir)
-        imagery = imagery_path(data)
-        bundle_dir = bundle_path(data, Path(args.weights))
-        store_dir = store_path(data, imagery, bundle_dir)
-    engine = Engine(Bundle(bundle_dir), Store(store_dir))
-    places_file = Path(args.places)
-    places = Places(places_file) if places_file.exists() else ensure_places(Path(args.assets), places_file)
+    engine, places = open_world(args)
     results = {
         layer: run(engine, places, engine.store.levels[args.level], args.month, args.hour, layer)
         for layer in args.layers.split(",")

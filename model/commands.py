@@ -151,19 +151,18 @@ def _export(args: argparse.Namespace) -> int:
         )
     metrics = {"test": json.loads(Path(args.metrics).read_text())} if args.metrics else {}
     described = source_descriptions(args.source_description or [])
+    # What every bundle written here records, from trained parts or from a model.
+    bundle_options = {
+        "metrics": metrics,
+        "fp16": args.fp16,
+        "examples": args.example,
+        "source_descriptions": described,
+        "progress": True,
+    }
     if args.weights:
         if args.trained_parts:
             raise UsageError("--weights already are trained parts; export them to a bundle without --trained-parts")
-        manifest = bundle_from_trained_parts(
-            args.weights,
-            args.out,
-            name=args.name,
-            metrics=metrics,
-            fp16=args.fp16,
-            examples=args.example,
-            source_descriptions=described,
-            progress=True,
-        )
+        manifest = bundle_from_trained_parts(args.weights, args.out, name=args.name, **bundle_options)
         print(f"bundle {manifest['id']} written to {args.out}")
         return 0
     if args.checkpoint:
@@ -186,18 +185,7 @@ def _export(args: argparse.Namespace) -> int:
         )
         print(f"trained parts ({record['weights']['sha256'][:16]}) written to {args.out}")
         return 0
-    manifest = export_bundle(
-        model,
-        args.out,
-        calibration=calibration,
-        training=training,
-        metrics=metrics,
-        name=name,
-        fp16=args.fp16,
-        examples=args.example,
-        source_descriptions=described,
-        progress=True,
-    )
+    manifest = export_bundle(model, args.out, calibration=calibration, training=training, name=name, **bundle_options)
     print(f"bundle {manifest['id']} written to {args.out}")
     return 0
 

@@ -219,3 +219,31 @@ def demo_places(place_assets, tmp_path_factory):
     from corpus.build import ensure_places
 
     return ensure_places(place_assets, tmp_path_factory.mktemp("places") / "places.npz", progress=False)
+
+
+def reprojected(imagery_path: Path, out: Path, crs: str) -> Path:
+    """The fixture crop warped to `crs`, nodata 0 where its footprint does not reach, with
+    overviews (which rio-tiler reads for downsampled cells)."""
+    import numpy as np
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.warp import calculate_default_transform, reproject
+
+    with rasterio.open(imagery_path) as src:
+        transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        data = np.zeros((3, height, width), dtype=np.uint8)
+        reproject(
+            src.read(),
+            data,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs=crs,
+            resampling=Resampling.bilinear,
+            dst_nodata=0,
+        )
+        profile = {**src.profile, "crs": crs, "transform": transform, "width": width, "height": height, "nodata": 0}
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(data)
+        dst.build_overviews([2, 4, 8, 16], Resampling.average)
+    return out

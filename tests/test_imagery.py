@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
 from precompute.run import run
@@ -18,6 +17,7 @@ from runtime.bundle import Bundle
 from runtime.imagery import Imagery, ImageryError
 from runtime.tiles import morton, tile_bounds, tiles_in_bbox
 from store.reader import Store
+from tests.conftest import reprojected
 
 SIZE = 32
 
@@ -75,22 +75,7 @@ def source(imagery_path):
 def utm_path(imagery_path, tmp_path_factory) -> Path:
     """The Blue Marble crop reprojected to UTM zone 33N (EPSG:32633); corners outside the
     reprojected footprint are nodata."""
-    with rasterio.open(imagery_path) as src:
-        crs = "EPSG:32633"
-        transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
-        out = np.zeros((3, height, width), dtype=np.uint8)
-        reproject(
-            src.read(),
-            out,
-            src_transform=src.transform,
-            src_crs=src.crs,
-            dst_transform=transform,
-            dst_crs=crs,
-            resampling=Resampling.bilinear,
-            dst_nodata=0,
-        )
-        profile = {**src.profile, "crs": crs, "transform": transform, "width": width, "height": height}
-    return _write(tmp_path_factory.mktemp("utm") / "utm.tif", out, profile, nodata=0)
+    return reprojected(imagery_path, tmp_path_factory.mktemp("utm") / "utm.tif", "EPSG:32633")
 
 
 HOLE = (0, 40, 20, 50)

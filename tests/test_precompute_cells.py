@@ -3,18 +3,13 @@ the fast path (sources in a CRS other than web mercator) and the ones it hands b
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import rasterio
-from rasterio.enums import Resampling
-from rasterio.warp import calculate_default_transform, reproject
 
 from precompute.cells import CellImagery, mercator_resolution
 from runtime.imagery import Imagery
 from runtime.tiles import tile_range
-from tests.conftest import FIXTURE_BBOX
+from tests.conftest import FIXTURE_BBOX, reprojected
 
 LEVELS = range(2, 9)  # coarser than the crop (downsampled, partly outside) to finer (upsampled)
 SIZE = 64
@@ -26,29 +21,6 @@ def _cells(level: int) -> list[tuple[int, int]]:
     x0, x1, y0, y1 = tile_range(level, (west - 6, south - 6, east + 6, north + 6))
     step = max(1, (x1 - x0 + 1) // 12)  # at most ~12 x 12 cells per level
     return [(x, y) for x in range(x0, x1 + 1, step) for y in range(y0, y1 + 1, step)]
-
-
-def _reprojected(imagery_path: Path, out: Path, crs: str) -> Path:
-    """The crop warped to `crs`, nodata 0 where its footprint does not reach, with overviews
-    (which rio-tiler reads for downsampled cells)."""
-    with rasterio.open(imagery_path) as src:
-        transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
-        data = np.zeros((3, height, width), dtype=np.uint8)
-        reproject(
-            src.read(),
-            data,
-            src_transform=src.transform,
-            src_crs=src.crs,
-            dst_transform=transform,
-            dst_crs=crs,
-            resampling=Resampling.bilinear,
-            dst_nodata=0,
-        )
-        profile = {**src.profile, "crs": crs, "transform": transform, "width": width, "height": height, "nodata": 0}
-    with rasterio.open(out, "w", **profile) as dst:
-        dst.write(data)
-        dst.build_overviews([2, 4, 8, 16], Resampling.average)
-    return out
 
 
 def _assert_same_cells(slow: Imagery, fast: CellImagery) -> int:
@@ -78,7 +50,7 @@ def test_geographic_source_gives_imagery_pixels(imagery_path):
 
 
 def test_projected_source_with_nodata_gives_imagery_pixels(imagery_path, tmp_path):
-    utm = _reprojected(imagery_path, tmp_path / "utm.tif", "EPSG:32633")
+    utm = reprojected(imagery_path, tmp_path / "utm.tif", "EPSG:32633")
     fast = CellImagery(utm)
     assert _resolution(fast) is not None
     assert _assert_same_cells(Imagery(utm), fast) > 50
@@ -86,13 +58,13 @@ def test_projected_source_with_nodata_gives_imagery_pixels(imagery_path, tmp_pat
 
 @pytest.mark.slow  # ~25 s: a mosaic reads each cell of both files
 def test_nodata_override_and_mosaic_give_imagery_pixels(imagery_path, tmp_path):
-    utm = _reprojected(imagery_path, tmp_path / "utm.tif", "EPSG:32633")
+    utm = reprojected(imagery_path, tmp_path / "utm.tif", "EPSG:32633")
     assert _assert_same_cells(Imagery(imagery_path, nodata=40), CellImagery(imagery_path, nodata=40)) > 50
     assert _assert_same_cells(Imagery([utm, imagery_path]), CellImagery([utm, imagery_path])) > 100
 
 
 def test_web_mercator_source_is_read_by_rio_tiler(imagery_path, tmp_path):
-    mercator = _reprojected(imagery_path, tmp_path / "mercator.tif", "EPSG:3857")
+    mercator = reprojected(imagery_path, tmp_path / "mercator.tif", "EPSG:3857")
     fast = CellImagery(mercator)
     assert _resolution(fast) is None
     assert _assert_same_cells(Imagery(mercator), fast) > 50

@@ -9,7 +9,6 @@ import asyncio
 import io
 import json
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from benchmarks.hostile import wav
 from runtime.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
 from server.queries import MAX_DECODED_SAMPLES
 from server.ratelimit import Rate, TokenBuckets, client_key
@@ -31,26 +31,6 @@ from tests.server_support import REPO, live_server, make_client
 def client(bundle_path, store_path):
     with make_client(bundle_path, store_path) as client:
         yield client
-
-
-def wav(rate: int, channels: int = 1, frames: int = 100) -> bytes:
-    """A 16-bit PCM WAV of silence whose header declares any `rate` and `channels`, as an attacker
-    writes it (libsndfile itself refuses to write some of these)."""
-    data = np.zeros(frames * channels, "<i2").tobytes()
-    fmt = struct.pack("<HHIIHH", 1, channels, rate, (rate * channels * 2) & 0xFFFFFFFF, channels * 2, 16)
-    return b"".join(
-        [
-            b"RIFF",
-            struct.pack("<I", 36 + len(data)),
-            b"WAVE",
-            b"fmt ",
-            struct.pack("<I", 16),
-            fmt,
-            b"data",
-            struct.pack("<I", len(data)),
-            data,
-        ]
-    )
 
 
 def flac_silence(rate: int, channels: int, seconds: float) -> bytes:
