@@ -25,7 +25,7 @@ from runtime.scoring import (
     scoring_kind,
     uncertainty,
 )
-from runtime.tiles import MERCATOR_LAT_LIMIT, morton
+from runtime.tiles import MERCATOR_LAT_LIMIT, demorton, morton
 from server.sampling import AxisSampling, axis_sampling, sample
 from store.reader import Level, Store
 
@@ -41,6 +41,12 @@ FUSE_BATCH = 512
 SCALE_LEVEL_CELLS = 4096
 SCALE_SAMPLE_CELLS = 1024
 SCALE_PERCENTILES = (2.0, 98.0)
+# /search under metadata the store does not hold fuses candidates, not the whole level: the
+# SEARCH_CANDIDATES (or CANDIDATES_PER_K x k) best cells by each stored ranking near the request,
+# ranked exactly (recall against the whole level: benchmarks/search_recall.py, BENCHMARKS.md). A
+# level under twice that many cells is fused whole: exact, at most twice the work.
+SEARCH_CANDIDATES = 2048
+CANDIDATES_PER_K = 40
 # Layers drawn for a query: `heatmap` (match probability, the paper's -CSD map) and `contrast`
 # (its log-odds against the reference prompts' at the same cell); `uncertainty` needs none.
 QUERY_LAYERS = ("heatmap", "contrast")
@@ -169,6 +175,20 @@ def lookup(level: Level, codes: np.ndarray) -> np.ndarray:
         return np.full(codes.shape, -1, dtype=np.int64)
     pos = np.minimum(np.searchsorted(all_codes, codes), len(all_codes) - 1)
     return np.where(all_codes[pos] == codes, pos, -1).astype(np.int64)
+
+
+def children(level: Level, parent_codes: np.ndarray) -> np.ndarray:
+    """Rows of `level` that lie in the given cells of the level above (each has up to 4)."""
+    x, y = demorton(parent_codes)
+    codes = np.concatenate([morton(2 * x + dx, 2 * y + dy) for dx in (0, 1) for dy in (0, 1)])
+    rows = lookup(level, codes.astype(np.uint64))
+    return rows[rows >= 0]
+
+
+def candidate_count(k: int, cells: int) -> int | None:
+    """How many candidates /search ranks for the best k of `cells`, or None to rank them all."""
+    count = max(SEARCH_CANDIDATES, CANDIDATES_PER_K * k)
+    return count if 2 * count < cells else None
 
 
 class Engine:
@@ -318,6 +338,24 @@ class Engine:
         self.stats["fusions"] += 1
         cells = CellEmbeddings(mu.astype(np.float16), uncertainty(logvar))
         return (CellEmbeddings(cells.mu[:24], cells.s[:24]), CellEmbeddings(cells.mu[24:], cells.s[24:]))
+
+    def candidates(self, level: Level, meta: QueryMetadata, query: QueryEmbedding, count: int) -> np.ndarray:
+        """Sorted rows of `level` worth ranking exactly under `meta`: the best `count` by the
+        stored default embeddings, and by each stored fusion of one of meta's fields alone (its
+        hour, its month) at this level, or else the children of the best count / 4 by it one
+        level up. Metadata moves the ranking, but mostly among cells some nearby ranking holds."""
+        found = [self.top_k(level, None, query, count)[0]]
+        above = self.store.levels.get(level.level - 1)
+        for alone in (QueryMetadata(hour=meta.hour), QueryMetadata(month=meta.month)):
+            if alone.is_default:
+                continue
+            here = self.stored(level, np.arange(len(level)), alone)
+            if here is not None:
+                found.append(self.top_k(level, here, query, count)[0])
+            elif above is not None and (up := self.stored(above, np.arange(len(above)), alone)) is not None:
+                parents = self.top_k(above, up, query, max(1, count // 4))[0]
+                found.append(children(level, np.asarray(above.arrays.codes[parents])))
+        return np.unique(np.concatenate(found))
 
     def top_k(
         self, level: Level, cells: CellEmbeddings | None, query: QueryEmbedding, k: int

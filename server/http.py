@@ -197,6 +197,7 @@ def _rule(schema: dict, error_type: str) -> str:
         "integer": "an integer",
         "number": "a finite number" if error_type == "finite_number" else "a number",
         "string": "a text",
+        "boolean": "true or false",
     }.get(schema.get("type", ""), "a valid value")
     lo, hi = schema.get("minimum"), schema.get("maximum")
     if lo is not None and hi is not None:

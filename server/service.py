@@ -22,7 +22,16 @@ from runtime.imagery import Imagery, ImageryError, is_remote
 from runtime.scoring import CONTRAST_RULE
 from server import metrics, render
 from server.cache import BYTES, Codec, LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest, named_key
-from server.engine import QUERY_LAYERS, CellEmbeddings, Engine, QueryEmbedding, QueryMetadata, Scale, split_batches
+from server.engine import (
+    QUERY_LAYERS,
+    CellEmbeddings,
+    Engine,
+    QueryEmbedding,
+    QueryMetadata,
+    Scale,
+    candidate_count,
+    split_batches,
+)
 from server.queries import QueryError, QueryRecord, decode_upload, text_record
 from server.registry import QueryRegistry
 from server.settings import Settings
@@ -432,19 +441,48 @@ class SoundscapeService:
         }
 
     async def search(
-        self, level: Level, meta: QueryMetadata, query: QueryEmbedding, k: int
-    ) -> tuple[np.ndarray, CellEmbeddings]:
+        self, level: Level, meta: QueryMetadata, query: QueryEmbedding, k: int, exact: bool = False
+    ) -> tuple[np.ndarray, CellEmbeddings, int]:
+        """Rows and embeddings of the k best cells under `meta`, best first, and how many cells
+        were ranked: all of the level where its embeddings under `meta` are stored or fused
+        already, or `exact` asks (a bounded large fusion); else the engine's candidates."""
         if meta.is_default:
-            return await self.run(self.engine.top_k, level, None, query, k)
-        if len(level) > self.settings.max_search_cells:
+            return (*await self.run(self.engine.top_k, level, None, query, k), len(level))
+        count = candidate_count(k, len(level))
+        whole = await self.run(self.engine.stored, level, np.arange(len(level)), meta)
+        if whole is None:
+            whole = await self.level_fusions.get(self._fused_level_key(level, meta), CELLS)
+        if whole is None and not exact and count is not None:
+            rows = await self.run(self.engine.candidates, level, meta, query, count)
+            # Cached and shared like a fused level: the same search at once fuses once.
+            key = cache_key(
+                "candidates",
+                {
+                    "of": self._fused_level_key(level, meta),
+                    "query": digest({"q": query.to_bytes().hex()}),
+                    "count": count,
+                },
+            )
+            cells = await self.cached(
+                self.level_fusions, "candidates", key, lambda: self.fuse(level, rows, meta, large=True), CELLS
+            )
+            best, top = await self.run(self.engine.top_k, level, cells, query, k)
+            return rows[best], top, len(rows)
+        if whole is None and len(level) > self.settings.max_search_cells:
             raise QueryError(
                 422,
-                f"level {level.level} has {len(level)} cells; searching it under "
+                f"level {level.level} has {len(level)} cells; searching it exactly under "
                 f"hour/month/source fuses every cell (limit {self.settings.max_search_cells}):"
-                " pass a coarser level=",
+                " pass a coarser level=, or leave exact= out",
             )
-        cells = await self.fused_level(level, meta)
-        return await self.run(self.engine.top_k, level, cells, query, k)
+        cells = whole if whole is not None else await self.fused_level(level, meta)
+        return (*await self.run(self.engine.top_k, level, cells, query, k), len(level))
+
+    def _fused_level_key(self, level: Level, meta: QueryMetadata) -> str:
+        return cache_key(
+            "fused_level",
+            {**self.ids, "level": level.level, "hour": meta.hour, "month": meta.month, "source": meta.source},
+        )
 
     async def fused_level(self, level: Level, meta: QueryMetadata) -> CellEmbeddings:
         """Every cell of `level` under `meta`: stored, or fused once per (level, metadata) (a
@@ -453,10 +491,10 @@ class SoundscapeService:
         stored = await self.run(self.engine.stored, level, rows, meta)
         if stored is not None:
             return stored
-        key = cache_key(
-            "fused_level",
-            {**self.ids, "level": level.level, "hour": meta.hour, "month": meta.month, "source": meta.source},
-        )
         return await self.cached(
-            self.level_fusions, "fused_level", key, lambda: self.fuse(level, rows, meta, large=True), CELLS
+            self.level_fusions,
+            "fused_level",
+            self._fused_level_key(level, meta),
+            lambda: self.fuse(level, rows, meta, large=True),
+            CELLS,
         )

@@ -99,7 +99,7 @@ class Settings(EnvSettings):
     cors_origins: Names = ("*",)  # empty = no CORS headers
     max_upload_mb: float = 10
     max_audio_s: float = 60.0
-    # /search with non-default metadata fuses the whole level; refuse levels larger than this.
+    # /search?exact=true under metadata the store lacks fuses the whole level; refuse levels larger than this.
     max_search_cells: int = 250_000
     imagery: MaybeText = None  # basemap raster; default: the path in the store manifest
     # The open internet (docs/reliability.md). Absolute URLs start with public_url when set, else

@@ -118,6 +118,7 @@ ERRORS = [
     ("GET", TILE, {"q": "x", "tilesize": "big"}, {}, 422, "tilesize must be an integer, not 'big'"),
     ("GET", TILE, {"q": "x" * 600}, {}, 422, "q must be a text of at most 500 characters, not 'xxxx"),
     ("GET", "/search", {"q": "x", "k": "5000"}, {}, 422, "k must be an integer in 1..1000, not '5000'"),
+    ("GET", "/search", {"q": "x", "exact": "maybe"}, {}, 422, "exact must be true or false, not 'maybe'"),
     ("GET", "/search", {"q": "x", "k": "1", "hour": "99"}, {}, 422, "hour must be an integer in 0..23, not '99'"),
     (
         "GET",

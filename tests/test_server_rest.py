@@ -1,5 +1,8 @@
 """REST: /search ranks cells exactly (FAISS for default metadata, a rescoring over fused cells
-otherwise) and /point returns a place's score with its 24-hour and 12-month profiles."""
+otherwise: the whole level, or the engine's candidates on a large level) and /point returns a
+place's score with its 24-hour and 12-month profiles."""
+
+import json
 
 import mercantile
 import numpy as np
@@ -7,10 +10,11 @@ import pytest
 
 from runtime.metadata import encode_metadata
 from runtime.scoring import csd, match_probability, uncertainty
-from runtime.tiles import morton
+from runtime.tiles import demorton, morton
 from server import engine as engine_module
 from server.engine import QueryMetadata
 from store.reader import Store
+from tests.conftest import FIXTURE_BBOX
 from tests.server_support import make_client
 
 
@@ -19,15 +23,16 @@ def client(bundle_path, store_path):
     return make_client(bundle_path, store_path)
 
 
-def brute_force(client, level: int, text: str, hour=None) -> tuple[np.ndarray, np.ndarray]:
-    """Every cell's match probability, computed here independently of the server."""
+def brute_force(client, level: int, text: str, hour=None, month=None) -> tuple[np.ndarray, np.ndarray]:
+    """Every cell's match probability and S, computed here independently of the server."""
     service = client.app.state.service
     bundle, arrays = service.bundle, Store(service.store.path).levels[level].arrays
     mu_q, logvar_q = bundle.embed_texts([text])
-    if hour is None:
+    if hour is None and month is None:
         mu, s = np.asarray(arrays.mu, np.float32), np.asarray(arrays.s)
     else:
-        meta = encode_metadata(len(arrays.s), lat=arrays.lonlat[:, 1], lon=arrays.lonlat[:, 0], hour=hour)
+        lonlat = arrays.lonlat
+        meta = encode_metadata(len(arrays.s), lat=lonlat[:, 1], lon=lonlat[:, 0], hour=hour, month=month)
         mu, logvar = bundle.fuse(np.asarray(arrays.sat, np.float32), meta)
         mu, s = mu.astype(np.float16).astype(np.float32), uncertainty(logvar)
     a, b = bundle.calibration
@@ -48,6 +53,99 @@ def test_search_returns_the_true_top_k(client, hour):
     first = body["features"][0]
     assert first["geometry"]["type"] == "Point" and len(first["bbox"]) == 4
     assert first["properties"]["uncertainty"] == pytest.approx(float(s[np.argmax(truth)]), rel=1e-3)
+
+
+def scores_of(answer) -> list[float]:
+    return [f["properties"]["score"] for f in answer.json()["features"]]
+
+
+def test_search_under_new_metadata_ranks_candidates_and_exact_ranks_all(monkeypatch, bundle_path, store_path):
+    """Under an hour+month the store does not hold, /search ranks the engine's candidates exactly
+    (here the best 8 by the stored default ranking of level 6's cells); `exact=true` ranks every
+    cell, and its fused level then serves later searches under that metadata whole."""
+    monkeypatch.setattr(engine_module, "SEARCH_CANDIDATES", 8)
+    monkeypatch.setattr(engine_module, "CANDIDATES_PER_K", 1)
+    text, meta = "a river in the forest", {"hour": 6, "month": 3}
+    params = {"q": text, "k": 3, "level": 6, **meta}
+    with make_client(bundle_path, store_path) as client:
+        service = client.app.state.service
+        level = service.store.levels[6]
+        truth, _ = brute_force(client, 6, text, **meta)
+        query = service.engine.embed_text(text)
+        candidates = service.engine.candidates(level, QueryMetadata(**meta), query, 8)
+        assert len(candidates) == 8 and len(level) > 16
+
+        near = client.get("/search", params=params)
+        assert near.status_code == 200
+        assert near.json()["properties"]["ranked"] == 8 and near.json()["properties"]["cells"] == len(level)
+        assert np.allclose(scores_of(near), np.sort(truth[candidates])[::-1][:3], atol=1e-4)
+        fusions = service.stats["fusions"]
+        assert client.get("/search", params=params).json() == near.json()
+        assert service.stats["fusions"] == fusions, "the candidates' fusion is cached"
+
+        exact = client.get("/search", params={**params, "exact": "true"})
+        assert exact.json()["properties"]["ranked"] == len(level)
+        assert np.allclose(scores_of(exact), np.sort(truth)[::-1][:3], atol=1e-4)
+
+        fusions = service.stats["fusions"]
+        again = client.get("/search", params={**params, "q": "wind over the sea"})
+        assert again.json()["properties"]["ranked"] == len(level), "the fused level is reused"
+        assert service.stats["fusions"] == fusions
+
+
+def test_candidates_include_the_children_of_the_level_above_under_its_stored_fusion(
+    bundle_path, imagery_path, tmp_path
+):
+    """A level without stored fusions takes, besides its own default ranking, the children of the
+    best cells one level up under that level's stored hourly fusion."""
+    from precompute.run import run
+    from runtime.bundle import Bundle
+    from runtime.imagery import Imagery
+    from server.engine import Engine, children
+
+    run(
+        Imagery(imagery_path),
+        Bundle(bundle_path),
+        [5, 6],
+        FIXTURE_BBOX,
+        tmp_path / "s",
+        fusion_levels=(5,),
+        progress=False,
+    )
+    engine = Engine(Bundle(bundle_path), Store(tmp_path / "s"))
+    above, level = engine.store.levels[5], engine.store.levels[6]
+    query = engine.embed_text("birds at dawn")
+    meta = QueryMetadata(hour=5, month=6)
+    found = set(engine.candidates(level, meta, query, 8).tolist())
+
+    default_best = engine.top_k(level, None, query, 8)[0]
+    hourly = engine.stored(above, np.arange(len(above)), QueryMetadata(hour=5))
+    parents = engine.top_k(above, hourly, query, 2)[0]
+    kids = children(level, np.asarray(above.arrays.codes[parents]))
+    assert len(kids) > 0 and set(default_best.tolist()) | set(kids.tolist()) == found
+    x, y = demorton(np.asarray(level.arrays.codes[kids]))
+    px, py = demorton(np.asarray(above.arrays.codes[parents]))
+    assert set(zip((x >> 1).tolist(), (y >> 1).tolist(), strict=True)) <= set(
+        zip(px.tolist(), py.tolist(), strict=True)
+    )
+
+
+def test_the_search_recall_benchmark_runs_on_a_store(monkeypatch, bundle_path, store_path, tmp_path, capsys):
+    """benchmarks/search_recall.py on the fixture: candidate searches are counted against the
+    exact top k, and a search that ranked the whole level found all of it."""
+    from benchmarks import search_recall
+
+    monkeypatch.setattr(engine_module, "SEARCH_CANDIDATES", 8)
+    monkeypatch.setattr(engine_module, "CANDIDATES_PER_K", 1)
+    out = tmp_path / "recall.json"
+    argv = ["--bundle", str(bundle_path), "--store", str(store_path), "--level", "6", "--pairs", "2"]
+    assert search_recall.main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert len(runs) == len(search_recall.PROMPTS) * len(result["cases"]) * len(search_recall.KS)
+    assert any(r["ranked"] < result["cells"] for r in runs), "small k ranks candidates"
+    assert all(r["recall"] == 1 and r["max_score_difference"] == 0 for r in runs if r["ranked"] == result["cells"])
+    assert all(0 <= r["recall"] <= 1 for r in runs) and "| k | searches |" in capsys.readouterr().out
 
 
 def test_point_profiles_agree_with_the_point_score(client):

@@ -51,13 +51,21 @@ async def search(
     params: Annotated[QueryParams, Depends()],
     k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells.")] = 10,
     level: LevelParam = None,
+    exact: Annotated[
+        bool,
+        Query(
+            description="Under an hour, month or source the store does not hold, rank every cell of "
+            "the level (a fusion of the whole level: slower on large levels) instead of the "
+            "candidates that stored rankings near the request name (docs/api.md)."
+        ),
+    ] = False,
 ) -> Response:
     """Top-k cells for a query as GeoJSON, best first, with match probability and S under the
-    requested metadata (exact: non-default metadata is rescored over the fused level)."""
+    requested metadata; `properties.ranked` says how many cells were ranked under it."""
     meta = query_metadata(service, params)
     record, embedding = await query_embedding(service, params)
     chosen = service.level(level)
-    rows, cells = await service.search(chosen, meta, embedding, k)
+    rows, cells, ranked = await service.search(chosen, meta, embedding, k, exact)
     scores = service.engine.values(cells, "heatmap", embedding)
     contrasts = await service.run(service.engine.values, cells, "contrast", embedding)  # may embed the reference
     xs, ys = demorton(np.asarray(chosen.arrays.codes[rows]))
@@ -85,7 +93,13 @@ async def search(
         {
             "type": "FeatureCollection",
             "features": features,
-            "properties": {**_context(record, params), "level": chosen.level, "k": k},
+            "properties": {
+                **_context(record, params),
+                "level": chosen.level,
+                "k": k,
+                "ranked": ranked,
+                "cells": len(chosen),
+            },
         }
     )
     return conditional(request, collection, "document")
