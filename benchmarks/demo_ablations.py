@@ -8,6 +8,8 @@ median rank, docs/method.md section 4.1):
 - `infonce`: the same with the InfoNCE loss (cosine scores) instead of PCME++;
 - `no_metadata`: the same with every metadata token dropped in training (meta_dropout 1),
   evaluated without metadata: the paper's "metadata off";
+- `wide`: twice the embedding (128-d) and twice the fusion's width (192): the model's capacity,
+  one of the causes issue 14 asked to measure (docs/demo-model.md, "The cause, measured");
 - `melcnn`: the small log-mel CNN audio tower trained from scratch instead of frozen aisfx,
   given --melcnn-steps steps (its steps cost ~40x a cached frozen step; choose them to match
   the wall time of the aisfx run, cache included).
@@ -58,6 +60,12 @@ VARIANTS: dict[str, dict] = {
     "pcmepp": {},
     "infonce": {"train": {"loss": {"kind": "infonce"}}},
     "no_metadata": {"train": {"meta_dropout": 1.0}},
+    "wide": {
+        "model": {
+            "embed_dim": 128,
+            "fusion": {"width": 192, "depth": 2, "heads": 4, "ff": 384, "meta_hidden": 64},
+        }
+    },
     "melcnn": {
         "model": {"audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96, "features": {"duration_s": 2.4}}},
         "train": {"eval_every": 0},
