@@ -3,8 +3,9 @@
 Under an hour+month (or a source) the store does not hold, /search ranks the engine's candidates
 (server/engine.py, `Engine.candidates`: the best cells by the stored default ranking and by the
 stored hourly and monthly fusions here or one level up) instead of fusing the whole level. This
-measures, in process through the server's Engine, for the discrimination benchmark's prompts x
---pairs random hour+month pairs (and each source with one of them) x k: the share of the exact
+measures, in process through the server's Engine, for the discrimination benchmark's 14 prompts
+and the demo corpus's class prompts (one per sound class of its rules) x --pairs random hour+month
+pairs (and each source with one of them) x k: the share of the exact
 top k (the whole level fused under the metadata) that the candidate search returns, the scores'
 largest difference, how many cells it ranks, and its time against the whole level's fusion.
 
@@ -25,12 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.demo_quality import add_world_arguments, open_world
-from benchmarks.discrimination import PROMPTS
+from benchmarks.demo_quality import add_world_arguments, class_prompt, open_world
+from benchmarks.discrimination import PROMPTS as DISTINCT_PROMPTS
+from corpus import rules
 from server.engine import CellEmbeddings, Engine, QueryEmbedding, QueryMetadata, candidate_count
 from store.reader import Level
 
 KS = (10, 50, 100)
+PROMPTS = (*DISTINCT_PROMPTS, *(class_prompt(c) for c in rules.CLASSES))
 
 
 def candidate_search(

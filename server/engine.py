@@ -34,6 +34,8 @@ MAX_CELLS_PER_SIDE_LOG2 = 8  # beyond this a tile would hold more cells than pix
 # Cells per fuse graph run. onnxruntime's arena keeps the peak of the largest run: fusing the
 # demo's level 7 (16384 cells) took 488 MB more in batches of 4096, 73 MB in batches of 512, as fast.
 FUSE_BATCH = 512
+# A large fusion split over threads is not cut finer than this: a graph run has a fixed cost.
+SMALLEST_PART = 256
 # The default colour scale of a query is read from a fixed, evenly spread sample of one level's
 # cells: the finest level with at most SCALE_LEVEL_CELLS cells (or the coarsest), strided down to
 # SCALE_SAMPLE_CELLS. A new hour/month/source fuses the sample once (shared by every query): about
@@ -158,14 +160,13 @@ class CellWindow:
         }
 
 
-def split_batches(index: np.ndarray, parts: int) -> list[np.ndarray]:
-    """`index` in at most `parts` runs of whole FUSE_BATCH batches, to fuse in parallel: each
-    graph run sees the same batch as one serial fusion would, so the values are identical."""
-    batches = -(-len(index) // FUSE_BATCH)
-    if batches == 0:
-        return [index]
-    per_part = -(-batches // min(max(1, parts), batches)) * FUSE_BATCH
-    return [index[start : start + per_part] for start in range(0, len(index), per_part)]
+def split_parts(index: np.ndarray, parts: int) -> list[np.ndarray]:
+    """`index` in at most `parts` runs of nearly equal length, in order, none under
+    SMALLEST_PART cells, to fuse in parallel. A cell's fusion does not depend on the other cells
+    of its graph run, so the parts give the values one serial fusion gives (np.array_equal in
+    tests/test_server_rest.py)."""
+    count = max(1, min(parts, len(index) // SMALLEST_PART))
+    return np.array_split(index, count)
 
 
 def lookup(level: Level, codes: np.ndarray) -> np.ndarray:
@@ -240,7 +241,7 @@ class Engine:
 
     def fuse(self, level: Level, index: np.ndarray, meta: QueryMetadata, count: bool = True) -> CellEmbeddings:
         """Run the fusion graph on cells under `meta` (batched); `count=False` for a part of a
-        fusion that split_batches divided (the whole is counted once)."""
+        fusion that split_parts divided (the whole is counted once)."""
         source = None if meta.source is None else self.bundle.sources.id(meta.source)
         mus, ss = [], []
         for start in range(0, len(index), FUSE_BATCH):

@@ -30,7 +30,7 @@ from server.engine import (
     QueryMetadata,
     Scale,
     candidate_count,
-    split_batches,
+    split_parts,
 )
 from server.queries import QueryError, QueryRecord, decode_upload, text_record
 from server.registry import QueryRegistry
@@ -344,7 +344,7 @@ class SoundscapeService:
         """One large fusion split over `settings.fusion_threads` threads, outside the compute
         pool (a worker's share of the cores): a whole level of the demo (16,384 cells) is about
         0.4 s of CPU, its answer waits on all of it, and only `settings.full_fusions` run at once."""
-        parts = split_batches(index, self.settings.fusion_threads)
+        parts = split_parts(index, self.settings.fusion_threads)
         fused: list[CellEmbeddings | None] = [None] * len(parts)
 
         async def part(i: int) -> None:

@@ -166,25 +166,28 @@ def test_point_profiles_agree_with_the_point_score(client):
     assert unknown["uncertainty"] == pytest.approx(float(s[row]), rel=1e-5)
 
 
-@pytest.mark.parametrize("cells", [0, 1, 16, 17, 95, 96, 200])
+@pytest.mark.parametrize("cells", [0, 1, 16, 17, 95, 96, 200, 1000])
 @pytest.mark.parametrize("parts", [1, 2, 3, 8])
-def test_split_batches_keeps_whole_batches_in_order(monkeypatch, cells, parts):
-    monkeypatch.setattr(engine_module, "FUSE_BATCH", 16)
+def test_split_parts_are_in_order_nearly_equal_and_not_too_small(monkeypatch, cells, parts):
+    monkeypatch.setattr(engine_module, "SMALLEST_PART", 16)
     index = np.arange(cells) * 3
-    runs = engine_module.split_batches(index, parts)
+    runs = engine_module.split_parts(index, parts)
     assert np.array_equal(np.concatenate(runs), index)
-    assert 1 <= len(runs) <= max(1, min(parts, -(-cells // 16)))
-    assert all(len(r) % 16 == 0 for r in runs[:-1]), "only the last run may end in a partial batch"
+    assert 1 <= len(runs) <= parts
+    assert len(runs) == 1 or min(len(r) for r in runs) >= 16
+    assert max(len(r) for r in runs) - min(len(r) for r in runs) <= 1
 
 
 def test_a_large_fusion_over_several_threads_equals_one_serial_fusion(monkeypatch, bundle_path, store_path):
-    monkeypatch.setattr(engine_module, "FUSE_BATCH", 4)  # many batches from the test store's finest level
+    monkeypatch.setattr(engine_module, "FUSE_BATCH", 5)  # parts cut across graph runs of the serial fusion
+    monkeypatch.setattr(engine_module, "SMALLEST_PART", 4)
     with make_client(bundle_path, store_path, fusion_threads=3) as client:
         service = client.app.state.service
         level = service.store.levels[service.store.maxlevel]
         index = np.arange(len(level.arrays.s))
         meta = QueryMetadata(hour=5, month=7)
-        assert len(engine_module.split_batches(index, 3)) == 3
+        parts = engine_module.split_parts(index, 3)
+        assert len(parts) == 3 and any(len(p) % 5 for p in parts[:-1]), "a cut inside a serial batch"
         before = service.stats["fusions"]
         parallel = client.portal.call(service.fuse, level, index, meta, True)
         serial = service.engine.fuse(level, index, meta)
