@@ -542,6 +542,20 @@ def _f(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+class Progress:
+    """Timestamped progress lines on stderr, from the moment it is made; `seconds` since then."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return round(time.monotonic() - self.start, 1)
+
+    def __call__(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.start:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
 def add_world_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a benchmark that maps a demo world: --data-dir (built from --weights where
     missing) or --bundle with --store, and where the corpus's place rasters come from."""
@@ -601,10 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     from server.engine import Engine
     from store.reader import Store
 
-    t0 = time.monotonic()
-
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+    say = Progress()
 
     data = Path(args.data_dir)
     say("demo world (building what is missing) ...")
@@ -633,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         result["uncertainty_feature_space"][str(lv)] = feature_space_diagnostic(
             store, store.levels[lv], places, bounds, training
         )
-    result["seconds"] = round(time.monotonic() - t0, 1)
+    result["seconds"] = say.seconds
     print(markdown(result))
     text = json.dumps(result, indent=1)
     if args.json:

@@ -30,7 +30,6 @@ import argparse
 import itertools
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.demo_quality import (
     MAJORITY,
     POSITIVE_WEIGHT,
+    Progress,
     add_world_arguments,
     auc,
     cell_places,
@@ -294,10 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.scoring import CONTRAST_WEIGHT, REFERENCE_PROMPTS
     from server.engine import QueryMetadata
 
-    t0 = time.monotonic()
-
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+    say = Progress()
 
     engine, places = open_world(args)
     bundle, store = engine.bundle, engine.store
@@ -338,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "spearman_s_vs_l1_sigma": float(spearmanr(cells.s, l1).statistic),
         "s_recomputed_max_abs_diff": float(np.abs(uncertainty(logvar) - cells.s).max()),
     }
-    result["seconds"] = round(time.monotonic() - t0, 1)
+    result["seconds"] = say.seconds
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1, default=_json) + "\n")
     print(markdown(result))

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.demo_quality import add_world_arguments, class_prompt, open_world
+from benchmarks.demo_quality import Progress, add_world_arguments, class_prompt, open_world
 from benchmarks.discrimination import PROMPTS as DISTINCT_PROMPTS
 from corpus import rules
 from server.engine import CellEmbeddings, Engine, QueryEmbedding, QueryMetadata, candidate_count
@@ -136,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the pairs")
     p.add_argument("--json", default="benchmarks/results/search_recall.json", help="where the results go")
     args = p.parse_args(argv)
-    t0 = time.monotonic()
-
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+    say = Progress()
 
     engine, _ = open_world(args)
     level = engine.store.levels[args.level]
@@ -147,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"bundle": engine.bundle.id, "store": engine.store.id, "level": args.level}
     result["cases"] = [{"hour": m.hour, "month": m.month, "source": m.source} for m in cases]
     result |= measure(engine, level, cases, say)
-    result["seconds"] = round(time.monotonic() - t0, 1)
+    result["seconds"] = say.seconds
     print(markdown(result))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
