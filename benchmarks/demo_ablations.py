@@ -8,6 +8,9 @@ median rank, docs/method.md section 4.1):
 - `infonce`: the same with the InfoNCE loss (cosine scores) instead of PCME++;
 - `no_metadata`: the same with every metadata token dropped in training (meta_dropout 1),
   evaluated without metadata: the paper's "metadata off";
+- `balanced`, `balanced1`: batches drawn by class rarity (train.balance_classes 0.5 and 1: a
+  sample's chance grows as its rarest sound class's frequency to the power -0.5 or -1), the
+  corpus's rare town sounds met more often (docs/demo-model.md, "The cause, measured");
 - `wide`: twice the embedding (128-d) and twice the fusion's width (192): the model's capacity,
   one of the causes issue 14 asked to measure (docs/demo-model.md, "The cause, measured");
 - `melcnn`: the small log-mel CNN audio tower trained from scratch instead of frozen aisfx,
@@ -60,6 +63,8 @@ VARIANTS: dict[str, dict] = {
     "pcmepp": {},
     "infonce": {"train": {"loss": {"kind": "infonce"}}},
     "no_metadata": {"train": {"meta_dropout": 1.0}},
+    "balanced": {"train": {"balance_classes": 0.5}},
+    "balanced1": {"train": {"balance_classes": 1.0}},
     "wide": {
         "model": {
             "embed_dim": 128,

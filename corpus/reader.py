@@ -189,6 +189,15 @@ class CorpusSource:
             return [self.corpus.source(int(row)) for row in self.rows]
         return [self.corpus.manifest[name]] * len(self.rows)
 
+    def sound_classes(self) -> np.ndarray:
+        """(N, C) bool: which of the rules' C sound classes each sample's audio mixes
+        (train.balance_classes weighs batches by them)."""
+        layers = np.asarray(self.corpus.table["layers"][self.rows])
+        classes = np.zeros((len(self.rows), len(CLASSES)), bool)
+        rows, slots = np.nonzero(layers >= 0)
+        classes[rows, layers[rows, slots]] = True
+        return classes
+
     def __getitem__(self, index: int) -> Sample:
         return self.get(index)
 

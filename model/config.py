@@ -182,6 +182,10 @@ class TrainConfig(Section):
     cosine_cycle_steps: int | None = None
     grad_clip: float | None = 1.0  # max gradient norm; None: no clipping (PSM)
     meta_dropout: float = 0.5  # each metadata token of each sample, independently, training only
+    # Draw each batch with a sample's chance growing as its rarest sound class's frequency to the
+    # power -balance_classes (model.batches.class_balance): 0 = plain shuffled epochs. Needs a
+    # reader that labels its samples' classes (the demo corpus's does).
+    balance_classes: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
     image_flips: bool = False  # random horizontal/vertical flips of the imagery
     # Random resized crop of the imagery: a share of the area drawn from [low, high] (aspect 3/4..4/3,
     # as torchvision's RandomResizedCrop) resized back to the image size. PSM: [0.2, 1.0]. None: off.

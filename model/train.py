@@ -20,12 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
 from tqdm import tqdm
 
-from model.batches import Collate, Examples, GlobalBatches, SkipLog, loader, to_tensors
+from model.batches import Collate, Examples, GlobalBatches, SkipLog, class_balance, loader, to_tensors
 from model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from model.checks import checked_splits, small_split_warnings
 from model.config import ConfigError, ModelConfig, Section, TrainConfig, from_section
@@ -263,6 +264,7 @@ class Run:
         # The run records the data section with what the reader derived (a csv level), so evaluate
         # and a resume read the same cells whatever the imagery's default would be then.
         self.config = config = config.model_copy(update={"data": self.splits.settled or config.data})
+        self.batch_weights = _batch_weights(self.splits, self.cfg.balance_classes)
         checkpoint = _read_resume_checkpoint(run_dir, config) if resume else None
         if checkpoint is None and (run_dir / "last.pt").exists():
             raise FileExistsError(
@@ -320,6 +322,7 @@ class Run:
             rank=self.dist.rank,
             world=self.dist.world,
             start=self.step,
+            weights=self.batch_weights,
         )
         self.per_epoch = sampler.per_epoch
         return iter(loader(examples, Collate(self.prep, cache.outputs), sampler, workers=self.cfg.workers))
@@ -355,6 +358,19 @@ class Run:
         atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))
         with open(self.run_dir / "skipped.tsv", "w") as f:
             f.writelines(f"{where}\t{reason}\n" for where, reason in self.skips.records())
+
+
+def _batch_weights(splits: Splits, power: float) -> np.ndarray | None:
+    """The training split's sampling weights under train.balance_classes (None: plain epochs)."""
+    if not power:
+        return None
+    classes = getattr(splits.train, "sound_classes", None)
+    if classes is None:
+        raise ConfigError(
+            "train.balance_classes needs a reader that labels each sample's sound classes (the "
+            "demo corpus's does); this data's reader does not, so set it to 0"
+        )
+    return class_balance(classes(), power)
 
 
 def _read_resume_checkpoint(run_dir: Path, config: RunConfig) -> dict | None:

@@ -362,3 +362,14 @@ def test_image_cutting_resumes_from_finished_chunks(corpus_path, imagery_path, t
     resumed, gsd = cut_images(Imagery(imagery_path), cells, 16, tmp_path, progress=False)
     np.testing.assert_array_equal(resumed, 255 - first)
     assert not parts.exists() and (gsd == 1).all()
+
+
+def test_reader_labels_each_sample_with_the_classes_mixed_into_its_audio(corpus_path):
+    from corpus.rules import CLASSES
+
+    splits = factory({"path": str(corpus_path), "audio": False}, 16)
+    classes = splits.train.sound_classes()
+    layers = splits.train.corpus.table["layers"][splits.train.rows]
+    assert classes.shape == (len(splits.train), len(CLASSES))
+    for row, mixed in zip(classes, layers, strict=True):
+        assert set(np.flatnonzero(row)) == {int(c) for c in mixed if c >= 0}

@@ -308,3 +308,36 @@ def test_evaluation_never_ranks_a_gallery_that_holds_a_clip_twice():
     assert overall(repeated) is repeated["levels_mean"]
     distinct = metrics(SplitEmbeddings(sat, gaussians(rng.standard_normal((40, 8))), None, levels), True, False)
     assert "all" in distinct and "levels_mean" not in distinct and overall(distinct) is distinct["all"]
+
+
+def test_class_balance_weighs_a_sample_by_its_rarest_class():
+    from model.batches import class_balance
+
+    # class 0 in all 4 samples, class 1 in one, class 2 in two; sample 3 has no class
+    classes = np.array([[1, 1, 0], [1, 0, 1], [1, 0, 1], [0, 0, 0]], bool)
+    w = class_balance(classes, 1.0)
+    assert w == pytest.approx([4.0, 2.0, 2.0, 4 / 3])  # 1/(1/4), 1/(2/4), and the commonest class's
+    assert class_balance(classes, 0.0) == pytest.approx(np.ones(4))
+
+
+def test_weighted_batches_are_distinct_seeded_and_favour_rare_samples():
+    from model.batches import GlobalBatches
+
+    weights = np.ones(200)
+    weights[:10] = 20.0  # 10 rare samples, each 20x as likely
+    one = GlobalBatches(200, 16, seed=3, weights=weights)
+    batches = [one.indices(step) for step in range(300)]
+    assert all(len(set(b)) == 16 for b in batches), "a batch never repeats a sample"
+    assert batches[:5] == [GlobalBatches(200, 16, seed=3, weights=weights).indices(s) for s in range(5)]
+    drawn = np.bincount(np.concatenate(batches), minlength=200)
+    assert drawn[:10].mean() > 8 * drawn[10:].mean()
+    ranks = [GlobalBatches(200, 16, seed=3, weights=weights, rank=r, world=2).indices(7) for r in (0, 1)]
+    assert ranks[0] + ranks[1] == batches[7], "two processes split the one global batch"
+
+
+def test_balance_classes_needs_a_reader_that_labels_classes(tmp_path, capsys):
+    path = tmp_path / "balanced.yaml"
+    path.write_text(yaml.safe_dump(config(train__balance_classes=0.5)))
+    assert soundscape(["train", "--config", str(path), "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train.balance_classes" in err and len(err.splitlines()) == 1, err
