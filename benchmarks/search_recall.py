@@ -30,6 +30,7 @@ from benchmarks.demo_quality import Progress, add_world_arguments, class_prompt,
 from benchmarks.discrimination import PROMPTS as DISTINCT_PROMPTS
 from corpus import rules
 from server.engine import CellEmbeddings, Engine, QueryEmbedding, QueryMetadata, candidate_count
+from server.settings import Settings
 from store.reader import Level
 
 KS = (10, 50, 100)
@@ -42,7 +43,8 @@ def candidate_search(
     """The best k rows under `meta` as /search finds them without exact=, their embeddings, and
     how many cells were ranked (server/service.py, `SoundscapeService.search`)."""
     count = candidate_count(k, len(level))
-    rows = engine.candidates(level, meta, query, count) if count is not None else np.arange(len(level))
+    limit = Settings.model_fields["max_search_cells"].default  # as `soundscape serve` by default
+    rows = engine.candidates(level, meta, query, count, limit) if count is not None else np.arange(len(level))
     cells = engine.fuse(level, rows, meta)
     best, top = engine.top_k(level, cells, query, k)
     return rows[best], top, len(rows)

@@ -340,22 +340,27 @@ class Engine:
         cells = CellEmbeddings(mu.astype(np.float16), uncertainty(logvar))
         return (CellEmbeddings(cells.mu[:24], cells.s[:24]), CellEmbeddings(cells.mu[24:], cells.s[24:]))
 
-    def candidates(self, level: Level, meta: QueryMetadata, query: QueryEmbedding, count: int) -> np.ndarray:
+    def candidates(
+        self, level: Level, meta: QueryMetadata, query: QueryEmbedding, count: int, scan_limit: int
+    ) -> np.ndarray:
         """Sorted rows of `level` worth ranking exactly under `meta`: the best `count` by the
-        stored default embeddings, and by each stored fusion of one of meta's fields alone (its
-        hour, its month) at this level, or else the children of the best count / 4 by it one
-        level up. Metadata moves the ranking, but mostly among cells some nearby ranking holds."""
+        stored default embeddings (the level's index), and by each stored fusion of one of meta's
+        fields alone (its hour, its month) at this level, or else the children of the best
+        count / 4 by it one level up. Metadata moves the ranking, but mostly among cells some
+        nearby ranking holds. A stored fusion is scanned whole, so only on levels of at most
+        `scan_limit` cells."""
         found = [self.top_k(level, None, query, count)[0]]
         above = self.store.levels.get(level.level - 1)
         for alone in (QueryMetadata(hour=meta.hour), QueryMetadata(month=meta.month)):
             if alone.is_default:
                 continue
-            here = self.stored(level, np.arange(len(level)), alone)
-            if here is not None:
+            if len(level) <= scan_limit and (here := self.stored(level, np.arange(len(level)), alone)) is not None:
                 found.append(self.top_k(level, here, query, count)[0])
-            elif above is not None and (up := self.stored(above, np.arange(len(above)), alone)) is not None:
-                parents = self.top_k(above, up, query, max(1, count // 4))[0]
-                found.append(children(level, np.asarray(above.arrays.codes[parents])))
+            elif above is not None and len(above) <= scan_limit:
+                up = self.stored(above, np.arange(len(above)), alone)
+                if up is not None:
+                    parents = self.top_k(above, up, query, max(1, count // 4))[0]
+                    found.append(children(level, np.asarray(above.arrays.codes[parents])))
         return np.unique(np.concatenate(found))
 
     def top_k(

@@ -448,12 +448,14 @@ class SoundscapeService:
         already, or `exact` asks (a bounded large fusion); else the engine's candidates."""
         if meta.is_default:
             return (*await self.run(self.engine.top_k, level, None, query, k), len(level))
-        count = candidate_count(k, len(level))
-        whole = await self.run(self.engine.stored, level, np.arange(len(level)), meta)
-        if whole is None:
-            whole = await self.level_fusions.get(self._fused_level_key(level, meta), CELLS)
+        count, limit = candidate_count(k, len(level)), self.settings.max_search_cells
+        whole: CellEmbeddings | None = None
+        if len(level) <= limit:  # a level's every cell is scanned only up to the limit
+            whole = await self.run(self.engine.stored, level, np.arange(len(level)), meta)
+            if whole is None:
+                whole = await self.level_fusions.get(self._fused_level_key(level, meta), CELLS)
         if whole is None and not exact and count is not None:
-            rows = await self.run(self.engine.candidates, level, meta, query, count)
+            rows = await self.run(self.engine.candidates, level, meta, query, count, limit)
             # Cached and shared like a fused level: the same search at once fuses once.
             key = cache_key(
                 "candidates",
@@ -468,12 +470,12 @@ class SoundscapeService:
             )
             best, top = await self.run(self.engine.top_k, level, cells, query, k)
             return rows[best], top, len(rows)
-        if whole is None and len(level) > self.settings.max_search_cells:
+        if len(level) > limit:
             raise QueryError(
                 422,
                 f"level {level.level} has {len(level)} cells; searching it exactly under "
-                f"hour/month/source fuses every cell (limit {self.settings.max_search_cells}):"
-                " pass a coarser level=, or leave exact= out",
+                f"hour/month/source fuses every cell (limit {limit}): pass a coarser level=, "
+                "or leave exact= out",
             )
         cells = whole if whole is not None else await self.fused_level(level, meta)
         return (*await self.run(self.engine.top_k, level, cells, query, k), len(level))

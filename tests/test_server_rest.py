@@ -72,7 +72,7 @@ def test_search_under_new_metadata_ranks_candidates_and_exact_ranks_all(monkeypa
         level = service.store.levels[6]
         truth, _ = brute_force(client, 6, text, **meta)
         query = service.engine.embed_text(text)
-        candidates = service.engine.candidates(level, QueryMetadata(**meta), query, 8)
+        candidates = service.engine.candidates(level, QueryMetadata(**meta), query, 8, len(level))
         assert len(candidates) == 8 and len(level) > 16
 
         near = client.get("/search", params=params)
@@ -91,6 +91,20 @@ def test_search_under_new_metadata_ranks_candidates_and_exact_ranks_all(monkeypa
         again = client.get("/search", params={**params, "q": "wind over the sea"})
         assert again.json()["properties"]["ranked"] == len(level), "the fused level is reused"
         assert service.stats["fusions"] == fusions
+
+
+def test_a_level_over_the_search_limit_ranks_candidates_and_refuses_exact(monkeypatch, bundle_path, store_path):
+    """Over SOUNDSCAPE_MAX_SEARCH_CELLS no ranking scans the level: its index names the
+    candidates, and exact=true, which would fuse every cell, is a 422 that says what to do."""
+    monkeypatch.setattr(engine_module, "SEARCH_CANDIDATES", 8)
+    monkeypatch.setattr(engine_module, "CANDIDATES_PER_K", 1)
+    params = {"q": "a river in the forest", "k": 3, "level": 6, "hour": 6, "month": 3}
+    with make_client(bundle_path, store_path, max_search_cells=40) as client:
+        assert len(client.app.state.service.store.levels[6]) > 40
+        near = client.get("/search", params=params)
+        assert near.status_code == 200 and near.json()["properties"]["ranked"] == 8
+        exact = client.get("/search", params={**params, "exact": "true"})
+        assert exact.status_code == 422 and "leave exact= out" in exact.json()["detail"]
 
 
 def test_candidates_include_the_children_of_the_level_above_under_its_stored_fusion(
@@ -116,7 +130,7 @@ def test_candidates_include_the_children_of_the_level_above_under_its_stored_fus
     above, level = engine.store.levels[5], engine.store.levels[6]
     query = engine.embed_text("birds at dawn")
     meta = QueryMetadata(hour=5, month=6)
-    found = set(engine.candidates(level, meta, query, 8).tolist())
+    found = set(engine.candidates(level, meta, query, 8, len(level)).tolist())
 
     default_best = engine.top_k(level, None, query, 8)[0]
     hourly = engine.stored(above, np.arange(len(above)), QueryMetadata(hour=5))
