@@ -161,7 +161,7 @@ def class_balance(classes: np.ndarray, power: float) -> np.ndarray:
     frequency = classes.mean(axis=0)
     if not (frequency > 0).any():
         return np.ones(len(classes))
-    weight = np.where(frequency > 0, np.maximum(frequency, 1e-12), 1.0) ** -power
+    weight = np.where(frequency > 0, frequency, 1.0) ** -power  # an absent class is never read
     per_sample = np.where(classes, weight, 0.0).max(axis=1)
     return np.where(classes.any(axis=1), per_sample, weight[frequency > 0].min())
 
