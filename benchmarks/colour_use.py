@@ -63,9 +63,11 @@ def ramp_positions(rgba: np.ndarray, colormap: str) -> np.ndarray:
     """Each opaque pixel's position on the colormap's ramp (0..1); NaN where transparent."""
     # The server's own palette (server/render.py): entries 1..255 are the ramp, 0 is no data.
     table = np.frombuffer(palette(colormap)[0], dtype=np.uint8).reshape(256, 3)[1:].astype(np.float32)
-    rgb = rgba[:3].reshape(3, -1).T.astype(np.float32)
-    nearest = np.argmin(((rgb[:, None, :] - table[None, :, :]) ** 2).sum(-1), axis=1)
-    positions = nearest / 254.0
+    # A mosaic holds few distinct colours: match those, not every pixel (a 1024 x 1024 mosaic
+    # against the whole table was a 3 GB temporary and most of a minute).
+    colours, each = np.unique(rgba[:3].reshape(3, -1).T, axis=0, return_inverse=True)
+    nearest = np.argmin(((colours[:, None, :].astype(np.float32) - table[None, :, :]) ** 2).sum(-1), axis=1)
+    positions = nearest[each.ravel()] / 254.0
     positions[rgba[3].ravel() == 0] = np.nan
     return positions.reshape(rgba.shape[1:])
 
