@@ -13,6 +13,8 @@ median rank, docs/method.md section 4.1):
   corpus's rare town sounds met more often (docs/demo-model.md, "The cause, measured");
 - `wide`: twice the embedding (128-d) and twice the fusion's width (192): the model's capacity,
   one of the causes issue 14 asked to measure (docs/demo-model.md, "The cause, measured");
+- `shallow`: one fusion block instead of two: a cell's fusion at about a third of the CPU, what
+  `hour=` tiles and `/search` under new metadata pay per cell (issue 13); `deep`: three, as PSM's;
 - `melcnn`: the small log-mel CNN audio tower trained from scratch instead of frozen aisfx,
   given --melcnn-steps steps (its steps cost ~40x a cached frozen step; choose them to match
   the wall time of the aisfx run, cache included).
@@ -71,6 +73,8 @@ VARIANTS: dict[str, dict] = {
             "fusion": {"width": 192, "depth": 2, "heads": 4, "ff": 384, "meta_hidden": 64},
         }
     },
+    "shallow": {"model": {"fusion": {"width": 96, "depth": 1, "heads": 4, "ff": 192, "meta_hidden": 64}}},
+    "deep": {"model": {"fusion": {"width": 96, "depth": 3, "heads": 4, "ff": 192, "meta_hidden": 64}}},
     "melcnn": {
         "model": {"audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96, "features": {"duration_s": 2.4}}},
         "train": {"eval_every": 0},
