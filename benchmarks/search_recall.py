@@ -1,16 +1,17 @@
 """Does /search under new metadata find the exact top k? Recall of the candidate search.
 
 Under an hour+month (or a source) the store does not hold, /search ranks the engine's candidates
-(server/engine.py, `Engine.candidates`: the best cells by the stored default ranking and by the
-stored hourly and monthly fusions here or one level up) instead of fusing the whole level. This
-measures, in process through the server's Engine, for the discrimination benchmark's 14 prompts
-and the demo corpus's class prompts (one per sound class of its rules) x --pairs random hour+month
-pairs (and each source with one of them) x k: the share of the exact
+(server/engine.py, `Engine.candidates`: the best cells by the stored default ranking, by the
+stored hourly and monthly fusions here or one level up, and by the additive proxy of the two)
+instead of fusing the whole level. This measures, in process through the server's Engine, for the
+discrimination benchmark's 14 prompts and the demo corpus's class prompts (one per sound class of
+its rules), or the prompts of --prompts, x --pairs random hour+month pairs (and each source with
+one of them) x k: the share of the exact
 top k (the whole level fused under the metadata) that the candidate search returns, the scores'
 largest difference, how many cells it ranks, and its time against the whole level's fusion.
 
-    python benchmarks/search_recall.py [--data-dir data/demo] [--level 7] [--pairs 10]
-                                       [--json benchmarks/results/search_recall.json]
+    python benchmarks/search_recall.py [--data-dir data/demo] [--level 7] [--pairs 10] [--seed 0]
+                                       [--prompts FILE] [--json benchmarks/results/search_recall.json]
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def metadata_cases(engine: Engine, pairs: int, seed: int) -> list[QueryMetadata]
     return cases + [QueryMetadata(hour=first.hour, month=first.month, source=s) for s in engine.bundle.sources.names]
 
 
-def measure(engine: Engine, level: Level, cases: list[QueryMetadata], say) -> dict:
-    queries = {p: engine.embed_text(p) for p in PROMPTS}
+def measure(engine: Engine, level: Level, cases: list[QueryMetadata], prompts: list[str], say) -> dict:
+    queries = {p: engine.embed_text(p) for p in prompts}
     rows_all = np.arange(len(level))
     runs, full_s, found_s = [], [], []
     for meta in cases:
@@ -110,7 +111,7 @@ def measure(engine: Engine, level: Level, cases: list[QueryMetadata], say) -> di
 
 def markdown(result: dict) -> str:
     lines = [
-        f"Level {result['level']} ({result['cells']} cells), {len(PROMPTS)} prompts x {len(result['cases'])} "
+        f"Level {result['level']} ({result['cells']} cells), {len(result['prompts'])} prompts x {len(result['cases'])} "
         "metadata cases, in process, one thread.",
         "",
         "| k | searches | mean recall | min recall | exact top k all found | largest score difference "
@@ -136,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--level", type=int, default=7, help="store level searched (default 7, the demo's finest)")
     p.add_argument("--pairs", type=int, default=10, help="random hour+month pairs (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pairs")
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        help="a text file of prompts, one per line (default: the discrimination benchmark's and the corpus's "
+        "class prompts; benchmarks/search_prompts_heldout.txt holds others the candidates were not tuned on)",
+    )
     p.add_argument("--json", default="benchmarks/results/search_recall.json", help="where the results go")
     args = p.parse_args(argv)
     say = Progress()
@@ -144,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     level = engine.store.levels[args.level]
     cases = metadata_cases(engine, args.pairs, args.seed)
     result = {"bundle": engine.bundle.id, "store": engine.store.id, "level": args.level}
+    prompts = args.prompts.read_text().split("\n") if args.prompts else list(PROMPTS)
+    result["prompts"] = [line.strip() for line in prompts if line.strip()]
     result["cases"] = [{"hour": m.hour, "month": m.month, "source": m.source} for m in cases]
-    result |= measure(engine, level, cases, say)
+    result |= measure(engine, level, cases, result["prompts"], say)
     result["seconds"] = say.seconds
     print(markdown(result))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -43,12 +43,17 @@ SMALLEST_PART = 256
 SCALE_LEVEL_CELLS = 4096
 SCALE_SAMPLE_CELLS = 1024
 SCALE_PERCENTILES = (2.0, 98.0)
-# /search under metadata the store does not hold fuses candidates, not the whole level: the
-# SEARCH_CANDIDATES (or CANDIDATES_PER_K x k) best cells by each stored ranking near the request,
-# ranked exactly (recall against the whole level: benchmarks/search_recall.py, BENCHMARKS.md). A
-# level under twice that many cells is fused whole: exact, at most twice the work.
-SEARCH_CANDIDATES = 2048
-CANDIDATES_PER_K = 40
+# /search under metadata the store does not hold fuses candidates, not the whole level, and ranks
+# them exactly: the SEARCH_CANDIDATES (or CANDIDATES_PER_K x k) best cells by the stored default
+# ranking, PROXY_SHARE of that many by the additive proxy (Engine.candidates), and the children of
+# PARENT_SHARE of that many cells one level up under each stored fusion of one of the request's
+# fields alone. The shares were chosen by recall against the whole level on two sets of prompts
+# and metadata (benchmarks/search_recall.py, BENCHMARKS.md). A level under twice that many cells
+# is fused whole: exact, at most twice the work.
+SEARCH_CANDIDATES = 1536
+CANDIDATES_PER_K = 30
+PROXY_SHARE = 2 / 3
+PARENT_SHARE = 1 / 12
 # Layers drawn for a query: `heatmap` (match probability, the paper's -CSD map) and `contrast`
 # (its log-odds against the reference prompts' at the same cell); `uncertainty` needs none.
 QUERY_LAYERS = ("heatmap", "contrast")
@@ -186,6 +191,12 @@ def children(level: Level, parent_codes: np.ndarray) -> np.ndarray:
     return rows[rows >= 0]
 
 
+def best_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the k highest scores, best first (ties in row order)."""
+    rows = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    return rows[np.argsort(-scores[rows], kind="stable")]
+
+
 def candidate_count(k: int, cells: int) -> int | None:
     """How many candidates /search ranks for the best k of `cells`, or None to rank them all."""
     count = max(SEARCH_CANDIDATES, CANDIDATES_PER_K * k)
@@ -199,6 +210,7 @@ class Engine:
         self.store = store
         self.scoring = scoring_kind(bundle.manifest)  # CSD, or COSINE for an InfoNCE model
         self.stats: Counter[str] = Counter()  # work done, for tests and benchmarks
+        self._parents: dict[tuple[int, int, int], np.ndarray] = {}  # parent_rows, per level
 
     # Query side -----------------------------------------------------------------------------
     def embed_text(self, text: str) -> QueryEmbedding:
@@ -343,25 +355,56 @@ class Engine:
     def candidates(
         self, level: Level, meta: QueryMetadata, query: QueryEmbedding, count: int, scan_limit: int
     ) -> np.ndarray:
-        """Sorted rows of `level` worth ranking exactly under `meta`: the best `count` by the
-        stored default embeddings (the level's index), and by each stored fusion of one of meta's
-        fields alone (its hour, its month) at this level, or else the children of the best
-        count / 4 by it one level up. Metadata moves the ranking, but mostly among cells some
-        nearby ranking holds. A stored fusion is scanned whole, so only on levels of at most
-        `scan_limit` cells."""
+        """Sorted rows of `level` worth ranking exactly under `meta`. Metadata moves the ranking,
+        but mostly among cells that nearby rankings hold:
+        - the best `count` by the stored default embeddings (the level's index);
+        - for each of meta's hour and month alone with a stored fusion at this level, or else one
+          level up: the best `count` by it here, or the children of its best count x
+          PARENT_SHARE there;
+        - the best count x PROXY_SHARE by the additive proxy: the default score plus, for each
+          such field, the score change its fusion alone makes (at the cell, or at its parent).
+        A level is scanned whole (the proxy, a stored fusion) only up to `scan_limit` cells."""
         found = [self.top_k(level, None, query, count)[0]]
         above = self.store.levels.get(level.level - 1)
+        scan_here = len(level) <= scan_limit
+        default = self.ranking(self.stored_level(level), query) if scan_here else None
+        shifts: list[np.ndarray] = []  # per cell of `level`: the score change of one field alone
         for alone in (QueryMetadata(hour=meta.hour), QueryMetadata(month=meta.month)):
             if alone.is_default:
                 continue
-            if len(level) <= scan_limit and (here := self.stored(level, np.arange(len(level)), alone)) is not None:
-                found.append(self.top_k(level, here, query, count)[0])
+            if default is not None and (here := self.stored(level, np.arange(len(level)), alone)) is not None:
+                scores = self.ranking(here, query)
+                found.append(best_rows(scores, count))
+                shifts.append(scores - default)
             elif above is not None and len(above) <= scan_limit:
                 up = self.stored(above, np.arange(len(above)), alone)
                 if up is not None:
-                    parents = self.top_k(above, up, query, max(1, count // 4))[0]
+                    scores = self.ranking(up, query)
+                    parents = best_rows(scores, max(1, round(count * PARENT_SHARE)))
                     found.append(children(level, np.asarray(above.arrays.codes[parents])))
+                    shift = scores - self.ranking(self.stored_level(above), query)
+                    rows = self.parent_rows(level, above)
+                    shifts.append(np.where(rows >= 0, shift[rows], 0.0))
+        if default is not None and shifts:
+            found.append(best_rows(default + np.sum(shifts, axis=0), max(1, round(count * PROXY_SHARE))))
         return np.unique(np.concatenate(found))
+
+    def stored_level(self, level: Level) -> CellEmbeddings:
+        """Every cell of `level` under default metadata, as stored."""
+        return CellEmbeddings(np.asarray(level.arrays.mu), np.asarray(level.arrays.s))
+
+    def parent_rows(self, level: Level, above: Level) -> np.ndarray:
+        """The row in `above` of each cell's parent (-1 where the store holds none), once per
+        level."""
+        key = (level.level, len(level), len(above))
+        if key not in self._parents:
+            x, y = demorton(np.asarray(level.arrays.codes))
+            self._parents[key] = lookup(above, morton(x >> 1, y >> 1).astype(np.uint64))
+        return self._parents[key]
+
+    def ranking(self, cells: CellEmbeddings, query: QueryEmbedding) -> np.ndarray:
+        """What top_k ranks cells by: mu_i . mu_q - S_i / 2 (CSD), or mu_i . mu_q (cosine)."""
+        return cells.mu.astype(np.float32) @ query.mu - (0.5 * cells.s if self.scoring == CSD else 0.0)
 
     def top_k(
         self, level: Level, cells: CellEmbeddings | None, query: QueryEmbedding, k: int
@@ -376,7 +419,5 @@ class Engine:
             _, ids = level.index.search(query_vector(query.mu, self.scoring), k)
             rows = ids[0][ids[0] >= 0].astype(np.int64)
             return rows, CellEmbeddings(np.asarray(level.arrays.mu[rows]), np.asarray(level.arrays.s[rows]))
-        rank = cells.mu.astype(np.float32) @ query.mu - (0.5 * cells.s if self.scoring == CSD else 0.0)
-        rows = np.argpartition(-rank, k - 1)[:k] if k < len(rank) else np.arange(len(rank))
-        rows = rows[np.argsort(-rank[rows], kind="stable")]
+        rows = best_rows(self.ranking(cells, query), k)
         return rows, CellEmbeddings(cells.mu[rows], cells.s[rows])

@@ -107,15 +107,17 @@ def test_a_level_over_the_search_limit_ranks_candidates_and_refuses_exact(monkey
         assert exact.status_code == 422 and "leave exact= out" in exact.json()["detail"]
 
 
-def test_candidates_include_the_children_of_the_level_above_under_its_stored_fusion(
+def test_candidates_are_the_default_best_the_children_above_and_the_additive_proxy_best(
     bundle_path, imagery_path, tmp_path
 ):
-    """A level without stored fusions takes, besides its own default ranking, the children of the
-    best cells one level up under that level's stored hourly fusion."""
+    """A level without stored fusions takes its own default ranking's best, the children of the
+    best cells one level up under each of that level's stored hourly and monthly fusions, and the
+    best by the additive proxy: the default score plus the score changes the hour alone and the
+    month alone make at the cell's parent (none where the store holds no parent)."""
     from precompute.run import run
     from runtime.bundle import Bundle
     from runtime.imagery import Imagery
-    from server.engine import Engine, children
+    from server.engine import PARENT_SHARE, PROXY_SHARE, Engine, children
 
     run(
         Imagery(imagery_path),
@@ -129,24 +131,35 @@ def test_candidates_include_the_children_of_the_level_above_under_its_stored_fus
     engine = Engine(Bundle(bundle_path), Store(tmp_path / "s"))
     above, level = engine.store.levels[5], engine.store.levels[6]
     query = engine.embed_text("birds at dawn")
-    meta = QueryMetadata(hour=5, month=6)
-    found = set(engine.candidates(level, meta, query, 8, len(level)).tolist())
+    count = 12
+    found = set(engine.candidates(level, QueryMetadata(hour=5, month=6), query, count, len(level)).tolist())
 
-    default_best = engine.top_k(level, None, query, 8)[0]
-    hourly = engine.stored(above, np.arange(len(above)), QueryMetadata(hour=5))
-    parents = engine.top_k(above, hourly, query, 2)[0]
-    kids = children(level, np.asarray(above.arrays.codes[parents]))
-    assert len(kids) > 0 and set(default_best.tolist()) | set(kids.tolist()) == found
-    x, y = demorton(np.asarray(level.arrays.codes[kids]))
-    px, py = demorton(np.asarray(above.arrays.codes[parents]))
-    assert set(zip((x >> 1).tolist(), (y >> 1).tolist(), strict=True)) <= set(
-        zip(px.tolist(), py.tolist(), strict=True)
-    )
+    def scores(cells):
+        return cells.mu.astype(np.float32) @ query.mu - 0.5 * cells.s
+
+    x, y = demorton(np.asarray(level.arrays.codes))
+    px, py = demorton(np.asarray(above.arrays.codes))
+    parent_of = {(int(a), int(b)): row for row, (a, b) in enumerate(zip(px, py, strict=True))}
+    rows_above = np.array([parent_of.get((int(a) >> 1, int(b) >> 1), -1) for a, b in zip(x, y, strict=True)])
+    default_above = scores(engine.stored(above, np.arange(len(above)), QueryMetadata()))
+    expected = set(engine.top_k(level, None, query, count)[0].tolist())
+    proxy = scores(engine.stored(level, np.arange(len(level)), QueryMetadata()))
+    for alone in (QueryMetadata(hour=5), QueryMetadata(month=6)):
+        fused = engine.stored(above, np.arange(len(above)), alone)
+        parents = engine.top_k(above, fused, query, round(count * PARENT_SHARE))[0]
+        kids = children(level, np.asarray(above.arrays.codes[parents]))
+        assert len(kids) > 0 and set(rows_above[kids].tolist()) == set(parents.tolist())
+        expected |= set(kids.tolist())
+        proxy += np.where(rows_above >= 0, (scores(fused) - default_above)[rows_above], 0.0)  # no parent: no change
+    proxy_best = set(np.argsort(-proxy, kind="stable")[: round(count * PROXY_SHARE)].tolist())
+    assert not proxy_best <= expected, "the proxy names cells the other rankings leave out"
+    assert found == expected | proxy_best and len(found) < len(level)
 
 
 def test_the_search_recall_benchmark_runs_on_a_store(monkeypatch, bundle_path, store_path, tmp_path, capsys):
     """benchmarks/search_recall.py on the fixture: candidate searches are counted against the
-    exact top k, and a search that ranked the whole level found all of it."""
+    exact top k, and a search that ranked the whole level found all of it; --prompts takes a
+    file of other prompts."""
     from benchmarks import search_recall
 
     monkeypatch.setattr(engine_module, "SEARCH_CANDIDATES", 8)
@@ -160,6 +173,13 @@ def test_the_search_recall_benchmark_runs_on_a_store(monkeypatch, bundle_path, s
     assert any(r["ranked"] < result["cells"] for r in runs), "small k ranks candidates"
     assert all(r["recall"] == 1 and r["max_score_difference"] == 0 for r in runs if r["ranked"] == result["cells"])
     assert all(0 <= r["recall"] <= 1 for r in runs) and "| k | searches |" in capsys.readouterr().out
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a waterfall\n\nowls hooting at night\n")
+    assert search_recall.main([*argv, "--pairs", "1", "--prompts", str(prompts), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["prompts"] == ["a waterfall", "owls hooting at night"]
+    assert {r["prompt"] for r in result["runs"]} == set(result["prompts"])
 
 
 def test_point_profiles_agree_with_the_point_score(client):
