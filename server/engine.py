@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+import faiss
 import mercantile
 import numpy as np
 
@@ -364,10 +365,10 @@ class Engine:
         - the best count x PROXY_SHARE by the additive proxy: the default score plus, for each
           such field, the score change its fusion alone makes (at the cell, or at its parent).
         A level is scanned whole (the proxy, a stored fusion) only up to `scan_limit` cells."""
-        found = [self.top_k(level, None, query, count)[0]]
         above = self.store.levels.get(level.level - 1)
-        scan_here = len(level) <= scan_limit
-        default = self.ranking(self.stored_level(level), query) if scan_here else None
+        default = self.default_ranking(level, query) if len(level) <= scan_limit else None
+        found = [self.top_k(level, None, query, count)[0] if default is None else best_rows(default, count)]
+        default_above = None
         shifts: list[np.ndarray] = []  # per cell of `level`: the score change of one field alone
         for alone in (QueryMetadata(hour=meta.hour), QueryMetadata(month=meta.month)):
             if alone.is_default:
@@ -382,16 +383,23 @@ class Engine:
                     scores = self.ranking(up, query)
                     parents = best_rows(scores, max(1, round(count * PARENT_SHARE)))
                     found.append(children(level, np.asarray(above.arrays.codes[parents])))
-                    shift = scores - self.ranking(self.stored_level(above), query)
+                    if default_above is None:
+                        default_above = self.default_ranking(above, query)
                     rows = self.parent_rows(level, above)
-                    shifts.append(np.where(rows >= 0, shift[rows], 0.0))
+                    shifts.append(np.where(rows >= 0, (scores - default_above)[rows], 0.0))
         if default is not None and shifts:
             found.append(best_rows(default + np.sum(shifts, axis=0), max(1, round(count * PROXY_SHARE))))
         return np.unique(np.concatenate(found))
 
-    def stored_level(self, level: Level) -> CellEmbeddings:
-        """Every cell of `level` under default metadata, as stored."""
-        return CellEmbeddings(np.asarray(level.arrays.mu), np.asarray(level.arrays.s))
+    def default_ranking(self, level: Level, query: QueryEmbedding) -> np.ndarray:
+        """`ranking` of every cell of `level` under default metadata: read from a flat index's
+        float32 [mu, -S/2] vectors as FAISS scores them (no float16 conversion of the level),
+        else from the stored embeddings."""
+        index = level.index
+        if isinstance(index, faiss.IndexFlat):
+            vectors = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+            return vectors @ query_vector(query.mu, self.scoring)[0]
+        return self.ranking(CellEmbeddings(np.asarray(level.arrays.mu), np.asarray(level.arrays.s)), query)
 
     def parent_rows(self, level: Level, above: Level) -> np.ndarray:
         """The row in `above` of each cell's parent (-1 where the store holds none), once per

@@ -156,6 +156,23 @@ def test_candidates_are_the_default_best_the_children_above_and_the_additive_pro
     assert found == expected | proxy_best and len(found) < len(level)
 
 
+def test_default_ranking_reads_a_flat_index_as_the_stored_embeddings_rank(bundle_path, store_path):
+    """Engine.default_ranking scores every cell as `ranking` scores the stored embeddings: from a
+    flat index's float32 vectors, or from the embeddings where the level's index is IVF."""
+    from runtime.bundle import Bundle
+    from server.engine import Engine
+    from store.index import build_index
+
+    engine = Engine(Bundle(bundle_path), Store(store_path))
+    level = engine.store.levels[6]
+    query = engine.embed_text("a river in the forest")
+    stored = engine.ranking(engine.stored(level, np.arange(len(level)), QueryMetadata()), query)
+    assert np.allclose(engine.default_ranking(level, query), stored, atol=1e-6)
+    level._index, info = build_index(np.asarray(level.arrays.mu), np.asarray(level.arrays.s), flat_max=1)
+    assert info["kind"].startswith("ivf")
+    assert np.array_equal(engine.default_ranking(level, query), stored)
+
+
 def test_the_search_recall_benchmark_runs_on_a_store(monkeypatch, bundle_path, store_path, tmp_path, capsys):
     """benchmarks/search_recall.py on the fixture: candidate searches are counted against the
     exact top k, and a search that ranked the whole level found all of it; --prompts takes a
