@@ -383,10 +383,11 @@ class Engine:
                     scores = self.ranking(up, query)
                     parents = best_rows(scores, max(1, round(count * PARENT_SHARE)))
                     found.append(children(level, np.asarray(above.arrays.codes[parents])))
-                    if default_above is None:
-                        default_above = self.default_ranking(above, query)
-                    rows = self.parent_rows(level, above)
-                    shifts.append(np.where(rows >= 0, (scores - default_above)[rows], 0.0))
+                    if default is not None:  # the proxy, which scans this level
+                        if default_above is None:
+                            default_above = self.default_ranking(above, query)
+                        rows = self.parent_rows(level, above)
+                        shifts.append(np.where(rows >= 0, (scores - default_above)[rows], 0.0))
         if default is not None and shifts:
             found.append(best_rows(default + np.sum(shifts, axis=0), max(1, round(count * PROXY_SHARE))))
         return np.unique(np.concatenate(found))

@@ -113,7 +113,8 @@ def test_candidates_are_the_default_best_the_children_above_and_the_additive_pro
     """A level without stored fusions takes its own default ranking's best, the children of the
     best cells one level up under each of that level's stored hourly and monthly fusions, and the
     best by the additive proxy: the default score plus the score changes the hour alone and the
-    month alone make at the cell's parent (none where the store holds no parent)."""
+    month alone make at the cell's parent (none where the store holds no parent). Over the scan
+    limit, the level's index and the children above only."""
     from precompute.run import run
     from runtime.bundle import Bundle
     from runtime.imagery import Imagery
@@ -154,6 +155,10 @@ def test_candidates_are_the_default_best_the_children_above_and_the_additive_pro
     proxy_best = set(np.argsort(-proxy, kind="stable")[: round(count * PROXY_SHARE)].tolist())
     assert not proxy_best <= expected, "the proxy names cells the other rankings leave out"
     assert found == expected | proxy_best and len(found) < len(level)
+
+    engine._parents.clear()  # over the scan limit the level is not scanned: no proxy, no parent map
+    over = engine.candidates(level, QueryMetadata(hour=5, month=6), query, count, scan_limit=len(above))
+    assert set(over.tolist()) == expected and not engine._parents
 
 
 def test_default_ranking_reads_a_flat_index_as_the_stored_embeddings_rank(bundle_path, store_path):
