@@ -13,7 +13,7 @@ median rank, docs/method.md section 4.1):
   corpus's rare town sounds met more often (docs/demo-model.md, "The cause, measured");
 - `wide`: twice the embedding (128-d) and twice the fusion's width (192): the model's capacity,
   one of the causes issue 14 asked to measure (docs/demo-model.md, "The cause, measured");
-- `shallow`: one fusion block instead of two: a cell's fusion at about a third of the CPU, what
+- `shallow`: one fusion block instead of two: a cell's fusion at less than half the CPU, what
   `hour=` tiles and `/search` under new metadata pay per cell (issue 13); `deep`: three, as PSM's;
 - `melcnn`: the small log-mel CNN audio tower trained from scratch instead of frozen aisfx,
   given --melcnn-steps steps (its steps cost ~40x a cached frozen step; choose them to match

@@ -211,7 +211,7 @@ class Engine:
         self.store = store
         self.scoring = scoring_kind(bundle.manifest)  # CSD, or COSINE for an InfoNCE model
         self.stats: Counter[str] = Counter()  # work done, for tests and benchmarks
-        self._parents: dict[tuple[int, int, int], np.ndarray] = {}  # parent_rows, per level
+        self._parents: dict[int, np.ndarray] = {}  # parent_rows, per level number
 
     # Query side -----------------------------------------------------------------------------
     def embed_text(self, text: str) -> QueryEmbedding:
@@ -405,11 +405,10 @@ class Engine:
     def parent_rows(self, level: Level, above: Level) -> np.ndarray:
         """The row in `above` of each cell's parent (-1 where the store holds none), once per
         level."""
-        key = (level.level, len(level), len(above))
-        if key not in self._parents:
+        if level.level not in self._parents:
             x, y = demorton(np.asarray(level.arrays.codes))
-            self._parents[key] = lookup(above, morton(x >> 1, y >> 1).astype(np.uint64))
-        return self._parents[key]
+            self._parents[level.level] = lookup(above, morton(x >> 1, y >> 1).astype(np.uint64))
+        return self._parents[level.level]
 
     def ranking(self, cells: CellEmbeddings, query: QueryEmbedding) -> np.ndarray:
         """What top_k ranks cells by: mu_i . mu_q - S_i / 2 (CSD), or mu_i . mu_q (cosine)."""
