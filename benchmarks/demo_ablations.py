@@ -15,6 +15,10 @@ median rank, docs/method.md section 4.1):
   one of the causes issue 14 asked to measure (docs/demo-model.md, "The cause, measured");
 - `shallow`: one fusion block instead of two: a cell's fusion at less than half the CPU, what
   `hour=` tiles and `/search` under new metadata pay per cell (issue 13); `deep`: three, as PSM's;
+- `town_apart`: the same model on a corpus built with `soundscape corpus build --out
+  data/corpus-town-apart --max-town-layers 1`, where a sample mixes at most one town sound
+  (traffic, trains, aircraft, market, industry, harbour): whether town sounds heard together in
+  the same clips are why their maps look alike (docs/demo-model.md, "The cause, measured");
 - `melcnn`: the small log-mel CNN audio tower trained from scratch instead of frozen aisfx,
   given --melcnn-steps steps (its steps cost ~40x a cached frozen step; choose them to match
   the wall time of the aisfx run, cache included).
@@ -75,6 +79,7 @@ VARIANTS: dict[str, dict] = {
     },
     "shallow": {"model": {"fusion": {"width": 96, "depth": 1, "heads": 4, "ff": 192, "meta_hidden": 64}}},
     "deep": {"model": {"fusion": {"width": 96, "depth": 3, "heads": 4, "ff": 192, "meta_hidden": 64}}},
+    "town_apart": {"data": {"path": "data/corpus-town-apart"}},
     "melcnn": {
         "model": {"audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96, "features": {"duration_s": 2.4}}},
         "train": {"eval_every": 0},

@@ -51,6 +51,7 @@ STRATA = {"land": 0.5, "coast": 0.2, "sea": 0.12, "lit": 0.18}
 COAST_KM = 50.0
 LIT = 0.25
 MAX_LAYERS = 4  # sound classes mixed into one sample
+TOWN = np.array([rules.CLASSES.index(c) for c in sources.GROUPS["town"]])
 CELL_GRID = 8  # the rules are averaged over CELL_GRID x CELL_GRID points of a sample's cell
 IMAGE_CHUNK = 512  # cells per resumable image chunk
 
@@ -67,6 +68,7 @@ class BuildConfig:
     seed: int = 0
     audio_assets: tuple[str, ...] = AUDIO_ASSETS
     strata: dict[str, float] = field(default_factory=lambda: dict(STRATA))
+    max_town_layers: int | None = None  # None: every town sound heard at the place is mixed in
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -185,7 +187,9 @@ def tile_of(lat: np.ndarray, lon: np.ndarray, z: np.ndarray) -> tuple[np.ndarray
 # Sounds: which classes, which clips, at what gains, and the caption.
 
 
-def choose_sounds(weights: np.ndarray, available: np.ndarray, rng: np.random.Generator) -> list[tuple[int, float]]:
+def choose_sounds(
+    weights: np.ndarray, available: np.ndarray, rng: np.random.Generator, max_town: int | None = None
+) -> list[tuple[int, float]]:
     """(class index, gain dB) of the layers of one sample, loudest first.
 
     Every class at >= 10% of the strongest is heard (up to MAX_LAYERS, as a real recording holds
@@ -193,7 +197,9 @@ def choose_sounds(weights: np.ndarray, available: np.ndarray, rng: np.random.Gen
     the strongest source usually leads, and sometimes another does), and each after the lead is
     quieter by its weight ratio plus 1..4 dB. Drawing only one to three of them left the audio
     too weakly tied to its place: with perfect classifiers on both sides, sat->audio R@10%
-    could not pass 0.72 (docs/demo-model.md).
+    could not pass 0.72 (docs/demo-model.md). `max_town` keeps only the first that many town
+    sounds of the draw, so town sounds that share places are heard apart (an ablation of
+    issue 14: docs/demo-model.md, "The cause, measured").
     """
     w = np.where(available, weights, 0.0)
     candidates = np.flatnonzero(w >= 0.1 * w.max()) if w.max() > 0 else np.array([], int)
@@ -201,6 +207,9 @@ def choose_sounds(weights: np.ndarray, available: np.ndarray, rng: np.random.Gen
         return []
     p = w[candidates] ** 2
     order = rng.choice(candidates, size=min(len(candidates), MAX_LAYERS), replace=False, p=p / p.sum())
+    if max_town is not None:
+        town = np.isin(order, TOWN)
+        order = order[~town | (np.cumsum(town) <= max_town)]
     lead = w[order[0]]
     layers = [(int(order[0]), 0.0)]
     for c in order[1:]:
@@ -234,11 +243,12 @@ def make_recipes(
     pools: dict[str, dict[str, list[Recording]]],
     n_frames: int,
     rng: np.random.Generator,
+    max_town: int | None = None,
 ) -> Recipes:
     """Layers, gains and caption of each sample from its class weights, and one recipe per clip
     pool playing those layers: the same sounds from the training recordings or the held-out ones.
     Each pool's events come from their own random stream, so the training recipes do not depend
-    on the held-out pool."""
+    on the held-out pool. `max_town`: choose_sounds."""
     available = np.array([bool(pools["train"][c]) for c in rules.CLASSES])
     n = len(hour)
     layers = np.full((n, MAX_LAYERS), -1, np.int8)
@@ -248,7 +258,7 @@ def make_recipes(
     events: dict[str, list] = {pool: [] for pool in POOLS}
     captions, templates = [], []
     for i in range(n):
-        sounds = choose_sounds(evaluation.classes[i], available, rng)
+        sounds = choose_sounds(evaluation.classes[i], available, rng, max_town)
         for j, (c, g) in enumerate(sounds):
             layers[i, j], gains[i, j] = c, g
             for pool in POOLS:
@@ -366,6 +376,8 @@ def _check(cfg: BuildConfig) -> None:
         raise CorpusError("--levels must lie within 0..12 (e.g. 4-7)")
     if cfg.image_size < 8 or cfg.duration_s <= 0:
         raise CorpusError("--image-size must be >= 8 and --duration positive")
+    if cfg.max_town_layers is not None and cfg.max_town_layers < 1:
+        raise CorpusError("--max-town-layers must be at least 1")
     unknown = set(cfg.audio_assets) - set(AUDIO_ASSETS)
     if unknown:
         raise CorpusError(f"unknown audio asset(s) {sorted(unknown)}; choose from {list(AUDIO_ASSETS)}")
@@ -396,7 +408,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     hour = sources.draw_hours(source, rng).astype(np.float32)
     at_place = cell_rules(places, lat, level, x, y, month, hour)
     evaluation = rules.Evaluation(at_place.rules, sources.class_weights(at_place.classes, source), at_place.season)
-    recipes = make_recipes(evaluation, attributes, hour, pools, round(cfg.duration_s * rate), rng)
+    recipes = make_recipes(evaluation, attributes, hour, pools, round(cfg.duration_s * rate), rng, cfg.max_town_layers)
 
     cells, cell_index = np.unique(np.stack([level, x, y], axis=1), axis=0, return_inverse=True)
     _, gsd = cut_images(imagery, cells, cfg.image_size, cfg.out, progress)

@@ -41,6 +41,7 @@ def _build(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         seed=args.seed,
         audio_assets=tuple(args.audio_assets.split(",")) if args.audio_assets else AUDIO_ASSETS,
+        max_town_layers=args.max_town_layers,
     )
     manifest = build(cfg, progress=not args.quiet)
     print(
@@ -157,6 +158,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--seed", type=int, default=0, help="seed of the sample draw (default 0)")
     b.add_argument("--audio-assets", help="comma-separated audio assets to use (default: all of them)")
+    b.add_argument(
+        "--max-town-layers",
+        type=int,
+        help="mix at most this many town sounds (traffic, trains, aircraft, market, industry, harbour) "
+        "into one sample, the first drawn, so town sounds that share places are heard apart "
+        "(an ablation: docs/demo-model.md; default: every one heard at the place)",
+    )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(handler=_build)
 

@@ -339,6 +339,8 @@ def test_cli_explains_rules_and_rejects_bad_input(corpus_path, capsys):
     assert "dawn chorus" in out and all(name in out for name in sources.NAMES)
     assert main(["corpus", "build", "--samples", "0", "--out", str(corpus_path)]) == 2
     assert capsys.readouterr().err.strip() == "soundscape corpus: --samples must be at least 1"
+    assert main(["corpus", "build", "--max-town-layers", "0", "--out", str(corpus_path)]) == 2
+    assert capsys.readouterr().err.strip() == "soundscape corpus: --max-town-layers must be at least 1"
 
 
 def test_corpus_help_explains_itself():

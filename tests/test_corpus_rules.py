@@ -184,3 +184,25 @@ def test_sounds_that_carry_are_heard_beyond_their_town():
     assert 0 < mean < peak
     np.testing.assert_allclose(cells.rules[0, traffic], np.sqrt(mean * peak))  # 0.35 of the town's level, not 0.125
     np.testing.assert_allclose(cells.rules[0, birds], points[:, birds].mean())  # birdsong does not carry
+
+
+def test_town_sounds_can_be_heard_apart():
+    """choose_sounds with max_town keeps the first drawn town sounds only, every other sound as
+    drawn, and still lets each town sound lead in proportion to its weight."""
+    from corpus.build import TOWN, choose_sounds
+
+    w = np.zeros(len(rules.CLASSES))
+    town = {c: rules.CLASSES.index(c) for c in ("traffic", "aircraft", "market")}
+    w[list(town.values())] = [1.0, 0.8, 0.6]
+    w[rules.CLASSES.index("wind")] = 0.9
+    available = np.ones(len(rules.CLASSES), bool)
+    heard_alone = dict.fromkeys(town.values(), 0)
+    for seed in range(300):
+        every = choose_sounds(w, available, np.random.default_rng(seed))
+        apart = choose_sounds(w, available, np.random.default_rng(seed), max_town=1)
+        kept = [c for c, _ in apart if c in TOWN]
+        assert len([c for c, _ in every if c in TOWN]) == 3 and len(kept) == 1
+        assert rules.CLASSES.index("wind") in [c for c, _ in apart]
+        assert max(g for _, g in apart) == 0.0 and len(apart) == 2
+        heard_alone[kept[0]] += 1
+    assert heard_alone[town["traffic"]] > heard_alone[town["aircraft"]] > heard_alone[town["market"]] > 0
