@@ -20,8 +20,10 @@ and only the cells of the held-out level-4 regions of the demo training split).
 Cause: a two-way decomposition of the logit maps of the prompts over land (logit = -a d =
 cell effect + prompt effect + interaction), with the cell effect split into its -a S_i part
 and its 2 a mu_i . mean(mu_q) part; the prompts' text embeddings (mean pairwise cosine of mu_q);
-the corpus's own class maps (how alike the rules' maps of the classes are); the cells' mu
-(share of variance in the first principal components).
+the corpus's own class maps (how alike the rules' maps of the classes are), and of the town
+classes' (corpus/sources.py's "town" group, whose sounds share places and clips) against the
+model's maps of their class prompts; the cells' mu (share of variance in the first principal
+components).
 """
 
 from __future__ import annotations
@@ -104,6 +106,17 @@ def discrimination(maps: np.ndarray, s: np.ndarray, names: tuple[str, ...]) -> d
         and result["max_abs_spearman_with_minus_uncertainty"] <= TARGETS["abs_spearman_uncertainty"]
     )
     return result
+
+
+def town_pairwise(maps: np.ndarray, names: tuple[str, ...]) -> float:
+    """Mean Spearman over the pairs of town classes among `names` (the columns of `maps`); NaN
+    where fewer than two are among them."""
+    from corpus.sources import GROUPS
+
+    town = [j for j, name in enumerate(names) if name in GROUPS["town"]]
+    if len(town) < 2:
+        return float("nan")
+    return float(np.mean([spearmanr(maps[:, i], maps[:, j]).statistic for i, j in itertools.combinations(town, 2)]))
 
 
 def decomposition(logits: np.ndarray, s: np.ndarray, mu: np.ndarray, mu_q: np.ndarray, a: float) -> dict:
@@ -243,10 +256,14 @@ def condition(engine, cells, labels: np.ndarray, heldout: np.ndarray) -> dict:
     everywhere = np.ones(len(s), bool)
     return {
         "layers": {name: discrimination(m, s, PROMPTS) for name, m in layer_maps(engine, cells, PROMPTS).items()},
-        "corpus_class_maps": discrimination(labels[:, present], s, names),
+        "corpus_class_maps": {
+            **discrimination(labels[:, present], s, names),
+            "town_mean_pairwise_spearman": town_pairwise(labels[:, present], names),
+        },
         "class_prompt_layers": {
             name: {
                 **discrimination(m[:, present], s, names),
+                "town_mean_pairwise_spearman": town_pairwise(m[:, present], names),
                 "mean_spearman_with_own_class_map": float(
                     np.mean([spearmanr(m[:, c], labels[:, c]).statistic for c in np.flatnonzero(present)])
                 ),
@@ -376,12 +393,17 @@ def markdown(result: dict) -> str:
         "",
         "Class prompts (one per sound class of the rules) against the rules' own class maps:",
         "",
-        "| maps | mean pairwise Spearman | max pair | max abs Spearman with -S | Spearman with own class map |",
-        "|---|---:|---|---:|---:|",
-        f"| the rules (truth) | {_pairs(default['corpus_class_maps'])} | 1 |",
+        "| maps | mean pairwise Spearman | max pair | max abs Spearman with -S | Spearman with own class map "
+        "| town classes, mean pairwise |",
+        "|---|---:|---|---:|---:|---:|",
+        f"| the rules (truth) | {_pairs(default['corpus_class_maps'])} | 1 "
+        f"| {default['corpus_class_maps']['town_mean_pairwise_spearman']:.3f} |",
     ]
     for name, d in default["class_prompt_layers"].items():
-        lines.append(f"| {name} | {_pairs(d)} | {d['mean_spearman_with_own_class_map']:.3f} |")
+        lines.append(
+            f"| {name} | {_pairs(d)} | {d['mean_spearman_with_own_class_map']:.3f} "
+            f"| {d['town_mean_pairwise_spearman']:.3f} |"
+        )
     if result["hours"]:
         lines += [
             "",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.discrimination import decomposition, discrimination, pairwise
+from benchmarks.discrimination import decomposition, discrimination, pairwise, town_pairwise
 from runtime.bundle import Bundle
 from runtime.scoring import (
     CONTRAST_WEIGHT,
@@ -140,6 +140,15 @@ def test_pairwise_and_the_uncertainty_figure_on_known_maps():
     assert not tied["meets_targets"]
 
 
+def test_town_pairwise_averages_the_town_classes_pairs_only():
+    rng = np.random.default_rng(2)
+    town, other = rng.normal(size=300), rng.normal(size=300)
+    maps = np.column_stack([town, other, town + 0.01 * rng.normal(size=300), -other, town])
+    names = ("traffic", "birds", "aircraft", "wind", "harbour")
+    assert town_pairwise(maps, names) > 0.99  # the three town columns are alike; birds and wind are not counted
+    assert np.isnan(town_pairwise(maps[:, [0, 3]], ("traffic", "wind")))  # one town class: no pair
+
+
 def test_decomposition_finds_a_shared_cell_effect():
     rng = np.random.default_rng(1)
     cells, prompts = 400, 6
@@ -172,6 +181,7 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
     for cond in (result["default"], result["hours"]["6"]):
         rescorings = {"z_score_against_references", "log_share_among_references", "without_first_principal_direction"}
         assert {"heatmap", "contrast", "heatmap_without_s_i", *rescorings} <= set(cond["layers"])
+        assert -1 <= cond["corpus_class_maps"]["town_mean_pairwise_spearman"] <= 1
         for d in cond["layers"].values():
             assert -1 <= d["mean_pairwise_spearman"] <= d["max_pairwise_spearman"] <= 1
             assert len(d["spearman_with_minus_uncertainty"]) == len(result["prompts"])
