@@ -79,12 +79,13 @@ def nearest_centroid(features: np.ndarray, lead: np.ndarray, classes: list[int],
 
 def aisfx(corpus: Path, audio_cache: Path) -> dict:
     """The audio tower's figures over the training clips of `corpus` (their cached outputs)."""
-    from corpus.reader import factory
+    from corpus.reader import CorpusSource, factory
     from model.commands import load_config
 
     data = {**load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")["data"]}
     data["path"] = str(corpus)
     train = factory(data, 64).train
+    assert isinstance(train, CorpusSource)
     lead = train.corpus.table["layers"][train.rows, 0]
     features = np.load(audio_cache)["values"].astype(np.float64)
     if len(features) != len(lead):
