@@ -19,6 +19,9 @@ median rank, docs/method.md section 4.1):
   data/corpus-town-apart --max-town-layers 1`, where a sample mixes at most one town sound
   (traffic, trains, aircraft, market, industry, harbour): whether town sounds heard together in
   the same clips are why their maps look alike (docs/demo-model.md, "The cause, measured");
+- `less_sat_text`: the sat-text pairs weighted 0.1 instead of 0.5 (train.loss.weights): whether
+  the pull of a text toward the cells it is paired with is what merges the town sounds' text
+  means (docs/demo-model.md, "The cause, measured");
 - `melcnn`: the small log-mel CNN audio tower trained from scratch instead of frozen aisfx,
   given --melcnn-steps steps (its steps cost ~40x a cached frozen step; choose them to match
   the wall time of the aisfx run, cache included).
@@ -80,6 +83,7 @@ VARIANTS: dict[str, dict] = {
     "shallow": {"model": {"fusion": {"width": 96, "depth": 1, "heads": 4, "ff": 192, "meta_hidden": 64}}},
     "deep": {"model": {"fusion": {"width": 96, "depth": 3, "heads": 4, "ff": 192, "meta_hidden": 64}}},
     "town_apart": {"data": {"path": "data/corpus-town-apart"}},
+    "less_sat_text": {"train": {"loss": {"weights": {"sat_audio": 0.5, "sat_text": 0.1, "audio_text": 0.5}}}},
     "melcnn": {
         "model": {"audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96, "features": {"duration_s": 2.4}}},
         "train": {"eval_every": 0},
