@@ -31,9 +31,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.demo_quality import class_prompt
-from corpus import rules, sources
+from corpus import rules
+from corpus.build import TOWN
 
-TOWN = [rules.CLASSES.index(c) for c in sources.GROUPS["town"]]
 MIN_CLIPS = 20
 
 

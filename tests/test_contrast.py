@@ -181,7 +181,7 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
     for cond in (result["default"], result["hours"]["6"]):
         rescorings = {"z_score_against_references", "log_share_among_references", "without_first_principal_direction"}
         assert {"heatmap", "contrast", "heatmap_without_s_i", *rescorings} <= set(cond["layers"])
-        town = cond["corpus_class_maps"]["town_mean_pairwise_spearman"]  # NaN: under two town classes here
+        town = cond["corpus_class_maps"]["town_mean_pairwise_spearman"]  # NaN where under two town classes are present
         assert np.isnan(town) or -1 <= town <= 1
         for d in cond["layers"].values():
             assert -1 <= d["mean_pairwise_spearman"] <= d["max_pairwise_spearman"] <= 1
@@ -198,13 +198,14 @@ def test_town_towers_figures_on_known_vectors():
 
     rng = np.random.default_rng(3)
     other = [c for c in range(len(TOWN) + 8) if c not in TOWN][:4]
-    classes = TOWN[:3] + other
+    town_classes = [int(c) for c in TOWN[:3]]
+    classes = town_classes + other
     shared = rng.normal(size=16)
     rows = np.stack([shared + 0.05 * rng.normal(size=16) if c in TOWN else rng.normal(size=16) for c in classes])
     figures = town_vs_other(rows, classes)
     assert figures["town_pairs"] > 0.95 > 0.5 > abs(figures["other_pairs"])
-    centres = {c: 10 * rng.normal(size=8) for c in TOWN[:3]}
-    lead = np.repeat(TOWN[:3], 40)
+    centres = {c: 10 * rng.normal(size=8) for c in town_classes}
+    lead = np.repeat(town_classes, 40)
     features = np.stack([centres[c] + rng.normal(size=8) for c in lead])
-    assert nearest_centroid(features, lead, TOWN[:3]) == 1.0
-    assert nearest_centroid(rng.normal(size=features.shape), lead, TOWN[:3]) < 0.7  # noise: near chance (1/3)
+    assert nearest_centroid(features, lead, town_classes) == 1.0
+    assert nearest_centroid(rng.normal(size=features.shape), lead, town_classes) < 0.7  # noise: near chance (1/3)
