@@ -215,9 +215,16 @@ class Engine:
 
     # Query side -----------------------------------------------------------------------------
     def embed_text(self, text: str) -> QueryEmbedding:
-        mu, logvar = self.bundle.embed_texts([text])
-        self.stats["text_encodings"] += 1
-        return QueryEmbedding(mu[0].astype(np.float32), float(uncertainty(logvar)[0]))
+        return self.embed_texts([text])[0]
+
+    def embed_texts(self, texts: Sequence[str]) -> list[QueryEmbedding]:
+        """One text graph run for all `texts` (padded to the longest; each embedding equals its
+        lone run's to float rounding, about 1e-7)."""
+        mu, logvar = self.bundle.embed_texts(texts)
+        self.stats["text_encodings"] += len(texts)
+        self.stats["text_batches"] += 1
+        s = uncertainty(logvar)
+        return [QueryEmbedding(mu[i].astype(np.float32), float(s[i])) for i in range(len(texts))]
 
     def embed_wave(self, wave: np.ndarray, sample_rate: int) -> QueryEmbedding:
         mu, logvar = self.bundle.embed_waveform(wave, sample_rate)
