@@ -3,6 +3,7 @@ on a loopback port, and decoding of tiles."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
@@ -12,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -36,6 +38,18 @@ def make_client(bundle_path, store_path, **settings) -> TestClient:
     return TestClient(
         create_app(Settings(bundle=str(bundle_path), store=str(store_path), **settings)), base_url="http://127.0.0.1"
     )
+
+
+def concurrent_gets(app, path: str, params: list[dict]) -> list[httpx.Response]:
+    """GET `path` once per params, all at once through the ASGI app (one event loop), so the
+    requests meet in its caches and thread pool as a burst of clients' would."""
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            return await asyncio.gather(*[http.get(path, params=p) for p in params])
+
+    return asyncio.run(burst())
 
 
 def decode_png(body: bytes) -> np.ndarray:

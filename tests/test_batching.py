@@ -3,12 +3,11 @@ still gets its own embedding: the batcher's rules, then the server under a burst
 
 import asyncio
 
-import httpx
 import numpy as np
 import pytest
 
 from server.batching import Batcher
-from tests.server_support import decode_npy, make_client
+from tests.server_support import concurrent_gets, decode_npy, make_client
 
 
 class Recorder:
@@ -102,14 +101,8 @@ def test_a_burst_of_new_queries_is_embedded_in_batches_with_the_same_tiles(bundl
     app = make_client(bundle_path, store_path, compute_threads=1).app
     stats = app.state.service.stats
 
-    async def burst():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-            return await asyncio.gather(
-                *[http.get("/tiles/WebMercatorQuad/4/8/5.npy", params={"q": t, "layer": "heatmap"}) for t in texts]
-            )
-
-    responses = asyncio.run(burst())
+    params = [{"q": t, "layer": "heatmap"} for t in texts]
+    responses = concurrent_gets(app, "/tiles/WebMercatorQuad/4/8/5.npy", params)
     assert {r.status_code for r in responses} == {200}
     assert stats["text_encodings"] == len(texts)
     assert stats["text_batches"] < len(texts) / 2, f"{stats['text_batches']} runs for {len(texts)} texts"

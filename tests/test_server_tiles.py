@@ -1,16 +1,14 @@
 """Tile content: seamless across borders (bilinear between cell centres, from the same cells on
 both sides), formats and sizes, overzoom, and identical concurrent misses computed once."""
 
-import asyncio
 import io
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from server.engine import QueryMetadata
-from tests.server_support import decode_npy, decode_png, make_client
+from tests.server_support import concurrent_gets, decode_npy, decode_png, make_client
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +87,7 @@ def test_concurrent_identical_misses_are_computed_once(bundle_path, store_path):
     app = make_client(bundle_path, store_path).app
     stats = app.state.service.stats
 
-    async def burst():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            return await asyncio.gather(
-                *[http.get("/tiles/4/8/5.png", params={"q": "wind", "hour": 5}) for _ in range(16)]
-            )
-
-    responses = asyncio.run(burst())
+    responses = concurrent_gets(app, "/tiles/4/8/5.png", [{"q": "wind", "hour": 5}] * 16)
     assert {r.status_code for r in responses} == {200}
     assert len({r.content for r in responses}) == 1
     # Two fusions: the tile's cells and the colour scale's sample (both at hour 5), each once.
