@@ -22,6 +22,10 @@ median rank, docs/method.md section 4.1):
 - `less_sat_text`: the sat-text pairs weighted 0.1 instead of 0.5 (train.loss.weights): whether
   the pull of a text toward the cells it is paired with is what merges the town sounds' text
   means (docs/demo-model.md, "The cause, measured");
+- `more_sat_text`: the sat-text pairs weighted 1.5 instead of 0.5: whether a stronger pull of a
+  text toward its cells keeps the town sounds' text means apart (less_sat_text's converse);
+- `less_audio_text`: the audio-text pairs weighted 0.1 instead of 0.5: whether the pull of town
+  captions toward the one region aisfx puts town clips in is what merges them;
 - `melcnn`: the small log-mel CNN audio tower trained from scratch instead of frozen aisfx,
   given --melcnn-steps steps (its steps cost ~40x a cached frozen step; choose them to match
   the wall time of the aisfx run, cache included).
@@ -84,6 +88,8 @@ VARIANTS: dict[str, dict] = {
     "deep": {"model": {"fusion": {"width": 96, "depth": 3, "heads": 4, "ff": 192, "meta_hidden": 64}}},
     "town_apart": {"data": {"path": "data/corpus-town-apart"}},
     "less_sat_text": {"train": {"loss": {"weights": {"sat_audio": 0.5, "sat_text": 0.1, "audio_text": 0.5}}}},
+    "more_sat_text": {"train": {"loss": {"weights": {"sat_audio": 0.5, "sat_text": 1.5, "audio_text": 0.5}}}},
+    "less_audio_text": {"train": {"loss": {"weights": {"sat_audio": 0.5, "sat_text": 0.5, "audio_text": 0.1}}}},
     "melcnn": {
         "model": {"audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96, "features": {"duration_s": 2.4}}},
         "train": {"eval_every": 0},
