@@ -101,10 +101,16 @@ CONDITION = {"no_metadata": "no_metadata", "ceiling": "rules vs mixed classes"}
 
 def merged(base: dict, changes: dict) -> dict:
     """`base` with each section's keys replaced by those `changes` gives (whole values: a new
-    `audio` replaces the tower, it is not merged into the old one)."""
+    `audio` replaces the tower, it is not merged into the old one), except `train.loss`, merged
+    key by key: a loss's kind and its pair weights are separate choices (`infonce` keeps the
+    base's weights)."""
     out = copy.deepcopy(base)
     for section, keys in changes.items():
-        out[section] = {**out.get(section, {}), **copy.deepcopy(keys)}
+        old = out.get(section, {})
+        new = copy.deepcopy(keys)
+        if section == "train" and "loss" in new:
+            new["loss"] = {**old.get("loss", {}), **new["loss"]}
+        out[section] = {**old, **new}
     return out
 
 
