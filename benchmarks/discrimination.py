@@ -23,7 +23,9 @@ and its 2 a mu_i . mean(mu_q) part; the prompts' text embeddings (mean pairwise 
 the corpus's own class maps (how alike the rules' maps of the classes are), and of the town
 classes' (corpus/sources.py's "town" group, whose sounds share places and clips) against the
 model's maps of their class prompts; the cells' mu (share of variance in the first principal
-components).
+components). For the class prompts, how much a map follows -S beyond what its own class's rules
+map does: the partial Spearman of the map and -S given the rules' map (0 when the map follows S
+only where the sound is).
 """
 
 from __future__ import annotations
@@ -106,6 +108,25 @@ def discrimination(maps: np.ndarray, s: np.ndarray, names: tuple[str, ...]) -> d
         and result["max_abs_spearman_with_minus_uncertainty"] <= TARGETS["abs_spearman_uncertainty"]
     )
     return result
+
+
+def partial_spearman(x: np.ndarray, y: np.ndarray, given: np.ndarray) -> float:
+    """Spearman of x and y with `given`'s ranks partialled out: how x follows y beyond what both
+    share with `given` (NaN where `given` ranks exactly as x or y)."""
+    r = spearmanr(np.column_stack([x, y, given])).statistic
+    denominator = np.sqrt((1 - r[0, 2] ** 2) * (1 - r[1, 2] ** 2))
+    return float((r[0, 1] - r[0, 2] * r[1, 2]) / denominator) if denominator > 1e-12 else float("nan")
+
+
+def beyond_truth(maps: np.ndarray, truth: np.ndarray, s: np.ndarray, names: tuple[str, ...]) -> dict:
+    """Per class (the columns of `maps` and of `truth`, its rules' map): the partial Spearman of
+    the map and -S given the rules' map; the largest in absolute value, and the mean."""
+    partial = np.array([partial_spearman(maps[:, j], -s, truth[:, j]) for j in range(maps.shape[1])])
+    return {
+        "partial_spearman_with_minus_uncertainty_given_class_map": dict(zip(names, partial.tolist(), strict=True)),
+        "max_abs_partial_spearman_with_minus_uncertainty": float(np.nanmax(np.abs(partial))),
+        "mean_partial_spearman_with_minus_uncertainty": float(np.nanmean(partial)),
+    }
 
 
 def town_pairwise(maps: np.ndarray, names: tuple[str, ...]) -> float:
@@ -264,6 +285,7 @@ def condition(engine, cells, labels: np.ndarray, heldout: np.ndarray) -> dict:
             name: {
                 **discrimination(m[:, present], s, names),
                 "town_mean_pairwise_spearman": town_pairwise(m[:, present], names),
+                **beyond_truth(m[:, present], labels[:, present], s, names),
                 "mean_spearman_with_own_class_map": float(
                     np.mean([spearmanr(m[:, c], labels[:, c]).statistic for c in np.flatnonzero(present)])
                 ),
@@ -394,15 +416,16 @@ def markdown(result: dict) -> str:
         "Class prompts (one per sound class of the rules) against the rules' own class maps:",
         "",
         "| maps | mean pairwise Spearman | max pair | max abs Spearman with -S | Spearman with own class map "
-        "| town classes, mean pairwise |",
-        "|---|---:|---|---:|---:|---:|",
+        "| town classes, mean pairwise | -S beyond the class map: max abs partial Spearman (mean) |",
+        "|---|---:|---|---:|---:|---:|---:|",
         f"| the rules (truth) | {_pairs(default['corpus_class_maps'])} | 1 "
-        f"| {default['corpus_class_maps']['town_mean_pairwise_spearman']:.3f} |",
+        f"| {default['corpus_class_maps']['town_mean_pairwise_spearman']:.3f} | 0 |",
     ]
     for name, d in default["class_prompt_layers"].items():
         lines.append(
             f"| {name} | {_pairs(d)} | {d['mean_spearman_with_own_class_map']:.3f} "
-            f"| {d['town_mean_pairwise_spearman']:.3f} |"
+            f"| {d['town_mean_pairwise_spearman']:.3f} | {d['max_abs_partial_spearman_with_minus_uncertainty']:.3f} "
+            f"({d['mean_partial_spearman_with_minus_uncertainty']:.3f}) |"
         )
     if result["hours"]:
         lines += [

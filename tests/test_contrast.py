@@ -6,8 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
-from benchmarks.discrimination import decomposition, discrimination, pairwise, town_pairwise
+from benchmarks.discrimination import (
+    beyond_truth,
+    decomposition,
+    discrimination,
+    pairwise,
+    partial_spearman,
+    town_pairwise,
+)
 from runtime.bundle import Bundle
 from runtime.scoring import (
     CONTRAST_WEIGHT,
@@ -140,6 +148,22 @@ def test_pairwise_and_the_uncertainty_figure_on_known_maps():
     assert not tied["meets_targets"]
 
 
+def test_partial_spearman_removes_what_the_truth_explains():
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=2000)
+    s = -(truth + 0.5 * rng.normal(size=2000))  # the model is sure where the sound is
+    faithful = truth + 0.1 * rng.normal(size=2000)  # follows -S only through the truth
+    confident = -s + 0.1 * rng.normal(size=2000)  # follows -S itself
+    assert spearmanr(faithful, -s).statistic > 0.8
+    assert abs(partial_spearman(faithful, -s, truth)) < 0.1
+    assert partial_spearman(confident, -s, truth) > 0.8
+    figures = beyond_truth(np.column_stack([faithful, confident]), np.column_stack([truth, truth]), s, ("a", "b"))
+    assert figures["max_abs_partial_spearman_with_minus_uncertainty"] == pytest.approx(
+        figures["partial_spearman_with_minus_uncertainty_given_class_map"]["b"]
+    )
+    assert np.isnan(partial_spearman(truth, -s, truth))  # the map is its truth: nothing left to explain
+
+
 def test_town_pairwise_averages_the_town_classes_pairs_only():
     rng = np.random.default_rng(2)
     town, other = rng.normal(size=300), rng.normal(size=300)
@@ -183,6 +207,8 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
         assert {"heatmap", "contrast", "heatmap_without_s_i", *rescorings} <= set(cond["layers"])
         town = cond["corpus_class_maps"]["town_mean_pairwise_spearman"]  # NaN where under two town classes are present
         assert np.isnan(town) or -1 <= town <= 1
+        for d in cond["class_prompt_layers"].values():
+            assert 0 <= d["max_abs_partial_spearman_with_minus_uncertainty"] <= 1
         for d in cond["layers"].values():
             assert -1 <= d["mean_pairwise_spearman"] <= d["max_pairwise_spearman"] <= 1
             assert len(d["spearman_with_minus_uncertainty"]) == len(result["prompts"])
