@@ -25,7 +25,8 @@ classes' (corpus/sources.py's "town" group, whose sounds share places and clips)
 model's maps of their class prompts; the cells' mu (share of variance in the first principal
 components). For the class prompts, how much a map follows -S beyond what its own class's rules
 map does: the partial Spearman of the map and -S given the rules' map (0 when the map follows S
-only where the sound is).
+only where the sound is), and why some do: how each class prompt's text mean points along the
+cells' first principal direction and how its true map follows the cells along it.
 """
 
 from __future__ import annotations
@@ -259,9 +260,36 @@ def layer_maps(engine, cells, prompts: tuple[str, ...]) -> dict[str, np.ndarray]
         [logit[:, j] - logsumexp(np.column_stack([logit[:, j], refs]), axis=1) for j in range(logit.shape[1])]
     )
     # mu_i . mu_q with the cells' first principal direction (the shared "how much happens here" axis) removed.
-    first = np.linalg.svd(mu - mu.mean(axis=0), full_matrices=False)[2][:1]
+    first = first_direction(mu)[None, :]
     out["without_first_principal_direction"] = (mu - (mu @ first.T) @ first) @ mu_q.T
     return out
+
+
+def first_direction(mu: np.ndarray) -> np.ndarray:
+    """The unit first principal direction of the cells' means (sign arbitrary)."""
+    return np.linalg.svd(mu - mu.mean(axis=0), full_matrices=False)[2][0]
+
+
+def shared_axis(engine, cells, labels: np.ndarray, present: np.ndarray) -> dict:
+    """Which class maps the shared axis pulls: the cells' first principal direction (signed to
+    rise with -S), how each class prompt's text mean points along it (cosine) and how its true
+    map follows the cells' position on it (Spearman). A map follows S beyond its truth where the
+    text points along the axis and the truth does not."""
+    from corpus import rules
+
+    s, mu = cells.s.astype(np.float64), cells.mu.astype(np.float64)
+    axis = first_direction(mu)
+    if spearmanr(mu @ axis, -s).statistic < 0:
+        axis = -axis
+    position = mu @ axis
+    classes = {}
+    for c in np.flatnonzero(present):
+        mu_q = engine.embed_text(class_prompt(rules.CLASSES[c])).mu.astype(np.float64)
+        classes[rules.CLASSES[c]] = {
+            "text_cosine_with_shared_axis": float(mu_q @ axis / np.linalg.norm(mu_q)),
+            "truth_spearman_with_shared_axis": float(spearmanr(labels[:, c], position).statistic),
+        }
+    return {"shared_axis_spearman_with_minus_uncertainty": float(spearmanr(position, -s).statistic), "classes": classes}
 
 
 def condition(engine, cells, labels: np.ndarray, heldout: np.ndarray) -> dict:
@@ -292,6 +320,7 @@ def condition(engine, cells, labels: np.ndarray, heldout: np.ndarray) -> dict:
             }
             for name, m in class_maps.items()
         },
+        "shared_axis": shared_axis(engine, cells, labels, present),
         "retrieval": {
             name: {
                 "all_land": retrieval(dict(zip(rules.CLASSES, m.T, strict=True)), labels, everywhere),

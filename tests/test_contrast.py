@@ -12,6 +12,7 @@ from benchmarks.discrimination import (
     beyond_truth,
     decomposition,
     discrimination,
+    first_direction,
     pairwise,
     partial_spearman,
     town_pairwise,
@@ -164,6 +165,12 @@ def test_partial_spearman_removes_what_the_truth_explains():
     assert np.isnan(partial_spearman(truth, -s, truth))  # the map is its truth: nothing left to explain
 
 
+def test_first_direction_is_the_cells_widest_spread():
+    rng = np.random.default_rng(4)
+    mu = rng.normal(size=(1000, 3)) * np.array([0.1, 3.0, 0.2]) + 5.0
+    assert abs(first_direction(mu)[1]) > 0.99
+
+
 def test_town_pairwise_averages_the_town_classes_pairs_only():
     rng = np.random.default_rng(2)
     town, other = rng.normal(size=300), rng.normal(size=300)
@@ -209,6 +216,9 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
         assert np.isnan(town) or -1 <= town <= 1
         for d in cond["class_prompt_layers"].values():
             assert 0 <= d["max_abs_partial_spearman_with_minus_uncertainty"] <= 1
+        assert cond["shared_axis"]["shared_axis_spearman_with_minus_uncertainty"] >= 0  # signed to rise with -S
+        for d in cond["shared_axis"]["classes"].values():
+            assert -1 <= d["text_cosine_with_shared_axis"] <= 1 and -1 <= d["truth_spearman_with_shared_axis"] <= 1
         for d in cond["layers"].values():
             assert -1 <= d["mean_pairwise_spearman"] <= d["max_pairwise_spearman"] <= 1
             assert len(d["spearman_with_minus_uncertainty"]) == len(result["prompts"])
