@@ -87,6 +87,9 @@ class SyntheticSource:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, zlib.crc32(self.split.encode()), index])
         cls = index % cfg.classes
+        # Drawn first, so a sample's metadata is the same whichever fields are left out.
+        lat, lon = float(rng.uniform(-60, 70)), float(rng.uniform(-180, 180))
+        hour, month = float(rng.integers(0, 24)), int(rng.integers(1, 13))
         clean_image, clean_audio = self._class(cls)
         image = gsd = audio = None
         if "image" not in without:
@@ -99,10 +102,10 @@ class SyntheticSource:
             key=f"{self.split}-{index}",
             image=image,
             gsd=gsd,
-            lat=float(rng.uniform(-60, 70)),
-            lon=float(rng.uniform(-180, 180)),
-            hour=float(rng.integers(0, 24)),
-            month=int(rng.integers(1, 13)),
+            lat=lat,
+            lon=lon,
+            hour=hour,
+            month=month,
             source=cfg.sources[cls % len(cfg.sources)],
             caption=caption,
             caption_source=cfg.caption_sources[cls % len(cfg.caption_sources)],
