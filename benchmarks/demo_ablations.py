@@ -11,6 +11,10 @@ median rank, docs/method.md section 4.1):
 - `balanced`, `balanced1`: batches drawn by class rarity (train.balance_classes 0.5 and 1: a
   sample's chance grows as its rarest sound class's frequency to the power -0.5 or -1), the
   corpus's rare town sounds met more often (docs/demo-model.md, "The cause, measured");
+- `places`, `places_half`: batches drawn by how crowded a sample's place is
+  (train.balance_places 1 and 0.5: a sample's chance falls as the number of training samples in
+  its level-6 tile to the power -1 or -0.5): whether S, and with it every map, follows how often
+  training met a place (docs/demo-model.md, "The cause, measured");
 - `wide`: twice the embedding (128-d) and twice the fusion's width (192): the model's capacity,
   one of the causes issue 14 asked to measure (docs/demo-model.md, "The cause, measured");
 - `shallow`: one fusion block instead of two: a cell's fusion at less than half the CPU, what
@@ -78,6 +82,8 @@ VARIANTS: dict[str, dict] = {
     "no_metadata": {"train": {"meta_dropout": 1.0}},
     "balanced": {"train": {"balance_classes": 0.5}},
     "balanced1": {"train": {"balance_classes": 1.0}},
+    "places": {"train": {"balance_places": 1.0}},
+    "places_half": {"train": {"balance_places": 0.5}},
     "wide": {
         "model": {
             "embed_dim": 128,

@@ -46,12 +46,12 @@ from scipy.stats import mannwhitneyu, rankdata, spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from corpus import rules
-from corpus.build import BuildConfig, cell_points, draw_locations, tile_of
+from corpus.build import BuildConfig, cell_points, draw_locations
 from corpus.places import Places
 from model.data import geographic_split
 from runtime.metadata import encode_metadata
 from runtime.scoring import csd, match_probability
-from runtime.tiles import demorton, tile_centres
+from runtime.tiles import demorton, tile_centres, tile_of
 
 # --- the map checks (issue 6) --------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from corpus.mixing import layer_events
 from corpus.places import PLACE_ASSETS, PlaceAttributes, Places, derive
 from runtime.files import atomic_write, file_sha256
 from runtime.imagery import Imagery
-from runtime.tiles import MERCATOR_LAT_LIMIT
+from runtime.tiles import MERCATOR_LAT_LIMIT, tile_of
 
 FORMAT = "soundscape-demo-corpus/2"
 # Where samples are drawn: interior land, the coastal band (within COAST_KM on either side), the
@@ -172,15 +172,6 @@ def cell_rules(
         cell[:, carrying] = np.sqrt(cell[:, carrying] * per_point[:, :, carrying].max(axis=1))
         activations.append(cell)
     return rules.from_activations(np.concatenate(activations), rules.season(lat, month))
-
-
-def tile_of(lat: np.ndarray, lon: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """XYZ tile (x, y) holding each point at zoom z."""
-    n = np.left_shift(1, np.asarray(z, np.int64)).astype(np.float64)
-    lat_r = np.radians(np.clip(lat, -MERCATOR_LAT_LIMIT, MERCATOR_LAT_LIMIT))
-    x = np.floor((np.asarray(lon) + 180.0) / 360.0 * n)
-    y = np.floor((1.0 - np.arcsinh(np.tan(lat_r)) / np.pi) / 2.0 * n)
-    return np.clip(x, 0, n - 1).astype(np.int64), np.clip(y, 0, n - 1).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------

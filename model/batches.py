@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from model.config import ConfigError
 from model.data import BadSample, DataError, Preprocessing, Sample, SampleSource, load_sample, stack
 from runtime.audio import AudioDecodeError
+from runtime.tiles import tile_of
 
 log = logging.getLogger(__name__)
 # Read errors a reader may raise for one sample; anything else is a bug and stops the run.
@@ -164,6 +165,21 @@ def class_balance(classes: np.ndarray, power: float) -> np.ndarray:
     weight = np.where(frequency > 0, frequency, 1.0) ** -power  # an absent class is never read
     per_sample = np.where(classes, weight, 0.0).max(axis=1)
     return np.where(classes.any(axis=1), per_sample, weight[frequency > 0].min())
+
+
+PLACE_LEVEL = 6  # the tiles place_balance counts samples in: a zoom-2 tile's cells, about 600 km
+
+
+def place_balance(lat: np.ndarray, lon: np.ndarray, power: float, level: int = PLACE_LEVEL) -> np.ndarray:
+    """Sampling weights from the samples' positions: a sample weighs the number of samples in its
+    Web Mercator tile of `level` to the power -`power`. Where samples crowd (towns, the places a
+    recordist favours), the model sees each place as often as a remote one at power 1, so how
+    sure it becomes of a place (its S) need not follow how often training met it."""
+    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    x, y = tile_of(lat, lon, np.full(lat.shape, level))
+    tile = y * 2**level + x
+    _, inverse, counts = np.unique(tile, return_inverse=True, return_counts=True)
+    return counts[inverse].astype(np.float64) ** -power
 
 
 def loader(

@@ -26,11 +26,11 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from model.batches import Collate, Examples, GlobalBatches, SkipLog, class_balance, loader, to_tensors
+from model.batches import Collate, Examples, GlobalBatches, SkipLog, class_balance, loader, place_balance, to_tensors
 from model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from model.checks import checked_splits, small_split_warnings
 from model.config import ConfigError, ModelConfig, Section, TrainConfig, from_section
-from model.data import READERS, Splits
+from model.data import READERS, Splits, load_sample
 from model.distributed import Dist, barrier, broadcast_flag, device_for, gather, init_distributed, shutdown
 from model.evaluate import embed_split, metrics, overall
 from model.frozen_cache import FrozenCache, frozen_cache
@@ -264,7 +264,7 @@ class Run:
         # The run records the data section with what the reader derived (a csv level), so evaluate
         # and a resume read the same cells whatever the imagery's default would be then.
         self.config = config = config.model_copy(update={"data": self.splits.settled or config.data})
-        self.batch_weights = _batch_weights(self.splits, self.cfg.balance_classes)
+        self.batch_weights = _batch_weights(self.splits, self.cfg.balance_classes, self.cfg.balance_places)
         checkpoint = _read_resume_checkpoint(run_dir, config) if resume else None
         if checkpoint is None and (run_dir / "last.pt").exists():
             raise FileExistsError(
@@ -360,17 +360,23 @@ class Run:
             f.writelines(f"{where}\t{reason}\n" for where, reason in self.skips.records())
 
 
-def _batch_weights(splits: Splits, power: float) -> np.ndarray | None:
-    """The training split's sampling weights under train.balance_classes (None: plain epochs)."""
-    if not power:
-        return None
-    classes = getattr(splits.train, "sound_classes", None)
-    if classes is None:
-        raise ConfigError(
-            "train.balance_classes needs a reader that labels each sample's sound classes (the "
-            "demo corpus's does); this data's reader does not, so set it to 0"
-        )
-    return class_balance(classes(), power)
+def _batch_weights(splits: Splits, classes_power: float, places_power: float) -> np.ndarray | None:
+    """The training split's sampling weights under train.balance_classes and
+    train.balance_places, multiplied (None: plain epochs)."""
+    weights = None
+    if classes_power:
+        classes = getattr(splits.train, "sound_classes", None)
+        if classes is None:
+            raise ConfigError(
+                "train.balance_classes needs a reader that labels each sample's sound classes (the "
+                "demo corpus's does); this data's reader does not, so set it to 0"
+            )
+        weights = class_balance(classes(), classes_power)
+    if places_power:
+        where = [load_sample(splits.train, i, ("audio", "image", "caption")) for i in range(len(splits.train))]
+        places = place_balance(np.array([s.lat for s in where]), np.array([s.lon for s in where]), places_power)
+        weights = places if weights is None else weights * places
+    return weights
 
 
 def _read_resume_checkpoint(run_dir: Path, config: RunConfig) -> dict | None:

@@ -86,6 +86,15 @@ def tile_centres(z: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.n
     return lon, lat
 
 
+def tile_of(lat: np.ndarray, lon: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """XYZ tile (x, y) holding each point at zoom z."""
+    n = np.left_shift(1, np.asarray(z, np.int64)).astype(np.float64)
+    lat_r = np.radians(np.clip(lat, -MERCATOR_LAT_LIMIT, MERCATOR_LAT_LIMIT))
+    x = np.floor((np.asarray(lon) + 180.0) / 360.0 * n)
+    y = np.floor((1.0 - np.arcsinh(np.tan(lat_r)) / np.pi) / 2.0 * n)
+    return np.clip(x, 0, n - 1).astype(np.int64), np.clip(y, 0, n - 1).astype(np.int64)
+
+
 def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
     """(west, south, east, north) in degrees of tile (z, x, y)."""
     return tuple(mercantile.bounds(x, y, z))

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import source_maps as sm
 from corpus import rules, sources
-from corpus.build import tile_of
+from runtime.tiles import tile_of
 from tests.conftest import FIXTURE_BBOX
 
 

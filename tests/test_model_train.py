@@ -320,6 +320,37 @@ def test_class_balance_weighs_a_sample_by_its_rarest_class():
     assert class_balance(classes, 0.0) == pytest.approx(np.ones(4))
 
 
+def test_place_balance_weighs_a_sample_by_how_crowded_its_tile_is():
+    from model.batches import place_balance
+
+    # three samples in Paris (one level-6 tile), one in Sydney, one just across Paris's tile edge
+    lat = np.array([48.85, 48.86, 48.87, -33.87, 48.85])
+    lon = np.array([2.35, 2.34, 2.36, 151.21, 5.7])
+    assert place_balance(lat, lon, 1.0) == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0, 1.0])
+    assert place_balance(lat, lon, 0.5) == pytest.approx([3**-0.5] * 3 + [1.0, 1.0])
+    assert place_balance(lat, lon, 0.0) == pytest.approx(np.ones(5))
+    assert place_balance(lat, lon, 1.0, level=2) == pytest.approx([1 / 4] * 3 + [1.0, 1 / 4])
+
+
+def test_balance_places_weighs_batches_on_a_reader_that_labels_no_classes(tmp_path):
+    """The synthetic reader labels no classes, yet its samples' positions (read without images
+    or audio) weigh the batches as their full samples' positions do."""
+    from model.batches import place_balance
+    from model.data import open_splits
+    from model.train import _batch_weights
+
+    cfg = run_config(config(train__balance_places=1.0, train__steps=2, train__eval_every=0))
+    splits = open_splits(cfg.data, cfg.model.image.size)
+    where = [splits.train[i] for i in range(len(splits.train))]
+    weights = _batch_weights(splits, 0.0, 1.0)
+    assert weights is not None and len(np.unique(weights)) > 1
+    assert weights == pytest.approx(
+        place_balance(np.array([s.lat for s in where]), np.array([s.lon for s in where]), 1.0)
+    )
+    assert _batch_weights(splits, 0.0, 0.0) is None
+    assert fit(cfg, tmp_path / "run", progress=False).last_step == 2
+
+
 def test_weighted_batches_are_distinct_seeded_and_favour_rare_samples():
     from model.batches import GlobalBatches
 
