@@ -351,6 +351,27 @@ def cause(engine, cells) -> dict:
     return out
 
 
+def crowding(samples: Path, level: int, x: np.ndarray, y: np.ndarray, cells) -> dict:
+    """How the cells' S and their first principal direction follow how crowded the corpus's
+    samples are: Spearman of -S, and of the position on that direction, with the number of the
+    corpus's samples (every split) in each cell. Training met crowded places more often
+    (train.balance_places evens it out)."""
+    from runtime.tiles import tile_of
+
+    table = np.load(samples)
+    sx, sy = tile_of(table["lat"], table["lon"], np.full(len(table["lat"]), level))
+    counts = np.zeros((1 << level, 1 << level))
+    np.add.at(counts, (sy, sx), 1)
+    crowded = counts[y, x]
+    s, mu = cells.s.astype(np.float64), cells.mu.astype(np.float64)
+    position = mu @ first_direction(mu)
+    return {
+        "spearman_with_minus_s": float(spearmanr(crowded, -s).statistic),
+        "abs_spearman_with_first_direction": float(abs(spearmanr(crowded, position).statistic)),
+        "cells_without_samples": float((crowded == 0).mean()),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_world_arguments(p)
@@ -388,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     result["default"] = condition(engine, cells, class_labels(places, args.level, x[land], y[land]), heldout)
     say("cause: decomposition, text embeddings, the cells' means ...")
     result["cause"] = cause(engine, cells)
+    if (samples := Path(args.places).with_name("samples.npz")).is_file():
+        result["cause"]["samples_per_cell"] = crowding(samples, args.level, x[land], y[land], cells)
     result["hours"] = {}
     for hour in (int(h) for h in args.hours.split(",") if h.strip()):
         say(f"hour {hour} ...")

@@ -10,6 +10,7 @@ from scipy.stats import spearmanr
 
 from benchmarks.discrimination import (
     beyond_truth,
+    crowding,
     decomposition,
     discrimination,
     first_direction,
@@ -171,6 +172,23 @@ def test_first_direction_is_the_cells_widest_spread():
     assert abs(first_direction(mu)[1]) > 0.99
 
 
+def test_crowding_counts_the_samples_in_each_cell(tmp_path):
+    """Four cells of level 1 with 3, 2, 1 and 0 samples: S falling with the count follows it
+    perfectly, and the cells' means spread along the count too."""
+    from types import SimpleNamespace
+
+    lat = np.array([40.0, 41.0, 42.0, 40.0, 41.0, -40.0])
+    lon = np.array([-90.0, -80.0, -70.0, 90.0, 80.0, -90.0])  # (0,0) x3, (1,0) x2, (0,1) x1
+    np.savez(tmp_path / "samples.npz", lat=lat, lon=lon)
+    x, y = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])
+    mu = np.column_stack([np.array([3.0, 2.0, 1.0, 0.0]), np.zeros(4)])
+    cells = SimpleNamespace(s=np.array([0.1, 0.2, 0.3, 0.4]), mu=mu)
+    out = crowding(tmp_path / "samples.npz", 1, x, y, cells)
+    assert out["spearman_with_minus_s"] == pytest.approx(1.0)
+    assert out["abs_spearman_with_first_direction"] == pytest.approx(1.0)
+    assert out["cells_without_samples"] == pytest.approx(0.25)
+
+
 def test_town_pairwise_averages_the_town_classes_pairs_only():
     rng = np.random.default_rng(2)
     town, other = rng.normal(size=300), rng.normal(size=300)
@@ -222,6 +240,7 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
         for d in cond["layers"].values():
             assert -1 <= d["mean_pairwise_spearman"] <= d["max_pairwise_spearman"] <= 1
             assert len(d["spearman_with_minus_uncertainty"]) == len(result["prompts"])
+    assert "samples_per_cell" not in result["cause"]  # the place rasters here have no corpus's samples beside them
     shares = result["cause"]["decomposition_prompts"]
     assert sum(shares[k] for k in ("share_cell_effect", "share_prompt_effect", "share_interaction")) == pytest.approx(1)
     # the fusion graph run here under the default metadata gives the store's own S
