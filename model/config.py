@@ -186,9 +186,9 @@ class TrainConfig(Section):
     # power -balance_classes (model.batches.class_balance): 0 = plain shuffled epochs. Needs a
     # reader that labels its samples' classes (the demo corpus's does).
     balance_classes: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
-    # Draw each batch with a sample's chance growing as the number of training samples in its
-    # place (its Web Mercator tile of level 6, model.batches.place_balance) to the power
-    # -balance_places: 1 gives every place the same share of training. Multiplies with
+    # Draw each batch with a sample's chance proportional to the number of training samples in
+    # its place (its Web Mercator tile of level 6, model.batches.place_balance) to the power
+    # -balance_places: 1 gives every place the same share of training, 0 = off. Multiplies with
     # balance_classes. Any reader: the samples' lat/lon are read once.
     balance_places: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
     image_flips: bool = False  # random horizontal/vertical flips of the imagery
