@@ -51,7 +51,7 @@ from corpus.places import Places
 from model.data import geographic_split
 from runtime.metadata import encode_metadata
 from runtime.scoring import csd, match_probability
-from runtime.tiles import demorton, tile_centres, tile_of
+from runtime.tiles import demorton, tile_centres, tile_index, tile_of
 
 # --- the map checks (issue 6) --------------------------------------------------------------------
 
@@ -252,10 +252,8 @@ def uncertainty_check(engine, places: Places, level, bounds, training_config: di
     x, y = cell_xy(level)
     lat, lon, _, labels = training_locations(places, bounds, training_config)
     train = labels == "train"
-    tx, ty = tile_of(lat[train], lon[train], np.full(int(train.sum()), level.level))
     n = 1 << level.level
-    counts_grid = np.bincount(ty * n + tx, minlength=n * n)
-    counts = counts_grid[y * n + x]
+    counts = np.bincount(tile_index(lat[train], lon[train], level.level), minlength=n * n)[y * n + x]
     s = np.asarray(level.arrays.s, np.float64)
     thin = counts == 0
     dense = counts >= max(1.0, np.quantile(counts[counts > 0], 0.75)) if (counts > 0).any() else counts < 0

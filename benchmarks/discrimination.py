@@ -356,13 +356,11 @@ def crowding(samples: Path, level: int, x: np.ndarray, y: np.ndarray, cells) -> 
     samples are: Spearman of -S, and of the position on that direction, with the number of the
     corpus's samples (every split) in each cell. Training met crowded places more often
     (train.balance_places evens it out)."""
-    from runtime.tiles import tile_of
+    from runtime.tiles import tile_index
 
     table = np.load(samples)
-    sx, sy = tile_of(table["lat"], table["lon"], np.full(len(table["lat"]), level))
-    counts = np.zeros((1 << level, 1 << level))
-    np.add.at(counts, (sy, sx), 1)
-    crowded = counts[y, x]
+    n = 1 << level
+    crowded = np.bincount(tile_index(table["lat"], table["lon"], level), minlength=n * n)[y * n + x]
     s, mu = cells.s.astype(np.float64), cells.mu.astype(np.float64)
     position = mu @ first_direction(mu)
     return {

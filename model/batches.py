@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from model.config import ConfigError
 from model.data import BadSample, DataError, Preprocessing, Sample, SampleSource, load_sample, stack
 from runtime.audio import AudioDecodeError
-from runtime.tiles import tile_of
+from runtime.tiles import tile_index
 
 log = logging.getLogger(__name__)
 # Read errors a reader may raise for one sample; anything else is a bug and stops the run.
@@ -175,11 +175,8 @@ def place_balance(lat: np.ndarray, lon: np.ndarray, power: float, level: int = P
     Web Mercator tile of `level` to the power -`power`. Where samples crowd (towns, the places a
     recordist favours), the model sees each place as often as a remote one at power 1, so how
     sure it becomes of a place (its S) need not follow how often training met it."""
-    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
-    x, y = tile_of(lat, lon, np.full(lat.shape, level))
-    tile = y * 2**level + x
-    _, inverse, counts = np.unique(tile, return_inverse=True, return_counts=True)
-    return counts[inverse].astype(np.float64) ** -power
+    tile = tile_index(lat, lon, level)
+    return np.bincount(tile)[tile].astype(np.float64) ** -power
 
 
 def loader(

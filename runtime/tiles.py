@@ -95,6 +95,14 @@ def tile_of(lat: np.ndarray, lon: np.ndarray, z: np.ndarray) -> tuple[np.ndarray
     return np.clip(x, 0, n - 1).astype(np.int64), np.clip(y, 0, n - 1).astype(np.int64)
 
 
+def tile_index(lat: np.ndarray, lon: np.ndarray, z: int) -> np.ndarray:
+    """Each point's tile at zoom z as one int, y * 2**z + x: np.bincount(..., minlength=4**z)
+    counts the points per tile."""
+    lat = np.asarray(lat, np.float64)
+    x, y = tile_of(lat, np.asarray(lon, np.float64), np.full(lat.shape, z))
+    return y * (1 << z) + x
+
+
 def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
     """(west, south, east, north) in degrees of tile (z, x, y)."""
     return tuple(mercantile.bounds(x, y, z))
