@@ -3,6 +3,10 @@ that find why they did not.
 
     python benchmarks/discrimination.py [--data-dir data/demo] [--places data/corpus/places.npz]
                                         [--level 6] [--json benchmarks/results/discrimination.json]
+                                        [--prompts FILE]
+
+--prompts measures another list of distinct sounds instead of PROMPTS (one per line; blank lines
+and lines starting with # are skipped; at least 12, none a reference prompt of the contrast).
 
 Every map is one store level's cells (level 6 = what a zoom-2 tile draws: 16 x 16 cells per
 tile) under the default metadata, scored in process through the server's own Engine, compared
@@ -20,7 +24,8 @@ and only the cells of the held-out level-4 regions of the demo training split).
 Cause: a two-way decomposition of the logit maps of the prompts over land (logit = -a d =
 cell effect + prompt effect + interaction), with the cell effect split into its -a S_i part
 and its 2 a mu_i . mean(mu_q) part; the prompts' text embeddings (mean pairwise cosine of mu_q);
-the corpus's own class maps (how alike the rules' maps of the classes are), and of the town
+the corpus's own class maps (how alike the rules' maps of the classes are, every pair's Spearman,
+and each class's positive cells), and of the town
 classes' (corpus/sources.py's "town" group, whose sounds share places and clips) against the
 model's maps of their class prompts; the cells' mu (share of variance in the first principal
 components). For the class prompts, how much a map follows -S beyond what its own class's rules
@@ -74,12 +79,33 @@ PROMPTS = (
     "a construction site",
     "a ship's horn in a harbour",
 )
+MIN_PROMPTS = 12
+MAX_PROMPT_CHARS = 200
 TARGETS = {"mean_pairwise": 0.25, "max_pairwise": 0.8, "abs_spearman_uncertainty": 0.4}
 # Times the rules' class weights are averaged over for the default (unknown) metadata.
 LABEL_MONTHS = (1, 4, 7, 10)
 LABEL_HOURS = (0, 6, 12, 18)
 MIN_POSITIVES = 10
 CONTRAST_SWEEP = (0.25, 0.75, 1.0)
+
+
+def read_prompts(path: Path) -> tuple[str, ...]:
+    """The prompts of a --prompts file; ValueError with the reason when the list cannot measure
+    discrimination (too few, repeated, too long, or a reference prompt, whose contrast map is
+    discounted by itself)."""
+    from runtime.scoring import REFERENCE_PROMPTS
+
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = tuple(line for line in lines if line and not line.startswith("#"))
+    if len(set(prompts)) != len(prompts):
+        raise ValueError(f"{path} names a prompt twice")
+    if len(prompts) < MIN_PROMPTS:
+        raise ValueError(f"{path} holds {len(prompts)} prompts; the benchmark needs at least {MIN_PROMPTS}")
+    if long := [p for p in prompts if len(p) > MAX_PROMPT_CHARS]:
+        raise ValueError(f"{path}: a prompt is over {MAX_PROMPT_CHARS} characters: {long[0][:40]!r}...")
+    if shared := sorted(set(prompts) & set(REFERENCE_PROMPTS)):
+        raise ValueError(f"{path}: {shared[0]!r} is one of the contrast's reference prompts")
+    return prompts
 
 
 def pairwise(maps: np.ndarray) -> dict:
@@ -127,6 +153,17 @@ def beyond_truth(maps: np.ndarray, truth: np.ndarray, s: np.ndarray, names: tupl
         "partial_spearman_with_minus_uncertainty_given_class_map": dict(zip(names, partial.tolist(), strict=True)),
         "max_abs_partial_spearman_with_minus_uncertainty": float(np.nanmax(np.abs(partial))),
         "mean_partial_spearman_with_minus_uncertainty": float(np.nanmean(partial)),
+    }
+
+
+def between_classes(labels: np.ndarray, classes: tuple[str, ...]) -> dict[str, float]:
+    """Spearman of the rules' maps of every pair of classes ("a / b") that vary over the cells:
+    how alike a correct model's maps of two sounds would be."""
+    varies = np.flatnonzero(labels.std(axis=0) > 0)
+    rho = spearmanr(labels[:, varies]).statistic
+    return {
+        f"{classes[a]} / {classes[b]}": float(rho[i, j])
+        for (i, a), (j, b) in itertools.combinations(enumerate(varies), 2)
     }
 
 
@@ -292,8 +329,8 @@ def shared_axis(engine, cells, labels: np.ndarray, present: np.ndarray) -> dict:
     return {"shared_axis_spearman_with_minus_uncertainty": float(spearmanr(position, -s).statistic), "classes": classes}
 
 
-def condition(engine, cells, labels: np.ndarray, heldout: np.ndarray) -> dict:
-    """Every figure of one metadata condition: the PROMPTS' maps per layer, the class prompts'
+def condition(engine, cells, labels: np.ndarray, heldout: np.ndarray, prompts: tuple[str, ...] = PROMPTS) -> dict:
+    """Every figure of one metadata condition: the prompts' maps per layer, the class prompts'
     maps against the rules' class maps, and retrieval AUC of the class prompts."""
     from corpus import rules
 
@@ -304,10 +341,12 @@ def condition(engine, cells, labels: np.ndarray, heldout: np.ndarray) -> dict:
     class_maps = layer_maps(engine, cells, class_prompts)
     everywhere = np.ones(len(s), bool)
     return {
-        "layers": {name: discrimination(m, s, PROMPTS) for name, m in layer_maps(engine, cells, PROMPTS).items()},
+        "layers": {name: discrimination(m, s, prompts) for name, m in layer_maps(engine, cells, prompts).items()},
         "corpus_class_maps": {
             **discrimination(labels[:, present], s, names),
             "town_mean_pairwise_spearman": town_pairwise(labels[:, present], names),
+            "positive_cells": dict(zip(rules.CLASSES, (labels >= POSITIVE_WEIGHT).sum(axis=0).tolist(), strict=True)),
+            "spearman_between_classes": between_classes(labels, rules.CLASSES),
         },
         "class_prompt_layers": {
             name: {
@@ -331,8 +370,8 @@ def condition(engine, cells, labels: np.ndarray, heldout: np.ndarray) -> dict:
     }
 
 
-def cause(engine, cells) -> dict:
-    """Why maps look alike: the two-way decomposition of the PROMPTS' and the class prompts'
+def cause(engine, cells, prompts: tuple[str, ...] = PROMPTS) -> dict:
+    """Why maps look alike: the two-way decomposition of the prompts' and the class prompts'
     logit maps, how alike the prompts' text embeddings are, and how many directions the cells'
     means use."""
     from corpus import rules
@@ -340,8 +379,8 @@ def cause(engine, cells) -> dict:
     s, mu = cells.s.astype(np.float64), cells.mu.astype(np.float32)
     a, _ = engine.bundle.calibration
     out = {}
-    for name, prompts in (("prompts", PROMPTS), ("class_prompts", tuple(class_prompt(c) for c in rules.CLASSES))):
-        queries = [engine.embed_text(t) for t in prompts]
+    for name, texts in (("prompts", prompts), ("class_prompts", tuple(class_prompt(c) for c in rules.CLASSES))):
+        queries = [engine.embed_text(t) for t in texts]
         mu_q = np.stack([q.mu for q in queries])
         logits = np.column_stack([engine.logits(cells, q) for q in queries])
         out[f"decomposition_{name}"] = decomposition(logits, s, mu, mu_q, a)
@@ -376,7 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--level", type=int, default=6, help="store level of the maps (6 = zoom-2 tiles)")
     p.add_argument("--hours", default="6,22", help="hours measured besides the default metadata ('' for none)")
     p.add_argument("--json", default="benchmarks/results/discrimination.json", help="where the results go")
+    p.add_argument("--prompts", type=Path, help="a file of distinct sounds to measure instead of the fixed PROMPTS")
     args = p.parse_args(argv)
+    try:
+        prompts = read_prompts(args.prompts) if args.prompts else PROMPTS
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        p.error(str(e))
 
     from runtime.scoring import CONTRAST_WEIGHT, REFERENCE_PROMPTS
     from server.engine import QueryMetadata
@@ -398,15 +442,15 @@ def main(argv: list[str] | None = None) -> int:
         "level": args.level,
         "land_cells": len(rows),
         "held_out_land_cells": int(heldout.sum()),
-        "prompts": list(PROMPTS),
+        "prompts": list(prompts),
         "reference_prompts": len(REFERENCE_PROMPTS),
         "contrast_weight": CONTRAST_WEIGHT,
         "targets": TARGETS,
     }
     say("the rules' class weights per land cell (retrieval labels), the maps ...")
-    result["default"] = condition(engine, cells, class_labels(places, args.level, x[land], y[land]), heldout)
+    result["default"] = condition(engine, cells, class_labels(places, args.level, x[land], y[land]), heldout, prompts)
     say("cause: decomposition, text embeddings, the cells' means ...")
-    result["cause"] = cause(engine, cells)
+    result["cause"] = cause(engine, cells, prompts)
     if (samples := Path(args.places).with_name("samples.npz")).is_file():
         result["cause"]["samples_per_cell"] = crowding(samples, args.level, x[land], y[land], cells)
     result["hours"] = {}
@@ -414,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"hour {hour} ...")
         labels = class_labels(places, args.level, x[land], y[land], hours=(hour,))
         result["hours"][str(hour)] = condition(
-            engine, engine.embeddings(level, rows, QueryMetadata(hour=hour)), labels, heldout
+            engine, engine.embeddings(level, rows, QueryMetadata(hour=hour)), labels, heldout, prompts
         )
 
     say("uncertainty: S = sum sigma^2 vs the paper's L1 norm of sigma ...")

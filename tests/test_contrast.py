@@ -4,11 +4,16 @@ discrimination benchmark's measures."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
 from benchmarks.discrimination import (
+    MIN_PROMPTS,
+    PROMPTS,
+    between_classes,
     beyond_truth,
     crowding,
     decomposition,
@@ -16,6 +21,7 @@ from benchmarks.discrimination import (
     first_direction,
     pairwise,
     partial_spearman,
+    read_prompts,
     town_pairwise,
 )
 from runtime.bundle import Bundle
@@ -150,6 +156,35 @@ def test_pairwise_and_the_uncertainty_figure_on_known_maps():
     assert not tied["meets_targets"]
 
 
+def test_a_prompts_file_is_read_and_lists_that_cannot_measure_are_refused(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("# my sounds\n\n" + "\n".join(f"  {p}  " for p in PROMPTS) + "\n")
+    assert read_prompts(path) == PROMPTS
+    other = read_prompts(Path(__file__).resolve().parent.parent / "benchmarks" / "discrimination_prompts_other.txt")
+    assert len(other) >= MIN_PROMPTS and not set(other) & set(PROMPTS)
+    for text, reason in (
+        ("\n".join(PROMPTS[: MIN_PROMPTS - 1]), "at least 12"),
+        ("\n".join((*PROMPTS, PROMPTS[0])), "twice"),
+        ("\n".join((*PROMPTS, REFERENCE_PROMPTS[0])), "reference prompts"),
+        ("\n".join((*PROMPTS, "x" * 201)), "over 200 characters"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=reason):
+            read_prompts(path)
+
+
+def test_the_benchmark_refuses_a_bad_prompts_file_with_exit_code_2(tmp_path, capsys):
+    from benchmarks import discrimination
+
+    path = tmp_path / "prompts.txt"
+    path.write_text("birdsong\n")
+    for argv in (["--prompts", str(path)], ["--prompts", str(tmp_path / "missing.txt")]):
+        with pytest.raises(SystemExit) as exit_:
+            discrimination.main(argv)
+        assert exit_.value.code == 2
+    assert "at least 12" in capsys.readouterr().err
+
+
 def test_partial_spearman_removes_what_the_truth_explains():
     rng = np.random.default_rng(3)
     truth = rng.normal(size=2000)
@@ -189,6 +224,14 @@ def test_crowding_counts_the_samples_in_each_cell(tmp_path):
     assert out["cells_without_samples"] == pytest.approx(0.25)
 
 
+def test_between_classes_pairs_every_class_that_varies():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=200)
+    labels = np.column_stack([a, np.zeros(200), 2 * a + 1, -a])
+    pairs = between_classes(labels, ("w", "never", "x", "y"))
+    assert pairs == pytest.approx({"w / x": 1.0, "w / y": -1.0, "x / y": -1.0})
+
+
 def test_town_pairwise_averages_the_town_classes_pairs_only():
     rng = np.random.default_rng(2)
     town, other = rng.normal(size=300), rng.normal(size=300)
@@ -224,9 +267,12 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
     ensure_places(place_assets, tmp_path / "places.npz", progress=False)
     out = tmp_path / "discrimination.json"
     argv = ["--bundle", str(bundle_path), "--store", str(store_path), "--places", str(tmp_path / "places.npz")]
-    assert discrimination.main([*argv, "--level", "6", "--hours", "6", "--json", str(out)]) == 0
+    other = Path(discrimination.__file__).with_name("discrimination_prompts_other.txt")
+    assert (
+        discrimination.main([*argv, "--level", "6", "--hours", "6", "--json", str(out), "--prompts", str(other)]) == 0
+    )
     result = json.loads(out.read_text())
-    assert result["land_cells"] >= 10 and len(result["prompts"]) >= 12
+    assert result["land_cells"] >= 10 and tuple(result["prompts"]) == discrimination.read_prompts(other)
     for cond in (result["default"], result["hours"]["6"]):
         rescorings = {"z_score_against_references", "log_share_among_references", "without_first_principal_direction"}
         assert {"heatmap", "contrast", "heatmap_without_s_i", *rescorings} <= set(cond["layers"])
@@ -239,7 +285,7 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
             assert -1 <= d["text_cosine_with_shared_axis"] <= 1 and -1 <= d["truth_spearman_with_shared_axis"] <= 1
         for d in cond["layers"].values():
             assert -1 <= d["mean_pairwise_spearman"] <= d["max_pairwise_spearman"] <= 1
-            assert len(d["spearman_with_minus_uncertainty"]) == len(result["prompts"])
+            assert list(d["spearman_with_minus_uncertainty"]) == result["prompts"]
     assert "samples_per_cell" not in result["cause"]  # the place rasters here have no corpus's samples beside them
     shares = result["cause"]["decomposition_prompts"]
     assert sum(shares[k] for k in ("share_cell_effect", "share_prompt_effect", "share_interaction")) == pytest.approx(1)
