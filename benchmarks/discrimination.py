@@ -299,7 +299,15 @@ def layer_maps(engine, cells, prompts: tuple[str, ...]) -> dict[str, np.ndarray]
     # mu_i . mu_q with the cells' first principal direction (the shared "how much happens here" axis) removed.
     first = first_direction(mu)[None, :]
     out["without_first_principal_direction"] = (mu - (mu @ first.T) @ first) @ mu_q.T
+    out["contrast_without_its_fit_on_s"] = without_fit(out["contrast"], cells.s.astype(np.float64))
     return out
+
+
+def without_fit(maps: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Each map (a column) less its least-squares fit on S over the same cells: what no linear
+    function of the cell's confidence explains (uncorrelated with S by construction)."""
+    centred = s - s.mean()
+    return maps - np.outer(centred, centred @ (maps - maps.mean(axis=0)) / (centred @ centred))
 
 
 def first_direction(mu: np.ndarray) -> np.ndarray:

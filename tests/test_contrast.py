@@ -23,6 +23,7 @@ from benchmarks.discrimination import (
     partial_spearman,
     read_prompts,
     town_pairwise,
+    without_fit,
 )
 from runtime.bundle import Bundle
 from runtime.scoring import (
@@ -201,6 +202,19 @@ def test_partial_spearman_removes_what_the_truth_explains():
     assert np.isnan(partial_spearman(truth, -s, truth))  # the map is its truth: nothing left to explain
 
 
+def test_without_fit_leaves_nothing_linear_in_s():
+    rng = np.random.default_rng(5)
+    s = rng.gamma(2.0, size=400)
+    maps = np.column_stack([3 * s + rng.normal(size=400), -s + 5, rng.normal(size=400)])
+    left = without_fit(maps, s)
+    for j in range(maps.shape[1]):
+        removed = maps[:, j] - left[:, j]  # a multiple of s - mean(s)
+        assert np.allclose(removed, removed[0] / (s[0] - s.mean()) * (s - s.mean()))
+    for j in (0, 2):
+        assert abs(np.corrcoef(left[:, j], s)[0, 1]) < 1e-9
+    assert np.std(left[:, 1]) < 1e-9  # a map that is all S leaves a constant
+
+
 def test_first_direction_is_the_cells_widest_spread():
     rng = np.random.default_rng(4)
     mu = rng.normal(size=(1000, 3)) * np.array([0.1, 3.0, 0.2]) + 5.0
@@ -274,7 +288,12 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
     result = json.loads(out.read_text())
     assert result["land_cells"] >= 10 and tuple(result["prompts"]) == discrimination.read_prompts(other)
     for cond in (result["default"], result["hours"]["6"]):
-        rescorings = {"z_score_against_references", "log_share_among_references", "without_first_principal_direction"}
+        rescorings = {
+            "z_score_against_references",
+            "log_share_among_references",
+            "without_first_principal_direction",
+            "contrast_without_its_fit_on_s",
+        }
         assert {"heatmap", "contrast", "heatmap_without_s_i", *rescorings} <= set(cond["layers"])
         town = cond["corpus_class_maps"]["town_mean_pairwise_spearman"]  # NaN where under two town classes are present
         assert np.isnan(town) or -1 <= town <= 1
