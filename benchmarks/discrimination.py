@@ -160,7 +160,11 @@ def between_classes(labels: np.ndarray, classes: tuple[str, ...]) -> dict[str, f
     """Spearman of the rules' maps of every pair of classes ("a / b") that vary over the cells:
     how alike a correct model's maps of two sounds would be."""
     varies = np.flatnonzero(labels.std(axis=0) > 0)
+    if len(varies) < 2:
+        return {}
     rho = spearmanr(labels[:, varies]).statistic
+    if np.ndim(rho) == 0:  # two classes: spearmanr gives their one coefficient
+        rho = np.array([[1.0, rho], [rho, 1.0]])
     return {
         f"{classes[a]} / {classes[b]}": float(rho[i, j])
         for (i, a), (j, b) in itertools.combinations(enumerate(varies), 2)

@@ -244,6 +244,8 @@ def test_between_classes_pairs_every_class_that_varies():
     labels = np.column_stack([a, np.zeros(200), 2 * a + 1, -a])
     pairs = between_classes(labels, ("w", "never", "x", "y"))
     assert pairs == pytest.approx({"w / x": 1.0, "w / y": -1.0, "x / y": -1.0})
+    assert between_classes(labels[:, :3], ("w", "never", "x")) == pytest.approx({"w / x": 1.0})
+    assert between_classes(labels[:, :2], ("w", "never")) == {}
 
 
 def test_town_pairwise_averages_the_town_classes_pairs_only():
