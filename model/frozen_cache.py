@@ -38,13 +38,16 @@ class FrozenCache:
 
 def fingerprint(model: PSMModel, tower: str, split: str, data: dict, source: SampleSource) -> str:
     """Names a cache file: the tower, the split, the data section, and the data's own content
-    hash where its reader gives one (the count of samples where it does not)."""
+    hash where its reader gives one (the count of samples where it does not). With a content
+    hash the data's path is left out, so one corpus named by another spelling of its path
+    (relative, absolute, a copy) finds its cache."""
+    content = getattr(source, "content_hash", None)
     spec = {
         "tower": getattr(model.cfg, tower).model_dump(),
         "split": split,
-        "data": data,
+        "data": {k: v for k, v in data.items() if k != "path"} if content else data,
         "n": len(source),
-        "content": getattr(source, "content_hash", None),
+        "content": content,
         "audio": model.cfg.audio_spec.to_json() if tower == "audio" else None,
     }
     return json_sha256(spec)

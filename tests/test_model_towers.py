@@ -93,6 +93,28 @@ def test_frozen_cache_names_change_with_the_data_content(frozen_text_model):
     )  # no content hash: the count decides
 
 
+def test_frozen_cache_names_ignore_the_path_spelling_of_hashed_data(frozen_text_model):
+    from model.frozen_cache import fingerprint
+
+    class Hashed(list):
+        content_hash = "same"
+
+    relative = {"kind": "demo", "path": "data/corpus"}
+    absolute = {"kind": "demo", "path": "/work/main/data/corpus"}
+    assert fingerprint(frozen_text_model, "text", "train", relative, Hashed([0])) == fingerprint(
+        frozen_text_model, "text", "train", absolute, Hashed([0])
+    )
+    # without a content hash the path is what names the data
+    assert fingerprint(frozen_text_model, "text", "train", relative, [0]) != fingerprint(
+        frozen_text_model, "text", "train", absolute, [0]
+    )
+    # any other field of the data section still names a different cache
+    other = {**relative, "kind": "geosound"}
+    assert fingerprint(frozen_text_model, "text", "train", other, Hashed([0])) != fingerprint(
+        frozen_text_model, "text", "train", relative, Hashed([0])
+    )
+
+
 def test_aisfx_bundle_embeds_a_waveform_like_torch(aisfx_installed, tmp_path):
     torch.manual_seed(0)
     model = PSMModel(
