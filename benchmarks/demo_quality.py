@@ -51,7 +51,7 @@ from corpus.places import Places
 from model.data import geographic_split
 from runtime.metadata import encode_metadata
 from runtime.scoring import csd, match_probability
-from runtime.tiles import demorton, tile_centres, tile_index, tile_of
+from runtime.tiles import demorton, points_per_tile, tile_centres, tile_of
 
 # --- the map checks (issue 6) --------------------------------------------------------------------
 
@@ -252,8 +252,7 @@ def uncertainty_check(engine, places: Places, level, bounds, training_config: di
     x, y = cell_xy(level)
     lat, lon, _, labels = training_locations(places, bounds, training_config)
     train = labels == "train"
-    n = 1 << level.level
-    counts = np.bincount(tile_index(lat[train], lon[train], level.level), minlength=n * n)[y * n + x]
+    counts = points_per_tile(lat[train], lon[train], level.level, x, y)
     s = np.asarray(level.arrays.s, np.float64)
     thin = counts == 0
     dense = counts >= max(1.0, np.quantile(counts[counts > 0], 0.75)) if (counts > 0).any() else counts < 0

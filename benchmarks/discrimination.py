@@ -407,11 +407,10 @@ def crowding(samples: Path, level: int, x: np.ndarray, y: np.ndarray, cells) -> 
     samples are: Spearman of -S, and of the position on that direction, with the number of the
     corpus's samples (every split) in each cell. Training met crowded places more often
     (train.balance_places evens it out)."""
-    from runtime.tiles import tile_index
+    from runtime.tiles import points_per_tile
 
     table = np.load(samples)
-    n = 1 << level
-    crowded = np.bincount(tile_index(table["lat"], table["lon"], level), minlength=n * n)[y * n + x]
+    crowded = points_per_tile(table["lat"], table["lon"], level, x, y)
     s, mu = cells.s.astype(np.float64), cells.mu.astype(np.float64)
     position = mu @ first_direction(mu)
     return {

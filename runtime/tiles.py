@@ -103,6 +103,12 @@ def tile_index(lat: np.ndarray, lon: np.ndarray, z: int) -> np.ndarray:
     return y * (1 << z) + x
 
 
+def points_per_tile(lat: np.ndarray, lon: np.ndarray, z: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """How many of the points fall in each tile (z, x[i], y[i]): how crowded a level's cells are."""
+    n = 1 << z
+    return np.bincount(tile_index(lat, lon, z), minlength=n * n)[np.asarray(y) * n + np.asarray(x)]
+
+
 def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
     """(west, south, east, north) in degrees of tile (z, x, y)."""
     return tuple(mercantile.bounds(x, y, z))

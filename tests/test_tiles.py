@@ -6,6 +6,7 @@ from runtime.tiles import (
     demorton,
     ground_sample_distance,
     morton,
+    points_per_tile,
     quadkey,
     tile_bounds,
     tile_centres,
@@ -62,3 +63,16 @@ def test_a_tiles_own_bounds_select_only_that_tile():
 def test_tile_range_clamps_latitudes_to_the_mercator_limit():
     xs, ys = tiles_in_bbox(2, (-180.0, -90.0, 180.0, 90.0))
     assert len(xs) == 16 and ys.min() == 0 and ys.max() == 3
+
+
+def test_points_per_tile_counts_as_mercantile_places_points():
+    rng = np.random.default_rng(3)
+    lat, lon = rng.uniform(-80, 80, 400), rng.uniform(-180, 180, 400)
+    expected: dict[tuple[int, int], int] = {}
+    for a, o in zip(lat, lon, strict=True):
+        t = mercantile.tile(o, a, 3)
+        expected[(t.x, t.y)] = expected.get((t.x, t.y), 0) + 1
+    x, y = np.array([k[0] for k in expected] + [0]), np.array([k[1] for k in expected] + [7])
+    counts = points_per_tile(lat, lon, 3, x, y)
+    assert counts[:-1].tolist() == list(expected.values())
+    assert counts[-1] == expected.get((0, 7), 0)  # a tile no point falls in counts 0
