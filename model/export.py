@@ -5,7 +5,9 @@ tower allows), then run by onnxruntime on realistic inputs (tokenised text, feat
 waveform) and compared with torch; the largest difference is recorded in the manifest and a
 mismatch above tolerance fails the export. `fp16=True` adds float16 copies of the graphs
 (inputs and outputs stay float32/int64/uint8) under fp16/, checked the same way against a
-relative tolerance, for GPU serving and precompute.
+relative tolerance, for GPU serving and precompute. `int8=True` adds, under int8/, the text
+graph with int8 MatMul weights (onnxruntime's dynamic quantization) for CPU serving, checked by the
+cosine of its query means to torch's and a relative tolerance on its log-variances.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from runtime.contract import (
     GRAPH_FILES,
     GRAPH_INPUTS,
     GRAPH_OUTPUTS,
+    INT8_GRAPH_FILES,
+    INT8_GRAPHS,
     META_TOKENS,
     RECORD_FILE,
     TOKENIZER_FILE,
@@ -48,6 +52,10 @@ from runtime.metadata import encode_metadata
 
 PARITY_TOLERANCE = 1e-4
 FP16_RELATIVE_TOLERANCE = 2e-2
+# The int8 text graph: each query mean within this cosine of torch's (0.978 was the least over 300
+# texts of the demo model), its log-variances within this relative difference (0.01 there).
+INT8_MIN_COSINE = 0.95
+INT8_RELATIVE_TOLERANCE = 0.1
 log = logging.getLogger(__name__)
 # The exporter warns once per graph that torchvision's custom ops are not registered; we use none.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -218,6 +226,33 @@ def _to_fp16(src: Path, dst: Path) -> None:
     onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
 
 
+def _to_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    quiet = logging.getLogger()  # the quantizer advises pre-processing through the root logger
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+    finally:
+        quiet.setLevel(level)
+
+
+def _int8_parity(path: Path, checks: list[Check], graph: str) -> dict[str, float]:
+    """The least cosine of the graph's means (its first output) to torch's, and the largest
+    relative difference of its other outputs (the log-variances)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cosines, diffs = [], [0.0]
+    for inputs, expected in checks:
+        mu, *rest = session.run(list(GRAPH_OUTPUTS[graph]), inputs)
+        want, *rest_want = (t.numpy() for t in expected)
+        cosines.append(float(((mu * want).sum(-1) / np.linalg.norm(mu, axis=-1) / np.linalg.norm(want, axis=-1)).min()))
+        for g, e in zip(rest, rest_want, strict=True):
+            diffs.append(float(np.abs(g - e).max() / max(1.0, float(np.abs(e).max()))))
+    return {"min_cosine": min(cosines), "max_rel_diff": max(diffs)}
+
+
 def described_sources(sources: list[str], descriptions: dict[str, str]) -> dict[str, str]:
     """The descriptions of `sources`, in their order; a description of a name the model does
     not know is refused, since no query could ask for it."""
@@ -236,6 +271,7 @@ def export_bundle(
     metrics: dict | None = None,
     name: str = "soundscape",
     fp16: bool = False,
+    int8: bool = False,
     examples: list[str] | None = None,
     source_descriptions: dict[str, str] | None = None,
     progress: bool = False,
@@ -260,7 +296,7 @@ def export_bundle(
             "audio": _AudioGraph(model),
         }
         inputs = example_inputs(model)
-        parity, parity16 = {}, {}
+        parity, parity16, parity8 = {}, {}, {}
         for number, (graph, module) in enumerate(wrappers.items(), start=1):
             if progress:
                 print(f"export {number}/{len(wrappers)}: the {graph} graph ...", file=sys.stderr, flush=True)
@@ -275,6 +311,14 @@ def export_bundle(
                 parity16[graph] = _parity(tmp / FP16_GRAPH_FILES[graph], checks, graph, relative=True)
                 if parity16[graph] > FP16_RELATIVE_TOLERANCE:
                     raise RuntimeError(f"{graph} fp16 graph: differs from torch by {parity16[graph]:.2e} (relative)")
+            if int8 and graph in INT8_GRAPHS:
+                _to_int8(tmp / GRAPH_FILES[graph], tmp / INT8_GRAPH_FILES[graph])
+                parity8[graph] = _int8_parity(tmp / INT8_GRAPH_FILES[graph], checks, graph)
+                if (
+                    parity8[graph]["min_cosine"] < INT8_MIN_COSINE
+                    or parity8[graph]["max_rel_diff"] > INT8_RELATIVE_TOLERANCE
+                ):
+                    raise RuntimeError(f"{graph} int8 graph: too far from torch ({parity8[graph]})")
             if not progress:
                 log.info("exported %s graph (max diff %.1e)", graph, parity[graph])
             else:
@@ -299,10 +343,11 @@ def export_bundle(
                 g: {"file": GRAPH_FILES[g], "inputs": list(GRAPH_INPUTS[g]), "outputs": list(GRAPH_OUTPUTS[g])}
                 for g in GRAPH_FILES
             },
-            "precisions": ["fp32", "fp16"] if fp16 else ["fp32"],
+            "precisions": ["fp32", *(["fp16"] if fp16 else []), *(["int8"] if int8 else [])],
             "calibration": {"a": float(calibration[0]), "b": float(calibration[1])},
             "export_parity_max_abs_diff": parity,
             **({"export_parity_fp16_max_rel_diff": parity16} if fp16 else {}),
+            **({"export_parity_int8": parity8} if int8 else {}),
             "model_config": cfg.to_dict(),
             "training": training or {},
             "metrics": metrics or {},
@@ -367,6 +412,7 @@ def bundle_from_trained_parts(
     name: str | None = None,
     metrics: dict | None = None,
     fp16: bool = False,
+    int8: bool = False,
     examples: list[str] | None = None,
     source_descriptions: dict[str, str] | None = None,
     progress: bool = False,
@@ -384,6 +430,7 @@ def bundle_from_trained_parts(
         metrics={**record["metrics"], **(metrics or {})},
         name=name or record["name"],
         fp16=fp16,
+        int8=int8,
         examples=examples or record.get("examples"),
         source_descriptions=source_descriptions or record.get("source_descriptions"),
         progress=progress,

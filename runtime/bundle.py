@@ -15,12 +15,11 @@ import onnxruntime as ort
 from runtime.audio import audio_front_end, waveform_features
 from runtime.contract import (
     BUNDLE_FORMAT_VERSION,
-    FP16_GRAPH_FILES,
-    GRAPH_FILES,
     GRAPH_INPUTS,
     GRAPH_OUTPUTS,
     GRAPHS,
     MANIFEST_FILE,
+    PRECISION_GRAPH_FILES,
     PRECISIONS,
     TOKENIZER_FILE,
 )
@@ -69,7 +68,8 @@ def default_providers() -> list[str]:
 class Bundle:
     """A loaded bundle: manifest facts plus lazily created onnxruntime sessions.
 
-    precision="fp16" runs the float16 graphs a bundle exported with them holds (for GPUs)."""
+    precision="fp16" runs the float16 graphs a bundle exported with them holds (for GPUs);
+    precision="int8" its int8 text graph (for CPUs: new text queries at less than half the cost)."""
 
     def __init__(
         self,
@@ -96,13 +96,14 @@ class Bundle:
             )
         if version != BUNDLE_FORMAT_VERSION:
             raise BundleError(f"{self.path} has bundle format {version!r}; this version reads {BUNDLE_FORMAT_VERSION}")
-        if precision not in self.manifest.get("precisions", ["fp32"]):
+        held = [p for p in self.manifest.get("precisions", ["fp32"]) if p in PRECISIONS]
+        if precision not in held:
             raise BundleError(
-                f"bundle {self.path} has no {precision} graphs (it has "
-                f"{', '.join(self.manifest.get('precisions', ['fp32']))}); choose one of {PRECISIONS}"
+                f"bundle {self.path} has no {precision} graphs: choose one of {', '.join(held)} "
+                "(`soundscape export --fp16` or `--int8` writes the others)"
             )
         self.precision = precision
-        self.graph_files = FP16_GRAPH_FILES if precision == "fp16" else GRAPH_FILES
+        self.graph_files = PRECISION_GRAPH_FILES[precision]
         if verify:
             self._verify()
         self.id: str = self.manifest["id"]

@@ -7,10 +7,17 @@ TOKENIZER_FILE = "tokenizer.json"
 
 GRAPHS = ("image", "fuse", "text", "audio")
 GRAPH_FILES = {name: f"{name}.onnx" for name in GRAPHS}
-# Optional float16 copies (float32/int64/uint8 inputs and outputs), listed by the manifest's
-# `precisions`; for GPU serving and precompute.
-PRECISIONS = ("fp32", "fp16")
+# Optional copies, listed by the manifest's `precisions`. fp16: float16 copies of every graph
+# (float32/int64/uint8 inputs and outputs), for GPU serving and precompute. int8: for CPUs, the
+# text graph with its MatMul weights in int8 per output channel and its activations quantized as
+# it runs (onnxruntime's dynamic quantization): a new text query costs less than half. The cells'
+# graphs stay fp32, so cells fused as a server runs match the store's; the audio graph has no
+# MatMul to quantize.
+PRECISIONS = ("fp32", "fp16", "int8")
 FP16_GRAPH_FILES = {name: f"fp16/{name}.onnx" for name in GRAPHS}
+INT8_GRAPHS = ("text",)
+INT8_GRAPH_FILES = {**GRAPH_FILES, **{name: f"int8/{name}.onnx" for name in INT8_GRAPHS}}
+PRECISION_GRAPH_FILES = {"fp32": GRAPH_FILES, "fp16": FP16_GRAPH_FILES, "int8": INT8_GRAPH_FILES}
 
 # Metadata tokens, in the order of the `present` flags the fuse graph takes.
 META_TOKENS = ("location", "hour", "month", "source", "caption_source")

@@ -56,7 +56,7 @@ def create_app(settings: Settings) -> SoundscapeApp:
     # Likewise FAISS's OpenMP threads: a top-10 search of the demo's level 7 took 16.6 ms with
     # them on a busy 2-core machine, 0.87 ms with one (benchmarks/run.py, search).
     faiss.omp_set_num_threads(1)
-    bundle = Bundle(settings.bundle, threads=settings.ort_threads)
+    bundle = Bundle(settings.bundle, threads=settings.ort_threads, precision=settings.precision)
     store = Store(settings.store)
     service = SoundscapeService(bundle, store, settings)
     warm_up(service)

@@ -102,7 +102,7 @@ def requested_query_id(service: SoundscapeService, params: QueryParams) -> str:
     if params.q is None:
         raise HTTPException(422, "q (a text query, e.g. q=birdsong) or query (an id from POST /queries) is required")
     try:
-        return text_record(service.bundle.id, params.q).id
+        return text_record(service.text_namespace, params.q).id
     except QueryError as exc:
         raise HTTPException(422, f"q: {exc}") from None
 

@@ -2,6 +2,7 @@
 
 The id hashes the bundle id with the normalised input (text case-folded and single-spaced;
 audio as its waveform at the bundle's sample rate), so the same query always gets the same id
+(a text's id also names the precision of a text graph other than fp32: SoundscapeService.text_namespace)
 and tile URLs that carry it stay cacheable forever. Records live in the shared cache (Redis
 when configured, so every worker and replica resolves an id) with a long TTL.
 """
@@ -79,9 +80,11 @@ def clean_text(text: str) -> str:
     return normal
 
 
-def text_record(bundle_id: str, text: str) -> QueryRecord:
+def text_record(namespace: str, text: str) -> QueryRecord:
+    """The record of a text; `namespace` is the bundle id, with the text graph's precision
+    when that is not fp32."""
     normal = clean_text(text)
-    return QueryRecord(record_id(bundle_id, "text", normal.encode()), "text", text=normal)
+    return QueryRecord(record_id(namespace, "text", normal.encode()), "text", text=normal)
 
 
 @dataclass(frozen=True)

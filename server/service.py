@@ -158,6 +158,9 @@ class SoundscapeService:
         self.upload_limiter = anyio.CapacityLimiter(2)
         self.uploads_in_flight = 0
         self.ids = {"bundle": bundle.id, "store": store.id}
+        # Text query ids name the graph that embeds them: an int8 server's query means differ a
+        # little from fp32's, so servers of both precisions sharing a Redis never share an entry.
+        self.text_namespace = bundle.id if bundle.precision == "fp32" else f"{bundle.id}/{bundle.precision}"
         self.imagery = self._open_imagery()
 
     @property
@@ -219,7 +222,7 @@ class SoundscapeService:
 
     async def text_query(self, text: str, register: bool = False) -> tuple[QueryRecord, QueryEmbedding]:
         """A text's record and embedding; `register` also stores it durably (POST /queries)."""
-        record = text_record(self.bundle.id, text)
+        record = text_record(self.text_namespace, text)
         normal = record.text
         assert normal is not None  # a text record holds its normalised text
         found = await self._embed(record, lambda: self.text_batcher(normal))

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Self
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from runtime.contract import PRECISIONS
 from runtime.errors import UserError
 from server.ratelimit import Rate
 
@@ -93,6 +94,9 @@ class Settings(EnvSettings):
     # onnxruntime intra-op threads per graph run. Requests already run in parallel on the compute
     # pool (one per core), so more would oversubscribe the cores: 1 measured 2x faster under load.
     ort_threads: int = 1
+    # Which of the bundle's graphs run (runtime/contract.py): int8 embeds a new text query at less
+    # than half fp32's CPU (query means within cosine 0.95 of fp32's; docs/bundle.md).
+    precision: str = "fp32"
     compute_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
     # Sent with successful responses of cacheable routes only (server/http.CACHE_POLICIES).
     cache_control: str = "public, max-age=86400"
@@ -133,6 +137,13 @@ class Settings(EnvSettings):
         if value is not None and not PUBLIC_URL.fullmatch(value):
             raise ValueError(f"public URL {value!r} is not like https://tiles.example.org or http://host:port/prefix")
         return value.rstrip("/") if value is not None else None
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, value: str) -> str:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision {value!r} is not one of {', '.join(PRECISIONS)}")
+        return value
 
     @field_validator("rate_limit")
     @classmethod

@@ -124,7 +124,9 @@ def bundle_path(trained_model, tmp_path_factory) -> Path:
 
     model, calibration = trained_model
     out = tmp_path_factory.mktemp("bundle") / "bundle"
-    export_bundle(model, out, calibration=calibration, name="test", source_descriptions=FIXTURE_SOURCE_DESCRIPTIONS)
+    export_bundle(
+        model, out, calibration=calibration, name="test", int8=True, source_descriptions=FIXTURE_SOURCE_DESCRIPTIONS
+    )
     return out
 
 

@@ -40,6 +40,11 @@ def test_bundle_given_to_store_info_is_named(capsys, bundle_path) -> None:
     assert "is a model bundle, not an embedding store" in _fails(capsys, ["store", "info", str(bundle_path)])
 
 
+def test_a_precision_the_bundle_lacks_is_named(capsys, bundle_path, store_path) -> None:
+    line = _fails(capsys, ["serve", "--bundle", str(bundle_path), "--store", str(store_path), "--precision", "fp16"])
+    assert f"bundle {bundle_path} has no fp16 graphs: choose one of fp32, int8" in line
+
+
 def test_store_given_as_bundle_is_named(capsys, store_path) -> None:
     line = _fails(capsys, ["serve", "--bundle", str(store_path), "--store", str(store_path)])
     assert f"{store_path} is an embedding store, not a model bundle" in line

@@ -211,6 +211,8 @@ def test_export_from_a_checkpoint_records_calibration_metrics_and_fp16(trained_r
     np.testing.assert_allclose(lv16, lv32, atol=5e-2)
     with pytest.raises(BundleError, match="no fp16 graphs"):
         Bundle(bundle_path, precision="fp16")  # exported without --fp16
+    with pytest.raises(BundleError, match="no int8 graphs"):
+        Bundle(out, precision="int8")  # exported without --int8
 
 
 def test_config_errors_name_the_key_and_exit_2(tmp_path, capsys):

@@ -75,6 +75,7 @@ def test_direct_construction_reads_no_variable(env):
         ("PUBLIC_URL", "tiles.example.org", "public URL 'tiles.example.org' is not like https://tiles.example.org"),
         ("BUNDLE", None, "set SOUNDSCAPE_BUNDLE (the model bundle directory)"),
         ("MAX_CONNECTIONS", "many", "SOUNDSCAPE_MAX_CONNECTIONS must be a valid integer"),
+        ("PRECISION", "fp8", "precision 'fp8' is not one of fp32, fp16, int8"),
     ],
 )
 def test_a_bad_value_is_one_sentence_naming_its_variable(env, name, value, sentence):

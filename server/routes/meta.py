@@ -306,6 +306,7 @@ async def readyz(request: Request, service: ServiceDep) -> Response:
         "redis": redis,
         "queries": queries,
         "bundle": service.bundle.id,
+        "precision": service.bundle.precision,
         "store": service.store.id,
     }
     return conditional(request, JSONResponse(answer), "live")
