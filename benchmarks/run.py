@@ -12,7 +12,8 @@ benchmarks/baseline_apps.py):
 - warm: tiles/s of cache hits (the 341 tiles of zooms 0-4, q=birdsong&hour=6) vs a bare ASGI
   app and a bare FastAPI route answering the same URLs with the same bytes;
 - cold: tiles/s when every request is a query never seen (a user typing) vs TiTiler rendering
-  the store's GeoTIFF (no cache: every tile is its work);
+  the store's GeoTIFF (no cache: every tile is its work); where the bundle has an int8 text
+  graph, also a second server running it (`--precision int8`);
 - hour_tile: in process, a cold tile with hour= on a level without stored fusions vs the
   default-metadata tile (benchmarks/server_latency.py's timing);
 - search: /search with hour and month on the finest level (first request, and p50 of repeats)
@@ -50,6 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.server_throughput import free_port, run_wrk, serve, stop, tile_paths, wait_ready  # noqa: E402
+from runtime.bundle import Bundle  # noqa: E402
 from server.service import store_imagery  # noqa: E402
 from store.reader import Store  # noqa: E402
 
@@ -111,7 +113,7 @@ def running(cmd: list[str], ready: str, env: dict[str, str] | None = None) -> It
         stop(proc)
 
 
-def soundscape(bundle: Path, store: Path, workers: int, query_db: Path) -> list[str]:
+def soundscape(bundle: Path, store: Path, workers: int, query_db: Path, precision: str = "fp32") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -125,6 +127,8 @@ def soundscape(bundle: Path, store: Path, workers: int, query_db: Path) -> list[
         str(workers),
         "--query-db",
         str(query_db),
+        "--precision",
+        precision,
     ]
 
 
@@ -344,6 +348,14 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
             imagery = store_imagery(Store(args.store))
             with measured(result, "cold") as entry:
                 servers = {"soundscape": (base, cold_urls, NEW_QUERY_SCRIPT)}  # every request a new query
+                if "int8" in Bundle(args.bundle, verify=False).manifest.get("precisions", []):
+                    # The same server with the bundle's int8 text graph (docs/bundle.md)
+                    int8 = soundscape(args.bundle, args.store, args.workers, Path(tmp) / "q8.sqlite", "int8")
+                    servers["soundscape_int8"] = (
+                        stack.enter_context(running(int8, "/healthz"))[0],
+                        cold_urls,
+                        NEW_QUERY_SCRIPT,
+                    )
                 if isinstance(imagery, str):
                     url = stack.enter_context(running(baseline("titiler", args.workers), "/docs"))[0]
                     theirs = [f"/cog/tiles/WebMercatorQuad/{z}/{x}/{y}.png?url={imagery}" for z, x, y in tile_paths(4)]
@@ -353,9 +365,9 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
                     entry["titiler"] = f"not run: the store's imagery is {imagery!r}, TiTiler needs one raster"
                 entry.update(interleaved(servers, args))
                 if "titiler" in servers:
-                    entry["ratio_to_titiler"] = round(
-                        entry["soundscape"]["tiles_per_s"] / entry["titiler"]["tiles_per_s"], 1
-                    )
+                    for name, key in (("soundscape", "ratio_to_titiler"), ("soundscape_int8", "int8_ratio_to_titiler")):
+                        if name in entry:
+                            entry[key] = round(entry[name]["tiles_per_s"] / entry["titiler"]["tiles_per_s"], 1)
         if flames is not None:
             seconds = max(8, 2 * args.duration)
             # Warm again: in one run (load 9.9) fusions were 27 % of the "warm" graph's samples
@@ -425,6 +437,15 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
                 f"**{c['ratio_to_titiler']}x** TiTiler (target >= 15x)",
             )
         )
+        if "soundscape_int8" in c:
+            out.append(
+                (
+                    "the same, int8 text graph (`serve --precision int8`)",
+                    f"{c['soundscape_int8']['tiles_per_s']:.0f}",
+                    f"TiTiler, same GeoTIFF: {c['titiler']['tiles_per_s']:.0f}",
+                    f"**{c['int8_ratio_to_titiler']}x** TiTiler (target >= 15x)",
+                )
+            )
     if "hour_tile" in m:
         h = m["hour_tile"]
         out.append(

@@ -77,3 +77,19 @@ def test_the_viewport_row_shows_curl_and_the_browser_beside_their_cached_floors(
     assert "| the same viewport cached: p50 15.0 ms; headless Chromium p50 90.0 ms |" in text
     without = markdown({**RESULT, "measures": {"viewport": {**viewport, "browser": "not run: no chromium"}}})
     assert "Chromium" not in without and "| the same viewport cached: p50 15.0 ms |" in without
+
+
+def test_the_cold_rows_show_the_int8_server_beside_fp32_when_it_ran():
+    cold = {
+        "load_before": 2.0,
+        "load_after": 3.0,
+        "soundscape": {"tiles_per_s": 200.0},
+        "titiler": {"tiles_per_s": 50.0},
+        "ratio_to_titiler": 4.0,
+    }
+    text = markdown({**RESULT, "measures": {"cold": cold}})
+    assert "| cold tiles/s (every request a new text query) | 200 | TiTiler, same GeoTIFF: 50 | **4.0x**" in text
+    assert "int8" not in text  # a bundle without an int8 text graph: one server
+    int8 = {**cold, "soundscape_int8": {"tiles_per_s": 320.0}, "int8_ratio_to_titiler": 6.4}
+    text = markdown({**RESULT, "measures": {"cold": int8}})
+    assert "| the same, int8 text graph (`serve --precision int8`) | 320 | TiTiler, same GeoTIFF: 50 | **6.4x**" in text
