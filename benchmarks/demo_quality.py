@@ -564,6 +564,12 @@ def add_world_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="a store directory built from --bundle")
     p.add_argument("--places", default="data/corpus/places.npz", help="the corpus's place rasters (else --assets)")
     p.add_argument("--assets", default="data/assets", help="corpus assets, to derive the place rasters")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "int8"),
+        help="which of the bundle's graphs embed the queries (int8: docs/bundle.md; default fp32)",
+    )
 
 
 def open_world(args: argparse.Namespace):
@@ -583,7 +589,7 @@ def open_world(args: argparse.Namespace):
         store_dir = store_path(data, imagery_path(data), bundle_dir)
     places_file = Path(args.places)
     places = Places(places_file) if places_file.exists() else ensure_places(Path(args.assets), data / "places.npz")
-    return Engine(Bundle(bundle_dir), Store(store_dir)), places
+    return Engine(Bundle(bundle_dir, precision=args.precision), Store(store_dir)), places
 
 
 def main(argv: list[str] | None = None) -> int:

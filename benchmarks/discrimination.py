@@ -449,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = engine.embeddings(level, rows, QueryMetadata())
     result = {
         "bundle": bundle.id,
+        "precision": bundle.precision,
         "store": store.id,
         "level": args.level,
         "land_cells": len(rows),

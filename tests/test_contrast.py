@@ -283,12 +283,14 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
     ensure_places(place_assets, tmp_path / "places.npz", progress=False)
     out = tmp_path / "discrimination.json"
     argv = ["--bundle", str(bundle_path), "--store", str(store_path), "--places", str(tmp_path / "places.npz")]
+    argv += ["--precision", "int8"]  # the queries through the bundle's int8 text graph
     other = Path(discrimination.__file__).with_name("discrimination_prompts_other.txt")
     assert (
         discrimination.main([*argv, "--level", "6", "--hours", "6", "--json", str(out), "--prompts", str(other)]) == 0
     )
     result = json.loads(out.read_text())
     assert result["land_cells"] >= 10 and tuple(result["prompts"]) == discrimination.read_prompts(other)
+    assert result["precision"] == "int8"
     for cond in (result["default"], result["hours"]["6"]):
         rescorings = {
             "z_score_against_references",
