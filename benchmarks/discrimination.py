@@ -108,9 +108,16 @@ def read_prompts(path: Path) -> tuple[str, ...]:
     return prompts
 
 
+def spearman_matrix(columns: np.ndarray) -> np.ndarray:
+    """Spearman of every pair of columns (at least two), as a square matrix: spearmanr gives two
+    columns' one coefficient as a scalar."""
+    rho = spearmanr(columns).statistic
+    return np.array([[1.0, rho], [rho, 1.0]]) if np.ndim(rho) == 0 else rho
+
+
 def pairwise(maps: np.ndarray) -> dict:
     """Spearman of every pair of columns of `maps` (cells x prompts): mean, max and the max pair."""
-    rho = spearmanr(maps).statistic if maps.shape[1] > 2 else np.array([[1, spearmanr(maps).statistic], [0, 1]])
+    rho = spearman_matrix(maps)
     pairs = list(itertools.combinations(range(maps.shape[1]), 2))
     values = np.array([rho[i, j] for i, j in pairs])
     top = pairs[int(np.argmax(values))]
@@ -162,9 +169,7 @@ def between_classes(labels: np.ndarray, classes: tuple[str, ...]) -> dict[str, f
     varies = np.flatnonzero(labels.std(axis=0) > 0)
     if len(varies) < 2:
         return {}
-    rho = spearmanr(labels[:, varies]).statistic
-    if np.ndim(rho) == 0:  # two classes: spearmanr gives their one coefficient
-        rho = np.array([[1.0, rho], [rho, 1.0]])
+    rho = spearman_matrix(labels[:, varies])
     return {
         f"{classes[a]} / {classes[b]}": float(rho[i, j])
         for (i, a), (j, b) in itertools.combinations(enumerate(varies), 2)
