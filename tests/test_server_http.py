@@ -2,10 +2,14 @@
 gzip for JSON, a 4xx with a message for every bad request, metrics and OpenAPI."""
 
 import gzip
+import inspect
 
 import pytest
 
+from server.routes import meta, queries, rest, tiles, viewer
 from tests.server_support import make_client
+
+ROUTERS = (tiles.router, queries.router, rest.router, meta.router, viewer.router)
 
 TILE = "/tiles/4/8/6.png"
 
@@ -204,3 +208,29 @@ def test_openapi_documents_the_surface(client):
         "/metrics",
     ):
         assert path in paths
+
+
+def test_no_route_dependency_runs_in_the_thread_pool():
+    """FastAPI runs a plain function or a class dependency in its thread pool, a hop of CPU on
+    every request; every dependency of every route is a coroutine, run in the event loop."""
+
+    def calls(dependant):
+        for sub in dependant.dependencies:
+            yield sub.call
+            yield from calls(sub)
+
+    routes = [route for router in ROUTERS for route in router.routes]
+    assert len(routes) > 10
+    for route in routes:
+        for call in calls(route.dependant):
+            assert inspect.iscoroutinefunction(call), f"{route.path}: {call} runs in the thread pool"
+
+
+def test_tile_parameters_are_documented_one_by_one(client):
+    operation = client.get("/openapi.json").json()["paths"]["/tiles/{z}/{x}/{y}.png"]["get"]
+    names = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+    assert {"q", "query", "hour", "month", "source", "layer", "colormap_name", "rescale", "tilesize"} <= names
+    hour = next(p for p in operation["parameters"] if p["name"] == "hour")
+    assert hour["schema"]["anyOf"][0] == {"type": "integer", "maximum": 23, "minimum": 0}
+    assert client.get("/tiles/4/8/6.png", params={"q": "birdsong", "hour": 24}).status_code == 422
+    assert "colormap is not supported" in client.get("/tiles/4/8/6.png", params={"q": "a", "colormap": "x"}).text

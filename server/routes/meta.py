@@ -8,13 +8,13 @@ from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 import morecantile
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import metrics, wmts
 from server.engine import CELLS_PER_TILE_LOG2, LAYERS, QUERY_LAYERS
 from server.http import BINARY, TEXT, conditional, errors
-from server.params import DEFAULT_LAYER, TMS_IDS, TileParams, check_tms, echo, tile_request
+from server.params import DEFAULT_LAYER, TMS_IDS, TileParams, TileParamsDep, check_tms, echo, tile_request
 from server.render import colormap_names, legend
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService, TileRequest
@@ -103,16 +103,14 @@ async def _tilejson(request: Request, service: ServiceDep, tms: str | None, para
     responses=errors(404, 422, 503),
     summary="TileJSON 3.0.0 of the XYZ tiles (echoes the query; describes the colours)",
 )
-async def tilejson(request: Request, service: ServiceDep, params: Annotated[TileParams, Depends()]) -> Response:
+async def tilejson(request: Request, service: ServiceDep, params: TileParamsDep) -> Response:
     return await _tilejson(request, service, None, params)
 
 
 @router.get(
     "/{tms}/tilejson.json", responses=errors(404, 422, 503), summary="TileJSON 3.0.0 of a tile matrix set's tiles"
 )
-async def tms_tilejson(
-    tms: str, request: Request, service: ServiceDep, params: Annotated[TileParams, Depends()]
-) -> Response:
+async def tms_tilejson(tms: str, request: Request, service: ServiceDep, params: TileParamsDep) -> Response:
     return await _tilejson(request, service, tms, params)
 
 
@@ -147,9 +145,7 @@ async def _wmts(request: Request, service: ServiceDep, params: TileParams) -> Re
     responses=WMTS_RESPONSES,
     summary="OGC WMTS 1.0.0 capabilities: heatmap (when q or query is given) and uncertainty",
 )
-async def wmts_capabilities(
-    request: Request, service: ServiceDep, params: Annotated[TileParams, Depends()]
-) -> Response:
+async def wmts_capabilities(request: Request, service: ServiceDep, params: TileParamsDep) -> Response:
     return await _wmts(request, service, params)
 
 
@@ -159,9 +155,7 @@ async def wmts_capabilities(
     responses=WMTS_RESPONSES,
     summary="WMTS capabilities of a TMS",
 )
-async def tms_wmts_capabilities(
-    tms: str, request: Request, service: ServiceDep, params: Annotated[TileParams, Depends()]
-) -> Response:
+async def tms_wmts_capabilities(tms: str, request: Request, service: ServiceDep, params: TileParamsDep) -> Response:
     check_tms(tms)
     return await _wmts(request, service, params)
 

@@ -7,13 +7,13 @@ from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from runtime.tiles import demorton, quadkey, tile_bounds
 from server.engine import QueryEmbedding, QueryMetadata
 from server.http import conditional, errors
-from server.params import LevelParam, QueryParams, query_embedding, query_metadata
+from server.params import LevelParam, QueryParams, QueryParamsDep, query_embedding, query_metadata
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService
 from store.reader import Level
@@ -48,7 +48,7 @@ def _context(record, params: QueryParams) -> dict:
 async def search(
     request: Request,
     service: ServiceDep,
-    params: Annotated[QueryParams, Depends()],
+    params: QueryParamsDep,
     k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells.")] = 10,
     level: LevelParam = None,
     exact: Annotated[
@@ -111,7 +111,7 @@ async def point(
     service: ServiceDep,
     lon: Annotated[float, Path(ge=-180, le=180, allow_inf_nan=False)],
     lat: Annotated[float, Path(ge=-90, le=90, allow_inf_nan=False)],
-    params: Annotated[QueryParams, Depends()],
+    params: QueryParamsDep,
     level: LevelParam = None,
 ) -> Response:
     """Match probability, contrast and S of the cell at (lon, lat), plus its 24-hour profile (month

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.http import BINARY, cache_control, conditional, errors, if_none_match_tags, not_modified
-from server.params import TileParams, tile_request
+from server.params import TileParams, TileParamsDep, tile_request
 from server.render import FORMATS
 from server.routes.deps import ServiceDep
 
@@ -56,7 +56,7 @@ async def xyz_tile(
     z: int,
     x: int,
     y: int,
-    params: Annotated[TileParams, Depends()],
+    params: TileParamsDep,
 ) -> Response:
     return await _tile(request, service, "WebMercatorQuad", z, x, y, "png", params)
 
@@ -75,7 +75,7 @@ async def tms_tile(
     x: int,
     y: int,
     fmt: Format,
-    params: Annotated[TileParams, Depends()],
+    params: TileParamsDep,
 ) -> Response:
     return await _tile(request, service, tms, z, x, y, fmt, params)
 
@@ -93,6 +93,6 @@ async def tms_tile_png(
     z: int,
     x: int,
     y: int,
-    params: Annotated[TileParams, Depends()],
+    params: TileParamsDep,
 ) -> Response:
     return await _tile(request, service, tms, z, x, y, "png", params)
