@@ -1,0 +1,128 @@
+"""CPU time of one request through the whole ASGI app, in process, by kind of tile request.
+
+    python benchmarks/request_cpu.py --data-dir data/demo [--precision int8] [--json FILE]
+
+Each kind is requested one at a time through httpx's ASGI transport (every middleware, FastAPI's
+routing and validation, the service's caches and thread-pool hops; no sockets), and the process's
+CPU time (all threads) is divided by the requests: the median of `--rounds` rounds of
+`--requests`. Where a wall clock swings with the machine's other jobs, CPU time per request
+moves less, so two builds compare here within a few percent (BENCHMARKS.md, tenth pass).
+
+Kinds, each a URL never requested before unless named:
+- floor: the same client against an ASGI app that answers at once (what the client costs);
+- hit: a tile already answered (the front door's replay);
+- cold uncertainty: a tile of the uncertainty layer (no query);
+- cold tile, known text: a new `rescale=` of a text whose embedding is cached;
+- cold tile, new text: a text never seen (its embedding, its colour scale and the tile);
+- text embedding alone: the engine's text graph on one new text (no request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from server.app import create_app
+from server.settings import Settings
+
+ZOOM = 4  # a tile of zoom 4 reads 16 x 16 cells of level 8, or of the finest level below it
+KINDS = {
+    "hit": "/tiles/4/9/5.png?q=birdsong",
+    "cold uncertainty": "/tiles/4/{x}/{y}.png?layer=uncertainty&rescale=0,{r}.{i:04d}1",
+    "cold tile, known text": "/tiles/4/{x}/{y}.png?q=birdsong&rescale=0,{r}.{i:04d}1",
+    "cold tile, new text": "/tiles/4/{x}/{y}.png?q=a+sound+never+heard+{r}x{i}",
+}
+
+
+async def answer_at_once(scope, receive, send) -> None:
+    """The floor: an ASGI app that answers a tile-sized body without looking at the request."""
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"image/png")]})
+        await send({"type": "http.response.body", "body": bytes(16_000)})
+
+
+async def cpu_ms_per_item(run: Callable[[int, int], Awaitable[None]], rounds: int, n: int) -> float:
+    """The median over rounds of process CPU per item; `run(round, i)` does item i."""
+    samples = []
+    for r in range(1, rounds + 1):
+        began = time.process_time()
+        for i in range(n):
+            await run(r, i)
+        samples.append((time.process_time() - began) / n * 1000)
+    return round(statistics.median(samples), 3)
+
+
+async def get_ok(client: httpx.AsyncClient, url: str) -> None:
+    response = await client.get(url)
+    if response.status_code != 200:
+        raise SystemExit(f"{url} answered {response.status_code}: {response.text[:200]}")
+
+
+async def measure(settings: Settings, rounds: int, n: int) -> dict[str, float]:
+    result = {}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=answer_at_once), base_url="http://t") as client:
+        result["floor"] = await cpu_ms_per_item(lambda r, i: get_ok(client, f"/tiles/4/1/{i}.png"), rounds, n)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            for i in range(20):  # the first requests of a process pay for imports and first uses
+                await get_ok(client, f"/tiles/4/{i % 16}/{(i * 7) % 16}.png?q=warming+up+{i}")
+            await get_ok(client, KINDS["hit"])
+            for kind, url in KINDS.items():
+                result[kind] = await cpu_ms_per_item(
+                    lambda r, i, url=url: get_ok(client, url.format(r=r, i=i, x=i % 16, y=(i * 7) % 16)), rounds, n
+                )
+        engine = app.state.service.engine
+
+        async def embed(r: int, i: int) -> None:
+            engine.embed_texts([f"a text never embedded {r}x{i}"])
+
+        result["text embedding alone"] = await cpu_ms_per_item(embed, rounds, n)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 2)[2])
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--data-dir", type=Path, default=Path("data/demo"), help="a built demo world")
+    parser.add_argument("--precision", default="fp32", help="the text graph's precision (soundscape serve --precision)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per kind (the median is reported)")
+    parser.add_argument("--requests", type=int, default=150, help="requests per round")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.requests < 1:
+        parser.error("--rounds and --requests must be at least 1")
+    settings = Settings(
+        bundle=str(args.data_dir / "bundle"), store=str(args.data_dir / "store"), precision=args.precision
+    )
+    changed = subprocess.run(["git", "status", "--porcelain", "server"], capture_output=True).stdout
+    result = {
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        + ("+changes" if changed else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average_1min": os.getloadavg()[0],
+        "cpu_ms_per_request": asyncio.run(measure(settings, args.rounds, args.requests)),
+    }
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
