@@ -35,6 +35,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pydantic import ValidationError
+
+from runtime.errors import UserError
 from server.app import create_app
 from server.settings import Settings
 
@@ -105,9 +108,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or args.requests < 1:
         parser.error("--rounds and --requests must be at least 1")
-    settings = Settings(
-        bundle=str(args.data_dir / "bundle"), store=str(args.data_dir / "store"), precision=args.precision
-    )
+    load = os.getloadavg()[0]  # before the measure, which loads one core itself
+    try:
+        settings = Settings(
+            bundle=str(args.data_dir / "bundle"), store=str(args.data_dir / "store"), precision=args.precision
+        )
+        measured = asyncio.run(measure(settings, args.rounds, args.requests))
+    except (UserError, ValidationError) as exc:
+        parser.error(str(exc))
     changed = subprocess.run(["git", "status", "--porcelain", "server"], capture_output=True).stdout
     result = {
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
@@ -115,8 +123,8 @@ def main() -> None:
         + ("+changes" if changed else ""),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "load_average_1min": os.getloadavg()[0],
-        "cpu_ms_per_request": asyncio.run(measure(settings, args.rounds, args.requests)),
+        "load_average_1min": load,
+        "cpu_ms_per_request": measured,
     }
     text = json.dumps(result, indent=2)
     if args.json:

@@ -1,7 +1,12 @@
 """benchmarks/run.py's report: the generated table replaces only its own block of BENCHMARKS.md,
-and every measured figure becomes a row with its baseline and ratio."""
+and every measured figure becomes a row with its baseline and ratio. benchmarks/request_cpu.py:
+every kind of request answered through the whole app."""
 
+import asyncio
+
+from benchmarks.request_cpu import KINDS, measure
 from benchmarks.run import markdown, update_markdown
+from server.settings import Settings
 
 RESULT = {
     "command": "python benchmarks/run.py",
@@ -93,3 +98,10 @@ def test_the_cold_rows_show_the_int8_server_beside_fp32_when_it_ran():
     int8 = {**cold, "soundscape_int8": {"tiles_per_s": 320.0}, "int8_ratio_to_titiler": 6.4}
     text = markdown({**RESULT, "measures": {"cold": int8}})
     assert "| the same, int8 text graph (`serve --precision int8`) | 320 | TiTiler, same GeoTIFF: 50 | **6.4x**" in text
+
+
+def test_request_cpu_measures_every_kind_of_request_through_the_app(bundle_path, store_path):
+    settings = Settings(bundle=str(bundle_path), store=str(store_path), precision="int8")
+    result = asyncio.run(measure(settings, rounds=1, n=3))  # a request that is not 200 exits
+    assert list(result) == ["floor", *KINDS, "text embedding alone"]
+    assert all(ms > 0 for ms in result.values())
