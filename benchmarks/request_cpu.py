@@ -8,7 +8,7 @@ CPU time (all threads) is divided by the requests: the median of `--rounds` roun
 `--requests`. Where a wall clock swings with the machine's other jobs, CPU time per request
 moves less, so two builds compare here within a few percent (BENCHMARKS.md, tenth pass).
 
-Kinds, each a URL never requested before unless named:
+Kinds, each a tile never drawn before unless named (checked by the server's count of tiles drawn):
 - floor: the same client against an ASGI app that answers at once (what the client costs);
 - hit: a tile already answered (the front door's replay);
 - cold uncertainty: a tile of the uncertainty layer (no query);
@@ -41,13 +41,20 @@ from runtime.errors import UserError
 from server.app import create_app
 from server.settings import Settings
 
-ZOOM = 4  # a tile of zoom 4 reads 16 x 16 cells of level 8, or of the finest level below it
+# Each cold request names a tile the server has not drawn: a `rescale=` of span 1 whose low end
+# steps by 0.001 (a rescale keeps 4 significant digits of its span, server/params.py), or a new text.
 KINDS = {
     "hit": "/tiles/4/9/5.png?q=birdsong",
-    "cold uncertainty": "/tiles/4/{x}/{y}.png?layer=uncertainty&rescale=0,{r}.{i:04d}1",
-    "cold tile, known text": "/tiles/4/{x}/{y}.png?q=birdsong&rescale=0,{r}.{i:04d}1",
+    "cold uncertainty": "/tiles/4/{x}/{y}.png?layer=uncertainty&rescale={rescale}",
+    "cold tile, known text": "/tiles/4/{x}/{y}.png?q=birdsong&rescale={rescale}",
     "cold tile, new text": "/tiles/4/{x}/{y}.png?q=a+sound+never+heard+{r}x{i}",
 }
+
+
+def url_of(kind: str, r: int, i: int, n: int) -> str:
+    """Request i of round r (1-based) of `kind`; tiles of zoom 4 in turn."""
+    low = ((r - 1) * n + i) / 1000
+    return KINDS[kind].format(r=r, i=i, x=i % 16, y=(i * 7) % 16, rescale=f"{low:.3f},{low + 1:.3f}")
 
 
 async def answer_at_once(scope, receive, send) -> None:
@@ -84,11 +91,15 @@ async def measure(settings: Settings, rounds: int, n: int) -> dict[str, float]:
             for i in range(20):  # the first requests of a process pay for imports and first uses
                 await get_ok(client, f"/tiles/4/{i % 16}/{(i * 7) % 16}.png?q=warming+up+{i}")
             await get_ok(client, KINDS["hit"])
-            for kind, url in KINDS.items():
+            engine = app.state.service.engine
+            for kind in KINDS:
+                renders = engine.stats["renders"]
                 result[kind] = await cpu_ms_per_item(
-                    lambda r, i, url=url: get_ok(client, url.format(r=r, i=i, x=i % 16, y=(i * 7) % 16)), rounds, n
+                    lambda r, i, kind=kind: get_ok(client, url_of(kind, r, i, n)), rounds, n
                 )
-        engine = app.state.service.engine
+                drawn = engine.stats["renders"] - renders
+                if drawn != (rounds * n if kind.startswith("cold") else 0):
+                    raise SystemExit(f"{kind}: {drawn} tiles drawn in {rounds * n} requests")
 
         async def embed(r: int, i: int) -> None:
             engine.embed_texts([f"a text never embedded {r}x{i}"])
