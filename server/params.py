@@ -87,8 +87,8 @@ P = TypeVar("P")
 
 def in_event_loop(cls: type[P]) -> Callable[..., Awaitable[P]]:
     """A dependency that builds `cls` from the request as `Depends()` would, but in the event
-    loop: FastAPI runs a class dependency in its thread pool, a hop that cost a cold tile about
-    0.4 ms of CPU (BENCHMARKS.md, "Performance harness"). Same parameters, same OpenAPI."""
+    loop: FastAPI runs a class dependency in its thread pool, a hop that cost every tile request
+    about 0.3 ms of CPU (BENCHMARKS.md, tenth pass). Same parameters, same OpenAPI."""
 
     async def build(**values: Any) -> P:
         return cls(**values)
