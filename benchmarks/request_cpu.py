@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pydantic import ValidationError
 
+from benchmarks.run import served_commit
 from benchmarks.server_latency import tiles_of
 from runtime.errors import UserError
 from server.app import create_app
@@ -132,11 +132,9 @@ def main() -> None:
         measured = asyncio.run(measure(settings, args.rounds, args.requests))
     except (UserError, ValidationError) as exc:
         parser.error(str(exc))
-    changed = subprocess.run(["git", "status", "--porcelain", "server"], capture_output=True).stdout
     result = {
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        + ("+changes" if changed else ""),
+        "commit": served_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_average_1min": load,

@@ -413,6 +413,11 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
+def served_commit() -> str:
+    """HEAD's short hash, with "+changes" when the server's code differs from it: what was measured."""
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "server") else "")
+
+
 def rows(result: dict) -> list[tuple[str, str, str, str]]:
     """(figure, measured, baseline in the same run, ratio and target) per measure."""
     m, out = result["measures"], []
@@ -563,7 +568,7 @@ def main() -> None:
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
     result = {
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
-        "commit": git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "server") else ""),
+        "commit": served_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
