@@ -52,3 +52,23 @@ def test_blank_and_legend_are_valid_pngs():
     assert not np.asarray(blank.convert("RGBA"))[..., 3].any()
     legend = np.asarray(decoded(render.legend("viridis", 64, 8, vertical=False)))
     assert (np.diff(legend[0].astype(int)) >= 0).all() and legend[0, 0] < legend[0, -1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_quantise_maps_the_scale_onto_indices_one_to_255_and_no_data_to_zero(dtype):
+    """Each value's index is 1 + round(254 (v - lo) / (hi - lo)), clipped to [lo, hi]; +-inf go to
+    the ends, NaN to 0; the input is left as it was."""
+    rng = np.random.default_rng(7)
+    values = (rng.normal(0.3, 0.5, (64, 64))).astype(dtype)
+    values[rng.random(values.shape) < 0.2] = np.nan
+    values[0, :6] = [0.2, 0.9, np.inf, -np.inf, 0.55, np.nan]
+    before = values.copy()
+    lo, hi = 0.2, 0.9
+    indices = render.quantise(values, lo, hi)
+    assert indices.dtype == np.uint8 and indices.shape == values.shape
+    assert np.array_equal(values, before, equal_nan=True)
+    assert list(indices[0, :6]) == [1, 255, 255, 1, 128, 0]
+    finite = np.isfinite(values)
+    expected = 1 + np.rint(np.clip((values[finite] - lo) / (hi - lo), 0, 1) * 254)
+    assert np.array_equal(indices[finite], expected.astype(np.uint8))
+    assert (indices[np.isnan(values)] == 0).all()
