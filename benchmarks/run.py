@@ -22,7 +22,8 @@ benchmarks/baseline_apps.py):
 - viewport: a new query's 20 tiles of zoom 3 fetched by curl over at most 6 connections (as a
   browser), first request to last byte, p50 over new queries, vs the same viewport cached; and
   the same as <img> loads in headless Chromium (its first viewport, which starts the browser's
-  connections, left out).
+  connections, left out), with the CPU its processes and the server's spent per viewport (from
+  /proc, in clock ticks of 10 ms): the browser shares this box's cores with the server.
 Every measure records the 1-minute load average before and after it. `--flamegraphs` records
 py-spy flame graphs of the server during warm, cold and hour= loads (after the measures, so
 sampling does not slow them).
@@ -198,24 +199,82 @@ LOAD_IMAGES = """async (urls) => {
 }"""
 
 
-def browser_viewports(base: str, queries: list[str]) -> list[float] | str:
-    """Seconds per viewport in headless Chromium (its own limit of 6 connections per host), one
-    per query, in one browser; a sentence instead when no Chromium is installed."""
+def group_cpu_s(groups: set[int]) -> float:
+    """CPU seconds (user + system) so far of the live processes in the process groups `groups`."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[2]) in groups:  # after the command: state, ppid, pgrp, ..., utime, stime
+                ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def chromium_groups() -> set[int]:
+    """Process groups of the running Chromium processes (each browser leads its own)."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if Path(entry.path, "comm").read_text().strip() == "chromium":
+                    found.add(int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[2]))
+            except OSError:
+                continue
+    return found
+
+
+def browser_viewports(base: str, queries: list[str], server_group: int) -> list[dict] | str:
+    """Per query, in one headless Chromium (its own limit of 6 connections per host): the
+    viewport's seconds, and the CPU seconds the browser's processes and the server's (process
+    group `server_group`) spent meanwhile, which share this box's cores; a sentence instead when
+    no Chromium is installed."""
     chromium = shutil.which("chromium")
     if chromium is None:
         return "not run: no chromium (apt-get install -y chromium)"
     from playwright.sync_api import sync_playwright
 
+    before = chromium_groups()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
         page = browser.new_page()
         page.goto(f"{base}/healthz")  # the page is the server's, as the viewer's
+        ours = chromium_groups() - before
         samples = []
         for query in queries:
             urls = [f"/tiles/{z}/{x}/{y}.png?q={query}" for z, x, y in VIEWPORT]
-            samples.append(page.evaluate(LOAD_IMAGES, urls) / 1000)
+            browser_cpu, server_cpu = group_cpu_s(ours), group_cpu_s({server_group})
+            seconds = page.evaluate(LOAD_IMAGES, urls) / 1000
+            samples.append(
+                {
+                    "s": seconds,
+                    "browser_cpu_s": group_cpu_s(ours) - browser_cpu,
+                    "server_cpu_s": group_cpu_s({server_group}) - server_cpu,
+                }
+            )
         browser.close()
     return samples
+
+
+def browser_entry(loads: list[dict], fresh: int) -> dict:
+    """The viewport's browser figures: p50 of the new queries' viewports (the first left out: it
+    opens the connections) and of the cached ones after them, each with the CPU per viewport of
+    the browser and of the server (median, ms)."""
+
+    def p50(rows: list[dict], key: str) -> float:
+        return round(statistics.median(r[key] for r in rows) * 1000, 1)
+
+    new, cached = loads[1:fresh], loads[fresh + 1 :]
+    return {
+        "p50_ms": p50(new, "s"),
+        "cached_p50_ms": p50(cached, "s"),
+        "browser_cpu_ms": p50(new, "browser_cpu_s"),
+        "server_cpu_ms": p50(new, "server_cpu_s"),
+        "cached_browser_cpu_ms": p50(cached, "browser_cpu_s"),
+        "cached_server_cpu_ms": p50(cached, "server_cpu_s"),
+    }
 
 
 def flamegraph(pid: int, out: Path, seconds: int, load_fn: Callable[[], object]) -> None:
@@ -338,12 +397,8 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
                 # (trailing spaces are normalised away): the browser's own floor on this box.
                 fresh = [f"viewport+{salt}+browser+{i}" for i in range(args.repeat + 1)]
                 again = [f"viewport+{salt}+browser" + "+" * k for k in range(args.repeat + 1)]
-                loads = browser_viewports(base, fresh + again)
-                entry["browser"] = (
-                    loads
-                    if isinstance(loads, str)
-                    else {"p50_ms": p50_ms(loads[1 : len(fresh)]), "cached_p50_ms": p50_ms(loads[len(fresh) + 1 :])}
-                )
+                loads = browser_viewports(base, fresh + again, pid)
+                entry["browser"] = loads if isinstance(loads, str) else browser_entry(loads, len(fresh))
         if "cold" in args.only:
             imagery = store_imagery(Store(args.store))
             with measured(result, "cold") as entry:
@@ -505,9 +560,16 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
 
 
 def browser(viewport: dict, key: str) -> str:
-    """The headless Chromium figure beside curl's, when the run had a browser."""
+    """The headless Chromium figure beside curl's, when the run had a browser, with the CPU the
+    browser and the server spent per viewport (results from before the harness measured it have
+    none)."""
     measured = viewport.get("browser")
-    return f"; headless Chromium p50 {measured[key]} ms" if isinstance(measured, dict) else ""
+    if not isinstance(measured, dict):
+        return ""
+    prefix = key.removesuffix("p50_ms")  # "" or "cached_"
+    cpu = (measured.get(f"{prefix}browser_cpu_ms"), measured.get(f"{prefix}server_cpu_ms"))
+    spent = f" (CPU per viewport: browser {cpu[0]} ms, server {cpu[1]} ms)" if None not in cpu else ""
+    return f"; headless Chromium p50 {measured[key]} ms{spent}"
 
 
 def markdown(result: dict) -> str:

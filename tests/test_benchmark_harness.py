@@ -3,9 +3,11 @@ and every measured figure becomes a row with its baseline and ratio. benchmarks/
 every kind of request answered through the whole app."""
 
 import asyncio
+import subprocess
+import sys
 
 from benchmarks.request_cpu import KINDS, measure
-from benchmarks.run import markdown, update_markdown
+from benchmarks.run import browser_entry, group_cpu_s, markdown, update_markdown
 from server.settings import Settings
 
 RESULT = {
@@ -80,8 +82,50 @@ def test_the_viewport_row_shows_curl_and_the_browser_beside_their_cached_floors(
     text = markdown({**RESULT, "measures": {"viewport": with_browser}})
     assert "| p50 60.0 ms (max 80.0 ms over 5 new queries); headless Chromium p50 115.0 ms |" in text
     assert "| the same viewport cached: p50 15.0 ms; headless Chromium p50 90.0 ms |" in text
+    spent = {
+        "browser_cpu_ms": 120.0,
+        "server_cpu_ms": 80.0,
+        "cached_browser_cpu_ms": 100.0,
+        "cached_server_cpu_ms": 5.0,
+    }
+    text = markdown({**RESULT, "measures": {"viewport": {**viewport, "browser": {**with_browser["browser"], **spent}}}})
+    assert "headless Chromium p50 115.0 ms (CPU per viewport: browser 120.0 ms, server 80.0 ms) |" in text
+    assert "headless Chromium p50 90.0 ms (CPU per viewport: browser 100.0 ms, server 5.0 ms) |" in text
     without = markdown({**RESULT, "measures": {"viewport": {**viewport, "browser": "not run: no chromium"}}})
     assert "Chromium" not in without and "| the same viewport cached: p50 15.0 ms |" in without
+
+
+def test_a_process_group_cpu_counts_its_processes_and_no_other():
+    """The browser's and the server's CPU per viewport: a busy child in its own group is counted
+    there, and not in a group that does not exist."""
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\ninput()"
+    child = subprocess.Popen([sys.executable, "-c", busy], stdin=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = 0
+        while group_cpu_s({child.pid}) < 0.25 and deadline < 200:
+            subprocess.run(["sleep", "0.05"])
+            deadline += 1
+        assert 0.25 <= group_cpu_s({child.pid}) < 5
+        assert group_cpu_s({2**22 + 1}) == 0  # beyond the kernel's pid range: no such group
+    finally:
+        child.communicate(b"\n", timeout=10)
+
+
+def test_browser_figures_leave_out_the_first_viewport_and_take_medians():
+    def load(s, browser, server):
+        return {"s": s, "browser_cpu_s": browser, "server_cpu_s": server}
+
+    fresh = [load(0.5, 0.3, 0.2), load(0.10, 0.12, 0.08), load(0.12, 0.14, 0.07), load(0.14, 0.10, 0.09)]
+    cached = [load(0.2, 0.2, 0.0), load(0.08, 0.11, 0.004), load(0.09, 0.10, 0.006)]
+    entry = browser_entry(fresh + cached, len(fresh))
+    assert entry == {
+        "p50_ms": 120.0,
+        "cached_p50_ms": 85.0,
+        "browser_cpu_ms": 120.0,
+        "server_cpu_ms": 80.0,
+        "cached_browser_cpu_ms": 105.0,
+        "cached_server_cpu_ms": 5.0,
+    }
 
 
 def test_the_cold_rows_show_the_int8_server_beside_fp32_when_it_ran():
