@@ -199,31 +199,27 @@ LOAD_IMAGES = """async (urls) => {
 }"""
 
 
-def group_cpu_s(groups: set[int]) -> float:
-    """CPU seconds (user + system) so far of the live processes in the process groups `groups`."""
-    ticks = 0
+def processes() -> Iterator[tuple[str, list[str]]]:
+    """(command name, the fields after it in /proc/PID/stat: state, ppid, pgrp, ..., utime,
+    stime) of every live process."""
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+                head, _, tail = Path(entry.path, "stat").read_text().rpartition(")")
             except OSError:  # gone meanwhile
                 continue
-            if int(fields[2]) in groups:  # after the command: state, ppid, pgrp, ..., utime, stime
-                ticks += int(fields[11]) + int(fields[12])
+            yield head.partition("(")[2], tail.split()
+
+
+def group_cpu_s(groups: set[int]) -> float:
+    """CPU seconds (user + system) so far of the live processes in the process groups `groups`."""
+    ticks = sum(int(f[11]) + int(f[12]) for _, f in processes() if int(f[2]) in groups)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def chromium_groups() -> set[int]:
     """Process groups of the running Chromium processes (each browser leads its own)."""
-    found = set()
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if Path(entry.path, "comm").read_text().strip() == "chromium":
-                    found.add(int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[2]))
-            except OSError:
-                continue
-    return found
+    return {int(f[2]) for name, f in processes() if name == "chromium"}
 
 
 def browser_viewports(base: str, queries: list[str], server_group: int) -> list[dict] | str:
