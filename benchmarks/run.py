@@ -5,6 +5,7 @@ table of BENCHMARKS.md from it.
     python benchmarks/run.py [--bundle data/demo/bundle --store data/demo/store] [--duration 4 --rounds 3]
         [--json benchmarks/results/performance.json] [--markdown BENCHMARKS.md]
         [--flamegraphs benchmarks/flamegraphs] [--only warm,cold,...]
+        [--precompute-baseline REV --precompute-baseline-data-dir DIR --precompute-repeats N]
 
 Measures (HTTP ones load `soundscape serve --workers 2` with wrk, 2 threads, 32 connections, in
 rounds interleaved with its baselines, which run beside it under the same uvicorn options,
@@ -24,6 +25,10 @@ benchmarks/baseline_apps.py):
   the same as <img> loads in headless Chromium (its first viewport, which starts the browser's
   connections, left out), with the CPU its processes and the server's spent per viewport (from
   /proc, in clock ticks of 10 ms): the browser shares this box's cores with the server.
+- precompute: the demo world's store from scratch (levels 0..7, fusions at 0..6) by this tree
+  and by the code of --precompute-baseline (3484b32, before issue 13's changes), run for run
+  (benchmarks/precompute_throughput.py); with --precompute-baseline-data-dir each tree runs the
+  bundle its own export made.
 Every measure records the 1-minute load average before and after it. `--flamegraphs` records
 py-spy flame graphs of the server during warm, cold and hour= loads (after the measures, so
 sampling does not slow them).
@@ -58,6 +63,7 @@ from store.reader import Store  # noqa: E402
 
 QUERY = "birdsong"
 WARM_QUERY = f"q={QUERY}&hour=6"  # as benchmarks/server_throughput.py and the issue's run
+PRECOMPUTE_BASELINE = "3484b32"  # the precompute code when issue 13 was filed (BENCHMARKS.md, "Precompute")
 VIEWPORT = [(3, x, y) for x in range(2, 7) for y in range(1, 5)]  # 20 tiles of zoom 3, as a browser asks
 # Each request a text never seen: the thread's id and a counter, after a per-run salt.
 NEW_QUERY_SCRIPT = """
@@ -445,6 +451,41 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
             )
 
 
+def measure_precompute(args, result: dict) -> None:
+    """The demo world's store from scratch by this tree and by the code of
+    `--precompute-baseline` (the issue's "today"), run for run (benchmarks/precompute_throughput.py,
+    in its own processes); a sentence in the entry instead when it cannot run."""
+    with measured(result, "precompute") as entry, tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "precompute.json"
+        cmd = [
+            *(sys.executable, str(REPO / "benchmarks" / "precompute_throughput.py")),
+            *("--data-dir", str(args.bundle.parent), "--repeats", str(args.precompute_repeats)),
+            *("--baseline", args.precompute_baseline, "--out", str(out)),
+        ]
+        if args.precompute_baseline_data_dir:
+            cmd += ["--baseline-data-dir", str(args.precompute_baseline_data_dir)]
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+        if done.returncode:
+            entry["not_run"] = (done.stderr.strip().splitlines() or ["precompute_throughput.py failed"])[-1]
+            return
+        report = json.loads(out.read_text())
+        store = report["demo_store"]
+        entry.update(
+            {
+                "baseline_commit": report["commits"]["baseline"],
+                "repeats": args.precompute_repeats,
+                "current_s": store["current"]["median_s"],
+                "baseline_s": store["baseline"]["median_s"],
+                "current_cpu_s": store["current"]["median_cpu_s"],
+                "baseline_cpu_s": store["baseline"]["median_cpu_s"],
+                "ratio": report["ratio_current_to_baseline"],
+                "cpu_ratio": report["cpu_ratio_current_to_baseline"],
+                "same_bundle": report["same_bundle"],
+                "device": report["device"],
+            }
+        )
+
+
 def measure_hour_tile(args, result: dict) -> None:
     """In a subprocess (a clean process: one BLAS thread, as the server) via server_latency."""
     code = (
@@ -552,7 +593,22 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
                 "target p50 <= 100 ms",
             )
         )
+    if "precompute" in m:
+        out.append(precompute_row(m["precompute"]))
     return out
+
+
+def precompute_row(p: dict) -> tuple[str, str, str, str]:
+    figure = "precompute of the demo world (levels 0..7, fusions at 0..6), wall (CPU)"
+    if "not_run" in p:
+        return figure, f"not run: {p['not_run']}", "-", "target <= 0.5 of the baseline"
+    bundles = "each tree its own export's bundle" if not p["same_bundle"] else "one bundle for both trees"
+    return (
+        figure,
+        f"{p['current_s']} s ({p['current_cpu_s']} s); median of {p['repeats']}",
+        f"the code of {p['baseline_commit']}: {p['baseline_s']} s ({p['baseline_cpu_s']} s); {bundles}",
+        f"**{p['ratio']}** of the baseline (target <= 0.5); CPU {p['cpu_ratio']}",
+    )
 
 
 def browser(viewport: dict, key: str) -> str:
@@ -609,7 +665,23 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5, help="samples of search and viewport (x3: hour tile)")
-    parser.add_argument("--only", default="warm,cold,hour_tile,search,viewport", help="comma-separated measures")
+    parser.add_argument(
+        "--only", default="warm,cold,hour_tile,search,viewport,precompute", help="comma-separated measures"
+    )
+    parser.add_argument(
+        "--precompute-baseline",
+        default=PRECOMPUTE_BASELINE,
+        metavar="REV",
+        help=f"the code precompute is compared with (default {PRECOMPUTE_BASELINE}, before issue 13's changes)",
+    )
+    parser.add_argument(
+        "--precompute-baseline-data-dir",
+        type=Path,
+        metavar="DIR",
+        help="demo files REV's own `soundscape demo --build-only` made, so each tree runs its own export's "
+        "bundle (default: both run --bundle)",
+    )
+    parser.add_argument("--precompute-repeats", type=int, default=1, help="runs of each tree, alternated")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks/results/performance.json")
     parser.add_argument("--markdown", type=Path, help="BENCHMARKS.md to write the table into")
     parser.add_argument("--flamegraphs", type=Path, help="directory for py-spy SVGs of warm, cold and hour=")
@@ -650,6 +722,8 @@ def main() -> None:
             measure_http(args, result, Path(tiles_dir), args.flamegraphs)
     if "hour_tile" in args.only:
         measure_hour_tile(args, result)
+    if "precompute" in args.only:
+        measure_precompute(args, result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.markdown:

@@ -2,12 +2,14 @@
 and every measured figure becomes a row with its baseline and ratio. benchmarks/request_cpu.py:
 every kind of request answered through the whole app."""
 
+import argparse
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 
 from benchmarks.request_cpu import KINDS, measure
-from benchmarks.run import browser_entry, group_cpu_s, markdown, update_markdown
+from benchmarks.run import browser_entry, group_cpu_s, markdown, measure_precompute, update_markdown
 from server.settings import Settings
 
 RESULT = {
@@ -126,6 +128,46 @@ def test_browser_figures_leave_out_the_first_viewport_and_take_medians():
         "cached_browser_cpu_ms": 105.0,
         "cached_server_cpu_ms": 5.0,
     }
+
+
+def test_the_precompute_row_shows_both_trees_and_their_ratios():
+    precompute = {
+        "load_before": 1.0,
+        "load_after": 1.5,
+        "baseline_commit": "3484b32",
+        "repeats": 3,
+        "current_s": 52.4,
+        "baseline_s": 113.6,
+        "current_cpu_s": 87.1,
+        "baseline_cpu_s": 159.1,
+        "ratio": 0.461,
+        "cpu_ratio": 0.547,
+        "same_bundle": False,
+    }
+    text = markdown({**RESULT, "measures": {"precompute": precompute}})
+    assert (
+        "| precompute of the demo world (levels 0..7, fusions at 0..6), wall (CPU) | 52.4 s (87.1 s); median of 3 "
+        "| the code of 3484b32: 113.6 s (159.1 s); each tree its own export's bundle "
+        "| **0.461** of the baseline (target <= 0.5); CPU 0.547 |"
+    ) in text
+    one_bundle = markdown({**RESULT, "measures": {"precompute": {**precompute, "same_bundle": True}}})
+    assert "; one bundle for both trees |" in one_bundle
+
+
+def test_a_precompute_measure_that_cannot_run_says_why(tmp_path: Path):
+    """A bundle outside a demo data dir (no imagery beside it): the row carries
+    precompute_throughput.py's own sentence, in seconds rather than after minutes of runs."""
+    (tmp_path / "bundle").mkdir()
+    args = argparse.Namespace(
+        bundle=tmp_path / "bundle", precompute_repeats=1, precompute_baseline="HEAD", precompute_baseline_data_dir=None
+    )
+    result: dict = {}
+    measure_precompute(args, result)
+    entry = result["measures"]["precompute"]
+    assert "soundscape demo --build-only" in entry["not_run"] and "ratio" not in entry
+    assert "| precompute of the demo world (levels 0..7, fusions at 0..6), wall (CPU) | not run: " in markdown(
+        {**RESULT, "measures": {"precompute": entry}}
+    )
 
 
 def test_the_cold_rows_show_the_int8_server_beside_fp32_when_it_ran():
