@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,35 @@ def _export_graph(model: PSMModel, module: nn.Module, graph: str, args: tuple, p
             )
             assert program is not None  # dynamo=True returns the program
             program.save(str(path))
+            _drop_stack_traces(path)
+
+
+# Node metadata the dynamo exporter writes: the Python stack of each node, with the absolute paths of
+# the checkout and its virtual environment.
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_stack_traces(path: Path) -> None:
+    """Remove every node's STACK_TRACE from the graph at `path`. With them, the same code and
+    weights exported from two folders (a checkout and a container image) gave graphs of different
+    bytes, so bundles of different ids, and query ids that did not carry over."""
+    model = onnx.load(str(path))
+    for node in _nodes(model):
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
+
+
+def _nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node of the model: its graph's, their control-flow subgraphs', its functions'."""
+    graphs = [model.graph]
+    for graph in graphs:  # grows with the subgraphs met
+        for node in graph.node:
+            yield node
+            graphs += [a.g for a in node.attribute if a.HasField("g")] + [g for a in node.attribute for g in a.graphs]
+    for function in model.functions:
+        yield from function.node
 
 
 Check = tuple[dict[str, np.ndarray], tuple[torch.Tensor, ...]]

@@ -2,12 +2,15 @@
 
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
-from model.export import example_inputs
+from model.export import STACK_TRACE, example_inputs
 from model.nn.psm import PSMModel
 from runtime.bundle import Bundle, BundleError
 from runtime.contract import GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE
@@ -76,6 +79,20 @@ def test_manifest_round_trip(bundle_path, tiny_model_config):
     assert len(bundle.id) == 16 and bundle.sources.id("field") == 1
     assert m["vocab"]["source_descriptions"] == FIXTURE_SOURCE_DESCRIPTIONS == bundle.source_descriptions
     assert bundle.audio_spec.n_mels == tiny_model_config.audio_spec.n_mels
+
+
+def test_graphs_hold_no_path_of_the_checkout_that_exported_them(bundle_path):
+    """The exporter's per-node stack traces name the checkout's and the venv's files, so the same
+    code and weights exported from another folder had other bytes and another bundle id."""
+    repo, venv = Path(__file__).resolve().parent.parent, Path(sys.prefix)
+    files = json.loads((bundle_path / MANIFEST_FILE).read_text())["files"]
+    graphs = [name for name in files if name.endswith(".onnx")]
+    assert {"text.onnx", "fuse.onnx", "int8/text.onnx"} <= set(graphs)
+    for name in graphs:
+        data = (bundle_path / name).read_bytes()
+        assert str(repo).encode() not in data and str(venv).encode() not in data, name
+        model = onnx.load_from_string(data)
+        assert not any(p.key == STACK_TRACE for n in model.graph.node for p in n.metadata_props), name
 
 
 def test_tampered_bundle_is_refused(bundle_path, tmp_path):
