@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.server_throughput import free_port, run_wrk, serve, stop, tile_paths, wait_ready  # noqa: E402
-from runtime.bundle import Bundle  # noqa: E402
+from runtime.bundle import Bundle, default_providers  # noqa: E402
 from server.service import store_imagery  # noqa: E402
 from store.reader import Store  # noqa: E402
 
@@ -481,6 +481,8 @@ def measure_precompute(args, result: dict) -> None:
                 "ratio": report["ratio_current_to_baseline"],
                 "cpu_ratio": report["cpu_ratio_current_to_baseline"],
                 "same_bundle": report["same_bundle"],
+                "bundles": report["bundles"],
+                "runs_s": {name: runs["runs_s"] for name, runs in store.items()},
                 "device": report["device"],
             }
         )
@@ -632,7 +634,8 @@ def markdown(result: dict) -> str:
         [
             f"    {result['command']}",
             "",
-            f"Commit {result['commit']}, {result['date']}, {result['machine']}, Python {result['python']}, no GPU. "
+            f"Commit {result['commit']}, {result['date']}, {result['machine']}, Python {result['python']}, "
+            f"{'GPU: ' + result['gpu'] if result.get('gpu') else 'no GPU'}. "
             f"wrk {result['wrk']['threads']} threads, {result['wrk']['connections']} connections, "
             f"{result['wrk']['rounds']} interleaved rounds of {result['wrk']['duration_s']} s per server "
             f"(the median round is shown); every server {result['workers']} uvicorn workers, no Redis. "
@@ -702,7 +705,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
-        "gpu": None,
+        "gpu": "onnxruntime's CUDA provider" if "CUDAExecutionProvider" in default_providers() else None,
         "workers": args.workers,
         "redis": None,
         "wrk": {

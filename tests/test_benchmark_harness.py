@@ -152,6 +152,10 @@ def test_the_precompute_row_shows_both_trees_and_their_ratios():
     ) in text
     one_bundle = markdown({**RESULT, "measures": {"precompute": {**precompute, "same_bundle": True}}})
     assert "; one bundle for both trees |" in one_bundle
+    assert "2 cores, Python 3.11.7, no GPU." in text
+    assert "Python 3.11.7, GPU: onnxruntime's CUDA provider." in markdown(
+        {**RESULT, "gpu": "onnxruntime's CUDA provider"}
+    )
 
 
 def test_a_precompute_measure_that_cannot_run_says_why(tmp_path: Path):
