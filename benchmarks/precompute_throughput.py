@@ -125,6 +125,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.baseline_data_dir and not args.baseline:
         parser.error("--baseline-data-dir needs --baseline REV, the code that made it.")
+    if (
+        args.baseline
+        and subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{args.baseline}^{{commit}}"], cwd=REPO, capture_output=True
+        ).returncode
+    ):
+        parser.error(f"--baseline {args.baseline} is no commit of this repository (a shallow clone may lack it).")
     try:
         data = {"current": data_files(args.data_dir)}
         if args.baseline:

@@ -323,7 +323,8 @@ class SoundscapeService:
         """Embeddings of `index` under `meta`: stored, or fused and cached per (block, metadata).
         Stored cells are read in the event loop: a tile's window or the scale sample (1,024 rows)
         is a copy of 0.02-0.1 ms, less than the ~0.16 ms of CPU a thread-pool hop costs, and numpy
-        holds the GIL for it either way (BENCHMARKS.md, tenth pass)."""
+        holds the GIL for it either way (BENCHMARKS.md, tenth pass); on a cold page cache a tile of
+        a 4 M-cell store held the loop up to 1.6 ms (eleventh pass)."""
         stored = self.engine.stored(level, index, meta)
         if stored is not None:
             return stored

@@ -169,6 +169,9 @@ def test_a_precompute_measure_that_cannot_run_says_why(tmp_path: Path):
     measure_precompute(args, result)
     entry = result["measures"]["precompute"]
     assert "soundscape demo --build-only" in entry["not_run"] and "ratio" not in entry
+    args.precompute_baseline = "no-such-revision-0"
+    measure_precompute(args, result)
+    assert "is no commit of this repository" in result["measures"]["precompute"]["not_run"]
     assert "| precompute of the demo world (levels 0..7, fusions at 0..6), wall (CPU) | not run: " in markdown(
         {**RESULT, "measures": {"precompute": entry}}
     )

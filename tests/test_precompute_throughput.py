@@ -55,3 +55,10 @@ def test_missing_baseline_data_dir_is_refused_before_any_run(tmp_path: Path) -> 
     assert done.returncode == 2
     assert f"{absent} holds no imagery/bluemarble.tif" in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_a_baseline_that_is_no_commit_is_refused_before_any_run(tmp_path: Path) -> None:
+    done = _run("--data-dir", str(_demo_dir(tmp_path / "demo")), "--baseline", "no-such-revision-0")
+    assert done.returncode == 2
+    assert "--baseline no-such-revision-0 is no commit of this repository" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
