@@ -266,7 +266,7 @@ def browser_entry(loads: list[dict], fresh: int) -> dict:
     the browser and of the server (median, ms)."""
 
     def p50(rows: list[dict], key: str) -> float:
-        return round(statistics.median(r[key] for r in rows) * 1000, 1)
+        return p50_ms([r[key] for r in rows])
 
     new, cached = loads[1:fresh], loads[fresh + 1 :]
     return {
