@@ -30,6 +30,10 @@ median rank, docs/method.md section 4.1):
   text toward its cells keeps the town sounds' text means apart (less_sat_text's converse);
 - `less_audio_text`: the audio-text pairs weighted 0.1 instead of 0.5: whether the pull of town
   captions toward the one region aisfx puts town clips in is what merges them;
+- `vib_more`, `vib_most`: the VIB term (train.loss.vib_beta, the KL of each Gaussian to N(0, I))
+  weighted 1e-3 and 1e-2 instead of PCME++'s 1e-4: whether pulling every cell's variances
+  toward one value loosens S from how crowded a place is, and with it the maps from S
+  (docs/demo-model.md, "The cause, measured");
 - `melcnn`: the small log-mel CNN audio tower trained from scratch instead of frozen aisfx,
   given --melcnn-steps steps (its steps cost ~40x a cached frozen step; choose them to match
   the wall time of the aisfx run, cache included).
@@ -96,6 +100,8 @@ VARIANTS: dict[str, dict] = {
     "less_sat_text": {"train": {"loss": {"weights": {"sat_audio": 0.5, "sat_text": 0.1, "audio_text": 0.5}}}},
     "more_sat_text": {"train": {"loss": {"weights": {"sat_audio": 0.5, "sat_text": 1.5, "audio_text": 0.5}}}},
     "less_audio_text": {"train": {"loss": {"weights": {"sat_audio": 0.5, "sat_text": 0.5, "audio_text": 0.1}}}},
+    "vib_more": {"train": {"loss": {"vib_beta": 1e-3}}},
+    "vib_most": {"train": {"loss": {"vib_beta": 1e-2}}},
     "melcnn": {
         "model": {"audio": {"kind": "melcnn", "channels": [16, 32, 64], "width": 96, "features": {"duration_s": 2.4}}},
         "train": {"eval_every": 0},

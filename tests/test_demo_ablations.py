@@ -30,3 +30,12 @@ def test_every_variant_builds_a_config_with_the_seed_and_steps() -> None:
         config = variant_config(name, BASE, melcnn_steps=3, seed=56, steps=100)
         assert config.train.seed == 56
         assert config.train.steps == (3 if name == "melcnn" else 100)
+
+
+def test_a_vib_variant_changes_only_the_vib_weight() -> None:
+    plain = variant_config("pcmepp", BASE, melcnn_steps=1, seed=56, steps=200)
+    for name, beta in (("vib_more", 1e-3), ("vib_most", 1e-2)):
+        vib = variant_config(name, BASE, melcnn_steps=1, seed=56, steps=200)
+        assert vib.train.loss.vib_beta == beta != plain.train.loss.vib_beta
+        assert vib.train.loss.model_copy(update={"vib_beta": plain.train.loss.vib_beta}) == plain.train.loss
+        assert vib.model == plain.model
