@@ -20,7 +20,8 @@ benchmarks/baseline_apps.py):
 - search: /search with hour and month on the finest level (first request, and p50 of repeats)
   vs /search without metadata; a new hour and month each request (candidates ranked, x3 samples:
   its p50 is one of the issue's targets) vs the same search with exact=true (the whole level
-  fused), requests interleaved;
+  fused), requests interleaved; and the same pair of searches in process, through the service
+  (benchmarks/server_latency.py's search_in_process: no HTTP), wall and CPU;
 - viewport: a new query's 20 tiles of zoom 3 fetched by curl over at most 6 connections (as a
   browser), first request to last byte, p50 over new queries, vs the same viewport cached; and
   the same as <img> loads in headless Chromium (its first viewport, which starts the browser's
@@ -381,6 +382,7 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
                 entry["with_new_hour_month_p50_ms"] = p50_ms(ours)
                 entry["with_new_hour_month_requests"] = len(ours)
                 entry["with_new_hour_month_exact_p50_ms"] = p50_ms(exact)
+                entry["in_process"] = in_subprocess("search_in_process", args, 3 * args.repeat)
         if "viewport" in args.only:
             with measured(result, "viewport") as entry:
                 salt = secrets.token_hex(3)
@@ -492,16 +494,21 @@ def measure_precompute(args, result: dict) -> None:
         )
 
 
-def measure_hour_tile(args, result: dict) -> None:
-    """In a subprocess (a clean process: one BLAS thread, as the server) via server_latency."""
+def in_subprocess(function: str, args, repeat: int) -> dict:
+    """benchmarks.server_latency's `function`(bundle, store, repeat) in a clean process (one BLAS
+    thread, as the server): its JSON result."""
     code = (
-        "import asyncio, json, sys; sys.path.insert(0, '.');"
-        "from benchmarks.server_latency import hour_versus_default;"
-        f"print(json.dumps(hour_versus_default({str(args.bundle)!r}, {str(args.store)!r}, {args.repeat * 3})))"
+        "import json, sys; sys.path.insert(0, '.');"
+        f"from benchmarks.server_latency import {function};"
+        f"print(json.dumps({function}({str(args.bundle)!r}, {str(args.store)!r}, {repeat})))"
     )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_hour_tile(args, result: dict) -> None:
     with measured(result, "hour_tile") as entry:
-        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-        entry.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        entry.update(in_subprocess("hour_versus_default", args, args.repeat * 3))
 
 
 # Report --------------------------------------------------------------------------------------
@@ -589,6 +596,16 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
                 ),
                 f"`exact=true` (the whole level fused): p50 {s.get('with_new_hour_month_exact_p50_ms', '-')} ms; "
                 f"without metadata: p50 {s['without_metadata_p50_ms']} ms",
+                "target p50 <= 50 ms",
+            )
+        )
+    if "in_process" in m.get("search", {}):
+        p = m["search"]["in_process"]
+        out.append(
+            (
+                "the same, in process (the service's search, no HTTP)",
+                f"p50 {p['p50_ms']} ms over {p['searches']} searches (CPU {p['cpu_ms']} ms)",
+                f"`exact=True`: p50 {p['exact_p50_ms']} ms (CPU {p['exact_cpu_ms']} ms)",
                 "target p50 <= 50 ms",
             )
         )

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from runtime.bundle import Bundle
 from server.app import warm_up
 from server.cache import named_key
+from server.engine import QueryMetadata
 from server.params import TileParams, tile_request
 from server.service import SoundscapeService
 from server.settings import Settings
@@ -174,6 +175,41 @@ def hour_versus_default(bundle: str, store: str, repeat: int) -> dict:
             # CPU time of the process per tile: what load on a shared machine inflates least
             "cpu_ms_per_tile": {name: round(1000 * cpu[name] / len(wall[name]), 3) for name in cpu},
             "cpu_ratio": round(cpu["hour"] / cpu["default"], 1),
+        }
+
+    return asyncio.run(run())
+
+
+def search_in_process(bundle: str, store: str, repeat: int) -> dict:
+    """benchmarks/run.py's search measure without HTTP: the service's search for the k = 10 best
+    cells of the finest level under a new (hour, month) each time (candidates ranked), each
+    followed by the same search with exact=True (the whole level fused), in one process."""
+    threadpool_limits(1, user_api="blas")
+    settings = Settings(bundle=bundle, store=store)
+    service = SoundscapeService(Bundle(bundle, threads=settings.ort_threads), Store(store), settings)
+    warm_up(service)
+    level = service.level(None)
+    pairs = [QueryMetadata(hour=i % 24, month=1 + (i + i // 24) % 12) for i in range(1, repeat + 2)]
+
+    async def run() -> dict:
+        _, query = await service.text_query("birdsong")
+        await service.search(level, pairs[0], query, 10)  # a process's first fusion pays for first uses
+        wall: dict[str, list[float]] = {"candidates": [], "exact": []}
+        cpu = dict.fromkeys(wall, 0.0)
+        for meta in pairs[1:]:  # interleaved, so a load change hits both
+            for name in wall:
+                began, clock = time.perf_counter(), time.process_time()
+                await service.search(level, meta, query, 10, exact=name == "exact")
+                wall[name].append(time.perf_counter() - began)
+                cpu[name] += time.process_time() - clock
+        return {
+            "level": level.level,
+            "searches": repeat,
+            "p50_ms": median_ms(wall["candidates"]),
+            "exact_p50_ms": median_ms(wall["exact"]),
+            # CPU time of the process (every thread) per search
+            "cpu_ms": round(1000 * cpu["candidates"] / repeat, 3),
+            "exact_cpu_ms": round(1000 * cpu["exact"] / repeat, 3),
         }
 
     return asyncio.run(run())

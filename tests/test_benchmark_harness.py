@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from benchmarks.request_cpu import KINDS, measure
-from benchmarks.run import browser_entry, group_cpu_s, markdown, measure_precompute, update_markdown
+from benchmarks.run import browser_entry, group_cpu_s, in_subprocess, markdown, measure_precompute, update_markdown
 from server.settings import Settings
+from store.reader import Store
 
 RESULT = {
     "command": "python benchmarks/run.py",
@@ -198,3 +199,33 @@ def test_request_cpu_measures_every_kind_of_request_through_the_app(bundle_path,
     result = asyncio.run(measure(settings, rounds=1, n=3))  # a request that is not 200 exits
     assert list(result) == ["floor", *KINDS, "text embedding alone"]
     assert all(ms > 0 for ms in result.values())
+
+
+def test_the_search_rows_show_http_and_in_process():
+    search = {
+        "load_before": 1.0,
+        "load_after": 1.0,
+        "level": 7,
+        "without_metadata_p50_ms": 6.0,
+        "with_hour_month_first_ms": 60.0,
+        "with_hour_month_repeat_p50_ms": 13.0,
+        "with_new_hour_month_p50_ms": 57.0,
+        "with_new_hour_month_requests": 15,
+        "with_new_hour_month_exact_p50_ms": 380.0,
+    }
+    text = markdown({**RESULT, "measures": {"search": search}})
+    assert "| `/search` with a new hour and month each request | p50 57.0 ms over 15 requests |" in text
+    assert "in process" not in text  # a result from before the in-process measure
+    in_process = {"searches": 15, "p50_ms": 48.0, "cpu_ms": 80.0, "exact_p50_ms": 300.0, "exact_cpu_ms": 500.0}
+    text = markdown({**RESULT, "measures": {"search": {**search, "in_process": in_process}}})
+    assert (
+        "| the same, in process (the service's search, no HTTP) | p50 48.0 ms over 15 searches (CPU 80.0 ms) "
+        "| `exact=True`: p50 300.0 ms (CPU 500.0 ms) |" in text
+    )
+
+
+def test_the_in_process_search_times_both_searches_in_a_clean_process(bundle_path, store_path):
+    paths = argparse.Namespace(bundle=bundle_path, store=store_path)
+    result = in_subprocess("search_in_process", paths, 3)
+    assert result["level"] == max(Store(store_path).levels) and result["searches"] == 3
+    assert all(result[key] > 0 for key in ("p50_ms", "exact_p50_ms", "cpu_ms", "exact_cpu_ms"))
