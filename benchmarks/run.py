@@ -604,8 +604,8 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
         out.append(
             (
                 "the same, in process (the service's search, no HTTP)",
-                f"p50 {p['p50_ms']} ms over {p['searches']} searches (CPU {p['cpu_ms']} ms)",
-                f"`exact=True`: p50 {p['exact_p50_ms']} ms (CPU {p['exact_cpu_ms']} ms)",
+                f"p50 {p['p50_ms']:.1f} ms over {p['searches']} searches (CPU {p['cpu_ms']:.1f} ms)",
+                f"`exact=True`: p50 {p['exact_p50_ms']:.1f} ms (CPU {p['exact_cpu_ms']:.1f} ms)",
                 "target p50 <= 50 ms",
             )
         )
