@@ -135,13 +135,20 @@ async def measure(service: SoundscapeService, repeat: int) -> dict:
     }
 
 
-def hour_versus_default(bundle: str, store: str, repeat: int) -> dict:
-    """benchmarks/run.py's hour_tile measure: cold tiles with hour=6 and with default metadata,
-    interleaved in one process, on the finest level without stored fusions."""
+def served(bundle: str, store: str) -> SoundscapeService:
+    """The service as `soundscape serve` builds it (one BLAS thread, as create_app sets; its
+    onnxruntime threads), warmed up."""
     threadpool_limits(1, user_api="blas")
     settings = Settings(bundle=bundle, store=store)
     service = SoundscapeService(Bundle(bundle, threads=settings.ort_threads), Store(store), settings)
     warm_up(service)
+    return service
+
+
+def hour_versus_default(bundle: str, store: str, repeat: int) -> dict:
+    """benchmarks/run.py's hour_tile measure: cold tiles with hour=6 and with default metadata,
+    interleaved in one process, on the finest level without stored fusions."""
+    service = served(bundle, store)
     unfused = [lv for lv, level in service.store.levels.items() if level.precomputed(6, None, None) is None]
     zoom = max(0, max(unfused or [service.store.maxlevel]) - 4)  # tiles of zoom z draw level z + 4
 
@@ -184,10 +191,7 @@ def search_in_process(bundle: str, store: str, repeat: int) -> dict:
     """benchmarks/run.py's search measure without HTTP: the service's search for the k = 10 best
     cells of the finest level under a new (hour, month) each time (candidates ranked), each
     followed by the same search with exact=True (the whole level fused), in one process."""
-    threadpool_limits(1, user_api="blas")
-    settings = Settings(bundle=bundle, store=store)
-    service = SoundscapeService(Bundle(bundle, threads=settings.ort_threads), Store(store), settings)
-    warm_up(service)
+    service = served(bundle, store)
     level = service.level(None)
     pairs = [QueryMetadata(hour=i % 24, month=1 + (i + i // 24) % 12) for i in range(1, repeat + 2)]
 
@@ -233,10 +237,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=60)
     args = parser.parse_args()
     data = Path(args.data_dir)
-    settings = Settings(bundle=str(data / "bundle"), store=str(data / "store"))
-    threadpool_limits(1, user_api="blas")  # as create_app does
-    service = SoundscapeService(Bundle(settings.bundle, threads=settings.ort_threads), Store(settings.store), settings)
-    warm_up(service)
+    service = served(str(data / "bundle"), str(data / "store"))
     result = asyncio.run(measure(service, args.repeat))
     imagery = service.imagery.path if service.imagery else None
     if imagery:
