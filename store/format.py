@@ -15,7 +15,9 @@ import numpy as np
 from runtime.errors import UserError
 from runtime.files import json_sha256
 
-STORE_FORMAT_VERSION = 2
+STORE_FORMAT_VERSION = 3
+# Formats this version reads. Format 3 left the imagery's locations out of the id (content_id).
+READABLE_FORMATS = (2, 3)
 MANIFEST_FILE = "manifest.json"
 ARRAYS = ("codes", "sat", "mu", "s", "lonlat")
 INDEX_FILE = "index.faiss"
@@ -27,6 +29,9 @@ FUSION_KINDS: dict[str, list[tuple[int | None, int | None]]] = {
 }
 # Manifest keys outside the content hash: the id itself, when and how (device, timing) it was made.
 _UNHASHED_KEYS = ("id", "created", "run")
+# Imagery keys outside it from format 3: where the imagery lay is no part of what the store holds
+# (each level's files are hashed), so one build in two folders gets one id, and so one ETag.
+_UNHASHED_IMAGERY_KEYS = ("path", "absolute")
 
 
 class StoreError(UserError):
@@ -70,5 +75,10 @@ def level_dir(root: Path, level: int) -> Path:
 
 
 def content_id(manifest: dict) -> str:
-    """Store id: the sha256 of the canonical manifest less the keys outside the hash, 16 hex."""
-    return json_sha256({k: v for k, v in manifest.items() if k not in _UNHASHED_KEYS})
+    """Store id: the sha256 of the canonical manifest less the keys outside the hash, 16 hex
+    (format 2 hashed the imagery's paths too: its stores keep the ids they were given)."""
+    hashed = {k: v for k, v in manifest.items() if k not in _UNHASHED_KEYS}
+    imagery = hashed.get("imagery")
+    if manifest.get("format_version") != 2 and isinstance(imagery, dict):
+        hashed["imagery"] = {k: v for k, v in imagery.items() if k not in _UNHASHED_IMAGERY_KEYS}
+    return json_sha256(hashed)

@@ -21,7 +21,7 @@ from store.format import (
     FUSIONS_DIR,
     INDEX_FILE,
     MANIFEST_FILE,
-    STORE_FORMAT_VERSION,
+    READABLE_FORMATS,
     LevelArrays,
     StoreError,
     array_specs,
@@ -166,10 +166,10 @@ def read_manifest(path: Path) -> dict:
             f"{path} is a model bundle, not an embedding store: pass it as the bundle, and as the "
             "store what `soundscape precompute` built with it"
         )
-    if manifest.get("format_version") != STORE_FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMATS:
         raise StoreError(
-            f"{path} has store format {manifest.get('format_version')!r}; "
-            f"this version reads {STORE_FORMAT_VERSION}: rebuild it with `soundscape precompute`"
+            f"{path} has store format {manifest.get('format_version')!r}; this version reads "
+            f"{' and '.join(map(str, READABLE_FORMATS))}: rebuild it with `soundscape precompute`"
         )
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:

@@ -14,10 +14,12 @@ import pytest
 from precompute.merge import merge
 from precompute.run import run
 from runtime.bundle import Bundle
+from runtime.files import json_sha256
 from runtime.imagery import Imagery
 from server.service import store_imagery
-from store.format import MANIFEST_FILE, content_id
+from store.format import MANIFEST_FILE, STORE_FORMAT_VERSION, StoreError, content_id
 from store.reader import Store
+from store.verify import verify_store
 from tests.conftest import FIXTURE_BBOX
 from tests.server_support import LAND_TILE, make_client
 
@@ -81,6 +83,47 @@ def test_older_stores_still_resolve(built, tmp_path, monkeypatch, old) -> None:
     (tmp_path / "other").mkdir()
     monkeypatch.chdir(tmp_path / "host" if old == "cwd" else tmp_path / "other")
     assert store_imagery(Store(data / "store")) == str(tif.resolve())
+
+
+def test_one_build_in_two_folders_has_one_id(built, bundle_path, tmp_path) -> None:
+    """The id names what a store holds, not where its imagery lay: the same build in another
+    data folder (another checkout, a container's volume) gets the same id, so the same ETags."""
+    data = tmp_path / "another" / "checkout" / "data"
+    (data / "imagery").mkdir(parents=True)
+    shutil.copy(built / "imagery" / "europe.tif", data / "imagery" / "europe.tif")
+    tif = data / "imagery" / "europe.tif"
+    run(Imagery(str(tif)), Bundle(bundle_path), [3], FIXTURE_BBOX, data / "store", progress=False)
+    here, there = Store(built / "store"), Store(data / "store")
+    assert here.manifest["format_version"] == there.manifest["format_version"] == STORE_FORMAT_VERSION
+    assert here.manifest["imagery"]["absolute"] != there.manifest["imagery"]["absolute"]
+    assert here.id == there.id
+    verify_store(there)
+    # What the store holds is still in its id: other imagery bounds are another store.
+    manifest = {**there.manifest, "imagery": {**there.manifest["imagery"], "bounds": [0, 0, 1, 1]}}
+    assert content_id(manifest) != there.id
+
+
+def test_format_2_stores_keep_their_ids(built, tmp_path) -> None:
+    """Format 2 hashed the imagery's paths into the id: its stores still open and verify under
+    the ids they were given."""
+    store = _copy(built / "store", tmp_path / "v2" / "store")
+    manifest = json.loads((store / MANIFEST_FILE).read_text())
+    manifest["format_version"] = 2
+    manifest["id"] = json_sha256({k: v for k, v in manifest.items() if k not in ("id", "created", "run")})
+    (store / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    opened = Store(store)
+    verify_store(opened)
+    assert opened.id != Store(built / "store").id
+    elsewhere = {**manifest, "imagery": {**manifest["imagery"], "absolute": str(tmp_path / "europe.tif")}}
+    assert content_id(elsewhere) != manifest["id"]
+
+
+def test_unknown_store_format_is_refused_with_the_formats_read(built, tmp_path) -> None:
+    store = _copy(built / "store", tmp_path / "v1" / "store")
+    manifest = json.loads((store / MANIFEST_FILE).read_text())
+    (store / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(StoreError, match=r"store format 1; this version reads 2 and 3: rebuild it"):
+        Store(store)
 
 
 def test_store_moved_alone_finds_imagery_where_it_was_built(built, tmp_path) -> None:
