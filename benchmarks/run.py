@@ -18,7 +18,7 @@ benchmarks/baseline_apps.py):
 - hour_tile: in process, a cold tile with hour= on a level without stored fusions vs the
   default-metadata tile (benchmarks/server_latency.py's timing);
 - search: /search with hour and month on the finest level (first request, and p50 of repeats)
-  vs /search without metadata; a new hour and month each request (candidates ranked, x3 samples:
+  vs /search without metadata, each request timed by curl on a new connection; a new hour and month each request (candidates ranked, x3 samples:
   its p50 is one of the issue's targets) vs the same search with exact=true (the whole level
   fused), requests interleaved; and the same pair of searches in process, through the service
   (benchmarks/server_latency.py's search_in_process: no HTTP), wall and CPU;
@@ -171,13 +171,13 @@ def p50_ms(samples: list[float]) -> float:
 
 
 def timed_gets(base: str, urls: list[str]) -> list[float]:
-    samples = []
-    with httpx.Client(base_url=base, timeout=300) as http:
-        for url in urls:
-            began = time.perf_counter()
-            http.get(url).raise_for_status()
-            samples.append(time.perf_counter() - began)
-    return samples
+    """Seconds each GET took, one after another, as curl times it: a new connection, the
+    request, the last byte (a browser's first request). A Python client on this 2-core box adds
+    its own milliseconds to each (BENCHMARKS.md, thirteenth pass)."""
+    curl = ["curl", "--silent", "--show-error", "--fail", "--output", os.devnull, "--write-out", "%{time_total}"]
+    return [
+        float(subprocess.run([*curl, base + url], check=True, capture_output=True, text=True).stdout) for url in urls
+    ]
 
 
 def viewport_once(base: str, query: str) -> float:
@@ -365,6 +365,7 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
         if "search" in args.only:
             with measured(result, "search") as entry:
                 entry["level"] = max(Store(args.store).levels)
+                entry["client"] = "curl, a new connection per request"
                 plain = [f"/search?q={QUERY}&k=10"] * args.repeat
                 entry["without_metadata_p50_ms"] = p50_ms(timed_gets(base, plain))
                 first = timed_gets(base, [f"/search?q={QUERY}&hour=6&month=3&k=10"] * (args.repeat + 1))
@@ -591,9 +592,8 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
             (
                 "`/search` with a new hour and month each request",
                 f"p50 {s['with_new_hour_month_p50_ms']} ms"
-                + (
-                    f" over {s['with_new_hour_month_requests']} requests" if "with_new_hour_month_requests" in s else ""
-                ),
+                + (f" over {s['with_new_hour_month_requests']} requests" if "with_new_hour_month_requests" in s else "")
+                + (f" ({s['client']})" if "client" in s else ""),
                 f"`exact=true` (the whole level fused): p50 {s.get('with_new_hour_month_exact_p50_ms', '-')} ms; "
                 f"without metadata: p50 {s['without_metadata_p50_ms']} ms",
                 "target p50 <= 50 ms",
@@ -719,9 +719,11 @@ def main() -> None:
     for key in [k for k in os.environ if k.startswith("SOUNDSCAPE_")]:
         del os.environ[key]  # no setting of the caller's shell changes a measured server
     args.bundle, args.store = args.bundle.resolve(), args.store.resolve()
-    for tool in ("wrk", *([PY_SPY] if args.flamegraphs else [])):
+    for tool in ("wrk", "curl", *([PY_SPY] if args.flamegraphs else [])):
         if shutil.which(tool) is None:
-            sys.exit(f"{tool} is not installed (wrk: apt-get install -y wrk; py-spy: pip install -e '.[bench]')")
+            sys.exit(
+                f"{tool} is not installed (wrk, curl: apt-get install -y wrk curl; py-spy: pip install -e '.[bench]')"
+            )
     if args.flamegraphs:
         args.flamegraphs.mkdir(parents=True, exist_ok=True)
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]

@@ -4,12 +4,25 @@ every kind of request answered through the whole app."""
 
 import argparse
 import asyncio
+import functools
 import subprocess
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 from benchmarks.request_cpu import KINDS, measure
-from benchmarks.run import browser_entry, group_cpu_s, in_subprocess, markdown, measure_precompute, update_markdown
+from benchmarks.run import (
+    browser_entry,
+    group_cpu_s,
+    in_subprocess,
+    markdown,
+    measure_precompute,
+    timed_gets,
+    update_markdown,
+)
 from server.settings import Settings
 from store.reader import Store
 
@@ -215,7 +228,9 @@ def test_the_search_rows_show_http_and_in_process():
     }
     text = markdown({**RESULT, "measures": {"search": search}})
     assert "| `/search` with a new hour and month each request | p50 57.0 ms over 15 requests |" in text
-    assert "in process" not in text  # a result from before the in-process measure
+    assert "in process" not in text  # a result from before the in-process measure and the client's name
+    text = markdown({**RESULT, "measures": {"search": {**search, "client": "curl, a new connection per request"}}})
+    assert "| p50 57.0 ms over 15 requests (curl, a new connection per request) |" in text
     in_process = {"searches": 15, "p50_ms": 48.04, "cpu_ms": 80.0, "exact_p50_ms": 300.0, "exact_cpu_ms": 499.96}
     text = markdown({**RESULT, "measures": {"search": {**search, "in_process": in_process}}})
     assert (
@@ -229,3 +244,19 @@ def test_the_in_process_search_times_both_searches_in_a_clean_process(bundle_pat
     result = in_subprocess("search_in_process", paths, 3)
     assert result["level"] == max(Store(store_path).levels) and result["searches"] == 3
     assert all(result[key] > 0 for key in ("p50_ms", "exact_p50_ms", "cpu_ms", "exact_cpu_ms"))
+
+
+def test_timed_gets_times_each_request_by_curl_and_fails_on_an_http_error(tmp_path: Path):
+    """The search rows' client: one sample per URL, in seconds, from a real loopback server."""
+    (tmp_path / "answer.json").write_text('{"ok": true}')
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        samples = timed_gets(base, ["/answer.json", "/answer.json?again=1"])
+        assert len(samples) == 2 and all(0 < s < 5 for s in samples)
+        with pytest.raises(subprocess.CalledProcessError):
+            timed_gets(base, ["/missing.json"])
+    finally:
+        server.shutdown()
