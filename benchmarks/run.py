@@ -18,10 +18,11 @@ benchmarks/baseline_apps.py):
 - hour_tile: in process, a cold tile with hour= on a level without stored fusions vs the
   default-metadata tile (benchmarks/server_latency.py's timing);
 - search: /search with hour and month on the finest level (first request, and p50 of repeats)
-  vs /search without metadata, each request timed by curl on a new connection; a new hour and month each request (candidates ranked, x3 samples:
+  vs /search without metadata; a new hour and month each request (candidates ranked, x3 samples:
   its p50 is one of the issue's targets) vs the same search with exact=true (the whole level
-  fused), requests interleaved; and the same pair of searches in process, through the service
-  (benchmarks/server_latency.py's search_in_process: no HTTP), wall and CPU;
+  fused), requests interleaved; each request timed by curl on a new connection; and the same
+  pair of searches in process, through the service (benchmarks/server_latency.py's
+  search_in_process: no HTTP), wall and CPU;
 - viewport: a new query's 20 tiles of zoom 3 fetched by curl over at most 6 connections (as a
   browser), first request to last byte, p50 over new queries, vs the same viewport cached; and
   the same as <img> loads in headless Chromium (its first viewport, which starts the browser's
