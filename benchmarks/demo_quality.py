@@ -135,14 +135,20 @@ def training_locations(
     demo reader splits them (`data:` keys of the training config: whole split_level tiles held
     out). Needs no built corpus."""
     build = build or BuildConfig(out=Path("."), assets=Path("."), imagery=Path("."))
-    data = split_keys(training_config)
     rng = np.random.default_rng(build.seed)
     lat, lon, _ = draw_locations(places, build.samples, bounds, build.strata, rng)
     level = rng.choice(np.array(build.levels), size=len(lat))
     x, y = tile_of(lat, lon, level)
-    shift = level.astype(np.int64) - int(data["split_level"])
+    return lat, lon, level, region_split(level, x, y, training_config)
+
+
+def region_split(level, x: np.ndarray, y: np.ndarray, training_config) -> np.ndarray:
+    """The split label ("train", "val" or "test") of cells (x, y) of `level` (one level, or one
+    per cell), as the demo reader splits whole `split_level` regions."""
+    data = split_keys(training_config)
+    shift = np.asarray(level).astype(np.int64) - int(data["split_level"])
     ulon, ulat = tile_centres(int(data["split_level"]), x >> shift, y >> shift)
-    labels = geographic_split(
+    return geographic_split(
         ulat,
         ulon,
         cell_deg=0.01,
@@ -150,7 +156,6 @@ def training_locations(
         test_fraction=float(data["test_fraction"]),
         seed=int(data["seed"]),
     )
-    return lat, lon, level, labels
 
 
 def _scores(engine, level, query, meta=None) -> np.ndarray:

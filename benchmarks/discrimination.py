@@ -58,7 +58,7 @@ from benchmarks.demo_quality import (
     cell_xy,
     class_prompt,
     open_world,
-    split_keys,
+    region_split,
 )
 from runtime.scoring import uncertainty
 
@@ -245,21 +245,7 @@ def class_labels(places, level: int, x: np.ndarray, y: np.ndarray, hours: tuple[
 
 def held_out(level: int, x: np.ndarray, y: np.ndarray, training_config) -> np.ndarray:
     """Cells in the level-`split_level` regions the demo training split holds out (val or test)."""
-    from model.data import geographic_split
-    from runtime.tiles import tile_centres
-
-    data = split_keys(training_config)
-    shift = level - int(data["split_level"])
-    ulon, ulat = tile_centres(int(data["split_level"]), x >> shift, y >> shift)
-    labels = geographic_split(
-        ulat,
-        ulon,
-        cell_deg=0.01,
-        val_fraction=float(data["val_fraction"]),
-        test_fraction=float(data["test_fraction"]),
-        seed=int(data["seed"]),
-    )
-    return labels != "train"
+    return region_split(level, x, y, training_config) != "train"
 
 
 def retrieval(scores: dict[str, np.ndarray], labels: np.ndarray, subset: np.ndarray) -> dict:
