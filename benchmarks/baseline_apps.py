@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI, Request, Response
 from starlette.types import Receive, Scope, Send
 
 NOT_FOUND = b'{"detail":"no such tile in the baseline"}'
@@ -50,8 +51,9 @@ def make_bare_asgi():
 
 
 def make_bare_fastapi():
-    from fastapi import FastAPI, Request, Response
-
+    # Request is imported at module level: under postponed annotations FastAPI resolves the
+    # route's annotations in the module's globals, and a local import made `request` a required
+    # query parameter, so this route answered 422 to every request.
     tiles = recorded_tiles()
     app = FastAPI()
 
@@ -64,7 +66,6 @@ def make_bare_fastapi():
 
 
 def make_titiler():
-    from fastapi import FastAPI
     from titiler.core.factory import TilerFactory
 
     app = FastAPI()

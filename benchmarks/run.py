@@ -14,7 +14,9 @@ benchmarks/baseline_apps.py):
   app and a bare FastAPI route answering the same URLs with the same bytes;
 - cold: tiles/s when every request is a query never seen (a user typing) vs TiTiler rendering
   the store's GeoTIFF (no cache: every tile is its work); where the bundle has an int8 text
-  graph, also a second server running it (`--precision int8`);
+  graph, also a second server running it (`--precision int8`); and the first server drawing the
+  same tiles of a text it embedded before, a new rescale= each request: the part of a cold
+  tile no text tower can remove;
 - hour_tile: in process, a cold tile with hour= on a level without stored fusions vs the
   default-metadata tile (benchmarks/server_latency.py's timing);
 - search: /search with hour and month on the finest level (first request, and p50 of repeats)
@@ -79,6 +81,26 @@ local i = 0
 request = function()
   i = i + 1
   return wrk.format("GET", urls[(i * 7919) % #urls + 1] .. "&q=" .. salt .. "t" .. id .. "n" .. i)
+end
+"""
+# The same tiles of one text embedded before (q=birdsong), each request a new rescale= (span
+# 0.5-1, 4 decimals: server/params.py keys a tile by them), so every request draws a tile but
+# runs neither the text graph nor the text's colour scale: the ceiling a faster text tower could
+# reach. Span and low end step through 5000 x 10000 pairs from a per-run offset, one range per thread.
+KNOWN_TEXT_SCRIPT = """
+local urls = {}
+for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
+local offset = tonumber(string.sub(os.getenv("SALT"), 1, 6), 16)
+local threads = 0
+function setup(thread) thread:set("id", threads); threads = threads + 1 end
+local i = 0
+request = function()
+  i = i + 1
+  local n = offset + id * 20000000 + i
+  local low = -0.5 + (n % 10000) / 10000
+  local span = 0.5 + (math.floor(n / 10000) % 5000) / 10000
+  return wrk.format("GET", urls[(n * 7919) % #urls + 1] ..
+                    string.format("&q=birdsong&rescale=%.4f,%.4f", low, low + span))
 end
 """
 # hour= on zoom 3 (drawn from level 7, which holds no stored fusions in the demo): 64 tiles x 24 hours.
@@ -314,6 +336,14 @@ def flamegraph(pid: int, out: Path, seconds: int, load_fn: Callable[[], object])
 # Measures ------------------------------------------------------------------------------------
 
 
+def answered(name: str, run: dict) -> dict:
+    """`run` (run_wrk's), if every response was a success: a server answering errors is not
+    serving tiles, however fast (the bare FastAPI baseline once answered 422 to every request)."""
+    if run["non_2xx"]:
+        raise RuntimeError(f"{name} answered {run['non_2xx']} requests with an error status under wrk")
+    return run
+
+
 def interleaved(servers: dict[str, tuple[str, list[str], str | None]], args) -> dict:
     """wrk on each server (base URL, paths, Lua script or None) in turn, `args.rounds` times (so a
     change of load hits every server), `args.duration` seconds each; per server the median round
@@ -322,7 +352,7 @@ def interleaved(servers: dict[str, tuple[str, list[str], str | None]], args) -> 
     for _ in range(args.rounds):
         for name, (base, paths, lua) in servers.items():
             extra = {"lua": lua, "env": {"SALT": secrets.token_hex(4)}} if lua else {}
-            runs[name].append(run_wrk(base, paths, args.duration, args.connections, **extra))
+            runs[name].append(answered(name, run_wrk(base, paths, args.duration, args.connections, **extra)))
     out = {}
     for name, rounds in runs.items():
         median = sorted(rounds, key=lambda r: r["tiles_per_s"])[len(rounds) // 2]
@@ -342,7 +372,7 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
         answers = fetch_all(base, warm_urls)
         write_tiles(answers, tiles_dir)
         # What fetch_all missed, under the measure's own load: warm means every worker has every tile.
-        result["warm_up"] = run_wrk(base, warm_urls, 3, args.connections)
+        result["warm_up"] = answered("soundscape", run_wrk(base, warm_urls, 3, args.connections))
         if "warm" in args.only:
             bare = {
                 name: stack.enter_context(
@@ -412,7 +442,10 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
         if "cold" in args.only:
             imagery = store_imagery(Store(args.store))
             with measured(result, "cold") as entry:
-                servers = {"soundscape": (base, cold_urls, NEW_QUERY_SCRIPT)}  # every request a new query
+                servers = {
+                    "soundscape": (base, cold_urls, NEW_QUERY_SCRIPT),  # every request a new query
+                    "soundscape_known_text": (base, cold_urls, KNOWN_TEXT_SCRIPT),  # the same server
+                }
                 if "int8" in Bundle(args.bundle, verify=False).manifest.get("precisions", []):
                     # The same server with the bundle's int8 text graph (docs/bundle.md)
                     int8 = soundscape(args.bundle, args.store, args.workers, Path(tmp) / "q8.sqlite", "int8")
@@ -430,7 +463,11 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
                     entry["titiler"] = f"not run: the store's imagery is {imagery!r}, TiTiler needs one raster"
                 entry.update(interleaved(servers, args))
                 if "titiler" in servers:
-                    for name, key in (("soundscape", "ratio_to_titiler"), ("soundscape_int8", "int8_ratio_to_titiler")):
+                    for name, key in (
+                        ("soundscape", "ratio_to_titiler"),
+                        ("soundscape_int8", "int8_ratio_to_titiler"),
+                        ("soundscape_known_text", "known_text_ratio_to_titiler"),
+                    ):
                         if name in entry:
                             entry[key] = round(entry[name]["tiles_per_s"] / entry["titiler"]["tiles_per_s"], 1)
         if flames is not None:
@@ -556,6 +593,15 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
                     f"{c['soundscape_int8']['tiles_per_s']:.0f}",
                     f"TiTiler, same GeoTIFF: {c['titiler']['tiles_per_s']:.0f}",
                     f"**{c['int8_ratio_to_titiler']}x** TiTiler (target >= 15x)",
+                )
+            )
+        if "soundscape_known_text" in c:
+            out.append(
+                (
+                    "the same tiles of a text embedded before, a new `rescale=` each (no text graph, no colour scale)",
+                    f"{c['soundscape_known_text']['tiles_per_s']:.0f}",
+                    f"TiTiler, same GeoTIFF: {c['titiler']['tiles_per_s']:.0f}",
+                    f"**{c['known_text_ratio_to_titiler']}x** TiTiler: what any text tower could reach",
                 )
             )
     if "hour_tile" in m:

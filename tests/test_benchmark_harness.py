@@ -1,6 +1,7 @@
 """benchmarks/run.py's report: the generated table replaces only its own block of BENCHMARKS.md,
-and every measured figure becomes a row with its baseline and ratio. benchmarks/request_cpu.py:
-every kind of request answered through the whole app."""
+and every measured figure becomes a row with its baseline and ratio. Its loads: wrk's scripts
+ask what they claim, a server answering errors fails the measure, the bare baselines answer the
+recorded bytes. benchmarks/request_cpu.py: every kind of request answered through the whole app."""
 
 import argparse
 import asyncio
@@ -8,21 +9,33 @@ import functools
 import subprocess
 import sys
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
 from benchmarks.request_cpu import KINDS, measure
 from benchmarks.run import (
+    KNOWN_TEXT_SCRIPT,
+    NEW_QUERY_SCRIPT,
+    answered,
+    baseline,
     browser_entry,
     group_cpu_s,
     in_subprocess,
     markdown,
     measure_precompute,
+    running,
     timed_gets,
     update_markdown,
+    write_tiles,
 )
+from benchmarks.server_throughput import run_wrk, tile_paths
+from server.params import parse_rescale
 from server.settings import Settings
 from store.reader import Store
 
@@ -205,6 +218,11 @@ def test_the_cold_rows_show_the_int8_server_beside_fp32_when_it_ran():
     int8 = {**cold, "soundscape_int8": {"tiles_per_s": 320.0}, "int8_ratio_to_titiler": 6.4}
     text = markdown({**RESULT, "measures": {"cold": int8}})
     assert "| the same, int8 text graph (`serve --precision int8`) | 320 | TiTiler, same GeoTIFF: 50 | **6.4x**" in text
+    known = {**int8, "soundscape_known_text": {"tiles_per_s": 600.0}, "known_text_ratio_to_titiler": 12.0}
+    text = markdown({**RESULT, "measures": {"cold": known}})
+    assert (
+        "a new `rescale=` each (no text graph, no colour scale) | 600 | TiTiler, same GeoTIFF: 50 | **12.0x**" in text
+    )
 
 
 def test_request_cpu_measures_every_kind_of_request_through_the_app(bundle_path, store_path):
@@ -260,3 +278,85 @@ def test_timed_gets_times_each_request_by_curl_and_fails_on_an_http_error(tmp_pa
             timed_gets(base, ["/missing.json"])
     finally:
         server.shutdown()
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers every GET with a tiny 200 (or 404 under /missing) and records its path."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as wrk's connections expect
+    wbufsize, disable_nagle_algorithm = 4096, True  # one write per answer, no delayed-ACK wait
+    paths: list[str] = []
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        status = 404 if self.path.startswith("/missing") else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def recording_server() -> Iterator[tuple[str, list[str]]]:
+    """(base URL, the paths asked so far) of a loopback server on a free port."""
+    paths: list[str] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (Recorder,), {"paths": paths}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", paths
+    finally:
+        server.shutdown()
+
+
+COLD_URLS = [f"/tiles/{z}/{x}/{y}.png?layer=heatmap" for z, x, y in tile_paths(4)]
+
+
+def test_the_known_text_load_asks_a_tile_never_drawn_with_every_request():
+    """Each request of the cold load's known-text script names a tile the server has not drawn:
+    a new rescale= after the server's own rounding (the cache key), for q=birdsong, on the tiles
+    given, across both of wrk's threads."""
+    with recording_server() as (base, paths):
+        run = run_wrk(base, COLD_URLS, 1, 4, KNOWN_TEXT_SCRIPT, {"SALT": "00ff3a7c"})
+    assert answered("recorder", run) is run and len(paths) > 100
+    keys = set()
+    for path in paths:
+        url = urlsplit(path)
+        query = parse_qs(url.query)
+        assert f"{url.path}?layer=heatmap" in COLD_URLS and query["q"] == ["birdsong"]
+        lo, hi = parse_rescale(query["rescale"][0])  # the server takes it (a 422 raises)
+        assert 0.5 <= hi - lo < 1 + 1e-9
+        keys.add((url.path, lo, hi))
+    assert len(keys) == len(paths)
+
+
+def test_the_new_query_load_asks_a_text_never_seen_with_every_request():
+    with recording_server() as (base, paths):
+        run_wrk(base, COLD_URLS, 1, 4, NEW_QUERY_SCRIPT, {"SALT": "5eed"})
+    texts = [parse_qs(urlsplit(path).query)["q"][0] for path in paths]
+    assert len(texts) > 100 and len(set(texts)) == len(texts)
+
+
+def test_a_server_answering_errors_fails_the_measure():
+    with recording_server() as (base, _):
+        run = run_wrk(base, ["/missing/tile.png"], 1, 2)
+    assert run["non_2xx"] > 0
+    with pytest.raises(RuntimeError, match=r"bare_fastapi answered \d+ requests with an error status"):
+        answered("bare_fastapi", run)
+
+
+@pytest.mark.parametrize("name", ["bare_asgi", "bare_fastapi"])
+def test_the_bare_baselines_answer_each_recorded_url_with_its_bytes(tmp_path: Path, name: str):
+    """As run.py starts them (uvicorn, the server's options) on the tiles write_tiles recorded."""
+    urls = ["/tiles/0/0/0.png?q=birdsong&hour=6", "/tiles/1/1/0.png?q=birdsong&hour=6"]
+    answers = {
+        url: httpx.Response(200, content=f"png {i}".encode(), headers={"content-type": "image/png"})
+        for i, url in enumerate(urls)
+    }
+    write_tiles(answers, tmp_path)
+    with running(baseline(name, 1), urls[0], {"BASELINE_TILES": str(tmp_path)}) as (base, _):
+        for url, answer in answers.items():
+            got = httpx.get(base + url)
+            assert (got.status_code, got.content, got.headers["content-type"]) == (200, answer.content, "image/png")
