@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -136,6 +137,13 @@ def _chunk(spec: SynthSpec, model: _Model, index: int) -> LevelArrays:
     )
 
 
+def level_chunks(spec: SynthSpec, first: int = 0) -> Iterator[LevelArrays]:
+    """The spec's cells, CHUNK at a time from chunk `first`: the same arrays on every call."""
+    model = _Model(spec)
+    for index in range(first, -(-spec.cells // CHUNK)):
+        yield _chunk(spec, model, index)
+
+
 def _bounds(codes: np.ndarray, level: int) -> list[float]:
     """West, south, east, north of the cells (read in chunks from the written codes)."""
     lo, hi = [1 << level] * 2, [-1] * 2
@@ -171,10 +179,9 @@ def synth_store(out: str | Path, spec: SynthSpec, *, overwrite: bool = False, fl
     work = PartialStore(out, key, CHUNK, discard_other=True)
     state = work.level_state(spec.level, 0)
     writer = work.writer(spec.level, 0, spec.sat_dim, spec.embed_dim, [])
-    model = _Model(spec)
     chunks = -(-spec.cells // CHUNK)
-    for index in range(state["position"], chunks):
-        writer.append(_chunk(spec, model, index), {}, position=index + 1, skipped=0)
+    for index, arrays in enumerate(level_chunks(spec, state["position"]), start=state["position"]):
+        writer.append(arrays, {}, position=index + 1, skipped=0)
         work.save()
         log.info("synth: chunk %d of %d written", index + 1, chunks)
     writer.close()

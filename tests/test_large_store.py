@@ -10,6 +10,7 @@ import pytest
 
 from cli.main import main
 from runtime.tiles import demorton, tile_range
+from store import synth
 from store.index import build_index, exact_top_k, index_bytes_per_cell, recall_at_k
 from store.reader import Store
 from store.synth import SynthSpec
@@ -42,6 +43,20 @@ def test_synth_store_opens_verifies_and_looks_like_a_real_one(tmp_path):
     again = _synth(tmp_path / "b", 9, 3000, "--within", "12")
     other = _synth(tmp_path / "c", 9, 3000, "--within", "12", "--seed", "1")
     assert again.id == store.id != other.id
+
+
+def test_level_chunks_are_the_cells_a_synth_store_holds(tmp_path, monkeypatch):
+    """benchmarks/gpu_paths.py draws its 10 M cells from level_chunks without writing a store:
+    the same arrays, chunk after chunk, and from any first chunk (a resumed store's)."""
+    monkeypatch.setattr(synth, "CHUNK", 1000)
+    spec = SynthSpec(level=7, cells=2500, within="3")
+    synth.synth_store(tmp_path / "s", spec)
+    written = Store(tmp_path / "s").levels[7].arrays
+    chunks = list(synth.level_chunks(spec))
+    assert [len(c.codes) for c in chunks] == [1000, 1000, 500]
+    for name in ("codes", "mu", "s", "sat", "lonlat"):
+        assert np.array_equal(np.concatenate([getattr(c, name) for c in chunks]), np.asarray(getattr(written, name)))
+    assert np.array_equal(next(synth.level_chunks(spec, 2)).mu, chunks[2].mu)
 
 
 def test_synth_means_are_clustered_like_a_real_stores(tmp_path):
