@@ -22,16 +22,12 @@ script); without a GPU `--device cuda` exits 2 saying what is missing.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
@@ -40,6 +36,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.run import emit, provenance
 from precompute.device import CUDA, open_bundle, select_device
 from runtime.bundle import Bundle
 from runtime.scoring import gallery_vectors
@@ -189,19 +186,14 @@ def main() -> None:
         device = select_device(path, args.device, batch=args.batch)  # fp16 graphs on CUDA where the bundle has them
         bundle = open_bundle(path, device)
         result = {
-            "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            **provenance(),
             "device": args.device,
             "providers": bundle.providers,
             "precision": device.precision,
             "image": image_paths(bundle, args.batch, args.repeats, args.device),
             "search": search_paths(args.cells, args.dim, args.queries, args.repeats, args.device == "cuda"),
         }
-    text = json.dumps(result, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pydantic import ValidationError
 
-from benchmarks.run import served_commit
+from benchmarks.run import emit, provenance
 from benchmarks.server_latency import tiles_of
 from runtime.errors import UserError
 from server.app import create_app
@@ -132,18 +130,7 @@ def main() -> None:
         measured = asyncio.run(measure(settings, args.rounds, args.requests))
     except (UserError, ValidationError) as exc:
         parser.error(str(exc))
-    result = {
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
-        "commit": served_commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "load_average_1min": load,
-        "cpu_ms_per_request": measured,
-    }
-    text = json.dumps(result, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    emit({**provenance(), "load_average_1min": load, "cpu_ms_per_request": measured}, args.json)
 
 
 if __name__ == "__main__":

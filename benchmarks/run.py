@@ -562,6 +562,24 @@ def served_commit() -> str:
     return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "server") else "")
 
 
+def provenance() -> dict:
+    """What a benchmark's result says of its run: the command, the commit, the date, the machine."""
+    return {
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+        "commit": served_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+def emit(result: dict, path: Path | None) -> None:
+    """Print a benchmark's result as JSON and, given a path, write it there too."""
+    text = json.dumps(result, indent=2)
+    if path is not None:
+        path.write_text(text + "\n")
+    print(text)
+
+
 def rows(result: dict) -> list[tuple[str, str, str, str]]:
     """(figure, measured, baseline in the same run, ratio and target) per measure."""
     m, out = result["measures"], []
@@ -775,10 +793,7 @@ def main() -> None:
         args.flamegraphs.mkdir(parents=True, exist_ok=True)
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
     result = {
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
-        "commit": served_commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        **provenance(),
         "python": platform.python_version(),
         "gpu": "onnxruntime's CUDA provider" if "CUDAExecutionProvider" in default_providers() else None,
         "workers": args.workers,
