@@ -131,9 +131,7 @@ def test_candidates_are_the_default_best_the_children_above_and_the_additive_pro
     )
     engine = Engine(Bundle(bundle_path), Store(tmp_path / "s"))
     above, level = engine.store.levels[5], engine.store.levels[6]
-    query = engine.embed_text("birds at dawn")
     count = 12
-    found = set(engine.candidates(level, QueryMetadata(hour=5, month=6), query, count, len(level)).tolist())
 
     def scores(cells):
         return cells.mu.astype(np.float32) @ query.mu - 0.5 * cells.s
@@ -142,23 +140,30 @@ def test_candidates_are_the_default_best_the_children_above_and_the_additive_pro
     px, py = demorton(np.asarray(above.arrays.codes))
     parent_of = {(int(a), int(b)): row for row, (a, b) in enumerate(zip(px, py, strict=True))}
     rows_above = np.array([parent_of.get((int(a) >> 1, int(b) >> 1), -1) for a, b in zip(x, y, strict=True)])
-    default_above = scores(engine.stored(above, np.arange(len(above)), QueryMetadata()))
-    expected = set(engine.top_k(level, None, query, count)[0].tolist())
-    proxy = scores(engine.stored(level, np.arange(len(level)), QueryMetadata()))
-    for alone in (QueryMetadata(hour=5), QueryMetadata(month=6)):
-        fused = engine.stored(above, np.arange(len(above)), alone)
-        parents = engine.top_k(above, fused, query, round(count * PARENT_SHARE))[0]
-        kids = children(level, np.asarray(above.arrays.codes[parents]))
-        assert len(kids) > 0 and set(rows_above[kids].tolist()) == set(parents.tolist())
-        expected |= set(kids.tolist())
-        proxy += np.where(rows_above >= 0, (scores(fused) - default_above)[rows_above], 0.0)  # no parent: no change
-    proxy_best = set(np.argsort(-proxy, kind="stable")[: round(count * PROXY_SHARE)].tolist())
-    assert not proxy_best <= expected, "the proxy names cells the other rankings leave out"
-    assert found == expected | proxy_best and len(found) < len(level)
+    proxy_added = 0  # searches where the proxy names cells the other rankings leave out
+    for text, hour, month in [("birds at dawn", 5, 6), ("traffic in a city", 22, 1), ("waves on a beach", 13, 9)]:
+        query = engine.embed_text(text)
+        meta = QueryMetadata(hour=hour, month=month)
+        engine._parents.clear()
+        found = set(engine.candidates(level, meta, query, count, len(level)).tolist())
+        default_above = scores(engine.stored(above, np.arange(len(above)), QueryMetadata()))
+        expected = set(engine.top_k(level, None, query, count)[0].tolist())
+        proxy = scores(engine.stored(level, np.arange(len(level)), QueryMetadata()))
+        for alone in (QueryMetadata(hour=hour), QueryMetadata(month=month)):
+            fused = engine.stored(above, np.arange(len(above)), alone)
+            parents = engine.top_k(above, fused, query, round(count * PARENT_SHARE))[0]
+            kids = children(level, np.asarray(above.arrays.codes[parents]))
+            assert len(kids) > 0 and set(rows_above[kids].tolist()) == set(parents.tolist())
+            expected |= set(kids.tolist())
+            proxy += np.where(rows_above >= 0, (scores(fused) - default_above)[rows_above], 0.0)  # no parent: none
+        proxy_best = set(np.argsort(-proxy, kind="stable")[: round(count * PROXY_SHARE)].tolist())
+        proxy_added += not proxy_best <= expected
+        assert found == expected | proxy_best and len(found) < len(level)
 
-    engine._parents.clear()  # over the scan limit the level is not scanned: no proxy, no parent map
-    over = engine.candidates(level, QueryMetadata(hour=5, month=6), query, count, scan_limit=len(above))
-    assert set(over.tolist()) == expected and not engine._parents
+        engine._parents.clear()  # over the scan limit the level is not scanned: no proxy, no parent map
+        over = engine.candidates(level, meta, query, count, scan_limit=len(above))
+        assert set(over.tolist()) == expected and not engine._parents
+    assert proxy_added > 0, "in some search the proxy names cells the other rankings leave out"
 
 
 def test_default_ranking_reads_a_flat_index_as_the_stored_embeddings_rank(bundle_path, store_path):
