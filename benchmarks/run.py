@@ -19,6 +19,9 @@ benchmarks/baseline_apps.py):
   tile no text tower can remove;
 - hour_tile: in process, a cold tile with hour= on a level without stored fusions vs the
   default-metadata tile (benchmarks/server_latency.py's timing);
+- hour_http: the same from outside: tiles/s of zoom 3 (level 7) for a known text, each request
+  a new (tile, hour, month) whose window is fused, vs the same tiles under default metadata, each
+  a new rescale=, on the same server in interleaved rounds;
 - search: /search with hour and month on the finest level (first request, and p50 of repeats)
   vs /search without metadata; a new hour and month each request (candidates ranked, x3 samples:
   its p50 is one of the issue's targets) vs the same search with exact=true (the whole level
@@ -101,6 +104,26 @@ request = function()
   local span = 0.5 + (math.floor(n / 10000) % 5000) / 10000
   return wrk.format("GET", urls[(n * 7919) % #urls + 1] ..
                     string.format("&q=birdsong&rescale=%.4f,%.4f", low, low + span))
+end
+"""
+# The tiles of zoom 3 (drawn from level 7, which holds no stored fusions in the demo) for a text
+# embedded before, each request a (tile, hour, month) not asked before, so every request fuses
+# its window's cells (324); a fixed rescale= keeps the colour scale's own fusion out. 64 tiles x
+# 24 hours x 12 months, a range per round (ROUND) and per thread.
+HOUR_MONTH_SCRIPT = """
+local urls = {}
+for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
+local round = tonumber(os.getenv("ROUND"))
+local threads = 0
+function setup(thread) thread:set("id", threads); threads = threads + 1 end
+local i = 0
+request = function()
+  i = i + 1
+  local n = (round * 6144 + id * 3072 + i % 3072) % 18432
+  local tile = n % #urls
+  local combo = math.floor(n / #urls)
+  return wrk.format("GET", urls[tile + 1] .. string.format("&q=birdsong&rescale=0,1&hour=%d&month=%d",
+                                                         combo % 24, 1 + math.floor(combo / 24) % 12))
 end
 """
 # hour= on zoom 3 (drawn from level 7, which holds no stored fusions in the demo): 64 tiles x 24 hours.
@@ -349,9 +372,9 @@ def interleaved(servers: dict[str, tuple[str, list[str], str | None]], args) -> 
     change of load hits every server), `args.duration` seconds each; per server the median round
     and the rounds' tiles/s."""
     runs: dict[str, list[dict]] = {name: [] for name in servers}
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         for name, (base, paths, lua) in servers.items():
-            extra = {"lua": lua, "env": {"SALT": secrets.token_hex(4)}} if lua else {}
+            extra = {"lua": lua, "env": {"SALT": secrets.token_hex(4), "ROUND": str(round_)}} if lua else {}
             runs[name].append(answered(name, run_wrk(base, paths, args.duration, args.connections, **extra)))
     out = {}
     for name, rounds in runs.items():
@@ -439,6 +462,20 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
                 again = [f"viewport+{salt}+browser" + "+" * k for k in range(args.repeat + 1)]
                 loads = browser_viewports(base, fresh + again, pid)
                 entry["browser"] = loads if isinstance(loads, str) else browser_entry(loads, len(fresh))
+        if "hour_http" in args.only:
+            with measured(result, "hour_http") as entry:
+                zoom3 = [f"/tiles/3/{x}/{y}.png?layer=heatmap" for x in range(8) for y in range(8)]
+                entry.update(
+                    interleaved(
+                        {
+                            "hour_month": (base, zoom3, HOUR_MONTH_SCRIPT),
+                            "default": (base, zoom3, KNOWN_TEXT_SCRIPT),
+                        },
+                        args,
+                    )
+                )
+                entry["zoom"], entry["tiles"] = 3, len(zoom3)
+                entry["ratio"] = round(entry["default"]["tiles_per_s"] / entry["hour_month"]["tiles_per_s"], 1)
         if "cold" in args.only:
             imagery = store_imagery(Store(args.store))
             with measured(result, "cold") as entry:
@@ -643,6 +680,16 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
                 f"**{h['ratio_hour_seen']}x** the default tile",
             )
         )
+    if "hour_http" in m:
+        h = m["hour_http"]
+        out.append(
+            (
+                "cold tiles/s of zoom 3, a new `hour=` and `month=` each (no stored fusions), over HTTP",
+                f"{h['hour_month']['tiles_per_s']:.0f}",
+                f"default metadata, the same tiles, a new `rescale=` each: {h['default']['tiles_per_s']:.0f}",
+                f"**{h['ratio']}x** the default tile's cost (target <= 3x)",
+            )
+        )
     if "search" in m:
         s = m["search"]
         out.append(
@@ -760,7 +807,9 @@ def main() -> None:
         "--repeat", type=int, default=5, help="samples of search and viewport (x3: hour tile, new-metadata search)"
     )
     parser.add_argument(
-        "--only", default="warm,cold,hour_tile,search,viewport,precompute", help="comma-separated measures"
+        "--only",
+        default="warm,cold,hour_tile,hour_http,search,viewport,precompute",
+        help="comma-separated measures",
     )
     parser.add_argument(
         "--precompute-baseline",
@@ -811,7 +860,7 @@ def main() -> None:
         "measures": {},
     }
     with tempfile.TemporaryDirectory() as tiles_dir:
-        if args.only & {"warm", "cold", "search", "viewport"} or args.flamegraphs:
+        if args.only & {"warm", "cold", "hour_http", "search", "viewport"} or args.flamegraphs:
             measure_http(args, result, Path(tiles_dir), args.flamegraphs)
     if "hour_tile" in args.only:
         measure_hour_tile(args, result)

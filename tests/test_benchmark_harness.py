@@ -9,6 +9,7 @@ import functools
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ import pytest
 
 from benchmarks.request_cpu import KINDS, measure
 from benchmarks.run import (
+    HOUR_MONTH_SCRIPT,
     KNOWN_TEXT_SCRIPT,
     NEW_QUERY_SCRIPT,
     answered,
@@ -286,8 +288,10 @@ class Recorder(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as wrk's connections expect
     wbufsize, disable_nagle_algorithm = 4096, True  # one write per answer, no delayed-ACK wait
     paths: list[str] = []
+    delay_s = 0.0
 
     def do_GET(self) -> None:
+        time.sleep(self.delay_s)
         self.paths.append(self.path)
         status = 404 if self.path.startswith("/missing") else 200
         self.send_response(status)
@@ -300,10 +304,11 @@ class Recorder(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def recording_server() -> Iterator[tuple[str, list[str]]]:
-    """(base URL, the paths asked so far) of a loopback server on a free port."""
+def recording_server(delay_s: float = 0.0) -> Iterator[tuple[str, list[str]]]:
+    """(base URL, the paths asked so far) of a loopback server on a free port, answering each
+    request after `delay_s` (as slow as a tile server's fused tiles)."""
     paths: list[str] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (Recorder,), {"paths": paths}))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (Recorder,), {"paths": paths, "delay_s": delay_s}))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", paths
@@ -337,6 +342,38 @@ def test_the_new_query_load_asks_a_text_never_seen_with_every_request():
         run_wrk(base, COLD_URLS, 1, 4, NEW_QUERY_SCRIPT, {"SALT": "5eed"})
     texts = [parse_qs(urlsplit(path).query)["q"][0] for path in paths]
     assert len(texts) > 100 and len(set(texts)) == len(texts)
+
+
+def test_the_hour_month_load_fuses_a_new_window_with_every_request_of_every_round():
+    """Three rounds, as the harness runs them: every request a zoom-3 tile of a known text under a
+    (tile, hour, month) not asked before in any round, with a fixed rescale= (no scale fusion)."""
+    zoom3 = [f"/tiles/3/{x}/{y}.png?layer=heatmap" for x in range(8) for y in range(8)]
+    seen = []
+    for round_ in range(3):
+        with recording_server(delay_s=0.005) as (base, paths):
+            run_wrk(base, zoom3, 1, 2, HOUR_MONTH_SCRIPT, {"ROUND": str(round_)})
+        seen += paths
+    keys = set()
+    for path in seen:
+        url = urlsplit(path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        assert f"{url.path}?layer=heatmap" in zoom3 and (query["q"], query["rescale"]) == ("birdsong", "0,1")
+        assert 0 <= int(query["hour"]) <= 23 and 1 <= int(query["month"]) <= 12
+        keys.add((url.path, query["hour"], query["month"]))
+    assert len(seen) > 100 and len(keys) == len(seen)
+
+
+def test_the_hour_row_from_outside_shows_the_cost_ratio():
+    hour = {
+        "load_before": 1.0,
+        "load_after": 1.5,
+        "hour_month": {"tiles_per_s": 180.0},
+        "default": {"tiles_per_s": 960.0},
+        "ratio": 5.3,
+    }
+    text = markdown({**RESULT, "measures": {"hour_http": hour}})
+    assert "a new `hour=` and `month=` each (no stored fusions), over HTTP | 180 | default metadata" in text
+    assert "a new `rescale=` each: 960 | **5.3x** the default tile's cost (target <= 3x) |" in text
 
 
 def test_a_server_answering_errors_fails_the_measure():
