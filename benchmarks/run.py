@@ -88,8 +88,8 @@ end
 """
 # The same tiles of one text embedded before (q=birdsong), each request a new rescale= (span
 # 0.5-1, 4 decimals: server/params.py keys a tile by them), so every request draws a tile but
-# runs neither the text graph nor the text's colour scale: the ceiling a faster text tower could
-# reach. Span and low end step through 5000 x 10000 pairs from a per-run offset, one range per thread.
+# runs neither the text graph nor the text's colour scale: the ceiling for a new text's tile,
+# whatever its text tower. Span and low end step through 5000 x 10000 pairs from a per-run offset, one range per thread.
 KNOWN_TEXT_SCRIPT = """
 local urls = {}
 for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
@@ -108,7 +108,7 @@ end
 """
 # The tiles of zoom 3 (drawn from level 7, which holds no stored fusions in the demo) for a text
 # embedded before, each request a (tile, hour, month) not asked before, so every request fuses
-# its window's cells (324); a fixed rescale= keeps the colour scale's own fusion out. 64 tiles x
+# its window's cells (up to 324); a fixed rescale= keeps the colour scale's own fusion out. 64 tiles x
 # 24 hours x 12 months, a range per round (ROUND) and per thread.
 HOUR_MONTH_SCRIPT = """
 local urls = {}
@@ -656,7 +656,7 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
                     "the same tiles of a text embedded before, a new `rescale=` each (no text graph, no colour scale)",
                     f"{c['soundscape_known_text']['tiles_per_s']:.0f}",
                     f"TiTiler, same GeoTIFF: {c['titiler']['tiles_per_s']:.0f}",
-                    f"**{c['known_text_ratio_to_titiler']}x** TiTiler: what any text tower could reach",
+                    f"**{c['known_text_ratio_to_titiler']}x** TiTiler: the ceiling for a new text's tile",
                 )
             )
     if "hour_tile" in m:
