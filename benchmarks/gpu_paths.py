@@ -39,7 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.run import emit, provenance
 from precompute.device import CUDA, open_bundle, select_device
 from runtime.bundle import Bundle
+from runtime.errors import UserError
 from runtime.scoring import gallery_vectors
+from runtime.tiles import MAX_LEVEL
 from store.index import build_index, gpu_count, recall_at_k
 from store.synth import SynthSpec, level_chunks
 
@@ -127,6 +129,7 @@ def synthetic_level(cells: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def search_times(index: faiss.Index, queries: np.ndarray, repeats: int) -> dict:
+    """Median ms of a top-K search of one query and of a batch of (up to) 64."""
     return {
         f"batch_{n}_ms": round(1000 * median_s(lambda n=n: index.search(queries[:n], K), repeats), 3)
         for n in (1, min(64, len(queries)))
@@ -134,7 +137,7 @@ def search_times(index: faiss.Index, queries: np.ndarray, repeats: int) -> dict:
 
 
 def search_paths(cells: int, dim: int, queries: int, repeats: int, gpu: bool) -> dict:
-    """Median search times over `cells` random cells: exact and the store's index, on the CPU
+    """Median search times over `cells` synthetic cells, random queries: exact and the store's index, on the CPU
     and, with `gpu`, copied to the GPU; recall@10 of the store's index against the exact scan."""
     mu, s = synthetic_level(cells, dim)
     rng = np.random.default_rng(1)
@@ -172,8 +175,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per figure (the median is reported)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
-    if min(args.batch, args.cells, args.dim, args.queries, args.repeats) < 1:
-        parser.error("--batch, --cells, --dim, --queries and --repeats must be at least 1")
+    if min(args.batch, args.cells, args.queries, args.repeats) < 1 or args.dim < 2:
+        parser.error("--batch, --cells, --queries and --repeats must be at least 1, --dim at least 2")
+    if args.cells > 4**MAX_LEVEL:
+        parser.error(f"--cells must be at most {4**MAX_LEVEL:,} (the cells of level {MAX_LEVEL})")
     if args.device == "cuda" and (CUDA not in ort.get_available_providers() or gpu_count() == 0):
         parser.exit(
             2,
@@ -181,18 +186,21 @@ def main() -> None:
             f"(pip install '.[gpu]') on a machine with a GPU; onnxruntime offers "
             f"{', '.join(ort.get_available_providers())} and faiss sees {gpu_count()} GPUs\n",
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = args.bundle or paper_bundle(args.workdir or Path(tmp))
-        device = select_device(path, args.device, batch=args.batch)  # fp16 graphs on CUDA where the bundle has them
-        bundle = open_bundle(path, device)
-        result = {
-            **provenance(),
-            "device": args.device,
-            "providers": bundle.providers,
-            "precision": device.precision,
-            "image": image_paths(bundle, args.batch, args.repeats, args.device),
-            "search": search_paths(args.cells, args.dim, args.queries, args.repeats, args.device == "cuda"),
-        }
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = args.bundle or paper_bundle(args.workdir or Path(tmp))
+            device = select_device(path, args.device, batch=args.batch)  # fp16 graphs on CUDA where the bundle has them
+            bundle = open_bundle(path, device)
+            result = {
+                **provenance(),
+                "device": args.device,
+                "providers": bundle.providers,
+                "precision": device.precision,
+                "image": image_paths(bundle, args.batch, args.repeats, args.device),
+                "search": search_paths(args.cells, args.dim, args.queries, args.repeats, args.device == "cuda"),
+            }
+    except UserError as exc:  # a path that is not a bundle, a level the store cannot hold
+        parser.error(str(exc))
     emit(result, args.json)
 
 

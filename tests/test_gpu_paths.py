@@ -48,9 +48,18 @@ def test_cuda_without_a_gpu_exits_2_saying_what_is_missing():
     assert "Traceback" not in done.stderr
 
 
-def test_bad_sizes_exit_2():
-    done = run_script("--device", "cpu", "--cells", "0")
-    assert done.returncode == 2 and "must be at least 1" in done.stderr
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--cells", "0"], "must be at least 1"),
+        (["--dim", "1"], "--dim at least 2"),
+        (["--cells", str(4**24 + 1)], "--cells must be at most"),
+        (["--bundle", "no-such-bundle"], "no-such-bundle is not a model bundle"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_sentence(args, needle):
+    done = run_script("--device", "cpu", *args)
+    assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.gpu
