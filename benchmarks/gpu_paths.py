@@ -3,8 +3,11 @@
 plainly and with IO binding; and a FAISS search over 10 M cells on the GPU, exact and with the
 index a store of that size is given (store/index.py), beside the same index on the CPU.
 
-    pip install '.[gpu]'    # onnxruntime-gpu and faiss-gpu in place of the CPU wheels
     python benchmarks/gpu_paths.py --json benchmarks/results/gpu_paths.json
+
+where onnxruntime-gpu and faiss-gpu stand in place of the CPU wheels, as in the precompute image
+(docker/precompute.Dockerfile says how they are swapped in); torch and onnxscript, of the train
+extra, export the paper-size graph, or --bundle takes one exported elsewhere.
 
 Image: the graph is exported from a PSM model of the paper's shape with random weights (its
 cost does not depend on them) into --workdir, or taken from --bundle. Three ways to run a batch
@@ -183,7 +186,7 @@ def main() -> None:
         parser.exit(
             2,
             f"{parser.prog}: error: --device cuda needs onnxruntime's CUDA provider and faiss-gpu "
-            f"(pip install '.[gpu]') on a machine with a GPU; onnxruntime offers "
+            f"(the gpu extra, as docker/precompute.Dockerfile installs it) on a machine with a GPU; onnxruntime offers "
             f"{', '.join(ort.get_available_providers())} and faiss sees {gpu_count()} GPUs\n",
         )
     try:
