@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv (with redis-server, docker-compose, chromium, curl, nginx-light, the replicas' caching proxy
-# in tests/test_replicas.py, and wrk, the harness's load generator, from apt-get when missing) and run the whole test suite. Extra arguments go to pytest.
+# in tests/test_replicas.py, and wrk, the harness's load generator, from apt-get when missing) and run the
+# whole test suite. Extra arguments go to pytest.
 # The tests run in one worker per core, at most 4 (pytest-xdist; each worker builds the tiny bundle and store
 # itself), a test module's tests on one worker; -n 0 runs them in this process.
 set -euo pipefail
