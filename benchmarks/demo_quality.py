@@ -142,7 +142,9 @@ def training_locations(
     return lat, lon, level, region_split(level, x, y, training_config)
 
 
-def region_split(level, x: np.ndarray, y: np.ndarray, training_config) -> np.ndarray:
+def region_split(
+    level: int | np.ndarray, x: np.ndarray, y: np.ndarray, training_config: dict | str | None
+) -> np.ndarray:
     """The split label ("train", "val" or "test") of cells (x, y) of `level` (one level, or one
     per cell), as the demo reader splits whole `split_level` regions."""
     data = split_keys(training_config)

@@ -89,7 +89,8 @@ end
 # The same tiles of one text embedded before (q=birdsong), each request a new rescale= (span
 # 0.5-1, 4 decimals: server/params.py keys a tile by them), so every request draws a tile but
 # runs neither the text graph nor the text's colour scale: the ceiling for a new text's tile,
-# whatever its text tower. Span and low end step through 5000 x 10000 pairs from a per-run offset, one range per thread.
+# whatever its text tower. Span and low end step through 5000 x 10000 pairs from a per-run
+# offset, one range per thread.
 KNOWN_TEXT_SCRIPT = """
 local urls = {}
 for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
@@ -108,18 +109,21 @@ end
 """
 # The tiles of zoom 3 (drawn from level 7, which holds no stored fusions in the demo) for a text
 # embedded before, each request a (tile, hour, month) not asked before, so every request fuses
-# its window's cells (up to 324); a fixed rescale= keeps the colour scale's own fusion out. 64 tiles x
-# 24 hours x 12 months, a range per round (ROUND) and per thread.
+# its window's cells (up to 324); a fixed rescale= keeps the colour scale's own fusion out. The
+# tiles x 24 hours x 12 months are cut into six ranges, one per thread of each of three rounds
+# (ROUND), as the harness runs them.
 HOUR_MONTH_SCRIPT = """
 local urls = {}
 for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
 local round = tonumber(os.getenv("ROUND"))
+local total = #urls * 24 * 12
+local range = math.floor(total / 6)
 local threads = 0
 function setup(thread) thread:set("id", threads); threads = threads + 1 end
 local i = 0
 request = function()
   i = i + 1
-  local n = (round * 6144 + id * 3072 + i % 3072) % 18432
+  local n = ((round * 2 + id) * range + i % range) % total
   local tile = n % #urls
   local combo = math.floor(n / #urls)
   return wrk.format("GET", urls[tile + 1] .. string.format("&q=birdsong&rescale=0,1&hour=%d&month=%d",
