@@ -33,6 +33,10 @@ benchmarks/baseline_apps.py):
   the same as <img> loads in headless Chromium (its first viewport, which starts the browser's
   connections, left out), with the CPU its processes and the server's spent per viewport (from
   /proc, in clock ticks of 10 ms): the browser shares this box's cores with the server.
+- floor: in process, the least CPU the `hour=` tile's fusion and a new text's embedding can take
+  on one core here: their graphs' matrix products at the best rate this core reaches for one
+  (benchmarks/gemm_floor.py); with hour_tile and cold in the same run, the table sets it against
+  the targets' room.
 - precompute: the demo world's store from scratch (levels 0..7, fusions at 0..6) by this tree
   and by the code of --precompute-baseline (3484b32, before issue 13's changes), run for run
   (benchmarks/precompute_throughput.py); with --precompute-baseline-data-dir each tree runs the
@@ -574,12 +578,12 @@ def measure_precompute(args, result: dict) -> None:
         )
 
 
-def in_subprocess(function: str, args, repeat: int) -> dict:
-    """benchmarks.server_latency's `function`(bundle, store, repeat) in a clean process (one BLAS
+def in_subprocess(function: str, args, repeat: int, module: str = "server_latency") -> dict:
+    """benchmarks.`module`'s `function`(bundle, store, repeat) in a clean process (one BLAS
     thread, as the server): its JSON result."""
     code = (
         "import json, sys; sys.path.insert(0, '.');"
-        f"from benchmarks.server_latency import {function};"
+        f"from benchmarks.{module} import {function};"
         f"print(json.dumps({function}({str(args.bundle)!r}, {str(args.store)!r}, {repeat})))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -589,6 +593,11 @@ def in_subprocess(function: str, args, repeat: int) -> dict:
 def measure_hour_tile(args, result: dict) -> None:
     with measured(result, "hour_tile") as entry:
         entry.update(in_subprocess("hour_versus_default", args, args.repeat * 3))
+
+
+def measure_floor(args, result: dict) -> None:
+    with measured(result, "floor") as entry:
+        entry.update(in_subprocess("floors", args, args.repeat * 3, module="gemm_floor"))
 
 
 # Report --------------------------------------------------------------------------------------
@@ -663,6 +672,8 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
                     f"**{c['known_text_ratio_to_titiler']}x** TiTiler: the ceiling for a new text's tile",
                 )
             )
+    if "floor" in m and "known_text_ratio_to_titiler" in m.get("cold", {}):
+        out.append(text_floor_row(m["floor"], m["cold"]))
     if "hour_tile" in m:
         h = m["hour_tile"]
         out.append(
@@ -684,6 +695,8 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
                 f"**{h['ratio_hour_seen']}x** the default tile",
             )
         )
+    if "floor" in m and "cpu_ms_per_tile" in m.get("hour_tile", {}):
+        out.append(fusion_floor_row(m["floor"]["fusion"], m["hour_tile"]))
     if "hour_http" in m:
         h = m["hour_http"]
         out.append(
@@ -738,6 +751,51 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
     if "precompute" in m:
         out.append(precompute_row(m["precompute"]))
     return out
+
+
+def text_floor_row(floors: dict, cold: dict) -> tuple[str, str, str, str]:
+    """A new text's products at the core's best rate against the room 15x TiTiler leaves it: the
+    box's time per request at 15x less a known text's tile's, times the cores (each request's
+    CPU can at best spread over all of them)."""
+    text, cores = floors["text"], floors["cores"]
+    floor = text["floor_ms"]
+    room = (1 / (15 * cold["titiler"]["tiles_per_s"]) - 1 / cold["soundscape_known_text"]["tiles_per_s"]) * 1000
+    if room > 0:
+        times = floor["int8"] / (cores * room)
+        verdict = f"the int8 products alone are **{times:.1f}x** that room" + (
+            ": out of reach for this text tower here" if times > 1 else ""
+        )
+    else:
+        verdict = "no room: a known text's tile alone is below 15x TiTiler"
+    return (
+        "a new text's matrix products alone, at this core's best rate (`benchmarks/gemm_floor.py`)",
+        f"{floor['fp32']} ms of CPU in float32, {floor['int8']} ms in int8 "
+        f"({text['macs_per_text'] / 1e6:.0f} M multiply-adds, {text['tokens']} tokens)",
+        f"the room 15x TiTiler leaves a new text beside a known text's tile: {room:.3f} ms of the box's time, "
+        f"{cores * room:.3f} ms of CPU on its {cores} cores",
+        verdict,
+    )
+
+
+def fusion_floor_row(fusion: dict, hour: dict) -> tuple[str, str, str, str]:
+    """The least products of an `hour=` tile's fusion at the core's best rate, added to the
+    default tile's CPU less its read of stored cells: the least ratio any code reaches."""
+    default, read = hour["cpu_ms_per_tile"]["default"], fusion["stored_read_ms"]
+    least, run = fusion["least_floor_ms"], fusion["floor_ms"]
+
+    def bound(ms: float) -> str:
+        return f"{(default - read + ms) / default:.1f}x"
+
+    return (
+        "`hour=6` tile's fusion: its matrix products alone, at this core's best rate",
+        f"{least['fp32']} ms of CPU in float32 ({fusion['least_macs_per_tile'] / 1e6:.0f} M multiply-adds from the "
+        f"first attention on; {run['fp32']} ms for the {fusion['macs_per_tile'] / 1e6:.0f} M the graph runs), "
+        f"{least['int8']} ms in int8",
+        f"default-metadata tile: {default} ms of CPU, of which reading its stored cells {read} ms; "
+        f"the fuse graph as served: {fusion['graph_cpu_ms']} ms",
+        f"an exact float32 fusion leaves the `hour=` tile at least **{bound(least['fp32'])}** the default tile "
+        f"(target <= 3x); int8 products {bound(least['int8'])}",
+    )
 
 
 def precompute_row(p: dict) -> tuple[str, str, str, str]:
@@ -812,7 +870,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        default="warm,cold,hour_tile,hour_http,search,viewport,precompute",
+        default="warm,cold,hour_tile,floor,hour_http,search,viewport,precompute",
         help="comma-separated measures",
     )
     parser.add_argument(
@@ -868,6 +926,8 @@ def main() -> None:
             measure_http(args, result, Path(tiles_dir), args.flamegraphs)
     if "hour_tile" in args.only:
         measure_hour_tile(args, result)
+    if "floor" in args.only:
+        measure_floor(args, result)
     if "precompute" in args.only:
         measure_precompute(args, result)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -145,12 +145,17 @@ def served(bundle: str, store: str) -> SoundscapeService:
     return service
 
 
+def unfused_zoom(service: SoundscapeService) -> int:
+    """The zoom whose tiles draw the finest level without stored fusions for hour=6."""
+    unfused = [lv for lv, level in service.store.levels.items() if level.precomputed(6, None, None) is None]
+    return max(0, max(unfused or [service.store.maxlevel]) - 4)  # tiles of zoom z draw level z + 4
+
+
 def hour_versus_default(bundle: str, store: str, repeat: int) -> dict:
     """benchmarks/run.py's hour_tile measure: cold tiles with hour=6 and with default metadata,
     interleaved in one process, on the finest level without stored fusions."""
     service = served(bundle, store)
-    unfused = [lv for lv, level in service.store.levels.items() if level.precomputed(6, None, None) is None]
-    zoom = max(0, max(unfused or [service.store.maxlevel]) - 4)  # tiles of zoom z draw level z + 4
+    zoom = unfused_zoom(service)
 
     async def run() -> dict:
         await service.text_query("birdsong")

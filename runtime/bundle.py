@@ -139,16 +139,24 @@ class Bundle:
             raise KeyError(graph)
         with self._lock:
             if graph not in self._sessions:
-                options = ort.SessionOptions()
-                if self.threads:
-                    options.intra_op_num_threads = self.threads
-                options.inter_op_num_threads = 1
-                if graph in GRAPH_OPTIMIZATION:
-                    options.graph_optimization_level = GRAPH_OPTIMIZATION[graph]
                 self._sessions[graph] = ort.InferenceSession(
-                    str(self.path / self.graph_files[graph]), sess_options=options, providers=self.providers
+                    str(self.graph_path(graph)), sess_options=self.session_options(graph), providers=self.providers
                 )
             return self._sessions[graph]
+
+    def graph_path(self, graph: str) -> Path:
+        """The ONNX file of `graph` at this bundle's precision."""
+        return self.path / self.graph_files[graph]
+
+    def session_options(self, graph: str) -> ort.SessionOptions:
+        """The options `graph`'s session is made with: threads and optimisation level."""
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        if graph in GRAPH_OPTIMIZATION:
+            options.graph_optimization_level = GRAPH_OPTIMIZATION[graph]
+        return options
 
     def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
         """Run a graph on named inputs; outputs in the contract's order."""

@@ -1,0 +1,316 @@
+"""The least CPU an `hour=` tile's fusion and a new text's embedding can take on one core here:
+their graphs' matrix products, counted as they run, at the best rate this core reaches for a
+matrix product. Where that floor alone is past a target's room, no faster code for the same
+model reaches the target on this machine (issue 13; benchmarks/run.py's `floor` measure).
+
+    python benchmarks/gemm_floor.py --bundle data/demo/bundle --store data/demo/store [--json FILE]
+
+- The fusion: the fuse graph on the cells an `hour=6` tile reads, on the finest level without
+  stored fusions, with the feeds the service itself gives it while drawing the tile (as
+  benchmarks/server_latency.py's `hour=` tile). Also timed: the default tile's read of its stored
+  cells, the work an `hour=` tile replaces with the fusion.
+- A new text: the text graph, at each precision the bundle holds, on texts shaped as the
+  harness's cold load's (a salt, a thread and a counter: "1f2e3d4ct0n17").
+Each graph is run once under onnxruntime's profiler with the server's session options on one
+thread: every matrix product node (MatMul, Gemm and their fused and int8 forms) with the shapes
+it ran at gives its multiply-adds. The best rate is the most multiply-adds per CPU second one
+product node reaches on one thread, over square products and every product shape the graphs ran,
+in float32 (MatMul) and int8 (MatMulInteger). The floor is multiply-adds / best rate: it leaves
+out everything but the products (no bias, normalisation, softmax, data movement or dispatch).
+For the fusion it is given twice: for the products as the graph runs them, and for the least an
+`hour=` tile needs whatever is cached (`from_first_attention`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.run import emit, provenance
+from benchmarks.server_latency import served, tiles_of, time_tiles, unfused_zoom
+from runtime.bundle import Bundle
+from runtime.contract import GRAPH_INPUTS
+from runtime.errors import UserError
+
+PRODUCT_OPS = frozenset(
+    {"MatMul", "Gemm", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+)
+SQUARES = (256, 512, 1024)
+RATE_SECONDS = 0.05  # CPU per rate sample; the best of three samples is kept
+
+
+@dataclass(frozen=True)
+class Product:
+    """One matrix product node as it ran: its left operand's shape, its output's, and the batch
+    dimensions of its right operand (none for a weight matrix)."""
+
+    a: tuple[int, ...]
+    y: tuple[int, ...]
+    b_batch: tuple[int, ...] = ()
+
+    @property
+    def k(self) -> int:
+        """The summed dimension: `a`'s last two dimensions are M and K in either order
+        (a transposed operand), and M is the output's."""
+        if len(self.a) == 1:
+            return self.a[0]
+        return self.a[-1] * self.a[-2] // (self.y[-2] if len(self.y) >= 2 else 1)
+
+    @property
+    def macs(self) -> int:
+        return int(np.prod(self.y, dtype=np.int64)) * self.k
+
+    def operands(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Untransposed operands of the same product: (batch..., M, K) and (batch..., K, N), each
+        keeping the batch dimensions it ran with (a weight matrix stays two-dimensional)."""
+        m = self.y[-2] if len(self.y) >= 2 else 1
+        return (*self.a[:-2], m, self.k), (*self.b_batch, self.k, self.y[-1])
+
+
+def profiled_products(path: Path, options: ort.SessionOptions, feeds: dict[str, np.ndarray]) -> list[Product]:
+    """The matrix products of one run of the graph at `path` on `feeds`, from onnxruntime's profiler
+    (the nodes after its graph optimisations, as they ran)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "run")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+
+    return [
+        product(event["args"])
+        for event in events
+        if event.get("cat") == "Node"
+        and event["name"].endswith("_kernel_time")
+        and event["args"]["op_name"] in PRODUCT_OPS
+    ]
+
+
+def product(args: dict[str, Any]) -> Product:
+    """A product node from its profile entry, which lists the shapes of its inputs that are not
+    initializers: the right operand is listed only when it is computed (attention's products),
+    with the output's rank; otherwise it is a weight and what follows is a bias or a scale."""
+    shapes = [tuple(next(iter(described.values()))) for described in args["input_type_shape"]]
+    y = tuple(next(iter(args["output_type_shape"][0].values())))
+    batched = len(shapes) > 1 and len(shapes[1]) == len(y) > 2
+    return Product(shapes[0], y, shapes[1][:-2] if batched else ())
+
+
+def from_first_attention(products: list[Product]) -> list[Product]:
+    """The products of one fuse graph run that an `hour=` tile cannot do without: those from the
+    first attention (the first product of two computed operands) on. Before it run the token
+    encoders and the first block's projections, each a function of one token: of the cell alone
+    (sat, location; cacheable per cell) or of the request alone (CLS, hour; once per tile). From
+    the first attention on, every token has attended to the hour token, so each product of every
+    cell depends on both."""
+    first = next((i for i, p in enumerate(products) if p.b_batch), len(products))
+    return products[first:]
+
+
+def graph_products(bundle: Bundle, graph: str, feeds: dict[str, np.ndarray]) -> list[Product]:
+    """`graph`'s products on `feeds` under the server's session options, on one thread."""
+    options = bundle.session_options(graph)
+    options.intra_op_num_threads = 1
+    return profiled_products(bundle.graph_path(graph), options, {name: feeds[name] for name in GRAPH_INPUTS[graph]})
+
+
+def one_product(a: tuple[int, ...], b: tuple[int, ...], int8: bool) -> tuple[ort.InferenceSession, dict]:
+    """A one-node graph multiplying operands of shapes `a` and `b` (MatMulInteger in int8), on one
+    thread, and random feeds for it."""
+    from onnx import TensorProto, helper  # the train or bench extra: only this benchmark builds graphs
+
+    types = (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32) if int8 else (TensorProto.FLOAT,) * 3
+    out = (*np.broadcast_shapes(a[:-2], b[:-2]), a[-2], b[-1])
+    node = helper.make_node("MatMulInteger" if int8 else "MatMul", ["A", "B"], ["Y"])
+    graph = helper.make_graph(
+        [node],
+        "product",
+        [helper.make_tensor_value_info("A", types[0], a), helper.make_tensor_value_info("B", types[1], b)],
+        [helper.make_tensor_value_info("Y", types[2], out)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    if int8:
+        feeds = {"A": rng.integers(0, 256, a, dtype=np.uint8), "B": rng.integers(-127, 128, b, dtype=np.int8)}
+    else:
+        feeds = {"A": rng.random(a, dtype=np.float32), "B": rng.random(b, dtype=np.float32)}
+    return session, feeds
+
+
+def product_rate(product: Product, int8: bool) -> float:
+    """Multiply-adds per CPU second of `product` alone on one thread: the best of three samples."""
+    session, feeds = one_product(*product.operands(), int8=int8)
+    session.run(None, feeds)
+    best = 0.0
+    for _ in range(3):
+        runs, began = 0, time.process_time()
+        while (spent := time.process_time() - began) < RATE_SECONDS:
+            session.run(None, feeds)
+            runs += 1
+        best = max(best, product.macs * runs / spent)
+    return best
+
+
+def best_rates(products: list[Product]) -> dict[str, dict[str, Any]]:
+    """Per precision, the best rate over square products and the distinct shapes of `products`,
+    in giga multiply-adds per CPU second, and the shape it was reached at."""
+    squares = [Product((n, n), (n, n)) for n in SQUARES]
+    shapes = list(dict.fromkeys([*squares, *products]))
+    found = {}
+    for precision in ("fp32", "int8"):
+        rates = {p: product_rate(p, precision == "int8") for p in shapes}
+        best = max(rates, key=rates.__getitem__)
+        found[precision] = {
+            "gmacs_per_s": round(rates[best] / 1e9, 1),
+            "at": f"{best.operands()} ({best.macs} multiply-adds)",
+        }
+    return found
+
+
+def floor_ms(macs: int, rates: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Milliseconds `macs` multiply-adds take at each precision's best rate."""
+    return {precision: round(macs / (rate["gmacs_per_s"] * 1e9) * 1000, 3) for precision, rate in rates.items()}
+
+
+@contextmanager
+def recorded(owner: object, name: str) -> Iterator[list[tuple[tuple, dict, float]]]:
+    """Every call of `owner.name` meanwhile, as (args, kwargs, seconds); the method is restored after."""
+    calls: list[tuple[tuple, dict, float]] = []
+    method: Callable = getattr(owner, name)
+    own = vars(owner).get(name)  # an attribute of the object itself, not of its class
+
+    def recording(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            calls.append((args, kwargs, time.perf_counter() - began))
+
+    setattr(owner, name, recording)
+    try:
+        yield calls
+    finally:
+        if own is None:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, own)
+
+
+def cpu_ms_per_run(run: Callable[[Any], object], items: list) -> float:
+    """The median CPU milliseconds of `run(item)` over `items` (after one unmeasured run)."""
+    run(items[0])
+    samples = []
+    for item in items:
+        began = time.process_time()
+        run(item)
+        samples.append(time.process_time() - began)
+    return round(statistics.median(samples) * 1000, 3)
+
+
+def fusion_products(bundle: str, store: str, tiles: int) -> dict[str, Any]:
+    """The fuse graph's products for the cells of `tiles` `hour=6` tiles of the finest level
+    without stored fusions, its CPU per tile, and the default tiles' read of their stored cells."""
+    service = served(bundle, store)
+    zoom = unfused_zoom(service)
+    chosen = tiles_of(service.store, zoom, tiles)
+
+    async def draw() -> tuple[list[dict], list[float]]:
+        await service.text_query("birdsong")
+        await time_tiles(service, chosen, 1, hour=6)  # the hour's colour scale: a sample fusion, not the tile's
+        with recorded(service.bundle, "run") as runs:
+            await time_tiles(service, chosen, len(chosen), hour=6)
+        with recorded(service.engine, "stored") as reads:
+            await time_tiles(service, chosen, len(chosen))
+        return [kwargs for (graph, *_), kwargs, _ in runs if graph == "fuse"], [s for *_, s in reads]
+
+    feeds, reads = asyncio.run(draw())
+    if len(feeds) != len(chosen):
+        raise RuntimeError(f"{len(chosen)} hour= tiles ran the fuse graph {len(feeds)} times, not once each")
+    engine = Bundle(bundle, threads=1)
+    per_tile = [graph_products(engine, "fuse", f) for f in feeds]
+    macs = [sum(p.macs for p in products) for products in per_tile]
+    least = [sum(p.macs for p in from_first_attention(products)) for products in per_tile]
+    return {
+        "level": zoom + 4,
+        "zoom": zoom,
+        "tiles": len(chosen),
+        "cells_per_tile": int(statistics.median(len(f["sat"]) for f in feeds)),
+        "macs_per_tile": int(statistics.median(macs)),
+        "least_macs_per_tile": int(statistics.median(least)),
+        "graph_cpu_ms": cpu_ms_per_run(lambda f: engine.run("fuse", **f), feeds * 3),
+        "stored_read_ms": round(statistics.median(reads) * 1000, 3),
+        "products": [p for products in per_tile for p in products],
+    }
+
+
+def text_products(bundle: str, texts: int) -> dict[str, Any]:
+    """The text graph's products for `texts` new texts shaped as the cold load's, and its CPU per
+    text at each precision the bundle holds."""
+    salt = secrets.token_hex(4)
+    plain = Bundle(bundle, threads=1)
+    encoded = [plain.tokenizer.encode([f"{salt}t0n{i}"]) for i in range(texts)]
+    feeds = [{"input_ids": ids, "attention_mask": mask} for ids, mask in encoded]
+    per_text = [graph_products(plain, "text", f) for f in feeds]
+    cpu = {}
+    for precision in plain.manifest.get("precisions", ["fp32"]):
+        engine = Bundle(bundle, precision=precision, threads=1, verify=False)
+        cpu[precision] = cpu_ms_per_run(lambda f, engine=engine: engine.run("text", **f), feeds)
+    return {
+        "texts": texts,
+        "tokens": int(statistics.median(ids.shape[1] for ids, _ in encoded)),
+        "macs_per_text": int(statistics.median(sum(p.macs for p in products) for products in per_text)),
+        "graph_cpu_ms": cpu,
+        "products": [p for products in per_text for p in products],
+    }
+
+
+def floors(bundle: str, store: str, repeat: int) -> dict[str, Any]:
+    """benchmarks/run.py's floor measure: the fusion of `repeat` hour= tiles and `repeat` new texts."""
+    fusion = fusion_products(bundle, store, repeat)
+    text = text_products(bundle, repeat)
+    rates = best_rates([*fusion.pop("products"), *text.pop("products")])
+    fusion["floor_ms"] = floor_ms(fusion["macs_per_tile"], rates)
+    fusion["least_floor_ms"] = floor_ms(fusion["least_macs_per_tile"], rates)
+    text["floor_ms"] = floor_ms(text["macs_per_text"], rates)
+    return {"cores": os.cpu_count() or 1, "best_rates": rates, "fusion": fusion, "text": text}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1])
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--bundle", type=Path, default=Path("data/demo/bundle"), help="a model bundle")
+    parser.add_argument("--store", type=Path, default=Path("data/demo/store"), help="a store built by that bundle")
+    parser.add_argument("--repeat", type=int, default=15, help="hour= tiles and new texts measured")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    try:
+        measured = floors(str(args.bundle), str(args.store), args.repeat)
+    except UserError as exc:  # not a bundle, not a store, or a store of another bundle
+        parser.error(str(exc))
+    emit({**provenance(), **measured}, args.json)
+
+
+if __name__ == "__main__":
+    main()
