@@ -1,7 +1,8 @@
 """The least CPU an `hour=` tile's fusion and a new text's embedding can take on one core here:
 their graphs' matrix products, counted as they run, at the best rate this core reaches for a
-matrix product. Where that floor alone is past a target's room, no faster code for the same
-model reaches the target on this machine (issue 13; benchmarks/run.py's `floor` measure).
+matrix product. Where that floor alone is past a target's room, code for the same model that
+runs its products no faster than that does not reach the target on this machine (issue 13;
+benchmarks/run.py's `floor` measure).
 
     python benchmarks/gemm_floor.py --bundle data/demo/bundle --store data/demo/store [--json FILE]
 

@@ -779,7 +779,8 @@ def text_floor_row(floors: dict, cold: dict) -> tuple[str, str, str, str]:
 
 def fusion_floor_row(fusion: dict, hour: dict) -> tuple[str, str, str, str]:
     """The least products of an `hour=` tile's fusion at the core's best rate, added to the
-    default tile's CPU less its read of stored cells: the least ratio any code reaches."""
+    default tile's CPU less its read of stored cells: the least ratio code whose only work is
+    those products, at that rate, would reach."""
     default, read = hour["cpu_ms_per_tile"]["default"], fusion["stored_read_ms"]
     least, run = fusion["least_floor_ms"], fusion["floor_ms"]
 
