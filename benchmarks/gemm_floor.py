@@ -45,10 +45,11 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.run import emit, provenance
-from benchmarks.server_latency import served, tiles_of, time_tiles, unfused_zoom
+from benchmarks.server_latency import median_ms, served, tiles_of, time_tiles, unfused_zoom
 from runtime.bundle import Bundle
 from runtime.contract import GRAPH_INPUTS
 from runtime.errors import UserError
+from server.service import SoundscapeService
 
 PRODUCT_OPS = frozenset(
     {"MatMul", "Gemm", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
@@ -85,23 +86,35 @@ class Product:
         return (*self.a[:-2], m, self.k), (*self.b_batch, self.k, self.y[-1])
 
 
-def profiled_products(path: Path, options: ort.SessionOptions, feeds: dict[str, np.ndarray]) -> list[Product]:
-    """The matrix products of one run of the graph at `path` on `feeds`, from onnxruntime's profiler
-    (the nodes after its graph optimisations, as they ran)."""
+def profiled_products(
+    path: Path, options: ort.SessionOptions, runs: list[dict[str, np.ndarray]]
+) -> list[list[Product]]:
+    """The matrix products of each run of the graph at `path`, one per feeds of `runs`, from
+    onnxruntime's profiler (the nodes after its graph optimisations, as they ran; it logs a run's
+    nodes before the run's own `model_run` entry)."""
     with tempfile.TemporaryDirectory() as tmp:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "run")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        session.run(None, feeds)
+        for feeds in runs:
+            session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
+    found: list[list[Product]] = [[]]
+    for event in events:
+        if event.get("cat") == "Session" and event["name"] == "model_run":
+            found.append([])
+        elif is_product(event):
+            found[-1].append(product(event["args"]))
+    return found[: len(runs)]
 
-    return [
-        product(event["args"])
-        for event in events
-        if event.get("cat") == "Node"
+
+def is_product(event: dict[str, Any]) -> bool:
+    """Whether a profile entry is a matrix product node's kernel."""
+    return (
+        event.get("cat") == "Node"
         and event["name"].endswith("_kernel_time")
         and event["args"]["op_name"] in PRODUCT_OPS
-    ]
+    )
 
 
 def product(args: dict[str, Any]) -> Product:
@@ -125,11 +138,13 @@ def from_first_attention(products: list[Product]) -> list[Product]:
     return products[first:]
 
 
-def graph_products(bundle: Bundle, graph: str, feeds: dict[str, np.ndarray]) -> list[Product]:
-    """`graph`'s products on `feeds` under the server's session options, on one thread."""
+def graph_products(bundle: Bundle, graph: str, runs: list[dict[str, np.ndarray]]) -> list[list[Product]]:
+    """`graph`'s products on each feeds of `runs`, under the server's session options on one thread."""
     options = bundle.session_options(graph)
     options.intra_op_num_threads = 1
-    return profiled_products(bundle.graph_path(graph), options, {name: feeds[name] for name in GRAPH_INPUTS[graph]})
+    return profiled_products(
+        bundle.graph_path(graph), options, [{name: feeds[name] for name in GRAPH_INPUTS[graph]} for feeds in runs]
+    )
 
 
 def one_product(a: tuple[int, ...], b: tuple[int, ...], int8: bool) -> tuple[ort.InferenceSession, dict]:
@@ -225,13 +240,13 @@ def cpu_ms_per_run(run: Callable[[Any], object], items: list) -> float:
         began = time.process_time()
         run(item)
         samples.append(time.process_time() - began)
-    return round(statistics.median(samples) * 1000, 3)
+    return median_ms(samples)
 
 
-def fusion_products(bundle: str, store: str, tiles: int) -> dict[str, Any]:
+def fusion_products(service: SoundscapeService, engine: Bundle, tiles: int) -> dict[str, Any]:
     """The fuse graph's products for the cells of `tiles` `hour=6` tiles of the finest level
-    without stored fusions, its CPU per tile, and the default tiles' read of their stored cells."""
-    service = served(bundle, store)
+    without stored fusions, its CPU per tile on `engine`, and the default tiles' read of their
+    stored cells."""
     zoom = unfused_zoom(service)
     chosen = tiles_of(service.store, zoom, tiles)
 
@@ -247,34 +262,34 @@ def fusion_products(bundle: str, store: str, tiles: int) -> dict[str, Any]:
     feeds, reads = asyncio.run(draw())
     if len(feeds) != len(chosen):
         raise RuntimeError(f"{len(chosen)} hour= tiles ran the fuse graph {len(feeds)} times, not once each")
-    engine = Bundle(bundle, threads=1)
-    per_tile = [graph_products(engine, "fuse", f) for f in feeds]
-    macs = [sum(p.macs for p in products) for products in per_tile]
-    least = [sum(p.macs for p in from_first_attention(products)) for products in per_tile]
+    per_tile = graph_products(engine, "fuse", feeds)
     return {
         "level": zoom + 4,
         "zoom": zoom,
         "tiles": len(chosen),
         "cells_per_tile": int(statistics.median(len(f["sat"]) for f in feeds)),
-        "macs_per_tile": int(statistics.median(macs)),
-        "least_macs_per_tile": int(statistics.median(least)),
+        "macs_per_tile": int(statistics.median(sum(p.macs for p in products) for products in per_tile)),
+        "least_macs_per_tile": int(
+            statistics.median(sum(p.macs for p in from_first_attention(products)) for products in per_tile)
+        ),
         "graph_cpu_ms": cpu_ms_per_run(lambda f: engine.run("fuse", **f), feeds * 3),
-        "stored_read_ms": round(statistics.median(reads) * 1000, 3),
+        "stored_read_ms": median_ms(reads),
         "products": [p for products in per_tile for p in products],
     }
 
 
-def text_products(bundle: str, texts: int) -> dict[str, Any]:
+def text_products(plain: Bundle, texts: int) -> dict[str, Any]:
     """The text graph's products for `texts` new texts shaped as the cold load's, and its CPU per
-    text at each precision the bundle holds."""
+    text at each precision the bundle holds (`plain`: its float32 graphs, on one thread)."""
     salt = secrets.token_hex(4)
-    plain = Bundle(bundle, threads=1)
     encoded = [plain.tokenizer.encode([f"{salt}t0n{i}"]) for i in range(texts)]
     feeds = [{"input_ids": ids, "attention_mask": mask} for ids, mask in encoded]
-    per_text = [graph_products(plain, "text", f) for f in feeds]
+    per_text = graph_products(plain, "text", feeds)
     cpu = {}
     for precision in plain.manifest.get("precisions", ["fp32"]):
-        engine = Bundle(bundle, precision=precision, threads=1, verify=False)
+        engine = (
+            plain if precision == plain.precision else Bundle(plain.path, precision=precision, threads=1, verify=False)
+        )
         cpu[precision] = cpu_ms_per_run(lambda f, engine=engine: engine.run("text", **f), feeds)
     return {
         "texts": texts,
@@ -287,8 +302,10 @@ def text_products(bundle: str, texts: int) -> dict[str, Any]:
 
 def floors(bundle: str, store: str, repeat: int) -> dict[str, Any]:
     """benchmarks/run.py's floor measure: the fusion of `repeat` hour= tiles and `repeat` new texts."""
-    fusion = fusion_products(bundle, store, repeat)
-    text = text_products(bundle, repeat)
+    service = served(bundle, store)  # checks the bundle and the store
+    plain = Bundle(bundle, threads=1, verify=False)  # one thread, as the floor's rates
+    fusion = fusion_products(service, plain, repeat)
+    text = text_products(plain, repeat)
     rates = best_rates([*fusion.pop("products"), *text.pop("products")])
     fusion["floor_ms"] = floor_ms(fusion["macs_per_tile"], rates)
     fusion["least_floor_ms"] = floor_ms(fusion["least_macs_per_tile"], rates)

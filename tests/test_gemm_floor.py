@@ -54,7 +54,8 @@ def test_products_are_counted_as_they_ran_with_their_shapes(tmp_path):
     three_products(tmp_path / "three.onnx")
     options = ort.SessionOptions()  # every optimisation: the transpose goes into a FusedMatMul
     feeds = {"x": np.ones((5, 3, 8), np.float32), "z": np.ones((4, 6), np.float32)}
-    found = profiled_products(tmp_path / "three.onnx", options, feeds)
+    found, again = profiled_products(tmp_path / "three.onnx", options, [feeds, feeds])
+    assert again == found  # each run its own products
     assert sorted((p.macs, p.operands()) for p in found) == [
         (4 * 7 * 6, ((4, 6), (6, 7))),  # the weight's transposition is not counted twice
         (5 * 3 * 3 * 16, ((5, 3, 16), (5, 16, 3))),  # both operands computed: batched
