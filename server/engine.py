@@ -90,9 +90,10 @@ class QueryEmbedding:
 
 @dataclass(frozen=True)
 class CellEmbeddings:
-    """(mu, S) of some cells; mu float16 like the store, so every path gives equal values."""
+    """(mu, S) of some cells; mu float16 like the store, so every path gives equal values (or
+    their exact float32 widening, which the scoring makes anyway: the colour-scale sample)."""
 
-    mu: np.ndarray  # (N, D) float16
+    mu: np.ndarray  # (N, D) float16 (float32: the scale sample)
     s: np.ndarray  # (N,) float32
 
     def to_bytes(self) -> bytes:

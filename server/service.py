@@ -56,6 +56,10 @@ MAX_UPLOADS = 4
 # batch of 8, 3.3 in 16, 6.4 alone; a batch pads to its longest text (at most max_length tokens).
 TEXT_BATCH = 8
 SCALE_CACHE_ENTRIES = 4096
+# The colour-scale sample's cells with float32 means, per metadata: every new query scores them,
+# and widening 1,024 float16 rows at each query cost more than the scoring (BENCHMARKS.md, sixteenth
+# pass). 264 KB an entry.
+SCALE_SAMPLE_LRU_BYTES = 16 * 1024 * 1024
 # Names the default-scale rule in tile keys and ETags: change it when the rule changes.
 DEFAULT_SCALE_KEY = "p2-p98-v1"
 # How cached values are stored in Redis (the LRU keeps the objects).
@@ -145,6 +149,7 @@ class SoundscapeService:
         self.queries = TieredCache(LRUCache(QUERY_LRU_BYTES), shared)  # embeddings, evictable
         self.registry = QueryRegistry(settings.query_db, settings.max_queries, settings.redis_url)
         self._scales: OrderedDict[tuple, Scale] = OrderedDict()
+        self.scale_cells = LRUCache(SCALE_SAMPLE_LRU_BYTES)
         self.flight = SingleFlight()
         self.limiter = anyio.CapacityLimiter(max(1, settings.compute_threads))
         # New texts that arrive while the compute threads embed others are embedded together
@@ -285,10 +290,20 @@ class SoundscapeService:
         return (await self.resolve(query_id))[1]
 
     async def _sample_values(self, layer: str, query: QueryEmbedding | None, meta: QueryMetadata) -> np.ndarray:
-        """The layer's values over the colour-scale sample under `meta` (its fusion is cached)."""
-        level, rows = self.engine.scale_sample
-        cells = await self.cells(level, rows, meta, {"level": level.level, "scale_sample": len(rows)})
-        return self.engine.values(cells, layer, query)  # ~0.25 ms: less than a hop (`cells`)
+        """The layer's values over the colour-scale sample under `meta`."""
+        return self.engine.values(await self._scale_cells(meta), layer, query)  # ~0.05 ms: less than a hop
+
+    async def _scale_cells(self, meta: QueryMetadata) -> CellEmbeddings:
+        """The colour-scale sample's cells under `meta` (their fusion is cached), their means
+        widened to float32 once: scored alike, as the scoring widens them first."""
+        key = f"{meta.hour}/{meta.month}/{meta.source}"
+        found = self.scale_cells.get_now(key)
+        if found is None:
+            level, rows = self.engine.scale_sample
+            cells = await self.cells(level, rows, meta, {"level": level.level, "scale_sample": len(rows)})
+            found = CellEmbeddings(cells.mu.astype(np.float32), cells.s)
+            self.scale_cells.set_now(key, found, found.mu.nbytes + found.s.nbytes)
+        return found
 
     async def scale(self, layer: str, query_id: str | None, query: QueryEmbedding | None, meta: QueryMetadata) -> Scale:
         """The layer's default colour scale under `meta`: for the heatmap (contrast) the 2nd-98th

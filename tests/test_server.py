@@ -6,6 +6,7 @@ import pytest
 import redis
 from rio_tiler.io import Reader
 
+from server.engine import QueryMetadata
 from tests.server_support import LAND_TILE, decode_png, live_server, make_client
 
 
@@ -67,6 +68,23 @@ def test_hour_changes_the_map_and_fusions_are_cached(client):
     # Another query at the same hour reuses the fused block: no new fusion.
     client.get(f"/tiles/{z}/{x}/{y}.png", params={"q": "rain on leaves", "hour": 6, **heatmap})
     assert stats["fusions"] == fusions + 1
+
+
+def test_the_default_scale_is_read_from_the_sample_cells_as_tiles_hold_them(client):
+    """The scale sample's means are kept widened to float32, once per metadata; the scale equals
+    the one drawn from the cells as a tile holds them (float16, stored or fused)."""
+    service = client.app.state.service
+    engine = service.engine
+    level, rows = engine.scale_sample
+    query = engine.embed_text("birdsong")
+    for params, meta in (({}, QueryMetadata()), ({"hour": 6, "month": 2}, QueryMetadata(hour=6, month=2))):
+        doc = client.get("/tilejson.json", params={"q": "birdsong", "layer": "heatmap", **params}).json()
+        cells = engine.embeddings(level, rows, meta)
+        assert cells.mu.dtype == np.float16
+        scale = engine.default_scale(engine.values(cells, "heatmap", query))
+        assert doc["rescale"] == [scale.lo, scale.hi]
+        kept = service.scale_cells.get_now(f"{meta.hour}/{meta.month}/{meta.source}")
+        assert kept.mu.dtype == np.float32 and np.array_equal(kept.mu, cells.mu.astype(np.float32))
 
 
 def test_tile_without_cells_is_transparent(client):
