@@ -14,6 +14,9 @@ Kinds, each a tile never drawn before unless named (checked by the server's coun
 - cold uncertainty: a tile of the uncertainty layer (no query);
 - cold tile, known text: a new `rescale=` of a text whose embedding is cached;
 - cold tile, new text: a text never seen (its embedding, its colour scale and the tile);
+- cold tile, new text, its graph free: the same with the engine answering every text at once with
+  one embedding, as a text tower that cost nothing would: what a new text costs beyond its text
+  graph (its record, its colour scale, the tile), which no cheaper text tower can remove;
 - text embedding alone: the engine's text graph on one new text (no request).
 """
 
@@ -25,7 +28,8 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import httpx
@@ -38,6 +42,7 @@ from benchmarks.run import emit, provenance
 from benchmarks.server_latency import tiles_of
 from runtime.errors import UserError
 from server.app import create_app
+from server.engine import Engine
 from server.settings import Settings
 
 # Each cold request names a tile the server has not drawn: a `rescale=` of span 1 whose low end
@@ -49,7 +54,9 @@ KINDS = {
     "cold uncertainty": "/tiles/{z}/{x}/{y}.png?layer=uncertainty&rescale={rescale}",
     "cold tile, known text": "/tiles/{z}/{x}/{y}.png?q=birdsong&rescale={rescale}",
     "cold tile, new text": "/tiles/{z}/{x}/{y}.png?q=a+sound+never+heard+{r}x{i}",
+    "cold tile, new text, its graph free": "/tiles/{z}/{x}/{y}.png?q=a+text+the+graph+skips+{r}x{i}",
 }
+FREE_GRAPH_KIND = "cold tile, new text, its graph free"
 
 
 def url_of(kind: str, tiles: list[tuple[int, int, int]], r: int, i: int, n: int) -> str:
@@ -64,6 +71,18 @@ async def answer_at_once(scope, receive, send) -> None:
     if scope["type"] == "http":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"image/png")]})
         await send({"type": "http.response.body", "body": bytes(16_000)})
+
+
+@contextmanager
+def text_graph_free(engine: Engine) -> Iterator[None]:
+    """While open, the engine embeds any texts at once, each as "birdsong" (embedded before)."""
+    real = engine.embed_texts
+    fixed = real(["birdsong"])
+    engine.embed_texts = lambda texts: fixed * len(texts)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        engine.embed_texts = real  # type: ignore[method-assign]
 
 
 async def cpu_ms_per_item(run: Callable[[int, int], Awaitable[None]], rounds: int, n: int) -> float:
@@ -97,12 +116,17 @@ async def measure(settings: Settings, rounds: int, n: int) -> dict[str, float]:
             engine = app.state.service.engine
             for kind in KINDS:
                 renders = engine.stats["renders"]
-                result[kind] = await cpu_ms_per_item(
-                    lambda r, i, kind=kind: get_ok(client, url_of(kind, tiles, r, i, n)), rounds, n
-                )
+                with text_graph_free(engine) if kind == FREE_GRAPH_KIND else nullcontext():
+                    encodings = engine.stats["text_encodings"]
+                    result[kind] = await cpu_ms_per_item(
+                        lambda r, i, kind=kind: get_ok(client, url_of(kind, tiles, r, i, n)), rounds, n
+                    )
+                    graph_runs = engine.stats["text_encodings"] - encodings
                 drawn = engine.stats["renders"] - renders
                 if drawn != (rounds * n if kind.startswith("cold") else 0):
                     raise SystemExit(f"{kind}: {drawn} tiles drawn in {rounds * n} requests")
+                if kind == FREE_GRAPH_KIND and graph_runs:
+                    raise SystemExit(f"{kind}: the text graph ran")
 
         async def embed(r: int, i: int) -> None:
             engine.embed_texts([f"a text never embedded {r}x{i}"])
