@@ -271,16 +271,25 @@ def _to_int8(src: Path, dst: Path) -> None:
 
 def _int8_parity(path: Path, checks: list[Check], graph: str) -> dict[str, float]:
     """The least cosine of the graph's means (its first output) to torch's, and the largest
-    relative difference of its other outputs (the log-variances)."""
+    relative difference of its other outputs (the log-variances), each text run alone as served."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     cosines, diffs = [], [0.0]
-    for inputs, expected in checks:
+    for inputs, expected in _texts_alone(checks):
         mu, *rest = session.run(list(GRAPH_OUTPUTS[graph]), inputs)
-        want, *rest_want = (t.numpy() for t in expected)
+        want, *rest_want = expected
         cosines.append(float(((mu * want).sum(-1) / np.linalg.norm(mu, axis=-1) / np.linalg.norm(want, axis=-1)).min()))
         for g, e in zip(rest, rest_want, strict=True):
             diffs.append(float(np.abs(g - e).max() / max(1.0, float(np.abs(e).max()))))
     return {"min_cosine": min(cosines), "max_rel_diff": max(diffs)}
+
+
+def _texts_alone(checks: list[Check]) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
+    """Each text of the checks' padded batches alone and unpadded, with torch's outputs for it:
+    how runtime.bundle.Bundle runs an int8 text graph."""
+    for inputs, expected in checks:
+        for row, length in enumerate(inputs["attention_mask"].sum(axis=1)):
+            alone = {name: value[row : row + 1, :length] for name, value in inputs.items()}
+            yield alone, [t.numpy()[row : row + 1] for t in expected]
 
 
 def described_sources(sources: list[str], descriptions: dict[str, str]) -> dict[str, str]:

@@ -1,0 +1,125 @@
+"""The int8 text graph against fp32: how far its query means move, what a text costs, and
+whether a text's embedding depends on the texts run beside it.
+
+    python benchmarks/text_precision.py --bundle data/demo/bundle [--json FILE]
+
+Texts: the discrimination benchmark's prompts, its other list, the held-out search prompts and
+the contrast's reference prompts (about 70 sounds). In one process, one onnxruntime thread:
+- parity: each text alone through the int8 graph against alone through fp32: the cosine of
+  the means (least, median) and the largest relative difference of S;
+- batch dependence: for each precision, the largest |mu| difference between a text run in a
+  graph run of 8 (padded to the longest) and the same text alone. onnxruntime's dynamic int8
+  quantizes activations with one scale per run, so this is how much a batch would move a query;
+  `runtime.bundle.Bundle` runs int8 texts alone because of it;
+- cost: CPU ms per text, alone and in graph runs of 8, median of `--rounds` passes over the texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.discrimination import PROMPTS, read_prompts
+from benchmarks.run import emit, provenance
+from runtime.bundle import Bundle
+from runtime.errors import UserError
+from runtime.scoring import REFERENCE_PROMPTS, uncertainty
+
+HERE = Path(__file__).resolve().parent
+TEXT_FILES = (HERE / "discrimination_prompts_other.txt", HERE / "search_prompts_heldout.txt")
+BATCH = 8
+
+
+def texts() -> list[str]:
+    """The benchmark's texts, each once, in a fixed order."""
+    found = [*PROMPTS, *REFERENCE_PROMPTS, *(t for path in TEXT_FILES for t in read_prompts(path))]
+    return list(dict.fromkeys(found))
+
+
+def graph_run(bundle: Bundle, batch: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One run of the bundle's text graph on `batch` (padded to its longest text)."""
+    ids, mask = bundle.tokenizer.encode(batch)
+    mu, logvar = bundle.run("text", input_ids=ids, attention_mask=mask)
+    return mu, logvar
+
+
+def batches(items: Sequence[str]) -> list[Sequence[str]]:
+    return [items[i : i + BATCH] for i in range(0, len(items) - BATCH + 1, BATCH)]
+
+
+def alone(bundle: Bundle, items: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    runs = [graph_run(bundle, [t]) for t in items]
+    return np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
+
+
+def batch_dependence(bundle: Bundle, items: Sequence[str]) -> float:
+    """Largest |mu in a run of 8 - mu alone| over the texts of whole runs of 8."""
+    mu_alone, _ = alone(bundle, items)
+    batched = np.concatenate([graph_run(bundle, b)[0] for b in batches(items)])
+    return float(np.abs(batched - mu_alone[: len(batched)]).max())
+
+
+def cpu_ms_per_text(bundle: Bundle, items: Sequence[str], size: int, rounds: int) -> float:
+    """Median over rounds of CPU ms per text, the texts run `size` to a graph run."""
+    groups = [[t] for t in items] if size == 1 else batches(items)
+    per_round = []
+    for _ in range(rounds):
+        start = time.process_time()
+        for group in groups:
+            graph_run(bundle, group)
+        per_round.append((time.process_time() - start) * 1e3 / sum(len(g) for g in groups))
+    return statistics.median(per_round)
+
+
+def measure(path: Path, rounds: int) -> dict:
+    items = texts()
+    bundles = {p: Bundle(path, precision=p, threads=1) for p in ("fp32", "int8")}
+    (mu32, lv32), (mu8, lv8) = (alone(b, items) for b in bundles.values())
+    cosine = (mu8 * mu32).sum(1) / np.linalg.norm(mu8, axis=1) / np.linalg.norm(mu32, axis=1)
+    s32, s8 = uncertainty(lv32), uncertainty(lv8)
+    graph_run(bundles["int8"], items[:BATCH])  # warm both sessions before timing
+    graph_run(bundles["fp32"], items[:BATCH])
+    return {
+        "texts": len(items),
+        "int8_parity_alone": {
+            "min_cosine": float(cosine.min()),
+            "median_cosine": float(np.median(cosine)),
+            "max_s_rel_diff": float((np.abs(s8 - s32) / np.abs(s32)).max()),
+        },
+        "max_mu_diff_batch_of_8_vs_alone": {p: batch_dependence(b, items) for p, b in bundles.items()},
+        "cpu_ms_per_text": {
+            p: {
+                "alone": cpu_ms_per_text(b, items, 1, rounds),
+                f"in_runs_of_{BATCH}": cpu_ms_per_text(b, items, BATCH, rounds),
+            }
+            for p, b in bundles.items()
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1])
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--bundle", type=Path, default=Path("data/demo/bundle"), help="a bundle exported with --int8")
+    parser.add_argument("--rounds", type=int, default=7, help="timed passes over the texts (the median is reported)")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    try:
+        result = measure(args.bundle, args.rounds)
+    except UserError as exc:
+        parser.error(str(exc))
+    emit({**provenance(), **result}, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""benchmarks/text_precision.py: the int8 text graph's parity, batch dependence and cost, measured
+on the test session's bundle (exported with --int8)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.text_precision import measure, texts
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "text_precision.py"
+
+
+def test_the_measure_shows_the_int8_graphs_batch_dependence_and_fp32s_lack_of_it(bundle_path):
+    result = measure(bundle_path, rounds=1)
+    assert result["texts"] == len(texts()) == len(set(texts())) >= 40
+    moved = result["max_mu_diff_batch_of_8_vs_alone"]
+    assert moved["fp32"] < 1e-5 < moved["int8"]  # one activation scale per run moves int8 texts
+    parity = result["int8_parity_alone"]
+    assert 0.9 < parity["min_cosine"] <= parity["median_cosine"] <= 1.0 + 1e-6
+    for costs in result["cpu_ms_per_text"].values():
+        assert costs["alone"] > 0 and costs["in_runs_of_8"] > 0
+
+
+def test_a_path_that_is_not_a_bundle_exits_2_with_a_sentence(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--bundle", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "is not a model bundle" in done.stderr and "Traceback" not in done.stderr
