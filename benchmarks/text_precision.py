@@ -8,9 +8,9 @@ the contrast's reference prompts (about 70 sounds). In one process, one onnxrunt
 - parity: each text alone through the int8 graph against alone through fp32: the cosine of
   the means (least, median) and the largest relative difference of S;
 - batch dependence: for each precision, the largest |mu| difference between a text run in a
-  graph run of 8 (padded to the longest) and the same text alone. onnxruntime's dynamic int8
-  quantizes activations with one scale per run, so this is how much a batch would move a query;
-  `runtime.bundle.Bundle` runs int8 texts alone because of it;
+  graph run of 8 (padded to the longest) and the same text alone. An int8 graph from onnxruntime's
+  dynamic quantization (one activation scale per run) moved a text by up to 0.058 with the texts
+  beside it; the per-token int8 graph (model/quantize.py) keeps it within float rounding;
 - cost: CPU ms per text, alone and in graph runs of 8, median of `--rounds` passes over the texts.
 """
 

@@ -6,7 +6,7 @@ waveform) and compared with torch; the largest difference is recorded in the man
 mismatch above tolerance fails the export. `fp16=True` adds float16 copies of the graphs
 (inputs and outputs stay float32/int64/uint8) under fp16/, checked the same way against a
 relative tolerance, for GPU serving and precompute. `int8=True` adds, under int8/, the text
-graph with int8 MatMul weights (onnxruntime's dynamic quantization) for CPU serving, checked by the
+graph with int8 MatMuls (model/quantize.py: activations quantized per token) for CPU serving, checked by the
 cosine of its query means to torch's and a relative tolerance on its log-variances.
 """
 
@@ -34,6 +34,7 @@ from torch import nn
 from model.config import ModelConfig
 from model.nn.psm import PSMModel
 from model.nn.weights import CheckpointError
+from model.quantize import quantize_per_token
 from runtime.bundle import BUNDLE_FORMAT_VERSION, finalise_manifest
 from runtime.contract import (
     FP16_GRAPH_FILES,
@@ -257,39 +258,22 @@ def _to_fp16(src: Path, dst: Path) -> None:
 
 
 def _to_int8(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     dst.parent.mkdir(parents=True, exist_ok=True)
-    quiet = logging.getLogger()  # the quantizer advises pre-processing through the root logger
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
-    finally:
-        quiet.setLevel(level)
+    quantize_per_token(src, dst)
 
 
 def _int8_parity(path: Path, checks: list[Check], graph: str) -> dict[str, float]:
     """The least cosine of the graph's means (its first output) to torch's, and the largest
-    relative difference of its other outputs (the log-variances), each text run alone as served."""
+    relative difference of its other outputs (the log-variances)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     cosines, diffs = [], [0.0]
-    for inputs, expected in _texts_alone(checks):
+    for inputs, expected in checks:
         mu, *rest = session.run(list(GRAPH_OUTPUTS[graph]), inputs)
-        want, *rest_want = expected
+        want, *rest_want = (t.numpy() for t in expected)
         cosines.append(float(((mu * want).sum(-1) / np.linalg.norm(mu, axis=-1) / np.linalg.norm(want, axis=-1)).min()))
         for g, e in zip(rest, rest_want, strict=True):
             diffs.append(float(np.abs(g - e).max() / max(1.0, float(np.abs(e).max()))))
     return {"min_cosine": min(cosines), "max_rel_diff": max(diffs)}
-
-
-def _texts_alone(checks: list[Check]) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
-    """Each text of the checks' padded batches alone and unpadded, with torch's outputs for it:
-    how runtime.bundle.Bundle runs an int8 text graph."""
-    for inputs, expected in checks:
-        for row, length in enumerate(inputs["attention_mask"].sum(axis=1)):
-            alone = {name: value[row : row + 1, :length] for name, value in inputs.items()}
-            yield alone, [t.numpy()[row : row + 1] for t in expected]
 
 
 def described_sources(sources: list[str], descriptions: dict[str, str]) -> dict[str, str]:

@@ -175,16 +175,6 @@ class Bundle:
         return mu, logvar
 
     def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(mu, logvar), each (len(texts), D). The int8 text graph quantizes its activations with
-        one scale per run, so in a batch a text's embedding would depend on the texts beside it
-        (by up to 0.05 in the demo model's means): it embeds each text alone, and a query means the
-        same on every server under any load (alone costs it no more than in batches of 8)."""
-        if self.precision != "int8":
-            return self._embed_batch(texts)
-        runs = [self._embed_batch([text]) for text in texts]
-        return np.concatenate([mu for mu, _ in runs]), np.concatenate([logvar for _, logvar in runs])
-
-    def _embed_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         ids, mask = self.tokenizer.encode(texts)
         mu, logvar = self.run("text", input_ids=ids, attention_mask=mask)
         return mu, logvar

@@ -9,8 +9,8 @@ GRAPHS = ("image", "fuse", "text", "audio")
 GRAPH_FILES = {name: f"{name}.onnx" for name in GRAPHS}
 # Optional copies, listed by the manifest's `precisions`. fp16: float16 copies of every graph
 # (float32/int64/uint8 inputs and outputs), for GPU serving and precompute. int8: for CPUs, the
-# text graph with its MatMul weights in int8 per output channel and its activations quantized as
-# it runs (onnxruntime's dynamic quantization): a new text query costs less than half. The cells'
+# text graph with its MatMul weights in int8 per output channel and its activations quantized per
+# token as it runs (model/quantize.py): a new text query costs about half. The cells'
 # graphs stay fp32, so cells fused as a server runs match the store's; the audio graph has no
 # MatMul to quantize.
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -219,8 +219,8 @@ class Engine:
         return self.embed_texts([text])[0]
 
     def embed_texts(self, texts: Sequence[str]) -> list[QueryEmbedding]:
-        """All `texts` in one call of the bundle (one float graph run, padded to the longest: each
-        embedding equals its lone run's to about 1e-7; the int8 graph runs each text alone)."""
+        """One text graph run for all `texts` (padded to the longest; each embedding equals its
+        lone run's to float rounding, about 1e-7, in fp32 and int8 alike)."""
         mu, logvar = self.bundle.embed_texts(texts)
         self.stats["text_encodings"] += len(texts)
         self.stats["text_batches"] += 1
