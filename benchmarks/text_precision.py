@@ -7,10 +7,11 @@ Texts: the discrimination benchmark's prompts, its other list, the held-out sear
 the contrast's reference prompts (about 70 sounds). In one process, one onnxruntime thread:
 - parity: each text alone through the int8 graph against alone through fp32: the cosine of
   the means (least, median) and the largest relative difference of S;
-- batch dependence: for each precision, the largest |mu| difference between a text run in a
-  graph run of 8 (padded to the longest) and the same text alone. An int8 graph from onnxruntime's
-  dynamic quantization (one activation scale per run) moved a text by up to 0.058 with the texts
-  beside it; the per-token int8 graph (model/quantize.py) keeps it within float rounding;
+- batch dependence: for each precision, the largest |mu| difference between a text in a run of 8
+  through `Bundle.embed_texts` (one graph run, padded to the longest) and the same text alone. An
+  int8 graph from onnxruntime's dynamic quantization (one activation scale per run) moved a text by
+  up to 0.058 with the texts beside it; the per-token int8 graph (model/quantize.py) keeps it
+  within float rounding;
 - cost: CPU ms per text, alone and in graph runs of 8, median of `--rounds` passes over the texts.
 """
 
@@ -44,26 +45,19 @@ def texts() -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def graph_run(bundle: Bundle, batch: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """One run of the bundle's text graph on `batch` (padded to its longest text)."""
-    ids, mask = bundle.tokenizer.encode(batch)
-    mu, logvar = bundle.run("text", input_ids=ids, attention_mask=mask)
-    return mu, logvar
-
-
 def batches(items: Sequence[str]) -> list[Sequence[str]]:
     return [items[i : i + BATCH] for i in range(0, len(items) - BATCH + 1, BATCH)]
 
 
 def alone(bundle: Bundle, items: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    runs = [graph_run(bundle, [t]) for t in items]
+    runs = [bundle.embed_texts([t]) for t in items]
     return np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
 
 
 def batch_dependence(bundle: Bundle, items: Sequence[str]) -> float:
     """Largest |mu in a run of 8 - mu alone| over the texts of whole runs of 8."""
     mu_alone, _ = alone(bundle, items)
-    batched = np.concatenate([graph_run(bundle, b)[0] for b in batches(items)])
+    batched = np.concatenate([bundle.embed_texts(b)[0] for b in batches(items)])
     return float(np.abs(batched - mu_alone[: len(batched)]).max())
 
 
@@ -74,7 +68,7 @@ def cpu_ms_per_text(bundle: Bundle, items: Sequence[str], size: int, rounds: int
     for _ in range(rounds):
         start = time.process_time()
         for group in groups:
-            graph_run(bundle, group)
+            bundle.embed_texts(group)
         per_round.append((time.process_time() - start) * 1e3 / sum(len(g) for g in groups))
     return statistics.median(per_round)
 
@@ -85,8 +79,8 @@ def measure(path: Path, rounds: int) -> dict:
     (mu32, lv32), (mu8, lv8) = (alone(b, items) for b in bundles.values())
     cosine = (mu8 * mu32).sum(1) / np.linalg.norm(mu8, axis=1) / np.linalg.norm(mu32, axis=1)
     s32, s8 = uncertainty(lv32), uncertainty(lv8)
-    graph_run(bundles["int8"], items[:BATCH])  # warm both sessions before timing
-    graph_run(bundles["fp32"], items[:BATCH])
+    bundles["int8"].embed_texts(items[:BATCH])  # warm both sessions before timing
+    bundles["fp32"].embed_texts(items[:BATCH])
     return {
         "texts": len(items),
         "int8_parity_alone": {
