@@ -32,6 +32,11 @@ class Tokenizer(Protocol):
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def known_tokens(self, text: str) -> int:
+        """How many of the text's tokens the model knows (neither special nor unknown): a text
+        with none embeds as the empty text does, whatever it says."""
+        ...
+
 
 def _pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, attention_mask), int64 (B, L), padded to the longest row."""
@@ -72,6 +77,9 @@ class HashedWordTokenizer:
             rows.append([CLS_ID] + [self.word_id(w) for w in words])
         return _pad(rows, PAD_ID)
 
+    def known_tokens(self, text: str) -> int:
+        return len(_WORD.findall(normalise_text(text)))  # every word hashes into the vocabulary
+
 
 class HuggingFaceTokenizer:
     """A Hugging Face tokenizer.json run by the `tokenizers` library (no transformers, no torch).
@@ -87,10 +95,11 @@ class HuggingFaceTokenizer:
         self._tokenizer = _Tokenizer.from_file(str(path))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
-        self.pad_id = self._pad_id()
-
-    def _pad_id(self) -> int:
         spec = json.loads(self.path.read_text())
+        self.pad_id = self._pad_id(spec)
+        self.unk_id = self._unk_id(spec)
+
+    def _pad_id(self, spec: dict) -> int:
         padding = spec.get("padding") or {}
         if "pad_id" in padding:
             return int(padding["pad_id"])
@@ -99,9 +108,18 @@ class HuggingFaceTokenizer:
                 return token_id
         return 0
 
+    def _unk_id(self, spec: dict) -> int | None:
+        """The unknown token's id (WordPiece's [UNK]); None for a byte-level BPE, which has none."""
+        token = (spec.get("model") or {}).get("unk_token")
+        return None if token is None else self._tokenizer.token_to_id(token)
+
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         encodings = self._tokenizer.encode_batch([normalise_text(t) for t in texts])
         return _pad([e.ids for e in encodings], self.pad_id)
+
+    def known_tokens(self, text: str) -> int:
+        ids = self._tokenizer.encode(normalise_text(text), add_special_tokens=False).ids
+        return sum(i != self.unk_id for i in ids)
 
 
 def load_tokenizer(path: str | Path, spec: dict | None = None) -> Tokenizer:

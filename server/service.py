@@ -230,10 +230,19 @@ class SoundscapeService:
         record = text_record(self.text_namespace, text)
         normal = record.text
         assert normal is not None  # a text record holds its normalised text
-        found = await self._embed(record, lambda: self.text_batcher(normal))
+        found = await self._embed(record, lambda: self._embed_text(normal))
         if register:
             await self.registry.put(record.id, QUERIES.encode(found))
         return found
+
+    async def _embed_text(self, normal: str) -> QueryEmbedding:
+        """A new text's embedding; 422 for a text whose tokens the model all fails to know
+        (control characters, a script or symbols outside its vocabulary): it would embed as the
+        empty text, a map of nothing the user asked for."""
+        if not self.bundle.tokenizer.known_tokens(normal):
+            shown = normal if len(normal) <= 40 else normal[:40] + "..."
+            raise QueryError(422, f"text {shown!r} holds no word the text model knows (e.g. text=birdsong)")
+        return await self.text_batcher(normal)
 
     async def audio_query(self, data: bytes) -> tuple[QueryRecord, QueryEmbedding]:
         """Decode, embed and register an audio upload (only registered ids can reach it later)."""

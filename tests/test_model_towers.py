@@ -13,6 +13,7 @@ from model.export import export_bundle
 from model.nn.psm import PSMModel
 from runtime.audio import waveform_features
 from runtime.bundle import Bundle
+from runtime.text import HuggingFaceTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,6 +45,17 @@ def test_minilm_bundle_tokenises_and_embeds_like_torch(frozen_text_model, tmp_pa
     with torch.no_grad():
         cached = model.text(torch.from_numpy(ids), torch.from_numpy(mask))
         np.testing.assert_allclose(mu, model.text_heads(cached)[0].numpy(), atol=1e-4)
+
+
+def test_a_text_of_tokens_minilm_does_not_know_counts_none():
+    """The server refuses such a text (server/service.py): it would embed as the empty text."""
+    from model.nn.text_towers import minilm_package_dir
+
+    tokenizer = HuggingFaceTokenizer(minilm_package_dir() / "tokenizer.json", 128)
+    assert tokenizer.known_tokens("Birds singing at dawn") == 4
+    assert tokenizer.known_tokens("\U0001f426 birds") == 1
+    for text in ["\x00\x01", "\u200b\ufeff", "\U0001f426", "\u9ce5"]:  # control, zero width, an emoji, a kanji
+        assert tokenizer.known_tokens(text) == 0, repr(text)
 
 
 def test_frozen_towers_are_cached_once_and_reused(tmp_path):

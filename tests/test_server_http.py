@@ -133,6 +133,7 @@ BAD_REQUESTS = [
     ("GET", "/tiles/3/4/3.png", {}, 422, "q (a text query"),
     ("GET", "/tiles/3/4/3.png", {"q": "   "}, 422, "must not be empty"),
     ("GET", "/tiles/3/4/3.png", {"q": "x" * 501}, 422, "500"),
+    ("GET", "/tiles/3/4/3.png", {"q": "\x00 ?!"}, 422, "holds no word the text model knows"),
     ("GET", "/tiles/3/4/3.png", {"q": "x", "layer": "noise"}, 422, "heatmap"),
     ("GET", "/tiles/3/4/3.png", {"q": "x", "source": "youtube"}, 422, "not 'youtube'"),
     ("GET", "/tiles/3/4/3.png", {"q": "x", "rescale": "1"}, 422, "rescale"),

@@ -90,6 +90,7 @@ def test_audio_is_resampled_to_the_bundle_rate(client):
     "kwargs,status,needle",
     [
         ({"json": {"text": "   "}}, 422, "must not be empty"),
+        ({"json": {"text": "\u00bf?"}}, 422, "no word the text model knows"),
         ({"json": {"words": "x"}}, 422, '{"text"'),
         ({"content": b"{not json", "headers": {"Content-Type": "application/json"}}, 422, "not valid JSON"),
         ({"content": b"text=birdsong", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, "send"),
