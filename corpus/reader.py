@@ -148,6 +148,14 @@ class DemoCorpus:
     def split(self, split_level: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
         """'train'/'val'/'test' per kept sample: whole tiles of `split_level` are held out, so no
         image, and no place, of a held-out tile is seen in training (levels >= split_level)."""
+        unit_x, unit_y = self.split_units(split_level)
+        lon, lat = tile_centres(split_level, unit_x, unit_y)
+        return geographic_split(
+            lat, lon, cell_deg=0.01, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+        )
+
+    def split_units(self, split_level: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) per kept sample of the `split_level` tile holding it: the unit `split` holds out."""
         t = self.table
         shift = t["level"][self.index].astype(np.int64) - split_level
         if (shift < 0).any():
@@ -155,11 +163,7 @@ class DemoCorpus:
                 f"split_level {split_level} is finer than the corpus's coarsest level "
                 f"{int(t['level'].min())}; use a split_level <= it"
             )
-        unit_x, unit_y = t["x"][self.index] >> shift, t["y"][self.index] >> shift
-        lon, lat = tile_centres(split_level, unit_x, unit_y)
-        return geographic_split(
-            lat, lon, cell_deg=0.01, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
-        )
+        return t["x"][self.index] >> shift, t["y"][self.index] >> shift
 
 
 class CorpusSource:
