@@ -22,11 +22,10 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
-from server.queries import QueryError
+from server.queries import QueryError, shown
 
 # nginx's code for "client closed the request": counted in /metrics instead of a 500.
 CLIENT_CLOSED = 499
-SHOWN_INPUT_CHARS = 40  # an invalid value is quoted back up to this length
 OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 MAX_DETAIL_CHARS = 300
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})  # others: "other"
@@ -175,11 +174,6 @@ def conditional(request: Request, response: Response, kind: CachingKind, etag: s
 # Error answers -----------------------------------------------------------------------------
 
 
-def _shown(value: object) -> str:
-    text = value if isinstance(value, str) else str(value)
-    return repr(text if len(text) <= SHOWN_INPUT_CHARS else text[:SHOWN_INPUT_CHARS] + "...")
-
-
 def _documented_parameters(request: Request) -> dict[tuple[str, str], dict]:
     """(in, name) -> JSON schema of the matched operation's parameters, from the app's own
     OpenAPI document: the rule a sentence states is the rule the contract publishes."""
@@ -221,7 +215,7 @@ def validation_sentence(request: Request, problems: Sequence[dict]) -> str:
             parts.append(f"{name} is required")
         elif (where, name) in documented:
             rule = _rule(documented[where, name], problem.get("type", ""))
-            parts.append(f"{name} must be {rule}, not {_shown(problem.get('input'))}")
+            parts.append(f"{name} must be {rule}, not {shown(problem.get('input'))}")
         else:
             message = str(problem.get("msg", "is invalid"))
             parts.append(f"{name}: {message[:1].lower()}{message[1:]}")

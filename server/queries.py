@@ -23,6 +23,7 @@ from server.engine import QueryEmbedding
 
 ID_LENGTH = 16
 MAX_TEXT_LENGTH = 500
+SHOWN_INPUT_CHARS = 40  # a client's value is quoted back in an error up to this length
 # Uploads are checked against these from the header, before any decode or resampling, so a small
 # file cannot cost much memory or CPU: decoding holds frames x channels float32 samples.
 SAMPLE_RATES = (8000, 384000)
@@ -64,6 +65,12 @@ def record_id(bundle_id: str, kind: str, content: bytes) -> str:
 
 def is_query_id(text: str) -> bool:
     return len(text) == ID_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
+def shown(value: object) -> str:
+    """A client's value quoted back in an error message, cut to SHOWN_INPUT_CHARS."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text if len(text) <= SHOWN_INPUT_CHARS else text[:SHOWN_INPUT_CHARS] + "...")
 
 
 def clean_text(text: str) -> str:

@@ -33,7 +33,7 @@ from server.engine import (
     candidate_count,
     split_parts,
 )
-from server.queries import QueryError, QueryRecord, decode_upload, text_record
+from server.queries import QueryError, QueryRecord, decode_upload, shown, text_record
 from server.registry import QueryRegistry
 from server.settings import Settings
 from store.reader import Level, Store
@@ -240,8 +240,7 @@ class SoundscapeService:
         (control characters, a script or symbols outside its vocabulary): it would embed as the
         empty text, a map of nothing the user asked for."""
         if not self.bundle.tokenizer.known_tokens(normal):
-            shown = normal if len(normal) <= 40 else normal[:40] + "..."
-            raise QueryError(422, f"text {shown!r} holds no word the text model knows (e.g. text=birdsong)")
+            raise QueryError(422, f"text {shown(normal)} holds no word the text model knows (e.g. text=birdsong)")
         return await self.text_batcher(normal)
 
     async def audio_query(self, data: bytes) -> tuple[QueryRecord, QueryEmbedding]:
