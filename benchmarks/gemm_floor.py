@@ -44,7 +44,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.run import emit, provenance
+from benchmarks.provenance import emit, provenance
 from benchmarks.server_latency import median_ms, served, tiles_of, time_tiles, unfused_zoom
 from runtime.bundle import Bundle
 from runtime.contract import GRAPH_INPUTS

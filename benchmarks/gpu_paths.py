@@ -1,7 +1,7 @@
 """Issue 13's GPU figures in one command, for a machine with a GPU: the paper-size image graph
 (ViT-B/16 at 224 px, fp16) through onnxruntime's CUDA provider, cells/s at a batch of 256,
-plainly and with IO binding; and a FAISS search over 10 M cells on the GPU, exact and with the
-index a store of that size is given (store/index.py), beside the same index on the CPU.
+plainly and with IO binding; and a search over 10 M cells on the GPU, exact and with the index a
+store of that size is given (store/index.py), beside the same indexes on the CPU.
 
     python benchmarks/gpu_paths.py --json benchmarks/results/gpu_paths.json
 
@@ -14,9 +14,12 @@ cost does not depend on them) into --workdir, or taken from --bundle. Three ways
 of uint8 images: `Session.run` on host arrays (what precompute does); IO binding with the
 images on the host and the features left on the device; and IO binding with both on the device
 (what a pipeline that uploads the next batch while this one runs could reach). The outputs of
-the three are compared. Search: synthetic means and variances in the store's [mu, -S/2]
-layout, clustered as `soundscape store synth` makes them; the median time of a batch of random
-queries (1 and 64) for the top 10, and recall@10 of the store's index against the exact scan.
+the three are compared, and the first images' with the CPU provider's float32 graph. Search:
+synthetic means and variances in the store's [mu, -S/2] layout, clustered as `soundscape store
+synth` makes them; the median time of a batch of random queries (1 and 64) for the top 10, and
+recall@10 of the store's index against the exact scan. On the GPU by faiss-gpu's copies of both
+indexes; where faiss sees no GPU (faiss-gpu's wheels are built for CUDA 12 only), torch's exact
+scan on the GPU, labelled so in the result.
 
 `--device cpu` runs the same code on the CPU (small sizes: the test suite's check of this
 script); without a GPU `--device cuda` exits 2 saying what is missing.
@@ -39,8 +42,8 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.run import emit, provenance
-from precompute.device import CUDA, open_bundle, select_device
+from benchmarks.provenance import emit, provenance
+from precompute.device import CPU, CUDA, open_bundle, select_device
 from runtime.bundle import Bundle
 from runtime.errors import UserError
 from runtime.scoring import gallery_vectors
@@ -82,8 +85,9 @@ def paper_bundle(workdir: Path) -> Path:
     return out
 
 
-def image_paths(bundle: Bundle, batch: int, repeats: int, device: str) -> dict:
-    """Cells/s of the image graph on one batch, three ways; the largest difference between them."""
+def image_paths(bundle: Bundle, batch: int, repeats: int, device: str, reference: Bundle) -> dict:
+    """Cells/s of the image graph on one batch, three ways; the largest difference between them, and
+    from the CPU provider's float32 graph (`reference`) on the first few images."""
     session = bundle.session("image")
     size = bundle.image_size
     rng = np.random.default_rng(0)
@@ -120,6 +124,9 @@ def image_paths(bundle: Bundle, batch: int, repeats: int, device: str) -> dict:
         "runs": repeats,
         "cells_per_s": {name: round(batch / s, 1) for name, s in timed.items()},
         "max_abs_difference_between_ways": float(max(np.abs(o.astype(np.float32) - plain).max() for o in outputs)),
+        "max_abs_difference_from_cpu_fp32": float(
+            np.abs(reference.embed_images(images[:8], gsd[:8]) - plain[:8]).max()
+        ),
     }
 
 
@@ -139,9 +146,33 @@ def search_times(index: faiss.Index, queries: np.ndarray, repeats: int) -> dict:
     }
 
 
+def torch_scan_times(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, repeats: int) -> dict:
+    """The exact scan on the GPU by torch (one matrix product and a top-K, the work of faiss-gpu's
+    flat index), for a GPU machine where faiss-gpu cannot be installed; queries go up from and
+    answers come back to the host, as faiss's search does. Its recall@10 against faiss-cpu's scan."""
+    import torch
+
+    on_gpu = torch.from_numpy(gallery).cuda()
+
+    def search(n: int) -> np.ndarray:
+        _, ids = torch.topk(torch.from_numpy(queries[:n]).cuda() @ on_gpu.T, K, dim=1)
+        return ids.cpu().numpy()
+
+    found = search(len(queries))
+    recall = np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)])
+    sizes = (1, min(64, len(queries)))
+    times = {f"batch_{n}_ms": round(1000 * median_s(lambda n=n: search(n), repeats), 3) for n in sizes}
+    return {
+        "engine": f"torch {torch.__version__} (faiss-gpu not installed)",
+        "exact": times,
+        "exact_recall_at_10": recall,
+    }
+
+
 def search_paths(cells: int, dim: int, queries: int, repeats: int, gpu: bool) -> dict:
     """Median search times over `cells` synthetic cells, random queries: exact and the store's index, on the CPU
-    and, with `gpu`, copied to the GPU; recall@10 of the store's index against the exact scan."""
+    and, with `gpu`, on the GPU (faiss-gpu's copies of both, or torch's exact scan where faiss sees no GPU);
+    recall@10 of the store's index against the exact scan."""
     mu, s = synthetic_level(cells, dim)
     rng = np.random.default_rng(1)
     q = rng.standard_normal((queries, dim), dtype=np.float32)
@@ -156,13 +187,23 @@ def search_paths(cells: int, dim: int, queries: int, repeats: int, gpu: bool) ->
     _, truth = exact.search(q, K)
     result["store_index_recall_at_10"] = round(recall_at_k(store_index, q, truth), 4)
     result["cpu"] = {"exact": search_times(exact, q, repeats), "store_index": search_times(store_index, q, repeats)}
-    if gpu:
+    if gpu and gpu_count() > 0:
         resources = faiss.StandardGpuResources()
-        result["gpu"] = {
+        result["gpu"] = {"engine": f"faiss-gpu {faiss.__version__}"} | {
             name: search_times(faiss.index_cpu_to_gpu(resources, 0, index), q, repeats)
             for name, index in (("exact", exact), ("store_index", store_index))
         }
+    elif gpu:
+        result["gpu"] = torch_scan_times(exact.reconstruct_n(0, exact.ntotal), q, truth, repeats)
     return result
+
+
+def torch_sees_a_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def main() -> None:
@@ -182,11 +223,12 @@ def main() -> None:
         parser.error("--batch, --cells, --queries and --repeats must be at least 1, --dim at least 2")
     if args.cells > 4**MAX_LEVEL:
         parser.error(f"--cells must be at most {4**MAX_LEVEL:,} (the cells of level {MAX_LEVEL})")
-    if args.device == "cuda" and (CUDA not in ort.get_available_providers() or gpu_count() == 0):
+    if args.device == "cuda" and (CUDA not in ort.get_available_providers() or not (gpu_count() or torch_sees_a_gpu())):
         parser.exit(
             2,
-            f"{parser.prog}: error: --device cuda needs onnxruntime's CUDA provider and faiss-gpu "
-            f"(the gpu extra, as docker/precompute.Dockerfile installs it) on a machine with a GPU; onnxruntime offers "
+            f"{parser.prog}: error: --device cuda needs onnxruntime's CUDA provider and faiss-gpu (or torch with CUDA "
+            "for the search; the gpu extra, as docker/precompute.Dockerfile installs it) on a machine with a GPU; "
+            f"onnxruntime offers "
             f"{', '.join(ort.get_available_providers())} and faiss sees {gpu_count()} GPUs\n",
         )
     try:
@@ -194,12 +236,19 @@ def main() -> None:
             path = args.bundle or paper_bundle(args.workdir or Path(tmp))
             device = select_device(path, args.device, batch=args.batch)  # fp16 graphs on CUDA where the bundle has them
             bundle = open_bundle(path, device)
+            providers = bundle.session("image").get_providers()  # what runs, not what was asked for
+            if providers[0] != bundle.providers[0]:
+                parser.exit(
+                    2,
+                    f"{parser.prog}: error: onnxruntime fell back from {bundle.providers[0]} to {providers[0]} "
+                    "(the message above says why: as a rule a CUDA or cuDNN library it cannot find)\n",
+                )
             result = {
                 **provenance(),
                 "device": args.device,
-                "providers": bundle.providers,
+                "providers": providers,
                 "precision": device.precision,
-                "image": image_paths(bundle, args.batch, args.repeats, args.device),
+                "image": image_paths(bundle, args.batch, args.repeats, args.device, Bundle(path, providers=[CPU])),
                 "search": search_paths(args.cells, args.dim, args.queries, args.repeats, args.device == "cuda"),
             }
     except UserError as exc:  # a path that is not a bundle, a level the store cannot hold

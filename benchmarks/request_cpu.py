@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pydantic import ValidationError
 
-from benchmarks.run import emit, provenance
+from benchmarks.provenance import emit, provenance
 from benchmarks.server_latency import tiles_of
 from runtime.errors import UserError
 from server.app import create_app

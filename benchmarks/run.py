@@ -68,6 +68,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.provenance import provenance  # noqa: E402
 from benchmarks.server_throughput import free_port, run_wrk, serve, stop, tile_paths, wait_ready  # noqa: E402
 from runtime.bundle import Bundle, default_providers  # noqa: E402
 from server.service import store_imagery  # noqa: E402
@@ -601,33 +602,6 @@ def measure_floor(args, result: dict) -> None:
 
 
 # Report --------------------------------------------------------------------------------------
-
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-
-def served_commit() -> str:
-    """HEAD's short hash, with "+changes" when the server's code differs from it: what was measured."""
-    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "server") else "")
-
-
-def provenance() -> dict:
-    """What a benchmark's result says of its run: the command, the commit, the date, the machine."""
-    return {
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
-        "commit": served_commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-    }
-
-
-def emit(result: dict, path: Path | None) -> None:
-    """Print a benchmark's result as JSON and, given a path, write it there too."""
-    text = json.dumps(result, indent=2)
-    if path is not None:
-        path.write_text(text + "\n")
-    print(text)
 
 
 def rows(result: dict) -> list[tuple[str, str, str, str]]:

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.discrimination import PROMPTS, read_prompts
-from benchmarks.run import emit, provenance
+from benchmarks.provenance import emit, provenance
 from runtime.bundle import Bundle
 from runtime.errors import UserError
 from runtime.scoring import REFERENCE_PROMPTS, uncertainty

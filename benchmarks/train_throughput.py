@@ -79,6 +79,8 @@ def batch_for(model: PSMModel, size: int, cached_width: int, device: torch.devic
             classes=size,
             sample_rate=front.sample_rate,
             duration_s=front.duration_s,
+            sources=model.cfg.sources,  # a source the model has no token for is an unreadable sample
+            caption_sources=model.cfg.caption_sources,
         ),
         "train",
         model.cfg.image_size,
