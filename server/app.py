@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.types import Receive, Scope, Send
@@ -15,6 +15,7 @@ from runtime.bundle import Bundle
 from server.engine import QueryMetadata
 from server.fastpath import FrontDoor, TileFastPath
 from server.http import HttpPolicy, errors, install_error_handlers
+from server.params import each_once
 from server.ratelimit import Rate, RateLimit
 from server.routes import meta, queries, rest, tiles, viewer
 from server.routes.viewer import STATIC, StaticAssets
@@ -71,7 +72,8 @@ def create_app(settings: Settings) -> SoundscapeApp:
     app.state.service = service
     app.state.settings = settings
     for router in (tiles.router, queries.router, rest.router, meta.router, viewer.router):
-        app.include_router(router, responses=errors(400, 422, 429))  # host check, validation, rate limit
+        # host check, validation, rate limit; a parameter given twice is refused before any is read
+        app.include_router(router, dependencies=[Depends(each_once)], responses=errors(400, 422, 429))
     app.mount("/static", StaticAssets(directory=STATIC), name="static")
     install_error_handlers(app)
     # Middleware: the last added runs first. Images and .npy are not gzipped (no gain, CPU cost).

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import Depends, HTTPException, Query
+from fastapi import Depends, HTTPException, Query, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
 from server.engine import QUERY_LAYERS, QueryMetadata
 from server.queries import MAX_TEXT_LENGTH, QueryError, is_query_id, text_record
@@ -83,6 +86,24 @@ class TileParams(QueryParams):
 
 
 P = TypeVar("P")
+
+
+async def each_once(request: Request) -> None:
+    """Refuse a parameter the route takes given more than once: `q=rain&q=birdsong` would
+    otherwise draw the last one silently. Parameters the route does not take (a cache buster
+    such as `_=1733040000`) stay ignored, repeated or not."""
+    repeated = [(k, n) for k, n in Counter(k for k, _ in request.query_params.multi_items()).items() if n > 1]
+    route = request.scope.get("route")
+    if repeated and isinstance(route, APIRoute):
+        taken = query_names(route.dependant)
+        for name, times in repeated:
+            if name in taken:
+                raise HTTPException(422, f"{name} is given {times} times: give each parameter once")
+
+
+def query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    return {p.alias for p in dependant.query_params}.union(*(query_names(d) for d in dependant.dependencies))
 
 
 def in_event_loop(cls: type[P]) -> Callable[..., Awaitable[P]]:

@@ -145,6 +145,10 @@ BAD_REQUESTS = [
     ("GET", "/tiles/3/4/3.png", {"query": "xyz"}, 422, "16-hex-digit"),
     ("GET", "/tiles/3/4/3.png", {"query": "0" * 16}, 404, "unknown query id"),
     ("POST", "/tiles/3/4/3.png", {"q": "x"}, 405, "answers GET and HEAD only"),
+    # a parameter the route takes, given twice: neither is drawn silently
+    ("GET", "/tiles/3/4/3.png", [("q", "rain"), ("q", "birdsong")], 422, "q is given 2 times"),
+    ("GET", "/tiles/3/4/3.png", [("q", "x"), ("hour", "6"), ("hour", "6")], 422, "hour is given 2 times"),
+    ("GET", "/tilejson.json", [("q", "x"), ("layer", "heatmap"), ("layer", "uncertainty")], 422, "layer is given 2"),
     # metadata endpoints
     ("GET", "/tilejson.json", {"q": "x", "hour": 24}, 422, "0..23"),
     ("GET", "/tilejson.json", {}, 422, "q (a text query"),
@@ -162,6 +166,7 @@ BAD_REQUESTS = [
     ("GET", "/search", {"q": "x", "k": 0}, 422, "k must be an integer in 1..1000"),
     ("GET", "/search", {"q": "x", "k": 1001}, 422, "k must be an integer in 1..1000"),
     ("GET", "/search", {"q": "x", "level": 2}, 422, "store's levels"),
+    ("GET", "/search", [("q", "x"), ("k", "5"), ("k", "50")], 422, "k is given 2 times"),
     ("GET", "/point/200,10", {"q": "x"}, 422, "-180..180"),
     ("GET", "/point/10,nan", {"q": "x"}, 422, "finite"),
     ("GET", "/point/ten,10", {"q": "x"}, 422, "number"),
@@ -179,6 +184,12 @@ def test_bad_requests_get_a_4xx_with_a_message(client, method, path, params, sta
     r = client.request(method, path, params=params)
     assert r.status_code == status
     assert needle.lower() in str(r.json()["detail"]).lower()
+
+
+def test_a_repeated_parameter_no_route_takes_is_ignored(client):
+    once = client.get("/tiles/4/8/6.png", params={"q": "birdsong"})
+    busted = client.get("/tiles/4/8/6.png", params=[("q", "birdsong"), ("_", "1"), ("_", "2")])
+    assert once.status_code == busted.status_code == 200 and busted.content == once.content
 
 
 def test_health_readiness_and_metrics(client):
