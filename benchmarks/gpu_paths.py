@@ -146,16 +146,18 @@ def search_times(index: faiss.Index, queries: np.ndarray, repeats: int) -> dict:
     }
 
 
-def torch_scan_times(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, repeats: int) -> dict:
+def torch_scan_times(
+    gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, repeats: int, device: str = "cuda"
+) -> dict:
     """The exact scan on the GPU by torch (one matrix product and a top-K, the work of faiss-gpu's
     flat index), for a GPU machine where faiss-gpu cannot be installed; queries go up from and
     answers come back to the host, as faiss's search does. Its recall@10 against faiss-cpu's scan."""
     import torch
 
-    on_gpu = torch.from_numpy(gallery).cuda()
+    on_gpu = torch.from_numpy(gallery).to(device)
 
     def search(n: int) -> np.ndarray:
-        _, ids = torch.topk(torch.from_numpy(queries[:n]).cuda() @ on_gpu.T, K, dim=1)
+        _, ids = torch.topk(torch.from_numpy(queries[:n]).to(device) @ on_gpu.T, K, dim=1)
         return ids.cpu().numpy()
 
     found = search(len(queries))

@@ -77,3 +77,21 @@ def test_the_cuda_run_measures_on_the_gpu(bundle_path, tmp_path):
     assert "store_index" in gpu if gpu["engine"].startswith("faiss") else gpu["exact_recall_at_10"] >= 0.99
     assert result["image"]["max_abs_difference_between_ways"] < 1e-2
     assert result["image"]["max_abs_difference_from_cpu_fp32"] < 5e-2  # float16 on the GPU against float32
+
+
+def test_torchs_scan_finds_what_faiss_exact_scan_finds():
+    """The GPU stand-in where faiss-gpu cannot be installed, run on the CPU: same top 10."""
+    import faiss
+    import numpy as np
+
+    from benchmarks.gpu_paths import torch_scan_times
+
+    rng = np.random.default_rng(0)
+    gallery = rng.standard_normal((5000, 65), dtype=np.float32)
+    queries = rng.standard_normal((16, 65), dtype=np.float32)
+    exact = faiss.IndexFlatIP(65)
+    exact.add(gallery)
+    _, truth = exact.search(queries, 10)
+    result = torch_scan_times(gallery, queries, truth, repeats=2, device="cpu")
+    assert result["engine"].startswith("torch") and result["exact_recall_at_10"] == 1.0
+    assert set(result["exact"]) == {"batch_1_ms", "batch_16_ms"} and all(ms > 0 for ms in result["exact"].values())
