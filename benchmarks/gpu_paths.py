@@ -161,7 +161,7 @@ def torch_scan_times(
         return ids.cpu().numpy()
 
     found = search(len(queries))
-    recall = np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)])
+    recall = round(float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)])), 4)
     sizes = (1, min(64, len(queries)))
     times = {f"batch_{n}_ms": round(1000 * median_s(lambda n=n: search(n), repeats), 3) for n in sizes}
     return {
