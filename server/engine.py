@@ -199,6 +199,16 @@ def best_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return rows[np.argsort(-scores[rows], kind="stable")]
 
 
+def rows_within(level: Level, bbox: tuple[float, float, float, float]) -> np.ndarray:
+    """Ascending rows of the cells whose centre lies in (west, south, east, north), edges
+    included; west > east is a box across the antimeridian."""
+    west, south, east, north = bbox
+    lonlat = np.asarray(level.arrays.lonlat)
+    lon, lat = lonlat[:, 0], lonlat[:, 1]
+    across = (lon >= west) | (lon <= east) if west > east else (lon >= west) & (lon <= east)
+    return np.flatnonzero(across & (lat >= south) & (lat <= north))
+
+
 def candidate_count(k: int, cells: int) -> int | None:
     """How many candidates /search ranks for the best k of `cells`, or None to rank them all."""
     count = max(SEARCH_CANDIDATES, CANDIDATES_PER_K * k)

@@ -15,7 +15,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from server.engine import QUERY_LAYERS, QueryMetadata
-from server.queries import MAX_TEXT_LENGTH, QueryError, is_query_id, text_record
+from server.queries import MAX_TEXT_LENGTH, QueryError, is_query_id, shown, text_record
 from server.render import colormap_names
 from server.service import SoundscapeService, TileRequest
 
@@ -176,6 +176,24 @@ def parse_rescale(text: str | None) -> tuple[float, float] | None:
         raise HTTPException(422, f"rescale max - min must be at least {RESCALE_MIN_SPAN:g}, got {text!r}")
     digits = RESCALE_DIGITS - 1 - math.floor(math.log10(hi - lo))
     return round(lo, digits) + 0.0, round(hi, digits) + 0.0  # + 0.0: -0.0 names the same tile as 0.0
+
+
+def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
+    """`west,south,east,north` in degrees (OGC API's bbox order), or None. West above east is a
+    box across the antimeridian."""
+    if text is None:
+        return None
+    try:
+        west, south, east, north = (float(v) for v in text.split(","))
+    except ValueError:
+        raise HTTPException(
+            422, f"bbox must be four numbers west,south,east,north in degrees, not {shown(text)}"
+        ) from None
+    if not (-180 <= west <= 180 and -180 <= east <= 180) or west == east:  # NaN fails every comparison
+        raise HTTPException(422, f"bbox needs west and east in -180..180 and apart, got {shown(text)}")
+    if not -90 <= south < north <= 90:
+        raise HTTPException(422, f"bbox needs -90 <= south < north <= 90, got {shown(text)}")
+    return west, south, east, north
 
 
 def colormap(name: str | None, layer: str) -> str:

@@ -481,11 +481,20 @@ class SoundscapeService:
         }
 
     async def search(
-        self, level: Level, meta: QueryMetadata, query: QueryEmbedding, k: int, exact: bool = False
+        self,
+        level: Level,
+        meta: QueryMetadata,
+        query: QueryEmbedding,
+        k: int,
+        exact: bool = False,
+        within: np.ndarray | None = None,
     ) -> tuple[np.ndarray, CellEmbeddings, int]:
         """Rows and embeddings of the k best cells under `meta`, best first, and how many cells
         were ranked: all of the level where its embeddings under `meta` are stored or fused
-        already, or `exact` asks (a bounded large fusion); else the engine's candidates."""
+        already, or `exact` asks (a bounded large fusion); else the engine's candidates. With
+        `within` (a bbox's rows), every one of those rows and no other."""
+        if within is not None:
+            return await self.search_within(level, meta, query, k, within)
         if meta.is_default:
             return (*await self.run(self.engine.top_k, level, None, query, k), len(level))
         count, limit = candidate_count(k, len(level)), self.settings.max_search_cells
@@ -519,6 +528,26 @@ class SoundscapeService:
             )
         cells = whole if whole is not None else await self.fused_level(level, meta)
         return (*await self.run(self.engine.top_k, level, cells, query, k), len(level))
+
+    async def search_within(
+        self, level: Level, meta: QueryMetadata, query: QueryEmbedding, k: int, rows: np.ndarray
+    ) -> tuple[np.ndarray, CellEmbeddings, int]:
+        """The k best of `rows` under `meta`, each of them ranked exactly: stored embeddings where
+        the store holds them, else a fusion of the rows (at most `settings.max_search_cells`)."""
+        limit = self.settings.max_search_cells
+        if len(rows) > limit:
+            raise QueryError(
+                422,
+                f"the bbox holds {len(rows)} cells of level {level.level}; a search within a bbox ranks "
+                f"every one of them (limit {limit}): pass a smaller bbox or a coarser level=",
+            )
+        if len(rows) == 0:
+            return rows, CellEmbeddings(np.asarray(level.arrays.mu[:0]), np.asarray(level.arrays.s[:0])), 0
+        cells = await self.run(self.engine.stored, level, rows, meta)
+        if cells is None:
+            cells = await self.fuse(level, rows, meta)
+        best, top = await self.run(self.engine.top_k, level, cells, query, k)
+        return rows[best], top, len(rows)
 
     def _fused_level_key(self, level: Level, meta: QueryMetadata) -> str:
         return cache_key(

@@ -107,6 +107,50 @@ def test_a_level_over_the_search_limit_ranks_candidates_and_refuses_exact(monkey
         assert exact.status_code == 422 and "leave exact= out" in exact.json()["detail"]
 
 
+def centres_within(client, level: int, west, south, east, north) -> np.ndarray:
+    """Rows whose centre lies in the box, read here from the store's own lonlat."""
+    lon, lat = np.asarray(Store(client.app.state.service.store.path).levels[level].arrays.lonlat).T
+    inside_lon = (lon >= west) | (lon <= east) if west > east else (lon >= west) & (lon <= east)
+    return np.flatnonzero(inside_lon & (lat >= south) & (lat <= north))
+
+
+@pytest.mark.parametrize("hour", [None, 6])
+def test_a_search_within_a_bbox_ranks_every_cell_there_and_no_other(client, hour):
+    box, text = (0.0, 40.0, 20.0, 55.0), "birdsong in a forest"
+    params = {"q": text, "k": 1000, "level": 5, "bbox": ",".join(map(str, box)), **({"hour": hour} if hour else {})}
+    body = client.get("/search", params=params).json()
+    rows = centres_within(client, 5, *box)
+    assert 0 < len(rows) < len(Store(client.app.state.service.store.path).levels[5].arrays.s)
+    assert body["properties"]["ranked"] == len(rows) == len(body["features"])
+    assert body["properties"]["bbox"] == list(box)
+    for feature in body["features"]:
+        lon, lat = feature["geometry"]["coordinates"]
+        assert box[0] <= lon <= box[2] and box[1] <= lat <= box[3]
+    truth, _ = brute_force(client, 5, text, hour)
+    assert np.allclose(scores_of_body(body), np.sort(truth[rows])[::-1], atol=1e-4)
+
+
+def scores_of_body(body) -> list[float]:
+    return [f["properties"]["score"] for f in body["features"]]
+
+
+def test_a_bbox_across_the_antimeridian_and_one_without_cells(client):
+    across = client.get("/search", params={"q": "rain", "k": 1000, "level": 4, "bbox": "30,28,-170,62"}).json()
+    rows = centres_within(client, 4, 30, 28, -170, 62)
+    assert across["properties"]["ranked"] == len(rows) > 0
+    assert all(f["geometry"]["coordinates"][0] >= 30 for f in across["features"])
+    empty = client.get("/search", params={"q": "rain", "bbox": "-150,-60,-140,-50"})
+    assert empty.status_code == 200 and empty.json()["features"] == [] and empty.json()["properties"]["ranked"] == 0
+
+
+def test_a_bbox_over_the_search_limit_is_a_422_that_says_what_to_do(bundle_path, store_path):
+    with make_client(bundle_path, store_path, max_search_cells=40) as client:
+        answer = client.get("/search", params={"q": "rain", "level": 6, "bbox": "-12,28,36,62"})
+        assert answer.status_code == 422 and "pass a smaller bbox or a coarser level=" in answer.json()["detail"]
+        small = client.get("/search", params={"q": "rain", "level": 6, "bbox": "0,40,12,50"})
+        assert small.status_code == 200 and 0 < small.json()["properties"]["ranked"] <= 40
+
+
 def test_candidates_are_the_default_best_the_children_above_and_the_additive_proxy_best(
     bundle_path, imagery_path, tmp_path
 ):

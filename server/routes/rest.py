@@ -11,9 +11,9 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from runtime.tiles import demorton, quadkey, tile_bounds
-from server.engine import QueryEmbedding, QueryMetadata
+from server.engine import QueryEmbedding, QueryMetadata, rows_within
 from server.http import conditional, errors
-from server.params import LevelParam, QueryParams, QueryParamsDep, query_embedding, query_metadata
+from server.params import LevelParam, QueryParams, QueryParamsDep, parse_bbox, query_embedding, query_metadata
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService
 from store.reader import Level
@@ -59,13 +59,23 @@ async def search(
             "candidates that stored rankings near the request name (docs/api.md)."
         ),
     ] = False,
+    bbox: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="west,south,east,north in degrees: rank every cell whose centre lies in the box, "
+            "and only those (west > east crosses the antimeridian).",
+        ),
+    ] = None,
 ) -> Response:
     """Top-k cells for a query as GeoJSON, best first, with match probability and S under the
     requested metadata; `properties.ranked` says how many cells were ranked under it."""
+    box = parse_bbox(bbox)
     meta = query_metadata(service, params)
     record, embedding = await query_embedding(service, params)
     chosen = service.level(level)
-    rows, cells, ranked = await service.search(chosen, meta, embedding, k, exact)
+    within = None if box is None else await service.run(rows_within, chosen, box)
+    rows, cells, ranked = await service.search(chosen, meta, embedding, k, exact, within)
     scores = service.engine.values(cells, "heatmap", embedding)
     contrasts = await service.run(service.engine.values, cells, "contrast", embedding)  # may embed the reference
     xs, ys = demorton(np.asarray(chosen.arrays.codes[rows]))
@@ -97,6 +107,7 @@ async def search(
                 **_context(record, params),
                 "level": chosen.level,
                 "k": k,
+                **({"bbox": list(box)} if box is not None else {}),
                 "ranked": ranked,
                 "cells": len(chosen),
             },
