@@ -304,6 +304,13 @@ class Engine:
         """-a d + b of the query at each cell, d as the model was trained to score (self.scoring)."""
         return logits(distance(query.mu, query.s, cells.mu, cells.s, self.scoring), *self.bundle.calibration)
 
+    def contrast_query(self, query: QueryEmbedding) -> QueryEmbedding:
+        """The one query whose logit at a cell is the contrast / (1 - w): logit_q - w logit_ref is
+        linear in the query's (mu, S). A contrast tile costs one matrix-vector product, like a
+        heatmap's, and ranks cells (the store's index, /search) as the contrast layer draws them."""
+        w, ref = CONTRAST_WEIGHT, self.reference
+        return QueryEmbedding((query.mu - w * ref.mu) / (1 - w), (query.s - w * ref.s) / (1 - w))
+
     def values(self, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None) -> np.ndarray:
         """Per-cell values: match probability (heatmap); contrast, the query's log-odds minus
         CONTRAST_WEIGHT times the reference prompts' mean log-odds at the cell (the part every
@@ -313,11 +320,7 @@ class Engine:
         if query is None:
             raise ValueError(f"the {layer} layer needs a query")
         if layer == "contrast":
-            # logit_q - w logit_ref is linear in the query's (mu, S): (1 - w) times the logit of one
-            # combined query, so a contrast tile costs one matrix-vector product, like a heatmap's
-            w, ref = CONTRAST_WEIGHT, self.reference
-            combined = QueryEmbedding((query.mu - w * ref.mu) / (1 - w), (query.s - w * ref.s) / (1 - w))
-            return (1 - w) * self.logits(cells, combined)
+            return (1 - CONTRAST_WEIGHT) * self.logits(cells, self.contrast_query(query))
         a, b = self.bundle.calibration
         return match_probability(distance(query.mu, query.s, cells.mu, cells.s, self.scoring), a, b)
 

@@ -12,7 +12,7 @@ from runtime.metadata import encode_metadata
 from runtime.scoring import csd, match_probability, uncertainty
 from runtime.tiles import demorton, morton
 from server import engine as engine_module
-from server.engine import QueryMetadata
+from server.engine import CellEmbeddings, QueryMetadata
 from store.reader import Store
 from tests.conftest import FIXTURE_BBOX
 from tests.server_support import make_client
@@ -23,18 +23,23 @@ def client(bundle_path, store_path):
     return make_client(bundle_path, store_path)
 
 
-def brute_force(client, level: int, text: str, hour=None, month=None) -> tuple[np.ndarray, np.ndarray]:
-    """Every cell's match probability and S, computed here independently of the server."""
+def cells_under(client, level: int, hour=None, month=None) -> tuple[np.ndarray, np.ndarray]:
+    """Every cell's (mu, S) under the metadata, computed here independently of the server."""
     service = client.app.state.service
     bundle, arrays = service.bundle, Store(service.store.path).levels[level].arrays
-    mu_q, logvar_q = bundle.embed_texts([text])
     if hour is None and month is None:
-        mu, s = np.asarray(arrays.mu, np.float32), np.asarray(arrays.s)
-    else:
-        lonlat = arrays.lonlat
-        meta = encode_metadata(len(arrays.s), lat=lonlat[:, 1], lon=lonlat[:, 0], hour=hour, month=month)
-        mu, logvar = bundle.fuse(np.asarray(arrays.sat, np.float32), meta)
-        mu, s = mu.astype(np.float16).astype(np.float32), uncertainty(logvar)
+        return np.asarray(arrays.mu, np.float32), np.asarray(arrays.s)
+    lonlat = arrays.lonlat
+    meta = encode_metadata(len(arrays.s), lat=lonlat[:, 1], lon=lonlat[:, 0], hour=hour, month=month)
+    mu, logvar = bundle.fuse(np.asarray(arrays.sat, np.float32), meta)
+    return mu.astype(np.float16).astype(np.float32), uncertainty(logvar)
+
+
+def brute_force(client, level: int, text: str, hour=None, month=None) -> tuple[np.ndarray, np.ndarray]:
+    """Every cell's match probability and S, computed here independently of the server."""
+    bundle = client.app.state.service.bundle
+    mu_q, logvar_q = bundle.embed_texts([text])
+    mu, s = cells_under(client, level, hour, month)
     a, b = bundle.calibration
     return match_probability(csd(mu_q[0], uncertainty(logvar_q)[0], mu, s), a, b), s
 
@@ -132,6 +137,22 @@ def test_a_search_within_a_bbox_ranks_every_cell_there_and_no_other(client, hour
 
 def scores_of_body(body) -> list[float]:
     return [f["properties"]["score"] for f in body["features"]]
+
+
+@pytest.mark.parametrize("hour, bbox", [(None, None), (6, None), (None, "0,40,20,55")])
+def test_search_by_contrast_returns_the_cells_the_contrast_layer_draws_brightest(client, hour, bbox):
+    text, engine = "market", client.app.state.service.engine
+    given = {"q": text, "k": 20, "level": 6, "rank_by": "contrast", "hour": hour, "bbox": bbox}
+    params = {k: v for k, v in given.items() if v is not None}
+    body = client.get("/search", params=params).json()
+    mu, s = cells_under(client, 6, hour)
+    contrast = engine.values(CellEmbeddings(mu, s), "contrast", engine.embed_text(text))
+    rows = centres_within(client, 6, 0, 40, 20, 55) if bbox else np.arange(len(s))
+    found = [f["properties"]["contrast"] for f in body["features"]]
+    assert body["properties"]["rank_by"] == "contrast" and found == sorted(found, reverse=True)
+    assert np.allclose(found, np.sort(contrast[rows])[::-1][:20], atol=1e-4)
+    by_score = client.get("/search", params={**params, "rank_by": "score"}).json()["features"]
+    assert [f["properties"]["contrast"] for f in by_score] != found  # the score ranks other cells first
 
 
 def test_a_bbox_across_the_antimeridian_and_one_without_cells(client):

@@ -155,6 +155,27 @@ def test_viewer_shows_a_heatmap_for_a_text_query(page, server):
     assert page.outside_requests() == [], "the viewer works offline"
 
 
+def test_best_places_in_view_are_the_searchs_best_in_the_views_bbox(page, server):
+    page.fill("#text", "birdsong at dawn")
+    page.click("#search")
+    page.wait_for_selector("body[data-heatmap=loaded]", timeout=60_000)
+    page.click("#best")
+    page.wait_for_selector(".best-marker", timeout=30_000)
+    markers = page.evaluate("window.soundscape.best.map((m) => [m.getLngLat().lng, m.getLngLat().lat])")
+    box = page.evaluate("viewBox(window.soundscape.map.getBounds())")
+    asked = httpx.QueryParams(page.evaluate("bestParams(window.soundscape.map).toString()"))
+    assert asked["bbox"] == box and asked["rank_by"] == "contrast" and asked["k"] == "10"  # the default layer's
+    truth = httpx.get(f"{server}/search", params=asked, timeout=30).json()
+    assert 0 < len(markers) <= 10 and markers == [f["geometry"]["coordinates"] for f in truth["features"]]
+    west, south, east, north = map(float, box.split(","))
+    assert all(west <= lon <= east and south <= lat <= north for lon, lat in markers)
+    assert page.locator(".best-marker").all_inner_texts() == [str(r + 1) for r in range(len(markers))]
+    assert "where it stands out most" in page.inner_text("#status")
+    page.click("#hour-any")  # other metadata, other places: the markers go
+    page.wait_for_function("window.soundscape.best.length === 0", timeout=30_000)
+    page.click("#hour-any")  # as the page's next test expects it
+
+
 def test_controls_follow_the_state(page, server):
     page.uncheck("#hour-any")
     page.fill("#hour", "18")

@@ -4,7 +4,7 @@ the day and the year (`/point/{lon},{lat}`)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -59,6 +59,13 @@ async def search(
             "candidates that stored rankings near the request name (docs/api.md)."
         ),
     ] = False,
+    rank_by: Annotated[
+        Literal["score", "contrast"],
+        Query(
+            description="score: the match probability (the heatmap layer); contrast: where the sound stands "
+            "out against everyday sounds (the contrast layer)."
+        ),
+    ] = "score",
     bbox: Annotated[
         str | None,
         Query(
@@ -68,14 +75,16 @@ async def search(
         ),
     ] = None,
 ) -> Response:
-    """Top-k cells for a query as GeoJSON, best first, with match probability and S under the
-    requested metadata; `properties.ranked` says how many cells were ranked under it."""
+    """Top-k cells for a query as GeoJSON, best first by `rank_by`, with match probability, contrast
+    and S under the requested metadata; `properties.ranked` says how many cells were ranked."""
     box = parse_bbox(bbox)
     meta = query_metadata(service, params)
     record, embedding = await query_embedding(service, params)
     chosen = service.level(level)
     within = None if box is None else await service.run(rows_within, chosen, box)
-    rows, cells, ranked = await service.search(chosen, meta, embedding, k, exact, within)
+    # The contrast ranks as the score of one combined query: the same index and candidates serve it.
+    ranking = embedding if rank_by == "score" else await service.run(service.engine.contrast_query, embedding)
+    rows, cells, ranked = await service.search(chosen, meta, ranking, k, exact, within)
     scores = service.engine.values(cells, "heatmap", embedding)
     contrasts = await service.run(service.engine.values, cells, "contrast", embedding)  # may embed the reference
     xs, ys = demorton(np.asarray(chosen.arrays.codes[rows]))
@@ -107,6 +116,7 @@ async def search(
                 **_context(record, params),
                 "level": chosen.level,
                 "k": k,
+                "rank_by": rank_by,
                 **({"bbox": list(box)} if box is not None else {}),
                 "ranked": ranked,
                 "cells": len(chosen),

@@ -1,7 +1,8 @@
 // The soundscape viewer: MapLibre with the server's own imagery as a basemap (when it has one), a
 // heatmap, contrast or uncertainty layer whose tile URL follows the panel (query, hour, month and
 // the source from GET /metadata), a legend read from the TileJSON of the same parameters, and a
-// 24-hour profile of any clicked place with its values per source. The whole state lives in the
+// 24-hour profile of any clicked place with its values per source, and numbered markers on the ten
+// best places in view (/search in the view's bbox, ranked as the layer draws). The whole state lives in the
 // page's URL (#q=birdsong&hour=6&month=5&source=wildlife&layer=contrast&opacity=0.75&map=3/45.1/10.2),
 // so a view can be bookmarked and shared.
 "use strict";
@@ -205,6 +206,7 @@ async function main() {
 
   function redraw() {
     $("copy").disabled = !hasLayer();
+    $("best").disabled = !state.query;
     if (!ready) return;
     if (!hasLayer()) {
       if (map.getLayer("soundscape")) map.setLayoutProperty("soundscape", "visibility", "none");
@@ -244,6 +246,7 @@ async function main() {
   }
 
   function changed() {
+    clearBest();  // they were the best places of the previous query or metadata
     writeUrlState(ready ? map : null);
     redraw();
     refreshLegend();
@@ -269,6 +272,7 @@ async function main() {
   });
   map.on("moveend", () => { if (ready) writeUrlState(map); });
   map.on("click", (event) => showProfile(map, event.lngLat));
+  $("best").addEventListener("click", () => showBest(map));
 
   const loaded = new Promise((resolve) => map.on("load", resolve));
   const restored = restoreQuery();
@@ -465,6 +469,55 @@ async function showProfile(map, lngLat) {
   box.appendChild(bySource);
   drawProfile(canvas, answer.hours.map((h) => h.score));
   new maplibregl.Popup({ maxWidth: "280px" }).setLngLat(lngLat).setDOMContent(box).addTo(map);
+}
+
+// The view as /search's bbox (west,south,east,north): longitudes wrapped into -180..180 (west
+// above east across the antimeridian), the whole world once the view spans it.
+function viewBox(bounds) {
+  const wrap = (lng) => ((((lng + 180) % 360) + 360) % 360) - 180;
+  const wide = bounds.getEast() - bounds.getWest() >= 360;
+  const west = wide ? -180 : wrap(bounds.getWest()), east = wide ? 180 : wrap(bounds.getEast());
+  const clampLat = (lat) => Math.max(-90, Math.min(90, lat));
+  return [west, clampLat(bounds.getSouth()), east === west ? west + 1e-4 : east, clampLat(bounds.getNorth())]
+    .map((v) => v.toFixed(4)).join(",");
+}
+
+// /search for the ten best places in view, ranked as the layer shows them: by contrast on the
+// contrast layer (where the sound stands out), else by match probability.
+function bestParams(map) {
+  const params = queryParams();
+  params.set("k", 10);
+  params.set("rank_by", state.layer === "contrast" ? "contrast" : "score");
+  params.set("bbox", viewBox(map.getBounds()));
+  return params;
+}
+
+// Numbered markers on the ten best places in view, best first.
+async function showBest(map) {
+  if (!state.query) return setStatus("map a sound first", true);
+  const params = bestParams(map);
+  let answer;
+  try {
+    answer = await fetchJson(`${base}/search?${params}`);
+  } catch (error) {
+    return setStatus(`no best places: ${error.message}`, true);
+  }
+  clearBest();
+  window.soundscape.best = answer.features.map((feature) => {
+    const { rank, score, contrast } = feature.properties;
+    const element = document.createElement("div");
+    element.className = "best-marker";
+    element.textContent = rank;
+    element.title = `#${rank}: p = ${score.toPrecision(3)}, contrast = ${contrast.toPrecision(3)}`;
+    return new maplibregl.Marker({ element }).setLngLat(feature.geometry.coordinates).addTo(map);
+  });
+  const by = params.get("rank_by") === "contrast" ? "where it stands out most" : "where it is likeliest";
+  setStatus(`${describeQuery()}: the ${answer.features.length} of ${answer.properties.ranked} places in view ${by}`);
+}
+
+function clearBest() {
+  (window.soundscape.best || []).forEach((marker) => marker.remove());
+  window.soundscape.best = [];
 }
 
 // A small line chart of 24 hourly scores, its y axis fitted to their range.
