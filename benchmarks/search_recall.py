@@ -8,10 +8,13 @@ discrimination benchmark's 14 prompts and the demo corpus's class prompts (one p
 its rules), or the prompts of --prompts, x --pairs random hour+month pairs (and each source with
 one of them) x k: the share of the exact
 top k (the whole level fused under the metadata) that the candidate search returns, the scores'
-largest difference, how many cells it ranks, and its time against the whole level's fusion.
+largest difference, how many cells it ranks, and its time against the whole level's fusion. With
+--rank-by contrast, of /search's rank_by=contrast: the candidates of the combined query whose
+score ranks as the contrast (`Engine.contrast_query`), the differences in contrast.
 
     python benchmarks/search_recall.py [--data-dir data/demo] [--level 7] [--pairs 10] [--seed 0]
-                                       [--prompts FILE] [--json benchmarks/results/search_recall.json]
+                                       [--prompts FILE] [--rank-by score|contrast]
+                                       [--json benchmarks/results/search_recall.json]
 """
 
 from __future__ import annotations
@@ -61,8 +64,13 @@ def metadata_cases(engine: Engine, pairs: int, seed: int) -> list[QueryMetadata]
     return cases + [QueryMetadata(hour=first.hour, month=first.month, source=s) for s in engine.bundle.sources.names]
 
 
-def measure(engine: Engine, level: Level, cases: list[QueryMetadata], prompts: list[str], say) -> dict:
+def measure(
+    engine: Engine, level: Level, cases: list[QueryMetadata], prompts: list[str], say, rank_by: str = "score"
+) -> dict:
     queries = {p: engine.embed_text(p) for p in prompts}
+    # What /search ranks by (server/routes/rest.py), and the layer whose values it reports for that
+    rankings = {p: q if rank_by == "score" else engine.contrast_query(q) for p, q in queries.items()}
+    layer = "heatmap" if rank_by == "score" else "contrast"
     rows_all = np.arange(len(level))
     runs, full_s, found_s = [], [], []
     for meta in cases:
@@ -73,11 +81,11 @@ def measure(engine: Engine, level: Level, cases: list[QueryMetadata], prompts: l
         for prompt, query in queries.items():
             for k in KS:
                 start = time.perf_counter()
-                rows, cells, ranked = candidate_search(engine, level, meta, query, k)
+                rows, cells, ranked = candidate_search(engine, level, meta, rankings[prompt], k)
                 found_s.append(time.perf_counter() - start)
-                truth, truth_cells = engine.top_k(level, exact_cells, query, k)
-                scores = engine.values(cells, "heatmap", query)
-                exact_scores = engine.values(truth_cells, "heatmap", query)
+                truth, truth_cells = engine.top_k(level, exact_cells, rankings[prompt], k)
+                scores = engine.values(cells, layer, query)
+                exact_scores = engine.values(truth_cells, layer, query)
                 runs.append(
                     {
                         "meta": {"hour": meta.hour, "month": meta.month, "source": meta.source},
@@ -112,9 +120,9 @@ def measure(engine: Engine, level: Level, cases: list[QueryMetadata], prompts: l
 def markdown(result: dict) -> str:
     lines = [
         f"Level {result['level']} ({result['cells']} cells), {len(result['prompts'])} prompts x {len(result['cases'])} "
-        "metadata cases, in process, one thread.",
+        f"metadata cases, ranked by {result.get('rank_by', 'score')}, in process, one thread.",
         "",
-        "| k | searches | mean recall | min recall | exact top k all found | largest score difference "
+        "| k | searches | mean recall | min recall | exact top k all found | largest difference "
         "| median cells ranked |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -143,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         help="a text file of prompts, one per line (default: the discrimination benchmark's and the corpus's "
         "class prompts; benchmarks/search_prompts_heldout.txt holds others the candidates were not tuned on)",
     )
+    p.add_argument(
+        "--rank-by",
+        choices=("score", "contrast"),
+        default="score",
+        help="what the searches rank by, as /search's rank_by (default score)",
+    )
     p.add_argument("--json", default="benchmarks/results/search_recall.json", help="where the results go")
     args = p.parse_args(argv)
     say = Progress()
@@ -150,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     engine, _ = open_world(args)
     level = engine.store.levels[args.level]
     cases = metadata_cases(engine, args.pairs, args.seed)
-    result = {"bundle": engine.bundle.id, "store": engine.store.id, "level": args.level}
+    result = {"bundle": engine.bundle.id, "store": engine.store.id, "level": args.level, "rank_by": args.rank_by}
     prompts = args.prompts.read_text().split("\n") if args.prompts else list(PROMPTS)
     result["prompts"] = [line.strip() for line in prompts if line.strip()]
     result["cases"] = [{"hour": m.hour, "month": m.month, "source": m.source} for m in cases]
-    result |= measure(engine, level, cases, result["prompts"], say)
+    result |= measure(engine, level, cases, result["prompts"], say, args.rank_by)
     result["seconds"] = say.seconds
     print(markdown(result))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

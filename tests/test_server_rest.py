@@ -266,6 +266,13 @@ def test_the_search_recall_benchmark_runs_on_a_store(monkeypatch, bundle_path, s
     assert all(r["recall"] == 1 and r["max_score_difference"] == 0 for r in runs if r["ranked"] == result["cells"])
     assert all(0 <= r["recall"] <= 1 for r in runs) and "| k | searches |" in capsys.readouterr().out
 
+    assert search_recall.main([*argv, "--rank-by", "contrast", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["rank_by"] == "contrast" and any(r["ranked"] < result["cells"] for r in result["runs"])
+    assert all(
+        r["recall"] == 1 and r["max_score_difference"] == 0 for r in result["runs"] if r["ranked"] == result["cells"]
+    )
+
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a waterfall\n\nowls hooting at night\n")
     assert search_recall.main([*argv, "--pairs", "1", "--prompts", str(prompts), "--json", str(out)]) == 0
