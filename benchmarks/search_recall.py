@@ -10,7 +10,8 @@ one of them) x k: the share of the exact
 top k (the whole level fused under the metadata) that the candidate search returns, the scores'
 largest difference, how many cells it ranks, and its time against the whole level's fusion. With
 --rank-by contrast, of /search's rank_by=contrast: the candidates of the combined query whose
-score ranks as the contrast (`Engine.contrast_query`), the differences in contrast.
+score ranks as the contrast (`Engine.contrast_query`), the differences in contrast; under a
+source the whole level, as /search ranks it there.
 
     python benchmarks/search_recall.py [--data-dir data/demo] [--level 7] [--pairs 10] [--seed 0]
                                        [--prompts FILE] [--rank-by score|contrast]
@@ -42,11 +43,12 @@ PROMPTS = (*DISTINCT_PROMPTS, *(class_prompt(c) for c in rules.CLASSES))
 
 
 def candidate_search(
-    engine: Engine, level: Level, meta: QueryMetadata, query: QueryEmbedding, k: int
+    engine: Engine, level: Level, meta: QueryMetadata, query: QueryEmbedding, k: int, whole: bool = False
 ) -> tuple[np.ndarray, CellEmbeddings, int]:
     """The best k rows under `meta` as /search finds them without exact=, their embeddings, and
-    how many cells were ranked (server/service.py, `SoundscapeService.search`)."""
-    count = candidate_count(k, len(level))
+    how many cells were ranked (server/service.py, `SoundscapeService.search`); `whole` ranks
+    every cell, as /search does by contrast under a source (server/routes/rest.py)."""
+    count = None if whole else candidate_count(k, len(level))
     limit = Settings.model_fields["max_search_cells"].default  # as `soundscape serve` by default
     rows = engine.candidates(level, meta, query, count, limit) if count is not None else np.arange(len(level))
     cells = engine.fuse(level, rows, meta)
@@ -81,7 +83,8 @@ def measure(
         for prompt, query in queries.items():
             for k in KS:
                 start = time.perf_counter()
-                rows, cells, ranked = candidate_search(engine, level, meta, rankings[prompt], k)
+                whole = rank_by == "contrast" and meta.source is not None
+                rows, cells, ranked = candidate_search(engine, level, meta, rankings[prompt], k, whole)
                 found_s.append(time.perf_counter() - start)
                 truth, truth_cells = engine.top_k(level, exact_cells, rankings[prompt], k)
                 scores = engine.values(cells, layer, query)

@@ -523,8 +523,8 @@ class SoundscapeService:
             raise QueryError(
                 422,
                 f"level {level.level} has {len(level)} cells; searching it exactly under "
-                f"hour/month/source fuses every cell (limit {limit}): pass a coarser level=, "
-                "or leave exact= out",
+                f"hour/month/source fuses every cell (limit {limit}): pass a coarser level= or a bbox= "
+                "(or leave exact= out; rank_by=contrast with a source always searches exactly)",
             )
         cells = whole if whole is not None else await self.fused_level(level, meta)
         return (*await self.run(self.engine.top_k, level, cells, query, k), len(level))

@@ -155,6 +155,24 @@ def test_search_by_contrast_returns_the_cells_the_contrast_layer_draws_brightest
     assert [f["properties"]["contrast"] for f in by_score] != found  # the score ranks other cells first
 
 
+def test_search_by_contrast_under_a_source_ranks_the_whole_level(monkeypatch, bundle_path, store_path):
+    """A source moves the contrast far from the stored rankings that name candidates (the demo's
+    church bells under wildlife recordings: none of the exact top 10), so /search ranks every cell
+    there; by score, or by contrast without a source, it ranks candidates."""
+    monkeypatch.setattr(engine_module, "SEARCH_CANDIDATES", 8)
+    monkeypatch.setattr(engine_module, "CANDIDATES_PER_K", 1)
+    with make_client(bundle_path, store_path) as client:
+        cells = len(client.app.state.service.store.levels[6])
+        source = client.app.state.service.bundle.sources.names[0]
+        params = {"q": "church bells ringing", "k": 3, "level": 6, "hour": 6, "month": 3}
+
+        def ranked(**extra) -> int:
+            return client.get("/search", params={**params, **extra}).json()["properties"]["ranked"]
+
+        assert ranked(rank_by="score", source=source) < cells and ranked(rank_by="contrast") < cells
+        assert ranked(rank_by="contrast", source=source) == cells  # last: a fused level serves later searches
+
+
 def test_a_bbox_across_the_antimeridian_and_one_without_cells(client):
     across = client.get("/search", params={"q": "rain", "k": 1000, "level": 4, "bbox": "30,28,-170,62"}).json()
     rows = centres_within(client, 4, 30, 28, -170, 62)

@@ -84,7 +84,10 @@ async def search(
     within = None if box is None else await service.run(rows_within, chosen, box)
     # The contrast ranks as the score of one combined query: the same index and candidates serve it.
     ranking = embedding if rank_by == "score" else await service.run(service.engine.contrast_query, embedding)
-    rows, cells, ranked = await service.search(chosen, meta, ranking, k, exact, within)
+    # A source moves the contrast far from every stored ranking that names candidates (church bells
+    # under wildlife recordings: none of its top 10, benchmarks/search_recall.py): rank every cell.
+    whole = exact or (rank_by == "contrast" and meta.source is not None)
+    rows, cells, ranked = await service.search(chosen, meta, ranking, k, whole, within)
     scores = service.engine.values(cells, "heatmap", embedding)
     contrasts = await service.run(service.engine.values, cells, "contrast", embedding)  # may embed the reference
     xs, ys = demorton(np.asarray(chosen.arrays.codes[rows]))
