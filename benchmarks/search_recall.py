@@ -34,7 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.demo_quality import Progress, add_world_arguments, class_prompt, open_world
 from benchmarks.discrimination import PROMPTS as DISTINCT_PROMPTS
 from corpus import rules
-from server.engine import CellEmbeddings, Engine, QueryEmbedding, QueryMetadata, candidate_count
+from server.engine import (
+    CellEmbeddings,
+    Engine,
+    QueryEmbedding,
+    QueryMetadata,
+    candidate_count,
+    ranks_whole_level,
+)
 from server.settings import Settings
 from store.reader import Level
 
@@ -83,7 +90,7 @@ def measure(
         for prompt, query in queries.items():
             for k in KS:
                 start = time.perf_counter()
-                whole = rank_by == "contrast" and meta.source is not None
+                whole = ranks_whole_level(rank_by, meta)
                 rows, cells, ranked = candidate_search(engine, level, meta, rankings[prompt], k, whole)
                 found_s.append(time.perf_counter() - start)
                 truth, truth_cells = engine.top_k(level, exact_cells, rankings[prompt], k)

@@ -209,6 +209,13 @@ def rows_within(level: Level, bbox: tuple[float, float, float, float]) -> np.nda
     return np.flatnonzero(across & (lat >= south) & (lat <= north))
 
 
+def ranks_whole_level(rank_by: str, meta: QueryMetadata) -> bool:
+    """Whether /search ranks every cell rather than candidates: by contrast under a source, which
+    moves the contrast far from every stored ranking that names candidates (church bells under
+    wildlife recordings: none of its top 10; benchmarks/search_recall.py --rank-by contrast)."""
+    return rank_by == "contrast" and meta.source is not None
+
+
 def candidate_count(k: int, cells: int) -> int | None:
     """How many candidates /search ranks for the best k of `cells`, or None to rank them all."""
     count = max(SEARCH_CANDIDATES, CANDIDATES_PER_K * k)

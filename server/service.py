@@ -544,8 +544,13 @@ class SoundscapeService:
         if len(rows) == 0:
             return rows, CellEmbeddings(np.asarray(level.arrays.mu[:0]), np.asarray(level.arrays.s[:0])), 0
         cells = await self.run(self.engine.stored, level, rows, meta)
-        if cells is None:
-            cells = await self.fuse(level, rows, meta)
+        if cells is None:  # a fusion of the whole level under meta, kept by an earlier search, has them
+            whole = await self.level_fusions.get(self._fused_level_key(level, meta), CELLS)
+            cells = (
+                CellEmbeddings(whole.mu[rows], whole.s[rows])
+                if whole is not None
+                else await self.fuse(level, rows, meta)
+            )
         best, top = await self.run(self.engine.top_k, level, cells, query, k)
         return rows[best], top, len(rows)
 

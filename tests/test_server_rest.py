@@ -123,7 +123,8 @@ def centres_within(client, level: int, west, south, east, north) -> np.ndarray:
 def test_a_search_within_a_bbox_ranks_every_cell_there_and_no_other(client, hour):
     box, text = (0.0, 40.0, 20.0, 55.0), "birdsong in a forest"
     params = {"q": text, "k": 1000, "level": 5, "bbox": ",".join(map(str, box)), **({"hour": hour} if hour else {})}
-    body = client.get("/search", params=params).json()
+    answer = client.get("/search", params=params)
+    body = answer.json()
     rows = centres_within(client, 5, *box)
     assert 0 < len(rows) < len(Store(client.app.state.service.store.path).levels[5].arrays.s)
     assert body["properties"]["ranked"] == len(rows) == len(body["features"])
@@ -132,11 +133,7 @@ def test_a_search_within_a_bbox_ranks_every_cell_there_and_no_other(client, hour
         lon, lat = feature["geometry"]["coordinates"]
         assert box[0] <= lon <= box[2] and box[1] <= lat <= box[3]
     truth, _ = brute_force(client, 5, text, hour)
-    assert np.allclose(scores_of_body(body), np.sort(truth[rows])[::-1], atol=1e-4)
-
-
-def scores_of_body(body) -> list[float]:
-    return [f["properties"]["score"] for f in body["features"]]
+    assert np.allclose(scores_of(answer), np.sort(truth[rows])[::-1], atol=1e-4)
 
 
 @pytest.mark.parametrize("hour, bbox", [(None, None), (6, None), (None, "0,40,20,55")])
@@ -171,6 +168,17 @@ def test_search_by_contrast_under_a_source_ranks_the_whole_level(monkeypatch, bu
 
         assert ranked(rank_by="score", source=source) < cells and ranked(rank_by="contrast") < cells
         assert ranked(rank_by="contrast", source=source) == cells  # last: a fused level serves later searches
+
+
+def test_a_bbox_search_takes_its_cells_from_a_fused_level_kept_by_an_earlier_search(bundle_path, store_path):
+    params = {"q": "rain", "k": 5, "level": 6, "hour": 6, "month": 3}
+    with make_client(bundle_path, store_path) as client:
+        service = client.app.state.service
+        whole = client.get("/search", params={**params, "exact": "true"}).json()  # fuses and keeps level 6
+        fusions = service.stats["fusions"]
+        boxed = client.get("/search", params={**params, "bbox": "-180,-90,180,90"}).json()
+        assert service.stats["fusions"] == fusions, "no fusion: the kept level has every cell of the box"
+        assert boxed["features"] == whole["features"]
 
 
 def test_a_bbox_across_the_antimeridian_and_one_without_cells(client):

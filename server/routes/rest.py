@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from runtime.tiles import demorton, quadkey, tile_bounds
-from server.engine import QueryEmbedding, QueryMetadata, rows_within
+from server.engine import QueryEmbedding, QueryMetadata, ranks_whole_level, rows_within
 from server.http import conditional, errors
 from server.params import LevelParam, QueryParams, QueryParamsDep, parse_bbox, query_embedding, query_metadata
 from server.routes.deps import ServiceDep
@@ -84,9 +84,7 @@ async def search(
     within = None if box is None else await service.run(rows_within, chosen, box)
     # The contrast ranks as the score of one combined query: the same index and candidates serve it.
     ranking = embedding if rank_by == "score" else await service.run(service.engine.contrast_query, embedding)
-    # A source moves the contrast far from every stored ranking that names candidates (church bells
-    # under wildlife recordings: none of its top 10, benchmarks/search_recall.py): rank every cell.
-    whole = exact or (rank_by == "contrast" and meta.source is not None)
+    whole = exact or ranks_whole_level(rank_by, meta)
     rows, cells, ranked = await service.search(chosen, meta, ranking, k, whole, within)
     scores = service.engine.values(cells, "heatmap", embedding)
     contrasts = await service.run(service.engine.values, cells, "contrast", embedding)  # may embed the reference

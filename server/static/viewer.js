@@ -472,14 +472,13 @@ async function showProfile(map, lngLat) {
 }
 
 // The view as /search's bbox (west,south,east,north): longitudes wrapped into -180..180 (west
-// above east across the antimeridian), the whole world once the view spans it.
+// above east across the antimeridian), the whole world once the view spans it (to the 4 decimals
+// sent: a nearly whole view would round to west = east).
 function viewBox(bounds) {
   const wrap = (lng) => ((((lng + 180) % 360) + 360) % 360) - 180;
-  const wide = bounds.getEast() - bounds.getWest() >= 360;
+  const wide = bounds.getEast() - bounds.getWest() >= 359.999;
   const west = wide ? -180 : wrap(bounds.getWest()), east = wide ? 180 : wrap(bounds.getEast());
-  const clampLat = (lat) => Math.max(-90, Math.min(90, lat));
-  return [west, clampLat(bounds.getSouth()), east === west ? west + 1e-4 : east, clampLat(bounds.getNorth())]
-    .map((v) => v.toFixed(4)).join(",");
+  return [west, bounds.getSouth(), east, bounds.getNorth()].map((v) => v.toFixed(4)).join(",");
 }
 
 // /search for the ten best places in view, ranked as the layer shows them: by contrast on the
