@@ -33,7 +33,6 @@ hourly fusions for hour=): see `map_checks`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -46,6 +45,7 @@ from scipy.stats import mannwhitneyu, rankdata, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.provenance import dumps
 from corpus import rules
 from corpus.build import BuildConfig, cell_points, draw_locations
 from corpus.places import Places
@@ -688,12 +688,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     result["seconds"] = say.seconds
     print(markdown(result))
-    text = json.dumps(result, indent=1)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        Path(args.json).write_text(dumps(result, indent=1) + "\n")
         say(f"wrote {args.json}")
     else:
-        print(json.dumps(result))
+        print(dumps(result, indent=None))
     return 0
 
 

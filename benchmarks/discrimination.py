@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -60,6 +59,7 @@ from benchmarks.demo_quality import (
     open_world,
     region_split,
 )
+from benchmarks.provenance import dumps
 from runtime.scoring import uncertainty
 
 # Distinct sounds (issue 14: at least 12). None is one of runtime.scoring.REFERENCE_PROMPTS.
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["seconds"] = say.seconds
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1, default=_json) + "\n")
+    Path(args.json).write_text(dumps(result, indent=1, default=_json) + "\n")
     print(markdown(result))
     say(f"wrote {args.json}")
     return 0

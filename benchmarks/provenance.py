@@ -5,6 +5,7 @@ the server's."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -38,9 +39,27 @@ def provenance() -> dict:
     }
 
 
+def finite(value: object) -> object:
+    """The value with every NaN or infinity in it as None: a figure that does not exist (an AUC
+    over no positives) is null, since NaN is not JSON and strict readers (jq, browsers) refuse it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def dumps(result: object, indent: int = 2, default=None) -> str:
+    """A result as strict JSON (non-finite numbers as null); `default` converts what json cannot."""
+    plain = json.loads(json.dumps(result, default=default)) if default is not None else result
+    return json.dumps(finite(plain), indent=indent, allow_nan=False)
+
+
 def emit(result: dict, path: Path | None) -> None:
     """Print a benchmark's result as JSON and, given a path, write it there too."""
-    text = json.dumps(result, indent=2)
+    text = dumps(result)
     if path is not None:
         path.write_text(text + "\n")
     print(text)

@@ -396,3 +396,28 @@ def test_the_bare_baselines_answer_each_recorded_url_with_its_bytes(tmp_path: Pa
         for url, answer in answers.items():
             got = httpx.get(base + url)
             assert (got.status_code, got.content, got.headers["content-type"]) == (200, answer.content, "image/png")
+
+
+def test_results_are_strict_json(tmp_path: Path) -> None:
+    """A figure that does not exist (an AUC over no positives) is written as null, never NaN,
+    which strict JSON readers refuse; every committed result parses strictly."""
+    import json
+
+    from benchmarks.provenance import dumps, emit
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    result = {"auc": float("nan"), "spread": [float("inf"), 0.5], "runs": ({"x": -float("inf")},), "n": 3}
+    emit(result, tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text(), parse_constant=refuse) == {
+        "auc": None,
+        "spread": [None, 0.5],
+        "runs": [{"x": None}],
+        "n": 3,
+    }
+    assert json.loads(dumps({"a": float("nan")}, indent=None, default=str)) == {"a": None}
+    committed = sorted((Path(__file__).parent.parent / "benchmarks" / "results").rglob("*.json"))
+    assert committed
+    for path in committed:
+        json.loads(path.read_text(), parse_constant=refuse)
