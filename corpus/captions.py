@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from corpus.places import PlaceAttributes
-from corpus.rules import SEASONS, SOUNDS, TROPICAL, urban
+from corpus.rules import ARID, COLD, POLAR, SEASONS, SOUNDS, TEMPERATE, TROPICAL, urban
 
 TEMPLATES = (
     "{sounds}",
@@ -37,7 +37,7 @@ COVER_NOUNS = {
     15: "ice field",
     16: "desert",
 }
-CLIMATE_ADJECTIVES = {TROPICAL: "tropical", 2: "dry", 3: "temperate", 4: "cold", 5: "polar"}
+CLIMATE_ADJECTIVES = {TROPICAL: "tropical", ARID: "dry", TEMPERATE: "temperate", COLD: "cold", POLAR: "polar"}
 
 
 def daypart(hour: float) -> str:

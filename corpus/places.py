@@ -63,8 +63,10 @@ class PlaceAttributes:
     population: np.ndarray  # people living within ~20 km (GeoNames places >= 15,000)
 
     def row(self, i: int) -> dict:
-        """Place i as JSON-able scalars."""
-        return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in vars(self).items()}
+        """Place i as JSON-able scalars, its land cover and climate classes named too (what
+        `soundscape corpus explain` shows a person)."""
+        row = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in vars(self).items()}
+        return {**row, "landcover_name": IGBP[int(row["landcover"])], "climate_name": KOPPEN[int(row["climate"])]}
 
 
 def _grid_index(shape: tuple[int, int], lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -337,6 +337,7 @@ def test_cli_explains_rules_and_rejects_bad_input(corpus_path, capsys):
     )
     out = capsys.readouterr().out
     assert "dawn chorus" in out and all(name in out for name in sources.NAMES)
+    assert '"landcover_name": "mixed forest"' in out and '"climate_name": "cold"' in out  # named, not only numbered
     assert main(["corpus", "build", "--samples", "0", "--out", str(corpus_path)]) == 2
     assert capsys.readouterr().err.strip() == "soundscape corpus: --samples must be at least 1"
     assert main(["corpus", "build", "--max-town-layers", "0", "--out", str(corpus_path)]) == 2
