@@ -155,7 +155,7 @@ def test_viewer_shows_a_heatmap_for_a_text_query(page, server):
     assert page.outside_requests() == [], "the viewer works offline"
 
 
-def test_best_places_in_view_are_the_searchs_best_in_the_views_bbox(page, server):
+def test_best_places_in_view_are_the_searchs_best_in_the_views_bbox(browser, page, server):
     page.fill("#text", "birdsong at dawn")
     page.click("#search")
     page.wait_for_selector("body[data-heatmap=loaded]", timeout=60_000)
@@ -171,8 +171,17 @@ def test_best_places_in_view_are_the_searchs_best_in_the_views_bbox(page, server
     assert all(west <= lon <= east and south <= lat <= north for lon, lat in markers)
     assert page.locator(".best-marker").all_inner_texts() == [str(r + 1) for r in range(len(markers))]
     assert "where it stands out most" in page.inner_text("#status")
+    assert hash_params(page)["best"] == box  # a saved link keeps the marked places
+    shared = open_page(browser, server, "/" + page.evaluate("window.location.hash"), ready=MAP_LOADED)
+    try:
+        shared.wait_for_function("(window.soundscape.best || []).length > 0", timeout=30_000)
+        assert shared.evaluate("window.soundscape.best.map((m) => [m.getLngLat().lng, m.getLngLat().lat])") == markers
+        assert hash_params(shared)["best"] == box
+    finally:
+        shared.close()
     page.click("#hour-any")  # other metadata, other places: the markers go
     page.wait_for_function("window.soundscape.best.length === 0", timeout=30_000)
+    assert "best" not in hash_params(page)
     page.click("#hour-any")  # back to any hour, as the page was
 
 
@@ -291,12 +300,13 @@ def test_source_and_contrast_are_controls_kept_in_the_url(browser, server):
     page.close()
 
 
-def test_an_unknown_source_in_a_link_is_said_and_left_out(browser, server):
-    page = open_page(browser, server, "/#layer=uncertainty&source=radio-aporee")
+def test_an_unknown_source_or_a_bad_box_in_a_link_is_left_out(browser, server):
+    page = open_page(browser, server, "/#layer=uncertainty&source=radio-aporee&best=10,20,10,30")
     page.wait_for_selector("#notice", state="visible", timeout=30_000)
     assert 'source "radio-aporee" is unknown to this server' in page.inner_text("#notice")
     page.wait_for_selector("body[data-heatmap=loaded]", timeout=60_000)
     assert page.input_value("#source") == "" and "source" not in hash_params(page)
+    assert "best" not in hash_params(page), "a box /search would refuse (west = east) is left out too"
     page.close()
 
 

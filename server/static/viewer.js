@@ -11,8 +11,9 @@ const base = new URL(".", window.location.href).href.replace(/\/$/, "");
 const $ = (id) => document.getElementById(id);
 // q: a text query, as the page URL shows it; query: the registered id the tiles use (a text's or
 // a recording's: short ASCII tile URLs that QGIS keeps intact).
+// best: the bbox whose best places are marked (/search's west,south,east,north), null when none.
 const state = { q: null, query: null, label: "", layer: "heatmap", opacity: 0.75, hour: null, month: null,
-                source: null };
+                source: null, best: null };
 const LAYERS = ["heatmap", "contrast", "uncertainty"];
 const QUERY_LAYERS = ["heatmap", "contrast"];  // the layers drawn for a query
 const LEGEND_TITLES = { heatmap: "match probability", contrast: "contrast (log-odds)", uncertainty: "uncertainty (S)" };
@@ -38,6 +39,16 @@ function setNotice(text) {
 
 // --- The state in the URL ---------------------------------------------------------------------
 
+// A shared bbox (west,south,east,north) as /search takes it, or null: out-of-range boxes are
+// ignored as other hand-edited values are.
+function boxIn(text) {
+  const box = (text || "").split(",").map((v) => (/^-?\d+(\.\d+)?$/.test(v) ? Number(v) : NaN));
+  const [west, south, east, north] = box;
+  const ok = box.length === 4 && box.every(Number.isFinite) && Math.abs(west) <= 180 && Math.abs(east) <= 180
+    && west !== east && south >= -90 && north <= 90 && south < north;
+  return ok ? text : null;
+}
+
 function intIn(text, lo, hi) {
   const value = /^\d+$/.test(text || "") ? Number(text) : NaN;
   return value >= lo && value <= hi ? value : null;
@@ -61,14 +72,16 @@ function readUrlState() {
     source: params.get("source") || null,
     layer: LAYERS.includes(params.get("layer")) ? params.get("layer") : null,
     opacity: params.get("opacity") && opacity >= 0 && opacity <= 1 ? opacity : 0.75,
+    best: boxIn(params.get("best")),
     view,
   };
 }
 
-// `key=value&...` with readable slashes and spaces (map=3/45.1/10.2, q=birds+at+dawn).
+// `key=value&...` with readable slashes, commas and spaces (map=3/45.1/10.2, best=-10,35,30,60,
+// q=birds+at+dawn).
 function formatParams(entries) {
   return entries.map(([key, value]) =>
-    `${key}=${encodeURIComponent(value).replace(/%2F/g, "/").replace(/%20/g, "+")}`).join("&");
+    `${key}=${encodeURIComponent(value).replace(/%2F/g, "/").replace(/%2C/g, ",").replace(/%20/g, "+")}`).join("&");
 }
 
 function writeUrlState(map) {
@@ -79,6 +92,7 @@ function writeUrlState(map) {
   if (state.month !== null) entries.push(["month", state.month]);
   if (state.source !== null) entries.push(["source", state.source]);
   entries.push(["layer", state.layer], ["opacity", state.opacity]);
+  if (state.best) entries.push(["best", state.best]);
   if (map) {
     const { lng, lat } = map.getCenter();
     entries.push(["map", `${map.getZoom().toFixed(2)}/${lat.toFixed(4)}/${lng.toFixed(4)}`]);
@@ -281,6 +295,7 @@ async function main() {
   addBasemap(map, info);
   await restored;
   changed();
+  if (initial.best && state.query) await showBest(map, initial.best);  // a shared link's markers
 }
 
 // POST /queries: a text or a recording becomes the id the tiles use; false (and the reason
@@ -483,18 +498,19 @@ function viewBox(bounds) {
 
 // /search for the ten best places in view, ranked as the layer shows them: by contrast on the
 // contrast layer (where the sound stands out), else by match probability.
-function bestParams(map) {
+function bestParams(map, box = viewBox(map.getBounds())) {
   const params = queryParams();
   params.set("k", 10);
   params.set("rank_by", state.layer === "contrast" ? "contrast" : "score");
-  params.set("bbox", viewBox(map.getBounds()));
+  params.set("bbox", box);
   return params;
 }
 
-// Numbered markers on the ten best places in view, best first.
-async function showBest(map) {
+// Numbered markers on the ten best places in view (or in a shared link's box), best first; the
+// URL keeps the box, so a saved link shows the same places.
+async function showBest(map, box = viewBox(map.getBounds())) {
   if (!state.query) return setStatus("map a sound first", true);
-  const params = bestParams(map);
+  const params = bestParams(map, box);
   let answer;
   try {
     answer = await fetchJson(`${base}/search?${params}`);
@@ -510,6 +526,8 @@ async function showBest(map) {
     element.title = `#${rank}: p = ${score.toPrecision(3)}, contrast = ${contrast.toPrecision(3)}`;
     return new maplibregl.Marker({ element }).setLngLat(feature.geometry.coordinates).addTo(map);
   });
+  state.best = box;
+  writeUrlState(map);
   const by = params.get("rank_by") === "contrast" ? "where it stands out most" : "where it is likeliest";
   setStatus(`${describeQuery()}: the ${answer.features.length} of ${answer.properties.ranked} places in view ${by}`);
 }
@@ -517,6 +535,7 @@ async function showBest(map) {
 function clearBest() {
   (window.soundscape.best || []).forEach((marker) => marker.remove());
   window.soundscape.best = [];
+  state.best = null;
 }
 
 // A small line chart of 24 hourly scores, its y axis fitted to their range.
