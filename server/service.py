@@ -20,6 +20,7 @@ from fastapi import HTTPException
 from runtime.bundle import Bundle
 from runtime.imagery import Imagery, ImageryError, is_remote
 from runtime.scoring import CONTRAST_RULE
+from runtime.text import normalise_text
 from server import metrics, render
 from server.batching import Batcher
 from server.cache import BYTES, Codec, LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest, named_key
@@ -236,12 +237,18 @@ class SoundscapeService:
         return found
 
     async def _embed_text(self, normal: str) -> QueryEmbedding:
-        """A new text's embedding; 422 for a text whose tokens the model all fails to know
-        (control characters, a script or symbols outside its vocabulary): it would embed as the
-        empty text, a map of nothing the user asked for."""
-        if not self.bundle.tokenizer.known_tokens(normal):
-            raise QueryError(422, f"text {shown(normal)} holds no word the text model knows (e.g. text=birdsong)")
+        """A new text's embedding (422 for a text the model cannot embed: `check_text`)."""
+        self.check_text(normal)
         return await self.text_batcher(normal)
+
+    def check_text(self, text: str) -> None:
+        """422 for a text whose tokens the model all fails to know (control characters, a script
+        or symbols outside its vocabulary): it would embed as the empty text, a map of nothing the
+        user asked for. A tokenizer pass, no embedding: `If-None-Match: *` asks it of a tile."""
+        if not self.bundle.tokenizer.known_tokens(text):
+            raise QueryError(
+                422, f"text {shown(normalise_text(text))} holds no word the text model knows (e.g. text=birdsong)"
+            )
 
     async def audio_query(self, data: bytes) -> tuple[QueryRecord, QueryEmbedding]:
         """Decode, embed and register an audio upload (only registered ids can reach it later)."""

@@ -33,8 +33,13 @@ async def _tile(
     params: TileParams,
 ) -> Response:
     tile, text = tile_request(service, tms, z, x, y, fmt, params)
-    if text is None and tile.query is not None and "*" in if_none_match_tags(request):
-        await service.resolve(tile.query)  # `*` matches only a tile that exists: 404 for an unknown id
+    if tile.query is not None and "*" in if_none_match_tags(request):
+        # `*` matches only a tile that exists: 404 for an unknown id, 422 for a text the model
+        # knows no word of (as without the header)
+        if text is not None:
+            service.check_text(text)
+        else:
+            await service.resolve(tile.query)
     name = service.tile_name(tile)
     etag = f'"{name}"'
     held = not_modified(request, etag, cache_control(request, "tile"))  # known before rendering
