@@ -27,3 +27,22 @@ def test_if_none_match_star_is_no_304_for_a_text_the_model_cannot_embed(client, 
     assert starred.json()["detail"] == plain.json()["detail"]
     assert "holds no word the text model knows" in starred.json()["detail"]
     assert client.get(path, params={"q": "birdsong"}, headers={"If-None-Match": "*"}).status_code == 304
+
+
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        ({"rescale": "bad"}, "rescale must be two numbers min,max"),
+        ({"rescale": "nan,1"}, "rescale needs finite min < max"),
+        ({"colormap_name": "nope"}, "unknown colormap_name 'nope'"),
+        ({"layer": "uncertainty", "rescale": "1,0"}, "rescale needs finite min < max"),
+    ],
+)
+def test_wmts_without_a_query_refuses_a_malformed_style(client, params, needle):
+    """Without q or query the capabilities list the uncertainty layer only, which is drawn in its
+    own scale and colours: a malformed rescale or colormap_name was ignored there (200)."""
+    r = client.get("/WMTSCapabilities.xml", params=params)
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"]
+    assert client.get("/WebMercatorQuad/WMTSCapabilities.xml", params=params).status_code == 422
+    assert client.get("/WMTSCapabilities.xml", params={**params, "q": "birdsong"}).status_code == 422

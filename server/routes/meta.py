@@ -14,7 +14,17 @@ from fastapi.responses import JSONResponse, Response
 from server import metrics, wmts
 from server.engine import CELLS_PER_TILE_LOG2, LAYERS, QUERY_LAYERS
 from server.http import BINARY, TEXT, conditional, errors
-from server.params import DEFAULT_LAYER, TMS_IDS, TileParams, TileParamsDep, check_tms, echo, tile_request
+from server.params import (
+    DEFAULT_LAYER,
+    TMS_IDS,
+    TileParams,
+    TileParamsDep,
+    check_tms,
+    colormap,
+    echo,
+    parse_rescale,
+    tile_request,
+)
 from server.render import colormap_names, legend
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService, TileRequest
@@ -115,6 +125,10 @@ async def tms_tilejson(tms: str, request: Request, service: ServiceDep, params: 
 
 
 async def _wmts(request: Request, service: ServiceDep, params: TileParams) -> Response:
+    # The uncertainty layer is drawn with its own scale and colours: a malformed rescale or
+    # colormap_name is still a 422 when it is the only layer, never ignored.
+    parse_rescale(params.rescale)
+    colormap(params.colormap_name, "heatmap")
     base = base_url(request)
     has_query = params.q is not None or params.query is not None
     layers = []
