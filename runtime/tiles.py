@@ -153,3 +153,30 @@ def tiles_in_bbox(z: int, bbox: tuple[float, float, float, float]) -> tuple[np.n
     x0, x1, y0, y1 = tile_range(z, bbox)
     xs, ys = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1))
     return xs.ravel().astype(np.int64), ys.ravel().astype(np.int64)
+
+
+def morton_ranges(z: int, x0: int, x1: int, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending half-open Morton code ranges [lo, hi) that together hold exactly the zoom-z
+    tiles with x0 <= x <= x1 and y0 <= y <= y1: a box's cells are these runs of a level's sorted
+    codes. A quadtree descent: a block inside the box is one range, one across its edge splits
+    in four, so the ranges number about the blocks along the edge, not the tiles inside. It
+    starts from the smallest block that holds the whole box."""
+    top_shift = max((x0 ^ x1).bit_length(), (y0 ^ y1).bit_length())
+    bx, by = np.array([x0 >> top_shift], np.uint64), np.array([y0 >> top_shift], np.uint64)
+    los = []
+    for shift in range(top_shift, -1, -1):
+        left, right = bx << np.uint64(shift), ((bx + np.uint64(1)) << np.uint64(shift)) - np.uint64(1)
+        top, bottom = by << np.uint64(shift), ((by + np.uint64(1)) << np.uint64(shift)) - np.uint64(1)
+        meets = (right >= x0) & (left <= x1) & (bottom >= y0) & (top <= y1)
+        inside = (left >= x0) & (right <= x1) & (top >= y0) & (bottom <= y1)
+        los.append((morton(bx[inside], by[inside]) << np.uint64(2 * shift), shift))
+        edge = meets & ~inside
+        if not edge.any():
+            break
+        bx, by = bx[edge] << np.uint64(1), by[edge] << np.uint64(1)
+        bx = np.concatenate([bx, bx + np.uint64(1), bx, bx + np.uint64(1)])
+        by = np.concatenate([by, by, by + np.uint64(1), by + np.uint64(1)])
+    lo = np.concatenate([codes for codes, _ in los])
+    hi = np.concatenate([codes + np.uint64(1 << 2 * shift) for codes, shift in los])
+    order = np.argsort(lo, kind="stable")
+    return lo[order], hi[order]

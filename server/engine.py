@@ -26,7 +26,7 @@ from runtime.scoring import (
     scoring_kind,
     uncertainty,
 )
-from runtime.tiles import MERCATOR_LAT_LIMIT, demorton, morton
+from runtime.tiles import MERCATOR_LAT_LIMIT, demorton, morton, morton_ranges, tile_range
 from server.sampling import AxisSampling, axis_sampling, sample
 from store.reader import Level, Store
 
@@ -201,12 +201,33 @@ def best_rows(scores: np.ndarray, k: int) -> np.ndarray:
 
 def rows_within(level: Level, bbox: tuple[float, float, float, float]) -> np.ndarray:
     """Ascending rows of the cells whose centre lies in (west, south, east, north), edges
-    included; west > east is a box across the antimeridian."""
+    included; west > east is a box across the antimeridian. Only the runs of sorted codes under
+    the box's tiles are read (runtime.tiles.morton_ranges), so a small box costs the same on a
+    planet-scale level as on the demo's, where scanning every centre took 49 ms at 16.7 M cells
+    (benchmarks/bbox_rows.py)."""
     west, south, east, north = bbox
-    lonlat = np.asarray(level.arrays.lonlat)
-    lon, lat = lonlat[:, 0], lonlat[:, 1]
+    halves = [(west, south, 180.0, north), (-180.0, south, east, north)] if west > east else [bbox]
+    starts, stops = (np.concatenate(part) for part in zip(*(_runs_under_tiles(level, h) for h in halves), strict=True))
+    if len(halves) > 1:  # runs of two halves, in order and as one where they overlap
+        order = np.argsort(starts, kind="stable")
+        starts, reach = starts[order], np.maximum.accumulate(stops[order])
+        first = np.flatnonzero(np.r_[True, starts[1:] >= reach[:-1]])
+        starts, stops = starts[first], reach[np.r_[first[1:] - 1, len(reach) - 1]]
+    lengths = stops - starts
+    rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+    lon, lat = np.asarray(level.arrays.lonlat[rows], np.float32).T
     across = (lon >= west) | (lon <= east) if west > east else (lon >= west) & (lon <= east)
-    return np.flatnonzero(across & (lat >= south) & (lat <= north))
+    return rows[across & (lat >= south) & (lat <= north)]
+
+
+def _runs_under_tiles(level: Level, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending row runs [start, stop) of the level's cells in the tiles that meet bbox, and in
+    one tile more each side (a float32 centre may round across a tile's edge at deep levels)."""
+    last = (1 << level.level) - 1
+    x0, x1, y0, y1 = (min(max(v, 0), last) for v in tile_range(level.level, bbox))
+    lo, hi = morton_ranges(level.level, max(x0 - 1, 0), min(x1 + 1, last), max(y0 - 1, 0), min(y1 + 1, last))
+    codes = level.arrays.codes
+    return np.searchsorted(codes, lo), np.searchsorted(codes, hi)
 
 
 def ranks_whole_level(rank_by: str, meta: QueryMetadata) -> bool:
