@@ -1,6 +1,7 @@
 """What finding a bbox's cells costs `/search?bbox=` on a planet-scale level: `engine.rows_within`
 (the runs of sorted Morton codes under the box's tiles) beside a scan of every cell's centre
-(what it did before, the baseline), on every cell of a synthetic level, in process, one thread.
+(what it did before, the baseline), on every cell of a synthetic level, in process, one thread;
+and the bound that refuses a whole-world box before any row is listed.
 
     python benchmarks/bbox_rows.py [--level 12] [--repeat 15] [--json benchmarks/results/bbox_rows.json]
 """
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.provenance import emit, provenance
 from runtime.tiles import demorton, tile_centres
-from server.engine import rows_within
+from server.engine import cells_certainly_within, rows_within
 
 BOXES = {
     "a city (8,47,9,48)": (8.0, 47.0, 9.0, 48.0),
@@ -69,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             median_ms(lambda b=box: scan(lonlat, b), args.repeat),
         )
         boxes[name] = {"cells": len(rows), "rows_within_ms": within, "scan_ms": every, "ratio": within / every}
-    emit({**provenance(), "level": args.level, "cells": len(codes), "repeat": args.repeat, "boxes": boxes}, args.json)
+    world = (-180.0, -90.0, 180.0, 90.0)  # over any limit: refused from the bound, no row listed
+    bound = {
+        "cells_at_least": cells_certainly_within(level, world),
+        "ms": median_ms(lambda: cells_certainly_within(level, world), args.repeat),
+    }
+    result = {"level": args.level, "cells": len(codes), "repeat": args.repeat, "boxes": boxes, "world_bound": bound}
+    emit({**provenance(), **result}, args.json)
     return 0
 
 

@@ -220,6 +220,21 @@ def rows_within(level: Level, bbox: tuple[float, float, float, float]) -> np.nda
     return rows[across & (lat >= south) & (lat <= north)]
 
 
+def cells_certainly_within(level: Level, bbox: tuple[float, float, float, float]) -> int:
+    """How many cells lie in the tiles at least two tiles inside the box's edges (their centres
+    are in the box, whatever float32 rounds): a lower bound counted from the runs' ends alone,
+    so a box over a limit is refused before its rows are listed (all of level 12: 16.7 M)."""
+    west, south, east, north = bbox
+    halves = [(west, south, 180.0, north), (-180.0, south, east, north)] if west > east else [bbox]
+    count = 0
+    for half in halves:
+        x0, x1, y0, y1 = tile_range(level.level, half)
+        if x1 - x0 >= 4 and y1 - y0 >= 4:
+            lo, hi = morton_ranges(level.level, x0 + 2, x1 - 2, y0 + 2, y1 - 2)
+            count += int((np.searchsorted(level.arrays.codes, hi) - np.searchsorted(level.arrays.codes, lo)).sum())
+    return count
+
+
 def _runs_under_tiles(level: Level, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Ascending row runs [start, stop) of the level's cells in the tiles that meet bbox, and in
     one tile more each side (a float32 centre may round across a tile's edge at deep levels)."""

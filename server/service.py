@@ -32,6 +32,8 @@ from server.engine import (
     QueryMetadata,
     Scale,
     candidate_count,
+    cells_certainly_within,
+    rows_within,
     split_parts,
 )
 from server.queries import QueryError, QueryRecord, decode_upload, shown, text_record
@@ -536,18 +538,29 @@ class SoundscapeService:
         cells = whole if whole is not None else await self.fused_level(level, meta)
         return (*await self.run(self.engine.top_k, level, cells, query, k), len(level))
 
+    async def rows_within(self, level: Level, bbox: tuple[float, float, float, float]) -> np.ndarray:
+        """The rows of the cells whose centre lies in bbox (engine.rows_within); a box that holds
+        more than `settings.max_search_cells` by a bound counted first is refused before its rows
+        are listed (a whole-world box of a planet-scale level would list millions)."""
+        at_least = await self.run(cells_certainly_within, level, bbox)
+        if at_least > self.settings.max_search_cells:
+            raise self._bbox_too_large(level, f"at least {at_least}")
+        return await self.run(rows_within, level, bbox)
+
+    def _bbox_too_large(self, level: Level, count: str) -> QueryError:
+        return QueryError(
+            422,
+            f"the bbox holds {count} cells of level {level.level}; a search within a bbox ranks every one "
+            f"of them (limit {self.settings.max_search_cells}): pass a smaller bbox or a coarser level=",
+        )
+
     async def search_within(
         self, level: Level, meta: QueryMetadata, query: QueryEmbedding, k: int, rows: np.ndarray
     ) -> tuple[np.ndarray, CellEmbeddings, int]:
         """The k best of `rows` under `meta`, each of them ranked exactly: stored embeddings where
         the store holds them, else a fusion of the rows (at most `settings.max_search_cells`)."""
-        limit = self.settings.max_search_cells
-        if len(rows) > limit:
-            raise QueryError(
-                422,
-                f"the bbox holds {len(rows)} cells of level {level.level}; a search within a bbox ranks "
-                f"every one of them (limit {limit}): pass a smaller bbox or a coarser level=",
-            )
+        if len(rows) > self.settings.max_search_cells:
+            raise self._bbox_too_large(level, str(len(rows)))
         if len(rows) == 0:
             return rows, CellEmbeddings(np.asarray(level.arrays.mu[:0]), np.asarray(level.arrays.s[:0])), 0
         cells = await self.run(self.engine.stored, level, rows, meta)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from runtime.tiles import demorton, morton, morton_ranges, tile_centres
-from server.engine import rows_within
+from server.engine import cells_certainly_within, rows_within
 
 
 def scan(lonlat: np.ndarray, bbox: tuple[float, float, float, float]) -> np.ndarray:
@@ -46,9 +46,15 @@ def test_rows_within_finds_what_a_scan_of_every_centre_finds(z: int) -> None:
         boxes.append((float(west), float(south), float(east), float(north)))
         a, b = lonlat[rng.integers(len(lonlat), size=2)]  # edges on cells' own centres: edges count
         boxes.append((float(a[0]), float(min(a[1], b[1])), float(b[0]), float(max(a[1], b[1]))))
+    inner = 0
     for box in boxes:
         if box[0] != box[2] and box[1] < box[3]:
-            assert np.array_equal(rows_within(level, box), scan(lonlat, box)), box
+            rows = rows_within(level, box)
+            assert np.array_equal(rows, scan(lonlat, box)), box
+            at_least = cells_certainly_within(level, box)
+            assert at_least <= len(rows), box
+            inner += at_least
+    assert z < 3 or inner > 0, "the bound counts the inner tiles' cells"
 
 
 def test_bbox_rows_benchmark_checks_and_times_both(tmp_path) -> None:
@@ -60,3 +66,4 @@ def test_bbox_rows_benchmark_checks_and_times_both(tmp_path) -> None:
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["cells"] == 4**6 and set(result["boxes"]) == set(bbox_rows.BOXES)
     assert all(b["cells"] > 0 and b["rows_within_ms"] > 0 and b["scan_ms"] > 0 for b in result["boxes"].values())
+    assert 0 < result["world_bound"]["cells_at_least"] < 4**6

@@ -196,6 +196,9 @@ def test_a_bbox_over_the_search_limit_is_a_422_that_says_what_to_do(bundle_path,
         assert answer.status_code == 422 and "pass a smaller bbox or a coarser level=" in answer.json()["detail"]
         small = client.get("/search", params={"q": "rain", "level": 6, "bbox": "0,40,12,50"})
         assert small.status_code == 200 and 0 < small.json()["properties"]["ranked"] <= 40
+        # A box far over the limit is refused from a count of its inner tiles' cells, before its rows are listed.
+        world = client.get("/search", params={"q": "rain", "level": 6, "bbox": "-180,-90,180,90"})
+        assert world.status_code == 422 and "the bbox holds at least " in world.json()["detail"]
 
 
 def test_candidates_are_the_default_best_the_children_above_and_the_additive_proxy_best(

@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from runtime.tiles import demorton, quadkey, tile_bounds
-from server.engine import QueryEmbedding, QueryMetadata, ranks_whole_level, rows_within
+from server.engine import QueryEmbedding, QueryMetadata, ranks_whole_level
 from server.http import conditional, errors
 from server.params import LevelParam, QueryParams, QueryParamsDep, parse_bbox, query_embedding, query_metadata
 from server.routes.deps import ServiceDep
@@ -81,7 +81,7 @@ async def search(
     meta = query_metadata(service, params)
     record, embedding = await query_embedding(service, params)
     chosen = service.level(level)
-    within = None if box is None else await service.run(rows_within, chosen, box)
+    within = None if box is None else await service.rows_within(chosen, box)
     # The contrast ranks as the score of one combined query: the same index and candidates serve it.
     ranking = embedding if rank_by == "score" else await service.run(service.engine.contrast_query, embedding)
     whole = exact or ranks_whole_level(rank_by, meta)
