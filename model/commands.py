@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from model.config import ConfigError
+from runtime.contract import GRAPH_FILES, MANIFEST_FILE, RECORD_FILE
 from runtime.errors import UsageError
 from runtime.files import file_sha256
 
@@ -149,7 +150,8 @@ def _export(args: argparse.Namespace) -> int:
             "give one of --checkpoint (a training run), --weights (saved trained parts) "
             "or --config (seeded random weights)"
         )
-    metrics = {"test": json.loads(Path(args.metrics).read_text())} if args.metrics else {}
+    check_export_out(Path(args.out), trained_parts=args.trained_parts)
+    metrics = {"test": _read_metrics(args.metrics)} if args.metrics else {}
     described = source_descriptions(args.source_description or [])
     # What every bundle written here records, from trained parts or from a model.
     bundle_options = {
@@ -189,6 +191,35 @@ def _export(args: argparse.Namespace) -> int:
     manifest = export_bundle(model, args.out, calibration=calibration, training=training, name=name, **bundle_options)
     print(f"bundle {manifest['id']} written to {args.out}")
     return 0
+
+
+def check_export_out(out: Path, *, trained_parts: bool) -> None:
+    """Refuse an --out that export would destroy: a file, or a folder holding anything but what
+    export writes (a bundle; trained parts with --trained-parts) is never replaced."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
+    wanted = "trained parts" if trained_parts else "a model bundle"
+    holds = (
+        (out / RECORD_FILE).is_file()
+        if trained_parts
+        else (out / MANIFEST_FILE).is_file() and (out / GRAPH_FILES["image"]).is_file()
+    )
+    if not holds and any(out.iterdir()):
+        raise UsageError(
+            f"--out {out} holds something other than {wanted}, which export would replace; choose another --out"
+        )
+
+
+def _read_metrics(path: str) -> object:
+    """The JSON of --metrics (what `soundscape evaluate --out` wrote); a sentence when it is none."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--metrics file {path} does not exist") from None
+    except (ValueError, UnicodeDecodeError, IsADirectoryError):
+        raise UsageError(f"--metrics {path} is not a JSON file (write one with soundscape evaluate --out)") from None
 
 
 def source_descriptions(pairs: list[str]) -> dict[str, str]:
@@ -288,5 +319,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="write only the trained tensors (safetensors) and a record.json instead of a bundle: "
         "what a repository commits when the frozen towers come from packages",
     )
-    p.add_argument("--out", required=True, help="bundle (or --trained-parts) directory to write (replaced if present)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="bundle (or --trained-parts) directory to write; an existing bundle (or trained parts) "
+        "there is replaced, anything else is refused",
+    )
     p.set_defaults(handler=_export)
