@@ -224,7 +224,10 @@ def tile_request(
     if params.tilesize not in TILE_SIZES:
         raise HTTPException(422, f"tilesize must be 256 or 512, not {params.tilesize}")
     heatmap = params.layer in QUERY_LAYERS
-    qid = requested_query_id(service, params) if heatmap else None
+    # The uncertainty layer draws no query, but a malformed q or query is still a 422 there (it
+    # is not looked up: an unknown id draws the same S)
+    given = params.q is not None or params.query is not None
+    qid = requested_query_id(service, params) if heatmap or given else None
     request = TileRequest(
         z=z,
         x=x,
@@ -232,7 +235,7 @@ def tile_request(
         fmt=fmt,
         size=params.tilesize,
         layer=params.layer,
-        query=qid,
+        query=qid if heatmap else None,
         meta=query_metadata(service, params),
         colormap=colormap(params.colormap_name, params.layer),
         rescale=parse_rescale(params.rescale),

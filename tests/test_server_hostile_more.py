@@ -46,3 +46,30 @@ def test_wmts_without_a_query_refuses_a_malformed_style(client, params, needle):
     assert needle in r.json()["detail"]
     assert client.get("/WebMercatorQuad/WMTSCapabilities.xml", params=params).status_code == 422
     assert client.get("/WMTSCapabilities.xml", params={**params, "q": "birdsong"}).status_code == 422
+
+
+@pytest.mark.parametrize("path", [TILE, "/tiles/WebMercatorQuad/3/4/2.npy", "/tilejson.json"])
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        ({"query": "zz"}, "query must be a 16-hex-digit id"),
+        ({"query": "ABCDEFABCDEFABCD"}, "query must be a 16-hex-digit id"),
+        ({"q": "   "}, "must not be empty"),
+        ({"q": "rain", "query": "0" * 16}, "not both"),
+    ],
+)
+def test_a_malformed_query_is_refused_on_the_uncertainty_layer_too(client, path, params, needle):
+    """The uncertainty layer draws no query, yet `query=zz` was answered 200 there (and echoed
+    into TileJSON's tile URLs), while WMTS refused the same parameters: now 422 on every layer."""
+    r = client.get(path, params={**params, "layer": "uncertainty"})
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"]
+
+
+def test_the_uncertainty_layer_names_one_tile_whatever_query_comes_with_it(client):
+    """A well-formed query is not looked up for the uncertainty layer and does not change its tile."""
+    plain = client.get(TILE, params={"layer": "uncertainty"})
+    for params in ({"query": "0" * 16}, {"q": "birdsong"}):
+        r = client.get(TILE, params={**params, "layer": "uncertainty"})
+        assert r.status_code == 200, r.text
+        assert (r.headers["etag"], r.content) == (plain.headers["etag"], plain.content)
