@@ -264,7 +264,24 @@ def execute(
             f"no cell of levels {plan.levels} lies inside the bbox/region" + (" on land" if plan.land_only else "")
         )
     key = run_key(imagery, bundle, plan, options)
-    work = PartialStore(out, key, options.batch or default_batch(bundle), discard_other=overwrite)
+    work = PartialStore(out, key, options.batch or default_batch(bundle), discard_other=overwrite, overwrite=overwrite)
+    try:
+        return _embed_and_finish(imagery, bundle, plan, out, options, key, work, progress)
+    finally:
+        work.close()
+
+
+def _embed_and_finish(
+    imagery: Imagery,
+    bundle: Bundle,
+    plan: Plan,
+    out: Path,
+    options: RunOptions,
+    key: dict,
+    work: PartialStore,
+    progress: bool,
+) -> tuple[dict, RunReport]:
+    """execute's work once it holds the store's writer lock."""
     ranges = {lv: plan.level(lv).shard(*options.shard, work.batch) for lv in plan.levels}
     report = RunReport(device=f"{bundle_device(bundle)}, batches of {work.batch} cells", resumed=work.resumed)
     done = sum(work.level_state(lv, start)["position"] - start for lv, (start, _) in ranges.items())

@@ -176,7 +176,15 @@ def synth_store(out: str | Path, spec: SynthSpec, *, overwrite: bool = False, fl
     check_output(out, overwrite)
     started = time.perf_counter()
     key = {"synthetic": asdict(spec)}
-    work = PartialStore(out, key, CHUNK, discard_other=True)
+    work = PartialStore(out, key, CHUNK, discard_other=True, overwrite=overwrite)
+    try:
+        return _write(work, out, key, spec, started, flat_max)
+    finally:
+        work.close()
+
+
+def _write(work: PartialStore, out: Path, key: dict, spec: SynthSpec, started: float, flat_max: int) -> dict:
+    """synth_store's work once it holds the store's writer lock."""
     state = work.level_state(spec.level, 0)
     writer = work.writer(spec.level, 0, spec.sat_dim, spec.embed_dim, [])
     chunks = -(-spec.cells // CHUNK)

@@ -6,12 +6,14 @@ result equals an uninterrupted run's."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import faiss
 import numpy as np
@@ -35,6 +37,29 @@ from store.npy import GrowingNpy
 def work_paths(out: Path) -> tuple[Path, Path]:
     """(work directory, progress file) of an output store path."""
     return out.parent / f".{out.name}.partial", out.parent / f".{out.name}.progress.json"
+
+
+def _writer_lock(out: Path) -> tuple[Path, IO[str]]:
+    """An exclusive lock on `.STORE.partial.lock` beside `out`, held by the one process writing
+    that store (the open file; closing it, or the process's end, releases it): its path and open
+    file. StoreError at once when another process holds it."""
+    path = out.parent / f".{out.name}.partial.lock"
+    while True:
+        handle = open(path, "a")  # noqa: SIM115  (held until the run ends)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StoreError(
+                f"another process is writing the store {out}; wait for it to finish (a rerun then resumes "
+                "or refuses the finished store), or choose another --out"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return path, handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # a writer that finished removed the file this one locked: lock the new one
 
 
 class LevelWriter:
@@ -75,11 +100,23 @@ class LevelWriter:
 
 
 class PartialStore:
-    """The work directory and progress of one run, identified by `key` (plan, bundle, shard...)."""
+    """The work directory and progress of one run, identified by `key` (plan, bundle, shard...).
+    One process at a time holds it (a lock beside the store, released by `close()` or the
+    process's end): a second writer of the same store stops at once instead of interleaving rows."""
 
-    def __init__(self, out: Path, key: dict, batch: int, *, discard_other: bool):
+    def __init__(self, out: Path, key: dict, batch: int, *, discard_other: bool, overwrite: bool = False):
         self.out = Path(out)
         self.dir, self.progress = work_paths(self.out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_path, self._lock = _writer_lock(self.out)
+        try:
+            check_output(self.out, overwrite)  # again, under the lock: another writer may have finished it
+            self._open(key, batch, discard_other)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, key: dict, batch: int, discard_other: bool) -> None:
         state = self._load()
         if state is not None and state["key"] != key:
             if not discard_other:
@@ -129,10 +166,22 @@ class PartialStore:
             shutil.rmtree(self.dir)
         self.progress.unlink(missing_ok=True)
 
+    def close(self) -> None:
+        """Let another process write this store: the lock file is removed while still held (a
+        writer that locked it meanwhile sees it gone and locks a new one), then released."""
+        if not self._lock.closed:
+            self._lock_path.unlink(missing_ok=True)
+            self._lock.close()
+
 
 def check_output(out: Path, overwrite: bool) -> None:
     """Refuse an output path that holds a store (unless overwrite) or anything else non-empty."""
     out = Path(out)
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise StoreError(f"{folder} is a file, not a folder, so {out} cannot be written; choose another --out")
     if not out.exists():
         return
     if (out / MANIFEST_FILE).is_file():

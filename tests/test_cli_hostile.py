@@ -4,10 +4,12 @@ what was already stored as it was."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from tests.test_cli import _fails
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,3 +43,35 @@ def test_export_metrics_that_are_not_json_is_one_sentence(capsys, tmp_path) -> N
     line = _fails(capsys, [*argv, "--out", str(tmp_path / "bundle")])
     assert f"--metrics {metrics} is not a JSON file" in line
     assert not (tmp_path / "bundle").exists()
+
+
+def test_a_second_writer_of_one_store_stops_at_once(capsys, tmp_path) -> None:
+    """Two precomputes (or synths) of one --out interleaved their rows into one damaged store, which
+    the first then finished with exit 0; now the second stops, and the first's work is untouched."""
+    from store.writer import PartialStore
+
+    out = tmp_path / "store"
+    first = PartialStore(out, {"run": "first"}, 8, discard_other=False)
+    try:
+        line = _fails(capsys, ["store", "synth", "--out", str(out), "--level", "3", "--cells", "10"])
+        assert line == (
+            f"soundscape store: another process is writing the store {out}; wait for it to finish "
+            "(a rerun then resumes or refuses the finished store), or choose another --out"
+        )
+        assert first.dir.is_dir() and json.loads(first.progress.read_text())["key"] == {"run": "first"}
+    finally:
+        first.discard()
+        first.close()
+    assert main(["store", "synth", "--out", str(out), "--level", "3", "--cells", "10"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"], "a lock file or work folder left behind"
+
+
+def test_an_out_below_a_file_is_one_sentence(capsys, tmp_path) -> None:
+    (tmp_path / "afile").write_text("keep me")
+    out = tmp_path / "afile" / "store"
+    line = _fails(capsys, ["store", "synth", "--out", str(out), "--level", "3", "--cells", "10"])
+    assert (
+        line
+        == f"soundscape store: {out.parent} is a file, not a folder, so {out} cannot be written; choose another --out"
+    )
+    assert (tmp_path / "afile").read_text() == "keep me"
