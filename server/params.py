@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import unquote_plus
 
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.dependencies.models import Dependant
@@ -91,14 +92,39 @@ P = TypeVar("P")
 async def each_once(request: Request) -> None:
     """Refuse a parameter the route takes given more than once: `q=rain&q=birdsong` would
     otherwise draw the last one silently. Parameters the route does not take (a cache buster
-    such as `_=1733040000`) stay ignored, repeated or not."""
-    repeated = [(k, n) for k, n in Counter(k for k, _ in request.query_params.multi_items()).items() if n > 1]
+    such as `_=1733040000`) stay ignored, repeated or not. Also refuse one whose percent-encoded
+    bytes are not UTF-8 (`not_utf8`)."""
+    items = request.query_params.multi_items()
+    repeated = [(k, n) for k, n in Counter(k for k, _ in items).items() if n > 1]
+    garbled = any(REPLACED in v for _, v in items)  # the decoder's mark for bytes that are not UTF-8
     route = request.scope.get("route")
-    if repeated and isinstance(route, APIRoute):
+    if (repeated or garbled) and isinstance(route, APIRoute):
         taken = query_names(route.dependant)
         for name, times in repeated:
             if name in taken:
                 raise HTTPException(422, f"{name} is given {times} times: give each parameter once")
+        if garbled:
+            not_utf8(request.scope.get("query_string", b""), taken)
+
+
+REPLACED = "\ufffd"
+
+
+def not_utf8(query_string: bytes, taken: set[str]) -> None:
+    """422 for a parameter the route takes whose value is not UTF-8 once percent-decoded: the
+    query string decoder puts U+FFFD in place of such bytes, so `q=caf%E9+birds` (Latin-1) would
+    map the text 'caf\ufffd birds', a query nobody wrote."""
+    for pair in query_string.decode("latin-1").split("&"):
+        name, _, value = pair.partition("=")
+        name = unquote_plus(name)
+        if name in taken:
+            try:
+                unquote_plus(value, errors="strict")
+            except UnicodeDecodeError:
+                raise HTTPException(
+                    422,
+                    f"{name} is not UTF-8 text: percent-encode the UTF-8 bytes of each character (é is %C3%A9)",
+                ) from None
 
 
 def query_names(dependant: Dependant) -> set[str]:

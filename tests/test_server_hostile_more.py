@@ -73,3 +73,26 @@ def test_the_uncertainty_layer_names_one_tile_whatever_query_comes_with_it(clien
         r = client.get(TILE, params={**params, "layer": "uncertainty"})
         assert r.status_code == 200, r.text
         assert (r.headers["etag"], r.content) == (plain.headers["etag"], plain.content)
+
+
+@pytest.mark.parametrize(
+    "url, name",
+    [
+        (f"{TILE}?q=caf%E9+birds", "q"),  # Latin-1 é
+        ("/search?q=birds&source=wildlife%FF", "source"),
+        ("/point/10,45?q=%C3birds", "q"),  # a lead byte without its continuation
+        ("/tilejson.json?q=birds&colormap_name=vir%ADidis", "colormap_name"),
+    ],
+)
+def test_a_parameter_whose_bytes_are_not_utf8_is_refused(client, url, name):
+    """The query string's decoder replaced bytes that are not UTF-8 with U+FFFD, so
+    `q=caf%E9+birds` drew and searched the text 'caf\ufffd birds', which nobody wrote."""
+    r = client.get(url)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith(f"{name} is not UTF-8 text")
+
+
+def test_utf8_text_and_unknown_parameters_with_other_bytes_still_pass(client):
+    assert client.get(f"{TILE}?q=caf%C3%A9+birds").status_code == 200
+    assert client.get(f"{TILE}?q=birds+%EF%BF%BD").status_code == 200  # U+FFFD itself, well encoded
+    assert client.get(f"{TILE}?q=birds&_=%FF").status_code == 200  # a parameter no route takes
