@@ -145,26 +145,26 @@ def _info(args: argparse.Namespace) -> int:
     print(f"store {store.id} at {store.path} (format {m['format_version']}, created {m.get('created')})")
     print(f"bundle {store.bundle_id}; imagery {(m.get('imagery') or {}).get('path')}; bounds {m['bounds']}")
     print(f"attribution: {store.attribution}")
-    plan = m.get("plan", {})
+    plan = m.get("plan") or {}
     print(f"plan: levels {plan.get('levels')}, land only {plan.get('land_only')}, region {plan.get('region')}")
     if "shard" in m:
         print(f"shard {m['shard'][0]} of {m['shard'][1]}: merge all shards with `soundscape precompute merge`")
-    print(f"made on: {m.get('run', {}).get('device', '?')}")
+    print(f"made on: {(m.get('run') or {}).get('device', '?')}")
     print(f"{'level':>5} {'cells':>10} {'skipped':>8} {'MB':>8}  index / fusions")
     for key, meta in sorted(m["levels"].items(), key=lambda kv: int(kv[0])):
         folder = store.path / "levels" / f"{int(key):02d}"
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
-        index = meta["index"]
-        recall = (
-            f" (nlist {index['nlist']}, nprobe {index['nprobe']}, recall@10 {index['recall_at_10']}"
-            + (f", recall@100 {index['recall_at_100']})" if "recall_at_100" in index else ")")
-            if "nprobe" in index
-            else ""
-        )
         fusions = ", ".join(meta.get("fusions", [])) or "-"
         counts = f"{int(key):>5} {meta['count']:>10,} {meta.get('skipped', 0):>8,} {size:>8.1f}"
-        print(f"{counts}  {index['kind']}{recall} / {fusions}")
+        print(f"{counts}  {_index_text(meta.get('index', {}))} / {fusions}")
     return 0
+
+
+def _index_text(index: dict) -> str:
+    """'flat-ip', or an IVF's kind with what its tuning recorded: '(nlist 16, nprobe 4, recall@10 0.97, ...)'."""
+    facts = [f"{name} {index[name]}" for name in ("nlist", "nprobe") if name in index]
+    facts += [f"recall@{k} {index[f'recall_at_{k}']}" for k in (10, 100) if f"recall_at_{k}" in index]
+    return index.get("kind", "no index recorded") + (f" ({', '.join(facts)})" if facts else "")
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -51,7 +51,8 @@ class Level:
         self.meta = meta or {}
         arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ARRAYS}
         self.arrays = LevelArrays(**arrays)
-        self.fusion_kinds: list[str] = list(self.meta.get("fusions", []))
+        # Kinds this version knows (a newer writer's others are left unread, as when opening).
+        self.fusion_kinds: list[str] = [k for k in self.meta.get("fusions", []) if k in FUSION_KINDS]
         self._fusions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._index: faiss.Index | None = None
         self._lock = threading.Lock()
@@ -176,13 +177,20 @@ def read_manifest(path: Path) -> dict:
         raise StoreError(f"{manifest_path} has no {', '.join(map(repr, missing))}: the store is damaged; rebuild it")
     if not isinstance(manifest["levels"], dict):
         raise StoreError(f"{manifest_path}: 'levels' is not an object: the store is damaged; rebuild it")
+    for key in ("plan", "run", "attribution", "imagery"):  # optional objects (a synthetic store's imagery: null)
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise StoreError(f"{manifest_path}: {key!r} is not an object: the store is damaged; rebuild it")
+    if not all(isinstance(v, str) for v in (manifest.get("attribution") or {}).values()):
+        raise StoreError(f"{manifest_path}: 'attribution' holds more than texts: the store is damaged; rebuild it")
+    shard = manifest.get("shard", [0, 1])
+    if not (
+        isinstance(shard, list) and len(shard) == 2 and all(type(v) is int for v in shard) and 0 <= shard[0] < shard[1]
+    ):
+        raise StoreError(f"{manifest_path}: 'shard' is not [i, n] with 0 <= i < n: the store is damaged; rebuild it")
+    if not all(isinstance(manifest[k], str) for k in ("id", "bundle_id")):
+        raise StoreError(f"{manifest_path}: 'id' and 'bundle_id' are not texts: the store is damaged; rebuild it")
     for key, size in (("bounds", 4), ("uncertainty_range", 2)):
-        value = manifest[key]
-        if not (
-            isinstance(value, list)
-            and len(value) == size
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
-        ):
+        if not _finite_numbers(manifest[key], size):
             raise StoreError(f"{manifest_path}: {key!r} is not {size} finite numbers: the store is damaged; rebuild it")
     for key, meta in manifest["levels"].items():
         if not (
@@ -193,7 +201,35 @@ def read_manifest(path: Path) -> dict:
             and isinstance(meta.get("files", {}), dict)
         ):
             raise StoreError(f"{manifest_path}: level {key!r} has no valid 'count': the store is damaged; rebuild it")
+        wrong = _ill_typed_level_key(meta)
+        if wrong:
+            raise StoreError(f"{manifest_path}: level {key!r} has {wrong}: the store is damaged; rebuild it")
     return manifest
+
+
+def _finite_numbers(value: object, size: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == size
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+    )
+
+
+def _ill_typed_level_key(meta: dict) -> str | None:
+    """What is wrong with a level's optional keys (None when nothing): each has the type the
+    writer gives it, so a reader never trips over a manifest that lies."""
+    files, fusions = meta.get("files", {}), meta.get("fusions", [])
+    if not all(isinstance(name, str) and isinstance(digest, str) for name, digest in files.items()):
+        return "'files' that are not names with sha256 checksums"
+    if not (isinstance(fusions, list) and all(isinstance(k, str) for k in fusions)):
+        return "'fusions' that is not a list of fusion kinds"
+    if meta.get("s_range") is not None and not _finite_numbers(meta["s_range"], 2):
+        return "an 's_range' that is not 2 finite numbers"
+    if "index" in meta and not (isinstance(meta["index"], dict) and isinstance(meta["index"].get("kind"), str)):
+        return "an 'index' without its 'kind'"
+    if not isinstance(meta.get("skipped", 0), int):
+        return "a 'skipped' that is not a count"
+    return None
 
 
 def _npy_layout(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:

@@ -75,3 +75,61 @@ def test_an_out_below_a_file_is_one_sentence(capsys, tmp_path) -> None:
         == f"soundscape store: {out.parent} is a file, not a folder, so {out} cannot be written; choose another --out"
     )
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def _synth_store(path: Path) -> Path:
+    assert main(["store", "synth", "--out", str(path), "--level", "3", "--cells", "10"]) == 0
+    return path
+
+
+def _lie(store: Path, change) -> None:
+    """Rewrite the store's manifest with `change` applied and the id recomputed (a manifest that
+    lies consistently: only its types and values can tell)."""
+    from store.format import content_id
+
+    manifest = json.loads((store / "manifest.json").read_text())
+    change(manifest)
+    manifest["id"] = content_id(manifest)
+    (store / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda m: m["levels"]["3"].update(fusions="month"), "level '3' has 'fusions' that is not a list"),
+        (lambda m: m["levels"]["3"].update(fusions=["hourly"]), None),  # a kind of a newer version: left unread
+        (lambda m: m["levels"]["3"].update(s_range=[1.0]), "level '3' has an 's_range' that is not 2 finite numbers"),
+        (lambda m: m["levels"]["3"].update(index=None), "level '3' has an 'index' without its 'kind'"),
+        (lambda m: m["levels"]["3"].update(files={"mu.npy": 5}), "level '3' has 'files' that are not names"),
+        (lambda m: m["levels"]["3"].update(skipped="none"), "level '3' has a 'skipped' that is not a count"),
+        (lambda m: m.update(attribution="NASA"), "'attribution' is not an object"),
+        (lambda m: m.update(plan=[3]), "'plan' is not an object"),
+        (lambda m: m.update(run="today"), "'run' is not an object"),
+        (lambda m: m.update(shard=[2, 2]), "'shard' is not [i, n] with 0 <= i < n"),
+        (lambda m: m.update(bundle_id=7), "'id' and 'bundle_id' are not texts"),
+    ],
+)
+@pytest.mark.parametrize("command", ["verify", "info"])
+def test_a_manifest_with_ill_typed_keys_is_one_sentence(capsys, tmp_path, command, change, says) -> None:
+    """Such manifests were KeyError, TypeError or ValueError tracebacks in `store verify` and
+    `store info` (and, for s_range and attribution, in anything that opened the store)."""
+    store = _synth_store(tmp_path / "store")
+    capsys.readouterr()
+    _lie(store, change)
+    if says is None:
+        assert main(["store", command, str(store)]) == 0
+        return
+    line = _fails(capsys, ["store", command, str(store)])
+    assert line.startswith(f"soundscape store: {store / 'manifest.json'}: ")
+    assert says in line and line.endswith("the store is damaged; rebuild it")
+
+
+def test_store_info_describes_a_level_without_index_facts(capsys, tmp_path) -> None:
+    store = _synth_store(tmp_path / "store")
+    _lie(store, lambda m: m["levels"]["3"].pop("index"))
+    capsys.readouterr()
+    assert main(["store", "info", str(store)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("no index recorded / -")
+    _lie(store, lambda m: m["levels"]["3"].update(index={"kind": "ivf-flat-ip", "nprobe": 2}))
+    assert main(["store", "info", str(store)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("ivf-flat-ip (nprobe 2) / -")
