@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from runtime.files import path_lock
-from store.format import INDEX_FILE, MANIFEST_FILE, STORE_FORMAT_VERSION, StoreError, level_dir
+from store.format import ARRAYS, INDEX_FILE, MANIFEST_FILE, STORE_FORMAT_VERSION, StoreError, level_dir
 from store.imagery_ref import as_built, relative_to_store
 from store.index import FLAT_MAX
 from store.npy import GrowingNpy
+from store.reader import check_level_files, read_manifest
+from store.verify import check_checksums
 from store.writer import check_output, finish_store
 
 CHUNK_ROWS = 65536
@@ -28,9 +30,26 @@ def _shard_manifest(path: Path) -> dict:
         manifest = json.loads((path / MANIFEST_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path} is not a finished shard store: {exc}") from exc
-    if manifest.get("format_version") != STORE_FORMAT_VERSION or "shard" not in manifest:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format_version") != STORE_FORMAT_VERSION
+        or "shard" not in manifest
+    ):
         raise StoreError(f"{path} is not a shard store of this version (made by precompute --shard i/n)")
-    return manifest
+    return read_manifest(path)
+
+
+def _check_shard_files(path: Path, manifest: dict) -> None:
+    """Every file of the shard as its manifest records it (dtype, shape, size, sha256): a damaged
+    shard's rows would otherwise be checksummed into the merged store as if they were sound."""
+    try:
+        for key, meta in manifest["levels"].items():
+            check_level_files(level_dir(path, int(key)), meta)
+            if meta["count"] and set(ARRAYS) - {name.removesuffix(".npy") for name in meta.get("files", {})}:
+                raise StoreError(f"{path}: level {key} does not list the checksums of all its arrays")
+        check_checksums(path, manifest)
+    except StoreError as exc:
+        raise StoreError(f"shard {path} is damaged ({exc}); run its precompute --shard again") from None
 
 
 def _check_shards(paths: list[Path], manifests: list[dict]) -> list[tuple[Path, dict]]:
@@ -70,6 +89,8 @@ def merge(shards: list[str | Path], out: str | Path, *, overwrite: bool = False,
     paths = [Path(p) for p in shards]
     check_output(out, overwrite)
     ordered = _check_shards(paths, [_shard_manifest(p) for p in paths])
+    for path, manifest in ordered:
+        _check_shard_files(path, manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
     with path_lock(out):
         for stale in out.parent.glob(f".{out.name}.merge-*"):  # a killed merge's; none runs but this one

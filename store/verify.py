@@ -3,6 +3,8 @@ arrays for consistency (shapes, order, index size, fusions); opening a store che
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from runtime.files import file_sha256
@@ -13,17 +15,24 @@ from store.reader import Level, Store
 def verify_store(store: Store) -> None:
     """Check every file against its checksum and every level's arrays for consistency;
     StoreError naming the first problem."""
-    if content_id(store.manifest) != store.id:
-        raise StoreError(f"{store.path}: the manifest id does not match its content")
+    check_checksums(store.path, store.manifest)
     for key, meta in sorted(store.manifest["levels"].items()):
-        folder = level_dir(store.path, int(key))
-        for name, digest in sorted(meta.get("files", {}).items()):
-            if not (folder / name).is_file():
-                raise StoreError(f"{store.path}: level {key} is missing {name}")
-            if file_sha256(folder / name) != digest:
-                raise StoreError(f"{store.path}: level {key} {name} does not match its checksum")
         if int(key) in store.levels:
             _check_level(store.levels[int(key)], meta)
+
+
+def check_checksums(root: Path, manifest: dict) -> None:
+    """The manifest's id against its content and every file of every level against its sha256;
+    StoreError naming the first that differs."""
+    if content_id(manifest) != manifest["id"]:
+        raise StoreError(f"{root}: the manifest id does not match its content")
+    for key, meta in sorted(manifest["levels"].items()):
+        folder = level_dir(root, int(key))
+        for name, digest in sorted(meta.get("files", {}).items()):
+            if not (folder / name).is_file():
+                raise StoreError(f"{root}: level {key} is missing {name}")
+            if file_sha256(folder / name) != digest:
+                raise StoreError(f"{root}: level {key} {name} does not match its checksum")
 
 
 def _check_level(level: Level, meta: dict) -> None:

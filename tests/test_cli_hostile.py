@@ -5,11 +5,14 @@ what was already stored as it was."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from cli.main import main
+from tests.conftest import precompute_args
 from tests.test_cli import _fails
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,3 +136,45 @@ def test_store_info_describes_a_level_without_index_facts(capsys, tmp_path) -> N
     _lie(store, lambda m: m["levels"]["3"].update(index={"kind": "ivf-flat-ip", "nprobe": 2}))
     assert main(["store", "info", str(store)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("ivf-flat-ip (nprobe 2) / -")
+
+
+@pytest.fixture(scope="module")
+def shards(imagery_path, bundle_path, tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("shards")
+    paths = [root / f"shard{i}" for i in range(2)]
+    for i, path in enumerate(paths):
+        argv = precompute_args(imagery_path, bundle_path, "4", path, "--shard", f"{i}/2", "--batch-size", "16")
+        assert main([*argv, "--quiet"]) == 0
+    return paths
+
+
+def _damage_copy(shard: Path, tmp_path: Path, damage) -> Path:
+    copy = tmp_path / shard.name
+    shutil.copytree(shard, copy)
+    damage(copy / "levels" / "04")
+    return copy
+
+
+def _flip_last_byte(level: Path) -> None:
+    data = bytearray((level / "mu.npy").read_bytes())
+    data[-1] ^= 0x01  # a float16's high mantissa bit: still a finite number, only its checksum tells
+    (level / "mu.npy").write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (_flip_last_byte, "mu.npy does not match its checksum"),
+        (lambda level: os.truncate(level / "sat.npy", (level / "sat.npy").stat().st_size - 10), "truncated?"),
+        (lambda level: (level / "lonlat.npy").unlink(), "lonlat.npy is missing"),
+    ],
+)
+def test_merge_refuses_a_damaged_shard(capsys, tmp_path, shards, damage, says) -> None:
+    """A shard whose bytes changed was merged into a store that `store verify` then passed (its
+    checksums were computed afresh over the damage); a truncated one was a ValueError traceback."""
+    damaged = _damage_copy(shards[1], tmp_path, damage)
+    capsys.readouterr()
+    line = _fails(capsys, ["precompute", "merge", str(shards[0]), str(damaged), "--out", str(tmp_path / "merged")])
+    assert line.startswith(f"soundscape precompute: shard {damaged} is damaged (") and says in line
+    assert line.endswith("run its precompute --shard again")
+    assert not (tmp_path / "merged").exists()
