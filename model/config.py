@@ -19,6 +19,15 @@ from runtime.errors import UserError
 
 S = TypeVar("S", bound="Section")
 
+# Numbers a key must honour (a zero batch size or patch divides by zero, a negative step count
+# trained nothing and exited 0); every float is finite (Section: allow_inf_nan=False).
+Count = Annotated[int, Field(ge=1)]  # sizes, counts, periods in steps
+NonNegative = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0.0)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]  # dropout probabilities
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam's moment decay
+AreaShare = Annotated[float, Field(gt=0.0, le=1.0)]  # a crop's share of the image's area
+
 
 class ConfigError(UserError, ValueError):
     """A config section has an unknown, missing or ill-typed key; the message names it."""
@@ -27,7 +36,7 @@ class ConfigError(UserError, ValueError):
 class Section(BaseModel):
     """A config section: unknown keys refused, values of exactly the declared types."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     def to_dict(self) -> dict:
         return self.model_dump()
@@ -36,15 +45,15 @@ class Section(BaseModel):
 class ImageConfig(Section):
     """ViT with the GSD positional embedding (GSDPE), mean-pooled, then a projector."""
 
-    size: int = 64
-    patch: int = 8
-    width: int = 96
-    depth: int = 2
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
+    size: Count = 64
+    patch: Count = 8
+    width: Count = 96
+    depth: NonNegative = 2
+    heads: Count = 4
+    mlp_ratio: Positive = 4.0
+    dropout: Share = 0.0
     # GSDPE positions are patch index x (gsd / gsd_unit_m); 1.0 keeps metres as PSM does.
-    gsd_unit_m: float = 1000.0
+    gsd_unit_m: Positive = 1000.0
     # A SatMAE / timm ViT checkpoint (.pth) for the backbone; loaded with a strict key report.
     checkpoint: str | None = None
 
@@ -52,24 +61,24 @@ class ImageConfig(Section):
 class FusionConfig(Section):
     """[CLS, sat, metadata tokens] transformer; `width` is also the sat feature size."""
 
-    width: int = 96
-    depth: int = 2
-    heads: int = 4
-    ff: int = 192
-    meta_hidden: int = 64
-    dropout: float = 0.1
+    width: Count = 96
+    depth: NonNegative = 2
+    heads: Count = 4
+    ff: Count = 192
+    meta_hidden: Count = 64
+    dropout: Share = 0.1
 
 
 class HashedTextConfig(Section):
     """Hashed words through a small transformer trained from scratch (no weights needed)."""
 
     kind: Literal["hashed"] = "hashed"
-    vocab_size: int = 8192
-    max_length: int = 32
-    width: int = 96
-    depth: int = 1
-    heads: int = 4
-    dropout: float = 0.1
+    vocab_size: Count = 8192
+    max_length: Count = 32
+    width: Count = 96
+    depth: NonNegative = 1
+    heads: Count = 4
+    dropout: Share = 0.1
 
 
 class MiniLMTextConfig(Section):
@@ -79,7 +88,7 @@ class MiniLMTextConfig(Section):
     kind: Literal["minilm"] = "minilm"
     path: str | None = None
     trainable: bool = False
-    max_length: int = 128
+    max_length: Count = 128
 
 
 class ClapTextConfig(Section):
@@ -88,15 +97,15 @@ class ClapTextConfig(Section):
     kind: Literal["clap"] = "clap"
     path: str
     trainable: bool = True
-    max_length: int = 128
+    max_length: Count = 128
 
 
 class MelCNNAudioConfig(Section):
     """A small log-mel CNN trained from scratch on `features` (runtime.audio.AudioFeatureSpec)."""
 
     kind: Literal["melcnn"] = "melcnn"
-    channels: list[int] = [16, 32, 64]
-    width: int = 96
+    channels: Annotated[list[Count], Field(min_length=1)] = [16, 32, 64]
+    width: Count = 96
     features: dict = Field(default_factory=lambda: AudioFeatureSpec().to_json())
 
 
@@ -107,7 +116,7 @@ class AisfxAudioConfig(Section):
     kind: Literal["aisfx"] = "aisfx"
     checkpoint: str | None = None
     trainable: bool = False
-    duration_s: float = 10.0
+    duration_s: Positive = 10.0
 
 
 class ClapAudioConfig(Section):
@@ -116,7 +125,7 @@ class ClapAudioConfig(Section):
     kind: Literal["clap"] = "clap"
     path: str
     trainable: bool = True
-    duration_s: float = 10.0
+    duration_s: Positive = 10.0
 
 
 TextConfig = Annotated[HashedTextConfig | MiniLMTextConfig | ClapTextConfig, Field(discriminator="kind")]
@@ -124,7 +133,7 @@ AudioConfig = Annotated[MelCNNAudioConfig | AisfxAudioConfig | ClapAudioConfig, 
 
 
 class ModelConfig(Section):
-    embed_dim: int = 64
+    embed_dim: Count = 64
     sources: list[str] = ["demo"]
     caption_sources: list[str] = ["template"]
     logvar_bias: float = -4.0  # both log-variance head biases start here (PSM: sigma^2 ~ 0.018)
@@ -163,25 +172,25 @@ class LossConfig(Section):
     kind: Literal["pcmepp", "infonce"] = "pcmepp"
     init_scale: float = 5.0  # a
     init_shift: float = 5.0  # b
-    pseudo_positive_alpha: float = 0.1
-    vib_beta: float = 1e-4
-    init_temperature: float = 1.0  # InfoNCE's tau (PSM: 1, no exp, no clamp)
+    pseudo_positive_alpha: Annotated[float, Field(ge=0.0)] = 0.1
+    vib_beta: Annotated[float, Field(ge=0.0)] = 1e-4
+    init_temperature: Positive = 1.0  # InfoNCE's tau (PSM: 1, no exp, no clamp)
     # Weights of the modality pairs; PSM (GeoSound): 0.5 each. A pair counts where a batch has both sides.
-    weights: dict[Pair, float] = {"sat_audio": 0.5, "sat_text": 0.5, "audio_text": 0.5}
+    weights: dict[Pair, Annotated[float, Field(ge=0.0)]] = {"sat_audio": 0.5, "sat_text": 0.5, "audio_text": 0.5}
 
 
 class TrainConfig(Section):
-    steps: int = 300  # optimizer steps in all
-    batch_size: int = 64  # the global batch: all processes together
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: Annotated[tuple[float, float], Field(strict=False)] = (0.9, 0.98)  # YAML has no tuples
-    eps: float = 1e-6
-    warmup_steps: int = 20
+    steps: Count = 300  # optimizer steps in all
+    batch_size: Count = 64  # the global batch: all processes together
+    lr: Positive = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
+    betas: Annotated[tuple[Beta, Beta], Field(strict=False)] = (0.9, 0.98)  # YAML has no tuples
+    eps: Positive = 1e-6
+    warmup_steps: NonNegative = 20
     # None: one cosine from the peak to 0 over the run; N: PSM's cosine restarted every N steps.
-    cosine_cycle_steps: int | None = None
-    grad_clip: float | None = 1.0  # max gradient norm; None: no clipping (PSM)
-    meta_dropout: float = 0.5  # each metadata token of each sample, independently, training only
+    cosine_cycle_steps: Count | None = None
+    grad_clip: Positive | None = 1.0  # max gradient norm; None: no clipping (PSM)
+    meta_dropout: Share = 0.5  # each metadata token of each sample, independently, training only
     # Draw each batch with a sample's chance growing as its rarest sound class's frequency to the
     # power -balance_classes (model.batches.class_balance): 0 = plain shuffled epochs. Needs a
     # reader that labels its samples' classes (the demo corpus's does).
@@ -194,25 +203,25 @@ class TrainConfig(Section):
     image_flips: bool = False  # random horizontal/vertical flips of the imagery
     # Random resized crop of the imagery: a share of the area drawn from [low, high] (aspect 3/4..4/3,
     # as torchvision's RandomResizedCrop) resized back to the image size. PSM: [0.2, 1.0]. None: off.
-    image_crop_scale: Annotated[tuple[float, float], Field(strict=False)] | None = None
+    image_crop_scale: Annotated[tuple[AreaShare, AreaShare], Field(strict=False)] | None = None
     # PSM decays every parameter (biases, norms, CLS, a and b too; docs/method.md, pitfall 7); false exempts them.
     decay_all: bool = False
     loss: LossConfig = LossConfig()
     seed: int = 56
     amp: bool = True  # fp16 autocast + loss scaling on CUDA; CPUs run fp32
-    workers: int = 0  # DataLoader worker processes
-    threads: int | None = None  # torch CPU threads (None: torch's default); 1 suits small models on shared CPUs
+    workers: NonNegative = 0  # DataLoader worker processes
+    threads: Count | None = None  # torch CPU threads (None: torch's default); 1 suits small models on shared CPUs
     cache_frozen: bool = True  # run frozen towers once per split (model.frozen_cache)
     # Leave out samples whose source or caption source is not in the model's vocabulary (model.checks);
     # false stops at start, naming them.
     skip_mismatched_rows: bool = False
-    eval_every: int = 100  # validation R@10% every N steps (0: only at the end)
-    eval_samples: int | None = None  # validate on the first N validation samples
-    eval_batch_size: int = 128
+    eval_every: NonNegative = 100  # validation R@10% every N steps (0: only at the end)
+    eval_samples: Count | None = None  # validate on the first N validation samples
+    eval_batch_size: Count = 128
     select_metric: Literal["I2S_R@10%", "S2I_R@10%"] = "I2S_R@10%"  # best.pt and early stopping follow it
-    patience: int | None = None  # stop after this many evaluations without a better metric
-    checkpoint_every: int = 100
-    log_every: int = 10
+    patience: Count | None = None  # stop after this many evaluations without a better metric
+    checkpoint_every: Count = 100
+    log_every: Count = 10
 
 
 def from_section(cls: type[S], section: Any, name: str) -> S:

@@ -178,3 +178,45 @@ def test_merge_refuses_a_damaged_shard(capsys, tmp_path, shards, damage, says) -
     assert line.startswith(f"soundscape precompute: shard {damaged} is damaged (") and says in line
     assert line.endswith("run its precompute --shard again")
     assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize(
+    "section, key, value, says",
+    [
+        ("train", "steps", -5, "`train.steps` should be greater than or equal to 1, not -5"),  # trained nothing, exit 0
+        (
+            "train",
+            "batch_size",
+            0,
+            "`train.batch_size` should be greater than or equal to 1, not 0",
+        ),  # ZeroDivisionError
+        ("train", "lr", float("nan"), "`train.lr` should be a finite number, not nan"),  # torch's ValueError
+        ("train", "lr", -1.0, "`train.lr` should be greater than 0, not -1.0"),
+        ("train", "log_every", 0, "`train.log_every` should be greater than or equal to 1, not 0"),
+        ("train", "checkpoint_every", 0, "`train.checkpoint_every` should be greater than or equal to 1, not 0"),
+        ("train", "betas", [0.9, 1.5], "`train.betas.1` should be less than 1, not 1.5"),
+        ("model", "embed_dim", 0, "`model.embed_dim` should be greater than or equal to 1, not 0"),  # exit 0
+    ],
+)
+def test_train_refuses_numbers_a_key_cannot_mean(capsys, tmp_path, section, key, value, says) -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    config[section][key] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    line = _fails(capsys, ["train", "--config", str(path), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert line == f"soundscape train: {says}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_a_zero_patch(capsys, tmp_path) -> None:
+    """model.image.patch 0 was a ZeroDivisionError traceback once the model was built."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    config["model"]["image"]["patch"] = 0
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    line = _fails(capsys, ["export", "--config", str(path), "--out", str(tmp_path / "bundle")])
+    assert line == "soundscape export: `model.image.patch` should be greater than or equal to 1, not 0"
