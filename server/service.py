@@ -150,6 +150,9 @@ class SoundscapeService:
         self.redis = shared
         self.tiles = TieredCache(LRUCache(settings.lru_bytes), shared)
         self.queries = TieredCache(LRUCache(QUERY_LRU_BYTES), shared)  # embeddings, evictable
+        # Records the registry holds, as this process resolved or registered them: `query=` ids
+        # resolve from here or the registry only, never from an embedding a q= merely cached.
+        self.registered = LRUCache(QUERY_LRU_BYTES)
         self.registry = QueryRegistry(settings.query_db, settings.max_queries, settings.redis_url)
         self._scales: OrderedDict[tuple, Scale] = OrderedDict()
         self.scale_cells = LRUCache(SCALE_SAMPLE_LRU_BYTES)
@@ -235,8 +238,14 @@ class SoundscapeService:
         assert normal is not None  # a text record holds its normalised text
         found = await self._embed(record, lambda: self._embed_text(normal))
         if register:
-            await self.registry.put(record.id, QUERIES.encode(found))
+            await self._register(found)
         return found
+
+    async def _register(self, found: tuple[QueryRecord, QueryEmbedding]) -> None:
+        """Store a record durably (RegistryError if it cannot be) and resolve its id from now on."""
+        body = QUERIES.encode(found)
+        await self.registry.put(found[0].id, body)
+        self.registered.set_now(self._query_key(found[0].id), found, len(body))
 
     async def _embed_text(self, normal: str) -> QueryEmbedding:
         """A new text's embedding (422 for a text the model cannot embed: `check_text`)."""
@@ -266,7 +275,7 @@ class SoundscapeService:
         found = await self._embed(
             decoded.record, lambda: self.run(self.engine.embed_wave, decoded.wave, decoded.sample_rate)
         )
-        await self.registry.put(decoded.record.id, QUERIES.encode(found))
+        await self._register(found)
         return found
 
     @asynccontextmanager
@@ -285,15 +294,18 @@ class SoundscapeService:
             self.uploads_in_flight -= 1
 
     async def resolve(self, query_id: str) -> tuple[QueryRecord, QueryEmbedding]:
-        """A query id's record: cached, else from the durable registry; 404 when unknown."""
+        """A registered query id's record: as resolved before, else from the durable registry; 404
+        when unknown. The embedding cache is not asked: it also holds the texts of q= (not
+        registrations), whose ids would resolve only until the entry is evicted or the server
+        restarts, so a saved link would work for a while and then die."""
         key = self._query_key(query_id)
-        found = await self.queries.get(key, QUERIES)
+        found = self.registered.get_now(key)
         if found is None:
             body = await self.registry.get(query_id)
             if body is None:
                 raise QueryError(404, f"unknown query id {query_id!r}: register the query with POST /queries")
             found = QUERIES.decode(body)
-            self.queries.local.set_now(key, found, len(body))
+            self.registered.set_now(key, found, len(body))
         return found
 
     async def layer_query(self, layer: str, query_id: str | None, text: str | None) -> QueryEmbedding | None:

@@ -96,3 +96,30 @@ def test_utf8_text_and_unknown_parameters_with_other_bytes_still_pass(client):
     assert client.get(f"{TILE}?q=caf%C3%A9+birds").status_code == 200
     assert client.get(f"{TILE}?q=birds+%EF%BF%BD").status_code == 200  # U+FFFD itself, well encoded
     assert client.get(f"{TILE}?q=birds&_=%FF").status_code == 200  # a parameter no route takes
+
+
+def test_the_id_of_a_text_only_drawn_with_q_is_not_a_registered_query(client):
+    """/search and /point name their query's id, also for a q= that nobody registered. That id
+    resolved (200, cacheable for a day) from the embedding q= had cached, so a client saved it,
+    and it turned into a 404 once the entry was evicted or the server restarted. Now only the
+    registry resolves an id: unknown until POST /queries, then for good."""
+    text = "distant thunder rolling over the hills"
+    qid = client.get("/search", params={"q": text, "k": 1}).json()["properties"]["query"]
+    assert client.get(TILE, params={"q": text}).status_code == 200
+    for url, params in ((f"/queries/{qid}", {}), (TILE, {"query": qid}), ("/tilejson.json", {"query": qid})):
+        r = client.get(url, params=params)
+        assert r.status_code == 404, (url, r.text)
+        assert "register the query with POST /queries" in r.json()["detail"]
+    assert client.get(TILE, params={"query": qid}, headers={"If-None-Match": "*"}).status_code == 404
+    assert client.post("/queries", json={"text": text}).json()["id"] == qid
+    assert client.get(f"/queries/{qid}").json()["text"] == text
+    assert client.get(TILE, params={"query": qid}).content == client.get(TILE, params={"q": text}).content
+
+
+def test_a_registered_id_resolves_in_another_process_from_the_registry_file(bundle_path, store_path, tmp_path):
+    db = str(tmp_path / "queries.sqlite")
+    with make_client(bundle_path, store_path, query_db=db) as one:
+        qid = one.post("/queries", json={"text": "rain on a tin roof"}).json()["id"]
+    with make_client(bundle_path, store_path, query_db=db) as two:
+        assert two.get(f"/queries/{qid}").json()["text"] == "rain on a tin roof"
+        assert two.get(TILE, params={"query": qid}).status_code == 200

@@ -45,6 +45,9 @@ async def _tile(
     held = not_modified(request, etag, cache_control(request, "tile"))  # known before rendering
     if held is not None:
         return held
+    if text is None and tile.query is not None:
+        # q= of the same text names the same cached tile: the id must be registered all the same
+        await service.resolve(tile.query)
     body = await service.tile(tile, text, name)
     return conditional(request, Response(body, media_type=FORMATS[fmt]), "tile", etag)
 
