@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -51,7 +52,24 @@ def _fusion_levels(args: argparse.Namespace, levels: list[int], kinds: list[str]
     return levels_within_budget(cells, embed_dim, kinds, parse_size(args.fusion_budget))
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Numeric options that argparse only types: a 0 for --batch-size or --readers was taken for
+    the default, a NaN or negative --max-upsample refused every level with a puzzling reason."""
+    for option in ("batch_size", "readers"):
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{option.replace('_', '-')} must be at least 1, not {value}")
+    if getattr(args, "index_flat_max", 0) < 0:
+        raise UsageError(
+            f"--index-flat-max must be 0 or more (0: every level gets an IVF index), not {args.index_flat_max}"
+        )
+    upsample = getattr(args, "max_upsample", 1.0)
+    if not (math.isfinite(upsample) and upsample > 0):
+        raise UsageError(f"--max-upsample must be a number above 0 (default 8), not {upsample}")
+
+
 def _precompute(args: argparse.Namespace) -> int:
+    _check_numbers(args)
     if args.action == "merge":
         return _merge(args)
     missing = [f"--{name}" for name in ("imagery", "bundle", "out") if getattr(args, name) is None]
@@ -175,6 +193,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    _check_numbers(args)
     facts = bundle_facts(args.bundle) if args.bundle else {}
     spec = SynthSpec(level=args.level, cells=args.cells, within=args.within, seed=args.seed, **facts)
     m = synth_store(args.out, spec, overwrite=args.overwrite, flat_max=args.index_flat_max)

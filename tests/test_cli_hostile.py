@@ -220,3 +220,28 @@ def test_train_refuses_a_zero_patch(capsys, tmp_path) -> None:
     path.write_text(yaml.safe_dump(config))
     line = _fails(capsys, ["export", "--config", str(path), "--out", str(tmp_path / "bundle")])
     assert line == "soundscape export: `model.image.patch` should be greater than or equal to 1, not 0"
+
+
+@pytest.mark.parametrize(
+    "option, says",
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1, not 0"),  # was taken for the default
+        (["--readers", "0"], "--readers must be at least 1, not 0"),  # likewise
+        (["--max-upsample", "nan"], "--max-upsample must be a number above 0 (default 8), not nan"),
+        (["--max-upsample", "-1"], "--max-upsample must be a number above 0 (default 8), not -1.0"),
+        (["--index-flat-max", "-5"], "--index-flat-max must be 0 or more (0: every level gets an IVF index), not -5"),
+    ],
+)
+def test_precompute_refuses_numbers_an_option_cannot_mean(capsys, tmp_path, option, says) -> None:
+    argv = ["precompute", "--imagery", str(tmp_path / "x.tif"), "--bundle", str(tmp_path / "b"), "--levels", "3"]
+    line = _fails(capsys, [*argv, "--out", str(tmp_path / "store"), *option])
+    assert line == f"soundscape precompute: {says}"
+    assert not list(tmp_path.iterdir())
+
+
+def test_synth_refuses_a_negative_index_threshold(capsys, tmp_path) -> None:
+    argv = ["store", "synth", "--out", str(tmp_path / "s"), "--level", "3", "--cells", "10", "--index-flat-max", "-1"]
+    assert _fails(capsys, argv).endswith(
+        "--index-flat-max must be 0 or more (0: every level gets an IVF index), not -1"
+    )
+    assert not list(tmp_path.iterdir())
