@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from corpus.assets import ASSETS, acquire, ensure
@@ -25,6 +26,28 @@ def parse_levels(text: str) -> tuple[int, ...]:
         return tuple(sorted({int(v) for v in text.split(",")}))
     except ValueError:
         raise argparse.ArgumentTypeError(f"levels must look like 4-7 or 4,5,6, not {text!r}") from None
+
+
+def positive_seconds(text: str) -> float:
+    """--duration: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
+
+
+def _check_place(args: argparse.Namespace) -> None:
+    """explain's place and time: out of range, the rasters answered for another place (lat 1000
+    gave the ocean's attributes, exit 0) or crashed (nan)."""
+    if not (math.isfinite(args.lat) and -90 <= args.lat <= 90 and math.isfinite(args.lon) and -180 <= args.lon <= 180):
+        raise CorpusError(f"--lat must lie in -90..90 and --lon in -180..180, not {args.lat}, {args.lon}")
+    if not 1 <= args.month <= 12:
+        raise CorpusError(f"--month must be 1..12, not {args.month}")
+    if not (math.isfinite(args.hour) and 0 <= args.hour <= 24):
+        raise CorpusError(f"--hour must lie in 0..24, not {args.hour}")
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -104,6 +127,7 @@ def _explain(args: argparse.Namespace) -> int:
     from corpus.places import Places
     from corpus.rules import explain
 
+    _check_place(args)
     places = Places(Path(args.out) / "places.npz") if (Path(args.out) / "places.npz").exists() else None
     if places is None:
         raise CorpusError(f"no place rasters in {args.out}; run `soundscape corpus build --out {args.out}` first")
@@ -152,7 +176,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--image-size", type=int, default=64, help="cell image size in pixels (default 64)")
     b.add_argument(
         "--duration",
-        type=float,
+        type=positive_seconds,
         default=2.4,
         help="seconds of audio per sample (default 2.4: one block of the aisfx tower, as configs/demo.yaml expects)",
     )
@@ -192,8 +216,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Print a place's attributes, the rules that fire there (strongest first) and each "
         "source's share of the recordings there and the classes it keeps.",
     )
-    e.add_argument("--lat", type=float, required=True)
-    e.add_argument("--lon", type=float, required=True)
+    e.add_argument("--lat", type=float, required=True, help="latitude of the place, degrees (-90..90)")
+    e.add_argument("--lon", type=float, required=True, help="longitude of the place, degrees (-180..180)")
     e.add_argument("--month", type=int, default=5, help="1..12 (default 5)")
     e.add_argument("--hour", type=float, default=5.0, help="local hour 0..24 (default 5)")
     e.add_argument("--out", default=DEFAULT_OUT, help=f"corpus folder with places.npz (default {DEFAULT_OUT})")

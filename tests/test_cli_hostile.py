@@ -245,3 +245,28 @@ def test_synth_refuses_a_negative_index_threshold(capsys, tmp_path) -> None:
         "--index-flat-max must be 0 or more (0: every level gets an IVF index), not -1"
     )
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "place, says",
+    [
+        (["--lat", "1000", "--lon", "0"], "--lat must lie in -90..90 and --lon in -180..180, not 1000.0, 0.0"),
+        (["--lat", "nan", "--lon", "0"], "--lat must lie in -90..90 and --lon in -180..180, not nan, 0.0"),
+        (["--lat", "10", "--lon", "0", "--month", "13"], "--month must be 1..12, not 13"),
+        (["--lat", "10", "--lon", "0", "--hour", "-1"], "--hour must lie in 0..24, not -1.0"),
+    ],
+)
+def test_corpus_explain_refuses_a_place_or_time_off_the_calendar(capsys, tmp_path, place, says) -> None:
+    """lat 1000, month 13 and hour -1 were explained (exit 0) as if they were places and times;
+    lat nan was a ValueError traceback from the coast tree."""
+    line = _fails(capsys, ["corpus", "explain", *place, "--out", str(tmp_path)])
+    assert line == f"soundscape corpus: {says}"
+
+
+def test_corpus_build_refuses_a_duration_that_is_no_number_of_seconds(capsys, tmp_path) -> None:
+    """--duration nan passed the check (nan <= 0 is false) and died with a traceback after the clip bank was built."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["corpus", "build", "--out", str(tmp_path / "corpus"), "--duration", "nan"])
+    assert stopped.value.code == 2
+    assert "argument --duration: must be a number of seconds above 0, not 'nan'" in capsys.readouterr().err
+    assert not (tmp_path / "corpus").exists()
