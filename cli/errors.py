@@ -2,11 +2,13 @@
 
 A user's mistake is one sentence on stderr and exit code 2, never a traceback: a
 `runtime.errors.UserError` (every layer's user-facing errors derive from it), or an OS error about
-a path the user named, whose message already says which path and why. Anything else is a bug and
-keeps its traceback (exit code 1), a bare ValueError included."""
+a path the user named, whose message already says which path and why (a file where a folder
+belongs, a full or read-only disk: said in a sentence too). Anything else is a bug and keeps its
+traceback (exit code 1), a bare ValueError included."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -31,6 +33,20 @@ def run_reporting_errors(command: str, handler: Callable[[], int | None]) -> int
             "which cannot write there)",
             file=sys.stderr,
         )
+        return 2
+    except NotADirectoryError as exc:  # e.g. --out below a file
+        print(f"soundscape {command}: {exc.filename}: part of this path is a file, not a folder", file=sys.stderr)
+        return 2
+    except IsADirectoryError as exc:  # e.g. --config naming a folder
+        print(f"soundscape {command}: {exc.filename} is a folder, not a file", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader of stdout went away (`soundscape store info S | head -1`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        print(f"soundscape {command}: cannot write {exc.filename or 'its output'}: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"soundscape {command}: interrupted", file=sys.stderr)

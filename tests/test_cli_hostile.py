@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -270,3 +272,29 @@ def test_corpus_build_refuses_a_duration_that_is_no_number_of_seconds(capsys, tm
     assert stopped.value.code == 2
     assert "argument --duration: must be a number of seconds above 0, not 'nan'" in capsys.readouterr().err
     assert not (tmp_path / "corpus").exists()
+
+
+def test_a_config_path_through_a_file_or_at_a_folder_is_one_sentence(capsys, tmp_path) -> None:
+    """NotADirectoryError and IsADirectoryError were tracebacks (exit 1)."""
+    (tmp_path / "afile").write_text("keep me")
+    line = _fails(capsys, ["train", "--config", str(tmp_path / "afile" / "c.yaml"), "--out", str(tmp_path / "run")])
+    assert line == f"soundscape train: {tmp_path / 'afile' / 'c.yaml'}: part of this path is a file, not a folder"
+    line = _fails(capsys, ["train", "--config", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert line == f"soundscape train: {tmp_path} is a folder, not a file"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_under_stdout_is_one_sentence(tmp_path) -> None:
+    store = _synth_store(tmp_path / "store")
+    code = "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-c", code, "store", "info", str(store)],
+            cwd=ROOT,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "soundscape store: cannot write its output: No space left on device\n"
