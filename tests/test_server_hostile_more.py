@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.hostile import wav
 from tests.server_support import make_client
 
 TILE = "/tiles/3/4/2.png"
@@ -123,3 +124,22 @@ def test_a_registered_id_resolves_in_another_process_from_the_registry_file(bund
     with make_client(bundle_path, store_path, query_db=db) as two:
         assert two.get(f"/queries/{qid}").json()["text"] == "rain on a tin roof"
         assert two.get(TILE, params={"query": qid}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "files, needle",
+    [
+        ([("text", (None, b"rain")), ("text", (None, b"birdsong"))], "the form gives text 2 times"),
+        ([("text", (None, b"birdsong")), ("file", ("tone.wav", wav(16000), "audio/wav"))], "both a text and a file"),
+        ([("file", ("tone.wav", wav(16000), "audio/wav")), ("text", (None, b"birdsong"))], "both a text and a file"),
+        ([("file", (None, b"birdsong")), ("file", ("tone.wav", wav(16000), "audio/wav"))], "the form gives file 2"),
+    ],
+)
+def test_a_form_naming_two_queries_is_refused(client, files, needle):
+    """`-F text=rain -F text=birdsong` registered 'birdsong', and a form with a text and a file
+    registered the file, dropping the text: the server picked one query for the client."""
+    r = client.post("/queries", files=files)
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"]
+    assert client.post("/queries", files=[("text", (None, b"birdsong"))]).status_code == 201
+    assert client.post("/queries", files=[("file", ("tone.wav", wav(16000), "audio/wav"))]).status_code == 201

@@ -112,8 +112,13 @@ async def parse_form(request: Request, body: bytes) -> tuple[str | None, bytes |
         form = await MultiPartParser(request.headers, _once(body), max_files=1, max_fields=4).parse()
     except MultiPartException as exc:
         raise HTTPException(422, f"malformed multipart body: {exc.message}") from None
+    for name in ("file", "text"):  # of two, the last would be registered silently
+        if (times := len(form.getlist(name))) > 1:
+            raise HTTPException(422, f"the form gives {name} {times} times: give one text or one file")
     upload = form.get("file")
     text = form.get("text")
+    if upload is not None and text is not None:  # the file would be heard, the text dropped silently
+        raise HTTPException(422, "the form gives both a text and a file: register each in its own request")
     if isinstance(upload, UploadFile):
         return None, await upload.read()
     if isinstance(text, str):
