@@ -250,7 +250,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="YAML config (configs/tiny.yaml, configs/paper.yaml, ...)")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--stop-after", type=int, help="stop this invocation after N steps (checkpointed; resume later)")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        help="stop this invocation after N steps (checkpointed; resume later; default: run to train.steps)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_train)
 
@@ -263,16 +267,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "(reported separately). Writes JSON to --out or stdout.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint written by soundscape train (best.pt, last.pt)")
-    p.add_argument("--config", help="take the data: section from this config instead of the checkpoint's")
+    p.add_argument("--config", help="take the data: section from this config (default: the checkpoint's)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
-    p.add_argument("--max-samples", type=int, help="evaluate the first N samples only")
+    p.add_argument(
+        "--max-samples", type=int, help="evaluate the first N samples only (default: every sample of the split)"
+    )
     p.add_argument("--batch-size", type=int, default=128, help="embedding batch size (default 128)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle-caption conditions")
     p.add_argument(
         "--cache-dir",
         type=Path,
-        help="frozen-tower cache to read and fill (a run's frozen-cache/): frozen towers run once per split",
+        help="frozen-tower cache to read and fill (a run's frozen-cache/): frozen towers run once per split "
+        "(default: none, they run on every evaluation)",
     )
     p.add_argument("--out", help="JSON file to write (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -290,7 +297,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="folder of trained parts written with --trained-parts (weights/demo)")
     p.add_argument("--config", help="YAML config with a model: section (random weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    p.add_argument("--metrics", help="JSON from soundscape evaluate to record as the test metrics")
+    p.add_argument(
+        "--metrics", help="JSON from soundscape evaluate to record as the test metrics (default: none recorded)"
+    )
     p.add_argument("--fp16", action="store_true", help="also write float16 graphs (fp16/) for GPUs")
     p.add_argument(
         "--int8",

@@ -218,7 +218,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", default="0-6", help="levels to embed, e.g. 0-7 or 2,4 (default 0-6)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--bbox", help="west,south,east,north in degrees, e.g. -10,35,30,60 (default: the world)")
-    where.add_argument("--region", help="GeoJSON file: embed only cells that touch its geometries")
+    where.add_argument(
+        "--region", help="GeoJSON file: embed only cells that touch its geometries (default: every cell of --bbox)"
+    )
     p.add_argument(
         "--land-only",
         action="store_true",
@@ -235,7 +237,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--shard",
         metavar="I/N",
         help="embed only the I-th of N quadkey ranges of every level "
-        "(0-based); join the N outputs with `precompute merge`",
+        "(0-based); join the N outputs with `precompute merge` (default: the whole plan, one store)",
     )
     p.add_argument(
         "--dry-run",
@@ -259,14 +261,16 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--fusion-budget",
         metavar="SIZE",
         help="instead of --fusion-levels: store fusions for the coarsest levels whose fusions fit SIZE "
-        "(e.g. 50GB); --dry-run prints each level's cost and the plan",
+        "(e.g. 50GB); --dry-run prints each level's cost and the plan (default: --fusion-levels decides)",
     )
     p.add_argument(
         "--fusions",
         default="hour,month",
         help="which fusions --fusion-levels store: hour (0..23), month (1..12) (default hour,month)",
     )
-    p.add_argument("--nodata", type=float, help="treat this pixel value as no imagery (overrides the files' nodata)")
+    p.add_argument(
+        "--nodata", type=float, help="treat this pixel value as no imagery (default: each file's own nodata)"
+    )
     p.add_argument(
         "--max-upsample",
         type=float,
@@ -284,7 +288,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="who made the imagery, shown as the served map's attribution "
         "(e.g. 'NASA Earth Observatory'; default: none, the model only)",
     )
-    p.add_argument("--licence", help="the imagery's licence, shown with the credit (e.g. 'CC BY 4.0')")
+    p.add_argument("--licence", help="the imagery's licence, shown with the credit (e.g. 'CC BY 4.0'; default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--engine",
@@ -358,7 +362,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--cells", type=int, required=True, help="how many cells, in Morton order")
     synth.add_argument("--within", default="", help="quadkey whose descendants are the cells (default: the world)")
     synth.add_argument("--bundle", help="model bundle to pair with (its id and dims); default 64/96 dims, unpaired")
-    synth.add_argument("--seed", type=int, default=0, help="the same seed and arguments give the same store")
+    synth.add_argument(
+        "--seed", type=int, default=0, help="the same seed and arguments give the same store (default 0)"
+    )
     synth.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     synth.add_argument("--index-flat-max", type=int, default=FLAT_MAX, help="as for precompute")
     synth.set_defaults(handler=_synth)

@@ -298,3 +298,35 @@ def test_a_full_disk_under_stdout_is_one_sentence(tmp_path) -> None:
         )
     assert done.returncode == 2, done.stderr
     assert done.stderr == "soundscape store: cannot write its output: No space left on device\n"
+
+
+# Options that have no default to state: one of them must be given (the command says so).
+NEEDED = {"--imagery", "--bundle", "--out", "--checkpoint", "--weights", "--config"}
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "precompute", "store", "corpus"])
+def test_every_option_says_its_default(command) -> None:
+    """--help of train --stop-after, evaluate --config/--max-samples/--cache-dir, export --metrics,
+    precompute --region/--shard/--fusion-budget/--nodata/--licence and store synth --seed said
+    what the option does but not what happens without it."""
+    import argparse
+
+    from cli.main import build_parser
+
+    def options(parser: argparse.ArgumentParser, name: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    yield from options(subparser, f"{name} {sub}")
+            elif action.option_strings and not action.required and action.nargs != 0:
+                yield name, action
+
+    root = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    silent = [
+        f"{name} {action.option_strings[-1]}"
+        for name, action in options(root.choices[command], command)
+        if action.option_strings[-1] not in NEEDED
+        and "default" not in (action.help or "")
+        and "as for precompute" not in (action.help or "")
+    ]
+    assert not silent, f"options whose --help does not say their default: {silent}"
