@@ -43,9 +43,18 @@ def _run_config(path: str | Path):
     return RunConfig.from_dict(config)
 
 
+def _at_least(args: argparse.Namespace, least: dict[str, int]) -> None:
+    """UsageError for the first option below its least value (None: not given)."""
+    for name, floor in least.items():
+        value = getattr(args, name)
+        if value is not None and value < floor:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least {floor}, not {value}")
+
+
 def _train(args: argparse.Namespace) -> int:
     from model.train import fit
 
+    _at_least(args, {"stop_after": 1})  # -1 ran 0 steps and exited 0
     config = _run_config(args.config)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     result = fit(config, out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
@@ -67,6 +76,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate_checkpoint
 
+    _at_least(args, {"max_samples": 1, "batch_size": 1, "workers": 0})
     data = _run_config(args.config).data if args.config else None
     report = evaluate_checkpoint(
         args.checkpoint,

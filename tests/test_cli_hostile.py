@@ -330,3 +330,22 @@ def test_every_option_says_its_default(command) -> None:
         and "as for precompute" not in (action.help or "")
     ]
     assert not silent, f"options whose --help does not say their default: {silent}"
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (
+            ["train", "--config", str(ROOT / "configs/tiny.yaml"), "--stop-after", "-1"],
+            "--stop-after must be at least 1, not -1",
+        ),
+        (["evaluate", "--checkpoint", "x.pt", "--max-samples", "0"], "--max-samples must be at least 1, not 0"),
+        (["evaluate", "--checkpoint", "x.pt", "--batch-size", "0"], "--batch-size must be at least 1, not 0"),
+        (["evaluate", "--checkpoint", "x.pt", "--workers", "-1"], "--workers must be at least 0, not -1"),
+    ],
+)
+def test_train_and_evaluate_refuse_counts_below_their_floor(capsys, tmp_path, argv, says) -> None:
+    """`train --stop-after -1` ran 0 steps and exited 0."""
+    line = _fails(capsys, [*argv, "--out", str(tmp_path / "out")])
+    assert line == f"soundscape {argv[0]}: {says}"
+    assert not (tmp_path / "out").exists()
