@@ -143,3 +143,18 @@ def test_a_form_naming_two_queries_is_refused(client, files, needle):
     assert needle in r.json()["detail"]
     assert client.post("/queries", files=[("text", (None, b"birdsong"))]).status_code == 201
     assert client.post("/queries", files=[("file", ("tone.wav", wav(16000), "audio/wav"))]).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        (b'{"text": "rain", "text": "birdsong"}', "gives 'text' more than once"),
+        (b'{"text": "rain", "x": {"a": 1, "a": 2}}', "gives 'a' more than once"),
+    ],
+)
+def test_a_json_body_naming_a_key_twice_is_refused(client, body, needle):
+    """json.loads keeps the last of two equal keys: '{"text": "rain", "text": "birdsong"}'
+    registered 'birdsong' without a word."""
+    r = client.post("/queries", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"]

@@ -94,12 +94,27 @@ def parse_json_text(body: bytes) -> str:
     if json_depth(body) > MAX_JSON_DEPTH:
         raise HTTPException(422, f'the JSON body nests deeper than {MAX_JSON_DEPTH} levels; send {{"text": "..."}}')
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:  # json.loads would keep the last one silently
+        raise HTTPException(422, f"the JSON body gives {str(exc)[:40]!r} more than once: give each key once") from None
     except (ValueError, RecursionError):  # also a number of more than 4300 digits
         raise HTTPException(422, "the body is not valid JSON") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
         raise HTTPException(422, 'the JSON body must be {"text": "..."}')
     return payload["text"]
+
+
+class _RepeatedKey(Exception):
+    """A JSON object naming one key twice (its args: the key)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return dict(pairs)
 
 
 async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
