@@ -7,14 +7,14 @@ import faiss
 import numpy as np
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 from starlette.types import Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from runtime.bundle import Bundle
 from server.engine import QueryMetadata
 from server.fastpath import FrontDoor, TileFastPath
-from server.http import HttpPolicy, errors, install_error_handlers
+from server.http import HttpPolicy, NegotiatedGZip, errors, install_error_handlers
 from server.params import each_once
 from server.ratelimit import Rate, RateLimit
 from server.routes import meta, queries, rest, tiles, viewer
@@ -78,7 +78,7 @@ def create_app(settings: Settings) -> SoundscapeApp:
     install_error_handlers(app)
     # Middleware: the last added runs first. Images and .npy are not gzipped (no gain, CPU cost).
     app.add_middleware(
-        GZipMiddleware,
+        NegotiatedGZip,  # Starlette's GZip, only for clients that accept gzip
         minimum_size=500,
         compresslevel=6,
         exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-npy"),

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.gzip import GZipMiddleware, GZipResponder, IdentityResponder
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -373,3 +374,48 @@ class HttpPolicy:
             requests, latency = request_series(name, method, counted)
             requests.inc()
             latency.observe(time.perf_counter() - began)
+
+
+def gzip_accepted(accept_encoding: str) -> bool:
+    """Whether Accept-Encoding names gzip (or x-gzip) with a quality above 0 (RFC 9110 12.5.3):
+    `gzip;q=0` says the client cannot read it. An unreadable quality counts as 0 (identity is
+    always readable); `*` alone is not taken as gzip, as Starlette never took it."""
+    for entry in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in entry.split(";"))
+        if coding.lower() not in ("gzip", "x-gzip"):
+            continue
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if 0.0 < quality <= 1.0:
+            return True
+    return False
+
+
+class NegotiatedGZip(GZipMiddleware):
+    """Starlette's GZip, but by what Accept-Encoding means: Starlette looked for the substring
+    "gzip", so `gzip;q=0` (or `nogzip`) got a gzipped body, and `GZIP` (codings are
+    case-insensitive) did not."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        accept = next((v for k, v in scope["headers"] if k == b"accept-encoding"), b"")
+        responder: ASGIApp
+        if gzip_accepted(accept.decode("latin-1")):
+            responder = GZipResponder(
+                self.app,
+                self.minimum_size,
+                compresslevel=self.compresslevel,
+                thread_minimum_size=self.thread_minimum_size,
+                exclude_content_types=self.exclude_content_types,
+            )
+        else:
+            responder = IdentityResponder(self.app, self.minimum_size, exclude_content_types=self.exclude_content_types)
+        await responder(scope, receive, send)

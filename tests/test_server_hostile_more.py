@@ -158,3 +158,28 @@ def test_a_json_body_naming_a_key_twice_is_refused(client, body, needle):
     r = client.post("/queries", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     assert needle in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "accept, gzipped",
+    [
+        ("gzip;q=0", False),  # the client says it cannot read gzip
+        ("br;q=1, gzip;q=0", False),
+        ("gzip; q=0.000, identity", False),
+        ("nogzip", False),
+        ("gzip;q=abc", False),
+        ("*", False),
+        ("identity", False),
+        ("gzip", True),
+        ("deflate, GZIP;q=0.5", True),
+        ("x-gzip", True),
+    ],
+)
+def test_gzip_only_for_a_client_that_accepts_it(client, accept, gzipped):
+    """Starlette's GZip looked for the substring "gzip": `Accept-Encoding: gzip;q=0` (RFC 9110:
+    not acceptable) got a gzipped TileJSON anyway."""
+    r = client.get("/tilejson.json", params={"q": "birdsong"}, headers={"Accept-Encoding": accept})
+    assert r.status_code == 200
+    assert (r.headers.get("content-encoding") == "gzip") == gzipped, r.headers
+    assert r.json()["tilejson"] == "3.0.0"
+    assert "accept-encoding" in r.headers["vary"].lower()
