@@ -146,7 +146,8 @@ def embed_split(
         _Head(source, max_samples), prep, skip_audio="audio" in cache.outputs, unreadable=cache.unreadable
     )
     parts: dict[str, list] = {k: [] for k in (*CONDITIONS, "audio", "text")}
-    seen, levels = set(), []
+    seen: set[int] = set()
+    levels: list = []
     for batch in tqdm(
         loader(examples, Collate(prep, cache.outputs), batch_size=batch_size, workers=workers),
         desc="embedding",
@@ -155,8 +156,7 @@ def embed_split(
     ):
         if skips is not None:
             skips.add(batch["skipped"])
-        keep = np.array([i not in seen for i in batch["index"]])  # substitutes repeat a sample
-        seen.update(batch["index"].tolist())
+        keep = _first_sight(batch["index"], seen)  # a substitute repeats a sample, even within a batch
         levels.extend(np.array(batch["levels"], dtype=object)[keep])
         t = to_tensors(batch, device)
         if "image" not in t or not ({"features", "audio_backbone"} & set(t)):
@@ -171,11 +171,25 @@ def embed_split(
         if "text" in out:
             parts["text"].append(_numpy(out["text"], keep))
 
+    if not levels:
+        raise DataError("the split has no samples to evaluate; give it samples (a larger split fraction of the data)")
+
     def join(name: str) -> Gaussians:
         return Gaussians(np.concatenate([p[0] for p in parts[name]]), np.concatenate([p[1] for p in parts[name]]))
 
     text = join("text") if parts["text"] and len(parts["text"]) == len(parts["audio"]) else None
     return SplitEmbeddings({c: join(c) for c in CONDITIONS}, join("audio"), text, np.array(levels, dtype=object))
+
+
+def _first_sight(indices: np.ndarray, seen: set[int]) -> np.ndarray:
+    """Which rows of a batch hold a sample not met before (in an earlier batch or an earlier row of
+    this one), `seen` updated: an unreadable sample's substitute is the next sample, which is then
+    read twice, and a gallery must hold it once."""
+    keep = np.zeros(len(indices), dtype=bool)
+    for row, index in enumerate(indices.tolist()):
+        keep[row] = index not in seen
+        seen.add(index)
+    return keep
 
 
 def _numpy(emb: tuple[torch.Tensor, torch.Tensor], keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -266,6 +280,11 @@ def evaluate_checkpoint(
             f"{exc} (the path is the one checkpoint {path} records; pass --config with a "
             "data: section that names where the data is now)"
         ) from None
+    if len(source) == 0:
+        raise DataError(
+            f"the {split} split of this data has no samples to evaluate; choose another --split or "
+            "give the data a larger split fraction"
+        )
     data = data or checkpoint["config"]["data"]
     prep, skips = preprocessing(model), SkipLog()
     cache = None

@@ -30,7 +30,7 @@ from model.batches import Collate, Examples, GlobalBatches, SkipLog, class_balan
 from model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from model.checks import checked_splits, small_split_warnings
 from model.config import ConfigError, ModelConfig, Section, TrainConfig, from_section
-from model.data import READERS, Splits, load_sample
+from model.data import READERS, DataError, Splits, load_sample
 from model.distributed import Dist, barrier, broadcast_flag, device_for, gather, init_distributed, shutdown
 from model.evaluate import embed_split, metrics, overall
 from model.frozen_cache import FrozenCache, frozen_cache
@@ -269,6 +269,11 @@ class Run:
         if checkpoint is None and (run_dir / "last.pt").exists():
             raise FileExistsError(
                 f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        if not len(self.splits.val):
+            raise DataError(
+                "the validation split has no samples, and training validates at least at its last step "
+                "(best.pt); give the data a larger validation fraction"
             )
         if self.dist.is_main:
             eval_n = min(len(self.splits.val), self.cfg.eval_samples or len(self.splits.val))

@@ -374,3 +374,54 @@ def test_balance_classes_needs_a_reader_that_labels_classes(tmp_path, capsys):
     assert soundscape(["train", "--config", str(path), "--out", str(tmp_path / "never")]) == 2
     err = capsys.readouterr().err.strip()
     assert "train.balance_classes" in err and len(err.splitlines()) == 1, err
+
+
+def _unreadable(monkeypatch, split: str, indices: set[int]) -> None:
+    """The synthetic reader's samples `indices` of `split` raise BadSample, as a corrupt file would."""
+    from model.data import BadSample
+    from model.readers import synthetic
+
+    real = synthetic.SyntheticSource.get
+
+    def get(self, index, without=frozenset()):
+        if self.split == split and index in indices:
+            raise BadSample(f"synthetic:{split}:{index}", "corrupt")
+        return real(self, index, without)
+
+    monkeypatch.setattr(synthetic.SyntheticSource, "get", get)
+
+
+def test_evaluation_embeds_the_substitute_of_an_unreadable_sample_once(monkeypatch):
+    """An unreadable sample is replaced by the next one, which the same batch then held twice: a
+    gallery with a clip in it twice, the "all" gallery taken for one of a multi-zoom reader's and
+    replaced by levels_mean."""
+    from model.config import ModelConfig
+    from model.data import open_splits
+    from model.evaluate import embed_split, metrics
+    from model.nn.psm import PSMModel, preprocessing
+
+    _unreadable(monkeypatch, "test", {5})
+    torch.manual_seed(0)
+    model = PSMModel(ModelConfig.from_dict(copy.deepcopy(TINY["model"]))).eval()
+    test = open_splits(copy.deepcopy(TINY["data"]), model.cfg.image_size).test
+    emb = embed_split(model, test, preprocessing(model), batch_size=16)
+    assert len(emb.levels) == len(emb.audio.raw) == 15
+    assert len(np.unique(emb.audio.raw, axis=0)) == 15
+    results = metrics(emb, probabilistic=True, oracle_caption=False)
+    assert results["all"]["metadata"]["gallery"] == 15 and "levels_mean" not in results
+
+
+def test_a_split_without_samples_is_one_sentence(trained_run, tmp_path, capsys):
+    """An empty test split was a ValueError traceback from np.concatenate; an empty validation
+    split the same, after the whole run had trained."""
+    path = tmp_path / "empty.yaml"
+    path.write_text(yaml.safe_dump(config(data__samples={"train": 64, "val": 16, "test": 0})))
+    checkpoint = str(trained_run / "best.pt")
+    assert soundscape(["evaluate", "--checkpoint", checkpoint, "--config", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "test split" in err and "no samples" in err and len(err.splitlines()) == 1, err
+    path.write_text(yaml.safe_dump(config(data__samples={"train": 64, "val": 0, "test": 16})))
+    assert soundscape(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "validation split has no samples" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run" / "last.pt").exists()
