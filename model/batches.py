@@ -204,9 +204,9 @@ def to_tensors(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
 class SkipLog:
     """Unreadable samples seen during a run: each logged once with its path, all counted."""
 
-    def __init__(self, seen: list[tuple[str, str]] | None = None):
+    def __init__(self, seen: list[tuple[str, str]] | None = None, count: int = 0):
         self.seen: dict[str, str] = dict(seen or [])
-        self.count = 0
+        self.count = count
 
     def add(self, records: list[tuple[int, str, str]]) -> None:
         for _, where, reason in records:

@@ -282,7 +282,8 @@ class Run:
         torch.manual_seed(self.cfg.seed)
         self.model = PSMModel(config.model, pretrained=checkpoint is None).to(self.device)
         self.prep = preprocessing(self.model)
-        self.skips = SkipLog(checkpoint["skipped"] if checkpoint else None)
+        # The count goes on from the checkpoint's (a checkpoint written before it was kept: from 0).
+        self.skips = SkipLog(checkpoint["skipped"], checkpoint.get("skip_count", 0)) if checkpoint else SkipLog()
         self.caches = {name: self._cache(name) for name in ("train", "val")}
         self.opt = Optimisation(self.model, self.cfg, self.dist)
         self.step, self.best, self.best_step, self.evals_since_best = 0, None, None, 0
@@ -358,6 +359,7 @@ class Run:
             "best_step": self.best_step,
             "evals_since_best": self.evals_since_best,
             "skipped": self.skips.records(),
+            "skip_count": self.skips.count,
             "calibration": self.opt.loss_fn.calibration(),
         }
         atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))

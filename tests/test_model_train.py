@@ -425,3 +425,21 @@ def test_a_split_without_samples_is_one_sentence(trained_run, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "validation split has no samples" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_resumed_run_counts_the_substitutions_before_it(monkeypatch, tmp_path):
+    """The count of replaced unreadable samples (metrics.csv's `skipped`, the train summary) began
+    at 0 again on --resume: 4 substitutions in a whole run, 2 in a run stopped and resumed."""
+    _unreadable(monkeypatch, "train", {3, 40})
+    cfg = run_config(config())
+    whole = fit(cfg, tmp_path / "whole", progress=False)
+    fit(cfg, tmp_path / "split", stop_after=3, progress=False)
+    resumed = fit(cfg, tmp_path / "split", resume=True, progress=False)
+    assert whole.skipped_files == resumed.skipped_files == 2
+    assert whole.skipped == resumed.skipped > 2
+
+    def skipped(d):
+        with open(tmp_path / d / "metrics.csv") as f:
+            return [r["skipped"] for r in csv.DictReader(f)]
+
+    assert skipped("whole") == skipped("split")
