@@ -1,5 +1,6 @@
-"""More hostile and careless requests through the ASGI app: each answered as docs/api.md says,
-with the same status and sentence whatever conditional or optional parameter comes with it."""
+"""More hostile and careless requests through the ASGI app, beyond tests/test_server_http.py's
+BAD_REQUESTS: each answered as docs/api.md says, with one status and sentence whatever header or
+optional parameter comes with it, and never with a guess at which of two queries was meant."""
 
 from __future__ import annotations
 
