@@ -145,10 +145,11 @@ def test_two_ddp_processes_train_as_one_process_on_the_global_batch(tmp_path):
 
 def test_early_stopping_on_validation_recall(tmp_path):
     cfg = run_config(
-        config(train__lr=0.0, train__warmup_steps=1, train__eval_every=1, train__patience=2, train__steps=50)
+        config(train__lr=1e-12, train__warmup_steps=1, train__eval_every=1, train__patience=2, train__steps=50)
     )
     result = fit(cfg, tmp_path / "run", progress=False)
-    # lr 0: the first evaluation is the best and two more without improvement stop the run.
+    # lr 1e-12 (0 is refused): steps too small to move a float32 weight, so the first evaluation is
+    # the best and two more without improvement stop the run.
     assert result.stopped_early and result.last_step == 3 and result.best_step == 1
     assert (tmp_path / "run" / "best.pt").is_file()
 
