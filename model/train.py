@@ -12,6 +12,7 @@ process on the global batch (model.batches, model.distributed).
 from __future__ import annotations
 
 import csv
+import fcntl
 import logging
 import math
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ from model.evaluate import embed_split, metrics, overall
 from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.losses import build_loss, pair_losses, total_loss
 from model.nn.psm import PSMModel, preprocessing
+from runtime.errors import UsageError
 from runtime.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -265,6 +268,23 @@ class Run:
         # and a resume read the same cells whatever the imagery's default would be then.
         self.config = config = config.model_copy(update={"data": self.splits.settled or config.data})
         self.batch_weights = _batch_weights(self.splits, self.cfg.balance_classes, self.cfg.balance_places)
+        # One process trains into a run directory: a second `train` on the same --out would
+        # interleave its checkpoints and metrics.csv rows with this one's.
+        self.lock = _lock_run(run_dir) if self.dist.is_main else None
+        if broadcast_flag(self.dist.is_main and self.lock is None, self.dist):
+            raise UsageError(
+                f"another `soundscape train` is running in {run_dir}; wait for it to end (then --resume "
+                "continues it) or choose another --out"
+            )
+        try:
+            self._start(config, run_dir, resume)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.close()
+            raise
+
+    def _start(self, config: RunConfig, run_dir: Path, resume: bool) -> None:
+        """The checkpoint to resume, the model, caches and optimisation (under the run's lock)."""
         checkpoint = _read_resume_checkpoint(run_dir, config) if resume else None
         if checkpoint is None and (run_dir / "last.pt").exists():
             raise FileExistsError(
@@ -367,6 +387,18 @@ class Run:
             f.writelines(f"{where}\t{reason}\n" for where, reason in self.skips.records())
 
 
+def _lock_run(run_dir: Path) -> IO[str] | None:
+    """An exclusive lock on RUN/.lock, held while the open file is (the run's end, or its process's,
+    releases it); None when another process holds it."""
+    handle = open(run_dir / ".lock", "a")  # noqa: SIM115  (held until the run ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def _batch_weights(splits: Splits, classes_power: float, places_power: float) -> np.ndarray | None:
     """The training split's sampling weights under train.balance_classes and
     train.balance_places, multiplied (None: plain epochs)."""
@@ -458,6 +490,8 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, stop_after: int | None,
         bar.close()
         return RunResult(run_dir, run.step, run.best_step, run.best, stopped, run.skips.count, run.skips.files)
     finally:
+        if run.lock is not None:
+            run.lock.close()
         shutdown(d)
 
 

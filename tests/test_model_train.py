@@ -444,3 +444,25 @@ def test_a_resumed_run_counts_the_substitutions_before_it(monkeypatch, tmp_path)
             return [r["skipped"] for r in csv.DictReader(f)]
 
     assert skipped("whole") == skipped("split")
+
+
+def test_a_second_train_on_the_same_run_directory_stops_at_once(tmp_path, capsys):
+    """Two `soundscape train --out R` started together both ran to exit 0, their metrics.csv rows
+    interleaved (every logged step twice) and each overwriting the other's last.pt."""
+    import fcntl
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(config(train__steps=2, train__eval_every=0)))
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "a") as held:  # what a running `train` holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert soundscape(["train", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "another `soundscape train` is running in" in err and len(err.splitlines()) == 1, err
+        assert not (run / "metrics.csv").exists()
+    # Released, the run goes ahead; a refused start (no --resume) releases the lock it took.
+    assert soundscape(["train", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 0
+    assert soundscape(["train", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert soundscape(["train", "--config", str(cfg), "--out", str(run), "--no-progress", "--resume"]) == 0
