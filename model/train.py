@@ -276,6 +276,8 @@ class Run:
                 f"another `soundscape train` is running in {run_dir}; wait for it to end (then --resume "
                 "continues it) or choose another --out"
             )
+        if self.lock is not None:
+            _remove_partial_checkpoints(run_dir)
         try:
             self._start(config, run_dir, resume)
         except BaseException:
@@ -397,6 +399,22 @@ def _lock_run(run_dir: Path) -> IO[str] | None:
         handle.close()
         return None
     return handle
+
+
+CHECKPOINT_FILES = ("last.pt", "best.pt")
+
+
+def _remove_partial_checkpoints(run_dir: Path) -> None:
+    """Remove the temporary files of checkpoint writes that a killed run left (runtime.files.
+    atomic_write writes `.last.PID-TID.tmp.pt` beside last.pt, then renames it): a run killed
+    mid-write (kill -9, out of memory, a lost node) left a partial copy of the checkpoint, as
+    large as one, that no run would ever read or remove. Called under the run's lock, so no
+    other `train` is writing here."""
+    for name in CHECKPOINT_FILES:
+        stem, suffix = name.rsplit(".", 1)
+        for partial in run_dir.glob(f".{stem}.*.tmp.{suffix}"):
+            log.info("removing %s, a checkpoint write a stopped run left unfinished", partial)
+            partial.unlink(missing_ok=True)
 
 
 def _batch_weights(splits: Splits, classes_power: float, places_power: float) -> np.ndarray | None:

@@ -466,3 +466,18 @@ def test_a_second_train_on_the_same_run_directory_stops_at_once(tmp_path, capsys
     assert soundscape(["train", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 2
     assert "--resume" in capsys.readouterr().err
     assert soundscape(["train", "--config", str(cfg), "--out", str(run), "--no-progress", "--resume"]) == 0
+
+
+def test_a_resumed_run_removes_the_partial_checkpoint_a_killed_run_left(tmp_path):
+    """kill -9 while last.pt was being written left its temporary file (`.last.PID-TID.tmp.pt`,
+    as large as a checkpoint) in the run for good; --resume now removes such files, and nothing else."""
+    cfg = run_config(config())
+    run = tmp_path / "run"
+    fit(cfg, run, stop_after=2, progress=False)
+    partial = [run / ".last.4242-4242.tmp.pt", run / ".best.4242-4243.tmp.pt"]
+    for path in partial:
+        path.write_bytes((run / "last.pt").read_bytes()[:1000])
+    (run / "notes.txt").write_text("mine")
+    fit(cfg, run, resume=True, progress=False)
+    assert not any(path.exists() for path in partial)
+    assert (run / "notes.txt").read_text() == "mine" and load_checkpoint(run / "last.pt")["step"] == 6
