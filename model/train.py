@@ -436,6 +436,26 @@ def _batch_weights(splits: Splits, classes_power: float, places_power: float) ->
     return weights
 
 
+# `train` keys a resumed run may change: they decide how long it runs, how often it validates,
+# logs and checkpoints, and how fast, not what a step computes (`steps` also reshapes the cosine
+# from the resumed step on). Any other change is refused (docs/training.md).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "steps",
+        "workers",
+        "threads",
+        "cache_frozen",
+        "eval_every",
+        "eval_samples",
+        "eval_batch_size",
+        "select_metric",
+        "patience",
+        "checkpoint_every",
+        "log_every",
+    }
+)
+
+
 def _read_resume_checkpoint(run_dir: Path, config: RunConfig) -> dict | None:
     path = run_dir / "last.pt"
     if not path.is_file():
@@ -443,6 +463,16 @@ def _read_resume_checkpoint(run_dir: Path, config: RunConfig) -> dict | None:
     checkpoint = load_checkpoint(path)
     if checkpoint["config"]["data"] != config.data:
         raise ConfigError(f"cannot resume {run_dir}: its `data` section differs from this config")
+    before = from_section(TrainConfig, checkpoint["config"]["train"], "train").model_dump()
+    now = config.train.model_dump()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and now[k] != before.get(k))
+    if changed:
+        raise ConfigError(
+            f"cannot resume {run_dir}: {', '.join(f'train.{k}' for k in changed)} "
+            f"{'differs' if len(changed) == 1 else 'differ'} from the run's "
+            f"({', '.join(f'{k} {before.get(k)!r}' for k in changed)}), so it would not continue as it began; "
+            "put the run's values back or start a new run with another --out"
+        )
     # A changed model section is checked where it matters: loading the weights lists every key
     # that no longer fits (model.nn.weights.load_strict).
     return checkpoint

@@ -481,3 +481,19 @@ def test_a_resumed_run_removes_the_partial_checkpoint_a_killed_run_left(tmp_path
     fit(cfg, run, resume=True, progress=False)
     assert not any(path.exists() for path in partial)
     assert (run / "notes.txt").read_text() == "mine" and load_checkpoint(run / "last.pt")["step"] == 6
+
+
+def test_resuming_with_another_seed_or_learning_rate_is_refused(tmp_path, capsys):
+    """`train --resume` with train.seed (or lr, batch_size, ...) changed continued silently with other
+    batches and steps than the run began with; a longer `steps` and other logging stay allowed."""
+    path, run = tmp_path / "c.yaml", tmp_path / "run"
+    path.write_text(yaml.safe_dump(config()))
+    assert soundscape(["train", "--config", str(path), "--out", str(run), "--no-progress", "--stop-after", "2"]) == 0
+    path.write_text(yaml.safe_dump(config(train__seed=7, train__lr=0.001)))
+    assert soundscape(["train", "--config", str(path), "--out", str(run), "--no-progress", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train.lr, train.seed differ" in err and "seed 56" in err and len(err.splitlines()) == 1, err
+    assert load_checkpoint(run / "last.pt")["step"] == 2
+    path.write_text(yaml.safe_dump(config(train__steps=8, train__log_every=2, train__workers=1)))
+    assert soundscape(["train", "--config", str(path), "--out", str(run), "--no-progress", "--resume"]) == 0
+    assert load_checkpoint(run / "last.pt")["step"] == 8
