@@ -52,8 +52,10 @@ FUSION_RETRY_AFTER_S = 5
 # reads 34 x 34 cells and a colour-scale sample 1024 (engine.SCALE_SAMPLE_CELLS), a whole level
 # thousands.
 LARGE_FUSION_CELLS = 2048
-# Form and audio bodies read or decoded at once per worker (each up to max_upload_bytes, and a
-# decode up to ~120 MB); more are refused with 503 rather than queued in memory.
+# Form and audio bodies decoded at once per worker (a decode up to ~120 MB), and as many waiting;
+# more are refused with 503 rather than queued. Bodies still arriving hold no place, only the bytes received:
+# at most MAX_UPLOADS x max_upload_bytes of them per worker (UploadBytes), so clients that send a
+# body's first bytes and stall cannot keep everyone else's uploads out.
 MAX_UPLOADS = 4
 # New texts per text graph run (server.batching): the demo's MiniLM costs 3.2 ms a text in a
 # batch of 8, 3.3 in 16, 6.4 alone; a batch pads to its longest text (at most max_length tokens).
@@ -142,6 +144,54 @@ def _locate(item: str, store: Store, hint: str | None = None) -> str | None:
     return next((str(c.resolve()) for c in candidates if c.exists()), None)
 
 
+class Places:
+    """`count` of one kind of costly work at once and as many waiting; more are refused with 503
+    and Retry-After at once, so a burst waits its turn while a flood cannot queue without bound."""
+
+    def __init__(self, count: int, what: str, why: str = ""):
+        self.count = max(1, count)
+        self.what, self.why = what, why  # the 503's sentence: what runs, and a word on why
+        self.pending = 0  # running and waiting
+        self._running = anyio.Semaphore(self.count)
+
+    @asynccontextmanager
+    async def place(self) -> AsyncIterator[None]:
+        if self.pending >= 2 * self.count:
+            raise HTTPException(
+                503,
+                f"{self.count} {self.what} are running and as many wait; retry in {FUSION_RETRY_AFTER_S} s{self.why}",
+                headers={"Retry-After": str(FUSION_RETRY_AFTER_S)},
+            )
+        self.pending += 1
+        try:
+            async with self._running:
+                yield
+        finally:
+            self.pending -= 1
+
+
+@dataclass
+class UploadBytes:
+    """One upload's share of the worker's budget for bodies in memory (MAX_UPLOADS x
+    max_upload_bytes): `take` counts each chunk as it arrives, 503 once the worker holds the
+    budget's worth."""
+
+    service: SoundscapeService
+    count: int = 0
+
+    def take(self, size: int) -> None:
+        budget = MAX_UPLOADS * self.service.settings.max_upload_bytes
+        if self.service.upload_bytes_held + size > budget:
+            raise HTTPException(
+                503,
+                f"uploads being received hold {self.service.upload_bytes_held} bytes (the limit is {budget}); "
+                f"retry in {FUSION_RETRY_AFTER_S} s",
+                headers={"Retry-After": str(FUSION_RETRY_AFTER_S)},
+            )
+        self.service.upload_bytes_held += size
+        self.count += size
+
+
 class SoundscapeService:
     def __init__(self, bundle: Bundle, store: Store, settings: Settings):
         self.engine = Engine(bundle, store)
@@ -163,11 +213,13 @@ class SoundscapeService:
             lambda texts: self.run(self.engine.embed_texts, texts), TEXT_BATCH, max(1, settings.compute_threads)
         )
         self.level_fusions = TieredCache(LRUCache(LEVEL_FUSION_LRU_BYTES))
-        self.level_fusion_slots = anyio.Semaphore(max(1, settings.full_fusions))
+        self.large_fusions = Places(
+            settings.full_fusions, "large fusions", " (an hour with a month, or a source, is fused on demand)"
+        )
         self.fusion_limiter = anyio.CapacityLimiter(max(1, settings.full_fusions * settings.fusion_threads))
-        self.level_fusions_pending = 0
         self.upload_limiter = anyio.CapacityLimiter(2)
-        self.uploads_in_flight = 0
+        self.decodes = Places(MAX_UPLOADS, "decodes of uploads")
+        self.upload_bytes_held = 0  # bytes of form and audio bodies received and not yet let go
         self.ids = {"bundle": bundle.id, "store": store.id}
         # Text query ids name the graph that embeds them: an int8 server's query means differ a
         # little from fp32's, so servers of both precisions sharing a Redis never share an entry.
@@ -279,19 +331,13 @@ class SoundscapeService:
         return found
 
     @asynccontextmanager
-    async def upload_slot(self) -> AsyncIterator[None]:
-        """One of MAX_UPLOADS places for reading and decoding an upload; 503 when all are taken."""
-        if self.uploads_in_flight >= MAX_UPLOADS:
-            raise HTTPException(
-                503,
-                f"{MAX_UPLOADS} uploads are being read or decoded; retry in {FUSION_RETRY_AFTER_S} s",
-                headers={"Retry-After": str(FUSION_RETRY_AFTER_S)},
-            )
-        self.uploads_in_flight += 1
+    async def upload_bytes(self) -> AsyncIterator[UploadBytes]:
+        """The bytes one upload's body holds while it is received and decoded, let go at the end."""
+        held = UploadBytes(self)
         try:
-            yield
+            yield held
         finally:
-            self.uploads_in_flight -= 1
+            self.upload_bytes_held -= held.count
 
     async def resolve(self, query_id: str) -> tuple[QueryRecord, QueryEmbedding]:
         """A registered query id's record: as resolved before, else from the durable registry; 404
@@ -384,22 +430,9 @@ class SoundscapeService:
         if not large and len(index) <= LARGE_FUSION_CELLS:
             metrics.COMPUTE.labels("fusion").inc()
             return await self.run(self.engine.fuse, level, index, meta)
-        slots = max(1, self.settings.full_fusions)
-        if self.level_fusions_pending >= 2 * slots:
-            raise HTTPException(
-                503,
-                f"{slots} large fusions are running and as many wait; retry in "
-                f"{FUSION_RETRY_AFTER_S} s (an hour with a month, or a source, is fused "
-                "on demand)",
-                headers={"Retry-After": str(FUSION_RETRY_AFTER_S)},
-            )
-        self.level_fusions_pending += 1
-        try:
-            async with self.level_fusion_slots:
-                metrics.COMPUTE.labels("fusion").inc()
-                return await self.fuse_in_parallel(level, index, meta)
-        finally:
-            self.level_fusions_pending -= 1
+        async with self.large_fusions.place():
+            metrics.COMPUTE.labels("fusion").inc()
+            return await self.fuse_in_parallel(level, index, meta)
 
     async def fuse_in_parallel(self, level: Level, index: np.ndarray, meta: QueryMetadata) -> CellEmbeddings:
         """One large fusion split over `settings.fusion_threads` threads, outside the compute

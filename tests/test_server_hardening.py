@@ -439,36 +439,46 @@ def test_deep_pipelining_drops_the_connection(live):
     assert answers.count(b"HTTP/1.1 200") == 5
 
 
-def test_uploads_in_flight_are_bounded(bundle_path, store_path):
-    """Bodies that arrive slowly hold their upload places; the next upload gets 503 at once, a
-    text query still goes through."""
+def test_stalled_bodies_keep_no_upload_out_and_bodies_in_memory_are_bounded(bundle_path, store_path):
+    """Bodies that send their first bytes and stall hold only those bytes, not one of the
+    MAX_UPLOADS decoding places: another upload goes through at once, as does a text, and when
+    they all arrive together the decodes past MAX_UPLOADS wait their turn. The bytes
+    every body being received holds are bounded per worker (MAX_UPLOADS x the upload limit): the
+    upload that would pass it gets 503 with Retry-After, and those stalled finish."""
     from server.service import MAX_UPLOADS
 
-    with make_client(bundle_path, store_path) as client:
+    limit_mb = 0.1  # 104,857 bytes an upload, 419,428 held at once
+    with make_client(bundle_path, store_path, max_upload_mb=limit_mb) as client:
 
-        async def scenario() -> tuple[list[int], int, int]:
+        async def scenario(whole: bytes, first: int) -> tuple[list[int], httpx.Response, int]:
             transport = httpx.ASGITransport(app=client.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as http:
                 release = asyncio.Event()
 
-                async def slow_body():
-                    yield wav(16000)[:40]
+                async def stalled_body():
+                    yield whole[:first]
                     await release.wait()
-                    yield wav(16000)[40:]
+                    yield whole[first:]
 
-                slow = [
+                stalled = [
                     asyncio.create_task(
-                        http.post("/queries", content=slow_body(), headers={"Content-Type": "audio/wav"})
+                        http.post("/queries", content=stalled_body(), headers={"Content-Type": "audio/wav"})
                     )
-                    for _ in range(MAX_UPLOADS)
+                    for _ in range(MAX_UPLOADS + 2)
                 ]
                 await asyncio.sleep(0.5)
-                refused = await http.post("/queries", content=wav(16000), headers={"Content-Type": "audio/wav"})
+                extra = await http.post("/queries", content=whole, headers={"Content-Type": "audio/wav"})
                 text = await http.post("/queries", json={"text": "birdsong"})
                 release.set()
-                return [(await t).status_code for t in slow], refused, text.status_code
+                return [(await t).status_code for t in stalled], extra, text.status_code
 
-        slow, refused, text = asyncio.run(scenario())
-        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
-        assert "uploads" in refused.json()["detail"]
-        assert text == 201 and slow == [201] * MAX_UPLOADS
+        stalled, extra, text = asyncio.run(scenario(wav(16000, frames=20_000), first=40))  # 7 x 40 kB held at most
+        assert extra.status_code == 201 and text == 201, "stalled bodies keep no upload out"
+        assert stalled == [201] * (MAX_UPLOADS + 2), "finishing together, 4 decode at once and 2 wait their turn"
+        assert client.app.state.service.upload_bytes_held == 0, "every body's bytes let go"
+        # 4 of 6 stalled bodies hold 400 kB: the rest, and the next upload, are over the budget.
+        stalled, extra, text = asyncio.run(scenario(wav(16000, frames=50_000), first=100_000))
+        assert extra.status_code == 503 and extra.headers["retry-after"] == "5"
+        assert "uploads being received hold" in extra.json()["detail"] and text == 201
+        assert stalled.count(201) == MAX_UPLOADS and stalled.count(503) == 2
+        assert client.app.state.service.upload_bytes_held == 0

@@ -17,7 +17,7 @@ from server.engine import QueryEmbedding, QueryMetadata
 from server.http import conditional, errors
 from server.queries import QueryRecord, is_query_id
 from server.routes.deps import ServiceDep, SettingsDep
-from server.service import SoundscapeService
+from server.service import SoundscapeService, UploadBytes
 from server.urls import base_url, tile_template
 
 router = APIRouter(tags=["queries"])
@@ -48,8 +48,9 @@ REQUEST_BODY = {
 }
 
 
-async def read_capped(request: Request, limit: int) -> bytes:
-    """The request body, or 413 as soon as it passes `limit` bytes (declared or streamed)."""
+async def read_capped(request: Request, limit: int, held: UploadBytes | None = None) -> bytes:
+    """The request body, or 413 as soon as it passes `limit` bytes (declared or streamed); each
+    chunk counted into `held` as it arrives (503 when the worker holds its budget of bodies)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"the upload is {int(declared)} bytes; the limit is {limit}")
@@ -59,6 +60,8 @@ async def read_capped(request: Request, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise HTTPException(413, f"the upload is over the limit of {limit} bytes")
+            if held is not None:
+                held.take(len(chunk))
             chunks.append(chunk)
     except ClientDisconnect:  # e.g. closed by the body timeout (server/protocol.py)
         raise HTTPException(400, "the connection closed before the whole body arrived") from None
@@ -175,21 +178,28 @@ async def register(request: Request, service: ServiceDep, settings: SettingsDep)
             f"audio/* body, not {content_type or 'no Content-Type'!r}",
         )
     is_json = content_type == "application/json"
-    # A form or audio body may hold max_upload_bytes: only a few are read and decoded at once.
-    async with nullcontext() if is_json else service.upload_slot():
-        body = await read_capped(request, MAX_JSON_BYTES if is_json else settings.max_upload_bytes)
-        text, audio = None, None
-        if is_json:
-            text = parse_json_text(body)
-        elif content_type == "multipart/form-data":
-            text, audio = await parse_form(request, body)
-        else:
-            audio = body
-        if text is not None:
-            record, embedding = await service.text_query(text, register=True)
-        else:
-            assert audio is not None  # parse_form answers 422 to a form with neither
-            record, embedding = await service.audio_query(audio)
+    # A form or audio body may hold max_upload_bytes: the bytes received are bounded per worker
+    # while bodies arrive, and only a few are decoded at once.
+    async with nullcontext() if is_json else service.upload_bytes() as held:
+        body = await read_capped(request, MAX_JSON_BYTES if is_json else settings.max_upload_bytes, held)
+        async with nullcontext() if is_json else service.decodes.place():
+            return await _register_body(request, service, content_type, body)
+
+
+async def _register_body(request: Request, service: SoundscapeService, content_type: str, body: bytes) -> JSONResponse:
+    """register's work once the whole body is in: the query it holds, registered and described."""
+    text, audio = None, None
+    if content_type == "application/json":
+        text = parse_json_text(body)
+    elif content_type == "multipart/form-data":
+        text, audio = await parse_form(request, body)
+    else:
+        audio = body
+    if text is not None:
+        record, embedding = await service.text_query(text, register=True)
+    else:
+        assert audio is not None  # parse_form answers 422 to a form with neither
+        record, embedding = await service.audio_query(audio)
     base = base_url(request)
     return JSONResponse(
         await describe(service, record, embedding, base),
