@@ -147,8 +147,12 @@ def _from_config(path: str, seed: int):
     from model.nn.psm import PSMModel
 
     torch.manual_seed(seed)
-    model = PSMModel(ModelConfig.from_dict(load_config(path).get("model"))).eval()
-    return model, (5.0, 5.0), {"config": str(path), "weights": f"random (seed {seed})"}, Path(path).stem
+    config = load_config(path)
+    model = PSMModel(ModelConfig.from_dict(config.get("model"))).eval()
+    # The config itself, as a checkpoint's export records it: what the model is scored by
+    # (runtime.scoring.scoring_kind: cosine for an InfoNCE loss) is read from it.
+    training = {"config": config, "config_path": str(path), "weights": f"random (seed {seed})"}
+    return model, (5.0, 5.0), training, Path(path).stem
 
 
 def _export(args: argparse.Namespace) -> int:

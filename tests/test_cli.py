@@ -3,6 +3,7 @@ printed before it, and no argparse trap for values that start with a minus."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -200,3 +201,24 @@ def test_export_refuses_a_source_description_it_cannot_record(capsys, tmp_path, 
     line = _fails(capsys, [*argv, "--out", str(tmp_path / "bundle")])
     assert says in line
     assert not (tmp_path / "bundle").exists()
+
+
+def test_a_random_weights_export_records_its_config_and_is_scored_as_it_says(tmp_path) -> None:
+    """`export --config` records the config as a checkpoint's export does (docs/bundle.md), so an
+    InfoNCE config's bundle is scored by cosine, not CSD."""
+    import yaml
+
+    from runtime.scoring import COSINE, CSD, scoring_kind
+
+    config = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    config["train"]["loss"] = {"kind": "infonce"}
+    (tmp_path / "infonce.yaml").write_text(yaml.safe_dump(config))
+    kinds = {}
+    for name in ("tiny", "infonce"):
+        path = ROOT / "configs/tiny.yaml" if name == "tiny" else tmp_path / "infonce.yaml"
+        assert main(["export", "--config", str(path), "--out", str(tmp_path / name)]) == 0
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert manifest["training"]["config"]["model"]["embed_dim"] == 32
+        assert manifest["training"]["config_path"] == str(path)
+        kinds[name] = scoring_kind(manifest)
+    assert kinds == {"tiny": CSD, "infonce": COSINE}
