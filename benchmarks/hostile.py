@@ -393,7 +393,8 @@ def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
         ),
         (
             "8 x /search level 7, distinct hour+month, at once",
-            "2x 200 (one fuses, one waits), 6x 503",
+            "at least 2x 200 (one fuses its candidates, one waits), the rest 503 (more 200 where a fusion ends "
+            "before the last arrives)",
             lambda: statuses(get_all(search)),
         ),
         (
