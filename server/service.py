@@ -15,7 +15,6 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 import numpy as np
-from fastapi import HTTPException
 
 from runtime.bundle import Bundle
 from runtime.imagery import Imagery, ImageryError, is_remote
@@ -157,10 +156,10 @@ class Places:
     @asynccontextmanager
     async def place(self) -> AsyncIterator[None]:
         if self.pending >= 2 * self.count:
-            raise HTTPException(
+            raise QueryError(
                 503,
                 f"{self.count} {self.what} are running and as many wait; retry in {FUSION_RETRY_AFTER_S} s{self.why}",
-                headers={"Retry-After": str(FUSION_RETRY_AFTER_S)},
+                FUSION_RETRY_AFTER_S,
             )
         self.pending += 1
         try:
@@ -182,11 +181,11 @@ class UploadBytes:
     def take(self, size: int) -> None:
         budget = MAX_UPLOADS * self.service.settings.max_upload_bytes
         if self.service.upload_bytes_held + size > budget:
-            raise HTTPException(
+            raise QueryError(
                 503,
                 f"uploads being received hold {self.service.upload_bytes_held} bytes (the limit is {budget}); "
                 f"retry in {FUSION_RETRY_AFTER_S} s",
-                headers={"Retry-After": str(FUSION_RETRY_AFTER_S)},
+                FUSION_RETRY_AFTER_S,
             )
         self.service.upload_bytes_held += size
         self.count += size
@@ -587,10 +586,16 @@ class SoundscapeService:
         """The rows of the cells whose centre lies in bbox (engine.rows_within); a box that holds
         more than `settings.max_search_cells` by a bound counted first is refused before its rows
         are listed (a whole-world box of a planet-scale level would list millions)."""
-        at_least = await self.run(cells_certainly_within, level, bbox)
-        if at_least > self.settings.max_search_cells:
+        limit = self.settings.max_search_cells
+
+        def bounded() -> tuple[int, np.ndarray | None]:
+            at_least = cells_certainly_within(level, bbox)
+            return at_least, rows_within(level, bbox) if at_least <= limit else None
+
+        at_least, rows = await self.run(bounded)
+        if rows is None:
             raise self._bbox_too_large(level, f"at least {at_least}")
-        return await self.run(rows_within, level, bbox)
+        return rows
 
     def _bbox_too_large(self, level: Level, count: str) -> QueryError:
         return QueryError(

@@ -33,21 +33,17 @@ async def _tile(
     params: TileParams,
 ) -> Response:
     tile, text = tile_request(service, tms, z, x, y, fmt, params)
-    if tile.query is not None and "*" in if_none_match_tags(request):
-        # `*` matches only a tile that exists: 404 for an unknown id, 422 for a text the model
-        # knows no word of (as without the header)
-        if text is not None:
-            service.check_text(text)
-        else:
-            await service.resolve(tile.query)
+    if text is None and tile.query is not None:
+        # Registered ids only (q= of the same text names the same cached tile), and before any
+        # 304: `*` matches only a tile that exists
+        await service.resolve(tile.query)
+    elif text is not None and "*" in if_none_match_tags(request):
+        service.check_text(text)  # 422 for a text the model knows no word of, as without the header
     name = service.tile_name(tile)
     etag = f'"{name}"'
     held = not_modified(request, etag, cache_control(request, "tile"))  # known before rendering
     if held is not None:
         return held
-    if text is None and tile.query is not None:
-        # q= of the same text names the same cached tile: the id must be registered all the same
-        await service.resolve(tile.query)
     body = await service.tile(tile, text, name)
     return conditional(request, Response(body, media_type=FORMATS[fmt]), "tile", etag)
 
