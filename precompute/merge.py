@@ -5,7 +5,6 @@ then built exactly as a single run builds them."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.files import path_lock
-from store.format import ARRAYS, INDEX_FILE, MANIFEST_FILE, STORE_FORMAT_VERSION, StoreError, level_dir
+from store.format import ARRAYS, INDEX_FILE, STORE_FORMAT_VERSION, StoreError, level_dir
 from store.imagery_ref import as_built, relative_to_store
 from store.index import FLAT_MAX
 from store.npy import GrowingNpy
@@ -27,16 +26,12 @@ SAME_RUN_KEYS = ("bundle_id", "imagery", "plan", "bounds")
 
 def _shard_manifest(path: Path) -> dict:
     try:
-        manifest = json.loads((path / MANIFEST_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path} is not a finished shard store: {exc}") from exc
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("format_version") != STORE_FORMAT_VERSION
-        or "shard" not in manifest
-    ):
+        manifest = read_manifest(path)
+    except StoreError as exc:
+        raise StoreError(f"{path} is not a finished shard store: {exc}") from None
+    if manifest["format_version"] != STORE_FORMAT_VERSION or "shard" not in manifest:
         raise StoreError(f"{path} is not a shard store of this version (made by precompute --shard i/n)")
-    return read_manifest(path)
+    return manifest
 
 
 def _check_shard_files(path: Path, manifest: dict) -> None:
