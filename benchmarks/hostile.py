@@ -267,6 +267,7 @@ def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
         f"{base}/search?q=birdsong&hour={h}&month={m}&level=7"
         for h, m in ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 1), (15, 3))
     ]
+    exact = [f"{base}/search?q=birdsong&hour={h}&month={1 + h % 12}&level=7&exact=true" for h in range(24)]
     tiles_512 = [
         f"{base}/tiles/WebMercatorQuad/1/{i % 2}/{i // 4}.png?q=birdsong&tilesize=512&hour={i}&month={i + 1}"
         for i in range(8)
@@ -393,9 +394,15 @@ def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
         ),
         (
             "8 x /search level 7, distinct hour+month, at once",
-            "at least 2x 200 (one fuses its candidates, one waits), the rest 503 (more 200 where a fusion ends "
-            "before the last arrives)",
+            "8x 200 (each fuses its 1,536 candidates; they wait their turn, 12,288 cells in all, within the "
+            "fusion queue's 65,536)",
             lambda: statuses(get_all(search)),
+        ),
+        (
+            "24 x /search level 7 exact=true (16,384 cells each), distinct hour+month, at once",
+            "in a worker one fuses and 4 wait (65,536 cells), the rest 503 at once: at least 5x 200 (more where "
+            "the other worker takes some, or a fusion ends before the last arrives)",
+            lambda: statuses(get_all(exact)),
         ),
         (
             "8 x a 512 px tile, each another hour+month",

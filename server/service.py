@@ -144,29 +144,38 @@ def _locate(item: str, store: Store, hint: str | None = None) -> str | None:
 
 
 class Places:
-    """`count` of one kind of costly work at once and as many waiting; more are refused with 503
-    and Retry-After at once, so a burst waits its turn while a flood cannot queue without bound."""
+    """`count` of one kind of costly work at once; more wait their turn while the work waiting
+    costs at most `waiting` (one a job, unless the caller counts a job's cost: a fusion's cells),
+    and past that are refused at once with 503 and Retry-After. A burst waits, a flood cannot
+    queue without bound, and the wait is bounded by the work ahead rather than by how many asked.
+    One job always may wait, whatever its cost (its own limit is checked before it gets here)."""
 
-    def __init__(self, count: int, what: str, why: str = ""):
+    def __init__(self, count: int, what: str, why: str = "", waiting: int | None = None, unit: str = ""):
         self.count = max(1, count)
-        self.what, self.why = what, why  # the 503's sentence: what runs, and a word on why
-        self.pending = 0  # running and waiting
+        self.waiting = self.count if waiting is None else max(1, waiting)
+        self.what, self.why, self.unit = what, why, unit  # the 503's sentence
+        self.queued = 0  # the cost of the jobs waiting for a place
         self._running = anyio.Semaphore(self.count)
 
     @asynccontextmanager
-    async def place(self) -> AsyncIterator[None]:
-        if self.pending >= 2 * self.count:
+    async def place(self, cost: int = 1) -> AsyncIterator[None]:
+        if self._running.value == 0 and self.queued and self.queued + cost > self.waiting:
+            ahead = f"{self.queued} {self.unit}".strip() if self.unit else str(self.queued)
             raise QueryError(
                 503,
-                f"{self.count} {self.what} are running and as many wait; retry in {FUSION_RETRY_AFTER_S} s{self.why}",
+                f"{self.count} {self.what} are running and {ahead} wait (at most {self.waiting}); "
+                f"retry in {FUSION_RETRY_AFTER_S} s{self.why}",
                 FUSION_RETRY_AFTER_S,
             )
-        self.pending += 1
+        self.queued += cost
         try:
-            async with self._running:
-                yield
+            await self._running.acquire()
         finally:
-            self.pending -= 1
+            self.queued -= cost
+        try:
+            yield
+        finally:
+            self._running.release()
 
 
 @dataclass
@@ -213,7 +222,11 @@ class SoundscapeService:
         )
         self.level_fusions = TieredCache(LRUCache(LEVEL_FUSION_LRU_BYTES))
         self.large_fusions = Places(
-            settings.full_fusions, "large fusions", " (an hour with a month, or a source, is fused on demand)"
+            settings.full_fusions,
+            "large fusions",
+            " (an hour with a month, or a source, is fused on demand)",
+            waiting=settings.fusion_queue_cells,
+            unit="cells",
         )
         self.fusion_limiter = anyio.CapacityLimiter(max(1, settings.full_fusions * settings.fusion_threads))
         self.upload_limiter = anyio.CapacityLimiter(2)
@@ -423,13 +436,15 @@ class SoundscapeService:
 
     async def fuse(self, level: Level, index: np.ndarray, meta: QueryMetadata, large: bool = False) -> CellEmbeddings:
         """The fusion of `index` under `meta`, run in the compute pool. A large one (a whole level
-        for /search, or over LARGE_FUSION_CELLS) costs seconds of CPU: at most
-        `settings.full_fusions` run at once and as many wait, more are refused with 503, so
-        requests with many distinct metadata values cannot take the cores from tiles."""
+        for /search, or over LARGE_FUSION_CELLS) costs up to seconds of CPU: at most
+        `settings.full_fusions` run at once and others wait while the cells waiting number at most
+        `settings.fusion_queue_cells`; more are refused with 503, so requests with many distinct
+        metadata values cannot take the cores from tiles, and a search waits no longer than the
+        work ahead of it takes."""
         if not large and len(index) <= LARGE_FUSION_CELLS:
             metrics.COMPUTE.labels("fusion").inc()
             return await self.run(self.engine.fuse, level, index, meta)
-        async with self.large_fusions.place():
+        async with self.large_fusions.place(len(index)):
             metrics.COMPUTE.labels("fusion").inc()
             return await self.fuse_in_parallel(level, index, meta)
 

@@ -113,6 +113,10 @@ class Settings(EnvSettings):
     allowed_hosts: Names = ("127.0.0.1", "localhost", "::1")
     rate_limit: MaybeText = None
     full_fusions: int = 1  # whole-level fusions (/search under hour/month/source) run at once
+    # Cells of large fusions that may wait for one of those places; past it, 503. 65,536 cells are
+    # about 1.6 s of the demo fuse graph's CPU: 42 searches' candidates (1,536 cells each) or four
+    # whole level-7 fusions (exact=true).
+    fusion_queue_cells: int = Field(default=65_536, ge=1)
     # Threads one large fusion is split over (every core, whatever --workers): it is rare, bounded
     # by full_fusions, and its answer waits on all of it, so it borrows the other workers' cores.
     fusion_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)

@@ -227,30 +227,58 @@ def test_search_under_metadata_fuses_a_level_once(client):
     assert stats["fusions"] == before + 1  # the second query reuses the fused level
 
 
-def test_whole_level_fusions_are_bounded_and_others_get_503(bundle_path, store_path):
-    with make_client(bundle_path, store_path, full_fusions=1) as client:
-        service = client.app.state.service
-        real_fuse = service.engine.fuse
+def slowed_fusions(service, seconds: float = 0.5) -> None:
+    """Every fusion takes `seconds` more, as on a level as large as the demo's finest."""
+    real_fuse = service.engine.fuse
 
-        def slow_fuse(*args):  # a level as large as the demo's finest, where a fusion takes seconds
-            time.sleep(0.5)
-            return real_fuse(*args)
+    def slow_fuse(*args):
+        time.sleep(seconds)
+        return real_fuse(*args)
 
-        service.engine.fuse = slow_fuse
+    service.engine.fuse = slow_fuse
 
-        async def burst() -> list[httpx.Response]:
-            transport = httpx.ASGITransport(app=client.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-                return await asyncio.gather(*(http.get(f"/search?q=forest&hour={h}&month=3&level=6") for h in range(6)))
 
+def searches_at_once(app, paths: list[str]) -> list[httpx.Response]:
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            return await asyncio.gather(*(http.get(path) for path in paths))
+
+    return asyncio.run(burst())
+
+
+def level_cells(store_path, level: int) -> int:
+    from store.reader import Store
+
+    return len(Store(store_path).levels[level])
+
+
+def test_whole_level_fusions_wait_while_the_cells_waiting_fit_and_others_get_503(bundle_path, store_path):
+    """One whole-level fusion runs; the next wait while the cells waiting fit in
+    fusion_queue_cells (here two levels' worth); more are refused at once with 503."""
+    cells = level_cells(store_path, 6)
+    with make_client(bundle_path, store_path, full_fusions=1, fusion_queue_cells=2 * cells) as client:
+        slowed_fusions(client.app.state.service)
         start = time.perf_counter()
-        answers = asyncio.run(burst())
+        answers = searches_at_once(client.app, [f"/search?q=forest&hour={h}&month=3&level=6" for h in range(6)])
         elapsed = time.perf_counter() - start
-        codes = sorted(r.status_code for r in answers)
-        assert codes == [200, 200, 503, 503, 503, 503], codes  # one runs, one waits
-        refused = next(r for r in answers if r.status_code == 503)
-        assert refused.headers["retry-after"] == "5" and "retry" in refused.json()["detail"]
-        assert elapsed < 3.0  # two fusions one after the other, not six
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200, 200, 200, 503, 503, 503], codes  # one runs, two wait
+    refused = next(r for r in answers if r.status_code == 503)
+    assert refused.headers["retry-after"] == "5"
+    assert f"{2 * cells} cells wait (at most {2 * cells})" in refused.json()["detail"]
+    assert elapsed < 4.0  # three fusions one after the other, not six
+
+
+def test_the_fusion_queue_counts_cells_not_searches(bundle_path, store_path):
+    """Smaller fusions queue in the room of a large one: with room for one level-6 fusion, the
+    searches of a level a quarter its size all wait their turn instead of getting 503."""
+    small, large = level_cells(store_path, 5), level_cells(store_path, 6)
+    assert 4 * small <= large
+    with make_client(bundle_path, store_path, full_fusions=1, fusion_queue_cells=large) as client:
+        slowed_fusions(client.app.state.service, 0.2)
+        answers = searches_at_once(client.app, [f"/search?q=forest&hour={h}&month=3&level=5" for h in range(5)])
+    assert [r.status_code for r in answers] == [200] * 5, [r.text for r in answers]
 
 
 # A real uvicorn: header size, timeouts, connection cap -----------------------------------------------
