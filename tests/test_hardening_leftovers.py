@@ -1,0 +1,51 @@
+"""Leftovers of the hardening audit, through the ASGI app: a form's text follows the rules of a
+query string's (UTF-8 or a 422 naming the field), never read as Latin-1."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.server_support import make_client
+
+FIELD = b'--b\r\nContent-Disposition: form-data; name="text"\r\n\r\n%s\r\n--b--\r\n'
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path, store_path):
+    with make_client(bundle_path, store_path) as client:
+        yield client
+
+
+def post_form(client, text: bytes, content_type: str = "multipart/form-data; boundary=b"):
+    return client.post("/queries", content=FIELD % text, headers={"Content-Type": content_type})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "caf\xe9 birds".encode("latin-1"),  # Latin-1 é: starlette read it as Latin-1 and registered 'café birds'
+        "caf\udc80".encode("utf-8", "surrogatepass"),  # a UTF-8-encoded lone surrogate: registered 'cafí²\x80'
+        b"\x83\x65\x83\x58\x83\x67",  # Shift JIS: registered mojibake
+    ],
+)
+def test_a_form_text_whose_bytes_are_not_utf8_is_refused(client, text):
+    """`q=caf%E9` answered 422 while `-F text=caf$'\\xe9'` registered the bytes read as Latin-1,
+    a query nobody wrote, under an id saved links then named for good."""
+    r = post_form(client, text)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("the form's 'text' is not UTF-8 text")
+    assert post_form(client, text.decode("latin-1").encode()).status_code == 201  # the same characters in UTF-8
+
+
+@pytest.mark.parametrize("charset", ["iso-8859-1", "bogus", "utf-16", ""])
+def test_a_form_naming_a_charset_other_than_utf8_is_refused(client, charset):
+    """An unknown charset was read as Latin-1 whatever the bytes; fields are UTF-8, as browsers and curl send them."""
+    r = post_form(client, b"caf\xe9", f"multipart/form-data; charset={charset}; boundary=b")
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == f"the form's charset must be UTF-8 (or left out), not {charset!r}"
+    json_id = client.post("/queries", json={"text": "caf\xe9"}).json()["id"]
+    for utf8 in ('"UTF-8"', "utf8"):
+        assert (
+            post_form(client, "caf\xe9".encode(), f"multipart/form-data; charset={utf8}; boundary=b").json()["id"]
+            == json_id
+        )
