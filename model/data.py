@@ -53,7 +53,8 @@ class SampleSource(Protocol):
     `get(index, without=...)` to leave out fields ("audio", "image", "caption") that training
     does not need, e.g. audio whose frozen embedding is cached, and `content_hash`, a string that
     changes whenever the data behind the same `data:` section does (the frozen-tower cache keys
-    on it, so a rebuilt corpus is never read through a stale cache)."""
+    on it, so data changed in place is never read through a stale cache; a source without one
+    gets no cache on disk, model.frozen_cache)."""
 
     def __len__(self) -> int: ...
 

@@ -5,13 +5,15 @@ every time, so running it each step only burns CPU: the cache stores one row per
 and batches carry that row (`text_backbone`, `audio_backbone`) instead of tokens or audio, which
 are then never decoded. Samples found unreadable while caching are recorded, so training skips
 them instead of pairing their image with a neighbour's cached audio. Files are named by a
-fingerprint of the tower config and the split and written atomically: an interrupted run
-recomputes them and a second run reuses them."""
+fingerprint of the tower config, the split and the data's content hash and written atomically: an
+interrupted run recomputes them and a second run reuses them. A reader without a content hash
+cannot say when its data changed, so its outputs are computed for the run and never stored."""
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,17 +38,15 @@ class FrozenCache:
     unreadable: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
-def fingerprint(model: PSMModel, tower: str, split: str, data: dict, source: SampleSource) -> str:
-    """Names a cache file: the tower, the split, the data section, and the data's own content
-    hash where its reader gives one (the count of samples where it does not). With a content
-    hash the data's path is left out, so one corpus named by another spelling of its path
-    (relative, absolute, a copy) finds its cache."""
-    content = getattr(source, "content_hash", None)
+def fingerprint(model: PSMModel, tower: str, split: str, data: dict, content: str) -> str:
+    """Names a cache file: the tower, the split, the data section without the demo corpus's
+    `path` (so one corpus named by another spelling of its path, relative, absolute or a copy,
+    finds its cache) and the data's own content hash (model.data.SampleSource), which changes
+    whenever what the tower reads does."""
     spec = {
         "tower": getattr(model.cfg, tower).model_dump(),
         "split": split,
-        "data": {k: v for k, v in data.items() if k != "path"} if content else data,
-        "n": len(source),
+        "data": {k: v for k, v in data.items() if k != "path"},
         "content": content,
         "audio": model.cfg.audio_spec.to_json() if tower == "audio" else None,
     }
@@ -114,28 +114,55 @@ def frozen_cache(
     """The cache of every frozen tower of `model` over `source`, read from `cache_dir` or
     computed and stored there."""
     cache = FrozenCache()
+    content = getattr(source, "content_hash", None)
+    if content is None and model.frozen_towers():
+        log.warning(
+            "the %s split's reader gives no content_hash (model.data.SampleSource), so a cache could "
+            "outlive a change to its data: the frozen towers run over it now and their outputs are "
+            "not stored in %s",
+            split,
+            cache_dir,
+        )
     for tower in model.frozen_towers():
-        path = cache_dir / f"{split}-{tower}-{fingerprint(model, tower, split, data, source)}.npz"
-        if path.is_file():
-            with np.load(path) as f:
-                values = f["values"]
-                unreadable = {
-                    int(i): (str(w), str(r))
-                    for i, w, r in zip(f["bad_index"], f["bad_where"], f["bad_reason"], strict=True)
-                }
+        compute = functools.partial(
+            tower_outputs,
+            model,
+            tower,
+            source,
+            prep,
+            batch_size=batch_size,
+            workers=workers,
+            skips=skips,
+            progress=progress,
+        )
+        if content is None:
+            values, unreadable = compute()
         else:
-            log.info("caching the frozen %s tower over %d %s samples", tower, len(source), split)
-            values, unreadable = tower_outputs(
-                model, tower, source, prep, batch_size=batch_size, workers=workers, skips=skips, progress=progress
-            )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            arrays: dict[str, Any] = {
-                "values": values,
-                "bad_index": np.array(list(unreadable), dtype=np.int64),
-                "bad_where": np.array([w for w, _ in unreadable.values()], dtype=str),
-                "bad_reason": np.array([r for _, r in unreadable.values()], dtype=str),
-            }
-            atomic_write(path, functools.partial(np.savez, **arrays))
+            log.debug("the %s split's content hash: %s", split, content)
+            path = cache_dir / f"{split}-{tower}-{fingerprint(model, tower, split, data, content)}.npz"
+            values, unreadable = _stored(path, compute, f"the frozen {tower} tower over {len(source)} {split} samples")
         cache.outputs[tower] = values
         cache.unreadable.update(unreadable)
     return cache
+
+
+def _stored(path: Path, compute: Callable[[], tuple[np.ndarray, dict]], what: str) -> tuple[np.ndarray, dict]:
+    """The outputs and unreadable samples stored at `path`, or computed and stored there."""
+    if path.is_file():
+        with np.load(path) as f:
+            unreadable = {
+                int(i): (str(w), str(r))
+                for i, w, r in zip(f["bad_index"], f["bad_where"], f["bad_reason"], strict=True)
+            }
+            return f["values"], unreadable
+    log.info("caching %s", what)
+    values, unreadable = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {
+        "values": values,
+        "bad_index": np.array(list(unreadable), dtype=np.int64),
+        "bad_where": np.array([w for w, _ in unreadable.values()], dtype=str),
+        "bad_reason": np.array([r for _, r in unreadable.values()], dtype=str),
+    }
+    atomic_write(path, functools.partial(np.savez, **arrays))
+    return values, unreadable

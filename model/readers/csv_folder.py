@@ -12,8 +12,10 @@ skipped by training."""
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,8 @@ import mercantile
 import numpy as np
 
 from model.config import ConfigError, Section, from_section
-from model.data import BadSample, DataError, Sample, Splits, geographic_split
-from model.readers.common import decode_image, fit_image, parse_when
+from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
+from model.readers.common import content_hash, decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
 from runtime.tiles import EARTH_CIRCUMFERENCE_M
 
@@ -190,6 +192,18 @@ class CsvFolderSource:
 
     def __getitem__(self, index: int) -> Sample:
         return self.get(index)
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """What these rows read (model.readers.common.content_hash): the rows as parsed (captions,
+        file names, places, order, CSV line) and every audio and image file they name, and the
+        imagery raster their cells are cut from, by size and times."""
+        root = str(self.root)  # strings: Path objects would take longer than the stat calls
+        files = sorted({os.path.join(root, name) for row in self.rows for name in (row.audio, row.image) if name})
+        imagery = self.cfg.imagery
+        if imagery and not imagery.startswith(REMOTE_PREFIXES) and any(not row.image for row in self.rows):
+            files.append(imagery)
+        return content_hash(self.rows, files)
 
     def metadata_values(self, name: str) -> list[str | None]:
         """Every row's `source` or `caption_source` (model.checks), read without any file."""

@@ -16,6 +16,7 @@ resized to the model's input, with the effective ground sample distance."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import pickle
@@ -31,7 +32,7 @@ import numpy as np
 
 from model.config import ConfigError, Section, from_section
 from model.data import BadSample, DataError, Sample, Splits
-from model.readers.common import decode_image, fit_image, parse_when
+from model.readers.common import content_hash, decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,17 @@ class _Released:
         """Sample `index`, leaving out the `without` fields (model.data.load_sample)."""
         raise NotImplementedError
 
+    def files(self) -> set[str]:
+        """The shards or Parquet files this split's samples are read from."""
+        raise NotImplementedError
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """What this split reads (model.readers.common.content_hash): the captions that override
+        the files' and each file its samples come from, by size and times (the keys, order and
+        members of the samples are read from those files)."""
+        return content_hash(sorted(self.captions.items()), sorted(self.files()))
+
     def _sample(self, key: str, meta: dict, zoom: int, image: bytes | None, where: str, **audio) -> Sample:
         source = self.dataset.source(key, meta)
         when = parse_when(meta.get(self.dataset.date_field))
@@ -172,6 +184,9 @@ def index_shard(path: Path) -> dict[str, dict[str, Member]]:
 
 
 class WebDatasetSource(_Released):
+    def files(self) -> set[str]:
+        return {member.shard for _, members in self.records for member in members.values()}
+
     def get(self, index: int, without: frozenset[str] = frozenset()) -> Sample:
         key, members = self.records[index // len(self.cfg.zooms)]
         zoom = self.cfg.zooms[index % len(self.cfg.zooms)]
@@ -232,6 +247,9 @@ class ParquetSource(_Released):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._groups: OrderedDict = OrderedDict()
+
+    def files(self) -> set[str]:
+        return {meta["_file"] for meta in self.records}
 
     def get(self, index: int, without: frozenset[str] = frozenset()) -> Sample:
         meta = self.records[index // len(self.cfg.zooms)]

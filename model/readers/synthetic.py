@@ -15,6 +15,7 @@ import numpy as np
 
 from model.config import ConfigError, Section, from_section
 from model.data import Sample, Splits
+from runtime.files import json_sha256
 
 WORDS = [
     "birds",
@@ -53,6 +54,11 @@ class SyntheticSource:
         self.cfg, self.split, self.size = cfg, split, image_size
         self.n = int(cfg.samples[split])
         self._classes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def content_hash(self) -> str:
+        """The samples are a function of the section and the split alone (model.data.SampleSource)."""
+        return json_sha256({"split": self.split, **self.cfg.model_dump()})
 
     def _class(self, cls: int) -> tuple[np.ndarray, np.ndarray]:
         """The clean image and audio of a class (kept: every sample of the class starts from them)."""
