@@ -6,6 +6,7 @@ import argparse
 import errno
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,6 +34,22 @@ INTERNET_OPTIONS = {
     "max-connections": "open connections per worker; more are answered 503 "
     "(default: $SOUNDSCAPE_MAX_CONNECTIONS, else 1024)",
 }
+
+
+def integer_in(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from `least` to `most` (no upper end when None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least or (most is not None and value > most):
+            span = f"from {least} to {most}" if most is not None else f"of at least {least}"
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, not {text!r}")
+        return value
+
+    return parse
 
 
 def check_port(host: str, port: int) -> None:
@@ -160,8 +177,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--port", type=integer_in(1, 65535), default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=integer_in(1), default=1, help="uvicorn worker processes (default 1)")
     p.add_argument(
         "--redis-url",
         default=os.environ.get("SOUNDSCAPE_REDIS_URL"),
@@ -201,5 +218,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--cors-origins", help="comma-separated CORS origins, '' for none (default: $SOUNDSCAPE_CORS_ORIGINS, else *)"
     )
     for option, text in INTERNET_OPTIONS.items():
-        p.add_argument(f"--{option}", type=int if option == "max-connections" else str, help=text)
+        p.add_argument(f"--{option}", type=integer_in(1) if option == "max-connections" else str, help=text)
     p.set_defaults(handler=_serve)

@@ -30,18 +30,18 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from server.settings import EnvSettings
+from server.settings import Count, CountOrZero, EnvSettings, Positive
 
 HEAD_END = b"\r\n\r\n"
 
 
 class ConnectionLimits(EnvSettings):
-    max_header_bytes: int = 16 * 1024
-    max_headers: int = 100
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 60.0
-    max_connections: int = 1024
-    max_pipelined: int = 32
+    max_header_bytes: Count = 16 * 1024
+    max_headers: Count = 100
+    header_timeout_s: Positive = 10.0
+    body_timeout_s: Positive = 60.0
+    max_connections: Count = 1024
+    max_pipelined: CountOrZero = 32  # 0: a pipelined request drops the connection
 
 
 @lru_cache(maxsize=1)

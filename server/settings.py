@@ -39,6 +39,13 @@ def _names(value: Any) -> Any:
 # An unset and an empty variable both mean "none".
 MaybeText = Annotated[str | None, BeforeValidator(lambda value: value or None)]
 Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)]
+# Numbers an operator sets: a count, a size or a time out of range is refused with a sentence
+# rather than served silently wrong (a NaN timeout answered every request 400, 0 connections
+# every request 503, an infinite upload limit bounded nothing, a NaN cache size crashed).
+Count = Annotated[int, Field(ge=1)]
+CountOrZero = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveOrZero = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class SettingsError(UserError, ValueError):
@@ -86,25 +93,25 @@ class Settings(EnvSettings):
     bundle: str = Field(description="the model bundle directory")
     store: str = Field(description="the embedding store directory")
     redis_url: MaybeText = None
-    cache_ttl_s: int = 86400
+    cache_ttl_s: Count = 86400
     # Registered queries (POST /queries) live in this SQLite file, and in Redis without a TTL.
     query_db: str = Field(default_factory=default_query_db)
-    max_queries: int = 100_000
-    lru_mb: float = 256
+    max_queries: Count = 100_000
+    lru_mb: PositiveOrZero = 256  # 0: no in-process tile cache (Redis alone)
     # onnxruntime intra-op threads per graph run. Requests already run in parallel on the compute
     # pool (one per core), so more would oversubscribe the cores: 1 measured 2x faster under load.
-    ort_threads: int = 1
+    ort_threads: CountOrZero = 1  # 0: onnxruntime's default, every core
     # Which of the bundle's graphs run (runtime/contract.py): int8 embeds a new text query at less
     # than half fp32's CPU (query means within cosine 0.95 of fp32's; docs/bundle.md).
     precision: str = "fp32"
-    compute_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    compute_threads: Count = Field(default_factory=lambda: os.cpu_count() or 1)
     # Sent with successful responses of cacheable routes only (server/http.CACHE_POLICIES).
     cache_control: str = "public, max-age=86400"
     cors_origins: Names = ("*",)  # empty = no CORS headers
-    max_upload_mb: float = 10
-    max_audio_s: float = 60.0
+    max_upload_mb: Positive = 10
+    max_audio_s: Positive = 60.0
     # /search?exact=true under metadata the store lacks fuses the whole level; refuse levels larger than this.
-    max_search_cells: int = 250_000
+    max_search_cells: Count = 250_000
     imagery: MaybeText = None  # basemap raster; default: the path in the store manifest
     # The open internet (docs/reliability.md). Absolute URLs start with public_url when set, else
     # with the request's Host only if it is in allowed_hosts (server/urls.py). rate_limit, e.g.
@@ -112,19 +119,19 @@ class Settings(EnvSettings):
     public_url: MaybeText = None
     allowed_hosts: Names = ("127.0.0.1", "localhost", "::1")
     rate_limit: MaybeText = None
-    full_fusions: int = 1  # whole-level fusions (/search under hour/month/source) run at once
+    full_fusions: Count = 1  # whole-level fusions (/search under hour/month/source) run at once
     # Cells of large fusions that may wait for one of those places; past it, 503. 65,536 cells are
     # about 1.6 s of the demo fuse graph's CPU: 42 searches' candidates (1,536 cells each) or four
     # whole level-7 fusions (exact=true).
-    fusion_queue_cells: int = Field(default=65_536, ge=1)
+    fusion_queue_cells: Count = 65_536
     # Threads one large fusion is split over (every core, whatever --workers): it is rare, bounded
     # by full_fusions, and its answer waits on all of it, so it borrows the other workers' cores.
-    fusion_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    fusion_threads: Count = Field(default_factory=lambda: os.cpu_count() or 1)
     # How `soundscape serve` runs uvicorn: proxies whose X-Forwarded-For names the client
     # (comma-separated, none by default), the keep-alive timeout and the listen backlog.
     trusted_proxies: str = ""
-    keep_alive_s: int = 5
-    backlog: int = 1024
+    keep_alive_s: CountOrZero = 5  # 0: no keep-alive
+    backlog: Count = 1024
 
     @property
     def lru_bytes(self) -> int:

@@ -89,9 +89,41 @@ def test_a_bad_value_is_one_sentence_naming_its_variable(env, name, value, sente
     assert sentence in str(caught.value) and "\n" not in str(caught.value)
 
 
+def numeric_fields() -> list[tuple[type, str, float]]:
+    """(model, field, least value allowed) of every number an operator sets."""
+    found = []
+    for model in (Settings, ConnectionLimits):
+        for name, field in model.model_fields.items():
+            if field.annotation in (int, float):
+                ge = [m.ge for m in field.metadata if getattr(m, "ge", None) is not None]
+                gt = [m.gt + 0.5 for m in field.metadata if getattr(m, "gt", None) is not None]
+                assert ge or gt, f"{model.__name__}.{name} has no lower bound"
+                found.append((model, name, (ge or gt)[0]))
+    return found
+
+
+@pytest.mark.parametrize(("model", "name", "least"), numeric_fields(), ids=lambda v: getattr(v, "__name__", str(v)))
+def test_every_number_is_bounded_and_finite(env, model, name, least):
+    """A NaN body timeout answered every request 400, 0 connections every request 503, an
+    infinite upload limit bounded nothing, a NaN cache size crashed the workers."""
+    variable = f"SOUNDSCAPE_{name.upper()}"
+    env.setenv(variable, str(least))
+    assert getattr(model.from_env(), name) == least
+    for bad in ("nan", "inf", "-inf", str(least - 1)):
+        env.setenv(variable, bad)
+        with pytest.raises(SettingsError) as caught:
+            model.from_env()
+        assert str(caught.value).startswith(f"{variable} must be") and repr(bad) in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("name", "value", "sentence"),
-    [("LRU_MB", "lots", "SOUNDSCAPE_LRU_MB must be a valid number"), ("MAX_HEADERS", "-", "SOUNDSCAPE_MAX_HEADERS")],
+    [
+        ("LRU_MB", "lots", "SOUNDSCAPE_LRU_MB must be a valid number"),
+        ("MAX_HEADERS", "-", "SOUNDSCAPE_MAX_HEADERS"),
+        ("BODY_TIMEOUT_S", "nan", "SOUNDSCAPE_BODY_TIMEOUT_S must be a finite number, not 'nan'"),
+        ("MAX_CONNECTIONS", "0", "SOUNDSCAPE_MAX_CONNECTIONS must be greater than or equal to 1, not '0'"),
+    ],
 )
 def test_serve_refuses_a_bad_variable_before_starting(bundle_path, store_path, tmp_path, name, value, sentence):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
@@ -103,3 +135,19 @@ def test_serve_refuses_a_bad_variable_before_starting(bundle_path, store_path, t
     assert done.returncode == 2, done.stderr
     assert sentence in done.stderr and "Traceback" not in done.stderr
     assert "viewer:" not in done.stdout, "refused before the banner"
+
+
+@pytest.mark.parametrize(
+    ("option", "sentence"),
+    [
+        ("--port=99999", "argument --port: must be an integer from 1 to 65535, not '99999'"),
+        ("--port=0", "argument --port: must be an integer from 1 to 65535, not '0'"),
+        ("--workers=0", "argument --workers: must be an integer of at least 1, not '0'"),
+        ("--max-connections=-1", "argument --max-connections: must be an integer of at least 1, not '-1'"),
+    ],
+)
+def test_serve_refuses_an_option_out_of_range(bundle_path, store_path, option, sentence):
+    """--port 99999 served on another port than the banner named; --workers 0 started one."""
+    command = [sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path), "--store", str(store_path)]
+    done = subprocess.run([*command, option], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and sentence in done.stderr, done.stderr
