@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.files import path_lock
 from store.format import ARRAYS, INDEX_FILE, STORE_FORMAT_VERSION, StoreError, level_dir
 from store.imagery_ref import as_built, relative_to_store
 from store.index import FLAT_MAX
 from store.npy import GrowingNpy
 from store.reader import check_level_files, read_manifest
 from store.verify import check_checksums
-from store.writer import check_output, finish_store
+from store.writer import check_output, finish_store, writer_lock
 
 CHUNK_ROWS = 65536
 SAME_RUN_KEYS = ("bundle_id", "imagery", "plan", "bounds")
@@ -87,7 +86,8 @@ def merge(shards: list[str | Path], out: str | Path, *, overwrite: bool = False,
     for path, manifest in ordered:
         _check_shard_files(path, manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with path_lock(out):
+    with writer_lock(out):
+        check_output(out, overwrite)  # again, under the lock: another writer may have finished it
         for stale in out.parent.glob(f".{out.name}.merge-*"):  # a killed merge's; none runs but this one
             shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))

@@ -2,8 +2,9 @@
 
 One home for the facts every layer uses: a file is written beside its final name and renamed over
 it (`atomic_write`), a finished folder replaces an old one only once complete (`replace_dir`), one
-writer at a time holds a path (`path_lock`), and checksums are sha256 over the bytes of a file
-(`file_sha256`) or of canonical JSON (`json_sha256`)."""
+writer at a time holds a path (`path_lock`, `lock_file`: no lock file is left once it is done),
+and checksums are sha256 over the bytes of a file (`file_sha256`) or of canonical JSON
+(`json_sha256`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 
 def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], object]) -> Path:
@@ -73,13 +75,40 @@ def json_sha256(value: object, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
 
 
+def lock_file(path: Path, *, wait: bool = True) -> IO[str]:
+    """The open file `path`, exclusively flock'd: released when it is closed or the process ends,
+    so a killed holder never blocks a rerun. Without `wait`, BlockingIOError at once when another
+    holds it. A holder removes the file before it lets go (`unlock_file`), so a finished command
+    leaves none; a locker that meanwhile got the lock of the removed file tries again on the file
+    now at `path`, so two lockers never hold two different files of one path."""
+    while True:
+        handle = open(path, "a")  # noqa: SIM115  (held until unlock_file)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(os.stat(path), os.fstat(handle.fileno())):
+                return handle
+        except FileNotFoundError:
+            pass  # removed by the holder this one waited for
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()
+
+
+def unlock_file(path: Path, handle: IO[str]) -> None:
+    """Let go of `lock_file`'s lock: the file is removed while still locked, then released."""
+    if not handle.closed:
+        path.unlink(missing_ok=True)
+        handle.close()
+
+
 @contextlib.contextmanager
 def path_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (a `.NAME.lock` file beside it) while writing it: a
-    killed process's lock goes with it, so a rerun never waits on a dead writer."""
-    with open(path.parent / f".{path.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Hold an exclusive lock on `path` (a `.NAME.lock` file beside it, removed when done) while
+    writing it; waits for another holder (`lock_file`)."""
+    lock = path.parent / f".{path.name}.lock"
+    handle = lock_file(lock)
+    try:
+        yield
+    finally:
+        unlock_file(lock, handle)

@@ -6,11 +6,12 @@ result equals an uninterrupted run's."""
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -18,7 +19,7 @@ from typing import IO
 import faiss
 import numpy as np
 
-from runtime.files import atomic_write, file_sha256, replace_dir
+from runtime.files import atomic_write, file_sha256, lock_file, replace_dir, unlock_file
 from store.format import (
     FUSIONS_DIR,
     INDEX_FILE,
@@ -41,25 +42,27 @@ def work_paths(out: Path) -> tuple[Path, Path]:
 
 def _writer_lock(out: Path) -> tuple[Path, IO[str]]:
     """An exclusive lock on `.STORE.partial.lock` beside `out`, held by the one process writing
-    that store (the open file; closing it, or the process's end, releases it): its path and open
-    file. StoreError at once when another process holds it."""
+    that store (`lock_file`; `PartialStore.close` removes it): its path and open file. StoreError
+    at once when another process holds it."""
     path = out.parent / f".{out.name}.partial.lock"
-    while True:
-        handle = open(path, "a")  # noqa: SIM115  (held until the run ends)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise StoreError(
-                f"another process is writing the store {out}; wait for it to finish (a rerun then resumes "
-                "or refuses the finished store), or choose another --out"
-            ) from None
-        try:
-            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-                return path, handle
-        except FileNotFoundError:
-            pass
-        handle.close()  # a writer that finished removed the file this one locked: lock the new one
+    try:
+        return path, lock_file(path, wait=False)
+    except BlockingIOError:
+        raise StoreError(
+            f"another process is writing the store {out}; wait for it to finish (a rerun then resumes "
+            "or refuses the finished store), or choose another --out"
+        ) from None
+
+
+@contextlib.contextmanager
+def writer_lock(out: Path) -> Iterator[None]:
+    """Hold the store's writer lock (`_writer_lock`) for a writer that is not a PartialStore (a
+    merge): one lock for every writer of `out`, so none finishes over another's store."""
+    path, handle = _writer_lock(out)
+    try:
+        yield
+    finally:
+        unlock_file(path, handle)
 
 
 class LevelWriter:
@@ -167,11 +170,8 @@ class PartialStore:
         self.progress.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Let another process write this store: the lock file is removed while still held (a
-        writer that locked it meanwhile sees it gone and locks a new one), then released."""
-        if not self._lock.closed:
-            self._lock_path.unlink(missing_ok=True)
-            self._lock.close()
+        """Let another process write this store (the lock file goes with it)."""
+        unlock_file(self._lock_path, self._lock)
 
 
 def check_output(out: Path, overwrite: bool) -> None:

@@ -1,13 +1,25 @@
-"""runtime/files.py: the one home of atomic writes and checksums."""
+"""runtime/files.py: the one home of atomic writes, locks and checksums."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from runtime.files import atomic_write, canonical_json, file_sha256, json_sha256, replace_dir
+from runtime.files import (
+    atomic_write,
+    canonical_json,
+    file_sha256,
+    json_sha256,
+    lock_file,
+    path_lock,
+    replace_dir,
+    unlock_file,
+)
 
 
 def test_atomic_write_replaces_the_file_and_leaves_nothing_beside_it(tmp_path):
@@ -52,3 +64,34 @@ def test_checksums(tmp_path):
     assert canonical_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
     assert json_sha256({"b": 1, "a": 2}) == json_sha256({"a": 2, "b": 1}) != json_sha256({"a": 2, "b": 2})
     assert len(json_sha256({}, 32)) == 32
+
+
+def test_path_lock_leaves_no_lock_file(tmp_path):
+    """`precompute merge --out S` (and a Ray shard task) left `.S.lock` beside the store for good."""
+    with path_lock(tmp_path / "store"):
+        assert (tmp_path / ".store.lock").is_file()
+    with pytest.raises(RuntimeError), path_lock(tmp_path / "store"):
+        raise RuntimeError("the merge failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_waiter_locks_the_file_at_the_path_not_the_one_its_holder_removed(tmp_path):
+    """A holder removes the lock file before it lets go; a locker that was waiting on the removed
+    file must lock the one now at the path, or it and the next locker (who makes a new file) would
+    both hold the lock."""
+    path = tmp_path / ".store.lock"
+    holder = lock_file(path)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(lock_file(path)))
+    waiter.start()
+    time.sleep(0.3)  # the waiter has opened the file and waits in flock
+    assert waiter.is_alive() and not got
+    unlock_file(path, holder)
+    waiter.join(10)
+    (handle,) = got
+    assert os.path.samestat(os.stat(path), os.fstat(handle.fileno()))
+    with pytest.raises(BlockingIOError):
+        lock_file(path, wait=False)
+    unlock_file(path, handle)
+    assert not path.exists()
+    unlock_file(path, lock_file(path, wait=False))  # free again
