@@ -17,7 +17,7 @@ from runtime.bundle import Bundle, BundleError
 from runtime.contract import RECORD_FILE
 from runtime.imagery import Imagery
 from runtime.tiles import WORLD_BBOX
-from server.commands import add_server_options, check_port, serve
+from server.commands import add_server_options, check_port, serve, variables_epilog
 from store.format import StoreError
 from store.reader import Store
 
@@ -161,6 +161,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         "bundle assembled from the committed weights/demo and the packaged MiniLM "
         "and aisfx towers, a store of levels 0..7), then serve tiles. Nothing is "
         "trained: docs/demo-model.md says how the weights were made.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data-dir", default="data/demo", help="where the demo files live (default data/demo)")
     p.add_argument(
@@ -170,4 +171,5 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--build-only", action="store_true", help="build the demo files and exit")
     add_server_options(p)
+    p.epilog = variables_epilog(p)
     p.set_defaults(handler=_demo)

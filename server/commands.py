@@ -199,12 +199,33 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def shown(value: object) -> str:
+    """A setting's default as a variable would spell it."""
+    if value is None:
+        return "none"
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def variables_epilog(parser: argparse.ArgumentParser) -> str:
+    """Every SOUNDSCAPE_* variable that no option of `parser` sets, with its default and what it
+    sets, so `--help` names every setting of the server."""
+    options = {action.dest for action in parser._actions}
+    lines = ["settings without an option, as environment variables (default):"]
+    for model in (Settings, ConnectionLimits):
+        for name, field in model.model_fields.items():
+            if name not in options and not field.is_required():
+                default = "" if field.default_factory else f" ({shown(field.default)})"
+                lines.append(f"  SOUNDSCAPE_{name.upper()}{default}: {field.description}")
+    return "\n".join(lines)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve heatmap and uncertainty tiles",
         description="Serve XYZ tiles, TileJSON, WMTS, search, point profiles and the "
         "viewer for a bundle and a store built by that bundle.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--bundle", required=True, help="model bundle directory")
     p.add_argument("--store", required=True, help="embedding store directory")
@@ -219,4 +240,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     for option, text in INTERNET_OPTIONS.items():
         p.add_argument(f"--{option}", type=integer_in(1) if option == "max-connections" else str, help=text)
+    p.epilog = variables_epilog(p)
     p.set_defaults(handler=_serve)

@@ -26,6 +26,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
+from pydantic import Field
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -36,12 +37,14 @@ HEAD_END = b"\r\n\r\n"
 
 
 class ConnectionLimits(EnvSettings):
-    max_header_bytes: Count = 16 * 1024
-    max_headers: Count = 100
-    header_timeout_s: Positive = 10.0
-    body_timeout_s: Positive = 60.0
-    max_connections: Count = 1024
-    max_pipelined: CountOrZero = 32  # 0: a pipelined request drops the connection
+    max_header_bytes: Count = Field(16 * 1024, description="bytes of a request line and headers; more: 431")
+    max_headers: Count = Field(100, description="header lines of a request; more: 431")
+    header_timeout_s: Positive = Field(10.0, description="seconds a request head may take to arrive; then 408")
+    body_timeout_s: Positive = Field(60.0, description="seconds a body (or a full send buffer) may stall; then dropped")
+    max_connections: Count = Field(1024, description="open connections per worker; more are answered 503")
+    max_pipelined: CountOrZero = Field(
+        32, description="requests waiting on one connection; more drop it (0: no pipelining)"
+    )
 
 
 @lru_cache(maxsize=1)

@@ -90,48 +90,59 @@ def _sentence(model: type[BaseSettings], error: Any) -> str:
 
 
 class Settings(EnvSettings):
+    """Every field is a SOUNDSCAPE_<FIELD> variable; its description is what `soundscape serve
+    --help` lists for the variables that have no option."""
+
     bundle: str = Field(description="the model bundle directory")
     store: str = Field(description="the embedding store directory")
-    redis_url: MaybeText = None
-    cache_ttl_s: Count = 86400
+    redis_url: MaybeText = Field(None, description="Redis for tiles and registered queries shared by workers")
+    cache_ttl_s: Count = Field(86400, description="seconds a tile stays in Redis")
     # Registered queries (POST /queries) live in this SQLite file, and in Redis without a TTL.
-    query_db: str = Field(default_factory=default_query_db)
-    max_queries: Count = 100_000
-    lru_mb: PositiveOrZero = 256  # 0: no in-process tile cache (Redis alone)
-    # onnxruntime intra-op threads per graph run. Requests already run in parallel on the compute
-    # pool (one per core), so more would oversubscribe the cores: 1 measured 2x faster under load.
-    ort_threads: CountOrZero = 1  # 0: onnxruntime's default, every core
-    # Which of the bundle's graphs run (runtime/contract.py): int8 embeds a new text query at less
-    # than half fp32's CPU (query means within cosine 0.95 of fp32's; docs/bundle.md).
-    precision: str = "fp32"
-    compute_threads: Count = Field(default_factory=lambda: os.cpu_count() or 1)
+    query_db: str = Field(default_factory=default_query_db, description="SQLite file of registered queries")
+    max_queries: Count = Field(100_000, description="registered queries at most; more are refused with 503")
+    lru_mb: PositiveOrZero = Field(256, description="in-process tile cache per worker, MB (0: none, Redis alone)")
+    # Requests already run in parallel on the compute pool (one per core), so more onnxruntime
+    # threads would oversubscribe the cores: 1 measured 2x faster under load.
+    ort_threads: CountOrZero = Field(1, description="onnxruntime threads per graph run (0: every core)")
+    # int8 embeds a new text query at less than half fp32's CPU (query means within cosine 0.95
+    # of fp32's; docs/bundle.md).
+    precision: str = Field("fp32", description="which of the bundle's graphs run (runtime/contract.py)")
+    compute_threads: Count = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        description="threads of a worker's compute pool (default: the cores, shared out among --workers)",
+    )
     # Sent with successful responses of cacheable routes only (server/http.CACHE_POLICIES).
-    cache_control: str = "public, max-age=86400"
-    cors_origins: Names = ("*",)  # empty = no CORS headers
-    max_upload_mb: Positive = 10
-    max_audio_s: Positive = 60.0
-    # /search?exact=true under metadata the store lacks fuses the whole level; refuse levels larger than this.
-    max_search_cells: Count = 250_000
-    imagery: MaybeText = None  # basemap raster; default: the path in the store manifest
+    cache_control: str = Field("public, max-age=86400", description="Cache-Control of successful responses")
+    cors_origins: Names = Field(("*",), description="comma-separated CORS origins ('': no CORS headers)")
+    max_upload_mb: Positive = Field(10, description="largest upload to POST /queries, MB")
+    max_audio_s: Positive = Field(60.0, description="longest uploaded audio, seconds")
+    # /search?exact=true under metadata the store lacks fuses the whole level.
+    max_search_cells: Count = Field(
+        250_000, description="cells a /search may rank exactly (a bbox's, or a level's with exact=true)"
+    )
+    imagery: MaybeText = Field(None, description="basemap raster (none: the path in the store's manifest)")
     # The open internet (docs/reliability.md). Absolute URLs start with public_url when set, else
-    # with the request's Host only if it is in allowed_hosts (server/urls.py). rate_limit, e.g.
-    # "20/s burst 100", is per client address (server/ratelimit.py); None = off.
-    public_url: MaybeText = None
-    allowed_hosts: Names = ("127.0.0.1", "localhost", "::1")
-    rate_limit: MaybeText = None
-    full_fusions: Count = 1  # whole-level fusions (/search under hour/month/source) run at once
-    # Cells of large fusions that may wait for one of those places; past it, 503. 65,536 cells are
-    # about 1.6 s of the demo fuse graph's CPU: 42 searches' candidates (1,536 cells each) or four
-    # whole level-7 fusions (exact=true).
-    fusion_queue_cells: Count = 65_536
-    # Threads one large fusion is split over (every core, whatever --workers): it is rare, bounded
-    # by full_fusions, and its answer waits on all of it, so it borrows the other workers' cores.
-    fusion_threads: Count = Field(default_factory=lambda: os.cpu_count() or 1)
-    # How `soundscape serve` runs uvicorn: proxies whose X-Forwarded-For names the client
-    # (comma-separated, none by default), the keep-alive timeout and the listen backlog.
-    trusted_proxies: str = ""
-    keep_alive_s: CountOrZero = 5  # 0: no keep-alive
-    backlog: Count = 1024
+    # with the request's Host only if it is in allowed_hosts (server/urls.py).
+    public_url: MaybeText = Field(None, description="scheme://host[:port][/prefix] of every absolute URL")
+    allowed_hosts: Names = Field(
+        ("127.0.0.1", "localhost", "::1"), description="Host names absolute URLs may be built from"
+    )
+    rate_limit: MaybeText = Field(None, description="per-client rate limit, e.g. '20/s burst 100' (none: off)")
+    full_fusions: Count = Field(1, description="large fusions (/search under hour/month/source) at once per worker")
+    # 65,536 cells are about 1.6 s of the demo fuse graph's CPU: 42 searches' candidates (1,536
+    # cells each) or four whole level-7 fusions (exact=true).
+    fusion_queue_cells: Count = Field(
+        65_536, description="cells of large fusions that may wait for a place; past it, 503"
+    )
+    # One large fusion is rare, bounded by full_fusions, and its answer waits on all of it, so it
+    # borrows the other workers' cores.
+    fusion_threads: Count = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        description="threads one large fusion is split over (default: every core, whatever --workers)",
+    )
+    trusted_proxies: str = Field("", description="comma-separated proxies whose X-Forwarded-For names the client")
+    keep_alive_s: CountOrZero = Field(5, description="seconds an idle connection is kept open (0: none)")
+    backlog: Count = Field(1024, description="connections the listen socket queues")
 
     @property
     def lru_bytes(self) -> int:

@@ -151,3 +151,19 @@ def test_serve_refuses_an_option_out_of_range(bundle_path, store_path, option, s
     command = [sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path), "--store", str(store_path)]
     done = subprocess.run([*command, option], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and sentence in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_help_names_every_setting(command):
+    """Each SOUNDSCAPE_* setting is reachable from --help: an option that says its variable, or a
+    line of the epilog with its default and what it sets (the required bundle and store aside)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", command, "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    text = " ".join(done.stdout.split())
+    for model in (Settings, ConnectionLimits):
+        for name, field in model.model_fields.items():
+            variable, option = f"SOUNDSCAPE_{name.upper()}", f"--{name.replace('_', '-')}"
+            assert field.description, f"{variable} has no description"
+            listed = f"  {variable}" in done.stdout and field.description in text
+            assert listed or option in done.stdout or field.is_required(), f"{command} --help does not name {variable}"
