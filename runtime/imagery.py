@@ -132,6 +132,19 @@ def _intersects(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def _check_nodata(nodata: float, dtype: str, path: str) -> None:
+    """Refuse a nodata override that no pixel of `dtype` can hold (NaN, -9999 or 300 on uint8,
+    0.5 on integers): it would match no pixel, and rio-tiler failed on every cell with `Cannot
+    convert fill_value nan to dtype uint8`. A file's own such nodata GDAL already ignores."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if not (float(nodata).is_integer() and info.min <= nodata <= info.max):
+            raise ImageryError(
+                f"nodata {nodata:g} can never be a pixel of imagery {path!r}, whose {dtype} pixels are whole "
+                f"numbers {info.min}..{info.max}: give --nodata one of those, or leave it out for the file's own nodata"
+            )
+
+
 class Imagery:
     """A raster source rio-tiler reads, cut into web-mercator cells.
 
@@ -162,12 +175,16 @@ class Imagery:
             west, south, east, north = (float(v) for v in reader.get_geographic_bounds(WGS84_CRS))
             assert reader.dataset is not None  # an open Reader holds its dataset
             asset = Asset(path, (west, south, east, north), reader.dataset.count, _resolution_m(reader))
+            dtypes = set(reader.dataset.dtypes[:3])
         except ImageryError:
             raise
         except Exception as exc:  # rasterio raises several types for unreadable sources
             raise ImageryError(f"cannot read imagery {path!r}: {exc}") from exc
         if asset.count < 3:
             raise ImageryError(f"imagery {path!r} has {asset.count} band(s); RGB needs 3")
+        if self.nodata is not None:
+            for dtype in dtypes:
+                _check_nodata(self.nodata, dtype, path)
         return asset
 
     def _reader(self, path: str) -> Reader:
@@ -246,9 +263,10 @@ class Imagery:
         except Exception as exc:  # a corrupt block or a lost connection: say which cell
             raise ImageryError(f"cannot read cell {z}/{x}/{y} of imagery {self.path!r}: {exc}") from exc
         valid = img.mask > 0
+        if img.data.dtype.kind == "f":  # NaN is no imagery, whether or not the file declares it nodata
+            valid &= np.isfinite(img.data).all(axis=0)
         if not valid.any() or valid.mean() < min_valid:
             return None
-        rgb = np.clip(img.data, 0, 255).astype(np.uint8).transpose(1, 2, 0)
-        rgb = np.where(valid[..., None], rgb, 0).astype(np.uint8)
+        rgb = np.clip(np.where(valid, img.data, 0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
         _, lat = tile_centres(z, np.array([x]), np.array([y]))
         return CellImage(rgb=np.ascontiguousarray(rgb), valid=valid, gsd=float(ground_sample_distance(z, lat[0], size)))

@@ -48,3 +48,15 @@ def test_a_merge_into_a_store_another_process_is_writing_stops_at_once(capsys, s
         running.discard()
         running.close()
     assert main(["precompute", "merge", *map(str, shards), "--out", str(out)]) == 0
+
+
+def test_a_nodata_no_pixel_can_hold_stops_precompute_before_it_writes(capsys, imagery_path, bundle_path, tmp_path):
+    """`--nodata nan` on uint8 imagery failed on the first cell with rio-tiler's `Cannot convert
+    fill_value nan to dtype uint8`, leaving a work folder and progress file beside --out."""
+    out = tmp_path / "store"
+    line = _fails(capsys, [*precompute_args(imagery_path, bundle_path, "3", out, "--quiet"), "--nodata", "nan"])
+    assert line == (
+        f"soundscape precompute: nodata nan can never be a pixel of imagery {str(imagery_path)!r}, whose uint8 "
+        "pixels are whole numbers 0..255: give --nodata one of those, or leave it out for the file's own nodata"
+    )
+    assert list(tmp_path.iterdir()) == []

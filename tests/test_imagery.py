@@ -196,6 +196,36 @@ def test_nodata_override_marks_a_value_invalid(imagery_path, source, tmp_path):
     assert Imagery(undeclared, nodata=0).cell(6, x, y, SIZE) is None
 
 
+@pytest.mark.parametrize("nodata", [float("nan"), -9999.0, 300.0, 0.5, float("inf")])
+def test_a_nodata_override_no_pixel_can_hold_is_one_sentence(imagery_path, nodata):
+    """`--nodata nan` (or -9999) on uint8 imagery failed on the first cell with rio-tiler's `Cannot
+    convert fill_value nan to dtype uint8`; 0.5 matched no pixel and was ignored without a word."""
+    with pytest.raises(ImageryError) as raised:
+        Imagery(imagery_path, nodata=nodata)
+    assert str(raised.value) == (
+        f"nodata {nodata:g} can never be a pixel of imagery {str(imagery_path)!r}, whose uint8 pixels are whole "
+        "numbers 0..255: give --nodata one of those, or leave it out for the file's own nodata"
+    )
+
+
+def test_nan_pixels_of_a_float_raster_are_no_imagery(imagery_path, source, tmp_path):
+    """A float raster's NaN pixels that the file does not declare nodata (or that a --nodata
+    override replaced) were valid imagery, cast to black: cells of a hole were embedded as black."""
+    data, profile = source
+    data = data.astype("float32")
+    with rasterio.open(imagery_path) as src:
+        (row0, col0), (row1, col1) = src.index(HOLE[0], HOLE[3]), src.index(HOLE[2], HOLE[1])
+    data[:, row0:row1, col0:col1] = np.nan
+    path = tmp_path / "float.tif"
+    with rasterio.open(path, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
+        dst.write(data)
+    x, y = _cells_in(6, HOLE)[0]
+    for imagery in (Imagery(path), Imagery(path, nodata=0)):
+        assert imagery.cell(6, x, y, SIZE) is None
+        edge = imagery.cell(5, 16, 10, SIZE)  # 0..11 E, 49..56 N: a sixth in the hole
+        assert edge is not None and 0.5 <= edge.valid_fraction < 1 and not edge.rgb[~edge.valid].any()
+
+
 def test_mosaic_of_a_directory_or_a_list_equals_the_whole(imagery_path, halves):
     folder, split_lon = halves
     whole = Imagery(imagery_path)
