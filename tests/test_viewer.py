@@ -79,13 +79,17 @@ def open_page(
 ):
     """A page at `path` once the JS `ready` holds (or `ready_selector` shows, on pages whose
     Content-Security-Policy forbids eval); page.outside_requests() lists the requests that left
-    for another host (not those the page's own policy blocked: the browser never sends them)."""
+    for another host (not those the page's own policy blocked: the browser never sends them),
+    page.console_errors() the errors its console logged (a policy's refusals among them)."""
     page = browser.new_page(viewport={"width": width, "height": height})
-    sent, blocked = [], []
+    sent, blocked, errors = [], [], []
     local = (server, "data:", "blob:")
     page.on("request", lambda req: None if req.url.startswith(local) else sent.append(req.url))
     page.on("requestfailed", lambda req: blocked.append(req.url) if req.failure == "csp" else None)
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
     page.outside_requests = lambda: [url for url in sent if url not in blocked]
+    page.console_errors = lambda: list(errors)
     page.goto(f"{server}{path}")
     if ready_selector:
         page.wait_for_selector(ready_selector, state="attached", timeout=60_000)
@@ -371,8 +375,13 @@ def test_the_panel_collapses_at_phone_width(browser, server):
 
 @pytest.mark.parametrize("path, operation", [("/docs", ".opblock"), ("/redoc", "[data-section-id^='operation/']")])
 def test_api_docs_render_offline(browser, server, path, operation):
+    """Both pages render from vendored assets, and with no console error: ReDoc's sidebar logo,
+    fetched from its vendor's CDN, was refused by the page's Content-Security-Policy, an error in
+    every visitor's console (the vendored ReDoc now draws an empty data: image there)."""
     page = open_page(browser, server, path, ready_selector=f"{operation} >> nth=10")
+    page.wait_for_load_state("networkidle")
     text = page.inner_text("body")
     assert "Soundscape tiles" in text and "/tiles/{z}/{x}/{y}.png" in text and "/queries" in text
     assert page.outside_requests() == [], "the docs' assets are vendored"
+    assert page.console_errors() == []
     page.close()

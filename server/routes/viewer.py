@@ -19,8 +19,8 @@ from server.routes.deps import ServiceDep
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 router = APIRouter(tags=["viewer"])
-# The docs pages may load nothing from another origin: ReDoc's sidebar fetches its vendor's logo
-# from a CDN, which this blocks (the page goes on without it).
+# The docs pages may load nothing from another origin (the vendored ReDoc's sidebar logo is an
+# empty data: image in place of its vendor's CDN, see static/redoc/VERSION).
 DOCS_CSP = "default-src 'self' 'unsafe-inline' data: blob:"
 
 
