@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware, GZipResponder, IdentityResponder
 from starlette.requests import ClientDisconnect
@@ -418,4 +419,20 @@ class NegotiatedGZip(GZipMiddleware):
             )
         else:
             responder = IdentityResponder(self.app, self.minimum_size, exclude_content_types=self.exclude_content_types)
-        await responder(scope, receive, send)
+        await responder(scope, receive, vary_on_encoding(send))
+
+
+def vary_on_encoding(send: Send) -> Send:
+    """`send`, adding `Vary: Accept-Encoding` to every answer with a weak ETag (one GZip may
+    encode) that lacks it: Starlette adds it to a body GZip considered, never to a 304 or a body
+    under minimum_size, and a cache takes a 304's Vary for the stored answer's (RFC 9111 4.3.4),
+    so a gzipped copy revalidated by a 304 without it was served to clients without gzip."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(scope=message)
+            if headers.get("etag", "").startswith("W/") and "accept-encoding" not in headers.get("vary", "").lower():
+                headers.add_vary_header("Accept-Encoding")
+        await send(message)
+
+    return sending

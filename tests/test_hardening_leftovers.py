@@ -49,3 +49,22 @@ def test_a_form_naming_a_charset_other_than_utf8_is_refused(client, charset):
             post_form(client, "caf\xe9".encode(), f"multipart/form-data; charset={utf8}; boundary=b").json()["id"]
             == json_id
         )
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/tilejson.json?q=birdsong", "/conformance", "/docs", "/static/viewer.js", "/static/swagger-ui/favicon-32x32.png"],
+)
+def test_a_304_varies_on_accept_encoding_as_its_200_does(client, path):
+    """A 304 must carry the Vary its 200 would (RFC 9110 15.4.5), and a cache replaces the stored
+    answer's Vary with the 304's (RFC 9111 4.3.4). A document's 304 left out Accept-Encoding, so
+    a shared cache revalidating its gzipped copy went on to serve it to clients without gzip.
+    Every answer GZip may encode (weak ETag) now varies on Accept-Encoding, small ones included."""
+    for encoding in ("gzip", "identity"):
+        fresh = client.get(path, headers={"Accept-Encoding": encoding})
+        assert fresh.status_code == 200 and fresh.headers["etag"].startswith("W/")
+        held = client.get(path, headers={"Accept-Encoding": encoding, "If-None-Match": fresh.headers["etag"]})
+        assert held.status_code == 304
+        vary = sorted(v.strip().lower() for v in fresh.headers["vary"].split(","))
+        assert vary.count("accept-encoding") == 1
+        assert sorted(v.strip().lower() for v in held.headers["vary"].split(",")) == vary
