@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from model.config import ConfigError
 from model.data import BadSample, DataError, Preprocessing, Sample, SampleSource, load_sample, stack
+from model.stopping import ignore_in_worker
 from runtime.audio import AudioDecodeError
 from runtime.tiles import tile_index
 
@@ -185,7 +186,11 @@ def loader(
     """A DataLoader over `examples`: the global batch sampler for training, sequential order in
     batches of `batch_size` otherwise (evaluation, caching)."""
     common: dict[str, Any] = dict(
-        collate_fn=collate, num_workers=workers, persistent_workers=False, prefetch_factor=2 if workers else None
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=2 if workers else None,
+        worker_init_fn=ignore_in_worker if workers else None,
     )
     if batches is not None:
         return DataLoader(examples, batch_sampler=batches, **common)

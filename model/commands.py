@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from model.config import ConfigError
+from model.stopping import Interrupted
 from runtime.contract import GRAPH_FILES, MANIFEST_FILE, RECORD_FILE
 from runtime.errors import UsageError
 from runtime.files import file_sha256
@@ -52,12 +53,18 @@ def _at_least(args: argparse.Namespace, least: dict[str, int]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from model.distributed import main_process
     from model.train import fit
 
     _at_least(args, {"stop_after": 1})  # -1 ran 0 steps and exited 0
     config = _run_config(args.config)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
-    result = fit(config, out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    try:
+        result = fit(config, out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    except Interrupted as stop:
+        if main_process():
+            print(f"soundscape train: {_interrupted(stop, args.config, out)}", file=sys.stderr)
+        return stop.exit_code
     best = result.best_metrics or {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k != "gallery")
     print(
@@ -71,6 +78,19 @@ def _train(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _interrupted(stop: Interrupted, config: str, out: Path) -> str:
+    """The sentence a stopped run ends with: what it saved and how to go on."""
+    if stop.step is None:
+        return (
+            f"stopped by {stop} before its first step; nothing was saved (a last.pt already in {out} is as "
+            "it was): run the same command again"
+        )
+    return (
+        f"stopped by {stop} at step {stop.step}, saved in {out / 'last.pt'}; continue exactly with "
+        f"`soundscape train --config {config} --out {out} --resume`"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -255,7 +275,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="train a PSM model from a config (model:, train:, data: sections)",
         description="Train the model of --config on its data: section, validating R@10% every "
         "train.eval_every steps and checkpointing into --out (last.pt, best.pt, metrics.csv, "
-        "config.yaml, skipped.tsv). Interrupted? Rerun with --resume: it continues exactly. "
+        "config.yaml, skipped.tsv). Ctrl-C or SIGTERM stops it after the step under way with last.pt saved "
+        "(exit code 130 or 143); rerun with --resume: it continues exactly. "
         "Several GPUs or processes: torchrun --nproc_per_node N -m cli.main train ... "
         "Data paths in the config are relative to the config file; the data is checked against "
         "the config before the first step. See docs/training.md, and docs/own-data.md for your "

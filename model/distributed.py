@@ -31,6 +31,11 @@ class Dist:
         return self.world > 1
 
 
+def main_process() -> bool:
+    """Whether this process is rank 0 of its torchrun (or runs alone), before or without joining the group."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed() -> Dist:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), NCCL on GPUs
     and gloo on CPUs; a plain single process when not under torchrun."""
@@ -79,9 +84,23 @@ def broadcast_flag(flag: bool, d: Dist) -> bool:
     """Rank 0's decision (e.g. stop early), the same on every rank."""
     if not d.active:
         return flag
-    t = torch.tensor([int(flag)], device=device_for(d) if dist.get_backend() == "nccl" else "cpu")
+    t = _scalar(int(flag), d)
     dist.broadcast(t, 0)
     return bool(t.item())
+
+
+def max_over_ranks(value: int, d: Dist) -> int:
+    """The largest of every rank's `value` (e.g. a signal one of them received), the same on every rank."""
+    if not d.active:
+        return value
+    t = _scalar(value, d)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def _scalar(value: int, d: Dist) -> torch.Tensor:
+    """A one-number tensor where the process group's backend takes it (NCCL: the GPU)."""
+    return torch.tensor([value], device=device_for(d) if dist.get_backend() == "nccl" else "cpu")
 
 
 def shutdown(d: Dist) -> None:

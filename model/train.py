@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import functools
 import logging
 import math
 import time
@@ -33,11 +34,22 @@ from model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from model.checks import checked_splits, small_split_warnings
 from model.config import ConfigError, ModelConfig, Section, TrainConfig, from_section
 from model.data import READERS, DataError, Splits, load_sample
-from model.distributed import Dist, barrier, broadcast_flag, device_for, gather, init_distributed, shutdown
+from model.distributed import (
+    Dist,
+    barrier,
+    broadcast_flag,
+    device_for,
+    gather,
+    init_distributed,
+    main_process,
+    max_over_ranks,
+    shutdown,
+)
 from model.evaluate import embed_split, metrics, overall
 from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.losses import build_loss, pair_losses, total_loss
 from model.nn.psm import PSMModel, preprocessing
+from model.stopping import Interrupted, StopSignals
 from runtime.errors import UsageError
 from runtime.files import atomic_write
 
@@ -488,25 +500,43 @@ def fit(
 ) -> RunResult:
     """Train, validate and checkpoint into `run_dir` (last.pt, best.pt, metrics.csv,
     config.yaml, skipped.tsv). resume=True continues from last.pt exactly; stop_after ends this
-    invocation after that many steps (with a checkpoint), as a killed job would."""
+    invocation after that many steps (with a checkpoint), as a killed job would. SIGINT or SIGTERM
+    ends it after the step under way with last.pt saved, raising Interrupted (model.stopping)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with torch_threads(config.train.threads):
-        return _fit(config, run_dir, resume, stop_after, progress)
+    with torch_threads(config.train.threads), StopSignals(announce=main_process()) as signals:
+        return _fit(config, run_dir, resume, stop_after, progress, signals)
 
 
-def _fit(config: RunConfig, run_dir: Path, resume: bool, stop_after: int | None, progress: bool) -> RunResult:
+def _fit(
+    config: RunConfig, run_dir: Path, resume: bool, stop_after: int | None, progress: bool, signals: StopSignals
+) -> RunResult:
     run = Run(config, run_dir, resume=resume, progress=progress)
-    d, cfg = run.dist, run.cfg
     try:
-        if d.is_main:
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
-        logger = MetricsLog(run_dir / "metrics.csv", after_step=run.step) if d.is_main else None
-        stream = run.batches()
-        end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
-        bar = tqdm(total=cfg.steps, initial=run.step, desc="train", unit="step", disable=not (progress and d.is_main))
-        stopped = False
-        meter = Throughput()
+        if run.dist.is_main:
+            atomic_write(run_dir / "config.yaml", yaml.safe_dump(run.config.to_dict(), sort_keys=False))
+        end = run.cfg.steps if stop_after is None else min(run.cfg.steps, run.step + stop_after)
+        stopped = _steps(run, end, progress, signals)
+        return RunResult(run_dir, run.step, run.best_step, run.best, stopped, run.skips.count, run.skips.files)
+    finally:
+        if run.lock is not None:
+            run.lock.close()
+        shutdown(run.dist)
+
+
+def _steps(run: Run, end: int, progress: bool, signals: StopSignals) -> bool:
+    """Train up to step `end`, validating, logging and checkpointing on the way; whether it stopped
+    early. A signal `signals` noted (on any rank) ends it after the step under way: every rank
+    agrees on that step, last.pt is saved at it and Interrupted raised."""
+    d, cfg = run.dist, run.cfg
+    logger = MetricsLog(run.run_dir / "metrics.csv", after_step=run.step) if d.is_main else None
+    stream = run.batches()
+    stopped = False
+    meter = Throughput()
+    signals.defer()
+    with tqdm(
+        total=cfg.steps, initial=run.step, desc="train", unit="step", disable=not (progress and d.is_main)
+    ) as bar:
         while run.step < end and not stopped:
             started = time.perf_counter()
             batch = next(stream)
@@ -533,14 +563,14 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, stop_after: int | None,
                         "skipped": run.skips.count,
                     }
                 )
-            if d.is_main and (run.step % cfg.checkpoint_every == 0 or run.step == end or stopped):
+            # A signal on the last step asks for what the run does anyway: it ends as it would have.
+            signum = max_over_ranks(signals.received or 0, d) if run.step < end and not stopped else 0
+            if d.is_main and (run.step % cfg.checkpoint_every == 0 or run.step == end or stopped or signum):
                 run.checkpoint("last.pt")
-        bar.close()
-        return RunResult(run_dir, run.step, run.best_step, run.best, stopped, run.skips.count, run.skips.files)
-    finally:
-        if run.lock is not None:
-            run.lock.close()
-        shutdown(d)
+            if signum:
+                barrier(d)  # every rank ends once the checkpoint is whole
+                raise Interrupted(signum, run.step, run.run_dir)
+    return stopped
 
 
 def _evaluate_and_select(run: Run, row: dict | None) -> bool:
@@ -597,11 +627,15 @@ class MetricsLog:
         if path.is_file() and after_step:
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= after_step]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, LOG_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        atomic_write(path, functools.partial(_write_rows, rows=rows))  # a stop midway keeps the old rows
 
     def write(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, LOG_COLUMNS, extrasaction="ignore").writerow(row)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)

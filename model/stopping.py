@@ -1,0 +1,82 @@
+"""Stopping a run on SIGINT (Ctrl-C) or SIGTERM (`docker stop`, `kill`, torchrun passing either on)
+without losing its work.
+
+Before the first step (reading the data, caching frozen towers) a signal stops the run at once:
+an `Interrupted` exception unwinds it, so a cache or checkpoint being written is removed
+unfinished (runtime.files.atomic_write) and nothing partial stays. From the first step on, a
+signal is only noted: the training loop finishes the step under way, writes last.pt as a periodic
+checkpoint would and raises `Interrupted` with that step, so `--resume` continues exactly. A
+second signal while that happens is noted and ignored, so it cannot cut the checkpoint short
+(kill -9 still stops at once, leaving the previous last.pt whole)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """The run stopped on `signum`; `step`: the step of the last.pt it saved in `run_dir` (None:
+    it stopped before its first step and saved nothing). A BaseException, as KeyboardInterrupt:
+    no `except Exception` on the way out may swallow it."""
+
+    def __init__(self, signum: int, step: int | None = None, run_dir: Path | None = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process the signal ended: 130, 143."""
+        return 128 + self.signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM handled for the block (the previous handlers restored after it): they
+    raise Interrupted at once until `defer()` is called, then only set `received`."""
+
+    def __init__(self, announce: bool = True):
+        self.announce = announce  # say so on stderr when a signal is noted (the main rank)
+        self.received: int | None = None
+        self.deferred = False
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # only it may set handlers
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        return self
+
+    def __exit__(self, kind: type | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def defer(self) -> None:
+        """From now on a signal is noted, for the loop to stop after its step."""
+        self.deferred = True
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            self._say(f"{name} again: already stopping; kill -9 stops at once (the previous last.pt stays whole)")
+            return
+        self.received = signum
+        if not self.deferred:
+            raise Interrupted(signum)
+        self._say(f"{name}: stopping after the step under way, once its checkpoint is saved")
+
+    def _say(self, text: str) -> None:
+        if self.announce:  # os.write: print() may be interrupted inside another print to stderr
+            os.write(2, f"\nsoundscape train: {text}\n".encode())
+
+
+def ignore_in_worker(worker_id: int) -> None:
+    """A DataLoader worker's init: Ctrl-C reaches every process of the terminal's group, and a
+    worker must neither run the handler it inherited (fork) nor end on it (failing the batch its
+    main process waits for). The main process stops its workers, and they stop when it dies."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
