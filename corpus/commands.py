@@ -11,6 +11,7 @@ from pathlib import Path
 
 from corpus.assets import ASSETS, acquire, ensure
 from corpus.errors import CorpusError
+from runtime.arguments import number_above
 
 DEFAULT_OUT = "data/corpus"
 DEFAULT_ASSETS = "data/assets"
@@ -26,17 +27,6 @@ def parse_levels(text: str) -> tuple[int, ...]:
         return tuple(sorted({int(v) for v in text.split(",")}))
     except ValueError:
         raise argparse.ArgumentTypeError(f"levels must look like 4-7 or 4,5,6, not {text!r}") from None
-
-
-def positive_seconds(text: str) -> float:
-    """--duration: a finite number of seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
-    return value
 
 
 def _check_place(args: argparse.Namespace) -> None:
@@ -176,7 +166,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--image-size", type=int, default=64, help="cell image size in pixels (default 64)")
     b.add_argument(
         "--duration",
-        type=positive_seconds,
+        type=number_above(0, "a number of seconds"),
         default=2.4,
         help="seconds of audio per sample (default 2.4: one block of the aisfx tower, as configs/demo.yaml expects)",
     )

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from precompute.merge import merge
 from precompute.plan import PlanError, Region, parse_bbox, parse_levels, parse_shard
 from precompute.ray_engine import KILL_ONCE_ENV, RayJob, absolute, import_ray, run_on_ray, shards_root
 from precompute.run import RunOptions, execute, make_plan
+from runtime.arguments import integer_in, number_above
 from runtime.errors import UsageError
 from runtime.imagery import Imagery
 from runtime.tiles import WORLD_BBOX, tile_range
@@ -21,6 +21,8 @@ from store.index import FLAT_MAX
 from store.reader import Store
 from store.synth import SynthSpec, bundle_facts, synth_store
 from store.verify import verify_store
+
+FLAT_MAX_ARG = integer_in(0, note="0: every level gets an IVF index")
 
 
 def _options(args: argparse.Namespace, plan_levels: list[int], readers: int) -> RunOptions:
@@ -52,24 +54,7 @@ def _fusion_levels(args: argparse.Namespace, levels: list[int], kinds: list[str]
     return levels_within_budget(cells, embed_dim, kinds, parse_size(args.fusion_budget))
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
-    """Numeric options that argparse only types: a 0 for --batch-size or --readers was taken for
-    the default, a NaN or negative --max-upsample refused every level with a puzzling reason."""
-    for option in ("batch_size", "readers"):
-        value = getattr(args, option, None)
-        if value is not None and value < 1:
-            raise UsageError(f"--{option.replace('_', '-')} must be at least 1, not {value}")
-    if getattr(args, "index_flat_max", 0) < 0:
-        raise UsageError(
-            f"--index-flat-max must be 0 or more (0: every level gets an IVF index), not {args.index_flat_max}"
-        )
-    upsample = getattr(args, "max_upsample", 1.0)
-    if not (math.isfinite(upsample) and upsample > 0):
-        raise UsageError(f"--max-upsample must be a number above 0 (default 8), not {upsample}")
-
-
 def _precompute(args: argparse.Namespace) -> int:
-    _check_numbers(args)
     if args.action == "merge":
         return _merge(args)
     missing = [f"--{name}" for name in ("imagery", "bundle", "out") if getattr(args, name) is None]
@@ -111,8 +96,6 @@ def _precompute_on_ray(
     """The job as Ray tasks, one shard store each, merged at the end (precompute/ray_engine.py)."""
     if args.shard:
         raise UsageError("--shard splits a local run; --engine ray makes its own shards (--ray-workers)")
-    if any(n is not None and n < 1 for n in (args.ray_workers, args.ray_cpus)):
-        raise UsageError("--ray-workers and --ray-cpus must be at least 1")
     import_ray()  # the install hint before anything is read
     sources = tuple(absolute(src) for src in args.imagery)
     make_plan(Imagery(sources[0] if len(sources) == 1 else list(sources), nodata=args.nodata), levels, bbox)
@@ -193,7 +176,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    _check_numbers(args)
     facts = bundle_facts(args.bundle) if args.bundle else {}
     spec = SynthSpec(level=args.level, cells=args.cells, within=args.within, seed=args.seed, **facts)
     m = synth_store(args.out, spec, overwrite=args.overwrite, flat_max=args.index_flat_max)
@@ -250,10 +232,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="where graphs run (default auto: the CUDA provider with fp16 graphs when a GPU is visible)",
     )
-    p.add_argument("--batch-size", type=int, help="cells per inference batch (default 256 on CPU, 1024 on GPU)")
+    p.add_argument(
+        "--batch-size", type=integer_in(1), help="cells per inference batch (default 256 on CPU, 1024 on GPU)"
+    )
     p.add_argument(
         "--readers",
-        type=int,
+        type=integer_in(1),
         help="imagery reader threads (default: half the cores, at least 2; on a GPU all cores but two)",
     )
     p.add_argument("--fusion-levels", help="levels that also store fusions per hour and month, e.g. 0-5 (default none)")
@@ -273,13 +257,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-upsample",
-        type=float,
+        type=number_above(0),
         default=8.0,
         help="refuse levels whose cells would enlarge a source pixel more than this (default 8)",
     )
     p.add_argument(
         "--index-flat-max",
-        type=int,
+        type=FLAT_MAX_ARG,
         default=FLAT_MAX,
         help=f"levels with more cells get an IVF index, tuned to recall@10 >= 0.95 (default {FLAT_MAX:,})",
     )
@@ -303,11 +287,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ray-workers",
-        type=int,
+        type=integer_in(1),
         metavar="N",
         help="shards, one Ray task each (default: one per GPU of the cluster, or per --ray-cpus of its CPUs)",
     )
-    p.add_argument("--ray-cpus", type=int, metavar="C", help="CPUs each Ray task reserves (default 2, 8 with a GPU)")
+    p.add_argument(
+        "--ray-cpus", type=integer_in(1), metavar="C", help="CPUs each Ray task reserves (default 2, 8 with a GPU)"
+    )
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -330,7 +316,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("shards", nargs="+", help="shard store directories")
     m.add_argument("--out", required=True, help="store directory to write")
     m.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
-    m.add_argument("--index-flat-max", type=int, default=FLAT_MAX, help="as for precompute")
+    m.add_argument("--index-flat-max", type=FLAT_MAX_ARG, default=FLAT_MAX, help="as for precompute")
     p.set_defaults(handler=_precompute, action=None)
 
     s = sub.add_parser(
@@ -366,5 +352,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="the same seed and arguments give the same store (default 0)"
     )
     synth.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
-    synth.add_argument("--index-flat-max", type=int, default=FLAT_MAX, help="as for precompute")
+    synth.add_argument("--index-flat-max", type=FLAT_MAX_ARG, default=FLAT_MAX, help="as for precompute")
     synth.set_defaults(handler=_synth)

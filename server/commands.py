@@ -6,12 +6,12 @@ import argparse
 import errno
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import uvicorn
 
+from runtime.arguments import integer_in
 from runtime.bundle import Bundle
 from runtime.contract import PRECISIONS
 from runtime.errors import UsageError
@@ -34,22 +34,6 @@ INTERNET_OPTIONS = {
     "max-connections": "open connections per worker; more are answered 503 "
     "(default: $SOUNDSCAPE_MAX_CONNECTIONS, else 1024)",
 }
-
-
-def integer_in(least: int, most: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer from `least` to `most` (no upper end when None)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < least or (most is not None and value > most):
-            span = f"from {least} to {most}" if most is not None else f"of at least {least}"
-            raise argparse.ArgumentTypeError(f"must be an integer {span}, not {text!r}")
-        return value
-
-    return parse
 
 
 def check_port(host: str, port: int) -> None:

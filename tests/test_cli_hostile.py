@@ -224,27 +224,40 @@ def test_train_refuses_a_zero_patch(capsys, tmp_path) -> None:
     assert line == "soundscape export: `model.image.patch` should be greater than or equal to 1, not 0"
 
 
+def _refused(capsys, argv: list[str]) -> str:
+    """Run the command, expect argparse's refusal of an argument (exit code 2); its sentence."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     "option, says",
     [
-        (["--batch-size", "0"], "--batch-size must be at least 1, not 0"),  # was taken for the default
-        (["--readers", "0"], "--readers must be at least 1, not 0"),  # likewise
-        (["--max-upsample", "nan"], "--max-upsample must be a number above 0 (default 8), not nan"),
-        (["--max-upsample", "-1"], "--max-upsample must be a number above 0 (default 8), not -1.0"),
-        (["--index-flat-max", "-5"], "--index-flat-max must be 0 or more (0: every level gets an IVF index), not -5"),
+        (["--batch-size", "0"], "argument --batch-size: must be an integer of at least 1, not '0'"),  # was the default
+        (["--readers", "0"], "argument --readers: must be an integer of at least 1, not '0'"),  # likewise
+        (["--max-upsample", "nan"], "argument --max-upsample: must be a number above 0, not 'nan'"),
+        (["--max-upsample", "-1"], "argument --max-upsample: must be a number above 0, not '-1'"),
+        (
+            ["--index-flat-max", "-5"],
+            "argument --index-flat-max: must be an integer of at least 0 (0: every level gets an IVF index), not '-5'",
+        ),
+        (["--ray-workers", "0"], "argument --ray-workers: must be an integer of at least 1, not '0'"),
     ],
 )
 def test_precompute_refuses_numbers_an_option_cannot_mean(capsys, tmp_path, option, says) -> None:
     argv = ["precompute", "--imagery", str(tmp_path / "x.tif"), "--bundle", str(tmp_path / "b"), "--levels", "3"]
-    line = _fails(capsys, [*argv, "--out", str(tmp_path / "store"), *option])
-    assert line == f"soundscape precompute: {says}"
+    assert _refused(capsys, [*argv, "--out", str(tmp_path / "store"), *option]).endswith(says)
     assert not list(tmp_path.iterdir())
 
 
 def test_synth_refuses_a_negative_index_threshold(capsys, tmp_path) -> None:
     argv = ["store", "synth", "--out", str(tmp_path / "s"), "--level", "3", "--cells", "10", "--index-flat-max", "-1"]
-    assert _fails(capsys, argv).endswith(
-        "--index-flat-max must be 0 or more (0: every level gets an IVF index), not -1"
+    assert _refused(capsys, argv).endswith(
+        "argument --index-flat-max: must be an integer of at least 0 (0: every level gets an IVF index), not '-1'"
     )
     assert not list(tmp_path.iterdir())
 

@@ -1,0 +1,44 @@
+"""argparse types for the numbers a command takes. A bare `type=int` or `type=float` lets 0, a
+negative count, NaN or infinity through, to be taken for a default, run zero steps or fail later
+with a puzzling reason; these refuse the value as argparse refuses any bad argument: exit code 2
+and a sentence naming the option (`argument --port: must be an integer from 1 to 65535, not
+'99999'`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+def integer_in(least: int, most: int | None = None, note: str = "") -> Callable[[str], int]:
+    """An integer from `least` to `most` (no upper end when None); `note` says what an edge
+    value means, e.g. '0: every level gets an IVF index'."""
+    span = f"from {least} to {most}" if most is not None else f"of at least {least}"
+    said = f" ({note})" if note else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"must be an integer {span}{said}, not {text!r}")
+        return value
+
+    return parse
+
+
+def number_above(least: float, what: str = "a number") -> Callable[[str], float]:
+    """A finite number above `least`; `what` names it ('a number of seconds')."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > least):
+            raise argparse.ArgumentTypeError(f"must be {what} above {least:g}, not {text!r}")
+        return value
+
+    return parse
