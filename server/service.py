@@ -159,8 +159,19 @@ class Places:
 
     @asynccontextmanager
     async def place(self, cost: int = 1) -> AsyncIterator[None]:
-        if self._running.value == 0 and self.queued and self.queued + cost > self.waiting:
-            ahead = f"{self.queued} {self.unit}".strip() if self.unit else str(self.queued)
+        try:
+            self._running.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._wait(cost)
+        try:
+            yield
+        finally:
+            self._running.release()
+
+    async def _wait(self, cost: int) -> None:
+        """Wait for a place behind the jobs queued, or 503 when the wait would hold too much."""
+        if self.queued and self.queued + cost > self.waiting:
+            ahead = f"{self.queued} {self.unit}".strip()
             raise QueryError(
                 503,
                 f"{self.count} {self.what} are running and {ahead} wait (at most {self.waiting}); "
@@ -172,10 +183,6 @@ class Places:
             await self._running.acquire()
         finally:
             self.queued -= cost
-        try:
-            yield
-        finally:
-            self._running.release()
 
 
 @dataclass
