@@ -1,8 +1,10 @@
-"""The training checkpoint file (`last.pt`, `best.pt`, written by model.train): its format, and
-reading it back as a model for evaluation and export."""
+"""Trained weights on disk: the training checkpoint file (`last.pt`, `best.pt`, written by
+model.train), its format, and reading it back as a model for evaluation and export; and a folder
+of trained parts (`trained.safetensors` and `record.json`, written by `export --trained-parts`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -10,6 +12,8 @@ import torch
 from model.config import ModelConfig
 from model.nn.psm import PSMModel
 from model.nn.weights import CheckpointError
+from runtime.contract import RECORD_FILE
+from runtime.files import file_sha256
 
 CHECKPOINT_FORMAT = 1
 
@@ -33,3 +37,20 @@ def model_from_checkpoint(path: str | Path) -> tuple[PSMModel, dict]:
     model = PSMModel(ModelConfig.from_dict(checkpoint["config"]["model"]), pretrained=False)
     model.load_trainable_state_dict(checkpoint["model"], str(path))
     return model.eval(), checkpoint
+
+
+def read_trained_parts(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The trained tensors of a trained-parts folder and its record (model config, calibration,
+    training, the weights' sha256); a file that is not the recorded one is refused."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / RECORD_FILE).read_text())
+        weights = folder / record["weights"]["file"]
+        expected = record["weights"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FileNotFoundError(f"{folder} holds no readable {RECORD_FILE} of trained weights") from None
+    if not weights.is_file() or file_sha256(weights) != expected:
+        raise CheckpointError(f"{weights} is missing or is not the file {folder / RECORD_FILE} records")
+    return load_file(str(weights)), record

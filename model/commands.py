@@ -60,7 +60,14 @@ def _train(args: argparse.Namespace) -> int:
     config = _run_config(args.config)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     try:
-        result = fit(config, out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+        result = fit(
+            config,
+            out,
+            resume=args.resume,
+            stop_after=args.stop_after,
+            progress=not args.no_progress,
+            init_from=args.init_from,
+        )
     except Interrupted as stop:
         if main_process():
             print(f"soundscape train: {_interrupted(stop, args.config, out)}", file=sys.stderr)
@@ -155,6 +162,7 @@ def _from_checkpoint(path: str, metrics: dict):
         "config": checkpoint["config"],
         "data_hash": _data_hash(data),
         "skipped": len(checkpoint["skipped"]),
+        **({"init_from": checkpoint["init_from"]} if "init_from" in checkpoint else {}),
     }
     metrics["validation"] = {"step": checkpoint["best_step"], **(checkpoint["best"] or {})}
     return model, tuple(checkpoint["calibration"]), training, Path(path).resolve().parent.name
@@ -285,6 +293,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="YAML config (configs/tiny.yaml, configs/paper.yaml, ...)")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help="start this new run from trained weights: a checkpoint (best.pt, last.pt) or a trained-parts "
+        "folder (weights/demo); its model: section must be theirs (vocabularies matched by name), the "
+        "optimizer, schedule and step start afresh (default: a new model's weights; not with --resume)",
+    )
     p.add_argument(
         "--stop-after",
         type=int,

@@ -31,9 +31,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from model.checkpoint import read_trained_parts
 from model.config import ModelConfig
 from model.nn.psm import PSMModel
-from model.nn.weights import CheckpointError
 from model.quantize import quantize_per_token
 from runtime.bundle import BUNDLE_FORMAT_VERSION, finalise_manifest
 from runtime.contract import (
@@ -413,19 +413,9 @@ def save_trained_parts(model: PSMModel, folder: str | Path, *, calibration: tupl
 def load_trained_parts(folder: str | Path) -> tuple[PSMModel, dict]:
     """The model saved by `save_trained_parts`: frozen towers from their packages, trained parts
     from the file (refused when its hash is not the recorded one), and the record."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    try:
-        record = json.loads((folder / RECORD_FILE).read_text())
-        weights = folder / record["weights"]["file"]
-        expected = record["weights"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise FileNotFoundError(f"{folder} holds no readable {RECORD_FILE} of trained weights") from None
-    if not weights.is_file() or file_sha256(weights) != expected:
-        raise CheckpointError(f"{weights} is missing or is not the file {folder / RECORD_FILE} records")
+    state, record = read_trained_parts(folder)
     model = PSMModel(ModelConfig.from_dict(record["model_config"]), pretrained=False)
-    model.load_trainable_state_dict(load_file(str(weights)), str(weights))
+    model.load_trainable_state_dict(state, str(Path(folder) / record["weights"]["file"]))
     return model.eval(), record
 
 

@@ -47,6 +47,7 @@ from model.distributed import (
 )
 from model.evaluate import embed_split, metrics, overall
 from model.frozen_cache import FrozenCache, frozen_cache
+from model.init_from import check_model, load_calibration, load_initial, read_initial
 from model.nn.losses import build_loss, pair_losses, total_loss
 from model.nn.psm import PSMModel, preprocessing
 from model.stopping import Interrupted, StopSignals
@@ -271,7 +272,9 @@ class RunResult:
 class Run:
     """The state of `fit` in one place: config, process, model, optimisation, data, logs."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, *, resume: bool, progress: bool):
+    def __init__(
+        self, config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, init_from: str | Path | None = None
+    ):
         self.cfg, self.run_dir, self.progress = config.train, run_dir, progress
         self.dist = init_distributed()
         self.device = device_for(self.dist)
@@ -291,19 +294,23 @@ class Run:
         if self.lock is not None:
             _remove_partial_checkpoints(run_dir)
         try:
-            self._start(config, run_dir, resume)
+            self._start(config, run_dir, resume, init_from)
         except BaseException:
             if self.lock is not None:
                 self.lock.close()
             raise
 
-    def _start(self, config: RunConfig, run_dir: Path, resume: bool) -> None:
-        """The checkpoint to resume, the model, caches and optimisation (under the run's lock)."""
+    def _start(self, config: RunConfig, run_dir: Path, resume: bool, init_from: str | Path | None) -> None:
+        """The checkpoint to resume or the weights to start from, the model, caches and optimisation
+        (under the run's lock)."""
         checkpoint = _read_resume_checkpoint(run_dir, config) if resume else None
         if checkpoint is None and (run_dir / "last.pt").exists():
             raise FileExistsError(
                 f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
             )
+        initial = read_initial(init_from) if init_from is not None else None
+        if initial is not None:
+            check_model(initial, config.model)
         if not len(self.splits.val):
             raise DataError(
                 "the validation split has no samples, and training validates at least at its last step "
@@ -314,13 +321,20 @@ class Run:
             for warning in small_split_warnings({"validation": eval_n, "test": len(self.splits.test)}):
                 log.warning(warning)
         torch.manual_seed(self.cfg.seed)
-        self.model = PSMModel(config.model, pretrained=checkpoint is None).to(self.device)
+        self.model = PSMModel(config.model, pretrained=checkpoint is None and initial is None)
+        if initial is not None:
+            load_initial(self.model, initial)
+        self.model = self.model.to(self.device)
         self.prep = preprocessing(self.model)
         # The count goes on from the checkpoint's (a checkpoint written before it was kept: from 0).
         self.skips = SkipLog(checkpoint["skipped"], checkpoint.get("skip_count", 0)) if checkpoint else SkipLog()
         self.caches = {name: self._cache(name) for name in ("train", "val")}
         self.opt = Optimisation(self.model, self.cfg, self.dist)
         self.step, self.best, self.best_step, self.evals_since_best = 0, None, None, 0
+        # Where the weights the run started from came from (a resumed run keeps its checkpoint's).
+        self.init_from = initial.origin if initial else (checkpoint or {}).get("init_from")
+        if initial is not None:
+            load_calibration(self.opt.loss_fn, initial)
         if checkpoint is not None:
             self.model.load_trainable_state_dict(checkpoint["model"], str(run_dir / "last.pt"))
             self.opt.load_state(checkpoint)
@@ -395,6 +409,7 @@ class Run:
             "skipped": self.skips.records(),
             "skip_count": self.skips.count,
             "calibration": self.opt.loss_fn.calibration(),
+            **({"init_from": self.init_from} if self.init_from else {}),
         }
         atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))
         with open(self.run_dir / "skipped.tsv", "w") as f:
@@ -497,24 +512,30 @@ def fit(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> RunResult:
     """Train, validate and checkpoint into `run_dir` (last.pt, best.pt, metrics.csv,
     config.yaml, skipped.tsv). resume=True continues from last.pt exactly; stop_after ends this
-    invocation after that many steps (with a checkpoint), as a killed job would. SIGINT or SIGTERM
-    ends it after the step under way with last.pt saved, raising Interrupted (model.stopping)."""
+    invocation after that many steps (with a checkpoint), as a killed job would; init_from starts
+    a new run from the weights of a checkpoint or trained-parts folder (model.init_from). SIGINT or
+    SIGTERM ends it after the step under way with last.pt saved, raising Interrupted (model.stopping)."""
+    if resume and init_from is not None:
+        raise UsageError(
+            "--init-from starts a new run from trained weights and --resume continues a run from its own "
+            "last.pt; give one of them"
+        )
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with torch_threads(config.train.threads), StopSignals(announce=main_process()) as signals:
-        return _fit(config, run_dir, resume, stop_after, progress, signals)
+        run = Run(config, run_dir, resume=resume, progress=progress, init_from=init_from)
+        return _fit(run, stop_after, progress, signals)
 
 
-def _fit(
-    config: RunConfig, run_dir: Path, resume: bool, stop_after: int | None, progress: bool, signals: StopSignals
-) -> RunResult:
-    run = Run(config, run_dir, resume=resume, progress=progress)
+def _fit(run: Run, stop_after: int | None, progress: bool, signals: StopSignals) -> RunResult:
+    run_dir = run.run_dir
     try:
         if run.dist.is_main:
-            atomic_write(run_dir / "config.yaml", yaml.safe_dump(run.config.to_dict(), sort_keys=False))
+            atomic_write(run_dir / "config.yaml", _config_text(run))
         end = run.cfg.steps if stop_after is None else min(run.cfg.steps, run.step + stop_after)
         stopped = _steps(run, end, progress, signals)
         return RunResult(run_dir, run.step, run.best_step, run.best, stopped, run.skips.count, run.skips.files)
@@ -522,6 +543,15 @@ def _fit(
         if run.lock is not None:
             run.lock.close()
         shutdown(run.dist)
+
+
+def _config_text(run: Run) -> str:
+    """config.yaml: the run's config, below a comment naming the weights it started from, if any."""
+    text = yaml.safe_dump(run.config.to_dict(), sort_keys=False)
+    origin = run.init_from
+    if origin is None:
+        return text
+    return f"# started from the weights of {origin['path']} (sha256 {origin['sha256']}): train --init-from\n{text}"
 
 
 def _steps(run: Run, end: int, progress: bool, signals: StopSignals) -> bool:

@@ -36,7 +36,12 @@ def _listing(keys: Iterable[str], limit: int = 12) -> str:
 
 def mismatches(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
     """Keys missing from `state`, unexpected in it, and present with another shape."""
-    own = module.state_dict()
+    return state_mismatches(module.state_dict(), state)
+
+
+def state_mismatches(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Keys of `own` missing from `state`, keys of `state` unexpected in `own`, and keys of both
+    with another shape."""
     return {
         "missing": sorted(set(own) - set(state)),
         "unexpected": sorted(set(state) - set(own)),
@@ -52,9 +57,13 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
     """load_state_dict that names every mismatched key when the architectures differ."""
     problems = mismatches(module, state)
     if any(problems.values()):
-        parts = [f"{what}: {_listing(keys)}" for what, keys in problems.items() if keys]
-        raise CheckpointError(f"{source} does not fit this model architecture ({'; '.join(parts)})")
+        raise CheckpointError(f"{source} does not fit this model architecture ({describe(problems)})")
     module.load_state_dict(state)
+
+
+def describe(problems: dict[str, list[str]]) -> str:
+    """The mismatches of `mismatches` in words: `missing: a, b; shape: c (2, 3) vs (4, 3)`."""
+    return "; ".join(f"{what}: {_listing(keys)}" for what, keys in problems.items() if keys)
 
 
 def unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
@@ -81,8 +90,7 @@ def load_satmae(backbone: nn.Module, path: str | Path) -> dict[str, list[str]]:
     new = [k for k in problems["missing"] if k.startswith(NEW_IN_PSM)]
     problems["missing"] = [k for k in problems["missing"] if k not in new]
     if any(problems.values()):
-        parts = [f"{what}: {_listing(keys)}" for what, keys in problems.items() if keys]
-        raise CheckpointError(f"SatMAE checkpoint {path} does not fit the image encoder ({'; '.join(parts)})")
+        raise CheckpointError(f"SatMAE checkpoint {path} does not fit the image encoder ({describe(problems)})")
     backbone.load_state_dict({**own, **wanted})
     report = {"loaded": sorted(wanted), "ignored": ignored, "new": new}
     log.info(
