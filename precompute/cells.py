@@ -70,8 +70,8 @@ class CellImagery(Imagery):
 
     @classmethod
     def of(cls, imagery: Imagery) -> CellImagery:
-        """The same source (and nodata override) as `imagery`, read this way."""
-        return imagery if isinstance(imagery, cls) else cls(imagery.source, nodata=imagery.nodata)
+        """The same source (read the same way: nodata, rescale) as `imagery`, read this way."""
+        return imagery if isinstance(imagery, cls) else cls(imagery.source, **imagery.reading())
 
     def _resolution(self, path: str) -> tuple[float, float] | None:
         with self._resolutions_lock:

@@ -15,7 +15,7 @@ from precompute.ray_engine import KILL_ONCE_ENV, RayJob, absolute, import_ray, r
 from precompute.run import RunOptions, execute, make_plan
 from runtime.arguments import integer_in, number_above
 from runtime.errors import UsageError
-from runtime.imagery import Imagery
+from runtime.imagery import Imagery, parse_rescale
 from runtime.tiles import WORLD_BBOX, tile_range
 from store.index import FLAT_MAX
 from store.reader import Store
@@ -54,6 +54,18 @@ def _fusion_levels(args: argparse.Namespace, levels: list[int], kinds: list[str]
     return levels_within_budget(cells, embed_dim, kinds, parse_size(args.fusion_budget))
 
 
+def _reading(args: argparse.Namespace) -> dict:
+    """How the imagery options say the imagery is read (runtime.imagery.Imagery's keywords)."""
+    return {"nodata": args.nodata, "rescale": args.rescale}
+
+
+def _rescale(text: str) -> tuple[float, float]:
+    try:
+        return parse_rescale(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _precompute(args: argparse.Namespace) -> int:
     if args.action == "merge":
         return _merge(args)
@@ -69,7 +81,7 @@ def _precompute(args: argparse.Namespace) -> int:
         raise UsageError("--address, --ray-workers and --ray-cpus need --engine ray")
     device = select_device(args.bundle, args.device, args.batch_size, args.readers)
     bundle = open_bundle(args.bundle, device)
-    imagery = Imagery(args.imagery[0] if len(args.imagery) == 1 else args.imagery, nodata=args.nodata)
+    imagery = Imagery(args.imagery[0] if len(args.imagery) == 1 else args.imagery, **_reading(args))
     plan = make_plan(imagery, levels, bbox, region=region, land_only=args.land_only)
     options = _options(args, levels, device.readers)
     if args.dry_run:
@@ -98,11 +110,12 @@ def _precompute_on_ray(
         raise UsageError("--shard splits a local run; --engine ray makes its own shards (--ray-workers)")
     import_ray()  # the install hint before anything is read
     sources = tuple(absolute(src) for src in args.imagery)
-    make_plan(Imagery(sources[0] if len(sources) == 1 else list(sources), nodata=args.nodata), levels, bbox)
+    make_plan(Imagery(sources[0] if len(sources) == 1 else list(sources), **_reading(args)), levels, bbox)
     out = Path(args.out).resolve()
     job = RayJob(
         imagery=sources,
         nodata=args.nodata,
+        rescale=args.rescale,
         bundle=absolute(args.bundle),
         levels=tuple(levels),
         bbox=bbox,
@@ -254,6 +267,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--nodata", type=float, help="treat this pixel value as no imagery (default: each file's own nodata)"
+    )
+    p.add_argument(
+        "--rescale",
+        type=_rescale,
+        metavar="LOW,HIGH",
+        help="pixel values that become 0 and 255, for imagery that is not 8-bit (uint16, float): e.g. 0,3000 "
+        "for reflectance x 10000 (default: none; such imagery is refused without it)",
     )
     p.add_argument(
         "--max-upsample",

@@ -73,6 +73,7 @@ class RayJob:
     readers: int | None = None  # reader threads per task (default: from cpus, task_threads)
     shards: int = 0  # how many: set by run_on_ray
     kill_once: str | None = None
+    rescale: tuple[float, float] | None = None  # pixel values that become 0 and 255 (runtime.imagery)
 
     def key(self) -> dict:
         """What makes the shards of two runs interchangeable (threads, the count and the hook do not)."""
@@ -168,7 +169,9 @@ def run_shard(job: RayJob, index: int) -> dict:
         readers, threads = task_threads(job.kind, job.cpus or DEFAULT_CPUS[job.kind], job.readers)
         device = select_device(job.bundle, job.kind, job.options.batch, readers)
         bundle = open_bundle(job.bundle, device, threads=threads)
-        imagery = Imagery(job.imagery[0] if len(job.imagery) == 1 else list(job.imagery), nodata=job.nodata)
+        imagery = Imagery(
+            job.imagery[0] if len(job.imagery) == 1 else list(job.imagery), nodata=job.nodata, rescale=job.rescale
+        )
         plan = make_plan(imagery, list(job.levels), job.bbox, region=job.region, land_only=job.land_only)
         options = dataclasses.replace(job.options, readers=readers, shard=(index, job.shards))
         manifest, _ = execute(imagery, bundle, plan, path, options, progress=False)

@@ -145,17 +145,47 @@ def _check_nodata(nodata: float, dtype: str, path: str) -> None:
             )
 
 
+def parse_rescale(text: str) -> tuple[float, float]:
+    """'0,3000' -> (0.0, 3000.0): the pixel values that become 0 and 255 (ValueError otherwise)."""
+    return check_rescale(text.split(","))
+
+
+def check_rescale(span: Sequence[float | str]) -> tuple[float, float]:
+    """A rescale range as a pair of finite floats, low below high (ValueError otherwise)."""
+    try:
+        low, high = (float(v) for v in span)
+    except (TypeError, ValueError):
+        raise ValueError(f"a rescale range is two numbers LOW,HIGH like 0,3000, not {span!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"a rescale range needs two finite numbers, the low below the high, not {low:g},{high:g}")
+    return low, high
+
+
+def _check_eight_bit(dtype: str, path: str, rescale: tuple[float, float] | None) -> None:
+    """The model reads 8-bit RGB: other pixels need the range of values that maps to 0..255, or
+    uint16 reflectance (0..10000) and float reflectance (0..1) were clipped to 0..255, silently:
+    near-white or near-black cells, embedded as such."""
+    if dtype != "uint8" and rescale is None:
+        raise ImageryError(
+            f"imagery {path!r} has {dtype} pixels and the model reads 8-bit RGB: give the range of values "
+            "that becomes 0..255 (precompute --rescale LOW,HIGH, a config's data.rescale: [LOW, HIGH]), "
+            "e.g. 0,3000 for reflectance x 10000 or 0,0.3 for reflectance"
+        )
+
+
 class Imagery:
     """A raster source rio-tiler reads, cut into web-mercator cells.
 
     One rasterio handle per thread and file: GDAL datasets are not safe to share across threads.
-    `nodata` overrides the nodata value the files declare (pixels equal to it are invalid).
+    `nodata` overrides the nodata value the files declare (pixels equal to it are invalid);
+    `rescale` (low, high) maps those pixel values to 0 and 255, for imagery that is not 8-bit.
     """
 
-    def __init__(self, source: Source, *, nodata: float | None = None):
+    def __init__(self, source: Source, *, nodata: float | None = None, rescale: Sequence[float] | None = None):
         self.source = [str(s) for s in source] if not isinstance(source, (str, Path)) else str(source)
         self.path = self.source if isinstance(self.source, str) else self.source[0]
         self.nodata = nodata
+        self.rescale = check_rescale(rescale) if rescale is not None else None
         self._local = threading.local()
         self.assets = [self._open_asset(p) for p in expand_source(source)]
         self.bounds = (
@@ -182,10 +212,16 @@ class Imagery:
             raise ImageryError(f"cannot read imagery {path!r}: {exc}") from exc
         if asset.count < 3:
             raise ImageryError(f"imagery {path!r} has {asset.count} band(s); RGB needs 3")
-        if self.nodata is not None:
-            for dtype in dtypes:
+        for dtype in dtypes:
+            _check_eight_bit(dtype, path, self.rescale)
+            if self.nodata is not None:
                 _check_nodata(self.nodata, dtype, path)
         return asset
+
+    def reading(self) -> dict[str, Any]:
+        """How this source is read beyond its path (the nodata override, the rescale range): the
+        keyword arguments that open it again the same way."""
+        return {"nodata": self.nodata, "rescale": self.rescale}
 
     def _reader(self, path: str) -> Reader:
         readers = getattr(self._local, "readers", None)
@@ -200,13 +236,16 @@ class Imagery:
         return reader
 
     def describe(self) -> dict:
-        """A JSON-able description for manifests."""
+        """A JSON-able description for manifests, with how it is read where that is not the
+        files' own way (a store resumed or served with another nodata or range would mix cells)."""
+        read = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.reading().items() if v is not None}
         return {
             "path": self.source,
             "files": len(self.assets),
             "bounds": list(self.bounds),
             "bands": self.count,
             "resolution_m": round(self.resolution_m, 3),
+            **read,
         }
 
     def upsampling(self, z: int, size: int) -> float:
@@ -267,6 +306,14 @@ class Imagery:
             valid &= np.isfinite(img.data).all(axis=0)
         if not valid.any() or valid.mean() < min_valid:
             return None
-        rgb = np.clip(np.where(valid, img.data, 0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        rgb = self._eight_bit(np.where(valid, img.data, 0)).transpose(1, 2, 0)
         _, lat = tile_centres(z, np.array([x]), np.array([y]))
         return CellImage(rgb=np.ascontiguousarray(rgb), valid=valid, gsd=float(ground_sample_distance(z, lat[0], size)))
+
+    def _eight_bit(self, data: np.ndarray) -> np.ndarray:
+        """uint8 pixels: 8-bit imagery as it is, other imagery through its rescale range."""
+        if self.rescale is None:
+            return np.clip(data, 0, 255).astype(np.uint8)
+        low, high = self.rescale
+        scaled = (data.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+        return np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)

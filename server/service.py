@@ -262,8 +262,9 @@ class SoundscapeService:
                 record.get("absolute", "an unrecorded path"),
             )
             return None
-        try:
-            return Imagery(path)
+        record = {} if self.settings.imagery else self.store.manifest.get("imagery") or {}
+        try:  # the store's own imagery is read as precompute read it: its nodata, its rescale range
+            return Imagery(path, nodata=record.get("nodata"), rescale=record.get("rescale"))
         except ImageryError as exc:
             log.warning("no basemap: %s; set SOUNDSCAPE_IMAGERY to a readable imagery file", exc)
             return None

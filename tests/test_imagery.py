@@ -220,10 +220,50 @@ def test_nan_pixels_of_a_float_raster_are_no_imagery(imagery_path, source, tmp_p
     with rasterio.open(path, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
         dst.write(data)
     x, y = _cells_in(6, HOLE)[0]
-    for imagery in (Imagery(path), Imagery(path, nodata=0)):
+    for imagery in (Imagery(path, rescale=(0, 255)), Imagery(path, nodata=0, rescale=(0, 255))):
         assert imagery.cell(6, x, y, SIZE) is None
         edge = imagery.cell(5, 16, 10, SIZE)  # 0..11 E, 49..56 N: a sixth in the hole
         assert edge is not None and 0.5 <= edge.valid_fraction < 1 and not edge.rgb[~edge.valid].any()
+
+
+def _scaled(imagery_path: Path, source, path: Path, dtype: str, scale: float) -> Path:
+    """The crop's pixels times `scale`, stored as `dtype` with the crop's overviews (uint16
+    reflectance x 10000 and float reflectance 0..1 stand in for the imagery users bring)."""
+    data, profile = source
+    with rasterio.open(imagery_path) as src:
+        factors = src.overviews(1)
+    with rasterio.open(path, "w", **{**profile, "dtype": dtype, "nodata": None}) as dst:
+        dst.write((data.astype("float64") * scale).astype(dtype))
+        if factors:
+            dst.build_overviews(factors, Resampling.average)
+    return path
+
+
+@pytest.mark.parametrize(("dtype", "scale", "rescale"), [("uint16", 10.0, (0, 2550)), ("float32", 1 / 255, (0, 1))])
+def test_imagery_that_is_not_8_bit_is_read_through_its_rescale_range(
+    imagery_path, source, tmp_path, dtype, scale, rescale
+):
+    """uint16 and float pixels were clipped to 0..255: reflectance x 10000 became near-white cells
+    and reflectance 0..1 near-black ones, embedded as such. Without a range such imagery is now
+    refused in one sentence; with one, its cells are the 8-bit imagery's to rounding."""
+    path = _scaled(imagery_path, source, tmp_path / f"{dtype}.tif", dtype, scale)
+    with pytest.raises(ImageryError) as refused:
+        Imagery(path)
+    assert f"has {dtype} pixels and the model reads 8-bit RGB" in str(refused.value)
+    assert "--rescale LOW,HIGH" in str(refused.value) and "\n" not in str(refused.value)
+    scaled, eight_bit = Imagery(path, rescale=rescale), Imagery(imagery_path)
+    for z, x, y in ((5, 16, 10), (6, 33, 22), (4, 8, 5)):
+        want, got = eight_bit.cell(z, x, y, SIZE), scaled.cell(z, x, y, SIZE)
+        assert got is not None and want is not None and got.rgb.dtype == np.uint8
+        assert np.abs(got.rgb.astype(int) - want.rgb.astype(int)).max() <= 1
+    assert scaled.describe()["rescale"] == list(rescale) and "rescale" not in eight_bit.describe()
+    assert Imagery(path, **scaled.reading()).describe() == scaled.describe()
+
+
+@pytest.mark.parametrize("span", [(5, 5), (3000, 0), (0, float("nan")), (0, float("inf"))])
+def test_a_rescale_range_needs_a_low_below_a_high(imagery_path, span):
+    with pytest.raises(ValueError, match="two finite numbers, the low below the high"):
+        Imagery(imagery_path, rescale=span)
 
 
 def test_mosaic_of_a_directory_or_a_list_equals_the_whole(imagery_path, halves):

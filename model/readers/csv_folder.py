@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import mercantile
 import numpy as np
+from pydantic import field_validator
 
 from model.config import ConfigError, Section, from_section
 from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
@@ -54,10 +55,19 @@ class CsvFolderConfig(Section):
     root: str  # the folder; paths in the CSV are relative to it
     csv: str = "samples.csv"
     imagery: str | None = None  # a raster (GeoTIFF/COG) to cut cells from for rows without `image`
+    # Pixel values that become 0 and 255, for imagery that is not 8-bit (runtime.imagery).
+    rescale: list[float] | None = None
     # Web-mercator level of those cells, when a row has no `level`; None: derived from the imagery
     # (default_level).
     level: int | None = None
     split: SplitConfig = SplitConfig()
+
+    @field_validator("rescale")
+    @classmethod
+    def _rescale(cls, value: list[float] | None) -> list[float] | None:
+        from runtime.imagery import check_rescale  # rasterio only where imagery is read
+
+        return list(check_rescale(value)) if value is not None else None
 
 
 @dataclass
@@ -262,7 +272,7 @@ class CsvFolderSource:
             from runtime.imagery import Imagery
 
             assert self.cfg.imagery is not None  # rows without an image need data.imagery (parse_row)
-            self._imagery = Imagery(self.cfg.imagery)
+            self._imagery = Imagery(self.cfg.imagery, rescale=self.cfg.rescale)
         return self._imagery
 
     def __getstate__(self) -> dict:
@@ -303,7 +313,7 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
     if cfg.imagery is not None:  # opened at start: a wrong path or level fails before anything else
         from runtime.imagery import Imagery
 
-        imagery = Imagery(cfg.imagery)
+        imagery = Imagery(cfg.imagery, rescale=cfg.rescale)
     cfg = check_level(cfg, imagery, image_size)
     rows = read_rows(cfg, imagery.bounds if imagery else None)
     s = cfg.split
