@@ -13,6 +13,7 @@ import yaml
 
 from model.config import ConfigError
 from model.stopping import Interrupted
+from runtime.arguments import integer_in
 from runtime.contract import GRAPH_FILES, MANIFEST_FILE, RECORD_FILE
 from runtime.errors import UsageError
 from runtime.files import file_sha256
@@ -44,19 +45,10 @@ def _run_config(path: str | Path):
     return RunConfig.from_dict(config)
 
 
-def _at_least(args: argparse.Namespace, least: dict[str, int]) -> None:
-    """UsageError for the first option below its least value (None: not given)."""
-    for name, floor in least.items():
-        value = getattr(args, name)
-        if value is not None and value < floor:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least {floor}, not {value}")
-
-
 def _train(args: argparse.Namespace) -> int:
     from model.distributed import main_process
     from model.train import fit
 
-    _at_least(args, {"stop_after": 1})  # -1 ran 0 steps and exited 0
     config = _run_config(args.config)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     try:
@@ -103,7 +95,6 @@ def _interrupted(stop: Interrupted, config: str, out: Path) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate_checkpoint
 
-    _at_least(args, {"max_samples": 1, "batch_size": 1, "workers": 0})
     data = _run_config(args.config).data if args.config else None
     report = evaluate_checkpoint(
         args.checkpoint,
@@ -302,7 +293,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--stop-after",
-        type=int,
+        type=integer_in(1),
         help="stop this invocation after N steps (checkpointed; resume later; default: run to train.steps)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -320,10 +311,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="take the data: section from this config (default: the checkpoint's)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
     p.add_argument(
-        "--max-samples", type=int, help="evaluate the first N samples only (default: every sample of the split)"
+        "--max-samples",
+        type=integer_in(1),
+        help="evaluate the first N samples only (default: every sample of the split)",
     )
-    p.add_argument("--batch-size", type=int, default=128, help="embedding batch size (default 128)")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
+    p.add_argument("--batch-size", type=integer_in(1), default=128, help="embedding batch size (default 128)")
+    p.add_argument("--workers", type=integer_in(0), default=0, help="data loader processes (default 0)")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle-caption conditions")
     p.add_argument(
         "--cache-dir",

@@ -12,7 +12,6 @@ process on the global batch (model.batches, model.distributed).
 from __future__ import annotations
 
 import csv
-import fcntl
 import functools
 import logging
 import math
@@ -52,7 +51,7 @@ from model.nn.losses import build_loss, pair_losses, total_loss
 from model.nn.psm import PSMModel, preprocessing
 from model.stopping import Interrupted, StopSignals
 from runtime.errors import UsageError
-from runtime.files import atomic_write
+from runtime.files import atomic_write, lock_file, unlock_file
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +296,7 @@ class Run:
             self._start(config, run_dir, resume, init_from)
         except BaseException:
             if self.lock is not None:
-                self.lock.close()
+                unlock_file(run_dir / RUN_LOCK, self.lock)
             raise
 
     def _start(self, config: RunConfig, run_dir: Path, resume: bool, init_from: str | Path | None) -> None:
@@ -417,17 +416,15 @@ class Run:
 
 
 def _lock_run(run_dir: Path) -> IO[str] | None:
-    """An exclusive lock on RUN/.lock, held while the open file is (the run's end, or its process's,
-    releases it); None when another process holds it."""
-    handle = open(run_dir / ".lock", "a")  # noqa: SIM115  (held until the run ends)
+    """An exclusive lock on RUN/.lock (runtime.files.lock_file: a killed run's lock goes with its
+    process, and the file goes when the run ends); None when another process holds it."""
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return lock_file(run_dir / RUN_LOCK, wait=False)
     except BlockingIOError:
-        handle.close()
         return None
-    return handle
 
 
+RUN_LOCK = ".lock"
 CHECKPOINT_FILES = ("last.pt", "best.pt")
 
 
@@ -541,7 +538,7 @@ def _fit(run: Run, stop_after: int | None, progress: bool, signals: StopSignals)
         return RunResult(run_dir, run.step, run.best_step, run.best, stopped, run.skips.count, run.skips.files)
     finally:
         if run.lock is not None:
-            run.lock.close()
+            unlock_file(run_dir / RUN_LOCK, run.lock)
         shutdown(run.dist)
 
 
