@@ -58,20 +58,24 @@ def test_a_text_of_tokens_minilm_does_not_know_counts_none():
         assert tokenizer.known_tokens(text) == 0, repr(text)
 
 
+# A tiny run with the frozen MiniLM text tower: its outputs are cached before the first step.
+FROZEN = {
+    "model": {
+        "embed_dim": 16,
+        "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
+        "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
+        "text": {"kind": "minilm"},
+        "audio": {"kind": "melcnn", "channels": [8], "width": 32, "features": {"duration_s": 0.5}},
+    },
+    "train": {"steps": 2, "batch_size": 8, "eval_every": 0},
+    "data": {"kind": "synthetic", "samples": {"train": 16, "val": 8, "test": 8}, "duration_s": 0.5},
+}
+
+
 def test_frozen_towers_are_cached_once_and_reused(tmp_path):
     from model.train import RunConfig, fit
 
-    cfg = {
-        "model": {
-            "embed_dim": 16,
-            "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
-            "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
-            "text": {"kind": "minilm"},
-            "audio": {"kind": "melcnn", "channels": [8], "width": 32, "features": {"duration_s": 0.5}},
-        },
-        "train": {"steps": 2, "batch_size": 8, "eval_every": 0},
-        "data": {"kind": "synthetic", "samples": {"train": 16, "val": 8, "test": 8}, "duration_s": 0.5},
-    }
+    cfg = FROZEN
     fit(RunConfig.from_dict(cfg), tmp_path / "run", progress=False)
     files = sorted(p.name for p in (tmp_path / "run" / "frozen-cache").iterdir())
     assert [f.split("-")[:2] for f in files] == [["train", "text"], ["val", "text"]]

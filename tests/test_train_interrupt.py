@@ -20,6 +20,7 @@ from cli.main import main as soundscape
 from model.checkpoint import load_checkpoint
 from model.stopping import Interrupted
 from model.train import Optimisation, RunConfig, fit
+from tests.test_model_towers import FROZEN
 from tests.test_model_train import config, run_config, weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -117,19 +118,6 @@ def test_a_signal_on_the_last_step_ends_the_run_as_it_would_have(monkeypatch, tm
     result = fit(run_config(config()), tmp_path / "run", progress=False)
     assert result.last_step == 6 and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 6
     assert {s: signal.getsignal(s) for s in before} == before  # the handlers before the run are back
-
-
-FROZEN = {
-    "model": {
-        "embed_dim": 16,
-        "image": {"size": 16, "patch": 8, "width": 32, "depth": 1, "heads": 2},
-        "fusion": {"width": 32, "depth": 1, "heads": 2, "ff": 64},
-        "text": {"kind": "minilm"},
-        "audio": {"kind": "melcnn", "channels": [8], "width": 32, "features": {"duration_s": 0.5}},
-    },
-    "train": {"steps": 2, "batch_size": 8, "eval_every": 0},
-    "data": {"kind": "synthetic", "samples": {"train": 16, "val": 8, "test": 8}, "duration_s": 0.5},
-}
 
 
 def test_a_signal_while_caching_frozen_towers_leaves_no_partial_cache(monkeypatch, tmp_path):
