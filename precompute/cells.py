@@ -90,7 +90,7 @@ class CellImagery(Imagery):
         transform, width, height = tile_vrt(resolution, z, x, y, size)
         return read(
             dataset,
-            indexes=(1, 2, 3),
+            indexes=self.rgb_bands,
             width=size,
             height=size,
             nodata=self.nodata,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from precompute.device import open_bundle, select_device
 from precompute.estimate import estimate, levels_within_budget, parse_size
@@ -15,7 +17,7 @@ from precompute.ray_engine import KILL_ONCE_ENV, RayJob, absolute, import_ray, r
 from precompute.run import RunOptions, execute, make_plan
 from runtime.arguments import integer_in, number_above
 from runtime.errors import UsageError
-from runtime.imagery import Imagery, parse_rescale
+from runtime.imagery import Imagery, parse_bands, parse_rescale
 from runtime.tiles import WORLD_BBOX, tile_range
 from store.index import FLAT_MAX
 from store.reader import Store
@@ -23,6 +25,7 @@ from store.synth import SynthSpec, bundle_facts, synth_store
 from store.verify import verify_store
 
 FLAT_MAX_ARG = integer_in(0, note="0: every level gets an IVF index")
+T = TypeVar("T")
 
 
 def _options(args: argparse.Namespace, plan_levels: list[int], readers: int) -> RunOptions:
@@ -56,14 +59,19 @@ def _fusion_levels(args: argparse.Namespace, levels: list[int], kinds: list[str]
 
 def _reading(args: argparse.Namespace) -> dict:
     """How the imagery options say the imagery is read (runtime.imagery.Imagery's keywords)."""
-    return {"nodata": args.nodata, "rescale": args.rescale}
+    return {"nodata": args.nodata, "rescale": args.rescale, "rgb_bands": args.bands}
 
 
-def _rescale(text: str) -> tuple[float, float]:
-    try:
-        return parse_rescale(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type of a parser that raises ValueError with its sentence."""
+
+    def typed(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return typed
 
 
 def _precompute(args: argparse.Namespace) -> int:
@@ -116,6 +124,7 @@ def _precompute_on_ray(
         imagery=sources,
         nodata=args.nodata,
         rescale=args.rescale,
+        bands=args.bands,
         bundle=absolute(args.bundle),
         levels=tuple(levels),
         bbox=bbox,
@@ -270,10 +279,16 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--rescale",
-        type=_rescale,
+        type=_argument(parse_rescale),
         metavar="LOW,HIGH",
         help="pixel values that become 0 and 255, for imagery that is not 8-bit (uint16, float): e.g. 0,3000 "
         "for reflectance x 10000 (default: none; such imagery is refused without it)",
+    )
+    p.add_argument(
+        "--bands",
+        type=_argument(parse_bands),
+        metavar="R,G,B",
+        help="the bands read as red, green and blue, e.g. 3,2,1 for a blue-green-red stack (default 1,2,3)",
     )
     p.add_argument(
         "--max-upsample",

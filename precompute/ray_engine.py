@@ -74,6 +74,7 @@ class RayJob:
     shards: int = 0  # how many: set by run_on_ray
     kill_once: str | None = None
     rescale: tuple[float, float] | None = None  # pixel values that become 0 and 255 (runtime.imagery)
+    bands: tuple[int, int, int] | None = None  # the bands read as red, green and blue (runtime.imagery)
 
     def key(self) -> dict:
         """What makes the shards of two runs interchangeable (threads, the count and the hook do not)."""
@@ -170,7 +171,10 @@ def run_shard(job: RayJob, index: int) -> dict:
         device = select_device(job.bundle, job.kind, job.options.batch, readers)
         bundle = open_bundle(job.bundle, device, threads=threads)
         imagery = Imagery(
-            job.imagery[0] if len(job.imagery) == 1 else list(job.imagery), nodata=job.nodata, rescale=job.rescale
+            job.imagery[0] if len(job.imagery) == 1 else list(job.imagery),
+            nodata=job.nodata,
+            rescale=job.rescale,
+            rgb_bands=job.bands,
         )
         plan = make_plan(imagery, list(job.levels), job.bbox, region=job.region, land_only=job.land_only)
         options = dataclasses.replace(job.options, readers=readers, shard=(index, job.shards))

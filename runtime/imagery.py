@@ -161,6 +161,47 @@ def check_rescale(span: Sequence[float | str]) -> tuple[float, float]:
     return low, high
 
 
+RGB_BANDS = (1, 2, 3)
+
+
+def parse_bands(text: str) -> tuple[int, int, int]:
+    """'3,2,1' -> (3, 2, 1): the 1-based bands read as red, green and blue (ValueError otherwise)."""
+    return check_bands(text.split(","))
+
+
+def check_bands(bands: Sequence[int | str]) -> tuple[int, int, int]:
+    """Three 1-based band numbers, for red, green and blue (ValueError otherwise)."""
+    try:
+        red, green, blue = (int(b) for b in bands)
+    except (TypeError, ValueError):
+        red = green = blue = 0
+    if min(red, green, blue) < 1:
+        raise ValueError(f"bands are three band numbers (from 1) for red, green and blue like 3,2,1, not {bands!r}")
+    return red, green, blue
+
+
+def _check_bands(bands: tuple[int, ...], dataset: Any, path: str, given: bool) -> None:
+    """The bands exist, and unless given, the file does not declare them to be other colours than
+    red, green and blue (a blue-green-red file was read with red and blue swapped, silently)."""
+    if max(bands) > dataset.count:
+        raise ImageryError(
+            f"imagery {path!r} has {dataset.count} band(s), so no band {max(bands)} to read as a colour"
+            if given
+            else f"imagery {path!r} has {dataset.count} band(s); RGB needs 3"
+        )
+    if given:
+        return
+    declared = {b: dataset.colorinterp[b - 1].name for b in bands}
+    colours = ("red", "green", "blue")
+    if set(declared.values()) & set(colours) and tuple(declared.values()) != colours:
+        band_of = {colour: band for band, colour in declared.items()}
+        hint = ",".join(str(band_of[c]) for c in colours) if set(colours) <= set(band_of) else "R,G,B"
+        raise ImageryError(
+            f"imagery {path!r} declares bands 1, 2, 3 as {', '.join(declared.values())}: say which bands are "
+            f"red, green and blue (precompute --bands {hint}, a config's data.bands: [{hint.replace(',', ', ')}])"
+        )
+
+
 def _check_eight_bit(dtype: str, path: str, rescale: tuple[float, float] | None) -> None:
     """The model reads 8-bit RGB: other pixels need the range of values that maps to 0..255, or
     uint16 reflectance (0..10000) and float reflectance (0..1) were clipped to 0..255, silently:
@@ -178,14 +219,23 @@ class Imagery:
 
     One rasterio handle per thread and file: GDAL datasets are not safe to share across threads.
     `nodata` overrides the nodata value the files declare (pixels equal to it are invalid);
-    `rescale` (low, high) maps those pixel values to 0 and 255, for imagery that is not 8-bit.
+    `rescale` (low, high) maps those pixel values to 0 and 255, for imagery that is not 8-bit;
+    `rgb_bands` names the bands read as red, green and blue (default 1, 2, 3).
     """
 
-    def __init__(self, source: Source, *, nodata: float | None = None, rescale: Sequence[float] | None = None):
+    def __init__(
+        self,
+        source: Source,
+        *,
+        nodata: float | None = None,
+        rescale: Sequence[float] | None = None,
+        rgb_bands: Sequence[int] | None = None,
+    ):
         self.source = [str(s) for s in source] if not isinstance(source, (str, Path)) else str(source)
         self.path = self.source if isinstance(self.source, str) else self.source[0]
         self.nodata = nodata
         self.rescale = check_rescale(rescale) if rescale is not None else None
+        self.bands = check_bands(rgb_bands) if rgb_bands is not None else None
         self._local = threading.local()
         self.assets = [self._open_asset(p) for p in expand_source(source)]
         self.bounds = (
@@ -205,23 +255,32 @@ class Imagery:
             west, south, east, north = (float(v) for v in reader.get_geographic_bounds(WGS84_CRS))
             assert reader.dataset is not None  # an open Reader holds its dataset
             asset = Asset(path, (west, south, east, north), reader.dataset.count, _resolution_m(reader))
-            dtypes = set(reader.dataset.dtypes[:3])
+            _check_bands(self.rgb_bands, reader.dataset, path, self.bands is not None)
+            dtypes = {reader.dataset.dtypes[b - 1] for b in self.rgb_bands}
         except ImageryError:
             raise
         except Exception as exc:  # rasterio raises several types for unreadable sources
             raise ImageryError(f"cannot read imagery {path!r}: {exc}") from exc
-        if asset.count < 3:
-            raise ImageryError(f"imagery {path!r} has {asset.count} band(s); RGB needs 3")
         for dtype in dtypes:
             _check_eight_bit(dtype, path, self.rescale)
             if self.nodata is not None:
                 _check_nodata(self.nodata, dtype, path)
         return asset
 
+    @classmethod
+    def as_described(cls, source: Source, described: dict) -> Imagery:
+        """`source` read the way `described` (a `describe()`, as a store records it) says."""
+        return cls(source, **{key: described.get(key) for key in ("nodata", "rescale", "rgb_bands")})
+
+    @property
+    def rgb_bands(self) -> tuple[int, ...]:
+        """The 1-based bands read as red, green and blue."""
+        return self.bands or RGB_BANDS
+
     def reading(self) -> dict[str, Any]:
-        """How this source is read beyond its path (the nodata override, the rescale range): the
-        keyword arguments that open it again the same way."""
-        return {"nodata": self.nodata, "rescale": self.rescale}
+        """How this source is read beyond its path (the nodata override, the rescale range, the
+        bands): the keyword arguments that open it again the same way."""
+        return {"nodata": self.nodata, "rescale": self.rescale, "rgb_bands": self.bands}
 
     def _reader(self, path: str) -> Reader:
         readers = getattr(self._local, "readers", None)
@@ -279,7 +338,7 @@ class Imagery:
             y,
             z,
             tilesize=size,
-            indexes=(1, 2, 3),
+            indexes=self.rgb_bands,
             resampling_method="bilinear",
             reproject_method="bilinear",
             **kwargs,

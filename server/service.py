@@ -263,8 +263,8 @@ class SoundscapeService:
             )
             return None
         record = {} if self.settings.imagery else self.store.manifest.get("imagery") or {}
-        try:  # the store's own imagery is read as precompute read it: its nodata, its rescale range
-            return Imagery(path, nodata=record.get("nodata"), rescale=record.get("rescale"))
+        try:  # the store's own imagery is read as precompute read it: nodata, rescale range, bands
+            return Imagery.as_described(path, record)
         except ImageryError as exc:
             log.warning("no basemap: %s; set SOUNDSCAPE_IMAGERY to a readable imagery file", exc)
             return None

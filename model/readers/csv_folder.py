@@ -57,6 +57,7 @@ class CsvFolderConfig(Section):
     imagery: str | None = None  # a raster (GeoTIFF/COG) to cut cells from for rows without `image`
     # Pixel values that become 0 and 255, for imagery that is not 8-bit (runtime.imagery).
     rescale: list[float] | None = None
+    bands: list[int] | None = None  # the bands read as red, green and blue (default 1, 2, 3)
     # Web-mercator level of those cells, when a row has no `level`; None: derived from the imagery
     # (default_level).
     level: int | None = None
@@ -68,6 +69,13 @@ class CsvFolderConfig(Section):
         from runtime.imagery import check_rescale  # rasterio only where imagery is read
 
         return list(check_rescale(value)) if value is not None else None
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, value: list[int] | None) -> list[int] | None:
+        from runtime.imagery import check_bands  # rasterio only where imagery is read
+
+        return list(check_bands(value)) if value is not None else None
 
 
 @dataclass
@@ -272,7 +280,7 @@ class CsvFolderSource:
             from runtime.imagery import Imagery
 
             assert self.cfg.imagery is not None  # rows without an image need data.imagery (parse_row)
-            self._imagery = Imagery(self.cfg.imagery, rescale=self.cfg.rescale)
+            self._imagery = Imagery(self.cfg.imagery, rescale=self.cfg.rescale, rgb_bands=self.cfg.bands)
         return self._imagery
 
     def __getstate__(self) -> dict:
@@ -313,7 +321,7 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
     if cfg.imagery is not None:  # opened at start: a wrong path or level fails before anything else
         from runtime.imagery import Imagery
 
-        imagery = Imagery(cfg.imagery, rescale=cfg.rescale)
+        imagery = Imagery(cfg.imagery, rescale=cfg.rescale, rgb_bands=cfg.bands)
     cfg = check_level(cfg, imagery, image_size)
     rows = read_rows(cfg, imagery.bounds if imagery else None)
     s = cfg.split
