@@ -1,0 +1,159 @@
+"""A user's own recordings as spreadsheets and recorders write them (docs/own-data.md): every
+file here is one a real user could hand `data: {kind: csv}`, and each test checks that it is
+read as meant, or refused in one sentence (a skipped row with its reason, or a DataError), never
+read as something else without a word."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import yaml
+from PIL import Image
+
+from cli.main import main as soundscape
+from model.data import DataError, reader
+
+
+def wav(seconds: float = 0.25, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    soundfile.write(buf, (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), rate, format="WAV")
+    return buf.getvalue()
+
+
+def folder(root: Path, table: str | bytes, n: int = 4) -> Path:
+    """audio/0..n-1.wav and images/0..n-1.png (20 px), and `table` as samples.csv."""
+    (root / "audio").mkdir(parents=True)
+    (root / "images").mkdir()
+    for i in range(n):
+        (root / "audio" / f"{i}.wav").write_bytes(wav())
+        Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(root / "images" / f"{i}.png")
+    (root / "samples.csv").write_bytes(table.encode() if isinstance(table, str) else table)
+    return root
+
+
+def rows(root: Path, **data) -> list:
+    """Every row the csv reader keeps, in file order."""
+    splits = reader("csv")({"root": str(root), "split": {"val_fraction": 0.0, "test_fraction": 0.0}, **data}, 16)
+    return sorted(splits.train.rows, key=lambda r: r.line)
+
+
+def row(i: int, **values) -> dict:
+    return {
+        "lat": "45.5",
+        "lon": f"{5.5 + i}",
+        "audio": f"audio/{i}.wav",
+        "image": f"images/{i}.png",
+        "gsd": "10",
+        "datetime": "2022-05-01T06:30",
+        "caption": f"birds {i}",
+        **values,
+    }
+
+
+def table(rows_: list[dict], sep: str = ",", names: list[str] | None = None, end: str = "\n") -> str:
+    header = names or list(rows_[0])
+    return end.join([sep.join(header), *(sep.join(r[k] for k in rows_[0]) for r in rows_)]) + end
+
+
+# The file: encodings, delimiters and header names as spreadsheets write them -----------------------
+
+
+def test_a_spreadsheets_header_and_encoding_lose_no_column(tmp_path):
+    """A byte-order mark glued to the first column's name ("\\ufeffdatetime") left that column
+    unread, as did "Caption" or " lat": the model trained without times or captions, silently."""
+    names = ["Datetime", " Lat", "LON ", "Audio", "image", "GSD", "Caption Source"]
+    data = [row(i, caption="notes") for i in range(2)]
+    ordered = [{k: r[k] for k in ("datetime", "lat", "lon", "audio", "image", "gsd", "caption")} for r in data]
+    text = table(ordered, names=names)
+    expected = [(5, 6.5, "notes")] * 2
+    for name, encoded in {
+        "bom": b"\xef\xbb\xbf" + text.encode(),
+        "crlf": text.replace("\n", "\r\n").encode(),
+        "utf16-tab": table(ordered, sep="\t", names=names, end="\r\n").encode("utf-16"),
+        "semicolon": table(ordered, sep=";", names=names).encode(),
+    }.items():
+        kept = rows(folder(tmp_path / name, encoded))
+        assert [(r.month, r.hour, r.caption_source) for r in kept] == expected, name
+
+
+def test_a_column_named_twice_or_like_a_missing_one_is_refused(tmp_path, caplog):
+    """A column named "caption" twice trained on the second; "Captions", "latitude" or "date" were
+    left out."""
+    cases = {
+        "twice": ("lat,lon,audio,caption,caption", "'caption' (columns 4, 5)"),
+        "plural": ("lat,lon,audio,Captions", "column(s) 'captions' but no 'caption'"),
+        "alias": ("latitude,lon,audio", "column(s) 'latitude' but no 'lat'"),
+        "date-and-time": ("lat,lon,audio,date,time", "column(s) 'date', 'time' but no 'datetime'"),
+    }
+    for name, (header, message) in cases.items():
+        root = folder(
+            tmp_path / name, f"{header}\n" + ",".join(["45", "5", "audio/0.wav", "a", "b"][: header.count(",") + 1])
+        )
+        with pytest.raises(DataError, match=re.escape(message)) as err:
+            rows(root)
+        assert "\n" not in str(err.value)
+    # Columns that look like none of the reader's are named once, and the rest is read.
+    root = folder(tmp_path / "extra", "lat,lon,audio,image,gsd,notes,Species\n45,5,audio/0.wav,images/0.png,10,x,y\n")
+    with caplog.at_level(logging.WARNING):
+        assert len(rows(root)) == 1
+    assert "column(s) notes, species are not read" in caplog.text
+
+
+def test_a_row_whose_values_moved_is_skipped_and_lines_are_the_files(tmp_path, caplog):
+    """An unquoted comma in a caption shifted the row's values: the caption was cut at the comma
+    and the rest dropped (or read as the next column), silently. Skip lines named the record's
+    index, not its line, after a blank line or a caption over two lines."""
+    text = (
+        "lat,lon,audio,image,gsd,caption\n"
+        "\n"
+        '45,5,audio/0.wav,images/0.png,10,"birds,\nand wind"\n'
+        "45,6,audio/1.wav,images/1.png,10,birds, wind\n"
+        ",,,,,\n"
+        "45,7,audio/2.wav,images/2.png,10,rain\n"
+        "north,7,audio/3.wav,images/3.png,10,rain\n"
+    )
+    root = folder(tmp_path / "d", text)
+    with caplog.at_level(logging.WARNING):
+        kept = rows(root)
+    assert [(r.line, r.caption) for r in kept] == [(3, "birds,\nand wind"), (7, "rain")]
+    csv_path = root / "samples.csv"
+    assert "2 row(s) skipped, 2 kept" in caplog.text
+    assert f"an unquoted comma inside a value?: 1 ({csv_path}:5)" in caplog.text
+    assert f"({csv_path}:8)" in caplog.text and f"{csv_path}:6" not in caplog.text
+
+
+def test_an_unreadable_file_is_one_sentence(tmp_path, capsys):
+    """A Latin-1 file (Excel's plain "CSV") ended `soundscape train` in a UnicodeDecodeError
+    traceback; a header alone got "the validation split has no samples"; a quote never closed
+    swallowed every row after it into one caption."""
+    from tests.test_own_data import run_config
+
+    cases = {
+        "latin1": (
+            "lat,lon,audio,caption\n45,5,audio/0.wav,café\n".encode("latin-1"),
+            "is not UTF-8 text (byte 0xe9 on line 2)",
+        ),
+        "header": (b"lat,lon,audio\n", "has no rows below its header"),
+        "quote": (
+            b'lat,lon,audio,caption\n45,5,audio/0.wav,"birds\n46,5,audio/1.wav,wind\n',
+            ":2: the CSV cannot be read",
+        ),
+    }
+    for name, (data, message) in cases.items():
+        root = folder(tmp_path / name, data)
+        with pytest.raises(DataError, match=re.escape(message)):
+            rows(root)
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(run_config({"root": str(root)}).to_dict()))
+        assert (
+            soundscape(["train", "--config", str(config), "--out", str(tmp_path / f"run-{name}"), "--no-progress"]) == 2
+        )
+        err = capsys.readouterr().err
+        assert message.split(" (")[0] in err and "Traceback" not in err and err.strip().count("\n") == 0
