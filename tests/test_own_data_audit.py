@@ -18,6 +18,7 @@ from PIL import Image
 
 from cli.main import main as soundscape
 from model.data import DataError, reader
+from runtime.imagery import Imagery
 
 
 def wav(seconds: float = 0.25, rate: int = 16000) -> bytes:
@@ -157,3 +158,66 @@ def test_an_unreadable_file_is_one_sentence(tmp_path, capsys):
         )
         err = capsys.readouterr().err
         assert message.split(" (")[0] in err and "Traceback" not in err and err.strip().count("\n") == 0
+
+
+# Numbers: decimal commas, longitudes 0..360, swapped columns, a row's own level -------------------
+
+
+def test_numbers_as_a_european_spreadsheet_writes_them(tmp_path, caplog):
+    """A spreadsheet set to French or German saves "45,5" separated by semicolons; and in a file
+    separated by commas a quoted "45,5" is refused with the fix, not read as something else."""
+    text = (
+        "lat;lon;audio;image;gsd\n"
+        "45,5;5,25;audio/0.wav;images/0.png;2,5\n"
+        "46;6,5;audio/1.wav;images/1.png;1.000\n"
+        "47;7;audio/2.wav;images/2.png;0,5\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        kept = rows(folder(tmp_path / "semicolon", text))
+    assert [(r.lat, r.lon, r.gsd) for r in kept] == [(45.5, 5.25, 2.5), (47.0, 7.0, 0.5)]
+    assert "gsd ... has a point where the column has decimal commas: a thousands separator?" in caplog.text
+    caplog.clear()
+    text = 'lat,lon,audio,image,gsd\n"45,5",5,audio/0.wav,images/0.png,10\n45,5,audio/1.wav,images/1.png,10\n'
+    with caplog.at_level(logging.WARNING):
+        assert [(r.lat, r.lon) for r in rows(folder(tmp_path / "comma", text))] == [(45.0, 5.0)]
+    assert "lat ... has a comma: write decimals with a point, or separate values with semicolons" in caplog.text
+
+
+def test_longitudes_0_to_360_and_swapped_columns(tmp_path, imagery_path, caplog):
+    """lon 0..360 (as some GIS exports write it) lost every row east of 180; lat and lon swapped
+    said only "outside the globe" or "outside the imagery's bounds"."""
+    text = "lat,lon,audio,image,gsd\n45,200,audio/0.wav,images/0.png,10\n45,5,audio/1.wav,images/1.png,10\n"
+    with caplog.at_level(logging.WARNING):
+        assert [r.lon for r in rows(folder(tmp_path / "east", text))] == [-160.0, 5.0]
+    assert "longitudes run 0..360" in caplog.text
+    caplog.clear()
+    text = (
+        "lat,lon,audio,image,gsd\n"
+        "45,200,audio/0.wav,images/0.png,10\n"  # with a negative longitude elsewhere, 200 is a mistake
+        "120,40,audio/1.wav,images/1.png,10\n"
+        "45,-5,audio/2.wav,images/2.png,10\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        assert [r.lon for r in rows(folder(tmp_path / "mixed", text))] == [-5.0]
+    assert "outside the globe: 1" in caplog.text and "outside the globe: lat and lon swapped?: 1" in caplog.text
+    caplog.clear()
+    text = "lat,lon,audio\n5,45,audio/0.wav\n45,5,audio/1.wav\n"
+    with caplog.at_level(logging.WARNING):
+        assert len(rows(folder(tmp_path / "cut", text), imagery=str(imagery_path), level=5)) == 1
+    assert "outside the imagery's bounds: inside them with lat and lon swapped: 1" in caplog.text
+
+
+def test_a_rows_own_level_is_checked_as_data_level_is(tmp_path, imagery_path, caplog):
+    """A row's `level` was never checked: -1 stopped training with mercantile's InvalidZoomError
+    (a traceback), 20 trained on cells enlarging the imagery's pixels 2000 times, 1 on cells it
+    cannot fill (each skipped while training, one by one)."""
+    text = "lat,lon,audio,level\n" + "".join(
+        f"45,5,audio/0.wav,{level}\n" for level in ("-1", "4.5", "20", "1", "5", "")
+    )
+    coarsest, finest = Imagery(imagery_path).level_range(16, 8.0)
+    assert coarsest <= 5 <= finest and not coarsest <= 1 <= finest and not coarsest <= 20 <= finest
+    with caplog.at_level(logging.WARNING):
+        kept = rows(folder(tmp_path / "d", text), imagery=str(imagery_path), level=6)
+    assert [(r.line, r.level) for r in kept] == [(6, 5), (7, 6)]
+    assert "level ... is not a whole number 0..30: 2" in caplog.text
+    assert "level 20 is not one the imagery can fill ...: 1" in caplog.text and "level 1 is not one" in caplog.text

@@ -102,11 +102,75 @@ def _optional(row: dict, name: str) -> str | None:
     return value or None
 
 
-def parse_row(row: dict, line: int, cfg: CsvFolderConfig) -> Row:
+@dataclass(frozen=True)
+class Conventions:
+    """How a file writes what the reader cannot tell from one row: the number columns written
+    with a decimal comma ("45,5", from a spreadsheet set to a European language; only in a file
+    not separated by commas), and whether longitudes run 0..360 (every one >= 0, some past 180)."""
+
+    delimiter: str = ","
+    decimal_comma: frozenset[str] = frozenset()
+    lon_360: bool = False
+
+
+NUMBER_COLUMNS = ("lat", "lon", "gsd")
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+_DECIMAL_POINT = re.compile(r"[+-]?\d*\.\d+")
+# Levels a row may name (web-mercator zooms; a cell of level 30 is 4 cm wide).
+MAX_LEVEL = 30
+
+
+def conventions(table: Table) -> Conventions:
+    """The file's conventions, read from all its rows: a column is written with decimal commas
+    when more of its numbers have one than a decimal point."""
+    comma = set()
+    if table.delimiter != ",":
+        for name in NUMBER_COLUMNS:
+            values = [row.get(name, "").strip() for _, row in table.rows]
+            commas = sum(bool(_DECIMAL_COMMA.fullmatch(v)) for v in values)
+            if commas > sum(bool(_DECIMAL_POINT.fullmatch(v)) for v in values):
+                comma.add(name)
+    numbers = Conventions(table.delimiter, frozenset(comma))
+    lons = []
+    for _, row in table.rows:
+        try:
+            lons.append(_number(row.get("lon", ""), "lon", numbers))
+        except ValueError:
+            continue
+    finite = [v for v in lons if math.isfinite(v)]
+    lon_360 = bool(finite) and min(finite) >= 0 and 180 < max(finite) <= 360
+    return Conventions(table.delimiter, frozenset(comma), lon_360)
+
+
+def _number(text: str, name: str, conv: Conventions) -> float:
+    """A number as the file writes it; ValueError naming the value when it is none."""
+    value = text.strip()
+    if name in conv.decimal_comma:
+        if "." in value:
+            raise ValueError(
+                f"{name} {value!r} has a point where the column has decimal commas: a thousands separator?"
+            )
+        value = value.replace(",", ".")
+    elif "," in value:
+        raise ValueError(
+            f"{name} {value!r} has a comma: write decimals with a point, or separate values with semicolons"
+            if conv.delimiter == ","
+            else f"{name} {value!r} has a decimal comma where the column's numbers have points"
+        )
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} {value!r} is not a number") from None
+
+
+def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Conventions()) -> Row:
     """One CSV row checked and typed; ValueError with the reason when it is malformed."""
-    lat, lon = float(row["lat"]), float(row["lon"])
+    lat, lon = _number(row["lat"], "lat", conv), _number(row["lon"], "lon", conv)
+    if conv.lon_360 and 180 < lon <= 360:
+        lon -= 360.0
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise ValueError(f"lat/lon ({lat}, {lon}) outside the globe")
+        swapped = -90 <= lon <= 90 and -180 <= lat <= 180
+        raise ValueError(f"lat/lon ({lat}, {lon}) outside the globe" + (": lat and lon swapped?" if swapped else ""))
     if not _optional(row, "audio"):
         raise ValueError("no audio file")
     when_text = _optional(row, "datetime")
@@ -114,10 +178,15 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig) -> Row:
     if when_text and when.month is None:
         raise ValueError(f"unreadable datetime {when_text!r}")
     image = _optional(row, "image")
-    gsd = float(row["gsd"]) if _optional(row, "gsd") else None
+    gsd = _number(row["gsd"], "gsd", conv) if _optional(row, "gsd") else None
     if image and (gsd is None or not math.isfinite(gsd) or gsd <= 0):
         raise ValueError("an image needs a positive gsd (metres per pixel)")
-    level = int(row["level"]) if _optional(row, "level") else cfg.level
+    level = cfg.level
+    if _optional(row, "level"):
+        level_text = row["level"].strip()
+        if not (level_text.isdigit() and int(level_text) <= MAX_LEVEL):
+            raise ValueError(f"level {level_text!r} is not a whole number 0..{MAX_LEVEL}")
+        level = int(level_text)
     if not image and (cfg.imagery is None or level is None):
         raise ValueError("no image file, and no data.imagery to cut its cell from")
     return Row(
@@ -137,28 +206,29 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig) -> Row:
     )
 
 
-def read_rows(cfg: CsvFolderConfig, bounds: tuple[float, float, float, float] | None = None) -> list[Row]:
+def read_rows(
+    cfg: CsvFolderConfig,
+    bounds: tuple[float, float, float, float] | None = None,
+    levels: tuple[int, int] | None = None,
+) -> list[Row]:
     """The usable rows of the CSV. Malformed rows, rows whose files are missing and rows to be cut
-    from imagery outside its `bounds` are skipped and summarised in one warning (counts per
-    reason, the first lines of each)."""
+    from imagery outside its `bounds`, or at a level outside the `levels` it can fill, are
+    skipped and summarised in one warning (counts per reason, the first lines of each)."""
     path = Path(cfg.root) / cfg.csv
     rows: list[Row] = []
     skipped: dict[str, list[int]] = {}
     table = read_table(path)
+    conv = conventions(table)
     for line, row in table.rows:
         try:
             if line in table.misaligned:
                 raise ValueError(table.misaligned[line])
-            parsed = parse_row(row, line, cfg)
+            parsed = parse_row(row, line, cfg, conv)
             for name in (parsed.audio, parsed.image):
                 if name and not (Path(cfg.root) / name).is_file():
                     raise ValueError(f"file {name!r} does not exist")
-            if (
-                bounds
-                and not parsed.image
-                and not (bounds[0] <= parsed.lon <= bounds[2] and bounds[1] <= parsed.lat <= bounds[3])
-            ):
-                raise ValueError("outside the imagery's bounds")
+            if not parsed.image:
+                _check_cut(parsed, bounds, levels)
             rows.append(parsed)
         except (ValueError, TypeError, KeyError) as exc:
             skipped.setdefault(_reason(exc), []).append(line)
@@ -173,7 +243,23 @@ def read_rows(cfg: CsvFolderConfig, bounds: tuple[float, float, float, float] | 
             len(rows),
             "; ".join(f"{reason}: {len(v)} ({_lines(path, v)})" for reason, v in skipped.items()),
         )
+    if conv.lon_360:
+        log.warning("%s: longitudes run 0..360 (none below 0): those past 180 are read as lon - 360", path)
     return rows
+
+
+def _check_cut(row: Row, bounds: tuple[float, float, float, float] | None, levels: tuple[int, int] | None) -> None:
+    """ValueError when the imagery cannot give the row's cell: outside its bounds (with a hint when
+    lat and lon swapped would be inside them), or at a level it cannot fill."""
+
+    def inside(lon: float, lat: float) -> bool:
+        return bounds is None or (bounds[0] <= lon <= bounds[2] and bounds[1] <= lat <= bounds[3])
+
+    if not inside(row.lon, row.lat):
+        swapped = inside(row.lat, row.lon)
+        raise ValueError("outside the imagery's bounds" + (": inside them with lat and lon swapped" if swapped else ""))
+    if levels and row.level is not None and not levels[0] <= row.level <= levels[1]:
+        raise ValueError(f"level {row.level} is not one the imagery can fill ({levels[0]}-{levels[1]})")
 
 
 @dataclass
@@ -486,7 +572,11 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
 
         imagery = Imagery(cfg.imagery, rescale=cfg.rescale, rgb_bands=cfg.bands)
     cfg = check_level(cfg, imagery, image_size)
-    rows = read_rows(cfg, imagery.bounds if imagery else None)
+    rows = read_rows(
+        cfg,
+        imagery.bounds if imagery else None,
+        imagery.level_range(image_size, MAX_UPSAMPLE) if imagery else None,
+    )
     s = cfg.split
     labels = geographic_split(
         np.array([r.lat for r in rows]),
