@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Literal
 
@@ -159,10 +160,27 @@ def not_modified(request: Request, etag: str, control: str) -> Response | None:
     return None
 
 
+def unchanged_since(request: Request, response: Response, etag: str, control: str) -> Response | None:
+    """304 when If-Modified-Since is at or after the response's Last-Modified (the static files'),
+    else None. RFC 9110 13.1.3: only without If-None-Match, and a date that does not parse is
+    ignored."""
+    since, modified = request.headers.get("if-modified-since"), response.headers.get("last-modified")
+    if since is None or modified is None or "if-none-match" in request.headers:
+        return None
+    try:
+        unchanged = parsedate_to_datetime(modified) <= parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return None
+    if not unchanged:
+        return None
+    return Response(status_code=304, headers={"ETag": etag, "Cache-Control": control, "Last-Modified": modified})
+
+
 def conditional(request: Request, response: Response, kind: CachingKind, etag: str | None = None) -> Response:
     """`response` with its kind's Cache-Control and ETag (`etag`, else its body's), or a 304 when
-    If-None-Match already holds that tag. HEAD needs nothing here: HttpPolicy answers it with the
-    GET answer, body dropped."""
+    If-None-Match already holds that tag (or, without it, If-Modified-Since is not before its
+    Last-Modified). HEAD needs nothing here: HttpPolicy answers it with the GET answer, body
+    dropped."""
     policy = CACHE_POLICIES[kind]
     control = cache_control(request, kind)
     response.headers["Cache-Control"] = control
@@ -170,7 +188,7 @@ def conditional(request: Request, response: Response, kind: CachingKind, etag: s
         return response
     etag = etag or body_etag(bytes(response.body), weak=policy.etag == "weak")
     response.headers["ETag"] = etag
-    return not_modified(request, etag, control) or response
+    return not_modified(request, etag, control) or unchanged_since(request, response, etag, control) or response
 
 
 # Error answers -----------------------------------------------------------------------------

@@ -68,3 +68,18 @@ def test_a_304_varies_on_accept_encoding_as_its_200_does(client, path):
         vary = sorted(v.strip().lower() for v in fresh.headers["vary"].split(","))
         assert vary.count("accept-encoding") == 1
         assert sorted(v.strip().lower() for v in held.headers["vary"].split(",")) == vary
+
+
+def test_a_static_file_not_modified_since_answers_304(client):
+    """/static sends Last-Modified but answered every If-Modified-Since with the whole file; a
+    cache or client that revalidates by date alone (no ETag kept) fetched it again each time."""
+    first = client.get("/static/viewer.js")
+    modified = first.headers["last-modified"]
+    again = client.get("/static/viewer.js", headers={"If-Modified-Since": modified})
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == first.headers["etag"] and again.headers["last-modified"] == modified
+    for since in ("Thu, 01 Jan 1970 00:00:00 GMT", "yesterday", "Thu, 01 Jan 1970 00:00:00"):  # before; malformed
+        assert client.get("/static/viewer.js", headers={"If-Modified-Since": since}).status_code == 200, since
+    # If-None-Match decides where both are sent (RFC 9110 13.1.3): a tag the file no longer has gets it whole.
+    both = {"If-Modified-Since": modified, "If-None-Match": '"stale"'}
+    assert client.get("/static/viewer.js", headers=both).status_code == 200
