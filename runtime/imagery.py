@@ -76,6 +76,11 @@ class Asset:
     bounds: tuple[float, float, float, float]  # west, south, east, north in degrees
     count: int
     resolution_m: float  # web-mercator metres per pixel at the footprint centre (finest axis)
+    # Of the bands read as red, green and blue: their pixel types, the colour interpretations the
+    # file declares ('red', 'gray', 'undefined', ...) and their (scale, offset).
+    dtypes: tuple[str, ...]
+    declared: tuple[str, ...]
+    scaling: tuple[tuple[float, float], ...]
 
 
 def is_remote(path: str) -> bool:
@@ -180,22 +185,28 @@ def check_bands(bands: Sequence[int | str]) -> tuple[int, int, int]:
     return red, green, blue
 
 
-def _check_bands(bands: tuple[int, ...], dataset: Any, path: str, given: bool) -> None:
-    """The bands exist, and unless given, the file does not declare them to be other colours than
-    red, green and blue (a blue-green-red file was read with red and blue swapped, silently)."""
+COLOURS = ("red", "green", "blue")
+
+
+def _check_band_count(bands: tuple[int, ...], dataset: Any, path: str, given: bool) -> None:
     if max(bands) > dataset.count:
         raise ImageryError(
             f"imagery {path!r} has {dataset.count} band(s), so no band {max(bands)} to read as a colour"
             if given
             else f"imagery {path!r} has {dataset.count} band(s); RGB needs 3"
         )
+
+
+def _check_bands(bands: tuple[int, ...], asset: Asset, given: bool) -> None:
+    """Unless the bands are given, the file does not declare them to be other colours than red,
+    green and blue (a blue-green-red file was read with red and blue swapped, silently)."""
     if given:
         return
-    declared = {b: dataset.colorinterp[b - 1].name for b in bands}
-    colours = ("red", "green", "blue")
-    if set(declared.values()) & set(colours) and tuple(declared.values()) != colours:
+    path = asset.path
+    declared = dict(zip(bands, asset.declared, strict=True))
+    if set(declared.values()) & set(COLOURS) and tuple(declared.values()) != COLOURS:
         band_of = {colour: band for band, colour in declared.items()}
-        hint = ",".join(str(band_of[c]) for c in colours) if set(colours) <= set(band_of) else "R,G,B"
+        hint = ",".join(str(band_of[c]) for c in COLOURS) if set(COLOURS) <= set(band_of) else "R,G,B"
         raise ImageryError(
             f"imagery {path!r} declares bands 1, 2, 3 as {', '.join(declared.values())}: say which bands are "
             f"red, green and blue (precompute --bands {hint}, a config's data.bands: [{hint.replace(',', ', ')}])"
@@ -212,6 +223,59 @@ def _check_eight_bit(dtype: str, path: str, rescale: tuple[float, float] | None)
             "that becomes 0..255 (precompute --rescale LOW,HIGH, a config's data.rescale: [LOW, HIGH]), "
             "e.g. 0,3000 for reflectance x 10000 or 0,0.3 for reflectance"
         )
+
+
+def _scaling(scale: float, offset: float) -> str:
+    """What a stored value v stands for, by a band's scale and offset ('v x 0.0001 - 0.1')."""
+    sign = "-" if offset < 0 else "+"
+    return ("v" if scale == 1 else f"v x {scale:g}") + (f" {sign} {abs(offset):g}" if offset else "")
+
+
+def _check_one_kind(assets: Sequence[Asset], bands: tuple[int, ...]) -> None:
+    """Every band read as a colour, in every file, is read one way: one --rescale range (or
+    none), one --bands. A mosaic of uint8 and uint16 files read through the uint16 range made
+    the uint8 files near-black, files declaring other colours in the same bands were read with
+    some of them swapped, and files whose bands scale their stored values differently
+    (Sentinel-2 before and after its 2022 offset) came out in other brightnesses, all silently."""
+
+    def where(asset: Asset, i: int, values: tuple) -> str:
+        return f"{asset.path!r}" if len(set(values)) == 1 else f"band {bands[i]} of {asset.path!r}"
+
+    def first_two(kind: str) -> list[tuple[str, Any]]:
+        seen: dict[Any, str] = {}
+        for asset in assets:
+            values = getattr(asset, kind)
+            for i, value in enumerate(values):
+                seen.setdefault(value, where(asset, i, values))
+        return [(place, value) for value, place in seen.items()][:2]
+
+    types = first_two("dtypes")
+    if len(types) > 1:
+        (a, da), (b, db) = types
+        raise ImageryError(
+            f"imagery {a} has {da} pixels but {b} has {db} pixels: all the imagery is read into 8-bit RGB "
+            "one way (one --rescale range, or none for 8-bit), which cannot suit both; convert it to one "
+            "pixel type first"
+        )
+    scalings = first_two("scaling")
+    if len(scalings) > 1:
+        (a, sa), (b, sb) = scalings
+        raise ImageryError(
+            f"imagery {a} has pixels v that stand for {_scaling(*sa)} but {b} for {_scaling(*sb)} (the "
+            "bands' scale and offset): one --rescale range would read one brightness as two in them; "
+            "convert them to one scale first"
+        )
+    for i, band in enumerate(bands):
+        declared: dict[str, str] = {}
+        for asset in assets:
+            if asset.declared[i] in COLOURS:
+                declared.setdefault(asset.declared[i], asset.path)
+        if len(declared) > 1:
+            (ca, a), (cb, b) = list(declared.items())[:2]
+            raise ImageryError(
+                f"imagery {a!r} declares band {band} {ca} but {b!r} declares it {cb}: one --bands cannot "
+                "read both in their colours; give files of one band order"
+            )
 
 
 class Imagery:
@@ -238,6 +302,13 @@ class Imagery:
         self.bands = check_bands(rgb_bands) if rgb_bands is not None else None
         self._local = threading.local()
         self.assets = [self._open_asset(p) for p in expand_source(source)]
+        _check_one_kind(self.assets, self.rgb_bands)
+        for asset in self.assets:
+            _check_bands(self.rgb_bands, asset, self.bands is not None)
+            for dtype in set(asset.dtypes):
+                _check_eight_bit(dtype, asset.path, self.rescale)
+                if self.nodata is not None:
+                    _check_nodata(self.nodata, dtype, asset.path)
         self.bounds = (
             min(a.bounds[0] for a in self.assets),
             min(a.bounds[1] for a in self.assets),
@@ -253,19 +324,23 @@ class Imagery:
         try:
             reader = self._reader(path)
             west, south, east, north = (float(v) for v in reader.get_geographic_bounds(WGS84_CRS))
-            assert reader.dataset is not None  # an open Reader holds its dataset
-            asset = Asset(path, (west, south, east, north), reader.dataset.count, _resolution_m(reader))
-            _check_bands(self.rgb_bands, reader.dataset, path, self.bands is not None)
-            dtypes = {reader.dataset.dtypes[b - 1] for b in self.rgb_bands}
+            dataset = reader.dataset
+            assert dataset is not None  # an open Reader holds its dataset
+            _check_band_count(self.rgb_bands, dataset, path, self.bands is not None)
+            read = [b - 1 for b in self.rgb_bands]
+            return Asset(
+                path,
+                (west, south, east, north),
+                dataset.count,
+                _resolution_m(reader),
+                dtypes=tuple(dataset.dtypes[i] for i in read),
+                declared=tuple(dataset.colorinterp[i].name for i in read),
+                scaling=tuple((float(dataset.scales[i]), float(dataset.offsets[i])) for i in read),
+            )
         except ImageryError:
             raise
         except Exception as exc:  # rasterio raises several types for unreadable sources
             raise ImageryError(f"cannot read imagery {path!r}: {exc}") from exc
-        for dtype in dtypes:
-            _check_eight_bit(dtype, path, self.rescale)
-            if self.nodata is not None:
-                _check_nodata(self.nodata, dtype, path)
-        return asset
 
     @classmethod
     def as_described(cls, source: Source, described: dict) -> Imagery:
