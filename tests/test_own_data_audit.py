@@ -221,3 +221,48 @@ def test_a_rows_own_level_is_checked_as_data_level_is(tmp_path, imagery_path, ca
     assert [(r.line, r.level) for r in kept] == [(6, 5), (7, 6)]
     assert "level ... is not a whole number 0..30: 2" in caplog.text
     assert "level 20 is not one the imagery can fill ...: 1" in caplog.text and "level 1 is not one" in caplog.text
+
+
+# Dates and times: the day and month of 01/05/2022, words dateutil skipped, UTC offsets -----------------
+
+
+def dates(root: Path, values: list[str], lon: float = 5.0) -> Path:
+    text = "lat,lon,audio,image,gsd,datetime\n" + "".join(f"45,{lon},audio/0.wav,images/0.png,10,{v}\n" for v in values)
+    return folder(root, text)
+
+
+def test_dates_written_day_first_keep_their_month(tmp_path, caplog):
+    """dateutil reads 01/05/2022 month first and swaps only a date it cannot (13/05/2022): a file of
+    day-first dates trained with January for 1 May and May for 13 May, silently. '1 mai 2022'
+    was read as January ('mai' skipped by fuzzy parsing), '26 May' had its month stripped as a
+    time-zone word and a time alone was skipped for lacking a month."""
+    kept = rows(dates(tmp_path / "told", ["01/05/2022 06:00", "13/05/2022", "02/05/2022"]))
+    assert [(r.month, r.hour) for r in kept] == [(5, 6.0), (5, None), (5, None)]
+    assert [r.month for r in rows(dates(tmp_path / "us", ["05/01/2022", "05/13/2022"]))] == [5, 5]
+    assert [r.month for r in rows(dates(tmp_path / "dots", ["01.05.2022 06:00"]))] == [5]
+    ambiguous = dates(tmp_path / "either", ["01/05/2022 06:00", "2022-06-01"])
+    with pytest.raises(DataError, match=r"'01/05/2022' \(line 2\) could be 1 May or 5 January.*data\.dayfirst"):
+        rows(ambiguous)
+    assert [r.month for r in rows(ambiguous, dayfirst=True)] == [5, 6]
+    assert [r.month for r in rows(ambiguous, dayfirst=False)] == [1, 6]
+    with pytest.raises(DataError, match=r"day first \('13/05/2022', line 2\) and month first \('05/13/2022', line 3\)"):
+        rows(dates(tmp_path / "both", ["13/05/2022", "05/13/2022"]))
+    with caplog.at_level(logging.WARNING):
+        kept = rows(dates(tmp_path / "words", ["1 mai 2022", "26 May", "06:30", "13/05/2022"]), dayfirst=False)
+    assert [(r.line, r.month, r.hour) for r in kept] == [(3, 5, None), (4, None, 6.5)]
+    assert "unreadable datetime ...: 1" in caplog.text
+    assert "datetime ... is no date read month first, as data.dayfirst says: 1" in caplog.text
+
+
+def test_a_time_at_an_offset_that_cannot_be_the_places_is_converted(tmp_path, caplog):
+    """The hour is local time (model.data.Sample, docs/own-data.md); a time with a UTC offset was
+    read as its clock's whatever the offset: a recorder in Japan stamping UTC trained 23:00 for
+    8:00 the next morning, a month early at the end of April."""
+    japan = ["2022-04-30T23:00:00Z", "2022-05-01T06:00:00+09:00", "2022-05-01T06:00:00 UTC", "2022-05-01T06:00"]
+    with caplog.at_level(logging.WARNING):
+        kept = rows(dates(tmp_path / "japan", japan, lon=139.7))
+    assert [(r.month, r.hour) for r in kept] == [(5, 8.0), (5, 6.0), (5, 15.0), (5, 6.0)]
+    assert "2 row(s) give a time at a UTC offset more than 3 h from their place's time zone" in caplog.text
+    # An offset that may be the place's is its clock: as written.
+    france = ["2022-05-01T06:00:00+02:00", "2022-05-01T06:00:00Z", "2022-05-01 06:00 CEST"]
+    assert [(r.month, r.hour) for r in rows(dates(tmp_path / "france", france))] == [(5, 6.0)] * 3

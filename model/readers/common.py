@@ -9,15 +9,19 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from model.data import BadSample
 
-# Trailing time-zone words and junk that dateutil cannot use ("EDT", "GMT+2", "UTC").
+# Trailing time-zone words and junk that dateutil cannot use ("EDT", "GMT+2", "UTC+1"); a bare
+# "UTC" or "GMT" is kept, dateutil reads it as an offset of 0.
 _TZ_JUNK = re.compile(r"\s*(?:\b[A-Z]{2,5}\b|gmt[^\s]*|utc[^\s]*)\s*$", re.IGNORECASE)
+_UTC = re.compile(r"\s*\b(?:utc|gmt)\s*$", re.IGNORECASE)
+# Offset 0 whatever this machine's zone (dateutil reads a zone named as the local one as local time).
+_UTC_NAMES = dict.fromkeys(("UTC", "GMT", "Z", "z"), UTC)
 _SENTINELS = (datetime(2001, 1, 1, 3, 7, 11), datetime(2002, 2, 2, 17, 41, 53))
 
 
@@ -25,27 +29,42 @@ _SENTINELS = (datetime(2001, 1, 1, 3, 7, 11), datetime(2002, 2, 2, 17, 41, 53))
 class When:
     month: int | None
     hour: float | None
+    # The time as an instant, where the text gives its UTC offset ("Z", "+02:00", "UTC"), with
+    # that offset; None for a wall-clock time or without a time.
+    instant: datetime | None = None
 
 
-def parse_when(text: str | None) -> When:
+def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) -> When:
     """Month and local hour of a free-form date string (GeoSound's formats: 'June 26th, 2010',
     '2021/10/31 3:11 PM EDT', '2011-07-26 12:46:19.0', '1/29/09 10:28'). A date without a time
     gives hour None, never hour 0 (PSM counts a missing time as midnight); an unparseable one
-    gives neither."""
+    gives neither. `dayfirst` reads 01/05/2022 as 1 May (dateutil's own reading of a date whose
+    first number is past 12, whatever it is told); `fuzzy` skips words dateutil does not know,
+    so that '1 mai 2022' is read as January. The hour is the clock's as written, also where the
+    text gives a UTC offset (`instant` then has it)."""
     from dateutil import parser
 
     if not text or not str(text).strip():
         return When(None, None)
     text = str(text).strip()
-    cleaned = _TZ_JUNK.sub("", text) if not re.search(r"\d\s*[ap]\.?m\.?$", text, re.I) else text
+    utc = _UTC.search(text)
+    cleaned = _UTC.sub(" UTC", text)
+    if not re.search(r"\d\s*[ap]\.?m\.?$", text, re.I) and not utc:
+        junk = _TZ_JUNK.search(text)
+        word = junk.group().strip() if junk else ""
+        info = parser.parserinfo()
+        if junk and info.month(word) is None and info.weekday(word) is None:  # "26 May" keeps its month
+            cleaned = text[: junk.start()]
     try:
-        first, second = (parser.parse(cleaned, default=d, fuzzy=True) for d in _SENTINELS)
+        first, second = (
+            parser.parse(cleaned, default=d, dayfirst=dayfirst, fuzzy=fuzzy, tzinfos=_UTC_NAMES) for d in _SENTINELS
+        )
     except (ValueError, OverflowError):
         return When(None, None)
     month = first.month if first.month == second.month else None
     if first.hour != second.hour or first.minute != second.minute:
         return When(month, None)
-    return When(month, first.hour + first.minute / 60.0)
+    return When(month, first.hour + first.minute / 60.0, first if first.utcoffset() is not None else None)
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:

@@ -11,6 +11,7 @@ skipped by training."""
 
 from __future__ import annotations
 
+import calendar
 import csv
 import difflib
 import functools
@@ -20,6 +21,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +31,7 @@ from pydantic import field_validator
 
 from model.config import ConfigError, Section, from_section
 from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
-from model.readers.common import content_hash, decode_image, fit_image, parse_when
+from model.readers.common import When, content_hash, decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
 from runtime.tiles import EARTH_CIRCUMFERENCE_M
 
@@ -63,6 +65,9 @@ class CsvFolderConfig(Section):
     # Web-mercator level of those cells, when a row has no `level`; None: derived from the imagery
     # (default_level).
     level: int | None = None
+    # Whether dates such as 01/05/2022 put the day first (1 May); None: told by the file's dates
+    # whose day is past 12 (read_rows refuses a file whose dates do not tell).
+    dayfirst: bool | None = None
     split: SplitConfig = SplitConfig()
 
     @field_validator("rescale")
@@ -95,6 +100,8 @@ class Row:
     image: str | None
     gsd: float | None
     level: int | None
+    # The datetime gave a UTC offset that cannot be the place's: its hour was converted (local_time).
+    zone_converted: bool = False
 
 
 def _optional(row: dict, name: str) -> str | None:
@@ -111,6 +118,7 @@ class Conventions:
     delimiter: str = ","
     decimal_comma: frozenset[str] = frozenset()
     lon_360: bool = False
+    dayfirst: bool = False  # numeric dates put the day first (day_order)
 
 
 NUMBER_COLUMNS = ("lat", "lon", "gsd")
@@ -120,7 +128,7 @@ _DECIMAL_POINT = re.compile(r"[+-]?\d*\.\d+")
 MAX_LEVEL = 30
 
 
-def conventions(table: Table) -> Conventions:
+def conventions(table: Table, path: Path, dayfirst: bool | None = None) -> Conventions:
     """The file's conventions, read from all its rows: a column is written with decimal commas
     when more of its numbers have one than a decimal point."""
     comma = set()
@@ -139,7 +147,75 @@ def conventions(table: Table) -> Conventions:
             continue
     finite = [v for v in lons if math.isfinite(v)]
     lon_360 = bool(finite) and min(finite) >= 0 and 180 < max(finite) <= 360
-    return Conventions(table.delimiter, frozenset(comma), lon_360)
+    return Conventions(table.delimiter, frozenset(comma), lon_360, day_order(table, path, dayfirst))
+
+
+# A date of numbers with the year last (01/05/2022, 1.5.22, 01-05-2022), where a datetime has one.
+_NUMERIC_DATE = re.compile(r"(?<!\d)(\d{1,2})([./-])(\d{1,2})\2(\d{4}|\d{2})(?!\d)")
+
+
+def day_order(table: Table, path: Path, dayfirst: bool | None) -> bool:
+    """Whether the file's numeric dates put the day first: `dayfirst` when given (data.dayfirst),
+    else what its dates whose first or second number is past 12 say (dates written with dots,
+    01.05.2022, put the day first). DataError when they say both, or when none says and a date
+    such as 01/05/2022 could be either: dateutil reads it month first and swaps a date it cannot
+    (13/05/2022), so a day-first file had its months wrong on every day up to the 12th."""
+    first: list[tuple[int, str]] = []
+    second: list[tuple[int, str]] = []
+    either: list[tuple[int, str, int, int]] = []
+    dotted = False
+    for line, row in table.rows:
+        found = _NUMERIC_DATE.search(row.get("datetime", ""))
+        if not found:
+            continue
+        a, b = int(found[1]), int(found[3])
+        if a > 12 >= b:
+            first.append((line, found.group()))
+        elif b > 12 >= a:
+            second.append((line, found.group()))
+        elif a != b and max(a, b) <= 12:
+            either.append((line, found.group(), a, b))
+        dotted |= found[2] == "."
+    if dayfirst is not None:
+        return dayfirst
+    if first and second:
+        raise DataError(
+            f"{path} writes dates day first ({first[0][1]!r}, line {first[0][0]}) and month first "
+            f"({second[0][1]!r}, line {second[0][0]}): write them as ISO dates (2022-05-13), or set data.dayfirst "
+            "to the order most have and fix the others"
+        )
+    if first or second or dotted:
+        return bool(first) or (dotted and not second)
+    if either:
+        line, text, a, b = either[0]
+        raise DataError(
+            f"{path}: datetime {text!r} (line {line}) could be {a} {calendar.month_name[b]} or {b} "
+            f"{calendar.month_name[a]}, and no date of the file has a first or second number past 12 to tell "
+            "which it writes first: set data.dayfirst: true (day first) or false (month first), or write ISO "
+            "dates (2022-05-01)"
+        )
+    return False
+
+
+# A UTC offset further than this from the place's nominal zone cannot be its clock's (the widest
+# real gaps, western China and Galicia in summer, are 3 h).
+ZONE_TOLERANCE_H = 3.0
+
+
+def local_time(when: When, lon: float) -> tuple[int | None, float | None, bool]:
+    """(month, hour, converted) of a row's datetime at its place. A wall-clock time, or one whose
+    UTC offset may be the place's (within ZONE_TOLERANCE_H of its nominal zone, longitude / 15
+    rounded), is the local time as written; one at another offset (UTC time stamps of a recorder
+    in Japan, say) is the same instant at the nominal zone."""
+    if when.instant is None or when.hour is None:
+        return when.month, when.hour, False
+    offset = when.instant.utcoffset()
+    assert offset is not None  # an instant has one (parse_when)
+    zone = round(lon / 15)
+    if abs((offset.total_seconds() / 3600 - zone + 12) % 24 - 12) <= ZONE_TOLERANCE_H:
+        return when.month, when.hour, False
+    local = when.instant.astimezone(timezone(timedelta(hours=zone)))
+    return (local.month if when.month is not None else None), local.hour + local.minute / 60.0, True
 
 
 def _number(text: str, name: str, conv: Conventions) -> float:
@@ -174,9 +250,14 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
     if not _optional(row, "audio"):
         raise ValueError("no audio file")
     when_text = _optional(row, "datetime")
-    when = parse_when(when_text)
-    if when_text and when.month is None:
+    numeric = _NUMERIC_DATE.search(when_text or "")
+    if numeric and int(numeric[3 if conv.dayfirst else 1]) > 12:
+        order = "day" if conv.dayfirst else "month"
+        raise ValueError(f"datetime {when_text!r} is no date read {order} first, as data.dayfirst says")
+    when = parse_when(when_text, dayfirst=conv.dayfirst and bool(numeric), fuzzy=False)
+    if when_text and when.month is None and when.hour is None:
         raise ValueError(f"unreadable datetime {when_text!r}")
+    month, hour, converted = local_time(when, lon)
     image = _optional(row, "image")
     gsd = _number(row["gsd"], "gsd", conv) if _optional(row, "gsd") else None
     if image and (gsd is None or not math.isfinite(gsd) or gsd <= 0):
@@ -194,8 +275,8 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
         _optional(row, "key") or f"row{line}",
         lat,
         lon,
-        when.month,
-        when.hour,
+        month,
+        hour,
         _optional(row, "source"),
         row["audio"].strip(),
         _optional(row, "caption"),
@@ -203,6 +284,7 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
         image,
         gsd,
         level,
+        converted,
     )
 
 
@@ -218,7 +300,7 @@ def read_rows(
     rows: list[Row] = []
     skipped: dict[str, list[int]] = {}
     table = read_table(path)
-    conv = conventions(table)
+    conv = conventions(table, path, cfg.dayfirst)
     for line, row in table.rows:
         try:
             if line in table.misaligned:
@@ -245,6 +327,17 @@ def read_rows(
         )
     if conv.lon_360:
         log.warning("%s: longitudes run 0..360 (none below 0): those past 180 are read as lon - 360", path)
+    converted = [r.line for r in rows if r.zone_converted]
+    if converted:
+        log.warning(
+            "%s: %d row(s) give a time at a UTC offset more than %g h from their place's time zone (UTC time "
+            "stamps of a recorder abroad?): read as the same instant in the place's nominal zone, longitude / 15 "
+            "rounded (%s)",
+            path,
+            len(converted),
+            ZONE_TOLERANCE_H,
+            _lines(path, converted),
+        )
     return rows
 
 
