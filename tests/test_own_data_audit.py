@@ -266,3 +266,26 @@ def test_a_time_at_an_offset_that_cannot_be_the_places_is_converted(tmp_path, ca
     # An offset that may be the place's is its clock: as written.
     france = ["2022-05-01T06:00:00+02:00", "2022-05-01T06:00:00Z", "2022-05-01 06:00 CEST"]
     assert [(r.month, r.hour) for r in rows(dates(tmp_path / "france", france))] == [(5, 6.0)] * 3
+
+
+# Audio and images: what a recorder or an image editor writes ---------------------------------------
+
+
+def test_audio_with_nan_samples_is_skipped_not_trained_on(tmp_path):
+    """A float WAV can hold NaN or infinite samples (a crashed editor, a bad conversion): decoded as
+    they were, one clip made its features and so the batch's loss NaN. Now the file is a bad
+    sample, skipped and listed like any undecodable one (as the server refuses an upload of one)."""
+    from model.batches import Examples
+    from model.data import BadSample
+    from tests.test_model_readers import prep
+
+    root = folder(tmp_path / "d", table([row(0), row(1)]), n=2)
+    wave = (0.1 * np.sin(np.arange(8000) / 5)).astype(np.float32)
+    wave[4000] = np.nan
+    soundfile.write(root / "audio" / "1.wav", wave, 16000, subtype="FLOAT")
+    train = reader("csv")({"root": str(root), "split": {"val_fraction": 0.0, "test_fraction": 0.0}}, 16).train
+    nan_row = next(i for i, r in enumerate(train.rows) if r.audio == "audio/1.wav")
+    with pytest.raises(BadSample, match="1 of its samples are NaN or infinite"):
+        train[nan_row]
+    item = Examples(train, prep(size=16))[nan_row]
+    assert item.skipped and item.skipped[0][1].endswith("audio/1.wav") and np.isfinite(item.audio).all()

@@ -598,9 +598,13 @@ class CsvFolderSource:
     def _audio(self, row: Row) -> tuple[np.ndarray, int]:
         path = self.root / row.audio
         try:
-            return decode_audio(path)
+            wave, rate = decode_audio(path)
         except AudioDecodeError as exc:
             raise BadSample(str(path), str(exc)) from None
+        bad = np.count_nonzero(~np.isfinite(wave))
+        if bad:  # a float file can hold them; one makes every feature of the clip, and the loss, NaN
+            raise BadSample(str(path), f"{bad} of its samples are NaN or infinite")
+        return wave, rate
 
     def _image(self, row: Row, where: str) -> tuple[np.ndarray, float]:
         if row.image:
