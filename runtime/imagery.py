@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import transform as transform_points
 from rio_tiler.constants import WGS84_CRS
 from rio_tiler.errors import EmptyMosaicError, TileOutsideBounds
@@ -38,6 +39,8 @@ from runtime.tiles import (
 
 # rio-tiler clips latitudes to the mercator limit for world rasters and warns each time; expected.
 warnings.filterwarnings("ignore", message="Adjusting dataset latitudes", category=UserWarning)
+# A file that is not georeferenced is refused in a sentence of ours (_check_georeferenced).
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 # A cell with less than this fraction of valid pixels has no imagery (skipped, never black).
 MIN_VALID_FRACTION = 0.5
@@ -213,6 +216,29 @@ def _check_bands(bands: tuple[int, ...], asset: Asset, given: bool) -> None:
         )
 
 
+def _check_georeferenced(dataset: Any, path: str) -> None:
+    """The file says where its pixels lie: a CRS, and a geotransform or ground control points
+    (rio-tiler warps those). A file with a CRS but neither was placed with its corner at 0, 0 and
+    one degree (or metre) per pixel, silently; one without a CRS failed with a Python error."""
+    if dataset.crs is None:
+        raise ImageryError(
+            f"imagery {path!r} has no coordinate reference system, so where it lies on Earth is unknown: "
+            + (
+                "it carries RPCs, which need orthorectifying first (gdalwarp -rpc -t_srs EPSG:4326)"
+                if dataset.rpcs is not None
+                else "give it one (gdal_translate -a_srs EPSG:...)"
+                if not dataset.transform.is_identity
+                else "georeference it first (gdal_translate -a_srs EPSG:... -a_ullr WEST NORTH EAST SOUTH)"
+            )
+        )
+    if dataset.transform.is_identity and not dataset.gcps[0]:
+        raise ImageryError(
+            f"imagery {path!r} has a coordinate reference system but no geotransform or ground control "
+            "points, so where its pixels lie is unknown (they would be placed from 0, 0, one unit each): "
+            "georeference it first (gdal_translate -a_ullr WEST NORTH EAST SOUTH)"
+        )
+
+
 def _check_eight_bit(dtype: str, path: str, rescale: tuple[float, float] | None) -> None:
     """The model reads 8-bit RGB: other pixels need the range of values that maps to 0..255, or
     uint16 reflectance (0..10000) and float reflectance (0..1) were clipped to 0..255, silently:
@@ -323,9 +349,10 @@ class Imagery:
             raise ImageryError(f"cannot read imagery {path!r}: no such file")
         try:
             reader = self._reader(path)
-            west, south, east, north = (float(v) for v in reader.get_geographic_bounds(WGS84_CRS))
             dataset = reader.dataset
             assert dataset is not None  # an open Reader holds its dataset
+            _check_georeferenced(dataset, path)
+            west, south, east, north = (float(v) for v in reader.get_geographic_bounds(WGS84_CRS))
             _check_band_count(self.rgb_bands, dataset, path, self.bands is not None)
             read = [b - 1 for b in self.rgb_bands]
             return Asset(

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 
 from runtime.imagery import Imagery, ImageryError
@@ -106,3 +108,35 @@ def test_precompute_refuses_a_mixed_mosaic_before_any_work(source, bundle_path, 
     line = _fails(capsys, [*precompute_args(folder, bundle_path, "3", out, "--quiet"), "--rescale", "0,2550"])
     assert "has uint8 pixels but" in line and "has uint16 pixels" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_raster_that_is_not_georeferenced_is_refused(source, tmp_path, bundle_path, capsys):
+    """A file with a CRS but no geotransform was placed with its corner at 0, 0 and a degree per
+    pixel (bounds 0..720 E, 0..510 N: cells off West Africa), silently; one without a CRS failed
+    with "'NoneType' object has no attribute 'is_geographic'"."""
+    data, profile = source
+    placeless = _write(tmp_path / "placeless.tif", data, profile, transform=None)
+    crsless = _write(tmp_path / "crsless.tif", data, profile, crs=None)
+    with pytest.raises(ImageryError, match="has a coordinate reference system but no geotransform or ground control"):
+        Imagery(placeless)
+    with pytest.raises(ImageryError, match=r"has no coordinate reference system, .* give it one"):
+        Imagery(crsless)
+    out = tmp_path / "out" / "store"
+    line = _fails(capsys, precompute_args(placeless, bundle_path, "3", out, "--quiet"))
+    assert "georeference it first" in line and not (tmp_path / "out").exists()
+
+
+def test_a_raster_placed_by_ground_control_points_reads_where_they_say(source, imagery_path, tmp_path):
+    data, profile = source
+    height, width = data.shape[1:]
+    west, south, east, north = rasterio.open(imagery_path).bounds
+    corners = [(0, 0, west, north), (0, width, east, north), (height, 0, west, south), (height, width, east, south)]
+    gcps = [GroundControlPoint(row, col, x, y) for row, col, x, y in corners]
+    path = _write(tmp_path / "gcps.tif", data, profile, transform=None, crs=None)
+    with rasterio.open(path, "r+") as dst:
+        dst.gcps = (gcps, CRS.from_epsg(4326))
+    placed, plain = Imagery(path), Imagery(imagery_path)
+    assert placed.bounds == pytest.approx(plain.bounds)
+    for z, x, y in ((5, 16, 10), (6, 33, 22)):
+        a, b = placed.cell(z, x, y, SIZE), plain.cell(z, x, y, SIZE)
+        assert a.valid.all() and np.abs(a.rgb.astype(int) - b.rgb.astype(int)).mean() < 2
