@@ -467,7 +467,8 @@ class Imagery:
             valid &= np.isfinite(img.data).all(axis=0)
         if not valid.any() or valid.mean() < min_valid:
             return None
-        rgb = self._eight_bit(np.where(valid, img.data, 0)).transpose(1, 2, 0)
+        # Invalid pixels are zero after the rescale: a range below 0 (int16 -500..2050) made them grey.
+        rgb = np.where(valid, self._eight_bit(np.where(valid, img.data, 0)), 0).transpose(1, 2, 0)
         _, lat = tile_centres(z, np.array([x]), np.array([y]))
         return CellImage(rgb=np.ascontiguousarray(rgb), valid=valid, gsd=float(ground_sample_distance(z, lat[0], size)))
 

@@ -140,3 +140,15 @@ def test_a_raster_placed_by_ground_control_points_reads_where_they_say(source, i
     for z, x, y in ((5, 16, 10), (6, 33, 22)):
         a, b = placed.cell(z, x, y, SIZE), plain.cell(z, x, y, SIZE)
         assert a.valid.all() and np.abs(a.rgb.astype(int) - b.rgb.astype(int)).mean() < 2
+
+
+def test_invalid_pixels_stay_zero_under_a_range_below_zero(source, tmp_path):
+    """CellImage's invalid pixels are zero; int16 imagery read through -500..2050 made them the
+    grey of 0 in that range (50), fed to the model at a footprint's edge as imagery."""
+    data, profile = source
+    path = _write(tmp_path / "int16.tif", (data.astype("int16") * 10 - 500).astype("int16"), profile)
+    edge = Imagery(path, rescale=(-500, 2050)).cell(3, 4, 2, SIZE)  # 0..45 E: the crop ends at 36 E
+    want = Imagery(_write(tmp_path / "uint8.tif", data, profile)).cell(3, 4, 2, SIZE)  # no overviews either
+    assert edge is not None and 0.5 <= edge.valid_fraction < 1
+    assert not edge.rgb[~edge.valid].any()
+    assert np.abs(edge.rgb.astype(int) - want.rgb.astype(int)).max() <= 1
