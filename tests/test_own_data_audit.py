@@ -289,3 +289,53 @@ def test_audio_with_nan_samples_is_skipped_not_trained_on(tmp_path):
         train[nan_row]
     item = Examples(train, prep(size=16))[nan_row]
     assert item.skipped and item.skipped[0][1].endswith("audio/1.wav") and np.isfinite(item.audio).all()
+
+
+def encoded(img: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def test_images_are_read_as_a_viewer_shows_them(tmp_path):
+    """A 16-bit grey PNG (a GIS export) was clipped to 255, white, by Pillow's RGB conversion; a
+    float TIFF to 0, black; a phone photo trained on its sensor's orientation, not its EXIF one;
+    transparent pixels gave whatever colour they hid. Each trained as if it were the picture."""
+    from model.data import BadSample
+    from model.readers.common import decode_image
+
+    grey16 = Image.fromarray(np.full((20, 20), 30000, np.uint16))
+    assert grey16.mode == "I;16"
+    root = folder(tmp_path / "d", table([row(0)]), n=1)
+    (root / "images" / "0.png").write_bytes(encoded(grey16))
+    sample = reader("csv")({"root": str(root), "split": {"val_fraction": 0.0, "test_fraction": 0.0}}, 16).train[0]
+    assert (sample.image == 117).all()  # 30000 / 257, as Pillow reads a 16-bit RGB PNG
+
+    wide = np.zeros((10, 20, 3), np.uint8)
+    wide[:, :10] = 255  # white on the left of the sensor's frame
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    upright = decode_image(encoded(Image.fromarray(wide), "JPEG", exif=exif, quality=95), "x")
+    assert upright.shape == (20, 10, 3) and upright[:8].mean() > 200 and upright[12:].mean() < 50
+
+    red = np.zeros((10, 10, 4), np.uint8)
+    red[..., 0] = 200
+    red[:, :6, 3] = 255  # the right four columns transparent
+    rgb = decode_image(encoded(Image.fromarray(red, "RGBA")), "x")
+    assert (rgb[:, :6, 0] == 200).all() and (rgb[:, 6:] == 0).all()
+    red[:, :4, 3] = 0  # now mostly transparent
+    with pytest.raises(BadSample, match="less than 50% of the image is opaque"):
+        decode_image(encoded(Image.fromarray(red, "RGBA")), "x")
+    with pytest.raises(BadSample, match="32-bit pixels have no fixed range"):
+        decode_image(encoded(Image.fromarray(np.full((8, 8), 0.5, np.float32)), "TIFF"), "x")
+
+
+def test_an_image_too_large_to_decode_is_a_bad_sample(monkeypatch):
+    """Pillow refuses an image of more than twice MAX_IMAGE_PIXELS (a whole orthophoto as a row's
+    image) with DecompressionBombError, no OSError: it stopped training with a traceback."""
+    from model.data import BadSample
+    from model.readers.common import decode_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(BadSample, match="cannot decode image"):
+        decode_image(encoded(Image.fromarray(np.zeros((20, 20, 3), np.uint8))), "x")

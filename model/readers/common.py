@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model.data import BadSample
 
@@ -67,13 +67,40 @@ def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) 
     return When(month, first.hour + first.minute / 60.0, first if first.utcoffset() is not None else None)
 
 
+# A picture with less than this share of opaque pixels is no image of the place (runtime.imagery
+# skips a cell under half covered likewise).
+MIN_OPAQUE_FRACTION = 0.5
+
+
 def decode_image(data: bytes, where: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of encoded image bytes; BadSample when they are not an image."""
+    """(H, W, 3) uint8 RGB of encoded image bytes as a viewer shows them: turned upright by its
+    EXIF orientation, 16-bit grey scaled to 8 bits (Pillow's RGB conversion clipped it: white),
+    transparent pixels black (as imagery's nodata). BadSample when the bytes are not an image,
+    its pixels have no fixed range (32-bit integer or float), or most of it is transparent."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        with Image.open(io.BytesIO(data)) as opened:
+            img = ImageOps.exif_transpose(opened)
+            if img.mode.startswith("I;16"):
+                return np.repeat(_eight_bits(np.asarray(img, dtype=np.uint16))[..., None], 3, axis=2)
+            if img.mode in ("I", "F"):
+                raise BadSample(
+                    where,
+                    f"cannot use a {img.mode!r} image: its 32-bit pixels have no fixed range; save it as 8 or 16 bit",
+                )
+            if not img.has_transparency_data:
+                return np.asarray(img.convert("RGB"))
+            rgba = np.asarray(img.convert("RGBA"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise BadSample(where, f"cannot decode image: {exc}") from None
+    alpha = rgba[..., 3:].astype(np.float32) / 255.0
+    if (alpha > 0).mean() < MIN_OPAQUE_FRACTION:
+        raise BadSample(where, f"less than {MIN_OPAQUE_FRACTION:.0%} of the image is opaque")
+    return np.round(rgba[..., :3] * alpha).astype(np.uint8)
+
+
+def _eight_bits(pixels: np.ndarray) -> np.ndarray:
+    """16-bit pixels over their full range 0..65535 as 0..255 (as Pillow reads 16-bit RGB)."""
+    return np.round(pixels.astype(np.float32) / 257.0).astype(np.uint8)
 
 
 def fit_image(rgb: np.ndarray, gsd: float, size: int, crop: int | None = None) -> tuple[np.ndarray, float]:
