@@ -40,9 +40,10 @@ def folder(root: Path, table: str | bytes, n: int = 4) -> Path:
 
 
 def rows(root: Path, **data) -> list:
-    """Every row the csv reader keeps, in file order."""
+    """Every row the csv reader keeps, in file order (of all splits: three cells or more put one in
+    validation and one in test whatever the fractions)."""
     splits = reader("csv")({"root": str(root), "split": {"val_fraction": 0.0, "test_fraction": 0.0}, **data}, 16)
-    return sorted(splits.train.rows, key=lambda r: r.line)
+    return sorted([*splits.train.rows, *splits.val.rows, *splits.test.rows], key=lambda r: r.line)
 
 
 def row(i: int, **values) -> dict:
@@ -339,3 +340,33 @@ def test_an_image_too_large_to_decode_is_a_bad_sample(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(BadSample, match="cannot decode image"):
         decode_image(encoded(Image.fromarray(np.zeros((20, 20, 3), np.uint8))), "x")
+
+
+def test_file_names_as_windows_or_a_mac_wrote_them_and_empty_clips(tmp_path, caplog):
+    """A CSV written on Windows names audio\\0.wav, and a folder copied from a Mac keeps its
+    accents decomposed (NFD) where the CSV has them composed: every such row was skipped as a
+    file that does not exist, as was a folder, said not to exist. A clip of no samples (a failed
+    recording) trained as silence."""
+    import unicodedata
+
+    from model.data import BadSample
+
+    root = folder(tmp_path / "d", "")
+    (root / "audio" / unicodedata.normalize("NFD", "forêt.wav")).write_bytes(wav())
+    (root / "audio" / "folder.wav").mkdir()
+    soundfile.write(root / "audio" / "empty.wav", np.zeros(0, np.float32), 16000)
+    names = ["audio\\0.wav", "audio/forêt.wav", "audio/folder.wav", "audio/empty.wav"]
+    lines = "".join(f"45,5.{i},{name},images/{i}.png,10\n" for i, name in enumerate(names))  # one cell: train
+    (root / "samples.csv").write_text("lat,lon,audio,image,gsd\n" + lines)
+    with caplog.at_level(logging.WARNING):
+        splits = reader("csv")({"root": str(root), "split": {"val_fraction": 0.0, "test_fraction": 0.0}}, 16)
+    kept = sorted(splits.train.rows, key=lambda r: r.line)
+    assert [r.audio for r in kept] == [
+        "audio/0.wav",
+        unicodedata.normalize("NFD", "audio/forêt.wav"),
+        "audio/empty.wav",
+    ]
+    assert "... is not a file: 1" in caplog.text
+    assert splits.train[splits.train.rows.index(kept[1])].audio.shape == (4000,)
+    with pytest.raises(BadSample, match="the audio holds no samples"):
+        splits.train[splits.train.rows.index(kept[2])]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import calendar
 import csv
+import dataclasses
 import difflib
 import functools
 import io
@@ -20,6 +21,7 @@ import logging
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import timedelta, timezone
 from pathlib import Path
@@ -306,9 +308,10 @@ def read_rows(
             if line in table.misaligned:
                 raise ValueError(table.misaligned[line])
             parsed = parse_row(row, line, cfg, conv)
-            for name in (parsed.audio, parsed.image):
-                if name and not (Path(cfg.root) / name).is_file():
-                    raise ValueError(f"file {name!r} does not exist")
+            root = Path(cfg.root)
+            audio, image = _find(root, parsed.audio), _find(root, parsed.image) if parsed.image else None
+            if (audio, image) != (parsed.audio, parsed.image):
+                parsed = dataclasses.replace(parsed, audio=audio, image=image)
             if not parsed.image:
                 _check_cut(parsed, bounds, levels)
             rows.append(parsed)
@@ -339,6 +342,19 @@ def read_rows(
             _lines(path, converted),
         )
     return rows
+
+
+def _find(root: Path, name: str) -> str:
+    """The name under `root` of the file a row names: as written, or as written on Windows
+    (backslashes) or for a folder copied from a Mac (accents decomposed, or the other way);
+    ValueError when there is none, or it is no file (a folder)."""
+    for slashes in dict.fromkeys((name, name.replace("\\", "/"))):
+        for candidate in dict.fromkeys((slashes, *(unicodedata.normalize(form, slashes) for form in ("NFC", "NFD")))):
+            if (root / candidate).is_file():
+                return candidate
+    if (root / name).exists():
+        raise ValueError(f"{name!r} is not a file")
+    raise ValueError(f"file {name!r} does not exist")
 
 
 def _check_cut(row: Row, bounds: tuple[float, float, float, float] | None, levels: tuple[int, int] | None) -> None:
@@ -601,6 +617,8 @@ class CsvFolderSource:
             wave, rate = decode_audio(path)
         except AudioDecodeError as exc:
             raise BadSample(str(path), str(exc)) from None
+        if not wave.size:  # a recording that failed: its features would be those of silence
+            raise BadSample(str(path), "the audio holds no samples")
         bad = np.count_nonzero(~np.isfinite(wave))
         if bad:  # a float file can hold them; one makes every feature of the clip, and the loss, NaN
             raise BadSample(str(path), f"{bad} of its samples are NaN or infinite")
