@@ -77,6 +77,8 @@ def test_a_spreadsheets_header_and_encoding_lose_no_column(tmp_path):
     expected = [(5, 6.5, "notes")] * 2
     for name, encoded in {
         "bom": b"\xef\xbb\xbf" + text.encode(),
+        "sep-line": ("sep=;\n" + table(ordered, sep=";", names=names)).encode(),  # Excel's delimiter line
+        "bars": table(ordered, sep="|", names=names).encode(),
         "crlf": text.replace("\n", "\r\n").encode(),
         "utf16-tab": table(ordered, sep="\t", names=names, end="\r\n").encode("utf-16"),
         "semicolon": table(ordered, sep=";", names=names).encode(),
@@ -143,6 +145,7 @@ def test_an_unreadable_file_is_one_sentence(tmp_path, capsys):
             "is not UTF-8 text (byte 0xe9 on line 2)",
         ),
         "header": (b"lat,lon,audio\n", "has no rows below its header"),
+        "xlsx": (b"PK\x03\x04\x14\x00\x06\x00", "is a spreadsheet workbook, not CSV text"),
         "quote": (
             b'lat,lon,audio,caption\n45,5,audio/0.wav,"birds\n46,5,audio/1.wav,wind\n',
             ":2: the CSV cannot be read",

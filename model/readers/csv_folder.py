@@ -393,13 +393,15 @@ def read_table(path: Path) -> Table:
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     text = _decode(path)
-    delimiter, header = _header(text)
+    delimiter, header, sep_line = _header(text)
     columns = _columns(path, header)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows: list[tuple[int, dict[str, str]]] = []
     misaligned: dict[int, str] = {}
     start = 1
     try:
+        if sep_line:
+            next(reader)
         next(reader)  # the header
         while True:
             start = reader.line_num + 1
@@ -411,7 +413,7 @@ def read_table(path: Path) -> Table:
                 continue
             extra = [v for v in values[len(header) :] if v.strip()]
             if extra:
-                sep = _DELIMITER_NAMES[delimiter]
+                sep = _DELIMITER_NAMES.get(delimiter, repr(delimiter))
                 misaligned[start] = f"more values than the header has columns: an unquoted {sep} inside a value?"
             rows.append((start, {name: values[i] if i < len(values) else "" for name, i in columns.items()}))
     except csv.Error as exc:
@@ -461,11 +463,13 @@ COLUMN_ALIASES = {
     "image_file": "image",
     "image_path": "image",
 }
-_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
 
 
 def _decode(path: Path) -> str:
     data = path.read_bytes()
+    if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):  # a zip (xlsx, ods) or an OLE file (xls)
+        raise DataError(f"{path} is a spreadsheet workbook, not CSV text: save it as CSV (UTF-8) and name that")
     # Excel's "Unicode text" is UTF-16 with a byte-order mark; "CSV UTF-8" has one too.
     encoding, name = ("utf-16", "UTF-16") if data.startswith((b"\xff\xfe", b"\xfe\xff")) else ("utf-8-sig", "UTF-8")
     try:
@@ -482,20 +486,25 @@ def _normal(name: str) -> str:
     return re.sub(r"[\s-]+", "_", name.strip().lower())
 
 
-def _header(text: str) -> tuple[str, list[str]]:
-    """The delimiter and the normalised column names: the first of comma, semicolon and tab
-    under which the header names every required column, else the one naming the most known ones."""
-    first = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
+def _header(text: str) -> tuple[str, list[str], bool]:
+    """The delimiter, the normalised column names and whether a `sep=` line comes first. Excel's
+    `sep=;` line names the delimiter; otherwise it is the first of comma, semicolon and tab under
+    which the header names every required column, else the one naming the most known ones."""
+    lines = re.split(r"\r\n|\r|\n", text, maxsplit=2)
+    told = re.fullmatch(r"sep=(.)", lines[0].strip())
+    first = lines[1] if told and len(lines) > 1 else lines[0]
     best: tuple[int, str, list[str]] | None = None
-    for delimiter in _DELIMITER_NAMES:
+    for delimiter in [told[1]] if told else _DELIMITER_NAMES:
         header = [_normal(name) for name in next(csv.reader([first], delimiter=delimiter), [])]
+        if told:
+            return delimiter, header, True
         known = sum(name in KNOWN_COLUMNS for name in set(header))
         if all(name in header for name in REQUIRED_COLUMNS):
-            return delimiter, header
+            return delimiter, header, False
         if best is None or known > best[0]:
             best = (known, delimiter, header)
     assert best is not None
-    return best[1], best[2]
+    return best[1], best[2], False
 
 
 def _columns(path: Path, header: list[str]) -> dict[str, int]:
