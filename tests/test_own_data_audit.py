@@ -108,6 +108,12 @@ def test_a_column_named_twice_or_like_a_missing_one_is_refused(tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         assert len(rows(root)) == 1
     assert "column(s) notes, species are not read" in caplog.text
+    # A column whose header cell was left empty (its caption, say) is named by its place.
+    caplog.clear()
+    root = folder(tmp_path / "unnamed", "lat,lon,audio,image,gsd,,\n45,5,audio/0.wav,images/0.png,10,birds,\n")
+    with caplog.at_level(logging.WARNING):
+        assert [r.caption for r in rows(root)] == [None]
+    assert "column(s) 6 (1 value(s)) have values but no name in the header" in caplog.text
 
 
 def test_a_row_whose_values_moved_is_skipped_and_lines_are_the_files(tmp_path, caplog):

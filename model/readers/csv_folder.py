@@ -398,6 +398,7 @@ def read_table(path: Path) -> Table:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows: list[tuple[int, dict[str, str]]] = []
     misaligned: dict[int, str] = {}
+    unnamed = {i: 0 for i, name in enumerate(header) if not name}  # values under a column without a name
     start = 1
     try:
         if sep_line:
@@ -411,6 +412,8 @@ def read_table(path: Path) -> Table:
                 break
             if not any(v.strip() for v in values):
                 continue
+            for i in unnamed:
+                unnamed[i] += int(i < len(values) and bool(values[i].strip()))
             extra = [v for v in values[len(header) :] if v.strip()]
             if extra:
                 sep = _DELIMITER_NAMES.get(delimiter, repr(delimiter))
@@ -423,6 +426,12 @@ def read_table(path: Path) -> Table:
         ) from None
     if not rows:
         raise DataError(f"{path} has no rows below its header")
+    if any(unnamed.values()):
+        log.warning(
+            "%s: column(s) %s have values but no name in the header: they are not read (name them, e.g. caption)",
+            path,
+            ", ".join(f"{i + 1} ({n} value(s))" for i, n in unnamed.items() if n),
+        )
     return Table(delimiter, rows, misaligned)
 
 
