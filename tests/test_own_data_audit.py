@@ -257,6 +257,8 @@ def test_dates_written_day_first_keep_their_month(tmp_path, caplog):
     assert [r.month for r in rows(ambiguous, dayfirst=False)] == [1, 6]
     with pytest.raises(DataError, match=r"day first \('13/05/2022', line 2\) and month first \('05/13/2022', line 3\)"):
         rows(dates(tmp_path / "both", ["13/05/2022", "05/13/2022"]))
+    # A time written with dots after an ISO date is no date (dateutil cannot read it: the row is skipped).
+    assert [r.month for r in rows(dates(tmp_path / "dotted-time", ["13/05/2022", "2022-05-03 06.30.00"]))] == [5]
     with caplog.at_level(logging.WARNING):
         kept = rows(dates(tmp_path / "words", ["1 mai 2022", "26 May", "06:30", "13/05/2022"]), dayfirst=False)
     assert [(r.line, r.month, r.hour) for r in kept] == [(3, 5, None), (4, None, 6.5)]

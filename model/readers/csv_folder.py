@@ -152,8 +152,9 @@ def conventions(table: Table, path: Path, dayfirst: bool | None = None) -> Conve
     return Conventions(table.delimiter, frozenset(comma), lon_360, day_order(table, path, dayfirst))
 
 
-# A date of numbers with the year last (01/05/2022, 1.5.22, 01-05-2022), where a datetime has one.
-_NUMERIC_DATE = re.compile(r"(?<!\d)(\d{1,2})([./-])(\d{1,2})\2(\d{4}|\d{2})(?!\d)")
+# A date of numbers with the year last (01/05/2022, 1.5.22, 01-05-2022) opening a datetime, after a
+# weekday's name if any (not 06.30.00, a time after an ISO date).
+_NUMERIC_DATE = re.compile(r"\s*(?:[^\W\d]+,?\s+)?(\d{1,2})([./-])(\d{1,2})\2(\d{4}|\d{2})(?!\d)")
 
 
 def day_order(table: Table, path: Path, dayfirst: bool | None) -> bool:
@@ -167,16 +168,16 @@ def day_order(table: Table, path: Path, dayfirst: bool | None) -> bool:
     either: list[tuple[int, str, int, int]] = []
     dotted = False
     for line, row in table.rows:
-        found = _NUMERIC_DATE.search(row.get("datetime", ""))
+        found = _NUMERIC_DATE.match(row.get("datetime", ""))
         if not found:
             continue
         a, b = int(found[1]), int(found[3])
         if a > 12 >= b:
-            first.append((line, found.group()))
+            first.append((line, found.group().strip()))
         elif b > 12 >= a:
-            second.append((line, found.group()))
+            second.append((line, found.group().strip()))
         elif a != b and max(a, b) <= 12:
-            either.append((line, found.group(), a, b))
+            either.append((line, found.group().strip(), a, b))
         dotted |= found[2] == "."
     if dayfirst is not None:
         return dayfirst
@@ -252,7 +253,7 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
     if not _optional(row, "audio"):
         raise ValueError("no audio file")
     when_text = _optional(row, "datetime")
-    numeric = _NUMERIC_DATE.search(when_text or "")
+    numeric = _NUMERIC_DATE.match(when_text or "")
     if numeric and int(numeric[3 if conv.dayfirst else 1]) > 12:
         order = "day" if conv.dayfirst else "month"
         raise ValueError(f"datetime {when_text!r} is no date read {order} first, as data.dayfirst says")
