@@ -260,9 +260,12 @@ def test_dates_written_day_first_keep_their_month(tmp_path, caplog):
     # A time written with dots after an ISO date is no date (dateutil cannot read it: the row is skipped).
     assert [r.month for r in rows(dates(tmp_path / "dotted-time", ["13/05/2022", "2022-05-03 06.30.00"]))] == [5]
     with caplog.at_level(logging.WARNING):
-        kept = rows(dates(tmp_path / "words", ["1 mai 2022", "26 May", "06:30", "13/05/2022"]), dayfirst=False)
+        kept = rows(
+            dates(tmp_path / "words", ["1 mai 2022", "26 May", "06:30", "13/05/2022", "1651384800"]), dayfirst=False
+        )
     assert [(r.line, r.month, r.hour) for r in kept] == [(3, 5, None), (4, None, 6.5)]
     assert "unreadable datetime ...: 1" in caplog.text
+    assert "datetime ... is a number, a Unix time? write dates as ISO 8601 ...: 1" in caplog.text
     assert "datetime ... is no date read month first, as data.dayfirst says: 1" in caplog.text
 
 

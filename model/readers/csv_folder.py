@@ -259,6 +259,10 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
         raise ValueError(f"datetime {when_text!r} is no date read {order} first, as data.dayfirst says")
     when = parse_when(when_text, dayfirst=conv.dayfirst and bool(numeric), fuzzy=False)
     if when_text and when.month is None and when.hour is None:
+        if re.fullmatch(r"\d{9,}(?:\.\d*)?", when_text):  # seconds (or milliseconds) since 1970
+            raise ValueError(
+                f"datetime {when_text!r} is a number, a Unix time? write dates as ISO 8601 (2022-05-01T06:30)"
+            )
         raise ValueError(f"unreadable datetime {when_text!r}")
     month, hour, converted = local_time(when, lon)
     image = _optional(row, "image")
