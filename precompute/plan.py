@@ -22,7 +22,15 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 
 from runtime.errors import UserError
-from runtime.tiles import EARTH_CIRCUMFERENCE_M, MAX_LEVEL, MERCATOR_LAT_LIMIT, morton, tile_range
+from runtime.tiles import (
+    EARTH_CIRCUMFERENCE_M,
+    MAX_LEVEL,
+    MERCATOR_LAT_LIMIT,
+    morton,
+    tile_bounds,
+    tile_range,
+    tiles_bounds,
+)
 
 BLOCK_DEPTH = 8  # a block holds up to 4^8 = 65536 cells
 
@@ -141,7 +149,9 @@ def _flat_points(geometry: dict) -> np.ndarray:
 
 
 class Plan:
-    """The cells of `levels` over `bbox`, optionally only those touching `region` or holding land."""
+    """The cells of `levels` over `bbox`, optionally only those touching `region` or holding land,
+    or meeting one of the `footprint` boxes (imagery across the antimeridian lies in two: its
+    bbox spans every longitude, and a fine level's cells between them would be read for nothing)."""
 
     def __init__(
         self,
@@ -150,10 +160,12 @@ class Plan:
         *,
         region: Region | None = None,
         land_only: bool = False,
+        footprint: tuple[tuple[float, float, float, float], ...] | None = None,
     ):
         self.levels = sorted(levels)
         self.region = region
         self.land_only = land_only
+        self.footprint = footprint
         west, south, east, north = bbox
         area = intersect(bbox, region.bbox) if region else (west, south, east, north)
         if area is None:
@@ -163,17 +175,20 @@ class Plan:
 
     @property
     def filtered(self) -> bool:
-        """Whether cells are kept by a region or land filter, not by the bbox alone."""
-        return self.region is not None or self.land_only
+        """Whether cells are kept by a region, land or footprint filter, not by the bbox alone."""
+        return self.region is not None or self.land_only or self.footprint is not None
 
     def describe(self) -> dict:
         """What was asked, for the manifest (and to recognise a run when it resumes)."""
-        return {
+        described = {
             "levels": self.levels,
             "bbox": [round(v, 9) for v in self.bbox],
             "region": self.region.sha256 if self.region else None,
             "land_only": self.land_only,
         }
+        if self.footprint is not None:
+            described["footprint"] = [[round(v, 9) for v in box] for box in self.footprint]
+        return described
 
     @functools.cached_property
     def _land(self):
@@ -184,11 +199,27 @@ class Plan:
     def keep(self, level: int, x: np.ndarray, y: np.ndarray, block: tuple[int, int, int]) -> np.ndarray:
         """Which of the cells (x, y) of one block pass the region and land filters."""
         keep = np.ones(len(x), dtype=bool)
+        if self.footprint is not None:
+            keep &= self._meets_footprint(*tiles_bounds(level, x, y))
         if self.region is not None:
             keep &= self._in_region(level, x, y, block)
         if self.land_only:
             keep &= self._land.any_land(level, x, y)
         return keep
+
+    def _meets_footprint(self, west, south, east, north) -> np.ndarray:
+        assert self.footprint is not None  # only called with a footprint
+        meets = np.zeros(np.shape(west), dtype=bool)
+        for w, s, e, n in self.footprint:
+            meets |= (west < e) & (w < east) & (south < n) & (s < north)
+        return meets
+
+    def block_meets(self, level: int, block: tuple[int, int, int]) -> bool:
+        """Whether a block (depth, bx, by) of the level can hold a cell the footprint keeps."""
+        depth, bx, by = block
+        if self.footprint is None:
+            return True
+        return bool(self._meets_footprint(*(np.asarray(v) for v in tile_bounds(level - depth, bx, by))))
 
     def _in_region(self, level: int, x: np.ndarray, y: np.ndarray, block: tuple[int, int, int]) -> np.ndarray:
         assert self.region is not None  # only called with a region
@@ -243,6 +274,9 @@ class LevelPlan:
         """(codes, x, y) of block i's cells in the plan, in Morton order."""
         bx, by = self.blocks[i]
         d = self.depth
+        if not self.plan.block_meets(self.level, (d, bx, by)):
+            empty = np.zeros(0, np.int64)
+            return np.zeros(0, np.uint64), empty, empty
         xs = np.arange(max(bx << d, self.x0), min(((bx + 1) << d) - 1, self.x1) + 1)
         ys = np.arange(max(by << d, self.y0), min(((by + 1) << d) - 1, self.y1) + 1)
         x, y = (a.ravel().astype(np.int64) for a in np.meshgrid(xs, ys))

@@ -184,11 +184,14 @@ def make_plan(
     region: Region | None = None,
     land_only: bool = False,
 ) -> Plan:
-    """The plan of levels over bbox (and region) clipped to the imagery's footprint."""
+    """The plan of levels over bbox (and region) clipped to the imagery's footprint (its two
+    boxes for imagery across the antimeridian)."""
     area = intersect(bbox, imagery.bounds)
-    if area is None:
-        raise PlanError(f"bbox {tuple(bbox)} does not overlap the imagery bounds {imagery.bounds}")
-    return Plan(levels, area, region=region, land_only=land_only)
+    if area is None or not any(intersect(area, box) for box in imagery.extent):
+        where = imagery.bounds if len(imagery.extent) == 1 else " and ".join(str(box) for box in imagery.extent)
+        raise PlanError(f"bbox {tuple(bbox)} does not overlap the imagery bounds {where}")
+    footprint = imagery.extent if len(imagery.extent) > 1 else None
+    return Plan(levels, area, region=region, land_only=land_only, footprint=footprint)
 
 
 def batch_rows(

@@ -76,7 +76,9 @@ class Asset:
     """One raster of a source: where it is and how fine it is."""
 
     path: str
-    bounds: tuple[float, float, float, float]  # west, south, east, north in degrees
+    # (west, south, east, north) boxes in degrees, west < east: one, or two for a file across the
+    # antimeridian (its parts east of 180 W and west of 180 E).
+    boxes: tuple[tuple[float, float, float, float], ...]
     count: int
     resolution_m: float  # web-mercator metres per pixel at the footprint centre (finest axis)
     # Of the bands read as red, green and blue: their pixel types, the colour interpretations the
@@ -138,6 +140,49 @@ def mercator_area(bbox: tuple[float, ...]) -> float:
 
 def _intersects(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+Box = tuple[float, float, float, float]
+
+
+def _footprint(reader: Reader, dataset: Any, path: str) -> tuple[Box, ...]:
+    """The file's footprint as boxes in -180..180: two for a file across the antimeridian (a UTM
+    zone 1 or 60 scene, Fiji's EPSG:3460), whose bounds come back west > east, where it was one box
+    that met no cell: refused as not overlapping any bbox."""
+    west, south, east, north = (float(v) for v in reader.get_geographic_bounds(WGS84_CRS))
+    if dataset.crs.is_geographic:
+        left, right, slack = dataset.bounds.left, dataset.bounds.right, abs(dataset.transform.a)
+        if left < -180 - slack or right > 180 + slack:
+            raise ImageryError(
+                f"imagery {path!r} spans longitudes {left:g}..{right:g}, beyond -180..180, where rio-tiler reads "
+                "no pixel (the cells there would be missing): cut it at the antimeridian into two files, the part "
+                "beyond given its longitudes -/+ 360 (gdal_translate -projwin, -a_ullr), and give both"
+            )
+        west, east = max(west, -180.0), min(east, 180.0)
+    south, north = max(south, -90.0), min(north, 90.0)
+    if west > east:
+        return (west, south, 180.0, north), (-180.0, south, east, north)
+    return ((west, south, east, north),)
+
+
+def extent(boxes: Sequence[Box]) -> tuple[Box, ...]:
+    """The least longitude span holding every box, as one box, or two where it crosses the
+    antimeridian (then the first ends at 180 E and the second starts at 180 W)."""
+    south, north = min(b[1] for b in boxes), max(b[3] for b in boxes)
+    spans: list[list[float]] = []
+    for west, _, east, _ in sorted(boxes):
+        if spans and west <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], east)
+        else:
+            spans.append([west, east])
+    # The widest gap between spans, the one across the antimeridian (wrap) included, is left out.
+    gaps = [(spans[0][0] + 360 - spans[-1][1], -1)] + [
+        (spans[i + 1][0] - spans[i][1], i) for i in range(len(spans) - 1)
+    ]
+    _, widest = max(gaps)
+    if widest < 0:
+        return ((spans[0][0], south, spans[-1][1], north),)
+    return (spans[widest + 1][0], south, 180.0, north), (-180.0, south, spans[widest][1], north)
 
 
 def _check_nodata(nodata: float, dtype: str, path: str) -> None:
@@ -335,11 +380,13 @@ class Imagery:
                 _check_eight_bit(dtype, asset.path, self.rescale)
                 if self.nodata is not None:
                     _check_nodata(self.nodata, dtype, asset.path)
+        # Where the imagery lies: one box, or two across the antimeridian; `bounds` holds them all.
+        self.extent = extent([box for a in self.assets for box in a.boxes])
         self.bounds = (
-            min(a.bounds[0] for a in self.assets),
-            min(a.bounds[1] for a in self.assets),
-            max(a.bounds[2] for a in self.assets),
-            max(a.bounds[3] for a in self.assets),
+            min(b[0] for b in self.extent),
+            self.extent[0][1],
+            max(b[2] for b in self.extent),
+            self.extent[0][3],
         )
         self.count = min(a.count for a in self.assets)
         self.resolution_m = min(a.resolution_m for a in self.assets)
@@ -352,12 +399,12 @@ class Imagery:
             dataset = reader.dataset
             assert dataset is not None  # an open Reader holds its dataset
             _check_georeferenced(dataset, path)
-            west, south, east, north = (float(v) for v in reader.get_geographic_bounds(WGS84_CRS))
+            boxes = _footprint(reader, dataset, path)
             _check_band_count(self.rgb_bands, dataset, path, self.bands is not None)
             read = [b - 1 for b in self.rgb_bands]
             return Asset(
                 path,
-                (west, south, east, north),
+                boxes,
                 dataset.count,
                 _resolution_m(reader),
                 dtypes=tuple(dataset.dtypes[i] for i in read),
@@ -423,7 +470,7 @@ class Imagery:
     def coarsest_level(self) -> int:
         """The coarsest level of which one cell can be at least MIN_VALID_FRACTION covered by the
         imagery's footprint (coarser cells never have imagery)."""
-        area, level = mercator_area(self.bounds), 0
+        area, level = sum(mercator_area(box) for box in self.extent), 0
         while level < 30 and area < MIN_VALID_FRACTION * (EARTH_CIRCUMFERENCE_M / (1 << level)) ** 2:
             level += 1
         return level
@@ -450,7 +497,7 @@ class Imagery:
         """The cell's pixels at `size` x `size`, or None when less than `min_valid` of it has
         imagery (the model's cells need half; a basemap draws whatever part there is: 0)."""
         box = tile_bounds(z, x, y)
-        paths = [a.path for a in self.assets if _intersects(a.bounds, box)]
+        paths = [a.path for a in self.assets if any(_intersects(b, box) for b in a.boxes)]
         if not paths:
             return None
         try:

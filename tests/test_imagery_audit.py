@@ -6,14 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mercantile
 import numpy as np
 import pytest
 import rasterio
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.transform import from_origin
+from rasterio.warp import calculate_default_transform, reproject
 
+from cli.main import main
+from precompute.plan import Plan
+from precompute.run import make_plan
 from runtime.imagery import Imagery, ImageryError
+from runtime.tiles import WORLD_BBOX, demorton
+from store.reader import Store
 from tests.conftest import precompute_args
 from tests.test_cli import _fails
 
@@ -152,3 +160,85 @@ def test_invalid_pixels_stay_zero_under_a_range_below_zero(source, tmp_path):
     assert edge is not None and 0.5 <= edge.valid_fraction < 1
     assert not edge.rgb[~edge.valid].any()
     assert np.abs(edge.rgb.astype(int) - want.rgb.astype(int)).max() <= 1
+
+
+@pytest.fixture(scope="module")
+def antimeridian(source, tmp_path_factory):
+    """A 20-degree slice of the crop placed at 170 E .. 170 W: as two geographic files split at
+    the antimeridian (a mosaic), as one geographic file running to 190 E, and warped into UTM
+    zone 60N, whose one footprint crosses the antimeridian."""
+    data, profile = source
+    folder = tmp_path_factory.mktemp("antimeridian")
+    res = profile["transform"].a
+    width = round(10 / res)
+    halves = folder / "halves"
+    halves.mkdir()
+    for name, west, part in (("east.tif", 170, data[:, :, :width]), ("west.tif", -180, data[:, :, width : 2 * width])):
+        _write(halves / name, part, profile, width=width, transform=from_origin(west, 62, res, res))
+    whole = _write(
+        folder / "to190.tif",
+        data[:, :, : 2 * width],
+        profile,
+        width=2 * width,
+        transform=from_origin(170, 62, res, res),
+    )
+    with rasterio.open(whole) as src:
+        transform, w, h = calculate_default_transform(src.crs, "EPSG:32660", src.width, src.height, *src.bounds)
+        warped = np.zeros((3, h, w), np.uint8)
+        reproject(
+            src.read(),
+            warped,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs="EPSG:32660",
+            resampling=Resampling.bilinear,
+            dst_nodata=0,
+        )
+    utm = _write(
+        folder / "utm60.tif", warped, profile, crs="EPSG:32660", transform=transform, width=w, height=h, nodata=0
+    )
+    return halves, whole, utm
+
+
+def test_a_raster_across_the_antimeridian_is_read_on_both_sides(antimeridian):
+    """A UTM zone 60 scene across 180 degrees: its bounds came back west > east (168 E .. 168 W),
+    one box that met no cell, so every cell was skipped and precompute refused it as not
+    overlapping the world; rio-tiler reads it on both sides."""
+    halves, _, utm = antimeridian
+    crossing, truth = Imagery(utm), Imagery(halves)
+    assert len(crossing.extent) == 2 and crossing.extent[0][2] == 180 and crossing.extent[1][0] == -180
+    assert [pytest.approx(box) for box in truth.extent] == [(170, 28, 180, 62), (-180, 28, -170, 62)]
+    assert crossing.bounds[0] == -180 and crossing.bounds[2] == 180
+    for lon in (175.0, -175.0):
+        x, y = mercantile.tile(lon, 50, 6)[:2]
+        got, want = crossing.cell(6, x, y, SIZE), truth.cell(6, x, y, SIZE)
+        assert got is not None and got.valid.all(), lon
+        assert np.abs(got.rgb.astype(int) - want.rgb.astype(int)).mean() < 3
+
+
+def test_a_geographic_raster_beyond_180_degrees_is_refused(antimeridian):
+    """A geographic file running from 170 E to 190 E: rio-tiler reads no pixel beyond 180, so the
+    cells west of 180 W were skipped as having no imagery, silently."""
+    _, whole, _ = antimeridian
+    with pytest.raises(ImageryError) as refused:
+        Imagery(whole)
+    assert f"imagery {str(whole)!r} spans longitudes 170..190, beyond -180..180" in str(refused.value)
+    assert "cut it at the antimeridian into two files" in str(refused.value)
+
+
+def test_precompute_across_the_antimeridian_stores_both_sides_and_plans_only_them(antimeridian, bundle_path, tmp_path):
+    halves, _, utm = antimeridian
+    for source in (utm, halves):
+        imagery = Imagery(source)
+        plan = make_plan(imagery, [9], WORLD_BBOX)
+        sides = sum(len(Plan([9], box).level(9)) for box in imagery.extent)
+        assert len(plan.level(9)) == sides < 512 * 60 // 4  # the two sides' cells, not every longitude's
+        out = tmp_path / source.name
+        assert main(precompute_args(source, bundle_path, "5-6", out, "--quiet")) == 0
+        store = Store(out)
+        assert store.bounds[0] == -180 and store.bounds[2] == 180
+        for level in (5, 6):
+            x, _ = demorton(store.levels[level].arrays.codes.astype(np.uint64))
+            half = 1 << (level - 1)
+            assert (x < half).sum() > 0 and (x >= half).sum() > 0  # cells west and east of 180 degrees
