@@ -94,7 +94,11 @@ def test_a_column_named_twice_or_like_a_missing_one_is_refused(tmp_path, caplog)
         "twice": ("lat,lon,audio,caption,caption", "'caption' (columns 4, 5)"),
         "plural": ("lat,lon,audio,Captions", "column(s) 'captions' but no 'caption'"),
         "alias": ("latitude,lon,audio", "column(s) 'latitude' but no 'lat'"),
-        "date-and-time": ("lat,lon,audio,date,time", "column(s) 'date', 'time' but no 'datetime'"),
+        "date-and-time": (
+            "lat,lon,audio,date,time",
+            "column(s) 'date', 'time' but no 'datetime': the reader would leave their values out; "
+            "rename each to the column it stands for (merge them into one datetime",
+        ),
     }
     for name, (header, message) in cases.items():
         root = folder(

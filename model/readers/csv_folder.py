@@ -546,8 +546,9 @@ def _columns(path: Path, header: list[str]) -> dict[str, int]:
         raise DataError(
             f"{path} has "
             + "; ".join(f"column(s) {', '.join(map(repr, names))} but no {target!r}" for target, names in meant.items())
-            + f": its values would be left out; rename the column (one {', '.join(map(repr, meant))} column "
-            "holds what the reader reads: docs/own-data.md section 1), or drop it"
+            + ": the reader would leave their values out; rename each to the column it stands for"
+            + (" (merge them into one datetime: 2022-05-01T06:30)" if len(meant.get("datetime", [])) > 1 else "")
+            + ", or drop it (docs/own-data.md section 1 lists the columns)"
         )
     missing = [c for c in REQUIRED_COLUMNS if c not in where]
     if missing:
