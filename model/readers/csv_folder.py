@@ -7,7 +7,12 @@ Everything that can be checked without decoding is checked at start: malformed r
 whose audio or image file is missing are skipped with one summary (counts per reason, the first
 lines of each), and `level`, when not given, is derived from the imagery's resolution. Audio or
 image files that exist but cannot be decoded are reported when read (model.data.BadSample) and
-skipped by training."""
+skipped by training.
+
+The CSV is read as spreadsheets save it (read_table: encodings, delimiters, header names), and
+what a file writes alike in all its rows but a row cannot tell alone (decimal commas, longitudes
+0..360, whether 01/05/2022 is in May) is read from all its rows first (conventions); anything it
+cannot read as meant is refused or skipped with the reason, never read as something else."""
 
 from __future__ import annotations
 
@@ -115,12 +120,13 @@ def _optional(row: dict, name: str) -> str | None:
 class Conventions:
     """How a file writes what the reader cannot tell from one row: the number columns written
     with a decimal comma ("45,5", from a spreadsheet set to a European language; only in a file
-    not separated by commas), and whether longitudes run 0..360 (every one >= 0, some past 180)."""
+    not separated by commas), whether longitudes run 0..360 (every one >= 0, some past 180) and
+    whether numeric dates put the day first."""
 
     delimiter: str = ","
     decimal_comma: frozenset[str] = frozenset()
     lon_360: bool = False
-    dayfirst: bool = False  # numeric dates put the day first (day_order)
+    dayfirst: bool = False  # day_order
 
 
 NUMBER_COLUMNS = ("lat", "lon", "gsd")
