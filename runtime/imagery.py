@@ -112,20 +112,39 @@ def expand_source(source: Source) -> list[str]:
 
 
 def _resolution_m(reader: Reader) -> float:
-    """Web-mercator metres per source pixel at the footprint centre, along the finer axis."""
+    """Web-mercator metres per source pixel at the footprint centre, along the finer axis. Where
+    the centre lies beyond the mercator square (a polar stereographic raster around a pole, whose
+    centre gave 197,000 km pixels and every level refused), at the pixel nearest it that does not."""
     ds = reader.dataset
     assert ds is not None  # an open Reader holds its dataset
-    col, row = ds.width / 2, ds.height / 2
-    xs, ys = [], []
-    for dc, dr in ((0, 0), (1, 0), (0, 1)):
-        x, y = ds.transform * (col + dc, row + dr)
-        xs.append(x)
-        ys.append(y)
-    if ds.crs.is_geographic:  # keep the probe inside the mercator domain
-        ys = [max(-MERCATOR_LAT_LIMIT, min(MERCATOR_LAT_LIMIT, v)) for v in ys]
+    # Probes: the centre first, then a grid over the raster, nearest the centre first.
+    grid = np.linspace(0.0, 1.0, 33)
+    fx, fy = (a.ravel() for a in np.meshgrid(grid, grid))
+    order = np.argsort((fx - 0.5) ** 2 + (fy - 0.5) ** 2, kind="stable")
+    cols = np.concatenate([[ds.width / 2], fx[order] * (ds.width - 1)])
+    rows = np.concatenate([[ds.height / 2], fy[order] * (ds.height - 1)])
+    # Each probe and its neighbours one pixel right and one down.
+    xs, ys = ds.transform * (np.concatenate([cols, cols + 1, cols]), np.concatenate([rows, rows, rows + 1]))
+    _, lats = transform_points(ds.crs, "EPSG:4326", xs, ys)
     mx, my = transform_points(ds.crs, "EPSG:3857", xs, ys)
-    steps = [math.hypot(mx[i] - mx[0], my[i] - my[0]) for i in (1, 2)]
-    return min(s for s in steps if s > 0)
+    n = len(cols)
+    lat, x, y = (np.asarray(v, dtype=np.float64).reshape(3, n) for v in (lats, mx, my))
+    inside = (np.abs(lat) < MERCATOR_LAT_LIMIT).all(axis=0)
+    steps = np.hypot(x[1:] - x[0], y[1:] - y[0])
+    steps[~np.isfinite(steps) | (steps <= 0)] = np.inf
+    finest = steps.min(axis=0)
+    usable = np.flatnonzero(inside & np.isfinite(finest))
+    if len(usable):
+        return float(finest[usable[0]])
+    # No pixel inside the mercator square (its cells are then all refused): the centre, clamped.
+    col, row = ds.width / 2, ds.height / 2
+    cx, cy = [], []
+    for dc, dr in ((0, 0), (1, 0), (0, 1)):
+        px, py = ds.transform * (col + dc, row + dr)
+        cx.append(px)
+        cy.append(max(-MERCATOR_LAT_LIMIT, min(MERCATOR_LAT_LIMIT, py)) if ds.crs.is_geographic else py)
+    ex, ey = transform_points(ds.crs, "EPSG:3857", cx, cy)
+    return min(s for s in (math.hypot(ex[i] - ex[0], ey[i] - ey[0]) for i in (1, 2)) if s > 0)
 
 
 def mercator_area(bbox: tuple[float, ...]) -> float:

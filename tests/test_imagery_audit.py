@@ -242,3 +242,37 @@ def test_precompute_across_the_antimeridian_stores_both_sides_and_plans_only_the
             x, _ = demorton(store.levels[level].arrays.codes.astype(np.uint64))
             half = 1 << (level - 1)
             assert (x < half).sum() > 0 and (x >= half).sum() > 0  # cells west and east of 180 degrees
+
+
+def test_a_polar_stereographic_raster_around_the_pole_has_its_own_resolution(imagery_path, tmp_path):
+    """A raster in NSIDC's north polar stereographic (EPSG:3413) centred on the pole: its
+    resolution was measured at its centre, the pole, where web mercator has no place, giving
+    197,000 km pixels, and precompute refused every level as enlarging them."""
+    size, pixel = 300, 40_000.0  # +-6000 km around the pole, 40 km pixels: Europe's crop reaches in
+    transform = from_origin(-size / 2 * pixel, size / 2 * pixel, pixel, pixel)
+    polar = np.zeros((3, size, size), np.uint8)
+    with rasterio.open(imagery_path) as src:
+        reproject(
+            src.read(),
+            polar,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs="EPSG:3413",
+            resampling=Resampling.bilinear,
+            dst_nodata=0,
+        )
+        profile = src.profile
+    path = _write(
+        tmp_path / "polar.tif", polar, profile, crs="EPSG:3413", transform=transform, width=size, height=size, nodata=0
+    )
+    imagery = Imagery(path)
+    assert imagery.bounds[3] == 90 and imagery.bounds[0] == -180
+    # 40 km pixels, measured where the mercator square ends (~85 N): about 40 / cos(85) km.
+    assert 40_000 < imagery.resolution_m < 40_000 / np.cos(np.radians(84))
+    coarsest, finest = imagery.level_range(SIZE, 8.0)
+    assert coarsest <= 3 <= finest
+    x, y = mercantile.tile(15, 60, 3)[:2]  # Scandinavia: from the crop, through the pole's grid
+    got, want = imagery.cell(3, x, y, SIZE), Imagery(imagery_path).cell(3, x, y, SIZE)
+    both = got.valid & want.valid
+    assert both.mean() > 0.5 and np.abs(got.rgb[both].astype(int) - want.rgb[both].astype(int)).mean() < 12
