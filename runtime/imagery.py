@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import transform as transform_points
+from rasterio.windows import Window
 from rio_tiler.constants import WGS84_CRS
 from rio_tiler.errors import EmptyMosaicError, TileOutsideBounds
 from rio_tiler.io import Reader
@@ -280,6 +281,39 @@ def _check_bands(bands: tuple[int, ...], asset: Asset, given: bool) -> None:
         )
 
 
+def _first_cause(exc: BaseException) -> str:
+    """The message of the error at the root of `exc`'s chain (GDAL's own, under rasterio's)."""
+    messages: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(messages) < 20:
+        messages.append(str(seen).strip())
+        seen = seen.__cause__ or seen.__context__
+    return next((m for m in reversed(messages) if m), type(exc).__name__)
+
+
+def _check_readable(dataset: Any, path: str, bands: tuple[int, ...]) -> None:
+    """A local file's pixels can be read: the files a VRT names exist, and its last block and its
+    coarsest overview decode. A truncated file (a copy cut short) or a VRT naming a moved file
+    opened, planned and failed on its first cell, leaving a work folder, with rasterio's "Read
+    failed. See previous exception for details." (the last block is where a cut file ends)."""
+    missing = [name for name in dataset.files[1:] if not is_remote(name) and not os.path.exists(name)]
+    if missing:
+        more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
+        raise ImageryError(f"imagery {path!r} refers to {missing[0]!r}, which does not exist{more}")
+    read = [b for b in bands if b <= dataset.count]
+    if not read:
+        return
+    block_height, block_width = dataset.block_shapes[0]
+    row, col = (dataset.height - 1) // block_height * block_height, (dataset.width - 1) // block_width * block_width
+    try:
+        dataset.read(read, window=Window(col, row, dataset.width - col, dataset.height - row))
+        dataset.read(read, out_shape=(len(read), min(8, dataset.height), min(8, dataset.width)))
+    except Exception as exc:  # rasterio raises several types for undecodable data
+        raise ImageryError(
+            f"cannot read imagery {path!r}, which looks damaged or cut short: {_first_cause(exc)}"
+        ) from exc
+
+
 def _check_georeferenced(dataset: Any, path: str) -> None:
     """The file says where its pixels lie: a CRS, and a geotransform or ground control points
     (rio-tiler warps those). A file with a CRS but neither was placed with its corner at 0, 0 and
@@ -413,11 +447,15 @@ class Imagery:
     def _open_asset(self, path: str) -> Asset:
         if not is_remote(path) and not os.path.exists(path):
             raise ImageryError(f"cannot read imagery {path!r}: no such file")
+        if not is_remote(path) and os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise ImageryError(f"cannot read imagery {path!r}: the file is empty (0 bytes)")
         try:
             reader = self._reader(path)
             dataset = reader.dataset
             assert dataset is not None  # an open Reader holds its dataset
             _check_georeferenced(dataset, path)
+            if not is_remote(path):
+                _check_readable(dataset, path, self.rgb_bands)
             boxes = _footprint(reader, dataset, path)
             _check_band_count(self.rgb_bands, dataset, path, self.bands is not None)
             read = [b - 1 for b in self.rgb_bands]
@@ -512,6 +550,17 @@ class Imagery:
             **kwargs,
         )
 
+    def _read_file(self, path: str, x: int, y: int, z: int, size: int) -> ImageData:
+        """`_read`, with a failure (a corrupt block, a lost connection) named by its cell, its file
+        (a mosaic's first file was named, whichever failed) and GDAL's own words (rasterio's
+        'Read failed. See previous exception for details.' named nothing)."""
+        try:
+            return self._read(path, x, y, z, size)
+        except TileOutsideBounds:
+            raise
+        except Exception as exc:
+            raise ImageryError(f"cannot read cell {z}/{x}/{y} of imagery {path!r}: {_first_cause(exc)}") from exc
+
     def cell(self, z: int, x: int, y: int, size: int, min_valid: float = MIN_VALID_FRACTION) -> CellImage | None:
         """The cell's pixels at `size` x `size`, or None when less than `min_valid` of it has
         imagery (the model's cells need half; a basemap draws whatever part there is: 0)."""
@@ -521,13 +570,11 @@ class Imagery:
             return None
         try:
             if len(paths) == 1:
-                img = self._read(paths[0], x, y, z, size)
+                img = self._read_file(paths[0], x, y, z, size)
             else:
-                img, _ = mosaic_reader(paths, self._read, x, y, z, size, threads=0)
+                img, _ = mosaic_reader(paths, self._read_file, x, y, z, size, threads=0)
         except (TileOutsideBounds, EmptyMosaicError):
             return None
-        except Exception as exc:  # a corrupt block or a lost connection: say which cell
-            raise ImageryError(f"cannot read cell {z}/{x}/{y} of imagery {self.path!r}: {exc}") from exc
         valid = img.mask > 0
         if img.data.dtype.kind == "f":  # NaN is no imagery, whether or not the file declares it nodata
             valid &= np.isfinite(img.data).all(axis=0)

@@ -276,3 +276,54 @@ def test_a_polar_stereographic_raster_around_the_pole_has_its_own_resolution(ima
     got, want = imagery.cell(3, x, y, SIZE), Imagery(imagery_path).cell(3, x, y, SIZE)
     both = got.valid & want.valid
     assert both.mean() > 0.5 and np.abs(got.rgb[both].astype(int) - want.rgb[both].astype(int)).mean() < 12
+
+
+def test_a_damaged_file_is_refused_when_opened_not_at_its_first_cell(
+    imagery_path, source, tmp_path, bundle_path, capsys
+):
+    """A copy cut short, or a VRT naming a file since moved, opened and planned, then failed on
+    its first cell with "Read failed. See previous exception for details.", a work folder left
+    beside --out."""
+    whole = imagery_path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole[: len(whole) * 9 // 10])
+    with pytest.raises(ImageryError, match=r"^cannot read imagery '.*cut.tif', which looks damaged or cut short: "):
+        Imagery(cut)
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(ImageryError, match=r"empty.tif': the file is empty \(0 bytes\)$"):
+        Imagery(tmp_path / "empty.tif")
+    data, profile = source
+    moved = _write(tmp_path / "moved.tif", data, profile)
+    vrt = tmp_path / "mosaic.vrt"  # as gdalbuildvrt writes one
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename relativeToVRT="0">{moved}'
+        f"</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+        for b in (1, 2, 3)
+    )
+    geotransform = ", ".join(map(str, profile["transform"].to_gdal()))
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="{data.shape[2]}" rasterYSize="{data.shape[1]}"><SRS>EPSG:4326</SRS>'
+        f"<GeoTransform>{geotransform}</GeoTransform>{bands}</VRTDataset>"
+    )
+    assert Imagery(vrt).cell(5, 16, 10, SIZE) is not None
+    moved.rename(tmp_path / "elsewhere.tif")
+    with pytest.raises(ImageryError) as refused:
+        Imagery(vrt)
+    assert str(refused.value) == f"imagery {str(vrt)!r} refers to {str(moved)!r}, which does not exist"
+    out = tmp_path / "out" / "store"
+    line = _fails(capsys, precompute_args(cut, bundle_path, "3", out, "--quiet"))
+    assert "looks damaged or cut short" in line and not (tmp_path / "out").exists()
+
+
+def test_a_cell_that_fails_names_the_file_and_gdals_reason(source, tmp_path):
+    """A mosaic's cell that failed named the source (its directory) and rasterio's 'Read failed.
+    See previous exception for details.', not the file that failed nor why."""
+    folder = _halves(source, tmp_path / "halves", blockxsize=16, blockysize=16)  # blocks the opening never read
+    imagery = Imagery(folder)
+    east = folder / "b-east.tif"
+    east.write_bytes(east.read_bytes()[:2000])  # cut short after it was opened
+    x, y = mercantile.tile(30, 45, 6)[:2]
+    with pytest.raises(ImageryError) as failed:
+        imagery.cell(6, x, y, SIZE)
+    assert str(failed.value).startswith(f"cannot read cell 6/{x}/{y} of imagery {str(east)!r}: ")
+    assert "See previous exception" not in str(failed.value)
