@@ -282,7 +282,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         type=_argument(parse_rescale),
         metavar="LOW,HIGH",
         help="pixel values that become 0 and 255, for imagery that is not 8-bit (uint16, float): e.g. 0,3000 "
-        "for reflectance x 10000 (default: none; such imagery is refused without it)",
+        "for reflectance x 10000; values as the file stores them, before its bands' scale and offset "
+        "(default: none; such imagery is refused without it)",
     )
     p.add_argument(
         "--bands",

@@ -349,6 +349,30 @@ def _check_eight_bit(dtype: str, path: str, rescale: tuple[float, float] | None)
         )
 
 
+def _check_range(dtype: str, scaling: tuple[float, float], path: str, rescale: tuple[float, float] | None) -> None:
+    """A rescale range on whole-number pixels holds at least two of them. `--rescale 0,0.3` on
+    uint16 reflectance x 10000 (read as what its bands' scale and offset make of the values, as
+    gdalinfo shows them) turned every pixel but 0 white, silently: the range is in stored values."""
+    if rescale is None or not np.issubdtype(dtype, np.integer):
+        return
+    low, high = rescale
+    if math.floor(high) - math.ceil(low) >= 1:
+        return
+    scale, offset = scaling
+    stored = f"{(low - offset) / scale:g},{(high - offset) / scale:g}"
+    hint = (
+        f"; its values v stand for {_scaling(scale, offset)} (the bands' scale and offset), so {low:g}..{high:g} "
+        f"of those is {stored} in stored values"
+        if (scale, offset) != (1.0, 0.0)
+        else ""
+    )
+    raise ImageryError(
+        f"imagery {path!r} has {dtype} pixels, whole numbers, and the rescale range {low:g}..{high:g} holds fewer "
+        f"than two of them, so every pixel would come out black or white: the range (--rescale, data.rescale) is in "
+        f"the stored values{hint}"
+    )
+
+
 def _scaling(scale: float, offset: float) -> str:
     """What a stored value v stands for, by a band's scale and offset ('v x 0.0001 - 0.1')."""
     sign = "-" if offset < 0 else "+"
@@ -431,6 +455,7 @@ class Imagery:
             _check_bands(self.rgb_bands, asset, self.bands is not None)
             for dtype in set(asset.dtypes):
                 _check_eight_bit(dtype, asset.path, self.rescale)
+                _check_range(dtype, asset.scaling[0], asset.path, self.rescale)
                 if self.nodata is not None:
                     _check_nodata(self.nodata, dtype, asset.path)
         # Where the imagery lies: one box, or two across the antimeridian; `bounds` holds them all.

@@ -327,3 +327,27 @@ def test_a_cell_that_fails_names_the_file_and_gdals_reason(source, tmp_path):
         imagery.cell(6, x, y, SIZE)
     assert str(failed.value).startswith(f"cannot read cell 6/{x}/{y} of imagery {str(east)!r}: ")
     assert "See previous exception" not in str(failed.value)
+
+
+def test_a_range_in_the_units_of_the_bands_scale_is_refused_with_the_stored_one(source, tmp_path):
+    """Sentinel-2 L2A since 2022 stores reflectance as v x 0.0001 - 0.1 and gdalinfo shows that
+    scale and offset: --rescale 0,0.3 read as reflectance turned every stored value above 0
+    white, silently. The range is in stored values; a range holding fewer than two whole values
+    of integer pixels is refused, with the stored range it means."""
+    data, profile = source
+    stored = np.rint((data / 255 * 0.3 + 0.1) / 0.0001).astype("uint16")
+    path = _write(tmp_path / "l2a.tif", stored, profile)
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = (0.0001,) * 3, (-0.1,) * 3
+    with pytest.raises(ImageryError) as refused:
+        Imagery(path, rescale=(0, 0.3))
+    assert "the rescale range 0..0.3 holds fewer than two of them, so every pixel would come out black or white" in str(
+        refused.value
+    )
+    assert str(refused.value).endswith(
+        "its values v stand for v x 0.0001 - 0.1 (the bands' scale and offset), so 0..0.3 of those is 1000,4000 in "
+        "stored values"
+    )
+    got = Imagery(path, rescale=(1000, 4000)).cell(5, 16, 10, SIZE)
+    want = Imagery(_write(tmp_path / "uint8.tif", data, profile)).cell(5, 16, 10, SIZE)
+    assert np.abs(got.rgb.astype(int) - want.rgb.astype(int)).max() <= 1
