@@ -314,6 +314,32 @@ def _check_readable(dataset: Any, path: str, bands: tuple[int, ...]) -> None:
         ) from exc
 
 
+def _check_alpha(dataset: Any, path: str, bands: tuple[int, ...]) -> None:
+    """A band the file declares alpha (transparency) holds a mask: nearly all its values 0 or one
+    opaque value. GDAL declares the 4th band of a 4-band 8-bit GeoTIFF written with its defaults
+    alpha, so red, green, blue and near-infrared (NAIP, cropped and saved by rasterio) had its
+    infrared read as the mask: its zeros no imagery and its other values weights in the warp,
+    silently. Such a band is refused in one sentence, as is a colour read from the mask itself."""
+    alphas = [i + 1 for i, c in enumerate(dataset.colorinterp) if c.name == "alpha"]
+    for band in alphas:
+        if band in bands:
+            raise ImageryError(
+                f"imagery {path!r} declares band {band} its alpha (transparency) band, which marks where there "
+                f"is imagery: it cannot be read as a colour too (the bands are {', '.join(map(str, bands))})"
+            )
+        side = min(256, dataset.height), min(256, dataset.width)
+        values = dataset.read(band, out_shape=side)
+        between = float(((values > 0) & (values < values.max())).mean())
+        if between > 0.25:
+            raise ImageryError(
+                f"imagery {path!r} declares band {band} its alpha (transparency) band, but {between:.0%} of its "
+                "values lie between transparent and opaque, as a measured band's (near-infrared?) do, where a "
+                "mask's are one or the other: GDAL declares the 4th band of a 4-band 8-bit GeoTIFF alpha unless "
+                f"told otherwise; declare it what it is (rio edit-info --colorinterp red,green,blue,undefined, or "
+                f"gdal_edit.py -colorinterp_{band} undefined), or give it a real mask"
+            )
+
+
 def _check_georeferenced(dataset: Any, path: str) -> None:
     """The file says where its pixels lie: a CRS, and a geotransform or ground control points
     (rio-tiler warps those). A file with a CRS but neither was placed with its corner at 0, 0 and
@@ -483,6 +509,7 @@ class Imagery:
                 _check_readable(dataset, path, self.rgb_bands)
             boxes = _footprint(reader, dataset, path)
             _check_band_count(self.rgb_bands, dataset, path, self.bands is not None)
+            _check_alpha(dataset, path, self.rgb_bands)
             read = [b - 1 for b in self.rgb_bands]
             return Asset(
                 path,

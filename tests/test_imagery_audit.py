@@ -351,3 +351,32 @@ def test_a_range_in_the_units_of_the_bands_scale_is_refused_with_the_stored_one(
     got = Imagery(path, rescale=(1000, 4000)).cell(5, 16, 10, SIZE)
     want = Imagery(_write(tmp_path / "uint8.tif", data, profile)).cell(5, 16, 10, SIZE)
     assert np.abs(got.rgb.astype(int) - want.rgb.astype(int)).max() <= 1
+
+
+def test_a_measured_band_declared_alpha_is_refused_and_a_real_alpha_masks(source, tmp_path):
+    """GDAL declares the 4th band of a 4-band 8-bit GeoTIFF written with its defaults alpha, so
+    red, green, blue, near-infrared imagery had its infrared read as the mask: cells where it is
+    0 (here the east third) skipped as having no imagery, and its values weights in the warp."""
+    data, profile = source
+    nir = (data[1] // 2).astype(np.uint8)
+    nir[:, 2 * data.shape[2] // 3 :] = 0
+    rgbn = _write(tmp_path / "rgbn.tif", np.concatenate([data, nir[None]]), profile)
+    assert rasterio.open(rgbn).colorinterp[3] == ColorInterp.alpha  # as GDAL wrote it
+    with pytest.raises(ImageryError) as refused:
+        Imagery(rgbn)
+    assert f"imagery {str(rgbn)!r} declares band 4 its alpha (transparency) band, but " in str(refused.value)
+    assert "rio edit-info --colorinterp red,green,blue,undefined" in str(refused.value)
+    with rasterio.open(rgbn, "r+") as dst:
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined]
+    x, y = mercantile.tile(33, 45, 6)[:2]  # where the infrared is 0
+    declared, plain = Imagery(rgbn).cell(6, x, y, SIZE), Imagery(_write(tmp_path / "rgb.tif", data, profile))
+    assert declared is not None and declared.valid.all()
+    # GDAL decimates a warped subset of bands a little otherwise than all of them: near, not equal.
+    assert np.abs(declared.rgb.astype(int) - plain.cell(6, x, y, SIZE).rgb.astype(int)).mean() < 2
+
+    alpha = np.where(np.arange(data.shape[2]) < data.shape[2] // 3, 0, 255).astype(np.uint8)
+    rgba = _write(tmp_path / "rgba.tif", np.concatenate([data, np.broadcast_to(alpha, data.shape[1:])[None]]), profile)
+    west, east = mercantile.tile(-8, 45, 6)[:2], mercantile.tile(20, 45, 6)[:2]
+    assert Imagery(rgba).cell(6, *west, SIZE) is None and Imagery(rgba).cell(6, *east, SIZE).valid.all()
+    with pytest.raises(ImageryError, match=r"declares band 4 its alpha .* cannot be read as a colour too"):
+        Imagery(rgba, rgb_bands=(4, 3, 2))
