@@ -257,6 +257,11 @@ COLOURS = ("red", "green", "blue")
 
 
 def _check_band_count(bands: tuple[int, ...], dataset: Any, path: str, given: bool) -> None:
+    if dataset.count == 1 and dataset.colorinterp[0].name == "palette":
+        raise ImageryError(
+            f"imagery {path!r} is one band of palette colours (a colour map), whose indices cannot be resampled "
+            "as colours: expand it to RGB first (gdal_translate -expand rgb)"
+        )
     if max(bands) > dataset.count:
         raise ImageryError(
             f"imagery {path!r} has {dataset.count} band(s), so no band {max(bands)} to read as a colour"

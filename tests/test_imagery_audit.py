@@ -380,3 +380,16 @@ def test_a_measured_band_declared_alpha_is_refused_and_a_real_alpha_masks(source
     assert Imagery(rgba).cell(6, *west, SIZE) is None and Imagery(rgba).cell(6, *east, SIZE).valid.all()
     with pytest.raises(ImageryError, match=r"declares band 4 its alpha .* cannot be read as a colour too"):
         Imagery(rgba, rgb_bands=(4, 3, 2))
+
+
+def test_a_paletted_raster_is_told_to_be_expanded(source, tmp_path):
+    data, profile = source
+    path = _write(tmp_path / "palette.tif", (data[:1] // 32).astype(np.uint8), profile)
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, {i: (i * 32, 255 - i * 32, 100, 255) for i in range(256)})
+    with pytest.raises(ImageryError) as refused:
+        Imagery(path)
+    assert str(refused.value) == (
+        f"imagery {str(path)!r} is one band of palette colours (a colour map), whose indices cannot be resampled "
+        "as colours: expand it to RGB first (gdal_translate -expand rgb)"
+    )
