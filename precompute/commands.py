@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -14,7 +15,7 @@ from precompute.estimate import estimate, levels_within_budget, parse_size
 from precompute.merge import merge
 from precompute.plan import PlanError, Region, parse_bbox, parse_levels, parse_shard
 from precompute.ray_engine import KILL_ONCE_ENV, RayJob, absolute, import_ray, run_on_ray, shards_root
-from precompute.run import RunOptions, execute, make_plan
+from precompute.run import RunOptions, execute, left_out_lines, make_plan
 from runtime.arguments import integer_in, number_above
 from runtime.errors import UsageError
 from runtime.imagery import Imagery, parse_bands, parse_rescale
@@ -95,6 +96,8 @@ def _precompute(args: argparse.Namespace) -> int:
     if args.dry_run:
         budget = parse_size(args.fusion_budget) if args.fusion_budget is not None else None
         print("\n".join(estimate(imagery, bundle, plan, options, budget=budget).lines()))
+        for line in [] if args.quiet else left_out_lines(imagery, plan, bundle.image_size, options.max_upsample):
+            print(line, file=sys.stderr)
         return 0
     manifest, report = execute(
         imagery, bundle, plan, Path(args.out), options, overwrite=args.overwrite, progress=not args.quiet

@@ -164,7 +164,7 @@ def estimate(
                 ]
                 sets = fusion_sets(kinds) if level in fused_levels else []
                 started = time.perf_counter()
-                for item, images in read_ahead(batches, imagery, level, bundle.image_size, pool):
+                for item, images in read_ahead(batches, imagery, level, bundle.image_size, pool, options.max_upsample):
                     batch_rows(bundle, level, item, images, sets)
                     if not warm:
                         with_imagery += sum(c is not None for c in images)

@@ -20,7 +20,7 @@ from precompute.cells import CellImagery
 from precompute.device import bundle_device, default_batch
 from precompute.plan import LevelPlan, Plan, PlanError, Region, intersect
 from runtime.bundle import Bundle
-from runtime.imagery import CellImage, Imagery
+from runtime.imagery import LEAVE_OUT_FACTOR, CellImage, Imagery
 from runtime.metadata import encode_metadata
 from runtime.scoring import uncertainty
 from runtime.tiles import tile_centres
@@ -114,23 +114,32 @@ def embed_batch(
     return arrays, fused_embeddings(bundle, stored, lonlat, sets)
 
 
-def _read_cells(imagery: Imagery, level: int, size: int, x: np.ndarray, y: np.ndarray) -> list[CellImage | None]:
-    return [imagery.cell(level, int(i), int(j), size) for i, j in zip(x, y, strict=True)]
+def _read_cells(
+    imagery: Imagery, level: int, size: int, x: np.ndarray, y: np.ndarray, max_upsample: float | None
+) -> list[CellImage | None]:
+    return [imagery.cell(level, int(i), int(j), size, max_upsample=max_upsample) for i, j in zip(x, y, strict=True)]
 
 
 def read_ahead(
-    batches: Iterable[Batch], imagery: Imagery, level: int, size: int, pool: ThreadPoolExecutor, depth: int = 2
+    batches: Iterable[Batch],
+    imagery: Imagery,
+    level: int,
+    size: int,
+    pool: ThreadPoolExecutor,
+    max_upsample: float | None = None,
+    depth: int = 2,
 ) -> Iterator[tuple[Batch, list[CellImage | None]]]:
     """Each batch with its cells (None where a cell has no imagery), in order. Up to `depth`
     batches are read ahead of the one being yielded, each spread over all of the pool's reader
     threads in chunks of READ_CHUNK cells, so memory holds a few batches however many readers.
-    Cells are read through CellImagery: Imagery's pixels without rio-tiler's per-cell set-up."""
+    Cells are read through CellImagery: Imagery's pixels without rio-tiler's per-cell set-up;
+    a mosaic's files the level would enlarge far beyond `max_upsample` are left out."""
     reader = CellImagery.of(imagery)
 
     def submit(batch: Batch) -> list[Future]:
         _, _, x, y = batch
         return [
-            pool.submit(_read_cells, reader, level, size, x[i : i + READ_CHUNK], y[i : i + READ_CHUNK])
+            pool.submit(_read_cells, reader, level, size, x[i : i + READ_CHUNK], y[i : i + READ_CHUNK], max_upsample)
             for i in range(0, len(x), READ_CHUNK)
         ]
 
@@ -208,6 +217,7 @@ def batch_rows(
 
 def run_key(imagery: Imagery, bundle: Bundle, plan: Plan, options: RunOptions) -> dict:
     """What makes two runs produce the same store: checked when a run resumes, kept in the manifest."""
+    left = left_out(imagery, plan, bundle.image_size, options.max_upsample)
     return {
         "bundle_id": bundle.id,
         "imagery": imagery.describe(),
@@ -217,7 +227,25 @@ def run_key(imagery: Imagery, bundle: Bundle, plan: Plan, options: RunOptions) -
             "fusions": list(options.fusions),
         },
         "shard": list(options.shard),
+        **({"left_out_beyond_upsample": LEAVE_OUT_FACTOR * options.max_upsample} if left else {}),
     }
+
+
+def left_out_lines(imagery: Imagery, plan: Plan, size: int, max_upsample: float) -> list[str]:
+    """A line per planned level that leaves a mosaic's files out, for the run to say so."""
+    return [
+        f"level {level} leaves out {len(paths)} imagery file(s) it would enlarge more than "
+        f"{LEAVE_OUT_FACTOR * max_upsample:g}x, such as {paths[0]}"
+        for level, paths in left_out(imagery, plan, size, max_upsample).items()
+    ]
+
+
+def left_out(imagery: Imagery, plan: Plan, size: int, max_upsample: float) -> dict[int, list[str]]:
+    """The files of a mosaic each planned level leaves out (Imagery.left_out), by level. Where
+    there are any, the run's key names the limit, so a run resumed with another --max-upsample
+    (which would leave out other files) is another run."""
+    out = {level: [a.path for a in imagery.left_out(level, size, max_upsample)] for level in plan.levels}
+    return {level: paths for level, paths in out.items() if paths}
 
 
 def _embed_level(
@@ -229,6 +257,7 @@ def _embed_level(
     sets: list[FusionSet],
     pool: ThreadPoolExecutor,
     bar: tqdm,
+    max_upsample: float,
 ) -> int:
     """Embed a level's plan positions span[0]..span[1] (from where an earlier attempt stopped),
     saving progress after every batch; the number of cells read."""
@@ -237,7 +266,7 @@ def _embed_level(
     read = 0
     try:
         batches = level_plan.batches(writer.state["position"], stop, work.batch)
-        for batch, cells in read_ahead(batches, imagery, level, bundle.image_size, pool):
+        for batch, cells in read_ahead(batches, imagery, level, bundle.image_size, pool, max_upsample):
             rows, fused, skipped = batch_rows(bundle, level, batch, cells, sets)
             writer.append(rows, fused, batch[0] + len(cells), skipped)
             work.save()
@@ -266,6 +295,9 @@ def execute(
         raise PlanError(
             f"no cell of levels {plan.levels} lies inside the bbox/region" + (" on land" if plan.land_only else "")
         )
+    if progress:
+        for line in left_out_lines(imagery, plan, bundle.image_size, options.max_upsample):
+            tqdm.write(line, file=sys.stderr)
     key = run_key(imagery, bundle, plan, options)
     work = PartialStore(out, key, options.batch or default_batch(bundle), discard_other=overwrite, overwrite=overwrite)
     try:
@@ -308,7 +340,9 @@ def _embed_and_finish(
         for level in plan.levels:
             bar.set_postfix(level=level)
             sets = fusion_sets(list(options.fusions)) if level in key["plan"]["fusion_levels"] else []
-            report.cells_read += _embed_level(imagery, bundle, plan.level(level), ranges[level], work, sets, pool, bar)
+            report.cells_read += _embed_level(
+                imagery, bundle, plan.level(level), ranges[level], work, sets, pool, bar, options.max_upsample
+            )
     report.seconds = time.perf_counter() - started
     for level in plan.levels:
         state = work.level_state(level, ranges[level][0])

@@ -45,6 +45,10 @@ warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 # A cell with less than this fraction of valid pixels has no imagery (skipped, never black).
 MIN_VALID_FRACTION = 0.5
+# A file of a mosaic is left out of cells that would enlarge its pixels more than this many times
+# the upsampling limit (a level finer than it can serve, and more: files of one resolution at other
+# latitudes differ by less, in web-mercator metres).
+LEAVE_OUT_FACTOR = 2.0
 # Files a directory source contributes to its mosaic.
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 # Sources that are not local paths (GDAL reads them over the network).
@@ -618,11 +622,29 @@ class Imagery:
         except Exception as exc:
             raise ImageryError(f"cannot read cell {z}/{x}/{y} of imagery {path!r}: {_first_cause(exc)}") from exc
 
-    def cell(self, z: int, x: int, y: int, size: int, min_valid: float = MIN_VALID_FRACTION) -> CellImage | None:
+    def left_out(self, z: int, size: int, max_upsample: float) -> list[Asset]:
+        """The files whose pixels `size`-pixel cells of level z would enlarge more than
+        LEAVE_OUT_FACTOR x max_upsample times: a mosaic's coarse backdrop at its fine files' levels."""
+        limit = LEAVE_OUT_FACTOR * max_upsample
+        return [a for a in self.assets if a.resolution_m / mercator_pixel_size(z, size) > limit]
+
+    def cell(
+        self,
+        z: int,
+        x: int,
+        y: int,
+        size: int,
+        min_valid: float = MIN_VALID_FRACTION,
+        max_upsample: float | None = None,
+    ) -> CellImage | None:
         """The cell's pixels at `size` x `size`, or None when less than `min_valid` of it has
-        imagery (the model's cells need half; a basemap draws whatever part there is: 0)."""
+        imagery (the model's cells need half; a basemap draws whatever part there is: 0). Given
+        `max_upsample`, files the level would enlarge far beyond it are left out (`left_out`):
+        the finest file decides the levels, and a coarse backdrop's cells there were embedded from
+        pixels enlarged 60 times, silently."""
         box = tile_bounds(z, x, y)
-        paths = [a.path for a in self.assets if any(_intersects(b, box) for b in a.boxes)]
+        coarse = {a.path for a in self.left_out(z, size, max_upsample)} if max_upsample is not None else set()
+        paths = [a.path for a in self.assets if a.path not in coarse and any(_intersects(b, box) for b in a.boxes)]
         if not paths:
             return None
         try:

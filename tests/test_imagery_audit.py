@@ -18,7 +18,8 @@ from rasterio.warp import calculate_default_transform, reproject
 
 from cli.main import main
 from precompute.plan import Plan
-from precompute.run import make_plan
+from precompute.run import RunOptions, make_plan, run, run_key
+from runtime.bundle import Bundle
 from runtime.imagery import Imagery, ImageryError
 from runtime.tiles import WORLD_BBOX, demorton
 from store.reader import Store
@@ -393,3 +394,37 @@ def test_a_paletted_raster_is_told_to_be_expanded(source, tmp_path):
         f"imagery {str(path)!r} is one band of palette colours (a colour map), whose indices cannot be resampled "
         "as colours: expand it to RGB first (gdal_translate -expand rgb)"
     )
+
+
+def test_a_mosaics_coarse_backdrop_is_left_out_of_levels_far_finer_than_it(source, tmp_path, bundle_path):
+    """The finest file of a mosaic decides its levels: a coarse backdrop beside it (here 74 km
+    pixels east of the 7.4 km crop) was embedded at the crop's finest levels from pixels
+    enlarged 30 times and more, silently. Precompute leaves a file out of a level that would
+    enlarge it more than twice --max-upsample; the basemap still draws it."""
+    data, profile = source
+    folder = tmp_path / "mosaic"
+    folder.mkdir()
+    fine = _write(folder / "a-fine.tif", data, profile)
+    coarse = data[:, ::10, ::10]
+    res = profile["transform"].a * 10
+    _write(folder / "b-backdrop.tif", coarse, profile, width=coarse.shape[2], height=coarse.shape[1],
+           transform=from_origin(36, 62, res, res))  # fmt: skip
+    mosaic = Imagery(folder)
+    assert [a.path for a in mosaic.left_out(9, SIZE, 8.0)] == [str(folder / "b-backdrop.tif")]
+    assert mosaic.left_out(7, SIZE, 8.0) == []
+    east, west = mercantile.tile(40, 45, 9)[:2], mercantile.tile(33, 45, 9)[:2]
+    assert mosaic.cell(9, *east, SIZE) is not None  # the basemap draws it
+    assert mosaic.cell(9, *east, SIZE, max_upsample=8.0) is None
+    assert np.array_equal(mosaic.cell(9, *west, SIZE, max_upsample=8.0).rgb, Imagery(fine).cell(9, *west, SIZE).rgb)
+
+    bundle, bbox = Bundle(bundle_path), (33.0, 43.0, 39.0, 47.0)  # across the seam at 36 E
+    manifest, _ = run(mosaic, bundle, [7, 9], bbox, tmp_path / "store", progress=False)
+    assert manifest["left_out_beyond_upsample"] == 16.0  # in the run's key: another limit is another run
+    assert "left_out_beyond_upsample" not in run_key(
+        Imagery(fine), bundle, make_plan(Imagery(fine), [9], bbox), RunOptions()
+    )
+    store = Store(tmp_path / "store")
+    for level, beyond in ((7, True), (9, False)):
+        x, _ = demorton(store.levels[level].arrays.codes.astype(np.uint64))
+        seam = (36 + 180) / 360 * (1 << level)
+        assert (x < seam - 1).any() and bool((x > seam).any()) == beyond, level
