@@ -116,31 +116,37 @@ def expand_source(source: Source) -> list[str]:
     return paths
 
 
+def _mercator_steps(ds: Any, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Web-mercator metres per pixel at pixels (cols, rows), along the finer axis; inf where the
+    pixel or a neighbour lies beyond the mercator square or the step cannot be measured."""
+    xs, ys = ds.transform * (np.concatenate([cols, cols + 1, cols]), np.concatenate([rows, rows, rows + 1]))
+    _, lats = transform_points(ds.crs, "EPSG:4326", xs, ys)
+    mx, my = transform_points(ds.crs, "EPSG:3857", xs, ys)
+    lat, x, y = (np.asarray(v, dtype=np.float64).reshape(3, len(cols)) for v in (lats, mx, my))
+    steps = np.hypot(x[1:] - x[0], y[1:] - y[0])
+    steps[~np.isfinite(steps) | (steps <= 0)] = np.inf
+    finest = steps.min(axis=0)
+    finest[~(np.abs(lat) < MERCATOR_LAT_LIMIT).all(axis=0)] = np.inf
+    return finest
+
+
 def _resolution_m(reader: Reader) -> float:
     """Web-mercator metres per source pixel at the footprint centre, along the finer axis. Where
     the centre lies beyond the mercator square (a polar stereographic raster around a pole, whose
     centre gave 197,000 km pixels and every level refused), at the pixel nearest it that does not."""
     ds = reader.dataset
     assert ds is not None  # an open Reader holds its dataset
-    # Probes: the centre first, then a grid over the raster, nearest the centre first.
+    centre = _mercator_steps(ds, np.array([ds.width / 2]), np.array([ds.height / 2]))
+    if np.isfinite(centre[0]):
+        return float(centre[0])
+    # A grid over the raster, nearest the centre first.
     grid = np.linspace(0.0, 1.0, 33)
     fx, fy = (a.ravel() for a in np.meshgrid(grid, grid))
     order = np.argsort((fx - 0.5) ** 2 + (fy - 0.5) ** 2, kind="stable")
-    cols = np.concatenate([[ds.width / 2], fx[order] * (ds.width - 1)])
-    rows = np.concatenate([[ds.height / 2], fy[order] * (ds.height - 1)])
-    # Each probe and its neighbours one pixel right and one down.
-    xs, ys = ds.transform * (np.concatenate([cols, cols + 1, cols]), np.concatenate([rows, rows, rows + 1]))
-    _, lats = transform_points(ds.crs, "EPSG:4326", xs, ys)
-    mx, my = transform_points(ds.crs, "EPSG:3857", xs, ys)
-    n = len(cols)
-    lat, x, y = (np.asarray(v, dtype=np.float64).reshape(3, n) for v in (lats, mx, my))
-    inside = (np.abs(lat) < MERCATOR_LAT_LIMIT).all(axis=0)
-    steps = np.hypot(x[1:] - x[0], y[1:] - y[0])
-    steps[~np.isfinite(steps) | (steps <= 0)] = np.inf
-    finest = steps.min(axis=0)
-    usable = np.flatnonzero(inside & np.isfinite(finest))
+    steps = _mercator_steps(ds, fx[order] * (ds.width - 1), fy[order] * (ds.height - 1))
+    usable = np.flatnonzero(np.isfinite(steps))
     if len(usable):
-        return float(finest[usable[0]])
+        return float(steps[usable[0]])
     # No pixel inside the mercator square (its cells are then all refused): the centre, clamped.
     col, row = ds.width / 2, ds.height / 2
     cx, cy = [], []
