@@ -396,19 +396,25 @@ def test_a_paletted_raster_is_told_to_be_expanded(source, tmp_path):
     )
 
 
+def _fine_and_backdrop(source, folder: Path) -> Path:
+    """A mosaic of the 7.4 km crop (west of 36 E) and a 74 km backdrop of it east of 36 E."""
+    data, profile = source
+    folder.mkdir()
+    _write(folder / "a-fine.tif", data, profile)
+    coarse = data[:, ::10, ::10]
+    res = profile["transform"].a * 10
+    _write(folder / "b-backdrop.tif", coarse, profile, width=coarse.shape[2], height=coarse.shape[1],
+           transform=from_origin(36, 62, res, res))  # fmt: skip
+    return folder / "a-fine.tif"
+
+
 def test_a_mosaics_coarse_backdrop_is_left_out_of_levels_far_finer_than_it(source, tmp_path, bundle_path):
     """The finest file of a mosaic decides its levels: a coarse backdrop beside it (here 74 km
     pixels east of the 7.4 km crop) was embedded at the crop's finest levels from pixels
     enlarged 30 times and more, silently. Precompute leaves a file out of a level that would
     enlarge it more than twice --max-upsample; the basemap still draws it."""
-    data, profile = source
     folder = tmp_path / "mosaic"
-    folder.mkdir()
-    fine = _write(folder / "a-fine.tif", data, profile)
-    coarse = data[:, ::10, ::10]
-    res = profile["transform"].a * 10
-    _write(folder / "b-backdrop.tif", coarse, profile, width=coarse.shape[2], height=coarse.shape[1],
-           transform=from_origin(36, 62, res, res))  # fmt: skip
+    fine = _fine_and_backdrop(source, folder)
     mosaic = Imagery(folder)
     assert [a.path for a in mosaic.left_out(9, SIZE, 8.0)] == [str(folder / "b-backdrop.tif")]
     assert mosaic.left_out(7, SIZE, 8.0) == []
@@ -428,3 +434,22 @@ def test_a_mosaics_coarse_backdrop_is_left_out_of_levels_far_finer_than_it(sourc
         x, _ = demorton(store.levels[level].arrays.codes.astype(np.uint64))
         seam = (36 + 180) / 360 * (1 << level)
         assert (x < seam - 1).any() and bool((x > seam).any()) == beyond, level
+
+
+def test_training_leaves_a_mosaics_coarse_backdrop_out_as_precompute_does(source, tmp_path):
+    """A csv row's cell at a level far finer than a mosaic's backdrop was cut from the backdrop's
+    enlarged pixels, where precompute leaves that file out: a model trained on cells it would
+    never be served. Now the row has no imagery there, as the store has no cell."""
+    from model.data import BadSample, reader
+    from tests.test_own_data import write_folder
+
+    folder = tmp_path / "mosaic"
+    fine = _fine_and_backdrop(source, folder)
+    root = write_folder(tmp_path / "d", 2, image=False)
+    (root / "samples.csv").write_text("lat,lon,audio,level\n45,40,audio/0.wav,9\n45,33,audio/1.wav,9\n")
+    split = {"cell_deg": 90.0, "val_fraction": 0.0, "test_fraction": 0.0}
+    rows = reader("csv")({"root": str(root), "imagery": str(folder), "split": split}, SIZE).train
+    east, west = sorted(range(len(rows)), key=lambda i: -rows.rows[i].lon)
+    with pytest.raises(BadSample, match="no imagery at level 9"):
+        rows[east]
+    assert np.array_equal(rows[west].image, Imagery(fine).cell(9, *mercantile.tile(33, 45, 9)[:2], SIZE).rgb)

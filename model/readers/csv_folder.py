@@ -664,7 +664,9 @@ class CsvFolderSource:
             assert row.gsd is not None  # a row with an image has a gsd (parse_row)
             return fit_image(decode_image(data, str(path)), row.gsd, self.size)
         tile = mercantile.tile(row.lon, row.lat, row.level)
-        cell = self.imagery().cell(tile.z, tile.x, tile.y, self.size)
+        # As precompute reads it: a mosaic's files the level would enlarge far beyond MAX_UPSAMPLE
+        # are left out, so a model is trained on the pixels it will be served.
+        cell = self.imagery().cell(tile.z, tile.x, tile.y, self.size, max_upsample=MAX_UPSAMPLE)
         if cell is None:
             raise BadSample(where, f"no imagery at level {row.level} cell ({tile.x}, {tile.y}) in {self.cfg.imagery}")
         return cell.rgb, cell.gsd
