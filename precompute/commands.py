@@ -18,7 +18,8 @@ from precompute.ray_engine import KILL_ONCE_ENV, RayJob, absolute, import_ray, r
 from precompute.run import RunOptions, execute, left_out_lines, make_plan
 from runtime.arguments import integer_in, number_above
 from runtime.errors import UsageError
-from runtime.imagery import Imagery, parse_bands, parse_rescale
+from runtime.imagery import Imagery
+from runtime.imagery_checks import parse_bands, parse_rescale
 from runtime.tiles import WORLD_BBOX, tile_range
 from store.index import FLAT_MAX
 from store.reader import Store

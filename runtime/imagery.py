@@ -4,6 +4,7 @@ basemap all cut pixels here, so the model is served exactly the pixels it was tr
 
 A source is anything rio-tiler reads (a local or remote GeoTIFF/COG in any CRS), a directory of
 such rasters, or a list of them: a mosaic, where the first raster that has a valid pixel gives it.
+What each file must be to be read as meant is checked as it opens (runtime.imagery_checks).
 """
 
 from __future__ import annotations
@@ -21,14 +22,30 @@ from typing import Any
 import numpy as np
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import transform as transform_points
-from rasterio.windows import Window
 from rio_tiler.constants import WGS84_CRS
 from rio_tiler.errors import EmptyMosaicError, TileOutsideBounds
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.mosaic import mosaic_reader
 
-from runtime.errors import UserError
+from runtime.imagery_checks import (
+    RGB_BANDS,
+    Asset,
+    ImageryError,
+    check_alpha,
+    check_band_count,
+    check_bands,
+    check_declared_colours,
+    check_eight_bit,
+    check_georeferenced,
+    check_nodata,
+    check_one_kind,
+    check_range,
+    check_readable,
+    check_rescale,
+    first_cause,
+    is_remote,
+)
 from runtime.tiles import (
     EARTH_CIRCUMFERENCE_M,
     MERCATOR_LAT_LIMIT,
@@ -40,7 +57,7 @@ from runtime.tiles import (
 
 # rio-tiler clips latitudes to the mercator limit for world rasters and warns each time; expected.
 warnings.filterwarnings("ignore", message="Adjusting dataset latitudes", category=UserWarning)
-# A file that is not georeferenced is refused in a sentence of ours (_check_georeferenced).
+# A file that is not georeferenced is refused in a sentence of ours (check_georeferenced).
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 # A cell with less than this fraction of valid pixels has no imagery (skipped, never black).
@@ -51,16 +68,10 @@ MIN_VALID_FRACTION = 0.5
 LEAVE_OUT_FACTOR = 2.0
 # Files a directory source contributes to its mosaic.
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
-# Sources that are not local paths (GDAL reads them over the network).
-REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsi")
 # Open datasets kept per thread; a mosaic of thousands of files must not exhaust file handles.
 READERS_PER_THREAD = 32
 
 Source = str | Path | Sequence[str | Path]
-
-
-class ImageryError(UserError):
-    """The imagery source cannot be opened or read."""
 
 
 @dataclass(frozen=True)
@@ -74,27 +85,6 @@ class CellImage:
     @property
     def valid_fraction(self) -> float:
         return float(self.valid.mean())
-
-
-@dataclass(frozen=True)
-class Asset:
-    """One raster of a source: where it is and how fine it is."""
-
-    path: str
-    # (west, south, east, north) boxes in degrees, west < east: one, or two for a file across the
-    # antimeridian (its parts east of 180 W and west of 180 E).
-    boxes: tuple[tuple[float, float, float, float], ...]
-    count: int
-    resolution_m: float  # web-mercator metres per pixel at the footprint centre (finest axis)
-    # Of the bands read as red, green and blue: their pixel types, the colour interpretations the
-    # file declares ('red', 'gray', 'undefined', ...) and their (scale, offset).
-    dtypes: tuple[str, ...]
-    declared: tuple[str, ...]
-    scaling: tuple[tuple[float, float], ...]
-
-
-def is_remote(path: str) -> bool:
-    return path.startswith(REMOTE_PREFIXES)
 
 
 def expand_source(source: Source) -> list[str]:
@@ -215,258 +205,6 @@ def extent(boxes: Sequence[Box]) -> tuple[Box, ...]:
     return (spans[widest + 1][0], south, 180.0, north), (-180.0, south, spans[widest][1], north)
 
 
-def _check_nodata(nodata: float, dtype: str, path: str) -> None:
-    """Refuse a nodata override that no pixel of `dtype` can hold (NaN, -9999 or 300 on uint8,
-    0.5 on integers): it would match no pixel, and rio-tiler failed on every cell with `Cannot
-    convert fill_value nan to dtype uint8`. A file's own such nodata GDAL already ignores."""
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        if not (float(nodata).is_integer() and info.min <= nodata <= info.max):
-            raise ImageryError(
-                f"nodata {nodata:g} can never be a pixel of imagery {path!r}, whose {dtype} pixels are whole "
-                f"numbers {info.min}..{info.max}: give --nodata one of those, or leave it out for the file's own nodata"
-            )
-
-
-def parse_rescale(text: str) -> tuple[float, float]:
-    """'0,3000' -> (0.0, 3000.0): the pixel values that become 0 and 255 (ValueError otherwise)."""
-    return check_rescale(text.split(","))
-
-
-def check_rescale(span: Sequence[float | str]) -> tuple[float, float]:
-    """A rescale range as a pair of finite floats, low below high (ValueError otherwise)."""
-    try:
-        low, high = (float(v) for v in span)
-    except (TypeError, ValueError):
-        raise ValueError(f"a rescale range is two numbers LOW,HIGH like 0,3000, not {span!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"a rescale range needs two finite numbers, the low below the high, not {low:g},{high:g}")
-    return low, high
-
-
-RGB_BANDS = (1, 2, 3)
-
-
-def parse_bands(text: str) -> tuple[int, int, int]:
-    """'3,2,1' -> (3, 2, 1): the 1-based bands read as red, green and blue (ValueError otherwise)."""
-    return check_bands(text.split(","))
-
-
-def check_bands(bands: Sequence[int | str]) -> tuple[int, int, int]:
-    """Three 1-based band numbers, for red, green and blue (ValueError otherwise)."""
-    try:
-        red, green, blue = (int(b) for b in bands)
-    except (TypeError, ValueError):
-        red = green = blue = 0
-    if min(red, green, blue) < 1:
-        raise ValueError(f"bands are three band numbers (from 1) for red, green and blue like 3,2,1, not {bands!r}")
-    return red, green, blue
-
-
-COLOURS = ("red", "green", "blue")
-
-
-def _check_band_count(bands: tuple[int, ...], dataset: Any, path: str, given: bool) -> None:
-    if dataset.count == 1 and dataset.colorinterp[0].name == "palette":
-        raise ImageryError(
-            f"imagery {path!r} is one band of palette colours (a colour map), whose indices cannot be resampled "
-            "as colours: expand it to RGB first (gdal_translate -expand rgb)"
-        )
-    if max(bands) > dataset.count:
-        raise ImageryError(
-            f"imagery {path!r} has {dataset.count} band(s), so no band {max(bands)} to read as a colour"
-            if given
-            else f"imagery {path!r} has {dataset.count} band(s); RGB needs 3"
-        )
-
-
-def _check_bands(bands: tuple[int, ...], asset: Asset, given: bool) -> None:
-    """Unless the bands are given, the file does not declare them to be other colours than red,
-    green and blue (a blue-green-red file was read with red and blue swapped, silently)."""
-    if given:
-        return
-    path = asset.path
-    declared = dict(zip(bands, asset.declared, strict=True))
-    if set(declared.values()) & set(COLOURS) and tuple(declared.values()) != COLOURS:
-        band_of = {colour: band for band, colour in declared.items()}
-        hint = ",".join(str(band_of[c]) for c in COLOURS) if set(COLOURS) <= set(band_of) else "R,G,B"
-        raise ImageryError(
-            f"imagery {path!r} declares bands 1, 2, 3 as {', '.join(declared.values())}: say which bands are "
-            f"red, green and blue (precompute --bands {hint}, a config's data.bands: [{hint.replace(',', ', ')}])"
-        )
-
-
-def _first_cause(exc: BaseException) -> str:
-    """The message of the error at the root of `exc`'s chain (GDAL's own, under rasterio's)."""
-    messages: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(messages) < 20:
-        messages.append(str(seen).strip())
-        seen = seen.__cause__ or seen.__context__
-    return next((m for m in reversed(messages) if m), type(exc).__name__)
-
-
-def _check_readable(dataset: Any, path: str, bands: tuple[int, ...]) -> None:
-    """A local file's pixels can be read: the files a VRT names exist, and its last block and its
-    coarsest overview decode. A truncated file (a copy cut short) or a VRT naming a moved file
-    opened, planned and failed on its first cell, leaving a work folder, with rasterio's "Read
-    failed. See previous exception for details." (the last block is where a cut file ends)."""
-    missing = [name for name in dataset.files[1:] if not is_remote(name) and not os.path.exists(name)]
-    if missing:
-        more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-        raise ImageryError(f"imagery {path!r} refers to {missing[0]!r}, which does not exist{more}")
-    read = [b for b in bands if b <= dataset.count]
-    if not read:
-        return
-    block_height, block_width = dataset.block_shapes[0]
-    row, col = (dataset.height - 1) // block_height * block_height, (dataset.width - 1) // block_width * block_width
-    try:
-        dataset.read(read, window=Window(col, row, dataset.width - col, dataset.height - row))
-        dataset.read(read, out_shape=(len(read), min(8, dataset.height), min(8, dataset.width)))
-    except Exception as exc:  # rasterio raises several types for undecodable data
-        raise ImageryError(
-            f"cannot read imagery {path!r}, which looks damaged or cut short: {_first_cause(exc)}"
-        ) from exc
-
-
-def _check_alpha(dataset: Any, path: str, bands: tuple[int, ...]) -> None:
-    """A band the file declares alpha (transparency) holds a mask: nearly all its values 0 or one
-    opaque value. GDAL declares the 4th band of a 4-band 8-bit GeoTIFF written with its defaults
-    alpha, so red, green, blue and near-infrared (NAIP, cropped and saved by rasterio) had its
-    infrared read as the mask: its zeros no imagery and its other values weights in the warp,
-    silently. Such a band is refused in one sentence, as is a colour read from the mask itself."""
-    alphas = [i + 1 for i, c in enumerate(dataset.colorinterp) if c.name == "alpha"]
-    for band in alphas:
-        if band in bands:
-            raise ImageryError(
-                f"imagery {path!r} declares band {band} its alpha (transparency) band, which marks where there "
-                f"is imagery: it cannot be read as a colour too (the bands are {', '.join(map(str, bands))})"
-            )
-        side = min(256, dataset.height), min(256, dataset.width)
-        values = dataset.read(band, out_shape=side)
-        between = float(((values > 0) & (values < values.max())).mean())
-        if between > 0.25:
-            raise ImageryError(
-                f"imagery {path!r} declares band {band} its alpha (transparency) band, but {between:.0%} of its "
-                "values lie between transparent and opaque, as a measured band's (near-infrared?) do, where a "
-                "mask's are one or the other: GDAL declares the 4th band of a 4-band 8-bit GeoTIFF alpha unless "
-                f"told otherwise; declare it what it is (rio edit-info --colorinterp red,green,blue,undefined, or "
-                f"gdal_edit.py -colorinterp_{band} undefined), or give it a real mask"
-            )
-
-
-def _check_georeferenced(dataset: Any, path: str) -> None:
-    """The file says where its pixels lie: a CRS, and a geotransform or ground control points
-    (rio-tiler warps those). A file with a CRS but neither was placed with its corner at 0, 0 and
-    one degree (or metre) per pixel, silently; one without a CRS failed with a Python error."""
-    if dataset.crs is None:
-        raise ImageryError(
-            f"imagery {path!r} has no coordinate reference system, so where it lies on Earth is unknown: "
-            + (
-                "it carries RPCs, which need orthorectifying first (gdalwarp -rpc -t_srs EPSG:4326)"
-                if dataset.rpcs is not None
-                else "give it one (gdal_translate -a_srs EPSG:...)"
-                if not dataset.transform.is_identity
-                else "georeference it first (gdal_translate -a_srs EPSG:... -a_ullr WEST NORTH EAST SOUTH)"
-            )
-        )
-    if dataset.transform.is_identity and not dataset.gcps[0]:
-        raise ImageryError(
-            f"imagery {path!r} has a coordinate reference system but no geotransform or ground control "
-            "points, so where its pixels lie is unknown (they would be placed from 0, 0, one unit each): "
-            "georeference it first (gdal_translate -a_ullr WEST NORTH EAST SOUTH)"
-        )
-
-
-def _check_eight_bit(dtype: str, path: str, rescale: tuple[float, float] | None) -> None:
-    """The model reads 8-bit RGB: other pixels need the range of values that maps to 0..255, or
-    uint16 reflectance (0..10000) and float reflectance (0..1) were clipped to 0..255, silently:
-    near-white or near-black cells, embedded as such."""
-    if dtype != "uint8" and rescale is None:
-        raise ImageryError(
-            f"imagery {path!r} has {dtype} pixels and the model reads 8-bit RGB: give the range of values "
-            "that becomes 0..255 (precompute --rescale LOW,HIGH, a config's data.rescale: [LOW, HIGH]), "
-            "e.g. 0,3000 for reflectance x 10000 or 0,0.3 for reflectance"
-        )
-
-
-def _check_range(dtype: str, scaling: tuple[float, float], path: str, rescale: tuple[float, float] | None) -> None:
-    """A rescale range on whole-number pixels holds at least two of them. `--rescale 0,0.3` on
-    uint16 reflectance x 10000 (read as what its bands' scale and offset make of the values, as
-    gdalinfo shows them) turned every pixel but 0 white, silently: the range is in stored values."""
-    if rescale is None or not np.issubdtype(dtype, np.integer):
-        return
-    low, high = rescale
-    if math.floor(high) - math.ceil(low) >= 1:
-        return
-    scale, offset = scaling
-    stored = f"{(low - offset) / scale:g},{(high - offset) / scale:g}"
-    hint = (
-        f"; its values v stand for {_scaling(scale, offset)} (the bands' scale and offset), so {low:g}..{high:g} "
-        f"of those is {stored} in stored values"
-        if (scale, offset) != (1.0, 0.0)
-        else ""
-    )
-    raise ImageryError(
-        f"imagery {path!r} has {dtype} pixels, whole numbers, and the rescale range {low:g}..{high:g} holds fewer "
-        f"than two of them, so every pixel would come out black or white: the range (--rescale, data.rescale) is in "
-        f"the stored values{hint}"
-    )
-
-
-def _scaling(scale: float, offset: float) -> str:
-    """What a stored value v stands for, by a band's scale and offset ('v x 0.0001 - 0.1')."""
-    sign = "-" if offset < 0 else "+"
-    return ("v" if scale == 1 else f"v x {scale:g}") + (f" {sign} {abs(offset):g}" if offset else "")
-
-
-def _check_one_kind(assets: Sequence[Asset], bands: tuple[int, ...]) -> None:
-    """Every band read as a colour, in every file, is read one way: one --rescale range (or
-    none), one --bands. A mosaic of uint8 and uint16 files read through the uint16 range made
-    the uint8 files near-black, files declaring other colours in the same bands were read with
-    some of them swapped, and files whose bands scale their stored values differently
-    (Sentinel-2 before and after its 2022 offset) came out in other brightnesses, all silently."""
-
-    def where(asset: Asset, i: int, values: tuple) -> str:
-        return f"{asset.path!r}" if len(set(values)) == 1 else f"band {bands[i]} of {asset.path!r}"
-
-    def first_two(kind: str) -> list[tuple[str, Any]]:
-        seen: dict[Any, str] = {}
-        for asset in assets:
-            values = getattr(asset, kind)
-            for i, value in enumerate(values):
-                seen.setdefault(value, where(asset, i, values))
-        return [(place, value) for value, place in seen.items()][:2]
-
-    types = first_two("dtypes")
-    if len(types) > 1:
-        (a, da), (b, db) = types
-        raise ImageryError(
-            f"imagery {a} has {da} pixels but {b} has {db} pixels: all the imagery is read into 8-bit RGB "
-            "one way (one --rescale range, or none for 8-bit), which cannot suit both; convert it to one "
-            "pixel type first"
-        )
-    scalings = first_two("scaling")
-    if len(scalings) > 1:
-        (a, sa), (b, sb) = scalings
-        raise ImageryError(
-            f"imagery {a} has pixels v that stand for {_scaling(*sa)} but {b} for {_scaling(*sb)} (the "
-            "bands' scale and offset): one --rescale range would read one brightness as two in them; "
-            "convert them to one scale first"
-        )
-    for i, band in enumerate(bands):
-        declared: dict[str, str] = {}
-        for asset in assets:
-            if asset.declared[i] in COLOURS:
-                declared.setdefault(asset.declared[i], asset.path)
-        if len(declared) > 1:
-            (ca, a), (cb, b) = list(declared.items())[:2]
-            raise ImageryError(
-                f"imagery {a!r} declares band {band} {ca} but {b!r} declares it {cb}: one --bands cannot "
-                "read both in their colours; give files of one band order"
-            )
-
-
 class Imagery:
     """A raster source rio-tiler reads, cut into web-mercator cells.
 
@@ -491,14 +229,14 @@ class Imagery:
         self.bands = check_bands(rgb_bands) if rgb_bands is not None else None
         self._local = threading.local()
         self.assets = [self._open_asset(p) for p in expand_source(source)]
-        _check_one_kind(self.assets, self.rgb_bands)
+        check_one_kind(self.assets, self.rgb_bands)
         for asset in self.assets:
-            _check_bands(self.rgb_bands, asset, self.bands is not None)
+            check_declared_colours(self.rgb_bands, asset, self.bands is not None)
             for dtype in set(asset.dtypes):
-                _check_eight_bit(dtype, asset.path, self.rescale)
-                _check_range(dtype, asset.scaling[0], asset.path, self.rescale)
+                check_eight_bit(dtype, asset.path, self.rescale)
+                check_range(dtype, asset.scaling[0], asset.path, self.rescale)
                 if self.nodata is not None:
-                    _check_nodata(self.nodata, dtype, asset.path)
+                    check_nodata(self.nodata, dtype, asset.path)
         # Where the imagery lies: one box, or two across the antimeridian; `bounds` holds them all.
         self.extent = extent([box for a in self.assets for box in a.boxes])
         self.bounds = (
@@ -519,12 +257,12 @@ class Imagery:
             reader = self._reader(path)
             dataset = reader.dataset
             assert dataset is not None  # an open Reader holds its dataset
-            _check_georeferenced(dataset, path)
+            check_georeferenced(dataset, path)
             if not is_remote(path):
-                _check_readable(dataset, path, self.rgb_bands)
+                check_readable(dataset, path, self.rgb_bands)
             boxes = _footprint(reader, dataset, path)
-            _check_band_count(self.rgb_bands, dataset, path, self.bands is not None)
-            _check_alpha(dataset, path, self.rgb_bands)
+            check_band_count(self.rgb_bands, dataset, path, self.bands is not None)
+            check_alpha(dataset, path, self.rgb_bands)
             read = [b - 1 for b in self.rgb_bands]
             return Asset(
                 path,
@@ -626,7 +364,7 @@ class Imagery:
         except TileOutsideBounds:
             raise
         except Exception as exc:
-            raise ImageryError(f"cannot read cell {z}/{x}/{y} of imagery {path!r}: {_first_cause(exc)}") from exc
+            raise ImageryError(f"cannot read cell {z}/{x}/{y} of imagery {path!r}: {first_cause(exc)}") from exc
 
     def left_out(self, z: int, size: int, max_upsample: float) -> list[Asset]:
         """The files whose pixels `size`-pixel cells of level z would enlarge more than

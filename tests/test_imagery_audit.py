@@ -119,6 +119,7 @@ def test_precompute_refuses_a_mixed_mosaic_before_any_work(source, bundle_path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # written so on purpose
 def test_a_raster_that_is_not_georeferenced_is_refused(source, tmp_path, bundle_path, capsys):
     """A file with a CRS but no geotransform was placed with its corner at 0, 0 and a degree per
     pixel (bounds 0..720 E, 0..510 N: cells off West Africa), silently; one without a CRS failed
@@ -135,6 +136,7 @@ def test_a_raster_that_is_not_georeferenced_is_refused(source, tmp_path, bundle_
     assert "georeference it first" in line and not (tmp_path / "out").exists()
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # written so on purpose
 def test_a_raster_placed_by_ground_control_points_reads_where_they_say(source, imagery_path, tmp_path):
     data, profile = source
     height, width = data.shape[1:]

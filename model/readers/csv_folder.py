@@ -40,6 +40,7 @@ from model.config import ConfigError, Section, from_section
 from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
 from model.readers.common import When, content_hash, decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
+from runtime.imagery_checks import check_bands, check_rescale
 from runtime.tiles import EARTH_CIRCUMFERENCE_M
 
 if TYPE_CHECKING:
@@ -80,15 +81,11 @@ class CsvFolderConfig(Section):
     @field_validator("rescale")
     @classmethod
     def _rescale(cls, value: list[float] | None) -> list[float] | None:
-        from runtime.imagery import check_rescale  # rasterio only where imagery is read
-
         return list(check_rescale(value)) if value is not None else None
 
     @field_validator("bands")
     @classmethod
     def _bands(cls, value: list[int] | None) -> list[int] | None:
-        from runtime.imagery import check_bands  # rasterio only where imagery is read
-
         return list(check_bands(value)) if value is not None else None
 
 
