@@ -535,6 +535,9 @@ def _fit(run: Run, stop_after: int | None, progress: bool, signals: StopSignals)
             atomic_write(run_dir / "config.yaml", _config_text(run))
         end = run.cfg.steps if stop_after is None else min(run.cfg.steps, run.step + stop_after)
         stopped = _steps(run, end, progress, signals)
+        # Every rank ends at the same step: none leaves the process group while another still has
+        # collectives in flight (a rank of a two-process gloo run aborted at exit, now and then).
+        barrier(run.dist)
         return RunResult(run_dir, run.step, run.best_step, run.best, stopped, run.skips.count, run.skips.files)
     finally:
         if run.lock is not None:
