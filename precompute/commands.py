@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from precompute.device import open_bundle, select_device
 from precompute.estimate import estimate, levels_within_budget, parse_size
@@ -16,7 +14,7 @@ from precompute.merge import merge
 from precompute.plan import PlanError, Region, parse_bbox, parse_levels, parse_shard
 from precompute.ray_engine import KILL_ONCE_ENV, RayJob, absolute, import_ray, run_on_ray, shards_root
 from precompute.run import RunOptions, execute, left_out_lines, make_plan
-from runtime.arguments import integer_in, number_above
+from runtime.arguments import integer_in, number_above, parsed_by
 from runtime.errors import UsageError
 from runtime.imagery import Imagery
 from runtime.imagery_checks import parse_bands, parse_rescale
@@ -27,7 +25,6 @@ from store.synth import SynthSpec, bundle_facts, synth_store
 from store.verify import verify_store
 
 FLAT_MAX_ARG = integer_in(0, note="0: every level gets an IVF index")
-T = TypeVar("T")
 
 
 def _options(args: argparse.Namespace, plan_levels: list[int], readers: int) -> RunOptions:
@@ -62,18 +59,6 @@ def _fusion_levels(args: argparse.Namespace, levels: list[int], kinds: list[str]
 def _reading(args: argparse.Namespace) -> dict:
     """How the imagery options say the imagery is read (runtime.imagery.Imagery's keywords)."""
     return {"nodata": args.nodata, "rescale": args.rescale, "rgb_bands": args.bands}
-
-
-def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
-    """An argparse type of a parser that raises ValueError with its sentence."""
-
-    def typed(text: str) -> T:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return typed
 
 
 def _precompute(args: argparse.Namespace) -> int:
@@ -283,7 +268,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--rescale",
-        type=_argument(parse_rescale),
+        type=parsed_by(parse_rescale),
         metavar="LOW,HIGH",
         help="pixel values that become 0 and 255, for imagery that is not 8-bit (uint16, float): e.g. 0,3000 "
         "for reflectance x 10000; values as the file stores them, before its bands' scale and offset "
@@ -291,7 +276,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--bands",
-        type=_argument(parse_bands),
+        type=parsed_by(parse_bands),
         metavar="R,G,B",
         help="the bands read as red, green and blue, e.g. 3,2,1 for a blue-green-red stack (default 1,2,3)",
     )

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def integer_in(least: int, most: int | None = None, note: str = "") -> Callable[[str], int]:
@@ -42,3 +45,16 @@ def number_above(least: float, what: str = "a number") -> Callable[[str], float]
         return value
 
     return parse
+
+
+def parsed_by(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type of a parser that raises ValueError with its sentence (a rescale range,
+    a list of bands): argparse then refuses the value with that sentence, not 'invalid value'."""
+
+    def typed(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return typed
