@@ -9,10 +9,11 @@ a tile route is recorded under its exact raw path and query string and replayed 
 
 It runs inside HttpPolicy (HEAD, metrics), the host policy, CORS and the rate limit, so those
 apply to a replay exactly as to the normal path; GZip runs inside it (it never compresses a tile's
-media type; an answer carrying Content-Encoding is not recorded). If-None-Match is answered 304 with the
-recorded ETag, like `server.http.not_modified`. Bounded in bytes, least recently used first out.
+media type; an answer carrying Content-Encoding is not recorded). If-Match and If-None-Match are
+answered 412 and 304 with the recorded ETag, like `server.http.precondition_failed` and
+`not_modified`. Bounded in bytes, least recently used first out.
 
-`FrontDoor` goes one step further for the commonest hit (GET or HEAD, no If-None-Match, no rate
+`FrontDoor` goes one step further for the commonest hit (GET or HEAD, no If-(None-)Match, no rate
 limit): it answers before FastAPI's own wrappers and every middleware, with the bytes and headers
 the whole stack sent for the same URL, Origin and Accept-Encoding (the only request headers those
 layers read for a tile), counted in /metrics as HttpPolicy counts. Those layers cost ~80 us per
@@ -32,11 +33,14 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
-from server.http import not_modified, request_series
+from server.http import not_modified, precondition_failed, request_series
 
 TILE_PREFIX = "/tiles/"
 ENTRY_OVERHEAD = 512  # bytes counted per entry besides key and body (headers, tuple, dict slot)
 TILE_HITS = metrics.CACHE.labels("tile", "hit")
+# Request headers whose answer is not the recorded one: a tile has no Last-Modified, so
+# If-Unmodified-Since never fails (RFC 9110 13.1.4) and If-Modified-Since never answers 304.
+CONDITIONS = frozenset({b"if-none-match", b"if-match"})
 
 
 @dataclass(frozen=True)
@@ -151,8 +155,9 @@ class TileFastPath(Recordings):
                 self._put(key, recorded)
             return
         scope["route"], scope["endpoint"] = found.route, found.endpoint  # HttpPolicy labels metrics by route
-        if any(name == b"if-none-match" for name, _ in scope["headers"]):  # the same 304 as the route's own
-            held = not_modified(Request(scope), found.etag, found.cache_control)
+        if any(name in CONDITIONS for name, _ in scope["headers"]):  # the same 412 or 304 as the route's own
+            request = Request(scope)
+            held = precondition_failed(request, found.etag) or not_modified(request, found.etag, found.cache_control)
             if held is not None:
                 await held(scope, receive, send)
                 return
@@ -178,7 +183,7 @@ class FrontDoor(Recordings):
                 origin = value
             elif name == b"accept-encoding" and encoding is None:
                 encoding = value
-            elif name == b"if-none-match":  # a 304 or not: TileFastPath decides, inside the policies
+            elif name in CONDITIONS:  # a 412, a 304 or not: TileFastPath decides, inside the policies
                 await app(scope, receive, send)
                 return
         key = b"\0".join((tile_key(scope), origin or b"", encoding or b""))

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Literal
@@ -47,6 +48,7 @@ class ErrorBody(BaseModel):
 ERROR_DESCRIPTIONS = {
     400: "A Host header this server does not answer for (SOUNDSCAPE_ALLOWED_HOSTS), or a malformed request.",
     404: "Not found: outside the tile matrix set, an unknown name or an unknown query id.",
+    412: "If-Match names none of this answer's strong ETags, or it changed after If-Unmodified-Since.",
     413: "The upload is too large or the audio too long.",
     415: "Not JSON, a form or audio (wav, flac, ogg, mp3).",
     422: "Invalid parameters.",
@@ -160,6 +162,35 @@ def not_modified(request: Request, etag: str, control: str) -> Response | None:
     return None
 
 
+def _http_date(value: str) -> datetime | None:
+    """An HTTP-date, or None for one that does not parse or names no zone (an HTTP-date is GMT):
+    RFC 9110 ignores such a condition."""
+    try:
+        date = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return date if date.tzinfo is not None else None
+
+
+def precondition_failed(request: Request, etag: str, last_modified: str | None = None) -> Response | None:
+    """412 when If-Match names none of this answer's tags (strong comparison: a weak tag never
+    matches, `*` matches what exists) or, without If-Match, the answer changed after
+    If-Unmodified-Since (RFC 9110 13.1.1, 13.1.4, evaluated before If-None-Match), else None.
+    A client sends these to be told when the resource it holds is no longer what it is."""
+    if (header := request.headers.get("if-match")) is not None:
+        tags = [t.strip() for t in header.split(",") if t.strip()]
+        if "*" in tags or (not etag.startswith("W/") and etag in tags):
+            return None
+        return error_response(412, f"If-Match: the current ETag is {etag}")
+    since = request.headers.get("if-unmodified-since")
+    if since is None or last_modified is None or (limit := _http_date(since)) is None:
+        return None
+    modified = _http_date(last_modified)
+    if modified is None or modified <= limit:
+        return None
+    return error_response(412, f"If-Unmodified-Since: modified since, at {last_modified}")
+
+
 def unchanged_since(request: Request, response: Response, etag: str, control: str) -> Response | None:
     """304 when If-Modified-Since is at or after the response's Last-Modified (the static files'),
     else None. RFC 9110 13.1.3: only without If-None-Match, and a date that does not parse is
@@ -167,17 +198,15 @@ def unchanged_since(request: Request, response: Response, etag: str, control: st
     since, modified = request.headers.get("if-modified-since"), response.headers.get("last-modified")
     if since is None or modified is None or "if-none-match" in request.headers:
         return None
-    try:
-        unchanged = parsedate_to_datetime(modified) <= parsedate_to_datetime(since)
-    except (TypeError, ValueError):
-        return None
-    if not unchanged:
+    held, changed = _http_date(since), _http_date(modified)
+    if held is None or changed is None or changed > held:
         return None
     return Response(status_code=304, headers={"ETag": etag, "Cache-Control": control, "Last-Modified": modified})
 
 
 def conditional(request: Request, response: Response, kind: CachingKind, etag: str | None = None) -> Response:
-    """`response` with its kind's Cache-Control and ETag (`etag`, else its body's), or a 304 when
+    """`response` with its kind's Cache-Control and ETag (`etag`, else its body's), a 412 when
+    If-Match or If-Unmodified-Since fails (`precondition_failed`), or a 304 when
     If-None-Match already holds that tag (or, without it, If-Modified-Since is not before its
     Last-Modified). HEAD needs nothing here: HttpPolicy answers it with the GET answer, body
     dropped."""
@@ -188,7 +217,12 @@ def conditional(request: Request, response: Response, kind: CachingKind, etag: s
         return response
     etag = etag or body_etag(bytes(response.body), weak=policy.etag == "weak")
     response.headers["ETag"] = etag
-    return not_modified(request, etag, control) or unchanged_since(request, response, etag, control) or response
+    return (
+        precondition_failed(request, etag, response.headers.get("last-modified"))
+        or not_modified(request, etag, control)
+        or unchanged_since(request, response, etag, control)
+        or response
+    )
 
 
 # Error answers -----------------------------------------------------------------------------

@@ -83,3 +83,44 @@ def test_a_static_file_not_modified_since_answers_304(client):
     # If-None-Match decides where both are sent (RFC 9110 13.1.3): a tag the file no longer has gets it whole.
     both = {"If-Modified-Since": modified, "If-None-Match": '"stale"'}
     assert client.get("/static/viewer.js", headers=both).status_code == 200
+
+
+def test_if_match_answers_412_unless_it_names_the_tile(client):
+    """If-Match was ignored on GET: a client checking that the tile it holds is still the one served
+    got 200 and a different tile's bytes. RFC 9110 13.1.1: strong comparison, `*` matches any tile
+    that exists, and it is evaluated before If-None-Match; the same answers on the first request
+    (the route) and the next (the recorded replay)."""
+    path = "/tiles/2/2/1.png?q=birdsong&month=4"
+    etag = client.get(path).headers["etag"]
+    for _ in range(2):
+        for tags, status in ((etag, 200), (f'"x", {etag}', 200), ("*", 200), ('"other"', 412), (f"W/{etag}", 412)):
+            r = client.get(path, headers={"If-Match": tags})
+            assert r.status_code == status, tags
+        failed = client.get(path, headers={"If-Match": '"other"', "If-None-Match": etag})
+        assert failed.status_code == 412 and failed.json()["detail"] == f"If-Match: the current ETag is {etag}"
+        assert failed.headers["cache-control"] == "no-store"
+        client.app.state.service.tiles.local.drop()
+    # A text of no known word is still a 422 (no tile exists for `*` to match).
+    unknown = {"q": "\U0001f3b5 \u4f60\u597d"}  # a note and a script outside the demo model's vocabulary
+    assert client.get("/tiles/2/2/1.png", params=unknown, headers={"If-Match": "*"}).status_code == 422
+
+
+def test_if_match_on_a_document_uses_strong_comparison(client):
+    """A document's ETag is weak (gzip may re-encode it), and a weak tag never matches If-Match."""
+    fresh = client.get("/tilejson.json?q=birdsong")
+    assert client.get("/tilejson.json?q=birdsong", headers={"If-Match": fresh.headers["etag"]}).status_code == 412
+    assert client.get("/tilejson.json?q=birdsong", headers={"If-Match": "*"}).json() == fresh.json()
+
+
+def test_if_unmodified_since_answers_412_for_a_static_file_changed_after_it(client):
+    modified = client.get("/static/viewer.js").headers["last-modified"]
+    before = "Thu, 01 Jan 1970 00:00:00 GMT"
+    failed = client.get("/static/viewer.js", headers={"If-Unmodified-Since": before})
+    assert (
+        failed.status_code == 412 and failed.json()["detail"] == f"If-Unmodified-Since: modified since, at {modified}"
+    )
+    for since in (modified, "yesterday"):  # not modified since; a date that does not parse is ignored
+        assert client.get("/static/viewer.js", headers={"If-Unmodified-Since": since}).status_code == 200, since
+    # If-Match decides where both are sent (RFC 9110 13.2.2).
+    both = {"If-Match": "*", "If-Unmodified-Since": before}
+    assert client.get("/static/viewer.js", headers=both).status_code == 200

@@ -1,6 +1,6 @@
 """The lean paths for tiles answered before (server/fastpath.py: the front door before every
 middleware, the replay inside them): the same bytes and headers as the normal path for every
-request variant (CORS, gzip, HEAD, If-None-Match), no work done, still counted in /metrics and
+request variant (CORS, gzip, HEAD, If-None-Match, If-Match), no work done, still counted in /metrics and
 still behind the rate limiter, and bounded in bytes."""
 
 import pytest
@@ -66,10 +66,15 @@ def test_a_replay_is_byte_identical_to_the_normal_path(clients, url):
         again = fast.request("GET" if i else "HEAD", url, headers=headers)
         assert answer(again) == answer(first), headers
     etag = fast.get(url).headers["etag"]
-    for tags in (etag, f'W/{etag}, "x"', "*", '"other"'):
-        first = normal_path(normal, "GET", url, {"If-None-Match": tags, "Origin": "https://example.org"})
-        again = fast.get(url, headers={"If-None-Match": tags, "Origin": "https://example.org"})
-        assert answer(again) == answer(first) and again.status_code == (200 if tags == '"other"' else 304)
+    conditions = {  # header -> (tags, status); If-Match compares strongly (RFC 9110 13.1.1)
+        "If-None-Match": ((etag, 304), (f'W/{etag}, "x"', 304), ("*", 304), ('"other"', 200)),
+        "If-Match": ((etag, 200), (f'W/{etag}, "x"', 412), ("*", 200), ('"other"', 412)),
+    }
+    for name, cases in conditions.items():
+        for tags, status in cases:
+            first = normal_path(normal, "GET", url, {name: tags, "Origin": "https://example.org"})
+            again = fast.get(url, headers={name: tags, "Origin": "https://example.org"})
+            assert answer(again) == answer(first) and again.status_code == status, (name, tags)
     assert service.stats["renders"] == renders, "replays do no work"
 
 

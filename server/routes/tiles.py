@@ -8,7 +8,15 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.http import BINARY, cache_control, conditional, errors, if_none_match_tags, not_modified
+from server.http import (
+    BINARY,
+    cache_control,
+    conditional,
+    errors,
+    if_none_match_tags,
+    not_modified,
+    precondition_failed,
+)
 from server.params import TileParams, TileParamsDep, tile_request
 from server.render import FORMATS
 from server.routes.deps import ServiceDep
@@ -18,7 +26,7 @@ Format = Literal["png", "webp", "npy"]
 TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": dict.fromkeys(FORMATS.values(), BINARY), "description": "The tile."},
     304: {"description": "Not modified (If-None-Match)."},
-    **errors(404, 422, 503, notes={404: "Outside the tile matrix set, or unknown query id."}),
+    **errors(404, 412, 422, 503, notes={404: "Outside the tile matrix set, or unknown query id."}),
 }
 
 
@@ -35,13 +43,13 @@ async def _tile(
     tile, text = tile_request(service, tms, z, x, y, fmt, params)
     if text is None and tile.query is not None:
         # Registered ids only (q= of the same text names the same cached tile), and before any
-        # 304: `*` matches only a tile that exists
+        # 304 or 412 (known before rendering): `*` matches only a tile that exists
         await service.resolve(tile.query)
     elif text is not None and "*" in if_none_match_tags(request):
         service.check_text(text)  # 422 for a text the model knows no word of, as without the header
     name = service.tile_name(tile)
     etag = f'"{name}"'
-    held = not_modified(request, etag, cache_control(request, "tile"))  # known before rendering
+    held = precondition_failed(request, etag) or not_modified(request, etag, cache_control(request, "tile"))
     if held is not None:
         return held
     body = await service.tile(tile, text, name)
