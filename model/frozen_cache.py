@@ -5,8 +5,8 @@ every time, so running it each step only burns CPU: the cache stores one row per
 and batches carry that row (`text_backbone`, `audio_backbone`) instead of tokens or audio, which
 are then never decoded. Samples found unreadable while caching are recorded, so training skips
 them instead of pairing their image with a neighbour's cached audio. Files are named by a
-fingerprint of the tower config, the split and the data's content hash and written atomically: an
-interrupted run recomputes them and a second run reuses them. A reader without a content hash
+fingerprint of the tower's config and weights, the split and the data's content hash and written
+atomically: an interrupted run recomputes them and a second run reuses them. A reader without a content hash
 cannot say when its data changed, so its outputs are computed for the run and never stored."""
 
 from __future__ import annotations
@@ -39,12 +39,14 @@ class FrozenCache:
 
 
 def fingerprint(model: PSMModel, tower: str, split: str, data: dict, content: str) -> str:
-    """Names a cache file: the tower, the split, the data section without the demo corpus's
-    `path` (so one corpus named by another spelling of its path, relative, absolute or a copy,
-    finds its cache) and the data's own content hash (model.data.SampleSource), which changes
-    whenever what the tower reads does."""
+    """Names a cache file: the tower's config and the digest of its weights as loaded (a new
+    release of its package behind the same config gives new outputs), the split, the data section
+    without the demo corpus's `path` (so one corpus named by another spelling of its path,
+    relative, absolute or a copy, finds its cache) and the data's own content hash
+    (model.data.SampleSource), which changes whenever what the tower reads does."""
     spec = {
         "tower": getattr(model.cfg, tower).model_dump(),
+        "weights": getattr(model, tower).weights_digest(),
         "split": split,
         "data": {k: v for k, v in data.items() if k != "path"},
         "content": content,

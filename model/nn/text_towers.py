@@ -17,6 +17,7 @@ from torch import nn
 
 from model.config import ClapTextConfig, HashedTextConfig, MiniLMTextConfig, TextConfig
 from model.nn.layers import Block, Tower
+from runtime.files import file_sha256, json_sha256
 from runtime.text import HashedWordTokenizer, HuggingFaceTokenizer, Tokenizer
 
 if TYPE_CHECKING:
@@ -83,6 +84,11 @@ class HuggingFaceTextTower(TextTower):
     def write_tokenizer(self, path: Path) -> dict:
         shutil.copyfile(self.tokenizer_file, path)
         return {"tokenizer_kind": HuggingFaceTokenizer.kind, "max_length": self.max_length}
+
+    def weights_digest(self) -> str:
+        """The tensors' digest and the tokenizer file's: another vocabulary gives other ids, so
+        other outputs from the same weights."""
+        return json_sha256([super().weights_digest(), file_sha256(self.tokenizer_file)], length=64)
 
 
 def quiet_transformers() -> None:
