@@ -87,8 +87,13 @@ def draw_locations(
     shares: dict[str, float],
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lat, lon, stratum index into STRATA) of n points, uniform by area within each stratum."""
+    """(lat, lon, stratum index into STRATA) of n points, uniform by area within each stratum,
+    inside `bounds` (west, south, east, north; west > east across the antimeridian, as an
+    imagery's footprint is: its points lie on either side of 180 degrees, where they were drawn
+    over every longitude between)."""
     west, south, east, north = bounds
+    if west > east:
+        east += 360.0  # drawn over west..180 and on, then wrapped to -180..east
     south, north = max(south, -MERCATOR_LAT_LIMIT), min(north, MERCATOR_LAT_LIMIT)
     names = list(STRATA)
     quota = dict(
@@ -102,6 +107,7 @@ def draw_locations(
         m = 4 * n + 1000
         lat = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(south)), np.sin(np.radians(north)), m)))
         lon = rng.uniform(west, east, m)
+        lon = np.where(lon > 180, lon - 360.0, lon)
         land, coast = places.is_land(lat, lon), places.coast_km(lat, lon)
         lit = land & (places.lights(lat, lon) >= LIT)
         masks = {
@@ -390,7 +396,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     pools = split_recordings(clips, cfg.seed)
 
     rng = np.random.default_rng(cfg.seed)
-    lat, lon, stratum = draw_locations(places, cfg.samples, imagery.bounds, cfg.strata, rng)
+    lat, lon, stratum = draw_locations(places, cfg.samples, imagery.footprint, cfg.strata, rng)
     level = rng.choice(np.array(cfg.levels), size=len(lat))
     x, y = tile_of(lat, lon, level)
     month = rng.integers(1, 13, len(lat)).astype(np.int8)

@@ -49,6 +49,8 @@ from runtime.imagery_checks import (
 from runtime.tiles import (
     EARTH_CIRCUMFERENCE_M,
     MERCATOR_LAT_LIMIT,
+    Box,
+    Footprint,
     ground_sample_distance,
     mercator_pixel_size,
     tile_bounds,
@@ -162,9 +164,6 @@ def _intersects(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-Box = tuple[float, float, float, float]
-
-
 def _footprint(reader: Reader, dataset: Any, path: str) -> tuple[Box, ...]:
     """The file's footprint as boxes in -180..180: two for a file across the antimeridian (a UTM
     zone 1 or 60 scene, Fiji's EPSG:3460), whose bounds come back west > east, where it was one box
@@ -183,26 +182,6 @@ def _footprint(reader: Reader, dataset: Any, path: str) -> tuple[Box, ...]:
     if west > east:
         return (west, south, 180.0, north), (-180.0, south, east, north)
     return ((west, south, east, north),)
-
-
-def extent(boxes: Sequence[Box]) -> tuple[Box, ...]:
-    """The least longitude span holding every box, as one box, or two where it crosses the
-    antimeridian (then the first ends at 180 E and the second starts at 180 W)."""
-    south, north = min(b[1] for b in boxes), max(b[3] for b in boxes)
-    spans: list[list[float]] = []
-    for west, _, east, _ in sorted(boxes):
-        if spans and west <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], east)
-        else:
-            spans.append([west, east])
-    # The widest gap between spans, the one across the antimeridian (wrap) included, is left out.
-    gaps = [(spans[0][0] + 360 - spans[-1][1], -1)] + [
-        (spans[i + 1][0] - spans[i][1], i) for i in range(len(spans) - 1)
-    ]
-    _, widest = max(gaps)
-    if widest < 0:
-        return ((spans[0][0], south, spans[-1][1], north),)
-    return (spans[widest + 1][0], south, 180.0, north), (-180.0, south, spans[widest][1], north)
 
 
 class Imagery:
@@ -237,14 +216,11 @@ class Imagery:
                 check_range(dtype, asset.scaling[0], asset.path, self.rescale)
                 if self.nodata is not None:
                     check_nodata(self.nodata, dtype, asset.path)
-        # Where the imagery lies: one box, or two across the antimeridian; `bounds` holds them all.
-        self.extent = extent([box for a in self.assets for box in a.boxes])
-        self.bounds = (
-            min(b[0] for b in self.extent),
-            self.extent[0][1],
-            max(b[2] for b in self.extent),
-            self.extent[0][3],
-        )
+        # Where the imagery lies (west > east across the antimeridian), as boxes (one, or two
+        # across the antimeridian) and as the one box holding them (every longitude then).
+        self.footprint = Footprint.enclosing([box for a in self.assets for box in a.boxes])
+        self.extent = self.footprint.boxes
+        self.bounds = self.footprint.bounds
         self.count = min(a.count for a in self.assets)
         self.resolution_m = min(a.resolution_m for a in self.assets)
 
@@ -304,6 +280,11 @@ class Imagery:
                 readers.popitem(last=False)[1].close()
         readers.move_to_end(path)
         return reader
+
+    def covers(self, lon: float, lat: float) -> bool:
+        """Whether the point lies in the imagery's footprint: across the antimeridian, on either
+        side of 180 degrees, not anywhere between (as a test against `bounds` had it)."""
+        return self.footprint.covers(lon, lat)
 
     def describe(self) -> dict:
         """A JSON-able description for manifests, with how it is read where that is not the

@@ -8,6 +8,8 @@ of a level's sorted codes. Scalar tile math is mercantile's; the array forms her
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import mercantile
 import numpy as np
@@ -19,6 +21,86 @@ MAX_LEVEL = 24  # Morton codes of levels <= 24 fit in 48 bits.
 MERCATOR_LAT_LIMIT = 85.0511287798066
 # The whole tiled world as (west, south, east, north).
 WORLD_BBOX = (-180.0, -MERCATOR_LAT_LIMIT, 180.0, MERCATOR_LAT_LIMIT)
+
+# (west, south, east, north) in degrees, west < east.
+Box = tuple[float, float, float, float]
+
+
+class Footprint(NamedTuple):
+    """Where imagery or a store's cells lie: (west, south, east, north) in degrees, west > east
+    where it crosses the antimeridian, as RFC 7946 writes such a bbox and rasterio's
+    transform_bounds returns one. A plain box holding it (`bounds`) spans every longitude then:
+    places on the far side of the planet passed a test against it, and its middle, longitude 0,
+    was advertised as the imagery's centre."""
+
+    west: float
+    south: float
+    east: float
+    north: float
+
+    @classmethod
+    def enclosing(cls, boxes: Sequence[Box]) -> Footprint:
+        """The least longitude span holding every box: across the antimeridian where the widest
+        gap between the boxes lies elsewhere (files on both sides of 180 degrees)."""
+        south, north = min(b[1] for b in boxes), max(b[3] for b in boxes)
+        spans: list[list[float]] = []
+        for west, _, east, _ in sorted(boxes):
+            if spans and west <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], east)
+            else:
+                spans.append([west, east])
+        # The widest gap between spans, the one across the antimeridian (wrap) included, is left out.
+        gaps = [(spans[0][0] + 360 - spans[-1][1], -1)] + [
+            (spans[i + 1][0] - spans[i][1], i) for i in range(len(spans) - 1)
+        ]
+        _, widest = max(gaps)
+        if widest < 0:
+            return cls(spans[0][0], south, spans[-1][1], north)
+        return cls(spans[widest + 1][0], south, spans[widest][1], north)
+
+    @property
+    def wraps(self) -> bool:
+        """Whether it crosses the antimeridian."""
+        return self.west > self.east
+
+    @property
+    def boxes(self) -> tuple[Box, ...]:
+        """It as west < east boxes: one, or two across the antimeridian (the first ending at
+        180 E, the second starting at 180 W)."""
+        if self.wraps:
+            return (self.west, self.south, 180.0, self.north), (-180.0, self.south, self.east, self.north)
+        return ((self.west, self.south, self.east, self.north),)
+
+    @property
+    def bounds(self) -> Box:
+        """The one west < east box holding it, as TileJSON (whose bounds "MUST NOT wrap"; MapLibre
+        requests no tile for west > east), WMTS and GDAL take an extent: every longitude where it
+        crosses the antimeridian."""
+        if self.wraps:
+            return (-180.0, self.south, 180.0, self.north)
+        return (self.west, self.south, self.east, self.north)
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """(lon, lat): the middle of its longitude span, near 180 degrees for one across the
+        antimeridian (the middle of `bounds`, longitude 0, lies on the far side of the planet)."""
+        east = self.east + 360.0 if self.wraps else self.east
+        lon = (self.west + east) / 2
+        return (lon - 360.0 if lon > 180 else lon), (self.south + self.north) / 2
+
+    def covers(self, lon: float, lat: float) -> bool:
+        """Whether the point (longitude in -180..180) lies inside it, edges included."""
+        if not self.south <= lat <= self.north:
+            return False
+        if self.wraps:
+            return lon >= self.west or lon <= self.east
+        return self.west <= lon <= self.east
+
+    def clipped(self, bbox: Box) -> Footprint | None:
+        """The part of it inside a west < east box, or None where they do not meet."""
+        parts = [(max(b[0], bbox[0]), max(b[1], bbox[1]), min(b[2], bbox[2]), min(b[3], bbox[3])) for b in self.boxes]
+        parts = [p for p in parts if p[0] < p[2] and p[1] < p[3]]
+        return Footprint.enclosing(parts) if parts else None
 
 
 _SPREAD = (

@@ -15,6 +15,7 @@ import numpy as np
 
 from runtime.contract import GRAPH_FILES
 from runtime.files import file_sha256
+from runtime.tiles import Footprint
 from store.format import (
     ARRAYS,
     FUSION_KINDS,
@@ -127,6 +128,16 @@ class Store:
         self.bounds = tuple(self.manifest["bounds"])
 
     @property
+    def footprint(self) -> Footprint:
+        """Where the store's cells lie: its bounds, or, for imagery across the antimeridian (whose
+        bounds span every longitude), the part of the two boxes its plan kept within them."""
+        whole = Footprint(*self.bounds)
+        boxes = (self.manifest.get("plan") or {}).get("footprint")
+        if not boxes:
+            return whole
+        return Footprint.enclosing([(w, s, e, n) for w, s, e, n in boxes]).clipped(whole) or whole
+
+    @property
     def attribution(self) -> str:
         """The map's credit line: the imagery's credit and licence as precompute recorded them
         (--credit, --licence; manifest `attribution`), then the model. A store written without
@@ -192,6 +203,12 @@ def read_manifest(path: Path) -> dict:
     for key, size in (("bounds", 4), ("uncertainty_range", 2)):
         if not _finite_numbers(manifest[key], size):
             raise StoreError(f"{manifest_path}: {key!r} is not {size} finite numbers: the store is damaged; rebuild it")
+    footprint = (manifest.get("plan") or {}).get("footprint", [])
+    if not (isinstance(footprint, list) and len(footprint) <= 2 and all(_finite_numbers(b, 4) for b in footprint)):
+        raise StoreError(
+            f"{manifest_path}: 'plan.footprint' is not one or two boxes of 4 finite numbers: the store is damaged; "
+            "rebuild it"
+        )
     for key, meta in manifest["levels"].items():
         if not (
             key.isdigit()

@@ -86,6 +86,9 @@ async def _tilejson(request: Request, service: ServiceDep, tms: str | None, para
     base = base_url(request)
     store = service.store
     west, south, east, north = store.bounds
+    # Inside the cells: the middle of `bounds` lies on the far side of the planet for imagery
+    # across the antimeridian, whose bounds span every longitude (TileJSON's bounds never wrap).
+    lon, lat = store.footprint.centre
     minzoom, maxzoom = max(0, store.minlevel - CELLS_PER_TILE_LOG2), store.maxlevel
     legend = await layer_legend(service, tile, text)
     document = JSONResponse(
@@ -98,7 +101,7 @@ async def _tilejson(request: Request, service: ServiceDep, tms: str | None, para
             "minzoom": minzoom,
             "maxzoom": maxzoom,
             "bounds": [west, south, east, north],
-            "center": [(west + east) / 2, (south + north) / 2, min(maxzoom, minzoom + 2)],
+            "center": [lon, lat, min(maxzoom, minzoom + 2)],
             "attribution": store.attribution,  # the imagery's credit as precompute recorded it
             "tilesize": tile.size,
             "legend": f"{base}/colormaps/{tile.colormap}",
