@@ -220,6 +220,9 @@ class SkipLog:
                 self.seen[where] = reason
                 log.warning("skipped unreadable sample %s: %s", where, reason)
 
+    def copy(self) -> SkipLog:
+        return SkipLog(list(self.seen.items()), self.count)
+
     @property
     def files(self) -> int:
         """How many distinct samples were unreadable (count: how many times one was skipped)."""

@@ -21,6 +21,7 @@ does (docs/method.md section 4.1), and "levels_mean", the mean of the levels' fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from model.checks import checked_splits, small_split_warnings
 from model.data import DataError, Preprocessing, SampleSource
 from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.psm import META_KEYS, PSMModel, preprocessing
+from model.stopping import Abandoned
 from runtime.contract import META_TOKENS
 
 RECALL_FRACTION = 0.1
@@ -136,9 +138,11 @@ def embed_split(
     max_samples: int | None = None,
     skips: SkipLog | None = None,
     progress: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> SplitEmbeddings:
     """Every readable sample of `source` (the first `max_samples`) embedded once, each
-    unreadable one left out."""
+    unreadable one left out. `stop` is asked before each batch: True abandons the pass (Abandoned),
+    so a stopping run need not wait for a whole split."""
     model.eval()
     device = next(model.parameters()).device
     cache = cache or FrozenCache()
@@ -154,6 +158,8 @@ def embed_split(
         disable=not progress,
         unit="batch",
     ):
+        if stop is not None and stop():
+            raise Abandoned(f"stopped after {len(seen)} samples")
         if skips is not None:
             skips.add(batch["skipped"])
         keep = _first_sight(batch["index"], seen)  # a substitute repeats a sample, even within a batch

@@ -6,8 +6,10 @@ an `Interrupted` exception unwinds it, so a cache or checkpoint being written is
 unfinished (runtime.files.atomic_write) and nothing partial stays. From the first step on, a
 signal is only noted: the training loop finishes the step under way, writes last.pt as a periodic
 checkpoint would and raises `Interrupted` with that step, so `--resume` continues exactly. A
-second signal while that happens is noted and ignored, so it cannot cut the checkpoint short
-(kill -9 still stops at once, leaving the previous last.pt whole)."""
+validation (minutes on a large split) does not wait for its end: it is abandoned between two
+batches (`ValidationVote`), and last.pt records the step with its validation still due, which the
+resumed run does first. A second signal while that happens is noted and ignored, so it cannot cut
+the checkpoint short (kill -9 still stops at once, leaving the previous last.pt whole)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import threading
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
+
+from model.distributed import Dist, max_over_ranks
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -34,6 +38,10 @@ class Interrupted(BaseException):
     def exit_code(self) -> int:
         """128 + the signal's number, as a shell reports a process the signal ended: 130, 143."""
         return 128 + self.signum
+
+
+class Abandoned(Exception):
+    """A pass over a split given up between two batches because the run is stopping."""
 
 
 class StopSignals:
@@ -72,6 +80,38 @@ class StopSignals:
     def _say(self, text: str) -> None:
         if self.announce:  # os.write: print() may be interrupted inside another print to stderr
             os.write(2, f"\nsoundscape train: {text}\n".encode())
+
+
+VALIDATED = 256  # above every signal's number: rank 0's word that its validation is whole
+
+
+class ValidationVote:
+    """Whether to abandon a validation, agreed by every rank between its batches. Rank 0 validates
+    and asks before each batch (`stop`); the other ranks, which have nothing to validate, answer in
+    the same collective (`wait`) with the signal each received, until rank 0 says it is done
+    (`done`). The largest answer wins, so a signal on any rank abandons the pass on all of them at
+    the same batch, and no rank is left in a collective the others have left. One process alone
+    asks only its own signals."""
+
+    def __init__(self, signals: StopSignals, d: Dist):
+        self.signals, self.dist = signals, d
+        self.signum = 0  # the signal that abandoned the validation (0: none)
+
+    def stop(self) -> bool:
+        """Rank 0, before each batch: whether any rank has received a signal."""
+        self.signum = max_over_ranks(self.signals.received or 0, self.dist)
+        return bool(self.signum)
+
+    def done(self) -> None:
+        """Rank 0, after the last batch: the waiting ranks go on."""
+        max_over_ranks(VALIDATED, self.dist)
+
+    def wait(self) -> None:
+        """Every other rank: answer until rank 0's validation is whole or abandoned."""
+        answer = 0
+        while not answer:
+            answer = max_over_ranks(self.signals.received or 0, self.dist)
+        self.signum = 0 if answer == VALIDATED else answer
 
 
 def ignore_in_worker(worker_id: int) -> None:

@@ -49,7 +49,7 @@ from model.frozen_cache import FrozenCache, frozen_cache
 from model.init_from import check_model, load_calibration, load_initial, read_initial
 from model.nn.losses import build_loss, pair_losses, total_loss
 from model.nn.psm import PSMModel, preprocessing
-from model.stopping import Interrupted, StopSignals
+from model.stopping import Abandoned, Interrupted, StopSignals, ValidationVote
 from runtime.errors import UsageError
 from runtime.files import atomic_write, lock_file, unlock_file
 
@@ -330,6 +330,8 @@ class Run:
         self.caches = {name: self._cache(name) for name in ("train", "val")}
         self.opt = Optimisation(self.model, self.cfg, self.dist)
         self.step, self.best, self.best_step, self.evals_since_best = 0, None, None, 0
+        # The metrics row of a step whose validation a signal abandoned: the resumed run does it first.
+        self.validation_due: dict | None = None
         # Where the weights the run started from came from (a resumed run keeps its checkpoint's).
         self.init_from = initial.origin if initial else (checkpoint or {}).get("init_from")
         if initial is not None:
@@ -339,6 +341,7 @@ class Run:
             self.opt.load_state(checkpoint)
             self.step, self.best, self.best_step = checkpoint["step"], checkpoint["best"], checkpoint["best_step"]
             self.evals_since_best = checkpoint["evals_since_best"]
+            self.validation_due = checkpoint.get("validation_due")
             log.info("resumed %s at step %d", run_dir, self.step)
 
     def _cache(self, split: str) -> FrozenCache:
@@ -380,19 +383,27 @@ class Run:
         self.per_epoch = sampler.per_epoch
         return iter(loader(examples, Collate(self.prep, cache.outputs), sampler, workers=self.cfg.workers))
 
-    def validate(self) -> dict:
+    def validate(self, vote: ValidationVote) -> dict | None:
         """Validation metrics (metadata as the data has it, all levels in one gallery, or the mean
-        of the levels' where a reader repeats clips across levels)."""
-        emb = embed_split(
-            self.model,
-            self.splits.val,
-            self.prep,
-            cache=self.caches["val"],
-            batch_size=self.cfg.eval_batch_size,
-            workers=self.cfg.workers,
-            max_samples=self.cfg.eval_samples,
-            skips=self.skips,
-        )
+        of the levels' where a reader repeats clips across levels); None when a signal abandoned
+        it, with the unreadable samples it met forgotten (the resumed run's validation meets them)."""
+        before = self.skips.copy()
+        try:
+            emb = embed_split(
+                self.model,
+                self.splits.val,
+                self.prep,
+                cache=self.caches["val"],
+                batch_size=self.cfg.eval_batch_size,
+                workers=self.cfg.workers,
+                max_samples=self.cfg.eval_samples,
+                skips=self.skips,
+                stop=vote.stop,
+            )
+        except Abandoned:
+            self.skips = before
+            return None
+        vote.done()
         return overall(metrics(emb, self.cfg.loss.kind == "pcmepp", oracle_caption=False))["metadata"]
 
     def checkpoint(self, name: str) -> None:
@@ -409,6 +420,7 @@ class Run:
             "skip_count": self.skips.count,
             "calibration": self.opt.loss_fn.calibration(),
             **({"init_from": self.init_from} if self.init_from else {}),
+            **({"validation_due": self.validation_due} if self.validation_due else {}),
         }
         atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))
         with open(self.run_dir / "skipped.tsv", "w") as f:
@@ -556,8 +568,9 @@ def _config_text(run: Run) -> str:
 
 def _steps(run: Run, end: int, progress: bool, signals: StopSignals) -> bool:
     """Train up to step `end`, validating, logging and checkpointing on the way; whether it stopped
-    early. A signal `signals` noted (on any rank) ends it after the step under way: every rank
-    agrees on that step, last.pt is saved at it and Interrupted raised."""
+    early. A signal `signals` noted (on any rank) ends it after the step under way, abandoning a
+    validation under way or due: every rank agrees on that step, last.pt is saved at it and
+    Interrupted raised. A step whose validation was abandoned is validated first on resume."""
     d, cfg = run.dist, run.cfg
     logger = MetricsLog(run.run_dir / "metrics.csv", after_step=run.step) if d.is_main else None
     stream = run.batches()
@@ -567,6 +580,9 @@ def _steps(run: Run, end: int, progress: bool, signals: StopSignals) -> bool:
     with tqdm(
         total=cfg.steps, initial=run.step, desc="train", unit="step", disable=not (progress and d.is_main)
     ) as bar:
+        if run.validation_due is not None:
+            due, run.validation_due = run.validation_due, None
+            stopped = _after_step(run, due if d.is_main else None, True, end, logger, signals)
         while run.step < end and not stopped:
             started = time.perf_counter()
             batch = next(stream)
@@ -576,39 +592,70 @@ def _steps(run: Run, end: int, progress: bool, signals: StopSignals) -> bool:
             meter.add(cfg.batch_size, time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
-            row = {"step": run.step, "epoch": run.step / run.per_epoch, **parts} if d.is_main else None
-            evaluate = (cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == cfg.steps
-            if evaluate:
-                stopped = _evaluate_and_select(run, row)
-            if d.is_main and (evaluate or run.step % cfg.log_every == 0):
-                assert logger is not None and row is not None  # both exist on the main rank
-                a, b = run.opt.loss_fn.calibration()
-                logger.write(
-                    {
-                        **row,
-                        "lr": run.opt.schedule.get_last_lr()[0],
-                        "scale_a": a,
-                        "shift_b": b,
-                        "samples_per_s": meter.read(),
-                        "skipped": run.skips.count,
-                    }
-                )
-            # A signal on the last step asks for what the run does anyway: it ends as it would have.
-            signum = max_over_ranks(signals.received or 0, d) if run.step < end and not stopped else 0
-            if d.is_main and (run.step % cfg.checkpoint_every == 0 or run.step == end or stopped or signum):
-                run.checkpoint("last.pt")
-            if signum:
-                barrier(d)  # every rank ends once the checkpoint is whole
-                raise Interrupted(signum, run.step, run.run_dir)
+            evaluate = bool(cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == cfg.steps
+            row: dict | None = None
+            if d.is_main:
+                row = {"step": run.step, "epoch": run.step / run.per_epoch, **parts}
+                if evaluate or run.step % cfg.log_every == 0:
+                    row["samples_per_s"] = meter.read()
+            stopped = _after_step(run, row, evaluate, end, logger, signals)
     return stopped
 
 
-def _evaluate_and_select(run: Run, row: dict | None) -> bool:
-    """Validate on rank 0, keep best.pt, and decide (for every rank) whether to stop early."""
+def _after_step(
+    run: Run, row: dict | None, evaluate: bool, end: int, logger: MetricsLog | None, signals: StopSignals
+) -> bool:
+    """What follows step `run.step` (`row`: its metrics on the main rank): its validation if due,
+    its metrics row, last.pt when due and the ranks' agreement on a signal; whether the run stopped
+    early."""
+    d, cfg = run.dist, run.cfg
+    stopped = _evaluate_and_select(run, row, signals) if evaluate else False
+    if d.is_main and (evaluate or run.step % cfg.log_every == 0):
+        assert logger is not None and row is not None  # both exist on the main rank
+        a, b = run.opt.loss_fn.calibration()
+        logger.write(
+            {
+                **row,
+                "lr": run.opt.schedule.get_last_lr()[0],
+                "scale_a": a,
+                "shift_b": b,
+                "skipped": run.skips.count,
+            }
+        )
+    # A signal on the last step asks for what the run does anyway: it ends as it would have.
+    signum = max_over_ranks(signals.received or 0, d) if run.step < end and not stopped else 0
+    if d.is_main and (run.step % cfg.checkpoint_every == 0 or run.step == end or stopped or signum):
+        run.checkpoint("last.pt")
+    if signum:
+        _interrupt(run, signum)
+    return stopped
+
+
+def _interrupt(run: Run, signum: int) -> None:
+    """Every rank ends once the main rank's last.pt is whole."""
+    barrier(run.dist)
+    raise Interrupted(signum, run.step, run.run_dir)
+
+
+def _evaluate_and_select(run: Run, row: dict | None, signals: StopSignals) -> bool:
+    """Validate on rank 0, keep best.pt, and decide (for every rank) whether to stop early. A
+    signal (on any rank) abandons the validation between two batches: last.pt is saved at this
+    step with the validation still due (and `row`, to log once it is done), and Interrupted
+    raised."""
+    vote = ValidationVote(signals, run.dist)
+    values = None
+    if run.dist.is_main:
+        values = run.validate(vote)
+    else:
+        vote.wait()
+    if vote.signum:
+        if run.dist.is_main:
+            run.validation_due = row
+            run.checkpoint("last.pt")
+        _interrupt(run, vote.signum)
     stop = False
     if run.dist.is_main:
-        assert row is not None  # the main rank logs a row every step
-        values = run.validate()
+        assert row is not None and values is not None  # the main rank logs a row every step, validated
         row.update({f"val_{k}": v for k, v in values.items() if k != "gallery"})
         score = values[run.cfg.select_metric]
         if run.best is None or score > run.best[run.cfg.select_metric]:

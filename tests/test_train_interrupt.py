@@ -113,10 +113,12 @@ def test_sigterm_saves_the_checkpoint_and_exits_143_even_when_signalled_again_wh
 
 
 def test_a_signal_on_the_last_step_ends_the_run_as_it_would_have(monkeypatch, tmp_path):
+    """The last step of this invocation (stop_after), with no validation due: a run's last step
+    validates, and a signal abandons that (tests/test_training_leftovers.py)."""
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signal_at_step(monkeypatch, 5, signal.SIGINT)
-    result = fit(run_config(config()), tmp_path / "run", progress=False)
-    assert result.last_step == 6 and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 6
+    signal_at_step(monkeypatch, 4, signal.SIGINT)
+    result = fit(run_config(config()), tmp_path / "run", progress=False, stop_after=5)
+    assert result.last_step == 5 and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 5
     assert {s: signal.getsignal(s) for s in before} == before  # the handlers before the run are back
 
 

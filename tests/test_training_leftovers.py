@@ -1,20 +1,33 @@
 """Training audit leftovers: a frozen tower's cache follows its weights (an upgraded package is
-never read through the old package's outputs)."""
+never read through the old package's outputs); a signal during validation abandons it between two
+batches, and the resumed run redoes it and ends bit for bit as an uninterrupted one, also under
+torchrun."""
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
+import model.evaluate
 from model.batches import SkipLog
+from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.data import reader
 from model.frozen_cache import fingerprint, frozen_cache
 from model.nn import audio_towers, text_towers
 from model.nn.psm import PSMModel, preprocessing
+from model.stopping import Interrupted
+from model.train import fit
+from tests.test_model_train import config, run_config, weights
+from tests.test_train_interrupt import ROOT, rows, signal_at_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SYNTHETIC = {"kind": "synthetic", "samples": {"train": 6, "val": 2, "test": 2}, "duration_s": 0.5}
@@ -103,3 +116,113 @@ def test_the_cache_name_follows_the_aisfx_packages_weights(monkeypatch, tmp_path
     torch.save((weights, datasets), tmp_path / "checkpoint.pth")
     monkeypatch.setattr(audio_towers, "aisfx_checkpoint", lambda: tmp_path / "checkpoint.pth")
     assert fingerprint(small_model(audio=aisfx), "audio", "train", SYNTHETIC, "c") != before
+
+
+def signal_in_validation(monkeypatch, signum: int) -> list[int]:
+    """Send this process `signum` while the first batch of the first validation is embedded;
+    the list counts the validation batches embedded."""
+    embedded: list[int] = []
+    to_tensors = model.evaluate.to_tensors
+
+    def to_tensors_and_signal(batch, device):
+        embedded.append(len(batch["index"]))
+        if len(embedded) == 1:
+            os.kill(os.getpid(), signum)
+        return to_tensors(batch, device)
+
+    monkeypatch.setattr(model.evaluate, "to_tensors", to_tensors_and_signal)
+    return embedded
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bit for bit: weights, calibration, best validation, best.pt and metrics.csv."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ca, cb = (load_checkpoint(d / "last.pt") for d in (a, b))
+    assert ca["calibration"] == cb["calibration"] and ca["best"] == cb["best"] and ca["best_step"] == cb["best_step"]
+    assert "validation_due" not in ca and "validation_due" not in cb
+    ba, bb = (load_checkpoint(d / "best.pt") for d in (a, b))
+    assert ba["step"] == bb["step"] and all(torch.equal(ba["model"][k], bb["model"][k]) for k in ba["model"])
+    assert rows(a) == rows(b)
+
+
+def test_a_signal_during_validation_abandons_it_and_the_resumed_run_redoes_it(monkeypatch, tmp_path):
+    """Validation waited for its last batch (minutes on configs/paper.yaml) before the run saved
+    and exited; now the pass stops at the next batch, last.pt holds the step with its validation
+    due, and --resume validates it first."""
+    cfg = config(train__eval_batch_size=2, train__checkpoint_every=1000)  # 16 validation samples: 8 batches
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    embedded = signal_in_validation(monkeypatch, signal.SIGTERM)
+    with pytest.raises(Interrupted) as stopped:
+        fit(run_config(cfg), run, progress=False)
+    assert stopped.value.signum == signal.SIGTERM and stopped.value.step == 3
+    assert embedded == [2]  # the batch under way, then none
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["step"] == 3 and saved["validation_due"]["step"] == 3 and saved["best"] is None
+    assert not (run / "best.pt").exists()
+    assert [r["step"] for r in rows(run)] == ["1", "2"]  # step 3's row waits for its validation
+    monkeypatch.undo()
+    assert fit(run_config(cfg), run, resume=True, progress=False).last_step == 6
+    fit(run_config(cfg), whole, progress=False)
+    assert_same_run(whole, run)
+
+
+def test_a_signal_on_the_last_step_abandons_the_final_validation_which_resume_does(monkeypatch, tmp_path):
+    cfg = config(train__eval_batch_size=2)
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    signal_at_step(monkeypatch, 5, signal.SIGINT)
+    with pytest.raises(Interrupted) as stopped:
+        fit(run_config(cfg), run, progress=False)
+    assert stopped.value.step == 6 and load_checkpoint(run / "last.pt")["validation_due"]["step"] == 6
+    monkeypatch.undo()
+    assert fit(run_config(cfg), run, resume=True, progress=False).last_step == 6
+    fit(run_config(cfg), whole, progress=False)
+    assert_same_run(whole, run)
+
+
+# Run under torchrun: rank 1 signals itself as it reaches the first validation (which rank 0 runs),
+# as a scheduler preempting one node would.
+RANK_1_SIGNALLED = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import model.train
+from cli.main import main
+
+validate = model.train._evaluate_and_select
+
+def signalled(run, *args):
+    if run.dist.rank == 1 and not getattr(signalled, "sent", False):
+        signalled.sent = True
+        os.kill(os.getpid(), signal.SIGTERM)
+    return validate(run, *args)
+
+model.train._evaluate_and_select = signalled
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_during_validation_stops_every_rank_at_that_step(tmp_path):
+    """Rank 1 waits while rank 0 validates: its signal reaches rank 0 between two validation
+    batches, both stop at that step with no rank left in a collective, and the resumed
+    two-process run ends bit for bit as an uninterrupted one."""
+    cfg = config(train__steps=8, train__eval_every=4, train__eval_batch_size=2, train__checkpoint_every=1000)
+    path, run, whole = tmp_path / "ddp.yaml", tmp_path / "run", tmp_path / "whole"
+    path.write_text(yaml.safe_dump(cfg))
+    script = tmp_path / "signalled.py"
+    script.write_text(RANK_1_SIGNALLED.format(root=str(ROOT)))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    train = ["train", "--config", str(path), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*launch, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    stopped = torchrun(str(script), *train, "--out", str(run))
+    assert stopped.returncode != 0 and stopped.stderr.count("stopped by SIGTERM at step 4") == 1, stopped.stderr[-3000:]
+    assert load_checkpoint(run / "last.pt")["validation_due"]["step"] == 4
+    assert [r["step"] for r in rows(run)] == ["1", "2", "3"]
+    for out, more in ((run, ["--resume"]), (whole, [])):
+        done = torchrun("-m", "cli.main", *train, "--out", str(out), *more)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(whole, run)
