@@ -16,7 +16,7 @@ from precompute.ray_engine import KILL_ONCE_ENV, RayJob, absolute, import_ray, r
 from precompute.run import RunOptions, execute, left_out_lines, make_plan
 from runtime.arguments import integer_in, number_above, parsed_by
 from runtime.errors import UsageError
-from runtime.imagery import Imagery
+from runtime.imagery import Imagery, check_black_borders
 from runtime.imagery_checks import parse_bands, parse_rescale
 from runtime.tiles import WORLD_BBOX, tile_range
 from store.index import FLAT_MAX
@@ -77,6 +77,7 @@ def _precompute(args: argparse.Namespace) -> int:
     device = select_device(args.bundle, args.device, args.batch_size, args.readers)
     bundle = open_bundle(args.bundle, device)
     imagery = Imagery(args.imagery[0] if len(args.imagery) == 1 else args.imagery, **_reading(args))
+    check_black_borders(imagery)
     plan = make_plan(imagery, levels, bbox, region=region, land_only=args.land_only)
     options = _options(args, levels, device.readers)
     if args.dry_run:
@@ -107,7 +108,9 @@ def _precompute_on_ray(
         raise UsageError("--shard splits a local run; --engine ray makes its own shards (--ray-workers)")
     import_ray()  # the install hint before anything is read
     sources = tuple(absolute(src) for src in args.imagery)
-    make_plan(Imagery(sources[0] if len(sources) == 1 else list(sources), **_reading(args)), levels, bbox)
+    imagery = Imagery(sources[0] if len(sources) == 1 else list(sources), **_reading(args))
+    check_black_borders(imagery)
+    make_plan(imagery, levels, bbox)
     out = Path(args.out).resolve()
     job = RayJob(
         imagery=sources,

@@ -13,6 +13,7 @@ import math
 import os
 import threading
 import warnings
+import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.transform import from_gcps
 from rasterio.warp import transform as transform_points
+from rasterio.windows import Window
 from rio_tiler.constants import WGS84_CRS
 from rio_tiler.errors import EmptyMosaicError, TileOutsideBounds
 from rio_tiler.io import Reader
@@ -72,6 +77,10 @@ LEAVE_OUT_FACTOR = 2.0
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 # Open datasets kept per thread; a mosaic of thousands of files must not exhaust file handles.
 READERS_PER_THREAD = 32
+# A mosaic file's edge is read at this many points a side at most, to find a black border.
+EDGE_POINTS = 256
+# Edge points black where a file beneath has imagery that make a border hide it (1% of a 4 x 256 edge).
+HIDDEN_MIN = 10
 
 Source = str | Path | Sequence[str | Path]
 
@@ -396,3 +405,150 @@ class Imagery:
         low, high = self.rescale
         scaled = (data.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
         return np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """A file of a mosaic as the border check reads it: where it lies, the VRT it is a source of
+    (None for a file of a directory or list), and whether its own black is no imagery."""
+
+    path: str
+    boxes: tuple[Box, ...]
+    vrt: str | None
+    masks_black: bool
+
+
+def _masks_black(dataset: Any, nodata: float | None) -> bool:
+    """Whether a file's black pixels are no imagery: the nodata override or its own is 0, or it
+    has a mask or alpha band (a border is what they mask)."""
+    if nodata is not None:
+        return nodata == 0
+    flags = {flag for band in dataset.mask_flag_enums for flag in band}
+    return bool(flags & {MaskFlags.per_dataset, MaskFlags.alpha}) or dataset.nodata == 0
+
+
+def _vrt_sources(path: str) -> list[tuple[str, bool]]:
+    """(file, whether its black is no imagery) of each source of a VRT's first band, in the order
+    GDAL paints them (each on top of the ones before)."""
+    band = ET.parse(path).getroot().find("VRTRasterBand")
+    sources = []
+    for source in [] if band is None else band:
+        name = source.find("SourceFilename")
+        if name is None or not name.text:
+            continue
+        file = os.path.join(os.path.dirname(path), name.text) if name.get("relativeToVRT") == "1" else name.text
+        nodata = source.findtext("NODATA")
+        masked = (source.findtext("UseMaskBand") or "").lower() == "true" or (nodata is not None and float(nodata) == 0)
+        sources.append((file, masked))
+    return sources
+
+
+def _layers(imagery: Imagery) -> list[_Layer]:
+    """The mosaic's files from the top down: a directory's or list's in order (the first with a
+    valid pixel gives it), a local VRT's sources last first (GDAL paints them in order)."""
+    layers = []
+    for asset in imagery.assets:
+        vrt = asset.path.lower().endswith(".vrt") and not is_remote(asset.path)
+        sources = _vrt_sources(asset.path) if vrt else []
+        if len(sources) < 2:
+            with rasterio.open(asset.path) as dataset:
+                layers.append(_Layer(asset.path, asset.boxes, None, _masks_black(dataset, imagery.nodata)))
+            continue
+        for file, masked in reversed(sources):
+            with Reader(file) as reader:
+                layers.append(_Layer(file, _footprint(reader, reader.dataset, file), asset.path, masked))
+    return layers
+
+
+def _hides(top: _Layer, below: _Layer, nodata: float | None) -> bool:
+    """Whether the top file's black pixels cover the file below's: inside one VRT unless its
+    source masks them (the nodata override masks only what the VRT gives), else unless the
+    file's black, or the nodata override, is no imagery."""
+    if top.vrt is not None and top.vrt == below.vrt:
+        return not top.masks_black
+    return not (top.masks_black or nodata == 0)
+
+
+def _georeferencing(dataset: Any) -> tuple[Any, Any]:
+    """(affine transform, crs) of a file's pixels: from its ground control points where it has
+    no geotransform (rio-tiler warps by those)."""
+    if dataset.transform.is_identity and dataset.gcps[0]:
+        return from_gcps(dataset.gcps[0]), dataset.gcps[1]
+    return dataset.transform, dataset.crs
+
+
+def _black_edge(dataset: Any, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(lon, lat) of the black points (0 in every band) among points along a file's four edges,
+    at most EDGE_POINTS a side (GDAL reads an overview where there is one)."""
+    width, height = dataset.width, dataset.height
+    across, down = min(EDGE_POINTS, width), min(EDGE_POINTS, height)
+    cols_across, rows_down = (np.arange(across) + 0.5) * width / across, (np.arange(down) + 0.5) * height / down
+    cols, rows, black = [], [], []
+    for window, shape, col, row in (
+        (Window(0, 0, width, 1), (1, across), cols_across, np.full(across, 0.5)),
+        (Window(0, height - 1, width, 1), (1, across), cols_across, np.full(across, height - 0.5)),
+        (Window(0, 0, 1, height), (down, 1), np.full(down, 0.5), rows_down),
+        (Window(width - 1, 0, 1, height), (down, 1), np.full(down, width - 0.5), rows_down),
+    ):
+        values = dataset.read(bands, window=window, out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+        black.append((values == 0).all(axis=0).ravel())
+        cols.append(col)
+        rows.append(row)
+    transform, crs = _georeferencing(dataset)
+    edge = np.concatenate(black)
+    x, y = transform * (np.concatenate(cols)[edge], np.concatenate(rows)[edge])
+    lon, lat = transform_points(crs, "EPSG:4326", np.asarray(x), np.asarray(y))
+    return np.asarray(lon), np.asarray(lat)
+
+
+def _imagery_at(dataset: Any, bands: list[int], lon: np.ndarray, lat: np.ndarray) -> int:
+    """How many of the points (lon, lat) a file has imagery at: a valid pixel, not black."""
+    transform, crs = _georeferencing(dataset)
+    x, y = (np.asarray(v) for v in transform_points("EPSG:4326", crs, lon, lat))
+    cols, rows = ~transform * (x, y)
+    inside = (cols >= 0) & (cols < dataset.width) & (rows >= 0) & (rows < dataset.height)
+    if not inside.any():
+        return 0
+    values = np.ma.stack(list(dataset.sample(zip(x[inside], y[inside], strict=True), indexes=bands, masked=True)))
+    return int((~np.ma.getmaskarray(values).any(axis=1) & (values.filled(0) != 0).any(axis=1)).sum())
+
+
+def _meets(boxes: tuple[Box, ...], lon: np.ndarray, lat: np.ndarray) -> bool:
+    return any(((w <= lon) & (lon <= e) & (s <= lat) & (lat <= n)).any() for w, s, e, n in boxes)
+
+
+def check_black_borders(imagery: Imagery) -> None:
+    """Refuse a mosaic in which a file's black border (pixels 0, 0, 0 without a nodata declared)
+    covers another file's imagery where they overlap: a directory's first file with a valid pixel
+    gives it, and GDAL paints a VRT's sources in order, so a reprojected scene's black collar hid
+    its neighbour's pixels, embedded as black, silently. Neither gdalbuildvrt nor rio-tiler's
+    mosaics take black for no imagery unless told (real imagery holds black too), so this says
+    how to tell them."""
+    layers = _layers(imagery)
+    if len(layers) < 2:
+        return
+    for i, top in enumerate(layers[:-1]):
+        below = [layer for layer in layers[i + 1 :] if _hides(top, layer, imagery.nodata)]
+        if not below:
+            continue
+        with rasterio.open(top.path) as dataset:
+            lon, lat = _black_edge(dataset, [b for b in imagery.rgb_bands if b <= dataset.count])
+        if len(lon) < HIDDEN_MIN:
+            continue
+        for layer in below:
+            if not _meets(layer.boxes, lon, lat):
+                continue
+            with rasterio.open(layer.path) as dataset:
+                hidden = _imagery_at(dataset, [b for b in imagery.rgb_bands if b <= dataset.count], lon, lat)
+            if hidden < HIDDEN_MIN:
+                continue
+            remedy = (
+                f"rebuild {top.vrt!r} with gdalbuildvrt -srcnodata 0"
+                if top.vrt is not None and top.vrt == layer.vrt
+                else "give --nodata 0 to read black as no imagery, or mask the border first (nearblack -setmask)"
+            )
+            raise ImageryError(
+                f"imagery {top.path!r} has a black border (pixels 0, 0, 0; no nodata declared) that covers "
+                f"{layer.path!r} where they overlap ({hidden} points sampled on its edge), since a mosaic takes "
+                f"black for imagery: {remedy}"
+            )
