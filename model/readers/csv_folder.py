@@ -25,7 +25,6 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +34,7 @@ from pydantic import field_validator
 
 from model.config import ConfigError, Section, from_section
 from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
-from model.readers.common import When, content_hash, decode_image, fit_image, parse_when
+from model.readers.common import at_place, content_hash, decode_image, fit_image, parse_when
 from model.readers.csv_table import Table, read_table
 from runtime.audio import AudioDecodeError, decode_audio
 from runtime.imagery_checks import check_bands, check_rescale
@@ -101,7 +100,7 @@ class Row:
     image: str | None
     gsd: float | None
     level: int | None
-    # The datetime gave a UTC offset that cannot be the place's: its hour was converted (local_time).
+    # The datetime gave a UTC offset other than the place's clock had then: its hour was converted (at_place).
     zone_converted: bool = False
 
 
@@ -200,27 +199,6 @@ def day_order(table: Table, path: Path, dayfirst: bool | None) -> bool:
     return False
 
 
-# A UTC offset further than this from the place's nominal zone cannot be its clock's (the widest
-# real gaps, western China and Galicia in summer, are 3 h).
-ZONE_TOLERANCE_H = 3.0
-
-
-def local_time(when: When, lon: float) -> tuple[int | None, float | None, bool]:
-    """(month, hour, converted) of a row's datetime at its place. A wall-clock time, or one whose
-    UTC offset may be the place's (within ZONE_TOLERANCE_H of its nominal zone, longitude / 15
-    rounded), is the local time as written; one at another offset (UTC time stamps of a recorder
-    in Japan, say) is the same instant at the nominal zone."""
-    if when.instant is None or when.hour is None:
-        return when.month, when.hour, False
-    offset = when.instant.utcoffset()
-    assert offset is not None  # an instant has one (parse_when)
-    zone = round(lon / 15)
-    if abs((offset.total_seconds() / 3600 - zone + 12) % 24 - 12) <= ZONE_TOLERANCE_H:
-        return when.month, when.hour, False
-    local = when.instant.astimezone(timezone(timedelta(hours=zone)))
-    return (local.month if when.month is not None else None), local.hour + local.minute / 60.0, True
-
-
 def _number(text: str, name: str, conv: Conventions) -> float:
     """A number as the file writes it; ValueError naming the value when it is none."""
     value = text.strip()
@@ -264,7 +242,7 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
                 f"datetime {when_text!r} is a number, a Unix time? write dates as ISO 8601 (2022-05-01T06:30)"
             )
         raise ValueError(f"unreadable datetime {when_text!r}")
-    month, hour, converted = local_time(when, lon)
+    local = at_place(when, lat, lon)
     image = _optional(row, "image")
     gsd = _number(row["gsd"], "gsd", conv) if _optional(row, "gsd") else None
     if image and (gsd is None or not math.isfinite(gsd) or gsd <= 0):
@@ -282,8 +260,8 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
         _optional(row, "key") or f"row{line}",
         lat,
         lon,
-        month,
-        hour,
+        local.month,
+        local.hour,
         _optional(row, "source"),
         row["audio"].strip(),
         _optional(row, "caption"),
@@ -291,7 +269,7 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
         image,
         gsd,
         level,
-        converted,
+        local.hour != when.hour,
     )
 
 
@@ -338,12 +316,10 @@ def read_rows(
     converted = [r.line for r in rows if r.zone_converted]
     if converted:
         log.warning(
-            "%s: %d row(s) give a time at a UTC offset more than %g h from their place's time zone (UTC time "
-            "stamps of a recorder abroad?): read as the same instant in the place's nominal zone, longitude / 15 "
-            "rounded (%s)",
+            "%s: %d row(s) give a time at a UTC offset other than their place's clock had then (UTC time stamps?): "
+            "read as the same instant at the place's local time, by its time zone (%s)",
             path,
             len(converted),
-            ZONE_TOLERANCE_H,
             _lines(path, converted),
         )
     return rows

@@ -32,7 +32,7 @@ import numpy as np
 
 from model.config import ConfigError, Section, from_section
 from model.data import BadSample, DataError, Sample, Splits
-from model.readers.common import content_hash, decode_image, fit_image, parse_when
+from model.readers.common import at_place, content_hash, decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,10 @@ class _Released:
 
     def _sample(self, key: str, meta: dict, zoom: int, image: bytes | None, where: str, **audio) -> Sample:
         source = self.dataset.source(key, meta)
-        when = parse_when(meta.get(self.dataset.date_field))
+        lat, lon = _float(meta.get("latitude")), _float(meta.get("longitude"))
+        # iNaturalist's dates are as the observer's app wrote them, which may give a UTC offset
+        # ("Sun Jun 12 2022 07:49:32 GMT-0400 (EDT)"): the hour is the place's clock (at_place).
+        when = at_place(parse_when(meta.get(self.dataset.date_field)), lat, lon)
         caption, caption_source = self.captions.get(key, (None, None))
         if caption is None:
             caption = meta.get("audio_caption") or self.dataset.meta_caption(meta)
@@ -136,8 +139,8 @@ class _Released:
             key=key,
             image=rgb,
             gsd=gsd,
-            lat=_float(meta.get("latitude")),
-            lon=_float(meta.get("longitude")),
+            lat=lat,
+            lon=lon,
             hour=_hour_if_timed(source, when),
             month=when.month,
             source=source,
