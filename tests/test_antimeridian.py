@@ -4,14 +4,18 @@ row keep, places on the far side of the planet, and a store of it advertised its
 
 from __future__ import annotations
 
+import json
+import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
+import pytest
 
 from cli.main import main
 from corpus.build import draw_locations
 from runtime.imagery import Imagery
 from runtime.tiles import Footprint
+from store.format import StoreError
 from store.reader import Store
 from tests.conftest import precompute_args
 from tests.server_support import make_client
@@ -121,3 +125,13 @@ def test_a_store_away_from_the_antimeridian_keeps_its_centre(bundle_path, store_
         document = client.get("/tilejson.json", params={"layer": "uncertainty"}).json()
     assert document["bounds"] == [west, south, east, north]
     assert document["center"][:2] == [(west + east) / 2, (south + north) / 2]
+
+
+def test_a_store_whose_plan_footprint_is_not_boxes_is_refused(store_path, tmp_path):
+    copy = tmp_path / "store"
+    shutil.copytree(store_path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["plan"]["footprint"] = [[170, 28, 180]]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=r"'plan.footprint' is not one or two boxes of 4 finite numbers"):
+        Store(copy)
