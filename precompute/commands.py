@@ -158,7 +158,13 @@ def _info(args: argparse.Namespace) -> int:
     store = Store(args.store)
     m = store.manifest
     print(f"store {store.id} at {store.path} (format {m['format_version']}, created {m.get('created')})")
-    print(f"bundle {store.bundle_id}; imagery {(m.get('imagery') or {}).get('path')}; bounds {m['bounds']}")
+    footprint = store.footprint
+    across = (
+        f" (its cells lie from {footprint.west:g} across the antimeridian to {footprint.east:g})"
+        if footprint.wraps
+        else ""
+    )
+    print(f"bundle {store.bundle_id}; imagery {(m.get('imagery') or {}).get('path')}; bounds {m['bounds']}{across}")
     print(f"attribution: {store.attribution}")
     plan = m.get("plan") or {}
     print(f"plan: levels {plan.get('levels')}, land only {plan.get('land_only')}, region {plan.get('region')}")

@@ -96,7 +96,7 @@ def test_the_corpus_draws_places_inside_the_imagery_not_across_the_planet(antime
     )
 
 
-def test_a_store_across_the_antimeridian_advertises_its_centre_there(antimeridian, bundle_path, tmp_path):  # noqa: F811
+def test_a_store_across_the_antimeridian_advertises_its_centre_there(antimeridian, bundle_path, tmp_path, capsys):  # noqa: F811
     """TileJSON's centre was the middle of bounds spanning every longitude: 0, over Africa, for
     imagery of Fiji; bounds stay -180..180 (TileJSON forbids bounds that wrap, MapLibre draws no
     tile of west > east bounds), and so does the WMTS WGS84BoundingBox, which clients read as a
@@ -106,6 +106,9 @@ def test_a_store_across_the_antimeridian_advertises_its_centre_there(antimeridia
     assert main(precompute_args(utm, bundle_path, "5-6", out, "--quiet")) == 0
     store = Store(out)
     assert store.footprint.wraps and store.footprint.covers(175, 45) and not store.footprint.covers(0, 45)
+    capsys.readouterr()
+    assert main(["store", "info", str(out)]) == 0
+    assert f"(its cells lie from {store.footprint.west:g} across the antimeridian to " in capsys.readouterr().out
     with make_client(bundle_path, out) as client:
         document = client.get("/tilejson.json", params={"layer": "uncertainty"}).json()
         west, south, east, north = document["bounds"]
