@@ -443,13 +443,16 @@ def _vrt_sources(path: str) -> list[tuple[str, bool]]:
     return sources
 
 
+def _local_vrt(path: str) -> bool:
+    return path.lower().endswith(".vrt") and not is_remote(path)
+
+
 def _layers(imagery: Imagery) -> list[_Layer]:
     """The mosaic's files from the top down: a directory's or list's in order (the first with a
     valid pixel gives it), a local VRT's sources last first (GDAL paints them in order)."""
     layers = []
     for asset in imagery.assets:
-        vrt = asset.path.lower().endswith(".vrt") and not is_remote(asset.path)
-        sources = _vrt_sources(asset.path) if vrt else []
+        sources = _vrt_sources(asset.path) if _local_vrt(asset.path) else []
         if len(sources) < 2:
             with rasterio.open(asset.path) as dataset:
                 layers.append(_Layer(asset.path, asset.boxes, None, _masks_black(dataset, imagery.nodata)))
@@ -524,6 +527,8 @@ def check_black_borders(imagery: Imagery) -> None:
     its neighbour's pixels, embedded as black, silently. Neither gdalbuildvrt nor rio-tiler's
     mosaics take black for no imagery unless told (real imagery holds black too), so this says
     how to tell them."""
+    if len(imagery.assets) == 1 and not _local_vrt(imagery.assets[0].path):
+        return  # one file: nothing beneath it
     layers = _layers(imagery)
     if len(layers) < 2:
         return
