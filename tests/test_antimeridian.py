@@ -5,6 +5,7 @@ row keep, places on the far side of the planet, and a store of it advertised its
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import xml.etree.ElementTree as ET
 
@@ -20,6 +21,7 @@ from store.reader import Store
 from tests.conftest import precompute_args
 from tests.server_support import make_client
 from tests.test_imagery_audit import antimeridian, source  # noqa: F401  (fixtures this module uses)
+from tests.test_own_data_audit import folder, rows
 
 OWS = "{http://www.opengis.net/ows/1.1}"
 
@@ -138,3 +140,14 @@ def test_a_store_whose_plan_footprint_is_not_boxes_is_refused(store_path, tmp_pa
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match=r"'plan.footprint' is not one or two boxes of 4 finite numbers"):
         Store(copy)
+
+
+def test_csv_rows_are_kept_on_both_sides_of_180_degrees_only(tmp_path, antimeridian, caplog):  # noqa: F811
+    """The csv reader tested rows against the imagery's bounds, every longitude for this scene, so a
+    row at 10E was kept and cut from imagery that holds nothing there."""
+    _, _, utm = antimeridian
+    text = "lat,lon,audio\n45,175,audio/0.wav\n45,-175,audio/1.wav\n45,10,audio/2.wav\n50,178,audio/3.wav\n"
+    with caplog.at_level(logging.WARNING):
+        kept = rows(folder(tmp_path / "am", text), imagery=str(utm), level=5)
+    assert [r.lon for r in kept] == [175.0, -175.0, 178.0]
+    assert "outside the imagery's bounds: 1" in caplog.text

@@ -38,7 +38,7 @@ from model.readers.common import at_place, content_hash, decode_image, fit_image
 from model.readers.csv_table import Table, read_table
 from runtime.audio import AudioDecodeError, decode_audio
 from runtime.imagery_checks import check_bands, check_rescale
-from runtime.tiles import EARTH_CIRCUMFERENCE_M
+from runtime.tiles import EARTH_CIRCUMFERENCE_M, Footprint
 
 if TYPE_CHECKING:
     from runtime.imagery import Imagery
@@ -275,11 +275,12 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
 
 def read_rows(
     cfg: CsvFolderConfig,
-    bounds: tuple[float, float, float, float] | None = None,
+    footprint: Footprint | None = None,
     levels: tuple[int, int] | None = None,
 ) -> list[Row]:
     """The usable rows of the CSV. Malformed rows, rows whose files are missing and rows to be cut
-    from imagery outside its `bounds`, or at a level outside the `levels` it can fill, are
+    from imagery outside its `footprint` (on both sides of 180 degrees only, for imagery across the
+    antimeridian), or at a level outside the `levels` it can fill, are
     skipped and summarised in one warning (counts per reason, the first lines of each)."""
     path = Path(cfg.root) / cfg.csv
     rows: list[Row] = []
@@ -296,7 +297,7 @@ def read_rows(
             if (audio, image) != (parsed.audio, parsed.image):
                 parsed = dataclasses.replace(parsed, audio=audio, image=image)
             if not parsed.image:
-                _check_cut(parsed, bounds, levels)
+                _check_cut(parsed, footprint, levels)
             rows.append(parsed)
         except (ValueError, TypeError, KeyError) as exc:
             skipped.setdefault(_reason(exc), []).append(line)
@@ -338,12 +339,12 @@ def _find(root: Path, name: str) -> str:
     raise ValueError(f"file {name!r} does not exist")
 
 
-def _check_cut(row: Row, bounds: tuple[float, float, float, float] | None, levels: tuple[int, int] | None) -> None:
-    """ValueError when the imagery cannot give the row's cell: outside its bounds (with a hint when
-    lat and lon swapped would be inside them), or at a level it cannot fill."""
+def _check_cut(row: Row, footprint: Footprint | None, levels: tuple[int, int] | None) -> None:
+    """ValueError when the imagery cannot give the row's cell: outside its footprint (with a hint
+    when lat and lon swapped would be inside it), or at a level it cannot fill."""
 
     def inside(lon: float, lat: float) -> bool:
-        return bounds is None or (bounds[0] <= lon <= bounds[2] and bounds[1] <= lat <= bounds[3])
+        return footprint is None or footprint.covers(lon, lat)
 
     if not inside(row.lon, row.lat):
         swapped = inside(row.lat, row.lon)
@@ -507,7 +508,7 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
     cfg = check_level(cfg, imagery, image_size)
     rows = read_rows(
         cfg,
-        imagery.bounds if imagery else None,
+        imagery.footprint if imagery else None,
         imagery.level_range(image_size, MAX_UPSAMPLE) if imagery else None,
     )
     s = cfg.split
