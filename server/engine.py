@@ -26,7 +26,7 @@ from runtime.scoring import (
     scoring_kind,
     uncertainty,
 )
-from runtime.tiles import MERCATOR_LAT_LIMIT, demorton, morton, morton_ranges, tile_range
+from runtime.tiles import MERCATOR_LAT_LIMIT, Footprint, demorton, morton, morton_ranges, tile_range
 from server.sampling import AxisSampling, axis_sampling, sample
 from store.reader import Level, Store
 
@@ -205,7 +205,7 @@ def rows_within(level: Level, bbox: tuple[float, float, float, float]) -> np.nda
     the box's tiles are read (runtime.tiles.morton_ranges), so a small box costs the same on a
     planet-scale level as on the demo's, where scanning every centre took 49 ms at 16.7 M cells
     (benchmarks/bbox_rows.py)."""
-    halves = _halves(bbox)
+    halves = Footprint(*bbox).boxes
     starts, stops = (np.concatenate(part) for part in zip(*(_runs_under_tiles(level, h) for h in halves), strict=True))
     if len(halves) > 1:  # runs of two halves, in order and as one where they overlap
         order = np.argsort(starts, kind="stable")
@@ -231,18 +231,12 @@ def cells_certainly_within(level: Level, bbox: tuple[float, float, float, float]
     are in the box, whatever float32 rounds): a lower bound counted from the runs' ends alone,
     so a box over a limit is refused before its rows are listed (all of level 12: 16.7 M)."""
     count = 0
-    for half in _halves(bbox):
+    for half in Footprint(*bbox).boxes:
         x0, x1, y0, y1 = tile_range(level.level, half)
         if x1 - x0 >= 4 and y1 - y0 >= 4:
             lo, hi = morton_ranges(level.level, x0 + 2, x1 - 2, y0 + 2, y1 - 2)
             count += int((np.searchsorted(level.arrays.codes, hi) - np.searchsorted(level.arrays.codes, lo)).sum())
     return count
-
-
-def _halves(bbox: tuple[float, float, float, float]) -> list[tuple[float, float, float, float]]:
-    """The box as boxes that do not cross the antimeridian: itself, or its two sides of it."""
-    west, south, east, north = bbox
-    return [(west, south, 180.0, north), (-180.0, south, east, north)] if west > east else [bbox]
 
 
 def _runs_under_tiles(level: Level, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
