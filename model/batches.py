@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from model.config import ConfigError
 from model.data import BadSample, DataError, Preprocessing, Sample, SampleSource, load_sample, stack
 from model.stopping import ignore_in_worker
-from runtime.audio import AudioDecodeError
+from runtime.audio import AudioDecodeError, decoding_for
 from runtime.tiles import tile_index
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,9 @@ class Prepared:
 
 class Examples(Dataset):
     """A split as prepared samples. An unreadable sample is replaced by the next readable one,
-    so batches keep their size (DDP gathers equal shapes), and the skip is reported."""
+    so batches keep their size (DDP gathers equal shapes), and the skip is reported. Readers
+    decode audio (runtime.audio.decode_audio) for the model's front end: of a long recording,
+    only what it keeps."""
 
     def __init__(
         self,
@@ -71,7 +73,8 @@ class Examples(Dataset):
                 skipped.append((i, *self.unreadable[i]))
                 continue
             try:
-                sample = load_sample(self.source, i, self.without)
+                with decoding_for(self.prep.audio_spec):  # a long recording: only the part the front end keeps
+                    sample = load_sample(self.source, i, self.without)
                 self.prep.check(sample)
                 has_audio = not self.without and (sample.audio is not None or sample.audio_features is not None)
                 audio = self.prep.audio_input(sample) if has_audio else None

@@ -13,6 +13,9 @@ Front ends (all take a mono waveform at their `sample_rate`, cropped or padded t
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from math import gcd
@@ -90,7 +93,8 @@ def power_spectrogram(
 
 
 def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
-    """Centre-crop a long clip, repeat-pad a short one (a silent clip stays silent)."""
+    """Centre-crop a long clip, repeat-pad a short one: a 2 s clip fills a 10 s window with five
+    copies of itself, and a 0.1 s click a hundred (a silent clip stays silent)."""
     wave = np.asarray(wave, dtype=np.float32)
     if len(wave) == 0:
         return np.zeros(n_samples, dtype=np.float32)
@@ -278,15 +282,107 @@ def waveform_features(front_end: AudioFrontEnd, wave: np.ndarray, sample_rate: i
     return front_end.features(resample(wave, sample_rate, front_end.sample_rate))
 
 
-def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray, int]:
-    """(mono float32 waveform, sample rate) of an audio file or its bytes."""
+# Front ends whose features are those of fit_length(wave, n_samples): they keep a recording's
+# centre alone. CLAP's fusion reads every frame (its first channel is the whole mel shrunk).
+CENTRE_CROPPING = (AudioFeatureSpec, AisfxMelSpec)
+_CROP: ContextVar[tuple[int, int] | None] = ContextVar("runtime.audio crop", default=None)
+
+
+@contextmanager
+def decoding_for(front_end: AudioFrontEnd) -> Iterator[None]:
+    """Within the block, decode_audio of a recording longer than what `front_end` keeps returns
+    only that, already at its rate, from the frames that make it: a 2-hour stereo WAV in a
+    training folder was decoded whole (3.6 GB at the peak, 19 s) for a 10 s crop. The features
+    are the same to the bit (tested). A front end that reads every frame changes nothing."""
+    crop = (front_end.sample_rate, front_end.n_samples) if isinstance(front_end, CENTRE_CROPPING) else None
+    token = _CROP.set(crop)
     try:
-        data, rate = soundfile.read(
-            io.BytesIO(source) if isinstance(source, bytes) else str(source), dtype="float32", always_2d=True
-        )
+        yield
+    finally:
+        _CROP.reset(token)
+
+
+def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray, int]:
+    """(mono float32 waveform, sample rate) of an audio file or its bytes; inside `decoding_for`,
+    only the part its front end keeps."""
+    crop = _CROP.get()
+    try:
+        with soundfile.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as f:
+            if crop is None:
+                return _mono(f.read(dtype="float32", always_2d=True)), int(f.samplerate)
+            return _centre(f, *crop), crop[0]
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioDecodeError(f"cannot decode audio: {exc}") from None
-    return data.mean(axis=1), int(rate)
+
+
+def _mono(frames: np.ndarray) -> np.ndarray:
+    return frames.mean(axis=1)
+
+
+CANCELLED = 0.01  # a mix 40 dB below its channels: one channel is (nearly) the other inverted
+AUDIBLE = 1e-4  # channels quieter than this (-80 dBFS RMS) are silence, whatever their mix
+
+
+def _trained_mono(frames: np.ndarray) -> np.ndarray:
+    """The channels' mean, refused where they cancel out: a recording whose channels are in
+    opposite phase (a wiring or export fault) mixes to near silence, which would be trained on
+    as the sound of its place. Uploads to the server are mixed as they come (decode_audio)."""
+    mono = _mono(frames)
+    if frames.shape[1] > 1 and len(frames):
+        channels = float(np.sqrt(np.mean(np.square(frames, dtype=np.float64))))
+        mix = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
+        if channels > AUDIBLE and mix < CANCELLED * channels:
+            raise AudioDecodeError(
+                f"its {frames.shape[1]} channels cancel out when mixed to mono (one is the other in opposite "
+                f"phase): the mix is {20 * np.log10(channels / max(mix, 1e-12)):.0f} dB below them; keep one "
+                "channel (sox IN OUT remix 1) or invert one (sox IN OUT remix 1 2i)"
+            )
+    return mono
+
+
+# Samples that decode each from its own bytes: a seek reads exactly the samples a whole read
+# would. Lossy codecs (MP3 here) may decode the frames after a seek otherwise, so they are read
+# from the start, block by block.
+EXACT_SEEK_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"})
+BLOCK_FRAMES = 1 << 16
+
+
+def _centre(f: soundfile.SoundFile, target: int, n_samples: int) -> np.ndarray:
+    """fit_length(resample(whole recording, target), n_samples), from the frames those samples are
+    made of: the polyphase filter's reach on either side, from a frame where the resampled window
+    falls on the whole recording's sample grid (a multiple of `down`), so every sample kept is the
+    one the whole recording gives."""
+    rate, n = int(f.samplerate), f.frames
+    up, down = resample_ratio(rate, target) if rate != target else (1, 1)
+    total = -(-n * up // down)  # resample_poly's output length
+    if total <= n_samples:  # repeated (fit_length): the whole recording is needed
+        return resample(_trained_mono(f.read(dtype="float32", always_2d=True)), rate, target)
+    start = (total - n_samples) // 2
+    reach = 0 if up == down else 10 * max(up, down) // up + 2  # resample_poly's half filter, in frames
+    first = max(0, (start * down // up - reach) // down * down)
+    last = min(n, -(-(start + n_samples) * down // up) + reach)
+    frames = _frames(f, first, last)
+    if frames is None:  # the file held other frames than it declared: read it whole, as before
+        f.seek(0)
+        return fit_length(resample(_trained_mono(f.read(dtype="float32", always_2d=True)), rate, target), n_samples)
+    offset = start - first * up // down
+    return resample(_trained_mono(frames), rate, target)[offset : offset + n_samples]
+
+
+def _frames(f: soundfile.SoundFile, first: int, last: int) -> np.ndarray | None:
+    """Frames [first, last) of `f`, read after a seek where that is exact, else decoded from the
+    start block by block (memory: the window and a block); None when the decoder reached another
+    end than the frame count the file declared (the centre would then be elsewhere)."""
+    if f.subtype in EXACT_SEEK_SUBTYPES and f.seekable():
+        f.seek(first)
+        window = f.read(last - first, dtype="float32", always_2d=True)
+        return window if len(window) == last - first else None
+    kept, position = [], 0
+    for block in f.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
+        if position + len(block) > first and position < last:
+            kept.append(block[max(0, first - position) : last - position])
+        position += len(block)
+    return np.concatenate(kept) if position == f.frames and kept else None
 
 
 # The polyphase filter has ~20 max(up, down) taps: an exact ratio of two coprime rates (e.g.

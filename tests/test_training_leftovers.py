@@ -1,23 +1,25 @@
 """Training audit leftovers: a frozen tower's cache follows its weights (an upgraded package is
 never read through the old package's outputs); a signal during validation abandons it between two
 batches, and the resumed run redoes it and ends bit for bit as an uninterrupted one, also under
-torchrun."""
+torchrun; a long recording is read only where the front end's centre crop falls."""
 
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
 import model.evaluate
-from model.batches import SkipLog
+from model.batches import Examples, SkipLog
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.data import reader
@@ -26,6 +28,9 @@ from model.nn import audio_towers, text_towers
 from model.nn.psm import PSMModel, preprocessing
 from model.stopping import Interrupted
 from model.train import fit
+from runtime.audio import AisfxMelSpec, AudioFeatureSpec, decode_audio, decoding_for, resample, waveform_features
+from tests.test_model_frozen_cache import write_rows
+from tests.test_model_readers import image_bytes, prep
 from tests.test_model_train import config, run_config, weights
 from tests.test_train_interrupt import ROOT, rows, signal_at_step
 
@@ -226,3 +231,87 @@ def test_a_signal_to_one_rank_during_validation_stops_every_rank_at_that_step(tm
         done = torchrun("-m", "cli.main", *train, "--out", str(out), *more)
         assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(whole, run)
+
+
+def stereo(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+    """Two different channels of noise and tones, changing along the clip (so a crop in the wrong
+    place differs)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    left = 0.3 * np.sin(2 * np.pi * (200 + 20 * t) * t) + 0.05 * rng.standard_normal(len(t))
+    right = 0.2 * np.sin(2 * np.pi * 330 * t) * np.cos(t) + 0.05 * rng.standard_normal(len(t))
+    return np.stack([left, right], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "rate"),
+    [
+        ("WAV", "PCM_16", 44100),
+        ("FLAC", "PCM_24", 48000),
+        ("WAV", "FLOAT", 22050),
+        ("OGG", "VORBIS", 44100),
+        ("MP3", "MPEG_LAYER_III", 32000),
+    ],
+)
+@pytest.mark.parametrize("front_end", [AudioFeatureSpec(n_mels=32, duration_s=1.0), AisfxMelSpec(duration_s=1.0)])
+def test_a_long_recording_read_for_a_front_end_gives_the_features_of_the_whole_one(
+    tmp_path, fmt, subtype, rate, front_end
+):
+    """Seeked (PCM, FLAC) or decoded block by block (Vorbis, MP3: a seek may decode other samples),
+    the crop is the one the whole recording resampled gives, to the bit."""
+    path = tmp_path / f"long.{fmt.lower()}"
+    soundfile.write(path, stereo(7.3, rate), rate, format=fmt, subtype=subtype)
+    whole, whole_rate = decode_audio(path)  # as the server decodes an upload: every frame, at its own rate
+    assert whole_rate == rate and len(whole) == soundfile.info(path).frames
+    with decoding_for(front_end):
+        crop, crop_rate = decode_audio(path)
+    assert crop_rate == front_end.sample_rate and len(crop) == front_end.n_samples
+    np.testing.assert_array_equal(
+        waveform_features(front_end, crop, crop_rate), front_end.features(resample(whole, rate, front_end.sample_rate))
+    )
+
+
+def csv_folder(root: Path, recordings: list[np.ndarray], rate: int) -> None:
+    (root / "audio").mkdir(parents=True)
+    (root / "images").mkdir()
+    rows = []
+    for i, wave in enumerate(recordings):
+        soundfile.write(root / "audio" / f"{i}.wav", wave, rate, subtype="PCM_16")
+        (root / "images" / f"{i}.png").write_bytes(image_bytes(32, i))
+        rows.append({"lat": 10, "lon": 20, "audio": f"audio/{i}.wav", "image": f"images/{i}.png", "gsd": 10.0})
+    write_rows(root, rows)
+
+
+def train_examples(root: Path, front_end) -> Examples:
+    split = {"cell_deg": 90.0, "val_fraction": 0.0, "test_fraction": 0.0}
+    preparation = prep(front_end)
+    return Examples(reader("csv")({"root": str(root), "split": split}, 32).train, preparation)
+
+
+def test_a_long_recording_in_a_training_folder_is_not_decoded_whole(tmp_path):
+    """A 60 s stereo file for a 0.5 s crop: decoding it whole took 21 MB of float32 frames (a
+    2-hour file 2.5 GB) before the crop; now the reader holds the crop's frames."""
+    front_end = AudioFeatureSpec(n_mels=32, duration_s=0.5)
+    csv_folder(tmp_path / "mine", [stereo(60.0, 44100)], 44100)
+    examples = train_examples(tmp_path / "mine", front_end)
+    tracemalloc.start()
+    try:
+        features = examples[0].audio
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000, f"{peak / 1e6:.1f} MB"
+    whole, rate = decode_audio(tmp_path / "mine" / "audio" / "0.wav")
+    np.testing.assert_array_equal(features, waveform_features(front_end, whole, rate))
+
+
+def test_a_recording_whose_channels_cancel_out_is_skipped_naming_why(tmp_path):
+    """Channels in opposite phase mix to silence, which training took for the sound of the place."""
+    left = stereo(2.0, 16000)[:, 0]
+    csv_folder(tmp_path / "mine", [np.stack([left, -left], axis=1), stereo(2.0, 16000, seed=1)], 16000)
+    prepared = train_examples(tmp_path / "mine", AudioFeatureSpec(n_mels=32, duration_s=0.5))[0]
+    assert prepared.index == 1 and len(prepared.skipped) == 1
+    assert prepared.skipped[0][1].endswith("0.wav") and "channels cancel out" in prepared.skipped[0][2]
+    # an upload to the server is mixed as it comes
+    wave, _ = decode_audio(tmp_path / "mine" / "audio" / "0.wav")
+    assert np.abs(wave).max() < 1e-4  # silence, but for 16-bit rounding
