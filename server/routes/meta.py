@@ -102,6 +102,9 @@ async def _tilejson(request: Request, service: ServiceDep, tms: str | None, para
             "maxzoom": maxzoom,
             "bounds": [west, south, east, north],
             "center": [lon, lat, min(maxzoom, minzoom + 2)],
+            # Not TileJSON (whose clients ignore unknown keys): where the cells lie, west > east
+            # across the antimeridian as RFC 7946 writes such a box; the viewer opens on it there.
+            "footprint": list(store.footprint),
             "attribution": store.attribution,  # the imagery's credit as precompute recorded it
             "tilesize": tile.size,
             "legend": f"{base}/colormaps/{tile.colormap}",

@@ -95,7 +95,7 @@ function writeUrlState(map) {
   if (state.best) entries.push(["best", state.best]);
   if (map) {
     const { lng, lat } = map.getCenter();
-    entries.push(["map", `${map.getZoom().toFixed(2)}/${lat.toFixed(4)}/${lng.toFixed(4)}`]);
+    entries.push(["map", `${map.getZoom().toFixed(2)}/${lat.toFixed(4)}/${wrapLng(lng).toFixed(4)}`]);
   } else if (window.location.hash.includes("map=")) {
     entries.push(["map", new URLSearchParams(window.location.hash.slice(1)).get("map")]);
   }
@@ -165,11 +165,25 @@ function clearOfPanel() {
   return { top: 20, right: 20, left: bottomSheet ? 20 : panel.right + 20, bottom: bottomSheet ? map.bottom - panel.top + 20 : 20 };
 }
 
+// A longitude in -180..180: a map across the antimeridian draws world copies, where the map's
+// own longitudes run beyond 180.
+const wrapLng = (lng) => ((((lng + 180) % 360) + 360) % 360) - 180;
+
+// Where the map opens: the store's cells as fitBounds takes them. TileJSON's bounds never wrap, so
+// for a store across the antimeridian they span every longitude; its `footprint` (not TileJSON:
+// west > east there) gives west..east + 360, drawn over world copies. Otherwise the bounds, one world.
+function storeExtent(info) {
+  const fp = info.footprint;
+  const wraps = Array.isArray(fp) && fp.length === 4 && fp.every(Number.isFinite) && fp[0] > fp[2];
+  const [west, south, east, north] = wraps ? [fp[0], fp[1], fp[2] + 360, fp[3]] : info.bounds;
+  return { bounds: [[west, south], [east, north]], wraps };
+}
+
 // The XYZ tile under a point, for probing the basemap where the map looks first.
 function tileAt(lngLat, zoom) {
   const n = 2 ** zoom, lat = (lngLat.lat * Math.PI) / 180;
   const clamp = (v) => Math.min(n - 1, Math.max(0, Math.floor(v)));
-  return [clamp(((lngLat.lng + 180) / 360) * n),
+  return [clamp(((wrapLng(lngLat.lng) + 180) / 360) * n),
           clamp(((1 - Math.log(Math.tan(lat) + 1 / Math.cos(lat)) / Math.PI) / 2) * n)];
 }
 
@@ -207,12 +221,11 @@ async function main() {
 
   const info = await fetchJson(`${base}/tilejson.json?layer=uncertainty`);  // the store's extent
   const phone = window.matchMedia("(max-width: 600px)").matches;  // the panel is a bottom sheet
-  const view = initial.view || {
-    bounds: [[info.bounds[0], info.bounds[1]], [info.bounds[2], info.bounds[3]]], fitBoundsOptions: { padding: clearOfPanel() },
-  };
+  const extent = storeExtent(info);
+  const view = initial.view || { bounds: extent.bounds, fitBoundsOptions: { padding: clearOfPanel() } };
   // No source in the style: the map loads whatever the server lacks; the basemap comes after.
   const map = new maplibregl.Map({ container: "map", style: { version: 8, sources: {}, layers: [] },
-                                   ...view, renderWorldCopies: false, attributionControl: false });
+                                   ...view, renderWorldCopies: extent.wraps, attributionControl: false });
   window.soundscape.map = map;
   map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
   map.addControl(new maplibregl.AttributionControl({ compact: phone }), phone ? "top-left" : "bottom-right");
@@ -458,7 +471,7 @@ function showLegend(tilejson) {
 
 async function showProfile(map, lngLat) {
   if (!state.query) return setStatus("map a sound first, then click a place", true);
-  const lon = lngLat.lng.toFixed(4), lat = lngLat.lat.toFixed(4);
+  const lon = wrapLng(lngLat.lng).toFixed(4), lat = lngLat.lat.toFixed(4);
   let answer;
   try {
     answer = await fetchJson(`${base}/point/${lon},${lat}?${queryParams()}`);
@@ -490,9 +503,8 @@ async function showProfile(map, lngLat) {
 // above east across the antimeridian), the whole world once the view spans it (to the 4 decimals
 // sent: a nearly whole view would round to west = east).
 function viewBox(bounds) {
-  const wrap = (lng) => ((((lng + 180) % 360) + 360) % 360) - 180;
   const wide = bounds.getEast() - bounds.getWest() >= 359.999;
-  const west = wide ? -180 : wrap(bounds.getWest()), east = wide ? 180 : wrap(bounds.getEast());
+  const west = wide ? -180 : wrapLng(bounds.getWest()), east = wide ? 180 : wrapLng(bounds.getEast());
   return [west, bounds.getSouth(), east, bounds.getNorth()].map((v) => v.toFixed(4)).join(",");
 }
 

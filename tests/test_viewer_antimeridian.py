@@ -1,0 +1,85 @@
+"""The viewer opens on a store's cells across the antimeridian: it fitted the map to TileJSON's
+bounds with renderWorldCopies off, and those bounds span every longitude for such a store (TileJSON
+3.0.0 bounds never wrap), so it opened on the whole world and could not show 175 E beside 175 W.
+TileJSON now carries the store's `footprint` (west > east where it wraps, as RFC 7946 writes such a
+box) beside the standard fields, and the viewer fits west..east + 360 over world copies; a store
+that does not wrap opens as before."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.main import main
+from store.reader import Store
+from tests.conftest import precompute_args
+from tests.server_support import live_server, make_client
+from tests.test_imagery_audit import antimeridian, source  # noqa: F401  (fixtures this module uses)
+from tests.test_viewer import browser, hide_layer, open_page, pixels_at  # noqa: F401  (fixtures and helpers)
+
+# The map as the viewer fits it, in the map's own longitudes (beyond 180 on the eastern world copy).
+VIEW = """(m => { const b = m.getBounds();
+  return {west: b.getWest(), south: b.getSouth(), east: b.getEast(), north: b.getNorth(),
+          copies: m.getRenderWorldCopies()}; })(window.soundscape.map)"""
+
+
+@pytest.fixture(scope="module")
+def crossing_store(antimeridian, bundle_path, tmp_path_factory):  # noqa: F811
+    """A store of the UTM zone 60 scene at 168 E .. 168 W (levels 5-6)."""
+    _, _, utm = antimeridian
+    out = tmp_path_factory.mktemp("crossing") / "store"
+    assert main(precompute_args(utm, bundle_path, "5-6", out, "--quiet")) == 0
+    return out
+
+
+def test_tilejson_hands_the_viewer_a_footprint_across_the_antimeridian(crossing_store, bundle_path):
+    """Bounds stay one box of every longitude for other clients; `footprint` says where the cells
+    are, west above east."""
+    footprint = Store(crossing_store).footprint
+    with make_client(bundle_path, crossing_store) as client:
+        document = client.get("/tilejson.json", params={"layer": "uncertainty"}).json()
+    assert document["bounds"][0] == -180 and document["bounds"][2] == 180
+    assert document["footprint"] == pytest.approx(list(footprint))
+    west, south, east, north = document["footprint"]
+    assert 160 < west <= 180 and -180 <= east < -155 and south < 45 < north
+
+
+def test_tilejson_footprint_of_a_store_that_does_not_wrap_is_its_bounds(bundle_path, store_path):
+    with make_client(bundle_path, store_path) as client:
+        document = client.get("/tilejson.json", params={"layer": "uncertainty"}).json()
+    assert document["footprint"] == document["bounds"]
+
+
+@pytest.mark.slow  # a store, a live server and a browser: about 40 s on the shared 2-core machine
+def test_the_viewer_opens_on_both_sides_of_180_degrees(browser, crossing_store, bundle_path, store_path):  # noqa: F811
+    with live_server(bundle_path, crossing_store) as server:
+        page = open_page(browser, server, "/#layer=uncertainty", ready="document.body.dataset.heatmap === 'loaded'")
+        try:
+            view = page.evaluate(VIEW)
+            assert view["copies"], "world copies draw the eastern side beyond 180"
+            assert view["west"] < 170 and view["east"] > 190, "both sides of 180 degrees are in view"
+            assert view["east"] - view["west"] < 120, "the view is the store's cells, not the whole world"
+            assert view["south"] < 40 and view["north"] > 55
+            inside = [(175, 45), (185, 45), (178, 52), (188, 52)]  # 185 E is 175 W on the eastern copy
+            drawn = pixels_at(page, inside)
+            hide_layer(page, "soundscape")
+            bare = pixels_at(page, inside)
+            assert (abs(drawn - bare).sum(axis=1) > 10).all(), "the layer is drawn on both sides"
+            lon = float(page.evaluate("window.location.hash").split("map=")[1].split("/")[2])
+            assert -180 <= lon <= 180, "a shared link keeps a longitude the viewer reads back"
+        finally:
+            page.close()
+    # A store that does not wrap opens exactly as before: fitted to its bounds, one world.
+    with live_server(bundle_path, store_path) as server:
+        page = open_page(browser, server)
+        try:
+            view = page.evaluate(VIEW)
+            fitted = page.evaluate(
+                """async () => { const info = await (await fetch('tilejson.json?layer=uncertainty')).json();
+                const m = window.soundscape.map, b = info.bounds;
+                return m.cameraForBounds([[b[0], b[1]], [b[2], b[3]]], {padding: clearOfPanel()}); }"""
+            )
+            assert not view["copies"]
+            centre = page.evaluate("(m => [m.getCenter().lng, m.getCenter().lat, m.getZoom()])(window.soundscape.map)")
+            assert centre == pytest.approx([fitted["center"]["lng"], fitted["center"]["lat"], fitted["zoom"]], abs=1e-6)
+        finally:
+            page.close()
