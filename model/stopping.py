@@ -75,7 +75,10 @@ class StopSignals:
         self.received = signum
         if not self.deferred:
             raise Interrupted(signum)
-        self._say(f"{name}: stopping after the step under way, once its checkpoint is saved")
+        self._say(
+            f"{name}: stopping after the step under way (a validation is left for --resume to do), "
+            "once its checkpoint is saved"
+        )
 
     def _say(self, text: str) -> None:
         if self.announce:  # os.write: print() may be interrupted inside another print to stderr
