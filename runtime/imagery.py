@@ -81,6 +81,13 @@ READERS_PER_THREAD = 32
 EDGE_POINTS = 256
 # Edge points black where a file beneath has imagery that make a border hide it (1% of a 4 x 256 edge).
 HIDDEN_MIN = 10
+# How a black border is declared no imagery, by what reads the mosaic: precompute's option, or,
+# where imagery is read with no nodata option (a csv folder's data.imagery, the server's basemap),
+# in the file itself ({file}: the file with the border).
+NODATA_OPTION_REMEDY = "give --nodata 0 to read black as no imagery, or mask the border first (nearblack -setmask)"
+FILE_NODATA_REMEDY = (
+    "declare its black no imagery first (gdal_edit.py -a_nodata 0 {file}), or mask the border (nearblack -setmask)"
+)
 
 Source = str | Path | Sequence[str | Path]
 
@@ -520,13 +527,14 @@ def _meets(boxes: tuple[Box, ...], lon: np.ndarray, lat: np.ndarray) -> bool:
     return any(((w <= lon) & (lon <= e) & (s <= lat) & (lat <= n)).any() for w, s, e, n in boxes)
 
 
-def check_black_borders(imagery: Imagery) -> None:
+def check_black_borders(imagery: Imagery, remedy: str = NODATA_OPTION_REMEDY) -> None:
     """Refuse a mosaic in which a file's black border (pixels 0, 0, 0 without a nodata declared)
     covers another file's imagery where they overlap: a directory's first file with a valid pixel
     gives it, and GDAL paints a VRT's sources in order, so a reprojected scene's black collar hid
     its neighbour's pixels, embedded as black, silently. Neither gdalbuildvrt nor rio-tiler's
     mosaics take black for no imagery unless told (real imagery holds black too), so this says
-    how to tell them."""
+    how to tell them: `remedy` where the caller reads the files (its {file} the bordered one; a
+    VRT's own sources are rebuilt with -srcnodata 0 whoever reads them)."""
     if len(imagery.assets) == 1 and not _local_vrt(imagery.assets[0].path):
         return  # one file: nothing beneath it
     layers = _layers(imagery)
@@ -550,7 +558,7 @@ def check_black_borders(imagery: Imagery) -> None:
             remedy = (
                 f"rebuild {top.vrt!r} with gdalbuildvrt -srcnodata 0"
                 if top.vrt is not None and top.vrt == layer.vrt
-                else "give --nodata 0 to read black as no imagery, or mask the border first (nearblack -setmask)"
+                else remedy.replace("{file}", top.path)
             )
             raise ImageryError(
                 f"imagery {top.path!r} has a black border (pixels 0, 0, 0; no nodata declared) that covers "

@@ -5,6 +5,7 @@ in a bounded thread pool)."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ import anyio.to_thread
 import numpy as np
 
 from runtime.bundle import Bundle
-from runtime.imagery import Imagery, ImageryError, is_remote
+from runtime.imagery import FILE_NODATA_REMEDY, Imagery, ImageryError, check_black_borders, is_remote
 from runtime.scoring import CONTRAST_RULE
 from runtime.text import normalise_text
 from server import metrics, render
@@ -108,6 +109,18 @@ class TileRequest:
             "colormap": self.colormap if styled else None,
             "rescale": rescale,
         }
+
+
+def warn_of_black_borders(imagery: Imagery) -> None:
+    """Warn where a basemap mosaic's file has a black border over another file's pixels. Training
+    and precompute refuse such imagery, since the cells they cut feed the model; the basemap is
+    only a picture under the heatmap, so it is drawn as it is and the log says where and the fix."""
+    try:
+        check_black_borders(imagery, FILE_NODATA_REMEDY)
+    except ImageryError as exc:
+        log.warning("basemap: %s; the basemap draws that border black until then", exc)
+    except Exception as exc:  # noqa: BLE001 (a thread of its own: an unreadable file is the tiles' to report)
+        log.warning("basemap: the check for black borders could not read the imagery: %s", exc)
 
 
 def store_imagery(store: Store) -> str | list[str] | None:
@@ -264,10 +277,14 @@ class SoundscapeService:
             return None
         record = {} if self.settings.imagery else self.store.manifest.get("imagery") or {}
         try:  # the store's own imagery is read as precompute read it: nodata, rescale range, bands
-            return Imagery.as_described(path, record)
+            imagery = Imagery.as_described(path, record)
         except ImageryError as exc:
             log.warning("no basemap: %s; set SOUNDSCAPE_IMAGERY to a readable imagery file", exc)
             return None
+        # Off the start-up path: the check reads every file's edges (tens of ms a file), which for a
+        # mosaic of thousands would hold up each worker's start for a warning.
+        threading.Thread(target=warn_of_black_borders, args=(imagery,), name="basemap-borders", daemon=True).start()
+        return imagery
 
     async def run(self, fn: Callable, *args):
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)

@@ -502,9 +502,12 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
     cfg = from_section(CsvFolderConfig, section, "data")
     imagery = None
     if cfg.imagery is not None:  # opened at start: a wrong path or level fails before anything else
-        from runtime.imagery import Imagery
+        from runtime.imagery import FILE_NODATA_REMEDY, Imagery, check_black_borders
 
         imagery = Imagery(cfg.imagery, rescale=cfg.rescale, rgb_bands=cfg.bands)
+        # Refused as precompute refuses it: the cells cut here are what the model learns a place
+        # from. data.imagery takes no nodata, so the remedy is the file's own.
+        check_black_borders(imagery, FILE_NODATA_REMEDY)
     cfg = check_level(cfg, imagery, image_size)
     rows = read_rows(
         cfg,
