@@ -54,6 +54,7 @@ ERROR_DESCRIPTIONS = {
     422: "Invalid parameters.",
     429: "Too many requests from this client; retry after Retry-After seconds.",
     503: "Busy (large fusions running) or the query registry unavailable; retry after Retry-After.",
+    507: "The query registry is full (SOUNDSCAPE_MAX_QUERIES).",
 }
 
 

@@ -40,7 +40,9 @@ class ConnectionLimits(EnvSettings):
     max_header_bytes: Count = Field(16 * 1024, description="bytes of a request line and headers; more: 431")
     max_headers: Count = Field(100, description="header lines of a request; more: 431")
     header_timeout_s: Positive = Field(10.0, description="seconds a request head may take to arrive; then 408")
-    body_timeout_s: Positive = Field(60.0, description="seconds a body (or a full send buffer) may stall; then dropped")
+    body_timeout_s: Positive = Field(
+        60.0, description="seconds a body may take to arrive (then 408) or a full send buffer may stall (then dropped)"
+    )
     max_connections: Count = Field(1024, description="open connections per worker; more are answered 503")
     max_pipelined: CountOrZero = Field(
         32, description="requests waiting on one connection; more drop it (0: no pipelining)"

@@ -99,7 +99,7 @@ class Settings(EnvSettings):
     cache_ttl_s: Count = Field(86400, description="seconds a tile stays in Redis")
     # Registered queries (POST /queries) live in this SQLite file, and in Redis without a TTL.
     query_db: str = Field(default_factory=default_query_db, description="SQLite file of registered queries")
-    max_queries: Count = Field(100_000, description="registered queries at most; more are refused with 503")
+    max_queries: Count = Field(100_000, description="registered queries at most; more are refused with 507")
     lru_mb: PositiveOrZero = Field(256, description="in-process tile cache per worker, MB (0: none, Redis alone)")
     # Requests already run in parallel on the compute pool (one per core), so more onnxruntime
     # threads would oversubscribe the cores: 1 measured 2x faster under load.

@@ -58,7 +58,7 @@ async def layer_legend(service: SoundscapeService, tile: TileRequest, text: str 
             f"over level {level.level} under this hour, month and source; one scale for every tile and zoom"
         )
     else:
-        method = "the store's range of S (its 2nd to 98th percentile), the same for every hour, month and source"
+        method = "the store's range of S (its 1st to 99th percentile), the same for every hour, month and source"
     ends = [f"values below {scale.lo:g} are drawn in the lowest colour"] if scale.clipped_low else []
     ends += [f"values above {scale.hi:g} in the highest colour"] if scale.clipped_high else []
     description = (
@@ -138,7 +138,8 @@ async def _wmts(request: Request, service: ServiceDep, params: TileParams) -> Re
     base = base_url(request)
     has_query = params.q is not None or params.query is not None
     layers = []
-    # contrast is listed when asked for (layer=contrast), so the default document stays as it was
+    # contrast, the default layer, is listed unless another layer is asked for (layer=heatmap or
+    # layer=uncertainty: the documents of before the contrast layer)
     query_layers = ("heatmap", "contrast") if params.layer == "contrast" else ("heatmap",)
     for layer in (*query_layers, "uncertainty") if has_query else ("uncertainty",):
         own = (

@@ -198,7 +198,7 @@ async def describe(service: SoundscapeService, record: QueryRecord, embedding: Q
     "/queries",
     status_code=201,
     openapi_extra=REQUEST_BODY,
-    responses=errors(413, 415, 422, 503, notes={422: "Empty or malformed query."}),
+    responses=errors(413, 415, 422, 503, 507, notes={422: "Empty or malformed query."}),
 )
 async def register(request: Request, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
     """Register a text (`{"text": ...}`) or an audio clip (multipart `file`, or a raw `audio/*`
