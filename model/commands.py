@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from model.config import ConfigError
-from model.stopping import Interrupted
+from model.stopping import Interrupted, calm_after_stop
 from runtime.arguments import integer_in
 from runtime.contract import GRAPH_FILES, MANIFEST_FILE, RECORD_FILE
 from runtime.errors import UsageError
@@ -51,19 +51,20 @@ def _train(args: argparse.Namespace) -> int:
 
     config = _run_config(args.config)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
-    try:
-        result = fit(
-            config,
-            out,
-            resume=args.resume,
-            stop_after=args.stop_after,
-            progress=not args.no_progress,
-            init_from=args.init_from,
-        )
-    except Interrupted as stop:
-        if main_process():
-            print(f"soundscape train: {_interrupted(stop, args.config, out)}", file=sys.stderr)
-        return stop.exit_code
+    with calm_after_stop(announce=main_process()):
+        try:
+            result = fit(
+                config,
+                out,
+                resume=args.resume,
+                stop_after=args.stop_after,
+                progress=not args.no_progress,
+                init_from=args.init_from,
+            )
+        except Interrupted as stop:
+            if main_process():
+                print(f"soundscape train: {_interrupted(stop, args.config, out)}", file=sys.stderr)
+            return stop.exit_code
     best = result.best_metrics or {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k != "gallery")
     print(

@@ -9,16 +9,19 @@ checkpoint would and raises `Interrupted` with that step, so `--resume` continue
 validation (minutes on a large split) does not wait for its end: it is abandoned between two
 batches (`ValidationVote`), and last.pt records the step with its validation still due, which the
 resumed run does first. A second signal while that happens is noted and ignored, so it cannot cut
-the checkpoint short (kill -9 still stops at once, leaving the previous last.pt whole)."""
+the checkpoint short (kill -9 still stops at once, leaving the previous last.pt whole), nor, once
+the run has restored the handlers, the sentence that says how to resume (`calm_after_stop`)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from model.distributed import Dist, max_over_ranks
 
@@ -48,6 +51,9 @@ class StopSignals:
     """SIGINT and SIGTERM handled for the block (the previous handlers restored after it): they
     raise Interrupted at once until `defer()` is called, then only set `received`."""
 
+    # The signal the last block entered in this process is stopping on (calm_after_stop reads it).
+    stopping: ClassVar[int | None] = None
+
     def __init__(self, announce: bool = True):
         self.announce = announce  # say so on stderr when a signal is noted (the main rank)
         self.received: int | None = None
@@ -55,6 +61,7 @@ class StopSignals:
         self._previous: dict[signal.Signals, Any] = {}
 
     def __enter__(self) -> StopSignals:
+        StopSignals.stopping = None
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
             self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
@@ -72,7 +79,7 @@ class StopSignals:
         if self.received is not None:
             self._say(f"{name} again: already stopping; kill -9 stops at once (the previous last.pt stays whole)")
             return
-        self.received = signum
+        self.received = StopSignals.stopping = signum
         if not self.deferred:
             raise Interrupted(signum)
         self._say(
@@ -81,8 +88,41 @@ class StopSignals:
         )
 
     def _say(self, text: str) -> None:
-        if self.announce:  # os.write: print() may be interrupted inside another print to stderr
-            os.write(2, f"\nsoundscape train: {text}\n".encode())
+        if self.announce:
+            _say(text)
+
+
+def _say(text: str) -> None:
+    """One line on stderr; os.write, as print() may be interrupted inside another print to stderr."""
+    os.write(2, f"\nsoundscape train: {text}\n".encode())
+
+
+@contextmanager
+def calm_after_stop(announce: bool = True) -> Iterator[None]:
+    """Around a command whose run handles signals (StopSignals): a signal after the run stopped on
+    one and restored the handlers, while the command says where its checkpoint is and how to
+    resume, is told the run is stopping already. It was a KeyboardInterrupt that cut that sentence
+    short (a second Ctrl-C soon after the first, on a short step). Until a run stops, a signal
+    acts as it did before the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if StopSignals.stopping is None:  # as before the block: the previous handler, or the default
+            signal.signal(signum, previous[signal.Signals(signum)])
+            signal.raise_signal(signum)
+        elif announce:
+            _say(f"{signal.Signals(signum).name} again: already stopping")
+
+    for s in SIGNALS:
+        signal.signal(s, handle)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 VALIDATED = 256  # above every signal's number: rank 0's word that its validation is whole

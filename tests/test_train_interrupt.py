@@ -18,7 +18,7 @@ import yaml
 
 from cli.main import main as soundscape
 from model.checkpoint import load_checkpoint
-from model.stopping import Interrupted
+from model.stopping import Interrupted, StopSignals, calm_after_stop
 from model.train import Optimisation, RunConfig, fit
 from tests.test_model_towers import FROZEN
 from tests.test_model_train import config, run_config, weights
@@ -177,3 +177,28 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(tmp_path):
     a, b = weights(whole), weights(run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert rows(whole) == rows(run)
+
+
+def test_a_signal_after_the_run_stopped_does_not_cut_the_resume_sentence_short(capfd):
+    """A second Ctrl-C soon after the first, once a short step had saved its checkpoint and the run
+    had restored the handlers, raised KeyboardInterrupt while the command printed how to resume
+    (seen as a rare failure of the Ctrl-C test above): now it is told the run is stopping already."""
+    with calm_after_stop():
+        with StopSignals() as signals:
+            signals.defer()
+            os.kill(os.getpid(), signal.SIGINT)  # the first: noted, the run goes on to its checkpoint
+        assert signals.received == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGINT)  # the second, after the run's handlers are gone
+        time.sleep(0.01)  # Python runs a handler between bytecodes: give it some
+        print("stopped by SIGINT at step 3", file=sys.stderr)
+    assert capfd.readouterr().err.endswith("SIGINT again: already stopping\nstopped by SIGINT at step 3\n")
+
+
+def test_before_a_run_stops_a_signal_acts_as_it_did(capfd):
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), calm_after_stop():
+        with StopSignals():
+            pass  # a run that ended without a signal
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+    assert signal.getsignal(signal.SIGINT) is before
