@@ -49,7 +49,7 @@ def test_tilejson_footprint_of_a_store_that_does_not_wrap_is_its_bounds(bundle_p
     assert document["footprint"] == document["bounds"]
 
 
-@pytest.mark.slow  # a store, a live server and a browser: about 40 s on the shared 2-core machine
+@pytest.mark.slow  # two live servers and a browser (14 s under load 2.5 on 2 cores), as tests/test_viewer.py
 def test_the_viewer_opens_on_both_sides_of_180_degrees(browser, crossing_store, bundle_path, store_path):  # noqa: F811
     with live_server(bundle_path, crossing_store) as server:
         page = open_page(browser, server, "/#layer=uncertainty", ready="document.body.dataset.heatmap === 'loaded'")
