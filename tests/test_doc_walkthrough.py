@@ -15,6 +15,7 @@ import anyio
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
 
 from server.queries import QueryError
 from server.service import Places
@@ -323,3 +324,25 @@ def test_a_full_registry_answers_507_as_written(bundle_path, store_path):
     responses = full.get("/openapi.json").json()["paths"]["/queries"]["post"]["responses"]
     assert "507" in responses
     assert "507" in Settings.model_fields["max_queries"].description  # what `serve --help` prints
+
+
+def test_a_tile_without_cells_is_a_transparent_200_as_written(client):
+    doc_text(r"Inside the grid without cells: \*\*200 with a fully\s+transparent tile\*\* \(all-NaN for npy\)")
+    png = client.get("/tiles/3/0/0.png", params={"q": "birdsong"})  # the Pacific: the test store is Europe
+    assert png.status_code == 200
+    assert np.asarray(Image.open(io.BytesIO(png.content))).max() == 0, "palette index 0: transparent"
+    npy = client.get("/tiles/WebMercatorQuad/3/0/0.npy", params={"q": "birdsong"})
+    assert npy.status_code == 200 and np.isnan(np.load(io.BytesIO(npy.content))).all()
+
+
+def test_a_registration_answers_the_documented_shape(client):
+    example = doc_text(r"Answer \(201, `Location: \.\.\./queries/\{id\}`.*?```json\n(.*?)```").group(1)
+    documented = set(re.findall(r'"(\w+)":', example))
+    r = client.post("/queries", content=wav(2), headers={"content-type": "audio/wav"})
+    assert r.status_code == 201
+    body = r.json()
+    assert documented == set(body) | set(body["links"]), "the audio example's keys, links included"
+    assert r.headers["location"] == body["links"]["self"] == f"http://127.0.0.1/queries/{body['id']}"
+    assert re.fullmatch(r"[0-9a-f]{16}", body["id"]) and body["duration_s"] == 2.0
+    again = client.get(f"/queries/{body['id']}")
+    assert again.status_code == 200 and again.json() == body
