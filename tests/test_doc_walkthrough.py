@@ -346,3 +346,29 @@ def test_a_registration_answers_the_documented_shape(client):
     assert re.fullmatch(r"[0-9a-f]{16}", body["id"]) and body["duration_s"] == 2.0
     again = client.get(f"/queries/{body['id']}")
     assert again.status_code == 200 and again.json() == body
+
+
+def test_the_audio_and_json_shape_limits_are_the_documented_ones(client):
+    low, high = (int(v) for v in doc_text(r"a sample rate outside (\d+) to (\d+) kHz").groups())
+    channels = int(doc_text(r"more than (\d+) channels").group(1))
+    samples = 2 ** int(doc_text(r"holding more than 2\^(\d+)\s+samples").group(1))
+    depth = int(doc_text(r"JSON nested deeper than (\d+) levels").group(1))
+
+    def post(rate: int, frames: int, count: int = 1, fmt: str = "WAV") -> int:
+        out = io.BytesIO()
+        soundfile.write(out, np.zeros((frames, count), np.int16), rate, format=fmt, subtype="PCM_16")
+        return client.post("/queries", content=out.getvalue(), headers={"content-type": "audio/wav"}).status_code
+
+    assert post(low * 1000, 800) == 201 and post(low * 1000 - 1, 800) == 422
+    assert post(high * 1000 + 1, 800) == 422
+    assert post(16000, 1600, channels) == 201 and post(16000, 1600, channels + 1) == 422
+    # One frame past the sample limit at the highest rate and most channels: 413 from the header.
+    assert post(high * 1000, samples // channels + 1, channels, "FLAC") == 413
+
+    def nested(levels: int) -> int:
+        body = "[" * levels + "1" + "]" * levels
+        r = client.post("/queries", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422
+        return "deeper than" in r.json()["detail"]
+
+    assert not nested(depth) and nested(depth + 1)
