@@ -179,7 +179,8 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
         "--query-db",
         default=None,
         help="SQLite file of the queries registered with POST /queries, kept across restarts "
-        "(default: $SOUNDSCAPE_QUERY_DB, else ~/.local/share/soundscape-tiles/queries.sqlite)",
+        "(default: $SOUNDSCAPE_QUERY_DB, else queries.sqlite in $SOUNDSCAPE_DATA_DIR, else "
+        "~/.local/share/soundscape-tiles/queries.sqlite, or under $XDG_DATA_HOME when set)",
     )
 
 
