@@ -8,15 +8,18 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from model.config import ConfigError
-from model.stopping import Interrupted, calm_after_stop
 from runtime.arguments import integer_in
 from runtime.contract import GRAPH_FILES, MANIFEST_FILE, RECORD_FILE
 from runtime.errors import UsageError
 from runtime.files import file_sha256
+
+if TYPE_CHECKING:  # model.stopping loads torch (model.distributed): the CLI starts without it
+    from model.stopping import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ def _run_config(path: str | Path):
 
 def _train(args: argparse.Namespace) -> int:
     from model.distributed import main_process
+    from model.stopping import Interrupted, calm_after_stop
     from model.train import fit
 
     config = _run_config(args.config)
