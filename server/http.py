@@ -345,8 +345,15 @@ def _route_label(scope: Scope, root_path: str) -> str:
     route = scope.get("route")
     if route is not None and hasattr(route, "path"):
         return route.path
-    if "endpoint" in scope:  # a mount: the router adds its path to root_path
-        return scope.get("root_path", "")[len(root_path) :] or "/"
+    if "endpoint" in scope:
+        mounted = scope.get("root_path", "")[len(root_path) :]
+        if mounted:  # a mount: the router adds its path to root_path
+            return mounted
+        # A plain Starlette route (FastAPI's /openapi.json) names no route in the scope: its template
+        # is that of the app's route with this endpoint.
+        routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
+        endpoint = scope["endpoint"]
+        return next((r.path for r in routes if getattr(r, "endpoint", None) is endpoint and hasattr(r, "path")), "/")
     return "unmatched"
 
 

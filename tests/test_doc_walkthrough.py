@@ -372,3 +372,22 @@ def test_the_audio_and_json_shape_limits_are_the_documented_ones(client):
         return "deeper than" in r.json()["detail"]
 
     assert not nested(depth) and nested(depth + 1)
+
+
+def request_count(client, route: str, method: str = "GET", status: int = 200) -> float:
+    line = f'soundscape_requests_total{{method="{method}",route="{route}",status="{status}"}} '
+    found = [row for row in client.get("/metrics").text.splitlines() if row.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_metrics_count_requests_by_their_route_template(client):
+    """docs/api.md: requests by route template, `unmatched` only for paths no route knows; the
+    OpenAPI document (a plain Starlette route, not an APIRoute) was counted as the viewer's `/`."""
+    doc_text(
+        r"requests by route template \(`/tiles/\{z\}/\{x\}/\{y\}\.png`; static files as `/static`; `unmatched` only"
+    )
+    before = {route: request_count(client, route) for route in ("/openapi.json", "/", "/static")}
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/static/viewer.js").status_code == 200
+    after = {route: request_count(client, route) for route in before}
+    assert after == {"/openapi.json": before["/openapi.json"] + 1, "/": before["/"], "/static": before["/static"] + 1}
