@@ -81,7 +81,7 @@ def clean_text(text: str) -> str:
     except UnicodeEncodeError:
         raise QueryError(422, "text holds a lone surrogate (not valid Unicode text)") from None
     if not normal:
-        raise QueryError(422, "text must not be empty (e.g. text=birdsong)")
+        raise QueryError(422, "text must not be empty (e.g. birdsong)")
     if len(normal) > MAX_TEXT_LENGTH:
         raise QueryError(422, f"text is longer than {MAX_TEXT_LENGTH} characters")
     return normal

@@ -347,7 +347,7 @@ class SoundscapeService:
         user asked for. A tokenizer pass, no embedding: `If-None-Match: *` asks it of a tile."""
         if not self.bundle.tokenizer.known_tokens(text):
             raise QueryError(
-                422, f"text {shown(normalise_text(text))} holds no word the text model knows (e.g. text=birdsong)"
+                422, f"text {shown(normalise_text(text))} holds no word the text model knows (e.g. birdsong)"
             )
 
     async def audio_query(self, data: bytes) -> tuple[QueryRecord, QueryEmbedding]:

@@ -391,3 +391,16 @@ def test_metrics_count_requests_by_their_route_template(client):
     assert client.get("/static/viewer.js").status_code == 200
     after = {route: request_count(client, route) for route in before}
     assert after == {"/openapi.json": before["/openapi.json"] + 1, "/": before["/"], "/static": before["/static"] + 1}
+
+
+def test_a_refused_text_names_no_parameter_the_client_did_not_use(client):
+    """ "The sentence names what was wrong and how to fix it": an empty `q=` of a tile URL, a JSON
+    body's and a form's empty text each get a hint that fits them (it said `text=birdsong` to all)."""
+    answers = [
+        client.get("/tiles/3/4/2.png", params={"q": " "}),
+        client.post("/queries", json={"text": ""}),
+        client.post("/queries", files={"text": (None, "")}),
+    ]
+    for r in answers:
+        assert r.status_code == 422 and "text=" not in r.json()["detail"], r.text
+    assert answers[0].json()["detail"].startswith("q: ")
