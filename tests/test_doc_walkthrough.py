@@ -127,8 +127,7 @@ def test_every_error_status_is_declared_in_the_openapi_document(client):
     assert set(error_examples()) - {405, 408, 429, 431, 500} <= declared
 
 
-# Each example of the table: the request it describes, or the module that words it where the
-# ASGI app cannot produce it (a connection's timeout or header size, a queue of fusions, a bug).
+# The request each example of the table describes.
 ERROR_REQUESTS = {
     "the Host header is not one of this server's allowed hosts ...": (
         "GET",
