@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 import xml.etree.ElementTree as ET
 
 import anyio
@@ -206,9 +207,12 @@ def test_the_fusion_queue_example_is_what_a_search_past_it_gets(client):
 
 def test_the_rate_limit_example_is_what_a_client_over_it_gets(bundle_path, store_path):
     limited = make_client(bundle_path, store_path, rate_limit="20/s burst 40")
+    began = time.monotonic()
     answers = [limited.get("/metadata") for _ in range(60)]
+    elapsed = time.monotonic() - began  # tokens come back at 20/s while the requests run (a busy CI box: slowly)
     refused = [r for r in answers if r.status_code == 429]
-    assert refused and 40 <= len(answers) - len(refused) < 50
+    assert all(r.status_code == 200 for r in answers[:40]), "the burst"
+    assert refused and len(answers) - len(refused) <= 40 + 20 * elapsed + 1
     example = next(e for e in error_examples()[429] if OWN_TEST[429] in e)
     assert refused[0].json()["detail"] == example and refused[0].headers["retry-after"] == "1"
 
