@@ -267,6 +267,9 @@ class SoundscapeService:
         path = self.settings.imagery or store_imagery(self.store)
         if path is None:
             record = self.store.manifest.get("imagery") or {}
+            if not record.get("path"):  # a store of no imagery (`soundscape store synth`): nothing to find
+                log.info("no basemap: the store records no imagery; SOUNDSCAPE_IMAGERY sets one for /basemap")
+                return None
             log.warning(
                 "no basemap: the store's imagery %s is not found relative to %s (built from %s); "
                 "set SOUNDSCAPE_IMAGERY to the imagery file to serve /basemap",
