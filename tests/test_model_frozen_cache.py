@@ -60,16 +60,16 @@ def read_rows(root) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def cached_text(model, section: dict, cache_dir) -> np.ndarray:
-    """The frozen text tower's cached outputs of the train split `section` describes."""
-    source = reader("csv")(section, model.cfg.image_size).train
+def cached_text(model, section: dict, cache_dir, kind: str = "csv") -> np.ndarray:
+    """The frozen text tower's cached outputs of the train split `section` (of reader `kind`) describes."""
+    source = reader(kind)(section, model.cfg.image_size).train
     cache = frozen_cache(
         model,
         "train",
         source,
         preprocessing(model),
         cache_dir=cache_dir,
-        data={"kind": "csv", **section},
+        data={"kind": kind, **section},
         batch_size=4,
         workers=0,
         skips=SkipLog(),

@@ -19,16 +19,17 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import model.evaluate
-from model.batches import Examples, SkipLog
+from model.batches import Examples
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.data import reader
-from model.frozen_cache import fingerprint, frozen_cache
+from model.frozen_cache import fingerprint
 from model.nn import audio_towers, text_towers
-from model.nn.psm import PSMModel, preprocessing
+from model.nn.psm import PSMModel
 from model.stopping import Interrupted
 from model.train import fit
 from runtime.audio import AisfxMelSpec, AudioFeatureSpec, decode_audio, decoding_for, resample, waveform_features
+from tests.test_model_frozen_cache import cached_text as cached_reader_text
 from tests.test_model_frozen_cache import write_rows
 from tests.test_model_readers import image_bytes, prep
 from tests.test_model_train import config, run_config, weights
@@ -62,20 +63,7 @@ def upgraded_minilm(tmp_path) -> Path:
 
 
 def cached_text(model: PSMModel, cache_dir) -> np.ndarray:
-    source = reader("synthetic")({k: v for k, v in SYNTHETIC.items() if k != "kind"}, model.cfg.image_size).train
-    cache = frozen_cache(
-        model,
-        "train",
-        source,
-        preprocessing(model),
-        cache_dir=cache_dir,
-        data=SYNTHETIC,
-        batch_size=4,
-        workers=0,
-        skips=SkipLog(),
-        progress=False,
-    )
-    return cache.outputs["text"]
+    return cached_reader_text(model, {k: v for k, v in SYNTHETIC.items() if k != "kind"}, cache_dir, "synthetic")
 
 
 def test_an_upgraded_text_tower_package_is_not_read_through_the_old_packages_cache(monkeypatch, tmp_path):
