@@ -8,12 +8,15 @@ import io
 import json
 import os
 import shutil
+import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import soundfile
 from PIL import Image
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.server_support import live_server
 
@@ -40,18 +43,28 @@ def server(bundle_path, store_path):
         yield url
 
 
+def store_copy(store_path, folder, edit) -> Path:
+    """A store in `folder` of the same files (linked) but its manifest, which `edit` changes in place."""
+    copy = folder / "store"
+    copy.mkdir()
+    for item in store_path.iterdir():
+        if item.name != "manifest.json":
+            os.symlink(item, copy / item.name)
+    manifest = json.loads((store_path / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def lose_imagery(manifest: dict) -> None:
+    manifest["imagery"] = {**manifest["imagery"], "path": "missing.tif"}
+    manifest["imagery"].pop("absolute", None)  # where it was built from: it would be found there
+
+
 @pytest.fixture(scope="module")
 def bare_server(bundle_path, store_path, tmp_path_factory):
     """A server over a copy of the store whose imagery is gone: every /basemap tile is a 404."""
-    bare = tmp_path_factory.mktemp("bare-store") / "store"
-    bare.mkdir()
-    for item in store_path.iterdir():
-        if item.name != "manifest.json":
-            os.symlink(item, bare / item.name)
-    manifest = json.loads((store_path / "manifest.json").read_text())
-    manifest["imagery"] = {**manifest["imagery"], "path": "missing.tif"}
-    manifest["imagery"].pop("absolute", None)  # where it was built from: it would be found there
-    (bare / "manifest.json").write_text(json.dumps(manifest))
+    bare = store_copy(store_path, tmp_path_factory.mktemp("bare-store"), lose_imagery)
     with live_server(bundle_path, bare) as url:
         yield url
 
@@ -66,6 +79,23 @@ def browser():
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield browser
         browser.close()
+
+
+def wait_until(page, expression: str, arg=None, timeout: float = 30_000) -> None:
+    """Return once the JS `expression` (or function of `arg`) is truthy in `page`. It polls with
+    page.evaluate, which the page's Content-Security-Policy lets run: Playwright's
+    wait_for_function evaluates its predicate with eval, which the viewer's policy refuses."""
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        try:
+            if page.evaluate(expression, arg):
+                return
+        except PlaywrightError as error:  # a page that is loading: no context to evaluate in yet
+            if "context was destroyed" not in str(error) and "navigat" not in str(error):
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout / 1000:g} s: {expression}")
+        time.sleep(0.1)
 
 
 def open_page(
@@ -94,7 +124,7 @@ def open_page(
     if ready_selector:
         page.wait_for_selector(ready_selector, state="attached", timeout=60_000)
     else:
-        page.wait_for_function(ready, timeout=60_000)
+        wait_until(page, ready, timeout=60_000)
     return page
 
 
@@ -178,13 +208,13 @@ def test_best_places_in_view_are_the_searchs_best_in_the_views_bbox(browser, pag
     assert hash_params(page)["best"] == box  # a saved link keeps the marked places
     shared = open_page(browser, server, "/" + page.evaluate("window.location.hash"), ready=MAP_LOADED)
     try:
-        shared.wait_for_function("(window.soundscape.best || []).length > 0", timeout=30_000)
+        wait_until(shared, "(window.soundscape.best || []).length > 0", timeout=30_000)
         assert shared.evaluate("window.soundscape.best.map((m) => [m.getLngLat().lng, m.getLngLat().lat])") == markers
         assert hash_params(shared)["best"] == box
     finally:
         shared.close()
     page.click("#hour-any")  # other metadata, other places: the markers go
-    page.wait_for_function("window.soundscape.best.length === 0", timeout=30_000)
+    wait_until(page, "window.soundscape.best.length === 0", timeout=30_000)
     assert "best" not in hash_params(page)
     page.click("#hour-any")  # back to any hour, as the page was
 
@@ -201,14 +231,15 @@ def test_controls_follow_the_state(page, server):
     assert "hour=18" in url and "layer=uncertainty" in url and url.startswith(server)
     tile = httpx.get(url.replace("{z}/{x}/{y}", "4/8/5"), timeout=30)
     assert tile.status_code == 200 and tile.headers["content-type"] == "image/png"
-    page.wait_for_function("document.getElementById('legend-img').src.includes('viridis')", timeout=30_000)
+    wait_until(page, "document.getElementById('legend-img').src.includes('viridis')", timeout=30_000)
     assert {"hour": "18", "layer": "uncertainty"}.items() <= hash_params(page).items(), "the URL follows"
     page.check("input[name=layer][value=heatmap]")
     params = page.evaluate("tileParams().toString()")
     assert "hour=18" in params
     scale = httpx.get(f"{server}/tilejson.json?{params}", timeout=30).json()["scale"]
     ends = [fmt(scale["min"]), fmt(scale["max"])]  # the legend follows the hour
-    page.wait_for_function(
+    wait_until(
+        page,
         """([lo, hi]) => document.getElementById('legend-lo').textContent.endsWith(lo)
                               && document.getElementById('legend-hi').textContent.endsWith(hi)""",
         arg=ends,
@@ -224,7 +255,7 @@ def test_audio_upload_maps_a_recording(page):
     buf = io.BytesIO()
     soundfile.write(buf, wave, 16000, format="FLAC")
     page.set_input_files("#audio", files=[{"name": "dawn.flac", "mimeType": "audio/flac", "buffer": buf.getvalue()}])
-    page.wait_for_function("document.getElementById('status').textContent.includes('recording')", timeout=30_000)
+    wait_until(page, "document.getElementById('status').textContent.includes('recording')", timeout=30_000)
     query = page.evaluate("window.soundscape.state.query")
     assert query in page.evaluate("tileUrl()")
     assert hash_params(page)["query"] == query and "q" not in hash_params(page), "a recording is shared by its id"
@@ -281,7 +312,8 @@ def test_source_and_contrast_are_controls_kept_in_the_url(browser, server):
     assert f"source={chosen}" in url and "layer=contrast" in url and "query=" in url
     scale = httpx.get(f"{server}/tilejson.json?{page.evaluate('tileParams().toString()')}", timeout=30).json()["scale"]
     assert "log-odds" in scale["units"]
-    page.wait_for_function(
+    wait_until(
+        page,
         "([lo, title]) => document.getElementById('legend-lo').textContent.endsWith(lo)"
         " && document.getElementById('legend-title').textContent === title",
         arg=[fmt(scale["min"]), "contrast (log-odds)"],
@@ -367,7 +399,7 @@ def test_the_panel_collapses_at_phone_width(browser, server):
     page.mouse.down()
     page.mouse.move(120, 300, steps=8)
     page.mouse.up()
-    page.wait_for_function(f"!window.location.hash.includes('map={before}')", timeout=10_000)
+    wait_until(page, f"!window.location.hash.includes('map={before}')", timeout=10_000)
     page.click("#panel-toggle")
     assert page.locator("#panel-body").is_visible() and page.locator("#text").is_visible()
     page.close()

@@ -22,6 +22,15 @@ router = APIRouter(tags=["viewer"])
 # The docs pages may load nothing from another origin (the vendored ReDoc's sidebar logo is an
 # empty data: image in place of its vendor's CDN, see static/redoc/VERSION).
 DOCS_CSP = "default-src 'self' 'unsafe-inline' data: blob:"
+# The viewer's page runs only this server's scripts (no inline script, no eval: a query, a file name
+# or a link's parameter that reached the page as HTML would still run nothing) and loads nothing
+# from another origin. MapLibre runs its workers from blob: URLs and decodes tiles as blob: images;
+# the page's icon is a data: URL.
+VIEWER_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "worker-src 'self' blob:; child-src blob:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'"
+)
 
 
 class StaticAssets(StaticFiles):
@@ -37,7 +46,9 @@ class StaticAssets(StaticFiles):
 
 @router.get("/", include_in_schema=False)
 async def index(request: Request) -> Response:
-    return conditional(request, HTMLResponse((STATIC / "index.html").read_bytes()), "page")
+    page = HTMLResponse((STATIC / "index.html").read_bytes())
+    page.headers["Content-Security-Policy"] = VIEWER_CSP
+    return conditional(request, page, "page")
 
 
 # Relative URLs, like the viewer's: they resolve under whatever path a proxy serves the app at.
