@@ -7,11 +7,56 @@ of its own origin, under which it runs with no console error; every control has 
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
 from tests.server_support import make_client
 from tests.test_viewer import browser, hash_params, open_page, server, store_copy, wait_until  # noqa: F401  (fixtures and helpers)
 
 HOSTILE = "<img src=x onerror=window.injected=1>"
 HEATMAP_LOADED = "document.body.dataset.heatmap === 'loaded'"
+
+
+class Controls(HTMLParser):
+    """The form controls of a page, each with its accessible name: its aria-label, else the text of
+    the label around it, else (a button) its own text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.controls: list[dict] = []
+        self.labels: list[dict] = []  # the labels open around the parser's position
+        self.button: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "label":
+            self.labels.append({"text": [], "controls": []})
+        elif tag in ("input", "select", "button", "textarea"):
+            control = {"id": attributes.get("id") or attributes.get("value"), "aria": attributes.get("aria-label")}
+            self.controls.append(control)
+            if self.labels:
+                self.labels[-1]["controls"].append(control)
+            if tag == "button":
+                self.button = {**control, "text": []}
+                control["text"] = self.button["text"]
+
+    def handle_endtag(self, tag):
+        if tag == "label":
+            label = self.labels.pop()
+            for control in label["controls"]:
+                control["label"] = " ".join("".join(label["text"]).split())
+        elif tag == "button":
+            self.button = None
+
+    def handle_data(self, data):
+        for label in self.labels:
+            label["text"].append(data)
+        if self.button:
+            self.button["text"].append(data)
+
+    def names(self) -> dict[str, str]:
+        return {
+            c["id"]: c["aria"] or c.get("label") or " ".join("".join(c.get("text", [])).split()) for c in self.controls
+        }
 
 
 def policy(header: str) -> dict[str, str]:
@@ -28,3 +73,15 @@ def test_the_viewer_page_may_run_and_load_only_its_own_origins_files(bundle_path
     assert directives["default-src"] == "'self'" and directives["script-src"] == "'self'"
     assert directives["connect-src"] == "'self'" and directives["object-src"] == "'none'"
     assert "unsafe" not in page.headers["content-security-policy"]
+
+
+def test_every_control_of_the_viewer_has_a_name_of_its_own(bundle_path, store_path):
+    """A screen reader read both the hour's and the month's "any" checkbox as "any"."""
+    with make_client(bundle_path, store_path) as client:
+        controls = Controls()
+        controls.feed(client.get("/").text)
+    names = controls.names()
+    assert len(names) == len(controls.controls) >= 10, "every control has an id (radios: a value)"
+    assert all(names.values()), f"controls without a name: {[k for k, v in names.items() if not v]}"
+    assert len(set(names.values())) == len(names), f"names shared by two controls: {names}"
+    assert names["hour-any"] == "any hour" and names["month-any"] == "any month"
