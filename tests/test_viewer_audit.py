@@ -8,6 +8,9 @@ of its own origin, under which it runs with no console error; every control has 
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from urllib.parse import quote
+
+import pytest
 
 from tests.server_support import make_client
 from tests.test_viewer import browser, hash_params, open_page, server, store_copy, wait_until  # noqa: F401  (fixtures and helpers)
@@ -85,3 +88,54 @@ def test_every_control_of_the_viewer_has_a_name_of_its_own(bundle_path, store_pa
     assert all(names.values()), f"controls without a name: {[k for k, v in names.items() if not v]}"
     assert len(set(names.values())) == len(names), f"names shared by two controls: {names}"
     assert names["hour-any"] == "any hour" and names["month-any"] == "any month"
+
+
+@pytest.mark.slow  # a live server and a browser (the module's first browser test starts both)
+def test_a_hostile_link_opens_the_default_map_and_says_what_it_left_out(browser, server):  # noqa: F811
+    """hour=99, month=0, layer=<script>, map=abc and opacity=2 were dropped without a word: the page
+    showed defaults and the user could not tell why the link did not show what it promised."""
+    script = "<script>injected=1</script>"  # 27 characters: the notice quotes at most 30
+    link = f"/#q={quote(HOSTILE)}&hour=99&month=0&layer={quote(script)}&map=abc&opacity=2&best=1,2"
+    page = open_page(browser, server, link, ready=HEATMAP_LOADED)
+    try:
+        notice = page.inner_text("#notice")
+        assert notice.startswith("left out of the link: ")
+        for refused in [
+            "hour=99 (it takes a whole hour 0 to 23)",
+            "month=0 (it takes a month 1 to 12)",
+            f"layer={script} (it takes heatmap, contrast, uncertainty)",
+            "map=abc (it takes zoom/lat/lon)",
+            "opacity=2 (it takes a number 0 to 1)",
+            "best=1,2 (it takes west,south,east,north)",
+        ]:
+            assert refused in notice
+        assert page.input_value("#text") == HOSTILE and HOSTILE in page.inner_text("#status"), "the query as text"
+        assert page.evaluate("window.injected") is None and page.locator("#panel img:not(#legend-img)").count() == 0
+        shown = hash_params(page)
+        assert shown["layer"] == "contrast" and shown["opacity"] == "0.75", "the server's default layer"
+        assert not {"hour", "month", "best"} & shown.keys() and page.is_checked("#hour-any")
+        assert page.console_errors() == [], "no script error, and no request the page's policy refused"
+        assert page.outside_requests() == []
+    finally:
+        page.close()
+
+
+@pytest.mark.slow
+def test_a_link_pasted_into_an_open_viewer_shows_its_state(browser, server):  # noqa: F811
+    """A link pasted into the address bar of a tab already on the viewer changes only the hash; the
+    browser loads nothing, and the viewer went on showing the old map under the new link."""
+    page = open_page(browser, server, "/#layer=uncertainty")
+    try:
+        link = "q=birdsong&hour=7&month=3&layer=heatmap&opacity=0.5&map=3.5/45/10"
+        with page.expect_navigation(timeout=15_000):
+            page.evaluate("(link) => { window.location.hash = link; }", link)
+        wait_until(page, HEATMAP_LOADED, timeout=60_000)
+        assert page.input_value("#text") == "birdsong"
+        assert page.input_value("#hour") == "7" and page.input_value("#month") == "3"
+        assert page.is_checked("input[name=layer][value=heatmap]") and page.input_value("#opacity") == "0.5"
+        view = page.evaluate("(m => [m.getZoom(), m.getCenter().lng, m.getCenter().lat])(window.soundscape.map)")
+        assert view == pytest.approx([3.5, 10, 45], abs=1e-6)
+        assert {"q": "birdsong", "hour": "7", "month": "3", "layer": "heatmap"}.items() <= hash_params(page).items()
+        assert page.console_errors() == []
+    finally:
+        page.close()

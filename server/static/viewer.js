@@ -32,10 +32,18 @@ function setStatus(text, isError = false) {
   $("status").classList.remove("tile-error");
 }
 
-function setNotice(text) {
-  $("notice").textContent = text;
-  $("notice").hidden = !text;
+// Notices that stay in sight beside the status, one line of each kind ("link", "source",
+// "basemap"): a later one of a kind replaces its earlier one, not the others.
+const notices = new Map();
+
+function setNotice(kind, text) {
+  notices.set(kind, text);
+  $("notice").textContent = [...notices.values()].join("\n");
+  $("notice").hidden = false;
 }
+
+// A user's or a link's text as a message quotes it: at most `length` characters.
+const shorten = (text, length = 60) => (text.length > length ? `${text.slice(0, length - 1)}…` : text);
 
 // --- The state in the URL ---------------------------------------------------------------------
 
@@ -54,26 +62,55 @@ function intIn(text, lo, hi) {
   return value >= lo && value <= hi ? value : null;
 }
 
+function opacityIn(text) {
+  const value = /^\d*\.?\d+$/.test(text) ? Number(text) : NaN;
+  return value >= 0 && value <= 1 ? value : null;
+}
+
+// A shared map=zoom/lat/lon as MapLibre's view, or null.
+function viewIn(text) {
+  const [zoom, lat, lon] = text.split("/").map((v) => (/^-?\d+(\.\d+)?$/.test(v) ? Number(v) : NaN));
+  const ok = text.split("/").length === 3 && [zoom, lat, lon].every(Number.isFinite)
+    && Math.abs(lat) <= 85.06 && Math.abs(lon) <= 180;
+  return ok ? { zoom: Math.min(Math.max(zoom, 0), 24), center: [lon, lat] } : null;
+}
+
+// What each checked parameter of a link takes: its reader (the value, or null when it is refused)
+// and, for the notice, what it takes in words.
+const LINK_PARAMS = {
+  hour: [(text) => intIn(text, 0, 23), "a whole hour 0 to 23"],
+  month: [(text) => intIn(text, 1, 12), "a month 1 to 12"],
+  layer: [(text) => (LAYERS.includes(text) ? text : null), LAYERS.join(", ")],
+  opacity: [opacityIn, "a number 0 to 1"],
+  best: [boxIn, "west,south,east,north"],
+  map: [viewIn, "zoom/lat/lon"],
+};
+
 // The state a shared URL carries, in the hash (or, for links like /?query=<id>, the query string;
-// the hash wins). Values out of range are ignored, so a hand-edited URL still opens a map; the
-// source is checked against the server's once GET /metadata answers, and layer is null when absent.
+// the hash wins). A value out of range is left out, so a hand-edited URL still opens a map, and
+// `refused` says which and what each takes (the page's notice); the source is checked against the
+// server's once GET /metadata answers, and layer is null when absent.
 function readUrlState() {
   const params = new URLSearchParams(window.location.search);
   for (const [key, value] of new URLSearchParams(window.location.hash.slice(1))) params.set(key, value);
-  const opacity = Number(params.get("opacity"));
-  const [zoom, lat, lon] = (params.get("map") || "").split("/").map(Number);
-  const view = [zoom, lat, lon].every(Number.isFinite) && Math.abs(lat) <= 85.06 && Math.abs(lon) <= 180
-    ? { zoom: Math.min(Math.max(zoom, 0), 24), center: [lon, lat] } : null;
+  const refused = [];
+  const read = {};
+  for (const [key, [reader, takes]] of Object.entries(LINK_PARAMS)) {
+    const text = params.get(key);
+    read[key] = text ? reader(text) : null;
+    if (text && read[key] === null) refused.push(`${key}=${shorten(text, 30)} (it takes ${takes})`);
+  }
   return {
     q: (params.get("q") || "").trim() || null,
     query: params.get("q") ? null : params.get("query"),
-    hour: intIn(params.get("hour"), 0, 23),
-    month: intIn(params.get("month"), 1, 12),
+    hour: read.hour,
+    month: read.month,
     source: params.get("source") || null,
-    layer: LAYERS.includes(params.get("layer")) ? params.get("layer") : null,
-    opacity: params.get("opacity") && opacity >= 0 && opacity <= 1 ? opacity : 0.75,
-    best: boxIn(params.get("best")),
-    view,
+    layer: read.layer,
+    opacity: read.opacity ?? 0.75,
+    best: read.best,
+    view: read.map,
+    refused,
   };
 }
 
@@ -196,7 +233,7 @@ async function addBasemap(map, info) {
     const response = await fetch(`${base}/basemap/${zoom}/${x}/${y}.webp`);
     if (!response.ok) throw new Error(await errorDetail(response));
   } catch (error) {
-    setNotice(`basemap unavailable: ${error.message}; the heatmap still works`);
+    setNotice("basemap", `basemap unavailable: ${error.message}; the heatmap still works`);
     return;
   }
   map.addSource("imagery", { type: "raster", tiles: [`${base}/basemap/{z}/{x}/{y}.webp`], tileSize: 256,
@@ -212,8 +249,9 @@ async function main() {
   Object.assign(state, { q: initial.q, query: initial.query, hour: initial.hour, month: initial.month,
                          source: sources.includes(initial.source) ? initial.source : null,
                          layer: initial.layer || metadata.layer.default, opacity: initial.opacity });
+  if (initial.refused.length) setNotice("link", `left out of the link: ${initial.refused.join("; ")}`);
   if (initial.source !== null && state.source === null) {
-    setNotice(`source "${initial.source}" is unknown to this server (it knows ${sources.join(", ")}); ` +
+    setNotice("source", `source "${shorten(initial.source, 30)}" is unknown to this server (it knows ${sources.join(", ")}); ` +
               "showing an unknown source");
   }
   fillSources(metadata.source);
@@ -290,7 +328,7 @@ async function main() {
   });
   map.on("error", async (event) => {
     const detail = await tileErrorDetail(event.error);
-    if (event.sourceId === "imagery") setNotice(`basemap unavailable: ${detail}; the heatmap still works`);
+    if (event.sourceId === "imagery") setNotice("basemap", `basemap unavailable: ${detail}; the heatmap still works`);
     else if (event.sourceId === "soundscape") {
       setStatus(`tiles failed: ${detail}`, true);
       $("status").classList.add("tile-error");
@@ -566,5 +604,10 @@ function drawProfile(canvas, scores) {
   scores.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
   ctx.stroke();
 }
+
+// A link pasted into the address bar of an open viewer changes only the hash, and the browser does
+// not load the page again: the viewer does, to show the link's state (its own changes of the URL go
+// through history.replaceState, which fires no hashchange).
+window.addEventListener("hashchange", () => window.location.reload());
 
 main().catch((error) => setStatus(`viewer failed to start: ${error.message}`, true));
