@@ -7,12 +7,16 @@ of its own origin, under which it runs with no console error; every control has 
 
 from __future__ import annotations
 
+import io
 from html.parser import HTMLParser
 from urllib.parse import quote
 
+import httpx
+import numpy as np
 import pytest
+import soundfile
 
-from tests.server_support import make_client
+from tests.server_support import live_server, make_client
 from tests.test_viewer import browser, hash_params, open_page, server, store_copy, wait_until  # noqa: F401  (fixtures and helpers)
 
 HOSTILE = "<img src=x onerror=window.injected=1>"
@@ -90,6 +94,12 @@ def test_every_control_of_the_viewer_has_a_name_of_its_own(bundle_path, store_pa
     assert names["hour-any"] == "any hour" and names["month-any"] == "any month"
 
 
+def page_errors(page) -> list[str]:
+    """The console's errors but the browser's own line for each response the server refused (the
+    refusals these tests ask for)."""
+    return [e for e in page.console_errors() if not e.startswith("Failed to load resource")]
+
+
 @pytest.mark.slow  # a live server and a browser (the module's first browser test starts both)
 def test_a_hostile_link_opens_the_default_map_and_says_what_it_left_out(browser, server):  # noqa: F811
     """hour=99, month=0, layer=<script>, map=abc and opacity=2 were dropped without a word: the page
@@ -139,3 +149,75 @@ def test_a_link_pasted_into_an_open_viewer_shows_its_state(browser, server):  # 
         assert page.console_errors() == []
     finally:
         page.close()
+
+
+def wav(seconds: float) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, 0.2 * np.sin(np.arange(int(16000 * seconds)) * 0.05), 16000, format="WAV")
+    return buffer.getvalue()
+
+
+def refusal(url: str, **request) -> str:
+    """The server's own sentence for a POST /queries, as the viewer quotes it."""
+    response = httpx.post(f"{url}/queries", timeout=30, **request)
+    assert response.status_code >= 400
+    return f"{response.status_code}: {response.json()['detail']}"
+
+
+def wait_status(page, starts: str) -> str:
+    wait_until(page, "(s) => document.getElementById('status').textContent.startsWith(s)", arg=starts)
+    return page.inner_text("#status")
+
+
+@pytest.mark.slow
+def test_refused_texts_and_files_show_the_servers_sentence_and_the_name_as_text(browser, server):  # noqa: F811
+    """The status quoted a refused text whole: a 600-character link filled the panel with it."""
+    long = "a" * 600
+    page = open_page(browser, server, f"/#q={long}")
+    try:
+        status = wait_status(page, "could not register")
+        detail = refusal(server, json={"text": long})
+        assert status == f'could not register "{"a" * 59}…": {detail}' and len(status) < 200
+        assert "q" not in hash_params(page), "the link's text is not kept"
+
+        page.fill("#text", "")
+        page.press("#text", "Enter")
+        assert wait_status(page, "type a sound") == "type a sound first, e.g. birdsong"
+        page.fill("#text", "🐦")  # no word the text model knows
+        page.click("#search")
+        assert wait_status(page, 'could not register "🐦"').endswith(refusal(server, json={"text": "🐦"}))
+
+        name = f"{HOSTILE}.txt"  # a file that is not audio, with markup in its name
+        page.set_input_files("#audio", files=[{"name": name, "mimeType": "text/plain", "buffer": b"hello"}])
+        detail = refusal(server, files={"file": (name, b"hello", "text/plain")})
+        assert wait_status(page, f"could not register {name}") == f"could not register {name}: {detail}"
+        big = wav(1)[:44] + bytes(11 * 2**20)  # beyond the 10 MB limit
+        page.set_input_files("#audio", files=[{"name": "big.wav", "mimeType": "audio/wav", "buffer": big}])
+        status = wait_status(page, "could not register big.wav: 413: ")
+        assert "the limit is" in status and "undefined" not in status
+        page.set_input_files("#audio", files=[{"name": "dawn.wav", "mimeType": "audio/wav", "buffer": wav(2)}])
+        assert wait_status(page, "query ").endswith("recording (2 s)")
+        assert page.evaluate("window.injected") is None and page.locator("#panel img:not(#legend-img)").count() == 0
+        assert page_errors(page) == []
+    finally:
+        page.close()
+
+
+@pytest.mark.slow
+def test_the_stores_credit_shows_as_written(browser, bundle_path, store_path, tmp_path):  # noqa: F811
+    """TileJSON's attribution (the credit precompute was given) went into MapLibre's credit line as
+    HTML: a credit with "<" or "&" lost its text, and markup in it became the page's."""
+    credit = "<b id=injected>NASA</b> & friends"
+
+    def credited(manifest: dict) -> None:
+        manifest["attribution"] = {"credit": credit, "licence": "public domain"}
+
+    with live_server(bundle_path, store_copy(store_path, tmp_path, credited)) as url:
+        page = open_page(browser, url, "/#layer=uncertainty", ready=HEATMAP_LOADED)
+        try:
+            page.wait_for_selector(".maplibregl-ctrl-attrib-inner", state="attached")
+            assert f"Imagery: {credit} (public domain)" in page.inner_text(".maplibregl-ctrl-attrib")
+            assert page.locator("#injected").count() == 0
+            assert page.console_errors() == []
+        finally:
+            page.close()

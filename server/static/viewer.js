@@ -45,6 +45,14 @@ function setNotice(kind, text) {
 // A user's or a link's text as a message quotes it: at most `length` characters.
 const shorten = (text, length = 60) => (text.length > length ? `${text.slice(0, length - 1)}…` : text);
 
+// A server's text (TileJSON's attribution: the store's credit as precompute was given it) as the
+// HTML MapLibre's credit line takes, so it shows as written, "<" and "&" included.
+function asHtmlText(text) {
+  const element = document.createElement("span");
+  element.textContent = text || "";
+  return element.innerHTML;
+}
+
 // --- The state in the URL ---------------------------------------------------------------------
 
 // A shared bbox (west,south,east,north) as /search takes it, or null: out-of-range boxes are
@@ -237,7 +245,7 @@ async function addBasemap(map, info) {
     return;
   }
   map.addSource("imagery", { type: "raster", tiles: [`${base}/basemap/{z}/{x}/{y}.webp`], tileSize: 256,
-                             maxzoom: info.maxzoom, attribution: info.attribution });
+                             maxzoom: info.maxzoom, attribution: asHtmlText(info.attribution) });
   map.addLayer({ id: "imagery", type: "raster", source: "imagery" }, map.getLayer("soundscape") ? "soundscape" : undefined);
 }
 
@@ -287,7 +295,7 @@ async function main() {
       map.setLayoutProperty("soundscape", "visibility", "visible");
     } else {
       map.addSource("soundscape", { type: "raster", tiles: [url], tileSize: 256, bounds: info.bounds,
-                                    minzoom: 0, maxzoom: 22, attribution: info.attribution });
+                                    minzoom: 0, maxzoom: 22, attribution: asHtmlText(info.attribution) });
       map.addLayer({ id: "soundscape", type: "raster", source: "soundscape",
                      paint: { "raster-opacity": state.opacity, "raster-resampling": "linear",
                               "raster-fade-duration": 0 } });
@@ -366,7 +374,8 @@ async function register(options, what) {
 }
 
 function registerText(text) {
-  return register({ headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text }) }, `"${text}"`);
+  const body = JSON.stringify({ text });
+  return register({ headers: { "Content-Type": "application/json" }, body }, `"${shorten(text)}"`);
 }
 
 // A shared `q=` is registered again (the same text gets the same id); a shared `query=<id>` is
@@ -443,7 +452,7 @@ function wirePanel(changed, setOpacity) {
     if (!file) return;
     const form = new FormData();
     form.append("file", file);
-    if (await register({ body: form }, file.name)) {
+    if (await register({ body: form }, shorten(file.name))) {
       $("text").value = "";
       changed();
     }
