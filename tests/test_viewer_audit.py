@@ -221,3 +221,29 @@ def test_the_stores_credit_shows_as_written(browser, bundle_path, store_path, tm
             assert page.console_errors() == []
         finally:
             page.close()
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"]
+        and b["x"] < a["x"] + a["width"]
+        and a["y"] < b["y"] + b["height"]
+        and b["y"] < a["y"] + a["height"]
+    )
+
+
+@pytest.mark.slow
+def test_the_credit_line_stays_clear_of_the_panel_when_the_window_narrows(browser, server):  # noqa: F811
+    """The credit line was placed once, for the width the page opened at: a window narrowed to phone
+    width after that left it at the bottom right, under the panel's sheet and through its text."""
+    page = open_page(browser, server, "/#layer=uncertainty")
+    try:
+        credit = page.locator(".maplibregl-ctrl-attrib")
+        for width, corner in [(390, "top-left"), (900, "bottom-right")]:
+            page.set_viewport_size({"width": width, "height": 700})
+            page.wait_for_selector(f".maplibregl-ctrl-{corner} .maplibregl-ctrl-attrib", state="attached")
+            assert credit.count() == 1 and credit.is_visible()
+            assert not overlaps(credit.bounding_box(), page.locator("#panel").bounding_box())
+        assert page.console_errors() == []
+    finally:
+        page.close()

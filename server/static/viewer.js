@@ -249,6 +249,20 @@ async function addBasemap(map, info) {
   map.addLayer({ id: "imagery", type: "raster", source: "imagery" }, map.getLayer("soundscape") ? "soundscape" : undefined);
 }
 
+// The map's credit line: at the bottom right, or at phone width (where the panel is a sheet along
+// the bottom, over that corner) compact at the top left; it moves when the window crosses that width.
+function placeCredits(map) {
+  const phone = window.matchMedia("(max-width: 600px)");
+  let control = null;
+  const place = () => {
+    if (control) map.removeControl(control);
+    control = new maplibregl.AttributionControl({ compact: phone.matches });
+    map.addControl(control, phone.matches ? "top-left" : "bottom-right");
+  };
+  place();
+  phone.addEventListener("change", place);
+}
+
 async function main() {
   const initial = readUrlState();
   // What source and layer take, and what each means: the source control's options.
@@ -266,7 +280,6 @@ async function main() {
   showControls();
 
   const info = await fetchJson(`${base}/tilejson.json?layer=uncertainty`);  // the store's extent
-  const phone = window.matchMedia("(max-width: 600px)").matches;  // the panel is a bottom sheet
   const extent = storeExtent(info);
   const view = initial.view || { bounds: extent.bounds, fitBoundsOptions: { padding: clearOfPanel() } };
   // No source in the style: the map loads whatever the server lacks; the basemap comes after.
@@ -274,7 +287,7 @@ async function main() {
                                    ...view, renderWorldCopies: extent.wraps, attributionControl: false });
   window.soundscape.map = map;
   map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
-  map.addControl(new maplibregl.AttributionControl({ compact: phone }), phone ? "top-left" : "bottom-right");
+  placeCredits(map);
   let ready = false, renderedUrl = null, legendSeq = 0;
 
   function redraw() {
