@@ -247,3 +247,22 @@ def test_the_credit_line_stays_clear_of_the_panel_when_the_window_narrows(browse
         assert page.console_errors() == []
     finally:
         page.close()
+
+
+@pytest.mark.slow
+def test_a_long_query_is_named_by_its_start_in_the_status_and_the_profile(browser, server):  # noqa: F811
+    """A 500-character query (the field's limit) was written out whole in the status line, read
+    aloud on every change (role=status), and in the clicked place's profile, which grew taller than
+    the map."""
+    text = ("birdsong at dawn " * 30)[:500].strip()
+    page = open_page(browser, server, f"/#q={quote(text)}&map=3.5/45/10", ready=HEATMAP_LOADED)
+    try:
+        assert page.input_value("#text") == text, "the field holds the text whole"
+        status = page.inner_text("#status")
+        assert status.startswith("query ") and text[:59] + "…" in status and len(status) < 100
+        page.mouse.click(650, 350)
+        page.wait_for_selector(".maplibregl-popup h3", timeout=30_000)
+        assert page.inner_text(".maplibregl-popup h3") == text[:59] + "… over the day"
+        assert page.console_errors() == []
+    finally:
+        page.close()

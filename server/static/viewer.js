@@ -21,9 +21,9 @@ const LEGEND_TITLES = { heatmap: "match probability", contrast: "contrast (log-o
 // marks a layer drawn in full.
 window.soundscape = { state };
 
-// What the map shows, when nothing went wrong.
+// What the map shows, when nothing went wrong (a long text by its start: the field above holds it whole).
 function describeQuery() {
-  return state.query ? `query ${state.query}: ${state.label}` : "No query yet.";
+  return state.query ? `query ${state.query}: ${shorten(state.label)}` : "No query yet.";
 }
 
 function setStatus(text, isError = false) {
@@ -541,7 +541,7 @@ async function showProfile(map, lngLat) {
   const box = document.createElement("div");
   box.className = "profile";
   const title = document.createElement("h3");
-  title.textContent = `${state.label} over the day`;
+  title.textContent = `${shorten(state.label)} over the day`;
   box.appendChild(title);
   const canvas = document.createElement("canvas");
   canvas.width = 240; canvas.height = 110;
