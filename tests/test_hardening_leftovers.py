@@ -124,3 +124,14 @@ def test_if_unmodified_since_answers_412_for_a_static_file_changed_after_it(clie
     # If-Match decides where both are sent (RFC 9110 13.2.2).
     both = {"If-Match": "*", "If-Unmodified-Since": before}
     assert client.get("/static/viewer.js", headers=both).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content_type", "size", "limit"),
+    [("audio/wav", 11 * 1024 * 1024, "10 MB (10485760 bytes)"), ("application/json", 9012, "8 KiB (8192 bytes)")],
+)
+def test_an_upload_over_the_limit_is_told_the_limit_as_the_docs_state_it(client, content_type, size, limit):
+    """The 413 named the limit in bytes alone ("the limit is 10485760"), which the viewer showed a
+    person who had read "10 MB" in the docs."""
+    r = client.post("/queries", content=b"x" * size, headers={"Content-Type": content_type})
+    assert r.status_code == 413 and r.json()["detail"] == f"the upload is {size} bytes; the limit is {limit}"

@@ -19,6 +19,7 @@ from server.http import conditional, errors
 from server.queries import QueryRecord, is_query_id
 from server.routes.deps import ServiceDep, SettingsDep
 from server.service import SoundscapeService, UploadBytes
+from server.settings import MB
 from server.urls import base_url, tile_template
 
 router = APIRouter(tags=["queries"])
@@ -49,18 +50,25 @@ REQUEST_BODY = {
 }
 
 
+def readable_size(n: int) -> str:
+    """A limit as the settings and docs state it ("10 MB", "8 KiB"), with its bytes: a person
+    reads the one, a client compares the other."""
+    unit, name = (MB, "MB") if n >= MB else (1024, "KiB")
+    return f"{n / unit:g} {name} ({n} bytes)"
+
+
 async def read_capped(request: Request, limit: int, held: UploadBytes | None = None) -> bytes:
     """The request body, or 413 as soon as it passes `limit` bytes (declared or streamed); each
     chunk counted into `held` as it arrives (503 when the worker holds its budget of bodies)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"the upload is {int(declared)} bytes; the limit is {limit}")
+        raise HTTPException(413, f"the upload is {int(declared)} bytes; the limit is {readable_size(limit)}")
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise HTTPException(413, f"the upload is over the limit of {limit} bytes")
+                raise HTTPException(413, f"the upload is over the limit of {readable_size(limit)}")
             if held is not None:
                 held.take(len(chunk))
             chunks.append(chunk)
