@@ -1,0 +1,99 @@
+"""What training pays to read one sample of a long recording: the whole file decoded and then
+centre-cropped (runtime.audio.decode_audio, as server uploads are read) against only the frames the
+front end keeps (inside runtime.audio.decoding_for, as training reads them since 8d32434).
+
+    python benchmarks/long_recording.py [--minutes 20] [--format wav|flac|ogg] [--json FILE]
+
+A generated stereo 44.1 kHz recording (noise with a tone, 16-bit for WAV and FLAC) of `--minutes`
+is written to a temporary folder; each way reads it `--repeat` times (median wall time) and once
+under tracemalloc (peak of Python and numpy allocations, which hold the decoded samples). Both
+end in the log-mel front end's features, compared for equality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.provenance import emit, provenance
+from runtime.arguments import integer_in, number_above
+from runtime.audio import AudioFeatureSpec, decode_audio, decoding_for, waveform_features
+
+RATE = 44100
+SUBTYPES = {"wav": "PCM_16", "flac": "PCM_16", "ogg": "VORBIS"}
+
+
+def write_recording(path: Path, minutes: float, fmt: str) -> None:
+    """Stereo noise with a 440 Hz tone, written block by block (a long file never whole in memory)."""
+    rng = np.random.default_rng(0)
+    block, total = RATE * 10, round(minutes * 60 * RATE)
+    with soundfile.SoundFile(path, "w", RATE, 2, subtype=SUBTYPES[fmt], format=fmt.upper()) as f:
+        for start in range(0, total, block):
+            n = min(block, total - start)
+            tone = 0.2 * np.sin(2 * np.pi * 440 * (start + np.arange(n)) / RATE)
+            f.write((tone[:, None] + 0.05 * rng.standard_normal((n, 2))).astype(np.float32))
+
+
+def timed(read: Callable[[], np.ndarray], repeat: int) -> tuple[np.ndarray, float, float]:
+    """The features, the median wall seconds of `repeat` reads and the peak MB one read allocates."""
+    seconds = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        features = read()
+        seconds.append(time.perf_counter() - began)
+    tracemalloc.start()
+    read()
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return features, statistics.median(seconds), peak
+
+
+def measure(minutes: float, fmt: str, repeat: int) -> dict:
+    spec = AudioFeatureSpec()
+
+    def whole() -> np.ndarray:
+        return waveform_features(spec, *decode_audio(path))
+
+    def cropped() -> np.ndarray:
+        with decoding_for(spec):
+            return waveform_features(spec, *decode_audio(path))
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"long.{fmt}"
+        write_recording(path, minutes, fmt)
+        size_mb = path.stat().st_size / 2**20
+        a, whole_s, whole_mb = timed(whole, repeat)
+        b, crop_s, crop_mb = timed(cropped, repeat)
+    return {
+        "recording": {"minutes": minutes, "format": fmt, "channels": 2, "rate": RATE, "file_mb": round(size_mb, 1)},
+        "front_end": spec.to_json(),
+        "whole_decode": {"seconds": round(whole_s, 3), "peak_mb": round(whole_mb, 1)},
+        "crop_only": {"seconds": round(crop_s, 3), "peak_mb": round(crop_mb, 1)},
+        "features_equal": bool(np.array_equal(a, b)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=number_above(0), default=20.0, help="length of the recording")
+    parser.add_argument("--format", choices=sorted(SUBTYPES), default="wav")
+    parser.add_argument("--repeat", type=integer_in(1, 100), default=3, help="timed reads of each way")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    emit({**provenance(), **measure(args.minutes, args.format, args.repeat)}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

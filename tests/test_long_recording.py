@@ -1,0 +1,19 @@
+"""benchmarks/long_recording.py: a long recording read whole and read for its centre crop give the
+same features, and the crop allocates less (the figures in BENCHMARKS.md come from it)."""
+
+import pytest
+
+from benchmarks.long_recording import main, measure
+
+
+def test_the_crop_reads_the_same_features_with_less_memory():
+    result = measure(minutes=1.0, fmt="flac", repeat=1)
+    assert result["features_equal"]
+    assert result["crop_only"]["peak_mb"] < result["whole_decode"]["peak_mb"] / 2
+
+
+@pytest.mark.parametrize("args", [["--minutes", "0"], ["--repeat", "0"], ["--format", "mp4"]])
+def test_bad_arguments_exit_2_with_a_sentence(args, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2 and args[0] in capsys.readouterr().err
