@@ -266,3 +266,21 @@ def test_a_long_query_is_named_by_its_start_in_the_status_and_the_profile(browse
         assert page.console_errors() == []
     finally:
         page.close()
+
+
+@pytest.mark.slow
+def test_unticking_any_hour_from_the_keyboard_moves_to_the_hour_slider(browser, server):  # noqa: F811
+    """The hour slider comes before its "any hour" box on the page: a keyboard user who unticked the
+    box with Space tabbed on to the month and reached the slider only with Shift+Tab."""
+    page = open_page(browser, server, "/#q=birdsong", ready=HEATMAP_LOADED)
+    try:
+        page.focus("#hour-any")
+        page.keyboard.press("Space")
+        assert not page.is_checked("#hour-any")
+        assert page.evaluate("document.activeElement.id") == "hour"
+        before = int(page.input_value("#hour"))
+        page.keyboard.press("ArrowRight")
+        wait_until(page, "(h) => new URLSearchParams(location.hash.slice(1)).get('hour') === h", str(before + 1))
+        assert page.console_errors() == []
+    finally:
+        page.close()

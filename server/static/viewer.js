@@ -478,7 +478,12 @@ function wirePanel(changed, setOpacity) {
       changed();
     };
     slider.addEventListener("input", sync);
-    any.addEventListener("change", sync);
+    // Unticking "any" enables the slider, which comes before the box on the page: focus moves to
+    // it, so a keyboard user sets the hour with the arrow keys next instead of tabbing past it.
+    any.addEventListener("change", () => {
+      sync();
+      if (!any.checked) slider.focus();
+    });
   }
   $("source").addEventListener("change", () => {
     state.source = $("source").value || null;
