@@ -284,3 +284,20 @@ def test_unticking_any_hour_from_the_keyboard_moves_to_the_hour_slider(browser, 
         assert page.console_errors() == []
     finally:
         page.close()
+
+
+@pytest.mark.slow
+def test_the_profile_of_a_place_opens_from_the_keyboard(browser, server):  # noqa: F811
+    """A place's 24-hour profile opened only with a mouse click: the map took the keyboard's arrows
+    and + and -, but nothing showed a place's profile from it."""
+    page = open_page(browser, server, "/#q=birdsong&map=3.5/45/10", ready=HEATMAP_LOADED)
+    try:
+        canvas = page.locator(".maplibregl-canvas")
+        assert "Enter" in canvas.get_attribute("aria-label")
+        canvas.focus()
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".maplibregl-popup canvas", timeout=30_000)
+        assert "over the day" in page.inner_text(".maplibregl-popup")
+        assert page.console_errors() == []
+    finally:
+        page.close()

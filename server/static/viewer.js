@@ -358,6 +358,13 @@ async function main() {
   });
   map.on("moveend", () => { if (ready) writeUrlState(map); });
   map.on("click", (event) => showProfile(map, event.lngLat));
+  // From the keyboard (the map focused; arrow keys pan it, + and - zoom), Enter shows the profile
+  // of the place at the map's centre, as a click there would.
+  const canvas = map.getCanvas();
+  canvas.setAttribute("aria-label", "map: arrow keys pan, + and - zoom, Enter shows the place at the centre");
+  canvas.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") showProfile(map, map.getCenter());
+  });
   $("best").addEventListener("click", () => showBest(map));
 
   const loaded = new Promise((resolve) => map.on("load", resolve));
