@@ -223,16 +223,17 @@ def demo_places(place_assets, tmp_path_factory):
     return ensure_places(place_assets, tmp_path_factory.mktemp("places") / "places.npz", progress=False)
 
 
-def reprojected(imagery_path: Path, out: Path, crs: str) -> Path:
-    """The fixture crop warped to `crs`, nodata 0 where its footprint does not reach, with
-    overviews (which rio-tiler reads for downsampled cells)."""
+def reprojected(imagery_path: Path, out: Path, crs: str, grid: tuple | None = None) -> Path:
+    """The imagery warped to `crs` (on `grid`, (transform, width, height), else GDAL's default
+    grid for it), nodata 0 where its footprint does not reach, with overviews (which rio-tiler
+    reads for downsampled cells)."""
     import numpy as np
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.warp import calculate_default_transform, reproject
 
     with rasterio.open(imagery_path) as src:
-        transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        transform, width, height = grid or calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
         data = np.zeros((3, height, width), dtype=np.uint8)
         reproject(
             src.read(),

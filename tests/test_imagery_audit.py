@@ -12,9 +12,8 @@ import pytest
 import rasterio
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
-from rasterio.warp import calculate_default_transform, reproject
 
 from cli.main import main
 from precompute.plan import Plan
@@ -23,7 +22,7 @@ from runtime.bundle import Bundle
 from runtime.imagery import Imagery, ImageryError
 from runtime.tiles import WORLD_BBOX, demorton
 from store.reader import Store
-from tests.conftest import precompute_args
+from tests.conftest import precompute_args, reprojected
 from tests.test_cli import _fails
 
 SIZE = 32
@@ -185,22 +184,7 @@ def antimeridian(source, tmp_path_factory):
         width=2 * width,
         transform=from_origin(170, 62, res, res),
     )
-    with rasterio.open(whole) as src:
-        transform, w, h = calculate_default_transform(src.crs, "EPSG:32660", src.width, src.height, *src.bounds)
-        warped = np.zeros((3, h, w), np.uint8)
-        reproject(
-            src.read(),
-            warped,
-            src_transform=src.transform,
-            src_crs=src.crs,
-            dst_transform=transform,
-            dst_crs="EPSG:32660",
-            resampling=Resampling.bilinear,
-            dst_nodata=0,
-        )
-    utm = _write(
-        folder / "utm60.tif", warped, profile, crs="EPSG:32660", transform=transform, width=w, height=h, nodata=0
-    )
+    utm = reprojected(whole, folder / "utm60.tif", "EPSG:32660")
     return halves, whole, utm
 
 
@@ -253,22 +237,7 @@ def test_a_polar_stereographic_raster_around_the_pole_has_its_own_resolution(ima
     197,000 km pixels, and precompute refused every level as enlarging them."""
     size, pixel = 300, 40_000.0  # +-6000 km around the pole, 40 km pixels: Europe's crop reaches in
     transform = from_origin(-size / 2 * pixel, size / 2 * pixel, pixel, pixel)
-    polar = np.zeros((3, size, size), np.uint8)
-    with rasterio.open(imagery_path) as src:
-        reproject(
-            src.read(),
-            polar,
-            src_transform=src.transform,
-            src_crs=src.crs,
-            dst_transform=transform,
-            dst_crs="EPSG:3413",
-            resampling=Resampling.bilinear,
-            dst_nodata=0,
-        )
-        profile = src.profile
-    path = _write(
-        tmp_path / "polar.tif", polar, profile, crs="EPSG:3413", transform=transform, width=size, height=size, nodata=0
-    )
+    path = reprojected(imagery_path, tmp_path / "polar.tif", "EPSG:3413", (transform, size, size))
     imagery = Imagery(path)
     assert imagery.bounds[3] == 90 and imagery.bounds[0] == -180
     # 40 km pixels, measured where the mercator square ends (~85 N): about 40 / cos(85) km.
