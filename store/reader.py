@@ -5,6 +5,7 @@ checksums of the smallest files), so a damaged store is refused with a sentence 
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import threading
@@ -127,10 +128,11 @@ class Store:
         self.minlevel, self.maxlevel = min(self.levels), max(self.levels)
         self.bounds = tuple(self.manifest["bounds"])
 
-    @property
+    @functools.cached_property
     def footprint(self) -> Footprint:
         """Where the store's cells lie: its bounds, or, for imagery across the antimeridian (whose
-        bounds span every longitude), the part of the two boxes its plan kept within them."""
+        bounds span every longitude), the part of the two boxes its plan kept within them. Read once
+        from the manifest, which a Store never changes (every TileJSON answer names it)."""
         whole = Footprint(*self.bounds)
         boxes = (self.manifest.get("plan") or {}).get("footprint")
         if not boxes:
