@@ -154,3 +154,34 @@ def test_geosound_parquet_timestamps_with_a_zone_are_read_at_the_places_clock(tm
     splits = reader("geosound")({"root": str(tmp_path / "GeoSound"), "layout": "huggingface", "zooms": [1]}, 32)
     got = [(s.month, s.hour) for s in (splits.train.get(i, frozenset({"image", "audio"})) for i in range(2))]
     assert got == [(3, pytest.approx(9.5)), (1, pytest.approx(0.5))]  # IST; the new year in Paris
+
+
+def test_a_time_at_an_offset_without_a_date_takes_the_places_offset_it_names(tmp_path, caplog):
+    """A time with an offset but no date was converted as on 1 January: '14:30+02:00' in Paris, its
+    summer clock, trained 13:30. Now an offset the place's clocks keep is its clock as written (CEST
+    there, CET for '+01:00'); a place keeping one offset all year converts any other; and where the
+    place keeps two, neither the one given, the hour is one of two: the row is skipped, saying so.
+    A month without a day (June) narrows the place's offsets to that month's."""
+    with caplog.at_level(logging.WARNING):
+        paris = at(tmp_path, "paris", PARIS, ["14:30+02:00", "14:30+01:00", "2:30 PM GMT+2", "June 12:30Z", "12:30Z"])
+    assert paris == [(None, 14.5), (None, 14.5), (None, 14.5), (6, 14.5)]
+    assert (
+        "a time at a UTC offset ... without a date, at a place whose clocks keep more than one offset over the year "
+        "..., none of them that one: its hour there is one of those; write the date, or the place's clock: 1 ("
+    ) in caplog.text
+    assert at(tmp_path, "kolkata", KOLKATA, ["04:00Z", "09:30+05:30"]) == [(None, 9.5)] * 2
+    assert at(tmp_path, "new-york", NEW_YORK, ["10:00-04:00", "10:00-05:00"]) == [(None, 10.0)] * 2
+
+
+def test_released_datasets_leave_the_hour_unknown_where_an_undated_offset_does_not_tell_it(tmp_path):
+    members = {}
+    for n, (key, date) in enumerate([("iNat-1", "14:30+02:00"), ("iNat-2", "12:30Z")]):
+        meta = {"sample_id": key, "date": date, "latitude": PARIS[0], "longitude": PARIS[1], "text": key}
+        members[f"{key}.meta.json"] = json.dumps(meta).encode()
+        members[f"{key}.image.jpg"] = image_bytes(1280, n, "JPEG")
+        members[f"{key}.audio_mel1.pyd"] = clap_mel(n)
+    for split in ("train_0", "val_0", "test_0"):
+        write_shard(tmp_path / "geosound" / "with_sentinel" / f"{split}.tar", members)
+    splits = reader("geosound")({"root": str(tmp_path / "geosound"), "zooms": [1]}, 32)
+    got = [(s.month, s.hour) for s in (splits.train.get(i, frozenset({"image", "audio"})) for i in range(2))]
+    assert got == [(None, 14.5), (None, None)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -116,14 +117,17 @@ def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
 
 
 class Tower(nn.Module):
-    """Shared behaviour of text and audio towers: freezing, and which ONNX exporter fits."""
+    """Shared behaviour of text and audio towers: freezing, the digest of their weights, and which
+    ONNX exporter fits."""
 
     out_dim: int
     frozen: bool = False
     onnx_exporter = "dynamo"  # "torchscript" where torch.export cannot trace the backbone
+    _digest: str | None = None  # weights_digest of a frozen tower, kept until weights are loaded
 
     def freeze(self) -> None:
         self.frozen = True
+        self._digest = None
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()
@@ -132,12 +136,27 @@ class Tower(nn.Module):
         return super().train(mode and not self.frozen)
 
     def weights_digest(self) -> str:
-        """Hex sha256 of every tensor as loaded (name, dtype, shape, bytes): what a frozen tower's
-        outputs are a function of, whichever package release, path or file they came from
-        (model.frozen_cache names its files by it). MiniLM's 90 MB take about 0.07 s."""
+        """Hex sha256 of what the tower's outputs are a function of (model.frozen_cache names its
+        files by it). A frozen tower's weights stay as loaded, so its digest is computed once and
+        kept (training asks for it for every split; MiniLM's take 0.07 s each time) until weights
+        are loaded into it again."""
+        if self._digest is not None and self.frozen:
+            return self._digest
+        self._digest = self.compute_digest()
+        return self._digest
+
+    def compute_digest(self) -> str:
+        """Hex sha256 of every tensor as loaded (name, dtype, shape, bytes), whichever package
+        release, path or file it came from."""
         digest = hashlib.sha256()
         for name, tensor in self.state_dict().items():
             flat = tensor.detach().cpu().contiguous().reshape(-1)
             digest.update(f"{name} {flat.dtype} {tuple(tensor.shape)}\n".encode())
             digest.update(flat.view(torch.uint8).numpy())
         return digest.hexdigest()
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        """Run for every module a load_state_dict reaches (its own or a parent's, as --init-from
+        and resuming load): the weights may change, so the kept digest is dropped."""
+        self._digest = None
+        super()._load_from_state_dict(*args, **kwargs)

@@ -85,10 +85,10 @@ class HuggingFaceTextTower(TextTower):
         shutil.copyfile(self.tokenizer_file, path)
         return {"tokenizer_kind": HuggingFaceTokenizer.kind, "max_length": self.max_length}
 
-    def weights_digest(self) -> str:
+    def compute_digest(self) -> str:
         """The tensors' digest and the tokenizer file's: another vocabulary gives other ids, so
         other outputs from the same weights."""
-        return json_sha256([super().weights_digest(), file_sha256(self.tokenizer_file)], length=64)
+        return json_sha256([super().compute_digest(), file_sha256(self.tokenizer_file)], length=64)
 
 
 def quiet_transformers() -> None:

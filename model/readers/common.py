@@ -35,9 +35,17 @@ _SENTINELS = (datetime(2001, 1, 1, 3, 7, 11), datetime(2002, 2, 2, 17, 41, 53))
 class When:
     month: int | None
     hour: float | None
-    # The time as an instant, where the text gives its UTC offset ("Z", "+02:00", "UTC"), with
-    # that offset (at_place: in the place's zone); None for a wall-clock time or without a time.
+    # The time as an instant, where the text gives its date and UTC offset ("Z", "+02:00", "UTC"),
+    # with that offset (at_place: in the place's zone); None for a wall-clock time or without a time.
     instant: datetime | None = None
+    # The UTC offset of a time without a full date ("14:30+02:00"): no instant, since the offset the
+    # place's clock kept that day is unknown (at_place).
+    offset: timedelta | None = None
+
+
+class UndatedOffset(ValueError):
+    """A time at a UTC offset without a date, at a place whose clocks keep more than one offset over
+    the year (or its month) and not that one: its hour at the place is one of two or more."""
 
 
 def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) -> When:
@@ -47,7 +55,7 @@ def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) 
     gives neither. `dayfirst` reads 01/05/2022 as 1 May (dateutil's own reading of a date whose
     first number is past 12, whatever it is told); `fuzzy` skips words dateutil does not know,
     so that '1 mai 2022' is read as January. The hour is the clock's as written, also where the
-    text gives a UTC offset (`instant` then has it; at_place reads it at the place's clock). A
+    text gives a UTC offset (`instant` has it, or `offset` without a date; at_place reads it). A
     zone's name ("EDT") is no offset (CST is in China, the US and Cuba): such a time is a wall clock."""
     from dateutil import parser
 
@@ -71,21 +79,68 @@ def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) 
     month = first.month if first.month == second.month else None
     if first.hour != second.hour or first.minute != second.minute:
         return When(month, None)
-    return When(month, first.hour + first.minute / 60.0, first if first.utcoffset() is not None else None)
+    hour, offset = first.hour + first.minute / 60.0, first.utcoffset()
+    if offset is None:
+        return When(month, hour)
+    if first.date() != second.date():  # the day (or year) came from the sentinels
+        return When(month, hour, offset=offset)
+    return When(month, hour, first)
 
 
 def at_place(when: When, lat: float | None, lon: float | None) -> When:
     """`when` as a clock at the place read it: a time given at a UTC offset is the same instant in
     the place's time zone (zone_at, daylight saving included), its month too where the date is
     known; a wall-clock time, one at an unknown place or one the calendar ends before (year 9999)
-    stays as written."""
-    if when.instant is None or when.hour is None or lat is None or lon is None:
+    stays as written. A time at an offset without a date: _undated_at_place."""
+    if when.hour is None or lat is None or lon is None:
+        return when
+    if when.offset is not None:
+        return _undated_at_place(when, zone_at(lat, lon))
+    if when.instant is None:
         return when
     try:
         local = when.instant.astimezone(zone_at(lat, lon))
     except OverflowError:
         return when
     return When(local.month if when.month is not None else None, local.hour + local.minute / 60.0, local)
+
+
+def _undated_at_place(when: When, zone: tzinfo) -> When:
+    """The place's clock for a time at an offset whose day is unknown: as written where the offset
+    is one the zone keeps in the time's month (any month without one: '+02:00' in Paris is its
+    summer clock, '+01:00' its winter one); converted where the zone keeps a single offset then;
+    otherwise UndatedOffset, since the hour would be one of two (a UTC time in Paris: 1 or 2 h on)."""
+    assert when.offset is not None and when.hour is not None  # at_place calls it for such a time only
+    kept = _offsets(zone, when.month)
+    if when.offset in kept:
+        return When(when.month, when.hour)
+    if len(kept) == 1:
+        (local,) = kept
+        return When(when.month, (when.hour + (local - when.offset) / timedelta(hours=1)) % 24)
+    raise UndatedOffset(
+        f"a time at a UTC offset ({_utc(when.offset)}) without a date, at a place whose clocks keep more than one "
+        f"offset {'in that month' if when.month else 'over the year'} ({zone}: {', '.join(map(_utc, sorted(kept)))}), "
+        "none of them that one: its hour there is one of those; write the date, or the place's clock"
+    )
+
+
+# The year whose rules give a zone's offsets for a time without a date: a recent one (today's rules).
+UNDATED_YEAR = 2025
+
+
+@functools.cache
+def _offsets(zone: tzinfo, month: int | None) -> frozenset[timedelta]:
+    """The UTC offsets `zone` keeps in `month` of UNDATED_YEAR (None: the whole year), read twice a day."""
+    start = datetime(UNDATED_YEAR, month or 1, 1, tzinfo=UTC)
+    end = datetime(UNDATED_YEAR + (month or 12) // 12, (month or 12) % 12 + 1, 1, tzinfo=UTC)
+    moments = (start + timedelta(hours=12 * i) for i in range(int((end - start) / timedelta(hours=12))))
+    return frozenset(moment.astimezone(zone).utcoffset() or timedelta(0) for moment in moments)
+
+
+def _utc(offset: timedelta) -> str:
+    """'UTC+02:00', 'UTC-04:00', 'UTC+05:30' as the tz database writes an offset."""
+    minutes = round(offset / timedelta(minutes=1))
+    return f"UTC{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def zone_at(lat: float, lon: float) -> tzinfo:

@@ -32,7 +32,7 @@ import numpy as np
 
 from model.config import ConfigError, Section, from_section
 from model.data import BadSample, DataError, Sample, Splits
-from model.readers.common import at_place, content_hash, decode_image, fit_image, parse_when
+from model.readers.common import UndatedOffset, When, at_place, content_hash, decode_image, fit_image, parse_when
 from runtime.audio import AudioDecodeError, decode_audio
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,11 @@ class _Released:
         lat, lon = _float(meta.get("latitude")), _float(meta.get("longitude"))
         # iNaturalist's dates are as the observer's app wrote them, which may give a UTC offset
         # ("Sun Jun 12 2022 07:49:32 GMT-0400 (EDT)"): the hour is the place's clock (at_place).
-        when = at_place(parse_when(meta.get(self.dataset.date_field)), lat, lon)
+        when = parse_when(meta.get(self.dataset.date_field))
+        try:
+            when = at_place(when, lat, lon)
+        except UndatedOffset:  # a time at an offset without a date the place's clock may be one of two
+            when = When(when.month, None)
         caption, caption_source = self.captions.get(key, (None, None))
         if caption is None:
             caption = meta.get("audio_caption") or self.dataset.meta_caption(meta)
