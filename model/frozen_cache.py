@@ -5,13 +5,15 @@ every time, so running it each step only burns CPU: the cache stores one row per
 and batches carry that row (`text_backbone`, `audio_backbone`) instead of tokens or audio, which
 are then never decoded. Samples found unreadable while caching are recorded, so training skips
 them instead of pairing their image with a neighbour's cached audio. Files are named by a
-fingerprint of the tower's config and weights, the split and the data's content hash and written
-atomically: an interrupted run recomputes them and a second run reuses them. A reader without a content hash
-cannot say when its data changed, so its outputs are computed for the run and never stored."""
+fingerprint of the tower's config and weights, the versions of the libraries that compute its
+outputs, the split and the data's content hash and written atomically: an interrupted run
+recomputes them and a second run reuses them. A reader without a content hash cannot say when its
+data changed, so its outputs are computed for the run and never stored."""
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile
 import torch
 from tqdm import tqdm
 
@@ -30,6 +33,12 @@ from runtime.files import atomic_write, json_sha256
 log = logging.getLogger(__name__)
 
 
+# What turns a sample into a frozen tower's output besides its weights: the towers' code (torch,
+# transformers), the tokenizer and the audio front end (numpy, scipy, soundfile and its
+# libsndfile). A new release of any of them may change the outputs.
+LIBRARIES = ("torch", "transformers", "tokenizers", "numpy", "scipy", "soundfile")
+
+
 @dataclass
 class FrozenCache:
     """{tower: (N, D)} outputs of a split's frozen towers and its unreadable samples."""
@@ -38,15 +47,28 @@ class FrozenCache:
     unreadable: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
+def library_versions() -> dict[str, str | None]:
+    """The installed version of each of LIBRARIES (None where one is not installed) and libsndfile's."""
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {**versions, "libsndfile": soundfile.__libsndfile_version__}
+
+
 def fingerprint(model: PSMModel, tower: str, split: str, data: dict, content: str) -> str:
     """Names a cache file: the tower's config and the digest of its weights as loaded (a new
-    release of its package behind the same config gives new outputs), the split, the data section
+    release of its package behind the same config gives new outputs), the versions of the
+    libraries that compute its outputs (an upgraded torch may too), the split, the data section
     without the demo corpus's `path` (so one corpus named by another spelling of its path,
     relative, absolute or a copy, finds its cache) and the data's own content hash
     (model.data.SampleSource), which changes whenever what the tower reads does."""
     spec = {
         "tower": getattr(model.cfg, tower).model_dump(),
         "weights": getattr(model, tower).weights_digest(),
+        "libraries": library_versions(),
         "split": split,
         "data": {k: v for k, v in data.items() if k != "path"},
         "content": content,

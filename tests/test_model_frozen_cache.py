@@ -4,6 +4,7 @@ replaced, rows reordered, the same number of rows), GeoSound shards or Parquet f
 and a reader that cannot say what its data is gets no cache on disk at all."""
 
 import csv
+import importlib.metadata
 import logging
 import os
 import time
@@ -15,7 +16,7 @@ import torch
 from model.batches import SkipLog
 from model.config import HashedTextConfig
 from model.data import reader
-from model.frozen_cache import frozen_cache
+from model.frozen_cache import frozen_cache, library_versions
 from model.nn.psm import preprocessing
 from model.nn.text_towers import HashedTextTower
 from tests.test_model_readers import clap_mel, image_bytes, wav_bytes, write_shard
@@ -241,3 +242,18 @@ def test_weights_loaded_into_a_frozen_tower_give_it_a_new_digest():
     after = tower.weights_digest()
     assert after != before and after == tower.compute_digest()
 
+
+def test_another_torch_release_names_another_cache_file(frozen_text_model, folder, tmp_path, monkeypatch):
+    """The library versions were not in the key: an upgraded torch or transformers, whose outputs
+    may differ, was served the outputs the old one cached."""
+    section = {"root": str(folder), "split": SPLIT}
+    assert library_versions()["torch"] == torch.__version__
+    first = cached_text(frozen_text_model, section, tmp_path / "cache")
+    installed = importlib.metadata.version
+    for name in ("torch", "transformers"):
+        monkeypatch.setattr(
+            importlib.metadata, "version", lambda dist, name=name: "99.0" if dist == name else installed(dist)
+        )
+        assert library_versions()[name] == "99.0"
+        np.testing.assert_array_equal(cached_text(frozen_text_model, section, tmp_path / "cache"), first)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
