@@ -110,16 +110,19 @@ def open_page(
     """A page at `path` once the JS `ready` holds (or `ready_selector` shows, on pages whose
     Content-Security-Policy forbids eval); page.outside_requests() lists the requests that left
     for another host (not those the page's own policy blocked: the browser never sends them),
-    page.console_errors() the errors its console logged (a policy's refusals among them)."""
+    page.console_errors() the errors its console logged (a policy's refusals among them),
+    page.requests() every URL it asked for."""
     page = browser.new_page(viewport={"width": width, "height": height})
-    sent, blocked, errors = [], [], []
+    asked, sent, blocked, errors = [], [], [], []
     local = (server, "data:", "blob:")
+    page.on("request", lambda req: asked.append(req.url))
     page.on("request", lambda req: None if req.url.startswith(local) else sent.append(req.url))
     page.on("requestfailed", lambda req: blocked.append(req.url) if req.failure == "csp" else None)
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.outside_requests = lambda: [url for url in sent if url not in blocked]
     page.console_errors = lambda: list(errors)
+    page.requests = lambda: list(asked)
     page.goto(f"{server}{path}")
     if ready_selector:
         page.wait_for_selector(ready_selector, state="attached", timeout=60_000)
@@ -159,12 +162,13 @@ def fmt(value: float) -> str:
 
 
 def hide_layer(page, layer: str) -> None:
-    """Hide a map layer and return once the map has drawn without it."""
+    """Hide a raster of the viewer ("soundscape", "imagery": a map layer per box of the store's
+    cells) and return once the map has drawn without it."""
     page.evaluate(
         """(layer) => new Promise((resolve, reject) => {
         const map = window.soundscape.map;
         map.once('idle', resolve);
-        map.setLayoutProperty(layer, 'visibility', 'none');
+        window.soundscape.rasters[layer].forEach((id) => map.setLayoutProperty(id, 'visibility', 'none'));
         setTimeout(() => reject(new Error('the map did not go idle')), 30000);
     })""",
         layer,

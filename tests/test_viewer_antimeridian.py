@@ -7,6 +7,10 @@ that does not wrap opens as before."""
 
 from __future__ import annotations
 
+import math
+import re
+
+import httpx
 import pytest
 
 from cli.main import main
@@ -15,6 +19,8 @@ from tests.conftest import precompute_args
 from tests.server_support import live_server, make_client
 from tests.test_imagery_audit import antimeridian, source  # noqa: F401  (fixtures this module uses)
 from tests.test_viewer import browser, hide_layer, open_page, pixels_at  # noqa: F401  (fixtures and helpers)
+
+HEATMAP_LOADED = "document.body.dataset.heatmap === 'loaded'"
 
 # The map as the viewer fits it, in the map's own longitudes (beyond 180 on the eastern world copy).
 VIEW = """(m => { const b = m.getBounds();
@@ -81,5 +87,37 @@ def test_the_viewer_opens_on_both_sides_of_180_degrees(browser, crossing_store, 
             assert not view["copies"]
             centre = page.evaluate("(m => [m.getCenter().lng, m.getCenter().lat, m.getZoom()])(window.soundscape.map)")
             assert centre == pytest.approx([fitted["center"]["lng"], fitted["center"]["lat"], fitted["zoom"]], abs=1e-6)
+        finally:
+            page.close()
+
+
+def tile_box(url: str) -> tuple[float, float, float, float]:
+    """The west, south, east, north of a /tiles/ or /basemap/ URL's z/x/y."""
+    z, x, y = map(int, re.search(r"/(\d+)/(\d+)/(\d+)\.\w+", url).groups())
+    lat = lambda row: math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * row / 2**z))))  # noqa: E731
+    return x / 2**z * 360 - 180, lat(y + 1), (x + 1) / 2**z * 360 - 180, lat(y)
+
+
+def meets(box, footprint) -> bool:
+    """Whether a tile's box meets a footprint that wraps (west > east: west..180 and -180..east)."""
+    west, south, east, north = footprint
+    across = box[0] < east or box[2] > west
+    return across and box[1] < north and box[3] > south
+
+
+@pytest.mark.slow
+def test_the_viewer_asks_only_for_tiles_over_the_stores_cells(browser, crossing_store, bundle_path):  # noqa: F811
+    """The layer's and the basemap's tiles were asked for at every longitude in view, on every world
+    copy: the store's bounds (TileJSON's, every longitude) were all the map knew of where its cells
+    are. Each source now covers its footprint's two boxes, either side of 180 degrees."""
+    with live_server(bundle_path, crossing_store) as server:
+        page = open_page(browser, server, "/#layer=uncertainty", ready=HEATMAP_LOADED)
+        try:
+            page.wait_for_load_state("networkidle")
+            footprint = httpx.get(f"{server}/tilejson.json?layer=uncertainty", timeout=30).json()["footprint"]
+            tiles = [url for url in page.requests() if "/tiles/" in url or "/basemap/" in url]
+            boxes = [tile_box(url) for url in tiles]
+            assert [url for url, box in zip(tiles, boxes, strict=True) if not meets(box, footprint)] == []
+            assert any(box[2] > 0 for box in boxes) and any(box[0] < 0 for box in boxes), "both sides are asked for"
         finally:
             page.close()

@@ -214,15 +214,33 @@ function clearOfPanel() {
 // own longitudes run beyond 180.
 const wrapLng = (lng) => ((((lng + 180) % 360) + 360) % 360) - 180;
 
-// Where the map opens: the store's cells as fitBounds takes them. TileJSON's bounds never wrap, so
-// for a store across the antimeridian they span every longitude; its `footprint` (not TileJSON:
-// west > east there) gives west..east + 360, drawn over world copies. Otherwise the bounds, one world.
+// Where the store's cells are. TileJSON's bounds never wrap, so for a store across the antimeridian
+// they span every longitude; its `footprint` (not TileJSON: west > east there) gives where the map
+// opens, west..east + 360 drawn over world copies, and the boxes its tiles are asked for in, either
+// side of 180 degrees (a source's bounds never wrap either). Otherwise the bounds, one world, one box.
 function storeExtent(info) {
   const fp = info.footprint;
   const wraps = Array.isArray(fp) && fp.length === 4 && fp.every(Number.isFinite) && fp[0] > fp[2];
   const [west, south, east, north] = wraps ? [fp[0], fp[1], fp[2] + 360, fp[3]] : info.bounds;
-  return { bounds: [[west, south], [east, north]], wraps };
+  const boxes = wraps ? [[fp[0], south, 180, north], [-180, south, fp[2], north]] : [info.bounds];
+  return { bounds: [[west, south], [east, north]], wraps, boxes };
 }
+
+// The map's raster layers by name ("soundscape", "imagery"), each drawn as one source and layer
+// per box of the store's cells (ids name, name-2): the map asks for no tile beyond them.
+const rasters = {};
+window.soundscape.rasters = rasters;
+
+function addRaster(map, name, boxes, source, paint, before) {
+  rasters[name] = boxes.map((bounds, i) => {
+    const id = i ? `${name}-${i + 1}` : name;
+    map.addSource(id, { type: "raster", tileSize: 256, ...source, bounds });
+    map.addLayer({ id, type: "raster", source: id, paint }, before);
+    return id;
+  });
+}
+
+const rasterOf = (sourceId) => Object.keys(rasters).find((name) => rasters[name].includes(sourceId));
 
 // The XYZ tile under a point, for probing the basemap where the map looks first.
 function tileAt(lngLat, zoom) {
@@ -234,7 +252,7 @@ function tileAt(lngLat, zoom) {
 
 // The store's imagery under the heatmap. A server without imagery answers 404 with the reason:
 // the map then goes on without a basemap and says so.
-async function addBasemap(map, info) {
+async function addBasemap(map, info, boxes) {
   const zoom = Math.min(info.maxzoom, Math.max(0, Math.floor(map.getZoom())));
   const [x, y] = tileAt(map.getCenter(), zoom);
   try {
@@ -244,9 +262,9 @@ async function addBasemap(map, info) {
     setNotice("basemap", `basemap unavailable: ${error.message}; the heatmap still works`);
     return;
   }
-  map.addSource("imagery", { type: "raster", tiles: [`${base}/basemap/{z}/{x}/{y}.webp`], tileSize: 256,
-                             maxzoom: info.maxzoom, attribution: asHtmlText(info.attribution) });
-  map.addLayer({ id: "imagery", type: "raster", source: "imagery" }, map.getLayer("soundscape") ? "soundscape" : undefined);
+  addRaster(map, "imagery", boxes, { tiles: [`${base}/basemap/{z}/{x}/{y}.webp`], maxzoom: info.maxzoom,
+                                     attribution: asHtmlText(info.attribution) },
+            {}, map.getLayer("soundscape") ? "soundscape" : undefined);
 }
 
 // The map's credit line: at the bottom right, or at phone width (where the panel is a sheet along
@@ -294,8 +312,9 @@ async function main() {
     $("copy").disabled = !hasLayer();
     $("best").disabled = !state.query;
     if (!ready) return;
+    const layers = rasters.soundscape || [];
     if (!hasLayer()) {
-      if (map.getLayer("soundscape")) map.setLayoutProperty("soundscape", "visibility", "none");
+      layers.forEach((id) => map.setLayoutProperty(id, "visibility", "none"));
       return;
     }
     const url = tileUrl();
@@ -303,15 +322,14 @@ async function main() {
     renderedUrl = url;
     if ($("status").classList.contains("tile-error")) setStatus(describeQuery());  // new tiles, new chance
     delete document.body.dataset.heatmap;
-    if (map.getSource("soundscape")) {
-      map.getSource("soundscape").setTiles([url]);
-      map.setLayoutProperty("soundscape", "visibility", "visible");
-    } else {
-      map.addSource("soundscape", { type: "raster", tiles: [url], tileSize: 256, bounds: info.bounds,
-                                    minzoom: 0, maxzoom: 22, attribution: asHtmlText(info.attribution) });
-      map.addLayer({ id: "soundscape", type: "raster", source: "soundscape",
-                     paint: { "raster-opacity": state.opacity, "raster-resampling": "linear",
-                              "raster-fade-duration": 0 } });
+    for (const id of layers) {
+      map.getSource(id).setTiles([url]);
+      map.setLayoutProperty(id, "visibility", "visible");
+    }
+    if (!layers.length) {
+      addRaster(map, "soundscape", extent.boxes, { tiles: [url], minzoom: 0, maxzoom: 22,
+                                                   attribution: asHtmlText(info.attribution) },
+                { "raster-opacity": state.opacity, "raster-resampling": "linear", "raster-fade-duration": 0 });
     }
   }
 
@@ -339,18 +357,19 @@ async function main() {
   }
 
   wirePanel(changed, (opacity) => {
-    if (map.getLayer("soundscape")) map.setPaintProperty("soundscape", "raster-opacity", opacity);
+    (rasters.soundscape || []).forEach((id) => map.setPaintProperty(id, "raster-opacity", opacity));
   });
 
   map.on("idle", () => {
-    if (map.getSource("soundscape") && map.isSourceLoaded("soundscape") && renderedUrl) {
+    if (renderedUrl && rasters.soundscape.every((id) => map.isSourceLoaded(id))) {
       document.body.dataset.heatmap = "loaded";
     }
   });
   map.on("error", async (event) => {
     const detail = await tileErrorDetail(event.error);
-    if (event.sourceId === "imagery") setNotice("basemap", `basemap unavailable: ${detail}; the heatmap still works`);
-    else if (event.sourceId === "soundscape") {
+    const raster = rasterOf(event.sourceId);
+    if (raster === "imagery") setNotice("basemap", `basemap unavailable: ${detail}; the heatmap still works`);
+    else if (raster === "soundscape") {
       setStatus(`tiles failed: ${detail}`, true);
       $("status").classList.add("tile-error");
     }
@@ -371,7 +390,7 @@ async function main() {
   const restored = restoreQuery();
   await loaded;
   ready = true;
-  addBasemap(map, info);
+  addBasemap(map, info, extent.boxes);
   await restored;
   changed();
   if (initial.best && state.query) await showBest(map, initial.best);  // a shared link's markers
