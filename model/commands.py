@@ -49,9 +49,12 @@ def _run_config(path: str | Path):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.distributed import main_process
+    from model.distributed import launch, main_process, processes
     from model.stopping import Interrupted, calm_after_stop
     from model.train import fit
+
+    if args.processes > 1:
+        return launch(args.processes, _rank_command(args))
 
     config = _run_config(args.config)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
@@ -67,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
             )
         except Interrupted as stop:
             if main_process():
-                print(f"soundscape train: {_interrupted(stop, args.config, out)}", file=sys.stderr)
+                print(f"soundscape train: {_interrupted(stop, args.config, out, processes())}", file=sys.stderr)
             return stop.exit_code
     best = result.best_metrics or {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k != "gallery")
@@ -84,16 +87,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupted(stop: Interrupted, config: str, out: Path) -> str:
-    """The sentence a stopped run ends with: what it saved and how to go on."""
+def _rank_command(args: argparse.Namespace) -> list[str]:
+    """The command line of `soundscape train --processes N` that each of its ranks runs: the same
+    options, without --processes."""
+    options = {
+        "--config": args.config,
+        "--out": args.out,
+        "--init-from": args.init_from,
+        "--stop-after": args.stop_after,
+    }
+    flags = {"--resume": args.resume, "--no-progress": args.no_progress}
+    return [
+        *(["--verbose"] if args.verbose else []),
+        "train",
+        *[item for option, value in options.items() if value is not None for item in (option, str(value))],
+        *[flag for flag, given in flags.items() if given],
+    ]
+
+
+def _interrupted(stop: Interrupted, config: str, out: Path, processes: int = 1) -> str:
+    """The sentence a stopped run of `processes` ranks ends with: what it saved and how to go on."""
     if stop.step is None:
         return (
             f"stopped by {stop} before its first step; nothing was saved (a last.pt already in {out} is as "
             "it was): run the same command again"
         )
+    launch = f"soundscape train --processes {processes}" if processes > 1 else "soundscape train"
     return (
         f"stopped by {stop} at step {stop.step}, saved in {out / 'last.pt'}; continue exactly with "
-        f"`soundscape train --config {config} --out {out} --resume`"
+        f"`{launch} --config {config} --out {out} --resume`"
     )
 
 
@@ -281,7 +303,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "train.eval_every steps and checkpointing into --out (last.pt, best.pt, metrics.csv, "
         "config.yaml, skipped.tsv). Ctrl-C or SIGTERM stops it after the step under way with last.pt saved "
         "(exit code 130 or 143); rerun with --resume: it continues exactly. "
-        "Several GPUs or processes: torchrun --nproc_per_node N -m cli.main train ... "
+        "Several GPUs or processes: --processes N (or torchrun --nproc_per_node N -m cli.main train ...). "
         "Data paths in the config are relative to the config file; the data is checked against "
         "the config before the first step. See docs/training.md, and docs/own-data.md for your "
         "own recordings (samples.csv).",
@@ -302,6 +324,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="stop this invocation after N steps (checkpointed; resume later; default: run to train.steps)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--processes",
+        type=integer_in(1),
+        default=1,
+        help="train in N processes on this machine (DDP, one per GPU where there are GPUs), as torchrun "
+        "--standalone --nproc_per_node N does; a signal stops them as it stops one (default 1)",
+    )
     p.set_defaults(handler=_train)
 
     p = sub.add_parser(

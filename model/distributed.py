@@ -1,5 +1,5 @@
-"""Multi-process training under `torchrun`: process group set-up from its environment, and the
-embedding gather the loss needs.
+"""Multi-process training under `torchrun` or `soundscape train --processes N` (`launch`): process
+group set-up from its environment, and the embedding gather the loss needs.
 
 Every rank gathers all ranks' embeddings and computes the same loss over the global batch (the
 B x B match matrix needs every pair, not just the local ones). The gathered tensor's gradient is
@@ -9,7 +9,10 @@ on the global batch."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +39,15 @@ def main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def processes() -> int:
+    """How many ranks this process's torchrun (or `launch`) runs, before or without joining the group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed() -> Dist:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), NCCL on GPUs
     and gloo on CPUs; a plain single process when not under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = processes()
     if world <= 1:
         return Dist()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -49,6 +57,35 @@ def init_distributed() -> Dist:
             torch.cuda.set_device(local)
         dist.init_process_group(backend)
     return Dist(rank, world, local)
+
+
+def launch(processes: int, worker: list[str]) -> int:
+    """Run `python -m cli.main *worker` as `processes` ranks on this machine, as `torchrun
+    --standalone --nproc_per_node` does, and its exit code. torchrun run as a command answers a
+    SIGINT or SIGTERM with a traceback of its own and exit code 1, after the ranks have stopped
+    cleanly and said how to resume; here it ends with the code one process would (130, 143), and a
+    rank's failure with that rank's code (a config error: 2, said by the rank). torchrun's own log
+    lines (its OMP_NUM_THREADS banner, the signal received, each failed rank) are left out: a rank
+    killed by a signal (out of memory: SIGKILL) is said here in one sentence."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    for name in list(logging.root.manager.loggerDict):  # each sets its own level as it is made
+        if name.startswith(("torch.distributed.run", "torch.distributed.elastic")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(["--standalone", "--nproc_per_node", str(processes), "-m", "cli.main", *worker]))
+    except SignalException as stop:
+        return 128 + stop.sigval
+    except ChildFailedError as failed:
+        rank, failure = failed.get_first_failure()
+        if failure.exitcode > 0:
+            return failure.exitcode
+        killed = signal.Signals(-failure.exitcode)
+        print(f"soundscape train: rank {rank} was killed by {killed.name}", file=sys.stderr)
+        return 128 + killed
+    return 0
 
 
 def device_for(d: Dist) -> torch.device:

@@ -19,8 +19,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import model.evaluate
+from cli.main import build_parser
 from model.batches import Examples
 from model.checkpoint import load_checkpoint
+from model.commands import _rank_command
 from model.config import ModelConfig
 from model.data import reader
 from model.frozen_cache import fingerprint
@@ -33,7 +35,7 @@ from tests.test_model_frozen_cache import cached_text as cached_reader_text
 from tests.test_model_frozen_cache import write_rows
 from tests.test_model_readers import image_bytes, prep
 from tests.test_model_train import config, run_config, weights
-from tests.test_train_interrupt import ROOT, rows, signal_at_step
+from tests.test_train_interrupt import ROOT, rows, signal_at_step, wait_for_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SYNTHETIC = {"kind": "synthetic", "samples": {"train": 6, "val": 2, "test": 2}, "duration_s": 0.5}
@@ -303,3 +305,41 @@ def test_a_recording_whose_channels_cancel_out_is_skipped_naming_why(tmp_path):
     # an upload to the server is mixed as it comes
     wave, _ = decode_audio(tmp_path / "mine" / "audio" / "0.wav")
     assert np.abs(wave).max() < 1e-4  # silence, but for 16-bit rounding
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_soundscape_train_processes_ends_it_as_one_process_would(tmp_path, stop):
+    """torchrun answers the signal with a SignalException traceback of its own and exit code 1,
+    after its ranks stopped cleanly; `soundscape train --processes 2` launches them itself and
+    ends with rank 0's sentence, the resume command that relaunches both, and 143 or 130."""
+    path, run = tmp_path / "ddp.yaml", tmp_path / "run"
+    path.write_text(yaml.safe_dump(config(train__steps=200, train__eval_every=100, train__checkpoint_every=1000)))
+    cmd = [sys.executable, "-m", "cli.main", "train", "--processes", "2", "--config", str(path), "--out", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [*cmd, "--no-progress"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_rows(run, 3, process)
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    reached = load_checkpoint(run / "last.pt")["step"]
+    assert process.returncode == 128 + stop, err[-3000:]
+    assert "Traceback" not in err and "SignalException" not in err, err[-3000:]
+    assert err.rstrip().endswith(
+        f"stopped by {stop.name} at step {reached}, saved in {run / 'last.pt'}; continue exactly with "
+        f"`soundscape train --processes 2 --config {path} --out {run} --resume`"
+    ), err[-3000:]
+
+
+def test_the_ranks_of_soundscape_train_processes_get_every_option_given_to_it():
+    """Each rank runs `train` with the launcher's options but --processes: one left out (a new
+    option not passed on) would make the ranks run another training than the one asked for."""
+    parser = build_parser()
+    given = ["--verbose", "train", "--config", "c.yaml", "--out", "o", "--init-from", "w", "--stop-after", "5"]
+    launched = parser.parse_args([*given, "--resume", "--no-progress", "--processes", "4"])
+    assert None not in vars(launched).values() and False not in vars(launched).values()  # every option given
+    assert vars(parser.parse_args(_rank_command(launched))) == {**vars(launched), "processes": 1}
