@@ -481,7 +481,10 @@ def _manifest(
         "imagery": {
             "path": str(Path(cfg.imagery).resolve()),
             "sha256": file_sha256(Path(cfg.imagery)),
+            # bounds: a west < east box (every longitude across the antimeridian); footprint: where
+            # the imagery lies, west > east where it crosses the antimeridian (RFC 7946).
             "bounds": list(imagery.bounds),
+            "footprint": list(imagery.footprint),
         },
         "assets": {name: asset_registry.ASSETS[name].sha256 for name in sorted(folders)},
         "strata": {k: int(((columns["stratum"] == i) & keep).sum()) for i, k in enumerate(STRATA)},

@@ -108,6 +108,7 @@ def _info(args: argparse.Namespace) -> int:
             "classes_without_clips",
         )
     }
+    summary["imagery_footprint"] = list(corpus.footprint)
     print(json.dumps(summary, indent=1))
     return 0
 

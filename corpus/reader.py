@@ -25,7 +25,7 @@ from corpus.rules import CLASSES, RULES
 from model.config import Section, from_section
 from model.data import Sample, Splits, geographic_split
 from runtime.imagery import Imagery
-from runtime.tiles import tile_centres
+from runtime.tiles import Footprint, tile_centres
 
 
 class DemoDataConfig(Section):
@@ -92,6 +92,13 @@ class DemoCorpus:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def footprint(self) -> Footprint:
+        """Where the corpus's imagery lies, west > east across the antimeridian (manifest
+        imagery.footprint); a manifest written before it recorded one gives its bounds, a box."""
+        record = self.manifest["imagery"]
+        return Footprint(*record.get("footprint", record["bounds"]))
 
     def places(self) -> Places:
         """The place rasters the rules read (for map checks of a model trained on this corpus)."""

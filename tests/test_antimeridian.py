@@ -13,13 +13,16 @@ import numpy as np
 import pytest
 
 from cli.main import main
+from corpus.build import build as build_corpus
 from corpus.build import draw_locations
+from corpus.reader import DemoCorpus
 from runtime.imagery import Imagery
 from runtime.tiles import Footprint
 from store.format import StoreError
 from store.reader import Store
 from tests.conftest import precompute_args
 from tests.server_support import make_client
+from tests.test_corpus import asset_root, small_config  # noqa: F401  (a fixture this module uses)
 from tests.test_imagery_audit import antimeridian, source  # noqa: F401  (fixtures this module uses)
 from tests.test_own_data_audit import folder, rows
 
@@ -96,6 +99,29 @@ def test_the_corpus_draws_places_inside_the_imagery_not_across_the_planet(antime
     assert set(zip(again[0].tolist(), again[1].tolist(), strict=True)) <= set(
         zip(want_lat.tolist(), want_lon.tolist(), strict=True)
     )
+
+
+def test_a_corpus_across_the_antimeridian_records_its_footprint(antimeridian, asset_root, tmp_path, capsys):  # noqa: F811
+    """The corpus manifest recorded the imagery's bounds alone, every longitude for this scene: who
+    read it saw imagery of the whole world. It records the footprint too (west > east, RFC 7946),
+    which `corpus info` prints; a manifest written before (no footprint) reads as its bounds."""
+    _, _, utm = antimeridian
+    out = tmp_path / "corpus"
+    sea = {"land": 0.0, "coast": 0.0, "sea": 1.0, "lit": 0.0}
+    manifest = build_corpus(small_config(out, asset_root, utm, samples=60, strata=sea), progress=False)
+    west, south, east, north = manifest["imagery"]["footprint"]
+    assert west > 160 and east < -155 and south < 45 < north
+    assert manifest["imagery"]["bounds"] == [-180, south, 180, north]  # a west < east box, as before
+    corpus = DemoCorpus(out, progress=False)
+    assert corpus.footprint.wraps and all(corpus.footprint.covers(lon, lat) for lon, lat in [(175, 45), (-175, 45)])
+    capsys.readouterr()
+    assert main(["corpus", "info", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["imagery_footprint"] == [west, south, east, north]
+
+    old = json.loads((out / "manifest.json").read_text())
+    del old["imagery"]["footprint"]
+    (out / "manifest.json").write_text(json.dumps(old))
+    assert DemoCorpus(out, progress=False).footprint == (-180, south, 180, north)
 
 
 def test_a_store_across_the_antimeridian_advertises_its_centre_there(antimeridian, bundle_path, tmp_path, capsys):  # noqa: F811
