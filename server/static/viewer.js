@@ -315,6 +315,8 @@ async function main() {
     const layers = rasters.soundscape || [];
     if (!hasLayer()) {
       layers.forEach((id) => map.setLayoutProperty(id, "visibility", "none"));
+      renderedUrl = null;  // the same tiles again are drawn again
+      delete document.body.dataset.heatmap;
       return;
     }
     const url = tileUrl();
@@ -396,8 +398,9 @@ async function main() {
   if (initial.best && state.query) await showBest(map, initial.best);  // a shared link's markers
 }
 
-// POST /queries: a text or a recording becomes the id the tiles use; false (and the reason
-// shown) if the server refuses it.
+// POST /queries: a text or a recording becomes the id the tiles use. If the server refuses it (or
+// cannot be reached) the reason is shown and the state holds no query: the previous one's map,
+// legend and link would read as the answer to this one.
 async function register(options, what) {
   setStatus(`registering ${what}…`);
   try {
@@ -405,10 +408,9 @@ async function register(options, what) {
     Object.assign(state, { q: query.text || null, query: query.id,
                            label: query.text || `recording (${query.duration_s} s)` });
     setStatus(describeQuery());
-    return true;
   } catch (error) {
+    Object.assign(state, { q: null, query: null, label: "" });
     setStatus(`could not register ${what}: ${error.message}`, true);
-    return false;
   }
 }
 
@@ -420,10 +422,7 @@ function registerText(text) {
 // A shared `q=` is registered again (the same text gets the same id); a shared `query=<id>` is
 // looked up: a server that does not know it says so.
 async function restoreQuery() {
-  if (state.q) {
-    if (!(await registerText(state.q))) state.q = null;
-    return;
-  }
+  if (state.q) return registerText(state.q);
   if (!state.query) return;
   const id = state.query;
   try {
@@ -484,17 +483,17 @@ function wirePanel(changed, setOpacity) {
     event.preventDefault();
     const text = $("text").value.trim();
     if (!text) return setStatus("type a sound first, e.g. birdsong", true);
-    if (await registerText(text)) changed();
+    await registerText(text);
+    changed();
   });
   $("audio").addEventListener("change", async () => {
     const file = $("audio").files[0];
     if (!file) return;
     const form = new FormData();
     form.append("file", file);
-    if (await register({ body: form }, shorten(file.name))) {
-      $("text").value = "";
-      changed();
-    }
+    $("text").value = "";  // the recording is the question now
+    await register({ body: form }, shorten(file.name));
+    changed();
   });
   for (const name of ["hour", "month"]) {
     const slider = $(name), any = $(`${name}-any`);

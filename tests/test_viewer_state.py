@@ -1,0 +1,70 @@
+"""The viewer shows what was last asked of it, or says plainly that it shows nothing: a query the
+server refuses or cannot answer leaves no earlier query's map, legend or link behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_viewer import browser, hash_params, open_page, server, wait_until  # noqa: F401  (fixtures and helpers)
+from tests.test_viewer_audit import HEATMAP_LOADED, page_errors, wav
+
+# What the map draws, and what the panel and the link say of it.
+SHOWN = """() => {
+  const map = window.soundscape.map, $ = (id) => document.getElementById(id);
+  const layers = window.soundscape.rasters.soundscape || [];
+  return {visible: layers.some((id) => map.getLayoutProperty(id, 'visibility') !== 'none'),
+          legend: !$('legend').hidden, copy: !$('copy').disabled, best: !$('best').disabled,
+          error: $('status').classList.contains('error')};
+}"""
+
+
+def refuse_with_a_server_error(page) -> None:
+    page.route("**/queries", lambda route: route.fulfill(status=500, json={"detail": "the server failed"}))
+    page.fill("#text", "waves")
+    page.click("#search")
+
+
+def lose_the_network(page) -> None:
+    page.route("**/queries", lambda route: route.abort("internetdisconnected"))
+    page.fill("#text", "waves")
+    page.click("#search")
+
+
+def send_a_text_the_model_refuses(page) -> None:
+    page.fill("#text", "🐦")
+    page.click("#search")
+
+
+def upload_too_much(page) -> None:
+    big = wav(1)[:44] + bytes(11 * 2**20)  # beyond the 10 MB limit
+    page.set_input_files("#audio", files=[{"name": "big.wav", "mimeType": "audio/wav", "buffer": big}])
+
+
+@pytest.mark.slow  # a live server and a browser
+def test_a_failed_query_leaves_no_earlier_map_behind(browser, server):  # noqa: F811
+    """A text refused (422), a recording over the limit (413), a server error and a lost network
+    each left the previous query's heatmap, legend and link in place under the error: a person
+    could read "birdsong"'s map as the answer to the new question. Now the map and the link hold no
+    query, and mapping "birdsong" again draws it again."""
+    page = open_page(browser, server, "/#layer=heatmap&map=3.5/45/10")
+    try:
+        for fail, status in [
+            (send_a_text_the_model_refuses, 'could not register "🐦": 422: '),
+            (upload_too_much, "could not register big.wav: 413: "),
+            (refuse_with_a_server_error, 'could not register "waves": 500: the server failed'),
+            (lose_the_network, 'could not register "waves": '),
+        ]:
+            page.fill("#text", "birdsong")
+            page.click("#search")
+            wait_until(page, HEATMAP_LOADED)
+            assert page.evaluate(SHOWN) == {"visible": True, "legend": True, "copy": True, "best": True, "error": False}
+            assert hash_params(page)["q"] == "birdsong"
+            fail(page)
+            wait_until(page, "(s) => document.getElementById('status').textContent.startsWith(s)", status)
+            shown = page.evaluate(SHOWN)
+            assert shown == {"visible": False, "legend": False, "copy": False, "best": False, "error": True}, fail
+            assert not {"q", "query"} & hash_params(page).keys(), "the link holds no query either"
+            page.unroute("**/queries")
+        assert page_errors(page) == []
+    finally:
+        page.close()
