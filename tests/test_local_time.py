@@ -30,12 +30,12 @@ OPEN_ATLANTIC = (30.0, -30.0)
 
 
 def at(tmp_path, name: str, place: tuple[float, float], times: list[str]) -> list[tuple[int | None, float | None]]:
-    """(month, hour) of each row of a CSV recorded at `place` at `times`."""
+    """(month, hour) of each row of a CSV of recordings at `place` at `times`."""
     lat, lon = place
     table = "lat,lon,audio,image,gsd,datetime\n" + "".join(
-        f"{lat},{lon},audio/0.wav,images/0.png,10,{when}\n" for when in times
+        f"{lat},{lon},audio/{i}.wav,images/{i}.png,10,{when}\n" for i, when in enumerate(times)
     )
-    return [(r.month, r.hour) for r in rows(folder(tmp_path / name, table))]
+    return [(r.month, r.hour) for r in rows(folder(tmp_path / name, table, n=max(4, len(times))))]
 
 
 def test_utc_times_in_europe_are_read_at_central_european_time_with_daylight_saving(tmp_path, caplog):

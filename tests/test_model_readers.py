@@ -145,8 +145,9 @@ def test_csv_rows_without_images_are_cut_from_imagery(tmp_path, imagery_path):
     root = tmp_path / "cut"
     root.mkdir()
     (root / "a.wav").write_bytes(wav_bytes())
+    (root / "b.wav").write_bytes(wav_bytes())
     with open(root / "samples.csv", "w", newline="") as f:
-        f.write("lat,lon,audio,level\n45.0,5.0,a.wav,5\n48.0,2.0,a.wav,\n")
+        f.write("lat,lon,audio,level\n45.0,5.0,a.wav,5\n48.0,2.0,b.wav,\n")
     splits = reader("csv")(
         {
             "root": str(root),

@@ -241,8 +241,11 @@ def test_a_rows_own_level_is_checked_as_data_level_is(tmp_path, imagery_path, ca
 
 
 def dates(root: Path, values: list[str], lon: float = 5.0) -> Path:
-    text = "lat,lon,audio,image,gsd,datetime\n" + "".join(f"45,{lon},audio/0.wav,images/0.png,10,{v}\n" for v in values)
-    return folder(root, text)
+    """A recording of its own at (45, lon) for each datetime of `values` (one file at several times is skipped)."""
+    text = "lat,lon,audio,image,gsd,datetime\n" + "".join(
+        f"45,{lon},audio/{i}.wav,images/{i}.png,10,{v}\n" for i, v in enumerate(values)
+    )
+    return folder(root, text, n=max(4, len(values)))
 
 
 def test_dates_written_day_first_keep_their_month(tmp_path, caplog):

@@ -38,7 +38,7 @@ from model.readers.common import at_place, content_hash, decode_image, fit_image
 from model.readers.csv_table import Table, read_table
 from runtime.audio import AudioDecodeError, decode_audio
 from runtime.imagery_checks import check_bands, check_rescale
-from runtime.tiles import EARTH_CIRCUMFERENCE_M, Footprint
+from runtime.tiles import EARTH_CIRCUMFERENCE_M, MERCATOR_LAT_LIMIT, Footprint
 
 if TYPE_CHECKING:
     from runtime.imagery import Imagery
@@ -146,8 +146,7 @@ def conventions(table: Table, path: Path, dayfirst: bool | None = None) -> Conve
             lons.append(_number(row.get("lon", ""), "lon", numbers))
         except ValueError:
             continue
-    finite = [v for v in lons if math.isfinite(v)]
-    lon_360 = bool(finite) and min(finite) >= 0 and 180 < max(finite) <= 360
+    lon_360 = bool(lons) and min(lons) >= 0 and 180 < max(lons) <= 360
     return Conventions(table.delimiter, frozenset(comma), lon_360, day_order(table, path, dayfirst))
 
 
@@ -200,7 +199,7 @@ def day_order(table: Table, path: Path, dayfirst: bool | None) -> bool:
 
 
 def _number(text: str, name: str, conv: Conventions) -> float:
-    """A number as the file writes it; ValueError naming the value when it is none."""
+    """A finite number as the file writes it; ValueError naming the value when it is none."""
     value = text.strip()
     if name in conv.decimal_comma:
         if "." in value:
@@ -215,9 +214,12 @@ def _number(text: str, name: str, conv: Conventions) -> float:
             else f"{name} {value!r} has a decimal comma where the column's numbers have points"
         )
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ValueError(f"{name} {value!r} is not a number") from None
+    if not math.isfinite(number):  # float() reads 'nan', 'inf' and 'Infinity'
+        raise ValueError(f"{name} {value!r} is not a finite number")
+    return number
 
 
 def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Conventions()) -> Row:
@@ -245,7 +247,7 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
     local = at_place(when, lat, lon)
     image = _optional(row, "image")
     gsd = _number(row["gsd"], "gsd", conv) if _optional(row, "gsd") else None
-    if image and (gsd is None or not math.isfinite(gsd) or gsd <= 0):
+    if image and (gsd is None or gsd <= 0):
         raise ValueError("an image needs a positive gsd (metres per pixel)")
     level = cfg.level
     if _optional(row, "level"):
@@ -301,6 +303,10 @@ def read_rows(
             rows.append(parsed)
         except (ValueError, TypeError, KeyError) as exc:
             skipped.setdefault(_reason(exc), []).append(line)
+    repeated = _repeated(rows)
+    for line, reason in repeated.items():
+        skipped.setdefault(_reason(ValueError(reason)), []).append(line)
+    rows = [r for r in rows if r.line not in repeated]
     if skipped and not rows:
         reason, lines = max(skipped.items(), key=lambda kv: len(kv[1]))
         raise DataError(f"{path} has no usable rows: {reason}: {len(lines)} row(s) ({_lines(path, lines)})")
@@ -326,6 +332,28 @@ def read_rows(
     return rows
 
 
+def _repeated(rows: list[Row]) -> dict[int, str]:
+    """The lines to skip, with why, of rows that repeat a recording: a copy of an earlier row (all
+    but its key: it would train twice as often) and every row of an audio file named at more than
+    one place or time (one of them is wrong, and in two held-out cells it is heard in training and
+    in test). Rows of one recording with other images or levels (PSM's zooms) are kept."""
+    first: dict[tuple, int] = {}
+    by_audio: dict[str, list[Row]] = {}
+    why: dict[int, str] = {}
+    for row in rows:
+        content = dataclasses.astuple(dataclasses.replace(row, line=0, key=""))
+        if content in first:
+            why[row.line] = f"the same as an earlier row (line {first[content]}): a duplicated row"
+        else:
+            first[content] = row.line
+            by_audio.setdefault(row.audio, []).append(row)
+    for named in by_audio.values():
+        if len({(r.lat, r.lon, r.month, r.hour) for r in named}) > 1:
+            lines = ", ".join(str(r.line) for r in named)
+            why.update((r.line, f"its audio file is named at other places or times too (lines {lines})") for r in named)
+    return why
+
+
 def _find(root: Path, name: str) -> str:
     """The name under `root` of the file a row names: as written, or as written on Windows
     (backslashes) or for a folder copied from a Mac (accents decomposed, or the other way);
@@ -340,12 +368,17 @@ def _find(root: Path, name: str) -> str:
 
 
 def _check_cut(row: Row, footprint: Footprint | None, levels: tuple[int, int] | None) -> None:
-    """ValueError when the imagery cannot give the row's cell: outside its footprint (with a hint
-    when lat and lon swapped would be inside it), or at a level it cannot fill."""
+    """ValueError when the imagery cannot give the row's cell: past web mercator's edge (a place
+    the map has no cell for), outside its footprint (with a hint when lat and lon swapped would be
+    inside it), or at a level it cannot fill."""
 
     def inside(lon: float, lat: float) -> bool:
         return footprint is None or footprint.covers(lon, lat)
 
+    if abs(row.lat) > MERCATOR_LAT_LIMIT:  # mercantile would cut the cell at the edge, another place
+        raise ValueError(
+            f"lat ({row.lat}) is past web mercator's edge ({MERCATOR_LAT_LIMIT:.4f}): no map cell holds it"
+        )
     if not inside(row.lon, row.lat):
         swapped = inside(row.lat, row.lon)
         raise ValueError("outside the imagery's bounds" + (": inside them with lat and lon swapped" if swapped else ""))
