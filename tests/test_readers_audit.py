@@ -1,17 +1,22 @@
 """Rows of a user's data that were read as something other than what they mean, without a word:
 a place past web mercator's edge cut as another cell, a recording listed twice or at two places,
-non-finite coordinates reported as off the globe. Each is now skipped, its reason counted in the
-read's warning."""
+non-finite coordinates reported as off the globe, a released dataset's place off the globe or
+unreadable kept as a place, and a captions file whose empty or repeated rows replaced captions.
+Each is now skipped (a csv row, with its reason counted in the read's warning; a released sample,
+as an unreadable one) or refused in one sentence."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import mercantile
 import pytest
 from rasterio.transform import from_origin
 
+from model.data import BadSample, DataError, reader
 from tests.conftest import reprojected
+from tests.test_model_readers import clap_mel, image_bytes, write_shard
 from tests.test_own_data_audit import folder, row, rows, table
 
 
@@ -63,3 +68,61 @@ def test_a_coordinate_that_is_no_finite_number_says_so(tmp_path, caplog, value):
     assert [r.audio for r in kept] == ["audio/1.wav"]
     assert "lat ... is not a finite number: 1 (" in caplog.text and "lon ... is not a finite number: 1 (" in caplog.text
     assert "outside the globe" not in caplog.text
+
+
+def released(tmp_path, places: list[tuple[object, object]]):
+    """A GeoSound train split of one sample per (latitude, longitude) as its meta.json writes it."""
+    members = {}
+    for n, (lat, lon) in enumerate(places):
+        meta = {"sample_id": f"iNat-{n}", "date": "2022-06-12", "latitude": lat, "longitude": lon, "text": "birds"}
+        members[f"iNat-{n}.meta.json"] = json.dumps(meta).encode()
+        members[f"iNat-{n}.image.jpg"] = image_bytes(1280, n, "JPEG")
+        members[f"iNat-{n}.audio_mel1.pyd"] = clap_mel(n)
+    for split in ("train_0", "val_0", "test_0"):
+        write_shard(tmp_path / "geosound" / "with_sentinel" / f"{split}.tar", members)
+    return reader("geosound")({"root": str(tmp_path / "geosound"), "zooms": [1]}, 32).train
+
+
+def test_a_released_samples_place_off_the_globe_or_unreadable_is_no_place(tmp_path):
+    """latitude 200 was kept as a place, '45,5' read as no place at all (as a missing one): both are
+    unreadable samples now, skipped while training; a missing place (null, or NaN as Parquet writes
+    a missing float) stays unknown."""
+    split = released(tmp_path, [(48.8, 2.3), (200.0, 2.3), ("45,5", 2.3), (None, None), (float("nan"), 2.3)])
+    no_media = frozenset({"image", "audio"})
+    assert (split.get(0, no_media).lat, split.get(0, no_media).lon) == (48.8, 2.3)
+    with pytest.raises(BadSample, match=r"latitude/longitude \(200.0, 2.3\) outside the globe"):
+        split.get(1, no_media)
+    with pytest.raises(BadSample, match=r"latitude '45,5' is not a number"):
+        split.get(2, no_media)
+    assert [(split.get(i, no_media).lat, split.get(i, no_media).lon) for i in (3, 4)] == [(None, None), (None, 2.3)]
+
+
+def test_a_captions_file_with_empty_repeated_or_missing_values_is_read_as_meant(tmp_path, caplog):
+    """An empty caption replaced the dataset's caption with '', the last of a sample_id given twice
+    won, and a file without the columns (or saved with Excel's byte-order mark, which hid
+    sample_id) stopped the run with a KeyError."""
+    split = released(tmp_path, [(48.8, 2.3)] * 3)
+    root = str(tmp_path / "geosound")
+    captions = tmp_path / "captions.csv"
+    captions.write_bytes(
+        b"\xef\xbb\xbfsample_id,caption,caption_source\n"
+        b"iNat-0,wind in reeds,notes\niNat-1,,notes\niNat-2,rain,notes\niNat-2,traffic,notes\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        split = reader("geosound")({"root": root, "zooms": [1], "captions": str(captions)}, 32).train
+    got = [split.get(i, frozenset({"image", "audio"})) for i in range(3)]
+    assert [(s.caption, s.caption_source) for s in got] == [
+        ("wind in reeds", "notes"),
+        ("birds", "meta"),
+        ("birds", "meta"),
+    ]
+    assert "3 row(s) not read" in caplog.text and "no caption: 1" in caplog.text
+    assert "a sample_id given again with another caption: 2" in caplog.text
+    captions.write_text("id,text\niNat-0,wind\n")
+    with pytest.raises(
+        DataError, match=r"captions.csv lacks the column\(s\) sample_id, caption \(its header: id, text\)"
+    ):
+        reader("geosound")({"root": root, "zooms": [1], "captions": str(captions)}, 32)
+    captions.write_bytes("sample_id,caption\niNat-0,vent\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"captions.csv is not UTF-8 text"):
+        reader("geosound")({"root": root, "zooms": [1], "captions": str(captions)}, 32)

@@ -40,7 +40,7 @@ def read_table(path: Path) -> Table:
     caption) is kept in `misaligned`, to be skipped: its values no longer sit under their names."""
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
-    text = _decode(path)
+    text = decode_csv(path)
     delimiter, header, sep_line = _header(text)
     columns = _columns(path, header)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
@@ -123,7 +123,9 @@ COLUMN_ALIASES = {
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
 
 
-def _decode(path: Path) -> str:
+def decode_csv(path: Path) -> str:
+    """The text of a CSV file as a spreadsheet saves it: UTF-8 with or without a byte-order mark,
+    or UTF-16 with one; DataError, in one sentence, for a workbook or other bytes."""
     data = path.read_bytes()
     if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):  # a zip (xlsx, ods) or an OLE file (xls)
         raise DataError(f"{path} is a spreadsheet workbook, not CSV text: save it as CSV (UTF-8) and name that")

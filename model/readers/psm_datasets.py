@@ -16,9 +16,12 @@ resized to the model's input, with the effective ground sample distance."""
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import json
 import logging
+import math
 import pickle
 import random
 import re
@@ -33,6 +36,7 @@ import numpy as np
 from model.config import ConfigError, Section, from_section
 from model.data import BadSample, DataError, Sample, Splits
 from model.readers.common import UndatedOffset, When, at_place, content_hash, decode_image, fit_image, parse_when
+from model.readers.csv_table import decode_csv
 from runtime.audio import AudioDecodeError, decode_audio
 
 log = logging.getLogger(__name__)
@@ -124,7 +128,7 @@ class _Released:
 
     def _sample(self, key: str, meta: dict, zoom: int, image: bytes | None, where: str, **audio) -> Sample:
         source = self.dataset.source(key, meta)
-        lat, lon = _float(meta.get("latitude")), _float(meta.get("longitude"))
+        lat, lon = _place(meta, where)
         # iNaturalist's dates are as the observer's app wrote them, which may give a UTC offset
         # ("Sun Jun 12 2022 07:49:32 GMT-0400 (EDT)"): the hour is the place's clock (at_place).
         when = parse_when(meta.get(self.dataset.date_field))
@@ -156,12 +160,22 @@ class _Released:
         )
 
 
-def _float(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if np.isfinite(value) else None
+def _place(meta: dict, where: str) -> tuple[float | None, float | None]:
+    """(latitude, longitude) of a sample's metadata, each None where it is missing (null, empty, or
+    NaN as Parquet writes a missing float); BadSample for a value that is no number or a place off
+    the globe, which were kept as no place and as a place respectively."""
+    place = []
+    for name in ("latitude", "longitude"):
+        value = meta.get(name)
+        try:
+            number = None if value is None or value == "" else float(value)
+        except (TypeError, ValueError):
+            raise BadSample(where, f"{name} {value!r} is not a number") from None
+        place.append(None if number is None or math.isnan(number) else number)
+    lat, lon = place
+    if (lat is not None and not -90 <= lat <= 90) or (lon is not None and not -180 <= lon <= 180):
+        raise BadSample(where, f"latitude/longitude ({lat}, {lon}) outside the globe")
+    return lat, lon
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,13 +335,44 @@ def _parquet_records(root: Path) -> dict[str, list]:
 
 
 def _read_captions(path: str | None) -> dict[str, tuple[str, str]]:
-    """sample_id -> (caption, caption_source) from a CSV with those columns."""
+    """sample_id -> (caption, caption_source) from a CSV with those columns (caption_source
+    optional: 'meta' where empty), as a spreadsheet saves it (csv_table.decode_csv). A row without
+    a caption, and every row of a sample_id given with different captions, is not read (the
+    dataset's caption stays; a warning counts them): they replaced it with '' or with the last.
+    DataError for a file that lacks the columns."""
     if not path:
         return {}
-    import csv
-
-    with open(path, newline="", encoding="utf-8") as f:
-        return {r["sample_id"]: (r["caption"], r.get("caption_source") or "meta") for r in csv.DictReader(f)}
+    rows = csv.DictReader(io.StringIO(decode_csv(Path(path)), newline=""))
+    header = [name.strip() for name in rows.fieldnames or []]
+    missing = [name for name in ("sample_id", "caption") if name not in header]
+    if missing:
+        raise DataError(f"{path} lacks the column(s) {', '.join(missing)} (its header: {', '.join(header)})")
+    rows.fieldnames = header
+    given: dict[str, list[tuple[int, str, str]]] = {}
+    skipped: dict[str, list[int]] = {}
+    for row in rows:
+        caption = (row["caption"] or "").strip()
+        if not caption:
+            skipped.setdefault("no caption", []).append(rows.line_num)
+            continue
+        source = (row.get("caption_source") or "").strip() or "meta"
+        given.setdefault((row["sample_id"] or "").strip(), []).append((rows.line_num, caption, source))
+    captions = {}
+    for key, found in given.items():
+        if len({(caption, source) for _, caption, source in found}) > 1:
+            skipped.setdefault("a sample_id given again with another caption", []).extend(n for n, _, _ in found)
+        else:
+            captions[key] = found[0][1:]
+    if skipped:
+        log.warning(
+            "%s: %d row(s) not read, the dataset's caption kept: %s",
+            path,
+            sum(map(len, skipped.values())),
+            "; ".join(
+                f"{why}: {len(lines)} (lines {', '.join(map(str, lines[:5]))})" for why, lines in skipped.items()
+            ),
+        )
+    return captions
 
 
 def _opener(dataset: Dataset):
