@@ -90,10 +90,16 @@ def draw_locations(
     """(lat, lon, stratum index into STRATA) of n points, uniform by area within each stratum,
     inside `bounds` (west, south, east, north; west > east across the antimeridian, as an
     imagery's footprint is: its points lie on either side of 180 degrees, where they were drawn
-    over every longitude between)."""
+    over every longitude between), and within web mercator's latitudes, where the map has cells
+    (CorpusError for bounds wholly past them)."""
     west, south, east, north = bounds
     if west > east:
         east += 360.0  # drawn over west..180 and on, then wrapped to -180..east
+    if south >= MERCATOR_LAT_LIMIT or north <= -MERCATOR_LAT_LIMIT:
+        raise CorpusError(
+            f"the imagery lies past web mercator's edge ({_latitude(south)}..{_latitude(north)}; the map's "
+            f"cells end at {MERCATOR_LAT_LIMIT:.2f} N and S): no sample drawn there has a cell"
+        )
     south, north = max(south, -MERCATOR_LAT_LIMIT), min(north, MERCATOR_LAT_LIMIT)
     names = list(STRATA)
     quota = dict(
@@ -130,6 +136,11 @@ def draw_locations(
     table = np.concatenate(out)
     table = table[rng.permutation(len(table))]
     return table[:, 0], table[:, 1], table[:, 2].astype(np.int8)
+
+
+def _latitude(lat: float) -> str:
+    """86 N, 12.5 S."""
+    return f"{abs(lat):g} {'S' if lat < 0 else 'N'}"
 
 
 def cell_points(level: np.ndarray, x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,11 +11,15 @@ import json
 import logging
 
 import mercantile
+import numpy as np
 import pytest
 from rasterio.transform import from_origin
 
+from corpus.build import draw_locations
+from corpus.errors import CorpusError
 from model.data import BadSample, DataError, reader
 from tests.conftest import reprojected
+from tests.test_antimeridian import _Places
 from tests.test_model_readers import clap_mel, image_bytes, write_shard
 from tests.test_own_data_audit import folder, row, rows, table
 
@@ -35,6 +39,16 @@ def test_rows_past_web_mercators_edge_are_not_cut_as_another_cell(imagery_path, 
     assert [(r.lat, r.image) for r in kept] == [(60.0, None), (89.0, "images/3.png")]
     assert mercantile.tile(15, 60, 3) == mercantile.tile(kept[0].lon, kept[0].lat, 3)
     assert "lat ... is past web mercator's edge ...: no map cell holds it: 2 (" in caplog.text
+
+
+def test_a_corpus_of_imagery_wholly_past_web_mercators_edge_is_refused():
+    """Imagery north of 85.05 N (a polar scene's core) had its places drawn between 85.05 and its
+    south edge, every one cut as a cell at the map's edge: another place. No map cell lies there."""
+    shares = {"land": 1.0, "coast": 0.0, "sea": 0.0, "lit": 0.0}
+    with pytest.raises(CorpusError, match=r"^the imagery lies past web mercator's edge \(86 N\.\.89 N"):
+        draw_locations(_Places(), 100, (0.0, 86.0, 10.0, 89.0), shares, np.random.default_rng(0))
+    lat, _, _ = draw_locations(_Places(), 100, (0.0, 80.0, 10.0, 89.0), shares, np.random.default_rng(0))
+    assert lat.max() <= 85.0511287798066 and lat.min() >= 80
 
 
 def test_a_recording_listed_twice_or_at_two_places_is_read_once_or_not_at_all(tmp_path, caplog):
