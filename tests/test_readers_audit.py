@@ -75,6 +75,14 @@ def test_a_recording_listed_twice_or_at_two_places_is_read_once_or_not_at_all(tm
     assert "its audio file is named at other places or times too ...: 2 (" in caplog.text
 
 
+def test_utf16_without_a_byte_order_mark_is_named_as_such(tmp_path):
+    """It decoded as UTF-8 with a NUL in every other character, and was refused as lacking the
+    columns its header names ('lacks the column(s) lat, lon, audio (its header: l\\x00a\\x00t...')."""
+    root = folder(tmp_path / "utf16", table([row(0), row(1)]).encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"holds NUL characters \(line 1\): UTF-16 text without a byte-order mark\?"):
+        rows(root)
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
 def test_a_coordinate_that_is_no_finite_number_says_so(tmp_path, caplog, value):
     with caplog.at_level(logging.WARNING):

@@ -125,20 +125,23 @@ _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical 
 
 def decode_csv(path: Path) -> str:
     """The text of a CSV file as a spreadsheet saves it: UTF-8 with or without a byte-order mark,
-    or UTF-16 with one; DataError, in one sentence, for a workbook or other bytes."""
+    or UTF-16 with one; DataError, in one sentence, for a workbook or other bytes (UTF-16 without
+    the mark decodes as UTF-8 with a NUL in every other character, and its header named nothing)."""
     data = path.read_bytes()
     if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):  # a zip (xlsx, ods) or an OLE file (xls)
         raise DataError(f"{path} is a spreadsheet workbook, not CSV text: save it as CSV (UTF-8) and name that")
     # Excel's "Unicode text" is UTF-16 with a byte-order mark; "CSV UTF-8" has one too.
     encoding, name = ("utf-16", "UTF-16") if data.startswith((b"\xff\xfe", b"\xfe\xff")) else ("utf-8-sig", "UTF-8")
+    remedy = 'save it as UTF-8 (in Excel "CSV UTF-8", in LibreOffice the character set "Unicode (UTF-8)")'
     try:
-        return data.decode(encoding)
+        text = data.decode(encoding)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].decode(encoding, errors="replace").count("\n") + 1
-        raise DataError(
-            f"{path} is not {name} text (byte 0x{data[exc.start]:02x} on line {line}): save it as UTF-8 "
-            '(in Excel "CSV UTF-8", in LibreOffice the character set "Unicode (UTF-8)")'
-        ) from None
+        raise DataError(f"{path} is not {name} text (byte 0x{data[exc.start]:02x} on line {line}): {remedy}") from None
+    if "\0" in text:  # valid UTF-8, but no CSV holds one: its names and values would match nothing
+        line = text[: text.index("\0")].count("\n") + 1
+        raise DataError(f"{path} holds NUL characters (line {line}): UTF-16 text without a byte-order mark? {remedy}")
+    return text
 
 
 def _normal(name: str) -> str:
