@@ -15,7 +15,7 @@ from runtime.bundle import Bundle
 from server.engine import QueryMetadata
 from server.fastpath import FrontDoor, TileFastPath
 from server.http import HttpPolicy, NegotiatedGZip, errors, install_error_handlers
-from server.params import each_once
+from server.params import each_once, refuse_everything
 from server.ratelimit import Rate, RateLimit
 from server.routes import meta, queries, rest, tiles, viewer
 from server.routes.viewer import STATIC, StaticAssets
@@ -75,7 +75,7 @@ def create_app(settings: Settings) -> SoundscapeApp:
         # host check, validation, rate limit; a parameter given twice is refused before any is read
         app.include_router(router, dependencies=[Depends(each_once)], responses=errors(400, 422, 429))
     app.mount("/static", StaticAssets(directory=STATIC), name="static")
-    install_error_handlers(app)
+    install_error_handlers(app, refuse_everything)
     # Middleware: the last added runs first. Images and .npy are not gzipped (no gain, CPU cost).
     app.add_middleware(
         NegotiatedGZip,  # Starlette's GZip, only for clients that accept gzip

@@ -8,7 +8,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -31,7 +31,11 @@ from server.queries import QueryError, shown
 # nginx's code for "client closed the request": counted in /metrics instead of a 500.
 CLIENT_CLOSED = 499
 OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
-MAX_DETAIL_CHARS = 300
+# A sentence quotes a value back cut (`shown`) and is itself cut at MAX_SENTENCE_CHARS; a 422
+# names each bad parameter, at most one sentence per parameter the route takes (about 15), and
+# the whole detail is cut at MAX_DETAIL_CHARS: whatever the query string, the answer stays small.
+MAX_SENTENCE_CHARS = 300
+MAX_DETAIL_CHARS = 4096
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})  # others: "other"
 NO_STORE = "no-store"  # errors and live answers
 
@@ -93,17 +97,93 @@ def document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to change the schema
 
 
-def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one error shape. Python object reprs that library messages carry (libsndfile's
-    `<_io.BytesIO object at 0x...>`) become "the upload": a client reads no internals."""
+def error_response(
+    status: int, detail: str, headers: dict[str, str] | None = None, limit: int = MAX_SENTENCE_CHARS
+) -> JSONResponse:
+    """The one error shape, `detail` cut at `limit` characters. Python object reprs that library
+    messages carry (libsndfile's `<_io.BytesIO object at 0x...>`) become "the upload": a client
+    reads no internals."""
     return JSONResponse(
-        {"detail": _bounded(OBJECT_REPR.sub("the upload", detail))}, status_code=status, headers=headers
+        {"detail": _bounded(OBJECT_REPR.sub("the upload", detail), limit)}, status_code=status, headers=headers
     )
 
 
-def _bounded(detail: str) -> str:
-    """A detail cut at MAX_DETAIL_CHARS: a value quoted back cannot make an answer large."""
-    return detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 3] + "..."
+def _bounded(detail: str, limit: int = MAX_SENTENCE_CHARS) -> str:
+    """A detail cut at `limit` characters: a value quoted back cannot make an answer large."""
+    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
+
+
+class Refused(StarletteHTTPException):
+    """A 422 whose detail names several bad parameters, each in a sentence of its own
+    (`Refusals`): the detail as a whole may exceed one sentence's MAX_SENTENCE_CHARS."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(422, detail)
+
+
+class _Keeping:
+    """`Refusals.on`'s context manager (a class: a generator-based one costs each tile request
+    about 1 us per block)."""
+
+    __slots__ = ("names", "refusals")
+
+    def __init__(self, refusals: Refusals, names: str) -> None:
+        self.refusals, self.names = refusals, names
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: object) -> bool:
+        return exc is not None and self.refusals.keep(self.names, exc)
+
+
+class Refusals:
+    """The sentences of a request's bad parameters, so that one 422 names each of them: the
+    parameters are checked in stages (FastAPI's own validation of each, then the server's rules in
+    server/params.py), and a client fixing its URL would otherwise meet the problems one round at
+    a time."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()  # the parameters refused so far
+        self._sentences: list[str] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._sentences)
+
+    def refuse(self, names: str, sentence: str) -> None:
+        """Keep `sentence` about `names` (space-separated); the first sentence of a name stands."""
+        if not self.names.issuperset(names.split()):
+            self.names.update(names.split())
+            self._sentences.append(_bounded(sentence, MAX_SENTENCE_CHARS))
+
+    def on(self, names: str) -> _Keeping:
+        """A block whose 422 is kept here instead of raised (`with refusals.on("rescale"): ...`).
+        `names` are the parameters the block reads: when one of them is refused already, its
+        sentence would be about a value the client did not send (a default in its place), and is
+        dropped. A value the block sets is read only after `raise_any`."""
+        return _Keeping(self, names)
+
+    def keep(self, names: str, exc: BaseException) -> bool:
+        """Whether `exc` is a 422 (its sentence kept, unless about a refused parameter)."""
+        if isinstance(exc, StarletteHTTPException):
+            status, detail = exc.status_code, str(exc.detail)
+        elif isinstance(exc, QueryError):
+            status, detail = exc.status, str(exc)
+        else:
+            return False
+        if status == 422 and not self.names.intersection(names.split()):
+            self.refuse(names, detail)
+        return status == 422
+
+    @property
+    def detail(self) -> str:
+        """One sentence naming each refusal, joined by '; '."""
+        return _bounded("; ".join(self._sentences), MAX_DETAIL_CHARS)
+
+    def raise_any(self) -> None:
+        """One 422 naming every refusal, if there is one."""
+        if self._sentences:
+            raise Refused(self.detail)
 
 
 # Caching and conditional requests ---------------------------------------------------------
@@ -258,27 +338,22 @@ def _rule(schema: dict, error_type: str) -> str:
     return kind
 
 
-def validation_sentence(request: Request, problems: Sequence[dict]) -> str:
-    """One sentence naming each bad parameter (up to three) and its rule, e.g.
-    "hour must be an integer in 0..23, not '25'"."""
+def refuse_invalid(request: Request, problems: Sequence[dict], refusals: Refusals) -> None:
+    """A sentence in `refusals` for each parameter FastAPI's validation refused (`problems`, as
+    RequestValidationError.errors() lists them) with its rule, e.g. "hour must be an integer in
+    0..23, not '25'"."""
     documented = _documented_parameters(request)
-    parts = []
-    for problem in problems[:3]:
+    for problem in problems:
         loc = [str(p) for p in problem.get("loc", ())]
         where, name = (loc[0], loc[-1]) if len(loc) > 1 else ("", loc[0] if loc else "the request")
         if problem.get("type") == "missing":
-            parts.append(f"{name} is required")
+            refusals.refuse(name, f"{name} is required")
         elif (where, name) in documented:
             rule = _rule(documented[where, name], problem.get("type", ""))
-            parts.append(f"{name} must be {rule}, not {shown(problem.get('input'))}")
+            refusals.refuse(name, f"{name} must be {rule}, not {shown(problem.get('input'))}")
         else:
             message = str(problem.get("msg", "is invalid"))
-            parts.append(f"{name}: {message[:1].lower()}{message[1:]}")
-    return "; ".join(dict.fromkeys(parts))
-
-
-async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(422, validation_sentence(request, exc.errors()))
+            refusals.refuse(name, f"{name}: {message[:1].lower()}{message[1:]}")
 
 
 async def query_error_handler(request: Request, exc: QueryError) -> JSONResponse:
@@ -299,7 +374,8 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException) -> J
         headers["Allow"] = ", ".join(allowed)
         if detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
             detail = f"{request.url.path} answers {' and '.join(allowed) or 'no method'} only"
-    return error_response(exc.status_code, detail, headers)
+    limit = MAX_DETAIL_CHARS if isinstance(exc, Refused) else MAX_SENTENCE_CHARS
+    return error_response(exc.status_code, detail, headers, limit)
 
 
 async def server_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -307,9 +383,12 @@ async def server_error_handler(request: Request, exc: Exception) -> JSONResponse
     return error_response(500, "the server failed on this request; the error is logged", {"Cache-Control": NO_STORE})
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, validation_error_handler: Callable[[Request, RequestValidationError], Awaitable[Response]]
+) -> None:
     """Every error in the one shape (ours, FastAPI's validation, Starlette's 404/405, the rest),
-    and so documented."""
+    and so documented. FastAPI's validation errors go to `validation_error_handler`, which names
+    the server's own refusals with them (server/params.py)."""
     document_errors(app)
     # Starlette types a handler as taking any Exception; each of these gets only the class it is registered for.
     app.add_exception_handler(QueryError, query_error_handler)  # type: ignore[arg-type]

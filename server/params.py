@@ -1,24 +1,33 @@
 """Request parameters shared by the routes: their declarations (so OpenAPI documents them) and
-their validation into engine types. Every bad value becomes a 422 with a sentence."""
+their validation into engine types. Every bad value becomes a 422 with a sentence, and one 422
+names every bad parameter of a request: FastAPI's validation of each parameter (types, ranges)
+and the rules here (known sources, rescale, bbox, ...) are two stages, so when FastAPI refuses
+some, `refuse_everything` still applies the rules to the rest (`Refusals`)."""
 
 from __future__ import annotations
 
 import inspect
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 from urllib.parse import unquote_plus
 
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import request_params_to_args
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from server.engine import QUERY_LAYERS, QueryMetadata
+from server.http import MAX_DETAIL_CHARS, Refusals, Refused, error_response, refuse_invalid
 from server.queries import MAX_TEXT_LENGTH, QueryError, is_query_id, shown, text_record
 from server.render import colormap_names
 from server.service import SoundscapeService, TileRequest
+from store.reader import Level
 
 TMS_IDS = ("WebMercatorQuad",)
 MAX_ZOOM = 24
@@ -31,6 +40,7 @@ DEFAULT_COLORMAPS = {"heatmap": "magma", "contrast": "magma", "uncertainty": "vi
 RESCALE_DIGITS = 4
 RESCALE_LIMIT = 1000.0
 RESCALE_MIN_SPAN = 1e-6
+MAX_K = 1000  # /search's k
 UNSUPPORTED = {
     "colormap": "pick a named colormap with colormap_name (GET /colormaps lists them)",
     "expression": "a tile has one value per pixel, chosen with layer=contrast, layer=heatmap or layer=uncertainty",
@@ -63,6 +73,15 @@ class QueryParams:
     month: MonthParam = None
     source: SourceParam = None
 
+    def refuse_any(self, service: SoundscapeService, refusals: Refusals) -> None:
+        """One 422 naming every refusal, if there is one. A text q refused for nothing else meets
+        the model's vocabulary as it is embedded; a request refused anyway is told now too
+        when the model knows no word of q (a tokenizer pass)."""
+        if refusals and self.q is not None:
+            with refusals.on("q"):
+                service.check_text(self.q)
+        refusals.raise_any()
+
 
 @dataclass
 class TileParams(QueryParams):
@@ -80,56 +99,211 @@ class TileParams(QueryParams):
     colormap: Annotated[str | None, Query(include_in_schema=False)] = None
     expression: Annotated[str | None, Query(include_in_schema=False)] = None
 
-    def __post_init__(self) -> None:
-        for name, advice in UNSUPPORTED.items():
-            if getattr(self, name) is not None:
-                raise HTTPException(422, f"{name} is not supported: {advice}")
+    def validated(
+        self, service: SoundscapeService, refusals: Refusals | None = None
+    ) -> list[tuple[TileRequest, str | None]]:
+        """The request of tile 0/0/0 and the text to embed (`tile_request`), as TileJSON describes
+        the tiles: one 422 naming every bad parameter."""
+        return [tile_request(service, TMS_IDS[0], 0, 0, 0, "png", self, refusals)]
 
 
-P = TypeVar("P")
+@dataclass
+class CapabilitiesParams(TileParams):
+    """A WMTS capabilities document's parameters: no query is needed (the uncertainty layer alone
+    is listed then), and `layer` picks the query layers listed."""
+
+    def layers(self) -> tuple[Layer, ...]:
+        """contrast, the default layer, is listed unless another layer is asked for (layer=heatmap
+        or layer=uncertainty: the documents of before the contrast layer)."""
+        if self.q is None and self.query is None:
+            return ("uncertainty",)
+        return ("heatmap", "contrast", "uncertainty") if self.layer == "contrast" else ("heatmap", "uncertainty")
+
+    def validated(
+        self, service: SoundscapeService, refusals: Refusals | None = None
+    ) -> list[tuple[TileRequest, str | None]]:
+        """Each listed layer's request of tile 0/0/0 and text to embed: one 422 naming every bad
+        parameter. The uncertainty layer is drawn with its own scale and colours, so a malformed
+        rescale or colormap_name is refused for the query layers' sake, even when it is alone."""
+        refusals = Refusals() if refusals is None else refusals
+        with refusals.on("rescale"):
+            parse_rescale(self.rescale)
+        with refusals.on("colormap_name"):
+            colormap(self.colormap_name, "heatmap")
+        return [
+            tile_request(
+                service,
+                TMS_IDS[0],
+                0,
+                0,
+                0,
+                "png",
+                replace(self, layer=layer)
+                if layer in QUERY_LAYERS
+                else replace(self, layer=layer, rescale=None, colormap_name=None),
+                refusals,
+            )
+            for layer in self.layers()
+        ]
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What /point and /search are asked: the query, its metadata, the level and /search's bbox."""
+
+    query_id: str
+    meta: QueryMetadata
+    level: Level
+    box: tuple[float, float, float, float] | None = None
+
+
+@dataclass
+class PointParams(QueryParams):
+    level: LevelParam = None
+
+    def validated(self, service: SoundscapeService, refusals: Refusals | None = None) -> Asked:
+        """The query, metadata, level and box asked for: one 422 naming every bad parameter."""
+        refusals = Refusals() if refusals is None else refusals
+        with refusals.on("q query"):
+            qid = requested_query_id(service, self)
+        with refusals.on("source"):
+            meta = query_metadata(service, self)
+        with refusals.on("level"):
+            level = service.level(self.level)
+        box = self.box(refusals)
+        self.refuse_any(service, refusals)
+        return Asked(qid, meta, level, box)
+
+    def box(self, refusals: Refusals) -> tuple[float, float, float, float] | None:
+        """The box the answer is limited to: none for a point."""
+        return None
+
+
+@dataclass
+class SearchParams(PointParams):
+    k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells.")] = 10
+    exact: Annotated[
+        bool,
+        Query(
+            description="Under an hour, month or source the store does not hold, rank every cell of "
+            "the level (a fusion of the whole level: slower on large levels) instead of the "
+            "candidates that stored rankings near the request name (docs/api.md)."
+        ),
+    ] = False
+    rank_by: Annotated[
+        Literal["score", "contrast"],
+        Query(
+            description="score: the match probability (the heatmap layer); contrast: where the sound stands "
+            "out against everyday sounds (the contrast layer)."
+        ),
+    ] = "score"
+    bbox: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="west,south,east,north in degrees: rank every cell whose centre lies in the box, "
+            "and only those (west > east crosses the antimeridian).",
+        ),
+    ] = None
+
+    def box(self, refusals: Refusals) -> tuple[float, float, float, float] | None:
+        with refusals.on("bbox"):
+            return parse_bbox(self.bbox)
+        return None  # refused
+
+
+class Validated(Protocol):
+    """A parameters class: its values checked by its rules, one 422 naming every bad one."""
+
+    def validated(self, service: SoundscapeService, refusals: Refusals | None = None) -> object: ...
+
+
+P = TypeVar("P", bound=Validated)
+# The parameters class each dependency of `in_event_loop` builds: a refusal names the bad
+# parameters of a route from it (`refused_detail`).
+PARAMS_CLASSES: dict[Callable[..., Any], type[Validated]] = {}
 
 
 async def each_once(request: Request) -> None:
     """Refuse a parameter the route takes given more than once: `q=rain&q=birdsong` would
     otherwise draw the last one silently. Parameters the route does not take (a cache buster
     such as `_=1733040000`) stay ignored, repeated or not. Also refuse one whose percent-encoded
-    bytes are not UTF-8 (`not_utf8`)."""
+    bytes are not UTF-8 (`not_utf8`). The 422 names every other bad parameter too."""
     items = request.query_params.multi_items()
     repeated = [(k, n) for k, n in Counter(k for k, _ in items).items() if n > 1]
     garbled = any(REPLACED in v for _, v in items)  # the decoder's mark for bytes that are not UTF-8
     route = request.scope.get("route")
     if (repeated or garbled) and isinstance(route, APIRoute):
         taken = query_names(route.dependant)
+        refusals = Refusals()
         for name, times in repeated:
             if name in taken:
-                raise HTTPException(422, f"{name} is given {times} times: give each parameter once")
+                refusals.refuse(name, f"{name} is given {times} times: give each parameter once")
         if garbled:
-            not_utf8(request.scope.get("query_string", b""), taken)
+            not_utf8(request.scope.get("query_string", b""), taken, refusals)
+        if refusals:
+            raise Refused(refused_detail(request, refusals))
 
 
 REPLACED = "\ufffd"
 
 
-def not_utf8(query_string: bytes, taken: set[str]) -> None:
-    """422 for a parameter the route takes whose value is not UTF-8 once percent-decoded: the
+def not_utf8(query_string: bytes, taken: set[str], refusals: Refusals) -> None:
+    """Refuse each parameter the route takes whose value is not UTF-8 once percent-decoded: the
     query string decoder puts U+FFFD in place of such bytes, so `q=caf%E9+birds` (Latin-1) would
     map the text 'caf\ufffd birds', a query nobody wrote."""
     for pair in query_string.decode("latin-1").split("&"):
         name, _, value = pair.partition("=")
         name = unquote_plus(name)
-        if name in taken:
+        if name in taken and name not in refusals.names:
             try:
                 unquote_plus(value, errors="strict")
             except UnicodeDecodeError:
-                raise HTTPException(
-                    422,
-                    f"{name} is not UTF-8 text: percent-encode the UTF-8 bytes of each character (é is %C3%A9)",
-                ) from None
+                refusals.refuse(
+                    name, f"{name} is not UTF-8 text: percent-encode the UTF-8 bytes of each character (é is %C3%A9)"
+                )
 
 
 def query_names(dependant: Dependant) -> set[str]:
     """The query parameters a route takes, its dependencies' included."""
-    return {p.alias for p in dependant.query_params}.union(*(query_names(d) for d in dependant.dependencies))
+    return {p.alias for d in each_dependant(dependant) for p in d.query_params}
+
+
+def each_dependant(dependant: Dependant) -> Iterator[Dependant]:
+    """A route's dependant and those of its dependencies, theirs included."""
+    yield dependant
+    for dependency in dependant.dependencies:
+        yield from each_dependant(dependency)
+
+
+def refused_detail(request: Request, refusals: Refusals) -> str:
+    """The detail of one 422 naming every bad parameter of the request: those in `refusals`, those
+    FastAPI's validation refuses, and those the rules of the route's parameters class refuse among
+    the values FastAPI takes (a refused one's default in its place, its rules not applied)."""
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute):
+        dependants = list(each_dependant(route.dependant))
+        _, bad_path = request_params_to_args([p for d in dependants for p in d.path_params], request.path_params)
+        values, bad_query = request_params_to_args(
+            [p for d in dependants for p in d.query_params], request.query_params
+        )
+        refuse_invalid(request, [*bad_path, *bad_query], refusals)
+        for dependency in dependants:
+            if dependency.call is not None and (cls := PARAMS_CLASSES.get(dependency.call)) is not None:
+                fields = (f.name for f in dependency.query_params if f.alias not in refusals.names)
+                with suppress(Refused):  # raised for the sentences it leaves in refusals
+                    cls(**{name: values[name] for name in fields if name in values}).validated(
+                        request.app.state.service, refusals
+                    )
+    return refusals.detail
+
+
+async def refuse_everything(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation refused parameters before any rule of this module ran: one 422
+    naming those and every other bad parameter."""
+    refusals = Refusals()
+    refuse_invalid(request, exc.errors(), refusals)
+    return error_response(422, refused_detail(request, refusals), limit=MAX_DETAIL_CHARS)
 
 
 def in_event_loop(cls: type[P]) -> Callable[..., Awaitable[P]]:
@@ -142,11 +316,14 @@ def in_event_loop(cls: type[P]) -> Callable[..., Awaitable[P]]:
 
     build.__signature__ = inspect.signature(cls, eval_str=True)  # type: ignore[attr-defined]
     build.__name__ = build.__qualname__ = cls.__name__
+    PARAMS_CLASSES[build] = cls
     return build
 
 
-QueryParamsDep = Annotated[QueryParams, Depends(in_event_loop(QueryParams))]
 TileParamsDep = Annotated[TileParams, Depends(in_event_loop(TileParams))]
+CapabilitiesParamsDep = Annotated[CapabilitiesParams, Depends(in_event_loop(CapabilitiesParams))]
+PointParamsDep = Annotated[PointParams, Depends(in_event_loop(PointParams))]
+SearchParamsDep = Annotated[SearchParams, Depends(in_event_loop(SearchParams))]
 
 
 def query_metadata(service: SoundscapeService, params: QueryParams) -> QueryMetadata:
@@ -176,12 +353,11 @@ def requested_query_id(service: SoundscapeService, params: QueryParams) -> str:
         raise HTTPException(422, f"q: {exc}") from None
 
 
-async def query_embedding(service: SoundscapeService, params: QueryParams):
+async def query_embedding(service: SoundscapeService, params: QueryParams, query_id: str):
     """(record, embedding) of the request's query (text embedded on first use)."""
-    qid = requested_query_id(service, params)
     if params.q is not None:
         return await service.text_query(params.q)
-    return await service.resolve(qid)
+    return await service.resolve(query_id)
 
 
 def parse_rescale(text: str | None) -> tuple[float, float] | None:
@@ -225,7 +401,7 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
 def colormap(name: str | None, layer: str) -> str:
     name = name or DEFAULT_COLORMAPS[layer]
     if name not in colormap_names():
-        raise HTTPException(422, f"unknown colormap_name {name!r}; GET /colormaps lists them")
+        raise HTTPException(422, f"unknown colormap_name {name!r} (GET /colormaps lists them)")
     return name
 
 
@@ -243,17 +419,37 @@ def check_tile(tms: str, z: int, x: int, y: int) -> None:
 
 
 def tile_request(
-    service: SoundscapeService, tms: str, z: int, x: int, y: int, fmt: str, params: TileParams
+    service: SoundscapeService,
+    tms: str,
+    z: int,
+    x: int,
+    y: int,
+    fmt: str,
+    params: TileParams,
+    refusals: Refusals | None = None,
 ) -> tuple[TileRequest, str | None]:
-    """The validated request and the text to embed (None for a registered query)."""
+    """The validated request and the text to embed (None for a registered query): a 404 for a
+    tile outside the grid, else one 422 naming every bad parameter (those in `refusals` too)."""
     check_tile(tms, z, x, y)
+    refusals = Refusals() if refusals is None else refusals
+    for name, advice in UNSUPPORTED.items():
+        if getattr(params, name) is not None:
+            refusals.refuse(name, f"{name} is not supported: {advice}")
     if params.tilesize not in TILE_SIZES:
-        raise HTTPException(422, f"tilesize must be 256 or 512, not {params.tilesize}")
+        refusals.refuse("tilesize", f"tilesize must be 256 or 512, not {params.tilesize}")
     heatmap = params.layer in QUERY_LAYERS
     # The uncertainty layer draws no query, but a malformed q or query is still a 422 there (it
     # is not looked up: an unknown id draws the same S)
     given = params.q is not None or params.query is not None
-    qid = requested_query_id(service, params) if heatmap or given else None
+    with refusals.on("q query layer"):
+        qid = requested_query_id(service, params) if heatmap or given else None
+    with refusals.on("source"):
+        meta = query_metadata(service, params)
+    with refusals.on("colormap_name"):  # a layer's default colormap is a known one
+        colour = colormap(params.colormap_name, params.layer)
+    with refusals.on("rescale"):
+        rescale = parse_rescale(params.rescale)
+    params.refuse_any(service, refusals)
     request = TileRequest(
         z=z,
         x=x,
@@ -262,9 +458,9 @@ def tile_request(
         size=params.tilesize,
         layer=params.layer,
         query=qid if heatmap else None,
-        meta=query_metadata(service, params),
-        colormap=colormap(params.colormap_name, params.layer),
-        rescale=parse_rescale(params.rescale),
+        meta=meta,
+        colormap=colour,
+        rescale=rescale,
         tms=tms,
     )
     return request, (params.q if heatmap else None)

@@ -3,7 +3,6 @@ and Prometheus metrics."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
@@ -17,12 +16,12 @@ from server.http import BINARY, TEXT, conditional, errors
 from server.params import (
     DEFAULT_LAYER,
     TMS_IDS,
+    CapabilitiesParams,
+    CapabilitiesParamsDep,
     TileParams,
     TileParamsDep,
     check_tms,
-    colormap,
     echo,
-    parse_rescale,
     tile_request,
 )
 from server.render import colormap_names, legend
@@ -130,24 +129,10 @@ async def tms_tilejson(tms: str, request: Request, service: ServiceDep, params: 
     return await _tilejson(request, service, tms, params)
 
 
-async def _wmts(request: Request, service: ServiceDep, params: TileParams) -> Response:
-    # The uncertainty layer is drawn with its own scale and colours: a malformed rescale or
-    # colormap_name is still a 422 when it is the only layer, never ignored.
-    parse_rescale(params.rescale)
-    colormap(params.colormap_name, "heatmap")
+async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParams) -> Response:
     base = base_url(request)
-    has_query = params.q is not None or params.query is not None
     layers = []
-    # contrast, the default layer, is listed unless another layer is asked for (layer=heatmap or
-    # layer=uncertainty: the documents of before the contrast layer)
-    query_layers = ("heatmap", "contrast") if params.layer == "contrast" else ("heatmap",)
-    for layer in (*query_layers, "uncertainty") if has_query else ("uncertainty",):
-        own = (
-            replace(params, layer=layer)
-            if layer in QUERY_LAYERS
-            else replace(params, layer=layer, rescale=None, colormap_name=None)
-        )
-        tile, text = tile_request(service, "WebMercatorQuad", 0, 0, 0, "png", own)
+    for layer, (tile, text) in zip(params.layers(), params.validated(service), strict=True):
         query = echo(params, layer=layer)
         if layer == "uncertainty":
             query = {k: v for k, v in query.items() if k not in ("q", "query", "rescale", "colormap_name")}
@@ -166,7 +151,7 @@ async def _wmts(request: Request, service: ServiceDep, params: TileParams) -> Re
     responses=WMTS_RESPONSES,
     summary="OGC WMTS 1.0.0 capabilities: heatmap (when q or query is given) and uncertainty",
 )
-async def wmts_capabilities(request: Request, service: ServiceDep, params: TileParamsDep) -> Response:
+async def wmts_capabilities(request: Request, service: ServiceDep, params: CapabilitiesParamsDep) -> Response:
     return await _wmts(request, service, params)
 
 
@@ -176,7 +161,9 @@ async def wmts_capabilities(request: Request, service: ServiceDep, params: TileP
     responses=WMTS_RESPONSES,
     summary="WMTS capabilities of a TMS",
 )
-async def tms_wmts_capabilities(tms: str, request: Request, service: ServiceDep, params: TileParamsDep) -> Response:
+async def tms_wmts_capabilities(
+    tms: str, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
+) -> Response:
     check_tms(tms)
     return await _wmts(request, service, params)
 

@@ -4,22 +4,21 @@ the day and the year (`/point/{lon},{lat}`)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, Literal
+from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from runtime.tiles import demorton, quadkey, tile_bounds
 from server.engine import QueryEmbedding, QueryMetadata, ranks_whole_level
 from server.http import conditional, errors
-from server.params import LevelParam, QueryParams, QueryParamsDep, parse_bbox, query_embedding, query_metadata
+from server.params import PointParamsDep, QueryParams, SearchParamsDep, query_embedding
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService
 from store.reader import Level
 
 router = APIRouter(tags=["rest"])
-MAX_K = 1000
 
 
 class GeoJSONResponse(JSONResponse):
@@ -45,47 +44,17 @@ def _context(record, params: QueryParams) -> dict:
         **errors(404, 422, 503, notes={404: "Unknown query id."}),
     },
 )
-async def search(
-    request: Request,
-    service: ServiceDep,
-    params: QueryParamsDep,
-    k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells.")] = 10,
-    level: LevelParam = None,
-    exact: Annotated[
-        bool,
-        Query(
-            description="Under an hour, month or source the store does not hold, rank every cell of "
-            "the level (a fusion of the whole level: slower on large levels) instead of the "
-            "candidates that stored rankings near the request name (docs/api.md)."
-        ),
-    ] = False,
-    rank_by: Annotated[
-        Literal["score", "contrast"],
-        Query(
-            description="score: the match probability (the heatmap layer); contrast: where the sound stands "
-            "out against everyday sounds (the contrast layer)."
-        ),
-    ] = "score",
-    bbox: Annotated[
-        str | None,
-        Query(
-            max_length=200,
-            description="west,south,east,north in degrees: rank every cell whose centre lies in the box, "
-            "and only those (west > east crosses the antimeridian).",
-        ),
-    ] = None,
-) -> Response:
+async def search(request: Request, service: ServiceDep, params: SearchParamsDep) -> Response:
     """Top-k cells for a query as GeoJSON, best first by `rank_by`, with match probability, contrast
     and S under the requested metadata; `properties.ranked` says how many cells were ranked."""
-    box = parse_bbox(bbox)
-    meta = query_metadata(service, params)
-    record, embedding = await query_embedding(service, params)
-    chosen = service.level(level)
+    asked = params.validated(service)
+    meta, chosen, box = asked.meta, asked.level, asked.box
+    record, embedding = await query_embedding(service, params, asked.query_id)
     within = None if box is None else await service.rows_within(chosen, box)
     # The contrast ranks as the score of one combined query: the same index and candidates serve it.
-    ranking = embedding if rank_by == "score" else await service.run(service.engine.contrast_query, embedding)
-    whole = exact or ranks_whole_level(rank_by, meta)
-    rows, cells, ranked = await service.search(chosen, meta, ranking, k, whole, within)
+    ranking = embedding if params.rank_by == "score" else await service.run(service.engine.contrast_query, embedding)
+    whole = params.exact or ranks_whole_level(params.rank_by, meta)
+    rows, cells, ranked = await service.search(chosen, meta, ranking, params.k, whole, within)
     scores = service.engine.values(cells, "heatmap", embedding)
     contrasts = await service.run(service.engine.values, cells, "contrast", embedding)  # may embed the reference
     xs, ys = demorton(np.asarray(chosen.arrays.codes[rows]))
@@ -116,8 +85,8 @@ async def search(
             "properties": {
                 **_context(record, params),
                 "level": chosen.level,
-                "k": k,
-                "rank_by": rank_by,
+                "k": params.k,
+                "rank_by": params.rank_by,
                 **({"bbox": list(box)} if box is not None else {}),
                 "ranked": ranked,
                 "cells": len(chosen),
@@ -133,15 +102,14 @@ async def point(
     service: ServiceDep,
     lon: Annotated[float, Path(ge=-180, le=180, allow_inf_nan=False)],
     lat: Annotated[float, Path(ge=-90, le=90, allow_inf_nan=False)],
-    params: QueryParamsDep,
-    level: LevelParam = None,
+    params: PointParamsDep,
 ) -> Response:
     """Match probability, contrast and S of the cell at (lon, lat), plus its 24-hour profile (month
     and source as given), 12-month profile (hour and source as given) and its values under each
     source and the unknown source (hour and month as given)."""
-    meta = query_metadata(service, params)
-    record, embedding = await query_embedding(service, params)
-    chosen = service.level(level)
+    asked = params.validated(service)
+    meta, chosen = asked.meta, asked.level
+    record, embedding = await query_embedding(service, params, asked.query_id)
     answer = await service.point(lon, lat, chosen, meta, embedding)
     if answer is None:
         raise HTTPException(404, f"no cell of level {chosen.level} at ({lon}, {lat}): outside the store")

@@ -1,0 +1,171 @@
+"""One 422 names every bad parameter of a request (docs/api.md, Errors): FastAPI's own validation
+(types, ranges), the server's rules (server/params.py: known sources, rescale, bbox, level, ...)
+and the refusal of a parameter given twice all answer together, so a client fixing its URL does
+not meet the problems one round at a time. And the answer stays small whatever the client sends."""
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from server.http import MAX_DETAIL_CHARS, MAX_SENTENCE_CHARS
+from tests.server_support import LAND_TILE, make_client
+
+Z, X, Y = LAND_TILE
+TILE = f"/tiles/{Z}/{X}/{Y}.png"
+HOUR = "hour must be an integer in 0..23, not '25'"
+MONTH = "month must be an integer in 1..12, not '13'"
+SOURCE = "source must be one of"
+RESCALE = "rescale needs finite min < max"
+COLORMAP = "unknown colormap_name 'nope'"
+TILESIZE = "tilesize must be 256 or 512, not 300"
+BAD_TILE_PARAMS = {
+    "q": "birdsong",
+    "hour": "25",
+    "month": "13",
+    "source": "youtube",
+    "rescale": "1,0",
+    "colormap_name": "nope",
+    "tilesize": "300",
+}
+TILE_SENTENCES = [HOUR, MONTH, SOURCE, RESCALE, COLORMAP, TILESIZE]
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path, store_path):
+    client = make_client(bundle_path, store_path)
+    client.base_url = "http://localhost"  # an allowed host: TileJSON and WMTS embed it
+    return client
+
+
+def refused(response) -> str:
+    assert response.status_code == 422, (response.status_code, response.text[:300])
+    return response.json()["detail"]
+
+
+def raw_get(app, path: str, query_string: bytes) -> tuple[int, bytes]:
+    """GET through the ASGI app with a query string of any length (an HTTP client caps a URL's;
+    the server's own cap, 16 KiB of request head, holds a few thousand parameters)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query_string,
+        "root_path": "",
+        "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("localhost", 80),
+    }
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def assert_names_each(detail: str, sentences: list[str]) -> None:
+    for sentence in sentences:
+        assert detail.count(sentence) == 1, (sentence, detail)
+    assert detail.count("; ") == len(sentences) - 1, detail
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        TILE,
+        f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}",
+        f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy",
+        "/tilejson.json",
+        "/WebMercatorQuad/tilejson.json",
+        "/WMTSCapabilities.xml",
+        "/WebMercatorQuad/WMTSCapabilities.xml",
+    ],
+)
+def test_a_tile_route_names_every_bad_parameter_at_once(client, path):
+    assert_names_each(refused(client.get(path, params=BAD_TILE_PARAMS)), TILE_SENTENCES)
+
+
+def test_path_parameters_and_unsupported_ones_are_named_with_the_rest(client):
+    params = {**BAD_TILE_PARAMS, "colormap": "{}", "layer": "noise"}
+    detail = refused(client.get(f"/tiles/WebMercatorQuad/a/{X}/{Y}.jpg", params=params))
+    layer = "layer must be one of heatmap, contrast, uncertainty, not 'noise'"
+    # layer is refused: the colormap_name's sentence does not depend on it, nor does that of the unknown name
+    assert_names_each(
+        detail,
+        [
+            "z must be an integer, not 'a'",
+            "fmt must be one of png, webp, npy, not 'jpg'",
+            layer,
+            "colormap is not supported",
+            *TILE_SENTENCES,
+        ],
+    )
+
+
+def test_search_and_point_name_every_bad_parameter_at_once(client):
+    search = {"q": "birdsong", "hour": "25", "source": "youtube", "k": "5000", "bbox": "1,2,3", "level": "23"}
+    assert_names_each(
+        refused(client.get("/search", params=search)),
+        [
+            HOUR,
+            SOURCE,
+            "k must be an integer in 1..1000, not '5000'",
+            "bbox must be four numbers west,south,east,north",
+            "level must be one of the store's levels",
+        ],
+    )
+    point = {"q": "birdsong", "month": "13", "source": "youtube", "level": "23"}
+    assert_names_each(
+        refused(client.get("/point/ten,10", params=point)),
+        ["lon must be a number in -180..180, not 'ten'", MONTH, SOURCE, "level must be one of the store's levels"],
+    )
+
+
+def test_a_parameter_given_twice_is_named_with_the_other_bad_ones(client):
+    params = [("q", "birdsong"), ("hour", "6"), ("hour", "99"), ("month", "0"), ("month", "1"), ("source", "youtube")]
+    detail = refused(client.get(TILE, params=params))
+    # the value of a repeated parameter is not judged: neither is the one the client meant
+    assert_names_each(detail, ["hour is given 2 times", "month is given 2 times", SOURCE])
+    garbled = refused(client.get(f"{TILE}?q=caf%E9&hour=25&source=youtube"))
+    assert_names_each(garbled, ["q is not UTF-8 text", HOUR, SOURCE])
+
+
+def test_a_query_refused_by_its_type_is_not_also_called_missing(client):
+    detail = refused(client.get(TILE, params={"q": "x" * 501, "hour": "25"}))
+    assert_names_each(detail, ["q must be a text of at most 500 characters", HOUR])
+    assert "is required" not in detail
+
+
+def test_a_text_of_no_known_word_is_named_with_the_rest(client):
+    detail = refused(client.get(TILE, params={"q": "\x00 ?!", "hour": "25"}))
+    assert_names_each(detail, [HOUR, "holds no word the text model knows"])
+    missing = refused(client.get("/search", params={"hour": "25"}))
+    assert_names_each(missing, [HOUR, "q (a text query, e.g. q=birdsong) or query"])
+
+
+def test_every_bad_parameter_of_a_huge_query_string_costs_little_and_answers_small(client):
+    # 10,000 values of the parameters the route takes, every one bad, and 10,000 names it does not take
+    taken = ["q", "query", "hour", "month", "source", "layer", "colormap_name", "rescale", "tilesize"]
+    pairs = [f"{taken[i % len(taken)]}=%FF{'x' * 50}" for i in range(10_000)]
+    pairs += [f"unknown{i}=%FF" for i in range(10_000)]
+    began = time.perf_counter()
+    status, body = raw_get(client.app, TILE, "&".join(pairs).encode())
+    took = time.perf_counter() - began
+    assert status == 422
+    detail = json.loads(body)["detail"]
+    assert len(detail) <= MAX_DETAIL_CHARS
+    assert all(len(sentence) <= MAX_SENTENCE_CHARS for sentence in detail.split("; "))
+    for name in taken:
+        assert f"{name} is given " in detail, (name, detail)
+    assert "unknown" not in detail
+    assert took < 2.0, took
