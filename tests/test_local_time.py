@@ -185,3 +185,11 @@ def test_released_datasets_leave_the_hour_unknown_where_an_undated_offset_does_n
     splits = reader("geosound")({"root": str(tmp_path / "geosound"), "zooms": [1]}, 32)
     got = [(s.month, s.hour) for s in (splits.train.get(i, frozenset({"image", "audio"})) for i in range(2))]
     assert got == [(None, 14.5), (None, None)]
+
+
+def test_exif_and_exiftool_dates_keep_their_date(tmp_path):
+    """Cameras and recorders write 'YYYY:MM:DD HH:MM:SS' (EXIF's DateTimeOriginal, exiftool's
+    output, with an offset since EXIF 2.31): dateutil read '2022:07:01 10:00:00' as 10:00 of no
+    date, the month dropped without a word, and a date alone as unreadable."""
+    written = ["2022:07:01 10:00:00", "2022:07:01 10:00:00+02:00", "2022:01:15 10:00:00Z", "2022:07:01"]
+    assert at(tmp_path, "paris", PARIS, written) == [(7, 10.0), (7, 10.0), (1, 11.0), (7, None)]

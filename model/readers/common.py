@@ -28,6 +28,9 @@ _TZ_JUNK = re.compile(r"\s*(?:\b[A-Z]{2,5}\b|gmt[^\s]*|utc[^\s]*)\s*$", re.IGNOR
 _UTC = re.compile(r"\s*\b(?:utc|gmt)\s*$", re.IGNORECASE)
 # Offset 0 whatever this machine's zone (dateutil reads a zone named as the local one as local time).
 _UTC_NAMES = dict.fromkeys(("UTC", "GMT", "Z", "z"), UTC)
+# EXIF's date (DateTimeOriginal, as cameras, recorders and exiftool write it): "2022:07:01 10:00:00",
+# which dateutil reads as a time of no date.
+_EXIF_DATE = re.compile(r"^(\d{4}):(\d{2}):(\d{2})(?=$|[\sT])")
 _SENTINELS = (datetime(2001, 1, 1, 3, 7, 11), datetime(2002, 2, 2, 17, 41, 53))
 
 
@@ -50,9 +53,9 @@ class UndatedOffset(ValueError):
 
 def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) -> When:
     """Month and local hour of a free-form date string (GeoSound's formats: 'June 26th, 2010',
-    '2021/10/31 3:11 PM EDT', '2011-07-26 12:46:19.0', '1/29/09 10:28'). A date without a time
-    gives hour None, never hour 0 (PSM counts a missing time as midnight); an unparseable one
-    gives neither. `dayfirst` reads 01/05/2022 as 1 May (dateutil's own reading of a date whose
+    '2021/10/31 3:11 PM EDT', '2011-07-26 12:46:19.0', '1/29/09 10:28'; EXIF's '2022:07:01 10:00:00').
+    A date without a time gives hour None, never hour 0 (PSM counts a missing time as midnight);
+    an unparseable one gives neither. `dayfirst` reads 01/05/2022 as 1 May (dateutil's own reading of a date whose
     first number is past 12, whatever it is told); `fuzzy` skips words dateutil does not know,
     so that '1 mai 2022' is read as January. The hour is the clock's as written, also where the
     text gives a UTC offset (`instant` has it, or `offset` without a date; at_place reads it). A
@@ -62,6 +65,7 @@ def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) 
     if not text or not str(text).strip():
         return When(None, None)
     text = _NAMED_OFFSET.sub(lambda m: f" {m[1]}{int(m[2]):02d}{m[3] or '00'}", str(text)).strip()
+    text = _EXIF_DATE.sub(r"\1-\2-\3", text)
     utc = _UTC.search(text)
     cleaned = _UTC.sub(" UTC", text)
     if not re.search(r"\d\s*[ap]\.?m\.?$", text, re.I) and not utc:
