@@ -367,7 +367,7 @@ def test_a_refused_tile_shows_the_servers_detail(browser, server):
     page.wait_for_selector("#status.error", timeout=30_000)
     tile = page.evaluate("tileUrl()").replace("{z}/{x}/{y}", "3/4/2") + "&tilesize=300"
     detail = httpx.get(tile, timeout=30).json()["detail"]
-    assert page.inner_text("#status") == f"tiles failed: 422: {detail}"
+    assert page.inner_text("#status") == f"tiles failed: 422: {detail}; the layer is hidden"
     page.unroute("**/tiles/**")
     page.check("#hour-any")  # new tiles: the old failure is cleared
     page.wait_for_selector("body[data-heatmap=loaded]", timeout=60_000)

@@ -68,3 +68,33 @@ def test_a_failed_query_leaves_no_earlier_map_behind(browser, server):  # noqa: 
         assert page_errors(page) == []
     finally:
         page.close()
+
+
+@pytest.mark.slow
+def test_tiles_or_a_legend_that_fail_leave_no_earlier_state_behind(browser, server):  # noqa: F811
+    """Tiles of the new hour that failed (500) left the previous hour's tiles drawn under "tiles
+    failed", and a TileJSON that failed left the previous hour's legend: now the layer, or the
+    legend, is hidden until the state changes again."""
+    page = open_page(browser, server, "/#q=birdsong&layer=heatmap&map=3.5/45/10", ready=HEATMAP_LOADED)
+    try:
+        page.route("**/tiles/**", lambda route: route.fulfill(status=500, json={"detail": "the server failed"}))
+        page.uncheck("#hour-any")
+        wait_until(page, "document.getElementById('status').textContent.startsWith('tiles failed')")
+        shown = page.evaluate(SHOWN)
+        assert not shown["visible"] and not shown["legend"] and shown["error"]
+        assert shown["copy"] and shown["best"], "the query stands: other tiles may map it"
+        assert page.inner_text("#status") == "tiles failed: 500: the server failed; the layer is hidden"
+        page.unroute("**/tiles/**")
+        page.check("#hour-any")  # new tiles, new chance
+        wait_until(page, HEATMAP_LOADED)
+        wait_until(page, "!document.getElementById('legend').hidden")
+        assert page.evaluate(SHOWN)["visible"] and not page.evaluate(SHOWN)["error"]
+
+        page.route("**/tilejson.json?**", lambda route: route.fulfill(status=500, json={"detail": "no scale"}))
+        page.uncheck("#hour-any")
+        wait_until(page, "document.getElementById('status').textContent.startsWith('cannot map this')")
+        assert page.inner_text("#status") == "cannot map this: 500: no scale"
+        assert not page.evaluate(SHOWN)["legend"], "no legend of the hour before"
+        assert page_errors(page) == []
+    finally:
+        page.close()

@@ -312,13 +312,8 @@ async function main() {
     $("copy").disabled = !hasLayer();
     $("best").disabled = !state.query;
     if (!ready) return;
+    if (!hasLayer()) return hideLayer();
     const layers = rasters.soundscape || [];
-    if (!hasLayer()) {
-      layers.forEach((id) => map.setLayoutProperty(id, "visibility", "none"));
-      renderedUrl = null;  // the same tiles again are drawn again
-      delete document.body.dataset.heatmap;
-      return;
-    }
     const url = tileUrl();
     if (url === renderedUrl) return;
     renderedUrl = url;
@@ -335,6 +330,13 @@ async function main() {
     }
   }
 
+  // No layer drawn (no query to map, or its tiles failed) until redraw() has new tiles to draw.
+  function hideLayer() {
+    (rasters.soundscape || []).forEach((id) => map.setLayoutProperty(id, "visibility", "none"));
+    renderedUrl = null;  // the same tiles again are drawn again
+    delete document.body.dataset.heatmap;
+  }
+
   // The legend of exactly what the map draws: the TileJSON of the tiles' parameters.
   async function refreshLegend() {
     const seq = ++legendSeq;
@@ -347,7 +349,9 @@ async function main() {
       if (seq !== legendSeq) return;
       showLegend(tilejson);
     } catch (error) {
-      if (seq === legendSeq) setStatus(`cannot map this: ${error.message}`, true);
+      if (seq !== legendSeq) return;
+      $("legend").hidden = true;  // it was the state before's
+      setStatus(`cannot map this: ${error.message}`, true);
     }
   }
 
@@ -372,7 +376,11 @@ async function main() {
     const raster = rasterOf(event.sourceId);
     if (raster === "imagery") setNotice("basemap", `basemap unavailable: ${detail}; the heatmap still works`);
     else if (raster === "soundscape") {
-      setStatus(`tiles failed: ${detail}`, true);
+      // The tiles of the state before would stay drawn where this state's failed: hidden, with the
+      // legend, until the state changes (new tiles, new chance).
+      hideLayer();
+      $("legend").hidden = true;
+      setStatus(`tiles failed: ${detail}; the layer is hidden`, true);
       $("status").classList.add("tile-error");
     }
     else setStatus(`map: ${detail}`, true);
