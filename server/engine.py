@@ -112,6 +112,17 @@ class CellEmbeddings:
     def concat(cls, parts: Sequence[CellEmbeddings]) -> CellEmbeddings:
         return cls(np.concatenate([p.mu for p in parts]), np.concatenate([p.s for p in parts]))
 
+    def row(self, i: int) -> CellEmbeddings:
+        return CellEmbeddings(self.mu[i : i + 1], self.s[i : i + 1])
+
+    def with_row(self, i: int | None, cell: CellEmbeddings) -> CellEmbeddings:
+        """A copy with row i replaced by the one row of `cell` (self when i is None)."""
+        if i is None:
+            return self
+        mu, s = self.mu.copy(), self.s.copy()
+        mu[i], s[i] = cell.mu[0], cell.s[0]
+        return CellEmbeddings(mu, s)
+
 
 @dataclass(frozen=True)
 class Scale:
@@ -370,6 +381,13 @@ class Engine:
             return (1 - CONTRAST_WEIGHT) * self.logits(cells, self.contrast_query(query))
         a, b = self.bundle.calibration
         return match_probability(distance(query.mu, query.s, cells.mu, cells.s, self.scoring), a, b)
+
+    def cell_values(self, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None) -> np.ndarray:
+        """`values` as a JSON answer reports them (/point, /search): each cell's as a batch of its
+        own. BLAS sums a row's dot product in an order that depends on the rows that share the
+        batch (up to 5e-7 apart, measured), so a cell read another number in a /search of 20
+        cells than at its /point. Tiles keep `values` (a tile's pixels are interpolated anyway)."""
+        return np.asarray([self.values(cells.row(i), layer, query)[0] for i in range(len(cells.s))], np.float32)
 
     def tile_values(
         self, window: CellWindow, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None

@@ -558,22 +558,26 @@ class SoundscapeService:
         here = await self.cells(level, index, meta, {"level": level.level, "rows": [row]})
         hours, months = await self.run(self.engine.profiles, level, row, meta)
         metrics.COMPUTE.labels("fusion").inc()
-        score = self.engine.values(here, "heatmap", query)
+        # The profiles' entries of the requested hour and month are the cell as asked (`here`, as
+        # tiles and /search read it), not its fusion in the profiles' batch: 5e-8 apart, measured.
+        hours = hours.with_row(meta.hour, here)
+        months = months.with_row(None if meta.month is None else meta.month - 1, here)
+        # One cell at a time (cell_values): 37 of them take ~0.5 ms, off the event loop
+        scores = await self.run(self.engine.cell_values, CellEmbeddings.concat([here, hours, months]), "heatmap", query)
 
-        def profile(cells: CellEmbeddings, name: str, first: int) -> list[dict]:
-            scores = self.engine.values(cells, "heatmap", query)
+        def profile(cells: CellEmbeddings, values: np.ndarray, name: str, first: int) -> list[dict]:
             return [
                 {name: first + i, "score": float(v), "uncertainty": float(s)}
-                for i, (v, s) in enumerate(zip(scores, cells.s, strict=True))
+                for i, (v, s) in enumerate(zip(values, cells.s, strict=True))
             ]
 
         lon_c, lat_c = (float(v) for v in level.arrays.lonlat[row])
         return {
             "cell": {"level": level.level, "lon": lon_c, "lat": lat_c},
-            "score": float(score[0]),
+            "score": float(scores[0]),
             "uncertainty": float(here.s[0]),
-            "hours": profile(hours, "hour", 0),
-            "months": profile(months, "month", 1),
+            "hours": profile(hours, scores[1:25], "hour", 0),
+            "months": profile(months, scores[25:], "month", 1),
         }
 
     async def search(
