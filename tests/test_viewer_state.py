@@ -1,5 +1,6 @@
 """The viewer shows what was last asked of it, or says plainly that it shows nothing: a query the
-server refuses or cannot answer leaves no earlier query's map, legend or link behind."""
+server refuses or cannot answer, or tiles and a legend that fail, leave no earlier state's map,
+legend or link behind, and an answer that comes back after the state changed is dropped."""
 
 from __future__ import annotations
 
@@ -95,6 +96,64 @@ def test_tiles_or_a_legend_that_fail_leave_no_earlier_state_behind(browser, serv
         wait_until(page, "document.getElementById('status').textContent.startsWith('cannot map this')")
         assert page.inner_text("#status") == "cannot map this: 500: no scale"
         assert not page.evaluate(SHOWN)["legend"], "no legend of the hour before"
+        assert page_errors(page) == []
+    finally:
+        page.close()
+
+
+def hold(page, pattern: str) -> list:
+    """Hold the first request of the page that matches `pattern` (let the others through): the list
+    gets its route, whose continue_() lets it go on."""
+    held = []
+    page.route(pattern, lambda route: route.continue_() if held else held.append(route))
+    return held
+
+
+def answer_late(page, held: list, change) -> None:
+    """Once the held request is sent, `change` the state, then let the request go on and return once
+    the page has had its answer."""
+    while not held:
+        page.wait_for_timeout(50)
+    change()
+    with page.expect_response(held[0].request.url):
+        held[0].continue_()
+    page.wait_for_timeout(300)  # the page reads the answer
+
+
+@pytest.mark.slow
+def test_an_answer_to_an_earlier_state_is_dropped(browser, server):  # noqa: F811
+    """Answers that came back after the state changed were shown as the new state's: a recording's
+    registration answering after a text's replaced the text's map, and a place's profile or the
+    best places asked under one hour were drawn over the next. A profile open when the state
+    changed stayed open with the old values."""
+    page = open_page(browser, server, "/#q=birdsong&layer=heatmap&map=3.5/45/10", ready=HEATMAP_LOADED)
+    try:
+        page.mouse.click(650, 350)
+        page.wait_for_selector(".maplibregl-popup", timeout=30_000)
+        page.uncheck("#hour-any")
+        page.wait_for_selector(".maplibregl-popup", state="detached", timeout=10_000)
+
+        held = hold(page, "**/point/**")
+        page.mouse.click(650, 350)
+        answer_late(page, held, lambda: page.check("#hour-any"))
+        assert page.locator(".maplibregl-popup").count() == 0
+
+        held = hold(page, "**/search?**")
+        page.click("#best")
+        answer_late(page, held, lambda: page.uncheck("#hour-any"))
+        assert page.locator(".best-marker").count() == 0 and "best" not in hash_params(page)
+
+        held = hold(page, "**/queries")
+        page.set_input_files("#audio", files=[{"name": "dawn.wav", "mimeType": "audio/wav", "buffer": wav(2)}])
+
+        def map_waves():
+            page.fill("#text", "waves")
+            page.click("#search")
+            wait_until(page, "document.getElementById('status').textContent.endsWith(': waves')")
+
+        answer_late(page, held, map_waves)
+        assert page.evaluate("window.soundscape.state.q") == "waves" and hash_params(page)["q"] == "waves"
+        assert page.inner_text("#status").endswith(": waves") and page.input_value("#text") == "waves"
         assert page_errors(page) == []
     finally:
         page.close()

@@ -356,7 +356,7 @@ async function main() {
   }
 
   function changed() {
-    clearBest();  // they were the best places of the previous query or metadata
+    clearPlaces();  // they answered the previous query or metadata
     writeUrlState(ready ? map : null);
     redraw();
     refreshLegend();
@@ -408,18 +408,29 @@ async function main() {
 
 // POST /queries: a text or a recording becomes the id the tiles use. If the server refuses it (or
 // cannot be reached) the reason is shown and the state holds no query: the previous one's map,
-// legend and link would read as the answer to this one.
+// legend and link would read as the answer to this one. Only the latest ask sets the state (an
+// earlier one answering after it is dropped); false for one that was not the latest.
+let registrations = 0;
+
 async function register(options, what) {
+  const ask = ++registrations;
   setStatus(`registering ${what}…`);
+  let query, failure;
   try {
-    const query = await fetchJson(`${base}/queries`, { method: "POST", ...options });
+    query = await fetchJson(`${base}/queries`, { method: "POST", ...options });
+  } catch (error) {
+    failure = error;
+  }
+  if (ask !== registrations) return false;
+  if (failure) {
+    Object.assign(state, { q: null, query: null, label: "" });
+    setStatus(`could not register ${what}: ${failure.message}`, true);
+  } else {
     Object.assign(state, { q: query.text || null, query: query.id,
                            label: query.text || `recording (${query.duration_s} s)` });
     setStatus(describeQuery());
-  } catch (error) {
-    Object.assign(state, { q: null, query: null, label: "" });
-    setStatus(`could not register ${what}: ${error.message}`, true);
   }
+  return true;
 }
 
 function registerText(text) {
@@ -491,8 +502,7 @@ function wirePanel(changed, setOpacity) {
     event.preventDefault();
     const text = $("text").value.trim();
     if (!text) return setStatus("type a sound first, e.g. birdsong", true);
-    await registerText(text);
-    changed();
+    if (await registerText(text)) changed();
   });
   $("audio").addEventListener("change", async () => {
     const file = $("audio").files[0];
@@ -500,8 +510,7 @@ function wirePanel(changed, setOpacity) {
     const form = new FormData();
     form.append("file", file);
     $("text").value = "";  // the recording is the question now
-    await register({ body: form }, shorten(file.name));
-    changed();
+    if (await register({ body: form }, shorten(file.name))) changed();
   });
   for (const name of ["hour", "month"]) {
     const slider = $(name), any = $(`${name}-any`);
@@ -570,12 +579,14 @@ function showLegend(tilejson) {
 async function showProfile(map, lngLat) {
   if (!state.query) return setStatus("map a sound first, then click a place", true);
   const lon = wrapLng(lngLat.lng).toFixed(4), lat = lngLat.lat.toFixed(4);
+  const asked = queryParams().toString();
   let answer;
   try {
-    answer = await fetchJson(`${base}/point/${lon},${lat}?${queryParams()}`);
+    answer = await fetchJson(`${base}/point/${lon},${lat}?${asked}`);
   } catch (error) {
     return setStatus(`no profile here: ${error.message}`, true);
   }
+  if (queryParams().toString() !== asked) return;  // the state changed while it was asked
   const box = document.createElement("div");
   box.className = "profile";
   const title = document.createElement("h3");
@@ -594,7 +605,8 @@ async function showProfile(map, lngLat) {
     .map((entry) => `${entry.source === null ? "unknown" : entry.source} ${entry.score.toPrecision(3)}`).join(" · ");
   box.appendChild(bySource);
   drawProfile(canvas, answer.hours.map((h) => h.score));
-  new maplibregl.Popup({ maxWidth: "280px" }).setLngLat(lngLat).setDOMContent(box).addTo(map);
+  window.soundscape.profile?.remove();
+  window.soundscape.profile = new maplibregl.Popup({ maxWidth: "280px" }).setLngLat(lngLat).setDOMContent(box).addTo(map);
 }
 
 // The view as /search's bbox (west,south,east,north): longitudes wrapped into -180..180 (west
@@ -627,6 +639,7 @@ async function showBest(map, box = viewBox(map.getBounds())) {
   } catch (error) {
     return setStatus(`no best places: ${error.message}`, true);
   }
+  if (bestParams(map, box).toString() !== params.toString()) return;  // the state changed while it was asked
   clearBest();
   window.soundscape.best = answer.features.map((feature) => {
     const { rank, score, contrast } = feature.properties;
@@ -640,6 +653,13 @@ async function showBest(map, box = viewBox(map.getBounds())) {
   writeUrlState(map);
   const by = params.get("rank_by") === "contrast" ? "where it stands out most" : "where it is likeliest";
   setStatus(`${describeQuery()}: the ${answer.features.length} of ${answer.properties.ranked} places in view ${by}`);
+}
+
+// The answers about places hold for the state they were asked under: the best places' markers
+// and the open profile go when the query or the metadata change.
+function clearPlaces() {
+  clearBest();
+  window.soundscape.profile?.remove();
 }
 
 function clearBest() {
