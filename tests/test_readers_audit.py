@@ -83,6 +83,19 @@ def test_utf16_without_a_byte_order_mark_is_named_as_such(tmp_path):
         rows(root)
 
 
+def test_a_time_on_spreadsheets_day_zero_is_no_date_of_december(tmp_path, caplog):
+    """A time-only cell of a workbook converted by pandas, openpyxl or LibreOffice comes out on
+    their day zero ('1899-12-30 06:30:00'): every such row trained in December, without a word."""
+    data = [row(0, datetime="1899-12-30 06:30:00"), row(1, datetime="30/12/1899 06:30"), row(2), row(3)]
+    with caplog.at_level(logging.WARNING):
+        kept = rows(folder(tmp_path / "zero", table(data)))
+    assert [(r.month, r.hour) for r in kept] == [(5, 6.5), (5, 6.5)]
+    assert (
+        "datetime ... is dated 30 December 1899, spreadsheets' day zero: a time whose cell had no date? "
+        "write the time alone, or its date: 2 ("
+    ) in caplog.text
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
 def test_a_coordinate_that_is_no_finite_number_says_so(tmp_path, caplog, value):
     with caplog.at_level(logging.WARNING):

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -44,6 +44,8 @@ class When:
     # The UTC offset of a time without a full date ("14:30+02:00"): no instant, since the offset the
     # place's clock kept that day is unknown (at_place).
     offset: timedelta | None = None
+    # The date, where the text gives it whole (year, month and day).
+    day: date | None = None
 
 
 class UndatedOffset(ValueError):
@@ -84,11 +86,12 @@ def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) 
     if first.hour != second.hour or first.minute != second.minute:
         return When(month, None)
     hour, offset = first.hour + first.minute / 60.0, first.utcoffset()
+    day = first.date() if first.date() == second.date() else None  # else the day (or year) is a sentinel's
     if offset is None:
-        return When(month, hour)
-    if first.date() != second.date():  # the day (or year) came from the sentinels
+        return When(month, hour, day=day)
+    if day is None:
         return When(month, hour, offset=offset)
-    return When(month, hour, first)
+    return When(month, hour, first, day=day)
 
 
 def at_place(when: When, lat: float | None, lon: float | None) -> When:

@@ -25,6 +25,7 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,6 +126,9 @@ class Conventions:
 NUMBER_COLUMNS = ("lat", "lon", "gsd")
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
 _DECIMAL_POINT = re.compile(r"[+-]?\d*\.\d+")
+# The day zero of spreadsheets' dates (LibreOffice's, and Excel's as pandas and Access convert it):
+# a time whose cell had no date comes out on it.
+SPREADSHEET_DAY_ZERO = (date(1899, 12, 30), date(1899, 12, 31))
 # Levels a row may name (web-mercator zooms; a cell of level 30 is 4 cm wide).
 MAX_LEVEL = 30
 
@@ -244,6 +248,12 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
                 f"datetime {when_text!r} is a number, a Unix time? write dates as ISO 8601 (2022-05-01T06:30)"
             )
         raise ValueError(f"unreadable datetime {when_text!r}")
+    if when.day in SPREADSHEET_DAY_ZERO:
+        day = f"{when.day.day} {calendar.month_name[when.day.month]} {when.day.year}"
+        raise ValueError(
+            f"datetime {when_text!r} is dated {day}, spreadsheets' day zero: a time whose cell had no date? "
+            "write the time alone, or its date"
+        )
     local = at_place(when, lat, lon)
     image = _optional(row, "image")
     gsd = _number(row["gsd"], "gsd", conv) if _optional(row, "gsd") else None
