@@ -60,6 +60,7 @@ def test_a_recording_listed_twice_or_at_two_places_is_read_once_or_not_at_all(tm
     data = [
         *base,
         row(0),  # a pasted copy
+        row(0, audio="./audio/0.wav", image="images//0.png"),  # another, its files named otherwise
         row(1, lat="50.0"),  # audio/1.wav somewhere else
         row(2, image="images/3.png"),  # audio/2.wav with another image of its place
     ]
@@ -69,9 +70,9 @@ def test_a_recording_listed_twice_or_at_two_places_is_read_once_or_not_at_all(tm
         (2, "audio/0.wav"),
         (4, "audio/2.wav"),
         (5, "audio/3.wav"),
-        (8, "audio/2.wav"),
+        (9, "audio/2.wav"),
     ]
-    assert "the same as an earlier row ...: a duplicated row: 1 (" in caplog.text and "samples.csv:6)" in caplog.text
+    assert "the same as an earlier row ...: a duplicated row: 2 (" in caplog.text and "samples.csv:7)" in caplog.text
     assert "its audio file is named at other places or times too ...: 2 (" in caplog.text
 
 

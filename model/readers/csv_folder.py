@@ -26,7 +26,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import mercantile
@@ -366,12 +366,13 @@ def _repeated(rows: list[Row]) -> dict[int, str]:
 
 def _find(root: Path, name: str) -> str:
     """The name under `root` of the file a row names: as written, or as written on Windows
-    (backslashes) or for a folder copied from a Mac (accents decomposed, or the other way);
-    ValueError when there is none, or it is no file (a folder)."""
+    (backslashes) or for a folder copied from a Mac (accents decomposed, or the other way), in its
+    plain form ('./audio//0.wav' as 'audio/0.wav': one file, one name, for _repeated); ValueError
+    when there is none, or it is no file (a folder)."""
     for slashes in dict.fromkeys((name, name.replace("\\", "/"))):
         for candidate in dict.fromkeys((slashes, *(unicodedata.normalize(form, slashes) for form in ("NFC", "NFD")))):
             if (root / candidate).is_file():
-                return candidate
+                return PurePosixPath(candidate).as_posix()
     if (root / name).exists():
         raise ValueError(f"{name!r} is not a file")
     raise ValueError(f"file {name!r} does not exist")
