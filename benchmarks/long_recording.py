@@ -2,12 +2,15 @@
 centre-cropped (runtime.audio.decode_audio, as server uploads are read) against only the frames the
 front end keeps (inside runtime.audio.decoding_for, as training reads them since 8d32434).
 
-    python benchmarks/long_recording.py [--minutes 20] [--format wav|flac|ogg] [--json FILE]
+    python benchmarks/long_recording.py [--minutes 20] [--format wav|flac|ogg]
+        [--front-end log-mel|aisfx-mel|clap-fusion] [--json FILE]
 
 A generated stereo 44.1 kHz recording (noise with a tone, 16-bit for WAV and FLAC) of `--minutes`
 is written to a temporary folder; each way reads it `--repeat` times (median wall time) and once
 under tracemalloc (peak of Python and numpy allocations, which hold the decoded samples). Both
-end in the log-mel front end's features, compared for equality.
+end in the front end's features (default log-mel), compared for equality. CLAP's fusion reads
+frames all along the recording: its crop is an array of the recording's length at 48 kHz holding
+only the samples read (runtime.audio._kept), which the peak counts whole.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.provenance import emit, provenance
 from runtime.arguments import integer_in, number_above
-from runtime.audio import AudioFeatureSpec, decode_audio, decoding_for, waveform_features
+from runtime.audio import FRONT_ENDS, AudioFrontEnd, audio_front_end, decode_audio, decoding_for, waveform_features
 
 RATE = 44100
 SUBTYPES = {"wav": "PCM_16", "flac": "PCM_16", "ogg": "VORBIS"}
@@ -59,8 +62,8 @@ def timed(read: Callable[[], np.ndarray], repeat: int) -> tuple[np.ndarray, floa
     return features, statistics.median(seconds), peak
 
 
-def measure(minutes: float, fmt: str, repeat: int) -> dict:
-    spec = AudioFeatureSpec()
+def measure(minutes: float, fmt: str, repeat: int, front_end: str = "log-mel") -> dict:
+    spec: AudioFrontEnd = audio_front_end({"kind": front_end})
 
     def whole() -> np.ndarray:
         return waveform_features(spec, *decode_audio(path))
@@ -89,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=number_above(0), default=20.0, help="length of the recording")
     parser.add_argument("--format", choices=sorted(SUBTYPES), default="wav")
     parser.add_argument("--repeat", type=integer_in(1, 100), default=3, help="timed reads of each way")
+    parser.add_argument("--front-end", choices=sorted(FRONT_ENDS), default="log-mel", help="whose features")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
-    emit({**provenance(), **measure(args.minutes, args.format, args.repeat)}, args.json)
+    emit({**provenance(), **measure(args.minutes, args.format, args.repeat, args.front_end)}, args.json)
     return 0
 
 

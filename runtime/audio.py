@@ -12,6 +12,7 @@ Front ends (all take a mono waveform at their `sample_rate`, cropped or padded t
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from typing import Literal, Protocol
 import numpy as np
 import soundfile
 from numpy.typing import ArrayLike
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 from runtime.errors import UserError
 
@@ -44,6 +45,8 @@ class AudioFrontEnd(Protocol):
     def sample_rate(self) -> int: ...
 
     def features(self, wave: np.ndarray) -> np.ndarray: ...
+
+    def reads(self, n: int) -> list[tuple[int, int]] | None: ...
 
     def to_json(self) -> dict: ...
 
@@ -90,6 +93,13 @@ def power_spectrogram(
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
     window = np.hanning(n_fft + 1)[:-1]
     return (np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2).T
+
+
+def centre_read(n: int, n_samples: int) -> list[tuple[int, int]] | None:
+    """The samples of an n-sample clip that fit_length(clip, n_samples) keeps: its centre, or
+    None (every sample) for a clip it repeats."""
+    start = (n - n_samples) // 2
+    return [(start, start + n_samples)] if n > n_samples else None
 
 
 def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
@@ -140,6 +150,9 @@ class AudioFeatureSpec:
     def features(self, wave: np.ndarray) -> np.ndarray:
         return log_mel(wave, self)
 
+    def reads(self, n: int) -> list[tuple[int, int]] | None:
+        return centre_read(n, self.n_samples)
+
 
 def mel_filterbank(spec: AudioFeatureSpec) -> np.ndarray:
     """(n_mels, n_fft//2 + 1) unit-area triangles on the HTK mel scale (the log-mel front end)."""
@@ -188,6 +201,9 @@ class AisfxMelSpec:
         """Mel power of the whole waveform as given (no cropping or normalisation)."""
         return self.filters() @ power_spectrogram(wave, self.n_fft, self.hop_length, "constant")
 
+    def reads(self, n: int) -> list[tuple[int, int]] | None:
+        return centre_read(n, self.n_samples)
+
     def features(self, wave: np.ndarray) -> np.ndarray:
         wave = fit_length(wave, self.n_samples).astype(np.float64)
         peak = np.abs(wave).max()
@@ -228,39 +244,91 @@ class ClapFusionSpec:
     def to_json(self) -> dict:
         return {"kind": self.kind, **asdict(self)}
 
-    def db_mel(self, wave: np.ndarray) -> np.ndarray:
-        """(frames, n_mels) dB mel of the whole waveform."""
+    def db_mel(self, wave: np.ndarray, frames: np.ndarray | None = None) -> np.ndarray:
+        """(frames, n_mels) dB mel of the waveform: of every frame, or of those numbered in `frames`."""
         filters = htk_mel_filters(self.sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax, None)
-        mel = np.maximum(1e-10, filters @ power_spectrogram(wave, self.n_fft, self.hop_length, "reflect"))
+        if frames is None:
+            frames = np.arange(1 + len(wave) // self.hop_length)
+        mel = np.maximum(1e-10, filters @ frame_power(wave, frames, self.n_fft, self.hop_length))
         return (10.0 * np.log10(mel)).T
 
     def chunk_starts(self, total_frames: int) -> list[int]:
         thirds = np.array_split(np.arange(total_frames - self.chunk_frames + 1), 3)
         return [int(t[len(t) // 2]) if len(t) else 0 for t in thirds]
 
+    def frames_read(self, total_frames: int) -> np.ndarray:
+        """The frames a clip of `total_frames` (more than chunk_frames) is given by: the two rows
+        each row of the shrunk mel mixes, and the three chunks' (sorted, each once)."""
+        lo, hi, _ = _shrink_weights(total_frames, self.chunk_frames)
+        chunks = [np.arange(s, s + self.chunk_frames) for s in self.chunk_starts(total_frames)]
+        return np.unique(np.concatenate([lo, hi, *chunks]))
+
+    def reads(self, n: int) -> list[tuple[int, int]] | None:
+        """The samples [a, b) of an n-sample clip that its features are computed from: those of
+        `frames_read`, half a window more on either side (which covers the samples its reflected
+        ends take); None for a clip of at most duration_s, which is repeated whole."""
+        if n <= self.n_samples:
+            return None
+        total_frames = 1 + n // self.hop_length
+        if total_frames <= self.chunk_frames:
+            return [(0, n)]
+        centres = self.frames_read(total_frames) * self.hop_length
+        spans: list[tuple[int, int]] = []
+        for a, b in zip(np.maximum(0, centres - self.n_fft), np.minimum(n, centres + self.n_fft), strict=True):
+            if spans and a <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], int(b))
+            else:
+                spans.append((int(a), int(b)))
+        return spans
+
     def features(self, wave: np.ndarray) -> np.ndarray:
-        wave = np.asarray(wave, dtype=np.float64)
+        """The fused mel of a mono clip; of a long one, only the samples `reads` names are read."""
+        wave = np.asarray(wave)  # as it comes: a long clip is never copied whole
         if len(wave) > self.n_samples:
-            mel = self.db_mel(wave)
-            if len(mel) > self.chunk_frames:
-                chunks = [mel[s : s + self.chunk_frames] for s in self.chunk_starts(len(mel))]
-                return np.stack([_shrink_rows(mel, self.chunk_frames), *chunks]).astype(np.float32)
-            return np.stack([mel] * 4).astype(np.float32)
+            total_frames = 1 + len(wave) // self.hop_length
+            if total_frames <= self.chunk_frames:
+                return np.stack([self.db_mel(wave)] * 4).astype(np.float32)
+            frames = self.frames_read(total_frames)
+            mel = self.db_mel(wave, frames)
+
+            def rows(numbers: np.ndarray) -> np.ndarray:
+                return mel[np.searchsorted(frames, numbers)]
+
+            lo, hi, frac = _shrink_weights(total_frames, self.chunk_frames)
+            chunks = [rows(np.arange(s, s + self.chunk_frames)) for s in self.chunk_starts(total_frames)]
+            return np.stack([rows(lo) * (1 - frac) + rows(hi) * frac, *chunks]).astype(np.float32)
+        wave = np.asarray(wave, dtype=np.float64)
         if 0 < len(wave) < self.n_samples:
             wave = np.tile(wave, self.n_samples // len(wave))
         wave = np.pad(wave, (0, self.n_samples - len(wave)))
         return np.stack([self.db_mel(wave)] * 4).astype(np.float32)
 
 
-def _shrink_rows(x: np.ndarray, rows: int) -> np.ndarray:
-    """Linear resampling of the rows of x to `rows` rows, half-pixel centres (bilinear with
-    align_corners=False along one axis, as CLAP shrinks a long mel)."""
-    scale = x.shape[0] / rows
+def frame_power(wave: np.ndarray, frames: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """(n_fft//2 + 1, len(frames)) columns of power_spectrogram(wave, n_fft, hop_length, "reflect"):
+    frame t is centred on sample t * hop_length, the wave reflected at its ends; only the samples
+    of those frames are read, FRAME_BATCH frames at a time (memory: a batch's samples)."""
+    window = np.hanning(n_fft + 1)[:-1]
+    columns = []
+    for batch in np.split(frames, range(FRAME_BATCH, len(frames), FRAME_BATCH)):
+        index = np.abs(batch[:, None] * hop_length - n_fft // 2 + np.arange(n_fft))
+        index = np.where(index >= len(wave), 2 * (len(wave) - 1) - index, index)
+        columns.append(np.abs(np.fft.rfft(np.asarray(wave[index], dtype=np.float64) * window, axis=-1)) ** 2)
+    return np.concatenate(columns).T
+
+
+FRAME_BATCH = 256
+
+
+def _shrink_weights(n: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear resampling of n rows to `rows` rows, half-pixel centres (bilinear with
+    align_corners=False along one axis, as CLAP shrinks a long mel): row i is
+    x[lo[i]] * (1 - frac[i]) + x[hi[i]] * frac[i]."""
+    scale = n / rows
     src = np.maximum((np.arange(rows) + 0.5) * scale - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(int), x.shape[0] - 1)
-    hi = np.minimum(lo + 1, x.shape[0] - 1)
-    frac = (src - lo)[:, None]
-    return x[lo] * (1 - frac) + x[hi] * frac
+    lo = np.minimum(np.floor(src).astype(int), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    return lo, hi, (src - lo)[:, None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,35 +350,36 @@ def waveform_features(front_end: AudioFrontEnd, wave: np.ndarray, sample_rate: i
     return front_end.features(resample(wave, sample_rate, front_end.sample_rate))
 
 
-# Front ends whose features are those of fit_length(wave, n_samples): they keep a recording's
-# centre alone. CLAP's fusion reads every frame (its first channel is the whole mel shrunk).
+# Front ends whose features are those of fit_length(wave, n_samples): the centre they keep is
+# all a decode for them returns.
 CENTRE_CROPPING = (AudioFeatureSpec, AisfxMelSpec)
-_CROP: ContextVar[tuple[int, int] | None] = ContextVar("runtime.audio crop", default=None)
+_DECODING: ContextVar[AudioFrontEnd | None] = ContextVar("runtime.audio decoding for", default=None)
 
 
 @contextmanager
 def decoding_for(front_end: AudioFrontEnd) -> Iterator[None]:
-    """Within the block, decode_audio of a recording longer than what `front_end` keeps returns
-    only that, already at its rate, from the frames that make it: a 2-hour stereo WAV in a
-    training folder was decoded whole (3.6 GB at the peak, 19 s) for a 10 s crop. The features
-    are the same to the bit (tested). A front end that reads every frame changes nothing."""
-    crop = (front_end.sample_rate, front_end.n_samples) if isinstance(front_end, CENTRE_CROPPING) else None
-    token = _CROP.set(crop)
+    """Within the block, decode_audio of a recording reads only the frames of the samples
+    `front_end` computes its features from (`reads`), already at its rate: a 2-hour stereo WAV
+    in a training folder was decoded whole (3.6 GB at the peak, 19 s) for a 10 s crop. The
+    features are the same to the bit (tested). A ContextVar, not a parameter: the readers between
+    training's Examples and decode_audio (model.data.SampleSource, one's own included) then need
+    not know the model's front end."""
+    token = _DECODING.set(front_end)
     try:
         yield
     finally:
-        _CROP.reset(token)
+        _DECODING.reset(token)
 
 
 def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray, int]:
     """(mono float32 waveform, sample rate) of an audio file or its bytes; inside `decoding_for`,
-    only the part its front end keeps."""
-    crop = _CROP.get()
+    the part its front end reads (`_kept`)."""
+    front_end = _DECODING.get()
     try:
         with soundfile.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as f:
-            if crop is None:
+            if front_end is None:
                 return _mono(f.read(dtype="float32", always_2d=True)), int(f.samplerate)
-            return _centre(f, *crop), crop[0]
+            return _kept(f, front_end), front_end.sample_rate
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioDecodeError(f"cannot decode audio: {exc}") from None
 
@@ -323,21 +392,24 @@ CANCELLED = 0.01  # a mix 40 dB below its channels: one channel is (nearly) the 
 AUDIBLE = 1e-4  # channels quieter than this (-80 dBFS RMS) are silence, whatever their mix
 
 
-def _trained_mono(frames: np.ndarray) -> np.ndarray:
-    """The channels' mean, refused where they cancel out: a recording whose channels are in
-    opposite phase (a wiring or export fault) mixes to near silence, which would be trained on
-    as the sound of its place. Uploads to the server are mixed as they come (decode_audio)."""
-    mono = _mono(frames)
-    if frames.shape[1] > 1 and len(frames):
-        channels = float(np.sqrt(np.mean(np.square(frames, dtype=np.float64))))
-        mix = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
+def _trained_mono(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """The channels' mean of each part of a recording (frames, channels), refused where they
+    cancel out over all of them: a recording whose channels are in opposite phase (a wiring or
+    export fault) mixes to near silence, which would be trained on as the sound of its place.
+    Uploads to the server are mixed as they come (decode_audio)."""
+    monos = [_mono(frames) for frames in parts]
+    count = sum(len(frames) for frames in parts)
+    if parts[0].shape[1] > 1 and count:
+        power = sum(float(np.sum(np.square(frames, dtype=np.float64))) for frames in parts) / parts[0].shape[1]
+        channels = np.sqrt(power / count)
+        mix = np.sqrt(sum(float(np.sum(np.square(mono, dtype=np.float64))) for mono in monos) / count)
         if channels > AUDIBLE and mix < CANCELLED * channels:
             raise AudioDecodeError(
-                f"its {frames.shape[1]} channels cancel out when mixed to mono (one is the other in opposite "
+                f"its {parts[0].shape[1]} channels cancel out when mixed to mono (one is the other in opposite "
                 f"phase): the mix is {20 * np.log10(channels / max(mix, 1e-12)):.0f} dB below them; keep one "
                 "channel (sox IN OUT remix 1) or invert one (sox IN OUT remix 1 2i)"
             )
-    return mono
+    return monos
 
 
 # Samples that decode each from its own bytes: a seek reads exactly the samples a whole read
@@ -347,42 +419,75 @@ EXACT_SEEK_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32
 BLOCK_FRAMES = 1 << 16
 
 
-def _centre(f: soundfile.SoundFile, target: int, n_samples: int) -> np.ndarray:
-    """fit_length(resample(whole recording, target), n_samples), from the frames those samples are
-    made of: the polyphase filter's reach on either side, from a frame where the resampled window
-    falls on the whole recording's sample grid (a multiple of `down`), so every sample kept is the
-    one the whole recording gives."""
-    rate, n = int(f.samplerate), f.frames
-    up, down = resample_ratio(rate, target) if rate != target else (1, 1)
-    total = -(-n * up // down)  # resample_poly's output length
-    if total <= n_samples:  # repeated (fit_length): the whole recording is needed
-        return resample(_trained_mono(f.read(dtype="float32", always_2d=True)), rate, target)
-    start = (total - n_samples) // 2
-    reach = 0 if up == down else 10 * max(up, down) // up + 2  # resample_poly's half filter, in frames
-    first = max(0, (start * down // up - reach) // down * down)
-    last = min(n, -(-(start + n_samples) * down // up) + reach)
-    frames = _frames(f, first, last)
-    if frames is None:  # the file held other frames than it declared: read it whole, as before
+def _kept(f: soundfile.SoundFile, front_end: AudioFrontEnd) -> np.ndarray:
+    """resample(whole recording, front end's rate) where `front_end` reads it, from the frames
+    those samples are made of: a centre-cropping front end's centre alone; for CLAP's fusion
+    (two frames in every few all along the recording, and three chunks) an array of the
+    recording's length holding only the samples it reads, zero elsewhere: 4 bytes a sample,
+    against the stereo frames, their mix and the resampled wave of a whole decode."""
+    rate, target = int(f.samplerate), front_end.sample_rate
+    up, down = resample_ratio(rate, target)
+    n = -(-f.frames * up // down)  # resample_poly's output length
+    spans = front_end.reads(n)
+    pieces = None if spans is None else _read_spans(f, target, spans)
+    if spans is None or pieces is None:  # every sample is read, or the file held other frames than it declared
         f.seek(0)
-        return fit_length(resample(_trained_mono(f.read(dtype="float32", always_2d=True)), rate, target), n_samples)
-    offset = start - first * up // down
-    return resample(_trained_mono(frames), rate, target)[offset : offset + n_samples]
+        return resample(_trained_mono([f.read(dtype="float32", always_2d=True)])[0], rate, target)
+    if isinstance(front_end, CENTRE_CROPPING):
+        return pieces[0]
+    wave = np.zeros(n, dtype=np.float32)
+    for (a, b), piece in zip(spans, pieces, strict=True):
+        wave[a:b] = piece
+    return wave
 
 
-def _frames(f: soundfile.SoundFile, first: int, last: int) -> np.ndarray | None:
-    """Frames [first, last) of `f`, read after a seek where that is exact, else decoded from the
-    start block by block (memory: the window and a block); None when the decoder reached another
-    end than the frame count the file declared (the centre would then be elsewhere)."""
+def _read_spans(f: soundfile.SoundFile, target: int, spans: list[tuple[int, int]]) -> list[np.ndarray] | None:
+    """resample(whole recording, target)[a:b] for each (a, b) of `spans` (sorted), from the
+    frames those samples are made of: the polyphase filter's reach on either side, from a frame
+    where the resampled window falls on the whole recording's sample grid (a multiple of `down`),
+    so every sample kept is the one the whole recording gives. None where `_frames` is."""
+    rate = int(f.samplerate)
+    up, down = resample_ratio(rate, target)
+    reach = 0 if up == down else 10 * max(up, down) // up + 2  # resample_poly's half filter, in frames
+    windows = [
+        (max(0, (a * down // up - reach) // down * down), min(f.frames, -(-b * down // up) + reach)) for a, b in spans
+    ]
+    frames = _frames(f, windows)
+    if frames is None:
+        return None
+    mono = _trained_mono(frames)
+    return [
+        resample(m, rate, target)[a - first * up // down : b - first * up // down]
+        for m, (first, _), (a, b) in zip(mono, windows, spans, strict=True)
+    ]
+
+
+def _frames(f: soundfile.SoundFile, windows: list[tuple[int, int]]) -> list[np.ndarray] | None:
+    """Frames [first, last) of `f` for each window (sorted), read after a seek where that is
+    exact, else decoded from the start block by block (memory: the windows and a block); None
+    when the decoder reached another end than the frame count the file declared (the windows
+    would then be elsewhere)."""
     if f.subtype in EXACT_SEEK_SUBTYPES and f.seekable():
-        f.seek(first)
-        window = f.read(last - first, dtype="float32", always_2d=True)
-        return window if len(window) == last - first else None
-    kept, position = [], 0
+        read = []
+        for first, last in windows:
+            f.seek(first)
+            read.append(f.read(last - first, dtype="float32", always_2d=True))
+        return read if all(len(w) == last - first for w, (first, last) in zip(read, windows, strict=True)) else None
+    kept: list[list[np.ndarray]] = [[] for _ in windows]
+    position, open_from = 0, 0  # windows before open_from end before the block
     for block in f.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
-        if position + len(block) > first and position < last:
-            kept.append(block[max(0, first - position) : last - position])
-        position += len(block)
-    return np.concatenate(kept) if position == f.frames and kept else None
+        end = position + len(block)
+        while open_from < len(windows) and windows[open_from][1] <= position:
+            open_from += 1
+        for i in range(open_from, len(windows)):
+            first, last = windows[i]
+            if first >= end:
+                break
+            kept[i].append(block[max(0, first - position) : last - position].copy())  # not a view: the block goes
+        position = end
+    if position != f.frames or not all(kept):
+        return None
+    return [np.concatenate(parts) for parts in kept]
 
 
 # The polyphase filter has ~20 max(up, down) taps: an exact ratio of two coprime rates (e.g.
@@ -406,4 +511,13 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     if rate == target:
         return np.asarray(wave, dtype=np.float32)
     up, down = resample_ratio(rate, target)
-    return resample_poly(np.asarray(wave, dtype=np.float32), up, down).astype(np.float32)
+    return resample_poly(np.asarray(wave, dtype=np.float32), up, down, window=_lowpass(up, down)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)  # an upload may have any rate: a few filters (up to 320 KB each) are kept
+def _lowpass(up: int, down: int) -> np.ndarray:
+    """The filter resample_poly designs for float32 input by default (Kaiser 5.0, 20 max(up, down)
+    + 1 taps), designed once per ratio: the design took 1 ms a call, and a long recording read for
+    CLAP resamples a thousand short windows."""
+    max_rate = max(up, down)
+    return firwin(20 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)

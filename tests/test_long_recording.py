@@ -17,3 +17,7 @@ def test_bad_arguments_exit_2_with_a_sentence(args, capsys):
     with pytest.raises(SystemExit) as stop:
         main(args)
     assert stop.value.code == 2 and args[0] in capsys.readouterr().err
+
+
+def test_clap_fusion_read_for_its_frames_gives_the_features_of_the_whole_recording():
+    assert measure(minutes=0.5, fmt="wav", repeat=1, front_end="clap-fusion")["features_equal"]

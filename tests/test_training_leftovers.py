@@ -1,7 +1,8 @@
 """Training audit leftovers: a frozen tower's cache follows its weights (an upgraded package is
 never read through the old package's outputs); a signal during validation abandons it between two
 batches, and the resumed run redoes it and ends bit for bit as an uninterrupted one, also under
-torchrun; a long recording is read only where the front end's centre crop falls."""
+torchrun, and `soundscape train --processes N` stops as one process does; a long recording is read
+only where the front end reads it (a centre crop, CLAP's frames)."""
 
 import os
 import shutil
@@ -30,7 +31,16 @@ from model.nn import audio_towers, text_towers
 from model.nn.psm import PSMModel
 from model.stopping import Interrupted
 from model.train import fit
-from runtime.audio import AisfxMelSpec, AudioFeatureSpec, decode_audio, decoding_for, resample, waveform_features
+from runtime.audio import (
+    CENTRE_CROPPING,
+    AisfxMelSpec,
+    AudioFeatureSpec,
+    ClapFusionSpec,
+    decode_audio,
+    decoding_for,
+    resample,
+    waveform_features,
+)
 from tests.test_model_frozen_cache import cached_text as cached_reader_text
 from tests.test_model_frozen_cache import write_rows
 from tests.test_model_readers import image_bytes, prep
@@ -243,19 +253,24 @@ def stereo(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
         ("MP3", "MPEG_LAYER_III", 32000),
     ],
 )
-@pytest.mark.parametrize("front_end", [AudioFeatureSpec(n_mels=32, duration_s=1.0), AisfxMelSpec(duration_s=1.0)])
+@pytest.mark.parametrize(
+    "front_end",
+    [AudioFeatureSpec(n_mels=32, duration_s=1.0), AisfxMelSpec(duration_s=1.0), ClapFusionSpec(duration_s=1.0)],
+)
 def test_a_long_recording_read_for_a_front_end_gives_the_features_of_the_whole_one(
     tmp_path, fmt, subtype, rate, front_end
 ):
     """Seeked (PCM, FLAC) or decoded block by block (Vorbis, MP3: a seek may decode other samples),
-    the crop is the one the whole recording resampled gives, to the bit."""
+    the samples read are the ones the whole recording resampled gives, to the bit: a centre crop,
+    or for CLAP's fusion frames all along the recording."""
     path = tmp_path / f"long.{fmt.lower()}"
     soundfile.write(path, stereo(7.3, rate), rate, format=fmt, subtype=subtype)
     whole, whole_rate = decode_audio(path)  # as the server decodes an upload: every frame, at its own rate
     assert whole_rate == rate and len(whole) == soundfile.info(path).frames
     with decoding_for(front_end):
         crop, crop_rate = decode_audio(path)
-    assert crop_rate == front_end.sample_rate and len(crop) == front_end.n_samples
+    kept = front_end.n_samples if isinstance(front_end, CENTRE_CROPPING) else len(resample(whole, rate, crop_rate))
+    assert crop_rate == front_end.sample_rate and len(crop) == kept
     np.testing.assert_array_equal(
         waveform_features(front_end, crop, crop_rate), front_end.features(resample(whole, rate, front_end.sample_rate))
     )
@@ -343,3 +358,56 @@ def test_the_ranks_of_soundscape_train_processes_get_every_option_given_to_it():
     launched = parser.parse_args([*given, "--resume", "--no-progress", "--processes", "4"])
     assert None not in vars(launched).values() and False not in vars(launched).values()  # every option given
     assert vars(parser.parse_args(_rank_command(launched))) == {**vars(launched), "processes": 1}
+
+
+class FramesRead:
+    """Counts the frames soundfile decodes (SoundFile.read, which blocks() reads through too)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.frames = 0
+        read = soundfile.SoundFile.read
+
+        def counted(f, *args, **kwargs):
+            out = read(f, *args, **kwargs)
+            self.frames += len(out)
+            return out
+
+        monkeypatch.setattr(soundfile.SoundFile, "read", counted)
+
+
+def decode_peak(path: Path, front_end=None) -> tuple[tuple[np.ndarray, int], int]:
+    """decode_audio(path), inside decoding_for(front_end) when given, and the bytes it allocated at its peak."""
+    tracemalloc.start()
+    try:
+        if front_end is None:
+            decoded = decode_audio(path)
+        else:
+            with decoding_for(front_end):
+                decoded = decode_audio(path)
+        return decoded, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("fmt", "subtype"), [("WAV", "PCM_16"), ("OGG", "VORBIS")])
+def test_a_long_recording_read_for_clap_gives_the_features_of_the_whole_one_from_its_frames(
+    tmp_path, monkeypatch, fmt, subtype
+):
+    """CLAP's fusion reads the whole mel shrunk (a pair of frames in every 60 of a 60 s recording
+    for a 1 s window) and three chunks: the recording was decoded whole for them, stereo, mixed
+    and resampled. Now a WAV is read for those frames alone (an Ogg, which cannot seek exactly,
+    is decoded block by block) and the features are the whole recording's, to the bit."""
+    front_end = ClapFusionSpec(duration_s=1.0)
+    path = tmp_path / f"long.{fmt.lower()}"
+    with soundfile.SoundFile(path, "w", 44100, 2, format=fmt, subtype=subtype) as f:
+        for block in np.array_split(stereo(60.0, 44100), 60):  # libsndfile's Vorbis crashes on a long write
+            f.write(block)
+    (whole, rate), whole_peak = decode_peak(path)  # as the server decodes an upload
+    counted = FramesRead(monkeypatch)
+    (kept, kept_rate), kept_peak = decode_peak(path, front_end)
+    np.testing.assert_array_equal(
+        waveform_features(front_end, kept, kept_rate), waveform_features(front_end, whole, rate)
+    )
+    if fmt == "WAV":
+        assert counted.frames < len(whole) / 4, f"{counted.frames} of {len(whole)} frames"
+    assert kept_peak < whole_peak / 2, f"{kept_peak / 1e6:.1f} MB against {whole_peak / 1e6:.1f} MB"
