@@ -490,7 +490,14 @@ function showControls() {
   $("opacity").value = state.opacity;
 }
 
-function wirePanel(changed, setOpacity) {
+// A slider's steps are mapped once it rests, this long after its last: each step of a drag, or of
+// an arrow key held down, asked for its own tiles and legend.
+const SLIDER_REST_MS = 250;
+
+function wirePanel(apply, setOpacity) {
+  let resting = null;
+  const changed = () => { clearTimeout(resting); apply(); };  // with any slider's pending steps
+  const changedSoon = () => { clearTimeout(resting); resting = setTimeout(apply, SLIDER_REST_MS); };
   $("panel-toggle").addEventListener("click", () => {
     const collapsed = $("panel").classList.toggle("collapsed");
     $("panel-body").hidden = collapsed;
@@ -517,13 +524,16 @@ function wirePanel(changed, setOpacity) {
     const sync = () => {
       state[name] = any.checked ? null : Number(slider.value);
       showControls();
-      changed();
     };
-    slider.addEventListener("input", sync);
+    slider.addEventListener("input", () => {
+      sync();
+      changedSoon();
+    });
     // Unticking "any" enables the slider, which comes before the box on the page: focus moves to
     // it, so a keyboard user sets the hour with the arrow keys next instead of tabbing past it.
     any.addEventListener("change", () => {
       sync();
+      changed();
       if (!any.checked) slider.focus();
     });
   }
