@@ -59,8 +59,8 @@ def init_distributed() -> Dist:
     return Dist(rank, world, local)
 
 
-def launch(processes: int, worker: list[str]) -> int:
-    """Run `python -m cli.main *worker` as `processes` ranks on this machine, as `torchrun
+def launch(ranks: int, worker: list[str]) -> int:
+    """Run `python -m cli.main *worker` as `ranks` processes on this machine, as `torchrun
     --standalone --nproc_per_node` does, and its exit code. torchrun run as a command answers a
     SIGINT or SIGTERM with a traceback of its own and exit code 1, after the ranks have stopped
     cleanly and said how to resume; here it ends with the code one process would (130, 143), and a
@@ -75,7 +75,7 @@ def launch(processes: int, worker: list[str]) -> int:
         if name.startswith(("torch.distributed.run", "torch.distributed.elastic")):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        run(parse_args(["--standalone", "--nproc_per_node", str(processes), "-m", "cli.main", *worker]))
+        run(parse_args(["--standalone", "--nproc_per_node", str(ranks), "-m", "cli.main", *worker]))
     except SignalException as stop:
         return 128 + stop.sigval
     except ChildFailedError as failed:
