@@ -50,7 +50,18 @@ Layer = Literal["heatmap", "contrast", "uncertainty"]
 # Where this sound stands out (docs/demo-model.md, "The contrast layer"); the paper's -CSD map is
 # layer=heatmap.
 DEFAULT_LAYER: Layer = "contrast"
-TextParam = Annotated[str | None, Query(max_length=MAX_TEXT_LENGTH, description="Text query, e.g. birdsong.")]
+# q= is held to the rule of a registered text (server/queries.py text_record: at most
+# MAX_TEXT_LENGTH characters once case-folded and single-spaced), not to its length as sent, or
+# a text POST /queries takes (its JSON body holds 8 KiB) was refused as q=. This bounds the work.
+MAX_SENT_TEXT = 8 * 1024
+TextParam = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_SENT_TEXT,
+        description=f"Text query, e.g. birdsong: at most {MAX_TEXT_LENGTH} characters once case-folded "
+        "and single-spaced, as POST /queries takes it.",
+    ),
+]
 QueryIdParam = Annotated[str | None, Query(description="A query id returned by POST /queries.")]
 HourParam = Annotated[int | None, Query(ge=0, le=23, description="Hour of day, 0-23; absent = unknown.")]
 MonthParam = Annotated[int | None, Query(ge=1, le=12, description="Month, 1-12; absent = unknown.")]

@@ -83,7 +83,10 @@ def clean_text(text: str) -> str:
     if not normal:
         raise QueryError(422, "text must not be empty (e.g. birdsong)")
     if len(normal) > MAX_TEXT_LENGTH:
-        raise QueryError(422, f"text is longer than {MAX_TEXT_LENGTH} characters")
+        raise QueryError(
+            422,
+            f"text must be at most {MAX_TEXT_LENGTH} characters once case-folded and single-spaced, not {len(normal)}",
+        )
     return normal
 
 

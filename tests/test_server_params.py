@@ -141,8 +141,8 @@ def test_a_parameter_given_twice_is_named_with_the_other_bad_ones(client):
 
 
 def test_a_query_refused_by_its_type_is_not_also_called_missing(client):
-    detail = refused(client.get(TILE, params={"q": "x" * 501, "hour": "25"}))
-    assert_names_each(detail, ["q must be a text of at most 500 characters", HOUR])
+    detail = refused(client.get(TILE, params={"q": "x" * 8193, "hour": "25"}))
+    assert_names_each(detail, ["q must be a text of at most 8192 characters", HOUR])
     assert "is required" not in detail
 
 
@@ -169,3 +169,19 @@ def test_every_bad_parameter_of_a_huge_query_string_costs_little_and_answers_sma
         assert f"{name} is given " in detail, (name, detail)
     assert "unknown" not in detail
     assert took < 2.0, took
+
+
+def test_q_is_held_to_the_rule_of_a_registered_text(client):
+    """q= and POST /queries judge a text alike, by its normalised form (case-folded, single-spaced):
+    q= was refused for 501 characters as sent, so a text POST /queries took was refused as q=."""
+    spaced = "Birdsong" + " " * 600
+    registered = client.post("/queries", json={"text": spaced})
+    assert registered.status_code == 201, registered.text
+    for path in (TILE, "/search", "/tilejson.json"):
+        r = client.get(path, params={"q": spaced})
+        assert r.status_code == 200, (path, r.text)
+    assert client.get("/search", params={"q": spaced}).json()["properties"]["query"] == registered.json()["id"]
+    long = "x" * 501
+    sentence = "text must be at most 500 characters once case-folded and single-spaced, not 501"
+    assert client.post("/queries", json={"text": long}).json()["detail"] == sentence
+    assert refused(client.get(TILE, params={"q": long})) == f"q: {sentence}"
