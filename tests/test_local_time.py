@@ -193,3 +193,28 @@ def test_exif_and_exiftool_dates_keep_their_date(tmp_path):
     date, the month dropped without a word, and a date alone as unreadable."""
     written = ["2022:07:01 10:00:00", "2022:07:01 10:00:00+02:00", "2022:01:15 10:00:00Z", "2022:07:01"]
     assert at(tmp_path, "paris", PARIS, written) == [(7, 10.0), (7, 10.0), (1, 11.0), (7, None)]
+
+
+def test_a_month_named_in_another_language_is_no_month_of_the_released_datasets(tmp_path):
+    """Their dates are read fuzzily (words dateutil does not know are skipped), and a month named
+    in another language was skipped with it, its day read as the month: '12 juin 2022' trained in
+    December, '1 mai 2022' in January. Where a skipped word leaves a month but no day, and no month
+    is named in English, the month is unknown; a month dateutil names (June) or an ISO date stays."""
+    members = {}
+    dates = ["12 juin 2022 07:49", "1 mai 2022", "recorded June 2010 evening", "Taken 2010-06-26", "2022/06/12 7:49 AM"]
+    for n, date in enumerate(dates):
+        meta = {"sample_id": f"yfcc-{n}", "date": date, "latitude": PARIS[0], "longitude": PARIS[1], "text": "x"}
+        members[f"yfcc-{n}.meta.json"] = json.dumps(meta).encode()
+        members[f"yfcc-{n}.image.jpg"] = image_bytes(1280, n, "JPEG")
+        members[f"yfcc-{n}.audio_mel1.pyd"] = clap_mel(n)
+    for split in ("train_0", "val_0", "test_0"):
+        write_shard(tmp_path / "geosound" / "with_sentinel" / f"{split}.tar", members)
+    split = reader("geosound")({"root": str(tmp_path / "geosound"), "zooms": [1]}, 32).train
+    got = [(s.month, s.hour) for s in (split.get(i, frozenset({"image", "audio"})) for i in range(len(dates)))]
+    assert got == [
+        (None, pytest.approx(7 + 49 / 60)),
+        (None, None),
+        (6, None),
+        (6, None),
+        (6, pytest.approx(7 + 49 / 60)),
+    ]

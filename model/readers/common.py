@@ -57,9 +57,11 @@ def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) 
     """Month and local hour of a free-form date string (GeoSound's formats: 'June 26th, 2010',
     '2021/10/31 3:11 PM EDT', '2011-07-26 12:46:19.0', '1/29/09 10:28'; EXIF's '2022:07:01 10:00:00').
     A date without a time gives hour None, never hour 0 (PSM counts a missing time as midnight);
-    an unparseable one gives neither. `dayfirst` reads 01/05/2022 as 1 May (dateutil's own reading of a date whose
-    first number is past 12, whatever it is told); `fuzzy` skips words dateutil does not know,
-    so that '1 mai 2022' is read as January. The hour is the clock's as written, also where the
+    an unparseable one gives neither. `dayfirst` reads 01/05/2022 as 1 May (dateutil's own
+    reading of a date whose first number is past 12, whatever it is told); `fuzzy` skips words
+    dateutil does not know ('Taken 2010-06-26'), and where that leaves a month but no day while no
+    month is named in English, the month is unknown: the word was likely the month's name and the
+    number its day ('12 juin 2022' gave December). The hour is the clock's as written, also where the
     text gives a UTC offset (`instant` has it, or `offset` without a date; at_place reads it). A
     zone's name ("EDT") is no offset (CST is in China, the US and Cuba): such a time is a wall clock."""
     from dateutil import parser
@@ -70,19 +72,19 @@ def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) 
     text = _EXIF_DATE.sub(r"\1-\2-\3", text)
     utc = _UTC.search(text)
     cleaned = _UTC.sub(" UTC", text)
+    info = parser.parserinfo()
     if not re.search(r"\d\s*[ap]\.?m\.?$", text, re.I) and not utc:
         junk = _TZ_JUNK.search(text)
         word = junk.group().strip() if junk else ""
-        info = parser.parserinfo()
         if junk and info.month(word) is None and info.weekday(word) is None:  # "26 May" keeps its month
             cleaned = text[: junk.start()]
     try:
-        first, second = (
-            parser.parse(cleaned, default=d, dayfirst=dayfirst, fuzzy=fuzzy, tzinfos=_UTC_NAMES) for d in _SENTINELS
-        )
+        (first, skipped_word), (second, _) = (_parse(cleaned, d, dayfirst, fuzzy) for d in _SENTINELS)
     except (ValueError, OverflowError):
         return When(None, None)
     month = first.month if first.month == second.month else None
+    if skipped_word and first.day != second.day and not any(info.month(w) for w in re.findall(r"[^\W\d_]+", cleaned)):
+        month = None
     if first.hour != second.hour or first.minute != second.minute:
         return When(month, None)
     hour, offset = first.hour + first.minute / 60.0, first.utcoffset()
@@ -92,6 +94,17 @@ def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) 
     if day is None:
         return When(month, hour, offset=offset)
     return When(month, hour, first, day=day)
+
+
+def _parse(text: str, default: datetime, dayfirst: bool, fuzzy: bool) -> tuple[datetime, bool]:
+    """dateutil's reading of `text` (the `default` filling what it lacks), and whether it skipped a
+    word to read it (with `fuzzy` only)."""
+    from dateutil import parser
+
+    if not fuzzy:
+        return parser.parse(text, default=default, dayfirst=dayfirst, tzinfos=_UTC_NAMES), False
+    parsed, skipped = parser.parse(text, default=default, dayfirst=dayfirst, fuzzy_with_tokens=True, tzinfos=_UTC_NAMES)
+    return parsed, any(re.search(r"[^\W\d_]", token) for token in skipped)
 
 
 def at_place(when: When, lat: float | None, lon: float | None) -> When:
