@@ -97,6 +97,24 @@ def test_a_time_on_spreadsheets_day_zero_is_no_date_of_december(tmp_path, caplog
     ) in caplog.text
 
 
+def test_a_place_at_zero_zero_is_a_missing_one_not_the_gulf_of_guinea(tmp_path, caplog):
+    """GPS loggers, cameras and exports write a missing fix as 0, 0: such a row trained a recording of
+    anywhere as one at sea off West Africa (and its cell was cut there). The equator or the prime
+    meridian alone is a place."""
+    data = [row(0, lat="0", lon="0"), row(1, lat="0.0", lon="0.000"), row(2, lat="0"), row(3, lon="0")]
+    with caplog.at_level(logging.WARNING):
+        kept = rows(folder(tmp_path / "zero", table(data)))
+    assert [(r.lat, r.lon) for r in kept] == [(0.0, 7.5), (45.5, 0.0)]
+    assert "null island in the Gulf of Guinea: a missing place written as zeros?: 2 (" in caplog.text
+
+
+def test_a_released_sample_at_zero_zero_is_unreadable(tmp_path):
+    split = released(tmp_path, [(0.0, 0.0), (0.0, 7.5)])
+    with pytest.raises(BadSample, match=r"null island in the Gulf of Guinea: a missing place written as zeros\?"):
+        split.get(0, frozenset({"image", "audio"}))
+    assert split.get(1, frozenset({"image", "audio"})).lon == 7.5
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
 def test_a_coordinate_that_is_no_finite_number_says_so(tmp_path, caplog, value):
     with caplog.at_level(logging.WARNING):

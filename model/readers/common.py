@@ -180,6 +180,10 @@ def _zone(name: str) -> tzinfo | None:
         return None
 
 
+# Why a place at exactly (0, 0) is taken for none: GPS loggers, cameras and exports write a missing fix
+# so, and a recording of anywhere would be trained (and its cell cut) at sea off West Africa.
+NULL_ISLAND = "null island in the Gulf of Guinea: a missing place written as zeros?"
+
 # A picture with less than this share of opaque pixels is no image of the place (runtime.imagery
 # skips a cell under half covered likewise).
 MIN_OPAQUE_FRACTION = 0.5

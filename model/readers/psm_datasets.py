@@ -35,7 +35,16 @@ import numpy as np
 
 from model.config import ConfigError, Section, from_section
 from model.data import BadSample, DataError, Sample, Splits
-from model.readers.common import UndatedOffset, When, at_place, content_hash, decode_image, fit_image, parse_when
+from model.readers.common import (
+    NULL_ISLAND,
+    UndatedOffset,
+    When,
+    at_place,
+    content_hash,
+    decode_image,
+    fit_image,
+    parse_when,
+)
 from model.readers.csv_table import decode_csv
 from runtime.audio import AudioDecodeError, decode_audio
 
@@ -175,6 +184,8 @@ def _place(meta: dict, where: str) -> tuple[float | None, float | None]:
     lat, lon = place
     if (lat is not None and not -90 <= lat <= 90) or (lon is not None and not -180 <= lon <= 180):
         raise BadSample(where, f"latitude/longitude ({lat}, {lon}) outside the globe")
+    if lat == 0 and lon == 0:
+        raise BadSample(where, f"latitude/longitude (0, 0), {NULL_ISLAND}")
     return lat, lon
 
 
