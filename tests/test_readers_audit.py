@@ -1,9 +1,11 @@
 """Rows of a user's data that were read as something other than what they mean, without a word:
-a place past web mercator's edge cut as another cell, a recording listed twice or at two places,
-non-finite coordinates reported as off the globe, a released dataset's place off the globe or
-unreadable kept as a place, and a captions file whose empty or repeated rows replaced captions.
-Each is now skipped (a csv row, with its reason counted in the read's warning; a released sample,
-as an unreadable one) or refused in one sentence."""
+a place past web mercator's edge cut as another cell (and a corpus drawn there), a recording
+listed twice or at two places, a missing place written as 0, 0, a time on spreadsheets' day zero,
+non-finite coordinates reported as off the globe, UTF-16 without its mark taken for misnamed
+columns, a released dataset's place off the globe or unreadable kept as a place, and a captions
+file whose empty or repeated rows replaced captions. Each is now skipped (a csv row, with its
+reason counted in the read's warning; a released sample, as an unreadable one) or refused in one
+sentence."""
 
 from __future__ import annotations
 
