@@ -265,10 +265,12 @@ def geographic_split(
     """'train' / 'val' / 'test' per sample: whole cell_deg x cell_deg lat/lon cells are held
     out, never single rows, so evaluation measures places the model has not seen. With three
     or more cells, val and test each get at least one."""
+    # Longitude 180 and -180 are one meridian: wrapped into [-180, 180) they share a cell.
+    wrapped = (np.asarray(lon, dtype=np.float64) + 180.0) % 360.0 - 180.0
     cells = np.stack(
         [
             np.floor(np.asarray(lat, dtype=np.float64) / cell_deg),
-            np.floor(np.asarray(lon, dtype=np.float64) / cell_deg),
+            np.floor(wrapped / cell_deg),
         ],
         axis=1,
     ).astype(np.int64)

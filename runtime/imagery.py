@@ -310,6 +310,8 @@ class Imagery:
             "path": self.source,
             "files": len(self.assets),
             "bounds": list(self.bounds),
+            # Across the antimeridian the bounds span every longitude; the footprint says where it lies.
+            **({"footprint": list(self.footprint)} if self.footprint.wraps else {}),
             "bands": self.count,
             "resolution_m": round(self.resolution_m, 3),
             **read,

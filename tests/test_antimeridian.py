@@ -50,6 +50,7 @@ def test_a_footprint_that_does_not_wrap_is_its_bounds(imagery_path):
     imagery = Imagery(imagery_path)
     west, south, east, north = imagery.bounds
     assert not imagery.footprint.wraps and tuple(imagery.footprint) == imagery.bounds
+    assert "footprint" not in imagery.describe()  # a store's key is as before where nothing wraps
     assert imagery.footprint.centre == ((west + east) / 2, (south + north) / 2)
     for lon in np.linspace(west - 5, east + 5, 23):
         for lat in np.linspace(south - 5, north + 5, 17):
@@ -67,6 +68,8 @@ def test_imagery_across_the_antimeridian_covers_its_two_sides_only(antimeridian)
         assert not imagery.covers(10, 45) and not imagery.covers(-100, 45) and not imagery.covers(175, 10)
         lon, _ = imagery.footprint.centre
         assert abs(lon) > 170
+        # As a store's manifest records it: the footprint beside the box that spans every longitude.
+        assert imagery.describe()["footprint"] == list(imagery.footprint)
 
 
 class _Places:

@@ -68,6 +68,17 @@ def test_geographic_split_holds_out_whole_cells():
     assert len(fine) == 2
 
 
+def test_geographic_split_holds_the_antimeridian_in_one_cell():
+    """Longitude 180 and -180 are one meridian: a sample on it written either way is one place,
+    and its two spellings fell in two cells, one of which could be trained on while the other was
+    tested."""
+    lat = np.array([10.5, 10.5, 40.5, -30.5, 60.5])
+    lon = np.array([180.0, -180.0, 20.5, -60.5, 100.5])
+    for seed in range(20):
+        labels = geographic_split(lat, lon, cell_deg=1.0, seed=seed)
+        assert labels[0] == labels[1]
+
+
 @pytest.fixture
 def csv_folder(tmp_path):
     root = tmp_path / "mydata"
