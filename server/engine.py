@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import faiss
@@ -426,18 +426,29 @@ class Engine:
 
     def profiles(self, level: Level, row: int, meta: QueryMetadata) -> tuple[CellEmbeddings, CellEmbeddings]:
         """The cell's embeddings for hours 0..23 (month, source as given) and months 1..12
-        (hour, source as given), in one fusion batch."""
-        nan = float("nan")
-        hours = np.r_[np.arange(24.0), np.full(12, nan if meta.hour is None else meta.hour)]
-        months = np.r_[np.full(24, nan if meta.month is None else meta.month), np.arange(1.0, 13.0)]
-        source = None if meta.source is None else self.bundle.sources.id(meta.source)
-        lonlat = np.asarray(level.arrays.lonlat[[row]])
-        sat = np.repeat(np.asarray(level.arrays.sat[[row]], dtype=np.float32), 36, axis=0)
-        encoded = encode_metadata(36, lat=lonlat[0, 1], lon=lonlat[0, 0], hour=hours, month=months, source=source)
-        mu, logvar = self.bundle.fuse(sat, encoded)
-        self.stats["fusions"] += 1
-        cells = CellEmbeddings(mu.astype(np.float16), uncertainty(logvar))
-        return (CellEmbeddings(cells.mu[:24], cells.s[:24]), CellEmbeddings(cells.mu[24:], cells.s[24:]))
+        (hour, source as given), each as `embeddings` reads it, so that an entry is what a
+        request of that hour or month reads (tiles, /point): the store's fusion where it holds
+        one, the others fused in one batch."""
+        asked = [replace(meta, hour=h) for h in range(24)] + [replace(meta, month=m) for m in range(1, 13)]
+        cells: list[CellEmbeddings | None] = [self.stored(level, np.asarray([row]), m) for m in asked]
+        missing = [i for i, found in enumerate(cells) if found is None]
+        if missing:
+            nan = float("nan")
+            hours = [nan if asked[i].hour is None else asked[i].hour for i in missing]
+            months = [nan if asked[i].month is None else asked[i].month for i in missing]
+            source = None if meta.source is None else self.bundle.sources.id(meta.source)
+            lon, lat = np.asarray(level.arrays.lonlat[row])
+            sat = np.repeat(np.asarray(level.arrays.sat[[row]], dtype=np.float32), len(missing), axis=0)
+            encoded = encode_metadata(
+                len(missing), lat=lat, lon=lon, hour=np.asarray(hours), month=np.asarray(months), source=source
+            )
+            mu, logvar = self.bundle.fuse(sat, encoded)
+            self.stats["fusions"] += 1
+            fused = CellEmbeddings(mu.astype(np.float16), uncertainty(logvar))
+            for j, i in enumerate(missing):
+                cells[i] = fused.row(j)
+        every = CellEmbeddings.concat([c for c in cells if c is not None])
+        return CellEmbeddings(every.mu[:24], every.s[:24]), CellEmbeddings(every.mu[24:], every.s[24:])
 
     def candidates(
         self, level: Level, meta: QueryMetadata, query: QueryEmbedding, count: int, scan_limit: int

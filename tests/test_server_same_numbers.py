@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 
+from tests.conftest import FIXTURE_BBOX
 from tests.server_support import make_client
 
 PLACES = [(10.5, 47.2), (12.4, 43.9), (16.0, 45.5), (8.2, 53.1)]  # the Alps, Italy, Croatia, the North Sea coast
@@ -58,3 +59,44 @@ def test_a_searched_cell_reads_the_same_at_its_point(client, rank_by):
             assert (point["cell"]["lon"], point["cell"]["lat"]) == (lon, lat)
             for name in ("score", "contrast", "uncertainty"):
                 assert point[name] == found[name], (q, meta, rank_by, name, point[name], found[name])
+
+
+@pytest.fixture(scope="module")
+def fused_client(bundle_path, imagery_path, tmp_path_factory):
+    """The fixture's levels 5 and 6 with the store's hourly and monthly fusions at both."""
+    from precompute.run import run
+    from runtime.bundle import Bundle
+    from runtime.imagery import Imagery
+
+    out = tmp_path_factory.mktemp("fused") / "store"
+    run(Imagery(imagery_path), Bundle(bundle_path), [5, 6], FIXTURE_BBOX, out, fusion_levels=(5, 6), progress=False)
+    return make_client(bundle_path, out)
+
+
+def test_a_profile_entry_reads_as_the_point_of_the_hour_or_month_the_store_holds(fused_client, monkeypatch):
+    """hours[h] of a /point without an hour is the /point of hour h where the store holds that
+    fusion: the profiles fused every hour afresh, while /point?hour=h (and tiles, /search) read the
+    store's. The fusion graph's numbers depend on the batch beside a cell (on the demo world a
+    cell fused among the profiles' 36 rows and alone differ in S by up to 6e-8, and 32 of 144
+    entries read otherwise than the /point of their hour or month at level 6); here a fusion
+    that adds the batch's size to the log-variances makes that plain."""
+    bundle = fused_client.app.state.service.engine.bundle
+    fuse = bundle.fuse
+
+    def batch_dependent_fuse(sat, encoded):
+        mu, logvar = fuse(sat, encoded)
+        return mu, logvar + 1e-3 * len(sat)
+
+    monkeypatch.setattr(bundle, "fuse", batch_dependent_fuse)
+    for (lon, lat), level in itertools.product(PLACES[:2], (5, 6)):
+        params = {"q": "birdsong", "level": level}
+        point = fused_client.get(f"/point/{lon},{lat}", params=params).json()
+        entries = [("hour", h, point["hours"][h]) for h in range(24)]
+        entries += [("month", m, point["months"][m - 1]) for m in range(1, 13)]
+        for name, value, entry in entries:
+            alone = fused_client.get(f"/point/{lon},{lat}", params={**params, name: value}).json()
+            assert (entry["score"], entry["uncertainty"]) == (alone["score"], alone["uncertainty"]), (
+                level,
+                name,
+                value,
+            )
