@@ -255,6 +255,22 @@ def idle_connections(port: int, n: int) -> tuple[str, float]:
             s.close()
 
 
+def bad_parameters(n: int) -> str:
+    """A query string of n bad values of a tile's parameters (each name given many times, with a
+    value it refuses) and n names the route does not take."""
+    bad = {"hour": "99", "month": "0", "source": "x", "layer": "x", "rescale": "x", "tilesize": "x", "q": "%FF"}
+    names = list(bad)
+    return "&".join(
+        [f"{names[i % len(names)]}={bad[names[i % len(names)]]}" for i in range(n)] + [f"u{i}=1" for i in range(n)]
+    )
+
+
+def refusal(r: httpx.Response) -> str:
+    """A 422's status, how many sentences its detail holds and how long it is."""
+    detail = r.json().get("detail", "")
+    return f"{r.status_code}, {detail.count('; ') + 1} sentences in {len(detail)} characters"
+
+
 def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
     """(case, expected, run -> what it got)."""
     base, port = server.base, server.port
@@ -329,6 +345,11 @@ def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
             "20 kB query string",
             "431",
             lambda: raw(port, f"GET /tiles/1/1/0.png?q={'a' * 20000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())[0],
+        ),
+        (
+            "15 kB query string: 1,000 bad values of the tile's parameters, 1,000 names it does not take",
+            "one 422 naming each bad parameter once (at most 4096 characters)",
+            lambda: refusal(httpx.get(f"{base}/tiles/1/1/0.png?{bad_parameters(1000)}")),
         ),
         (
             "100 MB header",
