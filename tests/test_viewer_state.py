@@ -76,7 +76,8 @@ def test_a_failed_query_leaves_no_earlier_map_behind(browser, server):  # noqa: 
 def test_tiles_or_a_legend_that_fail_leave_no_earlier_state_behind(browser, server):  # noqa: F811
     """Tiles of the new hour that failed (500) left the previous hour's tiles drawn under "tiles
     failed", and a TileJSON that failed left the previous hour's legend: now the layer, or the
-    legend, is hidden until the state changes again."""
+    legend, is hidden until the state changes again, and the map draws the next state's tiles
+    (a layer hidden while its tiles failed broke MapLibre's next setTiles)."""
     page = open_page(browser, server, "/#q=birdsong&layer=heatmap&map=3.5/45/10", ready=HEATMAP_LOADED)
     try:
         page.route("**/tiles/**", lambda route: route.fulfill(status=500, json={"detail": "the server failed"}))
@@ -91,6 +92,13 @@ def test_tiles_or_a_legend_that_fail_leave_no_earlier_state_behind(browser, serv
         wait_until(page, HEATMAP_LOADED)
         wait_until(page, "!document.getElementById('legend').hidden")
         assert page.evaluate(SHOWN)["visible"] and not page.evaluate(SHOWN)["error"]
+        page.route("**/tiles/**", lambda route: route.fulfill(status=500, json={"detail": "the server failed"}))
+        page.uncheck("#hour-any")
+        wait_until(page, "document.getElementById('status').textContent.startsWith('tiles failed')")
+        page.unroute("**/tiles/**")
+        page.check("#hour-any")  # at once, while other tiles of the failed hour are failing
+        wait_until(page, HEATMAP_LOADED)
+        assert page_errors(page) == [], "MapLibre's own errors: the map was left half drawn"
 
         page.route("**/tilejson.json?**", lambda route: route.fulfill(status=500, json={"detail": "no scale"}))
         page.uncheck("#hour-any")
@@ -186,5 +194,24 @@ def test_the_hour_slider_asks_only_for_the_hour_it_rests_on(browser, server):  #
         assert {url.params["hour"] for url in asked} == {"18"}
         assert sum(url.path.endswith("/tilejson.json") for url in asked) == 1
         assert page.inner_text("#hour-out") == "18:00"
+    finally:
+        page.close()
+
+
+@pytest.mark.slow
+def test_a_layer_hidden_for_want_of_a_query_comes_back_as_it_was(browser, server):  # noqa: F811
+    """With no query, the heatmap layer has nothing to map and hides the uncertainty layer; back on
+    uncertainty, the layer stayed hidden (its tiles were those drawn last, so the viewer left the
+    map alone). It shows again now, from the tiles it holds: no tile is asked for again."""
+    page = open_page(browser, server, "/#layer=uncertainty&map=3.5/45/10", ready=HEATMAP_LOADED)
+    try:
+        before = len(page.requests())
+        page.check("input[name=layer][value=heatmap]")
+        assert not page.evaluate(SHOWN)["visible"]
+        page.check("input[name=layer][value=uncertainty]")
+        wait_until(page, HEATMAP_LOADED)
+        wait_until(page, "!document.getElementById('legend').hidden")
+        assert page.evaluate(SHOWN)["visible"]
+        assert [url for url in page.requests()[before:] if "/tiles/" in url] == []
     finally:
         page.close()

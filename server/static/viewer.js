@@ -240,6 +240,11 @@ function addRaster(map, name, boxes, source, paint, before) {
   });
 }
 
+function removeRaster(map, name) {
+  (rasters[name] || []).forEach((id) => { map.removeLayer(id); map.removeSource(id); });
+  delete rasters[name];
+}
+
 const rasterOf = (sourceId) => Object.keys(rasters).find((name) => rasters[name].includes(sourceId));
 
 // The XYZ tile under a point, for probing the basemap where the map looks first.
@@ -313,27 +318,24 @@ async function main() {
     $("best").disabled = !state.query;
     if (!ready) return;
     if (!hasLayer()) return hideLayer();
-    const layers = rasters.soundscape || [];
     const url = tileUrl();
-    if (url === renderedUrl) return;
-    renderedUrl = url;
-    if ($("status").classList.contains("tile-error")) setStatus(describeQuery());  // new tiles, new chance
-    delete document.body.dataset.heatmap;
-    for (const id of layers) {
-      map.getSource(id).setTiles([url]);
-      map.setLayoutProperty(id, "visibility", "visible");
+    if (url !== renderedUrl) {  // else drawn before it was hidden: its tiles are still there
+      renderedUrl = url;
+      if ($("status").classList.contains("tile-error")) setStatus(describeQuery());  // new tiles, new chance
+      delete document.body.dataset.heatmap;
+      (rasters.soundscape || []).forEach((id) => map.getSource(id).setTiles([url]));
     }
-    if (!layers.length) {
+    if (!rasters.soundscape) {
       addRaster(map, "soundscape", extent.boxes, { tiles: [url], minzoom: 0, maxzoom: 22,
                                                    attribution: asHtmlText(info.attribution) },
                 { "raster-opacity": state.opacity, "raster-resampling": "linear", "raster-fade-duration": 0 });
     }
+    rasters.soundscape.forEach((id) => map.setLayoutProperty(id, "visibility", "visible"));
   }
 
-  // No layer drawn (no query to map, or its tiles failed) until redraw() has new tiles to draw.
+  // No layer drawn for want of a query: its tiles are kept for when it has one again.
   function hideLayer() {
     (rasters.soundscape || []).forEach((id) => map.setLayoutProperty(id, "visibility", "none"));
-    renderedUrl = null;  // the same tiles again are drawn again
     delete document.body.dataset.heatmap;
   }
 
@@ -367,18 +369,21 @@ async function main() {
   });
 
   map.on("idle", () => {
-    if (renderedUrl && rasters.soundscape.every((id) => map.isSourceLoaded(id))) {
+    if (hasLayer() && renderedUrl && rasters.soundscape.every((id) => map.isSourceLoaded(id))) {
       document.body.dataset.heatmap = "loaded";
     }
   });
   map.on("error", async (event) => {
+    const raster = rasterOf(event.sourceId);  // now: a failed tile removes its source
     const detail = await tileErrorDetail(event.error);
-    const raster = rasterOf(event.sourceId);
     if (raster === "imagery") setNotice("basemap", `basemap unavailable: ${detail}; the heatmap still works`);
     else if (raster === "soundscape") {
-      // The tiles of the state before would stay drawn where this state's failed: hidden, with the
-      // legend, until the state changes (new tiles, new chance).
-      hideLayer();
+      // The tiles of the state before would stay drawn where this state's failed: the layer goes,
+      // with its legend, until the state changes (new tiles, new chance). Removed, not hidden:
+      // MapLibre 5.24 fails on setTiles() over tiles that failed while their layer was hidden.
+      removeRaster(map, "soundscape");
+      renderedUrl = null;
+      delete document.body.dataset.heatmap;
       $("legend").hidden = true;
       setStatus(`tiles failed: ${detail}; the layer is hidden`, true);
       $("status").classList.add("tile-error");
