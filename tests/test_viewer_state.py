@@ -77,7 +77,8 @@ def test_tiles_or_a_legend_that_fail_leave_no_earlier_state_behind(browser, serv
     """Tiles of the new hour that failed (500) left the previous hour's tiles drawn under "tiles
     failed", and a TileJSON that failed left the previous hour's legend: now the layer, or the
     legend, is hidden until the state changes again, and the map draws the next state's tiles
-    (a layer hidden while its tiles failed broke MapLibre's next setTiles)."""
+    (a layer hidden while its tiles failed broke MapLibre's next setTiles). The failed legend's
+    error stayed in the status line over the next state's map, which had none."""
     page = open_page(browser, server, "/#q=birdsong&layer=heatmap&map=3.5/45/10", ready=HEATMAP_LOADED)
     try:
         page.route("**/tiles/**", lambda route: route.fulfill(status=500, json={"detail": "the server failed"}))
@@ -105,6 +106,10 @@ def test_tiles_or_a_legend_that_fail_leave_no_earlier_state_behind(browser, serv
         wait_until(page, "document.getElementById('status').textContent.startsWith('cannot map this')")
         assert page.inner_text("#status") == "cannot map this: 500: no scale"
         assert not page.evaluate(SHOWN)["legend"], "no legend of the hour before"
+        page.unroute("**/tilejson.json?**")
+        page.check("#hour-any")  # a state that maps: the error goes with the state it was of
+        wait_until(page, "!document.getElementById('legend').hidden")
+        assert page.inner_text("#status").endswith(": birdsong") and not page.evaluate(SHOWN)["error"]
         assert page_errors(page) == []
     finally:
         page.close()

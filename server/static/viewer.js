@@ -29,7 +29,13 @@ function describeQuery() {
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
-  $("status").classList.remove("tile-error");
+  $("status").classList.remove("map-error");
+}
+
+// An error of the state the map shows (its tiles or its legend failed): the next state clears it.
+function setMapError(text) {
+  setStatus(text, true);
+  $("status").classList.add("map-error");
 }
 
 // Notices that stay in sight beside the status, one line of each kind ("link", "source",
@@ -321,7 +327,6 @@ async function main() {
     const url = tileUrl();
     if (url !== renderedUrl) {  // else drawn before it was hidden: its tiles are still there
       renderedUrl = url;
-      if ($("status").classList.contains("tile-error")) setStatus(describeQuery());  // new tiles, new chance
       delete document.body.dataset.heatmap;
       (rasters.soundscape || []).forEach((id) => map.getSource(id).setTiles([url]));
     }
@@ -353,13 +358,14 @@ async function main() {
     } catch (error) {
       if (seq !== legendSeq) return;
       $("legend").hidden = true;  // it was the state before's
-      setStatus(`cannot map this: ${error.message}`, true);
+      setMapError(`cannot map this: ${error.message}`);
     }
   }
 
   function changed() {
     clearPlaces();  // they answered the previous query or metadata
     writeUrlState(ready ? map : null);
+    if ($("status").classList.contains("map-error")) setStatus(describeQuery());  // new state, new chance
     redraw();
     refreshLegend();
   }
@@ -385,8 +391,7 @@ async function main() {
       renderedUrl = null;
       delete document.body.dataset.heatmap;
       $("legend").hidden = true;
-      setStatus(`tiles failed: ${detail}; the layer is hidden`, true);
-      $("status").classList.add("tile-error");
+      setMapError(`tiles failed: ${detail}; the layer is hidden`);
     }
     else setStatus(`map: ${detail}`, true);
   });
