@@ -21,6 +21,7 @@ from fastapi.dependencies.utils import request_params_to_args
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import TypeAdapter
 
 from server.engine import QUERY_LAYERS, QueryMetadata
 from server.http import MAX_DETAIL_CHARS, Refusals, Refused, error_response, refuse_invalid
@@ -41,6 +42,10 @@ RESCALE_DIGITS = 4
 RESCALE_LIMIT = 1000.0
 RESCALE_MIN_SPAN = 1e-6
 MAX_K = 1000  # /search's k
+# A number within a bbox or rescale is read by the rule of a number parameter (/point's lon and
+# lat): Python's float() also reads other scripts' digits (Arabic-Indic 10 is 10), which /point refuses.
+# Its ValidationError is a ValueError.
+NUMBER = TypeAdapter(float)
 UNSUPPORTED = {
     "colormap": "pick a named colormap with colormap_name (GET /colormaps lists them)",
     "expression": "a tile has one value per pixel, chosen with layer=contrast, layer=heatmap or layer=uncertainty",
@@ -378,7 +383,7 @@ def parse_rescale(text: str | None) -> tuple[float, float] | None:
     if text is None:
         return None
     try:
-        lo, hi = (float(v) for v in text.split(","))
+        lo, hi = (NUMBER.validate_python(v) for v in text.split(","))
     except ValueError:
         raise HTTPException(422, f"rescale must be two numbers min,max, not {text!r}") from None
     if not (-RESCALE_LIMIT <= lo < hi <= RESCALE_LIMIT):  # NaN fails every comparison
@@ -397,7 +402,7 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
     if text is None:
         return None
     try:
-        west, south, east, north = (float(v) for v in text.split(","))
+        west, south, east, north = (NUMBER.validate_python(v) for v in text.split(","))
     except ValueError:
         raise HTTPException(
             422, f"bbox must be four numbers west,south,east,north in degrees, not {shown(text)}"
