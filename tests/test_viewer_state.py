@@ -66,6 +66,7 @@ def test_a_failed_query_leaves_no_earlier_map_behind(browser, server):  # noqa: 
             shown = page.evaluate(SHOWN)
             assert shown == {"visible": False, "legend": False, "copy": False, "best": False, "error": True}, fail
             assert not {"q", "query"} & hash_params(page).keys(), "the link holds no query either"
+            assert page.input_value("#audio") == "", "no file is shown as chosen (and the same one may be again)"
             page.unroute("**/queries")
         assert page_errors(page) == []
     finally:
@@ -168,6 +169,7 @@ def test_an_answer_to_an_earlier_state_is_dropped(browser, server):  # noqa: F81
         answer_late(page, held, map_waves)
         assert page.evaluate("window.soundscape.state.q") == "waves" and hash_params(page)["q"] == "waves"
         assert page.inner_text("#status").endswith(": waves") and page.input_value("#text") == "waves"
+        assert page.input_value("#audio") == "", "the recording is not shown as the question"
         assert page_errors(page) == []
     finally:
         page.close()

@@ -519,6 +519,7 @@ function wirePanel(apply, setOpacity) {
     event.preventDefault();
     const text = $("text").value.trim();
     if (!text) return setStatus("type a sound first, e.g. birdsong", true);
+    $("audio").value = "";  // the text is the question now
     if (await registerText(text)) changed();
   });
   $("audio").addEventListener("change", async () => {
@@ -527,7 +528,9 @@ function wirePanel(apply, setOpacity) {
     const form = new FormData();
     form.append("file", file);
     $("text").value = "";  // the recording is the question now
-    if (await register({ body: form }, shorten(file.name))) changed();
+    if (!(await register({ body: form }, shorten(file.name)))) return;
+    if (!state.query) $("audio").value = "";  // refused: choosing the same file again asks again
+    changed();
   });
   for (const name of ["hour", "month"]) {
     const slider = $(name), any = $(`${name}-any`);
