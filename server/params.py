@@ -118,8 +118,9 @@ class TileParams(QueryParams):
     def validated(
         self, service: SoundscapeService, refusals: Refusals | None = None
     ) -> list[tuple[TileRequest, str | None]]:
-        """The request of tile 0/0/0 and the text to embed (`tile_request`), as TileJSON describes
-        the tiles: one 422 naming every bad parameter."""
+        """`tile_request` of tile 0/0/0: the rules a refusal of a tile or TileJSON route applies to
+        the values FastAPI took (`refused_detail`; the routes call tile_request with their own
+        tile). A list, as a capabilities document's layers are."""
         return [tile_request(service, TMS_IDS[0], 0, 0, 0, "png", self, refusals)]
 
 
