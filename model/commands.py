@@ -49,7 +49,7 @@ def _run_config(path: str | Path):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.distributed import launch, main_process, processes
+    from model.distributed import launch, machines, main_process, processes
     from model.stopping import Interrupted, calm_after_stop
     from model.train import fit
 
@@ -70,7 +70,10 @@ def _train(args: argparse.Namespace) -> int:
             )
         except Interrupted as stop:
             if main_process():
-                print(f"soundscape train: {_interrupted(stop, args.config, out, processes())}", file=sys.stderr)
+                print(
+                    f"soundscape train: {_interrupted(stop, args.config, out, processes(), machines())}",
+                    file=sys.stderr,
+                )
             return stop.exit_code
     best = result.best_metrics or {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k != "gallery")
@@ -105,12 +108,19 @@ def _rank_command(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def _interrupted(stop: Interrupted, config: str, out: Path, processes: int = 1) -> str:
-    """The sentence a stopped run of `processes` ranks ends with: what it saved and how to go on."""
+def _interrupted(stop: Interrupted, config: str, out: Path, processes: int = 1, machines: int = 1) -> str:
+    """The sentence a stopped run of `processes` ranks on `machines` ends with: what it saved and
+    how to go on (ranks on several machines are started there by the user's own torchrun)."""
     if stop.step is None:
         return (
             f"stopped by {stop} before its first step; nothing was saved (a last.pt already in {out} is as "
             "it was): run the same command again"
+        )
+    if machines > 1:
+        return (
+            f"stopped by {stop} at step {stop.step}, saved in {out / 'last.pt'}; continue exactly by running "
+            f"the same torchrun command on each of the {machines} machines with "
+            f"`-m cli.main train --config {config} --out {out} --resume`"
         )
     launch = f"soundscape train --processes {processes}" if processes > 1 else "soundscape train"
     return (

@@ -44,6 +44,11 @@ def processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def machines() -> int:
+    """How many machines the ranks span: torchrun sets LOCAL_WORLD_SIZE to the ranks of one."""
+    return max(1, processes() // int(os.environ.get("LOCAL_WORLD_SIZE", str(processes()))))
+
+
 def init_distributed() -> Dist:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), NCCL on GPUs
     and gloo on CPUs; a plain single process when not under torchrun."""

@@ -202,3 +202,22 @@ def test_before_a_run_stops_a_signal_acts_as_it_did(capfd):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_resume_sentence_names_the_launch_that_ran(monkeypatch):
+    """Ranks on one machine resume with `--processes N`; ranks across machines were started by
+    the user's torchrun on each, which `--processes` (one machine) would not start again."""
+    from model.commands import _interrupted
+    from model.distributed import machines
+
+    stop = Interrupted(signal.SIGTERM, step=7)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert machines() == 1
+    assert "`soundscape train --processes 8 --config c.yaml --out runs/c --resume`" in _interrupted(
+        stop, "c.yaml", Path("runs/c"), 8, machines()
+    )
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    sentence = _interrupted(stop, "c.yaml", Path("runs/c"), 8, machines())
+    assert "--processes" not in sentence and "each of the 2 machines" in sentence
+    assert "`-m cli.main train --config c.yaml --out runs/c --resume`" in sentence
