@@ -420,7 +420,9 @@ class Engine:
         """Row of the cell of `level` holding (lon, lat), or None (also past the mercator limit)."""
         if abs(lat) > MERCATOR_LAT_LIMIT:
             return None
-        tile = mercantile.tile(lon, lat, level.level)
+        # 180 is -180's meridian: the cell east of it, as a meridian between two cells belongs to
+        # the cell east of it (mercantile gives the last column, so /point/180 and /point/-180 differed)
+        tile = mercantile.tile(-180.0 if lon == 180 else lon, lat, level.level)
         found = lookup(level, np.asarray([morton(tile.x, tile.y)], dtype=np.uint64))[0]
         return None if found < 0 else int(found)
 

@@ -8,8 +8,10 @@ import itertools
 
 import pytest
 
-from tests.conftest import FIXTURE_BBOX
+from cli.main import main
+from tests.conftest import FIXTURE_BBOX, precompute_args
 from tests.server_support import make_client
+from tests.test_imagery_audit import antimeridian, source  # noqa: F401  (fixtures a test uses)
 
 PLACES = [(10.5, 47.2), (12.4, 43.9), (16.0, 45.5), (8.2, 53.1)]  # the Alps, Italy, Croatia, the North Sea coast
 QUERIES = ["birdsong", "traffic noise"]
@@ -28,12 +30,12 @@ def sources(client) -> list[str | None]:
 
 def test_point_reports_the_requested_hour_month_and_source_as_its_score(client, sources):
     checked = 0
-    for (lon, lat), q, meta, source in itertools.product(PLACES, QUERIES, METAS, sources):
-        params = {"q": q, **meta, **({"source": source} if source else {})}
+    for (lon, lat), q, meta, recorder in itertools.product(PLACES, QUERIES, METAS, sources):
+        params = {"q": q, **meta, **({"source": recorder} if recorder else {})}
         r = client.get(f"/point/{lon},{lat}", params=params)
         assert r.status_code == 200, r.text
         point = r.json()
-        same = [next(entry for entry in point["by_source"] if entry["source"] == source)]
+        same = [next(entry for entry in point["by_source"] if entry["source"] == recorder)]
         if "hour" in meta:
             same.append(point["hours"][meta["hour"]])
         if "month" in meta:
@@ -100,3 +102,19 @@ def test_a_profile_entry_reads_as_the_point_of_the_hour_or_month_the_store_holds
                 name,
                 value,
             )
+
+
+def test_longitude_180_and_minus_180_name_one_cell(antimeridian, bundle_path, tmp_path):  # noqa: F811
+    """180 and -180 are one meridian: /point took the cell west of it for 180 (the last column)
+    and the cell east of it for -180, where every other meridian between cells belongs to the
+    cell east of it."""
+    _, _, utm = antimeridian
+    out = tmp_path / "store"
+    assert main(precompute_args(utm, bundle_path, "5", out, "--quiet")) == 0
+    client = make_client(bundle_path, out)
+    for lat in (45.0, 50.5):
+        east, west = (client.get(f"/point/{lon},{lat}", params={"q": "birdsong"}).json() for lon in (180, -180))
+        assert east["cell"] == west["cell"] and east["cell"]["lon"] < -170, (east, west)  # east of the meridian
+        assert (east["score"], east["uncertainty"]) == (west["score"], west["uncertainty"])
+    # and a meridian between two cells belongs to the cell east of it, as 180 now does
+    assert client.get("/point/168.75,45", params={"q": "birdsong"}).json()["cell"]["lon"] == 174.375
