@@ -445,9 +445,10 @@ def tile_request(
     params: TileParams,
     refusals: Refusals | None = None,
 ) -> tuple[TileRequest, str | None]:
-    """The validated request and the text to embed (None for a registered query): a 404 for a
-    tile outside the grid, else one 422 naming every bad parameter (those in `refusals` too)."""
-    check_tile(tms, z, x, y)
+    """The validated request and the text to embed (None for a registered query): one 422 naming
+    every bad parameter (those in `refusals` too), else a 404 for a tile outside the grid. In that
+    order, as FastAPI's own refusals come before the route: a bad parameter is a 422 wherever the
+    tile is."""
     refusals = Refusals() if refusals is None else refusals
     for name, advice in UNSUPPORTED.items():
         if getattr(params, name) is not None:
@@ -467,6 +468,7 @@ def tile_request(
     with refusals.on("rescale"):
         rescale = parse_rescale(params.rescale)
     params.refuse_any(service, refusals)
+    check_tile(tms, z, x, y)
     request = TileRequest(
         z=z,
         x=x,

@@ -199,3 +199,16 @@ def test_a_number_of_bbox_or_rescale_is_read_as_a_number_parameter_is(client):
     for number in ("1_0", " 10", "1e1"):  # what both read as 10
         assert client.get(f"/point/{number},47", params={"q": "birdsong"}).status_code == 200
         assert client.get("/search", params={"q": "birdsong", "bbox": f"{number},40,20,50"}).status_code == 200
+
+
+def test_a_bad_parameter_is_a_422_wherever_the_tile_or_matrix_set_is(client):
+    """A bad parameter answers its 422 before a tile outside the grid or an unknown tile matrix set
+    answers 404, whichever stage refuses it: hour=25 (FastAPI's) was a 422 there and source=youtube
+    (the server's rule) a 404."""
+    for path in ("/tiles/30/0/0.png", "/tiles/NoSuchTMS/1/0/0.png", "/NoSuchTMS/tilejson.json"):
+        for params, sentence in (({"hour": "25"}, HOUR), ({"source": "youtube"}, SOURCE)):
+            assert sentence in refused(client.get(path, params={"q": "birdsong", **params})), (path, params)
+        assert client.get(path, params={"q": "birdsong"}).status_code == 404
+    for params, sentence in (({"hour": "25"}, HOUR), ({"rescale": "1,0"}, RESCALE)):
+        assert sentence in refused(client.get("/NoSuchTMS/WMTSCapabilities.xml", params={"q": "birdsong", **params}))
+    assert client.get("/NoSuchTMS/WMTSCapabilities.xml", params={"q": "birdsong"}).status_code == 404

@@ -129,10 +129,14 @@ async def tms_tilejson(tms: str, request: Request, service: ServiceDep, params: 
     return await _tilejson(request, service, tms, params)
 
 
-async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParams) -> Response:
+async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParams, tms: str = TMS_IDS[0]) -> Response:
+    """The capabilities of `tms`'s tiles: a 422 naming every bad parameter before a 404 for an
+    unknown tile matrix set, as tile_request answers."""
+    layers_asked = params.validated(service)
+    check_tms(tms)
     base = base_url(request)
     layers = []
-    for layer, (tile, text) in zip(params.layers(), params.validated(service), strict=True):
+    for layer, (tile, text) in zip(params.layers(), layers_asked, strict=True):
         query = echo(params, layer=layer)
         if layer == "uncertainty":
             query = {k: v for k, v in query.items() if k not in ("q", "query", "rescale", "colormap_name")}
@@ -164,8 +168,7 @@ async def wmts_capabilities(request: Request, service: ServiceDep, params: Capab
 async def tms_wmts_capabilities(
     tms: str, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
 ) -> Response:
-    check_tms(tms)
-    return await _wmts(request, service, params)
+    return await _wmts(request, service, params, tms)
 
 
 UNKNOWN_SOURCE = (
