@@ -6,7 +6,9 @@ so; the panel collapses at phone width; /docs and /redoc render offline."""
 
 import io
 import json
+import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -150,6 +152,13 @@ def pixels_at(page, points: list[tuple[float, float]]) -> np.ndarray:
     rows, cols = (np.array([round(p[k]) for p in xy]) for k in ("y", "x"))
     assert (rows >= 0).all() and (rows < shot.shape[0]).all() and (cols >= 0).all() and (cols < shot.shape[1]).all()
     return shot[rows, cols]
+
+
+def tile_box(url: str) -> tuple[float, float, float, float]:
+    """The west, south, east, north of a /tiles/ or /basemap/ URL's z/x/y."""
+    z, x, y = map(int, re.search(r"/(\d+)/(\d+)/(\d+)\.\w+", url).groups())
+    lat = lambda row: math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * row / 2**z))))  # noqa: E731
+    return x / 2**z * 360 - 180, lat(y + 1), (x + 1) / 2**z * 360 - 180, lat(y)
 
 
 def hash_params(page) -> dict:
@@ -387,6 +396,19 @@ def test_the_viewer_works_without_a_basemap(browser, bare_server):
     distance = np.abs(colours - BACKGROUND).sum(axis=1)
     assert (distance[:3] > 30).all() and (distance[3:] <= 3).all(), "the heatmap alone, where the store has cells"
     assert page.outside_requests() == []
+    page.close()
+
+
+def test_the_basemap_is_asked_for_only_over_the_stores_cells(browser, server):
+    """The basemap source had no bounds: zoomed out, the map asked for its tiles over the whole
+    world in view (17 requests, 12 of them beyond the store's bounds); now for those that meet them."""
+    page = open_page(
+        browser, server, "/#layer=uncertainty&map=2/45/10", ready="document.body.dataset.heatmap === 'loaded'"
+    )
+    wait_until(page, "window.soundscape.map.getSource('imagery') && window.soundscape.map.areTilesLoaded()")
+    west, south, east, north = httpx.get(f"{server}/tilejson.json?layer=uncertainty", timeout=30).json()["bounds"]
+    boxes = [tile_box(url) for url in page.requests() if "/basemap/" in url]
+    assert boxes and all(w < east and e > west and s < north and n > south for w, s, e, n in boxes)
     page.close()
 
 

@@ -7,9 +7,6 @@ that does not wrap opens as before."""
 
 from __future__ import annotations
 
-import math
-import re
-
 import httpx
 import pytest
 
@@ -18,7 +15,7 @@ from store.reader import Store
 from tests.conftest import precompute_args
 from tests.server_support import live_server, make_client
 from tests.test_imagery_audit import antimeridian, source  # noqa: F401  (fixtures this module uses)
-from tests.test_viewer import browser, hide_layer, open_page, pixels_at  # noqa: F401  (fixtures and helpers)
+from tests.test_viewer import browser, hide_layer, open_page, pixels_at, tile_box  # noqa: F401  (fixtures and helpers)
 
 HEATMAP_LOADED = "document.body.dataset.heatmap === 'loaded'"
 
@@ -89,13 +86,6 @@ def test_the_viewer_opens_on_both_sides_of_180_degrees(browser, crossing_store, 
             assert centre == pytest.approx([fitted["center"]["lng"], fitted["center"]["lat"], fitted["zoom"]], abs=1e-6)
         finally:
             page.close()
-
-
-def tile_box(url: str) -> tuple[float, float, float, float]:
-    """The west, south, east, north of a /tiles/ or /basemap/ URL's z/x/y."""
-    z, x, y = map(int, re.search(r"/(\d+)/(\d+)/(\d+)\.\w+", url).groups())
-    lat = lambda row: math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * row / 2**z))))  # noqa: E731
-    return x / 2**z * 360 - 180, lat(y + 1), (x + 1) / 2**z * 360 - 180, lat(y)
 
 
 def meets(box, footprint) -> bool:

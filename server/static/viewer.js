@@ -380,7 +380,7 @@ async function main() {
     }
   });
   map.on("error", async (event) => {
-    const raster = rasterOf(event.sourceId);  // now: a failed tile removes its source
+    const raster = rasterOf(event.sourceId);  // before the wait: the first failed tile removes the source
     const detail = await tileErrorDetail(event.error);
     if (raster === "imagery") setNotice("basemap", `basemap unavailable: ${detail}; the heatmap still works`);
     else if (raster === "soundscape") {
