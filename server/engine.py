@@ -358,9 +358,10 @@ class Engine:
         return QueryEmbedding(mu.astype(np.float32).mean(axis=0), float(uncertainty(logvar).mean()))
 
     # Values ----------------------------------------------------------------------------------
-    def logits(self, cells: CellEmbeddings, query: QueryEmbedding) -> np.ndarray:
+    def logits(self, cells: CellEmbeddings, query: QueryEmbedding, each_row_alone: bool = False) -> np.ndarray:
         """-a d + b of the query at each cell, d as the model was trained to score (self.scoring)."""
-        return logits(distance(query.mu, query.s, cells.mu, cells.s, self.scoring), *self.bundle.calibration)
+        d = distance(query.mu, query.s, cells.mu, cells.s, self.scoring, each_row_alone)
+        return logits(d, *self.bundle.calibration)
 
     def contrast_query(self, query: QueryEmbedding) -> QueryEmbedding:
         """The one query whose logit at a cell is the contrast / (1 - w): logit_q - w logit_ref is
@@ -369,25 +370,28 @@ class Engine:
         w, ref = CONTRAST_WEIGHT, self.reference
         return QueryEmbedding((query.mu - w * ref.mu) / (1 - w), (query.s - w * ref.s) / (1 - w))
 
-    def values(self, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None) -> np.ndarray:
+    def values(
+        self, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None, each_row_alone: bool = False
+    ) -> np.ndarray:
         """Per-cell values: match probability (heatmap); contrast, the query's log-odds minus
         CONTRAST_WEIGHT times the reference prompts' mean log-odds at the cell (the part every
-        sound shares there, S_i included, is discounted); or S (uncertainty)."""
+        sound shares there, S_i included, is discounted); or S (uncertainty). `each_row_alone`:
+        each cell's number independent of the cells beside it (runtime.scoring.csd)."""
         if layer == "uncertainty":
             return cells.s.astype(np.float32)
         if query is None:
             raise ValueError(f"the {layer} layer needs a query")
         if layer == "contrast":
-            return (1 - CONTRAST_WEIGHT) * self.logits(cells, self.contrast_query(query))
+            return (1 - CONTRAST_WEIGHT) * self.logits(cells, self.contrast_query(query), each_row_alone)
         a, b = self.bundle.calibration
-        return match_probability(distance(query.mu, query.s, cells.mu, cells.s, self.scoring), a, b)
+        d = distance(query.mu, query.s, cells.mu, cells.s, self.scoring, each_row_alone)
+        return match_probability(d, a, b)
 
     def cell_values(self, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None) -> np.ndarray:
-        """`values` as a JSON answer reports them (/point, /search): each cell's as a batch of its
-        own. BLAS sums a row's dot product in an order that depends on the rows that share the
-        batch (up to 5e-7 apart, measured), so a cell read another number in a /search of 20
-        cells than at its /point. Tiles keep `values` (a tile's pixels are interpolated anyway)."""
-        return np.asarray([self.values(cells.row(i), layer, query)[0] for i in range(len(cells.s))], np.float32)
+        """`values` as a JSON answer reports them (/point, /search): each cell's independent of
+        the others in the answer, so a cell reads the same in a /search of 20 cells as at its
+        /point. Tiles keep the BLAS product (a tile's pixels are interpolated anyway)."""
+        return self.values(cells, layer, query, each_row_alone=True)
 
     def tile_values(
         self, window: CellWindow, cells: CellEmbeddings, layer: str, query: QueryEmbedding | None

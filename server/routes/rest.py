@@ -55,7 +55,7 @@ async def search(request: Request, service: ServiceDep, params: SearchParamsDep)
     ranking = embedding if params.rank_by == "score" else await service.run(service.engine.contrast_query, embedding)
     whole = params.exact or ranks_whole_level(params.rank_by, meta)
     rows, cells, ranked = await service.search(chosen, meta, ranking, params.k, whole, within)
-    # One cell at a time (cell_values: a cell reads as at its /point): k = 1000 takes ~15 ms a layer
+    # cell_values: a cell reads as at its /point, whatever cells share the answer (k = 1000: ~0.1 ms a layer)
     scores = await service.run(service.engine.cell_values, cells, "heatmap", embedding)
     contrasts = await service.run(service.engine.cell_values, cells, "contrast", embedding)  # may embed the reference
     xs, ys = demorton(np.asarray(chosen.arrays.codes[rows]))
