@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +89,22 @@ def test_over_the_open_sea_the_nominal_zone_of_the_longitude(tmp_path):
     assert zone_at(0.0, 200.0).utcoffset(None) == timedelta(hours=-11)  # 200 is -160
 
 
+def geosound_times(root: Path, records: list[tuple[str, str, tuple[float, float]]]) -> list[tuple]:
+    """(month, hour) the GeoSound reader reads for each (sample_id, date, (lat, lon)), in order."""
+    members = {}
+    for n, (key, date, (lat, lon)) in enumerate(records):
+        meta = {"sample_id": key, "date": date, "latitude": lat, "longitude": lon, "text": key}
+        members[f"{key}.meta.json"] = json.dumps(meta).encode()
+        members[f"{key}.image.jpg"] = image_bytes(1280, n, "JPEG")
+        members[f"{key}.audio_mel1.pyd"] = clap_mel(n)
+    for split in ("train_0", "val_0", "test_0"):
+        write_shard(root / "geosound" / "with_sentinel" / f"{split}.tar", members)
+    splits = reader("geosound")({"root": str(root / "geosound"), "zooms": [1]}, 32)
+    read = [splits.train.get(i, frozenset({"image", "audio"})) for i in range(len(records))]
+    assert [s.key for s in read] == [key for key, *_ in records]
+    return [(s.month, s.hour) for s in read]
+
+
 def test_geosound_and_soundingearth_read_offsets_at_the_places_clock(tmp_path):
     """The released readers kept the clock of a time as written whatever its offset: a UTC stamp
     in New York trained 11:49 for 7:49, and JavaScript's 'GMT+0900 (JST)' was read as UTC-9."""
@@ -96,16 +113,7 @@ def test_geosound_and_soundingearth_read_offsets_at_the_places_clock(tmp_path):
         ("iNat-2", "Sun Jun 12 2022 07:49:00 GMT+0900 (JST)", NEMURO),
         ("yfcc-3", "2022-06-12 07:49:00.0", PARIS),
     ]
-    members = {}
-    for n, (key, date, (lat, lon)) in enumerate(records):
-        meta = {"sample_id": key, "date": date, "latitude": lat, "longitude": lon, "text": key}
-        members[f"{key}.meta.json"] = json.dumps(meta).encode()
-        members[f"{key}.image.jpg"] = image_bytes(1280, n, "JPEG")
-        members[f"{key}.audio_mel1.pyd"] = clap_mel(n)
-    for split in ("train_0", "val_0", "test_0"):
-        write_shard(tmp_path / "geosound" / "with_sentinel" / f"{split}.tar", members)
-    splits = reader("geosound")({"root": str(tmp_path / "geosound"), "zooms": [1]}, 32)
-    got = {s.key: (s.month, s.hour) for s in (splits.train.get(i, frozenset({"image", "audio"})) for i in range(3))}
+    got = {key: when for (key, *_), when in zip(records, geosound_times(tmp_path, records), strict=True)}
     assert got == {
         "iNat-1": (6, pytest.approx(7 + 49 / 60)),
         "iNat-2": (6, pytest.approx(7 + 49 / 60)),
@@ -174,16 +182,8 @@ def test_a_time_at_an_offset_without_a_date_takes_the_places_offset_it_names(tmp
 
 
 def test_released_datasets_leave_the_hour_unknown_where_an_undated_offset_does_not_tell_it(tmp_path):
-    members = {}
-    for n, (key, date) in enumerate([("iNat-1", "14:30+02:00"), ("iNat-2", "12:30Z")]):
-        meta = {"sample_id": key, "date": date, "latitude": PARIS[0], "longitude": PARIS[1], "text": key}
-        members[f"{key}.meta.json"] = json.dumps(meta).encode()
-        members[f"{key}.image.jpg"] = image_bytes(1280, n, "JPEG")
-        members[f"{key}.audio_mel1.pyd"] = clap_mel(n)
-    for split in ("train_0", "val_0", "test_0"):
-        write_shard(tmp_path / "geosound" / "with_sentinel" / f"{split}.tar", members)
-    splits = reader("geosound")({"root": str(tmp_path / "geosound"), "zooms": [1]}, 32)
-    got = [(s.month, s.hour) for s in (splits.train.get(i, frozenset({"image", "audio"})) for i in range(2))]
+    records = [("iNat-1", "14:30+02:00", PARIS), ("iNat-2", "12:30Z", PARIS)]
+    got = geosound_times(tmp_path, records)
     assert got == [(None, 14.5), (None, None)]
 
 
