@@ -6,22 +6,24 @@ front end keeps (inside runtime.audio.decoding_for, as training reads them since
         [--front-end log-mel|aisfx-mel|clap-fusion] [--json FILE]
 
 A generated stereo 44.1 kHz recording (noise with a tone, 16-bit for WAV and FLAC) of `--minutes`
-is written to a temporary folder; each way reads it `--repeat` times (median wall time) and once
-under tracemalloc (peak of Python and numpy allocations, which hold the decoded samples). Both
-end in the front end's features (default log-mel), compared for equality. CLAP's fusion reads
-frames all along the recording: its crop is an array of the recording's length at 48 kHz holding
-only the samples read (runtime.audio._kept), which the peak counts whole.
+is written to a temporary folder; each way reads it `--repeat` times (median wall time), once
+under tracemalloc (peak of Python and numpy allocations, which hold the decoded samples) and once
+in a fresh process (its peak resident memory above what it held before the read, Linux's VmHWM:
+what the machine gives). Both end in the front end's features (default log-mel), compared for
+equality. CLAP's fusion reads frames all along the recording (runtime.audio.SparseWave).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.provenance import emit, provenance
 from runtime.arguments import integer_in, number_above
-from runtime.audio import FRONT_ENDS, AudioFrontEnd, audio_front_end, decode_audio, decoding_for, waveform_features
+from runtime.audio import FRONT_ENDS, audio_front_end, decode_audio, decoding_for, waveform_features
 
 RATE = 44100
 SUBTYPES = {"wav": "PCM_16", "flac": "PCM_16", "ogg": "VORBIS"}
@@ -62,29 +64,51 @@ def timed(read: Callable[[], np.ndarray], repeat: int) -> tuple[np.ndarray, floa
     return features, statistics.median(seconds), peak
 
 
-def measure(minutes: float, fmt: str, repeat: int, front_end: str = "log-mel") -> dict:
-    spec: AudioFrontEnd = audio_front_end({"kind": front_end})
-
-    def whole() -> np.ndarray:
+def read_features(path: Path, front_end: str, crop: bool) -> np.ndarray:
+    """The front end's features of the recording: decoded whole, or read for the front end only."""
+    spec = audio_front_end({"kind": front_end})
+    if not crop:
+        return waveform_features(spec, *decode_audio(path))
+    with decoding_for(spec):
         return waveform_features(spec, *decode_audio(path))
 
-    def cropped() -> np.ndarray:
-        with decoding_for(spec):
-            return waveform_features(spec, *decode_audio(path))
 
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (Linux), MB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1]) / 2**10
+
+
+def _read_rss(path: Path, front_end: str, crop: bool) -> float:
+    before = _status_mb("VmRSS")
+    read_features(path, front_end, crop)
+    return _status_mb("VmHWM") - before
+
+
+def peak_rss(path: Path, front_end: str, crop: bool) -> float:
+    """MB of resident memory one read adds at its peak (VmHWM), in a fresh process: the peak only
+    grows, and ru_maxrss carries the parent's over a fork."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_read_rss, path, front_end, crop).result()
+
+
+def measure(minutes: float, fmt: str, repeat: int, front_end: str = "log-mel") -> dict:
+    result: dict = {
+        "recording": {"minutes": minutes, "format": fmt, "channels": 2, "rate": RATE},
+        "front_end": audio_front_end({"kind": front_end}).to_json(),
+    }
+    features = []
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"long.{fmt}"
         write_recording(path, minutes, fmt)
-        size_mb = path.stat().st_size / 2**20
-        a, whole_s, whole_mb = timed(whole, repeat)
-        b, crop_s, crop_mb = timed(cropped, repeat)
-    return {
-        "recording": {"minutes": minutes, "format": fmt, "channels": 2, "rate": RATE, "file_mb": round(size_mb, 1)},
-        "front_end": spec.to_json(),
-        "whole_decode": {"seconds": round(whole_s, 3), "peak_mb": round(whole_mb, 1)},
-        "crop_only": {"seconds": round(crop_s, 3), "peak_mb": round(crop_mb, 1)},
-        "features_equal": bool(np.array_equal(a, b)),
-    }
+        result["recording"]["file_mb"] = round(path.stat().st_size / 2**20, 1)
+        for way, crop in (("whole_decode", False), ("crop_only", True)):
+            read, seconds, peak = timed(lambda crop=crop: read_features(path, front_end, crop), repeat)
+            features.append(read)
+            rss = peak_rss(path, front_end, crop)
+            result[way] = {"seconds": round(seconds, 3), "peak_mb": round(peak, 1), "peak_rss_mb": round(rss, 1)}
+    result["features_equal"] = bool(np.array_equal(*features))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

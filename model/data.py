@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from model.config import ConfigError
-from runtime.audio import AudioFrontEnd, waveform_features
+from runtime.audio import AudioFrontEnd, SparseWave, waveform_features
 from runtime.errors import UserError
 from runtime.metadata import Vocabulary, encode_metadata
 from runtime.text import Tokenizer
@@ -39,7 +39,7 @@ class Sample:
     source: str | None = None  # audio source, from the model's vocabulary
     caption: str | None = None
     caption_source: str | None = None
-    audio: np.ndarray | None = None  # mono float32 waveform
+    audio: np.ndarray | SparseWave | None = None  # mono float32 waveform (SparseWave: runtime.audio.decoding_for)
     sample_rate: int | None = None
     level: int | None = None  # imagery level (web-mercator zoom, or a dataset's zoom step)
     # Front-end features computed ahead (GeoSound's webdataset shards carry CLAP fused mels):

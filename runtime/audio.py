@@ -244,7 +244,7 @@ class ClapFusionSpec:
     def to_json(self) -> dict:
         return {"kind": self.kind, **asdict(self)}
 
-    def db_mel(self, wave: np.ndarray, frames: np.ndarray | None = None) -> np.ndarray:
+    def db_mel(self, wave: np.ndarray | SparseWave, frames: np.ndarray | None = None) -> np.ndarray:
         """(frames, n_mels) dB mel of the waveform: of every frame, or of those numbered in `frames`."""
         filters = htk_mel_filters(self.sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax, None)
         if frames is None:
@@ -281,9 +281,11 @@ class ClapFusionSpec:
                 spans.append((int(a), int(b)))
         return spans
 
-    def features(self, wave: np.ndarray) -> np.ndarray:
-        """The fused mel of a mono clip; of a long one, only the samples `reads` names are read."""
-        wave = np.asarray(wave)  # as it comes: a long clip is never copied whole
+    def features(self, wave: np.ndarray | SparseWave) -> np.ndarray:
+        """The fused mel of a mono clip; of a long one, only the samples `reads` names are read
+        (a SparseWave holds no others)."""
+        if not isinstance(wave, SparseWave):
+            wave = np.asarray(wave)  # as it comes: a long clip is never copied whole
         if len(wave) > self.n_samples:
             total_frames = 1 + len(wave) // self.hop_length
             if total_frames <= self.chunk_frames:
@@ -304,7 +306,7 @@ class ClapFusionSpec:
         return np.stack([self.db_mel(wave)] * 4).astype(np.float32)
 
 
-def frame_power(wave: np.ndarray, frames: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+def frame_power(wave: np.ndarray | SparseWave, frames: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     """(n_fft//2 + 1, len(frames)) columns of power_spectrogram(wave, n_fft, hop_length, "reflect"):
     frame t is centred on sample t * hop_length, the wave reflected at its ends; only the samples
     of those frames are read, FRAME_BATCH frames at a time (memory: a batch's samples)."""
@@ -318,6 +320,45 @@ def frame_power(wave: np.ndarray, frames: np.ndarray, n_fft: int, hop_length: in
 
 
 FRAME_BATCH = 256
+
+
+@dataclass(frozen=True, eq=False)
+class SparseWave:
+    """A mono waveform of `length` samples of which only `spans` ([a, b), sorted, apart) were
+    read, their samples one after another in `held`: what decode_audio returns for CLAP's fusion
+    inside `decoding_for`, whose features read a few frames all along a long recording. An array
+    of the recording's length holding them took 4 bytes a sample of the whole recording (1.4 GB
+    for 2 hours at 48 kHz), where a 10 s window reads ~4 million samples whatever its length."""
+
+    length: int
+    spans: tuple[tuple[int, int], ...]
+    held: np.ndarray
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def nbytes(self) -> int:
+        return self.held.nbytes
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        """The samples at the integer positions `index` (any shape); IndexError where one was not
+        read, rather than a made-up zero (the front end's `reads` and its features disagree)."""
+        starts, ends = np.array(self.spans).T
+        offsets = np.cumsum(ends - starts) - (ends - starts)  # where each span's samples begin in held
+        span = np.searchsorted(starts, index, side="right") - 1
+        if np.any(span < 0) or np.any(index >= ends[span]):
+            raise IndexError("a sample that was not read (SparseWave.spans)")
+        return self.held[offsets[span] + index - starts[span]]
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        """The waveform as decode_audio returned it before: the recording's length, zeros where
+        nothing was read (4 bytes a sample), for code that knows only arrays."""
+        wave = np.zeros(self.length, dtype=np.float32)
+        bounds = np.cumsum([b - a for a, b in self.spans])[:-1]
+        for (a, b), piece in zip(self.spans, np.split(self.held, bounds), strict=True):
+            wave[a:b] = piece
+        return wave if dtype is None else wave.astype(dtype)
 
 
 def _shrink_weights(n: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -345,8 +386,17 @@ def audio_front_end(spec: dict) -> AudioFeatureSpec | AisfxMelSpec | ClapFusionS
     return FRONT_ENDS[kind](**{k: v for k, v in spec.items() if k != "kind"})
 
 
-def waveform_features(front_end: AudioFrontEnd, wave: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Features of a mono waveform at any rate: resampled to the front end's rate first."""
+def waveform_features(front_end: AudioFrontEnd, wave: np.ndarray | SparseWave, sample_rate: int) -> np.ndarray:
+    """Features of a mono waveform at any rate: resampled to the front end's rate first. A
+    SparseWave is read for CLAP's fusion at its rate (decoding_for); any other front end would
+    take its unread samples for silence."""
+    if isinstance(wave, SparseWave):
+        if not isinstance(front_end, ClapFusionSpec) or sample_rate != front_end.sample_rate:
+            raise ValueError(
+                f"a SparseWave is read for clap-fusion at its own rate, not for {front_end.kind} at "
+                f"{front_end.sample_rate} Hz from {sample_rate} Hz"
+            )
+        return front_end.features(wave)
     return front_end.features(resample(wave, sample_rate, front_end.sample_rate))
 
 
@@ -371,9 +421,9 @@ def decoding_for(front_end: AudioFrontEnd) -> Iterator[None]:
         _DECODING.reset(token)
 
 
-def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray, int]:
+def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray | SparseWave, int]:
     """(mono float32 waveform, sample rate) of an audio file or its bytes; inside `decoding_for`,
-    the part its front end reads (`_kept`)."""
+    the part its front end reads (`_kept`): a SparseWave of a long recording for CLAP's fusion."""
     front_end = _DECODING.get()
     try:
         with soundfile.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as f:
@@ -382,6 +432,12 @@ def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray, int]:
             return _kept(f, front_end), front_end.sample_rate
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioDecodeError(f"cannot decode audio: {exc}") from None
+
+
+def non_finite(wave: np.ndarray | SparseWave) -> int:
+    """How many samples of a decoded waveform are NaN or infinite (a float file can hold them),
+    of a SparseWave those read alone: the others make no feature."""
+    return int(np.count_nonzero(~np.isfinite(wave.held if isinstance(wave, SparseWave) else wave)))
 
 
 def _mono(frames: np.ndarray) -> np.ndarray:
@@ -419,12 +475,11 @@ EXACT_SEEK_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32
 BLOCK_FRAMES = 1 << 16
 
 
-def _kept(f: soundfile.SoundFile, front_end: AudioFrontEnd) -> np.ndarray:
+def _kept(f: soundfile.SoundFile, front_end: AudioFrontEnd) -> np.ndarray | SparseWave:
     """resample(whole recording, front end's rate) where `front_end` reads it, from the frames
     those samples are made of: a centre-cropping front end's centre alone; for CLAP's fusion
-    (two frames in every few all along the recording, and three chunks) an array of the
-    recording's length holding only the samples it reads, zero elsewhere: 4 bytes a sample,
-    against the stereo frames, their mix and the resampled wave of a whole decode."""
+    (two frames in every few all along the recording, and three chunks) a SparseWave of those
+    samples, whose memory is theirs, not the recording's."""
     rate, target = int(f.samplerate), front_end.sample_rate
     up, down = resample_ratio(rate, target)
     n = -(-f.frames * up // down)  # resample_poly's output length
@@ -435,10 +490,7 @@ def _kept(f: soundfile.SoundFile, front_end: AudioFrontEnd) -> np.ndarray:
         return resample(_trained_mono([f.read(dtype="float32", always_2d=True)])[0], rate, target)
     if isinstance(front_end, CENTRE_CROPPING):
         return pieces[0]
-    wave = np.zeros(n, dtype=np.float32)
-    for (a, b), piece in zip(spans, pieces, strict=True):
-        wave[a:b] = piece
-    return wave
+    return SparseWave(n, tuple(spans), np.concatenate(pieces))
 
 
 def _read_spans(f: soundfile.SoundFile, target: int, spans: list[tuple[int, int]]) -> list[np.ndarray] | None:
@@ -456,6 +508,7 @@ def _read_spans(f: soundfile.SoundFile, target: int, spans: list[tuple[int, int]
     if frames is None:
         return None
     mono = _trained_mono(frames)
+    del frames  # the stereo windows go before their mixes are resampled (memory: the mixes and the result)
     return [
         resample(m, rate, target)[a - first * up // down : b - first * up // down]
         for m, (first, _), (a, b) in zip(mono, windows, spans, strict=True)
@@ -506,7 +559,7 @@ def resample_ratio(rate: int, target: int) -> tuple[int, int]:
     return ratio.numerator, ratio.denominator
 
 
-def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
+def resample(wave: ArrayLike, rate: int, target: int) -> np.ndarray:
     """Polyphase resampling (anti-aliased) from `rate` to `target` Hz, at bounded cost."""
     if rate == target:
         return np.asarray(wave, dtype=np.float32)

@@ -7,6 +7,7 @@ only where the front end reads it (a centre crop, CLAP's frames)."""
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tracemalloc
@@ -36,6 +37,7 @@ from runtime.audio import (
     AisfxMelSpec,
     AudioFeatureSpec,
     ClapFusionSpec,
+    SparseWave,
     decode_audio,
     decoding_for,
     resample,
@@ -269,8 +271,13 @@ def test_a_long_recording_read_for_a_front_end_gives_the_features_of_the_whole_o
     assert whole_rate == rate and len(whole) == soundfile.info(path).frames
     with decoding_for(front_end):
         crop, crop_rate = decode_audio(path)
-    kept = front_end.n_samples if isinstance(front_end, CENTRE_CROPPING) else len(resample(whole, rate, crop_rate))
+    resampled = resample(whole, rate, crop_rate)
+    kept = front_end.n_samples if isinstance(front_end, CENTRE_CROPPING) else len(resampled)
     assert crop_rate == front_end.sample_rate and len(crop) == kept
+    if isinstance(crop, SparseWave):  # CLAP's: as an array, the recording's samples where read
+        dense = np.asarray(crop)
+        for a, b in crop.spans:
+            np.testing.assert_array_equal(dense[a:b], resampled[a:b])
     np.testing.assert_array_equal(
         waveform_features(front_end, crop, crop_rate), front_end.features(resample(whole, rate, front_end.sample_rate))
     )
@@ -411,3 +418,39 @@ def test_a_long_recording_read_for_clap_gives_the_features_of_the_whole_one_from
     if fmt == "WAV":
         assert counted.frames < len(whole) / 4, f"{counted.frames} of {len(whole)} frames"
     assert kept_peak < whole_peak / 2, f"{kept_peak / 1e6:.1f} MB against {whole_peak / 1e6:.1f} MB"
+
+
+def silent_wav(path: Path, seconds: int, rate: int = 44100) -> None:
+    """A stereo 16-bit WAV of `seconds` of silence whose samples are a hole in a sparse file: a
+    2-hour recording without writing its 1.2 GB."""
+    size = seconds * rate * 4
+    fmt = struct.pack("<IHHIIHH", 16, 1, 2, rate, rate * 4, 4, 16)  # PCM, 2 channels, 16 bits
+    with path.open("wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", 36 + size) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", size))
+        f.truncate(44 + size)
+
+
+def test_a_two_hour_recording_read_for_clap_costs_the_memory_of_the_samples_it_reads(tmp_path):
+    """Read for CLAP's fusion, a 2-hour stereo 44.1 kHz recording came back as an array of its
+    length at 48 kHz holding the samples read, zero elsewhere, which the csv reader's NaN check
+    then went over whole: 1.73 GB at the peak. Now a SparseWave holds those samples alone
+    (16 MB), the check reads only them, and the peak is 59 MB."""
+    front_end = ClapFusionSpec()
+    csv_folder(tmp_path / "mine", [stereo(1.0, 44100)], 44100)
+    silent_wav(tmp_path / "mine" / "audio" / "0.wav", 2 * 3600)
+    examples = train_examples(tmp_path / "mine", front_end)
+    tracemalloc.start()
+    try:
+        features = examples[0].audio
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 80_000_000, f"{peak / 1e6:.1f} MB"
+    assert features is not None and np.all(features == -100)  # silence: the mel's floor, 1e-10
+    with decoding_for(front_end):
+        wave, rate = decode_audio(tmp_path / "mine" / "audio" / "0.wav")
+    assert isinstance(wave, SparseWave) and len(wave) == 2 * 3600 * rate and wave.nbytes < 20_000_000
+    with pytest.raises(IndexError, match="not read"):
+        wave[np.array([wave.spans[0][1]])]
+    with pytest.raises(ValueError, match="clap-fusion"):  # another front end would hear silence between
+        waveform_features(AudioFeatureSpec(), wave, rate)

@@ -37,7 +37,7 @@ from model.config import ConfigError, Section, from_section
 from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
 from model.readers.common import NULL_ISLAND, at_place, content_hash, decode_image, fit_image, parse_when
 from model.readers.csv_table import Table, read_table
-from runtime.audio import AudioDecodeError, decode_audio
+from runtime.audio import AudioDecodeError, SparseWave, decode_audio, non_finite
 from runtime.imagery_checks import check_bands, check_rescale
 from runtime.tiles import EARTH_CIRCUMFERENCE_M, MERCATOR_LAT_LIMIT, Footprint
 
@@ -474,15 +474,15 @@ class CsvFolderSource:
             path=where,
         )
 
-    def _audio(self, row: Row) -> tuple[np.ndarray, int]:
+    def _audio(self, row: Row) -> tuple[np.ndarray | SparseWave, int]:
         path = self.root / row.audio
         try:
             wave, rate = decode_audio(path)
         except AudioDecodeError as exc:
             raise BadSample(str(path), str(exc)) from None
-        if not wave.size:  # a recording that failed: its features would be those of silence
+        if not len(wave):  # a recording that failed: its features would be those of silence
             raise BadSample(str(path), "the audio holds no samples")
-        bad = np.count_nonzero(~np.isfinite(wave))
+        bad = non_finite(wave)
         if bad:  # a float file can hold them; one makes every feature of the clip, and the loss, NaN
             raise BadSample(str(path), f"{bad} of its samples are NaN or infinite")
         return wave, rate
