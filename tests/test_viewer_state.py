@@ -127,8 +127,11 @@ def hold(page, pattern: str) -> list:
 def answer_late(page, held: list, change) -> None:
     """Once the held request is sent, `change` the state, then let the request go on and return once
     the page has had its answer."""
-    while not held:
+    for _ in range(300):  # 15 s
+        if held:
+            break
         page.wait_for_timeout(50)
+    assert held, "the request was never sent"
     change()
     with page.expect_response(held[0].request.url):
         held[0].continue_()
