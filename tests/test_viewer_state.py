@@ -225,3 +225,44 @@ def test_a_layer_hidden_for_want_of_a_query_comes_back_as_it_was(browser, server
         assert [url for url in page.requests()[before:] if "/tiles/" in url] == []
     finally:
         page.close()
+
+
+def refuse(status: int, detail: str):
+    """A route handler answering every request `status` with `detail`."""
+    return lambda route: route.fulfill(status=status, json={"detail": detail})
+
+
+def test_tiles_refused_for_a_while_come_back_when_the_map_moves(browser, server):  # noqa: F811
+    """A busy server (503) or a rate limit (429) refuses a tile for a while: the layer goes (the
+    state before would show through) and the next pan or zoom draws the same state again, where
+    before it stayed hidden until the query, hour or layer changed. A refusal that lasts (500)
+    waits for a new state, as before."""
+    page = open_page(browser, server, "/#q=birdsong&layer=heatmap&map=3.5/45/10", ready=HEATMAP_LOADED)
+    try:
+        for status, detail in ((503, "the server is busy"), (429, "too many requests")):
+            page.route("**/tiles/**", refuse(status, detail))
+            page.uncheck("#hour-any")
+            wait_until(page, "document.getElementById('status').textContent.startsWith('tiles failed')")
+            assert (
+                page.inner_text("#status")
+                == f"tiles failed: {status}: {detail}; the layer is hidden until the map moves"
+            )
+            assert not page.evaluate(SHOWN)["visible"]
+            page.unroute("**/tiles/**")
+            page.evaluate("window.soundscape.map.panBy([40, 0], {duration: 0})")
+            wait_until(page, HEATMAP_LOADED)
+            shown = page.evaluate(SHOWN)
+            assert shown["visible"] and shown["legend"] and not shown["error"]
+            assert "hour=" in page.evaluate("window.soundscape.map.getSource('soundscape').tiles[0]")
+            page.check("#hour-any")
+            wait_until(page, HEATMAP_LOADED)
+        page.route("**/tiles/**", lambda route: route.fulfill(status=500, json={"detail": "the server failed"}))
+        page.uncheck("#hour-any")
+        wait_until(page, "document.getElementById('status').textContent.startsWith('tiles failed')")
+        page.unroute("**/tiles/**")
+        page.evaluate("window.soundscape.map.panBy([40, 0], {duration: 0})")
+        page.wait_for_timeout(500)
+        assert not page.evaluate(SHOWN)["visible"] and page.inner_text("#status").endswith("the layer is hidden")
+        assert page_errors(page) == []
+    finally:
+        page.close()

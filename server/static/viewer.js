@@ -200,6 +200,10 @@ async function fetchJson(url, options) {
 }
 
 // The detail of a failed tile: MapLibre's AJAXError carries the response body.
+// Refusals that pass by themselves (a busy server, a rate limit, a gateway): asked again later,
+// the same tiles may come.
+const TRANSIENT = new Set([408, 429, 502, 503, 504]);
+
 async function tileErrorDetail(error) {
   if (error && error.status && error.body) {
     return errorDetail(new Response(error.body, { status: error.status, statusText: error.statusText }));
@@ -318,6 +322,9 @@ async function main() {
   map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
   placeCredits(map);
   let ready = false, renderedUrl = null, legendSeq = 0;
+  // Set when the layer went for a refusal that passes (busy, rate limited, the network): the
+  // next pan or zoom draws the same state again.
+  let retryOnMove = false;
 
   function redraw() {
     $("copy").disabled = !hasLayer();
@@ -365,7 +372,13 @@ async function main() {
   function changed() {
     clearPlaces();  // they answered the previous query or metadata
     writeUrlState(ready ? map : null);
-    if ($("status").classList.contains("map-error")) setStatus(describeQuery());  // new state, new chance
+    drawAgain();
+  }
+
+  // The state's layer and legend drawn (again): an error of the map before is no longer shown.
+  function drawAgain() {
+    retryOnMove = false;
+    if ($("status").classList.contains("map-error")) setStatus(describeQuery());  // new chance
     redraw();
     refreshLegend();
   }
@@ -381,6 +394,7 @@ async function main() {
   });
   map.on("error", async (event) => {
     const raster = rasterOf(event.sourceId);  // before the wait: the first failed tile removes the source
+    const status = event.error && event.error.status;
     const detail = await tileErrorDetail(event.error);
     if (raster === "imagery") setNotice("basemap", `basemap unavailable: ${detail}; the heatmap still works`);
     else if (raster === "soundscape") {
@@ -391,11 +405,16 @@ async function main() {
       renderedUrl = null;
       delete document.body.dataset.heatmap;
       $("legend").hidden = true;
-      setMapError(`tiles failed: ${detail}; the layer is hidden`);
+      retryOnMove = !status || TRANSIENT.has(status);
+      setMapError(`tiles failed: ${detail}; the layer is hidden${retryOnMove ? " until the map moves" : ""}`);
     }
     else setStatus(`map: ${detail}`, true);
   });
-  map.on("moveend", () => { if (ready) writeUrlState(map); });
+  map.on("moveend", () => {
+    if (!ready) return;
+    writeUrlState(map);
+    if (retryOnMove) drawAgain();
+  });
   map.on("click", (event) => showProfile(map, event.lngLat));
   // From the keyboard (the map focused; arrow keys pan it, + and - zoom), Enter shows the profile
   // of the place at the map's centre, as a click there would.
