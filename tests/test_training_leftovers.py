@@ -300,18 +300,22 @@ def train_examples(root: Path, front_end) -> Examples:
     return Examples(reader("csv")({"root": str(root), "split": split}, 32).train, preparation)
 
 
+def first_audio_and_peak(examples) -> tuple:
+    """The first example's audio features and the peak of Python memory (bytes) reading them took."""
+    tracemalloc.start()
+    try:
+        features = examples[0].audio
+        return features, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_long_recording_in_a_training_folder_is_not_decoded_whole(tmp_path):
     """A 60 s stereo file for a 0.5 s crop: decoding it whole took 21 MB of float32 frames (a
     2-hour file 2.5 GB) before the crop; now the reader holds the crop's frames."""
     front_end = AudioFeatureSpec(n_mels=32, duration_s=0.5)
     csv_folder(tmp_path / "mine", [stereo(60.0, 44100)], 44100)
-    examples = train_examples(tmp_path / "mine", front_end)
-    tracemalloc.start()
-    try:
-        features = examples[0].audio
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    features, peak = first_audio_and_peak(train_examples(tmp_path / "mine", front_end))
     assert peak < 4_000_000, f"{peak / 1e6:.1f} MB"
     whole, rate = decode_audio(tmp_path / "mine" / "audio" / "0.wav")
     np.testing.assert_array_equal(features, waveform_features(front_end, whole, rate))
@@ -438,13 +442,7 @@ def test_a_two_hour_recording_read_for_clap_costs_the_memory_of_the_samples_it_r
     front_end = ClapFusionSpec()
     csv_folder(tmp_path / "mine", [stereo(1.0, 44100)], 44100)
     silent_wav(tmp_path / "mine" / "audio" / "0.wav", 2 * 3600)
-    examples = train_examples(tmp_path / "mine", front_end)
-    tracemalloc.start()
-    try:
-        features = examples[0].audio
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    features, peak = first_audio_and_peak(train_examples(tmp_path / "mine", front_end))
     assert peak < 80_000_000, f"{peak / 1e6:.1f} MB"
     assert features is not None and np.all(features == -100)  # silence: the mel's floor, 1e-10
     with decoding_for(front_end):
