@@ -266,3 +266,27 @@ def test_tiles_refused_for_a_while_come_back_when_the_map_moves(browser, server)
         assert page_errors(page) == []
     finally:
         page.close()
+
+
+def test_a_saved_query_the_server_could_not_look_up_for_now_stays_in_the_link(browser, server):  # noqa: F811
+    """A shared `query=<id>` whose lookup failed for a reason that passes (503, the network) was
+    dropped from the link, so a reload (or the bookmark saved next) had lost the sound. Now the
+    link keeps it, its tiles are asked for (the query is still registered), and a reload maps it
+    with its text; an id the server does not know (404) still goes, as before."""
+    query = httpx.post(f"{server}/queries", json={"text": "birdsong"}).json()["id"]
+    page = browser.new_page(viewport={"width": 900, "height": 700})
+    try:
+        page.route(f"**/queries/{query}", refuse(503, "the server is busy"))
+        page.goto(f"{server}/#query={query}&layer=heatmap&map=3/45/10")
+        wait_until(page, HEATMAP_LOADED, timeout=60_000)
+        assert page.inner_text("#status") == (
+            f"could not load saved query {query}: 503: the server is busy; the link keeps it (reload to try again)"
+        )
+        assert hash_params(page)["query"] == query
+        assert page.evaluate(SHOWN)["visible"] and page.evaluate(SHOWN)["legend"]
+        page.unroute(f"**/queries/{query}")
+        page.reload()
+        wait_until(page, HEATMAP_LOADED, timeout=60_000)
+        assert page.inner_text("#status").endswith("birdsong") and not page.evaluate(SHOWN)["error"]
+    finally:
+        page.close()

@@ -480,10 +480,15 @@ async function restoreQuery() {
     state.label = query.text || `recording (${query.duration_s} s)`;
     setStatus(describeQuery());
   } catch (error) {
-    state.query = null;
-    setStatus(error.status === 404
-      ? `query ${id}: this saved query is unknown to this server; map the sound again`
-      : `could not load saved query ${id}: ${error.message}`, true);
+    if (error.status === 404) {
+      state.query = null;
+      setStatus(`query ${id}: this saved query is unknown to this server; map the sound again`, true);
+      return;
+    }
+    // Its text or length did not come (a busy server, the network): the query may still be
+    // there. Its tiles are asked for, and the link keeps it, so a reload tries again.
+    state.label = `saved query ${id}`;
+    setStatus(`could not load saved query ${id}: ${error.message}; the link keeps it (reload to try again)`, true);
   }
 }
 
