@@ -199,11 +199,11 @@ async function fetchJson(url, options) {
   return response.json();
 }
 
-// The detail of a failed tile: MapLibre's AJAXError carries the response body.
 // Refusals that pass by themselves (a busy server, a rate limit, a gateway): asked again later,
 // the same tiles may come.
 const TRANSIENT = new Set([408, 429, 502, 503, 504]);
 
+// The detail of a failed tile: MapLibre's AJAXError carries the response body.
 async function tileErrorDetail(error) {
   if (error && error.status && error.body) {
     return errorDetail(new Response(error.body, { status: error.status, statusText: error.statusText }));
