@@ -416,7 +416,11 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
 
 
 def colormap(name: str | None, layer: str) -> str:
-    name = name or DEFAULT_COLORMAPS[layer]
+    """The colormap a layer is drawn in: `name`, or the layer's default when it is left out. An
+    empty name is refused like every other empty parameter, not taken for the default."""
+    if name == "":
+        raise HTTPException(422, "colormap_name is empty: give a name GET /colormaps lists, or leave colormap_name out")
+    name = DEFAULT_COLORMAPS[layer] if name is None else name
     if name not in colormap_names():
         raise HTTPException(422, f"unknown colormap_name {name!r} (GET /colormaps lists them)")
     return name
