@@ -107,7 +107,7 @@ def _extract_opensfx(archive: Path, dest: Path, progress: Progress) -> None:
                 (dest / "opensfx").mkdir(parents=True, exist_ok=True)
                 (dest / "opensfx" / f"{index:02d}.wav").write_bytes(wav)
                 lines.append(f"{index:02d}\t{credit}")
-            (dest / "catalogue.tsv").write_text("\n".join(lines) + "\n")
+            (dest / "catalogue.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
         else:
             copy_stream(stream, dest / ("debian-copyright.txt" if name.endswith("copyright") else "license.txt"))
 
@@ -372,10 +372,10 @@ def acquire(asset: Asset, root: Path, progress: bool = True) -> Path:
                 asset.extract(archive, staging, lambda n: bar.update(n - bar.n))
             except (ArchiveError, KeyError, OSError) as exc:
                 raise AssetError(f"asset {asset.name} cannot be extracted ({exc}); run `{asset.fix}`") from None
-        (staging / "ATTRIBUTION.txt").write_text(_attribution(asset))
+        (staging / "ATTRIBUTION.txt").write_text(_attribution(asset), encoding="utf-8")
         files = {str(p.relative_to(staging)): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         stamp = {"name": asset.name, "package": asset.pin, "archive_sha256": asset.sha256, "files": files}
-        (staging / STAMP).write_text(json.dumps(stamp, indent=1, sort_keys=True))
+        (staging / STAMP).write_text(json.dumps(stamp, indent=1, sort_keys=True), encoding="utf-8")
         replace_dir(staging, final)
     return final
 
@@ -384,7 +384,7 @@ def verify(asset: Asset, root: Path) -> Path:
     """root/NAME when its files all match the stamp; AssetError naming the damage otherwise."""
     folder = root / asset.name
     try:
-        stamp = json.loads((folder / STAMP).read_text())
+        stamp = json.loads((folder / STAMP).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise AssetError(f"asset {asset.name} at {folder} is missing or incomplete; run `{asset.fix}`") from None
     if stamp.get("archive_sha256") != asset.sha256:

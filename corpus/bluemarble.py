@@ -80,5 +80,5 @@ def build_geotiff(out: str | Path, bbox: tuple[float, float, float, float] | Non
             dst.build_overviews(factors, Resampling.average)
 
     atomic_write(out, write)
-    (out.parent / "ATTRIBUTION-bluemarble.txt").write_text(ATTRIBUTION)
+    (out.parent / "ATTRIBUTION-bluemarble.txt").write_text(ATTRIBUTION, encoding="utf-8")
     return out

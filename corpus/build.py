@@ -370,7 +370,7 @@ def _bank(cfg: BuildConfig, folders: dict[str, Path], progress: bool):
     table = cfg.out / "clips.json"
     audio = {name: folders[name] for name in cfg.audio_assets}
     if table.exists():
-        ids = {c["id"].split("/", 1)[0] for c in json.loads(table.read_text())["clips"]}
+        ids = {c["id"].split("/", 1)[0] for c in json.loads(table.read_text(encoding="utf-8"))["clips"]}
         if ids <= set(audio) and (cfg.out / "clips.npy").exists():
             return load_bank(cfg.out)
     build_bank(audio, cfg.out, progress)
@@ -455,7 +455,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
         columns.update({f"{prefix}{k}": v for k, v in recipes.events[pool].items()})
     atomic_write(cfg.out / "samples.npz", lambda tmp: np.savez(tmp, **columns))
     manifest = _manifest(cfg, imagery, folders, columns, clips, pools, rate)
-    (cfg.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (cfg.out / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     _write_attribution(cfg.out, folders)
     return manifest
 
@@ -544,4 +544,4 @@ def _write_attribution(out: Path, folders: dict[str, Path]) -> None:
         "see ATTRIBUTION-bluemarble.txt beside the GeoTIFF.",
         "",
     ]
-    (out / "ATTRIBUTION.md").write_text("\n".join(lines))
+    (out / "ATTRIBUTION.md").write_text("\n".join(lines), encoding="utf-8")

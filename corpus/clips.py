@@ -130,7 +130,7 @@ def _credits(folders: dict[str, Path]) -> dict[str, str]:
     credits = {}
     sfx = folders.get("openttd-opensfx")
     if sfx is not None:
-        for line in (sfx / "catalogue.tsv").read_text().splitlines():
+        for line in (sfx / "catalogue.tsv").read_text(encoding="utf-8").splitlines():
             index, credit = line.split("\t", 1)
             credits[f"openttd-opensfx/opensfx/{index}.wav"] = credit
     return credits
@@ -166,7 +166,7 @@ def build_bank(folders: dict[str, Path], out: Path, progress: bool = True) -> li
     bank = np.concatenate(waves) if waves else np.zeros(0, np.int16)
     atomic_write(out / "clips.npy", lambda tmp: np.save(tmp, bank))
     (out / "clips.json").write_text(
-        json.dumps({"sample_rate": SAMPLE_RATE, "clips": [asdict(c) for c in clips]}, indent=0)
+        json.dumps({"sample_rate": SAMPLE_RATE, "clips": [asdict(c) for c in clips]}, indent=0), encoding="utf-8"
     )
     return clips
 
@@ -207,5 +207,5 @@ def split_recordings(clips: list[Clip], seed: int) -> dict[str, dict[str, list[R
 
 def load_bank(folder: Path) -> tuple[np.ndarray, list[Clip], int]:
     """(int16 bank, memory-mapped; clips; sample rate)."""
-    table = json.loads((folder / "clips.json").read_text())
+    table = json.loads((folder / "clips.json").read_text(encoding="utf-8"))
     return np.load(folder / "clips.npy", mmap_mode="r"), [Clip(**c) for c in table["clips"]], table["sample_rate"]

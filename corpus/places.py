@@ -177,7 +177,7 @@ def _lights_grid(jpg: Path) -> np.ndarray:
 def _population_grid(cities_json: Path) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
-    cities = json.loads(cities_json.read_text())
+    cities = json.loads(cities_json.read_text(encoding="utf-8"))
     lat = np.array([c["latitude"] for c in cities.values()], dtype=np.float64)
     lon = np.array([c["longitude"] for c in cities.values()], dtype=np.float64)
     pop = np.array([c["population"] for c in cities.values()], dtype=np.float64)
@@ -208,7 +208,7 @@ def derive(folders: dict[str, Path], out: Path) -> Path:
         "sources": np.array(
             json.dumps(
                 {
-                    name: json.loads((folders[name] / "asset.json").read_text())["archive_sha256"]
+                    name: json.loads((folders[name] / "asset.json").read_text(encoding="utf-8"))["archive_sha256"]
                     for name in sorted(PLACE_ASSETS)
                 }
             )

@@ -56,7 +56,7 @@ class DemoCorpus:
     def __init__(self, path: str | Path, image_size: int | None = None, progress: bool = True):
         self.path = Path(path)
         try:
-            self.manifest = json.loads((self.path / "manifest.json").read_text())
+            self.manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise CorpusError(
                 f"{self.path} holds no built corpus (manifest.json missing or unreadable); "

@@ -89,11 +89,11 @@ def write_example(folder: str | Path, samples: int = 60, seed: int = 0, steps: i
                 "caption_source": "field_notes",
             }
         )
-    with open(data / "samples.csv", "w", newline="") as f:
+    with open(data / "samples.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text(encoding="utf-8"))
     config["model"]["sources"] = ["field"]
     config["model"]["caption_sources"] = ["field_notes"]
     config["train"].update(
@@ -107,7 +107,7 @@ def write_example(folder: str | Path, samples: int = 60, seed: int = 0, steps: i
         "split": {"cell_deg": 2.0, "val_fraction": 0.15, "test_fraction": 0.15},
     }
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
 
 

@@ -63,10 +63,10 @@ def corpus_path(tmp_path_factory, asset_root, imagery_path):
 
 def test_acquired_assets_carry_licence_attribution_and_stamp(asset_root):
     folder = assets.verify(assets.ASSETS["openttd-opensfx"], asset_root)
-    assert "CC BY-SA 3.0" in (folder / "ATTRIBUTION.txt").read_text()
+    assert "CC BY-SA 3.0" in (folder / "ATTRIBUTION.txt").read_text(encoding="utf-8")
     assert (folder / "license.txt").stat().st_size > 1000
     assert len(list((folder / "opensfx").glob("*.wav"))) == 73
-    assert "Janis Lukss" in (folder / "catalogue.tsv").read_text()
+    assert "Janis Lukss" in (folder / "catalogue.tsv").read_text(encoding="utf-8")
     for name in PLACE_ASSETS:
         assert (asset_root / name / "ATTRIBUTION.txt").exists()
 
@@ -161,7 +161,7 @@ def test_build_writes_manifest_recipes_and_provenance(corpus_path):
     assert m["samples"] == len(corpus) > 300 and m["sample_rate"] == 44100
     assert sum(m["strata"].values()) + m["dropped_without_imagery"] == 400
     assert m["classes_without_clips"]  # OpenSFX alone has no birdsong: said, not hidden
-    assert "openttd-opensfx" in (corpus_path / "ATTRIBUTION.md").read_text()
+    assert "openttd-opensfx" in (corpus_path / "ATTRIBUTION.md").read_text(encoding="utf-8")
     row = int(corpus.index[0])
     fired_sounds = {r.sound for r in rules.RULES if r.name in corpus.fired(row)}
     assert corpus.sounds(row) and set(corpus.sounds(row)) <= fired_sounds  # every layer has a rule behind it

@@ -106,7 +106,7 @@ def test_captions_name_sounds_place_and_time():
 def test_docs_print_the_rules_table_of_the_code():
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "corpus.md").read_text()
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "corpus.md").read_text(encoding="utf-8")
     assert rules.markdown_table() in doc, "regenerate the table in docs/corpus.md from rules.markdown_table()"
 
 

@@ -72,7 +72,7 @@ def test_each_source_records_at_its_own_hours():
 
 
 def test_docs_print_the_sources_table_of_the_code():
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "corpus.md").read_text()
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "corpus.md").read_text(encoding="utf-8")
     assert sources.markdown_table() in doc
 
 

@@ -110,7 +110,7 @@ def csv_folder(tmp_path):
         {**rows[1], "datetime": "whenever"},
         {**rows[1], "gsd": ""},
     ]
-    with open(root / "samples.csv", "w", newline="") as f:
+    with open(root / "samples.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows + bad)
@@ -157,7 +157,7 @@ def test_csv_rows_without_images_are_cut_from_imagery(tmp_path, imagery_path):
     root.mkdir()
     (root / "a.wav").write_bytes(wav_bytes())
     (root / "b.wav").write_bytes(wav_bytes())
-    with open(root / "samples.csv", "w", newline="") as f:
+    with open(root / "samples.csv", "w", encoding="utf-8", newline="") as f:
         f.write("lat,lon,audio,level\n45.0,5.0,a.wav,5\n48.0,2.0,b.wav,\n")
     splits = reader("csv")(
         {

@@ -73,7 +73,7 @@ def write_folder(root: Path, n: int = 40, *, source=lambda i: "field", image: bo
             (root / "images" / f"{i}.png").write_bytes(buf.getvalue())
             row.update(image=f"images/{i}.png", gsd=100.0)
         rows.append(row)
-    with open(root / "samples.csv", "w", newline="") as f:
+    with open(root / "samples.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -100,7 +100,7 @@ def test_level_is_derived_from_the_imagery_and_a_bad_one_names_the_range(tmp_pat
     assert splits.settled == {"root": str(root), "imagery": str(imagery_path), "level": expected}
     assert f"using level {expected}" in caplog.text and f"zoom {expected - 4}" in caplog.text
     # A row the imagery does not cover is one more reason in the start-up summary.
-    with open(root / "samples.csv", "a", newline="") as f:
+    with open(root / "samples.csv", "a", encoding="utf-8", newline="") as f:
         csv.writer(f).writerow([-40.0, 150.0, "", "audio/0.wav", "field", "far away", "notes"])
     caplog.clear()
     with caplog.at_level(logging.WARNING):
@@ -199,7 +199,7 @@ def test_data_paths_follow_the_config_file_from_any_working_directory(tmp_path, 
         )
         == 0
     )
-    assert json.loads((tmp_path / "val.json").read_text())["samples"] > 0
+    assert json.loads((tmp_path / "val.json").read_text(encoding="utf-8"))["samples"] > 0
     # Remote paths and the keys a reader does not name as paths are left alone.
     section = {"kind": "csv", "root": "s3://bucket/data", "imagery": "img.tif", "csv": "samples.csv"}
     assert resolve_paths(section, "/cfg") == {**section, "imagery": "/cfg/img.tif"}
@@ -320,7 +320,7 @@ def test_one_broken_file_counts_once(tmp_path):
         tmp_path / "run",
         progress=False,
     )
-    lines = (tmp_path / "run" / "skipped.tsv").read_text().splitlines()
+    lines = (tmp_path / "run" / "skipped.tsv").read_text(encoding="utf-8").splitlines()
     assert result.skipped_files == len(lines) == 1 and result.skipped >= 1
 
 
@@ -365,6 +365,6 @@ def test_train_and_evaluate_print_small_data_warnings(tmp_path, caplog, capsys):
         )
         == 0
     )
-    report = json.loads((tmp_path / "test.json").read_text())
+    report = json.loads((tmp_path / "test.json").read_text(encoding="utf-8"))
     assert report["warnings"] and "the test split has" in report["warnings"][0]
     assert "warning: the test split has" in capsys.readouterr().err

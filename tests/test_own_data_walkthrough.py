@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 def walkthrough_lines() -> list[str]:
     """The shell lines of the fenced block after the page's walkthrough marker."""
-    text = DOC.read_text()
+    text = DOC.read_text(encoding="utf-8")
     block = re.search(r"<!-- walkthrough[^>]*-->\s*```sh\n(.*?)```", text, re.S)
     assert block, f"{DOC} has no walkthrough block"
     return [line.strip() for line in block.group(1).splitlines() if line.strip()]
@@ -62,7 +62,9 @@ def test_the_walkthrough_runs_end_to_end(tmp_path, monkeypatch, capsys, caplog):
     assert serve is not None
     # The run recorded the derived level: evaluate read it from the checkpoint instead of deriving it again.
     assert caplog.text.count("data.level not set") == 1
-    assert yaml.safe_load((tmp_path / "example" / "run" / "config.yaml").read_text())["data"]["level"] == 7
+    assert (
+        yaml.safe_load((tmp_path / "example" / "run" / "config.yaml").read_text(encoding="utf-8"))["data"]["level"] == 7
+    )
     bundle, store = (tmp_path / serve[serve.index(flag) + 1] for flag in ("--bundle", "--store"))
     examples = Bundle(bundle).manifest["examples"]
     assert examples == ["waves on the shore", "birds singing"]
