@@ -554,14 +554,13 @@ class SoundscapeService:
         row = await self.run(self.engine.cell_at, lon, lat, level)
         if row is None:
             return None
-        index = np.asarray([row])
-        here = await self.cells(level, index, meta, {"level": level.level, "rows": [row]})
-        hours, months = await self.run(self.engine.profiles, level, row, meta)
-        metrics.COMPUTE.labels("fusion").inc()
-        # The profiles' entries of the requested hour and month are the cell as asked (`here`, as
-        # tiles and /search read it), not its fusion in the profiles' batch: 5e-8 apart, measured.
-        hours = hours.with_row(meta.hour, here)
-        months = months.with_row(None if meta.month is None else meta.month - 1, here)
+        here = await self.cell(level, row, meta)
+        hours = await self.profile(level, row, meta, "hour")
+        # With an hour and a month, `here` is its row of the hours' run: the months' entry of the
+        # month asked reads it too (each other month is its own run's row, of the same tokens).
+        months = (await self.profile(level, row, meta, "month")).with_row(
+            None if meta.month is None else meta.month - 1, here
+        )
         # cell_values: each entry's number as the cell alone reads it, whatever the batch beside it
         scores = await self.run(self.engine.cell_values, CellEmbeddings.concat([here, hours, months]), "heatmap", query)
 
@@ -579,6 +578,40 @@ class SoundscapeService:
             "hours": profile(hours, scores[1:25], "hour", 0),
             "months": profile(months, scores[25:], "month", 1),
         }
+
+    async def cell(self, level: Level, row: int, meta: QueryMetadata) -> CellEmbeddings:
+        """The cell under `meta` as /point reports it (its score, and its `by_source` entries): with
+        an hour, its row of the 24-hour profile; with a month alone, its row of the 12-month one;
+        so a profile's entry and the /point of its hour (month) are one computation, whatever the
+        fusion graph's batch does to its numbers. Else stored, or fused alone."""
+        if meta.hour is not None:
+            return (await self.profile(level, row, meta, "hour")).row(meta.hour)
+        if meta.month is not None:
+            return (await self.profile(level, row, meta, "month")).row(meta.month - 1)
+        return await self.cells(level, np.asarray([row]), meta, {"level": level.level, "rows": [row]})
+
+    async def profile(self, level: Level, row: int, meta: QueryMetadata, axis: str) -> CellEmbeddings:
+        """The cell at each hour (`axis` "hour", month and source as in `meta`) or each month: the
+        store's fusion where it holds one (as a tile, /search or /point?hour= read it), else its
+        row of one fused run of the axis (Engine.fuse_profile, ~0.8 ms), cached per cell and the
+        metadata the run holds, so every hour's /point of a cell reads the same run."""
+        values = range(24) if axis == "hour" else range(1, 13)
+        index = np.asarray([row])
+        stored = [self.engine.stored(level, index, meta.at(axis, v)) for v in values]
+        if all(cells is not None for cells in stored):
+            return CellEmbeddings.concat([cells for cells in stored if cells is not None])
+        held = meta.at(axis, None)
+        key = cache_key(
+            "fused",
+            {**self.ids, "level": level.level, "row": row, "profile": axis}
+            | {"hour": held.hour, "month": held.month, "source": held.source},
+        )
+        run = await self.cached(self.tiles, "fused", key, lambda: self._fuse_profile(level, row, held, axis), CELLS)
+        return CellEmbeddings.concat([cells if cells is not None else run.row(i) for i, cells in enumerate(stored)])
+
+    async def _fuse_profile(self, level: Level, row: int, meta: QueryMetadata, axis: str) -> CellEmbeddings:
+        metrics.COMPUTE.labels("fusion").inc()
+        return await self.run(self.engine.fuse_profile, level, row, meta, axis)
 
     async def search(
         self,

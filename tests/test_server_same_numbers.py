@@ -118,3 +118,59 @@ def test_longitude_180_and_minus_180_name_one_cell(antimeridian, bundle_path, tm
         assert (east["score"], east["uncertainty"]) == (west["score"], west["uncertainty"])
     # and a meridian between two cells belongs to the cell east of it, as 180 now does
     assert client.get("/point/168.75,45", params={"q": "birdsong"}).json()["cell"]["lon"] == 174.375
+
+
+def profile_entries(point: dict) -> list[tuple[str, int, dict]]:
+    """(name, value, entry) of each entry of a /point's hour and month profiles."""
+    return [("hour", h, point["hours"][h]) for h in range(24)] + [
+        ("month", m, point["months"][m - 1]) for m in range(1, 13)
+    ]
+
+
+def assert_reads_as_its_point(client, params: dict, entry: dict, name: str, value: int) -> None:
+    alone = client.get(f"/point/{PLACES[0][0]},{PLACES[0][1]}", params={**params, name: value}).json()
+    assert (entry["score"], entry["uncertainty"]) == (alone["score"], alone["uncertainty"]), (params, name, value)
+
+
+@pytest.mark.parametrize("meta", [{}, {"month": 11}, {"hour": 3}, {"hour": 17, "month": 6}])
+def test_every_profile_entry_reads_as_the_point_of_its_hour_or_month(bundle_path, store_path, sources, meta):
+    """Under a source, or an hour with a month the store holds no fusion of, the profiles fused
+    the cell's 36 hours and months in one graph run; the fusion graph keeps only the metadata
+    tokens some row of its batch holds, so a row of no hour fused beside rows of an hour read
+    otherwise than alone (months[m] of /point?source=s against /point?source=s&month=m). Each
+    profile is now fused in a run of its own, rows of one kind, and the /point of an hour reads
+    its row of that run."""
+    client = make_client(bundle_path, store_path)
+    lon, lat = PLACES[0]
+    for recorder in sources:
+        params = {"q": "birdsong", **meta, **({"source": recorder} if recorder else {})}
+        point = client.get(f"/point/{lon},{lat}", params=params).json()
+        for name, value, entry in profile_entries(point):
+            assert_reads_as_its_point(client, params, entry, name, value)
+
+
+def test_a_profile_entry_is_the_point_of_its_hour_by_one_computation(bundle_path, store_path, sources, monkeypatch):
+    """hours[h] and /point?hour=h (under a source, or a month, the store holds no fusion of), the
+    months of a /point of no hour and /point?month=m, and each by_source entry and the /point of
+    that source come from one fusion: equal even under a fusion graph whose every number depends
+    on its batch (here the batch's size is added to the log-variances, as in
+    test_a_profile_entry_reads_as_the_point_of_the_hour_or_month_the_store_holds)."""
+    client = make_client(bundle_path, store_path)
+    bundle = client.app.state.service.engine.bundle
+    fuse = bundle.fuse
+    monkeypatch.setattr(
+        bundle, "fuse", lambda sat, encoded: (lambda mu, lv: (mu, lv + 1e-3 * len(sat)))(*fuse(sat, encoded))
+    )
+    lon, lat = PLACES[0]
+    for recorder, meta in itertools.product(sources, [{}, {"month": 5}, {"hour": 9}]):
+        params = {"q": "birdsong", **meta, **({"source": recorder} if recorder else {})}
+        point = client.get(f"/point/{lon},{lat}", params=params).json()
+        for name, value, entry in profile_entries(point):
+            if name == "hour" or "hour" not in meta:  # months of an hour: one run of their own
+                assert_reads_as_its_point(client, params, entry, name, value)
+        for entry in point["by_source"]:
+            other = {k: v for k, v in params.items() if k != "source"} | (
+                {"source": entry["source"]} if entry["source"] else {}
+            )
+            alone = client.get(f"/point/{lon},{lat}", params=other).json()
+            assert (entry["score"], entry["uncertainty"]) == (alone["score"], alone["uncertainty"]), (params, entry)

@@ -135,13 +135,11 @@ async def _by_source(
     service: SoundscapeService, level: Level, lon: float, lat: float, meta: QueryMetadata, query: QueryEmbedding
 ) -> list[dict]:
     """The cell's score, contrast and S under the unknown source and each of the bundle's sources
-    (hour and month as given): one row fused per source, cached like a tile's cells."""
+    (hour and month as given), each as the /point of that source reads it (SoundscapeService.cell)."""
     row = await service.run(service.engine.cell_at, lon, lat, level)
     entries = []
     for source in (None, *service.bundle.sources.names):
-        cells = await service.cells(
-            level, np.asarray([row]), replace(meta, source=source), {"level": level.level, "rows": [row]}
-        )
+        cells = await service.cell(level, row, replace(meta, source=source))
         score = service.engine.cell_values(cells, "heatmap", query)
         contrast = await service.run(service.engine.cell_values, cells, "contrast", query)
         entries.append(
