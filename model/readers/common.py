@@ -184,6 +184,21 @@ def _zone(name: str) -> tzinfo | None:
 # so, and a recording of anywhere would be trained (and its cell cut) at sea off West Africa.
 NULL_ISLAND = "null island in the Gulf of Guinea: a missing place written as zeros?"
 
+
+def check_place(lat: float | None, lon: float | None) -> None:
+    """ValueError, in the sentence every reader gives, for a place off the globe (with a hint where
+    latitude and longitude swapped would be on it) or at (0, 0); a coordinate that is None is
+    unknown and passes. Each reader reads its numbers its own way, then checks them here."""
+    off_lat, off_lon = lat is not None and not -90 <= lat <= 90, lon is not None and not -180 <= lon <= 180
+    if off_lat or off_lon:
+        swapped = lat is not None and lon is not None and -90 <= lon <= 90 and -180 <= lat <= 180
+        raise ValueError(
+            f"latitude/longitude ({lat}, {lon}) outside the globe" + (": lat and lon swapped?" if swapped else "")
+        )
+    if lat == 0 and lon == 0:
+        raise ValueError(f"latitude/longitude (0, 0), {NULL_ISLAND}")
+
+
 # A picture with less than this share of opaque pixels is no image of the place (runtime.imagery
 # skips a cell under half covered likewise).
 MIN_OPAQUE_FRACTION = 0.5

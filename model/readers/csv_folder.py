@@ -35,7 +35,7 @@ from pydantic import field_validator
 
 from model.config import ConfigError, Section, from_section
 from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
-from model.readers.common import NULL_ISLAND, at_place, content_hash, decode_image, fit_image, parse_when
+from model.readers.common import at_place, check_place, content_hash, decode_image, fit_image, parse_when
 from model.readers.csv_table import Table, read_table
 from runtime.audio import AudioDecodeError, SparseWave, decode_audio, non_finite
 from runtime.imagery_checks import check_bands, check_rescale
@@ -231,11 +231,7 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
     lat, lon = _number(row["lat"], "lat", conv), _number(row["lon"], "lon", conv)
     if conv.lon_360 and 180 < lon <= 360:
         lon -= 360.0
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        swapped = -90 <= lon <= 90 and -180 <= lat <= 180
-        raise ValueError(f"lat/lon ({lat}, {lon}) outside the globe" + (": lat and lon swapped?" if swapped else ""))
-    if lat == 0 and lon == 0:
-        raise ValueError(f"lat/lon (0, 0), {NULL_ISLAND}")
+    check_place(lat, lon)
     if not _optional(row, "audio"):
         raise ValueError("no audio file")
     when_text = _optional(row, "datetime")

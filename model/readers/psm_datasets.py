@@ -36,10 +36,10 @@ import numpy as np
 from model.config import ConfigError, Section, from_section
 from model.data import BadSample, DataError, Sample, Splits
 from model.readers.common import (
-    NULL_ISLAND,
     UndatedOffset,
     When,
     at_place,
+    check_place,
     content_hash,
     decode_image,
     fit_image,
@@ -171,8 +171,8 @@ class _Released:
 
 def _place(meta: dict, where: str) -> tuple[float | None, float | None]:
     """(latitude, longitude) of a sample's metadata, each None where it is missing (null, empty, or
-    NaN as Parquet writes a missing float); BadSample for a value that is no number or a place off
-    the globe, which were kept as no place and as a place respectively."""
+    NaN as Parquet writes a missing float); BadSample for a value that is no number, or a place
+    common.check_place refuses (off the globe, or 0, 0), in the csv reader's words."""
     place = []
     for name in ("latitude", "longitude"):
         value = meta.get(name)
@@ -182,10 +182,10 @@ def _place(meta: dict, where: str) -> tuple[float | None, float | None]:
             raise BadSample(where, f"{name} {value!r} is not a number") from None
         place.append(None if number is None or math.isnan(number) else number)
     lat, lon = place
-    if (lat is not None and not -90 <= lat <= 90) or (lon is not None and not -180 <= lon <= 180):
-        raise BadSample(where, f"latitude/longitude ({lat}, {lon}) outside the globe")
-    if lat == 0 and lon == 0:
-        raise BadSample(where, f"latitude/longitude (0, 0), {NULL_ISLAND}")
+    try:
+        check_place(lat, lon)
+    except ValueError as exc:
+        raise BadSample(where, str(exc)) from None
     return lat, lon
 
 
