@@ -68,8 +68,15 @@ TextParam = Annotated[
     ),
 ]
 QueryIdParam = Annotated[str | None, Query(description="A query id returned by POST /queries.")]
-HourParam = Annotated[int | None, Query(ge=0, le=23, description="Hour of day, 0-23; absent = unknown.")]
-MonthParam = Annotated[int | None, Query(ge=1, le=12, description="Month, 1-12; absent = unknown.")]
+# The values hour and month take: declared here, and so in OpenAPI, the 422s and GET /metadata.
+HOURS = (0, 23)
+MONTHS = (1, 12)
+HourParam = Annotated[
+    int | None, Query(ge=HOURS[0], le=HOURS[1], description=f"Hour of day, {HOURS[0]}-{HOURS[1]}; absent = unknown.")
+]
+MonthParam = Annotated[
+    int | None, Query(ge=MONTHS[0], le=MONTHS[1], description=f"Month, {MONTHS[0]}-{MONTHS[1]}; absent = unknown.")
+]
 SourceParam = Annotated[
     str | None,
     Query(

@@ -47,3 +47,53 @@ def test_an_empty_colormap_name_is_refused_with_the_other_bad_parameters(client,
 def test_an_empty_colormap_name_is_refused_before_a_404(client):
     for path in ("/tiles/30/0/0.png", "/NoSuchTMS/tilejson.json", "/NoSuchTMS/WMTSCapabilities.xml"):
         assert refused(client.get(path, params={"q": "birdsong", "colormap_name": ""})) == EMPTY_COLORMAP
+
+
+def parameter_schemas(client) -> dict[str, dict[str, dict]]:
+    """path -> parameter name -> JSON schema (its non-null branch) of each GET in /openapi.json."""
+    document = client.get("/openapi.json").json()
+    return {
+        path: {
+            p["name"]: next((s for s in p["schema"].get("anyOf", [p["schema"]]) if s.get("type") != "null"), {})
+            | {k: v for k, v in p["schema"].items() if k == "default"}
+            for p in operations["get"].get("parameters", [])
+        }
+        for path, operations in document["paths"].items()
+        if "get" in operations
+    }
+
+
+def test_metadata_states_the_ranges_and_values_the_parameters_declare(client):
+    """/metadata tells a client's controls what hour, month, layer and source take; the routes
+    declare it again (OpenAPI) and validate by their declarations: one must not drift from the other."""
+    metadata = client.get("/metadata").json()
+    schemas = parameter_schemas(client)
+    routes = {name: [path for path, params in schemas.items() if name in params] for name in ("hour", "month", "layer")}
+    assert len(routes["hour"]) >= 8 and routes["hour"] == routes["month"], (
+        routes
+    )  # tiles, TileJSON, WMTS, /search, /point
+    for name in ("hour", "month"):
+        for path in routes[name]:
+            schema = schemas[path][name]
+            assert schema["type"] == "integer", (path, schema)
+            assert (schema["minimum"], schema["maximum"]) == (metadata[name]["min"], metadata[name]["max"]), path
+    layers = [entry["value"] for entry in metadata["layer"]["values"]]
+    for path in routes["layer"]:
+        assert schemas[path]["layer"]["enum"] == layers, path
+        assert schemas[path]["layer"]["default"] == metadata["layer"]["default"], path
+    # and the routes take exactly those values: each end, and one past it
+    tile = f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy"
+    for name in ("hour", "month"):
+        low, high = metadata[name]["min"], metadata[name]["max"]
+        for value in (low, high):
+            assert client.get(tile, params={"q": "birdsong", name: value}).status_code == 200, (name, value)
+        for value in (low - 1, high + 1):
+            assert refused(client.get(tile, params={"q": "birdsong", name: value})).startswith(f"{name} must be")
+    for entry in metadata["layer"]["values"]:
+        without_query = client.get(tile, params={"layer": entry["value"]})
+        assert (without_query.status_code == 422) == entry["needs_query"], entry
+    sources = [entry["value"] for entry in metadata["source"]["values"]]
+    for source in sources:
+        assert client.get(tile, params={"q": "birdsong", "source": source}).status_code == 200, source
+    listed = refused(client.get(tile, params={"q": "birdsong", "source": "nobody"}))
+    assert listed.startswith(f"source must be one of {', '.join(sources)} (GET /metadata"), listed

@@ -15,6 +15,8 @@ from server.engine import CELLS_PER_TILE_LOG2, LAYERS, QUERY_LAYERS
 from server.http import BINARY, TEXT, conditional, errors
 from server.params import (
     DEFAULT_LAYER,
+    HOURS,
+    MONTHS,
     TMS_IDS,
     CapabilitiesParams,
     CapabilitiesParamsDep,
@@ -186,14 +188,14 @@ def metadata_values(sources: list[str], descriptions: dict[str, str]) -> dict:
             "values": [{"value": name, "description": descriptions.get(name)} for name in sources],
         },
         "hour": {
-            "min": 0,
-            "max": 23,
+            "min": HOURS[0],
+            "max": HOURS[1],
             "description": "the local hour of the day the sound is heard at",
             "unknown": "hour left out: any hour",
         },
         "month": {
-            "min": 1,
-            "max": 12,
+            "min": MONTHS[0],
+            "max": MONTHS[1],
             "description": "the month the sound is heard in (1 = January)",
             "unknown": "month left out: any month",
         },
