@@ -34,7 +34,7 @@ def folder(root: Path, table: str | bytes, n: int = 4) -> Path:
     (root / "images").mkdir()
     for i in range(n):
         (root / "audio" / f"{i}.wav").write_bytes(wav())
-        Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(np.full((20, 20, 3), 40 * i % 256, np.uint8)).save(root / "images" / f"{i}.png")
     (root / "samples.csv").write_bytes(table.encode() if isinstance(table, str) else table)
     return root
 

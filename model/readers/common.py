@@ -3,6 +3,8 @@ into RGB, PSM's zoom crop, and the content hash of what a split reads."""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
 import hashlib
 import io
@@ -10,8 +12,8 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import numpy as np
 import tzfpy
@@ -32,6 +34,10 @@ _UTC_NAMES = dict.fromkeys(("UTC", "GMT", "Z", "z"), UTC)
 # which dateutil reads as a time of no date.
 _EXIF_DATE = re.compile(r"^(\d{4}):(\d{2}):(\d{2})(?=$|[\sT])")
 _SENTINELS = (datetime(2001, 1, 1, 3, 7, 11), datetime(2002, 2, 2, 17, 41, 53))
+# A tz database zone named after the time: RFC 9557's bracketed suffix ("...+02:00[Europe/Paris]",
+# as Java and Temporal write it; any name) or an Area/Location name after a space ("... Europe/Paris",
+# "Etc/GMT+2"; not "Jun/12/2022", whose parts after the first do not start with a letter).
+_ZONE_NAME = re.compile(r"\[([^\]\s]+)\]\s*$|(?:^|\s)([A-Za-z]+(?:/[A-Za-z][\w+-]*)+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,19 @@ class When:
     offset: timedelta | None = None
     # The date, where the text gives it whole (year, month and day).
     day: date | None = None
+    # The named time zone of a time without a full date ("14:30 Europe/Paris"): no instant, as `offset`.
+    zone: tzinfo | None = None
 
 
 class UndatedOffset(ValueError):
     """A time at a UTC offset without a date, at a place whose clocks keep more than one offset over
-    the year (or its month) and not that one: its hour at the place is one of two or more."""
+    the year (or its month) and not that one, or in a named zone whose clock differs from the
+    place's by more than one amount then: its hour at the place is one of two or more."""
+
+
+class BadZone(ValueError):
+    """A time in a named zone the tz database does not know, or at a UTC offset the zone it names
+    did not keep then: which instant it is cannot be told."""
 
 
 def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) -> When:
@@ -62,13 +76,59 @@ def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) 
     dateutil does not know ('Taken 2010-06-26'), and where that leaves a month but no day while no
     month is named in English, the month is unknown: the word was likely the month's name and the
     number its day ('12 juin 2022' gave December). The hour is the clock's as written, also where the
-    text gives a UTC offset (`instant` has it, or `offset` without a date; at_place reads it). A
-    zone's name ("EDT") is no offset (CST is in China, the US and Cuba): such a time is a wall clock."""
-    from dateutil import parser
-
+    text gives a UTC offset or a tz database zone ('Europe/Paris', '[Europe/Paris]'): `instant` has
+    it, or `offset` / `zone` without a date; at_place reads it. BadZone for a zone the tz database
+    does not know, or one that did not keep the offset given beside it. A zone's abbreviation
+    ("EDT") is no offset (CST is in China, the US and Cuba): such a time is a wall clock."""
     if not text or not str(text).strip():
         return When(None, None)
-    text = _NAMED_OFFSET.sub(lambda m: f" {m[1]}{int(m[2]):02d}{m[3] or '00'}", str(text)).strip()
+    text, zone = _zone_named(str(text))
+    when = _parse_when(text, dayfirst, fuzzy)
+    if zone is None or when.hour is None or when.instant is not None or when.offset is not None:
+        _check_zone_offset(when, zone)
+        return when
+    if when.day is None:
+        return dataclasses.replace(when, zone=zone)
+    wall = datetime.combine(when.day, time()) + timedelta(minutes=round(when.hour * 60))
+    return dataclasses.replace(when, instant=wall.replace(tzinfo=zone))
+
+
+def _zone_named(text: str) -> tuple[str, tzinfo | None]:
+    """The text without the tz database zone named at its end, and that zone (None without one);
+    BadZone for a name the tz database does not know, with the nearest name it does."""
+    found = _ZONE_NAME.search(text)
+    if not found:
+        return text, None
+    name = found[1] or found[2]
+    zone = _zone(name)
+    if zone is None:
+        close = difflib.get_close_matches(name, _zone_names(), n=1)
+        raise BadZone(
+            f"the tz database knows no time zone {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        )
+    return text[: found.start()].strip(), zone
+
+
+@functools.cache
+def _zone_names() -> list[str]:
+    return sorted(available_timezones())
+
+
+def _check_zone_offset(when: When, zone: tzinfo | None) -> None:
+    """BadZone where a dated time gives both a UTC offset and a zone that kept another then."""
+    if zone is None or when.instant is None:
+        return
+    kept = when.instant.replace(tzinfo=None).replace(tzinfo=zone).utcoffset()
+    given = when.instant.utcoffset()
+    if kept is not None and given is not None and kept != given:
+        raise BadZone(f"the UTC offset it gives ({_utc(given)}) is not the one {str(zone)!r} kept then ({_utc(kept)})")
+
+
+def _parse_when(text: str, dayfirst: bool, fuzzy: bool) -> When:
+    """parse_when of a text without a zone name."""
+    from dateutil import parser
+
+    text = _NAMED_OFFSET.sub(lambda m: f" {m[1]}{int(m[2]):02d}{m[3] or '00'}", text).strip()
     text = _EXIF_DATE.sub(r"\1-\2-\3", text)
     utc = _UTC.search(text)
     cleaned = _UTC.sub(" UTC", text)
@@ -111,10 +171,11 @@ def at_place(when: When, lat: float | None, lon: float | None) -> When:
     """`when` as a clock at the place read it: a time given at a UTC offset is the same instant in
     the place's time zone (zone_at, daylight saving included), its month too where the date is
     known; a wall-clock time, one at an unknown place or one the calendar ends before (year 9999)
-    stays as written. A time at an offset without a date: _undated_at_place."""
+    stays as written. A time in a named zone is read as its instant in that zone. A time at an
+    offset, or in a named zone, without a date: _undated_at_place."""
     if when.hour is None or lat is None or lon is None:
         return when
-    if when.offset is not None:
+    if when.offset is not None or when.zone is not None:
         return _undated_at_place(when, zone_at(lat, lon))
     if when.instant is None:
         return when
@@ -129,8 +190,12 @@ def _undated_at_place(when: When, zone: tzinfo) -> When:
     """The place's clock for a time at an offset whose day is unknown: as written where the offset
     is one the zone keeps in the time's month (any month without one: '+02:00' in Paris is its
     summer clock, '+01:00' its winter one); converted where the zone keeps a single offset then;
-    otherwise UndatedOffset, since the hour would be one of two (a UTC time in Paris: 1 or 2 h on)."""
-    assert when.offset is not None and when.hour is not None  # at_place calls it for such a time only
+    otherwise UndatedOffset, since the hour would be one of two (a UTC time in Paris: 1 or 2 h on).
+    A time in a named zone: _undated_in_zone."""
+    assert when.hour is not None  # at_place calls it for a time at an offset or in a zone only
+    if when.zone is not None:
+        return _undated_in_zone(when, zone)
+    assert when.offset is not None
     kept = _offsets(zone, when.month)
     if when.offset in kept:
         return When(when.month, when.hour)
@@ -144,17 +209,45 @@ def _undated_at_place(when: When, zone: tzinfo) -> When:
     )
 
 
+def _undated_in_zone(when: When, place: tzinfo) -> When:
+    """A time in a named zone whose day is unknown, at the place's clock: shifted by the difference
+    of the two clocks where it is the same all the time's month (or year): none for the place's own
+    zone or Berlin's in Paris, an hour for London's; UndatedOffset where it is not (New York's in
+    Paris: 6 hours, but 5 in the weeks their summer times do not share)."""
+    assert when.zone is not None and when.hour is not None
+    shifts = {p - z for p, z in zip(_clock(place, when.month), _clock(when.zone, when.month), strict=True)}
+    if len(shifts) == 1:
+        return When(when.month, (when.hour + next(iter(shifts)) / timedelta(hours=1)) % 24)
+    during = "in that month" if when.month else "over the year"
+    raise UndatedOffset(
+        f"a time in a time zone ({when.zone}) without a date, whose clock differs from the clock at the place "
+        f"({place}) by {' or '.join(sorted(map(_hours, shifts)))} {during}: its hour there depends on the day; "
+        "write the date, or the place's clock"
+    )
+
+
+def _hours(shift: timedelta) -> str:
+    """'1 h', '-5 h', '5.5 h'."""
+    return f"{shift / timedelta(hours=1):g} h"
+
+
 # The year whose rules give a zone's offsets for a time without a date: a recent one (today's rules).
 UNDATED_YEAR = 2025
 
 
 @functools.cache
 def _offsets(zone: tzinfo, month: int | None) -> frozenset[timedelta]:
-    """The UTC offsets `zone` keeps in `month` of UNDATED_YEAR (None: the whole year), read twice a day."""
+    """The UTC offsets `zone` keeps in `month` of UNDATED_YEAR (None: the whole year)."""
+    return frozenset(_clock(zone, month))
+
+
+@functools.cache
+def _clock(zone: tzinfo, month: int | None) -> tuple[timedelta, ...]:
+    """The UTC offset `zone` keeps in `month` of UNDATED_YEAR (None: the whole year), read twice a day."""
     start = datetime(UNDATED_YEAR, month or 1, 1, tzinfo=UTC)
     end = datetime(UNDATED_YEAR + (month or 12) // 12, (month or 12) % 12 + 1, 1, tzinfo=UTC)
     moments = (start + timedelta(hours=12 * i) for i in range(int((end - start) / timedelta(hours=12))))
-    return frozenset(moment.astimezone(zone).utcoffset() or timedelta(0) for moment in moments)
+    return tuple(moment.astimezone(zone).utcoffset() or timedelta(0) for moment in moments)
 
 
 def _utc(offset: timedelta) -> str:

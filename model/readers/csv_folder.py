@@ -35,13 +35,15 @@ from pydantic import field_validator
 
 from model.config import ConfigError, Section, from_section
 from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
-from model.readers.common import at_place, check_place, content_hash, decode_image, fit_image, parse_when
+from model.readers.common import When, at_place, check_place, content_hash, decode_image, fit_image, parse_when
 from model.readers.csv_table import Table, read_table
 from runtime.audio import AudioDecodeError, SparseWave, decode_audio, non_finite
 from runtime.imagery_checks import check_bands, check_rescale
 from runtime.tiles import EARTH_CIRCUMFERENCE_M, MERCATOR_LAT_LIMIT, Footprint
 
 if TYPE_CHECKING:
+    from dateutil.parser import parserinfo
+
     from runtime.imagery import Imagery
 
 log = logging.getLogger(__name__)
@@ -234,35 +236,13 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
     check_place(lat, lon)
     if not _optional(row, "audio"):
         raise ValueError("no audio file")
-    when_text = _optional(row, "datetime")
-    numeric = _NUMERIC_DATE.match(when_text or "")
-    if numeric and int(numeric[3 if conv.dayfirst else 1]) > 12:
-        order = "day" if conv.dayfirst else "month"
-        raise ValueError(f"datetime {when_text!r} is no date read {order} first, as data.dayfirst says")
-    when = parse_when(when_text, dayfirst=conv.dayfirst and bool(numeric), fuzzy=False)
-    if when_text and when.month is None and when.hour is None:
-        if re.fullmatch(r"\d{9,}(?:\.\d*)?", when_text):  # seconds (or milliseconds) since 1970
-            raise ValueError(
-                f"datetime {when_text!r} is a number, a Unix time? write dates as ISO 8601 (2022-05-01T06:30)"
-            )
-        raise ValueError(f"unreadable datetime {when_text!r}")
-    if when.day in SPREADSHEET_DAY_ZERO:
-        day = f"{when.day.day} {calendar.month_name[when.day.month]} {when.day.year}"
-        raise ValueError(
-            f"datetime {when_text!r} is dated {day}, spreadsheets' day zero: a time whose cell had no date? "
-            "write the time alone, or its date"
-        )
-    local = at_place(when, lat, lon)
+    local, converted = _row_when(row, conv, lat, lon)
     image = _optional(row, "image")
     gsd = _number(row["gsd"], "gsd", conv) if _optional(row, "gsd") else None
     if image and (gsd is None or gsd <= 0):
         raise ValueError("an image needs a positive gsd (metres per pixel)")
-    level = cfg.level
-    if _optional(row, "level"):
-        level_text = row["level"].strip()
-        if not (level_text.isdigit() and int(level_text) <= MAX_LEVEL):
-            raise ValueError(f"level {level_text!r} is not a whole number 0..{MAX_LEVEL}")
-        level = int(level_text)
+    level = _whole(row, "level", 0, MAX_LEVEL)
+    level = cfg.level if level is None else level
     if not image and (cfg.imagery is None or level is None):
         raise ValueError("no image file, and no data.imagery to cut its cell from")
     return Row(
@@ -279,8 +259,88 @@ def parse_row(row: dict, line: int, cfg: CsvFolderConfig, conv: Conventions = Co
         image,
         gsd,
         level,
-        local.hour != when.hour,
+        converted,
     )
+
+
+def _datetime(text: str | None, conv: Conventions) -> When:
+    """The row's datetime as written (parse_when); ValueError with the reason where it cannot be read
+    as meant: a day-first date in a month-first file (or the other way), a Unix time, words no
+    date has, a zone the tz database lacks, spreadsheets' day zero."""
+    numeric = _NUMERIC_DATE.match(text or "")
+    if numeric and int(numeric[3 if conv.dayfirst else 1]) > 12:
+        order = "day" if conv.dayfirst else "month"
+        raise ValueError(f"datetime {text!r} is no date read {order} first, as data.dayfirst says")
+    when = parse_when(text, dayfirst=conv.dayfirst and bool(numeric), fuzzy=False)
+    if text and when.month is None and when.hour is None:
+        if re.fullmatch(r"\d{9,}(?:\.\d*)?", text):  # seconds (or milliseconds) since 1970
+            raise ValueError(f"datetime {text!r} is a number, a Unix time? write dates as ISO 8601 (2022-05-01T06:30)")
+        raise ValueError(f"unreadable datetime {text!r}")
+    if when.day in SPREADSHEET_DAY_ZERO:
+        day = f"{when.day.day} {calendar.month_name[when.day.month]} {when.day.year}"
+        raise ValueError(
+            f"datetime {text!r} is dated {day}, spreadsheets' day zero: a time whose cell had no date? "
+            "write the time alone, or its date"
+        )
+    return when
+
+
+def _row_when(row: dict, conv: Conventions, lat: float, lon: float) -> tuple[When, bool]:
+    """The row's month and hour at the place's clock (at_place), and whether its time was converted
+    to it: its datetime's, the `month` and `hour` columns giving what the datetime lacks (field
+    notes: 'May, dawn'); where both give one they must agree, the datetime read as written or at
+    the place (a UTC stamp's month and hour are either). ValueError naming what is wrong."""
+    text = _optional(row, "datetime")
+    written = _datetime(text, conv)
+    month, hour = _month(row), _whole(row, "hour", 0, 23)
+    when = dataclasses.replace(
+        written,
+        month=month if written.month is None else written.month,
+        hour=hour if written.hour is None else written.hour,
+    )
+    local = at_place(when, lat, lon)
+    _agree("month", month, (written.month, local.month), text)
+    _agree("hour", hour, (written.hour, local.hour), text)
+    return local, local.hour != when.hour
+
+
+def _whole(row: dict, name: str, low: int, high: int, alternative: str = "") -> int | None:
+    """The whole number a column gives (pandas' '5.0' too), None where it is empty; ValueError naming
+    the value when it is no whole number in low..high."""
+    text = _optional(row, name)
+    if text is None:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not (number.is_integer() and low <= number <= high):  # NaN and infinities are no integer
+        raise ValueError(f"{name} {text!r} is not a whole number {low}..{high}{alternative}")
+    return int(number)
+
+
+def _month(row: dict) -> int | None:
+    """The `month` column: 1..12, or a month's English name or abbreviation ('May', 'Sept')."""
+    return _month_names().month(_optional(row, "month") or "") or _whole(
+        row, "month", 1, 12, " or a month's English name"
+    )
+
+
+@functools.cache
+def _month_names() -> parserinfo:
+    """dateutil's names of the months, in English whatever the machine's locale."""
+    from dateutil import parser
+
+    return parser.parserinfo()
+
+
+def _agree(name: str, given: int | None, readings: tuple[float | None, float | None], text: str | None) -> None:
+    """ValueError where a `month` or `hour` column names another than the datetime's `readings`
+    (as written, at the place; an hour by its whole hour)."""
+    read = {int(value) for value in readings if value is not None}
+    if given is not None and read and given not in read:
+        said = " or ".join(map(str, sorted(read)))
+        raise ValueError(f"{name} '{given}' contradicts the datetime {text!r} ({name} {said})")
 
 
 def read_rows(

@@ -36,6 +36,7 @@ import numpy as np
 from model.config import ConfigError, Section, from_section
 from model.data import BadSample, DataError, Sample, Splits
 from model.readers.common import (
+    BadZone,
     UndatedOffset,
     When,
     at_place,
@@ -140,7 +141,10 @@ class _Released:
         lat, lon = _place(meta, where)
         # iNaturalist's dates are as the observer's app wrote them, which may give a UTC offset
         # ("Sun Jun 12 2022 07:49:32 GMT-0400 (EDT)"): the hour is the place's clock (at_place).
-        when = parse_when(meta.get(self.dataset.date_field))
+        try:
+            when = parse_when(meta.get(self.dataset.date_field))
+        except BadZone:  # a zone unknown, or not the offset beside it: unreadable, as other such dates
+            when = When(None, None)
         try:
             when = at_place(when, lat, lon)
         except UndatedOffset:  # a time at an offset without a date the place's clock may be one of two
