@@ -112,8 +112,10 @@ def test_a_time_in_a_named_zone_is_read_at_the_places_clock(tmp_path):
         "2022-01-15 06:00 America/New_York",
         "2022-07-01 12:00 Etc/GMT+2",  # the tz database's POSIX sign: UTC-2
         "2022-07-01 12:00 [UTC]",
+        "2022-07-01 13:00 america/new_york",  # as typed: the tz database's spelling is found
     ]
-    assert at(tmp_path, "paris", PARIS, written) == [(7, 12.0), (7, 13.0), (7, 13.0), (1, 12.0), (7, 16.0), (7, 14.0)]
+    got = at(tmp_path, "paris", PARIS, written)
+    assert got == [(7, 12.0), (7, 13.0), (7, 13.0), (1, 12.0), (7, 16.0), (7, 14.0), (7, 19.0)]
     assert at(tmp_path, "new-york", NEW_YORK, ["2022-07-01 12:00 Europe/Paris"]) == [(7, 6.0)]
 
 
@@ -139,9 +141,11 @@ def test_an_unknown_zone_name_or_one_its_offset_contradicts_is_skipped_saying_so
         "2022-07-01 12:00 Europe/Pariss",
         "2022-07-01T12:00+01:00[Europe/Paris]",
         "2022-07-01 12:00 Europe/Paris",
+        "N/A",  # no zone: an unreadable datetime, as before
     ]
     with caplog.at_level(logging.WARNING):
         assert at(tmp_path, "paris", PARIS, written) == [(7, 12.0)]
+    assert "unreadable datetime ...: 1 (" in caplog.text
     assert "the tz database knows no time zone ... ...: 1 (" in caplog.text
     assert "the UTC offset it gives ... is not the one ... kept then ...: 1 (" in caplog.text
 
@@ -152,7 +156,7 @@ def test_the_released_datasets_read_zone_names_too(tmp_path):
     records = [
         ("iNat-1", "2022-06-12 07:49:00 America/New_York", NEW_YORK),
         ("iNat-2", "2022-06-12 11:49:00 [UTC]", NEW_YORK),
-        ("iNat-3", "2022-06-12 07:49:00 Nowhere/Atlantis", NEW_YORK),
+        ("iNat-3", "2022-06-12 07:49:00 Europe/Atlantis", NEW_YORK),
     ]
     assert geosound_times(tmp_path, records) == [(6, pytest.approx(7 + 49 / 60))] * 2 + [(None, None)]
 

@@ -35,9 +35,12 @@ _UTC_NAMES = dict.fromkeys(("UTC", "GMT", "Z", "z"), UTC)
 _EXIF_DATE = re.compile(r"^(\d{4}):(\d{2}):(\d{2})(?=$|[\sT])")
 _SENTINELS = (datetime(2001, 1, 1, 3, 7, 11), datetime(2002, 2, 2, 17, 41, 53))
 # A tz database zone named after the time: RFC 9557's bracketed suffix ("...+02:00[Europe/Paris]",
-# as Java and Temporal write it; any name) or an Area/Location name after a space ("... Europe/Paris",
-# "Etc/GMT+2"; not "Jun/12/2022", whose parts after the first do not start with a letter).
-_ZONE_NAME = re.compile(r"\[([^\]\s]+)\]\s*$|(?:^|\s)([A-Za-z]+(?:/[A-Za-z][\w+-]*)+)\s*$")
+# as Java and Temporal write it; any name) or an Area/Location name of the tz database's areas after
+# a space ("... Europe/Paris", "Etc/GMT+2"; not "N/A" or "Jun/12/2022").
+_ZONE_AREAS = (
+    "Africa|America|Antarctica|Arctic|Asia|Atlantic|Australia|Europe|Indian|Pacific|Etc|US|Canada|Brazil|Chile|Mexico"
+)
+_ZONE_NAME = re.compile(rf"\[([^\]\s]+)\]\s*$|(?:^|\s)((?:{_ZONE_AREAS})(?:/[A-Za-z][\w+-]*)+)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -100,9 +103,9 @@ def _zone_named(text: str) -> tuple[str, tzinfo | None]:
     if not found:
         return text, None
     name = found[1] or found[2]
-    zone = _zone(name)
+    zone = _zone(name) or _zone(_zone_names().get(name.lower(), ""))  # "europe/paris" too
     if zone is None:
-        close = difflib.get_close_matches(name, _zone_names(), n=1)
+        close = difflib.get_close_matches(name, list(_zone_names().values()), n=1)
         raise BadZone(
             f"the tz database knows no time zone {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
         )
@@ -110,8 +113,9 @@ def _zone_named(text: str) -> tuple[str, tzinfo | None]:
 
 
 @functools.cache
-def _zone_names() -> list[str]:
-    return sorted(available_timezones())
+def _zone_names() -> dict[str, str]:
+    """The tz database's zone names by their lower-case spelling."""
+    return {name.lower(): name for name in sorted(available_timezones())}
 
 
 def _check_zone_offset(when: When, zone: tzinfo | None) -> None:
