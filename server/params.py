@@ -117,7 +117,11 @@ class TileParams(QueryParams):
     ] = DEFAULT_LAYER
     colormap_name: Annotated[str | None, Query(max_length=64, description="A rio-tiler colormap name.")] = None
     rescale: Annotated[str | None, Query(max_length=64, description="min,max of the colour scale.")] = None
-    tilesize: Annotated[int, Query(description="Tile size in pixels: 256 or 512.")] = 256
+    # Published as an enum, so schema-driven clients send only sizes taken; validated by tile_request,
+    # whose 422 names it with the other bad parameters.
+    tilesize: Annotated[
+        int, Query(description="Tile size in pixels: 256 or 512.", json_schema_extra={"enum": list(TILE_SIZES)})
+    ] = 256
     # TiTiler parameters this server does not take: refused (422), never silently ignored.
     colormap: Annotated[str | None, Query(include_in_schema=False)] = None
     expression: Annotated[str | None, Query(include_in_schema=False)] = None

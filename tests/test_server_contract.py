@@ -115,7 +115,7 @@ ERRORS = [
         422,
         "layer must be one of heatmap, contrast, uncertainty, not 'noise'",
     ),
-    ("GET", TILE, {"q": "x", "tilesize": "big"}, {}, 422, "tilesize must be an integer, not 'big'"),
+    ("GET", TILE, {"q": "x", "tilesize": "big"}, {}, 422, "tilesize must be one of 256, 512, not 'big'"),
     (
         "GET",
         TILE,

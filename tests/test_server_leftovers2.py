@@ -97,3 +97,20 @@ def test_metadata_states_the_ranges_and_values_the_parameters_declare(client):
         assert client.get(tile, params={"q": "birdsong", "source": source}).status_code == 200, source
     listed = refused(client.get(tile, params={"q": "birdsong", "source": "nobody"}))
     assert listed.startswith(f"source must be one of {', '.join(sources)} (GET /metadata"), listed
+
+
+def test_the_openapi_document_states_the_tile_sizes_taken(client):
+    """tilesize was published as any integer, so a schema-driven client (schemathesis) sent 300 and
+    met a 422 the document did not foretell; the document now lists the sizes, and the 422 stays."""
+    schemas = parameter_schemas(client)
+    routes = [path for path, params in schemas.items() if "tilesize" in params]
+    assert len(routes) >= 7, routes  # the tile routes, TileJSON and WMTS
+    for path in routes:
+        schema = schemas[path]["tilesize"]
+        assert (schema["type"], schema["enum"], schema["default"]) == ("integer", [256, 512], 256), (path, schema)
+    for size in schemas[routes[0]]["tilesize"]["enum"]:
+        tile = client.get(f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy", params={"q": "birdsong", "tilesize": size})
+        assert tile.status_code == 200 and tile.headers["content-length"] == str(128 + 4 * size * size)
+    assert refused(client.get(f"/tiles/{Z}/{X}/{Y}.png", params={"q": "birdsong", "tilesize": 300})) == (
+        "tilesize must be 256 or 512, not 300"
+    )
