@@ -10,6 +10,9 @@ import ast
 import io
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -196,6 +199,26 @@ def test_a_corpus_text_file_reads_the_same_on_a_latin_1_machine(tmp_path, monkey
     sfx.mkdir()
     (sfx / "catalogue.tsv").write_bytes(f"07\t{credit}\n".encode())
     assert _credits({"openttd-opensfx": sfx}) == {"openttd-opensfx/opensfx/07.wav": credit}
+
+
+def test_a_corpus_text_file_reads_the_same_under_a_bare_c_locale(tmp_path):
+    """A real interpreter whose locale encoding is ASCII (LC_ALL=C, neither coerced to C.UTF-8 nor
+    in UTF-8 mode, as some containers and services run): the credit stopped the read there."""
+    credit = "Zo\u00eb \u0141\u00f3d\u017a"
+    sfx = tmp_path / "openttd-opensfx"
+    sfx.mkdir()
+    (sfx / "catalogue.tsv").write_bytes(f"07\t{credit}\n".encode())
+    script = (
+        "import locale, sys; from pathlib import Path; from corpus.clips import _credits; "
+        "credits = _credits({'openttd-opensfx': Path(sys.argv[1])}); "
+        "print(locale.getpreferredencoding(), ascii(credits['openttd-opensfx/opensfx/07.wav']))"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(sfx)], cwd=REPO, env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().split(" ", 1) == ["ANSI_X3.4-1968", ascii(credit)]
 
 
 # 4. one place check ----------------------------------------------------------------------------
