@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -540,7 +540,12 @@ def gzip_accepted(accept_encoding: str) -> bool:
 class NegotiatedGZip(GZipMiddleware):
     """Starlette's GZip, but by what Accept-Encoding means: Starlette looked for the substring
     "gzip", so `gzip;q=0` (or `nogzip`) got a gzipped body, and `GZIP` (codings are
-    case-insensitive) did not."""
+    case-insensitive) did not. No image is gzipped: a tile's strong ETag names its exact bytes,
+    and Starlette's list of types left out image/tiff (a GeoTIFF tile, compressed within)."""
+
+    def __init__(self, app: ASGIApp, *args: Any, **kwargs: Any) -> None:
+        super().__init__(app, *args, **kwargs)
+        self.exclude_content_types = (*self.exclude_content_types, "image/*")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -1,5 +1,5 @@
 """Values to images: palette PNGs (index 0 = no data, transparent; 1..255 = the colormap over
-`rescale`), lossless WebP, float32 .npy, legends and basemap tiles."""
+`rescale`), lossless WebP, float32 .npy and GeoTIFF, legends and basemap tiles."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import struct
 import zlib
 from functools import lru_cache
 
+import morecantile
 import numpy as np
 from isal import isal_zlib
 from PIL import Image
+from rasterio.crs import CRS
+from rasterio.io import MemoryFile
+from rasterio.transform import from_bounds
 from rio_tiler.colormap import cmap
 
 # ISA-L's deflate at level 1 with PNG's Sub filter: a 256 px heatmap tile in ~0.15 ms and ~16 kB,
@@ -18,7 +22,24 @@ from rio_tiler.colormap import cmap
 PNG_COMPRESS_LEVEL = 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_FILTER_SUB = 1
-FORMATS = {"png": "image/png", "webp": "image/webp", "npy": "application/x-npy"}
+FORMATS = {
+    "png": "image/png",
+    "webp": "image/webp",
+    "npy": "application/x-npy",
+    "tif": "image/tiff; application=geotiff",
+}
+# Formats that carry the values, not colours: colour parameters neither change nor name them.
+VALUE_FORMATS = ("npy", "tif")
+# A GeoTIFF tile: deflate at level 1 with the floating-point predictor, readable by every GDAL
+# (a 256 px tile in ~2 ms; level 6 took three times as long for 3% fewer bytes), in 256 px blocks.
+GEOTIFF_OPTIONS = {
+    "compress": "deflate",
+    "zlevel": 1,
+    "predictor": 3,
+    "tiled": True,
+    "blockxsize": 256,
+    "blockysize": 256,
+}
 
 
 def colormap_names() -> list[str]:
@@ -107,16 +128,43 @@ def encode_npy(values: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@lru_cache(maxsize=4)
+def matrix_set(tms: str) -> tuple[morecantile.TileMatrixSet, CRS]:
+    """A tile matrix set and its CRS as rasterio writes it, read once."""
+    found = morecantile.tms.get(tms)
+    return found, CRS.from_wkt(found.crs.to_wkt())
+
+
+def encode_geotiff(values: np.ndarray, tms: str, z: int, x: int, y: int) -> bytes:
+    """A float32 GeoTIFF of a tile's values, what GDAL and QGIS read where they cannot read .npy:
+    one band as the .npy holds it, NaN the nodata value (where no cell is), in the tile matrix
+    set's CRS over the tile's exact bounds."""
+    grid, crs = matrix_set(tms)
+    height, width = values.shape
+    transform = from_bounds(*grid.xy_bounds(morecantile.Tile(x, y, z)), width, height)
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32"}
+    with MemoryFile() as memory:
+        with memory.open(**profile, **GEOTIFF_OPTIONS, crs=crs, transform=transform, nodata=np.nan) as tiff:
+            tiff.write(values.astype(np.float32, copy=False), 1)
+        return memory.read()
+
+
 def encode(values: np.ndarray, fmt: str, lo: float, hi: float, colormap: str) -> bytes:
+    """A tile's values in a format that needs no place (a GeoTIFF does: `encode_geotiff`)."""
     if fmt == "npy":
         return encode_npy(values)
     return (encode_png if fmt == "png" else encode_webp)(values, lo, hi, colormap)
 
 
+def empty(size: int) -> np.ndarray:
+    """The values of a tile of a place without cells: all NaN."""
+    return np.full((size, size), np.nan, dtype=np.float32)
+
+
 @lru_cache(maxsize=16)
 def blank(fmt: str, size: int) -> bytes:
     """The tile of a place without cells: fully transparent (or all-NaN for npy)."""
-    return encode(np.full((size, size), np.nan, dtype=np.float32), fmt, 0.0, 1.0, "viridis")
+    return encode(empty(size), fmt, 0.0, 1.0, "viridis")
 
 
 def legend(colormap: str, width: int, height: int, vertical: bool) -> bytes:

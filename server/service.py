@@ -89,7 +89,7 @@ class TileRequest:
     tms: str = "WebMercatorQuad"
 
     def canonical(self, ids: dict) -> dict:
-        styled = self.fmt != "npy"  # .npy carries values: colour parameters do not change it
+        styled = self.fmt not in render.VALUE_FORMATS  # .npy and .tif carry values: colours do not change them
         # The default scale is a function of the ids, query and metadata already in the key.
         rescale = (list(self.rescale) if self.rescale else DEFAULT_SCALE_KEY) if styled else None
         return {
@@ -510,9 +510,11 @@ class SoundscapeService:
         query = await self.layer_query(r.layer, r.query, text)
         window = self.engine.window(r.z, r.x, r.y, r.size)  # ~0.17 ms, in the loop as `cells`
         if window.empty:
+            if r.fmt == "tif":  # georeferenced: no two tiles share one
+                return await self.run(render.encode_geotiff, render.empty(r.size), r.tms, r.z, r.x, r.y)
             return render.blank(r.fmt, r.size)
-        lo, hi = r.rescale or (0.0, 1.0)  # .npy carries values: its colours are never drawn
-        if r.rescale is None and r.fmt != "npy":
+        lo, hi = r.rescale or (0.0, 1.0)  # .npy and .tif carry values: their colours are never drawn
+        if r.rescale is None and r.fmt not in render.VALUE_FORMATS:
             scale = await self.scale(r.layer, r.query, query, r.meta)
             lo, hi = scale.lo, scale.hi
         cells = await self.cells(window.level, window.present, r.meta, window.key)
@@ -520,6 +522,8 @@ class SoundscapeService:
 
         def draw() -> bytes:
             values = self.engine.tile_values(window, cells, r.layer, query)
+            if r.fmt == "tif":
+                return render.encode_geotiff(values, r.tms, r.z, r.x, r.y)
             return render.encode(values, r.fmt, lo, hi, r.colormap)
 
         return await self.run(draw)

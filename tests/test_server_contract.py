@@ -134,7 +134,7 @@ ERRORS = [
         {"q": "x"},
         {},
         422,
-        "fmt must be one of png, webp, npy, not 'jpg'",
+        "fmt must be one of png, webp, npy, tif, not 'jpg'",
     ),
     ("GET", f"/tiles/a/{X}/{Y}.png", {"q": "x"}, {}, 422, "z must be an integer, not 'a'"),
     ("GET", "/point/ten,10", {"q": "x"}, {}, 422, "lon must be a number in -180..180, not 'ten'"),
@@ -214,6 +214,7 @@ def test_openapi_documents_the_error_model_and_media_types(client):
         "image/png",
         "image/webp",
         "application/x-npy",
+        "image/tiff; application=geotiff",
     }
     assert list(paths["/WMTSCapabilities.xml"]["get"]["responses"]["200"]["content"]) == ["application/xml"]
     search = client.get("/search", params={"q": "birdsong", "k": 2})

@@ -104,7 +104,7 @@ def test_path_parameters_and_unsupported_ones_are_named_with_the_rest(client):
         detail,
         [
             "z must be an integer, not 'a'",
-            "fmt must be one of png, webp, npy, not 'jpg'",
+            "fmt must be one of png, webp, npy, tif, not 'jpg'",
             layer,
             "colormap is not supported",
             *TILE_SENTENCES,

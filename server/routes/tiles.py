@@ -1,5 +1,5 @@
 """Map tiles: `/tiles/{z}/{x}/{y}.png` (WebMercatorQuad, 256 px) and
-`/tiles/{tms}/{z}/{x}/{y}[.png|.webp|.npy]`. The ETag is known before rendering."""
+`/tiles/{tms}/{z}/{x}/{y}[.png|.webp|.npy|.tif]`. The ETag is known before rendering."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from server.render import FORMATS
 from server.routes.deps import ServiceDep
 
 router = APIRouter(tags=["tiles"])
-Format = Literal["png", "webp", "npy"]
+Format = Literal["png", "webp", "npy", "tif"]
 TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": dict.fromkeys(FORMATS.values(), BINARY), "description": "The tile."},
     304: {"description": "Not modified (If-None-Match)."},
@@ -77,7 +77,7 @@ async def xyz_tile(
     "/tiles/{tms}/{z}/{x}/{y}.{fmt}",
     response_class=Response,
     responses=TILE_RESPONSES,
-    summary="Tile of a tile matrix set, as png, webp or npy",
+    summary="Tile of a tile matrix set, as png, webp, npy or tif (float32 GeoTIFF of the values)",
 )
 async def tms_tile(
     request: Request,
