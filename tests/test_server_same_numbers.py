@@ -48,8 +48,8 @@ def test_point_reports_the_requested_hour_month_and_source_as_its_score(client, 
 
 
 @pytest.mark.parametrize("rank_by", ["score", "contrast"])
-def test_a_searched_cell_reads_the_same_at_its_point(client, rank_by):
-    for q, meta in itertools.product(QUERIES, [{}, {"month": 11}]):
+def test_a_searched_cell_reads_the_same_at_its_point(client, sources, rank_by):
+    for q, meta in itertools.product(QUERIES, [{}, {"month": 11}, {"hour": 5, "source": sources[1]}]):
         r = client.get("/search", params={"q": q, "k": 20, "rank_by": rank_by, **meta})
         assert r.status_code == 200, r.text
         features = r.json()["features"]
