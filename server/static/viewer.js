@@ -338,7 +338,9 @@ async function main() {
       (rasters.soundscape || []).forEach((id) => map.getSource(id).setTiles([url]));
     }
     if (!rasters.soundscape) {
-      addRaster(map, "soundscape", extent.boxes, { tiles: [url], minzoom: 0, maxzoom: 22,
+      // TileJSON's maxzoom, the store's last level: MapLibre scales it up past there
+      // rather than asking for tiles the store does not have.
+      addRaster(map, "soundscape", extent.boxes, { tiles: [url], minzoom: 0, maxzoom: info.maxzoom,
                                                    attribution: asHtmlText(info.attribution) },
                 { "raster-opacity": state.opacity, "raster-resampling": "linear", "raster-fade-duration": 0 });
     }

@@ -1,0 +1,34 @@
+"""The viewer's leftovers, each as a person using it met it (each test says what was wrong): small
+failures of what the map asks for and of what the panel says."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.test_viewer import browser, hide_layer, open_page, pixels_at, server, wait_until  # noqa: F401  (fixtures and helpers)
+from tests.test_viewer_audit import HEATMAP_LOADED, page_errors
+
+# A live server and a browser, as tests/test_viewer.py.
+pytestmark = pytest.mark.slow
+
+
+def test_the_layer_is_drawn_past_the_servers_last_level_from_its_tiles(browser, server):  # noqa: F811
+    """The layer's source asked for tiles up to level 22: zoomed in past TileJSON's maxzoom, every
+    tile in view was a level the store does not have, which the server computed afresh. Now the
+    source stops at maxzoom and MapLibre scales its last level up."""
+    maxzoom = httpx.get(f"{server}/tilejson.json?layer=uncertainty", timeout=30).json()["maxzoom"]
+    page = open_page(browser, server, f"/#layer=uncertainty&map={maxzoom + 3}/45/10", ready=HEATMAP_LOADED)
+    try:
+        zooms = [int(re.search(r"/tiles/(\d+)/", url).group(1)) for url in page.requests() if "/tiles/" in url]
+        assert zooms and [z for z in zooms if z > maxzoom] == [], f"levels asked for: {sorted(set(zooms))}"
+        places = [(10, 45), (10.4, 45.2), (10.6, 44.8)]  # right of the panel, at level maxzoom + 3
+        drawn = pixels_at(page, places)
+        hide_layer(page, "soundscape")
+        assert (np.abs(drawn - pixels_at(page, places)).sum(axis=1) > 10).all(), "the layer is drawn"
+        assert page_errors(page) == []
+    finally:
+        page.close()
