@@ -26,7 +26,7 @@ NOT_FOUND = b'{"detail":"no such tile in the baseline"}'
 def recorded_tiles() -> dict[bytes, tuple[bytes, bytes]]:
     """raw path + "?" + query string -> (content type, body), from $BASELINE_TILES/index.json."""
     folder = Path(os.environ["BASELINE_TILES"])
-    index = json.loads((folder / "index.json").read_text())
+    index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
     return {url.encode(): (kind.encode(), (folder / name).read_bytes()) for url, (kind, name) in index.items()}
 
 

@@ -54,7 +54,7 @@ def read_mosaic(url_template: str, zoom: int = 2) -> tuple[np.ndarray, rasterio.
     """(RGBA (4, H, W), transform) of the whole world at `zoom`, read by GDAL."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tms.xml"
-        path.write_text(tms_xml(url_template, zoom))
+        path.write_text(tms_xml(url_template, zoom), encoding="utf-8")
         with rasterio.Env(GDAL_HTTP_TIMEOUT=60), rasterio.open(path) as src:
             return src.read(), src.transform
 

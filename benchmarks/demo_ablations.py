@@ -164,7 +164,7 @@ def run_variant(name: str, config: RunConfig, out: Path, cache: Path, progress: 
         report["place_held_out"] = evaluate_checkpoint(
             run_dir / "best.pt", data=data, split="test", oracle_caption=False, cache_dir=cache, progress=progress
         )["results"]
-    (run_dir / "test.json").write_text(json.dumps(report, indent=2) + "\n")
+    (run_dir / "test.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 
@@ -254,7 +254,7 @@ def main() -> int:
         print("|---|---|---|---|---|---|")
         print("\n".join(spread(reports, args.seeds)))
     if args.json:
-        args.json.write_text(json.dumps(reports, indent=2) + "\n")
+        args.json.write_text(json.dumps(reports, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

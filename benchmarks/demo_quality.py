@@ -689,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     result["seconds"] = say.seconds
     print(markdown(result))
     if args.json:
-        Path(args.json).write_text(dumps(result, indent=1) + "\n")
+        Path(args.json).write_text(dumps(result, indent=1) + "\n", encoding="utf-8")
         say(f"wrote {args.json}")
     else:
         print(dumps(result, indent=None))

@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["seconds"] = say.seconds
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(dumps(result, indent=1, default=_json) + "\n")
+    Path(args.json).write_text(dumps(result, indent=1, default=_json) + "\n", encoding="utf-8")
     print(markdown(result))
     say(f"wrote {args.json}")
     return 0

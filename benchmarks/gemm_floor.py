@@ -98,7 +98,7 @@ def profiled_products(
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         for feeds in runs:
             session.run(None, feeds)
-        events = json.loads(Path(session.end_profiling()).read_text())
+        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
     found: list[list[Product]] = [[]]
     for event in events:
         if event.get("cat") == "Session" and event["name"] == "model_run":

@@ -98,7 +98,7 @@ class Server:
             time.sleep(0.3)
 
     def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        status = Path(f"/proc/{self.proc.pid}/status").read_text(encoding="utf-8")
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
 
     def stop(self) -> None:
@@ -514,9 +514,9 @@ def damaged_store_cases(data: Path, tmp: Path) -> list[dict]:
         path.write_bytes(bytes(b))
 
     def manifest(store: Path, change: Callable[[dict], None]) -> None:
-        m = json.loads((store / "manifest.json").read_text())
+        m = json.loads((store / "manifest.json").read_text(encoding="utf-8"))
         change(m)
-        (store / "manifest.json").write_text(json.dumps(m))
+        (store / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
 
     damages = {
         "flipped byte in levels/07/mu.npy": lambda s: flip(s / "levels/07/mu.npy", -1001),
@@ -615,7 +615,7 @@ def main() -> None:
             for row in results["damaged_stores"]:
                 print(json.dumps(row), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(markdown(results))
 
 

@@ -304,7 +304,7 @@ def git_commit(tree: Path) -> str:
 
 def compare(a_path: Path, b_path: Path) -> int:
     """Prints each request whose answer differs (status, a header, the body); 1 if any does."""
-    a, b = json.loads(a_path.read_text()), json.loads(b_path.read_text())
+    a, b = json.loads(a_path.read_text(encoding="utf-8")), json.loads(b_path.read_text(encoding="utf-8"))
     print(f"A: {a['commit'][:12]} ({a_path})\nB: {b['commit'][:12]} ({b_path})")
     differences = 0
     for transport in sorted(set(a["transports"]) | set(b["transports"])):
@@ -372,7 +372,7 @@ def main() -> int:
         "transports": transports,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(snapshot, indent=1) + "\n")
+    args.out.write_text(json.dumps(snapshot, indent=1) + "\n", encoding="utf-8")
     print(f"{sum(len(v) for v in transports.values())} answers from {snapshot['commit'][:12]} -> {args.out}")
     return 0
 

@@ -51,7 +51,7 @@ TILE_CHECKPOINT = 1000
 
 def rss_mb() -> float:
     """This process's resident set size now (not its peak), MB."""
-    with open("/proc/self/statm") as f:
+    with open("/proc/self/statm", encoding="utf-8") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
@@ -65,7 +65,7 @@ def build(size: int, bundle: Path, scratch: Path, flat_max: int | None) -> tuple
     (a killed build resumes); `flat_max` overrides the index's --index-flat-max."""
     out, record = scratch / f"l12-{size}", scratch / f"l12-{size}.build.json"
     if (out / "manifest.json").is_file() and record.is_file():
-        return out, {**json.loads(record.read_text()), "reused": True}
+        return out, {**json.loads(record.read_text(encoding="utf-8")), "reused": True}
     within = "" if size > 4 ** (LEVEL - 2) else "12"  # 1 M: the level-2 tile over Africa and Europe
     started, cpu = time.perf_counter(), _children_cpu_s()
     done = subprocess.run(
@@ -94,7 +94,7 @@ def build(size: int, bundle: Path, scratch: Path, flat_max: int | None) -> tuple
     )
     if done.returncode:
         sys.exit(f"store synth failed: {done.stderr.strip()}")
-    run = json.loads((out / "manifest.json").read_text())["run"]
+    run = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["run"]
     figures = {
         "command": f"soundscape store synth --level {LEVEL} --cells {size} --within '{within}' --bundle {bundle}",
         "wall_s": round(time.perf_counter() - started, 1),
@@ -106,14 +106,16 @@ def build(size: int, bundle: Path, scratch: Path, flat_max: int | None) -> tuple
         "store_gb": round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e9, 2),
         "load_during": list(os.getloadavg()),
     }
-    record.write_text(json.dumps(figures, indent=2))
+    record.write_text(json.dumps(figures, indent=2), encoding="utf-8")
     return out, {**figures, "reused": False}
 
 
 def rss_split_mb() -> dict[str, float]:
     """Resident memory now: anonymous (the process's own: index, caches, arrays it copied) and
     file-backed (pages of the memory-mapped store, shared and reclaimable), MB."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    fields = dict(
+        line.split(":", 1) for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines() if ":" in line
+    )
     return {key: round(int(fields[key].split()[0]) / 1e3, 1) for key in ("VmRSS", "RssAnon", "RssFile")}
 
 
@@ -154,7 +156,7 @@ def measure_index(store_path: Path, rebuild: bool = False) -> dict:
         meta = {**meta, "built_here_s": round(time.perf_counter() - started, 1)}
     else:
         index = faiss.read_index(str(folder / "index.faiss"))
-        meta = json.loads((store_path / "manifest.json").read_text())["levels"][str(LEVEL)]["index"]
+        meta = json.loads((store_path / "manifest.json").read_text(encoding="utf-8"))["levels"][str(LEVEL)]["index"]
     read_s = time.perf_counter() - started
     memory = rss_split_mb()["RssAnon"] - before
     faiss.omp_set_num_threads(1)  # as the server searches (server/app.py)
@@ -209,7 +211,7 @@ def measure_server(store_path: Path, bundle: Path, tiles: int, scratch: Path, se
     from server.app import create_app
     from server.settings import Settings
 
-    bounds = json.loads((store_path / "manifest.json").read_text())["bounds"]
+    bounds = json.loads((store_path / "manifest.json").read_text(encoding="utf-8"))["bounds"]
     before = rss_split_mb()
     started = time.perf_counter()
     settings = Settings(bundle=str(bundle), store=str(store_path), query_db=str(scratch / "bench-queries.sqlite"))
@@ -280,7 +282,7 @@ def main() -> None:
         print(json.dumps({"size": size, "build": figures}), flush=True)
     if args.build_only:
         return
-    result = json.loads(args.out.read_text()) if args.out.is_file() else {"sizes": {}}
+    result = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {"sizes": {}}
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     if args.index_only:  # a section of its own, beside what the store's own index measured
         for size, path in stores.items():
@@ -291,14 +293,14 @@ def main() -> None:
                 "load_after": [round(v, 2) for v in os.getloadavg()],
                 **figures,
             }
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
+            args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         return
     for size, path in stores.items():  # each size measured now replaces its earlier section
         section = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": "python benchmarks/large_store.py " + " ".join(sys.argv[1:]),
             "load_before": [round(v, 2) for v in os.getloadavg()],
-            "build": json.loads((args.scratch / f"l12-{size}.build.json").read_text()),
+            "build": json.loads((args.scratch / f"l12-{size}.build.json").read_text(encoding="utf-8")),
         }
         if not args.no_index:
             section["index"] = measure_index(path)
@@ -308,7 +310,7 @@ def main() -> None:
         section["load_after"] = [round(v, 2) for v in os.getloadavg()]
         result["sizes"][str(size)] = section
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

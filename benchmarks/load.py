@@ -57,8 +57,8 @@ def paths() -> list[str]:
 def wrk(base: str, urls: list[str], seconds: int, connections: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         listing, script = Path(tmp) / "urls.txt", Path(tmp) / "mix.lua"
-        listing.write_text("\n".join(urls) + "\n")
-        script.write_text(WRK_SCRIPT)
+        listing.write_text("\n".join(urls) + "\n", encoding="utf-8")
+        script.write_text(WRK_SCRIPT, encoding="utf-8")
         out = subprocess.run(
             [
                 "wrk",
@@ -231,7 +231,7 @@ def main() -> None:
             results["overhead"] = overhead(args.data_dir, Path(tmp), urls)
             print("overhead", json.dumps(results["overhead"]), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

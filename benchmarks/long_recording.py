@@ -75,7 +75,11 @@ def read_features(path: Path, front_end: str, crop: bool) -> np.ndarray:
 
 def _status_mb(field: str) -> float:
     """A memory figure of this process from /proc/self/status (Linux), MB."""
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    line = next(
+        line
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines()
+        if line.startswith(field + ":")
+    )
     return int(line.split()[1]) / 2**10
 
 

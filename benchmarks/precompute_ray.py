@@ -41,7 +41,7 @@ def timed(argv: list[str], out: Path) -> tuple[float, str]:
     seconds = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"precompute {' '.join(argv)} failed:\n{done.stderr[-3000:]}")
-    return seconds, json.loads((out / "manifest.json").read_text())["id"]
+    return seconds, json.loads((out / "manifest.json").read_text(encoding="utf-8"))["id"]
 
 
 def main() -> None:

@@ -138,7 +138,10 @@ def main() -> None:
             data["baseline"] = data_files(args.baseline_data_dir or args.data_dir)
     except ValueError as error:
         parser.error(str(error))
-    bundles = {name: json.loads((bundle / "manifest.json").read_text())["id"] for name, (_, bundle) in data.items()}
+    bundles = {
+        name: json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["id"]
+        for name, (_, bundle) in data.items()
+    }
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"current": REPO}
         commits = {
@@ -174,7 +177,7 @@ def main() -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        args.out.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -61,5 +61,5 @@ def emit(result: dict, path: Path | None) -> None:
     """Print a benchmark's result as JSON and, given a path, write it there too."""
     text = dumps(result)
     if path is not None:
-        path.write_text(text + "\n")
+        path.write_text(text + "\n", encoding="utf-8")
     print(text)

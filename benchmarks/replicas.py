@@ -57,7 +57,7 @@ def proxy_config(upstreams: list[str], port: int, root: Path) -> Path:
     """docker/nginx.conf as it runs outside its container: its replica lines pointed at `upstreams`
     (host:port), listening on 127.0.0.1:`port`, with its cache, logs and temporary files under
     `root`, inside a main config of its own (the image's nginx.conf holds `events` and `http`)."""
-    text = NGINX_CONF.read_text()
+    text = NGINX_CONF.read_text(encoding="utf-8")
     lines = UPSTREAM_LINE.findall(text)
     if len(lines) < 2:
         raise ValueError("docker/nginx.conf names fewer than two replicas")
@@ -70,7 +70,7 @@ def proxy_config(upstreams: list[str], port: int, root: Path) -> Path:
             raise ValueError(f"docker/nginx.conf no longer holds {old!r} once")
         text = text.replace(old, new)
     (root / "cache").mkdir(parents=True, exist_ok=True)  # as the image's /var/cache/nginx
-    (root / "soundscape.conf").write_text(text)
+    (root / "soundscape.conf").write_text(text, encoding="utf-8")
     main = root / "nginx.conf"
     temp_paths = "".join(
         f"  {kind}_temp_path {root}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -80,7 +80,8 @@ def proxy_config(upstreams: list[str], port: int, root: Path) -> Path:
         (f"user {getpass.getuser()};\n" if os.geteuid() == 0 else "")
         + f"pid {root}/nginx.pid;\nerror_log {root}/error.log warn;\nworker_processes 1;\n"
         + "events { worker_connections 256; }\nhttp {\n"
-        + f"  access_log {root}/access.log;\n{temp_paths}  include {root}/soundscape.conf;\n}}\n"
+        + f"  access_log {root}/access.log;\n{temp_paths}  include {root}/soundscape.conf;\n}}\n",
+        encoding="utf-8",
     )
     return main
 
@@ -105,7 +106,9 @@ def proxy(upstreams: list[str], root: Path) -> Iterator[str]:
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"nginx did not start: {(root / 'error.log').read_text()}") from None
+                    raise RuntimeError(
+                        f"nginx did not start: {(root / 'error.log').read_text(encoding='utf-8')}"
+                    ) from None
                 time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -219,7 +222,7 @@ def main() -> None:
     result = run(args.data_dir, args.tiles)
     print(json.dumps(result, indent=1))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -218,7 +218,7 @@ def write_tiles(answers: dict[str, httpx.Response], folder: Path) -> None:
     for i, (url, response) in enumerate(answers.items()):
         (folder / f"{i}.bin").write_bytes(response.content)
         index[url] = (response.headers["content-type"], f"{i}.bin")
-    (folder / "index.json").write_text(json.dumps(index))
+    (folder / "index.json").write_text(json.dumps(index), encoding="utf-8")
 
 
 def p50_ms(samples: list[float]) -> float:
@@ -268,7 +268,7 @@ def processes() -> Iterator[tuple[str, list[str]]]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                head, _, tail = Path(entry.path, "stat").read_text().rpartition(")")
+                head, _, tail = Path(entry.path, "stat").read_text(encoding="utf-8", errors="replace").rpartition(")")
             except OSError:  # gone meanwhile
                 continue
             yield head.partition("(")[2], tail.split()
@@ -559,7 +559,7 @@ def measure_precompute(args, result: dict) -> None:
         if done.returncode:
             entry["not_run"] = (done.stderr.strip().splitlines() or ["precompute_throughput.py failed"])[-1]
             return
-        report = json.loads(out.read_text())
+        report = json.loads(out.read_text(encoding="utf-8"))
         store = report["demo_store"]
         entry.update(
             {
@@ -823,13 +823,13 @@ def markdown(result: dict) -> str:
 def update_markdown(path: Path, text: str) -> None:
     """Replace the generated block between the markers of BENCHMARKS.md (appended once)."""
     begin, end = "<!-- performance-harness:begin -->", "<!-- performance-harness:end -->"
-    doc = path.read_text()
+    doc = path.read_text(encoding="utf-8")
     block = f"{begin}\n{text}{end}"
     if begin in doc:
         doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
     else:
         doc = doc.rstrip("\n") + "\n\n## Performance harness\n\n" + block + "\n"
-    path.write_text(doc)
+    path.write_text(doc, encoding="utf-8")
 
 
 def main() -> None:
@@ -906,7 +906,7 @@ def main() -> None:
     if "precompute" in args.only:
         measure_precompute(args, result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if args.markdown:
         update_markdown(args.markdown, markdown(result))
     print(markdown(result))

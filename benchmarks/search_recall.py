@@ -175,14 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     level = engine.store.levels[args.level]
     cases = metadata_cases(engine, args.pairs, args.seed)
     result = {"bundle": engine.bundle.id, "store": engine.store.id, "level": args.level, "rank_by": args.rank_by}
-    prompts = args.prompts.read_text().split("\n") if args.prompts else list(PROMPTS)
+    prompts = args.prompts.read_text(encoding="utf-8").split("\n") if args.prompts else list(PROMPTS)
     result["prompts"] = [line.strip() for line in prompts if line.strip()]
     result["cases"] = [{"hour": m.hour, "month": m.month, "source": m.source} for m in cases]
     result |= measure(engine, level, cases, result["prompts"], say, args.rank_by)
     result["seconds"] = say.seconds
     print(markdown(result))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     say(f"wrote {args.json}")
     return 0
 

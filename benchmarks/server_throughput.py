@@ -99,8 +99,8 @@ def run_wrk(
     """wrk cycling `paths` (or whatever the `lua` script makes of them, with `env`)."""
     with tempfile.TemporaryDirectory() as tmp:
         urls, script = Path(tmp) / "urls.txt", Path(tmp) / "urls.lua"
-        urls.write_text("\n".join(paths) + "\n")
-        script.write_text(lua)
+        urls.write_text("\n".join(paths) + "\n", encoding="utf-8")
+        script.write_text(lua, encoding="utf-8")
         out = subprocess.run(
             ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), base],
             capture_output=True,
@@ -222,7 +222,7 @@ def bench_soundscape(
 def bench_titiler(python: str, imagery: Path, paths: list[str], duration: int, connections: int) -> dict:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "titiler_app.py").write_text(TITILER_APP)
+        (Path(tmp) / "titiler_app.py").write_text(TITILER_APP, encoding="utf-8")
         proc = serve(
             [
                 python,

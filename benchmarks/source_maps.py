@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     for result in results.values():
         print(markdown(result) + "\n")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.json} ({out['seconds']} s)", file=sys.stderr)
     return 0
 

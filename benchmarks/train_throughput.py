@@ -45,7 +45,7 @@ from model.train import Optimisation, TrainConfig  # noqa: E402
 
 
 def load(name: str) -> dict:
-    return yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    return yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text(encoding="utf-8"))
 
 
 def shape(name: str) -> tuple[dict, dict, int]:

@@ -97,7 +97,7 @@ def export_code_sha256() -> str:
 def _weights_sha256(weights: Path) -> str | None:
     """The hash the weights' record names (a bundle assembled from other weights is rebuilt)."""
     try:
-        return json.loads((weights / RECORD_FILE).read_text())["weights"]["sha256"]
+        return json.loads((weights / RECORD_FILE).read_text(encoding="utf-8"))["weights"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         raise FileNotFoundError(
             f"{weights} holds no readable {RECORD_FILE}: the demo's trained weights are "

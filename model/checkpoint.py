@@ -46,7 +46,7 @@ def read_trained_parts(folder: str | Path) -> tuple[dict[str, torch.Tensor], dic
 
     folder = Path(folder)
     try:
-        record = json.loads((folder / RECORD_FILE).read_text())
+        record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
         weights = folder / record["weights"]["file"]
         expected = record["weights"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -406,7 +406,7 @@ def save_trained_parts(model: PSMModel, folder: str | Path, *, calibration: tupl
         "calibration": {"a": float(calibration[0]), "b": float(calibration[1])},
         "weights": {"file": TRAINED_PARTS_FILE, "sha256": file_sha256(folder / TRAINED_PARTS_FILE)},
     }
-    (folder / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (folder / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
 

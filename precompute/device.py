@@ -34,7 +34,7 @@ class Device:
 def bundle_precisions(path: str | Path) -> list[str]:
     """The graph precisions a bundle holds, from its manifest (fp32 always)."""
     try:
-        manifest = json.loads((Path(path) / "manifest.json").read_text())
+        manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return ["fp32"]
     return list(manifest.get("precisions", ["fp32"]))

@@ -119,7 +119,7 @@ def absolute(source: str) -> str:
 def complete_shard(path: Path, index: int, count: int) -> dict | None:
     """The manifest of a finished shard store `index` of `count` at `path`, else None."""
     try:
-        manifest = json.loads((path / MANIFEST_FILE).read_text())
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return manifest if manifest.get("shard") == [index, count] else None
@@ -147,7 +147,7 @@ def _arm_kill_once(marker: str, path: Path) -> None:
     def watch() -> None:
         while not (path / MANIFEST_FILE).exists():
             with contextlib.suppress(OSError, ValueError):
-                rows = sum(lv["rows"] for lv in json.loads(progress.read_text())["levels"].values())
+                rows = sum(lv["rows"] for lv in json.loads(progress.read_text(encoding="utf-8"))["levels"].values())
                 if rows:
                     os.write(fd, str(rows).encode())
                     os.fsync(fd)
@@ -200,7 +200,7 @@ def _shard_count(root: Path, key: dict, requested: int | None, overwrite: bool, 
     shards, after refusing (or with --overwrite discarding) another job's shards. A job that wrote
     no shard yet (its tasks refused their arguments) is not kept."""
     try:
-        previous = json.loads((root / JOB_FILE).read_text())
+        previous = json.loads((root / JOB_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         previous = None
     if previous is not None and (any(root.glob("shard-*")) or any(root.glob(".shard-*.partial"))):
@@ -272,7 +272,7 @@ def _merged_already(out: Path, first_shard: dict, count: int) -> bool:
     """Whether `out` is the merge of these shards (the driver was killed between the merge and
     removing the shards)."""
     try:
-        manifest = json.loads((out / MANIFEST_FILE).read_text())
+        manifest = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     same = all(manifest.get(k) == first_shard.get(k) for k in ("bundle_id", "plan", "bounds"))
@@ -303,7 +303,7 @@ def run_on_ray(
         reused = len(manifests)
         if reused == count and _merged_already(out, manifests[0], count):
             shutil.rmtree(root)
-            return json.loads((out / MANIFEST_FILE).read_text()), RayReport(count, reused, job.kind)
+            return json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8")), RayReport(count, reused, job.kind)
         check_output(out, overwrite)
         task = ray.remote(run_shard).options(
             num_cpus=job.cpus, num_gpus=1 if job.kind == "cuda" else 0, max_retries=MAX_RETRIES

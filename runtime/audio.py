@@ -469,9 +469,18 @@ def _trained_mono(parts: list[np.ndarray]) -> list[np.ndarray]:
 
 
 # Samples that decode each from its own bytes: a seek reads exactly the samples a whole read
-# would. Lossy codecs (MP3 here) may decode the frames after a seek otherwise, so they are read
-# from the start, block by block.
+# would.
 EXACT_SEEK_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"})
+# Codecs whose decoder, after a seek, gives the samples of a whole decode once it has decoded
+# PREROLL_FRAMES before them: a Vorbis sample depends on its block and the one before (8192
+# samples at most); Opus needs 80 ms (RFC 7845). libsndfile 1.2's Vorbis seek alone gave wrong
+# first samples now and then (0.7 off), Opus's the last bit off. MP3 of MPEG-1 (32 kHz and up)
+# seeks to the sample; MPEG-2 and 2.5 (below 32 kHz) sought came out up to 1.4% off in CLAP's
+# features, so they are decoded from the start, which still leaves the last bit of a few samples
+# off (mpg123's result differs with its buffers; tests/test_training_leftovers2.py).
+PREROLL_SUBTYPES = frozenset({"VORBIS", "OPUS", "MPEG_LAYER_III"})
+MPEG1_RATES = frozenset({32000, 44100, 48000})
+PREROLL_FRAMES = 1 << 14
 BLOCK_FRAMES = 1 << 16
 
 
@@ -516,16 +525,52 @@ def _read_spans(f: soundfile.SoundFile, target: int, spans: list[tuple[int, int]
 
 
 def _frames(f: soundfile.SoundFile, windows: list[tuple[int, int]]) -> list[np.ndarray] | None:
-    """Frames [first, last) of `f` for each window (sorted), read after a seek where that is
-    exact, else decoded from the start block by block (memory: the windows and a block); None
-    when the decoder reached another end than the frame count the file declared (the windows
-    would then be elsewhere)."""
-    if f.subtype in EXACT_SEEK_SUBTYPES and f.seekable():
-        read = []
-        for first, last in windows:
-            f.seek(first)
-            read.append(f.read(last - first, dtype="float32", always_2d=True))
-        return read if all(len(w) == last - first for w, (first, last) in zip(read, windows, strict=True)) else None
+    """Frames [first, last) of `f` for each window (sorted): read after a seek where that gives
+    a whole decode's samples (after a pre-roll for compressed audio), else decoded from the start
+    block by block (memory: the windows and a block); None when the file holds another number of
+    frames than it declared (the windows would then be elsewhere)."""
+    if f.seekable() and f.subtype in EXACT_SEEK_SUBTYPES:
+        read = _sought(f, windows, 0)
+    elif f.seekable() and _seeks_after_preroll(f) and _declared_length_holds(f):
+        read = _sought(f, windows, PREROLL_FRAMES)
+    else:
+        return _decoded_through(f, windows)
+    return read if all(len(w) == last - first for w, (first, last) in zip(read, windows, strict=True)) else None
+
+
+def _sought(f: soundfile.SoundFile, windows: list[tuple[int, int]], preroll: int) -> list[np.ndarray]:
+    """Each window, `preroll` frames decoded before it after a seek; a window that starts at most
+    that far after the last one ends is read on from it (CLAP's close windows: no seek)."""
+    read, at = [], None
+    for first, last in windows:
+        if at is None or not at <= first <= at + preroll:
+            at = max(0, first - preroll)
+            f.seek(at)
+        f.read(first - at, dtype="float32", always_2d=True)
+        read.append(f.read(last - first, dtype="float32", always_2d=True))
+        at = first + len(read[-1])
+    return read
+
+
+def _seeks_after_preroll(f: soundfile.SoundFile) -> bool:
+    return f.subtype in PREROLL_SUBTYPES and (f.subtype != "MPEG_LAYER_III" or f.samplerate in MPEG1_RATES)
+
+
+def _declared_length_holds(f: soundfile.SoundFile) -> bool:
+    """Whether a compressed file holds the frames it declared (an MP3 without its info frame
+    declares an estimate, which may be more): its last one is there. A whole decode stops at the
+    declared count in any case (soundfile reads no further)."""
+    try:
+        f.seek(f.frames - 1)
+        return len(f.read(1, dtype="float32", always_2d=True)) == 1
+    except soundfile.LibsndfileError:
+        return False
+
+
+def _decoded_through(f: soundfile.SoundFile, windows: list[tuple[int, int]]) -> list[np.ndarray] | None:
+    """Each window, decoding the file from the start block by block; None when the decoder
+    reached another end than the declared frame count."""
+    f.seek(0)
     kept: list[list[np.ndarray]] = [[] for _ in windows]
     position, open_from = 0, 0  # windows before open_from end before the block
     for block in f.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):

@@ -85,7 +85,7 @@ class Bundle:
         if not manifest_path.is_file():
             raise BundleError(f"{self.path} is not a model bundle: it has no {MANIFEST_FILE}")
         try:
-            self.manifest = json.loads(manifest_path.read_text())
+            self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
         version = self.manifest.get("format_version")

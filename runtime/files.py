@@ -82,7 +82,7 @@ def lock_file(path: Path, *, wait: bool = True) -> IO[str]:
     leaves none; a locker that meanwhile got the lock of the removed file tries again on the file
     now at `path`, so two lockers never hold two different files of one path."""
     while True:
-        handle = open(path, "a")  # noqa: SIM115  (held until unlock_file)
+        handle = open(path, "a", encoding="utf-8")  # noqa: SIM115  (held until unlock_file)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.path.samestat(os.stat(path), os.fstat(handle.fileno())):

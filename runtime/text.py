@@ -95,7 +95,7 @@ class HuggingFaceTokenizer:
         self._tokenizer = _Tokenizer.from_file(str(path))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
-        spec = json.loads(self.path.read_text())
+        spec = json.loads(self.path.read_text(encoding="utf-8"))
         self.pad_id = self._pad_id(spec)
         self.unk_id = self._unk_id(spec)
 
@@ -131,7 +131,7 @@ def load_tokenizer(path: str | Path, spec: dict | None = None) -> Tokenizer:
         return HuggingFaceTokenizer(path, int(spec["max_length"]))
     if kind != HashedWordTokenizer.kind:
         raise ValueError(f"unsupported tokenizer kind {kind!r} for {path}")
-    file_spec = json.loads(Path(path).read_text())
+    file_spec = json.loads(Path(path).read_text(encoding="utf-8"))
     if file_spec.get("kind") != HashedWordTokenizer.kind:
         raise ValueError(f"{path} is not a {HashedWordTokenizer.kind} tokenizer")
     return HashedWordTokenizer(file_spec["vocab_size"], file_spec["max_length"])

@@ -43,7 +43,7 @@ def requirements(extras: tuple[str, ...]) -> list[str]:
     """The pyproject requirements of the core plus `extras`, minus the unlocked packages."""
     from packaging.requirements import Requirement
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     lines = list(project["dependencies"])
     for extra in extras:
         lines += project["optional-dependencies"][extra]
@@ -57,10 +57,11 @@ def compile_lock(name: str, upgrade: bool) -> None:
     torch): uv is told to override it with a marker no platform has, which drops it and what only
     it needs from the resolution; the lines it then prints under that marker are removed."""
     uv = Path(sys.executable).parent / "uv"
-    python = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"].lstrip(">=")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    python = project["requires-python"].lstrip(">=")
     with tempfile.TemporaryDirectory() as tmp:
         overrides = Path(tmp) / "overrides.txt"
-        overrides.write_text("".join(f"{package} ; {NEVER}\n" for package in sorted(UNLOCKED)))
+        overrides.write_text("".join(f"{package} ; {NEVER}\n" for package in sorted(UNLOCKED)), encoding="utf-8")
         command = [
             str(uv),
             "pip",
@@ -82,7 +83,7 @@ def compile_lock(name: str, upgrade: bool) -> None:
             command.append("--upgrade")
         subprocess.run(command, input="\n".join(requirements(SETS[name])) + "\n", text=True, check=True, cwd=ROOT)
     lock = lock_path(name)
-    lock.write_text(_drop_never(lock.read_text()))
+    lock.write_text(_drop_never(lock.read_text(encoding="utf-8")), encoding="utf-8")
 
 
 def _drop_never(text: str) -> str:

@@ -170,7 +170,7 @@ def read_manifest(path: Path) -> dict:
     if not manifest_path.is_file():
         raise StoreError(f"{path} is not an embedding store: it has no {MANIFEST_FILE}")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise StoreError(f"{manifest_path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict):

@@ -162,7 +162,7 @@ def bundle_facts(bundle: str | Path) -> dict:
     """id and dims of a model bundle, from its manifest alone (no graph is loaded)."""
     path = Path(bundle) / "manifest.json"
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
         return {"bundle_id": manifest["id"], "embed_dim": manifest["dims"]["embed"], "sat_dim": manifest["dims"]["sat"]}
     except (OSError, ValueError, KeyError, TypeError):
         raise StoreError(f"{bundle} is not a model bundle (no readable manifest.json with id and dims)") from None

@@ -140,7 +140,7 @@ class PartialStore:
         if not (self.dir.is_dir() and self.progress.is_file()):
             return None
         try:
-            return json.loads(self.progress.read_text())
+            return json.loads(self.progress.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
 

@@ -55,7 +55,7 @@ class HashedTextTower(TextTower):
         return HashedWordTokenizer(self.cfg.vocab_size, self.cfg.max_length)
 
     def write_tokenizer(self, path: Path) -> dict:
-        path.write_text(json.dumps(self.tokenizer().to_json(), indent=2) + "\n")
+        path.write_text(json.dumps(self.tokenizer().to_json(), indent=2) + "\n", encoding="utf-8")
         return {"tokenizer_kind": HashedWordTokenizer.kind, "max_length": self.cfg.max_length}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
