@@ -32,3 +32,21 @@ def test_the_layer_is_drawn_past_the_servers_last_level_from_its_tiles(browser, 
         assert page_errors(page) == []
     finally:
         page.close()
+
+
+LEGEND_SHOWN = "!document.getElementById('legend').hidden"
+
+
+@pytest.mark.parametrize("link", ["layer=uncertainty&map=3.5/45/10", "q=birdsong&layer=heatmap&map=3.5/45/10"])
+def test_the_viewer_asks_for_each_tilejson_once_at_startup(browser, server, link):  # noqa: F811
+    """The uncertainty layer's TileJSON was asked for twice on opening: once for the store's
+    extent, once for the legend of the same parameters."""
+    page = open_page(browser, server, f"/#{link}", ready=HEATMAP_LOADED)
+    try:
+        wait_until(page, LEGEND_SHOWN)
+        page.wait_for_load_state("networkidle")
+        asked = [url for url in page.requests() if "/tilejson.json" in url]
+        assert len(asked) == len(set(asked)), asked
+        assert len(asked) == (1 if "uncertainty" in link else 2), "the extent's, and a query's legend"
+    finally:
+        page.close()

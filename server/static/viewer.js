@@ -312,7 +312,10 @@ async function main() {
   fillSources(metadata.source);
   showControls();
 
-  const info = await fetchJson(`${base}/tilejson.json?layer=uncertainty`);  // the store's extent
+  // The store's extent, in every TileJSON; this one is also the legend of the uncertainty layer
+  // with no hour, month or source, which is not asked for again.
+  const extentUrl = `${base}/tilejson.json?layer=uncertainty`;
+  const info = await fetchJson(extentUrl);
   const extent = storeExtent(info);
   const view = initial.view || { bounds: extent.bounds, fitBoundsOptions: { padding: clearOfPanel() } };
   // No source in the style: the map loads whatever the server lacks; the basemap comes after.
@@ -361,7 +364,8 @@ async function main() {
       return;
     }
     try {
-      const tilejson = await fetchJson(`${base}/tilejson.json?${tileParams()}`);
+      const url = `${base}/tilejson.json?${tileParams()}`;
+      const tilejson = url === extentUrl ? info : await fetchJson(url);
       if (seq !== legendSeq) return;
       showLegend(tilejson);
     } catch (error) {
