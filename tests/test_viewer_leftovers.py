@@ -50,3 +50,39 @@ def test_the_viewer_asks_for_each_tilejson_once_at_startup(browser, server, link
         assert len(asked) == (1 if "uncertainty" in link else 2), "the extent's, and a query's legend"
     finally:
         page.close()
+
+
+def settle(page, view: dict) -> None:
+    """Move the map to `view` (MapLibre's jumpTo options) and return once it has drawn it, its
+    tiles loaded or failed."""
+    page.evaluate(
+        """(view) => new Promise((resolve, reject) => {
+        const map = window.soundscape.map;
+        map.once('idle', resolve);
+        map.jumpTo(view);
+        setTimeout(() => reject(new Error('the map did not go idle')), 30000);
+    })""",
+        view,
+    )
+
+
+def test_the_best_places_are_said_to_be_in_view_only_while_they_are(browser, server):  # noqa: F811
+    """After a pan, the status still said "the 10 of N places in view where it is likeliest",
+    of a view the map no longer showed. It now says they are those of the view they were marked
+    in, and how to mark the new one; marking again says "in view" again."""
+    page = open_page(browser, server, "/#q=birdsong&layer=heatmap&map=4/45/10", ready=HEATMAP_LOADED)
+    try:
+        page.click("#best")
+        page.wait_for_selector(".best-marker", timeout=30_000)
+        marked = page.inner_text("#status")
+        assert re.fullmatch(r"query \w+: birdsong: the \d+ of \d+ places in view where it is likeliest", marked)
+        settle(page, {"center": [14, 47]})
+        moved = page.inner_text("#status")
+        assert " places in view " not in moved and moved.startswith(marked.split(" in view")[0])
+        assert "Best places in view" in moved, "the status says how to mark this view's places"
+        page.click("#best")
+        wait_until(page, "(text) => document.getElementById('status').textContent !== text", moved)
+        assert page.inner_text("#status").endswith("places in view where it is likeliest")
+        assert page_errors(page) == []
+    finally:
+        page.close()

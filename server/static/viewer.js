@@ -419,6 +419,7 @@ async function main() {
   map.on("moveend", () => {
     if (!ready) return;
     writeUrlState(map);
+    retellBest(map);
     if (retryOnMove) drawAgain();
   });
   map.on("click", (event) => showProfile(map, event.lngLat));
@@ -681,6 +682,10 @@ function bestParams(map, box = viewBox(map.getBounds())) {
   return params;
 }
 
+// The marked places as the status last told of them: how many, of how many, ranked by what, and
+// the sentence said.
+let marked = null;
+
 // Numbered markers on the ten best places in view (or in a shared link's box), best first; the
 // URL keeps the box, so a saved link shows the same places.
 async function showBest(map, box = viewBox(map.getBounds())) {
@@ -704,8 +709,24 @@ async function showBest(map, box = viewBox(map.getBounds())) {
   });
   state.best = box;
   writeUrlState(map);
-  const by = params.get("rank_by") === "contrast" ? "where it stands out most" : "where it is likeliest";
-  setStatus(`${describeQuery()}: the ${answer.features.length} of ${answer.properties.ranked} places in view ${by}`);
+  marked = { count: answer.features.length, ranked: answer.properties.ranked,
+             by: params.get("rank_by") === "contrast" ? "where it stands out most" : "where it is likeliest" };
+  sayBest(map);
+}
+
+// "in view" while the view is the box the places were found in; once the map has moved (or a
+// link's box is not the window's), where they are from and how to mark the view's own.
+function sayBest(map) {
+  const places = `${describeQuery()}: the ${marked.count} of ${marked.ranked} places`;
+  marked.said = viewBox(map.getBounds()) === state.best ? `${places} in view ${marked.by}`
+    : `${places} ${marked.by} in the view they were marked in; “Best places in view” marks this one's`;
+  setStatus(marked.said);
+}
+
+// After a move: the status of the marked places says where they are from, unless it has been
+// given over to another message since.
+function retellBest(map) {
+  if (state.best && marked && $("status").textContent === marked.said) sayBest(map);
 }
 
 // The answers about places hold for the state they were asked under: the best places' markers
