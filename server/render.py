@@ -12,7 +12,6 @@ import morecantile
 import numpy as np
 from isal import isal_zlib
 from PIL import Image
-from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds
 from rio_tiler.colormap import cmap
@@ -129,10 +128,11 @@ def encode_npy(values: np.ndarray) -> bytes:
 
 
 @lru_cache(maxsize=4)
-def matrix_set(tms: str) -> tuple[morecantile.TileMatrixSet, CRS]:
-    """A tile matrix set and its CRS as rasterio writes it, read once."""
+def matrix_set(tms: str) -> tuple[morecantile.TileMatrixSet, str]:
+    """A tile matrix set and its CRS as WKT, read once. A string, not a shared rasterio CRS (a
+    GDAL object the compute threads would use at once): the same bytes, at the same cost."""
     found = morecantile.tms.get(tms)
-    return found, CRS.from_wkt(found.crs.to_wkt())
+    return found, found.crs.to_wkt()
 
 
 def encode_geotiff(values: np.ndarray, tms: str, z: int, x: int, y: int) -> bytes:

@@ -2,6 +2,7 @@
 read by rasterio (GDAL) as a GIS reads them: one float32 band, NaN the nodata value where no cell
 is, in the tile matrix set's CRS over the tile's exact bounds; cached and tagged as every tile."""
 
+import asyncio
 import io
 import re
 
@@ -100,6 +101,29 @@ def test_a_tif_tile_is_tagged_cached_and_sent_as_the_other_formats(client):
     refused = client.get(tile_url(Z, X, Y, "tiff"), params={"q": "birdsong"})
     assert refused.status_code == 422
     assert refused.json()["detail"] == "fmt must be one of png, webp, npy, tif, not 'tiff'"
+
+
+def test_tif_tiles_written_at_once_are_each_their_own(client):
+    """The compute threads write GeoTIFFs at once (GDAL in each, one CRS): every tile of a burst
+    is placed at its own bounds and holds its own values."""
+    tiles = [(4, x, y) for x in range(7, 11) for y in range(4, 7)]
+    params = {"q": "rain", "hour": 2}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=client.app), base_url="http://127.0.0.1"
+        ) as http:
+            return await asyncio.gather(*[http.get(tile_url(*t, "tif"), params=params) for t in tiles])
+
+    placed = 0
+    for (z, x, y), answer in zip(tiles, asyncio.run(burst()), strict=True):
+        assert answer.status_code == 200, answer.text
+        profile, band, _ = read_geotiff(answer.content)
+        assert_georeferenced(profile, z, x, y, 256)
+        npy = decode_npy(client.get(tile_url(z, x, y, "npy"), params=params).content)
+        assert np.array_equal(band, npy, equal_nan=True), (z, x, y)
+        placed += bool(np.isfinite(band).any())
+    assert placed >= 6, "most of the burst's tiles hold cells"
 
 
 def test_gdal_reads_a_tif_tile_over_http(bundle_path, store_path, capsys):
