@@ -86,3 +86,30 @@ def test_the_best_places_are_said_to_be_in_view_only_while_they_are(browser, ser
         assert page_errors(page) == []
     finally:
         page.close()
+
+
+LEGEND_NOTE = "document.getElementById('legend-note')"
+
+
+def test_a_legend_image_that_fails_says_so(browser, server):  # noqa: F811
+    """The legend's colour ramp is an image of its own: when it failed (a busy server, the network),
+    the panel showed a broken image and nothing else. Now the legend area says so, in text a screen
+    reader reads out, and the next legend that loads takes its place."""
+    page = open_page(browser, server, "/#q=birdsong&layer=uncertainty&map=3.5/45/10", ready=HEATMAP_LOADED)
+    try:
+        wait_until(page, LEGEND_SHOWN)
+        assert page.evaluate(f"{LEGEND_NOTE}.hidden")
+        page.route("**/colormaps/**", lambda route: route.fulfill(status=503, json={"detail": "the server is busy"}))
+        page.check("input[name=layer][value=heatmap]")  # another colour map
+        wait_until(page, f"!{LEGEND_NOTE}.hidden")
+        note = page.locator("#legend-note")
+        assert "colour scale could not be loaded" in note.inner_text()
+        assert note.get_attribute("role") == "status" and page.locator("#legend-img").is_hidden()
+        assert page.inner_text("#legend-lo") and page.inner_text("#legend-hi"), "its values still show"
+        page.unroute("**/colormaps/**")
+        page.check("input[name=layer][value=uncertainty]")
+        wait_until(page, f"{LEGEND_NOTE}.hidden")
+        assert page.locator("#legend-img").is_visible()
+        assert page.evaluate("document.getElementById('legend-img').naturalWidth") > 0
+    finally:
+        page.close()

@@ -311,6 +311,7 @@ async function main() {
   }
   fillSources(metadata.source);
   showControls();
+  wireLegendImage();
 
   // The store's extent, in every TileJSON; this one is also the legend of the uncertainty layer
   // with no hour, month or source, which is not asked for again.
@@ -606,6 +607,18 @@ function wirePanel(apply, setOpacity) {
 }
 
 const fmt = (value) => String(Number(Number(value).toPrecision(3)));
+
+// The legend's colour ramp is an image of its own, which may fail where the TileJSON came: the
+// legend then says so in its place (its values still show), until a later ramp loads.
+function wireLegendImage() {
+  const shown = (loaded) => {
+    $("legend-img").hidden = !loaded;
+    $("legend-note").hidden = loaded;
+    $("legend-note").textContent = loaded ? "" : "The colour scale could not be loaded; the values at its ends show below.";
+  };
+  $("legend-img").addEventListener("load", () => shown(true));
+  $("legend-img").addEventListener("error", () => shown(false));
+}
 
 // The colour ramp with the values at its ends; an end whose colour also stands for values beyond
 // it (clipped) reads "≤ lo" / "≥ hi" and gets a triangle. `scale` is used where the server sends it.
