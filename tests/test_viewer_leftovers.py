@@ -113,3 +113,45 @@ def test_a_legend_image_that_fails_says_so(browser, server):  # noqa: F811
         assert page.evaluate("document.getElementById('legend-img').naturalWidth") > 0
     finally:
         page.close()
+
+
+def notice(page) -> str:
+    return page.evaluate(
+        "document.getElementById('notice').hidden ? '' : document.getElementById('notice').textContent"
+    )
+
+
+def test_the_basemap_notice_lasts_as_long_as_the_basemap_fails(browser, server):  # noqa: F811
+    """One basemap tile that failed (a busy server's 503) left "basemap unavailable" in the panel
+    for good, though the tiles after it loaded; a failed first probe left the map without a basemap
+    for good. Now the notice stays while basemap tiles fail and goes once they load again."""
+    page = open_page(browser, server, "/#layer=uncertainty&map=3/45/10", ready=HEATMAP_LOADED)
+    try:
+        wait_until(page, "window.soundscape.map.getSource('imagery')")
+        assert notice(page) == ""
+        page.route("**/basemap/**", lambda route: route.fulfill(status=503, json={"detail": "the server is busy"}))
+        settle(page, {"zoom": 4, "center": [10, 45]})  # tiles of a level not asked for yet
+        wait_until(page, "document.getElementById('notice').textContent.includes('basemap unavailable')")
+        assert notice(page) == "basemap unavailable: 503: the server is busy; the heatmap still works"
+        settle(page, {"zoom": 4, "center": [20, 52]})  # still failing: still said
+        page.wait_for_timeout(300)
+        assert notice(page).startswith("basemap unavailable: 503")
+        page.unroute("**/basemap/**")
+        settle(page, {"zoom": 5, "center": [10, 45]})
+        wait_until(page, "document.getElementById('notice').hidden")
+        assert page_errors(page) == []
+    finally:
+        page.close()
+
+    page = browser.new_page(viewport={"width": 900, "height": 700})
+    try:  # the first basemap tile, asked for before the map draws any, fails for a while
+        page.route("**/basemap/**", lambda route: route.fulfill(status=503, json={"detail": "the server is busy"}))
+        page.goto(f"{server}/#layer=uncertainty&map=3/45/10")
+        wait_until(page, HEATMAP_LOADED, timeout=60_000)
+        wait_until(page, "document.getElementById('notice').textContent.includes('basemap unavailable: 503')")
+        page.unroute("**/basemap/**")
+        settle(page, {"zoom": 4, "center": [10, 45]})
+        wait_until(page, "document.getElementById('notice').hidden")
+        assert page.evaluate("Boolean(window.soundscape.map.getSource('imagery'))"), "the basemap is drawn after all"
+    finally:
+        page.close()

@@ -44,8 +44,17 @@ const notices = new Map();
 
 function setNotice(kind, text) {
   notices.set(kind, text);
+  showNotices();
+}
+
+function clearNotice(kind) {
+  notices.delete(kind);
+  showNotices();
+}
+
+function showNotices() {
   $("notice").textContent = [...notices.values()].join("\n");
-  $("notice").hidden = false;
+  $("notice").hidden = notices.size === 0;
 }
 
 // A user's or a link's text as a message quotes it: at most `length` characters.
@@ -189,13 +198,16 @@ async function errorDetail(response) {
   return `${response.status}: ${detail === "{}" ? response.statusText : detail}`;
 }
 
+// A refused response as an Error of its detail, with its status.
+async function refusal(response) {
+  const error = new Error(await errorDetail(response));
+  error.status = response.status;
+  return error;
+}
+
 async function fetchJson(url, options) {
   const response = await fetch(url, options);
-  if (!response.ok) {
-    const error = new Error(await errorDetail(response));
-    error.status = response.status;
-    throw error;
-  }
+  if (!response.ok) throw await refusal(response);
   return response.json();
 }
 
@@ -265,17 +277,20 @@ function tileAt(lngLat, zoom) {
           clamp(((1 - Math.log(Math.tan(lat) + 1 / Math.cos(lat)) / Math.PI) / 2) * n)];
 }
 
+const basemapFailed = (detail) => setNotice("basemap", `basemap unavailable: ${detail}; the heatmap still works`);
+
 // The store's imagery under the heatmap. A server without imagery answers 404 with the reason:
-// the map then goes on without a basemap and says so.
+// the map then goes on without a basemap and says so. Any other failure may pass (a busy server,
+// the network): it is said, and the basemap is added all the same, for its tiles to come later.
 async function addBasemap(map, info, boxes) {
   const zoom = Math.min(info.maxzoom, Math.max(0, Math.floor(map.getZoom())));
   const [x, y] = tileAt(map.getCenter(), zoom);
   try {
     const response = await fetch(`${base}/basemap/${zoom}/${x}/${y}.webp`);
-    if (!response.ok) throw new Error(await errorDetail(response));
+    if (!response.ok) throw await refusal(response);
   } catch (error) {
-    setNotice("basemap", `basemap unavailable: ${error.message}; the heatmap still works`);
-    return;
+    basemapFailed(error.message);
+    if (error.status === 404) return;
   }
   addRaster(map, "imagery", boxes, { tiles: [`${base}/basemap/{z}/{x}/{y}.webp`], maxzoom: info.maxzoom,
                                      attribution: asHtmlText(info.attribution) },
@@ -399,11 +414,28 @@ async function main() {
       document.body.dataset.heatmap = "loaded";
     }
   });
+  // Whether basemap tiles loaded, and whether any failed, since the view last changed: its notice
+  // goes once the map is drawn with tiles that loaded and none that failed, and stays while they
+  // fail (a failure may come after the map went idle, with nothing left to draw).
+  const basemapTiles = { loaded: false, failed: false };
+  map.on("movestart", () => Object.assign(basemapTiles, { loaded: false, failed: false }));
+  map.on("sourcedata", (event) => {
+    if (event.tile && rasterOf(event.sourceId) === "imagery") basemapTiles.loaded = true;
+  });
+  map.on("idle", () => {
+    if (basemapTiles.loaded && !basemapTiles.failed) clearNotice("basemap");
+  });
   map.on("error", async (event) => {
     const raster = rasterOf(event.sourceId);  // before the wait: the first failed tile removes the source
+    if (raster === "imagery") {
+      basemapTiles.failed = true;
+      // MapLibre draws no frame for a failed tile: were it the last to come, the map would not go
+      // idle, and the layer over it would never be marked drawn.
+      map.triggerRepaint();
+    }
     const status = event.error && event.error.status;
     const detail = await tileErrorDetail(event.error);
-    if (raster === "imagery") setNotice("basemap", `basemap unavailable: ${detail}; the heatmap still works`);
+    if (raster === "imagery") basemapFailed(detail);
     else if (raster === "soundscape") {
       // The tiles of the state before would stay drawn where this state's failed: the layer goes,
       // with its legend, until the state changes (new tiles, new chance). Removed, not hidden:
