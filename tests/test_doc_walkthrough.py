@@ -149,7 +149,7 @@ ERROR_REQUESTS = {
     ),
     "hour must be an integer in 0..23, not '25'": ("GET", "/tiles/3/4/2.png?q=birdsong&hour=25", {}),
     "k must be an integer in 1..1000, not '5000'": ("GET", "/search?q=birdsong&k=5000", {}),
-    "fmt must be one of png, webp, npy, not 'jpg'": ("GET", "/tiles/WebMercatorQuad/3/4/2.jpg?q=birdsong", {}),
+    "fmt must be one of png, webp, npy, tif, not 'jpg'": ("GET", "/tiles/WebMercatorQuad/3/4/2.jpg?q=birdsong", {}),
 }
 # Examples the ASGI app cannot produce on request: the connection's (server/protocol.py, a real
 # socket: tests/test_server_hardening.py), a bug's; the module that words each must still say it.
