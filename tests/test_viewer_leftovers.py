@@ -155,3 +155,21 @@ def test_the_basemap_notice_lasts_as_long_as_the_basemap_fails(browser, server):
         assert page.evaluate("Boolean(window.soundscape.map.getSource('imagery'))"), "the basemap is drawn after all"
     finally:
         page.close()
+
+
+def test_the_status_of_the_best_places_goes_with_their_markers(browser, server):  # noqa: F811
+    """Another hour or layer removes the marked places (they were ranked under the state before),
+    but the status still said "the 10 of N places in view where it is likeliest" over a map with
+    no marker. It now says what is mapped, as before they were marked."""
+    page = open_page(browser, server, "/#q=birdsong&layer=heatmap&map=4/45/10", ready=HEATMAP_LOADED)
+    try:
+        mapped = page.inner_text("#status")
+        for change in (lambda: page.uncheck("#hour-any"), lambda: page.check("input[name=layer][value=contrast]")):
+            page.click("#best")
+            page.wait_for_selector(".best-marker", timeout=30_000)
+            assert "places in view" in page.inner_text("#status")
+            change()
+            wait_until(page, "window.soundscape.best.length === 0")
+            assert page.inner_text("#status") == mapped
+    finally:
+        page.close()

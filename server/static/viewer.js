@@ -728,7 +728,7 @@ function bestParams(map, box = viewBox(map.getBounds())) {
 }
 
 // The marked places as the status last told of them: how many, of how many, ranked by what, and
-// the sentence said.
+// the sentence said; null when none are marked.
 let marked = null;
 
 // Numbered markers on the ten best places in view (or in a shared link's box), best first; the
@@ -771,7 +771,7 @@ function sayBest(map) {
 // After a move: the status of the marked places says where they are from, unless it has been
 // given over to another message since.
 function retellBest(map) {
-  if (state.best && marked && $("status").textContent === marked.said) sayBest(map);
+  if (marked && $("status").textContent === marked.said) sayBest(map);
 }
 
 // The answers about places hold for the state they were asked under: the best places' markers
@@ -781,10 +781,13 @@ function clearPlaces() {
   window.soundscape.profile?.remove();
 }
 
+// The status that told of the marked places says what is mapped again: they are gone.
 function clearBest() {
   (window.soundscape.best || []).forEach((marker) => marker.remove());
   window.soundscape.best = [];
   state.best = null;
+  if (marked && $("status").textContent === marked.said) setStatus(describeQuery());
+  marked = null;
 }
 
 // A small line chart of 24 hourly scores, its y axis fitted to their range.
