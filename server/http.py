@@ -74,10 +74,18 @@ def errors(*codes: int, notes: dict[int, str] | None = None) -> dict[int | str, 
     return {code: {"description": notes.get(code, ERROR_DESCRIPTIONS[code])} for code in codes}
 
 
+# What the connection (server.protocol) answers any request before a route sees it.
+CONNECTION_ERRORS = {
+    "408": "The request head or body did not arrive in time.",
+    "431": "The request line and headers are over the server's limit, in bytes or in header lines.",
+}
+
+
 def document_errors(app: FastAPI) -> None:
     """Make app.openapi() document every 4xx and 5xx response of every route, whoever declared
     it, as ErrorBody in application/json, in place of FastAPI's list-shaped 422 model (this
-    server never answers that shape)."""
+    server never answers that shape); the connection's 408 and 431 stand on every operation, as
+    any request may draw them (a schema-driven client otherwise reads them as undocumented)."""
     generate = app.openapi
     error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 
@@ -86,6 +94,8 @@ def document_errors(app: FastAPI) -> None:
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
         if "ErrorBody" not in schemas:
             for operation in (op for ops in document["paths"].values() for op in ops.values()):
+                for code, description in CONNECTION_ERRORS.items():
+                    operation.setdefault("responses", {}).setdefault(code, {"description": description})
                 for code, response in operation.get("responses", {}).items():
                     if code[0] in "45":
                         response["content"] = error_content
