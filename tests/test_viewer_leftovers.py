@@ -173,3 +173,55 @@ def test_the_status_of_the_best_places_goes_with_their_markers(browser, server):
             assert page.inner_text("#status") == mapped
     finally:
         page.close()
+
+
+# Each two markers that overlap: their ranks, and the rank of the one drawn on top where they do.
+OVERLAPS = """() => {
+  const boxes = window.soundscape.best.map((marker) => marker.getElement())
+    .map((element) => [Number(element.textContent), element.getBoundingClientRect()]);
+  const pairs = [];
+  boxes.forEach(([a, p], i) => boxes.slice(i + 1).forEach(([b, q]) => {
+    const [left, right] = [Math.max(p.left, q.left), Math.min(p.right, q.right)];
+    const [top, bottom] = [Math.max(p.top, q.top), Math.min(p.bottom, q.bottom)];
+    if (left >= right || top >= bottom) return;
+    const shown = document.elementFromPoint((left + right) / 2, (top + bottom) / 2).closest('.best-marker');
+    pairs.push([a, b, shown ? Number(shown.textContent) : null]);
+  }));
+  return pairs;
+}"""
+
+
+# For each marker under the open profile: whether the profile is drawn on top where they meet.
+UNDER_THE_PROFILE = """() => {
+  const popup = document.querySelector('.maplibregl-popup-content').getBoundingClientRect();
+  return window.soundscape.best.map((marker) => marker.getElement().getBoundingClientRect())
+    .filter((box) => box.left < popup.right && popup.left < box.right)
+    .filter((box) => box.top < popup.bottom && popup.top < box.bottom)
+    .map((box) => {
+      const x = (Math.max(box.left, popup.left) + Math.min(box.right, popup.right)) / 2;
+      const y = (Math.max(box.top, popup.top) + Math.min(box.bottom, popup.bottom)) / 2;
+      return Boolean(document.elementFromPoint(x, y).closest('.maplibregl-popup'));
+    });
+}"""
+
+
+def test_the_best_place_is_drawn_over_the_places_after_it(browser, server):  # noqa: F811
+    """Markers close together overlap when the map is zoomed out, and each was drawn over the ones
+    ranked before it: the best place, number 1, was the one hidden under the others."""
+    page = open_page(browser, server, "/#q=birdsong&layer=heatmap&map=1/45/10", ready=HEATMAP_LOADED)
+    try:
+        page.click("#best")
+        page.wait_for_selector(".best-marker", timeout=30_000)
+        overlaps = page.evaluate(OVERLAPS)
+        assert overlaps, "markers overlap at this zoom"
+        assert [(a, b, shown) for a, b, shown in overlaps if shown != min(a, b)] == []
+        # A place's profile opened over the markers is drawn over them.
+        page.evaluate("window.soundscape.map.jumpTo({center: window.soundscape.best[0].getLngLat()})")
+        page.locator(".maplibregl-canvas").focus()
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".maplibregl-popup canvas", timeout=30_000)
+        covered = page.evaluate(UNDER_THE_PROFILE)
+        assert covered, "the profile is over some marker"
+        assert all(covered), "the profile is drawn over the markers under it"
+    finally:
+        page.close()

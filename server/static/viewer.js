@@ -750,6 +750,7 @@ async function showBest(map, box = viewBox(map.getBounds())) {
     element.className = "best-marker";
     element.textContent = rank;
     element.title = `#${rank}: p = ${score.toPrecision(3)}, contrast = ${contrast.toPrecision(3)}`;
+    element.style.zIndex = String(answer.features.length - rank + 1);  // overlapping, the better on top
     return new maplibregl.Marker({ element }).setLngLat(feature.geometry.coordinates).addTo(map);
   });
   state.best = box;
