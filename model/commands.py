@@ -49,11 +49,12 @@ def _run_config(path: str | Path):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.distributed import launch, machines, main_process, processes
+    from model.distributed import check_gpus, gpus, launch, machines, main_process, processes
     from model.stopping import Interrupted, calm_after_stop
     from model.train import fit
 
     if args.processes > 1:
+        check_gpus(args.processes, gpus())
         return launch(args.processes, _rank_command(args))
 
     config = _run_config(args.config)

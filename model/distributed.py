@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from runtime.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -49,6 +51,22 @@ def machines() -> int:
     return max(1, processes() // int(os.environ.get("LOCAL_WORLD_SIZE", str(processes()))))
 
 
+def gpus() -> int:
+    """The GPUs ranks would run on: none where CUDA is not available (gloo on the CPUs)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_gpus(ranks: int, gpus: int, option: str = "--processes") -> None:
+    """Refuse more ranks than GPUs on a machine with CUDA, one GPU each (NCCL): started anyway (as
+    torchrun does), each rank past the last GPU failed on its device with CUDA's 'invalid device
+    ordinal' traceback, after the others had started. No GPUs: gloo on the CPUs, any number."""
+    if gpus and ranks > gpus:
+        raise UsageError(
+            f"{option} {ranks} runs one process per GPU and this machine has {gpus} GPU{'s' if gpus > 1 else ''}; "
+            f"pass {option} {gpus} (or fewer), or train on the CPUs with CUDA_VISIBLE_DEVICES= set"
+        )
+
+
 def init_distributed() -> Dist:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), NCCL on GPUs
     and gloo on CPUs; a plain single process when not under torchrun."""
@@ -59,6 +77,7 @@ def init_distributed() -> Dist:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
+            check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", str(world))), gpus(), "--nproc_per_node")
             torch.cuda.set_device(local)
         dist.init_process_group(backend)
     return Dist(rank, world, local)
