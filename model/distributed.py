@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -159,9 +160,32 @@ def max_over_ranks(value: int, d: Dist) -> int:
     return int(t.item())
 
 
+def all_ranks(flags: list[bool], d: Dist) -> list[bool]:
+    """Each flag true where it is true on every rank, the same on every rank."""
+    if not d.active:
+        return flags
+    t = torch.tensor([int(f) for f in flags], device=_collective_device(d))
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return [bool(v) for v in t.tolist()]
+
+
+def average_gradients(params: Sequence[torch.Tensor], d: Dist) -> None:
+    """What DDP's sync does, for a step it did not sync: every gradient the mean of the ranks'.
+    A parameter without one (on every rank alike: they embedded the same sides) keeps none."""
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= d.world
+
+
+def _collective_device(d: Dist) -> torch.device | str:
+    """Where the process group's backend takes tensors (NCCL: the GPU)."""
+    return device_for(d) if dist.get_backend() == "nccl" else "cpu"
+
+
 def _scalar(value: int, d: Dist) -> torch.Tensor:
     """A one-number tensor where the process group's backend takes it (NCCL: the GPU)."""
-    return torch.tensor([value], device=device_for(d) if dist.get_backend() == "nccl" else "cpu")
+    return torch.tensor([value], device=_collective_device(d))
 
 
 def shutdown(d: Dist) -> None:

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -31,10 +31,12 @@ from tqdm import tqdm
 from model.batches import Collate, Examples, GlobalBatches, SkipLog, class_balance, loader, place_balance, to_tensors
 from model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from model.checks import checked_splits, small_split_warnings
-from model.config import ConfigError, ModelConfig, Section, TrainConfig, from_section
+from model.config import ConfigError, LossConfig, ModelConfig, Section, TrainConfig, from_section
 from model.data import READERS, DataError, Splits, load_sample
 from model.distributed import (
     Dist,
+    all_ranks,
+    average_gradients,
     barrier,
     broadcast_flag,
     device_for,
@@ -47,8 +49,8 @@ from model.distributed import (
 from model.evaluate import embed_split, metrics, overall
 from model.frozen_cache import FrozenCache, frozen_cache
 from model.init_from import check_model, load_calibration, load_initial, read_initial
-from model.nn.losses import build_loss, pair_losses, total_loss
-from model.nn.psm import PSMModel, preprocessing
+from model.nn.losses import PAIRS, build_loss, pair_losses, total_loss
+from model.nn.psm import META_KEYS, PSMModel, preprocessing
 from model.stopping import Abandoned, Interrupted, StopSignals, ValidationVote
 from runtime.errors import UsageError
 from runtime.files import atomic_write, lock_file, unlock_file
@@ -120,10 +122,18 @@ class Optimisation:
         )
         self.amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.sides = sides_read(cfg.loss)
         self.forward: nn.Module = model
         if d.active:
+            # DDP syncs what the loss reads, each parameter of it getting a gradient every step
+            # where every side is there; a step without one is averaged by hand (`step`). Searching
+            # the graph for unused parameters instead (find_unused_parameters) found none, and torch
+            # said so on every run.
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                model, unread_parameters(model, cfg.loss)
+            )
             self.forward = nn.parallel.DistributedDataParallel(
-                model, device_ids=[d.local_rank] if self.device.type == "cuda" else None, find_unused_parameters=True
+                model, device_ids=[d.local_rank] if self.device.type == "cuda" else None
             )
 
     def _groups(self) -> list[dict]:
@@ -136,6 +146,7 @@ class Optimisation:
     def step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         """One optimizer step on this rank's slice of global batch `step`; the loss parts."""
         cfg, d = self.cfg, self.dist
+        batch = common_sides(batch, d)
         rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         torch.manual_seed(cfg.seed * 1_000_003 + step * d.world + d.rank)  # dropout in the model
         if "present" in batch:
@@ -146,13 +157,16 @@ class Optimisation:
             draws = _local(_global_rand(rng, torch.empty(len(batch["image"]), 4), d), d)
             batch["image"] = random_resized_crop(batch["image"], draws, cfg.image_crop_scale)
         self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        whole = self.sides <= set(batch_sides(batch))
+        with self._sync(whole), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             embeddings = self.forward(batch)
         embeddings = {side: (gather(mu.float(), d), gather(lv.float(), d)) for side, (mu, lv) in embeddings.items()}
         parts = pair_losses(self.loss_fn, embeddings, cfg.loss.weights)
         loss = total_loss(parts, cfg.loss.weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if d.active and not whole:
+            average_gradients(self.params, d)
         self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -160,6 +174,13 @@ class Optimisation:
         self.scaler.update()
         self.schedule.step()
         return {"loss": float(loss.detach()), **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
+
+    def _sync(self, whole: bool) -> AbstractContextManager:
+        """DDP's gradient sync when every side the loss reads is in the batch; otherwise none (the
+        parameters of a missing side get no gradient, which DDP would wait for)."""
+        if whole or not isinstance(self.forward, nn.parallel.DistributedDataParallel):
+            return nullcontext()
+        return self.forward.no_sync()
 
     def state(self) -> dict:
         return {
@@ -174,6 +195,47 @@ class Optimisation:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
+
+
+# The batch keys of each side a step embeds, and the modules (PSMModel's) only that side runs.
+SIDE_KEYS: dict[str, tuple[str, ...]] = {
+    "sat": ("image", "gsd", *META_KEYS),
+    "text": ("input_ids", "attention_mask", "text_backbone"),
+    "audio": ("features", "audio_backbone"),
+}
+SIDE_MODULES = {
+    "sat": ("image", "fusion", "sat_heads"),
+    "text": ("text", "text_heads"),
+    "audio": ("audio", "audio_heads"),
+}
+
+
+def sides_read(loss: LossConfig) -> set[str]:
+    """The sides the loss reads: those of every pair with a weight."""
+    return {side for pair, sides in PAIRS.items() if loss.weights.get(pair) for side in sides}
+
+
+def unread_parameters(model: PSMModel, loss: LossConfig) -> list[str]:
+    """Names of the parameters no step's loss reads: the modules of a side in no weighted pair,
+    and under InfoNCE (cosine of the means) every log-variance head."""
+    modules = [m for side in SIDE_MODULES.keys() - sides_read(loss) for m in SIDE_MODULES[side]]
+    if loss.kind == "infonce":
+        modules += [f"{side}_heads.logvar" for side in SIDE_MODULES]
+    return [name for name, _ in model.named_parameters() if name.startswith(tuple(f"{m}." for m in modules))]
+
+
+def batch_sides(batch: dict) -> list[str]:
+    return [side for side, keys in SIDE_KEYS.items() if any(k in batch for k in keys)]
+
+
+def common_sides(batch: dict[str, torch.Tensor], d: Dist) -> dict[str, torch.Tensor]:
+    """The batch without the sides another rank's slice lacks (a caption missing there): one process
+    embeds a side only where every sample of the global batch has it, and the ranks gather the
+    embeddings of the same sides, in step."""
+    here = batch_sides(batch)
+    everywhere = all_ranks([side in here for side in SIDE_KEYS], d)
+    gone = {key for (side, keys), kept in zip(SIDE_KEYS.items(), everywhere, strict=True) if not kept for key in keys}
+    return {k: v for k, v in batch.items() if k not in gone}
 
 
 def drop_metadata(present: torch.Tensor, p: float, rng: torch.Generator, d: Dist | None = None) -> torch.Tensor:

@@ -1,14 +1,25 @@
-"""Training leftovers, second pass: `--processes N` on a machine with fewer GPUs is refused at
-start."""
+"""Training leftovers, second pass: DDP syncs exactly the parameters the loss reads (no
+`find_unused_parameters` warning, the same weights as one process), and `--processes N` on fewer
+GPUs is refused at start."""
+
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
+import soundfile
 import torch
 import yaml
 
 from cli.main import main as soundscape
 from model.distributed import check_gpus
+from model.train import fit
 from runtime.errors import UsageError
-from tests.test_model_train import config
+from tests.test_model_frozen_cache import write_rows
+from tests.test_model_readers import image_bytes
+from tests.test_model_train import ROOT, config, run_config, weights
+from tests.test_training_leftovers import stereo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,3 +43,72 @@ def test_soundscape_train_processes_on_too_few_gpus_exits_2_before_launching(mon
     err = capsys.readouterr().err.strip()
     assert "has 1 GPU" in err and "--processes 1" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+DDP_CASES = {
+    "pcmepp": {},
+    "infonce": {"train__loss": {"kind": "infonce"}},  # no log-variance head is read
+    "sat-audio only": {"train__loss": {"weights": {"sat_audio": 0.5, "sat_text": 0.0, "audio_text": 0.0}}},
+    # Recordings without a caption: a batch holding one has no text side, on one rank or both.
+    "some captions": {"data": lambda root: captioned_csv_folder(root, lambda i: i % 4 != 1)},
+    "no captions": {"data": lambda root: captioned_csv_folder(root, lambda i: False)},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("changes", DDP_CASES.values(), ids=DDP_CASES.keys())
+def test_two_processes_sync_the_parameters_the_loss_reads_as_one_process_trains(tmp_path, changes):
+    """Every parameter DDP syncs gets a gradient each step, so find_unused_parameters is off (torch
+    warned on every run that it found none unused); those the loss never reads stay as one process
+    leaves them."""
+    data = changes.get("data")
+    cfg = config(
+        model__fusion__dropout=0.0,
+        model__text__dropout=0.0,
+        train__steps=3,
+        train__eval_every=0,
+        train__checkpoint_every=3,
+        train__batch_size=8,
+        **{k: v for k, v in changes.items() if k != "data"},
+    )
+    if data is not None:
+        cfg["data"] = data(tmp_path / "mine")
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "cli.main", "train", "--processes", "2", "--config", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path / "two"), "--no-progress"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = done.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(done.pid, signal.SIGKILL)  # its ranks too, which a hung collective holds
+        pytest.fail(f"the two processes hung: {done.communicate()[1][-3000:]}")
+    assert done.returncode == 0, stderr[-6000:]
+    assert "find_unused_parameters" not in stderr and "reducer" not in stderr, stderr[-3000:]
+    fit(run_config(cfg), tmp_path / "one", progress=False)
+    two, one = weights(tmp_path / "two"), weights(tmp_path / "one")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=2e-6, msg=key)
+
+
+def captioned_csv_folder(root, captioned) -> dict:
+    """A csv data section of 24 recordings in 12 one-degree cells, captioned where `captioned(i)`."""
+    (root / "audio").mkdir(parents=True)
+    (root / "images").mkdir()
+    rows = []
+    for i in range(24):
+        soundfile.write(root / "audio" / f"{i}.wav", stereo(0.6, 16000, seed=i), 16000, subtype="PCM_16")
+        (root / "images" / f"{i}.png").write_bytes(image_bytes(32, i))
+        caption = f"birds and wind number {i % 5}" if captioned(i) else ""
+        row = {"lat": 10 + i % 12, "lon": 20, "audio": f"audio/{i}.wav", "image": f"images/{i}.png", "gsd": 10.0}
+        rows.append({**row, "caption": caption})
+    write_rows(root, rows)
+    return {"kind": "csv", "root": str(root), "split": {"val_fraction": 0.2, "test_fraction": 0.1}}
