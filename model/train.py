@@ -616,6 +616,7 @@ def _fit(run: Run, stop_after: int | None, progress: bool, signals: StopSignals)
     finally:
         if run.lock is not None:
             unlock_file(run_dir / RUN_LOCK, run.lock)
+        run.opt.forward = run.model  # DDP holds the process group, which shutdown must be the last to hold
         shutdown(run.dist)
 
 
