@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def load_config(path: str | Path) -> dict:
     """A YAML config file as a dict of sections; a sentence-long error when unreadable."""
     try:
-        config = yaml.safe_load(Path(path).read_text())
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
@@ -148,7 +148,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     text = json.dumps(report, indent=2) + "\n"
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        Path(args.out).write_text(text, encoding="utf-8")
     _print_table(report["results"], sys.stdout if args.out else sys.stderr)
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -174,7 +174,7 @@ def _print_table(results: dict, stream) -> None:
 def _data_hash(data: dict) -> str | None:
     """The content hash a corpus folder's manifest records (the demo corpus has one), if any."""
     try:
-        return json.loads((Path(data["path"]) / "manifest.json").read_text())["content_hash"]
+        return json.loads((Path(data["path"]) / "manifest.json").read_text(encoding="utf-8"))["content_hash"]
     except (KeyError, OSError, ValueError, TypeError):
         return None
 
@@ -286,7 +286,7 @@ def check_export_out(out: Path, *, trained_parts: bool) -> None:
 def _read_metrics(path: str) -> object:
     """The JSON of --metrics (what `soundscape evaluate --out` wrote); a sentence when it is none."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"--metrics file {path} does not exist") from None
     except (ValueError, UnicodeDecodeError, IsADirectoryError):

@@ -485,7 +485,7 @@ class Run:
             **({"validation_due": self.validation_due} if self.validation_due else {}),
         }
         atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))
-        with open(self.run_dir / "skipped.tsv", "w") as f:
+        with open(self.run_dir / "skipped.tsv", "w", encoding="utf-8") as f:
             f.writelines(f"{where}\t{reason}\n" for where, reason in self.skips.records())
 
 
@@ -765,17 +765,17 @@ class MetricsLog:
         self.path = path
         rows = []
         if path.is_file() and after_step:
-            with open(path, newline="") as f:
+            with open(path, newline="", encoding="utf-8") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= after_step]
         atomic_write(path, functools.partial(_write_rows, rows=rows))  # a stop midway keeps the old rows
 
     def write(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
             csv.DictWriter(f, LOG_COLUMNS, extrasaction="ignore").writerow(row)
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)

@@ -300,7 +300,7 @@ def test_a_config_path_through_a_file_or_at_a_folder_is_one_sentence(capsys, tmp
 def test_a_full_disk_under_stdout_is_one_sentence(tmp_path) -> None:
     store = _synth_store(tmp_path / "store")
     code = "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"
-    with open("/dev/full", "w") as full:
+    with open("/dev/full", "w", encoding="utf-8") as full:
         done = subprocess.run(
             [sys.executable, "-c", code, "store", "info", str(store)],
             cwd=ROOT,

@@ -5,6 +5,8 @@ runs the same commands before each commit; CONTRIBUTING.md says how to fix what 
 
 from __future__ import annotations
 
+import ast
+import os
 import shlex
 import subprocess
 import sys
@@ -66,3 +68,49 @@ def test_no_tracked_file_over_20_mb() -> None:
         str(p.relative_to(ROOT)): p.stat().st_size for p in paths if p.is_file() and p.stat().st_size > MAX_FILE_BYTES
     }
     assert not large, f"tracked files over 20 MB (build or fetch them instead): {large}"
+
+
+# Code that reads and writes the project's files; tests write their own files and read them back.
+PRODUCT_CODE = ("runtime", "store", "server", "precompute", "model", "corpus", "cli", "scripts", "benchmarks")
+
+
+def text_calls_without_encoding(path: Path) -> list[str]:
+    """'file:line' of each read_text, write_text or text-mode open() call that names no encoding.
+    Ruff's PLW1514 (pyproject.toml) catches these where it can tell a Path, not on
+    `(ROOT / name).read_text()`: this scan takes every read_text and write_text."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        mode = node.args[1] if name == "open" and len(node.args) > 1 else None
+        mode = next((k.value for k in node.keywords if k.arg == "mode"), mode)
+        binary = isinstance(mode, ast.Constant) and "b" in str(mode.value)
+        plain_open = name == "open" and isinstance(node.func, ast.Name)
+        if name in ("read_text", "write_text") or (plain_open and not binary):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_every_text_file_is_read_and_written_in_utf_8() -> None:
+    """Without encoding= a text file is read in the machine's encoding: ASCII under a bare C
+    locale (the demo bundle's tokenizer.json did not load), cp1252 on Windows."""
+    files = sorted(path for package in PRODUCT_CODE for path in (ROOT / package).rglob("*.py"))
+    assert [hit for path in files for hit in text_calls_without_encoding(path)] == []
+
+
+def test_a_text_model_loads_under_a_bare_c_locale() -> None:
+    """MiniLM's tokenizer.json holds non-ASCII tokens: a server started with LC_ALL=C (a bare
+    container) stopped on UnicodeDecodeError while loading it."""
+    from model.nn.text_towers import minilm_package_dir
+
+    tokenizer = minilm_package_dir() / "tokenizer.json"
+    code = (
+        "import locale, sys; from runtime.text import HuggingFaceTokenizer; "
+        f"t = HuggingFaceTokenizer({str(tokenizer)!r}, 16); ids, _ = t.encode(['caf\\u00e9 birdsong']); "
+        "print(locale.getpreferredencoding(), ids.shape[0])"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["ANSI_X3.4-1968", "1"]

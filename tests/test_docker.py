@@ -67,7 +67,7 @@ def compose() -> dict:
 
 def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, with comments dropped and continuation lines joined."""
-    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    text = re.sub(r"\\\n", " ", dockerfile.read_text(encoding="utf-8"))
     out = []
     for line in text.splitlines():
         line = line.strip()

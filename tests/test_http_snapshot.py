@@ -35,7 +35,7 @@ def test_the_requests_reach_every_route_and_none_answers_5xx(bundle_path, store_
 
 
 def write(path: Path, answers: list[dict]) -> Path:
-    path.write_text(json.dumps({"commit": "0" * 40, "transports": {"asgi": answers}}))
+    path.write_text(json.dumps({"commit": "0" * 40, "transports": {"asgi": answers}}), encoding="utf-8")
     return path
 
 

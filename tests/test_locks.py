@@ -19,7 +19,7 @@ import lock  # noqa: E402  (scripts/lock.py: the sets and how they are made)
 
 def _pins(path: Path) -> list[Requirement]:
     """The `name==version ; marker` lines of a lock (comments and `# via` lines skipped)."""
-    lines = [line.strip() for line in path.read_text().splitlines()]
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     return [Requirement(line) for line in lines if line and not line.startswith(("#", "-"))]
 
 

@@ -52,14 +52,14 @@ def folder(tmp_path):
 
 
 def write_rows(root, rows: list[dict]) -> None:
-    with open(root / "samples.csv", "w", newline="") as f:
+    with open(root / "samples.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
 
 
 def read_rows(root) -> list[dict]:
-    with open(root / "samples.csv", newline="") as f:
+    with open(root / "samples.csv", encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
 
 

@@ -95,7 +95,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert ca["calibration"] == cb["calibration"] and ca["best"] == cb["best"]
 
     def rows(d):
-        with open(tmp_path / d / "metrics.csv") as f:
+        with open(tmp_path / d / "metrics.csv", encoding="utf-8") as f:
             return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in csv.DictReader(f)]
 
     assert rows("whole") == rows("split") and len(rows("whole")) == 6
@@ -137,7 +137,10 @@ def test_two_ddp_processes_train_as_one_process_on_the_global_batch(tmp_path):
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=2e-6, msg=key)
     # Each rank saw half the global batch: the gathered loss is the one-process loss.
-    with open(tmp_path / "two" / "metrics.csv") as f, open(tmp_path / "one" / "metrics.csv") as g:
+    with (
+        open(tmp_path / "two" / "metrics.csv", encoding="utf-8") as f,
+        open(tmp_path / "one" / "metrics.csv", encoding="utf-8") as g,
+    ):
         losses_two = [float(r["loss"]) for r in csv.DictReader(f)]
         losses_one = [float(r["loss"]) for r in csv.DictReader(g)]
     np.testing.assert_allclose(losses_two, losses_one, rtol=1e-5)
@@ -440,7 +443,7 @@ def test_a_resumed_run_counts_the_substitutions_before_it(monkeypatch, tmp_path)
     assert whole.skipped == resumed.skipped > 2
 
     def skipped(d):
-        with open(tmp_path / d / "metrics.csv") as f:
+        with open(tmp_path / d / "metrics.csv", encoding="utf-8") as f:
             return [r["skipped"] for r in csv.DictReader(f)]
 
     assert skipped("whole") == skipped("split")
@@ -455,7 +458,7 @@ def test_a_second_train_on_the_same_run_directory_stops_at_once(tmp_path, capsys
     cfg.write_text(yaml.safe_dump(config(train__steps=2, train__eval_every=0)))
     run = tmp_path / "run"
     run.mkdir()
-    with open(run / ".lock", "a") as held:  # what a running `train` holds
+    with open(run / ".lock", "a", encoding="utf-8") as held:  # what a running `train` holds
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert soundscape(["train", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()

@@ -122,7 +122,8 @@ def _vrt(path: Path, files: list[Path], nodata: bool) -> Path:
     geotransform = ", ".join(map(str, transform.to_gdal()))
     path.write_text(
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>EPSG:4326</SRS>'
-        f"<GeoTransform>{geotransform}</GeoTransform>{bands}</VRTDataset>"
+        f"<GeoTransform>{geotransform}</GeoTransform>{bands}</VRTDataset>",
+        encoding="utf-8",
     )
     return path
 

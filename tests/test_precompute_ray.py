@@ -108,7 +108,7 @@ def test_a_killed_driver_run_again_finishes_the_same_store(ray_address, referenc
     argv = [sys.executable, "-m", "cli.main", *_argv(imagery_path, bundle_path, out, "--address", ray_address)]
     root = shards_root(out)
     complete = lambda: sorted(p.parent.name for p in root.glob("shard-*/manifest.json"))  # noqa: E731
-    with open(tmp_path / "stderr", "w+") as stderr:
+    with open(tmp_path / "stderr", "w+", encoding="utf-8") as stderr:
         proc = subprocess.Popen([*argv, "--ray-workers", "4"], stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + 240
         while not complete() and proc.poll() is None and time.monotonic() < deadline:

@@ -81,7 +81,7 @@ def precompute_argv(imagery_path: Path, bundle_path: Path, out: Path, *extra: st
 
 def _positions(progress: Path) -> int:
     try:
-        state = json.loads(progress.read_text())
+        state = json.loads(progress.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return 0
     return sum(level["rows"] for level in state["levels"].values())
@@ -104,7 +104,7 @@ def test_killed_overwrite_run_keeps_the_old_store_then_resumes_to_the_same_store
     subprocess.run(["cp", "-r", str(store_path), str(out)], check=True)
     argv = [sys.executable, "-m", "cli.main", *precompute_argv(imagery_path, bundle_path, out, "--overwrite")]
     _, progress = work_paths(out)
-    with open(tmp_path / "stderr", "w+") as stderr:
+    with open(tmp_path / "stderr", "w+", encoding="utf-8") as stderr:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + 120
         while _positions(progress) < 100 and proc.poll() is None and time.monotonic() < deadline:

@@ -6,7 +6,6 @@ released datasets' readers each checked places with their own sentences."""
 
 from __future__ import annotations
 
-import ast
 import io
 import logging
 import math
@@ -165,30 +164,6 @@ def test_the_released_datasets_read_zone_names_too(tmp_path):
 
 
 # 3. text files in UTF-8 ------------------------------------------------------------------------
-
-
-def _text_calls_without_encoding(path: Path) -> list[str]:
-    """'file:line' of each read_text, write_text or text-mode open() call that names no encoding."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
-            continue
-        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-        mode = node.args[1] if name == "open" and len(node.args) > 1 else None
-        mode = next((k.value for k in node.keywords if k.arg == "mode"), mode)
-        binary = isinstance(mode, ast.Constant) and "b" in str(mode.value)
-        plain_open = name == "open" and isinstance(node.func, ast.Name)
-        if name in ("read_text", "write_text") or (plain_open and not binary):
-            found.append(f"{path.relative_to(REPO)}:{node.lineno}")
-    return found
-
-
-def test_readers_and_the_corpus_name_the_encoding_of_every_text_file():
-    """Path.read_text() and open() read and write in the machine's encoding (cp1252 on Windows,
-    ASCII under a bare C locale): a non-ASCII credit or name was read as other characters, or
-    stopped a build."""
-    files = sorted([*(REPO / "model" / "readers").glob("*.py"), *(REPO / "corpus").glob("*.py")])
-    assert [hit for path in files for hit in _text_calls_without_encoding(path)] == []
 
 
 def test_a_corpus_text_file_reads_the_same_on_a_latin_1_machine(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def rows(run: Path) -> list[dict]:
-    with open(run / "metrics.csv") as f:
+    with open(run / "metrics.csv", encoding="utf-8") as f:
         return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in csv.DictReader(f)]
 
 
