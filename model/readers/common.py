@@ -103,7 +103,10 @@ def _zone_named(text: str) -> tuple[str, tzinfo | None]:
     if not found:
         return text, None
     name = found[1] or found[2]
-    zone = _zone(name) or _zone(_zone_names().get(name.lower(), ""))  # "europe/paris" too
+    # Looked up among the tz database's names alone ("europe/paris" too): zoneinfo reads any path
+    # under its folders, and a folder ("America/Argentina"), a name too long for a file or the
+    # machine's "localtime" raised OSError or read this machine's clock.
+    zone = _zone(_zone_names().get(name.lower(), ""))
     if zone is None:
         close = difflib.get_close_matches(name, list(_zone_names().values()), n=1)
         raise BadZone(
@@ -114,18 +117,22 @@ def _zone_named(text: str) -> tuple[str, tzinfo | None]:
 
 @functools.cache
 def _zone_names() -> dict[str, str]:
-    """The tz database's zone names by their lower-case spelling."""
-    return {name.lower(): name for name in sorted(available_timezones())}
+    """The tz database's zone names by their lower-case spelling (not the system's "localtime")."""
+    return {name.lower(): name for name in sorted(available_timezones() - {"localtime"})}
 
 
 def _check_zone_offset(when: When, zone: tzinfo | None) -> None:
-    """BadZone where a dated time gives both a UTC offset and a zone that kept another then."""
+    """BadZone where a dated time gives both a UTC offset and a zone that kept another then: either
+    offset of a clock time the zone reads twice (02:30 on the night summer time ends) is kept."""
     if zone is None or when.instant is None:
         return
-    kept = when.instant.replace(tzinfo=None).replace(tzinfo=zone).utcoffset()
+    wall = when.instant.replace(tzinfo=zone)
+    kept = [wall.replace(fold=fold).utcoffset() for fold in (0, 1)]
     given = when.instant.utcoffset()
-    if kept is not None and given is not None and kept != given:
-        raise BadZone(f"the UTC offset it gives ({_utc(given)}) is not the one {str(zone)!r} kept then ({_utc(kept)})")
+    if kept[0] is not None and given is not None and given not in kept:
+        raise BadZone(
+            f"the UTC offset it gives ({_utc(given)}) is not the one {str(zone)!r} kept then ({_utc(kept[0])})"
+        )
 
 
 def _parse_when(text: str, dayfirst: bool, fuzzy: bool) -> When:
