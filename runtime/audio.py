@@ -475,9 +475,11 @@ EXACT_SEEK_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32
 # PREROLL_FRAMES before them: a Vorbis sample depends on its block and the one before (8192
 # samples at most); Opus needs 80 ms (RFC 7845). libsndfile 1.2's Vorbis seek alone gave wrong
 # first samples now and then (0.7 off), Opus's the last bit off. MP3 of MPEG-1 (32 kHz and up)
-# seeks to the sample. MPEG-2 and 2.5 (below 32 kHz) stay decoded from the start: mpg123's
-# samples there differ in the last bit with its buffers, a whole read's too, so no read of them is
-# exact and a seek's could not be checked (tests/test_training_leftovers2.py).
+# seeks to the sample (a mono one's samples differ in the last bit with mpg123's buffers, read in
+# blocks from the start too: 9e-8; tests/test_review_audio.py). MPEG-2 and 2.5 (below 32 kHz)
+# stay decoded from the start: mpg123's samples there differ in the last bit with its buffers, a
+# whole read's too, so no read of them is exact and a seek's could not be checked
+# (tests/test_training_leftovers2.py).
 PREROLL_SUBTYPES = frozenset({"VORBIS", "OPUS", "MPEG_LAYER_III"})
 MPEG1_RATES = frozenset({32000, 44100, 48000})
 PREROLL_FRAMES = 1 << 14
