@@ -1,11 +1,13 @@
 """Every reference to the design documents resolves inside the repository: a cited doc path
 exists, a cited pitfall or section of docs/method.md and a quoted section of a doc exist, and
-nothing points at notes outside the repository (the founding DESIGN.md, the research notes)."""
+nothing points at notes outside the repository (the founding DESIGN.md, the research notes); and
+docs/architecture.md names every module of each package, and none that is gone."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -139,6 +141,54 @@ def problems_in(name: str, text: str | None = None) -> list[str]:
         if doc is not None and not any(titled(s, title) for s in sections(str(doc.relative_to(REPO)))):
             found.append(f"{name}:{line_of(text, m.start())}: {path} has no section {title!r}")
     return found
+
+
+ARCHITECTURE = "docs/architecture.md"
+# The packages whose every module docs/architecture.md's "What each package holds" says the role of.
+PACKAGES = ("runtime", "store", "server", "precompute", "model", "corpus", "cli")
+# A package's bullet there: "- `store/` (...): `format.py` (...), ..." up to the next bullet.
+PACKAGE_BULLET = re.compile(r"^- `(\w+)/`(.*?)(?=^- `|^#|\Z)", re.MULTILINE | re.DOTALL)
+MODULE_NAME = re.compile(r"`(\w+(?:\.py|/))`")
+
+
+def package_entries(package: str) -> tuple[set[str], set[str]]:
+    """A package's tracked modules and folders (`app.py`, `routes/`), and every name below it."""
+    prefix = package + "/"
+    paths = [name[len(prefix) :] for name in tracked_text_files() if name.startswith(prefix)]
+    top = {p.split("/")[0] + "/" if "/" in p else p for p in paths}
+    below = {part + "/" for p in paths for part in p.split("/")[:-1]} | {p.split("/")[-1] for p in paths}
+    return {e for e in top if e.endswith((".py", "/")) and e != "__init__.py"}, below
+
+
+def holdings_problems(text: str, entries: Callable[[str], tuple[set[str], set[str]]] = package_entries) -> list[str]:
+    """Each module or folder of a package that its bullet does not name, and each name there that
+    the package lacks: a module added, renamed or removed without saying what it now holds."""
+    bullets = {m.group(1): m.group(2) for m in PACKAGE_BULLET.finditer(text)}
+    found = []
+    for package in PACKAGES:
+        if package not in bullets:
+            found.append(f"{ARCHITECTURE}: no bullet for {package}/")
+            continue
+        named = set(MODULE_NAME.findall(bullets[package]))
+        held, below = entries(package)
+        found += [f"{ARCHITECTURE}: {package}/{name} is not named under {package}/" for name in sorted(held - named)]
+        found += [f"{ARCHITECTURE}: {package}/ holds no {name}" for name in sorted(named - below)]
+    return found
+
+
+def test_architecture_names_every_module_of_each_package() -> None:
+    problems = holdings_problems(read(ARCHITECTURE))
+    assert not problems, "\n".join(problems)
+
+
+def test_the_holdings_check_catches_a_missing_and_a_stale_module() -> None:
+    text = "".join(f"- `{p}/`: `a.py` (x), `old.py` (y)\n" for p in PACKAGES)
+    problems = holdings_problems(text, lambda package: ({"a.py", "new.py"}, {"a.py", "new.py"}))
+    assert f"{ARCHITECTURE}: runtime/new.py is not named under runtime/" in problems
+    assert f"{ARCHITECTURE}: store/ holds no old.py" in problems
+    assert holdings_problems("- `runtime/`: `a.py`\n", lambda package: ({"a.py"}, {"a.py"}))[0].endswith(
+        "no bullet for store/"
+    )
 
 
 def test_method_has_the_twenty_pitfalls_and_its_sections() -> None:
