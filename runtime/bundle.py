@@ -86,8 +86,12 @@ class Bundle:
             raise BundleError(f"{self.path} is not a model bundle: it has no {MANIFEST_FILE}")
         try:
             self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+        if not isinstance(self.manifest, dict):
+            raise BundleError(
+                f"{manifest_path} is not a bundle manifest: it holds a JSON {type(self.manifest).__name__}"
+            )
         version = self.manifest.get("format_version")
         if "bundle_id" in self.manifest:
             raise BundleError(
@@ -106,6 +110,19 @@ class Bundle:
         self.graph_files = PRECISION_GRAPH_FILES[precision]
         if verify:
             self._verify()
+        try:
+            self._read_manifest()
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"it lacks {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise BundleError(f"{manifest_path} is not a manifest this version reads: {what}") from None
+        self.providers = list(providers) if providers else default_providers()
+        self.threads = threads
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._lock = threading.Lock()
+
+    def _read_manifest(self) -> None:
+        """The manifest's fields; KeyError, TypeError or ValueError where one is missing or of
+        another shape (a bundle written by another format's export, or edited by hand)."""
         self.id: str = self.manifest["id"]
         self.embed_dim: int = self.manifest["dims"]["embed"]
         self.sat_dim: int = self.manifest["dims"]["sat"]
@@ -117,10 +134,6 @@ class Bundle:
         self.caption_sources = Vocabulary(self.manifest["vocab"]["caption_source"])
         self.audio_spec = audio_front_end(self.manifest["audio"])
         self.tokenizer = load_tokenizer(self.path / TOKENIZER_FILE, self.manifest.get("text"))
-        self.providers = list(providers) if providers else default_providers()
-        self.threads = threads
-        self._sessions: dict[str, ort.InferenceSession] = {}
-        self._lock = threading.Lock()
 
     def _verify(self) -> None:
         files = self.manifest.get("files", {})

@@ -12,7 +12,7 @@ import torch
 
 from model.export import STACK_TRACE, example_inputs
 from model.nn.psm import PSMModel
-from runtime.bundle import Bundle, BundleError
+from runtime.bundle import Bundle, BundleError, content_id
 from runtime.contract import GRAPH_OUTPUTS, GRAPHS, MANIFEST_FILE
 from tests.conftest import FIXTURE_SOURCE_DESCRIPTIONS
 
@@ -108,6 +108,41 @@ def test_tampered_bundle_is_refused(bundle_path, tmp_path):
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="id does not match"):
         Bundle(copy)
+
+
+def _restamped(bundle_path: Path, copy: Path, edit) -> Path:
+    """A copy of the bundle whose manifest `edit` changed, its id made to match again."""
+    shutil.copytree(bundle_path, copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text(encoding="utf-8"))
+    edit(manifest)
+    manifest["id"] = content_id(manifest)
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda m: m.pop("dims"), "it lacks 'dims'"),
+        (lambda m: m.update(calibration="1.0"), "string indices must be integers"),
+        (lambda m: m.update(text={"tokenizer_kind": "sentencepiece"}), "unsupported tokenizer kind 'sentencepiece'"),
+        (lambda m: m["audio"].update(kind="wav2vec"), "unknown audio feature kind 'wav2vec'"),
+    ],
+)
+def test_a_manifest_of_another_shape_is_refused_in_a_sentence(bundle_path, tmp_path, edit, said):
+    """A manifest whose id matches but a field is missing or of another shape stopped with a
+    KeyError or ValueError traceback (exit 1), not the BundleError every other bad bundle gets."""
+    copy = _restamped(bundle_path, tmp_path / "b", edit)
+    with pytest.raises(BundleError, match="is not a manifest this version reads") as refused:
+        Bundle(copy)
+    assert said in str(refused.value)
+
+
+@pytest.mark.parametrize("text", ["[]", '"a bundle"', "[" * 100_000])
+def test_a_manifest_that_is_no_json_object_is_refused(tmp_path, text):
+    (tmp_path / MANIFEST_FILE).write_text(text, encoding="utf-8")
+    with pytest.raises(BundleError, match=r"is not (a bundle manifest|valid JSON)"):
+        Bundle(tmp_path)
 
 
 def test_not_a_bundle(tmp_path):
