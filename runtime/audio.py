@@ -428,7 +428,7 @@ def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray | SparseWave, i
     try:
         with soundfile.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as f:
             if front_end is None:
-                return _mono(f.read(dtype="float32", always_2d=True)), int(f.samplerate)
+                return _mono(_every_frame(f)), int(f.samplerate)
             return _kept(f, front_end), front_end.sample_rate
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioDecodeError(f"cannot decode audio: {exc}") from None
@@ -486,6 +486,16 @@ PREROLL_FRAMES = 1 << 14
 BLOCK_FRAMES = 1 << 16
 
 
+def _every_frame(f: soundfile.SoundFile) -> np.ndarray:
+    """Every frame of `f` (frames, channels), from its start. A file libsndfile cannot seek in (GSM
+    6.10 or G.721 in a WAV) is read as it comes, by the frame count its header declares: soundfile
+    takes no read to the end of one ('frames must be specified for non-seekable files')."""
+    if not f.seekable():
+        return f.read(f.frames, dtype="float32", always_2d=True)
+    f.seek(0)
+    return f.read(dtype="float32", always_2d=True)
+
+
 def _kept(f: soundfile.SoundFile, front_end: AudioFrontEnd) -> np.ndarray | SparseWave:
     """resample(whole recording, front end's rate) where `front_end` reads it, from the frames
     those samples are made of: a centre-cropping front end's centre alone; for CLAP's fusion
@@ -494,11 +504,10 @@ def _kept(f: soundfile.SoundFile, front_end: AudioFrontEnd) -> np.ndarray | Spar
     rate, target = int(f.samplerate), front_end.sample_rate
     up, down = resample_ratio(rate, target)
     n = -(-f.frames * up // down)  # resample_poly's output length
-    spans = front_end.reads(n)
+    spans = front_end.reads(n) if f.seekable() else None  # no seek: the file is read once, whole
     pieces = None if spans is None else _read_spans(f, target, spans)
     if spans is None or pieces is None:  # every sample is read, or the file held other frames than it declared
-        f.seek(0)
-        return resample(_trained_mono([f.read(dtype="float32", always_2d=True)])[0], rate, target)
+        return resample(_trained_mono([_every_frame(f)])[0], rate, target)
     if isinstance(front_end, CENTRE_CROPPING):
         return pieces[0]
     return SparseWave(n, tuple(spans), np.concatenate(pieces))
