@@ -49,7 +49,7 @@ from runtime.contract import (
     TRAINED_PARTS_FILE,
 )
 from runtime.errors import UsageError
-from runtime.files import file_sha256, replace_dir
+from runtime.files import atomic_write, file_sha256, replace_dir
 from runtime.metadata import encode_metadata
 
 PARITY_TOLERANCE = 1e-4
@@ -399,14 +399,16 @@ def save_trained_parts(model: PSMModel, folder: str | Path, *, calibration: tupl
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
-    save_file(state, str(folder / TRAINED_PARTS_FILE))
+    # Each file replaced whole (atomic_write); a stop between the two leaves weights whose hash is
+    # not the record's, which load_trained_parts refuses rather than loading a mix.
+    atomic_write(folder / TRAINED_PARTS_FILE, lambda path: save_file(state, str(path)))
     record = {
         **record,
         "model_config": model.cfg.to_dict(),
         "calibration": {"a": float(calibration[0]), "b": float(calibration[1])},
         "weights": {"file": TRAINED_PARTS_FILE, "sha256": file_sha256(folder / TRAINED_PARTS_FILE)},
     }
-    (folder / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write(folder / RECORD_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -19,7 +19,7 @@ from runtime.errors import UsageError
 from runtime.imagery import Imagery, check_black_borders
 from runtime.imagery_checks import parse_bands, parse_rescale
 from runtime.tiles import WORLD_BBOX, tile_range
-from store.index import FLAT_MAX
+from store.index import FLAT_MAX, RECALL_KS, RECALL_TARGET
 from store.reader import Store
 from store.synth import SynthSpec, bundle_facts, synth_store
 from store.verify import verify_store
@@ -299,7 +299,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--index-flat-max",
         type=FLAT_MAX_ARG,
         default=FLAT_MAX,
-        help=f"levels with more cells get an IVF index, tuned to recall@10 >= 0.95 (default {FLAT_MAX:,})",
+        help=(
+            "levels with more cells get an IVF index, its nprobe tuned until "
+            f"{' and '.join(f'recall@{k}' for k in RECALL_KS)} reach {RECALL_TARGET} (default {FLAT_MAX:,})"
+        ),
     )
     p.add_argument(
         "--credit",

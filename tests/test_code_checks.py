@@ -93,15 +93,15 @@ def text_calls_without_encoding(path: Path) -> list[str]:
 
 
 def test_every_text_file_is_read_and_written_in_utf_8() -> None:
-    """Without encoding= a text file is read in the machine's encoding: ASCII under a bare C
-    locale (the demo bundle's tokenizer.json did not load), cp1252 on Windows."""
+    """Without encoding= a text file is read in the machine's encoding: cp1252 on Windows, ASCII
+    under a C locale with UTF-8 mode off (the demo bundle's tokenizer.json did not load)."""
     files = sorted(path for package in PRODUCT_CODE for path in (ROOT / package).rglob("*.py"))
     assert [hit for path in files for hit in text_calls_without_encoding(path)] == []
 
 
 def test_a_text_model_loads_under_a_bare_c_locale() -> None:
-    """MiniLM's tokenizer.json holds non-ASCII tokens: a server started with LC_ALL=C (a bare
-    container) stopped on UnicodeDecodeError while loading it."""
+    """MiniLM's tokenizer.json holds non-ASCII tokens: a server whose locale encoding is ASCII
+    (LC_ALL=C with Python's UTF-8 mode off, PYTHONUTF8=0) stopped on UnicodeDecodeError loading it."""
     from model.nn.text_towers import minilm_package_dir
 
     tokenizer = minilm_package_dir() / "tokenizer.json"
