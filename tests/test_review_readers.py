@@ -58,3 +58,23 @@ def test_an_unknown_zone_name_is_looked_for_among_the_names_once(monkeypatch):
         reasons.add(str(refused.value))
     assert reasons == {"the tz database knows no time zone 'Europe/Kiev-Town' (did you mean 'Europe/Kiev'?)"}
     assert len(calls) <= 1
+
+
+def test_rfc_9557_suffixes_the_reader_refused(tmp_path, caplog):
+    """RFC 9557 writes a critical zone '[!Europe/Paris]', may add tags after the zone
+    ('[u-ca=iso8601]', the calendar to show; the date is ISO 8601's all the same), and reads 'Z'
+    before a zone as the UTC instant whose local offset is not said, never as a contradiction
+    (section 3.1: '2022-07-01T10:00Z[Europe/Paris]' is 12:00 in Paris). Each was skipped: an
+    unknown zone '!Europe/Paris' or 'u-ca=iso8601', or 'the UTC offset it gives (UTC+00:00) is not
+    the one Europe/Paris kept then'. An offset that does contradict the zone is still refused."""
+    written = [
+        "2022-07-01T12:00+02:00[!Europe/Paris]",
+        "2022-07-01T12:00+02:00[Europe/Paris][u-ca=iso8601]",
+        "2022-07-01T10:00Z[Europe/Paris]",
+        "2022-07-01T10:00:00z[Europe/Paris]",
+        "2022-07-01T12:00+01:00[!Europe/Paris]",  # contradicted: skipped
+        "2022-07-01T10:00+00:00[Europe/Paris]",  # an offset written out is one: skipped
+    ]
+    with caplog.at_level(logging.WARNING):
+        assert at(tmp_path, "paris", PARIS, written) == [(7, 12.0)] * 4
+    assert "2 row(s) skipped, 4 kept: the UTC offset it gives ... is not the one ... kept then ...: 2 (" in caplog.text

@@ -35,12 +35,20 @@ _UTC_NAMES = dict.fromkeys(("UTC", "GMT", "Z", "z"), UTC)
 _EXIF_DATE = re.compile(r"^(\d{4}):(\d{2}):(\d{2})(?=$|[\sT])")
 _SENTINELS = (datetime(2001, 1, 1, 3, 7, 11), datetime(2002, 2, 2, 17, 41, 53))
 # A tz database zone named after the time: RFC 9557's bracketed suffix ("...+02:00[Europe/Paris]",
-# as Java and Temporal write it; any name) or an Area/Location name of the tz database's areas after
-# a space ("... Europe/Paris", "Etc/GMT+2"; not "N/A" or "Jun/12/2022").
+# as Java and Temporal write it; any name; critical, "[!Europe/Paris]", or followed by tags such as
+# "[u-ca=iso8601]", the calendar to show a date in, which is ISO 8601's all the same) or an
+# Area/Location name of the tz database's areas after a space ("... Europe/Paris", "Etc/GMT+2"; not
+# "N/A" or "Jun/12/2022").
 _ZONE_AREAS = (
     "Africa|America|Antarctica|Arctic|Asia|Atlantic|Australia|Europe|Indian|Pacific|Etc|US|Canada|Brazil|Chile|Mexico"
 )
-_ZONE_NAME = re.compile(rf"\[([^\]\s]+)\]\s*$|(?:^|\s)((?:{_ZONE_AREAS})(?:/[A-Za-z][\w+-]*)+)\s*$", re.IGNORECASE)
+_ZONE_NAME = re.compile(
+    rf"\[!?([^\]\s=!]+)\](?:\[!?[\w-]+=[^\]\s]*\])*\s*$|(?:^|\s)((?:{_ZONE_AREAS})(?:/[A-Za-z][\w+-]*)+)\s*$",
+    re.IGNORECASE,
+)
+# RFC 9557's "Z" before a zone: the UTC instant, its local offset not said (section 3.1), so no
+# offset the zone could contradict ("2022-07-01T10:00Z[Europe/Paris]" is 12:00 in Paris).
+_UTC_DESIGNATOR = re.compile(r"\d[Zz]$")
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ def parse_when(text: str | None, *, dayfirst: bool = False, fuzzy: bool = True) 
     text, zone = _zone_named(str(text))
     when = _parse_when(text, dayfirst, fuzzy)
     if zone is None or when.hour is None or when.instant is not None or when.offset is not None:
-        _check_zone_offset(when, zone)
+        _check_zone_offset(when, None if _UTC_DESIGNATOR.search(text) else zone)
         return when
     if when.day is None:
         return dataclasses.replace(when, zone=zone)
