@@ -40,6 +40,20 @@ def make_client(bundle_path, store_path, **settings) -> TestClient:
     )
 
 
+def localhost_client(bundle_path, store_path, **settings) -> TestClient:
+    """make_client whose requests name Host localhost, as the URLs TileJSON, WMTS and links embed
+    are written in the tests that compare them."""
+    client = make_client(bundle_path, store_path, **settings)
+    client.base_url = "http://localhost"
+    return client
+
+
+def refused(response: httpx.Response) -> str:
+    """The detail of a 422, which it must be."""
+    assert response.status_code == 422, (response.status_code, response.text[:300])
+    return response.json()["detail"]
+
+
 def concurrent_gets(app, path: str, params: list[dict]) -> list[httpx.Response]:
     """GET `path` once per params, all at once through the ASGI app (one event loop), so the
     requests meet in its caches and thread pool as a burst of clients' would."""

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 from prometheus_client import REGISTRY
 
-from tests.server_support import LAND_TILE, live_server, make_client
+from tests.server_support import LAND_TILE, live_server, localhost_client, make_client
 
 Z, X, Y = LAND_TILE
 LON, LAT = 10.5, 47.2  # the Alps: inside the fixture store
@@ -23,9 +23,7 @@ LON, LAT = 10.5, 47.2  # the Alps: inside the fixture store
 
 @pytest.fixture(scope="module")
 def client(bundle_path, store_path):
-    client = make_client(bundle_path, store_path)
-    client.base_url = "http://localhost"  # an allowed host: TileJSON, WMTS and links embed it
-    return client
+    return localhost_client(bundle_path, store_path)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ parameters declare, and the OpenAPI document states the tile sizes taken."""
 
 import pytest
 
-from tests.server_support import LAND_TILE, make_client
+from tests.server_support import LAND_TILE, localhost_client, refused
 
 Z, X, Y = LAND_TILE
 TILE_ROUTES = [
@@ -22,14 +22,7 @@ EMPTY_COLORMAP = "colormap_name is empty: give a name GET /colormaps lists, or l
 
 @pytest.fixture(scope="module")
 def client(bundle_path, store_path):
-    client = make_client(bundle_path, store_path)
-    client.base_url = "http://localhost"  # an allowed host: TileJSON and WMTS embed it
-    return client
-
-
-def refused(response) -> str:
-    assert response.status_code == 422, (response.status_code, response.text[:300])
-    return response.json()["detail"]
+    return localhost_client(bundle_path, store_path)
 
 
 @pytest.mark.parametrize("path", TILE_ROUTES)

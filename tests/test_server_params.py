@@ -10,7 +10,7 @@ import time
 import pytest
 
 from server.http import MAX_DETAIL_CHARS, MAX_SENTENCE_CHARS
-from tests.server_support import LAND_TILE, make_client
+from tests.server_support import LAND_TILE, localhost_client, refused
 
 Z, X, Y = LAND_TILE
 TILE = f"/tiles/{Z}/{X}/{Y}.png"
@@ -34,14 +34,7 @@ TILE_SENTENCES = [HOUR, MONTH, SOURCE, RESCALE, COLORMAP, TILESIZE]
 
 @pytest.fixture(scope="module")
 def client(bundle_path, store_path):
-    client = make_client(bundle_path, store_path)
-    client.base_url = "http://localhost"  # an allowed host: TileJSON and WMTS embed it
-    return client
-
-
-def refused(response) -> str:
-    assert response.status_code == 422, (response.status_code, response.text[:300])
-    return response.json()["detail"]
+    return localhost_client(bundle_path, store_path)
 
 
 def raw_get(app, path: str, query_string: bytes) -> tuple[int, bytes]:
