@@ -121,9 +121,9 @@ def test_a_corpus_across_the_antimeridian_records_its_footprint(antimeridian, as
     assert main(["corpus", "info", "--out", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["imagery_footprint"] == [west, south, east, north]
 
-    old = json.loads((out / "manifest.json").read_text())
+    old = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     del old["imagery"]["footprint"]
-    (out / "manifest.json").write_text(json.dumps(old))
+    (out / "manifest.json").write_text(json.dumps(old), encoding="utf-8")
     assert DemoCorpus(out, progress=False).footprint == (-180, south, 180, north)
 
 
@@ -164,9 +164,9 @@ def test_a_store_away_from_the_antimeridian_keeps_its_centre(bundle_path, store_
 def test_a_store_whose_plan_footprint_is_not_boxes_is_refused(store_path, tmp_path):
     copy = tmp_path / "store"
     shutil.copytree(store_path, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
     manifest["plan"]["footprint"] = [[170, 28, 180]]
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(StoreError, match=r"'plan.footprint' is not one or two boxes of 4 finite numbers"):
         Store(copy)
 

@@ -80,15 +80,17 @@ def test_the_table_has_a_row_per_measure_with_its_baseline():
 
 def test_the_block_is_appended_once_then_replaced_in_place(tmp_path):
     doc = tmp_path / "BENCHMARKS.md"
-    doc.write_text("# Benchmarks\n\n## Other section\n\nkept\n")
+    doc.write_text("# Benchmarks\n\n## Other section\n\nkept\n", encoding="utf-8")
     update_markdown(doc, "first\n")
     update_markdown(doc, "second\n")
-    text = doc.read_text()
+    text = doc.read_text(encoding="utf-8")
     assert text.count("## Performance harness") == 1 and "first" not in text and "second" in text
     assert text.startswith("# Benchmarks\n\n## Other section\n\nkept\n")
-    doc.write_text(text + "\n## After\n\nalso kept\n")
+    doc.write_text(text + "\n## After\n\nalso kept\n", encoding="utf-8")
     update_markdown(doc, "third\n")
-    assert doc.read_text().endswith("third\n<!-- performance-harness:end -->\n\n## After\n\nalso kept\n")
+    assert doc.read_text(encoding="utf-8").endswith(
+        "third\n<!-- performance-harness:end -->\n\n## After\n\nalso kept\n"
+    )
 
 
 def test_the_hour_rows_show_the_cpu_ratio_and_an_hour_seen_before():
@@ -267,7 +269,7 @@ def test_the_in_process_search_times_both_searches_in_a_clean_process(bundle_pat
 
 def test_timed_gets_times_each_request_by_curl_and_fails_on_an_http_error(tmp_path: Path):
     """The search rows' client: one sample per URL, in seconds, from a real loopback server."""
-    (tmp_path / "answer.json").write_text('{"ok": true}')
+    (tmp_path / "answer.json").write_text('{"ok": true}', encoding="utf-8")
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -410,7 +412,7 @@ def test_results_are_strict_json(tmp_path: Path) -> None:
 
     result = {"auc": float("nan"), "spread": [float("inf"), 0.5], "runs": ({"x": -float("inf")},), "n": 3}
     emit(result, tmp_path / "out.json")
-    assert json.loads((tmp_path / "out.json").read_text(), parse_constant=refuse) == {
+    assert json.loads((tmp_path / "out.json").read_text(encoding="utf-8"), parse_constant=refuse) == {
         "auc": None,
         "spread": [None, 0.5],
         "runs": [{"x": None}],
@@ -420,4 +422,4 @@ def test_results_are_strict_json(tmp_path: Path) -> None:
     committed = sorted((Path(__file__).parent.parent / "benchmarks" / "results").rglob("*.json"))
     assert committed
     for path in committed:
-        json.loads(path.read_text(), parse_constant=refuse)
+        json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)

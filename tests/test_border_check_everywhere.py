@@ -31,7 +31,9 @@ def test_training_refuses_a_black_border_over_the_next_files_pixels(collared, tm
     west = str(folder / "a-west.tif")
     root = write_folder(tmp_path / "d", 12, image=False)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(run_config({"root": str(root), "imagery": str(folder)}).to_dict()))
+    config.write_text(
+        yaml.safe_dump(run_config({"root": str(root), "imagery": str(folder)}).to_dict()), encoding="utf-8"
+    )
     run = tmp_path / "run"
     assert soundscape(["train", "--config", str(config), "--out", str(run), "--no-progress"]) == 2
     out, err = capsys.readouterr()

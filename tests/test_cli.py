@@ -210,14 +210,14 @@ def test_a_random_weights_export_records_its_config_and_is_scored_as_it_says(tmp
 
     from runtime.scoring import COSINE, CSD, scoring_kind
 
-    config = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    config = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text(encoding="utf-8"))
     config["train"]["loss"] = {"kind": "infonce"}
-    (tmp_path / "infonce.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "infonce.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     kinds = {}
     for name in ("tiny", "infonce"):
         path = ROOT / "configs/tiny.yaml" if name == "tiny" else tmp_path / "infonce.yaml"
         assert main(["export", "--config", str(path), "--out", str(tmp_path / name)]) == 0
-        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text(encoding="utf-8"))
         assert manifest["training"]["config"]["model"]["embed_dim"] == 32
         assert manifest["training"]["config_path"] == str(path)
         kinds[name] = scoring_kind(manifest)

@@ -25,25 +25,25 @@ def test_export_never_replaces_what_is_not_a_bundle(capsys, tmp_path, trained_pa
     """`export --out` naming a store (or any folder of other files) once replaced it with a bundle."""
     store = tmp_path / "store"
     (store / "levels").mkdir(parents=True)
-    (store / "manifest.json").write_text('{"format_version": 3}')
+    (store / "manifest.json").write_text('{"format_version": 3}', encoding="utf-8")
     argv = ["export", "--config", str(ROOT / "configs/tiny.yaml"), "--out", str(store)]
     line = _fails(capsys, [*argv, *(["--trained-parts"] if trained_parts else [])])
     assert f"--out {store} holds something other than" in line and "choose another --out" in line
     assert sorted(p.name for p in store.iterdir()) == ["levels", "manifest.json"]
-    assert (store / "manifest.json").read_text() == '{"format_version": 3}'
+    assert (store / "manifest.json").read_text(encoding="utf-8") == '{"format_version": 3}'
 
 
 def test_export_out_that_is_a_file_is_one_sentence(capsys, tmp_path) -> None:
     target = tmp_path / "notes.txt"
-    target.write_text("keep me")
+    target.write_text("keep me", encoding="utf-8")
     line = _fails(capsys, ["export", "--config", str(ROOT / "configs/tiny.yaml"), "--out", str(target)])
     assert line == f"soundscape export: --out {target} is a file, not a folder; choose another --out"
-    assert target.read_text() == "keep me"
+    assert target.read_text(encoding="utf-8") == "keep me"
 
 
 def test_export_metrics_that_are_not_json_is_one_sentence(capsys, tmp_path) -> None:
     metrics = tmp_path / "test.json"
-    metrics.write_text("R@10% 0.5\n")
+    metrics.write_text("R@10% 0.5\n", encoding="utf-8")
     argv = ["export", "--config", str(ROOT / "configs/tiny.yaml"), "--metrics", str(metrics)]
     line = _fails(capsys, [*argv, "--out", str(tmp_path / "bundle")])
     assert f"--metrics {metrics} is not a JSON file" in line
@@ -63,7 +63,7 @@ def test_a_second_writer_of_one_store_stops_at_once(capsys, tmp_path) -> None:
             f"soundscape store: another process is writing the store {out}; wait for it to finish "
             "(a rerun then resumes or refuses the finished store), or choose another --out"
         )
-        assert first.dir.is_dir() and json.loads(first.progress.read_text())["key"] == {"run": "first"}
+        assert first.dir.is_dir() and json.loads(first.progress.read_text(encoding="utf-8"))["key"] == {"run": "first"}
     finally:
         first.discard()
         first.close()
@@ -72,14 +72,14 @@ def test_a_second_writer_of_one_store_stops_at_once(capsys, tmp_path) -> None:
 
 
 def test_an_out_below_a_file_is_one_sentence(capsys, tmp_path) -> None:
-    (tmp_path / "afile").write_text("keep me")
+    (tmp_path / "afile").write_text("keep me", encoding="utf-8")
     out = tmp_path / "afile" / "store"
     line = _fails(capsys, ["store", "synth", "--out", str(out), "--level", "3", "--cells", "10"])
     assert (
         line
         == f"soundscape store: {out.parent} is a file, not a folder, so {out} cannot be written; choose another --out"
     )
-    assert (tmp_path / "afile").read_text() == "keep me"
+    assert (tmp_path / "afile").read_text(encoding="utf-8") == "keep me"
 
 
 def _synth_store(path: Path) -> Path:
@@ -92,10 +92,10 @@ def _lie(store: Path, change) -> None:
     lies consistently: only its types and values can tell)."""
     from store.format import content_id
 
-    manifest = json.loads((store / "manifest.json").read_text())
+    manifest = json.loads((store / "manifest.json").read_text(encoding="utf-8"))
     change(manifest)
     manifest["id"] = content_id(manifest)
-    (store / "manifest.json").write_text(json.dumps(manifest))
+    (store / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
 @pytest.mark.parametrize(
@@ -203,10 +203,10 @@ def test_merge_refuses_a_damaged_shard(capsys, tmp_path, shards, damage, says) -
 def test_train_refuses_numbers_a_key_cannot_mean(capsys, tmp_path, section, key, value, says) -> None:
     import yaml
 
-    config = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    config = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text(encoding="utf-8"))
     config[section][key] = value
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
     line = _fails(capsys, ["train", "--config", str(path), "--out", str(tmp_path / "run"), "--no-progress"])
     assert line == f"soundscape train: {says}"
     assert not (tmp_path / "run").exists()
@@ -216,10 +216,10 @@ def test_train_refuses_a_zero_patch(capsys, tmp_path) -> None:
     """model.image.patch 0 was a ZeroDivisionError traceback once the model was built."""
     import yaml
 
-    config = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    config = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text(encoding="utf-8"))
     config["model"]["image"]["patch"] = 0
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
     line = _fails(capsys, ["export", "--config", str(path), "--out", str(tmp_path / "bundle")])
     assert line == "soundscape export: `model.image.patch` should be greater than or equal to 1, not 0"
 
@@ -289,7 +289,7 @@ def test_corpus_build_refuses_a_duration_that_is_no_number_of_seconds(capsys, tm
 
 def test_a_config_path_through_a_file_or_at_a_folder_is_one_sentence(capsys, tmp_path) -> None:
     """NotADirectoryError and IsADirectoryError were tracebacks (exit 1)."""
-    (tmp_path / "afile").write_text("keep me")
+    (tmp_path / "afile").write_text("keep me", encoding="utf-8")
     line = _fails(capsys, ["train", "--config", str(tmp_path / "afile" / "c.yaml"), "--out", str(tmp_path / "run")])
     assert line == f"soundscape train: {tmp_path / 'afile' / 'c.yaml'}: part of this path is a file, not a folder"
     line = _fails(capsys, ["train", "--config", str(tmp_path), "--out", str(tmp_path / "run")])

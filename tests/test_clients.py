@@ -27,7 +27,8 @@ from tests.server_support import REPO, live_server, make_client
 
 NS = {"w": "http://www.opengis.net/wmts/1.0", "ows": "http://www.opengis.net/ows/1.1"}
 README_URL = re.search(
-    r"http://127\.0\.0\.1:8000(/tiles/\{z\}/\{x\}/\{y\}\.png\?q=birdsong&hour=6)", (REPO / "README.md").read_text()
+    r"http://127\.0\.0\.1:8000(/tiles/\{z\}/\{x\}/\{y\}\.png\?q=birdsong&hour=6)",
+    (REPO / "README.md").read_text(encoding="utf-8"),
 ).group(1)
 
 
@@ -171,7 +172,7 @@ def small_redis(tmp_path):
 
 
 def _compose_redis_option(name: str) -> str:
-    command = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["redis"]["command"]
+    command = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))["services"]["redis"]["command"]
     return command[command.index(name) + 1]
 
 

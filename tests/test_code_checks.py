@@ -46,7 +46,7 @@ def test_pre_commit_runs_the_same_checks() -> None:
     """Each check above is a local hook that runs the venv's tool with the same arguments (ruff's
     hooks get the changed files instead of `.`, and the formatter formats them instead of only
     checking), so a commit that passes its hooks passes these checks."""
-    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
     hooks = {hook["id"]: hook for repo in config["repos"] for hook in repo["hooks"]}
     entries = {}
     for hook in hooks.values():
@@ -70,8 +70,8 @@ def test_no_tracked_file_over_20_mb() -> None:
     assert not large, f"tracked files over 20 MB (build or fetch them instead): {large}"
 
 
-# Code that reads and writes the project's files; tests write their own files and read them back.
-PRODUCT_CODE = ("runtime", "store", "server", "precompute", "model", "corpus", "cli", "scripts", "benchmarks")
+# Every package, the tests too (they read the docs, configs and manifests the product writes).
+CODE = ("runtime", "store", "server", "precompute", "model", "corpus", "cli", "scripts", "benchmarks", "tests")
 
 
 def text_calls_without_encoding(path: Path) -> list[str]:
@@ -95,7 +95,7 @@ def text_calls_without_encoding(path: Path) -> list[str]:
 def test_every_text_file_is_read_and_written_in_utf_8() -> None:
     """Without encoding= a text file is read in the machine's encoding: cp1252 on Windows, ASCII
     under a C locale with UTF-8 mode off (the demo bundle's tokenizer.json did not load)."""
-    files = sorted(path for package in PRODUCT_CODE for path in (ROOT / package).rglob("*.py"))
+    files = sorted(path for package in CODE for path in (ROOT / package).rglob("*.py"))
     assert [hit for path in files for hit in text_calls_without_encoding(path)] == []
 
 

@@ -159,7 +159,7 @@ def test_pairwise_and_the_uncertainty_figure_on_known_maps():
 
 def test_a_prompts_file_is_read_and_lists_that_cannot_measure_are_refused(tmp_path):
     path = tmp_path / "prompts.txt"
-    path.write_text("# my sounds\n\n" + "\n".join(f"  {p}  " for p in PROMPTS) + "\n")
+    path.write_text("# my sounds\n\n" + "\n".join(f"  {p}  " for p in PROMPTS) + "\n", encoding="utf-8")
     assert read_prompts(path) == PROMPTS
     other = read_prompts(Path(__file__).resolve().parent.parent / "benchmarks" / "discrimination_prompts_other.txt")
     assert len(other) >= MIN_PROMPTS and not set(other) & set(PROMPTS)
@@ -169,7 +169,7 @@ def test_a_prompts_file_is_read_and_lists_that_cannot_measure_are_refused(tmp_pa
         ("\n".join((*PROMPTS, REFERENCE_PROMPTS[0])), "reference prompts"),
         ("\n".join((*PROMPTS, "x" * 201)), "over 200 characters"),
     ):
-        path.write_text(text)
+        path.write_text(text, encoding="utf-8")
         with pytest.raises(ValueError, match=reason):
             read_prompts(path)
 
@@ -178,7 +178,7 @@ def test_the_benchmark_refuses_a_bad_prompts_file_with_exit_code_2(tmp_path, cap
     from benchmarks import discrimination
 
     path = tmp_path / "prompts.txt"
-    path.write_text("birdsong\n")
+    path.write_text("birdsong\n", encoding="utf-8")
     for argv in (["--prompts", str(path)], ["--prompts", str(tmp_path / "missing.txt")]):
         with pytest.raises(SystemExit) as exit_:
             discrimination.main(argv)
@@ -288,7 +288,7 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
     assert (
         discrimination.main([*argv, "--level", "6", "--hours", "6", "--json", str(out), "--prompts", str(other)]) == 0
     )
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert result["land_cells"] >= 10 and tuple(result["prompts"]) == discrimination.read_prompts(other)
     assert result["precision"] == "int8"
     for cond in (result["default"], result["hours"]["6"]):

@@ -84,7 +84,7 @@ def test_corrupt_cached_asset_is_refused_with_one_sentence_and_exit_2(asset_root
 
 def test_incomplete_stamp_counts_as_missing(asset_root, tmp_path):
     shutil.copytree(asset_root / "mcd12c1", tmp_path / "mcd12c1")
-    (tmp_path / "mcd12c1" / assets.STAMP).write_text("{")  # killed mid-write
+    (tmp_path / "mcd12c1" / assets.STAMP).write_text("{", encoding="utf-8")  # killed mid-write
     with pytest.raises(assets.AssetError, match="missing or incomplete"):
         assets.verify(assets.ASSETS["mcd12c1"], tmp_path)
 

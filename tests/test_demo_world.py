@@ -90,7 +90,7 @@ def test_demo_world_is_the_committed_model(demo_world):
     from cli import demo
 
     _, bundle, store, _ = demo_world
-    record = json.loads((demo.WEIGHTS / "record.json").read_text())
+    record = json.loads((demo.WEIGHTS / "record.json").read_text(encoding="utf-8"))
     assert bundle.manifest["training"]["weights_sha256"] == record["weights"]["sha256"]
     assert bundle.manifest["training"]["export_code_sha256"] == demo.export_code_sha256()
     assert bundle.source_descriptions == {s.name: s.recordist for s in SOURCES}, "as corpus/sources.py defines them"
@@ -181,7 +181,7 @@ def test_a_bundle_of_other_export_code_is_not_current(demo_world, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(bundle.path, copy)
     assert demo.bundle_is_current(copy, demo.WEIGHTS)
-    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
     manifest["training"]["export_code_sha256"] = "0" * 64
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     assert not demo.bundle_is_current(copy, demo.WEIGHTS)

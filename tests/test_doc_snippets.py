@@ -19,8 +19,8 @@ from PIL import Image
 from tests.server_support import REPO, live_server
 from tests.test_viewer import ARGS, CHROMIUM
 
-DOCS = (REPO / "docs" / "api.md").read_text()
-README = (REPO / "README.md").read_text()
+DOCS = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
+README = (REPO / "README.md").read_text(encoding="utf-8")
 ADDRESS = "http://127.0.0.1:8000"
 LEAFLET = REPO / "tests" / "assets" / "leaflet"
 
@@ -50,7 +50,7 @@ def test_curl_examples_run_verbatim(server, tmp_path):
     wave = (0.2 * np.sin(np.arange(32000) * 0.05)).astype(np.float32)
     soundfile.write(tmp_path / "dawn.flac", wave, 16000)
     soundfile.write(tmp_path / "dawn.wav", wave, 16000)
-    (tmp_path / ".curlrc").write_text("fail-with-body\n")  # an HTTP error fails the line
+    (tmp_path / ".curlrc").write_text("fail-with-body\n", encoding="utf-8")  # an HTTP error fails the line
     etag = None
     for line in code_block("curl:", "bash").strip().splitlines():
         command = line.split("   # ")[0].replace(ADDRESS, server)
@@ -106,8 +106,8 @@ def test_leaflet_example_draws_the_heatmap(server):
     snippet = code_block("Leaflet (256 px tiles):", "js").replace(ADDRESS, server)
     with sync_playwright() as pw:
         browser, page, tiles = _page(pw, server)
-        page.add_style_tag(content=(LEAFLET / "leaflet.css").read_text())
-        page.add_script_tag(content=(LEAFLET / "leaflet.js").read_text())
+        page.add_style_tag(content=(LEAFLET / "leaflet.css").read_text(encoding="utf-8"))
+        page.add_script_tag(content=(LEAFLET / "leaflet.js").read_text(encoding="utf-8"))
         page.evaluate("window.map = L.map('map', {zoomControl: false}).setView([48, 12], 3);\n" + snippet)
         page.wait_for_function("document.querySelectorAll('.leaflet-tile-loaded').length >= 4", timeout=60_000)
         page.wait_for_timeout(500)

@@ -23,9 +23,9 @@ from server.service import Places
 from server.settings import Settings
 from tests.server_support import REPO, make_client
 
-API = (REPO / "docs" / "api.md").read_text()
-STORE_DOC = (REPO / "docs" / "store.md").read_text()
-RELIABILITY = (REPO / "docs" / "reliability.md").read_text()
+API = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
+STORE_DOC = (REPO / "docs" / "store.md").read_text(encoding="utf-8")
+RELIABILITY = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
 ADDRESS = "http://127.0.0.1:8000"
 WMTS = "{http://www.opengis.net/wmts/1.0}"
 OWS = "{http://www.opengis.net/ows/1.1}"
@@ -175,7 +175,7 @@ def test_every_error_example_is_the_servers_sentence(client):
             said = r.json()["detail"]
             assert said == example or (example.endswith(" ...") and said.startswith(example[:-4])), (example, said)
         else:
-            code = (REPO / WORDED_IN[example]).read_text()
+            code = (REPO / WORDED_IN[example]).read_text(encoding="utf-8")
             assert re.sub(r"\d+ s$| \d+ bytes$", "", example) in code, (example, WORDED_IN[example])
 
 

@@ -248,7 +248,7 @@ def test_compose_replicas_sit_behind_the_caching_proxy(compose: dict) -> None:
 
     argv = _service_argv(compose, "server", "server.Dockerfile")
     port = argv[argv.index("--port") + 1]
-    nginx = (ROOT / "docker" / "nginx.conf").read_text()
+    nginx = (ROOT / "docker" / "nginx.conf").read_text(encoding="utf-8")
     upstream, listen = re.search(r"upstream \w+ \{(.*?)\}", nginx, re.DOTALL), re.search(r"listen (\d+);", nginx)
     assert upstream is not None and listen is not None
     named = re.findall(r"^\s*server ([\w.-]+:\d+)", upstream[1], re.MULTILINE)

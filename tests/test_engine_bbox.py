@@ -63,7 +63,7 @@ def test_bbox_rows_benchmark_checks_and_times_both(tmp_path) -> None:
     from benchmarks import bbox_rows
 
     assert bbox_rows.main(["--level", "6", "--repeat", "1", "--json", str(tmp_path / "out.json")]) == 0
-    result = json.loads((tmp_path / "out.json").read_text())
+    result = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
     assert result["cells"] == 4**6 and set(result["boxes"]) == set(bbox_rows.BOXES)
     assert all(b["cells"] > 0 and b["rows_within_ms"] > 0 and b["scan_ms"] > 0 for b in result["boxes"].values())
     assert 0 < result["world_bound"]["cells_at_least"] < 4**6

@@ -85,7 +85,7 @@ def test_graphs_hold_no_path_of_the_checkout_that_exported_them(bundle_path):
     """The exporter's per-node stack traces name the checkout's and the venv's files, so the same
     code and weights exported from another folder had other bytes and another bundle id."""
     repo, venv = Path(__file__).resolve().parent.parent, Path(sys.prefix)
-    files = json.loads((bundle_path / MANIFEST_FILE).read_text())["files"]
+    files = json.loads((bundle_path / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
     graphs = [name for name in files if name.endswith(".onnx")]
     assert {"text.onnx", "fuse.onnx", "int8/text.onnx"} <= set(graphs)
     for name in graphs:
@@ -103,9 +103,9 @@ def test_tampered_bundle_is_refused(bundle_path, tmp_path):
     with pytest.raises(BundleError, match=r"fuse\.onnx does not match"):
         Bundle(copy)
     shutil.copy(bundle_path / "fuse.onnx", copy / "fuse.onnx")
-    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest = json.loads((copy / MANIFEST_FILE).read_text(encoding="utf-8"))
     manifest["calibration"]["a"] = 1.0
-    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(BundleError, match="id does not match"):
         Bundle(copy)
 

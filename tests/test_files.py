@@ -24,7 +24,7 @@ from runtime.files import (
 
 def test_atomic_write_replaces_the_file_and_leaves_nothing_beside_it(tmp_path):
     path = tmp_path / "a.json"
-    path.write_text("old")
+    path.write_text("old", encoding="utf-8")
     atomic_write(path, "new é")
     assert path.read_text(encoding="utf-8") == "new é"
     atomic_write(path, b"\x00\x01")
@@ -36,22 +36,22 @@ def test_atomic_write_replaces_the_file_and_leaves_nothing_beside_it(tmp_path):
 
 def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(tmp_path):
     path = tmp_path / "manifest.json"
-    path.write_text("old")
+    path.write_text("old", encoding="utf-8")
 
     def broken(tmp):
-        tmp.write_text("half")
+        tmp.write_text("half", encoding="utf-8")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, broken)
-    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+    assert path.read_text(encoding="utf-8") == "old" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 
 
 def test_replace_dir_swaps_a_finished_folder_in(tmp_path):
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "old.txt").write_text("old")
+    (tmp_path / "out" / "old.txt").write_text("old", encoding="utf-8")
     (tmp_path / "work").mkdir()
-    (tmp_path / "work" / "new.txt").write_text("new")
+    (tmp_path / "work" / "new.txt").write_text("new", encoding="utf-8")
     replace_dir(tmp_path / "work", tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

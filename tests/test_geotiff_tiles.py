@@ -129,7 +129,9 @@ def test_tif_tiles_written_at_once_are_each_their_own(client):
 def test_gdal_reads_a_tif_tile_over_http(bundle_path, store_path, capsys):
     """A real client: GDAL's /vsicurl/ against `soundscape serve` (uvicorn) on loopback, and
     docs/api.md's rasterio example run verbatim (but for the server's address)."""
-    example = re.search(r"GeoTIFF values .*?```python\n(.*?)```", (REPO / "docs" / "api.md").read_text(), re.S)
+    example = re.search(
+        r"GeoTIFF values .*?```python\n(.*?)```", (REPO / "docs" / "api.md").read_text(encoding="utf-8"), re.S
+    )
     assert example is not None
     with live_server(bundle_path, store_path) as base:
         url = f"{base}{tile_url(2, 1, 1, 'tif')}?q=birdsong"

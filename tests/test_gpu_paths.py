@@ -28,7 +28,7 @@ def test_the_cpu_run_times_three_ways_that_agree_and_both_indexes(bundle_path, t
         *("--queries", "32", "--repeats", "2", "--json", str(tmp_path / "out.json")),
     )
     assert done.returncode == 0, done.stderr
-    result = json.loads((tmp_path / "out.json").read_text())
+    result = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
     image, search = result["image"], result["search"]
     assert (result["providers"], result["precision"], image["batch"]) == (["CPUExecutionProvider"], "fp32", 4)
     assert set(image["cells_per_s"]) == {"session_run", "io_binding_host_images", "io_binding_device_images"}

@@ -290,7 +290,7 @@ def test_mosaic_cell_outside_every_file_is_none(halves):
 
 def test_unreadable_sources_raise_one_sentence(tmp_path):
     (tmp_path / "empty").mkdir()
-    (tmp_path / "junk.tif").write_text("not a raster")
+    (tmp_path / "junk.tif").write_text("not a raster", encoding="utf-8")
     for source, needle in (
         (tmp_path / "missing.tif", "no such file"),
         (tmp_path / "empty", "holds no raster"),

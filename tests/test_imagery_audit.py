@@ -275,7 +275,8 @@ def test_a_damaged_file_is_refused_when_opened_not_at_its_first_cell(
     geotransform = ", ".join(map(str, profile["transform"].to_gdal()))
     vrt.write_text(
         f'<VRTDataset rasterXSize="{data.shape[2]}" rasterYSize="{data.shape[1]}"><SRS>EPSG:4326</SRS>'
-        f"<GeoTransform>{geotransform}</GeoTransform>{bands}</VRTDataset>"
+        f"<GeoTransform>{geotransform}</GeoTransform>{bands}</VRTDataset>",
+        encoding="utf-8",
     )
     assert Imagery(vrt).cell(5, 16, 10, SIZE) is not None
     moved.rename(tmp_path / "elsewhere.tif")
@@ -417,7 +418,9 @@ def test_training_leaves_a_mosaics_coarse_backdrop_out_as_precompute_does(source
     folder = tmp_path / "mosaic"
     fine = _fine_and_backdrop(source, folder)
     root = write_folder(tmp_path / "d", 2, image=False)
-    (root / "samples.csv").write_text("lat,lon,audio,level\n45,40,audio/0.wav,9\n45,33,audio/1.wav,9\n")
+    (root / "samples.csv").write_text(
+        "lat,lon,audio,level\n45,40,audio/0.wav,9\n45,33,audio/1.wav,9\n", encoding="utf-8"
+    )
     split = {"cell_deg": 90.0, "val_fraction": 0.0, "test_fraction": 0.0}
     rows = reader("csv")({"root": str(root), "imagery": str(folder), "split": split}, SIZE).train
     east, west = sorted(range(len(rows)), key=lambda i: -rows.rows[i].lon)

@@ -68,10 +68,10 @@ def test_unsatisfied_names_a_stale_pin() -> None:
 
 def test_installers_read_the_locks() -> None:
     """setup.sh and every image install from a lock that exists (and the same torch pin file)."""
-    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    setup = (ROOT / "scripts" / "setup.sh").read_text(encoding="utf-8")
     assert '-r "$lock"' in setup and "locks/${extras//,/+}.txt" in setup and "-r locks/torch.txt" in setup
     for dockerfile in sorted((ROOT / "docker").glob("*.Dockerfile")):
-        used = re.findall(r"locks/([\w+]+)\.txt", dockerfile.read_text())
+        used = re.findall(r"locks/([\w+]+)\.txt", dockerfile.read_text(encoding="utf-8"))
         assert used, f"{dockerfile.name} installs from no lock"
         for name in used:
             assert (ROOT / "locks" / f"{name}.txt").is_file(), f"{dockerfile.name} names a missing locks/{name}.txt"
@@ -82,7 +82,7 @@ def test_aisfx_is_pinned_alike() -> None:
     image install the same version of it."""
     pin = re.compile(r"aisfx==[\w.]+")
     pins = {
-        path.name: pin.findall(path.read_text())
+        path.name: pin.findall(path.read_text(encoding="utf-8"))
         for path in (ROOT / "scripts" / "setup.sh", ROOT / "docker" / "demo.Dockerfile")
     }
     assert all(len(found) == 1 for found in pins.values()) and len({found[0] for found in pins.values()}) == 1, pins

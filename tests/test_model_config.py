@@ -19,11 +19,11 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 @pytest.mark.parametrize("name", ["tiny", "paper", "demo"])
 def test_shipped_run_configs_parse(name):
-    RunConfig.from_dict(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()))
+    RunConfig.from_dict(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text(encoding="utf-8")))
 
 
 def test_paper_config_has_the_paper_sizes():
-    cfg = RunConfig.from_dict(yaml.safe_load((CONFIGS / "paper.yaml").read_text()))
+    cfg = RunConfig.from_dict(yaml.safe_load((CONFIGS / "paper.yaml").read_text(encoding="utf-8")))
     m, t = cfg.model, cfg.train
     assert (m.image.size, m.image.patch, m.image.width, m.image.depth, m.image.heads) == (224, 16, 768, 12, 12)
     assert (m.fusion.width, m.fusion.depth, m.fusion.heads, m.fusion.ff) == (512, 3, 8, 2048)
@@ -139,7 +139,7 @@ def test_config_errors_name_the_key_and_what_it_takes(sections, message):
 
 
 def test_a_written_config_reads_back_equal():
-    cfg = RunConfig.from_dict(yaml.safe_load((CONFIGS / "paper.yaml").read_text()))
+    cfg = RunConfig.from_dict(yaml.safe_load((CONFIGS / "paper.yaml").read_text(encoding="utf-8")))
     again = RunConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg and again.train.betas == (0.9, 0.98) and isinstance(again.train.lr, float)
 
@@ -147,7 +147,7 @@ def test_a_written_config_reads_back_equal():
 def test_paper_config_trains_as_the_authors_code():
     """configs/paper.yaml: no gradient clipping, no early stopping, RandomResizedCrop 0.2-1, a
     random mel crop per training sample (docs/training.md, "configs/paper.yaml and the paper")."""
-    cfg = RunConfig.from_dict(yaml.safe_load((CONFIGS / "paper.yaml").read_text()))
+    cfg = RunConfig.from_dict(yaml.safe_load((CONFIGS / "paper.yaml").read_text(encoding="utf-8")))
     assert cfg.train.grad_clip is None and cfg.train.patience is None
     assert cfg.train.image_crop_scale == (0.2, 1.0) and cfg.train.image_flips
     assert cfg.data["mel_index"] == "random"

@@ -152,9 +152,9 @@ def test_rewritten_geosound_shards_or_captions_change_the_content_hash(tmp_path)
     second = content("geosound", section)
     assert second != first
     captions = tmp_path / "captions.csv"
-    captions.write_text("sample_id,caption,caption_source\niNat-1,heavy rain,meta\n")
+    captions.write_text("sample_id,caption,caption_source\niNat-1,heavy rain,meta\n", encoding="utf-8")
     with_captions = content("geosound", {**section, "captions": str(captions)})
-    captions.write_text("sample_id,caption,caption_source\niNat-1,light rain,meta\n")
+    captions.write_text("sample_id,caption,caption_source\niNat-1,light rain,meta\n", encoding="utf-8")
     assert content("geosound", {**section, "captions": str(captions)}) != with_captions
 
 

@@ -70,7 +70,7 @@ def test_memorises_a_tiny_paired_set(tmp_path):
     from model.evaluate import embed_split, metrics
     from model.nn.psm import preprocessing
 
-    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text(encoding="utf-8"))
     cfg["model"]["audio"]["features"]["duration_s"] = 0.5
     cfg["train"].update(steps=600, batch_size=32, eval_every=0, checkpoint_every=600, log_every=100)
     cfg["data"].update(samples={"train": 32, "val": 8, "test": 8}, classes=32, duration_s=0.5)
@@ -112,7 +112,7 @@ def test_two_ddp_processes_train_as_one_process_on_the_global_batch(tmp_path):
         train__checkpoint_every=3,
     )
     path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -169,7 +169,7 @@ def test_evaluate_writes_the_paper_metrics_as_json(trained_run, tmp_path, capsys
     assert (
         soundscape(["evaluate", "--checkpoint", str(trained_run / "best.pt"), "--out", str(out), "--no-progress"]) == 0
     )
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(encoding="utf-8"))
     assert report["split"] == "test" and report["samples"] == 16 and report["score"] == "-CSD"
     assert "ties averaged" in report["definition"] and "rank <= 0.1 N" in report["definition"]
     results = report["results"]
@@ -185,7 +185,7 @@ def test_export_from_a_checkpoint_records_calibration_metrics_and_fp16(trained_r
     from runtime.bundle import Bundle, BundleError
 
     metrics = tmp_path / "test.json"
-    metrics.write_text(json.dumps({"results": {"all": {"metadata": {"I2S_R@10%": 0.5}}}}))
+    metrics.write_text(json.dumps({"results": {"all": {"metadata": {"I2S_R@10%": 0.5}}}}), encoding="utf-8")
     out = tmp_path / "bundle"
     assert (
         soundscape(
@@ -228,7 +228,7 @@ def test_config_errors_name_the_key_and_exit_2(tmp_path, capsys):
     ]
     for cfg, name in cases:
         path = tmp_path / "bad.yaml"
-        path.write_text(yaml.safe_dump(cfg))
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
         assert soundscape(["train", "--config", str(path), "--out", str(tmp_path / "never")]) == 2
         err = capsys.readouterr().err.strip()
         assert name in err and len(err.splitlines()) == 1, err
@@ -241,7 +241,9 @@ def test_resuming_with_another_architecture_lists_the_mismatched_keys(trained_ru
     for name in ("last.pt", "config.yaml"):
         (run / name).write_bytes((trained_run / name).read_bytes())
     path = tmp_path / "deeper.yaml"
-    path.write_text(yaml.safe_dump(config(train__steps=20, train__eval_every=10, model__image__depth=2)))
+    path.write_text(
+        yaml.safe_dump(config(train__steps=20, train__eval_every=10, model__image__depth=2)), encoding="utf-8"
+    )
     assert soundscape(["train", "--config", str(path), "--out", str(run), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "does not fit this model architecture" in err and "missing: image.blocks.1." in err
@@ -374,7 +376,7 @@ def test_weighted_batches_are_distinct_seeded_and_favour_rare_samples():
 
 def test_balance_classes_needs_a_reader_that_labels_classes(tmp_path, capsys):
     path = tmp_path / "balanced.yaml"
-    path.write_text(yaml.safe_dump(config(train__balance_classes=0.5)))
+    path.write_text(yaml.safe_dump(config(train__balance_classes=0.5)), encoding="utf-8")
     assert soundscape(["train", "--config", str(path), "--out", str(tmp_path / "never")]) == 2
     err = capsys.readouterr().err.strip()
     assert "train.balance_classes" in err and len(err.splitlines()) == 1, err
@@ -419,12 +421,12 @@ def test_a_split_without_samples_is_one_sentence(trained_run, tmp_path, capsys):
     """An empty test split was a ValueError traceback from np.concatenate; an empty validation
     split the same, after the whole run had trained."""
     path = tmp_path / "empty.yaml"
-    path.write_text(yaml.safe_dump(config(data__samples={"train": 64, "val": 16, "test": 0})))
+    path.write_text(yaml.safe_dump(config(data__samples={"train": 64, "val": 16, "test": 0})), encoding="utf-8")
     checkpoint = str(trained_run / "best.pt")
     assert soundscape(["evaluate", "--checkpoint", checkpoint, "--config", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "test split" in err and "no samples" in err and len(err.splitlines()) == 1, err
-    path.write_text(yaml.safe_dump(config(data__samples={"train": 64, "val": 0, "test": 16})))
+    path.write_text(yaml.safe_dump(config(data__samples={"train": 64, "val": 0, "test": 16})), encoding="utf-8")
     assert soundscape(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "validation split has no samples" in err and len(err.splitlines()) == 1, err
@@ -455,7 +457,7 @@ def test_a_second_train_on_the_same_run_directory_stops_at_once(tmp_path, capsys
     import fcntl
 
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(config(train__steps=2, train__eval_every=0)))
+    cfg.write_text(yaml.safe_dump(config(train__steps=2, train__eval_every=0)), encoding="utf-8")
     run = tmp_path / "run"
     run.mkdir()
     with open(run / ".lock", "a", encoding="utf-8") as held:  # what a running `train` holds
@@ -480,23 +482,23 @@ def test_a_resumed_run_removes_the_partial_checkpoint_a_killed_run_left(tmp_path
     partial = [run / ".last.4242-4242.tmp.pt", run / ".best.4242-4243.tmp.pt"]
     for path in partial:
         path.write_bytes((run / "last.pt").read_bytes()[:1000])
-    (run / "notes.txt").write_text("mine")
+    (run / "notes.txt").write_text("mine", encoding="utf-8")
     fit(cfg, run, resume=True, progress=False)
     assert not any(path.exists() for path in partial)
-    assert (run / "notes.txt").read_text() == "mine" and load_checkpoint(run / "last.pt")["step"] == 6
+    assert (run / "notes.txt").read_text(encoding="utf-8") == "mine" and load_checkpoint(run / "last.pt")["step"] == 6
 
 
 def test_resuming_with_another_seed_or_learning_rate_is_refused(tmp_path, capsys):
     """`train --resume` with train.seed (or lr, batch_size, ...) changed continued silently with other
     batches and steps than the run began with; a longer `steps` and other logging stay allowed."""
     path, run = tmp_path / "c.yaml", tmp_path / "run"
-    path.write_text(yaml.safe_dump(config()))
+    path.write_text(yaml.safe_dump(config()), encoding="utf-8")
     assert soundscape(["train", "--config", str(path), "--out", str(run), "--no-progress", "--stop-after", "2"]) == 0
-    path.write_text(yaml.safe_dump(config(train__seed=7, train__lr=0.001)))
+    path.write_text(yaml.safe_dump(config(train__seed=7, train__lr=0.001)), encoding="utf-8")
     assert soundscape(["train", "--config", str(path), "--out", str(run), "--no-progress", "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert "train.lr, train.seed differ" in err and "seed 56" in err and len(err.splitlines()) == 1, err
     assert load_checkpoint(run / "last.pt")["step"] == 2
-    path.write_text(yaml.safe_dump(config(train__steps=8, train__log_every=2, train__workers=1)))
+    path.write_text(yaml.safe_dump(config(train__steps=8, train__log_every=2, train__workers=1)), encoding="utf-8")
     assert soundscape(["train", "--config", str(path), "--out", str(run), "--no-progress", "--resume"]) == 0
     assert load_checkpoint(run / "last.pt")["step"] == 8

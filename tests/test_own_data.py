@@ -138,7 +138,7 @@ def test_a_source_misspelled_in_10_percent_of_rows_stops_before_training(tmp_pat
 
     # The CLI says it in one sentence with exit code 2.
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config.to_dict()))
+    path.write_text(yaml.safe_dump(config.to_dict()), encoding="utf-8")
     assert soundscape(["train", "--config", str(path), "--out", str(tmp_path / "run2"), "--no-progress"]) == 2
     err_text = capsys.readouterr().err
     assert "did you mean 'field'?" in err_text and "Traceback" not in err_text
@@ -175,7 +175,7 @@ def test_data_paths_follow_the_config_file_from_any_working_directory(tmp_path, 
     project = tmp_path / "project"
     write_folder(project / "mydata", 24)
     config = run_config({"root": "mydata"}).to_dict()
-    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    (project / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -166,7 +166,7 @@ def test_an_unreadable_file_is_one_sentence(tmp_path, capsys):
         with pytest.raises(DataError, match=re.escape(message)):
             rows(root)
         config = tmp_path / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(run_config({"root": str(root)}).to_dict()))
+        config.write_text(yaml.safe_dump(run_config({"root": str(root)}).to_dict()), encoding="utf-8")
         assert (
             soundscape(["train", "--config", str(config), "--out", str(tmp_path / f"run-{name}"), "--no-progress"]) == 2
         )
@@ -379,7 +379,7 @@ def test_file_names_as_windows_or_a_mac_wrote_them_and_empty_clips(tmp_path, cap
     soundfile.write(root / "audio" / "empty.wav", np.zeros(0, np.float32), 16000)
     names = ["audio\\0.wav", "audio/forêt.wav", "audio/folder.wav", "audio/empty.wav"]
     lines = "".join(f"45,5.{i},{name},images/{i}.png,10\n" for i, name in enumerate(names))  # one cell: train
-    (root / "samples.csv").write_text("lat,lon,audio,image,gsd\n" + lines)
+    (root / "samples.csv").write_text("lat,lon,audio,image,gsd\n" + lines, encoding="utf-8")
     with caplog.at_level(logging.WARNING):
         splits = reader("csv")({"root": str(root), "split": {"val_fraction": 0.0, "test_fraction": 0.0}}, 16)
     kept = sorted(splits.train.rows, key=lambda r: r.line)

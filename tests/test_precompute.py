@@ -126,9 +126,9 @@ def test_dry_run_counts_cells_and_writes_nothing(bundle_path, imagery_path, tmp_
 
 def test_cli_refuses_bad_input_with_exit_2(bundle_path, imagery_path, store_path, tmp_path, capsys):
     bad = tmp_path / "not.tif"
-    bad.write_text("not a raster")
+    bad.write_text("not a raster", encoding="utf-8")
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "notes.txt").write_text("someone's files")
+    (tmp_path / "other" / "notes.txt").write_text("someone's files", encoding="utf-8")
     run = ["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path)]
     cases = [
         (

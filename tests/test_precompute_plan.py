@@ -61,7 +61,8 @@ def _region(tmp_path, coordinates) -> Region:
                     {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [coordinates]}}
                 ],
             }
-        )
+        ),
+        encoding="utf-8",
     )
     return Region.load(path)
 
@@ -92,7 +93,7 @@ def test_triangle_region_keeps_touched_cells_only(tmp_path):
 
 
 def test_bad_region_is_a_plan_error(tmp_path):
-    (tmp_path / "bad.geojson").write_text("{not json")
+    (tmp_path / "bad.geojson").write_text("{not json", encoding="utf-8")
     with pytest.raises(PlanError, match="not a readable GeoJSON"):
         Region.load(tmp_path / "bad.geojson")
 

@@ -96,7 +96,7 @@ def test_a_worker_lost_mid_shard_is_retried_without_losing_or_repeating_cells(
     monkeypatch.setenv(KILL_ONCE_ENV, str(marker))
     out = tmp_path / "store"
     assert main(_argv(imagery_path, bundle_path, out, "--ray-workers", "2")) == 0
-    saved = int(marker.read_text())  # rows the shard had saved when its worker process exited
+    saved = int(marker.read_text(encoding="utf-8"))  # rows the shard had saved when its worker process exited
     assert 0 < saved < sum(m["count"] for m in Store(reference).manifest["levels"].values())
     assert_every_cell_once(out, reference)
     assert_same_store(out, reference)
@@ -119,7 +119,7 @@ def test_a_killed_driver_run_again_finishes_the_same_store(ray_address, referenc
         assert proc.returncode == -signal.SIGKILL, f"the driver ended before it was killed: {stderr.read()}"
     done = complete()
     assert 1 <= len(done) < 4 and not out.exists()
-    assert json.loads((root / "job.json").read_text())["shards"] == 4
+    assert json.loads((root / "job.json").read_text(encoding="utf-8"))["shards"] == 4
 
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)  # the job file keeps the 4 shards
     assert again.returncode == 0, again.stderr
@@ -142,7 +142,7 @@ def test_ray_refuses_what_it_cannot_run(ray_address, imagery_path, bundle_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "level(s) 12 would enlarge" in err[0]
     root = shards_root(out)
-    assert json.loads((root / "job.json").read_text())["levels"] == [12]
+    assert json.loads((root / "job.json").read_text(encoding="utf-8"))["levels"] == [12]
     (root / ".shard-0000.partial").mkdir()  # as if a task of that job had started writing
     assert main(_argv(imagery_path, bundle_path, out)) == 2
     assert "holds the shards of another run" in capsys.readouterr().err

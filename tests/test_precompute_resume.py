@@ -51,7 +51,7 @@ def reference(imagery_path, bundle_path, tmp_path_factory) -> Path:
 
 def assert_same_store(a: Path, b: Path) -> None:
     """Equal content: manifests equal but for when and how they were made, every file byte-equal."""
-    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    ma, mb = (json.loads((p / "manifest.json").read_text(encoding="utf-8")) for p in (a, b))
     for m in (ma, mb):
         m.pop("created"), m.pop("run")
     assert ma == mb
@@ -144,7 +144,7 @@ def test_resume_refuses_another_plan_without_overwrite(imagery_path, bundle_path
     out = tmp_path / "store"
     work, progress = work_paths(out)
     work.mkdir()
-    progress.write_text(json.dumps({"key": {"other": "plan"}, "batch": 16, "levels": {}}))
+    progress.write_text(json.dumps({"key": {"other": "plan"}, "batch": 16, "levels": {}}), encoding="utf-8")
     with pytest.raises(StoreError, match="unfinished run of another plan"):
         _run(imagery_path, bundle_path, out, levels=[3, 4])
     assert work.is_dir()

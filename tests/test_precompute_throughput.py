@@ -19,7 +19,7 @@ def _demo_dir(root: Path) -> Path:
     (root / "imagery").mkdir(parents=True)
     (root / "imagery" / "bluemarble.tif").write_bytes(b"")
     (root / "bundle").mkdir()
-    (root / "bundle" / "manifest.json").write_text("{}")
+    (root / "bundle" / "manifest.json").write_text("{}", encoding="utf-8")
     return root
 
 

@@ -174,7 +174,7 @@ def test_a_captions_file_with_empty_repeated_or_missing_values_is_read_as_meant(
     ]
     assert "3 row(s) not read" in caplog.text and "no caption: 1" in caplog.text
     assert "a sample_id given again with another caption: 2" in caplog.text
-    captions.write_text("id,text\niNat-0,wind\n")
+    captions.write_text("id,text\niNat-0,wind\n", encoding="utf-8")
     with pytest.raises(
         DataError, match=r"captions.csv lacks the column\(s\) sample_id, caption \(its header: id, text\)"
     ):

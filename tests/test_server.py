@@ -162,9 +162,9 @@ def test_store_of_another_bundle_is_refused(bundle_path, store_path, tmp_path):
 
     copy = tmp_path / "store"
     shutil.copytree(store_path, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
     manifest["bundle_id"] = "0" * 16
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(StoreError, match="built by bundle 0000000000000000"):
         make_client(bundle_path, copy)
 

@@ -288,7 +288,7 @@ def test_the_search_recall_benchmark_runs_on_a_store(monkeypatch, bundle_path, s
     out = tmp_path / "recall.json"
     argv = ["--bundle", str(bundle_path), "--store", str(store_path), "--level", "6", "--pairs", "2"]
     assert search_recall.main([*argv, "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     runs = result["runs"]
     assert len(runs) == len(search_recall.PROMPTS) * len(result["cases"]) * len(search_recall.KS)
     assert any(r["ranked"] < result["cells"] for r in runs), "small k ranks candidates"
@@ -296,16 +296,16 @@ def test_the_search_recall_benchmark_runs_on_a_store(monkeypatch, bundle_path, s
     assert all(0 <= r["recall"] <= 1 for r in runs) and "| k | searches |" in capsys.readouterr().out
 
     assert search_recall.main([*argv, "--rank-by", "contrast", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert result["rank_by"] == "contrast" and any(r["ranked"] < result["cells"] for r in result["runs"])
     assert all(
         r["recall"] == 1 and r["max_score_difference"] == 0 for r in result["runs"] if r["ranked"] == result["cells"]
     )
 
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a waterfall\n\nowls hooting at night\n")
+    prompts.write_text("a waterfall\n\nowls hooting at night\n", encoding="utf-8")
     assert search_recall.main([*argv, "--pairs", "1", "--prompts", str(prompts), "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert result["prompts"] == ["a waterfall", "owls hooting at night"]
     assert {r["prompt"] for r in result["runs"]} == set(result["prompts"])
 

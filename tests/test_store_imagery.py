@@ -50,10 +50,10 @@ def _copy(data: Path, to: Path) -> Path:
 
 def _rewrite_imagery(store: Path, record: dict) -> None:
     """Give the store the imagery record an older precompute wrote (and a matching id)."""
-    manifest = json.loads((store / MANIFEST_FILE).read_text())
+    manifest = json.loads((store / MANIFEST_FILE).read_text(encoding="utf-8"))
     manifest["imagery"] = {k: v for k, v in {**manifest["imagery"], **record}.items() if v is not None}
     manifest["id"] = content_id(manifest)
-    (store / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (store / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def test_manifest_records_imagery_relative_to_the_store(built) -> None:
@@ -107,10 +107,10 @@ def test_format_2_stores_keep_their_ids(built, tmp_path) -> None:
     """Format 2 hashed the imagery's paths into the id: its stores still open and verify under
     the ids they were given."""
     store = _copy(built / "store", tmp_path / "v2" / "store")
-    manifest = json.loads((store / MANIFEST_FILE).read_text())
+    manifest = json.loads((store / MANIFEST_FILE).read_text(encoding="utf-8"))
     manifest["format_version"] = 2
     manifest["id"] = json_sha256({k: v for k, v in manifest.items() if k not in ("id", "created", "run")})
-    (store / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (store / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     opened = Store(store)
     verify_store(opened)
     assert opened.id != Store(built / "store").id
@@ -120,8 +120,8 @@ def test_format_2_stores_keep_their_ids(built, tmp_path) -> None:
 
 def test_unknown_store_format_is_refused_with_the_formats_read(built, tmp_path) -> None:
     store = _copy(built / "store", tmp_path / "v1" / "store")
-    manifest = json.loads((store / MANIFEST_FILE).read_text())
-    (store / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}))
+    manifest = json.loads((store / MANIFEST_FILE).read_text(encoding="utf-8"))
+    (store / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}), encoding="utf-8")
     with pytest.raises(StoreError, match=r"store format 1; this version reads 2 and 3: rebuild it"):
         Store(store)
 
@@ -161,7 +161,7 @@ def test_merge_records_imagery_relative_to_the_merged_store(built, bundle_path, 
     shards = [tmp_path / "a" / "s0", tmp_path / "b" / "c" / "s1"]
     for i, out in enumerate(shards):
         run(Imagery(str(tif)), Bundle(bundle_path), [3], FIXTURE_BBOX, out, progress=False, shard=(i, 2))
-    recorded = [json.loads((out / MANIFEST_FILE).read_text())["imagery"]["path"] for out in shards]
+    recorded = [json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))["imagery"]["path"] for out in shards]
     assert recorded[0] != recorded[1]
     manifest = merge(shards, tmp_path / "out" / "merged")
     merged = tmp_path / "out" / "merged"

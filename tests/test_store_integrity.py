@@ -52,9 +52,9 @@ def truncate(path: Path, drop: int = 100) -> None:
 
 def edit_manifest(change: Callable[[dict], None]) -> Callable[[Path], None]:
     def damage(store: Path) -> None:
-        manifest = json.loads((store / "manifest.json").read_text())
+        manifest = json.loads((store / "manifest.json").read_text(encoding="utf-8"))
         change(manifest)
-        (store / "manifest.json").write_text(json.dumps(manifest))
+        (store / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
     return damage
 
@@ -85,7 +85,7 @@ CASES = {
     "manifest without id": (edit_manifest(lambda m: m.pop("id")), "manifest.json", "'id'"),
     "manifest without bounds": (edit_manifest(lambda m: m.pop("bounds")), "manifest.json", "'bounds'"),
     "level without count": (edit_manifest(lambda m: m["levels"]["5"].pop("count")), "manifest.json", "count"),
-    "manifest a list": (lambda s: (s / "manifest.json").write_text("[]"), "manifest.json", "object"),
+    "manifest a list": (lambda s: (s / "manifest.json").write_text("[]", encoding="utf-8"), "manifest.json", "object"),
     "bounds not numbers": (edit_manifest(lambda m: m.update(bounds="abcd")), "manifest.json", "4 finite numbers"),
     "S range with a NaN": (
         edit_manifest(lambda m: m.update(uncertainty_range=[0.1, float("nan")])),

@@ -80,7 +80,7 @@ def test_a_new_run_starts_from_trained_parts(source, tmp_path):
     from safetensors.torch import load_file
 
     _, parts = source
-    record = json.loads((parts / "record.json").read_text())
+    record = json.loads((parts / "record.json").read_text(encoding="utf-8"))
     run = started(tmp_path, parts)
     assert_starts_from(
         run, load_file(parts / "trained.safetensors"), (record["calibration"]["a"], record["calibration"]["b"])
@@ -91,18 +91,18 @@ def test_a_new_run_starts_from_trained_parts(source, tmp_path):
 def test_the_run_and_its_exports_record_where_its_weights_came_from(source, tmp_path):
     best, _ = source
     path, run = tmp_path / "new.yaml", tmp_path / "run"
-    path.write_text(yaml.safe_dump(config(**NEW)))
+    path.write_text(yaml.safe_dump(config(**NEW)), encoding="utf-8")
     assert (
         soundscape(["train", "--config", str(path), "--out", str(run), "--init-from", str(best), "--no-progress"]) == 0
     )
     origin = load_checkpoint(run / "last.pt")["init_from"]
     assert origin["sha256"] == file_sha256(best) and origin["path"] == str(best.resolve())
-    assert file_sha256(best) in (run / "config.yaml").read_text().splitlines()[0]
+    assert file_sha256(best) in (run / "config.yaml").read_text(encoding="utf-8").splitlines()[0]
     assert (
         soundscape(["export", "--checkpoint", str(run / "last.pt"), "--trained-parts", "--out", str(tmp_path / "p")])
         == 0
     )
-    record = json.loads((tmp_path / "p" / "record.json").read_text())
+    record = json.loads((tmp_path / "p" / "record.json").read_text(encoding="utf-8"))
     assert record["training"]["init_from"] == origin
     # a run started from those parts names them, and what they started from
     again = started(tmp_path / "again", tmp_path / "p")
@@ -115,7 +115,7 @@ def test_the_run_and_its_exports_record_where_its_weights_came_from(source, tmp_
 def test_another_architecture_is_one_sentence_naming_the_keys(source, tmp_path, capsys):
     best, parts = source
     path, run = tmp_path / "other.yaml", tmp_path / "run"
-    path.write_text(yaml.safe_dump(config(**NEW, model__embed_dim=32, model__fusion__depth=2)))
+    path.write_text(yaml.safe_dump(config(**NEW, model__embed_dim=32, model__fusion__depth=2)), encoding="utf-8")
     for init_from in (best, parts):
         assert soundscape(["train", "--config", str(path), "--out", str(run), "--init-from", str(init_from)]) == 2
         err = capsys.readouterr().err.strip()
@@ -127,7 +127,7 @@ def test_another_architecture_is_one_sentence_naming_the_keys(source, tmp_path, 
 def test_init_from_and_resume_together_are_refused(source, tmp_path, capsys):
     best, _ = source
     path = tmp_path / "new.yaml"
-    path.write_text(yaml.safe_dump(config(**NEW)))
+    path.write_text(yaml.safe_dump(config(**NEW)), encoding="utf-8")
     args = ["train", "--config", str(path), "--out", str(tmp_path / "run"), "--init-from", str(best), "--resume"]
     assert soundscape(args) == 2
     err = capsys.readouterr().err.strip()
@@ -164,7 +164,10 @@ def test_a_tower_the_source_trained_cannot_be_frozen_here(tmp_path, capsys):
     """Its trained weights would be lost: a frozen tower's come from its package in every checkpoint."""
     minilm_parts(tmp_path / "parts", trainable=True)
     path = tmp_path / "frozen.yaml"
-    path.write_text(yaml.safe_dump(config(**NEW, model__text={"kind": "minilm", "trainable": False, "max_length": 12})))
+    path.write_text(
+        yaml.safe_dump(config(**NEW, model__text={"kind": "minilm", "trainable": False, "max_length": 12})),
+        encoding="utf-8",
+    )
     args = ["train", "--config", str(path), "--out", str(tmp_path / "run"), "--init-from", str(tmp_path / "parts")]
     assert soundscape(args) == 2
     err = capsys.readouterr().err.strip()
@@ -187,7 +190,7 @@ DOC = ROOT / "docs" / "own-data.md"
 
 def fine_tuning_lines() -> list[str]:
     """The shell lines of the fenced block after docs/own-data.md's fine-tuning marker."""
-    block = re.search(r"<!-- fine-tuning[^>]*-->\s*```sh\n(.*?)```", DOC.read_text(), re.S)
+    block = re.search(r"<!-- fine-tuning[^>]*-->\s*```sh\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
     assert block, f"{DOC} has no fine-tuning block"
     return [line.strip() for line in block.group(1).splitlines() if line.strip()]
 
@@ -196,7 +199,7 @@ def test_the_fine_tuning_config_fits_the_demo_weights():
     from model.config import ModelConfig
     from model.init_from import check_model, read_initial
 
-    section = yaml.safe_load((ROOT / "configs" / "finetune-demo.yaml").read_text())["model"]
+    section = yaml.safe_load((ROOT / "configs" / "finetune-demo.yaml").read_text(encoding="utf-8"))["model"]
     check_model(read_initial(ROOT / "weights" / "demo"), ModelConfig.from_dict(section))  # raises when not
 
 
@@ -215,6 +218,6 @@ def test_the_documented_fine_tuning_of_the_demo_model_runs(tmp_path, monkeypatch
             shutil.copy(argv[1], argv[2])
         else:
             assert soundscape(argv[1:]) == 0, line
-    record = json.loads((ROOT / "weights" / "demo" / "record.json").read_text())
+    record = json.loads((ROOT / "weights" / "demo" / "record.json").read_text(encoding="utf-8"))
     origin = load_checkpoint(tmp_path / "example" / "finetuned" / "best.pt")["init_from"]
     assert origin["kind"] == "trained parts" and origin["sha256"] == record["weights"]["sha256"]

@@ -45,7 +45,7 @@ def wait_for_rows(run: Path, n: int, process: subprocess.Popen, timeout: float =
 def test_ctrl_c_saves_the_step_reached_and_resume_ends_as_an_uninterrupted_run(tmp_path):
     cfg = config(train__steps=60, train__eval_every=20, train__checkpoint_every=1000)
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "cli.main", "train", "--config", str(path), "--out", str(run), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -90,7 +90,7 @@ def test_sigterm_saves_the_checkpoint_and_exits_143_even_when_signalled_again_wh
     monkeypatch, tmp_path, capfd
 ):
     path, run = tmp_path / "tiny.yaml", tmp_path / "run"
-    path.write_text(yaml.safe_dump(config(train__checkpoint_every=1000)))
+    path.write_text(yaml.safe_dump(config(train__checkpoint_every=1000)), encoding="utf-8")
     signal_at_step(monkeypatch, 3, signal.SIGTERM)
     save = torch.save
 
@@ -151,7 +151,7 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(tmp_path):
     step, rank 0 saves it, and the resumed two-process run ends as an uninterrupted one."""
     cfg = config(train__steps=40, train__eval_every=20, train__checkpoint_every=1000)
     path, run, whole = tmp_path / "ddp.yaml", tmp_path / "run", tmp_path / "whole"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
 
     def torchrun(out: Path, *more: str) -> list[str]:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -59,7 +59,7 @@ def test_changed_weights_are_refused(parts, tmp_path, capsys):
     assert soundscape(["export", "--weights", str(copy), "--out", str(tmp_path / "b")]) == 2
     assert "is not the file" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
-    (copy / RECORD_FILE).write_text(json.dumps({"weights": {}}))
+    (copy / RECORD_FILE).write_text(json.dumps({"weights": {}}), encoding="utf-8")
     assert soundscape(["export", "--weights", str(copy), "--out", str(tmp_path / "b")]) == 2
     assert "no readable record.json" in capsys.readouterr().err
 

@@ -107,7 +107,7 @@ def test_the_cache_name_follows_the_text_towers_tokenizer_file(monkeypatch, tmp_
     shutil.copytree(text_towers.minilm_package_dir(), folder)
     before = fingerprint(small_model(text={"kind": "minilm", "path": str(folder)}), "text", "train", SYNTHETIC, "c")
     tokenizer = folder / "tokenizer.json"
-    tokenizer.write_text(tokenizer.read_text().replace('"[UNK]"', '"[UNKNOWN]"'))
+    tokenizer.write_text(tokenizer.read_text(encoding="utf-8").replace('"[UNK]"', '"[UNKNOWN]"'), encoding="utf-8")
     after = fingerprint(small_model(text={"kind": "minilm", "path": str(folder)}), "text", "train", SYNTHETIC, "c")
     assert after != before
 
@@ -215,9 +215,9 @@ def test_a_signal_to_one_rank_during_validation_stops_every_rank_at_that_step(tm
     two-process run ends bit for bit as an uninterrupted one."""
     cfg = config(train__steps=8, train__eval_every=4, train__eval_batch_size=2, train__checkpoint_every=1000)
     path, run, whole = tmp_path / "ddp.yaml", tmp_path / "run", tmp_path / "whole"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     script = tmp_path / "signalled.py"
-    script.write_text(RANK_1_SIGNALLED.format(root=str(ROOT)))
+    script.write_text(RANK_1_SIGNALLED.format(root=str(ROOT)), encoding="utf-8")
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     train = ["train", "--config", str(path), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -340,7 +340,9 @@ def test_a_signal_to_soundscape_train_processes_ends_it_as_one_process_would(tmp
     after its ranks stopped cleanly; `soundscape train --processes 2` launches them itself and
     ends with rank 0's sentence, the resume command that relaunches both, and 143 or 130."""
     path, run = tmp_path / "ddp.yaml", tmp_path / "run"
-    path.write_text(yaml.safe_dump(config(train__steps=200, train__eval_every=100, train__checkpoint_every=1000)))
+    path.write_text(
+        yaml.safe_dump(config(train__steps=200, train__eval_every=100, train__checkpoint_every=1000)), encoding="utf-8"
+    )
     cmd = [sys.executable, "-m", "cli.main", "train", "--processes", "2", "--config", str(path), "--out", str(run)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(

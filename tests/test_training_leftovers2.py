@@ -51,7 +51,7 @@ def test_soundscape_train_processes_on_too_few_gpus_exits_2_before_launching(mon
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(model.distributed, "launch", lambda *a: pytest.fail("launched"))
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config()))
+    path.write_text(yaml.safe_dump(config()), encoding="utf-8")
     assert soundscape(["train", "--processes", "2", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert "has 1 GPU" in err and "--processes 1" in err and len(err.splitlines()) == 1, err
@@ -87,7 +87,7 @@ def test_two_processes_sync_the_parameters_the_loss_reads_as_one_process_trains(
     if data is not None:
         cfg["data"] = data(tmp_path / "mine")
     path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     cmd = [sys.executable, "-m", "cli.main", "train", "--processes", "2", "--config", str(path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.Popen(
@@ -151,8 +151,8 @@ def test_no_ddp_wrapper_holds_the_process_group_when_a_run_leaves_it(tmp_path):
     called without an active exception', 3 of 85 two-process runs of a probe, none of 70 with the
     wrapper collected first)."""
     path, probe = tmp_path / "ddp.yaml", tmp_path / "probe.py"
-    path.write_text(yaml.safe_dump(config(train__steps=2, train__eval_every=0, train__batch_size=8)))
-    probe.write_text(PROBE)
+    path.write_text(yaml.safe_dump(config(train__steps=2, train__eval_every=0, train__batch_size=8)), encoding="utf-8")
+    probe.write_text(PROBE, encoding="utf-8")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(probe)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(

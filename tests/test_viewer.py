@@ -52,9 +52,9 @@ def store_copy(store_path, folder, edit) -> Path:
     for item in store_path.iterdir():
         if item.name != "manifest.json":
             os.symlink(item, copy / item.name)
-    manifest = json.loads((store_path / "manifest.json").read_text())
+    manifest = json.loads((store_path / "manifest.json").read_text(encoding="utf-8"))
     edit(manifest)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return copy
 
 
