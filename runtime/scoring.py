@@ -87,8 +87,9 @@ def distance(
     mu_q: np.ndarray, s_q: float, mu: np.ndarray, s: np.ndarray, kind: str = CSD, each_row_alone: bool = False
 ) -> np.ndarray:
     """The distance the model was trained on: the CSD, or 2 - 2 cos without the S terms (COSINE)."""
-    zeros = np.zeros(len(s), np.float32)
-    return csd(mu_q, s_q if kind == CSD else 0.0, mu, s if kind == CSD else zeros, each_row_alone)
+    if kind == CSD:
+        return csd(mu_q, s_q, mu, s, each_row_alone)
+    return csd(mu_q, 0.0, mu, np.zeros(len(s), np.float32), each_row_alone)
 
 
 def logits(distance: np.ndarray, a: float, b: float) -> np.ndarray:

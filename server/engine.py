@@ -436,10 +436,9 @@ class Engine:
 
     def fuse_profile(self, level: Level, row: int, meta: QueryMetadata, axis: str) -> CellEmbeddings:
         """The cell under `meta` at each value of one axis, `hour` (0..23) or `month` (1..12), in one
-        graph run. The fusion graph keeps only the metadata tokens some row of its batch holds, so
-        a row fused beside rows holding a token it lacks reads otherwise than alone (on the demo
-        model in the last bits, on a small one by 10%): the run holds one axis, every row with
-        the same tokens, and /point reads the number of an hour (a month) from its row here."""
+        graph run. A row's fusion depends on its batch in the last bits (BLAS's summing order), so
+        /point reads the number of an hour (a month) from its row here, the same run its profile
+        entry reads: one computation for both."""
         values = np.arange(24.0) if axis == "hour" else np.arange(1.0, 13.0)
         hour = values if axis == "hour" else meta.hour
         month = values if axis == "month" else meta.month
