@@ -56,6 +56,19 @@ def config(**changes) -> dict:
     return cfg
 
 
+def ddp_config(**changes) -> dict:
+    """A 3-step run without dropout, one checkpoint at its end: what a two-process run is compared
+    with one process on (the same global batches give the same weights)."""
+    return config(
+        model__fusion__dropout=0.0,
+        model__text__dropout=0.0,
+        train__steps=3,
+        train__eval_every=0,
+        train__checkpoint_every=3,
+        **changes,
+    )
+
+
 def run_config(cfg: dict) -> RunConfig:
     return RunConfig.from_dict(copy.deepcopy(cfg))
 
@@ -104,13 +117,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
 
 def test_two_ddp_processes_train_as_one_process_on_the_global_batch(tmp_path):
-    cfg = config(
-        model__fusion__dropout=0.0,
-        model__text__dropout=0.0,
-        train__steps=3,
-        train__eval_every=0,
-        train__checkpoint_every=3,
-    )
+    cfg = ddp_config()
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

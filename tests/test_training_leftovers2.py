@@ -31,7 +31,7 @@ from runtime.audio import (
 from runtime.errors import UsageError
 from tests.test_model_frozen_cache import write_rows
 from tests.test_model_readers import image_bytes
-from tests.test_model_train import ROOT, config, run_config, weights
+from tests.test_model_train import ROOT, config, ddp_config, run_config, weights
 from tests.test_training_leftovers import stereo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -75,15 +75,7 @@ def test_two_processes_sync_the_parameters_the_loss_reads_as_one_process_trains(
     warned on every run that it found none unused); those the loss never reads stay as one process
     leaves them."""
     data = changes.get("data")
-    cfg = config(
-        model__fusion__dropout=0.0,
-        model__text__dropout=0.0,
-        train__steps=3,
-        train__eval_every=0,
-        train__checkpoint_every=3,
-        train__batch_size=8,
-        **{k: v for k, v in changes.items() if k != "data"},
-    )
+    cfg = ddp_config(train__batch_size=8, **{k: v for k, v in changes.items() if k != "data"})
     if data is not None:
         cfg["data"] = data(tmp_path / "mine")
     path = tmp_path / "ddp.yaml"
