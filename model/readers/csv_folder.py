@@ -156,9 +156,17 @@ def conventions(table: Table, path: Path, dayfirst: bool | None = None) -> Conve
     return Conventions(table.delimiter, frozenset(comma), lon_360, day_order(table, path, dayfirst))
 
 
-# A date of numbers with the year last (01/05/2022, 1.5.22, 01-05-2022) opening a datetime, after a
-# weekday's name if any (not 06.30.00, a time after an ISO date).
-_NUMERIC_DATE = re.compile(r"\s*(?:[^\W\d]+,?\s+)?(\d{1,2})([./-])(\d{1,2})\2(\d{4}|\d{2})(?!\d)")
+# A date of numbers with the year last (01/05/2022, 1.5.22, 01-05-2022) or without it (5/6, 5-6)
+# opening a datetime, after a weekday's name if any (not 06.30.00, a time after an ISO date).
+_NUMERIC_DATE = re.compile(
+    r"\s*(?:[^\W\d]+,?\s+)?(\d{1,2})([./-])(\d{1,2})(?:\2(\d{4}|\d{2})(?!\d)|(?![\d./:-]))", re.ASCII
+)
+
+
+def _numeric_date(text: str) -> re.Match[str] | None:
+    """The numeric date opening `text`; a yearless one written with a dot is none (06.30 is a time)."""
+    found = _NUMERIC_DATE.match(text)
+    return None if found is None or (found[4] is None and found[2] == ".") else found
 
 
 def day_order(table: Table, path: Path, dayfirst: bool | None) -> bool:
@@ -172,7 +180,7 @@ def day_order(table: Table, path: Path, dayfirst: bool | None) -> bool:
     either: list[tuple[int, str, int, int]] = []
     dotted = False
     for line, row in table.rows:
-        found = _NUMERIC_DATE.match(row.get("datetime", ""))
+        found = _numeric_date(row.get("datetime", ""))
         if not found:
             continue
         a, b = int(found[1]), int(found[3])
@@ -267,7 +275,7 @@ def _datetime(text: str | None, conv: Conventions) -> When:
     """The row's datetime as written (parse_when); ValueError with the reason where it cannot be read
     as meant: a day-first date in a month-first file (or the other way), a Unix time, words no
     date has, a zone the tz database lacks, spreadsheets' day zero."""
-    numeric = _NUMERIC_DATE.match(text or "")
+    numeric = _numeric_date(text or "")
     if numeric and int(numeric[3 if conv.dayfirst else 1]) > 12:
         order = "day" if conv.dayfirst else "month"
         raise ValueError(f"datetime {text!r} is no date read {order} first, as data.dayfirst says")
@@ -304,24 +312,28 @@ def _row_when(row: dict, conv: Conventions, lat: float, lon: float) -> tuple[Whe
     return local, local.hour != when.hour
 
 
+# A whole number as people write one, and pandas' '5.0' (a whole-number column with gaps): ASCII
+# digits alone. float() read '1e1' as 10, and int() reads '+5', '5_0' and other scripts' digits.
+_WHOLE = re.compile(r"(\d+)(?:\.0+)?", re.ASCII)
+
+
 def _whole(row: dict, name: str, low: int, high: int, alternative: str = "") -> int | None:
     """The whole number a column gives (pandas' '5.0' too), None where it is empty; ValueError naming
     the value when it is no whole number in low..high."""
     text = _optional(row, name)
     if text is None:
         return None
-    try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
-    if not (number.is_integer() and low <= number <= high):  # NaN and infinities are no integer
+    digits = _WHOLE.fullmatch(text)
+    if digits is None or not low <= int(digits[1]) <= high:
         raise ValueError(f"{name} {text!r} is not a whole number {low}..{high}{alternative}")
-    return int(number)
+    return int(digits[1])
 
 
 def _month(row: dict) -> int | None:
-    """The `month` column: 1..12, or a month's English name or abbreviation ('May', 'Sept')."""
-    return _month_names().month(_optional(row, "month") or "") or _whole(
+    """The `month` column: 1..12, or a month's English name or abbreviation, in any case and with
+    the abbreviation's point ('May', 'Sept', 'sept.')."""
+    name = (_optional(row, "month") or "").lower()
+    return _month_names().month(name[:-1] if name.endswith(".") else name) or _whole(
         row, "month", 1, 12, " or a month's English name"
     )
 
