@@ -30,6 +30,9 @@ from runtime.tiles import MERCATOR_LAT_LIMIT, Footprint, demorton, morton, morto
 from server.sampling import AxisSampling, axis_sampling, sample
 from store.reader import Level, Store
 
+# The tile matrix set `window` cuts tiles on: a store's cells are web-mercator tiles
+# (runtime/tiles.py), so a tile's values belong on this grid and a GeoTIFF is placed on it alone.
+GRID = "WebMercatorQuad"
 CELLS_PER_TILE_LOG2 = 4  # a tile draws the cells of level z + 4: 16 x 16 cells
 MAX_CELLS_PER_SIDE_LOG2 = 8  # beyond this a tile would hold more cells than pixels
 # Cells per fuse graph run. onnxruntime's arena keeps the peak of the largest run: fusing the

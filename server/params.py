@@ -23,14 +23,14 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
-from server.engine import QUERY_LAYERS, QueryMetadata
+from server.engine import GRID, QUERY_LAYERS, QueryMetadata
 from server.http import MAX_DETAIL_CHARS, Refusals, Refused, error_response, refuse_invalid
 from server.queries import MAX_TEXT_LENGTH, QueryError, is_query_id, shown, text_record
 from server.render import colormap_names
 from server.service import SoundscapeService, TileRequest
 from store.reader import Level
 
-TMS_IDS = ("WebMercatorQuad",)
+TMS_IDS = (GRID,)  # the grid tiles are computed on: another would need its own windows
 MAX_ZOOM = 24
 TILE_SIZES = (256, 512)
 DEFAULT_COLORMAPS = {"heatmap": "magma", "contrast": "magma", "uncertainty": "viridis"}
@@ -443,6 +443,16 @@ def check_tms(tms: str) -> None:
         raise HTTPException(404, f"unknown tile matrix set {tms!r}; available: {', '.join(TMS_IDS)}")
 
 
+def check_placed(tms: str, fmt: str) -> None:
+    """404 for a GeoTIFF on a tile matrix set other than the grid tiles are computed on: it would
+    place values computed on one grid over the bounds of another tile (render.encode_geotiff
+    places on GRID alone)."""
+    if fmt == "tif" and tms != GRID:
+        raise HTTPException(
+            404, f"GeoTIFF tiles are served on {GRID} only, the grid their values are computed on, not on {tms}"
+        )
+
+
 def check_tile(tms: str, z: int, x: int, y: int) -> None:
     """404 for a tile outside the tile matrix set, before any work."""
     check_tms(tms)
@@ -484,6 +494,7 @@ def tile_request(
         rescale = parse_rescale(params.rescale)
     params.refuse_any(service, refusals)
     check_tile(tms, z, x, y)
+    check_placed(tms, fmt)
     request = TileRequest(
         z=z,
         x=x,

@@ -16,6 +16,8 @@ from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds
 from rio_tiler.colormap import cmap
 
+from server.engine import GRID
+
 # ISA-L's deflate at level 1 with PNG's Sub filter: a 256 px heatmap tile in ~0.15 ms and ~16 kB,
 # where Pillow's zlib at level 1 (no filter for palette images) took ~1.3 ms and ~30 kB.
 PNG_COMPRESS_LEVEL = 1
@@ -127,21 +129,23 @@ def encode_npy(values: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@lru_cache(maxsize=4)
-def matrix_set(tms: str) -> tuple[morecantile.TileMatrixSet, str]:
-    """A tile matrix set and its CRS as WKT, read once. A string, not a shared rasterio CRS (a
-    GDAL object the compute threads would use at once): the same bytes, at the same cost."""
-    found = morecantile.tms.get(tms)
+@lru_cache(maxsize=1)
+def grid() -> tuple[morecantile.TileMatrixSet, str]:
+    """The tile matrix set tiles are computed on (`server.engine.GRID`) and its CRS as WKT, read
+    once. A string, not a shared rasterio CRS (a GDAL object the compute threads would use at
+    once): the same bytes, at the same cost."""
+    found = morecantile.tms.get(GRID)
     return found, found.crs.to_wkt()
 
 
-def encode_geotiff(values: np.ndarray, tms: str, z: int, x: int, y: int) -> bytes:
+def encode_geotiff(values: np.ndarray, z: int, x: int, y: int) -> bytes:
     """A float32 GeoTIFF of a tile's values, what GDAL and QGIS read where they cannot read .npy:
-    one band as the .npy holds it, NaN the nodata value (where no cell is), in the tile matrix
-    set's CRS over the tile's exact bounds."""
-    grid, crs = matrix_set(tms)
+    one band as the .npy holds it, NaN the nodata value (where no cell is), over the tile's exact
+    bounds on the grid its values were computed on. It takes no tile matrix set: a tile placed on
+    any other would put every value in the wrong place."""
+    matrices, crs = grid()
     height, width = values.shape
-    transform = from_bounds(*grid.xy_bounds(morecantile.Tile(x, y, z)), width, height)
+    transform = from_bounds(*matrices.xy_bounds(morecantile.Tile(x, y, z)), width, height)
     profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32"}
     with MemoryFile() as memory:
         with memory.open(**profile, **GEOTIFF_OPTIONS, crs=crs, transform=transform, nodata=np.nan) as tiff:
@@ -149,8 +153,11 @@ def encode_geotiff(values: np.ndarray, tms: str, z: int, x: int, y: int) -> byte
         return memory.read()
 
 
-def encode(values: np.ndarray, fmt: str, lo: float, hi: float, colormap: str) -> bytes:
-    """A tile's values in a format that needs no place (a GeoTIFF does: `encode_geotiff`)."""
+def encode(values: np.ndarray, fmt: str, lo: float, hi: float, colormap: str, tile: tuple[int, int, int]) -> bytes:
+    """A tile's values in `fmt`, the one place a format picks its encoder; `tile` (z, x, y) places
+    a GeoTIFF, colours and `lo`..`hi` draw a PNG or WebP."""
+    if fmt == "tif":
+        return encode_geotiff(values, *tile)
     if fmt == "npy":
         return encode_npy(values)
     return (encode_png if fmt == "png" else encode_webp)(values, lo, hi, colormap)
@@ -163,8 +170,9 @@ def empty(size: int) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def blank(fmt: str, size: int) -> bytes:
-    """The tile of a place without cells: fully transparent (or all-NaN for npy)."""
-    return encode(empty(size), fmt, 0.0, 1.0, "viridis")
+    """The tile of a place without cells: fully transparent (or all-NaN for npy); a GeoTIFF's is
+    placed, so `encode` makes each."""
+    return encode(empty(size), fmt, 0.0, 1.0, "viridis", (0, 0, 0))
 
 
 def legend(colormap: str, width: int, height: int, vertical: bool) -> bytes:

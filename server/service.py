@@ -9,7 +9,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ from server import metrics, render
 from server.batching import Batcher
 from server.cache import BYTES, Codec, LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, digest, named_key
 from server.engine import (
+    GRID,
     QUERY_LAYERS,
     CellEmbeddings,
     Engine,
@@ -86,7 +87,7 @@ class TileRequest:
     meta: QueryMetadata = field(default_factory=QueryMetadata)
     colormap: str = "magma"
     rescale: tuple[float, float] | None = None  # None: the layer's default scale (`scale`)
-    tms: str = "WebMercatorQuad"
+    tms: str = GRID
 
     def canonical(self, ids: dict) -> dict:
         styled = self.fmt not in render.VALUE_FORMATS  # .npy and .tif carry values: colours do not change them
@@ -509,22 +510,19 @@ class SoundscapeService:
     async def _render(self, r: TileRequest, text: str | None) -> bytes:
         query = await self.layer_query(r.layer, r.query, text)
         window = self.engine.window(r.z, r.x, r.y, r.size)  # ~0.17 ms, in the loop as `cells`
-        if window.empty:
-            if r.fmt == "tif":  # georeferenced: no two tiles share one
-                return await self.run(render.encode_geotiff, render.empty(r.size), r.tms, r.z, r.x, r.y)
-            return render.blank(r.fmt, r.size)
         lo, hi = r.rescale or (0.0, 1.0)  # .npy and .tif carry values: their colours are never drawn
-        if r.rescale is None and r.fmt not in render.VALUE_FORMATS:
+        if r.rescale is None and r.fmt not in render.VALUE_FORMATS and not window.empty:
             scale = await self.scale(r.layer, r.query, query, r.meta)
             lo, hi = scale.lo, scale.hi
-        cells = await self.cells(window.level, window.present, r.meta, window.key)
-        metrics.COMPUTE.labels("render").inc()
+        # A tile with no cell is all no-data, in its format and, for a GeoTIFF, at its place
+        cells = None
+        if not window.empty:
+            cells = await self.cells(window.level, window.present, r.meta, window.key)
+            metrics.COMPUTE.labels("render").inc()
 
         def draw() -> bytes:
-            values = self.engine.tile_values(window, cells, r.layer, query)
-            if r.fmt == "tif":
-                return render.encode_geotiff(values, r.tms, r.z, r.x, r.y)
-            return render.encode(values, r.fmt, lo, hi, r.colormap)
+            values = render.empty(r.size) if cells is None else self.engine.tile_values(window, cells, r.layer, query)
+            return render.encode(values, r.fmt, lo, hi, r.colormap, (r.z, r.x, r.y))
 
         return await self.run(draw)
 
@@ -554,19 +552,21 @@ class SoundscapeService:
     async def point(
         self, lon: float, lat: float, level: Level, meta: QueryMetadata, query: QueryEmbedding
     ) -> dict | None:
-        """Score and S of the cell at (lon, lat), with its 24-hour and 12-month profiles."""
+        """Score, contrast and S of the cell at (lon, lat), with its 24-hour and 12-month profiles
+        and its values under each source. Each profile is read once: the cell under `meta` is
+        its row of one of them."""
         row = await self.run(self.engine.cell_at, lon, lat, level)
         if row is None:
             return None
-        here = await self.cell(level, row, meta)
-        hours = await self.profile(level, row, meta, "hour")
+        runs = {axis: await self.profile(level, row, meta, axis) for axis in ("hour", "month")}
+        here = await self.cell(level, row, meta, runs)
+        hours = runs["hour"]
         # With an hour and a month, `here` is its row of the hours' run: the months' entry of the
         # month asked reads it too (each other month is its own run's row, of the same tokens).
-        months = (await self.profile(level, row, meta, "month")).with_row(
-            None if meta.month is None else meta.month - 1, here
-        )
+        months = runs["month"].with_row(None if meta.month is None else meta.month - 1, here)
         # cell_values: each entry's number as the cell alone reads it, whatever the batch beside it
         scores = await self.run(self.engine.cell_values, CellEmbeddings.concat([here, hours, months]), "heatmap", query)
+        by_source = await self.by_source(level, row, meta, query, here)
 
         def profile(cells: CellEmbeddings, values: np.ndarray, name: str, first: int) -> list[dict]:
             return [
@@ -581,18 +581,47 @@ class SoundscapeService:
             "uncertainty": float(here.s[0]),
             "hours": profile(hours, scores[1:25], "hour", 0),
             "months": profile(months, scores[25:], "month", 1),
+            "contrast": next(entry["contrast"] for entry in by_source if entry["source"] == meta.source),
+            "by_source": by_source,
         }
 
-    async def cell(self, level: Level, row: int, meta: QueryMetadata) -> CellEmbeddings:
+    async def by_source(
+        self, level: Level, row: int, meta: QueryMetadata, query: QueryEmbedding, here: CellEmbeddings
+    ) -> list[dict]:
+        """The cell's score, contrast and S under the unknown source and each of the bundle's
+        sources (hour and month as given), each as the /point of that source reads it (`cell`);
+        `here` is the cell under `meta`'s own source."""
+        entries = []
+        for source in (None, *self.bundle.sources.names):
+            cells = here if source == meta.source else await self.cell(level, row, replace(meta, source=source))
+            score = self.engine.cell_values(cells, "heatmap", query)
+            contrast = await self.run(self.engine.cell_values, cells, "contrast", query)
+            entries.append(
+                {
+                    "source": source,
+                    "score": float(score[0]),
+                    "contrast": float(contrast[0]),
+                    "uncertainty": float(cells.s[0]),
+                }
+            )
+        return entries
+
+    async def cell(
+        self, level: Level, row: int, meta: QueryMetadata, runs: dict[str, CellEmbeddings] | None = None
+    ) -> CellEmbeddings:
         """The cell under `meta` as /point reports it (its score, and its `by_source` entries): with
         an hour, its row of the 24-hour profile; with a month alone, its row of the 12-month one;
         so a profile's entry and the /point of its hour (month) are one computation, whatever the
-        fusion graph's batch does to its numbers. Else stored, or fused alone."""
+        fusion graph's batch does to its numbers. Else stored, or fused alone. `runs`: the
+        profiles under `meta` by axis, where the caller has read them."""
         if meta.hour is not None:
-            return (await self.profile(level, row, meta, "hour")).row(meta.hour)
-        if meta.month is not None:
-            return (await self.profile(level, row, meta, "month")).row(meta.month - 1)
-        return await self.cells(level, np.asarray([row]), meta, {"level": level.level, "rows": [row]})
+            axis, i = "hour", meta.hour
+        elif meta.month is not None:
+            axis, i = "month", meta.month - 1
+        else:
+            return await self.cells(level, np.asarray([row]), meta, {"level": level.level, "rows": [row]})
+        run = (runs or {}).get(axis)
+        return (run if run is not None else await self.profile(level, row, meta, axis)).row(i)
 
     async def profile(self, level: Level, row: int, meta: QueryMetadata, axis: str) -> CellEmbeddings:
         """The cell at each hour (`axis` "hour", month and source as in `meta`) or each month: the

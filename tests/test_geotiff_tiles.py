@@ -147,3 +147,17 @@ def test_gdal_reads_a_tif_tile_over_http(bundle_path, store_path, capsys):
         "EPSG:3857 BoundingBox(left=0.0, bottom=0.0, right=10018754.17139462, top=10018754.171394622) ('float32',) nan"
     )
     assert re.fullmatch(r"\d+ of 65536 pixels hold values, -?\d+\.\d{4} to -?\d+\.\d{4}", pixels), pixels
+
+
+def test_a_tif_tile_is_placed_only_on_the_grid_its_values_are_computed_on(client, monkeypatch):
+    """Tiles are computed on WebMercatorQuad's cells: were a second tile matrix set served, a
+    GeoTIFF of it would put those values over another grid's tile. It is refused in a sentence,
+    and what is served stays on WebMercatorQuad."""
+    monkeypatch.setattr("server.params.TMS_IDS", ("WebMercatorQuad", "WorldCRS84Quad"))
+    other = client.get("/tiles/WorldCRS84Quad/1/1/0.tif", params={"q": "birdsong"})
+    assert other.status_code == 404, other.status_code
+    assert other.json()["detail"] == (
+        "GeoTIFF tiles are served on WebMercatorQuad only, the grid their values are computed on, not on WorldCRS84Quad"
+    )
+    served = client.get(tile_url(1, 1, 0, "tif"), params={"q": "birdsong"})
+    assert_georeferenced(read_geotiff(served.content)[0], 1, 1, 0, 256)

@@ -3,7 +3,6 @@ the day and the year (`/point/{lon},{lat}`)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
@@ -11,12 +10,10 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from runtime.tiles import demorton, quadkey, tile_bounds
-from server.engine import QueryEmbedding, QueryMetadata, ranks_whole_level
+from server.engine import ranks_whole_level
 from server.http import conditional, errors
 from server.params import PointParamsDep, QueryParams, SearchParamsDep, query_embedding
 from server.routes.deps import ServiceDep
-from server.service import SoundscapeService
-from store.reader import Level
 
 router = APIRouter(tags=["rest"])
 
@@ -109,45 +106,10 @@ async def point(
     and source as given), 12-month profile (hour and source as given) and its values under each
     source and the unknown source (hour and month as given)."""
     asked = params.validated(service)
-    meta, chosen = asked.meta, asked.level
     record, embedding = await query_embedding(service, params, asked.query_id)
-    answer = await service.point(lon, lat, chosen, meta, embedding)
+    answer = await service.point(lon, lat, asked.level, asked.meta, embedding)
     if answer is None:
-        raise HTTPException(404, f"no cell of level {chosen.level} at ({lon}, {lat}): outside the store")
-    by_source = await _by_source(service, chosen, lon, lat, meta, embedding)
-    here = next(entry for entry in by_source if entry["source"] == meta.source)
+        raise HTTPException(404, f"no cell of level {asked.level.level} at ({lon}, {lat}): outside the store")
     return conditional(
-        request,
-        JSONResponse(
-            {
-                "coordinates": [lon, lat],
-                **_context(record, params),
-                **answer,
-                "contrast": here["contrast"],
-                "by_source": by_source,
-            }
-        ),
-        "document",
+        request, JSONResponse({"coordinates": [lon, lat], **_context(record, params), **answer}), "document"
     )
-
-
-async def _by_source(
-    service: SoundscapeService, level: Level, lon: float, lat: float, meta: QueryMetadata, query: QueryEmbedding
-) -> list[dict]:
-    """The cell's score, contrast and S under the unknown source and each of the bundle's sources
-    (hour and month as given), each as the /point of that source reads it (SoundscapeService.cell)."""
-    row = await service.run(service.engine.cell_at, lon, lat, level)
-    entries = []
-    for source in (None, *service.bundle.sources.names):
-        cells = await service.cell(level, row, replace(meta, source=source))
-        score = service.engine.cell_values(cells, "heatmap", query)
-        contrast = await service.run(service.engine.cell_values, cells, "contrast", query)
-        entries.append(
-            {
-                "source": source,
-                "score": float(score[0]),
-                "contrast": float(contrast[0]),
-                "uncertainty": float(cells.s[0]),
-            }
-        )
-    return entries
