@@ -5,10 +5,11 @@ every time, so running it each step only burns CPU: the cache stores one row per
 and batches carry that row (`text_backbone`, `audio_backbone`) instead of tokens or audio, which
 are then never decoded. Samples found unreadable while caching are recorded, so training skips
 them instead of pairing their image with a neighbour's cached audio. Files are named by a
-fingerprint of the tower's config and weights, the versions of the libraries that compute its
-outputs, the split and the data's content hash and written atomically: an interrupted run
-recomputes them and a second run reuses them. A reader without a content hash cannot say when its
-data changed, so its outputs are computed for the run and never stored."""
+fingerprint of the tower's config and weights, the device and precision it runs in, the versions
+of the libraries that compute its outputs, the split and the data's content hash, and written
+atomically: an interrupted run recomputes them and a second run reuses them. A reader without a
+content hash cannot say when its data changed, so its outputs are computed for the run and never
+stored."""
 
 from __future__ import annotations
 
@@ -58,16 +59,39 @@ def library_versions() -> dict[str, str | None]:
     return {**versions, "libsndfile": soundfile.__libsndfile_version__}
 
 
+def numerics(tower: torch.nn.Module) -> dict:
+    """How the tower's outputs are computed, beyond its weights and code: the device kind, the
+    parameters' dtypes, an autocast in force, the float32 matmul precision, and on CUDA the GPU's
+    compute capability and TF32 switches (cuDNN's convolutions run in TF32 by default from sm_80
+    on). Outputs of one setting differ from another's by far more than rounding (bf16 autocast:
+    ~1e-2), so a cache made on a GPU is never read on a CPU, nor one of fp32 under autocast."""
+    params = list(tower.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    autocast = torch.is_autocast_enabled(device.type)
+    spec: dict[str, Any] = {
+        "device": device.type,
+        "dtypes": sorted({str(p.dtype) for p in params}),
+        "autocast": str(torch.get_autocast_dtype(device.type)) if autocast else None,
+        "matmul": torch.get_float32_matmul_precision(),
+    }
+    if device.type == "cuda":
+        spec["capability"] = list(torch.cuda.get_device_capability(device))
+        spec["tf32"] = [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]
+    return spec
+
+
 def fingerprint(model: PSMModel, tower: str, split: str, data: dict, content: str) -> str:
     """Names a cache file: the tower's config and the digest of its weights as loaded (a new
-    release of its package behind the same config gives new outputs), the versions of the
-    libraries that compute its outputs (an upgraded torch may too), the split, the data section
+    release of its package behind the same config gives new outputs), the device and precision
+    it runs in (`numerics`), the versions of the libraries that compute its outputs (an upgraded
+    torch may too), the split, the data section
     without the demo corpus's `path` (so one corpus named by another spelling of its path,
     relative, absolute or a copy, finds its cache) and the data's own content hash
     (model.data.SampleSource), which changes whenever what the tower reads does."""
     spec = {
         "tower": getattr(model.cfg, tower).model_dump(),
         "weights": getattr(model, tower).weights_digest(),
+        "numerics": numerics(getattr(model, tower)),
         "libraries": library_versions(),
         "split": split,
         "data": {k: v for k, v in data.items() if k != "path"},

@@ -3,6 +3,7 @@ since they were computed: a user's CSV folder edited in place (a caption changed
 replaced, rows reordered, the same number of rows), GeoSound shards or Parquet files rewritten,
 and a reader that cannot say what its data is gets no cache on disk at all."""
 
+import copy
 import csv
 import importlib.metadata
 import logging
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+import model.frozen_cache as frozen_cache_module
 from model.batches import SkipLog
 from model.config import HashedTextConfig
 from model.data import reader
-from model.frozen_cache import frozen_cache, library_versions
+from model.frozen_cache import frozen_cache, library_versions, numerics
 from model.nn.psm import preprocessing
 from model.nn.text_towers import HashedTextTower
 from tests.test_model_readers import clap_mel, image_bytes, wav_bytes, write_shard
@@ -257,3 +259,43 @@ def test_another_torch_release_names_another_cache_file(frozen_text_model, folde
         assert library_versions()[name] == "99.0"
         np.testing.assert_array_equal(cached_text(frozen_text_model, section, tmp_path / "cache"), first)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
+
+
+def test_the_key_holds_the_device_and_precision_the_outputs_were_computed_in(frozen_text_model):
+    """A cache computed on a GPU (TF32 convolutions and matmuls on recent ones), under autocast or
+    in another dtype differs from fp32 CPU outputs by far more than rounding: the key said none of
+    these, so one was read as the other's."""
+    tower = frozen_text_model.text
+    assert numerics(tower) == {"device": "cpu", "dtypes": ["torch.float32"], "autocast": None, "matmul": "highest"}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert numerics(tower)["autocast"] == "torch.bfloat16"
+    assert numerics(copy.deepcopy(tower).double())["dtypes"] == ["torch.float64"]
+
+
+def test_a_cache_computed_under_autocast_is_recomputed_in_fp32_and_back(frozen_text_model, folder, tmp_path):
+    section = {"root": str(folder), "split": SPLIT}
+    captions = [r["caption"] for r in read_rows(folder)]
+    fp32 = cached_text(frozen_text_model, section, tmp_path / "cache")
+    np.testing.assert_allclose(fp32, text_outputs(frozen_text_model, captions), atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = cached_text(frozen_text_model, section, tmp_path / "cache")
+        np.testing.assert_allclose(bf16, text_outputs(frozen_text_model, captions), atol=1e-6)
+    assert np.abs(bf16 - fp32).max() > 1e-3  # what reading one as the other would have given
+    np.testing.assert_array_equal(cached_text(frozen_text_model, section, tmp_path / "cache"), fp32)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
+def test_a_cache_a_gpu_wrote_is_not_read_on_the_cpu(frozen_text_model, folder, tmp_path, monkeypatch):
+    """The file a CUDA run names (its device and TF32 settings in the key) lies in the cache folder,
+    holding other values: the CPU run computes its own."""
+    section = {"root": str(folder), "split": SPLIT}
+    cpu = numerics(frozen_text_model.text)
+    gpu = {**cpu, "device": "cuda", "capability": [9, 0], "tf32": [False, True]}
+    monkeypatch.setattr(frozen_cache_module, "numerics", lambda tower: gpu)
+    on_gpu = cached_text(frozen_text_model, section, tmp_path / "cache")
+    [written] = (tmp_path / "cache").glob("*.npz")
+    np.savez(written, values=on_gpu + 0.01, bad_index=np.zeros(0, np.int64), bad_where=[], bad_reason=[])
+    monkeypatch.undo()
+    on_cpu = cached_text(frozen_text_model, section, tmp_path / "cache")
+    np.testing.assert_array_equal(on_cpu, on_gpu)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
