@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from math import gcd
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 import numpy as np
 import soundfile
@@ -427,11 +428,79 @@ def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray | SparseWave, i
     front_end = _DECODING.get()
     try:
         with soundfile.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as f:
+            if f.format == "OGG":
+                _check_one_ogg_stream(source)
             if front_end is None:
                 return _mono(_every_frame(f)), int(f.samplerate)
             return _kept(f, front_end), front_end.sample_rate
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioDecodeError(f"cannot decode audio: {exc}") from None
+
+
+# An Ogg page's header (RFC 3533): "OggS", version, header type (2: the first page of a logical
+# stream), granule position, serial number, page number, CRC, segment count, then the segments'
+# lacing values; a page is at most 27 + 255 + 255 * 255 bytes.
+_OGG_PAGE = struct.Struct("<4sBBqIIIB")
+_OGG_FIRST_PAGE = 2
+_OGG_MAX_PAGE = _OGG_PAGE.size + 255 + 255 * 255
+
+
+def _check_one_ogg_stream(source: bytes | str | Path) -> None:
+    """AudioDecodeError for a chained Ogg file, logical streams one after another (`cat a.ogg
+    b.ogg`): libsndfile reads the first alone, and the rest of the recording was dropped without a
+    word. Its last page belongs to none of the streams its first pages begin (two pages read, not
+    the file); the streams are counted only then."""
+    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as stream:
+        size = stream.seek(0, io.SEEK_END)
+        first = {serial for _, begins, serial in _ogg_pages(stream, 0, size) if begins}
+        stream.seek(max(0, size - _OGG_MAX_PAGE))
+        tail = stream.read()
+        last = _last_ogg_serial(tail)
+        links = 0 if last is None or last in first else _chained_streams(stream, size)
+    if links > 1:
+        raise AudioDecodeError(
+            f"it holds {links} chained Ogg streams (files joined end to end, as cat a.ogg b.ogg makes them), of "
+            "which only the first would be read: chained Ogg streams are not supported; re-encode it as one "
+            "stream (from the files it was joined from: sox a.ogg b.ogg joined.ogg)"
+        )
+
+
+def _ogg_pages(stream: BinaryIO, start: int, size: int, first_only: bool = True) -> Iterator[tuple[int, bool, int]]:
+    """(offset, begins a stream, serial) of the pages from `start`: the first stream's opening pages
+    alone (up to its first page of data) with `first_only`, else every page, to where a page's
+    header is no Ogg page's (the end, or a damaged page)."""
+    at = start
+    while at + _OGG_PAGE.size <= size:
+        stream.seek(at)
+        header = stream.read(_OGG_PAGE.size)
+        capture, version, kind, _, serial, _, _, count = _OGG_PAGE.unpack(header)
+        if capture != b"OggS" or version != 0 or (first_only and not kind & _OGG_FIRST_PAGE):
+            return
+        yield at, bool(kind & _OGG_FIRST_PAGE), serial
+        at += _OGG_PAGE.size + count + sum(stream.read(count))
+
+
+def _chained_streams(stream: BinaryIO, size: int) -> int:
+    """How many logical streams follow one another in an Ogg file: a page that begins a stream
+    after one that does not begins the next (streams multiplexed side by side begin together)."""
+    streams, previous = 0, False
+    for _, begins, _ in _ogg_pages(stream, 0, size, first_only=False):
+        streams += begins and not previous
+        previous = begins
+    return streams
+
+
+def _last_ogg_serial(tail: bytes) -> int | None:
+    """The serial number of the last whole Ogg page in `tail` (the file's last bytes)."""
+    at = tail.rfind(b"OggS")
+    while at >= 0:
+        if at + _OGG_PAGE.size <= len(tail):
+            _, version, _, _, serial, _, _, count = _OGG_PAGE.unpack_from(tail, at)
+            lacing = tail[at + _OGG_PAGE.size : at + _OGG_PAGE.size + count]
+            if version == 0 and len(lacing) == count and at + _OGG_PAGE.size + count + sum(lacing) <= len(tail):
+                return int(serial)
+        at = tail.rfind(b"OggS", 0, at)
+    return None
 
 
 def non_finite(wave: np.ndarray | SparseWave) -> int:
@@ -551,16 +620,33 @@ def _frames(f: soundfile.SoundFile, windows: list[tuple[int, int]]) -> list[np.n
 
 def _sought(f: soundfile.SoundFile, windows: list[tuple[int, int]], preroll: int) -> list[np.ndarray]:
     """Each window, `preroll` frames decoded before it after a seek; a window that starts at most
-    that far after the last one ends is read on from it (CLAP's close windows: no seek)."""
+    that far after the last one ends is read on from it (CLAP's close windows: no seek). A
+    compressed file's window is read from END_FRAMES before its end at the latest (_read_from)."""
     read, at = [], None
     for first, last in windows:
-        if at is None or not at <= first <= at + preroll:
-            at = max(0, first - preroll)
+        start = _read_from(f, first) if preroll else first
+        if at is None or not at <= start <= at + preroll:
+            at = max(0, start - preroll)
             f.seek(at)
-        f.read(first - at, dtype="float32", always_2d=True)
-        read.append(f.read(last - first, dtype="float32", always_2d=True))
-        at = first + len(read[-1])
+        f.read(start - at, dtype="float32", always_2d=True)
+        frames = f.read(last - start, dtype="float32", always_2d=True)
+        read.append(frames[first - start :])
+        at = start + len(frames)
     return read
+
+
+# libsndfile 1.2's Opus decoder gives other samples than a whole decode's (up to 0.8 off) for a read
+# that starts in a file's last few hundred frames (21 to 624 measured, by rate and length; its last
+# packet and pre-skip), after a pre-roll or not; one that starts before them and reads on is exact.
+# Opus packets are 120 ms at most (5760 frames at 48 kHz): reads of compressed audio start at least
+# END_FRAMES before the end, whatever the codec.
+END_FRAMES = 1 << 14
+
+
+def _read_from(f: soundfile.SoundFile, first: int) -> int:
+    """Where a read of a compressed file for frames from `first` on starts: `first`, or END_FRAMES
+    before the declared end where `first` is later (the frames between are read and dropped)."""
+    return max(0, min(first, f.frames - END_FRAMES))
 
 
 def _seeks_after_preroll(f: soundfile.SoundFile) -> bool:

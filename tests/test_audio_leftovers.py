@@ -1,0 +1,121 @@
+"""What runtime.audio still read wrong: a chained Ogg file (two streams joined end to end, as
+`cat a.ogg b.ogg` makes it) was read as its first stream alone, without a word; and libsndfile
+gives other samples than a whole decode's for a read of an Opus file that starts in its last few
+hundred frames."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import soundfile
+
+from model.data import BadSample
+from model.readers.csv_folder import CsvFolderConfig, CsvFolderSource, Row
+from runtime.audio import AudioDecodeError, ClapFusionSpec, SparseWave, decode_audio, decoding_for
+from tests.server_support import make_client
+
+
+def signal(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """A tone sweeping up with noise (frames, channels): a read from the wrong place differs."""
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).standard_normal((len(t), channels))
+    return (0.3 * np.sin(2 * np.pi * (200 + 40 * t) * t)[:, None] + 0.05 * noise).astype(np.float32)
+
+
+def ogg(wave: np.ndarray, rate: int, subtype: str) -> bytes:
+    out = io.BytesIO()
+    soundfile.write(out, wave, rate, format="OGG", subtype=subtype)
+    return out.getvalue()
+
+
+# 1. chained Ogg --------------------------------------------------------------------------------
+
+OGG_CODECS = [("VORBIS", 44100), ("OPUS", 48000)]
+
+
+def chained(subtype: str, rate: int, parts: int = 2) -> bytes:
+    """`cat` of `parts` Ogg files, each its own logical stream (its own serial number)."""
+    return b"".join(ogg(signal(1.0 + i, rate, seed=i), rate, subtype) for i in range(parts))
+
+
+@pytest.mark.parametrize(("subtype", "rate"), OGG_CODECS)
+@pytest.mark.parametrize("parts", [2, 3])
+def test_a_chained_ogg_file_is_refused_in_a_sentence_wherever_it_is_read(tmp_path, subtype, rate, parts):
+    """libsndfile declared the first stream's frames and decoded it alone: the rest of the
+    recording was dropped, in training and on upload, without a word."""
+    data = chained(subtype, rate, parts)
+    path = tmp_path / "joined.ogg"
+    path.write_bytes(data)
+    expected = f"holds {parts} chained Ogg streams"
+    for source in (data, path):
+        with pytest.raises(AudioDecodeError, match=expected) as caught:
+            decode_audio(source)
+        assert "not supported" in str(caught.value) and "re-encode it as one stream" in str(caught.value)
+        with decoding_for(ClapFusionSpec(duration_s=1.0)), pytest.raises(AudioDecodeError, match=expected):
+            decode_audio(source)
+
+
+def test_one_ogg_stream_is_read_as_before(tmp_path):
+    wave = signal(2.0, 48000)
+    wave_read, rate = decode_audio(ogg(wave, 48000, "OPUS"))
+    assert rate == 48000 and len(wave_read) == len(wave)
+
+
+def test_a_chained_ogg_file_is_a_skipped_sample_saying_why(tmp_path):
+    (tmp_path / "joined.ogg").write_bytes(chained("VORBIS", 44100))
+    row = Row(2, "k", 45.5, 5.5, None, None, None, "joined.ogg", None, None, None, None, 7)
+    source = CsvFolderSource([row], CsvFolderConfig(root=str(tmp_path), imagery="unused.tif"), 16)
+    with pytest.raises(BadSample, match="holds 2 chained Ogg streams"):
+        source.get(0, without=frozenset({"image"}))
+
+
+def test_a_chained_ogg_upload_is_refused_saying_why(bundle_path, store_path):
+    client = make_client(bundle_path, store_path)
+    answer = client.post("/queries", content=chained("VORBIS", 44100), headers={"Content-Type": "audio/ogg"})
+    assert 400 <= answer.status_code < 500 and "holds 2 chained Ogg streams" in answer.text, answer.text
+
+
+# 2. the end of an Opus file ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpanReader:
+    """A front end that reads the frames [a, b) of a recording at its own rate (decode_audio inside
+    decoding_for returns them as a SparseWave), to read any part of a file as training would."""
+
+    span: tuple[int, int]
+    sample_rate: int
+    kind = "span"
+
+    def reads(self, n: int) -> list[tuple[int, int]]:
+        return [self.span]
+
+    def features(self, wave: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def to_json(self) -> dict:
+        return {}
+
+
+def read_span(data: bytes, rate: int, a: int, b: int) -> np.ndarray:
+    with decoding_for(SpanReader((a, b), rate)):
+        wave, _ = decode_audio(data)
+    assert isinstance(wave, SparseWave) and wave.spans == ((a, b),)
+    return wave.held
+
+
+@pytest.mark.parametrize(("rate", "seconds"), [(48000, 2.37), (48000, 3.0), (16000, 2.37), (24000, 1.0)])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_read_anywhere_in_an_opus_file_is_the_whole_decodes_samples(rate, seconds, channels):
+    """A read that began in the last 21-624 frames (by rate and length) gave other samples (up to
+    0.8 off) than the whole decode, even after a pre-roll."""
+    data = ogg(signal(seconds, rate, channels), rate, "OPUS")
+    whole, _ = decode_audio(data)
+    n = len(whole)
+    starts = [0, n // 3, n - 5000, n - 700, n - 500, n - 300, n - 144, n - 100, n - 20, n - 1]
+    for a in starts:
+        for b in (n, min(n, a + 64)):
+            np.testing.assert_array_equal(read_span(data, rate, a, b), whole[a:b], err_msg=f"frames [{a}, {b}) of {n}")
