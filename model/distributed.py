@@ -19,8 +19,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from runtime.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,32 @@ class _Gather(torch.autograd.Function):
 def gather(x: torch.Tensor, d: Dist) -> torch.Tensor:
     """All ranks' rows of x, rank order, with gradients flowing back to this rank's rows."""
     return _Gather.apply(x) if d.active else x
+
+
+def ddp(module: nn.Module, unread: list[str], device: torch.device, d: Dist) -> nn.parallel.DistributedDataParallel:
+    """`module` under DDP, with the parameters named `unread` (those no loss reads) left out of its
+    gradient sync. That takes a private call of torch's; a release without it gets DDP's public
+    search for unused parameters each step instead (slower, the same gradients), said once by rank
+    0, rather than an AttributeError that stopped every rank."""
+    ignore = getattr(nn.parallel.DistributedDataParallel, _IGNORE, None)
+    if ignore is not None:
+        ignore(module, unread)
+    elif d.is_main:
+        log.warning(
+            "torch %s has no DistributedDataParallel.%s, which leaves the parameters no loss reads out of "
+            "the gradient sync: DDP runs with find_unused_parameters=True instead (each step searches the "
+            "graph for them; slower, the same gradients)",
+            torch.__version__,
+            _IGNORE,
+        )
+    return nn.parallel.DistributedDataParallel(
+        module,
+        device_ids=[d.local_rank] if device.type == "cuda" else None,
+        find_unused_parameters=ignore is None,
+    )
+
+
+_IGNORE = "_set_params_and_buffers_to_ignore_for_model"
 
 
 def barrier(d: Dist) -> None:

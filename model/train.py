@@ -39,6 +39,7 @@ from model.distributed import (
     average_gradients,
     barrier,
     broadcast_flag,
+    ddp,
     device_for,
     gather,
     init_distributed,
@@ -129,12 +130,7 @@ class Optimisation:
             # where every side is there; a step without one is averaged by hand (`step`). Searching
             # the graph for unused parameters instead (find_unused_parameters) found none, and torch
             # said so on every run.
-            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                model, unread_parameters(model, cfg.loss)
-            )
-            self.forward = nn.parallel.DistributedDataParallel(
-                model, device_ids=[d.local_rank] if self.device.type == "cuda" else None
-            )
+            self.forward = ddp(model, unread_parameters(model, cfg.loss), self.device, d)
 
     def _groups(self) -> list[dict]:
         if self.cfg.decay_all:
