@@ -667,10 +667,9 @@ def _declared_length_holds(f: soundfile.SoundFile) -> bool:
 def _decoded_through(f: soundfile.SoundFile, windows: list[tuple[int, int]]) -> list[np.ndarray] | None:
     """Each window, decoding the file from the start block by block; None when the decoder
     reached another end than the declared frame count."""
-    f.seek(0)
     kept: list[list[np.ndarray]] = [[] for _ in windows]
     position, open_from = 0, 0  # windows before open_from end before the block
-    for block in f.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
+    for block in _blocks(f):
         end = position + len(block)
         while open_from < len(windows) and windows[open_from][1] <= position:
             open_from += 1
@@ -683,6 +682,20 @@ def _decoded_through(f: soundfile.SoundFile, windows: list[tuple[int, int]]) -> 
     if position != f.frames or not all(kept):
         return None
     return [np.concatenate(parts) for parts in kept]
+
+
+def _blocks(f: soundfile.SoundFile) -> Iterator[np.ndarray]:
+    """The frames of `f` from its start, BLOCK_FRAMES at a time, each as the decoder gave it, up to
+    the first it left short. soundfile's blocks() yields every block whole: one the decoder left
+    short (a file holding fewer frames than it declares, such as an MP3 cut short) came padded with
+    what its buffer held before, stale samples up to 5e37 and NaN."""
+    f.seek(0)
+    while True:
+        block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        if len(block):
+            yield block
+        if len(block) < BLOCK_FRAMES:
+            return
 
 
 # The polyphase filter has ~20 max(up, down) taps: an exact ratio of two coprime rates (e.g.
