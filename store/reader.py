@@ -5,10 +5,14 @@ checksums of the smallest files), so a damaged store is refused with a sentence 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import struct
 import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -38,14 +42,18 @@ REQUIRED_KEYS = ("format_version", "id", "bundle_id", "levels", "bounds", "uncer
 # every file); beyond it, sizes, headers and a sample of the values are still checked.
 OPEN_CHECK_BYTES = 256 * 1024 * 1024
 VALUE_SAMPLE_ROWS = 4096
+# A store a writer replaces while it is opened is opened again, up to this many times in all.
+OPEN_ATTEMPTS = 3
 # A FAISS index file starts with its type, dimension and vector count ("IxFI": IndexFlatIP).
 _FAISS_HEADER = struct.Struct("<4siq")
 _FAISS_FLAT_DATA_OFFSET = 45  # header, two unused int64, is_trained, metric type, the vectors' length
 
 
 class Level:
-    """A level of an open store: memory-mapped arrays, precomputed fusions and the FAISS index
-    (each loaded on first use)."""
+    """A level of an open store: memory-mapped arrays and precomputed fusions, and the FAISS index
+    (loaded on first use). Every file is opened here, the index kept open until it is loaded: a
+    store that a writer replaces later (`precompute --overwrite` renames a new folder over it)
+    is read whole from the files opened, never its manifest with the new store's index."""
 
     def __init__(self, folder: Path, level: int, meta: dict | None = None):
         self.level = level
@@ -55,8 +63,16 @@ class Level:
         self.arrays = LevelArrays(**arrays)
         # Kinds this version knows (a newer writer's others are left unread, as when opening).
         self.fusion_kinds: list[str] = [k for k in self.meta.get("fusions", []) if k in FUSION_KINDS]
-        self._fusions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._fusions = {
+            name: (
+                np.load(folder / FUSIONS_DIR / f"{name}.mu.npy", mmap_mode="r"),
+                np.load(folder / FUSIONS_DIR / f"{name}.s.npy", mmap_mode="r"),
+            )
+            for name, _, _ in fusion_sets(self.fusion_kinds)
+        }
         self._index: faiss.Index | None = None
+        self._index_fd = os.open(folder / INDEX_FILE, os.O_RDONLY)
+        self._close_index_file = weakref.finalize(self, _close_quietly, self._index_fd)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -78,25 +94,37 @@ class Level:
         kind, value, valid = ("hour", hour, range(24)) if hour is not None else ("month", month, range(1, 13))
         if value is None or kind not in self.fusion_kinds or value not in valid or int(value) != value:
             return None
-        name = fusion_name(int(value), None) if kind == "hour" else fusion_name(None, int(value))
-        with self._lock:
-            if name not in self._fusions:
-                folder = self.folder / FUSIONS_DIR
-                self._fusions[name] = (
-                    np.load(folder / f"{name}.mu.npy", mmap_mode="r"),
-                    np.load(folder / f"{name}.s.npy", mmap_mode="r"),
-                )
-            return self._fusions[name]
+        return self._fusions[fusion_name(int(value), None) if kind == "hour" else fusion_name(None, int(value))]
 
     @property
     def index(self) -> faiss.Index:
         with self._lock:
             if self._index is None:
                 try:
-                    self._index = faiss.read_index(str(self.folder / INDEX_FILE))
+                    reader = faiss.PyCallbackIOReader(_reader_at(self._index_fd))  # type: ignore[attr-defined]  # faiss ships it; its stubs omit it
+                    self._index = faiss.read_index(reader)
                 except RuntimeError as exc:
                     raise StoreError(f"{self.folder / INDEX_FILE} cannot be read: {str(exc).splitlines()[0]}") from None
+                self._close_index_file()
             return self._index
+
+
+def _reader_at(fd: int) -> Callable[[int], bytes]:
+    """Successive reads of an open file from its start, whatever its descriptor's position."""
+    offset = 0
+
+    def read(size: int) -> bytes:
+        nonlocal offset
+        data = os.pread(fd, size, offset)
+        offset += len(data)
+        return data
+
+    return read
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 class Store:
@@ -106,6 +134,22 @@ class Store:
 
     def __init__(self, path: str | Path, check_bytes: int = OPEN_CHECK_BYTES):
         self.path = Path(path)
+        for _ in range(OPEN_ATTEMPTS):
+            self.manifest: dict = {}
+            try:
+                self._open(check_bytes)
+            except StoreError:
+                if not self._replaced():
+                    raise
+                continue
+            if not self._replaced():
+                return
+        raise StoreError(
+            f"{self.path} was replaced by another store {OPEN_ATTEMPTS} times while it was opened; "
+            "open it again once its writer has finished"
+        )
+
+    def _open(self, check_bytes: int) -> None:
         self.manifest = read_manifest(self.path)
         self.id: str = self.manifest["id"]
         self.bundle_id: str = self.manifest["bundle_id"]
@@ -127,6 +171,16 @@ class Store:
             raise StoreError(f"{self.path} holds no cells")
         self.minlevel, self.maxlevel = min(self.levels), max(self.levels)
         self.bounds = tuple(self.manifest["bounds"])
+
+    def _replaced(self) -> bool:
+        """Whether `path` holds another store than the manifest read (a writer renamed a new store
+        over it meanwhile), so the files opened since may be of either: open it again."""
+        if not self.manifest:
+            return False
+        try:
+            return read_manifest(self.path)["id"] != self.manifest["id"]
+        except StoreError:
+            return True
 
     @functools.cached_property
     def footprint(self) -> Footprint:
