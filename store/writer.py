@@ -215,6 +215,15 @@ def _uncertainty_range(root: Path, levels: list[int]) -> list[float]:
     return [float(np.percentile(s, 1)), float(np.percentile(s, 99))] if len(s) else [0.0, 1.0]
 
 
+def _remove_temporaries(work: Path) -> None:
+    """Remove what a write killed before its rename left in `work` (atomic_write's `.NAME.*.tmp*`
+    files): no store file is hidden, and each level's checksums list every file of its folder, so
+    a leftover would be moved into the store and change its id."""
+    for path in work.rglob(".*"):
+        if path.is_file():
+            path.unlink()
+
+
 def finish_store(
     work: Path, out: Path, manifest: dict, level_extra: dict[int, dict], *, flat_max: int = FLAT_MAX
 ) -> dict:
@@ -222,6 +231,7 @@ def finish_store(
 
     `manifest` holds the run's keys (bundle_id, imagery, plan, bounds, ...); `level_extra` adds
     per-level facts (skipped cells, fusion kinds). Safe to repeat after a crash."""
+    _remove_temporaries(work)
     levels = sorted(level_extra)
     index_s: dict[str, float] = {}
     level_meta = {

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,9 @@ from runtime.bundle import Bundle
 from runtime.files import replace_dir
 from runtime.imagery import Imagery
 from store.reader import Store
-from tests.conftest import FIXTURE_BBOX
+from store.verify import verify_store
+from tests.conftest import FIXTURE_BBOX, FIXTURE_BBOX_ARG, precompute_args
+from tests.test_precompute_resume import assert_same_store
 
 OTHER_BBOX = (0.0, 40.0, 36.0, 62.0)  # within the fixture imagery: fewer cells at every level
 
@@ -90,3 +95,83 @@ def test_a_store_replaced_while_it_is_opened_opens_as_one_store(two_stores, tmp_
     assert replaced and opened.id == json.loads((new / "manifest.json").read_text(encoding="utf-8"))["id"]
     for level in opened.levels.values():
         assert len(level) == opened.manifest["levels"][str(level.level)]["count"] == level.index.ntotal
+
+
+# Runs `soundscape ARGV...` in this process and SIGKILLs it on the N-th call of a function (module,
+# attribute path), just after the call returns: a kill at that exact point of the run.
+KILL_AT = """
+import importlib, os, signal, sys
+module, attribute, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+owner = importlib.import_module(module)
+*path, name = attribute.split(".")
+for part in path:
+    owner = getattr(owner, part)
+called, function = [0], getattr(owner, name)
+def killing(*args, **kwargs):
+    result = function(*args, **kwargs)
+    called[0] += 1
+    if called[0] == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+setattr(owner, name, killing)
+from cli.main import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def _killed_at(argv: list[str], function: str, nth: int) -> None:
+    """Run the command, killed just after the nth call of `function` ('module:attribute')."""
+    module, attribute = function.split(":")
+    done = subprocess.run(
+        [sys.executable, "-c", KILL_AT, module, attribute, str(nth), *argv], capture_output=True, text=True
+    )
+    assert done.returncode == -signal.SIGKILL, f"the run ended before it was killed: {done.stderr[-2000:]}"
+
+
+@pytest.fixture(scope="module")
+def killed_reference(imagery_path, bundle_path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("killed-reference") / "store"
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *_argv(imagery_path, bundle_path, out)], capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _argv(imagery_path: Path, bundle_path: Path, out: Path) -> list[str]:
+    """A run of two levels, one with fusions and an IVF index, in batches of 8 cells."""
+    return precompute_args(
+        imagery_path,
+        bundle_path,
+        "3-5",
+        out,
+        FIXTURE_BBOX_ARG,
+        "--batch-size=8",
+        "--fusion-levels=3",
+        "--fusions=hour",
+        "--index-flat-max=10",
+        "--quiet",
+    )
+
+
+KILL_POINTS = {
+    "mid-level, after a batch's progress": ("store.writer:PartialStore.save", 5),
+    "inside an index write": ("faiss:write_index", 3),
+    "after the manifest, before the move": ("store.writer:os.chmod", 1),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_run_killed_at_any_point_resumes_to_the_uninterrupted_store(
+    killed_reference, imagery_path, bundle_path, tmp_path, point
+):
+    out = tmp_path / "store"
+    argv = _argv(imagery_path, bundle_path, out)
+    _killed_at(argv, *KILL_POINTS[point])
+    assert not out.exists()
+    done = subprocess.run([sys.executable, "-m", "cli.main", *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert_same_store(out, killed_reference)
+    assert not list(out.rglob(".*")), "a killed write's temporary file went into the store"
+    verify_store(Store(out))
