@@ -80,3 +80,29 @@ def test_a_yearless_date_tells_the_files_day_order_as_a_dated_one_does(tmp_path,
     assert when_columns(tmp_path, "told", [("5/6", "", ""), ("13/6", "", "")]) == [(6, None), (6, None)]
     with pytest.raises(DataError, match="could be 5 June or 6 May"):
         when_columns(tmp_path, "untold", [("5/6", "", ""), ("7/8", "", "")])
+
+
+# 3. numbers ----------------------------------------------------------------------------------------
+
+
+def kept_places(tmp_path, lat: str, gsd: str = "10") -> list[tuple[float, float, float | None]]:
+    text = f"lat,lon,audio,image,gsd\n{lat},5.5,audio/0.wav,images/0.png,{gsd}\n45.5,6.5,audio/1.wav,images/1.png,10\n"
+    return [(r.lat, r.lon, r.gsd) for r in rows(folder(tmp_path / "numbers", text))]
+
+
+@pytest.mark.parametrize("lat", ["1_0", "\u0664\u0665", "\uff14\uff15", "4_5.5"])
+def test_a_coordinate_no_person_writes_skips_its_row_with_the_reason(tmp_path, caplog, lat):
+    """float() reads '1_0' as 10 (a typo) and Arabic-Indic or full-width digits as 45: the row was
+    kept at a place nobody wrote. It is skipped as a value that is no number."""
+    with caplog.at_level(logging.WARNING):
+        assert kept_places(tmp_path, lat) == [(45.5, 6.5, 10.0)]
+    assert "lat ... is not a number: 1 (" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("lat", "gsd", "expected"),
+    [(" 45.5 ", "10", 45.5), ("+45.5", "10", 45.5), ("4.55E1", "1e-1", 45.5), (".5", "10.", 0.5), ("-45", "10", -45.0)],
+)
+def test_numbers_as_exports_write_them_are_read(tmp_path, lat, gsd, expected):
+    places = kept_places(tmp_path, lat, gsd)
+    assert places[0][0] == pytest.approx(expected) and places[0][2] == pytest.approx(float(gsd))

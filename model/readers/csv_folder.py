@@ -212,6 +212,12 @@ def day_order(table: Table, path: Path, dayfirst: bool | None) -> bool:
     return False
 
 
+# A number as exports write one: ASCII digits, a point, an exponent (1E-05). float() also reads
+# '1_0' as 10 and other scripts' digits ('\u0664\u0665' as 45), a place nobody wrote.
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+_NOT_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+
+
 def _number(text: str, name: str, conv: Conventions) -> float:
     """A finite number as the file writes it; ValueError naming the value when it is none."""
     value = text.strip()
@@ -227,11 +233,10 @@ def _number(text: str, name: str, conv: Conventions) -> float:
             if conv.delimiter == ","
             else f"{name} {value!r} has a decimal comma where the column's numbers have points"
         )
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{name} {value!r} is not a number") from None
-    if not math.isfinite(number):  # float() reads 'nan', 'inf' and 'Infinity'
+    if not _DECIMAL.fullmatch(value) and not _NOT_FINITE.fullmatch(value):
+        raise ValueError(f"{name} {value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
         raise ValueError(f"{name} {value!r} is not a finite number")
     return number
 
