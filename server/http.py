@@ -36,6 +36,8 @@ OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 # the whole detail is cut at MAX_DETAIL_CHARS: whatever the query string, the answer stays small.
 MAX_SENTENCE_CHARS = 300
 MAX_DETAIL_CHARS = 4096
+# The error type of an integer parameter not written in plain decimal digits (server/params.py).
+INTEGER_SPELLING = "int_spelling"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})  # others: "other"
 NO_STORE = "no-store"  # errors and live answers
 
@@ -331,13 +333,20 @@ def _rule(schema: dict, error_type: str) -> str:
     """What a valid value is, in words, from a parameter's JSON schema."""
     schema = next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
     if "enum" in schema:
-        return "one of " + ", ".join(str(v) for v in schema["enum"])
-    kind = {
-        "integer": "an integer",
-        "number": "a finite number" if error_type == "finite_number" else "a number",
-        "string": "a text",
-        "boolean": "true or false",
-    }.get(schema.get("type", ""), "a valid value")
+        rule = "one of " + ", ".join(str(v) for v in schema["enum"])
+    else:
+        kind = {
+            "integer": "an integer",
+            "number": "a finite number" if error_type == "finite_number" else "a number",
+            "string": "a text",
+            "boolean": "true or false",
+        }.get(schema.get("type", ""), "a valid value")
+        rule = _within(schema, kind)
+    return rule + (", written in decimal digits" if error_type == INTEGER_SPELLING else "")
+
+
+def _within(schema: dict, kind: str) -> str:
+    """`kind` with the schema's range or length."""
     lo, hi = schema.get("minimum"), schema.get("maximum")
     if lo is not None and hi is not None:
         return f"{kind} in {lo:g}..{hi:g}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
@@ -21,10 +22,11 @@ from fastapi.dependencies.utils import request_params_to_args
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import TypeAdapter
+from pydantic import BeforeValidator, TypeAdapter
+from pydantic_core import PydanticCustomError
 
 from server.engine import GRID, QUERY_LAYERS, QueryMetadata
-from server.http import MAX_DETAIL_CHARS, Refusals, Refused, error_response, refuse_invalid
+from server.http import INTEGER_SPELLING, MAX_DETAIL_CHARS, Refusals, Refused, error_response, refuse_invalid
 from server.queries import MAX_TEXT_LENGTH, QueryError, is_query_id, shown, text_record
 from server.render import colormap_names
 from server.service import SoundscapeService, TileRequest
@@ -46,6 +48,34 @@ MAX_K = 1000  # /search's k
 # lat): Python's float() also reads other scripts' digits (Arabic-Indic 10 is 10), which /point refuses.
 # Its ValidationError is a ValueError.
 NUMBER = TypeAdapter(float)
+# An integer parameter (query or path) is written in decimal digits, one spelling per number, as
+# OpenAPI's `integer` is serialised: pydantic alone also reads 512.0, +6, ' 6', 06 and 1_0, and
+# each spelling was another URL of the same tile for the fast path and the front door to keep.
+DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)")
+LAX_INT = TypeAdapter(int)
+
+
+def decimal_digits(value: object) -> object:
+    """`value` for int's own parsing, unless it is a number that parsing reads in a spelling other
+    than decimal digits: refused, so that every number has one spelling (text that is no number
+    at all is left to int's own refusal)."""
+    if isinstance(value, str) and DECIMAL.fullmatch(value) is None and reads_as_int(value):
+        raise PydanticCustomError(INTEGER_SPELLING, "Input should be an integer written in decimal digits")
+    return value
+
+
+def reads_as_int(text: str) -> bool:
+    try:
+        LAX_INT.validate_python(text)
+    except ValueError:  # pydantic's ValidationError
+        return False
+    return True
+
+
+# Last in a parameter's Annotated, after its Query(ge, le): before them, pydantic could not apply
+# the range to the integer's own schema, and OpenAPI published `ge`/`le` for minimum/maximum.
+DIGITS = BeforeValidator(decimal_digits)
+Integer = Annotated[int, DIGITS]  # a path part (z, x, y)
 UNSUPPORTED = {
     "colormap": "pick a named colormap with colormap_name (GET /colormaps lists them)",
     "expression": "a tile has one value per pixel, chosen with layer=contrast, layer=heatmap or layer=uncertainty",
@@ -72,10 +102,14 @@ QueryIdParam = Annotated[str | None, Query(description="A query id returned by P
 HOURS = (0, 23)
 MONTHS = (1, 12)
 HourParam = Annotated[
-    int | None, Query(ge=HOURS[0], le=HOURS[1], description=f"Hour of day, {HOURS[0]}-{HOURS[1]}; absent = unknown.")
+    int | None,
+    Query(ge=HOURS[0], le=HOURS[1], description=f"Hour of day, {HOURS[0]}-{HOURS[1]}; absent = unknown."),
+    DIGITS,
 ]
 MonthParam = Annotated[
-    int | None, Query(ge=MONTHS[0], le=MONTHS[1], description=f"Month, {MONTHS[0]}-{MONTHS[1]}; absent = unknown.")
+    int | None,
+    Query(ge=MONTHS[0], le=MONTHS[1], description=f"Month, {MONTHS[0]}-{MONTHS[1]}; absent = unknown."),
+    DIGITS,
 ]
 SourceParam = Annotated[
     str | None,
@@ -83,7 +117,7 @@ SourceParam = Annotated[
         max_length=100, description="Who recorded it: one of the bundle's sources (GET /metadata); absent = unknown."
     ),
 ]
-LevelParam = Annotated[int | None, Query(ge=0, le=MAX_ZOOM, description="Store level (default: the finest).")]
+LevelParam = Annotated[int | None, Query(ge=0, le=MAX_ZOOM, description="Store level (default: the finest)."), DIGITS]
 
 
 @dataclass
@@ -120,7 +154,9 @@ class TileParams(QueryParams):
     # Published as an enum, so schema-driven clients send only sizes taken; validated by tile_request,
     # whose 422 names it with the other bad parameters.
     tilesize: Annotated[
-        int, Query(description="Tile size in pixels: 256 or 512.", json_schema_extra={"enum": list(TILE_SIZES)})
+        int,
+        Query(description="Tile size in pixels: 256 or 512.", json_schema_extra={"enum": list(TILE_SIZES)}),
+        DIGITS,
     ] = 256
     # TiTiler parameters this server does not take: refused (422), never silently ignored.
     colormap: Annotated[str | None, Query(include_in_schema=False)] = None
@@ -209,7 +245,7 @@ class PointParams(QueryParams):
 
 @dataclass
 class SearchParams(PointParams):
-    k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells.")] = 10
+    k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells."), DIGITS] = 10
     exact: Annotated[
         bool,
         Query(

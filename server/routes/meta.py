@@ -15,6 +15,7 @@ from server.engine import CELLS_PER_TILE_LOG2, LAYERS, QUERY_LAYERS
 from server.http import BINARY, TEXT, conditional, errors
 from server.params import (
     DEFAULT_LAYER,
+    DIGITS,
     HOURS,
     MONTHS,
     TMS_IDS,
@@ -275,8 +276,8 @@ def colormaps(request: Request) -> Response:
 def colormap_legend(
     name: str,
     request: Request,
-    width: Annotated[int, Query(ge=1, le=2048)] = 256,
-    height: Annotated[int, Query(ge=1, le=2048)] = 16,
+    width: Annotated[int, Query(ge=1, le=2048), DIGITS] = 256,
+    height: Annotated[int, Query(ge=1, le=2048), DIGITS] = 16,
     orientation: Literal["horizontal", "vertical"] = "horizontal",
 ) -> Response:
     if name not in colormap_names():

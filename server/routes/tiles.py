@@ -17,7 +17,7 @@ from server.http import (
     not_modified,
     precondition_failed,
 )
-from server.params import TileParams, TileParamsDep, tile_request
+from server.params import Integer, TileParams, TileParamsDep, tile_request
 from server.render import FORMATS
 from server.routes.deps import ServiceDep
 
@@ -65,9 +65,9 @@ async def _tile(
 async def xyz_tile(
     request: Request,
     service: ServiceDep,
-    z: int,
-    x: int,
-    y: int,
+    z: Integer,
+    x: Integer,
+    y: Integer,
     params: TileParamsDep,
 ) -> Response:
     return await _tile(request, service, "WebMercatorQuad", z, x, y, "png", params)
@@ -83,9 +83,9 @@ async def tms_tile(
     request: Request,
     service: ServiceDep,
     tms: str,
-    z: int,
-    x: int,
-    y: int,
+    z: Integer,
+    x: Integer,
+    y: Integer,
     fmt: Format,
     params: TileParamsDep,
 ) -> Response:
@@ -102,9 +102,9 @@ async def tms_tile_png(
     request: Request,
     service: ServiceDep,
     tms: str,
-    z: int,
-    x: int,
-    y: int,
+    z: Integer,
+    x: Integer,
+    y: Integer,
     params: TileParamsDep,
 ) -> Response:
     return await _tile(request, service, tms, z, x, y, "png", params)

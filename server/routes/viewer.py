@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from server.http import BINARY, conditional, errors
-from server.params import check_tile
+from server.params import Integer, check_tile
 from server.routes.deps import ServiceDep
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -90,7 +90,7 @@ async def redoc(request: Request) -> Response:
     },
     summary="Basemap tile of the store's imagery (WebMercatorQuad, 256 px, WebP)",
 )
-async def basemap(z: int, x: int, y: int, request: Request, service: ServiceDep) -> Response:
+async def basemap(z: Integer, x: Integer, y: Integer, request: Request, service: ServiceDep) -> Response:
     check_tile("WebMercatorQuad", z, x, y)
     body = await service.basemap(z, x, y)
     if body is None:
