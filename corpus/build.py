@@ -377,13 +377,18 @@ def _bank(cfg: BuildConfig, folders: dict[str, Path], progress: bool):
     return load_bank(cfg.out)
 
 
+# Cells are cut from imagery of a few km a pixel; past this a cell image only costs memory
+# (20,000 samples of 1024 px RGB are 63 GB before any training).
+MAX_IMAGE_SIZE = 1024
+
+
 def _check(cfg: BuildConfig) -> None:
     if cfg.samples < 1:
         raise CorpusError("--samples must be at least 1")
     if not cfg.levels or min(cfg.levels) < 0 or max(cfg.levels) > 12:
         raise CorpusError("--levels must lie within 0..12 (e.g. 4-7)")
-    if cfg.image_size < 8 or cfg.duration_s <= 0:
-        raise CorpusError("--image-size must be >= 8 and --duration positive")
+    if not 8 <= cfg.image_size <= MAX_IMAGE_SIZE or cfg.duration_s <= 0:
+        raise CorpusError(f"--image-size must lie in 8..{MAX_IMAGE_SIZE} and --duration be positive")
     if cfg.max_town_layers is not None and cfg.max_town_layers < 1:
         raise CorpusError("--max-town-layers must be at least 1")
     unknown = set(cfg.audio_assets) - set(AUDIO_ASSETS)

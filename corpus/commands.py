@@ -10,8 +10,9 @@ import math
 from pathlib import Path
 
 from corpus.assets import ASSETS, acquire, ensure
+from corpus.build import MAX_IMAGE_SIZE
 from corpus.errors import CorpusError
-from runtime.arguments import number_above
+from runtime.arguments import integer_in, number_above
 
 DEFAULT_OUT = "data/corpus"
 DEFAULT_ASSETS = "data/assets"
@@ -164,14 +165,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=(4, 5, 6, 7),
         help="imagery cell levels (web-mercator zooms), e.g. 4-7 (default) or 3,5,7",
     )
-    b.add_argument("--image-size", type=int, default=64, help="cell image size in pixels (default 64)")
+    b.add_argument(
+        "--image-size",
+        type=integer_in(8, MAX_IMAGE_SIZE),
+        default=64,
+        help=f"cell image size in pixels, 8..{MAX_IMAGE_SIZE} (default 64)",
+    )
     b.add_argument(
         "--duration",
         type=number_above(0, "a number of seconds"),
         default=2.4,
         help="seconds of audio per sample (default 2.4: one block of the aisfx tower, as configs/demo.yaml expects)",
     )
-    b.add_argument("--seed", type=int, default=0, help="seed of the sample draw (default 0)")
+    b.add_argument("--seed", type=integer_in(0), default=0, help="seed of the sample draw (default 0)")
     b.add_argument("--audio-assets", help="comma-separated audio assets to use (default: all of them)")
     b.add_argument(
         "--max-town-layers",

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+# What a person types: ASCII digits. Python's int() and float() also take other scripts' digits
+# ('٣' is 3) and underscores ('1_0' is 10), which would let a slip stand for a number; and int()
+# raises on more than 4300 digits, which argparse reports without the option's range.
+INTEGER = re.compile(r"\s*[+-]?[0-9]{1,30}\s*", re.ASCII)
+NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)
 
 
 def integer_in(least: int, most: int | None = None, note: str = "") -> Callable[[str], int]:
@@ -21,10 +28,7 @@ def integer_in(least: int, most: int | None = None, note: str = "") -> Callable[
     said = f" ({note})" if note else ""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
+        value = int(text) if INTEGER.fullmatch(text) else None
         if value is None or value < least or (most is not None and value > most):
             raise argparse.ArgumentTypeError(f"must be an integer {span}{said}, not {text!r}")
         return value
@@ -36,10 +40,7 @@ def number_above(least: float, what: str = "a number") -> Callable[[str], float]
     """A finite number above `least`; `what` names it ('a number of seconds')."""
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
+        value = float(text) if NUMBER.fullmatch(text) else math.nan
         if not (math.isfinite(value) and value > least):
             raise argparse.ArgumentTypeError(f"must be {what} above {least:g}, not {text!r}")
         return value

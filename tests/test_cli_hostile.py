@@ -254,6 +254,30 @@ def test_precompute_refuses_numbers_an_option_cannot_mean(capsys, tmp_path, opti
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("text", ["\u0663", "1_0", "0x10", "9" * 5000, "", "1.0"])
+def test_an_integer_option_takes_ascii_digits_only(capsys, tmp_path, text) -> None:
+    """int() read '\u0663' (Arabic-Indic three) as 3, so `serve --port \u0663` served on port 3, and
+    '1_0' as 10; 5000 digits was argparse's 'invalid parse value' without the option's range."""
+    argv = ["precompute", "--imagery", str(tmp_path / "x.tif"), "--bundle", str(tmp_path / "b"), "--levels", "3"]
+    line = _refused(capsys, [*argv, "--out", str(tmp_path / "store"), "--readers", text])
+    assert line.endswith(f"argument --readers: must be an integer of at least 1, not {text!r}")
+
+
+@pytest.mark.parametrize("text", ["\u0661.\u0665", "1_0.5", "0x1p3", "1e400"])
+def test_a_number_option_takes_ascii_digits_only(capsys, tmp_path, text) -> None:
+    """float() read '\u0661.\u0665' as 1.5 and '1_0.5' as 10.5."""
+    argv = ["precompute", "--imagery", str(tmp_path / "x.tif"), "--bundle", str(tmp_path / "b"), "--levels", "3"]
+    line = _refused(capsys, [*argv, "--out", str(tmp_path / "store"), "--max-upsample", text])
+    assert line.endswith(f"argument --max-upsample: must be a number above 0, not {text!r}")
+
+
+def test_integer_and_number_options_take_what_people_type(capsys, tmp_path) -> None:
+    from runtime.arguments import integer_in, number_above
+
+    assert [integer_in(1)(t) for t in ("7", " 7 ", "+7", "007")] == [7, 7, 7, 7]
+    assert [number_above(0)(t) for t in ("2", "2.5", ".5", "5.", "1e3", " 2 ")] == [2, 2.5, 0.5, 5, 1000, 2]
+
+
 def test_synth_refuses_a_negative_index_threshold(capsys, tmp_path) -> None:
     argv = ["store", "synth", "--out", str(tmp_path / "s"), "--level", "3", "--cells", "10", "--index-flat-max", "-1"]
     assert _refused(capsys, argv).endswith(
@@ -370,3 +394,18 @@ def test_train_and_evaluate_refuse_counts_below_their_floor(capsys, tmp_path, ar
     """`train --stop-after -1` ran 0 steps and exited 0."""
     assert _refused(capsys, [*argv, "--out", str(tmp_path / "out")]).endswith(says)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "option, says",
+    [
+        (["--image-size", "100000"], "argument --image-size: must be an integer from 8 to 1024, not '100000'"),
+        (["--image-size", "4"], "argument --image-size: must be an integer from 8 to 1024, not '4'"),
+        (["--seed", "-1"], "argument --seed: must be an integer of at least 0, not '-1'"),
+    ],
+)
+def test_corpus_build_refuses_sizes_before_any_work(capsys, tmp_path, option, says) -> None:
+    """--image-size 100000 passed (only >= 8 was checked) and started acquiring the assets, bound
+    for 30 GB of memory a cell image; --seed -1 would have failed in numpy after the clip bank."""
+    assert _refused(capsys, ["corpus", "build", "--out", str(tmp_path / "corpus"), *option]).endswith(says)
+    assert not (tmp_path / "corpus").exists()
