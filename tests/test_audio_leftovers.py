@@ -155,3 +155,32 @@ def test_a_truncated_mp3_read_for_a_front_end_is_its_whole_decode(rate, front_en
     assert np.all(np.isfinite(np.asarray(read)))
     expected = front_end.features(resample(whole, whole_rate, front_end.sample_rate))
     np.testing.assert_array_equal(waveform_features(front_end, read, read_rate), expected)
+
+
+# 4. a sample rate no recording of sound has ------------------------------------------------------
+
+
+def wav(seconds_or_frames: int, rate: int) -> bytes:
+    out = io.BytesIO()
+    soundfile.write(out, signal(seconds_or_frames / rate, rate), rate, format="WAV")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("rate", [1, 7, 999])
+def test_a_sample_rate_below_any_recording_of_sound_is_refused_in_a_sentence(rate):
+    """A 20 KB WAV whose header says 1 Hz (10,000 samples: 2.8 hours) read for CLAP took 71 s and
+    4.7 GB (each of its ~2,000 windows resampled 48,000-fold); a larger one ran training out of
+    memory. No recording of sound has such a rate: a damaged header, or other data in a WAV."""
+    data = wav(10_000, rate)
+    for front_end in (None, ClapFusionSpec()):
+        with pytest.raises(AudioDecodeError, match=f"its sample rate is {rate} Hz, below"):
+            if front_end is None:
+                decode_audio(data)
+            else:
+                with decoding_for(front_end):
+                    decode_audio(data)
+
+
+def test_the_lowest_rate_of_sound_is_read():
+    wave, rate = decode_audio(wav(2000, 1000))
+    assert rate == 1000 and len(wave) == 2000
