@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from model.data import DataError
+from model.readers.common import When, parse_when
 from tests.test_own_data_audit import folder, rows
 from tests.test_readers_leftovers import when_columns
 
@@ -106,3 +107,20 @@ def test_a_coordinate_no_person_writes_skips_its_row_with_the_reason(tmp_path, c
 def test_numbers_as_exports_write_them_are_read(tmp_path, lat, gsd, expected):
     places = kept_places(tmp_path, lat, gsd)
     assert places[0][0] == pytest.approx(expected) and places[0][2] == pytest.approx(float(gsd))
+
+
+# 4. an offset no clock keeps -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["2022-06-30T06:30:00+25:00", "06:30-24:00", "2022-06-30 06:30 GMT+99"])
+def test_an_offset_of_a_day_or_more_is_an_unreadable_time_not_pythons_words(text):
+    """dateutil reads '+25:00' and datetime refused the offset when asked for it: the csv row was
+    skipped as 'offset must be a timedelta strictly between -timedelta(hours=24) and ...', and a
+    GeoSound or SoundingEarth sample, whose unreadable date is unknown, was lost as unreadable."""
+    assert parse_when(text) == When(None, None)
+
+
+def test_a_row_with_an_offset_of_a_day_or_more_is_skipped_as_an_unreadable_datetime(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert when_columns(tmp_path, "offset", [("2022-06-30T06:30:00+25:00", "", ""), ("", "5", "")]) == [(5, None)]
+    assert "unreadable datetime ...: 1 (" in caplog.text

@@ -164,6 +164,7 @@ def _parse_when(text: str, dayfirst: bool, fuzzy: bool) -> When:
             cleaned = text[: junk.start()]
     try:
         (first, skipped_word), (second, _) = (_parse(cleaned, d, dayfirst, fuzzy) for d in _SENTINELS)
+        offset = first.utcoffset()  # dateutil reads '+25:00', which datetime refuses here: no clock keeps it
     except (ValueError, OverflowError):
         return When(None, None)
     month = first.month if first.month == second.month else None
@@ -171,7 +172,7 @@ def _parse_when(text: str, dayfirst: bool, fuzzy: bool) -> When:
         month = None
     if first.hour != second.hour or first.minute != second.minute:
         return When(month, None)
-    hour, offset = first.hour + first.minute / 60.0, first.utcoffset()
+    hour = first.hour + first.minute / 60.0
     day = first.date() if first.date() == second.date() else None  # else the day (or year) is a sentinel's
     if offset is None:
         return When(month, hour, day=day)
