@@ -17,7 +17,7 @@ from store.index import FLAT_MAX
 from store.npy import GrowingNpy
 from store.reader import check_level_files, read_manifest
 from store.verify import check_checksums
-from store.writer import check_output, finish_store, writer_lock
+from store.writer import check_output, finish_store, no_room_said, writer_lock
 
 CHUNK_ROWS = 65536
 SAME_RUN_KEYS = ("bundle_id", "imagery", "plan", "bounds")
@@ -86,7 +86,7 @@ def merge(shards: list[str | Path], out: str | Path, *, overwrite: bool = False,
     for path, manifest in ordered:
         _check_shard_files(path, manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with writer_lock(out):
+    with writer_lock(out), no_room_said(out, "run the merge again"):
         check_output(out, overwrite)  # again, under the lock: another writer may have finished it
         for stale in out.parent.glob(f".{out.name}.merge-*"):  # a killed merge's; none runs but this one
             shutil.rmtree(stale, ignore_errors=True)

@@ -27,7 +27,7 @@ from runtime.tiles import tile_centres
 from store.format import FUSION_KINDS, LevelArrays, fusion_sets
 from store.imagery_ref import relative_to_store
 from store.index import FLAT_MAX
-from store.writer import PartialStore, check_output, finish_store
+from store.writer import PartialStore, check_output, finish_store, no_room_said
 
 FusionSet = tuple[str, int | None, int | None]
 Batch = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # (first plan position, codes, x, y)
@@ -299,11 +299,13 @@ def execute(
         for line in left_out_lines(imagery, plan, bundle.image_size, options.max_upsample):
             tqdm.write(line, file=sys.stderr)
     key = run_key(imagery, bundle, plan, options)
-    work = PartialStore(out, key, options.batch or default_batch(bundle), discard_other=overwrite, overwrite=overwrite)
-    try:
-        return _embed_and_finish(imagery, bundle, plan, out, options, key, work, progress)
-    finally:
-        work.close()
+    with no_room_said(out, "run the same command again: it resumes where it stopped"):
+        batch = options.batch or default_batch(bundle)
+        work = PartialStore(out, key, batch, discard_other=overwrite, overwrite=overwrite)
+        try:
+            return _embed_and_finish(imagery, bundle, plan, out, options, key, work, progress)
+        finally:
+            work.close()
 
 
 def _embed_and_finish(

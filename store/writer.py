@@ -7,6 +7,7 @@ result equals an uninterrupted run's."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -63,6 +64,26 @@ def writer_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         unlock_file(path, handle)
+
+
+# What a write that finds no room fails with: a full disk, a full quota, a file-size limit.
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def no_room_said(out: Path, rerun: str) -> Iterator[None]:
+    """A write of the store at `out` that finds no room stops in a sentence (StoreError): what
+    was written is kept (the rows committed so far, or the store already there), and `rerun`
+    says how to go on once there is room."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_ROOM:
+            raise
+        raise StoreError(
+            f"cannot write {out}: {exc.strerror} (a full disk, a quota or a file-size limit); what was "
+            f"written is kept: make room and {rerun}"
+        ) from None
 
 
 class LevelWriter:

@@ -5,10 +5,12 @@ mixes two stores, and a rerun finishes the store an uninterrupted run writes."""
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +177,28 @@ def test_a_run_killed_at_any_point_resumes_to_the_uninterrupted_store(
     assert_same_store(out, killed_reference)
     assert not list(out.rglob(".*")), "a killed write's temporary file went into the store"
     verify_store(Store(out))
+
+
+def _limited_to(size: int) -> Callable[[], None]:
+    """A child's set-up: no file it writes may grow past `size` bytes (write() then fails with
+    EFBIG, as a full disk fails with ENOSPC)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_in_a_sentence_and_a_rerun_resumes(
+    killed_reference, store_path, imagery_path, bundle_path, tmp_path
+):
+    out = tmp_path / "store"
+    shutil.copytree(store_path, out)
+    old = Store(out).id
+    argv = [sys.executable, "-m", "cli.main", *_argv(imagery_path, bundle_path, out), "--overwrite"]
+    full = subprocess.run(argv, capture_output=True, text=True, preexec_fn=_limited_to(1000))
+    said = [line for line in full.stderr.splitlines() if not line.startswith("WARNING clustering")]  # faiss's
+    assert full.returncode == 2 and len(said) == 1, full.stderr
+    assert f"cannot write {out}: File too large" in full.stderr and "resumes" in full.stderr, full.stderr
+    assert Store(out).id == old  # the store already there is untouched
+    verify_store(Store(out))
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0 and ", resumed)" in done.stdout, done.stderr
+    assert_same_store(out, killed_reference)
