@@ -38,6 +38,7 @@ from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.psm import META_KEYS, PSMModel, preprocessing
 from model.stopping import Abandoned
 from runtime.contract import META_TOKENS
+from runtime.errors import UserError
 
 RECALL_FRACTION = 0.1
 DEFINITION = (
@@ -224,6 +225,7 @@ def repeats_clips(audio: Gaussians) -> bool:
 def metrics(emb: SplitEmbeddings, probabilistic: bool, oracle_caption: bool = True) -> dict:
     """{group: {condition: retrieval metrics}} for every level present and "all" (or, where the
     split repeats clips across levels, "levels_mean" instead: no gallery holds a clip twice)."""
+    _check_finite(emb)
     groups = {"all": np.arange(len(emb.levels))}
     for level in sorted({lv for lv in emb.levels if lv is not None}):
         groups[f"level_{level}"] = np.flatnonzero(emb.levels == level)
@@ -245,6 +247,20 @@ def metrics(emb: SplitEmbeddings, probabilistic: bool, oracle_caption: bool = Tr
     if repeated:
         out["levels_mean"] = _mean_of(list(out.values()))
     return out
+
+
+def _check_finite(emb: SplitEmbeddings) -> None:
+    """Refuse embeddings that hold a NaN or an infinity: a NaN score is neither above nor equal to
+    the true match's, so true_match_ranks ranked every such match 0.5, and the metrics read as perfect."""
+    sides = [*emb.sat.values(), emb.audio, *([emb.text] if emb.text is not None else [])]
+    bad = np.zeros(len(emb.levels), dtype=bool)
+    for side in sides:
+        bad |= ~np.isfinite(side.raw).all(1) | ~np.isfinite(side.logvar).all(1)
+    if bad.any():
+        raise UserError(
+            f"the model's embeddings of {int(bad.sum())} of {len(bad)} samples are not finite (NaN or inf), so they "
+            "cannot be ranked: its weights have diverged (train again with a lower train.lr)"
+        )
 
 
 def _mean_of(results: list[dict]) -> dict:

@@ -31,7 +31,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from model.checkpoint import read_trained_parts
+from model.checkpoint import check_finite, read_trained_parts
 from model.config import ModelConfig
 from model.nn.psm import PSMModel
 from model.quantize import quantize_per_token
@@ -306,6 +306,7 @@ def export_bundle(
     progress: a line on stderr per graph exported and checked."""
     out = Path(out)
     cfg = model.cfg
+    check_finite({**model.state_dict(), "calibration": torch.tensor(calibration)}, "the model to export")
     vocab: dict = {"source": list(cfg.sources), "caption_source": list(cfg.caption_sources)}
     if source_descriptions:
         vocab["source_descriptions"] = described_sources(list(cfg.sources), source_descriptions)
@@ -328,19 +329,19 @@ def export_bundle(
             checks = _checks(model, graph, module, inputs[graph])
             _export_graph(model, module, graph, args, tmp / GRAPH_FILES[graph])
             parity[graph] = _parity(tmp / GRAPH_FILES[graph], checks, graph, relative=False)
-            if parity[graph] > PARITY_TOLERANCE:
+            if not parity[graph] <= PARITY_TOLERANCE:  # NaN too
                 raise RuntimeError(f"{graph} graph: onnxruntime differs from torch by {parity[graph]:.2e}")
             if fp16:
                 _to_fp16(tmp / GRAPH_FILES[graph], tmp / FP16_GRAPH_FILES[graph])
                 parity16[graph] = _parity(tmp / FP16_GRAPH_FILES[graph], checks, graph, relative=True)
-                if parity16[graph] > FP16_RELATIVE_TOLERANCE:
+                if not parity16[graph] <= FP16_RELATIVE_TOLERANCE:
                     raise RuntimeError(f"{graph} fp16 graph: differs from torch by {parity16[graph]:.2e} (relative)")
             if int8 and graph in INT8_GRAPHS:
                 _to_int8(tmp / GRAPH_FILES[graph], tmp / INT8_GRAPH_FILES[graph])
                 parity8[graph] = _int8_parity(tmp / INT8_GRAPH_FILES[graph], checks, graph)
                 if (
-                    parity8[graph]["min_cosine"] < INT8_MIN_COSINE
-                    or parity8[graph]["max_rel_diff"] > INT8_RELATIVE_TOLERANCE
+                    not parity8[graph]["min_cosine"] >= INT8_MIN_COSINE
+                    or not parity8[graph]["max_rel_diff"] <= INT8_RELATIVE_TOLERANCE
                 ):
                     raise RuntimeError(f"{graph} int8 graph: too far from torch ({parity8[graph]})")
             if not progress:

@@ -53,7 +53,7 @@ from model.init_from import check_model, load_calibration, load_initial, read_in
 from model.nn.losses import PAIRS, build_loss, pair_losses, total_loss
 from model.nn.psm import META_KEYS, PSMModel, preprocessing
 from model.stopping import Abandoned, Interrupted, StopSignals, ValidationVote
-from runtime.errors import UsageError
+from runtime.errors import UsageError, UserError
 from runtime.files import atomic_write, lock_file, unlock_file
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,9 @@ class Optimisation:
         embeddings = {side: (gather(mu.float(), d), gather(lv.float(), d)) for side, (mu, lv) in embeddings.items()}
         parts = pair_losses(self.loss_fn, embeddings, cfg.loss.weights)
         loss = total_loss(parts, cfg.loss.weights)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # every rank computes the same loss of the gathered batch
+            raise Diverged(value, step + 1, cfg)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if d.active and not whole:
@@ -169,7 +172,7 @@ class Optimisation:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.step()
-        return {"loss": float(loss.detach()), **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
+        return {"loss": value, **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
 
     def _sync(self, whole: bool) -> AbstractContextManager:
         """DDP's gradient sync when every side the loss reads is in the batch; otherwise none (the
@@ -191,6 +194,20 @@ class Optimisation:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
+
+
+class Diverged(UserError):
+    """A step whose loss is NaN or infinite: the weights have diverged, and every later step and
+    validation would carry NaNs (a best.pt of them scored as perfect). The run stops before the step
+    changes the weights; the checkpoints written before it stay as they are."""
+
+    def __init__(self, loss: float, step: int, cfg: TrainConfig):
+        clip = f", train.grad_clip {cfg.grad_clip:g}" if cfg.grad_clip is not None else ""
+        super().__init__(
+            f"the loss is {loss:g} at step {step}, so training stopped before that step's update: the weights "
+            f"have diverged (train.lr {cfg.lr:g}{clip}); lower train.lr{'' if clip else ' or set train.grad_clip'} "
+            "and start a new run (another --out; the checkpoints written before this step are kept)"
+        )
 
 
 # The batch keys of each side a step embeds, and the modules (PSMModel's) only that side runs.
