@@ -525,6 +525,18 @@ def non_finite(wave: np.ndarray | SparseWave) -> int:
     return int(np.count_nonzero(~np.isfinite(wave.held if isinstance(wave, SparseWave) else wave)))
 
 
+# The largest sample a recording's decode holds: 1 as written, 2^31 in a float file scaled as
+# 32-bit integers. A float file holding other data can reach 1e20 (finite): the log-mel front end's
+# power overflowed float32 from ~1e17, its features were infinite and training stopped as diverged.
+MAX_AMPLITUDE = 1e12
+
+
+def peak(wave: np.ndarray | SparseWave) -> float:
+    """The largest magnitude of a decoded waveform's samples (of a SparseWave, those read); 0 for none."""
+    samples = wave.held if isinstance(wave, SparseWave) else np.asarray(wave)
+    return float(max(samples.max(initial=0.0), -samples.min(initial=0.0)))
+
+
 def _mono(frames: np.ndarray) -> np.ndarray:
     return frames.mean(axis=1)
 

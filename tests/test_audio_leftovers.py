@@ -184,3 +184,32 @@ def test_a_sample_rate_below_any_recording_of_sound_is_refused_in_a_sentence(rat
 def test_the_lowest_rate_of_sound_is_read():
     wave, rate = decode_audio(wav(2000, 1000))
     assert rate == 1000 and len(wave) == 2000
+
+
+# 5. float samples far beyond any audio's ---------------------------------------------------------
+
+
+def float_wav(path, amplitude: float) -> None:
+    wave = signal(1.0, 16000) * np.float32(amplitude / 0.5)
+    soundfile.write(path, wave, 16000, format="WAV", subtype="FLOAT")
+
+
+def csv_source(root) -> CsvFolderSource:
+    row = Row(2, "k", 45.5, 5.5, None, None, None, "loud.wav", None, None, None, None, 7)
+    return CsvFolderSource([row], CsvFolderConfig(root=str(root), imagery="unused.tif"), 16)
+
+
+@pytest.mark.parametrize("amplitude", [1e13, 1e20, 1e30])
+def test_a_float_file_whose_samples_are_no_audio_is_a_skipped_sample_saying_why(tmp_path, amplitude):
+    """A float WAV holding other data (samples up to 1e20, all finite) made the log-mel front end's
+    features infinite, so training stopped as 'diverged' (a NaN loss) without naming the file."""
+    float_wav(tmp_path / "loud.wav", amplitude)
+    with pytest.raises(BadSample, match=r"its samples reach .*: a float file holding other data"):
+        csv_source(tmp_path).get(0, without=frozenset({"image"}))
+
+
+@pytest.mark.parametrize("amplitude", [1.0, 32768.0, 2.0**31])  # as written, and scaled as 16- or 32-bit integers
+def test_a_loud_float_file_is_read(tmp_path, amplitude):
+    float_wav(tmp_path / "loud.wav", amplitude)
+    sample = csv_source(tmp_path).get(0, without=frozenset({"image"}))
+    assert len(sample.audio) == 16000
