@@ -72,10 +72,19 @@ def reads_as_int(text: str) -> bool:
     return True
 
 
+def true_or_false(value: object) -> object:
+    """`value` if it is no text or is true or false, as a client serialises OpenAPI's boolean;
+    pydantic alone also reads 1, yes, on, t, y (0, no, off, f, n) in any case."""
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise PydanticCustomError("bool_parsing", "Input should be true or false")
+    return value
+
+
 # Last in a parameter's Annotated, after its Query(ge, le): before them, pydantic could not apply
 # the range to the integer's own schema, and OpenAPI published `ge`/`le` for minimum/maximum.
 DIGITS = BeforeValidator(decimal_digits)
 Integer = Annotated[int, DIGITS]  # a path part (z, x, y)
+TRUE_OR_FALSE = BeforeValidator(true_or_false)
 UNSUPPORTED = {
     "colormap": "pick a named colormap with colormap_name (GET /colormaps lists them)",
     "expression": "a tile has one value per pixel, chosen with layer=contrast, layer=heatmap or layer=uncertainty",
@@ -253,6 +262,7 @@ class SearchParams(PointParams):
             "the level (a fusion of the whole level: slower on large levels) instead of the "
             "candidates that stored rankings near the request name (docs/api.md)."
         ),
+        TRUE_OR_FALSE,
     ] = False
     rank_by: Annotated[
         Literal["score", "contrast"],

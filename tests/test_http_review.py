@@ -44,3 +44,26 @@ def test_a_control_character_in_a_text_is_refused(client, char):
 def test_tabs_and_newlines_are_still_spaces(client):
     plain = client.get(TILE, params={"q": "rain on a roof"}).headers["etag"]
     assert client.get(TILE, params={"q": "rain\ton a\r\nroof"}).headers["etag"] == plain
+
+
+@pytest.mark.parametrize("value", ["1", "0", "yes", "no", "on", "off", "t", "f", "y", "n", "TRUE", "False", " true"])
+def test_a_boolean_is_written_true_or_false(client, value):
+    """OpenAPI publishes /search's exact as a boolean, which a client serialises true or false;
+    pydantic alone also took 1, yes, on, t, y and their capitals (and 0, no, off, f, n): a dozen
+    URLs of one search."""
+    assert refused(client.get("/search", params={"q": "rain", "exact": value})) == (
+        f"exact must be true or false, not {value!r}"
+    )
+
+
+def test_every_boolean_parameter_is_exact(client):
+    """exact is the only boolean parameter (a new one needs the rule too)."""
+    booleans = {
+        (path, parameter["name"])
+        for path, operations in client.get("/openapi.json").json()["paths"].items()
+        for parameter in operations.get("get", {}).get("parameters", [])
+        if parameter["schema"].get("type") == "boolean"
+    }
+    assert booleans == {("/search", "exact")}
+    for value in ("true", "false"):
+        assert client.get("/search", params={"q": "rain", "exact": value}).status_code == 200
