@@ -5,6 +5,7 @@ to the store being written. A killed run resumes where it stopped (store/writer.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import deque
@@ -17,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from precompute.cells import CellImagery
-from precompute.device import bundle_device, default_batch
+from precompute.device import CUDA, bundle_device, default_batch
 from precompute.plan import LevelPlan, Plan, PlanError, Region, intersect
 from runtime.bundle import Bundle
 from runtime.imagery import LEAVE_OUT_FACTOR, CellImage, Imagery
@@ -231,6 +232,21 @@ def run_key(imagery: Imagery, bundle: Bundle, plan: Plan, options: RunOptions) -
     }
 
 
+def resume_key(imagery: Imagery, bundle: Bundle, key: dict) -> dict:
+    """The run's key and what else decides the cells it adds, for an unfinished run to be resumed
+    only by a run that embeds its remaining cells as it embedded the first (never mixed): each
+    local imagery file's size and modification time (a file rewritten at the same place, as a
+    reprocessed scene is) and the graphs (CUDA's float16 ones or the CPU's float32). Neither goes
+    into the manifest: the store's id stays its content's."""
+    stamps = {
+        asset.path: [os.stat(asset.path).st_size, os.stat(asset.path).st_mtime_ns]
+        for asset in imagery.assets
+        if os.path.isfile(asset.path)
+    }
+    provider = "CUDA" if bundle.providers[0] == CUDA else "CPU"
+    return {**key, "imagery_files": stamps, "graphs": f"{bundle.precision} graphs on the {provider} provider"}
+
+
 def left_out_lines(imagery: Imagery, plan: Plan, size: int, max_upsample: float) -> list[str]:
     """A line per planned level that leaves a mosaic's files out, for the run to say so."""
     return [
@@ -301,7 +317,7 @@ def execute(
     key = run_key(imagery, bundle, plan, options)
     with no_room_said(out, "run the same command again: it resumes where it stopped"):
         batch = options.batch or default_batch(bundle)
-        work = PartialStore(out, key, batch, discard_other=overwrite, overwrite=overwrite)
+        work = PartialStore(out, resume_key(imagery, bundle, key), batch, discard_other=overwrite, overwrite=overwrite)
         try:
             return _embed_and_finish(imagery, bundle, plan, out, options, key, work, progress)
         finally:

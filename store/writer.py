@@ -86,6 +86,33 @@ def no_room_said(out: Path, rerun: str) -> Iterator[None]:
         ) from None
 
 
+# The parts of a run's key (precompute.run.resume_key) in words, in the order they are compared.
+_KEY_WORDS = {
+    "bundle_id": "its bundle",
+    "imagery": "its imagery or how it is read",
+    "plan": "its levels, area or fusions",
+    "shard": "its shard",
+    "left_out_beyond_upsample": "its --max-upsample",
+    "graphs": "the graphs it ran",
+    "imagery_files": "its imagery files",
+}
+
+
+def key_difference(old: dict, new: dict) -> str:
+    """The first part of an unfinished run's key that differs from this run's, in words."""
+    name = next(k for k in [*_KEY_WORDS, *sorted(set(old) | set(new))] if old.get(k) != new.get(k))
+    was, now = old.get(name), new.get(name)
+    if was is None:
+        return f"it recorded no {name}: an older version started it"
+    if name == "graphs":
+        return f"it ran {was}, not {now}"
+    if name == "imagery_files":
+        files: dict = now or {}
+        changed = [p for p in files if was.get(p) != files[p]] + [p for p in was if p not in files]
+        return f"imagery file {changed[0]} changed since it started"
+    return f"{_KEY_WORDS.get(name, name)} differs"
+
+
 class LevelWriter:
     """Appends one level's cells (and their precomputed fusions) to growing .npy files."""
 
@@ -145,8 +172,9 @@ class PartialStore:
         if state is not None and state["key"] != key:
             if not discard_other:
                 raise StoreError(
-                    f"{self.dir} holds an unfinished run of another plan, bundle or shard; "
-                    "rerun that command to finish it, or pass --overwrite to discard it"
+                    f"{self.dir} holds an unfinished run of another plan, bundle or shard "
+                    f"({key_difference(state['key'], key)}); rerun that command to finish it, or pass "
+                    "--overwrite to discard it"
                 )
             state = None
         if state is None:
