@@ -426,16 +426,20 @@ def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray | SparseWave, i
     """(mono float32 waveform, sample rate) of an audio file or its bytes; inside `decoding_for`,
     the part its front end reads (`_kept`): a SparseWave of a long recording for CLAP's fusion."""
     front_end = _DECODING.get()
+    wave: np.ndarray | SparseWave
     try:
         with soundfile.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as f:
             _check_rate(int(f.samplerate))
             if f.format == "OGG":
                 _check_one_ogg_stream(source)
             if front_end is None:
-                return _mono(_every_frame(f)), int(f.samplerate)
-            return _kept(f, front_end), front_end.sample_rate
+                wave, rate = _mono(_every_frame(f)), int(f.samplerate)
+            else:
+                wave, rate = _kept(f, front_end), front_end.sample_rate
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioDecodeError(f"cannot decode audio: {exc}") from None
+    _check_amplitude(wave)
+    return wave, rate
 
 
 # The lowest sample rate a recording of sound has (telephony's is 8000 Hz; 1000 Hz still keeps
@@ -531,10 +535,17 @@ def non_finite(wave: np.ndarray | SparseWave) -> int:
 MAX_AMPLITUDE = 1e12
 
 
-def peak(wave: np.ndarray | SparseWave) -> float:
-    """The largest magnitude of a decoded waveform's samples (of a SparseWave, those read); 0 for none."""
-    samples = wave.held if isinstance(wave, SparseWave) else np.asarray(wave)
-    return float(max(samples.max(initial=0.0), -samples.min(initial=0.0)))
+def _check_amplitude(wave: np.ndarray | SparseWave) -> None:
+    """AudioDecodeError where a decode's samples (of a SparseWave, those read) reach past
+    MAX_AMPLITUDE; NaN and infinities are the callers' to refuse (non_finite)."""
+    samples = wave.held if isinstance(wave, SparseWave) else wave
+    finite = samples[np.isfinite(samples)] if non_finite(wave) else samples
+    loudest = float(max(finite.max(initial=0.0), -finite.min(initial=0.0)))
+    if loudest > MAX_AMPLITUDE:
+        raise AudioDecodeError(
+            f"its samples reach {loudest:.3g}, where audio's are at most 1 (2.1e9 scaled as 32-bit integers): "
+            "a float file holding other data?"
+        )
 
 
 def _mono(frames: np.ndarray) -> np.ndarray:

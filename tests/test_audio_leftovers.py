@@ -213,3 +213,14 @@ def test_a_loud_float_file_is_read(tmp_path, amplitude):
     float_wav(tmp_path / "loud.wav", amplitude)
     sample = csv_source(tmp_path).get(0, without=frozenset({"image"}))
     assert len(sample.audio) == 16000
+
+
+def test_an_upload_whose_samples_are_no_audio_is_refused_saying_why(bundle_path, store_path):
+    """POST /queries of such a WAV answered 500 (its uncertainty was NaN: 'Out of range float values
+    are not JSON compliant')."""
+    out = io.BytesIO()
+    soundfile.write(out, signal(1.0, 16000) * np.float32(2e20), 16000, format="WAV", subtype="FLOAT")
+    answer = make_client(bundle_path, store_path).post(
+        "/queries", content=out.getvalue(), headers={"Content-Type": "audio/wav"}
+    )
+    assert 400 <= answer.status_code < 500 and "its samples reach" in answer.text, answer.text

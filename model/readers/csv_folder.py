@@ -37,7 +37,7 @@ from model.config import ConfigError, Section, from_section
 from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
 from model.readers.common import When, at_place, check_place, content_hash, decode_image, fit_image, parse_when
 from model.readers.csv_table import Table, read_table
-from runtime.audio import MAX_AMPLITUDE, AudioDecodeError, SparseWave, decode_audio, non_finite, peak
+from runtime.audio import AudioDecodeError, SparseWave, decode_audio, non_finite
 from runtime.imagery_checks import check_bands, check_rescale
 from runtime.tiles import EARTH_CIRCUMFERENCE_M, MERCATOR_LAT_LIMIT, Footprint
 
@@ -558,13 +558,6 @@ class CsvFolderSource:
         bad = non_finite(wave)
         if bad:  # a float file can hold them; one makes every feature of the clip, and the loss, NaN
             raise BadSample(str(path), f"{bad} of its samples are NaN or infinite")
-        loudest = peak(wave)
-        if loudest > MAX_AMPLITUDE:  # finite, but its features would not be (runtime.audio.MAX_AMPLITUDE)
-            raise BadSample(
-                str(path),
-                f"its samples reach {loudest:.3g}, where audio's are at most 1 (2.1e9 scaled as 32-bit integers): "
-                "a float file holding other data?",
-            )
         return wave, rate
 
     def _image(self, row: Row, where: str) -> tuple[np.ndarray, float]:
