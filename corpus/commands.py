@@ -12,7 +12,7 @@ from pathlib import Path
 from corpus.assets import ASSETS, acquire, ensure
 from corpus.build import MAX_IMAGE_SIZE
 from corpus.errors import CorpusError
-from runtime.arguments import integer_in, number_above
+from runtime.arguments import integer_in, number_above, seed_argument
 
 DEFAULT_OUT = "data/corpus"
 DEFAULT_ASSETS = "data/assets"
@@ -177,7 +177,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=2.4,
         help="seconds of audio per sample (default 2.4: one block of the aisfx tower, as configs/demo.yaml expects)",
     )
-    b.add_argument("--seed", type=integer_in(0), default=0, help="seed of the sample draw (default 0)")
+    b.add_argument("--seed", type=seed_argument(), default=0, help="seed of the sample draw (default 0)")
     b.add_argument("--audio-assets", help="comma-separated audio assets to use (default: all of them)")
     b.add_argument(
         "--max-town-layers",

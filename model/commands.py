@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from model.config import ConfigError
-from runtime.arguments import integer_in
+from runtime.arguments import integer_in, seed_argument
 from runtime.contract import GRAPH_FILES, MANIFEST_FILE, RECORD_FILE
 from runtime.errors import UsageError
 from runtime.files import file_sha256
@@ -384,7 +384,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="checkpoint written by soundscape train")
     p.add_argument("--weights", help="folder of trained parts written with --trained-parts (weights/demo)")
     p.add_argument("--config", help="YAML config with a model: section (random weights)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--seed", type=seed_argument(), default=0, help="seed of the random weights (default 0)")
     p.add_argument(
         "--metrics", help="JSON from soundscape evaluate to record as the test metrics (default: none recorded)"
     )

@@ -14,7 +14,7 @@ from precompute.merge import merge
 from precompute.plan import PlanError, Region, parse_bbox, parse_levels, parse_shard
 from precompute.ray_engine import KILL_ONCE_ENV, RayJob, absolute, import_ray, run_on_ray, shards_root
 from precompute.run import RunOptions, execute, left_out_lines, make_plan
-from runtime.arguments import integer_in, number_above, parsed_by
+from runtime.arguments import integer_in, number_above, parsed_by, seed_argument
 from runtime.errors import UsageError
 from runtime.imagery import Imagery, check_black_borders
 from runtime.imagery_checks import parse_bands, parse_rescale
@@ -25,6 +25,10 @@ from store.synth import SynthSpec, bundle_facts, synth_store
 from store.verify import verify_store
 
 FLAT_MAX_ARG = integer_in(0, note="0: every level gets an IVF index")
+FLAT_MAX_HELP = (
+    "levels with more cells get an IVF index, its nprobe tuned until "
+    f"{' and '.join(f'recall@{k}' for k in RECALL_KS)} reach {RECALL_TARGET} (default {FLAT_MAX:,})"
+)
 
 
 def _options(args: argparse.Namespace, plan_levels: list[int], readers: int) -> RunOptions:
@@ -299,10 +303,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--index-flat-max",
         type=FLAT_MAX_ARG,
         default=FLAT_MAX,
-        help=(
-            "levels with more cells get an IVF index, its nprobe tuned until "
-            f"{' and '.join(f'recall@{k}' for k in RECALL_KS)} reach {RECALL_TARGET} (default {FLAT_MAX:,})"
-        ),
+        help=FLAT_MAX_HELP,
     )
     p.add_argument(
         "--credit",
@@ -348,12 +349,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "merge",
         help="join the stores of all --shard i/n runs into one store",
         description="Join the stores written by `precompute --shard i/n` (all n of them) "
-        "into the store a single run would have written.",
+        "into the store a single run would have written. Every shard is checked first (one run, each "
+        "shard once, every file as its manifest records it); a damaged or missing one is named.",
     )
-    m.add_argument("shards", nargs="+", help="shard store directories")
+    m.add_argument("shards", nargs="+", help="the n shard store directories, in any order")
     m.add_argument("--out", required=True, help="store directory to write")
-    m.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
-    m.add_argument("--index-flat-max", type=FLAT_MAX_ARG, default=FLAT_MAX, help="as for precompute")
+    m.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing store at --out (only once the merged one is complete)",
+    )
+    m.add_argument("--index-flat-max", type=FLAT_MAX_ARG, default=FLAT_MAX, help=FLAT_MAX_HELP)
     p.set_defaults(handler=_precompute, action=None)
 
     s = sub.add_parser(
@@ -362,7 +368,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Inspect an embedding store written by `soundscape precompute`.",
     )
     checks = s.add_subparsers(dest="store_command", metavar="{info,verify,synth}", required=True)
-    info = checks.add_parser("info", help="levels, counts, index kinds, fusions and sizes")
+    info = checks.add_parser(
+        "info",
+        help="levels, counts, index kinds, fusions and sizes",
+        description="Print the store's id, bundle, imagery, plan and attribution, and per level its cells, "
+        "cells skipped for want of imagery, megabytes on disk, index (kind, lists, nprobe, recall) and "
+        "fusions. Opening checks the store cheaply (`store verify` checks everything); exit 2 naming the "
+        "problem when it is no sound store.",
+    )
     info.add_argument("store", help="store directory")
     info.set_defaults(handler=_info)
     verify = checks.add_parser(
@@ -386,8 +399,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--within", default="", help="quadkey whose descendants are the cells (default: the world)")
     synth.add_argument("--bundle", help="model bundle to pair with (its id and dims); default 64/96 dims, unpaired")
     synth.add_argument(
-        "--seed", type=int, default=0, help="the same seed and arguments give the same store (default 0)"
+        "--seed", type=seed_argument(), default=0, help="the same seed and arguments give the same store (default 0)"
     )
     synth.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
-    synth.add_argument("--index-flat-max", type=FLAT_MAX_ARG, default=FLAT_MAX, help="as for precompute")
+    synth.add_argument("--index-flat-max", type=FLAT_MAX_ARG, default=FLAT_MAX, help=FLAT_MAX_HELP)
     synth.set_defaults(handler=_synth)

@@ -36,6 +36,11 @@ def integer_in(least: int, most: int | None = None, note: str = "") -> Callable[
     return parse
 
 
+def seed_argument() -> Callable[[str], int]:
+    """A random seed: numpy and torch take 0 to 2**32 - 1 alike, so a seed outside it fails late."""
+    return integer_in(0, 2**32 - 1)
+
+
 def number_above(least: float, what: str = "a number") -> Callable[[str], float]:
     """A finite number above `least`; `what` names it ('a number of seconds')."""
 

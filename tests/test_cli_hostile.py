@@ -401,7 +401,8 @@ def test_train_and_evaluate_refuse_counts_below_their_floor(capsys, tmp_path, ar
     [
         (["--image-size", "100000"], "argument --image-size: must be an integer from 8 to 1024, not '100000'"),
         (["--image-size", "4"], "argument --image-size: must be an integer from 8 to 1024, not '4'"),
-        (["--seed", "-1"], "argument --seed: must be an integer of at least 0, not '-1'"),
+        (["--seed", "-1"], "argument --seed: must be an integer from 0 to 4294967295, not '-1'"),
+        (["--seed", "4294967296"], "argument --seed: must be an integer from 0 to 4294967295, not '4294967296'"),
     ],
 )
 def test_corpus_build_refuses_sizes_before_any_work(capsys, tmp_path, option, says) -> None:
