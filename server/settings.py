@@ -12,6 +12,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from redis.connection import parse_url
 
 from runtime.contract import PRECISIONS
 from runtime.errors import UserError
@@ -46,6 +47,12 @@ Count = Annotated[int, Field(ge=1)]
 CountOrZero = Annotated[int, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PositiveOrZero = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def _lowered(exc: Exception) -> str:
+    """redis-py's message as the rest of a sentence: 'Redis URL must ...' -> 'must ...'."""
+    text = str(exc).removeprefix("Redis URL ")
+    return text[:1].lower() + text[1:]
 
 
 class SettingsError(UserError, ValueError):
@@ -159,6 +166,17 @@ class Settings(EnvSettings):
         if value is not None and not PUBLIC_URL.fullmatch(value):
             raise ValueError(f"public URL {value!r} is not like https://tiles.example.org or http://host:port/prefix")
         return value.rstrip("/") if value is not None else None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        """Parsed as redis-py will parse it, so a bad URL stops `serve` rather than every worker."""
+        if value is not None:
+            try:
+                parse_url(value)
+            except ValueError as exc:
+                raise ValueError(f"Redis URL {value!r} (SOUNDSCAPE_REDIS_URL, --redis-url): {_lowered(exc)}") from None
+        return value
 
     @field_validator("precision")
     @classmethod
