@@ -342,7 +342,11 @@ def _rule(schema: dict, error_type: str) -> str:
             "boolean": "true or false",
         }.get(schema.get("type", ""), "a valid value")
         rule = _within(schema, kind)
-    return rule + (", written in decimal digits" if error_type == INTEGER_SPELLING else "")
+    return rule + (
+        ", written in plain decimal digits (no leading zero, sign, space or fraction)"
+        if error_type == INTEGER_SPELLING
+        else ""
+    )
 
 
 def _within(schema: dict, kind: str) -> str:

@@ -60,7 +60,7 @@ def decimal_digits(value: object) -> object:
     than decimal digits: refused, so that every number has one spelling (text that is no number
     at all is left to int's own refusal)."""
     if isinstance(value, str) and DECIMAL.fullmatch(value) is None and reads_as_int(value):
-        raise PydanticCustomError(INTEGER_SPELLING, "Input should be an integer written in decimal digits")
+        raise PydanticCustomError(INTEGER_SPELLING, "Input should be an integer written in plain decimal digits")
     return value
 
 

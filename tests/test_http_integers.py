@@ -12,6 +12,7 @@ import pytest
 
 from tests.server_support import make_client
 
+NOT_PLAIN = "no leading zero, sign, space or fraction"
 # A value each integer parameter takes, and the values that fill each route's other path parts.
 VALID = {"hour": 6, "month": 5, "tilesize": 512, "k": 5, "width": 64, "height": 8, "z": 1, "x": 1, "y": 0}
 PATH = {"tms": "WebMercatorQuad", "fmt": "npy", "lon": "10.5", "lat": "47.2", "name": "viridis"}
@@ -88,9 +89,15 @@ def test_integer_parameters_refuse_other_spellings_naming_the_parameter(client):
 def test_a_refused_spelling_says_how_to_write_the_number(client):
     answer = client.get("/tiles/WebMercatorQuad/1/1/0.png", params={"q": "birdsong", "tilesize": "512.0"})
     assert answer.status_code == 422
-    assert answer.json()["detail"] == "tilesize must be one of 256, 512, written in decimal digits, not '512.0'"
+    assert (
+        answer.json()["detail"]
+        == f"tilesize must be one of 256, 512, written in plain decimal digits ({NOT_PLAIN}), not '512.0'"
+    )
     answer = client.get("/tiles/WebMercatorQuad/1/1/0.png", params={"q": "birdsong", "hour": "06"})
-    assert answer.json()["detail"] == "hour must be an integer in 0..23, written in decimal digits, not '06'"
+    assert (
+        answer.json()["detail"]
+        == f"hour must be an integer in 0..23, written in plain decimal digits ({NOT_PLAIN}), not '06'"
+    )
     answer = client.get("/tiles/WebMercatorQuad/1/1/0.png", params={"q": "birdsong", "hour": "six"})
     assert answer.json()["detail"] == "hour must be an integer in 0..23, not 'six'"  # no number: no spelling
     answer = client.get("/tiles/WebMercatorQuad/1/1/0.png", params={"q": "birdsong", "hour": "9" * 4400})
