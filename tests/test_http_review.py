@@ -3,11 +3,13 @@ the open internet sees it"): each test failed before its fix."""
 
 from __future__ import annotations
 
+import json
+import socket
 import unicodedata
 
 import pytest
 
-from tests.server_support import LAND_TILE, make_client, refused
+from tests.server_support import LAND_TILE, live_server, make_client, refused
 
 Z, X, Y = LAND_TILE
 TILE = f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy"
@@ -67,3 +69,26 @@ def test_every_boolean_parameter_is_exact(client):
     assert booleans == {("/search", "exact")}
     for value in ("true", "false"):
         assert client.get("/search", params={"q": "rain", "exact": value}).status_code == 200
+
+
+def _raw_status(base: str, request: bytes) -> tuple[int, bytes]:
+    """The status and body of a raw request, sent as bytes so no client corrects it."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1]), answer.partition(b"\r\n\r\n")[2]
+
+
+def test_a_method_http_does_not_register_is_400_in_the_one_error_shape(bundle_path, store_path):
+    """docs/reliability.md says so of made-up methods and of `get` in lower case: a real uvicorn
+    with the hardened protocol answers them, and a registered method the route lacks is 405."""
+    with live_server(bundle_path, store_path) as base:
+        for method in (b"FOO", b"get", b"G3T", b"BREW"):
+            status, body = _raw_status(base, method + b" /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert status == 400, (method, status, body)
+            assert json.loads(body) == {"detail": "the request is not valid HTTP/1.1"}, body
+        status, _ = _raw_status(base, b"PROPFIND /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert status == 405
