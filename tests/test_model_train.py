@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,27 @@ def ddp_config(**changes) -> dict:
         train__checkpoint_every=3,
         **changes,
     )
+
+
+def run_ranks(cmd: list[str], out: Path) -> str:
+    """Run a multi-process training command writing to `out`, one torch thread a rank, and return
+    its stderr once it exits 0; a hung collective fails the test with its ranks killed."""
+    run = subprocess.Popen(
+        [*cmd, "--out", str(out), "--no-progress"],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = run.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)  # its ranks too, which a hung collective holds
+        pytest.fail(f"the processes hung: {run.communicate()[1][-3000:]}")
+    assert run.returncode == 0, stderr[-6000:]
+    return stderr
 
 
 def run_config(cfg: dict) -> RunConfig:

@@ -4,9 +4,6 @@ sync: a release that drops or renames it stopped every multi-process run with an
 from inside Optimisation. Removing the attribute here simulates such a release."""
 
 import logging
-import os
-import signal
-import subprocess
 import sys
 
 import pytest
@@ -18,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model.distributed import Dist, ddp
 from model.train import fit
-from tests.test_model_train import ROOT, ddp_config, run_config, weights
+from tests.test_model_train import ddp_config, run_config, run_ranks, weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PRIVATE = "_set_params_and_buffers_to_ignore_for_model"
@@ -101,23 +98,8 @@ def test_two_processes_without_the_private_call_train_as_one_process(tmp_path, l
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     script = tmp_path / "without_private.py"
     script.write_text(WITHOUT_PRIVATE, encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    run = subprocess.Popen(
-        [*cmd, "train", "--config", str(path), "--out", str(tmp_path / "two"), "--no-progress"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        _, stderr = run.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(run.pid, signal.SIGKILL)  # its ranks too
-        pytest.fail(f"the two processes hung: {run.communicate()[1][-3000:]}")
-    assert run.returncode == 0, stderr[-6000:]
+    stderr = run_ranks([*cmd, "train", "--config", str(path)], tmp_path / "two")
     assert stderr.count("instead (each step searches") == 1, stderr[-3000:]
     fit(run_config(cfg), tmp_path / "one", progress=False)
     two, one = weights(tmp_path / "two"), weights(tmp_path / "one")

@@ -4,7 +4,6 @@ with no DDP wrapper holding it, `--processes N` on fewer GPUs is refused at star
 MP3 recording is read after a seek near its crop."""
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -31,7 +30,7 @@ from runtime.audio import (
 from runtime.errors import UsageError
 from tests.test_model_frozen_cache import write_rows
 from tests.test_model_readers import image_bytes
-from tests.test_model_train import ROOT, config, ddp_config, run_config, weights
+from tests.test_model_train import ROOT, config, ddp_config, run_config, run_ranks, weights
 from tests.test_training_leftovers import stereo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -81,22 +80,7 @@ def test_two_processes_sync_the_parameters_the_loss_reads_as_one_process_trains(
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     cmd = [sys.executable, "-m", "cli.main", "train", "--processes", "2", "--config", str(path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.Popen(
-        [*cmd, "--out", str(tmp_path / "two"), "--no-progress"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        _, stderr = done.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(done.pid, signal.SIGKILL)  # its ranks too, which a hung collective holds
-        pytest.fail(f"the two processes hung: {done.communicate()[1][-3000:]}")
-    assert done.returncode == 0, stderr[-6000:]
+    stderr = run_ranks(cmd, tmp_path / "two")
     assert "find_unused_parameters" not in stderr and "reducer" not in stderr, stderr[-3000:]
     fit(run_config(cfg), tmp_path / "one", progress=False)
     two, one = weights(tmp_path / "two"), weights(tmp_path / "one")
