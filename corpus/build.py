@@ -380,11 +380,14 @@ def _bank(cfg: BuildConfig, folders: dict[str, Path], progress: bool):
 # Cells are cut from imagery of a few km a pixel; past this a cell image only costs memory
 # (20,000 samples of 1024 px RGB are 63 GB before any training).
 MAX_IMAGE_SIZE = 1024
+# 50x the demo's 20,000 (about 20 s to draw); past it a build is hours of mixing and its arrays
+# outgrow a machine's memory, so a slip of digits is refused before the assets are fetched.
+MAX_SAMPLES = 1_000_000
 
 
 def _check(cfg: BuildConfig) -> None:
-    if cfg.samples < 1:
-        raise CorpusError("--samples must be at least 1")
+    if not 1 <= cfg.samples <= MAX_SAMPLES:
+        raise CorpusError(f"--samples must lie in 1..{MAX_SAMPLES:,}")
     if not cfg.levels or min(cfg.levels) < 0 or max(cfg.levels) > 12:
         raise CorpusError("--levels must lie within 0..12 (e.g. 4-7)")
     if not 8 <= cfg.image_size <= MAX_IMAGE_SIZE or cfg.duration_s <= 0:

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from corpus.assets import ASSETS, acquire, ensure
-from corpus.build import MAX_IMAGE_SIZE
+from corpus.build import MAX_IMAGE_SIZE, MAX_SAMPLES
 from corpus.errors import CorpusError
 from runtime.arguments import integer_in, number_above, seed_argument
 
@@ -158,7 +158,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_IMAGERY,
         help=f"GeoTIFF the cells are cut from; Blue Marble is built there if missing (default {DEFAULT_IMAGERY})",
     )
-    b.add_argument("--samples", type=int, default=20000, help="number of samples to draw (default 20000)")
+    b.add_argument(
+        "--samples",
+        type=integer_in(1, MAX_SAMPLES),
+        default=20000,
+        help=f"number of samples to draw, at most {MAX_SAMPLES:,} (default 20000)",
+    )
     b.add_argument(
         "--levels",
         type=parse_levels,
@@ -181,7 +186,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--audio-assets", help="comma-separated audio assets to use (default: all of them)")
     b.add_argument(
         "--max-town-layers",
-        type=int,
+        type=integer_in(1),
         help="mix at most this many town sounds (traffic, trains, aircraft, market, industry, harbour) "
         "into one sample, the first drawn, so town sounds that share places are heard apart "
         "(an ablation: docs/demo-model.md; default: every one heard at the place)",

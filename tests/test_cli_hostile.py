@@ -403,10 +403,14 @@ def test_train_and_evaluate_refuse_counts_below_their_floor(capsys, tmp_path, ar
         (["--image-size", "4"], "argument --image-size: must be an integer from 8 to 1024, not '4'"),
         (["--seed", "-1"], "argument --seed: must be an integer from 0 to 4294967295, not '-1'"),
         (["--seed", "4294967296"], "argument --seed: must be an integer from 0 to 4294967295, not '4294967296'"),
+        (["--samples", str(10**20)], f"argument --samples: must be an integer from 1 to 1000000, not '{10**20}'"),
+        (["--samples", "0"], "argument --samples: must be an integer from 1 to 1000000, not '0'"),
+        (["--max-town-layers", "0"], "argument --max-town-layers: must be an integer of at least 1, not '0'"),
     ],
 )
 def test_corpus_build_refuses_sizes_before_any_work(capsys, tmp_path, option, says) -> None:
     """--image-size 100000 passed (only >= 8 was checked) and started acquiring the assets, bound
-    for 30 GB of memory a cell image; --seed -1 would have failed in numpy after the clip bank."""
+    for 30 GB of memory a cell image; --seed -1 would have failed in numpy after the clip bank;
+    --samples 10**20 started extracting 1.4 GB of assets before failing for want of memory."""
     assert _refused(capsys, ["corpus", "build", "--out", str(tmp_path / "corpus"), *option]).endswith(says)
     assert not (tmp_path / "corpus").exists()

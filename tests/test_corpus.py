@@ -338,10 +338,13 @@ def test_cli_explains_rules_and_rejects_bad_input(corpus_path, capsys):
     out = capsys.readouterr().out
     assert "dawn chorus" in out and all(name in out for name in sources.NAMES)
     assert '"landcover_name": "mixed forest"' in out and '"climate_name": "cold"' in out  # named, not only numbered
-    assert main(["corpus", "build", "--samples", "0", "--out", str(corpus_path)]) == 2
-    assert capsys.readouterr().err.strip() == "soundscape corpus: --samples must be at least 1"
-    assert main(["corpus", "build", "--max-town-layers", "0", "--out", str(corpus_path)]) == 2
-    assert capsys.readouterr().err.strip() == "soundscape corpus: --max-town-layers must be at least 1"
+    # The command line refuses these in argparse (tests/test_cli_hostile.py); build() itself too.
+    for change, said in [
+        ({"samples": 0}, "--samples must lie in 1..1,000,000"),
+        ({"max_town_layers": 0}, "--max-town-layers must be at least 1"),
+    ]:
+        with pytest.raises(CorpusError, match=said):
+            build(BuildConfig(out=corpus_path, assets=corpus_path, imagery=corpus_path, **change))
 
 
 def test_corpus_help_explains_itself():
