@@ -34,7 +34,9 @@ def test_a_form_text_whose_bytes_are_not_utf8_is_refused(client, text):
     r = post_form(client, text)
     assert r.status_code == 422, r.text
     assert r.json()["detail"].startswith("the form's 'text' is not UTF-8 text")
-    assert post_form(client, text.decode("latin-1").encode()).status_code == 201  # the same characters in UTF-8
+    # The same characters in UTF-8 are read; those holding a C1 control character are refused for it.
+    again = post_form(client, text.decode("latin-1").encode())
+    assert again.status_code == 201 or "control character" in again.json()["detail"], again.text
 
 
 @pytest.mark.parametrize("charset", ["iso-8859-1", "bogus", "utf-16", ""])
