@@ -9,9 +9,9 @@ its field. This module is torch-free: configs are read and validated before torc
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Self, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from runtime.audio import AisfxMelSpec, AudioFeatureSpec, ClapFusionSpec
@@ -27,16 +27,47 @@ Positive = Annotated[float, Field(gt=0.0)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]  # dropout probabilities
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam's moment decay
 AreaShare = Annotated[float, Field(gt=0.0, le=1.0)]  # a crop's share of the image's area
+# Upper ends of the sizes a config sets, far past any model trained here or published (ViT-22B is
+# 6144 wide and 48 blocks deep, BERT's vocabulary 30,522 words): a slip of digits is refused in a
+# sentence, not an overflow inside torch or a loop building 10**20 blocks. What fits the machine
+# is checked once the sizes are read (model.nn.psm.check_fits).
+Width = Annotated[int, Field(ge=1, le=16384)]
+Depth = Annotated[int, Field(ge=0, le=128)]
+Heads = Annotated[int, Field(ge=1, le=256)]
+Tokens = Annotated[int, Field(ge=1, le=8192)]
+BertTokens = Annotated[int, Field(ge=1, le=512)]  # MiniLM's and CLAP's text encoders have 512 positions
 
 
 class ConfigError(UserError, ValueError):
     """A config section has an unknown, missing or ill-typed key; the message names it."""
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+INT64_MAX = 2**63 - 1
+
+
+def representable(value: Any) -> Any:
+    """`value`, where each number in it fits what it becomes (torch's float32, numpy's int64):
+    1e300 for a float key, or 10**20 for a count, overflowed deep inside torch or numpy."""
+    numbers = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    for number in numbers:
+        if isinstance(number, float) and abs(number) > FLOAT32_MAX:
+            raise ValueError(f"{number!r} is past what float32 holds (about 3.4e38)")
+        if isinstance(number, int) and not isinstance(number, bool) and abs(number) > INT64_MAX:
+            raise ValueError(f"{number!r} is past what a 64-bit integer holds")
+    return value
+
+
 class Section(BaseModel):
-    """A config section: unknown keys refused, values of exactly the declared types."""
+    """A config section: unknown keys refused, values of exactly the declared types, every
+    number one that torch and numpy can hold."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _representable(cls, value: Any) -> Any:
+        return representable(value)
 
     def to_dict(self) -> dict:
         return self.model_dump()
@@ -45,12 +76,12 @@ class Section(BaseModel):
 class ImageConfig(Section):
     """ViT with the GSD positional embedding (GSDPE), mean-pooled, then a projector."""
 
-    size: Count = 64
-    patch: Count = 8
-    width: Count = 96
-    depth: NonNegative = 2
-    heads: Count = 4
-    mlp_ratio: Positive = 4.0
+    size: Annotated[int, Field(ge=1, le=4096)] = 64
+    patch: Annotated[int, Field(ge=1, le=4096)] = 8
+    width: Width = 96
+    depth: Depth = 2
+    heads: Heads = 4
+    mlp_ratio: Annotated[float, Field(gt=0.0, le=64.0)] = 4.0
     dropout: Share = 0.0
     # GSDPE positions are patch index x (gsd / gsd_unit_m); 1.0 keeps metres as PSM does.
     gsd_unit_m: Positive = 1000.0
@@ -61,11 +92,11 @@ class ImageConfig(Section):
 class FusionConfig(Section):
     """[CLS, sat, metadata tokens] transformer; `width` is also the sat feature size."""
 
-    width: Count = 96
-    depth: NonNegative = 2
-    heads: Count = 4
-    ff: Count = 192
-    meta_hidden: Count = 64
+    width: Width = 96
+    depth: Depth = 2
+    heads: Heads = 4
+    ff: Width = 192
+    meta_hidden: Width = 64
     dropout: Share = 0.1
 
 
@@ -73,11 +104,11 @@ class HashedTextConfig(Section):
     """Hashed words through a small transformer trained from scratch (no weights needed)."""
 
     kind: Literal["hashed"] = "hashed"
-    vocab_size: Count = 8192
-    max_length: Count = 32
-    width: Count = 96
-    depth: NonNegative = 1
-    heads: Count = 4
+    vocab_size: Annotated[int, Field(ge=1, le=2**20)] = 8192
+    max_length: Tokens = 32
+    width: Width = 96
+    depth: Depth = 1
+    heads: Heads = 4
     dropout: Share = 0.1
 
 
@@ -88,7 +119,7 @@ class MiniLMTextConfig(Section):
     kind: Literal["minilm"] = "minilm"
     path: str | None = None
     trainable: bool = False
-    max_length: Count = 128
+    max_length: BertTokens = 128
 
 
 class ClapTextConfig(Section):
@@ -97,16 +128,56 @@ class ClapTextConfig(Section):
     kind: Literal["clap"] = "clap"
     path: str
     trainable: bool = True
-    max_length: Count = 128
+    max_length: BertTokens = 128
+
+
+class LogMelFeatures(Section):
+    """runtime.audio.AudioFeatureSpec's fields, each checked: the front end the bundle's manifest
+    names and the server repeats on every upload."""
+
+    kind: Literal["log-mel"] = "log-mel"
+    sample_rate: Annotated[int, Field(ge=8000, le=192000)] = 16000  # uploads under 8000 Hz are refused
+    n_fft: Annotated[int, Field(ge=16, le=65536)] = 512
+    hop_length: Annotated[int, Field(ge=1, le=65536)] = 160
+    n_mels: Annotated[int, Field(ge=1, le=1024)] = 64
+    fmin: Annotated[float, Field(ge=0.0)] = 50.0
+    fmax: Positive = 8000.0
+    duration_s: Annotated[float, Field(gt=0.0, le=600.0)] = 10.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if not self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError(f"needs fmin < fmax <= sample_rate / 2 (Nyquist), not {self.fmin:g}, {self.fmax:g}")
+        if self.n_mels > self.n_fft // 2 + 1:
+            raise ValueError(
+                f"n_mels {self.n_mels} is more than the {self.n_fft // 2 + 1} bins of an n_fft of {self.n_fft}"
+            )
+        if self.hop_length > self.n_fft:
+            raise ValueError(f"hop_length {self.hop_length} skips samples between frames of n_fft {self.n_fft}")
+        return self
+
+    def spec(self) -> AudioFeatureSpec:
+        return AudioFeatureSpec.from_json(self.model_dump())
 
 
 class MelCNNAudioConfig(Section):
     """A small log-mel CNN trained from scratch on `features` (runtime.audio.AudioFeatureSpec)."""
 
     kind: Literal["melcnn"] = "melcnn"
-    channels: Annotated[list[Count], Field(min_length=1)] = [16, 32, 64]
-    width: Count = 96
-    features: dict = Field(default_factory=lambda: AudioFeatureSpec().to_json())
+    channels: Annotated[list[Width], Field(min_length=1, max_length=12)] = [16, 32, 64]
+    width: Width = 96
+    features: LogMelFeatures = LogMelFeatures()
+
+    @model_validator(mode="after")
+    def _poolable(self) -> Self:
+        """Each conv block halves the mels and frames: both must outlast the blocks."""
+        spec, least = self.features.spec(), 2 ** len(self.channels)
+        if min(spec.n_mels, spec.n_frames) < least:
+            raise ValueError(
+                f"{len(self.channels)} channel blocks halve the features {len(self.channels)} times: they need "
+                f"at least {least} mels and frames, not {spec.n_mels} mels and {spec.n_frames} frames"
+            )
+        return self
 
 
 class AisfxAudioConfig(Section):
@@ -133,7 +204,7 @@ AudioConfig = Annotated[MelCNNAudioConfig | AisfxAudioConfig | ClapAudioConfig, 
 
 
 class ModelConfig(Section):
-    embed_dim: Count = 64
+    embed_dim: Width = 64
     sources: list[str] = ["demo"]
     caption_sources: list[str] = ["template"]
     logvar_bias: float = -4.0  # both log-variance head biases start here (PSM: sigma^2 ~ 0.018)
@@ -154,7 +225,7 @@ class ModelConfig(Section):
     def audio_spec(self) -> AudioFeatureSpec | AisfxMelSpec | ClapFusionSpec:
         """The torch-free audio front end this model's audio tower takes (runtime.audio)."""
         if isinstance(self.audio, MelCNNAudioConfig):
-            return AudioFeatureSpec.from_json(self.audio.features)
+            return self.audio.features.spec()
         if isinstance(self.audio, AisfxAudioConfig):
             return AisfxMelSpec(duration_s=self.audio.duration_s)
         return ClapFusionSpec(duration_s=self.audio.duration_s)
@@ -181,7 +252,8 @@ class LossConfig(Section):
 
 class TrainConfig(Section):
     steps: Count = 300  # optimizer steps in all
-    batch_size: Count = 64  # the global batch: all processes together
+    # The global batch: all processes together (CLIP's was 32,768; PSM's 128).
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
     lr: Positive = 1e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
     betas: Annotated[tuple[Beta, Beta], Field(strict=False)] = (0.9, 0.98)  # YAML has no tuples
@@ -207,17 +279,19 @@ class TrainConfig(Section):
     # PSM decays every parameter (biases, norms, CLS, a and b too; docs/method.md, pitfall 7); false exempts them.
     decay_all: bool = False
     loss: LossConfig = LossConfig()
-    seed: int = 56
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 56  # what numpy and torch take
     amp: bool = True  # fp16 autocast + loss scaling on CUDA; CPUs run fp32
-    workers: NonNegative = 0  # DataLoader worker processes
-    threads: Count | None = None  # torch CPU threads (None: torch's default); 1 suits small models on shared CPUs
+    workers: Annotated[int, Field(ge=0, le=256)] = 0  # DataLoader worker processes
+    threads: Annotated[int, Field(ge=1, le=4096)] | None = (
+        None  # torch CPU threads (None: torch's default); 1 suits small models on shared CPUs
+    )
     cache_frozen: bool = True  # run frozen towers once per split (model.frozen_cache)
     # Leave out samples whose source or caption source is not in the model's vocabulary (model.checks);
     # false stops at start, naming them.
     skip_mismatched_rows: bool = False
     eval_every: NonNegative = 100  # validation R@10% every N steps (0: only at the end)
     eval_samples: Count | None = None  # validate on the first N validation samples
-    eval_batch_size: Count = 128
+    eval_batch_size: Annotated[int, Field(ge=1, le=65536)] = 128
     select_metric: Literal["I2S_R@10%", "S2I_R@10%"] = "I2S_R@10%"  # best.pt and early stopping follow it
     patience: Count | None = None  # stop after this many evaluations without a better metric
     checkpoint_every: Count = 100
@@ -277,5 +351,7 @@ def _sentence(cls: type[Section], name: str, error: ErrorDetails) -> str:
         return f"`{key}.kind` must be one of {tags}; got {got!r}"
     if kind in ("model_type", "model_attributes_type", "dict_type") and not isinstance(given, dict):
         return f"`{key}` must be a mapping of keys, not {type(given).__name__}"
+    if kind == "value_error":  # a section's own check: its sentence, about the section's keys
+        return f"`{key}`: {error['ctx']['error']}"
     message = error["msg"].removeprefix("Input ")
     return f"`{key}` {message[0].lower()}{message[1:]}, not {given!r}"

@@ -224,7 +224,7 @@ REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsi")
 
 def reader(kind: str) -> ReaderFactory:
     """The factory of reader `kind`; a ConfigError naming the known kinds for any other."""
-    if kind not in READERS:
+    if not isinstance(kind, str) or kind not in READERS:
         raise ConfigError(f"unknown `data.kind` {kind!r}; known: {', '.join(sorted(READERS))}")
     return READERS[kind].load()
 
@@ -234,7 +234,8 @@ def resolve_paths(section: dict, base: str | Path) -> dict:
     (the config file's folder), so a run, and the checkpoint that records the section, work from
     any working directory."""
     out = dict(section)
-    entry = READERS.get(section.get("kind", ""))
+    kind = section.get("kind")
+    entry = READERS.get(kind) if isinstance(kind, str) else None
     for key in entry.paths if entry else ():
         value = out.get(key)
         if isinstance(value, str) and value and not value.startswith(REMOTE_PREFIXES):

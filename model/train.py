@@ -51,7 +51,7 @@ from model.evaluate import embed_split, metrics, overall
 from model.frozen_cache import FrozenCache, frozen_cache
 from model.init_from import check_model, load_calibration, load_initial, read_initial
 from model.nn.losses import PAIRS, build_loss, pair_losses, total_loss
-from model.nn.psm import META_KEYS, PSMModel, preprocessing
+from model.nn.psm import META_KEYS, PSMModel, check_fits, preprocessing
 from model.stopping import Abandoned, Interrupted, StopSignals, ValidationVote
 from runtime.errors import UsageError, UserError
 from runtime.files import atomic_write, lock_file, unlock_file
@@ -70,7 +70,7 @@ class RunConfig(Section):
     @classmethod
     def from_dict(cls, sections: dict) -> RunConfig:
         data = sections.get("data") if isinstance(sections, dict) else None
-        if isinstance(data, dict) and data.get("kind") not in READERS:
+        if isinstance(data, dict) and not (isinstance(data.get("kind"), str) and data["kind"] in READERS):
             raise ConfigError(f"`data.kind` must be one of {', '.join(sorted(READERS))}; got {data.get('kind')!r}")
         return from_section(cls, sections, "")
 
@@ -352,6 +352,8 @@ class Run:
         self.cfg, self.run_dir, self.progress = config.train, run_dir, progress
         self.dist = init_distributed()
         self.device = device_for(self.dist)
+        # Before the data is read: weights, their gradients and Adam's two moments, 4 bytes each.
+        check_fits(config.model, 16, "as float32 weights, gradients and Adam's two moments", self.device)
         self.splits: Splits = checked_splits(config.data, config.model, skip=self.cfg.skip_mismatched_rows)
         # The run records the data section with what the reader derived (a csv level), so evaluate
         # and a resume read the same cells whatever the imagery's default would be then.

@@ -7,10 +7,12 @@ model. A batch may carry a frozen tower's output instead of its input (`text_bac
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
-from model.config import ModelConfig
+from model.config import ConfigError, ModelConfig
 from model.data import Preprocessing
 from model.nn.audio_towers import build_audio_tower
 from model.nn.encoders import ImageEncoder, MetadataFusion, ProbabilisticHeads
@@ -24,11 +26,51 @@ META_KEYS = (*META_TOKENS, "present")
 TOWERS = ("text", "audio")
 
 
+SCRATCH_KINDS = ("hashed", "melcnn")  # text and audio towers a config sizes and training builds
+
+
+def sized_parameters(cfg: ModelConfig) -> int:
+    """Parameters of the parts a config sizes (image encoder, fusion, heads, towers trained from
+    scratch), counted on torch's meta device: nothing is allocated however large they are."""
+    with torch.device("meta"):
+        parts: list[nn.Module] = [
+            ImageEncoder(cfg.image, cfg.sat_dim, pretrained=False),
+            MetadataFusion(cfg),
+            ProbabilisticHeads(cfg.sat_dim, cfg.embed_dim, cfg.logvar_bias),
+        ]
+        if cfg.text.kind in SCRATCH_KINDS:
+            parts.append(build_text_tower(cfg.text))
+        if cfg.audio.kind in SCRATCH_KINDS:
+            parts.append(build_audio_tower(cfg.audio))
+    return sum(p.numel() for part in parts for p in part.parameters())
+
+
+def memory_bytes(device: torch.device) -> int:
+    """All the memory of `device`: a GPU's, or the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(cfg: ModelConfig, bytes_each: int, held: str, device: torch.device) -> None:
+    """ConfigError, before any allocation, where the sized parts' parameters at `bytes_each`
+    bytes (`held` says what they hold) need more than all of `device`'s memory: a config of
+    width 100000 was a process the kernel killed, or minutes of swapping, not a sentence."""
+    n = sized_parameters(cfg)
+    need, room = n * bytes_each, memory_bytes(device)
+    if need > room:
+        raise ConfigError(
+            f"the model as configured has {n:,} parameters of its own; {held} they need {need / 2**30:,.1f} GiB, "
+            f"more than all {room / 2**30:,.1f} GiB of the {device.type.upper()}'s memory: make `model` smaller"
+        )
+
+
 class PSMModel(nn.Module):
     def __init__(self, cfg: ModelConfig, pretrained: bool = True):
         """pretrained=False skips loading the image encoder's SatMAE checkpoint (weights that a
         training checkpoint will overwrite). Frozen towers always load their own weights: they
         are not stored in training checkpoints."""
+        check_fits(cfg, 4, "as float32 weights", torch.device("cpu"))
         super().__init__()
         self.cfg = cfg
         self.image = ImageEncoder(cfg.image, cfg.sat_dim, pretrained=pretrained)

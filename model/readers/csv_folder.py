@@ -27,11 +27,11 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Self
 
 import mercantile
 import numpy as np
-from pydantic import field_validator
+from pydantic import Field, field_validator, model_validator
 
 from model.config import ConfigError, Section, from_section
 from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
@@ -56,10 +56,18 @@ CELLS_PER_TILE_LOG2 = 4
 class SplitConfig(Section):
     """Held-out geographic cells (model.data.geographic_split)."""
 
-    cell_deg: float = 1.0
-    val_fraction: float = 0.05
-    test_fraction: float = 0.1
-    seed: int = 0
+    cell_deg: Annotated[float, Field(gt=0.0, le=360.0)] = 1.0
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+
+    @model_validator(mode="after")
+    def _leaves_training(self) -> Self:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction {self.val_fraction:g} and test_fraction {self.test_fraction:g} leave no place to train"
+            )
+        return self
 
 
 class CsvFolderConfig(Section):

@@ -10,12 +10,15 @@ every sample is its own class, which a model can memorise exactly."""
 from __future__ import annotations
 
 import zlib
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 
 from model.config import ConfigError, Section, from_section
 from model.data import Sample, Splits
 from runtime.files import json_sha256
+from runtime.tiles import MAX_LEVEL
 
 WORDS = [
     "birds",
@@ -37,20 +40,25 @@ WORDS = [
 ]
 
 
+# A toy set's counts: a million samples is minutes of generating each epoch, far past a smoke run.
+SampleCount = Annotated[int, Field(ge=0, le=1_000_000)]
+Split = Literal["train", "val", "test"]
+
+
 class SyntheticConfig(Section):
-    samples: dict[str, int] = {"train": 256, "val": 64, "test": 64}
-    classes: int = 16
-    seed: int = 0
-    sample_rate: int = 16000
-    duration_s: float = 1.0
-    noise: float = 0.1  # per-sample pixel and audio noise
-    levels: list[int] = [3, 5]
+    samples: dict[Split, SampleCount] = {"train": 256, "val": 64, "test": 64}
+    classes: Annotated[int, Field(ge=1, le=1_000_000)] = 16
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    sample_rate: Annotated[int, Field(ge=8000, le=192000)] = 16000
+    duration_s: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
+    noise: Annotated[float, Field(ge=0.0, le=10.0)] = 0.1  # per-sample pixel and audio noise
+    levels: Annotated[list[Annotated[int, Field(ge=0, le=MAX_LEVEL)]], Field(min_length=1)] = [3, 5]
     sources: list[str] = ["demo"]
     caption_sources: list[str] = ["template"]
 
 
 class SyntheticSource:
-    def __init__(self, cfg: SyntheticConfig, split: str, image_size: int):
+    def __init__(self, cfg: SyntheticConfig, split: Split, image_size: int):
         self.cfg, self.split, self.size = cfg, split, image_size
         self.n = int(cfg.samples[split])
         self._classes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
