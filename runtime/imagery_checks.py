@@ -188,9 +188,10 @@ def check_alpha(dataset: Any, path: str, bands: tuple[int, ...]) -> None:
 
 
 def check_georeferenced(dataset: Any, path: str) -> None:
-    """The file says where its pixels lie: a CRS, and a geotransform or ground control points
-    (rio-tiler warps those). A file with a CRS but neither was placed with its corner at 0, 0 and
-    one degree (or metre) per pixel, silently; one without a CRS failed with a Python error."""
+    """The file says where its pixels lie: a CRS, and a north-up geotransform or ground control
+    points (rio-tiler warps those). A file with a CRS but neither was placed with its corner at 0,
+    0 and one degree (or metre) per pixel, silently; one without a CRS failed with a Python error;
+    a rotated one read no pixel."""
     if dataset.crs is None:
         raise ImageryError(
             f"imagery {path!r} has no coordinate reference system, so where it lies on Earth is unknown: "
@@ -207,6 +208,13 @@ def check_georeferenced(dataset: Any, path: str) -> None:
             f"imagery {path!r} has a coordinate reference system but no geotransform or ground control "
             "points, so where its pixels lie is unknown (they would be placed from 0, 0, one unit each): "
             "georeference it first (gdal_translate -a_ullr WEST NORTH EAST SOUTH)"
+        )
+    t = dataset.transform
+    if t.b or t.d:
+        raise ImageryError(
+            f"imagery {path!r} has a rotated or sheared geotransform (rotation terms {t.b:g}, {t.d:g}), whose "
+            "pixels rio-tiler does not read (every cell would be without imagery): warp it north-up first "
+            "(gdalwarp IN OUT)"
         )
 
 

@@ -135,6 +135,19 @@ def test_a_raster_that_is_not_georeferenced_is_refused(source, tmp_path, bundle_
     assert "georeference it first" in line and not (tmp_path / "out").exists()
 
 
+def test_a_rotated_raster_is_refused_with_the_warp_that_reads_it(source, tmp_path, bundle_path, capsys):
+    """A geotransform with rotation terms (aerial strips, some scanned maps) read no pixel through
+    rio-tiler: precompute wrote a store of every cell 'without imagery' and exited 0."""
+    data, profile = source
+    t = profile["transform"]
+    rotated = _write(tmp_path / "rotated.tif", data, profile, transform=rasterio.Affine(t.a, 0.01, t.c, 0.01, t.e, t.f))
+    with pytest.raises(ImageryError, match=r"has a rotated or sheared geotransform .*\(gdalwarp IN OUT\)"):
+        Imagery(rotated)
+    out = tmp_path / "out" / "store"
+    assert "gdalwarp" in _fails(capsys, precompute_args(rotated, bundle_path, "3", out, "--quiet"))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # written so on purpose
 def test_a_raster_placed_by_ground_control_points_reads_where_they_say(source, imagery_path, tmp_path):
     data, profile = source
