@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import struct
 import threading
@@ -281,11 +282,17 @@ def read_manifest(path: Path) -> dict:
 
 
 def _finite_numbers(value: object, size: int) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == size
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
-    )
+    return isinstance(value, list) and len(value) == size and all(_finite(v) for v in value)
+
+
+def _finite(value: object) -> bool:
+    """A JSON number that a float holds (an integer of 400 digits is none: float() overflows)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _ill_typed_level_key(meta: dict) -> str | None:

@@ -92,6 +92,11 @@ CASES = {
         "manifest.json",
         "2 finite numbers",
     ),
+    "bounds past a float": (
+        edit_manifest(lambda m: m["bounds"].__setitem__(0, 10**400)),
+        "manifest.json",
+        "4 finite numbers",
+    ),
     "count disagrees": (edit_manifest(lambda m: m["levels"]["5"].update(count=3)), "levels/05/", "not"),
 }
 
