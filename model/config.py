@@ -32,6 +32,7 @@ AreaShare = Annotated[float, Field(gt=0.0, le=1.0)]  # a crop's share of the ima
 # sentence, not an overflow inside torch or a loop building 10**20 blocks. What fits the machine
 # is checked once the sizes are read (model.nn.psm.check_fits).
 Width = Annotated[int, Field(ge=1, le=16384)]
+Pixels = Annotated[int, Field(ge=1, le=4096)]  # an image's side or a patch's
 Depth = Annotated[int, Field(ge=0, le=128)]
 Heads = Annotated[int, Field(ge=1, le=256)]
 Tokens = Annotated[int, Field(ge=1, le=8192)]
@@ -76,8 +77,8 @@ class Section(BaseModel):
 class ImageConfig(Section):
     """ViT with the GSD positional embedding (GSDPE), mean-pooled, then a projector."""
 
-    size: Annotated[int, Field(ge=1, le=4096)] = 64
-    patch: Annotated[int, Field(ge=1, le=4096)] = 8
+    size: Pixels = 64
+    patch: Pixels = 8
     width: Width = 96
     depth: Depth = 2
     heads: Heads = 4
