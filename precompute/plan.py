@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rasterio.features import rasterize
@@ -102,50 +103,85 @@ class Region:
 
     @classmethod
     def load(cls, path: str | Path) -> Region:
+        """The region of a GeoJSON file: PlanError in one sentence unless it holds geometries of
+        finite longitudes and latitudes in the world's range that span some area."""
         try:
             raw = Path(path).read_bytes()
-            doc = json.loads(raw)
-            geometries = (
-                [f["geometry"] for f in doc["features"]]
-                if doc.get("type") == "FeatureCollection"
-                else [doc["geometry"]]
-                if doc.get("type") == "Feature"
-                else [doc]
+            geometries = _geometries(json.loads(raw))
+            if not geometries:
+                raise ValueError("it holds no geometry")
+            points = np.concatenate([_positions(g) for g in geometries])
+        except RecursionError:
+            raise PlanError(f"region {path} nests lists deeper than any GeoJSON geometry does") from None
+        except (OSError, ValueError) as exc:
+            raise PlanError(f"region {path} is not a readable GeoJSON file of geometries: {exc}") from None
+        west, south = points.min(axis=0).tolist()
+        east, north = points.max(axis=0).tolist()
+        if not (west < east and south < north):
+            raise PlanError(
+                f"region {path} spans no area (a point, or a line along one meridian or parallel): "
+                "give polygons around the places to embed"
             )
-            points = np.concatenate([_flat_points(g) for g in geometries if g])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise PlanError(f"region {path} is not a readable GeoJSON file of geometries: {exc}") from exc
-        bbox = (
-            float(points[:, 0].min()),
-            float(points[:, 1].min()),
-            float(points[:, 0].max()),
-            float(points[:, 1].max()),
-        )
         shapes = tuple(
             transform_geom(
                 "EPSG:4326", "EPSG:3857", {"type": g["type"], "coordinates": _clip_latitudes(g["coordinates"])}
             )
             for g in geometries
-            if g
         )
-        return cls(str(path), bbox, shapes, hashlib.sha256(raw).hexdigest())
+        return cls(str(path), (west, south, east, north), shapes, hashlib.sha256(raw).hexdigest())
 
 
-def _flat_points(geometry: dict) -> np.ndarray:
-    """All (lon, lat) vertices of a GeoJSON geometry, as an (N, 2) array."""
-    out: list[list[float]] = []
+# How many lists enclose a position in each GeoJSON geometry's coordinates (RFC 7946).
+NESTING = {"Point": 0, "MultiPoint": 1, "LineString": 1, "MultiLineString": 2, "Polygon": 2, "MultiPolygon": 3}
 
-    def walk(value) -> None:
-        if value and isinstance(value[0], (int, float)):
-            out.append([float(value[0]), float(value[1])])
-        else:
-            for v in value:
-                walk(v)
 
-    walk(geometry["coordinates"])
-    if not out:
-        raise ValueError(f"a {geometry.get('type')} without coordinates")
-    return np.asarray(out)
+def _geometries(doc: Any) -> list[dict]:
+    """The geometries of a GeoJSON object (a FeatureCollection's, a Feature's, a
+    GeometryCollection's, or the geometry itself), null geometries left out."""
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    if kind is None:
+        raise ValueError("it is not a GeoJSON object (one with a type)")
+    members = {"FeatureCollection": "features", "GeometryCollection": "geometries"}.get(kind)
+    if members is not None:
+        if not isinstance(doc.get(members), list):
+            raise ValueError(f"a {kind} without a list of {members}")
+        return [g for member in doc[members] for g in _geometries(member)]
+    if kind == "Feature":
+        return [] if doc.get("geometry") is None else _geometries(doc["geometry"])
+    return [doc]
+
+
+def _positions(geometry: dict) -> np.ndarray:
+    """The (lon, lat) vertices of a GeoJSON geometry, as an (N, 2) array; ValueError unless they
+    are finite numbers within longitudes -180..180 and latitudes -90..90."""
+    kind = geometry["type"]
+    if kind not in NESTING:
+        raise ValueError(f"{kind!r} is no GeoJSON geometry ({', '.join(NESTING)})")
+    positions = [geometry.get("coordinates")]
+    for _ in range(NESTING[kind]):
+        if not all(isinstance(p, list) for p in positions):
+            raise ValueError(f"a {kind}'s coordinates are not nested {NESTING[kind]} lists deep")
+        positions = [q for p in positions for q in p]
+    if not positions:
+        raise ValueError(f"a {kind} without coordinates")
+    if not all(isinstance(p, list) and len(p) in (2, 3) and all(_number(v) for v in p) for p in positions):
+        raise ValueError(f"a {kind} whose positions are not [longitude, latitude] numbers")
+    try:
+        lonlat = np.array([p[:2] for p in positions], dtype=np.float64)
+    except OverflowError:
+        lonlat = np.array([[float("inf"), 0.0]])
+    outside = ~(np.isfinite(lonlat).all(axis=1) & (np.abs(lonlat[:, 0]) <= 180) & (np.abs(lonlat[:, 1]) <= 90))
+    if outside.any():
+        lon, lat = (float(v) for v in lonlat[np.argmax(outside)])
+        across = " (a region across the antimeridian is two polygons, split at 180)" if 180 < abs(lon) <= 360 else ""
+        raise ValueError(
+            f"a {kind} has a vertex ({lon:.10g}, {lat:.10g}) outside longitudes -180..180 and latitudes -90..90{across}"
+        )
+    return lonlat
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Plan:

@@ -157,3 +157,49 @@ def test_ivf_index_reaches_the_recall_it_reports_and_is_deterministic():
     assert recall_at_k(ivf, q, exact_top_k(mu, s, q, 10)) >= 0.9
     again, _ = build_index(mu, s, flat_max=1000)
     assert np.array_equal(faiss.serialize_index(ivf), faiss.serialize_index(again))
+
+
+POLYGON = {"type": "Polygon", "coordinates": [[[0, 40], [20, 40], [0, 60], [0, 40]]]}
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ('{"type": "Polygon", "coordinates": [[[0, 0], [NaN, 0], [1, 1], [0, 0]]]}', "a vertex (nan, 0) outside"),
+        ('{"type": "Polygon", "coordinates": [[[0, 0], [1e308, 0], [1, 1], [0, 0]]]}', "a vertex (1e+308, 0) outside"),
+        (
+            '{"type": "Polygon", "coordinates": [[[0, 0], [1' + "0" * 30 + ", 0], [1, 1], [0, 0]]]}",
+            "outside longitudes",
+        ),
+        ('{"type": "Polygon", "coordinates": [[[500, 10], [600, 10], [600, 20], [500, 10]]]}', "a vertex (500, 10)"),
+        (
+            '{"type": "Polygon", "coordinates": [[[170, 10], [180.0005, 10], [170, 20], [170, 10]]]}',
+            "a vertex (180.0005, 10) outside longitudes -180..180 and latitudes -90..90 (a region across the",
+        ),
+        ('{"type": "Polygon", "coordinates": [[["a", "b"], [1, 1], [2, 2], ["a", "b"]]]}', "not [longitude, latitude]"),
+        ('{"type": "Polygon", "coordinates": [0, 1]}', "not nested"),
+        ("[" * 100_000 + "]" * 100_000, "nests lists deeper than any GeoJSON geometry does"),
+        ('{"type": "FeatureCollection", "features": []}', "holds no geometry"),
+        ('{"type": "Feature", "geometry": null}', "holds no geometry"),
+        ('{"type": "Circle", "coordinates": [1, 2]}', "'Circle' is no GeoJSON geometry"),
+        ('{"type": "Point", "coordinates": [10, 45]}', "spans no area"),
+        ("[]", "not a GeoJSON object"),
+    ],
+)
+def test_a_hostile_region_is_one_sentence(tmp_path, text, said):
+    """NaN, out-of-range and 10**30 vertices stopped precompute with GDAL's 'Full reprojection
+    failed' traceback, strings for numbers and 100,000 nested brackets with a RecursionError; an
+    empty collection said 'need at least one array to concatenate', a point inside the imagery
+    'lies outside bbox'."""
+    (tmp_path / "r.geojson").write_text(text, encoding="utf-8")
+    with pytest.raises(PlanError) as refused:
+        Region.load(tmp_path / "r.geojson")
+    assert said in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
+
+
+def test_a_geometry_collection_and_3d_positions_are_read(tmp_path):
+    collection = {"type": "GeometryCollection", "geometries": [POLYGON]}
+    raised = {"type": "Polygon", "coordinates": [[[*p, 100.0] for p in POLYGON["coordinates"][0]]]}
+    for doc in (collection, raised):
+        (tmp_path / "r.geojson").write_text(json.dumps(doc), encoding="utf-8")
+        assert Region.load(tmp_path / "r.geojson").bbox == (0.0, 40.0, 20.0, 60.0)
