@@ -157,7 +157,7 @@ def _positions(geometry: dict) -> np.ndarray:
     kind = geometry["type"]
     if kind not in NESTING:
         raise ValueError(f"{kind!r} is no GeoJSON geometry ({', '.join(NESTING)})")
-    positions = [geometry.get("coordinates")]
+    positions: list[Any] = [geometry.get("coordinates")]
     for _ in range(NESTING[kind]):
         if not all(isinstance(p, list) for p in positions):
             raise ValueError(f"a {kind}'s coordinates are not nested {NESTING[kind]} lists deep")
