@@ -383,13 +383,14 @@ MAX_IMAGE_SIZE = 1024
 # 50x the demo's 20,000 (about 20 s to draw); past it a build is hours of mixing and its arrays
 # outgrow a machine's memory, so a slip of digits is refused before the assets are fetched.
 MAX_SAMPLES = 1_000_000
+MAX_CORPUS_LEVEL = 12  # cells of level 12 are ~10 km: finer than the place rasters (0.05 deg) tell apart
 
 
 def _check(cfg: BuildConfig) -> None:
     if not 1 <= cfg.samples <= MAX_SAMPLES:
         raise CorpusError(f"--samples must lie in 1..{MAX_SAMPLES:,}")
-    if not cfg.levels or min(cfg.levels) < 0 or max(cfg.levels) > 12:
-        raise CorpusError("--levels must lie within 0..12 (e.g. 4-7)")
+    if not cfg.levels or min(cfg.levels) < 0 or max(cfg.levels) > MAX_CORPUS_LEVEL:
+        raise CorpusError(f"--levels must lie within 0..{MAX_CORPUS_LEVEL} (e.g. 4-7)")
     if not 8 <= cfg.image_size <= MAX_IMAGE_SIZE or cfg.duration_s <= 0:
         raise CorpusError(f"--image-size must lie in 8..{MAX_IMAGE_SIZE} and --duration be positive")
     if cfg.max_town_layers is not None and cfg.max_town_layers < 1:

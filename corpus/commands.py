@@ -10,9 +10,9 @@ import math
 from pathlib import Path
 
 from corpus.assets import ASSETS, acquire, ensure
-from corpus.build import MAX_IMAGE_SIZE, MAX_SAMPLES
+from corpus.build import MAX_CORPUS_LEVEL, MAX_IMAGE_SIZE, MAX_SAMPLES
 from corpus.errors import CorpusError
-from runtime.arguments import integer_in, number_above, seed_argument
+from runtime.arguments import integer_in, levels_in, number_above, parsed_by, seed_argument
 
 DEFAULT_OUT = "data/corpus"
 DEFAULT_ASSETS = "data/assets"
@@ -20,14 +20,8 @@ DEFAULT_IMAGERY = "data/imagery/bluemarble.tif"
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
-    """'4-7' or '4,5,7' -> (4, 5, 6, 7) / (4, 5, 7)."""
-    try:
-        if "-" in text:
-            lo, hi = (int(v) for v in text.split("-", 1))
-            return tuple(range(lo, hi + 1))
-        return tuple(sorted({int(v) for v in text.split(",")}))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"levels must look like 4-7 or 4,5,6, not {text!r}") from None
+    """'4-7' or '4,5,7' -> (4, 5, 6, 7) / (4, 5, 7), at most corpus.build.MAX_CORPUS_LEVEL."""
+    return tuple(levels_in(text, MAX_CORPUS_LEVEL))
 
 
 def _check_place(args: argparse.Namespace) -> None:
@@ -166,7 +160,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument(
         "--levels",
-        type=parse_levels,
+        type=parsed_by(parse_levels),
         default=(4, 5, 6, 7),
         help="imagery cell levels (web-mercator zooms), e.g. 4-7 (default) or 3,5,7",
     )

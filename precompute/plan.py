@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 
+from runtime.arguments import NUMBER, levels_in
 from runtime.errors import UserError
 from runtime.tiles import (
     EARTH_CIRCUMFERENCE_M,
@@ -42,38 +44,32 @@ class PlanError(UserError, ValueError):
 
 def parse_levels(text: str) -> list[int]:
     """'0-6' or '3' or '2,4,5' -> sorted levels; PlanError with a sentence otherwise."""
-    levels: set[int] = set()
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        try:
-            first, last = int(lo), int(hi or lo)
-        except ValueError:
-            raise PlanError(f"levels must look like 0-6 or 2,4,5, not {text!r}") from None
-        if last < first:
-            raise PlanError(f"levels {part!r} run from high to low; write {last}-{first}")
-        levels.update(range(first, last + 1))
-    if not levels or min(levels) < 0 or max(levels) > MAX_LEVEL:
-        raise PlanError(f"levels must lie in 0..{MAX_LEVEL}, got {text!r}")
-    return sorted(levels)
+    try:
+        return levels_in(text, MAX_LEVEL)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
     """'west,south,east,north' in degrees; PlanError with a sentence otherwise."""
-    try:
-        west, south, east, north = (float(v) for v in text.split(","))
-    except ValueError:
-        raise PlanError(f"bbox must be four numbers west,south,east,north, not {text!r}") from None
+    parts = text.split(",")
+    if len(parts) != 4 or not all(NUMBER.fullmatch(v) for v in parts):
+        raise PlanError(f"bbox must be four numbers west,south,east,north, not {text!r}")
+    west, south, east, north = (float(v) for v in parts)
     if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
         raise PlanError(f"bbox {text!r} is not west<east in -180..180 and south<north in -90..90")
     return west, south, east, north
 
 
+SHARD = re.compile(r"([0-9]{1,9})/([0-9]{1,9})", re.ASCII)  # ASCII digits, as every number option
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'i/n' (0 <= i < n) -> (i, n)."""
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise PlanError(f"shard must look like 0/4 (shard i of n), not {text!r}") from None
+    found = SHARD.fullmatch(text)
+    if found is None:
+        raise PlanError(f"shard must look like 0/4 (shard i of n), not {text!r}")
+    i, n = int(found[1]), int(found[2])
     if not 0 <= i < n:
         raise PlanError(f"shard {text!r} needs 0 <= i < n")
     return i, n

@@ -21,6 +21,28 @@ INTEGER = re.compile(r"\s*[+-]?[0-9]{1,30}\s*", re.ASCII)
 NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)
 
 
+# '0-6', '3' or '2,4-5': levels of one or two ASCII digits, so '0-99999999999' is refused before
+# a set of 10**11 levels is built (precompute hung on it).
+LEVEL_LIST = re.compile(r"[0-9]{1,2}(-[0-9]{1,2})?(,[0-9]{1,2}(-[0-9]{1,2})?)*", re.ASCII)
+
+
+def levels_in(text: str, most: int) -> list[int]:
+    """The sorted levels of '0-6', '3' or '2,4-5', each at most `most`; ValueError with a
+    sentence otherwise."""
+    if not LEVEL_LIST.fullmatch(text):
+        raise ValueError(f"levels must look like 0-6 or 2,4,5, not {text!r}")
+    levels: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        first, last = int(lo), int(hi or lo)
+        if last < first:
+            raise ValueError(f"levels {part!r} run from high to low; write {last}-{first}")
+        if last > most:
+            raise ValueError(f"levels must lie in 0..{most}, got {text!r}")
+        levels.update(range(first, last + 1))
+    return sorted(levels)
+
+
 def integer_in(least: int, most: int | None = None, note: str = "") -> Callable[[str], int]:
     """An integer from `least` to `most` (no upper end when None); `note` says what an edge
     value means, e.g. '0: every level gets an IVF index'."""

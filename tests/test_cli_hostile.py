@@ -406,6 +406,8 @@ def test_train_and_evaluate_refuse_counts_below_their_floor(capsys, tmp_path, ar
         (["--samples", str(10**20)], f"argument --samples: must be an integer from 1 to 1000000, not '{10**20}'"),
         (["--samples", "0"], "argument --samples: must be an integer from 1 to 1000000, not '0'"),
         (["--max-town-layers", "0"], "argument --max-town-layers: must be an integer of at least 1, not '0'"),
+        (["--levels", "4-99999999999"], "argument --levels: levels must look like 0-6 or 2,4,5, not '4-99999999999'"),
+        (["--levels", "4-13"], "argument --levels: levels must lie in 0..12, got '4-13'"),
     ],
 )
 def test_corpus_build_refuses_sizes_before_any_work(capsys, tmp_path, option, says) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from precompute.landmask import LandMask
-from precompute.plan import BLOCK_DEPTH, Plan, PlanError, Region, parse_shard
+from precompute.plan import BLOCK_DEPTH, Plan, PlanError, Region, parse_bbox, parse_levels, parse_shard
 from runtime.tiles import morton, tile_bounds, tiles_in_bbox
 from store.index import build_index, exact_top_k, recall_at_k
 from store.npy import GrowingNpy
@@ -46,9 +46,32 @@ def test_shards_are_contiguous_batch_aligned_and_cover_the_level():
     assert all(a[1] == b[0] for a, b in itertools.pairwise(edges))
     assert all(start % 32 == 0 for start, _ in edges)
     assert parse_shard("2/3") == (2, 3)
-    for bad in ("3/3", "a/b", "1"):
+    for bad in ("3/3", "a/b", "1", "1_0/20", "\u0661/2", "-0/1"):
         with pytest.raises(PlanError):
             parse_shard(bad)
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("0-99999999999", "levels must look like 0-6 or 2,4,5"),  # hung building 10**11 levels
+        ("0-25", "levels must lie in 0..24"),
+        ("\u0663", "levels must look like"),
+        ("7-3", "run from high to low; write 3-7"),
+    ],
+)
+def test_levels_are_read_before_any_range_is_built(text, said):
+    with pytest.raises(PlanError, match=said):
+        parse_levels(text)
+    assert parse_levels("2,4-5") == [2, 4, 5]
+
+
+@pytest.mark.parametrize("text", ["1_0,0,20,20", "\u0663,0,20,20", "0,0,20,2\uff10", "nan,0,1,1", "0,0,1"])
+def test_a_bbox_is_plain_numbers_as_every_number_option(text):
+    """'1_0' read as 10 and an Arabic-Indic 3 as 3 (other options refuse them: runtime.arguments)."""
+    with pytest.raises(PlanError, match="bbox"):
+        parse_bbox(text)
+    assert parse_bbox(" -10.5, 35,22 ,6.7e1") == (-10.5, 35.0, 22.0, 67.0)
 
 
 def _region(tmp_path, coordinates) -> Region:
