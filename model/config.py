@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Self, TypeVar, Union, get_args, get_
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from runtime.arguments import MAX_SEED
 from runtime.audio import AisfxMelSpec, AudioFeatureSpec, ClapFusionSpec
 from runtime.errors import UserError
 
@@ -36,6 +37,7 @@ Pixels = Annotated[int, Field(ge=1, le=4096)]  # an image's side or a patch's
 Depth = Annotated[int, Field(ge=0, le=128)]
 Heads = Annotated[int, Field(ge=1, le=256)]
 Tokens = Annotated[int, Field(ge=1, le=8192)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 BertTokens = Annotated[int, Field(ge=1, le=512)]  # MiniLM's and CLAP's text encoders have 512 positions
 
 
@@ -280,7 +282,7 @@ class TrainConfig(Section):
     # PSM decays every parameter (biases, norms, CLS, a and b too; docs/method.md, pitfall 7); false exempts them.
     decay_all: bool = False
     loss: LossConfig = LossConfig()
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 56  # what numpy and torch take
+    seed: Seed = 56
     amp: bool = True  # fp16 autocast + loss scaling on CUDA; CPUs run fp32
     workers: Annotated[int, Field(ge=0, le=256)] = 0  # DataLoader worker processes
     threads: Annotated[int, Field(ge=1, le=4096)] | None = (

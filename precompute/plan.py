@@ -162,18 +162,16 @@ def _positions(geometry: dict) -> np.ndarray:
         raise ValueError(f"a {kind} without coordinates")
     if not all(isinstance(p, list) and len(p) in (2, 3) and all(_number(v) for v in p) for p in positions):
         raise ValueError(f"a {kind} whose positions are not [longitude, latitude] numbers")
-    try:
-        lonlat = np.array([p[:2] for p in positions], dtype=np.float64)
-    except OverflowError:
-        lonlat = np.array([[float("inf"), 0.0]])
-    outside = ~(np.isfinite(lonlat).all(axis=1) & (np.abs(lonlat[:, 0]) <= 180) & (np.abs(lonlat[:, 1]) <= 90))
-    if outside.any():
-        lon, lat = (float(v) for v in lonlat[np.argmax(outside)])
-        across = " (a region across the antimeridian is two polygons, split at 180)" if 180 < abs(lon) <= 360 else ""
-        raise ValueError(
-            f"a {kind} has a vertex ({lon:.10g}, {lat:.10g}) outside longitudes -180..180 and latitudes -90..90{across}"
-        )
-    return lonlat
+    # Comparisons refuse NaN, infinities and integers past a float alike, before any conversion.
+    for lon, lat, *_ in positions:
+        if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+            across = (
+                " (a region across the antimeridian is two polygons, split at 180)" if 180 < abs(lon) <= 360 else ""
+            )
+            raise ValueError(
+                f"a {kind} has a vertex ({lon!r}, {lat!r}) outside longitudes -180..180 and latitudes -90..90{across}"
+            )
+    return np.array([p[:2] for p in positions], dtype=np.float64)
 
 
 def _number(value: object) -> bool:

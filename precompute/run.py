@@ -238,11 +238,8 @@ def resume_key(imagery: Imagery, bundle: Bundle, key: dict) -> dict:
     local imagery file's size and modification time (a file rewritten at the same place, as a
     reprocessed scene is) and the graphs (CUDA's float16 ones or the CPU's float32). Neither goes
     into the manifest: the store's id stays its content's."""
-    stamps = {
-        asset.path: [os.stat(asset.path).st_size, os.stat(asset.path).st_mtime_ns]
-        for asset in imagery.assets
-        if os.path.isfile(asset.path)
-    }
+    files = [asset.path for asset in imagery.assets if os.path.isfile(asset.path)]
+    stamps = {path: [stat.st_size, stat.st_mtime_ns] for path, stat in zip(files, map(os.stat, files), strict=True)}
     provider = "CUDA" if bundle.providers[0] == CUDA else "CPU"
     return {**key, "imagery_files": stamps, "graphs": f"{bundle.precision} graphs on the {provider} provider"}
 

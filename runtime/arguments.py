@@ -58,9 +58,13 @@ def integer_in(least: int, most: int | None = None, note: str = "") -> Callable[
     return parse
 
 
+# The seeds numpy and torch take alike: one outside fails late, deep in either.
+MAX_SEED = 2**32 - 1
+
+
 def seed_argument() -> Callable[[str], int]:
-    """A random seed: numpy and torch take 0 to 2**32 - 1 alike, so a seed outside it fails late."""
-    return integer_in(0, 2**32 - 1)
+    """A random seed, 0..MAX_SEED."""
+    return integer_in(0, MAX_SEED)
 
 
 def number_above(least: float, what: str = "a number") -> Callable[[str], float]:

@@ -33,10 +33,11 @@ import mercantile
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from model.config import ConfigError, Section, from_section
+from model.config import ConfigError, Section, Seed, from_section
 from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
 from model.readers.common import When, at_place, check_place, content_hash, decode_image, fit_image, parse_when
 from model.readers.csv_table import Table, read_table
+from runtime.arguments import NUMBER
 from runtime.audio import AudioDecodeError, SparseWave, decode_audio, non_finite
 from runtime.imagery_checks import check_bands, check_rescale
 from runtime.tiles import EARTH_CIRCUMFERENCE_M, MERCATOR_LAT_LIMIT, Footprint
@@ -59,7 +60,7 @@ class SplitConfig(Section):
     cell_deg: Annotated[float, Field(gt=0.0, le=360.0)] = 1.0
     val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _leaves_training(self) -> Self:
@@ -220,9 +221,9 @@ def day_order(table: Table, path: Path, dayfirst: bool | None) -> bool:
     return False
 
 
-# A number as exports write one: ASCII digits, a point, an exponent (1E-05). float() also reads
-# '1_0' as 10 and other scripts' digits ('\u0664\u0665' as 45), a place nobody wrote.
-_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+# A number as exports write one (runtime.arguments.NUMBER: ASCII digits, a point, an exponent as
+# 1E-05). float() also reads '1_0' as 10 and other scripts' digits ('\u0664\u0665' as 45), a place
+# nobody wrote.
 _NOT_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
 
 
@@ -241,7 +242,7 @@ def _number(text: str, name: str, conv: Conventions) -> float:
             if conv.delimiter == ","
             else f"{name} {value!r} has a decimal comma where the column's numbers have points"
         )
-    if not _DECIMAL.fullmatch(value) and not _NOT_FINITE.fullmatch(value):
+    if not NUMBER.fullmatch(value) and not _NOT_FINITE.fullmatch(value):
         raise ValueError(f"{name} {value!r} is not a number")
     number = float(value)
     if not math.isfinite(number):

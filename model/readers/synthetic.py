@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from model.config import ConfigError, Section, from_section
+from model.config import ConfigError, Section, Seed, from_section
 from model.data import Sample, Splits
 from runtime.files import json_sha256
 from runtime.tiles import MAX_LEVEL
@@ -48,7 +48,7 @@ Split = Literal["train", "val", "test"]
 class SyntheticConfig(Section):
     samples: dict[Split, SampleCount] = {"train": 256, "val": 64, "test": 64}
     classes: Annotated[int, Field(ge=1, le=1_000_000)] = 16
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    seed: Seed = 0
     sample_rate: Annotated[int, Field(ge=8000, le=192000)] = 16000
     duration_s: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
     noise: Annotated[float, Field(ge=0.0, le=10.0)] = 0.1  # per-sample pixel and audio noise
