@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from corpus.assets import ASSETS, acquire, ensure
 from corpus.build import MAX_CORPUS_LEVEL, MAX_IMAGE_SIZE, MAX_SAMPLES
 from corpus.errors import CorpusError
-from runtime.arguments import integer_in, levels_in, number_above, parsed_by, seed_argument
+from runtime.arguments import integer_in, levels_in, number_above, number_in, parsed_by, seed_argument
 
 DEFAULT_OUT = "data/corpus"
 DEFAULT_ASSETS = "data/assets"
@@ -22,17 +21,6 @@ DEFAULT_IMAGERY = "data/imagery/bluemarble.tif"
 def parse_levels(text: str) -> tuple[int, ...]:
     """'4-7' or '4,5,7' -> (4, 5, 6, 7) / (4, 5, 7), at most corpus.build.MAX_CORPUS_LEVEL."""
     return tuple(levels_in(text, MAX_CORPUS_LEVEL))
-
-
-def _check_place(args: argparse.Namespace) -> None:
-    """explain's place and time: out of range, the rasters answered for another place (lat 1000
-    gave the ocean's attributes, exit 0) or crashed (nan)."""
-    if not (math.isfinite(args.lat) and -90 <= args.lat <= 90 and math.isfinite(args.lon) and -180 <= args.lon <= 180):
-        raise CorpusError(f"--lat must lie in -90..90 and --lon in -180..180, not {args.lat}, {args.lon}")
-    if not 1 <= args.month <= 12:
-        raise CorpusError(f"--month must be 1..12, not {args.month}")
-    if not (math.isfinite(args.hour) and 0 <= args.hour <= 24):
-        raise CorpusError(f"--hour must lie in 0..24, not {args.hour}")
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -113,7 +101,6 @@ def _explain(args: argparse.Namespace) -> int:
     from corpus.places import Places
     from corpus.rules import explain
 
-    _check_place(args)
     places = Places(Path(args.out) / "places.npz") if (Path(args.out) / "places.npz").exists() else None
     if places is None:
         raise CorpusError(f"no place rasters in {args.out}; run `soundscape corpus build --out {args.out}` first")
@@ -212,9 +199,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Print a place's attributes, the rules that fire there (strongest first) and each "
         "source's share of the recordings there and the classes it keeps.",
     )
-    e.add_argument("--lat", type=float, required=True, help="latitude of the place, degrees (-90..90)")
-    e.add_argument("--lon", type=float, required=True, help="longitude of the place, degrees (-180..180)")
-    e.add_argument("--month", type=int, default=5, help="1..12 (default 5)")
-    e.add_argument("--hour", type=float, default=5.0, help="local hour 0..24 (default 5)")
+    e.add_argument(
+        "--lat", type=number_in(-90, 90, "a latitude"), required=True, help="latitude of the place, degrees (-90..90)"
+    )
+    e.add_argument(
+        "--lon",
+        type=number_in(-180, 180, "a longitude"),
+        required=True,
+        help="longitude of the place, degrees (-180..180)",
+    )
+    e.add_argument("--month", type=integer_in(1, 12), default=5, help="1..12 (default 5)")
+    e.add_argument("--hour", type=number_in(0, 24, "a local hour"), default=5.0, help="local hour 0..24 (default 5)")
     e.add_argument("--out", default=DEFAULT_OUT, help=f"corpus folder with places.npz (default {DEFAULT_OUT})")
     e.set_defaults(handler=_explain)

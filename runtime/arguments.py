@@ -79,6 +79,18 @@ def number_above(least: float, what: str = "a number") -> Callable[[str], float]
     return parse
 
 
+def number_in(least: float, most: float, what: str = "a number") -> Callable[[str], float]:
+    """A finite number from `least` to `most`, ends included; `what` names it ('a latitude')."""
+
+    def parse(text: str) -> float:
+        value = float(text) if NUMBER.fullmatch(text) else math.nan
+        if not (math.isfinite(value) and least <= value <= most):
+            raise argparse.ArgumentTypeError(f"must be {what} from {least:g} to {most:g}, not {text!r}")
+        return value
+
+    return parse
+
+
 def parsed_by(parse: Callable[[str], T]) -> Callable[[str], T]:
     """An argparse type of a parser that raises ValueError with its sentence (a rescale range,
     a list of bands): argparse then refuses the value with that sentence, not 'invalid value'."""

@@ -138,6 +138,12 @@ def _mercator_steps(ds: Any, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return finest
 
 
+def _packed_bits(dataset: Any, band: int) -> int | None:
+    """The band's bits per pixel where the file packs fewer than its type (GDAL's NBITS)."""
+    text = dataset.tags(band, ns="IMAGE_STRUCTURE").get("NBITS", "")
+    return int(text) if text.isdigit() else None
+
+
 def _resolution_m(reader: Reader) -> float:
     """Web-mercator metres per source pixel at the footprint centre, along the finer axis. Where
     the centre lies beyond the mercator square (a polar stereographic raster around a pole, whose
@@ -227,8 +233,8 @@ class Imagery:
         check_one_kind(self.assets, self.rgb_bands)
         for asset in self.assets:
             check_declared_colours(self.rgb_bands, asset, self.bands is not None)
-            for dtype in set(asset.dtypes):
-                check_eight_bit(dtype, asset.path, self.rescale)
+            for dtype, bits in set(zip(asset.dtypes, asset.packed_bits, strict=True)):
+                check_eight_bit(dtype, asset.path, self.rescale, bits)
                 check_range(dtype, asset.scaling[0], asset.path, self.rescale)
                 if self.nodata is not None:
                     check_nodata(self.nodata, dtype, asset.path)
@@ -264,6 +270,7 @@ class Imagery:
                 dtypes=tuple(dataset.dtypes[i] for i in read),
                 declared=tuple(dataset.colorinterp[i].name for i in read),
                 scaling=tuple((float(dataset.scales[i]), float(dataset.offsets[i])) for i in read),
+                packed_bits=tuple(_packed_bits(dataset, i + 1) for i in read),
             )
         except ImageryError:
             raise

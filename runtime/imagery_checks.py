@@ -39,6 +39,9 @@ class Asset:
     dtypes: tuple[str, ...]
     declared: tuple[str, ...]
     scaling: tuple[tuple[float, float], ...]
+    # Their bits per pixel where the file packs fewer than its type holds (GDAL's NBITS: a 1-bit
+    # mask reads as uint8 values 0..1), else None.
+    packed_bits: tuple[int | None, ...] = ()
 
 
 def is_remote(path: str) -> bool:
@@ -218,15 +221,25 @@ def check_georeferenced(dataset: Any, path: str) -> None:
         )
 
 
-def check_eight_bit(dtype: str, path: str, rescale: tuple[float, float] | None) -> None:
+def check_eight_bit(dtype: str, path: str, rescale: tuple[float, float] | None, packed_bits: int | None = None) -> None:
     """The model reads 8-bit RGB: other pixels need the range of values that maps to 0..255, or
     uint16 reflectance (0..10000) and float reflectance (0..1) were clipped to 0..255, silently:
-    near-white or near-black cells, embedded as such."""
-    if dtype != "uint8" and rescale is None:
+    near-white or near-black cells, embedded as such. The same holds for uint8 pixels packed in
+    fewer bits (NBITS=1 reads as 0..1: a black map)."""
+    if rescale is not None:
+        return
+    if dtype != "uint8":
         raise ImageryError(
             f"imagery {path!r} has {dtype} pixels and the model reads 8-bit RGB: give the range of values "
             "that becomes 0..255 (precompute --rescale LOW,HIGH, a config's data.rescale: [LOW, HIGH]), "
             "e.g. 0,3000 for reflectance x 10000 or 0,0.3 for reflectance"
+        )
+    if packed_bits is not None and packed_bits < 8:
+        top = 2**packed_bits - 1
+        raise ImageryError(
+            f"imagery {path!r} packs its pixels in {packed_bits} bits (NBITS={packed_bits}, values 0..{top}) and "
+            f"the model reads 8-bit RGB, so it would read as near-black: give the range that becomes 0..255 "
+            f"(precompute --rescale 0,{top}, a config's data.rescale: [0, {top}])"
         )
 
 

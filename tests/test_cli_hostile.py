@@ -289,17 +289,21 @@ def test_synth_refuses_a_negative_index_threshold(capsys, tmp_path) -> None:
 @pytest.mark.parametrize(
     "place, says",
     [
-        (["--lat", "1000", "--lon", "0"], "--lat must lie in -90..90 and --lon in -180..180, not 1000.0, 0.0"),
-        (["--lat", "nan", "--lon", "0"], "--lat must lie in -90..90 and --lon in -180..180, not nan, 0.0"),
-        (["--lat", "10", "--lon", "0", "--month", "13"], "--month must be 1..12, not 13"),
-        (["--lat", "10", "--lon", "0", "--hour", "-1"], "--hour must lie in 0..24, not -1.0"),
+        (["--lat", "1000", "--lon", "0"], "argument --lat: must be a latitude from -90 to 90, not '1000'"),
+        (["--lat", "nan", "--lon", "0"], "argument --lat: must be a latitude from -90 to 90, not 'nan'"),
+        (["--lat", "1_0", "--lon", "0"], "argument --lat: must be a latitude from -90 to 90, not '1_0'"),
+        (["--lat", "10", "--lon=-inf"], "argument --lon: must be a longitude from -180 to 180, not '-inf'"),
+        (["--lat", "10", "--lon", "0", "--month", "13"], "argument --month: must be an integer from 1 to 12, not '13'"),
+        (["--lat", "10", "--lon", "0", "--hour", "-1"], "argument --hour: must be a local hour from 0 to 24, not '-1'"),
     ],
 )
 def test_corpus_explain_refuses_a_place_or_time_off_the_calendar(capsys, tmp_path, place, says) -> None:
     """lat 1000, month 13 and hour -1 were explained (exit 0) as if they were places and times;
-    lat nan was a ValueError traceback from the coast tree."""
-    line = _fails(capsys, ["corpus", "explain", *place, "--out", str(tmp_path)])
-    assert line == f"soundscape corpus: {says}"
+    lat nan was a ValueError traceback from the coast tree; lat 1_0 was read as 10."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["corpus", "explain", *place, "--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert says in capsys.readouterr().err
 
 
 def test_corpus_build_refuses_a_duration_that_is_no_number_of_seconds(capsys, tmp_path) -> None:

@@ -440,3 +440,20 @@ def test_training_leaves_a_mosaics_coarse_backdrop_out_as_precompute_does(source
     with pytest.raises(BadSample, match="no imagery at level 9"):
         rows[east]
     assert np.array_equal(rows[west].image, Imagery(fine).cell(9, *mercantile.tile(33, 45, 9)[:2], SIZE).rgb)
+
+
+def test_a_raster_packed_in_fewer_bits_is_refused_without_its_range(source, tmp_path, bundle_path, capsys):
+    """A 1-bit GeoTIFF (NBITS=1) reads as uint8 values 0..1: every cell was embedded as black,
+    silently. It is refused with the range that reads it, and read as 0..255 through that range."""
+    data, profile = source
+    bits = (data > 127).astype("uint8")
+    packed = _write(tmp_path / "mask.tif", bits, profile, NBITS=1)
+    with pytest.raises(ImageryError, match=r"packs its pixels in 1 bits \(NBITS=1, values 0\.\.1\).*--rescale 0,1"):
+        Imagery(packed)
+    out = tmp_path / "out" / "store"
+    assert "--rescale 0,1" in _fails(capsys, precompute_args(packed, bundle_path, "3", out, "--quiet"))
+    assert not (tmp_path / "out").exists()
+    got = Imagery(packed, rescale=(0, 1)).cell(5, 16, 10, SIZE)
+    want = Imagery(_write(tmp_path / "bytes.tif", bits * 255, profile)).cell(5, 16, 10, SIZE)
+    assert got is not None and set(np.unique(got.rgb)) == {0, 255}  # resampled as 0..1, then spread
+    assert np.abs(got.rgb.astype(int) - want.rgb.astype(int)).mean() < 8
