@@ -14,11 +14,11 @@ from precompute.merge import merge
 from precompute.plan import PlanError, Region, parse_bbox, parse_levels, parse_shard
 from precompute.ray_engine import KILL_ONCE_ENV, RayJob, absolute, import_ray, run_on_ray, shards_root
 from precompute.run import RunOptions, execute, left_out_lines, make_plan
-from runtime.arguments import integer_in, number_above, parsed_by, seed_argument
+from runtime.arguments import integer_in, number_above, parsed_by, pixel_value, seed_argument
 from runtime.errors import UsageError
 from runtime.imagery import Imagery, check_black_borders
 from runtime.imagery_checks import parse_bands, parse_rescale
-from runtime.tiles import WORLD_BBOX, tile_range
+from runtime.tiles import MAX_LEVEL, WORLD_BBOX, tile_range
 from store.index import FLAT_MAX, RECALL_KS, RECALL_TARGET
 from store.reader import Store
 from store.synth import SynthSpec, bundle_facts, synth_store
@@ -277,7 +277,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="which fusions --fusion-levels store: hour (0..23), month (1..12) (default hour,month)",
     )
     p.add_argument(
-        "--nodata", type=float, help="treat this pixel value as no imagery (default: each file's own nodata)"
+        "--nodata", type=pixel_value, help="treat this pixel value as no imagery (default: each file's own nodata)"
     )
     p.add_argument(
         "--rescale",
@@ -394,8 +394,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "`soundscape serve --bundle B --store OUT` serves it (tiles are drawn, not meaningful).",
     )
     synth.add_argument("--out", required=True, help="store directory to write")
-    synth.add_argument("--level", type=int, required=True, help="the level of every cell, e.g. 12")
-    synth.add_argument("--cells", type=int, required=True, help="how many cells, in Morton order")
+    synth.add_argument(
+        "--level",
+        type=integer_in(0, MAX_LEVEL),
+        required=True,
+        help=f"the level of every cell (0..{MAX_LEVEL}), e.g. 12",
+    )
+    synth.add_argument(
+        "--cells", type=integer_in(1), required=True, help="how many cells, in Morton order (at most the level's)"
+    )
     synth.add_argument("--within", default="", help="quadkey whose descendants are the cells (default: the world)")
     synth.add_argument("--bundle", help="model bundle to pair with (its id and dims); default 64/96 dims, unpaired")
     synth.add_argument(

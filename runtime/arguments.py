@@ -91,6 +91,20 @@ def number_in(least: float, most: float, what: str = "a number") -> Callable[[st
     return parse
 
 
+SPECIAL_VALUES = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
+
+
+def pixel_value(text: str) -> float:
+    """A pixel value as a raster stores it: an ASCII number, or nan, inf or -inf (float rasters'
+    nodata); whether a file's pixels can hold it is the imagery's check."""
+    if NUMBER.fullmatch(text):
+        return float(text)
+    special = SPECIAL_VALUES.get(text.strip().lower())
+    if special is None:
+        raise argparse.ArgumentTypeError(f"must be a number (or nan, inf, -inf), not {text!r}")
+    return special
+
+
 def parsed_by(parse: Callable[[str], T]) -> Callable[[str], T]:
     """An argparse type of a parser that raises ValueError with its sentence (a rescale range,
     a list of bands): argparse then refuses the value with that sentence, not 'invalid value'."""

@@ -5,6 +5,7 @@ what was already stored as it was."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -345,28 +346,67 @@ def test_a_full_disk_under_stdout_is_one_sentence(tmp_path) -> None:
 NEEDED = {"--imagery", "--bundle", "--out", "--checkpoint", "--weights", "--config"}
 
 
+def _every_option(parser=None, name: str = "soundscape"):
+    """(command, action) for every option of the CLI and its subcommands."""
+    import argparse
+
+    from cli.main import build_parser
+
+    for action in (parser or build_parser())._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, subparser in action.choices.items():
+                yield from _every_option(subparser, f"{name} {sub}")
+        elif action.option_strings:
+            yield name, action
+
+
+def test_no_option_reads_its_number_with_a_bare_int_or_float() -> None:
+    """int() and float() take '1_0' as 10, other scripts' digits and 'nan': `store synth --level
+    1_0` wrote a store of level 10 and `corpus explain --lat 1_0` explained latitude 10. Every
+    number goes through runtime.arguments, which reads ASCII digits and checks the range."""
+    bare = [f"{name} {action.option_strings[-1]}" for name, action in _every_option() if action.type in (int, float)]
+    assert not bare
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (
+            ["store", "synth", "--out", "S", "--level", "1_0", "--cells", "3"],
+            "argument --level: must be an integer from 0 to 24, not '1_0'",
+        ),
+        (
+            ["store", "synth", "--out", "S", "--level", "3", "--cells", "0"],
+            "argument --cells: must be an integer of at least 1, not '0'",
+        ),
+        (["precompute", "--nodata", "1_0"], "argument --nodata: must be a number (or nan, inf, -inf), not '1_0'"),
+    ],
+)
+def test_a_number_with_an_underscore_is_refused_by_argparse(capsys, argv, says) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_nodata_takes_the_special_float_values() -> None:
+    from runtime.arguments import pixel_value
+
+    assert math.isnan(pixel_value("NaN")) and pixel_value("-inf") == -math.inf and pixel_value(" -9999 ") == -9999
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate", "export", "precompute", "store", "corpus"])
 def test_every_option_says_its_default(command) -> None:
     """--help of train --stop-after, evaluate --config/--max-samples/--cache-dir, export --metrics,
     precompute --region/--shard/--fusion-budget/--nodata/--licence and store synth --seed said
     what the option does but not what happens without it."""
-    import argparse
-
-    from cli.main import build_parser
-
-    def options(parser: argparse.ArgumentParser, name: str):
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for sub, subparser in action.choices.items():
-                    yield from options(subparser, f"{name} {sub}")
-            elif action.option_strings and not action.required and action.nargs != 0:
-                yield name, action
-
-    root = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     silent = [
         f"{name} {action.option_strings[-1]}"
-        for name, action in options(root.choices[command], command)
-        if action.option_strings[-1] not in NEEDED
+        for name, action in _every_option()
+        if name.split()[1:2] == [command]
+        and not action.required
+        and action.nargs != 0
+        and action.option_strings[-1] not in NEEDED
         and "default" not in (action.help or "")
         and "as for precompute" not in (action.help or "")
     ]
