@@ -98,7 +98,7 @@ def test_audio_is_resampled_to_the_bundle_rate(client):
         ({"content": b"hello"}, 415, "no Content-Type"),
         ({"content": b"RIFF\x00\x00garbage" * 10, "headers": {"Content-Type": "audio/wav"}}, 415, "cannot read"),
         ({"content": b"", "headers": {"Content-Type": "audio/wav"}}, 422, "empty"),
-        ({"files": {"other": ("a.wav", b"x", "audio/wav")}}, 422, "`file`"),
+        ({"files": {"other": ("a.wav", b"x", "audio/wav")}}, 422, "takes only 'text' or 'file', not 'other'"),
         ({"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 422, "form"),
     ],
 )
@@ -124,3 +124,32 @@ def test_limits_answer_413(client):
     assert len(silence.getvalue()) < 2_000_000
     long = client.post("/queries", content=silence.getvalue(), headers={"Content-Type": "audio/flac"})
     assert long.status_code == 413 and "12 s" in long.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "request_args, says",
+    [
+        ({"json": {"text": "birdsong", "hour": 6}}, "the JSON body takes only 'text', not 'hour'"),
+        ({"json": {"text": "birdsong", "Text": "rain"}}, "the JSON body takes only 'text', not 'Text'"),
+        (
+            {"files": {"text": (None, "birdsong"), "month": (None, "5")}},
+            "the form takes only 'text' or 'file', not 'month'",
+        ),
+        ({"json": {"text": "birdsong"}, "params": {"source": "wildlife"}}, "POST /queries takes no 'source'"),
+        (
+            {"content": clip(), "headers": {"content-type": "audio/wav"}, "params": {"hour": "6"}},
+            "POST /queries takes no 'hour'",
+        ),
+    ],
+)
+def test_a_registration_naming_metadata_is_refused_not_registered_without_it(client, request_args, says):
+    """{"text": "birdsong", "hour": 6} registered birdsong and dropped the hour silently: its links
+    drew the unknown-hour map where the client asked for dawn. A query is its text or recording;
+    the answer says where hour, month and source go."""
+    answer = client.post("/queries", **request_args)
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith(says)
+    assert answer.json()["detail"].endswith("a query's hour, month and source go on its tile URLs (hour=6&month=5)")
+    assert (
+        client.get("/queries/" + record_id(client.app.state.service.bundle.id, "text", b"birdsong")).status_code == 404
+    )

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from contextlib import nullcontext
 
 from fastapi import APIRouter, HTTPException, Request
@@ -36,12 +36,14 @@ REQUEST_BODY = {
                     "type": "object",
                     "required": ["text"],
                     "properties": {"text": {"type": "string", "maxLength": 500}},
+                    "additionalProperties": False,
                 }
             },
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
                     "properties": {"text": {"type": "string"}, "file": {"type": "string", "format": "binary"}},
+                    "additionalProperties": False,
                 }
             },
             "audio/*": {"schema": {"type": "string", "format": "binary"}},
@@ -113,7 +115,22 @@ def parse_json_text(body: bytes) -> str:
         raise HTTPException(422, "the body is not valid JSON") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
         raise HTTPException(422, 'the JSON body must be {"text": "..."}')
+    _only_known(payload, ("text",), "the JSON body")
     return payload["text"]
+
+
+# A query is its text or recording alone: hour, month and source go on the URLs that draw it, so a
+# registration naming them would draw the unknown-metadata map where its client asked for another.
+METADATA_GOES_ON_URLS = "a query's hour, month and source go on its tile URLs (hour=6&month=5)"
+METADATA_PARAMS = ("hour", "month", "source")
+
+
+def _only_known(fields: Iterable[str], known: tuple[str, ...], what: str) -> None:
+    """422 naming the first field of `fields` outside `known`, never dropped silently."""
+    other = next((name for name in fields if name not in known), None)
+    if other is not None:
+        keys = " or ".join(repr(k) for k in known)
+        raise HTTPException(422, f"{what} takes only {keys}, not {other[:40]!r}: {METADATA_GOES_ON_URLS}")
 
 
 class _RepeatedKey(Exception):
@@ -171,6 +188,7 @@ async def parse_form(request: Request, body: bytes) -> tuple[str | None, bytes |
         raise HTTPException(422, exc.message) from None
     except MultiPartException as exc:
         raise HTTPException(422, f"malformed multipart body: {exc.message}") from None
+    _only_known(form.keys(), ("text", "file"), "the form")
     for name in ("file", "text"):  # of two, the last would be registered silently
         if (times := len(form.getlist(name))) > 1:
             raise HTTPException(422, f"the form gives {name} {times} times: give one text or one file")
@@ -211,6 +229,8 @@ async def describe(service: SoundscapeService, record: QueryRecord, embedding: Q
 async def register(request: Request, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
     """Register a text (`{"text": ...}`) or an audio clip (multipart `file`, or a raw `audio/*`
     body); answers the query's id, the same for the same bundle and normalised input."""
+    if asked := [name for name in METADATA_PARAMS if name in request.query_params]:
+        raise HTTPException(422, f"POST /queries takes no {asked[0]!r}: {METADATA_GOES_ON_URLS}")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (content_type in ("application/json", "multipart/form-data") or content_type.startswith(AUDIO_TYPES)):
         raise HTTPException(
