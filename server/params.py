@@ -301,15 +301,26 @@ PARAMS_CLASSES: dict[Callable[..., Any], type[Validated]] = {}
 async def each_once(request: Request) -> None:
     """Refuse a parameter the route takes given more than once: `q=rain&q=birdsong` would
     otherwise draw the last one silently. Parameters the route does not take (a cache buster
-    such as `_=1733040000`) stay ignored, repeated or not. Also refuse one whose percent-encoded
-    bytes are not UTF-8 (`not_utf8`). The 422 names every other bad parameter too."""
+    such as `_=1733040000`) stay ignored, repeated or not, unless the name is a slip of one it
+    takes (`near_miss`). Also refuse one whose percent-encoded bytes are not UTF-8 (`not_utf8`).
+    The 422 names every other bad parameter too."""
     items = request.query_params.multi_items()
-    repeated = [(k, n) for k, n in Counter(k for k, _ in items).items() if n > 1]
+    counts = Counter(k for k, _ in items)
+    repeated = [(k, n) for k, n in counts.items() if n > 1]
     garbled = any(REPLACED in v for _, v in items)  # the decoder's mark for bytes that are not UTF-8
     route = request.scope.get("route")
-    if (repeated or garbled) and isinstance(route, APIRoute):
-        taken = query_names(route.dependant)
+    if not isinstance(route, APIRoute):
+        return
+    taken, slips_of = taken_by(route.endpoint, route.dependant)
+    slips = [(name, meant) for name in counts.keys() - taken if (meant := slips_of.get(spelling(name)))]
+    if repeated or garbled or slips:
         refusals = Refusals()
+        for name, meant in slips:
+            refusals.refuse(
+                name,
+                f"{name[:40]!r} is not a parameter of this route: did you mean {meant!r}? (names are exact; one "
+                "the route does not take is ignored, so the answer would not be what you asked)",
+            )
         for name, times in repeated:
             if name in taken:
                 refusals.refuse(name, f"{name} is given {times} times: give each parameter once")
@@ -317,6 +328,25 @@ async def each_once(request: Request) -> None:
             not_utf8(request.scope.get("query_string", b""), taken, refusals)
         if refusals:
             raise Refused(refused_detail(request, refusals))
+
+
+def spelling(name: str) -> str:
+    """A parameter name as a slip would leave it: `Hour`, ` hour`, `hours` and `tile-size` are
+    `hour`, `hour`, `hour` and `tilesize`."""
+    folded = name.strip().casefold().replace("-", "").replace("_", "")
+    return folded[:-1] if folded.endswith("s") and len(folded) > 2 else folded
+
+
+TAKEN: dict[Callable[..., Any], tuple[set[str], dict[str, str]]] = {}
+
+
+def taken_by(endpoint: Callable[..., Any], dependant: Dependant) -> tuple[set[str], dict[str, str]]:
+    """The query parameters of a route (its endpoint's: the same in every app), and each of them
+    under its `spelling`; worked out once per endpoint."""
+    if endpoint not in TAKEN:
+        names = query_names(dependant)
+        TAKEN[endpoint] = names, {spelling(n): n for n in names}
+    return TAKEN[endpoint]
 
 
 REPLACED = "\ufffd"

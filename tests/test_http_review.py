@@ -13,6 +13,7 @@ from tests.server_support import LAND_TILE, live_server, make_client, refused
 
 Z, X, Y = LAND_TILE
 TILE = f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy"
+POINT = "/point/10.5,47.2"
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +93,26 @@ def test_a_method_http_does_not_register_is_400_in_the_one_error_shape(bundle_pa
             assert json.loads(body) == {"detail": "the request is not valid HTTP/1.1"}, body
         status, _ = _raw_status(base, b"PROPFIND /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         assert status == 405
+
+
+@pytest.mark.parametrize(
+    "path, slip, meant",
+    [
+        (TILE, {"Hour": "6"}, "hour"),
+        (TILE, {"months": "5"}, "month"),
+        (TILE, {"colormapname": "viridis"}, "colormap_name"),
+        (TILE, {"layers": "uncertainty"}, "layer"),
+        ("/tilejson.json", {"tile-size": "512"}, "tilesize"),
+        (POINT, {"SOURCE": "wildlife"}, "source"),
+        ("/search", {" k": "3"}, "k"),
+    ],
+)
+def test_a_slip_of_a_parameter_name_is_refused_not_ignored(client, path, slip, meant):
+    """`hour` spelled `Hour` or `hours` was an unknown parameter, ignored: the unknown-hour map
+    came back 200 for a user who asked for dawn. A name that is a known one but for case, a
+    plural, a dash or an underscore answers 422 naming the one meant; other unknown names (a
+    cache buster) stay ignored."""
+    (name,) = slip
+    detail = refused(client.get(path, params={"q": "rain", **slip}))
+    assert detail.startswith(f"{name!r} is not a parameter of this route: did you mean {meant!r}?")
+    assert client.get(path, params={"q": "rain", "_": "1733040000", "qq": "x", "s": "1"}).status_code == 200
