@@ -21,6 +21,18 @@ from server.ratelimit import Rate
 ENV_PREFIX = "SOUNDSCAPE_"
 MB = 1024 * 1024
 PUBLIC_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
+# What a header carries: visible ASCII and spaces (a CR or LF in Cache-Control made every
+# response a 500 in uvicorn's header check).
+HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,256}")
+# A browser's Origin is scheme://host[:port], nothing after: "https://maps.example.org/" never
+# equals one, so CORS was off for it, silently.
+CORS_ORIGIN = re.compile(r"\*|https?://[^/?#\s]+")
+# A Host header's name as urls.host_name leaves it (no port): a name, `.example.org` for it and
+# its subdomains, an IPv6 address, or `*`. "tiles.example.org:8000" or "https://..." matched no
+# request, so every one answered 400.
+HOST_NAME = re.compile(r"\*|\.?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f.]*")
+# Threads an operator asks for: onnxruntime builds its pool at once, so 100000 stopped the server.
+MAX_THREADS = 1024
 
 
 def default_query_db() -> str:
@@ -45,6 +57,7 @@ Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)]
 # every request 503, an infinite upload limit bounded nothing, a NaN cache size crashed).
 Count = Annotated[int, Field(ge=1)]
 CountOrZero = Annotated[int, Field(ge=0)]
+Threads = Annotated[int, Field(ge=1, le=MAX_THREADS)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PositiveOrZero = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -110,11 +123,13 @@ class Settings(EnvSettings):
     lru_mb: PositiveOrZero = Field(256, description="in-process tile cache per worker, MB (0: none, Redis alone)")
     # Requests already run in parallel on the compute pool (one per core), so more onnxruntime
     # threads would oversubscribe the cores: 1 measured 2x faster under load.
-    ort_threads: CountOrZero = Field(1, description="onnxruntime threads per graph run (0: every core)")
+    ort_threads: Annotated[int, Field(ge=0, le=MAX_THREADS)] = Field(
+        1, description="onnxruntime threads per graph run (0: every core)"
+    )
     # int8 embeds a new text query at less than half fp32's CPU (query means within cosine 0.95
     # of fp32's; docs/bundle.md).
     precision: str = Field("fp32", description="which of the bundle's graphs run (runtime/contract.py)")
-    compute_threads: Count = Field(
+    compute_threads: Threads = Field(
         default_factory=lambda: os.cpu_count() or 1,
         description="threads of a worker's compute pool (default: the cores, shared out among --workers)",
     )
@@ -143,7 +158,7 @@ class Settings(EnvSettings):
     )
     # One large fusion is rare, bounded by full_fusions, and its answer waits on all of it, so it
     # borrows the other workers' cores.
-    fusion_threads: Count = Field(
+    fusion_threads: Threads = Field(
         default_factory=lambda: os.cpu_count() or 1,
         description="threads one large fusion is split over (default: every core, whatever --workers)",
     )
@@ -166,6 +181,37 @@ class Settings(EnvSettings):
         if value is not None and not PUBLIC_URL.fullmatch(value):
             raise ValueError(f"public URL {value!r} is not like https://tiles.example.org or http://host:port/prefix")
         return value.rstrip("/") if value is not None else None
+
+    @field_validator("cache_control")
+    @classmethod
+    def _cache_control(cls, value: str) -> str:
+        if not HEADER_VALUE.fullmatch(value):
+            raise ValueError(
+                f"Cache-Control {value[:80]!r} is not a header value: 1 to 256 visible ASCII characters and spaces"
+            )
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if not CORS_ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"CORS origin {origin[:80]!r} is not like https://maps.example.org (scheme, host and port, "
+                    "no path or trailing slash: what browsers send as Origin) or *"
+                )
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if not HOST_NAME.fullmatch(host):
+                raise ValueError(
+                    f"allowed host {host[:80]!r} is not a host name like tiles.example.org, .example.org "
+                    "(it and its subdomains), an IP address or * (no scheme, port or path)"
+                )
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -78,6 +78,16 @@ def test_direct_construction_reads_no_variable(env):
         ("PRECISION", "fp8", "precision 'fp8' is not one of fp32, fp16, int8"),
         ("REDIS_URL", "localhost:6379", "Redis URL 'localhost:6379' (SOUNDSCAPE_REDIS_URL, --redis-url)"),
         ("REDIS_URL", "redis://r:99999", "(SOUNDSCAPE_REDIS_URL, --redis-url): port out of range 0-65535"),
+        # A CR in a header value made every response a 500; a trailing slash or a port never
+        # matched a browser's Origin or a Host name; 100000 onnxruntime threads stopped serve.
+        ("CACHE_CONTROL", "public\r\nX-Evil: 1", "Cache-Control 'public\\r\\nX-Evil: 1' is not a header value"),
+        ("CACHE_CONTROL", "x" * 300, "is not a header value: 1 to 256 visible ASCII characters and spaces"),
+        ("CORS_ORIGINS", "https://maps.example.org/", "CORS origin 'https://maps.example.org/' is not like"),
+        ("CORS_ORIGINS", "maps.example.org", "CORS origin 'maps.example.org' is not like"),
+        ("ALLOWED_HOSTS", "localhost,tiles.example.org:8000", "allowed host 'tiles.example.org:8000' is not a host"),
+        ("ALLOWED_HOSTS", "https://tiles.example.org", "allowed host 'https://tiles.example.org' is not a host"),
+        ("ORT_THREADS", "100000", "SOUNDSCAPE_ORT_THREADS must be less than or equal to 1024, not '100000'"),
+        ("COMPUTE_THREADS", "5000", "SOUNDSCAPE_COMPUTE_THREADS must be less than or equal to 1024"),
     ],
 )
 def test_a_bad_value_is_one_sentence_naming_its_variable(env, name, value, sentence):
@@ -89,6 +99,14 @@ def test_a_bad_value_is_one_sentence_naming_its_variable(env, name, value, sente
         Settings.from_env()
         ConnectionLimits.from_env()
     assert sentence in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_forms_each_setting_documents_are_taken(env):
+    env.setenv("SOUNDSCAPE_ALLOWED_HOSTS", ".example.org,tiles.example.org,my_box,127.0.0.1,::1,*")
+    env.setenv("SOUNDSCAPE_CORS_ORIGINS", "*,http://localhost:5173,https://maps.example.org")
+    env.setenv("SOUNDSCAPE_CACHE_CONTROL", "public, max-age=60, stale-while-revalidate=30")
+    settings = Settings.from_env()
+    assert settings.allowed_hosts[-1] == "*" and settings.cors_origins[1] == "http://localhost:5173"
 
 
 def numeric_fields() -> list[tuple[type, str, float]]:
