@@ -17,7 +17,7 @@ from runtime.contract import PRECISIONS
 from runtime.errors import UsageError
 from server.protocol import ConnectionLimits
 from server.registry import SqliteRecords
-from server.settings import Settings
+from server.settings import Settings, check_variable_names
 from server.urls import LOOPBACK_HOSTS, tile_template
 from store.reader import Store
 
@@ -109,6 +109,7 @@ def check_internet_options(host: str) -> Settings:
     """The settings the SOUNDSCAPE_* variables (and so the options) give, every value checked
     before starting (a bad one: SettingsError, one sentence, exit 2); URLs may name the bind host
     unless SOUNDSCAPE_ALLOWED_HOSTS says otherwise; warn when a public bind has no public URL."""
+    check_variable_names((Settings, ConnectionLimits), os.environ)
     wildcard = host in ("0.0.0.0", "::", "")
     if "SOUNDSCAPE_ALLOWED_HOSTS" not in os.environ:
         os.environ["SOUNDSCAPE_ALLOWED_HOSTS"] = ",".join((*LOOPBACK_HOSTS, *(() if wildcard else (host,))))

@@ -6,8 +6,10 @@ limits (server/protocol.ConnectionLimits) are a model of the same kind."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Self
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
@@ -107,6 +109,20 @@ def _sentence(model: type[BaseSettings], error: Any) -> str:
     if error["type"] == "value_error":
         return str(error["ctx"]["error"])
     return f"{name} must be {error['msg'].removeprefix('Input should be ')}, not {error['input']!r}"
+
+
+def check_variable_names(models: tuple[type[BaseSettings], ...], environ: Mapping[str, str]) -> None:
+    """SettingsError for a SOUNDSCAPE_* variable that is a slip of a setting's name
+    (SOUNDSCAPE_MAX_UPLOADS_MB): pydantic ignores a name that is no field, so the server ran with
+    the default, silently. Names far from every setting (other commands' variables) pass."""
+    known = [ENV_PREFIX + name.upper() for model in models for name in model.model_fields]
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            meant = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            if meant:
+                raise SettingsError(
+                    f"{name} is not a setting: did you mean {meant[0]}? (as written it would be ignored)"
+                )
 
 
 class Settings(EnvSettings):

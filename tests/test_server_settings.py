@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from server.protocol import ConnectionLimits
-from server.settings import MB, Settings, SettingsError
+from server.settings import MB, Settings, SettingsError, check_variable_names
 from tests.conftest import free_port
 from tests.server_support import REPO
 
@@ -109,6 +109,22 @@ def test_the_forms_each_setting_documents_are_taken(env):
     assert settings.allowed_hosts[-1] == "*" and settings.cors_origins[1] == "http://localhost:5173"
 
 
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [("MAX_UPLOADS_MB", "MAX_UPLOAD_MB"), ("CORS_ORIGIN", "CORS_ORIGINS"), ("KEEPALIVE_S", "KEEP_ALIVE_S")],
+)
+def test_a_slip_of_a_variable_name_is_refused(name, meant):
+    """SOUNDSCAPE_MAX_UPLOADS_MB=3 was ignored (no such field): the server took 10 MB uploads."""
+    with pytest.raises(SettingsError, match=f"SOUNDSCAPE_{name} is not a setting: did you mean SOUNDSCAPE_{meant}?"):
+        check_variable_names((Settings, ConnectionLimits), {f"SOUNDSCAPE_{name}": "1"})
+
+
+def test_other_commands_variables_pass_the_name_check():
+    """Variables of precompute, the store and the tests are far from every serve setting."""
+    others = ("DATA_DIR", "RAY_KILL_ONCE", "IMAGERY", "QUERY_DB", "HOME_PAGE")
+    check_variable_names((Settings, ConnectionLimits), {f"SOUNDSCAPE_{n}": "1" for n in others} | {"PATH": "/bin"})
+
+
 def numeric_fields() -> list[tuple[type, str, float]]:
     """(model, field, least value allowed) of every number an operator sets."""
     found = []
@@ -143,6 +159,7 @@ def test_every_number_is_bounded_and_finite(env, model, name, least):
         ("MAX_HEADERS", "-", "SOUNDSCAPE_MAX_HEADERS"),
         ("BODY_TIMEOUT_S", "nan", "SOUNDSCAPE_BODY_TIMEOUT_S must be a finite number, not 'nan'"),
         ("MAX_CONNECTIONS", "0", "SOUNDSCAPE_MAX_CONNECTIONS must be greater than or equal to 1, not '0'"),
+        ("MAX_UPLOADS_MB", "3", "SOUNDSCAPE_MAX_UPLOADS_MB is not a setting: did you mean SOUNDSCAPE_MAX_UPLOAD_MB?"),
     ],
 )
 def test_serve_refuses_a_bad_variable_before_starting(bundle_path, store_path, tmp_path, name, value, sentence):
