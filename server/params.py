@@ -302,7 +302,7 @@ async def each_once(request: Request) -> None:
     """Refuse a parameter the route takes given more than once: `q=rain&q=birdsong` would
     otherwise draw the last one silently. Parameters the route does not take (a cache buster
     such as `_=1733040000`) stay ignored, repeated or not, unless the name is a slip of one it
-    takes (`near_miss`). Also refuse one whose percent-encoded bytes are not UTF-8 (`not_utf8`).
+    takes (`spelling`). Also refuse one whose percent-encoded bytes are not UTF-8 (`not_utf8`).
     The 422 names every other bad parameter too."""
     items = request.query_params.multi_items()
     counts = Counter(k for k, _ in items)
