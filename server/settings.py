@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Self
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from redis.connection import parse_url
 
@@ -33,6 +33,23 @@ CORS_ORIGIN = re.compile(r"\*|https?://[^/?#\s]+")
 # its subdomains, an IPv6 address, or `*`. "tiles.example.org:8000" or "https://..." matched no
 # request, so every one answered 400.
 HOST_NAME = re.compile(r"\*|\.?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f.]*")
+# Each setting of a form: the pattern it matches whole, and the sentence refusing a value that does not.
+FORMS = {
+    "cache_control": (
+        HEADER_VALUE,
+        "Cache-Control {!r} is not a header value: 1 to 256 visible ASCII characters and spaces",
+    ),
+    "cors_origins": (
+        CORS_ORIGIN,
+        "CORS origin {!r} is not like https://maps.example.org (scheme, host and port, no path or trailing slash: "
+        "what browsers send as Origin) or *",
+    ),
+    "allowed_hosts": (
+        HOST_NAME,
+        "allowed host {!r} is not a host name like tiles.example.org, .example.org (it and its subdomains), an IP "
+        "address or * (no scheme, port or path)",
+    ),
+}
 # Threads an operator asks for: onnxruntime builds its pool at once, so 100000 stopped the server.
 MAX_THREADS = 1024
 
@@ -198,35 +215,14 @@ class Settings(EnvSettings):
             raise ValueError(f"public URL {value!r} is not like https://tiles.example.org or http://host:port/prefix")
         return value.rstrip("/") if value is not None else None
 
-    @field_validator("cache_control")
+    @field_validator(*FORMS)
     @classmethod
-    def _cache_control(cls, value: str) -> str:
-        if not HEADER_VALUE.fullmatch(value):
-            raise ValueError(
-                f"Cache-Control {value[:80]!r} is not a header value: 1 to 256 visible ASCII characters and spaces"
-            )
-        return value
-
-    @field_validator("cors_origins")
-    @classmethod
-    def _cors_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for origin in value:
-            if not CORS_ORIGIN.fullmatch(origin):
-                raise ValueError(
-                    f"CORS origin {origin[:80]!r} is not like https://maps.example.org (scheme, host and port, "
-                    "no path or trailing slash: what browsers send as Origin) or *"
-                )
-        return value
-
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _allowed_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for host in value:
-            if not HOST_NAME.fullmatch(host):
-                raise ValueError(
-                    f"allowed host {host[:80]!r} is not a host name like tiles.example.org, .example.org "
-                    "(it and its subdomains), an IP address or * (no scheme, port or path)"
-                )
+    def _form(cls, value: str | tuple[str, ...], info: ValidationInfo) -> str | tuple[str, ...]:
+        """A header value, each CORS origin and each allowed host match their form whole."""
+        pattern, refusal = FORMS[info.field_name or ""]
+        for each in (value,) if isinstance(value, str) else value:
+            if not pattern.fullmatch(each):
+                raise ValueError(refusal.format(each[:80]))
         return value
 
     @field_validator("redis_url")
