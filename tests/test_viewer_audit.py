@@ -103,9 +103,10 @@ def page_errors(page) -> list[str]:
 @pytest.mark.slow  # a live server and a browser (the module's first browser test starts both)
 def test_a_hostile_link_opens_the_default_map_and_says_what_it_left_out(browser, server):  # noqa: F811
     """hour=99, month=0, layer=<script>, map=abc and opacity=2 were dropped without a word: the page
-    showed defaults and the user could not tell why the link did not show what it promised."""
+    showed defaults and the user could not tell why the link did not show what it promised. So
+    was Months=5, a slip of month (a key far from every other, `_`, stays ignored)."""
     script = "<script>injected=1</script>"  # 27 characters: the notice quotes at most 30
-    link = f"/#q={quote(HOSTILE)}&hour=99&month=0&layer={quote(script)}&map=abc&opacity=2&best=1,2"
+    link = f"/#q={quote(HOSTILE)}&hour=99&month=0&layer={quote(script)}&map=abc&opacity=2&best=1,2&Months=5&_=1"
     page = open_page(browser, server, link, ready=HEATMAP_LOADED)
     try:
         notice = page.inner_text("#notice")
@@ -117,8 +118,10 @@ def test_a_hostile_link_opens_the_default_map_and_says_what_it_left_out(browser,
             "map=abc (it takes zoom/lat/lon)",
             "opacity=2 (it takes a number 0 to 1)",
             "best=1,2 (it takes west,south,east,north)",
+            "Months=5 (did you mean month?)",  # a slip of a key, said as the server says it
         ]:
             assert refused in notice
+        assert "_=1" not in notice
         assert page.input_value("#text") == HOSTILE and HOSTILE in page.inner_text("#status"), "the query as text"
         assert page.evaluate("window.injected") is None and page.locator("#panel img:not(#legend-img)").count() == 0
         shown = hash_params(page)

@@ -109,6 +109,14 @@ const LINK_PARAMS = {
   map: [viewIn, "zoom/lat/lon"],
 };
 
+// Every key a link holds, and a key as a slip would leave it (as the server reads parameter names):
+// `Hour`, `hours` and ` hour` are `hour`, so a hand-typed `Hour=6` is said, not dropped silently.
+const LINK_KEYS = ["q", "query", "source", ...Object.keys(LINK_PARAMS)];
+function spelling(key) {
+  const folded = key.trim().toLowerCase().replace(/[-_]/g, "");
+  return folded.endsWith("s") && folded.length > 2 ? folded.slice(0, -1) : folded;
+}
+
 // The state a shared URL carries, in the hash (or, for links like /?query=<id>, the query string;
 // the hash wins). A value out of range is left out, so a hand-edited URL still opens a map, and
 // `refused` says which and what each takes (the page's notice); the source is checked against the
@@ -122,6 +130,10 @@ function readUrlState() {
     const text = params.get(key);
     read[key] = text ? reader(text) : null;
     if (text && read[key] === null) refused.push(`${key}=${shorten(text, 30)} (it takes ${takes})`);
+  }
+  for (const [key, value] of params) {
+    const meant = LINK_KEYS.find((known) => known !== key && spelling(known) === spelling(key));
+    if (meant && !LINK_KEYS.includes(key)) refused.push(`${shorten(key, 20)}=${shorten(value, 30)} (did you mean ${meant}?)`);
   }
   return {
     q: (params.get("q") || "").trim() || null,
