@@ -136,6 +136,7 @@ def test_limits_answer_413(client):
             "the form takes only 'text' or 'file', not 'month'",
         ),
         ({"json": {"text": "birdsong"}, "params": {"source": "wildlife"}}, "POST /queries takes no 'source'"),
+        ({"json": {"text": "birdsong"}, "params": {"Hours": "6"}}, "POST /queries takes no 'Hours'"),
         (
             {"content": clip(), "headers": {"content-type": "audio/wav"}, "params": {"hour": "6"}},
             "POST /queries takes no 'hour'",

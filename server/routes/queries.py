@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from server.engine import QueryEmbedding, QueryMetadata
 from server.http import conditional, errors
+from server.params import spelling
 from server.queries import QueryRecord, is_query_id
 from server.routes.deps import ServiceDep, SettingsDep
 from server.service import SoundscapeService, UploadBytes
@@ -229,7 +230,7 @@ async def describe(service: SoundscapeService, record: QueryRecord, embedding: Q
 async def register(request: Request, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
     """Register a text (`{"text": ...}`) or an audio clip (multipart `file`, or a raw `audio/*`
     body); answers the query's id, the same for the same bundle and normalised input."""
-    if asked := [name for name in METADATA_PARAMS if name in request.query_params]:
+    if asked := [name for name in request.query_params if spelling(name) in METADATA_PARAMS]:
         raise HTTPException(422, f"POST /queries takes no {asked[0]!r}: {METADATA_GOES_ON_URLS}")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (content_type in ("application/json", "multipart/form-data") or content_type.startswith(AUDIO_TYPES)):
