@@ -53,6 +53,11 @@ class RunOptions:
         unknown = sorted(set(self.fusions) - set(FUSION_KINDS))
         if unknown:
             raise PlanError(f"fusions must be among {', '.join(FUSION_KINDS)}, not {unknown[0]!r}")
+        if self.fusion_levels and not self.fusions:  # `--fusions ''` stored none, and said so only in the plan
+            raise PlanError(
+                f"fusions are asked for at levels {', '.join(map(str, self.fusion_levels))} but --fusions names none: "
+                f"give {' or '.join(FUSION_KINDS)} (or both, the default)"
+            )
         if (self.batch is not None and self.batch < 1) or self.readers < 1:
             raise PlanError("--batch-size and --readers must be at least 1")
 

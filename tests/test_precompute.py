@@ -148,6 +148,10 @@ def test_cli_refuses_bad_input_with_exit_2(bundle_path, imagery_path, store_path
         ([*run, "--shard", "4/4", "--out", str(tmp_path / "s5")], "shard"),
         ([*run, "--region", str(bad), "--out", str(tmp_path / "s6")], "not a readable GeoJSON"),
         ([*run, "--fusions", "weekday", "--out", str(tmp_path / "s7")], "fusions must be among"),
+        (  # fusion levels with no kind of fusion stored none, exit 0
+            [*run, "--levels", "3", "--fusion-levels", "3", "--fusions", "", "--out", str(tmp_path / "s9")],
+            "--fusions names none",
+        ),
         (["precompute", "merge", "--out", str(tmp_path / "s8"), str(store_path)], "not a shard store"),
         (["store", "verify", str(tmp_path)], "not an embedding store"),
     ]
