@@ -213,7 +213,13 @@ def _from_config(path: str, seed: int):
 
 
 def _export(args: argparse.Namespace) -> int:
-    from model.export import bundle_from_trained_parts, described_sources, export_bundle, save_trained_parts
+    from model.export import (
+        bundle_from_trained_parts,
+        check_examples,
+        described_sources,
+        export_bundle,
+        save_trained_parts,
+    )
 
     sources = [s for s in (args.checkpoint, args.config, args.weights) if s]
     if len(sources) != 1:
@@ -245,6 +251,7 @@ def _export(args: argparse.Namespace) -> int:
         model, calibration, training, name = _from_config(args.config, args.seed)
     name = args.name or name
     if args.trained_parts:
+        check_examples(args.example or [], model.tokenizer())
         record = save_trained_parts(
             model,
             args.out,
@@ -302,6 +309,8 @@ def source_descriptions(pairs: list[str]) -> dict[str, str]:
             raise UsageError(
                 f"--source-description takes NAME=TEXT (a source of the model and what it means), not {pair!r}"
             )
+        if name.strip() in out:  # the last would be kept silently
+            raise UsageError(f"--source-description gives {name.strip()!r} twice: give each source one description")
         out[name.strip()] = text.strip()
     return out
 

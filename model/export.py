@@ -51,6 +51,7 @@ from runtime.contract import (
 from runtime.errors import UsageError
 from runtime.files import atomic_write, file_sha256, replace_dir
 from runtime.metadata import encode_metadata
+from runtime.text import TextError, Tokenizer, query_text
 
 PARITY_TOLERANCE = 1e-4
 FP16_RELATIVE_TOLERANCE = 2e-2
@@ -286,6 +287,19 @@ def described_sources(sources: list[str], descriptions: dict[str, str]) -> dict[
     return {name: descriptions[name] for name in sources if name in descriptions}
 
 
+def check_examples(examples: list[str], tokenizer: Tokenizer) -> None:
+    """UsageError for an example the server would refuse as a query (empty, a control
+    character, too long, or no word the model knows): the banner and the viewer offer each one,
+    and `--example ''` was recorded, a link that answered 422."""
+    for text in examples:
+        try:
+            normal = query_text(text)
+        except TextError as exc:
+            raise UsageError(f"--example {text[:60]!r}: {exc}") from None
+        if not tokenizer.known_tokens(normal):
+            raise UsageError(f"--example {normal[:60]!r} holds no word the text model knows")
+
+
 def export_bundle(
     model: PSMModel,
     out: str | Path,
@@ -306,6 +320,7 @@ def export_bundle(
     progress: a line on stderr per graph exported and checked."""
     out = Path(out)
     cfg = model.cfg
+    check_examples(examples or [], model.tokenizer())
     check_finite({**model.state_dict(), "calibration": torch.tensor(calibration)}, "the model to export")
     vocab: dict = {"source": list(cfg.sources), "caption_source": list(cfg.caption_sources)}
     if source_descriptions:

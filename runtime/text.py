@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,39 @@ _WORD = re.compile(r"[a-z0-9]+")
 def normalise_text(text: str) -> str:
     """Case-folded, single-spaced, stripped: the form that is embedded and hashed."""
     return " ".join(text.casefold().split())
+
+
+MAX_TEXT_LENGTH = 500
+# Unicode's control characters (Cc) but those str.split() takes for spaces (tab, newline, ...): a
+# NUL or an escape is no part of a text, and the tokenizer drops it, so each made another query
+# id and cache entry of the same map.
+CONTROL = re.compile(
+    "[" + "".join(re.escape(chr(c)) for c in (*range(0x20), *range(0x7F, 0xA0)) if not chr(c).isspace()) + "]"
+)
+
+
+class TextError(ValueError):
+    """A text no model takes as a query, and the sentence saying why."""
+
+
+def query_text(text: str) -> str:
+    """The normalised query text, or TextError when it is not valid Unicode, holds a control
+    character, or is empty or too long. Composed (NFC) first: é sent as e and a combining accent
+    (NFD) is the same text, and was another query id, cache entry and embedding of the same map."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TextError("text holds a lone surrogate (not valid Unicode text)") from None
+    if (control := CONTROL.search(text)) is not None:
+        raise TextError(f"text holds a control character (U+{ord(control[0]):04X}); send the text alone")
+    normal = normalise_text(unicodedata.normalize("NFC", text))
+    if not normal:
+        raise TextError("text must not be empty (e.g. birdsong)")
+    if len(normal) > MAX_TEXT_LENGTH:
+        raise TextError(
+            f"text must be at most {MAX_TEXT_LENGTH} characters once case-folded and single-spaced, not {len(normal)}"
+        )
+    return normal
 
 
 class Tokenizer(Protocol):

@@ -25,9 +25,10 @@ from fastapi.routing import APIRoute
 from pydantic import BeforeValidator, TypeAdapter
 from pydantic_core import PydanticCustomError
 
+from runtime.text import MAX_TEXT_LENGTH
 from server.engine import GRID, QUERY_LAYERS, QueryMetadata
 from server.http import INTEGER_SPELLING, MAX_DETAIL_CHARS, Refusals, Refused, error_response, refuse_invalid
-from server.queries import MAX_TEXT_LENGTH, QueryError, is_query_id, shown, text_record
+from server.queries import QueryError, is_query_id, shown, text_record
 from server.render import colormap_names
 from server.service import SoundscapeService, TileRequest
 from store.reader import Level

@@ -12,25 +12,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
-import unicodedata
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import soundfile
 
 from runtime.audio import AudioDecodeError, decode_audio, resample
-from runtime.text import normalise_text
+from runtime.text import TextError, query_text
 from server.engine import QueryEmbedding
 
 ID_LENGTH = 16
-MAX_TEXT_LENGTH = 500
-# Unicode's control characters (Cc) but those str.split() takes for spaces (tab, newline, ...): a
-# NUL or an escape is no part of a text, and the tokenizer drops it, so each made another query
-# id and cache entry of the same map.
-CONTROL = re.compile(
-    "[" + "".join(re.escape(chr(c)) for c in (*range(0x20), *range(0x7F, 0xA0)) if not chr(c).isspace()) + "]"
-)
 SHOWN_INPUT_CHARS = 40  # a client's value is quoted back in an error up to this length
 # Uploads are checked against these from the header, before any decode or resampling, so a small
 # file cannot cost much memory or CPU: decoding holds frames x channels float32 samples.
@@ -82,24 +73,11 @@ def shown(value: object) -> str:
 
 
 def clean_text(text: str) -> str:
-    """The normalised text, or a 422 QueryError when it is empty or too long. Composed (NFC)
-    first: é sent as e and a combining accent (NFD) is the same text, and was another query id,
-    cache entry and embedding of the same map."""
+    """The normalised text (runtime.text.query_text), or a 422 QueryError saying why not."""
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise QueryError(422, "text holds a lone surrogate (not valid Unicode text)") from None
-    if (control := CONTROL.search(text)) is not None:
-        raise QueryError(422, f"text holds a control character (U+{ord(control[0]):04X}); send the text alone")
-    normal = normalise_text(unicodedata.normalize("NFC", text))
-    if not normal:
-        raise QueryError(422, "text must not be empty (e.g. birdsong)")
-    if len(normal) > MAX_TEXT_LENGTH:
-        raise QueryError(
-            422,
-            f"text must be at most {MAX_TEXT_LENGTH} characters once case-folded and single-spaced, not {len(normal)}",
-        )
-    return normal
+        return query_text(text)
+    except TextError as exc:
+        raise QueryError(422, str(exc)) from None
 
 
 def text_record(namespace: str, text: str) -> QueryRecord:

@@ -203,6 +203,29 @@ def test_export_refuses_a_source_description_it_cannot_record(capsys, tmp_path, 
     assert not (tmp_path / "bundle").exists()
 
 
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        (["--example", ""], "--example '': text must not be empty (e.g. birdsong)"),
+        (["--example", "bird\x07song"], "--example 'bird\\x07song': text holds a control character (U+0007)"),
+        (["--example", "\u00bf?"], "--example '\u00bf?' holds no word the text model knows"),
+        (["--example", "x" * 501], "text must be at most 500 characters"),
+        (
+            ["--source-description", "demo=a", "--source-description", "demo=b"],
+            "--source-description gives 'demo' twice: give each source one description",
+        ),
+    ],
+)
+@pytest.mark.parametrize("parts", [False, True])
+def test_export_refuses_an_example_the_server_would_refuse(capsys, tmp_path, options, says, parts) -> None:
+    """`--example ''` was recorded and offered by serve's banner as a link that answered 422; of
+    two descriptions of one source the last was kept silently."""
+    argv = ["export", "--config", str(ROOT / "configs/tiny.yaml"), *options, *(["--trained-parts"] if parts else [])]
+    line = _fails(capsys, [*argv, "--out", str(tmp_path / "bundle")])
+    assert says in line
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_a_random_weights_export_records_its_config_and_is_scored_as_it_says(tmp_path) -> None:
     """`export --config` records the config as a checkpoint's export does (docs/bundle.md), so an
     InfoNCE config's bundle is scored by cosine, not CSD."""
