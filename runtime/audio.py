@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from math import gcd
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, ClassVar, Literal, Protocol
 
 import numpy as np
 import soundfile
@@ -116,12 +116,29 @@ def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
     return np.tile(wave, reps)[:n_samples]
 
 
+class ClipSpec:
+    """What every front end's spec shares: a window of `duration_s` at `sample_rate` (its
+    `n_samples`), and the JSON a manifest records (its fields and `kind`)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # each spec is a dataclass
+    kind: ClassVar[str]
+    sample_rate: int
+    duration_s: float
+
+    @property
+    def n_samples(self) -> int:
+        return round(self.duration_s * self.sample_rate)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+
 # --------------------------------------------------------------------------------------------
 # log-mel: the small CNN's input
 
 
 @dataclass(frozen=True)
-class AudioFeatureSpec:
+class AudioFeatureSpec(ClipSpec):
     """Natural-log mel power (kind `log-mel`), shape (n_mels, n_frames)."""
 
     sample_rate: int = 16000
@@ -134,15 +151,8 @@ class AudioFeatureSpec:
     kind = "log-mel"
 
     @property
-    def n_samples(self) -> int:
-        return round(self.duration_s * self.sample_rate)
-
-    @property
     def n_frames(self) -> int:
         return 1 + self.n_samples // self.hop_length
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, **asdict(self)}
 
     @classmethod
     def from_json(cls, spec: dict) -> AudioFeatureSpec:
@@ -172,7 +182,7 @@ def log_mel(wave: np.ndarray, spec: AudioFeatureSpec) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class AisfxMelSpec:
+class AisfxMelSpec(ClipSpec):
     """aisfx's spectrogram (its librosa path): peak-normalised clip, |STFT|^2 (2048/1024, zero
     padded centre frames), 96 HTK mel bands 0..22050 Hz with unit-sum filters,
     log10(1 + 10^4 S) / 9.4578 (aisfx's "original" min-max scaling). Shape (n_mels, n_frames)."""
@@ -187,13 +197,6 @@ class AisfxMelSpec:
     log_gain: float = 10000.0
     scale_max: float = 9.457798957824707
     kind = "aisfx-mel"
-
-    @property
-    def n_samples(self) -> int:
-        return round(self.duration_s * self.sample_rate)
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, **asdict(self)}
 
     def filters(self) -> np.ndarray:
         return htk_mel_filters(self.sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax, "sum")
@@ -217,7 +220,7 @@ class AisfxMelSpec:
 
 
 @dataclass(frozen=True)
-class ClapFusionSpec:
+class ClapFusionSpec(ClipSpec):
     """CLAP's input (transformers ClapFeatureExtractor, truncation "fusion", padding
     "repeatpad"): dB mel power (1024/480, reflect padded, 64 HTK bands 0..14 kHz, peak-1
     filters). A clip up to `duration_s` is repeated, zero padded and its mel copied 4 times; a
@@ -235,15 +238,8 @@ class ClapFusionSpec:
     kind = "clap-fusion"
 
     @property
-    def n_samples(self) -> int:
-        return round(self.duration_s * self.sample_rate)
-
-    @property
     def chunk_frames(self) -> int:
         return self.n_samples // self.hop_length + 1
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, **asdict(self)}
 
     def db_mel(self, wave: np.ndarray | SparseWave, frames: np.ndarray | None = None) -> np.ndarray:
         """(frames, n_mels) dB mel of the waveform: of every frame, or of those numbered in `frames`."""
