@@ -338,15 +338,19 @@ def spelling(name: str) -> str:
     return folded[:-1] if folded.endswith("s") and len(folded) > 2 else folded
 
 
+# Other services' names for a parameter here (OGC API's and STAC's `limit`, a `zoom` for the
+# level, `text` for the query), as `spelling` leaves them: refused naming ours, as a slip is.
+ALIASES = {"limit": "k", "topk": "k", "zoom": "level", "z": "level", "text": "q", "colourmapname": "colormap_name"}
 TAKEN: dict[Callable[..., Any], tuple[set[str], dict[str, str]]] = {}
 
 
 def taken_by(endpoint: Callable[..., Any], dependant: Dependant) -> tuple[set[str], dict[str, str]]:
     """The query parameters of a route (its endpoint's: the same in every app), and each of them
-    under its `spelling`; worked out once per endpoint."""
+    under its `spelling` and its ALIASES; worked out once per endpoint."""
     if endpoint not in TAKEN:
         names = query_names(dependant)
-        TAKEN[endpoint] = names, {spelling(n): n for n in names}
+        aliases = {alias: name for alias, name in ALIASES.items() if name in names}
+        TAKEN[endpoint] = names, aliases | {spelling(n): n for n in names}
     return TAKEN[endpoint]
 
 

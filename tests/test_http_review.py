@@ -105,6 +105,9 @@ def test_a_method_http_does_not_register_is_400_in_the_one_error_shape(bundle_pa
         ("/tilejson.json", {"tile-size": "512"}, "tilesize"),
         (POINT, {"SOURCE": "wildlife"}, "source"),
         ("/search", {" k": "3"}, "k"),
+        ("/search", {"limit": "3"}, "k"),  # other services' names (OGC API, STAC) too
+        ("/search", {"zoom": "5"}, "level"),
+        (TILE, {"text": "rain"}, "q"),
     ],
 )
 def test_a_slip_of_a_parameter_name_is_refused_not_ignored(client, path, slip, meant):
