@@ -38,7 +38,7 @@ def _options(args: argparse.Namespace, plan_levels: list[int], readers: int) -> 
         batch=args.batch_size,
         readers=readers,
         shard=parse_shard(args.shard) if args.shard else (0, 1),
-        fusion_levels=tuple(lv for lv in fusion_levels if lv in plan_levels),
+        fusion_levels=fusion_levels,
         fusions=fusions,
         index_flat_max=args.index_flat_max,
         max_upsample=args.max_upsample,
@@ -51,7 +51,13 @@ def _fusion_levels(args: argparse.Namespace, levels: list[int], kinds: list[str]
     """--fusion-levels, or the coarsest levels whose fusions fit --fusion-budget, counted over the
     bbox (an upper bound: a region, the land mask and missing imagery only remove cells)."""
     if args.fusion_budget is None:
-        return tuple(parse_levels(args.fusion_levels)) if args.fusion_levels else ()
+        asked = parse_levels(args.fusion_levels) if args.fusion_levels else []
+        if outside := sorted(set(asked) - set(levels)):  # they were dropped silently
+            raise UsageError(
+                f"--fusion-levels {args.fusion_levels} name level(s) {', '.join(map(str, outside))} that --levels "
+                f"{args.levels} does not embed: fusions are stored for embedded levels only"
+            )
+        return tuple(asked)
     if args.fusion_levels:
         raise UsageError("give --fusion-levels or --fusion-budget, not both")
     bbox = parse_bbox(args.bbox) if args.bbox else WORLD_BBOX

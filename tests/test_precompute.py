@@ -152,6 +152,10 @@ def test_cli_refuses_bad_input_with_exit_2(bundle_path, imagery_path, store_path
             [*run, "--levels", "3", "--fusion-levels", "3", "--fusions", "", "--out", str(tmp_path / "s9")],
             "--fusions names none",
         ),
+        (  # a fusion level outside --levels was dropped from the plan without a word
+            [*run, "--levels", "3", "--fusion-levels", "3-4", "--out", str(tmp_path / "s10")],
+            "--fusion-levels 3-4 name level(s) 4 that --levels 3 does not embed",
+        ),
         (["precompute", "merge", "--out", str(tmp_path / "s8"), str(store_path)], "not a shard store"),
         (["store", "verify", str(tmp_path)], "not an embedding store"),
     ]
