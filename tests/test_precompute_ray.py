@@ -138,7 +138,7 @@ def test_ray_refuses_what_it_cannot_run(ray_address, imagery_path, bundle_path, 
     assert "more than any node of the Ray cluster has (at most 2)" in capsys.readouterr().err
     assert main(_argv(imagery_path, bundle_path, out, "--device", "cuda")) == 2
     assert "--device cuda needs GPUs, and no node of the Ray cluster has one" in capsys.readouterr().err
-    assert main(_argv(imagery_path, bundle_path, out, "--levels", "12")) == 2  # refused by the tasks
+    assert main(_argv(imagery_path, bundle_path, out, "--levels", "12", "--fusion-levels", "12")) == 2  # by the tasks
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "level(s) 12 would enlarge" in err[0]
     root = shards_root(out)
