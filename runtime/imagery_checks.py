@@ -41,7 +41,7 @@ class Asset:
     scaling: tuple[tuple[float, float], ...]
     # Their bits per pixel where the file packs fewer than its type holds (GDAL's NBITS: a 1-bit
     # mask reads as uint8 values 0..1), else None.
-    packed_bits: tuple[int | None, ...] = ()
+    packed_bits: tuple[int | None, ...]
 
 
 def is_remote(path: str) -> bool:
