@@ -26,7 +26,7 @@ from pydantic import BeforeValidator, TypeAdapter
 from pydantic_core import PydanticCustomError
 
 from runtime.text import MAX_TEXT_LENGTH
-from server.engine import GRID, QUERY_LAYERS, QueryMetadata
+from server.engine import CELLS_PER_TILE_LOG2, GRID, QUERY_LAYERS, QueryMetadata
 from server.http import INTEGER_SPELLING, MAX_DETAIL_CHARS, Refusals, Refused, error_response, refuse_invalid
 from server.queries import QueryError, is_query_id, shown, text_record
 from server.render import colormap_names
@@ -86,12 +86,22 @@ def true_or_false(value: object) -> object:
 DIGITS = BeforeValidator(decimal_digits)
 Integer = Annotated[int, DIGITS]  # a path part (z, x, y)
 TRUE_OR_FALSE = BeforeValidator(true_or_false)
+# TiTiler's rendering parameters, on a route that draws or describes tiles (one that takes
+# colormap_name): refused with what does the job here, never silently ignored, for the map drawn
+# without them would not be the one asked for.
 UNSUPPORTED = {
     "colormap": "pick a named colormap with colormap_name (GET /colormaps lists them)",
     "expression": "a tile has one value per pixel, chosen with layer=contrast, layer=heatmap or layer=uncertainty",
+    "color_formula": "colours come from colormap_name over rescale=min,max alone",
+    "algorithm": "a tile has one value per pixel, chosen with layer=contrast, layer=heatmap or layer=uncertainty",
+    "resampling": "a tile draws each cell of the store's level as one square of one value, never resampled",
+    "buffer": "a tile is tilesize pixels square, with no buffer around it",
+    "padding": "a tile is drawn from the cells under it alone, with no padding",
+    "tile_scale": "ask tilesize=512 for tiles of twice the pixels",
 }
 
 Layer = Literal["heatmap", "contrast", "uncertainty"]
+Format = Literal["png", "webp", "npy", "tif"]  # render.FORMATS
 # Where this sound stands out (docs/demo-model.md, "The contrast layer"); the paper's -CSD map is
 # layer=heatmap.
 DEFAULT_LAYER: Layer = "contrast"
@@ -168,9 +178,6 @@ class TileParams(QueryParams):
         Query(description="Tile size in pixels: 256 or 512.", json_schema_extra={"enum": list(TILE_SIZES)}),
         DIGITS,
     ] = 256
-    # TiTiler parameters this server does not take: refused (422), never silently ignored.
-    colormap: Annotated[str | None, Query(include_in_schema=False)] = None
-    expression: Annotated[str | None, Query(include_in_schema=False)] = None
 
     def validated(
         self, service: SoundscapeService, refusals: Refusals | None = None
@@ -181,8 +188,55 @@ class TileParams(QueryParams):
         return [tile_request(service, TMS_IDS[0], 0, 0, 0, "png", self, refusals)]
 
 
+# What only shapes a document: never echoed into its tile URLs.
+DOCUMENT_FIELDS = ("tile_format", "minzoom", "maxzoom")
+
+
 @dataclass
-class CapabilitiesParams(TileParams):
+class DocumentParams(TileParams):
+    """A TileJSON or WMTS document's parameters: those of its tiles, echoed into their URLs, and,
+    named as TiTiler names them, the tiles' format and the zooms the document offers."""
+
+    tile_format: Annotated[
+        Format | None, Query(description="Format of the tiles the document points to (default png).")
+    ] = None
+    minzoom: Annotated[
+        int | None, Query(ge=0, le=MAX_ZOOM, description="Coarsest zoom offered (default: the store's)."), DIGITS
+    ] = None
+    maxzoom: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_ZOOM, description="Finest zoom offered (default: the store's finest level)."),
+        DIGITS,
+    ] = None
+
+    @property
+    def fmt(self) -> Format:
+        return self.tile_format or "png"
+
+    def zooms(self, service: SoundscapeService) -> tuple[int, int]:
+        """The zooms offered: those given, else the store's (finer zooms draw its finest level's
+        cells larger, so a client may ask for them)."""
+        store = service.store
+        lo = max(0, store.minlevel - CELLS_PER_TILE_LOG2) if self.minzoom is None else self.minzoom
+        return lo, store.maxlevel if self.maxzoom is None else self.maxzoom
+
+    def refuse_zooms(self, service: SoundscapeService, refusals: Refusals) -> None:
+        lo, hi = self.zooms(service)
+        if lo > hi:
+            low = f"minzoom {lo}" + ("" if self.minzoom is not None else " (the store's, left out)")
+            high = f"maxzoom {hi}" + ("" if self.maxzoom is not None else " (the store's finest level, left out)")
+            refusals.refuse("minzoom maxzoom", f"{low} is above {high}: give minzoom <= maxzoom")
+
+    def validated(
+        self, service: SoundscapeService, refusals: Refusals | None = None
+    ) -> list[tuple[TileRequest, str | None]]:
+        refusals = Refusals() if refusals is None else refusals
+        self.refuse_zooms(service, refusals)
+        return [tile_request(service, TMS_IDS[0], 0, 0, 0, self.fmt, self, refusals)]
+
+
+@dataclass
+class CapabilitiesParams(DocumentParams):
     """A WMTS capabilities document's parameters: no query is needed (the uncertainty layer alone
     is listed then), and `layer` picks the query layers listed."""
 
@@ -200,6 +254,7 @@ class CapabilitiesParams(TileParams):
         parameter. The uncertainty layer is drawn with its own scale and colours, so a malformed
         rescale or colormap_name is refused for the query layers' sake, even when it is alone."""
         refusals = Refusals() if refusals is None else refusals
+        self.refuse_zooms(service, refusals)
         with refusals.on("rescale"):
             parse_rescale(self.rescale)
         with refusals.on("colormap_name"):
@@ -211,7 +266,7 @@ class CapabilitiesParams(TileParams):
                 0,
                 0,
                 0,
-                "png",
+                self.fmt,
                 replace(self, layer=layer)
                 if layer in QUERY_LAYERS
                 else replace(self, layer=layer, rescale=None, colormap_name=None),
@@ -303,7 +358,8 @@ async def each_once(request: Request) -> None:
     """Refuse a parameter the route takes given more than once: `q=rain&q=birdsong` would
     otherwise draw the last one silently. Parameters the route does not take (a cache buster
     such as `_=1733040000`) stay ignored, repeated or not, unless the name is a slip of one it
-    takes (`spelling`). Also refuse one whose percent-encoded bytes are not UTF-8 (`not_utf8`).
+    takes (`spelling`) or one of TiTiler's rendering parameters (`UNSUPPORTED`). Also refuse one
+    whose percent-encoded bytes are not UTF-8 (`not_utf8`).
     The 422 names every other bad parameter too."""
     items = request.query_params.multi_items()
     counts = Counter(k for k, _ in items)
@@ -314,8 +370,11 @@ async def each_once(request: Request) -> None:
         return
     taken, slips_of = taken_by(route.endpoint, route.dependant)
     slips = [(name, meant) for name in counts.keys() - taken if (meant := slips_of.get(spelling(name)))]
-    if repeated or garbled or slips:
+    unsupported = [name for name in counts if name in UNSUPPORTED and "colormap_name" in taken]
+    if repeated or garbled or slips or unsupported:
         refusals = Refusals()
+        for name in unsupported:
+            refusals.refuse(name, f"{name} is not supported: {UNSUPPORTED[name]}")
         for name, meant in slips:
             refusals.refuse(
                 name,
@@ -430,6 +489,7 @@ def in_event_loop(cls: type[P]) -> Callable[..., Awaitable[P]]:
 
 
 TileParamsDep = Annotated[TileParams, Depends(in_event_loop(TileParams))]
+DocumentParamsDep = Annotated[DocumentParams, Depends(in_event_loop(DocumentParams))]
 CapabilitiesParamsDep = Annotated[CapabilitiesParams, Depends(in_event_loop(CapabilitiesParams))]
 PointParamsDep = Annotated[PointParams, Depends(in_event_loop(PointParams))]
 SearchParamsDep = Annotated[SearchParams, Depends(in_event_loop(SearchParams))]
@@ -556,9 +616,6 @@ def tile_request(
     order, as FastAPI's own refusals come before the route: a bad parameter is a 422 wherever the
     tile is."""
     refusals = Refusals() if refusals is None else refusals
-    for name, advice in UNSUPPORTED.items():
-        if getattr(params, name) is not None:
-            refusals.refuse(name, f"{name} is not supported: {advice}")
     if params.tilesize not in TILE_SIZES:
         refusals.refuse("tilesize", f"tilesize must be 256 or 512, not {params.tilesize}")
     heatmap = params.layer in QUERY_LAYERS
@@ -594,7 +651,7 @@ def tile_request(
 
 def echo(params: QueryParams, **extra) -> dict:
     """The parameters a client gave, to echo into TileJSON/WMTS URLs (None dropped)."""
-    values = {k: v for k, v in vars(params).items() if v is not None}
+    values = {k: v for k, v in vars(params).items() if v is not None and k not in DOCUMENT_FIELDS}
     values.update({k: v for k, v in extra.items() if v is not None})
     if values.get("tilesize") == 256:
         values.pop("tilesize")

@@ -56,11 +56,15 @@ def base_url(request: Request) -> str:
 
 
 def tile_template(
-    base: str, query: str, tms: str | None = None, cell: tuple[str, str, str] = ("{z}", "{x}", "{y}")
+    base: str,
+    query: str,
+    tms: str | None = None,
+    cell: tuple[str, str, str] = ("{z}", "{x}", "{y}"),
+    fmt: str = "png",
 ) -> str:
-    """`{base}/tiles[/{tms}]/{z}/{x}/{y}.png?{query}`: the URL template of PNG tiles in TileJSON,
+    """`{base}/tiles[/{tms}]/{z}/{x}/{y}.{fmt}?{query}`: the URL template of tiles in TileJSON,
     WMTS (`cell` names its placeholders), query links and the start-up banner."""
-    return f"{base}/tiles/{tms + '/' if tms else ''}{'/'.join(cell)}.png" + (f"?{query}" if query else "")
+    return f"{base}/tiles/{tms + '/' if tms else ''}{'/'.join(cell)}.{fmt}" + (f"?{query}" if query else "")
 
 
 class HostPolicy:

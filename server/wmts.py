@@ -29,8 +29,9 @@ class Layer(NamedTuple):
     identifier: str
     title: str
     template: str  # the ResourceURL template
-    abstract: str  # what the colours mean (the layer's legend in words)
-    legend_url: str  # the colour ramp as a PNG
+    media_type: str  # of its tiles
+    abstract: str  # what the colours (or values) mean: the layer's legend in words
+    legend_url: str | None  # the colour ramp as a PNG; None for tiles of values
 
 
 def _xml(text: str) -> str:
@@ -64,20 +65,22 @@ def _layer(contents: ET.Element, layer: Layer, bounds: tuple[float, ...]) -> Non
     _add(element, "ows:Identifier", layer.identifier)
     style = _add(element, "Style", isDefault="true")
     _add(style, "ows:Identifier", "default")
-    _add(style, "LegendURL", format="image/png", **{"xlink:href": layer.legend_url})
-    _add(element, "Format", "image/png")
+    if layer.legend_url is not None:
+        _add(style, "LegendURL", format="image/png", **{"xlink:href": layer.legend_url})
+    _add(element, "Format", layer.media_type)
     _add(_add(element, "TileMatrixSetLink"), "TileMatrixSet", "WebMercatorQuad")
-    _add(element, "ResourceURL", format="image/png", resourceType="tile", template=layer.template)
+    _add(element, "ResourceURL", format=layer.media_type, resourceType="tile", template=layer.template)
 
 
-def _tile_matrix_set(contents: ET.Element, maxzoom: int, size: int) -> None:
-    """WebMercatorQuad with `size`-pixel tiles: at zoom z as many tiles, each pixel smaller."""
+def _tile_matrix_set(contents: ET.Element, zooms: tuple[int, int], size: int) -> None:
+    """WebMercatorQuad with `size`-pixel tiles from zoom `zooms[0]` to `zooms[1]`: at zoom z as
+    many tiles, each pixel smaller."""
     matrices = _add(contents, "TileMatrixSet")
     _add(matrices, "ows:Identifier", "WebMercatorQuad")
     _add(matrices, "ows:SupportedCRS", "urn:ogc:def:crs:EPSG::3857")
     if size == 256:  # the OGC well-known scale set is declared for 256-pixel tiles only
         _add(matrices, "WellKnownScaleSet", "urn:ogc:def:wkss:OGC:1.0:GoogleMapsCompatible")
-    for z in range(maxzoom + 1):
+    for z in range(zooms[0], zooms[1] + 1):
         n = 1 << z
         matrix = _add(matrices, "TileMatrix")
         _add(matrix, "ows:Identifier", str(z))
@@ -88,7 +91,7 @@ def _tile_matrix_set(contents: ET.Element, maxzoom: int, size: int) -> None:
 
 
 def capabilities(
-    self_url: str, layers: list[Layer], bounds: tuple[float, ...], maxzoom: int, tile_size: int = 256
+    self_url: str, layers: list[Layer], bounds: tuple[float, ...], zooms: tuple[int, int], tile_size: int = 256
 ) -> str:
     """The document: the layers over WebMercatorQuad with `tile_size`-pixel tiles."""
     namespaces = {"xmlns": WMTS, "xmlns:ows": OWS, "xmlns:xlink": XLINK, "xmlns:xsi": XSI}
@@ -101,7 +104,7 @@ def capabilities(
     contents = _add(root, "Contents")
     for layer in layers:
         _layer(contents, layer, bounds)
-    _tile_matrix_set(contents, maxzoom, tile_size)
+    _tile_matrix_set(contents, zooms, tile_size)
     _add(root, "ServiceMetadataURL", **{"xlink:href": self_url})
     body = ET.tostring(root, encoding="unicode")
     return f'<?xml version="1.0" encoding="UTF-8"?>\n{body}\n'

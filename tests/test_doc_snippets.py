@@ -17,6 +17,7 @@ import soundfile
 from PIL import Image
 
 from tests.server_support import REPO, live_server
+from tests.test_server_wmts import read_tile
 from tests.test_viewer import ARGS, CHROMIUM
 
 DOCS = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
@@ -78,6 +79,18 @@ def test_gdal_connection_strings_run(server):
         with rasterio.open(string.replace(ADDRESS, server)) as src:
             rgba = src.read(out_shape=(src.count, round(src.height * 1024 / src.width), 1024))
         assert rgba.shape[0] == 4 and (rgba[3] > 0).any(), string
+
+
+def test_gdal_reads_values_through_the_documented_wmts_description(server, tmp_path):
+    description = tmp_path / "contrast.xml"
+    description.write_text(code_block("`&amp;` inside it), e.g. `contrast.xml`:", "xml").replace(ADDRESS, server))
+    z, x, y = 5, 16, 11  # over the fixture's imagery
+    with rasterio.open(description) as src:
+        assert (src.count, src.dtypes) == (1, ("float32",))
+        [values] = read_tile(src, z, x, y)
+    tile = httpx.get(f"{server}/tiles/WebMercatorQuad/{z}/{x}/{y}.npy", params={"q": "birdsong", "hour": 6}, timeout=30)
+    assert np.isfinite(values).mean() > 0.9
+    assert np.array_equal(values, np.load(io.BytesIO(tile.content)), equal_nan=True)
 
 
 def _page(pw, server):

@@ -3,6 +3,7 @@ pixels GDAL assembles are the server's tiles."""
 
 import io
 import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape
 
 import httpx
 import mercantile
@@ -65,12 +66,36 @@ def test_gdal_reads_the_heatmap_through_wmts(server):
     url = f"WMTS:{server}/WMTSCapabilities.xml?q=birdsong,layer=heatmap"
     with rasterio.open(url) as src:
         assert src.crs.to_epsg() == 3857
-        assert src.transform.a == pytest.approx(2 * 20037508.3427892 / (256 * 2**z)), "zoom 6 is the finest"
-        window = from_bounds(*mercantile.xy_bounds(x, y, z), transform=src.transform)
-        assert window.col_off == pytest.approx(round(window.col_off), abs=1e-6), "aligned on the tile grid"
-        rgba = src.read(window=Window(round(window.col_off), round(window.row_off), 256, 256))
+        rgba = read_tile(src, z, x, y)
     tile = httpx.get(f"{server}/tiles/{z}/{x}/{y}.png", params={"q": "birdsong", "layer": "heatmap"}, timeout=30)
     expected = np.asarray(Image.open(io.BytesIO(tile.content)).convert("RGBA")).transpose(2, 0, 1)
     assert rgba.shape == (4, 256, 256)
     assert (expected[3] > 0).mean() > 0.9
     assert np.array_equal(rgba, expected)
+
+
+def read_tile(src, z: int, x: int, y: int, size: int = 256) -> np.ndarray:
+    """The pixels GDAL assembles over tile z/x/y of a WMTS raster whose finest zoom is z."""
+    assert src.transform.a == pytest.approx(2 * 20037508.3427892 / (size * 2**z)), f"zoom {z} is the finest"
+    window = from_bounds(*mercantile.xy_bounds(x, y, z), transform=src.transform)
+    assert window.col_off == pytest.approx(round(window.col_off), abs=1e-6), "aligned on the tile grid"
+    return src.read(window=Window(round(window.col_off), round(window.row_off), size, size))
+
+
+def test_gdal_reads_the_values_through_wmts_of_geotiff_tiles(server, tmp_path):
+    """tile_format=tif, read by GDAL's WMTS driver told the tiles' data type (a GDAL_WMTS file,
+    as docs/api.md shows): the float values of the .tif tile, at the finest zoom asked for."""
+    z, x, y = 5, 16, 11  # over the Alps
+    caps = f"{server}/WMTSCapabilities.xml?q=birdsong&hour=6&tile_format=tif&maxzoom={z}"
+    description = tmp_path / "contrast.xml"
+    description.write_text(
+        f"<GDAL_WMTS><GetCapabilitiesUrl>{escape(caps)}</GetCapabilitiesUrl><Layer>contrast</Layer>"
+        "<DataType>Float32</DataType><BandsCount>1</BandsCount></GDAL_WMTS>"
+    )
+    with rasterio.open(description) as src:
+        assert src.count == 1 and src.dtypes == ("float32",)
+        [values] = read_tile(src, z, x, y)
+    tile = httpx.get(f"{server}/tiles/WebMercatorQuad/{z}/{x}/{y}.npy", params={"q": "birdsong", "hour": 6}, timeout=30)
+    expected = np.load(io.BytesIO(tile.content))
+    assert np.isfinite(expected).mean() > 0.9
+    assert np.array_equal(values, expected, equal_nan=True)

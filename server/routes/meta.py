@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import metrics, wmts
-from server.engine import CELLS_PER_TILE_LOG2, LAYERS, QUERY_LAYERS
+from server.engine import LAYERS, QUERY_LAYERS
 from server.http import BINARY, TEXT, conditional, errors
 from server.params import (
     DEFAULT_LAYER,
@@ -21,13 +21,12 @@ from server.params import (
     TMS_IDS,
     CapabilitiesParams,
     CapabilitiesParamsDep,
-    TileParams,
-    TileParamsDep,
+    DocumentParams,
+    DocumentParamsDep,
     check_tms,
     echo,
-    tile_request,
 )
-from server.render import colormap_names, legend
+from server.render import FORMATS, VALUE_FORMATS, colormap_names, legend
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService, TileRequest
 from server.urls import base_url, tile_template
@@ -48,7 +47,13 @@ UNITS = {
 
 async def layer_legend(service: SoundscapeService, tile: TileRequest, text: str | None) -> dict:
     """What a layer's colours mean: its scale, units, how the scale was chosen and which ends
-    are clipped. TileJSON, WMTS and the viewer all describe a layer with this."""
+    are clipped; for tiles of values (npy, tif), what the values are. TileJSON, WMTS and the
+    viewer all describe a layer with this."""
+    if tile.fmt in VALUE_FORMATS:
+        return {
+            "description": f"float32 values, NaN where no cell is (no colours): {UNITS[tile.layer]}",
+            "scale": {"units": UNITS[tile.layer]},
+        }
     scale = await service.tile_scale(tile, text)
     level, sampled = service.engine.scale_sample
     if tile.rescale is not None:
@@ -82,16 +87,19 @@ async def layer_legend(service: SoundscapeService, tile: TileRequest, text: str 
     }
 
 
-async def _tilejson(request: Request, service: ServiceDep, tms: str | None, params: TileParams) -> Response:
-    """TileJSON of the XYZ tiles (`tms` None) or of a tile matrix set's tiles."""
-    tile, text = tile_request(service, tms or "WebMercatorQuad", 0, 0, 0, "png", params)  # validates every parameter
+async def _tilejson(request: Request, service: ServiceDep, tms: str | None, params: DocumentParams) -> Response:
+    """TileJSON of the XYZ tiles (`tms` None) or of a tile matrix set's tiles: a 422 naming every
+    bad parameter before a 404 for an unknown tile matrix set, as tile_request answers."""
+    [(tile, text)] = params.validated(service)
+    check_tms(tms or TMS_IDS[0])
     base = base_url(request)
     store = service.store
     west, south, east, north = store.bounds
     # Inside the cells: the middle of `bounds` lies on the far side of the planet for imagery
     # across the antimeridian, whose bounds span every longitude (TileJSON's bounds never wrap).
     lon, lat = store.footprint.centre
-    minzoom, maxzoom = max(0, store.minlevel - CELLS_PER_TILE_LOG2), store.maxlevel
+    minzoom, maxzoom = params.zooms(service)
+    xyz_tms = None if params.fmt == "png" else TMS_IDS[0]
     legend = await layer_legend(service, tile, text)
     document = JSONResponse(
         {
@@ -99,7 +107,8 @@ async def _tilejson(request: Request, service: ServiceDep, tms: str | None, para
             "name": f"soundscape {params.layer}" + (f": {params.q}" if params.q else ""),
             "version": "1.0.0",
             "scheme": "xyz",
-            "tiles": [tile_template(base, urlencode(echo(params)), tms)],
+            # The XYZ route serves PNG alone: another format is on the tile matrix set's route.
+            "tiles": [tile_template(base, urlencode(echo(params)), tms or xyz_tms, fmt=params.fmt)],
             "minzoom": minzoom,
             "maxzoom": maxzoom,
             "bounds": [west, south, east, north],
@@ -109,7 +118,7 @@ async def _tilejson(request: Request, service: ServiceDep, tms: str | None, para
             "footprint": list(store.footprint),
             "attribution": store.attribution,  # the imagery's credit as precompute recorded it
             "tilesize": tile.size,
-            "legend": f"{base}/colormaps/{tile.colormap}",
+            **({"legend": f"{base}/colormaps/{tile.colormap}"} if "colormap" in legend else {}),
             **legend,
         },
     )
@@ -121,14 +130,14 @@ async def _tilejson(request: Request, service: ServiceDep, tms: str | None, para
     responses=errors(404, 422, 503),
     summary="TileJSON 3.0.0 of the XYZ tiles (echoes the query; describes the colours)",
 )
-async def tilejson(request: Request, service: ServiceDep, params: TileParamsDep) -> Response:
+async def tilejson(request: Request, service: ServiceDep, params: DocumentParamsDep) -> Response:
     return await _tilejson(request, service, None, params)
 
 
 @router.get(
     "/{tms}/tilejson.json", responses=errors(404, 422, 503), summary="TileJSON 3.0.0 of a tile matrix set's tiles"
 )
-async def tms_tilejson(tms: str, request: Request, service: ServiceDep, params: TileParamsDep) -> Response:
+async def tms_tilejson(tms: str, request: Request, service: ServiceDep, params: DocumentParamsDep) -> Response:
     return await _tilejson(request, service, tms, params)
 
 
@@ -143,12 +152,14 @@ async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParam
         query = echo(params, layer=layer)
         if layer == "uncertainty":
             query = {k: v for k, v in query.items() if k not in ("q", "query", "rescale", "colormap_name")}
-        template = tile_template(base, urlencode(query), "WebMercatorQuad", ("{TileMatrix}", "{TileCol}", "{TileRow}"))
+        cell = ("{TileMatrix}", "{TileCol}", "{TileRow}")
+        template = tile_template(base, urlencode(query), TMS_IDS[0], cell, params.fmt)
         title = f"soundscape {layer}" + (f": {params.q}" if params.q and layer in QUERY_LAYERS else "")
         legend = await layer_legend(service, tile, text)
-        layers.append(wmts.Layer(layer, title, template, legend["description"], f"{base}/colormaps/{tile.colormap}"))
+        legend_url = f"{base}/colormaps/{tile.colormap}" if "colormap" in legend else None
+        layers.append(wmts.Layer(layer, title, template, FORMATS[params.fmt], legend["description"], legend_url))
     own_url = f"{base}{request.url.path}?{request.url.query}"
-    body = wmts.capabilities(own_url, layers, service.store.bounds, service.store.maxlevel, params.tilesize)
+    body = wmts.capabilities(own_url, layers, service.store.bounds, params.zooms(service), params.tilesize)
     return conditional(request, Response(body, media_type="application/xml"), "document")
 
 

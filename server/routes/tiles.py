@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -17,12 +17,11 @@ from server.http import (
     not_modified,
     precondition_failed,
 )
-from server.params import Integer, TileParams, TileParamsDep, tile_request
+from server.params import Format, Integer, TileParams, TileParamsDep, tile_request
 from server.render import FORMATS
 from server.routes.deps import ServiceDep
 
 router = APIRouter(tags=["tiles"])
-Format = Literal["png", "webp", "npy", "tif"]
 TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": dict.fromkeys(FORMATS.values(), BINARY), "description": "The tile."},
     304: {"description": "Not modified (If-None-Match)."},
