@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 from urllib.parse import unquote_plus
 
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import request_params_to_args
 from fastapi.exceptions import RequestValidationError
@@ -85,6 +85,8 @@ def true_or_false(value: object) -> object:
 # the range to the integer's own schema, and OpenAPI published `ge`/`le` for minimum/maximum.
 DIGITS = BeforeValidator(decimal_digits)
 Integer = Annotated[int, DIGITS]  # a path part (z, x, y)
+# A tile's pixel ratio in its path (`{y}@2x.png`): its size in units of 256 pixels.
+Scale = Annotated[int, Path(ge=1, le=len(TILE_SIZES), description="Pixel ratio: @1x is 256 px, @2x 512."), DIGITS]
 TRUE_OR_FALSE = BeforeValidator(true_or_false)
 # TiTiler's rendering parameters, on a route that draws or describes tiles (one that takes
 # colormap_name): refused with what does the job here, never silently ignored, for the map drawn
@@ -97,7 +99,7 @@ UNSUPPORTED = {
     "resampling": "a tile draws each cell of the store's level as one square of one value, never resampled",
     "buffer": "a tile is tilesize pixels square, with no buffer around it",
     "padding": "a tile is drawn from the cells under it alone, with no padding",
-    "tile_scale": "ask tilesize=512 for tiles of twice the pixels",
+    "tile_scale": "ask tilesize=512 (or the tile {y}@2x) for tiles of twice the pixels",
 }
 
 Layer = Literal["heatmap", "contrast", "uncertainty"]
@@ -161,7 +163,9 @@ class QueryParams:
 
 
 @dataclass
-class TileParams(QueryParams):
+class StyleParams(QueryParams):
+    """A tile's parameters but its size: those of a tile asked at a pixel ratio (`{y}@2x`)."""
+
     layer: Annotated[
         Layer,
         Query(
@@ -171,6 +175,15 @@ class TileParams(QueryParams):
     ] = DEFAULT_LAYER
     colormap_name: Annotated[str | None, Query(max_length=64, description="A rio-tiler colormap name.")] = None
     rescale: Annotated[str | None, Query(max_length=64, description="min,max of the colour scale.")] = None
+
+    def validated(
+        self, service: SoundscapeService, refusals: Refusals | None = None
+    ) -> list[tuple[TileRequest, str | None]]:
+        return TileParams(**vars(self)).validated(service, refusals)
+
+
+@dataclass
+class TileParams(StyleParams):
     # Published as an enum, so schema-driven clients send only sizes taken; validated by tile_request,
     # whose 422 names it with the other bad parameters.
     tilesize: Annotated[
@@ -456,6 +469,7 @@ def refused_detail(request: Request, refusals: Refusals) -> str:
             [p for d in dependants for p in d.query_params], request.query_params
         )
         refuse_invalid(request, [*bad_path, *bad_query], refusals)
+        refuse_size_twice(request, refusals)
         for dependency in dependants:
             if dependency.call is not None and (cls := PARAMS_CLASSES.get(dependency.call)) is not None:
                 fields = (f.name for f in dependency.query_params if f.alias not in refusals.names)
@@ -489,6 +503,7 @@ def in_event_loop(cls: type[P]) -> Callable[..., Awaitable[P]]:
 
 
 TileParamsDep = Annotated[TileParams, Depends(in_event_loop(TileParams))]
+StyleParamsDep = Annotated[StyleParams, Depends(in_event_loop(StyleParams))]
 DocumentParamsDep = Annotated[DocumentParams, Depends(in_event_loop(DocumentParams))]
 CapabilitiesParamsDep = Annotated[CapabilitiesParams, Depends(in_event_loop(CapabilitiesParams))]
 PointParamsDep = Annotated[PointParams, Depends(in_event_loop(PointParams))]
@@ -592,6 +607,22 @@ def check_placed(tms: str, fmt: str) -> None:
         raise HTTPException(
             404, f"GeoTIFF tiles are served on {GRID} only, the grid their values are computed on, not on {tms}"
         )
+
+
+def scaled(request: Request, params: StyleParams, scale: int) -> TileParams:
+    """The parameters of a tile asked at a pixel ratio (`@2x`): its size is that ratio's. A
+    `tilesize` too is refused (`refuse_size_twice`, with every other bad parameter), not ignored
+    as another parameter the route does not take."""
+    if "tilesize" in request.query_params:
+        raise Refused(refused_detail(request, Refusals()))
+    return TileParams(**vars(params), tilesize=TILE_SIZES[0] * scale)
+
+
+def refuse_size_twice(request: Request, refusals: Refusals) -> None:
+    """A tile asked at a pixel ratio (`{y}@2x`) with a `tilesize` too names its size twice."""
+    if "scale" in request.path_params and "tilesize" in request.query_params:
+        ratio = request.path_params["scale"]
+        refusals.refuse("tilesize", f"tilesize and @{ratio[:8]}x both give the tile's size: give one of them")
 
 
 def check_tile(tms: str, z: int, x: int, y: int) -> None:

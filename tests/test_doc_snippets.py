@@ -93,11 +93,11 @@ def test_gdal_reads_values_through_the_documented_wmts_description(server, tmp_p
     assert np.array_equal(values, np.load(io.BytesIO(tile.content)), equal_nan=True)
 
 
-def _page(pw, server):
+def _page(pw, server, pixel_ratio: float = 1):
     if CHROMIUM is None:
         pytest.fail("chromium is not installed: apt-get install -y chromium")
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-    page = browser.new_page(viewport={"width": 512, "height": 512})
+    page = browser.new_page(viewport={"width": 512, "height": 512}, device_scale_factor=pixel_ratio)
     tiles = []
     page.on("response", lambda r: tiles.append(r) if "/tiles/" in r.url else None)
     page.set_content(
@@ -129,12 +129,14 @@ def test_leaflet_example_draws_the_heatmap(server):
         browser.close()
 
 
-def test_maplibre_example_draws_the_heatmap(server):
+def _maplibre_draws(server, after: str, pixel_ratio: float = 1) -> list[tuple[str, tuple[int, int]]]:
+    """Run the MapLibre snippet after the line `after` on an empty map: each tile's URL and size
+    in pixels, once every tile is loaded and the heatmap is drawn."""
     from playwright.sync_api import sync_playwright
 
-    snippet = code_block("MapLibre GL JS:", "js").replace(ADDRESS, server)
+    snippet = code_block(after, "js").replace(ADDRESS, server)
     with sync_playwright() as pw:
-        browser, page, tiles = _page(pw, server)
+        browser, page, tiles = _page(pw, server, pixel_ratio)
         page.add_script_tag(url=f"{server}/static/maplibre/maplibre-gl.js")
         page.evaluate(
             """(snippet) => new Promise((resolve) => {
@@ -146,6 +148,20 @@ def test_maplibre_example_draws_the_heatmap(server):
         )
         page.wait_for_function("window.map.areTilesLoaded()", timeout=60_000)
         assert tiles and {r.status for r in tiles} == {200}
-        assert all("tilesize=512" in r.url for r in tiles)
         assert _drawn(page) > 0.05
+        drawn = [(r.url, Image.open(io.BytesIO(r.body())).size) for r in tiles]
         browser.close()
+    return drawn
+
+
+def test_maplibre_example_draws_the_heatmap(server):
+    tiles = _maplibre_draws(server, "MapLibre GL JS:")
+    assert all("tilesize=512" in url for url, _ in tiles)
+
+
+def test_maplibre_example_draws_512_px_tiles_on_a_high_dpi_screen(server):
+    after = "MapLibre GL JS, sharp on a high-DPI screen (`{ratio}` asks for the `@2x` tiles there):"
+    hidpi = _maplibre_draws(server, after, pixel_ratio=2)
+    assert all(re.search(r"/[0-9]+@2x\.png\?", url) and size == (512, 512) for url, size in hidpi)
+    plain = _maplibre_draws(server, after)
+    assert all(re.search(r"/[0-9]+\.png\?", url) and size == (256, 256) for url, size in plain)

@@ -49,6 +49,7 @@ def valid_request(path: str, operation: dict, query_id: str) -> tuple[str, dict]
         "query_id": query_id,
         "lon": LON,
         "lat": LAT,
+        "scale": 2,
     }
     names = re.findall(r"{(\w+)}", path)
     assert set(names) <= set(values), f"no valid value for a path parameter of {path}"

@@ -117,7 +117,7 @@ def test_titiler_rendering_parameters_are_refused_where_tiles_are_drawn(client, 
 def test_rendering_parameters_are_refused_in_the_order_given(client):
     detail = refused(client.get(DRAWN[0], params={"q": "birdsong", "tile_scale": "2", "buffer": "4"}))
     assert detail.index("tile_scale") < detail.index("buffer")
-    assert "ask tilesize=512" in detail
+    assert "ask tilesize=512 (or the tile {y}@2x)" in detail
 
 
 def test_routes_that_draw_no_tiles_leave_those_names_alone(client):
@@ -125,3 +125,43 @@ def test_routes_that_draw_no_tiles_leave_those_names_alone(client):
     there (a cache buster or another tool's parameter)."""
     assert client.get("/search", params={"q": "birdsong", "buffer": "2"}).status_code == 200
     assert client.get("/point/8,46", params={"q": "birdsong", "resampling": "nearest"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("scaled", "plain"),
+    [
+        (f"/tiles/{Z}/{X}/{Y}@2x.png", f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.png?tilesize=512"),
+        (f"/tiles/{Z}/{X}/{Y}@1x.png", f"/tiles/{Z}/{X}/{Y}.png"),
+        (f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}@2x.webp", f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.webp?tilesize=512"),
+        (f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}@2x.npy", f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy?tilesize=512"),
+        (f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}@2x", f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}?tilesize=512"),
+    ],
+)
+def test_a_tile_at_a_pixel_ratio_is_the_tile_of_that_size(client, scaled, plain):
+    """`{y}@2x`, as TiTiler and MapLibre's `{ratio}` write it: the bytes and ETag of tilesize=512."""
+    params = {"q": "birdsong", "hour": 6}
+    path, _, size = plain.partition("?")
+    at_ratio, sized = client.get(scaled, params=params), client.get(path, params={**params, **dict(parse_qsl(size))})
+    assert at_ratio.status_code == sized.status_code == 200
+    assert at_ratio.content == sized.content and at_ratio.headers["etag"] == sized.headers["etag"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "sentences"),
+    [
+        (f"/tiles/{Z}/{X}/{Y}@3x.png", {}, ["scale must be an integer in 1..2, not '3'"]),
+        (f"/tiles/{Z}/{X}/{Y}@0x.png", {"hour": "24"}, ["scale must be an integer in 1..2, not '0'", "hour must"]),
+        (f"/tiles/{Z}/{X}/{Y}@02x.png", {}, ["scale must be an integer in 1..2, written in plain decimal digits"]),
+        (f"/tiles/{Z}/{X}/{Y}@2x.png", {"tilesize": "512"}, ["tilesize and @2x both give the tile's size"]),
+        (
+            f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}@2x.png",
+            {"tilesize": "300", "month": "0"},
+            ["tilesize and @2x both give the tile's size", "month must be an integer in 1..12, not '0'"],
+        ),
+        (f"/tiles/{Z}/{X}/{Y}@x.png", {}, ["y must be an integer, not '2@x'"]),
+    ],
+)
+def test_a_bad_pixel_ratio_is_refused(client, path, params, sentences):
+    detail = refused(client.get(path, params={"q": "birdsong", **params}))
+    assert all(sentence in detail for sentence in sentences), detail
+    assert "tilesize must be 256 or 512" not in detail, "the size is refused once"

@@ -1,5 +1,8 @@
 """Map tiles: `/tiles/{z}/{x}/{y}.png` (WebMercatorQuad, 256 px) and
-`/tiles/{tms}/{z}/{x}/{y}[.png|.webp|.npy|.tif]`. The ETag is known before rendering."""
+`/tiles/{tms}/{z}/{x}/{y}[.png|.webp|.npy|.tif]`, each also at a pixel ratio (`{y}@2x`: 512 px,
+as TiTiler and MapLibre's `{ratio}` write it). The ETag is known before rendering. Starlette
+tries the routes in order, so those at a pixel ratio come first: `{y}.{fmt}` would read
+`0.0@2x` as y 0 in the format '0@2x', not as the y '0.0' that it is."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from server.http import (
     not_modified,
     precondition_failed,
 )
-from server.params import Format, Integer, TileParams, TileParamsDep, tile_request
+from server.params import Format, Integer, Scale, StyleParamsDep, TileParams, TileParamsDep, scaled, tile_request
 from server.render import FORMATS
 from server.routes.deps import ServiceDep
 
@@ -56,6 +59,24 @@ async def _tile(
 
 
 @router.get(
+    "/tiles/{z}/{x}/{y}@{scale}x.png",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="XYZ tile at a pixel ratio: @2x is 512 px (WebMercatorQuad, PNG)",
+)
+async def xyz_tile_scaled(
+    request: Request,
+    service: ServiceDep,
+    z: Integer,
+    x: Integer,
+    y: Integer,
+    scale: Scale,
+    params: StyleParamsDep,
+) -> Response:
+    return await _tile(request, service, "WebMercatorQuad", z, x, y, "png", scaled(request, params, scale))
+
+
+@router.get(
     "/tiles/{z}/{x}/{y}.png",
     response_class=Response,
     responses=TILE_RESPONSES,
@@ -70,6 +91,45 @@ async def xyz_tile(
     params: TileParamsDep,
 ) -> Response:
     return await _tile(request, service, "WebMercatorQuad", z, x, y, "png", params)
+
+
+@router.get(
+    "/tiles/{tms}/{z}/{x}/{y}@{scale}x.{fmt}",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="Tile of a tile matrix set at a pixel ratio (@2x: 512 px), as png, webp, npy or tif",
+)
+async def tms_tile_scaled(
+    request: Request,
+    service: ServiceDep,
+    tms: str,
+    z: Integer,
+    x: Integer,
+    y: Integer,
+    scale: Scale,
+    fmt: Format,
+    params: StyleParamsDep,
+) -> Response:
+    return await _tile(request, service, tms, z, x, y, fmt, scaled(request, params, scale))
+
+
+@router.get(
+    "/tiles/{tms}/{z}/{x}/{y}@{scale}x",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+    summary="Tile of a tile matrix set at a pixel ratio (@2x: 512 px; PNG)",
+)
+async def tms_tile_png_scaled(
+    request: Request,
+    service: ServiceDep,
+    tms: str,
+    z: Integer,
+    x: Integer,
+    y: Integer,
+    scale: Scale,
+    params: StyleParamsDep,
+) -> Response:
+    return await _tile(request, service, tms, z, x, y, "png", scaled(request, params, scale))
 
 
 @router.get(
