@@ -299,13 +299,32 @@ class Asked:
     box: tuple[float, float, float, float] | None = None
 
 
+# The names of the one CRS coordinates are given in (longitude, latitude in degrees), as TiTiler's
+# coord_crs spells it: another would place the point elsewhere, were it ignored.
+DEGREES_CRS = ("epsg:4326", "ogc:crs84", "http://www.opengis.net/def/crs/ogc/1.3/crs84")
+
+
 @dataclass
 class PointParams(QueryParams):
     level: LevelParam = None
+    coord_crs: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="CRS of the coordinates, as TiTiler names it: EPSG:4326 or OGC:CRS84 (longitude, "
+            "latitude in degrees), the only one taken and the default.",
+        ),
+    ] = None
 
     def validated(self, service: SoundscapeService, refusals: Refusals | None = None) -> Asked:
         """The query, metadata, level and box asked for: one 422 naming every bad parameter."""
         refusals = Refusals() if refusals is None else refusals
+        if self.coord_crs is not None and self.coord_crs.casefold() not in DEGREES_CRS:
+            refusals.refuse(
+                "coord_crs",
+                f"coord_crs must be EPSG:4326 or OGC:CRS84 (longitude, latitude in degrees), not "
+                f"{self.coord_crs[:40]!r}: transform the coordinates to degrees first",
+            )
         with refusals.on("q query"):
             qid = requested_query_id(service, self)
         with refusals.on("source"):

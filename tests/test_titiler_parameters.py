@@ -165,3 +165,15 @@ def test_a_bad_pixel_ratio_is_refused(client, path, params, sentences):
     detail = refused(client.get(path, params={"q": "birdsong", **params}))
     assert all(sentence in detail for sentence in sentences), detail
     assert "tilesize must be 256 or 512" not in detail, "the size is refused once"
+
+
+@pytest.mark.parametrize(("route", "params"), [("/point/8,46", {}), ("/search", {"bbox": "5,44,12,48", "k": "3"})])
+def test_coordinates_are_in_degrees_and_another_crs_is_refused(client, route, params):
+    """TiTiler's coord_crs: metres of EPSG:3857 read as degrees would answer for another place."""
+    plain = client.get(route, params={"q": "birdsong", **params})
+    assert plain.status_code == 200
+    for name in ("EPSG:4326", "epsg:4326", "OGC:CRS84"):
+        assert client.get(route, params={"q": "birdsong", "coord_crs": name, **params}).json() == plain.json()
+    detail = refused(client.get(route, params={"q": "birdsong", "coord_crs": "EPSG:3857", "hour": "24", **params}))
+    assert "coord_crs must be EPSG:4326 or OGC:CRS84 (longitude, latitude in degrees), not 'EPSG:3857'" in detail
+    assert "hour must be an integer in 0..23" in detail
