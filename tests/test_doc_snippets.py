@@ -83,7 +83,8 @@ def test_gdal_connection_strings_run(server):
 
 def test_gdal_reads_values_through_the_documented_wmts_description(server, tmp_path):
     description = tmp_path / "contrast.xml"
-    description.write_text(code_block("`&amp;` inside it), e.g. `contrast.xml`:", "xml").replace(ADDRESS, server))
+    xml = code_block("`&amp;` inside it), e.g. `contrast.xml`:", "xml").replace(ADDRESS, server)
+    description.write_text(xml, encoding="utf-8")
     z, x, y = 5, 16, 11  # over the fixture's imagery
     with rasterio.open(description) as src:
         assert (src.count, src.dtypes) == (1, ("float32",))

@@ -90,7 +90,8 @@ def test_gdal_reads_the_values_through_wmts_of_geotiff_tiles(server, tmp_path):
     description = tmp_path / "contrast.xml"
     description.write_text(
         f"<GDAL_WMTS><GetCapabilitiesUrl>{escape(caps)}</GetCapabilitiesUrl><Layer>contrast</Layer>"
-        "<DataType>Float32</DataType><BandsCount>1</BandsCount></GDAL_WMTS>"
+        "<DataType>Float32</DataType><BandsCount>1</BandsCount></GDAL_WMTS>",
+        encoding="utf-8",
     )
     with rasterio.open(description) as src:
         assert src.count == 1 and src.dtypes == ("float32",)
