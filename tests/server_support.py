@@ -76,6 +76,12 @@ def decode_npy(body: bytes) -> np.ndarray:
     return np.load(io.BytesIO(body), allow_pickle=False)
 
 
+def serve_command(bundle_path, store_path, port: int, *args: str) -> list[str]:
+    """`soundscape serve` of a bundle and store on `port`, with more options."""
+    command = [sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path), "--store", str(store_path)]
+    return [*command, "--port", str(port), *args]
+
+
 @contextlib.contextmanager
 def live_server(
     bundle_path,
@@ -95,22 +101,15 @@ def live_server(
         **(env or {}),
     }
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "serve",
-            "--bundle",
-            str(bundle_path),
-            "--store",
-            str(store_path),
-            "--port",
-            str(port),
+        serve_command(
+            bundle_path,
+            store_path,
+            port,
             "--workers",
             str(workers),
             *(["--redis-url", redis_url] if redis_url else []),
             *args,
-        ],
+        ),
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,

@@ -10,7 +10,6 @@ import io
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -24,7 +23,7 @@ from runtime.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
 from server.queries import MAX_DECODED_SAMPLES
 from server.ratelimit import Rate, TokenBuckets, client_key
 from server.urls import host_allowed, host_name
-from tests.server_support import REPO, live_server, make_client
+from tests.server_support import REPO, live_server, make_client, serve_command
 
 
 @pytest.fixture(scope="module")
@@ -404,20 +403,7 @@ def test_connections_over_the_cap_get_503_and_keep_alive_still_works(live):
 )
 def test_serve_refuses_malformed_internet_options(bundle_path, store_path, option, value, needle):
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "serve",
-            "--bundle",
-            str(bundle_path),
-            "--store",
-            str(store_path),
-            "--port",
-            "9",
-            option,
-            value,
-        ],
+        serve_command(bundle_path, store_path, 9, option, value),
         cwd=REPO,
         capture_output=True,
         text=True,
