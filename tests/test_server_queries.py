@@ -130,7 +130,7 @@ def test_limits_answer_413(client):
     "request_args, says",
     [
         ({"json": {"text": "birdsong", "hour": 6}}, "the JSON body takes only 'text', not 'hour'"),
-        ({"json": {"text": "birdsong", "Text": "rain"}}, "the JSON body takes only 'text', not 'Text'"),
+        ({"json": {"text": "birdsong", "Months": 5}}, "the JSON body takes only 'text', not 'Months'"),
         (
             {"files": {"text": (None, "birdsong"), "month": (None, "5")}},
             "the form takes only 'text' or 'file', not 'month'",
@@ -154,3 +154,18 @@ def test_a_registration_naming_metadata_is_refused_not_registered_without_it(cli
     assert (
         client.get("/queries/" + record_id(client.app.state.service.bundle.id, "text", b"birdsong")).status_code == 404
     )
+
+
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        ({"text": "birdsong", "Text": "rain"}, "the JSON body takes only 'text', not 'Text': did you mean 'text'?"),
+        ({"text": "birdsong", "lang": "en"}, "the JSON body takes only 'text', not 'lang'"),
+    ],
+)
+def test_another_key_is_refused_and_told_where_it_belongs_only_when_known(client, body, says):
+    """The sentence on metadata is for metadata: a slip of `text` is told the name, another key
+    is named alone."""
+    answer = client.post("/queries", json=body)
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith(says) and "tile URLs" not in answer.json()["detail"]

@@ -127,11 +127,20 @@ METADATA_PARAMS = ("hour", "month", "source")
 
 
 def _only_known(fields: Iterable[str], known: tuple[str, ...], what: str) -> None:
-    """422 naming the first field of `fields` outside `known`, never dropped silently."""
+    """422 naming the first field of `fields` outside `known`, never dropped silently, and where
+    it belongs when it is metadata or a slip of a known name (`spelling`)."""
     other = next((name for name in fields if name not in known), None)
-    if other is not None:
-        keys = " or ".join(repr(k) for k in known)
-        raise HTTPException(422, f"{what} takes only {keys}, not {other[:40]!r}: {METADATA_GOES_ON_URLS}")
+    if other is None:
+        return
+    keys = " or ".join(repr(k) for k in known)
+    meant = next((k for k in known if spelling(k) == spelling(other)), None)
+    if spelling(other) in METADATA_PARAMS:
+        where = f": {METADATA_GOES_ON_URLS}"
+    elif meant is not None:
+        where = f": did you mean {meant!r}? (names are exact)"
+    else:
+        where = ""
+    raise HTTPException(422, f"{what} takes only {keys}, not {other[:40]!r}{where}")
 
 
 class _RepeatedKey(Exception):
