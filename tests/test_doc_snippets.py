@@ -114,18 +114,25 @@ def _drawn(page) -> float:
     return float((np.abs(pixels - 255).sum(axis=2) > 60).mean())
 
 
-def test_leaflet_example_draws_the_heatmap(server):
+@pytest.mark.parametrize("pixel_ratio", [1, 2])
+def test_leaflet_example_draws_the_heatmap(server, pixel_ratio):
+    """At a device pixel ratio of 2, Leaflet's `{r}` asks for the 512 px `@2x` tiles."""
     from playwright.sync_api import sync_playwright
 
-    snippet = code_block("Leaflet (256 px tiles):", "js").replace(ADDRESS, server)
+    snippet = code_block("Leaflet (256 px tiles; `{r}` asks for the `@2x` tiles on a high-DPI screen):", "js")
     with sync_playwright() as pw:
-        browser, page, tiles = _page(pw, server)
+        browser, page, tiles = _page(pw, server, pixel_ratio)
         page.add_style_tag(content=(LEAFLET / "leaflet.css").read_text(encoding="utf-8"))
         page.add_script_tag(content=(LEAFLET / "leaflet.js").read_text(encoding="utf-8"))
-        page.evaluate("window.map = L.map('map', {zoomControl: false}).setView([48, 12], 3);\n" + snippet)
+        page.evaluate(
+            "window.map = L.map('map', {zoomControl: false}).setView([48, 12], 3);\n" + snippet.replace(ADDRESS, server)
+        )
         page.wait_for_function("document.querySelectorAll('.leaflet-tile-loaded').length >= 4", timeout=60_000)
         page.wait_for_timeout(500)
         assert tiles and {r.status for r in tiles} == {200}
+        size = 256 * pixel_ratio
+        assert {Image.open(io.BytesIO(r.body())).size for r in tiles} == {(size, size)}
+        assert all(("@2x.png?" in r.url) == (pixel_ratio == 2) for r in tiles)
         assert _drawn(page) > 0.1
         browser.close()
 
