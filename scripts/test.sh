@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set up .venv (with redis-server, docker-compose, chromium, curl, nginx-light, the replicas' caching proxy
-# in tests/test_replicas.py, and wrk, the harness's load generator, from apt-get when missing) and run the
-# whole test suite. Extra arguments go to pytest.
+# in tests/test_replicas.py, wrk, the harness's load generator, and python3-qgis, QGIS for tests/test_qgis.py,
+# from apt-get when missing) and run the whole test suite. Extra arguments go to pytest.
 # The tests run in one worker per core, at most 4 (pytest-xdist; each worker builds the tiny bundle and store
 # itself), a test module's tests on one worker; -n 0 runs them in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh train,test redis-server docker-compose chromium curl nginx-light wrk
+scripts/setup.sh train,test redis-server docker-compose chromium curl nginx-light wrk python3-qgis
 workers=$(nproc 2>/dev/null || echo 1)
 [ "$workers" -gt 4 ] && workers=4
 exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"

@@ -1,0 +1,109 @@
+"""QGIS 3 (Debian's python3-qgis, headless) adds the README's XYZ and WMTS URLs as a GIS user
+does, through its "wms" provider, and renders a tile's extent: the picture is the server's tile.
+QGIS runs in the system's python3 (tests/qgis_client.py), against a real uvicorn."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import mercantile
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.server_support import REPO, live_server
+
+pytestmark = pytest.mark.slow
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+README = (REPO / "README.md").read_text(encoding="utf-8")
+ADDRESS = "http://127.0.0.1:8000"
+Z, X, Y = 5, 16, 11  # over the fixture's imagery (the Alps)
+
+
+def readme_url(start: str) -> str:
+    """The README's URL that starts with `start` (after the address), as written there."""
+    return re.search(rf"    {re.escape(ADDRESS)}({re.escape(start)}\S*)", README).group(1)
+
+
+@pytest.fixture(scope="module")
+def server(bundle_path, store_path):
+    done = subprocess.run([SYSTEM_PYTHON, "-c", "import qgis.core"], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail("QGIS's Python bindings are not installed: apt-get install -y python3-qgis")
+    with live_server(bundle_path, store_path) as url:
+        yield url
+
+
+def xyz(url: str, pixel_ratio: int = 1) -> str:
+    """QGIS's data source of an XYZ connection (Layer > Add Layer > XYZ), as its dialog writes it."""
+    return f"type=xyz&url={quote(url, safe='')}&zmin=0&zmax=6" + (f"&tilePixelRatio={pixel_ratio}" * (pixel_ratio > 1))
+
+
+def wmts(capabilities: str, layer: str) -> str:
+    """QGIS's data source of a WMTS layer picked from a capabilities URL (Add WMS/WMTS Layer)."""
+    return (
+        f"crs=EPSG:3857&dpiMode=7&format=image/png&layers={layer}&styles=default&tileMatrixSet=WebMercatorQuad"
+        f"&url={quote(capabilities, safe='')}"
+    )
+
+
+def qgis_renders(layers: list[dict], tmp_path: Path) -> dict:
+    spec = tmp_path / "layers.json"
+    spec.write_text(json.dumps(layers), encoding="utf-8")
+    done = subprocess.run(
+        [SYSTEM_PYTHON, str(REPO / "tests" / "qgis_client.py"), str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def rgba(data: bytes | Path) -> np.ndarray:
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    return np.asarray(Image.open(source).convert("RGBA")).astype(int)
+
+
+def test_qgis_draws_the_readme_urls_as_the_server_draws_the_tile(server, tmp_path):
+    extent = list(mercantile.xy_bounds(X, Y, Z))
+    xyz_url = readme_url("/tiles/{z}/{x}/{y}.png?")  # q=birdsong&hour=6
+    retina_url = readme_url("/tiles/{z}/{x}/{y}@2x.png?")  # q=birdsong
+    capabilities = readme_url("/WMTSCapabilities.xml?")  # q=birdsong
+    cases = {
+        "xyz": (xyz(server + xyz_url), 256),
+        "xyz@2x": (xyz(server + retina_url, pixel_ratio=2), 512),
+        "wmts": (wmts(server + capabilities, "contrast"), 256),
+        "wmts 512, zooms 1-5": (wmts(f"{server}{capabilities}&tilesize=512&minzoom=1&maxzoom=5", "contrast"), 512),
+    }
+    layers = [
+        {"name": name, "uri": uri, "extent": extent, "size": size, "out": str(tmp_path / f"{i}.png")}
+        for i, (name, (uri, size)) in enumerate(cases.items())
+    ]
+    answers = qgis_renders(layers, tmp_path)
+    assert all(answer["valid"] for answer in answers.values()), answers
+    query = dict(q="birdsong")
+    references = {
+        "xyz": httpx.get(f"{server}/tiles/{Z}/{X}/{Y}.png", params={**query, "hour": 6}, timeout=60),
+        "xyz@2x": httpx.get(f"{server}/tiles/{Z}/{X}/{Y}@2x.png", params=query, timeout=60),
+        "wmts": httpx.get(f"{server}/tiles/{Z}/{X}/{Y}.png", params={**query, "layer": "contrast"}, timeout=60),
+        "wmts 512, zooms 1-5": httpx.get(
+            f"{server}/tiles/{Z}/{X}/{Y}.png", params={**query, "layer": "contrast", "tilesize": 512}, timeout=60
+        ),
+    }
+    for layer in layers:
+        drawn, tile = rgba(Path(layer["out"])), rgba(references[layer["name"]].content)
+        assert drawn.shape == tile.shape, layer["name"]
+        opaque = tile[..., 3] == 255
+        assert opaque.mean() > 0.5, "the tile lies over the fixture's imagery"
+        close = np.abs(drawn[..., :3] - tile[..., :3]).max(axis=2) <= 8
+        assert close[opaque].mean() > 0.99, (layer["name"], close[opaque].mean())
+        assert (drawn[..., 3][~opaque] < 255).all(), "transparent where the tile has no cells"
