@@ -390,8 +390,8 @@ async def each_once(request: Request) -> None:
     """Refuse a parameter the route takes given more than once: `q=rain&q=birdsong` would
     otherwise draw the last one silently. Parameters the route does not take (a cache buster
     such as `_=1733040000`) stay ignored, repeated or not, unless the name is a slip of one it
-    takes (`spelling`) or one of TiTiler's rendering parameters (`UNSUPPORTED`). Also refuse one
-    whose percent-encoded bytes are not UTF-8 (`not_utf8`).
+    takes (`spelling`), one of TiTiler's rendering parameters (`UNSUPPORTED`), or a tilesize beside
+    a pixel ratio. Also refuse one whose percent-encoded bytes are not UTF-8 (`not_utf8`).
     The 422 names every other bad parameter too."""
     items = request.query_params.multi_items()
     counts = Counter(k for k, _ in items)
@@ -403,10 +403,14 @@ async def each_once(request: Request) -> None:
     taken, slips_of = taken_by(route.endpoint, route.dependant)
     slips = [(name, meant) for name in counts.keys() - taken if (meant := slips_of.get(spelling(name)))]
     unsupported = [name for name in counts if name in UNSUPPORTED and "colormap_name" in taken]
-    if repeated or garbled or slips or unsupported:
+    # A tile asked at a pixel ratio (`{y}@2x`) has that ratio's size: a tilesize would name it twice.
+    ratio = request.path_params.get("scale") if "tilesize" in counts else None
+    if repeated or garbled or slips or unsupported or ratio is not None:
         refusals = Refusals()
         for name in unsupported:
             refusals.refuse(name, f"{name} is not supported: {UNSUPPORTED[name]}")
+        if ratio is not None:
+            refusals.refuse("tilesize", f"tilesize and @{ratio[:8]}x both give the tile's size: give one of them")
         for name, meant in slips:
             refusals.refuse(
                 name,
@@ -488,7 +492,6 @@ def refused_detail(request: Request, refusals: Refusals) -> str:
             [p for d in dependants for p in d.query_params], request.query_params
         )
         refuse_invalid(request, [*bad_path, *bad_query], refusals)
-        refuse_size_twice(request, refusals)
         for dependency in dependants:
             if dependency.call is not None and (cls := PARAMS_CLASSES.get(dependency.call)) is not None:
                 fields = (f.name for f in dependency.query_params if f.alias not in refusals.names)
@@ -628,20 +631,10 @@ def check_placed(tms: str, fmt: str) -> None:
         )
 
 
-def scaled(request: Request, params: StyleParams, scale: int) -> TileParams:
-    """The parameters of a tile asked at a pixel ratio (`@2x`): its size is that ratio's. A
-    `tilesize` too is refused (`refuse_size_twice`, with every other bad parameter), not ignored
-    as another parameter the route does not take."""
-    if "tilesize" in request.query_params:
-        raise Refused(refused_detail(request, Refusals()))
+def scaled(params: StyleParams, scale: int) -> TileParams:
+    """The parameters of a tile asked at a pixel ratio (`@2x`): its size is that ratio's (a
+    `tilesize` beside it is refused by `each_once`)."""
     return TileParams(**vars(params), tilesize=TILE_SIZES[0] * scale)
-
-
-def refuse_size_twice(request: Request, refusals: Refusals) -> None:
-    """A tile asked at a pixel ratio (`{y}@2x`) with a `tilesize` too names its size twice."""
-    if "scale" in request.path_params and "tilesize" in request.query_params:
-        ratio = request.path_params["scale"]
-        refusals.refuse("tilesize", f"tilesize and @{ratio[:8]}x both give the tile's size: give one of them")
 
 
 def check_tile(tms: str, z: int, x: int, y: int) -> None:

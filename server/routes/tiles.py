@@ -86,7 +86,7 @@ def tile_endpoint(name: str, path: str) -> Callable[..., Awaitable[Response]]:
         request: Request, service: SoundscapeService, z: int, x: int, y: int, params: StyleParams, **parts: Any
     ) -> Response:
         # A route without {scale} takes TileParams (its signature below), a tile's size included.
-        asked = scaled(request, params, parts["scale"]) if at_ratio else cast(TileParams, params)
+        asked = scaled(params, parts["scale"]) if at_ratio else cast(TileParams, params)
         return await _tile(request, service, parts.get("tms", GRID), z, x, y, parts.get("fmt", "png"), asked)
 
     annotations: dict[str, Any] = {"request": Request, "service": ServiceDep, "tms": str}
