@@ -170,6 +170,7 @@ def calls() -> list[Call]:
         Call("legend unknown", "GET", "/colormaps/nope"),
         Call("legend too wide", "GET", "/colormaps/magma?width=100000"),
         Call("basemap", "GET", "/basemap/2/2/1.webp"),
+        Call("basemap at a pixel ratio", "GET", "/basemap/2/2/1@2x.webp"),
         Call("basemap out of range", "GET", "/basemap/2/9/1.webp"),
         # REST.
         Call("search", "GET", "/search?q=birdsong&k=5"),

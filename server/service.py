@@ -526,19 +526,20 @@ class SoundscapeService:
 
         return await self.run(draw)
 
-    async def basemap(self, z: int, x: int, y: int) -> bytes | None:
-        """A WebP tile of the store's imagery (the viewer's basemap), or None without imagery."""
+    async def basemap(self, z: int, x: int, y: int, size: int) -> bytes | None:
+        """A WebP tile of the store's imagery (the viewer's basemap) of `size` pixels a side, or
+        None without imagery."""
         imagery = self.imagery
         if imagery is None:
             return None
 
         def draw() -> bytes:
-            cell = imagery.cell(z, x, y, 256, min_valid=0.0)  # draw whatever part has imagery
+            cell = imagery.cell(z, x, y, size, min_valid=0.0)  # draw whatever part has imagery
             if cell is None:
-                return render.encode_rgba_webp(np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256), bool))
+                return render.encode_rgba_webp(np.zeros((size, size, 3), np.uint8), np.zeros((size, size), bool))
             return render.encode_rgba_webp(cell.rgb, cell.valid)
 
-        key = cache_key("basemap", {"imagery": imagery.source, "z": z, "x": x, "y": y})
+        key = cache_key("basemap", {"imagery": imagery.source, "z": z, "x": x, "y": y, "size": size})
         return await self.cached(self.tiles, "basemap", key, lambda: self.run(draw), BYTES)
 
     # Points and search ----------------------------------------------------------------------

@@ -3,8 +3,11 @@ gzip for JSON, a 4xx with a message for every bad request, metrics and OpenAPI."
 
 import gzip
 import inspect
+import io
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from server.routes import meta, queries, rest, tiles, viewer
 from tests.server_support import make_client
@@ -45,6 +48,19 @@ def test_etag_names_the_content(client):
     assert etag("/tiles/WebMercatorQuad/4/8/6.webp") != base
 
 
+def test_the_basemap_at_a_pixel_ratio_is_the_same_picture_at_512_px(client):
+    """The viewer's basemap was 256 px on every screen, blurred on a high-DPI one: `@2x` (MapLibre's
+    `{ratio}` there) draws the same tile at 512 px."""
+    plain, double = (client.get(f"/basemap/3/4/2{ratio}.webp") for ratio in ("", "@2x"))
+    assert plain.status_code == double.status_code == 200 and double.headers["content-type"] == "image/webp"
+    assert plain.headers["etag"] != double.headers["etag"]
+    small, large = (Image.open(io.BytesIO(r.content)).convert("RGB") for r in (plain, double))
+    assert (small.size, large.size) == ((256, 256), (512, 512))
+    shrunk = np.asarray(large.resize((256, 256), Image.Resampling.BOX), np.float32)
+    assert np.abs(shrunk - np.asarray(small, np.float32)).mean() < 8, "the same place, twice as sharp"
+    assert client.get("/basemap/3/4/2@1x.webp").content == plain.content
+
+
 def test_head_matches_get_without_a_body(client):
     get = client.get(TILE, params={"q": "birdsong"})
     head = client.head(TILE, params={"q": "birdsong"})
@@ -64,6 +80,7 @@ CACHED_ANSWERS = [
     ("/colormaps", {}, "public, max-age=60", "W/"),
     ("/colormaps/magma", {"width": 8}, "public, max-age=60", '"'),
     ("/basemap/3/4/2.webp", {}, "public, max-age=60", '"'),
+    ("/basemap/3/4/2@2x.webp", {}, "public, max-age=60", '"'),
     ("/", {}, "no-cache", "W/"),
     ("/docs", {}, "no-cache", "W/"),
     ("/static/viewer.js", {}, "no-cache", "W/"),
@@ -159,6 +176,8 @@ BAD_REQUESTS = [
     ("GET", "/colormaps/nope", {}, 404, "unknown colormap"),
     ("GET", "/colormaps/viridis", {"width": 0}, 422, "width must be an integer in 1..2048"),
     ("GET", "/basemap/1/2/0.webp", {}, 404, "outside"),
+    ("GET", "/basemap/1/2/0@2x.webp", {}, 404, "outside"),
+    ("GET", "/basemap/3/4/2@3x.webp", {}, 422, "scale must be an integer in 1..2, not '3'"),
     # queries
     ("GET", "/queries/ffffffffffffffff", {}, 404, "unknown query id"),
     ("GET", "/queries/not-an-id", {}, 404, "not a query id"),

@@ -108,13 +108,14 @@ def open_page(
     height: int = 700,
     ready: str = MAP_LOADED,
     ready_selector: str | None = None,
+    pixel_ratio: float = 1,
 ):
     """A page at `path` once the JS `ready` holds (or `ready_selector` shows, on pages whose
     Content-Security-Policy forbids eval); page.outside_requests() lists the requests that left
     for another host (not those the page's own policy blocked: the browser never sends them),
     page.console_errors() the errors its console logged (a policy's refusals among them),
-    page.requests() every URL it asked for."""
-    page = browser.new_page(viewport={"width": width, "height": height})
+    page.requests() every URL it asked for. `pixel_ratio`: the screen's device pixels per CSS pixel."""
+    page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=pixel_ratio)
     asked, sent, blocked, errors = [], [], [], []
     local = (server, "data:", "blob:")
     page.on("request", lambda req: asked.append(req.url))
@@ -264,6 +265,34 @@ def test_controls_follow_the_state(page, server):
     page.mouse.click(650, 350)  # a click on the map draws the 24-hour profile
     page.wait_for_selector(".maplibregl-popup canvas", timeout=30_000)
     assert "over the day" in page.inner_text(".maplibregl-popup")
+
+
+@pytest.mark.slow  # a browser of its own
+@pytest.mark.parametrize("pixel_ratio", [1, 2])
+def test_a_high_dpi_screen_draws_the_512_px_tiles(browser, server, pixel_ratio):
+    """The viewer drew 256 px tiles and basemap tiles on every screen, blurred on a high-DPI one:
+    there it now asks for the `@2x` ones, 512 px, while "Copy XYZ URL" still gives the URL every
+    client reads."""
+    page = open_page(
+        browser,
+        server,
+        "/#q=birdsong&layer=heatmap&map=3.5/45/10",
+        ready="document.body.dataset.heatmap === 'loaded'",
+        pixel_ratio=pixel_ratio,
+    )
+    try:
+        tiles = [url for url in page.requests() if "/tiles/" in url]
+        assert tiles and all(("@2x.png?" in url) == (pixel_ratio == 2) for url in tiles), tiles
+        # The basemap's tiles as MapLibre asks for them (the viewer's own probe before is plain).
+        basemap = [url for url in page.requests() if "/basemap/" in url][1:]
+        assert basemap and all(url.endswith("@2x.webp") == (pixel_ratio == 2) for url in basemap), basemap
+        for url in tiles[0], basemap[0]:
+            image = Image.open(io.BytesIO(httpx.get(url, timeout=30).content))
+            assert image.size == (256 * pixel_ratio, 256 * pixel_ratio), url
+        copied = page.evaluate("tileUrl()")
+        assert "/tiles/{z}/{x}/{y}.png?" in copied and "ratio" not in copied
+    finally:
+        page.close()
 
 
 def test_audio_upload_maps_a_recording(page):

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from server.http import BINARY, conditional, errors
-from server.params import Integer, check_tile
+from server.params import TILE_SIZES, Integer, Scale, check_tile
 from server.routes.deps import ServiceDep
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -81,18 +81,38 @@ async def redoc(request: Request) -> Response:
     return conditional(request, page, "page")
 
 
+BASEMAP_RESPONSES = {
+    200: {"content": {"image/webp": BINARY}},
+    **errors(404, 422, notes={404: "No imagery, or outside the grid."}),
+}
+
+
+# Before the plain route, as the tile routes: `{y}.webp` would read `0@2x` as the y, and refuse it.
+@router.get(
+    "/basemap/{z}/{x}/{y}@{scale}x.webp",
+    response_class=Response,
+    responses=BASEMAP_RESPONSES,
+    summary="Basemap tile at a pixel ratio: @2x is 512 px (WebP), for a high-DPI screen",
+)
+async def basemap_scaled(
+    z: Integer, x: Integer, y: Integer, scale: Scale, request: Request, service: ServiceDep
+) -> Response:
+    return await _basemap(request, service, z, x, y, TILE_SIZES[0] * scale)
+
+
 @router.get(
     "/basemap/{z}/{x}/{y}.webp",
     response_class=Response,
-    responses={
-        200: {"content": {"image/webp": BINARY}},
-        **errors(404, 422, notes={404: "No imagery, or outside the grid."}),
-    },
+    responses=BASEMAP_RESPONSES,
     summary="Basemap tile of the store's imagery (WebMercatorQuad, 256 px, WebP)",
 )
 async def basemap(z: Integer, x: Integer, y: Integer, request: Request, service: ServiceDep) -> Response:
+    return await _basemap(request, service, z, x, y, TILE_SIZES[0])
+
+
+async def _basemap(request: Request, service: ServiceDep, z: int, x: int, y: int, size: int) -> Response:
     check_tile("WebMercatorQuad", z, x, y)
-    body = await service.basemap(z, x, y)
+    body = await service.basemap(z, x, y, size)
     if body is None:
         raise HTTPException(404, "this server has no imagery for a basemap (set SOUNDSCAPE_IMAGERY)")
     return conditional(request, Response(body, media_type="image/webp"), "tile")

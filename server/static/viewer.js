@@ -193,10 +193,12 @@ function tileParams() {
   return params;
 }
 
-// The tile URL of the current state: what the map draws and what "Copy XYZ URL" copies. No
-// rescale: the server picks the colour scale of the query and metadata, and TileJSON reports it.
-function tileUrl() {
-  return `${base}/tiles/{z}/{x}/{y}.png?${tileParams()}`;
+// The tile URL of the current state: what "Copy XYZ URL" copies, and with `ratio` "{ratio}" what
+// the map draws (MapLibre writes `@2x` there on a high-DPI screen, whose 256 px tiles it would
+// draw blurred, and nothing elsewhere). No rescale: the server picks the colour scale of the query
+// and metadata, and TileJSON reports it.
+function tileUrl(ratio = "") {
+  return `${base}/tiles/{z}/{x}/{y}${ratio}.png?${tileParams()}`;
 }
 
 function hasLayer() {
@@ -304,7 +306,7 @@ async function addBasemap(map, info, boxes) {
     basemapFailed(error.message);
     if (error.status === 404) return;
   }
-  addRaster(map, "imagery", boxes, { tiles: [`${base}/basemap/{z}/{x}/{y}.webp`], maxzoom: info.maxzoom,
+  addRaster(map, "imagery", boxes, { tiles: [`${base}/basemap/{z}/{x}/{y}{ratio}.webp`], maxzoom: info.maxzoom,
                                      attribution: asHtmlText(info.attribution) },
             {}, map.getLayer("soundscape") ? "soundscape" : undefined);
 }
@@ -362,7 +364,7 @@ async function main() {
     $("best").disabled = !state.query;
     if (!ready) return;
     if (!hasLayer()) return hideLayer();
-    const url = tileUrl();
+    const url = tileUrl("{ratio}");
     if (url !== renderedUrl) {  // else drawn before it was hidden: its tiles are still there
       renderedUrl = url;
       delete document.body.dataset.heatmap;
