@@ -291,8 +291,29 @@ def test_a_high_dpi_screen_draws_the_512_px_tiles(browser, server, pixel_ratio):
             assert image.size == (256 * pixel_ratio, 256 * pixel_ratio), url
         copied = page.evaluate("tileUrl()")
         assert "/tiles/{z}/{x}/{y}.png?" in copied and "ratio" not in copied
+        page.mouse.click(650, 350)  # the profile's chart: 240 x 110 CSS pixels, of device pixels
+        page.wait_for_selector(".maplibregl-popup canvas", timeout=30_000)
+        assert page.evaluate(PROFILE_CHART) == {
+            "backing": [240 * pixel_ratio, 110 * pixel_ratio],
+            "shown": [240, 110],
+            "line_in_right_half": True,
+        }
     finally:
         page.close()
+
+
+# The profile chart's canvas: its device pixels, its CSS size, and whether its line (#b5367a) is
+# drawn in the right half of the device pixels (a chart drawn at ratio 1 fills only the left half).
+PROFILE_CHART = """() => {
+  const canvas = document.querySelector('.maplibregl-popup canvas'), box = canvas.getBoundingClientRect();
+  const half = Math.floor(canvas.width / 2);
+  const pixels = canvas.getContext('2d').getImageData(half, 0, canvas.width - half, canvas.height).data;
+  const off = (i, value) => Math.abs(pixels[i] - value);
+  let line = false;
+  for (let i = 0; i < pixels.length; i += 4) line ||= off(i, 0xb5) + off(i + 1, 0x36) + off(i + 2, 0x7a) < 24;
+  return {backing: [canvas.width, canvas.height], shown: [Math.round(box.width), Math.round(box.height)],
+          line_in_right_half: line};
+}"""
 
 
 def test_audio_upload_maps_a_recording(page):

@@ -705,8 +705,7 @@ async function showProfile(map, lngLat) {
   const title = document.createElement("h3");
   title.textContent = `${shorten(state.label)} over the day`;
   box.appendChild(title);
-  const canvas = document.createElement("canvas");
-  canvas.width = 240; canvas.height = 110;
+  const canvas = document.createElement("canvas");  // 240 x 110 CSS pixels (viewer.css)
   box.appendChild(canvas);
   const note = document.createElement("p");
   note.textContent = `here: p = ${answer.score.toPrecision(3)}, contrast = ${answer.contrast.toPrecision(3)}, ` +
@@ -805,9 +804,13 @@ function clearBest() {
   marked = null;
 }
 
-// A small line chart of 24 hourly scores, its y axis fitted to their range.
+// A small line chart of 24 hourly scores, its y axis fitted to their range. Drawn in CSS pixels
+// on a canvas of the screen's device pixels, sharp on a high-DPI screen.
 function drawProfile(canvas, scores) {
-  const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height, pad = 18;
+  const w = 240, h = 110, pad = 18, ratio = window.devicePixelRatio || 1;
+  canvas.width = Math.round(w * ratio); canvas.height = Math.round(h * ratio);
+  const ctx = canvas.getContext("2d");
+  ctx.scale(canvas.width / w, canvas.height / h);
   const lo = Math.min(...scores), hi = Math.max(...scores), span = Math.max(hi - lo, 1e-6);
   const x = (i) => pad + (i / 23) * (w - 2 * pad);
   const y = (v) => h - pad - ((v - lo) / span) * (h - 2 * pad);
