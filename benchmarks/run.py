@@ -235,11 +235,12 @@ def timed_gets(base: str, urls: list[str]) -> list[float]:
     ]
 
 
-def viewport_once(base: str, query: str) -> float:
+def viewport_once(base: str, query: str, ratio: str = "") -> float:
     """First request to last byte of the viewport's tiles, fetched as a browser does: a native
     client (curl) with at most 6 connections to the host, each opened at the first request. A
-    Python client on this 2-core box adds tens of ms of its own to 20 requests."""
-    urls = [f"{base}/tiles/{z}/{x}/{y}.png?q={query}" for z, x, y in VIEWPORT]
+    Python client on this 2-core box adds tens of ms of its own to 20 requests. `ratio` "@2x":
+    the 512 px tiles the viewer asks for on a high-DPI screen."""
+    urls = [f"{base}/tiles/{z}/{x}/{y}{ratio}.png?q={query}" for z, x, y in VIEWPORT]
     began = time.perf_counter()
     subprocess.run(
         ["curl", "--silent", "--fail", "--parallel", "--parallel-max", "6", "--parallel-immediate"]
@@ -465,6 +466,10 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
                         "cached_p50_ms": p50_ms(cached),
                     }
                 )
+                viewport_once(base, f"viewport+{salt}+cached", "@2x")
+                cached_2x = [viewport_once(base, f"viewport+{salt}+cached", "@2x") for _ in range(args.repeat)]
+                samples_2x = [viewport_once(base, f"viewport+{salt}+2x+{i}", "@2x") for i in range(args.repeat)]
+                entry["at_2x"] = {"p50_ms": p50_ms(samples_2x), "cached_p50_ms": p50_ms(cached_2x)}
                 # New queries, then one query cached by the server under URLs new to the browser
                 # (trailing spaces are normalised away): the browser's own floor on this box.
                 fresh = [f"viewport+{salt}+browser+{i}" for i in range(args.repeat + 1)]
@@ -722,6 +727,15 @@ def rows(result: dict) -> list[tuple[str, str, str, str]]:
                 "target p50 <= 100 ms",
             )
         )
+        if "at_2x" in v:
+            out.append(
+                (
+                    "the same at a pixel ratio of 2 (`@2x`, 512 px tiles: the viewer on a high-DPI screen)",
+                    f"p50 {v['at_2x']['p50_ms']} ms (curl)",
+                    f"the same viewport cached: p50 {v['at_2x']['cached_p50_ms']} ms",
+                    "no target: the issue's viewport is 256 px tiles",
+                )
+            )
     if "precompute" in m:
         out.append(precompute_row(m["precompute"]))
     return out

@@ -126,6 +126,11 @@ def test_the_viewport_row_shows_curl_and_the_browser_beside_their_cached_floors(
     assert "headless Chromium p50 90.0 ms (CPU per viewport: browser 100.0 ms, server 5.0 ms) |" in text
     without = markdown({**RESULT, "measures": {"viewport": {**viewport, "browser": "not run: no chromium"}}})
     assert "Chromium" not in without and "| the same viewport cached: p50 15.0 ms |" in without
+    assert "@2x" not in without, "a result of before the high-DPI viewport has no row of it"
+    at_2x = markdown(
+        {**RESULT, "measures": {"viewport": {**viewport, "at_2x": {"p50_ms": 90.0, "cached_p50_ms": 30.0}}}}
+    )
+    assert "| p50 90.0 ms (curl) | the same viewport cached: p50 30.0 ms |" in at_2x
 
 
 def test_a_process_group_cpu_counts_its_processes_and_no_other():
