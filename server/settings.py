@@ -6,7 +6,9 @@ limits (server/protocol.ConnectionLimits) are a model of the same kind."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -142,6 +144,16 @@ def check_variable_names(models: tuple[type[BaseSettings], ...], environ: Mappin
                 )
 
 
+def _network_hint(proxy: str) -> str:
+    """What a trusted proxy should have been: the network meant, where its host bits were set."""
+    with contextlib.suppress(ValueError):
+        return f"a network: its address has host bits set (did you mean {ipaddress.ip_network(proxy, strict=False)}?)"
+    return (
+        "an IP address or network (10.0.0.5, 172.16.0.0/12, fd00::/8), or * alone: "
+        "the proxy's address is matched, never its name"
+    )
+
+
 class Settings(EnvSettings):
     """Every field is a SOUNDSCAPE_<FIELD> variable; its description is what `soundscape serve
     --help` lists for the variables that have no option."""
@@ -223,6 +235,22 @@ class Settings(EnvSettings):
         for each in (value,) if isinstance(value, str) else value:
             if not pattern.fullmatch(each):
                 raise ValueError(refusal.format(each[:80]))
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        """Addresses and networks as uvicorn reads them, or `*` alone. uvicorn takes anything else
+        (a host name, 10.0.0.1/8) for a literal that no client address equals: the proxy was never
+        trusted, and every client behind it shared its rate limit, without a word."""
+        proxies = [each.strip() for each in value.split(",")] if value.strip() else []
+        for each in proxies:
+            if each == "*" and len(proxies) == 1:
+                continue
+            try:
+                ipaddress.ip_network(each) if "/" in each else ipaddress.ip_address(each)
+            except ValueError:
+                raise ValueError(f"trusted proxy {each[:80]!r} is not {_network_hint(each)}") from None
         return value
 
     @field_validator("redis_url")

@@ -214,6 +214,21 @@ def test_rate_limit_answers_429_with_retry_after(bundle_path, store_path):
         assert {client.get("/colormaps").status_code for _ in range(20)} == {200}
 
 
+@pytest.mark.parametrize(("trusted", "apart"), [("127.0.0.1", True), ("", False)])
+def test_behind_a_trusted_proxy_each_client_has_its_own_limit(bundle_path, store_path, trusted, apart):
+    """Through uvicorn, as `--trusted-proxies` works: given the proxy's address, each client its
+    X-Forwarded-For names has its own bucket; without it the header is not believed, and every
+    client of the proxy shares the proxy's."""
+    args = ("--rate-limit", "1/min burst 2", *(("--trusted-proxies", trusted) if trusted else ()))
+    with live_server(bundle_path, store_path, args=args) as url:
+
+        def status(client: str) -> int:
+            return httpx.get(f"{url}/colormaps", headers={"X-Forwarded-For": client}, timeout=30).status_code
+
+        assert [status("203.0.113.5") for _ in range(3)] == [200, 200, 429]
+        assert status("203.0.113.6") == (200 if apart else 429)
+
+
 # /search under metadata ---------------------------------------------------------------------------
 
 

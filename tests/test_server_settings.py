@@ -88,6 +88,15 @@ def test_direct_construction_reads_no_variable(env):
         ("ALLOWED_HOSTS", "https://tiles.example.org", "allowed host 'https://tiles.example.org' is not a host"),
         ("ORT_THREADS", "100000", "SOUNDSCAPE_ORT_THREADS must be less than or equal to 1024, not '100000'"),
         ("COMPUTE_THREADS", "5000", "SOUNDSCAPE_COMPUTE_THREADS must be less than or equal to 1024"),
+        # uvicorn took each for a literal no client address equals: the proxy was never trusted.
+        ("TRUSTED_PROXIES", "nginx", "trusted proxy 'nginx' is not an IP address or network"),
+        (
+            "TRUSTED_PROXIES",
+            "10.0.0.1/8",
+            "trusted proxy '10.0.0.1/8' is not a network: its address has host bits set (did you mean 10.0.0.0/8?)",
+        ),
+        ("TRUSTED_PROXIES", "10.0.0.5,*", "trusted proxy '*' is not an IP address or network (10.0.0.5, "),
+        ("TRUSTED_PROXIES", "10.0.0.5,", "trusted proxy '' is not an IP address or network"),
     ],
 )
 def test_a_bad_value_is_one_sentence_naming_its_variable(env, name, value, sentence):
@@ -107,6 +116,9 @@ def test_the_forms_each_setting_documents_are_taken(env):
     env.setenv("SOUNDSCAPE_CACHE_CONTROL", "public, max-age=60, stale-while-revalidate=30")
     settings = Settings.from_env()
     assert settings.allowed_hosts[-1] == "*" and settings.cors_origins[1] == "http://localhost:5173"
+    for proxies in ("127.0.0.1", "10.0.0.5, 172.16.0.0/12,::1,fd00::/8", "*", ""):
+        env.setenv("SOUNDSCAPE_TRUSTED_PROXIES", proxies)
+        assert Settings.from_env().trusted_proxies == proxies
 
 
 @pytest.mark.parametrize(
@@ -185,6 +197,7 @@ def test_serve_refuses_a_bad_variable_before_starting(bundle_path, store_path, t
             "--redis-url=é",
             "Redis URL 'é' (SOUNDSCAPE_REDIS_URL, --redis-url): must specify one of the following schemes",
         ),
+        ("--trusted-proxies=proxy", "trusted proxy 'proxy' is not an IP address or network"),
     ],
 )
 def test_serve_refuses_an_option_out_of_range(bundle_path, store_path, option, sentence):
