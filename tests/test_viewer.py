@@ -270,9 +270,10 @@ def test_controls_follow_the_state(page, server):
 @pytest.mark.slow  # a browser of its own
 @pytest.mark.parametrize("pixel_ratio", [1, 2])
 def test_a_high_dpi_screen_draws_the_512_px_tiles(browser, server, pixel_ratio):
-    """The viewer drew 256 px tiles and basemap tiles on every screen, blurred on a high-DPI one:
-    there it now asks for the `@2x` ones, 512 px, while "Copy XYZ URL" still gives the URL every
-    client reads."""
+    """The viewer drew 256 px tiles and basemap tiles, its legend's ramp and a place's chart at
+    one pixel a CSS pixel on every screen, blurred on a high-DPI one: there it now asks for the
+    `@2x` tiles, 512 px, and a ramp and a chart of device pixels, while "Copy XYZ URL" still
+    gives the URL every client reads."""
     page = open_page(
         browser,
         server,
@@ -291,6 +292,10 @@ def test_a_high_dpi_screen_draws_the_512_px_tiles(browser, server, pixel_ratio):
             assert image.size == (256 * pixel_ratio, 256 * pixel_ratio), url
         copied = page.evaluate("tileUrl()")
         assert "/tiles/{z}/{x}/{y}.png?" in copied and "ratio" not in copied
+        wait_until(page, "document.getElementById('legend-img').complete && !document.getElementById('legend').hidden")
+        legend = page.evaluate(LEGEND_RAMP)  # a device pixel of the ramp for each one it covers
+        assert legend["natural"] == [220 * pixel_ratio, 12 * pixel_ratio], legend
+        assert legend["shown"][0] * pixel_ratio <= legend["natural"][0] and legend["shown"][1] == 12, legend
         page.mouse.click(650, 350)  # the profile's chart: 240 x 110 CSS pixels, of device pixels
         page.wait_for_selector(".maplibregl-popup canvas", timeout=30_000)
         assert page.evaluate(PROFILE_CHART) == {
@@ -301,6 +306,12 @@ def test_a_high_dpi_screen_draws_the_512_px_tiles(browser, server, pixel_ratio):
     finally:
         page.close()
 
+
+# The legend's colour ramp: the image's own pixels and the CSS pixels it is shown at.
+LEGEND_RAMP = """() => {
+  const image = document.getElementById('legend-img'), box = image.getBoundingClientRect();
+  return {natural: [image.naturalWidth, image.naturalHeight], shown: [Math.round(box.width), Math.round(box.height)]};
+}"""
 
 # The profile chart's canvas: its device pixels, its CSS size, and whether its line (#b5367a) is
 # drawn in the right half of the device pixels (a chart drawn at ratio 1 fills only the left half).

@@ -673,8 +673,9 @@ function showLegend(tilejson) {
   const hasScale = Number.isFinite(scale.min) && Number.isFinite(scale.max);
   const [lo, hi] = hasScale ? [scale.min, scale.max] : tilejson.rescale;
   const ramp = new URL(tilejson.legend, window.location.href);
-  ramp.searchParams.set("width", "220");
-  ramp.searchParams.set("height", "12");
+  const ratio = Math.min(window.devicePixelRatio || 1, 4);  // the <img> is 220 x 12 CSS pixels
+  ramp.searchParams.set("width", String(Math.round(220 * ratio)));
+  ramp.searchParams.set("height", String(Math.round(12 * ratio)));
   $("legend-img").src = ramp.href;
   $("legend").classList.toggle("clipped-low", scale.clipped_low === true);
   $("legend").classList.toggle("clipped-high", scale.clipped_high === true);
