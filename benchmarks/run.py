@@ -250,6 +250,15 @@ def viewport_once(base: str, query: str, ratio: str = "") -> float:
     return time.perf_counter() - began
 
 
+def viewports(base: str, salt: str, repeat: int, ratio: str = "") -> tuple[list[float], list[float]]:
+    """`viewport_once` of `repeat` new queries, and `repeat` times of one query whose tiles were
+    fetched once before (cached: the client's own floor)."""
+    viewport_once(base, f"viewport+{salt}+cached", ratio)
+    cached = [viewport_once(base, f"viewport+{salt}+cached", ratio) for _ in range(repeat)]
+    label = ratio.lstrip("@") or "1x"
+    return [viewport_once(base, f"viewport+{salt}+{label}+{i}", ratio) for i in range(repeat)], cached
+
+
 # In a page of the server: the viewport's tiles as <img> loads, first request to last decoded image.
 LOAD_IMAGES = """async (urls) => {
     const began = performance.now();
@@ -451,9 +460,7 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
         if "viewport" in args.only:
             with measured(result, "viewport") as entry:
                 salt = secrets.token_hex(3)
-                viewport_once(base, f"viewport+{salt}+cached")  # its tiles cached: the client's own floor
-                cached = [viewport_once(base, f"viewport+{salt}+cached") for _ in range(args.repeat)]
-                samples = [viewport_once(base, f"viewport+{salt}+{i}") for i in range(args.repeat)]
+                samples, cached = viewports(base, salt, args.repeat)
                 entry.update(
                     {
                         "tiles": len(VIEWPORT),
@@ -466,9 +473,7 @@ def measure_http(args, result: dict, tiles_dir: Path, flames: Path | None) -> No
                         "cached_p50_ms": p50_ms(cached),
                     }
                 )
-                viewport_once(base, f"viewport+{salt}+cached", "@2x")
-                cached_2x = [viewport_once(base, f"viewport+{salt}+cached", "@2x") for _ in range(args.repeat)]
-                samples_2x = [viewport_once(base, f"viewport+{salt}+2x+{i}", "@2x") for i in range(args.repeat)]
+                samples_2x, cached_2x = viewports(base, salt, args.repeat, "@2x")
                 entry["at_2x"] = {"p50_ms": p50_ms(samples_2x), "cached_p50_ms": p50_ms(cached_2x)}
                 # New queries, then one query cached by the server under URLs new to the browser
                 # (trailing spaces are normalised away): the browser's own floor on this box.

@@ -251,7 +251,7 @@ class Settings(EnvSettings):
                 ipaddress.ip_network(each) if "/" in each else ipaddress.ip_address(each)
             except ValueError:
                 raise ValueError(f"trusted proxy {each[:80]!r} is not {_network_hint(each)}") from None
-        return value
+        return ",".join(proxies)  # uvicorn trusts any proxy for "*" exactly, not for " *"
 
     @field_validator("redis_url")
     @classmethod

@@ -116,9 +116,14 @@ def test_the_forms_each_setting_documents_are_taken(env):
     env.setenv("SOUNDSCAPE_CACHE_CONTROL", "public, max-age=60, stale-while-revalidate=30")
     settings = Settings.from_env()
     assert settings.allowed_hosts[-1] == "*" and settings.cors_origins[1] == "http://localhost:5173"
-    for proxies in ("127.0.0.1", "10.0.0.5, 172.16.0.0/12,::1,fd00::/8", "*", ""):
+    for proxies, read in [
+        ("127.0.0.1", "127.0.0.1"),
+        ("10.0.0.5, 172.16.0.0/12,::1,fd00::/8", "10.0.0.5,172.16.0.0/12,::1,fd00::/8"),
+        (" * ", "*"),
+        ("", ""),
+    ]:
         env.setenv("SOUNDSCAPE_TRUSTED_PROXIES", proxies)
-        assert Settings.from_env().trusted_proxies == proxies
+        assert Settings.from_env().trusted_proxies == read
 
 
 @pytest.mark.parametrize(

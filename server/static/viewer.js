@@ -673,9 +673,10 @@ function showLegend(tilejson) {
   const hasScale = Number.isFinite(scale.min) && Number.isFinite(scale.max);
   const [lo, hi] = hasScale ? [scale.min, scale.max] : tilejson.rescale;
   const ramp = new URL(tilejson.legend, window.location.href);
-  const ratio = Math.min(window.devicePixelRatio || 1, 4);  // the <img> is 220 x 12 CSS pixels
-  ramp.searchParams.set("width", String(Math.round(220 * ratio)));
-  ramp.searchParams.set("height", String(Math.round(12 * ratio)));
+  const ratio = Math.min(window.devicePixelRatio || 1, 4), image = $("legend-img");
+  for (const side of ["width", "height"]) {  // the <img>'s CSS pixels (index.html), of device pixels
+    ramp.searchParams.set(side, String(Math.round(Number(image.getAttribute(side)) * ratio)));
+  }
   $("legend-img").src = ramp.href;
   $("legend").classList.toggle("clipped-low", scale.clipped_low === true);
   $("legend").classList.toggle("clipped-high", scale.clipped_high === true);
@@ -706,7 +707,7 @@ async function showProfile(map, lngLat) {
   const title = document.createElement("h3");
   title.textContent = `${shorten(state.label)} over the day`;
   box.appendChild(title);
-  const canvas = document.createElement("canvas");  // 240 x 110 CSS pixels (viewer.css)
+  const canvas = document.createElement("canvas");
   box.appendChild(canvas);
   const note = document.createElement("p");
   note.textContent = `here: p = ${answer.score.toPrecision(3)}, contrast = ${answer.contrast.toPrecision(3)}, ` +
@@ -810,6 +811,7 @@ function clearBest() {
 function drawProfile(canvas, scores) {
   const w = 240, h = 110, pad = 18, ratio = window.devicePixelRatio || 1;
   canvas.width = Math.round(w * ratio); canvas.height = Math.round(h * ratio);
+  Object.assign(canvas.style, { width: `${w}px`, height: `${h}px` });
   const ctx = canvas.getContext("2d");
   ctx.scale(canvas.width / w, canvas.height / h);
   const lo = Math.min(...scores), hi = Math.max(...scores), span = Math.max(hi - lo, 1e-6);
