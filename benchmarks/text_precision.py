@@ -12,7 +12,9 @@ the contrast's reference prompts (about 70 sounds). In one process, one onnxrunt
   int8 graph from onnxruntime's dynamic quantization (one activation scale per run) moved a text by
   up to 0.058 with the texts beside it; the per-token int8 graph (model/quantize.py) keeps it
   within float rounding;
-- cost: CPU ms per text, alone and in graph runs of 8, median of `--rounds` passes over the texts.
+- cost: CPU ms per text, alone and in graph runs of 8, median of `--rounds` passes over the texts,
+  each graph as the server runs it and at onnxruntime's default optimisation level ("all", whose
+  SkipLayerNormalization kernel the server avoids: runtime/bundle.py), the passes interleaved.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -61,16 +64,27 @@ def batch_dependence(bundle: Bundle, items: Sequence[str]) -> float:
     return float(np.abs(batched - mu_alone[: len(batched)]).max())
 
 
-def cpu_ms_per_text(bundle: Bundle, items: Sequence[str], size: int, rounds: int) -> float:
-    """Median over rounds of CPU ms per text, the texts run `size` to a graph run."""
+class AtLevelAll(Bundle):
+    """A bundle whose graphs run at onnxruntime's default optimisation level, not the server's."""
+
+    def session_options(self, graph: str) -> ort.SessionOptions:
+        options = super().session_options(graph)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return options
+
+
+def cpu_ms_per_text(bundles: dict[str, Bundle], items: Sequence[str], size: int, rounds: int) -> dict[str, float]:
+    """Per bundle, the median over rounds of CPU ms per text, the texts run `size` to a graph run;
+    the bundles take turns within each round."""
     groups = [[t] for t in items] if size == 1 else batches(items)
-    per_round = []
+    per_round: dict[str, list[float]] = {name: [] for name in bundles}
     for _ in range(rounds):
-        start = time.process_time()
-        for group in groups:
-            bundle.embed_texts(group)
-        per_round.append((time.process_time() - start) * 1e3 / sum(len(g) for g in groups))
-    return statistics.median(per_round)
+        for name, bundle in bundles.items():
+            start = time.process_time()
+            for group in groups:
+                bundle.embed_texts(group)
+            per_round[name].append((time.process_time() - start) * 1e3 / sum(len(g) for g in groups))
+    return {name: statistics.median(values) for name, values in per_round.items()}
 
 
 def measure(path: Path, rounds: int) -> dict:
@@ -79,8 +93,11 @@ def measure(path: Path, rounds: int) -> dict:
     (mu32, lv32), (mu8, lv8) = (alone(b, items) for b in bundles.values())
     cosine = (mu8 * mu32).sum(1) / np.linalg.norm(mu8, axis=1) / np.linalg.norm(mu32, axis=1)
     s32, s8 = uncertainty(lv32), uncertainty(lv8)
-    bundles["int8"].embed_texts(items[:BATCH])  # warm both sessions before timing
-    bundles["fp32"].embed_texts(items[:BATCH])
+    timed = {**bundles, **{f"{p}_at_level_all": AtLevelAll(path, precision=p, threads=1) for p in bundles}}
+    for bundle in timed.values():  # warm every session before timing
+        bundle.embed_texts(items[:BATCH])
+    alone_ms = cpu_ms_per_text(timed, items, 1, rounds)
+    batched_ms = cpu_ms_per_text(timed, items, BATCH, rounds)
     return {
         "texts": len(items),
         "int8_parity_alone": {
@@ -89,13 +106,7 @@ def measure(path: Path, rounds: int) -> dict:
             "max_s_rel_diff": float((np.abs(s8 - s32) / np.abs(s32)).max()),
         },
         "max_mu_diff_batch_of_8_vs_alone": {p: batch_dependence(b, items) for p, b in bundles.items()},
-        "cpu_ms_per_text": {
-            p: {
-                "alone": cpu_ms_per_text(b, items, 1, rounds),
-                f"in_runs_of_{BATCH}": cpu_ms_per_text(b, items, BATCH, rounds),
-            }
-            for p, b in bundles.items()
-        },
+        "cpu_ms_per_text": {name: {"alone": alone_ms[name], f"in_runs_of_{BATCH}": batched_ms[name]} for name in timed},
     }
 
 

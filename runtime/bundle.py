@@ -30,12 +30,16 @@ from runtime.text import load_tokenizer
 
 # Manifest keys left out of the content hash: the id itself and when it was written.
 _UNHASHED_KEYS = ("id", "created")
-# onnxruntime's graph optimisation per graph where its default (all) is not the fastest. The fuse
-# graph is two transformer blocks over seven tokens per cell: "all"'s fused kernels
-# (SkipLayerNormalization, BiasGelu, Split) cost more than they save at that size: 324 cells (a
-# tile's window) took 20.0 ms of CPU with "basic" vs 23.9 ms with "all" (median of 15 interleaved
-# runs, 1 thread; outputs within 5e-7). The text graph measured the same either way.
-GRAPH_OPTIMIZATION = {"fuse": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
+# onnxruntime's graph optimisation per graph where its default (all) is not the fastest. Both are
+# transformers whose "all" level fuses each residual Add and LayerNormalization into a
+# SkipLayerNormalization, and that kernel is seven times slower on CPU than the Add and
+# LayerNormalization it replaces (0.36 against 0.049 ms over 16 x 12 x 384 floats, onnxruntime
+# 1.32, one thread). The fuse graph: a tile's 324 cells took 20.0 ms of CPU with "basic" vs 23.9 ms
+# with "all" (median of 15 interleaved runs, 1 thread; outputs within 5e-7). The text graph: 2.69
+# against 2.97 ms a lone text and 1.59 against 1.81 ms a text in batches of 16 (the int8 graph 1.19
+# against 1.42 and 0.62 against 0.86; BENCHMARKS.md, twenty-fifth pass). The image and audio graphs
+# are as fast or faster at "all" (aisfx's convolutions: 1.35 against 1.87 s for 64 clips).
+GRAPH_OPTIMIZATION = {graph: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC for graph in ("fuse", "text")}
 
 
 class BundleError(UserError):

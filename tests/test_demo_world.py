@@ -185,3 +185,26 @@ def test_a_bundle_of_other_export_code_is_not_current(demo_world, tmp_path):
     manifest["training"]["export_code_sha256"] = "0" * 64
     (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     assert not demo.bundle_is_current(copy, demo.WEIGHTS)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_transformer_graphs_run_without_the_slow_skip_layer_norm_kernel(demo_world, tmp_path, precision):
+    """onnxruntime's "all" level fuses each residual Add and LayerNormalization of the demo's
+    fusion and MiniLM into a SkipLayerNormalization, 7x slower on CPU (runtime/bundle.py): the
+    server runs those graphs without it, and the image graph with all the level's fusions."""
+    import onnx
+    import onnxruntime as ort
+
+    from runtime.bundle import Bundle
+
+    bundle = Bundle(demo_world[1].path, precision=precision)
+
+    def ops_run(graph: str, options: ort.SessionOptions) -> set[str]:
+        options.optimized_model_filepath = str(tmp_path / f"{graph}.onnx")
+        ort.InferenceSession(str(bundle.graph_path(graph)), options, providers=["CPUExecutionProvider"])
+        return {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+
+    for graph in ("fuse", "text"):
+        assert "SkipLayerNormalization" in ops_run(graph, ort.SessionOptions()), graph  # what "all" runs
+        assert "SkipLayerNormalization" not in ops_run(graph, bundle.session_options(graph)), graph
+    assert bundle.session_options("image").graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL

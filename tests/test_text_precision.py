@@ -18,7 +18,9 @@ def test_the_measure_finds_neither_graph_moved_by_the_texts_beside_it(bundle_pat
     assert set(moved) == {"fp32", "int8"} and max(moved.values()) < 1e-5  # int8: per-token scales
     parity = result["int8_parity_alone"]
     assert 0.9 < parity["min_cosine"] <= parity["median_cosine"] <= 1.0 + 1e-6
-    for costs in result["cpu_ms_per_text"].values():
+    costs_by_session = result["cpu_ms_per_text"]
+    assert set(costs_by_session) == {"fp32", "int8", "fp32_at_level_all", "int8_at_level_all"}
+    for costs in costs_by_session.values():
         assert costs["alone"] > 0 and costs["in_runs_of_8"] > 0
 
 
