@@ -21,12 +21,12 @@ def git(*args: str) -> str:
 
 
 def served_commit() -> str:
-    """HEAD's short hash, with "+changes" when the server's code differs from it: what was measured.
-    A copy of the tree without git (as a lent GPU machine gets) takes it from BENCHMARK_COMMIT."""
+    """HEAD's short hash, with "+changes" when the served code (server/, runtime/, store/) differs
+    from it: what was measured. A copy of the tree without git (as a lent GPU machine gets) takes it from BENCHMARK_COMMIT."""
     head = git("rev-parse", "--short", "HEAD")
     if not head:
         return os.environ.get("BENCHMARK_COMMIT", "unknown")
-    return head + ("+changes" if git("status", "--porcelain", "server") else "")
+    return head + ("+changes" if git("status", "--porcelain", "server", "runtime", "store") else "")
 
 
 def provenance() -> dict:
