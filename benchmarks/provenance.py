@@ -22,7 +22,8 @@ def git(*args: str) -> str:
 
 def served_commit() -> str:
     """HEAD's short hash, with "+changes" when the served code (server/, runtime/, store/) differs
-    from it: what was measured. A copy of the tree without git (as a lent GPU machine gets) takes it from BENCHMARK_COMMIT."""
+    from it: what was measured. A copy of the tree without git (as a lent GPU machine gets) takes
+    it from BENCHMARK_COMMIT."""
     head = git("rev-parse", "--short", "HEAD")
     if not head:
         return os.environ.get("BENCHMARK_COMMIT", "unknown")

@@ -39,7 +39,7 @@ _UNHASHED_KEYS = ("id", "created")
 # against 2.97 ms a lone text and 1.59 against 1.81 ms a text in batches of 16 (the int8 graph 1.19
 # against 1.42 and 0.62 against 0.86; BENCHMARKS.md, twenty-fifth pass). The image and audio graphs
 # are as fast or faster at "all" (aisfx's convolutions: 1.35 against 1.87 s for 64 clips).
-GRAPH_OPTIMIZATION = {graph: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC for graph in ("fuse", "text")}
+GRAPH_OPTIMIZATION = dict.fromkeys(("fuse", "text"), ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
 
 
 class BundleError(UserError):
