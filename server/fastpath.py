@@ -5,7 +5,9 @@ Those cost ~1 ms of CPU per warm tile (three thread-pool hops for sync dependenc
 two SHA-256 keys), about 8x the HTTP server's own work (BENCHMARKS.md "Performance harness").
 A tile's bytes and headers are a function of its URL alone (the ids of the bundle and store are
 fixed for the process; a query id, once registered, is never removed), so the first 200 answer of
-a tile route is recorded under its exact raw path and query string and replayed verbatim.
+a tile route is recorded under its exact raw path and query string and replayed verbatim. So is
+an OGC tileset's (`/tiles/{tms}`), but only when its links do not come from the Host header (with
+SOUNDSCAPE_PUBLIC_URL set): a replay to another host would point it elsewhere.
 
 It runs inside HttpPolicy (HEAD, metrics), the host policy, CORS and the rate limit, so those
 apply to a replay exactly as to the normal path; GZip runs inside it (it never compresses a tile's
@@ -34,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
 from server.http import not_modified, precondition_failed, request_series
+from server.urls import embeds_host
 
 TILE_PREFIX = "/tiles/"
 ENTRY_OVERHEAD = 512  # bytes counted per entry besides key and body (headers, tuple, dict slot)
@@ -99,8 +102,9 @@ class Recordings:
 
 
 async def answer_of(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> Recorded | None:
-    """Run `app`, passing on what it sends; that answer when it is a whole 200 of a tile route
-    with an ETag and Cache-Control and no Content-Encoding (what may be replayed), else None."""
+    """Run `app`, passing on what it sends; that answer when it is a whole 200 of a route under
+    /tiles/ with an ETag and Cache-Control, no Content-Encoding and no URL made from the Host
+    header (a tileset's links: server/urls.py), else None: what may be replayed."""
     start: Message | None = None
     parts: list[Message] = []
 
@@ -120,6 +124,7 @@ async def answer_of(app: ASGIApp, scope: Scope, receive: Receive, send: Send) ->
         or len(parts) != 1
         or parts[0].get("more_body", False)
         or not getattr(route, "path", "").startswith(TILE_PREFIX)
+        or embeds_host(scope)
     ):
         return None
     headers = Headers(raw=start["headers"])

@@ -39,6 +39,12 @@ def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+def embeds_host(scope: Scope) -> bool:
+    """Whether the answer to this request holds URLs made from its Host header (`base_url`): one
+    that must not be replayed to a request of another host."""
+    return bool(scope.get("state", {}).get(_VARY_HOST))
+
+
 def base_url(request: Request) -> str:
     """Scheme, host and root path of absolute URLs in this response, without a trailing slash;
     a route works it out once per answer."""
@@ -87,7 +93,7 @@ class HostPolicy:
                     (k, _relative(v) if redirect and k.lower() == b"location" else v)
                     for k, v in message.get("headers", [])
                 ]
-                if scope.get("state", {}).get(_VARY_HOST):
+                if embeds_host(scope):
                     vary = [v for k, v in headers if k.lower() == b"vary"]
                     if not any(b"host" in v.lower() for v in vary):
                         headers = [(k, v) for k, v in headers if k.lower() != b"vary"]

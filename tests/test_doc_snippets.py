@@ -1,7 +1,7 @@
 """The README's URLs and docs/api.md's examples, run verbatim against a real uvicorn (only the
 address `http://127.0.0.1:8000` is replaced by the test server's): the curl lines in bash, the
-GDAL `WMTS:` connection strings through GDAL (rasterio), and the Leaflet and MapLibre snippets in
-headless Chromium, each drawing the heatmap."""
+GDAL `WMTS:` connection strings through GDAL (rasterio), and the Leaflet, MapLibre and OpenLayers
+snippets in headless Chromium, each drawing the heatmap."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import subprocess
 
 import httpx
+import mercantile
 import numpy as np
 import pytest
 import rasterio
@@ -24,6 +25,7 @@ DOCS = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
 README = (REPO / "README.md").read_text(encoding="utf-8")
 ADDRESS = "http://127.0.0.1:8000"
 LEAFLET = REPO / "tests" / "assets" / "leaflet"
+OPENLAYERS = REPO / "tests" / "assets" / "openlayers"
 
 pytestmark = pytest.mark.slow
 
@@ -173,3 +175,45 @@ def test_maplibre_example_draws_512_px_tiles_on_a_high_dpi_screen(server):
     assert all(re.search(r"/[0-9]+@2x\.png\?", url) and size == (512, 512) for url, size in hidpi)
     plain = _maplibre_draws(server, after)
     assert all(re.search(r"/[0-9]+\.png\?", url) and size == (256, 256) for url, size in plain)
+
+
+def test_openlayers_example_reads_the_ogc_tileset_and_draws_the_heatmap(server):
+    """OpenLayers' OGCMapTile takes the tile template, tile matrix set and limits from the
+    tileset alone: each tile it asks for lies in its view and over the store's cells (tiles
+    swapped in row and column would lie elsewhere), and the centre's tile is among them."""
+    from playwright.sync_api import sync_playwright
+
+    snippet = code_block(
+        "OpenLayers (OGC API - Tiles: the tileset gives the tile template, tile matrix set and zooms):", "js"
+    )
+    west, south, east, north = httpx.get(f"{server}/tilejson.json?q=birdsong", timeout=60).json()["bounds"]
+    with sync_playwright() as pw:
+        browser, page, tiles = _page(pw, server)
+        page.add_script_tag(content=(OPENLAYERS / "ol.js").read_text(encoding="utf-8"))
+        view = page.evaluate(
+            """(snippet) => new Promise((resolve) => {
+            window.map = new ol.Map({target: 'map', controls: [],
+                                     view: new ol.View({center: ol.proj.fromLonLat([12, 48]), zoom: 3})});
+            new Function('map', 'ol', snippet)(map, ol);
+            const source = map.getLayers().item(0).getSource();
+            const extent = () => ol.proj.transformExtent(
+                map.getView().calculateExtent(map.getSize()), 'EPSG:3857', 'EPSG:4326');
+            // The source reads the tileset first: the map's first render has no tiles to draw.
+            source.on('change', () => {
+                if (source.getState() === 'ready') map.once('rendercomplete', () => resolve(extent()));
+                if (source.getState() === 'error') resolve(String(source.getError()));
+            });
+        })""",
+            snippet.replace(ADDRESS, server),
+        )
+        drawn = [r for r in tiles if re.search(r"/tiles/WebMercatorQuad/[0-9]+/[0-9]+/[0-9]+\.png\?", r.url)]
+        assert drawn and {r.status for r in drawn} == {200}
+        assert all("q=birdsong&hour=6" in r.url for r in drawn)
+        asked = {tuple(int(v) for v in re.search(r"/([0-9]+)/([0-9]+)/([0-9]+)\.png", r.url).groups()) for r in drawn}
+        for z, x, y in asked:
+            box = mercantile.bounds(x, y, z)
+            assert box.west < view[2] and box.east > view[0] and box.south < view[3] and box.north > view[1]
+            assert box.west < east and box.east > west and box.south < north and box.north > south
+        assert tuple(mercantile.tile(12, 48, 3)) in {(x, y, z) for z, x, y in asked}
+        assert _drawn(page) > 0.05
+        browser.close()

@@ -1,5 +1,5 @@
-"""Describing the service: TileJSON, WMTS capabilities, colormap legends, health, readiness
-and Prometheus metrics."""
+"""Describing the service: TileJSON, WMTS capabilities, OGC API - Tiles tilesets and tile matrix
+sets, colormap legends, health, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -232,14 +232,18 @@ def metadata(request: Request, service: ServiceDep) -> Response:
     )
 
 
-# OGC API - Tiles: the tile matrix sets are listed and described as TiTiler's clients expect.
-# The tile URLs keep TiTiler's {z}/{x}/{y} order, so only these classes are claimed.
+# OGC API - Tiles: the tile matrix sets and tilesets are listed and described as TiTiler's
+# clients expect. A tileset's tile template keeps TiTiler's {z}/{x}/{y} order under OGC's names
+# ({tileMatrix}/{tileCol}/{tileRow}), so the core class, whose paths end in {tileRow}/{tileCol},
+# is not claimed, nor the tileset classes that rest on it.
 CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tilematrixset",
     "http://www.opengis.net/spec/tms/2.0/conf/tilematrixset",
     "http://www.opengis.net/spec/tms/2.0/conf/json-tilematrixset",
 ]
 TMS_REL = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
+CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
+OGC_CELL = ("{tileMatrix}", "{tileCol}", "{tileRow}")  # the tile URL's {z}/{x}/{y}, as OGC names them
 
 
 @router.get("/conformance", summary="OGC API conformance classes this server implements")
@@ -271,6 +275,107 @@ def tile_matrix_set(tms: str, request: Request) -> Response:
     return conditional(
         request, JSONResponse(morecantile.tms.get(tms).model_dump(mode="json", exclude_none=True)), "document"
     )
+
+
+def tile_matrix_limits(tms: str, bounds: tuple[float, float, float, float], zooms: tuple[int, int]) -> list[dict]:
+    """The tiles over `bounds` (degrees) at each zoom of `zooms`: OGC's tileMatrixSetLimits, so a
+    client asks for no tile outside the cells nor any zoom outside those offered."""
+    matrix_set = morecantile.tms.get(tms)
+    west, south, east, north = bounds
+    limits = []
+    for z in range(zooms[0], zooms[1] + 1):
+        first, last = matrix_set.tile(west, north, z, truncate=True), matrix_set.tile(east, south, z, truncate=True)
+        limits.append(
+            {
+                "tileMatrix": str(z),
+                "minTileRow": first.y,
+                "maxTileRow": last.y,
+                "minTileCol": first.x,
+                "maxTileCol": last.x,
+            }
+        )
+    return limits
+
+
+def tileset_links(base: str, tms: str, query: str) -> list[dict]:
+    """A tileset's own link (with the query it was asked with) and its tile matrix set's."""
+    return [
+        {
+            "rel": "self",
+            "href": f"{base}/tiles/{tms}" + (f"?{query}" if query else ""),
+            "type": "application/json",
+            "title": f"The tileset in the {tms} tile matrix set",
+        },
+        {
+            "rel": TMS_REL,
+            "href": f"{base}/tileMatrixSets/{tms}",
+            "type": "application/json",
+            "title": f"Definition of the {tms} tile matrix set",
+        },
+    ]
+
+
+def tileset_summary(base: str, tms: str, title: str, query: str) -> dict:
+    """What a tileset is and where it is described: an entry of the tileset list and the head of
+    the tileset itself."""
+    matrix_set = morecantile.tms.get(tms)
+    return {
+        "title": title,
+        "dataType": "map",
+        "crs": matrix_set.crs.srs,
+        "tileMatrixSetURI": matrix_set.uri,
+        "links": tileset_links(base, tms, query),
+    }
+
+
+def layer_title(params: DocumentParams) -> str:
+    return f"soundscape {params.layer}" + (f": {params.q}" if params.q else "")
+
+
+@router.get(
+    "/tiles",
+    responses=errors(422, 503),
+    summary="OGC API - Tiles: the tilesets of this query, one per tile matrix set (echoes the query)",
+)
+async def tilesets(request: Request, service: ServiceDep, params: DocumentParamsDep) -> Response:
+    params.validated(service)
+    base, query = base_url(request), request.url.query
+    sets = [tileset_summary(base, tms, layer_title(params), query) for tms in TMS_IDS]
+    return conditional(request, JSONResponse({"tilesets": sets}), "document")
+
+
+@router.get(
+    "/tiles/{tms}",
+    responses=errors(404, 422, 503, notes={404: "Unknown tile matrix set."}),
+    summary="OGC API - Tiles: a tileset of this query (tile template, limits per zoom; describes the colours)",
+)
+async def tileset(tms: str, request: Request, service: ServiceDep, params: DocumentParamsDep) -> Response:
+    """The tileset: a 422 naming every bad parameter before a 404 for an unknown tile matrix set,
+    as tile_request answers. Its item link is the tile template of the `tile_format` asked (png
+    by default), the query echoed into it as into TileJSON's."""
+    [(tile, text)] = params.validated(service)
+    check_tms(tms)
+    base = base_url(request)
+    west, south, east, north = service.store.bounds
+    legend = await layer_legend(service, tile, text)
+    item = {
+        "rel": "item",
+        "href": tile_template(base, urlencode(echo(params)), tms, OGC_CELL, params.fmt),
+        "type": FORMATS[params.fmt],
+        "templated": True,
+        "title": f"{params.fmt} tiles",
+    }
+    document = tileset_summary(base, tms, layer_title(params), request.url.query)
+    document["links"].append(item)
+    document.update(
+        {
+            "description": legend["description"],
+            "attribution": service.store.attribution,
+            "boundingBox": {"lowerLeft": [west, south], "upperRight": [east, north], "crs": CRS84},
+            "tileMatrixSetLimits": tile_matrix_limits(tms, service.store.bounds, params.zooms(service)),
+        }
+    )
+    return conditional(request, JSONResponse(document), "document")
 
 
 @router.get("/colormaps", summary="Names of the colormaps")

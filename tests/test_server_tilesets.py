@@ -1,0 +1,106 @@
+"""OGC API - Tiles tilesets (`/tiles`, `/tiles/{tms}`): what an OGC client reads from them (the
+tile template, the tile matrix set, the limits per zoom) leads to the tiles the XYZ route serves,
+and they refuse what TileJSON refuses. OpenLayers reading one in Chromium: tests/test_doc_snippets.py."""
+
+import mercantile
+import pytest
+
+from tests.server_support import make_client
+
+TMS_REL = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path, store_path):
+    return make_client(bundle_path, store_path)
+
+
+def link(document: dict, rel: str) -> dict:
+    [found] = [item for item in document["links"] if item["rel"] == rel]
+    return found
+
+
+def test_the_list_points_to_the_tileset_of_the_query_asked(client):
+    listed = client.get("/tiles", params={"q": "birdsong", "hour": 6})
+    assert listed.status_code == 200
+    [entry] = listed.json()["tilesets"]
+    assert entry["dataType"] == "map" and entry["crs"] == "http://www.opengis.net/def/crs/EPSG/0/3857"
+    own = client.get(link(entry, "self")["href"])
+    assert own.status_code == 200 and own.json()["title"] == entry["title"] == "soundscape contrast: birdsong"
+    assert link(own.json(), "item")["href"].endswith("?q=birdsong&hour=6&layer=contrast")
+
+
+def test_the_item_template_leads_to_the_xyz_tile(client):
+    tileset = client.get("/tiles/WebMercatorQuad", params={"q": "birdsong", "hour": 6}).json()
+    assert client.get(link(tileset, TMS_REL)["href"]).json()["id"] == "WebMercatorQuad"
+    item = link(tileset, "item")
+    assert item["templated"] and item["type"] == "image/png"
+    z, x, y = 4, 8, 5  # over the fixture's cells (Europe), x != y: a swapped row and column would show
+    url = item["href"].replace("{tileMatrix}", str(z)).replace("{tileCol}", str(x)).replace("{tileRow}", str(y))
+    tile = client.get(url)
+    plain = client.get(f"/tiles/{z}/{x}/{y}.png", params={"q": "birdsong", "hour": 6})
+    assert tile.status_code == plain.status_code == 200 and tile.content == plain.content
+
+
+def test_the_limits_are_the_tiles_over_the_stores_bounds_at_the_zooms_asked(client):
+    west, south, east, north = client.get("/tilejson.json", params={"q": "birdsong"}).json()["bounds"]
+    tileset = client.get("/tiles/WebMercatorQuad", params={"q": "birdsong", "minzoom": 2, "maxzoom": 5}).json()
+    limits = tileset["tileMatrixSetLimits"]
+    assert [limit["tileMatrix"] for limit in limits] == ["2", "3", "4", "5"]
+    for limit in limits:
+        z = int(limit["tileMatrix"])
+        tiles = list(mercantile.tiles(west, south, east, north, z))
+        assert (limit["minTileCol"], limit["maxTileCol"]) == (min(t.x for t in tiles), max(t.x for t in tiles))
+        assert (limit["minTileRow"], limit["maxTileRow"]) == (min(t.y for t in tiles), max(t.y for t in tiles))
+    assert limits[-1]["maxTileCol"] - limits[-1]["minTileCol"] < 2**5 - 1, "the fixture covers part of the world"
+    box = tileset["boundingBox"]
+    assert box["lowerLeft"] == [west, south] and box["upperRight"] == [east, north]
+
+
+def test_the_format_asked_names_the_tiles_and_what_they_hold(client):
+    webp = link(client.get("/tiles/WebMercatorQuad", params={"q": "birdsong", "tile_format": "webp"}).json(), "item")
+    assert webp["type"] == "image/webp" and "/{tileRow}.webp?" in webp["href"] and "tile_format" not in webp["href"]
+    values = client.get("/tiles/WebMercatorQuad", params={"q": "birdsong", "tile_format": "npy"}).json()
+    assert values["description"].startswith("float32 values") and link(values, "item")["type"] == "application/x-npy"
+    colours = client.get("/tiles/WebMercatorQuad", params={"q": "birdsong"}).json()
+    assert colours["description"] == client.get("/tilejson.json", params={"q": "birdsong"}).json()["description"]
+
+
+def test_the_uncertainty_layer_needs_no_query(client):
+    tileset = client.get("/tiles/WebMercatorQuad", params={"layer": "uncertainty"})
+    assert tileset.status_code == 200 and "q=" not in link(tileset.json(), "item")["href"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "said"),
+    [
+        ("/tiles/Nope", {"q": "birdsong"}, 404, "unknown tile matrix set 'Nope'"),
+        ("/tiles/Nope", {"q": "birdsong", "hour": 25}, 422, "hour must be an integer in 0..23"),
+        ("/tiles/WebMercatorQuad", {"hour": 6}, 422, "q (a text query, e.g. q=birdsong) or query"),
+        ("/tiles/WebMercatorQuad", {"q": "birdsong", "minzoom": 5, "maxzoom": 2}, 422, "minzoom 5 is above maxzoom 2"),
+        ("/tiles", {"q": "birdsong", "tile_format": "gif"}, 422, "tile_format must be one of png, webp, npy, tif"),
+        ("/tiles/WebMercatorQuad", {"query": "0123456789abcdef"}, 404, "unknown query id"),
+    ],
+)
+def test_a_bad_request_is_refused_as_tilejson_refuses_it(client, path, params, status, said):
+    answer = client.get(path, params=params)
+    assert answer.status_code == status and said in answer.json()["detail"]
+
+
+def test_a_tileset_is_never_replayed_to_another_host(client):
+    """The tile routes' fast path (server/fastpath.py) replays answers under /tiles/ by URL alone:
+    a tileset's links come from the Host header, so it must not replay one. Not gzipped: the fast
+    path records no compressed answer."""
+    for host in ("127.0.0.1", "localhost", "127.0.0.1"):
+        headers = {"host": host, "accept-encoding": "identity"}
+        tileset = client.get("/tiles/WebMercatorQuad", params={"q": "birdsong"}, headers=headers)
+        assert "Host" in tileset.headers["vary"]
+        assert link(tileset.json(), "self")["href"].startswith(f"http://{host}/tiles/WebMercatorQuad?")
+
+
+def test_with_a_public_url_the_links_start_with_it(bundle_path, store_path):
+    client = make_client(bundle_path, store_path, public_url="https://maps.example.org/sound")
+    for host in ("localhost", "127.0.0.1"):  # the second answer may be a replay: the same links
+        headers = {"host": host, "accept-encoding": "identity"}
+        tileset = client.get("/tiles/WebMercatorQuad", params={"q": "birdsong"}, headers=headers).json()
+        assert all(item["href"].startswith("https://maps.example.org/sound/") for item in tileset["links"])
