@@ -69,6 +69,12 @@ def test_the_format_asked_names_the_tiles_and_what_they_hold(client):
 def test_the_uncertainty_layer_needs_no_query(client):
     tileset = client.get("/tiles/WebMercatorQuad", params={"layer": "uncertainty"})
     assert tileset.status_code == 200 and "q=" not in link(tileset.json(), "item")["href"]
+    unknown = {"layer": "uncertainty", "query": "0123456789abcdef"}  # not looked up, as by its tiles
+    assert (
+        client.get("/tiles", params=unknown).status_code
+        == client.get("/tiles/WebMercatorQuad", params=unknown).status_code
+        == 200
+    )
 
 
 @pytest.mark.parametrize(
@@ -80,6 +86,7 @@ def test_the_uncertainty_layer_needs_no_query(client):
         ("/tiles/WebMercatorQuad", {"q": "birdsong", "minzoom": 5, "maxzoom": 2}, 422, "minzoom 5 is above maxzoom 2"),
         ("/tiles", {"q": "birdsong", "tile_format": "gif"}, 422, "tile_format must be one of png, webp, npy, tif"),
         ("/tiles/WebMercatorQuad", {"query": "0123456789abcdef"}, 404, "unknown query id"),
+        ("/tiles", {"query": "0123456789abcdef"}, 404, "unknown query id"),
     ],
 )
 def test_a_bad_request_is_refused_as_tilejson_refuses_it(client, path, params, status, said):

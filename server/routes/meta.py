@@ -338,7 +338,11 @@ def layer_title(params: DocumentParams) -> str:
     summary="OGC API - Tiles: the tilesets of this query, one per tile matrix set (echoes the query)",
 )
 async def tilesets(request: Request, service: ServiceDep, params: DocumentParamsDep) -> Response:
+    """The tileset of each tile matrix set: bad parameters and an unknown query id answer as the
+    tilesets themselves would (a text is not embedded: the list shows no colours)."""
     params.validated(service)
+    if params.query is not None and params.layer in QUERY_LAYERS:
+        await service.resolve(params.query)
     base, query = base_url(request), request.url.query
     sets = [tileset_summary(base, tms, layer_title(params), query) for tms in TMS_IDS]
     return conditional(request, JSONResponse({"tilesets": sets}), "document")
