@@ -10,7 +10,8 @@ validation (minutes on a large split) does not wait for its end: it is abandoned
 batches (`ValidationVote`), and last.pt records the step with its validation still due, which the
 resumed run does first. A second signal while that happens is noted and ignored, so it cannot cut
 the checkpoint short (kill -9 still stops at once, leaving the previous last.pt whole), nor, once
-the run has restored the handlers, the sentence that says how to resume (`calm_after_stop`)."""
+the run has restored the handlers, the sentence that says how to resume or the process's exit
+(`calm_after_stop`)."""
 
 from __future__ import annotations
 
@@ -101,9 +102,12 @@ def _say(text: str) -> None:
 def calm_after_stop(announce: bool = True) -> Iterator[None]:
     """Around a command whose run handles signals (StopSignals): a signal after the run stopped on
     one and restored the handlers, while the command says where its checkpoint is and how to
-    resume, is told the run is stopping already. It was a KeyboardInterrupt that cut that sentence
-    short (a second Ctrl-C soon after the first, on a short step). Until a run stops, a signal
-    acts as it did before the block."""
+    resume and until the process has exited, is told the run is stopping already. It was a
+    KeyboardInterrupt that cut that sentence short (a second Ctrl-C soon after the first, on a
+    short step), and one raised in the interpreter's exit (torch's finalizers) that printed a
+    traceback after it; so a run that stopped leaves this handler in place when the block ends.
+    Until a run stops, a signal acts as it did before the block, and after a block whose run
+    did not stop, the previous handlers are back."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -121,8 +125,9 @@ def calm_after_stop(announce: bool = True) -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        if StopSignals.stopping is None:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 VALIDATED = 256  # above every signal's number: rank 0's word that its validation is whole
