@@ -203,9 +203,11 @@ def test_openlayers_example_reads_the_ogc_tileset_and_draws_the_heatmap(server):
                 if (source.getState() === 'ready') map.once('rendercomplete', () => resolve(extent()));
                 if (source.getState() === 'error') resolve(String(source.getError()));
             });
+            setTimeout(() => resolve('no tileset read and map drawn within 60 s'), 60000);
         })""",
             snippet.replace(ADDRESS, server),
         )
+        assert isinstance(view, list), view  # the view's extent, or why there is none
         drawn = [r for r in tiles if re.search(r"/tiles/WebMercatorQuad/[0-9]+/[0-9]+/[0-9]+\.png\?", r.url)]
         assert drawn and {r.status for r in drawn} == {200}
         assert all("q=birdsong&hour=6" in r.url for r in drawn)
