@@ -4,6 +4,7 @@ cell, and a driver killed mid-run and started again finishes the same store. The
 run without ray."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -118,12 +119,15 @@ def test_a_killed_driver_run_again_finishes_the_same_store(ray_address, referenc
         stderr.seek(0)
         assert proc.returncode == -signal.SIGKILL, f"the driver ended before it was killed: {stderr.read()}"
     done = complete()
-    assert 1 <= len(done) < 4 and not out.exists()
+    assert len(done) >= 1 and not out.exists()
     assert json.loads((root / "job.json").read_text(encoding="utf-8"))["shards"] == 4
 
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)  # the job file keeps the 4 shards
     assert again.returncode == 0, again.stderr
-    assert f"({len(done)} shards complete before this run)" in again.stdout  # not rerun
+    # Not rerun: every shard complete at the kill, and any a task of the dead driver completed
+    # before Ray stopped it (its shard lock keeps it and the new run's task from writing at once).
+    reused = re.search(r"\(([0-9]+) shards complete before this run\)", again.stdout)
+    assert reused is not None and len(done) <= int(reused.group(1)) <= 4, again.stdout
     assert_every_cell_once(out, reference)
     assert_same_store(out, reference)
     assert not root.exists()
