@@ -87,6 +87,11 @@ async def layer_legend(service: SoundscapeService, tile: TileRequest, text: str 
     }
 
 
+def layer_title(params: DocumentParams) -> str:
+    """A TileJSON's name and a tileset's title: the layer and its text query."""
+    return f"soundscape {params.layer}" + (f": {params.q}" if params.q else "")
+
+
 async def _tilejson(request: Request, service: ServiceDep, tms: str | None, params: DocumentParams) -> Response:
     """TileJSON of the XYZ tiles (`tms` None) or of a tile matrix set's tiles: a 422 naming every
     bad parameter before a 404 for an unknown tile matrix set, as tile_request answers."""
@@ -104,7 +109,7 @@ async def _tilejson(request: Request, service: ServiceDep, tms: str | None, para
     document = JSONResponse(
         {
             "tilejson": "3.0.0",
-            "name": f"soundscape {params.layer}" + (f": {params.q}" if params.q else ""),
+            "name": layer_title(params),
             "version": "1.0.0",
             "scheme": "xyz",
             # The XYZ route serves PNG alone: another format is on the tile matrix set's route.
@@ -326,10 +331,6 @@ def tileset_summary(base: str, tms: str, title: str, query: str) -> dict:
         "tileMatrixSetURI": matrix_set.uri,
         "links": tileset_links(base, tms, query),
     }
-
-
-def layer_title(params: DocumentParams) -> str:
-    return f"soundscape {params.layer}" + (f": {params.q}" if params.q else "")
 
 
 @router.get(

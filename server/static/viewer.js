@@ -677,7 +677,7 @@ function showLegend(tilejson) {
   for (const side of ["width", "height"]) {  // the <img>'s CSS pixels (index.html), of device pixels
     ramp.searchParams.set(side, String(Math.round(Number(image.getAttribute(side)) * ratio)));
   }
-  $("legend-img").src = ramp.href;
+  image.src = ramp.href;
   $("legend").classList.toggle("clipped-low", scale.clipped_low === true);
   $("legend").classList.toggle("clipped-high", scale.clipped_high === true);
   $("legend-lo").textContent = (scale.clipped_low === true ? "≤ " : "") + fmt(lo);
