@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import logsumexp, softmax
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -87,6 +87,8 @@ LABEL_MONTHS = (1, 4, 7, 10)
 LABEL_HOURS = (0, 6, 12, 18)
 MIN_POSITIVES = 10
 CONTRAST_SWEEP = (0.25, 0.75, 1.0)
+# How sharply the query-weighted baseline leans on the reference sounds nearest the query (cosine).
+NEAREST_SHARPNESS = 10.0
 
 
 def read_prompts(path: Path) -> tuple[str, ...]:
@@ -270,7 +272,7 @@ def layer_maps(engine, cells, prompts: tuple[str, ...]) -> dict[str, np.ndarray]
     cell's S_i, of the contrast at the other weights of CONTRAST_SWEEP (what CONTRAST_WEIGHT
     was picked from), and of other re-scorings of the same (mu, S) that discount what every
     sound shares at a cell (none is served: the table shows what each costs)."""
-    from runtime.scoring import REFERENCE_PROMPTS
+    from runtime.scoring import CONTRAST_WEIGHT, REFERENCE_PROMPTS
 
     queries = [engine.embed_text(t) for t in prompts]
     mu_q = np.stack([q.mu for q in queries]).astype(np.float64)
@@ -283,7 +285,8 @@ def layer_maps(engine, cells, prompts: tuple[str, ...]) -> dict[str, np.ndarray]
     baseline = engine.logits(cells, engine.reference)[:, None]
     for weight in CONTRAST_SWEEP:
         out[f"contrast_weight_{weight:g}"] = logit - weight * baseline
-    refs = np.column_stack([engine.logits(cells, engine.embed_text(t)) for t in REFERENCE_PROMPTS]).astype(np.float64)
+    ref_queries = [engine.embed_text(t) for t in REFERENCE_PROMPTS]
+    refs = np.column_stack([engine.logits(cells, r) for r in ref_queries]).astype(np.float64)
     spread = refs.std(axis=1, keepdims=True)
     # The logit in standard deviations of the reference sounds' logits above 0.75 of their mean.
     out["z_score_against_references"] = (logit - 0.75 * refs.mean(axis=1, keepdims=True)) / spread
@@ -295,7 +298,16 @@ def layer_maps(engine, cells, prompts: tuple[str, ...]) -> dict[str, np.ndarray]
     first = first_direction(mu)[None, :]
     out["without_first_principal_direction"] = (mu - (mu @ first.T) @ first) @ mu_q.T
     out["contrast_without_its_fit_on_s"] = without_fit(out["contrast"], cells.s.astype(np.float64))
+    # The served contrast, its baseline the reference sounds weighted toward those nearest the query.
+    nearness = softmax(NEAREST_SHARPNESS * unit(mu_q) @ unit(np.stack([r.mu for r in ref_queries])).T, axis=1)
+    out["contrast_against_the_nearest_references"] = logit - CONTRAST_WEIGHT * refs @ nearness.T
     return out
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float64)."""
+    vectors = np.asarray(vectors, np.float64)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def without_fit(maps: np.ndarray, s: np.ndarray) -> np.ndarray:

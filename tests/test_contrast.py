@@ -19,6 +19,7 @@ from benchmarks.discrimination import (
     decomposition,
     discrimination,
     first_direction,
+    layer_maps,
     pairwise,
     partial_spearman,
     read_prompts,
@@ -73,6 +74,24 @@ def test_contrast_is_the_logit_minus_the_reference_prompts_mean_logit(level_cell
     a, _ = bundle.calibration
     change = engine.values(shifted, "contrast", query) - engine.values(cells, "contrast", query)
     assert np.allclose(change, -(1 - CONTRAST_WEIGHT) * a * 0.1, atol=1e-3)
+
+
+def test_the_nearest_references_baseline_leans_on_the_references_like_the_query(level_cells, monkeypatch):
+    """Weighted evenly (sharpness 0) it is the served contrast; sharpened, a query worded as one
+    of the references is set mostly against that reference's own map."""
+    from benchmarks import discrimination
+
+    bundle, store, cells = level_cells
+    engine = Engine(bundle, store)
+    prompts = ("waves on the open ocean", REFERENCE_PROMPTS[0])
+    monkeypatch.setattr(discrimination, "NEAREST_SHARPNESS", 0.0)
+    even = layer_maps(engine, cells, prompts)
+    assert np.allclose(even["contrast_against_the_nearest_references"], even["contrast"], atol=2e-3)
+    monkeypatch.setattr(discrimination, "NEAREST_SHARPNESS", 1000.0)
+    sharp = layer_maps(engine, cells, prompts)["contrast_against_the_nearest_references"]
+    own = logit(bundle, REFERENCE_PROMPTS[0], cells)
+    assert np.allclose(sharp[:, 1], (1 - CONTRAST_WEIGHT) * own, atol=2e-3)
+    assert not np.allclose(sharp[:, 0], even["contrast"][:, 0], atol=1e-2)
 
 
 def test_contrast_tiles_are_served_keyed_and_described(client, level_cells):
@@ -297,6 +316,7 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
             "log_share_among_references",
             "without_first_principal_direction",
             "contrast_without_its_fit_on_s",
+            "contrast_against_the_nearest_references",
         }
         assert {"heatmap", "contrast", "heatmap_without_s_i", *rescorings} <= set(cond["layers"])
         town = cond["corpus_class_maps"]["town_mean_pairwise_spearman"]  # null where under two town classes are present
