@@ -16,7 +16,14 @@ NOT_PLAIN = "no leading zero, sign, space or fraction"
 # A value each integer parameter takes, and the values that fill each route's other path parts.
 VALID = {"hour": 6, "month": 5, "tilesize": 512, "k": 5, "width": 64, "height": 8, "z": 1, "x": 1, "y": 0, "scale": 2}
 VALID |= {"minzoom": 1, "maxzoom": 5}
-PATH = {"tms": "WebMercatorQuad", "fmt": "npy", "lon": "10.5", "lat": "47.2", "name": "viridis"}
+PATH = {
+    "tms": "WebMercatorQuad",
+    "fmt": "npy",
+    "lon": "10.5",
+    "lat": "47.2",
+    "name": "viridis",
+    "collectionId": "contrast",
+}
 
 
 def spellings(value: int) -> list[str]:

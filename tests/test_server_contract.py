@@ -50,6 +50,7 @@ def valid_request(path: str, operation: dict, query_id: str) -> tuple[str, dict]
         "lon": LON,
         "lat": LAT,
         "scale": 2,
+        "collectionId": "contrast",
     }
     names = re.findall(r"{(\w+)}", path)
     assert set(names) <= set(values), f"no valid value for a path parameter of {path}"

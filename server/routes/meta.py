@@ -7,12 +7,12 @@ from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 import morecantile
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import metrics, wmts
 from server.engine import LAYERS, QUERY_LAYERS
-from server.http import BINARY, TEXT, conditional, errors
+from server.http import BINARY, TEXT, Refusals, conditional, errors
 from server.params import (
     DEFAULT_LAYER,
     DIGITS,
@@ -26,6 +26,7 @@ from server.params import (
     check_tms,
     echo,
 )
+from server.queries import shown
 from server.render import FORMATS, VALUE_FORMATS, colormap_names, legend
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService, TileRequest
@@ -240,15 +241,43 @@ def metadata(request: Request, service: ServiceDep) -> Response:
 # OGC API - Tiles: the tile matrix sets and tilesets are listed and described as TiTiler's
 # clients expect. A tileset's tile template keeps TiTiler's {z}/{x}/{y} order under OGC's names
 # ({tileMatrix}/{tileCol}/{tileRow}), so the core class, whose paths end in {tileRow}/{tileCol},
-# is not claimed, nor the tileset classes that rest on it.
+# is not claimed, nor the tileset classes that rest on it. Nor are OGC API - Common's classes,
+# though the landing page (`/?f=json`) and the collections are served as its JSON: its core
+# class asks a 400 for a parameter the API does not define or a value it refuses, where this
+# server ignores an unknown name (a cache buster) and answers 422; and `/` answers a browser
+# the viewer, not a landing page.
 CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tilematrixset",
     "http://www.opengis.net/spec/tms/2.0/conf/tilematrixset",
     "http://www.opengis.net/spec/tms/2.0/conf/json-tilematrixset",
 ]
-TMS_REL = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
+OGC_REL = "http://www.opengis.net/def/rel/ogc/1.0/"
+TMS_REL = OGC_REL + "tiling-scheme"
+TILESETS_REL = OGC_REL + "tilesets-map"  # what GDAL's OGCAPI driver follows from a collection
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 OGC_CELL = ("{tileMatrix}", "{tileCol}", "{tileRow}")  # the tile URL's {z}/{x}/{y}, as OGC names them
+
+
+def json_link(rel: str, href: str, title: str) -> dict:
+    """A link to a JSON document: OGC clients (GDAL) pick a link by its `rel` and `type`."""
+    return {"rel": rel, "href": href, "type": "application/json", "title": title}
+
+
+def landing_page(request: Request) -> JSONResponse:
+    """The OGC API landing page (`/` asked for JSON): where an OGC client such as GDAL's OGCAPI
+    driver finds the collections, the tilesets and the API's description."""
+    base = base_url(request)
+    links = [
+        json_link("self", f"{base}/?f=json", "This document"),
+        {"rel": "alternate", "href": f"{base}/", "type": "text/html", "title": "The map viewer"},
+        json_link("service-desc", f"{base}{request.app.openapi_url}", "The API definition (OpenAPI)"),
+        {"rel": "service-doc", "href": f"{base}/docs", "type": "text/html", "title": "The API documentation"},
+        json_link(OGC_REL + "conformance", f"{base}/conformance", "The OGC API conformance classes"),
+        json_link("data", f"{base}/collections", "The map layers, one collection each"),
+        json_link(TILESETS_REL, f"{base}/tiles?layer=uncertainty", "The tilesets of a layer (q=... for a query's)"),
+        json_link(OGC_REL + "tiling-schemes", f"{base}/tileMatrixSets", "The tile matrix sets"),
+    ]
+    return JSONResponse({"title": request.app.title, "description": request.app.description, "links": links})
 
 
 @router.get("/conformance", summary="OGC API conformance classes this server implements")
@@ -277,19 +306,40 @@ def tile_matrix_sets(request: Request) -> Response:
 )
 def tile_matrix_set(tms: str, request: Request) -> Response:
     check_tms(tms)
-    return conditional(
-        request, JSONResponse(morecantile.tms.get(tms).model_dump(mode="json", exclude_none=True)), "document"
-    )
+    return conditional(request, JSONResponse(tile_matrix_set_document(tms)), "document")
 
 
-def tile_matrix_limits(tms: str, bounds: tuple[float, float, float, float], zooms: tuple[int, int]) -> list[dict]:
-    """The tiles over `bounds` (degrees) at each zoom of `zooms`: OGC's tileMatrixSetLimits, so a
-    client asks for no tile outside the cells nor any zoom outside those offered."""
+def tile_matrix_set_document(tms: str) -> dict:
+    """`tms` as OGC TMS 2.0 JSON, with TMS 1.0's names of the same values beside (type, identifier
+    and supportedCRS; a matrix's identifier and topLeftCorner): GDAL 3.6 reads a tiling scheme by
+    those alone (its OGCAPI driver failed "Invalid tiling matrix set name"), and TMS 2.0's schema
+    admits members it does not define. Every matrix served has its origin top left, TMS 1.0's
+    only corner."""
+    document = morecantile.tms.get(tms).model_dump(mode="json", exclude_none=True)
+    document.update(type="TileMatrixSetType", identifier=document["id"], supportedCRS=document["crs"])
+    for matrix in document["tileMatrices"]:
+        matrix.update(type="TileMatrixType", identifier=matrix["id"], topLeftCorner=matrix["pointOfOrigin"])
+    return document
+
+
+def tile_matrix_limits(
+    tms: str, zooms: tuple[int, int], bounds: tuple[float, float, float, float] | None
+) -> list[dict]:
+    """The tiles over `bounds` (degrees), or every tile of the matrix (None), at each zoom of
+    `zooms`: OGC's tileMatrixSetLimits, so a client asks for no tile outside the cells nor any
+    zoom outside those offered."""
     matrix_set = morecantile.tms.get(tms)
-    west, south, east, north = bounds
     limits = []
     for z in range(zooms[0], zooms[1] + 1):
-        first, last = matrix_set.tile(west, north, z, truncate=True), matrix_set.tile(east, south, z, truncate=True)
+        if bounds is None:
+            matrix = matrix_set.matrix(z)
+            first, last = (
+                morecantile.Tile(0, 0, z),
+                morecantile.Tile(matrix.matrixWidth - 1, matrix.matrixHeight - 1, z),
+            )
+        else:
+            west, south, east, north = bounds
+            first, last = matrix_set.tile(west, north, z, truncate=True), matrix_set.tile(east, south, z, truncate=True)
         limits.append(
             {
                 "tileMatrix": str(z),
@@ -302,25 +352,22 @@ def tile_matrix_limits(tms: str, bounds: tuple[float, float, float, float], zoom
     return limits
 
 
-def tileset_links(base: str, tms: str, query: str) -> list[dict]:
-    """A tileset's own link (with the query it was asked with) and its tile matrix set's."""
+def with_query(url: str, query: str) -> str:
+    """`url` with the query string a document was asked with: the links of OGC documents carry
+    it as it came, so a client that appends its own query to each URL (GDAL) finds it there."""
+    return url + (f"?{query}" if query else "")
+
+
+def tileset_links(base: str, tiles: str, tms: str, query: str) -> list[dict]:
+    """A tileset's own link (with the query it was asked with) and its tile matrix set's; `tiles`
+    is the path of the tileset list (`/tiles`, or a collection's)."""
     return [
-        {
-            "rel": "self",
-            "href": f"{base}/tiles/{tms}" + (f"?{query}" if query else ""),
-            "type": "application/json",
-            "title": f"The tileset in the {tms} tile matrix set",
-        },
-        {
-            "rel": TMS_REL,
-            "href": f"{base}/tileMatrixSets/{tms}",
-            "type": "application/json",
-            "title": f"Definition of the {tms} tile matrix set",
-        },
+        json_link("self", with_query(f"{base}{tiles}/{tms}", query), f"The tileset in the {tms} tile matrix set"),
+        json_link(TMS_REL, f"{base}/tileMatrixSets/{tms}", f"Definition of the {tms} tile matrix set"),
     ]
 
 
-def tileset_summary(base: str, tms: str, title: str, query: str) -> dict:
+def tileset_summary(base: str, tiles: str, tms: str, title: str, query: str) -> dict:
     """What a tileset is and where it is described: an entry of the tileset list and the head of
     the tileset itself."""
     matrix_set = morecantile.tms.get(tms)
@@ -329,37 +376,46 @@ def tileset_summary(base: str, tms: str, title: str, query: str) -> dict:
         "dataType": "map",
         "crs": matrix_set.crs.srs,
         "tileMatrixSetURI": matrix_set.uri,
-        "links": tileset_links(base, tms, query),
+        "links": tileset_links(base, tiles, tms, query),
     }
 
 
-@router.get(
-    "/tiles",
-    responses=errors(422, 503),
-    summary="OGC API - Tiles: the tilesets of this query, one per tile matrix set (echoes the query)",
-)
-async def tilesets(request: Request, service: ServiceDep, params: DocumentParamsDep) -> Response:
-    """The tileset of each tile matrix set: bad parameters and an unknown query id answer as the
-    tilesets themselves would (a text is not embedded: the list shows no colours)."""
-    params.validated(service)
+async def check_query(service: SoundscapeService, params: DocumentParams) -> None:
+    """404 for an unknown query id of a query layer, as its tiles answer: a document that shows
+    no colours (a list, a tileset of values) does not look it up otherwise."""
     if params.query is not None and params.layer in QUERY_LAYERS:
         await service.resolve(params.query)
+
+
+async def layer_tilesets(
+    request: Request, service: SoundscapeService, params: DocumentParams, tiles: str, refusals: Refusals | None = None
+) -> Response:
+    """The tileset of each tile matrix set at `tiles` (`/tiles`, or a collection's): bad
+    parameters (`refusals` too) and an unknown query id answer as the tilesets themselves would."""
+    params.validated(service, refusals)
+    await check_query(service, params)
     base, query = base_url(request), request.url.query
-    sets = [tileset_summary(base, tms, layer_title(params), query) for tms in TMS_IDS]
+    sets = [tileset_summary(base, tiles, tms, layer_title(params), query) for tms in TMS_IDS]
     return conditional(request, JSONResponse({"tilesets": sets}), "document")
 
 
-@router.get(
-    "/tiles/{tms}",
-    responses=errors(404, 422, 503, notes={404: "Unknown tile matrix set."}),
-    summary="OGC API - Tiles: a tileset of this query (tile template, limits per zoom; describes the colours)",
-)
-async def tileset(tms: str, request: Request, service: ServiceDep, params: DocumentParamsDep) -> Response:
-    """The tileset: a 422 naming every bad parameter before a 404 for an unknown tile matrix set,
-    as tile_request answers. Its item link is the tile template of the `tile_format` asked (png
-    by default), the query echoed into it as into TileJSON's."""
-    [(tile, text)] = params.validated(service)
+async def layer_tileset(
+    request: Request,
+    service: SoundscapeService,
+    params: DocumentParams,
+    tms: str,
+    tiles: str,
+    refusals: Refusals | None = None,
+    over_cells: bool = True,
+) -> Response:
+    """The tileset of `params`'s layer in `tms`, listed at `tiles`: a 422 naming every bad
+    parameter (`refusals` too) before a 404 for an unknown tile matrix set, as tile_request
+    answers. Its item link is the tile template of the `tile_format` asked (png by default), the
+    query echoed into it as into TileJSON's; its limits are the tiles over the cells, or every
+    tile of each zoom when not `over_cells`."""
+    [(tile, text)] = params.validated(service, refusals)
     check_tms(tms)
+    await check_query(service, params)
     base = base_url(request)
     west, south, east, north = service.store.bounds
     legend = await layer_legend(service, tile, text)
@@ -370,17 +426,150 @@ async def tileset(tms: str, request: Request, service: ServiceDep, params: Docum
         "templated": True,
         "title": f"{params.fmt} tiles",
     }
-    document = tileset_summary(base, tms, layer_title(params), request.url.query)
+    document = tileset_summary(base, tiles, tms, layer_title(params), request.url.query)
     document["links"].append(item)
     document.update(
         {
             "description": legend["description"],
             "attribution": service.store.attribution,
             "boundingBox": {"lowerLeft": [west, south], "upperRight": [east, north], "crs": CRS84},
-            "tileMatrixSetLimits": tile_matrix_limits(tms, service.store.bounds, params.zooms(service)),
+            "tileMatrixSetLimits": tile_matrix_limits(
+                tms, params.zooms(service), service.store.bounds if over_cells else None
+            ),
         }
     )
     return conditional(request, JSONResponse(document), "document")
+
+
+@router.get(
+    "/tiles",
+    responses=errors(404, 422, 503, notes={404: "Unknown query id."}),
+    summary="OGC API - Tiles: the tilesets of this query, one per tile matrix set (echoes the query)",
+)
+async def tilesets(request: Request, service: ServiceDep, params: DocumentParamsDep) -> Response:
+    """The tileset of each tile matrix set (a text is not embedded: the list shows no colours)."""
+    return await layer_tilesets(request, service, params, "/tiles")
+
+
+@router.get(
+    "/tiles/{tms}",
+    responses=errors(404, 422, 503, notes={404: "Unknown tile matrix set or query id."}),
+    summary="OGC API - Tiles: a tileset of this query (tile template, limits per zoom; describes the colours)",
+)
+async def tileset(tms: str, request: Request, service: ServiceDep, params: DocumentParamsDep) -> Response:
+    return await layer_tileset(request, service, params, tms, "/tiles")
+
+
+# OGC API - Common's collections: one per map layer, as WMTS lists them (the query layers when
+# q or query is given, uncertainty always), each with its tilesets, so that an OGC client
+# (GDAL's OGCAPI driver) opens a layer from its collection URL. The query string is that of the
+# layer's tiles, but for `layer`: the collection's id names it. The parameters are WMTS's, whose
+# layers they list: when FastAPI refuses one, the rest are checked as for those layers, so the
+# 422 of a collection asked without a query does not also ask for one (server/params.py).
+CollectionId = Annotated[str, Path(alias="collectionId", description="A layer: contrast, heatmap or uncertainty.")]
+COLLECTION_RESPONSES = errors(404, 422, 503, notes={404: "Unknown collection, tile matrix set or query id."})
+
+
+def collection_refusals(request: Request) -> Refusals:
+    """A `layer` parameter refused, as the collections are the layers: the others are checked
+    after, so that one 422 names them all."""
+    refusals = Refusals()
+    if "layer" in request.query_params:
+        refusals.refuse(
+            "layer",
+            "layer is not a parameter of the collections: each layer is a collection of its own "
+            "(GET /collections lists them, /collections/{layer} is one)",
+        )
+    return refusals
+
+
+def layer_params(collection_id: str, params: DocumentParams) -> DocumentParams:
+    """The parameters of the layer the collection `collection_id` is (404 for none such)."""
+    layer = next((layer for layer in LAYERS if layer == collection_id), None)
+    if layer is None:
+        raise HTTPException(404, f"unknown collection {shown(collection_id)}; GET /collections lists them")
+    return DocumentParams(**{**vars(params), "layer": layer})
+
+
+def collection(base: str, params: DocumentParams, legend: dict, bounds: tuple[float, ...], query: str) -> dict:
+    """A layer as an OGC collection: what it shows (the legend in words), where (the store's
+    bounds) and the links to its tilesets, carrying the query it was asked with."""
+    own = f"{base}/collections/{params.layer}"
+    return {
+        "id": params.layer,
+        "title": layer_title(params),
+        "description": legend["description"],
+        "extent": {"spatial": {"bbox": [list(bounds)], "crs": CRS84}},
+        "links": [
+            json_link("self", with_query(own, query), "This collection"),
+            json_link(TILESETS_REL, with_query(f"{own}/tiles", query), "The map tilesets of this layer"),
+        ],
+    }
+
+
+@router.get(
+    "/collections",
+    responses=COLLECTION_RESPONSES,
+    summary="OGC API collections: one per map layer (contrast and heatmap with q or query; uncertainty always)",
+)
+async def collections(request: Request, service: ServiceDep, params: CapabilitiesParamsDep) -> Response:
+    """Each layer the parameters allow, as WMTS lists them: one 422 naming every bad parameter."""
+    refusals = collection_refusals(request)
+    layers = params.validated(service, refusals)
+    base, query, bounds = base_url(request), request.url.query, service.store.bounds
+    listed = []
+    for layer, (tile, text) in zip(params.layers(), layers, strict=True):
+        of_layer = layer_params(layer, params)
+        await check_query(service, of_layer)
+        listed.append(collection(base, of_layer, await layer_legend(service, tile, text), bounds, query))
+    document = {"links": [json_link("self", with_query(f"{base}/collections", query), "This list")]}
+    return conditional(request, JSONResponse({**document, "collections": listed}), "document")
+
+
+@router.get(
+    "/collections/{collectionId}",
+    responses=COLLECTION_RESPONSES,
+    summary="OGC API collection: a map layer, its extent and its tilesets",
+)
+async def layer_collection(
+    collection_id: CollectionId, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
+) -> Response:
+    of_layer = layer_params(collection_id, params)
+    [(tile, text)] = of_layer.validated(service, collection_refusals(request))
+    await check_query(service, of_layer)
+    legend = await layer_legend(service, tile, text)
+    document = collection(base_url(request), of_layer, legend, service.store.bounds, request.url.query)
+    return conditional(request, JSONResponse(document), "document")
+
+
+@router.get(
+    "/collections/{collectionId}/tiles",
+    responses=COLLECTION_RESPONSES,
+    summary="OGC API - Tiles: the tilesets of a collection (a layer), one per tile matrix set",
+)
+async def collection_tilesets(
+    collection_id: CollectionId, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
+) -> Response:
+    of_layer = layer_params(collection_id, params)
+    tiles = f"/collections/{of_layer.layer}/tiles"
+    return await layer_tilesets(request, service, of_layer, tiles, collection_refusals(request))
+
+
+@router.get(
+    "/collections/{collectionId}/tiles/{tms}",
+    responses=COLLECTION_RESPONSES,
+    summary="OGC API - Tiles: a tileset of a collection (a layer), as /tiles/{tms} describes the query's",
+)
+async def collection_tileset(
+    collection_id: CollectionId, tms: str, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
+) -> Response:
+    """As /tiles/{tms} but for every tile of each zoom: GDAL 3.6's OGCAPI driver, which opens a
+    collection, reads a zoom only with its limits and draws its tiles out of place unless they are
+    the whole matrix (it counted columns from the limits' first and spread the matrix's rows over
+    the limits' rows; fixed by GDAL's pull request 8130)."""
+    of_layer = layer_params(collection_id, params)
+    tiles = f"/collections/{of_layer.layer}/tiles"
+    return await layer_tileset(request, service, of_layer, tms, tiles, collection_refusals(request), over_cells=False)
 
 
 @router.get("/colormaps", summary="Names of the colormaps")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -16,6 +17,7 @@ from starlette.types import Scope
 from server.http import BINARY, conditional, errors
 from server.params import TILE_SIZES, Integer, Scale, check_tile
 from server.routes.deps import ServiceDep
+from server.routes.meta import landing_page
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 router = APIRouter(tags=["viewer"])
@@ -44,11 +46,44 @@ class StaticAssets(StaticFiles):
         return conditional(Request(scope), response, "page", "W/" + response.headers["etag"])
 
 
+def prefers_json(accept: str) -> bool:
+    """Whether an Accept header ranks application/json above text/html (RFC 9110 12.5.1: the most
+    specific range that matches a type gives its quality). A browser's, `*/*` or none: no."""
+    quality = {"application/json": 0.0, "text/html": 0.0}
+    specificity = dict.fromkeys(quality, -1)
+    for entry in accept.split(","):
+        media_range, *params = (part.strip().lower() for part in entry.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        for media_type in quality:
+            kind = media_type.split("/")[0]
+            rank = {media_type: 2, f"{kind}/*": 1, "*/*": 0}.get(media_range, -1)
+            if rank > specificity[media_type]:
+                specificity[media_type], quality[media_type] = rank, q
+    return quality["application/json"] > quality["text/html"]
+
+
 @router.get("/", include_in_schema=False)
-async def index(request: Request) -> Response:
-    page = HTMLResponse((STATIC / "index.html").read_bytes())
-    page.headers["Content-Security-Policy"] = VIEWER_CSP
-    return conditional(request, page, "page")
+async def index(
+    request: Request,
+    f: Annotated[Literal["html", "json"] | None, Query(description="json: the OGC API landing page.")] = None,
+) -> Response:
+    """The viewer, or the OGC API landing page for a client that asks for JSON (`f=json`, or an
+    Accept header that prefers it): a GIS client opens the server's URL and finds the layers."""
+    if f == "json" or (f is None and prefers_json(request.headers.get("accept", ""))):
+        page: Response = landing_page(request)
+    else:
+        page = HTMLResponse((STATIC / "index.html").read_bytes())
+        page.headers["Content-Security-Policy"] = VIEWER_CSP
+    answer = conditional(request, page, "page")
+    answer.headers.add_vary_header("Accept")  # on a 304 too: a cache keeps one answer per Accept
+    return answer
 
 
 # Relative URLs, like the viewer's: they resolve under whatever path a proxy serves the app at.
