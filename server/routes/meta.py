@@ -1,8 +1,10 @@
 """Describing the service: TileJSON, WMTS capabilities, OGC API - Tiles tilesets and tile matrix
-sets, colormap legends, health, readiness and Prometheus metrics."""
+sets, OGC API collections and their maps (OGC API - Maps), colormap legends, health, readiness and
+Prometheus metrics."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
@@ -10,9 +12,18 @@ import morecantile
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from server import metrics, wmts
+from server import maps, metrics, wmts
 from server.engine import LAYERS, QUERY_LAYERS
-from server.http import BINARY, TEXT, Refusals, conditional, errors
+from server.http import (
+    BINARY,
+    TEXT,
+    Refusals,
+    cache_control,
+    conditional,
+    errors,
+    not_modified,
+    precondition_failed,
+)
 from server.params import (
     DEFAULT_LAYER,
     DIGITS,
@@ -254,7 +265,8 @@ CONFORMANCE = [
 OGC_REL = "http://www.opengis.net/def/rel/ogc/1.0/"
 TMS_REL = OGC_REL + "tiling-scheme"
 TILESETS_REL = OGC_REL + "tilesets-map"  # what GDAL's OGCAPI driver follows from a collection
-CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
+MAP_REL = OGC_REL + "map"  # GDAL's OGCAPI driver (-oo API=MAP) takes it of type image/png or image/jpeg
+CRS84 = maps.CRS84
 OGC_CELL = ("{tileMatrix}", "{tileCol}", "{tileRow}")  # the tile URL's {z}/{x}/{y}, as OGC names them
 
 
@@ -503,6 +515,9 @@ def collection(base: str, params: DocumentParams, legend: dict, bounds: tuple[fl
         "links": [
             json_link("self", with_query(own, query), "This collection"),
             json_link(TILESETS_REL, with_query(f"{own}/tiles", query), "The map tilesets of this layer"),
+            # PNG, the default format (f=webp asks for WebP): the link carries the query alone, as
+            # GDAL appends width, height and bbox to it
+            {"rel": MAP_REL, "href": with_query(f"{own}/map", query), "type": FORMATS["png"], "title": "The map"},
         ],
     }
 
@@ -570,6 +585,50 @@ async def collection_tileset(
     of_layer = layer_params(collection_id, params)
     tiles = f"/collections/{of_layer.layer}/tiles"
     return await layer_tileset(request, service, of_layer, tms, tiles, collection_refusals(request), over_cells=False)
+
+
+MAP_RESPONSES: dict[int | str, dict] = {
+    200: {
+        "content": {FORMATS[f]: BINARY for f in maps.ENCODERS},
+        "description": "The map, with Content-Crs and Content-Bbox (the box as drawn, in the map's CRS).",
+    },
+    304: {"description": "Not modified (If-None-Match)."},
+    **errors(404, 412, 422, 503, notes={404: "Unknown collection or query id."}),
+}
+
+
+@router.get(
+    "/collections/{collectionId}/map",
+    response_class=Response,
+    responses=MAP_RESPONSES,
+    summary="OGC API - Maps: one image of a collection (a layer) over any box, drawn from its tiles",
+)
+async def collection_map(
+    collection_id: CollectionId,
+    request: Request,
+    service: ServiceDep,
+    params: CapabilitiesParamsDep,
+    asked: maps.MapParamsDep,
+) -> Response:
+    """The tiles' parameters pick the layer's values and colours, the map's the box, CRS, size
+    and format (server/maps.py); one 422 names every bad parameter of both. The ETag is known
+    before drawing, as a tile's."""
+    of_layer = layer_params(collection_id, params)
+    refusals = collection_refusals(request)
+    drawn = asked.checked(service, refusals)
+    [(tile, text)] = of_layer.validated(service, refusals)  # raises every refusal, the map's too
+    assert drawn is not None
+    await check_query(service, of_layer)
+    if text is not None:
+        service.check_text(text)  # before a 304: a text the model knows no word of is a 422
+    plan = maps.Plan.of(drawn, tile.size, of_layer.zooms(service))
+    etag = f'"{plan.name(drawn, service.tile_name(replace(tile, fmt=drawn.fmt)))}"'
+    held = precondition_failed(request, etag) or not_modified(request, etag, cache_control(request, "tile"))
+    if held is not None:
+        return held
+    body = await maps.draw(service, drawn, plan, tile, text)
+    headers = {"Content-Crs": f"<{drawn.crs}>", "Content-Bbox": drawn.content_bbox}
+    return conditional(request, Response(body, media_type=FORMATS[drawn.fmt], headers=headers), "tile", etag)
 
 
 @router.get("/colormaps", summary="Names of the colormaps")
