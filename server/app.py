@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from runtime.bundle import Bundle
+from server import maps
 from server.engine import QueryMetadata
 from server.fastpath import FrontDoor, TileFastPath
 from server.http import HttpPolicy, NegotiatedGZip, errors, install_error_handlers
@@ -89,7 +90,7 @@ def create_app(settings: Settings) -> SoundscapeApp:
     if not settings.rate_limit:  # the limiter sees every request: hits take the replay above then
         app.front_door = FrontDoor(settings.lru_bytes // 4)  # bodies are mostly the same bytes objects
     if settings.rate_limit:  # inside CORS, so a browser can read its 429
-        app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit))
+        app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit), cost=maps.request_cost)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

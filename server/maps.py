@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Annotated, Literal
+from urllib.parse import parse_qsl
 
 import numpy as np
 from fastapi import Depends, HTTPException, Query
+from starlette.types import Scope
 
 from runtime.tiles import MERCATOR_LAT_LIMIT
 from server import render
@@ -259,6 +262,27 @@ class MapParams:
 
 
 MapParamsDep = Annotated[MapParams, Depends(in_event_loop(MapParams))]
+
+MAP_PATH = re.compile(r"^/collections/[^/]+/map$")
+MAX_QUERY_FIELDS = 100  # more fields than a map takes: the request is costed as the largest map
+
+
+def request_cost(scope: Scope) -> int:
+    """The rate limit's tokens a request spends (server/ratelimit.py): one, but a map one per
+    256 x 256 pixels it asks, since it draws about that many tiles. A side left out counts as
+    DEFAULT_SIDE; a malformed one as MAX_SIDE (the route refuses it, at a validation's cost)."""
+    if not MAP_PATH.match(scope["path"]):
+        return 1
+    try:
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), max_num_fields=MAX_QUERY_FIELDS))
+    except ValueError:
+        query = {"width": "", "height": ""}
+    sides = []
+    for name in ("width", "height"):
+        value = query.get(name)
+        side = DEFAULT_SIDE if value is None else int(value) if value.isdigit() and len(value) <= 4 else MAX_SIDE
+        sides.append(min(max(side, 1), MAX_SIDE))
+    return math.ceil(sides[0] / 256) * math.ceil(sides[1] / 256)
 
 
 @dataclass(frozen=True)

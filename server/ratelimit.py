@@ -17,6 +17,7 @@ import math
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -69,30 +70,39 @@ class TokenBuckets:
         self.max_clients = max_clients
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, time)
 
-    def take(self, key: str, now: float | None = None) -> float:
-        """0 when the request may go ahead (a token is spent), else the seconds until it may."""
+    def take(self, key: str, now: float | None = None, cost: int = 1) -> float:
+        """0 when the request may go ahead (`cost` tokens are spent, at most a burst's), else the
+        seconds until it may."""
         now = time.monotonic() if now is None else now
+        cost = min(cost, self.rate.burst)
         tokens, then = self.buckets.pop(key, (float(self.rate.burst), now))
         tokens = min(float(self.rate.burst), tokens + (now - then) * self.rate.per_s)
-        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate.per_s
-        self.buckets[key] = (tokens - 1.0 if wait == 0.0 else tokens, now)
+        wait = 0.0 if tokens >= cost else (cost - tokens) / self.rate.per_s
+        self.buckets[key] = (tokens - cost if wait == 0.0 else tokens, now)
         if len(self.buckets) > self.max_clients:
             self.buckets.popitem(last=False)
         return wait
 
 
-class RateLimit:
-    """Pure ASGI middleware answering 429 to a client over its rate."""
+def one(scope: Scope) -> int:
+    """Every request spends one token."""
+    return 1
 
-    def __init__(self, app: ASGIApp, rate: Rate, max_clients: int = MAX_CLIENTS):
+
+class RateLimit:
+    """Pure ASGI middleware answering 429 to a client over its rate. `cost` says how many tokens a
+    request spends, so a request that does many requests' work counts as many."""
+
+    def __init__(self, app: ASGIApp, rate: Rate, max_clients: int = MAX_CLIENTS, cost: Callable[[Scope], int] = one):
         self.app = app
         self.buckets = TokenBuckets(rate, max_clients)
+        self.cost = cost
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        wait = self.buckets.take(client_key(scope))
+        wait = self.buckets.take(client_key(scope), cost=self.cost(scope))
         if wait == 0.0:
             await self.app(scope, receive, send)
             return

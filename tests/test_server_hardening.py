@@ -20,6 +20,7 @@ import soundfile
 
 from benchmarks.hostile import wav
 from runtime.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
+from server import maps
 from server.queries import MAX_DECODED_SAMPLES
 from server.ratelimit import Rate, TokenBuckets, client_key
 from server.urls import host_allowed, host_name
@@ -194,6 +195,41 @@ def test_token_bucket_refills_and_its_table_is_bounded():
     for i in range(1000):
         buckets.take(f"client-{i}", now=1.0)
     assert len(buckets.buckets) == 100
+
+
+def test_a_costly_request_spends_its_cost_but_never_more_than_a_burst():
+    buckets = TokenBuckets(Rate(1.0, 20), max_clients=100)
+    assert buckets.take("a", now=0.0, cost=16) == 0.0
+    assert buckets.take("a", now=0.0, cost=16) == pytest.approx(12.0)  # 4 tokens left: 12 s to 16
+    assert buckets.take("a", now=0.0) == 0.0  # a one-token request still fits
+    assert buckets.take("b", now=0.0, cost=500) == 0.0  # capped at the burst: a full bucket lets it through
+    assert buckets.take("b", now=0.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "cost"),
+    [
+        ("/tiles/3/4/2.png", b"width=2048&height=2048", 1),
+        ("/collections/contrast/map", b"q=birdsong&width=256&height=256", 1),
+        ("/collections/contrast/map", b"q=birdsong&width=800&height=600", 12),
+        ("/collections/contrast/map", b"q=birdsong", 16),  # sides left out: 1024 each
+        ("/collections/contrast/map", b"wid%74h=2048&height=2048", 64),  # decoded as the route decodes it
+        ("/collections/contrast/map", b"width=99999&height=1", 8),  # malformed: the largest side
+        ("/collections/contrast/map", b"&".join([b"x=1"] * 200), 64),  # too many fields: the largest map
+    ],
+)
+def test_a_map_costs_one_token_per_256_pixels_square(path, query, cost):
+    assert maps.request_cost({"type": "http", "path": path, "query_string": query}) == cost
+
+
+def test_a_map_spends_the_rate_limit_as_the_tiles_it_draws(bundle_path, store_path):
+    with make_client(bundle_path, store_path, rate_limit="1/min burst 20") as client:
+        big = client.get("/collections/uncertainty/map?width=1024&height=1024")  # 16 tokens
+        small = client.get("/collections/uncertainty/map?width=256&height=256")  # 1
+        assert big.status_code == small.status_code == 200
+        over = client.get("/collections/uncertainty/map?width=1024&height=1024")  # 3 left, 16 asked
+        assert over.status_code == 429 and int(over.headers["retry-after"]) >= 60 * 12
+        assert client.get("/colormaps").status_code == 200  # a one-token request still goes
 
 
 def test_client_keys():
