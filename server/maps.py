@@ -6,6 +6,7 @@ that tile, pixel for pixel."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import re
@@ -354,10 +355,13 @@ async def draw(service: SoundscapeService, asked: MapRequest, plan: Plan, tile: 
     """The map's image: the value tiles of `tile`'s parameters that `plan` reads (through the
     tile cache, as the tile route renders them), sampled and coloured as the PNG tiles are."""
     scale = await service.tile_scale(tile, text)
-    tiles: dict[tuple[int, int], np.ndarray] = {}
-    for x, y in sorted(plan.tiles()):  # one after another: a refusal (503) stays itself, not a group of them
-        body = await service.tile(replace(tile, z=plan.zoom, x=x, y=y, fmt="npy"), text)
-        tiles[x, y] = np.load(io.BytesIO(body), allow_pickle=False)
+    places = sorted(plan.tiles())
+    # Rendered side by side, as a browser's connections would ask them (a first refusal, a 503,
+    # reaches the client as itself; the tiles still drawing end in the cache).
+    bodies = await asyncio.gather(
+        *(service.tile(replace(tile, z=plan.zoom, x=x, y=y, fmt="npy"), text) for x, y in places)
+    )
+    tiles = {place: np.load(io.BytesIO(body), allow_pickle=False) for place, body in zip(places, bodies, strict=True)}
 
     def encode() -> bytes:
         return ENCODERS[asked.fmt](plan.values(tiles), scale.lo, scale.hi, tile.colormap)

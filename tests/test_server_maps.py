@@ -288,3 +288,22 @@ def test_gdal_reads_the_map_api_as_the_servers_map(bundle_path, store_path, tmp_
         pixels = src.read()
     assert (expected[3] > 0).mean() > 0.5
     assert np.array_equal(pixels, expected)
+
+
+def test_the_benchmarks_map_covers_exactly_the_viewport_it_is_timed_against():
+    """benchmarks/map_image.py times one map against the harness's viewport tiles: its box and
+    size must be those tiles', so the map is drawn from the very tiles fetched beside it."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from benchmarks.map_image import map_url
+    from benchmarks.run import VIEWPORT
+
+    asked = parse_qs(urlsplit(map_url("birdsong")).query)
+    bounds = [mercantile.xy_bounds(x, y, z) for z, x, y in VIEWPORT]
+    box = [float(v) for v in asked["bbox"][0].split(",")]
+    expected = [min(b.left for b in bounds), min(b.bottom for b in bounds), max(b.right for b in bounds)]
+    expected.append(max(b.top for b in bounds))
+    assert box == pytest.approx(expected, abs=1e-2)
+    columns, rows = {x for _, x, _ in VIEWPORT}, {y for _, _, y in VIEWPORT}
+    assert (int(asked["width"][0]), int(asked["height"][0])) == (256 * len(columns), 256 * len(rows))
+    assert asked["crs"] == asked["bbox-crs"] == ["EPSG:3857"]
