@@ -2,7 +2,8 @@
 // heatmap, contrast or uncertainty layer whose tile URL follows the panel (query, hour, month and
 // the source from GET /metadata), a legend read from the TileJSON of the same parameters, and a
 // 24-hour profile of any clicked place with its values per source, and numbered markers on the ten
-// best places in view (/search in the view's bbox, ranked as the layer draws). The whole state lives in the
+// best places in view (/search in the view's bbox, ranked as the layer draws), and a PNG of the layer
+// in view (/collections/{layer}/map). The whole state lives in the
 // page's URL (#q=birdsong&hour=6&month=5&source=wildlife&layer=contrast&opacity=0.75&map=3/45.1/10.2),
 // so a view can be bookmarked and shared.
 "use strict";
@@ -362,6 +363,7 @@ async function main() {
   function redraw() {
     $("copy").disabled = !hasLayer();
     $("best").disabled = !state.query;
+    showMapImage(map);
     if (!ready) return;
     if (!hasLayer()) return hideLayer();
     const url = tileUrl("{ratio}");
@@ -463,6 +465,7 @@ async function main() {
     }
     else setStatus(`map: ${detail}`, true);
   });
+  map.on("moveend", () => showMapImage(map));  // a resize ends in one too
   map.on("moveend", () => {
     if (!ready) return;
     writeUrlState(map);
@@ -723,13 +726,57 @@ async function showProfile(map, lngLat) {
   window.soundscape.profile = new maplibregl.Popup({ maxWidth: "280px" }).setLngLat(lngLat).setDOMContent(box).addTo(map);
 }
 
-// The view as /search's bbox (west,south,east,north): longitudes wrapped into -180..180 (west
-// above east across the antimeridian), the whole world once the view spans it (to the 4 decimals
-// sent: a nearly whole view would round to west = east).
-function viewBox(bounds) {
+// The view's west, south, east, north in degrees: longitudes wrapped into -180..180 (west above
+// east across the antimeridian), the whole world once the view spans it (to the 4 decimals
+// /search is sent: a nearly whole view would round to west = east).
+function viewEdges(bounds) {
   const wide = bounds.getEast() - bounds.getWest() >= 359.999;
   const west = wide ? -180 : wrapLng(bounds.getWest()), east = wide ? 180 : wrapLng(bounds.getEast());
-  return [west, bounds.getSouth(), east, bounds.getNorth()].map((v) => v.toFixed(4)).join(",");
+  return [west, bounds.getSouth(), east, bounds.getNorth()];
+}
+
+// The view as /search's bbox (west,south,east,north).
+function viewBox(bounds) {
+  return viewEdges(bounds).map((v) => v.toFixed(4)).join(",");
+}
+
+// The image of the layer as the map shows it: GET /collections/{layer}/map with the tiles'
+// parameters (the collection names the layer), the view's box in degrees and crs=EPSG:3857, so
+// its pixels lie as the map's do. Its size is the canvas's CSS pixels, but for the part of the
+// view that is no map: beyond Web Mercator's latitudes (±85.0511), and every world past the
+// first once the view spans more than one (the image is then -180..180). A side over the
+// route's 2048 pixels scales both down, keeping the aspect. Null when no layer is drawn.
+const MERCATOR_LAT = 85.0511, MAP_MAX_SIDE = 2048;
+const mercatorY = (lat) => Math.log(Math.tan(Math.PI / 4 + (Math.max(Math.min(lat, 89.9999), -89.9999) * Math.PI) / 360));
+
+function mapImageUrl(bounds, width, height) {
+  if (!hasLayer()) return null;
+  const [west, south, east, north] = viewEdges(bounds);
+  const [bottom, top] = [south, north].map((lat) => Math.max(Math.min(lat, MERCATOR_LAT), -MERCATOR_LAT));
+  const across = Math.min(360 / (bounds.getEast() - bounds.getWest()), 1);
+  const down = (mercatorY(top) - mercatorY(bottom)) / (mercatorY(north) - mercatorY(south));
+  let [w, h] = [width * across, height * down];
+  const scale = Math.min(MAP_MAX_SIDE / Math.max(w, h), 1);
+  [w, h] = [w, h].map((side) => Math.max(Math.round(side * scale), 1));
+  const params = tileParams();
+  params.delete("layer");  // the collection is the layer (the route refuses layer=)
+  params.set("bbox", [west, bottom, east, top].map((v) => v.toFixed(6)).join(","));
+  params.set("crs", "EPSG:3857");
+  params.set("width", w);
+  params.set("height", h);
+  return `${base}/collections/${state.layer}/map?${params}`;
+}
+
+// "PNG of this view": a download of mapImageUrl for the map's view and canvas; no href (nothing
+// to follow) while there is no layer.
+function showMapImage(map) {
+  const canvas = map.getCanvas();
+  const url = mapImageUrl(map.getBounds(), canvas.clientWidth, canvas.clientHeight);
+  const link = $("map-image");
+  if (url) link.href = url;
+  else link.removeAttribute("href");
+  link.setAttribute("aria-disabled", String(!url));
+  link.download = `soundscape-${state.layer}.png`;
 }
 
 // /search for the ten best places in view, ranked as the layer shows them: by contrast on the
