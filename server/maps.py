@@ -22,7 +22,7 @@ from runtime.tiles import MERCATOR_LAT_LIMIT
 from server import render
 from server.cache import digest
 from server.http import Refusals
-from server.params import DIGITS, NUMBER, in_event_loop, parse_bbox
+from server.params import DIGITS, in_event_loop, parse_bbox, parse_box
 from server.queries import shown
 from server.service import SoundscapeService, TileRequest
 
@@ -128,19 +128,8 @@ def crs_uri(name: str | None, parameter: str) -> str:
 
 def parse_metres(text: str) -> Box:
     """`west,south,east,north` in Web Mercator metres (west > east across the antimeridian)."""
-    try:
-        west, south, east, north = (NUMBER.validate_python(v) for v in text.split(","))
-    except ValueError:
-        raise HTTPException(
-            422, f"bbox must be four numbers west,south,east,north in Web Mercator metres, not {shown(text)}"
-        ) from None
     edge = HALF_WORLD + SLACK_M
-    if not (-edge <= west <= edge and -edge <= east <= edge) or west == east:  # NaN fails every comparison
-        raise HTTPException(
-            422, f"bbox needs west and east in -{edge:.2f}..{edge:.2f} metres and apart, got {shown(text)}"
-        )
-    if not -edge <= south < north <= edge:
-        raise HTTPException(422, f"bbox needs -{edge:.2f} <= south < north <= {edge:.2f} metres, got {shown(text)}")
+    west, south, east, north = parse_box(text, edge, edge, "Web Mercator metres")
     # Within the world's edge: a float's rounding past it would wrap the box round the world.
     west, south, east, north = (max(-HALF_WORLD, min(HALF_WORLD, v)) for v in (west, south, east, north))
     return west, south, east, north

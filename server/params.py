@@ -589,18 +589,24 @@ def parse_rescale(text: str | None) -> tuple[float, float] | None:
 def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
     """`west,south,east,north` in degrees (OGC API's bbox order), or None. West above east is a
     box across the antimeridian."""
-    if text is None:
-        return None
+    return None if text is None else parse_box(text, 180, 90, "degrees")
+
+
+def parse_box(text: str, x_limit: float, y_limit: float, units: str) -> tuple[float, float, float, float]:
+    """`west,south,east,north` in `units`: x within +-x_limit (west above east across the
+    antimeridian), south below north within +-y_limit; a 422 saying which rule a box breaks."""
     try:
         west, south, east, north = (NUMBER.validate_python(v) for v in text.split(","))
     except ValueError:
         raise HTTPException(
-            422, f"bbox must be four numbers west,south,east,north in degrees, not {shown(text)}"
+            422, f"bbox must be four numbers west,south,east,north in {units}, not {shown(text)}"
         ) from None
-    if not (-180 <= west <= 180 and -180 <= east <= 180) or west == east:  # NaN fails every comparison
-        raise HTTPException(422, f"bbox needs west and east in -180..180 and apart, got {shown(text)}")
-    if not -90 <= south < north <= 90:
-        raise HTTPException(422, f"bbox needs -90 <= south < north <= 90, got {shown(text)}")
+    if not (-x_limit <= west <= x_limit and -x_limit <= east <= x_limit) or west == east:  # NaN fails them all
+        raise HTTPException(
+            422, f"bbox needs west and east in -{x_limit:.10g}..{x_limit:.10g} and apart, got {shown(text)}"
+        )
+    if not -y_limit <= south < north <= y_limit:
+        raise HTTPException(422, f"bbox needs -{y_limit:.10g} <= south < north <= {y_limit:.10g}, got {shown(text)}")
     return west, south, east, north
 
 
