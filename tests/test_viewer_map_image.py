@@ -121,6 +121,15 @@ def test_png_of_this_view_follows_the_state_and_the_view(browser, server):  # no
         page.set_viewport_size({"width": 1000, "height": 600})  # the canvas is resized: the size follows
         wait_until(page, f"{LINK}.includes('width=1000&height=600')")
 
+        # A rotated or tilted map is not the north-up, flat image: no link until it is turned back.
+        for turn in ("setBearing(30)", "setPitch(40)"):
+            page.evaluate(f"window.soundscape.map.{turn}")
+            wait_until(page, f"{LINK} === null")
+            assert "rotated or tilted" in page.get_attribute("#map-image", "title")
+            page.evaluate("window.soundscape.map.jumpTo({bearing: 0, pitch: 0})")
+            wait_until(page, f"{LINK} !== null")
+            assert "rotated" not in page.get_attribute("#map-image", "title")
+
         # A query the server refuses leaves none: no link on a query's layer, as no Copy XYZ URL.
         page.route("**/queries", lambda route: route.fulfill(status=500, json={"detail": "the server failed"}))
         page.fill("#text", "waves")

@@ -768,11 +768,17 @@ function mapImageUrl(bounds, width, height) {
 }
 
 // "PNG of this view": a download of mapImageUrl for the map's view and canvas; no href (nothing
-// to follow) while there is no layer.
+// to follow) while there is no layer, or while the map is rotated or tilted: the image is north
+// up and flat, so it would not be the view.
+const TURNED = "the map is rotated or tilted: turn it north up and flat (right-drag, ctrl-drag) for a PNG of the view";
+let mapImageTitle = null;
 function showMapImage(map) {
   const canvas = map.getCanvas();
-  const url = mapImageUrl(map.getBounds(), canvas.clientWidth, canvas.clientHeight);
+  const turned = map.getBearing() !== 0 || map.getPitch() !== 0;
+  const url = turned ? null : mapImageUrl(map.getBounds(), canvas.clientWidth, canvas.clientHeight);
   const link = $("map-image");
+  mapImageTitle ??= link.title;
+  link.title = turned && hasLayer() ? TURNED : mapImageTitle;
   if (url) link.href = url;
   else link.removeAttribute("href");
   link.setAttribute("aria-disabled", String(!url));
