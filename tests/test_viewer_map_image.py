@@ -141,6 +141,19 @@ def test_png_of_this_view_follows_the_state_and_the_view(browser, server):  # no
         page.close()
 
 
+def test_on_a_high_dpi_screen_the_png_has_the_screens_pixels(browser, server):  # noqa: F811
+    page = open_page(browser, server, "/#layer=uncertainty&map=3.5/45/10", pixel_ratio=2)
+    try:
+        wait_until(page, LINK)
+        width, height = page.evaluate(CANVAS)
+        params = link_of(page.evaluate(LINK))[1]
+        assert (int(params["width"]), int(params["height"])) == (2 * width, 2 * height) == (1800, 1400)
+        answer = httpx.get(page.evaluate(LINK), timeout=60)
+        assert answer.status_code == 200 and Image.open(io.BytesIO(answer.content)).size == (1800, 1400)
+    finally:
+        page.close()
+
+
 def mercator_y(lat: float) -> float:
     return math.log(math.tan(math.pi / 4 + math.radians(lat) / 2))
 

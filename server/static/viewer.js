@@ -742,7 +742,7 @@ function viewBox(bounds) {
 
 // The image of the layer as the map shows it: GET /collections/{layer}/map with the tiles'
 // parameters (the collection names the layer), the view's box in degrees and crs=EPSG:3857, so
-// its pixels lie as the map's do. Its size is the canvas's CSS pixels, but for the part of the
+// its pixels lie as the map's do. Its size is the view's, `width` x `height` pixels, but for the part of the
 // view that is no map: beyond Web Mercator's latitudes (±85.0511), and every world past the
 // first once the view spans more than one (the image is then -180..180). A side over the
 // route's 2048 pixels scales both down, keeping the aspect. Null when no layer is drawn.
@@ -767,7 +767,8 @@ function mapImageUrl(bounds, width, height) {
   return `${base}/collections/${state.layer}/map?${params}`;
 }
 
-// "PNG of this view": a download of mapImageUrl for the map's view and canvas; no href (nothing
+// "PNG of this view": a download of mapImageUrl for the map's view and canvas, in the screen's
+// pixels (CSS pixels times the device pixel ratio); no href (nothing
 // to follow) while there is no layer, or while the map is rotated or tilted: the image is north
 // up and flat, so it would not be the view.
 const TURNED = "the map is rotated or tilted: turn it north up and flat (right-drag, ctrl-drag) for a PNG of the view";
@@ -775,7 +776,8 @@ let mapImageTitle = null;
 function showMapImage(map) {
   const canvas = map.getCanvas();
   const turned = map.getBearing() !== 0 || map.getPitch() !== 0;
-  const url = turned ? null : mapImageUrl(map.getBounds(), canvas.clientWidth, canvas.clientHeight);
+  const ratio = window.devicePixelRatio || 1;  // the screen's pixels: a high-DPI screen's PNG is as sharp as its map
+  const url = turned ? null : mapImageUrl(map.getBounds(), canvas.clientWidth * ratio, canvas.clientHeight * ratio);
   const link = $("map-image");
   mapImageTitle ??= link.title;
   link.title = turned && hasLayer() ? TURNED : mapImageTitle;
