@@ -16,11 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import mercantile
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.provenance import dumps, provenance
 from benchmarks.run import VIEWPORT, load, p50_ms, running, soundscape, timed_gets, viewport_once
-from server.maps import HALF_WORLD
 
 ZOOM = VIEWPORT[0][0]
 COLUMNS = sorted({x for _, x, _ in VIEWPORT})
@@ -29,10 +30,8 @@ ROWS = sorted({y for _, _, y in VIEWPORT})
 
 def viewport_box() -> tuple[float, float, float, float]:
     """The viewport's tiles' box in Web Mercator metres (west, south, east, north)."""
-    tile = 2 * HALF_WORLD / (1 << ZOOM)
-    west, east = -HALF_WORLD + COLUMNS[0] * tile, -HALF_WORLD + (COLUMNS[-1] + 1) * tile
-    north, south = HALF_WORLD - ROWS[0] * tile, HALF_WORLD - (ROWS[-1] + 1) * tile
-    return west, south, east, north
+    first, last = mercantile.xy_bounds(COLUMNS[0], ROWS[0], ZOOM), mercantile.xy_bounds(COLUMNS[-1], ROWS[-1], ZOOM)
+    return first.left, last.bottom, last.right, first.top
 
 
 def map_url(query: str) -> str:

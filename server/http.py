@@ -8,7 +8,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -297,6 +297,12 @@ def unchanged_since(request: Request, response: Response, etag: str, control: st
     return Response(status_code=304, headers={"ETag": etag, "Cache-Control": control, "Last-Modified": modified})
 
 
+def held(request: Request, etag: str, kind: CachingKind) -> Response | None:
+    """The 412 or 304 a request gets from an entity tag known before its body is made (a tile's
+    name), so that neither is rendered for nothing; None when the body is to be sent."""
+    return precondition_failed(request, etag) or not_modified(request, etag, cache_control(request, kind))
+
+
 def conditional(request: Request, response: Response, kind: CachingKind, etag: str | None = None) -> Response:
     """`response` with its kind's Cache-Control and ETag (`etag`, else its body's), a 412 when
     If-Match or If-Unmodified-Since fails (`precondition_failed`), or a 304 when
@@ -539,25 +545,27 @@ class HttpPolicy:
             latency.observe(time.perf_counter() - began)
 
 
+def weighted(header: str) -> Iterator[tuple[str, float]]:
+    """Each entry of a header of weighted values (Accept, Accept-Encoding; RFC 9110 12.4.2):
+    its value, lowercased, and its quality: 1 when none is given, 0 when it cannot be read."""
+    for entry in header.split(","):
+        value, *params = (part.strip() for part in entry.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, number = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(number)
+                except ValueError:
+                    quality = 0.0
+        yield value.lower(), quality
+
+
 def gzip_accepted(accept_encoding: str) -> bool:
     """Whether Accept-Encoding names gzip (or x-gzip) with a quality above 0 (RFC 9110 12.5.3):
     `gzip;q=0` says the client cannot read it. An unreadable quality counts as 0 (identity is
     always readable); `*` alone is not taken as gzip, as Starlette never took it."""
-    for entry in accept_encoding.split(","):
-        coding, *params = (part.strip() for part in entry.split(";"))
-        if coding.lower() not in ("gzip", "x-gzip"):
-            continue
-        quality = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if 0.0 < quality <= 1.0:
-            return True
-    return False
+    return any(coding in ("gzip", "x-gzip") and 0.0 < q <= 1.0 for coding, q in weighted(accept_encoding))
 
 
 class NegotiatedGZip(GZipMiddleware):

@@ -18,7 +18,7 @@ import numpy as np
 from fastapi import Depends, HTTPException, Query
 from starlette.types import Scope
 
-from runtime.tiles import MERCATOR_LAT_LIMIT
+from runtime.tiles import EARTH_CIRCUMFERENCE_M, EARTH_RADIUS_M, MERCATOR_LAT_LIMIT, mercator_pixel_size
 from server import render
 from server.cache import digest
 from server.http import Refusals
@@ -36,8 +36,7 @@ CRS_NAMES = {
 }
 MAX_SIDE = 2048  # pixels a side: the server faces the open internet
 DEFAULT_SIDE = 1024  # the longer side of a map asked with neither width nor height
-RADIUS = 6378137.0  # Web Mercator's sphere
-HALF_WORLD = math.pi * RADIUS  # Web Mercator's x at the antimeridian, and its y at MERCATOR_LAT_LIMIT
+HALF_WORLD = EARTH_CIRCUMFERENCE_M / 2  # Web Mercator's x at the antimeridian, and its y at MERCATOR_LAT_LIMIT
 SLACK_M = 1e-6  # metres a Web Mercator bbox may reach past the world's edge (a float's rounding)
 # The formats a map is served in: those the tiles serve as images, and their encoders.
 ENCODERS = {"png": render.encode_png, "webp": render.encode_webp}
@@ -65,7 +64,7 @@ class MapRequest:
     def spans(self) -> tuple[float, float]:
         """The box's width and height in the CRS's units, across the antimeridian too."""
         west, south, east, north = self.bbox
-        world = 360.0 if self.crs == CRS84 else 2 * HALF_WORLD
+        world = 360.0 if self.crs == CRS84 else EARTH_CIRCUMFERENCE_M
         return (east - west) % world or world, north - south
 
     @property
@@ -101,14 +100,14 @@ LAT_RANGE = (-MERCATOR_LAT_LIMIT, MERCATOR_LAT_LIMIT)
 
 
 def mercator_x(lon: np.ndarray) -> np.ndarray:
-    return np.radians(lon) * RADIUS
+    return np.radians(lon) * EARTH_RADIUS_M
 
 
 def mercator_y(lat: np.ndarray) -> np.ndarray:
     """Web Mercator y of latitudes in degrees, NaN beyond MERCATOR_LAT_LIMIT (no tile there)."""
     lat = np.asarray(lat, dtype=np.float64)
     inside = np.abs(lat) <= MERCATOR_LAT_LIMIT
-    y = RADIUS * np.log(np.tan(np.pi / 4 + np.radians(np.where(inside, lat, 0.0)) / 2))
+    y = EARTH_RADIUS_M * np.log(np.tan(np.pi / 4 + np.radians(np.where(inside, lat, 0.0)) / 2))
     return np.where(inside, y, np.nan)
 
 
@@ -151,8 +150,8 @@ def to_crs(box: Box, given: str, crs: str) -> Box:
         low, high = np.clip([low, high], -HALF_WORLD, HALF_WORLD)
         return float(xs[0]), float(low), float(xs[1]), float(high)
     # Within the world's edges: a float's rounding past 180 would wrap the box round the world.
-    lons = np.clip(np.degrees(np.asarray([west, east]) / RADIUS), -180.0, 180.0)
-    lats = np.degrees(np.arctan(np.sinh(np.asarray([south, north]) / RADIUS)))
+    lons = np.clip(np.degrees(np.asarray([west, east]) / EARTH_RADIUS_M), -180.0, 180.0)
+    lats = np.degrees(np.arctan(np.sinh(np.asarray([south, north]) / EARTH_RADIUS_M)))
     return float(lons[0]), float(lats[0]), float(lons[1]), float(lats[1])
 
 
@@ -219,7 +218,8 @@ class MapParams:
     ] = None
 
     def validated(self, service: SoundscapeService, refusals: Refusals | None = None) -> MapRequest:
-        """The map asked: one 422 naming every bad parameter (those in `refusals` too)."""
+        """The map asked: one 422 naming every bad parameter (those in `refusals` too). What
+        server/params.py's refusal handler calls on each parameter set of a refused request."""
         refusals = Refusals() if refusals is None else refusals
         asked = self.checked(service, refusals)
         refusals.raise_any()
@@ -289,7 +289,7 @@ class Plan:
     @classmethod
     def at(cls, asked: MapRequest, zoom: int, size: int) -> Plan:
         xs, ys = asked.centres()
-        pixel = 2 * HALF_WORLD / (size << zoom)
+        pixel = mercator_pixel_size(zoom, size)
         columns = np.floor((xs + HALF_WORLD) / pixel).astype(np.int64)
         rows = np.floor((HALF_WORLD - np.nan_to_num(ys, nan=HALF_WORLD)) / pixel).astype(np.int64)
         rows = np.where(np.isnan(ys), -1, np.clip(rows, 0, (size << zoom) - 1))
@@ -301,7 +301,7 @@ class Plan:
         `zooms`, and coarser still while it needs more than `max_tiles` (a CRS84 map spanning many
         latitudes has finer rows near the equator than near the poles)."""
         lo, hi = zooms
-        ratio = 2 * HALF_WORLD / (size * asked.resolution())
+        ratio = EARTH_CIRCUMFERENCE_M / (size * asked.resolution())
         zoom = hi if not ratio < 2.0**hi else max(lo, math.ceil(math.log2(ratio) - 1e-9))
         plan = cls.at(asked, zoom, size)
         while plan.zoom > 0 and len(plan.tiles()) > max_tiles(size):

@@ -18,11 +18,10 @@ from server.http import (
     BINARY,
     TEXT,
     Refusals,
-    cache_control,
     conditional,
     errors,
-    not_modified,
-    precondition_failed,
+    held,
+    if_none_match_tags,
 )
 from server.params import (
     DEFAULT_LAYER,
@@ -619,13 +618,13 @@ async def collection_map(
     [(tile, text)] = of_layer.validated(service, refusals)  # raises every refusal, the map's too
     assert drawn is not None
     await check_query(service, of_layer)
-    if text is not None:
-        service.check_text(text)  # before a 304: a text the model knows no word of is a 422
+    if text is not None and "*" in if_none_match_tags(request):
+        service.check_text(text)  # 422 for a text the model knows no word of, as without the header
     plan = maps.Plan.of(drawn, tile.size, of_layer.zooms(service))
     etag = f'"{plan.name(drawn, service.tile_name(replace(tile, fmt=drawn.fmt)))}"'
-    held = precondition_failed(request, etag) or not_modified(request, etag, cache_control(request, "tile"))
-    if held is not None:
-        return held
+    answer = held(request, etag, "tile")
+    if answer is not None:
+        return answer
     body = await maps.draw(service, drawn, plan, tile, text)
     headers = {"Content-Crs": f"<{drawn.crs}>", "Content-Bbox": drawn.content_bbox}
     return conditional(request, Response(body, media_type=FORMATS[drawn.fmt], headers=headers), "tile", etag)

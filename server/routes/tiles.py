@@ -15,12 +15,10 @@ from fastapi.responses import Response
 from server.engine import GRID
 from server.http import (
     BINARY,
-    cache_control,
     conditional,
     errors,
+    held,
     if_none_match_tags,
-    not_modified,
-    precondition_failed,
 )
 from server.params import (
     Format,
@@ -64,9 +62,9 @@ async def _tile(
         service.check_text(text)  # 422 for a text the model knows no word of, as without the header
     name = service.tile_name(tile)
     etag = f'"{name}"'
-    held = precondition_failed(request, etag) or not_modified(request, etag, cache_control(request, "tile"))
-    if held is not None:
-        return held
+    answer = held(request, etag, "tile")
+    if answer is not None:
+        return answer
     body = await service.tile(tile, text, name)
     return conditional(request, Response(body, media_type=FORMATS[fmt]), "tile", etag)
 

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from server.http import BINARY, conditional, errors
+from server.http import BINARY, conditional, errors, weighted
 from server.params import TILE_SIZES, Integer, Scale, check_tile
 from server.routes.deps import ServiceDep
 from server.routes.meta import landing_page
@@ -51,16 +51,7 @@ def prefers_json(accept: str) -> bool:
     specific range that matches a type gives its quality). A browser's, `*/*` or none: no."""
     quality = {"application/json": 0.0, "text/html": 0.0}
     specificity = dict.fromkeys(quality, -1)
-    for entry in accept.split(","):
-        media_range, *params = (part.strip().lower() for part in entry.split(";"))
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
+    for media_range, q in weighted(accept):
         for media_type in quality:
             kind = media_type.split("/")[0]
             rank = {media_type: 2, f"{kind}/*": 1, "*/*": 0}.get(media_range, -1)
