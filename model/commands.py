@@ -49,13 +49,22 @@ def _run_config(path: str | Path):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.distributed import check_gpus, gpus, launch, machines, main_process, processes
-    from model.stopping import Interrupted, calm_after_stop
-    from model.train import fit
+    from model.distributed import check_gpus, exit_rank, gpus, launch, processes
 
     if args.processes > 1:
         check_gpus(args.processes, gpus())
         return launch(args.processes, _rank_command(args))
+    code = _train_here(args)
+    if processes() > 1:  # a rank of torchrun's (or of --processes) that trained, or stopped on a signal
+        exit_rank(code)
+    return code
+
+
+def _train_here(args: argparse.Namespace) -> int:
+    """Train in this process: alone, or as one rank of a multi-process run."""
+    from model.distributed import machines, main_process, processes
+    from model.stopping import Interrupted, calm_after_stop
+    from model.train import fit
 
     config = _run_config(args.config)
     out = Path(args.out or Path("runs") / Path(args.config).stem)

@@ -57,6 +57,31 @@ def test_soundscape_train_processes_on_too_few_gpus_exits_2_before_launching(mon
     assert not (tmp_path / "run").exists()
 
 
+def test_a_rank_exits_with_its_code_and_its_output_without_the_interpreters_teardown():
+    """A rank skips the teardown at exit (where gloo aborted a finished rank now and then), and
+    loses nothing it printed or logged: stdout to a pipe is buffered until flushed."""
+    script = (
+        "import atexit, logging, sys\n"
+        "from model.distributed import exit_rank\n"
+        "atexit.register(print, 'teardown ran')\n"
+        "logging.getLogger('run').warning('logged')\n"
+        "print('printed', end='')\n"
+        "sys.stderr.write('said')\n"
+        "exit_rank(3)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 3, run.stderr
+    assert run.stdout == "printed"
+    assert "logged" in run.stderr and "said" in run.stderr
+
+
 DDP_CASES = {
     "pcmepp": {},
     "infonce": {"train__loss": {"kind": "infonce"}},  # no log-variance head is read
