@@ -82,6 +82,17 @@ def test_png_of_this_view_is_the_layer_as_the_map_shows_it(browser, server):  # 
         difference = np.abs(flat - shot)[:, 320:].sum(axis=2)  # right of the panel
         apart = (difference > 60).mean()
         assert np.median(difference) <= 3 and apart < 0.04, (np.median(difference), apart)
+
+        # A map the server refuses is said in the status, not saved as its JSON under the PNG's name.
+        downloads = []
+        page.on("download", lambda download: downloads.append(download))
+        refused = url.replace("width=900", "width=4096")
+        assert httpx.get(refused, timeout=60).status_code == 422
+        page.evaluate("href => document.getElementById('map-image').setAttribute('href', href)", refused)
+        page.click("#map-image")
+        wait_until(page, "document.getElementById('status').textContent.startsWith('PNG of this view: 422')")
+        assert "width" in page.text_content("#status") and page.get_attribute("#status", "class") == "error"
+        assert downloads == []
         assert page.outside_requests() == []
     finally:
         page.close()

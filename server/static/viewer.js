@@ -653,6 +653,27 @@ function wirePanel(apply, setOpacity) {
       window.prompt("XYZ tile URL", url);
     }
   });
+  $("map-image").addEventListener("click", downloadMapImage);
+}
+
+// "PNG of this view" fetched first and saved from memory: followed as a plain link, a refusal (a
+// rate limit, a query too long) was saved under the .png name as its JSON; it is said instead.
+// The link keeps its href, to copy or open in a tab.
+async function downloadMapImage(event) {
+  const link = event.currentTarget;
+  if (!link.href) return;
+  event.preventDefault();
+  let image;
+  try {
+    const response = await fetch(link.href);
+    if (!response.ok) throw await refusal(response);
+    image = URL.createObjectURL(await response.blob());
+  } catch (error) {
+    return setStatus(`PNG of this view: ${error.message}`, true);
+  }
+  const save = Object.assign(document.createElement("a"), { href: image, download: link.download });
+  save.click();
+  setTimeout(() => URL.revokeObjectURL(image), 60_000);  // the download has its copy by then
 }
 
 const fmt = (value) => String(Number(Number(value).toPrecision(3)));
