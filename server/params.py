@@ -381,9 +381,23 @@ class Validated(Protocol):
 
 
 P = TypeVar("P", bound=Validated)
+E = TypeVar("E", bound=Callable[..., Any])
 # The parameters class each dependency of `in_event_loop` builds: a refusal names the bad
 # parameters of a route from it (`refused_detail`).
 PARAMS_CLASSES: dict[Callable[..., Any], type[Validated]] = {}
+# A route's own refusals of its request (`refusing`), beside its parameters classes': made in
+# every 422 of it, FastAPI's included, so that one names every bad parameter.
+ROUTE_REFUSALS: dict[Callable[..., Any], Callable[[Request, Refusals], None]] = {}
+
+
+def refusing(check: Callable[[Request, Refusals], None]) -> Callable[[E], E]:
+    """Have a route endpoint's 422s also make `check`'s refusals; the endpoint calls it itself."""
+
+    def register(endpoint: E) -> E:
+        ROUTE_REFUSALS[endpoint] = check
+        return endpoint
+
+    return register
 
 
 async def each_once(request: Request) -> None:
@@ -491,6 +505,7 @@ def refused_detail(request: Request, refusals: Refusals) -> str:
         values, bad_query = request_params_to_args(
             [p for d in dependants for p in d.query_params], request.query_params
         )
+        route_refusals(request, refusals)
         refuse_invalid(request, [*bad_path, *bad_query], refusals)
         for dependency in dependants:
             if dependency.call is not None and (cls := PARAMS_CLASSES.get(dependency.call)) is not None:
@@ -506,8 +521,18 @@ async def refuse_everything(request: Request, exc: RequestValidationError) -> JS
     """FastAPI's validation refused parameters before any rule of this module ran: one 422
     naming those and every other bad parameter."""
     refusals = Refusals()
+    route_refusals(request, refusals)
     refuse_invalid(request, exc.errors(), refusals)
     return error_response(422, refused_detail(request, refusals), limit=MAX_DETAIL_CHARS)
+
+
+def route_refusals(request: Request, refusals: Refusals) -> None:
+    """The route's own refusals (`refusing`), made before FastAPI's: the first sentence of a
+    parameter stands, and the route's says more (`layer` is no parameter of a collection, where
+    FastAPI's lists the layers)."""
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute) and (check := ROUTE_REFUSALS.get(route.endpoint)) is not None:
+        check(request, refusals)
 
 
 def in_event_loop(cls: type[P]) -> Callable[..., Awaitable[P]]:

@@ -196,6 +196,26 @@ def test_a_layer_that_needs_no_query_is_not_told_to_give_one(client):
     assert "hour must be an integer" in detail and "month must be an integer" in detail and "q (" not in detail
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/collections",
+        "/collections/contrast",
+        "/collections/contrast/tiles",
+        "/collections/contrast/tiles/WebMercatorQuad",
+        "/collections/contrast/map",
+    ],
+)
+@pytest.mark.parametrize("layer", ["heatmap", "bogus"])
+def test_layer_is_named_in_the_same_422_as_a_parameter_fastapi_refuses(client, path, layer):
+    """One 422 names every bad parameter: `layer` too when FastAPI refuses another first (hour
+    is not an integer), with the collections' own sentence even for a value no layer has."""
+    answer = client.get(path, params={"q": "birdsong", "hour": "dawn", "layer": layer})
+    detail = answer.json()["detail"]
+    assert answer.status_code == 422 and "hour must be an integer" in detail, answer.text
+    assert "layer is not a parameter of the collections" in detail and "layer must be" not in detail
+
+
 def test_the_links_follow_the_host_and_are_never_replayed_to_another(client):
     """Links from the Host header (server/urls.py): Vary: Host, and the tile fast path, which
     replays answers under /tiles/ by URL, never hands one host's links to another."""

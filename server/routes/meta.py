@@ -35,6 +35,7 @@ from server.params import (
     DocumentParamsDep,
     check_tms,
     echo,
+    refusing,
 )
 from server.queries import shown
 from server.render import FORMATS, VALUE_FORMATS, colormap_names, legend
@@ -481,16 +482,21 @@ CollectionId = Annotated[str, Path(alias="collectionId", description="A layer: c
 COLLECTION_RESPONSES = errors(404, 422, 503, notes={404: "Unknown collection, tile matrix set or query id."})
 
 
-def collection_refusals(request: Request) -> Refusals:
-    """A `layer` parameter refused, as the collections are the layers: the others are checked
-    after, so that one 422 names them all."""
-    refusals = Refusals()
+def refuse_layer(request: Request, refusals: Refusals) -> None:
+    """A `layer` parameter refused, as the collections are the layers."""
     if "layer" in request.query_params:
         refusals.refuse(
             "layer",
             "layer is not a parameter of the collections: each layer is a collection of its own "
             "(GET /collections lists them, /collections/{layer} is one)",
         )
+
+
+def collection_refusals(request: Request) -> Refusals:
+    """The collections' own refusals, made first: the other parameters are checked after, so that
+    one 422 names them all (FastAPI's 422s make them too: `refusing`)."""
+    refusals = Refusals()
+    refuse_layer(request, refusals)
     return refusals
 
 
@@ -526,6 +532,7 @@ def collection(base: str, params: DocumentParams, legend: dict, bounds: tuple[fl
     responses=COLLECTION_RESPONSES,
     summary="OGC API collections: one per map layer (contrast and heatmap with q or query; uncertainty always)",
 )
+@refusing(refuse_layer)
 async def collections(request: Request, service: ServiceDep, params: CapabilitiesParamsDep) -> Response:
     """Each layer the parameters allow, as WMTS lists them: one 422 naming every bad parameter."""
     refusals = collection_refusals(request)
@@ -545,6 +552,7 @@ async def collections(request: Request, service: ServiceDep, params: Capabilitie
     responses=COLLECTION_RESPONSES,
     summary="OGC API collection: a map layer, its extent and its tilesets",
 )
+@refusing(refuse_layer)
 async def layer_collection(
     collection_id: CollectionId, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
 ) -> Response:
@@ -561,6 +569,7 @@ async def layer_collection(
     responses=COLLECTION_RESPONSES,
     summary="OGC API - Tiles: the tilesets of a collection (a layer), one per tile matrix set",
 )
+@refusing(refuse_layer)
 async def collection_tilesets(
     collection_id: CollectionId, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
 ) -> Response:
@@ -574,6 +583,7 @@ async def collection_tilesets(
     responses=COLLECTION_RESPONSES,
     summary="OGC API - Tiles: a tileset of a collection (a layer), as /tiles/{tms} describes the query's",
 )
+@refusing(refuse_layer)
 async def collection_tileset(
     collection_id: CollectionId, tms: str, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
 ) -> Response:
@@ -602,6 +612,7 @@ MAP_RESPONSES: dict[int | str, dict] = {
     responses=MAP_RESPONSES,
     summary="OGC API - Maps: one image of a collection (a layer) over any box, drawn from its tiles",
 )
+@refusing(refuse_layer)
 async def collection_map(
     collection_id: CollectionId,
     request: Request,
