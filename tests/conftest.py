@@ -3,6 +3,7 @@ store built from them, and a real redis-server on a random loopback port."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -11,6 +12,13 @@ from pathlib import Path
 
 import pytest
 import redis
+
+# GDAL's WMTS and OGC API clients keep each tile they read on disk under its URL (rasterio's GDAL
+# in ~/.cache/gdalwmscache, from one run to the next) and read it from there again: a test server
+# on a port an earlier run's server had used, drawing other data, was read from that cache (a WMTS
+# test failed comparing the old tile with the new). Every GDAL here, in process or not, asks the
+# server.
+os.environ["GDAL_ENABLE_WMS_CACHE"] = "NO"
 
 # Europe and North Africa: sea, coast, forest, desert and ice in one small crop.
 FIXTURE_BBOX = (-12.0, 28.0, 36.0, 62.0)

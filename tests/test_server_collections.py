@@ -4,7 +4,6 @@ the XYZ route serves for its layer, they refuse what `/tiles/{tms}` refuses, and
 driver, against a real uvicorn, reads from a collection's URL the pixels of the XYZ tiles."""
 
 import io
-import os
 import re
 import shutil
 import subprocess
@@ -258,11 +257,8 @@ def server(bundle_path, store_path):
 
 
 def gdal(command: list[str] | str, cwd) -> None:
-    """Run a GDAL command in `cwd`, its WMS tile cache there (none shared between runs)."""
-    env = {**os.environ, "GDAL_DEFAULT_WMS_CACHE_PATH": str(cwd / "cache")}
-    done = subprocess.run(
-        command, cwd=cwd, env=env, shell=isinstance(command, str), capture_output=True, text=True, timeout=300
-    )
+    """Run a GDAL command in `cwd` (its tile cache off: tests/conftest.py)."""
+    done = subprocess.run(command, cwd=cwd, shell=isinstance(command, str), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (command, done.stdout[-500:], done.stderr[-500:])
 
 
