@@ -391,7 +391,8 @@ ROUTE_REFUSALS: dict[Callable[..., Any], Callable[[Request, Refusals], None]] = 
 
 
 def refusing(check: Callable[[Request, Refusals], None]) -> Callable[[E], E]:
-    """Have a route endpoint's 422s also make `check`'s refusals; the endpoint calls it itself."""
+    """Have a route endpoint's 422s make `check`'s refusals, FastAPI's too; the endpoint starts
+    its own from `request_refusals`."""
 
     def register(endpoint: E) -> E:
         ROUTE_REFUSALS[endpoint] = check
@@ -520,10 +521,16 @@ def refused_detail(request: Request, refusals: Refusals) -> str:
 async def refuse_everything(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's validation refused parameters before any rule of this module ran: one 422
     naming those and every other bad parameter."""
-    refusals = Refusals()
-    route_refusals(request, refusals)
+    refusals = request_refusals(request)
     refuse_invalid(request, exc.errors(), refusals)
     return error_response(422, refused_detail(request, refusals), limit=MAX_DETAIL_CHARS)
+
+
+def request_refusals(request: Request) -> Refusals:
+    """A request's refusals before its parameters are checked: its route's own (`refusing`)."""
+    refusals = Refusals()
+    route_refusals(request, refusals)
+    return refusals
 
 
 def route_refusals(request: Request, refusals: Refusals) -> None:

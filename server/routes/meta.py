@@ -36,6 +36,7 @@ from server.params import (
     check_tms,
     echo,
     refusing,
+    request_refusals,
 )
 from server.queries import shown
 from server.render import FORMATS, VALUE_FORMATS, colormap_names, legend
@@ -492,14 +493,6 @@ def refuse_layer(request: Request, refusals: Refusals) -> None:
         )
 
 
-def collection_refusals(request: Request) -> Refusals:
-    """The collections' own refusals, made first: the other parameters are checked after, so that
-    one 422 names them all (FastAPI's 422s make them too: `refusing`)."""
-    refusals = Refusals()
-    refuse_layer(request, refusals)
-    return refusals
-
-
 def layer_params(collection_id: str, params: DocumentParams) -> DocumentParams:
     """The parameters of the layer the collection `collection_id` is (404 for none such)."""
     layer = next((layer for layer in LAYERS if layer == collection_id), None)
@@ -535,7 +528,7 @@ def collection(base: str, params: DocumentParams, legend: dict, bounds: tuple[fl
 @refusing(refuse_layer)
 async def collections(request: Request, service: ServiceDep, params: CapabilitiesParamsDep) -> Response:
     """Each layer the parameters allow, as WMTS lists them: one 422 naming every bad parameter."""
-    refusals = collection_refusals(request)
+    refusals = request_refusals(request)
     layers = params.validated(service, refusals)
     base, query, bounds = base_url(request), request.url.query, service.store.bounds
     listed = []
@@ -557,7 +550,7 @@ async def layer_collection(
     collection_id: CollectionId, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
 ) -> Response:
     of_layer = layer_params(collection_id, params)
-    [(tile, text)] = of_layer.validated(service, collection_refusals(request))
+    [(tile, text)] = of_layer.validated(service, request_refusals(request))
     await check_query(service, of_layer)
     legend = await layer_legend(service, tile, text)
     document = collection(base_url(request), of_layer, legend, service.store.bounds, request.url.query)
@@ -575,7 +568,7 @@ async def collection_tilesets(
 ) -> Response:
     of_layer = layer_params(collection_id, params)
     tiles = f"/collections/{of_layer.layer}/tiles"
-    return await layer_tilesets(request, service, of_layer, tiles, collection_refusals(request))
+    return await layer_tilesets(request, service, of_layer, tiles, request_refusals(request))
 
 
 @router.get(
@@ -593,7 +586,7 @@ async def collection_tileset(
     the limits' rows; fixed by GDAL's pull request 8130)."""
     of_layer = layer_params(collection_id, params)
     tiles = f"/collections/{of_layer.layer}/tiles"
-    return await layer_tileset(request, service, of_layer, tms, tiles, collection_refusals(request), over_cells=False)
+    return await layer_tileset(request, service, of_layer, tms, tiles, request_refusals(request), over_cells=False)
 
 
 MAP_RESPONSES: dict[int | str, dict] = {
@@ -624,7 +617,7 @@ async def collection_map(
     and format (server/maps.py); one 422 names every bad parameter of both. The ETag is known
     before drawing, as a tile's."""
     of_layer = layer_params(collection_id, params)
-    refusals = collection_refusals(request)
+    refusals = request_refusals(request)
     drawn = asked.checked(service, refusals)
     [(tile, text)] = of_layer.validated(service, refusals)  # raises every refusal, the map's too
     assert drawn is not None
