@@ -29,12 +29,27 @@ def normalise_text(text: str) -> str:
 
 
 MAX_TEXT_LENGTH = 500
+
+
+def code_ranges(codes: Sequence[int]) -> str:
+    """Sorted code points as the inside of a regex character class, in \\uXXXX ranges: what
+    Python's re and OpenAPI's (ECMA-262) patterns both read."""
+    runs: list[list[int]] = []
+    for code in codes:
+        if runs and code == runs[-1][1] + 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    return "".join(f"\\u{lo:04x}" + (f"-\\u{hi:04x}" if hi > lo else "") for lo, hi in runs)
+
+
 # Unicode's control characters (Cc) but those str.split() takes for spaces (tab, newline, ...): a
 # NUL or an escape is no part of a text, and the tokenizer drops it, so each made another query
 # id and cache entry of the same map.
-CONTROL = re.compile(
-    "[" + "".join(re.escape(chr(c)) for c in (*range(0x20), *range(0x7F, 0xA0)) if not chr(c).isspace()) + "]"
-)
+CONTROL_CLASS = code_ranges([c for c in (*range(0x20), *range(0x7F, 0xA0)) if not chr(c).isspace()])
+CONTROL = re.compile(f"[{CONTROL_CLASS}]")
+# A text query_text takes, as an OpenAPI pattern: no such control character, and more than spaces.
+TEXT_PATTERN = f"^\\s*[^\\s{CONTROL_CLASS}][^{CONTROL_CLASS}]*$"
 
 
 class TextError(ValueError):

@@ -15,9 +15,10 @@ from runtime.bundle import Bundle
 from server import maps
 from server.engine import QueryMetadata
 from server.fastpath import FrontDoor, TileFastPath
-from server.http import HttpPolicy, NegotiatedGZip, errors, install_error_handlers
+from server.http import HttpPolicy, NegotiatedGZip, document_choices, errors, install_error_handlers
 from server.params import each_once, refuse_everything
 from server.ratelimit import Rate, RateLimit
+from server.render import colormap_names
 from server.routes import meta, queries, rest, tiles, viewer
 from server.routes.viewer import STATIC, StaticAssets
 from server.service import SoundscapeService
@@ -77,6 +78,14 @@ def create_app(settings: Settings) -> SoundscapeApp:
         app.include_router(router, dependencies=[Depends(each_once)], responses=errors(400, 422, 429))
     app.mount("/static", StaticAssets(directory=STATIC), name="static")
     install_error_handlers(app, refuse_everything)
+    document_choices(
+        app,
+        {
+            "colormap_name": ("ColormapName", colormap_names()),
+            "source": ("Source", bundle.sources.names),
+            "level": ("Level", sorted(store.levels)),
+        },
+    )
     # Middleware: the last added runs first. Images and .npy are not gzipped (no gain, CPU cost).
     app.add_middleware(
         NegotiatedGZip,  # Starlette's GZip, only for clients that accept gzip

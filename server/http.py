@@ -109,6 +109,31 @@ def document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to change the schema
 
 
+def document_choices(app: FastAPI, choices: dict[str, tuple[str, Sequence[str] | Sequence[int]]]) -> None:
+    """Make app.openapi() state the values of each query parameter the server checks against a
+    list it holds (`choices`: parameter -> (schema name, values); rio-tiler's colormaps, the
+    bundle's sources, the store's levels): one named schema in components, referenced by every
+    parameter of that name, so a schema-driven client offers only values taken and the document
+    states the list once."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        document = generate()  # FastAPI caches it: the edit below runs once
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        if all(name in schemas for name, _ in choices.values()):
+            return document
+        for name, values in choices.values():
+            kind = "integer" if all(isinstance(value, int) for value in values) else "string"
+            schemas[name] = {"type": kind, "enum": list(values), "title": name}
+        for operation in (op for ops in document["paths"].values() for op in ops.values()):
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "query" and parameter["name"] in choices:
+                    parameter["schema"] = {"$ref": f"#/components/schemas/{choices[parameter['name']][0]}"}
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def error_response(
     status: int, detail: str, headers: dict[str, str] | None = None, limit: int = MAX_SENTENCE_CHARS
 ) -> JSONResponse:

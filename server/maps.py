@@ -22,18 +22,17 @@ from runtime.tiles import EARTH_CIRCUMFERENCE_M, EARTH_RADIUS_M, MERCATOR_LAT_LI
 from server import render
 from server.cache import digest
 from server.http import Refusals
-from server.params import DIGITS, in_event_loop, parse_bbox, parse_box
+from server.params import DIGITS, in_event_loop, numbers_pattern, parse_bbox, parse_box
 from server.queries import shown
 from server.service import SoundscapeService, TileRequest
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 WEB_MERCATOR = "http://www.opengis.net/def/crs/EPSG/0/3857"
-# Each CRS under the names a client writes it (casefolded): its URI, its safe CURIE and the CURIE.
-CRS_NAMES = {
-    name.casefold(): uri
-    for uri, names in ((CRS84, ("[OGC:CRS84]", "OGC:CRS84")), (WEB_MERCATOR, ("[EPSG:3857]", "EPSG:3857")))
-    for name in (uri, *names)
-}
+# Each CRS under the names a client writes it: its URI, its safe CURIE and the CURIE (OpenAPI lists
+# them; each is taken in any case).
+CRS_SPELLINGS = {uri: (uri, f"[{curie}]", curie) for uri, curie in ((CRS84, "OGC:CRS84"), (WEB_MERCATOR, "EPSG:3857"))}
+CRS_NAMES = {name.casefold(): uri for uri, names in CRS_SPELLINGS.items() for name in names}
+CRS_ENUM = {"enum": [name for names in CRS_SPELLINGS.values() for name in names]}
 MAX_SIDE = 2048  # pixels a side: the server faces the open internet
 DEFAULT_SIDE = 1024  # the longer side of a map asked with neither width nor height
 HALF_WORLD = EARTH_CIRCUMFERENCE_M / 2  # Web Mercator's x at the antimeridian, and its y at MERCATOR_LAT_LIMIT
@@ -190,6 +189,7 @@ class MapParams:
             max_length=200,
             description="west,south,east,north in bbox-crs (default: the store's bounds); west > east crosses "
             "the antimeridian.",
+            json_schema_extra=numbers_pattern(4),
         ),
     ] = None
     width: Annotated[
@@ -210,11 +210,20 @@ class MapParams:
     f: Annotated[Literal["png", "webp"], Query(description="Image format: png (default) or webp.")] = "png"
     crs: Annotated[
         str | None,
-        Query(max_length=100, description=f"CRS of the map: {CRS84} (default) or {WEB_MERCATOR}."),
+        Query(
+            max_length=100,
+            description=f"CRS of the map: {CRS84} (default) or {WEB_MERCATOR}.",
+            json_schema_extra=CRS_ENUM,
+        ),
     ] = None
     bbox_crs: Annotated[
         str | None,
-        Query(alias="bbox-crs", max_length=100, description=f"CRS of bbox: {CRS84} (default) or {WEB_MERCATOR}."),
+        Query(
+            alias="bbox-crs",
+            max_length=100,
+            description=f"CRS of bbox: {CRS84} (default) or {WEB_MERCATOR}.",
+            json_schema_extra=CRS_ENUM,
+        ),
     ] = None
 
     def validated(self, service: SoundscapeService, refusals: Refusals | None = None) -> MapRequest:

@@ -25,10 +25,10 @@ from fastapi.routing import APIRoute
 from pydantic import BeforeValidator, TypeAdapter
 from pydantic_core import PydanticCustomError
 
-from runtime.text import MAX_TEXT_LENGTH
+from runtime.text import MAX_TEXT_LENGTH, TEXT_PATTERN
 from server.engine import CELLS_PER_TILE_LOG2, GRID, QUERY_LAYERS, QueryMetadata
 from server.http import INTEGER_SPELLING, MAX_DETAIL_CHARS, Refusals, Refused, error_response, refuse_invalid
-from server.queries import QueryError, is_query_id, shown, text_record
+from server.queries import ID_PATTERN, QueryError, is_query_id, shown, text_record
 from server.render import colormap_names
 from server.service import SoundscapeService, TileRequest
 from store.reader import Level
@@ -49,6 +49,17 @@ MAX_K = 1000  # /search's k
 # lat): Python's float() also reads other scripts' digits (Arabic-Indic 10 is 10), which /point refuses.
 # Its ValidationError is a ValueError.
 NUMBER = TypeAdapter(float)
+# A decimal number as OpenAPI states it for rescale= and bbox=: what a schema-driven client writes.
+# The server reads a few more spellings (float()'s: ' 1', '1_0', 'inf'), each refused or read alike.
+DECIMAL_NUMBER = r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?"
+
+
+def numbers_pattern(count: int) -> dict[str, str]:
+    """The OpenAPI `pattern` of `count` comma-separated decimal numbers (a parameter's
+    json_schema_extra: the schema states it, the route's own rules refuse with a sentence)."""
+    return {"pattern": "^" + ",".join([DECIMAL_NUMBER] * count) + "$"}
+
+
 # An integer parameter (query or path) is written in decimal digits, one spelling per number, as
 # OpenAPI's `integer` is serialised: pydantic alone also reads 512.0, +6, ' 6', 06 and 1_0, and
 # each spelling was another URL of the same tile for the fast path and the front door to keep.
@@ -117,9 +128,12 @@ TextParam = Annotated[
         max_length=MAX_SENT_TEXT,
         description=f"Text query, e.g. birdsong: at most {MAX_TEXT_LENGTH} characters once case-folded "
         "and single-spaced, as POST /queries takes it.",
+        json_schema_extra={"pattern": TEXT_PATTERN},
     ),
 ]
-QueryIdParam = Annotated[str | None, Query(description="A query id returned by POST /queries.")]
+QueryIdParam = Annotated[
+    str | None, Query(description="A query id returned by POST /queries.", json_schema_extra={"pattern": ID_PATTERN})
+]
 # The values hour and month take: declared here, and so in OpenAPI, the 422s and GET /metadata.
 HOURS = (0, 23)
 MONTHS = (1, 12)
@@ -174,7 +188,10 @@ class StyleParams(QueryParams):
         ),
     ] = DEFAULT_LAYER
     colormap_name: Annotated[str | None, Query(max_length=64, description="A rio-tiler colormap name.")] = None
-    rescale: Annotated[str | None, Query(max_length=64, description="min,max of the colour scale.")] = None
+    rescale: Annotated[
+        str | None,
+        Query(max_length=64, description="min,max of the colour scale.", json_schema_extra=numbers_pattern(2)),
+    ] = None
 
     def validated(
         self, service: SoundscapeService, refusals: Refusals | None = None
@@ -289,6 +306,15 @@ class CapabilitiesParams(DocumentParams):
         ]
 
 
+@dataclass
+class CollectionParams(CapabilitiesParams):
+    """An OGC collection route's parameters: a capabilities document's but `layer`, which the
+    collection names. The route refuses a `layer` given (meta.refuse_layer), so the OpenAPI
+    document does not list it."""
+
+    layer: Annotated[Layer, Query(include_in_schema=False)] = DEFAULT_LAYER
+
+
 @dataclass(frozen=True)
 class Asked:
     """What /point and /search are asked: the query, its metadata, the level and /search's bbox."""
@@ -301,7 +327,9 @@ class Asked:
 
 # The names of the one CRS coordinates are given in (longitude, latitude in degrees), as TiTiler's
 # coord_crs spells it: another would place the point elsewhere, were it ignored.
-DEGREES_CRS = ("epsg:4326", "ogc:crs84", "http://www.opengis.net/def/crs/ogc/1.3/crs84")
+# OpenAPI lists these spellings; each is taken in any case.
+DEGREES_CRS = ("EPSG:4326", "OGC:CRS84", "http://www.opengis.net/def/crs/OGC/1.3/CRS84")
+DEGREES_CRS_FOLDED = frozenset(name.casefold() for name in DEGREES_CRS)
 
 
 @dataclass
@@ -313,13 +341,14 @@ class PointParams(QueryParams):
             max_length=64,
             description="CRS of the coordinates, as TiTiler names it: EPSG:4326 or OGC:CRS84 (longitude, "
             "latitude in degrees), the only one taken and the default.",
+            json_schema_extra={"enum": list(DEGREES_CRS)},
         ),
     ] = None
 
     def validated(self, service: SoundscapeService, refusals: Refusals | None = None) -> Asked:
         """The query, metadata, level and box asked for: one 422 naming every bad parameter."""
         refusals = Refusals() if refusals is None else refusals
-        if self.coord_crs is not None and self.coord_crs.casefold() not in DEGREES_CRS:
+        if self.coord_crs is not None and self.coord_crs.casefold() not in DEGREES_CRS_FOLDED:
             refusals.refuse(
                 "coord_crs",
                 f"coord_crs must be EPSG:4326 or OGC:CRS84 (longitude, latitude in degrees), not "
@@ -365,6 +394,7 @@ class SearchParams(PointParams):
             max_length=200,
             description="west,south,east,north in degrees: rank every cell whose centre lies in the box, "
             "and only those (west > east crosses the antimeridian).",
+            json_schema_extra=numbers_pattern(4),
         ),
     ] = None
 
@@ -560,6 +590,7 @@ TileParamsDep = Annotated[TileParams, Depends(in_event_loop(TileParams))]
 StyleParamsDep = Annotated[StyleParams, Depends(in_event_loop(StyleParams))]
 DocumentParamsDep = Annotated[DocumentParams, Depends(in_event_loop(DocumentParams))]
 CapabilitiesParamsDep = Annotated[CapabilitiesParams, Depends(in_event_loop(CapabilitiesParams))]
+CollectionParamsDep = Annotated[CollectionParams, Depends(in_event_loop(CollectionParams))]
 PointParamsDep = Annotated[PointParams, Depends(in_event_loop(PointParams))]
 SearchParamsDep = Annotated[SearchParams, Depends(in_event_loop(SearchParams))]
 

@@ -22,6 +22,7 @@ from runtime.text import TextError, query_text
 from server.engine import QueryEmbedding
 
 ID_LENGTH = 16
+ID_PATTERN = f"^[0-9a-f]{{{ID_LENGTH}}}$"  # is_query_id's rule, as OpenAPI states it
 SHOWN_INPUT_CHARS = 40  # a client's value is quoted back in an error up to this length
 # Uploads are checked against these from the header, before any decode or resampling, so a small
 # file cannot cost much memory or CPU: decoding holds frames x channels float32 samples.

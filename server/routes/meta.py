@@ -31,6 +31,7 @@ from server.params import (
     TMS_IDS,
     CapabilitiesParams,
     CapabilitiesParamsDep,
+    CollectionParamsDep,
     DocumentParams,
     DocumentParamsDep,
     check_tms,
@@ -526,7 +527,7 @@ def collection(base: str, params: DocumentParams, legend: dict, bounds: tuple[fl
     summary="OGC API collections: one per map layer (contrast and heatmap with q or query; uncertainty always)",
 )
 @refusing(refuse_layer)
-async def collections(request: Request, service: ServiceDep, params: CapabilitiesParamsDep) -> Response:
+async def collections(request: Request, service: ServiceDep, params: CollectionParamsDep) -> Response:
     """Each layer the parameters allow, as WMTS lists them: one 422 naming every bad parameter."""
     refusals = request_refusals(request)
     layers = params.validated(service, refusals)
@@ -547,7 +548,7 @@ async def collections(request: Request, service: ServiceDep, params: Capabilitie
 )
 @refusing(refuse_layer)
 async def layer_collection(
-    collection_id: CollectionId, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
+    collection_id: CollectionId, request: Request, service: ServiceDep, params: CollectionParamsDep
 ) -> Response:
     of_layer = layer_params(collection_id, params)
     [(tile, text)] = of_layer.validated(service, request_refusals(request))
@@ -564,7 +565,7 @@ async def layer_collection(
 )
 @refusing(refuse_layer)
 async def collection_tilesets(
-    collection_id: CollectionId, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
+    collection_id: CollectionId, request: Request, service: ServiceDep, params: CollectionParamsDep
 ) -> Response:
     of_layer = layer_params(collection_id, params)
     tiles = f"/collections/{of_layer.layer}/tiles"
@@ -578,7 +579,7 @@ async def collection_tilesets(
 )
 @refusing(refuse_layer)
 async def collection_tileset(
-    collection_id: CollectionId, tms: str, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
+    collection_id: CollectionId, tms: str, request: Request, service: ServiceDep, params: CollectionParamsDep
 ) -> Response:
     """As /tiles/{tms} but for every tile of each zoom: GDAL 3.6's OGCAPI driver, which opens a
     collection, reads a zoom only with its limits and draws its tiles out of place unless they are
@@ -610,7 +611,7 @@ async def collection_map(
     collection_id: CollectionId,
     request: Request,
     service: ServiceDep,
-    params: CapabilitiesParamsDep,
+    params: CollectionParamsDep,
     asked: maps.MapParamsDep,
 ) -> Response:
     """The tiles' parameters pick the layer's values and colours, the map's the box, CRS, size

@@ -6,18 +6,20 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Iterable
 from contextlib import nullcontext
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, Response
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from runtime.text import MAX_TEXT_LENGTH, TEXT_PATTERN
 from server.engine import QueryEmbedding, QueryMetadata
 from server.http import conditional, errors
 from server.params import spelling
-from server.queries import QueryRecord, is_query_id
+from server.queries import ID_PATTERN, QueryRecord, is_query_id
 from server.routes.deps import ServiceDep, SettingsDep
 from server.service import SoundscapeService, UploadBytes
 from server.settings import MB
@@ -28,6 +30,8 @@ AUDIO_TYPES = ("audio/", "application/octet-stream")
 # {"text": ...} with 500 characters, each escaped as \uXXXX, fits; only a flat object is asked for.
 MAX_JSON_BYTES = 8 * 1024
 MAX_JSON_DEPTH = 8
+# A text as the schema states it: a word at least (not only spaces), within the length it is held to.
+TEXT_SCHEMA = {"type": "string", "maxLength": MAX_TEXT_LENGTH, "pattern": TEXT_PATTERN}
 REQUEST_BODY = {
     "requestBody": {
         "required": True,
@@ -36,14 +40,14 @@ REQUEST_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["text"],
-                    "properties": {"text": {"type": "string", "maxLength": 500}},
+                    "properties": {"text": TEXT_SCHEMA},
                     "additionalProperties": False,
                 }
             },
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"text": {"type": "string"}, "file": {"type": "string", "format": "binary"}},
+                    "properties": {"text": TEXT_SCHEMA, "file": {"type": "string", "format": "binary"}},
                     "additionalProperties": False,
                 }
             },
@@ -280,7 +284,9 @@ async def _register_body(request: Request, service: SoundscapeService, content_t
 
 
 @router.get("/queries/{query_id}", responses=errors(404, 422, 503, notes={404: "Unknown query id."}))
-async def get_query(query_id: str, request: Request, service: ServiceDep) -> Response:
+async def get_query(
+    query_id: Annotated[str, Path(json_schema_extra={"pattern": ID_PATTERN})], request: Request, service: ServiceDep
+) -> Response:
     """A registered query: its kind, normalised text or audio facts, uncertainty and links."""
     if not is_query_id(query_id):
         raise HTTPException(404, f"{query_id!r} is not a query id (16 hex digits from POST /queries)")
