@@ -41,9 +41,12 @@ def client(bundle_path, store_path):
 def integer_parameters(client) -> list[tuple[str, str, str]]:
     """(path template, in, name) of every integer parameter of every GET operation."""
     found = []
-    for template, operations in client.get("/openapi.json").json()["paths"].items():
+    document = client.get("/openapi.json").json()
+    for template, operations in document["paths"].items():
         for parameter in operations.get("get", {}).get("parameters", []):
             schema = parameter["schema"]
+            if "$ref" in schema:  # a list the server holds, named once in components (the store's levels)
+                schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
             if any(s.get("type") == "integer" for s in schema.get("anyOf", [schema])):
                 found.append((template, parameter["in"], parameter["name"]))
     return found
