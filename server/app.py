@@ -13,10 +13,10 @@ from threadpoolctl import threadpool_limits
 
 from runtime.bundle import Bundle
 from server import maps
-from server.engine import QueryMetadata
+from server.engine import LAYERS, QueryMetadata
 from server.fastpath import FrontDoor, TileFastPath
 from server.http import HttpPolicy, NegotiatedGZip, document_choices, errors, install_error_handlers
-from server.params import each_once, refuse_everything
+from server.params import TMS_IDS, each_once, refuse_everything
 from server.ratelimit import Rate, RateLimit
 from server.render import colormap_names
 from server.routes import meta, queries, rest, tiles, viewer
@@ -84,6 +84,8 @@ def create_app(settings: Settings) -> SoundscapeApp:
             "colormap_name": ("ColormapName", colormap_names()),
             "source": ("Source", bundle.sources.names),
             "level": ("Level", sorted(store.levels)),
+            "tms": ("TileMatrixSetId", TMS_IDS),
+            "collectionId": ("CollectionId", LAYERS),
         },
     )
     # Middleware: the last added runs first. Images and .npy are not gzipped (no gain, CPU cost).

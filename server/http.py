@@ -110,11 +110,11 @@ def document_errors(app: FastAPI) -> None:
 
 
 def document_choices(app: FastAPI, choices: dict[str, tuple[str, Sequence[str] | Sequence[int]]]) -> None:
-    """Make app.openapi() state the values of each query parameter the server checks against a
-    list it holds (`choices`: parameter -> (schema name, values); rio-tiler's colormaps, the
-    bundle's sources, the store's levels): one named schema in components, referenced by every
-    parameter of that name, so a schema-driven client offers only values taken and the document
-    states the list once."""
+    """Make app.openapi() state the values of each query or path parameter the server checks
+    against a list it holds (`choices`: parameter -> (schema name, values); rio-tiler's colormaps,
+    the bundle's sources, the store's levels, the tile matrix sets, the collections): one named
+    schema in components, referenced by every parameter of that name, so a schema-driven client
+    offers only values taken and the document states the list once."""
     generate = app.openapi
 
     def openapi() -> dict:
@@ -127,7 +127,7 @@ def document_choices(app: FastAPI, choices: dict[str, tuple[str, Sequence[str] |
             schemas[name] = {"type": kind, "enum": list(values), "title": name}
         for operation in (op for ops in document["paths"].values() for op in ops.values()):
             for parameter in operation.get("parameters", []):
-                if parameter["in"] == "query" and parameter["name"] in choices:
+                if parameter["in"] in ("query", "path") and parameter["name"] in choices:
                     parameter["schema"] = {"$ref": f"#/components/schemas/{choices[parameter['name']][0]}"}
         return document
 

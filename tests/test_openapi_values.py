@@ -1,5 +1,6 @@
 """What the OpenAPI document states of a parameter's values is what the server takes: the lists it
-checks against (colormaps, the bundle's sources, the store's levels, the CRS spellings) as enums, and the forms of
+checks against (colormaps, the bundle's sources, the store's levels, the tile matrix sets, the
+collections, the CRS spellings) as enums, and the forms of
 rescale, bbox, texts and query ids as patterns. A schema-driven client that keeps to them is not
 refused for the form of a value (docs/api.md, "OpenAPI")."""
 
@@ -25,14 +26,14 @@ def document(client):
     return client.get("/openapi.json").json()
 
 
-def parameters(document: dict, name: str) -> list[tuple[str, dict]]:
-    """(path, parameter) of every query parameter `name` in the document."""
+def parameters(document: dict, name: str, where: str = "query") -> list[tuple[str, dict]]:
+    """(path, parameter) of every parameter `name` in `where` (query or path) in the document."""
     return [
         (path, parameter)
         for path, operations in document["paths"].items()
         for operation in operations.values()
         for parameter in operation.get("parameters", [])
-        if parameter["name"] == name and parameter["in"] == "query"
+        if parameter["name"] == name and parameter["in"] == where
     ]
 
 
@@ -64,6 +65,25 @@ def test_the_lists_the_server_checks_against_are_the_schemas_enums(client, docum
         assert client.get(TILE, params={"q": "birdsong", name: value}).status_code == 200, value
     refused = client.get(TILE, params={"q": "birdsong", name: values[0] + "x"})
     assert refused.status_code == 422 and name in refused.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("name", "listed", "url"),
+    [
+        ("tms", "/tileMatrixSets", "/tiles/{}/3/4/2.png"),
+        ("collectionId", "/collections", "/collections/{}"),
+    ],
+)
+def test_the_path_parameters_a_list_names_are_its_enums(client, document, name, listed, url):
+    answer = client.get(listed, params={"q": "birdsong"}).json()
+    values = [entry["id"] for entry in answer["tileMatrixSets" if name == "tms" else "collections"]]
+    found = parameters(document, name, "path")
+    assert len(found) >= 4
+    for path, parameter in found:
+        assert schema_of(document, parameter)["enum"] == values, path
+    for value in values:
+        assert client.get(url.format(value), params={"q": "birdsong"}).status_code == 200, value
+    assert client.get(url.format("Other"), params={"q": "birdsong"}).status_code == 404
 
 
 def test_the_store_levels_are_the_level_enum(client, document, store_path):
