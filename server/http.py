@@ -83,6 +83,11 @@ CONNECTION_ERRORS = {
 }
 
 
+def operations(document: dict) -> Iterator[dict]:
+    """Every operation of an OpenAPI document, of every path and method."""
+    return (operation for methods in document["paths"].values() for operation in methods.values())
+
+
 def document_errors(app: FastAPI) -> None:
     """Make app.openapi() document every 4xx and 5xx response of every route, whoever declared
     it, as ErrorBody in application/json, in place of FastAPI's list-shaped 422 model (this
@@ -95,7 +100,7 @@ def document_errors(app: FastAPI) -> None:
         document = generate()  # FastAPI caches it: the edit below runs once
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
         if "ErrorBody" not in schemas:
-            for operation in (op for ops in document["paths"].values() for op in ops.values()):
+            for operation in operations(document):
                 for code, description in CONNECTION_ERRORS.items():
                     operation.setdefault("responses", {}).setdefault(code, {"description": description})
                 for code, response in operation.get("responses", {}).items():
@@ -125,7 +130,7 @@ def document_choices(app: FastAPI, choices: dict[str, tuple[str, Sequence[str] |
         for name, values in choices.values():
             kind = "integer" if all(isinstance(value, int) for value in values) else "string"
             schemas[name] = {"type": kind, "enum": list(values), "title": name}
-        for operation in (op for ops in document["paths"].values() for op in ops.values()):
+        for operation in operations(document):
             for parameter in operation.get("parameters", []):
                 if parameter["in"] in ("query", "path") and parameter["name"] in choices:
                     parameter["schema"] = {"$ref": f"#/components/schemas/{choices[parameter['name']][0]}"}
