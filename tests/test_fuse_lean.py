@@ -1,6 +1,7 @@
-"""The exported fuse graph's lean path (MetadataFusion.lean, Block.first: absent tokens dropped,
-the last block for the CLS token alone) gives the training path's outputs, for every set of
-present metadata tokens, in torch and through onnxruntime, at the demo's depth of two blocks."""
+"""The exported fuse graph's lean path (MetadataFusion.lean, Block.few and Block.first: absent
+tokens dropped, attention written for a handful of tokens, the last block for the CLS token
+alone) gives the training path's outputs, for every set of present metadata tokens, in torch and
+through onnxruntime, at the demo's depth of two blocks."""
 
 import itertools
 
@@ -35,7 +36,7 @@ def model() -> PSMModel:
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_block_first_is_token_zero_of_the_block(norm_first):
+def test_block_few_and_first_are_the_block_and_its_token_zero(norm_first):
     torch.manual_seed(1)
     block = Block(24, 4, 48, 0.1, norm_first).eval()
     x = torch.randn(5, 6, 24)
@@ -44,6 +45,7 @@ def test_block_first_is_token_zero_of_the_block(norm_first):
     with torch.no_grad():
         for mask in (keep, None):
             torch.testing.assert_close(block.first(x, mask), block(x, mask)[:, 0], atol=1e-6, rtol=0)
+            torch.testing.assert_close(block.few(x, mask), block(x, mask), atol=1e-6, rtol=0)
 
 
 def fuse_inputs(model: PSMModel, pattern: tuple[float, ...] | None) -> dict[str, np.ndarray]:

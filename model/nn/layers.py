@@ -34,18 +34,25 @@ class Attention(nn.Module):
         weights = self.drop(scores.softmax(dim=-1))
         return self.proj((weights @ v).transpose(1, 2).reshape(b, t, d))
 
-    def first(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """forward(x, keep)[:, 0] without the other tokens' queries (B, D): what an output that
-        reads one token needs of the last block (the export's lean path; no dropout)."""
+    def few(self, x: torch.Tensor, keep: torch.Tensor | None = None, first: bool = False) -> torch.Tensor:
+        """forward(x, keep) in eval mode for a handful of tokens a sample (the export's lean path):
+        each head's scores and mix as broadcast products rather than (B x heads) tiny matrix
+        products, and every linear layer on (B*T, D) rows, one GEMM with its bias. In
+        onnxruntime that is 14 % less CPU for the fuse graph of a tile's 324 cells under hour=
+        (4 tokens), 16 % for 4096 cells under hour, month and source (6). `first`: token 0's
+        output alone (B, D), every token still a key and value; else (B, T, D)."""
         b, t, d = x.shape
         dh = d // self.heads
-        q = nn.functional.linear(x[:, 0], self.qkv.weight[:d], self.qkv.bias[:d]).reshape(b, self.heads, 1, dh)
-        kv = nn.functional.linear(x, self.qkv.weight[d:], self.qkv.bias[d:])
-        k, v = kv.reshape(b, t, 2, self.heads, dh).permute(2, 0, 3, 1, 4)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(dh)
-        if keep is not None:
-            scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
-        return self.proj((scores.softmax(dim=-1) @ v).reshape(b, d))
+        rows = x.reshape(b * t, d)
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = nn.functional.linear(x[:, 0] if first else rows, w[:d], bias[:d]).reshape(b, -1, 1, self.heads, dh)
+        k = nn.functional.linear(rows, w[d : 2 * d], bias[d : 2 * d]).reshape(b, 1, t, self.heads, dh)
+        v = nn.functional.linear(rows, w[2 * d :], bias[2 * d :]).reshape(b, 1, t, self.heads, dh)
+        scores = (q * k).sum(-1) / math.sqrt(dh)  # (B, queries, keys, heads)
+        if keep is not None:  # added, not filled: onnxruntime took 0.06 ms for this Add, 0.12 for the Where
+            scores = scores + (~keep).to(scores.dtype)[:, None, :, None] * torch.finfo(scores.dtype).min
+        mixed = (scores.softmax(dim=2).unsqueeze(-1) * v).sum(2)  # (B, queries, heads, dh)
+        return self.proj(mixed.reshape(-1, d)).reshape((b, d) if first else (b, t, d))
 
 
 class Mlp(nn.Module):
@@ -80,14 +87,25 @@ class Block(nn.Module):
         x = self.norm1(x + self.drop(self.attn(x, keep)))
         return self.norm2(x + self.drop(self.mlp(x)))
 
+    def few(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """forward(x, keep) in eval mode through Attention.few, the norms and the MLP on
+        (B*T, D) rows (the export's lean path for a handful of tokens a sample)."""
+        b, t, d = x.shape
+        rows = x.reshape(b * t, d)
+        if self.norm_first:
+            rows = rows + self.attn.few(self.norm1(x), keep).reshape(b * t, d)
+            return (rows + self.mlp(self.norm2(rows))).reshape(b, t, d)
+        rows = self.norm1(rows + self.attn.few(x, keep).reshape(b * t, d))
+        return self.norm2(rows + self.mlp(rows)).reshape(b, t, d)
+
     def first(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """forward(x, keep)[:, 0] in eval mode (B, D), computing the attention's query, its
         output and the MLP for token 0 alone (every token stays a key and value)."""
         x0 = x[:, 0]
         if self.norm_first:
-            x0 = x0 + self.attn.first(self.norm1(x), keep)
+            x0 = x0 + self.attn.few(self.norm1(x), keep, first=True)
             return x0 + self.mlp(self.norm2(x0))
-        x0 = self.norm1(x0 + self.attn.first(x, keep))
+        x0 = self.norm1(x0 + self.attn.few(x, keep, first=True))
         return self.norm2(x0 + self.mlp(x0))
 
 
