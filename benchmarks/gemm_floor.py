@@ -19,7 +19,8 @@ product node reaches on one thread, over square products and every product shape
 in float32 (MatMul) and int8 (MatMulInteger). The floor is multiply-adds / best rate: it leaves
 out everything but the products (no bias, normalisation, softmax, data movement or dispatch).
 For the fusion it is given twice: for the products as the graph runs them, and for the least an
-`hour=` tile needs whatever is cached (`from_first_attention`).
+`hour=` tile needs whatever is cached (`from_first_attention`: the products that read an
+attention's output).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -60,12 +62,14 @@ RATE_SECONDS = 0.05  # CPU per rate sample; the best of three samples is kept
 
 @dataclass(frozen=True)
 class Product:
-    """One matrix product node as it ran: its left operand's shape, its output's, and the batch
-    dimensions of its right operand (none for a weight matrix)."""
+    """One matrix product node as it ran: its left operand's shape, its output's, the batch
+    dimensions of its right operand (none for a weight matrix), and whether it reads an
+    attention's output (a Softmax's, directly or not)."""
 
     a: tuple[int, ...]
     y: tuple[int, ...]
     b_batch: tuple[int, ...] = ()
+    attended: bool = False
 
     @property
     def k(self) -> int:
@@ -95,17 +99,35 @@ def profiled_products(
     with tempfile.TemporaryDirectory() as tmp:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "run")
+        options.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         for feeds in runs:
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+        reading = attention_readers(onnx.load(options.optimized_model_filepath))
     found: list[list[Product]] = [[]]
     for event in events:
         if event.get("cat") == "Session" and event["name"] == "model_run":
             found.append([])
         elif is_product(event):
-            found[-1].append(product(event["args"]))
+            found[-1].append(product(event["args"], event["name"].removesuffix("_kernel_time") in reading))
     return found[: len(runs)]
+
+
+def attention_readers(model: onnx.ModelProto) -> frozenset[str]:
+    """Names of the graph's nodes that read a Softmax's output, directly or through other nodes
+    (the profile names a node by its name: an unnamed node is never counted a reader)."""
+    tainted: set[str] = set()
+    readers: set[str] = set()
+    grew = True
+    while grew:  # until no node is added, whatever order the nodes are listed in
+        grew = False
+        for node in model.graph.node:
+            if node.name not in readers and (node.op_type == "Softmax" or tainted.intersection(node.input)):
+                readers.add(node.name)
+                tainted.update(node.output)
+                grew = True
+    return frozenset(readers - {""} - {n.name for n in model.graph.node if n.op_type == "Softmax"})
 
 
 def is_product(event: dict[str, Any]) -> bool:
@@ -117,25 +139,25 @@ def is_product(event: dict[str, Any]) -> bool:
     )
 
 
-def product(args: dict[str, Any]) -> Product:
+def product(args: dict[str, Any], attended: bool = False) -> Product:
     """A product node from its profile entry, which lists the shapes of its inputs that are not
     initializers: the right operand is listed only when it is computed (attention's products),
     with the output's rank; otherwise it is a weight and what follows is a bias or a scale."""
     shapes = [tuple(next(iter(described.values()))) for described in args["input_type_shape"]]
     y = tuple(next(iter(args["output_type_shape"][0].values())))
     batched = len(shapes) > 1 and len(shapes[1]) == len(y) > 2
-    return Product(shapes[0], y, shapes[1][:-2] if batched else ())
+    return Product(shapes[0], y, shapes[1][:-2] if batched else (), attended)
 
 
 def from_first_attention(products: list[Product]) -> list[Product]:
-    """The products of one fuse graph run that an `hour=` tile cannot do without: those from the
-    first attention (the first product of two computed operands) on. Before it run the token
-    encoders and the first block's projections, each a function of one token: of the cell alone
-    (sat, location; cacheable per cell) or of the request alone (CLS, hour; once per tile). From
-    the first attention on, every token has attended to the hour token, so each product of every
-    cell depends on both."""
-    first = next((i for i, p in enumerate(products) if p.b_batch), len(products))
-    return products[first:]
+    """The products of one fuse graph run that an `hour=` tile cannot do without: those that read
+    an attention's output. The others are the token encoders and the first block's projections,
+    each a function of one token: of the cell alone (sat, location; cacheable per cell) or of the
+    request alone (CLS, hour; once per tile). Once a token has attended to the hour token, every
+    product of every cell depends on both. (The first attention's own scores, a function of the
+    projections, are left out too: a few thousand multiply-adds a cell, where the graph writes
+    them as products at all.)"""
+    return [p for p in products if p.attended]
 
 
 def graph_products(bundle: Bundle, graph: str, runs: list[dict[str, np.ndarray]]) -> list[list[Product]]:

@@ -19,30 +19,32 @@ from tests.test_benchmark_harness import RESULT
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gemm_floor.py"
 
 
-def three_products(path: Path) -> None:
-    """x (5, 3, 8) @ w (8, 16) -> h; h @ h^T per batch (5, 3, 3); z (4, 6) through a Gemm with a
-    transposed weight (7, 6) and a bias -> (4, 7)."""
+def four_products(path: Path) -> None:
+    """x (5, 3, 8) @ w (8, 16) -> h; h @ h^T per batch (5, 3, 3), its softmax @ h (5, 3, 16);
+    z (4, 6) through a Gemm with a transposed weight (7, 6) and a bias -> (4, 7)."""
     rng = np.random.default_rng(0)
     weights = [
         numpy_helper.from_array(rng.random((8, 16), dtype=np.float32), "w"),
         numpy_helper.from_array(rng.random((7, 6), dtype=np.float32), "g"),
         numpy_helper.from_array(rng.random(7, dtype=np.float32), "bias"),
     ]
-    nodes = [
-        helper.make_node("MatMul", ["x", "w"], ["h"]),
-        helper.make_node("Transpose", ["h"], ["ht"], perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["h", "ht"], ["scores"]),
-        helper.make_node("Gemm", ["z", "g", "bias"], ["out"], transB=1),
+    nodes = [  # named, as exported graphs' nodes are: the profile and the graph match by name
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="project"),
+        helper.make_node("Transpose", ["h"], ["ht"], perm=[0, 2, 1], name="transpose"),
+        helper.make_node("MatMul", ["h", "ht"], ["scores"], name="scores"),
+        helper.make_node("Softmax", ["scores"], ["weights"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["weights", "h"], ["mixed"], name="mix"),
+        helper.make_node("Gemm", ["z", "g", "bias"], ["out"], transB=1, name="gemm"),
     ]
     graph = helper.make_graph(
         nodes,
-        "three",
+        "four",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 3, 8]),
             helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 6]),
         ],
         [
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [5, 3, 3]),
+            helper.make_tensor_value_info("mixed", TensorProto.FLOAT, [5, 3, 16]),
             helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 7]),
         ],
         initializer=weights,
@@ -51,26 +53,26 @@ def three_products(path: Path) -> None:
 
 
 def test_products_are_counted_as_they_ran_with_their_shapes(tmp_path):
-    three_products(tmp_path / "three.onnx")
+    four_products(tmp_path / "four.onnx")
     options = ort.SessionOptions()  # every optimisation: the transpose goes into a FusedMatMul
     feeds = {"x": np.ones((5, 3, 8), np.float32), "z": np.ones((4, 6), np.float32)}
-    found, again = profiled_products(tmp_path / "three.onnx", options, [feeds, feeds])
+    found, again = profiled_products(tmp_path / "four.onnx", options, [feeds, feeds])
     assert again == found  # each run its own products
-    assert sorted((p.macs, p.operands()) for p in found) == [
-        (4 * 7 * 6, ((4, 6), (6, 7))),  # the weight's transposition is not counted twice
-        (5 * 3 * 3 * 16, ((5, 3, 16), (5, 16, 3))),  # both operands computed: batched
-        (5 * 3 * 16 * 8, ((5, 3, 8), (8, 16))),  # a weight: two-dimensional
+    assert sorted((p.macs, p.operands(), p.attended) for p in found) == [
+        (4 * 7 * 6, ((4, 6), (6, 7)), False),  # the weight's transposition is not counted twice
+        (5 * 3 * 3 * 16, ((5, 3, 3), (5, 3, 16)), True),  # reads the softmax: an attention's output
+        (5 * 3 * 3 * 16, ((5, 3, 16), (5, 16, 3)), False),  # both operands computed: batched
+        (5 * 3 * 16 * 8, ((5, 3, 8), (8, 16)), False),  # a weight: two-dimensional
     ]
     for product in found:  # each runs alone, in both precisions
         assert product_rate(product, int8=False) > 0 and product_rate(product, int8=True) > 0
 
 
-def test_an_hour_tile_needs_the_products_from_the_first_attention_on():
+def test_an_hour_tile_needs_the_products_that_read_an_attention():
     encoders = [Product((9, 2), (9, 64)), Product((9, 64), (9, 96))]
-    projections = Product((9, 4, 96), (9, 4, 288))
-    attention = Product((9, 4, 4, 24), (9, 4, 4, 4), (9, 4))
-    after = [Product((9, 4, 4, 4), (9, 4, 4, 24), (9, 4)), Product((9, 4, 96), (9, 4, 192))]
-    assert from_first_attention([*encoders, projections, attention, *after]) == [attention, *after]
+    projections = Product((36, 96), (36, 96))
+    after = [Product((36, 96), (36, 96), attended=True), Product((36, 96), (36, 192), attended=True)]
+    assert from_first_attention([*encoders, projections, *after]) == after
     assert from_first_attention(encoders) == []  # a graph without attention needs nothing per cell and request
 
 
