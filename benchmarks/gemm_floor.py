@@ -154,9 +154,9 @@ def from_first_attention(products: list[Product]) -> list[Product]:
     an attention's output. The others are the token encoders and the first block's projections,
     each a function of one token: of the cell alone (sat, location; cacheable per cell) or of the
     request alone (CLS, hour; once per tile). Once a token has attended to the hour token, every
-    product of every cell depends on both. (The first attention's own scores, a function of the
-    projections, are left out too: a few thousand multiply-adds a cell, where the graph writes
-    them as products at all.)"""
+    product of every cell depends on both. The first attention's scores, which read only the
+    projections, are left out too where a graph runs them as products: a few thousand
+    multiply-adds a cell."""
     return [p for p in products if p.attended]
 
 

@@ -130,7 +130,7 @@ class MetadataFusion(nn.Module):
         only use is as a query whose output no other token reads. The last block runs its query,
         attention output and MLP for CLS alone. A tile's cells share their metadata, so this is
         4 of 7 tokens in the first block with hour= alone (never a caption source when serving).
-        Every block runs as Block.few: attention written for a handful of tokens."""
+        Every block's attention is Attention.few's, written for a handful of tokens."""
         tokens, keep = self._tokens(sat, location, hour, month, source, caption_source, present, drop_absent=True)
         *first, last = self.blocks
         for block in first:
