@@ -38,7 +38,9 @@ _UNHASHED_KEYS = ("id", "created")
 # with "all" (median of 15 interleaved runs, 1 thread; outputs within 5e-7). The text graph: 2.69
 # against 2.97 ms a lone text and 1.59 against 1.81 ms a text in batches of 16 (the int8 graph 1.19
 # against 1.42 and 0.62 against 0.86; BENCHMARKS.md, twenty-fifth pass). The image and audio graphs
-# are as fast or faster at "all" (aisfx's convolutions: 1.35 against 1.87 s for 64 clips).
+# are as fast or faster at "all" (aisfx's convolutions: 1.35 against 1.87 s for 64 clips). A fuse
+# graph exported since its attention was written for a few tokens (model/nn/layers.py
+# Attention.few) gives "all" nothing more to fuse; "basic" stays for the bundles exported before.
 GRAPH_OPTIMIZATION = dict.fromkeys(("fuse", "text"), ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
 
 
