@@ -139,7 +139,7 @@ def is_product(event: dict[str, Any]) -> bool:
     )
 
 
-def product(args: dict[str, Any], attended: bool = False) -> Product:
+def product(args: dict[str, Any], attended: bool) -> Product:
     """A product node from its profile entry, which lists the shapes of its inputs that are not
     initializers: the right operand is listed only when it is computed (attention's products),
     with the output's rank; otherwise it is a weight and what follows is a bias or a scale."""

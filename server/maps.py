@@ -22,11 +22,10 @@ from runtime.tiles import EARTH_CIRCUMFERENCE_M, EARTH_RADIUS_M, MERCATOR_LAT_LI
 from server import render
 from server.cache import digest
 from server.http import Refusals
-from server.params import DIGITS, in_event_loop, numbers_pattern, parse_bbox, parse_box
+from server.params import CRS84, DIGITS, in_event_loop, numbers_pattern, parse_bbox, parse_box
 from server.queries import shown
 from server.service import SoundscapeService, TileRequest
 
-CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 WEB_MERCATOR = "http://www.opengis.net/def/crs/EPSG/0/3857"
 # Each CRS under the names a client writes it: its URI, its safe CURIE and the CURIE (OpenAPI lists
 # them; each is taken in any case).

@@ -328,7 +328,8 @@ class Asked:
 # The names of the one CRS coordinates are given in (longitude, latitude in degrees), as TiTiler's
 # coord_crs spells it: another would place the point elsewhere, were it ignored.
 # OpenAPI lists these spellings; each is taken in any case.
-DEGREES_CRS = ("EPSG:4326", "OGC:CRS84", "http://www.opengis.net/def/crs/OGC/1.3/CRS84")
+CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
+DEGREES_CRS = ("EPSG:4326", "OGC:CRS84", CRS84)
 DEGREES_CRS_FOLDED = frozenset(name.casefold() for name in DEGREES_CRS)
 
 
@@ -451,7 +452,7 @@ async def each_once(request: Request) -> None:
     # A tile asked at a pixel ratio (`{y}@2x`) has that ratio's size: a tilesize would name it twice.
     ratio = request.path_params.get("scale") if "tilesize" in counts else None
     if repeated or garbled or slips or unsupported or ratio is not None:
-        refusals = Refusals()
+        refusals = request_refusals(request)
         for name in unsupported:
             refusals.refuse(name, f"{name} is not supported: {UNSUPPORTED[name]}")
         if ratio is not None:
@@ -526,9 +527,10 @@ def each_dependant(dependant: Dependant) -> Iterator[Dependant]:
 
 
 def refused_detail(request: Request, refusals: Refusals) -> str:
-    """The detail of one 422 naming every bad parameter of the request: those in `refusals`, those
-    FastAPI's validation refuses, and those the rules of the route's parameters class refuse among
-    the values FastAPI takes (a refused one's default in its place, its rules not applied)."""
+    """The detail of one 422 naming every bad parameter of the request: those in `refusals` (begun
+    by `request_refusals`: the route's own first), those FastAPI's validation refuses, and those
+    the rules of the route's parameters class refuse among the values FastAPI takes (a refused
+    one's default in its place, its rules not applied)."""
     route = request.scope.get("route")
     if isinstance(route, APIRoute):
         dependants = list(each_dependant(route.dependant))
@@ -536,7 +538,6 @@ def refused_detail(request: Request, refusals: Refusals) -> str:
         values, bad_query = request_params_to_args(
             [p for d in dependants for p in d.query_params], request.query_params
         )
-        route_refusals(request, refusals)
         refuse_invalid(request, [*bad_path, *bad_query], refusals)
         for dependency in dependants:
             if dependency.call is not None and (cls := PARAMS_CLASSES.get(dependency.call)) is not None:
@@ -557,19 +558,14 @@ async def refuse_everything(request: Request, exc: RequestValidationError) -> JS
 
 
 def request_refusals(request: Request) -> Refusals:
-    """A request's refusals before its parameters are checked: its route's own (`refusing`)."""
+    """A request's refusals before its parameters are checked: its route's own (`refusing`), made
+    before FastAPI's, so the first sentence of a parameter stands and the route's says more
+    (`layer` is no parameter of a collection, where FastAPI's lists the layers)."""
     refusals = Refusals()
-    route_refusals(request, refusals)
-    return refusals
-
-
-def route_refusals(request: Request, refusals: Refusals) -> None:
-    """The route's own refusals (`refusing`), made before FastAPI's: the first sentence of a
-    parameter stands, and the route's says more (`layer` is no parameter of a collection, where
-    FastAPI's lists the layers)."""
     route = request.scope.get("route")
     if isinstance(route, APIRoute) and (check := ROUTE_REFUSALS.get(route.endpoint)) is not None:
         check(request, refusals)
+    return refusals
 
 
 def in_event_loop(cls: type[P]) -> Callable[..., Awaitable[P]]:
