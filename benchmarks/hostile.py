@@ -343,7 +343,7 @@ def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
         ),
         (
             "20 kB query string",
-            "431",
+            "414",
             lambda: raw(port, f"GET /tiles/1/1/0.png?q={'a' * 20000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())[0],
         ),
         (

@@ -79,6 +79,7 @@ def errors(*codes: int, notes: dict[int, str] | None = None) -> dict[int | str, 
 # What the connection (server.protocol) answers any request before a route sees it.
 CONNECTION_ERRORS = {
     "408": "The request head or body did not arrive in time.",
+    "414": "The request line (method, path and query) is over the server's limit in bytes.",
     "431": "The request line and headers are over the server's limit, in bytes or in header lines.",
 }
 
@@ -91,7 +92,7 @@ def operations(document: dict) -> Iterator[dict]:
 def document_errors(app: FastAPI) -> None:
     """Make app.openapi() document every 4xx and 5xx response of every route, whoever declared
     it, as ErrorBody in application/json, in place of FastAPI's list-shaped 422 model (this
-    server never answers that shape); the connection's 408 and 431 stand on every operation, as
+    server never answers that shape); the connection's 408, 414 and 431 stand on every operation, as
     any request may draw them (a schema-driven client otherwise reads them as undocumented)."""
     generate = app.openapi
     error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}

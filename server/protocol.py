@@ -3,7 +3,8 @@ server on the open internet needs and uvicorn does not have.
 
 - Request head (request line and headers) at most `max_header_bytes`, counted as bytes arrive,
   before the parser sees them: httptools joins a long header piece by piece, so a 100 MB header
-  held the event loop (every client) for 21 s. At most `max_headers` header lines. Both 431.
+  held the event loop (every client) for 21 s: 414 when the request line alone is over it (its
+  URL is what is too long), else 431. At most `max_headers` header lines: 431.
 - A head must arrive within `header_timeout_s` of the connection opening or the previous
   response ending, and a body within `body_timeout_s` of its head: a client that trickles bytes
   is answered 408 and closed (uvicorn's keep-alive timeout stops at the first byte); one that
@@ -37,7 +38,9 @@ HEAD_END = b"\r\n\r\n"
 
 
 class ConnectionLimits(EnvSettings):
-    max_header_bytes: Count = Field(16 * 1024, description="bytes of a request line and headers; more: 431")
+    max_header_bytes: Count = Field(
+        16 * 1024, description="bytes of a request line and headers; more: 414 in the request line, else 431"
+    )
     max_headers: Count = Field(100, description="header lines of a request; more: 431")
     header_timeout_s: Positive = Field(10.0, description="seconds a request head may take to arrive; then 408")
     body_timeout_s: Positive = Field(
@@ -73,6 +76,7 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.header_count = 0
         self.tail = b""  # last bytes of the head so far, to find its end across reads
+        self.line_end: int | None = None  # where in the head the request line ends, once read
         self.deadline: asyncio.TimerHandle | None = None
         self.refusal: tuple[int, str] | None = None
         self.over_capacity = False
@@ -171,7 +175,11 @@ class HardenedHttpProtocol(HttpToolsProtocol):
             self.refuse(503, f"the server holds its limit of {self.limits.max_connections} connections; retry later")
             return
         if self.reading_head and not self.head_fits(data):
-            self.refuse(431, f"the request line and headers are over {self.limits.max_header_bytes} bytes")
+            limit = self.limits.max_header_bytes
+            if self.line_end is None or self.line_end > limit:
+                self.refuse(414, f"the request line (method, path and query) is over {limit} bytes")
+            else:
+                self.refuse(431, f"the request line and headers are over {limit} bytes")
             return
         super().data_received(data)
 
@@ -179,6 +187,8 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         """Count `data` against the head limit; False once the head, whose end may lie in this
         read (a body may follow it), runs past the limit."""
         seen = self.tail + data
+        if self.line_end is None and (crlf := seen.find(b"\r\n")) >= 0:
+            self.line_end = self.head_bytes + crlf - len(self.tail)
         end = seen.find(HEAD_END)
         used = len(data) if end < 0 else end + len(HEAD_END) - len(self.tail)
         self.head_bytes += used
@@ -208,7 +218,7 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         # The next request's head may follow at once (pipelining): count it from here; its
         # timeout starts when this response ends (the app's time is not the client's).
         self.reading_head, self.reading_body = True, False
-        self.head_bytes, self.header_count, self.tail = 0, 0, b""
+        self.head_bytes, self.header_count, self.tail, self.line_end = 0, 0, b"", None
         self.disarm()
         super().on_message_complete()
 

@@ -124,7 +124,7 @@ def test_every_error_status_is_declared_in_the_openapi_document(client):
         if code[0] in "45"
     }
     # 405, 429 and 500 come from the method check and the rate limiter, before or beside any
-    # operation (the connection's 408 and 431 are declared on every operation).
+    # operation (the connection's 408, 414 and 431 are declared on every operation).
     assert set(error_examples()) - {405, 429, 500} <= declared
 
 
@@ -155,6 +155,7 @@ ERROR_REQUESTS = {
 # socket: tests/test_server_hardening.py), a bug's; the module that words each must still say it.
 WORDED_IN = {
     "the request head did not arrive within 10 s": "server/protocol.py",
+    "the request line (method, path and query) is over 16384 bytes": "server/protocol.py",
     "the request line and headers are over 16384 bytes": "server/protocol.py",
     "the server failed on this request; the error is logged": "server/http.py",
 }

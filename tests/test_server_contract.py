@@ -208,7 +208,7 @@ def test_openapi_documents_the_error_model_and_media_types(client):
             if params:
                 assert "422" in operation["responses"], (method, path)
             # the connection answers these to any request (server.protocol)
-            assert {"408", "431"} <= set(operation["responses"]), (method, path)
+            assert {"408", "414", "431"} <= set(operation["responses"]), (method, path)
     assert {400, 404, 413, 415, 422, 429, 503} <= codes
     paths = document["paths"]
     assert list(paths["/search"]["get"]["responses"]["200"]["content"]) == ["application/geo+json"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import select
 import socket
 import subprocess
 import threading
@@ -372,6 +373,36 @@ def get(port: int, path: str = "/healthz") -> float:
     r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10)
     assert r.status_code == 200
     return time.perf_counter() - start
+
+
+def pieces(port: int, parts: list[bytes]) -> bytes:
+    """Send each part as its own write (so the server reads them apart), stopping once an
+    answer waits (more bytes after the server closed would reset the connection); the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for part in parts:
+            if select.select([s], [], [], 0.1)[0]:
+                break
+            s.sendall(part)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_an_over_long_url_is_414_and_over_long_headers_431(live):
+    long_url = b"GET /tiles/WebMercatorQuad/0/0/0.png?q=" + b"a" * 12_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer, _ = exchange(live, long_url)
+    assert status_of(answer) == 414 and "request line" in detail_of(answer) and "8192 bytes" in detail_of(answer)
+    # As a client sends it: a q the schema allows (8192 characters), percent-encoded to 18 kB.
+    r = httpx.get(f"http://127.0.0.1:{live}/tiles/WebMercatorQuad/0/0/0.png", params={"q": "é" * 3000}, timeout=10)
+    assert r.status_code == 414 and "request line" in r.json()["detail"]
+    # The URL arriving in reads of 3000 bytes: refused as it passes the limit, before its end.
+    answer = pieces(live, [b"GET /healthz?q=" + b"a" * 3000] + [b"a" * 3000] * 4)
+    assert status_of(answer) == 414
+    # The request line's CRLF split across two reads, then a long header: the line had ended.
+    answer = pieces(live, [b"GET /healthz HTTP/1.1\r", b"\nHost: x\r\nX-Big: " + b"a" * 3000] + [b"a" * 3000] * 3)
+    assert status_of(answer) == 431 and "headers" in detail_of(answer)
 
 
 def test_a_too_large_head_is_431_and_others_are_served_meanwhile(live):
