@@ -1,7 +1,7 @@
 """What the OpenAPI document states of a parameter's values is what the server takes: the lists it
-checks against (colormaps, the bundle's sources, the store's levels, the tile matrix sets, the
-collections, the CRS spellings) as enums, and the forms of
-rescale, bbox, texts and query ids as patterns. A schema-driven client that keeps to them is not
+checks against (colormaps, in a tile's query or the legend's path, the bundle's sources, the
+store's levels, the tile matrix sets, the collections, the CRS spellings) as enums, and the forms
+of rescale, bbox, texts and query ids as patterns. A schema-driven client that keeps to them is not
 refused for the form of a value (docs/api.md, "OpenAPI")."""
 
 import re
@@ -84,6 +84,18 @@ def test_the_path_parameters_a_list_names_are_its_enums(client, document, name, 
     for value in values:
         assert client.get(url.format(value), params={"q": "birdsong"}).status_code == 200, value
     assert client.get(url.format("Other"), params={"q": "birdsong"}).status_code == 404
+
+
+def test_the_legend_route_names_its_colormap_by_the_same_enum(client, document):
+    names = client.get("/colormaps").json()["colormaps"]
+    (path, parameter), *others = parameters(document, "colormap_name", "path")
+    assert path == "/colormaps/{colormap_name}" and not others
+    assert parameter["schema"] == parameters(document, "colormap_name")[0][1]["schema"]  # ColormapName, once
+    assert schema_of(document, parameter)["enum"] == names
+    for name in names[:: max(1, len(names) // 20)]:
+        answer = client.get(f"/colormaps/{name}")
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/png", name
+    assert client.get(f"/colormaps/{names[0]}x").status_code == 404
 
 
 def test_the_store_levels_are_the_level_enum(client, document, store_path):

@@ -242,7 +242,7 @@ def test_openapi_documents_the_surface(client):
         "/point/{lon},{lat}",
         "/tilejson.json",
         "/WMTSCapabilities.xml",
-        "/colormaps/{name}",
+        "/colormaps/{colormap_name}",
         "/healthz",
         "/readyz",
         "/metrics",

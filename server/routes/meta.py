@@ -641,23 +641,22 @@ def colormaps(request: Request) -> Response:
 
 
 @router.get(
-    "/colormaps/{name}",
+    "/colormaps/{colormap_name}",
     response_class=Response,
     responses={200: {"content": {"image/png": BINARY}}, **errors(404, 422, notes={404: "Unknown colormap."})},
     summary="Legend: the colormap as a PNG ramp (low values left, or bottom)",
 )
 def colormap_legend(
-    name: str,
+    colormap_name: str,
     request: Request,
     width: Annotated[int, Query(ge=1, le=2048), DIGITS] = 256,
     height: Annotated[int, Query(ge=1, le=2048), DIGITS] = 16,
     orientation: Literal["horizontal", "vertical"] = "horizontal",
 ) -> Response:
-    if name not in colormap_names():
-        raise HTTPException(404, f"unknown colormap {name!r}; GET /colormaps lists them")
-    return conditional(
-        request, Response(legend(name, width, height, orientation == "vertical"), media_type="image/png"), "tile"
-    )
+    if colormap_name not in colormap_names():
+        raise HTTPException(404, f"unknown colormap {colormap_name!r}; GET /colormaps lists them")
+    ramp = legend(colormap_name, width, height, orientation == "vertical")
+    return conditional(request, Response(ramp, media_type="image/png"), "tile")
 
 
 @router.get("/healthz", summary="Liveness")
