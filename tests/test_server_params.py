@@ -178,6 +178,19 @@ def test_q_is_held_to_the_rule_of_a_registered_text(client):
     sentence = "text must be at most 500 characters once case-folded and single-spaced, not 501"
     assert client.post("/queries", json={"text": long}).json()["detail"] == sentence
     assert refused(client.get(TILE, params={"q": long})) == f"q: {sentence}"
+    # As sent, a form's text is held to q='s 8192 characters, the bound the document states for both.
+    form = client.post("/queries", files={"text": (None, "Birdsong" + " " * 9000)})
+    assert (
+        form.status_code == 422 and form.json()["detail"] == "text must be a text of at most 8192 characters, not 9008"
+    )
+    assert client.post("/queries", files={"text": (None, spaced)}).json()["id"] == registered.json()["id"]
+    paths = client.get("/openapi.json").json()["paths"]
+    body = paths["/queries"]["post"]["requestBody"]["content"]
+    (q,) = [p for p in paths["/tiles/{z}/{x}/{y}.png"]["get"]["parameters"] if p["name"] == "q"]
+    for kind in ("application/json", "multipart/form-data"):
+        text = body[kind]["schema"]["properties"]["text"]
+        q_max = next(kind["maxLength"] for kind in q["schema"].get("anyOf", [q["schema"]]) if "maxLength" in kind)
+        assert text["maxLength"] == q_max == 8192 and "500 characters" in text["description"]
 
 
 def test_a_number_of_bbox_or_rescale_is_read_as_a_number_parameter_is(client):

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from runtime.text import MAX_TEXT_LENGTH, TEXT_PATTERN
 from server.engine import QueryEmbedding, QueryMetadata
 from server.http import conditional, errors
-from server.params import spelling
+from server.params import MAX_SENT_TEXT, spelling
 from server.queries import ID_PATTERN, QueryRecord, is_query_id
 from server.routes.deps import ServiceDep, SettingsDep
 from server.service import SoundscapeService, UploadBytes
@@ -30,8 +30,15 @@ AUDIO_TYPES = ("audio/", "application/octet-stream")
 # {"text": ...} with 500 characters, each escaped as \uXXXX, fits; only a flat object is asked for.
 MAX_JSON_BYTES = 8 * 1024
 MAX_JSON_DEPTH = 8
-# A text as the schema states it: a word at least (not only spaces), within the length it is held to.
-TEXT_SCHEMA = {"type": "string", "maxLength": MAX_TEXT_LENGTH, "pattern": TEXT_PATTERN}
+# A text as the schema states it: a word at least (not only spaces), within the length it is held
+# to as sent, as q= is (the rule on its normal form, which no schema states, in words).
+TEXT_SCHEMA = {
+    "type": "string",
+    "maxLength": MAX_SENT_TEXT,
+    "pattern": TEXT_PATTERN,
+    "description": f"At most {MAX_TEXT_LENGTH} characters once case-folded and single-spaced "
+    f"(a JSON body holds at most {MAX_JSON_BYTES} bytes).",
+}
 REQUEST_BODY = {
     "requestBody": {
         "required": True,
@@ -271,6 +278,8 @@ async def _register_body(request: Request, service: SoundscapeService, content_t
     else:
         audio = body
     if text is not None:
+        if len(text) > MAX_SENT_TEXT:  # what q= is held to as sent; a form's field may hold megabytes
+            raise HTTPException(422, f"text must be a text of at most {MAX_SENT_TEXT} characters, not {len(text)}")
         record, embedding = await service.text_query(text, register=True)
     else:
         assert audio is not None  # parse_form answers 422 to a form with neither
