@@ -335,7 +335,11 @@ def cases(server: Server) -> list[tuple[str, str, Callable[[], str]]]:
             "arriving together, 4 decode at once and 4 wait",
             lambda: slow_uploads(port),
         ),
-        ("JSON body of 9 kB", "413", lambda: one(post(base, b'{"text": "' + b"a" * 9000 + b'"}', "application/json"))),
+        (
+            "JSON body of 100 kB",
+            "413",
+            lambda: one(post(base, b'{"text": "' + b"a" * 100_000 + b'"}', "application/json")),
+        ),
         (
             "tile q= a lone surrogate (%ED%A0%80)",
             "not a 500",

@@ -130,7 +130,7 @@ def test_if_unmodified_since_answers_412_for_a_static_file_changed_after_it(clie
 
 @pytest.mark.parametrize(
     ("content_type", "size", "limit"),
-    [("audio/wav", 11 * 1024 * 1024, "10 MB (10485760 bytes)"), ("application/json", 9012, "8 KiB (8192 bytes)")],
+    [("audio/wav", 11 * 1024 * 1024, "10 MB (10485760 bytes)"), ("application/json", 100_000, "97 KiB (99328 bytes)")],
 )
 def test_an_upload_over_the_limit_is_told_the_limit_as_the_docs_state_it(client, content_type, size, limit):
     """The 413 named the limit in bytes alone ("the limit is 10485760"), which the viewer showed a

@@ -100,7 +100,10 @@ def test_resampling_between_coprime_rates_is_bounded_and_in_tune():
         (b'{"text": "\\ud800 birds"}', 422, "lone surrogate"),
         (b'{"text": 42}', 422, '{"text": "..."}'),
         (b'["text"]', 422, '{"text": "..."}'),
-        (b'{"text": "' + b"a" * 9000 + b'"}', 413, "limit"),
+        (b'{"text": "' + b"a" * 9000 + b'"}', 422, "at most 8192 characters, not 9000"),  # q='s bound as sent
+        (b'{"text": "' + b"a" * 100_000 + b'"}', 413, "limit"),
+        (b'{"text": "' + b'\\"' * 40_000 + b'"}', 422, "at most 8192 characters"),  # escapes: one scan
+        (b'{"text": "' + b'"\\' * 40_000 + b'"}', 422, "not valid JSON"),  # nor a quadratic one
         (b'{"text": "\xff"}', 422, "not valid JSON"),
         (b'{"text": ' + b"9" * 5000 + b"}", 422, "not valid JSON"),  # int() refuses over 4300 digits
     ],
