@@ -21,7 +21,7 @@ PATH = {
     "fmt": "npy",
     "lon": "10.5",
     "lat": "47.2",
-    "name": "viridis",
+    "colormap_name": "viridis",
     "collectionId": "contrast",
 }
 

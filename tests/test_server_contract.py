@@ -45,7 +45,7 @@ def valid_request(path: str, operation: dict, query_id: str) -> tuple[str, dict]
         "y": Y,
         "tms": "WebMercatorQuad",
         "fmt": "png",
-        "name": "viridis",
+        "colormap_name": "viridis",
         "query_id": query_id,
         "lon": LON,
         "lat": LAT,
