@@ -111,6 +111,18 @@ def test_a_collections_bbox_is_the_stores_bounds(client, store_path):
     assert spatial["crs"] == "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 
 
+def test_a_collections_scale_is_that_of_the_tiles_that_draw_its_finest_cells_16_px_a_side(client, store_path):
+    """GDAL's map API takes a collection's scaleDenominator for its full resolution: that of the
+    Web Mercator zoom whose 256 px tiles draw 16 x 16 cells of the store's finest level."""
+    zoom = Store(store_path).maxlevel - 4
+    metres_per_pixel = 2 * 20037508.342789244 / (256 * 2**zoom)
+    for layer, params in (("uncertainty", {}), ("contrast", {"q": "birdsong"})):
+        scale = client.get(f"/collections/{layer}", params=params).json()["scaleDenominator"]
+        assert scale == pytest.approx(metres_per_pixel / 0.28e-3, rel=1e-9)  # OGC's 0.28 mm pixel
+    listed = client.get("/collections", params={"q": "birdsong"}).json()["collections"]
+    assert {c["scaleDenominator"] for c in listed} == {scale}
+
+
 def test_a_collections_tileset_leads_to_the_xyz_tile_of_its_layer(client):
     z, x, y = 4, 8, 5  # over the fixture's cells (Europe), x != y: a swapped row and column would show
     drawn = {}

@@ -267,16 +267,18 @@ GDAL_MAP_COMMAND = re.search(r"```bash\n(gdal_translate -oo API=MAP [^\n]*'OGCAP
 
 @needs_gdal
 def test_gdal_reads_the_map_api_as_the_servers_map(bundle_path, store_path, tmp_path):
-    """GDAL 3.6's map API reads a collection's bbox as degrees (EPSG:4326), asks the map in blocks
-    of 256 px (`width`, `height` and `bbox` appended to the link's URL) and assembles them: at an
-    overview's size, its raster is the server's one map of that size over the bbox."""
+    """GDAL 3.6's map API reads a collection's bbox as degrees (EPSG:4326) and its scaleDenominator
+    as the full resolution, asks the map in blocks of 256 px (`width`, `height` and `bbox` appended
+    to the link's URL) and assembles them: at a size it holds (its full size or an overview's), its
+    raster is the server's one map of that size over the bbox."""
     with live_server(bundle_path, store_path) as server:
         url = f"OGCAPI:{server}/collections/contrast?q=birdsong&hour=6"
         info = subprocess.run(
             ["gdalinfo", "-json", "-oo", "API=MAP", url], capture_output=True, text=True, timeout=120, check=True
         )
-        overviews = json.loads(info.stdout)["bands"][0]["overviews"]
-        width, height = next(o["size"] for o in overviews if o["size"][0] <= 1024)
+        described = json.loads(info.stdout)
+        sizes = [described["size"]] + [o["size"] for o in described["bands"][0].get("overviews", [])]
+        width, height = next(size for size in sizes if size[0] <= 1024)
         command = GDAL_MAP_COMMAND.replace("http://127.0.0.1:8000", server)
         gdal(re.sub(r"-outsize \d+ \d+", f"-outsize {width} {height}", command), tmp_path)
         west, south, east, north = Store(store_path).bounds
@@ -288,6 +290,11 @@ def test_gdal_reads_the_map_api_as_the_servers_map(bundle_path, store_path, tmp_
         pixels = src.read()
     assert (expected[3] > 0).mean() > 0.5
     assert np.array_equal(pixels, expected)
+    # Its full resolution is the collection's scaleDenominator: the store's finest cells 16 px a
+    # side (a tile of zoom maxlevel - 4), not GDAL's 1e-8 degrees (GDAL 3.6 adds 5 to the width).
+    degrees = 360 / (256 * 2 ** (Store(store_path).maxlevel - 4))
+    full_width, full_height = described["size"]
+    assert abs(full_width - (east - west) / degrees) <= 6 and abs(full_height - (north - south) / degrees) <= 1
 
 
 def test_the_benchmarks_map_covers_exactly_the_viewport_it_is_timed_against():

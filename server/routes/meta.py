@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import maps, metrics, wmts
-from server.engine import LAYERS, QUERY_LAYERS
+from server.engine import CELLS_PER_TILE_LOG2, GRID, LAYERS, QUERY_LAYERS
 from server.http import (
     BINARY,
     TEXT,
@@ -44,6 +44,7 @@ from server.render import FORMATS, VALUE_FORMATS, colormap_names, legend
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService, TileRequest
 from server.urls import base_url, tile_template
+from store.reader import Store
 
 router = APIRouter(tags=["metadata"])
 WMTS_RESPONSES = {200: {"content": {"application/xml": TEXT}}, **errors(404, 422, 503)}
@@ -502,15 +503,25 @@ def layer_params(collection_id: str, params: DocumentParams) -> DocumentParams:
     return DocumentParams(**{**vars(params), "layer": layer})
 
 
-def collection(base: str, params: DocumentParams, legend: dict, bounds: tuple[float, ...], query: str) -> dict:
+def full_resolution_scale(store: Store) -> float:
+    """WebMercatorQuad's scale denominator at the zoom whose tiles draw the store's finest cells
+    16 px a side (finer tiles interpolate them): the map's full resolution. GDAL's OGC API driver
+    reads a collection's `scaleDenominator` as that; without one it takes 1e-8 degrees a pixel."""
+    zoom = max(0, store.maxlevel - CELLS_PER_TILE_LOG2)
+    return float(morecantile.tms.get(GRID).matrix(zoom).scaleDenominator)
+
+
+def collection(base: str, params: DocumentParams, legend: dict, store: Store, query: str) -> dict:
     """A layer as an OGC collection: what it shows (the legend in words), where (the store's
-    bounds) and the links to its tilesets, carrying the query it was asked with."""
+    bounds), at what full resolution, and the links to its tilesets and map, carrying the query
+    it was asked with."""
     own = f"{base}/collections/{params.layer}"
     return {
         "id": params.layer,
         "title": layer_title(params),
         "description": legend["description"],
-        "extent": {"spatial": {"bbox": [list(bounds)], "crs": CRS84}},
+        "extent": {"spatial": {"bbox": [list(store.bounds)], "crs": CRS84}},
+        "scaleDenominator": full_resolution_scale(store),
         "links": [
             json_link("self", with_query(own, query), "This collection"),
             json_link(TILESETS_REL, with_query(f"{own}/tiles", query), "The map tilesets of this layer"),
@@ -531,12 +542,12 @@ async def collections(request: Request, service: ServiceDep, params: CollectionP
     """Each layer the parameters allow, as WMTS lists them: one 422 naming every bad parameter."""
     refusals = request_refusals(request)
     layers = params.validated(service, refusals)
-    base, query, bounds = base_url(request), request.url.query, service.store.bounds
+    base, query = base_url(request), request.url.query
     listed = []
     for layer, (tile, text) in zip(params.layers(), layers, strict=True):
         of_layer = layer_params(layer, params)
         await check_query(service, of_layer)
-        listed.append(collection(base, of_layer, await layer_legend(service, tile, text), bounds, query))
+        listed.append(collection(base, of_layer, await layer_legend(service, tile, text), service.store, query))
     document = {"links": [json_link("self", with_query(f"{base}/collections", query), "This list")]}
     return conditional(request, JSONResponse({**document, "collections": listed}), "document")
 
@@ -554,7 +565,7 @@ async def layer_collection(
     [(tile, text)] = of_layer.validated(service, request_refusals(request))
     await check_query(service, of_layer)
     legend = await layer_legend(service, tile, text)
-    document = collection(base_url(request), of_layer, legend, service.store.bounds, request.url.query)
+    document = collection(base_url(request), of_layer, legend, service.store, request.url.query)
     return conditional(request, JSONResponse(document), "document")
 
 
