@@ -94,8 +94,8 @@ async def read_capped(request: Request, limit: int, held: UploadBytes | None = N
     return b"".join(chunks)
 
 
-# A string, to its closing quote or the body's end: matched left to right, never backtracking (a
-# closing quote required, a body of `"\` repeated took time quadratic in its length).
+# A string, to its closing quote or the body's end: matched left to right, never backtracking
+# (requiring the closing quote made a body of `"\` repeated take time quadratic in its length).
 JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 NOT_A_BRACKET = re.compile(rb"[^\[\]{}]+")
 
