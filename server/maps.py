@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 from urllib.parse import parse_qsl
 
+import morecantile
 import numpy as np
 from fastapi import Depends, HTTPException, Query
 from starlette.types import Scope
@@ -21,8 +22,9 @@ from starlette.types import Scope
 from runtime.tiles import EARTH_CIRCUMFERENCE_M, EARTH_RADIUS_M, MERCATOR_LAT_LIMIT, mercator_pixel_size
 from server import render
 from server.cache import digest
+from server.engine import GRID
 from server.http import Refusals
-from server.params import CRS84, DIGITS, in_event_loop, numbers_pattern, parse_bbox, parse_box
+from server.params import CRS84, CRS84_GRID, DIGITS, MAX_ZOOM, in_event_loop, numbers_pattern, parse_bbox, parse_box
 from server.queries import shown
 from server.service import SoundscapeService, TileRequest
 
@@ -364,3 +366,15 @@ async def draw(service: SoundscapeService, asked: MapRequest, plan: Plan, tile: 
         return ENCODERS[asked.fmt](plan.values(tiles), scale.lo, scale.hi, tile.colormap)
 
     return await service.run(encode)
+
+
+CRS84_MATRICES = morecantile.tms.get(CRS84_GRID)
+
+
+async def crs84_tile(service: SoundscapeService, tile: TileRequest, text: str | None) -> bytes:
+    """A WorldCRS84Quad tile: the map of its box at its size, drawn from the grid's value tiles as
+    every map is (so it is the map route's image of that box, pixel for pixel)."""
+    box = CRS84_MATRICES.bounds(morecantile.Tile(tile.x, tile.y, tile.z))
+    asked = MapRequest(CRS84, (box.left, box.bottom, box.right, box.top), tile.size, tile.size, tile.fmt)
+    plan = Plan.of(asked, tile.size, (0, MAX_ZOOM))
+    return await draw(service, asked, plan, replace(tile, tms=GRID), text)

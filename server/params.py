@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 from urllib.parse import unquote_plus
 
+import morecantile
 from fastapi import Depends, HTTPException, Path, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import request_params_to_args
@@ -29,12 +30,22 @@ from runtime.text import MAX_TEXT_LENGTH, TEXT_PATTERN
 from server.engine import CELLS_PER_TILE_LOG2, GRID, QUERY_LAYERS, QueryMetadata
 from server.http import INTEGER_SPELLING, MAX_DETAIL_CHARS, Refusals, Refused, error_response, refuse_invalid
 from server.queries import ID_PATTERN, QueryError, is_query_id, shown, text_record
-from server.render import colormap_names
+from server.render import VALUE_FORMATS, colormap_names
 from server.service import SoundscapeService, TileRequest
 from store.reader import Level
 
-TMS_IDS = (GRID,)  # the grid tiles are computed on: another would need its own windows
+# The grid tiles are computed on, and WorldCRS84Quad, whose tiles are maps of their boxes drawn
+# from the grid's (server/maps.py): GDAL's OGC API driver picks it, the collection's CRS84 bbox
+# then in its own units.
+CRS84_GRID = "WorldCRS84Quad"
+TMS_IDS = (GRID, CRS84_GRID)
 MAX_ZOOM = 24
+# Each tile matrix set's columns and rows at zoom 0 (each zoom doubles both) and its finest zoom
+# served: MAX_ZOOM, or the set's own last when coarser.
+MATRICES = {
+    tms: (found.matrix(0).matrixWidth, found.matrix(0).matrixHeight, min(MAX_ZOOM, found.maxzoom))
+    for tms, found in ((tms, morecantile.tms.get(tms)) for tms in TMS_IDS)
+}
 TILE_SIZES = (256, 512)
 DEFAULT_COLORMAPS = {"heatmap": "magma", "contrast": "magma", "uncertainty": "viridis"}
 
@@ -686,13 +697,16 @@ def check_tms(tms: str) -> None:
         raise HTTPException(404, f"unknown tile matrix set {tms!r}; available: {', '.join(TMS_IDS)}")
 
 
+VALUE_NAMES = {"tif": "GeoTIFF", "npy": ".npy"}
+
+
 def check_placed(tms: str, fmt: str) -> None:
-    """404 for a GeoTIFF on a tile matrix set other than the grid tiles are computed on: it would
-    place values computed on one grid over the bounds of another tile (render.encode_geotiff
-    places on GRID alone)."""
-    if fmt == "tif" and tms != GRID:
+    """404 for values (.npy, .tif) on a tile matrix set other than the grid they are computed on:
+    another's tiles are pictures drawn from the grid's (render.encode_geotiff places on GRID alone)."""
+    if fmt in VALUE_FORMATS and tms != GRID:
         raise HTTPException(
-            404, f"GeoTIFF tiles are served on {GRID} only, the grid their values are computed on, not on {tms}"
+            404,
+            f"{VALUE_NAMES[fmt]} tiles are served on {GRID} only, the grid their values are computed on, not on {tms}",
         )
 
 
@@ -705,8 +719,12 @@ def scaled(params: StyleParams, scale: int) -> TileParams:
 def check_tile(tms: str, z: int, x: int, y: int) -> None:
     """404 for a tile outside the tile matrix set, before any work."""
     check_tms(tms)
-    if not (0 <= z <= MAX_ZOOM and 0 <= x < (1 << z) and 0 <= y < (1 << z)):
-        raise HTTPException(404, f"tile {z}/{x}/{y} is outside the {tms} grid (zoom 0-{MAX_ZOOM}, x and y in 0..2^z-1)")
+    columns, rows, top = MATRICES[tms]
+    if not (0 <= z <= top and 0 <= x < columns << z and 0 <= y < rows << z):
+        raise HTTPException(
+            404,
+            f"tile {z}/{x}/{y} is outside the {tms} grid (zoom 0-{top}, x in 0..{columns}*2^z-1, y in 0..{rows}*2^z-1)",
+        )
 
 
 def tile_request(

@@ -501,11 +501,18 @@ class SoundscapeService:
         tile's ETag; prefixed, its cache key."""
         return digest(request.canonical(self.ids))
 
-    async def tile(self, request: TileRequest, text: str | None = None, name: str | None = None) -> bytes:
+    async def tile(
+        self,
+        request: TileRequest,
+        text: str | None = None,
+        name: str | None = None,
+        draw: Callable[[], Awaitable[bytes]] | None = None,
+    ) -> bytes:
         """Encoded tile; `text` is the raw q= of a text query (embedded on a miss); `name` is
-        `tile_name(request)` when the caller has it already."""
+        `tile_name(request)` when the caller has it already; `draw` renders a tile of another
+        tile matrix set than the grid (server/maps.py), cached as the grid's are."""
         key = named_key("tile", name or self.tile_name(request))
-        return await self.cached(self.tiles, "tile", key, lambda: self._render(request, text), BYTES)
+        return await self.cached(self.tiles, "tile", key, draw or (lambda: self._render(request, text)), BYTES)
 
     async def _render(self, r: TileRequest, text: str | None) -> bytes:
         query = await self.layer_query(r.layer, r.query, text)

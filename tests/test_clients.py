@@ -106,9 +106,12 @@ def test_gdal_reads_wmts_at_each_tile_size(server, size):
 
 def test_ogc_tile_matrix_sets_are_listed(server):
     sets = httpx.get(f"{server}/tileMatrixSets", timeout=30).json()["tileMatrixSets"]
-    assert [s["id"] for s in sets] == ["WebMercatorQuad"]
-    tms = httpx.get(sets[0]["links"][0]["href"], timeout=30).json()
-    assert tms["id"] == "WebMercatorQuad" and tms["tileMatrices"][0]["tileWidth"] == 256
+    assert [s["id"] for s in sets] == ["WebMercatorQuad", "WorldCRS84Quad"]
+    for listed, (columns, rows) in zip(sets, ((1, 1), (2, 1)), strict=True):
+        tms = httpx.get(listed["links"][0]["href"], timeout=30).json()
+        zoom0 = tms["tileMatrices"][0]
+        assert tms["id"] == listed["id"] and zoom0["tileWidth"] == 256
+        assert (zoom0["matrixWidth"], zoom0["matrixHeight"]) == (columns, rows)
     assert httpx.get(f"{server}/tileMatrixSets/Nope", timeout=30).status_code == 404
     assert any("tilematrixset" in c for c in httpx.get(f"{server}/conformance", timeout=30).json()["conformsTo"])
 

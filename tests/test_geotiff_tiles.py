@@ -149,15 +149,17 @@ def test_gdal_reads_a_tif_tile_over_http(bundle_path, store_path, capsys):
     assert re.fullmatch(r"\d+ of 65536 pixels hold values, -?\d+\.\d{4} to -?\d+\.\d{4}", pixels), pixels
 
 
-def test_a_tif_tile_is_placed_only_on_the_grid_its_values_are_computed_on(client, monkeypatch):
-    """Tiles are computed on WebMercatorQuad's cells: were a second tile matrix set served, a
-    GeoTIFF of it would put those values over another grid's tile. It is refused in a sentence,
-    and what is served stays on WebMercatorQuad."""
-    monkeypatch.setattr("server.params.TMS_IDS", ("WebMercatorQuad", "WorldCRS84Quad"))
-    other = client.get("/tiles/WorldCRS84Quad/1/1/0.tif", params={"q": "birdsong"})
-    assert other.status_code == 404, other.status_code
-    assert other.json()["detail"] == (
-        "GeoTIFF tiles are served on WebMercatorQuad only, the grid their values are computed on, not on WorldCRS84Quad"
-    )
+def test_a_tif_tile_is_placed_only_on_the_grid_its_values_are_computed_on(client):
+    """Tiles are computed on WebMercatorQuad's cells: WorldCRS84Quad's tiles are pictures drawn
+    from them (server/maps.py), and values of it would put those values over another grid's tile.
+    They are refused in a sentence, and what is served stays on WebMercatorQuad."""
+    for fmt, name in (("tif", "GeoTIFF"), ("npy", ".npy")):
+        other = client.get(f"/tiles/WorldCRS84Quad/1/1/0.{fmt}", params={"q": "birdsong"})
+        assert other.status_code == 404, other.status_code
+        assert other.json()["detail"] == (
+            f"{name} tiles are served on WebMercatorQuad only, the grid their values are computed on, "
+            "not on WorldCRS84Quad"
+        )
+    assert client.get("/tiles/WorldCRS84Quad/1/1/0.png", params={"q": "birdsong"}).status_code == 200
     served = client.get(tile_url(1, 1, 0, "tif"), params={"q": "birdsong"})
     assert_georeferenced(read_geotiff(served.content)[0], 1, 1, 0, 256)

@@ -128,9 +128,9 @@ def test_a_collections_tileset_leads_to_the_xyz_tile_of_its_layer(client):
     drawn = {}
     for layer in LAYERS:
         collection = client.get(f"/collections/{layer}", params=QUERY).json()
-        tilesets = client.get(link(collection, TILESETS_REL)["href"]).json()
-        [summary] = tilesets["tilesets"]
-        tileset = client.get(link(summary, "self")["href"]).json()
+        tilesets = client.get(link(collection, TILESETS_REL)["href"]).json()["tilesets"]
+        assert [s["tileMatrixSetURI"].rsplit("/", 1)[1] for s in tilesets] == ["WebMercatorQuad", "WorldCRS84Quad"]
+        tileset = client.get(link(tilesets[0], "self")["href"]).json()
         assert client.get(link(tileset, TMS_REL)["href"]).json()["id"] == "WebMercatorQuad"
         template = link(tileset, "item")["href"]
         assert template.endswith(f"/{{tileRow}}.png?q=birdsong&hour=6&layer={layer}")
@@ -258,7 +258,9 @@ def test_with_a_public_url_the_links_start_with_it(bundle_path, store_path):
 # GDAL's OGCAPI driver against a real uvicorn ---------------------------------------------------
 
 DOCS = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
-GDAL_COMMAND = re.search(r"```bash\n(gdal_translate [^\n]*'OGCAPI:[^\n]*)\n```", DOCS).group(1)
+GDAL_COMMAND = re.search(
+    r"```bash\n(gdal_translate -oo TILEMATRIXSET=WebMercatorQuad [^\n]*'OGCAPI:[^\n]*)\n```", DOCS
+).group(1)
 needs_gdal = pytest.mark.skipif(shutil.which("gdal_translate") is None, reason="GDAL's gdal_translate is not installed")
 
 
@@ -299,8 +301,9 @@ def test_gdal_translate_of_the_documented_url_is_the_xyz_tiles(server, tmp_path)
 
 @needs_gdal
 def test_gdal_reads_each_layer_over_the_stores_bounds_as_its_tiles(server, store_path, tmp_path):
-    """The finer zoom 4 over the store's bounds in metres (GDAL 3.6 reads a collection's bounds
-    as such): the raster covers the bounds, and each tile inside it is the XYZ tile of the layer."""
+    """The finer zoom 4 of WebMercatorQuad over the store's bounds in metres (GDAL 3.6 reads a
+    collection's bounds as such): the raster covers the bounds, and each tile inside it is the
+    XYZ tile of the layer."""
     z = 4
     west, south, east, north = Store(store_path).bounds
     (minx, miny), (maxx, maxy) = mercantile.xy(west, south), mercantile.xy(east, north)
@@ -309,6 +312,7 @@ def test_gdal_reads_each_layer_over_the_stores_bounds_as_its_tiles(server, store
     for layer in ("contrast", "heatmap"):
         out = tmp_path / f"{layer}.tif"
         bounds = [f"MINX={minx}", f"MINY={miny}", f"MAXX={maxx}", f"MAXY={maxy}", f"TILEMATRIX={z}"]
+        bounds.append("TILEMATRIXSET=WebMercatorQuad")
         url = f"OGCAPI:{server}/collections/{layer}?q=birdsong&hour=6"
         gdal(["gdal_translate", "-q", *(f for option in bounds for f in ("-oo", option)), url, str(out)], tmp_path)
         with rasterio.open(out) as src:

@@ -143,7 +143,9 @@ BAD_REQUESTS = [
     ("GET", "/tiles/2/0/4.png", {"q": "x"}, 404, "outside"),
     ("GET", "/tiles/2/-1/0.png", {"q": "x"}, 404, "outside"),
     ("GET", "/tiles/25/0/0.png", {"q": "x"}, 404, "outside"),
-    ("GET", "/tiles/WorldCRS84Quad/1/0/0.png", {"q": "x"}, 404, "unknown tile matrix set"),
+    ("GET", "/tiles/UTM31WGS84Quad/1/0/0.png", {"q": "x"}, 404, "unknown tile matrix set"),
+    ("GET", "/tiles/WorldCRS84Quad/1/4/0.png", {"q": "x"}, 404, "outside the WorldCRS84Quad grid"),
+    ("GET", "/tiles/WorldCRS84Quad/24/0/0.png", {"q": "x"}, 404, "zoom 0-23"),
     # tiles: malformed -> 422
     ("GET", "/tiles/a/0/0.png", {"q": "x"}, 422, "integer"),
     ("GET", "/tiles/WebMercatorQuad/1/0/0.jpg", {"q": "x"}, 422, "png"),

@@ -89,4 +89,10 @@ def test_tile_validity_is_the_grid(z, x, y):
     except HTTPException as exc:
         assert not inside and exc.status_code == 404
     with pytest.raises(HTTPException):
-        check_tile("WorldCRS84Quad", 0, 0, 0)
+        check_tile("UTM31WGS84Quad", 0, 0, 0)
+    # WorldCRS84Quad: two columns of one row at zoom 0, each doubling per zoom, to zoom 23
+    check_tile("WorldCRS84Quad", 0, 1, 0)
+    check_tile("WorldCRS84Quad", 23, 2**24 - 1, 2**23 - 1)
+    for z, x, y in ((0, 2, 0), (0, 0, 1), (3, 16, 0), (3, 0, 8), (24, 0, 0)):
+        with pytest.raises(HTTPException):
+            check_tile("WorldCRS84Quad", z, x, y)

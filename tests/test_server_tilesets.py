@@ -23,8 +23,9 @@ def link(document: dict, rel: str) -> dict:
 def test_the_list_points_to_the_tileset_of_the_query_asked(client):
     listed = client.get("/tiles", params={"q": "birdsong", "hour": 6})
     assert listed.status_code == 200
-    [entry] = listed.json()["tilesets"]
+    entry, crs84 = listed.json()["tilesets"]
     assert entry["dataType"] == "map" and entry["crs"] == "http://www.opengis.net/def/crs/EPSG/0/3857"
+    assert crs84["dataType"] == "map" and crs84["crs"] == "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
     own = client.get(link(entry, "self")["href"])
     assert own.status_code == 200 and own.json()["title"] == entry["title"] == "soundscape contrast: birdsong"
     assert link(own.json(), "item")["href"].endswith("?q=birdsong&hour=6&layer=contrast")

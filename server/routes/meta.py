@@ -27,6 +27,7 @@ from server.params import (
     DEFAULT_LAYER,
     DIGITS,
     HOURS,
+    MATRICES,
     MONTHS,
     TMS_IDS,
     CapabilitiesParams,
@@ -166,6 +167,10 @@ async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParam
     unknown tile matrix set, as tile_request answers."""
     layers_asked = params.validated(service)
     check_tms(tms)
+    if tms != GRID:  # server/wmts.py writes WebMercatorQuad's matrices
+        raise HTTPException(
+            404, f"WMTS capabilities are written for {GRID}; {tms}'s tiles are listed at /tiles/{tms} (OGC API - Tiles)"
+        )
     base = base_url(request)
     layers = []
     for layer, (tile, text) in zip(params.layers(), layers_asked, strict=True):
@@ -345,7 +350,7 @@ def tile_matrix_limits(
     zoom outside those offered."""
     matrix_set = morecantile.tms.get(tms)
     limits = []
-    for z in range(zooms[0], zooms[1] + 1):
+    for z in range(zooms[0], min(zooms[1], MATRICES[tms][2]) + 1):
         if bounds is None:
             matrix = matrix_set.matrix(z)
             first, last = (

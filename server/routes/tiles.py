@@ -12,6 +12,7 @@ from typing import Any, cast
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from server import maps
 from server.engine import GRID
 from server.http import (
     BINARY,
@@ -65,7 +66,8 @@ async def _tile(
     answer = held(request, etag, "tile")
     if answer is not None:
         return answer
-    body = await service.tile(tile, text, name)
+    drawn = None if tile.tms == GRID else (lambda: maps.crs84_tile(service, tile, text))
+    body = await service.tile(tile, text, name, drawn)
     return conditional(request, Response(body, media_type=FORMATS[fmt]), "tile", etag)
 
 

@@ -1,0 +1,105 @@
+"""WorldCRS84Quad tiles (`/tiles/WorldCRS84Quad/{z}/{x}/{y}.png`): each is the map of its box in
+CRS84 at its size (server/maps.py), drawn from the WebMercatorQuad tiles the values are computed
+on; its tileset leads to it, and GDAL's OGC API driver, which picks this matrix set, reads a
+collection with no option (docs/api.md, "Examples")."""
+
+import io
+import math
+import re
+
+import httpx
+import morecantile
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+
+from store.reader import Store
+from tests.server_support import live_server, make_client
+from tests.test_server_collections import DOCS, gdal, needs_gdal
+
+CRS84_QUAD = morecantile.tms.get("WorldCRS84Quad")
+QUERY = {"q": "birdsong", "hour": "6"}
+PLAIN_GDAL_COMMAND = re.search(r"```bash\n(gdal_translate 'OGCAPI:[^\n]*)\n```", DOCS).group(1)
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path, store_path):
+    return make_client(bundle_path, store_path)
+
+
+def rgba(body: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGBA"))
+
+
+@pytest.mark.parametrize(("z", "x", "y", "ratio"), [(0, 0, 0, ""), (0, 1, 0, ""), (3, 8, 2, ""), (4, 17, 4, "@2x")])
+def test_a_tile_is_the_map_of_its_box_at_its_size(client, z, x, y, ratio):
+    box = CRS84_QUAD.bounds(morecantile.Tile(x, y, z))
+    size = 512 if ratio else 256
+    tile = client.get(f"/tiles/WorldCRS84Quad/{z}/{x}/{y}{ratio}.png", params=QUERY)
+    drawn = client.get(
+        "/collections/contrast/map",
+        params={**QUERY, "bbox": f"{box.left},{box.bottom},{box.right},{box.top}", "width": size, "height": size},
+    )
+    assert tile.status_code == drawn.status_code == 200, tile.text
+    pixels = rgba(tile.content)
+    assert pixels.shape == (size, size, 4) and np.array_equal(pixels, rgba(drawn.content))
+
+
+def test_a_tile_over_the_cells_shows_them_and_one_beyond_is_transparent(client):
+    over_europe = rgba(client.get("/tiles/WorldCRS84Quad/3/8/1.png", params=QUERY).content)  # 0..22.5 E, 45..67.5 N
+    assert (over_europe[..., 3] > 0).mean() > 0.5
+    pacific = rgba(client.get("/tiles/WorldCRS84Quad/3/0/4.png", params=QUERY).content)  # the fixture holds Europe
+    assert (pacific[..., 3] == 0).all()
+
+
+def test_its_tileset_leads_to_its_tiles_and_lists_every_tile_of_each_zoom(client):
+    tileset = client.get("/collections/contrast/tiles/WorldCRS84Quad", params={**QUERY, "maxzoom": 3}).json()
+    assert tileset["crs"] == "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
+    limits = {int(limit["tileMatrix"]): limit for limit in tileset["tileMatrixSetLimits"]}
+    assert set(limits) == {0, 1, 2, 3}
+    assert [(limits[z]["maxTileCol"], limits[z]["maxTileRow"]) for z in limits] == [(1, 0), (3, 1), (7, 3), (15, 7)]
+    [item] = [link for link in tileset["links"] if link["rel"] == "item"]
+    url = item["href"].replace("{tileMatrix}", "3").replace("{tileCol}", "8").replace("{tileRow}", "1")
+    plain = client.get("/tiles/WorldCRS84Quad/3/8/1.png", params={**QUERY, "layer": "contrast"})
+    assert client.get(url).content == plain.content
+
+
+def test_values_and_wmts_stay_on_the_grid_they_are_computed_on(client):
+    for path in ("/tiles/WorldCRS84Quad/1/1/0.npy", "/WorldCRS84Quad/WMTSCapabilities.xml"):
+        refused = client.get(path, params=QUERY)
+        assert refused.status_code == 404 and "WebMercatorQuad" in refused.json()["detail"], path
+
+
+@needs_gdal
+def test_gdal_reads_a_collection_with_no_option_as_these_tiles(bundle_path, store_path, tmp_path):
+    """GDAL 3.6's OGC API driver prefers a WorldCRS84Quad tileset, where the collection's CRS84
+    bbox is in the matrix set's own units: docs/api.md's plain command, verbatim but for the
+    address, needs no -oo MINX=... (it failed with WebMercatorQuad alone, reading degrees as
+    metres) and writes these tiles, cropped to the bbox, pixel for pixel."""
+    with live_server(bundle_path, store_path) as server:
+        gdal(PLAIN_GDAL_COMMAND.replace("http://127.0.0.1:8000", server), tmp_path)
+        with rasterio.open(tmp_path / "contrast-crs84.tif") as src:
+            assert src.crs.to_epsg() == 4326
+            pixels, (west, south, east, north), res = src.read().transpose(1, 2, 0), src.bounds, src.res[0]
+        assert (west, south, east, north) == pytest.approx(Store(store_path).bounds, abs=res)
+        z = round(math.log2(180 / 256 / res))
+        span = 180 / 2**z  # degrees a tile
+        cols = range(math.floor((west + 180) / span), math.ceil((east + 180) / span))
+        rows = range(math.floor((90 - north) / span), math.ceil((90 - south) / span))
+        query = {**QUERY, "layer": "contrast"}
+        mosaic = np.concatenate(
+            [
+                np.concatenate(
+                    [
+                        rgba(httpx.get(f"{server}/tiles/WorldCRS84Quad/{z}/{x}/{y}.png", params=query).content)
+                        for x in cols
+                    ],
+                    axis=1,
+                )
+                for y in rows
+            ]
+        )
+    left, top = round((west + 180 - cols[0] * span) / res), round((90 - north - rows[0] * span) / res)
+    assert np.array_equal(pixels, mosaic[top : top + pixels.shape[0], left : left + pixels.shape[1]])
+    assert (pixels[..., 3] > 0).mean() > 0.5
