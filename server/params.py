@@ -35,8 +35,8 @@ from server.service import SoundscapeService, TileRequest
 from store.reader import Level
 
 # The grid tiles are computed on, and WorldCRS84Quad, whose tiles are maps of their boxes drawn
-# from the grid's (server/maps.py): GDAL's OGC API driver picks it, the collection's CRS84 bbox
-# then in its own units.
+# from the grid's (server/maps.py): GDAL's OGC API driver picks it, and the collection's CRS84
+# bbox is in its units.
 CRS84_GRID = "WorldCRS84Quad"
 TMS_IDS = (GRID, CRS84_GRID)
 MAX_ZOOM = 24

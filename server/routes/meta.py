@@ -41,7 +41,7 @@ from server.params import (
     request_refusals,
 )
 from server.queries import shown
-from server.render import FORMATS, VALUE_FORMATS, colormap_names, legend
+from server.render import FORMATS, VALUE_FORMATS, colormap_names, grid, legend
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService, TileRequest
 from server.urls import base_url, tile_template
@@ -513,7 +513,7 @@ def full_resolution_scale(store: Store) -> float:
     16 px a side (finer tiles interpolate them): the map's full resolution. GDAL's OGC API driver
     reads a collection's `scaleDenominator` as that; without one it takes 1e-8 degrees a pixel."""
     zoom = max(0, store.maxlevel - CELLS_PER_TILE_LOG2)
-    return float(morecantile.tms.get(GRID).matrix(zoom).scaleDenominator)
+    return float(grid()[0].matrix(zoom).scaleDenominator)
 
 
 def collection(base: str, params: DocumentParams, legend: dict, store: Store, query: str) -> dict:
