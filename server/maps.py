@@ -24,7 +24,17 @@ from server import render
 from server.cache import digest
 from server.engine import GRID
 from server.http import Refusals
-from server.params import CRS84, CRS84_GRID, DIGITS, MAX_ZOOM, in_event_loop, numbers_pattern, parse_bbox, parse_box
+from server.params import (
+    CRS84,
+    CRS84_GRID,
+    DIGITS,
+    MATRIX_SETS,
+    MAX_ZOOM,
+    in_event_loop,
+    numbers_pattern,
+    parse_bbox,
+    parse_box,
+)
 from server.queries import shown
 from server.service import SoundscapeService, TileRequest
 
@@ -368,7 +378,7 @@ async def draw(service: SoundscapeService, asked: MapRequest, plan: Plan, tile: 
     return await service.run(encode)
 
 
-CRS84_MATRICES = morecantile.tms.get(CRS84_GRID)
+CRS84_MATRICES = MATRIX_SETS[CRS84_GRID]
 
 
 async def crs84_tile(service: SoundscapeService, tile: TileRequest, text: str | None) -> bytes:

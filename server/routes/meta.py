@@ -5,6 +5,7 @@ Prometheus metrics."""
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cache
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
@@ -28,6 +29,7 @@ from server.params import (
     DIGITS,
     HOURS,
     MATRICES,
+    MATRIX_SETS,
     MONTHS,
     TMS_IDS,
     CapabilitiesParams,
@@ -259,8 +261,10 @@ def metadata(request: Request, service: ServiceDep) -> Response:
 
 # OGC API - Tiles: the tile matrix sets and tilesets are listed and described as TiTiler's
 # clients expect. A tileset's tile template keeps TiTiler's {z}/{x}/{y} order under OGC's names
-# ({tileMatrix}/{tileCol}/{tileRow}), so the core class, whose paths end in {tileRow}/{tileCol},
-# is not claimed, nor the tileset classes that rest on it. Nor are OGC API - Common's classes,
+# ({tileMatrix}/{tileCol}/{tileRow}; OGC prescribes no order), but the core class is not claimed,
+# nor the tileset classes that rest on it: it asks a 404 or 400 for a tile outside a tileset's
+# tileMatrixSetLimits, where a tile past the store's maxzoom is drawn as any other (web maps
+# zoom in further than the limits' last zoom). Nor are OGC API - Common's classes,
 # though the landing page (`/?f=json`) and the collections are served as its JSON: its core
 # class asks a 400 for a parameter the API does not define or a value it refuses, where this
 # server ignores an unknown name (a cache buster) and answers 422; and `/` answers a browser
@@ -311,7 +315,7 @@ def tile_matrix_sets(request: Request) -> Response:
     sets = [
         {
             "id": tms,
-            "title": morecantile.tms.get(tms).title,
+            "title": MATRIX_SETS[tms].title,
             "links": [{"href": f"{base}/tileMatrixSets/{tms}", "rel": TMS_REL, "type": "application/json"}],
         }
         for tms in TMS_IDS
@@ -329,13 +333,14 @@ def tile_matrix_set(tms: str, request: Request) -> Response:
     return conditional(request, JSONResponse(tile_matrix_set_document(tms)), "document")
 
 
+@cache
 def tile_matrix_set_document(tms: str) -> dict:
     """`tms` as OGC TMS 2.0 JSON, with TMS 1.0's names of the same values beside (type, identifier
     and supportedCRS; a matrix's identifier and topLeftCorner): GDAL 3.6 reads a tiling scheme by
     those alone (its OGCAPI driver failed "Invalid tiling matrix set name"), and TMS 2.0's schema
     admits members it does not define. Every matrix served has its origin top left, TMS 1.0's
     only corner."""
-    document = morecantile.tms.get(tms).model_dump(mode="json", exclude_none=True)
+    document = MATRIX_SETS[tms].model_dump(mode="json", exclude_none=True)
     document.update(type="TileMatrixSetType", identifier=document["id"], supportedCRS=document["crs"])
     for matrix in document["tileMatrices"]:
         matrix.update(type="TileMatrixType", identifier=matrix["id"], topLeftCorner=matrix["pointOfOrigin"])
@@ -348,7 +353,7 @@ def tile_matrix_limits(
     """The tiles over `bounds` (degrees), or every tile of the matrix (None), at each zoom of
     `zooms`: OGC's tileMatrixSetLimits, so a client asks for no tile outside the cells nor any
     zoom outside those offered."""
-    matrix_set = morecantile.tms.get(tms)
+    matrix_set = MATRIX_SETS[tms]
     limits = []
     for z in range(zooms[0], min(zooms[1], MATRICES[tms][2]) + 1):
         if bounds is None:
@@ -390,7 +395,7 @@ def tileset_links(base: str, tiles: str, tms: str, query: str) -> list[dict]:
 def tileset_summary(base: str, tiles: str, tms: str, title: str, query: str) -> dict:
     """What a tileset is and where it is described: an entry of the tileset list and the head of
     the tileset itself."""
-    matrix_set = morecantile.tms.get(tms)
+    matrix_set = MATRIX_SETS[tms]
     return {
         "title": title,
         "dataType": "map",
