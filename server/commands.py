@@ -11,10 +11,12 @@ from urllib.parse import quote
 
 import uvicorn
 
-from runtime.arguments import integer_in
+from runtime.arguments import integer_in, parsed_by
 from runtime.bundle import Bundle
 from runtime.contract import PRECISIONS
 from runtime.errors import UsageError
+from server import pack
+from server.app import create_app
 from server.protocol import ConnectionLimits
 from server.registry import SqliteRecords
 from server.settings import Settings, check_variable_names
@@ -164,6 +166,11 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=integer_in(1, 65535), default=8000, help="port (default 8000)")
     p.add_argument("--workers", type=integer_in(1), default=1, help="uvicorn worker processes (default 1)")
+    add_service_options(p)
+
+
+def add_service_options(p: argparse.ArgumentParser) -> None:
+    """The options of the tile service itself: where queries are kept and which graphs run."""
     p.add_argument(
         "--redis-url",
         default=os.environ.get("SOUNDSCAPE_REDIS_URL"),
@@ -228,3 +235,73 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{option}", type=integer_in(1) if option == "max-connections" else str, help=text)
     p.epilog = variables_epilog(p)
     p.set_defaults(handler=_serve)
+    add_pack_command(sub)
+
+
+def pack_settings(args: argparse.Namespace) -> Settings:
+    """The settings `soundscape pack` runs the app with: serve's (the SOUNDSCAPE_* variables and
+    the service options), but the app answers this process alone: no rate limit, no public URL,
+    and the in-process requests' host allowed."""
+    check_variable_names((Settings, ConnectionLimits), os.environ)
+    given = {"bundle": str(args.bundle), "store": str(args.store), "precision": args.precision}
+    if args.query_db:
+        given["query_db"] = str(Path(args.query_db).resolve())
+    if args.redis_url:
+        given["redis_url"] = args.redis_url
+    return Settings.from_env(**given, rate_limit=None, public_url=None, allowed_hosts=(pack.HOST,))
+
+
+def _pack(args: argparse.Namespace) -> int:
+    query = pack.map_query(args.map)
+    Store(args.store).check_bundle(Bundle(args.bundle, precision=args.precision).id)
+    app = create_app(pack_settings(args))
+    plan, count = pack.pack(app, query, Path(args.out), args.zooms, args.bbox, args.max_tiles, args.overwrite)
+    zooms = f"{plan.metadata['minzoom']}-{plan.metadata['maxzoom']}"
+    print(f"{args.out}: {plan.count} tiles of zooms {zooms} ({count} made by this run), {plan.metadata['name']}")
+    return 0
+
+
+def add_pack_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pack",
+        help="write a map's tiles into one MBTiles file, for offline use",
+        description="Write the tiles of one map (a query, hour, month, source, layer and colours, as\n"
+        "the tile URL's parameters name them) into an MBTiles file: exactly the tiles `serve`\n"
+        "draws for this bundle and store, made in this process. QGIS and GDAL open the file;\n"
+        "MBTiles tile servers serve it to web maps. The file is written as OUT.partial and\n"
+        "renamed to OUT when complete: run the same command again to resume an interrupted run.",
+        epilog="examples:\n"
+        "  soundscape pack --bundle B --store S 'q=birdsong&hour=6' birdsong.mbtiles\n"
+        "  soundscape pack --bundle B --store S --zooms 0-9 --bbox -10,35,30,60 \\\n"
+        "      'http://127.0.0.1:8000/tiles/{z}/{x}/{y}.png?q=birdsong&layer=heatmap' europe.mbtiles",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--bundle", required=True, help="model bundle directory")
+    p.add_argument("--store", required=True, help="embedding store directory")
+    p.add_argument(
+        "map",
+        metavar="MAP",
+        help="the map's tile parameters as a query string ('q=birdsong&hour=6&layer=contrast'), or a "
+        'URL holding them, such as the viewer\'s "Copy XYZ URL"; tile_format=webp for WebP tiles '
+        "(default PNG)",
+    )
+    p.add_argument("out", metavar="OUT", help="the MBTiles file to write")
+    p.add_argument(
+        "--zooms",
+        type=parsed_by(pack.zoom_argument),
+        help="zooms, e.g. 0-5 or 2,4-6 (default: the store's, minzoom to maxzoom as TileJSON gives them)",
+    )
+    p.add_argument(
+        "--bbox",
+        type=parsed_by(pack.box_argument),
+        help="west,south,east,north in degrees; west above east crosses the antimeridian (default: the store's bounds)",
+    )
+    p.add_argument(
+        "--max-tiles",
+        type=integer_in(1),
+        default=pack.DEFAULT_MAX_TILES,
+        help=f"refuse a map of more tiles than this (default {pack.DEFAULT_MAX_TILES})",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT, once the new file is complete")
+    add_service_options(p)
+    p.set_defaults(handler=_pack)

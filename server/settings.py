@@ -111,10 +111,11 @@ class EnvSettings(BaseSettings):
         return (init_settings,)
 
     @classmethod
-    def from_env(cls) -> Self:
-        """The model the SOUNDSCAPE_* variables give; SettingsError names the first bad one."""
+    def from_env(cls, **given: Any) -> Self:
+        """The model the SOUNDSCAPE_* variables give, with `given` values in place of theirs;
+        SettingsError names the first bad one."""
         try:
-            return cls(**EnvSettingsSource(cls)())
+            return cls(**(EnvSettingsSource(cls)() | given))
         except ValidationError as exc:
             raise SettingsError(_sentence(cls, exc.errors()[0])) from None
 

@@ -395,7 +395,7 @@ def test_nodata_takes_the_special_float_values() -> None:
     assert math.isnan(pixel_value("NaN")) and pixel_value("-inf") == -math.inf and pixel_value(" -9999 ") == -9999
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "export", "precompute", "store", "corpus"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "precompute", "store", "corpus", "pack"])
 def test_every_option_says_its_default(command) -> None:
     """--help of train --stop-after, evaluate --config/--max-samples/--cache-dir, export --metrics,
     precompute --region/--shard/--fusion-budget/--nodata/--licence and store synth --seed said

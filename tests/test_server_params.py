@@ -10,6 +10,7 @@ import time
 import pytest
 
 from server.http import MAX_DETAIL_CHARS, MAX_SENTENCE_CHARS
+from server.pack import get
 from tests.server_support import LAND_TILE, localhost_client, refused
 
 Z, X, Y = LAND_TILE
@@ -40,30 +41,7 @@ def client(bundle_path, store_path):
 def raw_get(app, path: str, query_string: bytes) -> tuple[int, bytes]:
     """GET through the ASGI app with a query string of any length (an HTTP client caps a URL's;
     the server's own cap, 16 KiB of request head, holds a few thousand parameters)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query_string,
-        "root_path": "",
-        "headers": [(b"host", b"localhost")],
-        "client": ("127.0.0.1", 1234),
-        "server": ("localhost", 80),
-    }
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+    return asyncio.run(get(app, path, query_string))
 
 
 def assert_names_each(detail: str, sentences: list[str]) -> None:

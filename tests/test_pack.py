@@ -1,0 +1,192 @@
+"""`soundscape pack`: a map's tiles in one MBTiles file, byte for byte the tiles the server
+serves, read back by GDAL's MBTiles driver; an interrupted run resumes to the same file; a map,
+box or file it cannot make is refused in one sentence, leaving every file as it was."""
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import mercantile
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import from_bounds
+
+from server.pack import tile_ranges
+from tests.server_support import REPO, make_client
+from tests.test_server_collections import rgba
+
+QUERY = {"q": "birdsong", "hour": "6"}
+MAP = "q=birdsong&hour=6"
+
+
+def pack(bundle_path, store_path, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """`soundscape pack` as a user runs it, with a query registry of its own."""
+    command = [sys.executable, "-m", "cli.main", "pack", "--bundle", str(bundle_path), "--store", str(store_path)]
+    command += ["--query-db", str(tmp_path / "queries.sqlite"), *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def tiles_of(path) -> dict[tuple[int, int, int], bytes]:
+    """The file's tiles by XYZ (z, x, y): MBTiles counts rows from the bottom."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT zoom_level, tile_column, tile_row, tile_data FROM tiles").fetchall()
+    return {(z, x, (1 << z) - 1 - row): data for z, x, row, data in rows}
+
+
+def metadata_of(path) -> dict[str, str]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT name, value FROM metadata"))
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path, store_path):
+    return make_client(bundle_path, store_path)
+
+
+@pytest.fixture(scope="module")
+def packed(bundle_path, store_path, tmp_path_factory):
+    """The map of birdsong at 6 h over the store's bounds and zooms (the defaults)."""
+    folder = tmp_path_factory.mktemp("pack")
+    done = pack(bundle_path, store_path, folder, MAP, str(folder / "birdsong.mbtiles"))
+    assert done.returncode == 0, done.stderr
+    return folder / "birdsong.mbtiles", done.stdout
+
+
+def test_the_file_holds_the_served_tiles_of_the_map_and_its_legend(packed, client):
+    path, said = packed
+    tilejson = client.get("/tilejson.json", params=QUERY).json()
+    zooms = range(tilejson["minzoom"], tilejson["maxzoom"] + 1)
+    expected = {(t.z, t.x, t.y) for t in mercantile.tiles(*tilejson["bounds"], zooms=zooms)}
+    tiles = tiles_of(path)
+    assert set(tiles) == expected and len(expected) > 1
+    for z, x, y in sorted(expected):
+        assert tiles[(z, x, y)] == client.get(f"/tiles/{z}/{x}/{y}.png", params=QUERY).content, (z, x, y)
+    metadata = metadata_of(path)
+    assert metadata["name"] == tilejson["name"] and metadata["description"] == tilejson["description"]
+    assert metadata["attribution"] == tilejson["attribution"] and metadata["format"] == "png"
+    assert (int(metadata["minzoom"]), int(metadata["maxzoom"])) == (zooms[0], zooms[-1])
+    assert [float(v) for v in metadata["bounds"].split(",")] == pytest.approx(tilejson["bounds"])
+    assert f"{len(expected)} tiles" in said and not path.with_name(path.name + ".partial").exists()
+
+
+@pytest.mark.skipif(shutil.which("gdalinfo") is None, reason="GDAL is installed by scripts/test.sh")
+def test_gdal_reads_the_packed_tiles(packed):
+    path, _ = packed
+    info = subprocess.run(["gdalinfo", str(path)], capture_output=True, text=True, timeout=60)
+    assert info.returncode == 0 and "Driver: MBTiles/MBTiles" in info.stdout, info.stderr
+    assert f"name={metadata_of(path)['name']}" in info.stdout
+    tiles = tiles_of(path)
+    top = max(z for z, _, _ in tiles)
+    with rasterio.open(path) as opened:  # through GDAL's MBTiles driver, at the finest zoom: the bounds' pixels
+        left, bottom, right, upper = opened.bounds
+        inside = [
+            (x, y)
+            for z, x, y in tiles
+            if z == top
+            and left - 1e-6 <= mercantile.xy_bounds(x, y, z).left
+            and mercantile.xy_bounds(x, y, z).right <= right + 1e-6
+            and bottom - 1e-6 <= mercantile.xy_bounds(x, y, z).bottom
+            and mercantile.xy_bounds(x, y, z).top <= upper + 1e-6
+        ]
+        assert inside, "a tile lies wholly in the raster"
+        for x, y in inside:
+            box = mercantile.xy_bounds(x, y, top)
+            window = from_bounds(*box, transform=opened.transform).round_offsets().round_lengths()
+            assert np.array_equal(opened.read(window=window), rgba(tiles[(top, x, y)])), (top, x, y)
+
+
+def test_an_interrupted_pack_resumes_to_the_same_file(packed, bundle_path, store_path, tmp_path):
+    whole, _ = packed
+    out = tmp_path / "birdsong.mbtiles"
+    partial = tmp_path / "birdsong.mbtiles.partial"
+    shutil.copy(whole, partial)  # what a run stopped after some batches leaves: some tiles, committed
+    with sqlite3.connect(partial) as db:
+        gone = db.execute("DELETE FROM tiles WHERE (zoom_level + tile_column + tile_row) % 2 = 0").rowcount
+    assert gone > 0
+    done = pack(bundle_path, store_path, tmp_path, MAP, str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"({gone} made by this run)" in done.stdout
+    assert tiles_of(out) == tiles_of(whole) and not partial.exists()
+
+
+def test_webp_tiles_over_a_box_across_the_antimeridian(bundle_path, store_path, tmp_path):
+    out = tmp_path / "pacific.mbtiles"
+    done = pack(bundle_path, store_path, tmp_path, "q=waves&tile_format=webp", str(out), "--zooms", "0-2",
+                "--bbox", "170,-10,-170,10")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    tiles = tiles_of(out)
+    east = {(t.z, t.x, t.y) for t in mercantile.tiles(170, -10, 180, 10, zooms=[0, 1, 2])}
+    west = {(t.z, t.x, t.y) for t in mercantile.tiles(-180, -10, -170, 10, zooms=[0, 1, 2])}
+    assert set(tiles) == east | west and all(body[:4] == b"RIFF" and body[8:12] == b"WEBP" for body in tiles.values())
+    assert metadata_of(out)["format"] == "webp" and metadata_of(out)["bounds"] == "170,-10,-170,10"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (["q="], "q: text must not be empty"),
+        (["q=birdsong&hour=25"], "hour must be an integer in 0..23, not '25'"),
+        (["q=birdsong&hours=6"], "'hours' is not a parameter of this route: did you mean 'hour'?"),
+        (["query=0123456789abcdef"], "unknown query id '0123456789abcdef'"),
+        (["q=birdsong&tile_format=npy"], "tile_format must be one of png, webp, not 'npy'"),
+        (["q=birdsong", "--zooms", "0-14"], "over --max-tiles 100000: narrow --zooms or --bbox"),
+        (["q=birdsong", "--zooms", "0-99"], "argument --zooms: zooms must lie in 0..24"),
+        (["q=birdsong", "--bbox", "10,50,20"], "argument --bbox: bbox must be four numbers"),
+        ([""], "no tile parameters in ''"),
+    ],
+)
+def test_a_map_it_cannot_make_is_one_sentence_and_no_file(bundle_path, store_path, tmp_path, args, sentence):
+    out = tmp_path / "map.mbtiles"
+    done = pack(bundle_path, store_path, tmp_path, args[0], str(out), *args[1:])
+    assert done.returncode == 2 and sentence in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not out.exists() and not out.with_name("map.mbtiles.partial").exists()
+
+
+@pytest.mark.slow
+def test_files_already_there_are_kept(packed, bundle_path, store_path, tmp_path):
+    whole, _ = packed
+    out, partial = tmp_path / "map.mbtiles", tmp_path / "other.mbtiles.partial"
+    shutil.copy(whole, out)
+    shutil.copy(whole, partial)
+    before = out.read_bytes()
+    done = pack(bundle_path, store_path, tmp_path, "q=rain", str(out))
+    assert done.returncode == 2 and "map.mbtiles exists: give another path, or --overwrite" in done.stderr
+    # --overwrite keeps the old file until the new one is complete: a refused map replaces nothing
+    done = pack(bundle_path, store_path, tmp_path, "q=rain", str(out), "--overwrite", "--zooms", "0-14")
+    assert done.returncode == 2 and "over --max-tiles" in done.stderr and out.read_bytes() == before
+    # the part of another map is neither resumed nor replaced
+    done = pack(bundle_path, store_path, tmp_path, "q=rain", str(tmp_path / "other.mbtiles"))
+    assert done.returncode == 2 and "holds part of another map" in done.stderr
+    assert tiles_of(partial) == tiles_of(whole)
+    done = pack(bundle_path, store_path, tmp_path, "q=rain", str(out), "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert metadata_of(out)["name"].endswith("rain") and not out.with_name("map.mbtiles.partial").exists()
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (-180, -85, 180, 85),
+        (-12, 28, 36, 62),
+        (170, -10, -170, 10),
+        (179.9, -5, -179.9, 5),
+        (10, 60, -10, 70),
+        (0, 0, 0.001, 0.001),
+        (-20, -90, 20, 90),
+        (179, 0, 180, 1),
+    ],
+)
+def test_tile_ranges_count_the_tiles_mercantile_lists(box):
+    west, south, east, north = box
+    for z in range(8):
+        found = [t for r in tile_ranges(box, [z]) for t in r.tiles()]
+        if west < east:
+            listed = set(mercantile.tiles(west, south, east, north, zooms=[z]))
+        else:
+            listed = set(mercantile.tiles(west, south, 180, north, zooms=[z]))
+            listed |= set(mercantile.tiles(-180, south, east, north, zooms=[z]))
+        assert len(found) == len(set(found)) == sum(len(r) for r in tile_ranges(box, [z]))
+        assert set(found) == {(t.z, t.x, t.y) for t in listed}, (box, z)
