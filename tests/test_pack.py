@@ -123,6 +123,21 @@ def test_webp_tiles_over_a_box_across_the_antimeridian(bundle_path, store_path, 
     assert metadata_of(out)["format"] == "webp" and metadata_of(out)["bounds"] == "170,-10,-170,10"
 
 
+def test_a_registered_query_packs_as_its_id_serves(bundle_path, store_path, tmp_path):
+    """An id from POST /queries (an uploaded recording's, or a text's) names the map, through the
+    registry the server keeps (--query-db here; Redis with --redis-url)."""
+    served = make_client(bundle_path, store_path, query_db=str(tmp_path / "queries.sqlite"))
+    query = served.post("/queries", json={"text": "frogs croaking at night"}).json()["id"]
+    out = tmp_path / "frogs.mbtiles"
+    done = pack(bundle_path, store_path, tmp_path, f"query={query}&month=7", str(out), "--zooms", "0-1")
+    assert done.returncode == 0, done.stderr
+    tiles = tiles_of(out)
+    bounds = served.get("/tilejson.json", params={"query": query}).json()["bounds"]
+    assert set(tiles) == {(t.z, t.x, t.y) for t in mercantile.tiles(*bounds, zooms=[0, 1])}
+    for (z, x, y), body in tiles.items():
+        assert body == served.get(f"/tiles/{z}/{x}/{y}.png", params={"query": query, "month": 7}).content
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "sentence"),
