@@ -264,16 +264,18 @@ def _pack(args: argparse.Namespace) -> int:
 def add_pack_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pack",
-        help="write a map's tiles into one MBTiles file, for offline use",
+        help="write a map's tiles into one MBTiles or PMTiles file, for offline use",
         description="Write the tiles of one map (a query, hour, month, source, layer and colours, as\n"
-        "the tile URL's parameters name them) into an MBTiles file: exactly the tiles `serve`\n"
-        "draws for this bundle and store, made in this process. QGIS and GDAL open the file;\n"
-        "MBTiles tile servers serve it to web maps. The file is written as OUT.partial and\n"
-        "renamed to OUT when complete: run the same command again to resume an interrupted run.",
+        "the tile URL's parameters name them) into an MBTiles or PMTiles file: exactly the tiles\n"
+        "`serve` draws for this bundle and store, made in this process. QGIS and GDAL open\n"
+        "MBTiles; web maps read PMTiles from any static web host through pmtiles.js. The tiles\n"
+        "go into OUT.partial, which becomes OUT when complete: run the same command again to\n"
+        "resume an interrupted run.",
         epilog="examples:\n"
         "  soundscape pack --bundle B --store S 'q=birdsong&hour=6' birdsong.mbtiles\n"
         "  soundscape pack --bundle B --store S --zooms 0-9 --bbox -10,35,30,60 \\\n"
-        "      'http://127.0.0.1:8000/tiles/{z}/{x}/{y}.png?q=birdsong&layer=heatmap' europe.mbtiles",
+        "      'http://127.0.0.1:8000/tiles/{z}/{x}/{y}.png?q=birdsong&layer=heatmap' europe.mbtiles\n"
+        "  soundscape pack --bundle B --store S 'q=birdsong&tile_format=webp' birdsong.pmtiles",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--bundle", required=True, help="model bundle directory")
@@ -285,7 +287,9 @@ def add_pack_command(sub: argparse._SubParsersAction) -> None:
         'URL holding them, such as the viewer\'s "Copy XYZ URL"; tile_format=webp for WebP tiles '
         "(default PNG)",
     )
-    p.add_argument("out", metavar="OUT", help="the MBTiles file to write")
+    p.add_argument(
+        "out", metavar="OUT", help="the file to write: a PMTiles archive when it ends in .pmtiles, else MBTiles"
+    )
     p.add_argument(
         "--zooms",
         type=parsed_by(pack.zoom_argument),

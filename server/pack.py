@@ -1,12 +1,14 @@
-"""`soundscape pack`: a map's tiles, as the server draws them, in one MBTiles file, for a map
-that has to work offline (QGIS and GDAL open MBTiles; so do tile servers of MBTiles, for web
-maps) or be handed on as a file.
+"""`soundscape pack`: a map's tiles, as the server draws them, in one MBTiles or PMTiles file,
+for a map that has to work offline (QGIS and GDAL open MBTiles; so do tile servers of MBTiles,
+for web maps) or be handed on as a file (a PMTiles archive on any static web host is read by
+web maps through Protomaps' pmtiles.js, no tile server needed).
 
 The tiles come from the server's own app, run in this process: the map is named by the tile
 URL's parameters (`q=birdsong&hour=6&layer=contrast`), refused with the sentence the server would
 answer, and every tile is byte for byte the one `/tiles/...` serves for the same bundle and store.
-The file is written as `OUT.partial` and renamed to OUT once complete: an interrupted run leaves
-OUT as it was, and the same command run again resumes where it stopped (MBTiles 1.3).
+The tiles are written into `OUT.partial` (MBTiles 1.3), which becomes OUT once complete (or is
+turned into the PMTiles archive OUT): an interrupted run leaves OUT as it was, and the same
+command run again resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import mercantile
 from fastapi import HTTPException
+from pmtiles.convert import mbtiles_to_pmtiles
 from starlette.types import ASGIApp, Message
 from tqdm import tqdm
 
@@ -34,6 +37,7 @@ FORMATS = ("png", "webp")  # the picture formats MBTiles 1.3 names and the tile 
 DEFAULT_MAX_TILES = 100_000
 BATCH = 64  # tiles asked for at once, then written and committed: what a resumed run may redo
 MBTILES_APPLICATION_ID = 0x4D504258  # "MPBX", MBTiles 1.3's SQLite application_id
+PMTILES = ".pmtiles"  # OUT's suffix for a PMTiles archive; an MBTiles file otherwise
 MAP_KEY = "soundscape_map"  # the metadata row naming the map a file holds, for resuming it
 HOST = "localhost"  # the Host header of the in-process requests: an allowed host of every server
 LL_EPSILON = 1e-11  # mercantile.tiles' nudge: a box's east or south edge on a tile edge takes no tile beyond
@@ -277,8 +281,9 @@ def pack(
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[MapPlan, int]:
-    """Write the map `query` names (tile parameters) to the MBTiles file `out`: its plan and the
-    number of tiles this run wrote (fewer than the plan's when it resumed)."""
+    """Write the map `query` names (tile parameters) to `out`, a PMTiles archive if it ends in
+    .pmtiles, else an MBTiles file: its plan and the number of tiles this run made (fewer than
+    the plan's when it resumed)."""
     if out.is_dir():
         raise PackError(f"{out} is a folder, not a file")
     if out.exists() and not overwrite:
@@ -292,10 +297,17 @@ def pack(
             count = await fill(app, plan, db, progress)
         finally:
             db.close()
-        os.replace(partial, out)
         return plan, count
 
-    return asyncio.run(run())
+    plan, count = asyncio.run(run())
+    if out.suffix == PMTILES:
+        converting = out.with_name(out.name + ".converting")
+        mbtiles_to_pmtiles(str(partial), str(converting), None)
+        os.replace(converting, out)
+        partial.unlink()
+    else:
+        os.replace(partial, out)
+    return plan, count
 
 
 def zoom_argument(text: str) -> list[int]:

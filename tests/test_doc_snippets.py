@@ -139,6 +139,20 @@ def test_leaflet_example_draws_the_heatmap(server, pixel_ratio):
         browser.close()
 
 
+def run_on_a_maplibre_map(page, snippet: str) -> None:
+    """Run `snippet` (JS with `map` in scope) on an empty MapLibre map over the page's #map, and
+    wait until every tile it asked for is loaded."""
+    page.evaluate(
+        """(snippet) => new Promise((resolve) => {
+        window.map = new maplibregl.Map({container: 'map', style: {version: 8, sources: {}, layers: []},
+                                         center: [12, 48], zoom: 2, attributionControl: false});
+        map.on('load', () => { new Function('map', snippet)(map); map.once('idle', resolve); });
+    })""",
+        snippet,
+    )
+    page.wait_for_function("window.map.areTilesLoaded()", timeout=60_000)
+
+
 def _maplibre_draws(server, after: str, pixel_ratio: float = 1) -> list[tuple[str, tuple[int, int]]]:
     """Run the MapLibre snippet after the line `after` on an empty map: each tile's URL and size
     in pixels, once every tile is loaded and the heatmap is drawn."""
@@ -148,15 +162,7 @@ def _maplibre_draws(server, after: str, pixel_ratio: float = 1) -> list[tuple[st
     with sync_playwright() as pw:
         browser, page, tiles = _page(pw, server, pixel_ratio)
         page.add_script_tag(url=f"{server}/static/maplibre/maplibre-gl.js")
-        page.evaluate(
-            """(snippet) => new Promise((resolve) => {
-            window.map = new maplibregl.Map({container: 'map', style: {version: 8, sources: {}, layers: []},
-                                             center: [12, 48], zoom: 2, attributionControl: false});
-            map.on('load', () => { new Function('map', snippet)(map); map.once('idle', resolve); });
-        })""",
-            snippet,
-        )
-        page.wait_for_function("window.map.areTilesLoaded()", timeout=60_000)
+        run_on_a_maplibre_map(page, snippet)
         assert tiles and {r.status for r in tiles} == {200}
         assert _drawn(page) > 0.05
         drawn = [(r.url, Image.open(io.BytesIO(r.body())).size) for r in tiles]

@@ -1,7 +1,10 @@
 """`soundscape pack`: a map's tiles in one MBTiles file, byte for byte the tiles the server
-serves, read back by GDAL's MBTiles driver; an interrupted run resumes to the same file; a map,
-box or file it cannot make is refused in one sentence, leaving every file as it was."""
+serves, read back by GDAL's MBTiles driver, or in a PMTiles archive, read back by Protomaps'
+pmtiles.js in Chromium as a web map reads it; an interrupted run resumes to the same file; a
+map, box or file it cannot make is refused in one sentence, leaving every file as it was."""
 
+import base64
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -14,10 +17,17 @@ import rasterio
 from rasterio.windows import from_bounds
 
 from server.pack import tile_ranges
+from server.routes.viewer import STATIC
 from tests.server_support import REPO, make_client
+from tests.test_doc_snippets import _drawn, _page, code_block, run_on_a_maplibre_map
 from tests.test_server_collections import rgba
+from tests.test_viewer import ARGS, CHROMIUM
 
+PMTILES_JS = REPO / "tests" / "assets" / "pmtiles" / "pmtiles.js"
 QUERY = {"q": "birdsong", "hour": "6"}
+MAPLIBRE_SNIPPET = (
+    "MapLibre GL JS over a PMTiles archive on a static web host (pmtiles.js, npm package `pmtiles`, on the page):"
+)
 MAP = "q=birdsong&hour=6"
 
 
@@ -95,6 +105,82 @@ def test_gdal_reads_the_packed_tiles(packed):
             box = mercantile.xy_bounds(x, y, top)
             window = from_bounds(*box, transform=opened.transform).round_offsets().round_lengths()
             assert np.array_equal(opened.read(window=window), rgba(tiles[(top, x, y)])), (top, x, y)
+
+
+def read_with_pmtiles_js(archive: bytes, tiles: list[tuple[int, int, int]]) -> dict:
+    """The archive's header, metadata and `tiles` as pmtiles.js reads them in Chromium (from a
+    File, as from any static web host: the same range reads)."""
+    from playwright.sync_api import sync_playwright
+
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.add_script_tag(content=PMTILES_JS.read_text(encoding="utf-8"))
+        read = page.evaluate(
+            """async ([b64, tiles]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const archive = new pmtiles.PMTiles(new pmtiles.FileSource(new File([bytes], "map.pmtiles")));
+            const header = await archive.getHeader();
+            const found = {};
+            for (const [z, x, y] of tiles) {
+                const tile = await archive.getZxy(z, x, y);
+                found[`${z}/${x}/${y}`] = tile ? Array.from(new Uint8Array(tile.data)) : null;
+            }
+            return {minZoom: header.minZoom, maxZoom: header.maxZoom, tileType: header.tileType,
+                    metadata: await archive.getMetadata(), tiles: found};
+        }""",
+            [base64.b64encode(archive).decode(), tiles],
+        )
+        browser.close()
+    return read
+
+
+def test_a_pmtiles_archive_holds_the_same_tiles_for_pmtiles_js(packed, bundle_path, store_path, tmp_path):
+    whole, _ = packed
+    out = tmp_path / "birdsong.pmtiles"
+    done = pack(bundle_path, store_path, tmp_path, MAP, str(out))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if "birdsong" in p.name) == ["birdsong.pmtiles"]
+    expected = tiles_of(whole)
+    read = read_with_pmtiles_js(out.read_bytes(), sorted(expected))
+    zooms = sorted({z for z, _, _ in expected})
+    assert (read["minZoom"], read["maxZoom"], read["tileType"]) == (zooms[0], zooms[-1], 2)  # 2: PNG
+    assert read["metadata"]["name"] == metadata_of(whole)["name"]
+    assert read["metadata"]["description"] == metadata_of(whole)["description"]
+    assert {tuple(int(v) for v in k.split("/")): bytes(v) for k, v in read["tiles"].items()} == expected
+
+
+def test_maplibre_draws_the_archive_as_the_docs_say(packed, bundle_path, store_path, tmp_path):
+    """docs/api.md's MapLibre snippet, with the archive at its URL on a host that answers range
+    requests (Playwright stands in for it): every request is a range, and the map is drawn."""
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "birdsong.pmtiles"
+    assert pack(bundle_path, store_path, tmp_path, MAP, str(out)).returncode == 0
+    archive = out.read_bytes()
+    snippet = code_block(MAPLIBRE_SNIPPET, "js")
+    url = re.search(r"pmtiles://(\S+\.pmtiles)", snippet).group(1)
+    ranges = []
+
+    def host(route) -> None:
+        first, last = (int(v) for v in re.fullmatch(r"bytes=(\d+)-(\d+)", route.request.headers["range"]).groups())
+        ranges.append((first, last))
+        headers = {"Content-Range": f"bytes {first}-{min(last, len(archive) - 1)}/{len(archive)}"}
+        headers |= {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "Content-Range, ETag"}
+        route.fulfill(status=206, headers=headers, body=archive[first : last + 1])
+
+    with sync_playwright() as pw:
+        browser, page, _ = _page(pw, url)
+        page.route(url, host)
+        page.add_script_tag(content=(STATIC / "maplibre" / "maplibre-gl.js").read_text(encoding="utf-8"))
+        page.add_script_tag(content=PMTILES_JS.read_text(encoding="utf-8"))
+        run_on_a_maplibre_map(page, snippet)
+        drawn = _drawn(page)
+        browser.close()
+    assert ranges and all(last - first < len(archive) for first, last in ranges)
+    assert drawn > 0.05, "the heatmap is drawn over the page"
 
 
 def test_an_interrupted_pack_resumes_to_the_same_file(packed, bundle_path, store_path, tmp_path):
