@@ -204,7 +204,9 @@ async def plan_map(
         "version": "1",
         "description": tilejson.get("description", ""),
         "attribution": tilejson.get("attribution", ""),
-        "bounds": ",".join(f"{v:.10g}" for v in box),
+        # A box across 180 is written as every longitude: MBTiles readers (GDAL) and PMTiles'
+        # (MapLibre through pmtiles.js) take west > east for no box at all.
+        "bounds": ",".join(f"{v:.10g}" for v in (box if west < east else (-180.0, south, 180.0, north))),
         "center": f"{lon:.10g},{lat:.10g},{min(max(zoom, zooms[0]), zooms[-1])}",
         "minzoom": str(zooms[0]),
         "maxzoom": str(zooms[-1]),

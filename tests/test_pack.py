@@ -4,6 +4,8 @@ pmtiles.js in Chromium as a web map reads it; an interrupted run resumes to the 
 map, box or file it cannot make is refused in one sentence, leaving every file as it was."""
 
 import base64
+import json
+import logging
 import re
 import shutil
 import sqlite3
@@ -197,7 +199,7 @@ def test_an_interrupted_pack_resumes_to_the_same_file(packed, bundle_path, store
     assert tiles_of(out) == tiles_of(whole) and not partial.exists()
 
 
-def test_webp_tiles_over_a_box_across_the_antimeridian(bundle_path, store_path, tmp_path):
+def test_webp_tiles_over_a_box_across_the_antimeridian(bundle_path, store_path, tmp_path, caplog):
     out = tmp_path / "pacific.mbtiles"
     done = pack(bundle_path, store_path, tmp_path, "q=waves&tile_format=webp", str(out), "--zooms", "0-2",
                 "--bbox", "170,-10,-170,10")  # fmt: skip
@@ -206,7 +208,12 @@ def test_webp_tiles_over_a_box_across_the_antimeridian(bundle_path, store_path, 
     east = {(t.z, t.x, t.y) for t in mercantile.tiles(170, -10, 180, 10, zooms=[0, 1, 2])}
     west = {(t.z, t.x, t.y) for t in mercantile.tiles(-180, -10, -170, 10, zooms=[0, 1, 2])}
     assert set(tiles) == east | west and all(body[:4] == b"RIFF" and body[8:12] == b"WEBP" for body in tiles.values())
-    assert metadata_of(out)["format"] == "webp" and metadata_of(out)["bounds"] == "170,-10,-170,10"
+    # every longitude in `bounds` (readers take west > east for no box), the box itself in soundscape_map
+    assert metadata_of(out)["format"] == "webp" and metadata_of(out)["bounds"] == "-180,-10,180,10"
+    assert json.loads(metadata_of(out)["soundscape_map"])["bbox"] == [170, -10, -170, 10]
+    with caplog.at_level(logging.WARNING, logger="rasterio"), rasterio.open(out) as opened:  # GDAL's MBTiles driver
+        assert opened.driver == "MBTiles"
+    assert not [r.message for r in caplog.records if "bounds" in r.message]  # GDAL took the bounds as written
 
 
 def test_a_registered_query_packs_as_its_id_serves(bundle_path, store_path, tmp_path):
