@@ -241,14 +241,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def pack_settings(args: argparse.Namespace) -> Settings:
     """The settings `soundscape pack` runs the app with: serve's (the SOUNDSCAPE_* variables and
     the service options), but the app answers this process alone: no rate limit, no public URL,
-    and the in-process requests' host allowed."""
+    the in-process requests' host allowed, and a small tile cache (each tile is asked for once)."""
     check_variable_names((Settings, ConnectionLimits), os.environ)
     given = {"bundle": str(args.bundle), "store": str(args.store), "precision": args.precision}
     if args.query_db:
         given["query_db"] = str(Path(args.query_db).resolve())
     if args.redis_url:
         given["redis_url"] = args.redis_url
-    return Settings.from_env(**given, rate_limit=None, public_url=None, allowed_hosts=(pack.HOST,))
+    return Settings.from_env(
+        **given, rate_limit=None, public_url=None, allowed_hosts=(pack.HOST,), lru_mb=pack.CACHE_MB
+    )
 
 
 def _pack(args: argparse.Namespace) -> int:

@@ -36,6 +36,9 @@ from server.params import MAX_ZOOM, parse_bbox
 FORMATS = ("png", "webp")  # the picture formats MBTiles 1.3 names and the tile routes draw
 DEFAULT_MAX_TILES = 100_000
 BATCH = 64  # tiles asked for at once, then written and committed: what a resumed run may redo
+# The app's tile cache: a pack asks for each tile once. The demo world's whole map peaked at 401 MB
+# with it, 498 MB with serve's 256 MB, in the same 29 s.
+CACHE_MB = 16
 MBTILES_APPLICATION_ID = 0x4D504258  # "MPBX", MBTiles 1.3's SQLite application_id
 PMTILES = ".pmtiles"  # OUT's suffix for a PMTiles archive; an MBTiles file otherwise
 MAP_KEY = "soundscape_map"  # the metadata row naming the map a file holds, for resuming it
@@ -184,7 +187,7 @@ async def plan_map(
     template = f"{url.path}?{url.query}"
     fmt = url.path.rsplit(".", 1)[-1]
     if fmt not in FORMATS:
-        raise PackError(f"MBTiles holds pictures: tile_format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise PackError(f"a pack holds pictures: tile_format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     zooms = zooms or list(range(tilejson["minzoom"], tilejson["maxzoom"] + 1))
     given, box = box, box or tuple(tilejson["bounds"])
     ranges = tile_ranges(box, zooms)
@@ -239,19 +242,23 @@ def open_partial(path: Path, metadata: dict[str, str]) -> sqlite3.Connection:
         db.executemany("INSERT INTO metadata VALUES (?, ?)", metadata.items())
         db.commit()
         return db
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.DatabaseError as exc:  # not an SQLite file, or one this user cannot write
         db.close()
-        raise PackError(f"{path} is not an MBTiles file this command began ({exc}): delete it") from None
+        raise PackError(f"cannot write the MBTiles file {path} ({exc}): delete it if it is another file") from None
     except PackError:
         db.close()
         raise
 
 
+def flipped(z: int, row: int) -> int:
+    """An XYZ row as MBTiles counts it (from the bottom, as TMS does), and back."""
+    return (1 << z) - 1 - row
+
+
 def written(db: sqlite3.Connection) -> set[tuple[int, int, int]]:
-    """The (z, x, y) of the tiles a file holds (MBTiles counts rows from the bottom)."""
-    return {
-        (z, x, (1 << z) - 1 - row) for z, x, row in db.execute("SELECT zoom_level, tile_column, tile_row FROM tiles")
-    }
+    """The (z, x, y) of the tiles a file holds."""
+    rows = db.execute("SELECT zoom_level, tile_column, tile_row FROM tiles")
+    return {(z, x, flipped(z, row)) for z, x, row in rows}
 
 
 async def fill(app: ASGIApp, plan: MapPlan, db: sqlite3.Connection, progress: bool) -> int:
@@ -262,11 +269,8 @@ async def fill(app: ASGIApp, plan: MapPlan, db: sqlite3.Connection, progress: bo
     with tqdm(total=plan.count, initial=plan.count - len(todo), unit="tile", disable=not progress) as bar:
         for start in range(0, len(todo), BATCH):
             batch = todo[start : start + BATCH]
-            paths = [
-                plan.template.replace("{z}", str(z)).replace("{x}", str(x)).replace("{y}", str(y)) for z, x, y in batch
-            ]
-            bodies = await asyncio.gather(*(get_ok(app, p) for p in paths))
-            rows = [(z, x, (1 << z) - 1 - y, body) for (z, x, y), body in zip(batch, bodies, strict=True)]
+            bodies = await asyncio.gather(*(get_ok(app, plan.tile(*tile)) for tile in batch))
+            rows = [(z, x, flipped(z, y), body) for (z, x, y), body in zip(batch, bodies, strict=True)]
             db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?)", rows)
             db.commit()
             bar.update(len(batch))
@@ -288,6 +292,8 @@ def pack(
     the plan's when it resumed)."""
     if out.is_dir():
         raise PackError(f"{out} is a folder, not a file")
+    if not out.parent.is_dir():
+        raise PackError(f"there is no folder {out.parent} to write {out.name} in")
     if out.exists() and not overwrite:
         raise PackError(f"{out} exists: give another path, or --overwrite to replace it once the new file is complete")
     partial = out.with_name(out.name + ".partial")

@@ -274,6 +274,17 @@ def test_files_already_there_are_kept(packed, bundle_path, store_path, tmp_path)
     assert metadata_of(out)["name"].endswith("rain") and not out.with_name("map.mbtiles.partial").exists()
 
 
+@pytest.mark.slow
+def test_a_missing_folder_or_a_foreign_partial_is_one_sentence(bundle_path, store_path, tmp_path):
+    done = pack(bundle_path, store_path, tmp_path, MAP, str(tmp_path / "nowhere" / "map.mbtiles"))
+    assert done.returncode == 2 and f"there is no folder {tmp_path / 'nowhere'} to write map.mbtiles in" in done.stderr
+    foreign = tmp_path / "map.mbtiles.partial"
+    foreign.write_text("notes, not tiles", encoding="utf-8")
+    done = pack(bundle_path, store_path, tmp_path, MAP, str(tmp_path / "map.mbtiles"))
+    assert done.returncode == 2 and "cannot write the MBTiles file" in done.stderr and "Traceback" not in done.stderr
+    assert foreign.read_text(encoding="utf-8") == "notes, not tiles" and not (tmp_path / "map.mbtiles").exists()
+
+
 @pytest.mark.parametrize(
     "box",
     [
