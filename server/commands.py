@@ -16,7 +16,6 @@ from runtime.bundle import Bundle
 from runtime.contract import PRECISIONS
 from runtime.errors import UsageError
 from server import pack
-from server.app import create_app
 from server.protocol import ConnectionLimits
 from server.registry import SqliteRecords
 from server.settings import Settings, check_variable_names
@@ -254,6 +253,8 @@ def pack_settings(args: argparse.Namespace) -> Settings:
 
 
 def _pack(args: argparse.Namespace) -> int:
+    from server.app import create_app  # here: importing the app costs every soundscape command 0.2 s
+
     query = pack.map_query(args.map)
     Store(args.store).check_bundle(Bundle(args.bundle, precision=args.precision).id)
     app = create_app(pack_settings(args))
