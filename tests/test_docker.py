@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from tests.conftest import FIXTURE_BBOX, free_port, wait_for_port
 from tests.server_support import LAND_TILE
 
 ROOT = Path(__file__).resolve().parent.parent
+DOCKER_DOC = (ROOT / "docs" / "docker.md").read_text(encoding="utf-8")
 COMPOSE = ROOT / "docker-compose.yml"
 HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
 DOCKERFILES = [ROOT / "docker" / name for name in ("server.Dockerfile", "precompute.Dockerfile", "demo.Dockerfile")]
@@ -209,6 +211,36 @@ def test_server_container_command_serves_a_mounted_data_folder(
         proc.terminate()
         output = proc.communicate(timeout=20)[0]
     assert "no basemap" not in output, output
+
+
+def test_the_documented_pack_in_the_server_container_writes_its_state_folder(
+    compose, bundle_path, store_path, redis_server, tmp_path
+) -> None:
+    """docs/docker.md's `docker compose run --rm server soundscape pack ...`, run as the server's
+    container would (its mounts as folders here, its environment): the file lands in a writable
+    mount, which is ./data/state on the host."""
+    line = re.search(r"docker compose run --rm server (soundscape pack [^\n]+)", DOCKER_DOC).group(1)
+    server = compose["services"]["server"]
+    mounts = _mounts(server)
+    out = shlex.split(line)[-1]
+    [(target, (host, read_only))] = [(t, m) for t, m in mounts.items() if out.startswith(t + "/")]
+    assert not read_only and host.name == "state", (target, host)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "bundle").symlink_to(bundle_path)
+    (data / "store").symlink_to(store_path)
+    folders = {"/data": data, target: tmp_path / "state"}
+    (tmp_path / "state").mkdir()
+    argv = [
+        next((str(folders[t]) + a[len(t) :] for t in folders if a.startswith(t + "/")), a) for a in shlex.split(line)
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
+    env.update(server["environment"], SOUNDSCAPE_REDIS_URL=redis_server, SOUNDSCAPE_DATA_DIR=str(tmp_path / "state"))
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "state" / Path(out).name).stat().st_size > 0
 
 
 def test_compose_server_waits_for_redis(compose: dict) -> None:
