@@ -256,8 +256,7 @@ def _pack(args: argparse.Namespace) -> int:
     from server.app import create_app  # here: importing the app costs every soundscape command 0.2 s
 
     query = pack.map_query(args.map)
-    Store(args.store).check_bundle(Bundle(args.bundle, precision=args.precision).id)
-    app = create_app(pack_settings(args))
+    app = create_app(pack_settings(args))  # its engine refuses a store another bundle built
     plan, count = pack.pack(app, query, Path(args.out), args.zooms, args.bbox, args.max_tiles, args.overwrite)
     zooms = f"{plan.metadata['minzoom']}-{plan.metadata['maxzoom']}"
     print(f"{args.out}: {plan.count} tiles of zooms {zooms} ({count} made by this run), {plan.metadata['name']}")
