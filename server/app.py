@@ -17,6 +17,7 @@ from server.engine import LAYERS, QueryMetadata
 from server.fastpath import FrontDoor, TileFastPath
 from server.http import HttpPolicy, NegotiatedGZip, document_choices, errors, install_error_handlers
 from server.params import TMS_IDS, each_once, refuse_everything
+from server.ranges import ByteRanges
 from server.ratelimit import Rate, RateLimit
 from server.render import colormap_names
 from server.routes import meta, queries, rest, tiles, viewer
@@ -111,5 +112,6 @@ def create_app(settings: Settings) -> SoundscapeApp:
             expose_headers=["ETag", "Cache-Control", "Location"],
         )
     app.add_middleware(HostPolicy)  # Vary: Host where URLs came from it; relative redirects (server/urls.py)
+    app.add_middleware(ByteRanges)  # a part of a tile or map, as GDAL's /vsicurl/ reads (server/ranges.py)
     app.add_middleware(HttpPolicy)
     return app

@@ -15,8 +15,8 @@ media type; an answer carrying Content-Encoding is not recorded). If-Match and I
 answered 412 and 304 with the recorded ETag, like `server.http.precondition_failed` and
 `not_modified`. Bounded in bytes, least recently used first out.
 
-`FrontDoor` goes one step further for the commonest hit (GET or HEAD, no If-(None-)Match, no rate
-limit): it answers before FastAPI's own wrappers and every middleware, with the bytes and headers
+`FrontDoor` goes one step further for the commonest hit (GET or HEAD, no If-(None-)Match or
+Range, no rate limit): it answers before FastAPI's own wrappers and every middleware, with the bytes and headers
 the whole stack sent for the same URL, Origin and Accept-Encoding (the only request headers those
 layers read for a tile), counted in /metrics as HttpPolicy counts. Those layers cost ~80 us per
 hit in process, more than the replay itself (BENCHMARKS.md "Performance harness").
@@ -188,7 +188,7 @@ class FrontDoor(Recordings):
                 origin = value
             elif name == b"accept-encoding" and encoding is None:
                 encoding = value
-            elif name in CONDITIONS:  # a 412, a 304 or not: TileFastPath decides, inside the policies
+            elif name in CONDITIONS or name == b"range":  # TileFastPath and ByteRanges decide, inside the policies
                 await app(scope, receive, send)
                 return
         key = b"\0".join((tile_key(scope), origin or b"", encoding or b""))

@@ -1,8 +1,9 @@
 """OGC API - Maps: one image of a layer over any box, in CRS84 or Web Mercator. Its pixels are the
 tiles': the map is drawn from the value tiles (`.npy`) the tile route serves, at the zoom whose
 pixels are at least as fine as the map's, mosaicked and sampled nearest at each map pixel's
-centre, then coloured with the tiles' colormap and scale. A box of one tile at the tile's size is
-that tile, pixel for pixel."""
+centre, then coloured with the tiles' colormap and scale (PNG, WebP) or kept as values (a float32
+GeoTIFF placed on the box, or .npy). A box of one tile at the tile's size is that tile, pixel for
+pixel."""
 
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ MAX_SIDE = 2048  # pixels a side: the server faces the open internet
 DEFAULT_SIDE = 1024  # the longer side of a map asked with neither width nor height
 HALF_WORLD = EARTH_CIRCUMFERENCE_M / 2  # Web Mercator's x at the antimeridian, and its y at MERCATOR_LAT_LIMIT
 SLACK_M = 1e-6  # metres a Web Mercator bbox may reach past the world's edge (a float's rounding)
-# The formats a map is served in: those the tiles serve as images, and their encoders.
+# The formats a map is served in: the tiles' images, coloured by their encoders, and their values.
 ENCODERS = {"png": render.encode_png, "webp": render.encode_webp}
+MAP_FORMATS = (*ENCODERS, *render.VALUE_FORMATS)
 Box = tuple[float, float, float, float]
 
 
@@ -76,6 +78,13 @@ class MapRequest:
         west, south, east, north = self.bbox
         world = 360.0 if self.crs == CRS84 else EARTH_CIRCUMFERENCE_M
         return (east - west) % world or world, north - south
+
+    @property
+    def placed(self) -> Box:
+        """The box as a raster's bounds: across the antimeridian its east lies past the world's
+        edge (GDAL reads such a raster in place; one of west > east it cannot)."""
+        west, south, _, north = self.bbox
+        return west, south, west + self.spans[0], north
 
     @property
     def content_bbox(self) -> str:
@@ -218,7 +227,13 @@ class MapParams:
         Query(ge=1, le=MAX_SIDE, description="Height in pixels (default: from width and the bbox's aspect)."),
         DIGITS,
     ] = None
-    f: Annotated[Literal["png", "webp"], Query(description="Image format: png (default) or webp.")] = "png"
+    f: Annotated[
+        Literal["png", "webp", "npy", "tif"],
+        Query(
+            description="Format: png (default) or webp, coloured as the tiles are; tif (a float32 GeoTIFF placed on "
+            "the box, in crs) or npy (float32), the layer's values, NaN where no cell is.",
+        ),
+    ] = "png"
     crs: Annotated[
         str | None,
         Query(
@@ -360,10 +375,17 @@ class Plan:
         return digest({"tile": tile, **geometry})
 
 
+def geotiff_crs(crs: str) -> str:
+    """The CRS (WKT) a map's GeoTIFF is placed in: WGS 84's for CRS84, the tiles' grid's
+    (EPSG:3857) for Web Mercator."""
+    return render.degrees() if crs == CRS84 else render.grid()[1]
+
+
 async def draw(service: SoundscapeService, asked: MapRequest, plan: Plan, tile: TileRequest, text: str | None) -> bytes:
-    """The map's image: the value tiles of `tile`'s parameters that `plan` reads (through the
-    tile cache, as the tile route renders them), sampled and coloured as the PNG tiles are."""
-    scale = await service.tile_scale(tile, text)
+    """The map in its format: the value tiles of `tile`'s parameters that `plan` reads (through
+    the tile cache, as the tile route renders them), sampled, then coloured as the PNG tiles are
+    or kept as values."""
+    scale = None if asked.fmt in render.VALUE_FORMATS else await service.tile_scale(tile, text)
     places = sorted(plan.tiles())
     # Rendered side by side, as a browser's connections would ask them (a first refusal, a 503,
     # reaches the client as itself; the tiles still drawing end in the cache).
@@ -373,7 +395,12 @@ async def draw(service: SoundscapeService, asked: MapRequest, plan: Plan, tile: 
     tiles = {place: np.load(io.BytesIO(body), allow_pickle=False) for place, body in zip(places, bodies, strict=True)}
 
     def encode() -> bytes:
-        return ENCODERS[asked.fmt](plan.values(tiles), scale.lo, scale.hi, tile.colormap)
+        values = plan.values(tiles)
+        if asked.fmt == "tif":
+            return render.encode_geotiff(values, geotiff_crs(asked.crs), asked.placed)
+        if scale is None:
+            return render.encode_npy(values)
+        return ENCODERS[asked.fmt](values, scale.lo, scale.hi, tile.colormap)
 
     return await service.run(encode)
 

@@ -704,7 +704,7 @@ VALUE_NAMES = {"tif": "GeoTIFF", "npy": ".npy"}
 
 def check_placed(tms: str, fmt: str) -> None:
     """404 for values (.npy, .tif) on a tile matrix set other than the grid they are computed on:
-    another's tiles are pictures drawn from the grid's (render.encode_geotiff places on GRID alone)."""
+    another's tiles are pictures drawn from the grid's (render.encode_tile_geotiff places on GRID alone)."""
     if fmt in VALUE_FORMATS and tms != GRID:
         raise HTTPException(
             404,

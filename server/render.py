@@ -12,6 +12,7 @@ import morecantile
 import numpy as np
 from isal import isal_zlib
 from PIL import Image
+from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds
 from rio_tiler.colormap import cmap
@@ -141,14 +142,19 @@ def grid() -> tuple[morecantile.TileMatrixSet, str]:
     return found, found.crs.to_wkt()
 
 
-def encode_geotiff(values: np.ndarray, z: int, x: int, y: int) -> bytes:
-    """A float32 GeoTIFF of a tile's values, what GDAL and QGIS read where they cannot read .npy:
-    one band as the .npy holds it, NaN the nodata value (where no cell is), over the tile's exact
-    bounds on the grid its values were computed on. It takes no tile matrix set: a tile placed on
-    any other would put every value in the wrong place."""
-    matrices, crs = grid()
+@lru_cache(maxsize=1)
+def degrees() -> str:
+    """WGS 84's geographic CRS (EPSG:4326) as WKT, read once: what a GeoTIFF in CRS84 is placed in
+    (a GeoTIFF's geographic raster runs east, north, whatever order the CRS names its axes)."""
+    return CRS.from_epsg(4326).to_wkt()
+
+
+def encode_geotiff(values: np.ndarray, crs: str, bounds: tuple[float, float, float, float]) -> bytes:
+    """A float32 GeoTIFF of values, what GDAL and QGIS read where they cannot read .npy: one band
+    as the .npy holds it, NaN the nodata value (where no cell is), over `bounds` (west, south,
+    east, north; east past the CRS's edge across the antimeridian) in `crs` (WKT)."""
     height, width = values.shape
-    transform = from_bounds(*matrices.xy_bounds(morecantile.Tile(x, y, z)), width, height)
+    transform = from_bounds(*bounds, width, height)
     profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32"}
     with MemoryFile() as memory:
         with memory.open(**profile, **GEOTIFF_OPTIONS, crs=crs, transform=transform, nodata=np.nan) as tiff:
@@ -156,11 +162,20 @@ def encode_geotiff(values: np.ndarray, z: int, x: int, y: int) -> bytes:
         return memory.read()
 
 
+def encode_tile_geotiff(values: np.ndarray, z: int, x: int, y: int) -> bytes:
+    """A tile's values as a GeoTIFF over the tile's exact bounds on the grid its values were
+    computed on. It takes no tile matrix set: a tile placed on any other would put every value in
+    the wrong place."""
+    matrices, crs = grid()
+    bounds = matrices.xy_bounds(morecantile.Tile(x, y, z))
+    return encode_geotiff(values, crs, (bounds.left, bounds.bottom, bounds.right, bounds.top))
+
+
 def encode(values: np.ndarray, fmt: str, lo: float, hi: float, colormap: str, tile: tuple[int, int, int]) -> bytes:
     """A tile's values in `fmt`, the one place a format picks its encoder; `tile` (z, x, y) places
     a GeoTIFF, colours and `lo`..`hi` draw a PNG or WebP."""
     if fmt == "tif":
-        return encode_geotiff(values, *tile)
+        return encode_tile_geotiff(values, *tile)
     if fmt == "npy":
         return encode_npy(values)
     return (encode_png if fmt == "png" else encode_webp)(values, lo, hi, colormap)

@@ -97,7 +97,9 @@ def test_the_collections_are_the_layers_the_parameters_allow(client):
         own = client.get(link(entry, "self")["href"])
         assert own.status_code == 200 and own.json() == entry
         for item in entry["links"]:
-            assert item["href"].endswith("?q=birdsong&hour=6"), "GDAL 3.6 follows links with no query of its own"
+            # the map's values add their format, which GDAL's map API (PNG or JPEG) never follows
+            query = "?q=birdsong&hour=6&f=tif" if item["type"].startswith("image/tiff") else "?q=birdsong&hour=6"
+            assert item["href"].endswith(query), "GDAL 3.6 follows links with no query of its own"
     contrast = listed["collections"][1]
     assert contrast["title"] == "soundscape contrast: birdsong"
     tileset = client.get("/tiles/WebMercatorQuad", params={**QUERY, "layer": "contrast"}).json()

@@ -17,10 +17,10 @@ import pytest
 import rasterio
 from PIL import Image
 
+from server import render
 from store.reader import Store
 from tests.server_support import live_server, make_client
 from tests.test_server_collections import DOCS, gdal, needs_gdal, rgba
-from tests.test_server_tilesets import link
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 WEB_MERCATOR = "http://www.opengis.net/def/crs/EPSG/0/3857"
@@ -28,6 +28,7 @@ MAP_REL = "http://www.opengis.net/def/rel/ogc/1.0/map"
 QUERY = {"q": "birdsong", "hour": 6}
 TILE = (4, 8, 5)  # over the fixture's cells (Europe), x != y: a swapped row and column would show
 IN_METRES = {"crs": WEB_MERCATOR, "bbox-crs": WEB_MERCATOR}
+GEOTIFF = "image/tiff; application=geotiff"
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,17 @@ def get_map(client, layer: str = "contrast", **params) -> httpx.Response:
     answer = client.get(f"/collections/{layer}/map", params={**QUERY, **params})
     assert answer.status_code == 200, answer.text[:300]
     return answer
+
+
+def npy(body: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(body), allow_pickle=False)
+
+
+def geotiff(body: bytes) -> tuple[rasterio.crs.CRS, tuple[float, ...], np.ndarray]:
+    """A GeoTIFF's CRS, bounds and values."""
+    with rasterio.MemoryFile(body) as memory, memory.open() as tiff:
+        assert tiff.count == 1 and tiff.dtypes == ("float32",) and math.isnan(tiff.nodata)
+        return tiff.crs, tuple(tiff.bounds), tiff.read(1)
 
 
 def metres(bounds) -> str:
@@ -179,6 +191,69 @@ def test_each_query_layer_and_format_draws_its_own(client):
     assert np.array_equal(rgba(webp.content), rgba(drawn["birdsong"]))
 
 
+@pytest.mark.parametrize("layer", ["contrast", "uncertainty"])
+def test_a_values_map_of_one_tile_is_that_tiles_values(client, layer):
+    z, x, y = TILE
+    box = {"bbox": metres(mercantile.xy_bounds(x, y, z)), "width": 256, "height": 256, **IN_METRES}
+    answer = get_map(client, layer, f="tif", **box)
+    assert answer.headers["content-type"] == GEOTIFF
+    crs, placed, values = geotiff(answer.content)
+    tile = client.get(f"/tiles/WebMercatorQuad/{z}/{x}/{y}.tif", params={**QUERY, "layer": layer})
+    tile_crs, tile_bounds, tile_values = geotiff(tile.content)
+    assert crs == tile_crs and crs.to_epsg() == 3857 and placed == pytest.approx(tile_bounds)
+    assert np.isfinite(values).mean() > 0.5, "cells are drawn"
+    assert np.array_equal(values, tile_values, equal_nan=True)
+    as_npy = get_map(client, layer, f="npy", **box)
+    assert as_npy.headers["content-type"] == "application/x-npy"
+    assert np.array_equal(npy(as_npy.content), values, equal_nan=True)
+
+
+def test_a_maps_picture_colours_its_values(client):
+    """The PNG map is its .npy map coloured as a PNG tile is coloured, at the scale asked."""
+    box = {"bbox": "-10,35,30,60", "width": 200, "rescale": "-6,-2", "colormap_name": "viridis"}
+    values = npy(get_map(client, f="npy", **box).content)
+    assert values.shape == (125, 200) and np.isfinite(values).mean() > 0.5
+    assert get_map(client, **box).content == render.encode_png(values, -6.0, -2.0, "viridis")
+
+
+@pytest.mark.parametrize(
+    ("params", "epsg", "bounds"),
+    [
+        ({"bbox": "170,-50,-160,-20", "width": 300}, 4326, (170.0, -50.0, 200.0, -20.0)),
+        ({"bbox": "0,40,20,50", "width": 64, "crs": "EPSG:3857"}, 3857, (0.0, *mercantile.xy(0, 40)[1:], 0.0, 0.0)),
+    ],
+)
+def test_a_geotiff_map_is_placed_on_its_box_in_its_crs(client, params, epsg, bounds):
+    """Across the antimeridian its east lies past 180 degrees, where GDAL reads it in place."""
+    answer = get_map(client, f="tif", **params)
+    crs, placed, values = geotiff(answer.content)
+    assert crs.to_epsg() == epsg
+    expected = [float(v) for v in answer.headers["content-bbox"].split(",")]
+    if epsg == 4326:
+        assert placed == pytest.approx(bounds) and expected == [170.0, -50.0, -160.0, -20.0]
+    else:
+        assert placed == pytest.approx(expected) and placed[1] == pytest.approx(bounds[1])
+    assert np.array_equal(values, npy(get_map(client, f="npy", **params).content), equal_nan=True)
+
+
+def test_a_values_map_is_nan_where_no_cell_or_tile_is(client, store_path):
+    _, _, values = geotiff(get_map(client, "uncertainty", f="tif", bbox="-180,-90,180,90", width=360).content)
+    assert values.shape == (180, 360) and np.isnan(values[:4]).all() and np.isnan(values[-4:]).all()
+    west, south, east, north = Store(store_path).bounds
+    inside = values[round(90 - north) + 2 : round(90 - south) - 2, round(180 + west) + 2 : round(180 + east) - 2]
+    assert np.isfinite(inside).all(), "the store's cells"
+    assert np.isnan(values[:, : round(180 + west) - 1]).all(), "west of them"
+
+
+def test_colours_neither_change_nor_name_a_values_map(client):
+    box = {"bbox": "0,40,20,50", "width": 64}
+    plain = get_map(client, f="tif", **box)
+    styled = get_map(client, f="tif", colormap_name="viridis", rescale="0,1", **box)
+    assert styled.headers["etag"] == plain.headers["etag"] and styled.content == plain.content
+    assert get_map(client, f="npy", **box).headers["etag"] != plain.headers["etag"]
+    assert get_map(client, **box).headers["etag"] not in (plain.headers["etag"],)
+
+
 def test_a_map_is_cached_as_a_tile(client):
     first = get_map(client, bbox="0,40,20,50", width=64)
     tile = client.get("/tiles/4/8/5.png", params=QUERY)
@@ -193,15 +268,34 @@ def test_a_map_is_cached_as_a_tile(client):
     assert other.headers["etag"] != first.headers["etag"]
 
 
-def test_the_collections_map_link_resolves(client):
+def map_links(collection: dict) -> dict[str, dict]:
+    """A collection's map links by their type."""
+    return {item["type"]: item for item in collection["links"] if item["rel"] == MAP_REL}
+
+
+def test_the_collections_map_links_resolve(client):
     for layer in ("contrast", "uncertainty"):
         collection = client.get(f"/collections/{layer}", params=QUERY).json()
-        item = link(collection, MAP_REL)
-        assert item["type"] == "image/png", "GDAL's OGCAPI driver takes a map link of image/png or image/jpeg"
-        assert item["href"] == f"http://127.0.0.1/collections/{layer}/map?q=birdsong&hour=6"
-        answer = client.get(item["href"])
-        assert answer.status_code == 200 and answer.headers["content-type"] == item["type"]
-        assert answer.content == get_map(client, layer).content
+        links = map_links(collection)
+        assert list(links) == ["image/png", GEOTIFF], "GDAL's OGCAPI driver takes the first of image/png or jpeg"
+        assert links["image/png"]["href"] == f"http://127.0.0.1/collections/{layer}/map?q=birdsong&hour=6"
+        assert links[GEOTIFF]["href"] == f"http://127.0.0.1/collections/{layer}/map?q=birdsong&hour=6&f=tif"
+        for kind, item in links.items():
+            answer = client.get(item["href"])
+            assert answer.status_code == 200 and answer.headers["content-type"] == kind
+        assert client.get(links["image/png"]["href"]).content == get_map(client, layer).content
+        with rasterio.MemoryFile(client.get(links[GEOTIFF]["href"]).content) as memory, memory.open() as tiff:
+            values = tiff.read(1)
+        assert np.array_equal(values, npy(get_map(client, layer, f="npy").content), equal_nan=True)
+
+
+def test_a_collection_asked_as_json_links_maps_of_their_own_format(client):
+    """OGC API clients ask documents with `f=json`: the map links leave the document's format out,
+    which the map route would refuse as a map's."""
+    collection = client.get("/collections/contrast", params={**QUERY, "f": "json"}).json()
+    for kind, item in map_links(collection).items():
+        assert "f=json" not in item["href"]
+        assert client.get(item["href"]).headers["content-type"] == kind
 
 
 @pytest.mark.parametrize(
@@ -238,8 +332,8 @@ def test_the_collections_map_link_resolves(client):
         ("/collections/contrast/map", {**QUERY, "crs": "EPSG:4326"}, 422, "crs must be http://www.opengis.net"),
         ("/collections/contrast/map", {**QUERY, "bbox-crs": "EPSG:2154"}, 422, "bbox-crs must be"),
         ("/collections/contrast/map", {**QUERY, "bbox_crs": WEB_MERCATOR}, 422, "did you mean 'bbox-crs'"),
-        ("/collections/contrast/map", {**QUERY, "f": "jpeg"}, 422, "f must be one of png, webp"),
-        ("/collections/contrast/map", {**QUERY, "f": "npy"}, 422, "f must be one of png, webp"),
+        ("/collections/contrast/map", {**QUERY, "f": "jpeg"}, 422, "f must be one of png, webp, npy, tif"),
+        ("/collections/contrast/map", {**QUERY, "f": "json"}, 422, "f must be one of png, webp, npy, tif"),
     ],
 )
 def test_a_bad_map_is_refused_naming_the_parameter(client, path, params, status, said):
@@ -295,6 +389,28 @@ def test_gdal_reads_the_map_api_as_the_servers_map(bundle_path, store_path, tmp_
     degrees = 360 / (256 * 2 ** (Store(store_path).maxlevel - 4))
     full_width, full_height = described["size"]
     assert abs(full_width - (east - west) / degrees) <= 6 and abs(full_height - (north - south) / degrees) <= 1
+
+
+GDAL_VALUES_COMMAND = re.search(r"```bash\n(gdal_translate '/vsicurl/([^']*)' [^\n]*)\n```", DOCS)
+
+
+@needs_gdal
+def test_gdal_reads_a_values_map_as_docs_api_md_shows(bundle_path, store_path, tmp_path):
+    """docs/api.md's line, run as written against a real uvicorn: GDAL copies the map's GeoTIFF
+    over HTTP into a file holding the .npy map's numbers, placed on the box in degrees."""
+    command, url = GDAL_VALUES_COMMAND.groups()
+    with live_server(bundle_path, store_path) as server:
+        gdal(command.replace("http://127.0.0.1:8000", server), tmp_path)
+        expected = npy(
+            httpx.get(url.replace("http://127.0.0.1:8000", server).replace("f=tif", "f=npy"), timeout=60).content
+        )
+    [written] = tmp_path.glob("*.tif")
+    with rasterio.open(written) as src:
+        assert src.crs.to_epsg() == 4326 and src.dtypes == ("float32",) and math.isnan(src.nodata)
+        assert tuple(src.bounds) == pytest.approx((-12.0, 34.0, 32.0, 60.0))
+        values = src.read(1)
+    assert values.shape == (520, 880) and np.isfinite(values).mean() > 0.5
+    assert np.array_equal(values, expected, equal_nan=True)
 
 
 def test_the_benchmarks_map_covers_exactly_the_viewport_it_is_timed_against():

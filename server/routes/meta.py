@@ -526,6 +526,7 @@ def collection(base: str, params: DocumentParams, legend: dict, store: Store, qu
     bounds), at what full resolution, and the links to its tilesets and map, carrying the query
     it was asked with."""
     own = f"{base}/collections/{params.layer}"
+    of_map = without_format(query)
     return {
         "id": params.layer,
         "title": layer_title(params),
@@ -537,9 +538,21 @@ def collection(base: str, params: DocumentParams, legend: dict, store: Store, qu
             json_link(TILESETS_REL, with_query(f"{own}/tiles", query), "The map tilesets of this layer"),
             # PNG, the default format (f=webp asks for WebP): the link carries the query alone, as
             # GDAL appends width, height and bbox to it
-            {"rel": MAP_REL, "href": with_query(f"{own}/map", query), "type": FORMATS["png"], "title": "The map"},
+            {"rel": MAP_REL, "href": with_query(f"{own}/map", of_map), "type": FORMATS["png"], "title": "The map"},
+            {
+                "rel": MAP_REL,
+                "href": with_query(f"{own}/map", "&".join(filter(None, (of_map, "f=tif")))),
+                "type": FORMATS["tif"],
+                "title": "The map's values: a float32 GeoTIFF",
+            },
         ],
     }
+
+
+def without_format(query: str) -> str:
+    """A document's query string as it came, less its `f` (the format asked of the document, as
+    OGC API clients write `f=json`): the map route's `f` names the map's format."""
+    return "&".join(part for part in query.split("&") if part.partition("=")[0] != "f")
 
 
 @router.get(
@@ -613,7 +626,7 @@ async def collection_tileset(
 
 MAP_RESPONSES: dict[int | str, dict] = {
     200: {
-        "content": {FORMATS[f]: BINARY for f in maps.ENCODERS},
+        "content": {FORMATS[f]: BINARY for f in maps.MAP_FORMATS},
         "description": "The map, with Content-Crs and Content-Bbox (the box as drawn, in the map's CRS).",
     },
     304: {"description": "Not modified (If-None-Match)."},
