@@ -109,7 +109,7 @@ def create_app(settings: Settings) -> SoundscapeApp:
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "HEAD", "POST"],
             allow_headers=["*"],
-            expose_headers=["ETag", "Cache-Control", "Location"],
+            expose_headers=["ETag", "Cache-Control", "Location", "Content-Range"],
         )
     app.add_middleware(HostPolicy)  # Vary: Host where URLs came from it; relative redirects (server/urls.py)
     app.add_middleware(ByteRanges)  # a part of a tile or map, as GDAL's /vsicurl/ reads (server/ranges.py)

@@ -26,6 +26,7 @@ README = (REPO / "README.md").read_text(encoding="utf-8")
 ADDRESS = "http://127.0.0.1:8000"
 LEAFLET = REPO / "tests" / "assets" / "leaflet"
 OPENLAYERS = REPO / "tests" / "assets" / "openlayers"
+GEOTIFF = REPO / "tests" / "assets" / "geotiff"
 
 pytestmark = pytest.mark.slow
 
@@ -225,3 +226,41 @@ def test_openlayers_example_reads_the_ogc_tileset_and_draws_the_heatmap(server):
         assert tuple(mercantile.tile(12, 48, 3)) in {(x, y, z) for z, x, y in asked}
         assert _drawn(page) > 0.05
         browser.close()
+
+
+def test_geotiff_js_example_reads_a_maps_values_from_another_origin(server):
+    """geotiff.js, on a page of another origin (CORS), reads the map's GeoTIFF in byte ranges:
+    its size, box and every value are the `.npy` map's."""
+    from playwright.sync_api import sync_playwright
+
+    snippet = code_block("byte ranges, from any origin (CORS exposes `Content-Range`):", "js").replace(ADDRESS, server)
+    url = re.search(r'const url = "([^"]+)"', snippet).group(1)
+    with sync_playwright() as pw:
+        browser, page, _ = _page(pw, server)
+        asked = []
+        page.on("request", lambda r: asked.append(r.headers.get("range")) if "/map?" in r.url else None)
+        page.add_script_tag(content=(GEOTIFF / "geotiff.js").read_text(encoding="utf-8"))
+        read = page.evaluate(
+            """async (snippet) => {
+            const run = new (Object.getPrototypeOf(async () => {}).constructor)(
+                snippet + "; return {size: [image.getWidth(), image.getHeight()], box: image.getBoundingBox(),"
+                + " values: Array.from(values)};");
+            try { return await run(); } catch (error) { return String(error); }
+        }""",
+            snippet,
+        )
+        ranged = page.evaluate(
+            "async (url) => { const r = await fetch(url, {headers: {Range: 'bytes=0-9'}});"
+            " return [r.status, r.headers.get('Content-Range')]; }",
+            url,
+        )
+        browser.close()
+    assert isinstance(read, dict), read  # the values, or what went wrong
+    length = len(httpx.get(url, timeout=60).content)
+    assert ranged == [206, f"bytes 0-9/{length}"], "a page of another origin reads where a range lies"
+    assert any(header and header.startswith("bytes=") for header in asked), "read in byte ranges"
+    assert read["size"] == [440, 260] and read["box"] == pytest.approx([-12, 34, 32, 60])
+    expected = np.load(io.BytesIO(httpx.get(url.replace("f=tif", "f=npy"), timeout=60).content))
+    values = np.array([np.nan if v is None else v for v in read["values"]], dtype=np.float32).reshape(260, 440)
+    assert np.isfinite(expected).mean() > 0.5
+    assert np.array_equal(values, expected, equal_nan=True)

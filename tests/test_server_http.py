@@ -121,7 +121,8 @@ def test_errors_are_never_cached(client):
 def test_cors(client, bundle_path, store_path):
     r = client.get(TILE, params={"q": "birdsong"}, headers={"Origin": "https://example.org"})
     assert r.headers["access-control-allow-origin"] == "*"
-    assert "etag" in r.headers["access-control-expose-headers"].lower()
+    exposed = r.headers["access-control-expose-headers"].lower()
+    assert "etag" in exposed and "content-range" in exposed, "geotiff.js reads a range's Content-Range"
     closed = make_client(bundle_path, store_path, cors_origins=())
     r = closed.get(TILE, params={"q": "birdsong"}, headers={"Origin": "https://example.org"})
     assert "access-control-allow-origin" not in r.headers
