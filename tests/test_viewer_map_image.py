@@ -1,8 +1,9 @@
-"""The viewer's "PNG of this view": a link to GET /collections/{layer}/map with the tiles'
-parameters, the view's box in degrees, crs=EPSG:3857 and the canvas's size, so the image is the
-layer as the map shows it. It follows the state and the view, has no href while there is no layer,
-and keeps to what the route takes: a box across the antimeridian (west > east), the whole world
-for a view wider than it, latitudes within Web Mercator's, sides of at most 2048 pixels."""
+"""The viewer's "PNG of this view" (and "GeoTIFF of this view", its values): a link to GET
+/collections/{layer}/map with the tiles' parameters, the view's box in degrees, crs=EPSG:3857 and
+the canvas's size, so the image is the layer as the map shows it. It follows the state and the
+view, has no href while there is no layer, and keeps to what the route takes: a box across the
+antimeridian (west > east), the whole world for a view wider than it, latitudes within Web
+Mercator's, sides of at most 2048 pixels."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 import httpx
 import numpy as np
 import pytest
+import rasterio
 from PIL import Image
 
 from tests.test_viewer import (  # noqa: F401  (fixtures and helpers)
@@ -26,6 +28,7 @@ from tests.test_viewer import (  # noqa: F401  (fixtures and helpers)
 pytestmark = pytest.mark.slow  # a live server and a browser, as tests/test_viewer.py
 HEATMAP_LOADED = "document.body.dataset.heatmap === 'loaded'"
 LINK = "document.getElementById('map-image').getAttribute('href')"
+VALUES_LINK = "document.getElementById('map-values').getAttribute('href')"
 BOUNDS = "(b => [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()])(window.soundscape.map.getBounds())"
 CANVAS = "(c => [c.clientWidth, c.clientHeight])(window.soundscape.map.getCanvas())"
 # mapImageUrl of a made-up view: [west, south, east, north] as MapLibre's bounds, and a canvas size.
@@ -71,6 +74,18 @@ def test_png_of_this_view_is_the_layer_as_the_map_shows_it(browser, server):  # 
         image = np.asarray(png.convert("RGBA")).astype(int)
         assert (image[..., 3] > 0).mean() > 0.2, "the layer is drawn, not a transparent image"
 
+        # "GeoTIFF of this view": the same box and pixels, as the layer's values.
+        assert page.evaluate(VALUES_LINK) == f"{url}&f=tif"
+        with page.expect_download() as download:
+            page.click("#map-values")
+        assert download.value.suggested_filename == "soundscape-heatmap.tif"
+        with rasterio.open(download.value.path()) as tiff:
+            assert tiff.crs.to_epsg() == 3857 and (tiff.width, tiff.height) == (900, 700)
+            values = tiff.read(1)
+        npy = np.load(io.BytesIO(httpx.get(f"{url}&f=npy", timeout=60).content), allow_pickle=False)
+        assert np.array_equal(values, npy, equal_nan=True)
+        assert (np.isfinite(values) == (image[..., 3] > 0)).all(), "values where the PNG is drawn, NaN elsewhere"
+
         # The image lies as the map's pixels do: over the map's background alone (no basemap) the
         # layer drawn at opacity 1 looks as the PNG does, pixel by pixel but at the cells' edges
         # (MapLibre blends tiles, the route takes the nearest pixel). Measured: a median of 0 and
@@ -103,6 +118,7 @@ def test_png_of_this_view_follows_the_state_and_the_view(browser, server):  # no
     try:
         assert page.evaluate(LINK) is None, "no query: nothing to draw, as Copy XYZ URL is disabled"
         assert page.get_attribute("#map-image", "aria-disabled") == "true" and page.is_disabled("#copy")
+        assert page.get_attribute("#map-values", "aria-disabled") == "true" and page.evaluate(VALUES_LINK) is None
         page.check("input[name=layer][value=uncertainty]")  # a layer that needs no query
         wait_until(page, LINK)
         path, params = link_of(page.evaluate(LINK))
@@ -122,6 +138,8 @@ def test_png_of_this_view_follows_the_state_and_the_view(browser, server):  # no
         assert path == "/collections/contrast/map" and params.items() >= tile_params_but_layer(page).items()
         assert params["hour"] == "18" and params["query"] == page.evaluate("window.soundscape.state.query")
         assert page.get_attribute("#map-image", "download") == "soundscape-contrast.png"
+        assert page.get_attribute("#map-values", "download") == "soundscape-contrast.tif"
+        assert page.evaluate(VALUES_LINK) == page.evaluate(LINK) + "&f=tif"
 
         before = bbox_of(params)  # the view moves: the box follows
         page.evaluate("window.soundscape.map.jumpTo({center: [20, 50], zoom: 4})")

@@ -653,12 +653,12 @@ function wirePanel(apply, setOpacity) {
       window.prompt("XYZ tile URL", url);
     }
   });
-  $("map-image").addEventListener("click", downloadMapImage);
+  for (const id of ["map-image", "map-values"]) $(id).addEventListener("click", downloadMapImage);
 }
 
-// "PNG of this view" fetched first and saved from memory: followed as a plain link, a refusal (a
-// rate limit, a query too long) was saved under the .png name as its JSON; it is said instead.
-// The link keeps its href, to copy or open in a tab.
+// "PNG of this view" (or its GeoTIFF) fetched first and saved from memory: followed as a plain
+// link, a refusal (a rate limit, a query too long) was saved under the file's name as its JSON; it
+// is said instead. The link keeps its href, to copy or open in a tab.
 async function downloadMapImage(event) {
   const link = event.currentTarget;
   if (!link.href) return;
@@ -669,7 +669,7 @@ async function downloadMapImage(event) {
     if (!response.ok) throw await refusal(response);
     image = URL.createObjectURL(await response.blob());
   } catch (error) {
-    return setStatus(`PNG of this view: ${error.message}`, true);
+    return setStatus(`${link.textContent}: ${error.message}`, true);
   }
   const save = Object.assign(document.createElement("a"), { href: image, download: link.download });
   save.click();
@@ -789,23 +789,26 @@ function mapImageUrl(bounds, width, height) {
 }
 
 // "PNG of this view": a download of mapImageUrl for the map's view and canvas, in the screen's
-// pixels (CSS pixels times the device pixel ratio); no href (nothing
+// pixels (CSS pixels times the device pixel ratio), and "GeoTIFF of this view", its values over the
+// same pixels; no href (nothing
 // to follow) while there is no layer, or while the map is rotated or tilted: the image is north
 // up and flat, so it would not be the view.
-const TURNED = "the map is rotated or tilted: turn it north up and flat (right-drag, ctrl-drag) for a PNG of the view";
-let mapImageTitle = null;
+const TURNED = "the map is rotated or tilted: turn it north up and flat (right-drag, ctrl-drag) for a PNG or GeoTIFF of the view";
+const mapImageTitles = {};
 function showMapImage(map) {
   const canvas = map.getCanvas();
   const turned = map.getBearing() !== 0 || map.getPitch() !== 0;
   const ratio = window.devicePixelRatio || 1;  // the screen's pixels: a high-DPI screen's PNG is as sharp as its map
   const url = turned ? null : mapImageUrl(map.getBounds(), canvas.clientWidth * ratio, canvas.clientHeight * ratio);
-  const link = $("map-image");
-  mapImageTitle ??= link.title;
-  link.title = turned && hasLayer() ? TURNED : mapImageTitle;
-  if (url) link.href = url;
-  else link.removeAttribute("href");
-  link.setAttribute("aria-disabled", String(!url));
-  link.download = `soundscape-${state.layer}.png`;
+  for (const [id, format] of [["map-image", "png"], ["map-values", "tif"]]) {
+    const link = $(id);
+    mapImageTitles[id] ??= link.title;
+    link.title = turned && hasLayer() ? TURNED : mapImageTitles[id];
+    if (url) link.href = format === "png" ? url : `${url}&f=${format}`;
+    else link.removeAttribute("href");
+    link.setAttribute("aria-disabled", String(!url));
+    link.download = `soundscape-${state.layer}.${format}`;
+  }
 }
 
 // /search for the ten best places in view, ranked as the layer shows them: by contrast on the
