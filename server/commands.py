@@ -258,26 +258,29 @@ def _pack(args: argparse.Namespace) -> int:
     query = pack.map_query(args.map)
     app = create_app(pack_settings(args))  # its engine refuses a store another bundle built
     plan, count = pack.pack(app, query, Path(args.out), args.zooms, args.bbox, args.max_tiles, args.overwrite)
-    zooms = f"{plan.metadata['minzoom']}-{plan.metadata['maxzoom']}"
-    print(f"{args.out}: {plan.count} tiles of zooms {zooms} ({count} made by this run), {plan.metadata['name']}")
+    low, high = plan.metadata["minzoom"], plan.metadata["maxzoom"]
+    zooms = f"zoom {low}" if low == high else f"zooms {low}-{high}"
+    print(f"{args.out}: {plan.count} tiles of {zooms} ({count} made by this run), {plan.metadata['name']}")
     return 0
 
 
 def add_pack_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pack",
-        help="write a map's tiles into one MBTiles or PMTiles file, for offline use",
+        help="write a map's tiles into one MBTiles or PMTiles file, or its values into a GeoTIFF, for offline use",
         description="Write the tiles of one map (a query, hour, month, source, layer and colours, as\n"
         "the tile URL's parameters name them) into an MBTiles or PMTiles file: exactly the tiles\n"
         "`serve` draws for this bundle and store, made in this process. QGIS and GDAL open\n"
-        "MBTiles; web maps read PMTiles from any static web host through pmtiles.js. The tiles\n"
-        "go into OUT.partial, which becomes OUT when complete: run the same command again to\n"
-        "resume an interrupted run.",
+        "MBTiles; web maps read PMTiles from any static web host through pmtiles.js. OUT ending\n"
+        "in .tif holds the layer's values instead (float32, its .tif tiles of one zoom side by\n"
+        "side) as a Cloud Optimized GeoTIFF, for GIS work. The tiles go into OUT.partial, which\n"
+        "becomes OUT when complete: run the same command again to resume an interrupted run.",
         epilog="examples:\n"
         "  soundscape pack --bundle B --store S 'q=birdsong&hour=6' birdsong.mbtiles\n"
         "  soundscape pack --bundle B --store S --zooms 0-9 --bbox -10,35,30,60 \\\n"
         "      'http://127.0.0.1:8000/tiles/{z}/{x}/{y}.png?q=birdsong&layer=heatmap' europe.mbtiles\n"
-        "  soundscape pack --bundle B --store S 'q=birdsong&tile_format=webp' birdsong.pmtiles",
+        "  soundscape pack --bundle B --store S 'q=birdsong&tile_format=webp' birdsong.pmtiles\n"
+        "  soundscape pack --bundle B --store S --bbox -10,35,30,60 'q=birdsong&hour=6' birdsong-values.tif",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--bundle", required=True, help="model bundle directory")
@@ -290,12 +293,16 @@ def add_pack_command(sub: argparse._SubParsersAction) -> None:
         "(default PNG)",
     )
     p.add_argument(
-        "out", metavar="OUT", help="the file to write: a PMTiles archive when it ends in .pmtiles, else MBTiles"
+        "out",
+        metavar="OUT",
+        help="the file to write: a PMTiles archive when it ends in .pmtiles, a Cloud Optimized GeoTIFF of the "
+        "values when it ends in .tif, else MBTiles",
     )
     p.add_argument(
         "--zooms",
         type=parsed_by(pack.zoom_argument),
-        help="zooms, e.g. 0-5 or 2,4-6 (default: the store's, minzoom to maxzoom as TileJSON gives them)",
+        help="zooms, e.g. 0-5 or 2,4-6 (default: the store's, minzoom to maxzoom as TileJSON gives them); one "
+        "zoom for a GeoTIFF (default: the store's full resolution, its finest cells 16 pixels a side)",
     )
     p.add_argument(
         "--bbox",

@@ -1,14 +1,15 @@
 """`soundscape pack`: a map's tiles, as the server draws them, in one MBTiles or PMTiles file,
 for a map that has to work offline (QGIS and GDAL open MBTiles; so do tile servers of MBTiles,
 for web maps) or be handed on as a file (a PMTiles archive on any static web host is read by
-web maps through Protomaps' pmtiles.js, no tile server needed).
+web maps through Protomaps' pmtiles.js, no tile server needed); or the layer's values at one
+zoom, its `.tif` tiles side by side, in one Cloud Optimized GeoTIFF for GIS work.
 
 The tiles come from the server's own app, run in this process: the map is named by the tile
 URL's parameters (`q=birdsong&hour=6&layer=contrast`), refused with the sentence the server would
 answer, and every tile is byte for byte the one `/tiles/...` serves for the same bundle and store.
 The tiles are written into `OUT.partial` (MBTiles 1.3), which becomes OUT once complete (or is
-turned into the PMTiles archive OUT): an interrupted run leaves OUT as it was, and the same
-command run again resumes where it stopped.
+turned into the PMTiles archive or the GeoTIFF OUT): an interrupted run leaves OUT as it was, and
+the same command run again resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -18,20 +19,28 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import mercantile
+import morecantile
+import numpy as np
+import rasterio
+import rasterio.shutil
 from fastapi import HTTPException
 from pmtiles.convert import mbtiles_to_pmtiles
+from rasterio.windows import Window
 from starlette.types import ASGIApp, Message
 from tqdm import tqdm
 
 from runtime.arguments import levels_in
 from runtime.errors import UserError
 from runtime.tiles import MERCATOR_LAT_LIMIT
+from server.engine import CELLS_PER_TILE_LOG2, GRID
 from server.params import MAX_ZOOM, parse_bbox
+from server.render import GEOTIFF_OPTIONS, grid
 
 FORMATS = ("png", "webp")  # the picture formats MBTiles 1.3 names and the tile routes draw
 DEFAULT_MAX_TILES = 100_000
@@ -41,6 +50,10 @@ BATCH = 64  # tiles asked for at once, then written and committed: what a resume
 CACHE_MB = 16
 MBTILES_APPLICATION_ID = 0x4D504258  # "MPBX", MBTiles 1.3's SQLite application_id
 PMTILES = ".pmtiles"  # OUT's suffix for a PMTiles archive; an MBTiles file otherwise
+GEOTIFF = ".tif"  # OUT's suffix for a Cloud Optimized GeoTIFF of the layer's values
+# The values' GeoTIFF as GDAL's COG driver writes it: deflate with the floating-point predictor
+# (as the .tif tiles), overviews averaged from the full resolution (NaN, no cell, left out).
+COG_OPTIONS = {"compress": "DEFLATE", "predictor": "FLOATING_POINT", "overview_resampling": "AVERAGE"}
 MAP_KEY = "soundscape_map"  # the metadata row naming the map a file holds, for resuming it
 HOST = "localhost"  # the Host header of the in-process requests: an allowed host of every server
 LL_EPSILON = 1e-11  # mercantile.tiles' nudge: a box's east or south edge on a tile edge takes no tile beyond
@@ -160,6 +173,7 @@ class MapPlan:
     template: str
     metadata: dict[str, str]
     ranges: list[TileRange]
+    tilesize: int
 
     @property
     def count(self) -> int:
@@ -177,16 +191,32 @@ def middle(west: float, east: float) -> float:
 
 
 async def plan_map(
-    app: ASGIApp, query: str, zooms: list[int] | None, box: tuple[float, float, float, float] | None, max_tiles: int
+    app: ASGIApp,
+    query: str,
+    zooms: list[int] | None,
+    box: tuple[float, float, float, float] | None,
+    max_tiles: int,
+    values: bool = False,
 ) -> MapPlan:
     """The map's TileJSON (its tile template, zooms, bounds and legend in words) and the tiles
-    over `box` (the store's bounds when None) at `zooms` (the TileJSON's when None)."""
+    over `box` (the store's bounds when None) at `zooms` (the TileJSON's when None); with
+    `values`, the `.tif` tiles of one zoom (the store's full resolution when None)."""
     tilejson = json.loads(await get_ok(app, f"/tilejson.json?{query}"))
     ids = json.loads(await get_ok(app, "/healthz"))
     url = urlsplit(tilejson["tiles"][0])
     template = f"{url.path}?{url.query}"
     fmt = url.path.rsplit(".", 1)[-1]
-    if fmt not in FORMATS:
+    if values:
+        # By default the zoom whose tiles draw the store's finest cells 16 px a side (TileJSON's
+        # maxzoom is that level): finer zooms only interpolate them, in a file 4**k times larger.
+        zooms = zooms or [max(tilejson["minzoom"], tilejson["maxzoom"] - CELLS_PER_TILE_LOG2)]
+        if len(zooms) != 1:
+            raise PackError(
+                f"a GeoTIFF holds the values of one zoom (its overviews are made from them), not {len(zooms)}: "
+                f"give --zooms one zoom, e.g. --zooms {zooms[-1]}"
+            )
+        template, fmt = f"/tiles/{GRID}/{{z}}/{{x}}/{{y}}.tif?{url.query}", "tif"
+    elif fmt not in FORMATS:
         raise PackError(f"a pack holds pictures: tile_format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     zooms = zooms or list(range(tilejson["minzoom"], tilejson["maxzoom"] + 1))
     given, box = box, box or tuple(tilejson["bounds"])
@@ -217,7 +247,7 @@ async def plan_map(
             {"tiles": template, "bundle": ids["bundle"], "store": ids["store"], "zooms": zooms, "bbox": list(box)}
         ),
     }
-    return MapPlan(template, metadata, ranges)
+    return MapPlan(template, metadata, ranges, tilejson["tilesize"])
 
 
 def open_partial(path: Path, metadata: dict[str, str]) -> sqlite3.Connection:
@@ -277,6 +307,34 @@ async def fill(app: ASGIApp, plan: MapPlan, db: sqlite3.Connection, progress: bo
     return len(todo)
 
 
+def write_values(db: sqlite3.Connection, plan: MapPlan, out: Path, progress: bool) -> None:
+    """The `.tif` tiles of `db` side by side in one float32 GeoTIFF on their grid (a box across
+    180 continues east of it, as GDAL reads such a raster), with the map's name, legend in words,
+    attribution and MAP_KEY as metadata, copied into OUT as a Cloud Optimized GeoTIFF."""
+    z, top, size = plan.ranges[0].z, plan.ranges[0].y0, plan.tilesize
+    columns = {x: i for i, x in enumerate(x for r in plan.ranges for x in range(r.x0, r.x1 + 1))}
+    width, height = len(columns) * size, (plan.ranges[0].y1 - top + 1) * size
+    matrices, crs = grid()
+    corner = matrices.xy_bounds(morecantile.Tile(plan.ranges[0].x0, top, z))
+    metres = (corner.right - corner.left) / size  # a pixel's side
+    transform = rasterio.transform.from_origin(corner.left, corner.top, metres, metres)
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32"}
+    options = {**GEOTIFF_OPTIONS, "blockxsize": size, "blockysize": size}
+    raw = out.with_name(out.name + ".values")  # the plain GeoTIFF the COG is copied from
+    with rasterio.open(raw, "w", **profile, **options, crs=crs, transform=transform, nodata=np.nan) as dst:
+        tiles = db.execute("SELECT zoom_level, tile_column, tile_row, tile_data FROM tiles")
+        for z, x, row, body in tqdm(tiles, total=plan.count, unit="tile", desc="GeoTIFF", disable=not progress):
+            with rasterio.MemoryFile(body) as memory, memory.open() as tile:
+                values = tile.read(1)
+            dst.write(values, 1, window=Window(columns[x] * size, (flipped(z, row) - top) * size, size, size))
+        dst.update_tags(**{key: plan.metadata[key] for key in ("description", "attribution", MAP_KEY)})
+        dst.set_band_description(1, plan.metadata["name"])
+    converting = out.with_name(out.name + ".converting")
+    rasterio.shutil.copy(raw, converting, driver="COG", **COG_OPTIONS)
+    os.replace(converting, out)
+    raw.unlink()
+
+
 def pack(
     app: ASGIApp,
     query: str,
@@ -288,8 +346,8 @@ def pack(
     progress: bool = True,
 ) -> tuple[MapPlan, int]:
     """Write the map `query` names (tile parameters) to `out`, a PMTiles archive if it ends in
-    .pmtiles, else an MBTiles file: its plan and the number of tiles this run made (fewer than
-    the plan's when it resumed)."""
+    .pmtiles, its values as a Cloud Optimized GeoTIFF if it ends in .tif, else an MBTiles file:
+    its plan and the number of tiles this run made (fewer than the plan's when it resumed)."""
     if out.is_dir():
         raise PackError(f"{out} is a folder, not a file")
     if not out.parent.is_dir():
@@ -298,8 +356,10 @@ def pack(
         raise PackError(f"{out} exists: give another path, or --overwrite to replace it once the new file is complete")
     partial = out.with_name(out.name + ".partial")
 
+    values = out.suffix == GEOTIFF
+
     async def run() -> tuple[MapPlan, int]:
-        plan = await plan_map(app, query, zooms, box, max_tiles)
+        plan = await plan_map(app, query, zooms, box, max_tiles, values)
         db = open_partial(partial, plan.metadata)
         try:
             count = await fill(app, plan, db, progress)
@@ -312,6 +372,10 @@ def pack(
         converting = out.with_name(out.name + ".converting")
         mbtiles_to_pmtiles(str(partial), str(converting), None)
         os.replace(converting, out)
+        partial.unlink()
+    elif values:
+        with closing(sqlite3.connect(partial)) as db:
+            write_values(db, plan, out, progress)
         partial.unlink()
     else:
         os.replace(partial, out)
