@@ -296,7 +296,7 @@ def add_pack_command(sub: argparse._SubParsersAction) -> None:
         "out",
         metavar="OUT",
         help="the file to write: a PMTiles archive when it ends in .pmtiles, a Cloud Optimized GeoTIFF of the "
-        "values when it ends in .tif, else MBTiles",
+        "values when it ends in .tif (or .tiff), else MBTiles",
     )
     p.add_argument(
         "--zooms",

@@ -50,7 +50,7 @@ BATCH = 64  # tiles asked for at once, then written and committed: what a resume
 CACHE_MB = 16
 MBTILES_APPLICATION_ID = 0x4D504258  # "MPBX", MBTiles 1.3's SQLite application_id
 PMTILES = ".pmtiles"  # OUT's suffix for a PMTiles archive; an MBTiles file otherwise
-GEOTIFF = ".tif"  # OUT's suffix for a Cloud Optimized GeoTIFF of the layer's values
+GEOTIFF = (".tif", ".tiff")  # OUT's suffixes for a Cloud Optimized GeoTIFF of the layer's values
 # The values' GeoTIFF as GDAL's COG driver writes it: deflate with the floating-point predictor
 # (as the .tif tiles), overviews averaged from the full resolution (NaN, no cell, left out).
 COG_OPTIONS = {"compress": "DEFLATE", "predictor": "FLOATING_POINT", "overview_resampling": "AVERAGE"}
@@ -311,11 +311,11 @@ def write_values(db: sqlite3.Connection, plan: MapPlan, out: Path, progress: boo
     """The `.tif` tiles of `db` side by side in one float32 GeoTIFF on their grid (a box across
     180 continues east of it, as GDAL reads such a raster), with the map's name, legend in words,
     attribution and MAP_KEY as metadata, copied into OUT as a Cloud Optimized GeoTIFF."""
-    z, top, size = plan.ranges[0].z, plan.ranges[0].y0, plan.tilesize
+    zoom, top, size = plan.ranges[0].z, plan.ranges[0].y0, plan.tilesize
     columns = {x: i for i, x in enumerate(x for r in plan.ranges for x in range(r.x0, r.x1 + 1))}
     width, height = len(columns) * size, (plan.ranges[0].y1 - top + 1) * size
     matrices, crs = grid()
-    corner = matrices.xy_bounds(morecantile.Tile(plan.ranges[0].x0, top, z))
+    corner = matrices.xy_bounds(morecantile.Tile(plan.ranges[0].x0, top, zoom))
     metres = (corner.right - corner.left) / size  # a pixel's side
     transform = rasterio.transform.from_origin(corner.left, corner.top, metres, metres)
     profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32"}
@@ -355,8 +355,7 @@ def pack(
     if out.exists() and not overwrite:
         raise PackError(f"{out} exists: give another path, or --overwrite to replace it once the new file is complete")
     partial = out.with_name(out.name + ".partial")
-
-    values = out.suffix == GEOTIFF
+    values = out.suffix.lower() in GEOTIFF
 
     async def run() -> tuple[MapPlan, int]:
         plan = await plan_map(app, query, zooms, box, max_tiles, values)
