@@ -62,6 +62,15 @@ PARENT_SHARE = 1 / 12
 # (its log-odds against the reference prompts' at the same cell); `uncertainty` needs none.
 QUERY_LAYERS = ("heatmap", "contrast")
 LAYERS = (*QUERY_LAYERS, "uncertainty")
+# What each layer's values are: TileJSON's legend, WMTS, /metadata and the GeoTIFFs say it.
+UNITS = {
+    "heatmap": "match probability (0 to 1): the model's calibrated probability that the sound is heard in the cell",
+    "contrast": "log-odds (natural log) that the sound is heard in the cell minus half the mean log-odds of 24 "
+    "everyday sounds there: higher where this sound is heard more than elsewhere, beyond what makes any sound "
+    "likely in the cell",
+    "uncertainty": "S, the sum of the cell embedding's variances sigma^2, unitless (the embedding's means have "
+    "unit length; higher: the model is less sure what the place sounds like)",
+}
 
 
 @dataclass(frozen=True)

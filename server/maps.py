@@ -397,7 +397,7 @@ async def draw(service: SoundscapeService, asked: MapRequest, plan: Plan, tile: 
     def encode() -> bytes:
         values = plan.values(tiles)
         if asked.fmt == "tif":
-            return render.encode_geotiff(values, geotiff_crs(asked.crs), asked.placed)
+            return render.encode_geotiff(values, geotiff_crs(asked.crs), asked.placed, tile.layer)
         if scale is None:
             return render.encode_npy(values)
         return ENCODERS[asked.fmt](values, scale.lo, scale.hi, tile.colormap)

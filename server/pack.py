@@ -40,7 +40,7 @@ from runtime.errors import UserError
 from runtime.tiles import MERCATOR_LAT_LIMIT
 from server.engine import CELLS_PER_TILE_LOG2, GRID
 from server.params import MAX_ZOOM, parse_bbox
-from server.render import GEOTIFF_OPTIONS, grid
+from server.render import GEOTIFF_OPTIONS, grid, values_description
 
 FORMATS = ("png", "webp")  # the picture formats MBTiles 1.3 names and the tile routes draw
 DEFAULT_MAX_TILES = 100_000
@@ -55,6 +55,7 @@ GEOTIFF = (".tif", ".tiff")  # OUT's suffixes for a Cloud Optimized GeoTIFF of t
 # (as the .tif tiles), overviews averaged from the full resolution (NaN, no cell, left out).
 COG_OPTIONS = {"compress": "DEFLATE", "predictor": "FLOATING_POINT", "overview_resampling": "AVERAGE"}
 MAP_KEY = "soundscape_map"  # the metadata row naming the map a file holds, for resuming it
+TIFF_TAGS = ("attribution", MAP_KEY)  # the metadata a values GeoTIFF keeps beside what its values are
 HOST = "localhost"  # the Host header of the in-process requests: an allowed host of every server
 LL_EPSILON = 1e-11  # mercantile.tiles' nudge: a box's east or south edge on a tile edge takes no tile beyond
 
@@ -309,8 +310,8 @@ async def fill(app: ASGIApp, plan: MapPlan, db: sqlite3.Connection, progress: bo
 
 def write_values(db: sqlite3.Connection, plan: MapPlan, out: Path, progress: bool) -> None:
     """The `.tif` tiles of `db` side by side in one float32 GeoTIFF on their grid (a box across
-    180 continues east of it, as GDAL reads such a raster), with the map's name, legend in words,
-    attribution and MAP_KEY as metadata, copied into OUT as a Cloud Optimized GeoTIFF."""
+    180 continues east of it, as GDAL reads such a raster), with the map's name, what its values
+    are, its attribution and MAP_KEY as metadata, copied into OUT as a Cloud Optimized GeoTIFF."""
     zoom, top, size = plan.ranges[0].z, plan.ranges[0].y0, plan.tilesize
     columns = {x: i for i, x in enumerate(x for r in plan.ranges for x in range(r.x0, r.x1 + 1))}
     width, height = len(columns) * size, (plan.ranges[0].y1 - top + 1) * size
@@ -327,7 +328,8 @@ def write_values(db: sqlite3.Connection, plan: MapPlan, out: Path, progress: boo
             with rasterio.MemoryFile(body) as memory, memory.open() as tile:
                 values = tile.read(1)
             dst.write(values, 1, window=Window(columns[x] * size, (flipped(z, row) - top) * size, size, size))
-        dst.update_tags(**{key: plan.metadata[key] for key in ("description", "attribution", MAP_KEY)})
+        layer = dict(parse_qsl(urlsplit(plan.template).query))["layer"]  # TileJSON's template always names it
+        dst.update_tags(description=values_description(layer), **{key: plan.metadata[key] for key in TIFF_TAGS})
         dst.set_band_description(1, plan.metadata["name"])
     converting = out.with_name(out.name + ".converting")
     rasterio.shutil.copy(raw, converting, driver="COG", **COG_OPTIONS)

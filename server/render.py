@@ -17,7 +17,7 @@ from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds
 from rio_tiler.colormap import cmap
 
-from server.engine import GRID
+from server.engine import GRID, UNITS
 
 # ISA-L's deflate at level 1 with PNG's Sub filter: a 256 px heatmap tile in ~0.15 ms and ~16 kB,
 # where Pillow's zlib at level 1 (no filter for palette images) took ~1.3 ms and ~30 kB.
@@ -149,33 +149,43 @@ def degrees() -> str:
     return CRS.from_epsg(4326).to_wkt()
 
 
-def encode_geotiff(values: np.ndarray, crs: str, bounds: tuple[float, float, float, float]) -> bytes:
-    """A float32 GeoTIFF of values, what GDAL and QGIS read where they cannot read .npy: one band
-    as the .npy holds it, NaN the nodata value (where no cell is), over `bounds` (west, south,
-    east, north; east past the CRS's edge across the antimeridian) in `crs` (WKT)."""
+def values_description(layer: str) -> str:
+    """What a tile or map of values (.npy, .tif) holds, in words, units included."""
+    return f"float32 values, NaN where no cell is (no colours): {UNITS[layer]}"
+
+
+def encode_geotiff(values: np.ndarray, crs: str, bounds: tuple[float, float, float, float], layer: str) -> bytes:
+    """A float32 GeoTIFF of a layer's values, what GDAL and QGIS read where they cannot read .npy:
+    one band (named for the layer) as the .npy holds it, NaN the nodata value (where no cell is),
+    what the values are in its `description`, over `bounds` (west, south, east, north; east past
+    the CRS's edge across the antimeridian) in `crs` (WKT)."""
     height, width = values.shape
     transform = from_bounds(*bounds, width, height)
     profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32"}
     with MemoryFile() as memory:
         with memory.open(**profile, **GEOTIFF_OPTIONS, crs=crs, transform=transform, nodata=np.nan) as tiff:
             tiff.write(values.astype(np.float32, copy=False), 1)
+            tiff.set_band_description(1, layer)
+            tiff.update_tags(description=values_description(layer))
         return memory.read()
 
 
-def encode_tile_geotiff(values: np.ndarray, z: int, x: int, y: int) -> bytes:
+def encode_tile_geotiff(values: np.ndarray, z: int, x: int, y: int, layer: str) -> bytes:
     """A tile's values as a GeoTIFF over the tile's exact bounds on the grid its values were
     computed on. It takes no tile matrix set: a tile placed on any other would put every value in
     the wrong place."""
     matrices, crs = grid()
     bounds = matrices.xy_bounds(morecantile.Tile(x, y, z))
-    return encode_geotiff(values, crs, (bounds.left, bounds.bottom, bounds.right, bounds.top))
+    return encode_geotiff(values, crs, (bounds.left, bounds.bottom, bounds.right, bounds.top), layer)
 
 
-def encode(values: np.ndarray, fmt: str, lo: float, hi: float, colormap: str, tile: tuple[int, int, int]) -> bytes:
+def encode(
+    values: np.ndarray, fmt: str, lo: float, hi: float, colormap: str, tile: tuple[int, int, int], layer: str
+) -> bytes:
     """A tile's values in `fmt`, the one place a format picks its encoder; `tile` (z, x, y) places
-    a GeoTIFF, colours and `lo`..`hi` draw a PNG or WebP."""
+    a GeoTIFF and `layer` names its band, colours and `lo`..`hi` draw a PNG or WebP."""
     if fmt == "tif":
-        return encode_tile_geotiff(values, *tile)
+        return encode_tile_geotiff(values, *tile, layer)
     if fmt == "npy":
         return encode_npy(values)
     return (encode_png if fmt == "png" else encode_webp)(values, lo, hi, colormap)
@@ -184,13 +194,6 @@ def encode(values: np.ndarray, fmt: str, lo: float, hi: float, colormap: str, ti
 def empty(size: int) -> np.ndarray:
     """The values of a tile of a place without cells: all NaN."""
     return np.full((size, size), np.nan, dtype=np.float32)
-
-
-@lru_cache(maxsize=16)
-def blank(fmt: str, size: int) -> bytes:
-    """The tile of a place without cells: fully transparent (or all-NaN for npy); a GeoTIFF's is
-    placed, so `encode` makes each."""
-    return encode(empty(size), fmt, 0.0, 1.0, "viridis", (0, 0, 0))
 
 
 def legend(colormap: str, width: int, height: int, vertical: bool) -> bytes:

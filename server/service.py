@@ -529,7 +529,7 @@ class SoundscapeService:
 
         def draw() -> bytes:
             values = render.empty(r.size) if cells is None else self.engine.tile_values(window, cells, r.layer, query)
-            return render.encode(values, r.fmt, lo, hi, r.colormap, (r.z, r.x, r.y))
+            return render.encode(values, r.fmt, lo, hi, r.colormap, (r.z, r.x, r.y), r.layer)
 
         return await self.run(draw)
 

@@ -14,6 +14,7 @@ import rasterio
 from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds
 
+from server import render
 from tests.server_support import LAND_TILE, REPO, decode_npy, live_server, make_client
 
 MEDIA_TYPE = "image/tiff; application=geotiff"
@@ -67,6 +68,9 @@ def test_a_tif_tile_holds_the_values_of_the_npy_tile_where_it_lies(client, param
     assert np.array_equal(band, npy, equal_nan=True)
     assert np.array_equal(nodata, np.isnan(npy))
     assert nodata.any() and not nodata.all(), "the land tile reaches past the store's cells"
+    layer = params.get("layer", "contrast")
+    with MemoryFile(tif.content) as memory, memory.open() as tiff:  # what the values are, for a GIS user
+        assert tiff.descriptions == (layer,) and tiff.tags()["description"] == render.values_description(layer)
 
 
 def test_a_tif_tile_of_no_cells_is_all_nodata_and_still_placed(client):

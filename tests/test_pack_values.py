@@ -15,6 +15,7 @@ import pytest
 import rasterio
 
 from server import pack as packing
+from server import render
 from server.engine import CELLS_PER_TILE_LOG2
 from tests.server_support import make_client
 from tests.test_pack import MAP, QUERY, client, pack  # noqa: F401  (client: a fixture this module uses)
@@ -52,7 +53,8 @@ def test_the_geotiff_holds_the_served_values_of_each_tile(values, client):  # no
     tiles = list(mercantile.tiles(*tilejson["bounds"], zooms=[z]))
     assert f": {len(tiles)} tiles of zoom {z} ({len(tiles)} made by this run), {tilejson['name']}" in said
     described, grid = read(path)
-    assert described["band"] == tilejson["name"] and described["tags"]["description"] == tilejson["description"]
+    assert described["band"] == tilejson["name"] == "soundscape contrast: birdsong"
+    assert described["tags"]["description"] == render.values_description("contrast")  # no colours: values
     assert described["tags"]["attribution"] == tilejson["attribution"]
     held = json.loads(described["tags"]["soundscape_map"])
     assert held["zooms"] == [z] and held["tiles"].startswith("/tiles/WebMercatorQuad/{z}/{x}/{y}.tif?")

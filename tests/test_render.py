@@ -47,8 +47,8 @@ def test_smooth_ramps_and_wrapping_differences_round_trip():
         assert np.array_equal(np.asarray(image), render.quantise(values, 0.0, 1.0))
 
 
-def test_blank_and_legend_are_valid_pngs():
-    blank = decoded(render.blank("png", 256))
+def test_no_data_and_legend_are_valid_pngs():
+    blank = decoded(render.encode_png(render.empty(256), 0.0, 1.0, "viridis"))
     assert not np.asarray(blank.convert("RGBA"))[..., 3].any()
     legend = np.asarray(decoded(render.legend("viridis", 64, 8, vertical=False)))
     assert (np.diff(legend[0].astype(int)) >= 0).all() and legend[0, 0] < legend[0, -1]

@@ -50,6 +50,11 @@ def geotiff(body: bytes) -> tuple[rasterio.crs.CRS, tuple[float, ...], np.ndarra
     """A GeoTIFF's CRS, bounds and values."""
     with rasterio.MemoryFile(body) as memory, memory.open() as tiff:
         assert tiff.count == 1 and tiff.dtypes == ("float32",) and math.isnan(tiff.nodata)
+        layer = tiff.descriptions[0]  # the band is named for its layer, and says what its values are
+        assert (
+            tiff.tags()["description"] == render.values_description(layer)
+            and render.UNITS[layer] in tiff.tags()["description"]
+        )
         return tiff.crs, tuple(tiff.bounds), tiff.read(1)
 
 

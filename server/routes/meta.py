@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import maps, metrics, wmts
-from server.engine import CELLS_PER_TILE_LOG2, GRID, LAYERS, QUERY_LAYERS
+from server.engine import CELLS_PER_TILE_LOG2, GRID, LAYERS, QUERY_LAYERS, UNITS
 from server.http import (
     BINARY,
     TEXT,
@@ -43,7 +43,7 @@ from server.params import (
     request_refusals,
 )
 from server.queries import shown
-from server.render import FORMATS, VALUE_FORMATS, colormap_names, grid, legend
+from server.render import FORMATS, VALUE_FORMATS, colormap_names, grid, legend, values_description
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService, TileRequest
 from server.urls import base_url, tile_template
@@ -53,23 +53,13 @@ router = APIRouter(tags=["metadata"])
 WMTS_RESPONSES = {200: {"content": {"application/xml": TEXT}}, **errors(404, 422, 503)}
 
 
-UNITS = {
-    "heatmap": "match probability (0 to 1): the model's calibrated probability that the sound is heard in the cell",
-    "contrast": "log-odds (natural log) that the sound is heard in the cell minus half the mean log-odds of 24 "
-    "everyday sounds there: higher where this sound is heard more than elsewhere, beyond what makes any sound "
-    "likely in the cell",
-    "uncertainty": "S, the sum of the cell embedding's variances sigma^2, unitless (the embedding's means have "
-    "unit length; higher: the model is less sure what the place sounds like)",
-}
-
-
 async def layer_legend(service: SoundscapeService, tile: TileRequest, text: str | None) -> dict:
     """What a layer's colours mean: its scale, units, how the scale was chosen and which ends
     are clipped; for tiles of values (npy, tif), what the values are. TileJSON, WMTS and the
     viewer all describe a layer with this."""
     if tile.fmt in VALUE_FORMATS:
         return {
-            "description": f"float32 values, NaN where no cell is (no colours): {UNITS[tile.layer]}",
+            "description": values_description(tile.layer),
             "scale": {"units": UNITS[tile.layer]},
         }
     scale = await service.tile_scale(tile, text)
