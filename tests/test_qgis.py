@@ -1,11 +1,13 @@
 """QGIS 3 (Debian's python3-qgis, headless) adds the README's XYZ and WMTS URLs as a GIS user
-does, through its "wms" provider, and renders a tile's extent: the picture is the server's tile.
+does, through its "wms" provider, and renders a tile's extent: the picture is the server's tile;
+and it adds a map's GeoTIFF URL as a raster layer, whose values it identifies as the server's.
 QGIS runs in the system's python3 (tests/qgis_client.py), against a real uvicorn."""
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -107,3 +109,25 @@ def test_qgis_draws_the_readme_urls_as_the_server_draws_the_tile(server, tmp_pat
         close = np.abs(drawn[..., :3] - tile[..., :3]).max(axis=2) <= 8
         assert close[opaque].mean() > 0.99, (layer["name"], close[opaque].mean())
         assert (drawn[..., 3][~opaque] < 255).all(), "transparent where the tile has no cells"
+
+
+def test_qgis_reads_the_values_of_a_geotiff_map_by_its_url(server, tmp_path):
+    """Add Raster Layer with a map's GeoTIFF URL (QGIS's gdal provider over /vsicurl/): the
+    Identify tool reads, at a pixel's centre, the map's value there (GDAL's reading of a GeoTIFF
+    in byte ranges: tests/test_server_ranges.py)."""
+    west, south, east, north, width, height = -12.0, 34.0, 32.0, 60.0, 440, 260
+    url = f"{server}/collections/contrast/map?q=birdsong&hour=6&bbox={west},{south},{east},{north}&width={width}"
+    values = np.load(io.BytesIO(httpx.get(f"{url}&f=npy", timeout=60).content), allow_pickle=False)
+    assert values.shape == (height, width)
+    pixels = [(row, column) for row in range(13, height, 47) for column in range(29, width, 83)]
+    probes = [
+        (west + (column + 0.5) * (east - west) / width, north - (row + 0.5) * (north - south) / height)
+        for row, column in pixels
+    ]
+    layer = {"name": "values", "provider": "gdal", "uri": f"/vsicurl/{url}&f=tif", "probes": probes}
+    answer = qgis_renders([layer], tmp_path)["values"]
+    assert answer["valid"], answer
+    expected = [float(values[row, column]) for row, column in pixels]
+    read = [math.nan if value is None else value for value in answer["values"]]
+    assert np.isfinite(expected).sum() >= 10, "most probes lie over the store's cells"
+    assert np.array_equal(np.float32(read), np.float32(expected), equal_nan=True), (read, expected)
