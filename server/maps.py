@@ -398,8 +398,9 @@ async def draw(service: SoundscapeService, asked: MapRequest, plan: Plan, tile: 
         values = plan.values(tiles)
         if asked.fmt == "tif":
             return render.encode_geotiff(values, geotiff_crs(asked.crs), asked.placed, tile.layer)
-        if scale is None:
+        if asked.fmt == "npy":
             return render.encode_npy(values)
+        assert scale is not None  # worked out for every picture format
         return ENCODERS[asked.fmt](values, scale.lo, scale.hi, tile.colormap)
 
     return await service.run(encode)

@@ -17,7 +17,7 @@ import rasterio
 import soundfile
 from PIL import Image
 
-from tests.server_support import REPO, live_server
+from tests.server_support import REPO, decode_npy, live_server
 from tests.test_server_wmts import read_tile
 from tests.test_viewer import ARGS, CHROMIUM
 
@@ -260,7 +260,7 @@ def test_geotiff_js_example_reads_a_maps_values_from_another_origin(server):
     assert ranged == [206, f"bytes 0-9/{length}"], "a page of another origin reads where a range lies"
     assert any(header and header.startswith("bytes=") for header in asked), "read in byte ranges"
     assert read["size"] == [440, 260] and read["box"] == pytest.approx([-12, 34, 32, 60])
-    expected = np.load(io.BytesIO(httpx.get(url.replace("f=tif", "f=npy"), timeout=60).content))
+    expected = decode_npy(httpx.get(url.replace("f=tif", "f=npy"), timeout=60).content)
     values = np.array([np.nan if v is None else v for v in read["values"]], dtype=np.float32).reshape(260, 440)
     assert np.isfinite(expected).mean() > 0.5
     assert np.array_equal(values, expected, equal_nan=True)

@@ -57,13 +57,17 @@ def client(bundle_path, store_path):
     return make_client(bundle_path, store_path)
 
 
+def packed_once(bundle_path, store_path, folder, name: str) -> tuple:
+    """MAP packed with the defaults into `folder / name`: its path and what the command said."""
+    done = pack(bundle_path, store_path, folder, MAP, str(folder / name))
+    assert done.returncode == 0, done.stderr
+    return folder / name, done.stdout
+
+
 @pytest.fixture(scope="module")
 def packed(bundle_path, store_path, tmp_path_factory):
     """The map of birdsong at 6 h over the store's bounds and zooms (the defaults)."""
-    folder = tmp_path_factory.mktemp("pack")
-    done = pack(bundle_path, store_path, folder, MAP, str(folder / "birdsong.mbtiles"))
-    assert done.returncode == 0, done.stderr
-    return folder / "birdsong.mbtiles", done.stdout
+    return packed_once(bundle_path, store_path, tmp_path_factory.mktemp("pack"), "birdsong.mbtiles")
 
 
 def test_the_file_holds_the_served_tiles_of_the_map_and_its_legend(packed, client):

@@ -4,7 +4,6 @@ a box across 180 continuing east of it, with the map's legend in words; an inter
 resumes to the same values; more than one zoom is refused in a sentence."""
 
 import asyncio
-import io
 import json
 import math
 import sqlite3
@@ -17,8 +16,8 @@ import rasterio
 from server import pack as packing
 from server import render
 from server.engine import CELLS_PER_TILE_LOG2
-from tests.server_support import make_client
-from tests.test_pack import MAP, QUERY, client, pack  # noqa: F401  (client: a fixture this module uses)
+from tests.server_support import decode_npy, make_client
+from tests.test_pack import MAP, QUERY, client, pack, packed_once  # noqa: F401  (client: a fixture this module uses)
 
 SIZE = 256
 
@@ -26,16 +25,13 @@ SIZE = 256
 @pytest.fixture(scope="module")
 def values(bundle_path, store_path, tmp_path_factory):
     """The values of birdsong at 6 h over the store's bounds, at the default zoom."""
-    folder = tmp_path_factory.mktemp("values")
-    done = pack(bundle_path, store_path, folder, MAP, str(folder / "birdsong.tif"))
-    assert done.returncode == 0, done.stderr
-    return folder / "birdsong.tif", done.stdout
+    return packed_once(bundle_path, store_path, tmp_path_factory.mktemp("values"), "birdsong.tif")
 
 
 def served(http, z: int, x: int, y: int, params: dict = QUERY) -> np.ndarray:
     answer = http.get(f"/tiles/WebMercatorQuad/{z}/{x}/{y}.npy", params=params)
     assert answer.status_code == 200, answer.text
-    return np.load(io.BytesIO(answer.content), allow_pickle=False)
+    return decode_npy(answer.content)
 
 
 def read(path) -> tuple[dict, np.ndarray]:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server_support import REPO, live_server
+from tests.server_support import REPO, decode_npy, live_server
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def test_qgis_reads_the_values_of_a_geotiff_map_by_its_url(server, tmp_path):
     in byte ranges: tests/test_server_ranges.py)."""
     west, south, east, north, width, height = -12.0, 34.0, 32.0, 60.0, 440, 260
     url = f"{server}/collections/contrast/map?q=birdsong&hour=6&bbox={west},{south},{east},{north}&width={width}"
-    values = np.load(io.BytesIO(httpx.get(f"{url}&f=npy", timeout=60).content), allow_pickle=False)
+    values = decode_npy(httpx.get(f"{url}&f=npy", timeout=60).content)
     assert values.shape == (height, width)
     pixels = [(row, column) for row in range(13, height, 47) for column in range(29, width, 83)]
     probes = [

@@ -19,7 +19,7 @@ from PIL import Image
 
 from server import render
 from store.reader import Store
-from tests.server_support import live_server, make_client
+from tests.server_support import decode_npy, live_server, make_client
 from tests.test_server_collections import DOCS, gdal, needs_gdal, rgba
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
@@ -40,10 +40,6 @@ def get_map(client, layer: str = "contrast", **params) -> httpx.Response:
     answer = client.get(f"/collections/{layer}/map", params={**QUERY, **params})
     assert answer.status_code == 200, answer.text[:300]
     return answer
-
-
-def npy(body: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(body), allow_pickle=False)
 
 
 def geotiff(body: bytes) -> tuple[rasterio.crs.CRS, tuple[float, ...], np.ndarray]:
@@ -210,13 +206,13 @@ def test_a_values_map_of_one_tile_is_that_tiles_values(client, layer):
     assert np.array_equal(values, tile_values, equal_nan=True)
     as_npy = get_map(client, layer, f="npy", **box)
     assert as_npy.headers["content-type"] == "application/x-npy"
-    assert np.array_equal(npy(as_npy.content), values, equal_nan=True)
+    assert np.array_equal(decode_npy(as_npy.content), values, equal_nan=True)
 
 
 def test_a_maps_picture_colours_its_values(client):
     """The PNG map is its .npy map coloured as a PNG tile is coloured, at the scale asked."""
     box = {"bbox": "-10,35,30,60", "width": 200, "rescale": "-6,-2", "colormap_name": "viridis"}
-    values = npy(get_map(client, f="npy", **box).content)
+    values = decode_npy(get_map(client, f="npy", **box).content)
     assert values.shape == (125, 200) and np.isfinite(values).mean() > 0.5
     assert get_map(client, **box).content == render.encode_png(values, -6.0, -2.0, "viridis")
 
@@ -238,7 +234,7 @@ def test_a_geotiff_map_is_placed_on_its_box_in_its_crs(client, params, epsg, bou
         assert placed == pytest.approx(bounds) and expected == [170.0, -50.0, -160.0, -20.0]
     else:
         assert placed == pytest.approx(expected) and placed[1] == pytest.approx(bounds[1])
-    assert np.array_equal(values, npy(get_map(client, f="npy", **params).content), equal_nan=True)
+    assert np.array_equal(values, decode_npy(get_map(client, f="npy", **params).content), equal_nan=True)
 
 
 def test_a_values_map_is_nan_where_no_cell_or_tile_is(client, store_path):
@@ -291,7 +287,7 @@ def test_the_collections_map_links_resolve(client):
         assert client.get(links["image/png"]["href"]).content == get_map(client, layer).content
         with rasterio.MemoryFile(client.get(links[GEOTIFF]["href"]).content) as memory, memory.open() as tiff:
             values = tiff.read(1)
-        assert np.array_equal(values, npy(get_map(client, layer, f="npy").content), equal_nan=True)
+        assert np.array_equal(values, decode_npy(get_map(client, layer, f="npy").content), equal_nan=True)
 
 
 def test_a_collection_asked_as_json_links_maps_of_their_own_format(client):
@@ -406,7 +402,7 @@ def test_gdal_reads_a_values_map_as_docs_api_md_shows(bundle_path, store_path, t
     command, url = GDAL_VALUES_COMMAND.groups()
     with live_server(bundle_path, store_path) as server:
         gdal(command.replace("http://127.0.0.1:8000", server), tmp_path)
-        expected = npy(
+        expected = decode_npy(
             httpx.get(url.replace("http://127.0.0.1:8000", server).replace("f=tif", "f=npy"), timeout=60).content
         )
     [written] = tmp_path.glob("*.tif")

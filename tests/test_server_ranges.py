@@ -4,15 +4,13 @@ cannot serve as a part gets the whole answer or a 416; and GDAL's /vsicurl/, whi
 in ranges, reads a 512 px tile and a large map that it gave up on when the server sent the whole
 body to its first range."""
 
-import io
-
 import httpx
 import numpy as np
 import pytest
 import rasterio
 
 from server.ranges import requested
-from tests.server_support import live_server, make_client
+from tests.server_support import decode_npy, live_server, make_client
 
 TILE = "/tiles/WebMercatorQuad/4/8/5.tif"  # over the fixture's cells (Europe)
 QUERY = {"q": "birdsong", "hour": 6}
@@ -149,5 +147,5 @@ def test_gdal_reads_a_512_pixel_tile_and_a_large_map_in_ranges(bundle_path, stor
             large: httpx.get(large.replace("f=tif", "f=npy"), timeout=60).content,
         }
     for url, values in read.items():
-        npy = np.load(io.BytesIO(expected[url]), allow_pickle=False)
+        npy = decode_npy(expected[url])
         assert np.isfinite(values).mean() > 0.3 and np.array_equal(values, npy, equal_nan=True), url

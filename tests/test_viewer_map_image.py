@@ -16,6 +16,7 @@ import pytest
 import rasterio
 from PIL import Image
 
+from tests.server_support import decode_npy
 from tests.test_viewer import (  # noqa: F401  (fixtures and helpers)
     BACKGROUND,
     browser,
@@ -82,7 +83,7 @@ def test_png_of_this_view_is_the_layer_as_the_map_shows_it(browser, server):  # 
         with rasterio.open(download.value.path()) as tiff:
             assert tiff.crs.to_epsg() == 3857 and (tiff.width, tiff.height) == (900, 700)
             values = tiff.read(1)
-        npy = np.load(io.BytesIO(httpx.get(f"{url}&f=npy", timeout=60).content), allow_pickle=False)
+        npy = decode_npy(httpx.get(f"{url}&f=npy", timeout=60).content)
         assert np.array_equal(values, npy, equal_nan=True)
         assert (np.isfinite(values) == (image[..., 3] > 0)).all(), "values where the PNG is drawn, NaN elsewhere"
 
