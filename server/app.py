@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import faiss
 import numpy as np
 from fastapi import Depends, FastAPI
@@ -14,7 +16,7 @@ from threadpoolctl import threadpool_limits
 from runtime.bundle import Bundle
 from server import maps
 from server.engine import LAYERS, QueryMetadata
-from server.fastpath import FrontDoor, TileFastPath
+from server.fastpath import FrontDoor, Recordings, TileFastPath
 from server.http import HttpPolicy, NegotiatedGZip, document_choices, errors, install_error_handlers
 from server.params import TMS_IDS, each_once, refuse_everything
 from server.ranges import ByteRanges
@@ -37,6 +39,17 @@ def warm_up(service: SoundscapeService) -> None:
     level = service.store.levels[service.store.minlevel]
     engine.fuse(level, np.arange(min(1, len(level))), QueryMetadata(hour=0))
     engine.stats.clear()
+
+
+def request_cost(replays: Recordings) -> Callable[[Scope], int]:
+    """The rate limit's tokens for a request: a replay's by the bytes it is sent, anything else by
+    the work it asks (a map's by its size: server/maps.py)."""
+
+    def cost(scope: Scope) -> int:
+        replayed = replays.cost(scope)
+        return maps.request_cost(scope) if replayed is None else replayed
+
+    return cost
 
 
 class SoundscapeApp(FastAPI):
@@ -98,11 +111,12 @@ def create_app(settings: Settings) -> SoundscapeApp:
     )
     # A tile URL answered before is replayed here, behind every policy but GZip, which leaves
     # tiles as they are (server/fastpath.py).
-    app.add_middleware(TileFastPath, max_bytes=settings.lru_bytes // 4)
+    replays = app.state.replays = Recordings(settings.lru_bytes // 4)
+    app.add_middleware(TileFastPath, recordings=replays)
     if not settings.rate_limit:  # the limiter sees every request: hits take the replay above then
         app.front_door = FrontDoor(settings.lru_bytes // 4)  # bodies are mostly the same bytes objects
     if settings.rate_limit:  # inside CORS, so a browser can read its 429
-        app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit), cost=maps.request_cost)
+        app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit), cost=request_cost(replays))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

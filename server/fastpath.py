@@ -1,5 +1,5 @@
-"""A lean path for tiles already answered: the same URL is answered again from the bytes the
-tile route sent, without FastAPI's routing, parameter validation and dependency injection.
+"""A lean path for tiles and maps already answered: the same URL is answered again from the bytes
+the route sent, without FastAPI's routing, parameter validation and dependency injection.
 
 Those cost ~1 ms of CPU per warm tile (three thread-pool hops for sync dependencies, pydantic,
 two SHA-256 keys), about 8x the HTTP server's own work (BENCHMARKS.md "Performance harness").
@@ -7,7 +7,9 @@ A tile's bytes and headers are a function of its URL alone (the ids of the bundl
 fixed for the process; a query id, once registered, is never removed), so the first 200 answer of
 a tile route is recorded under its exact raw path and query string and replayed verbatim. So is
 an OGC tileset's (`/tiles/{tms}`), but only when its links do not come from the Host header (with
-SOUNDSCAPE_PUBLIC_URL set): a replay to another host would point it elsewhere.
+SOUNDSCAPE_PUBLIC_URL set): a replay to another host would point it elsewhere. So is a map's
+(`/collections/{id}/map`), whose answer is also its URL's alone: a GIS client reading a map's
+GeoTIFF in byte ranges (GDAL's /vsicurl/) has it drawn once, not once a range.
 
 It runs inside HttpPolicy (HEAD, metrics), the host policy, CORS and the rate limit, so those
 apply to a replay exactly as to the normal path; GZip runs inside it (it never compresses a tile's
@@ -24,6 +26,7 @@ hit in process, more than the replay itself (BENCHMARKS.md "Performance harness"
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -36,14 +39,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
 from server.http import not_modified, precondition_failed, request_series
+from server.maps import MAP_PATH
+from server.ranges import bytes_sent
 from server.urls import embeds_host
 
 TILE_PREFIX = "/tiles/"
 ENTRY_OVERHEAD = 512  # bytes counted per entry besides key and body (headers, tuple, dict slot)
+REPLAY_BYTES_PER_TOKEN = 1 << 20  # a replay draws nothing: its rate-limit cost is the bytes it sends
 TILE_HITS = metrics.CACHE.labels("tile", "hit")
 # Request headers whose answer is not the recorded one: a tile has no Last-Modified, so
 # If-Unmodified-Since never fails (RFC 9110 13.1.4) and If-Modified-Since never answers 304.
 CONDITIONS = frozenset({b"if-none-match", b"if-match"})
+
+
+def replayable(path: str) -> bool:
+    """A tile's or a map's path (a request's or its route's template): answers that may be replayed."""
+    return path.startswith(TILE_PREFIX) or MAP_PATH.match(path) is not None
 
 
 @dataclass(frozen=True)
@@ -74,14 +85,14 @@ class Recordings:
     def __len__(self) -> int:
         return len(self._items)
 
-    def _get(self, key: bytes) -> Recorded | None:
+    def get(self, key: bytes) -> Recorded | None:
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
             return found
 
-    def _put(self, key: bytes, value: Recorded) -> None:
+    def put(self, key: bytes, value: Recorded) -> None:
         size = value.size + len(key)
         if size > self.max_bytes:
             return
@@ -100,10 +111,21 @@ class Recordings:
             self._items.clear()
             self._bytes = 0
 
+    def cost(self, scope: Scope) -> int | None:
+        """The rate-limit tokens of a GET this table would replay: one a MiB it is sent (a byte
+        range, its part's), since it draws nothing; None when no answer is recorded for it. So the
+        ranges GDAL reads of a map after its first cost a token or a few, not the map's drawing."""
+        if scope["method"] != "GET" or not replayable(scope["path"]):
+            return None
+        found = self.get(tile_key(scope))
+        if found is None:
+            return None
+        return max(1, math.ceil(bytes_sent(scope, found.etag, len(found.body)) / REPLAY_BYTES_PER_TOKEN))
+
 
 async def answer_of(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> Recorded | None:
-    """Run `app`, passing on what it sends; that answer when it is a whole 200 of a route under
-    /tiles/ with an ETag and Cache-Control, no Content-Encoding and no URL made from the Host
+    """Run `app`, passing on what it sends; that answer when it is a whole 200 of a tile or map
+    route with an ETag and Cache-Control, no Content-Encoding and no URL made from the Host
     header (a tileset's links: server/urls.py), else None: what may be replayed."""
     start: Message | None = None
     parts: list[Message] = []
@@ -123,7 +145,7 @@ async def answer_of(app: ASGIApp, scope: Scope, receive: Receive, send: Send) ->
         or start["status"] != 200
         or len(parts) != 1
         or parts[0].get("more_body", False)
-        or not getattr(route, "path", "").startswith(TILE_PREFIX)
+        or not replayable(getattr(route, "path", ""))
         or embeds_host(scope)
     ):
         return None
@@ -137,27 +159,28 @@ async def answer_of(app: ASGIApp, scope: Scope, receive: Receive, send: Send) ->
 
 
 def tile_key(scope: Scope) -> bytes:
-    """A tile request's raw path and query string: its answer is a function of them alone."""
+    """A tile or map request's raw path and query string: its answer is a function of them alone."""
     return (scope.get("raw_path") or scope["path"].encode()) + b"?" + scope.get("query_string", b"")
 
 
-class TileFastPath(Recordings):
-    """Pure ASGI middleware: replays recorded tile answers keyed by raw path + query string."""
+class TileFastPath:
+    """Pure ASGI middleware: replays recorded tile and map answers keyed by raw path + query
+    string, from a table the rate limit reads too (Recordings.cost)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        super().__init__(max_bytes)
+    def __init__(self, app: ASGIApp, recordings: Recordings):
         self.app = app
+        self.recordings = recordings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(TILE_PREFIX):
+        if scope["type"] != "http" or scope["method"] != "GET" or not replayable(scope["path"]):
             await self.app(scope, receive, send)
             return
         key = tile_key(scope)
-        found = self._get(key)
+        found = self.recordings.get(key)
         if found is None:
             recorded = await answer_of(self.app, scope, receive, send)
             if recorded is not None:
-                self._put(key, recorded)
+                self.recordings.put(key, recorded)
             return
         scope["route"], scope["endpoint"] = found.route, found.endpoint  # HttpPolicy labels metrics by route
         if any(name in CONDITIONS for name, _ in scope["headers"]):  # the same 412 or 304 as the route's own
@@ -179,7 +202,7 @@ class FrontDoor(Recordings):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
         method = scope["method"]
-        if method not in ("GET", "HEAD") or not scope["path"].startswith(TILE_PREFIX):
+        if method not in ("GET", "HEAD") or not replayable(scope["path"]):
             await app(scope, receive, send)
             return
         origin = encoding = None  # the first of each, as Starlette's Headers.get reads them
@@ -192,12 +215,12 @@ class FrontDoor(Recordings):
                 await app(scope, receive, send)
                 return
         key = b"\0".join((tile_key(scope), origin or b"", encoding or b""))
-        found = self._get(key)
+        found = self.get(key)
         if found is None:
             if method != "GET":
                 await app(scope, receive, send)
             elif (recorded := await answer_of(app, scope, receive, send)) is not None:
-                self._put(key, recorded)
+                self.put(key, recorded)
             return
         began = time.perf_counter()
         TILE_HITS.inc()

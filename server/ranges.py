@@ -42,6 +42,31 @@ def requested(header: str, length: int) -> tuple[int, int] | None:
     return start, length - 1 if not last else min(int(last), length - 1)
 
 
+def range_headers(scope: Scope) -> tuple[str | None, bytes | None]:
+    """A request's first Range header (None without one, or one over MAX_HEADER bytes: not one
+    range) and first If-Range."""
+    asked = if_range = None
+    for name, value in scope["headers"]:
+        if name == b"range" and asked is None:
+            asked = value[: MAX_HEADER + 1].decode("latin-1")
+        elif name == b"if-range" and if_range is None:
+            if_range = value[: MAX_HEADER + 1]
+    return (None if asked is None or len(asked) > MAX_HEADER else asked), if_range
+
+
+def bytes_sent(scope: Scope, etag: str, length: int) -> int:
+    """How many bytes of a 200 answer of `length` bytes and strong `etag` a GET is sent: its
+    range's (none for a 416), else all of them, as ByteRanges answers it."""
+    asked, if_range = range_headers(scope)
+    if asked is None or (if_range is not None and if_range != etag.encode("latin-1")):
+        return length
+    part = requested(asked, length)
+    if part is None:
+        return length
+    first, last = part
+    return 0 if first >= length else last + 1 - first
+
+
 class ByteRanges:
     """Pure ASGI middleware: answers a GET with one byte range from the whole answer the app
     gives (module docstring). Requests without a Range header pass untouched."""
@@ -53,13 +78,8 @@ class ByteRanges:
         if scope["type"] != "http" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
-        asked = if_range = None
-        for name, value in scope["headers"]:
-            if name == b"range" and asked is None:
-                asked = value[: MAX_HEADER + 1].decode("latin-1")
-            elif name == b"if-range" and if_range is None:
-                if_range = value[: MAX_HEADER + 1]
-        if asked is None or len(asked) > MAX_HEADER:
+        asked, if_range = range_headers(scope)
+        if asked is None:
             await self.app(scope, receive, send)
             return
         start: Message | None = None  # the start of an answer to range, held until its body ends

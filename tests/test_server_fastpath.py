@@ -5,7 +5,7 @@ still behind the rate limiter, and bounded in bytes."""
 
 import pytest
 
-from server.fastpath import ENTRY_OVERHEAD, Recorded, TileFastPath
+from server.fastpath import ENTRY_OVERHEAD, Recorded, Recordings
 from tests.server_support import LAND_TILE, make_client
 
 Z, X, Y = LAND_TILE
@@ -29,12 +29,9 @@ def clients(bundle_path, store_path):
     return make_client(bundle_path, store_path), make_client(bundle_path, store_path)
 
 
-def fastpath_of(client) -> TileFastPath:
-    layer = client.app.middleware_stack or client.app.build_middleware_stack()
-    client.app.middleware_stack = layer
-    while not isinstance(layer, TileFastPath):
-        layer = layer.app
-    return layer
+def fastpath_of(client) -> Recordings:
+    """The answers the replay inside the middleware stack has recorded."""
+    return client.app.state.replays
 
 
 def normal_path(client, method: str, url: str, headers: dict):
@@ -129,10 +126,10 @@ def test_replays_stay_behind_the_rate_limit(bundle_path, store_path):
 
 def test_recorded_answers_are_bounded_in_bytes():
     body = b"x" * 1000
-    fast = TileFastPath(app=None, max_bytes=3 * (1000 + ENTRY_OVERHEAD + len(b"/tiles/0/0/0000000000")))
+    fast = Recordings(max_bytes=3 * (1000 + ENTRY_OVERHEAD + len(b"/tiles/0/0/0000000000")))
     for i in range(10):
-        fast._put(f"/tiles/0/0/{i:010d}".encode(), Recorded((), body, '"e"', "public", None, None))
-    assert len(fast) == 3 and fast._get(b"/tiles/0/0/0000000009") is not None
-    assert fast._get(b"/tiles/0/0/0000000000") is None, "the least recently used went first"
-    fast._put(b"/tiles/big", Recorded((), b"x" * 10_000, '"e"', "public", None, None))
-    assert fast._get(b"/tiles/big") is None and len(fast) == 3
+        fast.put(f"/tiles/0/0/{i:010d}".encode(), Recorded((), body, '"e"', "public", None, None))
+    assert len(fast) == 3 and fast.get(b"/tiles/0/0/0000000009") is not None
+    assert fast.get(b"/tiles/0/0/0000000000") is None, "the least recently used went first"
+    fast.put(b"/tiles/big", Recorded((), b"x" * 10_000, '"e"', "public", None, None))
+    assert fast.get(b"/tiles/big") is None and len(fast) == 3

@@ -4,6 +4,8 @@ cannot serve as a part gets the whole answer or a 416; and GDAL's /vsicurl/, whi
 in ranges, reads a 512 px tile and a large map that it gave up on when the server sent the whole
 body to its first range."""
 
+import math
+
 import httpx
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from tests.server_support import decode_npy, live_server, make_client
 
 TILE = "/tiles/WebMercatorQuad/4/8/5.tif"  # over the fixture's cells (Europe)
 QUERY = {"q": "birdsong", "hour": 6}
+MAP = "/collections/contrast/map"
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +84,49 @@ def test_a_range_of_a_tile_is_that_part_of_its_bytes_on_every_path(request, whic
             assert part.headers["content-type"] == full.headers["content-type"]
 
 
+@pytest.mark.parametrize("which", ["client", "limited"])
+def test_a_map_read_in_ranges_is_drawn_once(request, which):
+    """The first range records the whole map (server/fastpath.py); the others are cut from it, as
+    GDAL reads a large map's GeoTIFF, so a 2048 px map is not drawn again for each of its ranges."""
+    client = request.getfixturevalue(which)
+    service = client.app.state.service
+    params = {"q": "birdsong", "bbox": "-12,34,32,60", "width": 600, "hour": 9 if which == "client" else 10, "f": "tif"}
+    renders = service.stats["renders"]
+    first = client.get(MAP, params=params, headers={"range": "bytes=0-4095"})
+    assert first.status_code == 206 and service.stats["renders"] > renders, "the first range draws the map"
+    length = int(first.headers["content-range"].rsplit("/", 1)[1])
+    service.tiles.local.drop()  # drawing it again would render its tiles again
+    renders = service.stats["renders"]
+    parts = [first.content]
+    for start in range(4096, length, 4096):
+        part = client.get(MAP, params=params, headers={"range": f"bytes={start}-{start + 4095}"})
+        assert part.status_code == 206, part.text
+        parts.append(part.content)
+    assert len(parts) > 2 and service.stats["renders"] == renders, "no range after the first drew anything"
+    assert b"".join(parts) == client.get(MAP, params=params).content
+
+
+def test_a_recorded_maps_ranges_spend_a_token_a_mib_sent(bundle_path, store_path):
+    """Drawing a map spends one token per 256 x 256 pixels; its replay, which draws nothing, one
+    per MiB sent: a byte range of a few bytes one, the whole map as many as its MiB."""
+    params = {"q": "birdsong", "bbox": "-12,34,32,60", "width": 2048, "f": "npy"}  # 2048 x 1210: 32 tokens
+    with make_client(bundle_path, store_path, rate_limit="0.001/s burst 40") as client:
+
+        def status(headers: dict, **more) -> int:
+            return client.get(MAP, params={**params, **more}, headers=headers).status_code
+
+        first = client.get(MAP, params=params, headers={"range": "bytes=0-99"})
+        assert first.status_code == 206
+        assert math.ceil(int(first.headers["content-range"].rsplit("/", 1)[1]) / 2**20) == 10
+        assert [status({"range": f"bytes={i << 20}-{(i << 20) + 99}"}) for i in (1, 2, 3)] == [206] * 3, "5 left"
+        assert status({}) == 429, "the whole map: 10 MiB, 10 tokens"
+        assert status({"range": "bytes=0-1", "if-range": '"another"'}) == 429, "the whole map again"
+        assert status({"range": f"bytes=-{3 << 20}"}) == 206, "3 MiB: 3 tokens, 2 left"
+        assert status({"range": f"bytes=0-{(3 << 20) - 1}"}) == 429
+        assert status({"range": "bytes=0-99"}, hour=3) == 429, "a new map is drawn: 32 tokens"
+        assert status({"range": "bytes=0-99"}) == 206
+
+
 def test_a_range_past_the_end_answers_416_with_the_length(client):
     size = len(whole(client).content)
     answer = client.get(TILE, params=QUERY, headers={"range": f"bytes={size}-"})
@@ -131,8 +177,9 @@ def test_a_head_with_a_range_says_what_the_get_would(client):
 def test_gdal_reads_a_512_pixel_tile_and_a_large_map_in_ranges(bundle_path, store_path):
     """Both hold several 256 px blocks, which GDAL reads at their offsets: before ranges, GDAL
     stopped at 'Range downloading not supported by this server!' (a one-block GeoTIFF it read from
-    the start)."""
-    with live_server(bundle_path, store_path) as base:
+    the start). Under docs/api.md's rate limit: the map's drawing costs 32 tokens of a burst of
+    100, and GDAL's later ranges, replayed, a token a MiB (each had cost 32, and the last a 429)."""
+    with live_server(bundle_path, store_path, args=("--rate-limit", "20/s burst 100")) as base:
         tile = f"{base}/tiles/WebMercatorQuad/4/8/5@2x.tif?q=birdsong"
         box = "bbox=-12,34,32,60&width=2048"
         large = f"{base}/collections/contrast/map?q=birdsong&{box}&f=tif"
