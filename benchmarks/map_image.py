@@ -53,7 +53,7 @@ def measure(base: str, salt: str, repeat: int) -> dict:
     viewport_once(base, f"tiles+{salt}+cached")
     maps_cached, tiles_cached = [], []
     for _ in range(repeat):
-        # the same map again redraws it from the cached tiles (no If-None-Match: no 304)
+        # the same map again is replayed as first sent (server/fastpath.py; no If-None-Match: no 304)
         maps_cached += timed_gets(base, [map_url(f"map+{salt}+cached")])
         tiles_cached.append(viewport_once(base, f"tiles+{salt}+cached"))
     return {
