@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 from runtime.bundle import Bundle
 from server import maps
 from server.engine import LAYERS, QueryMetadata
-from server.fastpath import FrontDoor, Recordings, TileFastPath
+from server.fastpath import FrontDoor, Replays, TileFastPath
 from server.http import HttpPolicy, NegotiatedGZip, document_choices, errors, install_error_handlers
 from server.params import TMS_IDS, each_once, refuse_everything
 from server.ranges import ByteRanges
@@ -41,7 +41,7 @@ def warm_up(service: SoundscapeService) -> None:
     engine.stats.clear()
 
 
-def request_cost(replays: Recordings) -> Callable[[Scope], int]:
+def request_cost(replays: Replays) -> Callable[[Scope], int]:
     """The rate limit's tokens for a request: a replay's by the bytes it is sent, anything else by
     the work it asks (a map's by its size: server/maps.py)."""
 
@@ -111,8 +111,8 @@ def create_app(settings: Settings) -> SoundscapeApp:
     )
     # A tile URL answered before is replayed here, behind every policy but GZip, which leaves
     # tiles as they are (server/fastpath.py).
-    replays = app.state.replays = Recordings(settings.lru_bytes // 4)
-    app.add_middleware(TileFastPath, recordings=replays)
+    replays = app.state.replays = Replays(tile_bytes=settings.lru_bytes // 4, map_bytes=settings.lru_bytes // 8)
+    app.add_middleware(TileFastPath, replays=replays)
     if not settings.rate_limit:  # the limiter sees every request: hits take the replay above then
         app.front_door = FrontDoor(settings.lru_bytes // 4)  # bodies are mostly the same bytes objects
     if settings.rate_limit:  # inside CORS, so a browser can read its 429

@@ -8,8 +8,10 @@ fixed for the process; a query id, once registered, is never removed), so the fi
 a tile route is recorded under its exact raw path and query string and replayed verbatim. So is
 an OGC tileset's (`/tiles/{tms}`), but only when its links do not come from the Host header (with
 SOUNDSCAPE_PUBLIC_URL set): a replay to another host would point it elsewhere. So is a map's
-(`/collections/{id}/map`), whose answer is also its URL's alone: a GIS client reading a map's
-GeoTIFF in byte ranges (GDAL's /vsicurl/) has it drawn once, not once a range.
+(`/collections/{id}/map`), whose answer is also its URL's alone, in a table of its own (a few
+large maps must not push out the many small tiles): a GIS client reading a map's GeoTIFF in byte
+ranges (GDAL's /vsicurl/) has it drawn once, not once a range. The rate limit reads the tables
+too: a replay spends a token a MiB it sends, whatever drawing it once cost.
 
 It runs inside HttpPolicy (HEAD, metrics), the host policy, CORS and the rate limit, so those
 apply to a replay exactly as to the normal path; GZip runs inside it (it never compresses a tile's
@@ -17,8 +19,8 @@ media type; an answer carrying Content-Encoding is not recorded). If-Match and I
 answered 412 and 304 with the recorded ETag, like `server.http.precondition_failed` and
 `not_modified`. Bounded in bytes, least recently used first out.
 
-`FrontDoor` goes one step further for the commonest hit (GET or HEAD, no If-(None-)Match or
-Range, no rate limit): it answers before FastAPI's own wrappers and every middleware, with the bytes and headers
+`FrontDoor` goes one step further for the commonest hit, a tile's (GET or HEAD, no If-(None-)Match or
+Range, no rate limit; maps are rare and heavy): it answers before FastAPI's own wrappers and every middleware, with the bytes and headers
 the whole stack sent for the same URL, Origin and Accept-Encoding (the only request headers those
 layers read for a tile), counted in /metrics as HttpPolicy counts. Those layers cost ~80 us per
 hit in process, more than the replay itself (BENCHMARKS.md "Performance harness").
@@ -111,17 +113,6 @@ class Recordings:
             self._items.clear()
             self._bytes = 0
 
-    def cost(self, scope: Scope) -> int | None:
-        """The rate-limit tokens of a GET this table would replay: one a MiB it is sent (a byte
-        range, its part's), since it draws nothing; None when no answer is recorded for it. So the
-        ranges GDAL reads of a map after its first cost a token or a few, not the map's drawing."""
-        if scope["method"] != "GET" or not replayable(scope["path"]):
-            return None
-        found = self.get(tile_key(scope))
-        if found is None:
-            return None
-        return max(1, math.ceil(bytes_sent(scope, found.etag, len(found.body)) / REPLAY_BYTES_PER_TOKEN))
-
 
 async def answer_of(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> Recorded | None:
     """Run `app`, passing on what it sends; that answer when it is a whole 200 of a tile or map
@@ -158,29 +149,58 @@ async def answer_of(app: ASGIApp, scope: Scope, receive: Receive, send: Send) ->
     )
 
 
+class Replays:
+    """The answers TileFastPath replays: tiles and maps in tables of their own, so that a few
+    large maps never push out the many small tiles. The rate limit reads them too (`cost`)."""
+
+    def __init__(self, tile_bytes: int, map_bytes: int):
+        self.tiles = Recordings(tile_bytes)
+        self.maps = Recordings(map_bytes)
+
+    def table(self, path: str) -> Recordings | None:
+        """The table of a request path's (or route template's) answers; None: never replayed."""
+        if not replayable(path):
+            return None
+        return self.tiles if path.startswith(TILE_PREFIX) else self.maps
+
+    def cost(self, scope: Scope) -> int | None:
+        """The rate-limit tokens of a GET that would be replayed: one a MiB it is sent (a byte
+        range, its part's), since it draws nothing; None when no answer is recorded for it. So the
+        ranges GDAL reads of a map after its first cost a token or a few, not the map's drawing."""
+        table = self.table(scope["path"]) if scope["method"] == "GET" else None
+        found = None if table is None else table.get(tile_key(scope))
+        if found is None:
+            return None
+        return max(1, math.ceil(bytes_sent(scope, found.etag, len(found.body)) / REPLAY_BYTES_PER_TOKEN))
+
+    def clear(self) -> None:
+        self.tiles.clear()
+        self.maps.clear()
+
+
 def tile_key(scope: Scope) -> bytes:
     """A tile or map request's raw path and query string: its answer is a function of them alone."""
     return (scope.get("raw_path") or scope["path"].encode()) + b"?" + scope.get("query_string", b"")
 
 
 class TileFastPath:
-    """Pure ASGI middleware: replays recorded tile and map answers keyed by raw path + query
-    string, from a table the rate limit reads too (Recordings.cost)."""
+    """Pure ASGI middleware: replays recorded tile and map answers keyed by raw path + query string."""
 
-    def __init__(self, app: ASGIApp, recordings: Recordings):
+    def __init__(self, app: ASGIApp, replays: Replays):
         self.app = app
-        self.recordings = recordings
+        self.replays = replays
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or not replayable(scope["path"]):
+        table = self.replays.table(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
+        if table is None:
             await self.app(scope, receive, send)
             return
         key = tile_key(scope)
-        found = self.recordings.get(key)
+        found = table.get(key)
         if found is None:
             recorded = await answer_of(self.app, scope, receive, send)
             if recorded is not None:
-                self.recordings.put(key, recorded)
+                table.put(key, recorded)
             return
         scope["route"], scope["endpoint"] = found.route, found.endpoint  # HttpPolicy labels metrics by route
         if any(name in CONDITIONS for name, _ in scope["headers"]):  # the same 412 or 304 as the route's own
@@ -202,7 +222,7 @@ class FrontDoor(Recordings):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
         method = scope["method"]
-        if method not in ("GET", "HEAD") or not replayable(scope["path"]):
+        if method not in ("GET", "HEAD") or not scope["path"].startswith(TILE_PREFIX):
             await app(scope, receive, send)
             return
         origin = encoding = None  # the first of each, as Starlette's Headers.get reads them

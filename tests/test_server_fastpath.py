@@ -30,8 +30,8 @@ def clients(bundle_path, store_path):
 
 
 def fastpath_of(client) -> Recordings:
-    """The answers the replay inside the middleware stack has recorded."""
-    return client.app.state.replays
+    """The tiles the replay inside the middleware stack has recorded."""
+    return client.app.state.replays.tiles
 
 
 def normal_path(client, method: str, url: str, headers: dict):
@@ -133,3 +133,21 @@ def test_recorded_answers_are_bounded_in_bytes():
     assert fast.get(b"/tiles/0/0/0000000000") is None, "the least recently used went first"
     fast.put(b"/tiles/big", Recorded((), b"x" * 10_000, '"e"', "public", None, None))
     assert fast.get(b"/tiles/big") is None and len(fast) == 3
+
+
+def test_maps_are_replayed_from_a_table_of_their_own(bundle_path, store_path):
+    """A map's answer is replayed as a tile's, but a large map never pushes the tiles out."""
+    client = make_client(bundle_path, store_path, lru_mb=2)  # tiles' table 512 KiB, maps' 256 KiB
+    replays = client.app.state.replays
+    tile = client.get(URLS[0])
+    small, large = (f"/collections/contrast/map?q=green&bbox=-12,34,32,60&width={w}&f=npy" for w in (200, 400))
+    first = client.get(small)
+    assert first.status_code == 200 and len(replays.tiles) == 1 and len(replays.maps) == 1
+    service = client.app.state.service
+    service.tiles.local.drop()
+    renders = service.stats["renders"]
+    assert answer(client.get(small)) == answer(first) and service.stats["renders"] == renders, "replayed"
+    assert len(client.get(large).content) > replays.maps.max_bytes, "too large for its table: not recorded"
+    assert len(replays.maps) == 1 and len(replays.tiles) == 1
+    assert not [key for key in client.app.front_door._items if not key.startswith(b"/tiles/")], "tiles alone"
+    assert answer(client.get(URLS[0])) == answer(tile)
