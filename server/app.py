@@ -42,8 +42,8 @@ def warm_up(service: SoundscapeService) -> None:
 
 
 def request_cost(replays: Replays) -> Callable[[Scope], int]:
-    """The rate limit's tokens for a request: a replay's by the bytes it is sent, anything else by
-    the work it asks (a map's by its size: server/maps.py)."""
+    """The rate limit's tokens for a request: a map's replay's by the bytes it is sent, anything
+    else by the work it asks (a map's by its size: server/maps.py)."""
 
     def cost(scope: Scope) -> int:
         replayed = replays.cost(scope)

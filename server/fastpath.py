@@ -10,8 +10,8 @@ an OGC tileset's (`/tiles/{tms}`), but only when its links do not come from the 
 SOUNDSCAPE_PUBLIC_URL set): a replay to another host would point it elsewhere. So is a map's
 (`/collections/{id}/map`), whose answer is also its URL's alone, in a table of its own (a few
 large maps must not push out the many small tiles): a GIS client reading a map's GeoTIFF in byte
-ranges (GDAL's /vsicurl/) has it drawn once, not once a range. The rate limit reads the tables
-too: a replay spends a token a MiB it sends, whatever drawing it once cost.
+ranges (GDAL's /vsicurl/) has it drawn once, not once a range. The rate limit reads the maps'
+table too: a map's replay spends a token a MiB it sends, whatever drawing it once cost.
 
 It runs inside HttpPolicy (HEAD, metrics), the host policy, CORS and the rate limit, so those
 apply to a replay exactly as to the normal path; GZip runs inside it (it never compresses a tile's
@@ -19,11 +19,12 @@ media type; an answer carrying Content-Encoding is not recorded). If-Match and I
 answered 412 and 304 with the recorded ETag, like `server.http.precondition_failed` and
 `not_modified`. Bounded in bytes, least recently used first out.
 
-`FrontDoor` goes one step further for the commonest hit, a tile's (GET or HEAD, no If-(None-)Match or
-Range, no rate limit; maps are rare and heavy): it answers before FastAPI's own wrappers and every middleware, with the bytes and headers
-the whole stack sent for the same URL, Origin and Accept-Encoding (the only request headers those
-layers read for a tile), counted in /metrics as HttpPolicy counts. Those layers cost ~80 us per
-hit in process, more than the replay itself (BENCHMARKS.md "Performance harness").
+`FrontDoor` goes one step further for the commonest hit, a tile's (GET or HEAD, no If-(None-)Match
+or Range, no rate limit; maps are rare and heavy): it answers before FastAPI's own wrappers and
+every middleware, with the bytes and headers the whole stack sent for the same URL, Origin and
+Accept-Encoding (the only request headers those layers read for a tile), counted in /metrics as
+HttpPolicy counts. Those layers cost ~80 us per hit in process, more than the replay itself
+(BENCHMARKS.md "Performance harness").
 """
 
 from __future__ import annotations
@@ -164,11 +165,13 @@ class Replays:
         return self.tiles if path.startswith(TILE_PREFIX) else self.maps
 
     def cost(self, scope: Scope) -> int | None:
-        """The rate-limit tokens of a GET that would be replayed: one a MiB it is sent (a byte
-        range, its part's), since it draws nothing; None when no answer is recorded for it. So the
-        ranges GDAL reads of a map after its first cost a token or a few, not the map's drawing."""
-        table = self.table(scope["path"]) if scope["method"] == "GET" else None
-        found = None if table is None else table.get(tile_key(scope))
+        """The rate-limit tokens of a GET of a map that would be replayed: one a MiB it is sent (a
+        byte range, its part's), since it draws nothing; None when no map is recorded for it (a
+        tile spends one token, drawn or not). So the ranges GDAL reads of a map after its first
+        cost a token or a few, not the map's drawing."""
+        if scope["method"] != "GET" or MAP_PATH.match(scope["path"]) is None:
+            return None
+        found = self.maps.get(tile_key(scope))
         if found is None:
             return None
         return max(1, math.ceil(bytes_sent(scope, found.etag, len(found.body)) / REPLAY_BYTES_PER_TOKEN))
