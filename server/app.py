@@ -109,7 +109,7 @@ def create_app(settings: Settings) -> SoundscapeApp:
         compresslevel=6,
         exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-npy"),
     )
-    # A tile URL answered before is replayed here, behind every policy but GZip, which leaves
+    # A tile or map URL answered before is replayed here, behind every policy but GZip, which leaves
     # tiles as they are (server/fastpath.py).
     replays = app.state.replays = Replays(tile_bytes=settings.lru_bytes // 4, map_bytes=settings.lru_bytes // 8)
     app.add_middleware(TileFastPath, replays=replays)

@@ -62,7 +62,7 @@ def replayable(path: str) -> bool:
 
 @dataclass(frozen=True)
 class Recorded:
-    """A tile route's 200 answer: its headers and body, and the route that answered (metrics)."""
+    """A tile or map route's 200 answer: its headers and body, and the route that answered (metrics)."""
 
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
