@@ -29,7 +29,8 @@ INTERNET_OPTIONS = {
     "allowed-hosts": "comma-separated Host names URLs may be built from without --public-url, "
     ".example.org for it and its subdomains (default: $SOUNDSCAPE_ALLOWED_HOSTS, "
     "else loopback names and --host)",
-    "rate-limit": "per-client rate limit, e.g. '20/s burst 100' (default: $SOUNDSCAPE_RATE_LIMIT, else none)",
+    "rate-limit": "per-client rate limit, e.g. '20/s burst 100 delay 2': 20 a second, 100 at once, "
+    "more waiting up to 2 s (default: $SOUNDSCAPE_RATE_LIMIT, else none)",
     "trusted-proxies": "comma-separated proxy IP addresses or networks (10.0.0.5,172.16.0.0/12; * alone "
     "trusts any) whose X-Forwarded-For names the client (default: $SOUNDSCAPE_TRUSTED_PROXIES, else none)",
     "max-connections": "open connections per worker; more are answered 503 "

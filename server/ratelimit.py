@@ -2,15 +2,21 @@
 
 `SOUNDSCAPE_RATE_LIMIT="20/s burst 100"` lets each client make 20 requests a second on average
 and 100 at once; over it a request is answered 429 with `Retry-After` and a one-sentence detail,
-before any work. Off when unset. Clients are keyed by their address (an IPv6 client by its /64,
-which one host usually holds whole). Behind a proxy, `soundscape serve --trusted-proxies` has
-uvicorn take the client's address from X-Forwarded-For, so the key is the real client. The bucket
-table holds at most `max_clients` entries, the least recently seen dropped first, so its memory is
-bounded whatever the number of addresses.
+before any work. With `delay 2` ("20/s burst 100 delay 2") a request over the burst that its
+tokens would allow within 2 s waits for them instead, as nginx's limit_req without nodelay does:
+a GIS client that reads a whole layer at once (GDAL asks a tileset's tiles five at a time, and
+gives up on the first 429) then gets every tile at the average rate, while a flood still meets
+429s. A client's waiting requests never hold more than `delay` seconds of its tokens. Off when
+unset. Clients are keyed by their address (an IPv6 client by its /64, which one host usually
+holds whole). Behind a proxy, `soundscape serve --trusted-proxies` has uvicorn take the client's
+address from X-Forwarded-For, so the key is the real client. The bucket table holds at most
+`max_clients` entries, the least recently seen dropped first, so its memory is bounded whatever
+the number of addresses.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import math
@@ -24,28 +30,38 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 EXEMPT_PATHS = ("/healthz", "/readyz")  # orchestrators' probes are never limited
 MAX_CLIENTS = 100_000  # buckets kept (about 200 bytes each)
-_SPEC = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*(?:burst\s+(\d+))?\s*$")
+MAX_DELAY_S = 30.0  # a waiting request holds a connection
+_SPEC = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*(?:burst\s+(\d+))?\s*"
+    r"(?:delay\s+(\d+(?:\.\d+)?)\s*s?)?\s*$"
+)
 
 
 @dataclass(frozen=True)
 class Rate:
     per_s: float
     burst: int
+    delay_s: float = 0.0  # how long a request over the burst may wait for its tokens (0: none)
 
     @classmethod
     def parse(cls, spec: str) -> Rate:
-        """'20/s burst 100', '600/min' (burst: one second's worth, at least 1)."""
+        """'20/s burst 100', '600/min' (burst: one second's worth, at least 1), '20/s burst 100
+        delay 2' (seconds, at most MAX_DELAY_S)."""
         match = _SPEC.match(spec.lower())
         if not match or float(match.group(1)) <= 0:
-            raise ValueError(f"rate limit {spec!r} is not like '20/s burst 100' or '600/min'")
+            raise ValueError(f"rate limit {spec!r} is not like '20/s burst 100', '20/s burst 100 delay 2' or '600/min'")
         per_s = float(match.group(1)) / (60.0 if match.group(2).startswith("m") else 1.0)
         burst = int(match.group(3)) if match.group(3) else max(1, math.ceil(per_s))
         if burst < 1:
             raise ValueError(f"rate limit {spec!r} needs a burst of at least 1")
-        return cls(per_s, burst)
+        delay_s = float(match.group(4) or 0)
+        if delay_s > MAX_DELAY_S:
+            raise ValueError(f"rate limit {spec!r} delays requests at most {MAX_DELAY_S:g} s, not {delay_s:g}")
+        return cls(per_s, burst, delay_s)
 
     def __str__(self) -> str:
-        return f"{self.per_s:g} requests per second (bursts of {self.burst})"
+        delayed = f", more waiting up to {self.delay_s:g} s" if self.delay_s else ""
+        return f"{self.per_s:g} requests per second (bursts of {self.burst}{delayed})"
 
 
 def client_key(scope: Scope) -> str:
@@ -71,14 +87,15 @@ class TokenBuckets:
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, time)
 
     def take(self, key: str, now: float | None = None, cost: int = 1) -> float:
-        """0 when the request may go ahead (`cost` tokens are spent, at most a burst's), else the
-        seconds until it may."""
+        """The seconds until the request may go ahead (0: at once). Within the rate's delay its
+        `cost` tokens (at most a burst's) are spent now, the bucket going below zero, so the
+        requests after it wait behind it; beyond, nothing is spent and it is to be refused."""
         now = time.monotonic() if now is None else now
         cost = min(cost, self.rate.burst)
         tokens, then = self.buckets.pop(key, (float(self.rate.burst), now))
         tokens = min(float(self.rate.burst), tokens + (now - then) * self.rate.per_s)
         wait = 0.0 if tokens >= cost else (cost - tokens) / self.rate.per_s
-        self.buckets[key] = (tokens - cost if wait == 0.0 else tokens, now)
+        self.buckets[key] = (tokens - cost if wait <= self.rate.delay_s else tokens, now)
         if len(self.buckets) > self.max_clients:
             self.buckets.popitem(last=False)
         return wait
@@ -103,7 +120,9 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         wait = self.buckets.take(client_key(scope), cost=self.cost(scope))
-        if wait == 0.0:
+        if wait <= self.buckets.rate.delay_s:
+            if wait > 0.0:
+                await asyncio.sleep(wait)
             await self.app(scope, receive, send)
             return
         retry = max(1, math.ceil(wait))

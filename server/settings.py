@@ -195,7 +195,7 @@ class Settings(EnvSettings):
     allowed_hosts: Names = Field(
         ("127.0.0.1", "localhost", "::1"), description="Host names absolute URLs may be built from"
     )
-    rate_limit: MaybeText = Field(None, description="per-client rate limit, e.g. '20/s burst 100' (none: off)")
+    rate_limit: MaybeText = Field(None, description="per-client rate limit, e.g. '20/s burst 100 delay 2' (none: off)")
     full_fusions: Count = Field(1, description="large fusions (/search under hour/month/source) at once per worker")
     # 65,536 cells are about 1.6 s of the demo fuse graph's CPU: 42 searches' candidates (1,536
     # cells each) or four whole level-7 fusions (exact=true).

@@ -5,6 +5,7 @@ collection with no option (docs/api.md, "Examples")."""
 
 import math
 import re
+import subprocess
 
 import httpx
 import morecantile
@@ -98,3 +99,20 @@ def test_gdal_reads_a_collection_with_no_option_as_these_tiles(bundle_path, stor
     left, top = round((west + 180 - cols[0] * span) / res), round((90 - north - rows[0] * span) / res)
     assert np.array_equal(pixels, mosaic[:, top : top + pixels.shape[1], left : left + pixels.shape[2]])
     assert (pixels[3] > 0).mean() > 0.5
+
+
+@needs_gdal
+@pytest.mark.parametrize(("limit", "read"), [("2/s burst 5", False), ("2/s burst 5 delay 3", True)])
+def test_gdal_reads_a_collection_under_a_rate_limit_that_delays(bundle_path, store_path, tmp_path, limit, read):
+    """GDAL asks 4 documents, then a tileset's tiles five at a time (4 here), and gives up on the
+    first 429 (GDAL_HTTP_MAX_RETRY does not retry its tile requests): over the burst a tile
+    fails, unless the limit lets requests wait for their tokens (server/ratelimit.py)."""
+    with live_server(bundle_path, store_path, args=("--rate-limit", limit)) as server:
+        command = PLAIN_GDAL_COMMAND.replace("http://127.0.0.1:8000", server)
+        done = subprocess.run(command, cwd=tmp_path, shell=True, capture_output=True, text=True, timeout=300)
+    assert (done.returncode == 0) == read, done.stderr[-800:]
+    if read:
+        with rasterio.open(tmp_path / "contrast-crs84.tif") as src:
+            assert (src.read(4) > 0).mean() > 0.5
+    else:
+        assert "HTTP status code: 429" in done.stderr, "a tile's (GDAL's WMS driver's words), not a document's"

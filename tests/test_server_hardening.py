@@ -25,7 +25,7 @@ from server import maps
 from server.queries import MAX_DECODED_SAMPLES
 from server.ratelimit import Rate, TokenBuckets, client_key
 from server.urls import host_allowed, host_name
-from tests.server_support import REPO, live_server, make_client, serve_command
+from tests.server_support import REPO, concurrent_gets, live_server, make_client, serve_command
 
 
 @pytest.fixture(scope="module")
@@ -185,9 +185,23 @@ def test_rate_specs():
     assert Rate.parse("20/s burst 100") == Rate(20.0, 100)
     assert Rate.parse("600/min") == Rate(10.0, 10)
     assert Rate.parse("0.5/s") == Rate(0.5, 1)
-    for bad in ("fast", "20", "0/s", "20/h", "-1/s"):
+    assert Rate.parse("20/s burst 100 delay 2") == Rate(20.0, 100, 2.0)
+    assert Rate.parse("5/s delay 0.5s") == Rate(5.0, 5, 0.5)
+    for bad in ("fast", "20", "0/s", "20/h", "-1/s", "20/s delay", "20/s delay -1", "20/s delay 2 burst 5"):
         with pytest.raises(ValueError, match="not like"):
             Rate.parse(bad)
+    with pytest.raises(ValueError, match="at most 30 s, not 31"):
+        Rate.parse("20/s burst 100 delay 31")
+
+
+def test_a_delay_lets_requests_over_the_burst_wait_for_their_tokens_up_to_it():
+    buckets = TokenBuckets(Rate(2.0, 3, delay_s=1.0), max_clients=100)
+    assert [buckets.take("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a", now=0.0) == pytest.approx(0.5)  # waits half a second: its token is spent now
+    assert buckets.take("a", now=0.0) == pytest.approx(1.0)  # behind it
+    assert buckets.take("a", now=0.0) == pytest.approx(1.5)  # past the delay: refused, nothing spent
+    assert buckets.take("a", now=0.0) == pytest.approx(1.5)
+    assert buckets.take("a", now=1.0) == pytest.approx(0.5)  # the two waiting have had their tokens
 
 
 def test_token_bucket_refills_and_its_table_is_bounded():
@@ -236,6 +250,19 @@ def test_a_map_spends_the_rate_limit_as_the_tiles_it_draws(bundle_path, store_pa
         again = client.get("/collections/uncertainty/map?width=1024&height=1024")  # replayed: 1 token a MiB
         assert again.status_code == 200 and again.content == big.content and len(big.content) < 2**20
         assert client.get("/colormaps").status_code == 200  # a one-token request still goes
+
+
+def test_a_burst_over_the_limit_waits_within_the_delay_and_is_refused_past_it(bundle_path, store_path):
+    """8 requests at once, 2 a burst and 4 a second: 2 at once, the next 4 one every 0.25 s (their
+    tokens spent as they arrive), the last 2 past the 1 s delay: 429 at once."""
+    with make_client(bundle_path, store_path, rate_limit="4/s burst 2 delay 1") as client:
+        began = time.monotonic()
+        answers = concurrent_gets(client.app, "/colormaps", [{"n": i} for i in range(8)])
+        elapsed = time.monotonic() - began
+    assert sorted(a.status_code for a in answers) == [200] * 6 + [429] * 2
+    assert elapsed >= 0.95, "the last of the 6 waited its second"
+    refused = next(a for a in answers if a.status_code == 429)
+    assert "more waiting up to 1 s" in refused.json()["detail"] and int(refused.headers["retry-after"]) >= 1
 
 
 def test_client_keys():
