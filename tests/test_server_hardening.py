@@ -253,14 +253,16 @@ def test_a_map_spends_the_rate_limit_as_the_tiles_it_draws(bundle_path, store_pa
 
 
 def test_a_burst_over_the_limit_waits_within_the_delay_and_is_refused_past_it(bundle_path, store_path):
-    """8 requests at once, 2 a burst and 4 a second: 2 at once, the next 4 one every 0.25 s (their
-    tokens spent as they arrive), the last 2 past the 1 s delay: 429 at once."""
-    with make_client(bundle_path, store_path, rate_limit="4/s burst 2 delay 1") as client:
+    """10 requests at once under 2 a second, 2 a burst, 1 s of delay: 2 go at once, 2 wait for
+    their tokens (0.5 and 1 s), the rest are refused at once. Requests a loaded box starts late
+    meet a fuller bucket: by time t at most 2 + 2 (t + 1) can have gone."""
+    with make_client(bundle_path, store_path, rate_limit="2/s burst 2 delay 1") as client:
         began = time.monotonic()
-        answers = concurrent_gets(client.app, "/colormaps", [{"n": i} for i in range(8)])
+        answers = concurrent_gets(client.app, "/colormaps", [{"n": i} for i in range(10)])
         elapsed = time.monotonic() - began
-    assert sorted(a.status_code for a in answers) == [200] * 6 + [429] * 2
-    assert elapsed >= 0.95, "the last of the 6 waited its second"
+    served = sum(a.status_code == 200 for a in answers)
+    assert {a.status_code for a in answers} == {200, 429}
+    assert 4 <= served <= 4 + 2 * elapsed and elapsed >= 0.95, (served, elapsed)
     refused = next(a for a in answers if a.status_code == 429)
     assert "more waiting up to 1 s" in refused.json()["detail"] and int(refused.headers["retry-after"]) >= 1
 
