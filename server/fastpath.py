@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
-from server.http import not_modified, precondition_failed, request_series
+from server.http import HEAD_ASKED, not_modified, precondition_failed, request_series
 from server.maps import MAP_PATH
 from server.ranges import bytes_sent
 from server.urls import embeds_host
@@ -166,15 +166,16 @@ class Replays:
 
     def cost(self, scope: Scope) -> int | None:
         """The rate-limit tokens of a GET of a map that would be replayed: one a MiB it is sent (a
-        byte range, its part's), since it draws nothing; None when no map is recorded for it (a
-        tile spends one token, drawn or not). So the ranges GDAL reads of a map after its first
-        cost a token or a few, not the map's drawing."""
+        byte range, its part's; a HEAD, which HttpPolicy asks as a GET, one), since it draws
+        nothing; None when no map is recorded for it (a tile spends one token, drawn or not). So
+        the ranges GDAL reads of a map after its first cost a token or a few, not the map's drawing."""
         if scope["method"] != "GET" or MAP_PATH.match(scope["path"]) is None:
             return None
         found = self.maps.get(tile_key(scope))
         if found is None:
             return None
-        return max(1, math.ceil(bytes_sent(scope, found.etag, len(found.body)) / REPLAY_BYTES_PER_TOKEN))
+        sent = 0 if scope.get(HEAD_ASKED) else bytes_sent(scope, found.etag, len(found.body))
+        return max(1, math.ceil(sent / REPLAY_BYTES_PER_TOKEN))
 
     def clear(self) -> None:
         self.tiles.clear()

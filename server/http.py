@@ -39,6 +39,9 @@ MAX_DETAIL_CHARS = 4096
 # The error type of an integer parameter not written in plain decimal digits (server/params.py).
 INTEGER_SPELLING = "int_spelling"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})  # others: "other"
+# HttpPolicy answers a HEAD through the GET route; this scope key tells the layers inside that
+# nothing but headers will be sent (the rate limit's cost of a replayed map: server/fastpath.py).
+HEAD_ASKED = "soundscape.head_asked"
 NO_STORE = "no-store"  # errors and live answers
 
 
@@ -528,7 +531,7 @@ class HttpPolicy:
             return
         began = time.perf_counter()
         head, root_path = scope["method"] == "HEAD", scope.get("root_path", "")
-        inner = {**scope, "method": "GET"} if head else scope
+        inner = {**scope, "method": "GET", HEAD_ASKED: True} if head else scope
         status: int | None = None
         hung_up = False
 

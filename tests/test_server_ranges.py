@@ -108,7 +108,7 @@ def test_a_map_read_in_ranges_is_drawn_once(request, which):
 
 def test_a_recorded_maps_ranges_spend_a_token_a_mib_sent(bundle_path, store_path):
     """Drawing a map spends one token per 256 x 256 pixels; its replay, which draws nothing, one
-    per MiB sent: a byte range of a few bytes one, the whole map as many as its MiB."""
+    per MiB sent: a byte range of a few bytes one, the whole map as many as its MiB, a HEAD one."""
     params = {"q": "birdsong", "bbox": "-12,34,32,60", "width": 2048, "f": "npy"}  # 2048 x 1210: 32 tokens
     with make_client(bundle_path, store_path, rate_limit="0.001/s burst 40") as client:
 
@@ -122,6 +122,7 @@ def test_a_recorded_maps_ranges_spend_a_token_a_mib_sent(bundle_path, store_path
         assert status({}) == 429, "the whole map: 10 MiB, 10 tokens"
         assert status({"range": "bytes=0-1", "if-range": '"another"'}) == 429, "the whole map again"
         assert status({"range": f"bytes=-{3 << 20}"}) == 206, "3 MiB: 3 tokens, 2 left"
+        assert client.head(MAP, params=params).status_code == 200, "a HEAD sends no byte: 1 token, 1 left"
         assert status({"range": f"bytes=0-{(3 << 20) - 1}"}) == 429
         assert status({"range": "bytes=0-99"}, hour=3) == 429, "a new map is drawn: 32 tokens"
         assert status({"range": "bytes=0-99"}) == 206
