@@ -72,6 +72,35 @@ def decode_png(body: bytes) -> np.ndarray:
     return np.asarray(image)
 
 
+def png_difference(found: bytes, expected: bytes) -> str:
+    """How two PNG tiles that should be byte for byte the same differ: their pixels (how many,
+    by how many palette steps at most, the first) or only their compressed bytes. A failed
+    comparison then says which step of the drawing varied (the values, or the encoding)."""
+    if found == expected:
+        return "the same bytes"
+    a, b = decode_png(found), decode_png(expected)
+    if a.shape != b.shape:
+        return f"other sizes: {a.shape} against {b.shape}"
+    differ = np.argwhere(a != b)
+    if len(differ) == 0:
+        return f"the same pixels in other compressed bytes ({len(found)} against {len(expected)} bytes)"
+    steps = np.abs(a.astype(np.int16) - b.astype(np.int16)).max()
+    first = tuple(int(i) for i in differ[0])
+    return f"{len(differ)} of {a.size} pixels differ, by up to {steps} palette steps, first at (row, col) {first}"
+
+
+def tile_differences(found: dict, expected: dict) -> str:
+    """Each tile of two {place: PNG bytes} maps that is missing from one or differs (png_difference)."""
+    lines = [f"{k}: only in the expected tiles" for k in expected.keys() - found.keys()]
+    lines += [f"{k}: not expected" for k in found.keys() - expected.keys()]
+    lines += [
+        f"{k}: {png_difference(found[k], expected[k])}"
+        for k in sorted(found.keys() & expected.keys())
+        if found[k] != expected[k]
+    ]
+    return "\n".join(lines[:20]) + (f"\n... and {len(lines) - 20} more" if len(lines) > 20 else "")
+
+
 def decode_npy(body: bytes) -> np.ndarray:
     return np.load(io.BytesIO(body), allow_pickle=False)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from benchmarks import http_snapshot
 from server.app import create_app
 from server.settings import Settings
+from tests.server_support import png_difference
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,15 +24,30 @@ def route_patterns(bundle_path: Path, store_path: Path, tmp_path: Path) -> dict[
     return {path: re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)) + "$") for path in paths}
 
 
+def differences(first: list[dict], again: list[dict], bodies: tuple[Path, Path]) -> str:
+    """The answers two runs gave differently (each with what differs), and how a PNG differs."""
+    lines = []
+    for i, (a, b) in enumerate(zip(first, again, strict=True)):
+        if a != b:
+            line = f"{a['request']}: {', '.join(k for k in a if a[k] != b.get(k))}"
+            body_a, body_b = (next(folder.glob(f"{i + 1:03d}-*")).read_bytes() for folder in bodies)
+            if body_a[:4] == body_b[:4] == b"\x89PNG":
+                line += f" ({png_difference(body_b, body_a)})"
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def test_the_requests_reach_every_route_and_none_answers_5xx(bundle_path, store_path, tmp_path) -> None:
-    first = http_snapshot.in_process(REPO, bundle_path, store_path)
+    bodies = (tmp_path / "first", tmp_path / "again")
+    first = http_snapshot.in_process(REPO, bundle_path, store_path, bodies[0])
     sent = [answer["request"].split(" ", 1)[1].split("?")[0] for answer in first]
     for path, pattern in route_patterns(bundle_path, store_path, tmp_path).items():
         assert any(pattern.match(s) for s in sent), f"no request of the snapshot reaches {path}"
     assert [a for a in first if a["status"] >= 500] == []
     assert {a["status"] for a in first} >= {200, 201, 304, 400, 404, 405, 415, 422}
     # The same code answers the same list identically: what --compare reports is a change.
-    assert http_snapshot.in_process(REPO, bundle_path, store_path) == first
+    again = http_snapshot.in_process(REPO, bundle_path, store_path, bodies[1])
+    assert again == first, differences(first, again, bodies)
 
 
 def write(path: Path, answers: list[dict]) -> Path:

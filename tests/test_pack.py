@@ -20,7 +20,7 @@ from rasterio.windows import from_bounds
 
 from server.pack import tile_ranges
 from server.routes.viewer import STATIC
-from tests.server_support import REPO, make_client
+from tests.server_support import REPO, make_client, png_difference, tile_differences
 from tests.test_doc_snippets import _drawn, _page, code_block, run_on_a_maplibre_map
 from tests.test_server_collections import rgba
 from tests.test_viewer import ARGS, CHROMIUM
@@ -78,7 +78,8 @@ def test_the_file_holds_the_served_tiles_of_the_map_and_its_legend(packed, clien
     tiles = tiles_of(path)
     assert set(tiles) == expected and len(expected) > 1
     for z, x, y in sorted(expected):
-        assert tiles[(z, x, y)] == client.get(f"/tiles/{z}/{x}/{y}.png", params=QUERY).content, (z, x, y)
+        served = client.get(f"/tiles/{z}/{x}/{y}.png", params=QUERY).content
+        assert tiles[(z, x, y)] == served, ((z, x, y), png_difference(tiles[(z, x, y)], served))
     metadata = metadata_of(path)
     assert metadata["name"] == tilejson["name"] and metadata["description"] == tilejson["description"]
     assert metadata["attribution"] == tilejson["attribution"] and metadata["format"] == "png"
@@ -155,7 +156,8 @@ def test_a_pmtiles_archive_holds_the_same_tiles_for_pmtiles_js(packed, bundle_pa
     assert (read["minZoom"], read["maxZoom"], read["tileType"]) == (zooms[0], zooms[-1], 2)  # 2: PNG
     assert read["metadata"]["name"] == metadata_of(whole)["name"]
     assert read["metadata"]["description"] == metadata_of(whole)["description"]
-    assert {tuple(int(v) for v in k.split("/")): bytes(v) for k, v in read["tiles"].items()} == expected
+    found = {tuple(int(v) for v in k.split("/")): bytes(v) for k, v in read["tiles"].items()}
+    assert found == expected, tile_differences(found, expected)
 
 
 def test_maplibre_draws_the_archive_as_the_docs_say(packed, bundle_path, store_path, tmp_path):
@@ -200,7 +202,8 @@ def test_an_interrupted_pack_resumes_to_the_same_file(packed, bundle_path, store
     done = pack(bundle_path, store_path, tmp_path, MAP, str(out))
     assert done.returncode == 0, done.stderr
     assert f"({gone} made by this run)" in done.stdout
-    assert tiles_of(out) == tiles_of(whole) and not partial.exists()
+    assert tiles_of(out) == tiles_of(whole), tile_differences(tiles_of(out), tiles_of(whole))
+    assert not partial.exists()
 
 
 def test_webp_tiles_over_a_box_across_the_antimeridian(bundle_path, store_path, tmp_path, caplog):
