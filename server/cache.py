@@ -136,13 +136,17 @@ class RedisCache:
             self._failed("get", exc)
             return None
 
-    async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
+    async def set_first(self, key: str, value: bytes, ttl_s: int | None = None) -> bytes | None:
+        """Store `value` unless `key` holds one already (SET NX GET, Redis 7): the bytes the key
+        holds now, the first stored; None when Redis cannot be reached."""
         if not self.available:
-            return
+            return None
         try:
-            await self.client.set(key, value, ex=ttl_s or self.ttl_s)
+            held = await self.client.set(key, value, ex=ttl_s or self.ttl_s, nx=True, get=True)
         except (redis.RedisError, OSError) as exc:
             self._failed("set", exc)
+            return None
+        return value if held is None else cast(bytes, held)
 
     async def ping(self) -> bool:
         try:
@@ -170,13 +174,18 @@ class TieredCache:
         return value
 
     async def set(self, key: str, value: T, codec: Codec[T], ttl_s: int | None = None) -> T:
-        """Store `value`; answers it as decoded from its bytes, so a fresh value, an LRU hit and a
-        Redis hit are equal to the last bit (dtypes and rounding included)."""
+        """Store `value` and answer what is stored: in a shared cache the first value stored wins.
+        Replicas that missed together compute an entry each, and a text embedded in a batch of
+        new texts differs in its last bits from one embedded alone (onnxruntime sums in another
+        order): keeping the first, every replica draws that text's tiles with the same bytes
+        under their one ETag. Answered as decoded from its bytes, so a fresh value, an LRU hit
+        and a Redis hit are equal to the last bit (dtypes and rounding included)."""
         data = codec.encode(value)
+        if self.shared is not None:
+            held = await self.shared.set_first(key, data, ttl_s)
+            data = data if held is None else held
         value = codec.decode(data)
         self.local.set_now(key, value, len(data))
-        if self.shared is not None:
-            await self.shared.set(key, data, ttl_s)
         return value
 
 

@@ -6,14 +6,16 @@ import contextlib
 import json
 import string
 
+import numpy as np
 import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.text import normalise_text
-from server.cache import Codec, LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, canonical
+from server.cache import BYTES, Codec, LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, canonical
 from server.queries import text_record
+from server.service import QUERIES
 from tests.server_support import make_client
 
 scalars = st.one_of(
@@ -124,6 +126,41 @@ def test_the_lru_keeps_objects_and_only_redis_holds_bytes(redis_server):
     asyncio.run(main())
     assert len(decoded) == 2, "decoded when stored (so every path gives equal values) and once from Redis"
     assert redis.Redis.from_url(redis_server).get("st:test:a") == b'{"x": [1, 2]}'
+
+
+def test_the_first_value_stored_is_every_replicas(redis_server):
+    """Two replicas that missed together and computed an entry each keep the one stored first."""
+
+    async def main():
+        one = TieredCache(LRUCache(1 << 20), RedisCache(redis_server, ttl_s=60))
+        two = TieredCache(LRUCache(1 << 20), RedisCache(redis_server, ttl_s=60))
+        first = await one.set("st:test:b", b"first", BYTES)
+        second = await two.set("st:test:b", b"second", BYTES)
+        return first, second, await two.get("st:test:b", BYTES)
+
+    assert asyncio.run(main()) == (b"first", b"first", b"first")
+    assert 0 < redis.Redis.from_url(redis_server).ttl("st:test:b") <= 60
+
+
+def test_replicas_draw_a_text_embedded_in_a_batch_as_the_first_stored_it(bundle_path, store_path, redis_server):
+    """A text embedded in a batch of new texts differs in its last bits from one embedded alone,
+    so two replicas that embedded it at once, one each way, would draw other values under one
+    ETag: the one that stores it second takes the first's embedding."""
+    text, tile = "busy traffic in the street", "/tiles/WebMercatorQuad/4/8/5.npy"
+    with make_client(bundle_path, store_path) as alone:  # no Redis: embeds the text by itself
+        expected = alone.get(tile, params={"q": text}).content
+    with (
+        make_client(bundle_path, store_path, redis_url=redis_server) as one,
+        make_client(bundle_path, store_path, redis_url=redis_server) as two,
+    ):
+        assert one.get("/tiles/3/4/2.png", params={"q": text}).status_code == 200  # embedded alone, stored
+        service = two.app.state.service
+        record = text_record(service.text_namespace, text)
+        batched = service.engine.embed_texts([text, "rain on a roof"])[0]
+        # What two's own miss stores, had it embedded the text in that batch meanwhile
+        kept = two.portal.call(service.queries.set, f"st:query:{record.id}", (record, batched), QUERIES)
+        assert not np.array_equal(kept[1].mu, batched.mu), "the batch moved its last bits; the first stored is kept"
+        assert two.get(tile, params={"q": text}).content == expected
 
 
 def test_single_flight_shares_results_and_errors():
