@@ -19,7 +19,7 @@ from rio_tiler.colormap import cmap
 
 from server.engine import GRID, UNITS
 
-# libdeflate at level 1 with PNG's Sub filter: a demo tile in ~0.2 ms and ~13 kB, where Pillow's
+# libdeflate at level 1 with PNG's Sub filter: a demo tile in ~0.2 ms and 8-13 kB, where Pillow's
 # zlib at level 1 (no filter for palette images) took ~1.3 ms and ~30 kB. libdeflate gives the same
 # bytes for the same pixels (one version); ISA-L, used before at ~0.1 ms, now and then deflated
 # one tile two ways in two processes, so one URL and strong ETag named two answers.
