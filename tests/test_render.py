@@ -72,3 +72,18 @@ def test_quantise_maps_the_scale_onto_indices_one_to_255_and_no_data_to_zero(dty
     expected = 1 + np.rint(np.clip((values[finite] - lo) / (hi - lo), 0, 1) * 254)
     assert np.array_equal(indices[finite], expected.astype(np.uint8))
     assert (indices[np.isnan(values)] == 0).all()
+
+
+def test_the_deflate_benchmark_reads_a_tiles_image_data_and_deflates_it_alike_in_a_fresh_process(tmp_path):
+    """benchmarks/png_deflate.py: a PNG's image data is its indices Sub-filtered, and libdeflate
+    gives a fresh process this process's bytes for it (the property tiles are deflated for)."""
+    from benchmarks import png_deflate
+
+    indices = np.tile(np.arange(1, 257, dtype=np.int64) % 250 + 1, (256, 1)).astype(np.uint8)
+    data = png_deflate.image_data(render.png_bytes(indices, "viridis"))
+    assert data == render.sub_filtered(indices).tobytes() and len(data) == 256 * 257
+    data_file = tmp_path / "tiles.npy"
+    np.save(data_file, np.frombuffer(data, np.uint8)[None])
+    found = png_deflate.measure("libdeflate", [data], repeat=1, data_file=data_file, processes=1)
+    assert found["fresh_processes_same_bytes"] == 1 and found["us_per_tile_p50"] > 0
+    assert 0 < found["mean_bytes"] < len(data)
