@@ -31,11 +31,12 @@ from benchmarks.server_latency import tiles_of
 
 QUERIES = ("birdsong", "busy traffic in a city street", "waves on a beach")
 ZOOMS = (2, 3, 4, 5)
-# Each encoder as a statement on `data` (bytes) giving `out`, so a fresh process runs it alike.
+# Each encoder: the module it imports and its expression of `data` (bytes), so this process and
+# a fresh one run the same code.
 ENCODERS = {
-    "libdeflate": ("import deflate", "out = bytes(deflate.zlib_compress(data, 1))"),
-    "zlib": ("import zlib", "out = zlib.compress(data, 1)"),
-    "isal": ("from isal import isal_zlib", "out = isal_zlib.compress(data, 1)"),
+    "libdeflate": ("deflate", "bytes(deflate.zlib_compress(data, 1))"),
+    "zlib": ("zlib", "zlib.compress(data, 1)"),
+    "isal": ("isal.isal_zlib", "isal.isal_zlib.compress(data, 1)"),
 }
 
 
@@ -68,20 +69,20 @@ def served_tiles(bundle: Path, store: Path, count: int) -> list[bytes]:
 def digest_in_fresh_process(name: str, data_file: Path) -> str:
     """SHA-256 of every tile's deflated bytes, deflated by `name` in a new Python process (the
     tiles are the rows of the .npy file `data_file`)."""
-    setup, statement = ENCODERS[name]
+    module, expression = ENCODERS[name]
     script = (
-        f"import hashlib, numpy as np\n{setup}\nh = hashlib.sha256()\n"
+        f"import hashlib, numpy as np, {module}\nh = hashlib.sha256()\n"
         f"for row in np.load({str(data_file)!r}):\n"
-        f"    data = row.tobytes()\n    {statement}\n    h.update(out)\nprint(h.hexdigest())"
+        f"    data = row.tobytes()\n    h.update({expression})\nprint(h.hexdigest())"
     )
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def measure(name: str, tiles: list[bytes], repeat: int, data_file: Path, processes: int) -> dict:
-    setup, statement = ENCODERS[name]
+    module, expression = ENCODERS[name]
     scope: dict = {}
-    exec(setup, scope)  # the encoder's import, as the fresh processes run it
-    encode = eval(compile(f"lambda data: ({statement[len('out = ') :]})", name, "eval"), scope)
+    exec(f"import {module}", scope)
+    encode = eval(f"lambda data: {expression}", scope)
     outs = [encode(t) for t in tiles]
     assert all(zlib.decompress(o) == t for o, t in zip(outs, tiles, strict=True)), f"{name} does not round-trip"
     per_tile = []
@@ -113,7 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         data_file = Path(folder) / "tiles.npy"
         np.save(data_file, np.stack([np.frombuffer(t, np.uint8) for t in tiles]))  # one tile size: rows alike
-        installed = [n for n in ENCODERS if importlib.util.find_spec(ENCODERS[n][0].split()[1].split(".")[0])]
+        installed = [n for n, (module, _) in ENCODERS.items() if importlib.util.find_spec(module.split(".")[0])]
         results = {n: measure(n, tiles, args.repeat, data_file, args.processes) for n in installed}
     base = results["zlib"]["us_per_tile_p50"]
     for result in results.values():
