@@ -11,7 +11,10 @@ from functools import lru_cache
 import deflate
 import morecantile
 import numpy as np
-from PIL import Image
+import PIL
+import rasterio
+import rio_tiler
+from PIL import Image, features
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds
@@ -34,6 +37,21 @@ FORMATS = {
 }
 # Formats that carry the values, not colours: colour parameters neither change nor name them.
 VALUE_FORMATS = ("npy", "tif")
+# The libraries that shape a tile's bytes beyond its parameters: the PNG deflate (libdeflate),
+# WebP (Pillow's libwebp), GeoTIFF (GDAL), .npy headers (numpy), the palettes (rio-tiler). Named
+# in every tile's cache key and ETag, so a strong ETag names one set of bytes: an upgraded server
+# neither answers 304 nor cuts byte ranges of a map under a tag an older one gave other bytes.
+ENCODERS = ";".join(
+    f"{name} {version}"
+    for name, version in (
+        ("deflate", deflate.__version__),
+        ("pillow", PIL.__version__),
+        ("webp", features.version("webp")),
+        ("gdal", rasterio.__gdal_version__),
+        ("numpy", np.__version__),
+        ("rio-tiler", rio_tiler.__version__),
+    )
+)
 # A GeoTIFF tile: deflate at level 1 with the floating-point predictor, readable by every GDAL
 # (a 256 px tile in ~2 ms; level 6 took three times as long for 3% fewer bytes), in 256 px blocks.
 GEOTIFF_OPTIONS = {

@@ -95,6 +95,7 @@ class TileRequest:
         rescale = (list(self.rescale) if self.rescale else DEFAULT_SCALE_KEY) if styled else None
         return {
             **ids,
+            "encoders": render.ENCODERS,
             "tms": self.tms,
             "z": self.z,
             "x": self.x,

@@ -5,10 +5,12 @@ import gzip
 import inspect
 import io
 
+import deflate
 import numpy as np
 import pytest
 from PIL import Image
 
+from server import render
 from server.routes import meta, queries, rest, tiles, viewer
 from tests.server_support import make_client
 
@@ -34,6 +36,19 @@ def test_etag_answers_304_without_rendering_even_in_a_fresh_process(client, bund
     stats = fresh.app.state.service.stats
     assert stats["renders"] == stats["fusions"] == stats["text_encodings"] == 0
     assert fresh.get(TILE, params={"q": "birdsong"}, headers={"If-None-Match": etag}).status_code == 200
+
+
+def test_an_upgraded_encoder_names_its_tiles_and_maps_anew(client, bundle_path, store_path, monkeypatch):
+    """A strong ETag names bytes: once libdeflate (or another encoder) is upgraded, a server's
+    tiles may differ in their bytes, so its tags and cache keys differ from the older server's."""
+    paths = (TILE, "/collections/contrast/map?width=64&height=64&f=tif")
+    old = {path: client.get(path, params={"q": "birdsong"}).headers["etag"] for path in paths}
+    assert f"deflate {deflate.__version__}" in render.ENCODERS
+    monkeypatch.setattr(render, "ENCODERS", render.ENCODERS.replace(deflate.__version__, deflate.__version__ + ".1"))
+    upgraded = make_client(bundle_path, store_path, cache_control="public, max-age=60")
+    for path in paths:
+        r = upgraded.get(path, params={"q": "birdsong"}, headers={"If-None-Match": old[path]})
+        assert r.status_code == 200 and r.headers["etag"] not in (old[path], None), path
 
 
 def test_etag_names_the_content(client):
