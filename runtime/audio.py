@@ -27,7 +27,6 @@ from typing import Any, BinaryIO, ClassVar, Literal, Protocol
 import numpy as np
 import soundfile
 from numpy.typing import ArrayLike
-from scipy.signal import firwin, resample_poly
 
 from runtime.errors import UserError
 
@@ -753,6 +752,8 @@ def resample(wave: ArrayLike, rate: int, target: int) -> np.ndarray:
     """Polyphase resampling (anti-aliased) from `rate` to `target` Hz, at bounded cost."""
     if rate == target:
         return np.asarray(wave, dtype=np.float32)
+    from scipy.signal import resample_poly  # here: importing scipy.signal takes 0.8 s of every command's start
+
     up, down = resample_ratio(rate, target)
     return resample_poly(np.asarray(wave, dtype=np.float32), up, down, window=_lowpass(up, down)).astype(np.float32)
 
@@ -762,5 +763,7 @@ def _lowpass(up: int, down: int) -> np.ndarray:
     """The filter resample_poly designs for float32 input by default (Kaiser 5.0, 20 max(up, down)
     + 1 taps), designed once per ratio: the design took 1 ms a call, and a long recording read for
     CLAP resamples a thousand short windows."""
+    from scipy.signal import firwin
+
     max_rate = max(up, down)
     return firwin(20 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)
