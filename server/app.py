@@ -15,6 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from runtime.bundle import Bundle
 from server import maps
+from server.cache import RedisCache
 from server.engine import LAYERS, QueryMetadata
 from server.fastpath import FrontDoor, Replays, TileFastPath
 from server.http import HttpPolicy, NegotiatedGZip, document_choices, errors, install_error_handlers
@@ -116,7 +117,8 @@ def create_app(settings: Settings) -> SoundscapeApp:
     if not settings.rate_limit:  # the limiter sees every request: hits take the replay above then
         app.front_door = FrontDoor(settings.lru_bytes // 4)  # bodies are mostly the same bytes objects
     if settings.rate_limit:  # inside CORS, so a browser can read its 429
-        app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit), cost=request_cost(replays))
+        shared = RedisCache(settings.redis_url, settings.cache_ttl_s) if settings.redis_url else None
+        app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit), cost=request_cost(replays), shared=shared)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -20,6 +20,7 @@ from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from runtime.files import canonical_json, json_sha256
 from server import metrics
@@ -27,14 +28,14 @@ from server import metrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The value a key holds, else `ARGV[1]` stored with a TTL of `ARGV[2]` s and nil. `SET NX GET`
-# says the same in one command but only from Redis 7; Ubuntu 22.04's Redis (6.0) answers it
-# "syntax error", which opened the breaker on every write. Scripts run atomically from Redis 2.6.
+# `{value}` when the key holds one, else `{}` having stored `ARGV[1]` with a TTL of `ARGV[2]` s.
+# `SET NX GET` says the same in one command but only from Redis 7; Ubuntu 22.04's Redis (6.0)
+# answers it "syntax error", which opened the breaker on every write. Scripts run atomically.
 SET_FIRST = """
 local held = redis.call('GET', KEYS[1])
-if held then return held end
+if held then return {held} end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
+return {}
 """
 
 
@@ -126,7 +127,7 @@ class RedisCache:
         self.ttl_s = ttl_s
         self.breaker_s = breaker_s
         self._open_until = 0.0
-        self._set_first = self.client.register_script(SET_FIRST)
+        self._set_first = self.script(SET_FIRST)
 
     @property
     def available(self) -> bool:
@@ -135,7 +136,7 @@ class RedisCache:
     def _failed(self, op: str, exc: Exception) -> None:
         metrics.REDIS_ERRORS.inc()
         if self.available:
-            log.warning("redis %s failed, computing without it for %.0f s: %s", op, self.breaker_s, exc)
+            log.warning("redis %s failed, going without it for %.0f s: %s", op, self.breaker_s, exc)
         self._open_until = time.monotonic() + self.breaker_s
 
     async def get(self, key: str) -> bytes | None:
@@ -151,14 +152,23 @@ class RedisCache:
         """Store `value` unless `key` holds one already: the bytes the key holds now, the first
         stored; None when Redis cannot be reached. One script (`SET_FIRST`), so no other
         replica's write or the key's expiry falls between the read and the write."""
+        held = await self.run(self._set_first, [key], [value, ttl_s or self.ttl_s])
+        return None if held is None else cast(bytes, held[0]) if held else value
+
+    def script(self, source: str) -> AsyncScript:
+        """A Lua script for `run` (sent once, then called by its hash)."""
+        return self.client.register_script(source)
+
+    async def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any | None:
+        """The script's answer (a Redis nil is None, so answer a list or a string); None when
+        Redis cannot be reached, which opens the breaker."""
         if not self.available:
             return None
         try:
-            held = await self._set_first(keys=[key], args=[value, ttl_s or self.ttl_s])
+            return await script(keys=keys, args=args)
         except (redis.RedisError, OSError) as exc:
-            self._failed("set", exc)
+            self._failed("script", exc)
             return None
-        return value if held is None else cast(bytes, held)
 
     async def ping(self) -> bool:
         try:

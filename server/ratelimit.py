@@ -7,8 +7,11 @@ tokens would allow within 2 s waits for them instead, as nginx's limit_req witho
 a GIS client that reads a whole layer at once (GDAL asks a tileset's tiles five at a time, and
 gives up on the first 429) then gets every tile at the average rate, while a flood still meets
 429s. A client's waiting requests never hold more than `delay` seconds of its tokens. Off when
-unset. Clients are keyed by their address (an IPv6 client by its /64, which one host usually
-holds whole). Behind a proxy, `soundscape serve --trusted-proxies` has uvicorn take the client's
+unset. With Redis (`SOUNDSCAPE_REDIS_URL`) the buckets live there, so every worker and replica
+that shares it counts a client's requests together; without it, or while it cannot be reached,
+each worker process counts its own, and a client whose connections reach several workers gets up
+to that many times the limit. Clients are keyed by their address (an IPv6 client by its /64,
+which one host usually holds whole). Behind a proxy, `soundscape serve --trusted-proxies` has uvicorn take the client's
 address from X-Forwarded-For, so the key is the real client. The bucket table holds at most
 `max_clients` entries, the least recently seen dropped first, so its memory is bounded whatever
 the number of addresses.
@@ -26,7 +29,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from redis.commands.core import AsyncScript
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.cache import RedisCache
 
 EXEMPT_PATHS = ("/healthz", "/readyz")  # orchestrators' probes are never limited
 MAX_CLIENTS = 100_000  # buckets kept (about 200 bytes each)
@@ -101,6 +107,73 @@ class TokenBuckets:
         return wait
 
 
+# TokenBuckets.take in Redis, one hash per client (`RATE_KEY` + its key) that expires once full
+# again, timed by Redis's clock so the replicas' clocks do not matter. KEYS[1]: the bucket; ARGV:
+# tokens a second, burst, longest wait in seconds, cost, lease. When the bucket holds a lease (at
+# least the cost), the lease is taken for the process to spend locally; else the cost alone, as
+# TokenBuckets.take would. Answers "wait granted" (Redis turns a Lua number into an integer).
+TAKE = """
+local per_s, burst, delay = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cost, lease = tonumber(ARGV[4]), tonumber(ARGV[5])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local held = redis.call('HMGET', KEYS[1], 'tokens', 'time')
+local tokens = burst
+if held[1] then
+  tokens = math.min(burst, tonumber(held[1]) + math.max(0, now - tonumber(held[2])) * per_s)
+end
+local wait, granted = 0, 0
+if tokens >= lease then
+  tokens, granted = tokens - lease, lease
+else
+  if tokens < cost then wait = (cost - tokens) / per_s end
+  if wait <= delay then tokens, granted = tokens - cost, cost end
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'time', string.format('%.17g', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / per_s * 1000) + 1000)
+return string.format('%.17g %d', wait, granted)
+"""
+RATE_KEY = "st:rate:"
+
+
+# A process takes a tenth of a client's burst from Redis at a time (at least a request's cost),
+# when the bucket holds it, and spends it within LEASE_S: a client well under its limit costs a
+# Redis round trip (about 0.13 ms here) per tenth of a burst, not per request. Leased tokens are
+# spent in Redis, and lost if not spent in time; a client's count is off by at most a lease per
+# process it talks to (tokens held while its bucket refills, or lost unspent).
+LEASE_SHARE = 10
+LEASE_S = 1.0
+
+
+class Leases:
+    """Tokens this process took from the shared buckets ahead of its requests, per client, each
+    lease good for LEASE_S seconds; LRU-bounded."""
+
+    def __init__(self, max_clients: int = MAX_CLIENTS):
+        self.max_clients = max_clients
+        self.held: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, good until)
+
+    def spend(self, key: str, cost: int, now: float | None = None) -> bool:
+        """Spend `cost` of the client's leased tokens; False when it has not that many."""
+        now = time.monotonic() if now is None else now
+        tokens, until = self.held.get(key, (0.0, 0.0))
+        if now > until or tokens < cost:
+            return False
+        self.held[key] = (tokens - cost, until)
+        self.held.move_to_end(key)
+        return True
+
+    def keep(self, key: str, tokens: float, now: float | None = None) -> None:
+        """Hold `tokens` more for the client, until LEASE_S from now."""
+        now = time.monotonic() if now is None else now
+        left, until = self.held.pop(key, (0.0, 0.0))
+        tokens += left if now <= until else 0.0
+        if tokens > 0:
+            self.held[key] = (tokens, now + LEASE_S)
+            if len(self.held) > self.max_clients:
+                self.held.popitem(last=False)
+
+
 def one(scope: Scope) -> int:
     """Every request spends one token."""
     return 1
@@ -110,16 +183,58 @@ class RateLimit:
     """Pure ASGI middleware answering 429 to a client over its rate. `cost` says how many tokens a
     request spends, so a request that does many requests' work counts as many."""
 
-    def __init__(self, app: ASGIApp, rate: Rate, max_clients: int = MAX_CLIENTS, cost: Callable[[Scope], int] = one):
+    def __init__(
+        self,
+        app: ASGIApp,
+        rate: Rate,
+        max_clients: int = MAX_CLIENTS,
+        cost: Callable[[Scope], int] = one,
+        shared: RedisCache | None = None,
+    ):
         self.app = app
         self.buckets = TokenBuckets(rate, max_clients)
         self.cost = cost
+        self.shared = shared
+        self._take = shared.script(TAKE) if shared is not None else None
+        self.leases = Leases(max_clients)
+        self._fetching: dict[str, asyncio.Future[None]] = {}  # clients whose lease is being asked for
+
+    async def wait(self, key: str, cost: int) -> float:
+        """TokenBuckets.take of the shared buckets (through this process's lease of the client's
+        tokens, when it holds enough), else (no Redis, or none answering) of this process's own."""
+        cost = min(cost, self.buckets.rate.burst)
+        if self.shared is None or self._take is None:
+            return self.buckets.take(key, cost=cost)
+        while not self.leases.spend(key, cost):
+            fetching = self._fetching.get(key)
+            if fetching is None:
+                return await self._fetch(self.shared, self._take, key, cost)
+            await asyncio.shield(fetching)  # then spend what it leased, or ask in turn
+        return 0.0
+
+    async def _fetch(self, shared: RedisCache, take: AsyncScript, key: str, cost: int) -> float:
+        """Ask Redis for the client's lease, or its cost's wait: one request at a time per client
+        and process, or concurrent requests would each lease ten and drain the bucket unspent."""
+        rate, done = self.buckets.rate, asyncio.get_running_loop().create_future()
+        self._fetching[key] = done
+        try:
+            lease = max(cost, rate.burst // LEASE_SHARE)
+            answer = await shared.run(take, [RATE_KEY + key], [rate.per_s, rate.burst, rate.delay_s, cost, lease])
+            if answer is None:
+                return self.buckets.take(key, cost=cost)
+            wait, granted = answer.split()
+            if int(granted) > cost:
+                self.leases.keep(key, int(granted) - cost)
+            return float(wait)
+        finally:
+            del self._fetching[key]
+            done.set_result(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        wait = self.buckets.take(client_key(scope), cost=self.cost(scope))
+        wait = await self.wait(client_key(scope), self.cost(scope))
         if wait <= self.buckets.rate.delay_s:
             if wait > 0.0:
                 await asyncio.sleep(wait)

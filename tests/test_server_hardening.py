@@ -6,6 +6,7 @@ connection cap through a real `soundscape serve` on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import select
@@ -17,13 +18,15 @@ import time
 import httpx
 import numpy as np
 import pytest
+import redis
 import soundfile
 
 from benchmarks.hostile import wav
 from runtime.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
 from server import maps
+from server.cache import RedisCache
 from server.queries import MAX_DECODED_SAMPLES
-from server.ratelimit import Rate, TokenBuckets, client_key
+from server.ratelimit import Rate, RateLimit, TokenBuckets, client_key
 from server.urls import host_allowed, host_name
 from tests.server_support import REPO, concurrent_gets, live_server, make_client, serve_command
 
@@ -265,6 +268,73 @@ def test_a_burst_over_the_limit_waits_within_the_delay_and_is_refused_past_it(bu
     assert 4 <= served <= 4 + 2 * elapsed and elapsed >= 0.95, (served, elapsed)
     refused = next(a for a in answers if a.status_code == 429)
     assert "more waiting up to 1 s" in refused.json()["detail"] and int(refused.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize("redis_server", ["system", "6.2"], indirect=True)
+def test_replicas_sharing_redis_count_a_client_once(bundle_path, store_path, redis_server):
+    """Two apps (two workers or replicas) with one Redis: a client's fifth request is refused by
+    whichever it reaches, where each alone would let four through. The bucket expires once full."""
+    replicas = [make_client(bundle_path, store_path, rate_limit="1/min burst 4", redis_url=redis_server) for _ in "ab"]
+    with replicas[0] as one, replicas[1] as two:
+        codes = [client.get("/colormaps").status_code for client in (one, two, one, two, one, two)]
+    assert codes == [200, 200, 200, 200, 429, 429]
+    bucket = redis.Redis.from_url(redis_server)
+    [key] = bucket.keys("st:rate:*")
+    assert 0 < bucket.pttl(key) <= 241_000, "refilled after 4 minutes, then forgotten"
+
+
+def test_replicas_lease_a_tenth_of_a_burst_and_never_let_a_client_past_it(bundle_path, store_path, redis_server):
+    """Under a burst of 40 each replica takes 4 tokens from Redis at a time: a client alternating
+    between two gets its 40 requests, then 429s, in about 20 round trips rather than 50."""
+    stats = redis.Redis.from_url(redis_server)
+    replicas = [make_client(bundle_path, store_path, rate_limit="1/min burst 40", redis_url=redis_server) for _ in "ab"]
+    with replicas[0] as one, replicas[1] as two:
+        one.get("/healthz"), two.get("/healthz")  # started; probes are never limited
+        stats.config_resetstat()
+        codes = [client.get("/colormaps").status_code for _ in range(25) for client in (one, two)]
+    calls = sum(v["calls"] for k, v in stats.info("commandstats").items() if k.startswith("cmdstat_eval"))
+    assert codes == [200] * 40 + [429] * 10
+    assert calls <= 24, calls
+
+
+def test_a_burst_of_one_client_leases_once_at_a_time(bundle_path, store_path, redis_server):
+    """30 requests at once under a burst of 40: each leasing 4 tokens at once would take them all
+    after ten and refuse the rest; one lease at a time per client serves all 30."""
+    with make_client(bundle_path, store_path, rate_limit="1/min burst 40", redis_url=redis_server) as client:
+        answers = concurrent_gets(client.app, "/colormaps", [{"n": i} for i in range(30)])
+    assert [a.status_code for a in answers] == [200] * 30
+
+
+def test_the_shared_bucket_spends_and_waits_as_a_process_own(bundle_path, store_path, redis_server):
+    """The Redis script is TokenBuckets.take: the same waits for the same takes at one instant."""
+    rate = Rate(2.0, 3, delay_s=1.0)
+    local = TokenBuckets(rate)
+    limit = RateLimit(app=None, rate=rate, shared=RedisCache(redis_server, ttl_s=60))  # type: ignore[arg-type]
+
+    async def takes() -> list[float]:
+        return [await limit.wait("a", cost) for cost in (1, 1, 1, 1, 1, 1, 1, 5)]
+
+    expected = [local.take("a", now=0.0, cost=cost) for cost in (1, 1, 1, 1, 1, 1, 1, 5)]
+    assert asyncio.run(takes()) == pytest.approx(expected, abs=0.02)  # Redis's clock moves a little
+    assert expected == pytest.approx([0, 0, 0, 0.5, 1.0, 1.5, 1.5, 2.5]), "the same as the local test"
+
+
+def test_a_rate_limit_holds_per_process_while_redis_is_down(bundle_path, store_path, redis_server):
+    with make_client(bundle_path, store_path, rate_limit="1/min burst 2", redis_url=redis_server) as client:
+        assert client.get("/colormaps").status_code == 200
+        with contextlib.suppress(redis.ConnectionError):
+            redis.Redis.from_url(redis_server).shutdown(nosave=True)
+        codes = [client.get("/colormaps").status_code for _ in range(3)]
+    assert codes == [200, 200, 429], "a fresh bucket in this process, then refused: never a 5xx nor unlimited"
+
+
+def test_workers_of_one_server_share_its_limit_through_redis(bundle_path, store_path, redis_server):
+    """A real `soundscape serve --workers 2`: each request on a new connection, which either
+    worker may accept; three go through, whichever took them."""
+    args = ("--rate-limit", "1/min burst 3")
+    with live_server(bundle_path, store_path, workers=2, redis_url=redis_server, args=args) as url:
+        codes = [httpx.get(f"{url}/colormaps", timeout=30).status_code for _ in range(8)]
+    assert codes == [200] * 3 + [429] * 5
 
 
 def test_client_keys():
