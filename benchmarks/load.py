@@ -168,9 +168,9 @@ def attacks(server: Server, urls: list[str]) -> dict:
     return others
 
 
-def overhead(data: Path, tmp: Path, urls: list[str], rounds: int = 3, seconds: int = 8) -> dict:
-    """Hardened and plain servers alternately under the same load; the median round of each."""
-    servers = {"soundscape serve": Server(data, tmp), "plain uvicorn": Server(data, tmp, plain=True)}
+def in_turns(servers: dict[str, Server], urls: list[str], rounds: int, seconds: int, connections: int) -> dict:
+    """Every URL fetched once from each server (warm), then wrk rounds on each in turn, so the
+    servers meet the same load over time; the median round of each. Stops the servers."""
     try:
         for server in servers.values():
             with httpx.Client(base_url=server.base, timeout=120) as client, ThreadPoolExecutor(4) as pool:
@@ -178,11 +178,17 @@ def overhead(data: Path, tmp: Path, urls: list[str], rounds: int = 3, seconds: i
         runs: dict[str, list[dict]] = {name: [] for name in servers}
         for _ in range(rounds):
             for name, server in servers.items():
-                runs[name].append(wrk(server.base, urls, seconds, 20))
+                runs[name].append(wrk(server.base, urls, seconds, connections))
         return {name: sorted(got, key=lambda r: r["per_s"])[len(got) // 2] for name, got in runs.items()}
     finally:
         for server in servers.values():
             server.stop()
+
+
+def overhead(data: Path, tmp: Path, urls: list[str], rounds: int = 3, seconds: int = 8) -> dict:
+    """Hardened and plain servers alternately under the same load; the median round of each."""
+    servers = {"soundscape serve": Server(data, tmp), "plain uvicorn": Server(data, tmp, plain=True)}
+    return in_turns(servers, urls, rounds, seconds, 20)
 
 
 def main() -> None:

@@ -27,16 +27,13 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hostile import Server, free_port
-from load import wrk
+from load import in_turns
 from redis_outage import start_redis
 
 from server.cache import RedisCache
@@ -58,19 +55,7 @@ def from_outside(data: Path, tmp: Path, redis_url: str, rounds: int, seconds: in
         "limit in Redis": {"SOUNDSCAPE_RATE_LIMIT": LIMIT, "SOUNDSCAPE_REDIS_URL": redis_url},
     }
     servers = {name: Server(data, tmp, env=env) for name, env in envs.items()}
-    urls = tile_urls()
-    try:
-        for server in servers.values():
-            with httpx.Client(base_url=server.base, timeout=120) as client, ThreadPoolExecutor(4) as pool:
-                assert set(pool.map(lambda path: client.get(path).status_code, urls)) == {200}
-        runs: dict[str, list[dict]] = {name: [] for name in servers}
-        for _ in range(rounds):
-            for name, server in servers.items():
-                runs[name].append(wrk(server.base, urls, seconds, 32))
-        return {name: sorted(got, key=lambda r: r["per_s"])[len(got) // 2] for name, got in runs.items()}
-    finally:
-        for server in servers.values():
-            server.stop()
+    return in_turns(servers, tile_urls(), rounds, seconds, 32)
 
 
 def in_process(redis_url: str, calls: int = 2000, runs: int = 5) -> dict:
