@@ -84,6 +84,8 @@ def _status_mb(field: str) -> float:
 
 
 def _read_rss(path: Path, front_end: str, crop: bool) -> float:
+    import scipy.signal  # noqa: F401  runtime.audio imports it on a first resampling: not the read's memory
+
     before = _status_mb("VmRSS")
     read_features(path, front_end, crop)
     return _status_mb("VmHWM") - before
