@@ -54,11 +54,12 @@ def paths() -> list[str]:
     return out
 
 
-def wrk(base: str, urls: list[str], seconds: int, connections: int) -> dict:
+def wrk(base: str, urls: list[str], seconds: int, connections: int, lua: str = WRK_SCRIPT) -> dict:
+    """wrk over `urls` (the `lua` script reads them from $URLS): requests/s, p50, p99, errors."""
     with tempfile.TemporaryDirectory() as tmp:
         listing, script = Path(tmp) / "urls.txt", Path(tmp) / "mix.lua"
         listing.write_text("\n".join(urls) + "\n", encoding="utf-8")
-        script.write_text(WRK_SCRIPT, encoding="utf-8")
+        script.write_text(lua, encoding="utf-8")
         out = subprocess.run(
             [
                 "wrk",
@@ -168,7 +169,9 @@ def attacks(server: Server, urls: list[str]) -> dict:
     return others
 
 
-def in_turns(servers: dict[str, Server], urls: list[str], rounds: int, seconds: int, connections: int) -> dict:
+def in_turns(
+    servers: dict[str, Server], urls: list[str], rounds: int, seconds: int, connections: int, lua: str = WRK_SCRIPT
+) -> dict:
     """Every URL fetched once from each server (warm), then wrk rounds on each in turn, so the
     servers meet the same load over time; the median round of each. Stops the servers."""
     try:
@@ -178,7 +181,7 @@ def in_turns(servers: dict[str, Server], urls: list[str], rounds: int, seconds: 
         runs: dict[str, list[dict]] = {name: [] for name in servers}
         for _ in range(rounds):
             for name, server in servers.items():
-                runs[name].append(wrk(server.base, urls, seconds, connections))
+                runs[name].append(wrk(server.base, urls, seconds, connections, lua))
         return {name: sorted(got, key=lambda r: r["per_s"])[len(got) // 2] for name, got in runs.items()}
     finally:
         for server in servers.values():

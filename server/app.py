@@ -21,7 +21,7 @@ from server.fastpath import FrontDoor, Replays, TileFastPath
 from server.http import HttpPolicy, NegotiatedGZip, document_choices, errors, install_error_handlers
 from server.params import TMS_IDS, each_once, refuse_everything
 from server.ranges import ByteRanges
-from server.ratelimit import Rate, RateLimit
+from server.ratelimit import Limiter, Rate, RateLimit
 from server.render import colormap_names
 from server.routes import meta, queries, rest, tiles, viewer
 from server.routes.viewer import STATIC, StaticAssets
@@ -114,11 +114,13 @@ def create_app(settings: Settings) -> SoundscapeApp:
     # tiles as they are (server/fastpath.py).
     replays = app.state.replays = Replays(tile_bytes=settings.lru_bytes // 4, map_bytes=settings.lru_bytes // 8)
     app.add_middleware(TileFastPath, replays=replays)
-    if not settings.rate_limit:  # the limiter sees every request: hits take the replay above then
-        app.front_door = FrontDoor(settings.lru_bytes // 4)  # bodies are mostly the same bytes objects
+    limiter = None
     if settings.rate_limit:  # inside CORS, so a browser can read its 429
         shared = RedisCache(settings.redis_url, settings.cache_ttl_s) if settings.redis_url else None
-        app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit), cost=request_cost(replays), shared=shared)
+        limiter = Limiter(Rate.parse(settings.rate_limit), shared=shared)
+        app.add_middleware(RateLimit, limiter=limiter, cost=request_cost(replays))
+    # Bodies are mostly the same bytes objects as the replays'; a hit spends the limiter's token there.
+    app.front_door = FrontDoor(settings.lru_bytes // 4, limiter)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -20,11 +20,11 @@ answered 412 and 304 with the recorded ETag, like `server.http.precondition_fail
 `not_modified`. Bounded in bytes, least recently used first out.
 
 `FrontDoor` goes one step further for the commonest hit, a tile's (GET or HEAD, no If-(None-)Match
-or Range, no rate limit; maps are rare and heavy): it answers before FastAPI's own wrappers and
-every middleware, with the bytes and headers the whole stack sent for the same URL, Origin and
-Accept-Encoding (the only request headers those layers read for a tile), counted in /metrics as
-HttpPolicy counts. Those layers cost ~80 us per hit in process, more than the replay itself
-(BENCHMARKS.md "Performance harness").
+or Range, a token at hand under a rate limit; maps are rare and heavy): it answers before
+FastAPI's own wrappers and every middleware, with the bytes and headers the whole stack sent for
+the same URL, Origin and Accept-Encoding (the only request headers those layers read for a
+tile), counted in /metrics as HttpPolicy counts. Those layers cost ~80 us per hit in process,
+more than the replay itself (BENCHMARKS.md "Performance harness").
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from server import metrics
 from server.http import HEAD_ASKED, not_modified, precondition_failed, request_series
 from server.maps import MAP_PATH
 from server.ranges import bytes_sent
+from server.ratelimit import Limiter, client_key
 from server.urls import embeds_host
 
 TILE_PREFIX = "/tiles/"
@@ -221,8 +222,13 @@ class TileFastPath:
 
 class FrontDoor(Recordings):
     """Answers a recorded tile hit before the app's middleware stack (module docstring); every
-    other request goes to `app` unchanged. Only for a server without a rate limit (the limiter
-    must see every request), so `create_app` installs it only then."""
+    other request goes to `app` unchanged. Under a rate limit a hit spends its token here when the
+    client has it at once (`Limiter.spend_now`); else it goes through the stack, whose RateLimit
+    delays or refuses it."""
+
+    def __init__(self, max_bytes: int, limiter: Limiter | None = None):
+        super().__init__(max_bytes)
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
         method = scope["method"]
@@ -245,6 +251,9 @@ class FrontDoor(Recordings):
                 await app(scope, receive, send)
             elif (recorded := await answer_of(app, scope, receive, send)) is not None:
                 self.put(key, recorded)
+            return
+        if self.limiter is not None and not self.limiter.spend_now(client_key(scope)):
+            await app(scope, receive, send)  # no token at hand: the RateLimit inside delays or refuses it
             return
         began = time.perf_counter()
         TILE_HITS.inc()

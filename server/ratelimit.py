@@ -92,16 +92,18 @@ class TokenBuckets:
         self.max_clients = max_clients
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, time)
 
-    def take(self, key: str, now: float | None = None, cost: int = 1) -> float:
-        """The seconds until the request may go ahead (0: at once). Within the rate's delay its
-        `cost` tokens (at most a burst's) are spent now, the bucket going below zero, so the
-        requests after it wait behind it; beyond, nothing is spent and it is to be refused."""
+    def take(self, key: str, now: float | None = None, cost: int = 1, most_wait: float | None = None) -> float:
+        """The seconds until the request may go ahead (0: at once). Within the rate's delay (or
+        `most_wait`) its `cost` tokens (at most a burst's) are spent now, the bucket going below
+        zero, so the requests after it wait behind it; beyond, nothing is spent and it is to be
+        refused."""
         now = time.monotonic() if now is None else now
+        most_wait = self.rate.delay_s if most_wait is None else most_wait
         cost = min(cost, self.rate.burst)
         tokens, then = self.buckets.pop(key, (float(self.rate.burst), now))
         tokens = min(float(self.rate.burst), tokens + (now - then) * self.rate.per_s)
         wait = 0.0 if tokens >= cost else (cost - tokens) / self.rate.per_s
-        self.buckets[key] = (tokens - cost if wait <= self.rate.delay_s else tokens, now)
+        self.buckets[key] = (tokens - cost if wait <= most_wait else tokens, now)
         if len(self.buckets) > self.max_clients:
             self.buckets.popitem(last=False)
         return wait
@@ -179,30 +181,30 @@ def one(scope: Scope) -> int:
     return 1
 
 
-class RateLimit:
-    """Pure ASGI middleware answering 429 to a client over its rate. `cost` says how many tokens a
-    request spends, so a request that does many requests' work counts as many."""
+class Limiter:
+    """Every client's tokens: in this process (TokenBuckets), or in Redis (`shared`) through this
+    process's leases of them. The rate limit middleware and the front door of cache hits
+    (server/fastpath.py) spend from one Limiter."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        rate: Rate,
-        max_clients: int = MAX_CLIENTS,
-        cost: Callable[[Scope], int] = one,
-        shared: RedisCache | None = None,
-    ):
-        self.app = app
+    def __init__(self, rate: Rate, max_clients: int = MAX_CLIENTS, shared: RedisCache | None = None):
+        self.rate = rate
         self.buckets = TokenBuckets(rate, max_clients)
-        self.cost = cost
         self.shared = shared
         self._take = shared.script(TAKE) if shared is not None else None
         self.leases = Leases(max_clients)
         self._fetching: dict[str, asyncio.Future[None]] = {}  # clients whose lease is being asked for
 
+    def spend_now(self, key: str, cost: int = 1) -> bool:
+        """Spend `cost` tokens if this process holds them for the client now (its bucket, or its
+        lease of the shared one); else spend nothing and answer False, and `wait` decides."""
+        if self.shared is None:
+            return self.buckets.take(key, cost=cost, most_wait=0.0) == 0.0
+        return self.leases.spend(key, cost)
+
     async def wait(self, key: str, cost: int) -> float:
         """TokenBuckets.take of the shared buckets (through this process's lease of the client's
         tokens, when it holds enough), else (no Redis, or none answering) of this process's own."""
-        cost = min(cost, self.buckets.rate.burst)
+        cost = min(cost, self.rate.burst)
         if self.shared is None or self._take is None:
             return self.buckets.take(key, cost=cost)
         while not self.leases.spend(key, cost):
@@ -215,7 +217,7 @@ class RateLimit:
     async def _fetch(self, shared: RedisCache, take: AsyncScript, key: str, cost: int) -> float:
         """Ask Redis for the client's lease, or its cost's wait: one request at a time per client
         and process, or concurrent requests would each lease ten and drain the bucket unspent."""
-        rate, done = self.buckets.rate, asyncio.get_running_loop().create_future()
+        rate, done = self.rate, asyncio.get_running_loop().create_future()
         self._fetching[key] = done
         try:
             lease = max(cost, rate.burst // LEASE_SHARE)
@@ -230,19 +232,29 @@ class RateLimit:
             del self._fetching[key]
             done.set_result(None)
 
+
+class RateLimit:
+    """Pure ASGI middleware answering 429 to a client over its rate. `cost` says how many tokens a
+    request spends, so a request that does many requests' work counts as many."""
+
+    def __init__(self, app: ASGIApp, limiter: Limiter, cost: Callable[[Scope], int] = one):
+        self.app = app
+        self.limiter = limiter
+        self.cost = cost
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        wait = await self.wait(client_key(scope), self.cost(scope))
-        if wait <= self.buckets.rate.delay_s:
+        wait = await self.limiter.wait(client_key(scope), self.cost(scope))
+        if wait <= self.limiter.rate.delay_s:
             if wait > 0.0:
                 await asyncio.sleep(wait)
             await self.app(scope, receive, send)
             return
         retry = max(1, math.ceil(wait))
         body = json.dumps(
-            {"detail": f"too many requests from this address: the limit is {self.buckets.rate}; retry after {retry} s"}
+            {"detail": f"too many requests from this address: the limit is {self.limiter.rate}; retry after {retry} s"}
         ).encode()
         await send(
             {

@@ -26,7 +26,7 @@ from runtime.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
 from server import maps
 from server.cache import RedisCache
 from server.queries import MAX_DECODED_SAMPLES
-from server.ratelimit import Rate, RateLimit, TokenBuckets, client_key
+from server.ratelimit import Limiter, Rate, TokenBuckets, client_key
 from server.urls import host_allowed, host_name
 from tests.server_support import REPO, concurrent_gets, live_server, make_client, serve_command
 
@@ -207,6 +207,18 @@ def test_a_delay_lets_requests_over_the_burst_wait_for_their_tokens_up_to_it():
     assert buckets.take("a", now=1.0) == pytest.approx(0.5)  # the two waiting have had their tokens
 
 
+def test_a_token_at_hand_is_spent_now_or_nothing_is():
+    """What the front door of cache hits asks: a hit that would have to wait spends nothing there
+    and goes to the rate limit middleware, which delays it as any request."""
+    buckets = TokenBuckets(Rate(2.0, 2, delay_s=1.0), max_clients=100)
+    assert [buckets.take("a", now=0.0, most_wait=0.0) for _ in range(2)] == [0.0, 0.0]
+    assert buckets.take("a", now=0.0, most_wait=0.0) == pytest.approx(0.5)  # not spent: no token at hand
+    assert buckets.take("a", now=0.0) == pytest.approx(0.5)  # the middleware's take: spent, waits
+    assert buckets.take("a", now=0.0) == pytest.approx(1.0)
+    limiter = Limiter(Rate(1 / 60, 2))
+    assert [limiter.spend_now("b") for _ in range(3)] == [True, True, False]
+
+
 def test_token_bucket_refills_and_its_table_is_bounded():
     buckets = TokenBuckets(Rate(2.0, 3), max_clients=100)
     assert [buckets.take("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
@@ -309,7 +321,7 @@ def test_the_shared_bucket_spends_and_waits_as_a_process_own(bundle_path, store_
     """The Redis script is TokenBuckets.take: the same waits for the same takes at one instant."""
     rate = Rate(2.0, 3, delay_s=1.0)
     local = TokenBuckets(rate)
-    limit = RateLimit(app=None, rate=rate, shared=RedisCache(redis_server, ttl_s=60))  # type: ignore[arg-type]
+    limit = Limiter(rate, shared=RedisCache(redis_server, ttl_s=60))
 
     async def takes() -> list[float]:
         return [await limit.wait("a", cost) for cost in (1, 1, 1, 1, 1, 1, 1, 5)]
