@@ -82,9 +82,9 @@ def serve(
     if workers > 1:
         # Each worker's compute pool gets its share of the cores, so workers do not oversubscribe them.
         os.environ.setdefault("SOUNDSCAPE_COMPUTE_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-        if not redis_url:
-            print("note: without --redis-url each worker has its own tile cache", flush=True)
     settings = check_internet_options(host)
+    if (note := workers_note(settings, workers)) is not None:
+        print(note, flush=True)
     ConnectionLimits.from_env()  # each worker's protocol reads them: checked here, before starting
     try:
         SqliteRecords(settings.query_db, 0)
@@ -105,6 +105,19 @@ def serve(
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=settings.trusted_proxies or None,
     )
+
+
+def workers_note(settings: Settings, workers: int) -> str | None:
+    """What several workers without Redis do not share: each has its own tile cache, and counts
+    a rate limit apart, so a client whose connections reach several gets up to that many times it."""
+    if workers < 2 or settings.redis_url:
+        return None
+    if settings.rate_limit:
+        return (
+            f"note: without --redis-url each of the {workers} workers has its own tile cache and counts "
+            f"the rate limit apart: a client may get up to {workers} times {settings.rate_limit!r}"
+        )
+    return "note: without --redis-url each worker has its own tile cache"
 
 
 def check_internet_options(host: str) -> Settings:

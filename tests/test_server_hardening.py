@@ -25,8 +25,10 @@ from benchmarks.hostile import wav
 from runtime.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
 from server import maps
 from server.cache import RedisCache
+from server.commands import workers_note
 from server.queries import MAX_DECODED_SAMPLES
 from server.ratelimit import Limiter, Rate, TokenBuckets, client_key
+from server.settings import Settings
 from server.urls import host_allowed, host_name
 from tests.server_support import REPO, concurrent_gets, live_server, make_client, serve_command
 
@@ -347,6 +349,16 @@ def test_workers_of_one_server_share_its_limit_through_redis(bundle_path, store_
     with live_server(bundle_path, store_path, workers=2, redis_url=redis_server, args=args) as url:
         codes = [httpx.get(f"{url}/colormaps", timeout=30).status_code for _ in range(8)]
     assert codes == [200] * 3 + [429] * 5
+
+
+def test_serve_says_when_workers_count_a_rate_limit_apart(bundle_path, store_path):
+    def note(workers: int, **options) -> str | None:
+        return workers_note(Settings(bundle=str(bundle_path), store=str(store_path), **options), workers)
+
+    assert "up to 2 times '20/s burst 100'" in note(2, rate_limit="20/s burst 100")
+    assert note(2) == "note: without --redis-url each worker has its own tile cache"
+    assert note(2, rate_limit="20/s", redis_url="redis://127.0.0.1:6379/0") is None
+    assert note(1, rate_limit="20/s") is None
 
 
 def test_client_keys():
