@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import re
 import sys
 
-from cli import demo
 from cli.errors import run_reporting_errors
-from corpus import commands as corpus_commands
-from model import commands as model_commands
-from precompute import commands as precompute_commands
-from server import commands as server_commands
+
+# Every command: the module that defines it (its `add_commands(sub)`) and its line in
+# `soundscape --help`. Only the module of the command run is imported: importing all of them
+# (torch-free, but numpy, scipy, rasterio, FastAPI, onnxruntime) took 1.1 s of every start.
+COMMANDS = {
+    "demo": ("cli.demo", "build the demo world if missing, then serve it"),
+    "train": ("model.commands", "train a PSM model from a config (model:, train:, data: sections)"),
+    "evaluate": ("model.commands", "retrieval metrics of a checkpoint (R@10%%, median rank) as JSON"),
+    "export": ("model.commands", "write a model bundle (4 ONNX graphs + manifest) from a checkpoint or a config"),
+    "precompute": ("precompute.commands", "embed imagery cells into a store for a bundle (and merge shard stores)"),
+    "store": ("precompute.commands", "describe or verify an embedding store"),
+    "serve": ("server.commands", "serve heatmap and uncertainty tiles"),
+    "pack": (
+        "server.commands",
+        "write a map's tiles into one MBTiles or PMTiles file, or its values into a GeoTIFF, for offline use",
+    ),
+    "corpus": ("corpus.commands", "build the demo world's training corpus from public assets"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `command`, the commands of its module in full and the
+    others by name and help line alone (argparse reads a command's arguments only when it runs)."""
     parser = argparse.ArgumentParser(
         prog="soundscape",
         description="Soundscape tiles: soundscape heatmap and uncertainty map tiles from a model "
@@ -23,12 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    demo.add_command(sub)
-    model_commands.add_commands(sub)
-    precompute_commands.add_commands(sub)
-    server_commands.add_commands(sub)
-    corpus_commands.add_commands(sub)
+    loaded: set[str] = set()
+    for name, (module, line) in COMMANDS.items():
+        if command is not None and module != COMMANDS.get(command, ("",))[0]:
+            sub.add_parser(name, help=line)
+        elif module not in loaded:
+            importlib.import_module(module).add_commands(sub)
+            loaded.add(module)
     return parser
+
+
+def chosen_command(argv: list[str]) -> str:
+    """The command `argv` runs (its first word that names one), or "" when none does (help, or a
+    mistyped command, which the parser refuses with the list)."""
+    return next((arg for arg in argv if arg in COMMANDS), "")
 
 
 _NEGATIVE = re.compile(r"-\.?\d")  # "-10,30,40,60", "-.5": a value, never one of our options
@@ -47,8 +71,8 @@ def join_negative_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
+    words = join_negative_values(sys.argv[1:] if argv is None else argv)
+    args = build_parser(chosen_command(words)).parse_args(words)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

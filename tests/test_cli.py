@@ -3,6 +3,7 @@ printed before it, and no argparse trap for values that start with a minus."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import build_parser, join_negative_values, main
+from cli.main import COMMANDS, build_parser, join_negative_values, main
 from tests.conftest import precompute_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,3 +246,34 @@ def test_a_random_weights_export_records_its_config_and_is_scored_as_it_says(tmp
         assert manifest["training"]["config_path"] == str(path)
         kinds[name] = scoring_kind(manifest)
     assert kinds == {"tiny": CSD, "infonce": COSINE}
+
+
+def _command_lines(parser: argparse.ArgumentParser) -> dict[str, str | None]:
+    """Each command of `parser` and its line in the help."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {choice.dest: choice.help for choice in sub._choices_actions}
+
+
+def test_the_help_lists_every_command_as_its_module_defines_it():
+    """`soundscape --help` lists the commands from cli.main.COMMANDS without importing their
+    modules: each line is the one the module's own parser gives, in the same order."""
+    assert _command_lines(build_parser("")) == _command_lines(build_parser())
+    for command in COMMANDS:  # run (or asked about), a command's module adds it in full
+        assert _command_lines(build_parser(command)) == _command_lines(build_parser())
+        parser = build_parser(command)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        assert len(sub.choices[command]._actions) > 1, f"{command}: its options or subcommands, not a name alone"
+
+
+def test_help_and_a_command_import_only_what_they_need():
+    """The help imports no command's module (it took 1.1 s to import them all), and a command its
+    own alone."""
+    modules = sorted({module for module, _ in COMMANDS.values()})
+    probe = (
+        "import sys; from cli.main import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        f"print([m for m in {modules!r} if m in sys.modules])"
+    )
+    for argv, imported in ((["--help"], []), (["corpus", "--help"], ["corpus.commands"])):
+        out = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, capture_output=True, text=True, check=True)
+        assert out.stdout.strip().splitlines()[-1] == repr(imported), out.stdout[-500:]
