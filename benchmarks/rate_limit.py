@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,6 +37,7 @@ from load import in_turns
 from redis_outage import start_redis
 from server_throughput import WRK_SCRIPT
 
+from benchmarks.provenance import emit, provenance
 from server.cache import RedisCache
 from server.ratelimit import Limiter, Rate
 
@@ -116,9 +114,7 @@ def main() -> None:
         try:
             url = f"redis://127.0.0.1:{port}/0"
             result = {
-                "command": " ".join(["python", "benchmarks/rate_limit.py", *sys.argv[1:]]),
-                "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                **provenance(),
                 "load_before": os.getloadavg()[0],
                 "in_process_us": in_process(url),
                 "http_1000_clients": from_outside(
@@ -130,10 +126,7 @@ def main() -> None:
         finally:
             redis.terminate()
             redis.wait(timeout=10)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -39,9 +39,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = None if command is None else COMMANDS.get(command, ("",))[0]  # "": no module in full
     loaded: set[str] = set()
     for name, (module, line) in COMMANDS.items():
-        if command is not None and module != COMMANDS.get(command, ("",))[0]:
+        if wanted is not None and module != wanted:
             sub.add_parser(name, help=line)
         elif module not in loaded:
             importlib.import_module(module).add_commands(sub)

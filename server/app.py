@@ -15,7 +15,6 @@ from threadpoolctl import threadpool_limits
 
 from runtime.bundle import Bundle
 from server import maps
-from server.cache import RedisCache
 from server.engine import LAYERS, QueryMetadata
 from server.fastpath import FrontDoor, Replays, TileFastPath
 from server.http import HttpPolicy, NegotiatedGZip, document_choices, errors, install_error_handlers
@@ -116,8 +115,8 @@ def create_app(settings: Settings) -> SoundscapeApp:
     app.add_middleware(TileFastPath, replays=replays)
     limiter = None
     if settings.rate_limit:  # inside CORS, so a browser can read its 429
-        shared = RedisCache(settings.redis_url, settings.cache_ttl_s) if settings.redis_url else None
-        limiter = Limiter(Rate.parse(settings.rate_limit), shared=shared)
+        # The caches' Redis: one connection pool, and one breaker when Redis stops answering.
+        limiter = Limiter(Rate.parse(settings.rate_limit), shared=service.redis)
         app.add_middleware(RateLimit, limiter=limiter, cost=request_cost(replays))
     # Bodies are mostly the same bytes objects as the replays'; a hit spends the limiter's token there.
     app.front_door = FrontDoor(settings.lru_bytes // 4, limiter)

@@ -248,10 +248,13 @@ def test_a_random_weights_export_records_its_config_and_is_scored_as_it_says(tmp
     assert kinds == {"tiny": CSD, "infonce": COSINE}
 
 
+def _commands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
 def _command_lines(parser: argparse.ArgumentParser) -> dict[str, str | None]:
     """Each command of `parser` and its line in the help."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {choice.dest: choice.help for choice in sub._choices_actions}
+    return {choice.dest: choice.help for choice in _commands(parser)._choices_actions}
 
 
 def test_the_help_lists_every_command_as_its_module_defines_it():
@@ -260,9 +263,9 @@ def test_the_help_lists_every_command_as_its_module_defines_it():
     assert _command_lines(build_parser("")) == _command_lines(build_parser())
     for command in COMMANDS:  # run (or asked about), a command's module adds it in full
         assert _command_lines(build_parser(command)) == _command_lines(build_parser())
-        parser = build_parser(command)
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        assert len(sub.choices[command]._actions) > 1, f"{command}: its options or subcommands, not a name alone"
+        assert len(_commands(build_parser(command)).choices[command]._actions) > 1, (
+            f"{command}: its options or subcommands, not a name alone"
+        )
 
 
 def test_help_and_a_command_import_only_what_they_need():

@@ -118,11 +118,11 @@ def test_replays_are_counted_in_metrics(bundle_path, store_path):
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_replays_stay_behind_the_rate_limit(bundle_path, store_path, redis_server, shared):
+def test_replays_stay_behind_the_rate_limit(bundle_path, store_path, request, shared):
     """Under a rate limit the front door answers a hit while the client has a token at hand (its
     bucket; with Redis, this process's lease of it) and spends it; past that the hit goes through
     the stack, whose limiter refuses it. Every request spends one token, hit or not."""
-    redis_url = redis_server if shared else None
+    redis_url = request.getfixturevalue("redis_server") if shared else None  # a Redis only when shared
     with make_client(bundle_path, store_path, rate_limit="1/min burst 30", redis_url=redis_url) as client:
         url = f"/tiles/{Z}/{X}/{Y}.png?q=green"
         assert client.get(url).status_code == 200  # drawn, through the stack: recorded at both doors
