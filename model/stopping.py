@@ -15,6 +15,7 @@ the run has restored the handlers, the sentence that says how to resume or the p
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import threading
@@ -128,6 +129,18 @@ def calm_after_stop(announce: bool = True) -> Iterator[None]:
         if StopSignals.stopping is None:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        else:
+            atexit.unregister(_ignore_signals)  # once, however many runs this process stopped
+            atexit.register(_ignore_signals)
+
+
+def _ignore_signals() -> None:
+    """At the exit of a process whose run stopped: SIGINT and SIGTERM ignored. The interpreter's
+    finalisation puts every signal with a Python handler back to the default, so a Ctrl-C held
+    down past the sentence on how to resume ended the process by SIGINT (exit status -2 to the
+    parent, not 130) in the last milliseconds of its exit; an ignored signal stays ignored."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 VALIDATED = 256  # above every signal's number: rank 0's word that its validation is whole

@@ -52,6 +52,18 @@ def wait_for_rows(run: Path, n: int, process: subprocess.Popen, timeout: float =
     raise AssertionError(f"no {n} steps in {run} (exit code {process.poll()})")
 
 
+def ctrl_c_held_down(process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """SIGINT every few milliseconds until the process exits, as a terminal sends with Ctrl-C
+    held down: a signal lands in each stage of stopping, the interpreter's own exit included."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            process.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            return
+        time.sleep(0.003)
+
+
 def test_ctrl_c_saves_the_step_reached_and_resume_ends_as_an_uninterrupted_run(tmp_path):
     cfg = config(train__steps=60, train__eval_every=20, train__checkpoint_every=1000)
     path = tmp_path / "tiny.yaml"
@@ -63,8 +75,7 @@ def test_ctrl_c_saves_the_step_reached_and_resume_ends_as_an_uninterrupted_run(t
     try:
         wait_for_rows(run, 3, process)
         process.send_signal(signal.SIGINT)
-        time.sleep(0.02)
-        process.send_signal(signal.SIGINT)  # a second Ctrl-C, while the step or its checkpoint is under way
+        ctrl_c_held_down(process)  # through the step, its checkpoint, the sentence and the exit
         _, err = process.communicate(timeout=120)
     finally:
         process.kill()
