@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from runtime.errors import UserError
+from runtime.interrupts import stay_calm
 
 # OS errors whose message names the user's path: a file that is not there, or already is.
 PATH_ERRORS: tuple[type[OSError], ...] = (FileNotFoundError, FileExistsError)
@@ -49,5 +50,6 @@ def run_reporting_errors(command: str, handler: Callable[[], int | None]) -> int
         print(f"soundscape {command}: cannot write {exc.filename or 'its output'}: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        stay_calm(command)  # a Ctrl-C held down, while the threads join and the process exits
         print(f"soundscape {command}: interrupted", file=sys.stderr)
         return 130

@@ -15,8 +15,6 @@ the run has restored the handlers, the sentence that says how to resume or the p
 
 from __future__ import annotations
 
-import atexit
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -26,8 +24,7 @@ from types import FrameType, TracebackType
 from typing import Any, ClassVar
 
 from model.distributed import Dist, max_over_ranks
-
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from runtime.interrupts import SIGNALS, ignore_at_exit, say
 
 
 class Interrupted(BaseException):
@@ -91,12 +88,7 @@ class StopSignals:
 
     def _say(self, text: str) -> None:
         if self.announce:
-            _say(text)
-
-
-def _say(text: str) -> None:
-    """One line on stderr; os.write, as print() may be interrupted inside another print to stderr."""
-    os.write(2, f"\nsoundscape train: {text}\n".encode())
+            say("train", text)
 
 
 @contextmanager
@@ -119,7 +111,7 @@ def calm_after_stop(announce: bool = True) -> Iterator[None]:
             signal.signal(signum, previous[signal.Signals(signum)])
             signal.raise_signal(signum)
         elif announce:
-            _say(f"{signal.Signals(signum).name} again: already stopping")
+            say("train", f"{signal.Signals(signum).name} again: already stopping")
 
     for s in SIGNALS:
         signal.signal(s, handle)
@@ -130,17 +122,7 @@ def calm_after_stop(announce: bool = True) -> Iterator[None]:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         else:
-            atexit.unregister(_ignore_signals)  # once, however many runs this process stopped
-            atexit.register(_ignore_signals)
-
-
-def _ignore_signals() -> None:
-    """At the exit of a process whose run stopped: SIGINT and SIGTERM ignored. The interpreter's
-    finalisation puts every signal with a Python handler back to the default, so a Ctrl-C held
-    down past the sentence on how to resume ended the process by SIGINT (exit status -2 to the
-    parent, not 130) in the last milliseconds of its exit; an ignored signal stays ignored."""
-    for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+            ignore_at_exit()  # the exit resets Python's handlers (runtime.interrupts)
 
 
 VALIDATED = 256  # above every signal's number: rank 0's word that its validation is whole

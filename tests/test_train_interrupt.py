@@ -20,6 +20,7 @@ from cli.main import main as soundscape
 from model.checkpoint import load_checkpoint
 from model.stopping import Interrupted, StopSignals, calm_after_stop
 from model.train import Optimisation, RunConfig, fit
+from tests.test_interrupts import ctrl_c_held_down
 from tests.test_model_towers import FROZEN
 from tests.test_model_train import config, run_config, weights
 
@@ -50,18 +51,6 @@ def wait_for_rows(run: Path, n: int, process: subprocess.Popen, timeout: float =
             return
         time.sleep(0.01)
     raise AssertionError(f"no {n} steps in {run} (exit code {process.poll()})")
-
-
-def ctrl_c_held_down(process: subprocess.Popen, timeout: float = 120.0) -> None:
-    """SIGINT every few milliseconds until the process exits, as a terminal sends with Ctrl-C
-    held down: a signal lands in each stage of stopping, the interpreter's own exit included."""
-    deadline = time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            process.send_signal(signal.SIGINT)
-        except ProcessLookupError:
-            return
-        time.sleep(0.003)
 
 
 def test_ctrl_c_saves_the_step_reached_and_resume_ends_as_an_uninterrupted_run(tmp_path):
