@@ -304,7 +304,8 @@ class Engine:
 
     def embed_texts(self, texts: Sequence[str]) -> list[QueryEmbedding]:
         """One text graph run for all `texts` (padded to the longest; each embedding equals its
-        lone run's to float rounding, about 1e-7, in fp32 and int8 alike)."""
+        lone run's to the bit, in fp32 and int8 alike, so a tile's bytes do not depend on which
+        other texts were embedded with its query: tests/test_batching.py)."""
         mu, logvar = self.bundle.embed_texts(texts)
         self.stats["text_encodings"] += len(texts)
         self.stats["text_batches"] += 1

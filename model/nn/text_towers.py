@@ -67,9 +67,14 @@ class HashedTextTower(TextTower):
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of x (B, L, D) over positions where mask (B, L) is set."""
-    weights = mask.unsqueeze(-1).to(x.dtype)
-    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    """Mean of x (B, L, D) over positions where mask (B, L) is set. A product per sample, not a
+    sum over the token axis: onnxruntime summed that axis in another order for one sample than
+    for several, so a text embedded alone and in a batch differed in its last bits (up to 7e-8),
+    and so did the values of its maps; each sample's (1 x L)(L x D) product is the same in any
+    batch, so a text's embedding is too (tests/test_batching.py)."""
+    weights = mask.to(x.dtype)
+    total = (weights.unsqueeze(1) @ x).squeeze(1)
+    return total / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 
 class HuggingFaceTextTower(TextTower):
