@@ -14,7 +14,8 @@ def create_app_from_env() -> FastAPI:
     libraries' bindings), which each full pass walked in 40-60 ms, stalling every request in
     flight; under a rate limit kept in Redis (more objects made per request, so more full
     passes) that set the p99 of warm tiles at 46-53 ms against 6-8 ms with them frozen
-    (BENCHMARKS.md, "Rate limit ..."). What a test process builds is left to the collector."""
+    (BENCHMARKS.md, "Rate limit counted in each worker or in Redis"). What a test process
+    builds is left to the collector."""
     app = create_app(Settings.from_env())
     gc.collect()
     gc.freeze()
