@@ -449,9 +449,10 @@ class Engine:
 
     def fuse_profile(self, level: Level, row: int, meta: QueryMetadata, axis: str) -> CellEmbeddings:
         """The cell under `meta` at each value of one axis, `hour` (0..23) or `month` (1..12), in one
-        graph run. A row's fusion depends on its batch in the last bits (BLAS's summing order), so
-        /point reads the number of an hour (a month) from its row here, the same run its profile
-        entry reads: one computation for both."""
+        graph run. A row's fusion may depend on its batch in the last bits (BLAS's summing order;
+        the demo's fuse graph gives a row the same bits in batches of 1 to 400, but a bundle's
+        graph need not), so /point reads the number of an hour (a month) from its row here, the
+        same run its profile entry reads: one computation for both."""
         values = np.arange(24.0) if axis == "hour" else np.arange(1.0, 13.0)
         hour = values if axis == "hour" else meta.hour
         month = values if axis == "month" else meta.month
