@@ -20,7 +20,7 @@ answered 412 and 304 with the recorded ETag, like `server.http.precondition_fail
 `not_modified`. Bounded in bytes, least recently used first out.
 
 `FrontDoor` goes one step further for the commonest hit, a tile's (GET or HEAD, no If-(None-)Match
-or Range, a token at hand under a rate limit; maps are rare and heavy): it answers before
+or Range, one the rate limit lets through, if any; maps are rare and heavy): it answers before
 FastAPI's own wrappers and every middleware, with the bytes and headers the whole stack sent for
 the same URL, Origin and Accept-Encoding (the only request headers those layers read for a
 tile), counted in /metrics as HttpPolicy counts. Those layers cost ~80 us per hit in process,
@@ -29,6 +29,7 @@ more than the replay itself (BENCHMARKS.md "Performance harness").
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -222,13 +223,28 @@ class TileFastPath:
 
 class FrontDoor(Recordings):
     """Answers a recorded tile hit before the app's middleware stack (module docstring); every
-    other request goes to `app` unchanged. Under a rate limit a hit spends its token here when the
-    client has it at once (`Limiter.spend_now`); else it goes through the stack, whose RateLimit
-    delays or refuses it."""
+    other request goes to `app` unchanged. Under a rate limit a hit spends its token here, waiting
+    for it as RateLimit would (`_spent`); one the limit refuses goes through the stack, whose
+    RateLimit answers the 429 inside the CORS policy."""
 
     def __init__(self, max_bytes: int, limiter: Limiter | None = None):
         super().__init__(max_bytes)
         self.limiter = limiter
+
+    async def _spent(self, client: str) -> bool:
+        """Spend the hit's token: at hand, or from a lease asked of Redis (or the bucket's wait,
+        slept here when the limit delays rather than refuses); False, with nothing spent, when
+        the limit refuses. A hit whose client had no token at hand went through the whole stack,
+        so under a limit kept in Redis every lease's first request took the slow path."""
+        assert self.limiter is not None
+        if self.limiter.spend_now(client):
+            return True
+        wait = await self.limiter.wait(client, 1)
+        if wait > self.limiter.rate.delay_s:
+            return False
+        if wait > 0.0:
+            await asyncio.sleep(wait)
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
         method = scope["method"]
@@ -252,8 +268,8 @@ class FrontDoor(Recordings):
             elif (recorded := await answer_of(app, scope, receive, send)) is not None:
                 self.put(key, recorded)
             return
-        if self.limiter is not None and not self.limiter.spend_now(client_key(scope)):
-            await app(scope, receive, send)  # no token at hand: the RateLimit inside delays or refuses it
+        if self.limiter is not None and not await self._spent(client_key(scope)):
+            await app(scope, receive, send)  # refused: the RateLimit inside answers 429, behind CORS
             return
         began = time.perf_counter()
         TILE_HITS.inc()

@@ -3,10 +3,12 @@ middleware, the replay inside them): the same bytes and headers as the normal pa
 request variant (CORS, gzip, HEAD, If-None-Match, If-Match), no work done, still counted in /metrics and
 still behind the rate limiter, and bounded in bytes."""
 
+import time
+
 import pytest
 
 from server.fastpath import ENTRY_OVERHEAD, Recorded, Recordings
-from tests.server_support import LAND_TILE, make_client
+from tests.server_support import LAND_TILE, concurrent_gets, make_client
 
 Z, X, Y = LAND_TILE
 URLS = [
@@ -119,9 +121,10 @@ def test_replays_are_counted_in_metrics(bundle_path, store_path):
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_replays_stay_behind_the_rate_limit(bundle_path, store_path, request, shared):
-    """Under a rate limit the front door answers a hit while the client has a token at hand (its
-    bucket; with Redis, this process's lease of it) and spends it; past that the hit goes through
-    the stack, whose limiter refuses it. Every request spends one token, hit or not."""
+    """Under a rate limit the front door answers every hit the limit lets through and spends its
+    token (its bucket; with Redis, this process's lease of it, asked for here when spent); the
+    hit it refuses goes through the stack, whose limiter answers 429. Every request spends one
+    token, hit or not."""
     redis_url = request.getfixturevalue("redis_server") if shared else None  # a Redis only when shared
     with make_client(bundle_path, store_path, rate_limit="1/min burst 30", redis_url=redis_url) as client:
         url = f"/tiles/{Z}/{X}/{Y}.png?q=green"
@@ -130,9 +133,28 @@ def test_replays_stay_behind_the_rate_limit(bundle_path, store_path, request, sh
         inner.clear()  # a hit that reached the middleware stack would record it here again
         codes = [client.get(url).status_code for _ in range(30)]
         assert codes == [200] * 29 + [429]
-        # Without Redis the bucket is at hand for every hit; with it, each lease of 3 tokens was
-        # asked for through the stack, which replayed those hits and recorded the tile again.
-        assert len(inner) == (1 if shared else 0)
+        # No hit reached the stack, not even one whose lease of 3 tokens was asked of Redis:
+        # it would have been replayed there and the tile recorded again.
+        assert len(inner) == 0
+
+
+def test_hits_over_the_burst_wait_at_the_front_door_within_the_delay(bundle_path, store_path):
+    """10 hits of a drawn tile at once under 2 a second, 2 a burst, 1 s of delay: 2 go at once, 2
+    wait for their tokens at the front door (as RateLimit would make them), the rest are refused
+    through the stack; no hit the limit lets through reaches the stack."""
+    with make_client(bundle_path, store_path, rate_limit="2/s burst 2 delay 1") as client:
+        url = f"/tiles/{Z}/{X}/{Y}.png"
+        assert client.get(url, params={"q": "green"}).status_code == 200
+        time.sleep(1.0)  # the bucket full again
+        inner = fastpath_of(client)
+        inner.clear()
+        began = time.monotonic()
+        answers = concurrent_gets(client.app, url, [{"q": "green"}] * 10)
+        elapsed = time.monotonic() - began
+    served = sum(a.status_code == 200 for a in answers)
+    assert {a.status_code for a in answers} == {200, 429}
+    assert 4 <= served <= 4 + 2 * elapsed and elapsed >= 0.95, (served, elapsed)
+    assert len(inner) == 0, "a hit the limit let through went through the stack"
 
 
 def test_recorded_answers_are_bounded_in_bytes():
