@@ -52,11 +52,11 @@ def free_port() -> int:
 
 
 class Server:
-    """`soundscape serve` in its own process group on a free loopback port; `plain`: the same app
-    under uvicorn's own httptools protocol and defaults (the baseline the hardening is measured
-    against)."""
+    """`soundscape serve` in its own process group on a free loopback port, `workers` uvicorn
+    workers; `plain`: the same app under uvicorn's own httptools protocol and defaults (the
+    baseline the hardening is measured against)."""
 
-    def __init__(self, data: Path, tmp: Path, env: dict[str, str] | None = None, plain: bool = False):
+    def __init__(self, data: Path, tmp: Path, env: dict[str, str] | None = None, plain: bool = False, workers: int = 1):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
@@ -73,7 +73,7 @@ class Server:
                 "warning",
             ]
         self.proc = subprocess.Popen(
-            [sys.executable, *command, "--port", str(self.port)],
+            [sys.executable, *command, "--port", str(self.port), "--workers", str(workers)],
             env={
                 **clean,
                 "SOUNDSCAPE_QUERY_DB": str(tmp / f"queries-{self.port}.sqlite"),

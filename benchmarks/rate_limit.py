@@ -44,6 +44,7 @@ from server.ratelimit import Limiter, Rate
 LIMIT = "100000/s burst 100"
 CLIENTS_LIMIT = "50/s burst 100"
 TEXT = "birdsong"
+WORKERS = 2  # each server's uvicorn workers, as the shared limit is for
 # WRK_SCRIPT's spread order of $URLS, each request from one of 1,000 client addresses.
 CLIENTS_SCRIPT = """
 local urls = {}
@@ -70,7 +71,7 @@ def from_outside(data: Path, tmp: Path, redis_url: str, limit: str, rounds: int,
         "limit in each worker": {**proxy, "SOUNDSCAPE_RATE_LIMIT": limit},
         "limit in Redis": {**proxy, "SOUNDSCAPE_RATE_LIMIT": limit, "SOUNDSCAPE_REDIS_URL": redis_url},
     }
-    servers = {name: Server(data, tmp, env=env) for name, env in envs.items()}
+    servers = {name: Server(data, tmp, env=env, workers=WORKERS) for name, env in envs.items()}
     return in_turns(servers, tile_urls(), rounds, seconds, 32, lua)
 
 
@@ -115,6 +116,7 @@ def main() -> None:
             url = f"redis://127.0.0.1:{port}/0"
             result = {
                 **provenance(),
+                "workers": WORKERS,
                 "load_before": os.getloadavg()[0],
                 "in_process_us": in_process(url),
                 "http_1000_clients": from_outside(

@@ -29,7 +29,7 @@ from server import maps
 from server.cache import RedisCache
 from server.commands import workers_note
 from server.queries import MAX_DECODED_SAMPLES
-from server.ratelimit import Limiter, Rate, TokenBuckets, client_key
+from server.ratelimit import Limiter, Rate, TokenBuckets, address_key, client_key
 from server.settings import Settings
 from server.urls import host_allowed, host_name
 from tests.server_support import REPO, concurrent_gets, live_server, make_client, serve_command
@@ -368,6 +368,12 @@ def test_client_keys():
     assert client_key({"client": ("203.0.113.7", 5)}) == "203.0.113.7"
     assert client_key({"client": ("2001:db8::1", 5)}) == client_key({"client": ("2001:db8::ffff", 5)})
     assert client_key({"client": ("::ffff:203.0.113.7", 5)}) == "203.0.113.7"
+    # What X-Forwarded-For names is kept as it is, cut to 64 characters, and never cached whole
+    address_key.cache_clear()
+    assert client_key({"client": ("not an address", 5)}) == "not an address"
+    assert client_key({"client": ("x" * 20_000, 5)}) == "x" * 64
+    assert [client_key({"client": (f"10.0.{i // 256}.{i % 256}", 5)}) for i in range(5000)][-1] == "10.0.19.135"
+    assert address_key.cache_info().currsize == 4096 and address_key.cache_info().maxsize == 4096
 
 
 def test_rate_limit_answers_429_with_retry_after(bundle_path, store_path):
