@@ -23,7 +23,7 @@ def say(command: str, text: str) -> None:
     os.write(2, f"\nsoundscape {command}: {text}\n".encode())
 
 
-def stay_calm(command: str, announce: bool = True) -> None:
+def stay_calm(command: str) -> None:
     """From now until the process exits, SIGINT and SIGTERM are answered "already stopping"."""
     if threading.current_thread() is not threading.main_thread():  # only it may set handlers
         return
@@ -31,7 +31,7 @@ def stay_calm(command: str, announce: bool = True) -> None:
     told = set()  # each signal said once: a key held down repeats it tens of times a second
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        if announce and signum not in told:
+        if signum not in told:
             told.add(signum)
             say(command, f"{signal.Signals(signum).name} again: already stopping")
 
