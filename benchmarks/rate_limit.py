@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hostile import Server, free_port
 from load import in_turns
 from redis_outage import start_redis
-from server_throughput import WRK_SCRIPT
+from server_throughput import READ_URLS, WRK_SCRIPT
 
 from benchmarks.provenance import emit, provenance
 from server.cache import RedisCache
@@ -46,10 +46,9 @@ CLIENTS_LIMIT = "50/s burst 100"
 TEXT = "birdsong"
 WORKERS = 2  # each server's uvicorn workers, as the shared limit is for
 # WRK_SCRIPT's spread order of $URLS, each request from one of 1,000 client addresses.
-CLIENTS_SCRIPT = """
-local urls = {}
-for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
-local i = 0
+CLIENTS_SCRIPT = (
+    READ_URLS
+    + """local i = 0
 request = function()
   i = i + 1
   local client = (i * 104729) % 1000
@@ -57,6 +56,7 @@ request = function()
   return wrk.format("GET", urls[(i * 7919) % #urls + 1], {["X-Forwarded-For"] = address})
 end
 """
+)
 
 
 def tile_urls() -> list[str]:

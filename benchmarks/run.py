@@ -69,7 +69,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.provenance import provenance  # noqa: E402
-from benchmarks.server_throughput import free_port, run_wrk, serve, stop, tile_paths, wait_ready  # noqa: E402
+from benchmarks.server_throughput import (  # noqa: E402
+    READ_URLS,
+    free_port,
+    run_wrk,
+    serve,
+    stop,
+    tile_paths,
+    wait_ready,
+)
 from runtime.bundle import Bundle, default_providers  # noqa: E402
 from server.service import store_imagery  # noqa: E402
 from store.reader import Store  # noqa: E402
@@ -79,10 +87,9 @@ WARM_QUERY = f"q={QUERY}&hour=6"  # as benchmarks/server_throughput.py and the i
 PRECOMPUTE_BASELINE = "3484b32"  # the precompute code when issue 13 was filed (BENCHMARKS.md, "Precompute")
 VIEWPORT = [(3, x, y) for x in range(2, 7) for y in range(1, 5)]  # 20 tiles of zoom 3, as a browser asks
 # Each request a text never seen: the thread's id and a counter, after a per-run salt.
-NEW_QUERY_SCRIPT = """
-local urls = {}
-for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
-local salt = os.getenv("SALT")
+NEW_QUERY_SCRIPT = (
+    READ_URLS
+    + """local salt = os.getenv("SALT")
 local threads = 0
 function setup(thread) thread:set("id", threads); threads = threads + 1 end
 local i = 0
@@ -91,15 +98,15 @@ request = function()
   return wrk.format("GET", urls[(i * 7919) % #urls + 1] .. "&q=" .. salt .. "t" .. id .. "n" .. i)
 end
 """
+)
 # The same tiles of one text embedded before (q=birdsong), each request a new rescale= (span
 # 0.5-1, 4 decimals: server/params.py keys a tile by them), so every request draws a tile but
 # runs neither the text graph nor the text's colour scale: the ceiling for a new text's tile,
 # whatever its text tower. Span and low end step through 5000 x 10000 pairs from a per-run
 # offset, one range per thread.
-KNOWN_TEXT_SCRIPT = """
-local urls = {}
-for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
-local offset = tonumber(string.sub(os.getenv("SALT"), 1, 6), 16)
+KNOWN_TEXT_SCRIPT = (
+    READ_URLS
+    + """local offset = tonumber(string.sub(os.getenv("SALT"), 1, 6), 16)
 local threads = 0
 function setup(thread) thread:set("id", threads); threads = threads + 1 end
 local i = 0
@@ -112,15 +119,15 @@ request = function()
                     string.format("&q=birdsong&rescale=%.4f,%.4f", low, low + span))
 end
 """
+)
 # The tiles of zoom 3 (drawn from level 7, which holds no stored fusions in the demo) for a text
 # embedded before, each request a (tile, hour, month) not asked before, so every request fuses
 # its window's cells (up to 324); a fixed rescale= keeps the colour scale's own fusion out. The
 # tiles x 24 hours x 12 months are cut into six ranges, one per thread of each of three rounds
 # (ROUND), as the harness runs them.
-HOUR_MONTH_SCRIPT = """
-local urls = {}
-for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
-local round = tonumber(os.getenv("ROUND"))
+HOUR_MONTH_SCRIPT = (
+    READ_URLS
+    + """local round = tonumber(os.getenv("ROUND"))
 local total = #urls * 24 * 12
 local range = math.floor(total / 6)
 local threads = 0
@@ -135,6 +142,7 @@ request = function()
                                                          combo % 24, 1 + math.floor(combo / 24) % 12))
 end
 """
+)
 # hour= on zoom 3 (drawn from level 7, which holds no stored fusions in the demo): 64 tiles x 24 hours.
 HOUR_SCRIPT = """
 local i = 0

@@ -35,15 +35,20 @@ sys.path.insert(0, str(REPO))
 from server.service import store_imagery  # noqa: E402
 from store.reader import Store  # noqa: E402
 
-WRK_SCRIPT = """
+# The $URLS file's lines as `urls`: the start of every wrk script of the benchmarks.
+READ_URLS = """
 local urls = {}
 for line in io.lines(os.getenv("URLS")) do urls[#urls + 1] = line end
-local i = 0
+"""
+WRK_SCRIPT = (
+    READ_URLS
+    + """local i = 0
 request = function()
   i = i + 1
   return wrk.format("GET", urls[(i * 7919) % #urls + 1])
 end
 """
+)
 TITILER_APP = """
 from fastapi import FastAPI
 from titiler.core.factory import TilerFactory

@@ -29,7 +29,6 @@ more than the replay itself (BENCHMARKS.md "Performance harness").
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
@@ -224,27 +223,12 @@ class TileFastPath:
 class FrontDoor(Recordings):
     """Answers a recorded tile hit before the app's middleware stack (module docstring); every
     other request goes to `app` unchanged. Under a rate limit a hit spends its token here, waiting
-    for it as RateLimit would (`_spent`); one the limit refuses goes through the stack, whose
-    RateLimit answers the 429 inside the CORS policy."""
+    for it as RateLimit would (`Limiter.admit`); one the limit refuses goes through the stack,
+    whose RateLimit answers the 429 inside the CORS policy."""
 
     def __init__(self, max_bytes: int, limiter: Limiter | None = None):
         super().__init__(max_bytes)
         self.limiter = limiter
-
-    async def _spent(self, client: str) -> bool:
-        """Spend the hit's token: at hand, or from a lease asked of Redis (or the bucket's wait,
-        slept here when the limit delays rather than refuses); False, with nothing spent, when
-        the limit refuses. A hit whose client had no token at hand went through the whole stack,
-        so under a limit kept in Redis every lease's first request took the slow path."""
-        assert self.limiter is not None
-        if self.limiter.spend_now(client):
-            return True
-        wait = await self.limiter.wait(client, 1)
-        if wait > self.limiter.rate.delay_s:
-            return False
-        if wait > 0.0:
-            await asyncio.sleep(wait)
-        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
         method = scope["method"]
@@ -268,8 +252,10 @@ class FrontDoor(Recordings):
             elif (recorded := await answer_of(app, scope, receive, send)) is not None:
                 self.put(key, recorded)
             return
-        if self.limiter is not None and not await self._spent(client_key(scope)):
-            await app(scope, receive, send)  # refused: the RateLimit inside answers 429, behind CORS
+        # A hit waits for its token here as RateLimit would make it (with no token at hand it took
+        # the whole stack before); refused, it goes on to the RateLimit inside: its 429, behind CORS
+        if self.limiter is not None and await self.limiter.admit(client_key(scope), 1) is not None:
+            await app(scope, receive, send)
             return
         began = time.perf_counter()
         TILE_HITS.inc()

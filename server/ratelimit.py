@@ -102,18 +102,16 @@ class TokenBuckets:
         self.max_clients = max_clients
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, time)
 
-    def take(self, key: str, now: float | None = None, cost: int = 1, most_wait: float | None = None) -> float:
-        """The seconds until the request may go ahead (0: at once). Within the rate's delay (or
-        `most_wait`) its `cost` tokens (at most a burst's) are spent now, the bucket going below
-        zero, so the requests after it wait behind it; beyond, nothing is spent and it is to be
-        refused."""
+    def take(self, key: str, now: float | None = None, cost: int = 1) -> float:
+        """The seconds until the request may go ahead (0: at once). Within the rate's delay its
+        `cost` tokens (at most a burst's) are spent now, the bucket going below zero, so the
+        requests after it wait behind it; beyond, nothing is spent and it is to be refused."""
         now = time.monotonic() if now is None else now
-        most_wait = self.rate.delay_s if most_wait is None else most_wait
         cost = min(cost, self.rate.burst)
         tokens, then = self.buckets.pop(key, (float(self.rate.burst), now))
         tokens = min(float(self.rate.burst), tokens + (now - then) * self.rate.per_s)
         wait = 0.0 if tokens >= cost else (cost - tokens) / self.rate.per_s
-        self.buckets[key] = (tokens - cost if wait <= most_wait else tokens, now)
+        self.buckets[key] = (tokens - cost if wait <= self.rate.delay_s else tokens, now)
         if len(self.buckets) > self.max_clients:
             self.buckets.popitem(last=False)
         return wait
@@ -194,7 +192,7 @@ def one(scope: Scope) -> int:
 class Limiter:
     """Every client's tokens: in this process (TokenBuckets), or in Redis (`shared`) through this
     process's leases of them. The rate limit middleware and the front door of cache hits
-    (server/fastpath.py) spend from one Limiter."""
+    (server/fastpath.py) spend from one Limiter, through `admit`."""
 
     def __init__(self, rate: Rate, max_clients: int = MAX_CLIENTS, shared: RedisCache | None = None):
         self.rate = rate
@@ -204,12 +202,15 @@ class Limiter:
         self.leases = Leases(max_clients)
         self._fetching: dict[str, asyncio.Future[None]] = {}  # clients whose lease is being asked for
 
-    def spend_now(self, key: str, cost: int = 1) -> bool:
-        """Spend `cost` tokens if this process holds them for the client now (its bucket, or its
-        lease of the shared one); else spend nothing and answer False, and `wait` decides."""
-        if self.shared is None:
-            return self.buckets.take(key, cost=cost, most_wait=0.0) == 0.0
-        return self.leases.spend(key, cost)
+    async def admit(self, key: str, cost: int) -> float | None:
+        """Let a request of `cost` tokens go: at once, or once it has slept its wait within the
+        rate's delay (None); else the seconds it would have to wait, nothing spent (a 429)."""
+        wait = await self.wait(key, cost)
+        if wait > self.rate.delay_s:
+            return wait
+        if wait > 0.0:
+            await asyncio.sleep(wait)
+        return None
 
     async def wait(self, key: str, cost: int) -> float:
         """TokenBuckets.take of the shared buckets (through this process's lease of the client's
@@ -256,13 +257,11 @@ class RateLimit:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        wait = await self.limiter.wait(client_key(scope), self.cost(scope))
-        if wait <= self.limiter.rate.delay_s:
-            if wait > 0.0:
-                await asyncio.sleep(wait)
+        refused = await self.limiter.admit(client_key(scope), self.cost(scope))
+        if refused is None:
             await self.app(scope, receive, send)
             return
-        retry = max(1, math.ceil(wait))
+        retry = max(1, math.ceil(refused))
         body = json.dumps(
             {"detail": f"too many requests from this address: the limit is {self.limiter.rate}; retry after {retry} s"}
         ).encode()

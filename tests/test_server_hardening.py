@@ -211,16 +211,22 @@ def test_a_delay_lets_requests_over_the_burst_wait_for_their_tokens_up_to_it():
     assert buckets.take("a", now=1.0) == pytest.approx(0.5)  # the two waiting have had their tokens
 
 
-def test_a_token_at_hand_is_spent_now_or_nothing_is():
-    """What the front door of cache hits asks: a hit that would have to wait spends nothing there
-    and goes to the rate limit middleware, which delays it as any request."""
-    buckets = TokenBuckets(Rate(2.0, 2, delay_s=1.0), max_clients=100)
-    assert [buckets.take("a", now=0.0, most_wait=0.0) for _ in range(2)] == [0.0, 0.0]
-    assert buckets.take("a", now=0.0, most_wait=0.0) == pytest.approx(0.5)  # not spent: no token at hand
-    assert buckets.take("a", now=0.0) == pytest.approx(0.5)  # the middleware's take: spent, waits
-    assert buckets.take("a", now=0.0) == pytest.approx(1.0)
-    limiter = Limiter(Rate(1 / 60, 2))
-    assert [limiter.spend_now("b") for _ in range(3)] == [True, True, False]
+def test_admit_lets_a_request_go_waits_within_the_delay_or_refuses_spending_nothing():
+    """What the middleware and the front door of cache hits ask alike: None once the request may
+    go (at once, or after sleeping its wait within the delay), else its wait, nothing spent."""
+    limiter = Limiter(Rate(2.0, 2, delay_s=0.6))
+
+    async def scenario() -> tuple[list[float | None], float, float | None]:
+        answers = [await limiter.admit("a", 1) for _ in range(2)]  # the burst: at once
+        began = time.monotonic()
+        answers.append(await limiter.admit("a", 1))  # a token 0.5 s away: waits for it
+        waited = time.monotonic() - began
+        return answers, waited, await limiter.admit("a", 2)  # 1 s away, past the delay
+
+    answers, waited, refused = asyncio.run(scenario())
+    assert answers == [None, None, None] and waited >= 0.45
+    assert refused is not None and 0.6 < refused <= 1.0
+    assert limiter.buckets.take("a", now=time.monotonic()) <= 0.6, "the refused request spent nothing"
 
 
 def test_token_bucket_refills_and_its_table_is_bounded():
