@@ -339,7 +339,7 @@ class Plan:
         ratio = EARTH_CIRCUMFERENCE_M / (size * asked.resolution())
         zoom = hi if not ratio < 2.0**hi else max(lo, math.ceil(math.log2(ratio) - 1e-9))
         plan = cls.at(asked, zoom, size)
-        while plan.zoom > 0 and len(plan.tiles()) > max_tiles(size):
+        while plan.zoom > 0 and plan.count() > max_tiles(size):
             plan = cls.at(asked, plan.zoom - 1, size)
         return plan
 
@@ -350,6 +350,12 @@ class Plan:
             return range(0), range(0)
         columns = range(int(self.columns.min()) // self.size, int(self.columns.max()) // self.size + 1)
         return columns, range(int(valid.min()) // self.size, int(valid.max()) // self.size + 1)
+
+    def count(self) -> int:
+        """len(tiles()), counted rather than listed: a plan at a zoom a client asked for may span
+        millions of tiles before Plan.of coarsens it (minzoom=24 over the world ran out of memory)."""
+        columns, rows = self.spans()
+        return min(len(columns), 1 << self.zoom) * len(rows)
 
     def tiles(self) -> set[tuple[int, int]]:
         """(x, y) of each tile the map reads, x wrapped into the zoom's columns."""

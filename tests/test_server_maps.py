@@ -17,7 +17,7 @@ import pytest
 import rasterio
 from PIL import Image
 
-from server import render
+from server import maps, render
 from store.reader import Store
 from tests.server_support import decode_npy, live_server, make_client
 from tests.test_server_collections import DOCS, gdal, needs_gdal, rgba
@@ -431,3 +431,26 @@ def test_the_benchmarks_map_covers_exactly_the_viewport_it_is_timed_against():
     columns, rows = {x for _, x, _ in VIEWPORT}, {y for _, _, y in VIEWPORT}
     assert (int(asked["width"][0]), int(asked["height"][0])) == (256 * len(columns), 256 * len(rows))
     assert asked["crs"] == asked["bbox-crs"] == ["EPSG:3857"]
+
+
+@pytest.mark.parametrize(
+    "bbox, crs, size, zoom",
+    [
+        ((-180.0, -90.0, 180.0, 90.0), CRS84, 256, 3),
+        ((170.0, -20.0, -170.0, 10.0), CRS84, 256, 6),  # across the antimeridian
+        ((-180.0, -90.0, 180.0, 90.0), CRS84, 512, 0),
+        ((0.0, 40.0, 20.0, 50.0), CRS84, 256, 9),
+    ],
+)
+def test_a_plans_tiles_are_counted_as_they_are_listed(bbox, crs, size, zoom):
+    plan = maps.Plan.at(maps.MapRequest(crs, bbox, 300, 200, "png"), zoom, size)
+    assert plan.count() == len(plan.tiles()) > 0
+
+
+def test_a_world_map_asked_at_the_finest_zoom_is_drawn_coarser_at_once(client):
+    """minzoom=24 over the whole world: 2**48 tiles before coarsening; listing them to count them
+    took the server's memory (OOM-killed at 23.8 GB)."""
+    plan = maps.Plan.of(maps.MapRequest(CRS84, (-180.0, -90.0, 180.0, 90.0), 64, 64, "png"), 256, (24, 24))
+    assert plan.count() <= maps.max_tiles(256) and plan.zoom < 24
+    answer = get_map(client, width=64, height=64, minzoom=24, maxzoom=24, f="npy")
+    assert decode_npy(answer.content).shape == (64, 64)
