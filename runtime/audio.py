@@ -739,7 +739,8 @@ MAX_RESAMPLE_FACTOR = 4096
 
 def resample_ratio(rate: int, target: int) -> tuple[int, int]:
     """(up, down) of the resampling: exact for the usual rates, else the nearest ratio with a
-    denominator <= MAX_RESAMPLE_FACTOR (a pitch error below 1e-6 for audio rates)."""
+    denominator <= MAX_RESAMPLE_FACTOR: a pitch error below 1 / MAX_RESAMPLE_FACTOR (0.4 cent),
+    and (1, 1) for a rate within about that of the target (44,099 Hz for 44,100)."""
     g = gcd(int(rate), int(target))
     up, down = int(target) // g, int(rate) // g
     if max(up, down) <= MAX_RESAMPLE_FACTOR:
@@ -755,6 +756,8 @@ def resample(wave: ArrayLike, rate: int, target: int) -> np.ndarray:
     from scipy.signal import resample_poly  # here: importing scipy.signal takes 0.8 s of every command's start
 
     up, down = resample_ratio(rate, target)
+    if up == down:  # within 0.4 cent of the target: nothing to resample (firwin refuses a cutoff of 1)
+        return np.asarray(wave, dtype=np.float32)
     return resample_poly(np.asarray(wave, dtype=np.float32), up, down, window=_lowpass(up, down)).astype(np.float32)
 
 

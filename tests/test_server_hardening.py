@@ -73,7 +73,9 @@ def test_audio_header_limits_refuse_before_decoding(client, body, status, needle
 
 
 def test_audio_at_the_edges_of_the_limits_is_accepted(client):
-    for rate, channels in ((8000, 1), (383_987, 1), (44_100, 8)):
+    # 44,099 and 44,105 Hz: within 0.4 cent of the bundle's 44,100, not resampled (its filter's
+    # design refused a cutoff of 1: a 500)
+    for rate, channels in ((8000, 1), (383_987, 1), (44_100, 8), (44_099, 1), (44_105, 2)):
         seconds = min(2.0, MAX_DECODED_SAMPLES / (rate * channels) - 0.1)
         buf = io.BytesIO()
         wave = 0.1 * np.sin(np.arange(int(seconds * rate)) / rate * 2 * np.pi * 440)
@@ -88,6 +90,13 @@ def test_resampling_between_coprime_rates_is_bounded_and_in_tune():
     assert max(up, down) <= MAX_RESAMPLE_FACTOR
     assert up / down == pytest.approx(44_100 / 383_987, rel=1e-5)
     assert resample_ratio(48_000, 44_100) == (147, 160)  # usual rates stay exact
+    for near in (44_095, 44_099, 44_101, 44_105):  # nearest ratio 1/1: the clip as it is
+        assert resample_ratio(near, 44_100) == (1, 1)
+        wave = np.linspace(-1, 1, 1000, dtype=np.float32)
+        np.testing.assert_array_equal(resample(wave, near, 44_100), wave)
+    for rate in (8000, 22_051, 44_090, 48_001, 383_987):
+        up, down = resample_ratio(rate, 44_100)
+        assert abs(up / down - 44_100 / rate) < 44_100 / rate / MAX_RESAMPLE_FACTOR
     rate = 1_000_003
     tone = np.sin(2 * np.pi * 1000 * np.arange(rate // 10) / rate).astype(np.float32)
     start = time.perf_counter()
