@@ -233,11 +233,32 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise StoreError(f"{folder} is a file, not a folder, so {out} cannot be written; choose another --out")
     if not out.exists():
         return
-    if (out / MANIFEST_FILE).is_file():
+    if holds_a_store(out):
         if not overwrite:
             raise StoreError(f"{out} already exists; pass --overwrite to replace it")
     elif not out.is_dir() or any(out.iterdir()):
-        raise StoreError(f"{out} exists and is not an embedding store; choose another --out")
+        raise StoreError(
+            f"{out} exists and is not an embedding store alone, which --overwrite would delete; choose another --out"
+        )
+
+
+# What a store's folder holds: anything else in it is not ours to replace.
+STORE_ENTRIES = {MANIFEST_FILE, "levels"}
+# Keys every store manifest has (store.format.content_id's), which no bundle's or run's has all of.
+STORE_KEYS = {"bundle_id", "levels", "format_version", "id"}
+
+
+def holds_a_store(out: Path) -> bool:
+    """Whether `out` is a folder holding a store and nothing else, so --overwrite may replace it:
+    a manifest.json alone was taken for a store, and --overwrite deleted a model bundle (even the
+    --bundle being embedded) or a user's files beside a store."""
+    if not out.is_dir() or {entry.name for entry in out.iterdir()} - STORE_ENTRIES:
+        return False
+    try:
+        manifest = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and STORE_KEYS <= manifest.keys()
 
 
 def _finish_level(folder: Path, flat_max: int, seconds: dict[str, float]) -> dict:

@@ -129,6 +129,13 @@ def test_cli_refuses_bad_input_with_exit_2(bundle_path, imagery_path, store_path
     bad.write_text("not a raster", encoding="utf-8")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("someone's files", encoding="utf-8")
+    # a manifest.json alone made a folder a store to replace: --overwrite deleted a bundle's graphs
+    # (even the --bundle being embedded) and a user's files beside a store
+    kept = {"a bundle": tmp_path / "bundle", "a store and a note": tmp_path / "noted"}
+    shutil.copytree(bundle_path, kept["a bundle"])
+    shutil.copytree(store_path, kept["a store and a note"])
+    (kept["a store and a note"] / "keep.txt").write_text("mine", encoding="utf-8")
+    files = {name: sorted(p.relative_to(path) for p in path.rglob("*")) for name, path in kept.items()}
     run = ["precompute", "--imagery", str(imagery_path), "--bundle", str(bundle_path)]
     cases = [
         (
@@ -141,6 +148,16 @@ def test_cli_refuses_bad_input_with_exit_2(bundle_path, imagery_path, store_path
         ),
         ([*run, "--out", str(store_path)], "already exists"),
         ([*run, "--out", str(tmp_path / "other"), "--overwrite"], "is not an embedding store"),
+        ([*run, "--out", str(kept["a bundle"]), "--overwrite"], "is not an embedding store alone"),
+        ([*run, "--out", str(kept["a store and a note"]), "--overwrite"], "is not an embedding store alone"),
+        (
+            ["store", "synth", "--level", "3", "--cells", "10", "--out", str(kept["a bundle"]), "--overwrite"],
+            "not an embedding store",
+        ),
+        (
+            ["precompute", "merge", "--out", str(kept["a bundle"]), "--overwrite", str(store_path)],
+            "not an embedding store",
+        ),
         ([*run, "--levels", "7-x", "--out", str(tmp_path / "s3")], "levels must"),
         ([*run, "--levels", "3-14", "--out", str(tmp_path / "s3")], "-10"),
         ([*run, "--levels", "0-4", "--out", str(tmp_path / "s3")], "too large for the imagery's footprint"),
@@ -166,4 +183,5 @@ def test_cli_refuses_bad_input_with_exit_2(bundle_path, imagery_path, store_path
         assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
     assert sorted(p.name for p in store_path.rglob("*")) == before
     assert (tmp_path / "other" / "notes.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["not.tif", "other"]
+    assert {name: sorted(p.relative_to(path) for p in path.rglob("*")) for name, path in kept.items()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "not.tif", "noted", "other"]
