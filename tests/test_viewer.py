@@ -71,6 +71,17 @@ def bare_server(bundle_path, store_path, tmp_path_factory):
         yield url
 
 
+def around_the_world(manifest: dict) -> None:
+    manifest["bounds"] = [-180.0, -85.0511287798066, 180.0, 85.0511287798066]
+
+
+@pytest.fixture(scope="module")
+def world_store(store_path, tmp_path_factory) -> Path:
+    """A copy of the store whose bounds (and so its footprint) span every longitude, as a store of
+    the whole world has (the demo's): the cells are Europe's, the viewer reads TileJSON's bounds."""
+    return store_copy(store_path, tmp_path_factory.mktemp("world-store"), around_the_world)
+
+
 @pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None:

@@ -15,7 +15,15 @@ from store.reader import Store
 from tests.conftest import precompute_args
 from tests.server_support import live_server, make_client
 from tests.test_imagery_audit import antimeridian, source  # noqa: F401  (fixtures this module uses)
-from tests.test_viewer import browser, hide_layer, open_page, pixels_at, tile_box  # noqa: F401  (fixtures and helpers)
+from tests.test_viewer import (  # noqa: F401  (fixtures and helpers)
+    browser,
+    hide_layer,
+    open_page,
+    pixels_at,
+    tile_box,
+    wait_until,
+    world_store,
+)
 
 HEATMAP_LOADED = "document.body.dataset.heatmap === 'loaded'"
 
@@ -111,3 +119,54 @@ def test_the_viewer_asks_only_for_tiles_over_the_stores_cells(browser, crossing_
             assert any(box[2] > 0 for box in boxes) and any(box[0] < 0 for box in boxes), "both sides are asked for"
         finally:
             page.close()
+
+
+# A shared view as the viewer shows it, its hash once rewritten and its notice (null when hidden).
+SHOWN = """() => ({map: new URLSearchParams(location.hash.slice(1)).get('map'),
+  copies: window.soundscape.map.getRenderWorldCopies(),
+  notice: document.getElementById('notice').hidden ? null : document.getElementById('notice').textContent})"""
+REWRITTEN = "/map=-?\\d+\\.\\d\\d\\//.test(location.hash)"  # the viewer wrote its own view into the hash
+
+
+def open_view(browser, server: str, view: str) -> dict:  # noqa: F811
+    page = open_page(browser, server, f"/#layer=uncertainty&map={view}", width=1024, height=768)
+    try:
+        wait_until(page, REWRITTEN)
+        return page.evaluate(SHOWN)
+    finally:
+        page.close()
+
+
+@pytest.mark.slow  # two live servers and a browser, as tests/test_viewer.py
+def test_a_shared_view_near_the_antimeridian_is_kept_or_said(browser, bundle_path, store_path, world_store):  # noqa: F811
+    """A store around the whole world drew no world copies (its footprint does not wrap), so
+    MapLibre kept its view within -180..180: a link to Fiji (map=4/-17/179) opened at 157.5 E and
+    zoom 0.8 at 1.00, with nothing said. Such a store now draws world copies and keeps any view; a
+    store that does not go around the world still keeps its view within one world, and the notice
+    says which view the link asked for, which it shows and why."""
+    with live_server(bundle_path, world_store) as server:
+        for view, kept in (("4/-17/179", "4.00/-17.0000/179.0000"), ("0.8/20/10", "0.80/20.0000/10.0000")):
+            shown = open_view(browser, server, view)
+            assert shown == {"map": kept, "copies": True, "notice": None}, view
+        shown = open_view(browser, server, "2.5/-10/180")  # 180 E is 180 W
+        assert shown["map"] in ("2.50/-10.0000/180.0000", "2.50/-10.0000/-180.0000") and shown["notice"] is None
+        shown = open_view(browser, server, "23/20/10")  # beyond MapLibre's zooms: said all the same
+        assert shown["map"] == "22.00/20.0000/10.0000"
+        assert shown["notice"].startswith("the link's view map=23/20/10 is shown as map=22.00/20.0000/10.0000")
+        assert "zooms in no further than 22" in shown["notice"]
+
+    with live_server(bundle_path, store_path) as server:  # Europe: one world, as before, but said
+        shown = open_view(browser, server, "4/-17/179")
+        west_of_180 = "4.00/-17.0000/157.5000"  # 512 px either side of the centre, at 2^4 * 512 px a world
+        assert shown["map"] == west_of_180 and not shown["copies"]
+        assert shown["notice"].startswith(f"the link's view map=4/-17/179 is shown as map={west_of_180}: ")
+        assert "180 W to 180 E" in shown["notice"]
+        shown = open_view(browser, server, "0.8/20/10")
+        assert shown["map"] == "1.00/20.0000/0.0000"
+        assert "map=0.8/20/10 is shown as map=1.00/20.0000/0.0000" in shown["notice"]
+        assert "zooms out no further than 1.00" in shown["notice"]
+        assert open_view(browser, server, "3.5/45/10") == {
+            "map": "3.50/45.0000/10.0000",
+            "copies": False,
+            "notice": None,
+        }

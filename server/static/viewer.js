@@ -39,7 +39,7 @@ function setMapError(text) {
   $("status").classList.add("map-error");
 }
 
-// Notices that stay in sight beside the status, one line of each kind ("link", "source",
+// Notices that stay in sight beside the status, one line of each kind ("link", "view", "source",
 // "basemap"): a later one of a kind replaces its earlier one, not the others.
 const notices = new Map();
 
@@ -146,6 +146,7 @@ function readUrlState() {
     opacity: read.opacity ?? 0.75,
     best: read.best,
     view: read.map,
+    mapText: read.map ? params.get("map") : null,
     refused,
   };
 }
@@ -255,12 +256,40 @@ const wrapLng = (lng) => ((((lng + 180) % 360) + 360) % 360) - 180;
 // they span every longitude; its `footprint` (not TileJSON: west > east there) gives where the map
 // opens, west..east + 360 drawn over world copies, and the boxes its tiles are asked for in, either
 // side of 180 degrees (a source's bounds never wrap either). Otherwise the bounds, one world, one box.
+// `copies`: whether the map draws world copies, for a store across the antimeridian or around the
+// whole world (any centre can be shown, 179 E as well as 0); a map without them keeps its view
+// within -180..180, one world filling the window.
 function storeExtent(info) {
   const fp = info.footprint;
   const wraps = Array.isArray(fp) && fp.length === 4 && fp.every(Number.isFinite) && fp[0] > fp[2];
   const [west, south, east, north] = wraps ? [fp[0], fp[1], fp[2] + 360, fp[3]] : info.bounds;
   const boxes = wraps ? [[fp[0], south, 180, north], [-180, south, fp[2], north]] : [info.bounds];
-  return { bounds: [[west, south], [east, north]], wraps, boxes };
+  const aroundTheWorld = info.bounds[2] - info.bounds[0] >= 360;
+  return { bounds: [[west, south], [east, north]], wraps, boxes, copies: wraps || aroundTheWorld };
+}
+
+// A shared view the map could not show as it is (MapLibre moves a view beyond its zooms, beyond
+// Web Mercator's latitudes, or, without world copies, beyond -180..180 or wider than one world)
+// is said in the notice, with the view shown and why: the link's hash is rewritten to it.
+function tellMovedView(map, text, copies) {
+  const [zoom, lat, lon] = text.split("/").map(Number);
+  const { lng, lat: shownLat } = map.getCenter(), shownZoom = map.getZoom();
+  const zoomMoved = Math.abs(shownZoom - zoom) >= 0.005;  // as the URL writes them
+  const centreMoved = Math.abs(shownLat - lat) >= 0.00005 || Math.abs(wrapLng(lng - lon)) >= 0.00005;
+  if (!zoomMoved && !centreMoved) return;
+  const why = [];
+  if (zoom > shownZoom) why.push(`the map zooms in no further than ${map.getMaxZoom()}`);
+  else if (zoom < 0) why.push("the map zooms out no further than 0");
+  else if (zoom < shownZoom) {
+    why.push(`at this window's size it zooms out no further than ${shownZoom.toFixed(2)}, the world ` +
+             (copies ? "filling its height" : "filling it (this store does not go around the world)"));
+  }
+  if (centreMoved) {
+    why.push(copies ? "its view stays within Web Mercator's latitudes (85.05 N to 85.05 S)"
+      : "its view stays within one world, 180 W to 180 E and 85.05 N to 85.05 S (this store does not go around the world)");
+  }
+  const shown = `${shownZoom.toFixed(2)}/${shownLat.toFixed(4)}/${wrapLng(lng).toFixed(4)}`;
+  setNotice("view", `the link's view map=${shorten(text, 30)} is shown as map=${shown}: ${why.join("; ")}`);
 }
 
 // The map's raster layers by name ("soundscape", "imagery"), each drawn as one source and layer
@@ -351,8 +380,9 @@ async function main() {
   const view = initial.view || { bounds: extent.bounds, fitBoundsOptions: { padding: clearOfPanel() } };
   // No source in the style: the map loads whatever the server lacks; the basemap comes after.
   const map = new maplibregl.Map({ container: "map", style: { version: 8, sources: {}, layers: [] },
-                                   ...view, renderWorldCopies: extent.wraps, attributionControl: false });
+                                   ...view, renderWorldCopies: extent.copies, attributionControl: false });
   window.soundscape.map = map;
+  if (initial.mapText) tellMovedView(map, initial.mapText, extent.copies);
   map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
   placeCredits(map);
   let ready = false, renderedUrl = null, legendSeq = 0;
