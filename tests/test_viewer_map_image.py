@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import httpx
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import rasterio
 from PIL import Image
 
-from tests.server_support import decode_npy
+from tests.server_support import decode_npy, live_server
 from tests.test_viewer import (  # noqa: F401  (fixtures and helpers)
     BACKGROUND,
     browser,
@@ -24,6 +25,7 @@ from tests.test_viewer import (  # noqa: F401  (fixtures and helpers)
     open_page,
     server,
     wait_until,
+    world_store,
 )
 
 pytestmark = pytest.mark.slow  # a live server and a browser, as tests/test_viewer.py
@@ -63,6 +65,7 @@ def test_png_of_this_view_is_the_layer_as_the_map_shows_it(browser, server):  # 
         assert bbox_of(params) == pytest.approx(page.evaluate(BOUNDS), abs=1e-6)
         width, height = page.evaluate(CANVAS)
         assert (int(params["width"]), int(params["height"])) == (width, height) == (900, 700)
+        assert params["tilesize"] == "256", "the map's tiles: 256 px at a device pixel ratio of 1"
 
         # What a user gets: the link downloads the route's PNG.
         with page.expect_download() as download:
@@ -178,8 +181,57 @@ def test_on_a_high_dpi_screen_the_png_has_the_screens_pixels(browser, server):  
         width, height = page.evaluate(CANVAS)
         params = link_of(page.evaluate(LINK))[1]
         assert (int(params["width"]), int(params["height"])) == (2 * width, 2 * height) == (1800, 1400)
+        assert params["tilesize"] == "512", "the map's @2x tiles"
         answer = httpx.get(page.evaluate(LINK), timeout=60)
         assert answer.status_code == 200 and Image.open(io.BytesIO(answer.content)).size == (1800, 1400)
+    finally:
+        page.close()
+
+
+@pytest.fixture(scope="module")
+def world_server(bundle_path, world_store):  # noqa: F811
+    with live_server(bundle_path, world_store) as url:
+        yield url
+
+
+def test_on_a_high_dpi_screen_the_png_is_drawn_from_the_maps_tiles(browser, world_server):  # noqa: F811
+    """At a device pixel ratio of 2 the map draws the `@2x` tiles, 512 px: for the screen's pixels
+    one zoom coarser than 256 px tiles, so at low zoom of a coarser level of cells. The link had no
+    `tilesize`, and the route drew the 256 px tiles of the next zoom, another picture (93% of the
+    pixels apart on the demo's world at zoom 1). It asks for tilesize=512 now: the PNG is the map's
+    picture. At zoom 0 the map draws tiles of zoom 1, of level 5, where 256 px tiles are of level 6
+    (a tile draws the cells of level z + 4: server/engine.py); a store of every longitude draws world
+    copies, so zoom 0 is a view of any window no taller than the world's 512 px."""
+    page = open_page(
+        browser, world_server, "/#q=birdsong&layer=heatmap&opacity=1&map=0/0/10", height=500, pixel_ratio=2
+    )
+    try:
+        wait_until(page, HEATMAP_LOADED, timeout=60_000)
+        assert page.evaluate("window.soundscape.map.getZoom()") == 0
+        url = page.evaluate(LINK)
+        params = link_of(url)[1]
+        assert params["tilesize"] == "512"
+        drawn = [asked for asked in page.requests() if "/tiles/" in asked]
+        assert drawn and all(re.search(r"/tiles/1/\d+/\d+@2x\.png", asked) for asked in drawn), drawn
+        answer = httpx.get(url, timeout=60)
+        assert answer.status_code == 200, answer.text
+        image = np.asarray(Image.open(io.BytesIO(answer.content)).convert("RGBA")).astype(int)
+        hide_layer(page, "imagery")
+        shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(int)
+        # The world once (the link's box, the view's height) and where it lies among the map's copies.
+        west, _, _, north = bbox_of(params)
+        x, y = page.evaluate("(box) => (p => [p.x, p.y])(window.soundscape.map.project(box))", [west, north])
+        left, top = round(2 * x), round(2 * y)
+        height, width = image.shape[:2]
+        assert west == -180 and width == 1024 and 0 <= left <= 1800 - width and abs(top) <= 1
+        shot = shot[max(top, 0) : max(top, 0) + height, left : left + width]
+        assert shot.shape[:2] == (height, width)
+        alpha = image[..., 3:] / 255
+        flat = np.rint(image[..., :3] * alpha + np.array(BACKGROUND) * (1 - alpha))
+        layer = image[..., 3] > 0  # where the layer is drawn: Europe
+        difference = np.abs(flat - shot).sum(axis=2)[layer]
+        apart = (difference > 60).mean()
+        assert layer.sum() > 5000 and np.median(difference) <= 3 and apart < 0.05, (np.median(difference), apart)
     finally:
         page.close()
 

@@ -793,14 +793,16 @@ function viewBox(bounds) {
 
 // The image of the layer as the map shows it: GET /collections/{layer}/map with the tiles'
 // parameters (the collection names the layer), the view's box in degrees and crs=EPSG:3857, so
-// its pixels lie as the map's do. Its size is the view's, `width` x `height` pixels, but for the part of the
-// view that is no map: beyond Web Mercator's latitudes (±85.0511), and every world past the
+// its pixels lie as the map's do, and the `tilesize` of the tiles the map draws (512 for the
+// `@2x` tiles of a high-DPI screen), so the route draws from the zoom, and the cells, the map
+// does. Its size is the view's, `width` x `height` pixels, but for the part of the view that is
+// no map: beyond Web Mercator's latitudes (±85.0511), and every world past the
 // first once the view spans more than one (the image is then -180..180). A side over the
 // route's 2048 pixels scales both down, keeping the aspect. Null when no layer is drawn.
 const MERCATOR_LAT = 85.0511, MAP_MAX_SIDE = 2048;
 const mercatorY = (lat) => Math.log(Math.tan(Math.PI / 4 + (Math.max(Math.min(lat, 89.9999), -89.9999) * Math.PI) / 360));
 
-function mapImageUrl(bounds, width, height) {
+function mapImageUrl(bounds, width, height, tileSize = 256) {
   if (!hasLayer()) return null;
   const [west, south, east, north] = viewEdges(bounds);
   const [bottom, top] = [south, north].map((lat) => Math.max(Math.min(lat, MERCATOR_LAT), -MERCATOR_LAT));
@@ -815,12 +817,14 @@ function mapImageUrl(bounds, width, height) {
   params.set("crs", "EPSG:3857");
   params.set("width", w);
   params.set("height", h);
+  params.set("tilesize", tileSize);
   return `${base}/collections/${state.layer}/map?${params}`;
 }
 
 // "PNG of this view": a download of mapImageUrl for the map's view and canvas, in the screen's
-// pixels (CSS pixels times the device pixel ratio), and "GeoTIFF of this view", its values over the
-// same pixels; no href (nothing
+// pixels (CSS pixels times the device pixel ratio) and from the map's tiles (MapLibre writes `@2x`
+// for `{ratio}`, 512 px tiles, at a pixel ratio over 1), and "GeoTIFF of this view", its values
+// over the same pixels; no href (nothing
 // to follow) while there is no layer, or while the map is rotated or tilted: the image is north
 // up and flat, so it would not be the view.
 const TURNED = "the map is rotated or tilted: turn it north up and flat (right-drag, ctrl-drag) for a PNG or GeoTIFF of the view";
@@ -829,7 +833,8 @@ function showMapImage(map) {
   const canvas = map.getCanvas();
   const turned = map.getBearing() !== 0 || map.getPitch() !== 0;
   const ratio = window.devicePixelRatio || 1;  // the screen's pixels: a high-DPI screen's PNG is as sharp as its map
-  const url = turned ? null : mapImageUrl(map.getBounds(), canvas.clientWidth * ratio, canvas.clientHeight * ratio);
+  const tileSize = map.getPixelRatio() > 1 ? 512 : 256;
+  const url = turned ? null : mapImageUrl(map.getBounds(), canvas.clientWidth * ratio, canvas.clientHeight * ratio, tileSize);
   for (const [id, format] of [["map-image", "png"], ["map-values", "tif"]]) {
     const link = $(id);
     mapImageTitles[id] ??= link.title;
