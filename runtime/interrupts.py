@@ -40,6 +40,18 @@ def stay_calm(command: str) -> None:
     ignore_at_exit()
 
 
+def interrupt_once(command: str) -> None:
+    """SIGINT raises KeyboardInterrupt once, then stay_calm: for a command run by a library that
+    catches SIGINT itself and raises it again once it has stopped (uvicorn), so that of a Ctrl-C
+    held down one stops the command and the rest are told it is stopping."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stay_calm(command)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handle)
+
+
 def ignore_at_exit() -> None:
     """SIGINT and SIGTERM ignored from the process's exit hooks on (registered once)."""
     atexit.unregister(_ignore)

@@ -9,13 +9,11 @@ import socket
 from pathlib import Path
 from urllib.parse import quote
 
-import uvicorn
-
 from runtime.arguments import integer_in, parsed_by
 from runtime.bundle import Bundle
 from runtime.contract import PRECISIONS
 from runtime.errors import UsageError
-from server import pack
+from server import pack, serving
 from server.protocol import ConnectionLimits
 from server.registry import SqliteRecords
 from server.settings import Settings, check_variable_names
@@ -92,7 +90,7 @@ def serve(
         raise UsageError(str(exc)) from None
     print(banner(f"http://{host}:{port}", examples), flush=True)
     # The protocol adds header size, header/body timeouts and a connection cap (server/protocol.py).
-    uvicorn.run(
+    config = serving.ServeConfig(
         "server.asgi:create_app_from_env",
         factory=True,
         host=host,
@@ -104,7 +102,9 @@ def serve(
         backlog=settings.backlog,
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=settings.trusted_proxies or None,
+        log_config=serving.LOG_CONFIG,
     )
+    serving.run(config)
 
 
 def workers_note(settings: Settings, workers: int) -> str | None:

@@ -258,7 +258,7 @@ def holds_a_store(out: Path) -> bool:
         manifest = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and STORE_KEYS <= manifest.keys()
+    return isinstance(manifest, dict) and manifest.keys() >= STORE_KEYS
 
 
 def _finish_level(folder: Path, flat_max: int, seconds: dict[str, float]) -> dict:

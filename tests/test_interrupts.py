@@ -3,11 +3,17 @@ held down: a signal while its threads join or its interpreter exits is told the 
 stopping already (runtime.interrupts), not a KeyboardInterrupt traceback from threading's
 shutdown, nor a death by SIGINT (exit status -2) in the exit's last milliseconds."""
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, wait_for_port
+from tests.server_support import fresh_query_db, serve_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,13 +35,17 @@ sys.exit(run_reporting_errors("slow", work))
 """
 
 
-def ctrl_c_held_down(process: subprocess.Popen, timeout: float = 120.0) -> None:
+def ctrl_c_held_down(process: subprocess.Popen, timeout: float = 120.0, group: bool = False) -> None:
     """SIGINT every few milliseconds until the process exits, as a terminal sends with Ctrl-C
-    held down: a signal lands in each stage of stopping, the interpreter's own exit included."""
+    held down: a signal lands in each stage of stopping, the interpreter's own exit included.
+    `group`: to the process's group, as a terminal does (a server's workers too)."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         try:
-            process.send_signal(signal.SIGINT)
+            if group:
+                os.killpg(process.pid, signal.SIGINT)
+            else:
+                process.send_signal(signal.SIGINT)
         except ProcessLookupError:
             return
         time.sleep(0.003)
@@ -56,3 +66,27 @@ def test_a_command_stopped_by_ctrl_c_held_down_exits_130_with_its_sentence_alone
     assert "soundscape slow: interrupted" in lines, err
     assert set(lines) <= {"soundscape slow: interrupted", "soundscape slow: SIGINT again: already stopping"}, err
     assert err.count("SIGINT again: already stopping") <= 1, err  # said once, not once per repeat
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_server_stopped_by_ctrl_c_held_down_exits_quietly(bundle_path, store_path, workers):
+    """uvicorn raises each SIGINT it caught again once it has stopped: held down, that printed the
+    lifespan's CancelledError and multiprocessing's KeyboardInterrupt tracebacks from each worker,
+    and a one-worker server could die by SIGINT (-2). server/serving.py stops it once."""
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}}
+    env["SOUNDSCAPE_QUERY_DB"] = fresh_query_db()
+    command = serve_command(bundle_path, store_path, port, "--workers", str(workers))
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        wait_for_port(port, timeout=90)
+        time.sleep(0.5)  # every worker up, not just the first to listen
+        ctrl_c_held_down(process, group=True)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "Error" not in err, err
+    assert err.count("SIGINT again: already stopping") <= 1, err
