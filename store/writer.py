@@ -206,8 +206,10 @@ class PartialStore:
                 level_dir(self.dir, level), self.level_state(level, start), sat_dim, embed_dim, fusion_names
             )
         except OSError as exc:
+            if exc.errno in NO_ROOM:  # no room for a level's files: nothing is damaged (no_room_said)
+                raise
             raise StoreError(
-                f"the unfinished run in {self.dir} is damaged ({exc}); pass --overwrite to start it again"
+                f"the unfinished run in {self.dir} is damaged ({exc}); delete that folder to start the run again"
             ) from exc
 
     def save(self) -> None:

@@ -4,6 +4,7 @@ mixes two stores, and a rerun finishes the store an uninterrupted run writes."""
 
 from __future__ import annotations
 
+import errno
 import json
 import resource
 import shutil
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 import store.reader
+import store.writer
 from precompute.run import run
 from runtime.bundle import Bundle
 from runtime.files import replace_dir
@@ -202,3 +204,29 @@ def test_a_full_disk_stops_the_run_in_a_sentence_and_a_rerun_resumes(
     done = subprocess.run(argv, capture_output=True, text=True)
     assert done.returncode == 0 and ", resumed)" in done.stdout, done.stderr
     assert_same_store(out, killed_reference)
+
+
+@pytest.mark.parametrize(
+    "error, said",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "cannot write {out}: No space left on device"),
+        (OSError(errno.EIO, "Input/output error"), "is damaged ([Errno 5] Input/output error); delete that folder"),
+    ],
+)
+def test_a_level_that_finds_no_room_is_not_called_damaged(tmp_path, monkeypatch, error, said):
+    """A full disk as a level's files were made was said to damage the unfinished run, and to need
+    --overwrite (given already): after making room the same command resumed it."""
+    out = tmp_path / "store"
+    work = store.writer.PartialStore(out, {"plan": 1}, 8, discard_other=False)
+
+    def no_room(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(store.writer, "LevelWriter", no_room)
+    try:
+        with pytest.raises(store.writer.StoreError) as caught, store.writer.no_room_said(out, "run it again"):
+            work.writer(3, 0, 8, 4, [])
+    finally:
+        work.close()
+    assert said.format(out=out) in str(caught.value)
+    assert work.dir.is_dir() and work.progress.is_file()  # the run is kept, to resume
