@@ -75,6 +75,7 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         self.reading_body = False
         self.head_bytes = 0
         self.header_count = 0
+        self.hosts = 0  # Host headers of the request read
         self.tail = b""  # last bytes of the head so far, to find its end across reads
         self.line_end: int | None = None  # where in the head the request line ends, once read
         self.deadline: asyncio.TimerHandle | None = None
@@ -204,9 +205,16 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         if self.header_count > self.limits.max_headers:
             self.refusal = (431, f"the request has more than {self.limits.max_headers} header lines")
             raise _Refused
+        self.hosts += name.lower() == b"host"
+        if self.hosts > 1:  # RFC 9112 3.2: which one a URL, the allowed hosts or a proxy read would be a guess
+            self.refusal = (400, "the request has more than one Host header")
+            raise _Refused
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if (version := self.parser.get_http_version()) not in ("1.0", "1.1"):  # HTTP/2.0 was answered as 1.1
+            self.refusal = (505, f"HTTP/{version} is not served here: send HTTP/1.1")
+            raise _Refused
         self.reading_head, self.reading_body = False, True
         self.arm(self.limits.body_timeout_s)
         super().on_headers_complete()
@@ -218,7 +226,7 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         # The next request's head may follow at once (pipelining): count it from here; its
         # timeout starts when this response ends (the app's time is not the client's).
         self.reading_head, self.reading_body = True, False
-        self.head_bytes, self.header_count, self.tail, self.line_end = 0, 0, b"", None
+        self.head_bytes, self.header_count, self.hosts, self.tail, self.line_end = 0, 0, 0, b"", None
         self.disarm()
         super().on_message_complete()
 

@@ -542,6 +542,21 @@ def pieces(port: int, parts: list[bytes]) -> bytes:
         return answer
 
 
+@pytest.mark.parametrize(
+    "head, status, said",
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n", 400, "more than one Host"),
+        (b"GET /healthz HTTP/1.1\r\nhost: evil.example\r\nHOST: localhost\r\n\r\n", 400, "more than one Host"),
+        (b"GET /healthz HTTP/2.0\r\nHost: localhost\r\n\r\n", 505, "HTTP/2.0 is not served here"),
+    ],
+)
+def test_a_head_http_1_1_forbids_is_refused(live, head, status, said):
+    answer, _ = exchange(live, head)
+    assert (status_of(answer), said in detail_of(answer)) == (status, True), answer
+    answer, _ = exchange(live, b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")  # 1.0 is still served
+    assert status_of(answer) == 200, answer
+
+
 def test_an_over_long_url_is_414_and_over_long_headers_431(live):
     long_url = b"GET /tiles/WebMercatorQuad/0/0/0.png?q=" + b"a" * 12_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     answer, _ = exchange(live, long_url)
