@@ -10,7 +10,7 @@ import inspect
 import math
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, Protocol, TypeVar
@@ -449,7 +449,7 @@ async def each_once(request: Request) -> None:
     """Refuse a parameter the route takes given more than once: `q=rain&q=birdsong` would
     otherwise draw the last one silently. Parameters the route does not take (a cache buster
     such as `_=1733040000`) stay ignored, repeated or not, unless the name is a slip of one it
-    takes (`spelling`), one of TiTiler's rendering parameters (`UNSUPPORTED`), or a tilesize beside
+    takes (`slips`) or another's name for one (`ALIASES`), one of TiTiler's rendering parameters (`UNSUPPORTED`), or a tilesize beside
     a pixel ratio. Also refuse one whose percent-encoded bytes are not UTF-8 (`not_utf8`).
     The 422 names every other bad parameter too."""
     items = request.query_params.multi_items()
@@ -460,17 +460,17 @@ async def each_once(request: Request) -> None:
     if not isinstance(route, APIRoute):
         return
     taken, slips_of = taken_by(route.endpoint, route.dependant)
-    slips = [(name, meant) for name in counts.keys() - taken if (meant := slips_of.get(spelling(name)))]
+    slipped = [(name, meant) for name in counts.keys() - taken if (meant := slips_of.get(spelling(name)))]
     unsupported = [name for name in counts if name in UNSUPPORTED and "colormap_name" in taken]
     # A tile asked at a pixel ratio (`{y}@2x`) has that ratio's size: a tilesize would name it twice.
     ratio = request.path_params.get("scale") if "tilesize" in counts else None
-    if repeated or garbled or slips or unsupported or ratio is not None:
+    if repeated or garbled or slipped or unsupported or ratio is not None:
         refusals = request_refusals(request)
         for name in unsupported:
             refusals.refuse(name, f"{name} is not supported: {UNSUPPORTED[name]}")
         if ratio is not None:
             refusals.refuse("tilesize", f"tilesize and @{ratio[:8]}x both give the tile's size: give one of them")
-        for name, meant in slips:
+        for name, meant in slipped:
             refusals.refuse(
                 name,
                 f"{name[:40]!r} is not a parameter of this route: did you mean {meant!r}? (names are exact; one "
@@ -485,26 +485,55 @@ async def each_once(request: Request) -> None:
             raise Refused(refused_detail(request, refusals))
 
 
+# What a slip of a name adds or leaves out but for a trailing s: case aside, dashes, underscores
+# and whitespace (`colormap name=`, `colormap+name=` and `tile-size=` are slips too).
+SLIP_MARKS = re.compile(r"[\s_-]+")
+
+
 def spelling(name: str) -> str:
-    """A parameter name as a slip would leave it: `Hour`, ` hour`, `hours` and `tile-size` are
-    `hour`, `hour`, `hour` and `tilesize`."""
-    folded = name.strip().casefold().replace("-", "").replace("_", "")
-    return folded[:-1] if folded.endswith("s") and len(folded) > 2 else folded
+    """A parameter name as a slip would leave it, but for a trailing s (`slips`): `Hour`,
+    ` hour`, `ho ur` and `tile-size` are `hour`, `hour`, `hour` and `tilesize`."""
+    return SLIP_MARKS.sub("", name.casefold())
+
+
+def slips(name: str) -> set[str]:
+    """Each `spelling` a slip of `name` has: its own, with an s added and, when it ends in s,
+    without it (`hours` of hour, `ks` of k, `bbox-crss` of bbox-crs)."""
+    folded = spelling(name)
+    return {folded, folded + "s", *([folded[:-1]] if folded.endswith("s") and len(folded) > 1 else [])}
+
+
+def slip_of(name: str, known: Iterable[str]) -> str | None:
+    """The name of `known` that `name` is a slip of (or is), if any."""
+    folded = spelling(name)
+    return next((k for k in known if folded in slips(k)), None)
 
 
 # Other services' names for a parameter here (OGC API's and STAC's `limit`, a `zoom` for the
-# level, `text` for the query), as `spelling` leaves them: refused naming ours, as a slip is.
-ALIASES = {"limit": "k", "topk": "k", "zoom": "level", "z": "level", "text": "q", "colourmapname": "colormap_name"}
+# level, `text` for the query), as `spelling` leaves them: refused naming ours, as a slip is. The
+# CRS parameters of the other routes too: ignored, `crs=EPSG:3857` on /point would read metres
+# as degrees (coord_crs names the CRS of /point's and /search's coordinates, bbox-crs the map's box).
+ALIASES = {
+    "limit": "k",
+    "topk": "k",
+    "zoom": "level",
+    "z": "level",
+    "text": "q",
+    "colourmapname": "colormap_name",
+    "crs": "coord_crs",
+    "bboxcrs": "coord_crs",
+    "coordcrs": "bbox-crs",
+}
 TAKEN: dict[Callable[..., Any], tuple[set[str], dict[str, str]]] = {}
 
 
 def taken_by(endpoint: Callable[..., Any], dependant: Dependant) -> tuple[set[str], dict[str, str]]:
     """The query parameters of a route (its endpoint's: the same in every app), and each of them
-    under its `spelling` and its ALIASES; worked out once per endpoint."""
+    under the `slips` of its name and of its ALIASES (a name's own first); worked out once per endpoint."""
     if endpoint not in TAKEN:
         names = query_names(dependant)
-        aliases = {alias: name for alias, name in ALIASES.items() if name in names}
-        TAKEN[endpoint] = names, aliases | {spelling(n): n for n in names}
+        aliases = {slip: name for alias, name in ALIASES.items() if name in names for slip in slips(alias)}
+        TAKEN[endpoint] = names, aliases | {slip: n for n in sorted(names) for slip in slips(n)}
     return TAKEN[endpoint]
 
 

@@ -14,6 +14,7 @@ from tests.server_support import LAND_TILE, live_server, make_client, refused
 Z, X, Y = LAND_TILE
 TILE = f"/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy"
 POINT = "/point/10.5,47.2"
+MAP = "/collections/uncertainty/map"
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,16 @@ def test_a_method_http_does_not_register_is_400_in_the_one_error_shape(bundle_pa
         ("/search", {"limit": "3"}, "k"),  # other services' names (OGC API, STAC) too
         ("/search", {"zoom": "5"}, "level"),
         (TILE, {"text": "rain"}, "q"),
+        # a space inside the name (sent as +), and a trailing s on a name of one letter or ending in s
+        (TILE, {"colormap name": "viridis"}, "colormap_name"),
+        (TILE, {"tile size": "512"}, "tilesize"),
+        (TILE, {"ho ur": "6"}, "hour"),
+        ("/search", {"rank by": "contrast"}, "rank_by"),
+        ("/tilejson.json", {"tile format": "tif"}, "tile_format"),
+        ("/search", {"ks": "3"}, "k"),
+        ("/search", {"Ks": "3"}, "k"),
+        (MAP, {"bbox crs": "EPSG:3857"}, "bbox-crs"),
+        (MAP, {"bbox-crss": "EPSG:3857"}, "bbox-crs"),
     ],
 )
 def test_a_slip_of_a_parameter_name_is_refused_not_ignored(client, path, slip, meant):
@@ -119,3 +130,12 @@ def test_a_slip_of_a_parameter_name_is_refused_not_ignored(client, path, slip, m
     detail = refused(client.get(path, params={"q": "rain", **slip}))
     assert detail.startswith(f"{name!r} is not a parameter of this route: did you mean {meant!r}?")
     assert client.get(path, params={"q": "rain", "_": "1733040000", "qq": "x", "s": "1"}).status_code == 200
+
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"), [("colormap%20name", "colormap name"), ("colormap+name", "colormap name"), ("Colormap%09Name", "Colormap\tName")]
+)
+def test_a_name_percent_encoded_with_a_space_is_a_slip_too(client, raw, name):
+    detail = refused(client.get(f"{TILE}?q=rain&{raw}=viridis"))
+    assert detail.startswith(f"{name!r} is not a parameter of this route: did you mean 'colormap_name'?"), detail

@@ -177,3 +177,21 @@ def test_coordinates_are_in_degrees_and_another_crs_is_refused(client, route, pa
     detail = refused(client.get(route, params={"q": "birdsong", "coord_crs": "EPSG:3857", "hour": "24", **params}))
     assert "coord_crs must be EPSG:4326 or OGC:CRS84 (longitude, latitude in degrees), not 'EPSG:3857'" in detail
     assert "hour must be an integer in 0..23" in detail
+
+
+@pytest.mark.parametrize(
+    ("route", "params", "name", "meant"),
+    [
+        ("/point/8,46", {}, "crs", "coord_crs"),
+        ("/point/8,46", {}, "bbox-crs", "coord_crs"),
+        ("/search", {"bbox": "5,44,12,48"}, "bbox-crs", "coord_crs"),
+        ("/search", {"bbox": "5,44,12,48"}, "crs", "coord_crs"),
+        ("/search", {"bbox": "5,44,12,48"}, "BBOX_CRS", "coord_crs"),
+        ("/collections/uncertainty/map", {"bbox": "5,44,12,48"}, "coord_crs", "bbox-crs"),
+    ],
+)
+def test_another_routes_crs_parameter_is_refused_not_ignored(client, route, params, name, meant):
+    """The map's crs and bbox-crs given to /point or /search (and coord_crs to the map) were
+    ignored: metres of EPSG:3857 came back 200, read as degrees."""
+    detail = refused(client.get(route, params={"q": "birdsong", name: "EPSG:3857", **params}))
+    assert detail.startswith(f"{name!r} is not a parameter of this route: did you mean {meant!r}?"), detail

@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from runtime.text import MAX_TEXT_LENGTH, TEXT_PATTERN
 from server.engine import QueryEmbedding, QueryMetadata
 from server.http import conditional, errors
-from server.params import MAX_SENT_TEXT, spelling
+from server.params import MAX_SENT_TEXT, slip_of
 from server.queries import ID_PATTERN, QueryRecord, is_query_id
 from server.routes.deps import ServiceDep, SettingsDep
 from server.service import SoundscapeService, UploadBytes
@@ -136,13 +136,13 @@ METADATA_PARAMS = ("hour", "month", "source")
 
 def _only_known(fields: Iterable[str], known: tuple[str, ...], what: str) -> None:
     """422 naming the first field of `fields` outside `known`, never dropped silently, and where
-    it belongs when it is metadata or a slip of a known name (`spelling`)."""
+    it belongs when it is metadata or a slip of a known name (`slip_of`)."""
     other = next((name for name in fields if name not in known), None)
     if other is None:
         return
     keys = " or ".join(repr(k) for k in known)
-    meant = next((k for k in known if spelling(k) == spelling(other)), None)
-    if spelling(other) in METADATA_PARAMS:
+    meant = slip_of(other, known)
+    if slip_of(other, METADATA_PARAMS):
         where = f": {METADATA_GOES_ON_URLS}"
     elif meant is not None:
         where = f": did you mean {meant!r}? (names are exact)"
@@ -247,7 +247,7 @@ async def describe(service: SoundscapeService, record: QueryRecord, embedding: Q
 async def register(request: Request, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
     """Register a text (`{"text": ...}`) or an audio clip (multipart `file`, or a raw `audio/*`
     body); answers the query's id, the same for the same bundle and normalised input."""
-    if asked := [name for name in request.query_params if spelling(name) in METADATA_PARAMS]:
+    if asked := [name for name in request.query_params if slip_of(name, METADATA_PARAMS)]:
         raise HTTPException(422, f"POST /queries takes no {asked[0]!r}: {METADATA_GOES_ON_URLS}")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (content_type in ("application/json", "multipart/form-data") or content_type.startswith(AUDIO_TYPES)):

@@ -110,12 +110,16 @@ const LINK_PARAMS = {
   map: [viewIn, "zoom/lat/lon"],
 };
 
-// Every key a link holds, and a key as a slip would leave it (as the server reads parameter names):
-// `Hour`, `hours` and ` hour` are `hour`, so a hand-typed `Hour=6` is said, not dropped silently.
+// Every key a link holds, and a key as a slip would leave it (as the server reads parameter names,
+// server/params.py `slips`): `Hour`, ` hour` and `ho ur` are `hour`, and `hours` is a slip of it,
+// so a hand-typed `Hour=6` is said, not dropped silently.
 const LINK_KEYS = ["q", "query", "source", ...Object.keys(LINK_PARAMS)];
 function spelling(key) {
-  const folded = key.trim().toLowerCase().replace(/[-_]/g, "");
-  return folded.endsWith("s") && folded.length > 2 ? folded.slice(0, -1) : folded;
+  return key.toLowerCase().replace(/[\s_-]+/g, "");
+}
+function slips(key) {
+  const folded = spelling(key);
+  return [folded, `${folded}s`, ...(folded.endsWith("s") && folded.length > 1 ? [folded.slice(0, -1)] : [])];
 }
 
 // The state a shared URL carries, in the hash (or, for links like /?query=<id>, the query string;
@@ -133,7 +137,7 @@ function readUrlState() {
     if (text && read[key] === null) refused.push(`${key}=${shorten(text, 30)} (it takes ${takes})`);
   }
   for (const [key, value] of params) {
-    const meant = LINK_KEYS.find((known) => known !== key && spelling(known) === spelling(key));
+    const meant = LINK_KEYS.find((known) => known !== key && slips(known).includes(spelling(key)));
     if (meant && !LINK_KEYS.includes(key)) refused.push(`${shorten(key, 20)}=${shorten(value, 30)} (did you mean ${meant}?)`);
   }
   return {
