@@ -161,6 +161,8 @@ def test_a_registration_naming_metadata_is_refused_not_registered_without_it(cli
     [
         ({"text": "birdsong", "Text": "rain"}, "the JSON body takes only 'text', not 'Text': did you mean 'text'?"),
         ({"text": "birdsong", "lang": "en"}, "the JSON body takes only 'text', not 'lang'"),
+        ({"Text": "rain"}, "the JSON body takes only 'text', not 'Text': did you mean 'text'?"),  # text not given
+        ({"texts": "rain", "lang": "en"}, "the JSON body takes only 'text', not 'texts': did you mean 'text'?"),
     ],
 )
 def test_another_key_is_refused_and_told_where_it_belongs_only_when_known(client, body, says):

@@ -122,6 +122,8 @@ def parse_json_text(body: bytes) -> str:
         raise HTTPException(422, f"the JSON body gives {str(exc)[:40]!r} more than once: give each key once") from None
     except (ValueError, RecursionError):  # also a number of more than 4300 digits
         raise HTTPException(422, "the body is not valid JSON") from None
+    if isinstance(payload, dict) and "text" not in payload:  # {"Text": ...}: told the name meant
+        _only_known([key for key in payload if slip_of(key, ("text",))], ("text",), "the JSON body")
     if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
         raise HTTPException(422, 'the JSON body must be {"text": "..."}')
     _only_known(payload, ("text",), "the JSON body")
