@@ -43,13 +43,20 @@ def code_ranges(codes: Sequence[int]) -> str:
     return "".join(f"\\u{lo:04x}" + (f"-\\u{hi:04x}" if hi > lo else "") for lo, hi in runs)
 
 
-# Unicode's control characters (Cc) but those str.split() takes for spaces (tab, newline, ...): a
-# NUL or an escape is no part of a text, and the tokenizer drops it, so each made another query
-# id and cache entry of the same map.
-CONTROL_CLASS = code_ranges([c for c in (*range(0x20), *range(0x7F, 0xA0)) if not chr(c).isspace()])
-CONTROL = re.compile(f"[{CONTROL_CLASS}]")
+# The spaces a text may hold: the space, a tab and a line break, LF or CR LF (as a form's textarea
+# sends one). Python's str.split() and strip() take more for spaces (VT, FF, a lone CR, the file
+# separators 1C-1F, NEL, U+2028 and U+2029): dropped by normalise_text, each was taken silently
+# and named another query id and cache entry of the same map. They are refused with the other
+# control characters (Unicode's Cc: a NUL or an escape is no part of a text; the tokenizer drops it).
+SPACE_CONTROLS = "\t\n\r"
+CONTROLS = [c for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029) if chr(c) not in SPACE_CONTROLS]
+CONTROL_CLASS = code_ranges(CONTROLS)
+CONTROL = re.compile(f"[{CONTROL_CLASS}]|\r(?!\n)")
+# The other spaces str.split() takes (no-break, en, ideographic, ...; all in the BMP), and tab and
+# LF, as one character class: CR is taken only before LF.
+SPACE_CLASS = code_ranges([c for c in range(0x10000) if chr(c).isspace() and c not in CONTROLS and c != 0x0D])
 # A text query_text takes, as an OpenAPI pattern: no such control character, and more than spaces.
-TEXT_PATTERN = f"^\\s*[^\\s{CONTROL_CLASS}][^{CONTROL_CLASS}]*$"
+TEXT_PATTERN = f"^(?:[{SPACE_CLASS}]|\\r\\n)*[^{SPACE_CLASS}{CONTROL_CLASS}\\r](?:[^{CONTROL_CLASS}\\r]|\\r\\n)*$"
 
 
 class TextError(ValueError):

@@ -164,8 +164,8 @@ def test_numbers_matching_the_pattern_are_read_and_other_forms_refused(client, d
         assert answer.status_code == 422 and name in answer.json()["detail"], value
 
 
-TEXTS_TAKEN = ["birdsong", "  rain on a tin roof ", "Vögel im Wald"]
-TEXTS_REFUSED = ["", "   ", "\t\n", "bird\x00song", "rain\x1b[31m"]
+TEXTS_TAKEN = ["birdsong", "  rain on a tin roof ", "Vögel im Wald", "\r\nrain\ton a\r\nroof\u3000"]
+TEXTS_REFUSED = ["", "   ", "\t\n", "bird\x00song", "rain\x1b[31m", "rain\x0b", "\rrain", "rain\x85", "\u2028rain"]
 
 
 def test_the_text_pattern_is_the_rule_texts_are_held_to(client, document):
