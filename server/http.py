@@ -36,8 +36,15 @@ OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 # the whole detail is cut at MAX_DETAIL_CHARS: whatever the query string, the answer stays small.
 MAX_SENTENCE_CHARS = 300
 MAX_DETAIL_CHARS = 4096
-# The error type of an integer parameter not written in plain decimal digits (server/params.py).
+# The error types of an integer parameter not written in plain decimal digits, and of a number
+# parameter not written as a decimal number (server/params.py), and what each sentence adds.
 INTEGER_SPELLING = "int_spelling"
+NUMBER_SPELLING = "float_spelling"
+SPELLINGS = {
+    INTEGER_SPELLING: "written in plain decimal digits (no leading zero, sign, space or fraction)",
+    NUMBER_SPELLING: "written as a decimal number (ASCII digits, a sign, a point and an exponent at most; "
+    "no space or underscore)",
+}
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})  # others: "other"
 # HttpPolicy answers a HEAD through the GET route; this scope key tells the layers inside that
 # nothing but headers will be sent (the rate limit's cost of a replayed map: server/fastpath.py).
@@ -382,11 +389,7 @@ def _rule(schema: dict, error_type: str) -> str:
             "boolean": "true or false",
         }.get(schema.get("type", ""), "a valid value")
         rule = _within(schema, kind)
-    return rule + (
-        ", written in plain decimal digits (no leading zero, sign, space or fraction)"
-        if error_type == INTEGER_SPELLING
-        else ""
-    )
+    return rule + (f", {SPELLINGS[error_type]}" if error_type in SPELLINGS else "")
 
 
 def _within(schema: dict, kind: str) -> str:

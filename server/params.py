@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from runtime.text import MAX_TEXT_LENGTH, TEXT_PATTERN
 from server.engine import CELLS_PER_TILE_LOG2, GRID, QUERY_LAYERS, QueryMetadata
-from server.http import INTEGER_SPELLING, MAX_DETAIL_CHARS, Refusals, Refused, error_response, refuse_invalid
+from server.http import INTEGER_SPELLING, MAX_DETAIL_CHARS, NUMBER_SPELLING, Refusals, Refused, error_response, refuse_invalid
 from server.queries import ID_PATTERN, QueryError, is_query_id, shown, text_record
 from server.render import VALUE_FORMATS, colormap_names
 from server.service import SoundscapeService, TileRequest
@@ -58,13 +58,14 @@ RESCALE_DIGITS = 4
 RESCALE_LIMIT = 1000.0
 RESCALE_MIN_SPAN = 1e-6
 MAX_K = 1000  # /search's k
-# A number within a bbox or rescale is read by the rule of a number parameter (/point's lon and
-# lat): Python's float() also reads other scripts' digits (Arabic-Indic 10 is 10), which /point refuses.
-# Its ValidationError is a ValueError.
-NUMBER = TypeAdapter(float)
-# A decimal number as OpenAPI states it for rescale= and bbox=: what a schema-driven client writes.
-# The server reads a few more spellings (float()'s: ' 1', '1_0', 'inf'), each refused or read alike.
-DECIMAL_NUMBER = r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?"
+# A decimal number as OpenAPI states it for rescale= and bbox=: what a schema-driven client writes,
+# and the finite numbers the server reads there and in /point's lon and lat (NaN and infinity are
+# read to be refused by the rules of finite numbers). pydantic's float also reads ' 1' and '1_0':
+# another URL of the same number at best, and `1_0` may be a slip for 1.0. ASCII digits: Python's
+# \d is any script's (float() reads Arabic-Indic 10 as 10).
+DECIMAL_NUMBER = r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?"
+DECIMAL_FLOAT = re.compile(DECIMAL_NUMBER)
+LAX_FLOAT = TypeAdapter(float)
 
 
 def numbers_pattern(count: int) -> dict[str, str]:
@@ -97,6 +98,34 @@ def reads_as_int(text: str) -> bool:
     return True
 
 
+def decimal_spelling(value: object) -> object:
+    """`value` for float's own parsing, unless it is a finite number that parsing reads in a
+    spelling DECIMAL_NUMBER does not state: refused, as `decimal_digits` refuses an integer's."""
+    if isinstance(value, str) and misspelled_number(value):
+        raise PydanticCustomError(NUMBER_SPELLING, "Input should be a number written as a decimal number")
+    return value
+
+
+def misspelled_number(text: str) -> bool:
+    """Whether pydantic reads `text` as a finite number that DECIMAL_NUMBER does not state (' 1',
+    '1_0'). Text that is no number is left to float's own refusal, and NaN or infinity to the
+    rule of finite numbers, which names it."""
+    if DECIMAL_FLOAT.fullmatch(text) is not None:
+        return False
+    try:
+        return math.isfinite(LAX_FLOAT.validate_python(text))
+    except ValueError:  # pydantic's ValidationError
+        return False
+
+
+def decimal_number(text: str) -> float:
+    """A number of a bbox or rescale, read by the rule of /point's lon and lat (`decimal_spelling`);
+    a ValueError for another spelling or no number."""
+    if misspelled_number(text):
+        raise ValueError(f"{text[:40]!r} is not written as a decimal number")
+    return LAX_FLOAT.validate_python(text)
+
+
 def true_or_false(value: object) -> object:
     """`value` if it is no text or is true or false, as a client serialises OpenAPI's boolean;
     pydantic alone also reads 1, yes, on, t, y (0, no, off, f, n) in any case."""
@@ -108,6 +137,7 @@ def true_or_false(value: object) -> object:
 # Last in a parameter's Annotated, after its Query(ge, le): before them, pydantic could not apply
 # the range to the integer's own schema, and OpenAPI published `ge`/`le` for minimum/maximum.
 DIGITS = BeforeValidator(decimal_digits)
+DECIMAL_SPELLING = BeforeValidator(decimal_spelling)  # a number parameter's (/point's lon and lat)
 Integer = Annotated[int, DIGITS]  # a path part (z, x, y)
 # A tile's pixel ratio in its path (`{y}@2x.png`): its size in units of 256 pixels.
 Scale = Annotated[int, Path(ge=1, le=len(TILE_SIZES), description="Pixel ratio: @1x is 256 px, @2x 512."), DIGITS]
@@ -674,7 +704,7 @@ def parse_rescale(text: str | None) -> tuple[float, float] | None:
     if text is None:
         return None
     try:
-        lo, hi = (NUMBER.validate_python(v) for v in text.split(","))
+        lo, hi = (decimal_number(v) for v in text.split(","))
     except ValueError:
         raise HTTPException(422, f"rescale must be two numbers min,max, not {text!r}") from None
     if not (-RESCALE_LIMIT <= lo < hi <= RESCALE_LIMIT):  # NaN fails every comparison
@@ -697,7 +727,7 @@ def parse_box(text: str, x_limit: float, y_limit: float, units: str) -> tuple[fl
     """`west,south,east,north` in `units`: x within +-x_limit (west above east across the
     antimeridian), south below north within +-y_limit; a 422 saying which rule a box breaks."""
     try:
-        west, south, east, north = (NUMBER.validate_python(v) for v in text.split(","))
+        west, south, east, north = (decimal_number(v) for v in text.split(","))
     except ValueError:
         raise HTTPException(
             422, f"bbox must be four numbers west,south,east,north in {units}, not {shown(text)}"

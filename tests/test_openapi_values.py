@@ -5,6 +5,7 @@ of rescale, bbox, texts and query ids as patterns. A schema-driven client that k
 refused for the form of a value (docs/api.md, "OpenAPI")."""
 
 import re
+from urllib.parse import quote
 
 import pytest
 
@@ -144,13 +145,20 @@ def test_every_crs_spelling_the_schema_lists_is_taken(client, document, path, na
 @pytest.mark.parametrize(
     ("name", "path", "taken", "refused"),
     [
-        ("rescale", TILE, ["0,1", "-0.5,2.5e1", ".25,+1.", "1E-2,3"], ["0;1", "a,b", "0,1,2", "0", "0x1,2"]),
+        (
+            "rescale",
+            TILE,
+            ["0,1", "-0.5,2.5e1", ".25,+1.", "1E-2,3"],
+            # float() reads the last five (underscores, spaces, other scripts' digits): the pattern does not
+            ["0;1", "a,b", "0,1,2", "0", "0x1,2", "1_0,2_0", " 0,1", "0,1\t", "\u0661,2", "0,1e1_0"],
+        ),
         (
             "bbox",
             "/search",
             ["5,45,15,50", "-180,-90.0,180,90", "170,-10,-170,10"],
-            ["5 45 15 50", "5,45,15", "w,s,e,n"],
+            ["5 45 15 50", "5,45,15", "w,s,e,n", "1_0,45,15,50", "5, 45,15,50", "nan,45,15,50"],
         ),
+        ("bbox", "/collections/contrast/map", ["5,45,15,50"], ["1_0,45,15,50", "5,45,15,50 "]),
     ],
 )
 def test_numbers_matching_the_pattern_are_read_and_other_forms_refused(client, document, name, path, taken, refused):
@@ -162,6 +170,30 @@ def test_numbers_matching_the_pattern_are_read_and_other_forms_refused(client, d
         assert not pattern.search(value), value
         answer = client.get(path, params={"q": "birdsong", name: value})
         assert answer.status_code == 422 and name in answer.json()["detail"], value
+
+
+@pytest.mark.parametrize(
+    ("value", "read"), [("10.5", 10.5), ("+10.5", 10.5), ("1.05e1", 10.5), ("10.", 10.0), ("1E1", 10.0)]
+)
+def test_point_coordinates_written_as_the_decimal_pattern_states_are_read(client, document, value, read):
+    """/point's lon and lat are read by the rule of rescale's and bbox's numbers (one pattern)."""
+    number = pattern_of(document, "rescale").pattern.removeprefix("^").split(",")[0]
+    assert re.fullmatch(number, value)
+    answer = client.get(f"/point/{value},{LAT}", params={"q": "birdsong"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["coordinates"] == [read, LAT]
+
+
+@pytest.mark.parametrize("value", ["1_0.5", " 10.5", "10.5\t", "\u0661\u0660", "1_0e0"])
+def test_point_coordinates_in_another_spelling_are_refused_naming_them(client, document, value):
+    """float() reads each (1_0.5 as 10.5): /point answered for a place nobody wrote, or under
+    another URL of the same one."""
+    number = pattern_of(document, "rescale").pattern.removeprefix("^").split(",")[0]
+    assert not re.fullmatch(number, value)
+    for path, name in ((f"/point/{quote(value)},{LAT}", "lon"), (f"/point/{LON},{quote(value)}", "lat")):
+        answer = client.get(path, params={"q": "birdsong"})
+        assert answer.status_code == 422, (path, answer.text)
+        assert answer.json()["detail"].startswith(f"{name} must be a number in "), answer.text
 
 
 TEXTS_TAKEN = ["birdsong", "  rain on a tin roof ", "Vögel im Wald", "\r\nrain\ton a\r\nroof\u3000"]

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from runtime.tiles import demorton, quadkey, tile_bounds
 from server.engine import ranks_whole_level
 from server.http import conditional, errors
-from server.params import PointParamsDep, QueryParams, SearchParamsDep, query_embedding
+from server.params import DECIMAL_SPELLING, PointParamsDep, QueryParams, SearchParamsDep, query_embedding
 from server.routes.deps import ServiceDep
 
 router = APIRouter(tags=["rest"])
@@ -98,8 +98,8 @@ async def search(request: Request, service: ServiceDep, params: SearchParamsDep)
 async def point(
     request: Request,
     service: ServiceDep,
-    lon: Annotated[float, Path(ge=-180, le=180, allow_inf_nan=False)],
-    lat: Annotated[float, Path(ge=-90, le=90, allow_inf_nan=False)],
+    lon: Annotated[float, Path(ge=-180, le=180, allow_inf_nan=False), DECIMAL_SPELLING],
+    lat: Annotated[float, Path(ge=-90, le=90, allow_inf_nan=False), DECIMAL_SPELLING],
     params: PointParamsDep,
 ) -> Response:
     """Match probability, contrast and S of the cell at (lon, lat), plus its 24-hour profile (month
