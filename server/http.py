@@ -36,6 +36,9 @@ OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 # the whole detail is cut at MAX_DETAIL_CHARS: whatever the query string, the answer stays small.
 MAX_SENTENCE_CHARS = 300
 MAX_DETAIL_CHARS = 4096
+# A sentence lists a parameter's values up to this many (the store's levels, the sources); more
+# (rio-tiler's colormaps) it names by their OpenAPI schema.
+MAX_LISTED = 30
 # The error types of an integer parameter not written in plain decimal digits, and of a number
 # parameter not written as a decimal number (server/params.py), and what each sentence adds.
 INTEGER_SPELLING = "int_spelling"
@@ -372,14 +375,24 @@ def _documented_parameters(request: Request) -> dict[tuple[str, str], dict]:
     """(in, name) -> JSON schema of the matched operation's parameters, from the app's own
     OpenAPI document: the rule a sentence states is the rule the contract publishes."""
     route = request.scope.get("route")
-    operation = request.app.openapi()["paths"].get(getattr(route, "path", ""), {}).get(request.method.lower(), {})
-    return {(p["in"], p["name"]): p.get("schema", {}) for p in operation.get("parameters", [])}
+    document = request.app.openapi()
+    operation = document["paths"].get(getattr(route, "path", ""), {}).get(request.method.lower(), {})
+    return {(p["in"], p["name"]): _resolved(document, p.get("schema", {})) for p in operation.get("parameters", [])}
+
+
+def _resolved(document: dict, schema: dict) -> dict:
+    """A parameter's schema, its reference to a named one followed (`document_choices`' lists: the
+    store's levels, the sources), so that a sentence states that list."""
+    reference = schema.get("$ref", "")
+    return document["components"]["schemas"].get(reference.rsplit("/", 1)[-1], schema) if reference else schema
 
 
 def _rule(schema: dict, error_type: str) -> str:
     """What a valid value is, in words, from a parameter's JSON schema."""
     schema = next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
-    if "enum" in schema:
+    if "enum" in schema and len(schema["enum"]) > MAX_LISTED:
+        rule = f"one of the {len(schema['enum'])} values the OpenAPI document lists as {schema.get('title', 'its enum')}"
+    elif "enum" in schema:
         rule = "one of " + ", ".join(str(v) for v in schema["enum"])
     else:
         kind = {

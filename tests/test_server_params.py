@@ -102,6 +102,16 @@ def test_search_and_point_name_every_bad_parameter_at_once(client):
     )
 
 
+@pytest.mark.parametrize("value", ["-1", "abc", "", "1e1", "25"])
+def test_a_level_refused_by_its_type_or_range_states_the_store_levels(client, value):
+    """level=-1 answered `level must be a valid value`: the rule is the store's levels, as the
+    OpenAPI document's Level enum and level=8's sentence state them."""
+    levels = ", ".join(str(level) for level in sorted(client.app.state.service.store.levels))
+    for path in ("/search", "/point/10.5,47.2"):
+        detail = refused(client.get(path, params={"q": "birdsong", "level": value}))
+        assert detail.startswith(f"level must be one of {levels}"), detail
+
+
 def test_a_parameter_given_twice_is_named_with_the_other_bad_ones(client):
     params = [("q", "birdsong"), ("hour", "6"), ("hour", "99"), ("month", "0"), ("month", "1"), ("source", "youtube")]
     detail = refused(client.get(TILE, params=params))
