@@ -391,7 +391,9 @@ def _rule(schema: dict, error_type: str) -> str:
     """What a valid value is, in words, from a parameter's JSON schema."""
     schema = next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
     if "enum" in schema and len(schema["enum"]) > MAX_LISTED:
-        rule = f"one of the {len(schema['enum'])} values the OpenAPI document lists as {schema.get('title', 'its enum')}"
+        rule = (
+            f"one of the {len(schema['enum'])} values the OpenAPI document lists as {schema.get('title', 'its enum')}"
+        )
     elif "enum" in schema:
         rule = "one of " + ", ".join(str(v) for v in schema["enum"])
     else:

@@ -28,7 +28,15 @@ from pydantic_core import PydanticCustomError
 
 from runtime.text import MAX_TEXT_LENGTH, TEXT_PATTERN
 from server.engine import CELLS_PER_TILE_LOG2, GRID, QUERY_LAYERS, QueryMetadata
-from server.http import INTEGER_SPELLING, MAX_DETAIL_CHARS, NUMBER_SPELLING, Refusals, Refused, error_response, refuse_invalid
+from server.http import (
+    INTEGER_SPELLING,
+    MAX_DETAIL_CHARS,
+    NUMBER_SPELLING,
+    Refusals,
+    Refused,
+    error_response,
+    refuse_invalid,
+)
 from server.queries import ID_PATTERN, QueryError, is_query_id, shown, text_record
 from server.render import VALUE_FORMATS, colormap_names
 from server.service import SoundscapeService, TileRequest
@@ -479,8 +487,9 @@ async def each_once(request: Request) -> None:
     """Refuse a parameter the route takes given more than once: `q=rain&q=birdsong` would
     otherwise draw the last one silently. Parameters the route does not take (a cache buster
     such as `_=1733040000`) stay ignored, repeated or not, unless the name is a slip of one it
-    takes (`slips`) or another's name for one (`ALIASES`), one of TiTiler's rendering parameters (`UNSUPPORTED`), or a tilesize beside
-    a pixel ratio. Also refuse one whose percent-encoded bytes are not UTF-8 (`not_utf8`).
+    takes (`slips`) or another's name for one (`ALIASES`), one of TiTiler's rendering parameters
+    (`UNSUPPORTED`), or a tilesize beside a pixel ratio. Also refuse one whose percent-encoded
+    bytes are not UTF-8 (`not_utf8`).
     The 422 names every other bad parameter too."""
     items = request.query_params.multi_items()
     counts = Counter(k for k, _ in items)

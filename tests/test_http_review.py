@@ -138,9 +138,9 @@ def test_a_slip_of_a_parameter_name_is_refused_not_ignored(client, path, slip, m
     assert client.get(path, params={"q": "rain", "_": "1733040000", "qq": "x", "s": "1"}).status_code == 200
 
 
-
 @pytest.mark.parametrize(
-    ("raw", "name"), [("colormap%20name", "colormap name"), ("colormap+name", "colormap name"), ("Colormap%09Name", "Colormap\tName")]
+    ("raw", "name"),
+    [("colormap%20name", "colormap name"), ("colormap+name", "colormap name"), ("Colormap%09Name", "Colormap\tName")],
 )
 def test_a_name_percent_encoded_with_a_space_is_a_slip_too(client, raw, name):
     detail = refused(client.get(f"{TILE}?q=rain&{raw}=viridis"))

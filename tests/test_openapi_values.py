@@ -229,7 +229,9 @@ def test_query_ids_match_the_pattern_the_schema_states(client, document):
         assert not pattern.search(other)
         # a malformed parameter is a 422 naming it; a path naming no query a 404 (docs/api.md, Queries)
         answer = client.get(TILE, params={"query": other})
-        assert answer.status_code == 422 and answer.json()["detail"].startswith("query must be a 16-hex-digit id"), other
+        assert answer.status_code == 422 and answer.json()["detail"].startswith("query must be a 16-hex-digit id"), (
+            other
+        )
         answer = client.get(f"/queries/{other}")
         assert answer.status_code == 404 and answer.json()["detail"] == (
             f"{other!r} is not a query id (16 hex digits from POST /queries)"

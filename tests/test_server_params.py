@@ -121,7 +121,9 @@ def test_a_parameter_given_twice_is_named_with_the_other_bad_ones(client):
     assert_names_each(garbled, ["q is not UTF-8 text", HOUR, SOURCE])
 
 
-@pytest.mark.parametrize(("literal", "escaped"), [("rain%", "rain%25"), ("rain%zz", "rain%25zz"), ("rain%2", "rain%252")])
+@pytest.mark.parametrize(
+    ("literal", "escaped"), [("rain%", "rain%25"), ("rain%zz", "rain%25zz"), ("rain%2", "rain%252")]
+)
 def test_a_percent_sign_that_is_no_escape_stands_for_itself(client, literal, escaped):
     """docs/api.md: a % not followed by two hex digits is read as itself, as the URL standard
     reads it: the same query as the % escaped, not a 422 (only escapes of bytes that are not UTF-8 are)."""
