@@ -770,10 +770,17 @@ def check_tms(tms: str) -> None:
 VALUE_NAMES = {"tif": "GeoTIFF", "npy": ".npy"}
 
 
+def placed(tms: str, fmt: str) -> bool:
+    """Whether `tms` serves tiles of `fmt`: values (.npy, .tif) only on the grid they are computed
+    on; another's tiles are pictures drawn from the grid's (render.encode_tile_geotiff places on
+    GRID alone)."""
+    return fmt not in VALUE_FORMATS or tms == GRID
+
+
 def check_placed(tms: str, fmt: str) -> None:
-    """404 for values (.npy, .tif) on a tile matrix set other than the grid they are computed on:
-    another's tiles are pictures drawn from the grid's (render.encode_tile_geotiff places on GRID alone)."""
-    if fmt in VALUE_FORMATS and tms != GRID:
+    """404 for tiles `tms` does not serve in `fmt` (`placed`): a tile's, and that of a document
+    whose template would lead to such tiles only."""
+    if not placed(tms, fmt):
         raise HTTPException(
             404,
             f"{VALUE_NAMES[fmt]} tiles are served on {GRID} only, the grid their values are computed on, not on {tms}",

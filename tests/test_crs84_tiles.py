@@ -16,6 +16,7 @@ import rasterio
 from store.reader import Store
 from tests.server_support import live_server, make_client
 from tests.test_server_collections import DOCS, gdal, needs_gdal, rgba
+from tests.test_server_tilesets import link
 
 CRS84_QUAD = morecantile.tms.get("WorldCRS84Quad")
 QUERY = {"q": "birdsong", "hour": "6"}
@@ -64,6 +65,32 @@ def test_values_and_wmts_stay_on_the_grid_they_are_computed_on(client):
     for path in ("/tiles/WorldCRS84Quad/1/1/0.npy", "/WorldCRS84Quad/WMTSCapabilities.xml"):
         refused = client.get(path, params=QUERY)
         assert refused.status_code == 404 and "WebMercatorQuad" in refused.json()["detail"], path
+
+
+@pytest.mark.parametrize("fmt", ["npy", "tif"])
+def test_no_document_leads_to_value_tiles_it_does_not_serve(client, fmt):
+    """A document of WorldCRS84Quad's values would template tiles that all 404: it answers as
+    they do, and the tileset lists offer the grid's tileset alone."""
+    tile = client.get(f"/tiles/WorldCRS84Quad/1/1/0.{fmt}", params=QUERY)
+    assert tile.status_code == 404
+    asked = {**QUERY, "tile_format": fmt}
+    for path in (
+        "/WorldCRS84Quad/tilejson.json",
+        "/tiles/WorldCRS84Quad",
+        "/collections/contrast/tiles/WorldCRS84Quad",
+    ):
+        refused = client.get(path, params=asked)
+        assert (refused.status_code, refused.json()) == (404, tile.json()), path
+    for path in ("/tiles", "/collections/contrast/tiles"):
+        tilesets = client.get(path, params=asked).json()["tilesets"]
+        assert [link(tileset, "self")["href"].split("?")[0].rsplit("/", 1)[1] for tileset in tilesets] == [
+            "WebMercatorQuad"
+        ], path
+        for tileset in tilesets:
+            assert client.get(link(tileset, "self")["href"]).status_code == 200
+    assert client.get("/WebMercatorQuad/tilejson.json", params=asked).json()["tiles"][0].split("?")[0].endswith(
+        f"/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.{fmt}"
+    )
 
 
 @needs_gdal

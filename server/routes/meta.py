@@ -37,8 +37,10 @@ from server.params import (
     CollectionParamsDep,
     DocumentParams,
     DocumentParamsDep,
+    check_placed,
     check_tms,
     echo,
+    placed,
     refusing,
     request_refusals,
 )
@@ -105,6 +107,7 @@ async def _tilejson(request: Request, service: ServiceDep, tms: str | None, para
     bad parameter before a 404 for an unknown tile matrix set, as tile_request answers."""
     [(tile, text)] = params.validated(service)
     check_tms(tms or TMS_IDS[0])
+    check_placed(tms or TMS_IDS[0], params.fmt)  # its template would lead to 404s alone
     base = base_url(request)
     store = service.store
     west, south, east, north = store.bounds
@@ -405,12 +408,15 @@ async def check_query(service: SoundscapeService, params: DocumentParams) -> Non
 async def layer_tilesets(
     request: Request, service: SoundscapeService, params: DocumentParams, tiles: str, refusals: Refusals | None = None
 ) -> Response:
-    """The tileset of each tile matrix set at `tiles` (`/tiles`, or a collection's): bad
+    """The tileset of each tile matrix set at `tiles` (`/tiles`, or a collection's) that serves
+    the `tile_format` asked (`placed`: values on the grid alone), so that none leads to 404s: bad
     parameters (`refusals` too) and an unknown query id answer as the tilesets themselves would."""
     params.validated(service, refusals)
     await check_query(service, params)
     base, query = base_url(request), request.url.query
-    sets = [tileset_summary(base, tiles, tms, layer_title(params), query) for tms in TMS_IDS]
+    sets = [
+        tileset_summary(base, tiles, tms, layer_title(params), query) for tms in TMS_IDS if placed(tms, params.fmt)
+    ]
     return conditional(request, JSONResponse({"tilesets": sets}), "document")
 
 
@@ -430,6 +436,7 @@ async def layer_tileset(
     tile of each zoom when not `over_cells`."""
     [(tile, text)] = params.validated(service, refusals)
     check_tms(tms)
+    check_placed(tms, params.fmt)  # its item template would lead to 404s alone
     await check_query(service, params)
     base = base_url(request)
     west, south, east, north = service.store.bounds
