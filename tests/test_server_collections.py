@@ -167,6 +167,17 @@ def test_a_collections_tileset_is_the_layers_but_for_whole_matrices(client):
     assert {key: value for key, value in own.items() if key != "links"} == unlinked
 
 
+def test_each_listed_tile_matrix_set_links_its_definition_as_self(client):
+    """OGC API - Tiles' tileMatrixSet-item asks a `self` link to the definition; the tiling-scheme
+    link stays for the clients that followed it."""
+    listed = client.get("/tileMatrixSets").json()["tileMatrixSets"]
+    assert [entry["id"] for entry in listed] == ["WebMercatorQuad", "WorldCRS84Quad"]
+    for entry in listed:
+        own, scheme = link(entry, "self"), link(entry, TMS_REL)
+        assert own["href"] == scheme["href"] and own["type"] == "application/json"
+        assert client.get(own["href"]).json()["id"] == entry["id"]
+
+
 def test_the_tile_matrix_set_keeps_tms_1_names_beside_its_own(client):
     matrix_set = client.get("/tileMatrixSets/WebMercatorQuad").json()
     assert (matrix_set["identifier"], matrix_set["supportedCRS"]) == (matrix_set["id"], matrix_set["crs"])

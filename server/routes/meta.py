@@ -304,15 +304,14 @@ def conformance(request: Request) -> Response:
 
 @router.get("/tileMatrixSets", summary="The tile matrix sets tiles are served in (OGC API - Tiles)")
 def tile_matrix_sets(request: Request) -> Response:
+    """Each tile matrix set with its `self` link to its definition, as OGC API - Tiles'
+    tileMatrixSet-item asks, and the same link of rel tiling-scheme, which clients followed before."""
     base = base_url(request)
-    sets = [
-        {
-            "id": tms,
-            "title": MATRIX_SETS[tms].title,
-            "links": [{"href": f"{base}/tileMatrixSets/{tms}", "rel": TMS_REL, "type": "application/json"}],
-        }
-        for tms in TMS_IDS
-    ]
+    sets = []
+    for tms in TMS_IDS:
+        definition, title = f"{base}/tileMatrixSets/{tms}", MATRIX_SETS[tms].title
+        links = [json_link(rel, definition, f"Definition of {tms}") for rel in ("self", TMS_REL)]
+        sets.append({"id": tms, "title": title, "links": links})
     return conditional(request, JSONResponse({"tileMatrixSets": sets}), "document")
 
 
