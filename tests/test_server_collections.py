@@ -106,6 +106,22 @@ def test_the_collections_are_the_layers_the_parameters_allow(client):
     assert contrast["description"] == tileset["description"], "the legend in words"
 
 
+def test_a_listed_collection_is_described_as_its_links_draw_it(client):
+    """With rescale and colormap_name, which every collection's links carry, each listed
+    collection is the one its own URL gives, the uncertainty layer's too: its tileset's tiles draw
+    that scale and colormap."""
+    styled = {**QUERY, "rescale": "-3,0.5", "colormap_name": "greys"}
+    for params in (styled, {"rescale": "-3,0.5", "colormap_name": "greys"}):
+        listed = client.get("/collections", params=params).json()["collections"]
+        for entry in listed:
+            assert client.get(link(entry, "self")["href"]).json() == entry
+            assert entry["description"].startswith("greys colours from -3 (left of the legend) to 0.5 ("), entry["id"]
+        uncertainty = listed[-1]
+        tileset = client.get(link(uncertainty, TILESETS_REL)["href"]).json()["tilesets"][0]
+        item = link(client.get(link(tileset, "self")["href"]).json(), "item")["href"]
+        assert "rescale=-3%2C0.5" in item and "colormap_name=greys" in item
+
+
 def test_a_collections_bbox_is_the_stores_bounds(client, store_path):
     collection = client.get("/collections/uncertainty").json()
     spatial = collection["extent"]["spatial"]

@@ -558,17 +558,14 @@ def without_format(query: str) -> str:
 )
 @refusing(refuse_layer)
 async def collections(request: Request, service: ServiceDep, params: CollectionParamsDep) -> Response:
-    """Each layer the parameters allow, as WMTS lists them: one 422 naming every bad parameter."""
-    refusals = request_refusals(request)
-    layers = params.validated(service, refusals)
-    base, query = base_url(request), request.url.query
-    listed = []
-    for layer, (tile, text) in zip(params.layers(), layers, strict=True):
-        of_layer = layer_params(layer, params)
-        await check_query(service, of_layer)
-        listed.append(collection(base, of_layer, await layer_legend(service, tile, text), service.store, query))
-    document = {"links": [json_link("self", with_query(f"{base}/collections", query), "This list")]}
-    return conditional(request, JSONResponse({**document, "collections": listed}), "document")
+    """Each layer the parameters allow, as WMTS lists them: one 422 naming every bad parameter.
+    Each is described as `/collections/{collectionId}` describes it, as its links draw it (the
+    uncertainty layer too takes `rescale` and `colormap_name`, which its links carry)."""
+    params.validated(service, request_refusals(request))
+    listed = [await layer_document(request, service, layer_params(layer, params)) for layer in params.layers()]
+    own = with_query(f"{base_url(request)}/collections", request.url.query)
+    document = {"links": [json_link("self", own, "This list")], "collections": listed}
+    return conditional(request, JSONResponse(document), "document")
 
 
 @router.get(
@@ -580,12 +577,19 @@ async def collections(request: Request, service: ServiceDep, params: CollectionP
 async def layer_collection(
     collection_id: CollectionId, request: Request, service: ServiceDep, params: CollectionParamsDep
 ) -> Response:
-    of_layer = layer_params(collection_id, params)
-    [(tile, text)] = of_layer.validated(service, request_refusals(request))
+    document = await layer_document(request, service, layer_params(collection_id, params), request_refusals(request))
+    return conditional(request, JSONResponse(document), "document")
+
+
+async def layer_document(
+    request: Request, service: SoundscapeService, of_layer: DocumentParams, refusals: Refusals | None = None
+) -> dict:
+    """The collection of `of_layer`'s layer, described as its links (which carry the query it was
+    asked with) draw it: the one description of a collection, listed or alone."""
+    [(tile, text)] = of_layer.validated(service, refusals)
     await check_query(service, of_layer)
     legend = await layer_legend(service, tile, text)
-    document = collection(base_url(request), of_layer, legend, service.store, request.url.query)
-    return conditional(request, JSONResponse(document), "document")
+    return collection(base_url(request), of_layer, legend, service.store, request.url.query)
 
 
 @router.get(
