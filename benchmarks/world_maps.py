@@ -51,15 +51,11 @@ def world(engine, layer: str, query, meta) -> np.ndarray:
 
 def panel(engine, layer: str, query, meta) -> Image.Image:
     """One layer's world in its default colours, PANEL px square."""
-    from server.engine import Scale
     from server.render import palette_image, quantise
 
     level, rows = engine.scale_sample
     sample = engine.values(engine.embeddings(level, rows, meta), layer, query)
-    if layer == "uncertainty":
-        scale = Scale.over(sample, *(float(v) for v in engine.store.manifest["uncertainty_range"]))
-    else:
-        scale = engine.default_scale(sample)
+    scale = engine.uncertainty_scale(sample) if layer == "uncertainty" else engine.default_scale(sample)
     colormap = "viridis" if layer == "uncertainty" else "magma"
     image = palette_image(quantise(world(engine, layer, query, meta), scale.lo, scale.hi), colormap)
     return image.convert("RGBA").resize((PANEL, PANEL), Image.Resampling.BILINEAR)

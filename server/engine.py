@@ -436,6 +436,12 @@ class Engine:
         lo, hi = round_scale(float(low), float(high))
         return Scale.over(values, lo, hi)
 
+    def uncertainty_scale(self, values: np.ndarray) -> Scale:
+        """The uncertainty layer's default: the store's range of S (`uncertainty_range`), the same
+        for every metadata so hours compare, its ends rounded outwards as default_scale's are."""
+        lo, hi = round_scale(*(float(v) for v in self.store.manifest["uncertainty_range"]))
+        return Scale.over(values, lo, hi)
+
     # Points and search -----------------------------------------------------------------------
     def cell_at(self, lon: float, lat: float, level: Level) -> int | None:
         """Row of the cell of `level` holding (lon, lat), or None (also past the mercator limit)."""

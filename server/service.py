@@ -66,8 +66,9 @@ SCALE_CACHE_ENTRIES = 4096
 # and widening 1,024 float16 rows at each query cost more than the scoring (BENCHMARKS.md, sixteenth
 # pass). 264 KB an entry.
 SCALE_SAMPLE_LRU_BYTES = 16 * 1024 * 1024
-# Names the default-scale rule in tile keys and ETags: change it when the rule changes.
-DEFAULT_SCALE_KEY = "p2-p98-v1"
+# Names the default-scale rule in tile keys and ETags: change it when the rule changes (v2: the
+# uncertainty layer's store range is rounded outwards, as the percentile scales are).
+DEFAULT_SCALE_KEY = "p2-p98-v2"
 # How cached values are stored in Redis (the LRU keeps the objects).
 CELLS: Codec[CellEmbeddings] = Codec(CellEmbeddings.to_bytes, CellEmbeddings.from_bytes)
 QUERIES: Codec[tuple[QueryRecord, QueryEmbedding]] = Codec(lambda v: v[0].to_bytes(v[1]), QueryRecord.from_bytes)
@@ -426,7 +427,7 @@ class SoundscapeService:
         """The layer's default colour scale under `meta`: for the heatmap (contrast) the 2nd-98th
         percentile of this query's match probability (contrast) over the scale sample (one scale
         for every tile and zoom of the query and metadata); for uncertainty the store's fixed S range, so hours and
-        months compare. Cached per (layer, query, metadata)."""
+        months compare. Either rounded outwards alike (round_scale). Cached per (layer, query, metadata)."""
         key = (layer, query_id, meta)
         found = self._scales.get(key)
         if found is not None:
@@ -436,7 +437,7 @@ class SoundscapeService:
         scale = (
             self.engine.default_scale(values)
             if layer in QUERY_LAYERS
-            else Scale.over(values, *(float(v) for v in self.store.manifest["uncertainty_range"]))
+            else self.engine.uncertainty_scale(values)
         )
         self._scales[key] = scale
         while len(self._scales) > SCALE_CACHE_ENTRIES:

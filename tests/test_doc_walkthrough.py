@@ -312,7 +312,13 @@ def test_the_uncertainty_scale_is_the_percentiles_the_docs_name(client, store_pa
     assert (low, high) == tuple(int(v) for v in stored.groups())
     s = np.concatenate([np.load(path) for path in sorted(store_path.glob("levels/*/s.npy"))])
     scale = client.get("/tilejson.json", params={"layer": "uncertainty"}).json()["scale"]
-    assert (scale["min"], scale["max"]) == pytest.approx((np.percentile(s, low), np.percentile(s, high)), rel=1e-6)
+    # rounded as every layer's default scale is, outwards: no value of the range is clipped
+    digits = int(doc_text(r"the uncertainty range's too, are rounded to (\d) significant digits of their span, outwards").group(1))
+    lo, hi = float(np.percentile(s, low)), float(np.percentile(s, high))
+    step = 10.0 ** (np.floor(np.log10(hi - lo)) - digits + 1)
+    for end in (scale["min"], scale["max"]):
+        assert end / step == pytest.approx(round(end / step), abs=1e-6), (end, step)
+    assert lo - step < scale["min"] <= lo and hi <= scale["max"] < hi + step
     ordinal = {1: "1st", 2: "2nd", 98: "98th", 99: "99th"}
     assert f"{ordinal[low]} to {ordinal[high]} percentile" in scale["method"], scale["method"]
 
