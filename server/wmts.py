@@ -46,11 +46,16 @@ def _add(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -
     return child
 
 
-def _operations(parent: ET.Element, self_url: str) -> None:
+def _operations(parent: ET.Element, self_url: str, tiles_url: str) -> None:
+    """Both operations in the RESTful encoding alone, the only one served: the capabilities at
+    their own URL, tiles under `tiles_url`, the prefix of the ResourceURL templates (as GeoWebCache
+    writes its RESTful GetTile). No KVP GetTile is advertised, for none is served; the section is
+    kept because OWSLib before 0.17 failed on a document without it, and later OWSLib reads a
+    GetTile of RESTful encoding alone as a RESTful-only service and follows ResourceURL."""
     metadata = _add(parent, "ows:OperationsMetadata")
-    for name in ("GetCapabilities", "GetTile"):
+    for name, href in (("GetCapabilities", self_url), ("GetTile", tiles_url)):
         http = _add(_add(_add(metadata, "ows:Operation", name=name), "ows:DCP"), "ows:HTTP")
-        constraint = _add(_add(http, "ows:Get", **{"xlink:href": self_url}), "ows:Constraint", name="GetEncoding")
+        constraint = _add(_add(http, "ows:Get", **{"xlink:href": href}), "ows:Constraint", name="GetEncoding")
         _add(_add(constraint, "ows:AllowedValues"), "ows:Value", "RESTful")
 
 
@@ -91,16 +96,22 @@ def _tile_matrix_set(contents: ET.Element, zooms: tuple[int, int], size: int) ->
 
 
 def capabilities(
-    self_url: str, layers: list[Layer], bounds: tuple[float, ...], zooms: tuple[int, int], tile_size: int = 256
+    self_url: str,
+    tiles_url: str,
+    layers: list[Layer],
+    bounds: tuple[float, ...],
+    zooms: tuple[int, int],
+    tile_size: int = 256,
 ) -> str:
-    """The document: the layers over WebMercatorQuad with `tile_size`-pixel tiles."""
+    """The document at `self_url`: the layers over WebMercatorQuad with `tile_size`-pixel tiles,
+    whose templates start with `tiles_url`."""
     namespaces = {"xmlns": WMTS, "xmlns:ows": OWS, "xmlns:xlink": XLINK, "xmlns:xsi": XSI}
     root = ET.Element("Capabilities", {**namespaces, "xsi:schemaLocation": f"{WMTS} {SCHEMA}", "version": "1.0.0"})
     service = _add(root, "ows:ServiceIdentification")
     _add(service, "ows:Title", "Soundscape tiles")
     _add(service, "ows:ServiceType", "OGC WMTS")
     _add(service, "ows:ServiceTypeVersion", "1.0.0")
-    _operations(root, self_url)
+    _operations(root, self_url, tiles_url)
     contents = _add(root, "Contents")
     for layer in layers:
         _layer(contents, layer, bounds)

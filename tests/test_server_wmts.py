@@ -61,6 +61,31 @@ def test_every_text_and_url_is_escaped(server):
     assert get.get("{http://www.w3.org/1999/xlink}href").endswith(r.request.url.raw_path.decode().split("?", 1)[1])
 
 
+def test_its_operations_are_restful_and_a_kvp_gettile_is_refused(server):
+    """WMTS 1.0.0's OperationsMetadata describes the KVP (procedure-oriented) operations: this
+    server has none, so both operations are RESTful, GetTile under the templates' prefix, and a
+    KVP GetTile at the capabilities' URL (which answered the XML with 200) is a 422 saying so."""
+    url = f"{server}/WMTSCapabilities.xml"
+    root = ET.fromstring(httpx.get(url, params={"q": "birdsong"}, timeout=30).content)
+    operations = {op.get("name"): op for op in root.findall("ows:OperationsMetadata/ows:Operation", NS)}
+    assert set(operations) == {"GetCapabilities", "GetTile"}
+    assert all([v.text for v in op.iterfind(".//ows:Value", NS)] == ["RESTful"] for op in operations.values())
+    prefix = operations["GetTile"].find(".//ows:Get", NS).get("{http://www.w3.org/1999/xlink}href")
+    templates = [r.get("template") for r in root.iter(f"{{{NS['w']}}}ResourceURL")]
+    assert prefix == f"{server}/tiles/WebMercatorQuad/" and all(t.startswith(prefix) for t in templates)
+    tile = httpx.get(templates[0].format(TileMatrix=2, TileCol=2, TileRow=1), timeout=30)
+    assert tile.status_code == 200 and tile.headers["content-type"] == "image/png"
+    kvp = {"SERVICE": "WMTS", "VERSION": "1.0.0", "LAYER": "contrast", "STYLE": "default", "FORMAT": "image/png"}
+    kvp |= {"TILEMATRIXSET": "WebMercatorQuad", "TILEMATRIX": 2, "TILEROW": 1, "TILECOL": 2}
+    for request in ({"REQUEST": "GetTile"}, {"request": "gettile"}, {"REQUEST": "GetFeatureInfo"}):
+        refused = httpx.get(url, params={"q": "birdsong", **kvp, **request}, timeout=30)
+        assert refused.status_code == 422 and refused.headers["content-type"] == "application/json", refused.text
+        [(name, value)] = request.items()
+        assert refused.json()["detail"].startswith(f"{name}='{value}' is not served: this WMTS is RESTful only")
+    capabilities = httpx.get(url, params={"q": "birdsong", "SERVICE": "WMTS", "REQUEST": "GetCapabilities"})
+    assert capabilities.status_code == 200 and ET.fromstring(capabilities.content).tag == f"{{{NS['w']}}}Capabilities"
+
+
 def test_gdal_reads_the_heatmap_through_wmts(server):
     z, x, y = 6, 33, 22  # over the Alps
     url = f"WMTS:{server}/WMTSCapabilities.xml?q=birdsong,layer=heatmap"

@@ -157,10 +157,23 @@ async def tms_tilejson(tms: str, request: Request, service: ServiceDep, params: 
     return await _tilejson(request, service, tms, params)
 
 
+def refuse_kvp_operation(request: Request, refusals: Refusals) -> None:
+    """A KVP operation other than GetCapabilities (`REQUEST=GetTile`, the name in any case, as OWS
+    takes it) refused: this WMTS is RESTful only, and answering the capabilities in its place sent
+    a client asking for a tile an XML document with 200."""
+    for name, value in request.query_params.multi_items():
+        if name.casefold() == "request" and value.casefold() != "getcapabilities":
+            refusals.refuse(
+                name,
+                f"{name[:40]}={shown(value)} is not served: this WMTS is RESTful only, so ask each tile by its "
+                f"layer's ResourceURL template ({TMS_IDS[0]}/{{TileMatrix}}/{{TileCol}}/{{TileRow}} under /tiles/)",
+            )
+
+
 async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParams, tms: str = TMS_IDS[0]) -> Response:
-    """The capabilities of `tms`'s tiles: a 422 naming every bad parameter before a 404 for an
-    unknown tile matrix set, as tile_request answers."""
-    layers_asked = params.validated(service)
+    """The capabilities of `tms`'s tiles: a 422 naming every bad parameter (a KVP operation but
+    GetCapabilities too) before a 404 for an unknown tile matrix set, as tile_request answers."""
+    layers_asked = params.validated(service, request_refusals(request))
     check_tms(tms)
     if tms != GRID:  # server/wmts.py writes WebMercatorQuad's matrices
         raise HTTPException(
@@ -179,7 +192,9 @@ async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParam
         legend_url = f"{base}/colormaps/{tile.colormap}" if "colormap" in legend else None
         layers.append(wmts.Layer(layer, title, template, FORMATS[params.fmt], legend["description"], legend_url))
     own_url = f"{base}{request.url.path}?{request.url.query}"
-    body = wmts.capabilities(own_url, layers, service.store.bounds, params.zooms(service), params.tilesize)
+    tiles_url = f"{base}/tiles/{TMS_IDS[0]}/"  # the prefix of every template: RESTful GetTile
+    zooms = params.zooms(service)
+    body = wmts.capabilities(own_url, tiles_url, layers, service.store.bounds, zooms, params.tilesize)
     return conditional(request, Response(body, media_type="application/xml"), "document")
 
 
@@ -189,6 +204,7 @@ async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParam
     responses=WMTS_RESPONSES,
     summary="OGC WMTS 1.0.0 capabilities: heatmap (when q or query is given) and uncertainty",
 )
+@refusing(refuse_kvp_operation)
 async def wmts_capabilities(request: Request, service: ServiceDep, params: CapabilitiesParamsDep) -> Response:
     return await _wmts(request, service, params)
 
@@ -199,6 +215,7 @@ async def wmts_capabilities(request: Request, service: ServiceDep, params: Capab
     responses=WMTS_RESPONSES,
     summary="WMTS capabilities of a TMS",
 )
+@refusing(refuse_kvp_operation)
 async def tms_wmts_capabilities(
     tms: str, request: Request, service: ServiceDep, params: CapabilitiesParamsDep
 ) -> Response:
