@@ -439,8 +439,8 @@ class Engine:
     def uncertainty_scale(self, values: np.ndarray) -> Scale:
         """The uncertainty layer's default: the store's range of S (`uncertainty_range`), the same
         for every metadata so hours compare, its ends rounded outwards as default_scale's are."""
-        lo, hi = round_scale(*(float(v) for v in self.store.manifest["uncertainty_range"]))
-        return Scale.over(values, lo, hi)
+        low, high = (float(v) for v in self.store.manifest["uncertainty_range"])
+        return Scale.over(values, *round_scale(low, high))
 
     # Points and search -----------------------------------------------------------------------
     def cell_at(self, lon: float, lat: float, level: Level) -> int | None:

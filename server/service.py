@@ -434,11 +434,7 @@ class SoundscapeService:
             self._scales.move_to_end(key)
             return found
         values = await self._sample_values(layer, query, meta)
-        scale = (
-            self.engine.default_scale(values)
-            if layer in QUERY_LAYERS
-            else self.engine.uncertainty_scale(values)
-        )
+        scale = self.engine.default_scale(values) if layer in QUERY_LAYERS else self.engine.uncertainty_scale(values)
         self._scales[key] = scale
         while len(self._scales) > SCALE_CACHE_ENTRIES:
             self._scales.popitem(last=False)

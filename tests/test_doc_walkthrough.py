@@ -313,7 +313,8 @@ def test_the_uncertainty_scale_is_the_percentiles_the_docs_name(client, store_pa
     s = np.concatenate([np.load(path) for path in sorted(store_path.glob("levels/*/s.npy"))])
     scale = client.get("/tilejson.json", params={"layer": "uncertainty"}).json()["scale"]
     # rounded as every layer's default scale is, outwards: no value of the range is clipped
-    digits = int(doc_text(r"the uncertainty range's too, are rounded to (\d) significant digits of their span, outwards").group(1))
+    rounding = r"the uncertainty range's too, are rounded to (\d) significant digits of their span, outwards"
+    digits = int(doc_text(rounding).group(1))
     lo, hi = float(np.percentile(s, low)), float(np.percentile(s, high))
     step = 10.0 ** (np.floor(np.log10(hi - lo)) - digits + 1)
     for end in (scale["min"], scale["max"]):
