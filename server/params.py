@@ -250,15 +250,24 @@ class StyleParams(QueryParams):
         return TileParams(**vars(self)).validated(service, refusals)
 
 
+# Published as an enum, so schema-driven clients send only sizes taken; validated by
+# `refuse_tile_size`, whose 422 names it with the other bad parameters.
+TileSizeParam = Annotated[
+    int,
+    Query(description="Tile size in pixels: 256 or 512.", json_schema_extra={"enum": list(TILE_SIZES)}),
+    DIGITS,
+]
+
+
+def refuse_tile_size(size: int, refusals: Refusals) -> None:
+    """A tile size other than those served refused, in one sentence wherever it is given."""
+    if size not in TILE_SIZES:
+        refusals.refuse("tilesize", f"tilesize must be 256 or 512, not {size}")
+
+
 @dataclass
 class TileParams(StyleParams):
-    # Published as an enum, so schema-driven clients send only sizes taken; validated by tile_request,
-    # whose 422 names it with the other bad parameters.
-    tilesize: Annotated[
-        int,
-        Query(description="Tile size in pixels: 256 or 512.", json_schema_extra={"enum": list(TILE_SIZES)}),
-        DIGITS,
-    ] = 256
+    tilesize: TileSizeParam = TILE_SIZES[0]
 
     def validated(
         self, service: SoundscapeService, refusals: Refusals | None = None
@@ -819,8 +828,7 @@ def tile_request(
     order, as FastAPI's own refusals come before the route: a bad parameter is a 422 wherever the
     tile is."""
     refusals = Refusals() if refusals is None else refusals
-    if params.tilesize not in TILE_SIZES:
-        refusals.refuse("tilesize", f"tilesize must be 256 or 512, not {params.tilesize}")
+    refuse_tile_size(params.tilesize, refusals)
     heatmap = params.layer in QUERY_LAYERS
     # The uncertainty layer draws no query, but a malformed q or query is still a 422 there (it
     # is not looked up: an unknown id draws the same S)

@@ -88,8 +88,11 @@ def test_no_document_leads_to_value_tiles_it_does_not_serve(client, fmt):
         ], path
         for tileset in tilesets:
             assert client.get(link(tileset, "self")["href"]).status_code == 200
-    assert client.get("/WebMercatorQuad/tilejson.json", params=asked).json()["tiles"][0].split("?")[0].endswith(
-        f"/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.{fmt}"
+    assert (
+        client.get("/WebMercatorQuad/tilejson.json", params=asked)
+        .json()["tiles"][0]
+        .split("?")[0]
+        .endswith(f"/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.{fmt}")
     )
 
 
@@ -126,6 +129,36 @@ def test_gdal_reads_a_collection_with_no_option_as_these_tiles(bundle_path, stor
     left, top = round((west + 180 - cols[0] * span) / res), round((90 - north - rows[0] * span) / res)
     assert np.array_equal(pixels, mosaic[:, top : top + pixels.shape[1], left : left + pixels.shape[2]])
     assert (pixels[3] > 0).mean() > 0.5
+
+
+@needs_gdal
+def test_gdal_reads_a_collection_of_512_pixel_tiles_as_of_256(bundle_path, store_path, tmp_path):
+    """At tilesize=512 the tilesets link 512-pixel matrices (GDAL failed "Incorrect size 512 x 512
+    of downloaded block, expected 256 x 256" on the 256-pixel ones): a window read through either
+    tile matrix set is placed where the 256-pixel tiles' is, and in CRS84 has their pixels."""
+    window = ["-projwin", "0", "50", "20", "40"]  # over the fixture's Europe
+    # GDAL 3.6 reads a collection's bounds in the set's units: the Web Mercator square, as documented
+    world = [f"{side}={sign}20037508.34" for side, sign in (("MINX", "-"), ("MINY", "-"), ("MAXX", ""), ("MAXY", ""))]
+    mercator = [*(f for option in ["TILEMATRIXSET=WebMercatorQuad", *world] for f in ("-oo", option))]
+    mercator += ["-projwin_srs", "EPSG:4326"]
+    read = {}
+    with live_server(bundle_path, store_path) as server:
+        for name, options in (("crs84", []), ("mercator", mercator)):
+            for size in ("", "&tilesize=512"):
+                out = tmp_path / f"{name}{size[-3:]}.tif"
+                url = f"OGCAPI:{server}/collections/contrast?q=birdsong&hour=6{size}"
+                gdal(["gdal_translate", "-q", *options, *window, url, str(out)], tmp_path)
+                with rasterio.open(out) as src:
+                    read[name, size] = src.crs, src.res[0], src.bounds, src.read()
+    for name in ("crs84", "mercator"):
+        (crs, res, bounds, _), (crs512, _, bounds512, pixels512) = read[name, ""], read[name, "&tilesize=512"]
+        assert crs == crs512 and bounds512 == pytest.approx(bounds, abs=res), name
+        assert (pixels512[3] > 0).mean() > 0.9, name
+    # GDAL picks CRS84's zoom by the collection's scaleDenominator: one zoom coarser in twice the pixels
+    assert read["crs84", ""][1] == pytest.approx(read["crs84", "&tilesize=512"][1])
+    assert np.array_equal(read["crs84", ""][3], read["crs84", "&tilesize=512"][3])
+    # and Web Mercator's finest zoom offered, the same zoom in twice the pixels
+    assert read["mercator", ""][1] == pytest.approx(2 * read["mercator", "&tilesize=512"][1])
 
 
 @needs_gdal

@@ -2,8 +2,11 @@
 tile template, the tile matrix set, the limits per zoom) leads to the tiles the XYZ route serves,
 and they refuse what TileJSON refuses. OpenLayers reading one in Chromium: tests/test_doc_snippets.py."""
 
+import io
+
 import mercantile
 import pytest
+from PIL import Image
 
 from tests.server_support import make_client
 
@@ -112,3 +115,41 @@ def test_with_a_public_url_the_links_start_with_it(bundle_path, store_path):
         headers = {"host": host, "accept-encoding": "identity"}
         tileset = client.get("/tiles/WebMercatorQuad", params={"q": "birdsong"}, headers=headers).json()
         assert all(item["href"].startswith("https://maps.example.org/sound/") for item in tileset["links"])
+
+
+@pytest.mark.parametrize("tms", ["WebMercatorQuad", "WorldCRS84Quad"])
+def test_a_tileset_of_512_pixel_tiles_links_512_pixel_matrices(client, tms):
+    """The tiles of tilesize=512 cover the 256-pixel tiles' boxes in twice the pixels: the tileset
+    names and links matrices of such tiles (a set of this server's, not the registered one)."""
+    plain = client.get(f"/tiles/{tms}", params={"q": "birdsong"}).json()
+    large = client.get(f"/tiles/{tms}", params={"q": "birdsong", "tilesize": 512}).json()
+    assert plain["tileMatrixSetURI"] == f"http://www.opengis.net/def/tilematrixset/OGC/1.0/{tms}"
+    assert link(plain, TMS_REL)["href"] == f"http://127.0.0.1/tileMatrixSets/{tms}"
+    scheme = link(large, TMS_REL)["href"]
+    assert large["tileMatrixSetURI"] == scheme == f"http://127.0.0.1/tileMatrixSets/{tms}?tilesize=512"
+    assert large["tileMatrixSetLimits"] == plain["tileMatrixSetLimits"]
+    listed = client.get("/tiles", params={"q": "birdsong", "tilesize": 512}).json()["tilesets"]
+    assert [entry["tileMatrixSetURI"] for entry in listed if tms in entry["tileMatrixSetURI"]] == [scheme]
+    small, matrices = client.get(link(plain, TMS_REL)["href"]).json(), client.get(scheme).json()
+    assert "uri" not in matrices and "wellKnownScaleSet" not in matrices
+    for a, b in zip(small["tileMatrices"], matrices["tileMatrices"], strict=True):
+        assert (b["tileWidth"], b["tileHeight"], b["matrixWidth"], b["matrixHeight"]) == (
+            512,
+            512,
+            a["matrixWidth"],
+            a["matrixHeight"],
+        )
+        assert b["cellSize"] * 2 == a["cellSize"] and b["pointOfOrigin"] == a["pointOfOrigin"]
+    template = link(large, "item")["href"]
+    tile = client.get(template.format(tileMatrix=1, tileCol=1, tileRow=0))
+    assert Image.open(io.BytesIO(tile.content)).size == (512, 512)
+
+
+def test_a_tile_matrix_set_of_another_size_is_refused_as_a_tile_is(client):
+    """The tiles' sentence, and a 422 before the 404 of an unknown set."""
+    tile = client.get("/tiles/WebMercatorQuad/1/1/0.png", params={"layer": "uncertainty", "tilesize": 300}).json()[
+        "detail"
+    ]
+    for tms in ("WebMercatorQuad", "Nope"):
+        answer = client.get(f"/tileMatrixSets/{tms}", params={"tilesize": 300})
+        assert (answer.status_code, answer.json()["detail"]) == (422, tile), tms

@@ -31,16 +31,19 @@ from server.params import (
     MATRICES,
     MATRIX_SETS,
     MONTHS,
+    TILE_SIZES,
     TMS_IDS,
     CapabilitiesParams,
     CapabilitiesParamsDep,
     CollectionParamsDep,
     DocumentParams,
     DocumentParamsDep,
+    TileSizeParam,
     check_placed,
     check_tms,
     echo,
     placed,
+    refuse_tile_size,
     refusing,
     request_refusals,
 )
@@ -337,23 +340,42 @@ def tile_matrix_sets(request: Request) -> Response:
     summary="A tile matrix set (OGC TMS 2.0 JSON)",
     responses={404: {"description": "Unknown tile matrix set."}},
 )
-def tile_matrix_set(tms: str, request: Request) -> Response:
+def tile_matrix_set(tms: str, request: Request, tilesize: TileSizeParam = TILE_SIZES[0]) -> Response:
+    """`tilesize=512` gives the matrices of the 512-pixel tiles (`tilesize=512` on the tile routes),
+    which a tileset of such tiles links: a 422 for another size before a 404 for an unknown set."""
+    refusals = Refusals()
+    refuse_tile_size(tilesize, refusals)
+    refusals.raise_any()
     check_tms(tms)
-    return conditional(request, JSONResponse(tile_matrix_set_document(tms)), "document")
+    return conditional(request, JSONResponse(tile_matrix_set_document(tms, tilesize)), "document")
 
 
 @cache
-def tile_matrix_set_document(tms: str) -> dict:
+def tile_matrix_set_document(tms: str, size: int = TILE_SIZES[0]) -> dict:
     """`tms` as OGC TMS 2.0 JSON, with TMS 1.0's names of the same values beside (type, identifier
     and supportedCRS; a matrix's identifier and topLeftCorner): GDAL 3.6 reads a tiling scheme by
     those alone (its OGCAPI driver failed "Invalid tiling matrix set name"), and TMS 2.0's schema
     admits members it does not define. Every matrix served has its origin top left, TMS 1.0's
-    only corner."""
+    only corner. At another tile `size` than the registered set's 256 px, each matrix has as many
+    tiles of `size` pixels, each pixel smaller (as WMTS declares them): a set of its own, without
+    the registered set's `uri` and well-known scale set."""
     document = MATRIX_SETS[tms].model_dump(mode="json", exclude_none=True)
     document.update(type="TileMatrixSetType", identifier=document["id"], supportedCRS=document["crs"])
+    shrink = TILE_SIZES[0] / size
+    if size != TILE_SIZES[0]:
+        document.pop("uri", None)
+        document.pop("wellKnownScaleSet", None)
+        document["title"] += f", {size}-pixel tiles"
     for matrix in document["tileMatrices"]:
         matrix.update(type="TileMatrixType", identifier=matrix["id"], topLeftCorner=matrix["pointOfOrigin"])
+        matrix.update(tileWidth=size, tileHeight=size)
+        matrix.update(cellSize=matrix["cellSize"] * shrink, scaleDenominator=matrix["scaleDenominator"] * shrink)
     return document
+
+
+def tile_matrix_set_url(base: str, tms: str, size: int) -> str:
+    """Where `tms`'s definition at tiles of `size` pixels is (`tilesize=` only where not 256)."""
+    return with_query(f"{base}/tileMatrixSets/{tms}", "" if size == TILE_SIZES[0] else f"tilesize={size}")
 
 
 def tile_matrix_limits(
@@ -392,25 +414,28 @@ def with_query(url: str, query: str) -> str:
     return url + (f"?{query}" if query else "")
 
 
-def tileset_links(base: str, tiles: str, tms: str, query: str) -> list[dict]:
-    """A tileset's own link (with the query it was asked with) and its tile matrix set's; `tiles`
-    is the path of the tileset list (`/tiles`, or a collection's)."""
+def tileset_links(base: str, tiles: str, tms: str, query: str, size: int) -> list[dict]:
+    """A tileset's own link (with the query it was asked with) and its tile matrix set's, at its
+    tiles' `size`; `tiles` is the path of the tileset list (`/tiles`, or a collection's)."""
     return [
         json_link("self", with_query(f"{base}{tiles}/{tms}", query), f"The tileset in the {tms} tile matrix set"),
-        json_link(TMS_REL, f"{base}/tileMatrixSets/{tms}", f"Definition of the {tms} tile matrix set"),
+        json_link(TMS_REL, tile_matrix_set_url(base, tms, size), f"Definition of the {tms} tile matrix set"),
     ]
 
 
-def tileset_summary(base: str, tiles: str, tms: str, title: str, query: str) -> dict:
+def tileset_summary(base: str, tiles: str, tms: str, title: str, query: str, size: int) -> dict:
     """What a tileset is and where it is described: an entry of the tileset list and the head of
-    the tileset itself."""
+    the tileset itself. Its tiles of `size` pixels are the registered set's at 256 px (its URI);
+    at 512 they are a set of this server's, named by its definition's URL, which keeps `tms` in
+    it: GDAL 3.6 picks a tileset by a tile matrix set's name within that URI (WorldCRS84Quad
+    first; `-oo TILEMATRIXSET=`), then reads the matrices its tiling-scheme link gives."""
     matrix_set = MATRIX_SETS[tms]
     return {
         "title": title,
         "dataType": "map",
         "crs": matrix_set.crs.srs,
-        "tileMatrixSetURI": matrix_set.uri,
-        "links": tileset_links(base, tiles, tms, query),
+        "tileMatrixSetURI": matrix_set.uri if size == TILE_SIZES[0] else tile_matrix_set_url(base, tms, size),
+        "links": tileset_links(base, tiles, tms, query, size),
     }
 
 
@@ -431,7 +456,9 @@ async def layer_tilesets(
     await check_query(service, params)
     base, query = base_url(request), request.url.query
     sets = [
-        tileset_summary(base, tiles, tms, layer_title(params), query) for tms in TMS_IDS if placed(tms, params.fmt)
+        tileset_summary(base, tiles, tms, layer_title(params), query, params.tilesize)
+        for tms in TMS_IDS
+        if placed(tms, params.fmt)
     ]
     return conditional(request, JSONResponse({"tilesets": sets}), "document")
 
@@ -464,7 +491,7 @@ async def layer_tileset(
         "templated": True,
         "title": f"{params.fmt} tiles",
     }
-    document = tileset_summary(base, tiles, tms, layer_title(params), request.url.query)
+    document = tileset_summary(base, tiles, tms, layer_title(params), request.url.query, params.tilesize)
     document["links"].append(item)
     document.update(
         {
