@@ -254,7 +254,10 @@ async def plan_map(
 def open_partial(path: Path, metadata: dict[str, str]) -> sqlite3.Connection:
     """`path` (OUT.partial) as an MBTiles database of this map: created, or opened to resume when
     it holds the same map (PackError when it holds another)."""
-    db = sqlite3.connect(path)
+    try:
+        db = sqlite3.connect(path)
+    except sqlite3.Error as exc:  # a folder this user cannot write, or a read-only file system
+        raise PackError(f"cannot write the MBTiles file {path} ({exc})") from None
     try:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if {"metadata", "tiles"} <= tables:

@@ -24,6 +24,7 @@ import anyio.to_thread
 import redis
 import redis.asyncio as aioredis
 
+from runtime.errors import UserError
 from server.queries import QueryError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,12 @@ class RegistryError(QueryError):
 
     def __init__(self, message: str, status: int = 503):
         super().__init__(status, message, RETRY_AFTER_S if status == 503 else None)
+
+
+class RegistryUnavailable(UserError, OSError):
+    """The query registry's file cannot be opened (not an SQLite file, or not writable): an
+    OSError as before, and a user's mistake, so every command that opens it (serve, pack) says
+    the sentence and exits 2."""
 
 
 class SqliteRecords:
@@ -57,7 +64,7 @@ class SqliteRecords:
                 self._db.execute("ALTER TABLE queries ADD COLUMN shared INTEGER NOT NULL DEFAULT 1")
             self._db.execute("CREATE INDEX IF NOT EXISTS unshared ON queries (created) WHERE shared = 0")
         except (OSError, sqlite3.Error) as exc:
-            raise OSError(
+            raise RegistryUnavailable(
                 f"cannot open the query registry {self.path}: {exc}; set SOUNDSCAPE_QUERY_DB "
                 "(serve --query-db) to a writable file"
             ) from None

@@ -6,6 +6,7 @@ map, box or file it cannot make is refused in one sentence, leaving every file a
 import base64
 import json
 import logging
+import os
 import re
 import shutil
 import sqlite3
@@ -290,6 +291,32 @@ def test_a_missing_folder_or_a_foreign_partial_is_one_sentence(bundle_path, stor
     done = pack(bundle_path, store_path, tmp_path, MAP, str(tmp_path / "map.mbtiles"))
     assert done.returncode == 2 and "cannot write the MBTiles file" in done.stderr and "Traceback" not in done.stderr
     assert foreign.read_text(encoding="utf-8") == "notes, not tiles" and not (tmp_path / "map.mbtiles").exists()
+
+
+@pytest.mark.slow
+def test_an_unwritable_folder_or_a_registry_that_is_no_database_is_one_sentence(bundle_path, store_path, tmp_path):
+    """Both were tracebacks (exit 1): sqlite3's 'unable to open database file', and the registry's
+    OSError, which serve already said in a sentence."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("notes, not queries", encoding="utf-8")
+    done = pack(bundle_path, store_path, tmp_path, MAP, str(tmp_path / "map.mbtiles"), "--query-db", str(notes))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"cannot open the query registry {notes}: file is not a database" in done.stderr
+    assert notes.read_text(encoding="utf-8") == "notes, not queries"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        unprivileged = ["setpriv", "--bounding-set", "-dac_override"] if os.geteuid() == 0 else []
+        command = [*unprivileged, sys.executable, "-m", "cli.main", "pack", "--bundle", str(bundle_path)]
+        command += ["--store", str(store_path), MAP, str(locked / "map.mbtiles")]
+        command += ["--query-db", str(tmp_path / "queries.sqlite")]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"cannot write the MBTiles file {locked / 'map.mbtiles.partial'}" in done.stderr
+    assert not list(locked.iterdir())
 
 
 @pytest.mark.parametrize(
