@@ -32,6 +32,8 @@ def load_config(path: str | Path) -> dict:
         raise FileNotFoundError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a UTF-8 YAML file (a config is text: model:, train:, data:)") from None
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections (model:, train:, data:)")
     return config

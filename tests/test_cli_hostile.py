@@ -325,6 +325,18 @@ def test_a_config_path_through_a_file_or_at_a_folder_is_one_sentence(capsys, tmp
     assert line == f"soundscape train: {tmp_path} is a folder, not a file"
 
 
+@pytest.mark.parametrize(
+    "argv", [["train"], ["evaluate", "--checkpoint", "best.pt"], ["export"]], ids=["train", "evaluate", "export"]
+)
+def test_a_config_that_is_not_text_is_one_sentence(capsys, tmp_path, argv) -> None:
+    """A binary file as --config was a UnicodeDecodeError traceback (exit 1) in each command."""
+    config = tmp_path / "bin.yaml"
+    config.write_bytes(b"\xff\xfe\x00garbage")
+    line = _fails(capsys, [*argv, "--config", str(config), "--out", str(tmp_path / "out")])
+    assert line == f"soundscape {argv[0]}: config file {config} is not a UTF-8 YAML file (a config is text: model:, train:, data:)"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_disk_under_stdout_is_one_sentence(tmp_path) -> None:
     store = _synth_store(tmp_path / "store")
