@@ -38,7 +38,7 @@ from corpus.clips import (
 )
 from corpus.errors import CorpusError
 from corpus.mixing import layer_events
-from corpus.places import PLACE_ASSETS, PlaceAttributes, Places, derive
+from corpus.places import PLACE_ASSETS, UNREADABLE, PlaceAttributes, Places, derive, places_sources
 from runtime.files import atomic_write, file_sha256
 from runtime.imagery import Imagery
 from runtime.tiles import MERCATOR_LAT_LIMIT, tile_of
@@ -350,15 +350,23 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 # The build.
 
 
+def held_sources(path: Path) -> dict | None:
+    """The asset versions places.npz at `path` was derived from; None when it is damaged (cut
+    short, or another file), so that a build derives it again."""
+    try:
+        with np.load(path) as data:
+            return places_sources(data)
+    except UNREADABLE:
+        return None
+
+
 def ensure_places(assets_root: Path, path: Path, progress: bool = True) -> Places:
     """The place rasters at `path` (places.npz), acquiring the place assets and deriving it when
     missing or made from other asset versions. Map checks of a trained bundle can call this to
     ask the rules' own questions (coast distance, lights, land cover) of the same rasters."""
     wanted = {name: asset_registry.ASSETS[name].sha256 for name in PLACE_ASSETS}
-    if path.exists():
-        with np.load(path) as data:
-            if json.loads(str(data["sources"])) == wanted:
-                return Places(path)
+    if path.exists() and held_sources(path) == wanted:
+        return Places(path)
     folders = asset_registry.ensure(list(PLACE_ASSETS), Path(assets_root), progress)
     if progress:
         print("deriving the place rasters (land cover, climate, coast, lights, population) ...", flush=True)

@@ -10,6 +10,7 @@ questions of the same rasters the soundscape rules used.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
+from corpus.errors import CorpusError
 from runtime.files import atomic_write
 
 EARTH_RADIUS_KM = 6371.0088
@@ -83,14 +85,35 @@ def unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=-1)
 
 
+# What np.load and the reads of a places.npz raise when the file is cut short, is another file
+# (not a zip, an empty file) or lacks an array: the file is damaged, not the code.
+UNREADABLE = (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError)
+
+
+def places_sources(data: Any) -> dict:
+    """The asset versions a places.npz (np.load's archive) was derived from."""
+    return json.loads(str(data["sources"]))
+
+
+def damaged_places(path: Path) -> CorpusError:
+    """The sentence for a places.npz that cannot be read, and how to make it again."""
+    return CorpusError(
+        f"{path} cannot be read as the place rasters (cut short, or another file): "
+        f"`soundscape corpus build --out {path.parent}` derives it again"
+    )
+
+
 class Places:
     """Vectorised look-ups in the derived place rasters (see `derive`)."""
 
     def __init__(self, path: str | Path):
-        with np.load(path) as data:
-            self.grids = {k: data[k] for k in ("landcover", "climate", "land", "lights", "population")}
-            coast_lat, coast_lon = data["coast_lat"], data["coast_lon"]
-            self.sources = json.loads(str(data["sources"]))
+        try:
+            with np.load(path) as data:
+                self.grids = {k: data[k] for k in ("landcover", "climate", "land", "lights", "population")}
+                coast_lat, coast_lon = data["coast_lat"], data["coast_lon"]
+                self.sources = places_sources(data)
+        except UNREADABLE:
+            raise damaged_places(Path(path)) from None
         self._coast = cKDTree(unit_vectors(coast_lat, coast_lon))
 
     def _sample(self, name: str, lat, lon) -> np.ndarray:

@@ -307,6 +307,24 @@ def test_corpus_explain_refuses_a_place_or_time_off_the_calendar(capsys, tmp_pat
     assert says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "content", [b"PK\x03\x04" + bytes(996), b"", b"hello"], ids=["cut short", "empty", "another file"]
+)
+def test_corpus_explain_names_a_damaged_places_file(capsys, tmp_path, content) -> None:
+    """A places.npz cut short was a BadZipFile traceback, an empty one EOFError; a build (the
+    way the sentence offers) derives it again instead of failing on it too."""
+    from corpus.build import held_sources
+
+    places = tmp_path / "places.npz"
+    places.write_bytes(content)
+    line = _fails(capsys, ["corpus", "explain", "--lat", "45", "--lon", "10", "--out", str(tmp_path)])
+    assert line == (
+        f"soundscape corpus: {places} cannot be read as the place rasters (cut short, or another file): "
+        f"`soundscape corpus build --out {tmp_path}` derives it again"
+    )
+    assert places.read_bytes() == content and held_sources(places) is None
+
+
 def test_corpus_build_refuses_a_duration_that_is_no_number_of_seconds(capsys, tmp_path) -> None:
     """--duration nan passed the check (nan <= 0 is false) and died with a traceback after the clip bank was built."""
     with pytest.raises(SystemExit) as stopped:
