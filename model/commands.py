@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,10 +25,23 @@ if TYPE_CHECKING:  # model.stopping loads torch (model.distributed): the CLI sta
 log = logging.getLogger(__name__)
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as configs are written: `lr: 3e-3` is a float, as YAML 1.2 and the docs read it (YAML
+    1.1, PyYAML's, wants a dot, `3.0e-3`, and took 3e-3 for the text '3e-3', which a float key
+    refused)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
 def load_config(path: str | Path) -> dict:
     """A YAML config file as a dict of sections; a sentence-long error when unreadable."""
     try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        config = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=ConfigLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:

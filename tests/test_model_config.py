@@ -151,3 +151,27 @@ def test_paper_config_trains_as_the_authors_code():
     assert cfg.train.grad_clip is None and cfg.train.patience is None
     assert cfg.train.image_crop_scale == (0.2, 1.0) and cfg.train.image_flips
     assert cfg.data["mel_index"] == "random"
+
+
+@pytest.mark.parametrize(("written", "read"), [("3e-3", 0.003), ("1E-4", 1e-4), ("+2.5e-3", 0.0025), ("0.003", 0.003)])
+def test_a_learning_rate_written_as_the_docs_write_it_is_a_number(tmp_path, written, read):
+    """YAML 1.1 (PyYAML) reads 3e-3, without a dot, as the text '3e-3', which `train.lr` refused."""
+    from model.commands import _run_config
+
+    text = (CONFIGS / "tiny.yaml").read_text(encoding="utf-8")
+    assert "  lr: 0.003\n" in text
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text.replace("  lr: 0.003\n", f"  lr: {written}\n"), encoding="utf-8")
+    assert _run_config(path).train.lr == read
+
+
+def test_an_exponent_is_still_no_count(tmp_path):
+    """Only the spelling is taken: a float for an integer key is refused as before."""
+    from model.commands import _run_config
+
+    text = (CONFIGS / "tiny.yaml").read_text(encoding="utf-8")
+    assert "  steps: 200\n" in text
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text.replace("  steps: 200\n", "  steps: 1e3\n"), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"`train.steps` should be a valid integer, not 1000.0"):
+        _run_config(path)
