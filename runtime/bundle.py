@@ -65,6 +65,20 @@ def finalise_manifest(directory: Path, manifest: dict) -> dict:
     return manifest
 
 
+def check_manifest_shapes(manifest: dict, manifest_path: Path) -> None:
+    """BundleError when a key read before the graphs load has another shape than export writes
+    (a manifest edited by hand): `files` and `precisions` were AttributeError and TypeError
+    tracebacks, or a refusal that offered no precision at all."""
+    files = manifest.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        damaged = "files must be an object of file names and their sha256"
+    elif not isinstance(held := manifest.get("precisions", ["fp32"]), list) or "fp32" not in held:
+        damaged = f"precisions must be a list of names ({', '.join(PRECISIONS)}) that holds fp32"
+    else:
+        return
+    raise BundleError(f"bundle manifest {manifest_path} is damaged: {damaged}; export the bundle again")
+
+
 def default_providers() -> list[str]:
     """CUDA when onnxruntime-gpu sees a GPU, else CPU."""
     available = ort.get_available_providers()
@@ -88,6 +102,8 @@ class Bundle:
     ):
         self.path = Path(path)
         manifest_path = self.path / MANIFEST_FILE
+        if not self.path.exists():
+            raise BundleError(f"{self.path} is not a model bundle: it does not exist")
         if not manifest_path.is_file():
             raise BundleError(f"{self.path} is not a model bundle: it has no {MANIFEST_FILE}")
         try:
@@ -106,6 +122,7 @@ class Bundle:
             )
         if version != BUNDLE_FORMAT_VERSION:
             raise BundleError(f"{self.path} has bundle format {version!r}; this version reads {BUNDLE_FORMAT_VERSION}")
+        check_manifest_shapes(self.manifest, manifest_path)
         held = [p for p in self.manifest.get("precisions", ["fp32"]) if p in PRECISIONS]
         if precision not in held:
             raise BundleError(

@@ -222,6 +222,8 @@ class Store:
 def read_manifest(path: Path) -> dict:
     """The manifest of the store at `path`, with every key a reader relies on; StoreError otherwise."""
     manifest_path = path / MANIFEST_FILE
+    if not path.exists():
+        raise StoreError(f"{path} is not an embedding store: it does not exist")
     if not manifest_path.is_file():
         raise StoreError(f"{path} is not an embedding store: it has no {MANIFEST_FILE}")
     try:

@@ -47,6 +47,40 @@ def test_a_precision_the_bundle_lacks_is_named(capsys, bundle_path, store_path) 
     assert f"bundle {bundle_path} has no fp16 graphs: choose one of fp32, int8" in line
 
 
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("files", [], "files must be an object of file names and their sha256"),  # AttributeError
+        ("files", None, "files must be an object of file names and their sha256"),  # TypeError
+        ("files", {"fuse.onnx": 5}, "files must be an object of file names and their sha256"),
+        ("precisions", "fp32", "precisions must be a list of names (fp32, fp16, int8) that holds fp32"),  # none offered
+        ("precisions", [], "precisions must be a list of names (fp32, fp16, int8) that holds fp32"),
+        ("precisions", None, "precisions must be a list of names (fp32, fp16, int8) that holds fp32"),
+    ],
+)
+def test_a_bundle_manifest_with_ill_typed_keys_is_one_sentence(capsys, tmp_path, bundle_path, store_path, key, value, says):
+    """`files` as [] or null were AttributeError and TypeError tracebacks; `precisions` as a string
+    refused fp32 offering no precision at all ("choose one of  (...")."""
+    from runtime.bundle import content_id
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+    manifest[key] = value
+    manifest["id"] = content_id(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    line = _fails(capsys, ["serve", "--bundle", str(copy), "--store", str(store_path)])
+    assert line == f"soundscape serve: bundle manifest {copy / 'manifest.json'} is damaged: {says}; export the bundle again"
+
+
+def test_a_bundle_or_store_that_is_not_there_is_named(capsys, tmp_path, store_path) -> None:
+    """Both said the path 'has no manifest.json', as if it were a folder of something else."""
+    line = _fails(capsys, ["serve", "--bundle", str(tmp_path / "nowhere"), "--store", str(store_path)])
+    assert line == f"soundscape serve: {tmp_path / 'nowhere'} is not a model bundle: it does not exist"
+    line = _fails(capsys, ["store", "info", str(tmp_path / "nowhere")])
+    assert line == f"soundscape store: {tmp_path / 'nowhere'} is not an embedding store: it does not exist"
+
+
 def test_store_given_as_bundle_is_named(capsys, store_path) -> None:
     line = _fails(capsys, ["serve", "--bundle", str(store_path), "--store", str(store_path)])
     assert f"{store_path} is an embedding store, not a model bundle" in line
