@@ -11,7 +11,7 @@ from pathlib import Path
 from corpus.assets import ASSETS, acquire, ensure
 from corpus.build import MAX_CORPUS_LEVEL, MAX_IMAGE_SIZE, MAX_SAMPLES
 from corpus.errors import CorpusError
-from runtime.arguments import integer_in, levels_in, number_above, number_in, parsed_by, seed_argument
+from runtime.arguments import integer_in, levels_in, local_hour, number_above, number_in, parsed_by, seed_argument
 
 DEFAULT_OUT = "data/corpus"
 DEFAULT_ASSETS = "data/assets"
@@ -209,6 +209,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="longitude of the place, degrees (-180..180)",
     )
     e.add_argument("--month", type=integer_in(1, 12), default=5, help="1..12 (default 5)")
-    e.add_argument("--hour", type=number_in(0, 24, "a local hour"), default=5.0, help="local hour 0..24 (default 5)")
+    e.add_argument("--hour", type=local_hour, default=5.0, help="local hour 0..23, fractions allowed (default 5)")
     e.add_argument("--out", default=DEFAULT_OUT, help=f"corpus folder with places.npz (default {DEFAULT_OUT})")
     e.set_defaults(handler=_explain)

@@ -91,6 +91,17 @@ def number_in(least: float, most: float, what: str = "a number") -> Callable[[st
     return parse
 
 
+def local_hour(text: str) -> float:
+    """A local hour of the day, 0 or more and below 24 (fractions allowed: 17.5 is 17:30), as the
+    tile routes' hour is 0..23: 24 is the next day's 0."""
+    value = float(text) if NUMBER.fullmatch(text) else math.nan
+    if not (math.isfinite(value) and 0 <= value < 24):
+        raise argparse.ArgumentTypeError(
+            f"must be a local hour of 0 or more and below 24 (17.5 is 17:30), not {text!r}"
+        )
+    return value
+
+
 SPECIAL_VALUES = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
 
 

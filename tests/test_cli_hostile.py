@@ -295,7 +295,14 @@ def test_synth_refuses_a_negative_index_threshold(capsys, tmp_path) -> None:
         (["--lat", "1_0", "--lon", "0"], "argument --lat: must be a latitude from -90 to 90, not '1_0'"),
         (["--lat", "10", "--lon=-inf"], "argument --lon: must be a longitude from -180 to 180, not '-inf'"),
         (["--lat", "10", "--lon", "0", "--month", "13"], "argument --month: must be an integer from 1 to 12, not '13'"),
-        (["--lat", "10", "--lon", "0", "--hour", "-1"], "argument --hour: must be a local hour from 0 to 24, not '-1'"),
+        (
+            ["--lat", "10", "--lon", "0", "--hour", "-1"],
+            "argument --hour: must be a local hour of 0 or more and below 24 (17.5 is 17:30), not '-1'",
+        ),
+        (
+            ["--lat", "10", "--lon", "0", "--hour", "24"],  # explained as 0 h; every tile route takes 0..23
+            "argument --hour: must be a local hour of 0 or more and below 24 (17.5 is 17:30), not '24'",
+        ),
     ],
 )
 def test_corpus_explain_refuses_a_place_or_time_off_the_calendar(capsys, tmp_path, place, says) -> None:
