@@ -41,13 +41,15 @@ ConfigLoader.add_implicit_resolver(
 def load_config(path: str | Path) -> dict:
     """A YAML config file as a dict of sections; a sentence-long error when unreadable."""
     try:
-        config = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=ConfigLoader)  # noqa: S506 (a SafeLoader)
+        config = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=ConfigLoader)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not a UTF-8 YAML file (a config is text: model:, train:, data:)") from None
+        raise ConfigError(
+            f"config file {path} is not a UTF-8 YAML file (a config is text: model:, train:, data:)"
+        ) from None
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections (model:, train:, data:)")
     return config

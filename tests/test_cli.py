@@ -58,7 +58,9 @@ def test_a_precision_the_bundle_lacks_is_named(capsys, bundle_path, store_path) 
         ("precisions", None, "precisions must be a list of names (fp32, fp16, int8) that holds fp32"),
     ],
 )
-def test_a_bundle_manifest_with_ill_typed_keys_is_one_sentence(capsys, tmp_path, bundle_path, store_path, key, value, says):
+def test_a_bundle_manifest_with_ill_typed_keys_is_one_sentence(
+    capsys, tmp_path, bundle_path, store_path, key, value, says
+):
     """`files` as [] or null were AttributeError and TypeError tracebacks; `precisions` as a string
     refused fp32 offering no precision at all ("choose one of  (...")."""
     from runtime.bundle import content_id
@@ -70,7 +72,10 @@ def test_a_bundle_manifest_with_ill_typed_keys_is_one_sentence(capsys, tmp_path,
     manifest["id"] = content_id(manifest)
     (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     line = _fails(capsys, ["serve", "--bundle", str(copy), "--store", str(store_path)])
-    assert line == f"soundscape serve: bundle manifest {copy / 'manifest.json'} is damaged: {says}; export the bundle again"
+    assert (
+        line
+        == f"soundscape serve: bundle manifest {copy / 'manifest.json'} is damaged: {says}; export the bundle again"
+    )
 
 
 def test_a_bundle_or_store_that_is_not_there_is_named(capsys, tmp_path, store_path) -> None:

@@ -358,7 +358,8 @@ def test_a_config_that_is_not_text_is_one_sentence(capsys, tmp_path, argv) -> No
     config = tmp_path / "bin.yaml"
     config.write_bytes(b"\xff\xfe\x00garbage")
     line = _fails(capsys, [*argv, "--config", str(config), "--out", str(tmp_path / "out")])
-    assert line == f"soundscape {argv[0]}: config file {config} is not a UTF-8 YAML file (a config is text: model:, train:, data:)"
+    says = f"config file {config} is not a UTF-8 YAML file (a config is text: model:, train:, data:)"
+    assert line == f"soundscape {argv[0]}: {says}"
     assert not (tmp_path / "out").exists()
 
 
