@@ -15,6 +15,7 @@ from precompute.device import open_bundle, select_device
 from precompute.run import run as precompute
 from runtime.bundle import Bundle, BundleError
 from runtime.contract import RECORD_FILE
+from runtime.files import make_folder
 from runtime.imagery import Imagery
 from runtime.tiles import WORLD_BBOX
 from server.commands import add_server_options, check_port, serve, variables_epilog
@@ -134,6 +135,7 @@ def _demo(args: argparse.Namespace) -> int:
     data = Path(args.data_dir)
     if not args.build_only:
         check_port(args.host, args.port)  # before minutes of building, not after
+    make_folder(data, "--data-dir")
     bundle = bundle_path(data, Path(args.weights))
     imagery = imagery_path(data)
     store = store_path(data, imagery, bundle)

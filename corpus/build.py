@@ -39,7 +39,7 @@ from corpus.clips import (
 from corpus.errors import CorpusError
 from corpus.mixing import layer_events
 from corpus.places import PLACE_ASSETS, UNREADABLE, PlaceAttributes, Places, derive, places_sources
-from runtime.files import atomic_write, file_sha256
+from runtime.files import atomic_write, file_sha256, make_folder
 from runtime.imagery import Imagery
 from runtime.tiles import MERCATOR_LAT_LIMIT, tile_of
 
@@ -411,13 +411,13 @@ def _check(cfg: BuildConfig) -> None:
 def build(cfg: BuildConfig, progress: bool = True) -> dict:
     """Build (or finish building) the corpus in cfg.out; returns its manifest."""
     _check(cfg)
+    make_folder(cfg.out, "--out")  # before minutes of work for a corpus it could not write
     if not Path(cfg.imagery).exists():
         from corpus.bluemarble import build_geotiff
 
         print(f"building the Blue Marble GeoTIFF at {cfg.imagery} ...", flush=True)
         build_geotiff(cfg.imagery)
     imagery = Imagery(cfg.imagery)
-    cfg.out.mkdir(parents=True, exist_ok=True)
     folders = asset_registry.ensure(list(PLACE_ASSETS) + list(cfg.audio_assets), Path(cfg.assets), progress)
     places = ensure_places(cfg.assets, cfg.out / "places.npz", progress)
     _, clips, rate = _bank(cfg, folders, progress)

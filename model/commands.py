@@ -17,7 +17,7 @@ from model.config import ConfigError
 from runtime.arguments import integer_in, seed_argument
 from runtime.contract import GRAPH_FILES, MANIFEST_FILE, RECORD_FILE
 from runtime.errors import UsageError
-from runtime.files import file_sha256
+from runtime.files import file_sha256, make_folder
 
 if TYPE_CHECKING:  # model.stopping loads torch (model.distributed): the CLI starts without it
     from model.stopping import Interrupted
@@ -67,10 +67,13 @@ def _run_config(path: str | Path):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.distributed import check_gpus, exit_rank, gpus, launch, processes
+    from model.distributed import check_cpus, check_gpus, cpu_cores, exit_rank, gpus, launch, processes
+    from model.train import check_run_dir
 
     if args.processes > 1:
         check_gpus(args.processes, gpus())
+        check_cpus(args.processes, gpus(), cpu_cores())
+        check_run_dir(_run_out(args), args.resume)  # once, before the ranks start
         return launch(args.processes, _rank_command(args))
     code = _train_here(args)
     if processes() > 1:  # a rank of torchrun's (or of --processes) that trained, or stopped on a signal
@@ -85,7 +88,7 @@ def _train_here(args: argparse.Namespace) -> int:
     from model.train import fit
 
     config = _run_config(args.config)
-    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    out = _run_out(args)
     with calm_after_stop(announce=main_process()):
         try:
             result = fit(
@@ -116,6 +119,11 @@ def _train_here(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _run_out(args: argparse.Namespace) -> Path:
+    """The run folder of `train`: --out, or runs/<config name>."""
+    return Path(args.out or Path("runs") / Path(args.config).stem)
 
 
 def _rank_command(args: argparse.Namespace) -> list[str]:
@@ -161,6 +169,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate_checkpoint
 
     data = _run_config(args.config).data if args.config else None
+    if args.out:  # before the evaluation, not after it
+        make_folder(Path(args.out).parent, "--out")
     report = evaluate_checkpoint(
         args.checkpoint,
         data=data,
@@ -174,7 +184,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     text = json.dumps(report, indent=2) + "\n"
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text, encoding="utf-8")
     _print_table(report["results"], sys.stdout if args.out else sys.stderr)
     for warning in report["warnings"]:
@@ -375,8 +384,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--processes",
         type=integer_in(1),
         default=1,
-        help="train in N processes on this machine (DDP, one per GPU where there are GPUs), as torchrun "
-        "--standalone --nproc_per_node N does; a signal stops them as it stops one (default 1)",
+        help="train in N processes on this machine (DDP, one per GPU where there are GPUs, else at most one "
+        "per CPU core), as torchrun --standalone --nproc_per_node N does; a signal stops them as it stops one "
+        "(default 1)",
     )
     p.set_defaults(handler=_train)
 

@@ -74,6 +74,22 @@ def check_gpus(ranks: int, gpus: int, option: str = "--processes") -> None:
         )
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container's or taskset's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_cpus(ranks: int, gpus: int, cores: int) -> None:
+    """Refuse more CPU ranks than cores for `--processes` on a machine without GPUs: 99 gloo
+    processes on 2 cores started 99 model copies and printed nothing for minutes. (torchrun's
+    own --nproc_per_node is the user's to choose.)"""
+    if not gpus and ranks > cores:
+        raise UsageError(
+            f"--processes {ranks} runs one process per CPU core on a machine without GPUs, and this machine "
+            f"has {cores} core{'s' if cores > 1 else ''}; pass --processes {cores} (or fewer)"
+        )
+
+
 def init_distributed() -> Dist:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), NCCL on GPUs
     and gloo on CPUs; a plain single process when not under torchrun."""

@@ -54,7 +54,7 @@ from model.nn.losses import PAIRS, build_loss, pair_losses, total_loss
 from model.nn.psm import META_KEYS, PSMModel, check_fits, preprocessing
 from model.stopping import Abandoned, Interrupted, StopSignals, ValidationVote
 from runtime.errors import UsageError, UserError
-from runtime.files import atomic_write, lock_file, unlock_file
+from runtime.files import atomic_write, lock_file, make_folder, unlock_file
 
 log = logging.getLogger(__name__)
 
@@ -517,17 +517,44 @@ RUN_LOCK = ".lock"
 CHECKPOINT_FILES = ("last.pt", "best.pt")
 
 
+# What a run writes into its folder (besides RUN_LOCK and partial checkpoints): a folder holding
+# one of them is a run's, which training may write into (beside the user's notes, say).
+RUN_ENTRIES = (*CHECKPOINT_FILES, "metrics.csv", "config.yaml", "skipped.tsv", "frozen-cache")
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """UsageError for a run folder training must not write: --resume where no run is (it trained
+    from step 0, exit 0), or a folder of something else (a bundle, a store, the user's files),
+    which got best.pt, last.pt and metrics.csv among its files. An empty folder is fine."""
+    if resume and not (run_dir / "last.pt").is_file():
+        raise UsageError(
+            f"--resume: {run_dir} holds no training run to resume (no last.pt); leave out --resume to start one"
+        )
+    if not run_dir.is_dir() or any((run_dir / name).exists() for name in RUN_ENTRIES):
+        return
+    others = sorted(p.name for p in {*run_dir.iterdir()} - {run_dir / RUN_LOCK, *_partial_checkpoints(run_dir)})
+    if others:
+        raise UsageError(
+            f"--out {run_dir} holds {others[0]}{' and more' if len(others) > 1 else ''} but no training run, "
+            "which training would write among; choose an empty folder or another --out"
+        )
+
+
+def _partial_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoint writes a killed run left (runtime.files.atomic_write's `.last.PID-TID.tmp.pt`)."""
+    stems = (name.rsplit(".", 1) for name in CHECKPOINT_FILES)
+    return [partial for stem, suffix in stems for partial in run_dir.glob(f".{stem}.*.tmp.{suffix}")]
+
+
 def _remove_partial_checkpoints(run_dir: Path) -> None:
     """Remove the temporary files of checkpoint writes that a killed run left (runtime.files.
     atomic_write writes `.last.PID-TID.tmp.pt` beside last.pt, then renames it): a run killed
     mid-write (kill -9, out of memory, a lost node) left a partial copy of the checkpoint, as
     large as one, that no run would ever read or remove. Called under the run's lock, so no
     other `train` is writing here."""
-    for name in CHECKPOINT_FILES:
-        stem, suffix = name.rsplit(".", 1)
-        for partial in run_dir.glob(f".{stem}.*.tmp.{suffix}"):
-            log.info("removing %s, a checkpoint write a stopped run left unfinished", partial)
-            partial.unlink(missing_ok=True)
+    for partial in _partial_checkpoints(run_dir):
+        log.info("removing %s, a checkpoint write a stopped run left unfinished", partial)
+        partial.unlink(missing_ok=True)
 
 
 def _batch_weights(splits: Splits, classes_power: float, places_power: float) -> np.ndarray | None:
@@ -611,7 +638,8 @@ def fit(
             "last.pt; give one of them"
         )
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir, resume)
+    make_folder(run_dir, "--out")
     with torch_threads(config.train.threads), StopSignals(announce=main_process()) as signals:
         run = Run(config, run_dir, resume=resume, progress=progress, init_from=init_from)
         return _fit(run, stop_after, progress, signals)

@@ -76,7 +76,7 @@ def _precompute(args: argparse.Namespace) -> int:
         return _merge(args)
     missing = [f"--{name}" for name in ("imagery", "bundle", "out") if getattr(args, name) is None]
     if missing:
-        raise PlanError(f"soundscape precompute needs {', '.join(missing)} (see --help)")
+        raise PlanError(f"missing {', '.join(missing)}: an embedding run needs all three (see --help)")
     levels = parse_levels(args.levels)
     bbox = parse_bbox(args.bbox) if args.bbox else WORLD_BBOX
     region = Region.load(args.region) if args.region else None
@@ -155,7 +155,7 @@ def _precompute_on_ray(
 
 def _merge(args: argparse.Namespace) -> int:
     if not args.out or not args.shards:
-        raise PlanError("soundscape precompute merge needs --out STORE and the shard stores (see merge --help)")
+        raise PlanError("merge needs --out STORE and the shard stores (see merge --help)")
     manifest = merge(args.shards, args.out, overwrite=args.overwrite, flat_max=args.index_flat_max)
     counts = ", ".join(
         f"level {k}: {v['count']}" for k, v in sorted(manifest["levels"].items(), key=lambda kv: int(kv[0]))

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from runtime.errors import UserError
+
 
 def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], object]) -> Path:
     """Write `data` to `path` so that readers see the old file or the new one, never part of one.
@@ -40,6 +42,21 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], object])
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def make_folder(path: str | Path, option: str) -> Path:
+    """`path` made a folder (with its parents) for a command's `option` (--out, --data-dir): a
+    UserError naming the file in the way, where mkdir's OSError said only "File exists" (or named
+    the file, not the folder wanted)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise UserError(
+            f"cannot create the folder {path} ({option}): {blocker} is a file; choose another {option}"
+        ) from None
     return path
 
 

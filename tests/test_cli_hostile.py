@@ -83,6 +83,35 @@ def test_an_out_below_a_file_is_one_sentence(capsys, tmp_path) -> None:
     assert (tmp_path / "afile").read_text(encoding="utf-8") == "keep me"
 
 
+@pytest.mark.parametrize(
+    "argv, out, folder",
+    [
+        (["evaluate", "--checkpoint", "best.pt", "--out"], "afile/x.json", "afile"),
+        (["corpus", "build", "--imagery", "{tmp}/img.tif", "--out"], "afile", "afile"),
+        (["demo", "--build-only", "--data-dir"], "afile/x", "afile/x"),
+        (["train", "--config", str(ROOT / "configs/tiny.yaml"), "--out"], "afile/x", "afile/x"),
+    ],
+    ids=["evaluate", "corpus build", "demo", "train"],
+)
+def test_a_folder_that_a_file_is_in_the_way_of_is_one_sentence(capsys, tmp_path, argv, out, folder) -> None:
+    """Each said "[Errno 17] File exists: 'afile'"; corpus build first built a 19 MB GeoTIFF."""
+    afile = tmp_path / "afile"
+    afile.write_text("keep me", encoding="utf-8")
+    line = _fails(capsys, [*(a.format(tmp=tmp_path) for a in argv), str(tmp_path / out)])
+    option = argv[-1]
+    assert line == (
+        f"soundscape {argv[0]}: cannot create the folder {tmp_path / folder} ({option}): {afile} is a file; "
+        f"choose another {option}"
+    )
+    assert afile.read_text(encoding="utf-8") == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_precompute_names_the_missing_options_once(capsys, tmp_path) -> None:
+    """The sentence began "soundscape precompute: soundscape precompute needs"."""
+    line = _fails(capsys, ["precompute", "--imagery", str(tmp_path / "x.tif"), "--levels", "3"])
+    assert line == "soundscape precompute: missing --bundle, --out: an embedding run needs all three (see --help)"
+
+
 def _synth_store(path: Path) -> Path:
     assert main(["store", "synth", "--out", str(path), "--level", "3", "--cells", "10"]) == 0
     return path

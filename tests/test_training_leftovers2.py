@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from cli.main import main as soundscape
-from model.distributed import check_gpus
-from model.train import fit
+from model.distributed import check_cpus, check_gpus, cpu_cores
+from model.train import check_run_dir, fit
 from runtime.audio import (
     MPEG1_RATES,
     AudioFeatureSpec,
@@ -55,6 +55,88 @@ def test_soundscape_train_processes_on_too_few_gpus_exits_2_before_launching(mon
     err = capsys.readouterr().err.strip()
     assert "has 1 GPU" in err and "--processes 1" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_more_cpu_processes_than_cores_is_refused_before_launching(monkeypatch, tmp_path, capsys):
+    """`train --processes 99` on 2 cores without GPUs started 99 ranks and printed nothing for 90 s."""
+    import model.distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(model.distributed, "launch", lambda *a: pytest.fail("launched"))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config()), encoding="utf-8")
+    cores = cpu_cores()
+    argv = ["train", "--processes", str(cores + 1), "--config", str(path), "--out", str(tmp_path / "run")]
+    assert soundscape(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"soundscape train: --processes {cores + 1} runs one process per CPU core on a machine without GPUs, "
+        f"and this machine has {cores} core{'s' if cores > 1 else ''}; pass --processes {cores} (or fewer)"
+    )
+    assert not (tmp_path / "run").exists()
+    check_cpus(cores, gpus=0, cores=cores)
+    check_cpus(cores + 1, gpus=cores + 1, cores=cores)  # GPU ranks: check_gpus's to bound
+
+
+@pytest.mark.parametrize(
+    "given, argv, says",
+    [
+        (
+            None,
+            ["--resume"],
+            "--resume: {out} holds no training run to resume (no last.pt); leave out --resume to start one",
+        ),
+        (
+            {},
+            ["--resume"],
+            "--resume: {out} holds no training run to resume (no last.pt); leave out --resume to start one",
+        ),
+        (
+            {"manifest.json": "{}", "audio.onnx": "graph"},  # a bundle
+            [],
+            "--out {out} holds audio.onnx and more but no training run, which training would write among; "
+            "choose an empty folder or another --out",
+        ),
+        (
+            {"notes.txt": "mine"},
+            [],
+            "--out {out} holds notes.txt but no training run, which training would write among; "
+            "choose an empty folder or another --out",
+        ),
+        ("a file", [], "cannot create the folder {out} (--out): {out} is a file; choose another --out"),
+    ],
+    ids=["resume nothing", "resume an empty folder", "a bundle", "user files", "a file"],
+)
+def test_train_refuses_an_out_that_holds_no_run_to_write(tmp_path, capsys, given, argv, says):
+    """`--resume` where no run was trained from step 0 (exit 0); a bundle, store or folder of the
+    user's got best.pt, last.pt and metrics.csv among its files; a file was '[Errno 17] File exists'."""
+    path, out = tmp_path / "tiny.yaml", tmp_path / "out"
+    path.write_text(yaml.safe_dump(config()), encoding="utf-8")
+    if isinstance(given, str):
+        out.write_text(given, encoding="utf-8")
+    elif given is not None:
+        out.mkdir()
+        for name, text in given.items():
+            (out / name).write_text(text, encoding="utf-8")
+    before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
+    assert soundscape(["train", "--config", str(path), "--out", str(out), "--no-progress", *argv]) == 2
+    assert capsys.readouterr().err.strip() == f"soundscape train: {says.format(out=out)}"
+    assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before
+    assert given is not None or not out.exists()
+
+
+def test_an_empty_folder_or_a_runs_own_takes_a_run(tmp_path):
+    empty, run = tmp_path / "empty", tmp_path / "run"
+    empty.mkdir()
+    (empty / ".lock").write_text("", encoding="utf-8")  # a killed run's lock, and its half-written checkpoint
+    (empty / ".last.4242-4242.tmp.pt").write_bytes(b"partial")
+    check_run_dir(empty, resume=False)
+    check_run_dir(tmp_path / "new", resume=False)
+    run.mkdir()
+    for name in ("last.pt", "notes.txt"):
+        (run / name).write_bytes(b"x")
+    check_run_dir(run, resume=True)
+    check_run_dir(run, resume=False)  # refused later, by the run: it says to pass --resume
 
 
 def test_a_rank_exits_with_its_code_and_its_output_without_the_interpreters_teardown():
