@@ -9,6 +9,9 @@ import socket
 from pathlib import Path
 from urllib.parse import quote
 
+import redis
+from redis.connection import parse_url
+
 from runtime.arguments import integer_in, parsed_by
 from runtime.bundle import Bundle
 from runtime.contract import PRECISIONS
@@ -20,6 +23,7 @@ from server.settings import Settings, check_variable_names
 from server.urls import LOOPBACK_HOSTS, tile_template
 from store.reader import Store
 
+REDIS_PROBE_S = 1.0  # how long serve waits for Redis's answer at start, before saying it has none
 # Options for a server on the open internet (docs/reliability.md); each is a SOUNDSCAPE_* variable.
 INTERNET_OPTIONS = {
     "public-url": "scheme://host[:port][/prefix] that every absolute URL starts with "
@@ -81,8 +85,9 @@ def serve(
         # Each worker's compute pool gets its share of the cores, so workers do not oversubscribe them.
         os.environ.setdefault("SOUNDSCAPE_COMPUTE_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     settings = check_internet_options(host)
-    if (note := workers_note(settings, workers)) is not None:
-        print(note, flush=True)
+    for note in (workers_note(settings, workers), redis_note(settings.redis_url)):
+        if note is not None:
+            print(note, flush=True)
     ConnectionLimits.from_env()  # each worker's protocol reads them: checked here, before starting
     try:
         SqliteRecords(settings.query_db, 0)
@@ -118,6 +123,21 @@ def workers_note(settings: Settings, workers: int) -> str | None:
             f"the rate limit apart: a client may get up to {workers} times {settings.rate_limit!r}"
         )
     return "note: without --redis-url each worker has its own tile cache"
+
+
+def redis_note(url: str | None) -> str | None:
+    """A line when Redis does not answer as the server starts. It serves all the same, computing
+    what it would have read there until Redis answers (docs/reliability.md), so a wrong
+    --redis-url went unseen; the line names where it was asked, not the URL's password."""
+    if not url:
+        return None
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=REDIS_PROBE_S, socket_timeout=REDIS_PROBE_S).ping()
+    except (redis.RedisError, OSError) as exc:
+        found = parse_url(url)
+        where = found.get("path") or f"{found.get('host', 'localhost')}:{found.get('port', 6379)}"
+        return f"note: Redis at {where} does not answer ({exc}): serving without it until it does"
+    return None
 
 
 def check_internet_options(host: str) -> Settings:

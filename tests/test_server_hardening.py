@@ -27,11 +27,12 @@ from benchmarks.hostile import wav
 from runtime.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
 from server import maps
 from server.cache import RedisCache
-from server.commands import workers_note
+from server.commands import redis_note, workers_note
 from server.queries import MAX_DECODED_SAMPLES
 from server.ratelimit import Limiter, Rate, TokenBuckets, address_key, client_key
 from server.settings import Settings
 from server.urls import host_allowed, host_name
+from tests.conftest import free_port
 from tests.server_support import REPO, concurrent_gets, live_server, make_client, serve_command
 
 
@@ -377,6 +378,16 @@ def test_serve_says_when_workers_count_a_rate_limit_apart(bundle_path, store_pat
     assert note(2) == "note: without --redis-url each worker has its own tile cache"
     assert note(2, rate_limit="20/s", redis_url="redis://127.0.0.1:6379/0") is None
     assert note(1, rate_limit="20/s") is None
+
+
+def test_serve_says_when_redis_does_not_answer_as_it_starts(redis_server):
+    """It serves all the same (computing what it would read there), so a wrong --redis-url went
+    unseen: now a line says so, naming where Redis was asked but not the URL's password."""
+    nowhere = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    said = redis_note(nowhere)
+    assert said is not None and said.startswith("note: Redis at 127.0.0.1:") and "does not answer" in said
+    assert "secret" not in said
+    assert redis_note(redis_server) is None and redis_note(None) is None
 
 
 def test_client_keys():
