@@ -344,6 +344,14 @@ def _embed_and_finish(
         tqdm.write(
             ("resuming an unfinished run" if work.resumed else "precompute") + f" on {report.device}", file=sys.stderr
         )
+    if options.shard[1] > 1 and all(start == stop for start, stop in ranges.values()):
+        i, n = options.shard
+        tqdm.write(
+            f"note: shard {i}/{n} holds no cells: each level is split into {n} parts whose edges are rounded "
+            f"down to a batch of {work.batch} cells (so that merged shards equal one run), and this one's part of "
+            "every level rounded to none; merge takes the empty shard as it is",
+            file=sys.stderr,
+        )
     started = time.perf_counter()
     with (
         ThreadPoolExecutor(options.readers) as pool,

@@ -169,7 +169,9 @@ class Store:
                 _check_values(self.levels[int(key)], meta)
         _check_checksums(self.path, self.manifest, check_bytes)
         if not self.levels:
-            raise StoreError(f"{self.path} holds no cells")
+            shard = self.manifest.get("shard")
+            said = EMPTY_SHARD.format(*shard) if isinstance(shard, list) and len(shard) == 2 else ""
+            raise StoreError(f"{self.path} holds no cells{said}")
         self.minlevel, self.maxlevel = min(self.levels), max(self.levels)
         self.bounds = tuple(self.manifest["bounds"])
 
@@ -217,6 +219,13 @@ class Store:
         present = sorted(self.levels)
         below = [lv for lv in present if lv <= wanted]
         return self.levels[below[-1] if below else present[0]]
+
+
+# What an empty shard store is (precompute's note says the same as it writes one).
+EMPTY_SHARD = (
+    ": it is shard {0} of {1}, whose part of the plan came out empty (shards split it on batch boundaries), "
+    "and `soundscape precompute merge` takes it as it is"
+)
 
 
 def read_manifest(path: Path) -> dict:

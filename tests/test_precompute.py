@@ -185,3 +185,17 @@ def test_cli_refuses_bad_input_with_exit_2(bundle_path, imagery_path, store_path
     assert (tmp_path / "other" / "notes.txt").exists()
     assert {name: sorted(p.relative_to(path) for p in path.rglob("*")) for name, path in kept.items()} == files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "not.tif", "noted", "other"]
+
+
+def test_an_empty_shard_is_said_as_it_is_written_and_as_it_is_opened(imagery_path, bundle_path, tmp_path, capsys):
+    """Shard edges are rounded down to batches, so a small plan leaves the first shards empty: the
+    run said "0 cells" alone, and `store info` of the shard only "holds no cells"."""
+    out = tmp_path / "shard0"
+    args = precompute_args(
+        imagery_path, bundle_path, "3", out, FIXTURE_BBOX_ARG, "--shard", "0/8", "--batch-size", "64"
+    )
+    assert main(args) == 0
+    assert "note: shard 0/8 holds no cells: each level is split into 8 parts" in capsys.readouterr().err
+    assert main(["store", "info", str(out)]) == 2
+    said = capsys.readouterr().err
+    assert "holds no cells: it is shard 0 of 8" in said and "precompute merge` takes it as it is" in said
