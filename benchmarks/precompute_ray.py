@@ -1,6 +1,6 @@
 """The Ray engine's overhead against the local engine, for docs/scale.md ("Precompute on a Ray cluster").
 
-    python benchmarks/precompute_ray.py --imagery data/imagery/bluemarble.tif --bundle data/demo/bundle \
+    python benchmarks/precompute_ray.py --imagery data/demo/imagery/bluemarble.tif --bundle data/demo/bundle \
         [--levels 0-5] [--shards 2] [--repeats 2]
 
 Runs `soundscape precompute` alternately with the local engine and with `--engine ray` (a local Ray
