@@ -116,6 +116,24 @@ def test_tiles_or_a_legend_that_fail_leave_no_earlier_state_behind(browser, serv
         page.close()
 
 
+@pytest.mark.slow
+def test_a_legend_that_comes_after_its_tiles_failed_stays_hidden(browser, server):  # noqa: F811
+    """The legend of a state whose tiles failed stays hidden with its layer, even when its TileJSON
+    (a colour scale to sample) answers after the tiles failed: it was shown again over no layer
+    (seen as a flaky test on a loaded machine)."""
+    page = open_page(browser, server, "/#q=birdsong&layer=heatmap&map=3.5/45/10", ready=HEATMAP_LOADED)
+    try:
+        page.route("**/tiles/**", lambda route: route.fulfill(status=500, json={"detail": "the server failed"}))
+        held = hold(page, "**/tilejson.json?**")
+        page.uncheck("#hour-any")
+        wait_until(page, "document.getElementById('status').textContent.startsWith('tiles failed')")
+        answer_late(page, held, lambda: None)
+        shown = page.evaluate(SHOWN)
+        assert not shown["visible"] and not shown["legend"] and shown["error"], shown
+    finally:
+        page.close()
+
+
 def hold(page, pattern: str) -> list:
     """Hold the first request of the page that matches `pattern` (let the others through): the list
     gets its route, whose continue_() lets it go on."""

@@ -494,6 +494,7 @@ async function main() {
       renderedUrl = null;
       delete document.body.dataset.heatmap;
       $("legend").hidden = true;
+      legendSeq++;  // a legend of this state still on its way would show again over no layer
       retryOnMove = !status || TRANSIENT.has(status);
       setMapError(`tiles failed: ${detail}; the layer is hidden${retryOnMove ? " until the map moves" : ""}`);
     }
