@@ -89,10 +89,7 @@ def serve(
         if note is not None:
             print(note, flush=True)
     ConnectionLimits.from_env()  # each worker's protocol reads them: checked here, before starting
-    try:
-        SqliteRecords(settings.query_db, 0)
-    except OSError as exc:
-        raise UsageError(str(exc)) from None
+    SqliteRecords(settings.query_db, 0)  # one it cannot open: RegistryUnavailable, a sentence (exit 2)
     print(banner(f"http://{host}:{port}", examples), flush=True)
     # The protocol adds header size, header/body timeouts and a connection cap (server/protocol.py).
     config = serving.ServeConfig(
