@@ -14,15 +14,18 @@ import sys
 from collections.abc import Callable
 
 from runtime.errors import UserError
-from runtime.interrupts import stay_calm
+from runtime.interrupts import Terminated, stay_calm, terminate_like_interrupt
 
 # OS errors whose message names the user's path: a file that is not there, or already is.
 PATH_ERRORS: tuple[type[OSError], ...] = (FileNotFoundError, FileExistsError)
 USER_ERRORS: tuple[type[Exception], ...] = (UserError, *PATH_ERRORS)
 
 
-def run_reporting_errors(command: str, handler: Callable[[], int | None]) -> int:
-    """Run a subcommand's handler; its exit code, or 2 (130 when interrupted) after one sentence."""
+def run_reporting_errors(command: str, handler: Callable[[], int | None], resumes: bool = False) -> int:
+    """Run a subcommand's handler; its exit code, or 2 (130 when interrupted, 143 when stopped by
+    SIGTERM) after one sentence. `resumes`: the command continues where it stopped when run again,
+    which the sentence of a stop says."""
+    terminate_like_interrupt()
     try:
         return int(handler() or 0)
     except USER_ERRORS as exc:
@@ -49,7 +52,9 @@ def run_reporting_errors(command: str, handler: Callable[[], int | None]) -> int
             raise
         print(f"soundscape {command}: cannot write {exc.filename or 'its output'}: {exc.strerror}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         stay_calm(command)  # a Ctrl-C held down, while the threads join and the process exits
-        print(f"soundscape {command}: interrupted", file=sys.stderr)
-        return 130
+        stopped, code = ("stopped by SIGTERM", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        again = "; run the same command again to resume where it stopped" if resumes else ""
+        print(f"soundscape {command}: {stopped}{again}", file=sys.stderr)
+        return code

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    return run_reporting_errors(args.command, lambda: args.handler(args))
+    return run_reporting_errors(args.command, lambda: args.handler(args), resumes=getattr(args, "resumes", False))
 
 
 if __name__ == "__main__":

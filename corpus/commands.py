@@ -173,7 +173,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "(an ablation: docs/demo-model.md; default: every one heard at the place)",
     )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
-    b.set_defaults(handler=_build)
+    b.set_defaults(handler=_build, resumes=True)
 
     f = commands.add_parser(
         "fetch",

@@ -366,7 +366,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="replace an existing store at --out (only once the merged one is complete)",
     )
     m.add_argument("--index-flat-max", type=FLAT_MAX_ARG, default=FLAT_MAX, help=FLAT_MAX_HELP)
-    p.set_defaults(handler=_precompute, action=None)
+    m.set_defaults(resumes=False)  # a merge starts over (its store is written whole, then moved in place)
+    p.set_defaults(handler=_precompute, action=None, resumes=True)
 
     s = sub.add_parser(
         "store",
@@ -416,4 +417,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     synth.add_argument("--index-flat-max", type=FLAT_MAX_ARG, default=FLAT_MAX, help=FLAT_MAX_HELP)
-    synth.set_defaults(handler=_synth)
+    synth.set_defaults(handler=_synth, resumes=True)

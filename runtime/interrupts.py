@@ -52,6 +52,24 @@ def interrupt_once(command: str) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`docker stop`, `kill`), raised as Ctrl-C's KeyboardInterrupt is, so a command it
+    stops unwinds the same way: files being written removed unfinished, one sentence, exit 143
+    rather than the silent death by SIGTERM of Python's default."""
+
+
+def terminate_like_interrupt() -> None:
+    """SIGTERM raises Terminated in the main thread from now on (a library that handles SIGTERM
+    itself, as uvicorn and Ray do, replaces this while it runs)."""
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handle)
+
+
 def ignore_at_exit() -> None:
     """SIGINT and SIGTERM ignored from the process's exit hooks on (registered once)."""
     atexit.unregister(_ignore)

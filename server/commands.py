@@ -348,4 +348,4 @@ def add_pack_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT, once the new file is complete")
     add_service_options(p)
-    p.set_defaults(handler=_pack)
+    p.set_defaults(handler=_pack, resumes=True)

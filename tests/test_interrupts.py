@@ -1,5 +1,5 @@
 """A command stopped by Ctrl-C ends with its sentence and exit code 130 however long Ctrl-C is
-held down: a signal while its threads join or its interpreter exits is told the command is
+held down (by SIGTERM, 143 and its sentence): a signal while its threads join or its interpreter exits is told the command is
 stopping already (runtime.interrupts), not a KeyboardInterrupt traceback from threading's
 shutdown, nor a death by SIGINT (exit status -2) in the exit's last milliseconds."""
 
@@ -66,6 +66,21 @@ def test_a_command_stopped_by_ctrl_c_held_down_exits_130_with_its_sentence_alone
     assert "soundscape slow: interrupted" in lines, err
     assert set(lines) <= {"soundscape slow: interrupted", "soundscape slow: SIGINT again: already stopping"}, err
     assert err.count("SIGINT again: already stopping") <= 1, err  # said once, not once per repeat
+
+
+def test_a_command_stopped_by_sigterm_exits_143_with_a_sentence():
+    """`docker stop` and `kill` send SIGTERM, which ended a command silently (Python's default)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_COMMAND], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout.readline() == "working\n"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    assert err.strip() == "soundscape slow: stopped by SIGTERM", err
 
 
 @pytest.mark.parametrize("workers", [1, 2])

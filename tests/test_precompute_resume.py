@@ -96,8 +96,14 @@ def test_reference_store_has_every_part(reference):
     assert store.levels[3].fusion_kinds == ["hour", "month"] and store.levels[5].fusion_kinds == []
 
 
+# kill -9 (the process gone at once) and SIGTERM (`docker stop`: exit 143 with the sentence saying
+# how to resume, not the silent death of Python's default)
+STOPS = [(signal.SIGKILL, -signal.SIGKILL, ""), (signal.SIGTERM, 143, "stopped by SIGTERM; run the same command again")]
+
+
+@pytest.mark.parametrize(("stop", "code", "said"), STOPS, ids=["SIGKILL", "SIGTERM"])
 def test_killed_overwrite_run_keeps_the_old_store_then_resumes_to_the_same_store(
-    reference, imagery_path, bundle_path, store_path, tmp_path
+    reference, imagery_path, bundle_path, store_path, tmp_path, stop, code, said
 ):
     out = tmp_path / "store"
     old = Store(store_path)
@@ -109,10 +115,12 @@ def test_killed_overwrite_run_keeps_the_old_store_then_resumes_to_the_same_store
         deadline = time.monotonic() + 120
         while _positions(progress) < 100 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(stop)
         proc.wait()
         stderr.seek(0)
-        assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr.read()}"
+        err = stderr.read()
+        assert proc.returncode == code, f"the run ended before it was stopped: {err}"
+        assert said in err
     assert 100 <= _positions(progress) < sum(len(lv) for lv in Store(reference).levels.values())
     assert Store(out).id == old.id  # the store at --out is untouched while the new one is unfinished
     verify_store(Store(out))
