@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import faiss
 import numpy as np
@@ -52,6 +53,18 @@ def request_cost(replays: Replays) -> Callable[[Scope], int]:
     return cost
 
 
+def closing(service: SoundscapeService) -> Callable[[SoundscapeApp], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: at the server's stop the query registry's file is closed, which folds
+    its write-ahead log back into it (a copy of the .sqlite file alone then holds every record)."""
+
+    @asynccontextmanager
+    async def lifespan(app: SoundscapeApp) -> AsyncIterator[None]:
+        yield
+        service.registry.close()
+
+    return lifespan
+
+
 class SoundscapeApp(FastAPI):
     """FastAPI with a front door for tiles answered before: a cache hit skips FastAPI's own
     wrappers and the middleware stack, and gets the bytes and headers they sent for the same
@@ -84,6 +97,7 @@ def create_app(settings: Settings) -> SoundscapeApp:
         "with TileJSON, WMTS, search and point profiles. See docs/api.md.",
         docs_url=None,
         redoc_url=None,
+        lifespan=closing(service),
     )  # server/routes/viewer.py serves them from vendored assets
     app.state.service = service
     app.state.settings = settings

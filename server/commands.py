@@ -89,7 +89,7 @@ def serve(
         if note is not None:
             print(note, flush=True)
     ConnectionLimits.from_env()  # each worker's protocol reads them: checked here, before starting
-    SqliteRecords(settings.query_db, 0)  # one it cannot open: RegistryUnavailable, a sentence (exit 2)
+    SqliteRecords(settings.query_db, 0).close()  # one it cannot open or write: RegistryUnavailable (exit 2)
     print(banner(f"http://{host}:{port}", examples), flush=True)
     # The protocol adds header size, header/body timeouts and a connection cap (server/protocol.py).
     config = serving.ServeConfig(
@@ -287,6 +287,9 @@ def _pack(args: argparse.Namespace) -> int:
     from server.app import create_app  # here: importing the app costs every soundscape command 0.2 s
 
     query = pack.map_query(args.map)
+    if args.query_db and "&query=" in f"&{query}" and not Path(args.query_db).is_file():
+        # a slip of its name: no id resolves, and the registry opened would be a new empty file
+        raise UsageError(f"--query-db {args.query_db}: no such file; a query= id is read from the file serve keeps")
     app = create_app(pack_settings(args))  # its engine refuses a store another bundle built
     plan, count = pack.pack(app, query, Path(args.out), args.zooms, args.bbox, args.max_tiles, args.overwrite)
     low, high = plan.metadata["minzoom"], plan.metadata["maxzoom"]

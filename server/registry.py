@@ -17,6 +17,8 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -47,7 +49,9 @@ class RegistryUnavailable(UserError, OSError):
 
 
 class SqliteRecords:
-    """id -> record bytes in one SQLite file (WAL: workers of one host share it)."""
+    """id -> record bytes in one SQLite file (WAL: workers of one host share it). Each write is one
+    `BEGIN IMMEDIATE` transaction, so workers registering the same id at once store it once, and
+    the count they check against the cap is the one they insert under."""
 
     def __init__(self, path: str | Path, max_records: int):
         self.path = Path(path).expanduser()
@@ -63,12 +67,42 @@ class SqliteRecords:
             if "shared" not in {row[1] for row in self._db.execute("PRAGMA table_info(queries)")}:
                 self._db.execute("ALTER TABLE queries ADD COLUMN shared INTEGER NOT NULL DEFAULT 1")
             self._db.execute("CREATE INDEX IF NOT EXISTS unshared ON queries (created) WHERE shared = 0")
+            self._check_writable()
         except (OSError, sqlite3.Error) as exc:
             raise RegistryUnavailable(
                 f"cannot open the query registry {self.path}: {exc}; set SOUNDSCAPE_QUERY_DB "
                 "(serve --query-db) to a writable file"
             ) from None
         self._lock = threading.Lock()
+
+    def _check_writable(self) -> None:
+        """An existing file SQLite opened read-only (its mode, an immutable flag) answers reads and
+        refuses every registration: a write undone at once finds it now, not at the first client."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(f"PRAGMA user_version = {int(version)}")
+        finally:
+            self._db.execute("ROLLBACK")
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction, taken before reading (so no other process writes in between);
+        committed, or rolled back on any exception."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the file; the last connection to close folds the write-ahead log back into it, so
+        the .sqlite file alone holds every record once the server has stopped."""
+        with self._lock:
+            self._db.close()
 
     def get(self, query_id: str) -> bytes | None:
         with self._lock:
@@ -77,7 +111,7 @@ class SqliteRecords:
 
     def put(self, query_id: str, record: bytes, shared: bool = False) -> None:
         """Insert a record (kept as it is when the id is there already); `shared`: Redis has it."""
-        with self._lock:
+        with self._lock, self._writing():
             if self._db.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,)).fetchone():
                 return
             (count,) = self._db.execute("SELECT count(*) FROM queries").fetchone()
@@ -103,6 +137,7 @@ class SqliteRecords:
     def mark_shared(self, ids: list[str]) -> None:
         with self._lock:
             self._db.executemany("UPDATE queries SET shared = 1 WHERE id = ?", [(qid,) for qid in ids])
+
 
 
 class QueryRegistry:
@@ -135,7 +170,11 @@ class QueryRegistry:
         """The record, None when no replica registered it, or RegistryError (503) when this file
         lacks it and Redis cannot be asked: another replica may hold it, so the answer is "retry",
         never a 404 that tells a saved link it is dead."""
-        record = await anyio.to_thread.run_sync(self.local.get, query_id)
+        try:
+            record = await anyio.to_thread.run_sync(self.local.get, query_id)
+        except sqlite3.Error as exc:  # a damaged or busy file: retry, never a 500 nor a 404
+            log.warning("reading query %s from %s failed: %s", query_id, self.local.path, exc)
+            raise RegistryError(f"the query registry could not be read ({exc}); retry in {RETRY_AFTER_S} s") from None
         if record is None and self.client is not None:
             try:
                 record = cast(bytes | None, await self.client.get(REDIS_PREFIX + query_id))  # bytes: no decoding
@@ -162,6 +201,10 @@ class QueryRegistry:
             )
             if self._sharing is None or self._sharing.done():
                 self._sharing = asyncio.get_running_loop().create_task(self._share_until_done())
+
+    def close(self) -> None:
+        """Close the registry's file (at the server's stop)."""
+        self.local.close()
 
     async def share(self) -> bool:
         """Copy every unshared record into Redis (no TTL); False if Redis failed."""

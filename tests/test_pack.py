@@ -246,7 +246,7 @@ def test_a_registered_query_packs_as_its_id_serves(bundle_path, store_path, tmp_
         (["q="], "q: text must not be empty"),
         (["q=birdsong&hour=25"], "hour must be an integer in 0..23, not '25'"),
         (["q=birdsong&hours=6"], "'hours' is not a parameter of this route: did you mean 'hour'?"),
-        (["query=0123456789abcdef"], "unknown query id '0123456789abcdef'"),
+        (["query=0123456789abcdef"], "queries.sqlite: no such file; a query= id is read from the file serve keeps"),
         (["q=birdsong&tile_format=npy"], "tile_format must be one of png, webp, not 'npy'"),
         (["q=birdsong", "--zooms", "0-14"], "over --max-tiles 100000: narrow --zooms or --bbox"),
         (["q=birdsong", "--zooms", "0-99"], "argument --zooms: zooms must lie in 0..24"),
