@@ -5,7 +5,6 @@ to the store being written. A killed run resumes where it stopped (store/writer.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections import deque
@@ -243,10 +242,12 @@ def resume_key(imagery: Imagery, bundle: Bundle, key: dict) -> dict:
     local imagery file's size and modification time (a file rewritten at the same place, as a
     reprocessed scene is) and the graphs (CUDA's float16 ones or the CPU's float32). Neither goes
     into the manifest: the store's id stays its content's."""
-    files = [asset.path for asset in imagery.assets if os.path.isfile(asset.path)]
-    stamps = {path: [stat.st_size, stat.st_mtime_ns] for path, stat in zip(files, map(os.stat, files), strict=True)}
     provider = "CUDA" if bundle.providers[0] == CUDA else "CPU"
-    return {**key, "imagery_files": stamps, "graphs": f"{bundle.precision} graphs on the {provider} provider"}
+    return {
+        **key,
+        "imagery_files": imagery.file_stamps(),
+        "graphs": f"{bundle.precision} graphs on the {provider} provider",
+    }
 
 
 def left_out_lines(imagery: Imagery, plan: Plan, size: int, max_upsample: float) -> list[str]:

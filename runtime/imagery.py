@@ -287,6 +287,12 @@ class Imagery:
         """The 1-based bands read as red, green and blue."""
         return self.bands or RGB_BANDS
 
+    def file_stamps(self) -> dict[str, list[int]]:
+        """Each local file's size and modification time (ns): what tells a file rewritten at the
+        same path, as a reprocessed scene is, from the one read before."""
+        files = [asset.path for asset in self.assets if os.path.isfile(asset.path)]
+        return {path: [stat.st_size, stat.st_mtime_ns] for path, stat in zip(files, map(os.stat, files), strict=True)}
+
     def reading(self) -> dict[str, Any]:
         """How this source is read beyond its path (the nodata override, the rescale range, the
         bands): the keyword arguments that open it again the same way."""

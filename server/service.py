@@ -260,6 +260,18 @@ class SoundscapeService:
         # little from fp32's, so servers of both precisions sharing a Redis never share an entry.
         self.text_namespace = bundle.id if bundle.precision == "fp32" else f"{bundle.id}/{bundle.precision}"
         self.imagery = self._open_imagery()
+        # What a basemap tile's bytes depend on beyond z/x/y/size: stores that read one file
+        # otherwise (other bands, nodata, rescale), the file rewritten, another WebP encoder.
+        self.basemap_key = (
+            {}
+            if self.imagery is None
+            else {
+                "imagery": self.imagery.source,
+                "reading": self.imagery.reading(),
+                "files": self.imagery.file_stamps(),
+                "encoders": render.ENCODERS,
+            }
+        )
 
     @property
     def stats(self):
@@ -544,7 +556,7 @@ class SoundscapeService:
                 return render.encode_rgba_webp(np.zeros((size, size, 3), np.uint8), np.zeros((size, size), bool))
             return render.encode_rgba_webp(cell.rgb, cell.valid)
 
-        key = cache_key("basemap", {"imagery": imagery.source, "z": z, "x": x, "y": y, "size": size})
+        key = cache_key("basemap", {**self.basemap_key, "z": z, "x": x, "y": y, "size": size})
         return await self.cached(self.tiles, "basemap", key, lambda: self.run(draw), BYTES)
 
     # Points and search ----------------------------------------------------------------------

@@ -180,3 +180,19 @@ def test_training_reads_the_bands_of_data_bands(bgr_path, imagery_path, tmp_path
     assert all(np.array_equal(stack[i].image, rgb[i].image) for i in range(len(rgb)))
     with pytest.raises(ValueError, match="three band numbers"):
         reader("csv")({**section, "bands": [3, 2]}, 16)
+
+
+def test_stores_reading_one_file_otherwise_share_no_basemap_through_redis(
+    bgr_path, bundle_path, tmp_path, redis_server
+):
+    """The basemap's cache key named the imagery's path alone: through one Redis, a store reading
+    the file as blue-green-red served the picture another store had drawn in its own colours."""
+    swapped, plain = tmp_path / "swapped", tmp_path / "plain"
+    assert main([*precompute_args(bgr_path, bundle_path, "3", swapped, "--quiet"), "--bands", "3,2,1"]) == 0
+    assert main([*precompute_args(bgr_path, bundle_path, "3", plain, "--quiet"), "--bands", "1,2,3"]) == 0
+    drawn = {}
+    for store in (swapped, plain):
+        with make_client(bundle_path, store, redis_url=redis_server) as client:
+            drawn[store] = client.get(BASEMAP).content
+    with make_client(bundle_path, plain) as alone:
+        assert drawn[plain] == alone.get(BASEMAP).content != drawn[swapped]
