@@ -148,6 +148,15 @@ class RedisCache:
             self._failed("get", exc)
             return None
 
+    async def replace(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
+        """Store `value` whatever `key` holds (an entry this server cannot read)."""
+        if not self.available:
+            return
+        try:
+            await self.client.set(key, value, ex=ttl_s or self.ttl_s)
+        except (redis.RedisError, OSError) as exc:
+            self._failed("set", exc)
+
     async def set_first(self, key: str, value: bytes, ttl_s: int | None = None) -> bytes | None:
         """Store `value` unless `key` holds one already: the bytes the key holds now, the first
         stored; None when Redis cannot be reached. One script (`SET_FIRST`), so no other
@@ -191,8 +200,9 @@ class TieredCache:
         if value is None and self.shared is not None:
             data = await self.shared.get(key)
             if data is not None:
-                value = codec.decode(data)
-                self.local.set_now(key, value, len(data))
+                value = decoded(key, data, codec)
+                if value is not None:
+                    self.local.set_now(key, value, len(data))
         return value
 
     async def set(self, key: str, value: T, codec: Codec[T], ttl_s: int | None = None) -> T:
@@ -205,10 +215,23 @@ class TieredCache:
         data = codec.encode(value)
         if self.shared is not None:
             held = await self.shared.set_first(key, data, ttl_s)
-            data = data if held is None else held
+            if held is not None and held != data and decoded(key, held, codec) is None:
+                await self.shared.replace(key, data, ttl_s)
+            else:
+                data = data if held is None else held
         value = codec.decode(data)
         self.local.set_now(key, value, len(data))
         return value
+
+
+def decoded(key: str, data: bytes, codec: Codec[T]) -> T | None:
+    """A shared entry's value, or None (a miss) for bytes this server cannot read: another
+    version's layout or another writer's, in a Redis that replicas and upgrades share."""
+    try:
+        return codec.decode(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("redis entry %s does not read as this server writes it (%s): computed again", key, exc)
+        return None
 
 
 class SingleFlight:

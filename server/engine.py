@@ -99,8 +99,11 @@ class QueryEmbedding:
         return np.concatenate([[self.s], self.mu]).astype(np.float32).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> QueryEmbedding:
+    def from_bytes(cls, data: bytes, dim: int | None = None) -> QueryEmbedding:
+        """ValueError when the bytes hold another `dim` (a cache entry another bundle's layout left)."""
         row = np.frombuffer(data, dtype=np.float32)
+        if dim is not None and len(row) != dim + 1:
+            raise ValueError(f"a query embedding of {len(row) - 1} dims, not {dim}")
         return cls(row[1:].copy(), float(row[0]))
 
 
@@ -118,8 +121,11 @@ class CellEmbeddings:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> CellEmbeddings:
+    def from_bytes(cls, data: bytes, dim: int | None = None) -> CellEmbeddings:
+        """ValueError when the bytes are not n cells of `dim` (another layout's cache entry)."""
         n = int(np.frombuffer(data[:8], dtype=np.int64)[0])
+        if n < 0 or len(data) < 8 + 4 * n or (dim is not None and len(data) != 8 + (4 + 2 * dim) * n):
+            raise ValueError(f"{len(data)} bytes are not {n} cells" + (f" of {dim} dims" if dim else ""))
         s = np.frombuffer(data[8 : 8 + 4 * n], dtype=np.float32)
         mu = np.frombuffer(data[8 + 4 * n :], dtype=np.float16).reshape(n, -1)
         return cls(mu, s)

@@ -54,9 +54,10 @@ class QueryRecord:
         return len(head).to_bytes(4, "little") + head + embedding.to_bytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> tuple[QueryRecord, QueryEmbedding]:
+    def from_bytes(cls, data: bytes, dim: int | None = None) -> tuple[QueryRecord, QueryEmbedding]:
+        """ValueError or TypeError for bytes of another layout (or `dim`)."""
         n = int.from_bytes(data[:4], "little")
-        return cls(**json.loads(data[4 : 4 + n])), QueryEmbedding.from_bytes(data[4 + n :])
+        return cls(**json.loads(data[4 : 4 + n])), QueryEmbedding.from_bytes(data[4 + n :], dim)
 
 
 def record_id(bundle_id: str, kind: str, content: bytes) -> str:

@@ -139,7 +139,6 @@ class SqliteRecords:
             self._db.executemany("UPDATE queries SET shared = 1 WHERE id = ?", [(qid,) for qid in ids])
 
 
-
 class QueryRegistry:
     """The durable record of every registered query: SQLite, plus Redis when configured."""
 

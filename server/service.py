@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -69,9 +70,6 @@ SCALE_SAMPLE_LRU_BYTES = 16 * 1024 * 1024
 # Names the default-scale rule in tile keys and ETags: change it when the rule changes (v2: the
 # uncertainty layer's store range is rounded outwards, as the percentile scales are).
 DEFAULT_SCALE_KEY = "p2-p98-v2"
-# How cached values are stored in Redis (the LRU keeps the objects).
-CELLS: Codec[CellEmbeddings] = Codec(CellEmbeddings.to_bytes, CellEmbeddings.from_bytes)
-QUERIES: Codec[tuple[QueryRecord, QueryEmbedding]] = Codec(lambda v: v[0].to_bytes(v[1]), QueryRecord.from_bytes)
 
 
 @dataclass(frozen=True)
@@ -227,6 +225,15 @@ class SoundscapeService:
     def __init__(self, bundle: Bundle, store: Store, settings: Settings):
         self.engine = Engine(bundle, store)
         self.bundle, self.store, self.settings = bundle, store, settings
+        # How cached values are stored in Redis (the LRU keeps the objects); reading checks the
+        # bundle's dims, so an entry of another layout is a miss, never a broadcasting error.
+        dim = bundle.embed_dim
+        self.cells_codec: Codec[CellEmbeddings] = Codec(
+            CellEmbeddings.to_bytes, partial(CellEmbeddings.from_bytes, dim=dim)
+        )
+        self.queries_codec: Codec[tuple[QueryRecord, QueryEmbedding]] = Codec(
+            lambda v: v[0].to_bytes(v[1]), partial(QueryRecord.from_bytes, dim=dim)
+        )
         shared = RedisCache(settings.redis_url, settings.cache_ttl_s) if settings.redis_url else None
         self.redis = shared
         self.tiles = TieredCache(LRUCache(settings.lru_bytes), shared)
@@ -336,7 +343,7 @@ class SoundscapeService:
             metrics.COMPUTE.labels(f"{record.kind}_encoding").inc()
             return record, embedding
 
-        return await self.cached(self.queries, "query", self._query_key(record.id), compute, QUERIES)
+        return await self.cached(self.queries, "query", self._query_key(record.id), compute, self.queries_codec)
 
     async def text_query(self, text: str, register: bool = False) -> tuple[QueryRecord, QueryEmbedding]:
         """A text's record and embedding; `register` also stores it durably (POST /queries)."""
@@ -350,7 +357,7 @@ class SoundscapeService:
 
     async def _register(self, found: tuple[QueryRecord, QueryEmbedding]) -> None:
         """Store a record durably (RegistryError if it cannot be) and resolve its id from now on."""
-        body = QUERIES.encode(found)
+        body = self.queries_codec.encode(found)
         await self.registry.put(found[0].id, body)
         self.registered.set_now(self._query_key(found[0].id), found, len(body))
 
@@ -405,7 +412,7 @@ class SoundscapeService:
             body = await self.registry.get(query_id)
             if body is None:
                 raise QueryError(404, f"unknown query id {query_id!r}: register the query with POST /queries")
-            found = QUERIES.decode(body)
+            found = self.queries_codec.decode(body)
             self.registered.set_now(key, found, len(body))
         return found
 
@@ -471,7 +478,7 @@ class SoundscapeService:
             return stored
 
         key = cache_key("fused", {**self.ids, **block, "hour": meta.hour, "month": meta.month, "source": meta.source})
-        return await self.cached(self.tiles, "fused", key, lambda: self.fuse(level, index, meta), CELLS)
+        return await self.cached(self.tiles, "fused", key, lambda: self.fuse(level, index, meta), self.cells_codec)
 
     async def fuse(self, level: Level, index: np.ndarray, meta: QueryMetadata, large: bool = False) -> CellEmbeddings:
         """The fusion of `index` under `meta`, run in the compute pool. A large one (a whole level
@@ -657,7 +664,9 @@ class SoundscapeService:
             {**self.ids, "level": level.level, "row": row, "profile": axis}
             | {"hour": held.hour, "month": held.month, "source": held.source},
         )
-        run = await self.cached(self.tiles, "fused", key, lambda: self._fuse_profile(level, row, held, axis), CELLS)
+        run = await self.cached(
+            self.tiles, "fused", key, lambda: self._fuse_profile(level, row, held, axis), self.cells_codec
+        )
         return CellEmbeddings.concat([cells if cells is not None else run.row(i) for i, cells in enumerate(stored)])
 
     async def _fuse_profile(self, level: Level, row: int, meta: QueryMetadata, axis: str) -> CellEmbeddings:
@@ -686,7 +695,7 @@ class SoundscapeService:
         if len(level) <= limit:  # a level's every cell is scanned only up to the limit
             whole = await self.run(self.engine.stored, level, np.arange(len(level)), meta)
             if whole is None:
-                whole = await self.level_fusions.get(self._fused_level_key(level, meta), CELLS)
+                whole = await self.level_fusions.get(self._fused_level_key(level, meta), self.cells_codec)
         if whole is None and not exact and count is not None:
             rows = await self.run(self.engine.candidates, level, meta, query, count, limit)
             # Cached and shared like a fused level: the same search at once fuses once.
@@ -699,7 +708,11 @@ class SoundscapeService:
                 },
             )
             cells = await self.cached(
-                self.level_fusions, "candidates", key, lambda: self.fuse(level, rows, meta, large=True), CELLS
+                self.level_fusions,
+                "candidates",
+                key,
+                lambda: self.fuse(level, rows, meta, large=True),
+                self.cells_codec,
             )
             best, top = await self.run(self.engine.top_k, level, cells, query, k)
             return rows[best], top, len(rows)
@@ -746,7 +759,7 @@ class SoundscapeService:
             return rows, CellEmbeddings(np.asarray(level.arrays.mu[:0]), np.asarray(level.arrays.s[:0])), 0
         cells = await self.run(self.engine.stored, level, rows, meta)
         if cells is None:  # a fusion of the whole level under meta, kept by an earlier search, has them
-            whole = await self.level_fusions.get(self._fused_level_key(level, meta), CELLS)
+            whole = await self.level_fusions.get(self._fused_level_key(level, meta), self.cells_codec)
             cells = (
                 CellEmbeddings(whole.mu[rows], whole.s[rows])
                 if whole is not None
@@ -773,5 +786,5 @@ class SoundscapeService:
             "fused_level",
             self._fused_level_key(level, meta),
             lambda: self.fuse(level, rows, meta, large=True),
-            CELLS,
+            self.cells_codec,
         )

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from runtime.text import normalise_text
 from server.cache import BYTES, Codec, LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, canonical
 from server.queries import text_record
-from server.service import QUERIES
 from tests.server_support import make_client
 
 scalars = st.one_of(
@@ -165,9 +164,30 @@ def test_replicas_draw_a_text_embedded_to_other_bits_as_the_first_stored_it(bund
         own = service.engine.embed_text(text)
         other = replace(own, mu=np.nextafter(own.mu, np.float32(1.0)))  # one ulp away, as another CPU's
         # What two's own miss stores, had it embedded the text meanwhile
-        kept = two.portal.call(service.queries.set, f"st:query:{record.id}", (record, other), QUERIES)
+        kept = two.portal.call(service.queries.set, f"st:query:{record.id}", (record, other), service.queries_codec)
         assert np.array_equal(kept[1].mu, own.mu), "the first stored is kept"
         assert two.get(tile, params={"q": text}).content == expected
+
+
+def test_a_redis_entry_of_another_layout_is_a_miss_and_is_replaced(bundle_path, store_path, redis_server):
+    """A value another version (or any other writer) left under a key, here a query embedding of
+    other dims, was decoded as it was: every tile, /point and /search of that text was a 500 for the
+    entry's day in Redis."""
+    text, tile = "church bells ringing", "/tiles/WebMercatorQuad/4/8/5.npy"
+    with make_client(bundle_path, store_path) as alone:
+        expected = alone.get(tile, params={"q": text, "hour": 1}).content
+        service = alone.app.state.service
+        key, dims = f"st:query:{text_record(service.text_namespace, text).id}", service.bundle.embed_dim
+    head = json.dumps({"id": key[-16:], "kind": "text", "text": text}).encode()
+    foreign = len(head).to_bytes(4, "little") + head + np.zeros(1 + dims // 2, np.float32).tobytes()
+    shared = redis.Redis.from_url(redis_server)
+    shared.set(key, foreign)
+    with make_client(bundle_path, store_path, redis_url=redis_server) as client:
+        first = client.get(tile, params={"q": text, "hour": 1})
+        assert first.status_code == 200 and first.content == expected
+        for url in ("/point/10,47", "/search"):
+            assert client.get(url, params={"q": text, "hour": 1}).status_code == 200, url
+    assert shared.get(key) != foreign  # replaced by what this server reads
 
 
 def test_single_flight_shares_results_and_errors():
