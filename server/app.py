@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -53,14 +55,21 @@ def request_cost(replays: Replays) -> Callable[[Scope], int]:
     return cost
 
 
-def closing(service: SoundscapeService) -> Callable[[SoundscapeApp], AbstractAsyncContextManager[None]]:
-    """The app's lifespan: at the server's stop the query registry's file is closed, which folds
-    its write-ahead log back into it (a copy of the .sqlite file alone then holds every record)."""
+def registry_lifespan(service: SoundscapeService) -> Callable[[SoundscapeApp], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: with Redis, the query registry watches that Redis still holds its
+    records while the server runs; at the stop its file is closed, which folds its write-ahead
+    log back into it (a copy of the .sqlite file alone then holds every record)."""
 
     @asynccontextmanager
     async def lifespan(app: SoundscapeApp) -> AsyncIterator[None]:
+        registry = service.registry
+        watching = None if registry.client is None else asyncio.get_running_loop().create_task(registry.watch())
         yield
-        service.registry.close()
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+        registry.close()
 
     return lifespan
 
@@ -97,7 +106,7 @@ def create_app(settings: Settings) -> SoundscapeApp:
         "with TileJSON, WMTS, search and point profiles. See docs/api.md.",
         docs_url=None,
         redoc_url=None,
-        lifespan=closing(service),
+        lifespan=registry_lifespan(service),
     )  # server/routes/viewer.py serves them from vendored assets
     app.state.service = service
     app.state.settings = settings

@@ -6,13 +6,16 @@ configured, to a key without a TTL (so every replica resolves it). Tiles and tex
 cache entries with a TTL: under `maxmemory-policy volatile-lru` (docker-compose.yml) Redis evicts
 only those, never a registered query. While Redis is down a record is kept in the file, marked
 unshared, and shared as soon as Redis answers again (a retry every few seconds), so an outage
-loses no registration. A registration the file could not take is an error to the client
+loses no registration. Redis that loses what it held (flushed, restarted without persistence, a
+new one) is noticed by a marker key it no longer has (`watch`): every record in the file is
+shared again. A registration the file could not take is an error to the client
 (`RegistryError`: 503, or 507 when the registry is full), never a 201 for a record that is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -31,6 +34,8 @@ from server.queries import QueryError
 
 log = logging.getLogger(__name__)
 REDIS_PREFIX = "st:registered:"
+HELD_MARKER = REDIS_PREFIX + "held"  # no query id (16 hex digits): set once Redis holds the file's records
+WATCH_S = 10.0  # how often each worker checks that Redis still holds them
 RETRY_AFTER_S = 5  # what a 503 of the registry tells the client to wait
 
 
@@ -138,6 +143,15 @@ class SqliteRecords:
         with self._lock:
             self._db.executemany("UPDATE queries SET shared = 1 WHERE id = ?", [(qid,) for qid in ids])
 
+    def mark_all_unshared(self) -> None:
+        """Every record to be shared again (Redis lost them)."""
+        with self._lock:
+            self._db.execute("UPDATE queries SET shared = 0 WHERE shared = 1")
+
+    def unshared_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM queries WHERE shared = 0").fetchone()[0])
+
 
 class QueryRegistry:
     """The durable record of every registered query: SQLite, plus Redis when configured."""
@@ -204,6 +218,27 @@ class QueryRegistry:
     def close(self) -> None:
         """Close the registry's file (at the server's stop)."""
         self.local.close()
+
+    async def unshared(self) -> int:
+        """Records Redis does not hold yet: other replicas cannot resolve them until it does."""
+        return await anyio.to_thread.run_sync(self.local.unshared_count)
+
+    async def watch(self) -> None:
+        """While the server runs: when Redis lacks the marker (it lost its data, or is new), share
+        every record of the file again, then set the marker. A Redis that does not answer is
+        left to `put`'s retries."""
+        assert self.client is not None
+        while True:
+            try:
+                held = await self.client.exists(HELD_MARKER)
+            except (redis.RedisError, OSError):
+                held = 1
+            if not held:
+                await anyio.to_thread.run_sync(self.local.mark_all_unshared)
+                if await self.share():
+                    with contextlib.suppress(redis.RedisError, OSError):
+                        await self.client.set(HELD_MARKER, b"1")
+            await asyncio.sleep(WATCH_S)
 
     async def share(self) -> bool:
         """Copy every unshared record into Redis (no TTL); False if Redis failed."""

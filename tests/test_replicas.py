@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import soundfile
 
 from benchmarks import replicas as replicas_bench
 from benchmarks.replicas import counter, nginx_binary
+from server import registry
 from tests.conftest import free_port
 from tests.server_support import LAND_TILE, live_server, make_client
 
@@ -111,6 +113,35 @@ def test_a_replica_that_cannot_ask_redis_says_retry_not_unknown(bundle_path, sto
         kept = replica.post("/queries", json={"text": "kept in the file while redis is down"})
         assert kept.status_code == 201
         assert replica.get(f"/queries/{kept.json()['id']}").status_code == 200
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_records_redis_lost_are_shared_again(bundle_path, store_path, redis_server, tmp_path, monkeypatch):
+    """After a FLUSHALL (or a Redis restarted without persistence) a record the registering
+    replica had shared was never pushed again: every other replica answered 404 for good, and
+    /readyz said the queries were durable."""
+    monkeypatch.setattr(registry, "WATCH_S", 0.1)
+    shared = redis.Redis.from_url(redis_server)
+    a, b = (str(tmp_path / f"{name}.sqlite") for name in "ab")
+    with make_client(bundle_path, store_path, redis_url=redis_server, query_db=a) as one:
+        qid = one.post("/queries", json={"text": "frogs croaking by a pond"}).json()["id"]
+        assert wait_until(lambda: shared.exists(registry.HELD_MARKER))
+        shared.flushall()
+        assert wait_until(lambda: shared.exists(registry.REDIS_PREFIX + qid)), "shared again"
+        with make_client(bundle_path, store_path, redis_url=redis_server, query_db=b) as other:
+            assert other.get(f"/queries/{qid}").status_code == 200
+        assert one.get("/readyz").json()["queries"] == "durable"
+        shared.set("filler", b"x" * 2_000_000)
+        shared.config_set("maxmemory-policy", "noeviction")
+        shared.config_set("maxmemory", "1mb")  # full: every write refused
+        assert one.post("/queries", json={"text": "rain on a tin roof"}).status_code == 201
+        assert one.get("/readyz").json()["queries"].startswith("1 not yet in redis")
 
 
 # --- Through the proxy ------------------------------------------------------------------------

@@ -754,11 +754,13 @@ async def readyz(request: Request, service: ServiceDep) -> Response:
     if service.redis is not None:
         redis = "ok" if await service.redis.ping() else "down"
     registry = service.registry
-    queries = (
-        "durable"
-        if registry.durable
-        else f"at risk: redis maxmemory-policy {registry.eviction_policy} may evict them (use volatile-lru)"
-    )
+    unshared = 0 if registry.client is None else await registry.unshared()
+    if not registry.durable:
+        queries = f"at risk: redis maxmemory-policy {registry.eviction_policy} may evict them (use volatile-lru)"
+    elif unshared:
+        queries = f"{unshared} not yet in redis (it refuses writes or lost them): other replicas cannot resolve them"
+    else:
+        queries = "durable"
     answer = {
         "status": "degraded" if redis == "down" else "ready",
         "redis": redis,
