@@ -96,6 +96,13 @@ class DecodedAudio:
     sample_rate: int
 
 
+def seconds_over(seconds: float, limit: float) -> str:
+    """`seconds`, over `limit`, with the fewest decimals (one at least) that show it over: one
+    frame past 60 s at 8 kHz read "60.0 s long; the limit is 60 s"."""
+    texts = (f"{seconds:.{digits}f}" for digits in range(1, 10))
+    return next((text for text in texts if float(text) > limit), repr(seconds))
+
+
 def check_audio_header(rate: int, channels: int, frames: int, max_seconds: float) -> None:
     """Refuse, from the header alone, audio whose decoding or resampling would cost too much."""
     lo, hi = SAMPLE_RATES
@@ -104,7 +111,7 @@ def check_audio_header(rate: int, channels: int, frames: int, max_seconds: float
     if not 1 <= channels <= MAX_CHANNELS:
         raise QueryError(422, f"the audio has {channels} channels; accepted are 1 to {MAX_CHANNELS}")
     if frames / rate > max_seconds:
-        raise QueryError(413, f"audio is {frames / rate:.1f} s long; the limit is {max_seconds:g} s")
+        raise QueryError(413, f"audio is {seconds_over(frames / rate, max_seconds)} s long; the limit is {max_seconds:g} s")
     if frames * channels > MAX_DECODED_SAMPLES:
         raise QueryError(
             413,
