@@ -425,6 +425,7 @@ def decode_audio(source: bytes | str | Path) -> tuple[np.ndarray | SparseWave, i
     try:
         with soundfile.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as f:
             _check_rate(int(f.samplerate))
+            check_declared_length(f.frames)
             if f.format == "OGG":
                 _check_one_ogg_stream(source)
             if front_end is None:
@@ -449,6 +450,24 @@ def _check_rate(rate: int) -> None:
         raise AudioDecodeError(
             f"its sample rate is {rate} Hz, below any recording of sound ({MIN_SAMPLE_RATE} Hz and up): a damaged "
             "header, or a file of other data?"
+        )
+
+
+# The frame count libsndfile gives a file that declares none (SF_COUNT_MAX): a FLAC stream, as an
+# encoder writing to a pipe leaves its STREAMINFO (flac -, ffmpeg's pipe:), says 0 samples.
+UNKNOWN_FRAMES = (1 << 63) - 1
+
+
+def check_declared_length(frames: int) -> None:
+    """AudioDecodeError for a file that declares no length (`frames` is UNKNOWN_FRAMES): soundfile
+    sizes a whole read by that count (an array of 2^63 frames), and a read in blocks fails at the
+    end (each read seeks past what it read, and the decoder cannot seek to a stream's end), so it
+    cannot be read to its end; the server called a 3 s clip 209146758205323.7 s long. Re-encoded
+    as a file it declares its length."""
+    if frames == UNKNOWN_FRAMES:
+        raise AudioDecodeError(
+            "it declares no length (a FLAC stream, as an encoder writing to a pipe leaves it), so it cannot be "
+            "read to its end: re-encode it as a file (ffmpeg -i IN.flac OUT.flac)"
         )
 
 

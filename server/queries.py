@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import soundfile
 
-from runtime.audio import AudioDecodeError, decode_audio, resample
+from runtime.audio import AudioDecodeError, check_declared_length, decode_audio, resample
 from runtime.text import TextError, query_text
 from server.engine import QueryEmbedding
 
@@ -130,8 +130,9 @@ def decode_upload(bundle_id: str, data: bytes, target_rate: int, max_seconds: fl
         info = soundfile.info(io.BytesIO(data))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise QueryError(415, f"cannot read the upload as audio (wav, flac, ogg or mp3): {exc}") from None
-    check_audio_header(info.samplerate, info.channels, info.frames, max_seconds)
     try:
+        check_declared_length(info.frames)  # before its frame count is taken for a length
+        check_audio_header(info.samplerate, info.channels, info.frames, max_seconds)
         wave, rate = decode_audio(data)
     except AudioDecodeError as exc:
         raise QueryError(415, str(exc)) from None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from runtime.audio import UNKNOWN_FRAMES, AudioDecodeError, decode_audio
 from tests.server_support import make_client
 
 
@@ -35,3 +36,30 @@ def test_audio_one_frame_over_the_duration_limit_says_by_how_much(client):
     assert over.status_code == 413
     assert over.json()["detail"] == "audio is 1.0001 s long; the limit is 1 s"
     assert post_audio(client, wav(8000)).status_code == 201
+
+
+def flac_stream(frames: int, rate: int = 8000) -> bytes:
+    """A FLAC as an encoder writing to a pipe leaves it: STREAMINFO's 36-bit count of samples 0."""
+    buf = io.BytesIO()
+    soundfile.write(buf, np.full(frames, 0.1, np.float32), rate, format="FLAC")
+    data = bytearray(buf.getvalue())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first, its fields from byte 8
+    data[21] &= 0xF0  # the count's top 4 bits share byte 21 with the bits per sample
+    data[22:26] = bytes(4)
+    return bytes(data)
+
+
+def test_a_flac_stream_of_unknown_length_is_refused_in_a_sentence_not_called_millions_of_years(client):
+    """libsndfile counts a stream that declares no length as 2^63 - 1 frames: a 0.5 s clip was
+    refused as "1152921504606847.0 s long", and decode_audio (the training readers') failed
+    allocating an array of that many frames."""
+    stream = flac_stream(4000)
+    assert soundfile.info(io.BytesIO(stream)).frames == UNKNOWN_FRAMES
+    for answer in (
+        post_audio(client, stream, "audio/flac"),
+        client.post("/queries", files={"file": ("dawn.flac", stream, "audio/flac")}),
+    ):
+        assert answer.status_code == 415
+        assert answer.json()["detail"].startswith("it declares no length (a FLAC stream"), answer.text
+    with pytest.raises(AudioDecodeError, match=r"declares no length .*: re-encode it as a file"):
+        decode_audio(stream)
