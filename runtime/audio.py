@@ -35,6 +35,11 @@ class AudioDecodeError(UserError, ValueError):
     """The bytes or file are not audio that libsndfile reads (wav, flac, ogg, mp3, ...)."""
 
 
+class AudioValueError(AudioDecodeError):
+    """Audio libsndfile reads whose samples no recording holds: the file is read, its values are
+    refused (the server answers 422 where it answers 415 for a file it cannot read)."""
+
+
 class AudioFrontEnd(Protocol):
     """What the runtime needs from a front end: its rate and the features of a waveform."""
 
@@ -556,7 +561,7 @@ def _check_amplitude(wave: np.ndarray | SparseWave) -> None:
     finite = samples[np.isfinite(samples)] if non_finite(wave) else samples
     loudest = float(max(finite.max(initial=0.0), -finite.min(initial=0.0)))
     if loudest > MAX_AMPLITUDE:
-        raise AudioDecodeError(
+        raise AudioValueError(
             f"its samples reach {loudest:.3g}, where audio's are at most 1 (2.1e9 scaled as 32-bit integers): "
             "a float file holding other data?"
         )
@@ -611,11 +616,23 @@ BLOCK_FRAMES = 1 << 16
 def _every_frame(f: soundfile.SoundFile) -> np.ndarray:
     """Every frame of `f` (frames, channels), from its start. A file libsndfile cannot seek in (GSM
     6.10 or G.721 in a WAV) is read as it comes, by the frame count its header declares: soundfile
-    takes no read to the end of one ('frames must be specified for non-seekable files')."""
+    takes no read to the end of one ('frames must be specified for non-seekable files'). A file of
+    doubles is read as doubles a block at a time, each block's samples checked before they become
+    float32 (`_checked_float32`)."""
+    if f.subtype == "DOUBLE":
+        return np.concatenate([np.empty((0, f.channels), np.float32), *map(_checked_float32, _blocks(f, "float64"))])
     if not f.seekable():
         return f.read(f.frames, dtype="float32", always_2d=True)
     f.seek(0)
     return f.read(dtype="float32", always_2d=True)
+
+
+def _checked_float32(frames: np.ndarray) -> np.ndarray:
+    """Decoded doubles as float32, once their amplitude is checked (`_check_amplitude`): a finite
+    double past float32's range (1e300) becomes an infinity, and was refused as a non-finite
+    sample it is not."""
+    _check_amplitude(frames)
+    return frames.astype(np.float32)
 
 
 def _kept(f: soundfile.SoundFile, front_end: AudioFrontEnd) -> np.ndarray | SparseWave:
@@ -737,14 +754,14 @@ def _decoded_through(f: soundfile.SoundFile, windows: list[tuple[int, int]]) -> 
     return [np.concatenate(parts) for parts in kept]
 
 
-def _blocks(f: soundfile.SoundFile) -> Iterator[np.ndarray]:
-    """The frames of `f` from its start, BLOCK_FRAMES at a time, each as the decoder gave it, up to
-    the first it left short. soundfile's blocks() yields every block whole: one the decoder left
-    short (a file holding fewer frames than it declares, such as an MP3 cut short) came padded with
-    what its buffer held before, stale samples up to 5e37 and NaN."""
+def _blocks(f: soundfile.SoundFile, dtype: str = "float32") -> Iterator[np.ndarray]:
+    """The frames of `f` from its start, BLOCK_FRAMES at a time as `dtype`, each as the decoder gave
+    it, up to the first it left short. soundfile's blocks() yields every block whole: one the
+    decoder left short (a file holding fewer frames than it declares, such as an MP3 cut short) came
+    padded with what its buffer held before, stale samples up to 5e37 and NaN."""
     f.seek(0)
     while True:
-        block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        block = f.read(BLOCK_FRAMES, dtype=dtype, always_2d=True)
         if len(block):
             yield block
         if len(block) < BLOCK_FRAMES:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import soundfile
 
-from runtime.audio import AudioDecodeError, check_declared_length, decode_audio, resample
+from runtime.audio import AudioDecodeError, AudioValueError, check_declared_length, decode_audio, resample
 from runtime.text import TextError, query_text
 from server.engine import QueryEmbedding
 
@@ -111,7 +111,9 @@ def check_audio_header(rate: int, channels: int, frames: int, max_seconds: float
     if not 1 <= channels <= MAX_CHANNELS:
         raise QueryError(422, f"the audio has {channels} channels; accepted are 1 to {MAX_CHANNELS}")
     if frames / rate > max_seconds:
-        raise QueryError(413, f"audio is {seconds_over(frames / rate, max_seconds)} s long; the limit is {max_seconds:g} s")
+        raise QueryError(
+            413, f"audio is {seconds_over(frames / rate, max_seconds)} s long; the limit is {max_seconds:g} s"
+        )
     if frames * channels > MAX_DECODED_SAMPLES:
         raise QueryError(
             413,
@@ -134,6 +136,8 @@ def decode_upload(bundle_id: str, data: bytes, target_rate: int, max_seconds: fl
         check_declared_length(info.frames)  # before its frame count is taken for a length
         check_audio_header(info.samplerate, info.channels, info.frames, max_seconds)
         wave, rate = decode_audio(data)
+    except AudioValueError as exc:  # read, and its samples refused
+        raise QueryError(422, str(exc)) from None
     except AudioDecodeError as exc:
         raise QueryError(415, str(exc)) from None
     if len(wave) == 0:

@@ -63,3 +63,18 @@ def test_a_flac_stream_of_unknown_length_is_refused_in_a_sentence_not_called_mil
         assert answer.json()["detail"].startswith("it declares no length (a FLAC stream"), answer.text
     with pytest.raises(AudioDecodeError, match=r"declares no length .*: re-encode it as a file"):
         decode_audio(stream)
+
+
+@pytest.mark.parametrize(
+    "body, reach",
+    [
+        (wav(800, dtype="float32", value=1e13, subtype="FLOAT"), "1e+13"),
+        (wav(800, dtype="float64", value=1e300, subtype="DOUBLE"), "1e+300"),
+    ],
+)
+def test_audio_of_impossible_amplitude_is_422_and_named_so_even_past_float32s_range(client, body, reach):
+    """Samples of 1e13 were refused 415, the status of a file that cannot be read; finite doubles
+    of 1e300, infinite once decoded to float32, were refused as "non-finite samples"."""
+    for answer in (post_audio(client, body), client.post("/queries", files={"file": ("x.wav", body, "audio/wav")})):
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"].startswith(f"its samples reach {reach}, where audio's are at most 1")
