@@ -59,21 +59,45 @@ SPACE_CLASS = code_ranges([c for c in range(0x10000) if chr(c).isspace() and c n
 TEXT_PATTERN = f"^(?:[{SPACE_CLASS}]|\\r\\n)*[^{SPACE_CLASS}{CONTROL_CLASS}\\r](?:[^{CONTROL_CLASS}\\r]|\\r\\n)*$"
 
 
+# Variation selectors (Unicode's Variation_Selector property: Mongolian's, FE00-FE0F, and the
+# supplement's E0100-E01EF) pick a glyph's form (U+FE0F: an emoji's) and draw nothing themselves.
+VARIATION_SELECTORS = frozenset(
+    map(chr, (*range(0x180B, 0x180E), 0x180F, *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)))
+)
+
+
+def is_invisible(char: str) -> bool:
+    """A format character (Unicode's Cf: the soft hyphen, zero-width space, joiners, bidi marks and
+    isolates, the BOM, tag characters) or a variation selector: it changes how a text is drawn,
+    never its words."""
+    return char in VARIATION_SELECTORS or unicodedata.category(char) == "Cf"
+
+
+def visible_text(text: str) -> str:
+    """`text` without its invisible characters (`is_invisible`). Stripped, not refused as control
+    characters are: they come with ordinary text (a Persian word's zero-width non-joiner, an emoji
+    sequence's joiner, the marks a right-to-left editor adds, a web page's soft hyphens), and the
+    MiniLM tokenizer drops every one of them (the hashed-words one split a word at each); kept, each
+    named another query id and cache entry of the same map."""
+    return text if text.isascii() else "".join(char for char in text if not is_invisible(char))
+
+
 class TextError(ValueError):
     """A text no model takes as a query, and the sentence saying why."""
 
 
 def query_text(text: str) -> str:
     """The normalised query text, or TextError when it is not valid Unicode, holds a control
-    character, or is empty or too long. Composed (NFC) first: é sent as e and a combining accent
-    (NFD) is the same text, and was another query id, cache entry and embedding of the same map."""
+    character, or is empty or too long. Its invisible characters are dropped (`visible_text`), then
+    it is composed (NFC): é sent as e and a combining accent (NFD) is the same text, and was another
+    query id, cache entry and embedding of the same map."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise TextError("text holds a lone surrogate (not valid Unicode text)") from None
     if (control := CONTROL.search(text)) is not None:
         raise TextError(f"text holds a control character (U+{ord(control[0]):04X}); send the text alone")
-    normal = normalise_text(unicodedata.normalize("NFC", text))
+    normal = normalise_text(unicodedata.normalize("NFC", visible_text(text)))
     if not normal:
         raise TextError("text must not be empty (e.g. birdsong)")
     if len(normal) > MAX_TEXT_LENGTH:

@@ -78,3 +78,35 @@ def test_audio_of_impossible_amplitude_is_422_and_named_so_even_past_float32s_ra
     for answer in (post_audio(client, body), client.post("/queries", files={"file": ("x.wav", body, "audio/wav")})):
         assert answer.status_code == 422, answer.text
         assert answer.json()["detail"].startswith(f"its samples reach {reach}, where audio's are at most 1")
+
+
+INVISIBLE = [
+    "bird\u00adsong",  # a soft hyphen
+    "bird\u200bsong",  # a zero-width space
+    "\u2067birdsong\u2069",  # a right-to-left isolate and its end
+    "\u202ebirdsong\u202c",  # a right-to-left override and its end
+    "\ufeffbirdsong",  # a byte order mark
+    "birdsong\ufe0f",  # a variation selector (emoji presentation)
+    "birdsong\U000e0041",  # a tag character
+]
+
+
+def test_invisible_characters_name_the_same_query_id_and_tile_etag(client):
+    """Unicode's format characters and variation selectors draw nothing and mean nothing to the
+    map: each registered another query id, with the character kept in its text, and each q= of a
+    tile another ETag and cache entry, of the same PNG. They are dropped, as the MiniLM tokenizer
+    drops them; an emoji sequence's joiner too (its emoji stay, one beside the other)."""
+    plain = client.post("/queries", json={"text": "birdsong"}).json()
+    tile = client.get("/tiles/3/4/2.png", params={"query": plain["id"]})
+    assert tile.status_code == 200
+    for text in INVISIBLE:
+        registered = client.post("/queries", json={"text": text})
+        assert registered.status_code == 201 and registered.json()["id"] == plain["id"], text.encode()
+        assert registered.json()["text"] == "birdsong"
+        assert client.get("/tiles/3/4/2.png", params={"q": text}).headers["etag"] == tile.headers["etag"]
+    family = "birdsong \U0001f468\u200d\U0001f469\u200d\U0001f467"
+    joined = client.post("/queries", files={"text": (None, family)}).json()
+    assert joined["text"] == "birdsong \U0001f468\U0001f469\U0001f467"
+    assert joined["id"] == client.post("/queries", json={"text": joined["text"]}).json()["id"]
+    nothing = client.post("/queries", json={"text": "\u200b\u2060"})
+    assert nothing.status_code == 422 and nothing.json()["detail"] == "text must not be empty (e.g. birdsong)"
