@@ -110,3 +110,17 @@ def test_invisible_characters_name_the_same_query_id_and_tile_etag(client):
     assert joined["id"] == client.post("/queries", json={"text": joined["text"]}).json()["id"]
     nothing = client.post("/queries", json={"text": "\u200b\u2060"})
     assert nothing.status_code == 422 and nothing.json()["detail"] == "text must not be empty (e.g. birdsong)"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "latin-1"])
+def test_a_json_body_not_in_utf8_is_refused_as_the_docs_say(client, encoding):
+    """json.loads of bytes reads UTF-16 and UTF-32 by itself: such a body was registered (201),
+    where docs/api.md (and RFC 8259) have JSON in UTF-8 and a body of other bytes answer 422."""
+    body = '{"text": "birdsong café"}'.encode(encoding)
+    answer = client.post("/queries", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == (
+        "the body is not valid JSON: JSON is sent as UTF-8, not UTF-16, UTF-32 or another encoding"
+    )
+    bom = b"\xef\xbb\xbf" + '{"text": "birdsong café"}'.encode()  # a UTF-8 BOM RFC 8259 lets a parser take
+    assert client.post("/queries", content=bom, headers={"Content-Type": "application/json"}).status_code == 201

@@ -116,8 +116,18 @@ def parse_json_text(body: bytes) -> str:
     for anything else."""
     if json_depth(body) > MAX_JSON_DEPTH:
         raise HTTPException(422, f'the JSON body nests deeper than {MAX_JSON_DEPTH} levels; send {{"text": "..."}}')
+    # UTF-8, as RFC 8259 requires (a BOM taken, as it allows): json.loads of bytes reads UTF-16 and
+    # UTF-32 too. A NUL is no character of a JSON text: it is how their ASCII reads as UTF-8.
     try:
-        payload = json.loads(body, object_pairs_hook=_unique_keys)
+        text: str | None = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise HTTPException(
+            422, "the body is not valid JSON: JSON is sent as UTF-8, not UTF-16, UTF-32 or another encoding"
+        )
+    try:
+        payload = json.loads(text, object_pairs_hook=_unique_keys)
     except _RepeatedKey as exc:  # json.loads would keep the last one silently
         raise HTTPException(422, f"the JSON body gives {str(exc)[:40]!r} more than once: give each key once") from None
     except (ValueError, RecursionError):  # also a number of more than 4300 digits
