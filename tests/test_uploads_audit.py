@@ -124,3 +124,39 @@ def test_a_json_body_not_in_utf8_is_refused_as_the_docs_say(client, encoding):
     )
     bom = b"\xef\xbb\xbf" + '{"text": "birdsong café"}'.encode()  # a UTF-8 BOM RFC 8259 lets a parser take
     assert client.post("/queries", content=bom, headers={"Content-Type": "application/json"}).status_code == 201
+
+
+FORM = {"Content-Type": "multipart/form-data; boundary=B"}
+TEXT_PART = b'--B\r\nContent-Disposition: form-data; name="text"\r\n\r\nbirdsong\r\n'
+FILE_PART = (
+    b'--B\r\nContent-Disposition: form-data; name="file"; filename="dawn.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+)
+
+
+@pytest.mark.parametrize(
+    "request_args, says",
+    [
+        (  # curl -F 'file=<dawn.wav': was told its bytes were not UTF-8 text
+            {"files": {"file": (None, wav(800))}},
+            "the form's 'file' is a text field, not a file upload: send the recording as a file part",
+        ),
+        (  # the same of ASCII bytes: was told to send a `text` field or a `file`
+            {"files": {"file": (None, b"dawn.wav")}},
+            "the form's 'file' is a text field, not a file upload: send the recording as a file part",
+        ),
+        (  # curl -F 'text=@words.txt': was told to send a `text` field or a `file`
+            {"files": {"text": ("words.txt", b"birdsong", "text/plain")}},
+            "the form's 'text' is a file upload, not a text field: send the text as a field",
+        ),
+        (  # cut before the closing boundary: was told to send a `text` field or a `file`
+            {"content": TEXT_PART, "headers": FORM},
+            "the form ends before its closing boundary: the body was cut short",
+        ),
+        ({"content": FILE_PART + wav(8000)[:5000], "headers": FORM}, "the form ends before its closing boundary"),
+    ],
+)
+def test_common_form_mistakes_are_told_what_they_are(client, request_args, says):
+    answer = client.post("/queries", **request_args)
+    assert answer.status_code == 422 and answer.json()["detail"].startswith(says), answer.text
+    whole = client.post("/queries", content=TEXT_PART + b"--B--\r\n", headers=FORM)
+    assert whole.status_code == 201 and whole.json()["text"] == "birdsong"

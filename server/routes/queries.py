@@ -180,30 +180,45 @@ async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 
-class _NotText(MultiPartException):
-    """A form field whose bytes are not UTF-8, or a form declaring another charset."""
+class _BadForm(MultiPartException):
+    """A form refused in a sentence of its own (starlette's say "malformed"): a field whose bytes
+    are not UTF-8, another charset, a recording sent as a field, a form cut short."""
 
 
 class TextFieldParser(MultiPartParser):
     """starlette's multipart parser, strict about the text of fields: starlette reads bytes that are
     not UTF-8 (or not text in an unknown charset) as Latin-1, so `-F text=caf$'\\xe9'` registered
     text nobody wrote where `q=caf%E9` answers 422. Fields are UTF-8 text, as browsers and curl
-    send them (neither names a charset)."""
+    send them (neither names a charset). A form must reach its closing boundary: starlette returns
+    the parts that ended before the body did, and a form cut short was told it had no text."""
+
+    ended = False
 
     async def parse(self) -> FormData:
         _, options = parse_options_header(self.headers.get("content-type", ""))
         charset = options.get(b"charset", b"utf-8").decode("latin-1")
         if charset.lower() not in ("utf-8", "utf8"):
-            raise _NotText(f"the form's charset must be UTF-8 (or left out), not {charset[:40]!r}")
-        return await super().parse()
+            raise _BadForm(f"the form's charset must be UTF-8 (or left out), not {charset[:40]!r}")
+        form = await super().parse()
+        if not self.ended:
+            raise _BadForm("the form ends before its closing boundary: the body was cut short; send the whole form")
+        return form
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_part_end(self) -> None:
         part = self._current_part
+        if part.file is None and part.field_name == "file":  # `-F file=<dawn.wav`: was told it was not UTF-8
+            raise _BadForm(
+                "the form's 'file' is a text field, not a file upload: send the recording as a file part "
+                "(curl -F file=@dawn.wav; file=<dawn.wav sends its bytes as a text field)"
+            )
         if part.file is None:
             try:
                 part.data.decode("utf-8")
             except UnicodeDecodeError:
-                raise _NotText(
+                raise _BadForm(
                     f"the form's {part.field_name[:40]!r} is not UTF-8 text: send the UTF-8 bytes of each "
                     "character (é is C3 A9)"
                 ) from None
@@ -214,7 +229,7 @@ async def parse_form(request: Request, body: bytes) -> tuple[str | None, bytes |
     """(text, audio bytes) of a multipart form with a `text` field or a `file` upload."""
     try:
         form = await TextFieldParser(request.headers, _once(body), max_files=1, max_fields=4).parse()
-    except _NotText as exc:
+    except _BadForm as exc:
         raise HTTPException(422, exc.message) from None
     except MultiPartException as exc:
         raise HTTPException(422, f"malformed multipart body: {exc.message}") from None
@@ -230,6 +245,12 @@ async def parse_form(request: Request, body: bytes) -> tuple[str | None, bytes |
         return None, await upload.read()
     if isinstance(text, str):
         return text, None
+    if text is not None:  # `-F text=@words.txt`
+        raise HTTPException(
+            422,
+            "the form's 'text' is a file upload, not a text field: send the text as a field "
+            "(curl -F text=birdsong, or -F 'text=<words.txt' to send a file's text)",
+        )
     raise HTTPException(422, "the form needs a `text` field or a `file` audio upload")
 
 
