@@ -5,12 +5,15 @@ in a bounded thread pool)."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
+from itertools import accumulate
 from pathlib import Path
 from typing import TypeVar
 
@@ -56,9 +59,16 @@ FUSION_RETRY_AFTER_S = 5
 LARGE_FUSION_CELLS = 2048
 # Form and audio bodies decoded at once per worker (a decode up to ~120 MB), and as many waiting;
 # more are refused with 503 rather than queued. Bodies still arriving hold no place, only the bytes received:
-# at most MAX_UPLOADS x max_upload_bytes of them per worker (UploadBytes), so clients that send a
+# at most MAX_UPLOADS x max_upload_bytes of them per worker (BodyBudget), so clients that send a
 # body's first bytes and stall cannot keep everyone else's uploads out.
 MAX_UPLOADS = 4
+# JSON bodies (a text, at most 97 KiB: server/routes/queries.py) have a budget of their own, so
+# uploads filling theirs keep no text out: 84 of the largest, hundreds of thousands of typed texts.
+JSON_BODIES_BYTES = 8 * 1024 * 1024
+# A body still arriving this long after it began gives the bytes it holds to a newer body that
+# needs them (BodyBudget): 10 MB in 10 s is 8 Mbit/s. A client that sends most of a body and then
+# stalls held them until the body timeout (60 s); now it must send a new body every 10 s.
+BODY_HOLD_S = 10.0
 # New texts per text graph run (server.batching): the demo's MiniLM costs 3.2 ms a text in a
 # batch of 8, 3.3 in 16, 6.4 alone; a batch pads to its longest text (at most max_length tokens).
 TEXT_BATCH = 8
@@ -199,26 +209,83 @@ class Places:
             self.queued -= cost
 
 
-@dataclass
-class UploadBytes:
-    """One upload's share of the worker's budget for bodies in memory (MAX_UPLOADS x
-    max_upload_bytes): `take` counts each chunk as it arrives, 503 once the worker holds the
-    budget's worth."""
+@dataclass(eq=False)
+class Body:
+    """One request body in a BodyBudget, from its first byte until its request is answered: the
+    bytes it holds, and the scope its read runs in (cancelled when the body is cut)."""
 
-    service: SoundscapeService
-    count: int = 0
+    budget: BodyBudget
+    began: float
+    read: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    held: int = 0
+    arriving: bool = True  # False once the whole body is in (parsed, decoded, embedded)
+    cut: bool = False  # its bytes given to a newer body: its request is answered 408
 
     def take(self, size: int) -> None:
-        budget = MAX_UPLOADS * self.service.settings.max_upload_bytes
-        if self.service.upload_bytes_held + size > budget:
+        self.budget.take(self, size)
+
+
+class BodyBudget:
+    """The bytes of one kind of request body a worker holds at once, at most `limit`, counted as
+    each chunk arrives. A body over it takes the bytes of bodies still arriving `hold_s` after they
+    began, oldest first (they are cut: their reads cancelled, answered 408), where those free enough;
+    else it is refused with 503 and a Retry-After of when they will: a client that sends most of a
+    body and stalls holds the bytes for `hold_s`, not the body timeout. Bodies whole and being
+    decoded are never cut: they let go within a few seconds."""
+
+    def __init__(self, limit: int, what: str, hold_s: float = BODY_HOLD_S):
+        self.limit, self.what, self.hold_s = limit, what, hold_s  # what: the 503's name of the bodies
+        self.bodies: list[Body] = []  # oldest first
+        self.held = 0
+
+    @contextmanager
+    def body(self) -> Iterator[Body]:
+        """A body's place in the budget while its request is handled; its bytes let go at the end."""
+        body = Body(self, time.monotonic())
+        self.bodies.append(body)
+        try:
+            yield body
+        finally:
+            self.bodies.remove(body)
+            self.held -= body.held
+
+    def take(self, body: Body, size: int) -> None:
+        """Count `size` more bytes of `body`, cutting bodies that held theirs `hold_s` where the
+        budget is full, or 503. A cut body's chunk, arrived before its read was cancelled, is not
+        counted: its request is answered 408 as its read ends."""
+        if body.cut:
+            return
+        over = self.held + size - self.limit
+        if over > 0:
+            self._make_room(body, over, time.monotonic())
+        body.held += size
+        self.held += size
+
+    def _make_room(self, body: Body, over: int, now: float) -> None:
+        others = [other for other in self.bodies if other is not body and other.held]
+        stale = [other for other in others if other.arriving and now - other.began >= self.hold_s]
+        if sum(other.held for other in stale) < over:
+            wait = self._free_in(others, over, now)
             raise QueryError(
                 503,
-                f"uploads being received hold {self.service.upload_bytes_held} bytes (the limit is {budget}); "
-                f"retry in {FUSION_RETRY_AFTER_S} s",
-                FUSION_RETRY_AFTER_S,
+                f"{self.what} being received hold {self.held} bytes (the limit is {self.limit}); retry in {wait} s",
+                wait,
             )
-        self.service.upload_bytes_held += size
-        self.count += size
+        for other in stale:
+            if over <= 0:
+                break
+            over -= other.held
+            self.held -= other.held
+            other.held, other.cut = 0, True
+            other.read.cancel()
+
+    def _free_in(self, others: list[Body], over: int, now: float) -> int:
+        """Whole seconds (1 at least) until bodies holding `over` bytes may be cut, or have let go
+        (a body whole is being decoded: counted as letting go at once)."""
+        frees = sorted((other.began + self.hold_s if other.arriving else now, other.held) for other in others)
+        freed = accumulate(held for _, held in frees)
+        at = next((at for (at, _), total in zip(frees, freed, strict=True) if total >= over), now + self.hold_s)
+        return max(1, math.ceil(at - now))
 
 
 class SoundscapeService:
@@ -261,7 +328,8 @@ class SoundscapeService:
         self.fusion_limiter = anyio.CapacityLimiter(max(1, settings.full_fusions * settings.fusion_threads))
         self.upload_limiter = anyio.CapacityLimiter(2)
         self.decodes = Places(MAX_UPLOADS, "decodes of uploads")
-        self.upload_bytes_held = 0  # bytes of form and audio bodies received and not yet let go
+        self.upload_bodies = BodyBudget(MAX_UPLOADS * settings.max_upload_bytes, "uploads")
+        self.json_bodies = BodyBudget(JSON_BODIES_BYTES, "JSON bodies")
         self.ids = {"bundle": bundle.id, "store": store.id}
         # Text query ids name the graph that embeds them: an int8 server's query means differ a
         # little from fp32's, so servers of both precisions sharing a Redis never share an entry.
@@ -391,15 +459,6 @@ class SoundscapeService:
         )
         await self._register(found)
         return found
-
-    @asynccontextmanager
-    async def upload_bytes(self) -> AsyncIterator[UploadBytes]:
-        """The bytes one upload's body holds while it is received and decoded, let go at the end."""
-        held = UploadBytes(self)
-        try:
-            yield held
-        finally:
-            self.upload_bytes_held -= held.count
 
     async def resolve(self, query_id: str) -> tuple[QueryRecord, QueryEmbedding]:
         """A registered query id's record: as resolved before, else from the durable registry; 404

@@ -3,13 +3,17 @@ misleading sentence or another id for the same map, now fixed (docs/reliability.
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import Callable
 
+import httpx
 import numpy as np
 import pytest
 import soundfile
 
 from runtime.audio import UNKNOWN_FRAMES, AudioDecodeError, decode_audio
+from server.service import BODY_HOLD_S
 from tests.server_support import make_client
 
 
@@ -160,3 +164,84 @@ def test_common_form_mistakes_are_told_what_they_are(client, request_args, says)
     assert answer.status_code == 422 and answer.json()["detail"].startswith(says), answer.text
     whole = client.post("/queries", content=TEXT_PART + b"--B--\r\n", headers=FORM)
     assert whole.status_code == 201 and whole.json()["text"] == "birdsong"
+
+
+async def beside_stalled_uploads(
+    app, whole: bytes, first: int, count: int, then: Callable
+) -> tuple[list[httpx.Response], list]:
+    """`then(http)`'s answers while `count` uploads of `whole` have sent `first` bytes and stall
+    (through the ASGI app, on one event loop); then the stalled ones send the rest: their answers."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as http:
+        release = asyncio.Event()
+
+        async def stalled_body():
+            yield whole[:first]
+            await release.wait()
+            yield whole[first:]
+
+        stalled = [
+            asyncio.create_task(http.post("/queries", content=stalled_body(), headers={"Content-Type": "audio/wav"}))
+            for _ in range(count)
+        ]
+        await asyncio.sleep(0.3)
+        answers = await then(http)
+        release.set()
+        return [await task for task in stalled], answers
+
+
+@pytest.fixture(scope="module")
+def small_uploads(bundle_path, store_path):
+    """Uploads of at most 0.1 MB: four bodies of 100 kB fill a worker's budget of 4 x 104,857 bytes."""
+    with make_client(bundle_path, store_path, max_upload_mb=0.1) as client:
+        yield client
+
+
+UPLOAD = wav(50_000, rate=16000)  # 100,044 bytes
+
+
+def test_stalled_uploads_keep_no_text_out_and_a_refused_upload_is_told_when_to_retry(small_uploads):
+    """Four uploads that sent most of their bodies and stalled filled the worker's budget, and
+    every registration, a text's too (its JSON counted in the same budget), got 503 with
+    `Retry-After: 5` for as long as they stalled (the 60 s body timeout). A text now has its own
+    budget; an upload is told to retry when the stalled bodies may be cut."""
+    service = small_uploads.app.state.service
+
+    async def text_and_upload(http):
+        return [
+            await http.post("/queries", json={"text": "rain on leaves"}),
+            await http.post("/queries", content=UPLOAD, headers={"Content-Type": "audio/wav"}),
+        ]
+
+    stalled, (text, upload) = asyncio.run(
+        beside_stalled_uploads(small_uploads.app, UPLOAD, 100_000, 4, text_and_upload)
+    )
+    assert text.status_code == 201, text.text
+    assert upload.status_code == 503 and upload.json()["detail"].startswith("uploads being received hold 400000 bytes")
+    assert BODY_HOLD_S - 2 <= int(upload.headers["retry-after"]) <= BODY_HOLD_S  # they began 0.3 s before
+    assert [r.status_code for r in stalled] == [201] * 4
+    assert service.upload_bodies.held == service.json_bodies.held == 0
+
+
+def test_an_upload_stalled_past_the_hold_gives_its_bytes_to_a_newer_one(small_uploads):
+    """A body still arriving `hold_s` after it began holds its bytes no longer than a newer body
+    needs them: the oldest stalled body is cut (408, its connection closed) and the new one goes
+    through; the others, needed by none, finish."""
+    service = small_uploads.app.state.service
+    service.upload_bodies.hold_s = 0.2  # the default BODY_HOLD_S is 10 s
+
+    async def upload(http):
+        return await http.post("/queries", content=UPLOAD, headers={"Content-Type": "audio/wav"})
+
+    try:
+        stalled, answer = asyncio.run(beside_stalled_uploads(small_uploads.app, UPLOAD, 100_000, 4, upload))
+    finally:
+        service.upload_bodies.hold_s = BODY_HOLD_S
+    assert answer.status_code == 201, answer.text
+    assert sorted(r.status_code for r in stalled) == [201, 201, 201, 408]
+    (cut,) = (r for r in stalled if r.status_code == 408)
+    assert cut.json()["detail"] == (
+        "the body was still arriving 0.2 s after it began while newer uploads needed the memory it held: "
+        "send it again, whole within 0.2 s"
+    )
+    assert cut.headers["connection"] == "close" and service.upload_bodies.held == 0

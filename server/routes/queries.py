@@ -23,7 +23,7 @@ from server.http import conditional, errors
 from server.params import MAX_SENT_TEXT, slip_of
 from server.queries import ID_PATTERN, QueryRecord, is_query_id
 from server.routes.deps import ServiceDep, SettingsDep
-from server.service import SoundscapeService, UploadBytes
+from server.service import Body, SoundscapeService
 from server.settings import MB
 from server.urls import base_url, tile_template
 
@@ -74,23 +74,33 @@ def readable_size(n: int) -> str:
     return f"{n / unit:g} {name} ({n} bytes)"
 
 
-async def read_capped(request: Request, limit: int, held: UploadBytes | None = None) -> bytes:
+async def read_capped(request: Request, limit: int, body: Body) -> bytes:
     """The request body, or 413 as soon as it passes `limit` bytes (declared or streamed); each
-    chunk counted into `held` as it arrives (503 when the worker holds its budget of bodies)."""
+    chunk counted into `body`'s budget as it arrives (503 when the worker holds the budget's
+    worth); 408 when a newer body took the bytes of this one, still arriving `hold_s` after it began."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"the upload is {int(declared)} bytes; the limit is {readable_size(limit)}")
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"the upload is over the limit of {readable_size(limit)}")
-            if held is not None:
-                held.take(len(chunk))
-            chunks.append(chunk)
+        with body.read:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(413, f"the upload is over the limit of {readable_size(limit)}")
+                body.take(len(chunk))
+                chunks.append(chunk)
     except ClientDisconnect:  # e.g. closed by the body timeout (server/protocol.py)
         raise HTTPException(400, "the connection closed before the whole body arrived") from None
+    if body.cut:  # the rest of it is not read: the connection closes
+        hold_s = body.budget.hold_s
+        raise HTTPException(
+            408,
+            f"the body was still arriving {hold_s:g} s after it began while newer {body.budget.what} needed the "
+            f"memory it held: send it again, whole within {hold_s:g} s",
+            headers={"Connection": "close"},
+        )
+    body.arriving = False
     return b"".join(chunks)
 
 
@@ -290,10 +300,11 @@ async def register(request: Request, service: ServiceDep, settings: SettingsDep)
             f"audio/* body, not {content_type or 'no Content-Type'!r}",
         )
     is_json = content_type == "application/json"
-    # A form or audio body may hold max_upload_bytes, a JSON one MAX_JSON_BYTES: the bytes
-    # received are bounded per worker while bodies arrive, and only a few uploads are decoded at once.
-    async with service.upload_bytes() as held:
-        body = await read_capped(request, MAX_JSON_BYTES if is_json else settings.max_upload_bytes, held)
+    # A form or audio body may hold max_upload_bytes, a JSON one MAX_JSON_BYTES: the bytes received
+    # are bounded per worker while bodies arrive (JSON and uploads apart, so uploads never keep a text
+    # out), and only a few uploads are decoded at once.
+    with (service.json_bodies if is_json else service.upload_bodies).body() as place:
+        body = await read_capped(request, MAX_JSON_BYTES if is_json else settings.max_upload_bytes, place)
         async with nullcontext() if is_json else service.decodes.place():
             return await _register_body(request, service, content_type, body)
 
