@@ -1,7 +1,8 @@
 """A command stopped by Ctrl-C ends with its sentence and exit code 130 however long Ctrl-C is
-held down (by SIGTERM, 143 and its sentence): a signal while its threads join or its interpreter exits is told the command is
-stopping already (runtime.interrupts), not a KeyboardInterrupt traceback from threading's
-shutdown, nor a death by SIGINT (exit status -2) in the exit's last milliseconds."""
+held down (by SIGTERM, 143 and its sentence): a signal while its threads join or its interpreter
+exits is told the command is stopping already (runtime.interrupts), not a KeyboardInterrupt
+traceback from threading's shutdown, nor a death by SIGINT (exit status -2) in the exit's last
+milliseconds."""
 
 import os
 import signal
