@@ -21,16 +21,16 @@ def test_workers_registering_the_same_query_at_once_store_it_once(tmp_path):
     workers = [SqliteRecords(tmp_path / "q.sqlite", 1000) for _ in range(2)]
     failures: list[Exception] = []
     for n in range(20):
-        ready = threading.Barrier(8)
 
-        def register(records: SqliteRecords, qid: str = f"{n:016x}") -> None:
+        def register(records: SqliteRecords, ready: threading.Barrier, qid: str) -> None:
             ready.wait()
             try:
                 records.put(qid, b"record")
             except Exception as exc:  # noqa: BLE001 - every failure is the test's finding
                 failures.append(exc)
 
-        threads = [threading.Thread(target=register, args=(w,)) for w in workers * 4]
+        ready = threading.Barrier(8)
+        threads = [threading.Thread(target=register, args=(w, ready, f"{n:016x}")) for w in workers * 4]
         for t in threads:
             t.start()
         for t in threads:
@@ -101,4 +101,3 @@ def test_a_stopped_server_leaves_every_record_in_the_sqlite_file(bundle_path, st
     copy.write_bytes(db.read_bytes())
     with sqlite3.connect(copy) as backup:
         assert {qid for (qid,) in backup.execute("SELECT id FROM queries")} == ids
-
