@@ -133,7 +133,7 @@ def test_a_registered_id_resolves_in_another_process_from_the_registry_file(bund
         ([("text", (None, b"rain")), ("text", (None, b"birdsong"))], "the form gives text 2 times"),
         ([("text", (None, b"birdsong")), ("file", ("tone.wav", wav(16000), "audio/wav"))], "both a text and a file"),
         ([("file", ("tone.wav", wav(16000), "audio/wav")), ("text", (None, b"birdsong"))], "both a text and a file"),
-        ([("file", (None, b"birdsong")), ("file", ("tone.wav", wav(16000), "audio/wav"))], "the form gives file 2"),
+        ([("file", (None, b"birdsong")), ("file", ("tone.wav", wav(16000), "audio/wav"))], "'file' is a text field"),
     ],
 )
 def test_a_form_naming_two_queries_is_refused(client, files, needle):
