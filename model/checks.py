@@ -23,6 +23,14 @@ VOCABULARY_FIELDS = {"source": "model.sources", "caption_source": "model.caption
 SPLITS = ("train", "val", "test")
 # Below this many galleries items the top 10% is under 10 ranks: R@10% moves in coarse steps.
 SMALL_GALLERY = 100
+RECALL_FRACTION = 0.1
+
+
+def recall_cutoff(n: int, fraction: float = RECALL_FRACTION) -> float:
+    """The rank a true match must reach to count in R@10% of a gallery of n: 0.1 n, and at least
+    rank 1, so a gallery under 10 has a metric that can move (rank <= 0.7 of 7 would be 0 whatever
+    the model, and best.pt always the first validation). Galleries of 10 or more are unchanged."""
+    return max(fraction * n, 1.0)
 
 
 @dataclass
@@ -125,7 +133,7 @@ def check_vocabularies(splits: Splits, vocabularies: dict[str, list[str]], *, sk
 
 def small_split_warnings(sizes: dict[str, int]) -> list[str]:
     """A sentence for each evaluation split too small for R@10% to separate models: with N items
-    the top 10% is rank <= floor(N / 10), so one sample moves the metric by 1/N."""
+    it counts rank <= recall_cutoff(N), and one query moves the metric by 1/N."""
     out = []
     for name, n in sizes.items():
         if n < SMALL_GALLERY:
@@ -134,10 +142,17 @@ def small_split_warnings(sizes: dict[str, int]) -> list[str]:
                 if name in ("val", "validation")
                 else "its metrics are largely noise"
             )
+            advice = (
+                f"give the split at least {SMALL_GALLERY} samples "
+                "(more data, or a larger split fraction of the data section)"
+            )
+            if not n:
+                out.append(f"the {name} split has no samples, so it gives no metrics; {advice}")
+                continue
+            below = " (the top 10% holds no whole rank, so it counts the first)" if n < 1 / RECALL_FRACTION else ""
             out.append(
-                f"the {name} split has {n} sample(s): R@10% counts rank <= {n // 10} of {n} and moves "
-                f"in steps of {1 / max(n, 1):.3f}, so {effect}; give the split at least {SMALL_GALLERY} "
-                "samples (more data, or a larger split fraction of the data section)"
+                f"the {name} split has {n} sample(s): R@10% counts rank <= {int(recall_cutoff(n))} of {n}{below} "
+                f"and moves in steps of {1 / n:.3f}, so {effect}; {advice}"
             )
     return out
 

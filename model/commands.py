@@ -394,7 +394,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="retrieval metrics of a checkpoint (R@10%%, median rank) as JSON",
         description="Sat->audio (I2S) and audio->sat (S2I) Recall@10% of the gallery and median rank, "
-        "defined as the PSM paper (1-based ranks, ties averaged, R@10% = mean(rank <= 0.1 N)), "
+        "defined as the PSM paper (1-based ranks, ties averaged, R@10% = mean(rank <= 0.1 N), at least rank 1 "
+        "when N < 10), "
         "per imagery level, with metadata and without, and with the oracle caption added "
         "(reported separately). Writes JSON to --out or stdout.",
     )

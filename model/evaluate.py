@@ -9,6 +9,9 @@ satellite cell, S2I (sound -> satellite) the reverse; the true match is the samp
 - R@10% = mean over queries of [rank <= 0.1 N]. The paper's code tests rank < 0.1 N; the two
   agree whenever 0.1 N is not an integer (its test sets: N = 9931, 5801) and this one counts the
   true top 10% when it is (N = 3840 would give the paper's code top-383; docs/method.md, pitfall 9).
+  Under N = 10 the top 10% holds no whole rank, so the cutoff is at least rank 1: a gallery of 7
+  counts rank 1, where rank <= 0.7 would make R@10% 0 whatever the model (and best.pt the first
+  validation). Galleries of 10 or more are unchanged.
 - Median rank: median of the ranks (mean of the middle two for even N).
 Conditions: metadata as the data has it, no metadata (all tokens absent), and each with the
 oracle caption added to the query (l2norm(raw mean of query + raw mean of its caption),
@@ -32,7 +35,7 @@ from tqdm import tqdm
 
 from model.batches import Collate, Examples, SkipLog, loader, to_tensors
 from model.checkpoint import model_from_checkpoint
-from model.checks import checked_splits, small_split_warnings
+from model.checks import RECALL_FRACTION, checked_splits, recall_cutoff, small_split_warnings
 from model.data import DataError, Preprocessing, SampleSource
 from model.frozen_cache import FrozenCache, frozen_cache
 from model.nn.psm import META_KEYS, PSMModel, preprocessing
@@ -40,10 +43,9 @@ from model.stopping import Abandoned
 from runtime.contract import META_TOKENS
 from runtime.errors import UserError
 
-RECALL_FRACTION = 0.1
 DEFINITION = (
     "rank: 1-based rank of the true match among the N gallery items, ties averaged; "
-    "R@10% = mean(rank <= 0.1 N); median rank = median of ranks; score = -CSD "
+    "R@10% = mean(rank <= 0.1 N), the cutoff at least rank 1 (N < 10); median rank = median of ranks; score = -CSD "
     "(PCME++) or cosine (InfoNCE)"
 )
 
@@ -84,7 +86,8 @@ def true_match_ranks(query: Gaussians, gallery: Gaussians, probabilistic: bool, 
 
 
 def recall_at_fraction(ranks: np.ndarray, fraction: float = RECALL_FRACTION) -> float:
-    return float(np.mean(ranks <= fraction * len(ranks)))
+    """The share of queries whose true match ranks within recall_cutoff of the gallery."""
+    return float(np.mean(ranks <= recall_cutoff(len(ranks), fraction)))
 
 
 def retrieval(

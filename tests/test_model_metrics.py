@@ -38,6 +38,16 @@ def test_recall_counts_the_true_top_ten_percent():
     assert recall_at_fraction(ranks) == pytest.approx(np.mean(ranks < 0.1 * len(ranks)))
 
 
+def test_recall_of_a_gallery_under_ten_counts_the_first_rank():
+    # N = 7: rank <= 0.7 would hold no rank, R@10% 0 whatever the model (best.pt = first validation).
+    assert recall_at_fraction(np.array([1.0, 1.0, 2.0, 1.5, 7.0, 1.0, 3.0])) == pytest.approx(3 / 7)
+    assert recall_at_fraction(np.array([1.0])) == 1.0
+    # N = 10 .. 99 and above: the cutoff is still 0.1 N (rank 2 of 19 counts, 2 of 10 does not).
+    for n in (10, 19, 20, 100, 1505):
+        ranks = np.arange(1, n + 1, dtype=np.float64)
+        assert recall_at_fraction(ranks) == pytest.approx(np.mean(ranks <= 0.1 * n))
+
+
 def test_csd_ranking_penalises_uncertain_gallery_items_and_cosine_does_not():
     q = Gaussians(unit([[1, 0], [0, 1]]), np.full((2, 2), -10.0))
     # Gallery item 1 is nearer to query 0 in direction but very uncertain.

@@ -342,6 +342,12 @@ def test_small_splits_are_warned_about_with_the_rank_r10_means():
     assert "best.pt is chosen" in warnings[0]
 
 
+def test_a_split_under_ten_is_warned_about_with_the_first_rank_it_counts():
+    # It said "counts rank <= 0 of 7 and moves in steps of 0.143": a metric that was 0 whatever the model.
+    (warning,) = small_split_warnings({"validation": 7})
+    assert "validation split has 7 sample(s): R@10% counts rank <= 1 of 7 (the top 10% holds no whole rank" in warning
+
+
 def test_train_and_evaluate_print_small_data_warnings(tmp_path, caplog, capsys):
     root = write_folder(tmp_path / "d", 24)
     with caplog.at_level(logging.WARNING):
