@@ -9,7 +9,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -25,10 +25,43 @@ if TYPE_CHECKING:  # model.stopping loads torch (model.distributed): the CLI sta
 log = logging.getLogger(__name__)
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A key given twice in one mapping of a config: PyYAML kept the last silently, so a pasted
+    `steps: 3` above `steps: 40` trained 40 steps."""
+
+
 class ConfigLoader(yaml.SafeLoader):
     """YAML as configs are written: `lr: 3e-3` is a float, as YAML 1.2 and the docs read it (YAML
     1.1, PyYAML's, wants a dot, `3.0e-3`, and took 3e-3 for the text '3e-3', which a float key
-    refused)."""
+    refused); a key given twice in one mapping is refused (DuplicateKey)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _refuse_duplicate_keys(node, "", set())
+        return super().construct_document(node)
+
+
+def _refuse_duplicate_keys(node: yaml.Node, where: str, seen: set[int]) -> None:
+    """DuplicateKey naming the first key of `node` (or of a mapping under it) given twice, with its
+    dotted path and both lines; `<<` merges are YAML's own way to override and are left alone.
+    `seen` holds the nodes walked already (an alias may point back at its own mapping)."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, where, seen)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    lines: dict[str, int] = {}
+    for key, value in node.value:
+        name = str(key.value) if isinstance(key, yaml.ScalarNode) else None
+        if name is not None and key.tag != "tag:yaml.org,2002:merge":
+            path = f"{where}.{name}" if where else name
+            line = key.start_mark.line + 1
+            if name in lines:
+                raise DuplicateKey(f"`{path}` is given twice (lines {lines[name]} and {line}); keep one")
+            lines[name] = line
+            _refuse_duplicate_keys(value, path, seen)
 
 
 ConfigLoader.add_implicit_resolver(
@@ -44,6 +77,8 @@ def load_config(path: str | Path) -> dict:
         config = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=ConfigLoader)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
+    except DuplicateKey as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     except UnicodeDecodeError:

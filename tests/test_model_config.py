@@ -175,3 +175,24 @@ def test_an_exponent_is_still_no_count(tmp_path):
     path.write_text(text.replace("  steps: 200\n", "  steps: 1e3\n"), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"`train.steps` should be a valid integer, not 1000.0"):
         _run_config(path)
+
+
+@pytest.mark.parametrize(
+    ("pasted", "key", "lines"),
+    [
+        ("  steps: 200\n", "train.steps", "4 and 5"),
+        ("train:\n", "train", "3 and 4"),
+        ("  lr: 0.5\n", "train.lr", "4 and 6"),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(capsys, tmp_path, pasted, key, lines):
+    """PyYAML kept the last of two `steps:` silently: a pasted line trained another run than the one read."""
+    from cli.main import main
+
+    text = "model:\n  embed_dim: 32\ntrain:\n  steps: 200\n  lr: 0.003\n"
+    path = tmp_path / "twice.yaml"
+    path.write_text(text.replace("train:\n  steps: 200\n", f"train:\n{pasted}  steps: 200\n"), encoding="utf-8")
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"soundscape train: config file {path}: `{key}` is given twice (lines {lines}); keep one"
+    assert not (tmp_path / "run").exists()
