@@ -94,7 +94,13 @@ def check_vocabularies(splits: Splits, vocabularies: dict[str, list[str]], *, sk
     mismatches, checked = vocabulary_mismatches(splits, vocabularies)
     if not mismatches:
         return splits
-    total = sum(m.count for m in mismatches)
+    # Distinct samples: one with both its source and caption source outside counts once.
+    bad = {
+        name: _bad_indices(getattr(splits, name), vocabularies)
+        for name in SPLITS
+        if hasattr(getattr(splits, name), "metadata_values")
+    }
+    total = sum(len(indices) for indices in bad.values())
     listed = "; ".join(m.describe() for m in mismatches[:5]) + ("; ..." if len(mismatches) > 5 else "")
     fields = sorted({m.field for m in mismatches})
     known = ", ".join(f"{VOCABULARY_FIELDS[f]} {vocabularies[f]}" for f in fields)
@@ -111,16 +117,12 @@ def check_vocabularies(splits: Splits, vocabularies: dict[str, list[str]], *, sk
         )
     kept = {}
     for name in SPLITS:
-        source = getattr(splits, name)
-        if not hasattr(source, "metadata_values"):
-            kept[name] = source
-            continue
-        bad = _bad_indices(source, vocabularies)
-        if bad and not hasattr(source, "subset"):
+        source, left_out = getattr(splits, name), bad.get(name, set())
+        if left_out and not hasattr(source, "subset"):
             raise ConfigError(
                 f"{listed}: this data kind cannot leave samples out; fix model.sources or model.caption_sources"
             )
-        kept[name] = source.subset([i for i in range(len(source)) if i not in bad]) if bad else source
+        kept[name] = source.subset([i for i in range(len(source)) if i not in left_out]) if left_out else source
     log.warning(
         "left out %d of %d samples whose metadata is outside the model's vocabulary (%s): %s",
         total,

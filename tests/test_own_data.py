@@ -168,6 +168,30 @@ def test_a_source_missing_from_the_vocabulary_suggests_adding_it():
         check_vocabularies(splits, {"source": ["demo"], "caption_source": []}, skip=False)
 
 
+def test_a_sample_with_both_values_outside_is_counted_once(caplog):
+    """Both source and caption_source outside the vocabulary counted the sample twice: "120 of 60 samples"."""
+    from model.checks import check_vocabularies
+    from model.data import Splits
+
+    class Source(list):
+        def metadata_values(self, name):
+            return [row[name] for row in self]
+
+        def subset(self, indices):
+            return Source(self[i] for i in indices)
+
+    both = {"source": "hydrophone", "caption_source": "fieldnotes"}
+    fine = {"source": "field", "caption_source": "notes"}
+    splits = Splits(Source([both] * 3 + [fine]), Source([both, fine]), Source([fine]))
+    vocabularies = {"source": ["field"], "caption_source": ["notes"]}
+    with pytest.raises(ConfigError, match=r"^4 of 7 samples have metadata outside"):
+        check_vocabularies(splits, vocabularies, skip=False)
+    with caplog.at_level(logging.WARNING):
+        kept = check_vocabularies(splits, vocabularies, skip=True)
+    assert "left out 4 of 7 samples" in caplog.text
+    assert (len(kept.train), len(kept.val), len(kept.test)) == (1, 1, 1)
+
+
 # 3. paths: resolved against the config file and stored absolute -------------------------------------
 
 
