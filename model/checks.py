@@ -104,18 +104,23 @@ def check_vocabularies(splits: Splits, vocabularies: dict[str, list[str]], *, sk
     listed = "; ".join(m.describe() for m in mismatches[:5]) + ("; ..." if len(mismatches) > 5 else "")
     fields = sorted({m.field for m in mismatches})
     known = ", ".join(f"{VOCABULARY_FIELDS[f]} {vocabularies[f]}" for f in fields)
+    fix = (
+        "fix the spelling in the data"
+        if all(m.suggestion for m in mismatches)
+        else f"add the values to {' and '.join(VOCABULARY_FIELDS[f] for f in fields)} or fix the data"
+    )
     if not skip:
-        fix = (
-            "fix the spelling in the data"
-            if all(m.suggestion for m in mismatches)
-            else f"add the values to {' and '.join(VOCABULARY_FIELDS[f] for f in fields)} or fix the data"
-        )
         raise ConfigError(
             f"{total} of {checked} samples have metadata outside the model's vocabulary "
             f"({known}): {listed}; {fix}, or set train.skip_mismatched_rows: true to "
             "train without those samples"
         )
-    kept = {}
+    if total == sum(len(getattr(splits, name)) for name in SPLITS):
+        raise ConfigError(
+            f"train.skip_mismatched_rows leaves out all {total} samples: their metadata is outside the "
+            f"model's vocabulary ({known}): {listed}; {fix}"
+        )
+    kept, why_empty = {}, dict(splits.why_empty)
     for name in SPLITS:
         source, left_out = getattr(splits, name), bad.get(name, set())
         if left_out and not hasattr(source, "subset"):
@@ -123,6 +128,11 @@ def check_vocabularies(splits: Splits, vocabularies: dict[str, list[str]], *, sk
                 f"{listed}: this data kind cannot leave samples out; fix model.sources or model.caption_sources"
             )
         kept[name] = source.subset([i for i in range(len(source)) if i not in left_out]) if left_out else source
+        if left_out and not len(kept[name]):
+            why_empty[name] = (
+                f"train.skip_mismatched_rows left out all {len(left_out)} of its samples, whose metadata is "
+                f"outside the model's vocabulary ({known}): {fix}"
+            )
     log.warning(
         "left out %d of %d samples whose metadata is outside the model's vocabulary (%s): %s",
         total,
@@ -130,7 +140,7 @@ def check_vocabularies(splits: Splits, vocabularies: dict[str, list[str]], *, sk
         known,
         listed,
     )
-    return Splits(**kept, settled=splits.settled)
+    return Splits(**kept, settled=splits.settled, why_empty=why_empty)
 
 
 def small_split_warnings(sizes: dict[str, int]) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -190,6 +190,9 @@ class Splits:
     val: SampleSource
     test: SampleSource
     settled: dict | None = None
+    # Why a split ("val", "test") is or can be empty, for the sentence that refuses it ("all 60
+    # samples lie in 1 cell ..."): a larger split fraction, the advice otherwise, does not help then.
+    why_empty: dict[str, str] = field(default_factory=dict)
 
 
 # A reader factory: (the config's `data:` section without `kind`, the model's image size) -> splits.
@@ -254,6 +257,39 @@ def open_splits(section: dict | None, image_size: int) -> Splits:
     return splits
 
 
+# With this many cells or more, geographic_split gives validation and test at least one each.
+MIN_SPLIT_CELLS = 3
+
+
+def _cells(lat: np.ndarray, lon: np.ndarray, cell_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct cell_deg x cell_deg cells the samples lie in, each sample's index into them)."""
+    # Longitude 180 and -180 are one meridian: wrapped into [-180, 180) they share a cell.
+    wrapped = (np.asarray(lon, dtype=np.float64) + 180.0) % 360.0 - 180.0
+    cells = np.stack(
+        [
+            np.floor(np.asarray(lat, dtype=np.float64) / cell_deg),
+            np.floor(wrapped / cell_deg),
+        ],
+        axis=1,
+    ).astype(np.int64)
+    unique, inverse = np.unique(cells, axis=0, return_inverse=True)
+    return unique, inverse
+
+
+def too_few_cells(lat: np.ndarray, lon: np.ndarray, cell_deg: float) -> dict[str, str]:
+    """Why validation and test can be empty when the samples lie in fewer than MIN_SPLIT_CELLS
+    cells (Splits.why_empty), else nothing: only a smaller cell makes more cells to hold out."""
+    cells = len(_cells(lat, lon, cell_deg)[0])
+    if cells >= MIN_SPLIT_CELLS:
+        return {}
+    why = (
+        f"all {len(lat)} samples lie in {cells} cell(s) of data.split.cell_deg {cell_deg:g} degrees, and "
+        f"whole cells are held out (each split gets one from {MIN_SPLIT_CELLS} cells on): lower "
+        "data.split.cell_deg"
+    )
+    return {"val": why, "test": why}
+
+
 def geographic_split(
     lat: np.ndarray,
     lon: np.ndarray,
@@ -265,19 +301,10 @@ def geographic_split(
 ) -> np.ndarray:
     """'train' / 'val' / 'test' per sample: whole cell_deg x cell_deg lat/lon cells are held
     out, never single rows, so evaluation measures places the model has not seen. With three
-    or more cells, val and test each get at least one."""
-    # Longitude 180 and -180 are one meridian: wrapped into [-180, 180) they share a cell.
-    wrapped = (np.asarray(lon, dtype=np.float64) + 180.0) % 360.0 - 180.0
-    cells = np.stack(
-        [
-            np.floor(np.asarray(lat, dtype=np.float64) / cell_deg),
-            np.floor(wrapped / cell_deg),
-        ],
-        axis=1,
-    ).astype(np.int64)
-    unique, inverse = np.unique(cells, axis=0, return_inverse=True)
+    or more cells (MIN_SPLIT_CELLS), val and test each get at least one."""
+    unique, inverse = _cells(lat, lon, cell_deg)
     order = np.random.default_rng(seed).permutation(len(unique))
-    at_least = 1 if len(unique) >= 3 else 0
+    at_least = 1 if len(unique) >= MIN_SPLIT_CELLS else 0
     n_val = max(at_least, round(val_fraction * len(unique)))
     n_test = max(at_least, round(test_fraction * len(unique)))
     label = np.full(len(unique), "train", dtype=object)

@@ -297,7 +297,7 @@ def evaluate_checkpoint(
     model, checkpoint = model_from_checkpoint(path)
     skip = checkpoint["config"]["train"].get("skip_mismatched_rows", False)
     try:
-        source = getattr(checked_splits(data or checkpoint["config"]["data"], model.cfg, skip=skip), split)
+        splits = checked_splits(data or checkpoint["config"]["data"], model.cfg, skip=skip)
     except FileNotFoundError as exc:
         if data:
             raise
@@ -305,11 +305,10 @@ def evaluate_checkpoint(
             f"{exc} (the path is the one checkpoint {path} records; pass --config with a "
             "data: section that names where the data is now)"
         ) from None
+    source = getattr(splits, split)
     if len(source) == 0:
-        raise DataError(
-            f"the {split} split of this data has no samples to evaluate; choose another --split or "
-            "give the data a larger split fraction"
-        )
+        why = splits.why_empty.get(split, "give the data a larger split fraction")
+        raise DataError(f"the {split} split of this data has no samples to evaluate; choose another --split, or {why}")
     data = data or checkpoint["config"]["data"]
     prep, skips = preprocessing(model), SkipLog()
     cache = None

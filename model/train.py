@@ -388,9 +388,10 @@ class Run:
         if initial is not None:
             check_model(initial, config.model)
         if not len(self.splits.val):
+            why = self.splits.why_empty.get("val", "give the data a larger validation fraction")
             raise DataError(
-                "the validation split has no samples, and training validates at least at its last step "
-                "(best.pt); give the data a larger validation fraction"
+                f"the validation split has no samples, and training validates at least at its last step "
+                f"(best.pt): {why}"
             )
         if self.dist.is_main:
             eval_n = min(len(self.splits.val), self.cfg.eval_samples or len(self.splits.val))

@@ -24,7 +24,7 @@ from model.batches import SkipLog
 from model.checkpoint import load_checkpoint
 from model.checks import small_split_warnings, suggest
 from model.config import ConfigError
-from model.data import reader, resolve_paths
+from model.data import DataError, reader, resolve_paths
 from model.readers.csv_folder import default_level
 from model.train import RunConfig, fit
 from runtime.imagery import Imagery
@@ -151,6 +151,31 @@ def test_told_to_skip_mismatched_rows_training_leaves_them_out(tmp_path, caplog)
         result = fit(run_config({"root": str(root)}, skip_mismatched_rows=True), tmp_path / "run", progress=False)
     assert result.last_step == 2 and result.skipped == 0
     assert "left out 4 of 40 samples" in caplog.text
+
+
+def test_skipping_every_sample_names_the_skip_not_the_validation_fraction(tmp_path):
+    """It said "the validation split has no samples ...; give the data a larger validation fraction"."""
+    root = write_folder(tmp_path / "d", 12, source=lambda i: "hydrophone")
+    config = run_config({"root": str(root)}, skip_mismatched_rows=True)
+    with pytest.raises(ConfigError, match=r"^train.skip_mismatched_rows leaves out all 12 samples: .*'hydrophone'"):
+        fit(config, tmp_path / "run", progress=False)
+
+
+def test_samples_in_too_few_cells_name_cell_deg_not_the_validation_fraction(tmp_path, capsys):
+    """A larger val_fraction only moved the refusal to the training split: a smaller cell is the fix."""
+    root = write_folder(tmp_path / "d", 12)  # spread over Europe: two 360-degree cells (west and east of 0)
+    config = run_config({"root": str(root), "split": {"cell_deg": 360.0}})
+    with pytest.raises(DataError, match=r"all 12 samples lie in 2 cell\(s\) of data.split.cell_deg 360 degrees"):
+        fit(config, tmp_path / "run", progress=False)
+    config = run_config({"root": str(root), "split": {"cell_deg": 10.0}})
+    assert fit(config, tmp_path / "run", progress=False).last_step == 2
+    path = tmp_path / "big.yaml"
+    path.write_text(
+        yaml.safe_dump(run_config({"root": str(root), "split": {"cell_deg": 360.0}}).to_dict()), encoding="utf-8"
+    )
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--config", str(path), "--no-oracle"]
+    assert soundscape(argv) == 2
+    assert "choose another --split, or all 12 samples lie in 2 cell(s)" in capsys.readouterr().err
 
 
 def test_a_source_missing_from_the_vocabulary_suggests_adding_it():

@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from model.config import ConfigError, Section, Seed, from_section
-from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split
+from model.data import REMOTE_PREFIXES, BadSample, DataError, Sample, Splits, geographic_split, too_few_cells
 from model.readers.common import When, at_place, check_place, content_hash, decode_image, fit_image, parse_when
 from model.readers.csv_table import Table, read_table
 from runtime.arguments import NUMBER
@@ -643,9 +643,10 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
         imagery.level_range(image_size, MAX_UPSAMPLE) if imagery else None,
     )
     s = cfg.split
+    lat, lon = np.array([r.lat for r in rows]), np.array([r.lon for r in rows])
     labels = geographic_split(
-        np.array([r.lat for r in rows]),
-        np.array([r.lon for r in rows]),
+        lat,
+        lon,
         cell_deg=s.cell_deg,
         val_fraction=s.val_fraction,
         test_fraction=s.test_fraction,
@@ -660,4 +661,5 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
         val,
         test,
         settled={**section, "level": cfg.level} if cfg.level is not None else None,
+        why_empty=too_few_cells(lat, lon, s.cell_deg),
     )
