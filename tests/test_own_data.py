@@ -112,6 +112,43 @@ def test_level_is_derived_from_the_imagery_and_a_bad_one_names_the_range(tmp_pat
             reader("csv")({"root": str(root), "imagery": str(imagery_path), "level": bad}, 16)
 
 
+def write_raster(path: Path, bbox: tuple[float, float, float, float], width: int, height: int) -> Path:
+    """A plain grey GeoTIFF of width x height pixels over bbox (west, south, east, north), EPSG:4326."""
+    import rasterio
+    from rasterio.transform import from_bounds
+
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": 3, "dtype": "uint8", "crs": "EPSG:4326"}
+    with rasterio.open(path, "w", transform=from_bounds(*bbox, width, height), **profile) as dst:
+        dst.write(np.full((3, height, width), 120, np.uint8))
+    return path
+
+
+def test_a_level_no_cell_of_which_the_imagery_half_covers_is_refused_at_start(tmp_path, caplog):
+    """The footprint's area alone allowed level 3 (half a level-3 cell's area), but no level-3 cell
+    of its grid is half covered: every sample was unreadable once training had started."""
+    root = write_folder(tmp_path / "d", 40, image=False)
+    imagery = write_raster(tmp_path / "crop.tif", (-12.0, 36.0, 20.0, 60.0), 64, 48)
+    assert Imagery(imagery).level_range(16, 8.0)[0] == 3
+    with pytest.raises(ConfigError, match=r"data.level 3 does not fit .*: use a level in 4-"):
+        reader("csv")({"root": str(root), "imagery": str(imagery), "level": 3}, 16)
+    # At level 4, rows whose own cell is mostly outside the crop are skipped at start, and every row
+    # kept has a cell training can read.
+    with caplog.at_level(logging.WARNING):
+        splits = reader("csv")({"root": str(root), "imagery": str(imagery), "level": 4}, 16)
+    assert "cell ... is less than half inside the imagery's footprint" in caplog.text
+    for split in (splits.train, splits.val, splits.test):
+        for i in range(len(split)):
+            assert split.get(i, frozenset({"audio"})).image is not None
+
+
+def test_imagery_too_coarse_for_any_level_is_refused_with_both_ends(tmp_path):
+    """A 1-pixel raster was given a derived level that "matches" its pixels, then no row could use it."""
+    root = write_folder(tmp_path / "d", 12, image=False)
+    imagery = write_raster(tmp_path / "one.tif", (-12.0, 36.0, 20.0, 60.0), 1, 1)
+    with pytest.raises(ConfigError, match=r"^no level fits .*one.tif .*half covers cells of level 4 or finer"):
+        reader("csv")({"root": str(root), "imagery": str(imagery)}, 16)
+
+
 def test_rows_without_imagery_are_one_error_not_a_warning_per_row(tmp_path, caplog):
     root = write_folder(tmp_path / "d", 30, image=False)
     with caplog.at_level(logging.WARNING), pytest.raises(ValueError) as err:

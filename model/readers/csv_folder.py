@@ -465,7 +465,8 @@ def _find(root: Path, name: str) -> str:
 def _check_cut(row: Row, footprint: Footprint | None, levels: tuple[int, int] | None) -> None:
     """ValueError when the imagery cannot give the row's cell: past web mercator's edge (a place
     the map has no cell for), outside its footprint (with a hint when lat and lon swapped would be
-    inside it), or at a level it cannot fill."""
+    inside it), at a level it cannot fill, or in a cell the footprint does not half cover (training
+    would find no imagery there)."""
 
     def inside(lon: float, lat: float) -> bool:
         return footprint is None or footprint.covers(lon, lat)
@@ -479,6 +480,43 @@ def _check_cut(row: Row, footprint: Footprint | None, levels: tuple[int, int] | 
         raise ValueError("outside the imagery's bounds" + (": inside them with lat and lon swapped" if swapped else ""))
     if levels and row.level is not None and not levels[0] <= row.level <= levels[1]:
         raise ValueError(f"level {row.level} is not one the imagery can fill ({levels[0]}-{levels[1]})")
+    if footprint is not None and row.level is not None:
+        tile = mercantile.tile(row.lon, row.lat, row.level)
+        if not half_inside(footprint, tile):
+            raise ValueError(
+                f"its level {row.level} cell ({tile.x}, {tile.y}) is less than half inside the imagery's footprint"
+            )
+
+
+def half_inside(footprint: Footprint, tile: mercantile.Tile) -> bool:
+    """Whether the footprint covers at least MIN_VALID_FRACTION of the cell's web-mercator area: a
+    cell less covered is never read (runtime.imagery.Imagery.cell), whatever the pixels."""
+    from runtime.imagery import MIN_VALID_FRACTION
+
+    cell = mercantile.bounds(tile)
+    left, bottom, right, top = mercantile.xy_bounds(tile)
+    inside = 0.0
+    for box in footprint.boxes:
+        west, south = max(box[0], cell.west), max(box[1], cell.south)
+        east, north = min(box[2], cell.east), min(box[3], cell.north)
+        if west < east and south < north:
+            (x0, y0), (x1, y1) = mercantile.xy(west, south), mercantile.xy(east, north)
+            inside += (x1 - x0) * (y1 - y0)
+    return inside >= MIN_VALID_FRACTION * (right - left) * (top - bottom)
+
+
+def usable_levels(imagery: Imagery, size: int, max_upsample: float) -> tuple[int, int]:
+    """(coarsest, finest) levels of `size`-pixel cells rows can be cut at: Imagery.level_range,
+    whose coarsest end compares the footprint's area with a cell's, raised to the first level of
+    whose grid one cell is half inside the footprint (an area half a cell's can straddle four
+    cells, none of them half covered). coarsest > finest when no level is both."""
+    coarsest, finest = imagery.level_range(size, max_upsample)
+    boxes = imagery.footprint.boxes
+    while coarsest < MAX_LEVEL and not any(
+        half_inside(imagery.footprint, t) for box in boxes for t in mercantile.tiles(*box, coarsest)
+    ):
+        coarsest += 1
+    return coarsest, finest
 
 
 def _reason(exc: Exception) -> str:
@@ -496,7 +534,7 @@ def _lines(path: Path, lines: list[int], first: int = 3) -> str:
 def default_level(imagery, size: int) -> int:
     """The level whose `size`-pixel cells match the imagery's pixels (the finest level that does
     not enlarge them), clamped to the levels the footprint can half cover."""
-    coarsest, finest = imagery.level_range(size, 1.0)
+    coarsest, finest = usable_levels(imagery, size, 1.0)
     return max(coarsest, finest)
 
 
@@ -603,7 +641,13 @@ def check_level(cfg: CsvFolderConfig, imagery, image_size: int) -> CsvFolderConf
     naming the allowed range otherwise), or derived from the imagery's resolution."""
     if imagery is None:
         return cfg
-    coarsest, finest = imagery.level_range(image_size, MAX_UPSAMPLE)
+    coarsest, finest = usable_levels(imagery, image_size, MAX_UPSAMPLE)
+    if coarsest > finest:
+        raise ConfigError(
+            f"no level fits {cfg.imagery} ({imagery.resolution_m:.0f} m pixels, {image_size} px cells): "
+            f"its footprint half covers cells of level {coarsest} or finer, and its pixels are enlarged at most "
+            f"{MAX_UPSAMPLE:g} times at level {finest} or coarser; give imagery of finer pixels or a larger area"
+        )
     if cfg.level is None:
         level = default_level(imagery, image_size)
         log.warning(
@@ -640,7 +684,7 @@ def open_csv_folder(section: dict, image_size: int) -> Splits:
     rows = read_rows(
         cfg,
         imagery.footprint if imagery else None,
-        imagery.level_range(image_size, MAX_UPSAMPLE) if imagery else None,
+        usable_levels(imagery, image_size, MAX_UPSAMPLE) if imagery else None,
     )
     s = cfg.split
     lat, lon = np.array([r.lat for r in rows]), np.array([r.lon for r in rows])
