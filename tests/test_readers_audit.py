@@ -78,6 +78,23 @@ def test_a_recording_listed_twice_or_at_two_places_is_read_once_or_not_at_all(tm
     assert "its audio file is named at other places or times too ...: 2 (" in caplog.text
 
 
+def test_a_recording_named_through_dot_dot_or_its_absolute_path_is_the_same_recording(tmp_path, caplog):
+    """`audio/../audio/1.wav` and the absolute path of audio/2.wav escaped the check: each file
+    trained at two places, and a pasted copy named so trained twice."""
+    root = tmp_path / "dup"
+    data = [
+        *(row(i) for i in range(4)),
+        row(1, lat="50.0", audio="audio/../audio/1.wav"),  # audio/1.wav somewhere else
+        row(2, lat="50.0", audio=str(root / "audio" / "2.wav")),  # audio/2.wav somewhere else
+        row(3, audio="audio/../audio/3.wav"),  # a pasted copy of row 3
+    ]
+    with caplog.at_level(logging.WARNING):
+        kept = rows(folder(root, table(data)))
+    assert [(r.line, r.audio) for r in kept] == [(2, "audio/0.wav"), (5, "audio/3.wav")]
+    assert "its audio file is named at other places or times too ...: 4 (" in caplog.text
+    assert "a duplicated row: 1 (" in caplog.text
+
+
 def test_utf16_without_a_byte_order_mark_is_named_as_such(tmp_path):
     """It decoded as UTF-8 with a NUL in every other character, and was refused as lacking the
     columns its header names ('lacks the column(s) lat, lon, audio (its header: l\\x00a\\x00t...')."""

@@ -397,7 +397,7 @@ def read_rows(
             rows.append(parsed)
         except (ValueError, TypeError, KeyError) as exc:
             skipped.setdefault(_reason(exc), []).append(line)
-    repeated = _repeated(rows)
+    repeated = _repeated(rows, Path(cfg.root))
     for line, reason in repeated.items():
         skipped.setdefault(_reason(ValueError(reason)), []).append(line)
     rows = [r for r in rows if r.line not in repeated]
@@ -426,21 +426,24 @@ def read_rows(
     return rows
 
 
-def _repeated(rows: list[Row]) -> dict[int, str]:
+def _repeated(rows: list[Row], root: Path) -> dict[int, str]:
     """The lines to skip, with why, of rows that repeat a recording: a copy of an earlier row (all
     but its key: it would train twice as often) and every row of an audio file named at more than
     one place or time (one of them is wrong, and in two held-out cells it is heard in training and
-    in test). Rows of one recording with other images or levels (PSM's zooms) are kept."""
+    in test). Rows of one recording with other images or levels (PSM's zooms) are kept. A file is
+    known by its resolved path, so `audio/../audio/0.wav`, its absolute path or a link to it is
+    the same file as `audio/0.wav`."""
     first: dict[tuple, int] = {}
     by_audio: dict[str, list[Row]] = {}
     why: dict[int, str] = {}
     for row in rows:
-        content = dataclasses.astuple(dataclasses.replace(row, line=0, key=""))
+        audio = os.path.realpath(os.path.join(root, row.audio))
+        content = dataclasses.astuple(dataclasses.replace(row, line=0, key="", audio=audio))
         if content in first:
             why[row.line] = f"the same as an earlier row (line {first[content]}): a duplicated row"
         else:
             first[content] = row.line
-            by_audio.setdefault(row.audio, []).append(row)
+            by_audio.setdefault(audio, []).append(row)
     for named in by_audio.values():
         if len({(r.lat, r.lon, r.month, r.hour) for r in named}) > 1:
             lines = ", ".join(str(r.line) for r in named)
