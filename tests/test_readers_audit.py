@@ -95,6 +95,15 @@ def test_a_recording_named_through_dot_dot_or_its_absolute_path_is_the_same_reco
     assert "a duplicated row: 1 (" in caplog.text
 
 
+def test_an_hour_written_without_its_minutes_is_kept(tmp_path):
+    """dateutil fills an unwritten minute from its default, which the two readings' defaults made
+    differ: ISO's reduced `T12`, `T06Z`, `6am` and `18h` lost their hour (and `Z` its conversion)."""
+    forms = ["2022-07-01T12", "2022-07-01T06Z", "2022-07-01 6am", "2022-07-01 18h"]
+    kept = rows(folder(tmp_path / "hours", table([row(i, datetime=text) for i, text in enumerate(forms)])))
+    # Near 45.5 N, 5.5-8.5 E: central European summer time, UTC+2 (06:00Z is 08:00 there).
+    assert [(r.month, r.hour) for r in kept] == [(7, 12.0), (7, 8.0), (7, 6.0), (7, 18.0)]
+
+
 def test_utf16_without_a_byte_order_mark_is_named_as_such(tmp_path):
     """It decoded as UTF-8 with a NUL in every other character, and was refused as lacking the
     columns its header names ('lacks the column(s) lat, lon, audio (its header: l\\x00a\\x00t...')."""

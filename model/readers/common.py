@@ -170,8 +170,15 @@ def _parse_when(text: str, dayfirst: bool, fuzzy: bool) -> When:
     month = first.month if first.month == second.month else None
     if skipped_word and first.day != second.day and not any(info.month(w) for w in re.findall(r"[^\W\d_]+", cleaned)):
         month = None
-    if first.hour != second.hour or first.minute != second.minute:
+    if first.hour != second.hour:
         return When(month, None)
+    # A minute or second not written is 0, not the sentinel's: "2022-07-01T12", "6am" and "18h" give
+    # their hour (dateutil fills what a text lacks from the default, the minute too), where the
+    # hour was dropped as unknown.
+    first = first.replace(
+        minute=first.minute if first.minute == second.minute else 0,
+        second=first.second if first.second == second.second else 0,
+    )
     hour = first.hour + first.minute / 60.0
     day = first.date() if first.date() == second.date() else None  # else the day (or year) is a sentinel's
     if offset is None:
