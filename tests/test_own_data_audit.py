@@ -364,6 +364,24 @@ def test_an_image_too_large_to_decode_is_a_bad_sample(monkeypatch):
         decode_image(encoded(Image.fromarray(np.zeros((20, 20, 3), np.uint8))), "x")
 
 
+def test_a_large_image_is_no_python_warning_and_past_the_limit_a_sentence(monkeypatch):
+    """Above MAX_IMAGE_PIXELS Pillow printed a raw DecompressionBombWarning with a site-packages
+    path, and past twice it the sample was skipped as a "decompression bomb DOS attack"."""
+    import warnings
+
+    from model.data import BadSample
+    from model.readers.common import decode_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode_image(encoded(Image.fromarray(np.zeros((12, 12, 3), np.uint8))), "x").shape == (12, 12, 3)
+    with pytest.raises(BadSample) as err:
+        decode_image(encoded(Image.fromarray(np.zeros((20, 20, 3), np.uint8))), "x")
+    assert "more than the 200 pixels Pillow decodes; save a smaller copy" in str(err.value)
+    assert "DOS" not in str(err.value)
+
+
 def test_file_names_as_windows_or_a_mac_wrote_them_and_empty_clips(tmp_path, caplog):
     """A CSV written on Windows names audio\\0.wav, and a folder copied from a Mac keeps its
     accents decomposed (NFD) where the CSV has them composed: every such row was skipped as a

@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
@@ -333,7 +334,24 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB of encoded image bytes as a viewer shows them: turned upright by its
     EXIF orientation, 16-bit grey scaled to 8 bits (Pillow's RGB conversion clipped it: white),
     transparent pixels black (as imagery's nodata). BadSample when the bytes are not an image,
-    its pixels have no fixed range (32-bit integer or float), or most of it is transparent."""
+    its pixels have no fixed range (32-bit integer or float), or most of it is transparent. An
+    image of the place is the user's own, no attack: Pillow's DecompressionBombWarning (a raw
+    Python warning with a site-packages path, above 89 Mpx) is not printed, and past its hard limit
+    the sample is skipped with a sentence that says so."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _decode_image(data, where)
+    except Image.DecompressionBombError:
+        raise BadSample(
+            where,
+            f"cannot decode image: it has more than the {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels Pillow decodes; "
+            "save a smaller copy of it (the model sees a few hundred pixels across)",
+        ) from None
+
+
+def _decode_image(data: bytes, where: str) -> np.ndarray:
+    """decode_image, its warnings and its limit's error left to it."""
     try:
         with Image.open(io.BytesIO(data)) as opened:
             img = ImageOps.exif_transpose(opened)
@@ -347,7 +365,7 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
             if not img.has_transparency_data:
                 return np.asarray(img.convert("RGB"))
             rgba = np.asarray(img.convert("RGBA"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise BadSample(where, f"cannot decode image: {exc}") from None
     alpha = rgba[..., 3:].astype(np.float32) / 255.0
     if (alpha > 0).mean() < MIN_OPAQUE_FRACTION:
