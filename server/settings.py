@@ -28,9 +28,13 @@ PUBLIC_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
 # What a header carries: visible ASCII and spaces (a CR or LF in Cache-Control made every
 # response a 500 in uvicorn's header check).
 HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,256}")
-# A browser's Origin is scheme://host[:port], nothing after: "https://maps.example.org/" never
-# equals one, so CORS was off for it, silently.
-CORS_ORIGIN = re.compile(r"\*|https?://[^/?#\s]+")
+# A browser's Origin (RFC 6454 6.2): scheme://host[:port], nothing after, scheme and host in lower
+# case, an international name in punycode, no default port. Any other spelling
+# ("https://maps.example.org/", "https://A.example", "https://a.example:443", "https://*.example")
+# equals no Origin a browser sends, so CORS was off for it, silently.
+ORIGIN = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/?#\[\]@\s]+)(?::(?P<port>[0-9]{1,5}))?")
+HOST_LABEL = re.compile(r"[a-z0-9_-]+")
+DEFAULT_PORTS = {"http": 80, "https": 443}
 # A Host header's name as urls.host_name leaves it (no port): a name, `.example.org` for it and
 # its subdomains, an IPv6 address, or `*`. "tiles.example.org:8000" or "https://..." matched no
 # request, so every one answered 400.
@@ -41,17 +45,17 @@ FORMS = {
         HEADER_VALUE,
         "Cache-Control {!r} is not a header value: 1 to 256 visible ASCII characters and spaces",
     ),
-    "cors_origins": (
-        CORS_ORIGIN,
-        "CORS origin {!r} is not like https://maps.example.org (scheme, host and port, no path or trailing slash: "
-        "what browsers send as Origin) or *",
-    ),
     "allowed_hosts": (
         HOST_NAME,
         "allowed host {!r} is not a host name like tiles.example.org, .example.org (it and its subdomains), an IP "
         "address or * (no scheme, port or path)",
     ),
 }
+CORS_FORM = (
+    "CORS origin {!r} is not an origin a browser sends, like https://maps.example.org or http://localhost:5173 "
+    "(http or https, one host name or IP address, a port from 1 to 65535; no path, trailing slash or wildcard), "
+    "nor * alone"
+)
 # Threads an operator asks for: onnxruntime builds its pool at once, so 100000 stopped the server.
 MAX_THREADS = 1024
 
@@ -81,6 +85,28 @@ CountOrZero = Annotated[int, Field(ge=0)]
 Threads = Annotated[int, Field(ge=1, le=MAX_THREADS)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PositiveOrZero = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def browser_origin(origin: str) -> str | None:
+    """`origin` as a browser spells it in its Origin header (RFC 6454 6.2); None for what is no
+    http(s) origin (a path, a wildcard, a port out of range, no host)."""
+    found = ORIGIN.fullmatch(origin)
+    if found is None or found["scheme"].lower() not in DEFAULT_PORTS:
+        return None
+    scheme, host, port = found["scheme"].lower(), found["host"], found["port"]
+    try:
+        if host.startswith("["):
+            host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        else:
+            host = host.encode("idna").decode("ascii").lower()  # an international name in punycode
+    except (ValueError, UnicodeError):
+        return None
+    if not host.startswith("[") and not all(HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split(".")):
+        return None
+    if port is not None and not 0 < int(port) <= 65535:
+        return None
+    shown_port = "" if port is None or int(port) == DEFAULT_PORTS[scheme] else f":{int(port)}"
+    return f"{scheme}://{host}{shown_port}"
 
 
 def _lowered(exc: Exception) -> str:
@@ -231,11 +257,26 @@ class Settings(EnvSettings):
     @field_validator(*FORMS)
     @classmethod
     def _form(cls, value: str | tuple[str, ...], info: ValidationInfo) -> str | tuple[str, ...]:
-        """A header value, each CORS origin and each allowed host match their form whole."""
+        """A header value and each allowed host match their form whole."""
         pattern, refusal = FORMS[info.field_name or ""]
         for each in (value,) if isinstance(value, str) else value:
             if not pattern.fullmatch(each):
                 raise ValueError(refusal.format(each[:80]))
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Each origin `*` or spelt as browsers send Origin: CORS compares them as strings."""
+        for each in value:
+            sent = browser_origin(each) if each != "*" else each
+            if sent is None:
+                raise ValueError(CORS_FORM.format(each[:80]))
+            if sent != each:
+                raise ValueError(
+                    f"CORS origin {each[:80]!r} is not what a browser sends as Origin: it sends {sent} (scheme and "
+                    "host in lower case, an international name in punycode, no default port); write that"
+                )
         return value
 
     @field_validator("trusted_proxies")

@@ -82,8 +82,15 @@ def test_direct_construction_reads_no_variable(env):
         # matched a browser's Origin or a Host name; 100000 onnxruntime threads stopped serve.
         ("CACHE_CONTROL", "public\r\nX-Evil: 1", "Cache-Control 'public\\r\\nX-Evil: 1' is not a header value"),
         ("CACHE_CONTROL", "x" * 300, "is not a header value: 1 to 256 visible ASCII characters and spaces"),
-        ("CORS_ORIGINS", "https://maps.example.org/", "CORS origin 'https://maps.example.org/' is not like"),
-        ("CORS_ORIGINS", "maps.example.org", "CORS origin 'maps.example.org' is not like"),
+        ("CORS_ORIGINS", "https://maps.example.org/", "CORS origin 'https://maps.example.org/' is not an origin a"),
+        ("CORS_ORIGINS", "maps.example.org", "CORS origin 'maps.example.org' is not an origin a browser sends"),
+        # Spellings no browser sends as Origin: CORS was off for them, silently.
+        ("CORS_ORIGINS", "https://*.example", "CORS origin 'https://*.example' is not an origin a browser sends"),
+        ("CORS_ORIGINS", "https://a.example:99999", "a port from 1 to 65535"),
+        ("CORS_ORIGINS", "*,https://A.example", "'https://A.example' is not what a browser sends as Origin: it sends"),
+        ("CORS_ORIGINS", "https://a.example:443", "it sends https://a.example (scheme and host in lower case"),
+        ("CORS_ORIGINS", "http://a.example:80", "it sends http://a.example (scheme"),
+        ("CORS_ORIGINS", "https://bücher.example", "it sends https://xn--bcher-kva.example (scheme"),
         ("ALLOWED_HOSTS", "localhost,tiles.example.org:8000", "allowed host 'tiles.example.org:8000' is not a host"),
         ("ALLOWED_HOSTS", "https://tiles.example.org", "allowed host 'https://tiles.example.org' is not a host"),
         ("ORT_THREADS", "100000", "SOUNDSCAPE_ORT_THREADS must be less than or equal to 1024, not '100000'"),
@@ -112,10 +119,11 @@ def test_a_bad_value_is_one_sentence_naming_its_variable(env, name, value, sente
 
 def test_the_forms_each_setting_documents_are_taken(env):
     env.setenv("SOUNDSCAPE_ALLOWED_HOSTS", ".example.org,tiles.example.org,my_box,127.0.0.1,::1,*")
-    env.setenv("SOUNDSCAPE_CORS_ORIGINS", "*,http://localhost:5173,https://maps.example.org")
+    origins = "*,http://localhost:5173,https://maps.example.org,https://xn--bcher-kva.example,http://[::1]:8080"
+    env.setenv("SOUNDSCAPE_CORS_ORIGINS", origins)
     env.setenv("SOUNDSCAPE_CACHE_CONTROL", "public, max-age=60, stale-while-revalidate=30")
     settings = Settings.from_env()
-    assert settings.allowed_hosts[-1] == "*" and settings.cors_origins[1] == "http://localhost:5173"
+    assert settings.allowed_hosts[-1] == "*" and settings.cors_origins == tuple(origins.split(","))
     for proxies, read in [
         ("127.0.0.1", "127.0.0.1"),
         ("10.0.0.5, 172.16.0.0/12,::1,fd00::/8", "10.0.0.5,172.16.0.0/12,::1,fd00::/8"),
@@ -203,6 +211,7 @@ def test_serve_refuses_a_bad_variable_before_starting(bundle_path, store_path, t
             "Redis URL 'é' (SOUNDSCAPE_REDIS_URL, --redis-url): must specify one of the following schemes",
         ),
         ("--trusted-proxies=proxy", "trusted proxy 'proxy' is not an IP address or network"),
+        ("--cors-origins=https://Maps.example.org", "it sends https://maps.example.org (scheme and host in lower"),
     ],
 )
 def test_serve_refuses_an_option_out_of_range(bundle_path, store_path, option, sentence):
