@@ -28,6 +28,13 @@ PUBLIC_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
 # What a header carries: visible ASCII and spaces (a CR or LF in Cache-Control made every
 # response a 500 in uvicorn's header check).
 HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,256}")
+# RFC 9111 5.2: Cache-Control is a comma-separated list of directives, each a token with an
+# optional =token or ="quoted string". ' ' or ',' sent an empty Cache-Control (heuristic caching).
+TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+DIRECTIVE = re.compile(rf' *({TOKEN})(?:=({TOKEN}|"(?:[^"\\]|\\.)*"))? *')
+# Directives whose argument is delta-seconds (RFC 9111 1.2.2; RFC 5861): a cache ignores
+# `max-age=1day` or `max-age=-1`, or takes the answer as stale.
+DELTA_SECONDS = frozenset({"max-age", "s-maxage", "max-stale", "min-fresh", "stale-while-revalidate", "stale-if-error"})
 # A browser's Origin (RFC 6454 6.2): scheme://host[:port], nothing after, scheme and host in lower
 # case, an international name in punycode, no default port. Any other spelling
 # ("https://maps.example.org/", "https://A.example", "https://a.example:443", "https://*.example")
@@ -85,6 +92,22 @@ CountOrZero = Annotated[int, Field(ge=0)]
 Threads = Annotated[int, Field(ge=1, le=MAX_THREADS)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PositiveOrZero = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def cache_directives(value: str) -> list[tuple[str, str | None]] | None:
+    """The directives of a Cache-Control value, names in lower case, each with its argument if any
+    (RFC 9111 5.2); None for a value that is not such a list."""
+    found: list[tuple[str, str | None]] = []
+    position = 0
+    while (directive := DIRECTIVE.match(value, position)) is not None:
+        found.append((directive[1].lower(), directive[2]))
+        position = directive.end()
+        if position == len(value):
+            return found
+        if value[position] != ",":
+            return None
+        position += 1
+    return None
 
 
 def browser_origin(origin: str) -> str | None:
@@ -262,6 +285,25 @@ class Settings(EnvSettings):
         for each in (value,) if isinstance(value, str) else value:
             if not pattern.fullmatch(each):
                 raise ValueError(refusal.format(each[:80]))
+        return value
+
+    @field_validator("cache_control")
+    @classmethod
+    def _cache_control(cls, value: str) -> str:
+        """Directives a cache reads (after `_form`'s characters): a value of none, or a time that is
+        no whole number of seconds, was sent as it was and left tiles to heuristic caching."""
+        directives = cache_directives(value)
+        if not directives:
+            raise ValueError(
+                f"Cache-Control {value!r} is not a list of directives like 'public, max-age=86400' "
+                "(RFC 9111 5.2: names separated by commas, each with an optional =value)"
+            )
+        for name, argument in directives:
+            if name in DELTA_SECONDS and not re.fullmatch(r"[0-9]+", argument or ""):
+                given = f"not {argument!r}" if argument is not None else "and has none"
+                raise ValueError(
+                    f"Cache-Control {value!r}: {name} takes a whole number of seconds ({name}=86400), {given}"
+                )
         return value
 
     @field_validator("cors_origins")

@@ -82,6 +82,18 @@ def test_direct_construction_reads_no_variable(env):
         # matched a browser's Origin or a Host name; 100000 onnxruntime threads stopped serve.
         ("CACHE_CONTROL", "public\r\nX-Evil: 1", "Cache-Control 'public\\r\\nX-Evil: 1' is not a header value"),
         ("CACHE_CONTROL", "x" * 300, "is not a header value: 1 to 256 visible ASCII characters and spaces"),
+        # Directives a cache cannot read: an empty Cache-Control, or a time that is no whole
+        # number of seconds, left tiles to heuristic caching or stale at once.
+        ("CACHE_CONTROL", " ", "Cache-Control ' ' is not a list of directives like 'public, max-age=86400'"),
+        ("CACHE_CONTROL", ",", "Cache-Control ',' is not a list of directives"),
+        ("CACHE_CONTROL", "public max-age=60", "Cache-Control 'public max-age=60' is not a list of directives"),
+        (
+            "CACHE_CONTROL",
+            "public, max-age=1day",
+            "Cache-Control 'public, max-age=1day': max-age takes a whole number of seconds (max-age=86400), not '1day'",
+        ),
+        ("CACHE_CONTROL", "max-age=-1", "max-age takes a whole number of seconds (max-age=86400), not '-1'"),
+        ("CACHE_CONTROL", "public, s-maxage", "s-maxage takes a whole number of seconds (s-maxage=86400), and has none"),
         ("CORS_ORIGINS", "https://maps.example.org/", "CORS origin 'https://maps.example.org/' is not an origin a"),
         ("CORS_ORIGINS", "maps.example.org", "CORS origin 'maps.example.org' is not an origin a browser sends"),
         # Spellings no browser sends as Origin: CORS was off for them, silently.
@@ -124,6 +136,9 @@ def test_the_forms_each_setting_documents_are_taken(env):
     env.setenv("SOUNDSCAPE_CACHE_CONTROL", "public, max-age=60, stale-while-revalidate=30")
     settings = Settings.from_env()
     assert settings.allowed_hosts[-1] == "*" and settings.cors_origins == tuple(origins.split(","))
+    for value in ("PUBLIC, Max-Age=0", 'no-cache="Set-Cookie, Vary", must-revalidate', "no-store"):
+        env.setenv("SOUNDSCAPE_CACHE_CONTROL", value)
+        assert Settings.from_env().cache_control == value
     for proxies, read in [
         ("127.0.0.1", "127.0.0.1"),
         ("10.0.0.5, 172.16.0.0/12,::1,fd00::/8", "10.0.0.5,172.16.0.0/12,::1,fd00::/8"),
@@ -212,6 +227,7 @@ def test_serve_refuses_a_bad_variable_before_starting(bundle_path, store_path, t
         ),
         ("--trusted-proxies=proxy", "trusted proxy 'proxy' is not an IP address or network"),
         ("--cors-origins=https://Maps.example.org", "it sends https://maps.example.org (scheme and host in lower"),
+        ("--cache-control=public, max-age=1day", "max-age takes a whole number of seconds (max-age=86400)"),
     ],
 )
 def test_serve_refuses_an_option_out_of_range(bundle_path, store_path, option, sentence):
