@@ -52,6 +52,9 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 # HttpPolicy answers a HEAD through the GET route; this scope key tells the layers inside that
 # nothing but headers will be sent (the rate limit's cost of a replayed map: server/fastpath.py).
 HEAD_ASKED = "soundscape.head_asked"
+# RFC 9110 14.2: range handling is defined for GET only, so a HEAD's Range is ignored: it answers
+# as the HEAD of the whole (a client asking a file's length with a leftover Range was told a part's).
+RANGE_HEADERS = (b"range", b"if-range")
 NO_STORE = "no-store"  # errors and live answers
 
 
@@ -534,7 +537,8 @@ def request_series(route: str, method: str, status: int) -> tuple:
 
 class HttpPolicy:
     """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware):
-    - HEAD is served by the GET route with the body dropped (same status and headers);
+    - HEAD is served by the GET route with the body dropped (same status and headers), its
+      Range ignored (RANGE_HEADERS);
     - errors are never cached (`Cache-Control: no-store` replaces whatever a route set), and
       one that is not JSON yet (Starlette's plain-text CORS refusal) takes the one shape;
     - every request is counted per route template; a client that hung up before the answer
@@ -549,7 +553,10 @@ class HttpPolicy:
             return
         began = time.perf_counter()
         head, root_path = scope["method"] == "HEAD", scope.get("root_path", "")
-        inner = {**scope, "method": "GET", HEAD_ASKED: True} if head else scope
+        inner = scope
+        if head:
+            headers = [(name, value) for name, value in scope["headers"] if name not in RANGE_HEADERS]
+            inner = {**scope, "method": "GET", "headers": headers, HEAD_ASKED: True}
         status: int | None = None
         hung_up = False
 
