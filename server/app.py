@@ -33,6 +33,23 @@ from server.urls import HostPolicy
 from store.reader import Store
 
 
+# What a page on another origin may read of an answer besides the CORS-safelisted headers
+# (Content-Type, Content-Length, Last-Modified, ...): every response header docs/api.md tells
+# clients to read. Without Content-Bbox and Content-Crs a page never saw the box and CRS of the
+# map values it got, nor Retry-After on a 429 or 503.
+EXPOSED_HEADERS = (
+    "ETag",
+    "Cache-Control",
+    "Location",  # POST /queries' 201: the registered query
+    "Content-Range",  # a byte range's place in the whole, which geotiff.js reads
+    "Accept-Ranges",
+    "Content-Bbox",  # a map's box as drawn
+    "Content-Crs",
+    "Retry-After",  # 429, 503
+    "Allow",  # 405
+)
+
+
 def warm_up(service: SoundscapeService) -> None:
     """Create the onnxruntime sessions and the contrast layer's reference now, so no request pays
     for loading a graph or embedding the 24 reference prompts (~60 ms, once per worker)."""
@@ -149,7 +166,7 @@ def create_app(settings: Settings) -> SoundscapeApp:
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "HEAD", "POST"],
             allow_headers=["*"],
-            expose_headers=["ETag", "Cache-Control", "Location", "Content-Range"],
+            expose_headers=EXPOSED_HEADERS,
         )
     app.add_middleware(HostPolicy)  # Vary: Host where URLs came from it; relative redirects (server/urls.py)
     app.add_middleware(ByteRanges)  # a part of a tile or map, as GDAL's /vsicurl/ reads (server/ranges.py)

@@ -143,6 +143,41 @@ def test_cors(client, bundle_path, store_path):
     assert "access-control-allow-origin" not in r.headers
 
 
+# Response headers every cross-origin page reads (the Fetch standard's CORS-safelisted ones), and
+# those the browser itself reads (CORS, content coding, caching keys, the page's policy).
+SAFELISTED = {"cache-control", "content-language", "content-length", "content-type", "expires", "last-modified"}
+FOR_THE_BROWSER = {"vary", "content-encoding", "content-security-policy", "date", "server"}
+
+
+def test_a_page_on_another_origin_reads_every_header_the_api_sets_for_clients(bundle_path, store_path):
+    """A map's Content-Bbox and Content-Crs (docs/api.md: `f=npy` gives its box and CRS there) and
+    a 429's Retry-After were not exposed: a web page on another origin never saw them."""
+    origin = {"Origin": "https://maps.example.org"}
+    with make_client(
+        bundle_path, store_path, rate_limit="1/min burst 20", cors_origins=("https://maps.example.org",)
+    ) as limited:
+        answers = {
+            "map": limited.get("/collections/contrast/map?q=birdsong&bbox=-12,34,32,60&width=64&f=npy", headers=origin),
+            "range": limited.get(TILE, params={"q": "birdsong"}, headers={**origin, "Range": "bytes=0-9"}),
+            "registered": limited.post("/queries", json={"text": "birdsong"}, headers=origin),
+            "method": limited.post(TILE, headers=origin),
+        }
+        answers["limited"] = next(
+            r for r in (limited.get(TILE, params={"q": "rain"}, headers=origin) for _ in range(30)) if r.status_code == 429
+        )
+    statuses = {what: answer.status_code for what, answer in answers.items()}
+    assert statuses == {"map": 200, "range": 206, "registered": 201, "method": 405, "limited": 429}
+    seen = set()
+    for what, answer in answers.items():
+        assert answer.headers["access-control-allow-origin"] == origin["Origin"], what
+        exposed = {name.strip().lower() for name in answer.headers["access-control-expose-headers"].split(",")}
+        for name in answer.headers:
+            if name not in SAFELISTED | FOR_THE_BROWSER and not name.startswith("access-control-"):
+                assert name in exposed, f"{what}: {name} is not exposed"
+                seen.add(name)
+    assert {"content-bbox", "content-crs", "content-range", "location", "allow", "retry-after"} <= seen
+
+
 def test_gzip_for_json_not_for_images(client):
     r = client.get("/openapi.json", headers={"Accept-Encoding": "gzip"})
     assert r.headers["content-encoding"] == "gzip" and r.json()["openapi"].startswith("3.")
