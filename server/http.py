@@ -287,10 +287,17 @@ def body_etag(body: bytes, weak: bool) -> str:
     return "W/" + tag if weak else tag
 
 
+def listed(request: Request, name: str) -> list[str] | None:
+    """The elements of a list header over all its lines, None when it is not sent. RFC 9110 5.3:
+    lines of one name are one comma-separated list; the first alone answered `If-Match: "x"`
+    then `If-Match: <the tag>` 412, and missed a 304 the second line of If-None-Match named."""
+    lines = request.headers.getlist(name)
+    return [each.strip() for line in lines for each in line.split(",") if each.strip()] if lines else None
+
+
 def if_none_match_tags(request: Request) -> list[str]:
     """The entity tags of If-None-Match, `*` included."""
-    header = request.headers.get("if-none-match") or ""
-    return [t.strip() for t in header.split(",") if t.strip()]
+    return listed(request, "if-none-match") or []
 
 
 def not_modified(request: Request, etag: str, control: str) -> Response | None:
@@ -317,8 +324,7 @@ def precondition_failed(request: Request, etag: str, last_modified: str | None =
     matches, `*` matches what exists) or, without If-Match, the answer changed after
     If-Unmodified-Since (RFC 9110 13.1.1, 13.1.4, evaluated before If-None-Match), else None.
     A client sends these to be told when the resource it holds is no longer what it is."""
-    if (header := request.headers.get("if-match")) is not None:
-        tags = [t.strip() for t in header.split(",") if t.strip()]
+    if (tags := listed(request, "if-match")) is not None:
         if "*" in tags or (not etag.startswith("W/") and etag in tags):
             return None
         return error_response(412, f"If-Match: the current ETag is {etag}")
