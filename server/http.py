@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any, Literal
@@ -56,6 +56,8 @@ HEAD_ASKED = "soundscape.head_asked"
 # as the HEAD of the whole (a client asking a file's length with a leftover Range was told a part's).
 RANGE_HEADERS = (b"range", b"if-range")
 NO_STORE = "no-store"  # errors and live answers
+# asctime's HTTP-date (RFC 9110 5.6.7), "Sun Nov  6 08:49:37 1994": GMT, though it names no zone.
+ASCTIME = re.compile(r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} [0-9]{4}")
 
 
 class ErrorBody(BaseModel):
@@ -310,12 +312,15 @@ def not_modified(request: Request, etag: str, control: str) -> Response | None:
 
 
 def _http_date(value: str) -> datetime | None:
-    """An HTTP-date, or None for one that does not parse or names no zone (an HTTP-date is GMT):
-    RFC 9110 ignores such a condition."""
+    """An HTTP-date in any of its three forms (RFC 9110 5.6.7: a recipient must accept them all),
+    or None for one that does not parse or, but in asctime's form, names no zone (an HTTP-date is
+    GMT): RFC 9110 ignores such a condition. asctime's names none and is GMT; it was ignored."""
     try:
         date = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if date.tzinfo is None and ASCTIME.fullmatch(value):
+        return date.replace(tzinfo=UTC)
     return date if date.tzinfo is not None else None
 
 

@@ -4,6 +4,8 @@ gzip for JSON, a 4xx with a message for every bad request, metrics and OpenAPI."
 import gzip
 import inspect
 import io
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 import deflate
 import numpy as np
@@ -132,6 +134,26 @@ def test_a_condition_over_several_header_lines_is_one_list(client, path):
         if not etag.startswith("W/"):  # If-Match compares strongly: a weak tag never matches
             assert client.get(path, headers=[("If-Match", '"x"'), ("If-Match", etag)]).status_code == 200
         assert client.get(path, headers=[("If-Match", '"x"'), ("If-Match", '"y"')]).status_code == 412
+
+
+def http_dates(moment: datetime) -> list[str]:
+    """`moment` in the three forms of an HTTP-date (RFC 9110 5.6.7): IMF-fixdate, RFC 850, asctime."""
+    return [
+        moment.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        moment.strftime("%A, %d-%b-%y %H:%M:%S GMT"),
+        moment.strftime("%a %b ") + f"{moment.day:2d}" + moment.strftime(" %H:%M:%S %Y"),
+    ]
+
+
+def test_every_form_of_an_http_date_is_read(client):
+    """RFC 9110 5.6.7: a recipient must accept all three forms. asctime's, which names no zone
+    (it is GMT), was ignored: If-Modified-Since of the file's own date answered 200, and
+    If-Unmodified-Since of the day before 200."""
+    modified = parsedate_to_datetime(client.get("/static/viewer.js").headers["last-modified"])
+    for since in http_dates(modified):
+        assert client.get("/static/viewer.js", headers={"If-Modified-Since": since}).status_code == 304, since
+    for before in http_dates(modified - timedelta(days=1)):
+        assert client.get("/static/viewer.js", headers={"If-Unmodified-Since": before}).status_code == 412, before
 
 
 def test_live_answers_are_never_stored_nor_tagged(client):
