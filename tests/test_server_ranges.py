@@ -154,6 +154,17 @@ def test_what_is_not_one_range_of_this_answer_gets_the_whole_answer(client, head
     assert answer.status_code == 200 and answer.content == full.content
 
 
+@pytest.mark.parametrize("path", [f"{TILE}?q=birdsong&hour=6", "/static/viewer.js"])
+def test_a_range_of_another_unit_is_ignored(client, path):
+    """RFC 9110 14.2: a server ignores a Range of a unit it does not understand. The tiles did;
+    /static (Starlette's StaticFiles) answered `items=0-5` 400 "Only support bytes range"."""
+    full = client.get(path)
+    for header in ("items=0-5", "pages=1-2", "0-5"):
+        answer = client.get(path, headers={"range": header})
+        assert answer.status_code == 200 and answer.content == full.content, header
+    assert client.get(path, headers={"range": "bytes=0-5"}).content == full.content[:6], "bytes are still cut"
+
+
 def test_if_range_naming_the_tiles_etag_gets_the_range(client):
     full = whole(client)
     answer = client.get(TILE, params=QUERY, headers={"range": "bytes=0-9", "if-range": full.headers["etag"]})

@@ -12,9 +12,9 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
-from server.http import BINARY, conditional, errors, weighted
+from server.http import BINARY, RANGE_HEADERS, conditional, errors, weighted
 from server.params import TILE_SIZES, Integer, Scale, check_tile
 from server.routes.deps import ServiceDep
 from server.routes.meta import landing_page
@@ -39,11 +39,23 @@ class StaticAssets(StaticFiles):
     """`/static`: the viewer's and the docs' files under the page caching policy, tagged by
     Starlette's name of the file's version (its mtime and size), weak since GZip may encode them."""
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(bytes_ranges_only(scope), receive, send)
+
     def file_response(
         self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
     ) -> Response:
         response = FileResponse(full_path, status_code=status_code, stat_result=stat_result)
         return conditional(Request(scope), response, "page", "W/" + response.headers["etag"])
+
+
+def bytes_ranges_only(scope: Scope) -> Scope:
+    """`scope` without a Range of a unit other than bytes (and its If-Range): RFC 9110 14.2, a
+    server ignores a range unit it does not understand, and Starlette answered `items=0-5` 400."""
+    asked = next((value for name, value in scope.get("headers", []) if name == b"range"), None)
+    if asked is None or asked.partition(b"=")[0].strip().lower() == b"bytes":
+        return scope
+    return {**scope, "headers": [(name, value) for name, value in scope["headers"] if name not in RANGE_HEADERS]}
 
 
 def prefers_json(accept: str) -> bool:
