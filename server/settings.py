@@ -39,7 +39,9 @@ DELTA_SECONDS = frozenset({"max-age", "s-maxage", "max-stale", "min-fresh", "sta
 # case, an international name in punycode, no default port. Any other spelling
 # ("https://maps.example.org/", "https://A.example", "https://a.example:443", "https://*.example")
 # equals no Origin a browser sends, so CORS was off for it, silently.
-ORIGIN = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/?#\[\]@\s]+)(?::(?P<port>[0-9]{1,5}))?")
+ORIGIN = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/?#\[\]@\s]+)(?::(?P<port>[0-9]{1,5}))?"
+)
 HOST_LABEL = re.compile(r"[a-z0-9_-]+")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # A Host header's name as urls.host_name leaves it (no port): a name, `.example.org` for it and

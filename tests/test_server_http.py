@@ -199,7 +199,9 @@ def test_a_page_on_another_origin_reads_every_header_the_api_sets_for_clients(bu
             "method": limited.post(TILE, headers=origin),
         }
         answers["limited"] = next(
-            r for r in (limited.get(TILE, params={"q": "rain"}, headers=origin) for _ in range(30)) if r.status_code == 429
+            r
+            for r in (limited.get(TILE, params={"q": "rain"}, headers=origin) for _ in range(30))
+            if r.status_code == 429
         )
     statuses = {what: answer.status_code for what, answer in answers.items()}
     assert statuses == {"map": 200, "range": 206, "registered": 201, "method": 405, "limited": 429}

@@ -93,7 +93,11 @@ def test_direct_construction_reads_no_variable(env):
             "Cache-Control 'public, max-age=1day': max-age takes a whole number of seconds (max-age=86400), not '1day'",
         ),
         ("CACHE_CONTROL", "max-age=-1", "max-age takes a whole number of seconds (max-age=86400), not '-1'"),
-        ("CACHE_CONTROL", "public, s-maxage", "s-maxage takes a whole number of seconds (s-maxage=86400), and has none"),
+        (
+            "CACHE_CONTROL",
+            "public, s-maxage",
+            "s-maxage takes a whole number of seconds (s-maxage=86400), and has none",
+        ),
         ("CORS_ORIGINS", "https://maps.example.org/", "CORS origin 'https://maps.example.org/' is not an origin a"),
         ("CORS_ORIGINS", "maps.example.org", "CORS origin 'maps.example.org' is not an origin a browser sends"),
         # Spellings no browser sends as Origin: CORS was off for them, silently.
