@@ -11,7 +11,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import faiss
 import numpy as np
 from fastapi import Depends, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 from starlette.types import Receive, Scope, Send
 from threadpoolctl import threadpool_limits
@@ -20,7 +19,7 @@ from runtime.bundle import Bundle
 from server import maps
 from server.engine import LAYERS, QueryMetadata
 from server.fastpath import FrontDoor, Replays, TileFastPath
-from server.http import HttpPolicy, NegotiatedGZip, document_choices, errors, install_error_handlers
+from server.http import CorsPolicy, HttpPolicy, NegotiatedGZip, document_choices, errors, install_error_handlers
 from server.params import TMS_IDS, each_once, refuse_everything
 from server.ranges import ByteRanges
 from server.ratelimit import Limiter, Rate, RateLimit
@@ -31,7 +30,6 @@ from server.service import SoundscapeService
 from server.settings import Settings
 from server.urls import HostPolicy
 from store.reader import Store
-
 
 # What a page on another origin may read of an answer besides the CORS-safelisted headers
 # (Content-Type, Content-Length, Last-Modified, ...): every response header docs/api.md tells
@@ -162,7 +160,7 @@ def create_app(settings: Settings) -> SoundscapeApp:
     app.front_door = FrontDoor(settings.lru_bytes // 4, limiter)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            CorsPolicy,  # a refused preflight in a sentence
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "HEAD", "POST"],
             allow_headers=["*"],

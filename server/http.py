@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware, GZipResponder, IdentityResponder
 from starlette.requests import ClientDisconnect
@@ -613,6 +614,43 @@ class HttpPolicy:
             requests, latency = request_series(name, method, counted)
             requests.inc()
             latency.observe(time.perf_counter() - began)
+
+
+# What each of the refusals Starlette's CORS names ("Disallowed CORS origin, method") means, said
+# to the page's developer: what is not allowed, and how the server's operator allows it.
+CORS_REFUSALS = {
+    "origin": "the origin {origin} is not one of this server's CORS origins: its operator allows it by adding it "
+    "to SOUNDSCAPE_CORS_ORIGINS (serve --cors-origins)",
+    "method": "the method {method} is not one this server answers a page on another origin: {methods} only",
+    "headers": "the headers {headers} are not ones this server lets a page on another origin send",
+    "private-network": "this server does not let a page on a public address call it on a private one "
+    "(Access-Control-Request-Private-Network)",
+}
+CORS_REFUSED = "Disallowed CORS "  # Starlette's refusal, before the names of what it refused
+
+
+class CorsPolicy(CORSMiddleware):
+    """Starlette's CORS, but a refused preflight says what is not allowed, and how it would be,
+    in the one error shape: Starlette's plain-text "Disallowed CORS origin" named neither."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        answer = super().preflight_response(request_headers)
+        if answer.status_code != 400:
+            return answer
+        asked = {
+            "origin": shown(request_headers["origin"]),
+            "method": shown(request_headers["access-control-request-method"]),
+            "headers": shown(request_headers.get("access-control-request-headers", "")),
+            "methods": ", ".join(self.allow_methods),
+        }
+        refused = bytes(answer.body).decode().removeprefix(CORS_REFUSED).split(", ")
+        detail = "; ".join(
+            CORS_REFUSALS.get(each, f"the request's {each} is not allowed").format(**asked) for each in refused
+        )
+        headers = {
+            name: value for name, value in answer.headers.items() if name not in ("content-type", "content-length")
+        }
+        return error_response(400, detail, headers, MAX_DETAIL_CHARS)
 
 
 def weighted(header: str) -> Iterator[tuple[str, float]]:

@@ -253,14 +253,28 @@ def test_metrics_label_requests_by_route_template(client):
     assert requests_counted("/", "other", 405) == other + 1, "a method outside HTTP's set makes no new label"
 
 
-def test_an_error_that_is_not_json_yet_takes_the_one_shape(bundle_path, store_path):
-    """Starlette's CORS middleware refuses a preflight in plain text; the client sees the shape."""
-    client = make_client(bundle_path, store_path, cors_origins=("https://maps.example.org",))
+def test_an_error_that_is_not_json_yet_takes_the_one_shape(client):
+    """Starlette's StaticFiles refuses an inverted range in plain text; the client sees the shape."""
+    refused = client.get("/static/viewer.js", headers={"Range": "bytes=9-0"})
+    assert refused.status_code == 400 and "start must be less than end" in one_sentence(refused)
+
+
+def test_a_refused_cors_preflight_says_what_is_not_allowed_and_how_it_would_be(client, bundle_path, store_path):
+    """Starlette refused a preflight with "Disallowed CORS origin" (or "method"): the page's
+    developer was told neither which nor how the server's operator allows it."""
+    listed = make_client(bundle_path, store_path, cors_origins=("https://maps.example.org",))
     preflight = {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "GET"}
-    refused = client.options(TILE, headers=preflight)
-    assert refused.status_code == 400
-    assert "Disallowed CORS origin" in one_sentence(refused)
-    allowed = client.options(TILE, headers={**preflight, "Origin": "https://maps.example.org"})
+    refused = listed.options(TILE, headers=preflight)
+    assert refused.status_code == 400 and one_sentence(refused) == (
+        "the origin 'https://elsewhere.example' is not one of this server's CORS origins: its operator allows it "
+        "by adding it to SOUNDSCAPE_CORS_ORIGINS (serve --cors-origins)"
+    )
+    method = "the method 'DELETE' is not one this server answers a page on another origin: GET, HEAD, POST only"
+    deleting = {**preflight, "Access-Control-Request-Method": "DELETE"}
+    assert one_sentence(client.options(TILE, headers=deleting)) == method, "any origin (*), not that method"
+    both = one_sentence(listed.options(TILE, headers=deleting))
+    assert both.startswith("the origin 'https://elsewhere.example' is not one") and both.endswith(f"; {method}")
+    allowed = listed.options(TILE, headers={**preflight, "Origin": "https://maps.example.org"})
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://maps.example.org"
 
 
