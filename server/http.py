@@ -552,7 +552,7 @@ class HttpPolicy:
     - HEAD is served by the GET route with the body dropped (same status and headers), its
       Range ignored (RANGE_HEADERS);
     - errors are never cached (`Cache-Control: no-store` replaces whatever a route set), and
-      one that is not JSON yet (Starlette's plain-text CORS refusal) takes the one shape;
+      one that is not JSON yet (StaticFiles' plain-text refusal of a range) takes the one shape;
     - every request is counted per route template; a client that hung up before the answer
       is counted as 499 (nobody received what the app answered then), not as a 400 or 500."""
 

@@ -124,7 +124,7 @@ def browser_origin(origin: str) -> str | None:
             host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
         else:
             host = host.encode("idna").decode("ascii").lower()  # an international name in punycode
-    except (ValueError, UnicodeError):
+    except ValueError:  # UnicodeError too: an empty label, or one over 63 characters
         return None
     if not host.startswith("[") and not all(HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split(".")):
         return None
