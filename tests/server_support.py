@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -149,3 +149,27 @@ def live_server(
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+async def beside_stalled_uploads(
+    app, whole: bytes, first: int, count: int, then: Callable
+) -> tuple[list[httpx.Response], list]:
+    """`then(http)`'s answers while `count` uploads of `whole` have sent `first` bytes and stall
+    (through the ASGI app, on one event loop); then the stalled ones send the rest: their answers."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as http:
+        release = asyncio.Event()
+
+        async def stalled_body():
+            yield whole[:first]
+            await release.wait()
+            yield whole[first:]
+
+        stalled = [
+            asyncio.create_task(http.post("/queries", content=stalled_body(), headers={"Content-Type": "audio/wav"}))
+            for _ in range(count)
+        ]
+        await asyncio.sleep(0.3)
+        answers = await then(http)
+        release.set()
+        return [await task for task in stalled], answers

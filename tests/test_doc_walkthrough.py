@@ -110,7 +110,7 @@ def error_examples() -> dict[int, list[str]]:
     rows = {}
     for row in table.splitlines():
         status = int(row.split("|")[1])
-        rows[status] = re.findall(r"`([^`]+)`", row.rsplit("|", 2)[1])
+        rows.setdefault(status, []).extend(re.findall(r"`([^`]+)`", row.rsplit("|", 2)[1]))
     return rows
 
 
@@ -160,7 +160,12 @@ WORDED_IN = {
     "the server failed on this request; the error is logged": "server/http.py",
 }
 # Examples with a test of their own below.
-OWN_TEST = {503: "large fusions are running", 429: "too many requests", 507: "the query registry is full"}
+OWN_TEST = {
+    400: "CORS origins",
+    503: "large fusions are running",
+    429: "too many requests",
+    507: "the query registry is full",
+}
 
 
 def test_every_error_example_is_the_servers_sentence(client):
@@ -322,6 +327,16 @@ def test_the_uncertainty_scale_is_the_percentiles_the_docs_name(client, store_pa
     assert lo - step < scale["min"] <= lo and hi <= scale["max"] < hi + step
     ordinal = {1: "1st", 2: "2nd", 98: "98th", 99: "99th"}
     assert f"{ordinal[low]} to {ordinal[high]} percentile" in scale["method"], scale["method"]
+
+
+def test_the_cors_example_is_what_a_preflight_from_another_origin_gets(bundle_path, store_path):
+    example = next(e for e in error_examples()[400] if OWN_TEST[400] in e)
+    with make_client(bundle_path, store_path, cors_origins=("https://maps.example.org",)) as client:
+        refused = client.options(
+            "/tiles/1/0/0.png",
+            headers={"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "GET"},
+        )
+    assert refused.status_code == 400 and refused.json()["detail"] == example
 
 
 def test_a_full_registry_answers_507_as_written(bundle_path, store_path):

@@ -33,7 +33,7 @@ from server.ratelimit import Limiter, Rate, TokenBuckets, address_key, client_ke
 from server.settings import Settings
 from server.urls import host_allowed, host_name
 from tests.conftest import free_port
-from tests.server_support import REPO, concurrent_gets, live_server, make_client, serve_command
+from tests.server_support import REPO, beside_stalled_uploads, concurrent_gets, live_server, make_client, serve_command
 
 
 @pytest.fixture(scope="module")
@@ -724,35 +724,23 @@ def test_stalled_bodies_keep_no_upload_out_and_bodies_in_memory_are_bounded(bund
     limit_mb = 0.1  # 104,857 bytes an upload, 419,428 held at once
     with make_client(bundle_path, store_path, max_upload_mb=limit_mb) as client:
 
-        async def scenario(whole: bytes, first: int) -> tuple[list[int], httpx.Response, int]:
-            transport = httpx.ASGITransport(app=client.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as http:
-                release = asyncio.Event()
-
-                async def stalled_body():
-                    yield whole[:first]
-                    await release.wait()
-                    yield whole[first:]
-
-                stalled = [
-                    asyncio.create_task(
-                        http.post("/queries", content=stalled_body(), headers={"Content-Type": "audio/wav"})
-                    )
-                    for _ in range(MAX_UPLOADS + 2)
-                ]
-                await asyncio.sleep(0.5)
+        def scenario(whole: bytes, first: int) -> tuple[list[int], httpx.Response, int]:
+            async def then(http: httpx.AsyncClient) -> tuple[httpx.Response, int]:
                 extra = await http.post("/queries", content=whole, headers={"Content-Type": "audio/wav"})
-                text = await http.post("/queries", json={"text": "birdsong"})
-                release.set()
-                return [(await t).status_code for t in stalled], extra, text.status_code
+                return extra, (await http.post("/queries", json={"text": "birdsong"})).status_code
 
-        stalled, extra, text = asyncio.run(scenario(wav(16000, frames=20_000), first=40))  # 7 x 40 kB held at most
+            stalled, (extra, text) = asyncio.run(
+                beside_stalled_uploads(client.app, whole, first, MAX_UPLOADS + 2, then)
+            )
+            return [r.status_code for r in stalled], extra, text
+
+        stalled, extra, text = scenario(wav(16000, frames=20_000), first=40)  # 7 x 40 kB held at most
         assert extra.status_code == 201 and text == 201, "stalled bodies keep no upload out"
         assert stalled == [201] * (MAX_UPLOADS + 2), "finishing together, 4 decode at once and 2 wait their turn"
         assert client.app.state.service.upload_bodies.held == 0, "every body's bytes let go"
         # 4 of 6 stalled bodies hold 400 kB: the rest, and the next upload, are over the budget
         # until the bodies holding it may be cut (BODY_HOLD_S after they began).
-        stalled, extra, text = asyncio.run(scenario(wav(16000, frames=50_000), first=100_000))
+        stalled, extra, text = scenario(wav(16000, frames=50_000), first=100_000)
         assert extra.status_code == 503 and 1 <= int(extra.headers["retry-after"]) <= BODY_HOLD_S
         assert "uploads being received hold" in extra.json()["detail"] and text == 201
         assert stalled.count(201) == MAX_UPLOADS and stalled.count(503) == 2

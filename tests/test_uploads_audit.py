@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable
 
-import httpx
 import numpy as np
 import pytest
 import soundfile
 
 from runtime.audio import UNKNOWN_FRAMES, AudioDecodeError, decode_audio
 from server.service import BODY_HOLD_S
-from tests.server_support import make_client
+from tests.server_support import beside_stalled_uploads, make_client
 
 
 @pytest.fixture(scope="module")
@@ -164,30 +162,6 @@ def test_common_form_mistakes_are_told_what_they_are(client, request_args, says)
     assert answer.status_code == 422 and answer.json()["detail"].startswith(says), answer.text
     whole = client.post("/queries", content=TEXT_PART + b"--B--\r\n", headers=FORM)
     assert whole.status_code == 201 and whole.json()["text"] == "birdsong"
-
-
-async def beside_stalled_uploads(
-    app, whole: bytes, first: int, count: int, then: Callable
-) -> tuple[list[httpx.Response], list]:
-    """`then(http)`'s answers while `count` uploads of `whole` have sent `first` bytes and stall
-    (through the ASGI app, on one event loop); then the stalled ones send the rest: their answers."""
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as http:
-        release = asyncio.Event()
-
-        async def stalled_body():
-            yield whole[:first]
-            await release.wait()
-            yield whole[first:]
-
-        stalled = [
-            asyncio.create_task(http.post("/queries", content=stalled_body(), headers={"Content-Type": "audio/wav"}))
-            for _ in range(count)
-        ]
-        await asyncio.sleep(0.3)
-        answers = await then(http)
-        release.set()
-        return [await task for task in stalled], answers
 
 
 @pytest.fixture(scope="module")
