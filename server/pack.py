@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from runtime.arguments import levels_in
 from runtime.errors import UserError
+from runtime.files import lock_file, unlock_file
 from runtime.tiles import MERCATOR_LAT_LIMIT
 from server.engine import CELLS_PER_TILE_LOG2, GRID
 from server.params import MAX_ZOOM, parse_bbox
@@ -357,6 +358,31 @@ def pack(
         raise PackError(f"{out} is a folder, not a file")
     if not out.parent.is_dir():
         raise PackError(f"there is no folder {out.parent} to write {out.name} in")
+    lock = out.with_name(f".{out.name}.lock")
+    try:  # two packs of one OUT wrote one .partial at once: a traceback, or a half-made file
+        handle = lock_file(lock, wait=False)
+    except BlockingIOError:
+        raise PackError(
+            f"another pack is writing {out}; wait for it to finish (this command then resumes or refuses the "
+            "finished file), or give another path"
+        ) from None
+    try:
+        return _pack(app, query, out, zooms, box, max_tiles, overwrite, progress)
+    finally:
+        unlock_file(lock, handle)
+
+
+def _pack(
+    app: ASGIApp,
+    query: str,
+    out: Path,
+    zooms: list[int] | None,
+    box: tuple[float, float, float, float] | None,
+    max_tiles: int,
+    overwrite: bool,
+    progress: bool,
+) -> tuple[MapPlan, int]:
+    """`pack` under its lock."""
     if out.exists() and not overwrite:
         raise PackError(f"{out} exists: give another path, or --overwrite to replace it once the new file is complete")
     partial = out.with_name(out.name + ".partial")

@@ -8,8 +8,9 @@ server on the open internet needs and uvicorn does not have.
 - A head must arrive within `header_timeout_s` of the connection opening or the previous
   response ending, and a body within `body_timeout_s` of its head: a client that trickles bytes
   is answered 408 and closed (uvicorn's keep-alive timeout stops at the first byte); one that
-  sent nothing is closed without an answer. A client that stops reading an answer for
-  `body_timeout_s` (the socket's buffers full) is disconnected.
+  sent nothing is closed without an answer. A client that reads less than
+  MIN_PROGRESS_BYTES of an answer in `body_timeout_s` (the socket's buffers full) is
+  disconnected; one that keeps reading, however slowly, is not cut mid-body.
 - At most `max_connections` open connections per worker: more are answered 503 and closed
   within a second, so idle sockets cannot exhaust file descriptors. At most `max_pipelined`
   requests wait behind the one being answered on a connection (uvicorn queues every request of
@@ -35,6 +36,9 @@ from uvicorn.server import ServerState
 from server.settings import Count, CountOrZero, EnvSettings, Positive
 
 HEAD_END = b"\r\n\r\n"
+# What a client with a full send buffer must read each body_timeout_s to be kept: 64 KiB, about
+# 1 KiB/s at the default 60 s, far below any link that reads at all.
+MIN_PROGRESS_BYTES = 64 * 1024
 
 
 class ConnectionLimits(EnvSettings):
@@ -82,6 +86,7 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         self.refusal: tuple[int, str] | None = None
         self.over_capacity = False
         self.write_deadline: asyncio.TimerHandle | None = None
+        self.unsent = 0  # bytes queued for the client when its write deadline was armed
         self.answering: Any = None  # the request whose answer is being written
 
     # Connection and timers ------------------------------------------------------------------
@@ -99,14 +104,24 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
-        """The client reads slower than we write: it has `body_timeout_s` to catch up."""
+        """The client reads slower than we write: it is dropped once it reads less than
+        MIN_PROGRESS_BYTES in `body_timeout_s`."""
         super().pause_writing()
         if self.write_deadline is None:
-            self.write_deadline = self.loop.call_later(self.limits.body_timeout_s, self.on_write_deadline)
+            self.arm_write_deadline()
+
+    def arm_write_deadline(self) -> None:
+        self.unsent = self.transport.get_write_buffer_size()
+        self.write_deadline = self.loop.call_later(self.limits.body_timeout_s, self.on_write_deadline)
 
     def on_write_deadline(self) -> None:
+        """The transport resumes writing only once a whole answer written at once (a map) has
+        drained: a slow link that keeps reading it is given another period, not cut mid-body."""
         self.write_deadline = None
-        self.drop()
+        if self.unsent - self.transport.get_write_buffer_size() >= MIN_PROGRESS_BYTES:
+            self.arm_write_deadline()
+        else:
+            self.drop()
 
     def drop(self) -> None:
         """Close at once without an answer. Every request of the connection (the one answering

@@ -19,6 +19,7 @@ import pytest
 import rasterio
 from rasterio.windows import from_bounds
 
+from runtime.files import lock_file, unlock_file
 from server.pack import tile_ranges
 from server.routes.viewer import STATIC
 from tests.server_support import REPO, make_client, png_difference, tile_differences
@@ -205,6 +206,22 @@ def test_an_interrupted_pack_resumes_to_the_same_file(packed, bundle_path, store
     assert f"({gone} made by this run)" in done.stdout
     assert tiles_of(out) == tiles_of(whole), tile_differences(tiles_of(out), tiles_of(whole))
     assert not partial.exists()
+
+
+def test_a_second_pack_of_one_file_at_once_is_refused_in_a_sentence(bundle_path, store_path, tmp_path):
+    """Two packs of one OUT wrote one .partial at once: one died with sqlite3's traceback (a
+    GeoTIFF's with a bare errno), leaving .partial and .converting files of PMTiles behind."""
+    out = tmp_path / "map.pmtiles"
+    lock = tmp_path / ".map.pmtiles.lock"
+    held = lock_file(lock, wait=False)  # what the first pack holds while it writes
+    try:
+        done = pack(bundle_path, store_path, tmp_path, MAP, str(out), "--zooms", "0")
+    finally:
+        unlock_file(lock, held)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"another pack is writing {out}; wait for it to finish" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if "map" in p.name) == []
+    assert pack(bundle_path, store_path, tmp_path, MAP, str(out), "--zooms", "0").returncode == 0
 
 
 def test_webp_tiles_over_a_box_across_the_antimeridian(bundle_path, store_path, tmp_path, caplog):

@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import select
 import socket
 import subprocess
@@ -689,6 +690,24 @@ def test_a_client_that_stops_reading_is_disconnected(live):
             pass
     assert received < 4 * 1_700_000  # what the buffers held when it was dropped
     assert get(live) < 1.0
+
+
+def test_a_client_that_reads_a_large_answer_slowly_gets_all_of_it(live):
+    """A map sent in one write drains only as the client reads: the body timeout measured the
+    whole send, so a slow link that kept reading was cut mid-body once it passed (2 s here)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.connect(("127.0.0.1", live))
+        path = "/collections/heatmap/map?q=thunder&width=2048&height=2048&f=npy"
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        s.settimeout(10)
+        answer, start = b"", time.monotonic()
+        while chunk := s.recv(65536):
+            answer += chunk
+            time.sleep(0.02)  # about 3 MB/s: the 16.8 MB answer takes twice the body timeout
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
+    assert time.monotonic() - start > 2 and len(body) == length > 16_000_000
 
 
 def test_deep_pipelining_drops_the_connection(live):
