@@ -27,7 +27,7 @@ from server.render import colormap_names
 from server.routes import meta, queries, rest, tiles, viewer
 from server.routes.viewer import STATIC, StaticAssets
 from server.service import SoundscapeService
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 from server.urls import HostPolicy
 from store.reader import Store
 
@@ -112,6 +112,13 @@ def create_app(settings: Settings) -> SoundscapeApp:
     faiss.omp_set_num_threads(1)
     bundle = Bundle(settings.bundle, threads=settings.ort_threads, precision=settings.precision)
     store = Store(settings.store)
+    if settings.store_id is not None and store.id != settings.store_id:
+        # A worker restarted after `precompute --overwrite` replaced the store would answer from
+        # the new one while the others answer from the old: two maps under one server.
+        raise SettingsError(
+            f"the store at {settings.store} is now {store.id}, not the {settings.store_id} this server started "
+            "with (replaced since): restart the server to serve it"
+        )
     service = SoundscapeService(bundle, store, settings)
     warm_up(service)
     app = SoundscapeApp(

@@ -71,11 +71,13 @@ def serve(
     """Check the pair and the query registry, then run uvicorn; workers share the registry file
     and Redis."""
     loaded = Bundle(bundle, precision=precision)
-    Store(store).check_bundle(loaded.id)
+    opened = Store(store)
+    opened.check_bundle(loaded.id)
     check_port(host, port)
     examples = loaded.manifest.get("examples") or []
     os.environ["SOUNDSCAPE_BUNDLE"] = str(bundle)
     os.environ["SOUNDSCAPE_STORE"] = str(store)
+    os.environ["SOUNDSCAPE_STORE_ID"] = opened.id  # each worker, restarted too, serves this store or none
     os.environ["SOUNDSCAPE_PRECISION"] = precision
     if query_db:
         os.environ["SOUNDSCAPE_QUERY_DB"] = str(Path(query_db).resolve())

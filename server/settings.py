@@ -212,6 +212,11 @@ class Settings(EnvSettings):
 
     bundle: str = Field(description="the model bundle directory")
     store: str = Field(description="the embedding store directory")
+    store_id: str | None = Field(
+        None,
+        description="the store id the server started with (serve sets it): a worker that finds another store "
+        "at SOUNDSCAPE_STORE, replaced since, refuses to start rather than serve it beside the others",
+    )
     redis_url: MaybeText = Field(None, description="Redis for tiles and registered queries shared by workers")
     cache_ttl_s: Count = Field(86400, description="seconds a tile stays in Redis")
     # Registered queries (POST /queries) live in this SQLite file, and in Redis without a TTL.

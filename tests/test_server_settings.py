@@ -10,8 +10,9 @@ import pytest
 
 from server.protocol import ConnectionLimits
 from server.settings import MB, Settings, SettingsError, check_variable_names
+from store.reader import Store
 from tests.conftest import free_port
-from tests.server_support import REPO
+from tests.server_support import REPO, make_client
 
 
 @pytest.fixture
@@ -255,3 +256,12 @@ def test_help_names_every_setting(command):
             assert field.description, f"{variable} has no description"
             listed = f"  {variable}" in done.stdout and field.description in text
             assert listed or option in done.stdout or field.is_required(), f"{command} --help does not name {variable}"
+
+
+def test_a_worker_that_finds_another_store_than_the_server_started_with_refuses_it(bundle_path, store_path):
+    """A worker of several restarted after `precompute --overwrite` replaced the store served the
+    new store beside the others' old one: two maps, and ETags flipping, under one server."""
+    with pytest.raises(SettingsError, match="not the 0123456789abcdef this server started with"):
+        make_client(bundle_path, store_path, store_id="0123456789abcdef")
+    with make_client(bundle_path, store_path, store_id=Store(store_path).id) as same:
+        assert same.get("/healthz").json()["store"] == Store(store_path).id
