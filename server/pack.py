@@ -366,6 +366,10 @@ def pack(
             f"another pack is writing {out}; wait for it to finish (this command then resumes or refuses the "
             "finished file), or give another path"
         ) from None
+    except OSError as exc:  # a folder this user cannot write: said of the file it would write first
+        raise PackError(
+            f"cannot write the MBTiles file {out.with_name(out.name + '.partial')} ({exc.strerror})"
+        ) from None
     try:
         return _pack(app, query, out, zooms, box, max_tiles, overwrite, progress)
     finally:
