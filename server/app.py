@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -71,20 +69,12 @@ def request_cost(replays: Replays) -> Callable[[Scope], int]:
 
 
 def registry_lifespan(service: SoundscapeService) -> Callable[[SoundscapeApp], AbstractAsyncContextManager[None]]:
-    """The app's lifespan: with Redis, the query registry watches that Redis still holds its
-    records while the server runs; at the stop its file is closed, which folds its write-ahead
-    log back into it (a copy of the .sqlite file alone then holds every record)."""
+    """The app's lifespan: the query registry's while the server runs (QueryRegistry.serving)."""
 
     @asynccontextmanager
     async def lifespan(app: SoundscapeApp) -> AsyncIterator[None]:
-        registry = service.registry
-        watching = None if registry.client is None else asyncio.get_running_loop().create_task(registry.watch())
-        yield
-        if watching is not None:
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
-        registry.close()
+        async with service.registry.serving():
+            yield
 
     return lifespan
 

@@ -215,10 +215,12 @@ class TieredCache:
         data = codec.encode(value)
         if self.shared is not None:
             held = await self.shared.set_first(key, data, ttl_s)
-            if held is not None and held != data and decoded(key, held, codec) is None:
-                await self.shared.replace(key, data, ttl_s)
-            else:
-                data = data if held is None else held
+            if held is not None and held != data:
+                kept = decoded(key, held, codec)
+                if kept is not None:
+                    self.local.set_now(key, kept, len(held))
+                    return kept
+                await self.shared.replace(key, data, ttl_s)  # unreadable here: this server's value
         value = codec.decode(data)
         self.local.set_now(key, value, len(data))
         return value

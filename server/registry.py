@@ -20,7 +20,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
@@ -218,6 +218,21 @@ class QueryRegistry:
     def close(self) -> None:
         """Close the registry's file (at the server's stop)."""
         self.local.close()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """While a server runs: with Redis, `watch` that it still holds the records; at the stop
+        the file is closed, which folds its write-ahead log back into it (a copy of the .sqlite
+        file alone then holds every record)."""
+        watching = None if self.client is None else asyncio.get_running_loop().create_task(self.watch())
+        try:
+            yield
+        finally:
+            if watching is not None:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
+            self.close()
 
     async def unshared(self) -> int:
         """Records Redis does not hold yet: other replicas cannot resolve them until it does."""
