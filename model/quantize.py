@@ -8,9 +8,18 @@ two servers, or under load. Here each token's activations (a row over the produc
 their own scale, so a text's embedding is the same in any batch, and nearer fp32 (each token's range
 is its own, not the batch's widest).
 
-Per product: weights symmetric int8, one scale per output column; activations u8 = round(x / s) +
-128 with s = max |x| / 127 over the token's row (halves rounded up); the int32 products become floats through
-onnxruntime's MatMulIntegerToFloat (the weights' scales), then times each token's s.
+Per product: weights symmetric in 7 bits (-63..63) held as int8, one scale per output column;
+activations u8 = round(x / s) + 128 with s = max |x| / 127 over the token's row (halves rounded
+up); the int32 products become floats through onnxruntime's MatMulIntegerToFloat (the weights'
+scales), then times each token's s.
+
+Why 7 bits: on x86 CPUs without VNNI (AVX2 alone, as many AMD EPYC and older Xeons), onnxruntime's
+u8 x s8 kernel adds each pair of products in int16 (VPMADDUBSW), which saturates once
+a1 w1 + a2 w2 passes 32767; with u8 around 128 and weights to 127 it did (a one-product test graph
+off by up to 117 where VNNI CPUs were exact), so one bundle embedded a text differently by CPU.
+With |w| <= 63 a pair is at most 2 x 255 x 63 = 32130: exact on every CPU, and as near fp32 over
+the demo model's 67 texts (least cosine 0.9957, median 0.9991, against 0.9959 and 0.9989 for
+8-bit weights on such a CPU; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 PREFIX = "per_token_int8"
+WEIGHT_LEVELS = 63  # the largest |int8 weight|: no pair of u8 x s8 products passes int16 (above)
 ZERO_POINT = 128  # activations as uint8 around 128: onnxruntime's fast u8 x s8 products
 EPSILON = 1e-12  # the scale of a token whose row is all zeros (its products are 0 anyway)
 CONSTANTS: dict[str, np.ndarray] = {
@@ -74,9 +84,10 @@ def quantize_per_token(src: Path, dst: Path) -> int:
 
 
 def int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 weight, float32 scale per output column): symmetric, the column's largest |w| at 127."""
-    scale = np.maximum(np.abs(weight).max(axis=0) / 127, EPSILON).astype(np.float32)
-    return np.clip(np.round(weight / scale), -127, 127).astype(np.int8), scale
+    """(int8 weight, float32 scale per output column): symmetric, the column's largest |w| at
+    WEIGHT_LEVELS."""
+    scale = np.maximum(np.abs(weight).max(axis=0) / WEIGHT_LEVELS, EPSILON).astype(np.float32)
+    return np.clip(np.round(weight / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8), scale
 
 
 def _token_quantizer(x: str, name: str, opset: int) -> tuple[str, str, list[onnx.NodeProto]]:

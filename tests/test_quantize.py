@@ -60,10 +60,31 @@ def test_products_are_per_token_int8_and_a_row_ignores_its_neighbours(tmp_path, 
     np.testing.assert_allclose(alone[0, 0], y1[2, 0], rtol=0, atol=1e-4)  # rows beside it: no effect
 
 
-def test_weights_are_symmetric_int8_per_column():
+def test_weights_are_symmetric_7_bit_per_column():
     w = np.array([[1.0, -0.5], [-2.0, 0.25], [0.0, 0.0]], np.float32)
     q, scale = int8_columns(w)
     assert q.dtype == np.int8 and scale.dtype == np.float32
-    np.testing.assert_allclose(scale, [2 / 127, 0.5 / 127])
-    assert q[1, 0] == -127 and q[0, 1] == -127 and q[2].tolist() == [0, 0]
+    np.testing.assert_allclose(scale, [2 / 63, 0.5 / 63])
+    assert q[1, 0] == -63 and q[0, 1] == -63 and q[2].tolist() == [0, 0]
     np.testing.assert_allclose(q * scale, w, atol=scale.max() / 2)
+
+
+def test_products_that_would_pass_int16_in_pairs_are_exact_on_this_cpu(tmp_path):
+    """Every activation at its largest (u8 255) against weights at their largest, all of one sign:
+    the worst case for a CPU without VNNI, whose u8 x s8 kernel adds pairs of products in int16.
+    With 8-bit weights (2 x 255 x 127 = 64770) such a CPU saturated and this was off by far."""
+    w = np.full((K, 1), 3.0, np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "product",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "f.onnx"))
+    quantize_per_token(tmp_path / "f.onnx", tmp_path / "q.onnx")
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    x = np.array([np.ones(K), -np.ones(K), np.linspace(-1, 1, K)], np.float32)
+    (y,) = session.run(None, {"x": x})
+    np.testing.assert_allclose(y, reference(x, w), rtol=1e-6)
+    np.testing.assert_allclose(y[:2, 0], [3.0 * K, -3.0 * K], rtol=1e-6)
