@@ -12,9 +12,16 @@ server on the open internet needs and uvicorn does not have.
   MIN_PROGRESS_BYTES of an answer in `body_timeout_s` (the socket's buffers full) is
   disconnected; one that keeps reading, however slowly, is not cut mid-body.
 - At most `max_connections` open connections per worker: more are answered 503 and closed
-  within a second, so idle sockets cannot exhaust file descriptors. At most `max_pipelined`
+  within a second, so idle sockets cannot exhaust file descriptors; and at most
+  `max_connections_per_address` of them from one address (an IPv6 client's /64; a trusted proxy's
+  are not counted, its clients are behind it), so one client holding idle sockets cannot keep
+  every other out. At most `max_pipelined`
   requests wait behind the one being answered on a connection (uvicorn queues every request of
   a read: 100,000 pipelined requests grew it by 110 MB); a connection with more is dropped.
+- At most `max_unsent_mb` of answers held per worker for clients whose buffers are full (an
+  answer is written whole, so a 2048 px map waits in memory until its client reads it: 64 clients
+  asking for one each and reading nothing took a worker from 310 MB to 2 GB). Past it the
+  clients that have read nothing for longest are dropped, never the answer just written.
 
 Limits come from SOUNDSCAPE_* variables (`ConnectionLimits.from_env`, a model like
 server/settings.Settings), since uvicorn builds the protocol itself in every worker; `soundscape
@@ -24,7 +31,9 @@ serve` checks them before starting; docs/reliability.md lists them.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+from collections import Counter
 from functools import lru_cache
 from typing import Any
 
@@ -33,6 +42,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from server.ratelimit import address_key
 from server.settings import Count, CountOrZero, EnvSettings, Positive
 
 HEAD_END = b"\r\n\r\n"
@@ -51,6 +61,12 @@ class ConnectionLimits(EnvSettings):
         60.0, description="seconds a body may take to arrive (then 408) or a full send buffer may stall (then dropped)"
     )
     max_connections: Count = Field(1024, description="open connections per worker; more are answered 503")
+    max_connections_per_address: Count = Field(
+        64, description="open connections per worker from one address (IPv6: /64), trusted proxies apart; more: 503"
+    )
+    max_unsent_mb: Positive = Field(
+        256.0, description="MB of answers a worker holds for clients not reading them; past it the stalest are dropped"
+    )
     max_pipelined: CountOrZero = Field(
         32, description="requests waiting on one connection; more drop it (0: no pipelining)"
     )
@@ -59,6 +75,36 @@ class ConnectionLimits(EnvSettings):
 @lru_cache(maxsize=1)
 def process_limits() -> ConnectionLimits:
     return ConnectionLimits.from_env()
+
+
+@lru_cache(maxsize=1)
+def trusted_networks(config: Config) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    """The proxies serve trusts (`--trusted-proxies`, checked there), whose connections carry many
+    clients; None when it trusts any address."""
+    if not config.proxy_headers:
+        return ()
+    names = config.forwarded_allow_ips
+    names = [n.strip() for n in names.split(",")] if isinstance(names, str) else names
+    if "*" in names:
+        return None
+    return tuple(ipaddress.ip_network(n, strict=False) for n in names if n)
+
+
+def is_trusted(config: Config, host: str) -> bool:
+    networks = trusted_networks(config)
+    if networks is None:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+# Per worker (one server a process): open connections by address, and the connections whose
+# answers wait in memory for their client (the transport paused its writing).
+ADDRESSES: Counter[str] = Counter()
+STALLED: set[HardenedHttpProtocol] = set()
 
 
 class _Refused(Exception):
@@ -84,31 +130,74 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         self.line_end: int | None = None  # where in the head the request line ends, once read
         self.deadline: asyncio.TimerHandle | None = None
         self.refusal: tuple[int, str] | None = None
-        self.over_capacity = False
+        self.over_capacity: str | None = None  # the 503's sentence when the connection is over a cap
         self.write_deadline: asyncio.TimerHandle | None = None
         self.unsent = 0  # bytes queued for the client when its write deadline was armed
         self.answering: Any = None  # the request whose answer is being written
+        self.address: str | None = None  # counted against max_connections_per_address
+        self.read_mark = (0, 0.0)  # (bytes queued, when) the client last read MIN_PROGRESS_BYTES
 
     # Connection and timers ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # Over the cap the 503 waits for the request (at most a second), so that it is read
+        if self.client is not None and not is_trusted(self.config, self.client[0]):
+            self.address = address_key(self.client[0])
+            ADDRESSES[self.address] += 1
+        # Over a cap the 503 waits for the request (at most a second), so that it is read
         # rather than lost in a reset: a socket closed before the request arrives resets it.
-        self.over_capacity = len(self.connections) > self.limits.max_connections
+        self.over_capacity = self.capacity_refusal()
         self.arm(min(1.0, self.limits.header_timeout_s) if self.over_capacity else self.limits.header_timeout_s)
+
+    def capacity_refusal(self) -> str | None:
+        if len(self.connections) > self.limits.max_connections:
+            return f"the server holds its limit of {self.limits.max_connections} connections; retry later"
+        if self.address is not None and ADDRESSES[self.address] > self.limits.max_connections_per_address:
+            limit = self.limits.max_connections_per_address
+            return f"your address holds the server's limit of {limit} connections from one address; retry later"
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
         if self.write_deadline is not None:
             self.write_deadline.cancel()
+        STALLED.discard(self)
+        if self.address is not None:
+            ADDRESSES[self.address] -= 1
+            if not ADDRESSES[self.address]:
+                del ADDRESSES[self.address]
+            self.address = None
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
         """The client reads slower than we write: it is dropped once it reads less than
-        MIN_PROGRESS_BYTES in `body_timeout_s`."""
+        MIN_PROGRESS_BYTES in `body_timeout_s`, or sooner when the answers waiting for their
+        clients pass `max_unsent_mb`."""
         super().pause_writing()
         if self.write_deadline is None:
             self.arm_write_deadline()
+        if self not in STALLED:
+            STALLED.add(self)
+            self.read_mark = (self.transport.get_write_buffer_size(), self.loop.time())
+            self.keep_unsent_within_budget()
+
+    def keep_unsent_within_budget(self) -> None:
+        """Drop the stalled clients that have read nothing for longest until the answers waiting
+        fit the budget; never this one, whose answer was just written: a client reading a large
+        answer at all keeps it, and one that reads nothing is dropped by the next to stall."""
+        budget = self.limits.max_unsent_mb * 2**20
+        held = {p: p.transport.get_write_buffer_size() for p in STALLED}
+        total = sum(held.values())
+        if total <= budget:
+            return
+        now = self.loop.time()
+        for p, size in held.items():
+            if p.read_mark[0] - size >= MIN_PROGRESS_BYTES:
+                p.read_mark = (size, now)
+        for p in sorted(STALLED - {self}, key=lambda p: p.read_mark[1]):
+            if total <= budget:
+                break
+            total -= held[p]
+            p.drop()
 
     def arm_write_deadline(self) -> None:
         self.unsent = self.transport.get_write_buffer_size()
@@ -127,6 +216,7 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         """Close at once without an answer. Every request of the connection (the one answering
         may precede pipelined ones) is disconnected first, so the app's next send returns
         instead of writing to a dead socket."""
+        STALLED.discard(self)
         for cycle in (self.answering, self.cycle, *(c for c, _ in self.pipeline)):
             if cycle is not None:
                 cycle.disconnected = True
@@ -138,6 +228,7 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def resume_writing(self) -> None:
+        STALLED.discard(self)
         if self.write_deadline is not None:
             self.write_deadline.cancel()
             self.write_deadline = None
@@ -188,7 +279,7 @@ class HardenedHttpProtocol(HttpToolsProtocol):
     # Reading ------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self.over_capacity:
-            self.refuse(503, f"the server holds its limit of {self.limits.max_connections} connections; retry later")
+            self.refuse(503, self.over_capacity)
             return
         if self.reading_head and not self.head_fits(data):
             limit = self.limits.max_header_bytes

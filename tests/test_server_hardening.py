@@ -732,6 +732,92 @@ def test_deep_pipelining_drops_the_connection(live):
     assert answers.count(b"HTTP/1.1 200") == 5
 
 
+CROWD_ENV = {
+    "SOUNDSCAPE_MAX_CONNECTIONS_PER_ADDRESS": "3",
+    "SOUNDSCAPE_MAX_UNSENT_MB": "20",
+    "SOUNDSCAPE_TRUSTED_PROXIES": "127.0.0.3",
+}
+BIG_MAP = "/collections/heatmap/map?q={q}&width=2048&height=2048&f=npy"  # 16.8 MB, written at once
+
+
+@pytest.fixture(scope="module")
+def crowded(bundle_path, store_path):
+    with live_server(bundle_path, store_path, env=CROWD_ENV) as base:
+        yield int(base.rsplit(":", 1)[1])
+
+
+def connect(port: int, source: str, rcvbuf: int | None = None) -> socket.socket:
+    s = socket.socket()
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    s.settimeout(20)
+    return s
+
+
+def read_all(s: socket.socket) -> bytes:
+    answer = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := s.recv(1 << 20):
+            answer += chunk
+    return answer
+
+
+def healthz_from(port: int, source: str) -> bytes:
+    with connect(port, source) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return read_all(s)
+
+
+def test_one_address_holding_its_connections_keeps_no_one_else_out(crowded):
+    """Three idle sockets from one address (the cap here) get its fourth a 503 in a sentence,
+    while another address, and a trusted proxy past the cap (its clients are behind it), are served."""
+    held = [connect(crowded, "127.0.0.1") for _ in range(3)]
+    proxied = [connect(crowded, "127.0.0.3") for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        refused = healthz_from(crowded, "127.0.0.1")
+        assert status_of(refused) == 503 and b"retry-after: 1" in refused.lower()
+        assert detail_of(refused) == (
+            "your address holds the server's limit of 3 connections from one address; retry later"
+        )
+        assert status_of(healthz_from(crowded, "127.0.0.2")) == 200
+        assert status_of(healthz_from(crowded, "127.0.0.3")) == 200
+    finally:
+        for s in held + proxied:
+            s.close()
+    time.sleep(0.2)
+    assert status_of(healthz_from(crowded, "127.0.0.1")) == 200  # closed sockets count no more
+
+
+def test_answers_nobody_reads_are_bounded_and_the_stalest_client_is_dropped(crowded):
+    """Two 16.8 MB maps whose clients read nothing pass the 20 MB held for such clients: the
+    client that stalled first is dropped then, long before the body timeout (60 s), and the
+    other still gets its whole answer when it reads."""
+    first = connect(crowded, "127.0.0.1", rcvbuf=4096)
+    second = connect(crowded, "127.0.0.2", rcvbuf=4096)
+    try:
+        first.sendall(f"GET {BIG_MAP.format(q='thunder')} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert select.select([first], [], [], 30)[0]  # its answer is being written
+        time.sleep(0.2)
+        start = time.monotonic()
+        second.sendall(
+            f"GET {BIG_MAP.format(q='rain')} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        assert select.select([second], [], [], 30)[0]
+        time.sleep(0.5)
+        dropped = read_all(first)
+        assert time.monotonic() - start < 30 and 0 < len(dropped) < 16_000_000
+        answer = read_all(second)
+    finally:
+        first.close()
+        second.close()
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert status_of(answer) == 200 and len(body) == int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+    assert len(body) > 16_000_000
+
+
 def test_stalled_bodies_keep_no_upload_out_and_bodies_in_memory_are_bounded(bundle_path, store_path):
     """Bodies that send their first bytes and stall hold only those bytes, not one of the
     MAX_UPLOADS decoding places: another upload goes through at once, as does a text, and when
