@@ -390,26 +390,29 @@ def geotiff_crs(crs: str) -> str:
 async def draw(service: SoundscapeService, asked: MapRequest, plan: Plan, tile: TileRequest, text: str | None) -> bytes:
     """The map in its format: the value tiles of `tile`'s parameters that `plan` reads (through
     the tile cache, as the tile route renders them), sampled, then coloured as the PNG tiles are
-    or kept as values."""
+    or kept as values. Its tiles, their mosaic and the map are its memory: the maps drawing at
+    once in a worker hold a bounded number of tiles (`service.map_tiles`)."""
     scale = None if asked.fmt in render.VALUE_FORMATS else await service.tile_scale(tile, text)
     places = sorted(plan.tiles())
-    # Rendered side by side, as a browser's connections would ask them (a first refusal, a 503,
-    # reaches the client as itself; the tiles still drawing end in the cache).
-    bodies = await asyncio.gather(
-        *(service.tile(replace(tile, z=plan.zoom, x=x, y=y, fmt="npy"), text) for x, y in places)
-    )
-    tiles = {place: np.load(io.BytesIO(body), allow_pickle=False) for place, body in zip(places, bodies, strict=True)}
 
-    def encode() -> bytes:
-        values = plan.values(tiles)
-        if asked.fmt == "tif":
-            return render.encode_geotiff(values, geotiff_crs(asked.crs), asked.placed, tile.layer)
-        if asked.fmt == "npy":
-            return render.encode_npy(values)
-        assert scale is not None  # worked out for every picture format
-        return ENCODERS[asked.fmt](values, scale.lo, scale.hi, tile.colormap)
+    async with service.map_tiles.take(len(places) * (plan.size // 256) ** 2):
+        # Rendered side by side, as a browser's connections would ask them (a first refusal, a
+        # 503, reaches the client as itself; the tiles still drawing end in the cache).
+        bodies = await asyncio.gather(
+            *(service.tile(replace(tile, z=plan.zoom, x=x, y=y, fmt="npy"), text) for x, y in places)
+        )
+        tiles = {p: np.load(io.BytesIO(body), allow_pickle=False) for p, body in zip(places, bodies, strict=True)}
 
-    return await service.run(encode)
+        def encode() -> bytes:
+            values = plan.values(tiles)
+            if asked.fmt == "tif":
+                return render.encode_geotiff(values, geotiff_crs(asked.crs), asked.placed, tile.layer)
+            if asked.fmt == "npy":
+                return render.encode_npy(values)
+            assert scale is not None  # worked out for every picture format
+            return ENCODERS[asked.fmt](values, scale.lo, scale.hi, tile.colormap)
+
+        return await service.run(encode)
 
 
 CRS84_MATRICES = MATRIX_SETS[CRS84_GRID]

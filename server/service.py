@@ -8,7 +8,7 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
@@ -69,6 +69,14 @@ JSON_BODIES_BYTES = 8 * 1024 * 1024
 # needs them (BodyBudget): 10 MB in 10 s is 8 Mbit/s. A client that sends most of a body and then
 # stalls held them until the body timeout (60 s); now it must send a new body every 10 s.
 BODY_HOLD_S = 10.0
+# Maps (server/maps.py) hold their value tiles, a mosaic of them and the map until it is encoded:
+# about 85 MB for a 2048 px .npy map of 100 tiles. At most this many tiles' worth (256 px tiles;
+# a 512 px tile counts 4) are held by the maps drawing at once per worker, two of the largest, and
+# maps of as many again eight times over wait their turn; more are refused with 503. 64 such maps
+# asked at once, each holding its tiles while it waited for the compute threads, took a worker
+# from 310 MB to over 2 GB.
+MAP_TILES_AT_ONCE = 200
+MAP_TILES_WAITING = 1600
 # New texts per text graph run (server.batching): the demo's MiniLM costs 3.2 ms a text in a
 # batch of 8, 3.3 in 16, 6.4 alone; a batch pads to its longest text (at most max_length tokens).
 TEXT_BATCH = 8
@@ -209,6 +217,64 @@ class Places:
             self.queued -= cost
 
 
+class Budget:
+    """At most `capacity` units of costly work at once (a map's tiles: their memory), first come
+    first served; more wait their turn while the work waiting costs at most `waiting`, and past
+    that are refused at once with 503 and Retry-After. A job over the capacity runs alone."""
+
+    def __init__(self, capacity: int, waiting: int, what: str, unit: str):
+        self.capacity, self.waiting, self.what, self.unit = capacity, waiting, what, unit
+        self.used = 0  # the cost of the jobs running
+        self.queue: deque[tuple[int, anyio.Event]] = deque()  # jobs waiting, in order, and their cost
+
+    @property
+    def queued(self) -> int:
+        return sum(cost for cost, _ in self.queue)
+
+    @asynccontextmanager
+    async def take(self, cost: int) -> AsyncIterator[None]:
+        cost = min(cost, self.capacity)
+        if self.queue or self.used + cost > self.capacity:
+            await self._wait(cost)
+        else:
+            self.used += cost
+        try:
+            yield
+        finally:
+            self._release(cost)
+
+    async def _wait(self, cost: int) -> None:
+        if self.queue and self.queued + cost > self.waiting:
+            raise QueryError(
+                503,
+                f"{self.what} of {self.used} {self.unit} are running and {self.queued} {self.unit} wait "
+                f"(at most {self.waiting}); retry in {FUSION_RETRY_AFTER_S} s",
+                FUSION_RETRY_AFTER_S,
+            )
+        entry = (cost, anyio.Event())
+        self.queue.append(entry)
+        try:
+            await entry[1].wait()
+        except BaseException:
+            if entry in self.queue:  # cancelled while waiting: those behind it may fit now
+                self.queue.remove(entry)
+                self._admit()
+            else:  # cancelled as its turn came: its cost was taken for it
+                self._release(cost)
+            raise
+
+    def _release(self, cost: int) -> None:
+        self.used -= cost
+        self._admit()
+
+    def _admit(self) -> None:
+        """Start the jobs at the head of the queue that fit, in order."""
+        while self.queue and (not self.used or self.used + self.queue[0][0] <= self.capacity):
+            cost, event = self.queue.popleft()
+            self.used += cost
+            event.set()
+
+
 @dataclass(eq=False)
 class Body:
     """One request body in a BodyBudget, from its first byte until its request is answered: the
@@ -328,6 +394,7 @@ class SoundscapeService:
         self.fusion_limiter = anyio.CapacityLimiter(max(1, settings.full_fusions * settings.fusion_threads))
         self.upload_limiter = anyio.CapacityLimiter(2)
         self.decodes = Places(MAX_UPLOADS, "decodes of uploads")
+        self.map_tiles = Budget(MAP_TILES_AT_ONCE, MAP_TILES_WAITING, "maps", "tiles")
         self.upload_bodies = BodyBudget(MAX_UPLOADS * settings.max_upload_bytes, "uploads")
         self.json_bodies = BodyBudget(JSON_BODIES_BYTES, "JSON bodies")
         self.ids = {"bundle": bundle.id, "store": store.id}

@@ -29,8 +29,9 @@ from runtime.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
 from server import maps
 from server.cache import RedisCache
 from server.commands import redis_note, workers_note
-from server.queries import MAX_DECODED_SAMPLES
+from server.queries import MAX_DECODED_SAMPLES, QueryError
 from server.ratelimit import Limiter, Rate, TokenBuckets, address_key, client_key
+from server.service import Budget
 from server.settings import Settings
 from server.urls import host_allowed, host_name
 from tests.conftest import free_port
@@ -494,6 +495,82 @@ def test_the_fusion_queue_counts_cells_not_searches(bundle_path, store_path):
         slowed_fusions(client.app.state.service, 0.2)
         answers = searches_at_once(client.app, [f"/search?q=forest&hour={h}&month=3&level=5" for h in range(5)])
     assert [r.status_code for r in answers] == [200] * 5, [r.text for r in answers]
+
+
+def test_work_over_the_budget_waits_in_order_and_past_the_waiting_room_is_refused():
+    """Budget: B (6) waits for A (6) in a budget of 10; C (2) would fit beside A but waits behind
+    B (first come, first served) and starts with it; D finds 8 waiting, the most, and gets 503."""
+    budget = Budget(10, 8, "maps", "tiles")
+    started: list[str] = []
+
+    async def job(name: str, cost: int, hold: float) -> None:
+        async with budget.take(cost):
+            started.append(name)
+            await asyncio.sleep(hold)
+
+    async def scenario() -> str:
+        a = asyncio.create_task(job("A", 6, 0.2))
+        await asyncio.sleep(0.01)
+        b, c = asyncio.create_task(job("B", 6, 0.1)), asyncio.create_task(job("C", 2, 0.1))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueryError) as refused:
+            await job("D", 1, 0)
+        await asyncio.gather(a, b, c)
+        return str(refused.value)
+
+    said = asyncio.run(scenario())
+    assert started == ["A", "B", "C"]
+    assert said == "maps of 6 tiles are running and 8 tiles wait (at most 8); retry in 5 s"
+    assert budget.used == 0 and not budget.queue
+
+
+def test_work_cancelled_while_it_waits_lets_the_work_behind_it_start():
+    """E (the whole budget) waits for H; G, behind E, fits beside H: when E's client goes, G
+    starts at once rather than when H ends."""
+    budget = Budget(10, 20, "maps", "tiles")
+    started: list[str] = []
+
+    async def job(name: str, cost: int, hold: float) -> None:
+        async with budget.take(cost):
+            started.append(name)
+            await asyncio.sleep(hold)
+
+    async def scenario() -> None:
+        h = asyncio.create_task(job("H", 5, 0.3))
+        await asyncio.sleep(0.01)
+        e, g = asyncio.create_task(job("E", 10, 0)), asyncio.create_task(job("G", 1, 0))
+        await asyncio.sleep(0.01)
+        e.cancel()
+        await asyncio.sleep(0.01)
+        assert started == ["H", "G"] and not h.done()
+        await asyncio.gather(h, g, e, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert budget.used == 0 and not budget.queue
+
+
+def test_maps_past_the_tiles_a_worker_holds_for_them_get_503(client):
+    """Each map costs its tiles; with room for one at once and one waiting, two more asked at the
+    same moment are refused at once with Retry-After rather than holding their tiles."""
+    service = client.app.state.service
+    kept, real_tile = service.map_tiles, service.tile
+
+    async def slow_tile(*args):
+        await asyncio.sleep(0.3)
+        return await real_tile(*args)
+
+    service.map_tiles, service.tile = Budget(1, 1, "maps", "tiles"), slow_tile
+    try:
+        paths = [
+            f"/collections/heatmap/map?q={q}&width=1024&height=1024&f=npy" for q in ("rain", "sea", "wind", "birds")
+        ]
+        answers = searches_at_once(client.app, paths)
+    finally:
+        service.map_tiles, service.tile = kept, real_tile
+    assert sorted(r.status_code for r in answers) == [200, 200, 503, 503]
+    refused = next(r for r in answers if r.status_code == 503)
+    assert refused.headers["retry-after"] == "5"
+    assert refused.json()["detail"] == "maps of 1 tiles are running and 1 tiles wait (at most 1); retry in 5 s"
 
 
 # A real uvicorn: header size, timeouts, connection cap -----------------------------------------------
