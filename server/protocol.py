@@ -12,10 +12,12 @@ server on the open internet needs and uvicorn does not have.
   MIN_PROGRESS_BYTES of an answer in `body_timeout_s` (the socket's buffers full) is
   disconnected; one that keeps reading, however slowly, is not cut mid-body.
 - At most `max_connections` open connections per worker: more are answered 503 and closed
-  within a second, so idle sockets cannot exhaust file descriptors; and at most
-  `max_connections_per_address` of them from one address (an IPv6 client's /64; a trusted proxy's
-  are not counted, its clients are behind it), so one client holding idle sockets cannot keep
-  every other out. At most `max_pipelined`
+  within a second, so idle sockets cannot exhaust file descriptors; and once a worker holds more
+  than half that, an address holding more than `max_connections_per_address` (an IPv6 client's
+  /64; a trusted proxy's are not counted, its clients are behind it) is refused too, so one client
+  holding idle sockets cannot keep every other out, while a server that sees every client through
+  one address (a proxy it does not trust, a container's port forwarding) still takes half its cap
+  from it. At most `max_pipelined`
   requests wait behind the one being answered on a connection (uvicorn queues every request of
   a read: 100,000 pipelined requests grew it by 110 MB); a connection with more is dropped.
 - At most `max_unsent_mb` of answers held per worker for clients whose buffers are full (an
@@ -62,7 +64,9 @@ class ConnectionLimits(EnvSettings):
     )
     max_connections: Count = Field(1024, description="open connections per worker; more are answered 503")
     max_connections_per_address: Count = Field(
-        64, description="open connections per worker from one address (IPv6: /64), trusted proxies apart; more: 503"
+        64,
+        description="open connections per worker from one address (IPv6: /64), trusted proxies apart, once the "
+        "worker holds half max_connections; more: 503",
     )
     max_unsent_mb: Positive = Field(
         256.0, description="MB of answers a worker holds for clients not reading them; past it the stalest are dropped"
@@ -151,7 +155,8 @@ class HardenedHttpProtocol(HttpToolsProtocol):
     def capacity_refusal(self) -> str | None:
         if len(self.connections) > self.limits.max_connections:
             return f"the server holds its limit of {self.limits.max_connections} connections; retry later"
-        if self.address is not None and ADDRESSES[self.address] > self.limits.max_connections_per_address:
+        crowded = len(self.connections) > self.limits.max_connections // 2
+        if crowded and self.address is not None and ADDRESSES[self.address] > self.limits.max_connections_per_address:
             limit = self.limits.max_connections_per_address
             return f"your address holds the server's limit of {limit} connections from one address; retry later"
         return None
