@@ -65,7 +65,7 @@ def bundle_path(data: Path, weights: Path) -> Path:
     bundle_from_trained_parts(
         weights,
         path,
-        int8=True,  # `soundscape serve --precision int8`: new text queries at less than half the CPU
+        int8=True,  # `soundscape serve --precision int8`: new text queries at 0.4-0.6 of the CPU
         examples=DEMO_EXAMPLES,
         source_descriptions={s.name: s.recordist for s in SOURCES},
         provenance={"export_code_sha256": export_code_sha256()},

@@ -474,7 +474,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="also write an int8 text graph (int8/) for CPUs: new text queries at less than half the "
+        help="also write an int8 text graph (int8/) for CPUs: new text queries at 0.4-0.6 of the "
         "cost (soundscape serve --precision int8)",
     )
     p.add_argument(

@@ -89,7 +89,7 @@ class Bundle:
     """A loaded bundle: manifest facts plus lazily created onnxruntime sessions.
 
     precision="fp16" runs the float16 graphs a bundle exported with them holds (for GPUs);
-    precision="int8" its int8 text graph (for CPUs: new text queries at less than half the cost)."""
+    precision="int8" its int8 text graph (for CPUs: new text queries at 0.4-0.6 of the cost)."""
 
     def __init__(
         self,

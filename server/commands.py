@@ -212,8 +212,8 @@ def add_service_options(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default=os.environ.get("SOUNDSCAPE_PRECISION", "fp32"),
-        help="which of the bundle's graphs run: int8 embeds new text queries at less than half the CPU "
-        "of fp32, for bundles exported with --int8 (default: $SOUNDSCAPE_PRECISION, else fp32)",
+        help="which of the bundle's graphs run: int8 embeds new text queries at 0.4-0.6 of "
+        "fp32's CPU, for bundles exported with --int8 (default: $SOUNDSCAPE_PRECISION, else fp32)",
     )
     p.add_argument(
         "--query-db",

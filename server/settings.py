@@ -228,7 +228,7 @@ class Settings(EnvSettings):
     ort_threads: Annotated[int, Field(ge=0, le=MAX_THREADS)] = Field(
         1, description="onnxruntime threads per graph run (0: every core)"
     )
-    # int8 embeds a new text query at less than half fp32's CPU (query means within cosine 0.95
+    # int8 embeds a new text query at 0.4-0.6 of fp32's CPU (query means within cosine 0.95
     # of fp32's; docs/bundle.md).
     precision: str = Field("fp32", description="which of the bundle's graphs run (runtime/contract.py)")
     compute_threads: Threads = Field(
