@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import numpy as np
@@ -497,16 +498,23 @@ def test_the_fusion_queue_counts_cells_not_searches(bundle_path, store_path):
     assert [r.status_code for r in answers] == [200] * 5, [r.text for r in answers]
 
 
-def test_work_over_the_budget_waits_in_order_and_past_the_waiting_room_is_refused():
-    """Budget: B (6) waits for A (6) in a budget of 10; C (2) would fit beside A but waits behind
-    B (first come, first served) and starts with it; D finds 8 waiting, the most, and gets 503."""
-    budget = Budget(10, 8, "maps", "tiles")
+def budget_jobs(budget: Budget) -> tuple[list[str], Callable]:
+    """(the names of the jobs as they start, job(name, cost, hold): work of `cost` held `hold` s)."""
     started: list[str] = []
 
     async def job(name: str, cost: int, hold: float) -> None:
         async with budget.take(cost):
             started.append(name)
             await asyncio.sleep(hold)
+
+    return started, job
+
+
+def test_work_over_the_budget_waits_in_order_and_past_the_waiting_room_is_refused():
+    """Budget: B (6) waits for A (6) in a budget of 10; C (2) would fit beside A but waits behind
+    B (first come, first served) and starts with it; D finds 8 waiting, the most, and gets 503."""
+    budget = Budget(10, 8, "maps", "tiles")
+    started, job = budget_jobs(budget)
 
     async def scenario() -> str:
         a = asyncio.create_task(job("A", 6, 0.2))
@@ -528,12 +536,7 @@ def test_work_cancelled_while_it_waits_lets_the_work_behind_it_start():
     """E (the whole budget) waits for H; G, behind E, fits beside H: when E's client goes, G
     starts at once rather than when H ends."""
     budget = Budget(10, 20, "maps", "tiles")
-    started: list[str] = []
-
-    async def job(name: str, cost: int, hold: float) -> None:
-        async with budget.take(cost):
-            started.append(name)
-            await asyncio.sleep(hold)
+    started, job = budget_jobs(budget)
 
     async def scenario() -> None:
         h = asyncio.create_task(job("H", 5, 0.3))
