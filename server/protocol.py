@@ -95,9 +95,10 @@ def trusted_networks(config: Config) -> tuple[ipaddress.IPv4Network | ipaddress.
 
 
 def is_trusted(config: Config, host: str) -> bool:
+    """Whether a connection from `host` is a trusted proxy's (asked once per connection)."""
     networks = trusted_networks(config)
-    if networks is None:
-        return True
+    if not networks:
+        return networks is None  # any address, or none
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
