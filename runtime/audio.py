@@ -68,10 +68,12 @@ def _mel_to_hz_htk(mel: ArrayLike) -> np.ndarray:
     return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
 
 
+@functools.lru_cache(maxsize=16)  # a few front ends' filters: designed once, not once per clip
 def htk_mel_filters(
     sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, norm: str | None
 ) -> np.ndarray:
-    """(n_mels, n_fft//2 + 1) triangles evenly spaced on the HTK mel scale.
+    """(n_mels, n_fft//2 + 1) triangles evenly spaced on the HTK mel scale, read-only (kept for
+    the next clip: the design took a quarter of a short clip's log-mel).
 
     norm: "area" scales each triangle to unit area (Slaney style), "sum" to unit sum of weights
     (librosa's norm=1), None leaves peaks at 1 (transformers' CLAP filters)."""
@@ -85,7 +87,18 @@ def htk_mel_filters(
         bank = bank / np.maximum(bank.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
     elif norm is not None:
         raise ValueError(f"unknown mel filter norm {norm!r}")
-    return bank
+    return _read_only(bank)
+
+
+@functools.lru_cache(maxsize=16)
+def hann_window(n_fft: int) -> np.ndarray:
+    """The periodic Hann window of n_fft samples, read-only (kept for the next clip)."""
+    return _read_only(np.hanning(n_fft + 1)[:-1])
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def power_spectrogram(
@@ -96,7 +109,7 @@ def power_spectrogram(
     wave = np.asarray(wave, dtype=np.float64)
     padded = np.pad(wave, n_fft // 2, mode=pad_mode)
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
-    window = np.hanning(n_fft + 1)[:-1]
+    window = hann_window(n_fft)
     return (np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2).T
 
 
@@ -169,9 +182,12 @@ class AudioFeatureSpec(ClipSpec):
         return centre_read(n, self.n_samples)
 
 
+@functools.lru_cache(maxsize=16)
 def mel_filterbank(spec: AudioFeatureSpec) -> np.ndarray:
-    """(n_mels, n_fft//2 + 1) unit-area triangles on the HTK mel scale (the log-mel front end)."""
-    return htk_mel_filters(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax, "area").astype(np.float32)
+    """(n_mels, n_fft//2 + 1) unit-area triangles on the HTK mel scale (the log-mel front end),
+    float32 and read-only."""
+    bank = htk_mel_filters(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax, "area")
+    return _read_only(bank.astype(np.float32))
 
 
 def log_mel(wave: np.ndarray, spec: AudioFeatureSpec) -> np.ndarray:
@@ -311,7 +327,7 @@ def frame_power(wave: np.ndarray | SparseWave, frames: np.ndarray, n_fft: int, h
     """(n_fft//2 + 1, len(frames)) columns of power_spectrogram(wave, n_fft, hop_length, "reflect"):
     frame t is centred on sample t * hop_length, the wave reflected at its ends; only the samples
     of those frames are read, FRAME_BATCH frames at a time (memory: a batch's samples)."""
-    window = np.hanning(n_fft + 1)[:-1]
+    window = hann_window(n_fft)
     columns = []
     for batch in np.split(frames, range(FRAME_BATCH, len(frames), FRAME_BATCH)):
         index = np.abs(batch[:, None] * hop_length - n_fft // 2 + np.arange(n_fft))

@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.audio import AisfxMelSpec, AudioFeatureSpec, ClapFusionSpec, audio_front_end, waveform_features
+from runtime.audio import (
+    AisfxMelSpec,
+    AudioFeatureSpec,
+    ClapFusionSpec,
+    audio_front_end,
+    hann_window,
+    htk_mel_filters,
+    log_mel,
+    mel_filterbank,
+    waveform_features,
+)
 
 
 def noise(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
@@ -91,3 +101,17 @@ def test_aisfx_tower_equals_the_aisfx_network_on_its_blocks(aisfx_installed):
         got = tower(torch.from_numpy(features)[None])[0]
     assert got.shape == (512,)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_filters_are_designed_once_per_front_end_and_cannot_be_changed_by_a_caller():
+    """Each clip's features reuse its front end's filters and window (their design was a quarter
+    of a short clip's log-mel): one caller writing into them would change every later clip."""
+    spec = AudioFeatureSpec(n_mels=32, duration_s=0.5)
+    wave = np.random.default_rng(0).standard_normal(8000).astype(np.float32)
+    first = log_mel(wave, spec)
+    for kept in (mel_filterbank(spec), htk_mel_filters(16000, 512, 32, 50.0, 8000.0, "sum"), hann_window(512)):
+        with pytest.raises(ValueError, match="read-only"):
+            kept[0] = 1.0
+    assert mel_filterbank(spec) is mel_filterbank(AudioFeatureSpec(n_mels=32, duration_s=0.5))
+    assert hann_window(512) is hann_window(512)
+    np.testing.assert_array_equal(log_mel(wave, spec), first)
