@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from runtime.imagery import Imagery
+from runtime.imagery import CellImage, Imagery
 from runtime.metadata import encode_metadata
 from runtime.text import HashedWordTokenizer
 from runtime.tiles import tile_centres, tiles_in_bbox
@@ -52,9 +52,11 @@ class ColourCorpus:
 
 
 def build(imagery: Imagery, size: int, levels: range, n: int, seed: int = 0) -> ColourCorpus:
-    """n cells drawn uniformly among the tiles of `levels` that overlap the imagery."""
+    """n cells drawn uniformly among the tiles of `levels` that overlap the imagery (a cell drawn
+    again is read once: the coarse levels hold a few tiles each)."""
     rng = np.random.default_rng(seed)
     candidates = {z: tiles_in_bbox(z, imagery.bounds) for z in levels}
+    read: dict[tuple[int, int, int], CellImage | None] = {}
     images, gsd, lat, lon, classes = [], [], [], [], []
     attempts = 0
     while len(images) < n and attempts < 20 * n:
@@ -62,7 +64,9 @@ def build(imagery: Imagery, size: int, levels: range, n: int, seed: int = 0) -> 
         z = int(rng.choice(list(levels)))
         i = int(rng.integers(0, len(candidates[z][0])))
         x, y = int(candidates[z][0][i]), int(candidates[z][1][i])
-        cell = imagery.cell(z, x, y, size)
+        if (z, x, y) not in read:
+            read[z, x, y] = imagery.cell(z, x, y, size)
+        cell = read[z, x, y]
         if cell is None:
             continue
         lo, la = tile_centres(z, np.array([x]), np.array([y]))

