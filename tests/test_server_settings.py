@@ -207,16 +207,25 @@ def test_every_number_is_bounded_and_finite(env, model, name, least):
         ("MAX_UPLOADS_MB", "3", "SOUNDSCAPE_MAX_UPLOADS_MB is not a setting: did you mean SOUNDSCAPE_MAX_UPLOAD_MB?"),
     ],
 )
-def test_serve_refuses_a_bad_variable_before_starting(bundle_path, store_path, tmp_path, name, value, sentence):
+def test_serve_refuses_a_bad_variable_before_starting(
+    bundle_path, store_path, tmp_path, monkeypatch, capfd, name, value, sentence
+):
+    env = {f"SOUNDSCAPE_{name}": value, "SOUNDSCAPE_QUERY_DB": str(tmp_path / "q.sqlite")}
+    argv = ["serve", "--bundle", str(bundle_path), "--store", str(store_path), "--port", str(free_port())]
+    code, out, err = serve_here(monkeypatch, capfd, argv, env)
+    assert code == 2, err
+    assert sentence in err and "Traceback" not in err
+    assert "viewer:" not in out, "refused before the banner"
+
+
+def test_a_refusal_is_exit_2_of_the_serve_process(bundle_path, store_path, tmp_path):
+    """The refusals above, run in the test's process, as `soundscape serve` exits with them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
-    env.update({f"SOUNDSCAPE_{name}": value, "SOUNDSCAPE_QUERY_DB": str(tmp_path / "q.sqlite")})
+    env.update({"SOUNDSCAPE_LRU_MB": "lots", "SOUNDSCAPE_QUERY_DB": str(tmp_path / "q.sqlite")})
     command = [sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path), "--store", str(store_path)]
-    done = subprocess.run(
-        [*command, "--port", str(free_port())], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 2, done.stderr
-    assert sentence in done.stderr and "Traceback" not in done.stderr
-    assert "viewer:" not in done.stdout, "refused before the banner"
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "SOUNDSCAPE_LRU_MB must be a valid number" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "viewer:" not in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -235,11 +244,37 @@ def test_serve_refuses_a_bad_variable_before_starting(bundle_path, store_path, t
         ("--cache-control=public, max-age=1day", "max-age takes a whole number of seconds (max-age=86400)"),
     ],
 )
-def test_serve_refuses_an_option_out_of_range(bundle_path, store_path, option, sentence):
+def test_serve_refuses_an_option_out_of_range(bundle_path, store_path, monkeypatch, capfd, option, sentence):
     """--port 99999 served on another port than the banner named; --workers 0 started one."""
-    command = [sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path), "--store", str(store_path)]
-    done = subprocess.run([*command, option], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and sentence in done.stderr and "Traceback" not in done.stderr, done.stderr
+    argv = ["serve", "--bundle", str(bundle_path), "--store", str(store_path), option]
+    code, _, err = serve_here(monkeypatch, capfd, argv, {})
+    assert code == 2 and sentence in err and "Traceback" not in err, err
+
+
+def serve_here(monkeypatch, capfd, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `soundscape <argv>` run by the CLI's main in this process
+    with no SOUNDSCAPE_* variables but `env` (a refusal needs no process: each costs a second and
+    a half to start). A serve that gets past its checks fails the test instead of serving."""
+    from cli.main import main
+    from server import serving
+
+    for name in [k for k in os.environ if k.startswith("SOUNDSCAPE_")] + ["SOUNDSCAPE_BUNDLE", "SOUNDSCAPE_STORE"]:
+        monkeypatch.delenv(name, raising=False)  # serve sets some: they go when the test ends
+    monkeypatch.delenv("SOUNDSCAPE_STORE_ID", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    def started(config) -> None:
+        raise AssertionError(f"serve started on port {config.port} instead of refusing {argv}")
+
+    monkeypatch.setattr(serving, "run", started)
+    capfd.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's refusals: the process's exit status
+        code = exit.code
+    out, err = capfd.readouterr()
+    return code, out, err
 
 
 @pytest.mark.parametrize("command", ["serve", "demo"])
