@@ -240,12 +240,32 @@ def place_assets(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def demo_places(place_assets, tmp_path_factory):
-    """`corpus.places.Places` derived from the place assets: the rasters the rules read."""
-    from corpus.build import ensure_places
+def run_wide(tmp_path_factory) -> Path:
+    """The folder every xdist worker of this run shares (without xdist, the run's own)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
-    return ensure_places(place_assets, tmp_path_factory.mktemp("places") / "places.npz", progress=False)
+
+@pytest.fixture(scope="session")
+def places_file(request, tmp_path_factory) -> Path:
+    """places.npz, derived from the place assets once per run (16 s of CPU): the first worker to
+    ask derives it holding a lock, the others wait for it and read it."""
+    from corpus.build import ensure_places, held_sources
+    from runtime.files import path_lock
+
+    path = run_wide(tmp_path_factory) / "places.npz"
+    with path_lock(path):
+        if held_sources(path) is None:  # none yet (or cut short by a worker that was killed)
+            ensure_places(request.getfixturevalue("place_assets"), path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_places(places_file):
+    """`corpus.places.Places` derived from the place assets: the rasters the rules read."""
+    from corpus.places import Places
+
+    return Places(places_file)
 
 
 def reprojected(imagery_path: Path, out: Path, crs: str, grid: tuple | None = None) -> Path:

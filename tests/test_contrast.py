@@ -291,17 +291,15 @@ def test_decomposition_finds_a_shared_cell_effect():
 
 
 @pytest.mark.slow
-def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, place_assets, tmp_path, capsys):
+def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, places_file, tmp_path, capsys):
     """benchmarks/discrimination.py end to end on the fixture's bundle and store (Europe, levels
     3-6, no stored fusions: hour 6 is fused), with the corpus's real place rasters."""
     import json
 
     from benchmarks import discrimination
-    from corpus.build import ensure_places
 
-    ensure_places(place_assets, tmp_path / "places.npz", progress=False)
     out = tmp_path / "discrimination.json"
-    argv = ["--bundle", str(bundle_path), "--store", str(store_path), "--places", str(tmp_path / "places.npz")]
+    argv = ["--bundle", str(bundle_path), "--store", str(store_path), "--places", str(places_file)]
     argv += ["--precision", "int8"]  # the queries through the bundle's int8 text graph
     other = Path(discrimination.__file__).with_name("discrimination_prompts_other.txt")
     assert (
