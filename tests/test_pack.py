@@ -271,7 +271,6 @@ def test_a_registered_query_packs_as_its_id_serves(bundle_path, store_path, tmp_
         assert body == served.get(f"/tiles/{z}/{x}/{y}.png", params={"query": query, "month": 7}).content
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "sentence"),
     [
@@ -314,7 +313,6 @@ def test_files_already_there_are_kept(packed, bundle_path, store_path, tmp_path,
     assert metadata_of(out)["name"].endswith("rain") and not out.with_name("map.mbtiles.partial").exists()
 
 
-@pytest.mark.slow
 def test_a_missing_folder_or_a_foreign_partial_is_one_sentence(bundle_path, store_path, tmp_path, capfd):
     done = pack_here(capfd, bundle_path, store_path, tmp_path, MAP, str(tmp_path / "nowhere" / "map.mbtiles"))
     assert done.returncode == 2 and f"there is no folder {tmp_path / 'nowhere'} to write map.mbtiles in" in done.stderr

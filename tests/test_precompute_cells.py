@@ -58,7 +58,6 @@ def test_projected_source_with_nodata_gives_imagery_pixels(imagery_path, tmp_pat
     assert _assert_same_cells(Imagery(utm), fast) > 50
 
 
-@pytest.mark.slow  # ~8 s: a mosaic reads each cell of both files
 def test_nodata_override_and_mosaic_give_imagery_pixels(imagery_path, tmp_path):
     utm = reprojected(imagery_path, tmp_path / "utm.tif", "EPSG:32633")
     assert _assert_same_cells(Imagery(imagery_path, nodata=40), CellImagery(imagery_path, nodata=40)) > 50
