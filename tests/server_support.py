@@ -27,6 +27,35 @@ LAND_TILE = (3, 4, 2)
 REPO = Path(__file__).resolve().parent.parent
 
 
+def soundscape_here(monkeypatch, capfd, argv: list[str], env: dict[str, str] | None = None):
+    """`soundscape <argv>` run by the CLI's main in this process, as a CompletedProcess (exit
+    status, stdout, stderr), with no SOUNDSCAPE_* variables but `env`. For refusals: each needs no
+    process of its own, and a process costs a second and a half to start. A serve that gets past
+    its checks fails the test instead of serving. The variables are as they were afterwards: serve
+    writes its options into them for its workers, before it checks them."""
+    from cli.main import main
+    from server import serving
+
+    def started(config) -> None:
+        raise AssertionError(f"serve started on port {config.port} instead of refusing {argv}")
+
+    monkeypatch.setattr(serving, "run", started)
+    before = dict(os.environ)
+    for name in [k for k in os.environ if k.startswith("SOUNDSCAPE_")]:
+        del os.environ[name]
+    os.environ.update(env or {})
+    capfd.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's refusals: the process's exit status
+        code = exit.code
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
+
+
 def fresh_query_db() -> str:
     """A registry file of the test's own: tests never share the user's registered queries."""
     return str(Path(tempfile.mkdtemp(prefix="soundscape-queries-")) / "queries.sqlite")

@@ -19,11 +19,10 @@ import pytest
 import rasterio
 from rasterio.windows import from_bounds
 
-from cli.main import main as soundscape
 from runtime.files import lock_file, unlock_file
 from server.pack import tile_ranges
 from server.routes.viewer import STATIC
-from tests.server_support import REPO, make_client, png_difference, tile_differences
+from tests.server_support import REPO, make_client, png_difference, soundscape_here, tile_differences
 from tests.test_doc_snippets import _drawn, _page, code_block, run_on_a_maplibre_map
 from tests.test_server_collections import rgba
 from tests.test_viewer import ARGS, CHROMIUM
@@ -43,18 +42,10 @@ def pack(bundle_path, store_path, tmp_path, *args: str) -> subprocess.CompletedP
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def pack_here(capfd, bundle_path, store_path, tmp_path, *args: str) -> subprocess.CompletedProcess:
-    """`pack` as above, run by the CLI's main in this process (its refusals need no process of
-    their own, and each costs a second and a half of start-up)."""
+def pack_here(monkeypatch, capfd, bundle_path, store_path, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """`pack` as above, run by the CLI's main in this process (for its refusals)."""
     argv = ["pack", "--bundle", str(bundle_path), "--store", str(store_path)]
-    argv += ["--query-db", str(tmp_path / "queries.sqlite"), *args]
-    capfd.readouterr()
-    try:
-        code = soundscape(argv)
-    except SystemExit as exit:  # argparse's refusals, the process's exit status
-        code = exit.code
-    out, err = capfd.readouterr()
-    return subprocess.CompletedProcess(argv, code, out, err)
+    return soundscape_here(monkeypatch, capfd, [*argv, "--query-db", str(tmp_path / "queries.sqlite"), *args])
 
 
 def tiles_of(path) -> dict[tuple[int, int, int], bytes]:
@@ -285,40 +276,46 @@ def test_a_registered_query_packs_as_its_id_serves(bundle_path, store_path, tmp_
         ([""], "no tile parameters in ''"),
     ],
 )
-def test_a_map_it_cannot_make_is_one_sentence_and_no_file(bundle_path, store_path, tmp_path, capfd, args, sentence):
+def test_a_map_it_cannot_make_is_one_sentence_and_no_file(
+    bundle_path, store_path, tmp_path, monkeypatch, capfd, args, sentence
+):
     out = tmp_path / "map.mbtiles"
-    done = pack_here(capfd, bundle_path, store_path, tmp_path, args[0], str(out), *args[1:])
+    done = pack_here(monkeypatch, capfd, bundle_path, store_path, tmp_path, args[0], str(out), *args[1:])
     assert done.returncode == 2 and sentence in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not out.exists() and not out.with_name("map.mbtiles.partial").exists()
 
 
 @pytest.mark.slow
-def test_files_already_there_are_kept(packed, bundle_path, store_path, tmp_path, capfd):
+def test_files_already_there_are_kept(packed, bundle_path, store_path, tmp_path, monkeypatch, capfd):
     whole, _ = packed
     out, partial = tmp_path / "map.mbtiles", tmp_path / "other.mbtiles.partial"
     shutil.copy(whole, out)
     shutil.copy(whole, partial)
     before = out.read_bytes()
-    done = pack_here(capfd, bundle_path, store_path, tmp_path, "q=rain", str(out))
+    done = pack_here(monkeypatch, capfd, bundle_path, store_path, tmp_path, "q=rain", str(out))
     assert done.returncode == 2 and "map.mbtiles exists: give another path, or --overwrite" in done.stderr
     # --overwrite keeps the old file until the new one is complete: a refused map replaces nothing
-    done = pack_here(capfd, bundle_path, store_path, tmp_path, "q=rain", str(out), "--overwrite", "--zooms", "0-14")
+    done = pack_here(
+        monkeypatch, capfd, bundle_path, store_path, tmp_path, "q=rain", str(out), "--overwrite", "--zooms", "0-14"
+    )
     assert done.returncode == 2 and "over --max-tiles" in done.stderr and out.read_bytes() == before
     # the part of another map is neither resumed nor replaced
-    done = pack_here(capfd, bundle_path, store_path, tmp_path, "q=rain", str(tmp_path / "other.mbtiles"))
+    done = pack_here(monkeypatch, capfd, bundle_path, store_path, tmp_path, "q=rain", str(tmp_path / "other.mbtiles"))
     assert done.returncode == 2 and "holds part of another map" in done.stderr
     assert tiles_of(partial) == tiles_of(whole)
-    done = pack_here(capfd, bundle_path, store_path, tmp_path, "q=rain", str(out), "--overwrite")
+    done = pack_here(monkeypatch, capfd, bundle_path, store_path, tmp_path, "q=rain", str(out), "--overwrite")
     assert done.returncode == 0, done.stderr
     assert metadata_of(out)["name"].endswith("rain") and not out.with_name("map.mbtiles.partial").exists()
 
 
-def test_a_missing_folder_or_a_foreign_partial_is_one_sentence(bundle_path, store_path, tmp_path, capfd):
-    done = pack_here(capfd, bundle_path, store_path, tmp_path, MAP, str(tmp_path / "nowhere" / "map.mbtiles"))
+def test_a_missing_folder_or_a_foreign_partial_is_one_sentence(bundle_path, store_path, tmp_path, monkeypatch, capfd):
+    done = pack_here(
+        monkeypatch, capfd, bundle_path, store_path, tmp_path, MAP, str(tmp_path / "nowhere" / "map.mbtiles")
+    )
     assert done.returncode == 2 and f"there is no folder {tmp_path / 'nowhere'} to write map.mbtiles in" in done.stderr
     foreign = tmp_path / "map.mbtiles.partial"
     foreign.write_text("notes, not tiles", encoding="utf-8")
-    done = pack_here(capfd, bundle_path, store_path, tmp_path, MAP, str(tmp_path / "map.mbtiles"))
+    done = pack_here(monkeypatch, capfd, bundle_path, store_path, tmp_path, MAP, str(tmp_path / "map.mbtiles"))
     assert done.returncode == 2 and "cannot write the MBTiles file" in done.stderr and "Traceback" not in done.stderr
     assert foreign.read_text(encoding="utf-8") == "notes, not tiles" and not (tmp_path / "map.mbtiles").exists()
 

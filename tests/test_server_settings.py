@@ -12,7 +12,7 @@ from server.protocol import ConnectionLimits
 from server.settings import MB, Settings, SettingsError, check_variable_names
 from store.reader import Store
 from tests.conftest import free_port
-from tests.server_support import REPO, make_client
+from tests.server_support import REPO, make_client, soundscape_here
 
 
 @pytest.fixture
@@ -212,10 +212,10 @@ def test_serve_refuses_a_bad_variable_before_starting(
 ):
     env = {f"SOUNDSCAPE_{name}": value, "SOUNDSCAPE_QUERY_DB": str(tmp_path / "q.sqlite")}
     argv = ["serve", "--bundle", str(bundle_path), "--store", str(store_path), "--port", str(free_port())]
-    code, out, err = serve_here(monkeypatch, capfd, argv, env)
-    assert code == 2, err
-    assert sentence in err and "Traceback" not in err
-    assert "viewer:" not in out, "refused before the banner"
+    done = soundscape_here(monkeypatch, capfd, argv, env)
+    assert done.returncode == 2, done.stderr
+    assert sentence in done.stderr and "Traceback" not in done.stderr
+    assert "viewer:" not in done.stdout, "refused before the banner"
 
 
 def test_a_refusal_is_exit_2_of_the_serve_process(bundle_path, store_path, tmp_path):
@@ -247,34 +247,8 @@ def test_a_refusal_is_exit_2_of_the_serve_process(bundle_path, store_path, tmp_p
 def test_serve_refuses_an_option_out_of_range(bundle_path, store_path, monkeypatch, capfd, option, sentence):
     """--port 99999 served on another port than the banner named; --workers 0 started one."""
     argv = ["serve", "--bundle", str(bundle_path), "--store", str(store_path), option]
-    code, _, err = serve_here(monkeypatch, capfd, argv, {})
-    assert code == 2 and sentence in err and "Traceback" not in err, err
-
-
-def serve_here(monkeypatch, capfd, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `soundscape <argv>` run by the CLI's main in this process
-    with no SOUNDSCAPE_* variables but `env` (a refusal needs no process: each costs a second and
-    a half to start). A serve that gets past its checks fails the test instead of serving."""
-    from cli.main import main
-    from server import serving
-
-    for name in [k for k in os.environ if k.startswith("SOUNDSCAPE_")] + ["SOUNDSCAPE_BUNDLE", "SOUNDSCAPE_STORE"]:
-        monkeypatch.delenv(name, raising=False)  # serve sets some: they go when the test ends
-    monkeypatch.delenv("SOUNDSCAPE_STORE_ID", raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-
-    def started(config) -> None:
-        raise AssertionError(f"serve started on port {config.port} instead of refusing {argv}")
-
-    monkeypatch.setattr(serving, "run", started)
-    capfd.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as exit:  # argparse's refusals: the process's exit status
-        code = exit.code
-    out, err = capfd.readouterr()
-    return code, out, err
+    done = soundscape_here(monkeypatch, capfd, argv)
+    assert done.returncode == 2 and sentence in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("command", ["serve", "demo"])

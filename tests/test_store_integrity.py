@@ -17,7 +17,7 @@ import pytest
 from store.format import StoreError
 from store.reader import Store
 from store.verify import verify_store
-from tests.server_support import REPO
+from tests.server_support import REPO, soundscape_here
 
 
 @pytest.fixture(scope="module")
@@ -158,18 +158,23 @@ def soundscape(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow
-def test_verify_and_serve_exit_2_with_one_sentence(store_path, bundle_path, tmp_path):
+def test_verify_and_serve_exit_2_with_one_sentence(store_path, bundle_path, tmp_path, monkeypatch, capfd):
+    """The process's exit status once (verify of a whole store, of a damaged one), then each
+    command on each damage in this process."""
     assert soundscape("store", "verify", str(store_path)).returncode == 0
+    damage, file, _ = CASES["truncated index"]
+    once = damaged(store_path, tmp_path / "once", damage)
+    done = soundscape("store", "verify", str(once))
+    assert done.returncode == 2 and str(once / file) in done.stderr, done.stderr
     for name in ("manifest without id", "truncated index", "flipped byte in mu"):
         damage, file, _ = CASES[name]
         store = damaged(store_path, tmp_path / name.replace(" ", "-"), damage)
         for args in (
-            ("store", "verify", str(store)),
-            ("store", "info", str(store)),
-            ("serve", "--bundle", str(bundle_path), "--store", str(store), "--port", "9"),
+            ["store", "verify", str(store)],
+            ["store", "info", str(store)],
+            ["serve", "--bundle", str(bundle_path), "--store", str(store), "--port", "9"],
         ):
-            done = soundscape(*args)
+            done = soundscape_here(monkeypatch, capfd, args)
             assert done.returncode == 2, (args, done.stderr)
             assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
             assert str(store / file) in done.stderr
