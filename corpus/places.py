@@ -172,8 +172,9 @@ def _land_grid(npz: Path, shape: tuple[int, int]) -> np.ndarray:
     with np.load(npz) as data:
         ocean = data["mask"]  # (21600, 43200), True for ocean, north row first
     fy, fx = ocean.shape[0] // shape[0], ocean.shape[1] // shape[1]
-    # Ocean cells counted in integers a row of cells at a time: a third of the time of a float
-    # mean over both axes of the 933 million cells (a grid pixel holds fy * fx, under 65536).
+    # Ocean cells counted in integers, down each grid pixel's fy rows and then across its fx
+    # columns: a third of the time of a float mean over both axes of the 933 million cells (a
+    # grid pixel holds fy * fx cells, well under uint16's 65536).
     cells = ocean.view(np.uint8).reshape(shape[0], fy, shape[1], fx)
     ocean_cells = cells.sum(axis=1, dtype=np.uint16).sum(axis=2, dtype=np.int64)
     return 2 * ocean_cells <= fy * fx
