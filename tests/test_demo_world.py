@@ -106,26 +106,22 @@ def test_the_demo_bundle_embeds_texts_and_a_recording_as_its_torch_model(demo_wo
     """The packaged MiniLM and aisfx towers with the committed heads, exported, embed as torch:
     the text graph from MiniLM's own WordPiece tokens, the audio graph from aisfx's mel of a
     recording at another rate (resampled by the runtime, as training does)."""
-    import torch
-
     from cli import demo
     from model.export import load_trained_parts
     from runtime.audio import waveform_features
+    from tests.test_model_towers import TEXTS, torch_embedding, wave
 
     bundle = demo_world[1]
     model, _ = load_trained_parts(demo.WEIGHTS)
-    texts = ["Birds singing at dawn", "rush-hour traffic in the rain"]
-    ids, mask = bundle.tokenizer.encode(texts)
-    np.testing.assert_array_equal(ids, model.tokenizer().encode(texts)[0])
+    ids, mask = bundle.tokenizer.encode(TEXTS)
+    np.testing.assert_array_equal(ids, model.tokenizer().encode(TEXTS)[0])
     assert bundle.manifest["audio"]["kind"] == "aisfx-mel" and bundle.audio_spec.sample_rate == 44100
-    t = np.arange(4 * 22050) / 22050
-    clip = (0.4 * np.sin(2 * np.pi * 660 * t) * np.sin(2 * np.pi * 0.5 * t)).astype(np.float32)
+    clip = wave(4.0, 22050)
     features = waveform_features(model.audio_front_end, clip, 22050)[None]
-    with torch.no_grad():
-        text_mu = model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
-        audio_mu = model.encode_audio(torch.from_numpy(features))[0].numpy()
-    np.testing.assert_allclose(bundle.embed_texts(texts)[0], text_mu, atol=1e-4)
-    np.testing.assert_allclose(bundle.embed_waveform(clip, 22050)[0], audio_mu, atol=1e-4)
+    np.testing.assert_allclose(bundle.embed_texts(TEXTS)[0], torch_embedding(model.encode_text, ids, mask), atol=1e-4)
+    np.testing.assert_allclose(
+        bundle.embed_waveform(clip, 22050)[0], torch_embedding(model.encode_audio, features), atol=1e-4
+    )
 
 
 def test_waves_prompt_tops_coastal_cells(demo_world, engine, level, demo_places):

@@ -219,7 +219,8 @@ def test_serve_refuses_a_bad_variable_before_starting(
 
 
 def test_a_refusal_is_exit_2_of_the_serve_process(bundle_path, store_path, tmp_path):
-    """The refusals above, run in the test's process, as `soundscape serve` exits with them."""
+    """The refusals above run in the test's process; `soundscape serve` as a process of its own
+    exits 2 with the same sentence."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDSCAPE_")}
     env.update({"SOUNDSCAPE_LRU_MB": "lots", "SOUNDSCAPE_QUERY_DB": str(tmp_path / "q.sqlite")})
     command = [sys.executable, "-m", "cli.main", "serve", "--bundle", str(bundle_path), "--store", str(store_path)]

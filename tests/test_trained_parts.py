@@ -12,6 +12,7 @@ from cli.main import main as soundscape
 from model.export import load_trained_parts, save_trained_parts
 from runtime.bundle import Bundle
 from runtime.contract import RECORD_FILE, TRAINED_PARTS_FILE
+from tests.test_model_towers import TEXTS
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +25,6 @@ def parts(frozen_text_model, tmp_path_factory):
         record={"name": "parts-test", "training": {"step": 7}, "metrics": {"test": {"x": 1}}},
     )
     return folder
-
-
-TEXTS = ["Birds singing at dawn", "waves crashing on rocks", "rush-hour traffic in the rain"]
 
 
 def test_only_trained_tensors_are_saved_and_load_back(frozen_text_model, parts):
