@@ -50,6 +50,7 @@ FORMAT = "soundscape-demo-corpus/2"
 STRATA = {"land": 0.5, "coast": 0.2, "sea": 0.12, "lit": 0.18}
 COAST_KM = 50.0
 LIT = 0.25
+AREA_POINTS = 200_000  # uniform points that estimate each stratum's area for a share given as "area"
 MAX_LAYERS = 4  # sound classes mixed into one sample
 TOWN = np.array([rules.CLASSES.index(c) for c in sources.GROUPS["town"]])
 CELL_GRID = 8  # the rules are averaged over CELL_GRID x CELL_GRID points of a sample's cell
@@ -67,7 +68,7 @@ class BuildConfig:
     duration_s: float = 2.4  # one aisfx block (100 frames): what configs/demo.yaml trains on
     seed: int = 0
     audio_assets: tuple[str, ...] = AUDIO_ASSETS
-    strata: dict[str, float] = field(default_factory=lambda: dict(STRATA))
+    strata: dict[str, float | str] = field(default_factory=lambda: dict(STRATA))  # shares, or "area"
     max_town_layers: int | None = None  # None: every town sound heard at the place is mixed in
 
     def to_json(self) -> dict:
@@ -80,18 +81,64 @@ class BuildConfig:
 # Locations, cells and times.
 
 
+def _uniform_points(
+    bounds: tuple[float, float, float, float], m: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """m points uniform by area in bounds (west may exceed east, as in draw_locations, after its
+    clamp to web mercator's latitudes)."""
+    west, south, east, north = bounds
+    lat = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(south)), np.sin(np.radians(north)), m)))
+    lon = rng.uniform(west, east, m)
+    return lat, np.where(lon > 180, lon - 360.0, lon)
+
+
+def _strata_masks(places: Places, lat: np.ndarray, lon: np.ndarray) -> dict[str, np.ndarray]:
+    """Which points fall in each stratum of STRATA (they partition the map)."""
+    land, coast = places.is_land(lat, lon), places.coast_km(lat, lon)
+    lit = land & (places.lights(lat, lon) >= LIT)
+    return {
+        "land": land & ~lit & (coast >= COAST_KM),
+        "coast": ~lit & (coast < COAST_KM),
+        "sea": ~land & (coast >= COAST_KM),
+        "lit": lit,
+    }
+
+
+def resolve_shares(
+    places: Places,
+    bounds: tuple[float, float, float, float],
+    shares: dict[str, float | str],
+    rng: np.random.Generator,
+    points: int = AREA_POINTS,
+) -> dict[str, float]:
+    """Every stratum's share of the samples as a number: a stratum given as "area" takes, of what
+    the numbered strata leave, a part in proportion to its area within bounds (estimated from
+    `points` uniform points), so those strata are sampled at one density, independent of what is
+    heard there. Strata not named take none."""
+    numbered = {k: float(v) for k, v in shares.items() if v != "area"}
+    by_area = [k for k, v in shares.items() if v == "area"]
+    resolved = {k: numbered.get(k, 0.0) for k in STRATA}
+    if by_area:
+        masks = _strata_masks(places, *_uniform_points(bounds, points, rng))
+        area = np.array([masks[k].mean() for k in by_area])
+        left = 1.0 - sum(numbered.values())
+        for k, a in zip(by_area, area / area.sum() * left, strict=True):
+            resolved[k] = float(a)
+    return resolved
+
+
 def draw_locations(
     places: Places,
     n: int,
     bounds: tuple[float, float, float, float],
-    shares: dict[str, float],
+    shares: dict[str, float | str],
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lat, lon, stratum index into STRATA) of n points, uniform by area within each stratum,
     inside `bounds` (west, south, east, north; west > east across the antimeridian, as an
     imagery's footprint is: its points lie on either side of 180 degrees, where they were drawn
     over every longitude between), and within web mercator's latitudes, where the map has cells
-    (CorpusError for bounds wholly past them)."""
+    (CorpusError for bounds wholly past them). `shares` as resolve_shares reads them."""
     west, south, east, north = bounds
     if west > east:
         east += 360.0  # drawn over west..180 and on, then wrapped to -180..east
@@ -101,27 +148,19 @@ def draw_locations(
             f"cells end at {MERCATOR_LAT_LIMIT:.2f} N and S): no sample drawn there has a cell"
         )
     south, north = max(south, -MERCATOR_LAT_LIMIT), min(north, MERCATOR_LAT_LIMIT)
+    clamped = (west, south, east, north)
+    numbers = resolve_shares(places, clamped, shares, rng)
     names = list(STRATA)
     quota = dict(
-        zip(names, np.floor(np.array([shares[k] for k in names]) / sum(shares.values()) * n).astype(int), strict=True)
+        zip(names, np.floor(np.array([numbers[k] for k in names]) / sum(numbers.values()) * n).astype(int), strict=True)
     )
-    quota["land"] += n - sum(quota.values())
+    quota[max(names, key=lambda k: numbers[k])] += n - sum(quota.values())
     picked: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for _ in range(200):
         if all(sum(len(a) for a in picked[k]) >= quota[k] for k in names):
             break
-        m = 4 * n + 1000
-        lat = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(south)), np.sin(np.radians(north)), m)))
-        lon = rng.uniform(west, east, m)
-        lon = np.where(lon > 180, lon - 360.0, lon)
-        land, coast = places.is_land(lat, lon), places.coast_km(lat, lon)
-        lit = land & (places.lights(lat, lon) >= LIT)
-        masks = {
-            "land": land & ~lit & (coast >= COAST_KM),
-            "coast": ~lit & (coast < COAST_KM),
-            "sea": ~land & (coast >= COAST_KM),
-            "lit": lit,
-        }
+        lat, lon = _uniform_points(clamped, 4 * n + 1000, rng)
+        masks = _strata_masks(places, lat, lon)
         for k in names:
             picked[k].append(np.stack([lat[masks[k]], lon[masks[k]]], axis=1))
     out = []
@@ -394,6 +433,23 @@ MAX_SAMPLES = 1_000_000
 MAX_CORPUS_LEVEL = 12  # cells of level 12 are ~10 km: finer than the place rasters (0.05 deg) tell apart
 
 
+def check_strata(shares: dict[str, float | str]) -> None:
+    """CorpusError unless `shares` names strata of STRATA with shares >= 0 or "area", and leaves
+    the strata given by area a part of the samples to share."""
+    unknown = set(shares) - set(STRATA)
+    if unknown:
+        raise CorpusError(f"--strata: unknown stratum {sorted(unknown)}; choose from {list(STRATA)}")
+    if any(isinstance(v, str) and v != "area" for v in shares.values()):
+        raise CorpusError('--strata: each share must be a number >= 0 or "area"')
+    numbers = [float(v) for v in shares.values() if v != "area"]
+    if any(not v >= 0 or not np.isfinite(v) for v in numbers):
+        raise CorpusError('--strata: each share must be a number >= 0 or "area"')
+    if len(numbers) < len(shares) and sum(numbers) >= 1:
+        raise CorpusError('--strata: the numbered shares must sum to less than 1 to leave the "area" strata some')
+    if len(numbers) == len(shares) and sum(numbers) <= 0:
+        raise CorpusError("--strata: the shares must not all be 0")
+
+
 def _check(cfg: BuildConfig) -> None:
     if not 1 <= cfg.samples <= MAX_SAMPLES:
         raise CorpusError(f"--samples must lie in 1..{MAX_SAMPLES:,}")
@@ -403,6 +459,7 @@ def _check(cfg: BuildConfig) -> None:
         raise CorpusError(f"--image-size must lie in 8..{MAX_IMAGE_SIZE} and --duration be positive")
     if cfg.max_town_layers is not None and cfg.max_town_layers < 1:
         raise CorpusError("--max-town-layers must be at least 1")
+    check_strata(cfg.strata)
     unknown = set(cfg.audio_assets) - set(AUDIO_ASSETS)
     if unknown:
         raise CorpusError(f"unknown audio asset(s) {sorted(unknown)}; choose from {list(AUDIO_ASSETS)}")

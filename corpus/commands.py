@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from corpus.assets import ASSETS, acquire, ensure
-from corpus.build import MAX_CORPUS_LEVEL, MAX_IMAGE_SIZE, MAX_SAMPLES
+from corpus.build import MAX_CORPUS_LEVEL, MAX_IMAGE_SIZE, MAX_SAMPLES, STRATA, check_strata
 from corpus.errors import CorpusError
 from runtime.arguments import integer_in, levels_in, local_hour, number_above, number_in, parsed_by, seed_argument
 
@@ -21,6 +21,25 @@ DEFAULT_IMAGERY = "data/imagery/bluemarble.tif"
 def parse_levels(text: str) -> tuple[int, ...]:
     """'4-7' or '4,5,7' -> (4, 5, 6, 7) / (4, 5, 7), at most corpus.build.MAX_CORPUS_LEVEL."""
     return tuple(levels_in(text, MAX_CORPUS_LEVEL))
+
+
+def parse_strata(text: str) -> dict[str, float | str]:
+    """'sea=0.12,land=area,coast=area,lit=area' -> {"sea": 0.12, "land": "area", ...}: where
+    samples are drawn (corpus.build.resolve_shares); strata not named take none."""
+    shares: dict[str, float | str] = {}
+    for item in text.split(","):
+        name, _, value = item.strip().partition("=")
+        if not value or name in shares:
+            raise ValueError(f"expected NAME=SHARE pairs, each stratum once (e.g. land=0.5,lit=area), not {text!r}")
+        try:
+            shares[name] = value if value == "area" else float(value)
+        except ValueError:
+            raise ValueError(f'{name}: a share is a number or "area", not {value!r}') from None
+    try:
+        check_strata(shares)
+    except CorpusError as exc:
+        raise ValueError(str(exc).removeprefix("--strata: ")) from None
+    return shares
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -38,6 +57,7 @@ def _build(args: argparse.Namespace) -> int:
         seed=args.seed,
         audio_assets=tuple(args.audio_assets.split(",")) if args.audio_assets else AUDIO_ASSETS,
         max_town_layers=args.max_town_layers,
+        **({"strata": args.strata} if args.strata else {}),
     )
     manifest = build(cfg, progress=not args.quiet)
     print(
@@ -171,6 +191,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="mix at most this many town sounds (traffic, trains, aircraft, market, industry, harbour) "
         "into one sample, the first drawn, so town sounds that share places are heard apart "
         "(an ablation: docs/demo-model.md; default: every one heard at the place)",
+    )
+    b.add_argument(
+        "--strata",
+        type=parsed_by(parse_strata),
+        help="where samples are drawn: NAME=SHARE pairs over the strata "
+        f"{', '.join(STRATA)} (a number, or 'area': a part of what the numbers leave in proportion "
+        "to the stratum's area, so those strata are sampled at one density; strata not named get "
+        "none; default " + ",".join(f"{k}={v}" for k, v in STRATA.items()) + ": coasts and towns over-sampled)",
     )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(handler=_build, resumes=True)

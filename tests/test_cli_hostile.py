@@ -519,6 +519,23 @@ def test_train_and_evaluate_refuse_counts_below_their_floor(capsys, tmp_path, ar
         (["--max-town-layers", "0"], "argument --max-town-layers: must be an integer of at least 1, not '0'"),
         (["--levels", "4-99999999999"], "argument --levels: levels must look like 0-6 or 2,4,5, not '4-99999999999'"),
         (["--levels", "4-13"], "argument --levels: levels must lie in 0..12, got '4-13'"),
+        (
+            ["--strata", "town=1"],
+            "argument --strata: unknown stratum ['town']; choose from ['land', 'coast', 'sea', 'lit']",
+        ),
+        (["--strata", "land=-1"], 'argument --strata: each share must be a number >= 0 or "area"'),
+        (["--strata", "land=nan"], 'argument --strata: each share must be a number >= 0 or "area"'),
+        (["--strata", "land=half"], "argument --strata: land: a share is a number or \"area\", not 'half'"),
+        (["--strata", "land=0,sea=0"], "argument --strata: the shares must not all be 0"),
+        (
+            ["--strata", "sea=1,land=area"],
+            'argument --strata: the numbered shares must sum to less than 1 to leave the "area" strata some',
+        ),
+        (
+            ["--strata", "land=1,land=2"],
+            "argument --strata: expected NAME=SHARE pairs, each stratum once (e.g. land=0.5,lit=area), "
+            "not 'land=1,land=2'",
+        ),
     ],
 )
 def test_corpus_build_refuses_sizes_before_any_work(capsys, tmp_path, option, says) -> None:

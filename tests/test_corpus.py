@@ -18,7 +18,7 @@ import pytest
 from cli.main import main
 from corpus import assets, rules, sources
 from corpus.archives import ArchiveError, zip_stream_entries
-from corpus.build import BuildConfig, build
+from corpus.build import STRATA, BuildConfig, build, draw_locations, resolve_shares
 from corpus.errors import CorpusError
 from corpus.places import PLACE_ASSETS
 from corpus.reader import DemoCorpus, factory
@@ -153,6 +153,35 @@ def test_place_lookups_read_the_real_rasters(corpus_path):
 
 
 # --- build and reader ----------------------------------------------------------------------------
+
+
+class _StripedPlaces:
+    """Land everywhere, lit east of 5 E, a coast west of 1 E: half the area lit, a tenth coast."""
+
+    def is_land(self, lat, lon):
+        return np.ones(np.shape(lat), bool)
+
+    def coast_km(self, lat, lon):
+        return np.where(np.asarray(lon) < 1, 10.0, 1e4)
+
+    def lights(self, lat, lon):
+        return np.where(np.asarray(lon) > 5, 1.0, 0.0)
+
+
+def test_strata_given_by_area_are_drawn_at_one_density():
+    """`--strata land=area,coast=area,lit=area` places samples independently of what is heard
+    there; numbered shares hold whatever the areas (the default over-samples lit places: 18 % of the
+    samples on 0.8 % of the map)."""
+    box, even = (0.0, 10.0, 10.0, 20.0), {"land": "area", "coast": "area", "lit": "area"}
+    shares = resolve_shares(_StripedPlaces(), box, even, np.random.default_rng(0))
+    assert shares["sea"] == 0 and abs(sum(shares.values()) - 1) < 1e-9
+    assert shares["lit"] == pytest.approx(0.5, abs=0.01) and shares["coast"] == pytest.approx(0.1, abs=0.01)
+    _, lon, stratum = draw_locations(_StripedPlaces(), 4000, box, even, np.random.default_rng(1))
+    counts = np.histogram(lon, bins=10, range=(0, 10))[0]
+    assert counts.min() > 330 and counts.max() < 470  # about 400 in every tenth of the box
+    shares = {"land": 0.6, "coast": 0.1, "lit": 0.3}  # numbers: lit places get 0.3, not half
+    _, lon, stratum = draw_locations(_StripedPlaces(), 4000, box, shares, np.random.default_rng(1))
+    assert (lon > 5).sum() == (stratum == list(STRATA).index("lit")).sum() == 1200
 
 
 def test_build_writes_manifest_recipes_and_provenance(corpus_path):
