@@ -43,9 +43,10 @@ median rank, docs/method.md section 4.1):
   given --melcnn-steps steps (its steps cost ~40x a cached frozen step; choose them to match
   the wall time of the aisfx run, cache included).
 
-The `ceiling` row is what perfect classifiers would reach: each sample's class weights from the
-rules (what a cell, month and hour imply) against the classes actually mixed into its audio, at
-their gains, scored by cosine. No model can do better than the corpus's own randomness allows.
+The `ceiling` row is what perfect classifiers would reach (a `ceiling-<variant>` row for a variant
+trained on its own corpus): each sample's class weights from the rules (what a cell, month and
+hour imply) against the classes actually mixed into its audio, at their gains, scored by cosine.
+No model can do better than the corpus's own randomness allows.
 
 Variants with the same frozen towers share one frozen-tower cache (--cache), so aisfx runs once.
 A variant whose run directory already holds a finished run is evaluated, not retrained.
@@ -196,9 +197,19 @@ def _last_step(run_dir: Path) -> int:
     return int(torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["step"])
 
 
+def corpora(base: dict, variants: list[str]) -> dict[str, dict]:
+    """The data section of each corpus the variants train on, by the key of its ceiling row:
+    "ceiling" for the base config's corpus, "ceiling-<variant>" for a variant's own."""
+    out: dict[str, dict] = {}
+    for name in variants:
+        data = merged(base, VARIANTS[name])["data"]
+        out.setdefault("ceiling" if data == base["data"] else f"ceiling-{name}", data)
+    return out
+
+
 def row(name: str, report: dict) -> str:
     """A markdown row of a run (`name` is a variant, or a variant's seed run `<variant>-seed<k>`)."""
-    condition = CONDITION.get(name.rsplit("-seed", 1)[0], "metadata")
+    condition = CONDITION.get(name.rsplit("-seed", 1)[0].split("-", 1)[0], "metadata")
     m = report["results"]["all"][condition]
     return (
         f"| {name} | {condition} | {m['I2S_R@10%']:.3f} | {m['I2S_median_rank']:.0f} "
@@ -243,8 +254,10 @@ def main() -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     base = load_config(args.config)
-    reports = {"ceiling": ceiling(base["data"], base["model"]["image"]["size"])}
-    print(row("ceiling", reports["ceiling"]), flush=True)
+    reports = {}
+    for key, data in corpora(base, args.variants).items():
+        reports[key] = ceiling(data, base["model"]["image"]["size"])
+        print(row(key, reports[key]), flush=True)
     for seed in args.seeds or [None]:
         for name in args.variants:
             key = name if seed is None else f"{name}-seed{seed}"

@@ -3,7 +3,7 @@
 import copy
 from pathlib import Path
 
-from benchmarks.demo_ablations import VARIANTS, variant_config
+from benchmarks.demo_ablations import VARIANTS, corpora, variant_config
 from model.commands import load_config
 
 BASE = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
@@ -39,3 +39,13 @@ def test_a_vib_variant_changes_only_the_vib_weight() -> None:
         assert vib.train.loss.vib_beta == beta != plain.train.loss.vib_beta
         assert vib.train.loss.model_copy(update={"vib_beta": plain.train.loss.vib_beta}) == plain.train.loss
         assert vib.model == plain.model
+
+
+def test_a_variant_on_its_own_corpus_gets_its_own_ceiling() -> None:
+    """The ceiling was always computed on the base config's corpus, which a run of even_places
+    alone neither needs nor has."""
+    assert list(corpora(BASE, ["even_places"])) == ["ceiling-even_places"]
+    assert corpora(BASE, ["even_places"])["ceiling-even_places"]["path"] == "data/corpus-even-places"
+    both = corpora(BASE, ["pcmepp", "wide", "town_apart", "even_places"])
+    assert list(both) == ["ceiling", "ceiling-town_apart", "ceiling-even_places"]
+    assert both["ceiling"] == BASE["data"]
