@@ -28,6 +28,10 @@ median rank, docs/method.md section 4.1):
   and coasts lie at one density (lit places 2 % of the samples, not 18 %): whether the model is
   surest, and its maps follow S, because the corpus draws its samples where its town sounds are
   (docs/demo-model.md, "The cause, measured");
+- `map_cells`: the same on a corpus built with the same --strata and `--per-map-cell`
+  (data/corpus-map-cells), whose samples lie at one density per web-mercator map cell, not per
+  km^2: whether the model is surest where its map cells are largest, near the equator, because
+  training meets those cells most often;
 - `less_sat_text`: the sat-text pairs weighted 0.1 instead of 0.5 (train.loss.weights): whether
   the pull of a text toward the cells it is paired with is what merges the town sounds' text
   means (docs/demo-model.md, "The cause, measured");
@@ -104,6 +108,7 @@ VARIANTS: dict[str, dict] = {
     "deep": {"model": {"fusion": {"width": 96, "depth": 3, "heads": 4, "ff": 192, "meta_hidden": 64}}},
     "town_apart": {"data": {"path": "data/corpus-town-apart"}},
     "even_places": {"data": {"path": "data/corpus-even-places"}},
+    "map_cells": {"data": {"path": "data/corpus-map-cells"}},
     "less_sat_text": {"train": {"loss": {"weights": {"sat_audio": 0.5, "sat_text": 0.1, "audio_text": 0.5}}}},
     "more_sat_text": {"train": {"loss": {"weights": {"sat_audio": 0.5, "sat_text": 1.5, "audio_text": 0.5}}}},
     "less_audio_text": {"train": {"loss": {"weights": {"sat_audio": 0.5, "sat_text": 0.5, "audio_text": 0.1}}}},

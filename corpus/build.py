@@ -70,6 +70,7 @@ class BuildConfig:
     audio_assets: tuple[str, ...] = AUDIO_ASSETS
     strata: dict[str, float | str] = field(default_factory=lambda: dict(STRATA))  # shares, or "area"
     max_town_layers: int | None = None  # None: every town sound heard at the place is mixed in
+    per_map_cell: bool = False  # within a stratum, points uniform over the web-mercator map, not by area
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -82,12 +83,18 @@ class BuildConfig:
 
 
 def _uniform_points(
-    bounds: tuple[float, float, float, float], m: int, rng: np.random.Generator
+    bounds: tuple[float, float, float, float], m: int, rng: np.random.Generator, per_map_cell: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """m points uniform by area in bounds (west may exceed east, as in draw_locations, after its
-    clamp to web mercator's latitudes)."""
+    clamp to web mercator's latitudes), or with per_map_cell uniform over the web-mercator map,
+    so that every map cell of a level is as likely (a cell at 60 degrees gets 4x the points per
+    km^2 of one at the equator)."""
     west, south, east, north = bounds
-    lat = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(south)), np.sin(np.radians(north)), m)))
+    if per_map_cell:
+        y = rng.uniform(np.arcsinh(np.tan(np.radians(south))), np.arcsinh(np.tan(np.radians(north))), m)
+        lat = np.degrees(np.arctan(np.sinh(y)))
+    else:
+        lat = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(south)), np.sin(np.radians(north)), m)))
     lon = rng.uniform(west, east, m)
     return lat, np.where(lon > 180, lon - 360.0, lon)
 
@@ -110,6 +117,7 @@ def resolve_shares(
     shares: dict[str, float | str],
     rng: np.random.Generator,
     points: int = AREA_POINTS,
+    per_map_cell: bool = False,
 ) -> dict[str, float]:
     """Every stratum's share of the samples as a number: a stratum given as "area" takes, of what
     the numbered strata leave, a part in proportion to its area within bounds (estimated from
@@ -119,7 +127,7 @@ def resolve_shares(
     by_area = [k for k, v in shares.items() if v == "area"]
     resolved = {k: numbered.get(k, 0.0) for k in STRATA}
     if by_area:
-        masks = _strata_masks(places, *_uniform_points(bounds, points, rng))
+        masks = _strata_masks(places, *_uniform_points(bounds, points, rng, per_map_cell))
         area = np.array([masks[k].mean() for k in by_area])
         left = 1.0 - sum(numbered.values())
         for k, a in zip(by_area, area / area.sum() * left, strict=True):
@@ -133,6 +141,7 @@ def draw_locations(
     bounds: tuple[float, float, float, float],
     shares: dict[str, float | str],
     rng: np.random.Generator,
+    per_map_cell: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lat, lon, stratum index into STRATA) of n points, uniform by area within each stratum,
     inside `bounds` (west, south, east, north; west > east across the antimeridian, as an
@@ -149,7 +158,7 @@ def draw_locations(
         )
     south, north = max(south, -MERCATOR_LAT_LIMIT), min(north, MERCATOR_LAT_LIMIT)
     clamped = (west, south, east, north)
-    numbers = resolve_shares(places, clamped, shares, rng)
+    numbers = resolve_shares(places, clamped, shares, rng, per_map_cell=per_map_cell)
     names = list(STRATA)
     quota = dict(
         zip(names, np.floor(np.array([numbers[k] for k in names]) / sum(numbers.values()) * n).astype(int), strict=True)
@@ -159,7 +168,7 @@ def draw_locations(
     for _ in range(200):
         if all(sum(len(a) for a in picked[k]) >= quota[k] for k in names):
             break
-        lat, lon = _uniform_points(clamped, 4 * n + 1000, rng)
+        lat, lon = _uniform_points(clamped, 4 * n + 1000, rng, per_map_cell)
         masks = _strata_masks(places, lat, lon)
         for k in names:
             picked[k].append(np.stack([lat[masks[k]], lon[masks[k]]], axis=1))
@@ -481,7 +490,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     pools = split_recordings(clips, cfg.seed)
 
     rng = np.random.default_rng(cfg.seed)
-    lat, lon, stratum = draw_locations(places, cfg.samples, imagery.footprint, cfg.strata, rng)
+    lat, lon, stratum = draw_locations(places, cfg.samples, imagery.footprint, cfg.strata, rng, cfg.per_map_cell)
     level = rng.choice(np.array(cfg.levels), size=len(lat))
     x, y = tile_of(lat, lon, level)
     month = rng.integers(1, 13, len(lat)).astype(np.int8)

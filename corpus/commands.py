@@ -58,6 +58,7 @@ def _build(args: argparse.Namespace) -> int:
         audio_assets=tuple(args.audio_assets.split(",")) if args.audio_assets else AUDIO_ASSETS,
         max_town_layers=args.max_town_layers,
         **({"strata": args.strata} if args.strata else {}),
+        per_map_cell=args.per_map_cell,
     )
     manifest = build(cfg, progress=not args.quiet)
     print(
@@ -199,6 +200,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         f"{', '.join(STRATA)} (a number, or 'area': a part of what the numbers leave in proportion "
         "to the stratum's area, so those strata are sampled at one density; strata not named get "
         "none; default " + ",".join(f"{k}={v}" for k, v in STRATA.items()) + ": coasts and towns over-sampled)",
+    )
+    b.add_argument(
+        "--per-map-cell",
+        action="store_true",
+        help="within each stratum, draw points uniformly over the web-mercator map, so every map cell of a "
+        "level is met as often (a cell at 60 degrees gets 4x the samples per km^2 of one at the equator; "
+        "'area' shares are then shares of the map); default: uniformly by area",
     )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(handler=_build, resumes=True)

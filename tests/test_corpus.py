@@ -25,6 +25,7 @@ from corpus.reader import DemoCorpus, factory
 from model.config import ConfigError
 from model.data import Sample, reader
 from runtime.imagery import Imagery
+from runtime.tiles import MERCATOR_LAT_LIMIT
 
 LEVELS = (4, 5, 6)
 
@@ -182,6 +183,20 @@ def test_strata_given_by_area_are_drawn_at_one_density():
     shares = {"land": 0.6, "coast": 0.1, "lit": 0.3}  # numbers: lit places get 0.3, not half
     _, lon, stratum = draw_locations(_StripedPlaces(), 4000, box, shares, np.random.default_rng(1))
     assert (lon > 5).sum() == (stratum == list(STRATA).index("lit")).sum() == 1200
+
+
+def test_per_map_cell_draws_meet_every_map_cell_as_often():
+    """By area, a level-4 map cell at 56-67 N holds a quarter of the points of one at the equator
+    (a map cell's km^2 shrink as cos^2 of the latitude); drawn per map cell, as many."""
+    import mercantile
+
+    box, land = (0.0, -MERCATOR_LAT_LIMIT, 10.0, MERCATOR_LAT_LIMIT), {"land": 1.0}  # unlit land: 1-5 E
+    equator, north = mercantile.tile(5, 0, 4), mercantile.tile(5, 63, 4)
+    band = [np.ptp(np.sin(np.radians([b.south, b.north]))) for b in map(mercantile.bounds, (north, equator))]
+    for per_map_cell, ratio in ((False, band[0] / band[1]), (True, 1.0)):  # 0.25 of the points, then 1
+        lat, lon, _ = draw_locations(_StripedPlaces(), 40_000, box, land, np.random.default_rng(2), per_map_cell)
+        tiles = [mercantile.tile(a, b, 4) for a, b in zip(lon, lat, strict=True)]
+        assert tiles.count(north) / tiles.count(equator) == pytest.approx(ratio, rel=0.1)
 
 
 def test_build_writes_manifest_recipes_and_provenance(corpus_path):
