@@ -405,21 +405,35 @@ def cause(engine, cells, prompts: tuple[str, ...] = PROMPTS) -> dict:
     return out
 
 
+def map_cell_area(level: int, y: np.ndarray) -> np.ndarray:
+    """The area of web-mercator map cells of row y at `level`, as a share of a cell's beside the
+    equator: it shrinks as the squared cosine of the latitude (a quarter at 60 degrees)."""
+    n = float(1 << level)
+    edges = np.pi * (1.0 - 2.0 * (np.asarray(y, np.float64) + np.array([[0.0], [1.0]])) / n)
+    north, south = np.tanh(edges)  # the sines of the cells' north and south edges' latitudes
+    return (north - south) / np.tanh(2.0 * np.pi / n)
+
+
 def crowding(samples: Path, level: int, x: np.ndarray, y: np.ndarray, cells) -> dict:
     """How the cells' S and their first principal direction follow how crowded the corpus's
     samples are: Spearman of -S, and of the position on that direction, with the number of the
     corpus's samples (every split) in each cell. Training met crowded places more often
-    (train.balance_places evens it out)."""
+    (train.balance_places evens it out). A corpus drawn by area puts fewer samples in the small
+    map cells far from the equator, so the count is also split into the cell's area and its
+    samples per km^2."""
     from runtime.tiles import points_per_tile
 
     table = np.load(samples)
     crowded = points_per_tile(table["lat"], table["lon"], level, x, y)
+    area = map_cell_area(level, y)
     s, mu = cells.s.astype(np.float64), cells.mu.astype(np.float64)
     position = mu @ first_direction(mu)
     return {
         "spearman_with_minus_s": float(spearmanr(crowded, -s).statistic),
         "abs_spearman_with_first_direction": float(abs(spearmanr(crowded, position).statistic)),
         "cells_without_samples": float((crowded == 0).mean()),
+        "spearman_with_cell_area": float(spearmanr(crowded, area).statistic),
+        "per_area_spearman_with_minus_s": float(spearmanr(crowded / area, -s).statistic),
     }
 
 
@@ -466,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     result["default"] = condition(engine, cells, class_labels(places, args.level, x[land], y[land]), heldout, prompts)
     say("cause: decomposition, text embeddings, the cells' means ...")
     result["cause"] = cause(engine, cells, prompts)
+    area = map_cell_area(args.level, y[land])  # a corpus drawn by area meets small cells less often
+    result["cause"]["cell_area_spearman_with_minus_s"] = float(spearmanr(area, -cells.s).statistic)
     if (samples := Path(args.places).with_name("samples.npz")).is_file():
         result["cause"]["samples_per_cell"] = crowding(samples, args.level, x[land], y[land], cells)
     result["hours"] = {}

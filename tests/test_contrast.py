@@ -20,6 +20,7 @@ from benchmarks.discrimination import (
     discrimination,
     first_direction,
     layer_maps,
+    map_cell_area,
     pairwise,
     partial_spearman,
     read_prompts,
@@ -255,6 +256,18 @@ def test_crowding_counts_the_samples_in_each_cell(tmp_path):
     assert out["spearman_with_minus_s"] == pytest.approx(1.0)
     assert out["abs_spearman_with_first_direction"] == pytest.approx(1.0)
     assert out["cells_without_samples"] == pytest.approx(0.25)
+    assert out["per_area_spearman_with_minus_s"] == pytest.approx(1.0)  # level 1's two rows are as large
+
+
+def test_a_map_cell_shrinks_as_the_squared_cosine_of_its_latitude():
+    from runtime.tiles import tile_centres
+
+    y = np.arange(64)
+    area = map_cell_area(6, y)
+    _, lat = tile_centres(6, np.zeros(64), y)
+    assert area[31] == area[32] == pytest.approx(1.0) and area == pytest.approx(area[::-1])
+    assert area == pytest.approx(np.cos(np.radians(lat)) ** 2 / np.cos(np.radians(lat[31])) ** 2, rel=0.02)
+    assert 0.2 < area[np.argmin(np.abs(lat - 60))] < 0.3
 
 
 def test_between_classes_pairs_every_class_that_varies():
