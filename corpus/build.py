@@ -129,6 +129,8 @@ def resolve_shares(
     if by_area:
         masks = _strata_masks(places, *_uniform_points(bounds, points, rng, per_map_cell))
         area = np.array([masks[k].mean() for k in by_area])
+        if area.sum() == 0:
+            raise CorpusError(f"the imagery bounds hold none of {', '.join(by_area)}, the strata given by area")
         left = 1.0 - sum(numbered.values())
         for k, a in zip(by_area, area / area.sum() * left, strict=True):
             resolved[k] = float(a)
@@ -143,11 +145,12 @@ def draw_locations(
     rng: np.random.Generator,
     per_map_cell: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lat, lon, stratum index into STRATA) of n points, uniform by area within each stratum,
-    inside `bounds` (west, south, east, north; west > east across the antimeridian, as an
-    imagery's footprint is: its points lie on either side of 180 degrees, where they were drawn
-    over every longitude between), and within web mercator's latitudes, where the map has cells
-    (CorpusError for bounds wholly past them). `shares` as resolve_shares reads them."""
+    """(lat, lon, stratum index into STRATA) of n points, uniform by area within each stratum
+    (with per_map_cell, uniform over the web-mercator map), inside `bounds` (west, south, east,
+    north; west > east across the antimeridian, as an imagery's footprint is: its points lie on
+    either side of 180 degrees, where they were drawn over every longitude between), and within
+    web mercator's latitudes, where the map has cells (CorpusError for bounds wholly past them).
+    `shares` as resolve_shares reads them."""
     west, south, east, north = bounds
     if west > east:
         east += 360.0  # drawn over west..180 and on, then wrapped to -180..east

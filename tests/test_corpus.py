@@ -180,6 +180,8 @@ def test_strata_given_by_area_are_drawn_at_one_density():
     _, lon, stratum = draw_locations(_StripedPlaces(), 4000, box, even, np.random.default_rng(1))
     counts = np.histogram(lon, bins=10, range=(0, 10))[0]
     assert counts.min() > 330 and counts.max() < 470  # about 400 in every tenth of the box
+    with pytest.raises(CorpusError, match=r"^the imagery bounds hold none of sea, the strata given by area$"):
+        resolve_shares(_StripedPlaces(), box, {"land": 0.5, "sea": "area"}, np.random.default_rng(0))
     shares = {"land": 0.6, "coast": 0.1, "lit": 0.3}  # numbers: lit places get 0.3, not half
     _, lon, stratum = draw_locations(_StripedPlaces(), 4000, box, shares, np.random.default_rng(1))
     assert (lon > 5).sum() == (stratum == list(STRATA).index("lit")).sum() == 1200
