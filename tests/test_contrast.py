@@ -242,21 +242,24 @@ def test_first_direction_is_the_cells_widest_spread():
 
 
 def test_crowding_counts_the_samples_in_each_cell(tmp_path):
-    """Four cells of level 1 with 3, 2, 1 and 0 samples: S falling with the count follows it
-    perfectly, and the cells' means spread along the count too."""
+    """Four cells of level 2 with 3, 2, 1 and 0 samples: S falling with the count follows it
+    perfectly, and the cells' means spread along the count too. The two crowded cells lie in
+    the small row past 66 N, so per km^2 they are more crowded still, and the count runs against
+    the cells' areas."""
     from types import SimpleNamespace
 
-    lat = np.array([40.0, 41.0, 42.0, 40.0, 41.0, -40.0])
-    lon = np.array([-90.0, -80.0, -70.0, 90.0, 80.0, -90.0])  # (0,0) x3, (1,0) x2, (0,1) x1
+    lat = np.array([70.0, 75.0, 80.0, 70.0, 75.0, 40.0])
+    lon = np.array([-170.0, -150.0, -120.0, -80.0, -20.0, -150.0])  # (0,0) x3, (1,0) x2, (0,1) x1
     np.savez(tmp_path / "samples.npz", lat=lat, lon=lon)
     x, y = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])
     mu = np.column_stack([np.array([3.0, 2.0, 1.0, 0.0]), np.zeros(4)])
     cells = SimpleNamespace(s=np.array([0.1, 0.2, 0.3, 0.4]), mu=mu)
-    out = crowding(tmp_path / "samples.npz", 1, x, y, cells)
+    out = crowding(tmp_path / "samples.npz", 2, x, y, cells)
     assert out["spearman_with_minus_s"] == pytest.approx(1.0)
     assert out["abs_spearman_with_first_direction"] == pytest.approx(1.0)
     assert out["cells_without_samples"] == pytest.approx(0.25)
-    assert out["per_area_spearman_with_minus_s"] == pytest.approx(1.0)  # level 1's two rows are as large
+    assert out["per_area_spearman_with_minus_s"] == pytest.approx(1.0)
+    assert out["spearman_with_cell_area"] < -0.8
 
 
 def test_a_map_cell_shrinks_as_the_squared_cosine_of_its_latitude():
