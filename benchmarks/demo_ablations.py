@@ -213,8 +213,10 @@ def corpora(base: dict, variants: list[str]) -> dict[str, dict]:
 
 
 def row(name: str, report: dict) -> str:
-    """A markdown row of a run (`name` is a variant, or a variant's seed run `<variant>-seed<k>`)."""
-    condition = CONDITION.get(name.rsplit("-seed", 1)[0].split("-", 1)[0], "metadata")
+    """A markdown row of a run (`name` is a variant, a variant's seed run `<variant>-seed<k>`, or
+    a corpus's ceiling)."""
+    variant = "ceiling" if name.startswith("ceiling") else name.rsplit("-seed", 1)[0]  # corpora()'s keys
+    condition = CONDITION.get(variant, "metadata")
     m = report["results"]["all"][condition]
     return (
         f"| {name} | {condition} | {m['I2S_R@10%']:.3f} | {m['I2S_median_rank']:.0f} "

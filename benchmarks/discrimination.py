@@ -408,10 +408,12 @@ def cause(engine, cells, prompts: tuple[str, ...] = PROMPTS) -> dict:
 def map_cell_area(level: int, y: np.ndarray) -> np.ndarray:
     """The area of web-mercator map cells of row y at `level`, as a share of a cell's beside the
     equator: it shrinks as the squared cosine of the latitude (a quarter at 60 degrees)."""
-    n = float(1 << level)
-    edges = np.pi * (1.0 - 2.0 * (np.asarray(y, np.float64) + np.array([[0.0], [1.0]])) / n)
-    north, south = np.tanh(edges)  # the sines of the cells' north and south edges' latitudes
-    return (north - south) / np.tanh(2.0 * np.pi / n)
+    from runtime.tiles import tiles_bounds
+
+    rows = np.append(np.asarray(y), (1 << level) // 2)  # the last: the row just south of the equator
+    _, south, _, north = tiles_bounds(level, np.zeros(len(rows)), rows)
+    band = np.sin(np.radians(north)) - np.sin(np.radians(south))  # a cell's area goes as this
+    return band[:-1] / band[-1]
 
 
 def crowding(samples: Path, level: int, x: np.ndarray, y: np.ndarray, cells) -> dict:

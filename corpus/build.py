@@ -451,14 +451,13 @@ def check_strata(shares: dict[str, float | str]) -> None:
     unknown = set(shares) - set(STRATA)
     if unknown:
         raise CorpusError(f"--strata: unknown stratum {sorted(unknown)}; choose from {list(STRATA)}")
-    if any(isinstance(v, str) and v != "area" for v in shares.values()):
+    numbers = [v for v in shares.values() if v != "area"]
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) and v >= 0 for v in numbers):
         raise CorpusError('--strata: each share must be a number >= 0 or "area"')
-    numbers = [float(v) for v in shares.values() if v != "area"]
-    if any(not v >= 0 or not np.isfinite(v) for v in numbers):
-        raise CorpusError('--strata: each share must be a number >= 0 or "area"')
-    if len(numbers) < len(shares) and sum(numbers) >= 1:
+    total = sum(float(v) for v in numbers)
+    if len(numbers) < len(shares) and total >= 1:
         raise CorpusError('--strata: the numbered shares must sum to less than 1 to leave the "area" strata some')
-    if len(numbers) == len(shares) and sum(numbers) <= 0:
+    if len(numbers) == len(shares) and total <= 0:
         raise CorpusError("--strata: the shares must not all be 0")
 
 
