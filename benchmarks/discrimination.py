@@ -19,7 +19,9 @@ uncertainty layer), and text -> cell retrieval: for each sound class of the demo
 (corpus/rules.py), its prompt ranks the land cells, a positive is a cell where the rules give the
 class a weight >= 0.1 averaged over the cell (corpus.build.cell_rules, 8 x 8 points) and over
 4 months x 4 hours; AUC per class, mean over the classes with >= 10 positives (all land cells,
-and only the cells of the held-out level-4 regions of the demo training split).
+and only the cells of the held-out level-4 regions of the demo training split). The served
+layers' three figures again with each cell counted by its area on the ground (a web-mercator
+map gives polar land most of its cells).
 
 Cause: a two-way decomposition of the logit maps of the prompts over land (logit = -a d =
 cell effect + prompt effect + interaction), with the cell effect split into its -a S_i part
@@ -31,7 +33,10 @@ model's maps of their class prompts; the cells' mu (share of variance in the fir
 components). For the class prompts, how much a map follows -S beyond what its own class's rules
 map does: the partial Spearman of the map and -S given the rules' map (0 when the map follows S
 only where the sound is), and why some do: how each class prompt's text mean points along the
-cells' first principal direction and how its true map follows the cells along it.
+cells' first principal direction and how its true map follows the cells along it. What carries
+S's tie to the map cell's area: the tie again with the fuse graph given no location, with the
+cells' GSDs shuffled, and with each cell's image its mean colour (where the store's imagery is
+found).
 """
 
 from __future__ import annotations
@@ -87,6 +92,11 @@ LABEL_MONTHS = (1, 4, 7, 10)
 LABEL_HOURS = (0, 6, 12, 18)
 MIN_POSITIVES = 10
 CONTRAST_SWEEP = (0.25, 0.75, 1.0)
+SERVED_LAYERS = ("heatmap", "contrast")
+# The ties `carriers` measures, in the order the markdown prints them.
+CARRIERS = ("served", "location_absent", "gsd_shuffled", "mean_colour_only", "served_without_bright_cells")
+# A cell whose image's mean pixel value (0-255) is above this is snow or ice in the demo imagery.
+BRIGHT = 180
 # How sharply the query-weighted baseline leans on the reference sounds nearest the query (cosine).
 NEAREST_SHARPNESS = 10.0
 
@@ -110,26 +120,44 @@ def read_prompts(path: Path) -> tuple[str, ...]:
     return prompts
 
 
-def spearman_matrix(columns: np.ndarray) -> np.ndarray:
+def spearman_matrix(columns: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Spearman of every pair of columns (at least two), as a square matrix: spearmanr gives two
-    columns' one coefficient as a scalar."""
+    columns' one coefficient as a scalar. Given a weight per row, the weighted Spearman: the
+    Pearson correlation, under those weights, of the weighted ranks."""
+    if weights is not None:
+        ranks = np.column_stack([weighted_ranks(c, weights) for c in np.asarray(columns).T])
+        cov = np.cov(ranks, rowvar=False, aweights=weights)
+        spread = np.sqrt(np.diag(cov))
+        return cov / np.outer(spread, spread)
     rho = spearmanr(columns).statistic
     return np.array([[1.0, rho], [rho, 1.0]]) if np.ndim(rho) == 0 else rho
 
 
-def pairwise(maps: np.ndarray) -> dict:
+def weighted_ranks(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each value's rank as the weight of the values below it plus half the weight of its own
+    (tied values share it): with every weight 1, scipy's average ranks less a half."""
+    distinct, inverse = np.unique(values, return_inverse=True)
+    per_value = np.bincount(inverse, weights=weights, minlength=len(distinct))
+    return (np.cumsum(per_value) - per_value / 2)[inverse]
+
+
+def pairwise(maps: np.ndarray, weights: np.ndarray | None = None) -> dict:
     """Spearman of every pair of columns of `maps` (cells x prompts): mean, max and the max pair."""
-    rho = spearman_matrix(maps)
+    rho = spearman_matrix(maps, weights)
     pairs = list(itertools.combinations(range(maps.shape[1]), 2))
     values = np.array([rho[i, j] for i, j in pairs])
     top = pairs[int(np.argmax(values))]
     return {"mean": float(values.mean()), "max": float(values.max()), "max_pair": top, "matrix": rho}
 
 
-def discrimination(maps: np.ndarray, s: np.ndarray, names: tuple[str, ...]) -> dict:
-    """The issue's three figures for one layer's maps (cells x prompts) over land."""
-    pw = pairwise(maps)
-    with_unc = np.array([spearmanr(maps[:, j], -s).statistic for j in range(maps.shape[1])])
+def discrimination(maps: np.ndarray, s: np.ndarray, names: tuple[str, ...], weights: np.ndarray | None = None) -> dict:
+    """The issue's three figures for one layer's maps (cells x prompts) over land; given a
+    weight per cell (its area on the ground), each cell counts by it."""
+    pw = pairwise(maps, weights)
+    if weights is None:
+        with_unc = np.array([spearmanr(maps[:, j], -s).statistic for j in range(maps.shape[1])])
+    else:
+        with_unc = spearman_matrix(np.column_stack([maps, -s]), weights)[-1, :-1]
     result = {
         "mean_pairwise_spearman": pw["mean"],
         "max_pairwise_spearman": pw["max"],
@@ -276,9 +304,7 @@ def layer_maps(engine, cells, prompts: tuple[str, ...]) -> dict[str, np.ndarray]
 
     queries = [engine.embed_text(t) for t in prompts]
     mu_q = np.stack([q.mu for q in queries]).astype(np.float64)
-    out = {
-        layer: np.column_stack([engine.values(cells, layer, q) for q in queries]) for layer in ("heatmap", "contrast")
-    }
+    out = {layer: np.column_stack([engine.values(cells, layer, q) for q in queries]) for layer in SERVED_LAYERS}
     mu = cells.mu.astype(np.float64)
     out["heatmap_without_s_i"] = mu @ mu_q.T
     logit = np.column_stack([engine.logits(cells, q) for q in queries]).astype(np.float64)
@@ -344,8 +370,12 @@ def shared_axis(engine, cells, labels: np.ndarray, present: np.ndarray) -> dict:
     return {"shared_axis_spearman_with_minus_uncertainty": float(spearmanr(position, -s).statistic), "classes": classes}
 
 
-def condition(engine, cells, labels: np.ndarray, heldout: np.ndarray, prompts: tuple[str, ...] = PROMPTS) -> dict:
-    """Every figure of one metadata condition: the prompts' maps per layer, the class prompts'
+def condition(
+    engine, cells, labels: np.ndarray, heldout: np.ndarray, area: np.ndarray, prompts: tuple[str, ...] = PROMPTS
+) -> dict:
+    """Every figure of one metadata condition: the prompts' maps per layer, the served layers'
+    also with each cell counted by its `area` on the ground (a map cell far from the equator
+    covers less of the Earth: polar ice is most of a level's land cells), the class prompts'
     maps against the rules' class maps, and retrieval AUC of the class prompts."""
     from corpus import rules
 
@@ -353,10 +383,12 @@ def condition(engine, cells, labels: np.ndarray, heldout: np.ndarray, prompts: t
     class_prompts = tuple(class_prompt(c) for c in rules.CLASSES)
     present = labels.max(axis=0) >= POSITIVE_WEIGHT
     names = tuple(np.array(rules.CLASSES)[present])
+    maps = layer_maps(engine, cells, prompts)
     class_maps = layer_maps(engine, cells, class_prompts)
     everywhere = np.ones(len(s), bool)
     return {
-        "layers": {name: discrimination(m, s, prompts) for name, m in layer_maps(engine, cells, prompts).items()},
+        "layers": {name: discrimination(m, s, prompts) for name, m in maps.items()},
+        "layers_per_km2": {name: discrimination(maps[name], s, prompts, area) for name in SERVED_LAYERS},
         "corpus_class_maps": {
             **discrimination(labels[:, present], s, names),
             "town_mean_pairwise_spearman": town_pairwise(labels[:, present], names),
@@ -416,6 +448,50 @@ def map_cell_area(level: int, y: np.ndarray) -> np.ndarray:
     return band[:-1] / band[-1]
 
 
+def carriers(engine, level, rows: np.ndarray, x: np.ndarray, y: np.ndarray, area: np.ndarray, imagery) -> dict:
+    """Which input carries S's tie to the map cell's area (the model is surest where cells are
+    large): the Spearman of the area with -S as served, then with the fuse graph given no
+    location, with the cells' GSDs shuffled among them, and with each cell's image its mean
+    colour alone; S against the image's brightness, and the tie among the cells that are not
+    snow or ice (mean pixel value <= BRIGHT) alone. `rows` are the level's cells at (x, y)."""
+    from runtime.metadata import encode_metadata
+
+    bundle = engine.bundle
+    size = int(bundle.manifest["image"]["size"])
+    images = [imagery.cell(level.level, int(i), int(j), size) for i, j in zip(x, y, strict=True)]
+    read = np.array([c is not None for c in images])
+    rows, area = rows[read], area[read]
+    rgb = np.stack([c.rgb for c in images if c is not None])
+    gsd = np.array([c.gsd for c in images if c is not None], np.float32)
+    located = default_metadata(level, rows)
+
+    def s_of(sat: np.ndarray, meta: dict) -> np.ndarray:
+        return uncertainty(bundle.fuse(np.asarray(sat, np.float32), meta)[1]).astype(np.float64)
+
+    def tie(s: np.ndarray) -> float:
+        return float(spearmanr(area, -s).statistic)
+
+    served = s_of(level.arrays.sat[rows], located)
+    colour = rgb.reshape(len(rgb), -1, 3).mean(axis=1)
+    flat = np.ascontiguousarray(np.broadcast_to(colour[:, None, None, :], rgb.shape).round().astype(np.uint8))
+    bright = colour.mean(axis=1) > BRIGHT
+    shuffled = np.random.default_rng(0).permutation(gsd)
+    return {
+        "cells_read": int(read.sum()),
+        "served": tie(served),
+        "location_absent": tie(s_of(level.arrays.sat[rows], encode_metadata(len(rows)))),
+        "gsd_shuffled": tie(s_of(bundle.embed_images(rgb, shuffled), located)),
+        "mean_colour_only": tie(s_of(bundle.embed_images(flat, gsd), located)),
+        "s_spearman_with_brightness": float(spearmanr(served, colour.mean(axis=1)).statistic),
+        "bright_cells": int(bright.sum()),
+        "median_s_bright": float(np.median(served[bright])) if bright.any() else None,
+        "median_s_other": float(np.median(served[~bright])) if (~bright).any() else None,
+        "served_without_bright_cells": float(spearmanr(area[~bright], -served[~bright]).statistic)
+        if (~bright).sum() >= MIN_POSITIVES
+        else None,
+    }
+
+
 def crowding(samples: Path, level: int, x: np.ndarray, y: np.ndarray, cells) -> dict:
     """How the cells' S and their first principal direction follow how crowded the corpus's
     samples are: Spearman of -S, and of the position on that direction, with the number of the
@@ -452,8 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         p.error(str(e))
 
+    from runtime.imagery import Imagery
     from runtime.scoring import CONTRAST_WEIGHT, REFERENCE_PROMPTS
     from server.engine import QueryMetadata
+    from server.service import store_imagery
 
     say = Progress()
 
@@ -466,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = np.flatnonzero(land)
     heldout = held_out(args.level, x[land], y[land], bundle.manifest.get("training", {}).get("config"))
     cells = engine.embeddings(level, rows, QueryMetadata())
+    area = map_cell_area(args.level, y[land])  # a corpus drawn by area meets small cells less often
     result = {
         "bundle": bundle.id,
         "precision": bundle.precision,
@@ -479,11 +558,16 @@ def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
     }
     say("the rules' class weights per land cell (retrieval labels), the maps ...")
-    result["default"] = condition(engine, cells, class_labels(places, args.level, x[land], y[land]), heldout, prompts)
+    labels = class_labels(places, args.level, x[land], y[land])
+    result["default"] = condition(engine, cells, labels, heldout, area, prompts)
     say("cause: decomposition, text embeddings, the cells' means ...")
     result["cause"] = cause(engine, cells, prompts)
-    area = map_cell_area(args.level, y[land])  # a corpus drawn by area meets small cells less often
     result["cause"]["cell_area_spearman_with_minus_s"] = float(spearmanr(area, -cells.s).statistic)
+    if (imagery := store_imagery(store)) is not None:
+        say("what carries S's tie to the cell's area: location, GSD, the image's colour ...")
+        result["cause"]["area_tie_carriers"] = carriers(
+            engine, level, rows, x[land], y[land], area, Imagery.as_described(imagery, store.manifest["imagery"])
+        )
     if (samples := Path(args.places).with_name("samples.npz")).is_file():
         result["cause"]["samples_per_cell"] = crowding(samples, args.level, x[land], y[land], cells)
     result["hours"] = {}
@@ -491,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"hour {hour} ...")
         labels = class_labels(places, args.level, x[land], y[land], hours=(hour,))
         result["hours"][str(hour)] = condition(
-            engine, engine.embeddings(level, rows, QueryMetadata(hour=hour)), labels, heldout, prompts
+            engine, engine.embeddings(level, rows, QueryMetadata(hour=hour)), labels, heldout, area, prompts
         )
 
     say("uncertainty: S = sum sigma^2 vs the paper's L1 norm of sigma ...")
@@ -540,6 +624,24 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {_row(d, default['retrieval'][name], pair=True)} | {d['meets_targets']} |")
     lines += [
         "",
+        "Each land cell counted by its area on the ground:",
+        "",
+        "| layer | mean pairwise Spearman | max pair | max abs Spearman with -S (mean) | targets met |",
+        "|---|---:|---|---:|---|",
+    ]
+    for name, d in default["layers_per_km2"].items():
+        lines.append(
+            f"| {name} | {_pairs(d)} ({d['mean_spearman_with_minus_uncertainty']:.3f}) | {d['meets_targets']} |"
+        )
+    if carried := result["cause"].get("area_tie_carriers"):
+        lines += [
+            "",
+            "Spearman of a cell's area with -S: "
+            + ", ".join(f"{key.replace('_', ' ')} {value:.3f}" for key, value in carried.items() if key in CARRIERS)
+            + f"; S with the image's brightness {carried['s_spearman_with_brightness']:.3f}.",
+        ]
+    lines += [
+        "",
         "Class prompts (one per sound class of the rules) against the rules' own class maps:",
         "",
         "| maps | mean pairwise Spearman | max pair | max abs Spearman with -S | Spearman with own class map "
@@ -564,7 +666,7 @@ def markdown(result: dict) -> str:
             "|---|---|---:|---:|---:|---:|",
         ]
         for hour, c in result["hours"].items():
-            for name in ("heatmap", "contrast"):
+            for name in SERVED_LAYERS:
                 lines.append(f"| {hour} | {name} | {_row(c['layers'][name], c['retrieval'][name], pair=False)} |")
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ from benchmarks.discrimination import (
     pairwise,
     partial_spearman,
     read_prompts,
+    spearman_matrix,
     town_pairwise,
     without_fit,
 )
@@ -175,6 +176,27 @@ def test_pairwise_and_the_uncertainty_figure_on_known_maps():
     assert tied["spearman_with_minus_uncertainty"]["confidence"] == pytest.approx(1.0)
     assert tied["max_abs_spearman_with_minus_uncertainty"] == pytest.approx(1.0)
     assert not tied["meets_targets"]
+
+
+def test_a_weighted_spearman_counts_each_row_as_often_as_its_weight():
+    """Integer weights give the Spearman of the rows repeated that many times (ties at their
+    average rank); weights of 1 give scipy's."""
+    rng = np.random.default_rng(3)
+    maps = np.column_stack([rng.normal(size=40), rng.integers(0, 5, size=40), rng.normal(size=40)])
+    maps[:, 2] += maps[:, 0]
+    weights = rng.integers(1, 6, size=40).astype(float)
+    repeated = np.repeat(maps, weights.astype(int), axis=0)
+    assert np.allclose(spearman_matrix(maps, weights), spearmanr(repeated).statistic)
+    assert np.allclose(spearman_matrix(maps, np.ones(40)), spearmanr(maps).statistic)
+    s = -maps[:, 0]
+    weighted = discrimination(maps, s, ("a", "b", "c"), weights)
+    again = discrimination(repeated, -repeated[:, 0], ("a", "b", "c"))
+    assert weighted["spearman_with_minus_uncertainty"] == pytest.approx(again["spearman_with_minus_uncertainty"])
+    assert weighted["mean_pairwise_spearman"] == pytest.approx(again["mean_pairwise_spearman"])
+    assert weighted["max_pair"] == again["max_pair"] == ["a", "c"]
+    # a cell with more weight than all others together pulls the figure: not the plain Spearman's
+    heavy = np.where(np.arange(40) < 20, 1.0, 50.0)
+    assert not np.isclose(spearman_matrix(maps, heavy)[0, 2], spearmanr(maps).statistic[0, 2], atol=1e-3)
 
 
 def test_a_prompts_file_is_read_and_lists_that_cannot_measure_are_refused(tmp_path):
@@ -343,12 +365,22 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
         for d in cond["layers"].values():
             assert -1 <= d["mean_pairwise_spearman"] <= d["max_pairwise_spearman"] <= 1
             assert list(d["spearman_with_minus_uncertainty"]) == result["prompts"]
+    for cond in (result["default"], result["hours"]["6"]):
+        assert set(cond["layers_per_km2"]) == {"heatmap", "contrast"}  # each cell counted by its area
+        for d in cond["layers_per_km2"].values():
+            assert -1 <= d["mean_pairwise_spearman"] <= d["max_pairwise_spearman"] <= 1
+    # the fixture store names its imagery, so the carriers of S's tie to the area are measured
+    carried = result["cause"]["area_tie_carriers"]
+    assert carried["cells_read"] == result["land_cells"]
+    assert carried["served"] == pytest.approx(result["cause"]["cell_area_spearman_with_minus_s"], abs=1e-6)
+    assert carried["location_absent"] != carried["served"] and -1 <= carried["mean_colour_only"] <= 1
+    printed = capsys.readouterr().out
+    assert "Spearman of a cell's area with -S: served" in printed and "| contrast |" in printed
     assert "samples_per_cell" not in result["cause"]  # the place rasters here have no corpus's samples beside them
     shares = result["cause"]["decomposition_prompts"]
     assert sum(shares[k] for k in ("share_cell_effect", "share_prompt_effect", "share_interaction")) == pytest.approx(1)
     # the fusion graph run here under the default metadata gives the store's own S
     assert result["uncertainty"]["s_recomputed_max_abs_diff"] < 1e-4
-    assert "| contrast |" in capsys.readouterr().out
 
 
 def test_town_towers_figures_on_known_vectors():
