@@ -97,6 +97,7 @@ SERVED_LAYERS = ("heatmap", "contrast")
 CARRIERS = ("served", "location_absent", "gsd_shuffled", "mean_colour_only", "served_without_bright_cells")
 # A cell whose image's mean pixel value (0-255) is above this is snow or ice in the demo imagery.
 BRIGHT = 180
+MIN_CELLS = 10  # the fewest cells a Spearman over a subset of them is reported for
 # How sharply the query-weighted baseline leans on the reference sounds nearest the query (cosine).
 NEAREST_SHARPNESS = 10.0
 
@@ -487,7 +488,7 @@ def carriers(engine, level, rows: np.ndarray, x: np.ndarray, y: np.ndarray, area
         "median_s_bright": float(np.median(served[bright])) if bright.any() else None,
         "median_s_other": float(np.median(served[~bright])) if (~bright).any() else None,
         "served_without_bright_cells": float(spearmanr(area[~bright], -served[~bright]).statistic)
-        if (~bright).sum() >= MIN_POSITIVES
+        if (~bright).sum() >= MIN_CELLS
         else None,
     }
 
@@ -637,7 +638,11 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             "Spearman of a cell's area with -S: "
-            + ", ".join(f"{key.replace('_', ' ')} {value:.3f}" for key, value in carried.items() if key in CARRIERS)
+            + ", ".join(
+                f"{key.replace('_', ' ')} {value:.3f}"
+                for key, value in carried.items()
+                if key in CARRIERS and value is not None
+            )
             + f"; S with the image's brightness {carried['s_spearman_with_brightness']:.3f}.",
         ]
     lines += [
