@@ -106,6 +106,9 @@ VARIANTS: dict[str, dict] = {
     },
     "shallow": {"model": {"fusion": {"width": 96, "depth": 1, "heads": 4, "ff": 192, "meta_hidden": 64}}},
     "deep": {"model": {"fusion": {"width": 96, "depth": 3, "heads": 4, "ff": 192, "meta_hidden": 64}}},
+    "fine_places": {
+        "model": {"fusion": {"width": 96, "depth": 2, "heads": 4, "ff": 192, "meta_hidden": 64, "location_octaves": 8}}
+    },
     "town_apart": {"data": {"path": "data/corpus-town-apart"}},
     "even_places": {"data": {"path": "data/corpus-even-places"}},
     "map_cells": {"data": {"path": "data/corpus-map-cells"}},

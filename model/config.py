@@ -101,6 +101,9 @@ class FusionConfig(Section):
     ff: Width = 192
     meta_hidden: Width = 64
     dropout: Share = 0.1
+    # The location token also reads the sines and cosines of the place's xyz at 2^k pi, k below
+    # this; 0: the xyz alone, which an MLP turns only into smooth functions of the place.
+    location_octaves: Annotated[int, Field(ge=0, le=16)] = 0
 
 
 class HashedTextConfig(Section):

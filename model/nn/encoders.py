@@ -4,6 +4,8 @@ ends in."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,18 +82,32 @@ class ImageEncoder(nn.Module):
         return self.projector(self.fc_norm(tokens.mean(dim=1)))
 
 
+def location_features(xyz: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """A place's xyz on the unit sphere (..., 3), then the sines and cosines of each coordinate
+    times each scale (..., 3 + 6 len(scales)): an MLP on xyz alone draws a continent, not a
+    city; the finest scale pi 2^k resolves places about 2^-k Earth radii apart."""
+    if not len(scales):
+        return xyz
+    angles = (xyz.unsqueeze(-1) * scales.to(xyz.dtype)).flatten(-2)
+    return torch.cat([xyz, angles.sin(), angles.cos()], dim=-1)
+
+
 class MetadataFusion(nn.Module):
     """[CLS, sat, location, hour, month, source, caption_source] through a post-LN transformer
     (PyTorch's TransformerEncoderLayer layout, as PSM) with a key padding mask; absent tokens
     are also zeroed. No positional or type embeddings, as in PSM: each token has its own
     encoder. The CLS output goes to the heads."""
 
+    location_scales: torch.Tensor  # a buffer: fusion.location_octaves' scales
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         f = cfg.fusion
         d = f.width
         self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
-        self.location = mlp(3, f.meta_hidden, d)
+        scales = math.pi * 2.0 ** torch.arange(f.location_octaves, dtype=torch.float32)
+        self.register_buffer("location_scales", scales, persistent=False)
+        self.location = mlp(3 * (1 + 2 * f.location_octaves), f.meta_hidden, d)
         self.hour = mlp(2, f.meta_hidden, d)
         self.month = mlp(2, f.meta_hidden, d)
         self.source = nn.Embedding(len(cfg.sources), d)
@@ -154,7 +170,7 @@ class MetadataFusion(nn.Module):
         # Stacked in contract.META_TOKENS order, the order of the `present` columns.
         meta = torch.stack(
             [
-                self.location(location),
+                self.location(location_features(location, self.location_scales)),
                 self.hour(hour),
                 self.month(month),
                 self.source(source),
