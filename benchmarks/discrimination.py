@@ -36,7 +36,7 @@ only where the sound is), and why some do: how each class prompt's text mean poi
 cells' first principal direction and how its true map follows the cells along it. What carries
 S's tie to the map cell's area: the tie again with the fuse graph given no location, with the
 cells' GSDs shuffled, and with each cell's image its mean colour (where the store's imagery is
-found).
+found). How much of the contrast maps the location token makes (the maps with it and without).
 """
 
 from __future__ import annotations
@@ -493,6 +493,29 @@ def carriers(engine, level, rows: np.ndarray, x: np.ndarray, y: np.ndarray, area
     }
 
 
+def location_use(engine, level, rows: np.ndarray, cells, prompts: tuple[str, ...]) -> dict:
+    """How much of the prompts' contrast maps the location token makes: each map against the
+    same map with the fuse graph given no location (Spearman per prompt, its median and least),
+    and the variance of their difference as a share of the map's (median). A model that draws
+    its maps from the imagery alone scores a Spearman near 1 and a share near 0."""
+    from runtime.metadata import encode_metadata
+    from server.engine import CellEmbeddings
+
+    mu, logvar = engine.bundle.fuse(np.asarray(level.arrays.sat[rows], np.float32), encode_metadata(len(rows)))
+    unplaced = CellEmbeddings(mu.astype(np.float16), uncertainty(logvar))
+    rho, share = [], []
+    for query in (engine.embed_text(t) for t in prompts):
+        placed, blind = engine.values(cells, "contrast", query), engine.values(unplaced, "contrast", query)
+        rho.append(float(spearmanr(placed, blind).statistic))
+        share.append(float(np.var(placed - blind) / np.var(placed)))
+    return {
+        "spearman_with_location_absent": dict(zip(prompts, rho, strict=True)),
+        "median_spearman_with_location_absent": float(np.median(rho)),
+        "least_spearman_with_location_absent": float(np.min(rho)),
+        "median_variance_share_of_location": float(np.median(share)),
+    }
+
+
 def crowding(samples: Path, level: int, x: np.ndarray, y: np.ndarray, cells) -> dict:
     """How the cells' S and their first principal direction follow how crowded the corpus's
     samples are: Spearman of -S, and of the position on that direction, with the number of the
@@ -564,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     say("cause: decomposition, text embeddings, the cells' means ...")
     result["cause"] = cause(engine, cells, prompts)
     result["cause"]["cell_area_spearman_with_minus_s"] = float(spearmanr(area, -cells.s).statistic)
+    result["cause"]["location_use"] = location_use(engine, level, rows, cells, prompts)
     if (imagery := store_imagery(store)) is not None:
         say("what carries S's tie to the cell's area: location, GSD, the image's colour ...")
         result["cause"]["area_tie_carriers"] = carriers(
@@ -634,6 +658,14 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {name} | {_pairs(d)} ({d['mean_spearman_with_minus_uncertainty']:.3f}) | {d['meets_targets']} |"
         )
+    used = result["cause"]["location_use"]
+    lines += [
+        "",
+        f"The contrast maps without the location token: Spearman with the maps as served, median "
+        f"{used['median_spearman_with_location_absent']:.3f} "
+        f"(least {used['least_spearman_with_location_absent']:.3f}); "
+        f"the location's share of a map's variance, median {used['median_variance_share_of_location']:.3f}.",
+    ]
     if carried := result["cause"].get("area_tie_carriers"):
         lines += [
             "",

@@ -374,6 +374,10 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
     assert carried["cells_read"] == result["land_cells"]
     assert carried["served"] == pytest.approx(result["cause"]["cell_area_spearman_with_minus_s"], abs=1e-6)
     assert carried["location_absent"] != carried["served"] and -1 <= carried["mean_colour_only"] <= 1
+    used = result["cause"]["location_use"]
+    assert list(used["spearman_with_location_absent"]) == result["prompts"]
+    assert -1 <= used["least_spearman_with_location_absent"] <= used["median_spearman_with_location_absent"] < 1
+    assert used["median_variance_share_of_location"] > 0  # the fixture's random fusion reads the location
     printed = capsys.readouterr().out
     assert "Spearman of a cell's area with -S: served" in printed and "| contrast |" in printed
     assert "samples_per_cell" not in result["cause"]  # the place rasters here have no corpus's samples beside them
