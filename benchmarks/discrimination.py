@@ -155,10 +155,7 @@ def discrimination(maps: np.ndarray, s: np.ndarray, names: tuple[str, ...], weig
     """The issue's three figures for one layer's maps (cells x prompts) over land; given a
     weight per cell (its area on the ground), each cell counts by it."""
     pw = pairwise(maps, weights)
-    if weights is None:
-        with_unc = np.array([spearmanr(maps[:, j], -s).statistic for j in range(maps.shape[1])])
-    else:
-        with_unc = spearman_matrix(np.column_stack([maps, -s]), weights)[-1, :-1]
+    with_unc = spearman_matrix(np.column_stack([maps, -s]), weights)[-1, :-1]
     result = {
         "mean_pairwise_spearman": pw["mean"],
         "max_pairwise_spearman": pw["max"],
@@ -449,14 +446,23 @@ def map_cell_area(level: int, y: np.ndarray) -> np.ndarray:
     return band[:-1] / band[-1]
 
 
-def carriers(engine, level, rows: np.ndarray, x: np.ndarray, y: np.ndarray, area: np.ndarray, imagery) -> dict:
-    """Which input carries S's tie to the map cell's area (the model is surest where cells are
-    large): the Spearman of the area with -S as served, then with the fuse graph given no
-    location, with the cells' GSDs shuffled among them, and with each cell's image its mean
-    colour alone; S against the image's brightness, and the tie among the cells that are not
-    snow or ice (mean pixel value <= BRIGHT) alone. `rows` are the level's cells at (x, y)."""
+def unplaced(engine, level, rows: np.ndarray):
+    """The cells `rows` of `level` fused with no location (the rest of the metadata unknown too)."""
     from runtime.metadata import encode_metadata
+    from server.engine import CellEmbeddings
 
+    mu, logvar = engine.bundle.fuse(np.asarray(level.arrays.sat[rows], np.float32), encode_metadata(len(rows)))
+    return CellEmbeddings(mu.astype(np.float16), uncertainty(logvar))
+
+
+def carriers(
+    engine, level, rows: np.ndarray, x: np.ndarray, y: np.ndarray, area: np.ndarray, cells, blind, imagery
+) -> dict:
+    """Which input carries S's tie to the map cell's area (the model is surest where cells are
+    large): the Spearman of the area with -S as served (`cells`), then with the fuse graph given
+    no location (`blind`), with the cells' GSDs shuffled among them, and with each cell's image
+    its mean colour alone; S against the image's brightness, and the tie among the cells that are
+    not snow or ice (mean pixel value <= BRIGHT) alone. `rows` are the level's cells at (x, y)."""
     bundle = engine.bundle
     size = int(bundle.manifest["image"]["size"])
     images = [imagery.cell(level.level, int(i), int(j), size) for i, j in zip(x, y, strict=True)]
@@ -472,18 +478,19 @@ def carriers(engine, level, rows: np.ndarray, x: np.ndarray, y: np.ndarray, area
     def tie(s: np.ndarray) -> float:
         return float(spearmanr(area, -s).statistic)
 
-    served = s_of(level.arrays.sat[rows], located)
+    served = cells.s[read].astype(np.float64)
     colour = rgb.reshape(len(rgb), -1, 3).mean(axis=1)
     flat = np.ascontiguousarray(np.broadcast_to(colour[:, None, None, :], rgb.shape).round().astype(np.uint8))
-    bright = colour.mean(axis=1) > BRIGHT
+    brightness = colour.mean(axis=1)
+    bright = brightness > BRIGHT
     shuffled = np.random.default_rng(0).permutation(gsd)
     return {
         "cells_read": int(read.sum()),
         "served": tie(served),
-        "location_absent": tie(s_of(level.arrays.sat[rows], encode_metadata(len(rows)))),
+        "location_absent": tie(blind.s[read]),
         "gsd_shuffled": tie(s_of(bundle.embed_images(rgb, shuffled), located)),
         "mean_colour_only": tie(s_of(bundle.embed_images(flat, gsd), located)),
-        "s_spearman_with_brightness": float(spearmanr(served, colour.mean(axis=1)).statistic),
+        "s_spearman_with_brightness": float(spearmanr(served, brightness).statistic),
         "bright_cells": int(bright.sum()),
         "median_s_bright": float(np.median(served[bright])) if bright.any() else None,
         "median_s_other": float(np.median(served[~bright])) if (~bright).any() else None,
@@ -493,21 +500,16 @@ def carriers(engine, level, rows: np.ndarray, x: np.ndarray, y: np.ndarray, area
     }
 
 
-def location_use(engine, level, rows: np.ndarray, cells, prompts: tuple[str, ...]) -> dict:
-    """How much of the prompts' contrast maps the location token makes: each map against the
-    same map with the fuse graph given no location (Spearman per prompt, its median and least),
-    and the variance of their difference as a share of the map's (median). A model that draws
-    its maps from the imagery alone scores a Spearman near 1 and a share near 0."""
-    from runtime.metadata import encode_metadata
-    from server.engine import CellEmbeddings
-
-    mu, logvar = engine.bundle.fuse(np.asarray(level.arrays.sat[rows], np.float32), encode_metadata(len(rows)))
-    unplaced = CellEmbeddings(mu.astype(np.float16), uncertainty(logvar))
+def location_use(engine, cells, blind, prompts: tuple[str, ...]) -> dict:
+    """How much of the prompts' contrast maps the location token makes: each map of `cells`
+    against the same map of `blind` (the cells fused with no location): Spearman per prompt, its
+    median and least, and the variance of their difference as a share of the map's (median). A
+    model that draws its maps from the imagery alone scores a Spearman near 1 and a share near 0."""
     rho, share = [], []
     for query in (engine.embed_text(t) for t in prompts):
-        placed, blind = engine.values(cells, "contrast", query), engine.values(unplaced, "contrast", query)
-        rho.append(float(spearmanr(placed, blind).statistic))
-        share.append(float(np.var(placed - blind) / np.var(placed)))
+        placed, unplaced_map = engine.values(cells, "contrast", query), engine.values(blind, "contrast", query)
+        rho.append(float(spearmanr(placed, unplaced_map).statistic))
+        share.append(float(np.var(placed - unplaced_map) / np.var(placed)))
     return {
         "spearman_with_location_absent": dict(zip(prompts, rho, strict=True)),
         "median_spearman_with_location_absent": float(np.median(rho)),
@@ -587,11 +589,13 @@ def main(argv: list[str] | None = None) -> int:
     say("cause: decomposition, text embeddings, the cells' means ...")
     result["cause"] = cause(engine, cells, prompts)
     result["cause"]["cell_area_spearman_with_minus_s"] = float(spearmanr(area, -cells.s).statistic)
-    result["cause"]["location_use"] = location_use(engine, level, rows, cells, prompts)
+    blind = unplaced(engine, level, rows)
+    result["cause"]["location_use"] = location_use(engine, cells, blind, prompts)
     if (imagery := store_imagery(store)) is not None:
         say("what carries S's tie to the cell's area: location, GSD, the image's colour ...")
+        described = Imagery.as_described(imagery, store.manifest["imagery"])
         result["cause"]["area_tie_carriers"] = carriers(
-            engine, level, rows, x[land], y[land], area, Imagery.as_described(imagery, store.manifest["imagery"])
+            engine, level, rows, x[land], y[land], area, cells, blind, described
         )
     if (samples := Path(args.places).with_name("samples.npz")).is_file():
         result["cause"]["samples_per_cell"] = crowding(samples, args.level, x[land], y[land], cells)
