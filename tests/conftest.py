@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,37 @@ FIXTURE_LEVELS = [3, 4, 5, 6]
 FIXTURE_BBOX_ARG = "--bbox=" + ",".join(map(str, FIXTURE_BBOX))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules holding slow tests first, in their order otherwise: xdist's `--dist loadfile`
+    hands modules to the workers in this order, and the long ones, handed out last, kept one
+    worker busy while the other had nothing left (about 30 s of the 15-minute run)."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """`name` in the folder every xdist worker of this run shares, built by the first worker to ask
+    (holding a lock, into a side path renamed into place) and read by the others: the fixture
+    bundle and store cost each worker about 36 s of CPU."""
+    from runtime.files import path_lock
+
+    path = run_wide(tmp_path_factory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path_lock(path):
+        if not path.exists():
+            partial = path.with_name(f"partial-{path.name}")
+            shutil.rmtree(partial, ignore_errors=True)  # left by a worker that was killed
+            partial.unlink(missing_ok=True)
+            build(partial)
+            partial.rename(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def imagery_path(tmp_path_factory) -> Path:
     from corpus.bluemarble import build_geotiff
 
-    return build_geotiff(tmp_path_factory.mktemp("imagery") / "europe.tif", FIXTURE_BBOX)
+    return built_once(tmp_path_factory, "imagery/europe.tif", lambda out: build_geotiff(out, FIXTURE_BBOX))
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +128,22 @@ def frozen_text_model():
 
 
 @pytest.fixture(scope="session")
-def trained_model(imagery_path, tiny_model_config):
-    """A tiny model trained for a few steps on colour-captioned cells of the fixture."""
+def trained_model(imagery_path, tiny_model_config, tmp_path_factory):
+    """A tiny model trained for a few steps on colour-captioned cells of the fixture (by the first
+    worker; the others load its weights)."""
+    import torch
+
+    from model.nn.psm import PSMModel
+
+    cfg = tiny_model_config
+    path = built_once(tmp_path_factory, "trained-model.pt", lambda out: _train_tiny_model(cfg, imagery_path, out))
+    saved = torch.load(path, weights_only=True)
+    model = PSMModel(cfg)
+    model.load_state_dict(saved["state"])
+    return model.eval(), tuple(saved["calibration"])
+
+
+def _train_tiny_model(cfg, imagery_path: Path, out: Path) -> None:
     import torch
 
     from model.nn.psm import PSMModel
@@ -110,7 +151,6 @@ def trained_model(imagery_path, tiny_model_config):
     from runtime.imagery import Imagery
     from tests import colour_corpus
 
-    cfg = tiny_model_config
     torch.manual_seed(0)
     model = PSMModel(cfg)
     corpus = colour_corpus.build(Imagery(imagery_path), cfg.image_size, range(3, 8), 400, seed=0)
@@ -120,7 +160,7 @@ def trained_model(imagery_path, tiny_model_config):
         TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=10, threads=1),
         progress=False,
     )
-    return model, loss.calibration()
+    torch.save({"state": model.state_dict(), "calibration": list(loss.calibration())}, out)
 
 
 # The fixture bundle describes one of its two sources (`demo` stays undescribed).
@@ -128,15 +168,16 @@ FIXTURE_SOURCE_DESCRIPTIONS = {"field": "a field recordist of the test fixture"}
 
 
 @pytest.fixture(scope="session")
-def bundle_path(trained_model, tmp_path_factory) -> Path:
+def bundle_path(request, tmp_path_factory) -> Path:
     from model.export import export_bundle
 
-    model, calibration = trained_model
-    out = tmp_path_factory.mktemp("bundle") / "bundle"
-    export_bundle(
-        model, out, calibration=calibration, name="test", int8=True, source_descriptions=FIXTURE_SOURCE_DESCRIPTIONS
-    )
-    return out
+    def export(out: Path) -> None:
+        model, calibration = request.getfixturevalue("trained_model")
+        export_bundle(
+            model, out, calibration=calibration, name="test", int8=True, source_descriptions=FIXTURE_SOURCE_DESCRIPTIONS
+        )
+
+    return built_once(tmp_path_factory, "bundle", export)
 
 
 @pytest.fixture(scope="session")
@@ -145,9 +186,10 @@ def store_path(bundle_path, imagery_path, tmp_path_factory) -> Path:
     from runtime.bundle import Bundle
     from runtime.imagery import Imagery
 
-    out = tmp_path_factory.mktemp("store") / "store"
-    run(Imagery(imagery_path), Bundle(bundle_path), FIXTURE_LEVELS, FIXTURE_BBOX, out, progress=False)
-    return out
+    def build(out: Path) -> None:
+        run(Imagery(imagery_path), Bundle(bundle_path), FIXTURE_LEVELS, FIXTURE_BBOX, out, progress=False)
+
+    return built_once(tmp_path_factory, "store", build)
 
 
 def free_port() -> int:
