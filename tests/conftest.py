@@ -58,7 +58,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
 def imagery_path(tmp_path_factory) -> Path:
     from corpus.bluemarble import build_geotiff
 
-    return built_once(tmp_path_factory, "imagery/europe.tif", lambda out: build_geotiff(out, FIXTURE_BBOX))
+    return built_once(tmp_path_factory, "fixture-imagery/europe.tif", lambda out: build_geotiff(out, FIXTURE_BBOX))
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +136,7 @@ def trained_model(imagery_path, tiny_model_config, tmp_path_factory):
     from model.nn.psm import PSMModel
 
     cfg = tiny_model_config
-    path = built_once(tmp_path_factory, "trained-model.pt", lambda out: _train_tiny_model(cfg, imagery_path, out))
+    path = built_once(tmp_path_factory, "fixture-model.pt", lambda out: _train_tiny_model(cfg, imagery_path, out))
     saved = torch.load(path, weights_only=True)
     model = PSMModel(cfg)
     model.load_state_dict(saved["state"])
@@ -177,7 +177,7 @@ def bundle_path(request, tmp_path_factory) -> Path:
             model, out, calibration=calibration, name="test", int8=True, source_descriptions=FIXTURE_SOURCE_DESCRIPTIONS
         )
 
-    return built_once(tmp_path_factory, "bundle", export)
+    return built_once(tmp_path_factory, "fixture-bundle", export)
 
 
 @pytest.fixture(scope="session")
@@ -189,7 +189,7 @@ def store_path(bundle_path, imagery_path, tmp_path_factory) -> Path:
     def build(out: Path) -> None:
         run(Imagery(imagery_path), Bundle(bundle_path), FIXTURE_LEVELS, FIXTURE_BBOX, out, progress=False)
 
-    return built_once(tmp_path_factory, "store", build)
+    return built_once(tmp_path_factory, "fixture-store", build)
 
 
 def free_port() -> int:
