@@ -25,6 +25,10 @@ server on the open internet needs and uvicorn does not have.
   asking for one each and reading nothing took a worker from 310 MB to 2 GB). Past it the
   clients that have read nothing for longest are dropped, never the answer just written.
 
+These refusals carry the CORS headers the app's policy gives its own answers (serve
+--cors-origins): without them a page on another origin saw a network error, not the 503, its
+Retry-After or the sentence.
+
 Limits come from SOUNDSCAPE_* variables (`ConnectionLimits.from_env`, a model like
 server/settings.Settings), since uvicorn builds the protocol itself in every worker; `soundscape
 serve` checks them before starting; docs/reliability.md lists them.
@@ -35,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 from collections import Counter
 from functools import lru_cache
 from typing import Any
@@ -45,7 +50,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from server.ratelimit import address_key
-from server.settings import Count, CountOrZero, EnvSettings, Positive
+from server.settings import Count, CountOrZero, EnvSettings, Names, Positive, cors_origins_field
 
 HEAD_END = b"\r\n\r\n"
 # What a client with a full send buffer must read each body_timeout_s to be kept: 64 KiB, about
@@ -76,9 +81,26 @@ class ConnectionLimits(EnvSettings):
     )
 
 
+class RefusalOrigins(EnvSettings):
+    """The CORS origins serve's app answers (SOUNDSCAPE_CORS_ORIGINS, checked by serve), read
+    again here since uvicorn builds the protocol in every worker."""
+
+    cors_origins: Names = cors_origins_field()
+
+
 @lru_cache(maxsize=1)
 def process_limits() -> ConnectionLimits:
     return ConnectionLimits.from_env()
+
+
+@lru_cache(maxsize=1)
+def process_origins() -> tuple[str, ...]:
+    return RefusalOrigins.from_env().cors_origins
+
+
+# An Origin header in the raw bytes of a head not parsed yet (a connection over the cap is refused
+# before its request is parsed).
+RAW_ORIGIN = re.compile(rb"\r\norigin:[ \t]*([^\r\n]*?)[ \t]*\r\n", re.IGNORECASE)
 
 
 @lru_cache(maxsize=1)
@@ -260,14 +282,15 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         elif self.reading_body:
             self.refuse(408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s")
 
-    def refuse(self, status: int, message: str) -> None:
-        """Answer `status` with a one-sentence JSON detail (unless a response has begun) and close."""
+    def refuse(self, status: int, message: str, head: bytes = b"") -> None:
+        """Answer `status` with a one-sentence JSON detail (unless a response has begun) and close.
+        `head`: the raw bytes of a request not parsed, where its Origin may be read."""
         if self.transport.is_closing():
             return
         answering = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
         if not answering:
             body = json.dumps({"detail": message}).encode()
-            extra = b"retry-after: 1\r\n" if status == 503 else b""
+            extra = (b"retry-after: 1\r\n" if status == 503 else b"") + self.cors_lines(head)
             self.transport.write(
                 b"".join(
                     [
@@ -282,10 +305,25 @@ class HardenedHttpProtocol(HttpToolsProtocol):
             )
         self.transport.close()
 
+    def cors_lines(self, head: bytes) -> bytes:
+        """The CORS header lines of a refusal: the app's policy's for a request from the origin
+        read so far (any origin when it allows all)."""
+        origins = process_origins()
+        if "*" in origins:
+            return b"access-control-allow-origin: *\r\naccess-control-expose-headers: Retry-After\r\n"
+        parsed = [value for name, value in self.headers or () if name == b"origin"]
+        origin = parsed[0] if parsed else (found.group(1) if (found := RAW_ORIGIN.search(head)) else None)
+        if origin is None or origin.decode("latin-1") not in origins:
+            return b""
+        return (
+            b"access-control-allow-origin: " + origin + b"\r\nvary: Origin\r\n"
+            b"access-control-expose-headers: Retry-After\r\n"
+        )
+
     # Reading ------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self.over_capacity:
-            self.refuse(503, self.over_capacity)
+            self.refuse(503, self.over_capacity, data)
             return
         if self.reading_head and not self.head_fits(data):
             limit = self.limits.max_header_bytes

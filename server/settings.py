@@ -144,6 +144,11 @@ class SettingsError(UserError, ValueError):
     """A setting with a bad value, said in one sentence that names its variable."""
 
 
+def cors_origins_field() -> Any:
+    """The CORS origins setting: the app's (Settings) and the protocol's refusals' (server/protocol.py)."""
+    return Field(("*",), description="comma-separated CORS origins ('': no CORS headers)")
+
+
 class EnvSettings(BaseSettings):
     """A model of SOUNDSCAPE_* variables. Constructed directly it reads its arguments only (a test
     never picks up the caller's environment); `from_env` reads the variables."""
@@ -237,7 +242,7 @@ class Settings(EnvSettings):
     )
     # Sent with successful responses of cacheable routes only (server/http.CACHE_POLICIES).
     cache_control: str = Field("public, max-age=86400", description="Cache-Control of successful responses")
-    cors_origins: Names = Field(("*",), description="comma-separated CORS origins ('': no CORS headers)")
+    cors_origins: Names = cors_origins_field()
     max_upload_mb: Positive = Field(10, description="largest upload to POST /queries, MB")
     max_audio_s: Positive = Field(60.0, description="longest uploaded audio, seconds")
     # /search?exact=true under metadata the store lacks fuses the whole level.

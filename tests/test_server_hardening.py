@@ -696,6 +696,7 @@ def test_a_too_large_head_is_431_and_others_are_served_meanwhile(live):
 def test_slow_heads_and_bodies_are_408_and_closed(live):
     answer, seconds = exchange(live, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
     assert status_of(answer) == 408 and "head" in detail_of(answer) and 1.2 < seconds < 5
+    assert b"\r\naccess-control-allow-origin: *\r\n" in answer  # the default CORS: any origin reads it
     answer, seconds = exchange(live, b"")  # connects and says nothing: closed
     assert answer == b"" and 1.2 < seconds < 5
     post = (
@@ -718,6 +719,62 @@ def test_slow_heads_and_bodies_are_408_and_closed(live):
     assert get(live) < 1.0
 
 
+def test_the_protocols_refusals_carry_the_cors_headers_of_the_origins_served(bundle_path, store_path):
+    """The 503 of a worker over its connection cap and the 408 of a slow head are written by the
+    protocol, below the app's CORS policy: a page on another origin saw a network error instead of
+    the status, Retry-After and sentence. They carry the policy's headers: an allowed origin's,
+    none for another."""
+    allowed, other = b"https://maps.example.org", b"https://elsewhere.example.org"
+    env = {**LIVE_ENV, "SOUNDSCAPE_CORS_ORIGINS": allowed.decode()}
+
+    def head(origin: bytes) -> bytes:
+        return b"GET /healthz HTTP/1.1\r\nHost: x\r\nOrigin: " + origin + b"\r\nAccept: */*\r\n"
+
+    with live_server(bundle_path, store_path, env=env) as base:
+        port = int(base.rsplit(":", 1)[1])
+        slow = {origin: exchange(port, head(origin))[0] for origin in (allowed, other)}  # never finished
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+        try:
+            busy = {origin: exchange(port, head(origin) + b"\r\n")[0] for origin in (allowed, other)}
+        finally:
+            for s in idle:
+                s.close()
+    for status, answers in ((408, slow), (503, busy)):
+        assert [status_of(a) for a in answers.values()] == [status, status]
+        assert b"\r\naccess-control-allow-origin: " + allowed + b"\r\nvary: Origin\r\n" in answers[allowed]
+        assert b"access-control-" not in answers[other].lower()
+
+
+@pytest.mark.slow
+def test_a_page_on_another_origin_reads_the_503_of_a_busy_worker(live):
+    """As a browser sees it: a page of one origin (localhost) fetching from another (127.0.0.1)
+    while the worker holds its cap of connections gets the 503 with its Retry-After and sentence,
+    where it had a TypeError (the answer without CORS headers is withheld from the page)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_viewer import ARGS, CHROMIUM
+
+    assert CHROMIUM is not None, "chromium is not installed: apt-get install -y chromium"
+    fetch = """async (url) => {
+        try { const r = await fetch(url); return [r.status, r.headers.get("Retry-After"), await r.text()]; }
+        catch (e) { return [String(e)]; }
+    }"""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(f"http://localhost:{live}/healthz")
+        time.sleep(2)  # the page's connection has timed out: the cap counts only the idle ones
+        idle = [socket.create_connection(("127.0.0.1", live)) for _ in range(6)]
+        try:
+            answer = page.evaluate(fetch, f"http://127.0.0.1:{live}/healthz")
+        finally:
+            for s in idle:
+                s.close()
+        browser.close()
+    assert answer[:2] == [503, "1"], answer
+    assert "6 connections" in json.loads(answer[2])["detail"]
+
+
 def test_connections_over_the_cap_get_503_and_keep_alive_still_works(live):
     time.sleep(2)  # connections of earlier tests have timed out
     idle = [socket.create_connection(("127.0.0.1", live)) for _ in range(6)]
@@ -725,6 +782,7 @@ def test_connections_over_the_cap_get_503_and_keep_alive_still_works(live):
         answer, _ = exchange(live, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status_of(answer) == 503 and "6 connections" in detail_of(answer)
         assert b"retry-after: 1" in answer.lower()
+        assert b"\r\naccess-control-expose-headers: Retry-After\r\n" in answer
     finally:
         for s in idle:
             s.close()
