@@ -31,7 +31,8 @@ FIXTURE_BBOX_ARG = "--bbox=" + ",".join(map(str, FIXTURE_BBOX))
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules holding slow tests first, in their order otherwise: xdist's `--dist loadfile`
     hands modules to the workers in this order, and the long ones, handed out last, kept one
-    worker busy while the other had nothing left (about 30 s of the 15-minute run)."""
+    worker busy while the other had nothing left (about 30 s of the 15-minute run, simulated from
+    one run's module times)."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)
 
@@ -169,9 +170,9 @@ FIXTURE_SOURCE_DESCRIPTIONS = {"field": "a field recordist of the test fixture"}
 
 @pytest.fixture(scope="session")
 def bundle_path(request, tmp_path_factory) -> Path:
-    from model.export import export_bundle
-
     def export(out: Path) -> None:
+        from model.export import export_bundle
+
         model, calibration = request.getfixturevalue("trained_model")
         export_bundle(
             model, out, calibration=calibration, name="test", int8=True, source_descriptions=FIXTURE_SOURCE_DESCRIPTIONS
