@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh train,test redis-server docker-compose chromium curl nginx-light wrk python3-qgis
 # One worker more than the cores: the suite's processes also wait (on servers, subprocesses, sleeps and the
-# shared fixtures); on 2 cores it took 981-998 s at -n 2 and 924 s at -n 3 (CONTRIBUTING.md).
+# shared fixtures); on 2 cores it took 981-998 s at -n 2 and 830-924 s at -n 3 (CONTRIBUTING.md).
 workers=$(( $(nproc 2>/dev/null || echo 1) + 1 ))
 [ "$workers" -gt 4 ] && workers=4
 exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
