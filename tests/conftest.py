@@ -39,8 +39,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
     """`name` in the folder every xdist worker of this run shares, built by the first worker to ask
-    (holding a lock, into a side path renamed into place) and read by the others: the fixture
-    bundle and store cost each worker about 36 s of CPU."""
+    (holding a lock, into a side path renamed into place, so a worker killed mid-build leaves
+    nothing at `name`) and read by the others: the fixture bundle and store cost each worker
+    about 36 s of CPU."""
     from runtime.files import path_lock
 
     path = run_wide(tmp_path_factory) / name
@@ -291,16 +292,13 @@ def run_wide(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def places_file(request, tmp_path_factory) -> Path:
-    """places.npz, derived from the place assets once per run (16 s of CPU): the first worker to
-    ask derives it holding a lock, the others wait for it and read it."""
-    from corpus.build import ensure_places, held_sources
-    from runtime.files import path_lock
+    """places.npz, derived from the place assets once per run (16 s of CPU; `built_once`)."""
+    from corpus.build import ensure_places
 
-    path = run_wide(tmp_path_factory) / "places.npz"
-    with path_lock(path):
-        if held_sources(path) is None:  # none yet (or cut short by a worker that was killed)
-            ensure_places(request.getfixturevalue("place_assets"), path, progress=False)
-    return path
+    def derive(out: Path) -> None:
+        ensure_places(request.getfixturevalue("place_assets"), out, progress=False)
+
+    return built_once(tmp_path_factory, "places.npz", derive)
 
 
 @pytest.fixture(scope="session")
