@@ -37,6 +37,8 @@ cells' first principal direction and how its true map follows the cells along it
 S's tie to the map cell's area: the tie again with the fuse graph given no location, with the
 cells' GSDs shuffled, and with each cell's image its mean colour (where the store's imagery is
 found). How much of the contrast maps the location token makes (the maps with it and without).
+Whether the contrast maps that follow -S are those of prompts unlike every caption of the
+corpus (where its samples.npz lies beside the place rasters).
 """
 
 from __future__ import annotations
@@ -541,6 +543,29 @@ def crowding(samples: Path, level: int, x: np.ndarray, y: np.ndarray, cells) -> 
     }
 
 
+def caption_texts(samples: Path) -> list[str]:
+    """The corpus's distinct captions of the samples that have imagery (what training paired
+    with sounds and places)."""
+    table = np.load(samples)
+    return sorted(set(table["captions"][table["keep"]].tolist()))
+
+
+def familiarity(bundle, captions: list[str], follows: dict[str, float], batch: int = 64) -> dict:
+    """Are the maps that follow -S those of prompts unlike anything training read? Per prompt of
+    `follows` (its map's Spearman with -S), the cosine of its text mean with the nearest
+    caption's, and across the prompts the Spearman of that cosine with |Spearman with -S|
+    (near -1 would say: the less familiar the prompt, the more its map is the model's confidence)."""
+    prompts = list(follows)
+    embedded = [bundle.embed_texts(captions[i : i + batch])[0] for i in range(0, len(captions), batch)]
+    nearest = (unit(bundle.embed_texts(prompts)[0]) @ unit(np.concatenate(embedded)).T).max(axis=1)
+    tie = np.abs([follows[name] for name in prompts])
+    return {
+        "captions": len(captions),
+        "nearest_caption_cosine": dict(zip(prompts, nearest.tolist(), strict=True)),
+        "spearman_with_abs_spearman_with_minus_uncertainty": float(spearmanr(nearest, tie).statistic),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_world_arguments(p)
@@ -599,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     if (samples := Path(args.places).with_name("samples.npz")).is_file():
         result["cause"]["samples_per_cell"] = crowding(samples, args.level, x[land], y[land], cells)
+        say("familiarity: each prompt's nearest caption of the corpus ...")
+        follows = result["default"]["layers"]["contrast"]["spearman_with_minus_uncertainty"]
+        result["cause"]["familiarity"] = familiarity(bundle, caption_texts(samples), follows)
     result["hours"] = {}
     for hour in (int(h) for h in args.hours.split(",") if h.strip()):
         say(f"hour {hour} ...")
@@ -670,6 +698,16 @@ def markdown(result: dict) -> str:
         f"(least {used['least_spearman_with_location_absent']:.3f}); "
         f"the location's share of a map's variance, median {used['median_variance_share_of_location']:.3f}.",
     ]
+    if known := result["cause"].get("familiarity"):
+        cosines = known["nearest_caption_cosine"]
+        least = min(cosines, key=cosines.get)
+        lines += [
+            "",
+            f"Each prompt's text mean against the nearest of the corpus's {known['captions']} captions: cosine "
+            f"median {np.median(list(cosines.values())):.3f} (least {cosines[least]:.3f}, {least}); across the "
+            f"prompts, Spearman of that cosine with the contrast map's |Spearman with -S| "
+            f"{known['spearman_with_abs_spearman_with_minus_uncertainty']:.3f}.",
+        ]
     if carried := result["cause"].get("area_tie_carriers"):
         lines += [
             "",

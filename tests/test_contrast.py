@@ -15,9 +15,11 @@ from benchmarks.discrimination import (
     PROMPTS,
     between_classes,
     beyond_truth,
+    caption_texts,
     crowding,
     decomposition,
     discrimination,
+    familiarity,
     first_direction,
     layer_maps,
     map_cell_area,
@@ -282,6 +284,30 @@ def test_crowding_counts_the_samples_in_each_cell(tmp_path):
     assert out["cells_without_samples"] == pytest.approx(0.25)
     assert out["per_area_spearman_with_minus_s"] == pytest.approx(1.0)
     assert out["spearman_with_cell_area"] < -0.8
+
+
+def test_familiarity_finds_each_prompts_nearest_caption(level_cells, tmp_path):
+    """A prompt that is a caption word for word is at cosine 1 from the corpus (through the
+    bundle's text graph); captions of samples without imagery are not the corpus's. Prompts whose
+    maps follow -S more as they lie farther from every caption give a Spearman of -1."""
+    from types import SimpleNamespace
+
+    bundle = level_cells[0]
+    captions = ["Birdsong in the trees", "Waves rolling on the open ocean", "Busy traffic in the street"]
+    np.savez(tmp_path / "samples.npz", captions=np.array([*captions, "Unused"]), keep=np.array([1, 1, 1, 0], bool))
+    assert caption_texts(tmp_path / "samples.npz") == sorted(captions)
+    out = familiarity(bundle, captions, {"Birdsong in the trees": 0.1, "church bells ringing": -0.5}, batch=2)
+    cosine = out["nearest_caption_cosine"]
+    assert out["captions"] == 3 and cosine["Birdsong in the trees"] == pytest.approx(1.0, abs=1e-5)
+    assert cosine["church bells ringing"] < 1 - 1e-3
+
+    def embed_texts(texts):  # a text's mean at an angle of its first number (degrees) from "a 0"
+        angles = np.radians([float(t.split()[1]) for t in texts])
+        return np.column_stack([np.cos(angles), np.sin(angles)]), None
+
+    far = familiarity(SimpleNamespace(embed_texts=embed_texts), ["a 0"], {"b 10": 0.1, "c 40": -0.3, "d 80": 0.7})
+    assert far["nearest_caption_cosine"]["d 80"] == pytest.approx(np.cos(np.radians(80)))
+    assert far["spearman_with_abs_spearman_with_minus_uncertainty"] == pytest.approx(-1.0)
 
 
 def test_a_map_cell_shrinks_as_the_squared_cosine_of_its_latitude():
