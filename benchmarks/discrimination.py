@@ -520,18 +520,17 @@ def location_use(engine, cells, blind, prompts: tuple[str, ...]) -> dict:
     }
 
 
-def crowding(samples: Path, level: int, x: np.ndarray, y: np.ndarray, cells) -> dict:
+def crowding(samples: Path, level: int, x: np.ndarray, y: np.ndarray, cells, area: np.ndarray) -> dict:
     """How the cells' S and their first principal direction follow how crowded the corpus's
     samples are: Spearman of -S, and of the position on that direction, with the number of the
     corpus's samples (every split) in each cell. Training met crowded places more often
     (train.balance_places evens it out). A corpus drawn by area puts fewer samples in the small
     map cells far from the equator, so the count is also split into the cell's area and its
-    samples per km^2."""
+    samples per km^2 (`area`: map_cell_area of the cells)."""
     from runtime.tiles import points_per_tile
 
     table = np.load(samples)
     crowded = points_per_tile(table["lat"], table["lon"], level, x, y)
-    area = map_cell_area(level, y)
     s, mu = cells.s.astype(np.float64), cells.mu.astype(np.float64)
     position = mu @ first_direction(mu)
     return {
@@ -623,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             engine, level, rows, x[land], y[land], area, cells, blind, described
         )
     if (samples := Path(args.places).with_name("samples.npz")).is_file():
-        result["cause"]["samples_per_cell"] = crowding(samples, args.level, x[land], y[land], cells)
+        result["cause"]["samples_per_cell"] = crowding(samples, args.level, x[land], y[land], cells, area)
         say("familiarity: each prompt's nearest caption of the corpus ...")
         follows = result["default"]["layers"]["contrast"]["spearman_with_minus_uncertainty"]
         result["cause"]["familiarity"] = familiarity(bundle, caption_texts(samples), follows)

@@ -278,7 +278,7 @@ def test_crowding_counts_the_samples_in_each_cell(tmp_path):
     x, y = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])
     mu = np.column_stack([np.array([3.0, 2.0, 1.0, 0.0]), np.zeros(4)])
     cells = SimpleNamespace(s=np.array([0.1, 0.2, 0.3, 0.4]), mu=mu)
-    out = crowding(tmp_path / "samples.npz", 2, x, y, cells)
+    out = crowding(tmp_path / "samples.npz", 2, x, y, cells, map_cell_area(2, y))
     assert out["spearman_with_minus_s"] == pytest.approx(1.0)
     assert out["abs_spearman_with_first_direction"] == pytest.approx(1.0)
     assert out["cells_without_samples"] == pytest.approx(0.25)
