@@ -542,6 +542,28 @@ def crowding(samples: Path, level: int, x: np.ndarray, y: np.ndarray, cells, are
     }
 
 
+def day_round(engine, level, rows: np.ndarray, default_s: np.ndarray, prompts: tuple[str, ...], condition_of) -> dict:
+    """The maps of a sound's log-odds averaged over the 24 hours of the day. A logit is linear in
+    the cell's (mu, S), so the mean of the 24 hourly maps is the map of the cells' mean (mu, S)
+    over the hours: one (mu, S) per cell, as cheap to serve as the default. `condition_of` gives
+    condition()'s figures for those cells (against their own mean S, the uncertainty layer such a
+    map pairs with); the served contrast is also set against the default metadata's S."""
+    from server.engine import CellEmbeddings, QueryMetadata
+
+    hours = [engine.embeddings(level, rows, QueryMetadata(hour=h)) for h in range(24)]
+    mu = np.mean([h.mu.astype(np.float64) for h in hours], axis=0)
+    s = np.mean([h.s.astype(np.float64) for h in hours], axis=0)
+    cells = CellEmbeddings(mu.astype(np.float32), s.astype(np.float32))
+    contrast = layer_maps(engine, cells, prompts)["contrast"]
+    return {
+        **condition_of(cells),
+        "contrast_max_abs_spearman_with_minus_default_uncertainty": float(
+            np.abs(spearman_matrix(np.column_stack([contrast, -default_s]))[-1, :-1]).max()
+        ),
+        "s_spearman_with_default_s": float(spearmanr(s, default_s).statistic),
+    }
+
+
 def caption_texts(samples: Path) -> list[str]:
     """The corpus's distinct captions of the samples that have imagery (what training paired
     with sounds and places)."""
@@ -629,10 +651,15 @@ def main(argv: list[str] | None = None) -> int:
     result["hours"] = {}
     for hour in (int(h) for h in args.hours.split(",") if h.strip()):
         say(f"hour {hour} ...")
-        labels = class_labels(places, args.level, x[land], y[land], hours=(hour,))
+        at_hour = class_labels(places, args.level, x[land], y[land], hours=(hour,))
         result["hours"][str(hour)] = condition(
-            engine, engine.embeddings(level, rows, QueryMetadata(hour=hour)), labels, heldout, area, prompts
+            engine, engine.embeddings(level, rows, QueryMetadata(hour=hour)), at_hour, heldout, area, prompts
         )
+
+    say("the day round: each cell's (mu, S) averaged over the 24 hours ...")
+    result["day_round"] = day_round(
+        engine, level, rows, cells.s, prompts, lambda day: condition(engine, day, labels, heldout, area, prompts)
+    )
 
     say("uncertainty: S = sum sigma^2 vs the paper's L1 norm of sigma ...")
     _, logvar = bundle.fuse(np.asarray(level.arrays.sat[rows], np.float32), default_metadata(level, rows))
@@ -746,6 +773,24 @@ def markdown(result: dict) -> str:
         for hour, c in result["hours"].items():
             for name in SERVED_LAYERS:
                 lines.append(f"| {hour} | {name} | {_row(c['layers'][name], c['retrieval'][name], pair=False)} |")
+    if day := result.get("day_round"):
+        lines += [
+            "",
+            "The day round: each cell's (mu, S) averaged over the 24 hours (retrieval labels as by default):",
+            "",
+            "| layer | mean pairwise Spearman | max pair | max abs Spearman with -S (mean) | "
+            "retrieval AUC, all land | held-out regions | targets met |",
+            "|---|---:|---|---:|---:|---:|---|",
+        ]
+        for name in SERVED_LAYERS:
+            d = day["layers"][name]
+            lines.append(f"| {name} | {_row(d, day['retrieval'][name], pair=True)} | {d['meets_targets']} |")
+        lines += [
+            "",
+            f"Its contrast against the default metadata's S: max abs Spearman "
+            f"{day['contrast_max_abs_spearman_with_minus_default_uncertainty']:.3f}; its S against the default S: "
+            f"Spearman {day['s_spearman_with_default_s']:.3f}.",
+        ]
     return "\n".join(lines)
 
 

@@ -13,10 +13,12 @@ from scipy.stats import spearmanr
 from benchmarks.discrimination import (
     MIN_PROMPTS,
     PROMPTS,
+    SERVED_LAYERS,
     between_classes,
     beyond_truth,
     caption_texts,
     crowding,
+    day_round,
     decomposition,
     discrimination,
     familiarity,
@@ -310,6 +312,33 @@ def test_familiarity_finds_each_prompts_nearest_caption(level_cells, tmp_path):
     assert far["spearman_with_abs_spearman_with_minus_uncertainty"] == pytest.approx(-1.0)
 
 
+def test_the_day_round_map_is_the_mean_of_the_hourly_maps(client):
+    """A contrast logit is linear in a cell's (mu, S), so the contrast map of the cells' (mu, S)
+    averaged over the 24 hours equals the mean of the 24 hourly contrast maps (the fixture store
+    holds no hourly fusions: each hour is fused)."""
+    service = client.app.state.service
+    engine, level = service.engine, service.store.levels[service.store.maxlevel]
+    rows = np.arange(min(40, len(level)))
+    query = engine.embed_text("birdsong")
+    hourly = [
+        engine.values(engine.embeddings(level, rows, QueryMetadata(hour=h)), "contrast", query) for h in range(24)
+    ]
+    seen = {}
+
+    def condition_of(cells):
+        seen["cells"] = cells
+        return {}
+
+    out = day_round(
+        engine, level, rows, np.asarray(level.arrays.s[rows]), ("birdsong", "waves on a beach"), condition_of
+    )
+    day = engine.values(seen["cells"], "contrast", query)
+    np.testing.assert_allclose(day, np.mean(hourly, axis=0), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(day, hourly[6], atol=1e-3)  # the hours differ: the mean is not any one of them
+    assert 0 <= out["contrast_max_abs_spearman_with_minus_default_uncertainty"] <= 1
+    assert -1 <= out["s_spearman_with_default_s"] <= 1
+
+
 def test_a_map_cell_shrinks_as_the_squared_cosine_of_its_latitude():
     from runtime.tiles import tile_centres
 
@@ -400,6 +429,10 @@ def test_the_discrimination_benchmark_runs_on_a_store(bundle_path, store_path, p
     assert carried["cells_read"] == result["land_cells"]
     assert carried["served"] == pytest.approx(result["cause"]["cell_area_spearman_with_minus_s"], abs=1e-6)
     assert carried["location_absent"] != carried["served"] and -1 <= carried["mean_colour_only"] <= 1
+    day = result["day_round"]  # each cell's (mu, S) averaged over the 24 hours
+    assert set(SERVED_LAYERS) <= set(day["layers"]) and list(day["retrieval"]) == list(result["default"]["retrieval"])
+    assert -1 <= day["layers"]["contrast"]["mean_pairwise_spearman"] <= 1
+    assert 0 <= day["contrast_max_abs_spearman_with_minus_default_uncertainty"] <= 1
     used = result["cause"]["location_use"]
     assert list(used["spearman_with_location_absent"]) == result["prompts"]
     assert -1 <= used["least_spearman_with_location_absent"] <= used["median_spearman_with_location_absent"] < 1
