@@ -38,7 +38,8 @@ S's tie to the map cell's area: the tie again with the fuse graph given no locat
 cells' GSDs shuffled, and with each cell's image its mean colour (where the store's imagery is
 found). How much of the contrast maps the location token makes (the maps with it and without).
 Whether the contrast maps that follow -S are those of prompts unlike every caption of the
-corpus (where its samples.npz lies beside the place rasters).
+corpus (where its samples.npz lies beside the place rasters). The day round: the maps of a
+sound's log-odds averaged over the 24 hours, against the default metadata's.
 """
 
 from __future__ import annotations
