@@ -578,7 +578,8 @@ def familiarity(bundle, captions: list[str], follows: dict[str, float], batch: i
     caption's, and across the prompts the Spearman of that cosine with |Spearman with -S|
     (near -1 would say: the less familiar the prompt, the more its map is the model's confidence)."""
     prompts = list(follows)
-    embedded = [bundle.embed_texts(captions[i : i + batch])[0] for i in range(0, len(captions), batch)]
+    by_length = sorted(captions, key=len)  # a batch pads to its longest text: 41 s here, 51 s in any order
+    embedded = [bundle.embed_texts(by_length[i : i + batch])[0] for i in range(0, len(by_length), batch)]
     nearest = (unit(bundle.embed_texts(prompts)[0]) @ unit(np.concatenate(embedded)).T).max(axis=1)
     tie = np.abs([follows[name] for name in prompts])
     return {
