@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Per route template (a mount by its path, e.g. "/static"; "unmatched" = a path no route knows);
@@ -20,6 +20,11 @@ COMPUTE = Counter(
 )  # render, fusion, text_encoding, audio_encoding
 COALESCED = Counter("soundscape_coalesced_total", "Requests that waited on an identical miss")
 REDIS_ERRORS = Counter("soundscape_redis_errors_total", "Redis operations that failed")
+# Read from the registry file at each scrape (every worker of a host reads the same file).
+REGISTERED = Gauge("soundscape_registered_queries", "Queries in this server's registry file")
+REGISTERED_MAX = Gauge(
+    "soundscape_registered_queries_max", "The registry's cap (SOUNDSCAPE_MAX_QUERIES): POST /queries answers 507 at it"
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -152,6 +152,11 @@ class SqliteRecords:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM queries WHERE shared = 0").fetchone()[0])
 
+    def count(self) -> int:
+        """Records in the file: a registration past `max_records` of them answers 507."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM queries").fetchone()[0])
+
 
 class QueryRegistry:
     """The durable record of every registered query: SQLite, plus Redis when configured."""
@@ -237,6 +242,20 @@ class QueryRegistry:
     async def unshared(self) -> int:
         """Records Redis does not hold yet: other replicas cannot resolve them until it does."""
         return await anyio.to_thread.run_sync(self.local.unshared_count)
+
+    @property
+    def max_records(self) -> int:
+        """The cap: a registration past this many records answers 507."""
+        return self.local.max_records
+
+    async def count(self) -> int | None:
+        """Records in this server's file, or None when it cannot be read just now: an operator
+        watches the count near `max_records` before registrations answer 507."""
+        try:
+            return await anyio.to_thread.run_sync(self.local.count)
+        except sqlite3.Error as exc:
+            log.warning("counting the queries in %s failed: %s", self.local.path, exc)
+            return None
 
     async def watch(self) -> None:
         """While the server runs: when Redis lacks the marker (it lost its data, or is new), share

@@ -90,6 +90,34 @@ def test_a_damaged_registry_file_is_a_503_naming_it(bundle_path, store_path, tmp
         assert "the query registry could not be read" in r.json()["detail"] and r.headers["Retry-After"] == "5"
 
 
+def registry_gauges(client) -> tuple[float, float]:
+    """(soundscape_registered_queries, soundscape_registered_queries_max) as /metrics reads them."""
+    rows = dict(line.split() for line in client.get("/metrics").text.splitlines() if line.startswith("soundscape_reg"))
+    return float(rows["soundscape_registered_queries"]), float(rows["soundscape_registered_queries_max"])
+
+
+def test_metrics_show_the_registry_filling_to_its_cap(bundle_path, store_path, tmp_path):
+    """An operator sees the count reach the cap before registrations answer 507; a file that
+    cannot be read gives no count (NaN), not the last one, and the scrape still answers."""
+    db = tmp_path / "q.sqlite"
+    with make_client(bundle_path, store_path, query_db=str(db), max_queries=2) as client:
+        assert registry_gauges(client) == (0, 2)
+        assert client.post("/queries", json={"text": "rain"}).status_code == 201
+        assert client.post("/queries", json={"text": "rain"}).status_code == 201  # the same query: one record
+        assert registry_gauges(client) == (1, 2)
+        assert client.post("/queries", json={"text": "birdsong"}).status_code == 201
+        assert client.post("/queries", json={"text": "thunder"}).status_code == 507
+        assert registry_gauges(client) == (2, 2)
+    with make_client(bundle_path, store_path, query_db=str(db), max_queries=2) as client:
+        assert registry_gauges(client) == (2, 2)  # the file's records, counted by a new server
+    with make_client(bundle_path, store_path, query_db=str(db), max_queries=2) as client:
+        with open(db, "r+b") as raw:  # every page but the first (the header) overwritten
+            raw.seek(4096)
+            raw.write(os.urandom(db.stat().st_size - 4096))
+        count, cap = registry_gauges(client)
+        assert count != count and cap == 2  # NaN
+
+
 def test_a_stopped_server_leaves_every_record_in_the_sqlite_file(bundle_path, store_path, tmp_path):
     """A copy of the .sqlite file alone (an operator's backup) held none of the last records:
     they were in the write-ahead log beside it."""

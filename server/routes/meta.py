@@ -778,6 +778,9 @@ async def readyz(request: Request, service: ServiceDep) -> Response:
     responses={200: {"content": {metrics.CONTENT_TYPE: TEXT}}},
     summary="Prometheus metrics of this worker",
 )
-def prometheus(request: Request) -> Response:
+async def prometheus(request: Request, service: ServiceDep) -> Response:
+    count = await service.registry.count()
+    metrics.REGISTERED.set(float("nan") if count is None else count)  # NaN: the file could not be read
+    metrics.REGISTERED_MAX.set(service.registry.max_records)
     body, content_type = metrics.exposition()
     return conditional(request, Response(body, media_type=content_type), "live")
