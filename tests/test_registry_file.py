@@ -77,14 +77,19 @@ def test_a_registry_file_it_cannot_write_is_refused_at_start(tmp_path):
         SqliteRecords(db, 10)
 
 
+def damage(db: Path) -> None:
+    """Every page of the SQLite file but the first (the header) overwritten with noise."""
+    with open(db, "r+b") as raw:
+        raw.seek(4096)
+        raw.write(os.urandom(db.stat().st_size - 4096))
+
+
 def test_a_damaged_registry_file_is_a_503_naming_it(bundle_path, store_path, tmp_path):
     db = tmp_path / "q.sqlite"
     with make_client(bundle_path, store_path, query_db=str(db)) as one:
         ids = [one.post("/queries", json={"text": f"rain number {n}"}).json()["id"] for n in range(30)]
     with make_client(bundle_path, store_path, query_db=str(db)) as two:
-        with open(db, "r+b") as raw:  # every page but the first (the header) overwritten
-            raw.seek(4096)
-            raw.write(os.urandom(db.stat().st_size - 4096))
+        damage(db)
         r = two.get(f"/queries/{ids[-1]}")
         assert r.status_code == 503, r.text
         assert "the query registry could not be read" in r.json()["detail"] and r.headers["Retry-After"] == "5"
@@ -111,9 +116,7 @@ def test_metrics_show_the_registry_filling_to_its_cap(bundle_path, store_path, t
     with make_client(bundle_path, store_path, query_db=str(db), max_queries=2) as client:
         assert registry_gauges(client) == (2, 2)  # the file's records, counted by a new server
     with make_client(bundle_path, store_path, query_db=str(db), max_queries=2) as client:
-        with open(db, "r+b") as raw:  # every page but the first (the header) overwritten
-            raw.seek(4096)
-            raw.write(os.urandom(db.stat().st_size - 4096))
+        damage(db)
         count, cap = registry_gauges(client)
         assert count != count and cap == 2  # NaN
 
