@@ -555,12 +555,12 @@ def day_round(engine, level, rows: np.ndarray, default_s: np.ndarray, prompts: t
     mu = np.mean([h.mu.astype(np.float64) for h in hours], axis=0)
     s = np.mean([h.s.astype(np.float64) for h in hours], axis=0)
     cells = CellEmbeddings(mu.astype(np.float32), s.astype(np.float32))
-    contrast = layer_maps(engine, cells, prompts)["contrast"]
+    contrast = np.column_stack([engine.values(cells, "contrast", engine.embed_text(t)) for t in prompts])
     return {
         **condition_of(cells),
-        "contrast_max_abs_spearman_with_minus_default_uncertainty": float(
-            np.abs(spearman_matrix(np.column_stack([contrast, -default_s]))[-1, :-1]).max()
-        ),
+        "contrast_max_abs_spearman_with_minus_default_uncertainty": discrimination(contrast, default_s, prompts)[
+            "max_abs_spearman_with_minus_uncertainty"
+        ],
         "s_spearman_with_default_s": float(spearmanr(s, default_s).statistic),
     }
 
