@@ -497,8 +497,8 @@ async def each_once(request: Request) -> None:
     otherwise draw the last one silently. Parameters the route does not take (a cache buster
     such as `_=1733040000`) stay ignored, repeated or not, unless the name is a slip of one it
     takes (`slips`) or another's name for one (`ALIASES`), one of TiTiler's rendering parameters
-    (`UNSUPPORTED`), or a tilesize beside a pixel ratio. Also refuse one whose percent-encoded
-    bytes are not UTF-8 (`not_utf8`).
+    (`UNSUPPORTED`), another service's time (`names_a_time`), or a tilesize beside a pixel ratio.
+    Also refuse one whose percent-encoded bytes are not UTF-8 (`not_utf8`).
     The 422 names every other bad parameter too."""
     items = request.query_params.multi_items()
     counts = Counter(k for k, _ in items)
@@ -510,12 +510,16 @@ async def each_once(request: Request) -> None:
     taken, slips_of = taken_by(route.endpoint, route.dependant)
     slipped = [(name, meant) for name in counts.keys() - taken if (meant := slips_of.get(spelling(name)))]
     unsupported = [name for name in counts if name in UNSUPPORTED and "colormap_name" in taken]
+    timed = sorted({name for name, value in items if "hour" in taken and names_a_time(name, value)})
     # A tile asked at a pixel ratio (`{y}@2x`) has that ratio's size: a tilesize would name it twice.
     ratio = request.path_params.get("scale") if "tilesize" in counts else None
-    if repeated or garbled or slipped or unsupported or ratio is not None:
+    if repeated or garbled or slipped or unsupported or timed or ratio is not None:
         refusals = request_refusals(request)
         for name in unsupported:
             refusals.refuse(name, f"{name} is not supported: {UNSUPPORTED[name]}")
+        for name in timed:
+            meant = TIME_PARAMETERS[TIME_SLIPS[spelling(name)]]
+            refusals.refuse(name, f"{name[:40]!r} is not a parameter of this route: {meant}")
         if ratio is not None:
             refusals.refuse("tilesize", f"tilesize and @{ratio[:8]}x both give the tile's size: give one of them")
         for name, meant in slipped:
@@ -567,11 +571,38 @@ ALIASES = {
     "zoom": "level",
     "z": "level",
     "text": "q",
+    "hourofday": "hour",
+    "timeofday": "hour",
+    "monthofyear": "month",
     "colourmapname": "colormap_name",
     "crs": "coord_crs",
     "bboxcrs": "coord_crs",
     "coordcrs": "bbox-crs",
 }
+# Other services' parameters for a time, on a route that takes `hour`: OGC API's and STAC's
+# `datetime`, the `time` dimension of WMS and WMTS, a `date`, a `season`. The map drawn without
+# them is the unknown hour's and month's, so each is refused saying what to give instead.
+HOUR_AND_MONTH = (
+    "give the local hour of day as hour=0..23 and the month as month=1..12 (one instant falls at a "
+    "different local hour across the map)"
+)
+TIME_PARAMETERS = {
+    "datetime": HOUR_AND_MONTH,
+    "time": HOUR_AND_MONTH,
+    "date": "give the month as month=1..12 (its day and year are not read)",
+    "season": "give the month as month=1..12 (a season's months differ between the hemispheres)",
+}
+TIME_SLIPS = {slip: name for name in TIME_PARAMETERS for slip in slips(name)}
+# A cache buster's timestamp (`time=1733040000`, seconds or milliseconds since 1970) is no time
+# of day or date a person wrote: such a parameter stays ignored.
+TIMESTAMP = re.compile(r"\d{7,}")
+
+
+def names_a_time(name: str, value: str) -> bool:
+    """Whether the query parameter `name=value` is another service's time (`TIME_PARAMETERS`)."""
+    return spelling(name) in TIME_SLIPS and not TIMESTAMP.fullmatch(value.strip())
+
+
 TAKEN: dict[Callable[..., Any], tuple[set[str], dict[str, str]]] = {}
 
 

@@ -139,6 +139,34 @@ def test_a_slip_of_a_parameter_name_is_refused_not_ignored(client, path, slip, m
 
 
 @pytest.mark.parametrize(
+    "path, name, value, meant",
+    [
+        (TILE, "datetime", "2024-06-01T06:00:00Z", "hour=0..23 and the month as month=1..12"),  # OGC API, STAC
+        (MAP, "datetime", "2024-06-01", "hour=0..23 and the month as month=1..12"),
+        ("/tilejson.json", "TIME", "06:00", "hour=0..23 and the month as month=1..12"),  # WMS's, WMTS's dimension
+        (POINT, "times", "6", "hour=0..23 and the month as month=1..12"),
+        ("/search", "date", "2024-06-01", "month=1..12 (its day and year are not read)"),
+        (TILE, "Season", "summer", "month=1..12 (a season's months differ between the hemispheres)"),
+        ("/WMTSCapabilities.xml", "date_time", "2024-06-01T06:00", "hour=0..23"),
+    ],
+)
+def test_another_services_time_parameter_is_refused_saying_what_to_give(client, path, name, value, meant):
+    """`datetime=` (OGC API, STAC) and `time=` (WMS, WMTS) were unknown parameters, ignored: a GIS
+    user asking for 6 a.m. in June got the unknown hour's and month's map, 200. Refused with the
+    parameters that draw it; a timestamp cache buster (`time=1733040000`) stays ignored."""
+    detail = refused(client.get(path, params={"q": "rain", name: value}))
+    assert detail.startswith(f"{name!r} is not a parameter of this route: give ") and meant in detail, detail
+    for buster in ("1733040000", "1733040000123"):
+        assert client.get(path, params={"q": "rain", "time": buster, "datetime": buster}).status_code == 200
+
+
+@pytest.mark.parametrize("name, meant", [("hour_of_day", "hour"), ("timeOfDay", "hour"), ("month-of-year", "month")])
+def test_a_longer_name_for_the_hour_or_month_is_refused_naming_ours(client, name, meant):
+    detail = refused(client.get(TILE, params={"q": "rain", name: "6"}))
+    assert detail.startswith(f"{name!r} is not a parameter of this route: did you mean {meant!r}?"), detail
+
+
+@pytest.mark.parametrize(
     ("raw", "name"),
     [("colormap%20name", "colormap name"), ("colormap+name", "colormap name"), ("Colormap%09Name", "Colormap\tName")],
 )
