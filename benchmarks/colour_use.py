@@ -20,7 +20,6 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
-from global_land_mask import globe
 from pyproj import Transformer
 
 from server.render import palette
@@ -73,6 +72,10 @@ def ramp_positions(rgba: np.ndarray, colormap: str) -> np.ndarray:
 
 
 def land_mask(shape: tuple[int, int], transform: rasterio.Affine) -> np.ndarray:
+    # Imported here: the package reads its global mask (about 9 s of CPU) on import, and
+    # tests/test_clients.py imports this module for its other functions.
+    from global_land_mask import globe
+
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
     x, y = transform * (cols + 0.5, rows + 0.5)
     lon, lat = Transformer.from_crs(3857, 4326, always_xy=True).transform(x, y)
