@@ -575,6 +575,9 @@ ALIASES = {
     "timeofday": "hour",
     "monthofyear": "month",
     "colourmapname": "colormap_name",
+    "cmap": "colormap_name",  # matplotlib's and xarray's names for the colour map and its range
+    "vmin": "rescale",
+    "vmax": "rescale",
     "crs": "coord_crs",
     "bboxcrs": "coord_crs",
     "coordcrs": "bbox-crs",

@@ -115,6 +115,8 @@ def test_a_method_http_does_not_register_is_400_in_the_one_error_shape(bundle_pa
         ("/search", {"limit": "3"}, "k"),  # other services' names (OGC API, STAC) too
         ("/search", {"zoom": "5"}, "level"),
         (TILE, {"text": "rain"}, "q"),
+        (TILE, {"cmap": "viridis"}, "colormap_name"),  # matplotlib's
+        ("/tilejson.json", {"vmax": "3"}, "rescale"),
         # a space inside the name (sent as +), and a trailing s on a name of one letter or ending in s
         (TILE, {"colormap name": "viridis"}, "colormap_name"),
         (TILE, {"tile size": "512"}, "tilesize"),
