@@ -598,7 +598,7 @@ TIME_PARAMETERS = {
 TIME_SLIPS = {slip: name for name in TIME_PARAMETERS for slip in slips(name)}
 # A cache buster's timestamp (`time=1733040000`, seconds or milliseconds since 1970) is no time
 # of day or date a person wrote: such a parameter stays ignored.
-TIMESTAMP = re.compile(r"\d{7,}")
+TIMESTAMP = re.compile(r"[0-9]{7,}")  # ASCII digits (a regex's \d also takes other scripts' digits)
 
 
 def names_a_time(name: str, value: str) -> bool:
