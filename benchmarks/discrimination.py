@@ -296,6 +296,11 @@ def retrieval(scores: dict[str, np.ndarray], labels: np.ndarray, subset: np.ndar
     }
 
 
+def layer_map(engine, cells, layer: str, queries: list) -> np.ndarray:
+    """(cells x queries) map of one served layer, through Engine.values as the server draws it."""
+    return np.column_stack([engine.values(cells, layer, q) for q in queries])
+
+
 def layer_maps(engine, cells, prompts: tuple[str, ...]) -> dict[str, np.ndarray]:
     """(cells x prompts) maps of the served layers (through Engine.values), of the CSD without the
     cell's S_i, of the contrast at the other weights of CONTRAST_SWEEP (what CONTRAST_WEIGHT
@@ -305,7 +310,7 @@ def layer_maps(engine, cells, prompts: tuple[str, ...]) -> dict[str, np.ndarray]
 
     queries = [engine.embed_text(t) for t in prompts]
     mu_q = np.stack([q.mu for q in queries]).astype(np.float64)
-    out = {layer: np.column_stack([engine.values(cells, layer, q) for q in queries]) for layer in SERVED_LAYERS}
+    out = {layer: layer_map(engine, cells, layer, queries) for layer in SERVED_LAYERS}
     mu = cells.mu.astype(np.float64)
     out["heatmap_without_s_i"] = mu @ mu_q.T
     logit = np.column_stack([engine.logits(cells, q) for q in queries]).astype(np.float64)
@@ -555,7 +560,7 @@ def day_round(engine, level, rows: np.ndarray, default_s: np.ndarray, prompts: t
     mu = np.mean([h.mu.astype(np.float64) for h in hours], axis=0)
     s = np.mean([h.s.astype(np.float64) for h in hours], axis=0)
     cells = CellEmbeddings(mu.astype(np.float32), s.astype(np.float32))
-    contrast = np.column_stack([engine.values(cells, "contrast", engine.embed_text(t)) for t in prompts])
+    contrast = layer_map(engine, cells, "contrast", [engine.embed_text(t) for t in prompts])
     return {
         **condition_of(cells),
         "contrast_max_abs_spearman_with_minus_default_uncertainty": discrimination(contrast, default_s, prompts)[

@@ -497,7 +497,7 @@ async def each_once(request: Request) -> None:
     otherwise draw the last one silently. Parameters the route does not take (a cache buster
     such as `_=1733040000`) stay ignored, repeated or not, unless the name is a slip of one it
     takes (`slips`) or another's name for one (`ALIASES`), one of TiTiler's rendering parameters
-    (`UNSUPPORTED`), another service's time (`names_a_time`), or a tilesize beside a pixel ratio.
+    (`UNSUPPORTED`), another service's time (`time_refusal`), or a tilesize beside a pixel ratio.
     Also refuse one whose percent-encoded bytes are not UTF-8 (`not_utf8`).
     The 422 names every other bad parameter too."""
     items = request.query_params.multi_items()
@@ -510,15 +510,14 @@ async def each_once(request: Request) -> None:
     taken, slips_of = taken_by(route.endpoint, route.dependant)
     slipped = [(name, meant) for name in counts.keys() - taken if (meant := slips_of.get(spelling(name)))]
     unsupported = [name for name in counts if name in UNSUPPORTED and "colormap_name" in taken]
-    timed = sorted({name for name, value in items if "hour" in taken and names_a_time(name, value)})
+    timed = sorted({(n, meant) for n, v in items if (meant := time_refusal(n, v))}) if "hour" in taken else []
     # A tile asked at a pixel ratio (`{y}@2x`) has that ratio's size: a tilesize would name it twice.
     ratio = request.path_params.get("scale") if "tilesize" in counts else None
     if repeated or garbled or slipped or unsupported or timed or ratio is not None:
         refusals = request_refusals(request)
         for name in unsupported:
             refusals.refuse(name, f"{name} is not supported: {UNSUPPORTED[name]}")
-        for name in timed:
-            meant = TIME_PARAMETERS[TIME_SLIPS[spelling(name)]]
+        for name, meant in timed:
             refusals.refuse(name, f"{name[:40]!r} is not a parameter of this route: {meant}")
         if ratio is not None:
             refusals.refuse("tilesize", f"tilesize and @{ratio[:8]}x both give the tile's size: give one of them")
@@ -601,9 +600,11 @@ TIME_SLIPS = {slip: name for name in TIME_PARAMETERS for slip in slips(name)}
 TIMESTAMP = re.compile(r"[0-9]{7,}")  # ASCII digits (a regex's \d also takes other scripts' digits)
 
 
-def names_a_time(name: str, value: str) -> bool:
-    """Whether the query parameter `name=value` is another service's time (`TIME_PARAMETERS`)."""
-    return spelling(name) in TIME_SLIPS and not TIMESTAMP.fullmatch(value.strip())
+def time_refusal(name: str, value: str) -> str | None:
+    """What to give instead, when the query parameter `name=value` is another service's time
+    (`TIME_PARAMETERS`); None for any other parameter."""
+    meant = TIME_SLIPS.get(spelling(name))
+    return None if meant is None or TIMESTAMP.fullmatch(value.strip()) else TIME_PARAMETERS[meant]
 
 
 TAKEN: dict[Callable[..., Any], tuple[set[str], dict[str, str]]] = {}

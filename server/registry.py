@@ -119,8 +119,7 @@ class SqliteRecords:
         with self._lock, self._writing():
             if self._db.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,)).fetchone():
                 return
-            (count,) = self._db.execute("SELECT count(*) FROM queries").fetchone()
-            if count >= self.max_records:
+            if self._count() >= self.max_records:
                 raise RegistryError(
                     f"the query registry is full ({self.max_records} queries); "
                     "ask the operator to raise SOUNDSCAPE_MAX_QUERIES",
@@ -155,7 +154,10 @@ class SqliteRecords:
     def count(self) -> int:
         """Records in the file: a registration past `max_records` of them answers 507."""
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM queries").fetchone()[0])
+            return self._count()
+
+    def _count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM queries").fetchone()[0])
 
 
 class QueryRegistry:
