@@ -6,6 +6,7 @@ some, `refuse_everything` still applies the rules to the rest (`Refusals`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import math
 import re
@@ -205,6 +206,18 @@ SourceParam = Annotated[
     ),
 ]
 LevelParam = Annotated[int | None, Query(ge=0, le=MAX_ZOOM, description="Store level (default: the finest)."), DIGITS]
+# /point's moment, as OGC API and STAC write one (RFC 3339): the place's clock then is its hour and month.
+DATETIME_EXAMPLE = "2024-06-01T06:00:00Z"
+DatetimeParam = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description=f"The moment asked, as RFC 3339 writes it ({DATETIME_EXAMPLE}, or at an offset "
+        "2024-06-01T08:00:00+02:00), instead of hour and month: the hour and month the place's clocks show then "
+        "(its time zone, daylight saving included). Without an offset (2024-06-01T06:00), the place's own clock.",
+        json_schema_extra={"format": "date-time"},
+    ),
+]
 
 
 @dataclass
@@ -383,6 +396,7 @@ class Asked:
     meta: QueryMetadata
     level: Level
     box: tuple[float, float, float, float] | None = None
+    when: dt.datetime | None = None  # /point's datetime: the hour and month are the place's clock then
 
 
 # The names of the one CRS coordinates are given in (longitude, latitude in degrees), as TiTiler's
@@ -394,7 +408,9 @@ DEGREES_CRS_FOLDED = frozenset(name.casefold() for name in DEGREES_CRS)
 
 
 @dataclass
-class PointParams(QueryParams):
+class PlaceParams(QueryParams):
+    """Where to look: a level, and the CRS of the coordinates (/point's and /search's)."""
+
     level: LevelParam = None
     coord_crs: Annotated[
         str | None,
@@ -422,16 +438,36 @@ class PointParams(QueryParams):
         with refusals.on("level"):
             level = service.level(self.level)
         box = self.box(refusals)
+        when = self.when(refusals)
         self.refuse_any(service, refusals)
-        return Asked(qid, meta, level, box)
+        return Asked(qid, meta, level, box, when)
 
     def box(self, refusals: Refusals) -> tuple[float, float, float, float] | None:
         """The box the answer is limited to: none for a point."""
         return None
 
+    def when(self, refusals: Refusals) -> dt.datetime | None:
+        """The moment asked: none but at a point."""
+        return None
+
 
 @dataclass
-class SearchParams(PointParams):
+class PointParams(PlaceParams):
+    datetime: DatetimeParam = None
+
+    def when(self, refusals: Refusals) -> dt.datetime | None:
+        if self.datetime is None:
+            return None
+        if self.hour is not None or self.month is not None:
+            refusals.refuse("datetime", "give datetime, or hour and month, not both: datetime sets both")
+            return None
+        with refusals.on("datetime"):
+            return parse_datetime(self.datetime)
+        return None  # refused
+
+
+@dataclass
+class SearchParams(PlaceParams):
     k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells."), DIGITS] = 10
     exact: Annotated[
         bool,
@@ -510,7 +546,7 @@ async def each_once(request: Request) -> None:
     taken, slips_of = taken_by(route.endpoint, route.dependant)
     slipped = [(name, meant) for name in counts.keys() - taken if (meant := slips_of.get(spelling(name)))]
     unsupported = [name for name in counts if name in UNSUPPORTED and "colormap_name" in taken]
-    timed = sorted({(n, meant) for n, v in items if (meant := time_refusal(n, v))}) if "hour" in taken else []
+    timed = sorted({(n, meant) for n, v in items if (meant := time_refusal(n, v, taken))}) if "hour" in taken else []
     # A tile asked at a pixel ratio (`{y}@2x`) has that ratio's size: a tilesize would name it twice.
     ratio = request.path_params.get("scale") if "tilesize" in counts else None
     if repeated or garbled or slipped or unsupported or timed or ratio is not None:
@@ -582,11 +618,16 @@ ALIASES = {
     "coordcrs": "bbox-crs",
 }
 # Other services' parameters for a time, on a route that takes `hour`: OGC API's and STAC's
-# `datetime`, the `time` dimension of WMS and WMTS, a `date`, a `season`. The map drawn without
-# them is the unknown hour's and month's, so each is refused saying what to give instead.
+# `datetime` (taken by /point alone, where one instant is one local hour), the `time` dimension of
+# WMS and WMTS, a `date`, a `season`. The map drawn without them is the unknown hour's and month's,
+# so each is refused saying what to give instead.
 HOUR_AND_MONTH = (
     "give the local hour of day as hour=0..23 and the month as month=1..12 (one instant falls at a "
     "different local hour across the map)"
+)
+AT_A_PLACE = (
+    f"give the moment as datetime={DATETIME_EXAMPLE} (RFC 3339), or the local hour of day as hour=0..23 and the "
+    "month as month=1..12"
 )
 TIME_PARAMETERS = {
     "datetime": HOUR_AND_MONTH,
@@ -600,11 +641,14 @@ TIME_SLIPS = {slip: name for name in TIME_PARAMETERS for slip in slips(name)}
 TIMESTAMP = re.compile(r"[0-9]{7,}")  # ASCII digits (a regex's \d also takes other scripts' digits)
 
 
-def time_refusal(name: str, value: str) -> str | None:
+def time_refusal(name: str, value: str, taken: set[str]) -> str | None:
     """What to give instead, when the query parameter `name=value` is another service's time
-    (`TIME_PARAMETERS`); None for any other parameter."""
+    (`TIME_PARAMETERS`) that a route taking the parameters `taken` does not take; None for any
+    other parameter (a slip of one it takes is told as a slip)."""
     meant = TIME_SLIPS.get(spelling(name))
-    return None if meant is None or TIMESTAMP.fullmatch(value.strip()) else TIME_PARAMETERS[meant]
+    if meant is None or meant in taken or TIMESTAMP.fullmatch(value.strip()):
+        return None
+    return AT_A_PLACE if "datetime" in taken and meant in ("time", "date") else TIME_PARAMETERS[meant]
 
 
 TAKEN: dict[Callable[..., Any], tuple[set[str], dict[str, str]]] = {}
@@ -792,6 +836,30 @@ def parse_box(text: str, x_limit: float, y_limit: float, units: str) -> tuple[fl
     if not -y_limit <= south < north <= y_limit:
         raise HTTPException(422, f"bbox needs -{y_limit:.10g} <= south < north <= {y_limit:.10g}, got {shown(text)}")
     return west, south, east, north
+
+
+def parse_datetime(text: str) -> dt.datetime:
+    """One moment: a date and time at an offset (an instant) or without one (a clock's reading),
+    in the years 2..9998 (so its place's clock, up to a day off, is a date too); a 422 saying what
+    to give for an interval, a date alone or anything else."""
+    if "/" in text:
+        raise HTTPException(422, f"datetime must be one moment, not an interval: {shown(text)}")
+    with suppress(ValueError):
+        dt.date.fromisoformat(text)
+        raise HTTPException(
+            422, f"datetime {shown(text)} is a date alone: give its time too ({DATETIME_EXAMPLE}), or month=1..12"
+        )
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise HTTPException(
+            422,
+            f"datetime must be a date and time as RFC 3339 writes it ({DATETIME_EXAMPLE}, or "
+            f"2024-06-01T08:00:00+02:00 at an offset), not {shown(text)}",
+        ) from None
+    if not 2 <= when.year <= 9998:
+        raise HTTPException(422, f"datetime's year must be 2..9998, not {when.year}")
+    return when
 
 
 def colormap(name: str | None, layer: str) -> str:

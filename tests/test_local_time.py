@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from model.data import reader
-from model.readers.common import zone_at
+from runtime.clock import zone_at
 from tests.test_model_readers import clap_mel, image_bytes, wav_bytes, write_shard
 from tests.test_own_data_audit import folder, rows
 

@@ -13,14 +13,14 @@ import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from zoneinfo import available_timezones
 
 import numpy as np
-import tzfpy
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model.data import BadSample
+from runtime.clock import named_zone, zone_at
 
 # An offset after GMT or UTC as people and JavaScript's Date write it ("GMT+0200 (CEST)", "UTC-5",
 # "GMT+05:30"): UTC plus that offset. dateutil reads "GMT+2" the POSIX way, two hours behind UTC.
@@ -115,7 +115,7 @@ def _zone_named(text: str) -> tuple[str, tzinfo | None]:
     # Looked up among the tz database's names alone ("europe/paris" too): zoneinfo reads any path
     # under its folders, and a folder ("America/Argentina"), a name too long for a file or the
     # machine's "localtime" raised OSError or read this machine's clock.
-    zone = _zone(_zone_names().get(name.lower(), ""))
+    zone = named_zone(_zone_names().get(name.lower(), ""))
     if zone is None:
         raise BadZone(_unknown_zone(name))
     return text[: found.start()].strip(), zone
@@ -287,23 +287,6 @@ def _utc(offset: timedelta) -> str:
     """'UTC+02:00', 'UTC-04:00', 'UTC+05:30' as the tz database writes an offset."""
     minutes = round(offset / timedelta(minutes=1))
     return f"UTC{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-
-
-def zone_at(lat: float, lon: float) -> tzinfo:
-    """The time zone a place's clocks keep: its tz database zone by location (tzfpy, whose polygons
-    are timezone-boundary-builder's, (c) OpenStreetMap contributors, ODbL; at sea its Etc/GMT zones)
-    read by zoneinfo. Where the lookup names none (a place off the globe), or a zone this machine's
-    tz database lacks: the nominal zone, UTC + longitude / 15 rounded. A lookup takes about 0.7 us,
-    less than a cache keyed by place would; zoneinfo's own cache of zones takes 4 us, so _zone keeps them."""
-    return _zone(tzfpy.get_tz(lon, lat)) or timezone(timedelta(hours=round(((lon + 180) % 360 - 180) / 15)))
-
-
-@functools.cache
-def _zone(name: str) -> tzinfo | None:
-    try:
-        return ZoneInfo(name) if name else None
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
 
 
 # Why a place at exactly (0, 0) is taken for none: GPS loggers, cameras and exports write a missing fix

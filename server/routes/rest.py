@@ -3,16 +3,18 @@ the day and the year (`/point/{lon},{lat}`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, Response
 
+from runtime.clock import clock_at
 from runtime.tiles import demorton, quadkey, tile_bounds
-from server.engine import ranks_whole_level
+from server.engine import QueryMetadata, ranks_whole_level
 from server.http import conditional, errors
-from server.params import DECIMAL_SPELLING, PointParamsDep, QueryParams, SearchParamsDep, query_embedding
+from server.params import DECIMAL_SPELLING, PointParamsDep, SearchParamsDep, query_embedding
 from server.routes.deps import ServiceDep
 
 router = APIRouter(tags=["rest"])
@@ -22,11 +24,11 @@ class GeoJSONResponse(JSONResponse):
     media_type = "application/geo+json"
 
 
-def _context(record, params: QueryParams) -> dict:
+def _context(record, meta: QueryMetadata) -> dict:
     return {
         "query": record.id,
         **({"text": record.text} if record.text else {}),
-        **{k: getattr(params, k) for k in ("hour", "month", "source") if getattr(params, k) is not None},
+        **{k: getattr(meta, k) for k in ("hour", "month", "source") if getattr(meta, k) is not None},
     }
 
 
@@ -81,7 +83,7 @@ async def search(request: Request, service: ServiceDep, params: SearchParamsDep)
             "type": "FeatureCollection",
             "features": features,
             "properties": {
-                **_context(record, params),
+                **_context(record, meta),
                 "level": chosen.level,
                 "k": params.k,
                 "rank_by": params.rank_by,
@@ -104,12 +106,18 @@ async def point(
 ) -> Response:
     """Match probability, contrast and S of the cell at (lon, lat), plus its 24-hour profile (month
     and source as given), 12-month profile (hour and source as given) and its values under each
-    source and the unknown source (hour and month as given)."""
+    source and the unknown source (hour and month as given). `datetime` gives the hour and month
+    the place's clocks show at that moment."""
     asked = params.validated(service)
+    meta, clock = asked.meta, {}
+    if asked.when is not None:
+        local = clock_at(asked.when, lat, lon)
+        meta = replace(meta, hour=local.hour, month=local.month)
+        clock = {"datetime": params.datetime, "local_time": local.isoformat()}
     record, embedding = await query_embedding(service, params, asked.query_id)
-    answer = await service.point(lon, lat, asked.level, asked.meta, embedding)
+    answer = await service.point(lon, lat, asked.level, meta, embedding)
     if answer is None:
         raise HTTPException(404, f"no cell of level {asked.level.level} at ({lon}, {lat}): outside the store")
     return conditional(
-        request, JSONResponse({"coordinates": [lon, lat], **_context(record, params), **answer}), "document"
+        request, JSONResponse({"coordinates": [lon, lat], **_context(record, meta), **clock, **answer}), "document"
     )
