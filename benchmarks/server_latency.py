@@ -5,7 +5,8 @@
 Measures, through the server's own service (thread-pool hops, caches and encoding included, HTTP
 excluded): a cold heatmap tile with default metadata, a cold tile with `hour=`, a text query,
 a 10 s audio query. Baseline in the same process: rio-tiler reading and rendering the same tile
-of the imagery at its defaults (the per-tile work TiTiler does). Prints one JSON object.
+of the imagery at its defaults (the per-tile work TiTiler does). Prints one JSON object. With
+--instant, cold tiles at an instant (`datetime=`) against tiles of one hour and month instead.
 """
 
 from __future__ import annotations
@@ -192,6 +193,48 @@ def hour_versus_default(bundle: str, store: str, repeat: int) -> dict:
     return asyncio.run(run())
 
 
+INSTANT = "2024-05-01T04:00:00Z"  # dawn in Europe and Africa, night in the Americas
+
+
+def instant_versus_hour(bundle: str, store: str, repeat: int) -> dict:
+    """Cold tiles at an instant (`datetime=`: each cell at its place's clock, a fusion per hour
+    and month its cells keep) against cold tiles of one hour and month (one fusion), interleaved
+    in one process: on the finest level without stored fusions, and the zoom-0 world tile (every
+    clock of the level). The colour scale of the instant is cached, as every tile but its first
+    finds it; `first_tile_of_new_instant_ms`: a tile of an instant never asked, its scale included."""
+    service = served(bundle, store)
+    zoom = unfused_zoom(service)
+    fixed = {"hour": 6, "month": 5}
+
+    async def run() -> dict:
+        await service.text_query("birdsong")
+        tiles = tiles_of(service.store, zoom, repeat)
+        for params in (fixed, {"datetime": INSTANT}):
+            await time_tiles(service, tiles, 2, **params)  # the scale and the first uses
+            await time_tiles(service, [(0, 0, 0)], 1, **params)
+        wall: dict[str, list[float]] = {"hour_month": [], "instant": [], "world_hour_month": [], "world_instant": []}
+        for i in range(0, repeat, 5):  # interleaved, so a load change hits all
+            part = tiles[i : i + 5]
+            wall["hour_month"] += await time_tiles(service, part, len(part), **fixed)
+            wall["instant"] += await time_tiles(service, part, len(part), datetime=INSTANT)
+            wall["world_hour_month"] += await time_tiles(service, [(0, 0, 0)], 1, **fixed)
+            wall["world_instant"] += await time_tiles(service, [(0, 0, 0)], 1, datetime=INSTANT)
+        firsts = [f"2024-05-01T04:{m:02d}:00Z" for m in range(1, 6)]  # each a new instant: its scale too
+        first = [(await time_tiles(service, tiles[:1], 1, datetime=moment))[0] for moment in firsts]
+        p50 = {name: median_ms(samples) for name, samples in wall.items()}
+        return {
+            "zoom": zoom,
+            "tiles": repeat,
+            **{f"cold_tile_{name}_ms": ms for name, ms in p50.items()},
+            "ratio": round(p50["instant"] / p50["hour_month"], 1),
+            "world_ratio": round(p50["world_instant"] / p50["world_hour_month"], 1),
+            "first_tile_of_new_instant_ms": median_ms(first),
+            "load_average_1min": os.getloadavg()[0],
+        }
+
+    return asyncio.run(run())
+
+
 def search_in_process(bundle: str, store: str, repeat: int) -> dict:
     """benchmarks/run.py's search measure without HTTP: the service's search for the k = 10 best
     cells of the finest level under a new (hour, month) each time (candidates ranked), each
@@ -240,8 +283,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data/demo")
     parser.add_argument("--repeat", type=int, default=60)
+    parser.add_argument(
+        "--instant",
+        action="store_true",
+        help="time tiles at an instant (datetime=) against tiles of one hour and month instead (default: off)",
+    )
     args = parser.parse_args()
     data = Path(args.data_dir)
+    if args.instant:
+        print(json.dumps(instant_versus_hour(str(data / "bundle"), str(data / "store"), args.repeat), indent=2))
+        return
     service = served(str(data / "bundle"), str(data / "store"))
     result = asyncio.run(measure(service, args.repeat))
     imagery = service.imagery.path if service.imagery else None

@@ -351,16 +351,25 @@ class Engine:
         mu, s = fused
         return CellEmbeddings(np.asarray(mu[index], dtype=np.float16), np.asarray(s[index], dtype=np.float32))
 
-    def fuse(self, level: Level, index: np.ndarray, meta: QueryMetadata, count: bool = True) -> CellEmbeddings:
+    def fuse(
+        self,
+        level: Level,
+        index: np.ndarray,
+        meta: QueryMetadata,
+        count: bool = True,
+        clocks: np.ndarray | None = None,
+    ) -> CellEmbeddings:
         """Run the fusion graph on cells under `meta` (batched); `count=False` for a part of a
-        fusion that split_parts divided (the whole is counted once)."""
+        fusion that split_parts divided (the whole is counted once); `clocks`: each cell's own
+        (hour, month), (N, 2), in place of meta's (a map at an instant)."""
         source = None if meta.source is None else self.bundle.sources.id(meta.source)
         mus, ss = [], []
         for start in range(0, len(index), FUSE_BATCH):
             part = index[start : start + FUSE_BATCH]
             lonlat = np.asarray(level.arrays.lonlat[part])
+            hour, month = (meta.hour, meta.month) if clocks is None else clocks[start : start + FUSE_BATCH].T
             encoded = encode_metadata(
-                len(part), lat=lonlat[:, 1], lon=lonlat[:, 0], hour=meta.hour, month=meta.month, source=source
+                len(part), lat=lonlat[:, 1], lon=lonlat[:, 0], hour=hour, month=month, source=source
             )
             mu, logvar = self.bundle.fuse(np.asarray(level.arrays.sat[part], dtype=np.float32), encoded)
             mus.append(mu.astype(np.float16))

@@ -206,15 +206,16 @@ SourceParam = Annotated[
     ),
 ]
 LevelParam = Annotated[int | None, Query(ge=0, le=MAX_ZOOM, description="Store level (default: the finest)."), DIGITS]
-# /point's moment, as OGC API and STAC write one (RFC 3339): the place's clock then is its hour and month.
+# A moment, as OGC API and STAC write one (RFC 3339): each place is answered at its clock then.
 DATETIME_EXAMPLE = "2024-06-01T06:00:00Z"
 DatetimeParam = Annotated[
     str | None,
     Query(
         max_length=64,
         description=f"The moment asked, as RFC 3339 writes it ({DATETIME_EXAMPLE}, or at an offset "
-        "2024-06-01T08:00:00+02:00), instead of hour and month: the hour and month the place's clocks show then "
-        "(its time zone, daylight saving included). Without an offset (2024-06-01T06:00), the place's own clock.",
+        "2024-06-01T08:00:00+02:00), instead of hour and month: each place (each cell of a map) at the hour and "
+        "month its clocks show then (its time zone, daylight saving included). Without an offset "
+        "(2024-06-01T06:00), every place's own clock: hour and month alike everywhere.",
         json_schema_extra={"format": "date-time"},
     ),
 ]
@@ -229,6 +230,18 @@ class QueryParams:
     hour: HourParam = None
     month: MonthParam = None
     source: SourceParam = None
+    datetime: DatetimeParam = None
+
+    def moment(self, refusals: Refusals) -> dt.datetime | None:
+        """The moment `datetime` names (parse_datetime), if given: instead of hour and month."""
+        if self.datetime is None:
+            return None
+        if self.hour is not None or self.month is not None:
+            refusals.refuse("datetime", "give datetime, or hour and month, not both: datetime sets both")
+            return None
+        with refusals.on("datetime"):
+            return parse_datetime(self.datetime)
+        return None  # refused
 
     def refuse_any(self, service: SoundscapeService, refusals: Refusals) -> None:
         """One 422 naming every refusal, if there is one. A text q refused for nothing else meets
@@ -396,7 +409,7 @@ class Asked:
     meta: QueryMetadata
     level: Level
     box: tuple[float, float, float, float] | None = None
-    when: dt.datetime | None = None  # /point's datetime: the hour and month are the place's clock then
+    when: dt.datetime | None = None  # datetime: the hour and month are each place's clock then
 
 
 # The names of the one CRS coordinates are given in (longitude, latitude in degrees), as TiTiler's
@@ -408,9 +421,7 @@ DEGREES_CRS_FOLDED = frozenset(name.casefold() for name in DEGREES_CRS)
 
 
 @dataclass
-class PlaceParams(QueryParams):
-    """Where to look: a level, and the CRS of the coordinates (/point's and /search's)."""
-
+class PointParams(QueryParams):
     level: LevelParam = None
     coord_crs: Annotated[
         str | None,
@@ -438,7 +449,7 @@ class PlaceParams(QueryParams):
         with refusals.on("level"):
             level = service.level(self.level)
         box = self.box(refusals)
-        when = self.when(refusals)
+        when = self.moment(refusals)
         self.refuse_any(service, refusals)
         return Asked(qid, meta, level, box, when)
 
@@ -446,28 +457,9 @@ class PlaceParams(QueryParams):
         """The box the answer is limited to: none for a point."""
         return None
 
-    def when(self, refusals: Refusals) -> dt.datetime | None:
-        """The moment asked: none but at a point."""
-        return None
-
 
 @dataclass
-class PointParams(PlaceParams):
-    datetime: DatetimeParam = None
-
-    def when(self, refusals: Refusals) -> dt.datetime | None:
-        if self.datetime is None:
-            return None
-        if self.hour is not None or self.month is not None:
-            refusals.refuse("datetime", "give datetime, or hour and month, not both: datetime sets both")
-            return None
-        with refusals.on("datetime"):
-            return parse_datetime(self.datetime)
-        return None  # refused
-
-
-@dataclass
-class SearchParams(PlaceParams):
+class SearchParams(PointParams):
     k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells."), DIGITS] = 10
     exact: Annotated[
         bool,
@@ -546,7 +538,7 @@ async def each_once(request: Request) -> None:
     taken, slips_of = taken_by(route.endpoint, route.dependant)
     slipped = [(name, meant) for name in counts.keys() - taken if (meant := slips_of.get(spelling(name)))]
     unsupported = [name for name in counts if name in UNSUPPORTED and "colormap_name" in taken]
-    timed = sorted({(n, meant) for n, v in items if (meant := time_refusal(n, v, taken))}) if "hour" in taken else []
+    timed = sorted({(n, meant) for n, v in items if (meant := time_refusal(n, v))}) if "hour" in taken else []
     # A tile asked at a pixel ratio (`{y}@2x`) has that ratio's size: a tilesize would name it twice.
     ratio = request.path_params.get("scale") if "tilesize" in counts else None
     if repeated or garbled or slipped or unsupported or timed or ratio is not None:
@@ -617,22 +609,16 @@ ALIASES = {
     "bboxcrs": "coord_crs",
     "coordcrs": "bbox-crs",
 }
-# Other services' parameters for a time, on a route that takes `hour`: OGC API's and STAC's
-# `datetime` (taken by /point alone, where one instant is one local hour), the `time` dimension of
-# WMS and WMTS, a `date`, a `season`. The map drawn without them is the unknown hour's and month's,
-# so each is refused saying what to give instead.
-HOUR_AND_MONTH = (
-    "give the local hour of day as hour=0..23 and the month as month=1..12 (one instant falls at a "
-    "different local hour across the map)"
-)
-AT_A_PLACE = (
+# Other services' parameters for a time, on a route that takes `hour` (and so `datetime`, OGC
+# API's and STAC's): the `time` dimension of WMS and WMTS, a `date`, a `season`. The map drawn
+# without them is the unknown hour's and month's, so each is refused saying what to give instead.
+THE_MOMENT = (
     f"give the moment as datetime={DATETIME_EXAMPLE} (RFC 3339), or the local hour of day as hour=0..23 and the "
     "month as month=1..12"
 )
 TIME_PARAMETERS = {
-    "datetime": HOUR_AND_MONTH,
-    "time": HOUR_AND_MONTH,
-    "date": "give the month as month=1..12 (its day and year are not read)",
+    "time": THE_MOMENT,
+    "date": THE_MOMENT,
     "season": "give the month as month=1..12 (a season's months differ between the hemispheres)",
 }
 TIME_SLIPS = {slip: name for name in TIME_PARAMETERS for slip in slips(name)}
@@ -641,14 +627,11 @@ TIME_SLIPS = {slip: name for name in TIME_PARAMETERS for slip in slips(name)}
 TIMESTAMP = re.compile(r"[0-9]{7,}")  # ASCII digits (a regex's \d also takes other scripts' digits)
 
 
-def time_refusal(name: str, value: str, taken: set[str]) -> str | None:
+def time_refusal(name: str, value: str) -> str | None:
     """What to give instead, when the query parameter `name=value` is another service's time
-    (`TIME_PARAMETERS`) that a route taking the parameters `taken` does not take; None for any
-    other parameter (a slip of one it takes is told as a slip)."""
+    (`TIME_PARAMETERS`); None for any other parameter."""
     meant = TIME_SLIPS.get(spelling(name))
-    if meant is None or meant in taken or TIMESTAMP.fullmatch(value.strip()):
-        return None
-    return AT_A_PLACE if "datetime" in taken and meant in ("time", "date") else TIME_PARAMETERS[meant]
+    return None if meant is None or TIMESTAMP.fullmatch(value.strip()) else TIME_PARAMETERS[meant]
 
 
 TAKEN: dict[Callable[..., Any], tuple[set[str], dict[str, str]]] = {}
@@ -940,11 +923,13 @@ def tile_request(
         qid = requested_query_id(service, params) if heatmap or given else None
     with refusals.on("source"):
         meta = query_metadata(service, params)
+    when = params.moment(refusals)
     with refusals.on("colormap_name"):  # a layer's default colormap is a known one
         colour = colormap(params.colormap_name, params.layer)
     with refusals.on("rescale"):
         rescale = parse_rescale(params.rescale)
     params.refuse_any(service, refusals)
+    meta, moment = clocked(meta, when)
     check_tile(tms, z, x, y)
     check_placed(tms, fmt)
     request = TileRequest(
@@ -959,8 +944,20 @@ def tile_request(
         colormap=colour,
         rescale=rescale,
         tms=tms,
+        moment=moment,
     )
     return request, (params.q if heatmap else None)
+
+
+def clocked(meta: QueryMetadata, when: dt.datetime | None) -> tuple[QueryMetadata, dt.datetime | None]:
+    """The metadata and the instant a map is drawn at: a moment without an offset is every
+    place's own clock, so its hour and month; one with an offset is an instant (in UTC, to the
+    second: no zone's offset has a fraction of one), each cell's clock then its hour and month."""
+    if when is None:
+        return meta, None
+    if when.tzinfo is None:
+        return replace(meta, hour=when.hour, month=when.month), None
+    return meta, when.astimezone(dt.UTC).replace(microsecond=0)
 
 
 def echo(params: QueryParams, **extra) -> dict:

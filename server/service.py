@@ -12,6 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import partial
 from itertools import accumulate
 from pathlib import Path
@@ -22,6 +23,7 @@ import anyio.to_thread
 import numpy as np
 
 from runtime.bundle import Bundle
+from runtime.clock import clocks_at
 from runtime.imagery import FILE_NODATA_REMEDY, Imagery, ImageryError, check_black_borders, is_remote
 from runtime.scoring import CONTRAST_RULE
 from runtime.text import normalise_text
@@ -105,6 +107,9 @@ class TileRequest:
     colormap: str = "magma"
     rescale: tuple[float, float] | None = None  # None: the layer's default scale (`scale`)
     tms: str = GRID
+    moment: datetime | None = (
+        None  # an instant (UTC): each cell at its place's clock then (`meta` has no hour or month)
+    )
 
     def canonical(self, ids: dict) -> dict:
         styled = self.fmt not in render.VALUE_FORMATS  # .npy and .tif carry values: colours do not change them
@@ -127,6 +132,7 @@ class TileRequest:
             "source": self.meta.source,
             "colormap": self.colormap if styled else None,
             "rescale": rescale,
+            **({"moment": self.moment.isoformat()} if self.moment else {}),  # the keys of other tiles unchanged
         }
 
 
@@ -552,33 +558,49 @@ class SoundscapeService:
         assert query_id is not None  # server.params asks a query layer for q= or query=
         return (await self.resolve(query_id))[1]
 
-    async def _sample_values(self, layer: str, query: QueryEmbedding | None, meta: QueryMetadata) -> np.ndarray:
-        """The layer's values over the colour-scale sample under `meta`."""
-        return self.engine.values(await self._scale_cells(meta), layer, query)  # ~0.05 ms: less than a hop
+    async def _sample_values(
+        self, layer: str, query: QueryEmbedding | None, meta: QueryMetadata, moment: datetime | None = None
+    ) -> np.ndarray:
+        """The layer's values over the colour-scale sample under `meta` (at `moment`)."""
+        return self.engine.values(await self._scale_cells(meta, moment), layer, query)  # ~0.05 ms: less than a hop
 
-    async def _scale_cells(self, meta: QueryMetadata) -> CellEmbeddings:
-        """The colour-scale sample's cells under `meta` (their fusion is cached), their means
-        widened to float32 once: scored alike, as the scoring widens them first."""
-        key = f"{meta.hour}/{meta.month}/{meta.source}"
+    async def _scale_cells(self, meta: QueryMetadata, moment: datetime | None = None) -> CellEmbeddings:
+        """The colour-scale sample's cells under `meta`, each at its clock at `moment` if given
+        (their fusion is cached), their means widened to float32 once: scored alike, as the
+        scoring widens them first."""
+        key = f"{meta.hour}/{meta.month}/{meta.source}" + (f"/{moment.isoformat()}" if moment else "")
         found = self.scale_cells.get_now(key)
         if found is None:
             level, rows = self.engine.scale_sample
-            cells = await self.cells(level, rows, meta, {"level": level.level, "scale_sample": len(rows)})
+            block = {"level": level.level, "scale_sample": len(rows)}
+            cells = await (
+                self.cells(level, rows, meta, block)
+                if moment is None
+                else self.cells_at(level, rows, meta, moment, block)
+            )
             found = CellEmbeddings(cells.mu.astype(np.float32), cells.s)
             self.scale_cells.set_now(key, found, found.mu.nbytes + found.s.nbytes)
         return found
 
-    async def scale(self, layer: str, query_id: str | None, query: QueryEmbedding | None, meta: QueryMetadata) -> Scale:
-        """The layer's default colour scale under `meta`: for the heatmap (contrast) the 2nd-98th
-        percentile of this query's match probability (contrast) over the scale sample (one scale
-        for every tile and zoom of the query and metadata); for uncertainty the store's fixed S range, so hours and
-        months compare. Either rounded outwards alike (round_scale). Cached per (layer, query, metadata)."""
-        key = (layer, query_id, meta)
+    async def scale(
+        self,
+        layer: str,
+        query_id: str | None,
+        query: QueryEmbedding | None,
+        meta: QueryMetadata,
+        moment: datetime | None = None,
+    ) -> Scale:
+        """The layer's default colour scale under `meta` (each cell at its clock at `moment`, if
+        given): for the heatmap (contrast) the 2nd-98th percentile of this query's match
+        probability (contrast) over the scale sample (one scale for every tile and zoom of the query
+        and metadata); for uncertainty the store's fixed S range, so hours and months compare.
+        Either rounded outwards alike (round_scale). Cached per (layer, query, metadata, moment)."""
+        key = (layer, query_id, meta, moment)
         found = self._scales.get(key)
         if found is not None:
             self._scales.move_to_end(key)
             return found
-        values = await self._sample_values(layer, query, meta)
+        values = await self._sample_values(layer, query, meta, moment)
         scale = self.engine.default_scale(values) if layer in QUERY_LAYERS else self.engine.uncertainty_scale(values)
         self._scales[key] = scale
         while len(self._scales) > SCALE_CACHE_ENTRIES:
@@ -589,8 +611,9 @@ class SoundscapeService:
         """The scale a tile request draws with: its `rescale`, or the layer's default."""
         query = await self.layer_query(request.layer, request.query, text)
         if request.rescale is None:
-            return await self.scale(request.layer, request.query, query, request.meta)
-        return Scale.over(await self._sample_values(request.layer, query, request.meta), *request.rescale)
+            return await self.scale(request.layer, request.query, query, request.meta, request.moment)
+        values = await self._sample_values(request.layer, query, request.meta, request.moment)
+        return Scale.over(values, *request.rescale)
 
     # Cells -----------------------------------------------------------------------------------
     async def cells(self, level: Level, index: np.ndarray, meta: QueryMetadata, block: dict) -> CellEmbeddings:
@@ -606,7 +629,32 @@ class SoundscapeService:
         key = cache_key("fused", {**self.ids, **block, "hour": meta.hour, "month": meta.month, "source": meta.source})
         return await self.cached(self.tiles, "fused", key, lambda: self.fuse(level, index, meta), self.cells_codec)
 
-    async def fuse(self, level: Level, index: np.ndarray, meta: QueryMetadata, large: bool = False) -> CellEmbeddings:
+    async def cells_at(
+        self, level: Level, index: np.ndarray, meta: QueryMetadata, moment: datetime, block: dict | None = None
+    ) -> CellEmbeddings:
+        """Embeddings of `index` under `meta`, each cell at the hour and month its place's clocks
+        show at `moment` (runtime.clock, at the cell's centre), in one fusion: cached per (block,
+        moment) as `cells` caches its own, or, without a block, one bounded large fusion (a whole
+        level or a bbox's rows for /search). No store holds a fusion of an hour and a month
+        together, so none is read."""
+        if len(index) == 0:
+            return CellEmbeddings(np.asarray(level.arrays.mu[:0]), np.asarray(level.arrays.s[:0]))
+        lonlat = np.asarray(level.arrays.lonlat[index])
+        clocks = np.stack(await self.run(clocks_at, moment, lonlat[:, 1], lonlat[:, 0]), axis=1)
+        if block is None:
+            return await self.fuse(level, index, meta, large=True, clocks=clocks)
+        key = cache_key("fused", {**self.ids, **block, "moment": moment.isoformat(), "source": meta.source})
+        fill = partial(self.fuse, level, index, meta, clocks=clocks)
+        return await self.cached(self.tiles, "fused", key, fill, self.cells_codec)
+
+    async def fuse(
+        self,
+        level: Level,
+        index: np.ndarray,
+        meta: QueryMetadata,
+        large: bool = False,
+        clocks: np.ndarray | None = None,
+    ) -> CellEmbeddings:
         """The fusion of `index` under `meta`, run in the compute pool. A large one (a whole level
         for /search, or over LARGE_FUSION_CELLS) costs up to seconds of CPU: at most
         `settings.full_fusions` run at once and others wait while the cells waiting number at most
@@ -615,21 +663,30 @@ class SoundscapeService:
         work ahead of it takes."""
         if not large and len(index) <= LARGE_FUSION_CELLS:
             metrics.COMPUTE.labels("fusion").inc()
-            return await self.run(self.engine.fuse, level, index, meta)
+            return await self.run(self.engine.fuse, level, index, meta, True, clocks)
         async with self.large_fusions.place(len(index)):
             metrics.COMPUTE.labels("fusion").inc()
-            return await self.fuse_in_parallel(level, index, meta)
+            return await self.fuse_in_parallel(level, index, meta, clocks)
 
-    async def fuse_in_parallel(self, level: Level, index: np.ndarray, meta: QueryMetadata) -> CellEmbeddings:
+    async def fuse_in_parallel(
+        self, level: Level, index: np.ndarray, meta: QueryMetadata, clocks: np.ndarray | None = None
+    ) -> CellEmbeddings:
         """One large fusion split over `settings.fusion_threads` threads, outside the compute
         pool (a worker's share of the cores): a whole level of the demo (16,384 cells) is about
         0.4 s of CPU, its answer waits on all of it, and only `settings.full_fusions` run at once."""
-        parts = split_parts(index, self.settings.fusion_threads)
+        parts = split_parts(np.arange(len(index)), self.settings.fusion_threads)
         fused: list[CellEmbeddings | None] = [None] * len(parts)
 
         async def part(i: int) -> None:
+            at = parts[i]
             fused[i] = await anyio.to_thread.run_sync(
-                self.engine.fuse, level, parts[i], meta, False, limiter=self.fusion_limiter
+                self.engine.fuse,
+                level,
+                index[at],
+                meta,
+                False,
+                None if clocks is None else clocks[at],
+                limiter=self.fusion_limiter,
             )
 
         async with anyio.create_task_group() as group:
@@ -662,12 +719,15 @@ class SoundscapeService:
         window = self.engine.window(r.z, r.x, r.y, r.size)  # ~0.17 ms, in the loop as `cells`
         lo, hi = r.rescale or (0.0, 1.0)  # .npy and .tif carry values: their colours are never drawn
         if r.rescale is None and r.fmt not in render.VALUE_FORMATS and not window.empty:
-            scale = await self.scale(r.layer, r.query, query, r.meta)
+            scale = await self.scale(r.layer, r.query, query, r.meta, r.moment)
             lo, hi = scale.lo, scale.hi
         # A tile with no cell is all no-data, in its format and, for a GeoTIFF, at its place
         cells = None
         if not window.empty:
-            cells = await self.cells(window.level, window.present, r.meta, window.key)
+            if r.moment is None:
+                cells = await self.cells(window.level, window.present, r.meta, window.key)
+            else:
+                cells = await self.cells_at(window.level, window.present, r.meta, r.moment, window.key)
             metrics.COMPUTE.labels("render").inc()
 
         def draw() -> bytes:
@@ -851,6 +911,34 @@ class SoundscapeService:
             )
         cells = whole if whole is not None else await self.fused_level(level, meta)
         return (*await self.run(self.engine.top_k, level, cells, query, k), len(level))
+
+    async def search_at(
+        self,
+        level: Level,
+        meta: QueryMetadata,
+        moment: datetime,
+        query: QueryEmbedding,
+        k: int,
+        within: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, CellEmbeddings, int]:
+        """The k best cells of the level (of `within`, a bbox's rows), each at the hour and month its
+        place's clocks show at `moment`, and how many were ranked: every one of them, as an exact
+        search ranks them (its cells read where stored, else fused: at most
+        `settings.max_search_cells`)."""
+        rows = np.arange(len(level)) if within is None else within
+        if within is not None and len(rows) > self.settings.max_search_cells:
+            raise self._bbox_too_large(level, str(len(rows)))
+        if len(rows) > self.settings.max_search_cells:
+            raise QueryError(
+                422,
+                f"level {level.level} has {len(level)} cells; a search at an instant ranks every cell at its own "
+                f"clock (limit {self.settings.max_search_cells}): pass a coarser level= or a bbox=",
+            )
+        cells = await self.cells_at(level, rows, meta, moment)
+        if len(rows) == 0:
+            return rows, cells, 0
+        best, top = await self.run(self.engine.top_k, level, cells, query, k)
+        return rows[best], top, len(rows)
 
     async def rows_within(self, level: Level, bbox: tuple[float, float, float, float]) -> np.ndarray:
         """The rows of the cells whose centre lies in bbox (engine.rows_within); a box that holds

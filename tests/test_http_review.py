@@ -143,24 +143,24 @@ def test_a_slip_of_a_parameter_name_is_refused_not_ignored(client, path, slip, m
 @pytest.mark.parametrize(
     "path, name, value, meant",
     [
-        (TILE, "datetime", "2024-06-01T06:00:00Z", "hour=0..23 and the month as month=1..12"),  # OGC API, STAC
-        (MAP, "datetime", "2024-06-01", "hour=0..23 and the month as month=1..12"),
+        (TILE, "time", "2024-06-01T06:00:00Z", "give the moment as datetime=2024-06-01T06:00:00Z (RFC 3339)"),
+        (MAP, "time", "06:00", "or the local hour of day as hour=0..23 and the month as month=1..12"),
         ("/tilejson.json", "TIME", "06:00", "hour=0..23 and the month as month=1..12"),  # WMS's, WMTS's dimension
         (POINT, "times", "6", "hour=0..23 and the month as month=1..12"),
-        ("/search", "date", "2024-06-01", "month=1..12 (its day and year are not read)"),
+        ("/search", "date", "2024-06-01", "give the moment as datetime="),
         (TILE, "Season", "summer", "month=1..12 (a season's months differ between the hemispheres)"),
-        ("/WMTSCapabilities.xml", "date_time", "2024-06-01T06:00", "hour=0..23"),
+        ("/WMTSCapabilities.xml", "Time", "2024-06-01T06:00", "datetime="),
     ],
 )
 def test_another_services_time_parameter_is_refused_saying_what_to_give(client, path, name, value, meant):
-    """`datetime=` (OGC API, STAC) and `time=` (WMS, WMTS) were unknown parameters, ignored: a GIS
-    user asking for 6 a.m. in June got the unknown hour's and month's map, 200. Refused with the
-    parameters that draw it; a timestamp cache buster (`time=1733040000`) stays ignored."""
+    """`time=` (WMS, WMTS) and `date=` were unknown parameters, ignored: a GIS user asking for 6 a.m.
+    in June got the unknown hour's and month's map, 200. Refused with the parameters that draw it
+    (`datetime`, OGC API's and STAC's, is one: tests/test_datetime.py); a timestamp cache buster
+    (`time=1733040000`) stays ignored."""
     detail = refused(client.get(path, params={"q": "rain", name: value}))
     assert detail.startswith(f"{name!r} is not a parameter of this route: give ") and meant in detail, detail
     for buster in ("1733040000", "1733040000123"):
-        others = {} if path == POINT else {"datetime": buster}  # /point takes datetime (tests/test_point_clock.py)
-        assert client.get(path, params={"q": "rain", "time": buster, **others}).status_code == 200
+        assert client.get(path, params={"q": "rain", "time": buster}).status_code == 200
 
 
 @pytest.mark.parametrize("name, meant", [("hour_of_day", "hour"), ("timeOfDay", "hour"), ("month-of-year", "month")])

@@ -75,7 +75,9 @@ async def layer_legend(service: SoundscapeService, tile: TileRequest, text: str 
         value = "match probability" if tile.layer == "heatmap" else "contrast"
         method = (
             f"2nd to 98th percentile of this query's {value} over {len(sampled)} cells spread "
-            f"over level {level.level} under this hour, month and source; one scale for every tile and zoom"
+            f"over level {level.level} under this "
+            + (f"source, each at its clock at {tile.moment.isoformat()}" if tile.moment else "hour, month and source")
+            + "; one scale for every tile and zoom"
         )
     else:
         method = "the store's range of S (its 1st to 99th percentile), the same for every hour, month and source"

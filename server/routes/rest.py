@@ -14,7 +14,7 @@ from runtime.clock import clock_at
 from runtime.tiles import demorton, quadkey, tile_bounds
 from server.engine import QueryMetadata, ranks_whole_level
 from server.http import conditional, errors
-from server.params import DECIMAL_SPELLING, PointParamsDep, SearchParamsDep, query_embedding
+from server.params import DECIMAL_SPELLING, PointParamsDep, SearchParamsDep, clocked, query_embedding
 from server.routes.deps import ServiceDep
 
 router = APIRouter(tags=["rest"])
@@ -45,15 +45,19 @@ def _context(record, meta: QueryMetadata) -> dict:
 )
 async def search(request: Request, service: ServiceDep, params: SearchParamsDep) -> Response:
     """Top-k cells for a query as GeoJSON, best first by `rank_by`, with match probability, contrast
-    and S under the requested metadata; `properties.ranked` says how many cells were ranked."""
+    and S under the requested metadata (at an instant, `datetime`, each cell at its place's clock
+    then: every cell of the level or box ranked); `properties.ranked` says how many cells were ranked."""
     asked = params.validated(service)
-    meta, chosen, box = asked.meta, asked.level, asked.box
+    (meta, moment), chosen, box = clocked(asked.meta, asked.when), asked.level, asked.box
     record, embedding = await query_embedding(service, params, asked.query_id)
     within = None if box is None else await service.rows_within(chosen, box)
     # The contrast ranks as the score of one combined query: the same index and candidates serve it.
     ranking = embedding if params.rank_by == "score" else await service.run(service.engine.contrast_query, embedding)
-    whole = params.exact or ranks_whole_level(params.rank_by, meta)
-    rows, cells, ranked = await service.search(chosen, meta, ranking, params.k, whole, within)
+    if moment is not None:
+        rows, cells, ranked = await service.search_at(chosen, meta, moment, ranking, params.k, within)
+    else:
+        whole = params.exact or ranks_whole_level(params.rank_by, meta)
+        rows, cells, ranked = await service.search(chosen, meta, ranking, params.k, whole, within)
     # cell_values: a cell reads as at its /point, whatever cells share the answer (k = 1000: ~0.1 ms a layer)
     scores = await service.run(service.engine.cell_values, cells, "heatmap", embedding)
     contrasts = await service.run(service.engine.cell_values, cells, "contrast", embedding)  # may embed the reference
@@ -84,6 +88,7 @@ async def search(request: Request, service: ServiceDep, params: SearchParamsDep)
             "features": features,
             "properties": {
                 **_context(record, meta),
+                **({"datetime": params.datetime} if params.datetime is not None else {}),
                 "level": chosen.level,
                 "k": params.k,
                 "rank_by": params.rank_by,
