@@ -1,5 +1,6 @@
 """Every client sees the map (issue 10), tried with real clients against a real uvicorn: GDAL reads
-the README's exact XYZ URL through its TMS minidriver and WMTS at 256 and 512 pixels; the default
+the README's exact XYZ URL through its TMS minidriver and WMTS at 256 and 512 pixels, and the map of
+an instant (`datetime=`) through WMTS; the default
 colour scale is one scale per query and metadata that uses the ramp; registered query ids survive
 restarts with and without Redis, and a Redis filled by tile traffic keeps every query record."""
 
@@ -102,6 +103,25 @@ def test_gdal_reads_wmts_at_each_tile_size(server, size):
     )
     expected = np.asarray(Image.open(io.BytesIO(tile.content)).convert("RGBA")).transpose(2, 0, 1)
     assert rgba.shape == (4, size, size) and np.array_equal(rgba, expected)
+
+
+def test_gdal_reads_the_map_of_an_instant_through_wmts(server):
+    """OGC clients give a time as one instant (`datetime`, tests/test_datetime.py): GDAL reads the
+    WMTS layer of that instant, whose tile URLs carry it, each cell at its own clock."""
+    z, x, y = 6, 36, 22  # Romania and Ukraine (EET) beside Hungary (CET)
+    instant = {"q": "birdsong", "layer": "heatmap", "datetime": "2024-07-01T10:00:00Z"}
+    with rasterio.open(
+        f"WMTS:{server}/WMTSCapabilities.xml?q=birdsong&datetime=2024-07-01T10%3A00%3A00Z,layer=heatmap"
+    ) as src:
+        window = from_bounds(*mercantile.xy_bounds(x, y, z), transform=src.transform)
+        rgba = src.read(window=Window(round(window.col_off), round(window.row_off), 256, 256))
+
+    def tile(params: dict) -> np.ndarray:
+        got = httpx.get(f"{server}/tiles/WebMercatorQuad/{z}/{x}/{y}.png", params=params, timeout=60)
+        return np.asarray(Image.open(io.BytesIO(got.content)).convert("RGBA")).transpose(2, 0, 1)
+
+    assert np.array_equal(rgba, tile(instant))
+    assert not np.array_equal(rgba, tile({"q": "birdsong", "layer": "heatmap", "hour": 13, "month": 7}))
 
 
 def test_ogc_tile_matrix_sets_are_listed(server):
