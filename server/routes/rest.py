@@ -116,7 +116,7 @@ async def point(
     asked = params.validated(service)
     meta, clock = asked.meta, {}
     if asked.when is not None:
-        local = clock_at(asked.when, lat, lon)
+        local = await service.run(clock_at, asked.when, lat, lon)  # the first lookup loads tzfpy's zones: ~0.1 s
         meta = replace(meta, hour=local.hour, month=local.month)
         clock = {"datetime": params.datetime, "local_time": local.isoformat()}
     record, embedding = await query_embedding(service, params, asked.query_id)
