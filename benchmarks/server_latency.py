@@ -197,8 +197,8 @@ INSTANT = "2024-05-01T04:00:00Z"  # dawn in Europe and Africa, night in the Amer
 
 
 def instant_versus_hour(bundle: str, store: str, repeat: int) -> dict:
-    """Cold tiles at an instant (`datetime=`: each cell at its place's clock, a fusion per hour
-    and month its cells keep) against cold tiles of one hour and month (one fusion), interleaved
+    """Cold tiles at an instant (`datetime=`: each cell at its place's clock, one fusion with a
+    clock a cell) against cold tiles of one hour and month (one fusion of one clock), interleaved
     in one process: on the finest level without stored fusions, and the zoom-0 world tile (every
     clock of the level). The colour scale of the instant is cached, as every tile but its first
     finds it; `first_tile_of_new_instant_ms`: a tile of an instant never asked, its scale included."""

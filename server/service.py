@@ -107,9 +107,8 @@ class TileRequest:
     colormap: str = "magma"
     rescale: tuple[float, float] | None = None  # None: the layer's default scale (`scale`)
     tms: str = GRID
-    moment: datetime | None = (
-        None  # an instant (UTC): each cell at its place's clock then (`meta` has no hour or month)
-    )
+    # An instant (UTC): each cell at its place's clock then (`meta` has no hour or month).
+    moment: datetime | None = None
 
     def canonical(self, ids: dict) -> dict:
         styled = self.fmt not in render.VALUE_FORMATS  # .npy and .tif carry values: colours do not change them
@@ -923,16 +922,17 @@ class SoundscapeService:
     ) -> tuple[np.ndarray, CellEmbeddings, int]:
         """The k best cells of the level (of `within`, a bbox's rows), each at the hour and month its
         place's clocks show at `moment`, and how many were ranked: every one of them, as an exact
-        search ranks them (its cells read where stored, else fused: at most
-        `settings.max_search_cells`)."""
+        search ranks them (one bounded fusion of at most `settings.max_search_cells`)."""
         rows = np.arange(len(level)) if within is None else within
-        if within is not None and len(rows) > self.settings.max_search_cells:
-            raise self._bbox_too_large(level, str(len(rows)))
         if len(rows) > self.settings.max_search_cells:
-            raise QueryError(
-                422,
-                f"level {level.level} has {len(level)} cells; a search at an instant ranks every cell at its own "
-                f"clock (limit {self.settings.max_search_cells}): pass a coarser level= or a bbox=",
+            raise (
+                self._bbox_too_large(level, str(len(rows)))
+                if within is not None
+                else QueryError(
+                    422,
+                    f"level {level.level} has {len(level)} cells; a search at an instant ranks every cell at its "
+                    f"own clock (limit {self.settings.max_search_cells}): pass a coarser level= or a bbox=",
+                )
             )
         cells = await self.cells_at(level, rows, meta, moment)
         if len(rows) == 0:
