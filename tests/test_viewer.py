@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -37,6 +38,7 @@ ARGS = [
 ]
 MAP_LOADED = "window.soundscape && window.soundscape.map && window.soundscape.map.loaded()"
 BACKGROUND = (0x0B, 0x1A, 0x2B)  # #map's CSS background, where nothing is drawn
+HEATMAP_LOADED = "document.body.dataset.heatmap === 'loaded'"
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +155,12 @@ def page(browser, server):
     page = open_page(browser, server)
     yield page
     page.close()
+
+
+def page_errors(page) -> list[str]:
+    """The console's errors but the browser's own line for each response the server refused (the
+    refusals these tests ask for)."""
+    return [e for e in page.console_errors() if not e.startswith("Failed to load resource")]
 
 
 def map_pixels(page) -> np.ndarray:
@@ -422,6 +430,77 @@ def test_source_and_contrast_are_controls_kept_in_the_url(browser, server):
     assert "contrast = " in popup and all(f"{name} " in popup for name in ["unknown", *names])
     assert page.outside_requests() == []
     page.close()
+
+
+def test_one_moment_maps_each_place_at_its_own_clock(browser, server):
+    """The server maps one moment (`datetime=`: each place at the hour and month its clocks show
+    then), but the viewer could not ask for it: its hour slider is every place's own hour. Now a
+    link's instant, at any offset, opens the map at that moment: its tiles, legend, best places,
+    PNG, profile and link carry it in UTC, and the hour and month controls rest; "now" maps this
+    minute, the field maps the moment typed, and unticking it maps any hour again."""
+    page = open_page(
+        browser, server, "/#q=birdsong&datetime=2024-07-01T12:00:00%2B02:00&hour=6&map=3.5/45/10", ready=HEATMAP_LOADED
+    )
+    try:
+        utc = "2024-07-01T10:00:00Z"
+        assert hash_params(page)["datetime"] == utc and "hour" not in hash_params(page)
+        assert "hour=6 (datetime= gives the moment)" in page.inner_text("#notice")
+        asked = [httpx.URL(u) for u in page.requests() if "/tiles/" in u or "/tilejson.json" in u]
+        assert {u.params.get("datetime") for u in asked if "query" in u.params} == {utc}
+        assert page.is_checked("#moment-on") and page.input_value("#moment") == "2024-07-01T10:00"  # the field drops :00
+        assert page.is_disabled("#hour") and page.is_disabled("#hour-any") and page.is_disabled("#month-any")
+        assert httpx.URL(page.get_attribute("#map-image", "href")).params["datetime"] == utc
+        at_moment = map_pixels(page)
+
+        page.focus("canvas.maplibregl-canvas")
+        page.keyboard.press("Enter")  # the profile of the map's centre, 10 E 45 N: Italy, on summer time
+        page.wait_for_selector(".maplibregl-popup .local-time", timeout=30_000)
+        assert page.inner_text(".maplibregl-popup .local-time") == "here then: 2024-07-01 12:00 (UTC+02:00), local time"
+        page.click("#best")
+        wait_until(page, "window.soundscape.best && window.soundscape.best.length > 0")
+        searched = [httpx.URL(u) for u in page.requests() if "/search?" in u]
+        assert searched and searched[-1].params["datetime"] == utc
+
+        page.click("#now")
+        wait_until(page, "(utc) => new URLSearchParams(location.hash.slice(1)).get('datetime') !== utc", utc)
+        now = datetime.fromisoformat(hash_params(page)["datetime"])
+        assert abs(now.timestamp() - time.time()) < 120 and now.second == 0 and now.utcoffset() == timedelta(0)
+        page.fill("#moment", "2024-01-15T06:30:05")
+        wait_until(page, "new URLSearchParams(location.hash.slice(1)).get('datetime') === '2024-01-15T06:30:05Z'")
+        wait_until(page, HEATMAP_LOADED)
+
+        page.uncheck("#moment-on")
+        wait_until(page, HEATMAP_LOADED)
+        assert "datetime" not in hash_params(page) and "datetime=" not in page.evaluate("tileUrl()")
+        assert page.is_checked("#hour-any") and page.is_enabled("#hour-any") and page.is_disabled("#moment")
+        assert np.abs(map_pixels(page) - at_moment).max() > 0, "any hour is another map than that moment's"
+        assert page_errors(page) == []
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize(
+    ("link", "shown"),
+    [
+        # Without an offset, every place's own clock: the hour and month the server reads it as.
+        ("datetime=2024-07-01T06:30", {"hour": "6", "month": "7"}),
+        ("datetime=2024-13-01T06:00:00Z", {}),
+    ],
+)
+def test_a_moment_in_a_link_without_an_offset_or_out_of_range(browser, server, link, shown):
+    page = open_page(browser, server, f"/#q=birdsong&{link}&map=3.5/45/10", ready=HEATMAP_LOADED)
+    try:
+        held = hash_params(page)
+        assert {k: held[k] for k in ("hour", "month", "datetime") if k in held} == shown
+        assert not page.is_checked("#moment-on")
+        if shown:
+            assert page.input_value("#hour") == "6" and page.input_value("#month") == "7"
+        else:
+            assert "datetime=2024-13-01T06:00:00Z (it takes a date and time as RFC 3339 writes it" in page.inner_text(
+                "#notice"
+            )
+    finally:
+        page.close()
 
 
 def test_an_unknown_source_or_a_bad_box_in_a_link_is_left_out(browser, server):

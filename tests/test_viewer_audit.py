@@ -17,10 +17,18 @@ import pytest
 import soundfile
 
 from tests.server_support import live_server, make_client
-from tests.test_viewer import browser, hash_params, open_page, server, store_copy, wait_until  # noqa: F401  (fixtures and helpers)
+from tests.test_viewer import (  # noqa: F401  (fixtures and helpers)
+    HEATMAP_LOADED,
+    browser,
+    hash_params,
+    open_page,
+    page_errors,
+    server,
+    store_copy,
+    wait_until,
+)
 
 HOSTILE = "<img src=x onerror=window.injected=1>"
-HEATMAP_LOADED = "document.body.dataset.heatmap === 'loaded'"
 
 
 class Controls(HTMLParser):
@@ -92,12 +100,6 @@ def test_every_control_of_the_viewer_has_a_name_of_its_own(bundle_path, store_pa
     assert all(names.values()), f"controls without a name: {[k for k, v in names.items() if not v]}"
     assert len(set(names.values())) == len(names), f"names shared by two controls: {names}"
     assert names["hour-any"] == "any hour" and names["month-any"] == "any month"
-
-
-def page_errors(page) -> list[str]:
-    """The console's errors but the browser's own line for each response the server refused (the
-    refusals these tests ask for)."""
-    return [e for e in page.console_errors() if not e.startswith("Failed to load resource")]
 
 
 @pytest.mark.slow  # a live server and a browser (the module's first browser test starts both)

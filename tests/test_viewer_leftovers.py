@@ -9,8 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.test_viewer import browser, hide_layer, open_page, pixels_at, server, wait_until  # noqa: F401  (fixtures and helpers)
-from tests.test_viewer_audit import HEATMAP_LOADED, page_errors
+from tests.test_viewer import HEATMAP_LOADED, browser, hide_layer, open_page, page_errors, pixels_at, server, wait_until  # noqa: F401  (fixtures and helpers)
 
 # A live server and a browser, as tests/test_viewer.py.
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.test_viewer import browser, hash_params, open_page, server, wait_until  # noqa: F401  (fixtures and helpers)
-from tests.test_viewer_audit import HEATMAP_LOADED, page_errors, wav
+from tests.test_viewer import HEATMAP_LOADED, browser, hash_params, open_page, page_errors, server, wait_until  # noqa: F401  (fixtures and helpers)
+from tests.test_viewer_audit import wav
 
 # What the map draws, and what the panel and the link say of it.
 SHOWN = """() => {

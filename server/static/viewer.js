@@ -1,6 +1,6 @@
 // The soundscape viewer: MapLibre with the server's own imagery as a basemap (when it has one), a
-// heatmap, contrast or uncertainty layer whose tile URL follows the panel (query, hour, month and
-// the source from GET /metadata), a legend read from the TileJSON of the same parameters, and a
+// heatmap, contrast or uncertainty layer whose tile URL follows the panel (query, hour, month or
+// one moment everywhere, and the source from GET /metadata), a legend read from the TileJSON of the same parameters, and a
 // 24-hour profile of any clicked place with its values per source, and numbered markers on the ten
 // best places in view (/search in the view's bbox, ranked as the layer draws), and a PNG of the layer
 // in view (/collections/{layer}/map). The whole state lives in the
@@ -13,8 +13,10 @@ const $ = (id) => document.getElementById(id);
 // q: a text query, as the page URL shows it; query: the registered id the tiles use (a text's or
 // a recording's: short ASCII tile URLs that QGIS keeps intact).
 // best: the bbox whose best places are marked (/search's west,south,east,north), null when none.
+// datetime: one moment everywhere (each place at its own clock then) as UTC, "2024-05-01T04:00:00Z",
+// or null; hour and month are null while it is set.
 const state = { q: null, query: null, label: "", layer: "heatmap", opacity: 0.75, hour: null, month: null,
-                source: null, best: null };
+                datetime: null, source: null, best: null };
 const LAYERS = ["heatmap", "contrast", "uncertainty"];
 const QUERY_LAYERS = ["heatmap", "contrast"];  // the layers drawn for a query
 const LEGEND_TITLES = { heatmap: "match probability", contrast: "contrast (log-odds)", uncertainty: "uncertainty (S)" };
@@ -91,6 +93,29 @@ function opacityIn(text) {
   return value >= 0 && value <= 1 ? value : null;
 }
 
+// A date and time as RFC 3339 writes it (the server also takes a space for the T). At an offset it
+// is an instant, read as {datetime} in UTC; without one it is every place's own clock, which the
+// server reads as that {hour, month}. Null for anything else, or a year outside the server's 2..9998.
+const MOMENT = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})?$/;
+function momentIn(text) {
+  const parts = MOMENT.exec(text);
+  if (!parts) return null;
+  const [year, month, day, hour, minute, second] = parts.slice(1, 7).map((v) => Number(v || 0));
+  const date = new Date(Date.UTC(2000, 0, 1, hour, minute, second));
+  date.setUTCFullYear(year, month - 1, day);  // Date.UTC reads the years 0..99 as 1900..1999
+  const offset = parts[7] && /^[+-]/.test(parts[7]) ? parts[7] : "+00:00";
+  const [offsetHours, offsetMinutes] = offset.slice(1).split(":").map(Number);
+  const real = date.getUTCMonth() === month - 1 && date.getUTCDate() === day && hour <= 23 && minute <= 59
+    && second <= 59 && offsetHours <= 23 && offsetMinutes <= 59 && year >= 2 && year <= 9998;
+  if (!real) return null;
+  if (!parts[7]) return { hour, month };
+  date.setTime(date.getTime() - Number(`${offset[0]}1`) * (offsetHours * 60 + offsetMinutes) * 60_000);
+  return { datetime: utcText(date) };
+}
+
+// A moment as the link and the requests write it: UTC to the second.
+const utcText = (date) => date.toISOString().replace(/\.\d{3}Z$/, "Z");
+
 // A shared map=zoom/lat/lon as MapLibre's view, or null.
 function viewIn(text) {
   const [zoom, lat, lon] = text.split("/").map((v) => (/^-?\d+(\.\d+)?$/.test(v) ? Number(v) : NaN));
@@ -104,6 +129,7 @@ function viewIn(text) {
 const LINK_PARAMS = {
   hour: [(text) => intIn(text, 0, 23), "a whole hour 0 to 23"],
   month: [(text) => intIn(text, 1, 12), "a month 1 to 12"],
+  datetime: [momentIn, "a date and time as RFC 3339 writes it, e.g. 2024-05-01T04:00:00Z"],
   layer: [(text) => (LAYERS.includes(text) ? text : null), LAYERS.join(", ")],
   opacity: [opacityIn, "a number 0 to 1"],
   best: [boxIn, "west,south,east,north"],
@@ -125,7 +151,9 @@ function slips(key) {
 // The state a shared URL carries, in the hash (or, for links like /?query=<id>, the query string;
 // the hash wins). A value out of range is left out, so a hand-edited URL still opens a map, and
 // `refused` says which and what each takes (the page's notice); the source is checked against the
-// server's once GET /metadata answers, and layer is null when absent.
+// server's once GET /metadata answers, and layer is null when absent. A `datetime` names the
+// moment, so an hour or month beside it is left out (the server refuses the two together); one
+// without an offset is the hour and month it reads.
 function readUrlState() {
   const params = new URLSearchParams(window.location.search);
   for (const [key, value] of new URLSearchParams(window.location.hash.slice(1))) params.set(key, value);
@@ -140,11 +168,18 @@ function readUrlState() {
     const meant = LINK_KEYS.find((known) => known !== key && slips(known).includes(spelling(key)));
     if (meant && !LINK_KEYS.includes(key)) refused.push(`${shorten(key, 20)}=${shorten(value, 30)} (did you mean ${meant}?)`);
   }
+  const moment = read.datetime || {};
+  if (read.datetime) {
+    for (const key of ["hour", "month"]) {
+      if (params.get(key)) refused.push(`${key}=${shorten(params.get(key), 30)} (datetime= gives the moment)`);
+    }
+  }
   return {
     q: (params.get("q") || "").trim() || null,
     query: params.get("q") ? null : params.get("query"),
-    hour: read.hour,
-    month: read.month,
+    hour: read.datetime ? (moment.hour ?? null) : read.hour,
+    month: read.datetime ? (moment.month ?? null) : read.month,
+    datetime: moment.datetime ?? null,
     source: params.get("source") || null,
     layer: read.layer,
     opacity: read.opacity ?? 0.75,
@@ -155,11 +190,11 @@ function readUrlState() {
   };
 }
 
-// `key=value&...` with readable slashes, commas and spaces (map=3/45.1/10.2, best=-10,35,30,60,
-// q=birds+at+dawn).
+// `key=value&...` with readable slashes, commas, colons and spaces (map=3/45.1/10.2,
+// best=-10,35,30,60, datetime=2024-05-01T04:00:00Z, q=birds+at+dawn).
 function formatParams(entries) {
-  return entries.map(([key, value]) =>
-    `${key}=${encodeURIComponent(value).replace(/%2F/g, "/").replace(/%2C/g, ",").replace(/%20/g, "+")}`).join("&");
+  return entries.map(([key, value]) => `${key}=${encodeURIComponent(value).replace(/%2F/g, "/").replace(/%2C/g, ",")
+    .replace(/%3A/g, ":").replace(/%20/g, "+")}`).join("&");
 }
 
 function writeUrlState(map) {
@@ -168,6 +203,7 @@ function writeUrlState(map) {
   else if (state.query) entries.push(["query", state.query]);
   if (state.hour !== null) entries.push(["hour", state.hour]);
   if (state.month !== null) entries.push(["month", state.month]);
+  if (state.datetime !== null) entries.push(["datetime", state.datetime]);
   if (state.source !== null) entries.push(["source", state.source]);
   entries.push(["layer", state.layer], ["opacity", state.opacity]);
   if (state.best) entries.push(["best", state.best]);
@@ -188,6 +224,7 @@ function queryParams(withQuery = true) {
   if (withQuery && state.query) params.set("query", state.query);
   if (state.hour !== null) params.set("hour", state.hour);
   if (state.month !== null) params.set("month", state.month);
+  if (state.datetime !== null) params.set("datetime", state.datetime);
   if (state.source !== null) params.set("source", state.source);
   return params;
 }
@@ -365,7 +402,7 @@ async function main() {
   const metadata = await fetchJson(`${base}/metadata`);
   const sources = metadata.source.values.map((v) => v.value);
   Object.assign(state, { q: initial.q, query: initial.query, hour: initial.hour, month: initial.month,
-                         source: sources.includes(initial.source) ? initial.source : null,
+                         datetime: initial.datetime, source: sources.includes(initial.source) ? initial.source : null,
                          layer: initial.layer || metadata.layer.default, opacity: initial.opacity });
   if (initial.refused.length) setNotice("link", `left out of the link: ${initial.refused.join("; ")}`);
   if (initial.source !== null && state.source === null) {
@@ -600,16 +637,23 @@ function fillSources(source) {
   sourceDescriptions = Object.fromEntries(source.values.map((v) => [v.value, v.description || ""]));
 }
 
-// The controls show the state (after restoring it from the URL).
+// The controls show the state (after restoring it from the URL). While one moment is mapped, the
+// hour and month controls rest: each place's clock gives them.
 function showControls() {
   $("text").value = state.q || "";
+  const moment = state.datetime !== null;
   for (const name of ["hour", "month"]) {
     const value = state[name];
     $(`${name}-any`).checked = value === null;
+    $(`${name}-any`).disabled = moment;
     $(name).disabled = value === null;
     if (value !== null) $(name).value = value;
     $(`${name}-out`).textContent = value === null ? "" : (name === "hour" ? `${value}:00` : String(value));
   }
+  $("moment-on").checked = moment;
+  $("moment").disabled = !moment;
+  if (moment) $("moment").value = state.datetime.slice(0, 19);  // its UTC clock, as the field takes it
+  $("moment-desc").hidden = !moment;
   $("source").value = state.source || "";
   $("source-desc").textContent = (state.source && sourceDescriptions[state.source]) || "";
   for (const radio of document.querySelectorAll("input[name=layer]")) radio.checked = radio.value === state.layer;
@@ -666,6 +710,22 @@ function wirePanel(apply, setOpacity) {
       if (!any.checked) slider.focus();
     });
   }
+  // One moment everywhere: ticking it maps the moment in the field (this minute if it is empty),
+  // "now" maps this minute; the field is read as UTC. Unticked, the map is of any hour and month.
+  const mapMoment = (datetime) => {
+    Object.assign(state, { datetime, hour: null, month: null });
+    showControls();
+    changed();
+  };
+  $("moment-on").addEventListener("change", () => {
+    const typed = momentIn(`${$("moment").value}Z`);
+    mapMoment($("moment-on").checked ? (typed && typed.datetime) || nowText() : null);
+  });
+  $("moment").addEventListener("change", () => {
+    const typed = momentIn(`${$("moment").value}Z`);
+    if (typed) mapMoment(typed.datetime);
+  });
+  $("now").addEventListener("click", () => mapMoment(nowText()));
   $("source").addEventListener("change", () => {
     state.source = $("source").value || null;
     showControls();
@@ -689,6 +749,13 @@ function wirePanel(apply, setOpacity) {
     }
   });
   for (const id of ["map-image", "map-values"]) $(id).addEventListener("click", downloadMapImage);
+}
+
+// This minute in UTC, as a moment to map.
+function nowText() {
+  const now = new Date();
+  now.setUTCSeconds(0, 0);
+  return utcText(now);
 }
 
 // "PNG of this view" (or its GeoTIFF) fetched first and saved from memory: followed as a plain
@@ -772,6 +839,7 @@ async function showProfile(map, lngLat) {
   note.textContent = `here: p = ${answer.score.toPrecision(3)}, contrast = ${answer.contrast.toPrecision(3)}, ` +
     `uncertainty S = ${answer.uncertainty.toPrecision(3)}`;
   box.appendChild(note);
+  if (answer.local_time) box.appendChild(localTime(answer.local_time));
   const bySource = document.createElement("p");
   bySource.className = "by-source";
   bySource.textContent = "p by source: " + answer.by_source
@@ -780,6 +848,16 @@ async function showProfile(map, lngLat) {
   drawProfile(canvas, answer.hours.map((h) => h.score));
   window.soundscape.profile?.remove();
   window.soundscape.profile = new maplibregl.Popup({ maxWidth: "280px" }).setLngLat(lngLat).setDOMContent(box).addTo(map);
+}
+
+// At one moment, the place's clock then (the answer's ISO 8601 local_time, at the place's offset):
+// the hour and month its map and profile are of.
+function localTime(iso) {
+  const [, date, time, offset] = /^(.*)T(\d{2}:\d{2})(?::[\d.]+)?(.*)$/.exec(iso) || [null, iso, "", ""];
+  const line = document.createElement("p");
+  line.className = "local-time";
+  line.textContent = `here then: ${date} ${time}${offset ? ` (UTC${offset})` : ""}, local time`;
+  return line;
 }
 
 // The view's west, south, east, north in degrees: longitudes wrapped into -180..180 (west above
