@@ -447,7 +447,8 @@ def test_one_moment_maps_each_place_at_its_own_clock(browser, server):
         assert "hour=6 (datetime= gives the moment)" in page.inner_text("#notice")
         asked = [httpx.URL(u) for u in page.requests() if "/tiles/" in u or "/tilejson.json" in u]
         assert {u.params.get("datetime") for u in asked if "query" in u.params} == {utc}
-        assert page.is_checked("#moment-on") and page.input_value("#moment") == "2024-07-01T10:00"  # the field drops :00
+        # the field shows the moment in UTC, without its :00 seconds
+        assert page.is_checked("#moment-on") and page.input_value("#moment") == "2024-07-01T10:00"
         assert page.is_disabled("#hour") and page.is_disabled("#hour-any") and page.is_disabled("#month-any")
         assert httpx.URL(page.get_attribute("#map-image", "href")).params["datetime"] == utc
         at_moment = map_pixels(page)
