@@ -821,16 +821,29 @@ def parse_box(text: str, x_limit: float, y_limit: float, units: str) -> tuple[fl
     return west, south, east, north
 
 
+# An offset's "+" that came as a space: a query string's "+" is a space unless written %2B, and some
+# clients send it as typed (QGIS, given a capabilities URL holding %2B, asks with "+").
+PLACEHOLDER = re.compile(r"\{\w+\}")  # `{Time}` of a WMTS ResourceURL template, not filled in
+UNESCAPED_PLUS = re.compile(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
+
+
 def parse_datetime(text: str) -> dt.datetime:
     """One moment: a date and time at an offset (an instant) or without one (a clock's reading),
     in the years 2..9998 (so its place's clock, up to a day off, is a date too); a 422 saying what
     to give for an interval, a date alone or anything else."""
     if "/" in text:
         raise HTTPException(422, f"datetime must be one moment, not an interval: {shown(text)}")
+    text = UNESCAPED_PLUS.sub(r"\1+\2", text)
     with suppress(ValueError):
         dt.date.fromisoformat(text)
         raise HTTPException(
             422, f"datetime {shown(text)} is a date alone: give its time too ({DATETIME_EXAMPLE}), or month=1..12"
+        )
+    if PLACEHOLDER.fullmatch(text):
+        raise HTTPException(
+            422,
+            f"datetime={shown(text)} is a WMTS template's placeholder the client left as it was: pick a value of "
+            "the layer's Time dimension (QGIS: Select dimensions, or tileDimensions=Time=<instant> in its source)",
         )
     try:
         when = dt.datetime.fromisoformat(text)

@@ -25,6 +25,18 @@ ZOOM0_SCALE = 559082264.0287178
 ORIGIN = 20037508.3427892
 
 
+class Dimension(NamedTuple):
+    """A layer's dimension: a client puts the value it picks from `values` (else `default`) for
+    `{identifier}` in the ResourceURL template, as QGIS's "Select dimensions" and GDAL do."""
+
+    identifier: str
+    title: str
+    abstract: str
+    uom: str
+    default: str
+    values: tuple[str, ...]
+
+
 class Layer(NamedTuple):
     identifier: str
     title: str
@@ -32,6 +44,7 @@ class Layer(NamedTuple):
     media_type: str  # of its tiles
     abstract: str  # what the colours (or values) mean: the layer's legend in words
     legend_url: str | None  # the colour ramp as a PNG; None for tiles of values
+    dimensions: tuple[Dimension, ...] = ()
 
 
 def _xml(text: str) -> str:
@@ -73,8 +86,22 @@ def _layer(contents: ET.Element, layer: Layer, bounds: tuple[float, ...]) -> Non
     if layer.legend_url is not None:
         _add(style, "LegendURL", format="image/png", **{"xlink:href": layer.legend_url})
     _add(element, "Format", layer.media_type)
+    for dimension in layer.dimensions:
+        _dimension(element, dimension)
     _add(_add(element, "TileMatrixSetLink"), "TileMatrixSet", "WebMercatorQuad")
     _add(element, "ResourceURL", format=layer.media_type, resourceType="tile", template=layer.template)
+
+
+def _dimension(layer: ET.Element, dimension: Dimension) -> None:
+    """A Dimension's elements in the order the WMTS schema gives them."""
+    element = _add(layer, "Dimension")
+    _add(element, "ows:Title", dimension.title)
+    _add(element, "ows:Abstract", dimension.abstract)
+    _add(element, "ows:Identifier", dimension.identifier)
+    _add(element, "ows:UOM", dimension.uom)
+    _add(element, "Default", dimension.default)
+    for value in dimension.values:
+        _add(element, "Value", value)
 
 
 def _tile_matrix_set(contents: ET.Element, zooms: tuple[int, int], size: int) -> None:

@@ -7,12 +7,14 @@ every place's own clock: `hour=` and `month=` alike everywhere."""
 from __future__ import annotations
 
 import io
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
 from runtime.clock import clocks_at
+from server import wmts
 from server.engine import CellEmbeddings, QueryMetadata
 from tests.server_support import make_client, refused
 
@@ -71,6 +73,7 @@ def test_other_metadata_go_with_a_moment(client):
         ({"datetime": "2024-07-01T10:00:00Z", "hour": 6, "level": 99}, "not both"),  # with the level's
         ({"datetime": "0001-01-01T00:00:00+14:00"}, "year must be 2..9998"),  # before the calendar at UTC
         ({"datetime": "9999-12-31T23:00:00-12:00"}, "year must be 2..9998"),
+        ({"datetime": "{Time}"}, "a WMTS template's placeholder the client left as it was: pick a value of"),
     ],
 )
 def test_a_moment_that_is_none_is_refused_in_a_sentence(client, params, said):
@@ -165,8 +168,9 @@ def test_a_tile_at_an_instant_has_its_own_scale_and_name(client):
     noon = client.get("/tiles/5/18/11.png", params={"q": "birdsong", "hour": 12, "month": 7})
     assert at.status_code == 200 and at.headers["content-type"] == "image/png"
     assert at.headers["etag"] not in (noon.headers["etag"], None)
-    later = client.get("/tiles/5/18/11.png", params={"q": "birdsong", "datetime": "2024-07-01T10:00:00+00:00"})
-    assert later.headers["etag"] == at.headers["etag"], "one instant, however written, is one tile"
+    for written in ("2024-07-01T10:00:00+00:00", "2024-07-01T12:00:00+02:00", "2024-07-01T12:00:00 02:00"):
+        later = client.get("/tiles/5/18/11.png", params={"q": "birdsong", "datetime": written})
+        assert later.headers["etag"] == at.headers["etag"], "one instant, however written, is one tile"
     tilejson = client.get("/tilejson.json", params={"q": "birdsong", "datetime": SUMMER_10_UTC}).json()
     assert "datetime=2024-07-01T10%3A00%3A00Z" in tilejson["tiles"][0]
     assert "each at its clock at 2024-07-01T10:00:00+00:00" in tilejson["description"]
@@ -193,3 +197,38 @@ def test_a_search_at_an_instant_is_bounded_as_an_exact_one(bundle_path, store_pa
     assert "a search at an instant ranks every cell at its own clock (limit 20)" in detail
     box = {"bbox": "10,45,12,47", "level": 5}
     assert small.get("/search", params={"q": "birdsong", "datetime": SUMMER_10_UTC, **box}).status_code == 200
+
+
+def wmts_layers(client, **params) -> dict[str, ET.Element]:
+    response = client.get("/WMTSCapabilities.xml", params={"q": "birdsong", **params})
+    assert response.status_code == 200, response.text[:300]
+    layers = ET.fromstring(response.text).iter(f"{{{wmts.WMTS}}}Layer")
+    return {layer.findtext(f"{{{wmts.OWS}}}Identifier"): layer for layer in layers}
+
+
+def test_wmts_at_an_instant_offers_the_hours_of_its_day_as_its_time_dimension(client):
+    """A GIS client picks a WMTS layer's time from its Time dimension (QGIS: Select dimensions;
+    GDAL takes the default): the instant asked is its default, beside each whole hour of its day
+    (UTC), and every value put in the template is the tile of that instant."""
+    layers = wmts_layers(client, datetime="2024-07-01T12:30:00+02:00")
+    assert set(layers) == {"heatmap", "contrast", "uncertainty"}
+    for name, layer in layers.items():
+        [dimension] = layer.iter(f"{{{wmts.WMTS}}}Dimension")
+        assert dimension.findtext(f"{{{wmts.OWS}}}Identifier") == "Time"
+        assert dimension.findtext(f"{{{wmts.WMTS}}}Default") == "2024-07-01T10:30:00Z"
+        offered = [value.text for value in dimension.iter(f"{{{wmts.WMTS}}}Value")]
+        assert offered == sorted([f"2024-07-01T{hour:02d}:00:00Z" for hour in range(24)] + ["2024-07-01T10:30:00Z"])
+        template = layer.find(f"{{{wmts.WMTS}}}ResourceURL").get("template")
+        assert template.count("datetime=") == 1 and template.endswith("&datetime={Time}"), template
+        for instant in (offered[4], "2024-07-01T10:30:00Z"):
+            url = template.format(TileMatrix=6, TileCol=34, TileRow=22, Time=instant).split("/", 3)[3]
+            tile = client.get(f"/{url}")
+            params = {"datetime": instant, "layer": name} | ({} if name == "uncertainty" else {"q": "birdsong"})
+            direct = client.get("/tiles/WebMercatorQuad/6/34/22.png", params=params)
+            assert tile.status_code == 200 and tile.headers["etag"] == direct.headers["etag"], (name, instant)
+
+
+def test_wmts_without_an_instant_has_no_time_dimension(client):
+    for params in ({}, {"hour": 6}, {"datetime": "2024-07-01T06:30"}):  # no offset: every place's own clock
+        for layer in wmts_layers(client, **params).values():
+            assert layer.find(f"{{{wmts.WMTS}}}Dimension") is None and "{Time}" not in ET.tostring(layer, "unicode")

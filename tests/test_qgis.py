@@ -11,7 +11,7 @@ import math
 import re
 import subprocess
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import mercantile
@@ -109,6 +109,41 @@ def test_qgis_draws_the_readme_urls_as_the_server_draws_the_tile(server, tmp_pat
         close = np.abs(drawn[..., :3] - tile[..., :3]).max(axis=2) <= 8
         assert close[opaque].mean() > 0.99, (layer["name"], close[opaque].mean())
         assert (drawn[..., 3][~opaque] < 255).all(), "transparent where the tile has no cells"
+
+
+def test_qgis_draws_another_hour_of_an_instant_through_its_time_dimension(server, tmp_path):
+    """WMTS capabilities at an instant list it as the layers' Time dimension, beside every whole hour
+    of its day (UTC): QGIS's "Select dimensions" (a layer's `tileDimensions`) draws the default it
+    offers, or the hour a user picks, each the server's tile of that instant. (The capabilities
+    URL holds the instant at +02:00: QGIS asks for it with the "+" unescaped.) The fixture model
+    hardly changes with the hour, so the colours span the default tile's own values: the hours'
+    tiles then differ in colour."""
+    extent = list(mercantile.xy_bounds(X, Y, Z))
+    instants = {"default": "2024-07-01T10:30:00Z", "picked": "2024-07-01T00:00:00Z"}
+    query = {"q": "birdsong", "layer": "heatmap"}
+    tile_url = f"{server}/tiles/{Z}/{X}/{Y}"
+    at_default = {**query, "datetime": instants["default"]}
+    values = decode_npy(httpx.get(f"{server}/tiles/WebMercatorQuad/{Z}/{X}/{Y}.npy", params=at_default).content)
+    query["rescale"] = f"{np.nanmin(values):.6g},{np.nanmax(values):.6g}"
+    capabilities = f"{server}/WMTSCapabilities.xml?{urlencode(query)}&datetime=2024-07-01T12:30:00%2B02:00"
+    cases = {
+        name: wmts(capabilities, "heatmap") + "&tileDimensions=" + quote(f"Time={instant}", safe="")
+        for name, instant in instants.items()
+    }
+    layers = [
+        {"name": name, "uri": uri, "extent": extent, "size": 256, "out": str(tmp_path / f"{name}.png")}
+        for name, uri in cases.items()
+    ]
+    answers = qgis_renders(layers, tmp_path)
+    assert all(answer["valid"] for answer in answers.values()), answers
+    drawn = {name: rgba(Path(layer["out"])) for name, layer in zip(cases, layers, strict=True)}
+    for name, instant in instants.items():
+        tile = rgba(httpx.get(f"{tile_url}.png", params={**query, "datetime": instant}, timeout=60).content)
+        opaque = tile[..., 3] == 255
+        assert opaque.mean() > 0.5, "the tile lies over the fixture's imagery"
+        close = np.abs(drawn[name][..., :3] - tile[..., :3]).max(axis=2) <= 8
+        assert close[opaque].mean() > 0.99, (name, close[opaque].mean())
+    assert np.abs(drawn["default"] - drawn["picked"]).max() > 24, "another hour is another map"
 
 
 def test_qgis_reads_the_values_of_a_geotiff_map_by_its_url(server, tmp_path):

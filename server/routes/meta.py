@@ -5,6 +5,7 @@ Prometheus metrics."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Annotated, Literal
 from urllib.parse import urlencode
@@ -175,6 +176,23 @@ def refuse_kvp_operation(request: Request, refusals: Refusals) -> None:
             )
 
 
+TIME = "Time"  # an instant's WMTS dimension, as OGC names it: its value goes into the tiles' `datetime=`
+
+
+def time_dimension(instant: datetime) -> wmts.Dimension:
+    """The instant asked as its layers' Time dimension: the default, beside each whole hour of its
+    day (UTC), so a GIS user picks another hour of that day (QGIS: "Select dimensions") from the
+    same layers, each place at its own clock then."""
+    day = instant.replace(hour=0, minute=0, second=0)
+    values = sorted({instant, *(day + timedelta(hours=hour) for hour in range(24))})
+    written = [value.isoformat().replace("+00:00", "Z") for value in values]
+    abstract = (
+        "an instant (UTC): each place at the hour and month its clocks show then; each instant on a colour "
+        "scale of its own (the layer's abstract gives the default's)"
+    )
+    return wmts.Dimension(TIME, "time", abstract, "ISO8601", written[values.index(instant)], tuple(written))
+
+
 async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParams, tms: str = TMS_IDS[0]) -> Response:
     """The capabilities of `tms`'s tiles: a 422 naming every bad parameter (a KVP operation but
     GetCapabilities too) before a 404 for an unknown tile matrix set, as tile_request answers."""
@@ -190,12 +208,18 @@ async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParam
         query = echo(params, layer=layer)
         if layer == "uncertainty":
             query = {k: v for k, v in query.items() if k not in ("q", "query", "rescale", "colormap_name")}
+        dimensions: tuple[wmts.Dimension, ...] = ()
+        if tile.moment is not None:  # an instant: the template takes the Time a client picks
+            dimensions = (time_dimension(tile.moment),)
+            query.pop("datetime")
+        encoded = "&".join([urlencode(query)] * bool(query) + [f"datetime={{{TIME}}}"] * bool(dimensions))
         cell = ("{TileMatrix}", "{TileCol}", "{TileRow}")
-        template = tile_template(base, urlencode(query), TMS_IDS[0], cell, params.fmt)
+        template = tile_template(base, encoded, TMS_IDS[0], cell, params.fmt)
         title = f"soundscape {layer}" + (f": {params.q}" if params.q and layer in QUERY_LAYERS else "")
         legend = await layer_legend(service, tile, text)
         legend_url = f"{base}/colormaps/{tile.colormap}" if "colormap" in legend else None
-        layers.append(wmts.Layer(layer, title, template, FORMATS[params.fmt], legend["description"], legend_url))
+        media_type, abstract = FORMATS[params.fmt], legend["description"]
+        layers.append(wmts.Layer(layer, title, template, media_type, abstract, legend_url, dimensions))
     own_url = f"{base}{request.url.path}?{request.url.query}"
     tiles_url = f"{base}/tiles/{TMS_IDS[0]}/"  # the prefix of every template: RESTful GetTile
     zooms = params.zooms(service)
