@@ -821,9 +821,9 @@ def parse_box(text: str, x_limit: float, y_limit: float, units: str) -> tuple[fl
     return west, south, east, north
 
 
+PLACEHOLDER = re.compile(r"\{\w+\}")  # `{Time}` of a WMTS ResourceURL template, not filled in
 # An offset's "+" that came as a space: a query string's "+" is a space unless written %2B, and some
 # clients send it as typed (QGIS, given a capabilities URL holding %2B, asks with "+").
-PLACEHOLDER = re.compile(r"\{\w+\}")  # `{Time}` of a WMTS ResourceURL template, not filled in
 UNESCAPED_PLUS = re.compile(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
 
 

@@ -1,7 +1,7 @@
 // The soundscape viewer: MapLibre with the server's own imagery as a basemap (when it has one), a
-// heatmap, contrast or uncertainty layer whose tile URL follows the panel (query, hour, month or
-// one moment everywhere, and the source from GET /metadata), a legend read from the TileJSON of the same parameters, and a
-// 24-hour profile of any clicked place with its values per source, and numbered markers on the ten
+// heatmap, contrast or uncertainty layer whose tile URL follows the panel (query, hour and month
+// or one moment everywhere, and the source from GET /metadata), a legend read from the TileJSON of
+// the same parameters, and a 24-hour profile of any clicked place with its values per source, and numbered markers on the ten
 // best places in view (/search in the view's bbox, ranked as the layer draws), and a PNG of the layer
 // in view (/collections/{layer}/map). The whole state lives in the
 // page's URL (#q=birdsong&hour=6&month=5&source=wildlife&layer=contrast&opacity=0.75&map=3/45.1/10.2),
@@ -96,14 +96,15 @@ function opacityIn(text) {
 // A date and time as RFC 3339 writes it (the server also takes a space for the T). At an offset it
 // is an instant, read as {datetime} in UTC; without one it is every place's own clock, which the
 // server reads as that {hour, month}. Null for anything else, or a year outside the server's 2..9998.
-const MOMENT = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})?$/;
+// A link's "+" reads as a space unless written %2B, so a space before an offset is its "+".
+const MOMENT = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?([Zz]|[+\- ]\d{2}:\d{2})?$/;
 function momentIn(text) {
   const parts = MOMENT.exec(text);
   if (!parts) return null;
   const [year, month, day, hour, minute, second] = parts.slice(1, 7).map((v) => Number(v || 0));
   const date = new Date(Date.UTC(2000, 0, 1, hour, minute, second));
   date.setUTCFullYear(year, month - 1, day);  // Date.UTC reads the years 0..99 as 1900..1999
-  const offset = parts[7] && /^[+-]/.test(parts[7]) ? parts[7] : "+00:00";
+  const offset = parts[7] && /^[+\- ]/.test(parts[7]) ? parts[7].replace(" ", "+") : "+00:00";
   const [offsetHours, offsetMinutes] = offset.slice(1).split(":").map(Number);
   const real = date.getUTCMonth() === month - 1 && date.getUTCDate() === day && hour <= 23 && minute <= 59
     && second <= 59 && offsetHours <= 23 && offsetMinutes <= 59 && year >= 2 && year <= 9998;
