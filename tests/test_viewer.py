@@ -322,6 +322,7 @@ def test_a_high_dpi_screen_draws_the_512_px_tiles(browser, server, pixel_ratio):
             "shown": [240, 110],
             "line_in_right_half": True,
         }
+        assert page.evaluate(MARKED_HOUR) is None, "any hour: no hour is marked"
     finally:
         page.close()
 
@@ -343,6 +344,16 @@ PROFILE_CHART = """() => {
   for (let i = 0; i < pixels.length; i += 4) line ||= off(i, 0xb5) + off(i + 1, 0x36) + off(i + 2, 0x7a) < 24;
   return {backing: [canvas.width, canvas.height], shown: [Math.round(box.width), Math.round(box.height)],
           line_in_right_half: line};
+}"""
+
+# The hour marked on the profile chart: whether its dot lies at 12 of the chart's 0..23 hours (its
+# width less 18 px a side), and the dot's colour at its centre; null when no hour is marked.
+MARKED_HOUR = """() => {
+  const canvas = document.querySelector('.maplibregl-popup canvas');
+  if (!canvas.dataset.mark) return null;
+  const [x, y] = canvas.dataset.mark.split(',').map(Number), ratio = canvas.width / 240;
+  const [r, g, b] = canvas.getContext('2d').getImageData(Math.round(x * ratio), Math.round(y * ratio), 1, 1).data;
+  return {at_noon: Math.abs(x - (18 + (12 / 23) * 204)) < 0.01, dot: [r, g, b]};
 }"""
 
 
@@ -457,6 +468,7 @@ def test_one_moment_maps_each_place_at_its_own_clock(browser, server):
         page.keyboard.press("Enter")  # the profile of the map's centre, 10 E 45 N: Italy, on summer time
         page.wait_for_selector(".maplibregl-popup .local-time", timeout=30_000)
         assert page.inner_text(".maplibregl-popup .local-time") == "here then: 2024-07-01 12:00 (UTC+02:00), local time"
+        assert page.evaluate(MARKED_HOUR) == {"at_noon": True, "dot": [0x1D, 0x1D, 0x1D]}, "its hour on the chart"
         page.click("#best")
         wait_until(page, "window.soundscape.best && window.soundscape.best.length > 0")
         searched = [httpx.URL(u) for u in page.requests() if "/search?" in u]

@@ -1,10 +1,11 @@
 // The soundscape viewer: MapLibre with the server's own imagery as a basemap (when it has one), a
 // heatmap, contrast or uncertainty layer whose tile URL follows the panel (query, hour and month
 // or one moment everywhere, and the source from GET /metadata), a legend read from the TileJSON of
-// the same parameters, and a 24-hour profile of any clicked place with its values per source, and numbered markers on the ten
-// best places in view (/search in the view's bbox, ranked as the layer draws), and a PNG of the layer
-// in view (/collections/{layer}/map). The whole state lives in the
-// page's URL (#q=birdsong&hour=6&month=5&source=wildlife&layer=contrast&opacity=0.75&map=3/45.1/10.2),
+// the same parameters, a 24-hour profile of any clicked place with its values per source (its
+// hour marked), numbered markers on the ten best places in view (/search in the view's bbox,
+// ranked as the layer draws), and a PNG of the layer in view (/collections/{layer}/map). The whole
+// state lives in the page's URL
+// (#q=birdsong&hour=6&month=5&source=wildlife&layer=contrast&opacity=0.75&map=3/45.1/10.2),
 // so a view can be bookmarked and shared.
 "use strict";
 
@@ -846,7 +847,7 @@ async function showProfile(map, lngLat) {
   bySource.textContent = "p by source: " + answer.by_source
     .map((entry) => `${entry.source === null ? "unknown" : entry.source} ${entry.score.toPrecision(3)}`).join(" · ");
   box.appendChild(bySource);
-  drawProfile(canvas, answer.hours.map((h) => h.score));
+  drawProfile(canvas, answer.hours.map((h) => h.score), answer.hour ?? null);
   window.soundscape.profile?.remove();
   window.soundscape.profile = new maplibregl.Popup({ maxWidth: "280px" }).setLngLat(lngLat).setDOMContent(box).addTo(map);
 }
@@ -1004,9 +1005,11 @@ function clearBest() {
   marked = null;
 }
 
-// A small line chart of 24 hourly scores, its y axis fitted to their range. Drawn in CSS pixels
-// on a canvas of the screen's device pixels, sharp on a high-DPI screen.
-function drawProfile(canvas, scores) {
+// A small line chart of 24 hourly scores, its y axis fitted to their range, with a dot on the
+// hour the map is of (`hour`: the hour asked, or the place's at one moment; null for any hour),
+// whose centre `data-mark` gives in CSS pixels. Drawn in CSS pixels on a canvas of the screen's
+// device pixels, sharp on a high-DPI screen.
+function drawProfile(canvas, scores, hour) {
   const w = 240, h = 110, pad = 18, ratio = window.devicePixelRatio || 1;
   canvas.width = Math.round(w * ratio); canvas.height = Math.round(h * ratio);
   Object.assign(canvas.style, { width: `${w}px`, height: `${h}px` });
@@ -1024,6 +1027,11 @@ function drawProfile(canvas, scores) {
   ctx.beginPath();
   scores.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
   ctx.stroke();
+  delete canvas.dataset.mark;
+  if (hour === null) return;
+  ctx.fillStyle = "#1d1d1d";
+  ctx.beginPath(); ctx.arc(x(hour), y(scores[hour]), 4, 0, 2 * Math.PI); ctx.fill();
+  canvas.dataset.mark = `${x(hour)},${y(scores[hour])}`;
 }
 
 // A link pasted into the address bar of an open viewer changes only the hash, and the browser does
