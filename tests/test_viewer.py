@@ -480,12 +480,25 @@ def test_one_moment_maps_each_place_at_its_own_clock(browser, server):
         assert abs(now.timestamp() - time.time()) < 120 and now.second == 0 and now.utcoffset() == timedelta(0)
         page.fill("#moment", "2024-01-15T06:30:05")
         wait_until(page, "new URLSearchParams(location.hash.slice(1)).get('datetime') === '2024-01-15T06:30:05Z'")
+        for button, moment in [
+            ("#moment-forward", "07:30:05"),
+            ("#moment-back", "06:30:05"),
+            ("#moment-back", "05:30:05"),
+        ]:
+            page.click(button)  # an hour later or earlier
+            assert hash_params(page)["datetime"] == f"2024-01-15T{moment}Z" and page.input_value("#moment").endswith(
+                moment
+            )
         wait_until(page, HEATMAP_LOADED)
+        assert {httpx.URL(u).params.get("datetime") for u in page.requests() if "/tiles/" in u} >= {
+            "2024-01-15T05:30:05Z"
+        }
 
         page.uncheck("#moment-on")
         wait_until(page, HEATMAP_LOADED)
         assert "datetime" not in hash_params(page) and "datetime=" not in page.evaluate("tileUrl()")
         assert page.is_checked("#hour-any") and page.is_enabled("#hour-any") and page.is_disabled("#moment")
+        assert page.is_disabled("#moment-back") and page.is_disabled("#moment-forward") and page.is_enabled("#now")
         assert np.abs(map_pixels(page) - at_moment).max() > 0, "any hour is another map than that moment's"
         assert page_errors(page) == []
     finally:

@@ -653,7 +653,7 @@ function showControls() {
     $(`${name}-out`).textContent = value === null ? "" : (name === "hour" ? `${value}:00` : String(value));
   }
   $("moment-on").checked = moment;
-  $("moment").disabled = !moment;
+  for (const id of ["moment", "moment-back", "moment-forward"]) $(id).disabled = !moment;
   if (moment) $("moment").value = state.datetime.slice(0, 19);  // its UTC clock, as the field takes it
   $("moment-desc").hidden = !moment;
   $("source").value = state.source || "";
@@ -728,6 +728,13 @@ function wirePanel(apply, setOpacity) {
     if (typed) mapMoment(typed.datetime);
   });
   $("now").addEventListener("click", () => mapMoment(nowText()));
+  // An hour earlier or later: the map's day, step by step (dawn moving west over the world).
+  for (const [id, hours] of [["moment-back", -1], ["moment-forward", 1]]) {
+    $(id).addEventListener("click", () => {
+      const moved = new Date(Date.parse(state.datetime) + hours * 3_600_000);
+      if (moved.getUTCFullYear() >= 2 && moved.getUTCFullYear() <= 9998) mapMoment(utcText(moved));
+    });
+  }
   $("source").addEventListener("change", () => {
     state.source = $("source").value || null;
     showControls();
