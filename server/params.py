@@ -824,7 +824,7 @@ def parse_box(text: str, x_limit: float, y_limit: float, units: str) -> tuple[fl
 PLACEHOLDER = re.compile(r"\{\w+\}")  # `{Time}` of a WMTS ResourceURL template, not filled in
 # An offset's "+" that came as a space: a query string's "+" is a space unless written %2B, and some
 # clients send it as typed (QGIS, given a capabilities URL holding %2B, asks with "+").
-UNESCAPED_PLUS = re.compile(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
+UNESCAPED_PLUS = re.compile(r"([Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
 
 
 def parse_datetime(text: str) -> dt.datetime:
