@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.text import normalise_text
-from server.cache import BYTES, Codec, LRUCache, RedisCache, SingleFlight, TieredCache, cache_key, canonical
+from server.cache import BYTES, Codec, LRUCache, SingleFlight, TieredCache, cache_key, canonical
 from server.queries import text_record
-from tests.server_support import make_client
+from tests.server_support import make_client, patient_redis
 
 scalars = st.one_of(
     st.none(), st.integers(-(10**6), 10**6), st.text(max_size=12), st.floats(allow_nan=False, allow_infinity=False)
@@ -118,7 +118,7 @@ def test_the_lru_keeps_objects_and_only_redis_holds_bytes(redis_server):
     codec = Codec(lambda value: json.dumps(value).encode(), decode)
 
     async def main():
-        shared = RedisCache(redis_server, ttl_s=60)
+        shared = patient_redis(redis_server)
         one = TieredCache(LRUCache(1 << 20), shared)
         stored = await one.set("st:test:a", {"x": [1, 2]}, codec)
         assert await one.get("st:test:a", codec) is stored, "an in-process hit is the object itself"
@@ -136,8 +136,8 @@ def test_the_first_value_stored_is_every_replicas(redis_server):
     """Two replicas that missed together and computed an entry each keep the one stored first."""
 
     async def main():
-        one = TieredCache(LRUCache(1 << 20), RedisCache(redis_server, ttl_s=60))
-        two = TieredCache(LRUCache(1 << 20), RedisCache(redis_server, ttl_s=60))
+        one = TieredCache(LRUCache(1 << 20), patient_redis(redis_server))
+        two = TieredCache(LRUCache(1 << 20), patient_redis(redis_server))
         first = await one.set("st:test:b", b"first", BYTES)
         second = await two.set("st:test:b", b"second", BYTES)
         assert one.shared.available and two.shared.available, "no Redis error opened a breaker"

@@ -28,7 +28,6 @@ import soundfile
 from benchmarks.hostile import wav
 from runtime.audio import MAX_RESAMPLE_FACTOR, resample, resample_ratio
 from server import maps
-from server.cache import RedisCache
 from server.commands import redis_note, workers_note
 from server.queries import MAX_DECODED_SAMPLES, QueryError
 from server.ratelimit import Limiter, Rate, TokenBuckets, address_key, client_key
@@ -36,7 +35,15 @@ from server.service import Budget
 from server.settings import Settings
 from server.urls import host_allowed, host_name
 from tests.conftest import free_port
-from tests.server_support import REPO, beside_stalled_uploads, concurrent_gets, live_server, make_client, serve_command
+from tests.server_support import (
+    REPO,
+    beside_stalled_uploads,
+    concurrent_gets,
+    live_server,
+    make_client,
+    patient_redis,
+    serve_command,
+)
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +352,7 @@ def test_the_shared_bucket_spends_and_waits_as_a_process_own(bundle_path, store_
     A slow refill (a token in 50 s), so a loaded box's pauses between the takes move nothing."""
     rate = Rate(0.02, 3, delay_s=100.0)
     local = TokenBuckets(rate)
-    limit = Limiter(rate, shared=RedisCache(redis_server, ttl_s=60))
+    limit = Limiter(rate, shared=patient_redis(redis_server))
 
     async def takes() -> list[float]:
         return [await limit.wait("a", cost) for cost in (1, 1, 1, 1, 1, 1, 1, 5)]
