@@ -448,7 +448,8 @@ def test_one_moment_maps_each_place_at_its_own_clock(browser, server):
     then), but the viewer could not ask for it: its hour slider is every place's own hour. Now a
     link's instant, at any offset, opens the map at that moment: its tiles, legend, best places,
     PNG, profile and link carry it in UTC, and the hour and month controls rest; "now" maps this
-    minute, the field maps the moment typed, and unticking it maps any hour again."""
+    minute, the field maps the moment typed, -1h and +1h step it, "play" steps it an hour at a
+    time once each hour is drawn until stopped, and unticking it maps any hour again."""
     page = open_page(
         browser, server, "/#q=birdsong&datetime=2024-07-01T12:00:00%2B02:00&hour=6&map=3.5/45/10", ready=HEATMAP_LOADED
     )
@@ -490,15 +491,25 @@ def test_one_moment_maps_each_place_at_its_own_clock(browser, server):
                 moment
             )
         wait_until(page, HEATMAP_LOADED)
-        assert {httpx.URL(u).params.get("datetime") for u in page.requests() if "/tiles/" in u} >= {
-            "2024-01-15T05:30:05Z"
-        }
+        page.click("#moment-play")  # the day played: an hour later each time the map has shown an hour
+        wait_until(page, "new URLSearchParams(location.hash.slice(1)).get('datetime') === '2024-01-15T07:30:05Z'")
+        page.click("#moment-play")  # stopped
+        stopped = hash_params(page)["datetime"]
+        page.wait_for_timeout(2500)  # two steps' time
+        assert (
+            hash_params(page)["datetime"] == stopped and page.get_attribute("#moment-play", "aria-pressed") == "false"
+        )
+        wait_until(page, HEATMAP_LOADED)
+        tiles = {httpx.URL(u).params.get("datetime") for u in page.requests() if "/tiles/" in u}
+        assert tiles >= {f"2024-01-15T0{hour}:30:05Z" for hour in (5, 6, 7)}, "each hour played was drawn"
 
         page.uncheck("#moment-on")
         wait_until(page, HEATMAP_LOADED)
         assert "datetime" not in hash_params(page) and "datetime=" not in page.evaluate("tileUrl()")
         assert page.is_checked("#hour-any") and page.is_enabled("#hour-any") and page.is_disabled("#moment")
-        assert page.is_disabled("#moment-back") and page.is_disabled("#moment-forward") and page.is_enabled("#now")
+        assert all(page.is_disabled(f"#moment-{name}") for name in ("back", "forward", "play")) and page.is_enabled(
+            "#now"
+        )
         assert np.abs(map_pixels(page) - at_moment).max() > 0, "any hour is another map than that moment's"
         assert page_errors(page) == []
     finally:

@@ -653,7 +653,7 @@ function showControls() {
     $(`${name}-out`).textContent = value === null ? "" : (name === "hour" ? `${value}:00` : String(value));
   }
   $("moment-on").checked = moment;
-  for (const id of ["moment", "moment-back", "moment-forward"]) $(id).disabled = !moment;
+  for (const id of ["moment", "moment-back", "moment-forward", "moment-play"]) $(id).disabled = !moment;
   if (moment) $("moment").value = state.datetime.slice(0, 19);  // its UTC clock, as the field takes it
   $("moment-desc").hidden = !moment;
   $("source").value = state.source || "";
@@ -729,12 +729,13 @@ function wirePanel(apply, setOpacity) {
   });
   $("now").addEventListener("click", () => mapMoment(nowText()));
   // An hour earlier or later: the map's day, step by step (dawn moving west over the world).
-  for (const [id, hours] of [["moment-back", -1], ["moment-forward", 1]]) {
-    $(id).addEventListener("click", () => {
-      const moved = new Date(Date.parse(state.datetime) + hours * 3_600_000);
-      if (moved.getUTCFullYear() >= 2 && moved.getUTCFullYear() <= 9998) mapMoment(utcText(moved));
-    });
-  }
+  const step = (hours) => {
+    const moved = new Date(Date.parse(state.datetime) + hours * 3_600_000);
+    if (moved.getUTCFullYear() >= 2 && moved.getUTCFullYear() <= 9998) mapMoment(utcText(moved));
+  };
+  $("moment-back").addEventListener("click", () => step(-1));
+  $("moment-forward").addEventListener("click", () => step(1));
+  $("moment-play").addEventListener("click", () => (playing ? stopPlaying() : play(() => step(1))));
   $("source").addEventListener("change", () => {
     state.source = $("source").value || null;
     showControls();
@@ -758,6 +759,38 @@ function wirePanel(apply, setOpacity) {
     }
   });
   for (const id of ["map-image", "map-values"]) $(id).addEventListener("click", downloadMapImage);
+}
+
+// "Play the day": an hour later once the map has shown the last hour's tiles for PLAY_HOLD_MS,
+// for a day (24 steps), or until stopped, the moment unticked or the map failed. It waits for
+// each hour's tiles, so a slow server slows it rather than queueing hours.
+const PLAY_HOLD_MS = 1200, PLAY_STEPS = 24;
+let playing = null;
+
+function play(stepOn) {
+  playing = { steps: 0, shownSince: null, timer: setInterval(() => playOn(stepOn), 200) };
+  $("moment-play").textContent = "■ stop";
+  $("moment-play").setAttribute("aria-pressed", "true");
+}
+
+function playOn(stepOn) {
+  if (state.datetime === null || $("status").classList.contains("map-error")) return stopPlaying();
+  if (document.body.dataset.heatmap !== "loaded") {
+    playing.shownSince = null;
+    return;
+  }
+  playing.shownSince ??= Date.now();
+  if (Date.now() - playing.shownSince < PLAY_HOLD_MS) return;
+  if (playing.steps++ === PLAY_STEPS) return stopPlaying();
+  playing.shownSince = null;
+  stepOn();
+}
+
+function stopPlaying() {
+  clearInterval(playing.timer);
+  playing = null;
+  $("moment-play").textContent = "▶ play";
+  $("moment-play").setAttribute("aria-pressed", "false");
 }
 
 // This minute in UTC, as a moment to map.
