@@ -185,12 +185,16 @@ def time_dimension(instant: datetime) -> wmts.Dimension:
     same layers, each place at its own clock then."""
     day = instant.replace(hour=0, minute=0, second=0)
     values = sorted({instant, *(day + timedelta(hours=hour) for hour in range(24))})
-    written = [value.isoformat().replace("+00:00", "Z") for value in values]
     abstract = (
         "an instant (UTC): each place at the hour and month its clocks show then; each instant on a colour "
         "scale of its own (the layer's abstract gives the default's)"
     )
-    return wmts.Dimension(TIME, "time", abstract, "ISO8601", written[values.index(instant)], tuple(written))
+    return wmts.Dimension(TIME, "time", abstract, "ISO8601", _utc(instant), tuple(map(_utc, values)))
+
+
+def _utc(instant: datetime) -> str:
+    """An instant in UTC as RFC 3339 writes it most often: 2024-07-01T10:30:00Z."""
+    return instant.isoformat().replace("+00:00", "Z")
 
 
 async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParams, tms: str = TMS_IDS[0]) -> Response:
@@ -212,7 +216,7 @@ async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParam
         if tile.moment is not None:  # an instant: the template takes the Time a client picks
             dimensions = (time_dimension(tile.moment),)
             query.pop("datetime")
-        encoded = "&".join([urlencode(query)] * bool(query) + [f"datetime={{{TIME}}}"] * bool(dimensions))
+        encoded = urlencode(query) + (f"&datetime={{{TIME}}}" if dimensions else "")  # query holds `layer`
         cell = ("{TileMatrix}", "{TileCol}", "{TileRow}")
         template = tile_template(base, encoded, TMS_IDS[0], cell, params.fmt)
         title = f"soundscape {layer}" + (f": {params.q}" if params.q and layer in QUERY_LAYERS else "")
