@@ -234,6 +234,31 @@ def test_wmts_at_an_instant_offers_the_hours_of_its_day_as_its_time_dimension(cl
             assert tile.status_code == 200 and tile.headers["etag"] == direct.headers["etag"], (name, instant)
 
 
+def test_wmts_time_dimension_says_whether_its_instants_share_a_colour_scale(client):
+    """Each instant of a query's layer has a colour scale of its own unless the capabilities URL
+    holds a rescale (then every instant's tiles have it); the uncertainty's is one range always."""
+    scales = {}
+    for params in ({}, {"rescale": "0,0.07"}):
+        layers = wmts_layers(client, datetime="2024-07-01T10:00:00Z", **params)
+        for name, layer in layers.items():
+            [dimension] = layer.iter(f"{{{wmts.WMTS}}}Dimension")
+            scales[name, bool(params)] = dimension.findtext(f"{{{wmts.OWS}}}Abstract").split("show then; ", 1)[1]
+    shared = "every instant on the layer's one colour scale"
+    assert scales["heatmap", True] == scales["contrast", True] == shared
+    assert scales["uncertainty", False] == scales["uncertainty", True] == shared
+    for name in ("heatmap", "contrast"):
+        assert scales[name, False].startswith("each instant on a colour scale of its own")
+        assert "a rescale= in the capabilities URL puts every instant on one" in scales[name, False]
+    template = wmts_layers(client, datetime="2024-07-01T10:00:00Z", rescale="0,0.07")["heatmap"]
+    url = template.find(f"{{{wmts.WMTS}}}ResourceURL").get("template")
+    for hour in (4, 16):  # two instants of the day, one scale: the tile TileJSON describes
+        tile = url.format(TileMatrix=2, TileCol=2, TileRow=1, Time=f"2024-07-01T{hour:02d}:00:00Z").split("/", 3)[3]
+        tilejson = client.get(
+            "/tilejson.json", params={"q": "birdsong", "datetime": f"2024-07-01T{hour:02d}:00:00Z", "rescale": "0,0.07"}
+        ).json()
+        assert client.get(f"/{tile}").status_code == 200 and tilejson["rescale"] == [0, 0.07]
+
+
 def test_wmts_without_an_instant_has_no_time_dimension(client):
     for params in ({}, {"hour": 6}, {"datetime": "2024-07-01T06:30"}):  # no offset: every place's own clock
         for layer in wmts_layers(client, **params).values():

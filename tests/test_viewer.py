@@ -448,8 +448,9 @@ def test_one_moment_maps_each_place_at_its_own_clock(browser, server):
     then), but the viewer could not ask for it: its hour slider is every place's own hour. Now a
     link's instant, at any offset, opens the map at that moment: its tiles, legend, best places,
     PNG, profile and link carry it in UTC, and the hour and month controls rest; "now" maps this
-    minute, the field maps the moment typed, -1h and +1h step it, "play" steps it an hour at a
-    time once each hour is drawn until stopped, and unticking it maps any hour again."""
+    minute, the field maps the moment typed, -1h and +1h step it, "play" holds the day's colour
+    scale and steps it an hour at a time once each hour is drawn until stopped, and unticking it
+    maps any hour again."""
     page = open_page(
         browser, server, "/#q=birdsong&datetime=2024-07-01T12:00:00%2B02:00&hour=6&map=3.5/45/10", ready=HEATMAP_LOADED
     )
@@ -502,6 +503,10 @@ def test_one_moment_maps_each_place_at_its_own_clock(browser, server):
         wait_until(page, HEATMAP_LOADED)
         tiles = {httpx.URL(u).params.get("datetime") for u in page.requests() if "/tiles/" in u}
         assert tiles >= {f"2024-01-15T0{hour}:30:05Z" for hour in (5, 6, 7)}, "each hour played was drawn"
+        held = hash_params(page)["rescale"]  # played on one scale, the day's: the hours compare
+        on_it = {httpx.URL(u).params.get("datetime") for u in page.requests() if "/tiles/" in u and "rescale=" in u}
+        assert page.is_checked("#scale-hold") and on_it >= {f"2024-01-15T0{hour}:30:05Z" for hour in (6, 7)}
+        assert {httpx.URL(u).params["rescale"] for u in page.requests() if "rescale=" in u} == {held}
 
         page.uncheck("#moment-on")
         wait_until(page, HEATMAP_LOADED)
@@ -538,6 +543,87 @@ def test_a_moment_in_a_link_without_an_offset_or_out_of_range(browser, server, l
             assert "datetime=2024-13-01T06:00:00Z (it takes a date and time as RFC 3339 writes it" in page.inner_text(
                 "#notice"
             )
+    finally:
+        page.close()
+
+
+def day_scale(server: str, params: str) -> tuple[float, float]:
+    """The widest of the TileJSON scales of the state `params` and of each of its day's 24 hours."""
+    own = dict(httpx.QueryParams(params))
+    ends = [httpx.get(f"{server}/tilejson.json", params=own, timeout=30).json()["rescale"]]
+    ends += [
+        httpx.get(f"{server}/tilejson.json", params={**own, "hour": h}, timeout=30).json()["rescale"] for h in range(24)
+    ]
+    return min(e[0] for e in ends), max(e[1] for e in ends)
+
+
+def scale_held(page) -> tuple[float, float] | None:
+    held = hash_params(page).get("rescale")
+    return None if held is None else tuple(map(float, held.split(",")))
+
+
+def test_a_held_colour_scale_lets_the_hours_compare(browser, server):
+    """Each hour's map had a colour scale of its own (the 2nd to 98th percentile of its values), so
+    the map of an hour when a sound is rarely heard was as bright as the map of its best hour. The
+    legend can hold its scale, or the day's (the widest of its 24 hours'), for the tiles, legend,
+    PNG, XYZ URL and link, while the hour changes; another layer lets it go."""
+    page = open_page(browser, server, "/#q=birdsong&hour=22&layer=heatmap&map=3.5/45/10", ready=HEATMAP_LOADED)
+    try:
+        own = httpx.get(f"{server}/tilejson.json?{page.evaluate('tileParams().toString()')}", timeout=30).json()
+        expected = day_scale(server, page.evaluate("tileParams().toString()"))
+        assert expected != tuple(own["rescale"]), "the hours' scales differ"
+        before = map_pixels(page)
+        page.click("#scale-day")
+        wait_until(page, "new URLSearchParams(location.hash.slice(1)).has('rescale')")
+        assert scale_held(page) == expected and page.is_checked("#scale-hold")
+        wait_until(page, HEATMAP_LOADED)
+        wait_until(
+            page,
+            "(hi) => document.getElementById('legend-hi').textContent.endsWith(hi)",
+            arg=fmt(expected[1]),
+            timeout=30_000,
+        )
+        assert np.abs(map_pixels(page) - before).max() > 20, "the same values in other colours"
+        held = page.evaluate("state => state.rescale", page.evaluate("window.soundscape.state"))
+        page.fill("#hour", "6")
+        page.dispatch_event("#hour", "input")
+        wait_until(page, "new URLSearchParams(location.hash.slice(1)).get('hour') === '6'")
+        wait_until(page, HEATMAP_LOADED)
+        assert scale_held(page) == expected, "the scale is held as the hour changes"
+        tiles = [httpx.URL(u).params for u in page.requests() if "/tiles/" in u and "hour=6" in u]
+        assert tiles and {t["rescale"] for t in tiles} == {held}
+        assert f"rescale={held.replace(',', '%2C')}" in page.evaluate("tileUrl()")
+        assert httpx.URL(page.get_attribute("#map-image", "href")).params["rescale"] == held
+
+        shared = open_page(browser, server, "/#" + page.evaluate("location.hash.slice(1)"), ready=HEATMAP_LOADED)
+        try:  # the link opens on the same scale
+            assert shared.is_checked("#scale-hold") and shared.evaluate("tileParams().get('rescale')") == held
+            assert shared.is_hidden("#notice")
+        finally:
+            shared.close()
+
+        page.uncheck("#scale-hold")  # each hour on its own scale again
+        wait_until(page, "!new URLSearchParams(location.hash.slice(1)).has('rescale')")
+        assert "rescale" not in page.evaluate("tileUrl()")
+        page.check("#scale-hold")  # holds the scale shown: hour 6's own
+        wait_until(page, "new URLSearchParams(location.hash.slice(1)).has('rescale')")
+        at_six = httpx.get(
+            f"{server}/tilejson.json", params={"q": "birdsong", "hour": 6, "layer": "heatmap"}, timeout=30
+        ).json()
+        assert scale_held(page) == tuple(at_six["rescale"])
+        page.check("input[name=layer][value=contrast]")  # another quantity: the scale is let go
+        wait_until(page, "!new URLSearchParams(location.hash.slice(1)).has('rescale')")
+        assert not page.is_checked("#scale-hold") and "rescale" not in page.evaluate("tileUrl()")
+        assert page_errors(page) == []
+    finally:
+        page.close()
+
+
+def test_a_bad_colour_scale_in_a_link_is_left_out(browser, server):
+    page = open_page(browser, server, "/#q=birdsong&rescale=0.5,0.1&map=3.5/45/10", ready=HEATMAP_LOADED)
+    try:
+        assert "rescale=0.5,0.1 (it takes min,max" in page.inner_text("#notice")
+        assert "rescale" not in hash_params(page) and not page.is_checked("#scale-hold")
     finally:
         page.close()
 

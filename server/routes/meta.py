@@ -179,16 +179,20 @@ def refuse_kvp_operation(request: Request, refusals: Refusals) -> None:
 TIME = "Time"  # an instant's WMTS dimension, as OGC names it: its value goes into the tiles' `datetime=`
 
 
-def time_dimension(instant: datetime) -> wmts.Dimension:
+def time_dimension(instant: datetime, one_scale: bool) -> wmts.Dimension:
     """The instant asked as its layers' Time dimension: the default, beside each whole hour of its
     day (UTC), so a GIS user picks another hour of that day (QGIS: "Select dimensions") from the
-    same layers, each place at its own clock then."""
+    same layers, each place at its own clock then. `one_scale`: every instant's tiles share the
+    layer's colour scale (a rescale, or the uncertainty's range), else each has its own."""
     day = instant.replace(hour=0, minute=0, second=0)
     values = sorted({instant, *(day + timedelta(hours=hour) for hour in range(24))})
-    abstract = (
-        "an instant (UTC): each place at the hour and month its clocks show then; each instant on a colour "
-        "scale of its own (the layer's abstract gives the default's)"
+    scale = (
+        "every instant on the layer's one colour scale"
+        if one_scale
+        else "each instant on a colour scale of its own (the layer's abstract gives the default's; a rescale= "
+        "in the capabilities URL puts every instant on one, so they compare)"
     )
+    abstract = f"an instant (UTC): each place at the hour and month its clocks show then; {scale}"
     return wmts.Dimension(TIME, "time", abstract, "ISO8601", _utc(instant), tuple(map(_utc, values)))
 
 
@@ -214,7 +218,7 @@ async def _wmts(request: Request, service: ServiceDep, params: CapabilitiesParam
             query = {k: v for k, v in query.items() if k not in ("q", "query", "rescale", "colormap_name")}
         dimensions: tuple[wmts.Dimension, ...] = ()
         if tile.moment is not None:  # an instant: the template takes the Time a client picks
-            dimensions = (time_dimension(tile.moment),)
+            dimensions = (time_dimension(tile.moment, layer == "uncertainty" or tile.rescale is not None),)
             query.pop("datetime")
         encoded = urlencode(query) + (f"&datetime={{{TIME}}}" if dimensions else "")  # query holds `layer`
         cell = ("{TileMatrix}", "{TileCol}", "{TileRow}")

@@ -3,9 +3,10 @@
 // or one moment everywhere, and the source from GET /metadata), a legend read from the TileJSON of
 // the same parameters, a 24-hour profile of any clicked place with its values per source (its
 // hour marked), numbered markers on the ten best places in view (/search in the view's bbox,
-// ranked as the layer draws), and a PNG of the layer in view (/collections/{layer}/map). The whole
-// state lives in the page's URL
-// (#q=birdsong&hour=6&month=5&source=wildlife&layer=contrast&opacity=0.75&map=3/45.1/10.2),
+// ranked as the layer draws), a PNG of the layer in view (/collections/{layer}/map), and a colour
+// scale held while the hour, moment or sound changes, so the maps compare. The whole state lives
+// in the page's URL
+// (#q=birdsong&hour=6&month=5&source=wildlife&layer=contrast&opacity=0.75&rescale=0,0.07&map=3/45.1/10.2),
 // so a view can be bookmarked and shared.
 "use strict";
 
@@ -16,8 +17,11 @@ const $ = (id) => document.getElementById(id);
 // best: the bbox whose best places are marked (/search's west,south,east,north), null when none.
 // datetime: one moment everywhere (each place at its own clock then) as UTC, "2024-05-01T04:00:00Z",
 // or null; hour and month are null while it is set.
+// rescale: the colour scale held, "min,max" (tiles, legend, PNG and link carry it), or null: the
+// server's scale of each state, which differ by hour (birdsong's at 22:00 can end at a hundredth
+// of its 06:00 one), so without one a night map is as bright as a dawn map.
 const state = { q: null, query: null, label: "", layer: "heatmap", opacity: 0.75, hour: null, month: null,
-                datetime: null, source: null, best: null };
+                datetime: null, source: null, best: null, rescale: null };
 const LAYERS = ["heatmap", "contrast", "uncertainty"];
 const QUERY_LAYERS = ["heatmap", "contrast"];  // the layers drawn for a query
 const LEGEND_TITLES = { heatmap: "match probability", contrast: "contrast (log-odds)", uncertainty: "uncertainty (S)" };
@@ -94,6 +98,15 @@ function opacityIn(text) {
   return value >= 0 && value <= 1 ? value : null;
 }
 
+// A colour scale "min,max" as the server takes it (finite, within -1000..1000, max at least 1e-6
+// above min), or null.
+function scaleIn(text) {
+  const ends = text.split(",").map((v) => (/^-?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(v) ? Number(v) : NaN));
+  const [lo, hi] = ends;
+  const ok = ends.length === 2 && ends.every((v) => Number.isFinite(v) && Math.abs(v) <= 1000) && hi - lo >= 1e-6;
+  return ok ? `${lo},${hi}` : null;
+}
+
 // A date and time as RFC 3339 writes it (the server also takes a space for the T). At an offset it
 // is an instant, read as {datetime} in UTC; without one it is every place's own clock, which the
 // server reads as that {hour, month}. Null for anything else, or a year outside the server's 2..9998.
@@ -134,6 +147,7 @@ const LINK_PARAMS = {
   datetime: [momentIn, "a date and time as RFC 3339 writes it, e.g. 2024-05-01T04:00:00Z"],
   layer: [(text) => (LAYERS.includes(text) ? text : null), LAYERS.join(", ")],
   opacity: [opacityIn, "a number 0 to 1"],
+  rescale: [scaleIn, "min,max: two numbers within -1000..1000, max above min"],
   best: [boxIn, "west,south,east,north"],
   map: [viewIn, "zoom/lat/lon"],
 };
@@ -185,6 +199,7 @@ function readUrlState() {
     source: params.get("source") || null,
     layer: read.layer,
     opacity: read.opacity ?? 0.75,
+    rescale: read.rescale,
     best: read.best,
     view: read.map,
     mapText: read.map ? params.get("map") : null,
@@ -208,6 +223,7 @@ function writeUrlState(map) {
   if (state.datetime !== null) entries.push(["datetime", state.datetime]);
   if (state.source !== null) entries.push(["source", state.source]);
   entries.push(["layer", state.layer], ["opacity", state.opacity]);
+  if (state.rescale !== null) entries.push(["rescale", state.rescale]);
   if (state.best) entries.push(["best", state.best]);
   if (map) {
     const { lng, lat } = map.getCenter();
@@ -235,13 +251,14 @@ function queryParams(withQuery = true) {
 function tileParams() {
   const params = queryParams(QUERY_LAYERS.includes(state.layer));
   params.set("layer", state.layer);
+  if (state.rescale !== null) params.set("rescale", state.rescale);
   return params;
 }
 
 // The tile URL of the current state: what "Copy XYZ URL" copies, and with `ratio` "{ratio}" what
 // the map draws (MapLibre writes `@2x` there on a high-DPI screen, whose 256 px tiles it would
-// draw blurred, and nothing elsewhere). No rescale: the server picks the colour scale of the query
-// and metadata, and TileJSON reports it.
+// draw blurred, and nothing elsewhere). Unless a scale is held, no rescale: the server picks the
+// colour scale of the query and metadata, and TileJSON reports it.
 function tileUrl(ratio = "") {
   return `${base}/tiles/{z}/{x}/{y}${ratio}.png?${tileParams()}`;
 }
@@ -405,7 +422,8 @@ async function main() {
   const sources = metadata.source.values.map((v) => v.value);
   Object.assign(state, { q: initial.q, query: initial.query, hour: initial.hour, month: initial.month,
                          datetime: initial.datetime, source: sources.includes(initial.source) ? initial.source : null,
-                         layer: initial.layer || metadata.layer.default, opacity: initial.opacity });
+                         layer: initial.layer || metadata.layer.default, opacity: initial.opacity,
+                         rescale: initial.rescale });
   if (initial.refused.length) setNotice("link", `left out of the link: ${initial.refused.join("; ")}`);
   if (initial.source !== null && state.source === null) {
     setNotice("source", `source "${shorten(initial.source, 30)}" is unknown to this server (it knows ${sources.join(", ")}); ` +
@@ -482,6 +500,11 @@ async function main() {
 
   function changed() {
     clearPlaces();  // they answered the previous query or metadata
+    recoloured();
+  }
+
+  // Other colours for the same values (a scale held or let go): the places marked still hold.
+  function recoloured() {
     writeUrlState(ready ? map : null);
     drawAgain();
   }
@@ -494,7 +517,7 @@ async function main() {
     refreshLegend();
   }
 
-  wirePanel(changed, (opacity) => {
+  wirePanel(changed, recoloured, (opacity) => {
     (rasters.soundscape || []).forEach((id) => map.setPaintProperty(id, "raster-opacity", opacity));
   });
 
@@ -660,13 +683,14 @@ function showControls() {
   $("source-desc").textContent = (state.source && sourceDescriptions[state.source]) || "";
   for (const radio of document.querySelectorAll("input[name=layer]")) radio.checked = radio.value === state.layer;
   $("opacity").value = state.opacity;
+  $("scale-hold").checked = state.rescale !== null;
 }
 
 // A slider's steps are mapped once it rests, this long after its last: each step of a drag, or of
 // an arrow key held down, asked for its own tiles and legend.
 const SLIDER_REST_MS = 250;
 
-function wirePanel(apply, setOpacity) {
+function wirePanel(apply, recolour, setOpacity) {
   let resting = null;
   const changed = () => { clearTimeout(resting); apply(); };  // with any slider's pending steps
   const changedSoon = () => { clearTimeout(resting); resting = setTimeout(apply, SLIDER_REST_MS); };
@@ -735,15 +759,32 @@ function wirePanel(apply, setOpacity) {
   };
   $("moment-back").addEventListener("click", () => step(-1));
   $("moment-forward").addEventListener("click", () => step(1));
-  $("moment-play").addEventListener("click", () => (playing ? stopPlaying() : play(() => step(1))));
+  // Played, the hours compare: a scale is held first (the day's, unless one is held already).
+  $("moment-play").addEventListener("click", async () => {
+    if (playing) return stopPlaying();
+    $("moment-play").disabled = true;  // while the day's scale is read: one play at a time
+    const held = state.rescale !== null || (await holdDayScale(recolour));
+    showControls();
+    if (held && state.datetime !== null) play(() => step(1));
+  });
   $("source").addEventListener("change", () => {
     state.source = $("source").value || null;
     showControls();
     changed();
   });
+  // Another layer is another quantity: a scale held for one is let go.
   for (const radio of document.querySelectorAll("input[name=layer]")) {
-    radio.addEventListener("change", () => { state.layer = radio.value; changed(); });
+    radio.addEventListener("change", () => {
+      Object.assign(state, { layer: radio.value, rescale: null });
+      showControls();
+      changed();
+    });
   }
+  $("scale-hold").addEventListener("change", () => {
+    state.rescale = $("scale-hold").checked ? shownScale : null;
+    recolour();
+  });
+  $("scale-day").addEventListener("click", () => holdDayScale(recolour));
   $("opacity").addEventListener("input", () => {
     state.opacity = Number($("opacity").value);
     setOpacity(state.opacity);
@@ -759,6 +800,48 @@ function wirePanel(apply, setOpacity) {
     }
   });
   for (const id of ["map-image", "map-values"]) $(id).addEventListener("click", downloadMapImage);
+}
+
+// The colour scale that spans the day, "min,max": the widest of the server's scales of its 24
+// hours (each its own 2nd to 98th percentile) and of the state's own, so no hour's map is clipped
+// beyond its own scale. At one moment, the 24 hours from it (what "play" steps through); else each
+// hour of the day at the month and source. Asked 4 at a time; an Error when one is refused.
+async function dayScale() {
+  const own = tileParams();
+  own.delete("rescale");
+  const asked = new Set([own.toString()]);
+  for (let hour = 0; hour < 24; hour++) {
+    const params = new URLSearchParams(own);
+    if (state.datetime !== null) params.set("datetime", utcText(new Date(Date.parse(state.datetime) + hour * 3_600_000)));
+    else params.set("hour", hour);
+    asked.add(params.toString());
+  }
+  const queue = [...asked], ends = [];
+  const askNext = async () => {
+    while (queue.length) ends.push((await fetchJson(`${base}/tilejson.json?${queue.shift()}`)).rescale);
+  };
+  await Promise.all([1, 2, 3, 4].map(askNext));
+  return `${Math.min(...ends.map((e) => e[0]))},${Math.max(...ends.map((e) => e[1]))}`;
+}
+
+// Holds the day's scale and draws it (`apply`); false when it could not be read, or the state
+// changed meanwhile (the scale would be another state's).
+async function holdDayScale(apply) {
+  const asked = tileParams().toString();
+  setStatus("reading the day's colour scale…");
+  let scale;
+  try {
+    scale = await dayScale();
+  } catch (error) {
+    setStatus(`no scale of the day: ${error.message}`, true);
+    return false;
+  }
+  if (tileParams().toString() !== asked) return false;
+  state.rescale = scale;
+  showControls();
+  apply();
+  setStatus(`${describeQuery()}; colours held at the day's scale, ${scale.replace(",", " to ")}, so its hours compare`);
+  return true;
 }
 
 // "Play the day": an hour later once the map has shown the last hour's tiles for PLAY_HOLD_MS,
@@ -822,6 +905,9 @@ async function downloadMapImage(event) {
 
 const fmt = (value) => String(Number(Number(value).toPrecision(3)));
 
+// The scale the legend shows, "min,max": what "hold this scale" holds.
+let shownScale = null;
+
 // The legend's colour ramp is an image of its own, which may fail where the TileJSON came: the
 // legend then says so in its place (its values still show), until a later ramp loads.
 function wireLegendImage() {
@@ -840,6 +926,7 @@ function showLegend(tilejson) {
   const scale = tilejson.scale || {};
   const hasScale = Number.isFinite(scale.min) && Number.isFinite(scale.max);
   const [lo, hi] = hasScale ? [scale.min, scale.max] : tilejson.rescale;
+  shownScale = `${lo},${hi}`;
   const ramp = new URL(tilejson.legend, window.location.href);
   const ratio = Math.min(window.devicePixelRatio || 1, 4), image = $("legend-img");
   for (const side of ["width", "height"]) {  // the <img>'s CSS pixels (index.html), of device pixels
