@@ -446,12 +446,10 @@ def cause(engine, cells, prompts: tuple[str, ...] = PROMPTS) -> dict:
 def map_cell_area(level: int, y: np.ndarray) -> np.ndarray:
     """The area of web-mercator map cells of row y at `level`, as a share of a cell's beside the
     equator: it shrinks as the squared cosine of the latitude (a quarter at 60 degrees)."""
-    from runtime.tiles import tiles_bounds
+    from runtime.tiles import cells_area_km2
 
-    rows = np.append(np.asarray(y), (1 << level) // 2)  # the last: the row just south of the equator
-    _, south, _, north = tiles_bounds(level, np.zeros(len(rows)), rows)
-    band = np.sin(np.radians(north)) - np.sin(np.radians(south))  # a cell's area goes as this
-    return band[:-1] / band[-1]
+    area = cells_area_km2(level, np.append(np.asarray(y), (1 << level) // 2))  # the last: just south of the equator
+    return area[:-1] / area[-1]
 
 
 def unplaced(engine, level, rows: np.ndarray):

@@ -199,6 +199,9 @@ def calls() -> list[Call]:
         Call("point", "GET", "/point/2.35,48.85?q=birdsong"),
         Call("point level month", "GET", f"/point/-3.7,40.4?{birdsong}&level=4&month=4"),
         Call("point off the map", "GET", "/point/200,0?q=birdsong"),
+        Call("statistics", "GET", "/statistics?q=birdsong&level=4"),
+        Call("statistics bbox hour", "GET", "/statistics?q=birdsong&bbox=0,40,20,55&level=5&hour=6&bins=5"),
+        Call("statistics empty bbox", "GET", "/statistics?q=birdsong&bbox=-150,-60,-140,-50"),
         # Health, metrics, viewer, static, OpenAPI.
         Call("healthz", "GET", "/healthz"),
         Call("healthz head", "HEAD", "/healthz"),

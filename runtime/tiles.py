@@ -208,6 +208,16 @@ def tiles_bounds(z: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]
     return x / n * 360.0 - 180.0, lat(y + 1), (x + 1) / n * 360.0 - 180.0, lat(y)
 
 
+def cells_area_km2(z: int, y: np.ndarray) -> np.ndarray:
+    """Ground area in km^2 of the tiles of rows y at zoom z, on a sphere of the WGS84 equatorial
+    radius: R^2 dlon (sin north - sin south). A web-mercator map gives polar land most of its
+    cells (at 60 degrees a cell is a quarter of one at the equator), so an average over a region
+    weighs each cell by this."""
+    _, south, _, north = tiles_bounds(z, np.zeros(len(y)), y)
+    band = np.sin(np.radians(north)) - np.sin(np.radians(south))
+    return (EARTH_RADIUS_M / 1000) ** 2 * (2 * np.pi / float(1 << z)) * band
+
+
 def mercator_pixel_size(z: int, size: int) -> float:
     """Web-mercator metres per pixel of a `size`-pixel tile at zoom z (ground metres at the equator)."""
     return EARTH_CIRCUMFERENCE_M / (size * float(1 << z))

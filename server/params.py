@@ -67,6 +67,7 @@ RESCALE_DIGITS = 4
 RESCALE_LIMIT = 1000.0
 RESCALE_MIN_SPAN = 1e-6
 MAX_K = 1000  # /search's k
+MAX_BINS = 100  # /statistics' histogram bins
 # A decimal number as OpenAPI states it for rescale= and bbox=: what a schema-driven client writes,
 # and the finite numbers the server reads there and in /point's lon and lat (NaN and infinity are
 # read to be refused by the rules of finite numbers). pydantic's float also reads ' 1' and '1_0':
@@ -459,7 +460,27 @@ class PointParams(QueryParams):
 
 
 @dataclass
-class SearchParams(PointParams):
+class AreaParams(PointParams):
+    """An answer over the cells of a level (/search, /statistics): all of them, or a box's."""
+
+    bbox: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="west,south,east,north in degrees: every cell whose centre lies in the box, and only "
+            "those (west > east crosses the antimeridian).",
+            json_schema_extra=numbers_pattern(4),
+        ),
+    ] = None
+
+    def box(self, refusals: Refusals) -> tuple[float, float, float, float] | None:
+        with refusals.on("bbox"):
+            return parse_bbox(self.bbox)
+        return None  # refused
+
+
+@dataclass
+class SearchParams(AreaParams):
     k: Annotated[int, Query(ge=1, le=MAX_K, description="How many cells."), DIGITS] = 10
     exact: Annotated[
         bool,
@@ -477,20 +498,15 @@ class SearchParams(PointParams):
             "out against everyday sounds (the contrast layer)."
         ),
     ] = "score"
-    bbox: Annotated[
-        str | None,
-        Query(
-            max_length=200,
-            description="west,south,east,north in degrees: rank every cell whose centre lies in the box, "
-            "and only those (west > east crosses the antimeridian).",
-            json_schema_extra=numbers_pattern(4),
-        ),
-    ] = None
 
-    def box(self, refusals: Refusals) -> tuple[float, float, float, float] | None:
-        with refusals.on("bbox"):
-            return parse_bbox(self.bbox)
-        return None  # refused
+
+@dataclass
+class StatisticsParams(AreaParams):
+    bins: Annotated[
+        int,
+        Query(ge=1, le=MAX_BINS, description="Equal bins of each layer's histogram, from its min to its max."),
+        DIGITS,
+    ] = 10
 
 
 class Validated(Protocol):
@@ -741,6 +757,7 @@ CapabilitiesParamsDep = Annotated[CapabilitiesParams, Depends(in_event_loop(Capa
 CollectionParamsDep = Annotated[CollectionParams, Depends(in_event_loop(CollectionParams))]
 PointParamsDep = Annotated[PointParams, Depends(in_event_loop(PointParams))]
 SearchParamsDep = Annotated[SearchParams, Depends(in_event_loop(SearchParams))]
+StatisticsParamsDep = Annotated[StatisticsParams, Depends(in_event_loop(StatisticsParams))]
 
 
 def query_metadata(service: SoundscapeService, params: QueryParams) -> QueryMetadata:

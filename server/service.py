@@ -958,9 +958,20 @@ class SoundscapeService:
     def _bbox_too_large(self, level: Level, count: str) -> QueryError:
         return QueryError(
             422,
-            f"the bbox holds {count} cells of level {level.level}; a search within a bbox ranks every one "
+            f"the bbox holds {count} cells of level {level.level}; an answer within a bbox reads every one "
             f"of them (limit {self.settings.max_search_cells}): pass a smaller bbox or a coarser level=",
         )
+
+    def level_rows(self, level: Level) -> np.ndarray:
+        """Every row of `level`, for an answer over all of its cells (/statistics without a bbox):
+        refused past `settings.max_search_cells` (a planet-scale level holds millions)."""
+        if len(level) > self.settings.max_search_cells:
+            raise QueryError(
+                422,
+                f"level {level.level} has {len(level)} cells; an answer over a whole level reads every one "
+                f"of them (limit {self.settings.max_search_cells}): pass a coarser level= or a bbox=",
+            )
+        return np.arange(len(level))
 
     async def search_within(
         self, level: Level, meta: QueryMetadata, query: QueryEmbedding, k: int, rows: np.ndarray
@@ -971,16 +982,21 @@ class SoundscapeService:
             raise self._bbox_too_large(level, str(len(rows)))
         if len(rows) == 0:
             return rows, CellEmbeddings(np.asarray(level.arrays.mu[:0]), np.asarray(level.arrays.s[:0])), 0
-        cells = await self.run(self.engine.stored, level, rows, meta)
-        if cells is None:  # a fusion of the whole level under meta, kept by an earlier search, has them
-            whole = await self.level_fusions.get(self._fused_level_key(level, meta), self.cells_codec)
-            cells = (
-                CellEmbeddings(whole.mu[rows], whole.s[rows])
-                if whole is not None
-                else await self.fuse(level, rows, meta)
-            )
+        cells = await self.rows_embeddings(level, rows, meta)
         best, top = await self.run(self.engine.top_k, level, cells, query, k)
         return rows[best], top, len(rows)
+
+    async def rows_embeddings(self, level: Level, rows: np.ndarray, meta: QueryMetadata) -> CellEmbeddings:
+        """Embeddings of `rows` (at most `settings.max_search_cells`) under `meta`: stored where the
+        store holds them, else from a fusion of the whole level under `meta` that an earlier
+        search kept, else a fusion of the rows (bounded when large)."""
+        cells = await self.run(self.engine.stored, level, rows, meta)
+        if cells is not None:
+            return cells
+        whole = await self.level_fusions.get(self._fused_level_key(level, meta), self.cells_codec)
+        if whole is not None:
+            return CellEmbeddings(whole.mu[rows], whole.s[rows])
+        return await self.fuse(level, rows, meta)
 
     def _fused_level_key(self, level: Level, meta: QueryMetadata) -> str:
         return cache_key(

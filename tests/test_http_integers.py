@@ -15,7 +15,7 @@ from tests.server_support import make_client
 NOT_PLAIN = "no leading zero, sign, space or fraction"
 # A value each integer parameter takes, and the values that fill each route's other path parts.
 VALID = {"hour": 6, "month": 5, "tilesize": 512, "k": 5, "width": 64, "height": 8, "z": 1, "x": 1, "y": 0, "scale": 2}
-VALID |= {"minzoom": 1, "maxzoom": 5}
+VALID |= {"minzoom": 1, "maxzoom": 5, "bins": 7}
 PATH = {
     "tms": "WebMercatorQuad",
     "fmt": "npy",
@@ -73,7 +73,7 @@ def test_every_integer_parameter_is_listed(client):
     """The table above covers every integer parameter OpenAPI publishes (a new one needs a value)."""
     names = {name for _, _, name in integer_parameters(client)}
     assert names <= {*VALID, "level"}, names
-    assert {"hour", "month", "tilesize", "k", "level", "z", "x", "y", "width", "height"} <= names
+    assert {"hour", "month", "tilesize", "k", "level", "z", "x", "y", "width", "height", "bins"} <= names
 
 
 def test_integer_parameters_take_their_decimal_digits(client):

@@ -102,7 +102,7 @@ def test_the_legend_route_names_its_colormap_by_the_same_enum(client, document):
 def test_the_store_levels_are_the_level_enum(client, document, store_path):
     levels = sorted(Store(store_path).levels)
     found = parameters(document, "level")
-    assert {path for path, _ in found} == {"/search", "/point/{lon},{lat}"}
+    assert {path for path, _ in found} == {"/search", "/point/{lon},{lat}", "/statistics"}
     for _, parameter in found:
         assert schema_of(document, parameter) == {"type": "integer", "enum": levels, "title": "Level"}
     for level in levels:

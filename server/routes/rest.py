@@ -1,5 +1,5 @@
-"""REST answers: where a sound is most likely (`/search`) and what one place sounds like over
-the day and the year (`/point/{lon},{lat}`)."""
+"""REST answers: where a sound is most likely (`/search`), what one place sounds like over the day
+and the year (`/point/{lon},{lat}`), and how a region's cells read (`/statistics`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from runtime.clock import clock_at
-from runtime.tiles import demorton, quadkey, tile_bounds
-from server.engine import QueryMetadata, ranks_whole_level
+from runtime.tiles import cells_area_km2, demorton, quadkey, tile_bounds
+from server.engine import LAYERS, UNITS, QueryMetadata, ranks_whole_level
 from server.http import conditional, errors
-from server.params import DECIMAL_SPELLING, PointParamsDep, SearchParamsDep, clocked, query_embedding
+from server.params import (
+    DECIMAL_SPELLING,
+    PointParamsDep,
+    SearchParamsDep,
+    StatisticsParamsDep,
+    clocked,
+    query_embedding,
+)
 from server.routes.deps import ServiceDep
 
 router = APIRouter(tags=["rest"])
@@ -126,3 +133,68 @@ async def point(
     return conditional(
         request, JSONResponse({"coordinates": [lon, lat], **_context(record, meta), **clock, **answer}), "document"
     )
+
+
+# The percentiles /statistics reports besides the median: a default colour scale's ends.
+PERCENTILES = (2, 98)
+
+
+@router.get(
+    "/statistics",
+    responses=errors(
+        404, 422, 503, notes={404: "No cell of the level has its centre in the bbox, or unknown query id."}
+    ),
+)
+async def statistics(request: Request, service: ServiceDep, params: StatisticsParamsDep) -> Response:
+    """Each layer's statistics (match probability, contrast, S) over the cells of a level whose
+    centre lies in `bbox`, or every cell of the level, under the requested metadata (at an instant,
+    `datetime`, each cell at its place's clock then): count, min, max, mean, std, median, the 2nd
+    and 98th percentiles and a histogram, each cell counted once, and the mean with each cell
+    weighed by its area on the ground (a web-mercator level gives polar land most of its cells)."""
+    asked = params.validated(service)
+    (meta, moment), chosen, box = clocked(asked.meta, asked.when), asked.level, asked.box
+    record, embedding = await query_embedding(service, params, asked.query_id)
+    rows = service.level_rows(chosen) if box is None else await service.rows_within(chosen, box)
+    if len(rows) == 0:
+        raise HTTPException(
+            404,
+            f"no cell of level {chosen.level} has its centre in the bbox: outside the store, or a box "
+            "smaller than the cells (pass a finer level=)",
+        )
+    if moment is not None:
+        cells = await service.cells_at(chosen, rows, meta, moment)
+    else:
+        cells = await service.rows_embeddings(chosen, rows, meta)
+    area = cells_area_km2(chosen.level, demorton(np.asarray(chosen.arrays.codes[rows]))[1])
+    layers = {}
+    for layer in LAYERS:
+        values = await service.run(service.engine.cell_values, cells, layer, embedding)  # as /point reads a cell
+        layers[layer] = {**summary(values, area, params.bins), "units": UNITS[layer]}
+    answer = {
+        **_context(record, meta),
+        **({"datetime": params.datetime} if params.datetime is not None else {}),
+        "level": chosen.level,
+        **({"bbox": list(box)} if box is not None else {}),
+        "cells": len(rows),
+        "area_km2": float(area.sum()),
+        "layers": layers,
+    }
+    return conditional(request, JSONResponse(answer), "document")
+
+
+def summary(values: np.ndarray, area: np.ndarray, bins: int) -> dict:
+    """Statistics of one layer's values, TiTiler's names where it has one (`histogram`: [counts,
+    edges], `bins` equal bins from min to max), and `area_mean`: the mean weighed by `area`."""
+    values = values.astype(np.float64)
+    counts, edges = np.histogram(values, bins=bins, range=(values.min(), values.max()))
+    return {
+        "count": len(values),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "median": float(np.median(values)),
+        **{f"percentile_{p}": float(np.percentile(values, p)) for p in PERCENTILES},
+        "area_mean": float(np.average(values, weights=area)),
+        "histogram": [counts.tolist(), edges.tolist()],
+    }
