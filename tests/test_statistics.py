@@ -157,3 +157,16 @@ def test_a_level_or_a_bbox_over_the_cells_limit_is_a_422_that_says_what_to_do(cl
         assert boxed.status_code == 422 and "pass a smaller bbox or a coarser level=" in boxed.json()["detail"]
         part = small.get("/statistics", params={"q": TEXT, "level": 6, "bbox": ",".join(map(str, BOX))})
         assert part.status_code == 200 and 0 < part.json()["cells"] <= limit
+
+
+def test_a_whole_level_under_new_metadata_is_fused_once_and_kept(bundle_path, store_path):
+    params = {"q": TEXT, "level": 6, "hour": 6, "month": 3}  # no store holds an hour and a month together
+    with make_client(bundle_path, store_path) as client:
+        service = client.app.state.service
+        first = client.get("/statistics", params=params).json()
+        fusions = service.stats["fusions"]
+        again = client.get("/statistics", params={**params, "q": "rain"}).json()
+        assert service.stats["fusions"] == fusions > 0, "the second query reads the level the first fused"
+        assert again["layers"]["uncertainty"] == first["layers"]["uncertainty"], "the same cells"
+        ranked = client.get("/search", params={**params, "exact": "true", "k": 3}).json()
+        assert service.stats["fusions"] == fusions and ranked["properties"]["ranked"] == first["cells"]

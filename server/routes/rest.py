@@ -163,6 +163,8 @@ async def statistics(request: Request, service: ServiceDep, params: StatisticsPa
         )
     if moment is not None:
         cells = await service.cells_at(chosen, rows, meta, moment)
+    elif box is None:  # the whole level: fused once per metadata and kept, as /search?exact=true keeps it
+        cells = await service.fused_level(chosen, meta)
     else:
         cells = await service.rows_embeddings(chosen, rows, meta)
     area = cells_area_km2(chosen.level, demorton(np.asarray(chosen.arrays.codes[rows]))[1])
