@@ -3,6 +3,8 @@ metadata asked, computed here independently of the server: from every cell's emb
 tests of /search do the same), the cells /search ranks in the same box, and the areas pyproj's
 geodesic gives the cells."""
 
+import json
+
 import mercantile
 import numpy as np
 import pytest
@@ -170,3 +172,107 @@ def test_a_whole_level_under_new_metadata_is_fused_once_and_kept(bundle_path, st
         assert again["layers"]["uncertainty"] == first["layers"]["uncertainty"], "the same cells"
         ranked = client.get("/search", params={**params, "exact": "true", "k": 3}).json()
         assert service.stats["fusions"] == fusions and ranked["properties"]["ranked"] == first["cells"]
+
+
+def square(west: float, south: float, east: float, north: float) -> list:
+    return [[west, south], [east, south], [east, north], [west, north], [west, south]]
+
+
+def post_area(client, area: dict, content_type: str = "application/geo+json", **params):
+    return client.post(
+        "/statistics",
+        params={"q": TEXT, "level": 6, **params},
+        content=json.dumps(area).encode(),
+        headers={"Content-Type": content_type},
+    )
+
+
+def test_an_area_as_a_bbox_s_polygon_reads_the_bbox_s_cells(client):
+    answer = post_area(client, {"type": "Polygon", "coordinates": [square(*BOX)]}, hour=6)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    boxed = statistics(client, level=6, hour=6, bbox=",".join(map(str, BOX)))
+    assert body["layers"] == boxed["layers"] and body["cells"] == boxed["cells"]
+    assert body["area"] == {"type": "Polygon", "bbox": list(BOX)} and "bbox" not in body
+
+
+def test_an_area_holds_the_cells_whose_centre_is_inside_it_and_not_in_its_holes(client):
+    lonlat = np.asarray(Store(client.app.state.service.store.path).levels[6].arrays.lonlat)
+    lon, lat = lonlat.T
+    # A triangle (0 E, 40 N), (20 E, 40 N), (0 E, 55 N): inside where both legs' sides hold.
+    triangle = {"type": "Polygon", "coordinates": [[[0, 40], [20, 40], [0, 55], [0, 40]]]}
+    inside = (lon > 0) & (lat > 40) & ((lon / 20) + ((lat - 40) / 15) < 1)
+    assert post_area(client, triangle, "application/json").json()["cells"] == inside.sum() > 0
+    hole = [[2, 42], [2, 46], [8, 46], [8, 42], [2, 42]]  # a hole wound clockwise, as RFC 7946 has them
+    holed = {"type": "Polygon", "coordinates": [square(*BOX), hole]}
+    in_hole = (lon > 2) & (lon < 8) & (lat > 42) & (lat < 46)
+    in_box = (lon >= BOX[0]) & (lon <= BOX[2]) & (lat >= BOX[1]) & (lat <= BOX[3])
+    assert post_area(client, holed).json()["cells"] == (in_box & ~in_hole).sum() < in_box.sum()
+    boxes = [(-10, 30, 0, 40), (10, 50, 30, 60)]
+    parts = [square(*b) for b in boxes]
+    each = [((lon >= w) & (lon <= e) & (lat >= s) & (lat <= n)).sum() for w, s, e, n in boxes]
+    multi = {"type": "MultiPolygon", "coordinates": [[parts[0]], [parts[1]]]}
+    collection = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "properties": {"name": str(i)}, "geometry": {"type": "Polygon", "coordinates": [p]}}
+            for i, p in enumerate(parts)
+        ],
+    }
+    for area in (multi, collection):
+        answer = post_area(client, area).json()
+        assert answer["cells"] == sum(each) and answer["area"]["type"] == "MultiPolygon"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "said"),
+    [
+        (b'{"type": "Polygon"}', "text/plain", 415, "send the area as application/geo+json or application/json"),
+        (b'{"type": "Polygon", "coordinates": [[[0, 40], [20, 40]', "application/json", 422, "not valid JSON"),
+        (json.dumps({"type": "Point", "coordinates": [0, 0]}).encode(), None, 422, "a Point has no area"),
+        (
+            json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}).encode(),
+            None,
+            422,
+            "Self-intersection",
+        ),
+        (
+            json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [200, 1], [1, 0], [0, 0]]]}).encode(),
+            None,
+            422,
+            "not [200, 1]",
+        ),
+        (
+            json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [1, 1]]]}).encode(),
+            None,
+            422,
+            "at least 4 coordinates",
+        ),
+        (json.dumps({"type": "FeatureCollection", "features": []}).encode(), None, 422, "non-empty 'features' list"),
+        (json.dumps({"type": "Feature", "geometry": None}).encode(), None, 422, "a Feature's geometry must be"),
+        (b"[" * 20 + b"]" * 20, None, 422, "nests deeper than 8 levels"),
+        (
+            json.dumps({"type": "Polygon", "coordinates": [square(0, 40, 1, 41) * 20001]}).encode(),
+            None,
+            422,
+            "over 100000 vertices",
+        ),
+        (b" " * (4 * 1024 * 1024 + 1), None, 413, "the limit is 4 MB"),
+    ],
+)
+def test_a_bad_area_is_refused_in_a_sentence(client, body, content_type, status, said):
+    answer = client.post(
+        "/statistics",
+        params={"q": TEXT},
+        content=body,
+        headers={"Content-Type": content_type or "application/geo+json"},
+    )
+    assert answer.status_code == status and said in answer.json()["detail"], answer.text[:300]
+
+
+def test_an_area_with_a_bbox_or_outside_the_store_is_refused(client):
+    area = {"type": "Polygon", "coordinates": [square(*BOX)]}
+    both = post_area(client, area, bbox="0,40,20,55")
+    assert both.status_code == 422 and "not both" in both.json()["detail"]
+    away = post_area(client, {"type": "Polygon", "coordinates": [square(-150, -60, -140, -50)]})
+    assert away.status_code == 404 and "has its centre in the area" in away.json()["detail"]

@@ -7,22 +7,27 @@ from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
+import shapely
 from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from runtime.clock import clock_at
 from runtime.tiles import cells_area_km2, demorton, quadkey, tile_bounds
+from server.areas import AREA_MEDIA_TYPES, MAX_AREA_BYTES, MAX_AREA_VERTICES, SHAPE, parse_area
+from server.bodies import read_capped
 from server.engine import LAYERS, UNITS, QueryMetadata, ranks_whole_level
 from server.http import conditional, errors
 from server.params import (
     DECIMAL_SPELLING,
     PointParamsDep,
     SearchParamsDep,
+    StatisticsParams,
     StatisticsParamsDep,
     clocked,
     query_embedding,
 )
 from server.routes.deps import ServiceDep
+from server.service import SoundscapeService
 
 router = APIRouter(tags=["rest"])
 
@@ -137,29 +142,69 @@ async def point(
 
 # The percentiles /statistics reports besides the median: a default colour scale's ends.
 PERCENTILES = (2, 98)
+# The area of POST /statistics, as its OpenAPI document describes the body.
+AREA_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": f"{SHAPE} (RFC 7946: longitude, latitude in degrees), at most {MAX_AREA_VERTICES} "
+        f"vertices and {MAX_AREA_BYTES} bytes.",
+        "content": {
+            media: {"schema": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}}
+            for media in AREA_MEDIA_TYPES
+        },
+    }
+}
+STATISTICS_NOTES = {404: "No cell of the level has its centre in the area, or unknown query id."}
 
 
-@router.get(
-    "/statistics",
-    responses=errors(
-        404, 422, 503, notes={404: "No cell of the level has its centre in the bbox, or unknown query id."}
-    ),
-)
+@router.get("/statistics", responses=errors(404, 422, 503, notes=STATISTICS_NOTES))
 async def statistics(request: Request, service: ServiceDep, params: StatisticsParamsDep) -> Response:
     """Each layer's statistics (match probability, contrast, S) over the cells of a level whose
     centre lies in `bbox`, or every cell of the level, under the requested metadata (at an instant,
     `datetime`, each cell at its place's clock then): count, min, max, mean, std, median, the 2nd
     and 98th percentiles and a histogram, each cell counted once, and the mean with each cell
     weighed by its area on the ground (a web-mercator level gives polar land most of its cells)."""
+    return conditional(request, JSONResponse(await _statistics(service, params)), "document")
+
+
+@router.post(
+    "/statistics",
+    openapi_extra=AREA_BODY,
+    responses=errors(404, 413, 415, 422, 503, notes=STATISTICS_NOTES),
+)
+async def area_statistics(request: Request, service: ServiceDep, params: StatisticsParamsDep) -> JSONResponse:
+    """GET /statistics over the cells whose centre lies in a GeoJSON area, the body: a Polygon or
+    MultiPolygon, or a Feature or FeatureCollection of them (a country's outline, a park)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in AREA_MEDIA_TYPES:
+        raise HTTPException(415, f"send the area as application/geo+json or application/json, not {content_type!r}")
+    if params.bbox is not None:
+        raise HTTPException(422, "give the area in the body or a bbox=, not both")
+    params.validated(service)  # a 422 for the parameters before the body is read
+    with service.upload_bodies.body() as place:  # bounded like an upload's bytes, apart from texts
+        body = await read_capped(request, MAX_AREA_BYTES, place)
+    area = await service.run(parse_area, body)
+    return JSONResponse(await _statistics(service, params, area))
+
+
+async def _statistics(
+    service: SoundscapeService, params: StatisticsParams, area: shapely.Geometry | None = None
+) -> dict:
+    """The answer of /statistics: the cells of the level in the bbox, the area or the whole level."""
     asked = params.validated(service)
     (meta, moment), chosen, box = clocked(asked.meta, asked.when), asked.level, asked.box
     record, embedding = await query_embedding(service, params, asked.query_id)
+    if area is not None:
+        box = area.bounds  # the cells in the area's box, then those whose centre the area holds
     rows = service.level_rows(chosen) if box is None else await service.rows_within(chosen, box)
+    if area is not None:
+        lon, lat = np.asarray(chosen.arrays.lonlat[rows]).T
+        rows = rows[await service.run(shapely.intersects_xy, area, lon, lat)]
     if len(rows) == 0:
         raise HTTPException(
             404,
-            f"no cell of level {chosen.level} has its centre in the bbox: outside the store, or a box "
-            "smaller than the cells (pass a finer level=)",
+            f"no cell of level {chosen.level} has its centre in the {'area' if area is not None else 'bbox'}: "
+            "outside the store, or smaller than the cells (pass a finer level=)",
         )
     if moment is not None:
         cells = await service.cells_at(chosen, rows, meta, moment)
@@ -167,21 +212,21 @@ async def statistics(request: Request, service: ServiceDep, params: StatisticsPa
         cells = await service.fused_level(chosen, meta)
     else:
         cells = await service.rows_embeddings(chosen, rows, meta)
-    area = cells_area_km2(chosen.level, demorton(np.asarray(chosen.arrays.codes[rows]))[1])
+    cell_area = cells_area_km2(chosen.level, demorton(np.asarray(chosen.arrays.codes[rows]))[1])
     layers = {}
     for layer in LAYERS:
         values = await service.run(service.engine.cell_values, cells, layer, embedding)  # as /point reads a cell
-        layers[layer] = {**summary(values, area, params.bins), "units": UNITS[layer]}
-    answer = {
+        layers[layer] = {**summary(values, cell_area, params.bins), "units": UNITS[layer]}
+    return {
         **_context(record, meta),
         **({"datetime": params.datetime} if params.datetime is not None else {}),
         "level": chosen.level,
-        **({"bbox": list(box)} if box is not None else {}),
+        **({"bbox": list(box)} if box is not None and area is None else {}),
+        **({"area": {"type": area.geom_type, "bbox": list(area.bounds)}} if area is not None else {}),
         "cells": len(rows),
-        "area_km2": float(area.sum()),
+        "area_km2": float(cell_area.sum()),
         "layers": layers,
     }
-    return conditional(request, JSONResponse(answer), "document")
 
 
 def summary(values: np.ndarray, area: np.ndarray, bins: int) -> dict:
