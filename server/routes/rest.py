@@ -28,6 +28,7 @@ from server.params import (
 )
 from server.routes.deps import ServiceDep
 from server.service import SoundscapeService
+from store.reader import Level
 
 router = APIRouter(tags=["rest"])
 
@@ -194,21 +195,10 @@ async def _statistics(
     asked = params.validated(service)
     (meta, moment), chosen, box = clocked(asked.meta, asked.when), asked.level, asked.box
     record, embedding = await query_embedding(service, params, asked.query_id)
-    if area is not None:
-        box = area.bounds  # the cells in the area's box, then those whose centre the area holds
-    rows = service.level_rows(chosen) if box is None else await service.rows_within(chosen, box)
-    if area is not None:
-        lon, lat = np.asarray(chosen.arrays.lonlat[rows]).T
-        rows = rows[await service.run(shapely.intersects_xy, area, lon, lat)]
-    if len(rows) == 0:
-        raise HTTPException(
-            404,
-            f"no cell of level {chosen.level} has its centre in the {'area' if area is not None else 'bbox'}: "
-            "outside the store, or smaller than the cells (pass a finer level=)",
-        )
+    rows = await _rows(service, chosen, box, area)
     if moment is not None:
         cells = await service.cells_at(chosen, rows, meta, moment)
-    elif box is None:  # the whole level: fused once per metadata and kept, as /search?exact=true keeps it
+    elif box is None and area is None:  # the whole level: fused once per metadata and kept, as exact /search keeps it
         cells = await service.fused_level(chosen, meta)
     else:
         cells = await service.rows_embeddings(chosen, rows, meta)
@@ -221,12 +211,35 @@ async def _statistics(
         **_context(record, meta),
         **({"datetime": params.datetime} if params.datetime is not None else {}),
         "level": chosen.level,
-        **({"bbox": list(box)} if box is not None and area is None else {}),
+        **({"bbox": list(box)} if box is not None else {}),
         **({"area": {"type": area.geom_type, "bbox": list(area.bounds)}} if area is not None else {}),
         "cells": len(rows),
         "area_km2": float(cell_area.sum()),
         "layers": layers,
     }
+
+
+async def _rows(
+    service: SoundscapeService,
+    level: Level,
+    box: tuple[float, float, float, float] | None,
+    area: shapely.Geometry | None,
+) -> np.ndarray:
+    """The rows /statistics reads: every cell of the level, or those whose centre lies in the box
+    or the area (the cells of its box, then those it holds); 404 when there are none."""
+    if area is not None:
+        rows = await service.rows_within(level, area.bounds)
+        lon, lat = np.asarray(level.arrays.lonlat[rows]).T
+        rows = rows[await service.run(shapely.intersects_xy, area, lon, lat)]
+    else:
+        rows = service.level_rows(level) if box is None else await service.rows_within(level, box)
+    if len(rows) == 0:
+        raise HTTPException(
+            404,
+            f"no cell of level {level.level} has its centre in the {'area' if area is not None else 'bbox'}: "
+            "outside the store, or smaller than the cells (pass a finer level=)",
+        )
+    return rows
 
 
 def summary(values: np.ndarray, area: np.ndarray, bins: int) -> dict:
