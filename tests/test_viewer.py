@@ -21,6 +21,7 @@ import soundfile
 from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
 
+from server.engine import round_scale
 from tests.server_support import live_server
 
 # Two live servers and a browser: about a minute on the shared 2-core machine.
@@ -566,7 +567,8 @@ def test_a_held_colour_scale_lets_the_hours_compare(browser, server):
     """Each hour's map had a colour scale of its own (the 2nd to 98th percentile of its values), so
     the map of an hour when a sound is rarely heard was as bright as the map of its best hour. The
     legend can hold its scale, or the day's (the widest of its 24 hours'), for the tiles, legend,
-    PNG, XYZ URL and link, while the hour changes; another layer lets it go."""
+    PNG, XYZ URL and link, while the hour changes; another layer lets it go; "this view's" holds
+    the 2nd to 98th percentile of the cells in view (GET /statistics), rounded as the server rounds."""
     page = open_page(browser, server, "/#q=birdsong&hour=22&layer=heatmap&map=3.5/45/10", ready=HEATMAP_LOADED)
     try:
         own = httpx.get(f"{server}/tilejson.json?{page.evaluate('tileParams().toString()')}", timeout=30).json()
@@ -614,6 +616,13 @@ def test_a_held_colour_scale_lets_the_hours_compare(browser, server):
         page.check("input[name=layer][value=contrast]")  # another quantity: the scale is let go
         wait_until(page, "!new URLSearchParams(location.hash.slice(1)).has('rescale')")
         assert not page.is_checked("#scale-hold") and "rescale" not in page.evaluate("tileUrl()")
+        wait_until(page, HEATMAP_LOADED)
+        page.click("#scale-view")  # the 2nd to 98th percentile of the contrast over the cells in view
+        wait_until(page, "new URLSearchParams(location.hash.slice(1)).has('rescale')")
+        [asked] = [u for u in page.requests() if "/statistics?" in u]
+        found = httpx.get(asked, timeout=30).json()["layers"]["contrast"]
+        assert scale_held(page) == round_scale(found["percentile_2"], found["percentile_98"])
+        assert httpx.URL(asked).params["bbox"] == page.evaluate("viewBox(window.soundscape.map.getBounds())")
         assert page_errors(page) == []
     finally:
         page.close()

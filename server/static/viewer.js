@@ -454,6 +454,7 @@ async function main() {
   function redraw() {
     $("copy").disabled = !hasLayer();
     $("best").disabled = !state.query;
+    $("scale-view").disabled = !state.query;  // /statistics reads a query's cells
     showMapImage(map);
     if (!ready) return;
     if (!hasLayer()) return hideLayer();
@@ -785,6 +786,10 @@ function wirePanel(apply, recolour, setOpacity) {
     recolour();
   });
   $("scale-day").addEventListener("click", () => holdDayScale(recolour));
+  $("scale-view").addEventListener("click", () => {
+    const map = window.soundscape.map;
+    holdScale(() => viewScale(map), "this view's", "its colours spread over what is in view", recolour);
+  });
   $("opacity").addEventListener("input", () => {
     state.opacity = Number($("opacity").value);
     setOpacity(state.opacity);
@@ -824,25 +829,45 @@ async function dayScale() {
   return `${Math.min(...ends.map((e) => e[0]))},${Math.max(...ends.map((e) => e[1]))}`;
 }
 
-// Holds the day's scale and draws it (`apply`); false when it could not be read, or the state
-// changed meanwhile (the scale would be another state's).
-async function holdDayScale(apply) {
+// The colour scale of what is in view, "min,max": the 2nd to 98th percentile of the layer's values
+// over the cells centred in the view (GET /statistics with the view's bbox), as the server's own
+// scales are over its sample of the world, rounded as it rounds them (server/engine.py, round_scale).
+async function viewScale(map) {
+  const params = queryParams();
+  params.set("bbox", viewBox(map.getBounds()));
+  const { layers } = await fetchJson(`${base}/statistics?${params}`);
+  return roundScale(layers[state.layer].percentile_2, layers[state.layer].percentile_98);
+}
+
+// Ends rounded outwards to 3 significant digits of their span: readable in the link, and no value
+// moves inside the scale.
+function roundScale(lo, hi) {
+  const step = 10 ** (Math.floor(Math.log10(Math.max(hi - lo, Math.abs(hi) * 1e-6, 1e-12))) - 2);
+  const low = Math.floor(lo / step) * step, high = Math.max(Math.ceil(hi / step) * step, low + step);
+  return `${Number(low.toPrecision(6))},${Number(high.toPrecision(6))}`;
+}
+
+// Holds the scale `read` finds ("the day's", "this view's") and draws it (`apply`); false when it
+// could not be read, or the state changed meanwhile (the scale would be another state's).
+async function holdScale(read, which, why, apply) {
   const asked = tileParams().toString();
-  setStatus("reading the day's colour scale…");
+  setStatus(`reading ${which} colour scale…`);
   let scale;
   try {
-    scale = await dayScale();
+    scale = await read();
   } catch (error) {
-    setStatus(`no scale of the day: ${error.message}`, true);
+    setStatus(`no colour scale of ${which.replace(/'s$/, "")}: ${error.message}`, true);
     return false;
   }
   if (tileParams().toString() !== asked) return false;
   state.rescale = scale;
   showControls();
   apply();
-  setStatus(`${describeQuery()}; colours held at the day's scale, ${scale.replace(",", " to ")}, so its hours compare`);
+  setStatus(`${describeQuery()}; colours held at ${which} scale, ${scale.replace(",", " to ")}, ${why}`);
   return true;
 }
+
+const holdDayScale = (apply) => holdScale(dayScale, "the day's", "so its hours compare", apply);
 
 // "Play the day": an hour later once the map has shown the last hour's tiles for PLAY_HOLD_MS,
 // for a day (24 steps), or until stopped, the moment unticked or the map failed. It waits for
