@@ -1,7 +1,8 @@
-"""/statistics: each layer's statistics over a level's cells (a bbox's, or all of them) under the
-metadata asked, computed here independently of the server: from every cell's embeddings (the
-tests of /search do the same), the cells /search ranks in the same box, and the areas pyproj's
-geodesic gives the cells."""
+"""/statistics: each layer's statistics over a level's cells (a bbox's, a GeoJSON area's, or all
+of them) under the metadata asked, computed here independently of the server: from every cell's
+embeddings (the tests of /search do the same), the cells /search ranks in the same box, the cells
+whose centre a triangle, a holed square or two squares hold, and the areas pyproj's geodesic gives
+the cells. Bad areas and bounds are refused in a sentence; the latency benchmark runs."""
 
 import json
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from pyproj import Geod
 
+from benchmarks import statistics_latency
 from runtime.tiles import EARTH_RADIUS_M
 from server.engine import CellEmbeddings
 from store.reader import Store
@@ -276,3 +278,15 @@ def test_an_area_with_a_bbox_or_outside_the_store_is_refused(client):
     assert both.status_code == 422 and "not both" in both.json()["detail"]
     away = post_area(client, {"type": "Polygon", "coordinates": [square(-150, -60, -140, -50)]})
     assert away.status_code == 404 and "has its centre in the area" in away.json()["detail"]
+
+
+@pytest.mark.slow  # a server of its own
+def test_the_statistics_benchmark_runs_on_a_store(bundle_path, store_path, tmp_path, capsys):
+    out = tmp_path / "latency.json"
+    args = ["--bundle", str(bundle_path), "--store", str(store_path), "--repeat", "1", "--json", str(out)]
+    assert statistics_latency.main(args) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert json.loads(capsys.readouterr().out) == result and {"command", "commit", "date", "machine"} <= set(result)
+    measures = result["measures"]
+    assert measures["POST, 99999 vertices"]["bytes"] > measures["POST, 100 vertices"]["bytes"]
+    assert all(v > 0 for case in measures.values() for k, v in case.items() if k.endswith("_s"))
