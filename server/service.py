@@ -16,7 +16,7 @@ from datetime import datetime
 from functools import partial
 from itertools import accumulate
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -926,7 +926,7 @@ class SoundscapeService:
         rows = np.arange(len(level)) if within is None else within
         if len(rows) > self.settings.max_search_cells:
             raise (
-                self._bbox_too_large(level, str(len(rows)))
+                self.too_many_cells(level, str(len(rows)))
                 if within is not None
                 else QueryError(
                     422,
@@ -940,10 +940,13 @@ class SoundscapeService:
         best, top = await self.run(self.engine.top_k, level, cells, query, k)
         return rows[best], top, len(rows)
 
-    async def rows_within(self, level: Level, bbox: tuple[float, float, float, float]) -> np.ndarray:
+    async def rows_within(
+        self, level: Level, bbox: tuple[float, float, float, float], what: Literal["bbox", "area"] = "bbox"
+    ) -> np.ndarray:
         """The rows of the cells whose centre lies in bbox (engine.rows_within); a box that holds
         more than `settings.max_search_cells` by a bound counted first is refused before its rows
-        are listed (a whole-world box of a planet-scale level would list millions)."""
+        are listed (a whole-world box of a planet-scale level would list millions). `what` the
+        refusal calls the box: "bbox", or "area" for a GeoJSON area's box."""
         limit = self.settings.max_search_cells
 
         def bounded() -> tuple[int, np.ndarray | None]:
@@ -952,14 +955,16 @@ class SoundscapeService:
 
         at_least, rows = await self.run(bounded)
         if rows is None:
-            raise self._bbox_too_large(level, f"at least {at_least}")
+            raise self.too_many_cells(level, f"at least {at_least}", what)
         return rows
 
-    def _bbox_too_large(self, level: Level, count: str) -> QueryError:
+    def too_many_cells(self, level: Level, count: str, what: Literal["bbox", "area"] = "bbox") -> QueryError:
+        """The 422 of a bbox (or an area's box, `what` "area") holding more cells than an answer may read."""
+        box, one = ("the bbox", "a bbox") if what == "bbox" else (f"the {what}'s box", f"an {what}")
         return QueryError(
             422,
-            f"the bbox holds {count} cells of level {level.level}; an answer within a bbox reads every one "
-            f"of them (limit {self.settings.max_search_cells}): pass a smaller bbox or a coarser level=",
+            f"{box} holds {count} cells of level {level.level}; an answer within {one} reads every one "
+            f"of them (limit {self.settings.max_search_cells}): pass a smaller {what} or a coarser level=",
         )
 
     def level_rows(self, level: Level) -> np.ndarray:
@@ -979,7 +984,7 @@ class SoundscapeService:
         """The k best of `rows` under `meta`, each of them ranked exactly: stored embeddings where
         the store holds them, else a fusion of the rows (at most `settings.max_search_cells`)."""
         if len(rows) > self.settings.max_search_cells:
-            raise self._bbox_too_large(level, str(len(rows)))
+            raise self.too_many_cells(level, str(len(rows)))
         if len(rows) == 0:
             return rows, CellEmbeddings(np.asarray(level.arrays.mu[:0]), np.asarray(level.arrays.s[:0])), 0
         cells = await self.rows_embeddings(level, rows, meta)

@@ -290,3 +290,12 @@ def test_the_statistics_benchmark_runs_on_a_store(bundle_path, store_path, tmp_p
     measures = result["measures"]
     assert measures["POST, 99999 vertices"]["bytes"] > measures["POST, 100 vertices"]["bytes"]
     assert all(v > 0 for case in measures.values() for k, v in case.items() if k.endswith("_s"))
+
+
+def test_an_area_over_the_cells_limit_is_named_an_area(bundle_path, store_path):
+    with make_client(bundle_path, store_path, max_search_cells=5) as small:
+        boxed = small.get("/statistics", params={"q": TEXT, "level": 6, "bbox": ",".join(map(str, BOX))})
+        assert boxed.status_code == 422 and "pass a smaller bbox or a coarser level=" in boxed.json()["detail"]
+        area = post_area(small, {"type": "Polygon", "coordinates": [square(*BOX)]})
+        detail = area.json()["detail"]
+        assert area.status_code == 422 and "the area's box holds" in detail and "pass a smaller area" in detail

@@ -228,11 +228,13 @@ async def _rows(
     """The rows /statistics reads: every cell of the level, or those whose centre lies in the box
     or the area (the cells of its box, then those it holds); 404 when there are none."""
     if area is not None:
-        rows = await service.rows_within(level, area.bounds)
+        rows = await service.rows_within(level, area.bounds, "area")
         lon, lat = np.asarray(level.arrays.lonlat[rows]).T
         rows = rows[await service.run(shapely.intersects_xy, area, lon, lat)]
     else:
         rows = service.level_rows(level) if box is None else await service.rows_within(level, box)
+    if len(rows) > service.settings.max_search_cells:  # a box's count first bounded from below
+        raise service.too_many_cells(level, str(len(rows)), "bbox" if area is None else "area")
     if len(rows) == 0:
         raise HTTPException(
             404,
