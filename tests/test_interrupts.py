@@ -19,11 +19,17 @@ from tests.server_support import fresh_query_db, serve_command
 ROOT = Path(__file__).resolve().parent.parent
 
 # A command whose work runs on a thread pool, as precompute's readers do: it waits in its pool
-# until Ctrl-C, and its workers take a moment to finish their tasks as the process exits.
+# until Ctrl-C, and its workers take a moment to finish their tasks as the process exits. It
+# starts as from a terminal, SIGINT neither ignored nor blocked: a child inherits both from its
+# parent, and once on a loaded CI box the held-down test's command slept its 60 s through every
+# SIGINT and exited 0, as if the test's worker had SIGINT ignored or blocked when it started it.
 SLOW_COMMAND = """
-import sys, time
+import signal, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from cli.errors import run_reporting_errors
+
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def work():
     pool = ThreadPoolExecutor(2)
