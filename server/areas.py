@@ -32,9 +32,7 @@ def parse_area(body: bytes) -> shapely.Geometry:
     geometries = _geometries(document)
     vertices = 0
     for geometry in geometries:
-        vertices += _check_coordinates(geometry)
-        if vertices > MAX_AREA_VERTICES:
-            raise HTTPException(422, f"the area has over {MAX_AREA_VERTICES} vertices: simplify it first")
+        vertices += _check_coordinates(geometry, MAX_AREA_VERTICES - vertices)
     shapes = []
     for geometry in geometries:
         try:
@@ -81,16 +79,14 @@ def _polygonal(geometry: object) -> dict:
         raise HTTPException(422, f"a Feature's geometry must be {SHAPE}, not {type(geometry).__name__}")
     kind = geometry.get("type")
     if kind not in AREA_TYPES:
-        raise HTTPException(
-            422,
-            f"a {str(kind)[:40]} has no area: send {SHAPE}",
-        )
+        raise HTTPException(422, f"a {str(kind)[:40]} has no area: send {SHAPE}")
     return geometry
 
 
-def _check_coordinates(geometry: dict) -> int:
+def _check_coordinates(geometry: dict, allowed: int) -> int:
     """How many positions a polygon geometry has; 422 unless each is [longitude, latitude] (an
-    altitude after them is allowed) in -180..180 and -90..90, nested as its type nests them."""
+    altitude after them is allowed) in -180..180 and -90..90, nested as its type nests them, and
+    unless they number at most `allowed` (what the area's earlier geometries left of the cap)."""
     kind = geometry["type"]
     rings = geometry.get("coordinates")
     for _ in range(RINGS_UNDER[kind]):
@@ -104,7 +100,7 @@ def _check_coordinates(geometry: dict) -> int:
         if not isinstance(ring, list):
             raise HTTPException(422, f"a {kind}'s rings must be lists of positions")
         count += len(ring)
-        if count > MAX_AREA_VERTICES:
+        if count > allowed:
             raise HTTPException(422, f"the area has over {MAX_AREA_VERTICES} vertices: simplify it first")
         for position in ring:
             if not _is_position(position):

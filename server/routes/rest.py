@@ -19,6 +19,7 @@ from server.engine import LAYERS, UNITS, QueryMetadata, ranks_whole_level
 from server.http import conditional, errors
 from server.params import (
     DECIMAL_SPELLING,
+    Asked,
     PointParamsDep,
     SearchParamsDep,
     StatisticsParams,
@@ -165,7 +166,8 @@ async def statistics(request: Request, service: ServiceDep, params: StatisticsPa
     `datetime`, each cell at its place's clock then): count, min, max, mean, std, median, the 2nd
     and 98th percentiles and a histogram, each cell counted once, and the mean with each cell
     weighed by its area on the ground (a web-mercator level gives polar land most of its cells)."""
-    return conditional(request, JSONResponse(await _statistics(service, params)), "document")
+    answer = await _statistics(service, params, params.validated(service))
+    return conditional(request, JSONResponse(answer), "document")
 
 
 @router.post(
@@ -181,18 +183,18 @@ async def area_statistics(request: Request, service: ServiceDep, params: Statist
         raise HTTPException(415, f"send the area as application/geo+json or application/json, not {content_type!r}")
     if params.bbox is not None:
         raise HTTPException(422, "give the area in the body or a bbox=, not both")
-    params.validated(service)  # a 422 for the parameters before the body is read
+    asked = params.validated(service)  # a 422 for the parameters before the body is read
     with service.upload_bodies.body() as place:  # bounded like an upload's bytes, apart from texts
         body = await read_capped(request, MAX_AREA_BYTES, place)
     area = await service.run(parse_area, body)
-    return JSONResponse(await _statistics(service, params, area))
+    return JSONResponse(await _statistics(service, params, asked, area))
 
 
 async def _statistics(
-    service: SoundscapeService, params: StatisticsParams, area: shapely.Geometry | None = None
+    service: SoundscapeService, params: StatisticsParams, asked: Asked, area: shapely.Geometry | None = None
 ) -> dict:
-    """The answer of /statistics: the cells of the level in the bbox, the area or the whole level."""
-    asked = params.validated(service)
+    """The answer of /statistics (`asked`: its parameters validated): the cells of the level in the
+    bbox, the area or the whole level."""
     (meta, moment), chosen, box = clocked(asked.meta, asked.when), asked.level, asked.box
     record, embedding = await query_embedding(service, params, asked.query_id)
     rows = await _rows(service, chosen, box, area)
